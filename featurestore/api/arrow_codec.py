@@ -1,0 +1,58 @@
+"""Arrow IPC stream rendering of a join result (``Accept: application/vnd.apache.arrow.stream``).
+
+The table holds, per result column, the typed values (null where not PRESENT), then
+``<name>__status`` (dictionary-encoded string) and ``<name>__event_timestamp``
+(timestamp[us, UTC]). Response metadata travels as schema metadata.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from featurestore.join import JoinResult
+from featurestore.model import DType
+from featurestore.sources.arrow import ARROW_TYPES
+
+MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+_STATUS_NAMES = pa.array(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"])
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def encode_join_arrow(result: JoinResult, trace_id: str) -> bytes:
+    n = result.rows
+    arrays: list[pa.Array] = []
+    names: list[str] = []
+    present = pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), _STATUS_NAMES)
+    no_ts = pa.nulls(n, _TS)
+    rendered: dict[int, tuple[pa.Array, pa.Array]] = {}
+    for col in result.columns:
+        outcome = col.outcome
+        values = (
+            pa.array(col.values, type=ARROW_TYPES[col.dtype])
+            if col.dtype is not DType.TIMESTAMP
+            else (pa.array(col.values, type=pa.int64()).cast(_TS))
+        )
+        if outcome is None:
+            status, ts = present, no_ts
+        else:
+            pair = rendered.get(id(outcome))
+            if pair is None:
+                codes = pa.array([int(s) - 1 for s in outcome.statuses], pa.int8())
+                pair = (
+                    pa.DictionaryArray.from_arrays(codes, _STATUS_NAMES),
+                    pa.array(outcome.event_ts_us, type=pa.int64()).cast(_TS),
+                )
+                rendered[id(outcome)] = pair
+            status, ts = pair
+        arrays += [values, status, ts]
+        names += [col.name, f"{col.name}__status", f"{col.name}__event_timestamp"]
+    metadata = {
+        "registry_version": str(result.registry_version),
+        "trace_id": trace_id,
+        "partial": "true" if result.partial else "false",
+    }
+    table = pa.Table.from_arrays(arrays, names=names, metadata=metadata)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]

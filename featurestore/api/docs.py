@@ -1,0 +1,85 @@
+"""JSON Schemas of the join API for OpenAPI (``/docs``).
+
+The hot path decodes with msgspec, not pydantic, so the documented shapes are spelled
+out here; ``tests/test_http_api.py`` checks them against real responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JOIN_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["entities"],
+    "properties": {
+        "entities": {
+            "type": "object",
+            "description": "Entity key columns of equal length; row i is the i-th value of every column.",
+            "additionalProperties": {"type": "array", "items": {"type": ["integer", "string"]}},
+            "example": {"user_id": [17, 4242]},
+        },
+        "features": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Feature references 'view:feature'. Give this or feature_service.",
+            "example": ["user_profile:age", "user_activity:ctr_30d"],
+        },
+        "feature_service": {"type": "string", "description": "A feature service name."},
+        "full_feature_names": {
+            "type": "boolean",
+            "default": False,
+            "description": "Name output columns 'view__feature'.",
+        },
+    },
+}
+
+JOIN_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "properties": {
+                "feature_names": {"type": "array", "items": {"type": "string"}},
+                "registry_version": {"type": "integer"},
+                "trace_id": {"type": "string"},
+                "partial": {"type": "boolean", "description": "Some values are UNAVAILABLE."},
+            },
+        },
+        "results": {
+            "type": "array",
+            "description": "One column per feature_names entry, rows in request order.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "values": {"type": "array", "items": {}},
+                    "statuses": {
+                        "type": "array",
+                        "items": {
+                            "type": "string",
+                            "enum": ["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"],
+                        },
+                    },
+                    "event_timestamps": {
+                        "type": "array",
+                        "items": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "example": "INVALID_ARGUMENT"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+}

@@ -1,0 +1,112 @@
+"""gRPC API (grpc.aio): ``featurestore.v1.FeatureService`` plus health and reflection.
+
+Methods are registered with raw-bytes (de)serializers so the handler parses the
+request itself: a malformed message becomes INVALID_ARGUMENT with a reason instead
+of grpc's generic INTERNAL, and responses are serialized once, without a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from featurestore import metrics, tracing
+from featurestore.api import proto_codec
+from featurestore.api.errors import GRPC_STATUS
+from featurestore.errors import FeatureStoreError
+from featurestore.join import JoinEngine
+from featurestore.v1 import featurestore_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE = "featurestore.v1.FeatureService"
+JOIN_METHOD = f"/{SERVICE}/Join"
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+class GrpcApi:
+    def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
+        self.engine = engine
+        self.deadline_ms = deadline_ms
+        self.health = health.aio.HealthServicer()
+        self._inflight = metrics.inflight("grpc")
+        self._methods: dict[str, grpc.RpcMethodHandler] = {
+            "Join": grpc.unary_unary_rpc_method_handler(self.join),
+        }
+
+    def add_method(self, name: str, handler: Handler) -> None:
+        self._methods[name] = grpc.unary_unary_rpc_method_handler(handler)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, self._methods)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            pb.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        t0 = time.perf_counter()
+        self._inflight.inc()
+        span = tracing.start_request_span(JOIN_METHOD, _traceparent(context))
+        trace_id = tracing.trace_id_hex(span)
+        outcome = "ok"
+        try:
+            remaining = context.time_remaining()
+            budget = self.deadline_ms / 1000.0
+            if remaining is not None:
+                budget = min(budget, remaining)
+            deadline = time.monotonic() + budget
+            req = proto_codec.decode_join(request)
+            result = await self.engine.join(req, deadline, span)
+            if result.partial:
+                outcome = "partial"
+            return proto_codec.encode_join(result, trace_id)
+        except FeatureStoreError as e:
+            outcome = e.code.value
+            await context.abort(GRPC_STATUS[e.code], e.message)
+            raise  # unreachable: abort raises
+        except Exception as e:
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            outcome = "INTERNAL"
+            log.exception("grpc join failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            raise
+        finally:
+            span.end()
+            self._inflight.dec()
+            metrics.requests(JOIN_METHOD, "grpc", outcome).inc()
+            metrics.request_duration(JOIN_METHOD, "grpc", outcome).observe(time.perf_counter() - t0)
+
+
+def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return None
+
+
+def create_server(max_message_bytes: int) -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 1),
+        ]
+    )

@@ -1,0 +1,304 @@
+"""HTTP API: FastAPI for the documented surface, a direct ASGI path for the join.
+
+``POST /v1/feature/join`` is the hot path, so :class:`HttpApi` answers it straight
+from the ASGI scope (no routing table, middleware stack or pydantic pass) and hands
+every other request to the FastAPI app, which also documents the join in OpenAPI.
+Both paths run the same :class:`JoinEndpoint`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from featurestore import __version__, metrics, tracing
+from featurestore.api import arrow_codec, json_codec
+from featurestore.api.docs import ERROR_SCHEMA, JOIN_REQUEST_SCHEMA, JOIN_RESPONSE_SCHEMA
+from featurestore.api.errors import HTTP_STATUS
+from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
+from featurestore.health import ReadinessProbe
+from featurestore.join import JoinEngine
+from featurestore.registry.snapshot import definitions_to_dict
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JOIN_PATH = "/v1/feature/join"
+JSON = b"application/json"
+_MAX_DEADLINE_MS = 60_000
+
+
+class JoinEndpoint:
+    """Body bytes + a few headers in, (status, content type, body) out. Never raises."""
+
+    def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
+        self.engine = engine
+        self.deadline_ms = deadline_ms
+        self._ok = metrics.requests(JOIN_PATH, "http", "ok")
+        self._ok_latency = metrics.request_duration(JOIN_PATH, "http", "ok")
+
+    async def __call__(
+        self, body: bytes, accept: bytes | None, traceparent: str | None, deadline_ms: bytes | None
+    ) -> tuple[int, bytes, bytes]:
+        t0 = time.perf_counter()
+        span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
+        trace_id = tracing.trace_id_hex(span)
+        try:
+            deadline = time.monotonic() + self._deadline(deadline_ms) / 1000.0
+            req = json_codec.decode_join(body)
+            result = await self.engine.join(req, deadline, span)
+            if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:
+                out, ctype = (
+                    arrow_codec.encode_join_arrow(result, trace_id),
+                    arrow_codec.MEDIA_TYPE.encode(),
+                )
+            else:
+                out, ctype = json_codec.encode_join(result, trace_id), JSON
+        except FeatureStoreError as e:
+            return self._error(e, t0, span)
+        except Exception as e:
+            log.exception("join failed")
+            return self._error(FeatureStoreError(f"internal error: {type(e).__name__}"), t0, span)
+        finally:
+            span.end()
+        if result.partial:
+            metrics.requests(JOIN_PATH, "http", "partial").inc()
+            metrics.request_duration(JOIN_PATH, "http", "partial").observe(time.perf_counter() - t0)
+        else:
+            self._ok.inc()
+            self._ok_latency.observe(time.perf_counter() - t0)
+        return 200, ctype, out
+
+    def _deadline(self, header: bytes | None) -> float:
+        if header is None:
+            return self.deadline_ms
+        try:
+            ms = int(header)
+        except ValueError:
+            raise InvalidArgument(
+                "x-featurestore-deadline-ms must be an integer number of milliseconds"
+            ) from None
+        if not 0 < ms <= _MAX_DEADLINE_MS:
+            raise InvalidArgument(f"x-featurestore-deadline-ms must be in 1..{_MAX_DEADLINE_MS}")
+        return ms
+
+    def _error(self, e: FeatureStoreError, t0: float, span: Any) -> tuple[int, bytes, bytes]:
+        outcome = e.code.value
+        metrics.requests(JOIN_PATH, "http", outcome).inc()
+        metrics.request_duration(JOIN_PATH, "http", outcome).observe(time.perf_counter() - t0)
+        if span.is_recording():
+            span.set_attribute("featurestore.error", outcome)
+        return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
+
+
+class HttpApi:
+    """The ASGI application uvicorn serves."""
+
+    def __init__(
+        self,
+        engine: JoinEngine,
+        readiness: ReadinessProbe,
+        *,
+        max_body_bytes: int,
+        deadline_ms: int,
+        extra_routes: Callable[[FastAPI], None] | None = None,
+    ) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.join = JoinEndpoint(engine, deadline_ms)
+        self.app = _fastapi_app(engine, readiness, self, extra_routes)
+        self._inflight = metrics.inflight("http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == JOIN_PATH and scope["method"] == "POST":
+            await self._join(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._inflight.inc()
+        try:
+            accept = traceparent = deadline = None
+            length = -1
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    length = int(value) if value.isdigit() else -1
+                elif name == b"accept":
+                    accept = value
+                elif name == b"traceparent":
+                    traceparent = value.decode("latin-1")
+                elif name == b"x-featurestore-deadline-ms":
+                    deadline = value
+            body = await self.read_body(receive, length)
+            if body is None:
+                status, ctype, out = self._too_large()
+            else:
+                status, ctype, out = await self.join(body, accept, traceparent, deadline)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", ctype),
+                        (b"content-length", str(len(out)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": out})
+        finally:
+            self._inflight.dec()
+
+    async def read_body(self, receive: Receive, length: int) -> bytes | None:
+        """The whole body, or None as soon as it is known to exceed the limit."""
+        limit = self.max_body_bytes
+        if length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> tuple[int, bytes, bytes]:
+        e = LimitExceeded(
+            f"request body exceeds the limit of {self.max_body_bytes} bytes",
+            details=[{"limit_bytes": self.max_body_bytes}],
+        )
+        metrics.requests(JOIN_PATH, "http", e.code.value).inc()
+        return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
+
+
+def error_response(e: FeatureStoreError) -> Response:
+    return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
+
+
+def _fastapi_app(
+    engine: JoinEngine,
+    readiness: ReadinessProbe,
+    api: HttpApi,
+    extra_routes: Callable[[FastAPI], None] | None,
+) -> FastAPI:
+    app = FastAPI(
+        title="featurestore",
+        version=__version__,
+        description="Online feature serving. gRPC: featurestore.v1.FeatureService on the gRPC port.",
+    )
+
+    @app.post(
+        JOIN_PATH,
+        summary="Join feature values for a batch of entity rows",
+        responses={
+            200: {
+                "description": "Columnar feature values",
+                "content": {
+                    "application/json": {"schema": JOIN_RESPONSE_SCHEMA},
+                    arrow_codec.MEDIA_TYPE: {},
+                },
+            },
+            400: {
+                "description": "Malformed request",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+            404: {
+                "description": "Unknown feature, view or service",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+            413: {
+                "description": "Over the row or body limit",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": JOIN_REQUEST_SCHEMA}},
+            }
+        },
+    )
+    async def join(request: Request) -> Response:
+        h = request.headers
+        length = int(h.get("content-length", "-1") or -1)
+        body = await api.read_body(request.receive, length)
+        if body is None:
+            status, ctype, out = api._too_large()
+        else:
+            deadline = h.get("x-featurestore-deadline-ms")
+            status, ctype, out = await api.join(
+                body,
+                h.get("accept", "").encode(),
+                h.get("traceparent"),
+                deadline.encode() if deadline is not None else None,
+            )
+        return Response(out, status, media_type=ctype.decode())
+
+    @app.get("/v1/registry", summary="The registry snapshot being served")
+    async def registry() -> Response:
+        state = engine.state
+        snap = state.snapshot
+        doc = {
+            "version": snap.version,
+            "fingerprint": snap.fingerprint,
+            "created_at": snap.created_at,
+            "message": snap.message,
+            "data_versions": dict(state.data_versions),
+            "definitions": definitions_to_dict(snap.definitions),
+        }
+        return Response(json_codec.encode(doc), media_type="application/json")
+
+    @app.get("/healthz", summary="Liveness: the process is up")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", summary="Readiness: registry loaded and stores answering")
+    async def readyz() -> Response:
+        r = readiness()
+        doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}
+        return Response(json_codec.encode(doc), 200 if r.ready else 503, media_type="application/json")
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        data, ctype = metrics.exposition()
+        return Response(data, media_type=ctype)
+
+    if extra_routes is not None:
+        extra_routes(app)
+
+    @app.exception_handler(FeatureStoreError)
+    async def on_error(_: Request, e: FeatureStoreError) -> Response:
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "INVALID_ARGUMENT"}.get(e.status_code, "INVALID_ARGUMENT")
+        msg = (
+            f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        )
+        body = json_codec.encode_error({"code": code, "message": msg, "details": []})
+        return Response(body, e.status_code, media_type="application/json")
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, e: RequestValidationError) -> Response:
+        return error_response(InvalidArgument(f"invalid request: {e.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, e: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
+
+    return app

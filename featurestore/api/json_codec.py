@@ -1,0 +1,113 @@
+"""JSON request decoding and response encoding for the HTTP join API (msgspec).
+
+Decoding validates shape and scalar types in C and reports the exact location of a
+bad value (``$.entities.user_id[3]``). Encoding writes the columnar response of the
+contract; statuses and event timestamps are rendered once per view and shared by
+that view's columns.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from featurestore.errors import InvalidArgument
+from featurestore.join import JoinRequest, JoinResult, ViewOutcome
+from featurestore.model import DType
+
+
+class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
+    entities: dict[str, list[int | str]] = {}
+    features: list[str] = []
+    feature_service: str | None = None
+    full_feature_names: bool = False
+
+
+_decoder = msgspec.json.Decoder(_JoinBody)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_join(body: bytes) -> JoinRequest:
+    try:
+        b = _decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid join request: {e}") from None
+    except msgspec.DecodeError as e:
+        what = "empty body" if not body.strip() else f"malformed JSON: {e}"
+        raise InvalidArgument(f"invalid join request: {what}") from None
+    return JoinRequest(
+        entities=b.entities,
+        features=tuple(b.features),
+        feature_service=b.feature_service,
+        full_feature_names=b.full_feature_names,
+    )
+
+
+_STATUS_NAMES = ("", "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE")
+_iso_cache: dict[int, str] = {}
+
+
+def iso_utc(us: int) -> str:
+    """Epoch µs -> ``2024-01-01T00:00:07Z`` (with ``.ffffff`` when not whole seconds)."""
+    s = _iso_cache.get(us)
+    if s is None:
+        secs, frac = divmod(us, 1_000_000)
+        s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        s = f"{s}.{frac:06d}Z" if frac else f"{s}Z"
+        if len(_iso_cache) >= 1 << 17:
+            _iso_cache.clear()
+        _iso_cache[us] = s
+    return s
+
+
+def _iso_list(values: list[int | None]) -> list[str | None]:
+    return [None if v is None else iso_utc(v) for v in values]
+
+
+def encode_join(result: JoinResult, trace_id: str) -> bytes:
+    n = result.rows
+    rendered: dict[int, tuple[list[str], list[str | None]]] = {}
+    entity_statuses = ["PRESENT"] * n
+    entity_ts: list[str | None] = [None] * n
+    results: list[dict[str, Any]] = []
+    for col in result.columns:
+        values = _iso_list(col.values) if col.dtype is DType.TIMESTAMP else col.values
+        outcome = col.outcome
+        if outcome is None:
+            statuses, ts = entity_statuses, entity_ts
+        else:
+            pair = rendered.get(id(outcome))
+            if pair is None:
+                pair = rendered[id(outcome)] = _render(outcome, n)
+            statuses, ts = pair
+        results.append({"values": values, "statuses": statuses, "event_timestamps": ts})
+    return _encoder.encode(
+        {
+            "metadata": {
+                "feature_names": [c.name for c in result.columns],
+                "registry_version": result.registry_version,
+                "trace_id": trace_id,
+                "partial": result.partial,
+            },
+            "results": results,
+        }
+    )
+
+
+def _render(outcome: ViewOutcome, n: int) -> tuple[list[str], list[str | None]]:
+    if outcome.all_present:
+        statuses = ["PRESENT"] * n
+    else:
+        names = _STATUS_NAMES
+        statuses = [names[s] for s in outcome.statuses]
+    return statuses, _iso_list(outcome.event_ts_us)
+
+
+def encode_error(err: dict[str, Any]) -> bytes:
+    return _encoder.encode({"error": err})
+
+
+def encode(doc: Any) -> bytes:
+    return _encoder.encode(doc)

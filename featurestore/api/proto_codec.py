@@ -1,0 +1,115 @@
+"""Protobuf <-> engine types for the gRPC API (typed value columns)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from featurestore.errors import InvalidArgument
+from featurestore.join import JoinRequest, JoinResult, ResultColumn
+from featurestore.model import DType, Status
+from featurestore.v1 import featurestore_pb2 as pb
+
+
+def decode_join(data: bytes) -> JoinRequest:
+    try:
+        msg = pb.JoinRequest.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument(f"invalid join request: malformed protobuf ({e})") from None
+    entities: dict[str, list[Any]] = {}
+    for col in msg.entities:
+        if col.name in entities:
+            raise InvalidArgument(f"entity {col.name!r} is given twice", details=[{"entity": col.name}])
+        kind = col.WhichOneof("values")
+        if kind == "int64_values":
+            entities[col.name] = list(col.int64_values.values)
+        elif kind == "string_values":
+            entities[col.name] = list(col.string_values.values)
+        else:
+            entities[col.name] = []
+    return JoinRequest(
+        entities=entities,
+        features=tuple(msg.features),
+        feature_service=msg.feature_service or None,
+        full_feature_names=msg.full_feature_names,
+    )
+
+
+def _fill_scalar(field: str, default: Any) -> Callable[[pb.FeatureColumn, list[Any]], None]:
+    def fill(col: pb.FeatureColumn, values: list[Any]) -> None:
+        if None in values:
+            values = [default if v is None else v for v in values]
+        getattr(col, field).values.extend(values)
+
+    return fill
+
+
+def _fill_vectors(col: pb.FeatureColumn, values: list[Any]) -> None:
+    out = col.vector_values.values
+    for v in values:
+        out.add().values.extend(v or ())
+
+
+_FILL: dict[DType, Callable[[pb.FeatureColumn, list[Any]], None]] = {
+    DType.INT64: _fill_scalar("int64_values", 0),
+    DType.FLOAT64: _fill_scalar("double_values", 0.0),
+    DType.STRING: _fill_scalar("string_values", ""),
+    DType.BOOL: _fill_scalar("bool_values", False),
+    DType.TIMESTAMP: _fill_scalar("timestamp_values", 0),
+    DType.FLOAT32_VECTOR: _fill_vectors,
+}
+
+
+def encode_join(result: JoinResult, trace_id: str) -> bytes:
+    resp = pb.JoinResponse()
+    md = resp.metadata
+    md.feature_names.extend(c.name for c in result.columns)
+    md.registry_version = result.registry_version
+    md.trace_id = trace_id
+    md.partial = result.partial
+    n = result.rows
+    present = [pb.PRESENT] * n
+    zeros = [0] * n
+    rendered: dict[int, list[int]] = {}
+    for c in result.columns:
+        col = resp.results.add()
+        col.name = c.name
+        _FILL[c.dtype](col, c.values)
+        if c.outcome is None:
+            col.statuses.extend(present)
+            col.event_timestamps.extend(zeros)
+            continue
+        ts = rendered.get(id(c.outcome))
+        if ts is None:
+            ts = rendered[id(c.outcome)] = [0 if t is None else t for t in c.outcome.event_ts_us]
+        col.statuses.extend(c.outcome.statuses)  # type: ignore[arg-type]  # same numbers as pb.Status
+        col.event_timestamps.extend(ts)
+        _null_rows(col, c)
+    return resp.SerializeToString()
+
+
+def _null_rows(col: pb.FeatureColumn, c: ResultColumn) -> None:
+    """Mark PRESENT rows whose value is null (a typed column cannot hold null)."""
+    if None not in c.values:
+        return
+    assert c.outcome is not None
+    statuses = c.outcome.statuses
+    col.null_rows.extend(i for i, v in enumerate(c.values) if v is None and statuses[i] is Status.PRESENT)
+
+
+def column_values(col: pb.FeatureColumn) -> list[Any]:
+    """A response column back to Python values, None where not PRESENT (for clients)."""
+    kind = col.WhichOneof("values")
+    if kind is None:
+        raw: list[Any] = [None] * len(col.statuses)
+    elif kind == "vector_values":
+        raw = [list(v.values) for v in col.vector_values.values]
+    else:
+        raw = list(getattr(col, kind).values)
+    nulls = set(col.null_rows)
+    return [
+        v if s == pb.PRESENT and i not in nulls else None
+        for i, (v, s) in enumerate(zip(raw, col.statuses, strict=True))
+    ]

@@ -1,0 +1,318 @@
+"""``featurestore`` command line: serve, validate, join (and more as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from featurestore.errors import FeatureStoreError
+
+DEFAULT_DATA_DIR = "data"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    try:
+        return int(args.func(args, argv) or 0)
+    except FeatureStoreError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="featurestore", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve joins over HTTP and gRPC")
+    s.add_argument("--config", help="YAML config file (see docs/configuration.md)")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the built-in 100k-user demo (generates data once)",
+    )
+    s.add_argument("--data-dir", default=os.environ.get("FEATURESTORE_DATA_DIR", DEFAULT_DATA_DIR))
+    s.add_argument("--definitions", help="definitions YAML applied at start when it differs from current")
+    s.add_argument("--host", help="listen address for both HTTP and gRPC")
+    s.add_argument("--http-host")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--grpc-host")
+    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--workers", type=int, help="serving processes (default 1)")
+    s.add_argument("--no-apply", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--log-level", default=os.environ.get("FEATURESTORE_LOG_LEVEL", "info"))
+    s.set_defaults(func=cmd_serve)
+
+    v = sub.add_parser("validate", help="validate a definitions file")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_validate)
+
+    j = sub.add_parser("join", help="join features for some entity keys and print a table")
+    j.add_argument("--entity", action="append", required=True, metavar="NAME=K1[,K2...]")
+    group = j.add_mutually_exclusive_group(required=True)
+    group.add_argument("--features", help="comma-separated view:feature references")
+    group.add_argument("--service", help="a feature service name")
+    j.add_argument("--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server")
+    j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
+    j.add_argument("--full-names", action="store_true", help="name columns view__feature")
+    j.add_argument("--string-keys", action="store_true", help="send keys as strings even if numeric")
+    j.add_argument("--json", action="store_true", help="print the raw JSON response")
+    j.set_defaults(func=cmd_join)
+
+    d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
+    d.add_argument("--out", default=DEFAULT_DATA_DIR)
+    d.add_argument("--rows", type=int, default=100_000)
+    d.set_defaults(func=cmd_demo_data)
+    return p
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def _serve_config(args: argparse.Namespace) -> Any:
+    from featurestore.config import load_config
+
+    overrides: dict[tuple[str, ...], Any] = {
+        ("http", "host"): args.http_host or args.host,
+        ("http", "port"): args.http_port,
+        ("grpc", "host"): args.grpc_host or args.host,
+        ("grpc", "port"): args.grpc_port,
+        ("workers",): args.workers,
+        ("log_level",): args.log_level,
+    }
+    if args.demo:
+        from featurestore.demo.data import ensure_demo_data
+
+        data_dir = Path(args.data_dir).resolve()
+        ensure_demo_data(data_dir)
+        demo_defs = resources.files("featurestore.demo") / "features.yaml"
+        overrides[("registry", "path")] = str(data_dir / "registry")
+        overrides[("registry", "definitions")] = str(demo_defs)
+        overrides[("registry", "definitions_base_dir")] = str(data_dir)
+    if args.definitions:
+        overrides[("registry", "definitions")] = args.definitions
+    config = load_config(args.config, overrides)
+    if args.no_apply:
+        import dataclasses
+
+        config = dataclasses.replace(config, registry=dataclasses.replace(config.registry, definitions=None))
+    return config
+
+
+def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
+    from featurestore import server
+
+    config = _serve_config(args)
+    if config.registry.definitions:
+
+        async def apply() -> None:
+            registry = server.make_registry(config)
+            try:
+                await server.apply_on_start(registry, config)
+            finally:
+                await registry.close()
+
+        asyncio.run(apply())
+
+    def announce() -> None:
+        if args.demo:
+            _print_demo_help(config)
+
+    if config.workers > 1:
+        import threading
+
+        if args.demo:
+            threading.Timer(3.0, announce).start()
+        return server.supervise(config.workers, server.worker_argv_from(argv))
+    server.run_process(config, on_ready=announce)
+    return 0
+
+
+def _print_demo_help(config: Any) -> None:
+    url = f"http://{config.http.host}:{config.http.port}"
+    body = '{"entities": {"user_id": [17, 4242]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}'
+    print(
+        f"\nfeaturestore demo is up: 100,000 users, views user_profile and user_activity.\n"
+        f"  curl -s -X POST {url}/v1/feature/join -H 'content-type: application/json' \\\n"
+        f"       -d '{body}'\n"
+        f"  featurestore join --entity user_id=17 --service ranker_v1\n"
+        f"  gRPC: {config.grpc.host}:{config.grpc.port} (featurestore.v1.FeatureService/Join, reflection on)\n"
+        f"  docs: {url}/docs   metrics: {url}/metrics\n"
+        f"Ctrl-C stops it.\n",
+        flush=True,
+    )
+
+
+# -- validate --------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+    from featurestore.registry.snapshot import fingerprint
+
+    defs = load_definitions(args.file)
+    n_features = sum(len(v.features) for v in defs.views.values())
+    print(
+        f"{args.file}: OK - project {defs.project}: {len(defs.entities)} entities, "
+        f"{len(defs.views)} feature views ({n_features} features), {len(defs.services)} feature services; "
+        f"fingerprint {fingerprint(defs)[:12]}"
+    )
+    return 0
+
+
+# -- join ------------------------------------------------------------------------------
+
+
+def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--entity expects NAME=K1[,K2...], got {spec!r}")
+        parts = values.split(",")
+        numeric = not string_keys and all(p.lstrip("-").isdigit() for p in parts)
+        out[name] = [int(p) for p in parts] if numeric else parts
+    return out
+
+
+def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
+    entities = _entities(args.entity, args.string_keys)
+    features = [f.strip() for f in args.features.split(",")] if args.features else []
+    if args.grpc:
+        names, columns, meta = _join_grpc(args.grpc, entities, features, args.service, args.full_names)
+    else:
+        body: dict[str, Any] = {"entities": entities, "full_feature_names": args.full_names}
+        if features:
+            body["features"] = features
+        else:
+            body["feature_service"] = args.service
+        req = urllib.request.Request(
+            args.url.rstrip("/") + "/v1/feature/join",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                doc = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            err = json.loads(e.read() or b"{}").get("error", {})
+            print(f"error {e.code} {err.get('code', '')}: {err.get('message', '')}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(doc, indent=2))
+            return 0
+        names = doc["metadata"]["feature_names"]
+        columns = doc["results"]
+        meta = doc["metadata"]
+    print(render_table(names, columns))
+    print(
+        f"\nregistry version {meta['registry_version']}, trace {meta['trace_id']}, partial={meta['partial']}"
+    )
+    return 0
+
+
+def _join_grpc(
+    target: str,
+    entities: dict[str, list[Any]],
+    features: list[str],
+    service: str | None,
+    full: bool,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+    import grpc
+
+    from featurestore.api.proto_codec import column_values
+    from featurestore.v1 import featurestore_pb2 as pb
+    from featurestore.v1 import featurestore_pb2_grpc as pbg
+
+    req = pb.JoinRequest(features=features, feature_service=service or "", full_feature_names=full)
+    for name, values in entities.items():
+        col = req.entities.add(name=name)
+        if values and isinstance(values[0], int):
+            col.int64_values.values.extend(values)
+        else:
+            col.string_values.values.extend(values)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]
+        except grpc.RpcError as e:
+            raise SystemExit(f"error {e.code().name}: {e.details()}") from None
+    columns = [
+        {
+            "values": column_values(c),
+            "statuses": [pb.Status.Name(s) for s in c.statuses],
+            "event_timestamps": [_iso(t) if t else None for t in c.event_timestamps],
+        }
+        for c in resp.results
+    ]
+    meta = {
+        "registry_version": resp.metadata.registry_version,
+        "trace_id": resp.metadata.trace_id,
+        "partial": resp.metadata.partial,
+    }
+    return list(resp.metadata.feature_names), columns, meta
+
+
+def _iso(us: int) -> str:
+    from featurestore.api.json_codec import iso_utc
+
+    return iso_utc(us)
+
+
+def _cell(value: Any, status: str) -> str:
+    if status != "PRESENT":
+        return f"- ({status})"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def render_table(names: list[str], columns: list[dict[str, Any]]) -> str:
+    rows = len(columns[0]["values"]) if columns else 0
+    if rows == 1:
+        width = max(len(n) for n in names)
+        lines = [f"{'feature'.ljust(width)}  {'value':<24} {'status':<16} event_timestamp"]
+        for name, col in zip(names, columns, strict=True):
+            v, st, ts = col["values"][0], col["statuses"][0], col["event_timestamps"][0]
+            lines.append(
+                f"{name.ljust(width)}  {_cell(v, 'PRESENT' if v is not None else st):<24} {st:<16} {ts or ''}"
+            )
+        return "\n".join(lines)
+    cells = [[_cell(c["values"][i], c["statuses"][i]) for c in columns] for i in range(rows)]
+    widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
+    head = "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([head, sep, *body])
+
+
+# -- demo data -------------------------------------------------------------------------
+
+
+def cmd_demo_data(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.demo.data import ensure_demo_data
+
+    path = ensure_demo_data(args.out, n=args.rows)
+    print(f"demo data: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Server configuration: defaults < YAML file < environment < command-line flags.
+
+Everything the composition root needs is here as frozen dataclasses. The YAML file
+mirrors the dataclass fields one to one (see docs/configuration.md); unknown keys are
+errors, so a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from featurestore.cache import CacheConfig
+from featurestore.errors import InvalidArgument
+from featurestore.tracing import TracingConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    kind: str = "file"  # file | etcd
+    path: str = "data/registry"  # file: root directory
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)  # etcd
+    definitions: str | None = None  # applied at start-up when it differs from current
+    definitions_base_dir: str | None = None  # resolves relative Parquet paths
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    kind: str = "memory"  # memory | redis | clickhouse
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    cache: bool = True  # the LRU cache in front (ignored for memory)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_rows: int = 10_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    deadline_ms: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    project: str = "demo"
+    http: ListenConfig = ListenConfig()
+    grpc: ListenConfig = ListenConfig(port=50051)
+    workers: int = 1
+    registry: RegistryConfig = RegistryConfig()
+    stores: Mapping[str, StoreConfig] = field(
+        default_factory=lambda: MappingProxyType({"default": StoreConfig()})
+    )
+    cache: CacheConfig = CacheConfig()
+    limits: LimitsConfig = LimitsConfig()
+    tracing: TracingConfig = TracingConfig()
+    log_level: str = "info"
+    access_log: bool = False
+
+
+# Environment variables applied over the file, documented in docs/configuration.md.
+ENV = {
+    "FEATURESTORE_PROJECT": ("project",),
+    "FEATURESTORE_HTTP_HOST": ("http", "host"),
+    "FEATURESTORE_HTTP_PORT": ("http", "port"),
+    "FEATURESTORE_GRPC_HOST": ("grpc", "host"),
+    "FEATURESTORE_GRPC_PORT": ("grpc", "port"),
+    "FEATURESTORE_WORKERS": ("workers",),
+    "FEATURESTORE_REGISTRY_PATH": ("registry", "path"),
+    "FEATURESTORE_DEFINITIONS": ("registry", "definitions"),
+    "FEATURESTORE_DEADLINE_MS": ("limits", "deadline_ms"),
+    "FEATURESTORE_LOG_LEVEL": ("log_level",),
+}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[tuple[str, ...], Any] | None = None
+) -> Config:
+    """Build the configuration: defaults, then ``path``, then env vars, then ``overrides``."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise InvalidArgument(f"config {path}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise InvalidArgument(f"config {path}: expected a mapping at the top level")
+        doc = loaded or {}
+    for var, keys in ENV.items():
+        if var in os.environ:
+            _set(doc, keys, os.environ[var])
+    for keys, value in (overrides or {}).items():
+        if value is not None:
+            _set(doc, keys, value)
+    config: Config = _build(Config, doc, str(path or "config"))
+    return config
+
+
+def _set(doc: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    for k in keys[:-1]:
+        doc = doc.setdefault(k, {})
+    doc[keys[-1]] = value
+
+
+def _build(cls: type[Any], doc: Any, where: str) -> Any:
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{where}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(doc) - fields.keys())
+    if unknown:
+        raise InvalidArgument(f"{where}.{unknown[0]}: unknown setting; known: {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in doc.items():
+        kwargs[name] = _convert(cls, fields[name], value, f"{where}.{name}")
+    try:
+        built: Any = cls(**kwargs)
+        return built
+    except TypeError as e:
+        raise InvalidArgument(f"{where}: {e}") from e
+
+
+def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    default = f.default
+    if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    if f.name == "stores" and cls is Config:
+        if not isinstance(value, dict) or not value:
+            raise InvalidArgument(f"{where}: expected a mapping of store name to store settings")
+        return MappingProxyType({str(k): _store(v, f"{where}.{k}") for k, v in value.items()})
+    if dataclasses.is_dataclass(default):
+        return _build(type(default), value, where)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(x).strip() for x in items)
+    return None if value is None else str(value)
+
+
+def _store(doc: Any, where: str) -> StoreConfig:
+    if not isinstance(doc, dict) or "kind" not in doc:
+        raise InvalidArgument(f"{where}: expected a mapping with 'kind' (memory, redis or clickhouse)")
+    doc = dict(doc)
+    kind = str(doc.pop("kind"))
+    if kind not in ("memory", "redis", "clickhouse"):
+        raise InvalidArgument(f"{where}.kind: unknown store kind {kind!r}; use memory, redis or clickhouse")
+    cache = doc.pop("cache", True)
+    return StoreConfig(kind=kind, options=MappingProxyType(doc), cache=bool(cache))
+
+
+def with_data_dir(config: Config, data_dir: str | Path) -> Config:
+    """Relocate file-registry paths under ``data_dir`` (used by ``serve --demo``)."""
+    reg = dataclasses.replace(config.registry, path=str(Path(data_dir) / "registry"))
+    return dataclasses.replace(config, registry=reg)

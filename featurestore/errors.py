@@ -1,0 +1,66 @@
+"""The error model shared by every layer; the API adapters map it to HTTP and gRPC.
+
+A ``FeatureStoreError`` carries a canonical code (the gRPC status name), a message a
+user can act on, and optional structured details. Nothing here imports grpc or
+starlette: the mapping tables live in the API layer.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # over a key or body limit (HTTP 413)
+    ABORTED = "ABORTED"  # compare-and-swap conflict (HTTP 409)
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+
+
+class FeatureStoreError(Exception):
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "details": self.details}
+
+
+class InvalidArgument(FeatureStoreError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(FeatureStoreError):
+    code = Code.NOT_FOUND
+
+
+class LimitExceeded(FeatureStoreError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class Conflict(FeatureStoreError):
+    code = Code.ABORTED
+
+
+class FailedPrecondition(FeatureStoreError):
+    code = Code.FAILED_PRECONDITION
+
+
+class Unavailable(FeatureStoreError):
+    code = Code.UNAVAILABLE
+
+
+class DeadlineExceeded(FeatureStoreError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class DefinitionError(InvalidArgument):
+    """Invalid feature definitions; the message names file, object and field."""

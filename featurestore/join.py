@@ -1,0 +1,273 @@
+"""The join engine: plan -> dedupe keys -> fan out per store -> merge -> statuses.
+
+One request reads each online store once, with every view it serves (so Redis can
+pipeline them), all stores concurrently under one deadline. A store that fails or
+misses the deadline turns its views' values UNAVAILABLE; the other views still
+answer. Values that are not PRESENT are always null, whatever the store returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from featurestore import metrics, tracing
+from featurestore.errors import DeadlineExceeded, Unavailable
+from featurestore.keys import dedupe, validate_entities, view_keys
+from featurestore.model import DType, Status
+from featurestore.plan import JoinPlan, ServingState, ViewPlan
+from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
+
+log = logging.getLogger(__name__)
+
+PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = (
+    Status.PRESENT,
+    Status.NOT_FOUND,
+    Status.OUTSIDE_MAX_AGE,
+    Status.UNAVAILABLE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    entities: Mapping[str, Sequence[Any]]
+    features: tuple[str, ...] = ()
+    feature_service: str | None = None
+    full_feature_names: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_rows: int = 10_000
+    deadline_seconds: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ViewOutcome:
+    """Per-row statuses and event timestamps of one view, shared by its columns."""
+
+    view: str
+    statuses: list[Status]
+    event_ts_us: list[int | None]
+    all_present: bool
+    unavailable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResultColumn:
+    name: str
+    dtype: DType
+    values: list[Any]  # None where the status is not PRESENT
+    outcome: ViewOutcome | None  # None for entity columns (always PRESENT)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    columns: list[ResultColumn]
+    registry_version: int
+    partial: bool
+    rows: int
+    plan: JoinPlan
+
+
+class JoinEngine:
+    def __init__(self, stores: Mapping[str, OnlineSource], state: ServingState, limits: Limits) -> None:
+        self.stores = dict(stores)
+        self.state = state
+        self.limits = limits
+
+    def swap(self, state: ServingState) -> None:
+        """Publish a new registry state; requests already running keep the old one."""
+        self.state = state
+        metrics.REGISTRY_VERSION.set(state.version)
+
+    async def join(self, req: JoinRequest, deadline: float, span: Span | None = None) -> JoinResult:
+        """Serve one join. ``deadline`` is a ``time.monotonic()`` instant."""
+        state = self.state
+        plan = state.plan(req.features, req.feature_service, req.full_feature_names)
+        entities = req.entities
+        n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
+        metrics.JOIN_ROWS.observe(n)
+
+        # Dedupe once per distinct join-key tuple: views keyed alike share the work.
+        keyed: dict[tuple[str, ...], tuple[list[EntityKey], list[int] | None]] = {}
+        by_store: dict[str, list[tuple[int, ViewQuery]]] = {}
+        for slot, vp in enumerate(plan.views):
+            jk = vp.view.join_keys
+            if jk not in keyed:
+                keyed[jk] = dedupe(view_keys(jk, entities))
+            unique = keyed[jk][0]
+            version = state.data_versions.get(vp.view.name, 0)
+            by_store.setdefault(vp.view.online_store, []).append(
+                (slot, ViewQuery(vp.view, unique, vp.features, version))
+            )
+            metrics.JOIN_KEYS_READ.observe(len(unique))
+
+        reads = await self._fan_out(by_store, len(plan.views), deadline, span)
+
+        now_us = time.time_ns() // 1000
+        columns = [
+            ResultColumn(name, _entity_dtype(state, name), list(col), None) for name, col in entities.items()
+        ]
+        outcomes: list[ViewOutcome] = []
+        gathered: list[list[list[Any]]] = []
+        partial = False
+        for slot, vp in enumerate(plan.views):
+            unique, inverse = keyed[vp.view.join_keys]
+            outcome, cols = _merge(vp, reads[slot], n, inverse, now_us)
+            partial |= outcome.unavailable
+            _count_values(outcome, len(vp.features))
+            outcomes.append(outcome)
+            gathered.append(cols)
+        columns.extend(
+            ResultColumn(
+                out.name, out.dtype, gathered[out.view_slot][out.column_slot], outcomes[out.view_slot]
+            )
+            for out in plan.outputs
+        )
+        return JoinResult(columns, state.version, partial, n, plan)
+
+    async def _fan_out(
+        self,
+        by_store: dict[str, list[tuple[int, ViewQuery]]],
+        n_views: int,
+        deadline: float,
+        span: Span | None,
+    ) -> list[ViewRead | BaseException]:
+        reads: list[ViewRead | BaseException] = [Unavailable("not read")] * n_views
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request deadline passed before any store was read")
+        if len(by_store) == 1:
+            # The common case needs no task: await the one store under a timeout.
+            store_name, items = next(iter(by_store.items()))
+            results = await self._read_store(store_name, items, remaining, span)
+            for (slot, _), r in zip(items, results, strict=True):
+                reads[slot] = r
+            return reads
+        tasks = {
+            asyncio.ensure_future(self._read_store(name, items, remaining, span)): items
+            for name, items in by_store.items()
+        }
+        await asyncio.wait(tasks)  # each task enforces the deadline itself
+        for task, items in tasks.items():
+            for (slot, _), r in zip(items, task.result(), strict=True):
+                reads[slot] = r
+        return reads
+
+    async def _read_store(
+        self,
+        store_name: str,
+        items: list[tuple[int, ViewQuery]],
+        budget: float,
+        span: Span | None,
+    ) -> list[ViewRead | BaseException]:
+        queries = [q for _, q in items]
+        store = self.stores.get(store_name)
+        if store is None:
+            err = Unavailable(f"online store {store_name!r} is not configured on this server")
+            return self._failed(store_name, queries, err, "unconfigured")
+        child = None
+        if span is not None and span.is_recording():
+            child = tracing.tracer.start_span(
+                f"read {store_name}",
+                context=tracing.child_context(span),
+                attributes={
+                    "featurestore.store": store_name,
+                    "featurestore.views": [q.view.name for q in queries],
+                },
+            )
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(budget):
+                results = await store.read(queries)
+        except TimeoutError:
+            return self._failed(
+                store_name,
+                queries,
+                DeadlineExceeded(f"store {store_name!r} missed the deadline"),
+                "deadline",
+            )
+        except Exception as e:  # a store must never fail the request
+            log.warning("store %s read failed: %r", store_name, e)
+            return self._failed(store_name, queries, e, "error")
+        finally:
+            if child is not None:
+                child.end()
+        elapsed = time.perf_counter() - t0
+        for q, r in zip(queries, results, strict=True):
+            metrics.view_read_duration(q.view.name, store_name).observe(elapsed)
+            if isinstance(r, BaseException):
+                log.warning("view %s read failed on store %s: %r", q.view.name, store_name, r)
+                metrics.view_read_failures(q.view.name, store_name, "error").inc()
+        return results
+
+    def _failed(
+        self, store_name: str, queries: list[ViewQuery], err: BaseException, reason: str
+    ) -> list[ViewRead | BaseException]:
+        for q in queries:
+            metrics.view_read_failures(q.view.name, store_name, reason).inc()
+        return [err] * len(queries)
+
+
+def _entity_dtype(state: ServingState, name: str) -> DType:
+    return state.definitions.entities[name].dtype
+
+
+def _merge(
+    vp: ViewPlan,
+    read: ViewRead | BaseException,
+    n_rows: int,
+    inverse: list[int] | None,
+    now_us: int,
+) -> tuple[ViewOutcome, list[list[Any]]]:
+    """Statuses per unique key, nulls where not PRESENT, then map back to rows."""
+    view = vp.view.name
+    if isinstance(read, BaseException):
+        nulls: list[Any] = [None] * n_rows
+        return (
+            ViewOutcome(view, [UNAVAILABLE] * n_rows, nulls, all_present=False, unavailable=True),
+            [nulls] * len(vp.features),
+        )
+
+    found, ts = read.found, read.event_ts_us
+    ttl_seconds = vp.view.ttl_seconds
+    cutoff = now_us - ttl_seconds * 1_000_000 if ttl_seconds is not None else None
+    if all(found) and (cutoff is None or min(ts, default=cutoff) >= cutoff):
+        statuses_u: list[Status] = [PRESENT] * len(found)
+        ts_u: list[int | None] = list(ts)
+        cols_u = read.columns
+        all_present = True
+    else:
+        statuses_u = [
+            (PRESENT if cutoff is None or t >= cutoff else OUTSIDE_MAX_AGE) if f else NOT_FOUND
+            for f, t in zip(found, ts, strict=True)
+        ]
+        ts_u = [t if f else None for f, t in zip(found, ts, strict=True)]
+        cols_u = [
+            [v if s is PRESENT else None for v, s in zip(col, statuses_u, strict=True)]
+            for col in read.columns
+        ]
+        all_present = False
+
+    if inverse is None:
+        return ViewOutcome(view, statuses_u, ts_u, all_present), cols_u
+    return (
+        ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present),
+        [[col[i] for i in inverse] for col in cols_u],
+    )
+
+
+def _count_values(outcome: ViewOutcome, n_features: int) -> None:
+    if outcome.all_present:
+        metrics.feature_values(outcome.view, "PRESENT").inc(len(outcome.statuses) * n_features)
+        return
+    for status, count in Counter(outcome.statuses).items():
+        metrics.feature_values(outcome.view, status.name).inc(count * n_features)

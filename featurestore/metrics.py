@@ -1,0 +1,144 @@
+"""Prometheus metrics of the serving process, all ``featurestore_*`` in base units.
+
+Metrics are module-level (one registry per process, as prometheus_client intends).
+With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before
+the workers start, and ``/metrics`` aggregates every worker's values.
+
+Hot-path code binds label children once (``Children``) instead of calling
+``.labels()`` per request: a ``labels()`` lookup costs more than the observation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+REQUESTS = Counter(
+    "featurestore_requests_total",
+    "Requests handled, by route, protocol and outcome (ok, partial or an error code).",
+    ["route", "protocol", "outcome"],
+)
+REQUEST_DURATION = Histogram(
+    "featurestore_request_duration_seconds",
+    "Time from request parsed to response ready, by route, protocol and outcome.",
+    ["route", "protocol", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+INFLIGHT = Gauge(
+    "featurestore_inflight_requests",
+    "Requests being served right now.",
+    ["protocol"],
+    multiprocess_mode="livesum",
+)
+JOIN_ROWS = Histogram(
+    "featurestore_join_rows",
+    "Entity rows per join request.",
+    buckets=ROW_BUCKETS,
+)
+JOIN_KEYS_READ = Histogram(
+    "featurestore_join_keys_read",
+    "Distinct entity keys read per view per join request (after deduplication).",
+    buckets=ROW_BUCKETS,
+)
+VIEW_READ_DURATION = Histogram(
+    "featurestore_view_read_duration_seconds",
+    "Time to read one view from its online store within a join.",
+    ["view", "store"],
+    buckets=LATENCY_BUCKETS,
+)
+VIEW_READ_FAILURES = Counter(
+    "featurestore_view_read_failures_total",
+    "View reads that failed or missed the deadline (values served as UNAVAILABLE).",
+    ["view", "store", "reason"],
+)
+FEATURE_VALUES = Counter(
+    "featurestore_feature_values_total",
+    "Feature values served, by view and status.",
+    ["view", "status"],
+)
+CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
+CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
+CACHE_EVICTIONS = Counter(
+    "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
+)
+CACHE_ENTRIES = Gauge(
+    "featurestore_cache_entries", "Entries held by the LRU cache.", multiprocess_mode="livesum"
+)
+SOURCE_UP = Gauge(
+    "featurestore_source_up",
+    "1 when the online store answers, 0 when it is down.",
+    ["store", "kind"],
+    multiprocess_mode="livemin",
+)
+SOURCE_ROWS_LOADED = Gauge(
+    "featurestore_source_rows_loaded",
+    "Rows held in memory per view by the in-process store.",
+    ["store", "view"],
+    multiprocess_mode="livemax",
+)
+REGISTRY_VERSION = Gauge(
+    "featurestore_registry_version",
+    "Registry snapshot version being served.",
+    multiprocess_mode="livemin",
+)
+
+
+class Children:
+    """Memoised ``metric.labels(*values)`` for label sets seen on the hot path."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+requests = Children(REQUESTS)
+request_duration = Children(REQUEST_DURATION)
+inflight = Children(INFLIGHT)
+view_read_duration = Children(VIEW_READ_DURATION)
+view_read_failures = Children(VIEW_READ_FAILURES)
+feature_values = Children(FEATURE_VALUES)
+cache_hits = Children(CACHE_HITS)
+cache_misses = Children(CACHE_MISSES)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition for ``/metrics``, aggregated across worker processes."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (multiprocess mode only)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+Observer = Callable[[float], None]

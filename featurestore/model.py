@@ -1,0 +1,144 @@
+"""The feature model: entities, feature views, feature services and value types.
+
+Pure data, no I/O. Every object is a frozen dataclass so a registry snapshot can be
+shared by concurrent requests without copies or locks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+class DType(enum.Enum):
+    """Value type of a feature or entity key column."""
+
+    INT64 = "int64"
+    FLOAT64 = "float64"
+    STRING = "string"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"  # UTC, microsecond precision, carried as epoch µs
+    FLOAT32_VECTOR = "float32_vector"
+
+
+ENTITY_DTYPES = frozenset({DType.INT64, DType.STRING})
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class Status(enum.IntEnum):
+    """Per-value status of a joined feature; values match the protobuf enum."""
+
+    PRESENT = 1
+    NOT_FOUND = 2
+    OUTSIDE_MAX_AGE = 3
+    UNAVAILABLE = 4
+
+
+# Composite entity keys join their parts with this separator (Redis key layout).
+KEY_SEPARATOR = "|"
+
+
+def _frozen_map(m: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    name: str
+    dtype: DType
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    dtype: DType
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSource:
+    """Where a view's rows come from offline (materialization, memory store load).
+
+    ``path`` is a Parquet file; ``table`` names a warehouse table (e.g. ClickHouse
+    ``db.table``). Exactly one of the two is set.
+    """
+
+    path: str | None = None
+    table: str | None = None
+    timestamp_field: str = "event_timestamp"
+
+    @property
+    def uri(self) -> str:
+        if self.table is not None:
+            return f"clickhouse://{self.table}"
+        return f"file://{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureView:
+    """A group of features keyed by the same entities and served from one online store.
+
+    ``online_store`` names a store from the server configuration (memory, Redis,
+    ClickHouse), so the same definitions run embedded and in production.
+    """
+
+    name: str
+    entities: tuple[Entity, ...]
+    features: tuple[Feature, ...]
+    online_store: str = "default"
+    ttl_seconds: int | None = None
+    batch_source: BatchSource | None = None
+    upstream: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    owner: str = ""
+    description: str = ""
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entities)
+
+    def feature_index(self, name: str) -> int | None:
+        for i, f in enumerate(self.features):
+            if f.name == name:
+                return i
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRef:
+    view: str
+    feature: str
+
+    def __str__(self) -> str:
+        return f"{self.view}:{self.feature}"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureService:
+    """A named, versioned set of features a model consumes."""
+
+    name: str
+    features: tuple[FeatureRef, ...]
+    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    owner: str = ""
+    description: str = ""
+
+
+def parse_feature_ref(ref: str) -> FeatureRef | None:
+    """``view:feature`` -> FeatureRef, or None when the text is not of that form."""
+    view, sep, feat = ref.partition(":")
+    if not sep or not view or not feat or ":" in feat:
+        return None
+    return FeatureRef(view, feat)
+
+
+def freeze_tags(tags: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return _frozen_map({str(k): str(v) for k, v in (tags or {}).items()})

@@ -1,0 +1,165 @@
+"""Join plans: which views to read, which feature columns, and the output order.
+
+Resolving feature references against a snapshot is the only place a request's
+feature list is interpreted. Plans are cached per snapshot (``ServingState``), so a
+steady stream of identical requests resolves nothing after the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from featurestore.errors import InvalidArgument, NotFound
+from featurestore.model import DType, FeatureRef, FeatureView, parse_feature_ref
+from featurestore.registry.definitions import Definitions
+from featurestore.registry.snapshot import RegistrySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPlan:
+    view: FeatureView
+    features: tuple[int, ...]  # indices into view.features, the columns read
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    name: str
+    dtype: DType
+    view_slot: int  # index into JoinPlan.views
+    column_slot: int  # index into JoinPlan.views[view_slot].features
+
+
+@dataclass(frozen=True, slots=True)
+class JoinPlan:
+    views: tuple[ViewPlan, ...]
+    outputs: tuple[OutputColumn, ...]  # in request order
+    entities: frozenset[str]  # entity columns the request must carry
+    refs: tuple[FeatureRef, ...]
+    service: str | None
+
+
+def resolve(
+    defs: Definitions,
+    features: Sequence[str],
+    service: str | None,
+    full_feature_names: bool,
+) -> JoinPlan:
+    if features and service:
+        raise InvalidArgument("give either 'features' or 'feature_service', not both")
+    if service:
+        svc = defs.services.get(service)
+        if svc is None:
+            raise NotFound(f"unknown feature service {service!r}", details=[{"feature_service": service}])
+        refs = list(svc.features)
+    elif features:
+        refs = [_parse(defs, text) for text in features]
+    else:
+        raise InvalidArgument("empty request: name 'features' or a 'feature_service'")
+
+    slots: dict[str, int] = {}
+    view_features: list[list[int]] = []
+    views: list[FeatureView] = []
+    outputs: list[OutputColumn] = []
+    seen_refs: set[FeatureRef] = set()
+    names: dict[str, FeatureRef] = {}
+    for ref in refs:
+        if ref in seen_refs:
+            raise InvalidArgument(f"feature {ref} is requested twice", details=[{"feature": str(ref)}])
+        seen_refs.add(ref)
+        view = defs.views[ref.view]
+        slot = slots.get(view.name)
+        if slot is None:
+            slot = slots[view.name] = len(views)
+            views.append(view)
+            view_features.append([])
+        fi = view.feature_index(ref.feature)
+        assert fi is not None  # _parse and service validation guarantee it
+        name = f"{ref.view}__{ref.feature}" if full_feature_names else ref.feature
+        if name in names:
+            raise InvalidArgument(
+                f"feature name {name!r} is in both {names[name]} and {ref}; set full_feature_names",
+                details=[{"feature": str(names[name])}, {"feature": str(ref)}],
+            )
+        names[name] = ref
+        outputs.append(OutputColumn(name, view.features[fi].dtype, slot, len(view_features[slot])))
+        view_features[slot].append(fi)
+
+    entities = frozenset(k for v in views for k in v.join_keys)
+    clash = entities & names.keys()
+    if clash:
+        name = min(clash)
+        raise InvalidArgument(
+            f"feature name {name!r} equals an entity column; set full_feature_names",
+            details=[{"feature": str(names[name])}],
+        )
+    return JoinPlan(
+        views=tuple(ViewPlan(v, tuple(f)) for v, f in zip(views, view_features, strict=True)),
+        outputs=tuple(outputs),
+        entities=entities,
+        refs=tuple(refs),
+        service=service or None,
+    )
+
+
+def _parse(defs: Definitions, text: str) -> FeatureRef:
+    if not isinstance(text, str):
+        raise InvalidArgument(f"feature references are strings, got {text!r}")
+    ref = parse_feature_ref(text)
+    if ref is None:
+        raise InvalidArgument(
+            f"{text!r} is not a feature reference; use 'view:feature'", details=[{"feature": text}]
+        )
+    view = defs.views.get(ref.view)
+    if view is None:
+        raise NotFound(
+            f"unknown feature view {ref.view!r} (in {text!r})", details=[{"feature_view": ref.view}]
+        )
+    if view.feature_index(ref.feature) is None:
+        raise NotFound(
+            f"feature view {ref.view!r} has no feature {ref.feature!r}", details=[{"feature": text}]
+        )
+    return ref
+
+
+_MAX_CACHED_PLANS = 4096
+PlanKey = tuple[tuple[str, ...], str | None, bool]
+
+
+class ServingState:
+    """Everything a join reads from the registry, swapped as one reference.
+
+    A request takes ``engine.state`` once and uses only that object, so a registry
+    swap mid-request cannot tear it: it finishes on the snapshot it started with.
+    """
+
+    __slots__ = ("_plans", "data_versions", "snapshot")
+
+    def __init__(self, snapshot: RegistrySnapshot, data_versions: Mapping[str, int] | None = None) -> None:
+        self.snapshot = snapshot
+        self.data_versions: Mapping[str, int] = MappingProxyType(dict(data_versions or {}))
+        self._plans: dict[PlanKey, JoinPlan] = {}
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    @property
+    def definitions(self) -> Definitions:
+        return self.snapshot.definitions
+
+    def plan(self, features: tuple[str, ...], service: str | None, full_feature_names: bool) -> JoinPlan:
+        key = (features, service, full_feature_names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = resolve(self.snapshot.definitions, features, service, full_feature_names)
+            if len(self._plans) >= _MAX_CACHED_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def with_data_versions(self, data_versions: Mapping[str, int]) -> ServingState:
+        state = ServingState(self.snapshot, data_versions)
+        state._plans = self._plans  # same snapshot, same plans
+        return state

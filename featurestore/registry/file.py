@@ -1,0 +1,182 @@
+"""File registry: the etcd layout mirrored on a local directory.
+
+    {root}/{project}/registry/snapshots/{version}.json   immutable
+    {root}/{project}/registry/current                    "<version>"
+    {root}/{project}/data/{view}/current                 "<data version>"
+
+Compare-and-swap holds an exclusive ``flock`` on ``{root}/{project}/.lock`` while it
+compares and replaces; every write is a temp file + fsync + ``os.replace``, so a
+reader sees the old file or the new one, never a torn one, and a crash mid-write
+leaves ``current`` untouched. Several processes on one host may share a root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from featurestore.errors import Conflict, NotFound
+from featurestore.registry.definitions import Definitions
+from featurestore.registry.snapshot import (
+    RegistrySnapshot,
+    new_snapshot,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+
+
+class FileRegistry:
+    def __init__(self, root: str | Path, project: str, poll_interval: float = 0.2) -> None:
+        self.root = Path(root) / project
+        self._project = project
+        self.poll_interval = poll_interval
+        self._snapshots = self.root / "registry" / "snapshots"
+        self._current = self.root / "registry" / "current"
+        self._data = self.root / "data"
+        self._cache: dict[int, RegistrySnapshot] = {}
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def current(self) -> RegistrySnapshot | None:
+        version = await asyncio.to_thread(_read_int, self._current)
+        return None if version is None else await self.get(version)
+
+    async def get(self, version: int) -> RegistrySnapshot:
+        cached = self._cache.get(version)
+        if cached is not None:
+            return cached
+        path = self._snapshots / f"{version}.json"
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"registry snapshot {version} does not exist") from None
+        snap = snapshot_from_json(raw)
+        self._cache[version] = snap  # immutable once written
+        return snap
+
+    async def versions(self) -> list[int]:
+        return await asyncio.to_thread(self._list_versions)
+
+    async def data_versions(self) -> dict[str, int]:
+        return await asyncio.to_thread(self._read_data_versions)
+
+    # -- compare-and-swap writes ----------------------------------------------------
+
+    async def publish(
+        self, definitions: Definitions, *, expected_version: int | None, message: str = ""
+    ) -> RegistrySnapshot:
+        return await asyncio.to_thread(self._publish, definitions, expected_version, message)
+
+    async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
+        await asyncio.to_thread(self._swap_data_version, view, expected, new)
+
+    def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
+        with self._locked():
+            current = _read_int(self._current)
+            if current != expected:
+                raise _conflict("registry current", expected, current)
+            version = max(self._list_versions(), default=0) + 1
+            snap = new_snapshot(definitions, version, message)
+            _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
+            _atomic_write(self._current, str(version).encode())
+            return snap
+
+    def _swap_data_version(self, view: str, expected: int, new: int) -> None:
+        path = self._data / view / "current"
+        with self._locked():
+            current = _read_int(path) or 0
+            if current != expected:
+                raise _conflict(f"data version of view {view!r}", expected, current)
+            _atomic_write(path, str(new).encode())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _list_versions(self) -> list[int]:
+        if not self._snapshots.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self._snapshots.glob("*.json") if p.stem.isdigit())
+
+    def _read_data_versions(self) -> dict[str, int]:
+        if not self._data.is_dir():
+            return {}
+        out = {}
+        for d in self._data.iterdir():
+            v = _read_int(d / "current")
+            if v is not None:
+                out[d.name] = v
+        return out
+
+    # -- change feed -----------------------------------------------------------------
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Poll the pointer files' stamps; cheap (a few stat calls per interval)."""
+        last = await asyncio.to_thread(self._stamp)
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            stamp = await asyncio.to_thread(self._stamp)
+            if stamp != last:
+                last = stamp
+                yield None
+
+    def _stamp(self) -> tuple[tuple[str, int, int], ...]:
+        files = [self._current]
+        if self._data.is_dir():
+            files += sorted(d / "current" for d in self._data.iterdir())
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            out.append((str(f), st.st_mtime_ns, st.st_ino))
+        return tuple(out)
+
+    async def close(self) -> None:
+        self._cache.clear()
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _conflict(what: str, expected: int | None, actual: int | None) -> Conflict:
+    return Conflict(
+        f"{what} is {actual}, not {expected} as expected: someone else changed it; "
+        "re-read the registry and retry",
+        details=[{"expected": expected, "actual": actual}],
+    )

@@ -1,0 +1,190 @@
+"""Immutable registry snapshots and their canonical JSON form.
+
+A snapshot is the unit of publication: version n+1 is written once and never
+changed, then ``current`` is swapped to point at it. The fingerprint is the sha256 of
+the canonical JSON of the definitions alone, so re-applying identical definitions is
+detectable (a no-op) whatever version they would land in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from featurestore.errors import DefinitionError
+from featurestore.model import (
+    BatchSource,
+    DType,
+    Entity,
+    Feature,
+    FeatureService,
+    FeatureView,
+    freeze_tags,
+    parse_feature_ref,
+)
+from featurestore.registry.definitions import Definitions, make_definitions
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot:
+    version: int
+    fingerprint: str
+    definitions: Definitions
+    created_at: str = ""
+    message: str = ""
+
+    @property
+    def project(self) -> str:
+        return self.definitions.project
+
+
+def definitions_to_dict(d: Definitions) -> dict[str, Any]:
+    def tags(t: Any) -> dict[str, str]:
+        return dict(sorted(t.items()))
+
+    return {
+        "project": d.project,
+        "entities": [
+            {
+                "name": e.name,
+                "dtype": e.dtype.value,
+                "description": e.description,
+                "tags": tags(e.tags),
+            }
+            for e in sorted(d.entities.values(), key=lambda e: e.name)
+        ],
+        "feature_views": [
+            {
+                "name": v.name,
+                "entities": list(v.join_keys),
+                "features": [
+                    {
+                        "name": f.name,
+                        "dtype": f.dtype.value,
+                        "description": f.description,
+                        "tags": tags(f.tags),
+                    }
+                    for f in v.features
+                ],
+                "online_store": v.online_store,
+                "ttl_seconds": v.ttl_seconds,
+                "batch_source": None
+                if v.batch_source is None
+                else {
+                    "path": v.batch_source.path,
+                    "table": v.batch_source.table,
+                    "timestamp_field": v.batch_source.timestamp_field,
+                },
+                "upstream": list(v.upstream),
+                "tags": tags(v.tags),
+                "owner": v.owner,
+                "description": v.description,
+            }
+            for v in sorted(d.views.values(), key=lambda v: v.name)
+        ],
+        "feature_services": [
+            {
+                "name": s.name,
+                "features": [str(r) for r in s.features],
+                "tags": tags(s.tags),
+                "owner": s.owner,
+                "description": s.description,
+            }
+            for s in sorted(d.services.values(), key=lambda s: s.name)
+        ],
+    }
+
+
+def definitions_from_dict(doc: dict[str, Any]) -> Definitions:
+    """Inverse of :func:`definitions_to_dict`; the input was validated when applied."""
+    try:
+        entities = [
+            Entity(e["name"], DType(e["dtype"]), e.get("description", ""), freeze_tags(e.get("tags")))
+            for e in doc["entities"]
+        ]
+        by_name = {e.name: e for e in entities}
+        views = []
+        for v in doc["feature_views"]:
+            bs = v.get("batch_source")
+            views.append(
+                FeatureView(
+                    name=v["name"],
+                    entities=tuple(by_name[k] for k in v["entities"]),
+                    features=tuple(
+                        Feature(
+                            f["name"],
+                            DType(f["dtype"]),
+                            f.get("description", ""),
+                            freeze_tags(f.get("tags")),
+                        )
+                        for f in v["features"]
+                    ),
+                    online_store=v.get("online_store", "default"),
+                    ttl_seconds=v.get("ttl_seconds"),
+                    batch_source=None
+                    if bs is None
+                    else BatchSource(bs.get("path"), bs.get("table"), bs["timestamp_field"]),
+                    upstream=tuple(v.get("upstream", ())),
+                    tags=freeze_tags(v.get("tags")),
+                    owner=v.get("owner", ""),
+                    description=v.get("description", ""),
+                )
+            )
+        services = []
+        for s in doc["feature_services"]:
+            refs = [parse_feature_ref(r) for r in s["features"]]
+            services.append(
+                FeatureService(
+                    name=s["name"],
+                    features=tuple(r for r in refs if r is not None),
+                    tags=freeze_tags(s.get("tags")),
+                    owner=s.get("owner", ""),
+                    description=s.get("description", ""),
+                )
+            )
+        return make_definitions(doc["project"], entities, views, services)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DefinitionError(f"stored snapshot is malformed: {e!r}") from e
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def fingerprint(d: Definitions) -> str:
+    return hashlib.sha256(_encoder.encode(definitions_to_dict(d))).hexdigest()
+
+
+def new_snapshot(d: Definitions, version: int, message: str = "") -> RegistrySnapshot:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return RegistrySnapshot(version, fingerprint(d), d, now, message)
+
+
+def snapshot_to_json(s: RegistrySnapshot) -> bytes:
+    return _encoder.encode(
+        {
+            "version": s.version,
+            "fingerprint": s.fingerprint,
+            "created_at": s.created_at,
+            "message": s.message,
+            "definitions": definitions_to_dict(s.definitions),
+        }
+    )
+
+
+def snapshot_from_json(raw: bytes) -> RegistrySnapshot:
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as e:
+        raise DefinitionError(f"stored snapshot is not valid JSON: {e}") from e
+    d = definitions_from_dict(doc["definitions"])
+    return RegistrySnapshot(
+        version=int(doc["version"]),
+        fingerprint=str(doc["fingerprint"]),
+        definitions=d,
+        created_at=str(doc.get("created_at", "")),
+        message=str(doc.get("message", "")),
+    )

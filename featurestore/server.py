@@ -1,0 +1,337 @@
+"""Composition root: configuration -> components -> HTTP + gRPC servers -> lifecycle.
+
+The only module that knows every concrete class. One process runs one event loop
+(uvloop) serving uvicorn and grpc.aio side by side over one ``JoinEngine``. With
+``workers > 1`` a small supervisor starts that many such processes; each binds the
+same ports with SO_REUSEPORT and the kernel spreads connections across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from featurestore import metrics
+from featurestore.api.grpc import GrpcApi, create_server
+from featurestore.api.http import HttpApi
+from featurestore.cache import CachedSource, LRUCache
+from featurestore.config import Config, StoreConfig
+from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.health import Readiness
+from featurestore.join import JoinEngine, Limits
+from featurestore.plan import ServingState
+from featurestore.registry.base import Registry, load_state
+from featurestore.registry.definitions import load_definitions
+from featurestore.registry.file import FileRegistry
+from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
+from featurestore.sources.base import OnlineSource
+from featurestore.sources.memory import MemorySource
+from featurestore.tracing import setup_tracing
+
+log = logging.getLogger("featurestore")
+
+
+# -- components ---------------------------------------------------------------------
+
+
+def make_registry(config: Config) -> Registry:
+    reg = config.registry
+    if reg.kind == "file":
+        return FileRegistry(reg.path, config.project)
+    raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file'")
+
+
+def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
+    if sc.kind == "memory":
+        return MemorySource(name)
+    raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
+
+
+def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSource:
+    """Remote stores get the LRU cache in front unless the config turns it off."""
+    if store.kind == "memory" or not (sc.cache and config.cache.enabled):
+        return store
+    return CachedSource(store, LRUCache(config.cache.max_entries, config.cache.ttl_seconds))
+
+
+async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot | None:
+    """Publish ``registry.definitions`` unless current already holds the same content."""
+    path = config.registry.definitions
+    if path is None:
+        return None
+    defs = load_definitions(path, config.registry.definitions_base_dir)
+    if defs.project != config.project:
+        raise InvalidArgument(
+            f"{path}: project {defs.project!r} differs from the server's {config.project!r}"
+        )
+    for _ in range(5):
+        current = await registry.current()
+        if current is not None and current.fingerprint == fingerprint(defs):
+            return current
+        try:
+            snap = await registry.publish(
+                defs,
+                expected_version=current.version if current else None,
+                message=f"applied on start from {path}",
+            )
+            log.info("applied %s as registry version %d", path, snap.version)
+            return snap
+        except Exception as e:  # a concurrent apply won: re-read and compare again
+            log.info("apply on start raced (%s); re-reading", e)
+    raise FailedPrecondition("could not apply definitions on start: the registry keeps changing")
+
+
+@dataclass
+class Runtime:
+    """Everything one serving process runs."""
+
+    config: Config
+    registry: Registry
+    stores: dict[str, OnlineSource]
+    engine: JoinEngine
+    stopping: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def readiness(self) -> Readiness:
+        reasons = []
+        if self.stopping:
+            reasons.append("shutting down")
+        states = {name: s.state().value for name, s in self.stores.items()}
+        reasons += [f"store {n} is {st}" for n, st in states.items() if st in ("down", "starting")]
+        return Readiness(
+            ready=not reasons,
+            reasons=tuple(reasons),
+            details={"registry_version": self.engine.state.version, "stores": states},
+        )
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for s in self.stores.values():
+            await s.close()
+        await self.registry.close()
+
+
+async def prepare_views(stores: Mapping[str, OnlineSource], snapshot: RegistrySnapshot) -> None:
+    """Make every store ready for the snapshot's views; fail naming a missing store."""
+    by_store: dict[str, list] = {}  # type: ignore[type-arg]
+    for view in snapshot.definitions.views.values():
+        if view.online_store not in stores:
+            raise FailedPrecondition(
+                f"feature view {view.name!r} uses online store {view.online_store!r}, "
+                f"which this server does not configure (stores: {', '.join(sorted(stores))})"
+            )
+        by_store.setdefault(view.online_store, []).append(view)
+    for name, views in by_store.items():
+        await stores[name].prepare(views)
+
+
+async def build_runtime(config: Config) -> Runtime:
+    registry = make_registry(config)
+    snapshot, data_versions = await load_state(registry)
+    if snapshot is None:
+        raise FailedPrecondition(
+            f"the registry at {config.registry.path!r} has no snapshot for project {config.project!r}: "
+            "run `featurestore apply FILE` or start with --definitions FILE"
+        )
+    stores = {
+        name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()
+    }
+    for s in stores.values():
+        await s.start()
+    await prepare_views(stores, snapshot)
+    limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
+    engine = JoinEngine(stores, ServingState(snapshot, data_versions), limits)
+    engine.swap(engine.state)
+    rt = Runtime(config, registry, stores, engine)
+    rt.tasks.append(asyncio.create_task(_watch_registry(rt), name="registry-watch"))
+    return rt
+
+
+async def _watch_registry(rt: Runtime) -> None:
+    """Swap in new snapshots / data versions as they are published (off the hot path)."""
+    async for _ in rt.registry.changes():
+        try:
+            snapshot, data_versions = await load_state(rt.registry)
+            if snapshot is None:
+                continue
+            current = rt.engine.state
+            if snapshot.version == current.version:
+                if dict(data_versions) != dict(current.data_versions):
+                    rt.engine.swap(current.with_data_versions(data_versions))
+                continue
+            await prepare_views(rt.stores, snapshot)
+            rt.engine.swap(ServingState(snapshot, data_versions))
+            log.info("now serving registry version %d", snapshot.version)
+        except Exception:
+            log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+
+
+# -- one serving process ---------------------------------------------------------------
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the process owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:
+    """Run one serving process until SIGINT/SIGTERM, then drain and exit."""
+    setup_tracing(config.tracing)
+    rt = await build_runtime(config)
+    http_api = HttpApi(
+        rt.engine,
+        rt.readiness,
+        max_body_bytes=config.limits.max_body_bytes,
+        deadline_ms=config.limits.deadline_ms,
+    )
+    grpc_api = GrpcApi(rt.engine, config.limits.deadline_ms)
+    grpc_server = create_server(config.limits.max_body_bytes)
+    grpc_api.register(grpc_server)
+    bound = grpc_server.add_insecure_port(f"{config.grpc.host}:{config.grpc.port}")
+    if bound == 0:
+        raise FailedPrecondition(f"cannot bind gRPC on {config.grpc.host}:{config.grpc.port}")
+    sock = _listen(config.http.host, config.http.port)
+    uv = _UvicornServer(
+        uvicorn.Config(
+            http_api,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=config.access_log,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    http_task = asyncio.create_task(uv.serve(sockets=[sock]), name="http")
+    # uvicorn exposes no startup event, only the flag.
+    while not uv.started and not http_task.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        await http_task  # surfaces the bind/startup error
+    await grpc_api.set_serving(True)
+    log.info(
+        "serving registry version %d: http://%s:%d grpc %s:%d (pid %d)",
+        rt.engine.state.version, config.http.host, config.http.port, config.grpc.host, config.grpc.port, os.getpid(),
+    )  # fmt: skip
+    if on_ready is not None:
+        on_ready()
+
+    stop_wait = asyncio.create_task(stop.wait())
+    await asyncio.wait([stop_wait, http_task], return_when=asyncio.FIRST_COMPLETED)
+    log.info("draining in-flight requests")
+    rt.stopping = True
+    await grpc_api.set_serving(False)
+    uv.should_exit = True
+    await asyncio.gather(grpc_server.stop(grace=10), http_task, return_exceptions=True)
+    stop_wait.cancel()
+    await rt.close()
+    log.info("stopped")
+
+
+def run_process(config: Config, on_ready: Callable[[], None] | None = None) -> None:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config, on_ready))
+
+
+# -- several worker processes ----------------------------------------------------------
+
+
+def supervise(workers: int, worker_argv: list[str]) -> int:
+    """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
+    metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        procs[slot] = subprocess.Popen(worker_argv, env=env)
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for slot in range(workers):
+        spawn(slot)
+    code = 0
+    try:
+        while procs:
+            time.sleep(0.2)
+            for slot, p in list(procs.items()):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                metrics.mark_worker_dead(p.pid)
+                if stopping:
+                    del procs[slot]
+                    code = code or (rc if rc > 0 else 0)
+                else:
+                    log.error("worker %d exited with %s; restarting", p.pid, rc)
+                    time.sleep(0.5)
+                    spawn(slot)
+    finally:
+        for f in Path(metrics_dir).glob("*.db"):
+            f.unlink()
+        os.rmdir(metrics_dir)
+    return code
+
+
+def worker_argv_from(argv: list[str]) -> list[str]:
+    """The command line of one worker: the same ``serve`` with ``--workers 1``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        out.append(a)
+    return [sys.executable, "-m", "featurestore.cli", *out, "--workers", "1", "--no-apply"]

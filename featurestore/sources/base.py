@@ -1,0 +1,91 @@
+"""The ``OnlineSource`` port: what the join engine needs from an online store.
+
+A store serves several feature views. The engine calls :meth:`OnlineSource.read`
+once per store per request with every view that store serves, so a store can batch
+them (Redis pipelines one MGET per view into a single round trip). Results are
+columnar over the *unique* keys the engine passes; the engine maps them back to rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from featurestore.model import FeatureView
+
+# An entity key as the engine passes it: the key value for a single-entity view,
+# a tuple of the parts (in the view's entity order) for a composite key.
+EntityKey = int | str | tuple[int | str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewQuery:
+    view: FeatureView
+    keys: Sequence[EntityKey]  # unique keys
+    features: Sequence[int]  # indices into view.features, in the order wanted back
+    data_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRead:
+    """Columnar answer for one ViewQuery, aligned with its keys.
+
+    ``columns[j][i]`` is the value of feature ``query.features[j]`` for ``keys[i]``.
+    Where ``found[i]`` is false the values and timestamp are meaningless: the engine
+    nulls them, so sources need not.
+    """
+
+    found: list[bool]
+    event_ts_us: list[int]
+    columns: list[list[Any]]
+
+
+class SourceState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"  # answering, but something is wrong (e.g. one node down)
+    DOWN = "down"
+
+
+@runtime_checkable
+class OnlineSource(Protocol):
+    """An online store. Implementations: memory, redis, clickhouse; all pass
+    ``tests/contract/test_online_source.py``."""
+
+    @property
+    def name(self) -> str:
+        """The store name from the configuration (what views refer to)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """``memory``, ``redis`` or ``clickhouse``."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def prepare(self, views: Sequence[FeatureView]) -> None:
+        """Get ready to serve these views (load data, create tables). Called off the
+        hot path before a registry snapshot naming them goes live."""
+        ...
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        """Read every query; a per-view failure is returned in its slot, not raised."""
+        ...
+
+    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+        """Upsert rows shaped like :func:`featurestore.sources.arrow.view_schema`
+        into a data version; returns the number of rows written."""
+        ...
+
+    def table_uri(self, view: FeatureView) -> str:
+        """Where the view's online values live, e.g. ``redis://fs/user_profile``."""
+        ...
+
+    def state(self) -> SourceState: ...
