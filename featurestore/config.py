@@ -94,7 +94,7 @@ def load_config(
         except (OSError, yaml.YAMLError) as e:
             raise InvalidArgument(f"config {path}: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
-            raise InvalidArgument(f"config {path}: expected a mapping at the top level")
+            raise InvalidArgument(f"{path}: expected a mapping at the top level")
         doc = loaded or {}
     for var, keys in ENV.items():
         if var in os.environ:
@@ -102,8 +102,22 @@ def load_config(
     for keys, value in (overrides or {}).items():
         if value is not None:
             _set(doc, keys, value)
-    config: Config = _build(Config, doc, str(path or "config"))
+    try:
+        config: Config = _build(Config, doc, "")
+    except _SettingError as e:
+        raise InvalidArgument(f"{path or 'config'}: {e.where}: {e.problem}") from None
     return config
+
+
+class _SettingError(Exception):
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+def _key(where: str, name: object) -> str:
+    return f"{where}.{name}" if where else str(name)
 
 
 def _set(doc: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
@@ -114,19 +128,16 @@ def _set(doc: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
 
 def _build(cls: type[Any], doc: Any, where: str) -> Any:
     if not isinstance(doc, dict):
-        raise InvalidArgument(f"{where}: expected a mapping")
+        raise _SettingError(where or "top level", "expected a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(doc) - fields.keys())
     if unknown:
-        raise InvalidArgument(f"{where}.{unknown[0]}: unknown setting; known: {', '.join(sorted(fields))}")
+        raise _SettingError(_key(where, unknown[0]), f"unknown setting; known: {', '.join(sorted(fields))}")
     kwargs: dict[str, Any] = {}
     for name, value in doc.items():
-        kwargs[name] = _convert(cls, fields[name], value, f"{where}.{name}")
-    try:
-        built: Any = cls(**kwargs)
-        return built
-    except TypeError as e:
-        raise InvalidArgument(f"{where}: {e}") from e
+        kwargs[name] = _convert(cls, fields[name], value, _key(where, name))
+    built: Any = cls(**kwargs)
+    return built
 
 
 def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) -> Any:
@@ -135,7 +146,7 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
         default = f.default_factory()
     if f.name == "stores" and cls is Config:
         if not isinstance(value, dict) or not value:
-            raise InvalidArgument(f"{where}: expected a mapping of store name to store settings")
+            raise _SettingError(where, "expected a mapping of store name to store settings")
         return MappingProxyType({str(k): _store(v, f"{where}.{k}") for k, v in value.items()})
     if dataclasses.is_dataclass(default):
         return _build(type(default), value, where)
@@ -147,12 +158,12 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise InvalidArgument(f"{where}: expected an integer, got {value!r}") from None
+            raise _SettingError(where, f"expected an integer, got {value!r}") from None
     if isinstance(default, float):
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise InvalidArgument(f"{where}: expected a number, got {value!r}") from None
+            raise _SettingError(where, f"expected a number, got {value!r}") from None
     if isinstance(default, tuple):
         items = value.split(",") if isinstance(value, str) else value
         return tuple(str(x).strip() for x in items)
@@ -161,11 +172,11 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
 
 def _store(doc: Any, where: str) -> StoreConfig:
     if not isinstance(doc, dict) or "kind" not in doc:
-        raise InvalidArgument(f"{where}: expected a mapping with 'kind' (memory, redis or clickhouse)")
+        raise _SettingError(where, "expected a mapping with 'kind' (memory, redis or clickhouse)")
     doc = dict(doc)
     kind = str(doc.pop("kind"))
     if kind not in ("memory", "redis", "clickhouse"):
-        raise InvalidArgument(f"{where}.kind: unknown store kind {kind!r}; use memory, redis or clickhouse")
+        raise _SettingError(f"{where}.kind", f"unknown store kind {kind!r}; use memory, redis or clickhouse")
     cache = doc.pop("cache", True)
     return StoreConfig(kind=kind, options=MappingProxyType(doc), cache=bool(cache))
 

@@ -19,7 +19,7 @@ from featurestore.model import DType
 
 
 class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
-    entities: dict[str, list[int | str]] = {}
+    entities: dict[str, list[Any]] = {}  # key types are checked per entity dtype
     features: list[str] = []
     feature_service: str | None = None
     full_feature_names: bool = False

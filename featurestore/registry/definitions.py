@@ -95,6 +95,9 @@ class _Parser:
     def mapping(self, obj: Any, where: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
         if not isinstance(obj, dict):
             raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        name = obj.get("name")
+        if isinstance(name, str) and where.endswith("]"):
+            where = f"{where[: where.rindex('[')]}[{name}]"  # name the object, not its index
         unknown = sorted(set(map(str, obj)) - allowed)
         if unknown:
             raise self.fail(

@@ -128,7 +128,8 @@ def column_array(col: pa.ChunkedArray, dtype: DType) -> np.ndarray:
         uniq = np.array([*enc.dictionary.to_pylist(), None], dtype=object)
         idx = enc.indices.fill_null(len(uniq) - 1).to_numpy()
         return uniq[idx]  # type: ignore[no-any-return]
-    return np.array(col.to_pylist(), dtype=object)
+    # fromiter keeps a 1-d array of list objects (np.array would build a 2-d one).
+    return np.fromiter(col.to_pylist(), dtype=object, count=len(col))
 
 
 def row_keys(table: pa.Table, join_keys: Sequence[str]) -> list[EntityKey]:

@@ -39,13 +39,50 @@ log = logging.getLogger(__name__)
 Row = tuple[Any, ...]  # feature values in view order, then event_ts_us
 
 
+class _KeyIndex:
+    """Entity key -> row position. Int64 keys live in a sorted array (8 bytes a key,
+    vectorised lookups); string and composite keys in a dict."""
+
+    __slots__ = ("_dict", "_keys", "_rows")
+
+    def __init__(self, keys: list[EntityKey], rows: np.ndarray) -> None:
+        self._dict: dict[EntityKey, int] | None = None
+        if keys and type(keys[0]) is int:
+            arr = np.asarray(keys, dtype=np.int64)[rows]
+            # later rows (by event time) must win: keep the last occurrence of each key
+            rev_keys, rev_first = np.unique(arr[::-1], return_index=True)
+            self._keys = rev_keys
+            self._rows = rows[::-1][rev_first]
+        else:
+            self._keys = self._rows = np.empty(0, np.int64)
+            self._dict = dict(zip((keys[i] for i in rows.tolist()), rows.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return len(self._dict) if self._dict is not None else len(self._keys)
+
+    def positions(self, keys: Sequence[EntityKey]) -> list[int]:
+        """Row of each key, -1 where absent."""
+        if self._dict is not None:
+            d = self._dict
+            return [d.get(k, -1) for k in keys]
+        if not keys or not all(type(k) is int for k in keys):
+            return [-1] * len(keys)
+        q = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        at = np.searchsorted(self._keys, q)
+        at[at == len(self._keys)] = 0
+        hit = self._keys[at] == q
+        out: list[int] = np.where(hit, self._rows[at], -1).tolist()
+        return out
+
+
 @dataclass(slots=True)
 class _ViewData:
     signature: tuple[Any, ...]
-    index: dict[EntityKey, int]
+    index: _KeyIndex
     columns: list[np.ndarray]
     event_ts_us: np.ndarray
     overlays: dict[int, dict[EntityKey, Row]] = field(default_factory=dict)
+    index_key: tuple[Any, ...] = ()
 
 
 class MemorySource:
@@ -55,6 +92,8 @@ class MemorySource:
         self._name = name
         self._views: dict[str, _ViewData] = {}
         self._state = SourceState.READY
+        # Views cut from one file share its key index (the demo's two views do).
+        self._indexes: dict[tuple[Any, ...], tuple[_KeyIndex, np.ndarray]] = {}
 
     @property
     def name(self) -> str:
@@ -78,11 +117,14 @@ class MemorySource:
             current = self._views.get(view.name)
             if current is not None and current.signature == sig:
                 continue
-            data = await asyncio.to_thread(_load, view, sig)
+            data = await asyncio.to_thread(_load, view, sig, self._indexes)
             if current is not None and current.signature[1:] == sig[1:]:
                 data.overlays = current.overlays  # same schema: keep pushed rows
             self._views[view.name] = data
             metrics.SOURCE_ROWS_LOADED.labels(self._name, view.name).set(len(data.index))
+        live = {d.index_key for d in self._views.values()}
+        for key in [k for k in self._indexes if k not in live]:
+            del self._indexes[key]
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         out: list[ViewRead | BaseException] = []
@@ -109,8 +151,7 @@ class MemorySource:
 
 
 def _read(data: _ViewData, q: ViewQuery) -> ViewRead:
-    index = data.index
-    pos = [index.get(k, -1) for k in q.keys]
+    pos = data.index.positions(q.keys)
     found = [p >= 0 for p in pos]
     if data.event_ts_us.size:
         rows = np.array(pos, dtype=np.int64)
@@ -151,10 +192,17 @@ def _signature(view: FeatureView) -> tuple[Any, ...]:
 
 
 def _empty(view: FeatureView, sig: tuple[Any, ...]) -> _ViewData:
-    return _ViewData(sig, {}, [np.empty(0, dtype=object) for _ in view.features], np.empty(0, np.int64))
+    return _ViewData(
+        sig,
+        _KeyIndex([], np.empty(0, np.int64)),
+        [np.empty(0, dtype=object) for _ in view.features],
+        np.empty(0, np.int64),
+    )
 
 
-def _load(view: FeatureView, sig: tuple[Any, ...]) -> _ViewData:
+def _load(
+    view: FeatureView, sig: tuple[Any, ...], indexes: dict[tuple[Any, ...], tuple[_KeyIndex, np.ndarray]]
+) -> _ViewData:
     src = view.batch_source
     if src is None or src.path is None:
         log.info("view %s has no Parquet batch source: serving pushed rows only", view.name)
@@ -165,12 +213,14 @@ def _load(view: FeatureView, sig: tuple[Any, ...]) -> _ViewData:
     except (OSError, pa.ArrowInvalid) as e:
         raise FailedPrecondition(f"view {view.name!r}: cannot read {src.path}: {e}") from e
     table = conform(view, table, src.timestamp_field)
-    ts_all = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
-    # Stable sort by event time, then a dict built in that order keeps the last
-    # (latest) row of every key.
-    order = np.argsort(ts_all, kind="stable")
-    keys = row_keys(table, view.join_keys)
-    index = dict(zip((keys[i] for i in order.tolist()), order.tolist(), strict=True))
+    index_key = (sig[0], src.path, src.timestamp_field, sig[2])
+    shared = indexes.get(index_key)
+    if shared is None:
+        ts_all = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
+        # Rows in event-time order: the index keeps the last (latest) row of every key.
+        order = np.argsort(ts_all, kind="stable")
+        shared = indexes[index_key] = (_KeyIndex(row_keys(table, view.join_keys), order), ts_all)
+    index, ts_all = shared
     columns = [column_array(table.column(f.name), f.dtype) for f in view.features]
     log.info(
         "loaded %d rows (%d keys) for view %s from %s",
@@ -179,4 +229,4 @@ def _load(view: FeatureView, sig: tuple[Any, ...]) -> _ViewData:
         view.name,
         src.path,
     )
-    return _ViewData(sig, index, columns, ts_all)
+    return _ViewData(sig, index, columns, ts_all, index_key=index_key)

@@ -1,0 +1,63 @@
+# featurestore: `make run` serves the demo, `make test` runs everything CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Debian packages the test suite starts as real servers / tools.
+DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus wrk
+PYTEST_ARGS ?=
+
+.PHONY: help run test venv install system-deps lint format types proto unit bench clean
+
+help:
+	@echo "make run      create .venv, install, serve the 100k-user demo (HTTP :8080, gRPC :50051)"
+	@echo "make test     install test deps (pip + apt), lint, type-check, run pytest on real servers"
+	@echo "make proto    regenerate gRPC code from proto/"
+	@echo "make bench    benchmarks side by side with Feast (writes benchmarks/RESULTS.md)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/featurestore serve --demo
+
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/featurestore/v1/*.proto
+
+test: $(STAMP) system-deps lint types
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit tests/contract $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

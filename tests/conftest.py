@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from featurestore.demo.data import ensure_demo_data
+from tests.support import ServerProcess, write_test_repo
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("demo")
+    ensure_demo_data(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def test_repo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The definitions file of the test feature repository (see support.write_test_repo)."""
+    root = tmp_path_factory.mktemp("repo")
+    return write_test_repo(root, demo_dir / "users.parquet")
+
+
+@pytest.fixture(scope="session")
+def server(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server process (memory store) shared by the read-only API tests."""
+    work = tmp_path_factory.mktemp("server")
+    config = work / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {work / 'registry'}}}\n"
+        "limits: {max_rows: 1000, max_body_bytes: 262144, deadline_ms: 2000}\n"
+    )
+    proc = ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo)], log_path=work / "server.log"
+    ).start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,121 @@
+"""The Registry contract: every adapter (file, etcd) runs this same suite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from featurestore.errors import Conflict, NotFound
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.registry.base import Registry
+from featurestore.registry.definitions import Definitions, make_definitions
+from tests.contract.adapters import REGISTRIES, RegistryFactory
+
+USER = Entity("user_id", DType.INT64)
+
+
+def defs(n_features: int) -> Definitions:
+    view = FeatureView("v", (USER,), tuple(Feature(f"f{i}", DType.FLOAT64) for i in range(n_features)))
+    return make_definitions("contract", [USER], [view], [])
+
+
+@pytest.fixture(params=REGISTRIES)
+def factory(request: pytest.FixtureRequest) -> RegistryFactory:
+    return RegistryFactory(request.param, request)
+
+
+@pytest.fixture
+async def registry(factory: RegistryFactory) -> AsyncIterator[Registry]:
+    reg = factory.client()
+    yield reg
+    await reg.close()
+
+
+async def test_empty_registry(registry: Registry) -> None:
+    assert await registry.current() is None
+    assert await registry.versions() == []
+    assert await registry.data_versions() == {}
+    with pytest.raises(NotFound):
+        await registry.get(1)
+
+
+async def test_publish_and_read_back(registry: Registry) -> None:
+    s1 = await registry.publish(defs(1), expected_version=None, message="first")
+    assert s1.version == 1
+    cur = await registry.current()
+    assert (
+        cur is not None and cur.version == 1 and cur.fingerprint == s1.fingerprint and cur.message == "first"
+    )
+    s2 = await registry.publish(defs(2), expected_version=1)
+    assert s2.version == 2
+    assert (await registry.current()).version == 2  # type: ignore[union-attr]
+    assert await registry.versions() == [1, 2]
+    old = await registry.get(1)
+    assert len(old.definitions.views["v"].features) == 1  # snapshots are immutable
+
+
+async def test_stale_expected_version_conflicts(registry: Registry) -> None:
+    await registry.publish(defs(1), expected_version=None)
+    with pytest.raises(Conflict) as info:
+        await registry.publish(defs(2), expected_version=None)
+    assert "re-read" in info.value.message and "retry" in info.value.message
+    with pytest.raises(Conflict):
+        await registry.publish(defs(2), expected_version=7)
+    assert (await registry.current()).version == 1  # type: ignore[union-attr]
+
+
+async def test_concurrent_publishes_exactly_one_wins(factory: RegistryFactory) -> None:
+    clients = [factory.client() for _ in range(6)]
+    await clients[0].publish(defs(1), expected_version=None)
+    results = await asyncio.gather(
+        *(c.publish(defs(i + 2), expected_version=1) for i, c in enumerate(clients)), return_exceptions=True
+    )
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    assert len(wins) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
+    cur = await clients[0].current()
+    assert cur is not None and cur.fingerprint == wins[0].fingerprint
+    for c in clients:
+        await c.close()
+
+
+async def test_data_version_compare_and_swap(registry: Registry) -> None:
+    await registry.swap_data_version("v", expected=0, new=1)
+    with pytest.raises(Conflict):
+        await registry.swap_data_version("v", expected=0, new=2)
+    await registry.swap_data_version("v", expected=1, new=2)
+    await registry.swap_data_version("w", expected=0, new=5)
+    assert await registry.data_versions() == {"v": 2, "w": 5}
+
+
+async def test_projects_are_separate(factory: RegistryFactory) -> None:
+    a, b = factory.client("alpha"), factory.client("beta")
+    await a.publish(defs(1), expected_version=None)
+    assert await b.current() is None
+    await a.close()
+    await b.close()
+
+
+async def test_changes_feed_sees_publications(factory: RegistryFactory) -> None:
+    watcher, writer = factory.client(), factory.client()
+    seen = asyncio.Event()
+
+    async def watch() -> None:
+        async for _ in watcher.changes():
+            seen.set()
+            return
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)  # let the watch start
+    await writer.publish(defs(1), expected_version=None)
+    await asyncio.wait_for(seen.wait(), timeout=5)
+    seen.clear()
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    await writer.swap_data_version("v", expected=0, new=1)
+    await asyncio.wait_for(seen.wait(), timeout=5)
+    await task
+    await watcher.close()
+    await writer.close()

@@ -1,0 +1,244 @@
+"""Every class of bad input, on both protocols: the contract's status, a message that
+names the problem, and never a 500 / INTERNAL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from featurestore.v1 import featurestore_pb2 as pb
+from tests.integration.test_grpc_api import grpc_request
+from tests.support import ServerProcess, http_post
+
+pytestmark = pytest.mark.integration
+
+JOIN = "/featurestore.v1.FeatureService/Join"
+
+
+@pytest.fixture(scope="module")
+def raw_join(server: ServerProcess) -> Iterator[Any]:
+    """A Join callable taking raw bytes, so malformed protobuf can be sent."""
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        yield ch.unary_unary(JOIN, request_serializer=None, response_deserializer=None)
+
+
+def http_error(server: ServerProcess, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, out, headers = http_post(server.url + "/v1/feature/join", raw)
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(out)
+    assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message", "details"}
+    return status, doc["error"]
+
+
+def grpc_error(raw_join: Any, body: bytes | dict[str, Any]) -> grpc.RpcError:
+    data = body if isinstance(body, bytes) else grpc_request(body).SerializeToString()
+    with pytest.raises(grpc.RpcError) as info:
+        raw_join(data, timeout=5)
+    return info.value
+
+
+CASES: list[tuple[str, dict[str, Any], int, grpc.StatusCode, str]] = [
+    # name, body, http status, grpc code, text the message must contain
+    (
+        "wrong key type",
+        {"entities": {"user_id": ["abc"]}, "features": ["user_profile:age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user_id",
+    ),
+    (
+        "ragged columns",
+        {"entities": {"user_id": [1, 2], "item_id": [1]}, "features": ["user_item:affinity"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "different lengths",
+    ),
+    (
+        "no entity rows",
+        {"entities": {"user_id": []}, "features": ["user_profile:age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no rows",
+    ),
+    (
+        "no entity columns",
+        {"entities": {}, "features": ["user_profile:age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "entities",
+    ),
+    ("no features", {"entities": {"user_id": [1]}}, 400, grpc.StatusCode.INVALID_ARGUMENT, "features"),
+    (
+        "features and service",
+        {"entities": {"user_id": [1]}, "features": ["user_profile:age"], "feature_service": "ranker_v1"},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not both",
+    ),
+    (
+        "bad feature ref",
+        {"entities": {"user_id": [1]}, "features": ["age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'age'",
+    ),
+    (
+        "missing entity",
+        {"entities": {"user_id": [1]}, "features": ["item:price"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "item_id",
+    ),
+    (
+        "unknown entity",
+        {"entities": {"user_id": [1], "shop_id": [1]}, "features": ["user_profile:age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "shop_id",
+    ),
+    (
+        "name clash",
+        {"entities": {"user_id": [1]}, "features": ["user_profile:age", "user_profile:age"]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "twice",
+    ),
+    (
+        "unknown feature",
+        {"entities": {"user_id": [1]}, "features": ["user_profile:shoe_size"]},
+        404,
+        grpc.StatusCode.NOT_FOUND,
+        "shoe_size",
+    ),
+    (
+        "unknown view",
+        {"entities": {"user_id": [1]}, "features": ["user_shoes:size"]},
+        404,
+        grpc.StatusCode.NOT_FOUND,
+        "user_shoes",
+    ),
+    (
+        "unknown service",
+        {"entities": {"user_id": [1]}, "feature_service": "ranker_v9"},
+        404,
+        grpc.StatusCode.NOT_FOUND,
+        "ranker_v9",
+    ),
+    (
+        "too many keys",
+        {"entities": {"user_id": list(range(1001))}, "features": ["user_profile:age"]},
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "1000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "code", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request_http(
+    server: ServerProcess, name: str, body: dict[str, Any], status: int, code: grpc.StatusCode, needle: str
+) -> None:
+    got, err = http_error(server, body)
+    assert got == status
+    assert err["code"] == code.name
+    assert needle in err["message"]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "code", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request_grpc(
+    raw_join: Any, name: str, body: dict[str, Any], status: int, code: grpc.StatusCode, needle: str
+) -> None:
+    if name == "ragged columns" or name == "no entity rows":
+        pass  # typed columns can still be ragged or empty: same checks
+    err = grpc_error(raw_join, body)
+    assert err.code() == code
+    assert needle in err.details()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"[1, 2]",
+        b'{"entities": 5}',
+        b'{"entities": {"user_id": [1.5]}, "features": ["user_profile:age"]}',
+        b'{"entities": {"user_id": [null]}, "features": ["user_profile:age"]}',
+        b'{"entities": {"user_id": [1]}, "features": "user_profile:age"}',
+        b'{"entities": {"user_id": [1]}, "features": ["user_profile:age"], "extra": 1}',
+        b"\xff\xfe\x00garbage",
+        b'{"entities": {"user_id": [99999999999999999999999]}, "features": ["user_profile:age"]}',
+        b'{"entities": {"user_id": [true]}, "features": ["user_profile:age"]}',
+    ],
+)
+def test_malformed_json_is_400(server: ServerProcess, raw: bytes) -> None:
+    status, err = http_error(server, raw)
+    assert status == 400 and err["code"] == "INVALID_ARGUMENT"
+    assert (
+        err["message"].startswith("invalid join request")
+        or "int64" in err["message"]
+        or "user_id" in err["message"]
+    )
+
+
+def test_validation_error_names_the_location(server: ServerProcess) -> None:
+    _, err = http_error(server, b'{"entities": {"user_id": [1, 2.5]}, "features": ["user_profile:age"]}')
+    assert "user_id" in err["message"] and "row 1" in err["message"] and "float" in err["message"]
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xff\xff\xff", b"\x0a\xff\x01", b"\x12\x05ab"])
+def test_malformed_protobuf_is_invalid_argument(raw_join: Any, raw: bytes) -> None:
+    err = grpc_error(raw_join, raw)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "protobuf" in err.details()
+
+
+def test_body_too_large_is_413(server: ServerProcess) -> None:
+    body = json.dumps({"entities": {"user_id": [1] * 10}, "features": ["user_profile:age"] * 40_000}).encode()
+    assert len(body) > 262_144
+    status, err = http_error(server, body)
+    assert status == 413 and err["code"] == "RESOURCE_EXHAUSTED" and "262144" in err["message"]
+
+
+def test_chunked_body_too_large_is_413(server: ServerProcess) -> None:
+    """No content-length: the limit is enforced while reading the stream."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    chunks = (b'{"entities": {"user_id": [' + b"1," * 20_000 for _ in range(10))
+    conn.request(
+        "POST",
+        "/v1/feature/join",
+        body=chunks,
+        headers={"content-type": "application/json"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert json.loads(resp.read())["error"]["code"] == "RESOURCE_EXHAUSTED"
+    conn.close()
+
+
+def test_grpc_message_too_large(raw_join: Any) -> None:
+    req = pb.JoinRequest(features=["user_profile:age"] * 20_000)
+    req.entities.add(name="user_id").int64_values.values.append(1)
+    err = grpc_error(raw_join, req.SerializeToString())
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_grpc_duplicate_entity_column(raw_join: Any) -> None:
+    req = pb.JoinRequest(features=["user_profile:age"])
+    req.entities.add(name="user_id").int64_values.values.append(1)
+    req.entities.add(name="user_id").int64_values.values.append(2)
+    err = grpc_error(raw_join, req.SerializeToString())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "twice" in err.details()
+
+
+def test_server_still_healthy_after_abuse(server: ServerProcess) -> None:
+    status, doc = server.join({"entities": {"user_id": [1]}, "features": ["user_profile:age"]})
+    assert status == 200 and doc["results"][1]["values"] == [72]

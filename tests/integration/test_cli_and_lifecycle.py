@@ -1,0 +1,122 @@
+"""The CLI against a real server, the demo start-up, and graceful shutdown under load."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, ServerProcess, http_post, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_validate_ok_and_error(tmp_path: Path) -> None:
+    ok = cli("validate", str(ROOT / "featurestore" / "demo" / "features.yaml"))
+    assert ok.returncode == 0 and "OK - project demo: 1 entities, 2 feature views (16 features)" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n  - {name: v, entities: [u], features: [{name: f, dtype: decimal}]}\n"
+    )
+    out = cli("validate", str(bad))
+    assert out.returncode == 2
+    assert "bad.yaml: feature_views[v].features[f].dtype: unknown dtype 'decimal'" in out.stderr
+
+
+def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
+    http = cli(
+        "join",
+        "--url",
+        server.url,
+        "--entity",
+        "user_id=17",
+        "--features",
+        "user_profile:age,user_activity:ctr_30d",
+    )
+    assert http.returncode == 0, http.stderr
+    lines = http.stdout.splitlines()
+    assert re.match(r"age\s+71\s+PRESENT\s+2024-01-01T12:19:02Z", lines[2])
+    grpc_out = cli(
+        "join", "--grpc", server.grpc_target, "--entity", "user_id=17,99999999", "--service", "ranker_v1"
+    )
+    assert grpc_out.returncode == 0, grpc_out.stderr
+    assert "- (NOT_FOUND)" in grpc_out.stdout and "71" in grpc_out.stdout
+    err = cli("join", "--url", server.url, "--entity", "user_id=1", "--features", "nope:x")
+    assert err.returncode == 1 and "404 NOT_FOUND" in err.stderr and "nope" in err.stderr
+
+
+def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
+    """What `make run` does, in a fresh data folder: generate, apply, serve, print curl."""
+    log = tmp_path / "demo.log"
+    proc = ServerProcess(["--demo", "--data-dir", str(tmp_path / "data")], log_path=log)
+    t0 = time.monotonic()
+    proc.start(timeout=60)
+    try:
+        assert (tmp_path / "data" / "users.parquet").exists()
+        wait_until(lambda: "curl" in proc.read_log(), 10, "the demo banner")
+        text = proc.read_log()
+        curl = text[text.index("curl -s") : text.index("}'", text.index("curl -s")) + 2].replace("\\\n", " ")
+        out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=10)
+        doc = json.loads(out.stdout)
+        assert doc["metadata"]["feature_names"] == ["user_id", "age", "ctr_30d"]
+        assert doc["results"][1]["values"] == [71, 41]
+    finally:
+        assert proc.stop() == 0
+    assert "stopped" in proc.read_log()
+    assert time.monotonic() - t0 < 60
+
+
+def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    proc = ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo)], log_path=tmp_path / "log"
+    ).start()
+    body = json.dumps({"entities": {"user_id": list(range(1, 201))}, "feature_service": "ranker_v1"}).encode()
+    statuses: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                status, raw, _ = http_post(proc.url + "/v1/feature/join", body, timeout=10)
+                statuses.append(status)
+                if status == 200:
+                    assert len(json.loads(raw)["results"]) == 17  # a complete response
+            except OSError as e:
+                errors.append(type(e).__name__)
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(statuses) > 50, 20, "load to build up")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    code = proc.proc.wait(20)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert code == 0
+    assert set(statuses) == {200}  # nothing accepted was failed or cut short
+    assert "draining in-flight requests" in proc.read_log() and "stopped" in proc.read_log()
+    proc.stop()

@@ -1,0 +1,251 @@
+"""Test support: free ports, a real server process, and the test feature repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(
+    url: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+class ServerProcess:
+    """``featurestore serve`` as a child process on free loopback ports."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None
+    ) -> None:
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        cmd = [
+            sys.executable, "-m", "featurestore.cli", "serve", *self.args,
+            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+        ]  # fmt: skip
+        self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.read_log()}")
+            try:
+                return http_get(self.url + "/readyz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, "server readiness")
+        return self
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+        return self.proc.returncode
+
+    def join(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, raw, _ = http_post(self.url + "/v1/feature/join", json.dumps(body).encode(), headers)
+        return status, json.loads(raw)
+
+
+# -- the test feature repository ----------------------------------------------------------
+
+N_ITEMS = 500
+N_MERCHANTS = 50
+
+
+def write_test_repo(root: Path, users_parquet: Path) -> Path:
+    """Demo views plus an item view, a user x item view (composite key), a string-keyed
+    view, a view with every dtype and a short-TTL view. Returns the definitions path."""
+    rng = np.random.default_rng(7)
+    ts = pa.array(np.full(N_ITEMS, 1_704_067_200_000_000, dtype=np.int64), pa.timestamp("us", tz="UTC"))
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": np.arange(1, N_ITEMS + 1, dtype=np.int64),
+                "event_timestamp": ts,
+                "price": np.round(rng.uniform(1, 100, N_ITEMS), 2),
+                "category": pa.array([f"cat{i % 7}" for i in range(N_ITEMS)]),
+            }
+        ),
+        root / "items.parquet",
+    )
+    users = np.repeat(np.arange(1, 21, dtype=np.int64), 10)
+    items = np.tile(np.arange(1, 11, dtype=np.int64), 20)
+    n = len(users)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": users,
+                "item_id": items,
+                "event_timestamp": pa.array(
+                    np.full(n, 1_704_067_200_000_000, dtype=np.int64), pa.timestamp("us", tz="UTC")
+                ),
+                "affinity": (users * 1000 + items).astype(np.float64),
+            }
+        ),
+        root / "user_item.parquet",
+    )
+    now_us = int(time.time() * 1e6)
+    merchants = [f"m-{i}" for i in range(N_MERCHANTS)] + ["quote'\"\\|; DROP TABLE x;--"]
+    m = len(merchants)
+    pq.write_table(
+        pa.table(
+            {
+                "merchant_id": pa.array(merchants),
+                # half the rows are older than the view's 1 h TTL
+                "event_timestamp": pa.array(
+                    [now_us - (7_200_000_000 if i % 2 else 60_000_000) for i in range(m)],
+                    pa.timestamp("us", tz="UTC"),
+                ),
+                "risk_score": pa.array([i / 10 for i in range(m)], pa.float64()),
+                "is_blocked": pa.array([i % 3 == 0 for i in range(m)]),
+                "opened_at": pa.array(
+                    [1_600_000_000_000_000 + i for i in range(m)], pa.timestamp("us", tz="UTC")
+                ),
+                "embedding": pa.array([[float(i), 0.5, -1.0] for i in range(m)], pa.list_(pa.float32())),
+                "txn_count": pa.array([None if i == 5 else i for i in range(m)], pa.int64()),
+                "label": pa.array([None if i == 6 else f"L{i}" for i in range(m)], pa.string()),
+            }
+        ),
+        root / "merchants.parquet",
+    )
+    defs = f"""
+project: demo
+entities:
+  - {{name: user_id, dtype: int64}}
+  - {{name: item_id, dtype: int64}}
+  - {{name: merchant_id, dtype: string}}
+feature_views:
+  - name: user_profile
+    entities: [user_id]
+    ttl: 3650d
+    batch_source: {{path: {users_parquet}}}
+    features:
+      - {{name: age, dtype: int64}}
+      - {{name: tenure_days, dtype: int64}}
+      - {{name: num_devices, dtype: int64}}
+      - {{name: country, dtype: string}}
+      - {{name: plan_tier, dtype: string}}
+      - {{name: preferred_language, dtype: string}}
+      - {{name: lifetime_value, dtype: float64}}
+      - {{name: credit_score, dtype: float64}}
+  - name: user_activity
+    entities: [user_id]
+    ttl: 3650d
+    batch_source: {{path: {users_parquet}}}
+    features:
+      - {{name: sessions_7d, dtype: float64}}
+      - {{name: sessions_30d, dtype: float64}}
+      - {{name: avg_session_minutes, dtype: float64}}
+      - {{name: clicks_7d, dtype: float64}}
+      - {{name: purchases_30d, dtype: float64}}
+      - {{name: spend_30d, dtype: float64}}
+      - {{name: days_since_last_login, dtype: float64}}
+      - {{name: ctr_30d, dtype: float64}}
+  - name: item
+    entities: [item_id]
+    batch_source: {{path: items.parquet}}
+    features:
+      - {{name: price, dtype: float64}}
+      - {{name: category, dtype: string}}
+  - name: user_item
+    entities: [user_id, item_id]
+    batch_source: {{path: user_item.parquet}}
+    features:
+      - {{name: affinity, dtype: float64}}
+  - name: merchant
+    entities: [merchant_id]
+    ttl: 1h
+    batch_source: {{path: merchants.parquet}}
+    features:
+      - {{name: risk_score, dtype: float64}}
+      - {{name: is_blocked, dtype: bool}}
+      - {{name: opened_at, dtype: timestamp}}
+      - {{name: embedding, dtype: float32_vector}}
+      - {{name: txn_count, dtype: int64}}
+      - {{name: label, dtype: string}}
+feature_services:
+  - name: ranker_v1
+    features: [user_profile, user_activity]
+  - name: candidates_v1
+    features: [user_profile:age, item:price, item:category, user_item:affinity]
+"""
+    path = root / "features.yaml"
+    path.write_text(defs)
+    return path
+
+
+MERCHANTS = [f"m-{i}" for i in range(N_MERCHANTS)] + ["quote'\"\\|; DROP TABLE x;--"]

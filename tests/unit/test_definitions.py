@@ -1,0 +1,146 @@
+"""Definitions: the YAML format, validation messages, snapshots and fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from featurestore.errors import DefinitionError
+from featurestore.model import DType
+from featurestore.registry.definitions import load_definitions, parse_definitions
+from featurestore.registry.snapshot import fingerprint, new_snapshot, snapshot_from_json, snapshot_to_json
+
+DEMO = Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "features.yaml"
+
+
+def base() -> dict[str, Any]:
+    return {
+        "project": "p",
+        "entities": [{"name": "user_id", "dtype": "int64"}, {"name": "item_id", "dtype": "string"}],
+        "feature_views": [
+            {
+                "name": "uv",
+                "entities": ["user_id"],
+                "ttl": "2h",
+                "batch_source": {"path": "u.parquet"},
+                "features": [{"name": "a", "dtype": "int64"}, {"name": "b", "dtype": "float32_vector"}],
+            },
+            {
+                "name": "iv",
+                "entities": ["user_id", "item_id"],
+                "features": [{"name": "c", "dtype": "bool"}],
+                "upstream": ["uv:a", "raw.t"],
+            },
+        ],
+        "feature_services": [{"name": "svc", "features": ["uv", "iv:c"]}],
+    }
+
+
+def test_demo_definitions_load() -> None:
+    d = load_definitions(DEMO)
+    assert d.project == "demo"
+    assert [f.name for f in d.views["user_profile"].features][:2] == ["age", "tenure_days"]
+    assert d.views["user_profile"].ttl_seconds == 3650 * 86400
+    assert len(d.services["ranker_v1"].features) == 16
+    assert d.views["user_profile"].batch_source is not None
+    assert Path(d.views["user_profile"].batch_source.path or "").is_absolute()
+
+
+def test_parse_all_fields() -> None:
+    d = parse_definitions(base(), source="f.yaml", base_dir=Path("/data"))
+    uv = d.views["uv"]
+    assert uv.ttl_seconds == 7200
+    assert uv.features[1].dtype is DType.FLOAT32_VECTOR
+    assert uv.batch_source is not None and uv.batch_source.path == "/data/u.parquet"
+    assert d.views["iv"].join_keys == ("user_id", "item_id")
+    assert [str(r) for r in d.services["svc"].features] == ["uv:a", "uv:b", "iv:c"]
+
+
+def mutate(path: list[Any], value: Any) -> dict[str, Any]:
+    doc = base()
+    target: Any = doc
+    for p in path[:-1]:
+        target = target[p]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            ["feature_views", 0, "features", 0, "dtype"],
+            "int8",
+            "f.yaml: feature_views[uv].features[a].dtype: unknown dtype 'int8'",
+        ),
+        (["feature_views", 0, "tll"], "1h", "f.yaml: feature_views[uv].tll: unknown field"),
+        (["feature_views", 0, "ttl"], "soon", "f.yaml: feature_views[uv].ttl: invalid duration 'soon'"),
+        (["feature_views", 0, "ttl"], 0, "feature_views[uv].ttl: must be positive"),
+        (["feature_views", 0, "entities"], ["shop"], "feature_views[uv].entities: unknown entity 'shop'"),
+        (["feature_views", 0, "name"], "9bad", "feature_views[0].name: invalid name '9bad'"),
+        (["feature_views", 0, "features"], [], "feature_views[uv].features: expected a non-empty list"),
+        (["feature_views", 0, "features", 1, "name"], "a", "feature_views[uv].features[a]: defined twice"),
+        (["feature_views", 0, "features", 1, "name"], "user_id", "has the name of an entity key"),
+        (["feature_views", 0, "batch_source"], {"path": "x", "table": "y"}, "batch_source: set exactly one"),
+        (
+            ["feature_views", 1, "upstream"],
+            ["uv:zzz"],
+            "feature_views[iv].upstream: unknown feature 'uv:zzz'",
+        ),
+        (
+            ["feature_services", 0, "features"],
+            ["nope"],
+            "feature_services[svc].features: unknown feature view 'nope'",
+        ),
+        (["feature_services", 0, "features"], ["uv:zzz"], "view 'uv' has no feature 'zzz'"),
+        (["feature_services", 0, "features"], ["uv", "uv:a"], "lists a feature twice"),
+        (["entities", 0, "dtype"], "float64", "entities[user_id].dtype: entity keys must be int64 or string"),
+        (["entities", 1, "name"], "user_id", "entities[user_id]: defined twice"),
+        (["project"], KeyError, "f.yaml: project: is required"),
+        (
+            ["feature_views", 0, "features", 0, "dtype"],
+            KeyError,
+            "feature_views[uv].features[a].dtype: is required",
+        ),
+    ],
+)
+def test_invalid_definitions_name_file_object_and_field(path: list[Any], value: Any, message: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        parse_definitions(mutate(path, value), source="f.yaml")
+    assert message in info.value.message
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("project: [unclosed")
+    with pytest.raises(DefinitionError, match=r"bad\.yaml: not valid YAML"):
+        load_definitions(f)
+    with pytest.raises(DefinitionError, match="cannot read"):
+        load_definitions(tmp_path / "missing.yaml")
+
+
+def test_snapshot_round_trip_and_fingerprint(tmp_path: Path) -> None:
+    d = parse_definitions(base(), source="f.yaml", base_dir=Path("/data"))
+    s = new_snapshot(d, 3, "msg")
+    back = snapshot_from_json(snapshot_to_json(s))
+    assert back.version == 3 and back.message == "msg"
+    assert back.definitions == d
+    assert fingerprint(back.definitions) == s.fingerprint
+    # reordering the file does not change the fingerprint; changing a field does
+    doc = base()
+    doc["feature_views"].reverse()
+    assert fingerprint(parse_definitions(doc, source="g.yaml", base_dir=Path("/data"))) == s.fingerprint
+    changed = mutate(["feature_views", 0, "ttl"], "3h")
+    assert fingerprint(parse_definitions(changed, source="f.yaml", base_dir=Path("/data"))) != s.fingerprint
+
+
+def test_yaml_file_round_trip(tmp_path: Path) -> None:
+    f = tmp_path / "defs.yaml"
+    f.write_text(yaml.safe_dump(base()))
+    assert load_definitions(f).views["uv"].batch_source.path == str(tmp_path / "u.parquet")  # type: ignore[union-attr]

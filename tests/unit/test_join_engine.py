@@ -1,0 +1,161 @@
+"""JoinEngine behaviour: dedupe, statuses, per-store isolation, deadlines.
+
+The engine is driven through the OnlineSource port: the memory adapter for data,
+and two small scripted adapters standing in for a failing and a hanging store
+(the real-server failure tests live with each adapter's integration tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from featurestore.errors import DeadlineExceeded
+from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.model import DType, Entity, Feature, FeatureView, Status
+from featurestore.plan import ServingState
+from featurestore.registry.definitions import make_definitions
+from featurestore.registry.snapshot import new_snapshot
+from featurestore.sources.arrow import view_schema
+from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.memory import MemorySource
+
+U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.INT64)
+NOW_US = int(time.time() * 1e6)
+UV = FeatureView("uv", (U,), (Feature("a", DType.INT64), Feature("b", DType.STRING)), ttl_seconds=3600)
+IV = FeatureView("iv", (ITEM,), (Feature("p", DType.FLOAT64),))
+UI = FeatureView("ui", (U, ITEM), (Feature("s", DType.FLOAT64),))
+SLOW = FeatureView("slow", (U,), (Feature("x", DType.INT64),), online_store="slow")
+BROKEN = FeatureView("broken", (U,), (Feature("y", DType.INT64),), online_store="broken")
+
+
+class RecordingMemory(MemorySource):
+    def __init__(self) -> None:
+        super().__init__("default")
+        self.queries: list[list[ViewQuery]] = []
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.queries.append(list(queries))
+        return await super().read(queries)
+
+
+class HangingSource(MemorySource):
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class BrokenSource(MemorySource):
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        raise ConnectionError("store is down")
+
+    def state(self) -> SourceState:
+        return SourceState.DOWN
+
+
+def table(view: FeatureView, data: dict[str, list[Any]]) -> pa.Table:
+    schema = view_schema(view)
+    return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
+
+
+@pytest.fixture
+async def engine() -> JoinEngine:
+    mem = RecordingMemory()
+    stores = {"default": mem, "slow": HangingSource("slow"), "broken": BrokenSource("broken")}
+    views = [UV, IV, UI, SLOW, BROKEN]
+    for name, st in stores.items():
+        await st.prepare([v for v in views if v.online_store == name])
+    await mem.write(
+        UV,
+        table(
+            UV,
+            {
+                "user_id": [1, 2, 3],
+                "a": [10, 20, 30],
+                "b": ["x", "y", None],
+                "event_timestamp": [NOW_US, NOW_US, NOW_US - 7200 * 10**6],
+            },
+        ),
+        0,
+    )
+    await mem.write(IV, table(IV, {"item_id": [7, 8], "p": [0.7, 0.8], "event_timestamp": [NOW_US] * 2}), 0)
+    await mem.write(
+        UI,
+        table(UI, {"user_id": [1, 1], "item_id": [7, 8], "s": [1.7, 1.8], "event_timestamp": [NOW_US] * 2}),
+        0,
+    )
+    defs = make_definitions("p", [U, ITEM], views, [])
+    return JoinEngine(stores, ServingState(new_snapshot(defs, 4)), Limits(max_rows=100))
+
+
+def deadline(seconds: float = 1.0) -> float:
+    return time.monotonic() + seconds
+
+
+def cols(result: Any) -> dict[str, Any]:
+    return {c.name: c for c in result.columns}
+
+
+async def test_statuses_and_nulls(engine: JoinEngine) -> None:
+    res = await engine.join(JoinRequest({"user_id": [1, 3, 9]}, ("uv:a", "uv:b")), deadline())
+    c = cols(res)
+    assert c["user_id"].values == [1, 3, 9]
+    assert c["a"].values == [10, None, None]
+    assert c["a"].outcome.statuses == [Status.PRESENT, Status.OUTSIDE_MAX_AGE, Status.NOT_FOUND]
+    assert c["b"].values == ["x", None, None]
+    assert res.registry_version == 4 and res.partial is False and res.rows == 3
+
+
+async def test_keys_are_deduplicated_before_reading(engine: JoinEngine) -> None:
+    mem = engine.stores["default"]
+    assert isinstance(mem, RecordingMemory)
+    res = await engine.join(
+        JoinRequest({"user_id": [1, 1, 1, 2], "item_id": [7, 8, 7, 7]}, ("uv:a", "iv:p", "ui:s")), deadline()
+    )
+    [queries] = mem.queries  # one read call for the one store, all three views in it
+    keys = {q.view.name: list(q.keys) for q in queries}
+    assert keys == {"uv": [1, 2], "iv": [7, 8], "ui": [(1, 7), (1, 8), (2, 7)]}
+    c = cols(res)
+    assert c["a"].values == [10, 10, 10, 20]
+    assert c["p"].values == [0.7, 0.8, 0.7, 0.7]
+    assert c["s"].values == [1.7, 1.8, 1.7, None]
+
+
+async def test_failed_store_is_unavailable_others_answer(engine: JoinEngine) -> None:
+    res = await engine.join(JoinRequest({"user_id": [1, 2]}, ("uv:a", "broken:y")), deadline())
+    c = cols(res)
+    assert res.partial is True
+    assert c["a"].values == [10, 20]
+    assert c["y"].values == [None, None]
+    assert c["y"].outcome.statuses == [Status.UNAVAILABLE] * 2
+
+
+async def test_hanging_store_times_out_within_the_deadline(engine: JoinEngine) -> None:
+    t0 = time.monotonic()
+    res = await engine.join(JoinRequest({"user_id": [1]}, ("slow:x", "uv:a", "broken:y")), deadline(0.2))
+    assert time.monotonic() - t0 < 1.0
+    c = cols(res)
+    assert c["x"].outcome.statuses == [Status.UNAVAILABLE]
+    assert c["a"].values == [10]
+    assert res.partial
+
+
+async def test_expired_deadline_is_deadline_exceeded(engine: JoinEngine) -> None:
+    with pytest.raises(DeadlineExceeded):
+        await engine.join(JoinRequest({"user_id": [1]}, ("uv:a",)), time.monotonic() - 1)
+
+
+async def test_swap_keeps_inflight_request_on_its_snapshot(engine: JoinEngine) -> None:
+    old = engine.state
+    task = asyncio.create_task(engine.join(JoinRequest({"user_id": [1]}, ("slow:x",)), deadline(0.2)))
+    await asyncio.sleep(0.05)
+    engine.swap(ServingState(new_snapshot(old.definitions, 5)))
+    res = await task
+    assert res.registry_version == 4
+    res2 = await engine.join(JoinRequest({"user_id": [1]}, ("uv:a",)), deadline())
+    assert res2.registry_version == 5

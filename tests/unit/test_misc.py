@@ -1,0 +1,93 @@
+"""Configuration, demo data identity, generated code freshness, codecs, CLI table."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from featurestore.api.json_codec import decode_join, iso_utc
+from featurestore.cli import render_table
+from featurestore.config import load_config
+from featurestore.demo.data import PEER_SHA256, canonical_sha256, generate
+from featurestore.errors import InvalidArgument
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "http: {port: 9000}\nstores: {default: {kind: redis, url: 'redis://h:1/0'}}\ncache: {ttl_seconds: 5}\n"
+    )
+    monkeypatch.setenv("FEATURESTORE_GRPC_PORT", "7000")
+    monkeypatch.setenv("FEATURESTORE_HTTP_PORT", "9100")
+    c = load_config(f, {("workers",): 3})
+    assert c.http.port == 9100 and c.grpc.port == 7000 and c.workers == 3
+    assert c.stores["default"].kind == "redis" and c.stores["default"].options["url"] == "redis://h:1/0"
+    assert c.cache.ttl_seconds == 5.0 and c.cache.max_entries == 200_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("htp: {port: 1}", "config.yaml: htp: unknown setting"),
+        ("http: {port: abc}", "http.port: expected an integer"),
+        ("stores: {x: {kind: mongo}}", "stores.x.kind: unknown store kind 'mongo'"),
+        ("- 1", "expected a mapping"),
+    ],
+)
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(f)
+
+
+def test_demo_data_is_the_peer_data() -> None:
+    """Same values as ../shared/peers/feast/gen_data.py: its canonical JSONL hash."""
+    assert canonical_sha256(generate()) == PEER_SHA256
+
+
+def test_generated_grpc_code_is_fresh(tmp_path: Path) -> None:
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
+         f"--grpc_python_out={tmp_path}", *(f"proto/{p}" for p in protos)],
+        cwd=ROOT, check=True,
+    )  # fmt: skip
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
+    assert generated, "protoc produced nothing"
+    stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
+    assert not stale, f"generated code is stale, run `make proto`: {stale}"
+
+
+def test_iso_timestamps() -> None:
+    assert iso_utc(1_704_067_207_000_000) == "2024-01-01T00:00:07Z"
+    assert iso_utc(1_704_067_207_000_123) == "2024-01-01T00:00:07.000123Z"
+    assert iso_utc(-1_000_000) == "1969-12-31T23:59:59Z"
+
+
+def test_json_decode_keeps_order_and_types() -> None:
+    req = decode_join(
+        b'{"entities": {"b": [1], "a": ["x"]}, "features": ["v:f"], "full_feature_names": true}'
+    )
+    assert list(req.entities) == ["b", "a"] and req.features == ("v:f",) and req.full_feature_names
+    with pytest.raises(InvalidArgument, match="unknown field"):
+        decode_join(b'{"entities": {}, "featurez": []}')
+
+
+def test_render_table() -> None:
+    cols: list[dict[str, Any]] = [
+        {"values": [1, 2], "statuses": ["PRESENT"] * 2, "event_timestamps": [None, None]},
+        {"values": [0.5, None], "statuses": ["PRESENT", "NOT_FOUND"], "event_timestamps": ["t", None]},
+    ]
+    out = render_table(["user_id", "score"], cols)
+    assert out.splitlines()[0].split() == ["user_id", "score"]
+    assert "- (NOT_FOUND)" in out.splitlines()[3]
+    single = render_table(["user_id", "score"], [{**c, "values": c["values"][:1]} for c in cols])
+    assert "score" in single and "0.5" in single
