@@ -21,7 +21,9 @@ def promtool() -> str:
 
 
 def test_rules_are_valid(promtool: str) -> None:
-    out = subprocess.run([promtool, "check", "rules", *map(str, PROM.glob("*.rules.yml"))], capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "check", "rules", *map(str, PROM.glob("*.rules.yml"))], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
