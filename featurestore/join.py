@@ -145,19 +145,24 @@ class JoinEngine:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the request deadline passed before any store was read")
-        if len(by_store) == 1:
-            # The common case needs no task: await the one store under a timeout.
-            store_name, items = next(iter(by_store.items()))
-            results = await self._read_store(store_name, items, remaining, span)
-            for (slot, _), r in zip(items, results, strict=True):
-                reads[slot] = r
-            return reads
+        # Each store read is a task the deadline abandons rather than awaits: a client
+        # library that is slow to honour cancellation cannot stretch the response.
         tasks = {
-            asyncio.ensure_future(self._read_store(name, items, remaining, span)): items
+            asyncio.ensure_future(self._read_store(name, items, span)): (name, items)
             for name, items in by_store.items()
         }
-        await asyncio.wait(tasks)  # each task enforces the deadline itself
-        for task, items in tasks.items():
+        done, pending = await asyncio.wait(tasks, timeout=remaining)
+        for task in pending:
+            task.cancel()
+            task.add_done_callback(_discard_result)
+            name, items = tasks[task]
+            late = DeadlineExceeded(f"store {name!r} missed the deadline")
+            for (slot, _), r in zip(
+                items, self._failed(name, [q for _, q in items], late, "deadline"), strict=True
+            ):
+                reads[slot] = r
+        for task in done:
+            _, items = tasks[task]
             for (slot, _), r in zip(items, task.result(), strict=True):
                 reads[slot] = r
         return reads
@@ -166,7 +171,6 @@ class JoinEngine:
         self,
         store_name: str,
         items: list[tuple[int, ViewQuery]],
-        budget: float,
         span: Span | None,
     ) -> list[ViewRead | BaseException]:
         queries = [q for _, q in items]
@@ -186,15 +190,7 @@ class JoinEngine:
             )
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(budget):
-                results = await store.read(queries)
-        except TimeoutError:
-            return self._failed(
-                store_name,
-                queries,
-                DeadlineExceeded(f"store {store_name!r} missed the deadline"),
-                "deadline",
-            )
+            results = await store.read(queries)
         except Exception as e:  # a store must never fail the request
             log.warning("store %s read failed: %r", store_name, e)
             return self._failed(store_name, queries, e, "error")
@@ -215,6 +211,11 @@ class JoinEngine:
         for q in queries:
             metrics.view_read_failures(q.view.name, store_name, reason).inc()
         return [err] * len(queries)
+
+
+def _discard_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _entity_dtype(state: ServingState, name: str) -> DType:

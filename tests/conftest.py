@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.demo.data import ensure_demo_data
+from tests.servers import RedisCluster, RedisServer
 from tests.support import ServerProcess, write_test_repo
 
 
@@ -37,3 +38,17 @@ def server(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

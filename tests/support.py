@@ -27,6 +27,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair(offset: int) -> int:
+    """A free port p such that p + offset is free too (and below 65536)."""
+    for _ in range(200):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            p = int(a.getsockname()[1])
+            if p + offset > 65535:
+                continue
+            try:
+                b.bind(("127.0.0.1", p + offset))
+            except OSError:
+                continue
+            return p
+    raise RuntimeError("no free port pair")
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -34,6 +50,18 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def eventually(predicate: Any, within: float, what: str, interval: float = 0.05) -> None:
+    """Async twin of wait_until: poll ``predicate`` on the running loop."""
+    import asyncio
+
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if predicate():
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {within}s waiting for {what}")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

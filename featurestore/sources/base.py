@@ -89,3 +89,16 @@ class OnlineSource(Protocol):
         ...
 
     def state(self) -> SourceState: ...
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store that keeps data versions side by side (materialization needs it)."""
+
+    async def drop_version(self, view: FeatureView, data_version: int) -> int:
+        """Delete every row of one data version; returns how many were deleted."""
+        ...
+
+    async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
+        """Let every row of one data version expire after ``seconds``."""
+        ...

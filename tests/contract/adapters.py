@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from featurestore.registry.base import Registry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
 from featurestore.sources.memory import MemorySource
+from featurestore.sources.redis import RedisOptions, RedisSource
 
-ADAPTERS = ["memory"]
+ADAPTERS = ["memory", "redis", "redis-cluster"]
 
 
 async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource:
+    # Each test gets its own project, hence its own key space on the shared server.
+    project = f"t{uuid.uuid4().hex[:10]}"
     if name == "memory":
         return MemorySource("contract")
+    if name == "redis":
+        server = request.getfixturevalue("redis_server")
+        return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8))
+    if name == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return RedisSource("contract", project, RedisOptions(url=cluster.url, cluster=True, pool_size=8))
     raise ValueError(name)
 
 

@@ -1,0 +1,291 @@
+"""Redis online store (standalone or Cluster) on redis-py's asyncio client + hiredis.
+
+Layout (docs/storage.md): ``fs:{project}:{view}:v{data_version}:{entity_key}`` ->
+one msgpack array: the view's feature values in schema order, then the event
+timestamp in epoch µs. Composite keys join their parts with ``|``.
+
+Reads: standalone Redis gets one MGET per view, all views of a request packed into a
+single write on one pooled connection (one round trip). Redis Cluster spreads keys
+over slots, so there a read is a cluster pipeline of GETs: one round trip per node.
+
+Health: a background probe PINGs on an interval. When Redis stops answering the
+store is DOWN and reads fail at once (the engine serves UNAVAILABLE) instead of each
+request waiting out its deadline; the first successful PING closes the circuit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
+
+from featurestore import metrics
+from featurestore.errors import Unavailable
+from featurestore.model import DType, FeatureView
+from featurestore.sources.arrow import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
+from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.msgpack.Encoder()
+_decode = msgspec.msgpack.Decoder().decode
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    pool_size: int = 64
+    connect_timeout_ms: int = 250
+    health_interval_ms: int = 500
+    write_batch: int = 2000
+
+    @staticmethod
+    def from_mapping(options: dict[str, Any]) -> RedisOptions:
+        known = set(RedisOptions.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return RedisOptions(**options)
+
+
+class RedisSource:
+    kind = "redis"
+
+    def __init__(self, name: str, project: str, options: RedisOptions) -> None:
+        self._name = name
+        self._project = project
+        self.options = options
+        self._state = SourceState.STARTING
+        self._client: Redis | RedisCluster
+        self._pool: BlockingConnectionPool | None = None
+        timeout = options.connect_timeout_ms / 1000
+        if options.cluster:
+            self._client = RedisCluster.from_url(
+                options.url, socket_connect_timeout=timeout, max_connections=options.pool_size
+            )
+        else:
+            self._pool = BlockingConnectionPool.from_url(
+                options.url, max_connections=options.pool_size, timeout=None, socket_connect_timeout=timeout
+            )
+            self._client = Redis(connection_pool=self._pool)
+        # PINGs travel on their own small client with a socket timeout, so a frozen
+        # Redis cannot tie up the request pool and every probe ends on time.
+        self._probe_client: Redis | RedisCluster
+        if options.cluster:
+            self._probe_client = RedisCluster.from_url(
+                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2
+            )
+        else:
+            self._probe_client = Redis.from_url(
+                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2
+            )
+        self._prefixes: dict[tuple[str, int], str] = {}
+        self._health: asyncio.Task[None] | None = None
+        self._up = metrics.SOURCE_UP.labels(name, self.kind)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def table_uri(self, view: FeatureView) -> str:
+        return f"redis://fs/{self._project}/{view.name}"
+
+    def state(self) -> SourceState:
+        return self._state
+
+    def _set_state(self, state: SourceState, reason: str = "") -> None:
+        if state is not self._state:
+            if state is SourceState.DOWN:
+                log.warning("redis store %s is down: %s", self._name, reason)
+            elif self._state is SourceState.DOWN:
+                log.info("redis store %s is back", self._name)
+            self._state = state
+        self._up.set(1 if state is SourceState.READY else 0)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._probe()
+        self._health = asyncio.create_task(self._health_loop(), name=f"redis-health-{self._name}")
+
+    async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            await asyncio.wait([self._health], timeout=1.0)
+        await self._probe_client.aclose()
+        await self._client.aclose()
+
+    async def prepare(self, views: Sequence[FeatureView]) -> None:
+        """Nothing to load: rows live in Redis."""
+
+    async def _probe(self) -> None:
+        try:
+            if isinstance(self._probe_client, RedisCluster):
+                await self._probe_client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._probe_client.ping()
+        except (*_CONNECTION_ERRORS, redis_errors.RedisError) as e:
+            self._set_state(SourceState.DOWN, repr(e))
+        else:
+            self._set_state(SourceState.READY)
+
+    async def _health_loop(self) -> None:
+        interval = self.options.health_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._probe()
+
+    # -- keys ------------------------------------------------------------------------
+
+    def prefix(self, view: str, data_version: int) -> str:
+        p = self._prefixes.get((view, data_version))
+        if p is None:
+            if len(self._prefixes) > 4096:
+                self._prefixes.clear()
+            p = self._prefixes[(view, data_version)] = f"fs:{self._project}:{view}:v{data_version}:"
+        return p
+
+    def _keys(self, q: ViewQuery) -> list[str]:
+        p = self.prefix(q.view.name, q.data_version)
+        return [p + key_text(k) for k in q.keys]
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        if self._state is SourceState.DOWN:
+            err = Unavailable(f"redis store {self._name!r} is down")
+            return [err] * len(queries)
+        keyed = [(q, self._keys(q)) for q in queries]
+        try:
+            if self._pool is not None:
+                raw = await self._mget(keyed)
+            else:
+                raw = await self._cluster_get(keyed)
+        except _CONNECTION_ERRORS as e:
+            self._set_state(SourceState.DOWN, repr(e))
+            raise Unavailable(f"redis store {self._name!r}: {e}") from e
+        out: list[ViewRead | BaseException] = []
+        for (q, _), values in zip(keyed, raw, strict=True):
+            try:
+                out.append(_decode_rows(q, values))
+            except (msgspec.DecodeError, ValueError) as e:
+                out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
+        return out
+
+    async def _mget(self, keyed: list[tuple[ViewQuery, list[str]]]) -> list[list[bytes | None]]:
+        assert self._pool is not None
+        commands = [("MGET", *keys) for _, keys in keyed if keys]
+        if not commands:
+            return [[] for _ in keyed]
+        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies = [await conn.read_response() for _ in commands]
+        except BaseException:
+            # A half-read reply would desync the next user of this connection.
+            await conn.disconnect()
+            raise
+        finally:
+            await self._pool.release(conn)
+        it = iter(replies)
+        return [next(it) if keys else [] for _, keys in keyed]
+
+    async def _cluster_get(self, keyed: list[tuple[ViewQuery, list[str]]]) -> list[list[bytes | None]]:
+        pipe = self._client.pipeline()
+        for _, keys in keyed:
+            for k in keys:
+                pipe.get(k)
+        flat = await pipe.execute(raise_on_error=True)
+        out, i = [], 0
+        for _, keys in keyed:
+            out.append(flat[i : i + len(keys)])
+            i += len(keys)
+        return out
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+        """Upsert rows; each batch is one MULTI/EXEC on standalone Redis."""
+        rows = conform(view, rows)
+        n = 0
+        for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
+            p = self.prefix(view.name, data_version)
+            pipe = self._client.pipeline(transaction=self._pool is not None)
+            for k, blob in zip(keys, blobs, strict=True):
+                pipe.set(p + key_text(k), blob)
+            try:
+                await pipe.execute()
+            except _CONNECTION_ERRORS as e:
+                raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
+            n += len(keys)
+        return n
+
+    async def drop_version(self, view: FeatureView, data_version: int) -> int:
+        """Delete every key of one data version (leftovers of an interrupted run)."""
+        return await self._for_version(view, data_version, lambda pipe, key: pipe.unlink(key))
+
+    async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
+        """Let every key of one data version expire after ``seconds``."""
+        return await self._for_version(view, data_version, lambda pipe, key: pipe.expire(key, seconds))
+
+    async def _for_version(self, view: FeatureView, data_version: int, op: Any) -> int:
+        pattern = _glob_escape(self.prefix(view.name, data_version)) + "*"
+        n = 0
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                n += await self._apply(batch, op)
+                batch = []
+        if batch:
+            n += await self._apply(batch, op)
+        return n
+
+    async def _apply(self, keys: list[bytes], op: Any) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        for k in keys:
+            op(pipe, k)
+        await pipe.execute()
+        return len(keys)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _decode_rows(q: ViewQuery, values: list[bytes | None]) -> ViewRead:
+    width = len(q.view.features)
+    blank = (None,) * (width + 1)
+    rows = [blank if v is None else _decode(v) for v in values]
+    found = [v is not None for v in values]
+    if not rows:
+        return ViewRead([], [], [[] for _ in q.features])
+    for r in rows:
+        if len(r) != width + 1:
+            raise ValueError(
+                f"stored rows hold {len(r) - 1} values but the view has {width} features; "
+                "re-materialize the view for its current definition"
+            )
+    cols = list(zip(*rows, strict=True))
+    return ViewRead(found=found, event_ts_us=list(cols[width]), columns=[list(cols[j]) for j in q.features])
+
+
+def _encode_rows(view: FeatureView, rows: pa.Table, batch: int) -> Iterable[tuple[list[Any], list[bytes]]]:
+    for start in range(0, rows.num_rows, batch):
+        part = rows.slice(start, batch)
+        keys = row_keys(part, view.join_keys)
+        cols = [column_values(part.column(f.name), f.dtype) for f in view.features]
+        ts = column_values(part.column(EVENT_TIMESTAMP), DType.TIMESTAMP)
+        blobs = [_encoder.encode(r) for r in zip(*cols, ts, strict=True)]
+        yield keys, blobs

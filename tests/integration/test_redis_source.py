@@ -1,0 +1,150 @@
+"""Redis adapter specifics on real redis-server processes: layout, cluster spread,
+versions, and failure (stop, restart, freeze)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pytest
+import redis
+
+from featurestore.errors import Unavailable
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.sources.arrow import view_schema
+from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.redis import RedisOptions, RedisSource
+from tests.servers import RedisCluster, RedisServer
+from tests.support import eventually
+
+U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.STRING)
+V = FeatureView("prof", (U,), (Feature("age", DType.INT64), Feature("name", DType.STRING)))
+PAIR = FeatureView("pair", (U, ITEM), (Feature("score", DType.FLOAT64),))
+TS = 1_704_067_200_000_000
+
+
+def table(view: FeatureView, data: dict[str, list[Any]]) -> pa.Table:
+    schema = view_schema(view)
+    return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
+
+
+def users(ids: list[int], version_mark: int = 0) -> pa.Table:
+    return table(
+        V,
+        {
+            "user_id": ids,
+            "age": [i + version_mark for i in ids],
+            "name": [f"u{i}" for i in ids],
+            "event_timestamp": [TS] * len(ids),
+        },
+    )
+
+
+@pytest.fixture
+async def source(redis_server: RedisServer) -> AsyncIterator[RedisSource]:
+    src = RedisSource(
+        "r",
+        f"p{uuid.uuid4().hex[:8]}",
+        RedisOptions(url=redis_server.url, pool_size=4, health_interval_ms=100),
+    )
+    await src.start()
+    yield src
+    await src.close()
+
+
+async def test_storage_layout_is_the_contract(source: RedisSource, redis_server: RedisServer) -> None:
+    await source.write(V, users([17]), 3)
+    await source.write(
+        PAIR, table(PAIR, {"user_id": [1], "item_id": ["a"], "score": [0.5], "event_timestamp": [TS + 1]}), 1
+    )
+    r = redis.Redis.from_url(redis_server.url)
+    project = source._project
+    assert msgspec.msgpack.decode(r.get(f"fs:{project}:prof:v3:17")) == [17, "u17", TS]  # type: ignore[arg-type]
+    assert msgspec.msgpack.decode(r.get(f"fs:{project}:pair:v1:1|a")) == [0.5, TS + 1]  # type: ignore[arg-type]
+    r.close()
+
+
+async def test_cluster_spreads_keys_over_every_node(redis_cluster: RedisCluster) -> None:
+    src = RedisSource("c", f"p{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_cluster.url, cluster=True))
+    await src.start()
+    before = [int(n.cli("dbsize")) for n in redis_cluster.nodes]
+    await src.write(V, users(list(range(1, 301))), 1)
+    after = [int(n.cli("dbsize")) for n in redis_cluster.nodes]
+    assert all(a - b > 50 for a, b in zip(after, before, strict=True)), (before, after)
+    [res] = await src.read([ViewQuery(V, list(range(1, 301)), [0], 1)])
+    assert isinstance(res, ViewRead) and res.columns[0] == list(range(1, 301))
+    await src.close()
+
+
+async def test_drop_and_expire_versions(source: RedisSource, redis_server: RedisServer) -> None:
+    await source.write(V, users([1, 2, 3]), 1)
+    await source.write(V, users([1, 2, 3]), 2)
+    assert await source.drop_version(V, 2) == 3
+    [res] = await source.read([ViewQuery(V, [1, 2], [0], 2)])
+    assert isinstance(res, ViewRead) and res.found == [False, False]
+    assert await source.expire_version(V, 1, 100) == 3
+    r = redis.Redis.from_url(redis_server.url)
+    assert 0 < r.ttl(f"fs:{source._project}:prof:v1:1") <= 100
+    r.close()
+
+
+async def test_schema_mismatch_is_unavailable_not_wrong_values(
+    source: RedisSource, redis_server: RedisServer
+) -> None:
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(f"fs:{source._project}:prof:v1:5", msgspec.msgpack.encode([5, TS]))  # written for an older schema
+    r.close()
+    [res] = await source.read([ViewQuery(V, [5], [0], 1)])
+    assert isinstance(res, Unavailable) and "re-materialize" in res.message
+
+
+async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    src = RedisSource("r", "p", RedisOptions(url=server.url, pool_size=4, health_interval_ms=100))
+    await src.start()
+    try:
+        await src.write(V, users([1]), 1)
+        server.stop()
+        with pytest.raises(Unavailable):
+            await src.read([ViewQuery(V, [1], [0], 1)])
+        assert src.state() is SourceState.DOWN
+        t0 = time.monotonic()
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])  # circuit open: no network wait
+        assert isinstance(res, Unavailable) and time.monotonic() - t0 < 0.05
+        RedisServer(tmp_path / "r", port=server.port).start()
+        await eventually(lambda: src.state() is SourceState.READY, 5, "state READY")
+        assert src.state() is SourceState.READY
+        await src.write(V, users([1]), 1)  # the restarted server is empty
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])
+        assert isinstance(res, ViewRead) and res.columns == [[1]]
+    finally:
+        await src.close()
+        server.stop()
+        RedisServer(tmp_path / "r", port=server.port).stop()
+
+
+async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    src = RedisSource("r", "p", RedisOptions(url=server.url, pool_size=4, health_interval_ms=100))
+    await src.start()
+    try:
+        await src.write(V, users([1]), 1)
+        server.pause()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await src.read([ViewQuery(V, [1], [0], 1)])
+        await eventually(lambda: src.state() is SourceState.DOWN, 3, "state DOWN")
+        assert src.state() is SourceState.DOWN
+        server.resume()
+        await eventually(lambda: src.state() is SourceState.READY, 5, "state READY")
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])
+        assert isinstance(res, ViewRead) and res.columns == [[1]]
+    finally:
+        await src.close()
+        server.stop()

@@ -1,0 +1,113 @@
+"""Real servers for tests: started on free loopback ports with a temp dir, stopped by pid."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port, free_port_pair, wait_until
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is missing: `make test` installs Debian's {package}")
+    return path
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
+        self.binary = require("redis-server", "redis-server")
+        # A cluster node also listens on port + 10000 (the cluster bus).
+        self.port = port or (free_port_pair(10000) if cluster else free_port())
+        self.workdir = workdir
+        self.cluster = cluster
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--daemonize", "no", "--dir", str(self.workdir), "--protected-mode", "no"]  # fmt: skip
+        if self.cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(self.ping, 10, f"redis-server on {self.port}")
+        return self
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [require("redis-cli", "redis-tools"), "-p", str(self.port), *args],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def ping(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server on {self.port} exited with {self.proc.returncode}")
+        try:
+            return self.cli("ping") == "PONG"
+        except subprocess.TimeoutExpired:
+            return False
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RedisCluster:
+    """Three local cluster-mode nodes, all masters, slots spread by redis-cli."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = [RedisServer(workdir / f"node{i}", cluster=True) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisCluster:
+        for n in self.nodes:
+            n.start()
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        out = subprocess.run(
+            [require("redis-cli", "redis-tools"), "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"cluster create failed: {out.stdout} {out.stderr}")
+        wait_until(
+            lambda: all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes), 30, "cluster ok"
+        )
+        time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
