@@ -75,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--json", action="store_true", help="print the raw JSON response")
     j.set_defaults(func=cmd_join)
 
+    m = sub.add_parser("materialize", help="load a view into its online store as a new data version")
+    m.add_argument("--view", required=True)
+    m.add_argument(
+        "--source", required=True, help="Parquet file with the view's keys, features and timestamp"
+    )
+    m.add_argument("--config", help="server config naming the registry and stores")
+    m.add_argument("--definitions", help="apply these definitions first if they differ from current")
+    m.add_argument("--batch-rows", type=int, default=50_000)
+    m.add_argument(
+        "--grace-seconds", type=int, default=600, help="how long the previous data version lives on"
+    )
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_materialize)
+
     d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
     d.add_argument("--out", default=DEFAULT_DATA_DIR)
     d.add_argument("--rows", type=int, default=100_000)
@@ -301,6 +315,62 @@ def render_table(names: list[str], columns: list[dict[str, Any]]) -> str:
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join([head, sep, *body])
+
+
+# -- materialize -----------------------------------------------------------------------
+
+
+def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
+    import time
+
+    from featurestore import server
+    from featurestore.config import load_config
+    from featurestore.materialize import Progress
+    from featurestore.offline import ParquetSource
+
+    overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
+    config = load_config(args.config, overrides)
+    last = [0.0]
+
+    def progress(p: Progress) -> None:
+        if args.quiet or time.monotonic() - last[0] < 0.5:
+            return
+        last[0] = time.monotonic()
+        total = f"/{p.total:,}" if p.total else ""
+        eta = f", ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
+        print(
+            f"\r{args.view}: {p.rows:,}{total} rows, {p.rate:,.0f} rows/s{eta}   ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def run() -> Any:
+        if config.registry.definitions:
+            registry = server.make_registry(config)
+            try:
+                await server.apply_on_start(registry, config)
+            finally:
+                await registry.close()
+        return await server.materialize(
+            config,
+            args.view,
+            ParquetSource(args.source),
+            batch_rows=args.batch_rows,
+            grace_seconds=args.grace_seconds,
+            on_progress=progress,
+        )
+
+    r = asyncio.run(run())
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(
+        f"{r.view}: published data version {r.data_version} (was {r.previous_version}): "
+        f"{r.rows_written:,} rows written from {r.rows_read:,} read in {r.seconds:.1f}s "
+        f"({r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s)"
+        + (f"; version {r.previous_version} expires in {args.grace_seconds}s" if r.previous_version else "")
+    )
+    return 0
 
 
 # -- demo data -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -32,13 +33,17 @@ from featurestore.config import Config, StoreConfig
 from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
+from featurestore.materialize import Materializer, MaterializeResult, Progress
+from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
+from featurestore.push import PushService
 from featurestore.registry.base import Registry, load_state
 from featurestore.registry.definitions import load_definitions
 from featurestore.registry.file import FileRegistry
 from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
 from featurestore.sources.base import OnlineSource
 from featurestore.sources.memory import MemorySource
+from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.tracing import setup_tracing
 
 log = logging.getLogger("featurestore")
@@ -55,8 +60,15 @@ def make_registry(config: Config) -> Registry:
 
 
 def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
+    """The raw adapter for one configured store (no cache in front)."""
     if sc.kind == "memory":
         return MemorySource(name)
+    if sc.kind == "redis":
+        try:
+            options = RedisOptions.from_mapping(dict(sc.options))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"stores.{name}: {e}") from None
+        return RedisSource(name, config.project, options)
     raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
 
 
@@ -183,6 +195,40 @@ async def _watch_registry(rt: Runtime) -> None:
             log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
 
 
+async def materialize(
+    config: Config,
+    view: str,
+    source: OfflineSource,
+    *,
+    batch_rows: int,
+    grace_seconds: int,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> MaterializeResult:
+    """Materialize one view with the stores and registry the config names."""
+    registry = make_registry(config)
+    try:
+        snapshot = await registry.current()
+        if snapshot is None:
+            raise FailedPrecondition("the registry has no snapshot: apply definitions first")
+        definition = snapshot.definitions.views.get(view)
+        if definition is None:
+            raise InvalidArgument(f"unknown feature view {view!r}")
+        sc = config.stores.get(definition.online_store)
+        if sc is None:
+            raise FailedPrecondition(
+                f"view {view!r} uses store {definition.online_store!r}, which the config lacks"
+            )
+        store = make_store(definition.online_store, sc, config)
+        await store.start()
+        try:
+            job = Materializer(registry, store, grace_seconds=grace_seconds)
+            return await job.run(view, source, batch_rows=batch_rows, on_progress=on_progress)
+        finally:
+            await store.close()
+    finally:
+        await registry.close()
+
+
 # -- one serving process ---------------------------------------------------------------
 
 
@@ -209,13 +255,15 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     """Run one serving process until SIGINT/SIGTERM, then drain and exit."""
     setup_tracing(config.tracing)
     rt = await build_runtime(config)
+    push = PushService(rt.engine)
     http_api = HttpApi(
         rt.engine,
+        push,
         rt.readiness,
         max_body_bytes=config.limits.max_body_bytes,
         deadline_ms=config.limits.deadline_ms,
     )
-    grpc_api = GrpcApi(rt.engine, config.limits.deadline_ms)
+    grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms)
     grpc_server = create_server(config.limits.max_body_bytes)
     grpc_api.register(grpc_server)
     bound = grpc_server.add_insecure_port(f"{config.grpc.host}:{config.grpc.port}")
@@ -248,6 +296,11 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     if http_task.done():
         await http_task  # surfaces the bind/startup error
     await grpc_api.set_serving(True)
+    # Everything allocated so far (modules, registry, loaded data) lives as long as the
+    # process: keep it out of the collector's sight, or each full collection walks the
+    # whole heap and stalls the loop for tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     log.info(
         "serving registry version %d: http://%s:%d grpc %s:%d (pid %d)",
         rt.engine.state.version, config.http.host, config.http.port, config.grpc.host, config.grpc.port, os.getpid(),

@@ -83,3 +83,29 @@ ERROR_SCHEMA: dict[str, Any] = {
         }
     },
 }
+
+PUSH_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["feature_view", "rows"],
+    "properties": {
+        "feature_view": {"type": "string", "example": "user_profile"},
+        "rows": {
+            "type": "object",
+            "description": "Columns of equal length: the view's entity keys, every feature, and optionally "
+            "event_timestamp (ISO 8601; default now). Timestamp features take ISO 8601 strings.",
+            "additionalProperties": {"type": "array", "items": {}},
+            "example": {
+                "user_id": [17],
+                "age": [33],
+                "country": ["DE"],
+                "event_timestamp": ["2024-05-01T10:00:00Z"],
+            },
+        },
+    },
+}
+
+PUSH_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"rows_written": {"type": "integer"}, "data_version": {"type": "integer"}},
+}

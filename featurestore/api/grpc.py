@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,28 +19,27 @@ from featurestore.api import proto_codec
 from featurestore.api.errors import GRPC_STATUS
 from featurestore.errors import FeatureStoreError
 from featurestore.join import JoinEngine
+from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 SERVICE = "featurestore.v1.FeatureService"
 JOIN_METHOD = f"/{SERVICE}/Join"
-
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+PUSH_METHOD = f"/{SERVICE}/Push"
 
 
 class GrpcApi:
-    def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
+    def __init__(self, engine: JoinEngine, push: PushService, deadline_ms: int) -> None:
         self.engine = engine
+        self.push_service = push
         self.deadline_ms = deadline_ms
         self.health = health.aio.HealthServicer()
         self._inflight = metrics.inflight("grpc")
         self._methods: dict[str, grpc.RpcMethodHandler] = {
             "Join": grpc.unary_unary_rpc_method_handler(self.join),
+            "Push": grpc.unary_unary_rpc_method_handler(self.push),
         }
-
-    def add_method(self, name: str, handler: Handler) -> None:
-        self._methods[name] = grpc.unary_unary_rpc_method_handler(handler)
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, self._methods)])
@@ -93,6 +91,27 @@ class GrpcApi:
             self._inflight.dec()
             metrics.requests(JOIN_METHOD, "grpc", outcome).inc()
             metrics.request_duration(JOIN_METHOD, "grpc", outcome).observe(time.perf_counter() - t0)
+
+    async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await self.push_service.push(proto_codec.decode_push(request))
+            return proto_codec.encode_push(result)
+        except FeatureStoreError as e:
+            outcome = e.code.value
+            await context.abort(GRPC_STATUS[e.code], e.message)
+            raise
+        except Exception as e:
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            outcome = "INTERNAL"
+            log.exception("grpc push failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            raise
+        finally:
+            metrics.requests(PUSH_METHOD, "grpc", outcome).inc()
+            metrics.request_duration(PUSH_METHOD, "grpc", outcome).observe(time.perf_counter() - t0)
 
 
 def _traceparent(context: grpc.aio.ServicerContext) -> str | None:

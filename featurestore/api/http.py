@@ -19,11 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore import __version__, metrics, tracing
 from featurestore.api import arrow_codec, json_codec
-from featurestore.api.docs import ERROR_SCHEMA, JOIN_REQUEST_SCHEMA, JOIN_RESPONSE_SCHEMA
+from featurestore.api.docs import (
+    ERROR_SCHEMA,
+    JOIN_REQUEST_SCHEMA,
+    JOIN_RESPONSE_SCHEMA,
+    PUSH_REQUEST_SCHEMA,
+    PUSH_RESPONSE_SCHEMA,
+)
 from featurestore.api.errors import HTTP_STATUS
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
+from featurestore.push import PushService
 from featurestore.registry.snapshot import definitions_to_dict
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JOIN_PATH = "/v1/feature/join"
+PUSH_PATH = "/v1/feature/push"
 JSON = b"application/json"
 _MAX_DEADLINE_MS = 60_000
 
@@ -107,15 +115,16 @@ class HttpApi:
     def __init__(
         self,
         engine: JoinEngine,
+        push: PushService,
         readiness: ReadinessProbe,
         *,
         max_body_bytes: int,
         deadline_ms: int,
-        extra_routes: Callable[[FastAPI], None] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.join = JoinEndpoint(engine, deadline_ms)
-        self.app = _fastapi_app(engine, readiness, self, extra_routes)
+        self.push = push
+        self.app = _fastapi_app(engine, readiness, self)
         self._inflight = metrics.inflight("http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,12 +197,7 @@ def error_response(e: FeatureStoreError) -> Response:
     return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
 
 
-def _fastapi_app(
-    engine: JoinEngine,
-    readiness: ReadinessProbe,
-    api: HttpApi,
-    extra_routes: Callable[[FastAPI], None] | None,
-) -> FastAPI:
+def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) -> FastAPI:
     app = FastAPI(
         title="featurestore",
         version=__version__,
@@ -247,6 +251,50 @@ def _fastapi_app(
             )
         return Response(out, status, media_type=ctype.decode())
 
+    @app.post(
+        PUSH_PATH,
+        summary="Write rows of one feature view into its current data version",
+        responses={
+            200: {
+                "description": "Rows written",
+                "content": {"application/json": {"schema": PUSH_RESPONSE_SCHEMA}},
+            },
+            400: {
+                "description": "Malformed rows; names the column",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+            404: {
+                "description": "Unknown feature view",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+            413: {
+                "description": "Over the row or body limit",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PUSH_REQUEST_SCHEMA}},
+            }
+        },
+    )
+    async def push(request: Request) -> Response:
+        t0 = time.perf_counter()
+        length = int(request.headers.get("content-length", "-1") or -1)
+        body = await api.read_body(request.receive, length)
+        try:
+            if body is None:
+                raise LimitExceeded(f"request body exceeds the limit of {api.max_body_bytes} bytes")
+            result = await api.push.push(json_codec.decode_push(body))
+        except FeatureStoreError as e:
+            metrics.requests(PUSH_PATH, "http", e.code.value).inc()
+            return error_response(e)
+        metrics.requests(PUSH_PATH, "http", "ok").inc()
+        metrics.request_duration(PUSH_PATH, "http", "ok").observe(time.perf_counter() - t0)
+        doc = {"rows_written": result.rows_written, "data_version": result.data_version}
+        return Response(json_codec.encode(doc), media_type="application/json")
+
     @app.get("/v1/registry", summary="The registry snapshot being served")
     async def registry() -> Response:
         state = engine.state
@@ -275,9 +323,6 @@ def _fastapi_app(
     async def prometheus() -> Response:
         data, ctype = metrics.exposition()
         return Response(data, media_type=ctype)
-
-    if extra_routes is not None:
-        extra_routes(app)
 
     @app.exception_handler(FeatureStoreError)
     async def on_error(_: Request, e: FeatureStoreError) -> Response:

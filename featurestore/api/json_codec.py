@@ -16,6 +16,7 @@ import msgspec
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
+from featurestore.push import PushRequest
 
 
 class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,7 +26,13 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
     full_feature_names: bool = False
 
 
+class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
+    feature_view: str
+    rows: dict[str, list[Any]]  # columns; types are checked against the view
+
+
 _decoder = msgspec.json.Decoder(_JoinBody)
+_push_decoder = msgspec.json.Decoder(_PushBody)
 _encoder = msgspec.json.Encoder()
 
 
@@ -43,6 +50,17 @@ def decode_join(body: bytes) -> JoinRequest:
         feature_service=b.feature_service,
         full_feature_names=b.full_feature_names,
     )
+
+
+def decode_push(body: bytes) -> PushRequest:
+    try:
+        b = _push_decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid push request: {e}") from None
+    except msgspec.DecodeError as e:
+        what = "empty body" if not body.strip() else f"malformed JSON: {e}"
+        raise InvalidArgument(f"invalid push request: {what}") from None
+    return PushRequest(view=b.feature_view, columns=b.rows)
 
 
 _STATUS_NAMES = ("", "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE")

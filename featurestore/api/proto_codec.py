@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ResultColumn
 from featurestore.model import DType, Status
+from featurestore.push import PushRequest, PushResult
 from featurestore.v1 import featurestore_pb2 as pb
 
 
@@ -35,6 +36,35 @@ def decode_join(data: bytes) -> JoinRequest:
         feature_service=msg.feature_service or None,
         full_feature_names=msg.full_feature_names,
     )
+
+
+def decode_push(data: bytes) -> PushRequest:
+    try:
+        msg = pb.PushRequest.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument(f"invalid push request: malformed protobuf ({e})") from None
+    columns: dict[str, list[Any]] = {}
+    for col in msg.columns:
+        if col.name in columns:
+            raise InvalidArgument(f"column {col.name!r} is given twice", details=[{"column": col.name}])
+        kind = col.WhichOneof("values")
+        if kind is None:
+            values: list[Any] = []
+        elif kind == "vector_values":
+            values = [list(v.values) for v in col.vector_values.values]
+        else:
+            values = list(getattr(col, kind).values)
+        for i in col.null_rows:
+            if i < len(values):
+                values[i] = None
+        columns[col.name] = values
+    return PushRequest(view=msg.feature_view, columns=columns)
+
+
+def encode_push(result: PushResult) -> bytes:
+    return pb.PushResponse(
+        rows_written=result.rows_written, data_version=result.data_version
+    ).SerializeToString()
 
 
 def _fill_scalar(field: str, default: Any) -> Callable[[pb.FeatureColumn, list[Any]], None]:

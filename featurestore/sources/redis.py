@@ -185,12 +185,13 @@ class RedisSource:
 
     async def _mget(self, keyed: list[tuple[ViewQuery, list[str]]]) -> list[list[bytes | None]]:
         assert self._pool is not None
-        commands = [("MGET", *keys) for _, keys in keyed if keys]
+        commands = [keys for _, keys in keyed if keys]
         if not commands:
             return [[] for _ in keyed]
+        packed = b"".join(map(_pack_mget, commands))
         conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            await conn.send_packed_command(packed, check_health=False)
             replies = [await conn.read_response() for _ in commands]
         except BaseException:
             # A half-read reply would desync the next user of this connection.
@@ -258,6 +259,17 @@ class RedisSource:
             op(pipe, k)
         await pipe.execute()
         return len(keys)
+
+
+def _pack_mget(keys: list[str]) -> bytes:
+    """RESP for ``MGET keys...``. redis-py's generic packer costs ~4x more per key
+    and is the largest item in a batch-100 profile; replies still go through
+    redis-py's hiredis parser."""
+    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+    for k in keys:
+        b = k.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
 
 
 def _glob_escape(text: str) -> str:

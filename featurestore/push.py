@@ -1,0 +1,171 @@
+"""Streaming push: write rows of one view into its current data version.
+
+The whole request is validated against the view's schema before anything is
+written: a wrong type is a 400 that names the column (and row), and a request that
+fails validation writes nothing. Timestamps are ISO 8601 strings (HTTP) or epoch
+microseconds (gRPC); ``event_timestamp`` defaults to now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from featurestore.errors import InvalidArgument, NotFound
+from featurestore.join import JoinEngine
+from featurestore.keys import validate_entities
+from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
+from featurestore.sources.arrow import ARROW_TYPES, EVENT_TIMESTAMP
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    view: str
+    columns: Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    rows_written: int
+    data_version: int
+
+
+class PushService:
+    def __init__(self, engine: JoinEngine) -> None:
+        self.engine = engine
+
+    async def push(self, req: PushRequest) -> PushResult:
+        state = self.engine.state
+        view = state.definitions.views.get(req.view)
+        if view is None:
+            raise NotFound(f"unknown feature view {req.view!r}", details=[{"feature_view": req.view}])
+        table = to_table(view, req.columns, self.engine.limits.max_rows, state.definitions.entities)
+        store = self.engine.stores.get(view.online_store)
+        if store is None:
+            raise NotFound(f"online store {view.online_store!r} of view {view.name!r} is not configured here")
+        version = state.data_versions.get(view.name, 0)
+        n = await store.write(view, table, version)
+        return PushResult(n, version)
+
+
+def to_table(
+    view: FeatureView, columns: Mapping[str, Sequence[Any]], max_rows: int, entities: Mapping[str, Entity]
+) -> pa.Table:
+    if not columns:
+        raise InvalidArgument("empty push: no columns")
+    keys = {k: columns[k] for k in view.join_keys if k in columns}
+    missing = [k for k in view.join_keys if k not in columns]
+    if missing:
+        raise InvalidArgument(
+            f"push to {view.name!r}: entity column {missing[0]!r} is missing",
+            details=[{"column": missing[0]}],
+        )
+    n = validate_entities(keys, frozenset(view.join_keys), entities, max_rows)
+    expected = {*view.join_keys, *(f.name for f in view.features), EVENT_TIMESTAMP}
+    unknown = sorted(set(columns) - expected)
+    if unknown:
+        raise InvalidArgument(
+            f"push to {view.name!r}: column {unknown[0]!r} is not in the view",
+            details=[{"column": unknown[0]}],
+        )
+    arrays: dict[str, pa.Array] = {
+        e.name: pa.array(list(keys[e.name]), ARROW_TYPES[e.dtype]) for e in view.entities
+    }
+    for f in view.features:
+        if f.name not in columns:
+            raise InvalidArgument(
+                f"push to {view.name!r}: feature column {f.name!r} is missing", details=[{"column": f.name}]
+            )
+        arrays[f.name] = _column(view.name, f.name, f.dtype, columns[f.name], n, nullable=True)
+    if EVENT_TIMESTAMP in columns:
+        arrays[EVENT_TIMESTAMP] = _column(
+            view.name, EVENT_TIMESTAMP, DType.TIMESTAMP, columns[EVENT_TIMESTAMP], n, nullable=False
+        )
+    else:
+        now = time.time_ns() // 1000
+        arrays[EVENT_TIMESTAMP] = pa.array([now] * n, pa.int64()).cast(ARROW_TYPES[DType.TIMESTAMP])
+    return pa.table(arrays)
+
+
+def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *, nullable: bool) -> pa.Array:
+    if len(values) != n:
+        raise InvalidArgument(
+            f"push to {view!r}: column {name!r} has {len(values)} values, the entity columns {n}",
+            details=[{"column": name, "length": len(values), "expected": n}],
+        )
+    check = _CHECKS[dtype]
+    for i, v in enumerate(values):
+        if v is None:
+            if nullable:
+                continue
+        elif check(v):
+            continue
+        got = "null" if v is None else type(v).__name__
+        raise InvalidArgument(
+            f"push to {view!r}: column {name!r} takes {dtype.value}; row {i} is {got} ({v!r})",
+            details=[{"column": name, "row": i, "expected": dtype.value, "got": got}],
+        )
+    if dtype is DType.TIMESTAMP:
+        return pa.array([None if v is None else _epoch_us(v) for v in values], pa.int64()).cast(
+            ARROW_TYPES[dtype]
+        )
+    return pa.array(list(values), ARROW_TYPES[dtype])
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int and INT64_MIN <= v <= INT64_MAX
+
+
+def _is_float(v: Any) -> bool:
+    return type(v) is float or _is_int(v)
+
+
+def _is_timestamp(v: Any) -> bool:
+    if _is_int(v):
+        return True
+    if type(v) is not str:
+        return False
+    try:
+        _epoch_us(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _epoch_us(v: int | str) -> int:
+    if type(v) is int:
+        return v
+    dt = datetime.fromisoformat(str(v))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // _MICROSECOND
+
+
+_MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str
+
+
+def _is_bool(v: Any) -> bool:
+    return type(v) is bool
+
+
+def _is_vector(v: Any) -> bool:
+    return type(v) is list and all(_is_float(x) for x in v)
+
+
+_CHECKS: dict[DType, Callable[[Any], bool]] = {
+    DType.INT64: _is_int,
+    DType.FLOAT64: _is_float,
+    DType.STRING: _is_str,
+    DType.BOOL: _is_bool,
+    DType.TIMESTAMP: _is_timestamp,
+    DType.FLOAT32_VECTOR: _is_vector,
+}
