@@ -31,6 +31,7 @@ def server(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     config = work / "config.yaml"
     config.write_text(
         f"registry: {{path: {work / 'registry'}}}\n"
+        "stores: {default: {kind: memory}, local: {kind: memory}}\n"
         "limits: {max_rows: 1000, max_body_bytes: 262144, deadline_ms: 2000}\n"
     )
     proc = ServerProcess(

@@ -21,12 +21,15 @@ def require(binary: str, package: str) -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, cluster: bool = False, port: int | None = None, persist: bool = False
+    ) -> None:
         self.binary = require("redis-server", "redis-server")
         # A cluster node also listens on port + 10000 (the cluster bus).
         self.port = port or (free_port_pair(10000) if cluster else free_port())
         self.workdir = workdir
         self.cluster = cluster
+        self.persist = persist  # append-only file in workdir: data survives a restart
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,7 +38,8 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        aof = "yes" if self.persist else "no"
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", aof,
                "--daemonize", "no", "--dir", str(self.workdir), "--protected-mode", "no"]  # fmt: skip
         if self.cluster:
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]

@@ -21,6 +21,14 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the test process dies, however it dies,
+    so an aborted test run leaves no server behind."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,7 +121,14 @@ class ServerProcess:
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
         ]  # fmt: skip
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=die_with_parent,
+        )
 
         def ready() -> bool:
             assert self.proc is not None
@@ -156,7 +171,10 @@ N_MERCHANTS = 50
 
 def write_test_repo(root: Path, users_parquet: Path) -> Path:
     """Demo views plus an item view, a user x item view (composite key), a string-keyed
-    view, a view with every dtype and a short-TTL view. Returns the definitions path."""
+    view, a view with every dtype and a short-TTL view. Returns the definitions path.
+
+    The two user views live in store ``default``, the rest in store ``local``: a test
+    server maps both to memory, or ``default`` to Redis for a multi-store join."""
     rng = np.random.default_rng(7)
     ts = pa.array(np.full(N_ITEMS, 1_704_067_200_000_000, dtype=np.int64), pa.timestamp("us", tz="UTC"))
     pq.write_table(
@@ -244,17 +262,20 @@ feature_views:
       - {{name: days_since_last_login, dtype: float64}}
       - {{name: ctr_30d, dtype: float64}}
   - name: item
+    online_store: local
     entities: [item_id]
     batch_source: {{path: items.parquet}}
     features:
       - {{name: price, dtype: float64}}
       - {{name: category, dtype: string}}
   - name: user_item
+    online_store: local
     entities: [user_id, item_id]
     batch_source: {{path: user_item.parquet}}
     features:
       - {{name: affinity, dtype: float64}}
   - name: merchant
+    online_store: local
     entities: [merchant_id]
     ttl: 1h
     batch_source: {{path: merchants.parquet}}

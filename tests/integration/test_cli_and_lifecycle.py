@@ -86,7 +86,9 @@ def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
 
 def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+    )
     proc = ServerProcess(
         ["--config", str(config), "--definitions", str(test_repo)], log_path=tmp_path / "log"
     ).start()

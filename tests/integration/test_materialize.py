@@ -1,0 +1,208 @@
+"""Materialization into a real Redis with the file registry: versions, dedupe,
+interruption, idempotent re-runs, progress, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.materialize import Materializer, Progress
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.offline import ParquetSource
+from featurestore.registry.definitions import make_definitions
+from featurestore.registry.file import FileRegistry
+from featurestore.sources.base import ViewQuery, ViewRead
+from featurestore.sources.memory import MemorySource
+from featurestore.sources.redis import RedisOptions, RedisSource
+from tests.servers import RedisServer
+from tests.support import ROOT
+
+U = Entity("user_id", DType.INT64)
+V = FeatureView(
+    "scores", (U,), (Feature("score", DType.INT64), Feature("tag", DType.STRING)), online_store="default"
+)
+TS0 = 1_704_067_200_000_000
+
+
+def write_source(path: Path, ids: list[int], mark: int, ts_offset: int = 0) -> Path:
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(ids, pa.int64()),
+                "score": pa.array([i * 10 + mark for i in ids], pa.int64()),
+                "tag": pa.array([f"v{mark}" for _ in ids]),
+                "event_timestamp": pa.array(
+                    [TS0 + ts_offset + i for i in range(len(ids))], pa.timestamp("us", tz="UTC")
+                ),
+            }
+        ),
+        path,
+        row_group_size=1000,
+    )
+    return path
+
+
+@pytest.fixture
+async def setup(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[FileRegistry, RedisSource]]:
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await registry.publish(make_definitions("p", [U], [V], []), expected_version=None)
+    store = RedisSource("default", f"m{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_server.url))
+    await store.start()
+    yield registry, store
+    await store.close()
+
+
+async def read(store: RedisSource, ids: list[int], version: int) -> ViewRead:
+    [res] = await store.read([ViewQuery(V, ids, [0, 1], version)])
+    assert isinstance(res, ViewRead)
+    return res
+
+
+async def test_versions_publish_and_expire(setup: tuple[FileRegistry, RedisSource], tmp_path: Path) -> None:
+    registry, store = setup
+    job = Materializer(registry, store, grace_seconds=60)
+    seen: list[Progress] = []
+    r1 = await job.run(
+        "scores",
+        ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 3001)), 1))),
+        batch_rows=1000,
+        on_progress=seen.append,
+    )
+    assert (r1.data_version, r1.previous_version, r1.rows_written) == (1, 0, 3000)
+    assert (
+        [p.rows for p in seen] == [1000, 2000, 3000] and seen[-1].total == 3000 and seen[-1].eta_seconds == 0
+    )
+    assert await registry.data_versions() == {"scores": 1}
+    r2 = await job.run(
+        "scores", ParquetSource(str(write_source(tmp_path / "b.parquet", list(range(1, 3001)), 2)))
+    )
+    assert r2.data_version == 2
+    assert (await read(store, [7], 2)).columns == [[72], ["v2"]]
+    assert (await read(store, [7], 1)).columns == [[71], ["v1"]]  # still there for the grace period
+    ttl = store._client.ttl(f"{store.prefix('scores', 1)}7")
+    assert 0 < await ttl <= 60
+
+
+async def test_latest_row_per_key_wins_across_batches(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    registry, store = setup
+    # key 5 appears three times in different batches; the middle row is the newest
+    ids = [5, 1, 2, 5, 3, 4, 5]
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(ids, pa.int64()),
+                "score": pa.array([100, 1, 2, 300, 3, 4, 200], pa.int64()),
+                "tag": pa.array(["old", "a", "b", "newest", "c", "d", "mid"]),
+                "event_timestamp": pa.array(
+                    [TS0, TS0, TS0, TS0 + 9, TS0, TS0, TS0 + 5], pa.timestamp("us", tz="UTC")
+                ),
+            }
+        ),
+        tmp_path / "dup.parquet",
+    )
+    r = await Materializer(registry, store).run(
+        "scores", ParquetSource(str(tmp_path / "dup.parquet")), batch_rows=2
+    )
+    assert r.rows_read == 7 and r.rows_written == 5
+    res = await read(store, [5], 1)
+    assert res.columns == [[300], ["newest"]] and res.event_ts_us == [TS0 + 9]
+
+
+class FailingSource(ParquetSource):
+    """A real Parquet source whose stream breaks after the first batch."""
+
+    async def batches(self, columns: Sequence[str], batch_rows: int) -> AsyncIterator[pa.RecordBatch]:
+        n = 0
+        async for b in super().batches(columns, batch_rows):
+            if n == 1:
+                raise OSError("connection to the warehouse lost")
+            n += 1
+            yield b
+
+
+async def test_interrupted_run_keeps_serving_and_rerun_is_idempotent(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    registry, store = setup
+    job = Materializer(registry, store)
+    await job.run("scores", ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 101)), 1))))
+    src2 = write_source(tmp_path / "b.parquet", list(range(1, 2001)), 2)
+    with pytest.raises(OSError):
+        await job.run("scores", FailingSource(str(src2)), batch_rows=500)
+    assert await registry.data_versions() == {"scores": 1}  # version 1 still serving
+    assert (await read(store, [50], 1)).columns == [[501], ["v1"]]
+    partial = await read(store, [1, 1999], 2)
+    assert partial.found == [True, False]  # half-written version 2 is not served
+    # a re-run from a smaller source: leftovers of the interrupted run must not survive
+    src3 = write_source(tmp_path / "c.parquet", list(range(1, 11)), 3)
+    r = await job.run("scores", ParquetSource(str(src3)))
+    assert r.data_version == 2
+    res = await read(store, [5, 1500], 2)
+    assert res.found == [True, False] and res.columns[0][0] == 53
+
+
+async def test_schema_mismatch_fails_before_publishing(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    registry, store = setup
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [1],
+                "score": [1.5],
+                "tag": ["x"],
+                "event_timestamp": pa.array([TS0], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        tmp_path / "bad.parquet",
+    )
+    with pytest.raises(InvalidArgument, match="column 'score' has type double, expected int64"):
+        await Materializer(registry, store).run("scores", ParquetSource(str(tmp_path / "bad.parquet")))
+    assert await registry.data_versions() == {}
+
+
+async def test_memory_store_is_refused(setup: tuple[FileRegistry, RedisSource]) -> None:
+    registry, _ = setup
+    with pytest.raises(FailedPrecondition, match="does not keep data versions"):
+        Materializer(registry, MemorySource("default"))
+
+
+def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Path) -> None:
+    ids = list(np.arange(1, 20_001).tolist())
+    src = write_source(tmp_path / "s.parquet", ids, 4)
+    defs = tmp_path / "defs.yaml"
+    defs.write_text(
+        "project: p\nentities: [{name: user_id, dtype: int64}]\nfeature_views:\n"
+        "  - {name: scores, entities: [user_id], features: [{name: score, dtype: int64}, {name: tag, dtype: string}]}\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"project: p\nregistry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
+    )
+    cmd = [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--definitions", str(defs),
+           "--view", "scores", "--source", str(src), "--batch-rows", "5000"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "scores: published data version 1 (was 0): 20,000 rows written" in out.stdout
+    assert "rows/s" in out.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "published data version 2 (was 1)" in again.stdout and "version 1 expires in 600s" in again.stdout
+    bad = subprocess.run(
+        [*cmd[:-4], "--view", "nope", "--source", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "unknown feature view 'nope'" in bad.stderr
