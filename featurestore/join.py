@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import Span
 
@@ -35,8 +35,10 @@ PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class JoinRequest:
+# Per-request records are NamedTuples: as immutable as frozen dataclasses, but built
+# several times faster (a frozen dataclass sets each field through object.__setattr__),
+# and a batch-1 join builds about twenty of them.
+class JoinRequest(NamedTuple):
     entities: Mapping[str, Sequence[Any]]
     features: tuple[str, ...] = ()
     feature_service: str | None = None
@@ -49,8 +51,7 @@ class Limits:
     deadline_seconds: float = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class ViewOutcome:
+class ViewOutcome(NamedTuple):
     """Per-row statuses and event timestamps of one view, shared by its columns."""
 
     view: str
@@ -60,16 +61,14 @@ class ViewOutcome:
     unavailable: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ResultColumn:
+class ResultColumn(NamedTuple):
     name: str
     dtype: DType
     values: list[Any]  # None where the status is not PRESENT
     outcome: ViewOutcome | None  # None for entity columns (always PRESENT)
 
 
-@dataclass(frozen=True, slots=True)
-class JoinResult:
+class JoinResult(NamedTuple):
     columns: list[ResultColumn]
     registry_version: int
     partial: bool
@@ -145,8 +144,20 @@ class JoinEngine:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the request deadline passed before any store was read")
-        # Each store read is a task the deadline abandons rather than awaits: a client
-        # library that is slow to honour cancellation cannot stretch the response.
+        if len(by_store) == 1:
+            # The common case needs no task: await the one store under a timeout.
+            # (Stores must be cancellable; see OnlineSource.read.)
+            name, items = next(iter(by_store.items()))
+            try:
+                async with asyncio.timeout(remaining):
+                    results = await self._read_store(name, items, span)
+            except TimeoutError:
+                late = DeadlineExceeded(f"store {name!r} missed the deadline")
+                results = self._failed(name, [q for _, q in items], late, "deadline")
+            for (slot, _), r in zip(items, results, strict=True):
+                reads[slot] = r
+            return reads
+        # Several stores: read them concurrently; the deadline abandons the late ones.
         tasks = {
             asyncio.ensure_future(self._read_store(name, items, span)): (name, items)
             for name, items in by_store.items()

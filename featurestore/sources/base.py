@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -22,16 +21,14 @@ from featurestore.model import FeatureView
 EntityKey = int | str | tuple[int | str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ViewQuery:
+class ViewQuery(NamedTuple):
     view: FeatureView
     keys: Sequence[EntityKey]  # unique keys
     features: Sequence[int]  # indices into view.features, in the order wanted back
     data_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class ViewRead:
+class ViewRead(NamedTuple):
     """Columnar answer for one ViewQuery, aligned with its keys.
 
     ``columns[j][i]`` is the value of feature ``query.features[j]`` for ``keys[i]``.
@@ -76,7 +73,10 @@ class OnlineSource(Protocol):
         ...
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-        """Read every query; a per-view failure is returned in its slot, not raised."""
+        """Read every query; a per-view failure is returned in its slot, not raised.
+
+        Must stop promptly when cancelled: the engine enforces the request deadline
+        by cancelling the read."""
         ...
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:

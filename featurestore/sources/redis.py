@@ -26,13 +26,13 @@ import pyarrow as pa
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
 
 from featurestore import metrics
 from featurestore.errors import Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.sources.arrow import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.redis_pool import LeanPool
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,24 @@ class RedisSource:
         self.options = options
         self._state = SourceState.STARTING
         self._client: Redis | RedisCluster
-        self._pool: BlockingConnectionPool | None = None
+        self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool
         timeout = options.connect_timeout_ms / 1000
         if options.cluster:
             self._client = RedisCluster.from_url(
                 options.url, socket_connect_timeout=timeout, max_connections=options.pool_size
             )
         else:
-            self._pool = BlockingConnectionPool.from_url(
-                options.url, max_connections=options.pool_size, timeout=None, socket_connect_timeout=timeout
+            # No socket timeout on reads: the join's deadline bounds them, and redis-py
+            # would otherwise wrap every send in wait_for (a task) and every read in
+            # a timeout scope.
+            self._pool = LeanPool(
+                options.url,
+                options.pool_size,
+                socket_connect_timeout=timeout,
+                socket_timeout=None,
+                socket_keepalive=True,
             )
-            self._client = Redis(connection_pool=self._pool)
+            self._client = Redis.from_url(options.url, socket_connect_timeout=timeout)
         # PINGs travel on their own small client with a socket timeout, so a frozen
         # Redis cannot tie up the request pool and every probe ends on time.
         self._probe_client: Redis | RedisCluster
@@ -92,6 +99,7 @@ class RedisSource:
             )
         self._prefixes: dict[tuple[str, int], str] = {}
         self._health: asyncio.Task[None] | None = None
+        self._reset: asyncio.Future[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
 
     @property
@@ -110,6 +118,9 @@ class RedisSource:
                 log.warning("redis store %s is down: %s", self._name, reason)
             elif self._state is SourceState.DOWN:
                 log.info("redis store %s is back", self._name)
+                if self._pool is not None:
+                    # sockets idle through the outage are dead: reconnect on next use
+                    self._reset = asyncio.ensure_future(self._pool.reset())
             self._state = state
         self._up.set(1 if state is SourceState.READY else 0)
 
@@ -124,6 +135,8 @@ class RedisSource:
             self._health.cancel()
             await asyncio.wait([self._health], timeout=1.0)
         await self._probe_client.aclose()
+        if self._pool is not None:
+            await self._pool.close()
         await self._client.aclose()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -189,16 +202,16 @@ class RedisSource:
         if not commands:
             return [[] for _ in keyed]
         packed = b"".join(map(_pack_mget, commands))
-        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = await self._pool.acquire()
         try:
             await conn.send_packed_command(packed, check_health=False)
             replies = [await conn.read_response() for _ in commands]
         except BaseException:
             # A half-read reply would desync the next user of this connection.
-            await conn.disconnect()
+            await conn.disconnect(nowait=True)
             raise
         finally:
-            await self._pool.release(conn)
+            self._pool.release(conn)
         it = iter(replies)
         return [next(it) if keys else [] for _, keys in keyed]
 
@@ -220,15 +233,22 @@ class RedisSource:
         """Upsert rows; each batch is one MULTI/EXEC on standalone Redis."""
         rows = conform(view, rows)
         n = 0
+        p = self.prefix(view.name, data_version)
         for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
-            p = self.prefix(view.name, data_version)
-            pipe = self._client.pipeline(transaction=self._pool is not None)
-            for k, blob in zip(keys, blobs, strict=True):
-                pipe.set(p + key_text(k), blob)
-            try:
-                await pipe.execute()
-            except _CONNECTION_ERRORS as e:
-                raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
+            for attempt in (1, 2):
+                pipe = self._client.pipeline(transaction=self._pool is not None)
+                for k, blob in zip(keys, blobs, strict=True):
+                    pipe.set(p + key_text(k), blob)
+                try:
+                    await pipe.execute()
+                    break
+                except _CONNECTION_ERRORS as e:
+                    # SETs are idempotent: one retry on a fresh socket covers a
+                    # connection that died while idle (e.g. Redis restarted).
+                    if attempt == 2:
+                        raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
+                    if isinstance(self._client, Redis):
+                        await self._client.connection_pool.disconnect()
             n += len(keys)
         return n
 

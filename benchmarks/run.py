@@ -1,0 +1,208 @@
+"""`make bench`: featurestore and Feast side by side, same Redis, same data, same load.
+
+1. Redis on 127.0.0.1:6379 (started here unless one answers; stopped at the end if so).
+2. Feast through ../shared/peers/feast/setup.sh: venv, the 100k-user data, `feast apply`,
+   `feast materialize` into that Redis.
+3. featurestore: the same data (identical values, checked by sha256), both views
+   materialized into the same Redis under its own key layout.
+4. Servers with the same worker count: Feast (`feast serve --workers W`), featurestore
+   with its LRU cache (the default) and with the cache off (every key read from Redis).
+5. The peer's verify.py against every server, then the peer's bench.py with every
+   server as a target in one call (interleaved points, CPU accounting, noise gating),
+   wrk with the peer's Lua request generator plus the plain-percentile load generator.
+6. The redis-py floor (benchmarks/redis_floor.py) with the same process count.
+7. benchmarks/report.py writes benchmarks/RESULTS.md.
+
+    python -m benchmarks.run [--duration 10] [--tool both] [--workers 2] [--skip-feast-setup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.redis_floor import measure as floor_measure
+from featurestore.demo.data import PEER_SHA256, canonical_sha256, ensure_demo_data, generate
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEER = ROOT.parent / "shared" / "peers" / "feast"
+REDIS_PORT = 6379
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def redis_up() -> bool:
+    out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, text=True)
+    return out.stdout.strip() == "PONG"
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--tool", choices=["wrk", "py", "both"], default="both")
+    ap.add_argument("--batches", default="1,10,100")
+    ap.add_argument("--concurrency", default="8,32,64")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--feast-workdir", default=os.environ.get("WORKDIR", "/tmp/feast-peer"))
+    ap.add_argument("--skip-feast-setup", action="store_true", help="reuse an earlier setup.sh run")
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--max-other", type=float, default=0.3)
+    a = ap.parse_args()
+
+    if not PEER.is_dir():
+        log(f"the Feast peer is not at {PEER}: nothing to compare with")
+        return 2
+    for tool in ("wrk", "redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            log(f"{tool} is missing (make bench installs Debian's wrk and redis-server)")
+            return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    raw = a.out / f"raw-{stamp}.jsonl"
+    procs: list[subprocess.Popen[bytes]] = []
+    own_redis: subprocess.Popen[bytes] | None = None
+    feast_pid = 0
+    try:
+        if not redis_up():
+            log(f"starting redis-server on {REDIS_PORT}")
+            rdir = a.out / "redis"
+            rdir.mkdir(exist_ok=True)
+            own_redis = subprocess.Popen(
+                ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(rdir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            end = time.monotonic() + 10
+            while not redis_up() and time.monotonic() < end:
+                time.sleep(0.1)
+        env = {**os.environ, "WORKDIR": a.feast_workdir}
+        if not a.skip_feast_setup:
+            log("Feast: setup.sh (venv, data, feast apply, feast materialize) ...")
+            with open(a.out / "feast-setup.log", "wb") as fh:
+                subprocess.run(
+                    [str(PEER / "setup.sh")], env=env, stdout=fh, stderr=subprocess.STDOUT, check=True
+                )
+
+        data = a.out / "data"
+        ensure_demo_data(data)
+        digest = canonical_sha256(generate())
+        log(f"demo data sha256 {'matches' if digest == PEER_SHA256 else 'DIFFERS from'} the peer's")
+        registry = a.out / f"registry-{stamp}"
+        configs = {}
+        for label, cache in (("on", "true"), ("off", "false")):
+            cfg = a.out / f"config-cache-{label}.yaml"
+            cfg.write_text(
+                f"project: demo\nregistry:\n  path: {registry}\n"
+                f"  definitions: {ROOT / 'featurestore' / 'demo' / 'features.yaml'}\n  definitions_base_dir: {data}\n"
+                f"stores:\n  default: {{kind: redis, url: 'redis://127.0.0.1:{REDIS_PORT}/0', cache: {cache}}}\n"
+            )
+            configs[label] = cfg
+        for view in ("user_profile", "user_activity"):
+            log(f"featurestore: materialize {view}")
+            subprocess.run(
+                [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(configs["on"]),
+                 "--view", view, "--source", str(data / "users.parquet"), "--quiet"],
+                check=True, cwd=ROOT,
+            )  # fmt: skip
+
+        log(f"starting Feast with {a.workers} workers")
+        out = subprocess.run(
+            [str(PEER / "start_server.sh")], env={**env, "WORKERS": str(a.workers), "MAX_REQUESTS": "0"},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        feast_pid = int(out.stdout.split()[-1])
+        targets = [f"feast_w{a.workers}=http://127.0.0.1:6566/get-online-features@{feast_pid}"]
+        for label, port in (("on", 8091), ("off", 8092)):
+            p = subprocess.Popen(
+                [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(configs[label]), "--no-apply",
+                 "--workers", str(a.workers), "--http-port", str(port), "--grpc-port", str(port + 42000),
+                 "--log-level", "warning"],
+                cwd=ROOT, stdout=open(a.out / f"serve-cache-{label}.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            )  # fmt: skip
+            procs.append(p)
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            name = f"featurestore_w{a.workers}" + ("" if label == "on" else "_nocache")
+            targets.append(f"{name}=http://127.0.0.1:{port}/v1/feature/join@{p.pid}")
+
+        feast_python = Path(a.feast_workdir) / "venv" / "bin" / "python"
+        for t in targets:
+            url = t.split("=", 1)[1].split("@")[0]
+            log(f"verify {url}")
+            v = subprocess.run(
+                [str(feast_python), str(PEER / "verify.py"), "--url", url], capture_output=True, text=True
+            )
+            if v.returncode != 0:
+                log(v.stdout + v.stderr)
+                return 1
+
+        log(
+            f"bench.py: {len(targets)} targets, batches {a.batches}, concurrency {a.concurrency}, {a.duration}s per run"
+        )
+        cmd = [str(feast_python), str(PEER / "bench.py"), "--tool", a.tool, "--batches", a.batches,
+               "--concurrency", a.concurrency, "--duration", str(a.duration), "--out", str(raw),
+               "--max-other", str(a.max_other), "--quiet-wait", "20", "--retries", "1"]  # fmt: skip
+        for t in targets:
+            cmd += ["--target", t]
+        subprocess.run(cmd, check=True)
+
+        floor_path = a.out / f"floor-{stamp}.jsonl"
+        with open(floor_path, "w") as fh:
+            for batch in (int(b) for b in a.batches.split(",")):
+                res = floor_measure(
+                    f"redis://127.0.0.1:{REDIS_PORT}/0", "demo", 1, batch, 32, a.duration, a.workers
+                )
+                log(f"floor b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
+                fh.write(json.dumps(res) + "\n")
+
+        report.write(
+            raw,
+            floor_path,
+            HERE / "RESULTS.md",
+            workers=a.workers,
+            duration=a.duration,
+            command=" ".join(sys.argv),
+        )
+        log(f"wrote {HERE / 'RESULTS.md'} (raw: {raw})")
+        return 0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if feast_pid:
+            os.kill(feast_pid, signal.SIGTERM)
+        if own_redis is not None:
+            own_redis.terminate()
+            own_redis.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
