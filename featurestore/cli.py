@@ -89,6 +89,47 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_materialize)
 
+    a = sub.add_parser("apply", help="validate, diff and publish definitions as the next registry snapshot")
+    a.add_argument("file")
+    a.add_argument("--config", help="server config naming the registry")
+    a.add_argument("--force", action="store_true", help="apply incompatible changes too")
+    a.add_argument("--dry-run", action="store_true", help="print the diff only")
+    a.add_argument("-m", "--message", default="")
+    a.set_defaults(func=cmd_apply)
+
+    r = sub.add_parser("registry", help="registry history, snapshots, diffs and rollback")
+    r.add_argument("--config", help="server config naming the registry")
+    rsub = r.add_subparsers(dest="registry_command", required=True)
+    rsub.add_parser("history", help="every snapshot, newest last").set_defaults(func=cmd_registry_history)
+    show = rsub.add_parser("show", help="one snapshot's definitions as JSON")
+    show.add_argument("version", type=int)
+    show.set_defaults(func=cmd_registry_show)
+    rdiff = rsub.add_parser("diff", help="changes from snapshot A to snapshot B")
+    rdiff.add_argument("a", type=int)
+    rdiff.add_argument("b", type=int)
+    rdiff.set_defaults(func=cmd_registry_diff)
+    rb = rsub.add_parser("rollback", help="publish an old snapshot's definitions as the new current")
+    rb.add_argument("version", type=int)
+    rb.add_argument("--force", action="store_true")
+    rb.set_defaults(func=cmd_registry_rollback)
+
+    c = sub.add_parser("canary", help="gray release of a feature service")
+    c.add_argument("--config", help="server config naming the registry")
+    csub = c.add_subparsers(dest="canary_command", required=True)
+    start = csub.add_parser("start", help="serve a share of entities from candidate definitions")
+    start.add_argument("service")
+    start.add_argument("--file", required=True, help="the candidate definitions")
+    start.add_argument("--share", type=float, required=True, help="fraction of entities, e.g. 0.1")
+    start.set_defaults(func=cmd_canary_start)
+    csub.add_parser("status", help="active canaries").set_defaults(func=cmd_canary_status)
+    for name, helptext in (
+        ("promote", "make the candidate the current snapshot"),
+        ("abort", "stop the canary"),
+    ):
+        cp = csub.add_parser(name, help=helptext)
+        cp.add_argument("service")
+        cp.set_defaults(func=cmd_canary_promote if name == "promote" else cmd_canary_abort)
+
     d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
     d.add_argument("--out", default=DEFAULT_DATA_DIR)
     d.add_argument("--rows", type=int, default=100_000)
@@ -369,6 +410,127 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         f"{r.rows_written:,} rows written from {r.rows_read:,} read in {r.seconds:.1f}s "
         f"({r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s)"
         + (f"; version {r.previous_version} expires in {args.grace_seconds}s" if r.previous_version else "")
+    )
+    return 0
+
+
+# -- registry administration ------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace, fn: Any) -> Any:
+    """Run ``fn(admin)`` against the registry the config names."""
+    from featurestore import server
+    from featurestore.config import load_config
+    from featurestore.registry.admin import RegistryAdmin
+
+    config = load_config(getattr(args, "config", None))
+
+    async def run() -> Any:
+        registry = server.make_registry(config)
+        try:
+            return await fn(RegistryAdmin(registry))
+        finally:
+            await registry.close()
+
+    return asyncio.run(run())
+
+
+def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+    from featurestore.registry.diff import render
+
+    defs = load_definitions(args.file)
+    result = _admin(
+        args, lambda a: a.apply(defs, force=args.force, dry_run=args.dry_run, message=args.message)
+    )
+    if not result.changes:
+        print(f"no changes: registry version {result.previous} already holds these definitions")
+        return 0
+    print(render(result.changes))
+    if result.snapshot is None:
+        print(f"dry run: would publish version {(result.previous or 0) + 1}")
+    else:
+        print(f"published registry version {result.snapshot.version} (was {result.previous})")
+    return 0
+
+
+def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
+    rows = _admin(args, lambda a: a.history())
+    if not rows:
+        print("the registry is empty")
+    for snap, current in rows:
+        d = snap.definitions
+        mark = "*" if current else " "
+        print(
+            f"{mark} {snap.version:>4}  {snap.created_at}  {snap.fingerprint[:12]}  "
+            f"{len(d.views)} views, {len(d.services)} services  {snap.message}"
+        )
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.snapshot import snapshot_to_json
+
+    snap = _admin(args, lambda a: a.registry.get(args.version))
+    print(json.dumps(json.loads(snapshot_to_json(snap)), indent=2))
+    return 0
+
+
+def cmd_registry_diff(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.diff import render
+
+    changes = _admin(args, lambda a: a.diff(args.a, args.b))
+    print(render(changes) if changes else f"versions {args.a} and {args.b} hold the same definitions")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.diff import render
+
+    result = _admin(args, lambda a: a.rollback(args.version, force=args.force))
+    if result.snapshot is None:
+        print(f"no changes: the current snapshot already holds version {args.version}'s definitions")
+        return 0
+    print(render(result.changes))
+    print(f"rolled back: version {result.snapshot.version} holds version {args.version}'s definitions")
+    return 0
+
+
+def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+
+    defs = load_definitions(args.file)
+    c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share))
+    print(
+        f"canary started: {args.service} serves {c.share:.1%} of entities from version {c.candidate_version} "
+        f"(current: {c.base_version})"
+    )
+    return 0
+
+
+def cmd_canary_status(args: argparse.Namespace, _argv: list[str]) -> int:
+    canaries = _admin(args, lambda a: a.registry.canaries())
+    if not canaries:
+        print("no canaries")
+    for service, c in sorted(canaries.items()):
+        print(
+            f"{service}: {c.share:.1%} of entities on version {c.candidate_version} (base {c.base_version})"
+        )
+    return 0
+
+
+def cmd_canary_promote(args: argparse.Namespace, _argv: list[str]) -> int:
+    c = _admin(args, lambda a: a.canary_promote(args.service))
+    print(
+        f"promoted: version {c.candidate_version} is current (was {c.base_version}); canary of {args.service} ended"
+    )
+    return 0
+
+
+def cmd_canary_abort(args: argparse.Namespace, _argv: list[str]) -> int:
+    c = _admin(args, lambda a: a.canary_abort(args.service))
+    print(
+        f"aborted: {args.service} is served from current again (candidate version {c.candidate_version} unused)"
     )
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,7 +91,11 @@ class JoinEngine:
     async def join(self, req: JoinRequest, deadline: float, span: Span | None = None) -> JoinResult:
         """Serve one join. ``deadline`` is a ``time.monotonic()`` instant."""
         state = self.state
-        plan = state.plan(req.features, req.feature_service, req.full_feature_names)
+        service = req.feature_service
+        if service and state.canaries:
+            state = _canary_route(state, service, req.entities)
+        t0 = time.perf_counter()
+        plan = state.plan(req.features, service, req.full_feature_names)
         entities = req.entities
         n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
         metrics.JOIN_ROWS.observe(n)
@@ -131,6 +136,10 @@ class JoinEngine:
             )
             for out in plan.outputs
         )
+        if service:
+            served = str(state.version)
+            metrics.service_requests(service, served).inc()
+            metrics.service_duration(service, served).observe(time.perf_counter() - t0)
         return JoinResult(columns, state.version, partial, n, plan)
 
     async def _fan_out(
@@ -222,6 +231,25 @@ class JoinEngine:
         for q in queries:
             metrics.view_read_failures(q.view.name, store_name, reason).inc()
         return [err] * len(queries)
+
+
+def _canary_route(state: ServingState, service: str, entities: Mapping[str, Sequence[Any]]) -> ServingState:
+    """The candidate's state when this request's entity falls in the canary share.
+
+    The bucket is a stable hash (crc32) of the first row's entity key, so an entity
+    stays on one side for the canary's lifetime, in every process. A whole request is
+    served from one version: rows of one response never mix definitions.
+    """
+    canary = state.canaries.get(service)
+    if canary is None:
+        return state
+    share, candidate = canary
+    try:
+        key = "|".join(f"{name}={entities[name][0]}" for name in sorted(entities))
+    except (IndexError, TypeError):
+        return state  # malformed entities: validation reports it
+    bucket = zlib.crc32(key.encode()) / 4294967296.0
+    return candidate if bucket < share else state
 
 
 def _discard_result(task: asyncio.Future[Any]) -> None:

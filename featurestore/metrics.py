@@ -93,6 +93,27 @@ SOURCE_ROWS_LOADED = Gauge(
     ["store", "view"],
     multiprocess_mode="livemax",
 )
+REGISTRY_CONNECTED = Gauge(
+    "featurestore_registry_connected",
+    "1 while the registry backend answers, 0 while the server serves its last snapshot blind.",
+    multiprocess_mode="livemin",
+)
+REGISTRY_STALENESS = Gauge(
+    "featurestore_registry_staleness_seconds",
+    "Seconds since the registry backend last answered: how stale the served snapshot may be.",
+    multiprocess_mode="livemax",
+)
+SERVICE_REQUESTS = Counter(
+    "featurestore_service_requests_total",
+    "Joins of a feature service, by service and the registry version that served them (canary split).",
+    ["service", "registry_version"],
+)
+SERVICE_DURATION = Histogram(
+    "featurestore_service_join_duration_seconds",
+    "Join engine time for feature-service requests, by service and serving registry version.",
+    ["service", "registry_version"],
+    buckets=LATENCY_BUCKETS,
+)
 REGISTRY_VERSION = Gauge(
     "featurestore_registry_version",
     "Registry snapshot version being served.",
@@ -123,6 +144,8 @@ view_read_duration = Children(VIEW_READ_DURATION)
 view_read_failures = Children(VIEW_READ_FAILURES)
 feature_values = Children(FEATURE_VALUES)
 cache_hits = Children(CACHE_HITS)
+service_requests = Children(SERVICE_REQUESTS)
+service_duration = Children(SERVICE_DURATION)
 cache_misses = Children(CACHE_MISSES)
 
 

@@ -132,14 +132,22 @@ class ServingState:
 
     A request takes ``engine.state`` once and uses only that object, so a registry
     swap mid-request cannot tear it: it finishes on the snapshot it started with.
+    ``canaries`` maps a feature service to (share, the candidate's own state).
     """
 
-    __slots__ = ("_plans", "data_versions", "snapshot")
+    __slots__ = ("_plans", "canaries", "data_versions", "snapshot")
 
-    def __init__(self, snapshot: RegistrySnapshot, data_versions: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: RegistrySnapshot,
+        data_versions: Mapping[str, int] | None = None,
+        canaries: Mapping[str, tuple[float, ServingState]] | None = None,
+        plans: dict[PlanKey, JoinPlan] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.data_versions: Mapping[str, int] = MappingProxyType(dict(data_versions or {}))
-        self._plans: dict[PlanKey, JoinPlan] = {}
+        self.canaries: Mapping[str, tuple[float, ServingState]] = MappingProxyType(dict(canaries or {}))
+        self._plans: dict[PlanKey, JoinPlan] = plans if plans is not None else {}
 
     @property
     def version(self) -> int:
@@ -159,7 +167,20 @@ class ServingState:
             self._plans[key] = plan
         return plan
 
-    def with_data_versions(self, data_versions: Mapping[str, int]) -> ServingState:
-        state = ServingState(self.snapshot, data_versions)
-        state._plans = self._plans  # same snapshot, same plans
-        return state
+    def successor(
+        self,
+        snapshot: RegistrySnapshot,
+        data_versions: Mapping[str, int],
+        canaries: Mapping[str, tuple[float, ServingState]],
+    ) -> ServingState:
+        """The next state; plans carry over when the snapshot is the same."""
+        plans = self._plans if snapshot.version == self.snapshot.version else None
+        return ServingState(snapshot, data_versions, canaries, plans)
+
+    def same_as(self, other: ServingState) -> bool:
+        return (
+            self.snapshot.version == other.snapshot.version
+            and dict(self.data_versions) == dict(other.data_versions)
+            and {k: (v[0], v[1].version) for k, v in self.canaries.items()}
+            == {k: (v[0], v[1].version) for k, v in other.canaries.items()}
+        )

@@ -37,8 +37,9 @@ from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
 from featurestore.push import PushService
-from featurestore.registry.base import Registry, load_state
+from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.registry.definitions import load_definitions
+from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
 from featurestore.sources.base import OnlineSource
@@ -56,7 +57,9 @@ def make_registry(config: Config) -> Registry:
     reg = config.registry
     if reg.kind == "file":
         return FileRegistry(reg.path, config.project)
-    raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file'")
+    if reg.kind == "etcd":
+        return EtcdRegistry(reg.endpoints, config.project)
+    raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
 
 
 def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
@@ -123,10 +126,19 @@ class Runtime:
             reasons.append("shutting down")
         states = {name: s.state().value for name, s in self.stores.items()}
         reasons += [f"store {n} is {st}" for n, st in states.items() if st in ("down", "starting")]
+        health = self.registry.health()
+        registry = {
+            "kind": self.config.registry.kind,
+            "version": self.engine.state.version,
+            "connected": health.connected,
+            "seconds_since_contact": round(min(health.seconds_since_contact, 1e9), 3),
+        }
+        # A registry outage does not make the server unready: it keeps serving the
+        # last snapshot it has, and says how stale that may be.
         return Readiness(
             ready=not reasons,
             reasons=tuple(reasons),
-            details={"registry_version": self.engine.state.version, "stores": states},
+            details={"registry_version": self.engine.state.version, "registry": registry, "stores": states},
         )
 
     async def close(self) -> None:
@@ -156,10 +168,10 @@ async def prepare_views(stores: Mapping[str, OnlineSource], snapshot: RegistrySn
 
 async def build_runtime(config: Config) -> Runtime:
     registry = make_registry(config)
-    snapshot, data_versions = await load_state(registry)
-    if snapshot is None:
+    reg = await load_state(registry)
+    if reg.snapshot is None:
         raise FailedPrecondition(
-            f"the registry at {config.registry.path!r} has no snapshot for project {config.project!r}: "
+            f"the registry has no snapshot for project {config.project!r}: "
             "run `featurestore apply FILE` or start with --definitions FILE"
         )
     stores = {
@@ -167,32 +179,69 @@ async def build_runtime(config: Config) -> Runtime:
     }
     for s in stores.values():
         await s.start()
-    await prepare_views(stores, snapshot)
+    state = await serving_state(stores, reg, None)
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
-    engine = JoinEngine(stores, ServingState(snapshot, data_versions), limits)
-    engine.swap(engine.state)
+    engine = JoinEngine(stores, state, limits)
+    engine.swap(state)
     rt = Runtime(config, registry, stores, engine)
     rt.tasks.append(asyncio.create_task(_watch_registry(rt), name="registry-watch"))
+    rt.tasks.append(asyncio.create_task(_report_registry_health(rt), name="registry-health"))
     return rt
 
 
+async def serving_state(
+    stores: Mapping[str, OnlineSource], reg: RegistryState, previous: ServingState | None
+) -> ServingState:
+    """Prepare the stores for every snapshot the state will serve, then build it."""
+    assert reg.snapshot is not None
+    await prepare_views(stores, reg.snapshot)
+    canaries: dict[str, tuple[float, ServingState]] = {}
+    for service, (canary, candidate) in reg.canaries.items():
+        await prepare_views(stores, candidate)
+        old = previous.canaries.get(service) if previous is not None else None
+        prior = old[1] if old is not None else None
+        cand_state = (
+            prior.successor(candidate, reg.data_versions, {})
+            if prior is not None
+            else ServingState(candidate, reg.data_versions)
+        )
+        canaries[service] = (canary.share, cand_state)
+    if previous is None:
+        return ServingState(reg.snapshot, reg.data_versions, canaries)
+    return previous.successor(reg.snapshot, reg.data_versions, canaries)
+
+
 async def _watch_registry(rt: Runtime) -> None:
-    """Swap in new snapshots / data versions as they are published (off the hot path)."""
+    """Swap in new snapshots, data versions and canaries as they are published.
+
+    Everything slow (reading snapshots, loading data for new views) happens here, off
+    the hot path; the swap itself is one reference assignment."""
     async for _ in rt.registry.changes():
         try:
-            snapshot, data_versions = await load_state(rt.registry)
-            if snapshot is None:
+            reg = await load_state(rt.registry)
+            if reg.snapshot is None:
                 continue
             current = rt.engine.state
-            if snapshot.version == current.version:
-                if dict(data_versions) != dict(current.data_versions):
-                    rt.engine.swap(current.with_data_versions(data_versions))
+            new = await serving_state(rt.stores, reg, current)
+            if new.same_as(current):
                 continue
-            await prepare_views(rt.stores, snapshot)
-            rt.engine.swap(ServingState(snapshot, data_versions))
-            log.info("now serving registry version %d", snapshot.version)
+            rt.engine.swap(new)
+            canaries = ", ".join(f"{k} -> v{v[1].version} at {v[0]:.0%}" for k, v in new.canaries.items())
+            log.info(
+                "now serving registry version %d%s",
+                new.version,
+                f" (canaries: {canaries})" if canaries else "",
+            )
         except Exception:
             log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+
+
+async def _report_registry_health(rt: Runtime) -> None:
+    while True:
+        h = rt.registry.health()
+        metrics.REGISTRY_CONNECTED.set(1 if h.connected else 0)
+        metrics.REGISTRY_STALENESS.set(min(h.seconds_since_contact, 1e9))
+        await asyncio.sleep(1.0)
 
 
 async def materialize(

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.demo.data import ensure_demo_data
-from tests.servers import RedisCluster, RedisServer
+from tests.servers import EtcdServer, RedisCluster, RedisServer
 from tests.support import ServerProcess, write_test_repo
 
 
@@ -53,3 +53,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    yield server
+    server.stop()

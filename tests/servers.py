@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, free_port_pair, wait_until
+from tests.support import die_with_parent, free_port, free_port_pair, wait_until
 
 
 def require(binary: str, package: str) -> str:
@@ -44,7 +44,11 @@ class RedisServer:
         if self.cluster:
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         wait_until(self.ping, 10, f"redis-server on {self.port}")
         return self
@@ -64,6 +68,11 @@ class RedisServer:
             return self.cli("ping") == "PONG"
         except subprocess.TimeoutExpired:
             return False
+
+    def restart(self) -> RedisServer:
+        """A new process on the same port and dir (with ``persist``, the same data)."""
+        self.stop()
+        return self.start()
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
@@ -115,3 +124,64 @@ class RedisCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+
+class EtcdServer:
+    """A single-member etcd (Debian etcd-server) with a temp data dir."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, peer_port: int | None = None) -> None:
+        self.binary = require("etcd", "etcd-server")
+        self.port = port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> EtcdServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        cmd = [self.binary, "--name", "t", "--data-dir", str(self.workdir / "data"),
+               "--listen-client-urls", client, "--advertise-client-urls", client,
+               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"t={peer}", "--initial-cluster-state", "new",
+               "--log-level", "warn", "--logger", "zap"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        wait_until(self.healthy, 20, f"etcd on {self.port}")
+        return self
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"etcd on {self.port} exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+                return b'"health":"true"' in r.read()
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> EtcdServer:
+        """The same member, ports and data dir: what a restarted etcd looks like.
+        Restarts in place, so whoever owns this object also stops the new process."""
+        self.stop()
+        return self.start()

@@ -14,11 +14,49 @@ runs against both): ``file`` for the embedded default and ``etcd`` for productio
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
+from featurestore.errors import InvalidArgument
 from featurestore.registry.definitions import Definitions
 from featurestore.registry.snapshot import RegistrySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A gray release of one feature service: ``share`` of entities (by a stable hash
+    of the request's entity key) are served from snapshot ``candidate_version``.
+    ``base_version`` is the current version the canary was started against; promotion
+    refuses to run if current has moved since (it would undo that change)."""
+
+    candidate_version: int
+    share: float
+    base_version: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0:
+            raise InvalidArgument(f"canary share must be in (0, 1], got {self.share}")
+
+    def to_json(self) -> bytes:
+        doc = {
+            "candidate_version": self.candidate_version,
+            "share": self.share,
+            "base_version": self.base_version,
+        }
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> Canary:
+        doc = json.loads(raw)
+        return Canary(int(doc["candidate_version"]), float(doc["share"]), int(doc["base_version"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryHealth:
+    connected: bool
+    seconds_since_contact: float  # how stale the served view of the registry may be
 
 
 class Registry(Protocol):
@@ -43,6 +81,24 @@ class Registry(Protocol):
         """Write snapshot n+1 and make it current iff current == expected_version."""
         ...
 
+    async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
+        """Write snapshot n+1 without making it current (a canary candidate)."""
+        ...
+
+    async def set_current(self, version: int, *, expected_version: int | None) -> None:
+        """Point current at an existing snapshot iff current == expected_version."""
+        ...
+
+    async def canaries(self) -> dict[str, Canary]:
+        """Active canaries by feature service."""
+        ...
+
+    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+        """Start (or, with None, end) a service's canary iff it currently is ``expected``."""
+        ...
+
+    def health(self) -> RegistryHealth: ...
+
     async def data_versions(self) -> dict[str, int]:
         """Current data version of every view that has one."""
         ...
@@ -58,6 +114,20 @@ class Registry(Protocol):
     async def close(self) -> None: ...
 
 
-async def load_state(registry: Registry) -> tuple[RegistrySnapshot | None, Mapping[str, int]]:
-    """Snapshot and data versions read together (what a server swaps in)."""
-    return await registry.current(), await registry.data_versions()
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """What a server swaps in: current snapshot, data versions, canaries and their
+    candidate snapshots."""
+
+    snapshot: RegistrySnapshot | None
+    data_versions: Mapping[str, int]
+    canaries: Mapping[str, tuple[Canary, RegistrySnapshot]]
+
+
+async def load_state(registry: Registry) -> RegistryState:
+    snapshot = await registry.current()
+    data_versions = await registry.data_versions()
+    canaries = {}
+    for service, canary in (await registry.canaries()).items():
+        canaries[service] = (canary, await registry.get(canary.candidate_version))
+    return RegistryState(snapshot, data_versions, canaries)

@@ -3,6 +3,7 @@
     {root}/{project}/registry/snapshots/{version}.json   immutable
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/data/{view}/current                 "<data version>"
+    {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
 
 Compare-and-swap holds an exclusive ``flock`` on ``{root}/{project}/.lock`` while it
 compares and replaces; every write is a temp file + fsync + ``os.replace``, so a
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from featurestore.errors import Conflict, NotFound
+from featurestore.registry.base import Canary, RegistryHealth
 from featurestore.registry.definitions import Definitions
 from featurestore.registry.snapshot import (
     RegistrySnapshot,
@@ -37,11 +39,15 @@ class FileRegistry:
         self._snapshots = self.root / "registry" / "snapshots"
         self._current = self.root / "registry" / "current"
         self._data = self.root / "data"
+        self._canary = self.root / "canary"
         self._cache: dict[int, RegistrySnapshot] = {}
 
     @property
     def project(self) -> str:
         return self._project
+
+    def health(self) -> RegistryHealth:
+        return RegistryHealth(connected=True, seconds_since_contact=0.0)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -68,6 +74,9 @@ class FileRegistry:
     async def data_versions(self) -> dict[str, int]:
         return await asyncio.to_thread(self._read_data_versions)
 
+    async def canaries(self) -> dict[str, Canary]:
+        return await asyncio.to_thread(self._read_canaries)
+
     # -- compare-and-swap writes ----------------------------------------------------
 
     async def publish(
@@ -75,19 +84,65 @@ class FileRegistry:
     ) -> RegistrySnapshot:
         return await asyncio.to_thread(self._publish, definitions, expected_version, message)
 
+    async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
+        return await asyncio.to_thread(self._stage, definitions, message)
+
+    async def set_current(self, version: int, *, expected_version: int | None) -> None:
+        await asyncio.to_thread(self._set_current, version, expected_version)
+
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         await asyncio.to_thread(self._swap_data_version, view, expected, new)
+
+    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+        await asyncio.to_thread(self._set_canary, service, canary, expected)
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
             current = _read_int(self._current)
             if current != expected:
                 raise _conflict("registry current", expected, current)
-            version = max(self._list_versions(), default=0) + 1
-            snap = new_snapshot(definitions, version, message)
-            _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
-            _atomic_write(self._current, str(version).encode())
+            snap = self._write_snapshot(definitions, message)
+            _atomic_write(self._current, str(snap.version).encode())
             return snap
+
+    def _stage(self, definitions: Definitions, message: str) -> RegistrySnapshot:
+        with self._locked():
+            return self._write_snapshot(definitions, message)
+
+    def _write_snapshot(self, definitions: Definitions, message: str) -> RegistrySnapshot:
+        version = max(self._list_versions(), default=0) + 1
+        snap = new_snapshot(definitions, version, message)
+        _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
+        return snap
+
+    def _set_current(self, version: int, expected: int | None) -> None:
+        with self._locked():
+            if not (self._snapshots / f"{version}.json").exists():
+                raise NotFound(f"registry snapshot {version} does not exist")
+            current = _read_int(self._current)
+            if current != expected:
+                raise _conflict("registry current", expected, current)
+            _atomic_write(self._current, str(version).encode())
+
+    def _set_canary(self, service: str, canary: Canary | None, expected: Canary | None) -> None:
+        path = self._canary / service
+        with self._locked():
+            actual = Canary.from_json(path.read_bytes()) if path.exists() else None
+            if actual != expected:
+                raise _conflict(f"canary of service {service!r}", expected, actual)
+            if canary is None:
+                path.unlink()
+            else:
+                _atomic_write(path, canary.to_json())
+
+    def _read_canaries(self) -> dict[str, Canary]:
+        if not self._canary.is_dir():
+            return {}
+        return {
+            p.name: Canary.from_json(p.read_bytes())
+            for p in self._canary.iterdir()
+            if not p.name.startswith(".")
+        }
 
     def _swap_data_version(self, view: str, expected: int, new: int) -> None:
         path = self._data / view / "current"
@@ -138,6 +193,8 @@ class FileRegistry:
         files = [self._current]
         if self._data.is_dir():
             files += sorted(d / "current" for d in self._data.iterdir())
+        if self._canary.is_dir():
+            files += [self._canary, *sorted(self._canary.iterdir())]
         out = []
         for f in files:
             try:
@@ -174,9 +231,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _conflict(what: str, expected: int | None, actual: int | None) -> Conflict:
+def _conflict(what: str, expected: object, actual: object) -> Conflict:
     return Conflict(
         f"{what} is {actual}, not {expected} as expected: someone else changed it; "
         "re-read the registry and retry",
-        details=[{"expected": expected, "actual": actual}],
+        details=[{"expected": str(expected), "actual": str(actual)}],
     )

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from featurestore.registry.base import Registry
+from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
 from featurestore.sources.memory import MemorySource
@@ -29,7 +30,7 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
     raise ValueError(name)
 
 
-REGISTRIES = ["file"]
+REGISTRIES = ["file", "etcd"]
 
 
 class RegistryFactory:
@@ -40,7 +41,13 @@ class RegistryFactory:
         self.request = request
         self.tmp = request.getfixturevalue("tmp_path")
 
+        # etcd is shared by the session: every test gets its own project prefix
+        self.suffix = uuid.uuid4().hex[:8]
+
     def client(self, project: str = "contract") -> Registry:
         if self.name == "file":
             return FileRegistry(self.tmp / "registry", project, poll_interval=0.05)
+        if self.name == "etcd":
+            server = self.request.getfixturevalue("etcd_server")
+            return EtcdRegistry([server.endpoint], f"{project}{self.suffix}")
         raise ValueError(self.name)

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from featurestore.errors import Conflict, NotFound
+from featurestore.errors import Conflict, InvalidArgument, NotFound
 from featurestore.model import DType, Entity, Feature, FeatureView
-from featurestore.registry.base import Registry
+from featurestore.registry.base import Canary, Registry
 from featurestore.registry.definitions import Definitions, make_definitions
 from tests.contract.adapters import REGISTRIES, RegistryFactory
 
@@ -119,3 +119,37 @@ async def test_changes_feed_sees_publications(factory: RegistryFactory) -> None:
     await task
     await watcher.close()
     await writer.close()
+
+
+async def test_stage_then_set_current(registry: Registry) -> None:
+    await registry.publish(defs(1), expected_version=None)
+    staged = await registry.stage(defs(3), message="candidate")
+    assert staged.version == 2
+    assert (await registry.current()).version == 1  # type: ignore[union-attr]  # staging does not switch
+    with pytest.raises(Conflict):
+        await registry.set_current(2, expected_version=7)
+    with pytest.raises(NotFound):
+        await registry.set_current(99, expected_version=1)
+    await registry.set_current(2, expected_version=1)
+    cur = await registry.current()
+    assert cur is not None and cur.version == 2 and cur.message == "candidate"
+    assert (await registry.publish(defs(4), expected_version=2)).version == 3
+
+
+async def test_canary_compare_and_swap(registry: Registry) -> None:
+    assert await registry.canaries() == {}
+    c = Canary(candidate_version=2, share=0.25, base_version=1)
+    await registry.set_canary("svc", c, expected=None)
+    assert await registry.canaries() == {"svc": c}
+    with pytest.raises(Conflict):
+        await registry.set_canary("svc", Canary(3, 0.5, 1), expected=None)
+    await registry.set_canary("svc", None, expected=c)
+    assert await registry.canaries() == {}
+    with pytest.raises(InvalidArgument):
+        Canary(2, 1.5, 1)
+
+
+async def test_health_reports_contact(registry: Registry) -> None:
+    await registry.versions()
+    h = registry.health()
+    assert h.connected and h.seconds_since_contact < 5

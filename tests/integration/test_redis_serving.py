@@ -230,7 +230,7 @@ def test_redis_down_then_back_under_traffic(stack: Stack) -> None:
     assert 'featurestore_source_up{kind="redis",store="default"} 0.0' in metrics
     n_down = len(results)
     wait_until(lambda: len(results) > n_down + 20, 10, "traffic while redis is down")
-    stack.redis = RedisServer(stack.redis.workdir, port=stack.redis.port, persist=True).start()
+    stack.redis.start()  # same port and append-only file: the data comes back
     wait_until(lambda: http_get(stack.server.url + "/readyz")[0] == 200, 10, "recovery")
     n_up = len(results)
     wait_until(lambda: len(results) > n_up + 20, 10, "traffic after recovery")

@@ -117,7 +117,7 @@ async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
         t0 = time.monotonic()
         [res] = await src.read([ViewQuery(V, [1], [0], 1)])  # circuit open: no network wait
         assert isinstance(res, Unavailable) and time.monotonic() - t0 < 0.05
-        server = RedisServer(tmp_path / "r", port=server.port).start()
+        server.start()  # same port, fresh process
         await eventually(lambda: src.state() is SourceState.READY, 5, "state READY")
         assert src.state() is SourceState.READY
         await src.write(V, users([1]), 1)  # the restarted server is empty

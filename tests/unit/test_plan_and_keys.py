@@ -66,7 +66,7 @@ def test_serving_state_caches_plans() -> None:
     state = ServingState(new_snapshot(DEFS, 1))
     p1 = state.plan(("uv:a",), None, False)
     assert state.plan(("uv:a",), None, False) is p1
-    assert state.with_data_versions({"uv": 2}).plan(("uv:a",), None, False) is p1
+    assert state.successor(state.snapshot, {"uv": 2}, {}).plan(("uv:a",), None, False) is p1
 
 
 def test_validate_entities() -> None:

@@ -1,0 +1,124 @@
+"""Registry operations for feature engineers: apply, history, rollback, canary.
+
+Every change goes through the port's compare-and-swap, so concurrent operators
+cannot overwrite each other: the loser gets ``Conflict`` and is told to re-read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featurestore.errors import Conflict, FailedPrecondition, NotFound
+from featurestore.registry.base import Canary, Registry
+from featurestore.registry.definitions import Definitions
+from featurestore.registry.diff import Change, diff
+from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    changes: list[Change]
+    snapshot: RegistrySnapshot | None  # None: nothing applied (no change, or dry run)
+    previous: int | None
+
+
+class RegistryAdmin:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def plan_apply(self, definitions: Definitions) -> tuple[RegistrySnapshot | None, list[Change]]:
+        self._check_project(definitions)
+        current = await self.registry.current()
+        if current is not None and current.fingerprint == fingerprint(definitions):
+            return current, []
+        return current, diff(current.definitions if current else None, definitions)
+
+    async def apply(
+        self, definitions: Definitions, *, force: bool = False, dry_run: bool = False, message: str = ""
+    ) -> ApplyResult:
+        current, changes = await self.plan_apply(definitions)
+        previous = current.version if current else None
+        if not changes or dry_run:
+            return ApplyResult(changes, None, previous)
+        bad = [c for c in changes if c.incompatible]
+        if bad and not force:
+            raise FailedPrecondition(
+                "incompatible changes: "
+                + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
+                + " (re-run with --force to apply anyway, then re-materialize the views)"
+            )
+        snap = await self.registry.publish(definitions, expected_version=previous, message=message)
+        return ApplyResult(changes, snap, previous)
+
+    async def history(self) -> list[tuple[RegistrySnapshot, bool]]:
+        """Every snapshot, oldest first, with whether it is current."""
+        current = await self.registry.current()
+        out = []
+        for v in await self.registry.versions():
+            snap = await self.registry.get(v)
+            out.append((snap, current is not None and current.version == v))
+        return out
+
+    async def diff(self, a: int, b: int) -> list[Change]:
+        return diff((await self.registry.get(a)).definitions, (await self.registry.get(b)).definitions)
+
+    async def rollback(self, version: int, *, force: bool = False) -> ApplyResult:
+        """Publish the definitions of an old snapshot as the new current (n+1)."""
+        old = await self.registry.get(version)
+        return await self.apply(old.definitions, force=force, message=f"rollback to version {version}")
+
+    # -- canary ----------------------------------------------------------------------
+
+    async def canary_start(
+        self, service: str, definitions: Definitions, share: float, message: str = ""
+    ) -> Canary:
+        self._check_project(definitions)
+        if service not in definitions.services:
+            raise NotFound(f"the candidate definitions have no feature service {service!r}")
+        current = await self.registry.current()
+        if current is None:
+            raise FailedPrecondition("the registry has no current snapshot to canary against")
+        if service not in current.definitions.services:
+            raise NotFound(f"feature service {service!r} is not in the current snapshot: apply it instead")
+        existing = (await self.registry.canaries()).get(service)
+        if existing is not None:
+            raise Conflict(
+                f"feature service {service!r} already has a canary (candidate version {existing.candidate_version}): "
+                "promote or abort it first"
+            )
+        candidate = await self.registry.stage(
+            definitions, message=message or f"canary candidate for {service}"
+        )
+        canary = Canary(candidate.version, share, current.version)
+        await self.registry.set_canary(service, canary, expected=None)
+        return canary
+
+    async def canary_promote(self, service: str) -> Canary:
+        canary = await self._canary(service)
+        current = await self.registry.current()
+        if current is None or current.version != canary.base_version:
+            raise Conflict(
+                f"current moved from version {canary.base_version} to "
+                f"{current.version if current else None} since the canary started: promoting would undo that; "
+                "abort the canary, re-read the registry and start it again"
+            )
+        await self.registry.set_current(canary.candidate_version, expected_version=canary.base_version)
+        await self.registry.set_canary(service, None, expected=canary)
+        return canary
+
+    async def canary_abort(self, service: str) -> Canary:
+        canary = await self._canary(service)
+        await self.registry.set_canary(service, None, expected=canary)
+        return canary
+
+    async def _canary(self, service: str) -> Canary:
+        canary = (await self.registry.canaries()).get(service)
+        if canary is None:
+            raise NotFound(f"feature service {service!r} has no canary")
+        return canary
+
+    def _check_project(self, definitions: Definitions) -> None:
+        if definitions.project != self.registry.project:
+            raise FailedPrecondition(
+                f"the definitions are for project {definitions.project!r}, the registry for {self.registry.project!r}"
+            )

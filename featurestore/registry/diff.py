@@ -1,0 +1,151 @@
+"""What changes between two sets of definitions, and which changes are unsafe.
+
+Incompatible changes would make stored rows or callers' keys mean something else:
+a feature's dtype, a view's entity keys, an entity's key dtype, or the order of a
+view's existing features (Redis rows are positional). They are refused by ``apply``
+unless forced. Adding or removing features of a view is allowed but flagged: rows
+written for the old schema are served UNAVAILABLE until the view is re-materialized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from featurestore.model import Entity, FeatureService, FeatureView
+from featurestore.registry.definitions import Definitions
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: str  # "+" added, "-" removed, "~" changed
+    kind: str  # entity | feature_view | feature_service
+    name: str
+    details: tuple[str, ...] = ()
+    incompatible: tuple[str, ...] = ()
+    rematerialize: bool = False
+
+    def render(self) -> list[str]:
+        head = f"{self.op} {self.kind} {self.name}"
+        lines = [head + (": " + "; ".join(self.details) if self.details else "")]
+        lines += [f"! {self.kind} {self.name}: {why} (incompatible)" for why in self.incompatible]
+        if self.rematerialize:
+            lines.append(f"  {self.kind} {self.name}: its row layout changed: re-materialize it")
+        return lines
+
+
+def diff(old: Definitions | None, new: Definitions) -> list[Change]:
+    before = old or Definitions(new.project, {}, {}, {})
+    out: list[Change] = []
+    out += _objects("entity", before.entities, new.entities, _entity)
+    out += _objects("feature_view", before.views, new.views, _view)
+    out += _objects("feature_service", before.services, new.services, _service)
+    return out
+
+
+def render(changes: list[Change]) -> str:
+    return "\n".join(line for c in changes for line in c.render())
+
+
+def _objects(kind: str, old: Any, new: Any, compare: Any) -> list[Change]:
+    out = []
+    for name in sorted(new.keys() - old.keys()):
+        out.append(Change("+", kind, name, _summary(new[name])))
+    for name in sorted(old.keys() - new.keys()):
+        out.append(Change("-", kind, name))
+    for name in sorted(old.keys() & new.keys()):
+        if old[name] != new[name]:
+            out.append(compare(old[name], new[name]))
+    return out
+
+
+def _summary(obj: Any) -> tuple[str, ...]:
+    if isinstance(obj, FeatureView):
+        return (f"{len(obj.features)} features, keys {', '.join(obj.join_keys)}, store {obj.online_store}",)
+    if isinstance(obj, FeatureService):
+        return (f"{len(obj.features)} features",)
+    if isinstance(obj, Entity):
+        return (obj.dtype.value,)
+    return ()
+
+
+def _entity(a: Entity, b: Entity) -> Change:
+    details, bad = [], []
+    if a.dtype != b.dtype:
+        bad.append(f"key dtype {a.dtype.value} -> {b.dtype.value}")
+    if a.description != b.description or a.tags != b.tags:
+        details.append("description/tags")
+    return Change("~", "entity", a.name, tuple(details), tuple(bad))
+
+
+def _view(a: FeatureView, b: FeatureView) -> Change:
+    details: list[str] = []
+    bad: list[str] = []
+    if a.join_keys != b.join_keys:
+        bad.append(f"entity keys {', '.join(a.join_keys)} -> {', '.join(b.join_keys)}")
+    elif tuple(e.dtype for e in a.entities) != tuple(e.dtype for e in b.entities):
+        bad.append("entity key dtypes changed")
+    old_f = {f.name: f for f in a.features}
+    new_f = {f.name: f for f in b.features}
+    added = [n for n in new_f if n not in old_f]
+    removed = [n for n in old_f if n not in new_f]
+    if added:
+        details.append("features +" + ", +".join(added))
+    if removed:
+        details.append("features -" + ", -".join(removed))
+    for name in old_f.keys() & new_f.keys():
+        fa, fb = old_f[name], new_f[name]
+        if fa.dtype != fb.dtype:
+            bad.append(f"feature {name} dtype {fa.dtype.value} -> {fb.dtype.value}")
+        elif fa != fb:
+            details.append(f"feature {name} description/tags")
+    kept_old = [n for n in old_f if n in new_f]
+    kept_new = [n for n in new_f if n in old_f]
+    if kept_old != kept_new:
+        bad.append("existing features reordered (stored rows are positional)")
+    for field, fmt in (
+        ("ttl_seconds", _ttl),
+        ("online_store", str),
+        ("batch_source", _source),
+        ("upstream", list),
+    ):
+        va, vb = getattr(a, field), getattr(b, field)
+        if va != vb:
+            details.append(f"{field.removesuffix('_seconds')} {fmt(va)} -> {fmt(vb)}")
+    for field in ("owner", "description", "tags"):
+        if getattr(a, field) != getattr(b, field):
+            details.append(field)
+    return Change(
+        "~", "feature_view", a.name, tuple(sorted(details)), tuple(bad), rematerialize=bool(added or removed)
+    )
+
+
+def _service(a: FeatureService, b: FeatureService) -> Change:
+    old = [str(r) for r in a.features]
+    new = [str(r) for r in b.features]
+    details = []
+    plus = [r for r in new if r not in old]
+    minus = [r for r in old if r not in new]
+    if plus:
+        details.append("+" + ", +".join(plus))
+    if minus:
+        details.append("-" + ", -".join(minus))
+    if not plus and not minus and old != new:
+        details.append("feature order")
+    for field in ("owner", "description", "tags"):
+        if getattr(a, field) != getattr(b, field):
+            details.append(field)
+    return Change("~", "feature_service", a.name, tuple(details))
+
+
+def _ttl(v: int | None) -> str:
+    if v is None:
+        return "none"
+    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
+        if v % secs == 0:
+            return f"{v // secs}{unit}"
+    return f"{v}s"
+
+
+def _source(v: Any) -> str:
+    return "none" if v is None else v.uri

@@ -1,0 +1,294 @@
+"""etcd registry (aetcd, grpc.aio).
+
+    /featurestore/{project}/registry/snapshots/{version}   immutable JSON
+    /featurestore/{project}/registry/current               "<version>"
+    /featurestore/{project}/data/{view}/current            "<data version>"
+    /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
+
+``publish`` is one transaction: it compares ``current``'s mod_revision with the one it
+read and checks that snapshot n+1 does not exist yet, then writes the snapshot and
+moves ``current`` together. Of two concurrent publishers exactly one succeeds; the
+other gets ``Conflict`` and nothing of it is left behind.
+
+``changes`` watches the project prefix from the last revision it has seen. When etcd
+goes away the watch raises; it is re-established from that revision with backoff, so
+no change is missed. A light poll keeps ``last_contact`` fresh while nothing changes,
+which is how a server reports how stale its registry view may be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import aetcd
+from aetcd import exceptions as etcd_errors
+
+from featurestore.errors import Conflict, NotFound, Unavailable
+from featurestore.registry.base import Canary, RegistryHealth
+from featurestore.registry.definitions import Definitions
+from featurestore.registry.snapshot import (
+    RegistrySnapshot,
+    new_snapshot,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS = (etcd_errors.ClientError, OSError)
+
+
+class EtcdRegistry:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        project: str,
+        *,
+        timeout: float = 2.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("etcd registry needs at least one endpoint")
+        self._endpoints = [urlparse(e if "://" in e else f"http://{e}") for e in endpoints]
+        self._project = project
+        self._timeout = timeout
+        self.heartbeat_interval = heartbeat_interval
+        self._endpoint = 0
+        self._client = self._connect_client()
+        root = f"/featurestore/{project}/"
+        self._root = root.encode()
+        self._snapshots = f"{root}registry/snapshots/".encode()
+        self._current = f"{root}registry/current".encode()
+        self._data = f"{root}data/".encode()
+        self._canary = f"{root}canary/".encode()
+        self._cache: dict[int, RegistrySnapshot] = {}
+        self._revision = 0  # highest revision seen by the watch
+        self._last_contact = 0.0
+        self._connected = False
+
+    def _connect_client(self) -> aetcd.Client:
+        ep = self._endpoints[self._endpoint % len(self._endpoints)]
+        return aetcd.Client(host=ep.hostname or "127.0.0.1", port=ep.port or 2379, timeout=self._timeout)
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    def health(self) -> RegistryHealth:
+        age = time.monotonic() - self._last_contact if self._last_contact else float("inf")
+        return RegistryHealth(connected=self._connected, seconds_since_contact=age)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One etcd call; connection failures become ``Unavailable``."""
+        try:
+            result = await fn(*args, **kwargs)
+        except _ERRORS as e:
+            self._connected = False
+            raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
+        self._connected = True
+        self._last_contact = time.monotonic()
+        return result
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def current(self) -> RegistrySnapshot | None:
+        kv = await self._call(self._client.get, self._current)
+        return None if kv is None else await self.get(int(kv.value))
+
+    async def get(self, version: int) -> RegistrySnapshot:
+        cached = self._cache.get(version)
+        if cached is not None:
+            return cached
+        kv = await self._call(self._client.get, self._snapshots + str(version).encode())
+        if kv is None:
+            raise NotFound(f"registry snapshot {version} does not exist")
+        snap = snapshot_from_json(kv.value)
+        self._cache[version] = snap
+        return snap
+
+    async def versions(self) -> list[int]:
+        res = await self._call(self._client.get_prefix, self._snapshots, keys_only=True)
+        return sorted(int(kv.key[len(self._snapshots) :]) for kv in res)
+
+    async def data_versions(self) -> dict[str, int]:
+        res = await self._call(self._client.get_prefix, self._data)
+        out = {}
+        for kv in res:
+            view, _, leaf = kv.key[len(self._data) :].decode().partition("/")
+            if leaf == "current":
+                out[view] = int(kv.value)
+        return out
+
+    async def canaries(self) -> dict[str, Canary]:
+        res = await self._call(self._client.get_prefix, self._canary)
+        return {kv.key[len(self._canary) :].decode(): Canary.from_json(kv.value) for kv in res}
+
+    # -- compare-and-swap writes ----------------------------------------------------
+
+    async def publish(
+        self, definitions: Definitions, *, expected_version: int | None, message: str = ""
+    ) -> RegistrySnapshot:
+        cur = await self._call(self._client.get, self._current)
+        actual = int(cur.value) if cur is not None else None
+        if actual != expected_version:
+            raise _conflict("registry current", expected_version, actual)
+        version = max(await self.versions(), default=0) + 1
+        snap = new_snapshot(definitions, version, message)
+        key = self._snapshots + str(version).encode()
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[
+                tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.version(key) == 0,
+            ],
+            success=[tx.put(key, snapshot_to_json(snap)), tx.put(self._current, str(version).encode())],
+            failure=[],
+        )
+        if not ok:
+            raise _conflict("registry current", expected_version, "changed concurrently")
+        return snap
+
+    async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
+        version = max(await self.versions(), default=0) + 1
+        snap = new_snapshot(definitions, version, message)
+        key = self._snapshots + str(version).encode()
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[tx.version(key) == 0],
+            success=[tx.put(key, snapshot_to_json(snap))],
+            failure=[],
+        )
+        if not ok:
+            raise _conflict(f"registry snapshot {version}", "absent", "written concurrently")
+        return snap
+
+    async def set_current(self, version: int, *, expected_version: int | None) -> None:
+        key = self._snapshots + str(version).encode()
+        if await self._call(self._client.get, key) is None:
+            raise NotFound(f"registry snapshot {version} does not exist")
+        cur = await self._call(self._client.get, self._current)
+        actual = int(cur.value) if cur is not None else None
+        if actual != expected_version:
+            raise _conflict("registry current", expected_version, actual)
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[
+                tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.version(key) > 0,
+            ],
+            success=[tx.put(self._current, str(version).encode())],
+            failure=[],
+        )
+        if not ok:
+            raise _conflict("registry current", expected_version, "changed concurrently")
+
+    async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
+        await self._swap(
+            self._data + f"{view}/current".encode(),
+            str(expected),
+            str(new).encode(),
+            f"data version of view {view!r}",
+        )
+
+    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+        key = self._canary + service.encode()
+        kv = await self._call(self._client.get, key)
+        actual = Canary.from_json(kv.value) if kv is not None else None
+        if actual != expected:
+            raise _conflict(f"canary of service {service!r}", expected, actual)
+        tx = self._client.transactions
+        write = [tx.put(key, canary.to_json())] if canary is not None else [tx.delete(key)]
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
+            success=write,
+            failure=[],
+        )
+        if not ok:
+            raise _conflict(f"canary of service {service!r}", expected, "changed concurrently")
+
+    async def _swap(self, key: bytes, expected: str, new: bytes, what: str) -> None:
+        kv = await self._call(self._client.get, key)
+        actual = kv.value.decode() if kv is not None else "0"
+        if actual != expected:
+            raise _conflict(what, expected, actual)
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
+            success=[tx.put(key, new)],
+            failure=[],
+        )
+        if not ok:
+            raise _conflict(what, expected, "changed concurrently")
+
+    # -- change feed -----------------------------------------------------------------
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yield after every change under the project prefix, across etcd outages."""
+        backoff = 0.1
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                try:
+                    if self._revision == 0:
+                        self._revision = await self._head_revision()
+                    watch = await self._client.watch_prefix(self._root, start_revision=self._revision + 1)
+                    self._connected = True
+                    self._last_contact = time.monotonic()
+                    backoff = 0.1
+                    async for event in watch:
+                        self._revision = max(self._revision, event.kv.mod_revision)
+                        self._last_contact = time.monotonic()
+                        yield None
+                except etcd_errors.RevisionCompactedError as e:
+                    log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
+                    self._revision = e.compacted_revision - 1
+                    yield None
+                except (*_ERRORS, Unavailable) as e:
+                    if self._connected:
+                        log.warning("etcd registry watch lost (%s); serving the last snapshot, retrying", e)
+                    self._connected = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    await self._reconnect()
+        finally:
+            heartbeat.cancel()
+
+    async def _head_revision(self) -> int:
+        res = await self._call(self._client.get_prefix, self._current, keys_only=True)
+        return int(res.header.revision)
+
+    async def _heartbeat(self) -> None:
+        """Refresh ``last_contact`` while nothing changes (and notice outages)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(Unavailable):
+                await self._head_revision()
+
+    async def _reconnect(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            await self._client.close()
+        self._endpoint += 1
+        self._client = self._connect_client()
+
+    async def close(self) -> None:
+        self._cache.clear()
+        with contextlib.suppress(*_ERRORS):
+            await self._client.close()
+
+
+def _conflict(what: str, expected: Any, actual: Any) -> Conflict:
+    return Conflict(
+        f"{what} is {actual}, not {expected} as expected: someone else changed it; re-read the registry and retry",
+        details=[{"expected": str(expected), "actual": str(actual)}],
+    )
