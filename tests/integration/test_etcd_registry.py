@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,7 @@ def test_concurrent_applies_from_separate_processes(env: Env) -> None:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
