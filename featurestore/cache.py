@@ -26,7 +26,6 @@ from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, View
 # A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
 Row = tuple[Any, ...]
 NOT_FOUND: Final = ()
-_MISS: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,12 @@ class CacheConfig:
 
 
 class LRUCache:
-    """Bounded LRU with per-entry expiry. Single-threaded: used from the event loop."""
+    """Bounded LRU with per-entry expiry. Single-threaded: used from the event loop.
+
+    The bulk methods do their per-key work in comprehensions over C-level dict
+    operations: on a batch-100 join that is a few microseconds per view instead of
+    a Python method call per key.
+    """
 
     def __init__(
         self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
@@ -52,34 +56,43 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: Hashable) -> Row | object:
-        """The row, NOT_FOUND, or the private miss sentinel."""
-        item = self._data.get(key)
-        if item is None:
-            return _MISS
-        expires, row = item
-        if expires < self._clock():
-            del self._data[key]
-            return _MISS
-        self._data.move_to_end(key)
-        return row
+    def get_many(self, keys: list[Hashable]) -> list[Row | None]:
+        """The cached row (or NOT_FOUND) of each key, None where absent or expired."""
+        now = self._clock()
+        get = self._data.get
+        entries = [get(k) for k in keys]
+        rows = [e[1] if e is not None and e[0] >= now else None for e in entries]
+        move = self._data.move_to_end
+        for k, r in zip(keys, rows, strict=True):
+            if r is not None:
+                move(k)
+        return rows
+
+    def put_many(self, keys: list[Hashable], rows: list[Row]) -> None:
+        expires = self._clock() + self.ttl
+        data = self._data
+        move = data.move_to_end
+        for k, r in zip(keys, rows, strict=True):
+            data[k] = (expires, r)
+            move(k)  # a refreshed (expired) entry becomes most recent too
+        excess = len(data) - self.max_entries
+        if excess > 0:
+            pop = data.popitem
+            for _ in range(excess):
+                pop(last=False)
+            metrics.CACHE_EVICTIONS.inc(excess)
+
+    def get(self, key: Hashable) -> Row | None:
+        return self.get_many([key])[0]
 
     def put(self, key: Hashable, row: Row) -> None:
-        self._data[key] = (self._clock() + self.ttl, row)
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
-            metrics.CACHE_EVICTIONS.inc()
+        self.put_many([key], [row])
 
     def invalidate(self, key: Hashable) -> None:
         self._data.pop(key, None)
 
     def clear(self) -> None:
         self._data.clear()
-
-
-def is_miss(value: object) -> bool:
-    return value is _MISS
 
 
 class CachedSource:
@@ -114,17 +127,19 @@ class CachedSource:
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache
-        found_rows: list[list[Row | object]] = []
+        cached: list[list[Row | None]] = []
+        cache_keys: list[list[Hashable]] = []
         miss_queries: list[ViewQuery] = []
         miss_slots: list[tuple[int, list[int]]] = []
         for qi, q in enumerate(queries):
             name, version = q.view.name, q.data_version
-            rows = [cache.get((name, version, k)) for k in q.keys]
-            misses = [i for i, r in enumerate(rows) if r is _MISS]
-            found_rows.append(rows)
-            n_hit = len(rows) - len(misses)
-            if n_hit:
-                metrics.cache_hits(name).inc(n_hit)
+            ck: list[Hashable] = [(name, version, k) for k in q.keys]
+            rows = cache.get_many(ck)
+            misses = [i for i, r in enumerate(rows) if r is None]
+            cached.append(rows)
+            cache_keys.append(ck)
+            if len(misses) < len(rows):
+                metrics.cache_hits(name).inc(len(rows) - len(misses))
             if misses:
                 metrics.cache_misses(name).inc(len(misses))
                 all_features = range(len(q.view.features))
@@ -134,20 +149,25 @@ class CachedSource:
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
             inner = await self.inner.read(miss_queries)
-            for (qi, misses), mq, got in zip(miss_slots, miss_queries, inner, strict=True):
+            for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
                     results[qi] = got
                     continue
-                rows = found_rows[qi]
-                fetched = zip(*got.columns, got.event_ts_us, strict=True)
-                for i, key, row, ok in zip(misses, mq.keys, fetched, got.found, strict=True):
-                    value = row if ok else NOT_FOUND
-                    rows[i] = value
-                    cache.put((mq.view.name, mq.data_version, key), value)
+                fetched = [
+                    row if ok else NOT_FOUND
+                    for row, ok in zip(
+                        zip(*got.columns, got.event_ts_us, strict=True), got.found, strict=True
+                    )
+                ]
+                rows = cached[qi]
+                for i, row in zip(misses, fetched, strict=True):
+                    rows[i] = row
+                ck = cache_keys[qi]
+                cache.put_many([ck[i] for i in misses], fetched)
             metrics.CACHE_ENTRIES.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:
-                results[qi] = _columnar(found_rows[qi], q.features, len(q.view.features))
+                results[qi] = _columnar(cached[qi], q.features, len(q.view.features))
         return results  # type: ignore[return-value]
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from featurestore.cache import CachedSource, LRUCache
 from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
@@ -13,7 +14,7 @@ from featurestore.sources.base import OnlineSource
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 
-ADAPTERS = ["memory", "redis", "redis-cluster"]
+ADAPTERS = ["memory", "redis", "redis-cluster", "redis+lru"]
 
 
 async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource:
@@ -24,6 +25,11 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
     if name == "redis":
         server = request.getfixturevalue("redis_server")
         return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8))
+    if name == "redis+lru":  # the LRU cache in front must not change any answer
+        server = request.getfixturevalue("redis_server")
+        return CachedSource(
+            RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)), LRUCache(1000, 30)
+        )
     if name == "redis-cluster":
         cluster = request.getfixturevalue("redis_cluster")
         return RedisSource("contract", project, RedisOptions(url=cluster.url, cluster=True, pool_size=8))
