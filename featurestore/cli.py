@@ -367,7 +367,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore import server
     from featurestore.config import load_config
     from featurestore.materialize import Progress
-    from featurestore.offline import ParquetSource
+    from featurestore.offline import open_source
 
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
@@ -393,10 +393,13 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
                 await server.apply_on_start(registry, config)
             finally:
                 await registry.close()
+        dsn = args.clickhouse_dsn or next(
+            (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"), None
+        )
         return await server.materialize(
             config,
             args.view,
-            ParquetSource(args.source),
+            open_source(args.source, dsn),
             batch_rows=args.batch_rows,
             grace_seconds=args.grace_seconds,
             on_progress=progress,

@@ -43,6 +43,7 @@ from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
 from featurestore.sources.base import OnlineSource
+from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.tracing import setup_tracing
@@ -72,6 +73,13 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"stores.{name}: {e}") from None
         return RedisSource(name, config.project, options)
+    if sc.kind == "clickhouse":
+        try:
+            ch = ClickHouseOptions.from_mapping(dict(sc.options))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"stores.{name}: {e}") from None
+        check_embedded_workers(ch, config.workers)
+        return ClickHouseSource(name, config.project, ch)
     raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
 
 

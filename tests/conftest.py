@@ -60,3 +60,10 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
     server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The in-process ClickHouse engine's data dir. chdb opens one path per process,
+    so every in-process ClickHouse test shares it (each with its own project prefix)."""
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"

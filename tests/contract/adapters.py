@@ -11,10 +11,11 @@ from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
+from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 
-ADAPTERS = ["memory", "redis", "redis-cluster", "redis+lru"]
+ADAPTERS = ["memory", "redis", "redis-cluster", "redis+lru", "clickhouse"]
 
 
 async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource:
@@ -30,6 +31,9 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return CachedSource(
             RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)), LRUCache(1000, 30)
         )
+    if name == "clickhouse":
+        dsn = request.getfixturevalue("chdb_dsn")
+        return ClickHouseSource("contract", project, ClickHouseOptions(dsn=dsn, threads=2))
     if name == "redis-cluster":
         cluster = request.getfixturevalue("redis_cluster")
         return RedisSource("contract", project, RedisOptions(url=cluster.url, cluster=True, pool_size=8))
