@@ -114,12 +114,9 @@ async def test_join_across_clickhouse_and_memory(ch: ClickHouseSource) -> None:
     cols = {c.name: c for c in res.columns}
     assert cols["age"].values == [30, 40, None, 30]
     assert cols["txn_90d"].values == [5, None, 7, 5]
-    assert cols["avg_basket"].outcome.statuses == [
-        Status.PRESENT,
-        Status.NOT_FOUND,
-        Status.PRESENT,
-        Status.PRESENT,
-    ]  # type: ignore[union-attr]
+    outcome = cols["avg_basket"].outcome
+    assert outcome is not None
+    assert outcome.statuses == [Status.PRESENT, Status.NOT_FOUND, Status.PRESENT, Status.PRESENT]
     assert not res.partial
 
 
