@@ -1,10 +1,12 @@
-"""Turn a bench.py run (JSON lines) plus the redis-py floor into benchmarks/RESULTS.md.
+"""Turn a bench.py run (JSON lines) plus the redis-py floor into the Feast comparison
+section of benchmarks/RESULTS.md (benchmarks/results/feast.md), and stitch RESULTS.md.
 
 For every (server, tool, batch, concurrency) the best clean attempt is used (a run is
 clean when other tenants used at most --max-other cores); ratios divide each
 featurestore variant by Feast at the same point of the same run.
 
-    python -m benchmarks.report RAW.jsonl FLOOR.jsonl [--out benchmarks/RESULTS.md]
+    python -m benchmarks.report RAW.jsonl FLOOR.jsonl
+    python -m benchmarks.report --stitch
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+PARTS = ("feast.md", "clickhouse.md", "footprint-demo.md", "footprint-no-clickhouse.md", "lineage.md")
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def stitch(results: Path = RESULTS) -> None:
+    """RESULTS.md = every benchmark's latest part, in a fixed order."""
+    parts_dir = results.parent / "results"
+    body = [
+        "# Benchmark results",
+        "",
+        "Each section is written by its benchmark (see its command) into `benchmarks/results/`;",
+        "`python -m benchmarks.report --stitch` puts them together here.",
+        "",
+    ]
+    for name in PARTS:
+        part = parts_dir / name
+        if part.exists():
+            body += [part.read_text().rstrip(), ""]
+    results.write_text("\n".join(body))
+
+
 def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: float, command: str) -> None:
     rows = load(raw)
     b = best(rows)
@@ -79,7 +102,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
     floors = load(floor) if floor and floor.exists() else []
 
     lines = [
-        "# Benchmark results: featurestore vs Feast (same Redis, same data, same load, one run)",
+        "## featurestore vs Feast (same Redis, same data, same load, one run)",
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(raw.stat().st_mtime))}; command: `{command}`",
         f"* Machine: {machine()}. Server, Redis and load generator share the cores.",
@@ -95,7 +118,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
         f"* Raw runs: `{raw.relative_to(out.parent) if raw.is_relative_to(out.parent) else raw}`.",
         "",
-        "## Throughput (QPS, wrk) and ratio to Feast",
+        "### Throughput (QPS, wrk) and ratio to Feast",
         "",
         "| batch | conc | " + " | ".join([feast, *(f"{o} | x Feast" for o in ours)]) + " |",
         "|---:|---:|" + "---:|" * (1 + 2 * len(ours)),
@@ -109,7 +132,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
             cells.append(f"{r['qps'] / f['qps']:.1f}x" if r and f and f["qps"] else "-")
         lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Targets (concurrency 32: QPS ratio; batch 1 at concurrency 8: p99)", ""]
+    lines += ["", "### Targets (concurrency 32: QPS ratio; batch 1 at concurrency 8: p99)", ""]
     lines += ["| check | target | " + " | ".join(ours) + " |", "|---|---|" + "---|" * len(ours)]
     for batch, target in TARGETS.items():
         f = b.get((feast, qps_tool, batch, 32))
@@ -127,7 +150,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
         star = "*" if tool == "wrk" else ""
         lines.append(f"| batch 1, c=8, p99{star} ({tool}) | <= 5 ms | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Latency (ms): p50 / p99 / p99.9", ""]
+    lines += ["", "### Latency (ms): p50 / p99 / p99.9", ""]
     for tool in tools:
         star = "*" if tool == "wrk" else ""
         lines += [
@@ -148,7 +171,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    lines += ["## Server CPU per request (ms) and clean runs", ""]
+    lines += ["### Server CPU per request (ms) and clean runs", ""]
     lines += ["| batch | conc | " + " | ".join(labels) + " |", "|---:|---:|" + "---|" * len(labels)]
     for batch, conc in points:
         cells = []
@@ -181,10 +204,11 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
                 f"{fmt(r['qps'] if r else None, 0)} | {share} |"
             )
     out.write_text("\n".join(lines) + "\n" + NOTES)
+    stitch()
 
 
 NOTES = """
-## Reading these numbers
+### Reading these numbers
 
 * The 2 vCPUs are shared by the servers under test, Redis and the load generator, and
   the VM is shared with other tenants: `bench.py` measures other tenants' CPU per run
@@ -202,12 +226,16 @@ NOTES = """
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("raw", type=Path)
+    ap.add_argument("raw", type=Path, nargs="?")
     ap.add_argument("floor", type=Path, nargs="?")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    ap.add_argument("--out", type=Path, default=RESULTS.parent / "results" / "feast.md")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--stitch", action="store_true", help="only rebuild RESULTS.md from benchmarks/results/")
     a = ap.parse_args()
+    if a.stitch or a.raw is None:
+        stitch()
+        return
     write(
         a.raw,
         a.floor,

@@ -120,6 +120,7 @@ def main() -> int:
                 f"project: demo\nregistry:\n  path: {registry}\n"
                 f"  definitions: {ROOT / 'featurestore' / 'demo' / 'features.yaml'}\n  definitions_base_dir: {data}\n"
                 f"stores:\n  default: {{kind: redis, url: 'redis://127.0.0.1:{REDIS_PORT}/0', cache: {cache}}}\n"
+                f"  analytics: {{kind: redis, url: 'redis://127.0.0.1:{REDIS_PORT}/0'}}\n"
             )
             configs[label] = cfg
         for view in ("user_profile", "user_activity"):

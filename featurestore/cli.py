@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the built-in 100k-user demo (generates data once)",
     )
     s.add_argument("--data-dir", default=os.environ.get("FEATURESTORE_DATA_DIR", DEFAULT_DATA_DIR))
+    s.add_argument(
+        "--no-clickhouse",
+        action="store_true",
+        help="demo: serve the ClickHouse view from memory instead (no embedded ClickHouse engine, ~270 MB less RSS)",
+    )
     s.add_argument("--definitions", help="definitions YAML applied at start when it differs from current")
     s.add_argument("--host", help="listen address for both HTTP and gRPC")
     s.add_argument("--http-host")
@@ -78,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("materialize", help="load a view into its online store as a new data version")
     m.add_argument("--view", required=True)
     m.add_argument(
-        "--source", required=True, help="Parquet file with the view's keys, features and timestamp"
+        "--source",
+        required=True,
+        help="a Parquet file, or clickhouse://db.table, with the view's keys, features and timestamp",
+    )
+    m.add_argument(
+        "--clickhouse-dsn", help="where clickhouse:// sources live (default: the config's clickhouse store)"
     )
     m.add_argument("--config", help="server config naming the registry and stores")
     m.add_argument("--definitions", help="apply these definitions first if they differ from current")
@@ -130,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("service")
         cp.set_defaults(func=cmd_canary_promote if name == "promote" else cmd_canary_abort)
 
+    dd = sub.add_parser("ddl", help="print the ClickHouse DDL of the online tables the server uses")
+    dd.add_argument("--config", help="server config naming the registry and stores")
+    dd.set_defaults(func=cmd_ddl)
+
     d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
     d.add_argument("--out", default=DEFAULT_DATA_DIR)
     d.add_argument("--rows", type=int, default=100_000)
@@ -160,6 +174,13 @@ def _serve_config(args: argparse.Namespace) -> Any:
         overrides[("registry", "path")] = str(data_dir / "registry")
         overrides[("registry", "definitions")] = str(demo_defs)
         overrides[("registry", "definitions_base_dir")] = str(data_dir)
+        if not args.config:
+            analytics = (
+                {"kind": "memory"}
+                if args.no_clickhouse
+                else {"kind": "clickhouse", "dsn": f"chdb://{data_dir / 'clickhouse'}"}
+            )
+            overrides[("stores",)] = {"default": {"kind": "memory"}, "analytics": analytics}
     if args.definitions:
         overrides[("registry", "definitions")] = args.definitions
     config = load_config(args.config, overrides)
@@ -184,6 +205,8 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
                 await registry.close()
 
         asyncio.run(apply())
+    if args.demo:
+        asyncio.run(_demo_materialize(config))
 
     def announce() -> None:
         if args.demo:
@@ -199,6 +222,41 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+async def _demo_materialize(config: Any) -> None:
+    """Fill the demo's ClickHouse view once. The embedded engine lives in this process,
+    so this runs here, before serving, not as a separate command."""
+    from featurestore import server
+    from featurestore.offline import ParquetSource
+
+    registry = server.make_registry(config)
+    try:
+        snapshot = await registry.current()
+        versions = await registry.data_versions()
+    finally:
+        await registry.close()
+    if snapshot is None:
+        return
+    for view in snapshot.definitions.views.values():
+        store = config.stores.get(view.online_store)
+        if store is None or store.kind not in ("clickhouse", "redis") or versions.get(view.name, 0) > 0:
+            continue
+        if view.batch_source is None or view.batch_source.path is None:
+            continue
+        print(
+            f"demo: loading {view.name} into store {view.online_store} ({store.kind}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = await server.materialize(
+            config, view.name, ParquetSource(view.batch_source.path), batch_rows=50_000, grace_seconds=600
+        )
+        print(
+            f"demo: {view.name}: {result.rows_written:,} rows in {result.seconds:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _print_demo_help(config: Any) -> None:
     url = f"http://{config.http.host}:{config.http.port}"
     body = '{"entities": {"user_id": [17, 4242]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}'
@@ -206,7 +264,7 @@ def _print_demo_help(config: Any) -> None:
         f"\nfeaturestore demo is up: 100,000 users, views user_profile and user_activity.\n"
         f"  curl -s -X POST {url}/v1/feature/join -H 'content-type: application/json' \\\n"
         f"       -d '{body}'\n"
-        f"  featurestore join --entity user_id=17 --service ranker_v1\n"
+        f"  featurestore join --entity user_id=17 --service risk_v1      (memory + embedded ClickHouse)\n"
         f"  gRPC: {config.grpc.host}:{config.grpc.port} (featurestore.v1.FeatureService/Join, reflection on)\n"
         f"  docs: {url}/docs   metrics: {url}/metrics\n"
         f"Ctrl-C stops it.\n",
@@ -536,6 +594,33 @@ def cmd_canary_abort(args: argparse.Namespace, _argv: list[str]) -> int:
         f"aborted: {args.service} is served from current again (candidate version {c.candidate_version} unused)"
     )
     return 0
+
+
+def cmd_ddl(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.config import load_config
+    from featurestore.sources.clickhouse import ClickHouseOptions, online_table_ddl
+
+    config = load_config(args.config)
+    snapshot, versions = _admin(args, lambda a: _snapshot_and_versions(a.registry))
+    if snapshot is None:
+        print("the registry has no snapshot", file=sys.stderr)
+        return 1
+    printed = 0
+    for view in sorted(snapshot.definitions.views.values(), key=lambda v: v.name):
+        store = config.stores.get(view.online_store)
+        if store is None or store.kind != "clickhouse":
+            continue
+        database = ClickHouseOptions.from_mapping(dict(store.options)).database
+        print(f"-- {view.name}: store {view.online_store}, data version {versions.get(view.name, 0)}")
+        print(online_table_ddl(database, config.project, view, versions.get(view.name, 0)) + ";\n")
+        printed += 1
+    if not printed:
+        print("-- no view of the current snapshot is served from a clickhouse store")
+    return 0
+
+
+async def _snapshot_and_versions(registry: Any) -> tuple[Any, dict[str, int]]:
+    return await registry.current(), await registry.data_versions()
 
 
 # -- demo data -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +87,38 @@ def generate(n: int = 100_000, seed: int = 42) -> pa.Table:
     )
 
 
+TRANSACTIONS_FILE = "user_transactions.parquet"
+CATEGORIES = ["grocery", "electronics", "fashion", "home", "travel", "games", "books", "beauty"]
+
+
+def generate_transactions(n: int = 100_000, seed: int = 7) -> pa.Table:
+    """Long-tail purchase aggregates per user (the demo's ClickHouse view); 5% of users
+    have never bought anything and have no row."""
+    rng = np.random.default_rng(seed)
+    user_id = np.arange(1, n + 1, dtype=np.int64)
+    keep = rng.random(n) >= 0.05
+    txn_count = rng.poisson(6.0, size=n).astype(np.int64)
+    avg_basket = np.round(rng.lognormal(3.2, 0.6, size=n), 2)
+    chargeback = np.round(rng.beta(1.0, 80.0, size=n), 4)
+    last_purchase_s = BASE_EPOCH_S - rng.integers(0, 90 * 86_400, size=n)
+    top = rng.integers(0, len(CATEGORIES), size=n)
+    ts = pa.array((BASE_EPOCH_S + rng.integers(0, 86_400, size=n)) * 1_000_000, pa.timestamp("us", tz="UTC"))
+    table = pa.table(
+        {
+            "user_id": user_id,
+            "event_timestamp": ts,
+            "txn_count_90d": txn_count,
+            "avg_basket_90d": avg_basket,
+            "chargeback_rate_365d": chargeback,
+            "last_purchase_at": pa.array(last_purchase_s * 1_000_000, pa.timestamp("us", tz="UTC")),
+            "top_category": pa.DictionaryArray.from_arrays(
+                pa.array(top.astype(np.int32)), pa.array(CATEGORIES)
+            ).cast(pa.string()),
+        }
+    )
+    return table.filter(pa.array(keep))
+
+
 def canonical_sha256(table: pa.Table) -> str:
     """sha256 of the peer's canonical JSONL rendering of ``table``."""
     h = hashlib.sha256()
@@ -105,12 +138,18 @@ def canonical_sha256(table: pa.Table) -> str:
 
 
 def ensure_demo_data(data_dir: str | Path, n: int = 100_000, seed: int = 42) -> Path:
-    """Write ``users.parquet`` into ``data_dir`` unless it is already there."""
-    path = Path(data_dir) / FILE_NAME
+    """Write the demo's Parquet files into ``data_dir`` unless they are there already;
+    returns the users file."""
+    out = Path(data_dir)
+    _write_once(out / TRANSACTIONS_FILE, lambda: generate_transactions(n))
+    return _write_once(out / FILE_NAME, lambda: generate(n, seed))
+
+
+def _write_once(path: Path, make: Any) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(generate(n, seed), tmp)
+    pq.write_table(make(), tmp)
     os.replace(tmp, path)
     return path

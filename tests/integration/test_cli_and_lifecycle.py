@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, ServerProcess, http_post, wait_until
+from tests.support import ROOT, ServerProcess, http_get, http_post, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_validate_ok_and_error(tmp_path: Path) -> None:
     ok = cli("validate", str(ROOT / "featurestore" / "demo" / "features.yaml"))
-    assert ok.returncode == 0 and "OK - project demo: 1 entities, 2 feature views (16 features)" in ok.stdout
+    assert ok.returncode == 0 and "OK - project demo: 1 entities, 3 feature views (21 features)" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n  - {name: v, entities: [u], features: [{name: f, dtype: decimal}]}\n"
@@ -78,6 +78,13 @@ def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
         doc = json.loads(out.stdout)
         assert doc["metadata"]["feature_names"] == ["user_id", "age", "ctr_30d"]
         assert doc["results"][1]["values"] == [71, 41]
+        # the multi-source join of the demo: memory views and the embedded ClickHouse view
+        status, risk = proc.join({"entities": {"user_id": [17, 4242]}, "feature_service": "risk_v1"})
+        cols = dict(zip(risk["metadata"]["feature_names"], risk["results"], strict=True))
+        assert status == 200 and cols["txn_count_90d"]["statuses"] == ["PRESENT", "PRESENT"]
+        assert cols["txn_count_90d"]["values"][0] == 7 and cols["credit_score"]["values"][0] == 651.03
+        ready = json.loads(http_get(proc.url + "/readyz")[1])
+        assert ready["stores"] == {"default": "ready", "analytics": "ready"}
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.read_log()

@@ -208,3 +208,33 @@ def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Pa
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "unknown feature view 'nope'" in bad.stderr
+
+
+def test_cli_materialize_from_a_clickhouse_table(redis_server: RedisServer, tmp_path: Path) -> None:
+    """`--source clickhouse://db.table --clickhouse-dsn chdb://DIR` end to end (the warehouse
+    is built by another process: chdb opens one data dir per process)."""
+    warehouse = tmp_path / "warehouse"
+    build = (
+        "import clickhouse_connect, sys\n"
+        "c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1])\n"
+        "c.command('CREATE DATABASE wh')\n"
+        "c.command(\"CREATE TABLE wh.scores (user_id Int64, score Int64, tag String, event_timestamp DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY user_id\")\n"
+        "c.command(\"INSERT INTO wh.scores SELECT number % 100, number, 'ch', toDateTime64('2024-01-01 00:00:00', 6, 'UTC') + number FROM numbers(300)\")\n"
+    )
+    subprocess.run([sys.executable, "-c", build, str(warehouse)], check=True, timeout=120)
+    defs = tmp_path / "defs.yaml"
+    defs.write_text(
+        "project: p\nentities: [{name: user_id, dtype: int64}]\nfeature_views:\n"
+        "  - {name: scores, entities: [user_id], features: [{name: score, dtype: int64}, {name: tag, dtype: string}]}\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"project: p\nregistry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--definitions", str(defs),
+         "--view", "scores", "--source", "clickhouse://wh.scores", "--clickhouse-dsn", f"chdb://{warehouse}"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "scores: published data version 1 (was 0): 100 rows written" in out.stdout
