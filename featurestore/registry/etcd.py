@@ -139,7 +139,8 @@ class EtcdRegistry:
         if actual != expected_version:
             raise _conflict("registry current", expected_version, actual)
         version = max(await self.versions(), default=0) + 1
-        snap = new_snapshot(definitions, version, message)
+        previous = await self.get(actual) if actual is not None else None
+        snap = new_snapshot(definitions, version, message, previous)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
         ok, _ = await self._call(
@@ -157,7 +158,7 @@ class EtcdRegistry:
 
     async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
         version = max(await self.versions(), default=0) + 1
-        snap = new_snapshot(definitions, version, message)
+        snap = new_snapshot(definitions, version, message, await self.current())
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
         ok, _ = await self._call(

@@ -101,17 +101,22 @@ class FileRegistry:
             current = _read_int(self._current)
             if current != expected:
                 raise _conflict("registry current", expected, current)
-            snap = self._write_snapshot(definitions, message)
+            snap = self._write_snapshot(definitions, message, current)
             _atomic_write(self._current, str(snap.version).encode())
             return snap
 
     def _stage(self, definitions: Definitions, message: str) -> RegistrySnapshot:
         with self._locked():
-            return self._write_snapshot(definitions, message)
+            return self._write_snapshot(definitions, message, _read_int(self._current))
 
-    def _write_snapshot(self, definitions: Definitions, message: str) -> RegistrySnapshot:
+    def _write_snapshot(
+        self, definitions: Definitions, message: str, current: int | None
+    ) -> RegistrySnapshot:
         version = max(self._list_versions(), default=0) + 1
-        snap = new_snapshot(definitions, version, message)
+        previous = None
+        if current is not None:
+            previous = snapshot_from_json((self._snapshots / f"{current}.json").read_bytes())
+        snap = new_snapshot(definitions, version, message, previous)
         _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
         return snap
 

@@ -9,7 +9,8 @@ detectable (a no-op) whatever version they would land in.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,9 @@ class RegistrySnapshot:
     definitions: Definitions
     created_at: str = ""
     message: str = ""
+    # "view:feature" -> the registry version in which that feature's definition last
+    # changed (what lineage calls the feature version). Unchanged features keep theirs.
+    feature_versions: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def project(self) -> str:
@@ -158,9 +162,30 @@ def fingerprint(d: Definitions) -> str:
     return hashlib.sha256(_encoder.encode(definitions_to_dict(d))).hexdigest()
 
 
-def new_snapshot(d: Definitions, version: int, message: str = "") -> RegistrySnapshot:
+def new_snapshot(
+    d: Definitions, version: int, message: str = "", previous: RegistrySnapshot | None = None
+) -> RegistrySnapshot:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return RegistrySnapshot(version, fingerprint(d), d, now, message)
+    return RegistrySnapshot(version, fingerprint(d), d, now, message, feature_versions(d, version, previous))
+
+
+def feature_versions(d: Definitions, version: int, previous: RegistrySnapshot | None) -> dict[str, int]:
+    """Carry a feature's version over from ``previous`` when what defines its values
+    (dtype, the view's keys, sources and upstream) did not change; else ``version``."""
+    before = _feature_signatures(previous.definitions) if previous is not None else {}
+    out = {}
+    for fid, sig in _feature_signatures(d).items():
+        old = previous.feature_versions.get(fid) if previous is not None else None
+        out[fid] = old if old is not None and before.get(fid) == sig else version
+    return out
+
+
+def _feature_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
+    return {
+        f"{v.name}:{f.name}": (f.dtype, v.join_keys, v.batch_source, v.upstream, v.online_store)
+        for v in d.views.values()
+        for f in v.features
+    }
 
 
 def snapshot_to_json(s: RegistrySnapshot) -> bytes:
@@ -170,6 +195,7 @@ def snapshot_to_json(s: RegistrySnapshot) -> bytes:
             "fingerprint": s.fingerprint,
             "created_at": s.created_at,
             "message": s.message,
+            "feature_versions": dict(sorted(s.feature_versions.items())),
             "definitions": definitions_to_dict(s.definitions),
         }
     )
@@ -181,10 +207,13 @@ def snapshot_from_json(raw: bytes) -> RegistrySnapshot:
     except msgspec.DecodeError as e:
         raise DefinitionError(f"stored snapshot is not valid JSON: {e}") from e
     d = definitions_from_dict(doc["definitions"])
+    version = int(doc["version"])
+    versions = doc.get("feature_versions") or {}
     return RegistrySnapshot(
-        version=int(doc["version"]),
+        version=version,
         fingerprint=str(doc["fingerprint"]),
         definitions=d,
         created_at=str(doc.get("created_at", "")),
         message=str(doc.get("message", "")),
+        feature_versions={k: int(v) for k, v in versions.items()},
     )

@@ -153,3 +153,13 @@ async def test_health_reports_contact(registry: Registry) -> None:
     await registry.versions()
     h = registry.health()
     assert h.connected and h.seconds_since_contact < 5
+
+
+async def test_feature_versions_follow_definition_changes(registry: Registry) -> None:
+    await registry.publish(defs(1), expected_version=None)
+    s2 = await registry.publish(defs(2), expected_version=1)
+    assert s2.feature_versions == {"v:f0": 1, "v:f1": 2}  # f0 unchanged keeps its version
+    view = FeatureView("v", (USER,), (Feature("f0", DType.INT64), Feature("f1", DType.FLOAT64)))
+    s3 = await registry.publish(make_definitions("contract", [USER], [view], []), expected_version=2)
+    assert s3.feature_versions == {"v:f0": 3, "v:f1": 2}
+    assert (await registry.get(3)).feature_versions == s3.feature_versions  # stored, not recomputed

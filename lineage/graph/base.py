@@ -1,0 +1,150 @@
+"""The lineage graph port, and how definitions and events become graph facts.
+
+Model (docs/lineage.md):
+
+    (:FeatureView {name})-[:CONTAINS]->(:Feature {id, view, dtype, version, versions})
+    (:FeatureService {name})-[:USES]->(:Feature)
+    (:Feature)-[:DERIVED_FROM]->(:Feature)
+    (:Feature)-[:PRODUCED_BY {role: online|batch|upstream}]->(:Table {name})
+    (:Feature)-[:SERVED_BY {count, last_seen}]->(:Server {name})
+    (:LineageEvent {key, feature_id, ...})                  one per event, for lineageEvents
+
+Definition edges carry ``valid_from``/``valid_to`` (epoch ms): applying a snapshot opens
+the edges it has and closes the ones it no longer has, so lineage can be asked "as of"
+any past time. Every write is idempotent: replaying events never duplicates a node,
+an edge or a count (a SERVED_BY count grows only when its event node is new).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from featurestore.model import parse_feature_ref
+from featurestore.registry.snapshot import RegistrySnapshot
+from lineage.events import LineageEvent
+
+MAX_DEPTH = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInfo:
+    id: str
+    view: str
+    dtype: str
+    version: int
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableRef:
+    name: str
+    role: str  # online | batch | upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBy:
+    server: str
+    count: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Impact:
+    features: tuple[str, ...]
+    feature_services: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionFacts:
+    """What one snapshot says about the graph (edges as (from, to) pairs)."""
+
+    project: str
+    valid_from_ms: int
+    registry_version: int
+    views: tuple[str, ...]
+    services: tuple[str, ...]
+    features: tuple[FeatureInfo, ...]
+    contains: tuple[tuple[str, str], ...]  # view -> feature id
+    uses: tuple[tuple[str, str], ...]  # service -> feature id
+    derived_from: tuple[tuple[str, str], ...]  # feature id -> feature id
+    produced_by: tuple[tuple[str, str, str], ...] = field(default=())  # feature id, table, role
+
+
+def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
+    d = snapshot.definitions
+    created = snapshot.created_at.rstrip("Z")
+    valid_from = int(datetime.fromisoformat(created + "+00:00").timestamp() * 1000) if created else 0
+    features, contains, derived, produced = [], [], [], []
+    for view in d.views.values():
+        tables = [dep for dep in view.upstream if parse_feature_ref(dep) is None or "://" in dep]
+        refs = [dep for dep in view.upstream if parse_feature_ref(dep) is not None and "://" not in dep]
+        for f in view.features:
+            fid = f"{view.name}:{f.name}"
+            version = snapshot.feature_versions.get(fid, snapshot.version)
+            features.append(FeatureInfo(fid, view.name, f.dtype.value, version, (version,)))
+            contains.append((view.name, fid))
+            derived += [(fid, ref) for ref in refs]
+            produced += [(fid, t, "upstream") for t in tables]
+            if view.batch_source is not None:
+                produced.append((fid, view.batch_source.uri, "batch"))
+    uses = [(s.name, str(r)) for s in d.services.values() for r in s.features]
+    return DefinitionFacts(
+        project=d.project,
+        valid_from_ms=valid_from,
+        registry_version=snapshot.version,
+        views=tuple(sorted(d.views)),
+        services=tuple(sorted(d.services)),
+        features=tuple(features),
+        contains=tuple(contains),
+        uses=tuple(uses),
+        derived_from=tuple(derived),
+        produced_by=tuple(produced),
+    )
+
+
+def event_key(e: LineageEvent) -> str:
+    """Identity of an event: the same window of the same feature version on the same
+    server is the same event, however often it is delivered."""
+    return f"{e.feature_id}|{e.feature_version}|{e.timestamp}|{e.service}"
+
+
+def event_time_ms(e: LineageEvent) -> int:
+    return int(datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class LineageGraph(Protocol):
+    """Implementations: lineage.graph.memory (embedded), lineage.graph.bolt (Neo4j over
+    Bolt). Both pass tests/contract/test_lineage_graph.py."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def apply_definitions(self, facts: DefinitionFacts) -> None: ...
+
+    async def write_events(self, events: Sequence[LineageEvent]) -> None: ...
+
+    async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None: ...
+
+    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]: ...
+
+    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]: ...
+
+    async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]: ...
+
+    async def served_by(self, feature_id: str) -> list[ServedBy]: ...
+
+    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]: ...
+
+    async def table_exists(self, name: str) -> bool: ...
+
+    async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]: ...
+
+    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact: ...
+
+    async def events(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[LineageEvent]: ...
