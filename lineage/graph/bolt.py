@@ -1,0 +1,306 @@
+"""Lineage graph on Neo4j (or any Bolt + Cypher server) with the async neo4j driver.
+
+Writes are idempotent MERGEs in UNWIND batches; transient errors (including the
+ConstraintError some servers raise for concurrent MERGEs on one key) are retried with
+backoff. Constraints and indexes are created at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from neo4j import AsyncDriver, AsyncGraphDatabase
+from neo4j import exceptions as neo
+
+from lineage.events import LineageEvent
+from lineage.graph.base import (
+    DefinitionFacts,
+    FeatureInfo,
+    Impact,
+    ServedBy,
+    TableRef,
+    event_key,
+    event_time_ms,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = [
+    "CREATE CONSTRAINT feature_id IF NOT EXISTS FOR (f:Feature) REQUIRE f.id IS UNIQUE",
+    "CREATE CONSTRAINT table_name IF NOT EXISTS FOR (t:Table) REQUIRE t.name IS UNIQUE",
+    "CREATE CONSTRAINT view_name IF NOT EXISTS FOR (v:FeatureView) REQUIRE v.name IS UNIQUE",
+    "CREATE CONSTRAINT service_name IF NOT EXISTS FOR (s:FeatureService) REQUIRE s.name IS UNIQUE",
+    "CREATE CONSTRAINT server_name IF NOT EXISTS FOR (s:Server) REQUIRE s.name IS UNIQUE",
+    "CREATE CONSTRAINT event_key IF NOT EXISTS FOR (e:LineageEvent) REQUIRE e.key IS UNIQUE",
+    "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
+]
+
+# Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
+LIVE = "({r}.valid_to IS NULL AND $t IS NULL OR $t IS NOT NULL AND {r}.valid_from <= $t AND ({r}.valid_to IS NULL OR {r}.valid_to > $t))"
+
+APPLY_NODES = """
+UNWIND $features AS f
+MERGE (n:Feature {id: f.id})
+ON CREATE SET n.versions = [], n.version = 0
+SET n.view = f.view, n.dtype = f.dtype,
+    n.version = CASE WHEN f.version > n.version THEN f.version ELSE n.version END,
+    n.versions = CASE WHEN f.version IN n.versions THEN n.versions ELSE n.versions + f.version END
+"""
+OPEN_EDGE = """
+UNWIND $edges AS e
+MERGE (a:{a_label} {{{a_key}: e.a}})
+MERGE (b:{b_label} {{{b_key}: e.b}})
+MERGE (a)-[r:{rel}]->(b)
+ON CREATE SET r.valid_from = $t, r.role = e.role
+SET r.role = e.role,
+    r.valid_from = CASE WHEN r.valid_to IS NOT NULL THEN $t ELSE r.valid_from END,
+    r.valid_to = NULL
+"""
+CLOSE_EDGES = """
+MATCH (a:{a_label})-[r:{rel}]->(b:{b_label})
+WHERE r.valid_to IS NULL AND coalesce(r.role, '') <> 'online'
+  AND NOT [a.{a_key}, b.{b_key}] IN $keep
+SET r.valid_to = $t
+"""
+EDGE_KINDS = {
+    # rel: (from label, from key, to label, to key)
+    "CONTAINS": ("FeatureView", "name", "Feature", "id"),
+    "USES": ("FeatureService", "name", "Feature", "id"),
+    "DERIVED_FROM": ("Feature", "id", "Feature", "id"),
+    "PRODUCED_BY": ("Feature", "id", "Table", "name"),
+}
+WRITE_EVENTS = """
+UNWIND $events AS ev
+MERGE (e:LineageEvent {key: ev.key})
+ON CREATE SET e += ev.props, e.fresh = true
+WITH e, ev
+MERGE (f:Feature {id: ev.props.feature_id})
+ON CREATE SET f.versions = [], f.version = 0, f.view = ev.view, f.dtype = ''
+SET f.version = CASE WHEN ev.props.feature_version > f.version THEN ev.props.feature_version ELSE f.version END,
+    f.versions = CASE WHEN ev.props.feature_version IN f.versions THEN f.versions ELSE f.versions + ev.props.feature_version END
+MERGE (t:Table {name: ev.props.source_table})
+MERGE (f)-[p:PRODUCED_BY]->(t)
+ON CREATE SET p.valid_from = ev.props.ts_ms, p.role = 'online'
+MERGE (s:Server {name: ev.props.service})
+MERGE (f)-[r:SERVED_BY]->(s)
+ON CREATE SET r.count = 0, r.last_seen = 0
+SET r.count = r.count + CASE WHEN e.fresh THEN ev.props.served_count ELSE 0 END,
+    r.last_seen = CASE WHEN ev.props.ts_ms > r.last_seen THEN ev.props.ts_ms ELSE r.last_seen END
+REMOVE e.fresh
+"""
+
+
+class BoltGraph:
+    def __init__(
+        self, uri: str, user: str, password: str, database: str | None = None, retries: int = 6
+    ) -> None:
+        self._driver: AsyncDriver = AsyncGraphDatabase.driver(uri, auth=(user, password))
+        self._database = database
+        self._retries = retries
+
+    async def start(self) -> None:
+        for statement in SCHEMA:
+            await self._write(statement)
+
+    async def close(self) -> None:
+        await self._driver.close()
+
+    async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
+        delay = 0.05
+        for attempt in range(self._retries):
+            try:
+                async with self._driver.session(database=self._database) as session:
+                    result = await session.run(query, params)
+                    return [dict(r) async for r in result]
+            except (neo.TransientError, neo.ConstraintError, neo.ServiceUnavailable, neo.SessionExpired) as e:
+                if attempt == self._retries - 1:
+                    raise
+                log.debug("graph %s retry %d after %r", "write" if write else "read", attempt + 1, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        return await self._run(query, True, **params)
+
+    async def _read(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        return await self._run(query, False, **params)
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def apply_definitions(self, facts: DefinitionFacts) -> None:
+        t = facts.valid_from_ms
+        await self._write(
+            APPLY_NODES,
+            features=[
+                {"id": f.id, "view": f.view, "dtype": f.dtype, "version": f.version} for f in facts.features
+            ],
+        )
+        wanted: dict[str, list[dict[str, str]]] = {
+            "CONTAINS": [{"a": a, "b": b, "role": ""} for a, b in facts.contains],
+            "USES": [{"a": a, "b": b, "role": ""} for a, b in facts.uses],
+            "DERIVED_FROM": [{"a": a, "b": b, "role": ""} for a, b in facts.derived_from],
+            "PRODUCED_BY": [{"a": a, "b": b, "role": role} for a, b, role in facts.produced_by],
+        }
+        for rel, edges in wanted.items():
+            a_label, a_key, b_label, b_key = EDGE_KINDS[rel]
+            names = {"a_label": a_label, "a_key": a_key, "b_label": b_label, "b_key": b_key, "rel": rel}
+            if edges:
+                await self._write(OPEN_EDGE.format(**names), edges=edges, t=t)
+            await self._write(CLOSE_EDGES.format(**names), keep=[[e["a"], e["b"]] for e in edges], t=t)
+
+    async def write_events(self, events: Sequence[LineageEvent]) -> None:
+        if not events:
+            return
+        rows = [
+            {
+                "key": event_key(e),
+                "view": e.feature_id.partition(":")[0],
+                "props": {
+                    "feature_id": e.feature_id,
+                    "feature_version": e.feature_version,
+                    "source_table": e.source_table,
+                    "timestamp": e.timestamp,
+                    "ts_ms": event_time_ms(e),
+                    "upstream_deps": list(e.upstream_deps),
+                    "registry_version": e.registry_version,
+                    "served_count": e.served_count,
+                    "trace_ids": list(e.trace_ids),
+                    "service": e.service,
+                },
+            }
+            for e in events
+        ]
+        await self._write(WRITE_EVENTS, events=rows)
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None:
+        rows = await self._read(
+            "MATCH (f:Feature {id: $id}) OPTIONAL MATCH (v:FeatureView)-[r:CONTAINS]->(f) WHERE "
+            + LIVE.format(r="r")
+            + " RETURN f.id AS id, f.view AS view, f.dtype AS dtype, f.version AS version, f.versions AS versions,"
+            " count(v) AS live",
+            id=feature_id,
+            t=as_of_ms,
+        )
+        if not rows or (as_of_ms is not None and rows[0]["live"] == 0):
+            return None
+        r = rows[0]
+        return FeatureInfo(
+            r["id"],
+            r["view"] or "",
+            r["dtype"] or "",
+            int(r["version"] or 0),
+            tuple(sorted(r["versions"] or ())),
+        )
+
+    async def _walk(self, feature_id: str, depth: int, as_of_ms: int | None, direction: str) -> list[str]:
+        pattern = (
+            "(f)-[rs:DERIVED_FROM*1..%d]->(g)" if direction == "out" else "(f)<-[rs:DERIVED_FROM*1..%d]-(g)"
+        )
+        rows = await self._read(
+            f"MATCH {pattern % depth} WHERE f.id = $id AND g.id <> $id AND all(r IN rs WHERE {LIVE.format(r='r')}) "
+            "RETURN DISTINCT g.id AS id",
+            id=feature_id,
+            t=as_of_ms,
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        return await self._walk(feature_id, depth, as_of_ms, "out")
+
+    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        return await self._walk(feature_id, depth, as_of_ms, "in")
+
+    async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
+        rows = await self._read(
+            "MATCH (f:Feature {id: $id})-[r:PRODUCED_BY]->(t:Table) WHERE "
+            + LIVE.format(r="r")
+            + " RETURN t.name AS name, coalesce(r.role, '') AS role",
+            id=feature_id,
+            t=as_of_ms,
+        )
+        return sorted((TableRef(r["name"], r["role"]) for r in rows), key=lambda t: (t.role, t.name))
+
+    async def served_by(self, feature_id: str) -> list[ServedBy]:
+        rows = await self._read(
+            "MATCH (f:Feature {id: $id})-[r:SERVED_BY]->(s:Server) RETURN s.name AS s, r.count AS c, r.last_seen AS l",
+            id=feature_id,
+        )
+        return sorted((ServedBy(r["s"], int(r["c"]), int(r["l"])) for r in rows), key=lambda s: s.server)
+
+    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
+        rows = await self._read(
+            "MATCH (s:FeatureService)-[r:USES]->(f:Feature {id: $id}) WHERE "
+            + LIVE.format(r="r")
+            + " RETURN s.name AS n",
+            id=feature_id,
+            t=as_of_ms,
+        )
+        return sorted(r["n"] for r in rows)
+
+    async def table_exists(self, name: str) -> bool:
+        return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))
+
+    async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]:
+        rows = await self._read(
+            "MATCH (f:Feature)-[r:PRODUCED_BY]->(t:Table {name: $n}) WHERE "
+            + LIVE.format(r="r")
+            + " RETURN DISTINCT f.id AS id",
+            n=name,
+            t=as_of_ms,
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
+        direct = await self.table_features(table, as_of_ms)
+        features = set(direct)
+        for f in direct:
+            features.update(await self.downstream(f, depth, as_of_ms))
+        services: set[str] = set()
+        if features:
+            rows = await self._read(
+                "MATCH (s:FeatureService)-[r:USES]->(f:Feature) WHERE f.id IN $ids AND "
+                + LIVE.format(r="r")
+                + " RETURN DISTINCT s.name AS n",
+                ids=sorted(features),
+                t=as_of_ms,
+            )
+            services = {r["n"] for r in rows}
+        return Impact(tuple(sorted(features)), tuple(sorted(services)))
+
+    async def events(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[LineageEvent]:
+        rows = await self._read(
+            "MATCH (e:LineageEvent) WHERE e.feature_id = $id AND ($since IS NULL OR e.ts_ms >= $since)"
+            " AND ($until IS NULL OR e.ts_ms < $until)"
+            " RETURN e.feature_id AS feature_id, e.feature_version AS feature_version, e.source_table AS source_table,"
+            " e.timestamp AS timestamp, e.upstream_deps AS upstream_deps, e.registry_version AS registry_version,"
+            " e.served_count AS served_count, e.trace_ids AS trace_ids, e.service AS service"
+            " ORDER BY e.timestamp DESC, e.service DESC LIMIT $limit",
+            id=feature_id,
+            since=since_ms,
+            until=until_ms,
+            limit=limit,
+        )
+        out = [
+            LineageEvent(
+                feature_id=r["feature_id"],
+                feature_version=int(r["feature_version"]),
+                source_table=r["source_table"],
+                timestamp=r["timestamp"],
+                upstream_deps=list(r["upstream_deps"] or []),
+                registry_version=int(r["registry_version"]),
+                served_count=int(r["served_count"]),
+                trace_ids=list(r["trace_ids"] or []),
+                service=r["service"],
+            )
+            for r in rows
+        ]
+        out.reverse()
+        return out

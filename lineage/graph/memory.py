@@ -1,0 +1,179 @@
+"""In-process lineage graph: the embedded default. Same model and answers as the Bolt
+adapter (one contract suite), held in dicts; bounded event history."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from lineage.events import LineageEvent
+from lineage.graph.base import (
+    DefinitionFacts,
+    FeatureInfo,
+    Impact,
+    ServedBy,
+    TableRef,
+    event_key,
+    event_time_ms,
+)
+
+Edge = tuple[str, str, str]  # kind, from, to
+
+
+@dataclass(slots=True)
+class _Validity:
+    valid_from: int
+    valid_to: int | None = None
+    role: str = ""
+
+    def live(self, at: int | None) -> bool:
+        if at is None:
+            return self.valid_to is None
+        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+
+class InMemoryGraph:
+    def __init__(self, max_events: int = 200_000) -> None:
+        self._features: dict[str, FeatureInfo] = {}
+        self._tables: set[str] = set()
+        self._edges: dict[Edge, _Validity] = {}  # definition and event edges
+        self._served: dict[tuple[str, str], ServedBy] = {}
+        self._event_keys: set[str] = set()
+        self._events: deque[tuple[str, int, LineageEvent]] = deque(maxlen=max_events)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def apply_definitions(self, facts: DefinitionFacts) -> None:
+        t = facts.valid_from_ms
+        for f in facts.features:
+            old = self._features.get(f.id)
+            versions = tuple(sorted(set(old.versions if old else ()) | {f.version}))
+            self._features[f.id] = replace(
+                f, version=max(f.version, old.version if old else 0), versions=versions
+            )
+        wanted: dict[Edge, str] = {}
+        wanted.update({("CONTAINS", v, fid): "" for v, fid in facts.contains})
+        wanted.update({("USES", s, fid): "" for s, fid in facts.uses})
+        wanted.update({("DERIVED_FROM", a, b): "" for a, b in facts.derived_from})
+        wanted.update({("PRODUCED_BY", fid, table): role for fid, table, role in facts.produced_by})
+        self._tables.update(table for _, table, _ in facts.produced_by)
+        for edge, role in wanted.items():
+            current = self._edges.get(edge)
+            if current is None or current.valid_to is not None:
+                self._edges[edge] = _Validity(t, None, role)
+        # edges of earlier definitions that this snapshot no longer has end now
+        # (online PRODUCED_BY edges come from serving, not definitions)
+        for edge, v in self._edges.items():
+            if v.valid_to is None and edge not in wanted and v.role != "online":
+                v.valid_to = t
+
+    async def write_events(self, events: Sequence[LineageEvent]) -> None:
+        for e in events:
+            key = event_key(e)
+            fresh = key not in self._event_keys
+            ts = event_time_ms(e)
+            if fresh:
+                self._event_keys.add(key)
+                self._events.append((e.feature_id, ts, e))
+            old = self._features.get(e.feature_id)
+            view = e.feature_id.partition(":")[0]
+            versions = tuple(sorted(set(old.versions if old else ()) | {e.feature_version}))
+            version = max(e.feature_version, old.version if old else 0)
+            self._features[e.feature_id] = FeatureInfo(
+                e.feature_id, view, old.dtype if old else "", version, versions
+            )
+            self._tables.add(e.source_table)
+            edge = ("PRODUCED_BY", e.feature_id, e.source_table)
+            if edge not in self._edges:
+                self._edges[edge] = _Validity(ts, None, "online")
+            served = self._served.get((e.feature_id, e.service))
+            count = (served.count if served else 0) + (e.served_count if fresh else 0)
+            last = max(ts, served.last_seen_ms if served else 0)
+            self._served[(e.feature_id, e.service)] = ServedBy(e.service, count, last)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def _out(self, kind: str, src: str, at: int | None) -> list[str]:
+        return sorted(b for (k, a, b), v in self._edges.items() if k == kind and a == src and v.live(at))
+
+    def _in(self, kind: str, dst: str, at: int | None) -> list[str]:
+        return sorted(a for (k, a, b), v in self._edges.items() if k == kind and b == dst and v.live(at))
+
+    async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None:
+        f = self._features.get(feature_id)
+        if f is None or (as_of_ms is not None and not self._in("CONTAINS", feature_id, as_of_ms)):
+            return None
+        return f
+
+    def _walk(self, start: str, depth: int, step: str, at: int | None) -> list[str]:
+        seen: list[str] = []
+        frontier = [start]
+        for _ in range(depth):
+            nxt = []
+            for node in frontier:
+                for other in (
+                    self._out("DERIVED_FROM", node, at)
+                    if step == "out"
+                    else self._in("DERIVED_FROM", node, at)
+                ):
+                    if other != start and other not in seen:
+                        seen.append(other)
+                        nxt.append(other)
+            frontier = nxt
+        return sorted(seen)
+
+    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        return self._walk(feature_id, depth, "out", as_of_ms)
+
+    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        return self._walk(feature_id, depth, "in", as_of_ms)
+
+    async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
+        return sorted(
+            (
+                TableRef(b, v.role)
+                for (k, a, b), v in self._edges.items()
+                if k == "PRODUCED_BY" and a == feature_id and v.live(as_of_ms)
+            ),
+            key=lambda t: (t.role, t.name),
+        )
+
+    async def served_by(self, feature_id: str) -> list[ServedBy]:
+        return sorted((s for (f, _), s in self._served.items() if f == feature_id), key=lambda s: s.server)
+
+    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
+        return self._in("USES", feature_id, as_of_ms)
+
+    async def table_exists(self, name: str) -> bool:
+        return name in self._tables
+
+    async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]:
+        return self._in("PRODUCED_BY", name, as_of_ms)
+
+    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
+        direct = self._in("PRODUCED_BY", table, as_of_ms)
+        features = set(direct)
+        for f in direct:
+            features.update(self._walk(f, depth, "in", as_of_ms))
+        services = {s for f in features for s in self._in("USES", f, as_of_ms)}
+        return Impact(tuple(sorted(features)), tuple(sorted(services)))
+
+    async def events(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[LineageEvent]:
+        out = [
+            e
+            for fid, ts, e in self._events
+            if fid == feature_id
+            and (since_ms is None or ts >= since_ms)
+            and (until_ms is None or ts < until_ms)
+        ]
+        out.sort(key=lambda e: (e.timestamp, e.service))
+        return out[-limit:]

@@ -1,0 +1,127 @@
+"""The LineageGraph contract: the in-process graph and the Bolt adapter (against a real
+ArcadeDB Bolt server) give the same answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureRef, FeatureService, FeatureView
+from featurestore.registry.definitions import make_definitions
+from featurestore.registry.snapshot import RegistrySnapshot, new_snapshot
+from lineage.events import LineageEvent
+from lineage.graph.base import LineageGraph, definition_facts
+from lineage.graph.bolt import BoltGraph
+from lineage.graph.memory import InMemoryGraph
+from tests.servers import ArcadeServer
+
+U = Entity("user_id", DType.INT64)
+RAW = FeatureView(
+    "raw",
+    (U,),
+    (Feature("clicks", DType.INT64), Feature("views", DType.INT64)),
+    batch_source=BatchSource(table="warehouse.events"),
+    upstream=("warehouse.events",),
+)
+DERIVED = FeatureView("derived", (U,), (Feature("ctr", DType.FLOAT64),), upstream=("raw:clicks", "raw:views"))
+SCORE = FeatureView("score", (U,), (Feature("rank", DType.FLOAT64),), upstream=("derived:ctr", "ml.models"))
+SVC = FeatureService("ranker", (FeatureRef("score", "rank"), FeatureRef("raw", "clicks")))
+
+
+def snap(
+    version: int, created: str, *views: FeatureView, services: tuple[FeatureService, ...] = (SVC,)
+) -> RegistrySnapshot:
+    s = new_snapshot(make_definitions("p", [U], list(views), list(services)), version)
+    return RegistrySnapshot(s.version, s.fingerprint, s.definitions, created, "", s.feature_versions)
+
+
+def event(fid: str, ts: str, count: int, service: str = "fs@a", version: int = 1) -> LineageEvent:
+    return LineageEvent(
+        feature_id=fid, feature_version=version, source_table=f"redis://fs/p/{fid.split(':')[0]}",
+        timestamp=ts, upstream_deps=["warehouse.events"], registry_version=1, served_count=count,
+        trace_ids=["4bf92f3577b34da6a3ce929d0e0e4736"], service=service,
+    )  # fmt: skip
+
+
+@pytest.fixture(params=["memory", "bolt"])
+async def graph(request: pytest.FixtureRequest) -> AsyncIterator[LineageGraph]:
+    g: LineageGraph
+    if request.param == "memory":
+        g = InMemoryGraph()
+    else:
+        server: ArcadeServer = request.getfixturevalue("arcade")
+        server.wipe()
+        g = BoltGraph(server.uri, server.USER, server.PASSWORD, server.DATABASE)
+    await g.start()
+    yield g
+    await g.close()
+
+
+async def test_definitions_give_lineage_before_any_read(graph: LineageGraph) -> None:
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    f = await graph.feature("score:rank")
+    assert f is not None and f.view == "score" and f.dtype == "float64" and f.version == 1
+    assert await graph.upstream("score:rank", 1) == ["derived:ctr"]
+    assert await graph.upstream("score:rank", 2) == ["derived:ctr", "raw:clicks", "raw:views"]
+    assert await graph.downstream("raw:clicks", 5) == ["derived:ctr", "score:rank"]
+    assert [(t.name, t.role) for t in await graph.produced_by("raw:clicks")] == [
+        ("clickhouse://warehouse.events", "batch"),
+        ("warehouse.events", "upstream"),
+    ]
+    assert await graph.services_using("raw:clicks") == ["ranker"]
+    assert await graph.table_exists("warehouse.events") and not await graph.table_exists("nope.nope")
+    assert await graph.table_features("warehouse.events") == ["raw:clicks", "raw:views"]
+    impact = await graph.impact("warehouse.events", 5)
+    assert impact.features == ("derived:ctr", "raw:clicks", "raw:views", "score:rank")
+    assert impact.feature_services == ("ranker",)
+    shallow = await graph.impact("warehouse.events", 1)
+    assert "score:rank" not in shallow.features
+    assert await graph.feature("nope:nope") is None
+
+
+async def test_events_are_idempotent_and_counted(graph: LineageGraph) -> None:
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    batch = [event("raw:clicks", "2024-01-01T00:00:07Z", 5), event("raw:clicks", "2024-01-01T00:00:08Z", 7)]
+    for _ in range(3):  # redelivery
+        await graph.write_events(batch)
+    await graph.write_events([event("raw:clicks", "2024-01-01T00:00:09Z", 1, service="fs@b")])
+    served = await graph.served_by("raw:clicks")
+    assert [(s.server, s.count) for s in served] == [("fs@a", 12), ("fs@b", 1)]
+    assert served[0].last_seen_ms == 1704067208000
+    online = [t for t in await graph.produced_by("raw:clicks") if t.role == "online"]
+    assert [t.name for t in online] == ["redis://fs/p/raw"]
+    events = await graph.events("raw:clicks", None, None, 100)
+    assert [e.timestamp for e in events] == [
+        "2024-01-01T00:00:07Z",
+        "2024-01-01T00:00:08Z",
+        "2024-01-01T00:00:09Z",
+    ]
+    window = await graph.events("raw:clicks", 1704067208000, 1704067209000, 100)
+    assert [e.served_count for e in window] == [7]
+    assert window[0].trace_ids == ["4bf92f3577b34da6a3ce929d0e0e4736"]
+    assert [e.timestamp for e in await graph.events("raw:clicks", None, None, 2)] == [
+        "2024-01-01T00:00:08Z",
+        "2024-01-01T00:00:09Z",
+    ]
+
+
+async def test_lineage_as_of_a_past_time(graph: LineageGraph) -> None:
+    t1, t2 = "2024-01-01T00:00:00.000000Z", "2024-02-01T00:00:00.000000Z"
+    await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))
+    # v2: score no longer derives from derived:ctr, the ranker service drops raw:clicks
+    score2 = FeatureView("score", (U,), (Feature("rank", DType.FLOAT64),), upstream=("raw:views",))
+    svc2 = FeatureService("ranker", (FeatureRef("score", "rank"),))
+    await graph.apply_definitions(definition_facts(snap(2, t2, RAW, DERIVED, score2, services=(svc2,))))
+    jan15, now = 1705276800000, None
+    assert await graph.upstream("score:rank", 1, now) == ["raw:views"]
+    assert await graph.upstream("score:rank", 1, jan15) == ["derived:ctr"]
+    assert await graph.services_using("raw:clicks", now) == []
+    assert await graph.services_using("raw:clicks", jan15) == ["ranker"]
+    assert await graph.feature("score:rank", 1600000000000) is None  # before it existed
+    f = await graph.feature("score:rank")
+    assert f is not None and f.versions == (1, 2) and f.version == 2
