@@ -52,6 +52,37 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "feature-lineage-v1"
+    partitions: int = 6
+    replication_factor: int = 1
+    group_id: str = "featurestore-lineage"
+    buffer_messages: int = 100_000
+    buffer_seconds: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class BoltConfig:
+    uri: str = "bolt://127.0.0.1:7687"
+    user: str = "neo4j"
+    password: str = ""
+    database: str = ""  # empty: the server's default database
+
+
+@dataclass(frozen=True, slots=True)
+class LineageConfig:
+    enabled: bool = True
+    window_seconds: float = 1.0
+    queue_size: int = 10_000
+    sink: str = "memory"  # memory (straight into the in-process graph) | kafka
+    graph: str = "memory"  # memory | bolt (Neo4j)
+    graphql: bool = True  # serve /graphql from `graph`
+    kafka: KafkaConfig = KafkaConfig()
+    bolt: BoltConfig = BoltConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     project: str = "demo"
     http: ListenConfig = ListenConfig()
@@ -64,6 +95,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
+    lineage: LineageConfig = LineageConfig()
     log_level: str = "info"
     access_log: bool = False
 

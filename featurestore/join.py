@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry.trace import Span
 
@@ -77,11 +77,24 @@ class JoinResult(NamedTuple):
     plan: JoinPlan
 
 
+class ServedRecorder(Protocol):
+    """Told about every successful join (lineage); must return at once."""
+
+    def record(self, plan: JoinPlan, state: ServingState, rows: int, span: Any) -> None: ...
+
+
 class JoinEngine:
-    def __init__(self, stores: Mapping[str, OnlineSource], state: ServingState, limits: Limits) -> None:
+    def __init__(
+        self,
+        stores: Mapping[str, OnlineSource],
+        state: ServingState,
+        limits: Limits,
+        recorder: ServedRecorder | None = None,
+    ) -> None:
         self.stores = dict(stores)
         self.state = state
         self.limits = limits
+        self.recorder = recorder
 
     def swap(self, state: ServingState) -> None:
         """Publish a new registry state; requests already running keep the old one."""
@@ -140,6 +153,8 @@ class JoinEngine:
             served = str(state.version)
             metrics.service_requests(service, served).inc()
             metrics.service_duration(service, served).observe(time.perf_counter() - t0)
+        if self.recorder is not None:
+            self.recorder.record(plan, state, n, span)
         return JoinResult(columns, state.version, partial, n, plan)
 
     async def _fan_out(

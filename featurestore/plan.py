@@ -31,7 +31,7 @@ class OutputColumn:
     column_slot: int  # index into JoinPlan.views[view_slot].features
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity hash: plans key per-request aggregates
 class JoinPlan:
     views: tuple[ViewPlan, ...]
     outputs: tuple[OutputColumn, ...]  # in request order

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -34,6 +35,7 @@ from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
 from featurestore.materialize import Materializer, MaterializeResult, Progress
+from featurestore.model import FeatureView
 from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
 from featurestore.push import PushService
@@ -47,6 +49,12 @@ from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource,
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.tracing import setup_tracing
+from lineage.emitter import EmitterConfig, LineageEmitter
+from lineage.graph.base import LineageGraph, definition_facts
+from lineage.graph.bolt import BoltGraph
+from lineage.graph.memory import InMemoryGraph
+from lineage.graphql import LineageGraphQL
+from lineage.sinks import InProcessSink, KafkaSink, KafkaSinkConfig, LineageSink
 
 log = logging.getLogger("featurestore")
 
@@ -125,6 +133,7 @@ class Runtime:
     registry: Registry
     stores: dict[str, OnlineSource]
     engine: JoinEngine
+    lineage: Lineage | None = None
     stopping: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -155,9 +164,74 @@ class Runtime:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.lineage is not None:
+            await self.lineage.close()
         for s in self.stores.values():
             await s.close()
         await self.registry.close()
+
+
+@dataclass
+class Lineage:
+    """The serving process's lineage parts: emitter, and the graph GraphQL reads."""
+
+    emitter: LineageEmitter
+    graph: LineageGraph | None  # None when this process does not serve GraphQL
+    writes_definitions: bool  # the in-process graph learns definitions from swaps
+
+    async def close(self) -> None:
+        await self.emitter.close()
+        if self.graph is not None:
+            await self.graph.close()
+
+
+def make_graph(config: Config) -> LineageGraph:
+    lc = config.lineage
+    if lc.graph == "memory":
+        return InMemoryGraph()
+    if lc.graph == "bolt":
+        return BoltGraph(lc.bolt.uri, lc.bolt.user, lc.bolt.password, lc.bolt.database or None)
+    raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
+
+
+async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> Lineage | None:
+    lc = config.lineage
+    if not lc.enabled:
+        return None
+    if lc.sink == "memory" and lc.graph != "memory":
+        raise InvalidArgument("lineage.sink memory writes the in-process graph: set lineage.graph to memory")
+    graph = make_graph(config) if (lc.graphql or lc.sink == "memory") else None
+    if graph is not None:
+        await graph.start()
+    sink: LineageSink
+    if lc.sink == "memory":
+        assert graph is not None
+        sink = InProcessSink(graph)
+    elif lc.sink == "kafka":
+        k = lc.kafka
+        sink = KafkaSink(
+            KafkaSinkConfig(
+                bootstrap_servers=k.bootstrap_servers,
+                topic=k.topic,
+                partitions=k.partitions,
+                replication_factor=k.replication_factor,
+                buffer_messages=k.buffer_messages,
+                buffer_seconds=k.buffer_seconds,
+            )
+        )
+    else:
+        raise InvalidArgument(f"lineage.sink {lc.sink!r} is not supported; use memory or kafka")
+
+    def table_uri(view: FeatureView) -> str | None:
+        store = stores.get(view.online_store)
+        return None if store is None else store.table_uri(view)
+
+    service = f"featurestore@{socket.gethostname()}:{config.http.port}"
+    emitter = LineageEmitter(
+        sink, table_uri, EmitterConfig(lc.window_seconds, lc.queue_size, service=service)
+    )
+    await emitter.start()
+    return Lineage(emitter, graph, writes_definitions=lc.graph == "memory")
 
 
 async def prepare_views(stores: Mapping[str, OnlineSource], snapshot: RegistrySnapshot) -> None:
@@ -189,9 +263,11 @@ async def build_runtime(config: Config) -> Runtime:
         await s.start()
     state = await serving_state(stores, reg, None)
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
-    engine = JoinEngine(stores, state, limits)
+    lineage = await build_lineage(config, stores)
+    engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
     engine.swap(state)
-    rt = Runtime(config, registry, stores, engine)
+    rt = Runtime(config, registry, stores, engine, lineage)
+    await _definitions_to_graph(rt, state.snapshot)
     rt.tasks.append(asyncio.create_task(_watch_registry(rt), name="registry-watch"))
     rt.tasks.append(asyncio.create_task(_report_registry_health(rt), name="registry-health"))
     return rt
@@ -234,6 +310,8 @@ async def _watch_registry(rt: Runtime) -> None:
             if new.same_as(current):
                 continue
             rt.engine.swap(new)
+            if new.version != current.version:
+                await _definitions_to_graph(rt, new.snapshot)
             canaries = ", ".join(f"{k} -> v{v[1].version} at {v[0]:.0%}" for k, v in new.canaries.items())
             log.info(
                 "now serving registry version %d%s",
@@ -242,6 +320,13 @@ async def _watch_registry(rt: Runtime) -> None:
             )
         except Exception:
             log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+
+
+async def _definitions_to_graph(rt: Runtime, snapshot: RegistrySnapshot) -> None:
+    """The in-process lineage graph learns definitions from the snapshots it serves, so
+    lineage exists before the first read (a Neo4j graph learns them from `apply`)."""
+    if rt.lineage is not None and rt.lineage.writes_definitions and rt.lineage.graph is not None:
+        await rt.lineage.graph.apply_definitions(definition_facts(snapshot))
 
 
 async def _report_registry_health(rt: Runtime) -> None:
@@ -313,10 +398,14 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     setup_tracing(config.tracing)
     rt = await build_runtime(config)
     push = PushService(rt.engine)
+    mounts: dict[str, Any] = {}
+    if rt.lineage is not None and rt.lineage.graph is not None and config.lineage.graphql:
+        mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
     http_api = HttpApi(
         rt.engine,
         push,
         rt.readiness,
+        mounts=mounts,
         max_body_bytes=config.limits.max_body_bytes,
         deadline_ms=config.limits.deadline_ms,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -39,6 +39,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JOIN_PATH = "/v1/feature/join"
 PUSH_PATH = "/v1/feature/push"
@@ -120,11 +121,14 @@ class HttpApi:
         *,
         max_body_bytes: int,
         deadline_ms: int,
+        mounts: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.join = JoinEndpoint(engine, deadline_ms)
         self.push = push
         self.app = _fastapi_app(engine, readiness, self)
+        for path, app in (mounts or {}).items():  # e.g. /graphql (lineage)
+            self.app.add_route(path, app, methods=["GET", "POST"], include_in_schema=False)  # type: ignore[arg-type]
         self._inflight = metrics.inflight("http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

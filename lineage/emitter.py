@@ -1,0 +1,194 @@
+"""Serving-side lineage: record what was served, emit one event per (feature, version)
+per window, never make a join wait.
+
+``record`` is called by the join engine for every successful join and costs one dict
+lookup and an addition: requests are aggregated per join plan (plans are cached per
+registry snapshot, so steady traffic has a handful). Once per window a background task
+expands plans into features, builds the events and puts them on a bounded queue; a
+second task hands queued events to the sink. A full queue drops the window's events and
+counts their served values as broken lineage; so does a feature whose source table cannot
+be resolved. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from featurestore.model import FeatureView
+from featurestore.plan import JoinPlan, ServingState
+from lineage import metrics
+from lineage.events import LineageEvent
+from lineage.sinks import LineageSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterConfig:
+    window_seconds: float = 1.0
+    queue_size: int = 10_000  # events waiting for the sink
+    trace_sample: int = 5  # trace ids kept per event
+    service: str = "featurestore"  # this server instance, e.g. featurestore@10.0.0.7:8080
+
+
+@dataclass(slots=True)
+class _Served:
+    """One plan's traffic in the current window."""
+
+    plan: JoinPlan
+    state: ServingState
+    rows: int = 0
+    spans: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Agg:
+    view: FeatureView
+    version: int
+    registry_version: int
+    count: int = 0
+    trace_ids: list[str] = field(default_factory=list)
+
+
+class LineageEmitter:
+    def __init__(
+        self,
+        sink: LineageSink,
+        table_uri: Callable[[FeatureView], str | None],
+        config: EmitterConfig | None = None,
+    ) -> None:
+        self.sink = sink
+        self.table_uri = table_uri
+        self.config = config or EmitterConfig()
+        self._window: dict[JoinPlan, _Served] = {}
+        self._window_start = time.time()
+        self._queue: asyncio.Queue[list[LineageEvent]] = asyncio.Queue()
+        self._queued = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- hot path --------------------------------------------------------------------
+
+    def record(self, plan: JoinPlan, state: ServingState, rows: int, span: Any) -> None:
+        served = self._window.get(plan)
+        if served is None:
+            served = self._window[plan] = _Served(plan, state)
+        served.rows += rows
+        if len(served.spans) < self.config.trace_sample:
+            served.spans.append(span)
+
+    # -- background ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sink.start()
+        self._tasks = [
+            asyncio.create_task(self._tick(), name="lineage-window"),
+            asyncio.create_task(self._drain(), name="lineage-sink"),
+        ]
+
+    async def close(self) -> None:
+        """Flush the last window, give the sink a moment, then stop."""
+        for t in self._tasks[:1]:
+            t.cancel()
+        self.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout=5.0)
+        for t in self._tasks[1:]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sink.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.window_seconds)
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the current window: build its events and queue them (never blocks)."""
+        window, self._window = self._window, {}
+        start, self._window_start = self._window_start, time.time()
+        if not window:
+            return
+        events, served, unresolved = self.build(window, start)
+        metrics.SERVED.inc(served)
+        if unresolved:
+            metrics.BROKEN.labels("unresolved").inc(unresolved)
+        if not events:
+            return
+        if self._queued + len(events) > self.config.queue_size:
+            metrics.BROKEN.labels("queue_full").inc(sum(e.served_count for e in events))
+            metrics.EVENTS.labels("dropped").inc(len(events))
+            return
+        self._queued += len(events)
+        metrics.QUEUE.set(self._queued)
+        metrics.EVENTS.labels("emitted").inc(len(events))
+        self._queue.put_nowait(events)
+
+    def build(self, window: dict[JoinPlan, _Served], start: float) -> tuple[list[LineageEvent], int, int]:
+        """Events of one window; also the served and unresolved value counts."""
+        aggs: dict[tuple[str, int], _Agg] = {}
+        served = unresolved = 0
+        for s in window.values():
+            snapshot = s.state.snapshot
+            trace_ids = [format(sp.get_span_context().trace_id, "032x") for sp in s.spans]
+            for vp in s.plan.views:
+                for fi in vp.features:
+                    fid = f"{vp.view.name}:{vp.view.features[fi].name}"
+                    version = snapshot.feature_versions.get(fid, snapshot.version)
+                    agg = aggs.get((fid, version))
+                    if agg is None:
+                        agg = aggs[(fid, version)] = _Agg(vp.view, version, snapshot.version)
+                    agg.count += s.rows
+                    agg.registry_version = max(agg.registry_version, snapshot.version)
+                    room = self.config.trace_sample - len(agg.trace_ids)
+                    if room > 0:
+                        agg.trace_ids += trace_ids[:room]
+        timestamp = datetime.fromtimestamp(int(start), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        events = []
+        for (fid, version), agg in aggs.items():
+            served += agg.count
+            table = self.table_uri(agg.view)
+            if table is None:
+                unresolved += agg.count
+                continue
+            events.append(
+                LineageEvent(
+                    feature_id=fid,
+                    feature_version=version,
+                    source_table=table,
+                    timestamp=timestamp,
+                    upstream_deps=upstream_deps(agg.view),
+                    registry_version=agg.registry_version,
+                    served_count=agg.count,
+                    trace_ids=agg.trace_ids,
+                    service=self.config.service,
+                )
+            )
+        return events, served, unresolved
+
+    async def _drain(self) -> None:
+        while True:
+            events = await self._queue.get()
+            try:
+                await self.sink.send(events)
+            except Exception:  # a sink must not kill the drain: count and go on
+                log.exception("lineage sink failed")
+                metrics.BROKEN.labels("undelivered").inc(sum(e.served_count for e in events))
+                metrics.EVENTS.labels("failed").inc(len(events))
+            finally:
+                self._queued -= len(events)
+                metrics.QUEUE.set(self._queued)
+                self._queue.task_done()
+
+
+def upstream_deps(view: FeatureView) -> list[str]:
+    deps = list(view.upstream)
+    if view.batch_source is not None and view.batch_source.uri not in deps:
+        deps.append(view.batch_source.uri)
+    return deps

@@ -1,0 +1,232 @@
+"""GraphQL over the lineage graph for analysts (strawberry, GraphiQL at ``/graphql``).
+
+    feature(id, asOf) { upstream(depth) downstream(depth) producedBy servedBy versions featureServices }
+    table(name, asOf) { features impact(depth) { features featureServices } }
+    lineageEvents(featureId, since, until, limit)
+
+Guards: ``depth`` is 1..5, ``limit`` 1..1000, lists over 1,000 items and queries nested
+deeper than 10 are refused; every problem is a GraphQL error in the response, never an
+HTTP 500.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.asgi import GraphQL
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.types import Info
+
+from lineage.events import LineageEvent
+from lineage.graph.base import MAX_DEPTH, FeatureInfo, LineageGraph
+
+MAX_RESULTS = 1000
+MAX_QUERY_DEPTH = 10
+
+
+def _graph(info: Info) -> LineageGraph:
+    graph: LineageGraph = info.context["graph"]
+    return graph
+
+
+def _ms(t: datetime | None) -> int | None:
+    if t is None:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
+
+
+def _depth(depth: int) -> int:
+    if not 1 <= depth <= MAX_DEPTH:
+        raise GraphQLError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
+    return depth
+
+
+def _bounded(items: list[Any], what: str) -> list[Any]:
+    if len(items) > MAX_RESULTS:
+        raise GraphQLError(
+            f"{what}: {len(items)} results exceed the limit of {MAX_RESULTS}; narrow the query"
+        )
+    return items
+
+
+@strawberry.type(
+    description="Where a feature's values come from (online store, batch source, upstream table)."
+)
+class TableRef:
+    name: str
+    role: str
+
+
+@strawberry.type(description="A serving instance that served the feature, with counts.")
+class ServedBy:
+    server: str
+    count: int
+    last_seen: datetime
+
+
+@strawberry.type(description="What a change to a table affects.")
+class Impact:
+    features: list[str]
+    feature_services: list[str]
+
+
+@strawberry.type(description="One served (feature, version) in one window on one server.")
+class LineageEventType:
+    feature_id: str
+    feature_version: int
+    source_table: str
+    timestamp: str
+    upstream_deps: list[str]
+    registry_version: int
+    served_count: int
+    trace_ids: list[str]
+    service: str
+
+    @staticmethod
+    def of(e: LineageEvent) -> LineageEventType:
+        return LineageEventType(
+            feature_id=e.feature_id,
+            feature_version=e.feature_version,
+            source_table=e.source_table,
+            timestamp=e.timestamp,
+            upstream_deps=list(e.upstream_deps),
+            registry_version=e.registry_version,
+            served_count=e.served_count,
+            trace_ids=list(e.trace_ids),
+            service=e.service,
+        )
+
+
+@strawberry.type(description="A feature, 'view:feature'.")
+class Feature:
+    id: str
+    view: str
+    dtype: str
+    version: int = strawberry.field(description="Registry version in which its definition last changed.")
+    versions: list[int]
+    as_of: strawberry.Private[int | None]
+
+    @staticmethod
+    def of(f: FeatureInfo, as_of: int | None) -> Feature:
+        return Feature(
+            id=f.id, view=f.view, dtype=f.dtype, version=f.version, versions=list(f.versions), as_of=as_of
+        )
+
+    async def _features(self, info: Info, ids: list[str]) -> list[Feature]:
+        graph = _graph(info)
+        out = []
+        for fid in _bounded(ids, "features"):
+            f = await graph.feature(fid, self.as_of) or FeatureInfo(fid, fid.partition(":")[0], "", 0, ())
+            out.append(Feature.of(f, self.as_of))
+        return out
+
+    @strawberry.field(description="Features this one derives from, up to `depth` hops.")
+    async def upstream(self, info: Info, depth: int = 1) -> list[Feature]:
+        return await self._features(info, await _graph(info).upstream(self.id, _depth(depth), self.as_of))
+
+    @strawberry.field(description="Features derived from this one, up to `depth` hops.")
+    async def downstream(self, info: Info, depth: int = 1) -> list[Feature]:
+        return await self._features(info, await _graph(info).downstream(self.id, _depth(depth), self.as_of))
+
+    @strawberry.field(description="Tables the feature is produced by: online store, batch source, upstream.")
+    async def produced_by(self, info: Info) -> list[TableRef]:
+        refs = await _graph(info).produced_by(self.id, self.as_of)
+        return [TableRef(name=t.name, role=t.role) for t in _bounded(refs, "producedBy")]
+
+    @strawberry.field(description="Serving instances that served it, with value counts.")
+    async def served_by(self, info: Info) -> list[ServedBy]:
+        rows = await _graph(info).served_by(self.id)
+        return [
+            ServedBy(
+                server=s.server, count=s.count, last_seen=datetime.fromtimestamp(s.last_seen_ms / 1000, UTC)
+            )
+            for s in _bounded(rows, "servedBy")
+        ]
+
+    @strawberry.field(description="Feature services that use it.")
+    async def feature_services(self, info: Info) -> list[str]:
+        return _bounded(await _graph(info).services_using(self.id, self.as_of), "featureServices")
+
+
+@strawberry.type(description="A table: an online store table, a batch source or an upstream warehouse table.")
+class Table:
+    name: str
+    as_of: strawberry.Private[int | None]
+
+    @strawberry.field(description="Features produced by this table.")
+    async def features(self, info: Info) -> list[Feature]:
+        graph = _graph(info)
+        out = []
+        for fid in _bounded(await graph.table_features(self.name, self.as_of), "features"):
+            f = await graph.feature(fid, self.as_of)
+            if f is not None:
+                out.append(Feature.of(f, self.as_of))
+        return out
+
+    @strawberry.field(
+        description="Features (derived up to `depth` hops) and feature services affected by a change."
+    )
+    async def impact(self, info: Info, depth: int = 3) -> Impact:
+        result = await _graph(info).impact(self.name, _depth(depth), self.as_of)
+        return Impact(
+            features=_bounded(list(result.features), "impact.features"),
+            feature_services=_bounded(list(result.feature_services), "impact.featureServices"),
+        )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One feature by id ('view:feature'); asOf answers for a past instant.")
+    async def feature(self, info: Info, id: str, as_of: datetime | None = None) -> Feature | None:
+        at = _ms(as_of)
+        f = await _graph(info).feature(id, at)
+        return None if f is None else Feature.of(f, at)
+
+    @strawberry.field(
+        description="One table by name, e.g. 'warehouse.users' or 'redis://fs/demo/user_profile'."
+    )
+    async def table(self, info: Info, name: str, as_of: datetime | None = None) -> Table | None:
+        if not await _graph(info).table_exists(name):
+            return None
+        return Table(name=name, as_of=_ms(as_of))
+
+    @strawberry.field(
+        description="Lineage events of a feature in [since, until), oldest first, at most `limit`."
+    )
+    async def lineage_events(
+        self,
+        info: Info,
+        feature_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[LineageEventType]:
+        if not 1 <= limit <= MAX_RESULTS:
+            raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
+        events = await _graph(info).events(feature_id, _ms(since), _ms(until), limit)
+        return [LineageEventType.of(e) for e in events]
+
+
+schema = strawberry.Schema(
+    query=Query,
+    extensions=[
+        lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=30),
+    ],
+)
+
+
+class LineageGraphQL(GraphQL):
+    """The ASGI app mounted at /graphql."""
+
+    def __init__(self, graph: LineageGraph) -> None:
+        super().__init__(schema, graphql_ide="graphiql", allow_queries_via_get=True)
+        self.graph = graph
+
+    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {"request": request, "response": response, "graph": self.graph}

@@ -1,0 +1,62 @@
+"""Prometheus metrics of the lineage pipeline (``featurestore_lineage_*``).
+
+The break rate SREs alert on (deploy/prometheus: FeatureSourceDown) is
+``rate(featurestore_lineage_broken_total) / rate(featurestore_lineage_served_total)``:
+served feature values whose lineage could not be resolved or delivered, over all
+served feature values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from featurestore.metrics import LATENCY_BUCKETS
+
+SERVED = Counter(
+    "featurestore_lineage_served_total",
+    "Feature values served, as accounted by lineage (the break rate's denominator).",
+)
+BROKEN = Counter(
+    "featurestore_lineage_broken_total",
+    "Served feature values whose lineage was not resolved or not delivered, by reason.",
+    ["reason"],  # unresolved | queue_full | sink_buffer_full | undelivered
+)
+EVENTS = Counter(
+    "featurestore_lineage_events_total",
+    "Lineage events by outcome (emitted, delivered, failed, dropped).",
+    ["outcome"],
+)
+QUEUE = Gauge(
+    "featurestore_lineage_queue_events",
+    "Lineage events waiting for the sink.",
+    multiprocess_mode="livesum",
+)
+SINK_UP = Gauge(
+    "featurestore_lineage_sink_up",
+    "1 while the lineage sink delivers, 0 while it buffers or drops.",
+    ["sink"],
+    multiprocess_mode="livemin",
+)
+CONSUMED = Counter(
+    "featurestore_lineage_consumed_total",
+    "Lineage messages taken off Kafka by the consumer, by outcome (written, dead_letter).",
+    ["outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "featurestore_lineage_consumer_lag_messages",
+    "Messages in the topic not yet committed by the consumer group, by partition.",
+    ["partition"],
+)
+GRAPH_WRITE = Histogram(
+    "featurestore_lineage_graph_write_seconds",
+    "Time to write one batch of lineage events into the graph.",
+    buckets=LATENCY_BUCKETS,
+)
+EVENT_TO_GRAPH = Histogram(
+    "featurestore_lineage_event_to_graph_seconds",
+    "From the end of an event's window on the server to the event written in the graph.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+)
+
+for _reason in ("unresolved", "queue_full", "sink_buffer_full", "undelivered"):
+    BROKEN.labels(_reason)  # every reason exists from the start, so rates are 0, not absent
