@@ -140,6 +140,17 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("service")
         cp.set_defaults(func=cmd_canary_promote if name == "promote" else cmd_canary_abort)
 
+    lg = sub.add_parser("lineage", help="lineage pipeline commands")
+    lsub = lg.add_subparsers(dest="lineage_command", required=True)
+    lc = lsub.add_parser("consume", help="write lineage events from Kafka into the graph until stopped")
+    lc.add_argument("--config", help="server config: lineage.kafka and lineage.bolt")
+    lc.add_argument(
+        "--metrics-port", type=int, default=9108, help="Prometheus metrics of the consumer (0: off)"
+    )
+    lc.add_argument("--batch-size", type=int, default=500)
+    lc.add_argument("--log-level", default=os.environ.get("FEATURESTORE_LOG_LEVEL", "info"))
+    lc.set_defaults(func=cmd_lineage_consume)
+
     dd = sub.add_parser("ddl", help="print the ClickHouse DDL of the online tables the server uses")
     dd.add_argument("--config", help="server config naming the registry and stores")
     dd.set_defaults(func=cmd_ddl)
@@ -515,6 +526,29 @@ def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
     return 0
 
 
+def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> None:
+    """With a Neo4j lineage graph, applying definitions writes views, services and
+    DERIVED_FROM edges there, so lineage exists before the first read."""
+    from featurestore import server
+    from featurestore.config import load_config
+    from lineage.graph.base import definition_facts
+
+    config = load_config(getattr(args, "config", None))
+    if not config.lineage.enabled or config.lineage.graph != "bolt":
+        return
+
+    async def write() -> None:
+        graph = server.make_graph(config)
+        await graph.start()
+        try:
+            await graph.apply_definitions(definition_facts(snapshot))
+        finally:
+            await graph.close()
+
+    asyncio.run(write())
+    print(f"lineage graph: definitions of version {snapshot.version} written to {config.lineage.bolt.uri}")
+
+
 def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
     rows = _admin(args, lambda a: a.history())
     if not rows:
@@ -549,6 +583,8 @@ def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.registry.diff import render
 
     result = _admin(args, lambda a: a.rollback(args.version, force=args.force))
+    if result.snapshot is not None:
+        _definitions_to_lineage_graph(args, result.snapshot)
     if result.snapshot is None:
         print(f"no changes: the current snapshot already holds version {args.version}'s definitions")
         return 0
@@ -593,6 +629,50 @@ def cmd_canary_abort(args: argparse.Namespace, _argv: list[str]) -> int:
     print(
         f"aborted: {args.service} is served from current again (candidate version {c.candidate_version} unused)"
     )
+    return 0
+
+
+def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from featurestore import server
+    from featurestore.config import load_config
+    from lineage.consumer import ConsumerConfig, LineageConsumer
+
+    config = load_config(args.config)
+    k = config.lineage.kafka
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+
+    async def run() -> None:
+        graph = server.make_graph(config)
+        await graph.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        consumer = LineageConsumer(
+            ConsumerConfig(
+                bootstrap_servers=k.bootstrap_servers,
+                topic=k.topic,
+                group_id=k.group_id,
+                dead_letter_topic=f"{k.topic}.dlq",
+                batch_size=args.batch_size,
+                window_seconds=config.lineage.window_seconds,
+            ),
+            graph,
+        )
+        try:
+            await consumer.run(stop)
+        finally:
+            await graph.close()
+        print(
+            f"lineage consumer stopped: {consumer.written} events written, {consumer.dead_lettered} dead-lettered"
+        )
+
+    asyncio.run(run())
     return 0
 
 

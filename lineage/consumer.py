@@ -46,6 +46,7 @@ class LineageConsumer:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": config.bootstrap_servers,
+                "log.connection.close": False,
                 "group.id": config.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

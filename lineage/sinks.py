@@ -80,6 +80,7 @@ class KafkaSink:
         self._producer = Producer(
             {
                 "bootstrap.servers": config.bootstrap_servers,
+                "log.connection.close": False,
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": config.linger_ms,
@@ -106,8 +107,6 @@ class KafkaSink:
         await asyncio.to_thread(self._producer.flush, 5.0)
 
     async def send(self, events: Sequence[LineageEvent]) -> None:
-        if not self._topic_ready:
-            await self._ensure_topic()
         for event in events:
             try:
                 self._producer.produce(
@@ -122,7 +121,8 @@ class KafkaSink:
         self._producer.poll(0)
 
     async def _ensure_topic(self) -> None:
-        """Create the topic when missing; best effort (a broker may auto-create it)."""
+        """Create the topic when missing; best effort, from the poller only (``send``
+        never waits for it: events queue in the buffer meanwhile)."""
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
         def create() -> bool:
@@ -149,9 +149,16 @@ class KafkaSink:
             log.warning("cannot create lineage topic %s yet: %s", self.config.topic, e)
 
     async def _poll(self) -> None:
-        """Serve delivery callbacks (they run on this, the event loop's, thread)."""
+        """Serve delivery callbacks (they run on this, the event loop's, thread), and
+        while events wait in the buffer make sure their topic exists: a broker that
+        came back without it would otherwise hold them until they expire."""
+        checked = 0.0
         while True:
             self._producer.poll(0)
+            now = time.monotonic()
+            if (not self._topic_ready or len(self._producer)) and now - checked > 5.0:
+                checked = now
+                await self._ensure_topic()
             await asyncio.sleep(0.05)
 
     def delivered(self, served: int, error: Any) -> None:
@@ -159,6 +166,8 @@ class KafkaSink:
             metrics.EVENTS.labels("delivered").inc()
             self._up.set(1)
             return
+        if "UNKNOWN_TOPIC" in str(error):
+            self._topic_ready = False  # e.g. a broker that lost its topics: create it again
         log.warning("lineage event not delivered: %s", error)
         self._up.set(0)
         metrics.EVENTS.labels("failed").inc()

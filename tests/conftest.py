@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.demo.data import ensure_demo_data
-from tests.servers import ArcadeServer, EtcdServer, RedisCluster, RedisServer
+from tests.servers import ArcadeServer, EtcdServer, RedisCluster, RedisServer, TansuBroker
 from tests.support import ServerProcess, write_test_repo
 
 
@@ -74,3 +74,10 @@ def arcade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeServer]:
     server = ArcadeServer(tmp_path_factory.mktemp("arcadedb")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[TansuBroker]:
+    broker = TansuBroker().start()
+    yield broker
+    broker.stop()

