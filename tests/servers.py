@@ -306,7 +306,7 @@ class TansuBroker:
         try:
             AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
             return True
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             return False
 
     def stop(self) -> None:
