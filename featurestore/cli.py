@@ -523,6 +523,7 @@ def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
         print(f"dry run: would publish version {(result.previous or 0) + 1}")
     else:
         print(f"published registry version {result.snapshot.version} (was {result.previous})")
+        _definitions_to_lineage_graph(args, result.snapshot)
     return 0
 
 
@@ -660,6 +661,8 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
                 group_id=k.group_id,
                 dead_letter_topic=f"{k.topic}.dlq",
                 batch_size=args.batch_size,
+                session_timeout_ms=k.session_timeout_ms,
+                heartbeat_interval_ms=max(k.session_timeout_ms // 5, 100),
                 window_seconds=config.lineage.window_seconds,
             ),
             graph,

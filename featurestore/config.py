@@ -58,6 +58,7 @@ class KafkaConfig:
     partitions: int = 6
     replication_factor: int = 1
     group_id: str = "featurestore-lineage"
+    session_timeout_ms: int = 10_000  # consumer group session
     buffer_messages: int = 100_000
     buffer_seconds: int = 120
 

@@ -239,6 +239,7 @@ feature_views:
     entities: [user_id]
     ttl: 3650d
     batch_source: {{path: {users_parquet}}}
+    upstream: [warehouse.users]
     features:
       - {{name: age, dtype: int64}}
       - {{name: tenure_days, dtype: int64}}
@@ -272,6 +273,7 @@ feature_views:
     online_store: local
     entities: [user_id, item_id]
     batch_source: {{path: user_item.parquet}}
+    upstream: [user_profile:age, item:price, warehouse.clicks]
     features:
       - {{name: affinity, dtype: float64}}
   - name: merchant
