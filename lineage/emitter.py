@@ -68,7 +68,8 @@ class LineageEmitter:
         self.table_uri = table_uri
         self.config = config or EmitterConfig()
         self._window: dict[JoinPlan, _Served] = {}
-        self._window_start = time.time()
+        w = self.config.window_seconds
+        self._window_start = time.time() // w * w  # windows align to the clock
         self._queue: asyncio.Queue[list[LineageEvent]] = asyncio.Queue()
         self._queued = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,14 +106,21 @@ class LineageEmitter:
         await self.sink.close()
 
     async def _tick(self) -> None:
+        # Windows are aligned to the clock (whole seconds for 1 s windows), so an event's
+        # timestamp is its window's exact start on every server.
+        w = self.config.window_seconds
         while True:
-            await asyncio.sleep(self.config.window_seconds)
+            await asyncio.sleep(w - (time.time() % w))
             self.flush()
 
     def flush(self) -> None:
         """Close the current window: build its events and queue them (never blocks)."""
         window, self._window = self._window, {}
-        start, self._window_start = self._window_start, time.time()
+        w = self.config.window_seconds
+        start = self._window_start
+        # The tick fires at a clock boundary (give or take scheduling jitter): the next
+        # window starts there. Timestamps never repeat: they identify events.
+        self._window_start = max(round(time.time() / w) * w, start + w)
         if not window:
             return
         events, served, unresolved = self.build(window, start)
@@ -149,7 +157,7 @@ class LineageEmitter:
                     room = self.config.trace_sample - len(agg.trace_ids)
                     if room > 0:
                         agg.trace_ids += trace_ids[:room]
-        timestamp = datetime.fromtimestamp(int(start), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        timestamp = _iso(start)
         events = []
         for (fid, version), agg in aggs.items():
             served += agg.count
@@ -185,6 +193,13 @@ class LineageEmitter:
                 self._queued -= len(events)
                 metrics.QUEUE.set(self._queued)
                 self._queue.task_done()
+
+
+def _iso(t: float) -> str:
+    whole = int(t)
+    base = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = round((t - whole) * 1000)
+    return f"{base}.{frac:03d}Z" if frac else f"{base}Z"
 
 
 def upstream_deps(view: FeatureView) -> list[str]:

@@ -61,7 +61,7 @@ async def test_window_aggregates_per_feature_and_version() -> None:
     for i in range(3):
         em.record(p_xy, STATE, 10, span(i + 1))
     em.record(p_x, STATE, 5, span(99))
-    events, served, unresolved = em.build(em._window, 1_704_067_207.5)
+    events, served, unresolved = em.build(em._window, 1_704_067_207.0)
     by_id = {e.feature_id: e for e in events}
     assert set(by_id) == {"a:x", "a:y"}
     assert by_id["a:x"].served_count == 35 and by_id["a:y"].served_count == 30
