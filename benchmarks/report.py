@@ -68,7 +68,14 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-PARTS = ("feast.md", "clickhouse.md", "footprint-demo.md", "footprint-no-clickhouse.md", "lineage.md")
+PARTS = (
+    "feast.md",
+    "clickhouse.md",
+    "footprint-demo.md",
+    "footprint-no-clickhouse.md",
+    "lineage.md",
+    "lineage-latency.md",
+)
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
