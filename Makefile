@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus wrk
 PYTEST_ARGS ?=
 
-.PHONY: help run test venv install system-deps lint format types proto unit bench clean
+.PHONY: help run test venv install system-deps lint format types proto unit bench bench-feast clean
 
 help:
 	@echo "make run      create .venv, install, serve the 100k-user demo (HTTP :8080, gRPC :50051)"
 	@echo "make test     install test deps (pip + apt), lint, type-check, run pytest on real servers"
 	@echo "make proto    regenerate gRPC code from proto/"
-	@echo "make bench    benchmarks side by side with Feast (writes benchmarks/RESULTS.md)"
+	@echo "make bench    every benchmark: Feast side by side, ClickHouse, lineage, footprint (~30 min;"
+	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,8 +57,14 @@ test: $(STAMP) system-deps lint types
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit tests/contract $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps
+bench-feast: $(STAMP) system-deps
 	$(PY) -m benchmarks.run
+
+bench: bench-feast
+	$(PY) -m benchmarks.clickhouse_point_reads
+	$(PY) -m benchmarks.lineage
+	$(PY) -m benchmarks.footprint --runs 3
+	$(PY) -m benchmarks.footprint --runs 3 --no-clickhouse
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,9 +1,8 @@
 """Composition root: configuration -> components -> HTTP + gRPC servers -> lifecycle.
 
 The only module that knows every concrete class. One process runs one event loop
-(uvloop) serving uvicorn and grpc.aio side by side over one ``JoinEngine``. With
-``workers > 1`` a small supervisor starts that many such processes; each binds the
-same ports with SO_REUSEPORT and the kernel spreads connections across them.
+(uvloop) serving uvicorn and grpc.aio side by side over one ``JoinEngine``; several
+such processes on a host are the supervisor's job (``featurestore/supervisor.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +14,8 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -471,66 +465,3 @@ def run_process(config: Config, on_ready: Callable[[], None] | None = None) -> N
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config, on_ready))
-
-
-# -- several worker processes ----------------------------------------------------------
-
-
-def supervise(workers: int, worker_argv: list[str]) -> int:
-    """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
-    metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    procs: dict[int, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def spawn(slot: int) -> None:
-        procs[slot] = subprocess.Popen(worker_argv, env=env)
-
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(sig)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for slot in range(workers):
-        spawn(slot)
-    code = 0
-    try:
-        while procs:
-            time.sleep(0.2)
-            for slot, p in list(procs.items()):
-                rc = p.poll()
-                if rc is None:
-                    continue
-                metrics.mark_worker_dead(p.pid)
-                if stopping:
-                    del procs[slot]
-                    code = code or (rc if rc > 0 else 0)
-                else:
-                    log.error("worker %d exited with %s; restarting", p.pid, rc)
-                    time.sleep(0.5)
-                    spawn(slot)
-    finally:
-        for f in Path(metrics_dir).glob("*.db"):
-            f.unlink()
-        os.rmdir(metrics_dir)
-    return code
-
-
-def worker_argv_from(argv: list[str]) -> list[str]:
-    """The command line of one worker: the same ``serve`` with ``--workers 1``."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--workers":
-            skip = True
-            continue
-        if a.startswith("--workers="):
-            continue
-        out.append(a)
-    return [sys.executable, "-m", "featurestore.cli", *out, "--workers", "1", "--no-apply"]

@@ -1,0 +1,134 @@
+"""``featurestore join``: call a running server over HTTP or gRPC and print a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--entity expects NAME=K1[,K2...], got {spec!r}")
+        parts = values.split(",")
+        numeric = not string_keys and all(p.lstrip("-").isdigit() for p in parts)
+        out[name] = [int(p) for p in parts] if numeric else parts
+    return out
+
+
+def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
+    entities = _entities(args.entity, args.string_keys)
+    features = [f.strip() for f in args.features.split(",")] if args.features else []
+    if args.grpc:
+        names, columns, meta = _join_grpc(args.grpc, entities, features, args.service, args.full_names)
+    else:
+        body: dict[str, Any] = {"entities": entities, "full_feature_names": args.full_names}
+        if features:
+            body["features"] = features
+        else:
+            body["feature_service"] = args.service
+        req = urllib.request.Request(
+            args.url.rstrip("/") + "/v1/feature/join",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                doc = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            err = json.loads(e.read() or b"{}").get("error", {})
+            print(f"error {e.code} {err.get('code', '')}: {err.get('message', '')}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(doc, indent=2))
+            return 0
+        names = doc["metadata"]["feature_names"]
+        columns = doc["results"]
+        meta = doc["metadata"]
+    print(render_table(names, columns))
+    print(
+        f"\nregistry version {meta['registry_version']}, trace {meta['trace_id']}, partial={meta['partial']}"
+    )
+    return 0
+
+
+def _join_grpc(
+    target: str,
+    entities: dict[str, list[Any]],
+    features: list[str],
+    service: str | None,
+    full: bool,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+    import grpc
+
+    from featurestore.api.proto_codec import column_values
+    from featurestore.v1 import featurestore_pb2 as pb
+    from featurestore.v1 import featurestore_pb2_grpc as pbg
+
+    req = pb.JoinRequest(features=features, feature_service=service or "", full_feature_names=full)
+    for name, values in entities.items():
+        col = req.entities.add(name=name)
+        if values and isinstance(values[0], int):
+            col.int64_values.values.extend(values)
+        else:
+            col.string_values.values.extend(values)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]
+        except grpc.RpcError as e:
+            raise SystemExit(f"error {e.code().name}: {e.details()}") from None
+    columns = [
+        {
+            "values": column_values(c),
+            "statuses": [pb.Status.Name(s) for s in c.statuses],
+            "event_timestamps": [_iso(t) if t else None for t in c.event_timestamps],
+        }
+        for c in resp.results
+    ]
+    meta = {
+        "registry_version": resp.metadata.registry_version,
+        "trace_id": resp.metadata.trace_id,
+        "partial": resp.metadata.partial,
+    }
+    return list(resp.metadata.feature_names), columns, meta
+
+
+def _iso(us: int) -> str:
+    from featurestore.api.json_codec import iso_utc
+
+    return iso_utc(us)
+
+
+def _cell(value: Any, status: str) -> str:
+    if status != "PRESENT":
+        return f"- ({status})"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def render_table(names: list[str], columns: list[dict[str, Any]]) -> str:
+    rows = len(columns[0]["values"]) if columns else 0
+    if rows == 1:
+        width = max(len(n) for n in names)
+        lines = [f"{'feature'.ljust(width)}  {'value':<24} {'status':<16} event_timestamp"]
+        for name, col in zip(names, columns, strict=True):
+            v, st, ts = col["values"][0], col["statuses"][0], col["event_timestamps"][0]
+            lines.append(
+                f"{name.ljust(width)}  {_cell(v, 'PRESENT' if v is not None else st):<24} {st:<16} {ts or ''}"
+            )
+        return "\n".join(lines)
+    cells = [[_cell(c["values"][i], c["statuses"][i]) for c in columns] for i in range(rows)]
+    widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
+    head = "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,166 @@
+"""Registry commands: validate, apply, registry history/show/diff/rollback, canary."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+
+def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+    from featurestore.registry.snapshot import fingerprint
+
+    defs = load_definitions(args.file)
+    n_features = sum(len(v.features) for v in defs.views.values())
+    print(
+        f"{args.file}: OK - project {defs.project}: {len(defs.entities)} entities, "
+        f"{len(defs.views)} feature views ({n_features} features), {len(defs.services)} feature services; "
+        f"fingerprint {fingerprint(defs)[:12]}"
+    )
+    return 0
+
+
+def _admin(args: argparse.Namespace, fn: Any) -> Any:
+    """Run ``fn(admin)`` against the registry the config names."""
+    from featurestore import server
+    from featurestore.config import load_config
+    from featurestore.registry.admin import RegistryAdmin
+
+    config = load_config(getattr(args, "config", None))
+
+    async def run() -> Any:
+        registry = server.make_registry(config)
+        try:
+            return await fn(RegistryAdmin(registry))
+        finally:
+            await registry.close()
+
+    return asyncio.run(run())
+
+
+def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+    from featurestore.registry.diff import render
+
+    defs = load_definitions(args.file)
+    result = _admin(
+        args, lambda a: a.apply(defs, force=args.force, dry_run=args.dry_run, message=args.message)
+    )
+    if not result.changes:
+        print(f"no changes: registry version {result.previous} already holds these definitions")
+        return 0
+    print(render(result.changes))
+    if result.snapshot is None:
+        print(f"dry run: would publish version {(result.previous or 0) + 1}")
+    else:
+        print(f"published registry version {result.snapshot.version} (was {result.previous})")
+        _definitions_to_lineage_graph(args, result.snapshot)
+    return 0
+
+
+def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> None:
+    """With a Neo4j lineage graph, applying definitions writes views, services and
+    DERIVED_FROM edges there, so lineage exists before the first read."""
+    from featurestore import server
+    from featurestore.config import load_config
+    from lineage.graph.base import definition_facts
+
+    config = load_config(getattr(args, "config", None))
+    if not config.lineage.enabled or config.lineage.graph != "bolt":
+        return
+
+    async def write() -> None:
+        graph = server.make_graph(config)
+        await graph.start()
+        try:
+            await graph.apply_definitions(definition_facts(snapshot))
+        finally:
+            await graph.close()
+
+    asyncio.run(write())
+    print(f"lineage graph: definitions of version {snapshot.version} written to {config.lineage.bolt.uri}")
+
+
+def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
+    rows = _admin(args, lambda a: a.history())
+    if not rows:
+        print("the registry is empty")
+    for snap, current in rows:
+        d = snap.definitions
+        mark = "*" if current else " "
+        print(
+            f"{mark} {snap.version:>4}  {snap.created_at}  {snap.fingerprint[:12]}  "
+            f"{len(d.views)} views, {len(d.services)} services  {snap.message}"
+        )
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.snapshot import snapshot_to_json
+
+    snap = _admin(args, lambda a: a.registry.get(args.version))
+    print(json.dumps(json.loads(snapshot_to_json(snap)), indent=2))
+    return 0
+
+
+def cmd_registry_diff(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.diff import render
+
+    changes = _admin(args, lambda a: a.diff(args.a, args.b))
+    print(render(changes) if changes else f"versions {args.a} and {args.b} hold the same definitions")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.diff import render
+
+    result = _admin(args, lambda a: a.rollback(args.version, force=args.force))
+    if result.snapshot is not None:
+        _definitions_to_lineage_graph(args, result.snapshot)
+    if result.snapshot is None:
+        print(f"no changes: the current snapshot already holds version {args.version}'s definitions")
+        return 0
+    print(render(result.changes))
+    print(f"rolled back: version {result.snapshot.version} holds version {args.version}'s definitions")
+    return 0
+
+
+def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.definitions import load_definitions
+
+    defs = load_definitions(args.file)
+    c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share))
+    print(
+        f"canary started: {args.service} serves {c.share:.1%} of entities from version {c.candidate_version} "
+        f"(current: {c.base_version})"
+    )
+    return 0
+
+
+def cmd_canary_status(args: argparse.Namespace, _argv: list[str]) -> int:
+    canaries = _admin(args, lambda a: a.registry.canaries())
+    if not canaries:
+        print("no canaries")
+    for service, c in sorted(canaries.items()):
+        print(
+            f"{service}: {c.share:.1%} of entities on version {c.candidate_version} (base {c.base_version})"
+        )
+    return 0
+
+
+def cmd_canary_promote(args: argparse.Namespace, _argv: list[str]) -> int:
+    c = _admin(args, lambda a: a.canary_promote(args.service))
+    print(
+        f"promoted: version {c.candidate_version} is current (was {c.base_version}); canary of {args.service} ended"
+    )
+    return 0
+
+
+def cmd_canary_abort(args: argparse.Namespace, _argv: list[str]) -> int:
+    c = _admin(args, lambda a: a.canary_abort(args.service))
+    print(
+        f"aborted: {args.service} is served from current again (candidate version {c.candidate_version} unused)"
+    )
+    return 0
