@@ -11,7 +11,6 @@ Hot-path code binds label children once (``Children``) instead of calling
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -163,5 +162,3 @@ def mark_worker_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
-
-Observer = Callable[[float], None]

@@ -25,7 +25,7 @@ from featurestore.api.grpc import GrpcApi, create_server
 from featurestore.api.http import HttpApi
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import Config, StoreConfig
-from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
 from featurestore.materialize import Materializer, MaterializeResult, Progress
@@ -114,8 +114,8 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
             )
             log.info("applied %s as registry version %d", path, snap.version)
             return snap
-        except Exception as e:  # a concurrent apply won: re-read and compare again
-            log.info("apply on start raced (%s); re-reading", e)
+        except Conflict as e:  # a concurrent apply won: re-read and compare again
+            log.info("apply on start raced (%s); re-reading", e.message)
     raise FailedPrecondition("could not apply definitions on start: the registry keeps changing")
 
 
