@@ -111,7 +111,7 @@ class JoinEngine:
         plan = state.plan(req.features, service, req.full_feature_names)
         entities = req.entities
         n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
-        metrics.JOIN_ROWS.observe(n)
+        metrics.join_rows.observe(n)
 
         # Dedupe once per distinct join-key tuple: views keyed alike share the work.
         keyed: dict[tuple[str, ...], tuple[list[EntityKey], list[int] | None]] = {}
@@ -125,7 +125,7 @@ class JoinEngine:
             by_store.setdefault(vp.view.online_store, []).append(
                 (slot, ViewQuery(vp.view, unique, vp.features, version))
             )
-            metrics.JOIN_KEYS_READ.observe(len(unique))
+            metrics.join_keys_read.observe(len(unique))
 
         reads = await self._fan_out(by_store, len(plan.views), deadline, span)
 

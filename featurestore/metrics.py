@@ -4,13 +4,18 @@ Metrics are module-level (one registry per process, as prometheus_client intends
 With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before
 the workers start, and ``/metrics`` aggregates every worker's values.
 
-Hot-path code binds label children once (``Children``) instead of calling
-``.labels()`` per request: a ``labels()`` lookup costs more than the observation.
+Hot-path updates are buffered: a join adds to plain Python numbers and lists
+(``Buffered*``), and ``flush()`` folds them into prometheus_client, once a second and
+before every scrape, so nothing is lost or stale when read. prometheus_client takes a
+lock and walks the buckets in Python per observation; a batch-1 join makes about a
+dozen updates, which unbuffered cost ~10% of its CPU.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections import Counter as _Count
 from typing import Any
 
 from prometheus_client import (
@@ -120,36 +125,110 @@ REGISTRY_VERSION = Gauge(
 )
 
 
+_BUFFERS: list[Any] = []
+
+
+class BufferedCounter:
+    __slots__ = ("_child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.n = 0.0
+        _BUFFERS.append(self)
+
+    def inc(self, amount: float = 1) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0.0
+            self._child.inc(n)
+
+
+class BufferedHistogram:
+    __slots__ = ("_child", "_values")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._values: list[float] = []
+        _BUFFERS.append(self)
+
+    def observe(self, amount: float) -> None:
+        self._values.append(amount)
+
+    def flush(self) -> None:
+        if not self._values:
+            return
+        values, self._values = self._values, []
+        child = self._child
+        # what Histogram.observe does per value, once per bucket for the whole batch
+        for i, count in _Count(bisect_left(child._upper_bounds, v) for v in values).items():
+            child._buckets[i].inc(count)
+        child._sum.inc(sum(values))
+
+
+class BufferedGauge:
+    """An up/down count (in-flight requests) written through at every flush."""
+
+    __slots__ = ("_child", "value")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.value = 0
+        _BUFFERS.append(self)
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+    def flush(self) -> None:
+        self._child.set(self.value)
+
+
 class Children:
-    """Memoised ``metric.labels(*values)`` for label sets seen on the hot path."""
+    """Memoised, buffered ``metric.labels(*values)`` for label sets on the hot path."""
 
-    __slots__ = ("_cache", "_metric")
+    __slots__ = ("_buffer", "_cache", "_metric")
 
-    def __init__(self, metric: Any) -> None:
+    def __init__(
+        self, metric: Any, buffer: type[BufferedCounter | BufferedHistogram | BufferedGauge]
+    ) -> None:
         self._metric = metric
+        self._buffer = buffer
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *labels: str) -> Any:
         child = self._cache.get(labels)
         if child is None:
-            child = self._cache[labels] = self._metric.labels(*labels)
+            child = self._cache[labels] = self._buffer(self._metric.labels(*labels))
         return child
 
 
-requests = Children(REQUESTS)
-request_duration = Children(REQUEST_DURATION)
-inflight = Children(INFLIGHT)
-view_read_duration = Children(VIEW_READ_DURATION)
-view_read_failures = Children(VIEW_READ_FAILURES)
-feature_values = Children(FEATURE_VALUES)
-cache_hits = Children(CACHE_HITS)
-service_requests = Children(SERVICE_REQUESTS)
-service_duration = Children(SERVICE_DURATION)
-cache_misses = Children(CACHE_MISSES)
+def flush() -> None:
+    """Fold every buffered update into prometheus_client (call on the event loop)."""
+    for b in _BUFFERS:
+        b.flush()
+
+
+requests = Children(REQUESTS, BufferedCounter)
+request_duration = Children(REQUEST_DURATION, BufferedHistogram)
+inflight = Children(INFLIGHT, BufferedGauge)
+view_read_duration = Children(VIEW_READ_DURATION, BufferedHistogram)
+view_read_failures = Children(VIEW_READ_FAILURES, BufferedCounter)
+feature_values = Children(FEATURE_VALUES, BufferedCounter)
+cache_hits = Children(CACHE_HITS, BufferedCounter)
+cache_misses = Children(CACHE_MISSES, BufferedCounter)
+service_requests = Children(SERVICE_REQUESTS, BufferedCounter)
+service_duration = Children(SERVICE_DURATION, BufferedHistogram)
+join_rows = BufferedHistogram(JOIN_ROWS)
+join_keys_read = BufferedHistogram(JOIN_KEYS_READ)
 
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition for ``/metrics``, aggregated across worker processes."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -161,4 +240,3 @@ def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (multiprocess mode only)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-

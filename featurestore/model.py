@@ -100,10 +100,11 @@ class FeatureView:
     tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
     owner: str = ""
     description: str = ""
+    # Derived once: the join path asks for it several times per request.
+    join_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def join_keys(self) -> tuple[str, ...]:
-        return tuple(e.name for e in self.entities)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "join_keys", tuple(e.name for e in self.entities))
 
     def feature_index(self, name: str) -> int | None:
         for i, f in enumerate(self.features):

@@ -324,7 +324,9 @@ async def _definitions_to_graph(rt: Runtime, snapshot: RegistrySnapshot) -> None
 
 
 async def _report_registry_health(rt: Runtime) -> None:
+    """Once a second: registry health gauges, and fold buffered hot-path metrics in."""
     while True:
+        metrics.flush()
         h = rt.registry.health()
         metrics.REGISTRY_CONNECTED.set(1 if h.connected else 0)
         metrics.REGISTRY_STALENESS.set(min(h.seconds_since_contact, 1e9))
