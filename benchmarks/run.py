@@ -180,15 +180,12 @@ def main() -> int:
                 log(f"floor b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
                 fh.write(json.dumps(res) + "\n")
 
+        part = HERE / "results" / "feast.md"
+        part.parent.mkdir(exist_ok=True)
         report.write(
-            raw,
-            floor_path,
-            HERE / "RESULTS.md",
-            workers=a.workers,
-            duration=a.duration,
-            command=" ".join(sys.argv),
+            raw, floor_path, part, workers=a.workers, duration=a.duration, command=" ".join(sys.argv)
         )
-        log(f"wrote {HERE / 'RESULTS.md'} (raw: {raw})")
+        log(f"wrote {part} and {HERE / 'RESULTS.md'} (raw: {raw})")
         return 0
     finally:
         for p in procs:
