@@ -123,7 +123,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
         f"* Protocol: the peer's `bench.py`, all servers as targets of one call (points interleaved), {duration:g} s per "
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
-        f"* Raw runs: `{raw.relative_to(out.parent) if raw.is_relative_to(out.parent) else raw}`.",
+        f"* Raw runs: `{raw.resolve().relative_to(RESULTS.parent) if raw.resolve().is_relative_to(RESULTS.parent) else raw}`.",
         "",
         "### Throughput (QPS, wrk) and ratio to Feast",
         "",
