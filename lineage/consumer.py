@@ -49,6 +49,9 @@ class LineageConsumer:
                 "log.connection.close": False,
                 "group.id": config.group_id,
                 "enable.auto.commit": False,
+                # Offsets are stored only for messages whose batch reached the graph (or
+                # the dead-letter topic); a commit can then never cover unwritten events.
+                "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": config.session_timeout_ms,
                 "heartbeat.interval.ms": config.heartbeat_interval_ms,
@@ -94,8 +97,8 @@ class LineageConsumer:
         if dead:
             await asyncio.to_thread(self._dead_letter, dead)
         if events and not await self._write(events, stop):
-            return  # stopping before the batch was written: do not commit it
-        await asyncio.to_thread(self._commit)
+            return  # stopping before the batch was written: its offsets stay unstored
+        await asyncio.to_thread(self._store_and_commit, messages)
 
     async def _write(self, events: list[LineageEvent], stop: asyncio.Event) -> bool:
         delay = 0.1
@@ -134,12 +137,19 @@ class LineageConsumer:
         metrics.CONSUMED.labels("dead_letter").inc(len(dead))
         self.dead_lettered += len(dead)
 
+    def _store_and_commit(self, messages: list[Any]) -> None:
+        for m in messages:
+            if not m.error():
+                self._consumer.store_offsets(message=m)
+        self._commit()
+
     def _commit(self) -> None:
+        """Commit the stored offsets: only batches already written."""
         from confluent_kafka import KafkaException
 
         try:
             self._consumer.commit(asynchronous=False)
-        except KafkaException as e:  # e.g. nothing to commit after a rebalance
+        except KafkaException as e:  # e.g. nothing stored to commit
             log.debug("commit: %s", e)
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:

@@ -108,7 +108,9 @@ class Registry(Protocol):
         ...
 
     def changes(self) -> AsyncIterator[None]:
-        """Yields after anything under the project's prefix may have changed."""
+        """Yields once as soon as it is watching (so the caller re-reads whatever
+        changed before the watch began), then after anything under the project's
+        prefix may have changed."""
         ...
 
     async def close(self) -> None: ...

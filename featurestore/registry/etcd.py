@@ -238,11 +238,15 @@ class EtcdRegistry:
         """Yield after every change under the project prefix, across etcd outages."""
         backoff = 0.1
         heartbeat = asyncio.create_task(self._heartbeat())
+        armed = False
         try:
             while True:
                 try:
                     if self._revision == 0:
                         self._revision = await self._head_revision()
+                    if not armed:
+                        armed = True
+                        yield None  # watching from self._revision: re-read what changed before
                     watch = await self._client.watch_prefix(self._root, start_revision=self._revision + 1)
                     self._connected = True
                     self._last_contact = time.monotonic()

@@ -187,6 +187,7 @@ class FileRegistry:
     async def changes(self) -> AsyncIterator[None]:
         """Poll the pointer files' stamps; cheap (a few stat calls per interval)."""
         last = await asyncio.to_thread(self._stamp)
+        yield None  # watching from here on: re-read what changed before
         while True:
             await asyncio.sleep(self.poll_interval)
             stamp = await asyncio.to_thread(self._stamp)

@@ -100,23 +100,28 @@ async def test_projects_are_separate(factory: RegistryFactory) -> None:
 
 async def test_changes_feed_sees_publications(factory: RegistryFactory) -> None:
     watcher, writer = factory.client(), factory.client()
-    seen = asyncio.Event()
-
-    async def watch() -> None:
-        async for _ in watcher.changes():
-            seen.set()
-            return
-
-    task = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)  # let the watch start
+    feed = watcher.changes().__aiter__()
+    # the first yield says "watching now": whatever changes from here on is seen
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
     await writer.publish(defs(1), expected_version=None)
-    await asyncio.wait_for(seen.wait(), timeout=5)
-    seen.clear()
-    task = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
     await writer.swap_data_version("v", expected=0, new=1)
-    await asyncio.wait_for(seen.wait(), timeout=5)
-    await task
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
+    await feed.aclose()  # type: ignore[attr-defined]
+    await watcher.close()
+    await writer.close()
+
+
+async def test_changes_feed_misses_nothing_published_before_it_is_armed(factory: RegistryFactory) -> None:
+    """A server reads its state, then arms its watch: a publication in between is
+    still caught, by the re-read the first yield triggers."""
+    watcher, writer = factory.client(), factory.client()
+    assert await watcher.current() is None  # the server's initial read
+    await writer.publish(defs(1), expected_version=None)  # lands before the watch
+    feed = watcher.changes().__aiter__()
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert (await watcher.current()) is not None  # the re-read sees it
+    await feed.aclose()  # type: ignore[attr-defined]
     await watcher.close()
     await writer.close()
 
