@@ -43,7 +43,8 @@ async def _worker(
             t0 = time.perf_counter()
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                cmds = [("MGET", *(p + str(i) for i in ids)) for p in prefixes]
+                # each MGET carries the view's layout marker too, as the server's does
+                cmds = [("MGET", *(p + str(i) for i in ids), p[:-1]) for p in prefixes]
                 await conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
                 for _ in cmds:
                     for blob in await conn.read_response():

@@ -2,8 +2,9 @@
 remote online store.
 
 Entries are whole view rows (every feature of the view plus the event timestamp), or
-a not-found marker, keyed by (view, data version, entity key). Keying by data version
-means a publication never serves a mix: the new version starts cold. Not-found is
+a not-found marker, keyed by (view, view layout, data version, entity key). Keying by
+data version means a publication never serves a mix: the new version starts cold;
+keying by layout means a changed definition never reads rows cached for the old one. Not-found is
 cached too, so a hot unknown key does not hammer the store; a push through this
 process invalidates the keys it writes, other processes see it within the TTL.
 """
@@ -101,6 +102,9 @@ class CachedSource:
     def __init__(self, inner: OnlineSource, cache: LRUCache) -> None:
         self.inner = inner
         self.cache = cache
+        # Bumped by every write: a read that overlapped one does not fill the cache,
+        # or it could put back a row the write had just invalidated.
+        self._epoch = 0
 
     @property
     def name(self) -> str:
@@ -132,8 +136,8 @@ class CachedSource:
         miss_queries: list[ViewQuery] = []
         miss_slots: list[tuple[int, list[int]]] = []
         for qi, q in enumerate(queries):
-            name, version = q.view.name, q.data_version
-            ck: list[Hashable] = [(name, version, k) for k in q.keys]
+            name, layout, version = q.view.name, q.view.layout, q.data_version
+            ck: list[Hashable] = [(name, layout, version, k) for k in q.keys]
             rows = cache.get_many(ck)
             misses = [i for i, r in enumerate(rows) if r is None]
             cached.append(rows)
@@ -148,7 +152,9 @@ class CachedSource:
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
+            epoch = self._epoch
             inner = await self.inner.read(miss_queries)
+            fill = epoch == self._epoch
             for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
                     results[qi] = got
@@ -162,8 +168,9 @@ class CachedSource:
                 rows = cached[qi]
                 for i, row in zip(misses, fetched, strict=True):
                     rows[i] = row
-                ck = cache_keys[qi]
-                cache.put_many([ck[i] for i in misses], fetched)
+                if fill:
+                    ck = cache_keys[qi]
+                    cache.put_many([ck[i] for i in misses], fetched)
             metrics.CACHE_ENTRIES.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:
@@ -171,10 +178,21 @@ class CachedSource:
         return results  # type: ignore[return-value]
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        n = await self.inner.write(view, rows, data_version)
-        for key in row_keys(rows, view.join_keys):
-            self.cache.invalidate((view.name, data_version, key))
-        return n
+        try:
+            return await self.inner.write(view, rows, data_version)
+        finally:
+            # Also after a failed write: some batches may have landed. Reads that
+            # overlapped the write see the bumped epoch and leave the cache alone.
+            self._epoch += 1
+            self._invalidate(view, rows, data_version)
+
+    def _invalidate(self, view: FeatureView, rows: pa.Table, data_version: int) -> None:
+        try:
+            keys = row_keys(rows, view.join_keys)
+        except Exception:  # rows the store could not key were not written either
+            return
+        for key in keys:
+            self.cache.invalidate((view.name, view.layout, data_version, key))
 
 
 def _columnar(rows: list[Any], features: Sequence[int], width: int) -> ViewRead:

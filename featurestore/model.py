@@ -7,6 +7,7 @@ shared by concurrent requests without copies or locks.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -100,11 +101,22 @@ class FeatureView:
     tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
     owner: str = ""
     description: str = ""
-    # Derived once: the join path asks for it several times per request.
+    # Derived once: the join path asks for these several times per request.
     join_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Fingerprint of the stored row shape (entity and feature names and types, in
+    # order). Stores and caches key rows by it, so rows written for one definition
+    # are never read back under another (a rename keeps the width, not the meaning).
+    layout: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "join_keys", tuple(e.name for e in self.entities))
+        shape = repr(
+            (
+                [(e.name, e.dtype.value) for e in self.entities],
+                [(f.name, f.dtype.value) for f in self.features],
+            )
+        )
+        object.__setattr__(self, "layout", hashlib.blake2b(shape.encode(), digest_size=8).hexdigest())
 
     def feature_index(self, name: str) -> int | None:
         for i, f in enumerate(self.features):

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,18 +228,21 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
     return Lineage(emitter, graph, writes_definitions=lc.graph == "memory")
 
 
-async def prepare_views(stores: Mapping[str, OnlineSource], snapshot: RegistrySnapshot) -> None:
-    """Make every store ready for the snapshot's views; fail naming a missing store."""
-    by_store: dict[str, list] = {}  # type: ignore[type-arg]
-    for view in snapshot.definitions.views.values():
-        if view.online_store not in stores:
-            raise FailedPrecondition(
-                f"feature view {view.name!r} uses online store {view.online_store!r}, "
-                f"which this server does not configure (stores: {', '.join(sorted(stores))})"
-            )
-        by_store.setdefault(view.online_store, []).append(view)
+async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[RegistrySnapshot]) -> None:
+    """Hand every store the complete set of views it serves until the next call: those
+    of the snapshots being served now and those about to be. A store may then drop
+    whatever it holds for any other view layout. Fails naming a missing store."""
+    by_store: dict[str, dict[tuple[str, str], FeatureView]] = {name: {} for name in stores}
+    for snapshot in snapshots:
+        for view in snapshot.definitions.views.values():
+            if view.online_store not in stores:
+                raise FailedPrecondition(
+                    f"feature view {view.name!r} uses online store {view.online_store!r}, "
+                    f"which this server does not configure (stores: {', '.join(sorted(stores))})"
+                )
+            by_store[view.online_store][(view.name, view.layout)] = view
     for name, views in by_store.items():
-        await stores[name].prepare(views)
+        await stores[name].prepare(list(views.values()))
 
 
 async def build_runtime(config: Config) -> Runtime:
@@ -272,10 +275,12 @@ async def serving_state(
 ) -> ServingState:
     """Prepare the stores for every snapshot the state will serve, then build it."""
     assert reg.snapshot is not None
-    await prepare_views(stores, reg.snapshot)
+    serving_now = (
+        [] if previous is None else [previous.snapshot, *(c[1].snapshot for c in previous.canaries.values())]
+    )
+    await prepare_views(stores, [*serving_now, reg.snapshot, *(c for _, c in reg.canaries.values())])
     canaries: dict[str, tuple[float, ServingState]] = {}
     for service, (canary, candidate) in reg.canaries.items():
-        await prepare_views(stores, candidate)
         old = previous.canaries.get(service) if previous is not None else None
         prior = old[1] if old is not None else None
         cand_state = (

@@ -107,6 +107,12 @@ class Registry(Protocol):
         """Point ``view`` at data version ``new`` iff it is at ``expected`` (0 = unset)."""
         ...
 
+    async def allocate_data_version(self, view: str) -> int:
+        """A data version of ``view`` above its current one that no caller was given
+        before (a counter moved by compare-and-swap), so concurrent materializations
+        never write into the same version."""
+        ...
+
     def changes(self) -> AsyncIterator[None]:
         """Yields once as soon as it is watching (so the caller re-reads whatever
         changed before the watch began), then after anything under the project's

@@ -3,6 +3,7 @@
     /featurestore/{project}/registry/snapshots/{version}   immutable JSON
     /featurestore/{project}/registry/current               "<version>"
     /featurestore/{project}/data/{view}/current            "<data version>"
+    /featurestore/{project}/data/{view}/next               "<last allocated data version>"
     /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
 
 ``publish`` is one transaction: it compares ``current``'s mod_revision with the one it
@@ -199,6 +200,24 @@ class EtcdRegistry:
             str(new).encode(),
             f"data version of view {view!r}",
         )
+
+    async def allocate_data_version(self, view: str) -> int:
+        current_key = self._data + f"{view}/current".encode()
+        next_key = self._data + f"{view}/next".encode()
+        tx = self._client.transactions
+        for _ in range(20):
+            current = await self._call(self._client.get, current_key)
+            counter = await self._call(self._client.get, next_key)
+            allocated = max(int(counter.value) if counter else 0, int(current.value) if current else 0) + 1
+            ok, _ = await self._call(
+                self._client.transaction,
+                compare=[tx.mod(next_key) == (counter.mod_revision if counter is not None else 0)],
+                success=[tx.put(next_key, str(allocated).encode())],
+                failure=[],
+            )
+            if ok:
+                return allocated
+        raise Conflict(f"could not allocate a data version of view {view!r}: too many concurrent allocations")
 
     async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
         key = self._canary + service.encode()

@@ -96,6 +96,9 @@ class FileRegistry:
     async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
         await asyncio.to_thread(self._set_canary, service, canary, expected)
 
+    async def allocate_data_version(self, view: str) -> int:
+        return await asyncio.to_thread(self._allocate_data_version, view)
+
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
             current = _read_int(self._current)
@@ -156,6 +159,13 @@ class FileRegistry:
             if current != expected:
                 raise _conflict(f"data version of view {view!r}", expected, current)
             _atomic_write(path, str(new).encode())
+
+    def _allocate_data_version(self, view: str) -> int:
+        with self._locked():
+            current = _read_int(self._data / view / "current") or 0
+            allocated = max(_read_int(self._data / view / "next") or 0, current) + 1
+            _atomic_write(self._data / view / "next", str(allocated).encode())
+            return allocated
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

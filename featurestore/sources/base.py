@@ -69,7 +69,9 @@ class OnlineSource(Protocol):
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
         """Get ready to serve these views (load data, create tables). Called off the
-        hot path before a registry snapshot naming them goes live."""
+        hot path before a registry snapshot naming them goes live, with every view
+        (by name and layout) the store serves until the next call: those live now and
+        those about to be. Anything held for other views may be let go."""
         ...
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:

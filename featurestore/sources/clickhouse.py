@@ -129,9 +129,13 @@ class ClickHouseSource:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
+        # Counted up on the loop, down on the worker thread when the call really ends:
+        # a read abandoned at its deadline still holds its thread until then.
         self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._tables: set[str] = set()
-        self._sql: dict[tuple[str, int, tuple[int, ...]], str] = {}
+        # keyed by layout too: a renamed feature must select the new column name
+        self._sql: dict[tuple[str, str, int, tuple[int, ...]], str] = {}
         self._state = SourceState.STARTING
         self._health: asyncio.Task[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
@@ -165,13 +169,25 @@ class ClickHouseSource:
 
     async def run(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` on a pool thread; fail at once when the pool is saturated."""
-        if self._in_flight >= self.options.threads + self.options.max_queued:
-            raise Unavailable(f"clickhouse store {self._name!r}: all {self.options.threads} threads busy")
-        self._in_flight += 1
+        with self._in_flight_lock:
+            if self._in_flight >= self.options.threads + self.options.max_queued:
+                raise Unavailable(f"clickhouse store {self._name!r}: all {self.options.threads} threads busy")
+            self._in_flight += 1
+
+        def call() -> T:
+            try:
+                return fn(self._client())
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight -= 1
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(self._client()))
-        finally:
-            self._in_flight -= 1
+            running = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except RuntimeError as e:  # the pool is shut down: the call never ran
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            raise Unavailable(f"clickhouse store {self._name!r} is closed") from e
+        return await running
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -243,7 +259,7 @@ class ClickHouseSource:
         if not q.keys:
             return ViewRead([], [], [[] for _ in q.features])
         table = table_name(self._project, view.name, q.data_version)
-        sql_key = (view.name, q.data_version, tuple(q.features))
+        sql_key = (view.name, view.layout, q.data_version, tuple(q.features))
         sql = self._sql.get(sql_key)
         if sql is None:
             sql = self._sql[sql_key] = _select_sql(self.options.database, table, view, q.features)

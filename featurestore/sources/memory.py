@@ -85,12 +85,15 @@ class _ViewData:
     index_key: tuple[Any, ...] = ()
 
 
+ViewId = tuple[str, str]  # (view name, layout): a renamed feature is a different view
+
+
 class MemorySource:
     kind = "memory"
 
     def __init__(self, name: str = "default") -> None:
         self._name = name
-        self._views: dict[str, _ViewData] = {}
+        self._views: dict[ViewId, _ViewData] = {}
         self._state = SourceState.READY
         # Views cut from one file share its key index (the demo's two views do).
         self._indexes: dict[tuple[Any, ...], tuple[_KeyIndex, np.ndarray]] = {}
@@ -112,24 +115,31 @@ class MemorySource:
         return f"memory://{self._name}/{view.name}"
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
+        """Load what is new; keep every layout named (a canary or the next snapshot
+        can change a view while the current one still serves it); drop the rest."""
+        wanted: dict[ViewId, _ViewData] = {}
         for view in views:
+            vid = (view.name, view.layout)
             sig = _signature(view)
-            current = self._views.get(view.name)
+            current = self._views.get(vid)
             if current is not None and current.signature == sig:
+                wanted[vid] = current
                 continue
             data = await asyncio.to_thread(_load, view, sig, self._indexes)
-            if current is not None and current.signature[1:] == sig[1:]:
-                data.overlays = current.overlays  # same schema: keep pushed rows
-            self._views[view.name] = data
+            if current is not None:
+                data.overlays = current.overlays  # same layout, new base data: keep pushed rows
+            wanted[vid] = data
             metrics.SOURCE_ROWS_LOADED.labels(self._name, view.name).set(len(data.index))
-        live = {d.index_key for d in self._views.values()}
+        self._views = wanted
+        live = {d.index_key for d in wanted.values()}
         for key in [k for k in self._indexes if k not in live]:
             del self._indexes[key]
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         out: list[ViewRead | BaseException] = []
+        views = self._views
         for q in queries:
-            data = self._views.get(q.view.name)
+            data = views.get((q.view.name, q.view.layout))
             if data is None:
                 out.append(FailedPrecondition(f"view {q.view.name!r} is not loaded in store {self._name!r}"))
                 continue
@@ -137,10 +147,10 @@ class MemorySource:
         return out
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        data = self._views.get(view.name)
+        vid = (view.name, view.layout)
+        data = self._views.get(vid)
         if data is None:
-            data = _empty(view, _signature(view))
-            self._views[view.name] = data
+            data = self._views[vid] = _empty(view, _signature(view))
         rows = conform(view, rows)
         keys = row_keys(rows, view.join_keys)
         cols = [column_values(rows.column(f.name), f.dtype) for f in view.features]
@@ -183,12 +193,7 @@ def _signature(view: FeatureView) -> tuple[Any, ...]:
             stat = (st.st_mtime_ns, st.st_size)
         except OSError:
             stat = None
-    return (
-        stat,
-        src,
-        tuple((e.name, e.dtype) for e in view.entities),
-        tuple((f.name, f.dtype) for f in view.features),
-    )
+    return (stat, src, view.layout)
 
 
 def _empty(view: FeatureView, sig: tuple[Any, ...]) -> _ViewData:
@@ -213,7 +218,7 @@ def _load(
     except (OSError, pa.ArrowInvalid) as e:
         raise FailedPrecondition(f"view {view.name!r}: cannot read {src.path}: {e}") from e
     table = conform(view, table, src.timestamp_field)
-    index_key = (sig[0], src.path, src.timestamp_field, sig[2])
+    index_key = (sig[0], src.path, src.timestamp_field, tuple((e.name, e.dtype) for e in view.entities))
     shared = indexes.get(index_key)
     if shared is None:
         ts_all = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()

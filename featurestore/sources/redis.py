@@ -2,7 +2,11 @@
 
 Layout (docs/storage.md): ``fs:{project}:{view}:v{data_version}:{entity_key}`` ->
 one msgpack array: the view's feature values in schema order, then the event
-timestamp in epoch µs. Composite keys join their parts with ``|``.
+timestamp in epoch µs. Composite keys join their parts with ``|``. Beside the rows,
+``fs:{project}:{view}:v{data_version}`` holds the layout fingerprint of the definition
+the rows were written for; every read fetches it in the same MGET, so rows are never
+decoded under a definition they were not written for (a renamed feature keeps the
+row width, not its meaning).
 
 Reads: standalone Redis gets one MGET per view, all views of a request packed into a
 single write on one pooled connection (one round trip). Redis Cluster spreads keys
@@ -17,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pyarrow as pa
@@ -28,13 +32,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from featurestore import metrics
-from featurestore.errors import Unavailable
+from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.sources.arrow import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis_pool import LeanPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder().decode
@@ -97,7 +102,7 @@ class RedisSource:
             self._probe_client = Redis.from_url(
                 options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2
             )
-        self._prefixes: dict[tuple[str, int], str] = {}
+        self._prefixes: dict[tuple[str, int], tuple[str, str]] = {}
         self._health: asyncio.Task[None] | None = None
         self._reset: asyncio.Future[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
@@ -161,17 +166,27 @@ class RedisSource:
 
     # -- keys ------------------------------------------------------------------------
 
-    def prefix(self, view: str, data_version: int) -> str:
-        p = self._prefixes.get((view, data_version))
-        if p is None:
+    def _names(self, view: str, data_version: int) -> tuple[str, str]:
+        """(row key prefix, layout marker key) of one view's data version."""
+        names = self._prefixes.get((view, data_version))
+        if names is None:
             if len(self._prefixes) > 4096:
                 self._prefixes.clear()
-            p = self._prefixes[(view, data_version)] = f"fs:{self._project}:{view}:v{data_version}:"
-        return p
+            marker = f"fs:{self._project}:{view}:v{data_version}"
+            names = self._prefixes[(view, data_version)] = (marker + ":", marker)
+        return names
+
+    def prefix(self, view: str, data_version: int) -> str:
+        return self._names(view, data_version)[0]
 
     def _keys(self, q: ViewQuery) -> list[str]:
-        p = self.prefix(q.view.name, q.data_version)
-        return [p + key_text(k) for k in q.keys]
+        """The row keys, then the layout marker; nothing at all for no keys."""
+        if not q.keys:
+            return []
+        p, marker = self._names(q.view.name, q.data_version)
+        keys = [p + key_text(k) for k in q.keys]
+        keys.append(marker)
+        return keys
 
     # -- reads -----------------------------------------------------------------------
 
@@ -192,6 +207,8 @@ class RedisSource:
         for (q, _), values in zip(keyed, raw, strict=True):
             try:
                 out.append(_decode_rows(q, values))
+            except LayoutMismatch as e:
+                out.append(e)
             except (msgspec.DecodeError, ValueError) as e:
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
         return out
@@ -230,35 +247,54 @@ class RedisSource:
     # -- writes ----------------------------------------------------------------------
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        """Upsert rows; each batch is one MULTI/EXEC on standalone Redis."""
+        """Upsert rows; each batch is one MULTI/EXEC on standalone Redis, with the
+        version's layout marker, after checking the version holds no other layout."""
         rows = conform(view, rows)
         n = 0
-        p = self.prefix(view.name, data_version)
+        p, marker = self._names(view.name, data_version)
+        stored = await self._idempotent(lambda: self._client.get(marker))
+        if stored is not None and stored != view.layout.encode():
+            raise FailedPrecondition(
+                f"view {view.name!r}: data version {data_version} holds rows written for another "
+                "definition of the view; materialize the view for its current definition first"
+            )
         for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
-            for attempt in (1, 2):
+
+            def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
                 pipe = self._client.pipeline(transaction=self._pool is not None)
+                pipe.set(marker, view.layout)
                 for k, blob in zip(keys, blobs, strict=True):
                     pipe.set(p + key_text(k), blob)
-                try:
-                    await pipe.execute()
-                    break
-                except _CONNECTION_ERRORS as e:
-                    # SETs are idempotent: one retry on a fresh socket covers a
-                    # connection that died while idle (e.g. Redis restarted).
-                    if attempt == 2:
-                        raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
-                    if isinstance(self._client, Redis):
-                        await self._client.connection_pool.disconnect()
+                return pipe.execute()
+
+            await self._idempotent(batch)
             n += len(keys)
         return n
 
+    async def _idempotent(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run a command that is safe to repeat; one retry on a fresh socket covers a
+        connection that died while idle (e.g. Redis restarted)."""
+        for attempt in (1, 2):
+            try:
+                return await command()
+            except _CONNECTION_ERRORS as e:
+                if attempt == 2:
+                    raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
+                if isinstance(self._client, Redis):
+                    await self._client.connection_pool.disconnect()
+        raise AssertionError("unreachable")
+
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         """Delete every key of one data version (leftovers of an interrupted run)."""
-        return await self._for_version(view, data_version, lambda pipe, key: pipe.unlink(key))
+        n = await self._for_version(view, data_version, lambda pipe, key: pipe.unlink(key))
+        await self._client.unlink(self._names(view.name, data_version)[1])
+        return n
 
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Let every key of one data version expire after ``seconds``."""
-        return await self._for_version(view, data_version, lambda pipe, key: pipe.expire(key, seconds))
+        n = await self._for_version(view, data_version, lambda pipe, key: pipe.expire(key, seconds))
+        await self._client.expire(self._names(view.name, data_version)[1], seconds)
+        return n
 
     async def _for_version(self, view: FeatureView, data_version: int, op: Any) -> int:
         pattern = _glob_escape(self.prefix(view.name, data_version)) + "*"
@@ -296,13 +332,23 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+class LayoutMismatch(Unavailable):
+    """A data version's rows were written for another definition of the view."""
+
+
 def _decode_rows(q: ViewQuery, values: list[bytes | None]) -> ViewRead:
+    if not values:
+        return ViewRead([], [], [[] for _ in q.features])
+    marker = values.pop()
+    if marker is not None and marker.decode() != q.view.layout:
+        raise LayoutMismatch(
+            f"view {q.view.name!r}: data version {q.data_version} holds rows written for another "
+            "definition of the view; materialize the view for its current definition"
+        )
     width = len(q.view.features)
     blank = (None,) * (width + 1)
     rows = [blank if v is None else _decode(v) for v in values]
     found = [v is not None for v in values]
-    if not rows:
-        return ViewRead([], [], [[] for _ in q.features])
     for r in rows:
         if len(r) != width + 1:
             raise ValueError(

@@ -194,6 +194,17 @@ async def test_large_batch(source: OnlineSource) -> None:
     assert all(res.found) and res.columns[0] == [i * 10 for i in ids[::-1]]
 
 
+async def test_a_changed_definition_never_reads_rows_written_for_the_old_one(source: OnlineSource) -> None:
+    # Same name and width, one feature renamed: the stored rows must not be read as it.
+    renamed = FeatureView("all_types", (USER,), (Feature("i_renamed", DType.INT64), *ALL_TYPES.features[1:]))
+    assert renamed.layout != ALL_TYPES.layout
+    await source.prepare([*VIEWS, renamed])  # the old layout still serves, the new is next
+    await source.write(ALL_TYPES, all_types_rows([1]), 1)
+    [old, new] = await source.read([ViewQuery(ALL_TYPES, [1], [0], 1), ViewQuery(renamed, [1], [0], 1)])
+    assert isinstance(old, ViewRead) and old.columns == [[10]]
+    assert isinstance(new, BaseException) or new.found == [False], new
+
+
 async def test_identity(source: OnlineSource) -> None:
     assert source.kind in ("memory", "redis", "clickhouse")
     assert source.table_uri(ALL_TYPES)

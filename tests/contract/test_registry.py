@@ -168,3 +168,15 @@ async def test_feature_versions_follow_definition_changes(registry: Registry) ->
     s3 = await registry.publish(make_definitions("contract", [USER], [view], []), expected_version=2)
     assert s3.feature_versions == {"v:f0": 3, "v:f1": 2}
     assert (await registry.get(3)).feature_versions == s3.feature_versions  # stored, not recomputed
+
+
+async def test_allocated_data_versions_are_unique_and_above_current(factory: RegistryFactory) -> None:
+    a, b = factory.client(), factory.client()
+    got = await asyncio.gather(*(c.allocate_data_version("v") for c in (a, b) for _ in range(5)))
+    assert sorted(got) == list(range(1, 11))  # ten callers, ten different versions
+    await a.swap_data_version("v", expected=0, new=4)
+    assert await b.allocate_data_version("v") == 11
+    assert await a.data_versions() == {"v": 4}  # allocating moves no pointer
+    assert await a.allocate_data_version("other") == 1
+    await a.close()
+    await b.close()

@@ -3,6 +3,7 @@ interruption, idempotent re-runs, progress, the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -14,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore.errors import FailedPrecondition, InvalidArgument
-from featurestore.materialize import Materializer, Progress
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
+from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.offline import ParquetSource
 from featurestore.registry.definitions import make_definitions
@@ -145,13 +146,46 @@ async def test_interrupted_run_keeps_serving_and_rerun_is_idempotent(
     assert await registry.data_versions() == {"scores": 1}  # version 1 still serving
     assert (await read(store, [50], 1)).columns == [[501], ["v1"]]
     partial = await read(store, [1, 1999], 2)
-    assert partial.found == [True, False]  # half-written version 2 is not served
-    # a re-run from a smaller source: leftovers of the interrupted run must not survive
+    assert partial.found == [False, False]  # the failed run dropped what it had written
+    # a re-run from a smaller source: nothing of the interrupted run may show
     src3 = write_source(tmp_path / "c.parquet", list(range(1, 11)), 3)
     r = await job.run("scores", ParquetSource(str(src3)))
-    assert r.data_version == 2
-    res = await read(store, [5, 1500], 2)
+    assert r.data_version == 3
+    res = await read(store, [5, 1500], 3)
     assert res.found == [True, False] and res.columns[0][0] == 53
+
+
+async def test_concurrent_runs_never_share_a_version(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    registry, store = setup
+    job = Materializer(registry, store)
+    big = ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 2001)), 1)))
+    small = ParquetSource(str(write_source(tmp_path / "b.parquet", list(range(1, 11)), 2)))
+    results = await asyncio.gather(
+        job.run("scores", big, batch_rows=200), job.run("scores", small), return_exceptions=True
+    )
+    [won] = [r for r in results if isinstance(r, MaterializeResult)]
+    [lost] = [r for r in results if not isinstance(r, MaterializeResult)]
+    assert isinstance(lost, Conflict), lost
+    assert await registry.data_versions() == {"scores": won.data_version}
+    res = await read(store, [5, 1500], won.data_version)
+    mark = 1 if won.rows_written == 2000 else 2
+    assert res.columns[0][0] == 50 + mark and res.found == [True, mark == 1]  # one run's rows, not a mix
+    other = ({1, 2} - {won.data_version}).pop()
+    assert (await read(store, [5, 1500], other)).found == [False, False]  # the loser cleaned up
+
+
+async def test_rows_of_a_killed_run_are_dropped_by_the_next_publication(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    registry, store = setup
+    path = write_source(tmp_path / "a.parquet", list(range(1, 11)), 1)
+    killed = await registry.allocate_data_version("scores")  # a run killed mid-write
+    await store.write(V, pq.read_table(path), killed)
+    r = await Materializer(registry, store).run("scores", ParquetSource(str(path)))
+    assert r.data_version == killed + 1
+    assert (await read(store, [1, 2], killed)).found == [False, False]
 
 
 async def test_schema_mismatch_fails_before_publishing(

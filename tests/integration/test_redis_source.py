@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import redis
 
-from featurestore.errors import Unavailable
+from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.sources.arrow import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
@@ -102,6 +102,28 @@ async def test_schema_mismatch_is_unavailable_not_wrong_values(
     r.close()
     [res] = await source.read([ViewQuery(V, [5], [0], 1)])
     assert isinstance(res, Unavailable) and "re-materialize" in res.message
+
+
+async def test_rows_of_another_definition_are_refused_on_read_and_write(source: RedisSource) -> None:
+    renamed = FeatureView("prof", V.entities, (Feature("age_renamed", V.features[0].dtype), *V.features[1:]))
+    await source.write(V, users([1]), 1)
+    [res] = await source.read([ViewQuery(renamed, [1, 2], [0], 1)])
+    assert isinstance(res, Unavailable) and "another definition" in res.message
+    with pytest.raises(FailedPrecondition, match="materialize"):
+        await source.write(
+            renamed, users([1]).rename_columns(["user_id", "age_renamed", "name", "event_timestamp"]), 1
+        )
+    # a fresh data version (what materialization writes) takes the new definition
+    await source.write(
+        renamed, users([1]).rename_columns(["user_id", "age_renamed", "name", "event_timestamp"]), 2
+    )
+    [res] = await source.read([ViewQuery(renamed, [1], [0], 2)])
+    assert isinstance(res, ViewRead) and res.columns == [[1]]
+    # dropping a version drops its marker with it
+    await source.drop_version(V, 1)
+    await source.write(
+        renamed, users([3]).rename_columns(["user_id", "age_renamed", "name", "event_timestamp"]), 1
+    )
 
 
 async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
