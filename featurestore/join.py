@@ -186,7 +186,15 @@ class JoinEngine:
             asyncio.ensure_future(self._read_store(name, items, span)): (name, items)
             for name, items in by_store.items()
         }
-        done, pending = await asyncio.wait(tasks, timeout=remaining)
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=remaining)
+        except BaseException:
+            # The request itself was cancelled (client gone, server stopping): its
+            # reads must not keep connections and threads busy for nobody.
+            for task in tasks:
+                task.cancel()
+                task.add_done_callback(_discard_result)
+            raise
         for task in pending:
             task.cancel()
             task.add_done_callback(_discard_result)
@@ -251,20 +259,21 @@ class JoinEngine:
 def _canary_route(state: ServingState, service: str, entities: Mapping[str, Sequence[Any]]) -> ServingState:
     """The candidate's state when this request's entity falls in the canary share.
 
-    The bucket is a stable hash (crc32) of the first row's entity key, so an entity
-    stays on one side for the canary's lifetime, in every process. A whole request is
-    served from one version: rows of one response never mix definitions.
+    The bucket is a stable hash (crc32) of the first row's key of the canary's routing
+    entity, so an entity stays on one side for the canary's lifetime, in every process,
+    whatever other entities a request lists with it. A whole request is served from one
+    version: rows of one response never mix definitions.
     """
-    canary = state.canaries.get(service)
-    if canary is None:
+    route = state.canaries.get(service)
+    if route is None:
         return state
-    share, candidate = canary
+    names = (route.entity,) if route.entity else sorted(entities)
     try:
-        key = "|".join(f"{name}={entities[name][0]}" for name in sorted(entities))
-    except (IndexError, TypeError):
-        return state  # malformed entities: validation reports it
+        key = "|".join(f"{name}={entities[name][0]}" for name in names)
+    except (KeyError, IndexError, TypeError):
+        return state  # missing or malformed entities: validation reports it
     bucket = zlib.crc32(key.encode()) / 4294967296.0
-    return candidate if bucket < share else state
+    return route.state if bucket < route.share else state
 
 
 def _discard_result(task: asyncio.Future[Any]) -> None:

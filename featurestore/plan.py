@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from featurestore.errors import InvalidArgument, NotFound
 from featurestore.model import DType, FeatureRef, FeatureView, parse_feature_ref
@@ -127,12 +128,18 @@ _MAX_CACHED_PLANS = 4096
 PlanKey = tuple[tuple[str, ...], str | None, bool]
 
 
+class CanaryRoute(NamedTuple):
+    share: float
+    entity: str  # whose key picks the side ("" = every entity of the first row)
+    state: ServingState  # the candidate's own state
+
+
 class ServingState:
     """Everything a join reads from the registry, swapped as one reference.
 
     A request takes ``engine.state`` once and uses only that object, so a registry
     swap mid-request cannot tear it: it finishes on the snapshot it started with.
-    ``canaries`` maps a feature service to (share, the candidate's own state).
+    ``canaries`` maps a feature service to its canary route.
     """
 
     __slots__ = ("_plans", "canaries", "data_versions", "snapshot")
@@ -141,12 +148,12 @@ class ServingState:
         self,
         snapshot: RegistrySnapshot,
         data_versions: Mapping[str, int] | None = None,
-        canaries: Mapping[str, tuple[float, ServingState]] | None = None,
+        canaries: Mapping[str, CanaryRoute] | None = None,
         plans: dict[PlanKey, JoinPlan] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.data_versions: Mapping[str, int] = MappingProxyType(dict(data_versions or {}))
-        self.canaries: Mapping[str, tuple[float, ServingState]] = MappingProxyType(dict(canaries or {}))
+        self.canaries: Mapping[str, CanaryRoute] = MappingProxyType(dict(canaries or {}))
         self._plans: dict[PlanKey, JoinPlan] = plans if plans is not None else {}
 
     @property
@@ -171,7 +178,7 @@ class ServingState:
         self,
         snapshot: RegistrySnapshot,
         data_versions: Mapping[str, int],
-        canaries: Mapping[str, tuple[float, ServingState]],
+        canaries: Mapping[str, CanaryRoute],
     ) -> ServingState:
         """The next state; plans carry over when the snapshot is the same."""
         plans = self._plans if snapshot.version == self.snapshot.version else None
@@ -181,6 +188,6 @@ class ServingState:
         return (
             self.snapshot.version == other.snapshot.version
             and dict(self.data_versions) == dict(other.data_versions)
-            and {k: (v[0], v[1].version) for k, v in self.canaries.items()}
-            == {k: (v[0], v[1].version) for k, v in other.canaries.items()}
+            and {k: (v.share, v.entity, v.state.version) for k, v in self.canaries.items()}
+            == {k: (v.share, v.entity, v.state.version) for k, v in other.canaries.items()}
         )

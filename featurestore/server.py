@@ -31,7 +31,7 @@ from featurestore.join import JoinEngine, Limits
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import FeatureView
 from featurestore.offline import OfflineSource
-from featurestore.plan import ServingState
+from featurestore.plan import CanaryRoute, ServingState
 from featurestore.push import PushService
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.registry.definitions import load_definitions
@@ -42,6 +42,7 @@ from featurestore.sources.base import OnlineSource
 from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
+from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV
 from featurestore.tracing import setup_tracing
 from lineage.emitter import EmitterConfig, LineageEmitter
 from lineage.graph.base import LineageGraph, definition_facts
@@ -171,7 +172,6 @@ class Lineage:
 
     emitter: LineageEmitter
     graph: LineageGraph | None  # None when this process does not serve GraphQL
-    writes_definitions: bool  # the in-process graph learns definitions from swaps
 
     async def close(self) -> None:
         await self.emitter.close()
@@ -221,11 +221,16 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         return None if store is None else store.table_uri(view)
 
     service = f"featurestore@{socket.gethostname()}:{config.http.port}"
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        # Workers of one server must not share an identity: lineage events are keyed
+        # by (window, feature, service), and equal keys count once.
+        service += f"/w{worker}"
     emitter = LineageEmitter(
         sink, table_uri, EmitterConfig(lc.window_seconds, lc.queue_size, service=service)
     )
     await emitter.start()
-    return Lineage(emitter, graph, writes_definitions=lc.graph == "memory")
+    return Lineage(emitter, graph)
 
 
 async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[RegistrySnapshot]) -> None:
@@ -276,19 +281,21 @@ async def serving_state(
     """Prepare the stores for every snapshot the state will serve, then build it."""
     assert reg.snapshot is not None
     serving_now = (
-        [] if previous is None else [previous.snapshot, *(c[1].snapshot for c in previous.canaries.values())]
+        []
+        if previous is None
+        else [previous.snapshot, *(c.state.snapshot for c in previous.canaries.values())]
     )
     await prepare_views(stores, [*serving_now, reg.snapshot, *(c for _, c in reg.canaries.values())])
-    canaries: dict[str, tuple[float, ServingState]] = {}
+    canaries: dict[str, CanaryRoute] = {}
     for service, (canary, candidate) in reg.canaries.items():
         old = previous.canaries.get(service) if previous is not None else None
-        prior = old[1] if old is not None else None
+        prior = old.state if old is not None else None
         cand_state = (
             prior.successor(candidate, reg.data_versions, {})
             if prior is not None
             else ServingState(candidate, reg.data_versions)
         )
-        canaries[service] = (canary.share, cand_state)
+        canaries[service] = CanaryRoute(canary.share, canary.entity, cand_state)
     if previous is None:
         return ServingState(reg.snapshot, reg.data_versions, canaries)
     return previous.successor(reg.snapshot, reg.data_versions, canaries)
@@ -298,34 +305,47 @@ async def _watch_registry(rt: Runtime) -> None:
     """Swap in new snapshots, data versions and canaries as they are published.
 
     Everything slow (reading snapshots, loading data for new views) happens here, off
-    the hot path; the swap itself is one reference assignment."""
-    async for _ in rt.registry.changes():
+    the hot path; the swap itself is one reference assignment. The watch itself is
+    re-armed if it breaks: a server that silently stopped following the registry
+    would serve stale definitions forever."""
+    while True:
         try:
-            reg = await load_state(rt.registry)
-            if reg.snapshot is None:
-                continue
-            current = rt.engine.state
-            new = await serving_state(rt.stores, reg, current)
-            if new.same_as(current):
-                continue
-            rt.engine.swap(new)
-            if new.version != current.version:
-                await _definitions_to_graph(rt, new.snapshot)
-            canaries = ", ".join(f"{k} -> v{v[1].version} at {v[0]:.0%}" for k, v in new.canaries.items())
-            log.info(
-                "now serving registry version %d%s",
-                new.version,
-                f" (canaries: {canaries})" if canaries else "",
-            )
+            async for _ in rt.registry.changes():
+                await _apply_registry_change(rt)
         except Exception:
-            log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+            log.exception("registry watch failed; re-arming in 1 s")
+        await asyncio.sleep(1.0)
+
+
+async def _apply_registry_change(rt: Runtime) -> None:
+    try:
+        reg = await load_state(rt.registry)
+        if reg.snapshot is None:
+            return
+        current = rt.engine.state
+        new = await serving_state(rt.stores, reg, current)
+        if new.same_as(current):
+            return
+        rt.engine.swap(new)
+    except Exception:
+        log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+        return
+    canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
+    log.info("now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else "")
+    if new.version != current.version:
+        await _definitions_to_graph(rt, new.snapshot)
 
 
 async def _definitions_to_graph(rt: Runtime, snapshot: RegistrySnapshot) -> None:
-    """The in-process lineage graph learns definitions from the snapshots it serves, so
-    lineage exists before the first read (a Neo4j graph learns them from `apply`)."""
-    if rt.lineage is not None and rt.lineage.writes_definitions and rt.lineage.graph is not None:
+    """The lineage graph learns definitions from the snapshots servers swap to, so
+    lineage exists before the first read, however the snapshot was published (the
+    graph ignores a version older than one it holds: servers may lag)."""
+    if rt.lineage is None or rt.lineage.graph is None:
+        return
+    try:
         await rt.lineage.graph.apply_definitions(definition_facts(snapshot))
+    except Exception:
+        log.exception("lineage graph: definitions of version %d not written", snapshot.version)
 
 
 async def _report_registry_health(rt: Runtime) -> None:
@@ -383,11 +403,17 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+def _reuse_port() -> bool:
+    """Only supervised workers share their ports (see ``supervisor.py``)."""
+    return os.environ.get(REUSE_PORT_ENV) == "1"
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if _reuse_port():
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -411,7 +437,7 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
         deadline_ms=config.limits.deadline_ms,
     )
     grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms)
-    grpc_server = create_server(config.limits.max_body_bytes)
+    grpc_server = create_server(config.limits.max_body_bytes, reuse_port=_reuse_port())
     grpc_api.register(grpc_server)
     bound = grpc_server.add_insecure_port(f"{config.grpc.host}:{config.grpc.port}")
     if bound == 0:

@@ -22,6 +22,9 @@ from featurestore import metrics
 
 log = logging.getLogger("featurestore")
 
+WORKER_ENV = "FEATURESTORE_WORKER"
+REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
+
 
 def supervise(workers: int, worker_argv: list[str]) -> int:
     """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
@@ -31,7 +34,10 @@ def supervise(workers: int, worker_argv: list[str]) -> int:
     stopping = False
 
     def spawn(slot: int) -> None:
-        procs[slot] = subprocess.Popen(worker_argv, env=env)
+        # The slot names the worker in lineage (stable across restarts) and lets it
+        # share the ports with its siblings.
+        worker_env = {**env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1"}
+        procs[slot] = subprocess.Popen(worker_argv, env=worker_env)
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping

@@ -121,11 +121,14 @@ def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def create_server(max_message_bytes: int) -> grpc.aio.Server:
+def create_server(max_message_bytes: int, reuse_port: bool) -> grpc.aio.Server:
+    """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
+    by default, and a second server started by mistake on the same port would quietly
+    take half the traffic instead of failing to bind."""
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )

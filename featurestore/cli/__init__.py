@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("service")
     start.add_argument("--file", required=True, help="the candidate definitions")
     start.add_argument("--share", type=float, required=True, help="fraction of entities, e.g. 0.1")
+    start.add_argument(
+        "--entity",
+        help="the entity whose key picks the side (default: the one keying most of the service's features)",
+    )
     start.set_defaults(func=cmd_canary_start)
     csub.add_parser("status", help="active canaries").set_defaults(func=cmd_canary_status)
     for name, helptext in (

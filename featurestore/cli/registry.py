@@ -61,8 +61,9 @@ def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> None:
-    """With a Neo4j lineage graph, applying definitions writes views, services and
-    DERIVED_FROM edges there, so lineage exists before the first read."""
+    """With a Neo4j lineage graph, publishing definitions writes views, services and
+    DERIVED_FROM edges there at once, so lineage exists before the first read even
+    when no server serves GraphQL (servers that do write what they swap to too)."""
     from featurestore import server
     from featurestore.config import load_config
     from lineage.graph.base import definition_facts
@@ -79,7 +80,13 @@ def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> No
         finally:
             await graph.close()
 
-    asyncio.run(write())
+    try:
+        asyncio.run(write())
+    except Exception as e:  # the registry change stands; serving processes write it too
+        print(
+            f"lineage graph: definitions of version {snapshot.version} not written ({e}); servers will write them"
+        )
+        return
     print(f"lineage graph: definitions of version {snapshot.version} written to {config.lineage.bolt.uri}")
 
 
@@ -131,10 +138,10 @@ def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.registry.definitions import load_definitions
 
     defs = load_definitions(args.file)
-    c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share))
+    c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share, entity=args.entity))
     print(
-        f"canary started: {args.service} serves {c.share:.1%} of entities from version {c.candidate_version} "
-        f"(current: {c.base_version})"
+        f"canary started: {args.service} serves {c.share:.1%} of {c.entity or 'entities'} "
+        f"from version {c.candidate_version} (current: {c.base_version})"
     )
     return 0
 
@@ -145,16 +152,22 @@ def cmd_canary_status(args: argparse.Namespace, _argv: list[str]) -> int:
         print("no canaries")
     for service, c in sorted(canaries.items()):
         print(
-            f"{service}: {c.share:.1%} of entities on version {c.candidate_version} (base {c.base_version})"
+            f"{service}: {c.share:.1%} of {c.entity or 'entities'} on version {c.candidate_version} "
+            f"(base {c.base_version})"
         )
     return 0
 
 
 def cmd_canary_promote(args: argparse.Namespace, _argv: list[str]) -> int:
-    c = _admin(args, lambda a: a.canary_promote(args.service))
+    async def promote(admin: Any) -> Any:
+        canary = await admin.canary_promote(args.service)
+        return canary, await admin.registry.get(canary.candidate_version)
+
+    c, snapshot = _admin(args, promote)
     print(
         f"promoted: version {c.candidate_version} is current (was {c.base_version}); canary of {args.service} ended"
     )
+    _definitions_to_lineage_graph(args, snapshot)
     return 0
 
 

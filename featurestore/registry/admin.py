@@ -6,9 +6,10 @@ cannot overwrite each other: the loser gets ``Conflict`` and is told to re-read.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
-from featurestore.errors import Conflict, FailedPrecondition, NotFound
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.registry.base import Canary, Registry
 from featurestore.registry.definitions import Definitions
 from featurestore.registry.diff import Change, diff
@@ -70,11 +71,17 @@ class RegistryAdmin:
     # -- canary ----------------------------------------------------------------------
 
     async def canary_start(
-        self, service: str, definitions: Definitions, share: float, message: str = ""
+        self,
+        service: str,
+        definitions: Definitions,
+        share: float,
+        message: str = "",
+        entity: str | None = None,
     ) -> Canary:
         self._check_project(definitions)
         if service not in definitions.services:
             raise NotFound(f"the candidate definitions have no feature service {service!r}")
+        entity = routing_entity(definitions, service, entity)
         current = await self.registry.current()
         if current is None:
             raise FailedPrecondition("the registry has no current snapshot to canary against")
@@ -89,7 +96,7 @@ class RegistryAdmin:
         candidate = await self.registry.stage(
             definitions, message=message or f"canary candidate for {service}"
         )
-        canary = Canary(candidate.version, share, current.version)
+        canary = Canary(candidate.version, share, current.version, entity)
         await self.registry.set_canary(service, canary, expected=None)
         return canary
 
@@ -122,3 +129,20 @@ class RegistryAdmin:
             raise FailedPrecondition(
                 f"the definitions are for project {definitions.project!r}, the registry for {self.registry.project!r}"
             )
+
+
+def routing_entity(definitions: Definitions, service: str, wanted: str | None) -> str:
+    """The entity whose key splits a service's canary: ``wanted`` when given (it must key
+    the service), else the one keying most of the service's features, so that, say, a
+    user stays on one side whatever items a request lists with it."""
+    counts: Counter[str] = Counter()
+    for ref in definitions.services[service].features:
+        counts.update(e.name for e in definitions.views[ref.view].entities)
+    if wanted is not None:
+        if wanted not in counts:
+            raise InvalidArgument(
+                f"entity {wanted!r} keys no feature of service {service!r} "
+                f"(its entities: {', '.join(sorted(counts))})"
+            )
+        return wanted
+    return min(counts, key=lambda name: (-counts[name], name))

@@ -27,30 +27,38 @@ from featurestore.registry.snapshot import RegistrySnapshot
 @dataclass(frozen=True, slots=True)
 class Canary:
     """A gray release of one feature service: ``share`` of entities (by a stable hash
-    of the request's entity key) are served from snapshot ``candidate_version``.
+    of the request's ``entity`` key) are served from snapshot ``candidate_version``.
     ``base_version`` is the current version the canary was started against; promotion
     refuses to run if current has moved since (it would undo that change)."""
 
     candidate_version: int
     share: float
     base_version: int
+    entity: str = ""  # the entity whose key picks the side; "" = every entity of the row
 
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0:
             raise InvalidArgument(f"canary share must be in (0, 1], got {self.share}")
 
     def to_json(self) -> bytes:
-        doc = {
+        doc: dict[str, object] = {
             "candidate_version": self.candidate_version,
             "share": self.share,
             "base_version": self.base_version,
         }
+        if self.entity:
+            doc["entity"] = self.entity
         return json.dumps(doc, sort_keys=True).encode()
 
     @staticmethod
     def from_json(raw: bytes) -> Canary:
         doc = json.loads(raw)
-        return Canary(int(doc["candidate_version"]), float(doc["share"]), int(doc["base_version"]))
+        return Canary(
+            int(doc["candidate_version"]),
+            float(doc["share"]),
+            int(doc["base_version"]),
+            str(doc.get("entity", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,23 @@ SCHEMA = [
     "CREATE CONSTRAINT server_name IF NOT EXISTS FOR (s:Server) REQUIRE s.name IS UNIQUE",
     "CREATE CONSTRAINT event_key IF NOT EXISTS FOR (e:LineageEvent) REQUIRE e.key IS UNIQUE",
     "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
+    "CREATE CONSTRAINT applied_project IF NOT EXISTS FOR (r:AppliedDefinitions) REQUIRE r.project IS UNIQUE",
 ]
 
 # Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
 LIVE = "({r}.valid_to IS NULL AND $t IS NULL OR $t IS NOT NULL AND {r}.valid_from <= $t AND ({r}.valid_to IS NULL OR {r}.valid_to > $t))"
 
+# Every server writes the definitions it swaps to, and `apply` writes them too: the
+# newest registry version applied is kept so a lagging writer cannot roll edges back.
+APPLIED_VERSION = """
+MERGE (r:AppliedDefinitions {project: $project})
+ON CREATE SET r.version = 0
+RETURN r.version AS version
+"""
+MARK_APPLIED = """
+MATCH (r:AppliedDefinitions {project: $project})
+SET r.version = CASE WHEN $version > r.version THEN $version ELSE r.version END
+"""
 APPLY_NODES = """
 UNWIND $features AS f
 MERGE (n:Feature {id: f.id})
@@ -131,7 +143,10 @@ class BoltGraph:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def apply_definitions(self, facts: DefinitionFacts) -> None:
+    async def apply_definitions(self, facts: DefinitionFacts) -> bool:
+        [row] = await self._write(APPLIED_VERSION, project=facts.project)
+        if int(row["version"]) >= facts.registry_version:
+            return False
         t = facts.valid_from_ms
         await self._write(
             APPLY_NODES,
@@ -151,6 +166,8 @@ class BoltGraph:
             if edges:
                 await self._write(OPEN_EDGE.format(**names), edges=edges, t=t)
             await self._write(CLOSE_EDGES.format(**names), keep=[[e["a"], e["b"]] for e in edges], t=t)
+        await self._write(MARK_APPLIED, project=facts.project, version=facts.registry_version)
+        return True
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         if not events:

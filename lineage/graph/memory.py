@@ -1,9 +1,11 @@
 """In-process lineage graph: the embedded default. Same model and answers as the Bolt
-adapter (one contract suite), held in dicts; bounded event history."""
+adapter (one contract suite), held in dicts with adjacency indexes, so a query touches
+only the edges of the nodes it walks. Event history is bounded (``max_events``, oldest
+dropped first); redelivery is recognised within that window."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -38,9 +40,14 @@ class InMemoryGraph:
         self._features: dict[str, FeatureInfo] = {}
         self._tables: set[str] = set()
         self._edges: dict[Edge, _Validity] = {}  # definition and event edges
-        self._served: dict[tuple[str, str], ServedBy] = {}
+        self._out_index: defaultdict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, from) -> to
+        self._in_index: defaultdict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, to) -> from
+        self._served: defaultdict[str, dict[str, ServedBy]] = defaultdict(dict)  # feature -> server ->
+        self._max_events = max_events
         self._event_keys: set[str] = set()
-        self._events: deque[tuple[str, int, LineageEvent]] = deque(maxlen=max_events)
+        self._event_order: deque[tuple[str, str]] = deque()  # (key, feature), oldest first
+        self._events: defaultdict[str, deque[tuple[int, LineageEvent]]] = defaultdict(deque)
+        self._applied: dict[str, int] = {}  # project -> newest registry version applied
 
     async def start(self) -> None:
         return None
@@ -50,7 +57,10 @@ class InMemoryGraph:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def apply_definitions(self, facts: DefinitionFacts) -> None:
+    async def apply_definitions(self, facts: DefinitionFacts) -> bool:
+        if self._applied.get(facts.project, 0) >= facts.registry_version:
+            return False
+        self._applied[facts.project] = facts.registry_version
         t = facts.valid_from_ms
         for f in facts.features:
             old = self._features.get(f.id)
@@ -67,12 +77,13 @@ class InMemoryGraph:
         for edge, role in wanted.items():
             current = self._edges.get(edge)
             if current is None or current.valid_to is not None:
-                self._edges[edge] = _Validity(t, None, role)
+                self._add_edge(edge, _Validity(t, None, role))
         # edges of earlier definitions that this snapshot no longer has end now
         # (online PRODUCED_BY edges come from serving, not definitions)
         for edge, v in self._edges.items():
             if v.valid_to is None and edge not in wanted and v.role != "online":
                 v.valid_to = t
+        return True
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         for e in events:
@@ -80,8 +91,7 @@ class InMemoryGraph:
             fresh = key not in self._event_keys
             ts = event_time_ms(e)
             if fresh:
-                self._event_keys.add(key)
-                self._events.append((e.feature_id, ts, e))
+                self._remember(key, e.feature_id, ts, e)
             old = self._features.get(e.feature_id)
             view = e.feature_id.partition(":")[0]
             versions = tuple(sorted(set(old.versions if old else ()) | {e.feature_version}))
@@ -92,19 +102,37 @@ class InMemoryGraph:
             self._tables.add(e.source_table)
             edge = ("PRODUCED_BY", e.feature_id, e.source_table)
             if edge not in self._edges:
-                self._edges[edge] = _Validity(ts, None, "online")
-            served = self._served.get((e.feature_id, e.service))
+                self._add_edge(edge, _Validity(ts, None, "online"))
+            by_server = self._served[e.feature_id]
+            served = by_server.get(e.service)
             count = (served.count if served else 0) + (e.served_count if fresh else 0)
             last = max(ts, served.last_seen_ms if served else 0)
-            self._served[(e.feature_id, e.service)] = ServedBy(e.service, count, last)
+            by_server[e.service] = ServedBy(e.service, count, last)
+
+    def _add_edge(self, edge: Edge, validity: _Validity) -> None:
+        kind, a, b = edge
+        self._edges[edge] = validity
+        self._out_index[(kind, a)].add(b)
+        self._in_index[(kind, b)].add(a)
+
+    def _remember(self, key: str, feature_id: str, ts: int, e: LineageEvent) -> None:
+        if len(self._event_order) >= self._max_events:
+            old_key, old_feature = self._event_order.popleft()
+            self._event_keys.discard(old_key)
+            self._events[old_feature].popleft()  # per feature, oldest first too
+        self._event_keys.add(key)
+        self._event_order.append((key, feature_id))
+        self._events[feature_id].append((ts, e))
 
     # -- reads -----------------------------------------------------------------------
 
     def _out(self, kind: str, src: str, at: int | None) -> list[str]:
-        return sorted(b for (k, a, b), v in self._edges.items() if k == kind and a == src and v.live(at))
+        targets = self._out_index.get((kind, src), ())
+        return sorted(b for b in targets if self._edges[(kind, src, b)].live(at))
 
     def _in(self, kind: str, dst: str, at: int | None) -> list[str]:
-        return sorted(a for (k, a, b), v in self._edges.items() if k == kind and b == dst and v.live(at))
+        sources = self._in_index.get((kind, dst), ())
+        return sorted(a for a in sources if self._edges[(kind, a, dst)].live(at))
 
     async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None:
         f = self._features.get(feature_id)
@@ -136,17 +164,14 @@ class InMemoryGraph:
         return self._walk(feature_id, depth, "in", as_of_ms)
 
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
-        return sorted(
-            (
-                TableRef(b, v.role)
-                for (k, a, b), v in self._edges.items()
-                if k == "PRODUCED_BY" and a == feature_id and v.live(as_of_ms)
-            ),
-            key=lambda t: (t.role, t.name),
-        )
+        refs = [
+            TableRef(b, self._edges[("PRODUCED_BY", feature_id, b)].role)
+            for b in self._out("PRODUCED_BY", feature_id, as_of_ms)
+        ]
+        return sorted(refs, key=lambda t: (t.role, t.name))
 
     async def served_by(self, feature_id: str) -> list[ServedBy]:
-        return sorted((s for (f, _), s in self._served.items() if f == feature_id), key=lambda s: s.server)
+        return sorted(self._served.get(feature_id, {}).values(), key=lambda s: s.server)
 
     async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
         return self._in("USES", feature_id, as_of_ms)
@@ -170,10 +195,8 @@ class InMemoryGraph:
     ) -> list[LineageEvent]:
         out = [
             e
-            for fid, ts, e in self._events
-            if fid == feature_id
-            and (since_ms is None or ts >= since_ms)
-            and (until_ms is None or ts < until_ms)
+            for ts, e in self._events.get(feature_id, ())
+            if (since_ms is None or ts >= since_ms) and (until_ms is None or ts < until_ms)
         ]
         out.sort(key=lambda e: (e.timestamp, e.service))
         return out[-limit:]

@@ -125,3 +125,13 @@ async def test_lineage_as_of_a_past_time(graph: LineageGraph) -> None:
     assert await graph.feature("score:rank", 1600000000000) is None  # before it existed
     f = await graph.feature("score:rank")
     assert f is not None and f.versions == (1, 2) and f.version == 2
+
+
+async def test_an_older_snapshot_never_rolls_the_graph_back(graph: LineageGraph) -> None:
+    """Every server writes what it swaps to; one lagging behind must not undo a newer apply."""
+    t1, t2 = "2024-01-01T00:00:00.000000Z", "2024-02-01T00:00:00.000000Z"
+    score2 = FeatureView("score", (U,), (Feature("rank", DType.FLOAT64),), upstream=("raw:views",))
+    assert await graph.apply_definitions(definition_facts(snap(2, t2, RAW, DERIVED, score2)))
+    assert not await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))
+    assert not await graph.apply_definitions(definition_facts(snap(2, t2, RAW, DERIVED, score2)))
+    assert await graph.upstream("score:rank", 1) == ["raw:views"]

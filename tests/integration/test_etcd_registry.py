@@ -218,8 +218,10 @@ def test_canary_start_promote_abort(env: Env) -> None:
     assert env.cli("apply", str(env.defs("base"))).returncode == 0
     cand = env.defs("cand", activity=True, service_extra=", user_activity:ctr_30d")
     start = env.cli("canary", "start", "ranker", "--file", str(cand), "--share", "0.3")
-    assert start.returncode == 0 and "serves 30.0% of entities from version 2 (current: 1)" in start.stdout
-    assert "ranker: 30.0% of entities on version 2 (base 1)" in env.cli("canary", "status").stdout
+    assert start.returncode == 0 and "serves 30.0% of user_id from version 2 (current: 1)" in start.stdout
+    assert "ranker: 30.0% of user_id on version 2 (base 1)" in env.cli("canary", "status").stdout
+    other = env.cli("canary", "start", "ranker", "--file", str(cand), "--share", "0.3", "--entity", "shop")
+    assert other.returncode == 2 and "entity 'shop' keys no feature of service 'ranker'" in other.stderr
     twice = env.cli("canary", "start", "ranker", "--file", str(cand), "--share", "0.5")
     assert twice.returncode == 2 and "already has a canary" in twice.stderr
     abort = env.cli("canary", "abort", "ranker")

@@ -15,10 +15,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from featurestore.errors import DeadlineExceeded
-from featurestore.join import JoinEngine, JoinRequest, Limits
-from featurestore.model import DType, Entity, Feature, FeatureView, Status
-from featurestore.plan import ServingState
+from featurestore.errors import DeadlineExceeded, InvalidArgument
+from featurestore.join import JoinEngine, JoinRequest, Limits, _canary_route
+from featurestore.model import DType, Entity, Feature, FeatureRef, FeatureService, FeatureView, Status
+from featurestore.plan import CanaryRoute, ServingState
+from featurestore.registry.admin import routing_entity
 from featurestore.registry.definitions import make_definitions
 from featurestore.registry.snapshot import new_snapshot
 from featurestore.sources.arrow import view_schema
@@ -159,3 +160,52 @@ async def test_swap_keeps_inflight_request_on_its_snapshot(engine: JoinEngine) -
     assert res.registry_version == 4
     res2 = await engine.join(JoinRequest({"user_id": [1]}, ("uv:a",)), deadline())
     assert res2.registry_version == 5
+
+
+async def test_cancelled_join_cancels_its_store_reads(engine: JoinEngine) -> None:
+    hanging = engine.stores["slow"]
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def read(queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    hanging.read = read  # type: ignore[method-assign]
+    # two stores: the fan-out runs a task per store
+    task = asyncio.create_task(engine.join(JoinRequest({"user_id": [1]}, ("uv:a", "slow:x")), deadline(60)))
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()  # the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), 5)  # the store read did not outlive the request
+
+
+def test_canary_routes_by_one_entity_whatever_else_the_request_lists() -> None:
+    defs = make_definitions(
+        "p", [U, ITEM], [UV, UI], [FeatureService("svc", (FeatureRef("uv", "a"), FeatureRef("ui", "s")))]
+    )
+    assert routing_entity(defs, "svc", None) == "user_id"  # keys both views
+    assert routing_entity(defs, "svc", "item_id") == "item_id"
+    with pytest.raises(InvalidArgument, match="keys no feature"):
+        routing_entity(defs, "svc", "shop")
+    base = ServingState(new_snapshot(defs, 1))
+    cand = ServingState(new_snapshot(defs, 2))
+    state = ServingState(new_snapshot(defs, 1), canaries={"svc": CanaryRoute(0.5, "user_id", cand)})
+    sides = set()
+    for user in range(1, 200):
+        seen = {
+            _canary_route(state, "svc", {"user_id": [user], "item_id": [item]}).version
+            for item in range(1, 20)
+        }
+        assert len(seen) == 1, user  # the items do not move a user across
+        sides |= seen
+    assert sides == {1, 2}
+    assert _canary_route(state, "other", {"user_id": [1]}) is state
+    assert _canary_route(state, "svc", {"item_id": [1]}) is state  # missing entity: validation reports it
+    assert base.version == 1

@@ -39,3 +39,19 @@ def test_malformed_events_say_why(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedEvent) as info:
         decode_event(raw)
     assert reason.lower() in str(info.value).lower()
+
+
+async def test_in_memory_graph_keeps_a_bounded_history() -> None:
+    from msgspec.structs import replace
+
+    from lineage.graph.memory import InMemoryGraph
+
+    graph = InMemoryGraph(max_events=3)
+    stamps = [f"2024-01-01T00:00:0{i}Z" for i in range(5)]
+    await graph.write_events([replace(EVENT, timestamp=t) for t in stamps])
+    await graph.write_events([replace(EVENT, feature_id="user_profile:tenure", timestamp=stamps[0])])
+    kept = await graph.events("user_profile:age", None, None, 100)
+    assert [e.timestamp for e in kept] == stamps[3:]  # the oldest went first, across features
+    assert len(graph._event_keys) == 3  # and their identities with them
+    [served] = await graph.served_by("user_profile:age")
+    assert served.count == 5 * 120  # counts are not history: they stay
