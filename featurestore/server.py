@@ -133,11 +133,13 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def readiness(self) -> Readiness:
-        reasons = []
-        if self.stopping:
-            reasons.append("shutting down")
+        reasons = ["shutting down"] if self.stopping else []
         states = {name: s.state().value for name, s in self.stores.items()}
-        reasons += [f"store {n} is {st}" for n, st in states.items() if st in ("down", "starting")]
+        # A store that is down does not make the process unready: its views answer
+        # UNAVAILABLE within the deadline while every other view still answers, and
+        # the store is shared by all replicas, so failing readiness would take the
+        # whole fleet out of the load balancer over one backend.
+        degraded = [f"store {n} is {st}" for n, st in states.items() if st != "ready"]
         health = self.registry.health()
         registry = {
             "kind": self.config.registry.kind,
@@ -150,7 +152,13 @@ class Runtime:
         return Readiness(
             ready=not reasons,
             reasons=tuple(reasons),
-            details={"registry_version": self.engine.state.version, "registry": registry, "stores": states},
+            details={
+                "status": "stopping" if reasons else "degraded" if degraded else "ok",
+                "degraded": degraded,
+                "registry_version": self.engine.state.version,
+                "registry": registry,
+                "stores": states,
+            },
         )
 
     async def close(self) -> None:

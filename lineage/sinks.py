@@ -93,6 +93,8 @@ class KafkaSink:
         self._up = metrics.SINK_UP.labels("kafka")
         self._poller: asyncio.Task[None] | None = None
         self._topic_ready = False
+        self._admin: Any = None  # one AdminClient (a librdkafka instance), made on first use
+        self._last_delivery = time.monotonic()
 
     async def start(self) -> None:
         self._up.set(0)
@@ -126,7 +128,11 @@ class KafkaSink:
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
         def create() -> bool:
-            admin = AdminClient({"bootstrap.servers": self.config.bootstrap_servers})
+            if self._admin is None:
+                self._admin = AdminClient(
+                    {"bootstrap.servers": self.config.bootstrap_servers, "log.connection.close": False}
+                )
+            admin = self._admin
             topics = admin.list_topics(timeout=3).topics
             if self.config.topic in topics:
                 return True
@@ -150,13 +156,16 @@ class KafkaSink:
 
     async def _poll(self) -> None:
         """Serve delivery callbacks (they run on this, the event loop's, thread), and
-        while events wait in the buffer make sure their topic exists: a broker that
-        came back without it would otherwise hold them until they expire."""
+        make sure the topic exists: at start, after a delivery said it is unknown, and
+        when buffered events stopped being delivered (a broker that came back without
+        the topic would otherwise hold them until they expire). A healthy stream of
+        deliveries costs no admin calls."""
         checked = 0.0
         while True:
             self._producer.poll(0)
             now = time.monotonic()
-            if (not self._topic_ready or len(self._producer)) and now - checked > 5.0:
+            stalled = len(self._producer) > 0 and now - self._last_delivery > 5.0
+            if (not self._topic_ready or stalled) and now - checked > 5.0:
                 checked = now
                 await self._ensure_topic()
             await asyncio.sleep(0.05)
@@ -164,9 +173,10 @@ class KafkaSink:
     def delivered(self, served: int, error: Any) -> None:
         if error is None:
             metrics.EVENTS.labels("delivered").inc()
+            self._last_delivery = time.monotonic()
             self._up.set(1)
             return
-        if "UNKNOWN_TOPIC" in str(error):
+        if "UNKNOWN_TOPIC" in str(error) or "UNKNOWN_PARTITION" in str(error):
             self._topic_ready = False  # e.g. a broker that lost its topics: create it again
         log.warning("lineage event not delivered: %s", error)
         self._up.set(0)

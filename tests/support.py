@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,43 @@ def http_post(
         return e.code, e.read(), dict(e.headers)
 
 
+class Background:
+    """Call ``step`` in a loop on daemon threads while the ``with`` block runs.
+
+    The threads stop however the block exits (a daemon thread can never hold up the
+    session), and an exception in a thread (a failed assertion) is raised again in the
+    test's own thread when the block ends, instead of vanishing with the thread."""
+
+    def __init__(self, step: Callable[[], None], threads: int = 1) -> None:
+        self._step = step
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.errors: list[BaseException] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except BaseException as e:
+                self.errors.append(e)
+                return
+
+    def __enter__(self) -> Background:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.stop()
+        if exc_type is None and self.errors:
+            raise self.errors[0]
+
+
 class ServerProcess:
     """``featurestore serve`` as a child process on free loopback ports."""
 
@@ -139,7 +178,11 @@ class ServerProcess:
             except OSError:
                 return False
 
-        wait_until(ready, timeout, "server readiness")
+        try:
+            wait_until(ready, timeout, "server readiness")
+        except BaseException:
+            self.stop(signal.SIGKILL, timeout=5)  # never leave a half-started server behind
+            raise
         return self
 
     def read_log(self) -> str:

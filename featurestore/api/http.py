@@ -317,7 +317,7 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @app.get("/readyz", summary="Readiness: registry loaded and stores answering")
+    @app.get("/readyz", summary="Readiness: serving a snapshot and not shutting down; store health in the body")
     async def readyz() -> Response:
         r = readiness()
         doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, ServerProcess, http_get, http_post, wait_until
+from tests.servers import TansuBroker
+from tests.support import ROOT, Background, ServerProcess, http_get, http_post, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,30 +104,100 @@ def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> No
     body = json.dumps({"entities": {"user_id": list(range(1, 201))}, "feature_service": "ranker_v1"}).encode()
     statuses: list[int] = []
     errors: list[str] = []
-    stop = threading.Event()
 
     def load() -> None:
-        while not stop.is_set():
-            try:
-                status, raw, _ = http_post(proc.url + "/v1/feature/join", body, timeout=10)
-                statuses.append(status)
-                if status == 200:
-                    assert len(json.loads(raw)["results"]) == 17  # a complete response
-            except OSError as e:
-                errors.append(type(e).__name__)
-                time.sleep(0.01)
+        try:
+            status, raw, _ = http_post(proc.url + "/v1/feature/join", body, timeout=10)
+        except OSError as e:  # refused once the listener closed: expected
+            errors.append(type(e).__name__)
+            time.sleep(0.01)
+            return
+        statuses.append(status)
+        if status == 200:
+            assert len(json.loads(raw)["results"]) == 17  # a complete response
 
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(statuses) > 50, 20, "load to build up")
-    assert proc.proc is not None
-    proc.proc.send_signal(signal.SIGTERM)
-    code = proc.proc.wait(20)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        with Background(load, threads=6):
+            wait_until(lambda: len(statuses) > 50, 20, "load to build up")
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(20)
+    finally:
+        proc.stop()
     assert code == 0
     assert set(statuses) == {200}  # nothing accepted was failed or cut short
     assert "draining in-flight requests" in proc.read_log() and "stopped" in proc.read_log()
-    proc.stop()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
+    tmp_path: Path, test_repo: Path, kafka: TansuBroker
+) -> None:
+    from confluent_kafka import Consumer
+
+    topic = f"lineage-workers-{uuid.uuid4().hex[:6]}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'registry'}}}\n"
+        "stores: {default: {kind: memory}, local: {kind: memory}}\n"
+        "lineage:\n  sink: kafka\n  graphql: false\n  window_seconds: 0.5\n"
+        f"  kafka: {{bootstrap_servers: '{kafka.bootstrap}', topic: {topic}, partitions: 1}}\n"
+    )
+    proc = ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo), "--workers", "2"],
+        log_path=tmp_path / "log",
+    ).start()
+    try:
+        assert proc.proc is not None
+        supervisor = proc.proc.pid
+        wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
+        body = json.dumps({"entities": {"user_id": [1, 2]}, "features": ["user_profile:age"]}).encode()
+        n = 60
+        for _ in range(n):  # a fresh connection each: the kernel spreads them over the workers
+            assert http_post(proc.url + "/v1/feature/join", body)[0] == 200
+
+        def counted() -> float:
+            text = http_get(proc.url + "/metrics")[1].decode()
+            return sum(
+                float(m)
+                for m in re.findall(
+                    r'^featurestore_requests_total\{[^}]*route="/v1/feature/join"[^}]*\} (\S+)$', text, re.M
+                )
+            )
+
+        # whichever worker answers the scrape reports both workers' requests
+        wait_until(lambda: counted() == n, 10, f"the metrics of both workers to add up to {n}")
+
+        consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+        )
+        consumer.subscribe([topic])
+        services: set[str] = set()
+        try:
+            deadline = time.monotonic() + 30
+            while len(services) < 2 and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error() and msg.value() is not None:
+                    services.add(json.loads(msg.value() or b"")["service"])
+        finally:
+            consumer.close()
+        assert len(services) == 2 and {s.rsplit("/", 1)[1] for s in services} == {"w0", "w1"}, services
+
+        # a worker that dies is replaced, and the server keeps answering
+        victim = _children(supervisor)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor),
+            20,
+            "the worker to be replaced",
+        )
+        wait_until(lambda: http_post(proc.url + "/v1/feature/join", body)[0] == 200, 20, "serving again")
+    finally:
+        assert proc.stop() == 0

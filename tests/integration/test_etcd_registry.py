@@ -4,11 +4,11 @@ and an etcd outage under load."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from featurestore.errors import Conflict
+from featurestore.registry.definitions import load_definitions
+from featurestore.registry.etcd import EtcdRegistry
 from tests.servers import EtcdServer, RedisServer
-from tests.support import ROOT, ServerProcess, http_get, wait_until
+from tests.support import ROOT, Background, ServerProcess, http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -187,27 +190,58 @@ def test_concurrent_applies_from_separate_processes(env: Env) -> None:
     assert len(env.cli("registry", "history").stdout.splitlines()) == 2  # nothing left behind by the losers
 
 
-def test_cli_apply_reports_a_lost_race(env: Env) -> None:
+def test_concurrent_cli_applies_publish_once_each_or_are_told_to_retry(env: Env) -> None:
+    """Operators applying at the same moment: every publication lands whole as its own
+    version, or its `apply` exits 2 saying to re-read; nothing is lost or merged."""
     assert env.cli("apply", str(env.defs("base"))).returncode == 0
-    stale = env.tmp / "stale.yaml"
-    stale.write_text(env.defs("x", activity=True).read_text())
-    # another operator publishes between this operator's read and write: simulated by
-    # publishing, then asking for the old expected version through the API
-    import asyncio
+    files = [
+        env.defs(f"c{i}", activity=True, service_extra=extra)
+        for i, extra in enumerate(
+            (
+                "",
+                ", user_activity:ctr_30d",
+                ", user_profile:country",
+                ", user_profile:country, user_activity:ctr_30d",
+            )
+        )
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "featurestore.cli", "apply", str(f), "--config", str(env.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for f in files
+    ]
+    outcomes = [
+        (p.wait(60), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "") for p in procs
+    ]
+    for code, _, err in outcomes:
+        assert code in (0, 2), err
+        if code == 2:
+            assert "re-read the registry and retry" in err, err
+    published = sorted(
+        int(m) for _, out, _ in outcomes for m in re.findall(r"published registry version (\d+)", out)
+    )
+    assert published and published == list(range(2, 2 + len(published)))  # one version each, no gaps
+    history = env.cli("registry", "history").stdout
+    assert re.search(rf"^\*\s+{published[-1]} ", history, re.M)
 
-    from featurestore.errors import Conflict
-    from featurestore.registry.definitions import load_definitions
-    from featurestore.registry.etcd import EtcdRegistry
+
+def test_a_publish_against_a_stale_version_is_refused(env: Env) -> None:
+    """The deterministic half of the race above, through the port."""
+    assert env.cli("apply", str(env.defs("base"))).returncode == 0
 
     async def race() -> str:
         reg = EtcdRegistry([env.etcd.endpoint], env.project)
         try:
-            await reg.publish(load_definitions(stale), expected_version=1)
-            try:
+            await reg.publish(load_definitions(env.defs("x", activity=True)), expected_version=1)
+            with pytest.raises(Conflict) as info:
                 await reg.publish(load_definitions(env.defs("y")), expected_version=1)
-            except Conflict as e:
-                return e.message
-            return "no conflict"
+            assert [s.version for s in [await reg.current()] if s] == [2]  # the loser left nothing
+            return info.value.message
         finally:
             await reg.close()
 
@@ -247,34 +281,27 @@ def test_hot_swap_under_continuous_load(served: tuple[Env, ServerProcess]) -> No
     bodies = [{"entities": {"user_id": [1, 2, 3]}, "feature_service": "ranker"}]
     seen: list[tuple[int, int, list[str]]] = []
     errors: list[Any] = []
-    stop = threading.Event()
 
     def traffic() -> None:
-        while not stop.is_set():
-            status, doc = server.join(bodies[0])
-            if status != 200:
-                errors.append(doc)
-                continue
-            seen.append(
-                (doc["metadata"]["registry_version"], len(doc["results"]), doc["metadata"]["feature_names"])
-            )
+        status, doc = server.join(bodies[0])
+        if status != 200:
+            errors.append(doc)
+            return
+        seen.append(
+            (doc["metadata"]["registry_version"], len(doc["results"]), doc["metadata"]["feature_names"])
+        )
 
-    threads = [threading.Thread(target=traffic) for _ in range(4)]
-    for t in threads:
-        t.start()
     versions = [
         env.defs("a", activity=True, service_extra=", user_activity:ctr_30d"),
         env.defs("b", activity=True, service_extra=", user_profile:country"),
         env.defs("c", activity=True, service_extra=", user_profile:country, user_activity:ctr_30d"),
         env.defs("d", activity=True),
     ]
-    for f in versions:
-        time.sleep(0.4)
-        assert env.cli("apply", str(f)).returncode == 0
-    wait_until(lambda: bool(seen) and seen[-1][0] == 5, 10, "version 5 served")
-    stop.set()
-    for t in threads:
-        t.join()
+    with Background(traffic, threads=4):
+        for f in versions:
+            time.sleep(0.4)
+            assert env.cli("apply", str(f)).returncode == 0
+        wait_until(lambda: bool(seen) and seen[-1][0] == 5, 10, "version 5 served")
     assert not errors
     expected = {1: ["user_id", "age"], 2: ["user_id", "age", "ctr_30d"], 3: ["user_id", "age", "country"],
                 4: ["user_id", "age", "country", "ctr_30d"], 5: ["user_id", "age"]}  # fmt: skip
@@ -331,15 +358,11 @@ def test_etcd_outage_keeps_serving_and_resumes(served: tuple[Env, ServerProcess]
     env, server = served
     body = {"entities": {"user_id": [1]}, "feature_service": "ranker"}
     statuses: list[int] = []
-    stop = threading.Event()
 
     def traffic() -> None:
-        while not stop.is_set():
-            statuses.append(server.join(body)[0])
+        statuses.append(server.join(body)[0])
 
-    t = threading.Thread(target=traffic)
-    t.start()
-    try:
+    with Background(traffic):
         env.etcd.stop()
 
         def stale() -> bool:
@@ -375,9 +398,6 @@ def test_etcd_outage_keeps_serving_and_resumes(served: tuple[Env, ServerProcess]
             10,
             "reconnected",
         )
-    finally:
-        stop.set()
-        t.join()
     assert set(statuses) == {200}
     assert server.join(body)[1]["metadata"]["feature_names"] == ["user_id", "age", "ctr_30d"]
 

@@ -53,13 +53,15 @@ def test_joins_to_kafka_to_graph_to_graphql(
 
     server = ServerProcess(["--config", str(config)], log_path=tmp_path / "server.log").start()
     metrics_port = free_port()
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "featurestore.cli", "lineage", "consume", "--config", str(config),
-         "--metrics-port", str(metrics_port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=open(tmp_path / "consumer.log", "wb"), text=True,  # noqa: SIM115
-        preexec_fn=die_with_parent,
-    )  # fmt: skip
+    consumer: subprocess.Popen[str] | None = None
+    out = ""
     try:
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "featurestore.cli", "lineage", "consume", "--config", str(config),
+             "--metrics-port", str(metrics_port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(tmp_path / "consumer.log", "wb"), text=True,  # noqa: SIM115
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
         # lineage from definitions exists before the first read
         before = gql(
             server, '{ feature(id: "user_item:affinity") { upstream { id } producedBy { name role } } }'
@@ -93,7 +95,12 @@ def test_joins_to_kafka_to_graph_to_graphql(
         assert 'featurestore_lineage_consumed_total{outcome="written"}' in text
         print(f"join -> graph visible in {latency:.2f}s")
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        out, _ = consumer.communicate(timeout=30)
+        if consumer is not None:
+            consumer.send_signal(signal.SIGTERM)
+            try:
+                out, _ = consumer.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                consumer.kill()
+                out, _ = consumer.communicate()
         server.stop()
     assert consumer.returncode == 0 and "lineage consumer stopped:" in out

@@ -18,7 +18,7 @@ from lineage.events import LineageEvent
 from lineage.graph.bolt import BoltGraph
 from lineage.sinks import KafkaSink, KafkaSinkConfig
 from tests.servers import ArcadeServer, TansuBroker
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +184,36 @@ async def test_kafka_outage_buffers_counts_and_recovers(tmp_path: Any) -> None:
     finally:
         await sink.close()
         broker.stop()
+
+
+class CountingGraph(BoltGraph):
+    """A Bolt graph whose server is not there (nothing listens on its port)."""
+
+    attempts = 0
+
+    async def write_events(self, events: Any) -> None:
+        self.attempts += 1
+        await super().write_events(events)
+
+
+async def test_a_consumer_stopped_during_a_graph_outage_leaves_its_batch_to_the_group(
+    kafka: TansuBroker, graph: BoltGraph
+) -> None:
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    await produce(kafka, topic, [ev(i) for i in range(20)], partitions=1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    down = CountingGraph(f"bolt://127.0.0.1:{free_port()}", "root", "none", retries=1)
+    first = LineageConsumer(consumer_config(kafka, topic, group), down)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    try:
+        await eventually(lambda: down.attempts >= 2, 30, "writes retried against the missing graph")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)  # stops although the graph never came back
+        await down.close()
+    assert first.written == 0
+    # the same group resumes where the committed offsets say: nothing was committed
+    second = LineageConsumer(consumer_config(kafka, topic, group), graph)
+    await consume_until(second, lambda: second.written >= 20)
+    assert [s.count for s in await graph.served_by("user_profile:age")] == [200]

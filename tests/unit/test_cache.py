@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -101,3 +102,51 @@ async def test_write_through_invalidates() -> None:
     )
     [r] = await src.read([ViewQuery(V, [1], [0], 1)])
     assert isinstance(r, ViewRead) and r.found == [True] and r.columns == [[11]]
+
+
+async def test_a_changed_definition_is_never_answered_from_rows_cached_for_the_old_one() -> None:
+    inner = Counting()
+    src = CachedSource(inner, LRUCache(100, 30))
+    renamed = FeatureView("v", (U,), (Feature("a_renamed", DType.INT64), Feature("b", DType.STRING)))
+    await src.prepare([V, renamed])
+    schema = view_schema(V)
+    ts = schema.field("event_timestamp").type
+    await src.write(
+        V,
+        pa.table(
+            {"user_id": [1], "a": [11], "b": ["z"], "event_timestamp": pa.array([7], ts)}, schema=schema
+        ),
+        1,
+    )
+    [old] = await src.read([ViewQuery(V, [1], [0], 1)])
+    assert isinstance(old, ViewRead) and old.columns == [[11]]  # now cached
+    [new] = await src.read([ViewQuery(renamed, [1], [0], 1)])
+    assert inner.keys_read[-1] == [1]  # went to the store, not to the cached row
+    assert isinstance(new, ViewRead) and new.found == [False]  # nothing written for the new layout
+
+
+async def test_a_read_overlapping_a_write_does_not_put_stale_rows_back() -> None:
+    gate = asyncio.Event()
+
+    class Slow(Counting):
+        async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+            out = await super().read(queries)  # the value before the write
+            await gate.wait()
+            return out
+
+    inner = Slow()
+    src = CachedSource(inner, LRUCache(100, 30))
+    await src.prepare([V])
+    schema = view_schema(V)
+    ts = schema.field("event_timestamp").type
+    row = pa.table(
+        {"user_id": [1], "a": [11], "b": ["z"], "event_timestamp": pa.array([7], ts)}, schema=schema
+    )
+    reading = asyncio.create_task(src.read([ViewQuery(V, [1], [0], 1)]))
+    await asyncio.sleep(0.01)
+    await src.write(V, row, 1)  # lands while the read is in flight
+    gate.set()
+    [stale] = await reading
+    assert isinstance(stale, ViewRead) and stale.found == [False]  # that read may answer what it saw
+    [fresh] = await src.read([ViewQuery(V, [1], [0], 1)])
+    assert isinstance(fresh, ViewRead) and fresh.columns == [[11]]  # but it did not fill the cache
