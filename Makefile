@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run      create .venv, install, serve the 100k-user demo (HTTP :8080, gRPC :50051)"
 	@echo "make test     install test deps (pip + apt), lint, type-check, run pytest on real servers"
+	@echo "make unit     the unit tests only (seconds, no servers)"
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side, ClickHouse, lineage, footprint (~30 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
@@ -55,7 +56,7 @@ test: $(STAMP) system-deps lint types
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q tests/unit tests/contract $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 bench-feast: $(STAMP) system-deps
 	$(PY) -m benchmarks.run

@@ -8,6 +8,7 @@ errors, so a typo does not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -188,19 +189,54 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
             return value.strip().lower() in ("1", "true", "yes", "on")
         return bool(value)
     if isinstance(default, int):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise _SettingError(where, f"expected an integer, got {value!r}") from None
+        number = _integer(value, where)
+        if number <= 0 or (f.name == "port" and number > 65535):
+            raise _SettingError(
+                where,
+                f"expected a positive integer{' up to 65535' if f.name == 'port' else ''}, got {value!r}",
+            )
+        return number
     if isinstance(default, float):
         try:
-            return float(value)
+            real = float(value)
         except (TypeError, ValueError):
             raise _SettingError(where, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(real):
+            raise _SettingError(where, f"expected a number, got {value!r}")
+        if f.name in _RATIOS:
+            if not 0.0 <= real <= 1.0:
+                raise _SettingError(where, f"expected a ratio between 0 and 1, got {value!r}")
+        elif real <= 0:
+            raise _SettingError(where, f"expected a positive number, got {value!r}")
+        return real
+    if f.name == "log_level":
+        level = str(value).strip().lower()
+        if level not in _LOG_LEVELS:
+            raise _SettingError(where, f"unknown log level {value!r}; use {', '.join(_LOG_LEVELS)}")
+        return level
     if isinstance(default, tuple):
         items = value.split(",") if isinstance(value, str) else value
         return tuple(str(x).strip() for x in items)
     return None if value is None else str(value)
+
+
+_RATIOS = frozenset({"sample_ratio"})
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _integer(value: Any, where: str) -> int:
+    """An integer, from YAML or an environment variable; 1.5 or "2.0" is refused rather
+    than truncated, so a limit never silently differs from what was written."""
+    if isinstance(value, bool):
+        raise _SettingError(where, f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _SettingError(where, f"expected an integer, got {value!r}")
 
 
 def _store(doc: Any, where: str) -> StoreConfig:
@@ -212,9 +248,3 @@ def _store(doc: Any, where: str) -> StoreConfig:
         raise _SettingError(f"{where}.kind", f"unknown store kind {kind!r}; use memory, redis or clickhouse")
     cache = doc.pop("cache", True)
     return StoreConfig(kind=kind, options=MappingProxyType(doc), cache=bool(cache))
-
-
-def with_data_dir(config: Config, data_dir: str | Path) -> Config:
-    """Relocate file-registry paths under ``data_dir`` (used by ``serve --demo``)."""
-    reg = dataclasses.replace(config.registry, path=str(Path(data_dir) / "registry"))
-    return dataclasses.replace(config, registry=reg)

@@ -109,3 +109,43 @@ PUSH_RESPONSE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"rows_written": {"type": "integer"}, "data_version": {"type": "integer"}},
 }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+JOIN_OPERATION: dict[str, Any] = {
+    "summary": "Join feature values for a batch of entity rows",
+    "operationId": "join",
+    "parameters": [
+        {
+            "name": "x-featurestore-deadline-ms",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Lower the server's deadline for this request",
+        },
+        {
+            "name": "traceparent",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "W3C trace context of the caller",
+        },
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": JOIN_REQUEST_SCHEMA}}},
+    "responses": {
+        "200": {
+            "description": "Columnar feature values (Arrow IPC stream when Accept asks for it)",
+            "content": {
+                "application/json": {"schema": JOIN_RESPONSE_SCHEMA},
+                "application/vnd.apache.arrow.stream": {},
+            },
+        },
+        "400": _error("Malformed request"),
+        "404": _error("Unknown feature, view or service"),
+        "413": _error("Over the row or body limit"),
+        "504": _error("The deadline passed before any store answered"),
+    },
+}

@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
+        # until a command has read its config (whose log_level then applies)
+        level=(
+            getattr(args, "log_level", None) or os.environ.get("FEATURESTORE_LOG_LEVEL") or "info"
+        ).upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
     try:
@@ -72,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int)
     s.add_argument("--workers", type=int, help="serving processes (default 1)")
     s.add_argument("--no-apply", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--log-level", default=os.environ.get("FEATURESTORE_LOG_LEVEL", "info"))
+    s.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
     s.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("validate", help="validate a definitions file")
@@ -163,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=9108, help="Prometheus metrics of the consumer (0: off)"
     )
     lc.add_argument("--batch-size", type=int, default=500)
-    lc.add_argument("--log-level", default=os.environ.get("FEATURESTORE_LOG_LEVEL", "info"))
+    lc.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
     lc.set_defaults(func=cmd_lineage_consume)
 
     dd = sub.add_parser("ddl", help="print the ClickHouse DDL of the online tables the server uses")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 
 def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
@@ -15,7 +16,8 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.config import load_config
     from lineage.consumer import ConsumerConfig, LineageConsumer
 
-    config = load_config(args.config)
+    config = load_config(args.config, {("log_level",): args.log_level})
+    logging.getLogger().setLevel(config.log_level.upper())
     k = config.lineage.kafka
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1")

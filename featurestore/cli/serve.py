@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
     if args.definitions:
         overrides[("registry", "definitions")] = args.definitions
     config = load_config(args.config, overrides)
+    logging.getLogger().setLevel(config.log_level.upper())
     if args.no_apply:
         import dataclasses
 

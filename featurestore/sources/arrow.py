@@ -53,9 +53,24 @@ def conform(view: FeatureView, table: pa.Table, timestamp_field: str = EVENT_TIM
                 f"view {view.name!r}: column {source_name!r} is missing",
                 details=[{"column": source_name, "reason": "missing"}],
             )
-        col = table.column(source_name)
-        columns.append(_cast(view, source_name, col, field))
+        col = _cast(view, source_name, table.column(source_name), field)
+        if len(view.entities) > 1 and pa.types.is_string(field.type) and field.name in view.join_keys:
+            _check_key_part(view, source_name, col)
+        columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _check_key_part(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
+    """Composite keys are stored as their parts joined by ``|``: a part holding one
+    would make two different keys one (``a|b`` + ``c`` vs ``a`` + ``b|c``)."""
+    bad = pc.match_substring(col, KEY_SEPARATOR)
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise InvalidArgument(
+            f"view {view.name!r}: column {name!r} row {row}: a part of a composite key may not "
+            f"contain {KEY_SEPARATOR!r}",
+            details=[{"column": name, "row": row, "reason": "separator in key"}],
+        )
 
 
 def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:

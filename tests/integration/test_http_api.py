@@ -185,3 +185,12 @@ def test_deadline_header_is_validated(server: ServerProcess) -> None:
         {"entities": {"user_id": [1]}, "features": ["user_profile:age"]}, {"x-featurestore-deadline-ms": "50"}
     )
     assert status == 200 and time.perf_counter() - t0 < 5
+
+
+def test_the_join_is_documented_and_other_methods_are_refused(server: ServerProcess) -> None:
+    spec = json.loads(http_get(server.url + "/openapi.json")[1])
+    join = spec["paths"]["/v1/feature/join"]["post"]
+    assert set(join["responses"]) >= {"200", "400", "404", "413"}
+    assert "application/vnd.apache.arrow.stream" in join["responses"]["200"]["content"]
+    status, raw = http_get(server.url + "/v1/feature/join")
+    assert status == 405 and "use POST" in json.loads(raw)["error"]["message"]

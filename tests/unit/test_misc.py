@@ -39,6 +39,14 @@ def test_config_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("http: {port: abc}", "http.port: expected an integer"),
         ("stores: {x: {kind: mongo}}", "stores.x.kind: unknown store kind 'mongo'"),
         ("- 1", "expected a mapping"),
+        ("limits: {max_rows: 1.5}", "limits.max_rows: expected an integer, got 1.5"),
+        ("limits: {deadline_ms: 0}", "limits.deadline_ms: expected a positive integer, got 0"),
+        ("workers: -2", "workers: expected a positive integer, got -2"),
+        ("workers: true", "workers: expected an integer, got True"),
+        ("http: {port: 70000}", "http.port: expected a positive integer up to 65535"),
+        ("cache: {ttl_seconds: -1}", "cache.ttl_seconds: expected a positive number"),
+        ("tracing: {sample_ratio: 2}", "tracing.sample_ratio: expected a ratio between 0 and 1"),
+        ("log_level: loud", "log_level: unknown log level 'loud'"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:

@@ -102,3 +102,28 @@ def test_view_keys_and_dedupe() -> None:
     assert dedupe([3, 4]) == ([3, 4], None)
     with pytest.raises(InvalidArgument, match=re.escape("may not contain '|'")):
         view_keys(("user_id", "item_id"), {"user_id": [1], "item_id": ["a|b"]})
+
+
+def test_written_composite_keys_may_not_hold_the_separator() -> None:
+    import pyarrow as pa
+
+    from featurestore.sources.arrow import conform, view_schema
+
+    schema = view_schema(UI)
+    ts = schema.field("event_timestamp").type
+
+    def rows(items: list[str]) -> pa.Table:
+        n = len(items)
+        return pa.table(
+            {"user_id": [1] * n, "item_id": items, "s": [0.5] * n, "event_timestamp": pa.array([1] * n, ts)},
+            schema=schema,
+        )
+
+    assert conform(UI, rows(["a", "b"])).num_rows == 2
+    with pytest.raises(InvalidArgument, match=re.escape("column 'item_id' row 1: a part of a composite key")):
+        conform(UI, rows(["a", "b|c"]))  # would be stored as the key of (1, "b") + "c"
+    shop_only = FeatureView("iv", (ITEM,), (Feature("a", DType.STRING),))
+    one = pa.table(
+        {"item_id": ["x|y"], "a": ["z"], "event_timestamp": pa.array([1], ts)}, schema=view_schema(shop_only)
+    )
+    assert conform(shop_only, one).num_rows == 1  # a single-part key is stored as it is
