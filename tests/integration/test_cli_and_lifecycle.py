@@ -159,9 +159,28 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
         supervisor = proc.proc.pid
         wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
         body = json.dumps({"entities": {"user_id": [1, 2]}, "features": ["user_profile:age"]}).encode()
-        n = 60
-        for _ in range(n):  # a fresh connection each: the kernel spreads them over the workers
-            assert http_post(proc.url + "/v1/feature/join", body)[0] == 200
+        consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+        )
+        consumer.subscribe([topic])
+        services: set[str] = set()
+        sent = 0
+        try:
+            # A fresh connection per request: the kernel spreads them over the workers
+            # (the second may still be starting when the first answers readiness).
+            deadline = time.monotonic() + 60
+            while len(services) < 2 and time.monotonic() < deadline:
+                for _ in range(10):
+                    assert http_post(proc.url + "/v1/feature/join", body)[0] == 200
+                sent += 10
+                msg = consumer.poll(0.5)
+                while msg is not None:
+                    if not msg.error() and msg.value():
+                        services.add(json.loads(msg.value() or b"")["service"])
+                    msg = consumer.poll(0)
+        finally:
+            consumer.close()
+        assert {s.rsplit("/", 1)[1] for s in services} == {"w0", "w1"}, services
 
         def counted() -> float:
             text = http_get(proc.url + "/metrics")[1].decode()
@@ -173,22 +192,7 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
             )
 
         # whichever worker answers the scrape reports both workers' requests
-        wait_until(lambda: counted() == n, 10, f"the metrics of both workers to add up to {n}")
-
-        consumer = Consumer(
-            {"bootstrap.servers": kafka.bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
-        )
-        consumer.subscribe([topic])
-        services: set[str] = set()
-        try:
-            deadline = time.monotonic() + 30
-            while len(services) < 2 and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is not None and not msg.error() and msg.value() is not None:
-                    services.add(json.loads(msg.value() or b"")["service"])
-        finally:
-            consumer.close()
-        assert len(services) == 2 and {s.rsplit("/", 1)[1] for s in services} == {"w0", "w1"}, services
+        wait_until(lambda: counted() == sent, 10, f"the metrics of both workers to add up to {sent}")
 
         # a worker that dies is replaced, and the server keeps answering
         victim = _children(supervisor)[0]
