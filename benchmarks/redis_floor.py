@@ -47,7 +47,8 @@ async def _worker(
                 cmds = [("MGET", *(p + str(i) for i in ids), p[:-1]) for p in prefixes]
                 await conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
                 for _ in cmds:
-                    for blob in await conn.read_response():
+                    *rows, _marker = await conn.read_response()
+                    for blob in rows:
                         if blob is not None:
                             decode(blob)
             finally:
