@@ -210,8 +210,44 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
                 f"| {fl['batch']} | {fl['qps']:,.0f} | {fl['p50_ms']:.2f} | {fl['p99_ms']:.2f} | "
                 f"{fmt(r['qps'] if r else None, 0)} | {share} |"
             )
-    out.write_text("\n".join(lines) + "\n" + NOTES)
+    out.write_text("\n".join(lines) + "\n" + notes(b, feast, ours, points, qps_tool))
     stitch()
+
+
+def _cpu_ms(r: dict[str, Any] | None) -> float | None:
+    if not r or not r.get("server_cores") or not r["qps"]:
+        return None
+    return float(r["server_cores"]) * 1000 / float(r["qps"])
+
+
+def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int, int]], tool: str) -> str:
+    """The notes, with this run's numbers (never numbers from an older run)."""
+    cached = next((o for o in ours if not o.endswith("_nocache")), ours[0])
+    nocache = next((o for o in ours if o.endswith("_nocache")), ours[-1])
+
+    def span(label: str, batch: int) -> str:
+        vals = [
+            v
+            for c in sorted({c for bb, c in points if bb == batch})
+            if (v := _cpu_ms(b.get((label, tool, batch, c))))
+        ]
+        if not vals:
+            return "-"
+        lo, hi = min(vals), max(vals)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+
+    batches = sorted({bb for bb, _ in points})
+    cpu = "; ".join(
+        f"batch {bb}: {span(cached, bb)} ms against Feast's {span(feast, bb)} ms" for bb in batches
+    )
+    big = max(batches)
+    c_on, c_off = _cpu_ms(b.get((cached, tool, big, 32))), _cpu_ms(b.get((nocache, tool, big, 32)))
+    cache_line = (
+        f"At batch {big} (c=32) the cache cost {c_on:.2f} ms CPU per request against {c_off:.2f} ms without it"
+        if c_on is not None and c_off is not None
+        else f"At batch {big} the cache can cost more than it saves"
+    )
+    return NOTES.format(cpu=cpu, cache_line=cache_line)
 
 
 NOTES = """
@@ -220,28 +256,28 @@ NOTES = """
 * The 2 vCPUs are shared by the servers under test, Redis and the load generator, and
   the VM is shared with other tenants: `bench.py` measures other tenants' CPU per run
   and repeats noisy runs; only runs made in the same call are compared. Server CPU per
-  request is the steadiest comparison: 0.12-0.15 ms against Feast's 0.9-1.1 ms at
-  batch 1, 0.20 against 2.8 at batch 10, 0.5-1.0 against 18-19 at batch 100.
+  request is the steadiest comparison; in this run: {cpu}.
 * Where the time goes (py-spy, one featurestore process, batch 1, concurrency 32, cache
-  off): join engine incl. the Redis socket write 33%, uvicorn/httptools and the ASGI glue
-  25%, redis-py reply reading and msgpack decoding 18%, JSON decode/encode 10%, the event
-  loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%. What would take more off: coalescing
-  the MGETs of concurrent requests into one write (auto-pipelining, fewer syscalls on
-  both sides) and a smaller HTTP layer than uvicorn's ASGI cycle.
+  off; a profile taken once, not per run): join engine incl. the Redis socket write 33%,
+  uvicorn/httptools and the ASGI glue 25%, redis-py reply reading and msgpack decoding
+  18%, JSON decode/encode 10%, the event loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%.
+  What would take more off: coalescing the MGETs of concurrent requests into one write
+  (auto-pipelining, fewer syscalls on both sides) and a smaller HTTP layer than
+  uvicorn's ASGI cycle.
 * featurestore serves the HTTP join from the ASGI scope directly (no framework routing
-  on the hot path), reads Redis with one pipelined MGET per view on a lean connection
-  pool without per-call timeouts, decodes msgpack rows once per unique key, computes
-  statuses once per view, buffers its metrics, and calls `gc.freeze()` after start-up so
-  full collections do not walk the loaded heap (Feast's workers pause 130-190 ms for
-  that reason).
+  on the hot path), reads Redis with one pipelined MGET per view (plus the view's layout
+  marker) on a lean connection pool without per-call timeouts, decodes msgpack rows once
+  per unique key, computes statuses once per view, buffers its metrics, and calls
+  `gc.freeze()` after start-up so full collections do not walk the loaded heap (Feast's
+  workers pause 130-190 ms for that reason).
 * With the cache on, the load generator's 4,096 pre-built bodies per connection repeat,
   so after warm-up most keys come from the in-process LRU (TTL 30 s): the production
-  default. The `_nocache` columns read every key from Redis. At batch 100 the cache costs
-  more than it saves (0.95 vs 0.51 ms CPU per request): 409,600 distinct keys per view
-  cycle through a 200,000-entry cache, so most lookups miss and then fill; size
-  `cache.max_entries` to the hot set, or turn the cache off for uniformly random keys.
-* Feast at concurrency 8 used one core: its gunicorn workers accepted the 8 connections
-  unevenly. featurestore's workers share the port with SO_REUSEPORT.
+  default. The `_nocache` columns read every key from Redis. {cache_line}: 409,600
+  distinct keys per view cycle through a 200,000-entry cache, so most lookups miss and
+  then fill; size `cache.max_entries` to the hot set, or turn the cache off for
+  uniformly random keys.
+* featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
+  accepting socket, which can spread few connections unevenly (see the cores column).
 """
 
 
@@ -252,6 +288,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS.parent / "results" / "feast.md")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--command", default="python -m benchmarks.run", help="the command that made the raw runs")
     ap.add_argument("--stitch", action="store_true", help="only rebuild RESULTS.md from benchmarks/results/")
     a = ap.parse_args()
     if a.stitch or a.raw is None:
@@ -263,7 +300,7 @@ def main() -> None:
         a.out,
         workers=a.workers,
         duration=a.duration,
-        command="python -m benchmarks.report ...",
+        command=a.command,
     )
 
 

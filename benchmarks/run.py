@@ -183,7 +183,12 @@ def main() -> int:
         part = HERE / "results" / "feast.md"
         part.parent.mkdir(exist_ok=True)
         report.write(
-            raw, floor_path, part, workers=a.workers, duration=a.duration, command=" ".join(sys.argv)
+            raw,
+            floor_path,
+            part,
+            workers=a.workers,
+            duration=a.duration,
+            command=" ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         )
         log(f"wrote {part} and {HERE / 'RESULTS.md'} (raw: {raw})")
         return 0

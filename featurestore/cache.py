@@ -153,11 +153,23 @@ class CachedSource:
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
             epoch = self._epoch
-            inner = await self.inner.read(miss_queries)
+            try:
+                inner = await self.inner.read(miss_queries)
+            except Exception as e:
+                # Views the cache answered in full must not fail with the store.
+                inner = [e] * len(miss_queries)
             fill = epoch == self._epoch
             for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
-                    results[qi] = got
+                    q = queries[qi]
+                    if len(misses) == len(q.keys):
+                        results[qi] = got
+                    else:
+                        # Serve the hits; only the keys the store owed are UNAVAILABLE.
+                        metrics.view_read_failures(q.view.name, self.name, "error").inc()
+                        results[qi] = _columnar(
+                            cached[qi], q.features, len(q.view.features), unavailable=set(misses)
+                        )
                     continue
                 fetched = [
                     row if ok else NOT_FOUND
@@ -195,13 +207,22 @@ class CachedSource:
             self.cache.invalidate((view.name, view.layout, data_version, key))
 
 
-def _columnar(rows: list[Any], features: Sequence[int], width: int) -> ViewRead:
-    found = [r is not NOT_FOUND for r in rows]
+def _columnar(
+    rows: list[Any], features: Sequence[int], width: int, unavailable: set[int] | None = None
+) -> ViewRead:
     blank = (None,) * (width + 1)
-    full = [r if r is not NOT_FOUND else blank for r in rows]
+    if unavailable:
+        found = [r is not NOT_FOUND and r is not None for r in rows]
+        full = [r if f else blank for r, f in zip(rows, found, strict=True)]
+        missing: list[bool] | None = [i in unavailable for i in range(len(rows))]
+    else:
+        found = [r is not NOT_FOUND for r in rows]
+        full = [r if r is not NOT_FOUND else blank for r in rows]
+        missing = None
     cols = list(zip(*full, strict=True)) if full else [()] * (width + 1)
     return ViewRead(
         found=found,
         event_ts_us=list(cols[width]),
         columns=[list(cols[j]) for j in features],
+        unavailable=missing,
     )

@@ -236,7 +236,13 @@ class JoinEngine:
             results = await store.read(queries)
         except Exception as e:  # a store must never fail the request
             log.warning("store %s read failed: %r", store_name, e)
+            if child is not None:
+                tracing.record_error(child, e, server_fault=True)
             return self._failed(store_name, queries, e, "error")
+        except asyncio.CancelledError as e:  # the deadline (or the client) gave up on it
+            if child is not None:
+                tracing.record_error(child, e, server_fault=True)
+            raise
         finally:
             if child is not None:
                 child.end()
@@ -304,6 +310,8 @@ def _merge(
     found, ts = read.found, read.event_ts_us
     ttl_seconds = vp.view.ttl_seconds
     cutoff = now_us - ttl_seconds * 1_000_000 if ttl_seconds is not None else None
+    if read.unavailable is not None:
+        return _merge_partly_unavailable(vp, read, inverse, cutoff)
     if all(found) and (cutoff is None or min(ts, default=cutoff) >= cutoff):
         statuses_u: list[Status] = [PRESENT] * len(found)
         ts_u: list[int | None] = list(ts)
@@ -327,6 +335,32 @@ def _merge(
         ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present),
         [[col[i] for i in inverse] for col in cols_u],
     )
+
+
+def _merge_partly_unavailable(
+    vp: ViewPlan, read: ViewRead, inverse: list[int] | None, cutoff: int | None
+) -> tuple[ViewOutcome, list[list[Any]]]:
+    """The rare path: the cache answered some keys while the store failed the rest."""
+    assert read.unavailable is not None
+    statuses_u: list[Status] = [
+        UNAVAILABLE
+        if u
+        else (PRESENT if cutoff is None or t >= cutoff else OUTSIDE_MAX_AGE)
+        if f
+        else NOT_FOUND
+        for f, t, u in zip(read.found, read.event_ts_us, read.unavailable, strict=True)
+    ]
+    ts_u = [
+        t if f and not u else None
+        for f, t, u in zip(read.found, read.event_ts_us, read.unavailable, strict=True)
+    ]
+    cols_u = [
+        [v if s is PRESENT else None for v, s in zip(col, statuses_u, strict=True)] for col in read.columns
+    ]
+    if inverse is not None:
+        statuses_u, ts_u = [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse]
+        cols_u = [[col[i] for i in inverse] for col in cols_u]
+    return ViewOutcome(vp.view.name, statuses_u, ts_u, all_present=False, unavailable=True), cols_u
 
 
 def _count_values(outcome: ViewOutcome, n_features: int) -> None:

@@ -100,6 +100,12 @@ class Materializer:
         # A version no other run was given: concurrent runs never share rows.
         target = await self.registry.allocate_data_version(view_name)
         try:
+            if await self.versioned.has_version(view, target):
+                # The registry never gave this version out before, so whatever the store
+                # holds under it is another registry's (reset or recreated registry over
+                # a live store): mixing those rows into this run would serve them.
+                dropped = await self.versioned.drop_version(view, target)
+                log.warning("dropped %d stale rows of %s v%d before writing it", dropped, view_name, target)
             rows_read, written = await self._load(view, source, ts_field, target, batch_rows, on_progress, t0)
             await self.registry.swap_data_version(view_name, expected=current, new=target)
         except BaseException:

@@ -118,6 +118,15 @@ SERVICE_DURATION = Histogram(
     ["service", "registry_version"],
     buckets=LATENCY_BUCKETS,
 )
+REGISTRY_APPLY_FAILURES = Counter(
+    "featurestore_registry_apply_failures_total",
+    "Attempts to serve a published registry change that failed (each is retried with backoff).",
+)
+REGISTRY_APPLY_PENDING = Gauge(
+    "featurestore_registry_apply_pending",
+    "1 while a published registry change has failed to apply and is being retried.",
+    multiprocess_mode="livemax",
+)
 REGISTRY_VERSION = Gauge(
     "featurestore_registry_version",
     "Registry snapshot version being served.",

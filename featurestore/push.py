@@ -3,11 +3,16 @@
 The whole request is validated against the view's schema before anything is
 written: a wrong type is a 400 that names the column (and row), and a request that
 fails validation writes nothing. Timestamps are ISO 8601 strings (HTTP) or epoch
-microseconds (gRPC); ``event_timestamp`` defaults to now.
+microseconds (gRPC); ``event_timestamp`` defaults to now. The write runs under the
+request deadline: a store that does not confirm it in time is a DEADLINE_EXCEEDED
+(504), never a request that hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from featurestore.errors import InvalidArgument, NotFound
+from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
@@ -39,7 +44,11 @@ class PushService:
     def __init__(self, engine: JoinEngine) -> None:
         self.engine = engine
 
-    async def push(self, req: PushRequest) -> PushResult:
+    async def push(self, req: PushRequest, deadline: float | None = None) -> PushResult:
+        """Validate and write one request. ``deadline`` is a ``time.monotonic()`` instant;
+        by default the configured request deadline from now."""
+        if deadline is None:
+            deadline = time.monotonic() + self.engine.limits.deadline_seconds
         state = self.engine.state
         view = state.definitions.views.get(req.view)
         if view is None:
@@ -49,7 +58,27 @@ class PushService:
         if store is None:
             raise NotFound(f"online store {view.online_store!r} of view {view.name!r} is not configured here")
         version = state.data_versions.get(view.name, 0)
-        n = await store.write(view, table, version)
+        where = {"feature_view": view.name, "store": view.online_store}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"push to {view.name!r}: the request deadline passed before the write started; "
+                "nothing was written",
+                details=[where],
+            )
+        timer = asyncio.timeout(remaining)
+        try:
+            async with timer:
+                n = await store.write(view, table, version)
+        except TimeoutError:
+            if not timer.expired():
+                raise  # the store's own error, not the deadline
+            raise DeadlineExceeded(
+                f"push to {view.name!r}: online store {view.online_store!r} did not confirm the write "
+                "within the request deadline; some rows may have been written (a push is an upsert, "
+                "so repeating it is safe)",
+                details=[where],
+            ) from None
         return PushResult(n, version)
 
 
@@ -106,23 +135,74 @@ def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *
         elif check(v):
             continue
         got = "null" if v is None else type(v).__name__
+        detail: dict[str, Any] = {"column": name, "row": i, "expected": dtype.value, "got": got}
+        why = f"{got} ({_show(v)})"
+        if _numeric_kind(dtype, v):
+            why += f", outside the {dtype.value} range"
+        elif dtype is DType.FLOAT32_VECTOR and type(v) is list:
+            j = next(j for j, x in enumerate(v) if not _is_float32(x))
+            detail["element"] = j
+            x = v[j]
+            why = f"a list whose element {j} is {type(x).__name__} ({_show(x)})"
+            if _numeric_kind(DType.FLOAT64, x):
+                why += ", outside the float32 range"
         raise InvalidArgument(
-            f"push to {view!r}: column {name!r} takes {dtype.value}; row {i} is {got} ({v!r})",
-            details=[{"column": name, "row": i, "expected": dtype.value, "got": got}],
+            f"push to {view!r}: column {name!r} takes {dtype.value}; row {i} is {why}", details=[detail]
         )
-    if dtype is DType.TIMESTAMP:
-        return pa.array([None if v is None else _epoch_us(v) for v in values], pa.int64()).cast(
-            ARROW_TYPES[dtype]
-        )
-    return pa.array(list(values), ARROW_TYPES[dtype])
+    try:
+        if dtype is DType.TIMESTAMP:
+            return pa.array([None if v is None else _epoch_us(v) for v in values], pa.int64()).cast(
+                ARROW_TYPES[dtype]
+            )
+        if dtype is DType.FLOAT64:
+            # JSON does not tell 3 from 3.0, so an integer is taken as the nearest double;
+            # pyarrow would refuse one it cannot represent exactly (above 2**53).
+            return pa.array([None if v is None else float(v) for v in values], ARROW_TYPES[dtype])
+        if dtype is DType.FLOAT32_VECTOR:
+            return pa.array(
+                [None if v is None else [float(x) for x in v] for v in values], ARROW_TYPES[dtype]
+            )
+        return pa.array(list(values), ARROW_TYPES[dtype])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        # Every value passed its check, so this is a gap in the checks; still the
+        # client's input, answered as such rather than as an internal error.
+        raise InvalidArgument(
+            f"push to {view!r}: column {name!r} cannot be stored as {dtype.value}: {e}",
+            details=[{"column": name, "expected": dtype.value}],
+        ) from None
+
+
+def _show(v: Any) -> str:
+    # A 400-digit number or a long list would drown the message.
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _is_int(v: Any) -> bool:
     return type(v) is int and INT64_MIN <= v <= INT64_MAX
 
 
+_FLOAT64_MAX = sys.float_info.max
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _is_float(v: Any) -> bool:
-    return type(v) is float or _is_int(v)
+    return type(v) is float or (type(v) is int and -_FLOAT64_MAX <= v <= _FLOAT64_MAX)
+
+
+def _is_float32(v: Any) -> bool:
+    # A finite number beyond float32's range would be stored as infinity without a word;
+    # infinities and NaN given as such are kept.
+    if type(v) is float:
+        return not math.isfinite(v) or -_FLOAT32_MAX <= v <= _FLOAT32_MAX
+    return type(v) is int and -_FLOAT32_MAX <= v <= _FLOAT32_MAX
+
+
+def _numeric_kind(dtype: DType, v: Any) -> bool:
+    """Whether ``v`` is of a kind ``dtype`` takes, so only its magnitude can be wrong."""
+    if dtype is DType.FLOAT64:
+        return type(v) is int or type(v) is float
+    return dtype in (DType.INT64, DType.TIMESTAMP) and type(v) is int
 
 
 def _is_timestamp(v: Any) -> bool:
@@ -158,7 +238,7 @@ def _is_bool(v: Any) -> bool:
 
 
 def _is_vector(v: Any) -> bool:
-    return type(v) is list and all(_is_float(x) for x in v)
+    return type(v) is list and all(_is_float32(x) for x in v)
 
 
 _CHECKS: dict[DType, Callable[[Any], bool]] = {

@@ -131,6 +131,10 @@ class Runtime:
     lineage: Lineage | None = None
     stopping: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set by the registry watch, cleared by the applier once the change is served;
+    # stays set while applying it keeps failing.
+    registry_dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    registry_apply_error: str | None = None
 
     def readiness(self) -> Readiness:
         reasons = ["shutting down"] if self.stopping else []
@@ -140,6 +144,8 @@ class Runtime:
         # the store is shared by all replicas, so failing readiness would take the
         # whole fleet out of the load balancer over one backend.
         degraded = [f"store {n} is {st}" for n, st in states.items() if st != "ready"]
+        if self.registry_apply_error is not None:
+            degraded.append(f"registry change not applied: {self.registry_apply_error}")
         health = self.registry.health()
         registry = {
             "kind": self.config.registry.kind,
@@ -279,6 +285,7 @@ async def build_runtime(config: Config) -> Runtime:
     rt = Runtime(config, registry, stores, engine, lineage)
     await _definitions_to_graph(rt, state.snapshot)
     rt.tasks.append(asyncio.create_task(_watch_registry(rt), name="registry-watch"))
+    rt.tasks.append(asyncio.create_task(_apply_registry_changes(rt), name="registry-apply"))
     rt.tasks.append(asyncio.create_task(_report_registry_health(rt), name="registry-health"))
     return rt
 
@@ -310,34 +317,66 @@ async def serving_state(
 
 
 async def _watch_registry(rt: Runtime) -> None:
-    """Swap in new snapshots, data versions and canaries as they are published.
+    """Flag every published change (snapshot, data version, canary) for the applier.
 
-    Everything slow (reading snapshots, loading data for new views) happens here, off
-    the hot path; the swap itself is one reference assignment. The watch itself is
-    re-armed if it breaks: a server that silently stopped following the registry
-    would serve stale definitions forever."""
+    The watch is re-armed if it breaks: a server that silently stopped following the
+    registry would serve stale definitions forever."""
     while True:
         try:
             async for _ in rt.registry.changes():
-                await _apply_registry_change(rt)
+                rt.registry_dirty.set()
         except Exception:
             log.exception("registry watch failed; re-arming in 1 s")
         await asyncio.sleep(1.0)
 
 
+async def _apply_registry_changes(rt: Runtime) -> None:
+    """Serve the registry's latest state, retrying until it is served.
+
+    Everything slow (reading snapshots, loading data for new views) happens here, off
+    the hot path; the swap itself is one reference assignment. The watch has already
+    moved past the event when applying it fails (etcd timing out between reads, a
+    store that cannot prepare a new view), so a failure is retried with backoff
+    rather than waiting for the next change, which may never come. Bursts of changes
+    coalesce: each attempt reads the latest state."""
+    backoff = _APPLY_RETRY_MIN_S
+    while True:
+        await rt.registry_dirty.wait()
+        rt.registry_dirty.clear()
+        try:
+            await _apply_registry_change(rt)
+        except Exception as e:
+            metrics.REGISTRY_APPLY_FAILURES.inc()
+            metrics.REGISTRY_APPLY_PENDING.set(1)
+            rt.registry_apply_error = f"{type(e).__name__}: {e}"[:200]
+            log.exception(
+                "registry change not applied; still serving version %d, retrying in %.2f s",
+                rt.engine.state.version, backoff,
+            )  # fmt: skip
+            rt.registry_dirty.set()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _APPLY_RETRY_MAX_S)
+            continue
+        backoff = _APPLY_RETRY_MIN_S
+        if rt.registry_apply_error is not None:
+            log.info("registry change applied after earlier failures")
+        rt.registry_apply_error = None
+        metrics.REGISTRY_APPLY_PENDING.set(0)
+
+
+_APPLY_RETRY_MIN_S = 0.25
+_APPLY_RETRY_MAX_S = 5.0
+
+
 async def _apply_registry_change(rt: Runtime) -> None:
-    try:
-        reg = await load_state(rt.registry)
-        if reg.snapshot is None:
-            return
-        current = rt.engine.state
-        new = await serving_state(rt.stores, reg, current)
-        if new.same_as(current):
-            return
-        rt.engine.swap(new)
-    except Exception:
-        log.exception("registry change not applied; still serving version %d", rt.engine.state.version)
+    reg = await load_state(rt.registry)
+    if reg.snapshot is None:
         return
+    current = rt.engine.state
+    new = await serving_state(rt.stores, reg, current)
+    if new.same_as(current):
+        return
+    rt.engine.swap(new)
     canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
     log.info("now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else "")
     if new.version != current.version:

@@ -1,16 +1,19 @@
 """OpenTelemetry setup and the few span helpers the serving path uses.
 
-Every request gets a trace id (returned as ``metadata.trace_id``) even when it is not
-sampled, so a client can quote it. Recording is opt-in by sample ratio and exporter:
-with no exporter configured nothing is recorded, and the hot path pays only for id
-generation. An incoming W3C ``traceparent`` is honoured (same trace id, parent's
-sampling decision).
+Every request gets a trace id even when it is not sampled; a successful join returns
+it as ``metadata.trace_id`` so a client can quote it (an error body has no field for it:
+the contract's error object is code, message and details). Recording is opt-in by
+sample ratio and exporter: with no exporter configured nothing is recorded, and the hot
+path pays only for id generation. A valid incoming W3C ``traceparent`` is honoured
+(same trace id, parent's sampling decision); an invalid one is ignored and the request
+starts a new trace, as the W3C spec asks.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -19,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
@@ -68,19 +71,52 @@ def start_request_span(name: str, traceparent: str | None) -> Span:
         trace_id = _trace_id_from(traceparent) or random.getrandbits(128) or 1
         return NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False))
     ctx: Context | None = None
-    if traceparent:
+    # Same validation on both paths, so whether a trace is joined does not depend on
+    # whether an exporter happens to be configured.
+    if _trace_id_from(traceparent):
         ctx = _propagator.extract({"traceparent": traceparent})
     return tracer.start_span(name, context=ctx, kind=trace.SpanKind.SERVER)
 
 
+# version-traceid-parentid-flags, lowercase hex only; later versions may append fields
+# after another '-', version 00 may not.
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?", re.ASCII | re.DOTALL
+)
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_PARENT_ID = "0" * 16
+
+
 def _trace_id_from(traceparent: str | None) -> int:
-    """The trace id of a W3C ``traceparent`` (version-traceid-parentid-flags), or 0."""
-    if not traceparent or len(traceparent) < 55 or traceparent[2] != "-" or traceparent[35] != "-":
+    """The trace id of a valid W3C ``traceparent``, or 0 when there is none or it is invalid."""
+    if not traceparent:
         return 0
-    try:
-        return int(traceparent[3:35], 16)
-    except ValueError:
+    # Spaces or tabs around a header value are HTTP syntax (RFC 9110 OWS), not part of
+    # it; anywhere inside, they make the value invalid.
+    m = _TRACEPARENT.fullmatch(traceparent.strip(" \t"))
+    if m is None:
         return 0
+    version, trace_id, parent_id, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return 0
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
+        return 0
+    return int(trace_id, 16)
+
+
+def record_error(span: Span, exc: BaseException, *, server_fault: bool) -> None:
+    """Attach a failed request's exception to its span.
+
+    Only a failure of the server (5xx, or INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED on
+    gRPC) sets the span status to ERROR: the OpenTelemetry HTTP and gRPC conventions
+    leave it unset for a client's bad request, so error-rate views of traces count the
+    server's faults, not its callers'.
+    """
+    if not span.is_recording():
+        return
+    span.record_exception(exc)
+    if server_fault:
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def child_context(span: Span) -> Context:

@@ -1,7 +1,7 @@
 """JSON Schemas of the join API for OpenAPI (``/docs``).
 
 The hot path decodes with msgspec, not pydantic, so the documented shapes are spelled
-out here; ``tests/test_http_api.py`` checks them against real responses.
+out here; ``tests/integration/test_http_api.py`` checks them against real responses.
 """
 
 from __future__ import annotations
@@ -111,6 +111,17 @@ PUSH_RESPONSE_SCHEMA: dict[str, Any] = {
 }
 
 
+# The wording of the 504s, shared with docs/api.md.
+JOIN_DEADLINE_TEXT = (
+    "The deadline passed before any store was read. A store that misses the deadline "
+    "is not an error: its values are UNAVAILABLE in a 200 with metadata.partial true"
+)
+PUSH_DEADLINE_TEXT = (
+    "The online store did not confirm the write within the deadline; some rows may have "
+    "been written (a push is an upsert, so repeating it is safe)"
+)
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
@@ -123,8 +134,9 @@ JOIN_OPERATION: dict[str, Any] = {
             "name": "x-featurestore-deadline-ms",
             "in": "header",
             "required": False,
-            "schema": {"type": "integer", "minimum": 1},
-            "description": "Lower the server's deadline for this request",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 60000},
+            "description": "Milliseconds (1..60000) for this request; lowers the server's configured "
+            "deadline, never raises it",
         },
         {
             "name": "traceparent",
@@ -146,6 +158,6 @@ JOIN_OPERATION: dict[str, Any] = {
         "400": _error("Malformed request"),
         "404": _error("Unknown feature, view or service"),
         "413": _error("Over the row or body limit"),
-        "504": _error("The deadline passed before any store answered"),
+        "504": _error(JOIN_DEADLINE_TEXT),
     },
 }

@@ -27,3 +27,6 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+# The server's own failures (5xx): only these mark a request span as an error.
+SERVER_FAULTS: frozenset[Code] = frozenset({Code.INTERNAL, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})

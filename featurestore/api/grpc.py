@@ -7,6 +7,7 @@ of grpc's generic INTERNAL, and responses are serialized once, without a copy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from featurestore import metrics, tracing
 from featurestore.api import proto_codec
-from featurestore.api.errors import GRPC_STATUS
+from featurestore.api.errors import GRPC_STATUS, SERVER_FAULTS
 from featurestore.errors import FeatureStoreError
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -25,8 +26,26 @@ from featurestore.v1 import featurestore_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE = "featurestore.v1.FeatureService"
-JOIN_METHOD = f"/{SERVICE}/Join"
+JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
 PUSH_METHOD = f"/{SERVICE}/Push"
+# OpenTelemetry's RPC conventions name a server span "package.Service/Method".
+JOIN_SPAN = f"{SERVICE}/Join"
+
+# Of the caller's remaining time, what the engine leaves for encoding and sending the
+# answer: a share, at least a floor, but never more than half, so a short deadline still
+# gets a read. Without it a slow store uses the whole budget and the caller sees
+# DEADLINE_EXCEEDED instead of the partial answer with UNAVAILABLE statuses.
+_SEND_MARGIN_SHARE = 0.1
+_SEND_MARGIN_MIN = 0.002
+
+
+def engine_budget(configured: float, remaining: float | None) -> float:
+    """Seconds the join engine may spend: the configured deadline, or the call's
+    remaining time less the margin for the reply when that is sooner."""
+    if remaining is None:
+        return configured
+    keep = min(max(_SEND_MARGIN_MIN, remaining * _SEND_MARGIN_SHARE), remaining / 2)
+    return min(configured, remaining - keep)
 
 
 class GrpcApi:
@@ -61,14 +80,11 @@ class GrpcApi:
     async def join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         t0 = time.perf_counter()
         self._inflight.inc()
-        span = tracing.start_request_span(JOIN_METHOD, _traceparent(context))
+        span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
         outcome = "ok"
         try:
-            remaining = context.time_remaining()
-            budget = self.deadline_ms / 1000.0
-            if remaining is not None:
-                budget = min(budget, remaining)
+            budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
             deadline = time.monotonic() + budget
             req = proto_codec.decode_join(request)
             result = await self.engine.join(req, deadline, span)
@@ -77,13 +93,23 @@ class GrpcApi:
             return proto_codec.encode_join(result, trace_id)
         except FeatureStoreError as e:
             outcome = e.code.value
+            if span.is_recording():
+                span.set_attribute("featurestore.error", outcome)
+                tracing.record_error(span, e, server_fault=e.code in SERVER_FAULTS)
             await context.abort(GRPC_STATUS[e.code], e.message)
             raise  # unreachable: abort raises
+        except asyncio.CancelledError:
+            # The caller went away or its deadline passed and grpc cancelled the handler.
+            outcome = "CANCELLED"
+            raise
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
                 raise
             outcome = "INTERNAL"
             log.exception("grpc join failed")
+            if span.is_recording():
+                span.set_attribute("featurestore.error", outcome)
+                tracing.record_error(span, e, server_fault=True)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
             raise
         finally:
@@ -96,11 +122,16 @@ class GrpcApi:
         t0 = time.perf_counter()
         outcome = "ok"
         try:
-            result = await self.push_service.push(proto_codec.decode_push(request))
+            budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
+            deadline = time.monotonic() + budget
+            result = await self.push_service.push(proto_codec.decode_push(request), deadline)
             return proto_codec.encode_push(result)
         except FeatureStoreError as e:
             outcome = e.code.value
             await context.abort(GRPC_STATUS[e.code], e.message)
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
             raise
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):

@@ -8,6 +8,7 @@ spec FastAPI generates (``docs.JOIN_OPERATION``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -23,10 +24,11 @@ from featurestore.api import arrow_codec, json_codec
 from featurestore.api.docs import (
     ERROR_SCHEMA,
     JOIN_OPERATION,
+    PUSH_DEADLINE_TEXT,
     PUSH_REQUEST_SCHEMA,
     PUSH_RESPONSE_SCHEMA,
 )
-from featurestore.api.errors import HTTP_STATUS
+from featurestore.api.errors import HTTP_STATUS, SERVER_FAULTS
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
@@ -74,10 +76,16 @@ class JoinEndpoint:
             else:
                 out, ctype = json_codec.encode_join(result, trace_id), JSON
         except FeatureStoreError as e:
-            return self._error(e, t0, span)
+            return self._error(e, t0, span, e)
         except Exception as e:
             log.exception("join failed")
-            return self._error(FeatureStoreError(f"internal error: {type(e).__name__}"), t0, span)
+            return self._error(FeatureStoreError(f"internal error: {type(e).__name__}"), t0, span, e)
+        except asyncio.CancelledError:
+            # Shutdown gave up on the request (uvicorn's graceful timeout): count it,
+            # or the request counter and the histogram would both miss it.
+            metrics.requests(JOIN_PATH, "http", "CANCELLED").inc()
+            metrics.request_duration(JOIN_PATH, "http", "CANCELLED").observe(time.perf_counter() - t0)
+            raise
         finally:
             span.end()
         if result.partial:
@@ -88,7 +96,10 @@ class JoinEndpoint:
             self._ok_latency.observe(time.perf_counter() - t0)
         return 200, ctype, out
 
-    def _deadline(self, header: bytes | None) -> float:
+    def _deadline(self, header: bytes | None) -> int:
+        """Milliseconds this join may take: the configured deadline, or the header's
+        value when that is sooner. A client may shorten its own wait, never lengthen
+        the server's (that bound is what keeps a slow store from piling up requests)."""
         if header is None:
             return self.deadline_ms
         try:
@@ -99,14 +110,17 @@ class JoinEndpoint:
             ) from None
         if not 0 < ms <= _MAX_DEADLINE_MS:
             raise InvalidArgument(f"x-featurestore-deadline-ms must be in 1..{_MAX_DEADLINE_MS}")
-        return ms
+        return min(ms, self.deadline_ms)
 
-    def _error(self, e: FeatureStoreError, t0: float, span: Any) -> tuple[int, bytes, bytes]:
+    def _error(
+        self, e: FeatureStoreError, t0: float, span: Any, cause: BaseException
+    ) -> tuple[int, bytes, bytes]:
         outcome = e.code.value
         metrics.requests(JOIN_PATH, "http", outcome).inc()
         metrics.request_duration(JOIN_PATH, "http", outcome).observe(time.perf_counter() - t0)
         if span.is_recording():
             span.set_attribute("featurestore.error", outcome)
+            tracing.record_error(span, cause, server_fault=e.code in SERVER_FAULTS)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
 
@@ -124,6 +138,7 @@ class HttpApi:
         mounts: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.deadline_ms = deadline_ms
         self.join = JoinEndpoint(engine, deadline_ms)
         self.push = push
         self.app = _fastapi_app(engine, readiness, self)
@@ -150,6 +165,7 @@ class HttpApi:
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._inflight.inc()
         try:
+            t0 = time.perf_counter()
             accept = traceparent = deadline = None
             length = -1
             for name, value in scope["headers"]:
@@ -163,7 +179,7 @@ class HttpApi:
                     deadline = value
             body = await self.read_body(receive, length)
             if body is None:
-                status, ctype, out = self._too_large()
+                status, ctype, out = self._too_large(t0)
             else:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline)
             await send(
@@ -181,9 +197,10 @@ class HttpApi:
             self._inflight.dec()
 
     async def read_body(self, receive: Receive, length: int) -> bytes | None:
-        """The whole body, or None as soon as it is known to exceed the limit."""
+        """The whole body, or None once it is known to exceed the limit."""
         limit = self.max_body_bytes
         if length > limit:
+            await _drain(receive, 0, limit)
             return None
         chunks: list[bytes] = []
         size = 0
@@ -192,23 +209,49 @@ class HttpApi:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:
+                if msg.get("more_body", False):
+                    await _drain(receive, size, limit)
                 return None
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _too_large(self) -> tuple[int, bytes, bytes]:
+    def _too_large(self, t0: float) -> tuple[int, bytes, bytes]:
         e = LimitExceeded(
             f"request body exceeds the limit of {self.max_body_bytes} bytes",
             details=[{"limit_bytes": self.max_body_bytes}],
         )
+        # Counted and timed like every other outcome, so the histogram's count per
+        # outcome equals the request counter's.
         metrics.requests(JOIN_PATH, "http", e.code.value).inc()
+        metrics.request_duration(JOIN_PATH, "http", e.code.value).observe(time.perf_counter() - t0)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
 
 def error_response(e: FeatureStoreError) -> Response:
     return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
+
+
+async def _drain(receive: Receive, seen: int, limit: int) -> None:
+    """Read and discard the rest of an oversized body, up to a bound.
+
+    A server that answers 413 and closes while the client is still sending makes the
+    client's kernel see a reset, and most clients then report "connection reset"
+    instead of the 413 and its message. Bodies far beyond the limit are not worth
+    reading: those get the close."""
+    bound = max(limit * _DRAIN_FACTOR, _DRAIN_MIN_BYTES)
+    while seen <= bound:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        seen += len(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return
+
+
+_DRAIN_FACTOR = 4
+_DRAIN_MIN_BYTES = 16 << 20
 
 
 def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) -> FastAPI:
@@ -238,6 +281,15 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
                 "description": "Over the row or body limit",
                 "content": {"application/json": {"schema": ERROR_SCHEMA}},
             },
+            503: {
+                "description": "The online store failed the write, or this server has not switched to a "
+                "newly published data version yet (retry shortly)",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
+            504: {
+                "description": PUSH_DEADLINE_TEXT,
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
         },
         openapi_extra={
             "requestBody": {
@@ -248,17 +300,27 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
     )
     async def push(request: Request) -> Response:
         t0 = time.perf_counter()
-        length = int(request.headers.get("content-length", "-1") or -1)
-        body = await api.read_body(request.receive, length)
+        outcome = "ok"
         try:
+            length = int(request.headers.get("content-length", "-1") or -1)
+            body = await api.read_body(request.receive, length)
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {api.max_body_bytes} bytes")
-            result = await api.push.push(json_codec.decode_push(body))
+            deadline = time.monotonic() + api.deadline_ms / 1000.0
+            result = await api.push.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
-            metrics.requests(PUSH_PATH, "http", e.code.value).inc()
+            outcome = e.code.value
             return error_response(e)
-        metrics.requests(PUSH_PATH, "http", "ok").inc()
-        metrics.request_duration(PUSH_PATH, "http", "ok").observe(time.perf_counter() - t0)
+        except Exception as e:
+            outcome = "INTERNAL"
+            log.exception("push failed")
+            return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        finally:
+            metrics.requests(PUSH_PATH, "http", outcome).inc()
+            metrics.request_duration(PUSH_PATH, "http", outcome).observe(time.perf_counter() - t0)
         doc = {"rows_written": result.rows_written, "data_version": result.data_version}
         return Response(json_codec.encode(doc), media_type="application/json")
 

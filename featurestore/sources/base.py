@@ -33,12 +33,14 @@ class ViewRead(NamedTuple):
 
     ``columns[j][i]`` is the value of feature ``query.features[j]`` for ``keys[i]``.
     Where ``found[i]`` is false the values and timestamp are meaningless: the engine
-    nulls them, so sources need not.
+    nulls them, so sources need not. ``unavailable``, when given, marks keys that
+    could not be read at all (the cache answered the others while the store failed).
     """
 
     found: list[bool]
     event_ts_us: list[int]
     columns: list[list[Any]]
+    unavailable: list[bool] | None = None
 
 
 class SourceState(enum.Enum):
@@ -96,6 +98,10 @@ class OnlineSource(Protocol):
 @runtime_checkable
 class VersionedStore(Protocol):
     """A store that keeps data versions side by side (materialization needs it)."""
+
+    async def has_version(self, view: FeatureView, data_version: int) -> bool:
+        """Whether the store holds anything of one data version (cheap: no row scan)."""
+        ...
 
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         """Delete every row of one data version; returns how many were deleted."""

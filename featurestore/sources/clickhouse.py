@@ -297,6 +297,11 @@ class ClickHouseSource:
             raise Unavailable(f"clickhouse store {self._name!r}: write to {table} failed: {_short(e)}") from e
         return int(rows.num_rows)
 
+    async def has_version(self, view: FeatureView, data_version: int) -> bool:
+        table = table_name(self._project, view.name, data_version)
+        db = self.options.database
+        return bool(await self.run(lambda c: c.command(f"EXISTS TABLE `{db}`.`{table}`")))
+
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         table = table_name(self._project, view.name, data_version)
         db = self.options.database

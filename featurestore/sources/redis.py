@@ -207,7 +207,7 @@ class RedisSource:
         for (q, _), values in zip(keyed, raw, strict=True):
             try:
                 out.append(_decode_rows(q, values))
-            except LayoutMismatch as e:
+            except (LayoutMismatch, VersionMissing) as e:
                 out.append(e)
             except (msgspec.DecodeError, ValueError) as e:
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
@@ -252,17 +252,36 @@ class RedisSource:
         rows = conform(view, rows)
         n = 0
         p, marker = self._names(view.name, data_version)
-        stored = await self._idempotent(lambda: self._client.get(marker))
+
+        def check() -> Awaitable[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(marker)
+            pipe.pttl(marker)
+            return pipe.execute()
+
+        stored, ttl_ms = await self._idempotent(check)
         if stored is not None and stored != view.layout.encode():
             raise FailedPrecondition(
                 f"view {view.name!r}: data version {data_version} holds rows written for another "
                 "definition of the view; materialize the view for its current definition first"
             )
+        if stored is not None and ttl_ms >= 0:
+            # The version was replaced and is expiring: rows written now would have no
+            # TTL (a leak) and would never be read by servers that follow the registry.
+            raise Unavailable(
+                f"view {view.name!r}: data version {data_version} has been replaced and is expiring; "
+                "this server has not switched to the new version yet, retry shortly"
+            )
+        if stored is None:
+            # Even a version with no rows says which layout it holds: a read that finds
+            # no marker knows the version is gone (expired, or Redis lost its data).
+            await self._idempotent(lambda: self._client.set(marker, view.layout))
         for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
 
             def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
                 pipe = self._client.pipeline(transaction=self._pool is not None)
-                pipe.set(marker, view.layout)
+                # KEEPTTL: a version that starts expiring mid-write must go on expiring
+                pipe.set(marker, view.layout, keepttl=True)
                 for k, blob in zip(keys, blobs, strict=True):
                     pipe.set(p + key_text(k), blob)
                 return pipe.execute()
@@ -283,6 +302,10 @@ class RedisSource:
                 if isinstance(self._client, Redis):
                     await self._client.connection_pool.disconnect()
         raise AssertionError("unreachable")
+
+    async def has_version(self, view: FeatureView, data_version: int) -> bool:
+        marker = self._names(view.name, data_version)[1]
+        return bool(await self._idempotent(lambda: self._client.exists(marker)))
 
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         """Delete every key of one data version (leftovers of an interrupted run)."""
@@ -336,10 +359,22 @@ class LayoutMismatch(Unavailable):
     """A data version's rows were written for another definition of the view."""
 
 
+class VersionMissing(Unavailable):
+    """A published data version's marker is gone, and with it the version's rows."""
+
+
 def _decode_rows(q: ViewQuery, values: list[bytes | None]) -> ViewRead:
     if not values:
         return ViewRead([], [], [[] for _ in q.features])
     marker = values.pop()
+    if marker is None and q.data_version > 0:
+        # Every written version has a marker, so this version is gone: expired after a
+        # newer one was published (this server has not seen the switch) or lost by
+        # Redis. Its rows are absent too, and NOT_FOUND would be a wrong answer.
+        raise VersionMissing(
+            f"view {q.view.name!r}: data version {q.data_version} is not in the store "
+            "(expired after a newer publication, or lost); is this server following the registry?"
+        )
     if marker is not None and marker.decode() != q.view.layout:
         raise LayoutMismatch(
             f"view {q.view.name!r}: data version {q.data_version} holds rows written for another "

@@ -241,3 +241,50 @@ def test_grpc_duplicate_entity_column(raw_join: Any) -> None:
 def test_server_still_healthy_after_abuse(server: ServerProcess) -> None:
     status, doc = server.join({"entities": {"user_id": [1]}, "features": ["user_profile:age"]})
     assert status == 200 and doc["results"][1]["values"] == [72]
+
+
+def merchant_push(**overrides: list[Any]) -> dict[str, Any]:
+    rows: dict[str, list[Any]] = {
+        "merchant_id": ["push-bad"],
+        "risk_score": [0.5],
+        "is_blocked": [False],
+        "opened_at": ["2024-01-01T00:00:00Z"],
+        "embedding": [[1.0, 2.0]],
+        "txn_count": [1],
+        "label": ["x"],
+    }
+    rows.update(overrides)
+    return {"feature_view": "merchant", "rows": rows}
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        # float32 cannot hold it: refused, not stored as infinity
+        (merchant_push(embedding=[[1.0, 1e300]]), ["'embedding'", "row 0", "element 1", "float32"]),
+        (merchant_push(risk_score=[10**400]), ["'risk_score'", "row 0", "float64 range"]),
+        (merchant_push(txn_count=[2**63]), ["'txn_count'", "row 0", "int64 range"]),
+        (merchant_push(embedding=[[1.0, "x"]]), ["'embedding'", "element 1", "str"]),
+    ],
+    ids=["float32 overflow", "float64 overflow", "int64 overflow", "vector element type"],
+)
+def test_push_value_out_of_range_is_400_naming_the_column(
+    server: ServerProcess, body: dict[str, Any], needles: list[str]
+) -> None:
+    status, raw, headers = http_post(server.url + "/v1/feature/push", json.dumps(body).encode())
+    assert headers["content-type"] == "application/json"
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["code"] == "INVALID_ARGUMENT", err
+    for needle in needles:
+        assert needle in err["message"], (needle, err["message"])
+
+
+def test_grpc_push_wrong_type_is_invalid_argument(server: ServerProcess) -> None:
+    req = pb.PushRequest(feature_view="merchant")
+    req.columns.add(name="merchant_id").string_values.values.append("push-bad")
+    req.columns.add(name="risk_score").string_values.values.append("high")
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        push = ch.unary_unary("/featurestore.v1.FeatureService/Push")
+        with pytest.raises(grpc.RpcError) as info:
+            push(req.SerializeToString(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'risk_score'" in info.value.details()

@@ -426,3 +426,40 @@ def test_data_versions_live_in_etcd(env: Env, redis_server: RedisServer) -> None
         assert doc["results"][1]["values"] == [72]
     finally:
         server.stop()
+
+
+def test_a_change_that_fails_to_apply_is_retried_without_another_change(
+    served: tuple[Env, ServerProcess],
+) -> None:
+    """A published snapshot the server cannot serve yet (its new view's data is not
+    there) keeps the old version serving, says so, and is served as soon as it can
+    be, with no further publication to wake the server up."""
+    env, server = served
+    body = {"entities": {"user_id": [1]}, "feature_service": "ranker"}
+    late = env.tmp / "late.parquet"
+    defs = env.defs("late", activity=True, service_extra=", user_activity:ctr_30d")
+    activity = ACTIVITY.format(users=env.users)
+    defs.write_text(defs.read_text().replace(activity, activity.replace(str(env.users), str(late))))
+    assert str(late) in defs.read_text()
+    assert env.cli("apply", str(defs)).returncode == 0
+
+    def pending() -> bool:
+        doc = json.loads(http_get(server.url + "/readyz")[1])
+        return any("registry change not applied" in d for d in doc["degraded"])
+
+    wait_until(pending, 10, "readyz to report the change it cannot apply")
+    text = http_get(server.url + "/metrics")[1].decode()
+    assert "featurestore_registry_apply_pending 1.0" in text
+    assert re.search(r"^featurestore_registry_apply_failures_total [1-9]", text, re.M)
+    status, doc = server.join(body)
+    assert status == 200 and doc["metadata"]["registry_version"] == 1
+
+    late.write_bytes(env.users.read_bytes())
+    wait_until(
+        lambda: server.join(body)[1]["metadata"]["registry_version"] == 2,
+        15,
+        "version 2 once its data exists",
+    )
+    assert server.join(body)[1]["metadata"]["feature_names"] == ["user_id", "age", "ctr_30d"]
+    doc = json.loads(http_get(server.url + "/readyz")[1])
+    assert doc["status"] == "ok" and doc["degraded"] == []

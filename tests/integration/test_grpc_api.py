@@ -144,3 +144,30 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
     names = {s.name for s in answers[0].list_services_response.service}
     assert "featurestore.v1.FeatureService" in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_grpc_push_takes_an_int64_column_into_a_float_column(channel: grpc.Channel) -> None:
+    """An int64 column for a float64 feature: values beyond 2**53 are stored as the
+    nearest double, not refused by pyarrow as INTERNAL."""
+    req = pb.PushRequest(feature_view="merchant")
+    req.columns.add(name="merchant_id").string_values.values.append("push-grpc-big")
+    req.columns.add(name="risk_score").int64_values.values.append(2**60)
+    req.columns.add(name="is_blocked").bool_values.values.append(False)
+    req.columns.add(name="opened_at").timestamp_values.values.append(1_704_067_200_000_000)
+    req.columns.add(name="embedding").vector_values.values.add().values.extend([float(2**60), 1.0])
+    req.columns.add(name="txn_count").int64_values.values.append(1)
+    req.columns.add(name="label").string_values.values.append("pushed")
+    stub = pbg.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
+    assert stub.Push(req, timeout=5).rows_written == 1
+    resp = stub.Join(
+        grpc_request(
+            {
+                "entities": {"merchant_id": ["push-grpc-big"]},
+                "features": ["merchant:risk_score", "merchant:embedding"],
+            }
+        ),
+        timeout=5,
+    )
+    cols = dict(zip(resp.metadata.feature_names, resp.results, strict=True))
+    assert column_values(cols["risk_score"]) == [float(2**60)]
+    assert [list(v) for v in column_values(cols["embedding"])] == [[float(2**60), 1.0]]

@@ -194,3 +194,62 @@ def test_the_join_is_documented_and_other_methods_are_refused(server: ServerProc
     assert "application/vnd.apache.arrow.stream" in join["responses"]["200"]["content"]
     status, raw = http_get(server.url + "/v1/feature/join")
     assert status == 405 and "use POST" in json.loads(raw)["error"]["message"]
+
+
+def merchant_row(key: str, risk_score: object, embedding: object) -> dict[str, list[object]]:
+    return {
+        "merchant_id": [key],
+        "risk_score": [risk_score],
+        "is_blocked": [False],
+        "opened_at": ["2024-01-01T00:00:00Z"],
+        "embedding": [embedding],
+        "txn_count": [1],
+        "label": ["pushed"],
+    }
+
+
+def test_push_takes_an_integer_beyond_2_53_into_float_columns(server: ServerProcess) -> None:
+    """JSON does not tell 2**60 from 2.0**60: a float column takes it as the nearest double
+    (it used to reach pyarrow as an int and come back as a 500)."""
+    body = {"feature_view": "merchant", "rows": merchant_row("push-http-big", 2**60, [2**60, 1, 2])}
+    status, raw, _ = http_post(server.url + "/v1/feature/push", json.dumps(body).encode())
+    assert status == 200, raw
+    assert json.loads(raw)["rows_written"] == 1
+    status, doc = server.join(
+        {
+            "entities": {"merchant_id": ["push-http-big"]},
+            "features": ["merchant:risk_score", "merchant:embedding"],
+        }
+    )
+    assert status == 200
+    cols = dict(zip(doc["metadata"]["feature_names"], doc["results"], strict=True))
+    assert cols["risk_score"]["values"] == [float(2**60)]
+    assert cols["embedding"]["values"] == [[float(2**60), 1.0, 2.0]]
+
+
+def test_deadline_header_above_the_configured_deadline_is_accepted(server: ServerProcess) -> None:
+    # in range, so valid; the server then keeps its own (lower) deadline
+    status, doc = server.join(
+        {"entities": {"user_id": [1]}, "features": ["user_profile:age"]},
+        {"x-featurestore-deadline-ms": "60000"},
+    )
+    assert status == 200 and doc["results"][1]["values"] == [72]
+
+
+def test_invalid_traceparent_starts_a_new_trace(server: ServerProcess) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    for header in (f"ff-{trace_id}-00f067aa0ba902b7-01", f"00-+{trace_id[1:]}-00f067aa0ba902b7-01"):
+        status, doc = server.join(
+            {"entities": {"user_id": [1]}, "features": ["user_profile:age"]}, {"traceparent": header}
+        )
+        assert status == 200
+        assert len(doc["metadata"]["trace_id"]) == 32 and doc["metadata"]["trace_id"] != trace_id
+
+
+def test_the_504s_are_documented(server: ServerProcess) -> None:
+    spec = json.loads(http_get(server.url + "/openapi.json")[1])
+    join = spec["paths"]["/v1/feature/join"]["post"]["responses"]
+    push = spec["paths"]["/v1/feature/push"]["post"]["responses"]
+    assert "before any store was read" in join["504"]["description"]
+    assert "did not confirm the write" in push["504"]["description"]
+    assert "503" not in join and "503" in push

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, Unavailable
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.offline import ParquetSource
@@ -66,6 +66,13 @@ async def read(store: RedisSource, ids: list[int], version: int) -> ViewRead:
     [res] = await store.read([ViewQuery(V, ids, [0, 1], version)])
     assert isinstance(res, ViewRead)
     return res
+
+
+async def assert_gone(store: RedisSource, version: int) -> None:
+    """Nothing of the version is left, and reading it says so (not NOT_FOUND)."""
+    [res] = await store.read([ViewQuery(V, [1, 5, 1500], [0, 1], version)])
+    assert isinstance(res, Unavailable) and f"data version {version} is not in the store" in res.message
+    assert not [k async for k in store._client.scan_iter(match=store.prefix("scores", version) + "*")]
 
 
 async def test_versions_publish_and_expire(setup: tuple[FileRegistry, RedisSource], tmp_path: Path) -> None:
@@ -145,8 +152,7 @@ async def test_interrupted_run_keeps_serving_and_rerun_is_idempotent(
         await job.run("scores", FailingSource(str(src2)), batch_rows=500)
     assert await registry.data_versions() == {"scores": 1}  # version 1 still serving
     assert (await read(store, [50], 1)).columns == [[501], ["v1"]]
-    partial = await read(store, [1, 1999], 2)
-    assert partial.found == [False, False]  # the failed run dropped what it had written
+    await assert_gone(store, 2)  # the failed run dropped what it had written, its marker included
     # a re-run from a smaller source: nothing of the interrupted run may show
     src3 = write_source(tmp_path / "c.parquet", list(range(1, 11)), 3)
     r = await job.run("scores", ParquetSource(str(src3)))
@@ -173,7 +179,7 @@ async def test_concurrent_runs_never_share_a_version(
     mark = 1 if won.rows_written == 2000 else 2
     assert res.columns[0][0] == 50 + mark and res.found == [True, mark == 1]  # one run's rows, not a mix
     other = ({1, 2} - {won.data_version}).pop()
-    assert (await read(store, [5, 1500], other)).found == [False, False]  # the loser cleaned up
+    await assert_gone(store, other)  # the loser cleaned up
 
 
 async def test_rows_of_a_killed_run_are_dropped_by_the_next_publication(
@@ -185,7 +191,22 @@ async def test_rows_of_a_killed_run_are_dropped_by_the_next_publication(
     await store.write(V, pq.read_table(path), killed)
     r = await Materializer(registry, store).run("scores", ParquetSource(str(path)))
     assert r.data_version == killed + 1
-    assert (await read(store, [1, 2], killed)).found == [False, False]
+    await assert_gone(store, killed)
+
+
+async def test_rows_another_registry_left_under_the_allocated_version_are_not_mixed_in(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    """A registry recreated over a live store hands out version numbers the store has
+    seen: the stale rows there must not be served beside the new run's."""
+    registry, store = setup
+    await store.write(V, pq.read_table(write_source(tmp_path / "old.parquet", list(range(1, 21)), 9)), 1)
+    r = await Materializer(registry, store).run(
+        "scores", ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 11)), 1)))
+    )
+    assert r.data_version == 1
+    res = await read(store, [5, 15], 1)
+    assert res.found == [True, False] and res.columns[0][0] == 51
 
 
 async def test_schema_mismatch_fails_before_publishing(

@@ -86,18 +86,36 @@ async def test_drop_and_expire_versions(source: RedisSource, redis_server: Redis
     await source.write(V, users([1, 2, 3]), 1)
     await source.write(V, users([1, 2, 3]), 2)
     assert await source.drop_version(V, 2) == 3
+    # a version that is gone is not "every key missing": that would be a wrong answer
     [res] = await source.read([ViewQuery(V, [1, 2], [0], 2)])
-    assert isinstance(res, ViewRead) and res.found == [False, False]
+    assert isinstance(res, Unavailable) and "data version 2 is not in the store" in res.message
     assert await source.expire_version(V, 1, 100) == 3
     r = redis.Redis.from_url(redis_server.url)
     assert 0 < r.ttl(f"fs:{source._project}:prof:v1:1") <= 100
+    assert 0 < r.ttl(f"fs:{source._project}:prof:v1") <= 100
+    # a push from a server that has not switched yet must not land in (and un-expire)
+    # the retiring version
+    with pytest.raises(Unavailable, match="expiring"):
+        await source.write(V, users([9]), 1)
+    assert r.get(f"fs:{source._project}:prof:v1:9") is None
+    assert 0 < r.ttl(f"fs:{source._project}:prof:v1") <= 100
     r.close()
+
+
+async def test_a_version_without_rows_still_reads_as_present(source: RedisSource) -> None:
+    assert await source.write(V, users([]), 3) == 0
+    [res] = await source.read([ViewQuery(V, [1], [0], 3)])
+    assert isinstance(res, ViewRead) and res.found == [False]
+    # version 0 means never materialized: nothing there, and nothing wrong
+    [res] = await source.read([ViewQuery(V, [1], [0], 0)])
+    assert isinstance(res, ViewRead) and res.found == [False]
 
 
 async def test_schema_mismatch_is_unavailable_not_wrong_values(
     source: RedisSource, redis_server: RedisServer
 ) -> None:
     r = redis.Redis.from_url(redis_server.url)
+    r.set(f"fs:{source._project}:prof:v1", V.layout)
     r.set(f"fs:{source._project}:prof:v1:5", msgspec.msgpack.encode([5, TS]))  # written for an older schema
     r.close()
     [res] = await source.read([ViewQuery(V, [5], [0], 1)])

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from featurestore.cache import CachedSource, LRUCache
 from featurestore.errors import DeadlineExceeded, InvalidArgument
 from featurestore.join import JoinEngine, JoinRequest, Limits, _canary_route
 from featurestore.model import DType, Entity, Feature, FeatureRef, FeatureService, FeatureView, Status
@@ -209,3 +210,52 @@ def test_canary_routes_by_one_entity_whatever_else_the_request_lists() -> None:
     assert _canary_route(state, "other", {"user_id": [1]}) is state
     assert _canary_route(state, "svc", {"item_id": [1]}) is state  # missing entity: validation reports it
     assert base.version == 1
+
+
+async def test_cached_keys_are_served_while_their_store_fails() -> None:
+    """A store outage costs only what the cache cannot answer: a view cached in full
+    is PRESENT, a partly cached one is UNAVAILABLE only for the keys it still owed."""
+
+    class Flaky(MemorySource):
+        down = False
+
+        async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+            if self.down:
+                raise ConnectionError("store is down")
+            return await super().read(queries)
+
+    inner = Flaky("remote")
+    remote_uv = FeatureView("ruv", (U,), UV.features, online_store="remote")
+    remote_iv = FeatureView("riv", (ITEM,), IV.features, online_store="remote")
+    await inner.prepare([remote_uv, remote_iv])
+    await inner.write(
+        remote_uv,
+        table(
+            remote_uv, {"user_id": [1, 2], "a": [10, 20], "b": ["x", "y"], "event_timestamp": [NOW_US] * 2}
+        ),
+        0,
+    )
+    await inner.write(
+        remote_iv, table(remote_iv, {"item_id": [7], "p": [0.7], "event_timestamp": [NOW_US]}), 0
+    )
+    defs = make_definitions("p", [U, ITEM], [remote_uv, remote_iv], [])
+    eng = JoinEngine(
+        {"remote": CachedSource(inner, LRUCache(100, 30))},
+        ServingState(new_snapshot(defs, 1)),
+        Limits(max_rows=100),
+    )
+    # warm: users 1 and 9 (not found) and item 7
+    await eng.join(JoinRequest({"user_id": [1, 9], "item_id": [7, 7]}, ("ruv:a", "riv:p")), deadline())
+    inner.down = True
+    res = await eng.join(
+        JoinRequest({"user_id": [1, 2, 9], "item_id": [7, 7, 7]}, ("ruv:a", "riv:p")), deadline()
+    )
+    c = cols(res)
+    assert res.partial is True
+    assert c["p"].values == [0.7] * 3 and c["p"].outcome.statuses == [Status.PRESENT] * 3
+    assert c["a"].values == [10, None, None]
+    assert c["a"].outcome.statuses == [Status.PRESENT, Status.UNAVAILABLE, Status.NOT_FOUND]
+    assert c["a"].outcome.event_ts_us == [NOW_US, None, None]
+    # nothing cached for the view at all: the store's error, as before
+    res = await eng.join(JoinRequest({"user_id": [5]}, ("ruv:a",)), deadline())
+    assert cols(res)["a"].outcome.statuses == [Status.UNAVAILABLE]
