@@ -20,7 +20,12 @@ help:
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 $(STAMP): pyproject.toml constraints.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# Stock Debian ships python3 without venv support (python3-venv): install it once.
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); echo "python venv support missing: installing python3-venv"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-venv; \
+	  $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)

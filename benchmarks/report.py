@@ -288,7 +288,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS.parent / "results" / "feast.md")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--duration", type=float, default=10)
-    ap.add_argument("--command", default="python -m benchmarks.run", help="the command that made the raw runs")
+    ap.add_argument(
+        "--command", default="python -m benchmarks.run", help="the command that made the raw runs"
+    )
     ap.add_argument("--stitch", action="store_true", help="only rebuild RESULTS.md from benchmarks/results/")
     a = ap.parse_args()
     if a.stitch or a.raw is None:

@@ -245,7 +245,7 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (multiprocess mode only)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+def mark_worker_dead(pid: int, metrics_dir: str) -> None:
+    """Drop a dead worker's live gauges from the shared metrics directory (the
+    supervisor's own environment does not name it: only its workers' does)."""
+    _mp.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-clickhouse",
         action="store_true",
-        help="demo: serve the ClickHouse view from memory instead (no embedded ClickHouse engine, ~270 MB less RSS)",
+        help="demo: serve the ClickHouse view from memory instead (no embedded ClickHouse engine, ~200 MB less RSS)",
     )
     s.add_argument("--definitions", help="definitions YAML applied at start when it differs from current")
     s.add_argument("--host", help="listen address for both HTTP and gRPC")
@@ -121,18 +121,26 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("-m", "--message", default="")
     a.set_defaults(func=cmd_apply)
 
+    # --config is accepted before or after the subcommand (SUPPRESS: the inner default
+    # must not overwrite a value given before it).
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument("--config", default=argparse.SUPPRESS, help="server config naming the registry")
     r = sub.add_parser("registry", help="registry history, snapshots, diffs and rollback")
     r.add_argument("--config", help="server config naming the registry")
     rsub = r.add_subparsers(dest="registry_command", required=True)
-    rsub.add_parser("history", help="every snapshot, newest last").set_defaults(func=cmd_registry_history)
-    show = rsub.add_parser("show", help="one snapshot's definitions as JSON")
+    rsub.add_parser("history", help="every snapshot, newest last", parents=[config_after]).set_defaults(
+        func=cmd_registry_history
+    )
+    show = rsub.add_parser("show", help="one snapshot's definitions as JSON", parents=[config_after])
     show.add_argument("version", type=int)
     show.set_defaults(func=cmd_registry_show)
-    rdiff = rsub.add_parser("diff", help="changes from snapshot A to snapshot B")
+    rdiff = rsub.add_parser("diff", help="changes from snapshot A to snapshot B", parents=[config_after])
     rdiff.add_argument("a", type=int)
     rdiff.add_argument("b", type=int)
     rdiff.set_defaults(func=cmd_registry_diff)
-    rb = rsub.add_parser("rollback", help="publish an old snapshot's definitions as the new current")
+    rb = rsub.add_parser(
+        "rollback", help="publish an old snapshot's definitions as the new current", parents=[config_after]
+    )
     rb.add_argument("version", type=int)
     rb.add_argument("--force", action="store_true")
     rb.set_defaults(func=cmd_registry_rollback)
@@ -140,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("canary", help="gray release of a feature service")
     c.add_argument("--config", help="server config naming the registry")
     csub = c.add_subparsers(dest="canary_command", required=True)
-    start = csub.add_parser("start", help="serve a share of entities from candidate definitions")
+    start = csub.add_parser(
+        "start", help="serve a share of entities from candidate definitions", parents=[config_after]
+    )
     start.add_argument("service")
     start.add_argument("--file", required=True, help="the candidate definitions")
     start.add_argument("--share", type=float, required=True, help="fraction of entities, e.g. 0.1")
@@ -149,12 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the entity whose key picks the side (default: the one keying most of the service's features)",
     )
     start.set_defaults(func=cmd_canary_start)
-    csub.add_parser("status", help="active canaries").set_defaults(func=cmd_canary_status)
+    csub.add_parser("status", help="active canaries", parents=[config_after]).set_defaults(
+        func=cmd_canary_status
+    )
     for name, helptext in (
         ("promote", "make the candidate the current snapshot"),
         ("abort", "stop the canary"),
     ):
-        cp = csub.add_parser(name, help=helptext)
+        cp = csub.add_parser(name, help=helptext, parents=[config_after])
         cp.add_argument("service")
         cp.set_defaults(func=cmd_canary_promote if name == "promote" else cmd_canary_abort)
 

@@ -194,14 +194,54 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
         # whichever worker answers the scrape reports both workers' requests
         wait_until(lambda: counted() == sent, 10, f"the metrics of both workers to add up to {sent}")
 
-        # a worker that dies is replaced, and the server keeps answering
+        # a worker that dies is replaced, its live gauges leave the scrape, and the
+        # server keeps answering
         victim = _children(supervisor)[0]
+        environ = Path(f"/proc/{victim}/environ").read_bytes().split(b"\0")
+        metrics_dir = Path(
+            next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode()
+        )
+        assert list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
         os.kill(victim, signal.SIGKILL)
         wait_until(
             lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor),
             20,
             "the worker to be replaced",
         )
+        assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
         wait_until(lambda: http_post(proc.url + "/v1/feature/join", body)[0] == 200, 20, "serving again")
     finally:
         assert proc.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, test_repo: Path) -> None:
+    """SIGKILL (or the OOM killer) gives the supervisor no chance to forward signals:
+    its workers must still go, not hold the ports as orphans."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'registry'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+    )
+    proc = ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo), "--workers", "2"],
+        log_path=tmp_path / "log",
+    ).start()
+    assert proc.proc is not None
+    supervisor = proc.proc.pid
+    wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
+    workers = _children(supervisor)
+    try:
+        os.kill(supervisor, signal.SIGKILL)
+        proc.proc.wait(10)
+        wait_until(lambda: not any(_alive(w) for w in workers), 20, "the workers to exit")
+    finally:
+        for w in workers:  # only if the test failed: never leave them running
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

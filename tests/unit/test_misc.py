@@ -99,3 +99,24 @@ def test_render_table() -> None:
     assert "- (NOT_FOUND)" in out.splitlines()[3]
     single = render_table(["user_id", "score"], [{**c, "values": c["values"][:1]} for c in cols])
     assert "score" in single and "0.5" in single
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["registry", "--config", "c.yaml", "rollback", "3"],
+        ["registry", "rollback", "3", "--config", "c.yaml"],
+        ["canary", "promote", "ranker", "--config", "c.yaml"],
+        ["canary", "--config", "c.yaml", "status"],
+    ],
+)
+def test_config_goes_before_or_after_the_subcommand(argv: list[str]) -> None:
+    from featurestore.cli import _parser
+
+    assert _parser().parse_args(argv).config == "c.yaml"
+
+
+def test_config_defaults_to_none_when_not_given() -> None:
+    from featurestore.cli import _parser
+
+    assert _parser().parse_args(["registry", "history"]).config is None
