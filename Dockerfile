@@ -7,7 +7,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY featurestore ./featurestore
 COPY lineage ./lineage
-RUN pip install --no-cache-dir --prefix=/install -c constraints.txt .
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[otlp]"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 featurestore && mkdir -p /data && chown featurestore /data

@@ -120,3 +120,19 @@ def test_config_defaults_to_none_when_not_given() -> None:
     from featurestore.cli import _parser
 
     assert _parser().parse_args(["registry", "history"]).config is None
+
+
+def test_every_shipped_config_validates(tmp_path: Path) -> None:
+    """deploy/ must not rot: the configs it ships load under the current schema."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted((root / "deploy" / "config").glob("*.yaml"))
+    for i, doc in enumerate(yaml.safe_load_all((root / "deploy" / "k8s" / "featurestore.yaml").read_text())):
+        if doc and doc.get("kind") == "ConfigMap":
+            path = tmp_path / f"k8s-{i}.yaml"
+            path.write_text(doc["data"]["config.yaml"])
+            paths.append(path)
+    assert len(paths) >= 3
+    for path in paths:
+        load_config(str(path))
