@@ -105,8 +105,11 @@ async def test_changes_feed_sees_publications(factory: RegistryFactory) -> None:
     await asyncio.wait_for(feed.__anext__(), timeout=5)
     await writer.publish(defs(1), expected_version=None)
     await asyncio.wait_for(feed.__anext__(), timeout=5)
+    current = await watcher.current()  # what a server does on each yield
+    assert current is not None and current.version == 1
     await writer.swap_data_version("v", expected=0, new=1)
     await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert await watcher.data_versions() == {"v": 1}
     await feed.aclose()  # type: ignore[attr-defined]
     await watcher.close()
     await writer.close()

@@ -4,7 +4,6 @@ versions, and failure (stop, restart, freeze)."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,9 +153,9 @@ async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
         with pytest.raises(Unavailable):
             await src.read([ViewQuery(V, [1], [0], 1)])
         assert src.state() is SourceState.DOWN
-        t0 = time.monotonic()
-        [res] = await src.read([ViewQuery(V, [1], [0], 1)])  # circuit open: no network wait
-        assert isinstance(res, Unavailable) and time.monotonic() - t0 < 0.05
+        # circuit open: answered from the known state, no connection attempted
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])
+        assert isinstance(res, Unavailable) and res.message == "redis store 'r' is down"
         server.start()  # same port, fresh process
         await eventually(lambda: src.state() is SourceState.READY, 5, "state READY")
         assert src.state() is SourceState.READY
