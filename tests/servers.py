@@ -50,7 +50,11 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
-        wait_until(self.ping, 10, f"redis-server on {self.port}")
+        try:
+            wait_until(self.ping, 10, f"redis-server on {self.port}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def cli(self, *args: str) -> str:
@@ -106,18 +110,24 @@ class RedisCluster:
         return self.nodes[0].url
 
     def start(self) -> RedisCluster:
-        for n in self.nodes:
-            n.start()
-        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        out = subprocess.run(
-            [require("redis-cli", "redis-tools"), "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        if out.returncode != 0:
-            raise RuntimeError(f"cluster create failed: {out.stdout} {out.stderr}")
-        wait_until(
-            lambda: all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes), 30, "cluster ok"
-        )
+        try:
+            for n in self.nodes:
+                n.start()
+            addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            out = subprocess.run(
+                [require("redis-cli", "redis-tools"), "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise RuntimeError(f"cluster create failed: {out.stdout} {out.stderr}")
+            wait_until(
+                lambda: all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes),
+                30,
+                "cluster ok",
+            )
+        except BaseException:
+            self.stop()  # the nodes that did start
+            raise
         time.sleep(0.2)
         return self
 
@@ -155,7 +165,11 @@ class EtcdServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
-        wait_until(self.healthy, 20, f"etcd on {self.port}")
+        try:
+            wait_until(self.healthy, 20, f"etcd on {self.port}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def healthy(self) -> bool:
@@ -230,7 +244,11 @@ class ArcadeServer:
             cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=open(self.workdir / "server.out", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
-        wait_until(self.ready, timeout, "ArcadeDB to answer Cypher over Bolt", interval=0.5)
+        try:
+            wait_until(self.ready, timeout, "ArcadeDB to answer Cypher over Bolt", interval=0.5)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def ready(self) -> bool:
@@ -294,7 +312,11 @@ class TansuBroker:
              "--storage-engine", "memory://tansu/"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
-        wait_until(self.ready, 20, f"tansu on {self.port}")
+        try:
+            wait_until(self.ready, 20, f"tansu on {self.port}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def ready(self) -> bool:
