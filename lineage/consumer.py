@@ -1,11 +1,14 @@
 """``featurestore lineage consume``: Kafka ``feature-lineage-v1`` -> the lineage graph.
 
-At-least-once: a batch is written to the graph (idempotent MERGEs, retried until it
-succeeds) before its offsets are committed, so a crash replays rather than loses, and a
-replay never duplicates. A message that is not a valid event goes to the dead-letter
-topic with the reason and its origin in headers, and the consumer goes on. Partitions
-are only handed over between batches, so a rebalance never splits a batch; shutdown
-finishes the batch in hand, commits, and leaves the group.
+At-least-once: a batch is written to the graph (idempotent MERGEs) before its offsets
+are committed, so a crash replays rather than loses, and a replay never duplicates.
+While the graph is unavailable the batch is retried with backoff, never skipped. A
+message that cannot become graph facts goes to the dead-letter topic with the reason
+and its origin in headers, and the consumer goes on: one that is not a valid event,
+and one the graph refuses for good (found by splitting the refused batch until the
+culprits are alone). Partitions are only handed over between batches, so a rebalance
+never splits a batch; shutdown finishes the batch in hand, commits, and leaves the
+group.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from typing import Any
 
 from lineage import TOPIC, metrics
 from lineage.events import LineageEvent, MalformedEvent, decode_event
-from lineage.graph.base import LineageGraph
-from lineage.sinks import observe_event_to_graph
+from lineage.graph.base import GraphUnavailable, LineageGraph
+from lineage.sinks import create_topic, observe_event_to_graph
 
 log = logging.getLogger(__name__)
+
+# Errors a write may hit while the graph itself is in trouble: the batch waits for it.
+# GraphUnavailable is the port's word for it; OSError covers adapters that let a
+# connection failure through.
+UNAVAILABLE = (GraphUnavailable, OSError)
+
+MAX_REASON = 1000  # header bytes; a driver's message can be long
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +40,29 @@ class ConsumerConfig:
     topic: str = TOPIC
     group_id: str = "featurestore-lineage"
     dead_letter_topic: str = f"{TOPIC}.dlq"
+    dead_letter_partitions: int = 1
+    replication_factor: int = 1
     batch_size: int = 500
     batch_wait_ms: int = 200
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     window_seconds: float = 1.0  # the emitters' window, for the event-to-graph latency
+
+
+@dataclass(slots=True)
+class _DeadLetter:
+    """One message on its way to the dead-letter topic, and how that is going."""
+
+    message: Any
+    reason: str
+    in_flight: bool = False
+    done: bool = False
+    error: Any = None
+
+    def delivered(self, err: Any, _msg: Any) -> None:
+        self.in_flight = False
+        self.done = err is None
+        self.error = err
 
 
 class LineageConsumer:
@@ -59,14 +87,28 @@ class LineageConsumer:
             }
         )
         self._dlq = Producer(
-            {"bootstrap.servers": config.bootstrap_servers, "enable.idempotence": True, "acks": "all"}
+            {
+                "bootstrap.servers": config.bootstrap_servers,
+                "log.connection.close": False,
+                "enable.idempotence": True,
+                "acks": "all",
+                # A dead letter that cannot be delivered fails within this, so the retry
+                # loop sees it (and can create the topic) instead of waiting 5 minutes.
+                "message.timeout.ms": 30_000,
+            }
         )
+        self._admin: Any = None
         self._assigned: list[Any] = []
         self._last_lag = 0.0
         self.written = 0  # events written, for callers and tests
         self.dead_lettered = 0
+        self.dead_letter_failures = 0  # delivery rounds that left dead letters behind
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The dead-letter topic exists before the first dead letter needs it: a broker
+        # that does not create topics on demand would otherwise hold dead letters (and
+        # so the batch's commit) until someone created it by hand.
+        await asyncio.to_thread(self._ensure_dead_letter_topic)
         self._consumer.subscribe([self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consuming %s as group %s", self.config.topic, self.config.group_id)
         try:
@@ -84,58 +126,128 @@ class LineageConsumer:
             await asyncio.to_thread(self._close)
 
     async def _handle(self, messages: list[Any], stop: asyncio.Event) -> None:
-        events: list[LineageEvent] = []
-        dead: list[tuple[Any, str]] = []
+        batch: list[tuple[Any, LineageEvent]] = []
+        dead: list[_DeadLetter] = []
         for m in messages:
             if m.error():
                 log.warning("kafka: %s", m.error())
                 continue
             try:
-                events.append(decode_event(m.value() or b""))
+                batch.append((m, decode_event(m.value() or b"")))
             except MalformedEvent as e:
-                dead.append((m, str(e)))
-        if dead:
-            await asyncio.to_thread(self._dead_letter, dead)
-        if events and not await self._write(events, stop):
+                dead.append(_DeadLetter(m, str(e)))
+        refused = await self._write(batch, stop)
+        if refused is None:
             return  # stopping before the batch was written: its offsets stay unstored
+        dead += refused
+        if dead and not await self._dead_letter(dead, stop):
+            return  # stopping before the dead letters were delivered: the same
         await asyncio.to_thread(self._store_and_commit, messages)
 
-    async def _write(self, events: list[LineageEvent], stop: asyncio.Event) -> bool:
+    async def _write(
+        self, batch: list[tuple[Any, LineageEvent]], stop: asyncio.Event
+    ) -> list[_DeadLetter] | None:
+        """Write the batch; what the graph refuses for good comes back as dead letters.
+        None when stopped before everything was written or refused.
+
+        A refused batch is split in halves until each refused event stands alone, so
+        one bad event costs O(log n) extra writes and the good ones still land."""
+        refused: list[_DeadLetter] = []
+        chunks = [batch] if batch else []
         delay = 0.1
-        while True:
+        while chunks:
+            chunk = chunks[0]
+            events = [e for _, e in chunk]
             t0 = time.perf_counter()
             try:
                 await self.graph.write_events(events)
-            except Exception as failure:  # the graph is down or busy: keep the batch, retry
-                log.warning("graph write failed (%r); retrying in %.1fs", failure, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                    return False
-                except TimeoutError:
-                    delay = min(delay * 2, 5.0)
+            except UNAVAILABLE as failure:
+                log.warning("graph unavailable (%s); retrying in %.1fs", failure, delay)
+                if await _stopped(stop, delay):
+                    return None
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception as failure:
+                if len(chunk) > 1:
+                    log.warning("graph refused a batch of %d (%r); splitting it", len(chunk), failure)
+                    half = len(chunk) // 2
+                    chunks[:1] = [chunk[:half], chunk[half:]]
                     continue
-            metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
-            observe_event_to_graph(events, self.config.window_seconds)
-            metrics.CONSUMED.labels("written").inc(len(events))
-            self.written += len(events)
-            return True
+                reason = f"graph refused the event: {type(failure).__name__}: {failure}"[:MAX_REASON]
+                refused.append(_DeadLetter(chunk[0][0], reason))
+            else:
+                metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
+                observe_event_to_graph(events, self.config.window_seconds)
+                metrics.CONSUMED.labels("written").inc(len(events))
+                self.written += len(events)
+            chunks.pop(0)
+            delay = 0.1
+        return refused
 
-    def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
-        for m, reason in dead:
+    async def _dead_letter(self, dead: list[_DeadLetter], stop: asyncio.Event) -> bool:
+        """Deliver every dead letter before the originals are committed, so a dead letter
+        is never lost; retried (creating the topic if it went missing) until delivered
+        or stopped. False when stopped first."""
+        delay = 0.5
+        while True:
+            await asyncio.to_thread(self._produce_dead_letters, dead)
+            left = [d for d in dead if not d.done]
+            if not left:
+                metrics.CONSUMED.labels("dead_letter").inc(len(dead))
+                self.dead_lettered += len(dead)
+                return True
+            self.dead_letter_failures += 1
+            errors = sorted({str(d.error) for d in left if d.error is not None})
+            log.warning(
+                "%d dead letters not yet delivered to %s (%s); retrying in %.1fs",
+                len(left), self.config.dead_letter_topic, "; ".join(errors) or "in flight", delay,
+            )  # fmt: skip
+            if errors:
+                await asyncio.to_thread(self._ensure_dead_letter_topic)
+            if await _stopped(stop, delay):
+                return False
+            delay = min(delay * 2, 5.0)
+
+    def _produce_dead_letters(self, dead: list[_DeadLetter]) -> None:
+        from confluent_kafka import KafkaException
+
+        for d in dead:
+            if d.done or d.in_flight:
+                continue  # one still in flight is not produced twice
+            m = d.message
             origin = f"{m.topic()}/{m.partition()}/{m.offset()}"
-            log.warning("dead-lettering %s: %s", origin, reason)
-            self._dlq.produce(
+            log.warning("dead-lettering %s: %s", origin, d.reason)
+            try:
+                self._dlq.produce(
+                    self.config.dead_letter_topic,
+                    key=m.key(),
+                    value=m.value(),
+                    headers=[("reason", d.reason.encode()), ("origin", origin.encode())],
+                    on_delivery=d.delivered,
+                )
+                d.in_flight, d.error = True, None
+            except (BufferError, KafkaException) as e:
+                d.error = e
+        # Short, so a stop request is seen soon; what is still in flight stays tracked.
+        self._dlq.flush(2)
+
+    def _ensure_dead_letter_topic(self) -> None:
+        """Best effort: a broker that is down now is tried again on the next failure."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(
+                    {"bootstrap.servers": self.config.bootstrap_servers, "log.connection.close": False}
+                )
+            create_topic(
+                self._admin,
                 self.config.dead_letter_topic,
-                key=m.key(),
-                value=m.value(),
-                headers=[("reason", reason.encode()), ("origin", origin.encode())],
+                self.config.dead_letter_partitions,
+                self.config.replication_factor,
             )
-        # Delivered before the originals are committed: a dead letter is never lost.
-        remaining = self._dlq.flush(10)
-        if remaining:
-            raise RuntimeError(f"{remaining} dead letters not delivered; the batch will be consumed again")
-        metrics.CONSUMED.labels("dead_letter").inc(len(dead))
-        self.dead_lettered += len(dead)
+        except Exception as e:
+            log.warning("cannot create dead-letter topic %s yet: %s", self.config.dead_letter_topic, e)
 
     def _store_and_commit(self, messages: list[Any]) -> None:
         for m in messages:
@@ -178,3 +290,12 @@ class LineageConsumer:
         self._commit()
         self._consumer.close()
         self._dlq.flush(5)
+
+
+async def _stopped(stop: asyncio.Event, delay: float) -> bool:
+    """Wait ``delay`` seconds unless asked to stop first; True when asked."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+        return True
+    except TimeoutError:
+        return False

@@ -7,22 +7,30 @@ malformed message with a precise reason instead of writing garbage to the graph.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Annotated
+
 import msgspec
 
 SCHEMA_VERSION = 1
 
+# Counts and versions travel on to Bolt, whose integers are signed 64-bit: anything
+# outside would fail every graph write of the batch, so it is refused here instead.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+
 
 class LineageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    feature_id: str  # "view:feature"
-    feature_version: int  # registry version in which the feature's definition last changed
-    source_table: str  # e.g. "redis://fs/user_profile", "clickhouse://db.table"
-    timestamp: str  # window start, UTC, ISO 8601 ("2024-01-01T00:00:07Z")
+    feature_id: Name  # "view:feature"
+    feature_version: Count  # registry version in which the feature's definition last changed
+    source_table: Name  # e.g. "redis://fs/user_profile", "clickhouse://db.table"
+    timestamp: Name  # window start, UTC, ISO 8601 ("2024-01-01T00:00:07Z")
     upstream_deps: list[str]  # feature ids and table names the feature derives from
-    registry_version: int
-    served_count: int
+    registry_version: Count
+    served_count: Count
     trace_ids: list[str]  # a small sample of the window's trace ids
-    service: str  # the serving service instance, e.g. "featurestore@host:8080"
-    schema_version: int = SCHEMA_VERSION
+    service: Name  # the serving service instance, e.g. "featurestore@host:8080"
+    schema_version: Count = SCHEMA_VERSION
 
     @property
     def key(self) -> bytes:
@@ -42,12 +50,27 @@ def encode_event(event: LineageEvent) -> bytes:
 
 
 def decode_event(raw: bytes) -> LineageEvent:
+    """Decode and validate completely: whatever passes can be written to the graph, so
+    a bad message is dead-lettered here rather than failing graph writes forever."""
     try:
         event = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise MalformedEvent(str(e)) from None
-    if ":" not in event.feature_id:
+    view, _, feature = event.feature_id.partition(":")
+    if not view or not feature:
         raise MalformedEvent(f"feature_id {event.feature_id!r} is not 'view:feature'")
-    if event.served_count < 0:
-        raise MalformedEvent("served_count is negative")
+    parse_timestamp(event.timestamp)
     return event
+
+
+def parse_timestamp(value: str) -> datetime:
+    """The event's window start: ISO 8601 in UTC (``Z`` or ``+00:00``). A naive or
+    offset time would still parse, but event identities and ordering compare the
+    string, so only UTC is accepted."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise MalformedEvent(f"timestamp {value!r} is not an ISO 8601 time") from None
+    if t.utcoffset() != timedelta(0):
+        raise MalformedEvent(f"timestamp {value!r} is not in UTC (end it with 'Z')")
+    return t

@@ -5,19 +5,23 @@
     lineageEvents(featureId, since, until, limit)
 
 Guards: ``depth`` is 1..5, ``limit`` 1..1000, lists over 1,000 items and queries nested
-deeper than 10 are refused; every problem is a GraphQL error in the response, never an
-HTTP 500.
+deeper than 10 are refused, and each request has a cost budget (every graph lookup and
+every list item resolved costs 1; ``MAX_COST`` per request): nesting multiplies lookups
+(``upstream { upstream { ... } }`` asks the graph once per feature per level), so the
+limits per list and on depth alone do not bound the work. Every problem is a GraphQL
+error in the response, never an HTTP 500.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.asgi import GraphQL
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.types import Info
 
 from lineage.events import LineageEvent
@@ -25,6 +29,62 @@ from lineage.graph.base import MAX_DEPTH, FeatureInfo, LineageGraph
 
 MAX_RESULTS = 1000
 MAX_QUERY_DEPTH = 10
+MAX_COST = 10_000  # graph lookups + list items per request
+
+
+class Budget:
+    """What one request may still spend. Resolvers charge before they ask the graph;
+    the first overrun raises, later resolvers of the same request stop without asking,
+    and ``CostLimit`` turns the whole response into that one error."""
+
+    def __init__(self, limit: int = MAX_COST) -> None:
+        self.limit = limit
+        self.spent = 0
+        self.exceeded = False
+
+    @property
+    def message(self) -> str:
+        return (
+            f"query too expensive: it needs more than {self.limit} graph lookups and results; "
+            "ask for fewer levels (nested upstream/downstream), a smaller depth or fewer fields"
+        )
+
+    def charge(self, cost: int) -> bool:
+        """False once the budget is spent (no more graph calls for this request)."""
+        if self.exceeded:
+            return False
+        self.spent += cost
+        if self.spent > self.limit:
+            self.exceeded = True
+            raise GraphQLError(self.message, extensions={"code": "QUERY_TOO_EXPENSIVE"})
+        return True
+
+
+def _budget(info: Info) -> Budget:
+    context = info.context
+    budget = context.get("budget")
+    if budget is None:  # executed without LineageGraphQL's context: the default budget
+        budget = context["budget"] = Budget()
+    assert isinstance(budget, Budget)
+    return budget
+
+
+def _charge(info: Info, cost: int) -> bool:
+    return _budget(info).charge(cost)
+
+
+class CostLimit(SchemaExtension):
+    """A request over budget answers with the one budget error and no data: partial
+    data cut off at arbitrary places would read like real (empty) lineage."""
+
+    def on_execute(self) -> Iterator[None]:
+        yield
+        context = self.execution_context.context
+        budget = context.get("budget") if isinstance(context, dict) else None
+        result = self.execution_context.result
+        if isinstance(budget, Budget) and budget.exceeded and result is not None:
+            result.data = None
+            result.errors = [GraphQLError(budget.message, extensions={"code": "QUERY_TOO_EXPENSIVE"})]
 
 
 def _graph(info: Info) -> LineageGraph:
@@ -119,38 +179,55 @@ class Feature:
 
     async def _features(self, info: Info, ids: list[str]) -> list[Feature]:
         graph = _graph(info)
+        if not _charge(info, len(_bounded(ids, "features"))):  # one lookup per feature
+            return []
         out = []
-        for fid in _bounded(ids, "features"):
+        for fid in ids:
             f = await graph.feature(fid, self.as_of) or FeatureInfo(fid, fid.partition(":")[0], "", 0, ())
             out.append(Feature.of(f, self.as_of))
         return out
 
     @strawberry.field(description="Features this one derives from, up to `depth` hops.")
     async def upstream(self, info: Info, depth: int = 1) -> list[Feature]:
+        if not _charge(info, 1):
+            return []
         return await self._features(info, await _graph(info).upstream(self.id, _depth(depth), self.as_of))
 
     @strawberry.field(description="Features derived from this one, up to `depth` hops.")
     async def downstream(self, info: Info, depth: int = 1) -> list[Feature]:
+        if not _charge(info, 1):
+            return []
         return await self._features(info, await _graph(info).downstream(self.id, _depth(depth), self.as_of))
 
     @strawberry.field(description="Tables the feature is produced by: online store, batch source, upstream.")
     async def produced_by(self, info: Info) -> list[TableRef]:
-        refs = await _graph(info).produced_by(self.id, self.as_of)
-        return [TableRef(name=t.name, role=t.role) for t in _bounded(refs, "producedBy")]
+        if not _charge(info, 1):
+            return []
+        refs = _bounded(await _graph(info).produced_by(self.id, self.as_of), "producedBy")
+        if not _charge(info, len(refs)):
+            return []
+        return [TableRef(name=t.name, role=t.role) for t in refs]
 
     @strawberry.field(description="Serving instances that served it, with value counts.")
     async def served_by(self, info: Info) -> list[ServedBy]:
-        rows = await _graph(info).served_by(self.id)
+        if not _charge(info, 1):
+            return []
+        rows = _bounded(await _graph(info).served_by(self.id), "servedBy")
+        if not _charge(info, len(rows)):
+            return []
         return [
             ServedBy(
                 server=s.server, count=s.count, last_seen=datetime.fromtimestamp(s.last_seen_ms / 1000, UTC)
             )
-            for s in _bounded(rows, "servedBy")
+            for s in rows
         ]
 
     @strawberry.field(description="Feature services that use it.")
     async def feature_services(self, info: Info) -> list[str]:
-        return _bounded(await _graph(info).services_using(self.id, self.as_of), "featureServices")
+        if not _charge(info, 1):
+            return []
+        names = _bounded(await _graph(info).services_using(self.id, self.as_of), "featureServices")
+        return names if _charge(info, len(names)) else []
 
 
 @strawberry.type(description="A table: an online store table, a batch source or an upstream warehouse table.")
@@ -161,8 +238,13 @@ class Table:
     @strawberry.field(description="Features produced by this table.")
     async def features(self, info: Info) -> list[Feature]:
         graph = _graph(info)
+        if not _charge(info, 1):
+            return []
+        ids = _bounded(await graph.table_features(self.name, self.as_of), "features")
+        if not _charge(info, len(ids)):  # one lookup per feature
+            return []
         out = []
-        for fid in _bounded(await graph.table_features(self.name, self.as_of), "features"):
+        for fid in ids:
             f = await graph.feature(fid, self.as_of)
             if f is not None:
                 out.append(Feature.of(f, self.as_of))
@@ -172,17 +254,25 @@ class Table:
         description="Features (derived up to `depth` hops) and feature services affected by a change."
     )
     async def impact(self, info: Info, depth: int = 3) -> Impact:
+        if not _charge(info, 1):
+            return Impact(features=[], feature_services=[])
         result = await _graph(info).impact(self.name, _depth(depth), self.as_of)
-        return Impact(
+        impact = Impact(
             features=_bounded(list(result.features), "impact.features"),
             feature_services=_bounded(list(result.feature_services), "impact.featureServices"),
         )
+        # the adapter walked downstream from every directly affected feature
+        if not _charge(info, 2 * len(impact.features) + len(impact.feature_services)):
+            return Impact(features=[], feature_services=[])
+        return impact
 
 
 @strawberry.type
 class Query:
     @strawberry.field(description="One feature by id ('view:feature'); asOf answers for a past instant.")
     async def feature(self, info: Info, id: str, as_of: datetime | None = None) -> Feature | None:
+        if not _charge(info, 1):
+            return None
         at = _ms(as_of)
         f = await _graph(info).feature(id, at)
         return None if f is None else Feature.of(f, at)
@@ -191,7 +281,7 @@ class Query:
         description="One table by name, e.g. 'warehouse.users' or 'redis://fs/demo/user_profile'."
     )
     async def table(self, info: Info, name: str, as_of: datetime | None = None) -> Table | None:
-        if not await _graph(info).table_exists(name):
+        if not _charge(info, 1) or not await _graph(info).table_exists(name):
             return None
         return Table(name=name, as_of=_ms(as_of))
 
@@ -208,7 +298,11 @@ class Query:
     ) -> list[LineageEventType]:
         if not 1 <= limit <= MAX_RESULTS:
             raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
+        if not _charge(info, 1):
+            return []
         events = await _graph(info).events(feature_id, _ms(since), _ms(until), limit)
+        if not _charge(info, len(events)):
+            return []
         return [LineageEventType.of(e) for e in events]
 
 
@@ -217,6 +311,7 @@ schema = strawberry.Schema(
     extensions=[
         lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=30),
+        CostLimit,
     ],
 )
 
@@ -224,9 +319,15 @@ schema = strawberry.Schema(
 class LineageGraphQL(GraphQL):
     """The ASGI app mounted at /graphql."""
 
-    def __init__(self, graph: LineageGraph) -> None:
+    def __init__(self, graph: LineageGraph, max_cost: int = MAX_COST) -> None:
         super().__init__(schema, graphql_ide="graphiql", allow_queries_via_get=True)
         self.graph = graph
+        self.max_cost = max_cost
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:  # type: ignore[override]
-        return {"request": request, "response": response, "graph": self.graph}
+        return {
+            "request": request,
+            "response": response,
+            "graph": self.graph,
+            "budget": Budget(self.max_cost),
+        }

@@ -64,6 +64,39 @@ class KafkaSinkConfig:
     buffer_messages: int = 100_000  # librdkafka queue bound; beyond it events are dropped
     buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
     linger_ms: int = 20
+    close_seconds: float = 5.0  # on shutdown, how long buffered events may still go out
+
+
+# While nothing is delivered for this long, the poller asks a broker for metadata this
+# often, so the up gauge also tells the truth for an idle server or a silent broker.
+PROBE_SECONDS = 5.0
+
+
+def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
+    """Create the topic unless it exists (blocking; run it in a thread). Raises when
+    the broker cannot be asked or refuses for another reason than its existence."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    if name in admin.list_topics(timeout=3).topics:
+        return
+    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+    for fut in admin.create_topics([topic]).values():
+        try:
+            fut.result(timeout=5)
+        except Exception as e:
+            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+
+
+@dataclass(slots=True)
+class _Generation:
+    """The events one producer instance holds that have no delivery report yet. When the
+    producer is replaced or closed, what it still holds is counted once and its late
+    reports (if any) are ignored."""
+
+    events: int = 0
+    served: int = 0
+    retired: bool = False
 
 
 class KafkaSink:
@@ -71,30 +104,40 @@ class KafkaSink:
 
     ``produce`` only enqueues into librdkafka's bounded buffer, so sending never blocks
     the event loop; while Kafka is down events wait there for ``buffer_seconds`` and the
-    server keeps serving. A full buffer or an expired event is counted as broken."""
+    server keeps serving. Every event handed over ends in exactly one count: delivered,
+    or broken (buffer full, refused by the producer, expired, or still buffered at
+    shutdown). A producer that fails fatally (an idempotence violation) is replaced."""
 
     def __init__(self, config: KafkaSinkConfig) -> None:
-        from confluent_kafka import Producer
-
         self.config = config
-        self._producer = Producer(
-            {
-                "bootstrap.servers": config.bootstrap_servers,
-                "log.connection.close": False,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": config.linger_ms,
-                "compression.type": "lz4",
-                "queue.buffering.max.messages": config.buffer_messages,
-                "message.timeout.ms": config.buffer_seconds * 1000,
-                "socket.connection.setup.timeout.ms": 3000,
-            }
-        )
         self._up = metrics.SINK_UP.labels("kafka")
         self._poller: asyncio.Task[None] | None = None
         self._topic_ready = False
         self._admin: Any = None  # one AdminClient (a librdkafka instance), made on first use
         self._last_delivery = time.monotonic()
+        self._fatal: Any = None  # the fatal error that made the current producer unusable
+        self._warned = 0.0
+        self._unreported = 0  # failures since the last warning
+        self._gen = _Generation()
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(
+            {
+                "bootstrap.servers": self.config.bootstrap_servers,
+                "log.connection.close": False,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.config.linger_ms,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": self.config.buffer_messages,
+                "message.timeout.ms": self.config.buffer_seconds * 1000,
+                "socket.connection.setup.timeout.ms": 3000,
+                "error_cb": self._on_error,
+            }
+        )
 
     async def start(self) -> None:
         self._up.set(0)
@@ -105,48 +148,86 @@ class KafkaSink:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        # Give in-flight events a moment; whatever is left is counted by its callback.
-        await asyncio.to_thread(self._producer.flush, 5.0)
+        # Give in-flight events a moment; whatever is still buffered then is lost with
+        # the producer, so it is counted as undelivered rather than vanishing.
+        await asyncio.to_thread(self._producer.flush, self.config.close_seconds)
+        lost = self._retire(self._producer, self._gen)
+        if lost:
+            log.warning("lineage sink closed with %d events undelivered", lost)
 
     async def send(self, events: Sequence[LineageEvent]) -> None:
+        if self._fatal is not None:
+            self._replace_producer()
         for event in events:
-            try:
-                self._producer.produce(
-                    self.config.topic,
-                    key=event.key,
-                    value=encode_event(event),
-                    on_delivery=_on_delivery(self, event.served_count),
-                )
-            except BufferError:
-                metrics.BROKEN.labels("sink_buffer_full").inc(event.served_count)
-                metrics.EVENTS.labels("dropped").inc()
+            self._produce(event)
         self._producer.poll(0)
+
+    def _produce(self, event: LineageEvent, retry: bool = True) -> None:
+        from confluent_kafka import KafkaException
+
+        gen = self._gen
+        try:
+            self._producer.produce(
+                self.config.topic,
+                key=event.key,
+                value=encode_event(event),
+                on_delivery=_on_delivery(self, gen, event.served_count),
+            )
+        except BufferError:
+            metrics.BROKEN.labels("sink_buffer_full").inc(event.served_count)
+            metrics.EVENTS.labels("dropped").inc()
+            return
+        except KafkaException as e:
+            error = e.args[0] if e.args else None
+            if retry and error is not None and error.fatal():
+                self._fatal = error
+                self._replace_producer()
+                self._produce(event, retry=False)
+                return
+            # Only this event is lost (e.g. larger than the broker accepts): the events
+            # before it are on their way and the ones after it still go.
+            self._failed(event.served_count, e)
+            return
+        gen.events += 1
+        gen.served += event.served_count
+
+    def _replace_producer(self) -> None:
+        """A producer that failed fatally refuses everything from then on: start a new
+        one. Whatever the old one still held is counted as undelivered."""
+        log.error("lineage producer failed fatally (%s); replacing it", self._fatal)
+        old, gen = self._producer, self._gen
+        self._gen = _Generation()
+        self._producer = self._new_producer()
+        self._fatal = None
+        self._retire(old, gen)
+
+    def _retire(self, producer: Any, gen: _Generation) -> int:
+        """Fail what ``producer`` still holds (its reports count it), count what got no
+        report, and ignore anything it reports later. Returns the events lost."""
+        lost = gen.events
+        with contextlib.suppress(Exception):
+            producer.purge()
+            producer.poll(0)
+        if gen.events:
+            metrics.BROKEN.labels("undelivered").inc(gen.served)
+            metrics.EVENTS.labels("failed").inc(gen.events)
+        gen.retired = True
+        gen.events = gen.served = 0
+        return lost
 
     async def _ensure_topic(self) -> None:
         """Create the topic when missing; best effort, from the poller only (``send``
         never waits for it: events queue in the buffer meanwhile)."""
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+        from confluent_kafka.admin import AdminClient
 
         def create() -> bool:
             if self._admin is None:
                 self._admin = AdminClient(
                     {"bootstrap.servers": self.config.bootstrap_servers, "log.connection.close": False}
                 )
-            admin = self._admin
-            topics = admin.list_topics(timeout=3).topics
-            if self.config.topic in topics:
-                return True
-            topic = NewTopic(
-                self.config.topic,
-                num_partitions=self.config.partitions,
-                replication_factor=self.config.replication_factor,
+            create_topic(
+                self._admin, self.config.topic, self.config.partitions, self.config.replication_factor
             )
-            for fut in admin.create_topics([topic]).values():
-                try:
-                    fut.result(timeout=5)
-                except Exception as e:
-                    if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
-                        raise
             return True
 
         try:
@@ -154,23 +235,58 @@ class KafkaSink:
         except Exception as e:
             log.warning("cannot create lineage topic %s yet: %s", self.config.topic, e)
 
+    def _reachable(self) -> bool:
+        try:
+            self._producer.list_topics(timeout=2)  # a real round trip to a broker
+            return True
+        except Exception:
+            return False
+
     async def _poll(self) -> None:
         """Serve delivery callbacks (they run on this, the event loop's, thread), and
         make sure the topic exists: at start, after a delivery said it is unknown, and
         when buffered events stopped being delivered (a broker that came back without
         the topic would otherwise hold them until they expire). A healthy stream of
-        deliveries costs no admin calls."""
+        deliveries costs no admin calls. Without deliveries the broker is probed, so the
+        up gauge drops within seconds of Kafka going away even on an idle server, and
+        rises for an idle server whose Kafka is fine."""
         checked = 0.0
+        probed: float | None = None
         while True:
             self._producer.poll(0)
+            if self._fatal is not None:
+                self._replace_producer()
             now = time.monotonic()
-            stalled = len(self._producer) > 0 and now - self._last_delivery > 5.0
+            stalled = len(self._producer) > 0 and now - self._last_delivery > PROBE_SECONDS
             if (not self._topic_ready or stalled) and now - checked > 5.0:
                 checked = now
                 await self._ensure_topic()
+            quiet = now - self._last_delivery > PROBE_SECONDS
+            if probed is None or (quiet and now - probed > PROBE_SECONDS):
+                probed = now
+                reachable = await asyncio.to_thread(self._reachable)
+                if time.monotonic() - self._last_delivery > PROBE_SECONDS:  # no delivery meanwhile
+                    self._up.set(1 if reachable and self._topic_ready and not stalled else 0)
             await asyncio.sleep(0.05)
 
-    def delivered(self, served: int, error: Any) -> None:
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's client-level errors (from poll or flush)."""
+        from confluent_kafka import KafkaError
+
+        if error.fatal():
+            self._fatal = error  # replaced by the poller or the next send
+            self._up.set(0)
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._up.set(0)
+            log.warning("lineage sink: %s", error)
+        else:
+            log.debug("lineage sink: %s", error)
+
+    def delivered(self, gen: _Generation, served: int, error: Any) -> None:
+        if gen.retired:
+            return  # already counted when its producer was retired
+        gen.events -= 1
+        gen.served -= served
         if error is None:
             metrics.EVENTS.labels("delivered").inc()
             self._last_delivery = time.monotonic()
@@ -178,14 +294,22 @@ class KafkaSink:
             return
         if "UNKNOWN_TOPIC" in str(error) or "UNKNOWN_PARTITION" in str(error):
             self._topic_ready = False  # e.g. a broker that lost its topics: create it again
-        log.warning("lineage event not delivered: %s", error)
         self._up.set(0)
+        self._failed(served, error)
+
+    def _failed(self, served: int, error: Any) -> None:
         metrics.EVENTS.labels("failed").inc()
         metrics.BROKEN.labels("undelivered").inc(served)
+        # One line per few seconds, not one per event: a broker outage fails thousands.
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._warned > 5.0:
+            log.warning("lineage events not delivered: %d (latest: %s)", self._unreported, error)
+            self._warned, self._unreported = now, 0
 
 
-def _on_delivery(sink: KafkaSink, served: int) -> Any:
+def _on_delivery(sink: KafkaSink, gen: _Generation, served: int) -> Any:
     def callback(err: Any, _msg: Any) -> None:
-        sink.delivered(served, err)
+        sink.delivered(gen, served, err)
 
     return callback

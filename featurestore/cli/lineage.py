@@ -35,6 +35,7 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
                 topic=k.topic,
                 group_id=k.group_id,
                 dead_letter_topic=f"{k.topic}.dlq",
+                replication_factor=k.replication_factor,
                 batch_size=args.batch_size,
                 session_timeout_ms=k.session_timeout_ms,
                 heartbeat_interval_ms=max(k.session_timeout_ms // 5, 100),

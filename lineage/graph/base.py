@@ -9,9 +9,10 @@ Model (docs/lineage.md):
     (:Feature)-[:SERVED_BY {count, last_seen}]->(:Server {name})
     (:LineageEvent {key, feature_id, ...})                  one per event, for lineageEvents
 
-Definition edges carry ``valid_from``/``valid_to`` (epoch ms): applying a snapshot opens
-the edges it has and closes the ones it no longer has, so lineage can be asked "as of"
-any past time. Every write is idempotent: replaying events never duplicates a node,
+Definition edges carry ``valid_from``/``valid_to`` (epoch ms) and the ``project`` whose
+definitions opened them: applying a project's snapshot opens the edges it has and closes
+that project's edges it no longer has (never another project's), so lineage can be asked
+"as of" any past time. Every write is idempotent: replaying events never duplicates a node,
 an edge or a count (a SERVED_BY count grows only when its event node is new).
 """
 
@@ -24,9 +25,16 @@ from typing import Protocol
 
 from featurestore.model import parse_feature_ref
 from featurestore.registry.snapshot import RegistrySnapshot
-from lineage.events import LineageEvent
+from lineage.events import LineageEvent, parse_timestamp
 
 MAX_DEPTH = 5
+
+
+class GraphUnavailable(Exception):
+    """The graph cannot take the request now (down, unreachable, overloaded, refusing
+    our credentials, or conflicting writes that kept failing): the same request can
+    succeed later. Any other exception from a write means the graph refused that
+    write itself (e.g. a value it cannot store), so retrying it can never succeed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +120,7 @@ def event_key(e: LineageEvent) -> str:
 
 
 def event_time_ms(e: LineageEvent) -> int:
-    return int(datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+    return int(parse_timestamp(e.timestamp).timestamp() * 1000)
 
 
 class LineageGraph(Protocol):
@@ -128,7 +136,10 @@ class LineageGraph(Protocol):
         same or a newer registry version (writers may lag); True when applied."""
         ...
 
-    async def write_events(self, events: Sequence[LineageEvent]) -> None: ...
+    async def write_events(self, events: Sequence[LineageEvent]) -> None:
+        """Write all the events or none. Raises GraphUnavailable when the graph cannot
+        take them now; any other exception means it refuses one of them for good."""
+        ...
 
     async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None: ...
 

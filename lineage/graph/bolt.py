@@ -2,23 +2,28 @@
 
 Writes are idempotent MERGEs in UNWIND batches; transient errors (including the
 ConstraintError some servers raise for concurrent MERGEs on one key) are retried with
-backoff. Constraints and indexes are created at start.
+backoff, and what keeps failing, or cannot reach the server at all, is raised as
+GraphUnavailable. A snapshot's definitions are written in one transaction that first
+claims the project's AppliedDefinitions node (see ``apply_definitions``). Constraints
+and indexes are created at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from neo4j import AsyncDriver, AsyncGraphDatabase
+from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncSession, AsyncTransaction
 from neo4j import exceptions as neo
 
 from lineage.events import LineageEvent
 from lineage.graph.base import (
     DefinitionFacts,
     FeatureInfo,
+    GraphUnavailable,
     Impact,
     ServedBy,
     TableRef,
@@ -27,6 +32,14 @@ from lineage.graph.base import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Worth retrying at once: the server is busy, a write conflicted, or the connection broke.
+RETRYABLE = (neo.TransientError, neo.ConstraintError, neo.ServiceUnavailable, neo.SessionExpired)
+# Not about the request either, but not going away within a retry loop: no connection
+# can be had, the configuration or credentials are wrong, access is refused.
+UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
 
 SCHEMA = [
     "CREATE CONSTRAINT feature_id IF NOT EXISTS FOR (f:Feature) REQUIRE f.id IS UNIQUE",
@@ -44,14 +57,23 @@ LIVE = "({r}.valid_to IS NULL AND $t IS NULL OR $t IS NOT NULL AND {r}.valid_fro
 
 # Every server writes the definitions it swaps to, and `apply` writes them too: the
 # newest registry version applied is kept so a lagging writer cannot roll edges back.
-APPLIED_VERSION = """
+# The first statement of the definitions transaction writes the project's node, which
+# makes concurrent appliers of one project take turns: Neo4j holds the node's write
+# lock until commit; ArcadeDB (optimistic) fails all but the first commit with a
+# transient conflict, and the loser retries from the claim. The version is read only
+# after the claim, so it is the one the winner committed.
+CLAIM = """
 MERGE (r:AppliedDefinitions {project: $project})
 ON CREATE SET r.version = 0
+SET r.claims = coalesce(r.claims, 0) + 1
+"""
+APPLIED_VERSION = """
+MATCH (r:AppliedDefinitions {project: $project})
 RETURN r.version AS version
 """
 MARK_APPLIED = """
 MATCH (r:AppliedDefinitions {project: $project})
-SET r.version = CASE WHEN $version > r.version THEN $version ELSE r.version END
+SET r.version = $version
 """
 APPLY_NODES = """
 UNWIND $features AS f
@@ -61,19 +83,24 @@ SET n.view = f.view, n.dtype = f.dtype,
     n.version = CASE WHEN f.version > n.version THEN f.version ELSE n.version END,
     n.versions = CASE WHEN f.version IN n.versions THEN n.versions ELSE n.versions + f.version END
 """
+# Definition edges carry the project whose definitions opened them: applying one
+# project's snapshot closes only that project's edges.
 OPEN_EDGE = """
 UNWIND $edges AS e
 MERGE (a:{a_label} {{{a_key}: e.a}})
 MERGE (b:{b_label} {{{b_key}: e.b}})
 MERGE (a)-[r:{rel}]->(b)
 ON CREATE SET r.valid_from = $t, r.role = e.role
-SET r.role = e.role,
+SET r.role = e.role, r.project = $project,
     r.valid_from = CASE WHEN r.valid_to IS NOT NULL THEN $t ELSE r.valid_from END,
     r.valid_to = NULL
 """
+# Edges written before edges had a project are closed only when their source node is
+# one this project defines (a project cannot know which others it does not see).
 CLOSE_EDGES = """
 MATCH (a:{a_label})-[r:{rel}]->(b:{b_label})
 WHERE r.valid_to IS NULL AND coalesce(r.role, '') <> 'online'
+  AND (r.project = $project OR (r.project IS NULL AND a.{a_key} IN $owned))
   AND NOT [a.{a_key}, b.{b_key}] IN $keep
 SET r.valid_to = $t
 """
@@ -120,20 +147,34 @@ class BoltGraph:
     async def close(self) -> None:
         await self._driver.close()
 
-    async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
+    async def _retrying(
+        self, what: str, work: Callable[[AsyncSession], Awaitable[T]], attempts: int | None = None
+    ) -> T:
+        """Run ``work`` in a fresh session; retry what may pass on a second try, and
+        raise GraphUnavailable for what is the server's state rather than the request's."""
+        attempts = attempts or self._retries
         delay = 0.05
-        for attempt in range(self._retries):
+        for attempt in range(attempts):
             try:
                 async with self._driver.session(database=self._database) as session:
-                    result = await session.run(query, params)
-                    return [dict(r) async for r in result]
-            except (neo.TransientError, neo.ConstraintError, neo.ServiceUnavailable, neo.SessionExpired) as e:
-                if attempt == self._retries - 1:
-                    raise
-                log.debug("graph %s retry %d after %r", "write" if write else "read", attempt + 1, e)
-                await asyncio.sleep(delay)
+                    return await work(session)
+            except RETRYABLE as e:
+                if attempt == attempts - 1:
+                    raise GraphUnavailable(f"graph {what} failed {attempts} times, last: {e!r}") from e
+                log.debug("graph %s retry %d after %r", what, attempt + 1, e)
+                # jittered, so writers that conflicted do not meet again in lockstep
+                await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
+            except UNAVAILABLE as e:
+                raise GraphUnavailable(f"graph {what}: {e!r}") from e
         raise AssertionError("unreachable")
+
+    async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
+        async def work(session: AsyncSession) -> list[dict[str, Any]]:
+            result = await session.run(query, params)
+            return [dict(r) async for r in result]
+
+        return await self._retrying("write" if write else "read", work)
 
     async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
         return await self._run(query, True, **params)
@@ -144,30 +185,72 @@ class BoltGraph:
     # -- writes ----------------------------------------------------------------------
 
     async def apply_definitions(self, facts: DefinitionFacts) -> bool:
-        [row] = await self._write(APPLIED_VERSION, project=facts.project)
-        if int(row["version"]) >= facts.registry_version:
-            return False
-        t = facts.valid_from_ms
-        await self._write(
-            APPLY_NODES,
-            features=[
-                {"id": f.id, "view": f.view, "dtype": f.dtype, "version": f.version} for f in facts.features
-            ],
-        )
+        """One transaction: claim the project's AppliedDefinitions node, compare versions,
+        write nodes, open and close edges, record the version. A writer of an older
+        version that races a newer one either finishes first (and is then superseded
+        whole) or finds the newer version and writes nothing: never a mix."""
         wanted: dict[str, list[dict[str, str]]] = {
             "CONTAINS": [{"a": a, "b": b, "role": ""} for a, b in facts.contains],
             "USES": [{"a": a, "b": b, "role": ""} for a, b in facts.uses],
             "DERIVED_FROM": [{"a": a, "b": b, "role": ""} for a, b in facts.derived_from],
             "PRODUCED_BY": [{"a": a, "b": b, "role": role} for a, b, role in facts.produced_by],
         }
-        for rel, edges in wanted.items():
-            a_label, a_key, b_label, b_key = EDGE_KINDS[rel]
-            names = {"a_label": a_label, "a_key": a_key, "b_label": b_label, "b_key": b_key, "rel": rel}
-            if edges:
-                await self._write(OPEN_EDGE.format(**names), edges=edges, t=t)
-            await self._write(CLOSE_EDGES.format(**names), keep=[[e["a"], e["b"]] for e in edges], t=t)
-        await self._write(MARK_APPLIED, project=facts.project, version=facts.registry_version)
-        return True
+        features = [f.id for f in facts.features]
+        owned = {
+            "CONTAINS": list(facts.views),
+            "USES": list(facts.services),
+            "DERIVED_FROM": features,
+            "PRODUCED_BY": features,
+        }
+        t = facts.valid_from_ms
+
+        async def run(tx: Any, query: str, **params: Any) -> list[dict[str, Any]]:
+            result = await tx.run(query, params)
+            return [dict(r) async for r in result]
+
+        async def apply(tx: AsyncTransaction) -> bool:
+            await run(tx, CLAIM, project=facts.project)
+            [row] = await run(tx, APPLIED_VERSION, project=facts.project)
+            if int(row["version"]) >= facts.registry_version:
+                return False
+            await run(
+                tx,
+                APPLY_NODES,
+                features=[
+                    {"id": f.id, "view": f.view, "dtype": f.dtype, "version": f.version}
+                    for f in facts.features
+                ],
+            )
+            for rel, edges in wanted.items():
+                a_label, a_key, b_label, b_key = EDGE_KINDS[rel]
+                names = {"a_label": a_label, "a_key": a_key, "b_label": b_label, "b_key": b_key, "rel": rel}
+                if edges:
+                    await run(tx, OPEN_EDGE.format(**names), edges=edges, t=t, project=facts.project)
+                await run(
+                    tx,
+                    CLOSE_EDGES.format(**names),
+                    keep=[[e["a"], e["b"]] for e in edges],
+                    owned=owned[rel],
+                    project=facts.project,
+                    t=t,
+                )
+            await run(tx, MARK_APPLIED, project=facts.project, version=facts.registry_version)
+            return True
+
+        async def work(session: AsyncSession) -> bool:
+            tx = await session.begin_transaction()
+            try:
+                applied = await apply(tx)
+                if applied:
+                    await tx.commit()
+                else:
+                    await tx.rollback()  # nothing to write: release the claim
+                return applied
+            finally:
+                await tx.close()  # rolls back whatever did not commit
+
+        # Racing appliers conflict by design: give the loser room to retry.
+        return await self._retrying("definitions write", work, attempts=max(self._retries, 10))
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         if not events:

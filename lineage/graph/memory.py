@@ -28,6 +28,7 @@ class _Validity:
     valid_from: int
     valid_to: int | None = None
     role: str = ""
+    project: str = ""  # whose definitions opened it; "" for edges learnt from serving
 
     def live(self, at: int | None) -> bool:
         if at is None:
@@ -77,19 +78,27 @@ class InMemoryGraph:
         for edge, role in wanted.items():
             current = self._edges.get(edge)
             if current is None or current.valid_to is not None:
-                self._add_edge(edge, _Validity(t, None, role))
-        # edges of earlier definitions that this snapshot no longer has end now
-        # (online PRODUCED_BY edges come from serving, not definitions)
+                self._add_edge(edge, _Validity(t, None, role, facts.project))
+            else:
+                current.project = facts.project  # still wanted: the applying project owns it now
+        # Edges of this project's earlier definitions that this snapshot no longer has
+        # end now. Other projects' edges are not this snapshot's to judge, and online
+        # PRODUCED_BY edges come from serving, not definitions.
         for edge, v in self._edges.items():
-            if v.valid_to is None and edge not in wanted and v.role != "online":
+            if (
+                v.valid_to is None
+                and v.project == facts.project
+                and edge not in wanted
+                and v.role != "online"
+            ):
                 v.valid_to = t
         return True
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
-        for e in events:
+        times = [event_time_ms(e) for e in events]  # all or nothing: a bad one fails before any write
+        for e, ts in zip(events, times, strict=True):
             key = event_key(e)
             fresh = key not in self._event_keys
-            ts = event_time_ms(e)
             if fresh:
                 self._remember(key, e.feature_id, ts, e)
             old = self._features.get(e.feature_id)

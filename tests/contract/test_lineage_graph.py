@@ -3,6 +3,7 @@ ArcadeDB Bolt server) give the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -30,9 +31,13 @@ SVC = FeatureService("ranker", (FeatureRef("score", "rank"), FeatureRef("raw", "
 
 
 def snap(
-    version: int, created: str, *views: FeatureView, services: tuple[FeatureService, ...] = (SVC,)
+    version: int,
+    created: str,
+    *views: FeatureView,
+    services: tuple[FeatureService, ...] = (SVC,),
+    project: str = "p",
 ) -> RegistrySnapshot:
-    s = new_snapshot(make_definitions("p", [U], list(views), list(services)), version)
+    s = new_snapshot(make_definitions(project, [U], list(views), list(services)), version)
     return RegistrySnapshot(s.version, s.fingerprint, s.definitions, created, "", s.feature_versions)
 
 
@@ -135,3 +140,58 @@ async def test_an_older_snapshot_never_rolls_the_graph_back(graph: LineageGraph)
     assert not await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))
     assert not await graph.apply_definitions(definition_facts(snap(2, t2, RAW, DERIVED, score2)))
     assert await graph.upstream("score:rank", 1) == ["raw:views"]
+
+
+SCORE2 = FeatureView("score", (U,), (Feature("rank", DType.FLOAT64),), upstream=("raw:views",))
+SVC2 = FeatureService("ranker", (FeatureRef("score", "rank"),))
+
+
+async def test_racing_writers_leave_the_newest_definitions_whole(graph: LineageGraph) -> None:
+    """A server lagging one version behind applies at the same moment as a current one.
+    Whichever finishes first, the graph ends up with the newer snapshot's edges, none of
+    the older one's: the version check and the writes are one transaction."""
+    for k in range(4):
+        older, newer = 2 * k + 1, 2 * k + 2
+        old_facts = definition_facts(snap(older, f"2024-01-{older:02d}T00:00:00Z", RAW, DERIVED, SCORE))
+        new_facts = definition_facts(
+            snap(newer, f"2024-01-{newer:02d}T00:00:00Z", RAW, DERIVED, SCORE2, services=(SVC2,))
+        )
+        applied = await asyncio.gather(graph.apply_definitions(old_facts), graph.apply_definitions(new_facts))
+        assert applied[1], "the newest version is always applied"
+        assert await graph.upstream("score:rank", 1) == ["raw:views"], f"round {k}"
+        assert await graph.downstream("derived:ctr", 1) == [], f"round {k}"
+        assert await graph.services_using("raw:clicks") == [], f"round {k}"
+        assert await graph.services_using("score:rank") == ["ranker"], f"round {k}"
+    # and a writer that lost the race entirely changes nothing afterwards
+    assert not await graph.apply_definitions(
+        definition_facts(snap(7, "2024-01-07T00:00:00Z", RAW, DERIVED, SCORE))
+    )
+    assert await graph.upstream("score:rank", 1) == ["raw:views"]
+
+
+OTHER = FeatureView("other", (U,), (Feature("n", DType.INT64),), upstream=("warehouse.other", "raw:views"))
+OTHER_SVC = FeatureService("other_svc", (FeatureRef("other", "n"),))
+
+
+async def test_one_projects_definitions_leave_other_projects_lineage_alone(graph: LineageGraph) -> None:
+    t1, t2, t3 = "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z"
+    await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))
+    assert await graph.apply_definitions(
+        definition_facts(snap(1, t2, OTHER, services=(OTHER_SVC,), project="q"))
+    )
+    # project p's edges stay live, now and as of any time after q's apply
+    mar = 1709251200000
+    for at in (None, mar):
+        assert await graph.upstream("score:rank", 2, at) == ["derived:ctr", "raw:clicks", "raw:views"]
+        assert await graph.services_using("raw:clicks", at) == ["ranker"]
+        assert await graph.table_features("warehouse.events", at) == ["raw:clicks", "raw:views"]
+        assert await graph.feature("score:rank", at) is not None
+    assert await graph.downstream("raw:views", 1) == ["derived:ctr", "other:n"]
+    # p's next snapshot closes what p dropped, and nothing of q's
+    await graph.apply_definitions(definition_facts(snap(2, t3, RAW, DERIVED, SCORE2, services=(SVC2,))))
+    assert await graph.upstream("score:rank", 1) == ["raw:views"]
+    assert await graph.services_using("raw:clicks") == []
+    assert await graph.upstream("other:n", 1) == ["raw:views"]
+    assert await graph.services_using("other:n") == ["other_svc"]
+    assert await graph.table_features("warehouse.other") == ["other:n"]
+    assert await graph.feature("other:n", mar + 1) is not None

@@ -3,13 +3,18 @@ definitions before any read, from serving after, impact analysis, limits, errors
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 from typing import Any
 
+import httpx
 import pytest
 
+from lineage.graph.base import DefinitionFacts, FeatureInfo
+from lineage.graph.memory import InMemoryGraph
+from lineage.graphql import MAX_COST, LineageGraphQL
 from tests.support import ServerProcess, http_post, wait_until
 
 pytestmark = pytest.mark.integration
@@ -120,3 +125,59 @@ def test_graphiql_is_served(server: ServerProcess) -> None:
     req = urllib.request.Request(server.url + "/graphql", headers={"accept": "text/html"})
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 200 and b"graphiql" in r.read().lower()
+
+
+def _dense_graph(n: int) -> InMemoryGraph:
+    """hub:x derives from n features, each of which derives from all the others."""
+    ids = [f"v{i}:f" for i in range(n)]
+    everyone = [*ids, "hub:x"]
+    graph = InMemoryGraph()
+    facts = DefinitionFacts(
+        project="dense",
+        valid_from_ms=0,
+        registry_version=1,
+        views=tuple(sorted({f.partition(":")[0] for f in everyone})),
+        services=(),
+        features=tuple(FeatureInfo(f, f.partition(":")[0], "int64", 1, (1,)) for f in everyone),
+        contains=tuple((f.partition(":")[0], f) for f in everyone),
+        uses=(),
+        derived_from=tuple(("hub:x", f) for f in ids) + tuple((a, b) for a in ids for b in ids if a != b),
+    )
+    asyncio.run(graph.apply_definitions(facts))
+    return graph
+
+
+def _post(app: LineageGraphQL, query: str) -> tuple[int, dict[str, Any]]:
+    async def go() -> tuple[int, dict[str, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lineage") as client:
+            r = await client.post("/graphql", json={"query": query})
+            return r.status_code, r.json()
+
+    return asyncio.run(go())
+
+
+def test_a_query_over_the_cost_budget_is_one_graphql_error() -> None:
+    """Nested levels multiply graph lookups (here 150 x 150) while every list stays
+    under its own limit: the request budget ends the query with one clear error."""
+    app = LineageGraphQL(_dense_graph(150))
+    status, doc = _post(app, '{ feature(id: "hub:x") { upstream { id upstream { id } } } }')
+    assert status == 200, doc
+    assert doc["data"] is None
+    [error] = doc["errors"]
+    assert error["message"].startswith(f"query too expensive: it needs more than {MAX_COST} graph lookups")
+    assert error["extensions"] == {"code": "QUERY_TOO_EXPENSIVE"}
+    # one level of the same graph is well within budget, and the budget is per request
+    status, doc = _post(app, '{ feature(id: "hub:x") { upstream { id } } }')
+    assert status == 200 and "errors" not in doc, doc
+    assert len(doc["data"]["feature"]["upstream"]) == 150
+
+
+def test_the_budget_counts_aliases_and_lists_too() -> None:
+    app = LineageGraphQL(_dense_graph(20), max_cost=50)
+    fields = " ".join(f'a{i}: feature(id: "v{i}:f") {{ upstream {{ id }} }}' for i in range(3))
+    status, doc = _post(app, f"{{ {fields} }}")  # 3 x (1 + 1 + 19) = 63
+    assert status == 200 and doc["data"] is None
+    assert "more than 50 graph lookups" in doc["errors"][0]["message"]
+    status, doc = _post(app, '{ a: feature(id: "v1:f") { upstream { id } } }')  # 21
+    assert status == 200 and "errors" not in doc, doc

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
+from msgspec.structs import replace
 
 from lineage import metrics
 from lineage.consumer import ConsumerConfig, LineageConsumer
-from lineage.events import LineageEvent
+from lineage.events import LineageEvent, encode_event
 from lineage.graph.bolt import BoltGraph
 from lineage.sinks import KafkaSink, KafkaSinkConfig
 from tests.servers import ArcadeServer, TansuBroker
@@ -71,6 +73,36 @@ async def produce(
     return sink
 
 
+def read_dead_letters(kafka: TansuBroker, topic: str, n: int) -> list[Any]:
+    """The first ``n`` messages of the topic's dead-letter topic (fewer if it has fewer)."""
+    dlq = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": f"d-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 400,
+        }
+    )
+    dlq.subscribe([f"{topic}.dlq"])
+    got: list[Any] = []
+    for _ in range(60):
+        m = dlq.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m)
+        if len(got) == n:
+            break
+    dlq.close()
+    return got
+
+
+def produce_raw(kafka: TansuBroker, topic: str, *values: bytes) -> None:
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    for v in values:
+        p.produce(topic, key=b"raw", value=v)
+    assert p.flush(10) == 0
+
+
 async def test_events_reach_the_graph_once_even_when_replayed(kafka: TansuBroker, graph: BoltGraph) -> None:
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     delivered0 = metrics.EVENTS.labels("delivered")._value.get()
@@ -103,24 +135,7 @@ async def test_a_malformed_message_is_dead_lettered_and_the_consumer_goes_on(
     consumer = LineageConsumer(consumer_config(kafka, topic), graph)
     await consume_until(consumer, lambda: consumer.written >= 2 and consumer.dead_lettered >= 2)
     assert consumer.written == 2 and consumer.dead_lettered == 2
-    dlq = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap,
-            "group.id": f"d-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 400,
-        }
-    )
-    dlq.subscribe([f"{topic}.dlq"])
-    got: list[Any] = []
-    for _ in range(60):
-        m = dlq.poll(0.5)
-        if m is not None and not m.error():
-            got.append(m)
-        if len(got) == 2:
-            break
-    dlq.close()
+    got = read_dead_letters(kafka, topic, 2)
     reasons = sorted(dict(m.headers())["reason"].decode() for m in got)
     assert len(reasons) == 2
     assert any("missing required field" in r for r in reasons) and any(
@@ -217,3 +232,206 @@ async def test_a_consumer_stopped_during_a_graph_outage_leaves_its_batch_to_the_
     second = LineageConsumer(consumer_config(kafka, topic, group), graph)
     await consume_until(second, lambda: second.written >= 20)
     assert [s.count for s in await graph.served_by("user_profile:age")] == [200]
+
+
+async def test_a_bad_timestamp_is_dead_lettered_and_the_next_event_still_arrives(
+    kafka: TansuBroker, graph: BoltGraph
+) -> None:
+    """An event whose timestamp cannot be read used to pass decoding and fail every
+    write of its batch, retried forever: the partition stalled behind it."""
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    produce_raw(kafka, topic, encode_event(ev(1)).replace(b"2024-01-01T00:00:01Z", b"sometime in 2024"))
+    await produce(kafka, topic, [ev(2)], partitions=1)
+    consumer = LineageConsumer(consumer_config(kafka, topic), graph)
+    await consume_until(consumer, lambda: consumer.written >= 1 and consumer.dead_lettered >= 1)
+    assert (consumer.written, consumer.dead_lettered) == (1, 1)
+    [stamp] = [e.timestamp for e in await graph.events("user_profile:age", None, None, 10)]
+    assert stamp == "2024-01-01T00:00:02Z"
+    [dead] = read_dead_letters(kafka, topic, 1)
+    assert "timestamp 'sometime in 2024'" in dict(dead.headers())["reason"].decode()
+
+
+class PickyGraph(BoltGraph):
+    """A real Bolt graph that refuses one feature for good, as a server does with a
+    value it cannot store: the same write fails however often it is retried."""
+
+    async def write_events(self, events: Any) -> None:
+        if any(e.feature_id == "bad:event" for e in events):
+            raise ValueError("cannot store bad:event")
+        await super().write_events(events)
+
+
+async def test_an_event_the_graph_refuses_is_dead_lettered_alone(
+    kafka: TansuBroker, arcade: ArcadeServer, graph: BoltGraph
+) -> None:
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    events = [ev(i) for i in range(10)]
+    events[6] = replace(events[6], feature_id="bad:event")
+    await produce(kafka, topic, events, partitions=1)
+    picky = PickyGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
+    consumer = LineageConsumer(consumer_config(kafka, topic), picky)
+    try:
+        await consume_until(consumer, lambda: consumer.written >= 9 and consumer.dead_lettered >= 1)
+    finally:
+        await picky.close()
+    assert (consumer.written, consumer.dead_lettered) == (9, 1)
+    assert [s.count for s in await graph.served_by("user_profile:age")] == [90]
+    [dead] = read_dead_letters(kafka, topic, 1)
+    assert dead.key() == b"bad:event"
+    assert (
+        dict(dead.headers())["reason"].decode()
+        == "graph refused the event: ValueError: cannot store bad:event"
+    )
+
+
+async def test_the_dead_letter_topic_exists_before_the_first_dead_letter(
+    kafka: TansuBroker, graph: BoltGraph
+) -> None:
+    """Created at start, like the sink creates its topic: a broker that does not create
+    topics on demand must not hold the first dead letter (and its batch) hostage."""
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    await produce(kafka, topic, [ev(1)], partitions=1)
+    consumer = LineageConsumer(consumer_config(kafka, topic), graph)
+    await consume_until(consumer, lambda: consumer.written >= 1)
+    assert consumer.dead_lettered == 0
+    topics = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=5).topics
+    assert f"{topic}.dlq" in topics and len(topics[f"{topic}.dlq"].partitions) == 1
+
+
+class PausingGraph(BoltGraph):
+    """A real Bolt graph whose first write freezes the Kafka broker: the batch reaches
+    the graph, then its dead letter finds no broker to take it."""
+
+    def __init__(self, broker: TansuBroker, *args: Any) -> None:
+        super().__init__(*args)
+        self.broker = broker
+
+    async def write_events(self, events: Any) -> None:
+        await super().write_events(events)
+        self.broker.pause()
+
+
+async def test_an_undeliverable_dead_letter_is_retried_not_raised(
+    arcade: ArcadeServer, graph: BoltGraph
+) -> None:
+    """Dead letters that cannot be delivered used to raise out of run() (a crash loop
+    when the topic is missing). Now the consumer keeps the batch and retries until the
+    dead letter is delivered."""
+    broker = TansuBroker().start()
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    pausing = PausingGraph(broker, arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
+    consumer = LineageConsumer(consumer_config(broker, topic), pausing)
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        produce_raw(broker, topic, b"\x00not json")
+        await produce(broker, topic, [ev(1)], partitions=1)
+        task = asyncio.create_task(consumer.run(stop))
+        await eventually(lambda: consumer.dead_letter_failures >= 2, 60, "dead-letter delivery retried")
+        assert not task.done() and consumer.dead_lettered == 0
+        broker.resume()
+        await eventually(lambda: consumer.dead_lettered >= 1, 60, "the dead letter delivered")
+        stop.set()
+        await task  # run() returns normally
+        assert (consumer.written, consumer.dead_lettered) == (1, 1)
+        [dead] = read_dead_letters(broker, topic, 1)
+        assert dead.value() == b"\x00not json"
+    finally:
+        stop.set()
+        broker.resume()
+        if task is not None and not task.done():
+            await asyncio.wait_for(task, 30)
+        await pausing.close()
+        broker.stop()
+
+
+def unit_counts() -> tuple[float, float, float]:
+    return (
+        metrics.BROKEN.labels("undelivered")._value.get(),
+        metrics.EVENTS.labels("failed")._value.get(),
+        metrics.EVENTS.labels("delivered")._value.get(),
+    )
+
+
+async def test_an_event_the_producer_refuses_costs_only_itself(kafka: TansuBroker) -> None:
+    """One event over the broker's message size in the middle of a batch: the events
+    around it are delivered and only its own served values count as broken."""
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(
+        KafkaSinkConfig(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1, linger_ms=1)
+    )
+    await sink.start()
+    broken0, failed0, delivered0 = unit_counts()
+    try:
+        huge = replace(ev(2, count=7), trace_ids=["x" * 2_000_000])
+        await sink.send([ev(1, count=3), huge, ev(3, count=5)])  # does not raise
+        await eventually(lambda: unit_counts()[2] - delivered0 >= 2, 20, "the other two delivered")
+    finally:
+        await sink.close()
+    broken, failed, delivered = unit_counts()
+    assert (broken - broken0, failed - failed0, delivered - delivered0) == (7, 1, 2)
+
+
+async def test_a_fatally_failed_producer_is_replaced(kafka: TansuBroker) -> None:
+    """librdkafka reports a fatal error (e.g. an idempotence violation) through the
+    error callback; from then on that producer refuses everything. The sink starts a
+    new one, and events flow again."""
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(
+        KafkaSinkConfig(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1, linger_ms=1)
+    )
+    await sink.start()
+    try:
+        await sink.send([ev(1)])
+        await asyncio.to_thread(sink._producer.flush, 10)
+        first = sink._producer
+        sink._on_error(KafkaError(KafkaError._FATAL, "idempotence violated (test)", fatal=True))
+        _, _, delivered0 = unit_counts()
+        await sink.send([ev(2)])
+        assert sink._producer is not first
+        await eventually(lambda: unit_counts()[2] - delivered0 >= 1, 20, "delivery by the new producer")
+    finally:
+        await sink.close()
+
+
+async def test_closing_with_kafka_down_counts_the_buffered_events() -> None:
+    broker = TansuBroker().start()
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(
+        KafkaSinkConfig(
+            bootstrap_servers=broker.bootstrap, topic=topic, partitions=1, linger_ms=1, close_seconds=0.5
+        )
+    )
+    await sink.start()
+    try:
+        await sink.send([ev(0)])
+        await asyncio.to_thread(sink._producer.flush, 10)
+        broker.pause()
+        broken0, failed0, _ = unit_counts()
+        await sink.send([ev(i, count=i) for i in range(1, 11)])
+        await sink.close()
+        broken, failed, _ = unit_counts()
+        assert (broken - broken0, failed - failed0) == (sum(range(1, 11)), 10)
+    finally:
+        broker.stop()
+
+
+async def test_the_sink_up_gauge_follows_the_broker_without_traffic() -> None:
+    """What LineageSinkDown alerts on: 1 for an idle sink whose broker answers, 0 soon
+    after the broker stops answering (long before buffered events would expire)."""
+    broker = TansuBroker().start()
+    up = metrics.SINK_UP.labels("kafka")
+    sink = KafkaSink(
+        KafkaSinkConfig(bootstrap_servers=broker.bootstrap, topic=f"lineage-{uuid.uuid4().hex[:6]}")
+    )
+    await sink.start()
+    try:
+        await eventually(lambda: up._value.get() == 1, 20, "an idle sink to report up")
+        broker.pause()
+        await eventually(lambda: up._value.get() == 0, 30, "the sink to report the broker down")
+        broker.resume()
+        await eventually(lambda: up._value.get() == 1, 30, "the sink to report up again")
+    finally:
+        broker.resume()
+        await sink.close()
+        broker.stop()

@@ -118,3 +118,23 @@ def test_record_is_cheap_and_never_awaits(n: int) -> None:
     for _ in range(n):
         em.record(plan, STATE, 1, span(1))  # a plain function: it cannot wait on anything
     assert em._window[plan].rows == n
+
+
+async def test_close_counts_what_the_sink_never_took() -> None:
+    """A sink stuck at shutdown: the batch it is sending and the ones still queued are
+    counted as undelivered instead of disappearing with the process."""
+    sink = Collecting()
+    sink.release.clear()  # the sink never finishes a send
+    em = LineageEmitter(sink, table_uri, EmitterConfig(window_seconds=60, close_seconds=0.05))
+    await em.start()
+    plan = STATE.plan(("a:x", "a:y"), None, False)
+    before, failed_before = broken("undelivered"), metrics.EVENTS.labels("failed")._value.get()
+    for rows in (3, 5):
+        em.record(plan, STATE, rows, span(1))
+        em.flush()  # 2 events per window: the first window is in send, the second queued
+        await asyncio.sleep(0)
+    em.record(plan, STATE, 7, span(1))  # and the last window, flushed by close
+    await em.close()
+    assert broken("undelivered") - before == 2 * (3 + 5 + 7)
+    assert metrics.EVENTS.labels("failed")._value.get() - failed_before == 6
+    assert sink.batches == [] and em._queued == 0

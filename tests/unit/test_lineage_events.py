@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lineage.events import LineageEvent, MalformedEvent, decode_event, encode_event
+from lineage.graph.base import event_time_ms
 
 EVENT = LineageEvent(
     feature_id="user_profile:age",
@@ -33,12 +34,38 @@ def test_round_trip() -> None:
         (encode_event(EVENT).replace(b'"served_count":120', b'"served_count":"many"'), "Expected `int`"),
         (encode_event(EVENT).replace(b"user_profile:age", b"user_profile"), "not 'view:feature'"),
         (encode_event(EVENT)[:-1] + b',"extra":1}', "unknown field"),
+        # each of these used to pass decoding and then fail every graph write of its batch
+        (encode_event(EVENT).replace(b"2024-01-01T00:00:07Z", b"yesterday"), "not an ISO 8601 time"),
+        (encode_event(EVENT).replace(b"2024-01-01T00:00:07Z", b""), "length >= 1"),
+        (encode_event(EVENT).replace(b"2024-01-01T00:00:07Z", b"2024-01-01T00:00:07"), "not in UTC"),
+        (encode_event(EVENT).replace(b"2024-01-01T00:00:07Z", b"2024-01-01T02:00:07+02:00"), "not in UTC"),
+        (
+            encode_event(EVENT).replace(b'"served_count":120', b'"served_count":-1'),
+            ">= 0 - at `$.served_count`",
+        ),
+        (encode_event(EVENT).replace(b'"feature_version":3', b'"feature_version":1e3'), "Expected `int`"),
+        (
+            encode_event(EVENT).replace(b'"registry_version":7', b'"registry_version":' + b"9" * 20),
+            "<= 9223372036854775807 - at `$.registry_version`",
+        ),
+        (encode_event(EVENT).replace(b"user_profile:age", b":age"), "not 'view:feature'"),
+        (
+            encode_event(EVENT).replace(b'"service":"featurestore@127.0.0.1:8080"', b'"service":""'),
+            "length >= 1",
+        ),
+        (encode_event(EVENT).replace(b'"trace_ids":[', b'"trace_ids":[7,'), "Expected `str`"),
     ],
 )
 def test_malformed_events_say_why(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedEvent) as info:
         decode_event(raw)
     assert reason.lower() in str(info.value).lower()
+
+
+@pytest.mark.parametrize("stamp", ["2024-01-01T00:00:07.500Z", "2024-01-01T00:00:07+00:00"])
+def test_utc_timestamps_in_either_spelling_are_accepted(stamp: str) -> None:
+    raw = encode_event(EVENT).replace(b"2024-01-01T00:00:07Z", stamp.encode())
+    assert event_time_ms(decode_event(raw)) in (1704067207000, 1704067207500)
 
 
 async def test_in_memory_graph_keeps_a_bounded_history() -> None:
