@@ -177,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
     lc.add_argument(
         "--metrics-port", type=int, default=9108, help="Prometheus metrics of the consumer (0: off)"
     )
+    lc.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listen on (0.0.0.0 in a container, so Prometheus can scrape them)",
+    )
     lc.add_argument("--batch-size", type=int, default=500)
     lc.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
     lc.set_defaults(func=cmd_lineage_consume)

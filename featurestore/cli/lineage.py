@@ -20,7 +20,7 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     logging.getLogger().setLevel(config.log_level.upper())
     k = config.lineage.kafka
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+        start_http_server(args.metrics_port, addr=args.metrics_host)
 
     async def run() -> None:
         graph = server.make_graph(config)
