@@ -1,20 +1,31 @@
 """The ClickHouse store on the real engine (chdb in this process): SQL safety, a join
-across ClickHouse and other stores, a saturated or failing ClickHouse, and
-materialization from a ClickHouse table into Redis."""
+across ClickHouse and other stores, a saturated, hung, unreachable or refusing
+ClickHouse, and materialization from a ClickHouse table into Redis.
+
+No assertion here depends on timing: pool threads are held on an event (``holding``)
+so a test decides when they free up, and waits are bounded by generous timeouts that
+only a hang reaches."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import socket
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 import pyarrow as pa
 import pytest
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from featurestore.config import Config, StoreConfig
+from featurestore.errors import InvalidArgument, Unavailable
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.materialize import Materializer
 from featurestore.model import DType, Entity, Feature, FeatureView, Status
@@ -23,12 +34,15 @@ from featurestore.plan import ServingState
 from featurestore.registry.definitions import make_definitions
 from featurestore.registry.file import FileRegistry
 from featurestore.registry.snapshot import new_snapshot
+from featurestore.server import make_store
+from featurestore.sources import clickhouse
 from featurestore.sources.arrow import view_schema
-from featurestore.sources.base import ViewQuery, ViewRead
+from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, _select_sql, online_table_ddl
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisServer
+from tests.support import eventually, free_port
 
 U = Entity("user_id", DType.INT64)
 M = Entity("merchant", DType.STRING)
@@ -38,6 +52,9 @@ TX = FeatureView(
 PROFILE = FeatureView("profile", (U,), (Feature("age", DType.INT64),), online_store="mem")
 SHOP = FeatureView("shop", (M,), (Feature("risk", DType.FLOAT64),), online_store="ch")
 TS = 1_704_067_200_000_000
+DEFS = make_definitions("p", [U, M], [TX, PROFILE, SHOP], [])
+# Long enough that no health round runs during a test that counts pool slots.
+QUIET = 600_000
 
 
 def rows(view: FeatureView, data: dict[str, list[Any]]) -> pa.Table:
@@ -54,6 +71,57 @@ async def ch(chdb_dsn: str) -> AsyncIterator[ClickHouseSource]:
     await src.prepare([TX, SHOP])
     yield src
     await src.close()
+
+
+@pytest.fixture
+async def quiet_ch(chdb_dsn: str) -> AsyncIterator[ClickHouseSource]:
+    """Two threads, two queue places, and no health round to take a slot meanwhile."""
+    src = ClickHouseSource(
+        "ch",
+        f"t{uuid.uuid4().hex[:8]}",
+        ClickHouseOptions(dsn=chdb_dsn, threads=2, max_queued=2, health_interval_ms=QUIET),
+    )
+    await src.start()
+    await src.prepare([TX, SHOP])
+    yield src
+    await src.close()
+
+
+class _Held:
+    """A pool call that parks its thread until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.started = 0
+
+    def __call__(self, client: Any) -> None:
+        with self._lock:
+            self.started += 1
+        self.release.wait(120)
+
+
+@contextlib.asynccontextmanager
+async def holding(src: ClickHouseSource, threads: int) -> AsyncIterator[None]:
+    """Every one of ``threads`` pool threads busy until the block ends."""
+    held = _Held()
+    calls = [asyncio.ensure_future(src.run(held)) for _ in range(threads)]
+    try:
+        await eventually(lambda: held.started == threads, 30, f"{threads} pool threads held")
+        yield
+    finally:
+        held.release.set()
+        await asyncio.gather(*calls)
+
+
+async def queue_up(
+    src: ClickHouseSource, calls: list[Callable[[], Awaitable[Any]]]
+) -> list[asyncio.Future[Any]]:
+    """Start calls that queue behind held threads; return once all have taken a slot."""
+    before = src._in_flight
+    futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(c()) for c in calls]
+    await eventually(lambda: src._in_flight == before + len(calls), 30, "calls queued")
+    return futures
 
 
 def test_sql_is_built_from_identifiers_only() -> None:
@@ -120,44 +188,180 @@ async def test_join_across_clickhouse_and_memory(ch: ClickHouseSource) -> None:
     assert not res.partial
 
 
-async def test_saturated_clickhouse_cannot_starve_other_views(ch: ClickHouseSource) -> None:
+async def test_saturated_clickhouse_cannot_starve_other_views(quiet_ch: ClickHouseSource) -> None:
     mem = MemorySource("mem")
     await mem.prepare([PROFILE])
     await mem.write(PROFILE, rows(PROFILE, {"user_id": [1], "age": [30], "event_timestamp": [TS]}), 0)
-    defs = make_definitions("p", [U, M], [TX, PROFILE, SHOP], [])
-    engine = JoinEngine({"ch": ch, "mem": mem}, ServingState(new_snapshot(defs, 1)), Limits())
-    # A heavy analytical query per thread occupies the whole pool, plus the queue.
-    heavy = [
-        asyncio.ensure_future(ch.run(lambda c: c.query("SELECT sleepEachRow(0.5) FROM numbers(4)")))
-        for _ in range(4)
-    ]
-    await asyncio.sleep(0.2)
+    engine = JoinEngine({"ch": quiet_ch, "mem": mem}, ServingState(new_snapshot(DEFS, 1)), Limits())
     req = JoinRequest({"user_id": [1]}, ("profile:age", "tx:txn_90d"))
-    t0 = time.monotonic()
-    res = await engine.join(req, time.monotonic() + 0.3)
-    elapsed = time.monotonic() - t0
-    cols = {c.name: c for c in res.columns}
-    assert cols["age"].values == [30]  # the memory view answers
-    assert cols["txn_90d"].outcome.statuses == [Status.UNAVAILABLE]  # type: ignore[union-attr]
-    assert res.partial and elapsed < 0.6  # failed fast (pool full), never past the deadline
-    await asyncio.gather(*heavy)
-    res = await engine.join(req, time.monotonic() + 2)
+    async with holding(quiet_ch, 2):
+        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.run(lambda c: c.command("SELECT 1"))] * 2)
+        # Threads and queue are full: the read must fail at once. Had it queued, it
+        # would wait for threads that stay held until this block ends.
+        async with asyncio.timeout(30):
+            res = await engine.join(req, time.monotonic() + 60)
+        cols = {c.name: c for c in res.columns}
+        assert cols["age"].values == [30]  # the memory view answers
+        assert cols["txn_90d"].outcome.statuses == [Status.UNAVAILABLE]  # type: ignore[union-attr]
+        assert res.partial
+    await asyncio.gather(*fillers)
+    res = await engine.join(req, time.monotonic() + 30)
     assert {c.name: c for c in res.columns}["txn_90d"].outcome.statuses == [Status.NOT_FOUND]  # type: ignore[union-attr]
 
 
-async def test_slow_clickhouse_answers_unavailable_within_the_deadline(ch: ClickHouseSource) -> None:
-    defs = make_definitions("p", [U, M], [TX, PROFILE, SHOP], [])
-    engine = JoinEngine({"ch": ch, "mem": MemorySource("mem")}, ServingState(new_snapshot(defs, 1)), Limits())
-    busy = [
-        asyncio.ensure_future(ch.run(lambda c: c.query("SELECT sleepEachRow(0.5) FROM numbers(2)")))
-        for _ in range(2)
-    ]
-    await asyncio.sleep(0.1)
-    t0 = time.monotonic()
-    res = await engine.join(JoinRequest({"user_id": [1]}, ("tx:txn_90d",)), time.monotonic() + 0.25)
-    assert time.monotonic() - t0 < 0.5  # queued behind the busy threads, abandoned at the deadline
-    assert res.partial
-    await asyncio.gather(*busy)
+async def test_slow_clickhouse_answers_unavailable_within_the_deadline(quiet_ch: ClickHouseSource) -> None:
+    engine = JoinEngine({"ch": quiet_ch}, ServingState(new_snapshot(DEFS, 1)), Limits())
+    async with holding(quiet_ch, 2):
+        # queued behind held threads: only the deadline can end it, while they stay held
+        async with asyncio.timeout(30):
+            res = await engine.join(JoinRequest({"user_id": [1]}, ("tx:txn_90d",)), time.monotonic() + 0.25)
+        assert res.partial
+
+
+async def test_reads_abandoned_while_queued_give_their_slots_back(quiet_ch: ClickHouseSource) -> None:
+    engine = JoinEngine({"ch": quiet_ch}, ServingState(new_snapshot(DEFS, 1)), Limits())
+    req = JoinRequest({"user_id": [1]}, ("tx:txn_90d",))
+    async with holding(quiet_ch, 2):
+        # Both reads fill the queue behind the held threads and are cancelled there
+        # at their deadline: they never run, and their slots must come back anyway.
+        results = await asyncio.gather(*(engine.join(req, time.monotonic() + 0.2) for _ in range(2)))
+        assert all(r.partial for r in results)
+        await eventually(lambda: quiet_ch._in_flight == 2, 30, "the abandoned reads' slots back")
+    await eventually(lambda: quiet_ch._in_flight == 0, 30, "every slot back")
+    # The whole capacity again: threads held and the queue full, then everything answers.
+    async with holding(quiet_ch, 2):
+        queued = await queue_up(quiet_ch, [lambda: engine.join(req, time.monotonic() + 60)] * 2)
+    answers = await asyncio.gather(*queued)
+    assert [r.partial for r in answers] == [False, False]
+    await eventually(lambda: quiet_ch._in_flight == 0, 30, "every slot back")
+    await asyncio.sleep(0.05)
+    assert quiet_ch._in_flight == 0  # given back once each: never below zero
+
+
+async def test_health_probe_does_not_wait_behind_user_reads(quiet_ch: ClickHouseSource) -> None:
+    async with holding(quiet_ch, 2):
+        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.run(lambda c: c.command("SELECT 1"))] * 2)
+        async with asyncio.timeout(30):
+            assert await quiet_ch.check() is SourceState.READY
+    await asyncio.gather(*fillers)
+
+
+async def test_unreachable_clickhouse_at_start_fails_only_its_views() -> None:
+    """Nothing listens on the port: start and prepare must not raise (the server would
+    not start, taking every other store's views down too), its views read UNAVAILABLE
+    naming the cause, and the other stores answer."""
+    src = ClickHouseSource(
+        "ch", "p", ClickHouseOptions(dsn=f"http://127.0.0.1:{free_port()}", timeout_ms=1000)
+    )
+    mem = MemorySource("mem")
+    await mem.prepare([PROFILE])
+    await mem.write(PROFILE, rows(PROFILE, {"user_id": [1], "age": [30], "event_timestamp": [TS]}), 0)
+    try:
+        async with asyncio.timeout(60):
+            await src.start()
+            assert src.state() is SourceState.DOWN
+            await src.prepare([TX, SHOP])
+            [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
+            assert isinstance(res, Unavailable) and "Connection refused" in str(res), res
+            engine = JoinEngine({"ch": src, "mem": mem}, ServingState(new_snapshot(DEFS, 1)), Limits())
+            joined = await engine.join(
+                JoinRequest({"user_id": [1]}, ("profile:age", "tx:txn_90d")), time.monotonic() + 30
+            )
+        cols = {c.name: c for c in joined.columns}
+        assert cols["age"].values == [30]
+        assert cols["txn_90d"].outcome.statuses == [Status.UNAVAILABLE]  # type: ignore[union-attr]
+    finally:
+        await src.close()
+
+
+async def test_hung_clickhouse_is_down_and_frees_threads_within_its_timeout() -> None:
+    """The kernel accepts connections on a listening socket nobody serves: requests get
+    no answer. clickhouse-connect's own read timeout is 300 s; the store's is 1 s."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    src = ClickHouseSource(
+        "ch",
+        "p",
+        ClickHouseOptions(dsn=f"http://127.0.0.1:{hung.getsockname()[1]}", threads=1, timeout_ms=1000),
+    )
+    try:
+        async with asyncio.timeout(60):
+            await src.start()
+            assert src.state() is SourceState.DOWN
+            await src.prepare([TX])
+            [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
+            assert isinstance(res, Unavailable) and "no answer" in str(res), res
+            with pytest.raises(ClickHouseError):  # a call on a user thread ends by itself
+                await src.run(lambda c: c.command("SELECT 1"))
+    finally:
+        hung.close()  # resets whatever still waits on it, should a timeout not have fired
+        await src.close()
+
+
+async def test_tables_refused_at_prepare_are_created_once_clickhouse_accepts_them(chdb_dsn: str) -> None:
+    # A Dictionary database refuses CREATE TABLE, until the test drops it.
+    db = f"fs_{uuid.uuid4().hex[:8]}"
+    admin = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=chdb_dsn).client_dsn)
+    admin.command(f"CREATE DATABASE `{db}` ENGINE = Dictionary")
+    src = ClickHouseSource(
+        "ch", f"t{uuid.uuid4().hex[:8]}", ClickHouseOptions(dsn=chdb_dsn, database=db, health_interval_ms=50)
+    )
+    try:
+        await src.start()
+        await src.prepare([TX])
+        assert src.state() is SourceState.DEGRADED
+        [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
+        assert isinstance(res, Unavailable) and "'tx'" in str(res) and "NOT_IMPLEMENTED" in str(res), res
+        admin.command(f"DROP DATABASE `{db}`")
+        await eventually(lambda: src.state() is SourceState.READY, 30, "the health loop to create the table")
+        [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
+        assert isinstance(res, ViewRead) and res.found == [False]
+    finally:
+        await src.close()
+        admin.command(f"DROP DATABASE IF EXISTS `{db}`")
+        admin.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threads": 0}, "threads: expected an integer >= 1, got 0"),
+        ({"threads": True}, "threads: expected an integer >= 1, got True"),
+        ({"max_queued": -1}, "max_queued: expected an integer >= 0, got -1"),
+        ({"health_interval_ms": 0}, "health_interval_ms: expected an integer >= 10, got 0"),
+        ({"timeout_ms": "5s"}, "timeout_ms: expected an integer >= 10, got '5s'"),
+        ({"database": "fs`; DROP"}, "database: expected a name of letters, digits and _"),
+        ({"dsn": "clickhouse://u:secret@h:9000"}, "dsn: unsupported scheme 'clickhouse'"),
+        ({"thread": 4}, "unknown clickhouse store option 'thread'"),
+    ],
+)
+def test_bad_store_options_are_refused_naming_the_option(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        ClickHouseOptions.from_mapping(options)
+    assert "secret" not in str(err.value)
+    # what the server makes of it: a config error naming the store and the option
+    with pytest.raises(InvalidArgument, match=re.escape(f"stores.ch: {message}")):
+        make_store("ch", StoreConfig(kind="clickhouse", options=options), Config())
+
+
+async def test_select_cache_is_shared_by_data_versions_and_bounded(
+    ch: ClickHouseSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for version in (1, 2, 3):
+        await ch.write(
+            TX,
+            rows(TX, {"user_id": [1], "txn_90d": [version], "avg_basket": [0.5], "event_timestamp": [TS]}),
+            version,
+        )
+        [res] = await ch.read([ViewQuery(TX, [1], [0], version)])
+        assert isinstance(res, ViewRead) and res.columns == [[version]]
+    assert len(ch._sql) == 1  # one projection, whatever the data version
+    monkeypatch.setattr(clickhouse, "_SQL_CACHE_SIZE", 2)
+    for features in ([1], [0, 1], [1, 0], [0]):
+        [res] = await ch.read([ViewQuery(TX, [1], features, 3)])
+        assert isinstance(res, ViewRead) and len(res.columns) == len(features)
+    assert len(ch._sql) == 2
 
 
 async def test_failed_clickhouse_view_is_unavailable(ch: ClickHouseSource) -> None:
