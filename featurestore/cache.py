@@ -211,14 +211,10 @@ def _columnar(
     rows: list[Any], features: Sequence[int], width: int, unavailable: set[int] | None = None
 ) -> ViewRead:
     blank = (None,) * (width + 1)
-    if unavailable:
-        found = [r is not NOT_FOUND and r is not None for r in rows]
-        full = [r if f else blank for r, f in zip(rows, found, strict=True)]
-        missing: list[bool] | None = [i in unavailable for i in range(len(rows))]
-    else:
-        found = [r is not NOT_FOUND for r in rows]
-        full = [r if r is not NOT_FOUND else blank for r in rows]
-        missing = None
+    # None: a key the store owed and did not deliver (only with ``unavailable``)
+    found = [r is not NOT_FOUND and r is not None for r in rows]
+    full = [r if f else blank for r, f in zip(rows, found, strict=True)]
+    missing = [i in unavailable for i in range(len(rows))] if unavailable else None
     cols = list(zip(*full, strict=True)) if full else [()] * (width + 1)
     return ViewRead(
         found=found,

@@ -310,9 +310,8 @@ def _merge(
     found, ts = read.found, read.event_ts_us
     ttl_seconds = vp.view.ttl_seconds
     cutoff = now_us - ttl_seconds * 1_000_000 if ttl_seconds is not None else None
-    if read.unavailable is not None:
-        return _merge_partly_unavailable(vp, read, inverse, cutoff)
-    if all(found) and (cutoff is None or min(ts, default=cutoff) >= cutoff):
+    unavailable = read.unavailable
+    if unavailable is None and all(found) and (cutoff is None or min(ts, default=cutoff) >= cutoff):
         statuses_u: list[Status] = [PRESENT] * len(found)
         ts_u: list[int | None] = list(ts)
         cols_u = read.columns
@@ -322,6 +321,8 @@ def _merge(
             (PRESENT if cutoff is None or t >= cutoff else OUTSIDE_MAX_AGE) if f else NOT_FOUND
             for f, t in zip(found, ts, strict=True)
         ]
+        if unavailable is not None:  # the cache answered the other keys while the store failed these
+            statuses_u = [UNAVAILABLE if u else s for s, u in zip(statuses_u, unavailable, strict=True)]
         ts_u = [t if f else None for f, t in zip(found, ts, strict=True)]
         cols_u = [
             [v if s is PRESENT else None for v, s in zip(col, statuses_u, strict=True)]
@@ -329,38 +330,13 @@ def _merge(
         ]
         all_present = False
 
+    partial = unavailable is not None
     if inverse is None:
-        return ViewOutcome(view, statuses_u, ts_u, all_present), cols_u
+        return ViewOutcome(view, statuses_u, ts_u, all_present, partial), cols_u
     return (
-        ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present),
+        ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present, partial),
         [[col[i] for i in inverse] for col in cols_u],
     )
-
-
-def _merge_partly_unavailable(
-    vp: ViewPlan, read: ViewRead, inverse: list[int] | None, cutoff: int | None
-) -> tuple[ViewOutcome, list[list[Any]]]:
-    """The rare path: the cache answered some keys while the store failed the rest."""
-    assert read.unavailable is not None
-    statuses_u: list[Status] = [
-        UNAVAILABLE
-        if u
-        else (PRESENT if cutoff is None or t >= cutoff else OUTSIDE_MAX_AGE)
-        if f
-        else NOT_FOUND
-        for f, t, u in zip(read.found, read.event_ts_us, read.unavailable, strict=True)
-    ]
-    ts_u = [
-        t if f and not u else None
-        for f, t, u in zip(read.found, read.event_ts_us, read.unavailable, strict=True)
-    ]
-    cols_u = [
-        [v if s is PRESENT else None for v, s in zip(col, statuses_u, strict=True)] for col in read.columns
-    ]
-    if inverse is not None:
-        statuses_u, ts_u = [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse]
-        cols_u = [[col[i] for i in inverse] for col in cols_u]
-    return ViewOutcome(vp.view.name, statuses_u, ts_u, all_present=False, unavailable=True), cols_u
 
 
 def _count_values(outcome: ViewOutcome, n_features: int) -> None:

@@ -6,7 +6,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,18 @@ def require(binary: str, package: str) -> str:
     if path is None:
         pytest.fail(f"{binary} is missing: `make test` installs Debian's {package}")
     return path
+
+
+def ready_or_stopped(
+    server: Any, check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Wait for a server just started to answer; one that never does is stopped before
+    the failure propagates, so no half-started server outlives its test."""
+    try:
+        wait_until(check, timeout, what, interval)
+    except BaseException:
+        server.stop()
+        raise
 
 
 class RedisServer:
@@ -50,11 +64,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
-        try:
-            wait_until(self.ping, 10, f"redis-server on {self.port}")
-        except BaseException:
-            self.stop()  # never leave a half-started server behind
-            raise
+        ready_or_stopped(self, self.ping, 10, f"redis-server on {self.port}")
         return self
 
     def cli(self, *args: str) -> str:
@@ -165,11 +175,7 @@ class EtcdServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
-        try:
-            wait_until(self.healthy, 20, f"etcd on {self.port}")
-        except BaseException:
-            self.stop()  # never leave a half-started server behind
-            raise
+        ready_or_stopped(self, self.healthy, 20, f"etcd on {self.port}")
         return self
 
     def healthy(self) -> bool:
@@ -244,11 +250,7 @@ class ArcadeServer:
             cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=open(self.workdir / "server.out", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
-        try:
-            wait_until(self.ready, timeout, "ArcadeDB to answer Cypher over Bolt", interval=0.5)
-        except BaseException:
-            self.stop()  # never leave a half-started server behind
-            raise
+        ready_or_stopped(self, self.ready, timeout, "ArcadeDB to answer Cypher over Bolt", interval=0.5)
         return self
 
     def ready(self) -> bool:
@@ -312,11 +314,7 @@ class TansuBroker:
              "--storage-engine", "memory://tansu/"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
-        try:
-            wait_until(self.ready, 20, f"tansu on {self.port}")
-        except BaseException:
-            self.stop()  # never leave a half-started server behind
-            raise
+        ready_or_stopped(self, self.ready, 20, f"tansu on {self.port}")
         return self
 
     def ready(self) -> bool:

@@ -34,7 +34,8 @@ class ViewRead(NamedTuple):
     ``columns[j][i]`` is the value of feature ``query.features[j]`` for ``keys[i]``.
     Where ``found[i]`` is false the values and timestamp are meaningless: the engine
     nulls them, so sources need not. ``unavailable``, when given, marks keys that
-    could not be read at all (the cache answered the others while the store failed).
+    could not be read at all (the cache answered the others while the store failed);
+    those keys have ``found`` false.
     """
 
     found: list[bool]

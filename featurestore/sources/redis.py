@@ -272,10 +272,6 @@ class RedisSource:
                 f"view {view.name!r}: data version {data_version} has been replaced and is expiring; "
                 "this server has not switched to the new version yet, retry shortly"
             )
-        if stored is None:
-            # Even a version with no rows says which layout it holds: a read that finds
-            # no marker knows the version is gone (expired, or Redis lost its data).
-            await self._idempotent(lambda: self._client.set(marker, view.layout))
         for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
 
             def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
@@ -288,6 +284,10 @@ class RedisSource:
 
             await self._idempotent(batch)
             n += len(keys)
+        if n == 0 and stored is None:
+            # Even a version with no rows says which layout it holds: a read that finds
+            # no marker knows the version is gone (expired, or Redis lost its data).
+            await self._idempotent(lambda: self._client.set(marker, view.layout))
         return n
 
     async def _idempotent(self, command: Callable[[], Awaitable[T]]) -> T:
