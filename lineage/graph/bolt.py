@@ -1,8 +1,9 @@
 """Lineage graph on Neo4j (or any Bolt + Cypher server) with the async neo4j driver.
 
 Writes are idempotent MERGEs in UNWIND batches; transient errors (including the
-ConstraintError some servers raise for concurrent MERGEs on one key) are retried with
-backoff, and what keeps failing, or cannot reach the server at all, is raised as
+ConstraintError some servers raise for concurrent MERGEs on one key, and the
+EntityNotFound ArcadeDB raises when a racing commit moves a matched record) are retried
+with backoff, and what keeps failing, or cannot reach the server at all, is raised as
 GraphUnavailable. A snapshot's definitions are written in one transaction that first
 claims the project's AppliedDefinitions node (see ``apply_definitions``). Constraints
 and indexes are created at start.
@@ -37,6 +38,16 @@ T = TypeVar("T")
 
 # Worth retrying at once: the server is busy, a write conflicted, or the connection broke.
 RETRYABLE = (neo.TransientError, neo.ConstraintError, neo.ServiceUnavailable, neo.SessionExpired)
+# Our statements never name an entity by internal id, so "entity not found" can only mean
+# a concurrent transaction moved or removed a record this one had already matched: ArcadeDB
+# raises it when a racing writer commits between our MATCH and our SET. A conflict, then.
+RACED_CODES = frozenset({"Neo.ClientError.Statement.EntityNotFound"})
+
+
+def _retryable(e: Exception) -> bool:
+    return isinstance(e, RETRYABLE) or (isinstance(e, neo.Neo4jError) and e.code in RACED_CODES)
+
+
 # Not about the request either, but not going away within a retry loop: no connection
 # can be had, the configuration or credentials are wrong, access is refused.
 UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
@@ -158,15 +169,17 @@ class BoltGraph:
             try:
                 async with self._driver.session(database=self._database) as session:
                     return await work(session)
-            except RETRYABLE as e:
+            except (neo.Neo4jError, *UNAVAILABLE) as e:
+                if not _retryable(e):
+                    if isinstance(e, UNAVAILABLE):
+                        raise GraphUnavailable(f"graph {what}: {e!r}") from e
+                    raise
                 if attempt == attempts - 1:
                     raise GraphUnavailable(f"graph {what} failed {attempts} times, last: {e!r}") from e
                 log.debug("graph %s retry %d after %r", what, attempt + 1, e)
                 # jittered, so writers that conflicted do not meet again in lockstep
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
-            except UNAVAILABLE as e:
-                raise GraphUnavailable(f"graph {what}: {e!r}") from e
         raise AssertionError("unreachable")
 
     async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
