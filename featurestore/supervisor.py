@@ -28,65 +28,95 @@ REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
 
 def supervise(workers: int, worker_argv: list[str]) -> int:
     """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
-    metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    procs: dict[int, subprocess.Popen[bytes]] = {}
-    started: dict[int, float] = {}
-    backoff: dict[int, float] = {}
-    restart_at: dict[int, float] = {}
-    stopping = False
+    sup = Supervisor(workers, worker_argv)
+    signal.signal(signal.SIGINT, sup.on_signal)
+    signal.signal(signal.SIGTERM, sup.on_signal)
+    return sup.run()
 
-    def spawn(slot: int) -> None:
+
+class Supervisor:
+    def __init__(self, workers: int, worker_argv: list[str]) -> None:
+        self.workers = workers
+        self.worker_argv = worker_argv
+        self.metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
+        self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: dict[int, float] = {}
+        self.backoff: dict[int, float] = {}
+        self.restart_at: dict[int, float] = {}
+        self.stop_signal: int | None = None
+        self.signaled: set[int] = set()  # pids that got stop_signal
+
+    def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
         # share the ports with its siblings.
-        worker_env = {**env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1"}
-        procs[slot] = subprocess.Popen(worker_argv, env=worker_env, preexec_fn=_die_with_parent)
-        started[slot] = time.monotonic()
+        worker_env = {**self.env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1"}
+        self.procs[slot] = subprocess.Popen(self.worker_argv, env=worker_env, preexec_fn=_die_with_parent)
+        self.started[slot] = time.monotonic()
 
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        restart_at.clear()
-        for p in procs.values():
-            if p.poll() is None:
+    def on_signal(self, sig: int, _frame: object) -> None:
+        """The handler runs between any two bytecodes of the loop, even inside ``spawn``:
+        a worker whose Popen has not returned yet is not in ``procs`` to be signalled.
+        So the handler signals who it can see and the loop, in ``_forward``, the rest."""
+        self.stop_signal = sig
+        self.signaled.clear()  # a second Ctrl-C is forwarded again
+        self.restart_at.clear()
+        self._forward()
+
+    def _forward(self) -> None:
+        sig = self.stop_signal
+        if sig is None:
+            return
+        for p in list(self.procs.values()):
+            if p.pid not in self.signaled and p.poll() is None:
+                self.signaled.add(p.pid)
                 p.send_signal(sig)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for slot in range(workers):
-        spawn(slot)
-    code = 0
-    try:
-        while procs or restart_at:
-            time.sleep(0.2)
-            now = time.monotonic()
-            for slot, p in list(procs.items()):
-                rc = p.poll()
-                if rc is None:
-                    continue
-                del procs[slot]
-                metrics.mark_worker_dead(p.pid, metrics_dir)
-                if stopping:
-                    code = code or (rc if rc > 0 else 0)
-                    continue
-                # A worker that cannot start (bad config, port taken) must not be
-                # respawned several times a second forever: back off, and forgive
-                # once a worker has lived a while.
-                delay = (
-                    _RESTART_MIN_S if now - started[slot] > _RESTART_FORGIVE_S else backoff.get(slot, 0) * 2
-                )
-                backoff[slot] = min(max(delay, _RESTART_MIN_S), _RESTART_MAX_S)
-                restart_at[slot] = now + backoff[slot]
-                log.error("worker %d exited with %s; restarting in %.1f s", p.pid, rc, backoff[slot])
-            for slot, at in list(restart_at.items()):
-                if at <= now and not stopping:
-                    del restart_at[slot]
-                    spawn(slot)
-    finally:
-        for f in Path(metrics_dir).glob("*.db"):
-            f.unlink()
-        os.rmdir(metrics_dir)
-    return code
+    def run(self) -> int:
+        for slot in range(self.workers):
+            if self.stop_signal is None:
+                self.spawn(slot)
+        code = 0
+        try:
+            while self.procs or self.restart_at:
+                self._forward()
+                time.sleep(0.2)
+                rc = self._reap(time.monotonic())
+                code = code or rc
+        finally:
+            for f in Path(self.metrics_dir).glob("*.db"):
+                f.unlink()
+            os.rmdir(self.metrics_dir)
+        return code
+
+    def _reap(self, now: float) -> int:
+        """Collect exited workers, schedule restarts, start those that are due; the exit
+        code to report if the supervisor is stopping."""
+        code = 0
+        for slot, p in list(self.procs.items()):
+            rc = p.poll()
+            if rc is None:
+                continue
+            del self.procs[slot]
+            metrics.mark_worker_dead(p.pid, self.metrics_dir)
+            if self.stop_signal is not None:
+                code = code or (rc if rc > 0 else 0)
+                continue
+            # A worker that cannot start (bad config, port taken) must not be
+            # respawned several times a second forever: back off, and forgive
+            # once a worker has lived a while.
+            delay = (
+                _RESTART_MIN_S
+                if now - self.started[slot] > _RESTART_FORGIVE_S
+                else self.backoff.get(slot, 0) * 2
+            )
+            self.backoff[slot] = min(max(delay, _RESTART_MIN_S), _RESTART_MAX_S)
+            self.restart_at[slot] = now + self.backoff[slot]
+            log.error("worker %d exited with %s; restarting in %.1f s", p.pid, rc, self.backoff[slot])
+        for slot, at in list(self.restart_at.items()):
+            if at <= now and self.stop_signal is None and self.restart_at.pop(slot, None) is not None:
+                self.spawn(slot)
+        return code
 
 
 _RESTART_MIN_S = 0.5
