@@ -35,6 +35,9 @@ def supervise(workers: int, worker_argv: list[str]) -> int:
 
 
 class Supervisor:
+    """The workers of one host, their restarts and their stop. ``run`` is the loop;
+    ``on_signal`` is the signal handler that ``supervise`` installs."""
+
     def __init__(self, workers: int, worker_argv: list[str]) -> None:
         self.workers = workers
         self.worker_argv = worker_argv
