@@ -34,6 +34,20 @@ def ready_or_stopped(
         raise
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL after ``timeout``. SIGCONT first: a paused server (the tests
+    freeze some with SIGSTOP) cannot act on SIGTERM."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RedisServer:
     def __init__(
         self, workdir: Path, *, cluster: bool = False, port: int | None = None, persist: bool = False
@@ -98,15 +112,7 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 class RedisCluster:
@@ -191,14 +197,7 @@ class EtcdServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def restart(self) -> EtcdServer:
         """The same member, ports and data dir: what a restarted etcd looks like.
@@ -279,14 +278,7 @@ class ArcadeServer:
             s.run("MATCH (n) DETACH DELETE n").consume()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=30)
 
 
 class TansuBroker:
@@ -330,15 +322,7 @@ class TansuBroker:
             return False
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): it keeps its topics (memory storage would lose

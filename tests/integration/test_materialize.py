@@ -235,9 +235,8 @@ async def test_memory_store_is_refused(setup: tuple[FileRegistry, RedisSource]) 
         Materializer(registry, MemorySource("default"))
 
 
-def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Path) -> None:
-    ids = list(np.arange(1, 20_001).tolist())
-    src = write_source(tmp_path / "s.parquet", ids, 4)
+def write_cli_repo(tmp_path: Path, redis_url: str) -> tuple[Path, Path]:
+    """Definitions with one ``scores`` view, and a server config on that Redis."""
     defs = tmp_path / "defs.yaml"
     defs.write_text(
         "project: p\nentities: [{name: user_id, dtype: int64}]\nfeature_views:\n"
@@ -245,8 +244,15 @@ def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Pa
     )
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"project: p\nregistry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
+        f"project: p\nregistry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: redis, url: '{redis_url}'}}}}\n"
     )
+    return defs, config
+
+
+def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Path) -> None:
+    ids = list(np.arange(1, 20_001).tolist())
+    src = write_source(tmp_path / "s.parquet", ids, 4)
+    defs, config = write_cli_repo(tmp_path, redis_server.url)
     cmd = [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--definitions", str(defs),
            "--view", "scores", "--source", str(src), "--batch-rows", "5000"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -277,15 +283,7 @@ def test_cli_materialize_from_a_clickhouse_table(redis_server: RedisServer, tmp_
         "c.command(\"INSERT INTO wh.scores SELECT number % 100, number, 'ch', toDateTime64('2024-01-01 00:00:00', 6, 'UTC') + number FROM numbers(300)\")\n"
     )
     subprocess.run([sys.executable, "-c", build, str(warehouse)], check=True, timeout=120)
-    defs = tmp_path / "defs.yaml"
-    defs.write_text(
-        "project: p\nentities: [{name: user_id, dtype: int64}]\nfeature_views:\n"
-        "  - {name: scores, entities: [user_id], features: [{name: score, dtype: int64}, {name: tag, dtype: string}]}\n"
-    )
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"project: p\nregistry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
-    )
+    defs, config = write_cli_repo(tmp_path, redis_server.url)
     out = subprocess.run(
         [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--definitions", str(defs),
          "--view", "scores", "--source", "clickhouse://wh.scores", "--clickhouse-dsn", f"chdb://{warehouse}"],
