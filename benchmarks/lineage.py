@@ -111,10 +111,10 @@ def record_cost() -> list[str]:
     resolve under this VM's noise."""
     from opentelemetry.trace import NonRecordingSpan, SpanContext
 
+    from featurestore.definitions.parser import load_definitions
+    from featurestore.definitions.snapshot import new_snapshot
+    from featurestore.emitter import LineageEmitter
     from featurestore.plan import ServingState
-    from featurestore.registry.definitions import load_definitions
-    from featurestore.registry.snapshot import new_snapshot
-    from lineage.emitter import LineageEmitter
     from lineage.graph.memory import InMemoryGraph
     from lineage.sinks import InProcessSink
 

@@ -14,26 +14,18 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import pyarrow as pa
 
 from featurestore import metrics
 from featurestore.model import FeatureView
-from featurestore.sources.arrow import row_keys
+from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, ViewRead
 
 # A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
 Row = tuple[Any, ...]
 NOT_FOUND: Final = ()
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    enabled: bool = True
-    max_entries: int = 200_000
-    ttl_seconds: float = 30.0
 
 
 class LRUCache:

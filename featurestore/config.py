@@ -18,9 +18,7 @@ from typing import Any
 
 import yaml
 
-from featurestore.cache import CacheConfig
 from featurestore.errors import InvalidArgument
-from featurestore.tracing import TracingConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +41,21 @@ class StoreConfig:
     kind: str = "memory"  # memory | redis | clickhouse
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     cache: bool = True  # the LRU cache in front (ignored for memory)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = True
+    max_entries: int = 200_000
+    ttl_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    exporter: str = "none"  # none | console | otlp
+    sample_ratio: float = 0.01
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    service_name: str = "featurestore"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from featurestore.errors import FailedPrecondition, NotFound
 from featurestore.model import FeatureView
 from featurestore.offline import OfflineSource
 from featurestore.registry.base import Registry
-from featurestore.sources.arrow import conform
+from featurestore.rows import conform
 from featurestore.sources.base import OnlineSource, VersionedStore
 
 log = logging.getLogger(__name__)

@@ -155,3 +155,27 @@ def parse_feature_ref(ref: str) -> FeatureRef | None:
 
 def freeze_tags(tags: Mapping[str, Any] | None) -> Mapping[str, str]:
     return _frozen_map({str(k): str(v) for k, v in (tags or {}).items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Definitions:
+    """A validated, self-consistent set of definitions for one project."""
+
+    project: str
+    entities: Mapping[str, Entity]
+    views: Mapping[str, FeatureView]
+    services: Mapping[str, FeatureService]
+
+
+def make_definitions(
+    project: str,
+    entities: list[Entity],
+    views: list[FeatureView],
+    services: list[FeatureService],
+) -> Definitions:
+    return Definitions(
+        project=project,
+        entities=MappingProxyType({e.name: e for e in entities}),
+        views=MappingProxyType({v.name: v for v in views}),
+        services=MappingProxyType({s.name: s for s in services}),
+    )

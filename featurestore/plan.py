@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.errors import InvalidArgument, NotFound
-from featurestore.model import DType, FeatureRef, FeatureView, parse_feature_ref
-from featurestore.registry.definitions import Definitions
-from featurestore.registry.snapshot import RegistrySnapshot
+from featurestore.model import Definitions, DType, FeatureRef, FeatureView, parse_feature_ref
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
-from featurestore.sources.arrow import ARROW_TYPES, EVENT_TIMESTAMP
+from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,9 @@ from featurestore.api.grpc import GrpcApi, create_server
 from featurestore.api.http import HttpApi
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import Config, StoreConfig
+from featurestore.definitions.parser import load_definitions
+from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
+from featurestore.emitter import EmitterConfig, LineageEmitter
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
@@ -34,17 +37,14 @@ from featurestore.offline import OfflineSource
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.push import PushService
 from featurestore.registry.base import Registry, RegistryState, load_state
-from featurestore.registry.definitions import load_definitions
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
-from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
 from featurestore.sources.base import OnlineSource
 from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV
 from featurestore.tracing import setup_tracing
-from lineage.emitter import EmitterConfig, LineageEmitter
 from lineage.graph.base import LineageGraph, definition_facts
 from lineage.graph.bolt import BoltGraph
 from lineage.graph.memory import InMemoryGraph

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -25,19 +24,13 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from featurestore.config import TracingConfig
+
 log = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("featurestore")
 _exporting = False  # set by setup_tracing
-
-
-@dataclass(frozen=True, slots=True)
-class TracingConfig:
-    exporter: str = "none"  # none | console | otlp
-    sample_ratio: float = 0.01
-    otlp_endpoint: str = "http://127.0.0.1:4317"
-    service_name: str = "featurestore"
 
 
 def setup_tracing(cfg: TracingConfig) -> None:

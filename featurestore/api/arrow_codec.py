@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from featurestore.join import JoinResult
 from featurestore.model import DType
-from featurestore.sources.arrow import ARROW_TYPES
+from featurestore.rows import ARROW_TYPES
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 _STATUS_NAMES = pa.array(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"])

@@ -29,11 +29,11 @@ from featurestore.api.docs import (
     PUSH_RESPONSE_SCHEMA,
 )
 from featurestore.api.errors import HTTP_STATUS, SERVER_FAULTS
+from featurestore.definitions.snapshot import definitions_to_dict
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
-from featurestore.registry.snapshot import definitions_to_dict
 
 log = logging.getLogger(__name__)
 

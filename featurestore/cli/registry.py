@@ -9,8 +9,8 @@ from typing import Any
 
 
 def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.definitions import load_definitions
-    from featurestore.registry.snapshot import fingerprint
+    from featurestore.definitions.parser import load_definitions
+    from featurestore.definitions.snapshot import fingerprint
 
     defs = load_definitions(args.file)
     n_features = sum(len(v.features) for v in defs.views.values())
@@ -41,8 +41,8 @@ def _admin(args: argparse.Namespace, fn: Any) -> Any:
 
 
 def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.definitions import load_definitions
-    from featurestore.registry.diff import render
+    from featurestore.definitions.diff import render
+    from featurestore.definitions.parser import load_definitions
 
     defs = load_definitions(args.file)
     result = _admin(
@@ -105,7 +105,7 @@ def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_registry_show(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.snapshot import snapshot_to_json
+    from featurestore.definitions.snapshot import snapshot_to_json
 
     snap = _admin(args, lambda a: a.registry.get(args.version))
     print(json.dumps(json.loads(snapshot_to_json(snap)), indent=2))
@@ -113,7 +113,7 @@ def cmd_registry_show(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_registry_diff(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.diff import render
+    from featurestore.definitions.diff import render
 
     changes = _admin(args, lambda a: a.diff(args.a, args.b))
     print(render(changes) if changes else f"versions {args.a} and {args.b} hold the same definitions")
@@ -121,7 +121,7 @@ def cmd_registry_diff(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.diff import render
+    from featurestore.definitions.diff import render
 
     result = _admin(args, lambda a: a.rollback(args.version, force=args.force))
     if result.snapshot is not None:
@@ -135,7 +135,7 @@ def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.registry.definitions import load_definitions
+    from featurestore.definitions.parser import load_definitions
 
     defs = load_definitions(args.file)
     c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share, entity=args.entity))

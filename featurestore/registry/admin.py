@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from featurestore.definitions.diff import Change, diff
+from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from featurestore.model import Definitions
 from featurestore.registry.base import Canary, Registry
-from featurestore.registry.definitions import Definitions
-from featurestore.registry.diff import Change, diff
-from featurestore.registry.snapshot import RegistrySnapshot, fingerprint
 
 
 @dataclass(frozen=True, slots=True)

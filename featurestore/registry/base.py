@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.errors import InvalidArgument
-from featurestore.registry.definitions import Definitions
-from featurestore.registry.snapshot import RegistrySnapshot
+from featurestore.model import Definitions
 
 
 @dataclass(frozen=True, slots=True)

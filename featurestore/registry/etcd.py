@@ -30,15 +30,15 @@ from urllib.parse import urlparse
 import aetcd
 from aetcd import exceptions as etcd_errors
 
-from featurestore.errors import Conflict, NotFound, Unavailable
-from featurestore.registry.base import Canary, RegistryHealth
-from featurestore.registry.definitions import Definitions
-from featurestore.registry.snapshot import (
+from featurestore.definitions.snapshot import (
     RegistrySnapshot,
     new_snapshot,
     snapshot_from_json,
     snapshot_to_json,
 )
+from featurestore.errors import Conflict, NotFound, Unavailable
+from featurestore.model import Definitions
+from featurestore.registry.base import Canary, RegistryHealth
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from featurestore.errors import Conflict, NotFound
-from featurestore.registry.base import Canary, RegistryHealth
-from featurestore.registry.definitions import Definitions
-from featurestore.registry.snapshot import (
+from featurestore.definitions.snapshot import (
     RegistrySnapshot,
     new_snapshot,
     snapshot_from_json,
     snapshot_to_json,
 )
+from featurestore.errors import Conflict, NotFound
+from featurestore.model import Definitions
+from featurestore.registry.base import Canary, RegistryHealth
 
 
 class FileRegistry:

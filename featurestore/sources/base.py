@@ -85,7 +85,7 @@ class OnlineSource(Protocol):
         ...
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        """Upsert rows shaped like :func:`featurestore.sources.arrow.view_schema`
+        """Upsert rows shaped like :func:`featurestore.rows.view_schema`
         into a data version; returns the number of rows written."""
         ...
 

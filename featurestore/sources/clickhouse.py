@@ -43,7 +43,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
-from featurestore.sources.arrow import EVENT_TIMESTAMP, conform, key_text, row_keys
+from featurestore.rows import EVENT_TIMESTAMP, conform, key_text, row_keys
 from featurestore.sources.base import EntityKey, SourceState, ViewQuery, ViewRead
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition
 from featurestore.model import DType, FeatureView
-from featurestore.sources.arrow import (
+from featurestore.rows import (
     EVENT_TIMESTAMP,
     column_array,
     column_values,

@@ -34,7 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
-from featurestore.sources.arrow import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
+from featurestore.rows import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis_pool import LeanPool
 

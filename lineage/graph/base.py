@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import parse_feature_ref
-from featurestore.registry.snapshot import RegistrySnapshot
 from lineage.events import LineageEvent, parse_timestamp
 
 MAX_DEPTH = 5

@@ -8,9 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from featurestore.model import BatchSource, DType, Entity, Feature, FeatureRef, FeatureService, FeatureView
-from featurestore.registry.definitions import make_definitions
-from featurestore.registry.snapshot import RegistrySnapshot, new_snapshot
+from featurestore.definitions.snapshot import RegistrySnapshot, new_snapshot
+from featurestore.model import (
+    BatchSource,
+    DType,
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    make_definitions,
+)
 from lineage.events import LineageEvent
 from lineage.graph.base import LineageGraph, definition_facts
 from lineage.graph.bolt import BoltGraph

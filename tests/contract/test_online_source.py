@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from featurestore.model import DType, Entity, Feature, FeatureView
-from featurestore.sources.arrow import view_schema
+from featurestore.rows import view_schema
 from featurestore.sources.base import OnlineSource, ViewQuery, ViewRead
 from tests.contract.adapters import ADAPTERS, make_source
 

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from featurestore.errors import Conflict, InvalidArgument, NotFound
-from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.base import Canary, Registry
-from featurestore.registry.definitions import Definitions, make_definitions
 from tests.contract.adapters import REGISTRIES, RegistryFactory
 
 USER = Entity("user_id", DType.INT64)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from featurestore.definitions.parser import load_definitions
 from featurestore.errors import Conflict
-from featurestore.registry.definitions import load_definitions
 from featurestore.registry.etcd import EtcdRegistry
 from tests.servers import EtcdServer, RedisServer
 from tests.support import ROOT, Background, ServerProcess, http_get, wait_until
@@ -133,7 +133,7 @@ def test_apply_diff_history_show_rollback(env: Env) -> None:
 RACER = """
 import asyncio, pathlib, sys, time
 from featurestore.errors import Conflict
-from featurestore.registry.definitions import load_definitions
+from featurestore.definitions.parser import load_definitions
 from featurestore.registry.etcd import EtcdRegistry
 
 endpoint, project, defs_path, barrier, n = sys.argv[1:6]

@@ -17,9 +17,8 @@ import pytest
 
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, Unavailable
 from featurestore.materialize import Materializer, MaterializeResult, Progress
-from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.offline import ParquetSource
-from featurestore.registry.definitions import make_definitions
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource

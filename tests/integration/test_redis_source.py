@@ -16,7 +16,7 @@ import redis
 
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, Entity, Feature, FeatureView
-from featurestore.sources.arrow import view_schema
+from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisCluster, RedisServer

@@ -25,14 +25,13 @@ from featurestore import metrics, tracing
 from featurestore.api import docs
 from featurestore.api.grpc import JOIN_METHOD, JOIN_SPAN, GrpcApi, engine_budget
 from featurestore.api.http import JOIN_PATH, PUSH_PATH, HttpApi, JoinEndpoint
+from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, JoinRequest, JoinResult, Limits
-from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
 from featurestore.push import PushRequest, PushService, to_table
-from featurestore.registry.definitions import make_definitions
-from featurestore.registry.snapshot import new_snapshot
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 from featurestore.v1 import featurestore_pb2 as pb

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from featurestore.cache import NOT_FOUND, CachedSource, LRUCache
 from featurestore.model import DType, Entity, Feature, FeatureView
-from featurestore.sources.arrow import view_schema
+from featurestore.rows import view_schema
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
+from featurestore.definitions.parser import load_definitions, parse_definitions
+from featurestore.definitions.snapshot import fingerprint, new_snapshot, snapshot_from_json, snapshot_to_json
 from featurestore.errors import DefinitionError
 from featurestore.model import DType
-from featurestore.registry.definitions import load_definitions, parse_definitions
-from featurestore.registry.snapshot import fingerprint, new_snapshot, snapshot_from_json, snapshot_to_json
 
 DEMO = Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "features.yaml"
 

@@ -16,14 +16,22 @@ import pyarrow as pa
 import pytest
 
 from featurestore.cache import CachedSource, LRUCache
+from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import DeadlineExceeded, InvalidArgument
 from featurestore.join import JoinEngine, JoinRequest, Limits, _canary_route
-from featurestore.model import DType, Entity, Feature, FeatureRef, FeatureService, FeatureView, Status
+from featurestore.model import (
+    DType,
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    Status,
+    make_definitions,
+)
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.registry.admin import routing_entity
-from featurestore.registry.definitions import make_definitions
-from featurestore.registry.snapshot import new_snapshot
-from featurestore.sources.arrow import view_schema
+from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 import pytest
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
-from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
+from featurestore.definitions.snapshot import new_snapshot
+from featurestore.emitter import EmitterConfig, LineageEmitter
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
-from featurestore.registry.definitions import make_definitions
-from featurestore.registry.snapshot import new_snapshot
 from lineage import metrics
-from lineage.emitter import EmitterConfig, LineageEmitter
 from lineage.events import LineageEvent
 from lineage.graph.memory import InMemoryGraph
 from lineage.sinks import InProcessSink

@@ -7,12 +7,19 @@ from typing import Any
 
 import pytest
 
+from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import InvalidArgument, LimitExceeded, NotFound
 from featurestore.keys import dedupe, validate_entities, view_keys
-from featurestore.model import DType, Entity, Feature, FeatureRef, FeatureService, FeatureView
+from featurestore.model import (
+    DType,
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    make_definitions,
+)
 from featurestore.plan import ServingState, resolve
-from featurestore.registry.definitions import make_definitions
-from featurestore.registry.snapshot import new_snapshot
 
 U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.STRING)
 UV = FeatureView("uv", (U,), (Feature("a", DType.INT64), Feature("b", DType.FLOAT64)))
@@ -107,7 +114,7 @@ def test_view_keys_and_dedupe() -> None:
 def test_written_composite_keys_may_not_hold_the_separator() -> None:
     import pyarrow as pa
 
-    from featurestore.sources.arrow import conform, view_schema
+    from featurestore.rows import conform, view_schema
 
     schema = view_schema(UI)
     ts = schema.field("event_timestamp").type

@@ -19,15 +19,16 @@ import msgspec
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     BatchSource,
+    Definitions,
     DType,
     Entity,
     Feature,
     FeatureService,
     FeatureView,
     freeze_tags,
+    make_definitions,
     parse_feature_ref,
 )
-from featurestore.registry.definitions import Definitions, make_definitions
 
 
 @dataclass(frozen=True, slots=True)

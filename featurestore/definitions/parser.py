@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import yaml
@@ -20,6 +18,7 @@ from featurestore.errors import DefinitionError
 from featurestore.model import (
     ENTITY_DTYPES,
     BatchSource,
+    Definitions,
     DType,
     Entity,
     Feature,
@@ -27,6 +26,7 @@ from featurestore.model import (
     FeatureService,
     FeatureView,
     freeze_tags,
+    make_definitions,
     parse_feature_ref,
 )
 
@@ -34,30 +34,6 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
 _T = TypeVar("_T", Entity, FeatureView, FeatureService)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-@dataclass(frozen=True, slots=True)
-class Definitions:
-    """A validated, self-consistent set of definitions for one project."""
-
-    project: str
-    entities: Mapping[str, Entity]
-    views: Mapping[str, FeatureView]
-    services: Mapping[str, FeatureService]
-
-
-def make_definitions(
-    project: str,
-    entities: list[Entity],
-    views: list[FeatureView],
-    services: list[FeatureService],
-) -> Definitions:
-    return Definitions(
-        project=project,
-        entities=MappingProxyType({e.name: e for e in entities}),
-        views=MappingProxyType({v.name: v for v in views}),
-        services=MappingProxyType({s.name: s for s in services}),
-    )
 
 
 def load_definitions(path: str | Path, base_dir: str | Path | None = None) -> Definitions:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from featurestore.model import Entity, FeatureService, FeatureView
-from featurestore.registry.definitions import Definitions
+from featurestore.model import Definitions, Entity, FeatureService, FeatureView
 
 
 @dataclass(frozen=True, slots=True)
