@@ -30,10 +30,11 @@ from typing import Any
 
 from benchmarks.report import stitch
 from featurestore.demo.data import ensure_demo_data
-from lineage.consumer import ConsumerConfig, LineageConsumer
+from lineage.consumer import LineageConsumer
 from lineage.events import LineageEvent
 from lineage.graph.base import event_time_ms
 from lineage.graph.bolt import BoltGraph
+from lineage.kafka import KafkaSettings
 from tests.servers import ArcadeServer, TansuBroker
 from tests.support import ServerProcess
 
@@ -153,11 +154,11 @@ class TimedGraph(BoltGraph):
         self.latencies += [now - (event_time_ms(e) / 1000 + self.window) for e in events]
 
 
-async def _consume(cfg: ConsumerConfig, graph: TimedGraph, seconds: float) -> None:
+async def _consume(cfg: KafkaSettings, graph: TimedGraph, seconds: float) -> None:
     await graph.start()
     try:
         stop = asyncio.Event()
-        consumer = LineageConsumer(cfg, graph)
+        consumer = LineageConsumer(cfg, graph, batch_wait_ms=100)
         task = asyncio.create_task(consumer.run(stop))
         await asyncio.sleep(seconds)
         stop.set()
@@ -182,10 +183,9 @@ def latency(data: Path, seconds: float) -> list[str]:
         ["--demo", "--data-dir", str(data), "--config", str(cfg), "--log-level", "warning"]
     ).start()
     graph = TimedGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE, window=1.0)
-    consumer_cfg = ConsumerConfig(
-        bootstrap_servers=broker.bootstrap, topic=topic, group_id="bench", batch_wait_ms=100,
-        session_timeout_ms=2000, heartbeat_interval_ms=400,
-    )  # fmt: skip
+    consumer_cfg = KafkaSettings(
+        bootstrap_servers=broker.bootstrap, topic=topic, group_id="bench", session_timeout_ms=2000
+    )
     load = None
     try:
         # join traffic over three feature services / feature sets while the consumer runs

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from featurestore.errors import InvalidArgument
+from lineage.kafka import KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +67,6 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class KafkaConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "feature-lineage-v1"
-    partitions: int = 6
-    replication_factor: int = 1
-    group_id: str = "featurestore-lineage"
-    session_timeout_ms: int = 10_000  # consumer group session
-    buffer_messages: int = 100_000
-    buffer_seconds: int = 120
-
-
-@dataclass(frozen=True, slots=True)
 class BoltConfig:
     uri: str = "bolt://127.0.0.1:7687"
     user: str = "neo4j"
@@ -93,7 +82,7 @@ class LineageConfig:
     sink: str = "memory"  # memory (straight into the in-process graph) | kafka
     graph: str = "memory"  # memory | bolt (Neo4j)
     graphql: bool = True  # serve /graphql from `graph`
-    kafka: KafkaConfig = KafkaConfig()
+    kafka: KafkaSettings = KafkaSettings()  # lineage.kafka: one type for sink and consumer
     bolt: BoltConfig = BoltConfig()
 
 

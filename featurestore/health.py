@@ -1,4 +1,5 @@
-"""Readiness reporting shared by ``/readyz`` and the gRPC health service."""
+"""Readiness as ``/readyz`` reports it. (The gRPC health service says SERVING from the
+moment both listeners accept until the drain starts; it does not look at store health.)"""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` b
 the workers start, and ``/metrics`` aggregates every worker's values.
 
 Hot-path updates are buffered: a join adds to plain Python numbers and lists
-(``Buffered*``), and ``flush()`` folds them into prometheus_client, once a second and
-before every scrape, so nothing is lost or stale when read. prometheus_client takes a
+(``Buffered*``), and ``flush()`` folds them into prometheus_client, once a second (the
+runtime's ``metrics-flush`` task) and before every scrape, so nothing is lost. With one
+process a scrape is exact; with several workers the scrape flushes only the worker
+that answers it, so the other workers' values may be up to a second old. prometheus_client takes a
 lock and walks the buckets in Python per observation; a batch-1 join makes about a
 dozen updates, which unbuffered cost ~10% of its CPU.
 """

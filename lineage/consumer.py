@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lineage import TOPIC, metrics
+from lineage import metrics
 from lineage.events import LineageEvent, MalformedEvent, decode_event
 from lineage.graph.base import GraphUnavailable, LineageGraph
-from lineage.sinks import create_topic, observe_event_to_graph
+from lineage.kafka import KafkaSettings, create_topic
+from lineage.sinks import observe_event_to_graph
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = (GraphUnavailable, OSError)
 
 MAX_REASON = 1000  # header bytes; a driver's message can be long
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = TOPIC
-    group_id: str = "featurestore-lineage"
-    dead_letter_topic: str = f"{TOPIC}.dlq"
-    dead_letter_partitions: int = 1
-    replication_factor: int = 1
-    batch_size: int = 500
-    batch_wait_ms: int = 200
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    window_seconds: float = 1.0  # the emitters' window, for the event-to-graph latency
+DEAD_LETTER_PARTITIONS = 1
 
 
 @dataclass(slots=True)
@@ -66,15 +53,25 @@ class _DeadLetter:
 
 
 class LineageConsumer:
-    def __init__(self, config: ConsumerConfig, graph: LineageGraph) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        graph: LineageGraph,
+        *,
+        batch_size: int = 500,
+        batch_wait_ms: int = 200,
+        window_seconds: float = 1.0,  # the emitters' window, for the event-to-graph latency
+    ) -> None:
         from confluent_kafka import Consumer, Producer
 
-        self.config = config
+        self.config = config = settings
         self.graph = graph
+        self.batch_size = batch_size
+        self.batch_wait_ms = batch_wait_ms
+        self.window_seconds = window_seconds
         self._consumer = Consumer(
             {
-                "bootstrap.servers": config.bootstrap_servers,
-                "log.connection.close": False,
+                **config.client_config(),
                 "group.id": config.group_id,
                 "enable.auto.commit": False,
                 # Offsets are stored only for messages whose batch reached the graph (or
@@ -88,8 +85,7 @@ class LineageConsumer:
         )
         self._dlq = Producer(
             {
-                "bootstrap.servers": config.bootstrap_servers,
-                "log.connection.close": False,
+                **config.client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
                 # A dead letter that cannot be delivered fails within this, so the retry
@@ -115,8 +111,8 @@ class LineageConsumer:
             while not stop.is_set():
                 messages = await asyncio.to_thread(
                     self._consumer.consume,
-                    num_messages=self.config.batch_size,
-                    timeout=self.config.batch_wait_ms / 1000,
+                    num_messages=self.batch_size,
+                    timeout=self.batch_wait_ms / 1000,
                 )
                 if messages:
                     await self._handle(messages, stop)
@@ -177,7 +173,7 @@ class LineageConsumer:
                 refused.append(_DeadLetter(chunk[0][0], reason))
             else:
                 metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
-                observe_event_to_graph(events, self.config.window_seconds)
+                observe_event_to_graph(events, self.window_seconds)
                 metrics.CONSUMED.labels("written").inc(len(events))
                 self.written += len(events)
             chunks.pop(0)
@@ -237,13 +233,11 @@ class LineageConsumer:
 
         try:
             if self._admin is None:
-                self._admin = AdminClient(
-                    {"bootstrap.servers": self.config.bootstrap_servers, "log.connection.close": False}
-                )
+                self._admin = AdminClient(self.config.client_config())
             create_topic(
                 self._admin,
                 self.config.dead_letter_topic,
-                self.config.dead_letter_partitions,
+                DEAD_LETTER_PARTITIONS,
                 self.config.replication_factor,
             )
         except Exception as e:

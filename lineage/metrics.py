@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from featurestore.metrics import LATENCY_BUCKETS
+# The serving metrics' latency buckets (featurestore.metrics), kept equal so dashboards
+# can compare graph writes with reads; lineage does not import the serving side.
+LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 
 SERVED = Counter(
     "featurestore_lineage_served_total",

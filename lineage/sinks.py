@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lineage import TOPIC, metrics
+from lineage import metrics
 from lineage.events import LineageEvent, encode_event
 from lineage.graph.base import LineageGraph, event_time_ms
+from lineage.kafka import KafkaSettings, create_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +56,9 @@ class InProcessSink:
         metrics.EVENTS.labels("delivered").inc(len(events))
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaSinkConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = TOPIC
-    partitions: int = 6
-    replication_factor: int = 1
-    buffer_messages: int = 100_000  # librdkafka queue bound; beyond it events are dropped
-    buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
-    linger_ms: int = 20
-    close_seconds: float = 5.0  # on shutdown, how long buffered events may still go out
-
-
 # While nothing is delivered for this long, the poller asks a broker for metadata this
 # often, so the up gauge also tells the truth for an idle server or a silent broker.
 PROBE_SECONDS = 5.0
-
-
-def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
-    """Create the topic unless it exists (blocking; run it in a thread). Raises when
-    the broker cannot be asked or refuses for another reason than its existence."""
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
-
-    if name in admin.list_topics(timeout=3).topics:
-        return
-    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
-    for fut in admin.create_topics([topic]).values():
-        try:
-            fut.result(timeout=5)
-        except Exception as e:
-            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise
 
 
 @dataclass(slots=True)
@@ -108,8 +81,10 @@ class KafkaSink:
     or broken (buffer full, refused by the producer, expired, or still buffered at
     shutdown). A producer that fails fatally (an idempotence violation) is replaced."""
 
-    def __init__(self, config: KafkaSinkConfig) -> None:
-        self.config = config
+    def __init__(self, settings: KafkaSettings, *, linger_ms: int = 20, close_seconds: float = 5.0) -> None:
+        self.config = settings
+        self.linger_ms = linger_ms
+        self.close_seconds = close_seconds  # on shutdown, how long buffered events may still go out
         self._up = metrics.SINK_UP.labels("kafka")
         self._poller: asyncio.Task[None] | None = None
         self._topic_ready = False
@@ -126,11 +101,10 @@ class KafkaSink:
 
         return Producer(
             {
-                "bootstrap.servers": self.config.bootstrap_servers,
-                "log.connection.close": False,
+                **self.config.client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": self.config.linger_ms,
+                "linger.ms": self.linger_ms,
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": self.config.buffer_messages,
                 "message.timeout.ms": self.config.buffer_seconds * 1000,
@@ -150,7 +124,7 @@ class KafkaSink:
                 await self._poller
         # Give in-flight events a moment; whatever is still buffered then is lost with
         # the producer, so it is counted as undelivered rather than vanishing.
-        await asyncio.to_thread(self._producer.flush, self.config.close_seconds)
+        await asyncio.to_thread(self._producer.flush, self.close_seconds)
         lost = self._retire(self._producer, self._gen)
         if lost:
             log.warning("lineage sink closed with %d events undelivered", lost)
@@ -222,9 +196,7 @@ class KafkaSink:
 
         def create() -> bool:
             if self._admin is None:
-                self._admin = AdminClient(
-                    {"bootstrap.servers": self.config.bootstrap_servers, "log.connection.close": False}
-                )
+                self._admin = AdminClient(self.config.client_config())
             create_topic(
                 self._admin, self.config.topic, self.config.partitions, self.config.replication_factor
             )

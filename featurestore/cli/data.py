@@ -1,4 +1,4 @@
-"""Data commands: materialize, ddl, demo-data."""
+"""Data commands: materialize, ddl."""
 
 from __future__ import annotations
 
@@ -7,13 +7,39 @@ import asyncio
 import sys
 from typing import Any
 
+from featurestore.cli.base import Subcommands
 from featurestore.cli.registry import _admin
+
+
+def register(sub: Subcommands) -> None:
+    m = sub.add_parser("materialize", help="load a view into its online store as a new data version")
+    m.add_argument("--view", required=True)
+    m.add_argument(
+        "--source",
+        required=True,
+        help="a Parquet file, or clickhouse://db.table, with the view's keys, features and timestamp",
+    )
+    m.add_argument(
+        "--clickhouse-dsn", help="where clickhouse:// sources live (default: the config's clickhouse store)"
+    )
+    m.add_argument("--config", help="server config naming the registry and stores")
+    m.add_argument("--definitions", help="apply these definitions first if they differ from current")
+    m.add_argument("--batch-rows", type=int, default=50_000)
+    m.add_argument(
+        "--grace-seconds", type=int, default=600, help="how long the previous data version lives on"
+    )
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_materialize)
+
+    dd = sub.add_parser("ddl", help="print the ClickHouse DDL of the online tables the server uses")
+    dd.add_argument("--config", help="server config naming the registry and stores")
+    dd.set_defaults(func=cmd_ddl)
 
 
 def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     import time
 
-    from featurestore import server
+    from featurestore import jobs
     from featurestore.config import load_config
     from featurestore.materialize import Progress
     from featurestore.offline import open_source
@@ -36,16 +62,11 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         )
 
     async def run() -> Any:
-        if config.registry.definitions:
-            registry = server.make_registry(config)
-            try:
-                await server.apply_on_start(registry, config)
-            finally:
-                await registry.close()
+        await jobs.apply_configured_definitions(config)
         dsn = args.clickhouse_dsn or next(
             (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"), None
         )
-        return await server.materialize(
+        return await jobs.materialize(
             config,
             args.view,
             open_source(args.source, dsn),
@@ -91,11 +112,3 @@ def cmd_ddl(args: argparse.Namespace, _argv: list[str]) -> int:
 
 async def _snapshot_and_versions(registry: Any) -> tuple[Any, dict[str, int]]:
     return await registry.current(), await registry.data_versions()
-
-
-def cmd_demo_data(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore.demo.data import ensure_demo_data
-
-    path = ensure_demo_data(args.out, n=args.rows)
-    print(f"demo data: {path}")
-    return 0

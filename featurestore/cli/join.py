@@ -9,6 +9,22 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from featurestore.cli.base import Subcommands
+
+
+def register(sub: Subcommands) -> None:
+    j = sub.add_parser("join", help="join features for some entity keys and print a table")
+    j.add_argument("--entity", action="append", required=True, metavar="NAME=K1[,K2...]")
+    group = j.add_mutually_exclusive_group(required=True)
+    group.add_argument("--features", help="comma-separated view:feature references")
+    group.add_argument("--service", help="a feature service name")
+    j.add_argument("--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server")
+    j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
+    j.add_argument("--full-names", action="store_true", help="name columns view__feature")
+    j.add_argument("--string-keys", action="store_true", help="send keys as strings even if numeric")
+    j.add_argument("--json", action="store_true", help="print the raw JSON response")
+    j.set_defaults(func=cmd_join)
+
 
 def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}

@@ -6,42 +6,53 @@ import argparse
 import asyncio
 import logging
 
+from featurestore.cli.base import Subcommands
+
+
+def register(sub: Subcommands) -> None:
+    lg = sub.add_parser("lineage", help="lineage pipeline commands")
+    lsub = lg.add_subparsers(dest="lineage_command", required=True)
+    lc = lsub.add_parser("consume", help="write lineage events from Kafka into the graph until stopped")
+    lc.add_argument("--config", help="server config: lineage.kafka and lineage.bolt")
+    lc.add_argument(
+        "--metrics-port", type=int, default=9108, help="Prometheus metrics of the consumer (0: off)"
+    )
+    lc.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listen on (0.0.0.0 in a container, so Prometheus can scrape them)",
+    )
+    lc.add_argument("--batch-size", type=int, default=500)
+    lc.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    lc.set_defaults(func=cmd_lineage_consume)
+
 
 def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     import signal
 
     from prometheus_client import start_http_server
 
-    from featurestore import server
     from featurestore.config import load_config
-    from lineage.consumer import ConsumerConfig, LineageConsumer
+    from featurestore.factories import make_graph
+    from lineage.consumer import LineageConsumer
 
     config = load_config(args.config, {("log_level",): args.log_level})
     logging.getLogger().setLevel(config.log_level.upper())
-    k = config.lineage.kafka
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
 
     async def run() -> None:
-        graph = server.make_graph(config)
+        graph = make_graph(config)
         await graph.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         consumer = LineageConsumer(
-            ConsumerConfig(
-                bootstrap_servers=k.bootstrap_servers,
-                topic=k.topic,
-                group_id=k.group_id,
-                dead_letter_topic=f"{k.topic}.dlq",
-                replication_factor=k.replication_factor,
-                batch_size=args.batch_size,
-                session_timeout_ms=k.session_timeout_ms,
-                heartbeat_interval_ms=max(k.session_timeout_ms // 5, 100),
-                window_seconds=config.lineage.window_seconds,
-            ),
+            config.lineage.kafka,
             graph,
+            batch_size=args.batch_size,
+            window_seconds=config.lineage.window_seconds,
         )
         try:
             await consumer.run(stop)

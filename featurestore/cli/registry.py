@@ -7,6 +7,78 @@ import asyncio
 import json
 from typing import Any
 
+from featurestore.cli.base import Subcommands
+
+
+def register(sub: Subcommands) -> None:
+    v = sub.add_parser("validate", help="validate a definitions file")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_validate)
+
+    a = sub.add_parser("apply", help="validate, diff and publish definitions as the next registry snapshot")
+    a.add_argument("file")
+    a.add_argument("--config", help="server config naming the registry")
+    a.add_argument("--force", action="store_true", help="apply incompatible changes too")
+    a.add_argument("--dry-run", action="store_true", help="print the diff only")
+    a.add_argument("-m", "--message", default="")
+    a.set_defaults(func=cmd_apply)
+
+    # --config is accepted before or after the subcommand (SUPPRESS: the inner default
+    # must not overwrite a value given before it).
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument("--config", default=argparse.SUPPRESS, help="server config naming the registry")
+    _register_registry(sub, config_after)
+    _register_canary(sub, config_after)
+
+
+def _register_registry(sub: Subcommands, config_after: argparse.ArgumentParser) -> None:
+    r = sub.add_parser("registry", help="registry history, snapshots, diffs and rollback")
+    r.add_argument("--config", help="server config naming the registry")
+    rsub = r.add_subparsers(dest="registry_command", required=True)
+    rsub.add_parser("history", help="every snapshot, newest last", parents=[config_after]).set_defaults(
+        func=cmd_registry_history
+    )
+    show = rsub.add_parser("show", help="one snapshot's definitions as JSON", parents=[config_after])
+    show.add_argument("version", type=int)
+    show.set_defaults(func=cmd_registry_show)
+    rdiff = rsub.add_parser("diff", help="changes from snapshot A to snapshot B", parents=[config_after])
+    rdiff.add_argument("a", type=int)
+    rdiff.add_argument("b", type=int)
+    rdiff.set_defaults(func=cmd_registry_diff)
+    rb = rsub.add_parser(
+        "rollback", help="publish an old snapshot's definitions as the new current", parents=[config_after]
+    )
+    rb.add_argument("version", type=int)
+    rb.add_argument("--force", action="store_true")
+    rb.set_defaults(func=cmd_registry_rollback)
+
+
+def _register_canary(sub: Subcommands, config_after: argparse.ArgumentParser) -> None:
+    c = sub.add_parser("canary", help="gray release of a feature service")
+    c.add_argument("--config", help="server config naming the registry")
+    csub = c.add_subparsers(dest="canary_command", required=True)
+    start = csub.add_parser(
+        "start", help="serve a share of entities from candidate definitions", parents=[config_after]
+    )
+    start.add_argument("service")
+    start.add_argument("--file", required=True, help="the candidate definitions")
+    start.add_argument("--share", type=float, required=True, help="fraction of entities, e.g. 0.1")
+    start.add_argument(
+        "--entity",
+        help="the entity whose key picks the side (default: the one keying most of the service's features)",
+    )
+    start.set_defaults(func=cmd_canary_start)
+    csub.add_parser("status", help="active canaries", parents=[config_after]).set_defaults(
+        func=cmd_canary_status
+    )
+    for name, helptext in (
+        ("promote", "make the candidate the current snapshot"),
+        ("abort", "stop the canary"),
+    ):
+        cp = csub.add_parser(name, help=helptext, parents=[config_after])
+        cp.add_argument("service")
+        cp.set_defaults(func=cmd_canary_promote if name == "promote" else cmd_canary_abort)
+
 
 def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.parser import load_definitions
@@ -24,14 +96,14 @@ def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
 
 def _admin(args: argparse.Namespace, fn: Any) -> Any:
     """Run ``fn(admin)`` against the registry the config names."""
-    from featurestore import server
     from featurestore.config import load_config
+    from featurestore.factories import make_registry
     from featurestore.registry.admin import RegistryAdmin
 
     config = load_config(getattr(args, "config", None))
 
     async def run() -> Any:
-        registry = server.make_registry(config)
+        registry = make_registry(config)
         try:
             return await fn(RegistryAdmin(registry))
         finally:
@@ -64,8 +136,8 @@ def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> No
     """With a Neo4j lineage graph, publishing definitions writes views, services and
     DERIVED_FROM edges there at once, so lineage exists before the first read even
     when no server serves GraphQL (servers that do write what they swap to too)."""
-    from featurestore import server
     from featurestore.config import load_config
+    from featurestore.factories import make_graph
     from lineage.graph.base import definition_facts
 
     config = load_config(getattr(args, "config", None))
@@ -73,7 +145,7 @@ def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> No
         return
 
     async def write() -> None:
-        graph = server.make_graph(config)
+        graph = make_graph(config)
         await graph.start()
         try:
             await graph.apply_definitions(definition_facts(snapshot))

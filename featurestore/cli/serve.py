@@ -5,12 +5,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from featurestore.cli.base import Subcommands
+
 DEFAULT_DATA_DIR = "data"
+
+
+def register(sub: Subcommands) -> None:
+    s = sub.add_parser("serve", help="serve joins over HTTP and gRPC")
+    s.add_argument("--config", help="YAML config file (see docs/configuration.md)")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the built-in 100k-user demo (generates data once)",
+    )
+    s.add_argument("--data-dir", default=os.environ.get("FEATURESTORE_DATA_DIR", DEFAULT_DATA_DIR))
+    s.add_argument(
+        "--no-clickhouse",
+        action="store_true",
+        help="demo: serve the ClickHouse view from memory instead (no embedded ClickHouse engine, ~200 MB less RSS)",
+    )
+    s.add_argument("--definitions", help="definitions YAML applied at start when it differs from current")
+    s.add_argument("--host", help="listen address for both HTTP and gRPC")
+    s.add_argument("--http-host")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--grpc-host")
+    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--workers", type=int, help="serving processes (default 1)")
+    s.add_argument("--no-apply", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
+    d.add_argument("--out", default=DEFAULT_DATA_DIR)
+    d.add_argument("--rows", type=int, default=100_000)
+    d.set_defaults(func=cmd_demo_data)
 
 
 def _serve_config(args: argparse.Namespace) -> Any:
@@ -52,19 +86,10 @@ def _serve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
-    from featurestore import server, supervisor
+    from featurestore import jobs, supervisor
 
     config = _serve_config(args)
-    if config.registry.definitions:
-
-        async def apply() -> None:
-            registry = server.make_registry(config)
-            try:
-                await server.apply_on_start(registry, config)
-            finally:
-                await registry.close()
-
-        asyncio.run(apply())
+    asyncio.run(jobs.apply_configured_definitions(config))
     if args.demo:
         asyncio.run(_demo_materialize(config))
 
@@ -78,17 +103,20 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
         if args.demo:
             threading.Timer(3.0, announce).start()
         return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv))
-    server.run_process(config, on_ready=announce)
+    from featurestore.process import run_process
+
+    run_process(config, on_ready=announce)
     return 0
 
 
 async def _demo_materialize(config: Any) -> None:
     """Fill the demo's ClickHouse view once. The embedded engine lives in this process,
     so this runs here, before serving, not as a separate command."""
-    from featurestore import server
+    from featurestore import jobs
+    from featurestore.factories import make_registry
     from featurestore.offline import ParquetSource
 
-    registry = server.make_registry(config)
+    registry = make_registry(config)
     try:
         snapshot = await registry.current()
         versions = await registry.data_versions()
@@ -107,7 +135,7 @@ async def _demo_materialize(config: Any) -> None:
             file=sys.stderr,
             flush=True,
         )
-        result = await server.materialize(
+        result = await jobs.materialize(
             config, view.name, ParquetSource(view.batch_source.path), batch_rows=50_000, grace_seconds=600
         )
         print(
@@ -130,3 +158,11 @@ def _print_demo_help(config: Any) -> None:
         f"Ctrl-C stops it.\n",
         flush=True,
     )
+
+
+def cmd_demo_data(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.demo.data import ensure_demo_data
+
+    path = ensure_demo_data(args.out, n=args.rows)
+    print(f"demo data: {path}")
+    return 0

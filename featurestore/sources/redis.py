@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,16 +33,21 @@ from redis.asyncio.cluster import RedisCluster
 
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition, Unavailable
-from featurestore.model import DType, FeatureView
-from featurestore.rows import EVENT_TIMESTAMP, column_values, conform, key_text, row_keys
+from featurestore.model import FeatureView
+from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_wire import (
+    LayoutMismatch,
+    VersionMissing,
+    decode_rows,
+    encode_rows,
+    pack_mget,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_encoder = msgspec.msgpack.Encoder()
-_decode = msgspec.msgpack.Decoder().decode
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
@@ -206,7 +211,7 @@ class RedisSource:
         out: list[ViewRead | BaseException] = []
         for (q, _), values in zip(keyed, raw, strict=True):
             try:
-                out.append(_decode_rows(q, values))
+                out.append(decode_rows(q, values))
             except (LayoutMismatch, VersionMissing) as e:
                 out.append(e)
             except (msgspec.DecodeError, ValueError) as e:
@@ -218,7 +223,7 @@ class RedisSource:
         commands = [keys for _, keys in keyed if keys]
         if not commands:
             return [[] for _ in keyed]
-        packed = b"".join(map(_pack_mget, commands))
+        packed = b"".join(map(pack_mget, commands))
         conn = await self._pool.acquire()
         try:
             await conn.send_packed_command(packed, check_health=False)
@@ -272,7 +277,7 @@ class RedisSource:
                 f"view {view.name!r}: data version {data_version} has been replaced and is expiring; "
                 "this server has not switched to the new version yet, retry shortly"
             )
-        for keys, blobs in _encode_rows(view, rows, self.options.write_batch):
+        for keys, blobs in encode_rows(view, rows, self.options.write_batch):
 
             def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
                 pipe = self._client.pipeline(transaction=self._pool is not None)
@@ -340,65 +345,5 @@ class RedisSource:
         return len(keys)
 
 
-def _pack_mget(keys: list[str]) -> bytes:
-    """RESP for ``MGET keys...``. redis-py's generic packer costs ~4x more per key
-    and is the largest item in a batch-100 profile; replies still go through
-    redis-py's hiredis parser."""
-    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
-    for k in keys:
-        b = k.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-class LayoutMismatch(Unavailable):
-    """A data version's rows were written for another definition of the view."""
-
-
-class VersionMissing(Unavailable):
-    """A published data version's marker is gone, and with it the version's rows."""
-
-
-def _decode_rows(q: ViewQuery, values: list[bytes | None]) -> ViewRead:
-    if not values:
-        return ViewRead([], [], [[] for _ in q.features])
-    marker = values.pop()
-    if marker is None and q.data_version > 0:
-        # Every written version has a marker, so this version is gone: expired after a
-        # newer one was published (this server has not seen the switch) or lost by
-        # Redis. Its rows are absent too, and NOT_FOUND would be a wrong answer.
-        raise VersionMissing(
-            f"view {q.view.name!r}: data version {q.data_version} is not in the store "
-            "(expired after a newer publication, or lost); is this server following the registry?"
-        )
-    if marker is not None and marker.decode() != q.view.layout:
-        raise LayoutMismatch(
-            f"view {q.view.name!r}: data version {q.data_version} holds rows written for another "
-            "definition of the view; materialize the view for its current definition"
-        )
-    width = len(q.view.features)
-    blank = (None,) * (width + 1)
-    rows = [blank if v is None else _decode(v) for v in values]
-    found = [v is not None for v in values]
-    for r in rows:
-        if len(r) != width + 1:
-            raise ValueError(
-                f"stored rows hold {len(r) - 1} values but the view has {width} features; "
-                "re-materialize the view for its current definition"
-            )
-    cols = list(zip(*rows, strict=True))
-    return ViewRead(found=found, event_ts_us=list(cols[width]), columns=[list(cols[j]) for j in q.features])
-
-
-def _encode_rows(view: FeatureView, rows: pa.Table, batch: int) -> Iterable[tuple[list[Any], list[bytes]]]:
-    for start in range(0, rows.num_rows, batch):
-        part = rows.slice(start, batch)
-        keys = row_keys(part, view.join_keys)
-        cols = [column_values(part.column(f.name), f.dtype) for f in view.features]
-        ts = column_values(part.column(EVENT_TIMESTAMP), DType.TIMESTAMP)
-        blobs = [_encoder.encode(r) for r in zip(*cols, ts, strict=True)]
-        yield keys, blobs

@@ -31,6 +31,18 @@ from lineage.graph.base import (
     event_key,
     event_time_ms,
 )
+from lineage.graph.cypher import (
+    APPLIED_VERSION,
+    APPLY_NODES,
+    CLAIM,
+    CLOSE_EDGES,
+    EDGE_KINDS,
+    LIVE,
+    MARK_APPLIED,
+    OPEN_EDGE,
+    SCHEMA,
+    WRITE_EVENTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,96 +63,6 @@ def _retryable(e: Exception) -> bool:
 # Not about the request either, but not going away within a retry loop: no connection
 # can be had, the configuration or credentials are wrong, access is refused.
 UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
-
-SCHEMA = [
-    "CREATE CONSTRAINT feature_id IF NOT EXISTS FOR (f:Feature) REQUIRE f.id IS UNIQUE",
-    "CREATE CONSTRAINT table_name IF NOT EXISTS FOR (t:Table) REQUIRE t.name IS UNIQUE",
-    "CREATE CONSTRAINT view_name IF NOT EXISTS FOR (v:FeatureView) REQUIRE v.name IS UNIQUE",
-    "CREATE CONSTRAINT service_name IF NOT EXISTS FOR (s:FeatureService) REQUIRE s.name IS UNIQUE",
-    "CREATE CONSTRAINT server_name IF NOT EXISTS FOR (s:Server) REQUIRE s.name IS UNIQUE",
-    "CREATE CONSTRAINT event_key IF NOT EXISTS FOR (e:LineageEvent) REQUIRE e.key IS UNIQUE",
-    "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
-    "CREATE CONSTRAINT applied_project IF NOT EXISTS FOR (r:AppliedDefinitions) REQUIRE r.project IS UNIQUE",
-]
-
-# Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
-LIVE = "({r}.valid_to IS NULL AND $t IS NULL OR $t IS NOT NULL AND {r}.valid_from <= $t AND ({r}.valid_to IS NULL OR {r}.valid_to > $t))"
-
-# Every server writes the definitions it swaps to, and `apply` writes them too: the
-# newest registry version applied is kept so a lagging writer cannot roll edges back.
-# The first statement of the definitions transaction writes the project's node, which
-# makes concurrent appliers of one project take turns: Neo4j holds the node's write
-# lock until commit; ArcadeDB (optimistic) fails all but the first commit with a
-# transient conflict, and the loser retries from the claim. The version is read only
-# after the claim, so it is the one the winner committed.
-CLAIM = """
-MERGE (r:AppliedDefinitions {project: $project})
-ON CREATE SET r.version = 0
-SET r.claims = coalesce(r.claims, 0) + 1
-"""
-APPLIED_VERSION = """
-MATCH (r:AppliedDefinitions {project: $project})
-RETURN r.version AS version
-"""
-MARK_APPLIED = """
-MATCH (r:AppliedDefinitions {project: $project})
-SET r.version = $version
-"""
-APPLY_NODES = """
-UNWIND $features AS f
-MERGE (n:Feature {id: f.id})
-ON CREATE SET n.versions = [], n.version = 0
-SET n.view = f.view, n.dtype = f.dtype,
-    n.version = CASE WHEN f.version > n.version THEN f.version ELSE n.version END,
-    n.versions = CASE WHEN f.version IN n.versions THEN n.versions ELSE n.versions + f.version END
-"""
-# Definition edges carry the project whose definitions opened them: applying one
-# project's snapshot closes only that project's edges.
-OPEN_EDGE = """
-UNWIND $edges AS e
-MERGE (a:{a_label} {{{a_key}: e.a}})
-MERGE (b:{b_label} {{{b_key}: e.b}})
-MERGE (a)-[r:{rel}]->(b)
-ON CREATE SET r.valid_from = $t, r.role = e.role
-SET r.role = e.role, r.project = $project,
-    r.valid_from = CASE WHEN r.valid_to IS NOT NULL THEN $t ELSE r.valid_from END,
-    r.valid_to = NULL
-"""
-# Edges written before edges had a project are closed only when their source node is
-# one this project defines (a project cannot know which others it does not see).
-CLOSE_EDGES = """
-MATCH (a:{a_label})-[r:{rel}]->(b:{b_label})
-WHERE r.valid_to IS NULL AND coalesce(r.role, '') <> 'online'
-  AND (r.project = $project OR (r.project IS NULL AND a.{a_key} IN $owned))
-  AND NOT [a.{a_key}, b.{b_key}] IN $keep
-SET r.valid_to = $t
-"""
-EDGE_KINDS = {
-    # rel: (from label, from key, to label, to key)
-    "CONTAINS": ("FeatureView", "name", "Feature", "id"),
-    "USES": ("FeatureService", "name", "Feature", "id"),
-    "DERIVED_FROM": ("Feature", "id", "Feature", "id"),
-    "PRODUCED_BY": ("Feature", "id", "Table", "name"),
-}
-WRITE_EVENTS = """
-UNWIND $events AS ev
-MERGE (e:LineageEvent {key: ev.key})
-ON CREATE SET e += ev.props, e.fresh = true
-WITH e, ev
-MERGE (f:Feature {id: ev.props.feature_id})
-ON CREATE SET f.versions = [], f.version = 0, f.view = ev.view, f.dtype = ''
-SET f.version = CASE WHEN ev.props.feature_version > f.version THEN ev.props.feature_version ELSE f.version END,
-    f.versions = CASE WHEN ev.props.feature_version IN f.versions THEN f.versions ELSE f.versions + ev.props.feature_version END
-MERGE (t:Table {name: ev.props.source_table})
-MERGE (f)-[p:PRODUCED_BY]->(t)
-ON CREATE SET p.valid_from = ev.props.ts_ms, p.role = 'online'
-MERGE (s:Server {name: ev.props.service})
-MERGE (f)-[r:SERVED_BY]->(s)
-ON CREATE SET r.count = 0, r.last_seen = 0
-SET r.count = r.count + CASE WHEN e.fresh THEN ev.props.served_count ELSE 0 END,
-    r.last_seen = CASE WHEN ev.props.ts_ms > r.last_seen THEN ev.props.ts_ms ELSE r.last_seen END
-REMOVE e.fresh
-"""
 
 
 class BoltGraph:

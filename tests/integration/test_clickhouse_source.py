@@ -27,6 +27,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from featurestore.config import Config, StoreConfig
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import InvalidArgument, Unavailable
+from featurestore.factories import make_store
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.materialize import Materializer
 from featurestore.model import DType, Entity, Feature, FeatureView, Status, make_definitions
@@ -34,7 +35,6 @@ from featurestore.offline import ClickHouseTableSource
 from featurestore.plan import ServingState
 from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
-from featurestore.server import make_store
 from featurestore.sources import clickhouse
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, _select_sql, online_table_ddl

@@ -15,10 +15,11 @@ from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
 
 from lineage import metrics
-from lineage.consumer import ConsumerConfig, LineageConsumer
+from lineage.consumer import LineageConsumer
 from lineage.events import LineageEvent, encode_event
 from lineage.graph.bolt import BoltGraph
-from lineage.sinks import KafkaSink, KafkaSinkConfig
+from lineage.kafka import KafkaSettings
+from lineage.sinks import KafkaSink
 from tests.servers import ArcadeServer, TansuBroker
 from tests.support import eventually, free_port
 
@@ -42,12 +43,12 @@ async def graph(arcade: ArcadeServer) -> AsyncIterator[BoltGraph]:
     await g.close()
 
 
-def consumer_config(kafka: TansuBroker, topic: str, group: str | None = None) -> ConsumerConfig:
-    return ConsumerConfig(
+def new_consumer(kafka: TansuBroker, topic: str, graph: Any, group: str | None = None) -> LineageConsumer:
+    settings = KafkaSettings(
         bootstrap_servers=kafka.bootstrap, topic=topic, group_id=group or f"g-{uuid.uuid4().hex[:6]}",
-        dead_letter_topic=f"{topic}.dlq", batch_size=100, batch_wait_ms=100,
-        session_timeout_ms=2000, heartbeat_interval_ms=400,
+        session_timeout_ms=2000,  # Tansu: group joins take about half of it
     )  # fmt: skip
+    return LineageConsumer(settings, graph, batch_size=100, batch_wait_ms=100)
 
 
 async def consume_until(consumer: LineageConsumer, done: Any, within: float = 30) -> None:
@@ -64,7 +65,7 @@ async def produce(
     kafka: TansuBroker, topic: str, events: list[LineageEvent], partitions: int = 3
 ) -> KafkaSink:
     sink = KafkaSink(
-        KafkaSinkConfig(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=partitions, linger_ms=1)
+        KafkaSettings(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=partitions), linger_ms=1
     )
     await sink.start()
     await sink.send(events)
@@ -108,7 +109,7 @@ async def test_events_reach_the_graph_once_even_when_replayed(kafka: TansuBroker
     delivered0 = metrics.EVENTS.labels("delivered")._value.get()
     await produce(kafka, topic, [ev(i) for i in range(50)])
     assert metrics.EVENTS.labels("delivered")._value.get() - delivered0 == 50
-    first = LineageConsumer(consumer_config(kafka, topic), graph)
+    first = new_consumer(kafka, topic, graph)
     await consume_until(first, lambda: first.written >= 50)
     served = await graph.served_by("user_profile:age")
     assert [(s.server, s.count) for s in served] == [("fs@test", 500)]
@@ -116,7 +117,7 @@ async def test_events_reach_the_graph_once_even_when_replayed(kafka: TansuBroker
         "redis://fs/demo/user_profile"
     ]
     # a second group reads everything again: idempotent MERGEs, nothing doubles
-    replay = LineageConsumer(consumer_config(kafka, topic), graph)
+    replay = new_consumer(kafka, topic, graph)
     await consume_until(replay, lambda: replay.written >= 50)
     assert [s.count for s in await graph.served_by("user_profile:age")] == [500]
     assert len(await graph.events("user_profile:age", None, None, 1000)) == 50
@@ -132,7 +133,7 @@ async def test_a_malformed_message_is_dead_lettered_and_the_consumer_goes_on(
     p.produce(topic, key=b"y", value=b"\x00not json")
     p.flush(10)
     await produce(kafka, topic, [ev(2)], partitions=1)
-    consumer = LineageConsumer(consumer_config(kafka, topic), graph)
+    consumer = new_consumer(kafka, topic, graph)
     await consume_until(consumer, lambda: consumer.written >= 2 and consumer.dead_lettered >= 2)
     assert consumer.written == 2 and consumer.dead_lettered == 2
     got = read_dead_letters(kafka, topic, 2)
@@ -151,8 +152,8 @@ async def test_two_consumers_split_the_partitions_without_duplicates(
     features = [f"v:f{i}" for i in range(8)]
     await produce(kafka, topic, [ev(i, features[i % 8], count=1) for i in range(160)], partitions=4)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    a = LineageConsumer(consumer_config(kafka, topic, group), graph)
-    b = LineageConsumer(consumer_config(kafka, topic, group), graph)
+    a = new_consumer(kafka, topic, graph, group)
+    b = new_consumer(kafka, topic, graph, group)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(a.run(stop)), asyncio.create_task(b.run(stop))]
     try:
@@ -169,9 +170,8 @@ async def test_kafka_outage_buffers_counts_and_recovers(tmp_path: Any) -> None:
     broker = TansuBroker().start()
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     sink = KafkaSink(
-        KafkaSinkConfig(
-            bootstrap_servers=broker.bootstrap, topic=topic, partitions=1, buffer_messages=20, linger_ms=1
-        )
+        KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, partitions=1, buffer_messages=20),
+        linger_ms=1,
     )
     await sink.start()
     try:
@@ -218,7 +218,7 @@ async def test_a_consumer_stopped_during_a_graph_outage_leaves_its_batch_to_the_
     await produce(kafka, topic, [ev(i) for i in range(20)], partitions=1)
     group = f"g-{uuid.uuid4().hex[:6]}"
     down = CountingGraph(f"bolt://127.0.0.1:{free_port()}", "root", "none", retries=1)
-    first = LineageConsumer(consumer_config(kafka, topic, group), down)
+    first = new_consumer(kafka, topic, down, group)
     stop = asyncio.Event()
     task = asyncio.create_task(first.run(stop))
     try:
@@ -229,7 +229,7 @@ async def test_a_consumer_stopped_during_a_graph_outage_leaves_its_batch_to_the_
         await down.close()
     assert first.written == 0
     # the same group resumes where the committed offsets say: nothing was committed
-    second = LineageConsumer(consumer_config(kafka, topic, group), graph)
+    second = new_consumer(kafka, topic, graph, group)
     await consume_until(second, lambda: second.written >= 20)
     assert [s.count for s in await graph.served_by("user_profile:age")] == [200]
 
@@ -242,7 +242,7 @@ async def test_a_bad_timestamp_is_dead_lettered_and_the_next_event_still_arrives
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     produce_raw(kafka, topic, encode_event(ev(1)).replace(b"2024-01-01T00:00:01Z", b"sometime in 2024"))
     await produce(kafka, topic, [ev(2)], partitions=1)
-    consumer = LineageConsumer(consumer_config(kafka, topic), graph)
+    consumer = new_consumer(kafka, topic, graph)
     await consume_until(consumer, lambda: consumer.written >= 1 and consumer.dead_lettered >= 1)
     assert (consumer.written, consumer.dead_lettered) == (1, 1)
     [stamp] = [e.timestamp for e in await graph.events("user_profile:age", None, None, 10)]
@@ -269,7 +269,7 @@ async def test_an_event_the_graph_refuses_is_dead_lettered_alone(
     events[6] = replace(events[6], feature_id="bad:event")
     await produce(kafka, topic, events, partitions=1)
     picky = PickyGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
-    consumer = LineageConsumer(consumer_config(kafka, topic), picky)
+    consumer = new_consumer(kafka, topic, picky)
     try:
         await consume_until(consumer, lambda: consumer.written >= 9 and consumer.dead_lettered >= 1)
     finally:
@@ -291,7 +291,7 @@ async def test_the_dead_letter_topic_exists_before_the_first_dead_letter(
     topics on demand must not hold the first dead letter (and its batch) hostage."""
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     await produce(kafka, topic, [ev(1)], partitions=1)
-    consumer = LineageConsumer(consumer_config(kafka, topic), graph)
+    consumer = new_consumer(kafka, topic, graph)
     await consume_until(consumer, lambda: consumer.written >= 1)
     assert consumer.dead_lettered == 0
     topics = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=5).topics
@@ -320,7 +320,7 @@ async def test_an_undeliverable_dead_letter_is_retried_not_raised(
     broker = TansuBroker().start()
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     pausing = PausingGraph(broker, arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
-    consumer = LineageConsumer(consumer_config(broker, topic), pausing)
+    consumer = new_consumer(broker, topic, pausing)
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     try:
@@ -357,9 +357,7 @@ async def test_an_event_the_producer_refuses_costs_only_itself(kafka: TansuBroke
     """One event over the broker's message size in the middle of a batch: the events
     around it are delivered and only its own served values count as broken."""
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
-    sink = KafkaSink(
-        KafkaSinkConfig(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1, linger_ms=1)
-    )
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1), linger_ms=1)
     await sink.start()
     broken0, failed0, delivered0 = unit_counts()
     try:
@@ -377,9 +375,7 @@ async def test_a_fatally_failed_producer_is_replaced(kafka: TansuBroker) -> None
     error callback; from then on that producer refuses everything. The sink starts a
     new one, and events flow again."""
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
-    sink = KafkaSink(
-        KafkaSinkConfig(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1, linger_ms=1)
-    )
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=1), linger_ms=1)
     await sink.start()
     try:
         await sink.send([ev(1)])
@@ -398,9 +394,9 @@ async def test_closing_with_kafka_down_counts_the_buffered_events() -> None:
     broker = TansuBroker().start()
     topic = f"lineage-{uuid.uuid4().hex[:6]}"
     sink = KafkaSink(
-        KafkaSinkConfig(
-            bootstrap_servers=broker.bootstrap, topic=topic, partitions=1, linger_ms=1, close_seconds=0.5
-        )
+        KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, partitions=1),
+        linger_ms=1,
+        close_seconds=0.5,
     )
     await sink.start()
     try:
@@ -422,7 +418,7 @@ async def test_the_sink_up_gauge_follows_the_broker_without_traffic() -> None:
     broker = TansuBroker().start()
     up = metrics.SINK_UP.labels("kafka")
     sink = KafkaSink(
-        KafkaSinkConfig(bootstrap_servers=broker.bootstrap, topic=f"lineage-{uuid.uuid4().hex[:6]}")
+        KafkaSettings(bootstrap_servers=broker.bootstrap, topic=f"lineage-{uuid.uuid4().hex[:6]}")
     )
     await sink.start()
     try:

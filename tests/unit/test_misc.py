@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import filecmp
 import subprocess
 import sys
@@ -111,15 +112,15 @@ def test_render_table() -> None:
     ],
 )
 def test_config_goes_before_or_after_the_subcommand(argv: list[str]) -> None:
-    from featurestore.cli import _parser
+    from featurestore.cli import parser
 
-    assert _parser().parse_args(argv).config == "c.yaml"
+    assert parser().parse_args(argv).config == "c.yaml"
 
 
 def test_config_defaults_to_none_when_not_given() -> None:
-    from featurestore.cli import _parser
+    from featurestore.cli import parser
 
-    assert _parser().parse_args(["registry", "history"]).config is None
+    assert parser().parse_args(["registry", "history"]).config is None
 
 
 def test_every_shipped_config_validates(tmp_path: Path) -> None:
@@ -136,3 +137,49 @@ def test_every_shipped_config_validates(tmp_path: Path) -> None:
     assert len(paths) >= 3
     for path in paths:
         load_config(str(path))
+
+
+def test_lineage_depends_on_the_featurestore_model_and_snapshot_types_only() -> None:
+    allowed = {"featurestore.model", "featurestore.definitions.snapshot", "featurestore.errors"}
+    offenders = []
+    for path in (ROOT / "lineage").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("featurestore"):
+                if node.module not in allowed:
+                    offenders.append(f"{path.relative_to(ROOT)}: {node.module}")
+            elif isinstance(node, ast.Import):
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {a.name}"
+                    for a in node.names
+                    if a.name.startswith("featurestore")
+                ]
+    assert offenders == []
+
+
+def test_only_the_serve_command_imports_the_process_module() -> None:
+    """Every other command builds what it needs from featurestore.factories."""
+    code = (
+        "import sys, featurestore.cli, featurestore.jobs, featurestore.factories, featurestore.runtime\n"
+        "assert 'featurestore.process' not in sys.modules, 'process imported'\n"
+        "assert 'uvicorn' not in sys.modules, 'uvicorn imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_no_module_is_over_400_lines_and_no_function_over_80() -> None:
+    """The house rule (docs/architecture.md): one noun per module, small enough to read."""
+    too_long = []
+    for package in ("featurestore", "lineage"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.parent.name == "v1":  # generated gRPC code
+                continue
+            text = path.read_text()
+            name = str(path.relative_to(ROOT))
+            if len(text.splitlines()) > 400:
+                too_long.append(f"{name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    assert node.end_lineno is not None
+                    if node.end_lineno - node.lineno + 1 > 80:
+                        too_long.append(f"{name}: {node.name}() {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []

@@ -1,0 +1,138 @@
+"""Components from configuration: registry, online stores (with the cache in front),
+lineage sink, emitter and graph.
+
+The one module that maps config kinds to concrete adapter classes. Every command builds
+what it needs from here (``serve`` through ``runtime``; ``materialize``, ``apply``,
+``lineage consume`` and the registry commands directly), so adding an adapter means
+adding one branch here and its contract-suite entry.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from featurestore.cache import CachedSource, LRUCache
+from featurestore.config import Config, StoreConfig
+from featurestore.emitter import EmitterConfig, LineageEmitter
+from featurestore.errors import InvalidArgument
+from featurestore.model import FeatureView
+from featurestore.registry.base import Registry
+from featurestore.registry.etcd import EtcdRegistry
+from featurestore.registry.file import FileRegistry
+from featurestore.sources.base import OnlineSource
+from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, check_embedded_workers
+from featurestore.sources.memory import MemorySource
+from featurestore.sources.redis import RedisOptions, RedisSource
+from featurestore.supervisor import WORKER_ENV
+from lineage.graph.base import LineageGraph
+from lineage.graph.bolt import BoltGraph
+from lineage.graph.memory import InMemoryGraph
+from lineage.sinks import InProcessSink, KafkaSink, LineageSink
+
+
+def make_registry(config: Config) -> Registry:
+    reg = config.registry
+    if reg.kind == "file":
+        return FileRegistry(reg.path, config.project)
+    if reg.kind == "etcd":
+        return EtcdRegistry(reg.endpoints, config.project)
+    raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
+
+
+def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
+    """The raw adapter for one configured store (no cache in front)."""
+    if sc.kind == "memory":
+        return MemorySource(name)
+    if sc.kind == "redis":
+        try:
+            options = RedisOptions.from_mapping(dict(sc.options))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"stores.{name}: {e}") from None
+        return RedisSource(name, config.project, options)
+    if sc.kind == "clickhouse":
+        try:
+            ch = ClickHouseOptions.from_mapping(dict(sc.options))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"stores.{name}: {e}") from None
+        check_embedded_workers(ch, config.workers)
+        return ClickHouseSource(name, config.project, ch)
+    raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
+
+
+def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSource:
+    """Remote stores get the LRU cache in front unless the config turns it off."""
+    if store.kind == "memory" or not (sc.cache and config.cache.enabled):
+        return store
+    return CachedSource(store, LRUCache(config.cache.max_entries, config.cache.ttl_seconds))
+
+
+def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
+    """Every configured store as the join engine reads it (cache in front where due)."""
+    return {name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()}
+
+
+def make_graph(config: Config) -> LineageGraph:
+    lc = config.lineage
+    if lc.graph == "memory":
+        return InMemoryGraph()
+    if lc.graph == "bolt":
+        return BoltGraph(lc.bolt.uri, lc.bolt.user, lc.bolt.password, lc.bolt.database or None)
+    raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
+
+
+@dataclass
+class Lineage:
+    """The serving process's lineage parts: emitter, and the graph GraphQL reads."""
+
+    emitter: LineageEmitter
+    graph: LineageGraph | None  # None when this process does not serve GraphQL
+
+    async def close(self) -> None:
+        await self.emitter.close()
+        if self.graph is not None:
+            await self.graph.close()
+
+
+async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> Lineage | None:
+    """The started emitter (and graph, when this process serves GraphQL or writes the
+    in-process graph), or None when lineage is off."""
+    lc = config.lineage
+    if not lc.enabled:
+        return None
+    if lc.sink == "memory" and lc.graph != "memory":
+        raise InvalidArgument("lineage.sink memory writes the in-process graph: set lineage.graph to memory")
+    if lc.sink not in ("memory", "kafka"):
+        raise InvalidArgument(f"lineage.sink {lc.sink!r} is not supported; use memory or kafka")
+    graph = make_graph(config) if (lc.graphql or lc.sink == "memory") else None
+    if graph is not None:
+        await graph.start()
+    sink: LineageSink
+    if lc.sink == "memory":
+        assert graph is not None
+        sink = InProcessSink(graph)
+    else:
+        sink = KafkaSink(lc.kafka)
+
+    def table_uri(view: FeatureView) -> str | None:
+        store = stores.get(view.online_store)
+        return None if store is None else store.table_uri(view)
+
+    emitter = LineageEmitter(
+        sink, table_uri, EmitterConfig(lc.window_seconds, lc.queue_size, service=service_identity(config))
+    )
+    await emitter.start()
+    return Lineage(emitter, graph)
+
+
+def service_identity(config: Config) -> str:
+    """This serving process as lineage names it: host, port, and worker slot."""
+    service = f"featurestore@{socket.gethostname()}:{config.http.port}"
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        # Workers of one server must not share an identity: lineage events are keyed
+        # by (window, feature, service), and equal keys count once.
+        service += f"/w{worker}"
+    return service

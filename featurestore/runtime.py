@@ -1,0 +1,261 @@
+"""The running state of one serving process: stores, registry, engine and lineage, the
+readiness report, and the background tasks that keep them current.
+
+Background tasks (each named after its one job):
+
+* ``registry-watch`` flags every published change (snapshot, data version, canary);
+* ``registry-apply`` serves the latest registry state, retrying with backoff until it
+  is served (everything slow happens there, off the hot path; the swap itself is one
+  reference assignment);
+* ``registry-health`` exports the registry's connection and staleness gauges;
+* ``metrics-flush`` folds the hot path's buffered metric updates into prometheus_client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from featurestore import metrics
+from featurestore.config import Config
+from featurestore.definitions.snapshot import RegistrySnapshot
+from featurestore.errors import FailedPrecondition
+from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
+from featurestore.health import Readiness
+from featurestore.join import JoinEngine, Limits
+from featurestore.model import FeatureView
+from featurestore.plan import CanaryRoute, ServingState
+from featurestore.registry.base import Registry, RegistryState, load_state
+from featurestore.sources.base import OnlineSource
+from lineage.graph.base import definition_facts
+
+log = logging.getLogger("featurestore")
+
+_APPLY_RETRY_MIN_S = 0.25
+_APPLY_RETRY_MAX_S = 5.0
+# Hot-path metrics are buffered (metrics.py); this is how stale a scrape of another
+# worker's values can be.
+METRICS_FLUSH_SECONDS = 1.0
+
+
+@dataclass
+class Runtime:
+    """Everything one serving process runs."""
+
+    config: Config
+    registry: Registry
+    stores: dict[str, OnlineSource]
+    engine: JoinEngine
+    lineage: Lineage | None = None
+    stopping: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set by the registry watch, cleared by the applier once the change is served;
+    # stays set while applying it keeps failing.
+    registry_dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    registry_apply_error: str | None = None
+
+    def readiness(self) -> Readiness:
+        reasons = ["shutting down"] if self.stopping else []
+        states = {name: s.state().value for name, s in self.stores.items()}
+        # A store that is down does not make the process unready: its views answer
+        # UNAVAILABLE within the deadline while every other view still answers, and
+        # the store is shared by all replicas, so failing readiness would take the
+        # whole fleet out of the load balancer over one backend.
+        degraded = [f"store {n} is {st}" for n, st in states.items() if st != "ready"]
+        if self.registry_apply_error is not None:
+            degraded.append(f"registry change not applied: {self.registry_apply_error}")
+        health = self.registry.health()
+        registry = {
+            "kind": self.config.registry.kind,
+            "version": self.engine.state.version,
+            "connected": health.connected,
+            "seconds_since_contact": round(min(health.seconds_since_contact, 1e9), 3),
+        }
+        # A registry outage does not make the server unready: it keeps serving the
+        # last snapshot it has, and says how stale that may be.
+        return Readiness(
+            ready=not reasons,
+            reasons=tuple(reasons),
+            details={
+                "status": "stopping" if reasons else "degraded" if degraded else "ok",
+                "degraded": degraded,
+                "registry_version": self.engine.state.version,
+                "registry": registry,
+                "stores": states,
+            },
+        )
+
+    def start_background(self) -> None:
+        for job, name in (
+            (self._watch_registry, "registry-watch"),
+            (self._apply_registry_changes, "registry-apply"),
+            (self._report_registry_health, "registry-health"),
+            (_flush_metrics, "metrics-flush"),
+        ):
+            self.tasks.append(asyncio.create_task(job(), name=name))
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.lineage is not None:
+            await self.lineage.close()
+        for s in self.stores.values():
+            await s.close()
+        await self.registry.close()
+
+    # -- following the registry ------------------------------------------------------
+
+    async def _watch_registry(self) -> None:
+        """Flag every published change for the applier. The watch is re-armed if it
+        breaks: a server that silently stopped following the registry would serve
+        stale definitions forever."""
+        while True:
+            try:
+                async for _ in self.registry.changes():
+                    self.registry_dirty.set()
+            except Exception:
+                log.exception("registry watch failed; re-arming in 1 s")
+            await asyncio.sleep(1.0)
+
+    async def _apply_registry_changes(self) -> None:
+        """Serve the registry's latest state, retrying until it is served.
+
+        The watch has already moved past the event when applying it fails (etcd timing
+        out between reads, a store that cannot prepare a new view), so a failure is
+        retried with backoff rather than waiting for the next change, which may never
+        come. Bursts of changes coalesce: each attempt reads the latest state."""
+        backoff = _APPLY_RETRY_MIN_S
+        while True:
+            await self.registry_dirty.wait()
+            self.registry_dirty.clear()
+            try:
+                await self.apply_registry_change()
+            except Exception as e:
+                metrics.REGISTRY_APPLY_FAILURES.inc()
+                metrics.REGISTRY_APPLY_PENDING.set(1)
+                self.registry_apply_error = f"{type(e).__name__}: {e}"[:200]
+                log.exception(
+                    "registry change not applied; still serving version %d, retrying in %.2f s",
+                    self.engine.state.version, backoff,
+                )  # fmt: skip
+                self.registry_dirty.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _APPLY_RETRY_MAX_S)
+                continue
+            backoff = _APPLY_RETRY_MIN_S
+            if self.registry_apply_error is not None:
+                log.info("registry change applied after earlier failures")
+            self.registry_apply_error = None
+            metrics.REGISTRY_APPLY_PENDING.set(0)
+
+    async def apply_registry_change(self) -> None:
+        reg = await load_state(self.registry)
+        if reg.snapshot is None:
+            return
+        current = self.engine.state
+        new = await serving_state(self.stores, reg, current)
+        if new.same_as(current):
+            return
+        self.engine.swap(new)
+        canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
+        log.info(
+            "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
+        )
+        if new.version != current.version:
+            await self.definitions_to_graph(new.snapshot)
+
+    async def definitions_to_graph(self, snapshot: RegistrySnapshot) -> None:
+        """The lineage graph learns definitions from the snapshots servers swap to, so
+        lineage exists before the first read, however the snapshot was published (the
+        graph ignores a version older than one it holds: servers may lag)."""
+        if self.lineage is None or self.lineage.graph is None:
+            return
+        try:
+            await self.lineage.graph.apply_definitions(definition_facts(snapshot))
+        except Exception:
+            log.exception("lineage graph: definitions of version %d not written", snapshot.version)
+
+    async def _report_registry_health(self) -> None:
+        while True:
+            h = self.registry.health()
+            metrics.REGISTRY_CONNECTED.set(1 if h.connected else 0)
+            metrics.REGISTRY_STALENESS.set(min(h.seconds_since_contact, 1e9))
+            await asyncio.sleep(1.0)
+
+
+async def _flush_metrics() -> None:
+    while True:
+        metrics.flush()
+        await asyncio.sleep(METRICS_FLUSH_SECONDS)
+
+
+async def build_runtime(config: Config) -> Runtime:
+    """Connect the registry and stores, serve the current snapshot, start following."""
+    registry = make_registry(config)
+    reg = await load_state(registry)
+    if reg.snapshot is None:
+        raise FailedPrecondition(
+            f"the registry has no snapshot for project {config.project!r}: "
+            "run `featurestore apply FILE` or start with --definitions FILE"
+        )
+    stores = make_serving_stores(config)
+    for s in stores.values():
+        await s.start()
+    state = await serving_state(stores, reg, None)
+    limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
+    lineage = await build_lineage(config, stores)
+    engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
+    engine.swap(state)
+    rt = Runtime(config, registry, stores, engine, lineage)
+    await rt.definitions_to_graph(state.snapshot)
+    rt.start_background()
+    return rt
+
+
+async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[RegistrySnapshot]) -> None:
+    """Hand every store the complete set of views it serves until the next call: those
+    of the snapshots being served now and those about to be. A store may then drop
+    whatever it holds for any other view layout. Fails naming a missing store."""
+    by_store: dict[str, dict[tuple[str, str], FeatureView]] = {name: {} for name in stores}
+    for snapshot in snapshots:
+        for view in snapshot.definitions.views.values():
+            if view.online_store not in stores:
+                raise FailedPrecondition(
+                    f"feature view {view.name!r} uses online store {view.online_store!r}, "
+                    f"which this server does not configure (stores: {', '.join(sorted(stores))})"
+                )
+            by_store[view.online_store][(view.name, view.layout)] = view
+    for name, views in by_store.items():
+        await stores[name].prepare(list(views.values()))
+
+
+async def serving_state(
+    stores: Mapping[str, OnlineSource], reg: RegistryState, previous: ServingState | None
+) -> ServingState:
+    """Prepare the stores for every snapshot the state will serve, then build it."""
+    assert reg.snapshot is not None
+    serving_now = (
+        []
+        if previous is None
+        else [previous.snapshot, *(c.state.snapshot for c in previous.canaries.values())]
+    )
+    await prepare_views(stores, [*serving_now, reg.snapshot, *(c for _, c in reg.canaries.values())])
+    canaries: dict[str, CanaryRoute] = {}
+    for service, (canary, candidate) in reg.canaries.items():
+        old = previous.canaries.get(service) if previous is not None else None
+        prior = old.state if old is not None else None
+        cand_state = (
+            prior.successor(candidate, reg.data_versions, {})
+            if prior is not None
+            else ServingState(candidate, reg.data_versions)
+        )
+        canaries[service] = CanaryRoute(canary.share, canary.entity, cand_state)
+    if previous is None:
+        return ServingState(reg.snapshot, reg.data_versions, canaries)
+    return previous.successor(reg.snapshot, reg.data_versions, canaries)

@@ -1,0 +1,56 @@
+"""Kafka settings shared by the serving-side sink and the lineage consumer.
+
+One type, ``KafkaSettings``, is the ``lineage.kafka`` section of the configuration field
+for field; the sink (producer) and the consumer read what they need from it, and
+``client_config`` is the librdkafka configuration every client of this cluster starts
+from (connection settings live in one place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lineage import TOPIC
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = TOPIC
+    partitions: int = 6  # when the topic is created by us
+    replication_factor: int = 1
+    group_id: str = "featurestore-lineage"  # the consumer group
+    session_timeout_ms: int = 10_000  # consumer group session
+    buffer_messages: int = 100_000  # producer buffer bound; beyond it events are dropped
+    buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        # Kafka's advice: at most a third of the session timeout; a fifth leaves room
+        # for a slow poll.
+        return max(self.session_timeout_ms // 5, 100)
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka settings every client (producer, consumer, admin) starts from."""
+        return {"bootstrap.servers": self.bootstrap_servers, "log.connection.close": False}
+
+
+def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
+    """Create the topic unless it exists (blocking; run it in a thread). Raises when
+    the broker cannot be asked or refuses for another reason than its existence."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    if name in admin.list_topics(timeout=3).topics:
+        return
+    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+    for fut in admin.create_topics([topic]).values():
+        try:
+            fut.result(timeout=5)
+        except Exception as e:
+            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise

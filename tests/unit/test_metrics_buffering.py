@@ -1,0 +1,43 @@
+"""The buffered metrics write into prometheus_client's private histogram fields
+(``_upper_bounds``, ``_buckets``, ``_sum``): these tests fail if those change."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from featurestore.metrics import LATENCY_BUCKETS, BufferedCounter, BufferedHistogram
+
+
+def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name.startswith(name) and not s.name.endswith("_created")
+    }
+
+
+def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded() -> None:
+    values = [0.0, 0.0001, 0.0002, 0.00021, 0.004, 0.5, 0.5, 0.75, 3.0, 99.0]
+    direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
+    buffered = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=buffered_registry)
+    for v in values:
+        direct.labels("a").observe(v)
+    b = BufferedHistogram(buffered.labels("a"))
+    for v in values:
+        b.observe(v)
+    b.flush()
+    assert samples(buffered_registry, "t_seconds") == samples(direct_registry, "t_seconds")
+    assert samples(buffered_registry, "t_seconds")[("t_seconds_count", (("r", "a"),))] == len(values)
+
+
+def test_a_buffered_counter_adds_up_on_flush_and_not_before() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", registry=registry)
+    b = BufferedCounter(counter)
+    b.inc()
+    b.inc(2)
+    assert samples(registry, "c_total")[("c_total", ())] == 0
+    b.flush()
+    assert samples(registry, "c_total")[("c_total", ())] == 3
