@@ -30,7 +30,7 @@ from featurestore.errors import InvalidArgument, Unavailable
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.materialize import Materializer
 from featurestore.model import DType, Entity, Feature, FeatureView, Status, make_definitions
-from featurestore.offline import ClickHouseTableSource
+from featurestore.offline import ClickHouseOfflineSource
 from featurestore.plan import ServingState
 from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
@@ -406,7 +406,7 @@ async def test_materialize_from_a_clickhouse_table_into_redis(
     await store.start()
     try:
         result = await Materializer(registry, store).run(
-            "tx", ClickHouseTableSource(chdb_dsn, db_table), batch_rows=1000
+            "tx", ClickHouseOfflineSource(chdb_dsn, db_table), batch_rows=1000
         )
         assert result.rows_written == 5000 and result.data_version == 1
         [res] = await store.read([ViewQuery(view, [0, 4999, 5000], [0, 1], 1)])
