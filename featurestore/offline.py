@@ -119,7 +119,7 @@ class ClickHouseOfflineSource:
             raise InvalidArgument(f"{table!r} is not a ClickHouse table name of the form db.table")
         import clickhouse_connect  # only materializations from ClickHouse pay the import
 
-        from featurestore.sources.clickhouse import ClickHouseOptions
+        from featurestore.sources.clickhouse.options import ClickHouseOptions
 
         self.table = table
         self._quoted = ".".join(f"`{part}`" for part in table.split("."))
