@@ -3,7 +3,7 @@
 Part 1 compares table designs for "latest row per key" point reads on the real engine
 (chdb, in-process): EmbeddedRocksDB (what featurestore creates), MergeTree ordered by
 key with index_granularity 8192 and 256, ReplacingMergeTree + FINAL, and argMax GROUP BY.
-Part 2 measures the adapter the server uses (``ClickHouseSource.read``: thread pool,
+Part 2 measures the adapter the server uses (``ClickHouseOnlineSource.read``: thread pool,
 server-side key parameter, row alignment), uncached and with the LRU cache in front.
 
     python -m benchmarks.clickhouse_point_reads [--rows 1000000] [--queries 300]
@@ -27,7 +27,7 @@ from benchmarks.report import stitch
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.sources.base import ViewQuery, ViewRead
-from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, table_name
+from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, table_name
 
 HERE = Path(__file__).resolve().parent
 VIEW = FeatureView(
@@ -100,21 +100,22 @@ def table_designs(client: Any, rows: int, queries: int) -> list[tuple[str, float
 
 
 async def adapter(dsn: str, rows: int, queries: int) -> dict[str, tuple[float, float]]:
-    src = ClickHouseSource("bench", "bench", ClickHouseOptions(dsn=dsn, threads=4))
+    src = ClickHouseOnlineSource("bench", "bench", ClickHouseOptions(dsn=dsn, threads=4))
     await src.start()
     await src.prepare([VIEW])
     table = f"featurestore.{table_name('bench', 'tx', 1)}"
-    await src.run(lambda c: c.command(f"DROP TABLE IF EXISTS {table}"))
-    src._tables.discard(table_name("bench", "tx", 1))
-    await src.run(lambda c: c.command(f"CREATE TABLE {table} AS featurestore.{table_name('bench', 'tx', 0)}"))
-    await src.run(lambda c: c.command(f"INSERT INTO {table} {FILL.format(rows=rows)}"))
+    await src.drop_version(VIEW, 1)
+    await src.pool.run(
+        lambda c: c.command(f"CREATE TABLE {table} AS featurestore.{table_name('bench', 'tx', 0)}")
+    )
+    await src.pool.run(lambda c: c.command(f"INSERT INTO {table} {FILL.format(rows=rows)}"))
     cached = CachedSource(src, LRUCache(200_000, 30))
     for start in range(0, 5_000, 500):  # fill the cache with the hot set
         await cached.read([ViewQuery(VIEW, list(range(start, start + 500)), [0, 1, 2, 3], 1)])
     results = {}
     rnd = random.Random(1)
     for label, store, key_space in (
-        ("ClickHouseSource.read, 100 uncached random keys", src, rows),
+        ("ClickHouseOnlineSource.read, 100 uncached random keys", src, rows),
         ("cached path: LRU cache in front, 100 keys from a cached hot set of 5,000", cached, 5_000),
     ):
         lat = []

@@ -23,7 +23,7 @@ from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
-from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, check_embedded_workers
+from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.supervisor import WORKER_ENV
@@ -58,7 +58,7 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"stores.{name}: {e}") from None
         check_embedded_workers(ch, config.workers)
-        return ClickHouseSource(name, config.project, ch)
+        return ClickHouseOnlineSource(name, config.project, ch)
     raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
 
 

@@ -39,11 +39,11 @@ def open_source(spec: str, clickhouse_dsn: str | None = None) -> OfflineSource:
     if spec.startswith("clickhouse://"):
         if not clickhouse_dsn:
             raise InvalidArgument(f"{spec}: name the ClickHouse to read it from (--clickhouse-dsn)")
-        return ClickHouseTableSource(clickhouse_dsn, spec.removeprefix("clickhouse://"))
-    return ParquetSource(spec)
+        return ClickHouseOfflineSource(clickhouse_dsn, spec.removeprefix("clickhouse://"))
+    return ParquetOfflineSource(spec)
 
 
-class ParquetSource:
+class ParquetOfflineSource:
     """A Parquet file read with pyarrow. A pre-pass over the key and timestamp columns
     only marks each key's latest row; the full rows then stream batch by batch."""
 
@@ -110,7 +110,7 @@ def latest_mask(table: pa.Table, keys: Sequence[str], timestamp: str) -> np.ndar
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ClickHouseTableSource:
+class ClickHouseOfflineSource:
     """A warehouse table in ClickHouse (clickhouse-connect, chdb or HTTP). ClickHouse
     picks the latest row per key itself (``LIMIT 1 BY``) and streams Arrow blocks."""
 
@@ -119,7 +119,7 @@ class ClickHouseTableSource:
             raise InvalidArgument(f"{table!r} is not a ClickHouse table name of the form db.table")
         import clickhouse_connect  # only materializations from ClickHouse pay the import
 
-        from featurestore.sources.clickhouse import ClickHouseOptions
+        from featurestore.sources.clickhouse.options import ClickHouseOptions
 
         self.table = table
         self._quoted = ".".join(f"`{part}`" for part in table.split("."))

@@ -114,7 +114,7 @@ async def _demo_materialize(config: Any) -> None:
     so this runs here, before serving, not as a separate command."""
     from featurestore import jobs
     from featurestore.factories import make_registry
-    from featurestore.offline import ParquetSource
+    from featurestore.offline import ParquetOfflineSource
 
     registry = make_registry(config)
     try:
@@ -136,7 +136,11 @@ async def _demo_materialize(config: Any) -> None:
             flush=True,
         )
         result = await jobs.materialize(
-            config, view.name, ParquetSource(view.batch_source.path), batch_rows=50_000, grace_seconds=600
+            config,
+            view.name,
+            ParquetOfflineSource(view.batch_source.path),
+            batch_rows=50_000,
+            grace_seconds=600,
         )
         print(
             f"demo: {view.name}: {result.rows_written:,} rows in {result.seconds:.1f}s",

@@ -11,7 +11,7 @@ from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
-from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource
+from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 
@@ -33,7 +33,7 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         )
     if name == "clickhouse":
         dsn = request.getfixturevalue("chdb_dsn")
-        return ClickHouseSource("contract", project, ClickHouseOptions(dsn=dsn, threads=2))
+        return ClickHouseOnlineSource("contract", project, ClickHouseOptions(dsn=dsn, threads=2))
     if name == "redis-cluster":
         cluster = request.getfixturevalue("redis_cluster")
         return RedisSource("contract", project, RedisOptions(url=cluster.url, cluster=True, pool_size=8))

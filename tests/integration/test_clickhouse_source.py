@@ -31,13 +31,13 @@ from featurestore.factories import make_store
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.materialize import Materializer
 from featurestore.model import DType, Entity, Feature, FeatureView, Status, make_definitions
-from featurestore.offline import ClickHouseTableSource
+from featurestore.offline import ClickHouseOfflineSource
 from featurestore.plan import ServingState
 from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
-from featurestore.sources import clickhouse
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
-from featurestore.sources.clickhouse import ClickHouseOptions, ClickHouseSource, _select_sql, online_table_ddl
+from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, online_table_ddl
+from featurestore.sources.clickhouse.sql import SelectCache, select_sql
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisServer
@@ -62,8 +62,8 @@ def rows(view: FeatureView, data: dict[str, list[Any]]) -> pa.Table:
 
 
 @pytest.fixture
-async def ch(chdb_dsn: str) -> AsyncIterator[ClickHouseSource]:
-    src = ClickHouseSource(
+async def ch(chdb_dsn: str) -> AsyncIterator[ClickHouseOnlineSource]:
+    src = ClickHouseOnlineSource(
         "ch", f"t{uuid.uuid4().hex[:8]}", ClickHouseOptions(dsn=chdb_dsn, threads=2, max_queued=2)
     )
     await src.start()
@@ -73,9 +73,9 @@ async def ch(chdb_dsn: str) -> AsyncIterator[ClickHouseSource]:
 
 
 @pytest.fixture
-async def quiet_ch(chdb_dsn: str) -> AsyncIterator[ClickHouseSource]:
+async def quiet_ch(chdb_dsn: str) -> AsyncIterator[ClickHouseOnlineSource]:
     """Two threads, two queue places, and no health round to take a slot meanwhile."""
-    src = ClickHouseSource(
+    src = ClickHouseOnlineSource(
         "ch",
         f"t{uuid.uuid4().hex[:8]}",
         ClickHouseOptions(dsn=chdb_dsn, threads=2, max_queued=2, health_interval_ms=QUIET),
@@ -101,10 +101,10 @@ class _Held:
 
 
 @contextlib.asynccontextmanager
-async def holding(src: ClickHouseSource, threads: int) -> AsyncIterator[None]:
+async def holding(src: ClickHouseOnlineSource, threads: int) -> AsyncIterator[None]:
     """Every one of ``threads`` pool threads busy until the block ends."""
     held = _Held()
-    calls = [asyncio.ensure_future(src.run(held)) for _ in range(threads)]
+    calls = [asyncio.ensure_future(src.pool.run(held)) for _ in range(threads)]
     try:
         await eventually(lambda: held.started == threads, 30, f"{threads} pool threads held")
         yield
@@ -114,23 +114,23 @@ async def holding(src: ClickHouseSource, threads: int) -> AsyncIterator[None]:
 
 
 async def queue_up(
-    src: ClickHouseSource, calls: list[Callable[[], Awaitable[Any]]]
+    src: ClickHouseOnlineSource, calls: list[Callable[[], Awaitable[Any]]]
 ) -> list[asyncio.Future[Any]]:
     """Start calls that queue behind held threads; return once all have taken a slot."""
-    before = src._in_flight
+    before = src.pool.in_flight
     futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(c()) for c in calls]
-    await eventually(lambda: src._in_flight == before + len(calls), 30, "calls queued")
+    await eventually(lambda: src.pool.in_flight == before + len(calls), 30, "calls queued")
     return futures
 
 
 def test_sql_is_built_from_identifiers_only() -> None:
-    sql = _select_sql("featurestore", "p__shop__v1", SHOP, [0])
+    sql = select_sql("featurestore", "p__shop__v1", SHOP, [0])
     assert sql.endswith("WHERE `__key` IN {keys:Array(String)}")
     ddl = online_table_ddl("featurestore", "p", TX, 3)
     assert "ENGINE = EmbeddedRocksDB PRIMARY KEY `__key`" in ddl and "`p__tx__v3`" in ddl
 
 
-async def test_hostile_keys_are_parameters_not_sql(ch: ClickHouseSource) -> None:
+async def test_hostile_keys_are_parameters_not_sql(ch: ClickHouseOnlineSource) -> None:
     hostile = [
         "a'b",
         "c\\d",
@@ -156,10 +156,10 @@ async def test_hostile_keys_are_parameters_not_sql(ch: ClickHouseSource) -> None
     assert isinstance(res, ViewRead)
     assert res.found == [True] * len(hostile) + [False]  # "x' OR '1'='1" matched only itself
     assert res.columns[0][: len(hostile)] == [float(i) for i in range(len(hostile))]
-    assert await ch.run(lambda c: c.command("EXISTS TABLE featurestore.__expiry")) == 1
+    assert await ch.pool.run(lambda c: c.command("EXISTS TABLE featurestore.__expiry")) == 1
 
 
-async def test_join_across_clickhouse_and_memory(ch: ClickHouseSource) -> None:
+async def test_join_across_clickhouse_and_memory(ch: ClickHouseOnlineSource) -> None:
     mem = MemorySource("mem")
     await mem.prepare([PROFILE])
     await mem.write(
@@ -187,14 +187,14 @@ async def test_join_across_clickhouse_and_memory(ch: ClickHouseSource) -> None:
     assert not res.partial
 
 
-async def test_saturated_clickhouse_cannot_starve_other_views(quiet_ch: ClickHouseSource) -> None:
+async def test_saturated_clickhouse_cannot_starve_other_views(quiet_ch: ClickHouseOnlineSource) -> None:
     mem = MemorySource("mem")
     await mem.prepare([PROFILE])
     await mem.write(PROFILE, rows(PROFILE, {"user_id": [1], "age": [30], "event_timestamp": [TS]}), 0)
     engine = JoinEngine({"ch": quiet_ch, "mem": mem}, ServingState(new_snapshot(DEFS, 1)), Limits())
     req = JoinRequest({"user_id": [1]}, ("profile:age", "tx:txn_90d"))
     async with holding(quiet_ch, 2):
-        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.run(lambda c: c.command("SELECT 1"))] * 2)
+        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.pool.run(lambda c: c.command("SELECT 1"))] * 2)
         # Threads and queue are full: the read must fail at once. Had it queued, it
         # would wait for threads that stay held until this block ends.
         async with asyncio.timeout(30):
@@ -208,7 +208,9 @@ async def test_saturated_clickhouse_cannot_starve_other_views(quiet_ch: ClickHou
     assert {c.name: c for c in res.columns}["txn_90d"].outcome.statuses == [Status.NOT_FOUND]  # type: ignore[union-attr]
 
 
-async def test_slow_clickhouse_answers_unavailable_within_the_deadline(quiet_ch: ClickHouseSource) -> None:
+async def test_slow_clickhouse_answers_unavailable_within_the_deadline(
+    quiet_ch: ClickHouseOnlineSource,
+) -> None:
     engine = JoinEngine({"ch": quiet_ch}, ServingState(new_snapshot(DEFS, 1)), Limits())
     async with holding(quiet_ch, 2):
         # queued behind held threads: only the deadline can end it, while they stay held
@@ -217,7 +219,7 @@ async def test_slow_clickhouse_answers_unavailable_within_the_deadline(quiet_ch:
         assert res.partial
 
 
-async def test_reads_abandoned_while_queued_give_their_slots_back(quiet_ch: ClickHouseSource) -> None:
+async def test_reads_abandoned_while_queued_give_their_slots_back(quiet_ch: ClickHouseOnlineSource) -> None:
     engine = JoinEngine({"ch": quiet_ch}, ServingState(new_snapshot(DEFS, 1)), Limits())
     req = JoinRequest({"user_id": [1]}, ("tx:txn_90d",))
     async with holding(quiet_ch, 2):
@@ -225,21 +227,21 @@ async def test_reads_abandoned_while_queued_give_their_slots_back(quiet_ch: Clic
         # at their deadline: they never run, and their slots must come back anyway.
         results = await asyncio.gather(*(engine.join(req, time.monotonic() + 0.2) for _ in range(2)))
         assert all(r.partial for r in results)
-        await eventually(lambda: quiet_ch._in_flight == 2, 30, "the abandoned reads' slots back")
-    await eventually(lambda: quiet_ch._in_flight == 0, 30, "every slot back")
+        await eventually(lambda: quiet_ch.pool.in_flight == 2, 30, "the abandoned reads' slots back")
+    await eventually(lambda: quiet_ch.pool.in_flight == 0, 30, "every slot back")
     # The whole capacity again: threads held and the queue full, then everything answers.
     async with holding(quiet_ch, 2):
         queued = await queue_up(quiet_ch, [lambda: engine.join(req, time.monotonic() + 60)] * 2)
     answers = await asyncio.gather(*queued)
     assert [r.partial for r in answers] == [False, False]
-    await eventually(lambda: quiet_ch._in_flight == 0, 30, "every slot back")
-    await asyncio.sleep(0.05)
-    assert quiet_ch._in_flight == 0  # given back once each: never below zero
+    # Every call has ended, and a call gives its slot back before its awaiter resumes:
+    # a slot given back twice would show here as a count below zero.
+    assert quiet_ch.pool.in_flight == 0
 
 
-async def test_health_probe_does_not_wait_behind_user_reads(quiet_ch: ClickHouseSource) -> None:
+async def test_health_probe_does_not_wait_behind_user_reads(quiet_ch: ClickHouseOnlineSource) -> None:
     async with holding(quiet_ch, 2):
-        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.run(lambda c: c.command("SELECT 1"))] * 2)
+        fillers = await queue_up(quiet_ch, [lambda: quiet_ch.pool.run(lambda c: c.command("SELECT 1"))] * 2)
         async with asyncio.timeout(30):
             assert await quiet_ch.check() is SourceState.READY
     await asyncio.gather(*fillers)
@@ -249,7 +251,7 @@ async def test_unreachable_clickhouse_at_start_fails_only_its_views() -> None:
     """Nothing listens on the port: start and prepare must not raise (the server would
     not start, taking every other store's views down too), its views read UNAVAILABLE
     naming the cause, and the other stores answer."""
-    src = ClickHouseSource(
+    src = ClickHouseOnlineSource(
         "ch", "p", ClickHouseOptions(dsn=f"http://127.0.0.1:{free_port()}", timeout_ms=1000)
     )
     mem = MemorySource("mem")
@@ -279,7 +281,7 @@ async def test_hung_clickhouse_is_down_and_frees_threads_within_its_timeout() ->
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(16)
-    src = ClickHouseSource(
+    src = ClickHouseOnlineSource(
         "ch",
         "p",
         ClickHouseOptions(dsn=f"http://127.0.0.1:{hung.getsockname()[1]}", threads=1, timeout_ms=1000),
@@ -292,7 +294,7 @@ async def test_hung_clickhouse_is_down_and_frees_threads_within_its_timeout() ->
             [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
             assert isinstance(res, Unavailable) and "no answer" in str(res), res
             with pytest.raises(ClickHouseError):  # a call on a user thread ends by itself
-                await src.run(lambda c: c.command("SELECT 1"))
+                await src.pool.run(lambda c: c.command("SELECT 1"))
     finally:
         hung.close()  # resets whatever still waits on it, should a timeout not have fired
         await src.close()
@@ -303,7 +305,7 @@ async def test_tables_refused_at_prepare_are_created_once_clickhouse_accepts_the
     db = f"fs_{uuid.uuid4().hex[:8]}"
     admin = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=chdb_dsn).client_dsn)
     admin.command(f"CREATE DATABASE `{db}` ENGINE = Dictionary")
-    src = ClickHouseSource(
+    src = ClickHouseOnlineSource(
         "ch", f"t{uuid.uuid4().hex[:8]}", ClickHouseOptions(dsn=chdb_dsn, database=db, health_interval_ms=50)
     )
     try:
@@ -344,9 +346,7 @@ def test_bad_store_options_are_refused_naming_the_option(options: dict[str, Any]
         make_store("ch", StoreConfig(kind="clickhouse", options=options), Config())
 
 
-async def test_select_cache_is_shared_by_data_versions_and_bounded(
-    ch: ClickHouseSource, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_one_select_serves_every_data_version(ch: ClickHouseOnlineSource) -> None:
     for version in (1, 2, 3):
         await ch.write(
             TX,
@@ -355,20 +355,26 @@ async def test_select_cache_is_shared_by_data_versions_and_bounded(
         )
         [res] = await ch.read([ViewQuery(TX, [1], [0], version)])
         assert isinstance(res, ViewRead) and res.columns == [[version]]
-    assert len(ch._sql) == 1  # one projection, whatever the data version
-    monkeypatch.setattr(clickhouse, "_SQL_CACHE_SIZE", 2)
+    assert len(ch.selects) == 1  # one projection, whatever the data version
     for features in ([1], [0, 1], [1, 0], [0]):
         [res] = await ch.read([ViewQuery(TX, [1], features, 3)])
         assert isinstance(res, ViewRead) and len(res.columns) == len(features)
-    assert len(ch._sql) == 2
+    assert len(ch.selects) == 4
 
 
-async def test_failed_clickhouse_view_is_unavailable(ch: ClickHouseSource) -> None:
+def test_select_cache_holds_at_most_its_size_and_still_answers_past_it() -> None:
+    cache = SelectCache("featurestore", size=2)
+    for features in ([1], [0, 1], [1, 0], [0]):
+        assert cache.sql(TX, features, "p__tx__v3") == select_sql("featurestore", "p__tx__v3", TX, features)
+    assert len(cache) == 2
+
+
+async def test_failed_clickhouse_view_is_unavailable(ch: ClickHouseOnlineSource) -> None:
     [res] = await ch.read([ViewQuery(TX, [1], [0], 42)])  # no table for data version 42
     assert not isinstance(res, ViewRead) and "tx" in str(res)
 
 
-async def test_versions_drop_and_expire(ch: ClickHouseSource) -> None:
+async def test_versions_drop_and_expire(ch: ClickHouseOnlineSource) -> None:
     await ch.write(
         TX, rows(TX, {"user_id": [1], "txn_90d": [1], "avg_basket": [1.0], "event_timestamp": [TS]}), 2
     )
@@ -379,7 +385,7 @@ async def test_versions_drop_and_expire(ch: ClickHouseSource) -> None:
         TX, rows(TX, {"user_id": [1], "txn_90d": [1], "avg_basket": [1.0], "event_timestamp": [TS]}), 3
     )
     await ch.expire_version(TX, 3, 0)
-    await ch._drop_expired()
+    assert await ch.check() is SourceState.READY  # a health round drops what has expired
     [res] = await ch.read([ViewQuery(TX, [1], [0], 3)])
     assert not isinstance(res, ViewRead)
 
@@ -406,7 +412,7 @@ async def test_materialize_from_a_clickhouse_table_into_redis(
     await store.start()
     try:
         result = await Materializer(registry, store).run(
-            "tx", ClickHouseTableSource(chdb_dsn, db_table), batch_rows=1000
+            "tx", ClickHouseOfflineSource(chdb_dsn, db_table), batch_rows=1000
         )
         assert result.rows_written == 5000 and result.data_version == 1
         [res] = await store.read([ViewQuery(view, [0, 4999, 5000], [0, 1], 1)])

@@ -18,7 +18,7 @@ import pytest
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, Unavailable
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
-from featurestore.offline import ParquetSource
+from featurestore.offline import ParquetOfflineSource
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
@@ -80,7 +80,7 @@ async def test_versions_publish_and_expire(setup: tuple[FileRegistry, RedisSourc
     seen: list[Progress] = []
     r1 = await job.run(
         "scores",
-        ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 3001)), 1))),
+        ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 3001)), 1))),
         batch_rows=1000,
         on_progress=seen.append,
     )
@@ -90,7 +90,7 @@ async def test_versions_publish_and_expire(setup: tuple[FileRegistry, RedisSourc
     )
     assert await registry.data_versions() == {"scores": 1}
     r2 = await job.run(
-        "scores", ParquetSource(str(write_source(tmp_path / "b.parquet", list(range(1, 3001)), 2)))
+        "scores", ParquetOfflineSource(str(write_source(tmp_path / "b.parquet", list(range(1, 3001)), 2)))
     )
     assert r2.data_version == 2
     assert (await read(store, [7], 2)).columns == [[72], ["v2"]]
@@ -119,14 +119,14 @@ async def test_latest_row_per_key_wins_across_batches(
         tmp_path / "dup.parquet",
     )
     r = await Materializer(registry, store).run(
-        "scores", ParquetSource(str(tmp_path / "dup.parquet")), batch_rows=2
+        "scores", ParquetOfflineSource(str(tmp_path / "dup.parquet")), batch_rows=2
     )
     assert r.rows_read == r.rows_written == 5  # 7 source rows, 5 keys
     res = await read(store, [5], 1)
     assert res.columns == [[300], ["newest"]] and res.event_ts_us == [TS0 + 9]
 
 
-class FailingSource(ParquetSource):
+class FailingSource(ParquetOfflineSource):
     """A real Parquet source whose stream breaks after the first batch."""
 
     async def latest_batches(
@@ -145,7 +145,9 @@ async def test_interrupted_run_keeps_serving_and_rerun_is_idempotent(
 ) -> None:
     registry, store = setup
     job = Materializer(registry, store)
-    await job.run("scores", ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 101)), 1))))
+    await job.run(
+        "scores", ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 101)), 1)))
+    )
     src2 = write_source(tmp_path / "b.parquet", list(range(1, 2001)), 2)
     with pytest.raises(OSError):
         await job.run("scores", FailingSource(str(src2)), batch_rows=500)
@@ -154,7 +156,7 @@ async def test_interrupted_run_keeps_serving_and_rerun_is_idempotent(
     await assert_gone(store, 2)  # the failed run dropped what it had written, its marker included
     # a re-run from a smaller source: nothing of the interrupted run may show
     src3 = write_source(tmp_path / "c.parquet", list(range(1, 11)), 3)
-    r = await job.run("scores", ParquetSource(str(src3)))
+    r = await job.run("scores", ParquetOfflineSource(str(src3)))
     assert r.data_version == 3
     res = await read(store, [5, 1500], 3)
     assert res.found == [True, False] and res.columns[0][0] == 53
@@ -165,8 +167,8 @@ async def test_concurrent_runs_never_share_a_version(
 ) -> None:
     registry, store = setup
     job = Materializer(registry, store)
-    big = ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 2001)), 1)))
-    small = ParquetSource(str(write_source(tmp_path / "b.parquet", list(range(1, 11)), 2)))
+    big = ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 2001)), 1)))
+    small = ParquetOfflineSource(str(write_source(tmp_path / "b.parquet", list(range(1, 11)), 2)))
     results = await asyncio.gather(
         job.run("scores", big, batch_rows=200), job.run("scores", small), return_exceptions=True
     )
@@ -188,7 +190,7 @@ async def test_rows_of_a_killed_run_are_dropped_by_the_next_publication(
     path = write_source(tmp_path / "a.parquet", list(range(1, 11)), 1)
     killed = await registry.allocate_data_version("scores")  # a run killed mid-write
     await store.write(V, pq.read_table(path), killed)
-    r = await Materializer(registry, store).run("scores", ParquetSource(str(path)))
+    r = await Materializer(registry, store).run("scores", ParquetOfflineSource(str(path)))
     assert r.data_version == killed + 1
     await assert_gone(store, killed)
 
@@ -201,7 +203,7 @@ async def test_rows_another_registry_left_under_the_allocated_version_are_not_mi
     registry, store = setup
     await store.write(V, pq.read_table(write_source(tmp_path / "old.parquet", list(range(1, 21)), 9)), 1)
     r = await Materializer(registry, store).run(
-        "scores", ParquetSource(str(write_source(tmp_path / "a.parquet", list(range(1, 11)), 1)))
+        "scores", ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 11)), 1)))
     )
     assert r.data_version == 1
     res = await read(store, [5, 15], 1)
@@ -224,7 +226,7 @@ async def test_schema_mismatch_fails_before_publishing(
         tmp_path / "bad.parquet",
     )
     with pytest.raises(InvalidArgument, match="column 'score' has type double, expected int64"):
-        await Materializer(registry, store).run("scores", ParquetSource(str(tmp_path / "bad.parquet")))
+        await Materializer(registry, store).run("scores", ParquetOfflineSource(str(tmp_path / "bad.parquet")))
     assert await registry.data_versions() == {}
 
 

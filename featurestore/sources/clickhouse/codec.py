@@ -1,0 +1,65 @@
+"""Values between the join engine and ClickHouse online tables: keys as the bound
+parameter, Arrow rows as the stored columns, result rows lined up with a query's keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from featurestore.model import DType, FeatureView
+from featurestore.rows import EVENT_TIMESTAMP, key_text, row_keys
+from featurestore.sources.base import EntityKey, ViewQuery, ViewRead
+from featurestore.sources.clickhouse.sql import KEY_COLUMN, key_type
+
+
+def param_keys(view: FeatureView, keys: Sequence[EntityKey]) -> list[Any]:
+    """The ``keys`` parameter of the point read, as the table's key column holds them."""
+    if key_type(view) == "Int64":
+        return list(keys)
+    return [k if type(k) is str else key_text(k) for k in keys]
+
+
+def stored_table(view: FeatureView, rows: pa.Table) -> pa.Table:
+    """Conformed rows of ``view`` as its online table's columns."""
+    keys = row_keys(rows, view.join_keys)
+    key_col = (
+        pa.array(keys, pa.int64()) if key_type(view) == "Int64" else pa.array([key_text(k) for k in keys])
+    )
+    columns = [key_col] + [_to_stored(rows.column(f.name), f.dtype) for f in view.features]
+    columns.append(rows.column(EVENT_TIMESTAMP))
+    names = [KEY_COLUMN, *(f.name for f in view.features), EVENT_TIMESTAMP]
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def align(q: ViewQuery, rows: list[tuple[Any, ...]]) -> ViewRead:
+    """Rows come back in table order, only for keys that exist: line them up."""
+    width = len(q.features)
+    by_key = {r[0]: r for r in rows}
+    lookup = q.keys if key_type(q.view) == "Int64" else param_keys(q.view, q.keys)
+    blank = (None,) * (width + 2)
+    ordered = [by_key.get(k, blank) for k in lookup]
+    found = [r is not blank for r in ordered]
+    cols = list(zip(*ordered, strict=True))
+    columns = [list(cols[j + 1]) for j in range(width)]
+    for j, fi in enumerate(q.features):
+        if q.view.features[fi].dtype is DType.FLOAT32_VECTOR:
+            columns[j] = [_from_stored(v) for v in columns[j]]
+    return ViewRead(found=found, event_ts_us=list(cols[width + 1]), columns=columns)
+
+
+def _to_stored(col: pa.ChunkedArray, dtype: DType) -> pa.ChunkedArray | pa.Array:
+    if dtype is not DType.FLOAT32_VECTOR:
+        return col
+    return pa.array(
+        [None if v is None else np.asarray(v, dtype="<f4").tobytes() for v in col.to_pylist()], pa.binary()
+    )
+
+
+def _from_stored(value: bytes | None) -> list[float] | None:
+    if value is None:
+        return None
+    vec: list[float] = np.frombuffer(value, dtype="<f4").tolist()
+    return vec

@@ -1,0 +1,26 @@
+"""Failed ClickHouse calls: which errors are the backend's, and one line naming each."""
+
+from __future__ import annotations
+
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from featurestore.errors import Unavailable
+
+# Errors a ClickHouse call can fail with when the backend (not our code) misbehaves.
+BACKEND_ERRORS = (ClickHouseError, OSError, Unavailable)  # OSError covers TimeoutError
+
+
+def describe(e: BaseException) -> str:
+    """One line naming the failure. clickhouse-connect wraps transport failures in an
+    OperationalError whose text is generic or carries the request URL (a fresh query id
+    each time); the urllib3 reason under it says what happened."""
+    cause = e.__cause__
+    if isinstance(e, OperationalError) and cause is not None:
+        reason = getattr(cause, "reason", None)
+        return f"cannot reach ClickHouse: {_short(reason if isinstance(reason, BaseException) else cause)}"
+    return _short(e)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

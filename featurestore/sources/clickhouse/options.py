@@ -1,0 +1,81 @@
+"""The options of a ``kind: clickhouse`` store, checked when the configuration is read:
+a bad value fails the start naming the option, never a later call."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from featurestore.errors import FailedPrecondition
+
+# The database name is spliced into SQL (identifiers cannot be bound), so it must be
+# a plain identifier.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Smallest accepted value of each integer option: a zero health interval would spin,
+# a zero timeout would fail every call.
+_MINIMUM = {"threads": 1, "max_queued": 0, "health_interval_ms": 10, "timeout_ms": 10}
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseOptions:
+    dsn: str = "chdb://data/clickhouse"  # chdb://<dir> (in-process) or http(s)://user:pass@host:8123
+    database: str = "featurestore"
+    threads: int = 4
+    max_queued: int = 16  # reads waiting for a thread beyond this fail at once
+    health_interval_ms: int = 1000
+    # Bounds every call: HTTP connect and send/receive timeouts (whole seconds, rounded
+    # up), max_execution_time of reads and the health probe's wait.
+    timeout_ms: int = 5000
+
+    def __post_init__(self) -> None:
+        for name, low in _MINIMUM.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if not isinstance(self.dsn, str) or not self.dsn:
+            raise ValueError(f"dsn: expected chdb://DIR or http(s)://host:port, got {self.dsn!r}")
+        if not isinstance(self.database, str) or not _IDENTIFIER.fullmatch(self.database):
+            raise ValueError(f"database: expected a name of letters, digits and _, got {self.database!r}")
+
+    @staticmethod
+    def from_mapping(options: dict[str, Any]) -> ClickHouseOptions:
+        """Options from a store's configuration; a ValueError names the bad option."""
+        known = set(ClickHouseOptions.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown clickhouse store option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+            )
+        # The scheme is checked for configured stores only: offline.py also builds
+        # options from a --clickhouse-dsn, where clickhouse-connect has the last word.
+        dsn = options.get("dsn")
+        if isinstance(dsn, str):
+            scheme = urlsplit(dsn).scheme if "://" in dsn else ""
+            if scheme not in ("chdb", "http", "https"):
+                # only the scheme: the rest of a DSN may hold a password
+                raise ValueError(
+                    f"dsn: unsupported scheme {scheme!r}; use chdb://DIR or http(s)://user:pass@host:8123"
+                )
+        return ClickHouseOptions(**options)
+
+    @property
+    def client_dsn(self) -> str:
+        if self.dsn.startswith("chdb://"):
+            # chdb compares engine paths literally: always hand it one absolute spelling
+            return f"chdb://{Path(self.dsn.removeprefix('chdb://')).resolve()}"
+        return self.dsn
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb://")
+
+
+def check_embedded_workers(options: ClickHouseOptions, workers: int) -> None:
+    if options.embedded and workers > 1:
+        raise FailedPrecondition(
+            "an embedded ClickHouse (chdb://) store lives inside one process: serve it with --workers 1, "
+            "or point the store at a ClickHouse server (http://)"
+        )
