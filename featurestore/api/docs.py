@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from featurestore.api.statuses import NAMES
+
 JOIN_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -57,7 +59,7 @@ JOIN_RESPONSE_SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "string",
-                            "enum": ["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"],
+                            "enum": list(NAMES),
                         },
                     },
                     "event_timestamps": {
