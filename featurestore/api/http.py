@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.trace import Span
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore import __version__, metrics, tracing
@@ -28,7 +29,8 @@ from featurestore.api.docs import (
     PUSH_REQUEST_SCHEMA,
     PUSH_RESPONSE_SCHEMA,
 )
-from featurestore.api.errors import HTTP_STATUS, SERVER_FAULTS
+from featurestore.api.errors import HTTP_STATUS, internal_error
+from featurestore.api.outcome import Outcomes
 from featurestore.definitions.snapshot import definitions_to_dict
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
@@ -55,8 +57,7 @@ class JoinEndpoint:
     def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
         self.engine = engine
         self.deadline_ms = deadline_ms
-        self._ok = metrics.requests(JOIN_PATH, "http", "ok")
-        self._ok_latency = metrics.request_duration(JOIN_PATH, "http", "ok")
+        self.outcomes = Outcomes(JOIN_PATH, "http")
 
     async def __call__(
         self, body: bytes, accept: bytes | None, traceparent: str | None, deadline_ms: bytes | None
@@ -79,21 +80,15 @@ class JoinEndpoint:
             return self._error(e, t0, span, e)
         except Exception as e:
             log.exception("join failed")
-            return self._error(FeatureStoreError(f"internal error: {type(e).__name__}"), t0, span, e)
+            return self._error(internal_error(e), t0, span, e)
         except asyncio.CancelledError:
             # Shutdown gave up on the request (uvicorn's graceful timeout): count it,
             # or the request counter and the histogram would both miss it.
-            metrics.requests(JOIN_PATH, "http", "CANCELLED").inc()
-            metrics.request_duration(JOIN_PATH, "http", "CANCELLED").observe(time.perf_counter() - t0)
+            self.outcomes.cancelled(t0)
             raise
         finally:
             span.end()
-        if result.partial:
-            metrics.requests(JOIN_PATH, "http", "partial").inc()
-            metrics.request_duration(JOIN_PATH, "http", "partial").observe(time.perf_counter() - t0)
-        else:
-            self._ok.inc()
-            self._ok_latency.observe(time.perf_counter() - t0)
+        self.outcomes.succeeded(t0, result.partial)
         return 200, ctype, out
 
     def _deadline(self, header: bytes | None) -> int:
@@ -113,14 +108,9 @@ class JoinEndpoint:
         return min(ms, self.deadline_ms)
 
     def _error(
-        self, e: FeatureStoreError, t0: float, span: Any, cause: BaseException
+        self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException
     ) -> tuple[int, bytes, bytes]:
-        outcome = e.code.value
-        metrics.requests(JOIN_PATH, "http", outcome).inc()
-        metrics.request_duration(JOIN_PATH, "http", outcome).observe(time.perf_counter() - t0)
-        if span.is_recording():
-            span.set_attribute("featurestore.error", outcome)
-            tracing.record_error(span, cause, server_fault=e.code in SERVER_FAULTS)
+        self.outcomes.failed(t0, e, span, cause)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
 
@@ -222,10 +212,7 @@ class HttpApi:
             f"request body exceeds the limit of {self.max_body_bytes} bytes",
             details=[{"limit_bytes": self.max_body_bytes}],
         )
-        # Counted and timed like every other outcome, so the histogram's count per
-        # outcome equals the request counter's.
-        metrics.requests(JOIN_PATH, "http", e.code.value).inc()
-        metrics.request_duration(JOIN_PATH, "http", e.code.value).observe(time.perf_counter() - t0)
+        self.join.outcomes.failed(t0, e)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
 
@@ -260,6 +247,7 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
         version=__version__,
         description="Online feature serving. gRPC: featurestore.v1.FeatureService on the gRPC port.",
     )
+    push_outcomes = Outcomes(PUSH_PATH, "http")
 
     @app.post(
         PUSH_PATH,
@@ -300,7 +288,6 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
     )
     async def push(request: Request) -> Response:
         t0 = time.perf_counter()
-        outcome = "ok"
         try:
             length = int(request.headers.get("content-length", "-1") or -1)
             body = await api.read_body(request.receive, length)
@@ -309,18 +296,17 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
             deadline = time.monotonic() + api.deadline_ms / 1000.0
             result = await api.push.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
-            outcome = e.code.value
+            push_outcomes.failed(t0, e)
             return error_response(e)
         except Exception as e:
-            outcome = "INTERNAL"
             log.exception("push failed")
-            return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
+            error = internal_error(e)
+            push_outcomes.failed(t0, error)
+            return error_response(error)
         except asyncio.CancelledError:
-            outcome = "CANCELLED"
+            push_outcomes.cancelled(t0)
             raise
-        finally:
-            metrics.requests(PUSH_PATH, "http", outcome).inc()
-            metrics.request_duration(PUSH_PATH, "http", outcome).observe(time.perf_counter() - t0)
+        push_outcomes.succeeded(t0)
         doc = {"rows_written": result.rows_written, "data_version": result.data_version}
         return Response(json_codec.encode(doc), media_type="application/json")
 
@@ -375,7 +361,7 @@ def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) ->
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, e: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
+        return error_response(internal_error(e))
 
     def openapi() -> dict[str, Any]:
         # The join is answered before FastAPI routing (HttpApi._join), so it has no
