@@ -24,7 +24,8 @@ from prometheus_client import REGISTRY
 from featurestore import metrics, tracing
 from featurestore.api import docs
 from featurestore.api.grpc import JOIN_METHOD, JOIN_SPAN, GrpcApi, engine_budget
-from featurestore.api.http import JOIN_PATH, PUSH_PATH, HttpApi, JoinEndpoint
+from featurestore.api.http import HttpApi, JoinEndpoint
+from featurestore.api.routes import JOIN_PATH, PUSH_PATH
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.health import Readiness
