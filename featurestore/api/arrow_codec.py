@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from featurestore.api.statuses import ARROW_CODE_BY_VALUE, ARROW_DICTIONARY, PRESENT_ARROW_CODE
 from featurestore.join import JoinResult
 from featurestore.model import DType
 from featurestore.rows import ARROW_TYPES
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
-_STATUS_NAMES = pa.array(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"])
+_STATUS_NAMES = pa.array(ARROW_DICTIONARY)
 _TS = pa.timestamp("us", tz="UTC")
 
 
@@ -22,7 +23,7 @@ def encode_join_arrow(result: JoinResult, trace_id: str) -> bytes:
     n = result.rows
     arrays: list[pa.Array] = []
     names: list[str] = []
-    present = pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), _STATUS_NAMES)
+    present = pa.DictionaryArray.from_arrays(pa.array([PRESENT_ARROW_CODE] * n, pa.int8()), _STATUS_NAMES)
     no_ts = pa.nulls(n, _TS)
     rendered: dict[int, tuple[pa.Array, pa.Array]] = {}
     for col in result.columns:
@@ -37,7 +38,8 @@ def encode_join_arrow(result: JoinResult, trace_id: str) -> bytes:
         else:
             pair = rendered.get(id(outcome))
             if pair is None:
-                codes = pa.array([int(s) - 1 for s in outcome.statuses], pa.int8())
+                by_value = ARROW_CODE_BY_VALUE
+                codes = pa.array([by_value[s] for s in outcome.statuses], pa.int8())
                 pair = (
                     pa.DictionaryArray.from_arrays(codes, _STATUS_NAMES),
                     pa.array(outcome.event_ts_us, type=pa.int64()).cast(_TS),

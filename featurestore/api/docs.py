@@ -1,4 +1,4 @@
-"""JSON Schemas of the join API for OpenAPI (``/docs``).
+"""JSON Schemas and OpenAPI operations of the join and push API (``/docs``).
 
 The hot path decodes with msgspec, not pydantic, so the documented shapes are spelled
 out here; ``tests/integration/test_http_api.py`` checks them against real responses.
@@ -7,6 +7,8 @@ out here; ``tests/integration/test_http_api.py`` checks them against real respon
 from __future__ import annotations
 
 from typing import Any
+
+from featurestore.api.statuses import NAMES
 
 JOIN_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -57,7 +59,7 @@ JOIN_RESPONSE_SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "string",
-                            "enum": ["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE"],
+                            "enum": list(NAMES),
                         },
                     },
                     "event_timestamps": {
@@ -160,4 +162,21 @@ JOIN_OPERATION: dict[str, Any] = {
         "413": _error("Over the row or body limit"),
         "504": _error(JOIN_DEADLINE_TEXT),
     },
+}
+
+# The push route's responses and body: FastAPI documents the route, but the handler
+# reads the body itself (no pydantic model to describe it).
+PUSH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Rows written", "content": {"application/json": {"schema": PUSH_RESPONSE_SCHEMA}}},
+    400: _error("Malformed rows; names the column"),
+    404: _error("Unknown feature view"),
+    413: _error("Over the row or body limit"),
+    503: _error(
+        "The online store failed the write, or this server has not switched to a "
+        "newly published data version yet (retry shortly)"
+    ),
+    504: _error(PUSH_DEADLINE_TEXT),
+}
+PUSH_OPENAPI_EXTRA: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": PUSH_REQUEST_SCHEMA}}}
 }

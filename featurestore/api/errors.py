@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from featurestore.errors import Code
+from featurestore.errors import Code, FeatureStoreError
 
 HTTP_STATUS: dict[Code, int] = {
     Code.INVALID_ARGUMENT: 400,
@@ -30,3 +30,9 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
 
 # The server's own failures (5xx): only these mark a request span as an error.
 SERVER_FAULTS: frozenset[Code] = frozenset({Code.INTERNAL, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
+
+
+def internal_error(e: BaseException) -> FeatureStoreError:
+    """What a caller is told of an unexpected exception: its type, not its message
+    (which may carry internals such as hostnames or query text)."""
+    return FeatureStoreError(f"internal error: {type(e).__name__}")

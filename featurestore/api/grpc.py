@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
 from featurestore.api import proto_codec
-from featurestore.api.errors import GRPC_STATUS, SERVER_FAULTS
+from featurestore.api.errors import GRPC_STATUS, internal_error
+from featurestore.api.outcome import Outcomes
 from featurestore.errors import FeatureStoreError
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -55,6 +58,8 @@ class GrpcApi:
         self.deadline_ms = deadline_ms
         self.health = health.aio.HealthServicer()
         self._inflight = metrics.inflight("grpc")
+        self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
+        self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._methods: dict[str, grpc.RpcMethodHandler] = {
             "Join": grpc.unary_unary_rpc_method_handler(self.join),
             "Push": grpc.unary_unary_rpc_method_handler(self.push),
@@ -82,67 +87,58 @@ class GrpcApi:
         self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
-        outcome = "ok"
         try:
             budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
             deadline = time.monotonic() + budget
             req = proto_codec.decode_join(request)
             result = await self.engine.join(req, deadline, span)
-            if result.partial:
-                outcome = "partial"
-            return proto_codec.encode_join(result, trace_id)
+            out = proto_codec.encode_join(result, trace_id)
         except FeatureStoreError as e:
-            outcome = e.code.value
-            if span.is_recording():
-                span.set_attribute("featurestore.error", outcome)
-                tracing.record_error(span, e, server_fault=e.code in SERVER_FAULTS)
-            await context.abort(GRPC_STATUS[e.code], e.message)
-            raise  # unreachable: abort raises
+            await _abort(context, self._join_outcomes, t0, e, span)
+        except Exception as e:
+            log.exception("grpc join failed")
+            await _abort(context, self._join_outcomes, t0, internal_error(e), span, e)
         except asyncio.CancelledError:
             # The caller went away or its deadline passed and grpc cancelled the handler.
-            outcome = "CANCELLED"
-            raise
-        except Exception as e:
-            if isinstance(e, grpc.aio.AbortError):
-                raise
-            outcome = "INTERNAL"
-            log.exception("grpc join failed")
-            if span.is_recording():
-                span.set_attribute("featurestore.error", outcome)
-                tracing.record_error(span, e, server_fault=True)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            self._join_outcomes.cancelled(t0)
             raise
         finally:
             span.end()
             self._inflight.dec()
-            metrics.requests(JOIN_METHOD, "grpc", outcome).inc()
-            metrics.request_duration(JOIN_METHOD, "grpc", outcome).observe(time.perf_counter() - t0)
+        self._join_outcomes.succeeded(t0, result.partial)
+        return out
 
     async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         t0 = time.perf_counter()
-        outcome = "ok"
         try:
             budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
             deadline = time.monotonic() + budget
             result = await self.push_service.push(proto_codec.decode_push(request), deadline)
-            return proto_codec.encode_push(result)
+            out = proto_codec.encode_push(result)
         except FeatureStoreError as e:
-            outcome = e.code.value
-            await context.abort(GRPC_STATUS[e.code], e.message)
-            raise
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"
-            raise
+            await _abort(context, self._push_outcomes, t0, e)
         except Exception as e:
-            if isinstance(e, grpc.aio.AbortError):
-                raise
-            outcome = "INTERNAL"
             log.exception("grpc push failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            await _abort(context, self._push_outcomes, t0, internal_error(e), cause=e)
+        except asyncio.CancelledError:
+            self._push_outcomes.cancelled(t0)
             raise
-        finally:
-            metrics.requests(PUSH_METHOD, "grpc", outcome).inc()
-            metrics.request_duration(PUSH_METHOD, "grpc", outcome).observe(time.perf_counter() - t0)
+        self._push_outcomes.succeeded(t0)
+        return out
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    outcomes: Outcomes,
+    t0: float,
+    error: FeatureStoreError,
+    span: Span | None = None,
+    cause: BaseException | None = None,
+) -> NoReturn:
+    """Account for the failed call, then end it with the error's status and message."""
+    outcomes.failed(t0, error, span, cause)
+    await context.abort(GRPC_STATUS[error.code], error.message)
+    raise AssertionError("unreachable: grpc's abort raises")
 
 
 def _traceparent(context: grpc.aio.ServicerContext) -> str | None:

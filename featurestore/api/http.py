@@ -1,9 +1,9 @@
-"""HTTP API: FastAPI for the documented surface, a direct ASGI path for the join.
+"""HTTP API front: a direct ASGI path for the join, FastAPI for everything else.
 
 ``POST /v1/feature/join`` is the hot path, so :class:`HttpApi` answers it straight
 from the ASGI scope (no routing table, middleware stack or pydantic pass) and hands
-every other request to the FastAPI app; the join's OpenAPI operation is added to the
-spec FastAPI generates (``docs.JOIN_OPERATION``).
+every other request to the FastAPI app (``routes.py``, which also documents the join).
+Request bodies are read here, under the body limit, for the join and the push.
 """
 
 from __future__ import annotations
@@ -11,25 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Mapping
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from opentelemetry.trace import Span
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from featurestore import __version__, metrics, tracing
+from featurestore import metrics, tracing
 from featurestore.api import arrow_codec, json_codec
-from featurestore.api.docs import (
-    ERROR_SCHEMA,
-    JOIN_OPERATION,
-    PUSH_DEADLINE_TEXT,
-    PUSH_REQUEST_SCHEMA,
-    PUSH_RESPONSE_SCHEMA,
-)
-from featurestore.api.errors import HTTP_STATUS, SERVER_FAULTS
-from featurestore.definitions.snapshot import definitions_to_dict
+from featurestore.api.errors import HTTP_STATUS, internal_error
+from featurestore.api.outcome import Outcomes
+from featurestore.api.routes import JOIN_PATH, create_app
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
@@ -37,14 +28,6 @@ from featurestore.push import PushService
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-JOIN_PATH = "/v1/feature/join"
-PUSH_PATH = "/v1/feature/push"
 JSON = b"application/json"
 _MAX_DEADLINE_MS = 60_000
 
@@ -55,8 +38,7 @@ class JoinEndpoint:
     def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
         self.engine = engine
         self.deadline_ms = deadline_ms
-        self._ok = metrics.requests(JOIN_PATH, "http", "ok")
-        self._ok_latency = metrics.request_duration(JOIN_PATH, "http", "ok")
+        self.outcomes = Outcomes(JOIN_PATH, "http")
 
     async def __call__(
         self, body: bytes, accept: bytes | None, traceparent: str | None, deadline_ms: bytes | None
@@ -79,21 +61,15 @@ class JoinEndpoint:
             return self._error(e, t0, span, e)
         except Exception as e:
             log.exception("join failed")
-            return self._error(FeatureStoreError(f"internal error: {type(e).__name__}"), t0, span, e)
+            return self._error(internal_error(e), t0, span, e)
         except asyncio.CancelledError:
             # Shutdown gave up on the request (uvicorn's graceful timeout): count it,
             # or the request counter and the histogram would both miss it.
-            metrics.requests(JOIN_PATH, "http", "CANCELLED").inc()
-            metrics.request_duration(JOIN_PATH, "http", "CANCELLED").observe(time.perf_counter() - t0)
+            self.outcomes.cancelled(t0)
             raise
         finally:
             span.end()
-        if result.partial:
-            metrics.requests(JOIN_PATH, "http", "partial").inc()
-            metrics.request_duration(JOIN_PATH, "http", "partial").observe(time.perf_counter() - t0)
-        else:
-            self._ok.inc()
-            self._ok_latency.observe(time.perf_counter() - t0)
+        self.outcomes.succeeded(t0, result.partial)
         return 200, ctype, out
 
     def _deadline(self, header: bytes | None) -> int:
@@ -113,14 +89,9 @@ class JoinEndpoint:
         return min(ms, self.deadline_ms)
 
     def _error(
-        self, e: FeatureStoreError, t0: float, span: Any, cause: BaseException
+        self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException
     ) -> tuple[int, bytes, bytes]:
-        outcome = e.code.value
-        metrics.requests(JOIN_PATH, "http", outcome).inc()
-        metrics.request_duration(JOIN_PATH, "http", outcome).observe(time.perf_counter() - t0)
-        if span.is_recording():
-            span.set_attribute("featurestore.error", outcome)
-            tracing.record_error(span, cause, server_fault=e.code in SERVER_FAULTS)
+        self.outcomes.failed(t0, e, span, cause)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
 
@@ -141,7 +112,14 @@ class HttpApi:
         self.deadline_ms = deadline_ms
         self.join = JoinEndpoint(engine, deadline_ms)
         self.push = push
-        self.app = _fastapi_app(engine, readiness, self)
+        self.app = create_app(
+            engine,
+            push,
+            readiness,
+            self.read_body,
+            max_body_bytes=max_body_bytes,
+            deadline_ms=deadline_ms,
+        )
         for path, app in (mounts or {}).items():  # e.g. /graphql (lineage)
             self.app.add_route(path, app, methods=["GET", "POST"], include_in_schema=False)  # type: ignore[arg-type]
         self._inflight = metrics.inflight("http")
@@ -222,15 +200,8 @@ class HttpApi:
             f"request body exceeds the limit of {self.max_body_bytes} bytes",
             details=[{"limit_bytes": self.max_body_bytes}],
         )
-        # Counted and timed like every other outcome, so the histogram's count per
-        # outcome equals the request counter's.
-        metrics.requests(JOIN_PATH, "http", e.code.value).inc()
-        metrics.request_duration(JOIN_PATH, "http", e.code.value).observe(time.perf_counter() - t0)
+        self.join.outcomes.failed(t0, e)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
-
-
-def error_response(e: FeatureStoreError) -> Response:
-    return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
 
 
 async def _drain(receive: Receive, seen: int, limit: int) -> None:
@@ -252,141 +223,3 @@ async def _drain(receive: Receive, seen: int, limit: int) -> None:
 
 _DRAIN_FACTOR = 4
 _DRAIN_MIN_BYTES = 16 << 20
-
-
-def _fastapi_app(engine: JoinEngine, readiness: ReadinessProbe, api: HttpApi) -> FastAPI:
-    app = FastAPI(
-        title="featurestore",
-        version=__version__,
-        description="Online feature serving. gRPC: featurestore.v1.FeatureService on the gRPC port.",
-    )
-
-    @app.post(
-        PUSH_PATH,
-        summary="Write rows of one feature view into its current data version",
-        responses={
-            200: {
-                "description": "Rows written",
-                "content": {"application/json": {"schema": PUSH_RESPONSE_SCHEMA}},
-            },
-            400: {
-                "description": "Malformed rows; names the column",
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
-            },
-            404: {
-                "description": "Unknown feature view",
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
-            },
-            413: {
-                "description": "Over the row or body limit",
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
-            },
-            503: {
-                "description": "The online store failed the write, or this server has not switched to a "
-                "newly published data version yet (retry shortly)",
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
-            },
-            504: {
-                "description": PUSH_DEADLINE_TEXT,
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
-            },
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PUSH_REQUEST_SCHEMA}},
-            }
-        },
-    )
-    async def push(request: Request) -> Response:
-        t0 = time.perf_counter()
-        outcome = "ok"
-        try:
-            length = int(request.headers.get("content-length", "-1") or -1)
-            body = await api.read_body(request.receive, length)
-            if body is None:
-                raise LimitExceeded(f"request body exceeds the limit of {api.max_body_bytes} bytes")
-            deadline = time.monotonic() + api.deadline_ms / 1000.0
-            result = await api.push.push(json_codec.decode_push(body), deadline)
-        except FeatureStoreError as e:
-            outcome = e.code.value
-            return error_response(e)
-        except Exception as e:
-            outcome = "INTERNAL"
-            log.exception("push failed")
-            return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"
-            raise
-        finally:
-            metrics.requests(PUSH_PATH, "http", outcome).inc()
-            metrics.request_duration(PUSH_PATH, "http", outcome).observe(time.perf_counter() - t0)
-        doc = {"rows_written": result.rows_written, "data_version": result.data_version}
-        return Response(json_codec.encode(doc), media_type="application/json")
-
-    @app.get("/v1/registry", summary="The registry snapshot being served")
-    async def registry() -> Response:
-        state = engine.state
-        snap = state.snapshot
-        doc = {
-            "version": snap.version,
-            "fingerprint": snap.fingerprint,
-            "created_at": snap.created_at,
-            "message": snap.message,
-            "data_versions": dict(state.data_versions),
-            "definitions": definitions_to_dict(snap.definitions),
-        }
-        return Response(json_codec.encode(doc), media_type="application/json")
-
-    @app.get("/healthz", summary="Liveness: the process is up")
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
-
-    @app.get(
-        "/readyz", summary="Readiness: serving a snapshot and not shutting down; store health in the body"
-    )
-    async def readyz() -> Response:
-        r = readiness()
-        doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}
-        return Response(json_codec.encode(doc), 200 if r.ready else 503, media_type="application/json")
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        data, ctype = metrics.exposition()
-        return Response(data, media_type=ctype)
-
-    @app.exception_handler(FeatureStoreError)
-    async def on_error(_: Request, e: FeatureStoreError) -> Response:
-        return error_response(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, e: StarletteHTTPException) -> Response:
-        code = {404: "NOT_FOUND", 405: "INVALID_ARGUMENT"}.get(e.status_code, "INVALID_ARGUMENT")
-        msg = (
-            f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        )
-        body = json_codec.encode_error({"code": code, "message": msg, "details": []})
-        return Response(body, e.status_code, media_type="application/json")
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_: Request, e: RequestValidationError) -> Response:
-        return error_response(InvalidArgument(f"invalid request: {e.errors()}"))
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, e: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(FeatureStoreError(f"internal error: {type(e).__name__}"))
-
-    def openapi() -> dict[str, Any]:
-        # The join is answered before FastAPI routing (HttpApi._join), so it has no
-        # route here; it is documented by adding its operation to the generated spec.
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            schema["paths"] = {JOIN_PATH: {"post": JOIN_OPERATION}, **schema.get("paths", {})}
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app

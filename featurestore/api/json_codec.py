@@ -9,10 +9,11 @@ that view's columns.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
+from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
@@ -31,19 +32,14 @@ class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
     rows: dict[str, list[Any]]  # columns; types are checked against the view
 
 
+_Body = TypeVar("_Body", _JoinBody, _PushBody)
 _decoder = msgspec.json.Decoder(_JoinBody)
 _push_decoder = msgspec.json.Decoder(_PushBody)
 _encoder = msgspec.json.Encoder()
 
 
 def decode_join(body: bytes) -> JoinRequest:
-    try:
-        b = _decoder.decode(body)
-    except msgspec.ValidationError as e:
-        raise InvalidArgument(f"invalid join request: {e}") from None
-    except msgspec.DecodeError as e:
-        what = "empty body" if not body.strip() else f"malformed JSON: {e}"
-        raise InvalidArgument(f"invalid join request: {what}") from None
+    b = _decode(_decoder, body, "join")
     return JoinRequest(
         entities=b.entities,
         features=tuple(b.features),
@@ -53,17 +49,21 @@ def decode_join(body: bytes) -> JoinRequest:
 
 
 def decode_push(body: bytes) -> PushRequest:
-    try:
-        b = _push_decoder.decode(body)
-    except msgspec.ValidationError as e:
-        raise InvalidArgument(f"invalid push request: {e}") from None
-    except msgspec.DecodeError as e:
-        what = "empty body" if not body.strip() else f"malformed JSON: {e}"
-        raise InvalidArgument(f"invalid push request: {what}") from None
+    b = _decode(_push_decoder, body, "push")
     return PushRequest(view=b.feature_view, columns=b.rows)
 
 
-_STATUS_NAMES = ("", "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "UNAVAILABLE")
+def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Body:
+    """The decoded body, or InvalidArgument naming the bad value or the JSON fault."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid {what} request: {e}") from None
+    except msgspec.DecodeError as e:
+        reason = "empty body" if not body.strip() else f"malformed JSON: {e}"
+        raise InvalidArgument(f"invalid {what} request: {reason}") from None
+
+
 _iso_cache: dict[int, str] = {}
 
 
@@ -87,7 +87,7 @@ def _iso_list(values: list[int | None]) -> list[str | None]:
 def encode_join(result: JoinResult, trace_id: str) -> bytes:
     n = result.rows
     rendered: dict[int, tuple[list[str], list[str | None]]] = {}
-    entity_statuses = ["PRESENT"] * n
+    entity_statuses = [PRESENT_NAME] * n
     entity_ts: list[str | None] = [None] * n
     results: list[dict[str, Any]] = []
     for col in result.columns:
@@ -116,9 +116,9 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
 
 def _render(outcome: ViewOutcome, n: int) -> tuple[list[str], list[str | None]]:
     if outcome.all_present:
-        statuses = ["PRESENT"] * n
+        statuses = [PRESENT_NAME] * n
     else:
-        names = _STATUS_NAMES
+        names = JSON_NAME_BY_VALUE
         statuses = [names[s] for s in outcome.statuses]
     return statuses, _iso_list(outcome.event_ts_us)
 

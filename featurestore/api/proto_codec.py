@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
+from featurestore.api.statuses import PROTO_PRESENT
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ResultColumn
 from featurestore.model import DType, Status
 from featurestore.push import PushRequest, PushResult
 from featurestore.v1 import featurestore_pb2 as pb
 
+_Message = TypeVar("_Message", pb.JoinRequest, pb.PushRequest)
+
 
 def decode_join(data: bytes) -> JoinRequest:
-    try:
-        msg = pb.JoinRequest.FromString(data)
-    except DecodeError as e:
-        raise InvalidArgument(f"invalid join request: malformed protobuf ({e})") from None
+    msg = _parse(pb.JoinRequest, data, "join")
     entities: dict[str, list[Any]] = {}
     for col in msg.entities:
         if col.name in entities:
@@ -39,10 +39,7 @@ def decode_join(data: bytes) -> JoinRequest:
 
 
 def decode_push(data: bytes) -> PushRequest:
-    try:
-        msg = pb.PushRequest.FromString(data)
-    except DecodeError as e:
-        raise InvalidArgument(f"invalid push request: malformed protobuf ({e})") from None
+    msg = _parse(pb.PushRequest, data, "push")
     columns: dict[str, list[Any]] = {}
     for col in msg.columns:
         if col.name in columns:
@@ -59,6 +56,14 @@ def decode_push(data: bytes) -> PushRequest:
                 values[i] = None
         columns[col.name] = values
     return PushRequest(view=msg.feature_view, columns=columns)
+
+
+def _parse(message: type[_Message], data: bytes, what: str) -> _Message:
+    """The parsed message, or InvalidArgument when the bytes are not one."""
+    try:
+        return message.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument(f"invalid {what} request: malformed protobuf ({e})") from None
 
 
 def encode_push(result: PushResult) -> bytes:
@@ -100,7 +105,7 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
     md.trace_id = trace_id
     md.partial = result.partial
     n = result.rows
-    present = [pb.PRESENT] * n
+    present = [PROTO_PRESENT] * n
     zeros = [0] * n
     rendered: dict[int, list[int]] = {}
     for c in result.columns:
@@ -108,13 +113,13 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
         col.name = c.name
         _FILL[c.dtype](col, c.values)
         if c.outcome is None:
-            col.statuses.extend(present)
+            col.statuses.extend(present)  # type: ignore[arg-type]  # numbers as pb.Status (statuses.py)
             col.event_timestamps.extend(zeros)
             continue
         ts = rendered.get(id(c.outcome))
         if ts is None:
             ts = rendered[id(c.outcome)] = [0 if t is None else t for t in c.outcome.event_ts_us]
-        col.statuses.extend(c.outcome.statuses)  # type: ignore[arg-type]  # same numbers as pb.Status
+        col.statuses.extend(c.outcome.statuses)  # type: ignore[arg-type]  # numbers as pb.Status (statuses.py)
         col.event_timestamps.extend(ts)
         _null_rows(col, c)
     return resp.SerializeToString()

@@ -1,0 +1,171 @@
+"""The HTTP routes: their paths, and the FastAPI app that answers all but the join.
+
+``POST /v1/feature/join`` is answered before this app by the ASGI front
+(``http.HttpApi``); here it is only documented, by adding its operation to the spec
+FastAPI generates (``docs.JOIN_OPERATION``). Push, registry, health, readiness and
+metrics are FastAPI routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive
+
+from featurestore import __version__, metrics
+from featurestore.api import json_codec
+from featurestore.api.docs import JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
+from featurestore.api.errors import HTTP_STATUS, internal_error
+from featurestore.api.outcome import Outcomes
+from featurestore.definitions.snapshot import definitions_to_dict
+from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
+from featurestore.health import ReadinessProbe
+from featurestore.join import JoinEngine
+from featurestore.push import PushService
+
+log = logging.getLogger(__name__)
+
+JOIN_PATH = "/v1/feature/join"
+PUSH_PATH = "/v1/feature/push"
+
+# The body of a request, given its declared length (-1: none), or None once it is
+# known to exceed the limit (``HttpApi.read_body``).
+BodyReader = Callable[[Receive, int], Awaitable[bytes | None]]
+
+
+def create_app(
+    engine: JoinEngine,
+    push: PushService,
+    readiness: ReadinessProbe,
+    read_body: BodyReader,
+    *,
+    max_body_bytes: int,
+    deadline_ms: int,
+) -> FastAPI:
+    app = FastAPI(
+        title="featurestore",
+        version=__version__,
+        description="Online feature serving. gRPC: featurestore.v1.FeatureService on the gRPC port.",
+    )
+    _add_push(app, push, read_body, max_body_bytes, deadline_ms)
+    _add_state_routes(app, engine, readiness)
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi_with_join(app)  # type: ignore[method-assign]
+    return app
+
+
+def error_response(e: FeatureStoreError) -> Response:
+    return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
+
+
+def _add_push(
+    app: FastAPI, service: PushService, read_body: BodyReader, max_body_bytes: int, deadline_ms: int
+) -> None:
+    outcomes = Outcomes(PUSH_PATH, "http")
+
+    @app.post(
+        PUSH_PATH,
+        summary="Write rows of one feature view into its current data version",
+        responses=PUSH_RESPONSES,
+        openapi_extra=PUSH_OPENAPI_EXTRA,
+    )
+    async def push(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            length = int(request.headers.get("content-length", "-1") or -1)
+            body = await read_body(request.receive, length)
+            if body is None:
+                raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
+            deadline = time.monotonic() + deadline_ms / 1000.0
+            result = await service.push(json_codec.decode_push(body), deadline)
+        except FeatureStoreError as e:
+            outcomes.failed(t0, e)
+            return error_response(e)
+        except Exception as e:
+            log.exception("push failed")
+            error = internal_error(e)
+            outcomes.failed(t0, error)
+            return error_response(error)
+        except asyncio.CancelledError:
+            outcomes.cancelled(t0)
+            raise
+        outcomes.succeeded(t0)
+        doc = {"rows_written": result.rows_written, "data_version": result.data_version}
+        return Response(json_codec.encode(doc), media_type="application/json")
+
+
+def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProbe) -> None:
+    @app.get("/v1/registry", summary="The registry snapshot being served")
+    async def registry() -> Response:
+        state = engine.state
+        snap = state.snapshot
+        doc = {
+            "version": snap.version,
+            "fingerprint": snap.fingerprint,
+            "created_at": snap.created_at,
+            "message": snap.message,
+            "data_versions": dict(state.data_versions),
+            "definitions": definitions_to_dict(snap.definitions),
+        }
+        return Response(json_codec.encode(doc), media_type="application/json")
+
+    @app.get("/healthz", summary="Liveness: the process is up")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get(
+        "/readyz", summary="Readiness: serving a snapshot and not shutting down; store health in the body"
+    )
+    async def readyz() -> Response:
+        r = readiness()
+        doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}
+        return Response(json_codec.encode(doc), 200 if r.ready else 503, media_type="application/json")
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        data, ctype = metrics.exposition()
+        return Response(data, media_type=ctype)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FeatureStoreError)
+    async def on_error(_: Request, e: FeatureStoreError) -> Response:
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "INVALID_ARGUMENT"}.get(e.status_code, "INVALID_ARGUMENT")
+        msg = (
+            f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        )
+        body = json_codec.encode_error({"code": code, "message": msg, "details": []})
+        return Response(body, e.status_code, media_type="application/json")
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, e: RequestValidationError) -> Response:
+        return error_response(InvalidArgument(f"invalid request: {e.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, e: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(internal_error(e))
+
+
+def _openapi_with_join(app: FastAPI) -> dict[str, Any]:
+    # The join is answered before FastAPI routing (HttpApi), so it has no route here;
+    # it is documented by adding its operation to the generated spec.
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema["paths"] = {JOIN_PATH: {"post": JOIN_OPERATION}, **schema.get("paths", {})}
+        app.openapi_schema = schema
+    return app.openapi_schema
