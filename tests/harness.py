@@ -30,12 +30,11 @@ def _park(port: int = 0) -> int:
         listener.bind((LOOPBACK, port))
         listener.listen(1)
         port = int(listener.getsockname()[1])
-        client = socket.create_connection((LOOPBACK, port))
-        accepted, _ = listener.accept()
-        # The side that closes first keeps the connection in TIME_WAIT: the accepted
-        # socket, whose local port is the one reserved.
-        accepted.close()
-        client.close()
+        with socket.create_connection((LOOPBACK, port)):
+            accepted, _ = listener.accept()
+            # The side that closes first keeps the connection in TIME_WAIT: the accepted
+            # socket, whose local port is the one reserved (the client closes second).
+            accepted.close()
     return port
 
 
