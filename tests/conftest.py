@@ -77,7 +77,7 @@ def arcade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeServer]:
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[TansuBroker]:
-    broker = TansuBroker().start()
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    broker = TansuBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
     yield broker
     broker.stop()

@@ -1,12 +1,10 @@
-"""Test support: free ports, a real server process, and the test feature repository."""
+"""Test support: waiting, HTTP calls, background load, the featurestore server process
+and the test feature repository. Processes and ports: tests/harness.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,55 +18,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.harness import ManagedProcess
+from tests.harness import free_port as free_port  # re-exported: tests import their helpers from here
+from tests.harness import wait_until as wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the test process dies, however it dies,
-    so an aborted test run leaves no server behind."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair(offset: int) -> int:
-    """A free port p such that p + offset is free too (and below 65536)."""
-    for _ in range(200):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            p = int(a.getsockname()[1])
-            if p + offset > 65535:
-                continue
-            try:
-                b.bind(("127.0.0.1", p + offset))
-            except OSError:
-                continue
-            return p
-    raise RuntimeError("no free port pair")
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def eventually(predicate: Any, within: float, what: str, interval: float = 0.05) -> None:
-    """Async twin of wait_until: poll ``predicate`` on the running loop."""
+async def eventually(
+    predicate: Callable[[], object], within: float, what: str, interval: float = 0.05
+) -> None:
+    """Async twin of wait_until: poll ``predicate`` on the running loop. A predicate may
+    also return an awaitable (a coroutine function that asks the system under test)."""
     import asyncio
+    import inspect
 
     end = time.monotonic() + within
     while time.monotonic() < end:
-        if predicate():
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         await asyncio.sleep(interval)
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
@@ -132,19 +102,22 @@ class Background:
             raise self.errors[0]
 
 
-class ServerProcess:
-    """``featurestore serve`` as a child process on free loopback ports."""
+class ServerProcess(ManagedProcess):
+    """``featurestore serve`` as a child process on reserved loopback ports, ready once
+    ``/readyz`` says so."""
+
+    start_timeout = 30.0
+    stop_timeout = 20.0  # a graceful stop drains in-flight requests first
 
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None
     ) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port()
+        super().__init__(f"featurestore serve on {self.http_port}", log_path)
         self.args = args
         self.env = {**os.environ, **(env or {})}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
+        self.cwd = ROOT
 
     @property
     def url(self) -> str:
@@ -154,52 +127,17 @@ class ServerProcess:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        cmd = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "featurestore.cli", "serve", *self.args,
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
         ]  # fmt: skip
-        self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            preexec_fn=die_with_parent,
-        )
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.read_log()}")
-            try:
-                return http_get(self.url + "/readyz", timeout=1)[0] == 200
-            except OSError:
-                return False
-
+    def answers(self) -> bool:
         try:
-            wait_until(ready, timeout, "server readiness")
-        except BaseException:
-            self.stop(signal.SIGKILL, timeout=5)  # never leave a half-started server behind
-            raise
-        return self
-
-    def read_log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()
-        return self.proc.returncode
+            return http_get(self.url + "/readyz", timeout=1)[0] == 200
+        except OSError:
+            return False
 
     def join(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
         status, raw, _ = http_post(self.url + "/v1/feature/join", json.dumps(body).encode(), headers)

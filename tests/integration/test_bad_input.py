@@ -14,8 +14,6 @@ from featurestore.v1 import featurestore_pb2 as pb
 from tests.integration.test_grpc_api import grpc_request
 from tests.support import ServerProcess, http_post
 
-pytestmark = pytest.mark.integration
-
 JOIN = "/featurestore.v1.FeatureService/Join"
 
 

@@ -9,16 +9,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.servers import TansuBroker
 from tests.support import ROOT, Background, ServerProcess, http_get, http_post, wait_until
-
-pytestmark = pytest.mark.integration
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +65,6 @@ def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
     """What `make run` does, in a fresh data folder: generate, apply, serve, print curl."""
     log = tmp_path / "demo.log"
     proc = ServerProcess(["--demo", "--data-dir", str(tmp_path / "data")], log_path=log)
-    t0 = time.monotonic()
     proc.start(timeout=60)
     try:
         assert (tmp_path / "data" / "users.parquet").exists()
@@ -90,7 +85,6 @@ def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.read_log()
-    assert time.monotonic() - t0 < 60
 
 
 def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> None:
@@ -104,13 +98,14 @@ def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> No
     body = json.dumps({"entities": {"user_id": list(range(1, 201))}, "feature_service": "ranker_v1"}).encode()
     statuses: list[int] = []
     errors: list[str] = []
+    drained = threading.Event()
 
     def load() -> None:
         try:
             status, raw, _ = http_post(proc.url + "/v1/feature/join", body, timeout=10)
         except OSError as e:  # refused once the listener closed: expected
             errors.append(type(e).__name__)
-            time.sleep(0.01)
+            drained.wait(30)  # nothing more to send to: wait for the drain to end
             return
         statuses.append(status)
         if status == 200:
@@ -119,10 +114,10 @@ def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> No
     try:
         with Background(load, threads=6):
             wait_until(lambda: len(statuses) > 50, 20, "load to build up")
-            assert proc.proc is not None
-            proc.proc.send_signal(signal.SIGTERM)
-            code = proc.proc.wait(20)
+            code = proc.stop(signal.SIGTERM, timeout=20)
+            drained.set()
     finally:
+        drained.set()
         proc.stop()
     assert code == 0
     assert set(statuses) == {200}  # nothing accepted was failed or cut short
@@ -165,19 +160,23 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
         consumer.subscribe([topic])
         services: set[str] = set()
         sent = 0
-        try:
+
+        def both_workers_served() -> bool:
             # A fresh connection per request: the kernel spreads them over the workers
             # (the second may still be starting when the first answers readiness).
-            deadline = time.monotonic() + 60
-            while len(services) < 2 and time.monotonic() < deadline:
-                for _ in range(10):
-                    assert http_post(proc.url + "/v1/feature/join", body)[0] == 200
-                sent += 10
-                msg = consumer.poll(0.5)
-                while msg is not None:
-                    if not msg.error() and msg.value():
-                        services.add(json.loads(msg.value() or b"")["service"])
-                    msg = consumer.poll(0)
+            nonlocal sent
+            for _ in range(10):
+                assert http_post(proc.url + "/v1/feature/join", body)[0] == 200
+            sent += 10
+            msg = consumer.poll(0.5)
+            while msg is not None:
+                if not msg.error() and msg.value():
+                    services.add(json.loads(msg.value() or b"")["service"])
+                msg = consumer.poll(0)
+            return len(services) >= 2
+
+        try:
+            wait_until(both_workers_served, 60, "lineage events from both workers", interval=0)
         finally:
             consumer.close()
         assert {s.rsplit("/", 1)[1] for s in services} == {"w0", "w1"}, services
@@ -235,13 +234,14 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, test_repo: P
     ).start()
     assert proc.proc is not None
     supervisor = proc.proc.pid
-    wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
-    workers = _children(supervisor)
+    workers: list[int] = []
     try:
-        os.kill(supervisor, signal.SIGKILL)
-        proc.proc.wait(10)
+        wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
+        workers = _children(supervisor)
+        proc.kill()  # SIGKILL: the supervisor cannot forward anything
         wait_until(lambda: not any(_alive(w) for w in workers), 20, "the workers to exit")
     finally:
+        proc.kill()
         for w in workers:  # only if the test failed: never leave them running
             if _alive(w):
                 os.kill(w, signal.SIGKILL)

@@ -9,9 +9,8 @@ import json
 import re
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from featurestore.errors import Conflict
 from featurestore.registry.etcd import EtcdRegistry
 from tests.servers import EtcdServer, RedisServer
 from tests.support import ROOT, Background, ServerProcess, http_get, wait_until
-
-pytestmark = pytest.mark.integration
 
 BASE = """
 project: {project}
@@ -131,7 +128,7 @@ def test_apply_diff_history_show_rollback(env: Env) -> None:
 
 
 RACER = """
-import asyncio, pathlib, sys, time
+import asyncio, os, pathlib, sys
 from featurestore.errors import Conflict
 from featurestore.definitions.parser import load_definitions
 from featurestore.registry.etcd import EtcdRegistry
@@ -141,8 +138,8 @@ endpoint, project, defs_path, barrier, n = sys.argv[1:6]
 async def main():
     registry = EtcdRegistry([endpoint], project)
     current = await registry.current()
-    pathlib.Path(barrier, str(time.time_ns())).touch()
-    while len(list(pathlib.Path(barrier).iterdir())) < int(n):  # everyone has read current
+    pathlib.Path(barrier, str(os.getpid())).touch()
+    while len(list(pathlib.Path(barrier).iterdir())) < int(n):  # a barrier: all have read current
         await asyncio.sleep(0.01)
     try:
         snap = await registry.publish(load_definitions(defs_path), expected_version=current.version)
@@ -297,17 +294,21 @@ def test_hot_swap_under_continuous_load(served: tuple[Env, ServerProcess]) -> No
         env.defs("c", activity=True, service_extra=", user_profile:country, user_activity:ctr_30d"),
         env.defs("d", activity=True),
     ]
+
+    def served_on(version: int) -> Callable[[], bool]:
+        return lambda: sum(1 for v, _, _ in seen if v == version) >= 10  # joins on that version
+
     with Background(traffic, threads=4):
-        for f in versions:
-            time.sleep(0.4)
+        wait_until(served_on(1), 10, "joins on version 1")
+        for version, f in enumerate(versions, start=2):
             assert env.cli("apply", str(f)).returncode == 0
-        wait_until(lambda: bool(seen) and seen[-1][0] == 5, 10, "version 5 served")
+            wait_until(served_on(version), 10, f"joins on version {version}")
     assert not errors
     expected = {1: ["user_id", "age"], 2: ["user_id", "age", "ctr_30d"], 3: ["user_id", "age", "country"],
                 4: ["user_id", "age", "country", "ctr_30d"], 5: ["user_id", "age"]}  # fmt: skip
     for version, n_results, names in seen:
         assert names == expected[version] and n_results == len(names), (version, names)
-    assert {v for v, _, _ in seen} >= {1, 5}
+    assert {v for v, _, _ in seen} == {1, 2, 3, 4, 5}
 
 
 def test_canary_split_is_stable_and_measured(served: tuple[Env, ServerProcess]) -> None:

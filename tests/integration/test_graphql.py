@@ -17,8 +17,6 @@ from lineage.graph.memory import InMemoryGraph
 from lineage.graphql import MAX_COST, LineageGraphQL
 from tests.support import ServerProcess, http_post, wait_until
 
-pytestmark = pytest.mark.integration
-
 
 def gql(server: ServerProcess, query: str, **variables: Any) -> tuple[int, dict[str, Any]]:
     status, raw, _ = http_post(

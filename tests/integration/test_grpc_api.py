@@ -18,8 +18,6 @@ from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.support import MERCHANTS, ServerProcess
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def channel(server: ServerProcess) -> Iterator[grpc.Channel]:

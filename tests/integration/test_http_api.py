@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -12,8 +11,6 @@ import pytest
 
 from featurestore.demo.data import FEATURE_REFS, generate
 from tests.support import MERCHANTS, ServerProcess, http_get, http_post
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +177,10 @@ def test_deadline_header_is_validated(server: ServerProcess) -> None:
         {"x-featurestore-deadline-ms": "soon"},
     )
     assert status == 400 and "deadline" in doc["error"]["message"]
-    t0 = time.perf_counter()
-    status, _ = server.join(
+    status, doc = server.join(
         {"entities": {"user_id": [1]}, "features": ["user_profile:age"]}, {"x-featurestore-deadline-ms": "50"}
     )
-    assert status == 200 and time.perf_counter() - t0 < 5
+    assert status == 200 and doc["results"][1]["statuses"] == ["PRESENT"]  # a valid deadline: served as usual
 
 
 def test_the_join_is_documented_and_other_methods_are_refused(server: ServerProcess) -> None:

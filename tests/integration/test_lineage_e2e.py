@@ -6,20 +6,15 @@ served."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.harness import ManagedProcess
 from tests.servers import ArcadeServer, TansuBroker
-from tests.support import ROOT, ServerProcess, die_with_parent, free_port, http_get, http_post, wait_until
-
-pytestmark = pytest.mark.integration
+from tests.support import ROOT, ServerProcess, free_port, http_get, http_post, wait_until
 
 
 def gql(server: ServerProcess, query: str) -> dict[str, Any]:
@@ -28,6 +23,30 @@ def gql(server: ServerProcess, query: str) -> dict[str, Any]:
     assert "errors" not in doc, doc
     data: dict[str, Any] = doc["data"]
     return data
+
+
+class LineageConsumerProcess(ManagedProcess):
+    """`featurestore lineage consume`, ready once its metrics endpoint answers."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.metrics_port = free_port()
+        super().__init__(f"lineage consumer with metrics on {self.metrics_port}", log_path)
+        self.config = config
+        self.cwd = ROOT
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "featurestore.cli", "lineage", "consume", "--config", str(self.config),
+                "--metrics-port", str(self.metrics_port)]  # fmt: skip
+
+    def answers(self) -> bool:
+        try:
+            return http_get(self.metrics_url, timeout=1)[0] == 200
+        except OSError:
+            return False
 
 
 def test_joins_to_kafka_to_graph_to_graphql(
@@ -52,16 +71,9 @@ def test_joins_to_kafka_to_graph_to_graphql(
     assert "definitions of version 1 written to bolt://" in apply.stdout
 
     server = ServerProcess(["--config", str(config)], log_path=tmp_path / "server.log").start()
-    metrics_port = free_port()
-    consumer: subprocess.Popen[str] | None = None
-    out = ""
+    consumer = LineageConsumerProcess(config, tmp_path / "consumer.log")
     try:
-        consumer = subprocess.Popen(
-            [sys.executable, "-m", "featurestore.cli", "lineage", "consume", "--config", str(config),
-             "--metrics-port", str(metrics_port)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(tmp_path / "consumer.log", "wb"), text=True,  # noqa: SIM115
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
+        consumer.start()
         # lineage from definitions exists before the first read
         before = gql(
             server, '{ feature(id: "user_item:affinity") { upstream { id } producedBy { name role } } }'
@@ -69,7 +81,6 @@ def test_joins_to_kafka_to_graph_to_graphql(
         assert [u["id"] for u in before["feature"]["upstream"]] == ["item:price", "user_profile:age"]
         assert {"name": "warehouse.clicks", "role": "upstream"} in before["feature"]["producedBy"]
 
-        t0 = time.monotonic()
         status, _ = server.join(
             {"entities": {"user_id": [1, 2], "item_id": [1, 2]}, "feature_service": "candidates_v1"}
         )
@@ -83,24 +94,16 @@ def test_joins_to_kafka_to_graph_to_graphql(
             return bool(gql(server, query)["feature"]["servedBy"])
 
         wait_until(arrived, 60, "the served feature's lineage in the graph", interval=0.2)
-        latency = time.monotonic() - t0
         data = gql(server, query)
         tables = {(t["name"], t["role"]) for t in data["feature"]["producedBy"]}
         assert ("warehouse.users", "upstream") in tables  # the upstream table of the feature just served
         assert ("memory://default/user_profile", "online") in tables
         assert data["feature"]["servedBy"][0]["count"] == 2
         assert "candidates_v1" in data["table"]["impact"]["featureServices"]
-        text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1].decode()
+        text = http_get(consumer.metrics_url)[1].decode()
         assert "featurestore_lineage_event_to_graph_seconds_count" in text
         assert 'featurestore_lineage_consumed_total{outcome="written"}' in text
-        print(f"join -> graph visible in {latency:.2f}s")
     finally:
-        if consumer is not None:
-            consumer.send_signal(signal.SIGTERM)
-            try:
-                out, _ = consumer.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                consumer.kill()
-                out, _ = consumer.communicate()
+        code = consumer.stop(timeout=30)
         server.stop()
-    assert consumer.returncode == 0 and "lineage consumer stopped:" in out
+    assert code == 0 and "lineage consumer stopped:" in consumer.read_log()

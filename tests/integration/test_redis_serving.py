@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,6 @@ from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.servers import RedisServer
 from tests.support import ROOT, Background, ServerProcess, http_get, http_post, wait_until
-
-pytestmark = pytest.mark.integration
 
 
 def materialize(config: Path, view: str, source: Path) -> str:
@@ -214,7 +212,9 @@ def _read_by_peer_verify(n: int = 100_000) -> set[int]:
 
 
 def test_redis_down_then_back_under_traffic(stack: Stack) -> None:
-    results: list[tuple[float, int, dict[str, Any]]] = []
+    """A stopped Redis refuses connections: the server answers at once from what it
+    knows (the frozen-Redis test below is the one that needs the deadline)."""
+    results: list[tuple[int, dict[str, Any]]] = []
     warm = 9_999  # read before the outage: the LRU cache keeps answering it
     touched = _read_by_peer_verify() | {warm}
     next_user = (u for u in range(10_000, 100_000) if u not in touched)  # fresh keys: never cached
@@ -230,9 +230,7 @@ def test_redis_down_then_back_under_traffic(stack: Stack) -> None:
             "entities": {"user_id": [u, warm], "item_id": [1, 2]},
             "features": ["user_profile:age", "item:price"],
         }
-        t0 = time.monotonic()
-        status, doc = stack.server.join(body)
-        results.append((time.monotonic() - t0, status, doc))
+        results.append(stack.server.join(body))
 
     with Background(traffic, threads=3):
         wait_until(lambda: len(results) > 20, 10, "traffic")
@@ -258,30 +256,45 @@ def test_redis_down_then_back_under_traffic(stack: Stack) -> None:
         n_up = len(results)
         wait_until(lambda: len(results) > n_up + 20, 10, "traffic after recovery")
 
-    assert all(status == 200 for _, status, _ in results)  # never an error status
-    assert max(elapsed for elapsed, _, _ in results) < 2.0  # deadline 300 ms, generous slack
-    during = [doc for _, _, doc in results[n_down + 5 : n_down + 20]]
+    assert all(status == 200 for status, _ in results)  # never an error status
+    during = [doc for _, doc in results[n_down + 5 : n_down + 20]]
     for doc in during:
         c = columns(doc)
         # the store owed the fresh key; the cached one is still served
         assert c["age"]["statuses"] == ["UNAVAILABLE", "PRESENT"] and doc["metadata"]["partial"] is True
         assert c["age"]["values"][0] is None and c["age"]["values"][1] is not None
         assert c["price"]["statuses"] == ["PRESENT"] * 2  # the memory view still answers
-    after = results[-1][2]
+    after = results[-1][1]
     assert columns(after)["age"]["statuses"] == ["PRESENT"] * 2 and after["metadata"]["partial"] is False
 
 
+def view_read_failures(stack: Stack, view: str) -> float:
+    """Reads of ``view`` on the Redis store that the server gave up on: at the deadline,
+    or at once while it knows the store is down (featurestore_view_read_failures_total)."""
+    text = http_get(stack.server.url + "/metrics")[1].decode()
+    pattern = r"^featurestore_view_read_failures_total\{([^}]*)\} (\S+)$"
+    return sum(
+        float(value)
+        for labels, value in re.findall(pattern, text, re.M)
+        if f'view="{view}"' in labels and 'store="default"' in labels
+        and any(f'reason="{r}"' in labels for r in ("deadline", "error"))
+    )  # fmt: skip
+
+
 def test_frozen_redis_answers_unavailable_within_the_deadline(stack: Stack) -> None:
+    """A frozen Redis never answers: each join still comes back, UNAVAILABLE, because
+    the server gave up on the read (the client's own timeout would fail a hang)."""
     body = {"entities": {"user_id": [3]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}
+    given_up = view_read_failures(stack, "user_profile")
     stack.redis.pause()
     try:
-        timings = []
         for u in range(200_001, 200_006):  # never read before: not in the LRU cache
-            t0 = time.monotonic()
             status, doc = stack.server.join({**body, "entities": {"user_id": [u]}})
-            timings.append(time.monotonic() - t0)
             assert status == 200 and columns(doc)["age"]["statuses"] == ["UNAVAILABLE"]
-        assert max(timings) < 1.0, timings  # 300 ms deadline, then fail-fast once marked down
+        # one abandoned read per join (the 300 ms deadline, then fail-fast once marked down)
+        wait_until(
+            lambda: view_read_failures(stack, "user_profile") - given_up == 5, 5, "five reads given up"
+        )
     finally:
         stack.redis.resume()
     wait_until(lambda: columns(stack.server.join(body)[1])["age"]["statuses"] == ["PRESENT"], 10, "recovery")
@@ -315,9 +328,10 @@ def test_publication_is_atomic_under_continuous_joins(stack: Stack) -> None:
         marks_seen.append({v % 10 for v in columns(doc)["age"]["values"]})
 
     with Background(traffic, threads=3):
-        time.sleep(0.3)
+        wait_until(lambda: len(marks_seen) >= 20, 10, "joins served from v1")
         materialize(stack.config, "user_profile", stack.tmp / "v2.parquet")
         wait_until(lambda: any(m == {2} for m in marks_seen), 10, "v2 served")
-        time.sleep(0.3)
+        n = len(marks_seen)
+        wait_until(lambda: len(marks_seen) >= n + 20, 10, "joins served from v2")
     assert all(len(m) == 1 for m in marks_seen), [m for m in marks_seen if len(m) != 1][:3]
     assert {1} in marks_seen and {2} in marks_seen

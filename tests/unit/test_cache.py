@@ -127,10 +127,12 @@ async def test_a_changed_definition_is_never_answered_from_rows_cached_for_the_o
 
 async def test_a_read_overlapping_a_write_does_not_put_stale_rows_back() -> None:
     gate = asyncio.Event()
+    has_read = asyncio.Event()
 
     class Slow(Counting):
         async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
             out = await super().read(queries)  # the value before the write
+            has_read.set()
             await gate.wait()
             return out
 
@@ -143,7 +145,7 @@ async def test_a_read_overlapping_a_write_does_not_put_stale_rows_back() -> None
         {"user_id": [1], "a": [11], "b": ["z"], "event_timestamp": pa.array([7], ts)}, schema=schema
     )
     reading = asyncio.create_task(src.read([ViewQuery(V, [1], [0], 1)]))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(has_read.wait(), 5)
     await src.write(V, row, 1)  # lands while the read is in flight
     gate.set()
     [stale] = await reading

@@ -17,6 +17,7 @@ from lineage import metrics
 from lineage.events import LineageEvent
 from lineage.graph.memory import InMemoryGraph
 from lineage.sinks import InProcessSink
+from tests.support import eventually
 
 U = Entity("user_id", DType.INT64)
 A = FeatureView("a", (U,), (Feature("x", DType.INT64), Feature("y", DType.INT64)), upstream=("wh.t",),
@@ -36,6 +37,7 @@ def table_uri(view: FeatureView) -> str | None:
 class Collecting:
     def __init__(self) -> None:
         self.batches: list[list[LineageEvent]] = []
+        self.sending = asyncio.Event()  # a send has begun
         self.release = asyncio.Event()
         self.release.set()
 
@@ -44,6 +46,7 @@ class Collecting:
     async def close(self) -> None: ...
 
     async def send(self, events: Sequence[LineageEvent]) -> None:
+        self.sending.set()
         await self.release.wait()
         self.batches.append(list(events))
 
@@ -89,11 +92,13 @@ async def test_full_queue_drops_and_counts_without_blocking() -> None:
     await em.start()
     plan = STATE.plan(("a:x", "a:y"), None, False)
     before = broken("queue_full")
-    for _ in range(4):
+    em.record(plan, STATE, 100, span(1))
+    em.flush()  # 2 events per window; the queue holds 3
+    await asyncio.wait_for(sink.sending.wait(), 5)  # the stuck sink holds the first window
+    for _ in range(3):
         em.record(plan, STATE, 100, span(1))
-        em.flush()  # 2 events per window; the queue holds 3
-        await asyncio.sleep(0)
-    assert broken("queue_full") - before >= 400
+        em.flush()  # no room: dropped, and counted
+    assert broken("queue_full") - before == 3 * 200  # three windows of 2 events x 100 rows
     sink.release.set()
     await em.close()
     assert sum(len(b) for b in sink.batches) >= 2
@@ -104,8 +109,11 @@ async def test_in_process_sink_feeds_the_graph() -> None:
     em = LineageEmitter(InProcessSink(graph), table_uri, EmitterConfig(window_seconds=0.05, service="fs@t"))
     await em.start()
     em.record(STATE.plan(("a:x",), None, False), STATE, 3, span(7))
-    await asyncio.sleep(0.2)
-    await em.close()
+    try:
+        # the window's own timer, not close(), hands the events to the graph
+        await eventually(lambda: graph.served_by("a:x"), 5, "the window to reach the graph")
+    finally:
+        await em.close()
     served = await graph.served_by("a:x")
     assert [(s.server, s.count) for s in served] == [("fs@t", 3)]
 
@@ -128,10 +136,11 @@ async def test_close_counts_what_the_sink_never_took() -> None:
     await em.start()
     plan = STATE.plan(("a:x", "a:y"), None, False)
     before, failed_before = broken("undelivered"), metrics.EVENTS.labels("failed")._value.get()
-    for rows in (3, 5):
-        em.record(plan, STATE, rows, span(1))
-        em.flush()  # 2 events per window: the first window is in send, the second queued
-        await asyncio.sleep(0)
+    em.record(plan, STATE, 3, span(1))
+    em.flush()  # 2 events per window
+    await asyncio.wait_for(sink.sending.wait(), 5)  # the first window is in send
+    em.record(plan, STATE, 5, span(1))
+    em.flush()  # the second is queued
     em.record(plan, STATE, 7, span(1))  # and the last window, flushed by close
     await em.close()
     assert broken("undelivered") - before == 2 * (3 + 5 + 7)
