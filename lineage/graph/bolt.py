@@ -268,28 +268,25 @@ class BoltGraph:
         )
         return sorted((ServedBy(r["s"], int(r["c"]), int(r["l"])) for r in rows), key=lambda s: s.server)
 
-    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
+    async def _live(self, match: str, returned: str, **params: Any) -> list[str]:
+        """Sorted distinct ``returned`` over the matches whose edge ``r`` is live at ``$t``."""
         rows = await self._read(
-            "MATCH (s:FeatureService)-[r:USES]->(f:Feature {id: $id}) WHERE "
-            + LIVE.format(r="r")
-            + " RETURN s.name AS n",
-            id=feature_id,
-            t=as_of_ms,
+            f"{match} WHERE {LIVE.format(r='r')} RETURN DISTINCT {returned} AS n", **params
         )
         return sorted(r["n"] for r in rows)
+
+    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
+        return await self._live(
+            "MATCH (s:FeatureService)-[r:USES]->(f:Feature {id: $id})", "s.name", id=feature_id, t=as_of_ms
+        )
 
     async def table_exists(self, name: str) -> bool:
         return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))
 
     async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]:
-        rows = await self._read(
-            "MATCH (f:Feature)-[r:PRODUCED_BY]->(t:Table {name: $n}) WHERE "
-            + LIVE.format(r="r")
-            + " RETURN DISTINCT f.id AS id",
-            n=name,
-            t=as_of_ms,
+        return await self._live(
+            "MATCH (f:Feature)-[r:PRODUCED_BY]->(t:Table {name: $n})", "f.id", n=name, t=as_of_ms
         )
-        return sorted(r["id"] for r in rows)
 
     async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
         direct = await self.table_features(table, as_of_ms)
