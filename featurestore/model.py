@@ -49,7 +49,9 @@ def _frozen_map(m: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Entity:
+class Column:
+    """A named, typed column of a definition (an entity key or a feature)."""
+
     name: str
     dtype: DType
     description: str = ""
@@ -57,11 +59,13 @@ class Entity:
 
 
 @dataclass(frozen=True, slots=True)
-class Feature:
-    name: str
-    dtype: DType
-    description: str = ""
-    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+class Entity(Column):
+    """An entity key column (int64 or string); views join on their entities."""
+
+
+@dataclass(frozen=True, slots=True)
+class Feature(Column):
+    """A feature of a view. Never equal to an Entity of the same name and type."""
 
 
 @dataclass(frozen=True, slots=True)
