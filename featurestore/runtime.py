@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from featurestore.model import FeatureView
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
+from featurestore.supervisor import WORKER_ENV
 from lineage.graph.base import definition_facts
 
 log = logging.getLogger("featurestore")
@@ -85,6 +87,8 @@ class Runtime:
                 "registry_version": self.engine.state.version,
                 "registry": registry,
                 "stores": states,
+                # Which process answered: with --workers N each probe lands on any one.
+                "worker": {"pid": os.getpid(), "slot": _worker_slot()},
             },
         )
 
@@ -187,6 +191,12 @@ class Runtime:
             metrics.REGISTRY_CONNECTED.set(1 if h.connected else 0)
             metrics.REGISTRY_STALENESS.set(min(h.seconds_since_contact, 1e9))
             await asyncio.sleep(1.0)
+
+
+def _worker_slot() -> int | None:
+    """The supervisor's slot of this worker (None when not supervised)."""
+    slot = os.environ.get(WORKER_ENV)
+    return int(slot) if slot is not None and slot.isdigit() else None
 
 
 async def _flush_metrics() -> None:
