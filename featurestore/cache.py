@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
@@ -120,6 +120,12 @@ class CachedSource:
 
     def state(self) -> SourceState:
         return self.inner.state()
+
+    def serving(self, versions: Mapping[str, int]) -> None:
+        self.inner.serving(versions)
+
+    def missing(self) -> Mapping[str, str]:
+        return self.inner.missing()
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache

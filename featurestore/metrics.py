@@ -251,3 +251,13 @@ def mark_worker_dead(pid: int, metrics_dir: str) -> None:
     """Drop a dead worker's live gauges from the shared metrics directory (the
     supervisor's own environment does not name it: only its workers' does)."""
     _mp.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+# -- appended: data and log health (issue 10) -----------------------------------------
+VIEW_DATA_MISSING = Gauge(
+    "featurestore_view_data_missing",
+    "1 while the data version served for a view is missing from its online store "
+    "(Redis restarted empty, a dropped table): every value of the view is UNAVAILABLE.",
+    ["store", "view"],
+    multiprocess_mode="livemax",
+)

@@ -67,6 +67,14 @@ class Runtime:
         # the store is shared by all replicas, so failing readiness would take the
         # whole fleet out of the load balancer over one backend.
         degraded = [f"store {n} is {st}" for n, st in states.items() if st != "ready"]
+        # A view whose data is gone answers UNAVAILABLE for every key although its
+        # store answers: degraded, for the same reason as a store that is down.
+        data_missing = {
+            view: f"store {name}: {reason}"
+            for name, s in self.stores.items()
+            for view, reason in s.missing().items()
+        }
+        degraded += [f"view {view} is missing its data ({why})" for view, why in sorted(data_missing.items())]
         if self.registry_apply_error is not None:
             degraded.append(f"registry change not applied: {self.registry_apply_error}")
         health = self.registry.health()
@@ -87,6 +95,7 @@ class Runtime:
                 "registry_version": self.engine.state.version,
                 "registry": registry,
                 "stores": states,
+                "data_missing": data_missing,
                 # Which process answered: with --workers N each probe lands on any one.
                 "worker": {"pid": os.getpid(), "slot": _worker_slot()},
             },
@@ -167,6 +176,7 @@ class Runtime:
         if new.same_as(current):
             return
         self.engine.swap(new)
+        tell_stores_served_versions(self.stores, new)
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
@@ -222,10 +232,23 @@ async def build_runtime(config: Config) -> Runtime:
     lineage = await build_lineage(config, stores)
     engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
     engine.swap(state)
+    tell_stores_served_versions(stores, state)
     rt = Runtime(config, registry, stores, engine, lineage)
     await rt.definitions_to_graph(state.snapshot)
     rt.start_background()
     return rt
+
+
+def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: ServingState) -> None:
+    """Tell every store the data version of each of its views served now (current and
+    canary snapshots), so stores that can lose data check those (``OnlineSource.serving``)."""
+    by_store: dict[str, dict[str, int]] = {name: {} for name in stores}
+    for snapshot in [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]:
+        for view in snapshot.definitions.views.values():
+            if view.online_store in by_store:
+                by_store[view.online_store][view.name] = state.data_versions.get(view.name, 0)
+    for name, versions in by_store.items():
+        stores[name].serving(versions)
 
 
 async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[RegistrySnapshot]) -> None:

@@ -9,11 +9,12 @@ columnar over the *unique* keys the engine passes; the engine maps them back to 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from featurestore.errors import Unavailable
 from featurestore.model import FeatureView
 
 # An entity key as the engine passes it: the key value for a single-entity view,
@@ -42,6 +43,12 @@ class ViewRead(NamedTuple):
     event_ts_us: list[int]
     columns: list[list[Any]]
     unavailable: list[bool] | None = None
+
+
+class DataMissing(Unavailable):
+    """The store answers, but the data of a data version the registry publishes is not
+    in it (Redis restarted empty or flushed, a table dropped). Returned in a read's
+    slot: NOT_FOUND for every key would be a wrong answer."""
 
 
 class SourceState(enum.Enum):
@@ -93,7 +100,24 @@ class OnlineSource(Protocol):
         """Where the view's online values live, e.g. ``redis://fs/user_profile``."""
         ...
 
-    def state(self) -> SourceState: ...
+    def state(self) -> SourceState:
+        """Whether the store answers at all (reachability, not the data it holds)."""
+        ...
+
+    def serving(self, versions: Mapping[str, int]) -> None:
+        """The data version of every view of this store the server serves now; called
+        after each registry swap. A store that can lose data behind the server's back
+        checks these versions in its health probe (cheaply: no row scan). Version 0
+        (never materialized) is not checked: an empty version 0 is a valid state."""
+        ...
+
+    def missing(self) -> Mapping[str, str]:
+        """Views whose served data version the store found missing, on a read (that
+        read returned ``DataMissing``) or by its probe, with the reason; empty when
+        everything served is there. Cleared when the data is back or the view moves to
+        another data version (re-materialized). Stores that cannot lose data while the
+        process runs (memory) always report nothing."""
+        ...
 
 
 @runtime_checkable

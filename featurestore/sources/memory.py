@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,13 @@ class MemorySource:
 
     def state(self) -> SourceState:
         return self._state
+
+    def serving(self, versions: Mapping[str, int]) -> None:
+        """Nothing to check: the process holds whatever it loaded and was pushed, and
+        cannot lose it while it runs."""
+
+    def missing(self) -> Mapping[str, str]:
+        return {}
 
     def table_uri(self, view: FeatureView) -> str:
         return f"memory://{self._name}/{view.name}"

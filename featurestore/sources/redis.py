@@ -14,14 +14,18 @@ over slots, so there a read is a cluster pipeline of GETs: one round trip per no
 
 Health: a background probe PINGs on an interval. When Redis stops answering the
 store is DOWN and reads fail at once (the engine serves UNAVAILABLE) instead of each
-request waiting out its deadline; the first successful PING closes the circuit.
+request waiting out its deadline; the first successful PING closes the circuit. The
+same probe checks that the marker of every data version served (but 0) exists: a Redis
+restarted empty or flushed answers PING while every row is gone, and the views are
+then reported as missing their data (``OnlineSource.missing``), as they are by the first
+read that finds a marker gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +40,7 @@ from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import FeatureView
 from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.missing import MissingData
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import (
     LayoutMismatch,
@@ -111,6 +116,7 @@ class RedisSource:
         self._health: asyncio.Task[None] | None = None
         self._reset: asyncio.Future[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
+        self._missing = MissingData(name)
 
     @property
     def name(self) -> str:
@@ -121,6 +127,12 @@ class RedisSource:
 
     def state(self) -> SourceState:
         return self._state
+
+    def serving(self, versions: Mapping[str, int]) -> None:
+        self._missing.serving(versions)
+
+    def missing(self) -> Mapping[str, str]:
+        return self._missing.report
 
     def _set_state(self, state: SourceState, reason: str = "") -> None:
         if state is not self._state:
@@ -158,10 +170,26 @@ class RedisSource:
                 await self._probe_client.ping(target_nodes=RedisCluster.PRIMARIES)
             else:
                 await self._probe_client.ping()
+            checked = self._missing.checked()
+            if checked:
+                # One round trip (a pipeline of EXISTS) per probe, however many views.
+                pipe = self._probe_client.pipeline(transaction=False)
+                for view, version in checked:
+                    pipe.exists(self._names(view, version)[1])
+                exists = await pipe.execute()
         except (*_CONNECTION_ERRORS, redis_errors.RedisError) as e:
             self._set_state(SourceState.DOWN, repr(e))
-        else:
-            self._set_state(SourceState.READY)
+            return
+        self._set_state(SourceState.READY)
+        if checked:
+            for (view, version), n in zip(checked, exists, strict=True):
+                if not n:
+                    self._missing.found_missing(view, version, self._gone(view, version))
+            self._missing.found_present(pair for pair, n in zip(checked, exists, strict=True) if n)
+
+    def _gone(self, view: str, data_version: int) -> str:
+        marker = self._names(view, data_version)[1]
+        return f"marker {marker} is not in Redis (restarted empty or flushed?): re-materialize the view"
 
     async def _health_loop(self) -> None:
         interval = self.options.health_interval_ms / 1000
@@ -212,7 +240,12 @@ class RedisSource:
         for (q, _), values in zip(keyed, raw, strict=True):
             try:
                 out.append(decode_rows(q, values))
-            except (LayoutMismatch, VersionMissing) as e:
+            except VersionMissing as e:
+                self._missing.found_missing(
+                    q.view.name, q.data_version, self._gone(q.view.name, q.data_version)
+                )
+                out.append(e)
+            except LayoutMismatch as e:
                 out.append(e)
             except (msgspec.DecodeError, ValueError) as e:
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))

@@ -18,7 +18,7 @@ import pyarrow as pa
 from featurestore.errors import Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import EVENT_TIMESTAMP, column_values, row_keys
-from featurestore.sources.base import ViewQuery, ViewRead
+from featurestore.sources.base import DataMissing, ViewQuery, ViewRead
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder().decode
@@ -39,7 +39,7 @@ class LayoutMismatch(Unavailable):
     """A data version's rows were written for another definition of the view."""
 
 
-class VersionMissing(Unavailable):
+class VersionMissing(DataMissing):
     """A published data version's marker is gone, and with it the version's rows."""
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
-from featurestore.sources.base import OnlineSource, ViewQuery, ViewRead
+from featurestore.sources.base import DataMissing, OnlineSource, ViewQuery, ViewRead
 from tests.contract.adapters import ADAPTERS, make_source
 
 USER = Entity("user_id", DType.INT64)
@@ -209,3 +209,20 @@ async def test_identity(source: OnlineSource) -> None:
     assert source.kind in ("memory", "redis", "clickhouse")
     assert source.table_uri(ALL_TYPES)
     assert source.state().value in ("ready", "degraded")
+
+
+async def test_a_store_reports_a_served_view_as_missing_exactly_when_a_read_finds_its_data_gone(
+    source: OnlineSource,
+) -> None:
+    await source.write(ALL_TYPES, all_types_rows([1, 2]), 1)
+    source.serving({"all_types": 1, "pair": 9, "shops": 0})  # pair's version 9 was never written
+    [held] = await source.read([ViewQuery(ALL_TYPES, [1], [0], 1)])
+    [gone] = await source.read([ViewQuery(PAIR, [(1, 2)], [0], 9)])
+    assert isinstance(held, ViewRead) and held.found == [True]
+    if source.kind == "memory":  # holds what it loaded, cannot lose it: answers every version
+        assert isinstance(gone, ViewRead) and gone.found == [False] and not source.missing()
+    else:  # data versions live in the store, and can vanish from it
+        assert isinstance(gone, DataMissing), gone
+        assert set(source.missing()) == {"pair"} and source.missing()["pair"]
+    source.serving({"all_types": 1, "pair": 0, "shops": 0})  # the view moved on: forgotten
+    assert not source.missing()

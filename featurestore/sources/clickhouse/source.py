@@ -4,7 +4,10 @@ production, one code path. Tables and SQL: ``sql.py``; threads: ``pool.py``.
 
 When ClickHouse cannot be reached the store is DOWN and its reads fail at once; tables
 it could not create are retried by the health loop, and their views read UNAVAILABLE
-naming the cause until then. Other stores' views are unaffected either way.
+naming the cause until then. Other stores' views are unaffected either way. The health
+round also checks that the table of every data version served (but 0) exists: a view
+whose table was dropped is reported as missing its data (``OnlineSource.missing``), as
+it is by the first read that fails for the missing table.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -23,12 +26,19 @@ from featurestore import metrics
 from featurestore.errors import Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import conform
-from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse.codec import align, param_keys, stored_table
 from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe
 from featurestore.sources.clickhouse.options import ClickHouseOptions
 from featurestore.sources.clickhouse.pool import ClickHousePool
-from featurestore.sources.clickhouse.sql import SelectCache, online_table_ddl, table_name
+from featurestore.sources.clickhouse.sql import (
+    EXISTING_TABLES,
+    UNKNOWN_TABLE,
+    SelectCache,
+    online_table_ddl,
+    table_name,
+)
+from featurestore.sources.missing import MissingData
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +64,7 @@ class ClickHouseOnlineSource:
         self._reason = ""
         self._health: asyncio.Task[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
+        self._missing = MissingData(name)
 
     @property
     def name(self) -> str:
@@ -64,6 +75,12 @@ class ClickHouseOnlineSource:
 
     def state(self) -> SourceState:
         return self._state
+
+    def serving(self, versions: Mapping[str, int]) -> None:
+        self._missing.serving(versions)
+
+    def missing(self) -> Mapping[str, str]:
+        return self._missing.report
 
     def _set_state(self, state: SourceState, reason: str = "") -> None:
         if state is not self._state:
@@ -110,7 +127,27 @@ class ClickHouseOnlineSource:
             return self._state
         self._upkeep_problem = await self._upkeep()
         self._settle(probed=True)
+        await self._check_versions()
         return self._state
+
+    async def _check_versions(self) -> None:
+        """Whether the table of every data version served (but 0) exists: one query."""
+        tables = {table_name(self._project, v, n): (v, n) for v, n in self._missing.checked()}
+        if not tables:
+            return
+        params = {"db": self.options.database, "names": list(tables)}
+        try:
+            rows = await self.pool.admin(lambda c: c.query(EXISTING_TABLES, parameters=params).result_rows)
+        except BACKEND_ERRORS:
+            return  # reachability is the probe's to report; the next round checks again
+        existing = {str(name) for (name,) in rows}
+        for table, (view, version) in tables.items():
+            if table not in existing:
+                self._missing.found_missing(view, version, self._gone(table))
+        self._missing.found_present(pair for table, pair in tables.items() if table in existing)
+
+    def _gone(self, table: str) -> str:
+        return f"table {self.options.database}.{table} does not exist (dropped?): re-materialize the view"
 
     def _settle(self, probed: bool = False) -> None:
         """READY or DEGRADED from what upkeep and prepare left; only a probe that
@@ -236,6 +273,9 @@ class ClickHouseOnlineSource:
                 )
             )
         except (ClickHouseError, OSError) as e:
+            if getattr(e, "code", None) == UNKNOWN_TABLE and q.data_version > 0:
+                self._missing.found_missing(view.name, q.data_version, self._gone(table))
+                raise DataMissing(f"clickhouse view {view.name!r}: {self._gone(table)}") from e
             raise Unavailable(f"clickhouse view {view.name!r} (table {table}): {describe(e)}") from e
         return align(q, rows)
 

@@ -30,6 +30,13 @@ _CH_TYPES = {
 SELECT_CACHE_SIZE = 1024
 
 
+# Which of the named tables exist (the health round's check of the data versions served).
+EXISTING_TABLES = (
+    "SELECT name FROM system.tables WHERE database = {db:String} AND name IN {names:Array(String)}"
+)
+UNKNOWN_TABLE = 60  # ClickHouse's error code for a table that does not exist
+
+
 def table_name(project: str, view: str, data_version: int) -> str:
     return f"{project}__{view}__v{data_version}"
 
