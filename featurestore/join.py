@@ -22,11 +22,16 @@ from opentelemetry.trace import Span
 from featurestore import metrics, tracing
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
+from featurestore.logs import RepeatLimitedLog
 from featurestore.model import DType, Status
 from featurestore.plan import JoinPlan, ServingState, ViewPlan
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
 
 log = logging.getLogger(__name__)
+# A store outage fails the reads of every request: one line per kind of failure (store,
+# view, error type) at once, then a count every 10 s (featurestore/logs.py). The
+# failure metrics count every one.
+_failures_log = RepeatLimitedLog(log)
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = (
     Status.PRESENT,
@@ -235,7 +240,7 @@ class JoinEngine:
         try:
             results = await store.read(queries)
         except Exception as e:  # a store must never fail the request
-            log.warning("store %s read failed: %r", store_name, e)
+            _failures_log.log((store_name, None, type(e)), "store %s read failed: %r", store_name, e)
             if child is not None:
                 tracing.record_error(child, e, server_fault=True)
             return self._failed(store_name, queries, e, "error")
@@ -250,7 +255,13 @@ class JoinEngine:
         for q, r in zip(queries, results, strict=True):
             metrics.view_read_duration(q.view.name, store_name).observe(elapsed)
             if isinstance(r, BaseException):
-                log.warning("view %s read failed on store %s: %r", q.view.name, store_name, r)
+                _failures_log.log(
+                    (store_name, q.view.name, type(r)),
+                    "view %s read failed on store %s: %r",
+                    q.view.name,
+                    store_name,
+                    r,
+                )
                 metrics.view_read_failures(q.view.name, store_name, "error").inc()
         return results
 

@@ -8,7 +8,9 @@ Background tasks (each named after its one job):
   is served (everything slow happens there, off the hot path; the swap itself is one
   reference assignment);
 * ``registry-health`` exports the registry's connection and staleness gauges;
-* ``metrics-flush`` folds the hot path's buffered metric updates into prometheus_client.
+* ``metrics-flush`` folds the hot path's buffered metric updates into prometheus_client;
+* ``log-summaries`` writes the counts of rate-limited log lines once an outage goes
+  quiet (``featurestore/logs.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from featurestore import metrics
+from featurestore import logs, metrics
 from featurestore.config import Config
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.errors import FailedPrecondition
@@ -107,6 +109,7 @@ class Runtime:
             (self._apply_registry_changes, "registry-apply"),
             (self._report_registry_health, "registry-health"),
             (_flush_metrics, "metrics-flush"),
+            (_flush_log_summaries, "log-summaries"),
         ):
             self.tasks.append(asyncio.create_task(job(), name=name))
 
@@ -213,6 +216,12 @@ async def _flush_metrics() -> None:
     while True:
         metrics.flush()
         await asyncio.sleep(METRICS_FLUSH_SECONDS)
+
+
+async def _flush_log_summaries() -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        logs.flush()
 
 
 async def build_runtime(config: Config) -> Runtime:

@@ -1,7 +1,12 @@
-"""A store that lost its data is not "ok": on a real Redis (restarted empty under a
+"""What a server says about a failing store.
+
+A store that lost its data is not "ok": on a real Redis (restarted empty under a
 running server, or a version's keys deleted) and on ClickHouse (a dropped table), the
 views whose served data version is gone are reported missing, in ``/readyz`` and
-``featurestore_view_data_missing``, until re-materializing brings them back."""
+``featurestore_view_data_missing``, until re-materializing brings them back.
+
+A store outage does not flood the log: each kind of failure is logged once, then
+counted, while the metrics count every failure."""
 
 from __future__ import annotations
 
@@ -194,3 +199,34 @@ def test_redis_restarted_empty_degrades_its_views_until_they_are_materialized_ag
     materialize(stack.config, "user_activity", stack.users)
     wait_until(lambda: stack.readyz()["status"] == "ok", 15, "every view back")
     assert stack.statuses("user_activity:ctr_30d", [7, 8]) == ["PRESENT"] * 2
+
+
+def test_a_store_outage_logs_each_kind_of_failure_once_then_a_count_and_the_metric_counts_all(
+    stack: Stack,
+) -> None:
+    def failures(view: str) -> float:
+        text = http_get(stack.server.url + "/metrics")[1].decode()
+        pattern = rf'^featurestore_view_read_failures_total\{{reason="error",store="default",view="{view}"\}} (\S+)$'
+        m = re.search(pattern, text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def logged(view: str) -> list[int]:
+        """The failures of ``view`` each log line stands for (1, or a summary's count)."""
+        pattern = rf"view {view} read failed on store default: .*?(?: \[(\d+) occurrences in the [^\]]*\])?$"
+        return [int(n) if n else 1 for n in re.findall(pattern, stack.server.read_log(), re.M)]
+
+    stack.redis.stop()
+    wait_until(lambda: stack.readyz()["stores"]["default"] == "down", 10, "the store to be down")
+    joins = 40
+    for u in range(1000, 1000 + joins):  # users never read: the LRU cache cannot answer
+        status, doc = stack.server.join(
+            {"entities": {"user_id": [u]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}
+        )
+        assert status == 200 and doc["results"][1]["statuses"] == ["UNAVAILABLE"]
+    wait_until(lambda: failures("user_profile") == joins, 10, "the metric to count every failed read")
+    assert failures("user_activity") == joins
+    # The first failure of each view was logged at once; the others are summed up once
+    # the outage has been quiet for the interval (10 s).
+    wait_until(lambda: sum(logged("user_profile")) == joins, 30, "the summary of the repeated failures")
+    assert logged("user_profile")[0] == 1 and len(logged("user_profile")) < joins
+    wait_until(lambda: sum(logged("user_activity")) == joins, 10, "the summary for user_activity")
