@@ -347,7 +347,9 @@ class RedisSource:
 
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         """Delete every key of one data version (leftovers of an interrupted run)."""
-        n = await self._for_version(view, data_version, lambda pipe, key: pipe.unlink(key))
+        # UNLINK as a raw command: on a cluster pipeline redis-py's unlink() is a
+        # coroutine that splits keys by slot, never queued (rows were never deleted).
+        n = await self._for_version(view, data_version, lambda pipe, key: pipe.execute_command("UNLINK", key))
         await self._client.unlink(self._names(view.name, data_version)[1])
         return n
 

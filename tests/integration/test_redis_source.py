@@ -81,6 +81,25 @@ async def test_cluster_spreads_keys_over_every_node(redis_cluster: RedisCluster)
     await src.close()
 
 
+async def test_dropping_a_version_on_a_cluster_deletes_its_keys_on_every_node(
+    redis_cluster: RedisCluster,
+) -> None:
+    project = f"p{uuid.uuid4().hex[:8]}"
+    src = RedisSource("c", project, RedisOptions(url=redis_cluster.url, cluster=True))
+    await src.start()
+
+    def keys() -> int:
+        return sum(len(n.cli("--scan", "--pattern", f"fs:{project}:*").split()) for n in redis_cluster.nodes)
+
+    try:
+        await src.write(V, users(list(range(1, 301))), 1)
+        assert keys() == 301  # the rows and the marker
+        assert await src.drop_version(V, 1) == 300
+        assert keys() == 0
+    finally:
+        await src.close()
+
+
 async def test_drop_and_expire_versions(source: RedisSource, redis_server: RedisServer) -> None:
     await source.write(V, users([1, 2, 3]), 1)
     await source.write(V, users([1, 2, 3]), 2)

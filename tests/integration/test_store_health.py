@@ -32,13 +32,12 @@ from tests.support import ServerProcess, eventually, http_get, wait_until
 TS = 1_704_067_200_000_000
 
 
-@pytest.fixture
-async def redis_source(redis_server: RedisServer) -> AsyncIterator[RedisSource]:
-    src = RedisSource(
-        "r",
-        f"t{uuid.uuid4().hex[:8]}",
-        RedisOptions(url=redis_server.url, pool_size=2, health_interval_ms=20),
-    )
+@pytest.fixture(params=["redis_server", "redis_cluster"])
+async def redis_source(request: pytest.FixtureRequest) -> AsyncIterator[RedisSource]:
+    server = request.getfixturevalue(request.param)
+    cluster = request.param == "redis_cluster"
+    options = RedisOptions(url=server.url, cluster=cluster, pool_size=2, health_interval_ms=20)
+    src = RedisSource("r", f"t{uuid.uuid4().hex[:8]}", options)
     await src.start()
     yield src
     await src.close()
