@@ -195,7 +195,10 @@ class RedisSource:
         interval = self.options.health_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            await self._probe()
+            try:
+                await self._probe()
+            except Exception:  # a dead probe would leave the store's state frozen
+                log.exception("redis store %s: health probe failed", self._name)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -347,8 +350,8 @@ class RedisSource:
 
     async def drop_version(self, view: FeatureView, data_version: int) -> int:
         """Delete every key of one data version (leftovers of an interrupted run)."""
-        # UNLINK as a raw command: on a cluster pipeline redis-py's unlink() is a
-        # coroutine that splits keys by slot, never queued (rows were never deleted).
+        # UNLINK as a raw command: redis-py's ClusterPipeline.unlink() is a coroutine
+        # of its own, not a queued command (on a cluster no row was ever deleted).
         n = await self._for_version(view, data_version, lambda pipe, key: pipe.execute_command("UNLINK", key))
         await self._client.unlink(self._names(view.name, data_version)[1])
         return n
