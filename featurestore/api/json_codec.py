@@ -38,8 +38,9 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
             description="Entity key columns of equal length; row i is the i-th value of every column. "
             "int64 entities take integers, string entities strings.",
             examples=[{"user_id": [17, 4242]}],
+            min_length=1,
         ),
-    ] = {}
+    ]
     features: Annotated[
         list[_Name],
         msgspec.Meta(
@@ -53,6 +54,14 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
     )
 
 
+# A whole row of the demo's user_profile (a push carries every feature of its view).
+_PUSH_EXAMPLE = {
+    "user_id": [17], "age": [33], "tenure_days": [400], "num_devices": [2], "country": ["DE"],
+    "plan_tier": ["pro"], "preferred_language": ["de"], "lifetime_value": [120.5], "credit_score": [0.71],
+    "event_timestamp": ["2024-05-01T10:00:00Z"],
+}  # fmt: skip
+
+
 class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
     """A push: rows of one feature view, as columns."""
 
@@ -63,11 +72,17 @@ class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
             description="Columns of equal length: the view's entity keys, every feature, and optionally "
             "event_timestamp (ISO 8601; default now). Timestamp features take ISO 8601 strings, "
             "float32 vectors arrays of numbers.",
-            examples=[
-                {"user_id": [17], "age": [33], "country": ["DE"], "event_timestamp": ["2024-05-01T10:00:00Z"]}
-            ],
+            examples=[_PUSH_EXAMPLE],
+            min_length=2,  # every view has an entity key and a feature
         ),
     ]
+
+
+def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON Schemas of the join and push bodies, generated from the structs the
+    decoder uses (``docs.py`` puts them in the OpenAPI document)."""
+    _, components = msgspec.json.schema_components([_JoinBody, _PushBody])
+    return components[_JoinBody.__name__], components[_PushBody.__name__]
 
 
 _Body = TypeVar("_Body", _JoinBody, _PushBody)

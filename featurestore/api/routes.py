@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
@@ -122,14 +123,26 @@ def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProb
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     @app.get(
-        "/readyz", summary="Readiness: serving a snapshot and not shutting down; store health in the body"
+        "/readyz",
+        summary="Readiness: serving a snapshot and not shutting down; store health in the body",
+        responses={503: {"description": "Shutting down (draining): take this replica out of rotation"}},
     )
     async def readyz() -> Response:
         r = readiness()
         doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}
         return Response(json_codec.encode(doc), 200 if r.ready else 503, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus() -> Response:
         data, ctype = metrics.exposition()
         return Response(data, media_type=ctype)
@@ -147,7 +160,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
         )
         body = json_codec.encode_error({"code": code, "message": msg, "details": []})
-        return Response(body, e.status_code, media_type="application/json")
+        # Starlette names the route's methods in the 405's headers (Allow, RFC 9110).
+        return Response(body, e.status_code, headers=e.headers, media_type="application/json")
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, e: RequestValidationError) -> Response:
