@@ -150,13 +150,15 @@ def _locate(message: str, body: bytes) -> str:
             continue
         try:
             columns: dict[str, msgspec.Raw] = getattr(_columns_decoder.decode(body), field)
-        except (msgspec.MsgspecError, RecursionError):
+        except (msgspec.MsgspecError, ValueError, RecursionError):  # a fault after the first one
             return message
         for name, raw in columns.items():
             try:
                 decoder.decode(raw)
             except msgspec.ValidationError:
                 return message.replace(where, f"$.{field}.{name}", 1)
+            except (msgspec.MsgspecError, ValueError):
+                return message
     return message
 
 
