@@ -53,6 +53,17 @@ INFLIGHT = Gauge(
     ["protocol"],
     multiprocess_mode="livesum",
 )
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "featurestore_http_connections_closed_total",
+    "HTTP connections the server closed on a limit, by reason: idle, header_timeout, body_timeout, "
+    "header_too_large, max_connections.",
+    ["reason"],
+)
+HTTP_CONNECTIONS = Gauge(
+    "featurestore_http_connections",
+    "Open HTTP connections (sampled about once a second while any is open).",
+    multiprocess_mode="livesum",
+)
 JOIN_ROWS = Histogram(
     "featurestore_join_rows",
     "Entity rows per join request.",

@@ -21,6 +21,7 @@ from featurestore import metrics, tracing
 from featurestore.api import proto_codec
 from featurestore.api.errors import GRPC_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
+from featurestore.config import GrpcConfig
 from featurestore.errors import FeatureStoreError
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -148,14 +149,35 @@ def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def create_server(max_message_bytes: int, reuse_port: bool) -> grpc.aio.Server:
+def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) -> grpc.aio.Server:
     """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
     by default, and a second server started by mistake on the same port would quietly
-    take half the traffic instead of failing to bind."""
+    take half the traffic instead of failing to bind.
+
+    ``limits`` bound what a connection may hold; grpc core enforces them (and exposes
+    no count of when it does): idle and aged connections get a GOAWAY, a client pinging
+    faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
+    metadata over the limit fails the call with RESOURCE_EXHAUSTED."""
+    ms = _milliseconds
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_connection_idle_ms", ms(limits.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", ms(limits.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(limits.max_connection_age_grace_seconds)),
+            ("grpc.keepalive_time_ms", ms(limits.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", ms(limits.keepalive_timeout_seconds)),
+            ("grpc.keepalive_permit_without_calls", 1),  # clients may keep an idle channel alive
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(limits.min_ping_interval_seconds)),
+            ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),  # soft limit
+            ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
+            ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
         ]
     )
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

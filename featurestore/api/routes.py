@@ -23,6 +23,7 @@ from starlette.types import Receive
 
 from featurestore import __version__, metrics
 from featurestore.api import json_codec
+from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
@@ -40,6 +41,11 @@ PUSH_PATH = "/v1/feature/push"
 # The body of a request, given its declared length (-1: none), or None once it is
 # known to exceed the limit (``HttpApi.read_body``).
 BodyReader = Callable[[Receive, int], Awaitable[bytes | None]]
+
+
+class ClientDisconnected(Exception):
+    """The connection closed before the whole body arrived (the client left, or the
+    body timeout of ``connections.py`` closed it)."""
 
 
 def create_app(
@@ -79,7 +85,7 @@ def _add_push(
         openapi_extra=PUSH_OPENAPI_EXTRA,
     )
     async def push(request: Request) -> Response:
-        t0 = time.perf_counter()
+        t0 = request.scope.get(RECEIVED_AT) or time.perf_counter()
         try:
             length = int(request.headers.get("content-length", "-1") or -1)
             body = await read_body(request.receive, length)
@@ -90,6 +96,9 @@ def _add_push(
         except FeatureStoreError as e:
             outcomes.failed(t0, e)
             return error_response(e)
+        except ClientDisconnected:
+            outcomes.cancelled(t0)
+            return Response(status_code=499)  # nobody reads it: the connection is gone
         except Exception as e:
             log.exception("push failed")
             error = internal_error(e)
