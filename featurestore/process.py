@@ -16,6 +16,7 @@ import resource
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -58,7 +59,23 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(backlog)
     sock.set_inheritable(True)
+    _warn_if_capped(backlog)
     return sock
+
+
+def _warn_if_capped(backlog: int) -> None:
+    """The kernel silently caps a listen queue at net.core.somaxconn (128 before Linux
+    5.4, and in many container images). A full queue drops SYNs, and the client's
+    kernel sends them again after 1 s: requests that take 1.0-1.25 s (docs/api.md)."""
+    try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return
+    if somaxconn < backlog:
+        log.warning(
+            "http.backlog %d is capped at net.core.somaxconn %d: bursts of new connections "
+            "beyond it wait 1 s for a SYN retransmit (raise the sysctl)", backlog, somaxconn,
+        )  # fmt: skip
 
 
 def _connection_limits(http: HttpConfig) -> ConnectionLimits:
@@ -112,6 +129,7 @@ class Listeners:
             self.guard.uvicorn_config(
                 http_api,
                 access_log=config.access_log,
+                backlog=config.http.backlog,
                 timeout_graceful_shutdown=DRAIN_SECONDS,
             )
         )

@@ -82,8 +82,12 @@ class ConnectionGuard:
     def protocol(self, **uvicorn_args: Any) -> GuardedHttpProtocol:
         return GuardedHttpProtocol(self, **uvicorn_args)
 
-    def uvicorn_config(self, app: ASGIApp, *, access_log: bool, **settings: Any) -> uvicorn.Config:
-        """uvicorn's settings for serving ``app`` under this guard."""
+    def uvicorn_config(
+        self, app: ASGIApp, *, access_log: bool, backlog: int = 4096, **settings: Any
+    ) -> uvicorn.Config:
+        """uvicorn's settings for serving ``app`` under this guard. ``backlog``: uvicorn
+        calls listen() on the socket again with it (its default, 2048, would replace
+        the listen queue the socket was made with)."""
         return uvicorn.Config(
             app,
             http=self.protocol,  # type: ignore[arg-type]  # a factory of the protocol
@@ -94,6 +98,7 @@ class ConnectionGuard:
             log_config=None,
             server_header=False,
             access_log=access_log,
+            backlog=backlog,
             # X-Forwarded-For rewrites the client address, which only the access log shows;
             # without it no middleware walks every request's headers (~1 µs a request).
             proxy_headers=access_log,
