@@ -49,8 +49,9 @@ class GrpcConfig:
     max_connection_age_grace_seconds: float = 30.0  # for calls in flight after that GOAWAY
     keepalive_seconds: float = 60.0  # server pings an idle connection; a dead peer goes after the timeout
     keepalive_timeout_seconds: float = 20.0
-    # A client may ping this often without calls in flight (gRPC's keepalive guide
-    # suggests clients ping no more often than every 10 s); faster pings are strikes.
+    # A client may ping this often, with or without calls in flight (grpc's own default
+    # allows one ping per 5 min, which disconnects clients that keep idle channels alive
+    # with a keepalive of 10-60 s); faster pings are strikes.
     min_ping_interval_seconds: float = 10.0
     max_ping_strikes: int = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
     max_metadata_bytes: int = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
