@@ -23,9 +23,39 @@ from lineage.kafka import KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)
-class ListenConfig:
+class HttpConfig:
+    """The HTTP listener and what a connection may hold of it (docs/configuration.md)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
+    # Longer than common load-balancer idle timeouts (60 s), so the balancer closes an
+    # idle connection first instead of sending a request into one the server is closing.
+    keep_alive_seconds: float = 75.0
+    header_timeout_seconds: float = 10.0  # from accept, or the request's first byte, to its last header
+    body_timeout_seconds: float = 30.0  # from the last header to the end of the body (4 MiB at 140 KB/s)
+    max_header_bytes: int = 16384  # request line + headers (431 above); the size h11 and Node allow
+    max_connections: int = 1000  # per worker; keep well below `ulimit -n`
+    backlog: int = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcConfig:
+    """The gRPC listener and grpc core's connection limits (docs/configuration.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_connection_idle_seconds: float = 300.0  # no call for this long: GOAWAY, the client reconnects
+    max_connection_age_seconds: float = 1800.0  # GOAWAY (+-10% jitter): spreads clients over workers
+    max_connection_age_grace_seconds: float = 30.0  # for calls in flight after that GOAWAY
+    keepalive_seconds: float = 60.0  # server pings an idle connection; a dead peer goes after the timeout
+    keepalive_timeout_seconds: float = 20.0
+    # A client may ping this often, with or without calls in flight (grpc's own default
+    # allows one ping per 5 min, which disconnects clients that keep idle channels alive
+    # with a keepalive of 10-60 s); faster pings are strikes.
+    min_ping_interval_seconds: float = 10.0
+    max_ping_strikes: int = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
+    max_metadata_bytes: int = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
+    handshake_timeout_seconds: float = 10.0  # accept to the end of the HTTP/2 handshake
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +119,8 @@ class LineageConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     project: str = "demo"
-    http: ListenConfig = ListenConfig()
-    grpc: ListenConfig = ListenConfig(port=50051)
+    http: HttpConfig = HttpConfig()
+    grpc: GrpcConfig = GrpcConfig()
     workers: int = 1
     registry: RegistryConfig = RegistryConfig()
     stores: Mapping[str, StoreConfig] = field(

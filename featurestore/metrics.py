@@ -34,6 +34,14 @@ LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
+# Requests also get buckets around the default 500 ms deadline, so a request that ran just
+# past it (waiting before its handler, or sending its answer) shows as such.
+REQUEST_BUCKETS = (
+    *LATENCY_BUCKETS[: LATENCY_BUCKETS.index(0.5) + 1],
+    0.6,
+    0.75,
+    *LATENCY_BUCKETS[LATENCY_BUCKETS.index(1.0) :],
+)
 ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 REQUESTS = Counter(
@@ -43,14 +51,26 @@ REQUESTS = Counter(
 )
 REQUEST_DURATION = Histogram(
     "featurestore_request_duration_seconds",
-    "Time from request parsed to response ready, by route, protocol and outcome.",
+    "Time from the request's first byte read (HTTP) or the call's start (gRPC) to its answer "
+    "(HTTP: ready to send; gRPC: sent), by route, protocol and outcome.",
     ["route", "protocol", "outcome"],
-    buckets=LATENCY_BUCKETS,
+    buckets=REQUEST_BUCKETS,
 )
 INFLIGHT = Gauge(
     "featurestore_inflight_requests",
     "Requests being served right now.",
     ["protocol"],
+    multiprocess_mode="livesum",
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "featurestore_http_connections_closed_total",
+    "HTTP connections the server closed on a limit, by reason: idle, header_timeout, body_timeout, "
+    "header_too_large, max_connections.",
+    ["reason"],
+)
+HTTP_CONNECTIONS = Gauge(
+    "featurestore_http_connections",
+    "Open HTTP connections (sampled about once a second while any is open).",
     multiprocess_mode="livesum",
 )
 JOIN_ROWS = Histogram(

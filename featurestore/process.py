@@ -12,16 +12,19 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server
 from featurestore.api.http import HttpApi
-from featurestore.config import Config
+from featurestore.config import Config, HttpConfig
 from featurestore.errors import FailedPrecondition
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
@@ -47,16 +50,54 @@ def _reuse_port() -> bool:
     return os.environ.get(REUSE_PORT_ENV) == "1"
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if _reuse_port():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    sock.listen(backlog)
     sock.set_inheritable(True)
+    _warn_if_capped(backlog)
     return sock
+
+
+def _warn_if_capped(backlog: int) -> None:
+    """The kernel silently caps a listen queue at net.core.somaxconn (128 before Linux
+    5.4, and in many container images). A full queue drops SYNs, and the client's
+    kernel sends them again after 1 s: requests that take 1.0-1.25 s (docs/api.md)."""
+    try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return
+    if somaxconn < backlog:
+        log.warning(
+            "http.backlog %d is capped at net.core.somaxconn %d: bursts of new connections "
+            "beyond it wait 1 s for a SYN retransmit (raise the sysctl)", backlog, somaxconn,
+        )  # fmt: skip
+
+
+def _connection_limits(http: HttpConfig) -> ConnectionLimits:
+    limits = ConnectionLimits(
+        keep_alive=http.keep_alive_seconds,
+        header_timeout=http.header_timeout_seconds,
+        body_timeout=http.body_timeout_seconds,
+        max_header_bytes=http.max_header_bytes,
+        max_connections=http.max_connections,
+    )
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and limits.max_connections + _OTHER_FILES > soft:
+        log.warning(
+            "http.max_connections %d is close to the open-file limit %d (ulimit -n): connections "
+            "beyond what the limit leaves are refused by accept(), not answered 503",
+            limits.max_connections, soft,
+        )  # fmt: skip
+    return limits
+
+
+# Files a process holds besides HTTP connections: store pools, gRPC, etcd, logs.
+_OTHER_FILES = 200
 
 
 class Listeners:
@@ -77,22 +118,19 @@ class Listeners:
             deadline_ms=config.limits.deadline_ms,
         )
         self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms)
-        self.grpc = create_server(config.limits.max_body_bytes, reuse_port=_reuse_port())
+        self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         target = f"{config.grpc.host}:{config.grpc.port}"
         if self.grpc.add_insecure_port(target) == 0:
             raise FailedPrecondition(f"cannot bind gRPC on {target}")
-        self.sock = _listen(config.http.host, config.http.port)
+        self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
+        self.guard = ConnectionGuard(_connection_limits(config.http))
         self.http = _UvicornServer(
-            uvicorn.Config(
+            self.guard.uvicorn_config(
                 http_api,
-                http="httptools",
-                loop="none",
-                lifespan="off",
                 access_log=config.access_log,
-                log_config=None,
+                backlog=config.http.backlog,
                 timeout_graceful_shutdown=DRAIN_SECONDS,
-                server_header=False,
             )
         )
         self.http_task: asyncio.Task[None] | None = None
@@ -116,6 +154,7 @@ class Listeners:
         if self.http_task is not None:
             pending.append(self.http_task)
         await asyncio.gather(*pending, return_exceptions=True)
+        self.guard.close()
 
 
 async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:

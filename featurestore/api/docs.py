@@ -1,40 +1,47 @@
 """JSON Schemas and OpenAPI operations of the join and push API (``/docs``).
 
-The hot path decodes with msgspec, not pydantic, so the documented shapes are spelled
-out here; ``tests/integration/test_http_api.py`` checks them against real responses.
+The hot path decodes with msgspec, not pydantic: the request schemas are generated from
+the decoder's own structs (``json_codec.request_schemas``), the responses are spelled
+out here; ``tests/integration/test_http_api.py`` checks them against real responses and
+``tests/integration/test_openapi.py`` runs schemathesis against a real server.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from featurestore.api import json_codec
 from featurestore.api.statuses import NAMES
 
+_JOIN_BODY, _PUSH_BODY = json_codec.request_schemas()
+
+# The request schemas are the decoder's (json_codec's structs), plus the rules of the
+# join that concern the body alone but that the engine checks, not the decoder: a
+# reference's form ('view:feature', names as definitions allow them) and one of
+# features or feature_service.
+_NAME = "[A-Za-z_][A-Za-z0-9_]{0,127}"
 JOIN_REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["entities"],
+    **_JOIN_BODY,
+    "title": "JoinRequest",
     "properties": {
-        "entities": {
-            "type": "object",
-            "description": "Entity key columns of equal length; row i is the i-th value of every column.",
-            "additionalProperties": {"type": "array", "items": {"type": ["integer", "string"]}},
-            "example": {"user_id": [17, 4242]},
-        },
+        **_JOIN_BODY["properties"],
         "features": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Feature references 'view:feature'. Give this or feature_service.",
-            "example": ["user_profile:age", "user_activity:ctr_30d"],
-        },
-        "feature_service": {"type": "string", "description": "A feature service name."},
-        "full_feature_names": {
-            "type": "boolean",
-            "default": False,
-            "description": "Name output columns 'view__feature'.",
+            **_JOIN_BODY["properties"]["features"],
+            "items": {"type": "string", "pattern": f"^{_NAME}:{_NAME}$"},
         },
     },
+    "oneOf": [
+        {
+            "required": ["features"],
+            "properties": {"features": {"minItems": 1}, "feature_service": {"type": "null"}},
+        },
+        {
+            "required": ["feature_service"],
+            "properties": {"feature_service": {"type": "string"}, "features": {"maxItems": 0}},
+        },
+    ],
 }
+PUSH_REQUEST_SCHEMA: dict[str, Any] = {**_PUSH_BODY, "title": "PushRequest"}
 
 JOIN_RESPONSE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -83,27 +90,6 @@ ERROR_SCHEMA: dict[str, Any] = {
                 "details": {"type": "array", "items": {"type": "object"}},
             },
         }
-    },
-}
-
-PUSH_REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["feature_view", "rows"],
-    "properties": {
-        "feature_view": {"type": "string", "example": "user_profile"},
-        "rows": {
-            "type": "object",
-            "description": "Columns of equal length: the view's entity keys, every feature, and optionally "
-            "event_timestamp (ISO 8601; default now). Timestamp features take ISO 8601 strings.",
-            "additionalProperties": {"type": "array", "items": {}},
-            "example": {
-                "user_id": [17],
-                "age": [33],
-                "country": ["DE"],
-                "event_timestamp": ["2024-05-01T10:00:00Z"],
-            },
-        },
     },
 }
 

@@ -7,8 +7,8 @@ of grpc's generic INTERNAL, and responses are serialized once, without a copy.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import time
 from typing import NoReturn
 
@@ -20,8 +20,9 @@ from opentelemetry.trace import Span
 from featurestore import metrics, tracing
 from featurestore.api import proto_codec
 from featurestore.api.errors import GRPC_STATUS, internal_error
-from featurestore.api.outcome import Outcomes
-from featurestore.errors import FeatureStoreError
+from featurestore.api.outcome import CANCELLED, Outcomes
+from featurestore.config import GrpcConfig
+from featurestore.errors import Code, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
@@ -61,8 +62,8 @@ class GrpcApi:
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._methods: dict[str, grpc.RpcMethodHandler] = {
-            "Join": grpc.unary_unary_rpc_method_handler(self.join),
-            "Push": grpc.unary_unary_rpc_method_handler(self.push),
+            "Join": grpc.stream_unary_rpc_method_handler(self._join_rpc),  # see _request
+            "Push": grpc.stream_unary_rpc_method_handler(self._push_rpc),
         }
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -83,7 +84,32 @@ class GrpcApi:
             await self.health.set(name, status)
 
     async def join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        t0 = time.perf_counter()
+        """One Join, accounted as it returns (grpc itself calls ``_join_rpc``)."""
+        call = Call(self._join_outcomes)
+        try:
+            return await self._join(request, context, call)
+        finally:
+            call.record()
+
+    async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One Push, accounted as it returns (grpc itself calls ``_push_rpc``)."""
+        call = Call(self._push_outcomes)
+        try:
+            return await self._push(request, context, call)
+        finally:
+            call.record()
+
+    async def _join_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
+        call = Call(self._join_outcomes, context)
+        context.add_done_callback(call.finish)
+        return await self._join(await _request(context, call), context, call)
+
+    async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
+        call = Call(self._push_outcomes, context)
+        context.add_done_callback(call.finish)
+        return await self._push(await _request(context, call), context, call)
+
+    async def _join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
@@ -94,49 +120,89 @@ class GrpcApi:
             result = await self.engine.join(req, deadline, span)
             out = proto_codec.encode_join(result, trace_id)
         except FeatureStoreError as e:
-            await _abort(context, self._join_outcomes, t0, e, span)
+            await _abort(context, call, e, span)
         except Exception as e:
             log.exception("grpc join failed")
-            await _abort(context, self._join_outcomes, t0, internal_error(e), span, e)
-        except asyncio.CancelledError:
-            # The caller went away or its deadline passed and grpc cancelled the handler.
-            self._join_outcomes.cancelled(t0)
-            raise
-        finally:
+            await _abort(context, call, internal_error(e), span, e)
+        finally:  # a CancelledError (the caller left, or its deadline passed) leaves no outcome
             span.end()
             self._inflight.dec()
-        self._join_outcomes.succeeded(t0, result.partial)
+        call.answer("partial" if result.partial else "ok")
         return out
 
-    async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        t0 = time.perf_counter()
+    async def _push(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         try:
             budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
             deadline = time.monotonic() + budget
             result = await self.push_service.push(proto_codec.decode_push(request), deadline)
             out = proto_codec.encode_push(result)
         except FeatureStoreError as e:
-            await _abort(context, self._push_outcomes, t0, e)
+            await _abort(context, call, e)
         except Exception as e:
             log.exception("grpc push failed")
-            await _abort(context, self._push_outcomes, t0, internal_error(e), cause=e)
-        except asyncio.CancelledError:
-            self._push_outcomes.cancelled(t0)
-            raise
-        self._push_outcomes.succeeded(t0)
+            await _abort(context, call, internal_error(e), cause=e)
+        call.answer("ok")
         return out
+
+
+class Call:
+    """The outcome of one call, recorded once: as its client sees it when grpc finishes
+    the call (``finish``, the call's done callback), or as the handler returned
+    (``record``, when called directly).
+
+    The client sees what happened by its deadline. An answer handed to grpc after the
+    deadline is DEADLINE_EXCEEDED to the client, however the handler ended; so is a call
+    with no answer once its deadline has passed (grpc cancelled the handler, or the call
+    waited for the event loop until grpc dropped it before its message was read). A
+    call with no answer and time left was cancelled by its client. ``t0`` is the call's
+    start: the handler runs before the request message is read (see ``_request``)."""
+
+    __slots__ = ("answered_at", "deadline", "outcome", "outcomes", "t0")
+
+    def __init__(self, outcomes: Outcomes, context: grpc.aio.ServicerContext | None = None) -> None:
+        self.outcomes = outcomes
+        self.t0 = time.perf_counter()
+        remaining = None if context is None else context.time_remaining()
+        self.deadline = math.inf if remaining is None else self.t0 + remaining
+        self.outcome: str | None = None  # ok, partial or an error code; None: no answer
+        self.answered_at = 0.0
+
+    def answer(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.answered_at = time.perf_counter()
+
+    def finish(self, context: grpc.aio.ServicerContext) -> None:
+        if self.outcome is None:
+            late = time.perf_counter() >= self.deadline
+        else:
+            late = self.answered_at > self.deadline
+        self.outcomes.record(Code.DEADLINE_EXCEEDED.value if late else self.outcome or CANCELLED, self.t0)
+
+    def record(self) -> None:
+        self.outcomes.record(self.outcome or CANCELLED, self.t0)
+
+
+async def _request(context: grpc.aio.ServicerContext, call: Call) -> bytes:
+    """The call's one request message. The methods are registered as client-streaming
+    (the same frames on the wire as unary), so the handler runs from the call's start
+    and its accounting sees calls that end before their message is read."""
+    message = await context.read()
+    if message is grpc.aio.EOF:
+        await _abort(context, call, InvalidArgument("the call carries no request message"))
+    assert isinstance(message, bytes)
+    return message
 
 
 async def _abort(
     context: grpc.aio.ServicerContext,
-    outcomes: Outcomes,
-    t0: float,
+    call: Call,
     error: FeatureStoreError,
     span: Span | None = None,
     cause: BaseException | None = None,
 ) -> NoReturn:
-    """Account for the failed call, then end it with the error's status and message."""
-    outcomes.failed(t0, error, span, cause)
+    """Note the call's error (and its span's), then end it with the error's status."""
+    call.answer(error.code.value)
+    call.outcomes.span_error(error, span, cause)
     await context.abort(GRPC_STATUS[error.code], error.message)
     raise AssertionError("unreachable: grpc's abort raises")
 
@@ -148,14 +214,35 @@ def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def create_server(max_message_bytes: int, reuse_port: bool) -> grpc.aio.Server:
+def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) -> grpc.aio.Server:
     """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
     by default, and a second server started by mistake on the same port would quietly
-    take half the traffic instead of failing to bind."""
+    take half the traffic instead of failing to bind.
+
+    ``limits`` bound what a connection may hold; grpc core enforces them (and exposes
+    no count of when it does): idle and aged connections get a GOAWAY, a client pinging
+    faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
+    metadata over the limit fails the call with RESOURCE_EXHAUSTED."""
+    ms = _milliseconds
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_connection_idle_ms", ms(limits.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", ms(limits.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(limits.max_connection_age_grace_seconds)),
+            ("grpc.keepalive_time_ms", ms(limits.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", ms(limits.keepalive_timeout_seconds)),
+            ("grpc.keepalive_permit_without_calls", 1),  # clients may keep an idle channel alive
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(limits.min_ping_interval_seconds)),
+            ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),  # soft limit
+            ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
+            ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
         ]
     )
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

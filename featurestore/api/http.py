@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from featurestore import metrics, tracing
 from featurestore.api import arrow_codec, json_codec
+from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, create_app
+from featurestore.api.routes import JOIN_PATH, ClientDisconnected, create_app
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
@@ -41,9 +42,17 @@ class JoinEndpoint:
         self.outcomes = Outcomes(JOIN_PATH, "http")
 
     async def __call__(
-        self, body: bytes, accept: bytes | None, traceparent: str | None, deadline_ms: bytes | None
+        self,
+        body: bytes,
+        accept: bytes | None,
+        traceparent: str | None,
+        deadline_ms: bytes | None,
+        t0: float | None = None,
     ) -> tuple[int, bytes, bytes]:
-        t0 = time.perf_counter()
+        """``t0``: the request's start by ``time.perf_counter()`` (its first byte read); now
+        when not given."""
+        if t0 is None:
+            t0 = time.perf_counter()
         span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
         trace_id = tracing.trace_id_hex(span)
         try:
@@ -143,7 +152,7 @@ class HttpApi:
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._inflight.inc()
         try:
-            t0 = time.perf_counter()
+            t0 = scope.get(RECEIVED_AT) or time.perf_counter()
             accept = traceparent = deadline = None
             length = -1
             for name, value in scope["headers"]:
@@ -155,11 +164,15 @@ class HttpApi:
                     traceparent = value.decode("latin-1")
                 elif name == b"x-featurestore-deadline-ms":
                     deadline = value
-            body = await self.read_body(receive, length)
+            try:
+                body = await self.read_body(receive, length)
+            except ClientDisconnected:
+                self.join.outcomes.cancelled(t0)
+                return
             if body is None:
                 status, ctype, out = self._too_large(t0)
             else:
-                status, ctype, out = await self.join(body, accept, traceparent, deadline)
+                status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
             await send(
                 {
                     "type": "http.response.start",
@@ -175,7 +188,8 @@ class HttpApi:
             self._inflight.dec()
 
     async def read_body(self, receive: Receive, length: int) -> bytes | None:
-        """The whole body, or None once it is known to exceed the limit."""
+        """The whole body, or None once it is known to exceed the limit; raises
+        ClientDisconnected when the connection closes first (a body timeout)."""
         limit = self.max_body_bytes
         if length > limit:
             await _drain(receive, 0, limit)
@@ -192,6 +206,8 @@ class HttpApi:
                 return None
             chunks.append(chunk)
             if not msg.get("more_body", False):
+                if msg["type"] != "http.request":
+                    raise ClientDisconnected
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

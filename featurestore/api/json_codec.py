@@ -9,7 +9,7 @@ that view's columns.
 from __future__ import annotations
 
 import time
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -19,17 +19,70 @@ from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
 from featurestore.push import PushRequest
 
+# The request bodies as the decoder takes them; the OpenAPI request schemas are
+# generated from these structs (``docs.py``), so the documented shape is the decoded one.
+# Column values are typed down to scalars: a value nested deeper than the data model
+# allows (a 10,000-deep array) is refused at its first level instead of being decoded.
+_Scalar = int | float | str | bool | None
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+_EntityColumn = list[int | str]
+_PushColumn = list[_Scalar | list[_Scalar]]  # a float32 vector is a list
+
 
 class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
-    entities: dict[str, list[Any]] = {}  # key types are checked per entity dtype
-    features: list[str] = []
-    feature_service: str | None = None
-    full_feature_names: bool = False
+    """A join: entity key columns and the features to read for each row."""
+
+    entities: Annotated[
+        dict[str, _EntityColumn],
+        msgspec.Meta(
+            description="Entity key columns of equal length; row i is the i-th value of every column. "
+            "int64 entities take integers, string entities strings.",
+            examples=[{"user_id": [17, 4242]}],
+            min_length=1,
+        ),
+    ]
+    features: Annotated[
+        list[_Name],
+        msgspec.Meta(
+            description="Feature references 'view:feature'. Give this or feature_service.",
+            examples=[["user_profile:age", "user_activity:ctr_30d"]],
+        ),
+    ] = []
+    feature_service: Annotated[_Name | None, msgspec.Meta(description="A feature service name.")] = None
+    full_feature_names: Annotated[bool, msgspec.Meta(description="Name output columns 'view__feature'.")] = (
+        False
+    )
+
+
+# A whole row of the demo's user_profile (a push carries every feature of its view).
+_PUSH_EXAMPLE = {
+    "user_id": [17], "age": [33], "tenure_days": [400], "num_devices": [2], "country": ["DE"],
+    "plan_tier": ["pro"], "preferred_language": ["de"], "lifetime_value": [120.5], "credit_score": [0.71],
+    "event_timestamp": ["2024-05-01T10:00:00Z"],
+}  # fmt: skip
 
 
 class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
-    feature_view: str
-    rows: dict[str, list[Any]]  # columns; types are checked against the view
+    """A push: rows of one feature view, as columns."""
+
+    feature_view: Annotated[_Name, msgspec.Meta(examples=["user_profile"])]
+    rows: Annotated[
+        dict[str, _PushColumn],  # types are checked against the view
+        msgspec.Meta(
+            description="Columns of equal length: the view's entity keys, every feature, and optionally "
+            "event_timestamp (ISO 8601; default now). Timestamp features take ISO 8601 strings, "
+            "float32 vectors arrays of numbers.",
+            examples=[_PUSH_EXAMPLE],
+            min_length=2,  # every view has an entity key and a feature
+        ),
+    ]
+
+
+def request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON Schemas of the join and push bodies, generated from the structs the
+    decoder uses (``docs.py`` puts them in the OpenAPI document)."""
+    _, components = msgspec.json.schema_components([_JoinBody, _PushBody])
+    return components[_JoinBody.__name__], components[_PushBody.__name__]
 
 
 _Body = TypeVar("_Body", _JoinBody, _PushBody)
@@ -58,10 +111,55 @@ def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Bo
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as e:
-        raise InvalidArgument(f"invalid {what} request: {e}") from None
+        raise InvalidArgument(f"invalid {what} request: {_locate(str(e), body)}") from None
     except msgspec.DecodeError as e:
         reason = "empty body" if not body.strip() else f"malformed JSON: {e}"
         raise InvalidArgument(f"invalid {what} request: {reason}") from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 only inside strings; so does the message
+        raise InvalidArgument(f"invalid {what} request: {_bad_utf8(body)}") from None
+    except RecursionError:  # only where a field is typed Any; none is today
+        raise InvalidArgument(f"invalid {what} request: JSON nested too deeply") from None
+
+
+def _bad_utf8(body: bytes) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"the body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})"
+    return "the body is not valid UTF-8"
+
+
+class _Columns(msgspec.Struct):
+    entities: dict[str, msgspec.Raw] = {}
+    rows: dict[str, msgspec.Raw] = {}
+
+
+_columns_decoder = msgspec.json.Decoder(_Columns)
+_column_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "entities": msgspec.json.Decoder(_EntityColumn),
+    "rows": msgspec.json.Decoder(_PushColumn),
+}
+
+
+def _locate(message: str, body: bytes) -> str:
+    """msgspec names a column ``[...]`` (``$.entities[...][3]``): put the column's name
+    there, found by decoding the body again column by column (error path only)."""
+    for field, decoder in _column_decoders.items():
+        where = f"$.{field}[...]"
+        if where not in message:
+            continue
+        try:
+            columns: dict[str, msgspec.Raw] = getattr(_columns_decoder.decode(body), field)
+        except (msgspec.MsgspecError, ValueError, RecursionError):  # a fault after the first one
+            return message
+        for name, raw in columns.items():
+            try:
+                decoder.decode(raw)
+            except msgspec.ValidationError:
+                return message.replace(where, f"$.{field}.{name}", 1)
+            except (msgspec.MsgspecError, ValueError):
+                return message
+    return message
 
 
 _iso_cache: dict[int, str] = {}

@@ -22,6 +22,8 @@ from featurestore import metrics, tracing
 from featurestore.api.errors import SERVER_FAULTS
 from featurestore.errors import FeatureStoreError
 
+CANCELLED = "CANCELLED"
+
 
 class Outcomes:
     """Records how requests to ``route`` over ``protocol`` ended; ``t0`` is the
@@ -51,14 +53,24 @@ class Outcomes:
     ) -> None:
         """``error`` is what the caller is answered; ``cause`` the exception behind it
         when that is another one (an unexpected exception answered as INTERNAL)."""
-        outcome = error.code.value
-        self._record(outcome, t0)
-        if span is not None and span.is_recording():
-            span.set_attribute("featurestore.error", outcome)
-            tracing.record_error(span, cause or error, server_fault=error.code in SERVER_FAULTS)
+        self._record(error.code.value, t0)
+        self.span_error(error, span, cause)
 
     def cancelled(self, t0: float) -> None:
-        self._record("CANCELLED", t0)
+        self._record(CANCELLED, t0)
+
+    def record(self, outcome: str, t0: float) -> None:
+        """Any outcome by name (``ok``, ``partial``, an error code, ``CANCELLED``)."""
+        if outcome == "ok":
+            self.succeeded(t0)
+        else:
+            self._record(outcome, t0)
+
+    @staticmethod
+    def span_error(error: FeatureStoreError, span: Span | None, cause: BaseException | None = None) -> None:
+        if span is not None and span.is_recording():
+            span.set_attribute("featurestore.error", error.code.value)
+            tracing.record_error(span, cause or error, server_fault=error.code in SERVER_FAULTS)
 
     def _record(self, outcome: str, t0: float) -> None:
         metrics.requests(self.route, self.protocol, outcome).inc()

@@ -17,11 +17,13 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from featurestore import __version__, metrics
 from featurestore.api import json_codec
+from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
@@ -39,6 +41,11 @@ PUSH_PATH = "/v1/feature/push"
 # The body of a request, given its declared length (-1: none), or None once it is
 # known to exceed the limit (``HttpApi.read_body``).
 BodyReader = Callable[[Receive, int], Awaitable[bytes | None]]
+
+
+class ClientDisconnected(Exception):
+    """The connection closed before the whole body arrived (the client left, or the
+    body timeout of ``connections.py`` closed it)."""
 
 
 def create_app(
@@ -78,7 +85,7 @@ def _add_push(
         openapi_extra=PUSH_OPENAPI_EXTRA,
     )
     async def push(request: Request) -> Response:
-        t0 = time.perf_counter()
+        t0 = request.scope.get(RECEIVED_AT) or time.perf_counter()
         try:
             length = int(request.headers.get("content-length", "-1") or -1)
             body = await read_body(request.receive, length)
@@ -89,6 +96,9 @@ def _add_push(
         except FeatureStoreError as e:
             outcomes.failed(t0, e)
             return error_response(e)
+        except ClientDisconnected:
+            outcomes.cancelled(t0)
+            return Response(status_code=499)  # nobody reads it: the connection is gone
         except Exception as e:
             log.exception("push failed")
             error = internal_error(e)
@@ -122,14 +132,26 @@ def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProb
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     @app.get(
-        "/readyz", summary="Readiness: serving a snapshot and not shutting down; store health in the body"
+        "/readyz",
+        summary="Readiness: serving a snapshot and not shutting down; store health in the body",
+        responses={503: {"description": "Shutting down (draining): take this replica out of rotation"}},
     )
     async def readyz() -> Response:
         r = readiness()
         doc = {"ready": r.ready, "reasons": list(r.reasons), **r.details}
         return Response(json_codec.encode(doc), 200 if r.ready else 503, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus() -> Response:
         data, ctype = metrics.exposition()
         return Response(data, media_type=ctype)
@@ -147,7 +169,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
         )
         body = json_codec.encode_error({"code": code, "message": msg, "details": []})
-        return Response(body, e.status_code, media_type="application/json")
+        # Starlette names the route's methods in the 405's headers (Allow, RFC 9110).
+        return Response(body, e.status_code, headers=e.headers, media_type="application/json")
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, e: RequestValidationError) -> Response:

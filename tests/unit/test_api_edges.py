@@ -275,7 +275,7 @@ async def test_too_large_and_push_errors_are_counted_and_timed() -> None:
     async with client(api) as c:
         r = await c.post(JOIN_PATH, content=b"x" * 1000)
         assert r.status_code == 413
-        r = await c.post(PUSH_PATH, json={"feature_view": "nope", "rows": {"user_id": [1]}})
+        r = await c.post(PUSH_PATH, json={"feature_view": "nope", "rows": {"user_id": [1], "a": [1]}})
         assert r.status_code == 404
     join_after = counts(JOIN_PATH, "http", "RESOURCE_EXHAUSTED")
     push_after = counts(PUSH_PATH, "http", "NOT_FOUND")

@@ -87,7 +87,7 @@ def test_json_decode_keeps_order_and_types() -> None:
     )
     assert list(req.entities) == ["b", "a"] and req.features == ("v:f",) and req.full_feature_names
     with pytest.raises(InvalidArgument, match="unknown field"):
-        decode_join(b'{"entities": {}, "featurez": []}')
+        decode_join(b'{"entities": {"a": [1]}, "featurez": []}')
 
 
 def test_render_table() -> None:

@@ -1,0 +1,288 @@
+"""HTTP connection limits: what uvicorn's httptools protocol leaves unbounded.
+
+uvicorn closes an idle keep-alive connection only once it has answered a request on it
+(``timeout_keep_alive``): a connection that never sends a request, sends half of its
+headers, or its headers and never the body, stays open for ever; and httptools takes
+headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
+``HttpToolsProtocol``) bounds, per connection:
+
+* idle time after a response (``keep_alive``; reason ``idle``);
+* a header timeout, from accept (the first request) or from a request's first byte (the
+  next ones) to its last header: a connection that sent nothing is closed (``idle``),
+  one that sent part of a head is answered 408 and closed (``header_timeout``);
+* a body timeout, from the last header to the end of the body (``body_timeout``);
+* the head's size, request line and headers: 431 and close (``header_too_large``);
+* the open connections per worker: beyond the maximum, the connection's request is
+  answered 503 and the connection closed (``max_connections``).
+
+Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
+request's ASGI scope carries the time its first byte was read (``scope[RECEIVED_AT]``,
+``time.perf_counter()``): the request timing starts there, not once the body is parsed.
+
+No timer is armed per request. A uvloop timer costs ~1.9 µs to arm and cancel (uvicorn
+arms one after every response for its keep-alive), and the three this needs would be
+~8% of a batch-1 join (~70 µs of CPU). A request's phase changes only set the
+connection's ``deadline`` (a float), and one sweep per :class:`ConnectionGuard` walks
+the open connections every ``tick`` seconds, so a limit fires between its value and
+its value plus one tick (at most 1 s). With uvicorn's keep-alive timer replaced too,
+a request costs less CPU than with uvicorn's own protocol (benchmarks/http_front.py).
+
+This relies on uvicorn's protocol internals: the attributes ``app``, ``scope``, ``url``,
+``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state``; the methods
+``data_received``, ``on_headers_complete``, ``on_message_complete`` and
+``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
+timer. ``tests/unit/test_connections.py`` fails when any of them changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from featurestore import metrics
+from featurestore.api import json_codec
+from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Unavailable
+
+RECEIVED_AT = "featurestore.received_at"
+REASONS = ("idle", "header_timeout", "body_timeout", "header_too_large", "max_connections")
+
+# Where the parser is in the connection's current request.
+_IDLE = 0  # between requests (a request's body is complete; uvicorn's keep-alive timer runs)
+_HEAD = 1  # reading a request line and headers
+_BODY = 2  # reading a body
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    keep_alive: float  # seconds idle after a response
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    max_connections: int
+
+
+class ConnectionGuard:
+    """The limits of one HTTP server, its protocol factory (uvicorn's ``http=``) and the
+    sweep that enforces the timeouts."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.tick = max(0.05, min(1.0, min(limits.header_timeout, limits.body_timeout) / 4))
+        self.connections: set[GuardedHttpProtocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = {reason: metrics.HTTP_CONNECTIONS_CLOSED.labels(reason) for reason in REASONS}
+
+    def protocol(self, **uvicorn_args: Any) -> GuardedHttpProtocol:
+        return GuardedHttpProtocol(self, **uvicorn_args)
+
+    def uvicorn_config(
+        self, app: ASGIApp, *, access_log: bool, backlog: int = 4096, **settings: Any
+    ) -> uvicorn.Config:
+        """uvicorn's settings for serving ``app`` under this guard. ``backlog``: uvicorn
+        calls listen() on the socket again with it (its default, 2048, would replace
+        the listen queue the socket was made with)."""
+        return uvicorn.Config(
+            app,
+            http=self.protocol,  # type: ignore[arg-type]  # a factory of the protocol
+            ws="none",  # no route takes a WebSocket: an upgrade is answered as plain HTTP
+            timeout_keep_alive=self.limits.keep_alive,  # type: ignore[arg-type]  # (the guard's sweep closes)
+            loop="none",  # the process runs its uvloop
+            lifespan="off",
+            log_config=None,
+            server_header=False,
+            access_log=access_log,
+            backlog=backlog,
+            # X-Forwarded-For rewrites the client address, which only the access log shows;
+            # without it no middleware walks every request's headers (~1 µs a request).
+            proxy_headers=access_log,
+            **settings,
+        )
+
+    def count(self, reason: str) -> None:
+        self._closed[reason].inc()
+
+    def opened(self, conn: GuardedHttpProtocol) -> None:
+        self.connections.add(conn)
+        if self._timer is None:
+            self._timer = conn.loop.call_later(self.tick, self._sweep, conn.loop)
+
+    def lost(self, conn: GuardedHttpProtocol) -> None:
+        self.connections.discard(conn)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = _now()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.expire()
+        metrics.HTTP_CONNECTIONS.set(len(self.connections))
+        self._timer = loop.call_later(self.tick, self._sweep, loop) if self.connections else None
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol under the guard's limits (see the module docstring).
+
+    Per request it overrides four methods (``data_received``, ``on_headers_complete``,
+    ``on_message_complete``, ``on_response_complete``)."""
+
+    def __init__(self, guard: ConnectionGuard, **uvicorn_args: Any) -> None:
+        super().__init__(**uvicorn_args)
+        self.guard = guard
+        limits = guard.limits
+        self._keep_alive = limits.keep_alive
+        self._header_timeout = limits.header_timeout
+        self._body_timeout = limits.body_timeout
+        self._max_header_bytes = limits.max_header_bytes
+        self.deadline = math.inf  # perf_counter() instant the current phase must end by
+        self._phase = _HEAD
+        self.first_byte_at = 0.0  # the current request's first byte; 0: none yet
+        self._chunk_at = 0.0  # when the bytes being parsed were read
+        self._head_bytes = 0  # bytes read while in _HEAD: at least the head's size
+
+    # -- connection -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.guard.opened(self)
+        self.deadline = _now() + self._header_timeout
+        n = self.guard.limits.max_connections
+        if len(self.guard.connections) > n:
+            error = Unavailable(f"this server process holds its limit of {n} connections; retry")
+            self.app = self._refusal(503, error, "max_connections")  # uvicorn runs self.app per request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.lost(self)
+        self.deadline = math.inf
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        now = self._chunk_at = _now()
+        phase = self._phase
+        if phase == _IDLE:  # a request's first bytes (or line breaks before one)
+            self._phase = _HEAD
+            self.first_byte_at = now
+            self._head_bytes = len(data)
+            self.deadline = now + self._header_timeout
+        elif phase == _HEAD:
+            if not self.first_byte_at:  # the connection's first bytes
+                self.first_byte_at = now
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._phase == _HEAD and self._head_bytes > self._max_header_bytes:
+            self._refuse_head()  # the head is incomplete and already over the limit
+
+    def expire(self) -> None:
+        """The current phase's deadline passed (called by the guard's sweep)."""
+        self.deadline = math.inf
+        if self.transport.is_closing():
+            return
+        if self._phase == _BODY:
+            self._close("body_timeout")  # the request's app sees the disconnect
+        elif self._phase == _HEAD and self.first_byte_at:
+            t = self._header_timeout
+            self._answer(408, DeadlineExceeded(f"request headers not received within {t:g} s"))
+            self._close("header_timeout")
+        else:  # _IDLE after a response, or a connection that never sent a byte
+            self._close("idle")
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        # A request that began inside the bytes of the one before it (pipelined) was
+        # still _IDLE: it began when those bytes were read.
+        received = self.first_byte_at if self._phase == _HEAD else self._chunk_at
+        self._phase = _BODY
+        self.deadline = self._chunk_at + self._body_timeout
+        limit = self._max_header_bytes
+        if self._head_bytes > limit and self._head_size() > limit:
+            error = LimitExceeded(
+                f"request line and headers exceed {limit} bytes", details=[{"limit_bytes": limit}]
+            )
+            app, self.app = self.app, self._refusal(431, error, "header_too_large")
+            super().on_headers_complete()
+            self.app = app
+        else:
+            super().on_headers_complete()
+        self.scope[RECEIVED_AT] = received  # type: ignore[literal-required]
+
+    def on_message_complete(self) -> None:
+        self._phase = _IDLE
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:  # answered before its body ended
+            self.deadline = self._chunk_at + self._keep_alive
+        else:
+            self.deadline = math.inf  # the app runs; idle once it has answered
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, less its keep-alive timer (a uvloop timer armed after every response
+        and cancelled by the next request's bytes, ~1.9 µs a request): the guard's sweep
+        closes the idle connection instead. Checked against uvicorn's own in
+        tests/unit/test_connections.py."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._phase == _IDLE:  # not while the next request's head or this body is read
+            self.deadline = _now() + self._keep_alive
+
+    # -- limits ------------------------------------------------------------------------
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _refuse_head(self) -> None:
+        if self.transport.is_closing():
+            return
+        limit = self._max_header_bytes
+        self._answer(
+            431,
+            LimitExceeded(f"request line and headers exceed {limit} bytes", details=[{"limit_bytes": limit}]),
+        )
+        self._close("header_too_large")
+
+    def _refusal(self, status: int, error: FeatureStoreError, reason: str) -> ASGIApp:
+        """An ASGI app answering ``status`` with ``error`` and closing the connection."""
+        body = json_codec.encode_error(error.to_dict())
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+
+        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+            self.guard.count(reason)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        return refuse
+
+    def _answer(self, status: int, error: FeatureStoreError) -> None:
+        """A response written outside any request cycle (no request reached the app)."""
+        body = json_codec.encode_error(error.to_dict())
+        reason = _REASON_PHRASES[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+
+    def _close(self, reason: str) -> None:
+        self.guard.count(reason)
+        self.transport.close()
+
+
+_now = time.perf_counter
+_REASON_PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}

@@ -1,0 +1,133 @@
+"""The HTTP connection guard (featurestore/api/connections.py) against the uvicorn it
+subclasses: the internals it relies on are still there (this fails first when uvicorn
+changes them), and a request's scope carries the time its first byte was read. The
+limits themselves are tested on a real server: tests/integration/test_hostile_clients.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from featurestore.api.connections import RECEIVED_AT, ConnectionGuard, ConnectionLimits
+from tests.support import eventually
+
+LIMITS = ConnectionLimits(
+    keep_alive=5, header_timeout=5, body_timeout=5, max_header_bytes=4096, max_connections=10
+)
+GUARD = 30  # seconds; only turns a hang into a failure
+
+
+async def noop_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+# sha256 of uvicorn 0.54's HttpToolsProtocol.on_response_complete, which
+# GuardedHttpProtocol.on_response_complete copies less the keep-alive timer: when uvicorn
+# changes it, compare the two again and record the new digest here.
+ON_RESPONSE_COMPLETE_SHA256 = "64e254f28e389e7614f2c828176d639174e66aa9d814a4b06624ec86ec0a5b95"
+
+
+def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        proto = HttpToolsProtocol(
+            config=uvicorn.Config(noop_app), server_state=ServerState(), app_state={}, _loop=loop
+        )
+    finally:
+        loop.close()
+    for name in ("app", "transport", "scope", "headers", "cycle", "flow", "pipeline", "server_state"):
+        assert hasattr(proto, name), name
+    for name in ("data_received", "on_headers_complete", "on_message_complete", "_start_asgi_task"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    source = {
+        name: inspect.getsource(getattr(HttpToolsProtocol, name))
+        for name in ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_response_complete")
+    }
+    # each request runs self.app (the guard swaps it to answer 503 or 431)
+    assert "app = self.app" in source["on_headers_complete"]
+    # the request line and headers accumulate in self.url and self.headers (the head's size)
+    assert "self.url += url" in source["on_url"] and "self.headers.append" in source["on_header"]
+    assert '"headers": self.headers' in source["on_message_begin"]
+    digest = hashlib.sha256(source["on_response_complete"].encode()).hexdigest()
+    assert digest == ON_RESPONSE_COMPLETE_SHA256, "uvicorn changed on_response_complete: see above"
+
+
+def test_the_cycle_says_whether_a_request_was_answered() -> None:
+    """on_message_complete reads cycle.response_complete (answered before its body ended)."""
+    assert "self.response_complete = False" in inspect.getsource(RequestResponseCycle.__init__)
+
+
+class Recorder:
+    """An ASGI app that remembers each request's scope and when it started."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []  # (scope[RECEIVED_AT], app start)
+        self.done = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        while (await receive()).get("more_body"):
+            pass
+        self.calls.append((scope[RECEIVED_AT], started))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        self.done.set()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Recorder, int, ConnectionGuard]]:
+    app = Recorder()
+    guard = ConnectionGuard(LIMITS)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, http=guard.protocol, loop="none", lifespan="off", log_config=None)  # type: ignore[arg-type]
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn has no startup event
+        await asyncio.sleep(0.01)
+    yield app, sock.getsockname()[1], guard
+    server.should_exit = True
+    await asyncio.wait_for(task, GUARD)
+    guard.close()
+
+
+REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
+
+
+async def test_the_scope_carries_the_time_the_first_byte_was_read(
+    served: tuple[Recorder, int, ConnectionGuard],
+) -> None:
+    app, port, guard = served
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST[:10])
+    await eventually(lambda: any(c.first_byte_at for c in guard.connections), GUARD, "the first bytes read")
+    between = time.perf_counter()
+    writer.write(REQUEST[10:])
+    await asyncio.wait_for(app.done.wait(), GUARD)
+    writer.close()
+    [(received_at, started)] = app.calls
+    assert 0 < received_at < between < started
+
+
+async def test_pipelined_requests_each_carry_a_first_byte_time(
+    served: tuple[Recorder, int, ConnectionGuard],
+) -> None:
+    app, port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST * 3)
+    for _ in range(3):
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), GUARD)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert len(app.calls) == 3
+    assert all(0 < received_at <= started for received_at, started in app.calls)

@@ -1,0 +1,142 @@
+"""gRPC calls are counted as their client saw them: a real grpc.aio server (in-process)
+and a real client. When the event loop stalls (a long GC pause, CPU-bound work), calls
+time out while they wait for the loop, or are answered after their deadline; the
+client sees DEADLINE_EXCEEDED for each, and so must featurestore_requests_total."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.config import GrpcConfig
+from featurestore.join import JoinEngine, JoinRequest, JoinResult
+from featurestore.push import PushService
+from tests.support import eventually
+from tests.unit.test_api_edges import HANG_GUARD, frozen, join_message, make_engine, sample
+
+OUTCOMES = ("ok", "partial", "CANCELLED", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT")
+CALLS = 6
+DEADLINE = 0.1  # seconds, the clients' deadline
+STALL = 0.3  # seconds the server's event loop is held: longer than the deadline
+
+
+def counted() -> Counter[str]:
+    return Counter({o: int(sample("featurestore_requests_total", JOIN_METHOD, "grpc", o)) for o in OUTCOMES})
+
+
+class StallingEngine(JoinEngine):
+    """Holds the event loop for STALL after each join, before the answer is sent."""
+
+    def __init__(self, base: JoinEngine) -> None:
+        super().__init__(base.stores, base.state, base.limits)
+
+    async def join(self, req: JoinRequest, deadline: float, span: Any = None) -> JoinResult:
+        result = await super().join(req, deadline, span)
+        time.sleep(STALL)  # noqa: ASYNC251 - the stall under test
+        return result
+
+
+Serve = Callable[[JoinEngine], Awaitable[int]]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Serve]:
+    """Starts a grpc.aio server for an engine on a free port (stopped after the test)."""
+    servers: list[grpc.aio.Server] = []
+
+    async def serve(engine: JoinEngine) -> int:
+        api = GrpcApi(engine, PushService(engine), deadline_ms=500)
+        server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
+        api.register(server)
+        port: int = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return port
+
+    yield serve
+    for server in servers:
+        await server.stop(0)
+
+
+def call_all(port: int, go: threading.Event, seen: Counter[str]) -> None:
+    """CALLS joins at once with DEADLINE each, once ``go`` is set; what the client saw
+    goes into ``seen``."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        join = channel.unary_unary(JOIN_METHOD)
+        grpc.channel_ready_future(channel).result(timeout=HANG_GUARD)
+        go.wait(HANG_GUARD)
+        futures = [join.future(join_message("fast", [1]), timeout=DEADLINE) for _ in range(CALLS)]
+        for future in futures:
+            try:
+                future.result()
+                seen["answered"] += 1
+            except grpc.RpcError as e:
+                seen[e.code().name] += 1
+
+
+async def run_clients(port: int, stall_while_sending: bool) -> tuple[Counter[str], Counter[str]]:
+    """(what the client saw, what the server counted) for CALLS joins."""
+    before = counted()
+    go, seen = threading.Event(), Counter[str]()
+    client = threading.Thread(target=call_all, args=(port, go, seen))
+    client.start()
+    go.set()
+    if stall_while_sending:
+        time.sleep(STALL)  # noqa: ASYNC251 - the stall under test: the calls wait for the loop
+    await eventually(lambda: not client.is_alive(), HANG_GUARD, "the client's answers")
+    await eventually(lambda: sum((counted() - before).values()) >= CALLS, HANG_GUARD, "every call counted")
+    return seen, counted() - before
+
+
+async def test_calls_that_time_out_waiting_for_the_loop_are_deadline_exceeded(
+    served: Serve,
+) -> None:
+    port = await served(make_engine())
+    seen, server = await run_clients(port, stall_while_sending=True)
+    assert seen["DEADLINE_EXCEEDED"] >= 1  # the stall outlasts the deadline
+    assert server["DEADLINE_EXCEEDED"] == seen["DEADLINE_EXCEEDED"]
+    assert server["partial"] == seen["answered"]  # 'fast' has no data in the store: partial
+    assert sum(server.values()) == CALLS
+
+
+async def test_an_answer_sent_after_the_deadline_is_deadline_exceeded(
+    served: Serve,
+) -> None:
+    port = await served(StallingEngine(make_engine()))
+    seen, server = await run_clients(port, stall_while_sending=False)
+    assert seen == Counter({"DEADLINE_EXCEEDED": CALLS})
+    assert server == Counter({"DEADLINE_EXCEEDED": CALLS})
+
+
+async def test_a_call_the_client_cancels_is_cancelled(served: Serve) -> None:
+    engine = make_engine(deadline_seconds=60)
+    port = await served(engine)
+    before = counted()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(JOIN_METHOD)(join_message("slow", [1]), timeout=60)
+        await asyncio.wait_for(frozen(engine).entered.wait(), HANG_GUARD)
+        call.cancel()
+    await eventually(lambda: counted() != before, HANG_GUARD, "the call counted")
+    assert counted() - before == Counter({"CANCELLED": 1})
+
+
+async def test_a_call_without_a_request_message_is_invalid_argument(
+    served: Serve,
+) -> None:
+    port = await served(make_engine())
+    before = counted()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.stream_unary(JOIN_METHOD)(iter(()), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no request message" in (info.value.details() or "")
+    await eventually(lambda: counted() != before, HANG_GUARD, "the call counted")
+    assert counted() - before == Counter({"INVALID_ARGUMENT": 1})
