@@ -292,7 +292,10 @@ async def test_hung_clickhouse_is_down_and_frees_threads_within_its_timeout() ->
             assert src.state() is SourceState.DOWN
             await src.prepare([TX])
             [res] = await src.read([ViewQuery(TX, [1], [0], 0)])
-            assert isinstance(res, Unavailable) and "no answer" in str(res), res
+            # Whichever of the two 1 s bounds fires first (the store's wait or the HTTP
+            # client's read timeout, a race under load), the read names the silence.
+            assert isinstance(res, Unavailable), res
+            assert "no answer" in str(res) or "timed out" in str(res).lower(), res
             with pytest.raises(ClickHouseError):  # a call on a user thread ends by itself
                 await src.pool.run(lambda c: c.command("SELECT 1"))
     finally:
