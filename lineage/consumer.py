@@ -101,10 +101,10 @@ class LineageConsumer:
         self.dead_letter_failures = 0  # delivery rounds that left dead letters behind
 
     async def run(self, stop: asyncio.Event) -> None:
-        # The dead-letter topic exists before the first dead letter needs it: a broker
-        # that does not create topics on demand would otherwise hold dead letters (and
-        # so the batch's commit) until someone created it by hand.
-        await asyncio.to_thread(self._ensure_dead_letter_topic)
+        # Both topics exist before they are needed: the subscription finds its topic at
+        # once, and a broker that does not create topics on demand cannot hold the
+        # first dead letter (and so its batch's commit) until someone creates it.
+        await asyncio.to_thread(self._ensure_topics)
         self._consumer.subscribe([self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consuming %s as group %s", self.config.topic, self.config.group_id)
         try:
@@ -199,7 +199,7 @@ class LineageConsumer:
                 len(left), self.config.dead_letter_topic, "; ".join(errors) or "in flight", delay,
             )  # fmt: skip
             if errors:
-                await asyncio.to_thread(self._ensure_dead_letter_topic)
+                await asyncio.to_thread(self._ensure_topics)
             if await _stopped(stop, delay):
                 return False
             delay = min(delay * 2, 5.0)
@@ -227,21 +227,23 @@ class LineageConsumer:
         # Short, so a stop request is seen soon; what is still in flight stays tracked.
         self._dlq.flush(2)
 
-    def _ensure_dead_letter_topic(self) -> None:
-        """Best effort: a broker that is down now is tried again on the next failure."""
+    def _ensure_topics(self) -> None:
+        """Create the events topic (with the configured partitions and replication, as
+        the sink does) and the dead-letter topic. Best effort: a broker that is down now
+        is tried again on the next failure."""
         from confluent_kafka.admin import AdminClient
 
-        try:
-            if self._admin is None:
-                self._admin = AdminClient(self.config.client_config())
-            create_topic(
-                self._admin,
-                self.config.dead_letter_topic,
-                DEAD_LETTER_PARTITIONS,
-                self.config.replication_factor,
-            )
-        except Exception as e:
-            log.warning("cannot create dead-letter topic %s yet: %s", self.config.dead_letter_topic, e)
+        config = self.config
+        for name, partitions in (
+            (config.topic, config.partitions),
+            (config.dead_letter_topic, DEAD_LETTER_PARTITIONS),
+        ):
+            try:
+                if self._admin is None:
+                    self._admin = AdminClient(config.client_config())
+                create_topic(self._admin, name, partitions, config.replication_factor)
+            except Exception as e:
+                log.warning("cannot create topic %s yet: %s", name, e)
 
     def _store_and_commit(self, messages: list[Any]) -> None:
         for m in messages:

@@ -13,6 +13,17 @@ from typing import Any
 
 from lineage import TOPIC
 
+# How often every client re-reads the metadata of its topics. librdkafka's default is
+# 300 s. A consumer subscribed to a topic that does not exist yet looks again only at
+# that interval whenever its metadata cache holds another topic (here the dead-letter
+# topic): the "unknown topic" entry should expire after 100 ms, but the cache expires
+# entries in insertion order, so it waits behind the other topic's 15-minute entry and
+# the group logic takes it for fresh metadata ("no matching topics based on ... old
+# metadata: next metadata refresh in 300000ms" in the cgrp debug log). 5 s bounds that
+# wait, and the time to notice a topic that vanished, for one small metadata request
+# per client every 5 s.
+METADATA_REFRESH_MS = 5_000
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -37,7 +48,11 @@ class KafkaSettings:
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka settings every client (producer, consumer, admin) starts from."""
-        return {"bootstrap.servers": self.bootstrap_servers, "log.connection.close": False}
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "log.connection.close": False,
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+        }
 
 
 def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
