@@ -91,6 +91,7 @@ class LineageConsumer:
                 # A dead letter that cannot be delivered fails within this, so the retry
                 # loop sees it (and can create the topic) instead of waiting 5 minutes.
                 "message.timeout.ms": 30_000,
+                "allow.auto.create.topics": False,  # created by _ensure_topics, one partition
             }
         )
         self._admin: Any = None

@@ -109,6 +109,10 @@ class KafkaSink:
                 "queue.buffering.max.messages": self.config.buffer_messages,
                 "message.timeout.ms": self.config.buffer_seconds * 1000,
                 "socket.connection.setup.timeout.ms": 3000,
+                # Only _ensure_topic creates the topic, with the configured partitions and
+                # replication: a producer that asked the broker to create it on first use
+                # won that race and got the broker's default (Tansu: 4 partitions).
+                "allow.auto.create.topics": False,
                 "error_cb": self._on_error,
             }
         )

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from lineage import metrics
 from lineage.graph.bolt import BoltGraph
+from lineage.kafka import KafkaSettings
 from lineage.sinks import KafkaSink
 from tests.integration.test_lineage_pipeline import ev, new_consumer
 from tests.servers import ArcadeServer, TansuBroker
@@ -57,3 +59,24 @@ async def test_a_consumer_started_before_its_topic_exists_reads_what_is_produced
         await sink.close()
     assert partitions(kafka, topic) == consumer.config.partitions == 6
     assert len(await graph.events("user_profile:age", None, None, 100)) == 10
+
+
+async def test_the_sink_creates_its_topic_with_the_configured_partitions(kafka: TansuBroker) -> None:
+    """Events sent right at start used to make the producer ask the broker to create the
+    topic, with the broker's default partition count, before the sink's own creation."""
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap, topic=f"lineage-{uuid.uuid4().hex[:6]}", partitions=3
+    )
+    sink = KafkaSink(settings, linger_ms=1)
+    delivered0 = metrics.EVENTS.labels("delivered")._value.get()
+    await sink.start()
+    try:
+        await sink.send([ev(i) for i in range(5)])
+        await eventually(
+            lambda: metrics.EVENTS.labels("delivered")._value.get() - delivered0 >= 5,
+            30,
+            "the events delivered",
+        )
+    finally:
+        await sink.close()
+    assert partitions(kafka, settings.topic) == 3
