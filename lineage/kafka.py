@@ -55,17 +55,24 @@ class KafkaSettings:
         }
 
 
-def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
-    """Create the topic unless it exists (blocking; run it in a thread). Raises when
-    the broker cannot be asked or refuses for another reason than its existence."""
+def ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> str:
+    """Create the topic unless it exists, and return its topic id ("" when the broker
+    does not say; blocking, run it in a thread). The id tells a topic from one
+    re-created under the same name, e.g. by a broker that lost its data. Raises when
+    the broker cannot be asked or refuses for another reason than the topic's existence."""
+    from confluent_kafka import TopicCollection
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    if name in admin.list_topics(timeout=3).topics:
-        return
-    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
-    for fut in admin.create_topics([topic]).values():
-        try:
-            fut.result(timeout=5)
-        except Exception as e:
-            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise
+    if name not in admin.list_topics(timeout=3).topics:
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        for fut in admin.create_topics([topic]).values():
+            try:
+                fut.result(timeout=5)
+            except Exception as e:
+                if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise
+    try:
+        described = admin.describe_topics(TopicCollection([name]))[name].result(timeout=5)
+    except Exception:
+        return ""  # a broker without topic ids (before Kafka 2.8): re-creation goes unseen
+    return str(described.topic_id)
