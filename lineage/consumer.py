@@ -9,12 +9,19 @@ and one the graph refuses for good (found by splitting the refused batch until t
 culprits are alone). Partitions are only handed over between batches, so a rebalance
 never splits a batch; shutdown finishes the batch in hand, commits, and leaves the
 group.
+
+Both topics are created at start when missing, and checked every TOPIC_CHECK_SECONDS
+beside the batches. A topic that comes back with a new id was lost by the broker: the
+events the consumer had seen in it but not read are counted as lost, nothing read from
+the old topic is committed, and the consumer joins the group again to read the new
+topic from its start (docs/lineage.md, "Losing the broker").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +29,9 @@ from typing import Any
 from lineage import metrics
 from lineage.events import LineageEvent, MalformedEvent, decode_event
 from lineage.graph.base import GraphUnavailable, LineageGraph
-from lineage.kafka import KafkaSettings, create_topic
+from lineage.kafka import KafkaSettings
 from lineage.sinks import observe_event_to_graph
+from lineage.topics import ReadPositions, TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,10 @@ UNAVAILABLE = (GraphUnavailable, OSError)
 
 MAX_REASON = 1000  # header bytes; a driver's message can be long
 DEAD_LETTER_PARTITIONS = 1
+# How often the consumer checks that its topics exist and are the ones it knew: an
+# admin request for two topics every 5 s; a lost topic is noticed (and created again)
+# within about this long.
+TOPIC_CHECK_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -91,22 +103,36 @@ class LineageConsumer:
                 # A dead letter that cannot be delivered fails within this, so the retry
                 # loop sees it (and can create the topic) instead of waiting 5 minutes.
                 "message.timeout.ms": 30_000,
+                "allow.auto.create.topics": False,  # created by the TopicWatch, one partition
             }
         )
-        self._admin: Any = None
+        self._topics = TopicWatch(
+            config,
+            "consumer",
+            {
+                "events": (config.topic, config.partitions),
+                "dead_letters": (config.dead_letter_topic, DEAD_LETTER_PARTITIONS),
+            },
+        )
+        self._checking = threading.Lock()  # one topic check at a time
+        self._positions = ReadPositions()
+        self._topic_generation = 0  # +1 each time the broker lost the events topic
+        self._dropping = False  # the topic was lost: its stored offsets must not be committed
         self._assigned: list[Any] = []
-        self._last_lag = 0.0
         self.written = 0  # events written, for callers and tests
         self.dead_lettered = 0
         self.dead_letter_failures = 0  # delivery rounds that left dead letters behind
+        self.lost_events = 0  # events a lost topic took along unread
 
     async def run(self, stop: asyncio.Event) -> None:
-        # The dead-letter topic exists before the first dead letter needs it: a broker
-        # that does not create topics on demand would otherwise hold dead letters (and
-        # so the batch's commit) until someone created it by hand.
-        await asyncio.to_thread(self._ensure_dead_letter_topic)
-        self._consumer.subscribe([self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        # Both topics exist before they are needed: the subscription finds its topic at
+        # once, and a broker that does not create topics on demand cannot hold the
+        # first dead letter (and so its batch's commit) until someone creates it.
+        await asyncio.to_thread(self._check_topics)
+        self._subscribe()
         log.info("consuming %s as group %s", self.config.topic, self.config.group_id)
+        done = asyncio.Event()
+        monitor = asyncio.create_task(self._monitor(done), name="lineage-consumer-monitor")
         try:
             while not stop.is_set():
                 messages = await asyncio.to_thread(
@@ -116,18 +142,33 @@ class LineageConsumer:
                 )
                 if messages:
                     await self._handle(messages, stop)
-                if time.monotonic() - self._last_lag > 1.0:
-                    await asyncio.to_thread(self._report_lag)
         finally:
+            done.set()
+            await monitor  # it finishes the step in hand: the consumer is closed after it
             await asyncio.to_thread(self._close)
 
+    async def _monitor(self, done: asyncio.Event) -> None:
+        """Beside the batches (also while one waits for the graph): once a second the
+        partition ends and the lag, every TOPIC_CHECK_SECONDS the topics."""
+        checked = time.monotonic()
+        while not await _stopped(done, 1.0):
+            try:
+                await asyncio.to_thread(self._report_lag)
+                if time.monotonic() - checked > TOPIC_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    await asyncio.to_thread(self._check_topics)
+            except Exception:
+                log.exception("lineage consumer monitor")  # the next round tries again
+
     async def _handle(self, messages: list[Any], stop: asyncio.Event) -> None:
+        generation = self._topic_generation
         batch: list[tuple[Any, LineageEvent]] = []
         dead: list[_DeadLetter] = []
         for m in messages:
             if m.error():
                 log.warning("kafka: %s", m.error())
                 continue
+            self._positions.took(m.partition(), m.offset())
             try:
                 batch.append((m, decode_event(m.value() or b"")))
             except MalformedEvent as e:
@@ -138,6 +179,8 @@ class LineageConsumer:
         dead += refused
         if dead and not await self._dead_letter(dead, stop):
             return  # stopping before the dead letters were delivered: the same
+        if generation != self._topic_generation:
+            return  # read from a topic since lost: its offsets mean nothing in the new one
         await asyncio.to_thread(self._store_and_commit, messages)
 
     async def _write(
@@ -199,7 +242,7 @@ class LineageConsumer:
                 len(left), self.config.dead_letter_topic, "; ".join(errors) or "in flight", delay,
             )  # fmt: skip
             if errors:
-                await asyncio.to_thread(self._ensure_dead_letter_topic)
+                await asyncio.to_thread(self._check_topics)
             if await _stopped(stop, delay):
                 return False
             delay = min(delay * 2, 5.0)
@@ -227,32 +270,63 @@ class LineageConsumer:
         # Short, so a stop request is seen soon; what is still in flight stays tracked.
         self._dlq.flush(2)
 
-    def _ensure_dead_letter_topic(self) -> None:
-        """Best effort: a broker that is down now is tried again on the next failure."""
-        from confluent_kafka.admin import AdminClient
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(
+            [self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
 
-        try:
-            if self._admin is None:
-                self._admin = AdminClient(self.config.client_config())
-            create_topic(
-                self._admin,
-                self.config.dead_letter_topic,
-                DEAD_LETTER_PARTITIONS,
-                self.config.replication_factor,
-            )
-        except Exception as e:
-            log.warning("cannot create dead-letter topic %s yet: %s", self.config.dead_letter_topic, e)
+    def _check_topics(self) -> None:
+        """Create missing topics. After the broker lost the events topic: count the
+        events it took along unread and join the group again, so every partition is
+        read from the start of the new topic. (Tansu also needs the new member: to a
+        member that rejoins alone it hands the assignment it computed last, which is
+        none when that was while the topic was missing.)"""
+        with self._checking:
+            lost = self._topics.check()
+            if "dead_letters" in lost:
+                log.error(
+                    "dead-letter topic %s was lost by the broker, with its dead letters "
+                    "(%d delivered there by this consumer so far)",
+                    self.config.dead_letter_topic, self.dead_lettered,
+                )  # fmt: skip
+            if "events" not in lost:
+                return
+            unread = self._positions.unread()
+            metrics.LOST_EVENTS.inc(unread)
+            self.lost_events += unread
+            log.error(
+                "topic %s was lost by the broker, with %d events this consumer had not read; "
+                "joining the group again to read the new topic from its start",
+                self.config.topic, unread,
+            )  # fmt: skip
+            self._positions.clear()
+            self._topic_generation += 1
+            self._dropping = True
+            self._consumer.unsubscribe()
+            self._subscribe()
 
     def _store_and_commit(self, messages: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
         for m in messages:
-            if not m.error():
+            if m.error():
+                continue
+            try:
                 self._consumer.store_offsets(message=m)
+            except KafkaException as e:
+                # The partition went to another member (or with a lost topic) while the
+                # batch was written: its next owner reads from the last commit again.
+                log.debug("offset of %s/%d not stored: %s", m.topic(), m.partition(), e)
         self._commit()
 
     def _commit(self) -> None:
-        """Commit the stored offsets: only batches already written."""
+        """Commit the stored offsets: only batches already written. Never the offsets of
+        a topic the broker lost: applied to the new topic, they would skip its first
+        events."""
         from confluent_kafka import KafkaException
 
+        if self._dropping:
+            return
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as e:  # e.g. nothing stored to commit
@@ -260,23 +334,39 @@ class LineageConsumer:
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
         self._assigned = list(partitions)
+        self._dropping = False
         log.info("assigned partitions %s", [p.partition for p in partitions])
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoking partitions %s", [p.partition for p in partitions])
         self._commit()
         self._assigned = []
+        self._positions.forget([tp.partition for tp in partitions])
+
+    def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
+        """The session ended (the coordinator was gone too long): another member may own
+        these partitions by now, so nothing is committed. Their read positions stay: if
+        the broker died with the topic, the next check counts what it took along."""
+        log.warning("lost partitions %s (group session ended)", [p.partition for p in partitions])
+        self._assigned = []
 
     def _report_lag(self) -> None:
-        self._last_lag = time.monotonic()
-        if not self._assigned:
+        """Lag per assigned partition: its end as the last fetch response gave it (the
+        fetcher asks at least every fetch.wait.max.ms, 500 ms; no request of its own,
+        and right on Tansu, whose ListOffsets(latest) is not) minus the group's committed
+        offset. The ends also tell what a lost topic took along unread."""
+        assigned = self._assigned
+        if not assigned:
             return
         try:
-            committed = self._consumer.committed(self._assigned, timeout=2)
-            for tp in committed:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                done = tp.offset if tp.offset >= 0 else 0
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(high - done, 0))
+            for tp in assigned:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:  # a partition not fetched yet has no end
+                    self._positions.saw_end(tp.partition, high)
+            for tp in self._consumer.committed(assigned, timeout=2):
+                end = self._positions.end(tp.partition)
+                if end is not None:
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(end - max(tp.offset, 0), 0))
         except Exception as e:
             log.debug("lag: %s", e)
 

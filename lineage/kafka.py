@@ -13,6 +13,17 @@ from typing import Any
 
 from lineage import TOPIC
 
+# How often every client re-reads the metadata of its topics. librdkafka's default is
+# 300 s. A consumer subscribed to a topic that does not exist yet looks again only at
+# that interval whenever its metadata cache holds another topic (here the dead-letter
+# topic): the "unknown topic" entry should expire after 100 ms, but the cache expires
+# entries in insertion order, so it waits behind the other topic's 15-minute entry and
+# the group logic takes it for fresh metadata ("no matching topics based on ... old
+# metadata: next metadata refresh in 300000ms" in the cgrp debug log). 5 s bounds that
+# wait, and the time to notice a topic that vanished, for one small metadata request
+# per client every 5 s.
+METADATA_REFRESH_MS = 5_000
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -37,20 +48,31 @@ class KafkaSettings:
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka settings every client (producer, consumer, admin) starts from."""
-        return {"bootstrap.servers": self.bootstrap_servers, "log.connection.close": False}
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "log.connection.close": False,
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+        }
 
 
-def create_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> None:
-    """Create the topic unless it exists (blocking; run it in a thread). Raises when
-    the broker cannot be asked or refuses for another reason than its existence."""
+def ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> str:
+    """Create the topic unless it exists, and return its topic id ("" when the broker
+    does not say; blocking, run it in a thread). The id tells a topic from one
+    re-created under the same name, e.g. by a broker that lost its data. Raises when
+    the broker cannot be asked or refuses for another reason than the topic's existence."""
+    from confluent_kafka import TopicCollection
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    if name in admin.list_topics(timeout=3).topics:
-        return
-    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
-    for fut in admin.create_topics([topic]).values():
-        try:
-            fut.result(timeout=5)
-        except Exception as e:
-            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise
+    if name not in admin.list_topics(timeout=3).topics:
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        for fut in admin.create_topics([topic]).values():
+            try:
+                fut.result(timeout=5)
+            except Exception as e:
+                if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise
+    try:
+        described = admin.describe_topics(TopicCollection([name]))[name].result(timeout=5)
+    except Exception:
+        return ""  # a broker without topic ids (before Kafka 2.8): re-creation goes unseen
+    return str(described.topic_id)

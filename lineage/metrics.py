@@ -52,6 +52,17 @@ CONSUMER_LAG = Gauge(
     "Messages in the topic not yet committed by the consumer group, by partition.",
     ["partition"],
 )
+TOPIC_LOST = Counter(
+    "featurestore_lineage_topic_lost_total",
+    "Times a lineage client found a topic re-created (a new topic id): the broker lost it "
+    "and what it held. By client (sink, consumer) and topic (events, dead_letters).",
+    ["client", "topic"],
+)
+LOST_EVENTS = Counter(
+    "featurestore_lineage_lost_events_total",
+    "Lineage events a broker had taken but lost with its topic before the consumer read "
+    "them (the partition ends the consumer last fetched minus what it had read: a floor).",
+)
 GRAPH_WRITE = Histogram(
     "featurestore_lineage_graph_write_seconds",
     "Time to write one batch of lineage events into the graph.",

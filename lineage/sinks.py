@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from lineage import metrics
 from lineage.events import LineageEvent, encode_event
 from lineage.graph.base import LineageGraph, event_time_ms
-from lineage.kafka import KafkaSettings, create_topic
+from lineage.kafka import KafkaSettings
+from lineage.topics import TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class InProcessSink:
         metrics.EVENTS.labels("delivered").inc(len(events))
 
 
+# How long a producer replaced after a broker lost its topic may still report (and so
+# hand over) the events it was purged of. In the broker-loss test the last report came
+# 0.05-0.1 s after the purge (one or two poll rounds); 5 s is fifty times that.
+DRAIN_SECONDS = 5.0
+
 # While nothing is delivered for this long, the poller asks a broker for metadata this
 # often, so the up gauge also tells the truth for an idle server or a silent broker.
 PROBE_SECONDS = 5.0
@@ -70,6 +76,7 @@ class _Generation:
     events: int = 0
     served: int = 0
     retired: bool = False
+    resend: bool = False  # what it still holds goes to the next producer, not to the counts
 
 
 class KafkaSink:
@@ -79,7 +86,11 @@ class KafkaSink:
     the event loop; while Kafka is down events wait there for ``buffer_seconds`` and the
     server keeps serving. Every event handed over ends in exactly one count: delivered,
     or broken (buffer full, refused by the producer, expired, or still buffered at
-    shutdown). A producer that fails fatally (an idempotence violation) is replaced."""
+    shutdown). A producer that fails fatally (an idempotence violation) is replaced, and
+    so is one whose broker lost the topic (it came back re-created, with a new topic id):
+    the broker forgot the producer's id with it, and Tansu answers such a producer
+    UNKNOWN_PRODUCER_ID until its events expire. The new producer re-sends what the old
+    one had not delivered."""
 
     def __init__(self, settings: KafkaSettings, *, linger_ms: int = 20, close_seconds: float = 5.0) -> None:
         self.config = settings
@@ -87,14 +98,16 @@ class KafkaSink:
         self.close_seconds = close_seconds  # on shutdown, how long buffered events may still go out
         self._up = metrics.SINK_UP.labels("kafka")
         self._poller: asyncio.Task[None] | None = None
-        self._topic_ready = False
-        self._admin: Any = None  # one AdminClient (a librdkafka instance), made on first use
+        self._topic = TopicWatch(settings, "sink", {"events": (settings.topic, settings.partitions)})
         self._last_delivery = time.monotonic()
         self._fatal: Any = None  # the fatal error that made the current producer unusable
         self._warned = 0.0
         self._unreported = 0  # failures since the last warning
         self._gen = _Generation()
         self._producer = self._new_producer()
+        # Replaced producers whose purged events are still being reported (and re-sent),
+        # each with the time it is retired regardless.
+        self._draining: list[tuple[Any, _Generation, float]] = []
 
     def _new_producer(self) -> Any:
         from confluent_kafka import Producer
@@ -109,6 +122,10 @@ class KafkaSink:
                 "queue.buffering.max.messages": self.config.buffer_messages,
                 "message.timeout.ms": self.config.buffer_seconds * 1000,
                 "socket.connection.setup.timeout.ms": 3000,
+                # Only _ensure_topic creates the topic, with the configured partitions and
+                # replication: a producer that asked the broker to create it on first use
+                # won that race and got the broker's default (Tansu: 4 partitions).
+                "allow.auto.create.topics": False,
                 "error_cb": self._on_error,
             }
         )
@@ -122,6 +139,9 @@ class KafkaSink:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        for old, gen, _ in self._draining:
+            self._retire(old, gen)  # what it still reports is re-sent, the rest counted
+        self._draining.clear()
         # Give in-flight events a moment; whatever is still buffered then is lost with
         # the producer, so it is counted as undelivered rather than vanishing.
         await asyncio.to_thread(self._producer.flush, self.close_seconds)
@@ -136,19 +156,19 @@ class KafkaSink:
             self._produce(event)
         self._producer.poll(0)
 
-    def _produce(self, event: LineageEvent, retry: bool = True) -> None:
+    def _produce(self, event: LineageEvent) -> None:
+        self._produce_message(event.key, encode_event(event), event.served_count)
+
+    def _produce_message(self, key: bytes | str, value: bytes, served: int, retry: bool = True) -> None:
         from confluent_kafka import KafkaException
 
         gen = self._gen
         try:
             self._producer.produce(
-                self.config.topic,
-                key=event.key,
-                value=encode_event(event),
-                on_delivery=_on_delivery(self, gen, event.served_count),
+                self.config.topic, key=key, value=value, on_delivery=_on_delivery(self, gen, served)
             )
         except BufferError:
-            metrics.BROKEN.labels("sink_buffer_full").inc(event.served_count)
+            metrics.BROKEN.labels("sink_buffer_full").inc(served)
             metrics.EVENTS.labels("dropped").inc()
             return
         except KafkaException as e:
@@ -156,24 +176,44 @@ class KafkaSink:
             if retry and error is not None and error.fatal():
                 self._fatal = error
                 self._replace_producer()
-                self._produce(event, retry=False)
+                self._produce_message(key, value, served, retry=False)
                 return
             # Only this event is lost (e.g. larger than the broker accepts): the events
             # before it are on their way and the ones after it still go.
-            self._failed(event.served_count, e)
+            self._failed(served, e)
             return
         gen.events += 1
-        gen.served += event.served_count
+        gen.served += served
 
-    def _replace_producer(self) -> None:
-        """A producer that failed fatally refuses everything from then on: start a new
-        one. Whatever the old one still held is counted as undelivered."""
-        log.error("lineage producer failed fatally (%s); replacing it", self._fatal)
+    def _replace_producer(self, resend: bool = False) -> None:
+        """Start a new producer. A producer that failed fatally refuses everything from
+        then on: whatever it still held is counted as undelivered. With ``resend`` the
+        old producer's undelivered events go to the new one instead: it is purged, and
+        the poller serves its reports (events in flight are reported only once their
+        request is dropped) until it holds nothing or DRAIN_SECONDS passed."""
+        if not resend:
+            log.error("lineage producer failed fatally (%s); replacing it", self._fatal)
         old, gen = self._producer, self._gen
         self._gen = _Generation()
         self._producer = self._new_producer()
         self._fatal = None
-        self._retire(old, gen)
+        if not resend:
+            self._retire(old, gen)
+            return
+        gen.resend = True
+        with contextlib.suppress(Exception):
+            old.purge()
+        self._draining.append((old, gen, time.monotonic() + DRAIN_SECONDS))
+
+    def _drain(self) -> None:
+        """Serve the reports of replaced producers; retire each once it is empty."""
+        now = time.monotonic()
+        for item in list(self._draining):
+            old, gen, until = item
+            old.poll(0)
+            if len(old) == 0 or now > until:
+                self._draining.remove(item)
+                self._retire(old, gen)
 
     def _retire(self, producer: Any, gen: _Generation) -> int:
         """Fail what ``producer`` still holds (its reports count it), count what got no
@@ -191,21 +231,15 @@ class KafkaSink:
 
     async def _ensure_topic(self) -> None:
         """Create the topic when missing; best effort, from the poller only (``send``
-        never waits for it: events queue in the buffer meanwhile)."""
-        from confluent_kafka.admin import AdminClient
-
-        def create() -> bool:
-            if self._admin is None:
-                self._admin = AdminClient(self.config.client_config())
-            create_topic(
-                self._admin, self.config.topic, self.config.partitions, self.config.replication_factor
-            )
-            return True
-
-        try:
-            self._topic_ready = await asyncio.to_thread(create)
-        except Exception as e:
-            log.warning("cannot create lineage topic %s yet: %s", self.config.topic, e)
+        never waits for it: events queue in the buffer meanwhile). A topic the broker
+        lost is counted by the watch, and the producer is replaced (see the class)."""
+        if await asyncio.to_thread(self._topic.check):
+            log.warning(
+                "lineage topic %s was re-created (the broker lost it, with the events it held); "
+                "re-sending the %d events not yet delivered with a new producer",
+                self.config.topic, self._gen.events,
+            )  # fmt: skip
+            self._replace_producer(resend=True)
 
     def _reachable(self) -> bool:
         try:
@@ -226,11 +260,13 @@ class KafkaSink:
         probed: float | None = None
         while True:
             self._producer.poll(0)
+            if self._draining:
+                self._drain()
             if self._fatal is not None:
                 self._replace_producer()
             now = time.monotonic()
             stalled = len(self._producer) > 0 and now - self._last_delivery > PROBE_SECONDS
-            if (not self._topic_ready or stalled) and now - checked > 5.0:
+            if (not self._topic.ready or stalled) and now - checked > 5.0:
                 checked = now
                 await self._ensure_topic()
             quiet = now - self._last_delivery > PROBE_SECONDS
@@ -238,7 +274,7 @@ class KafkaSink:
                 probed = now
                 reachable = await asyncio.to_thread(self._reachable)
                 if time.monotonic() - self._last_delivery > PROBE_SECONDS:  # no delivery meanwhile
-                    self._up.set(1 if reachable and self._topic_ready and not stalled else 0)
+                    self._up.set(1 if reachable and self._topic.ready and not stalled else 0)
             await asyncio.sleep(0.05)
 
     def _on_error(self, error: Any) -> None:
@@ -254,18 +290,21 @@ class KafkaSink:
         else:
             log.debug("lineage sink: %s", error)
 
-    def delivered(self, gen: _Generation, served: int, error: Any) -> None:
+    def delivered(self, gen: _Generation, served: int, error: Any, msg: Any) -> None:
         if gen.retired:
             return  # already counted when its producer was retired
         gen.events -= 1
         gen.served -= served
+        if gen.resend and error is not None and _purged(error):
+            self._produce_message(msg.key(), msg.value(), served)  # to the new producer
+            return
         if error is None:
             metrics.EVENTS.labels("delivered").inc()
             self._last_delivery = time.monotonic()
             self._up.set(1)
             return
         if "UNKNOWN_TOPIC" in str(error) or "UNKNOWN_PARTITION" in str(error):
-            self._topic_ready = False  # e.g. a broker that lost its topics: create it again
+            self._topic.ready = False  # e.g. a broker that lost its topics: create it again
         self._up.set(0)
         self._failed(served, error)
 
@@ -280,8 +319,16 @@ class KafkaSink:
             self._warned, self._unreported = now, 0
 
 
+def _purged(error: Any) -> bool:
+    """A message its producer dropped when told to (purge): neither delivered nor
+    refused by the broker, so another producer may send it."""
+    from confluent_kafka import KafkaError
+
+    return bool(error.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
+
+
 def _on_delivery(sink: KafkaSink, gen: _Generation, served: int) -> Any:
-    def callback(err: Any, _msg: Any) -> None:
-        sink.delivered(gen, served, err)
+    def callback(err: Any, msg: Any) -> None:
+        sink.delivered(gen, served, err, msg)
 
     return callback

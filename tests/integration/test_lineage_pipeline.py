@@ -41,10 +41,12 @@ async def graph(arcade: ArcadeServer) -> AsyncIterator[BoltGraph]:
     await g.close()
 
 
-def new_consumer(kafka: TansuBroker, topic: str, graph: Any, group: str | None = None) -> LineageConsumer:
+def new_consumer(
+    kafka: TansuBroker, topic: str, graph: Any, group: str | None = None, session_timeout_ms: int = 2000
+) -> LineageConsumer:
     settings = KafkaSettings(
         bootstrap_servers=kafka.bootstrap, topic=topic, group_id=group or f"g-{uuid.uuid4().hex[:6]}",
-        session_timeout_ms=2000,  # Tansu: group joins take about half of it
+        session_timeout_ms=session_timeout_ms,  # Tansu: group joins take about half of it
     )  # fmt: skip
     return LineageConsumer(settings, graph, batch_size=100, batch_wait_ms=100)
 
