@@ -1,21 +1,40 @@
-# featurestore serving image. Build: docker build -t featurestore .
-# Run the demo:  docker run -p 8080:8080 -p 50051:50051 featurestore serve --demo --host 0.0.0.0
-# Production:    mount a config (see deploy/config/production.yaml) and run
-#                featurestore serve --config /etc/featurestore/config.yaml
-FROM python:3.11-slim AS build
+# featurestore image: the server, the CLI and the lineage consumer (docs/deploy.md).
+#   docker build -t featurestore .
+#   docker run -p 8080:8080 -p 50051:50051 featurestore      # the 100k-user demo, memory stores
+# Production: deploy/docker-compose.yml (one host) or deploy/k8s/ (Kubernetes).
+#
+# EXTRAS are the backends installed besides the core (Redis): every remote backend the
+# deploy configs name (ClickHouse over HTTP, etcd, Kafka, Neo4j, GraphQL, OTLP traces).
+# The embedded ClickHouse engine (extra `embedded`, chdb: ~200 MB of RSS and the largest
+# wheel) is left out; build with --build-arg EXTRAS=all to include it.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ARG EXTRAS=clickhouse,etcd,kafka,neo4j,graphql,otlp
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# LICENSE* : copied when present (the package metadata may name it)
+COPY pyproject.toml constraints.txt README.md LICENSE* ./
 COPY featurestore ./featurestore
 COPY lineage ./lineage
-RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[otlp]"
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[${EXTRAS}]"
 
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 featurestore && mkdir -p /data && chown featurestore /data
+FROM python:${PYTHON_VERSION}-slim
+# A fixed numeric uid/gid: Kubernetes' runAsNonRoot can only verify a numeric USER, and
+# deploy/k8s/featurestore.yaml runs as this same 10001.
+RUN groupadd --system --gid 10001 featurestore \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home featurestore \
+ && mkdir -p /data \
+ && chown 10001:10001 /data
 COPY --from=build /install /usr/local
-USER featurestore
+USER 10001:10001
 WORKDIR /data
-ENV FEATURESTORE_DATA_DIR=/data PYTHONUNBUFFERED=1
+# The root filesystem may be read-only (Kubernetes): bytecode was compiled at install
+# time, and everything written at run time goes to /tmp (PROMETHEUS_MULTIPROC_DIR of the
+# workers) or /data (demo data, a file registry).
+ENV FEATURESTORE_DATA_DIR=/data PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8080 50051
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz',timeout=1).status!=200)"
+# For `docker run` of the server; compose and Kubernetes define their own checks.
+HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=1).status != 200)"]
 ENTRYPOINT ["featurestore"]
-CMD ["serve", "--demo", "--host", "0.0.0.0"]
+CMD ["serve", "--demo", "--no-clickhouse", "--host", "0.0.0.0"]

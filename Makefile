@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Debian packages the test suite starts as real servers / tools.
-DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus wrk
+DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prometheus-alertmanager docker-compose wrk
 PYTEST_ARGS ?=
 
 .PHONY: help run test venv install system-deps lint format types proto unit bench bench-feast clean

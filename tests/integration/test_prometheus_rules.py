@@ -32,3 +32,22 @@ def test_rule_unit_tests_pass(promtool: str) -> None:
     assert tests
     out = subprocess.run([promtool, "test", "rules", *tests], cwd=PROM, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_prometheus_config_and_its_rule_files_are_valid(promtool: str) -> None:
+    """deploy/prometheus/prometheus.yml as the compose Prometheus loads it: scrape jobs,
+    rule files and the Alertmanager it alerts."""
+    out = subprocess.run(
+        [promtool, "check", "config", str(PROM / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "featurestore.rules.yml" in out.stdout + out.stderr
+
+
+def test_alertmanager_config_is_valid() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is missing: `make test` installs Debian's prometheus-alertmanager")
+    config = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    out = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

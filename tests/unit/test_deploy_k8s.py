@@ -1,0 +1,240 @@
+"""deploy/k8s/ validates against the Kubernetes schemas (kubernetes-validate, offline) and
+holds together: Secrets, security context, writable paths, probes, drain, PDB, HPA."""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from featurestore.cli import parser
+from tests.support import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+# The cluster version the manifests are written for; kubernetes-validate ships its
+# schemas, so the check runs offline. Strict: an unknown (misspelt) field fails.
+KUBERNETES_VERSION = "1.31.0"
+
+
+def manifests() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}"
+    return matches[0]
+
+
+def deployments() -> list[dict[str, Any]]:
+    return [d for d in manifests() if d["kind"] == "Deployment"]
+
+
+def server() -> dict[str, Any]:
+    return find("Deployment", "featurestore")
+
+
+def pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def image_uid() -> int:
+    users = re.findall(r"^USER\s+(\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users, "the Dockerfile's USER must be numeric (runAsNonRoot cannot check a name)"
+    return int(users[-1].split(":")[0])
+
+
+def test_every_manifest_validates_against_the_pinned_kubernetes_schemas() -> None:
+    errors = []
+    for doc in manifests():
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(f"{where}: {e.message}")
+    assert errors == []
+    kinds = sorted(d["kind"] for d in manifests())
+    for kind in ("ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"):
+        assert kind in kinds
+    assert "HorizontalPodAutoscaler" in kinds
+
+
+def test_strict_validation_rejects_a_misspelt_field() -> None:
+    doc = copy.deepcopy(server())
+    pod(doc)["containers"][0]["securityContext"]["readOnlyRootFilesytem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_pods_run_as_the_image_user_non_root_on_a_read_only_root_filesystem() -> None:
+    for deployment in deployments():
+        spec = pod(deployment)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == image_uid() != 0
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            ctx = c["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True, c["name"]
+            assert ctx["allowPrivilegeEscalation"] is False, c["name"]
+            assert ctx["capabilities"]["drop"] == ["ALL"], c["name"]
+
+
+def test_the_writable_paths_of_the_server_are_empty_dirs() -> None:
+    spec = pod(server())
+    container = spec["containers"][0]
+    empty = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    workdir = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, re.M)[-1]
+    data_dir = re.search(r"FEATURESTORE_DATA_DIR=(\S+)", dockerfile)
+    assert data_dir is not None
+    # the supervisor's PROMETHEUS_MULTIPROC_DIR is a mkdtemp() under the temp dir
+    from featurestore.supervisor import Supervisor
+
+    metrics_dir = Path(Supervisor(1, ["true"]).metrics_dir)
+    metrics_dir.rmdir()
+    assert metrics_dir.parent == Path(tempfile.gettempdir())
+    needed = {"/tmp", workdir, data_dir.group(1), env(container)["NUMBA_CACHE_DIR"]}
+    assert needed <= writable
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "TMPDIR"):
+        value = env(container).get(name)
+        assert value is None or any(value.startswith(w) for w in writable), name
+    consumer = pod(find("Deployment", "featurestore-lineage-consumer"))
+    assert "/tmp" in {m["mountPath"] for m in consumer["containers"][0]["volumeMounts"]}
+
+
+def test_secret_files_named_in_the_environment_are_mounted_from_defined_keys() -> None:
+    secrets = {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "Secret"}
+    assert "featurestore-credentials" in secrets
+    checked = 0
+    for deployment in deployments():
+        spec = pod(deployment)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+            for name, value in env(c).items():
+                if not name.endswith("_FILE"):
+                    continue
+                directory, _, filename = value.rpartition("/")
+                volume = mounts.get(directory)
+                assert volume is not None and "secret" in volume, f"{name}: {directory} is no Secret mount"
+                items = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+                assert filename in items, f"{name}: {filename} is not projected"
+                secret = secrets.get(volume["secret"]["secretName"])
+                if secret is not None:
+                    assert items[filename] in secret["stringData"], f"{name}: no key {items[filename]}"
+                else:  # the TLS Secret comes from cert-manager or `kubectl create secret tls`
+                    assert items[filename] in ("tls.crt", "tls.key")
+                checked += 1
+    assert checked >= 5
+
+
+def test_the_config_map_holds_no_credentials() -> None:
+    config = yaml.safe_load(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
+    found = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                secret_key = re.search(r"password|token|secret", str(key)) and not str(key).endswith("_file")
+                if secret_key and value:
+                    found.append(f"{where}{key}")
+                walk(value, f"{where}{key}.")
+        elif isinstance(node, str) and re.search(r"://[^/@\s]*:[^/@\s]+@", node):
+            found.append(f"{where}: a URL with a password")
+
+    walk(config, "")
+    assert found == []
+
+
+def test_containers_run_valid_commands_on_the_mounted_config() -> None:
+    config_map = find("ConfigMap", "featurestore-config")
+    for deployment in deployments():
+        spec = pod(deployment)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            args = parser().parse_args(c["args"])
+            directory, _, filename = args.config.rpartition("/")
+            mount = next(m for m in c["volumeMounts"] if m["mountPath"] == directory)
+            assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+            assert filename in config_map["data"]
+
+
+def test_probes_use_named_ports_and_a_startup_probe_holds_off_liveness() -> None:
+    for deployment in deployments():
+        for c in pod(deployment)["containers"]:
+            ports = {p["name"] for p in c["ports"]}
+            assert "startupProbe" in c and "livenessProbe" in c, c["name"]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in c:
+                    assert c[probe]["httpGet"]["port"] in ports, f"{c['name']} {probe}"
+    container = pod(server())["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_grace_period_covers_the_pre_stop_delay_and_the_drain() -> None:
+    from featurestore.process import DRAIN_SECONDS
+
+    spec = pod(server())
+    command = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    delay = int(command[1])
+    assert delay >= 1
+    assert spec["terminationGracePeriodSeconds"] > delay + DRAIN_SECONDS
+
+
+def test_every_container_requests_cpu_and_memory_and_limits_memory() -> None:
+    for deployment in deployments():
+        for c in pod(deployment)["containers"]:
+            assert {"cpu", "memory"} <= c["resources"]["requests"].keys(), c["name"]
+            assert "memory" in c["resources"]["limits"], c["name"]
+
+
+def test_the_autoscaler_owns_the_replicas_and_the_disruption_budget_leaves_capacity() -> None:
+    deployment = server()
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    hpa = find("HorizontalPodAutoscaler", "featurestore")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "featurestore")
+    assert "replicas" not in deployment["spec"]  # `kubectl apply` must not reset the HPA's count
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    pdb = find("PodDisruptionBudget", "featurestore")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert hpa["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 2  # two keep serving
+
+
+def test_services_select_the_pods_and_a_headless_service_carries_grpc() -> None:
+    pods = {d["metadata"]["name"]: d["spec"]["template"] for d in deployments()}
+    headless = []
+    for service in (d for d in manifests() if d["kind"] == "Service"):
+        selected = [
+            t for t in pods.values() if service["spec"]["selector"].items() <= t["metadata"]["labels"].items()
+        ]
+        assert selected, service["metadata"]["name"]
+        ports = {p["name"] for t in selected for c in t["spec"]["containers"] for p in c["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: {port['targetPort']}"
+        if service["spec"].get("clusterIP") == "None":
+            headless.append({p["name"] for p in service["spec"]["ports"]})
+    assert headless == [{"grpc"}]
+    text = (K8S / "featurestore.yaml").read_text()
+    assert "round_robin" in text and "ClusterIP" in text  # the load-balancing note

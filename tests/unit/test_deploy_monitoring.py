@@ -1,0 +1,107 @@
+"""The Grafana dashboard and the Prometheus rules query only metrics the code defines, and
+every alert severity reaches an Alertmanager receiver."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+from prometheus_client import REGISTRY
+
+from tests.support import ROOT
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "featurestore.json"
+RULES = sorted((ROOT / "deploy" / "prometheus").glob("*.rules.yml"))
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+
+def defined_series() -> set[str]:
+    """Every series name featurestore/metrics.py and lineage/metrics.py can expose."""
+    import featurestore.metrics  # noqa: F401  (importing registers the metrics)
+    import lineage.metrics  # noqa: F401
+
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("featurestore"):
+            names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+    assert "featurestore_requests_total" in names and "featurestore_lineage_sink_up" in names
+    return names
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for path in RULES for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+
+
+def recorded() -> set[str]:
+    return {r["record"] for r in rules() if "record" in r}
+
+
+def series_in(expr: str) -> set[str]:
+    """The featurestore series a PromQL expression names (label values left out)."""
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return set(re.findall(r"\bfeaturestore[a-zA-Z0-9_:]*", without_strings))
+
+
+def panels() -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(DASHBOARD.read_text())["panels"]
+    return found
+
+
+def test_the_dashboard_loads_and_every_panel_queries_the_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"
+    ids = [p["id"] for p in panels()]
+    assert len(ids) == len(set(ids))
+    uid = "${" + variable["name"] + "}"
+    for panel in panels():
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+def test_dashboard_queries_name_only_defined_metrics_and_recording_rules() -> None:
+    known = defined_series() | recorded()
+    used = set()
+    for panel in panels():
+        for target in panel["targets"]:
+            names = series_in(target["expr"])
+            assert names, f"{panel['title']}: {target['expr']}"
+            assert names <= known, f"{panel['title']}: {sorted(names - known)}"
+            used |= names
+    assert "featurestore_requests_total" in used
+
+
+def test_rules_name_only_defined_metrics_and_recording_rules() -> None:
+    known = defined_series() | recorded()
+    for rule in rules():
+        names = series_in(str(rule["expr"]))
+        assert names and names <= known, f"{rule.get('alert') or rule.get('record')}: {sorted(names - known)}"
+
+
+def test_the_series_scan_ignores_label_values() -> None:
+    expr = 'rate(featurestore_requests_total{route=~"/featurestore.v1.FeatureService/Join"}[1m])'
+    assert series_in(expr) == {"featurestore_requests_total"}
+
+
+def test_every_alert_severity_is_routed_to_a_receiver() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    receivers = {r["name"] for r in config["receivers"]}
+    routes = config["route"].get("routes", [])
+    assert config["route"]["receiver"] in receivers
+    routed = {}
+    for route in routes:
+        assert route["receiver"] in receivers
+        for matcher in route.get("matchers", []):
+            m = re.fullmatch(r'\s*severity\s*=\s*"?([\w-]+)"?\s*', matcher)
+            if m:
+                routed[m.group(1)] = route["receiver"]
+    severities = {r["labels"]["severity"] for r in rules() if "alert" in r}
+    assert severities and severities <= routed.keys()
