@@ -25,6 +25,7 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
     features: list[str] = []
     feature_service: str | None = None
     full_feature_names: bool = False
+    request_data: dict[str, list[Any]] = {}  # checked per field against the derived views' request_schema
 
 
 class _PushBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +46,7 @@ def decode_join(body: bytes) -> JoinRequest:
         features=tuple(b.features),
         feature_service=b.feature_service,
         full_feature_names=b.full_feature_names,
+        request_data=b.request_data,
     )
 
 
