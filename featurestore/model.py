@@ -225,6 +225,20 @@ class Definitions:
         i = view.feature_index(ref.feature)
         return None if i is None else view.features[i].dtype
 
+    def stored_inputs(self, ref: FeatureRef) -> set[FeatureRef]:
+        """The stored features a feature reads: itself when stored, else the stored
+        features its derived definition reads, transitively (the parser refused cycles)."""
+        derived = self.derived_views.get(ref.view)
+        if derived is None:
+            return {ref}
+        i = derived.feature_index(ref.feature)
+        out: set[FeatureRef] = set()
+        for dep in derived.features[i].depends_on if i is not None else ():
+            dep_ref = parse_feature_ref(dep)
+            if dep_ref is not None and not dep.startswith(REQUEST_PREFIX):
+                out |= self.stored_inputs(dep_ref)
+        return out
+
 
 def make_definitions(
     project: str,

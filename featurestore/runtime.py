@@ -23,7 +23,7 @@ from pathlib import Path
 from featurestore import metrics
 from featurestore.config import Config
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.derived.compiler import Kernel, default_cache_dir, kernels_for
+from featurestore.derived.compiler import Kernel, cache_dir, default_cache_dir, kernels_for
 from featurestore.errors import FailedPrecondition
 from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
 from featurestore.health import Readiness
@@ -161,7 +161,7 @@ class Runtime:
         if reg.snapshot is None:
             return
         current = self.engine.state
-        new = await serving_state(self.stores, reg, current, derived_cache_dir(self.config))
+        new = await serving_state(self.stores, reg, current, cache_dir(self.config.derived.cache_dir))
         if new.same_as(current):
             return
         self.engine.swap(new)
@@ -209,7 +209,7 @@ async def build_runtime(config: Config) -> Runtime:
     stores = make_serving_stores(config)
     for s in stores.values():
         await s.start()
-    state = await serving_state(stores, reg, None, derived_cache_dir(config))
+    state = await serving_state(stores, reg, None, cache_dir(config.derived.cache_dir))
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
     lineage = await build_lineage(config, stores)
     engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
@@ -237,23 +237,19 @@ async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[
         await stores[name].prepare(list(views.values()))
 
 
-def derived_cache_dir(config: Config) -> Path:
-    return Path(config.derived.cache_dir) if config.derived.cache_dir else default_cache_dir()
-
-
 async def _kernels(
-    snapshot: RegistrySnapshot, previous: ServingState | None, cache_dir: Path | None
+    snapshot: RegistrySnapshot, previous: ServingState | None, directory: Path | None
 ) -> dict[str, Kernel]:
     if previous is not None and previous.snapshot.version == snapshot.version:
         return dict(previous.kernels)
-    return await kernels_for(snapshot.definitions, cache_dir or default_cache_dir())
+    return await kernels_for(snapshot.definitions, directory or default_cache_dir())
 
 
 async def serving_state(
     stores: Mapping[str, OnlineSource],
     reg: RegistryState,
     previous: ServingState | None,
-    cache_dir: Path | None = None,
+    kernel_dir: Path | None = None,
 ) -> ServingState:
     """Prepare the stores and compile the derived kernels (off the event loop) for every
     snapshot the state will serve, then build it."""
@@ -268,14 +264,14 @@ async def serving_state(
     for service, (canary, candidate) in reg.canaries.items():
         old = previous.canaries.get(service) if previous is not None else None
         prior = old.state if old is not None else None
-        cand_kernels = await _kernels(candidate, prior, cache_dir)
+        cand_kernels = await _kernels(candidate, prior, kernel_dir)
         cand_state = (
             prior.successor(candidate, reg.data_versions, {}, cand_kernels)
             if prior is not None
             else ServingState(candidate, reg.data_versions, kernels=cand_kernels)
         )
         canaries[service] = CanaryRoute(canary.share, canary.entity, cand_state)
-    kernels = await _kernels(reg.snapshot, previous, cache_dir)
+    kernels = await _kernels(reg.snapshot, previous, kernel_dir)
     if previous is None:
         return ServingState(reg.snapshot, reg.data_versions, canaries, kernels=kernels)
     return previous.successor(reg.snapshot, reg.data_versions, canaries, kernels)

@@ -62,6 +62,8 @@ def parse_derived_views(
             raise p.fail(f"derived_views[{view.name}]", "defined twice")
         if view.name in views:
             raise p.fail(f"derived_views[{view.name}]", "a feature view has the same name")
+        if view.name + ":" == REQUEST_PREFIX:
+            raise p.fail(f"derived_views[{view.name}].name", "'request' names request fields (request:NAME)")
         shells[view.name] = view
     out = {name: _resolve(p, view, views, shells, check_functions) for name, view in shells.items()}
     _check_cycles(p, out)
@@ -208,6 +210,11 @@ def _resolve(
     for local, ref in view.inputs:
         if ref.view == view.name:
             raise p.fail(f"{where}.inputs", f"{ref} is in the view itself: use {ref.feature!r} directly")
+        if ref.view + ":" == REQUEST_PREFIX:
+            raise p.fail(
+                f"{where}.inputs",
+                f"{ref}: 'request:NAME' means a request field; declare it in request_schema",
+            )
         target: FeatureView | DerivedView | None = views.get(ref.view) or derived.get(ref.view)
         if target is None:
             raise p.fail(f"{where}.inputs", f"unknown feature view {ref.view!r} in {str(ref)!r}")

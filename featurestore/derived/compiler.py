@@ -40,6 +40,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "featurestore" / "derived"
 
 
+def cache_dir(configured: str = "") -> Path:
+    """The configured ``derived.cache_dir``, or the user cache."""
+    return Path(configured) if configured else default_cache_dir()
+
+
 @dataclass(frozen=True, slots=True)
 class Kernel:
     spec: KernelSpec
@@ -171,8 +176,8 @@ async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
     return {k.spec.view: k for k in kernels}
 
 
-def check_definitions(defs: Definitions, cache_dir: Path | None = None) -> None:
-    """Compile every kernel of ``defs`` (CLI validate and apply): a definition whose
-    kernel cannot be built never reaches a registry."""
+def check_definitions(defs: Definitions, directory: Path | None = None) -> None:
+    """Compile every kernel of ``defs`` (validate, apply, canary start, apply on start):
+    a definition whose kernel cannot be built never reaches a registry."""
     if defs.derived_views:
-        build_sync(specs_of(defs), cache_dir or default_cache_dir())
+        build_sync(specs_of(defs), directory or default_cache_dir())

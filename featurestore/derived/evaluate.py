@@ -223,7 +223,7 @@ def plan_derived(
     )
     outputs = []
     for ref in refs:
-        deps = sorted({column_of(r)[0] for r in need.stored_of(str(ref))})
+        deps = sorted({column_of(r)[0] for r in defs.stored_inputs(ref)})
         view = defs.derived_views[ref.view]
         row = view.feature_index(ref.feature)
         assert row is not None
@@ -240,7 +240,6 @@ class _Needs:
         self.stored: dict[str, None] = {}
         # request_data is one namespace: the parser keeps a field's dtype equal across views
         self.request: dict[str, tuple[RequestField, str]] = {}  # name -> (field, a feature needing it)
-        self._stored_of: dict[str, frozenset[FeatureRef]] = {}
 
     def visit(self, fid: str) -> None:
         if fid in self.derived:
@@ -259,23 +258,6 @@ class _Needs:
                 self.visit(dep)
             else:
                 self.stored[dep] = None
-
-    def stored_of(self, fid: str) -> frozenset[FeatureRef]:
-        """The stored features ``fid`` reads, transitively."""
-        got = self._stored_of.get(fid)
-        if got is None:
-            view_name, _, feature = fid.partition(":")
-            view = self.defs.derived_views[view_name]
-            i = view.feature_index(feature)
-            assert i is not None
-            out: set[FeatureRef] = set()
-            for dep in view.features[i].depends_on:
-                if dep.startswith(REQUEST_PREFIX):
-                    continue
-                ref = FeatureRef(*dep.split(":", 1))
-                out |= self.stored_of(dep) if ref.view in self.defs.derived_views else {ref}
-            got = self._stored_of[fid] = frozenset(out)
-        return got
 
     def view_order(self) -> list[str]:
         views = {fid.partition(":")[0]: None for fid in self.derived}
