@@ -121,7 +121,8 @@ class JoinEngine:
             )
             metrics.join_keys_read.observe(len(unique))
 
-        reads = await self._fan_out(by_store, len(plan.views), deadline, span)
+        # (no store at all: derived features of request fields only)
+        reads = await self._fan_out(by_store, len(plan.views), deadline, span) if by_store else []
 
         now_us = time.time_ns() // 1000
         columns = [

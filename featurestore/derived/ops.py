@@ -130,37 +130,37 @@ def bucket(x: float, edges: np.ndarray[Any, np.dtype[np.float64]]) -> float:
 
 @_jit
 def eq(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a == b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a == b else 0.0)
 
 
 @_jit
 def ne(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a != b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a != b else 0.0)
 
 
 @_jit
 def lt(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a < b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a < b else 0.0)
 
 
 @_jit
 def le(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a <= b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a <= b else 0.0)
 
 
 @_jit
 def gt(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a > b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a > b else 0.0)
 
 
 @_jit
 def ge(a: float, b: float) -> float:
-    return nan if math.isnan(a) or math.isnan(b) else float(a >= b)
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a >= b else 0.0)
 
 
 @_jit
 def not_(a: float) -> float:
-    return nan if math.isnan(a) else float(a == 0.0)
+    return nan if math.isnan(a) else (1.0 if a == 0.0 else 0.0)
 
 
 @_jit
