@@ -29,6 +29,7 @@ import numpy as np
 
 from featurestore import metrics
 from featurestore.derived.codegen import KernelSpec, generate
+from featurestore.derived.pages import release_llvm_pages
 from featurestore.errors import DefinitionError
 from featurestore.model import Definitions
 
@@ -172,7 +173,13 @@ async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
     specs = specs_of(defs)
     paths = await build(specs, cache_dir)
     pairs = list(zip(specs, paths, strict=True))
-    kernels = await asyncio.to_thread(lambda: [load(s, p) for s, p in pairs])
+
+    def load_all() -> list[Kernel]:
+        kernels = [load(s, p) for s, p in pairs]
+        release_llvm_pages()
+        return kernels
+
+    kernels = await asyncio.to_thread(load_all)
     return {k.spec.view: k for k in kernels}
 
 

@@ -323,3 +323,17 @@ async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
     engine = await engine_over(defs, kernels, rows)
     result = await engine.join(JoinRequest({"id": [1, 2]}, ("d:r", "d:r2")), time.monotonic() + 10)
     assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
+
+
+def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
+    kernels: dict[str, compiler.Kernel],
+) -> None:
+    """featurestore/derived/pages.py finds llvmlite's library in /proc/self/maps by name:
+    if llvmlite renames it, the memory shortcut would silently stop working."""
+    from featurestore.derived import pages
+
+    assert kernels  # numba and llvmlite are loaded in this process
+    assert pages.library_mappings(), f"no mapping named {pages.LIBRARY} in /proc/self/maps"
+    assert pages.release_llvm_pages() > 0
+    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))  # kernels still run
+    assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
