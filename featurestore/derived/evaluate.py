@@ -112,24 +112,30 @@ class DerivedPlan:
         n: int,
     ) -> None:
         """Compute the derived outputs; append one slot each to outcomes and gathered."""
-        results: list[Any] = []
+        results: list[Any] = []  # per step: the output matrix
+        lists: list[list[list[float]]] = []  # and its rows as lists (one tolist for all)
         for step in self.steps:
             t0 = time.perf_counter()
             rows = [_row(src, request_cols, gathered, results, n) for src in step.sources]
-            inp = np.array(rows, dtype=np.float64) if rows else np.empty((0, n))
-            results.append(step.kernel.run(inp))
+            out = step.kernel.run(np.array(rows, dtype=np.float64) if rows else np.empty((0, n)))
+            results.append(out)
+            lists.append(out.tolist())
             metrics.derived_kernel_duration(step.view).observe(time.perf_counter() - t0)
         combined: dict[tuple[int, ...], ViewOutcome] = {}
+        served: dict[tuple[str, int], tuple[ViewOutcome, int]] = {}
         for out in self.outputs:
             outcome = combined.get(out.deps)
             if outcome is None:
                 outcome = combined[out.deps] = _combine(out.view, [outcomes[s] for s in out.deps], n)
-            values = _values(results[out.step][out.row], out.dtype)
+            values = _values(lists[out.step][out.row], out.dtype)
             if not outcome.all_present:
                 values = [v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)]
             outcomes.append(outcome)
             gathered.append([values])
-            _count(out.view, outcome)
+            key = (out.view, id(outcome))
+            served[key] = (outcome, served[key][1] + 1 if key in served else 1)
+        for (view, _), (outcome, columns) in served.items():
+            _count(view, outcome, columns)
 
 
 def _row(
@@ -169,11 +175,14 @@ def _strcmp(
     ]
 
 
-def _values(row: Any, dtype: DType) -> list[Any]:
+def _values(values: list[Any], dtype: DType) -> list[Any]:
     """A kernel output row as response values: NaN (null) -> None."""
-    values: list[Any] = row.tolist()
     if dtype is DType.FLOAT64:
-        if np.isnan(row).any():
+        # A NaN makes the sum NaN (a kernel never yields infinities, and an overflowing
+        # sum only takes the slow path): 0.1 µs at batch 1 where np.isnan(row).any()
+        # costs 1.2 µs.
+        total = sum(values)
+        if total != total:
             return [None if v != v else v for v in values]
         return values
     if dtype is DType.BOOL:
@@ -196,12 +205,12 @@ def _combine(view: str, deps: list[ViewOutcome], n: int) -> ViewOutcome:
     return ViewOutcome(view, statuses, ts, all_present=False, unavailable=unavailable)
 
 
-def _count(view: str, outcome: ViewOutcome) -> None:
+def _count(view: str, outcome: ViewOutcome, columns: int) -> None:
     if outcome.all_present:
-        metrics.feature_values(view, "PRESENT").inc(len(outcome.statuses))
+        metrics.feature_values(view, "PRESENT").inc(len(outcome.statuses) * columns)
         return
     for status in set(outcome.statuses):
-        metrics.feature_values(view, status.name).inc(outcome.statuses.count(status))
+        metrics.feature_values(view, status.name).inc(outcome.statuses.count(status) * columns)
 
 
 # -- resolution (once per plan) ---------------------------------------------------------
