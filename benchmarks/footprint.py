@@ -28,7 +28,11 @@ from featurestore.demo.data import ensure_demo_data
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WRK_LUA = ROOT.parent / "shared" / "peers" / "feast" / "wrk_getfeatures.lua"
+# ../shared/peers/feast from the checkout; FEAST_PEER_DIR when the checkout lives elsewhere
+WRK_LUA = (
+    Path(os.environ.get("FEAST_PEER_DIR") or ROOT.parent / "shared" / "peers" / "feast")
+    / "wrk_getfeatures.lua"
+)
 
 
 def free_port() -> int:
