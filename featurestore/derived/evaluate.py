@@ -59,6 +59,10 @@ class Step:
     view: str
     kernel: Kernel
     sources: tuple[Source, ...]  # one per kernel input row
+    timer: Any = None  # the view's kernel-duration histogram (looked up once, with the plan)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timer", metrics.derived_kernel_duration(self.view))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,23 +88,10 @@ class DerivedPlan:
         cols: list[Sequence[Any]] = []
         for field, needed_by in self.request:
             col = data.get(field.name) if data else None
-            where = f"request_data.{field.name}"
-            details = [{"request_data": field.name, "feature": needed_by}]
-            if col is None:
-                raise InvalidArgument(
-                    f"{where} is missing: {needed_by} needs it (one {field.dtype.value} per entity row)",
-                    details=details,
-                )
-            if not isinstance(col, list | tuple) or len(col) != n:
-                got = f"{len(col)} values" if isinstance(col, list | tuple) else type(col).__name__
-                raise InvalidArgument(f"{where} has {got} for {n} entity rows", details=details)
-            accepts = _ACCEPTS[field.dtype]
-            if not accepts.issuperset(map(type, col)):
-                i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
-                raise InvalidArgument(
-                    f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}",
-                    details=details,
-                )
+            if col is None or type(col) not in (list, tuple) or len(col) != n:
+                raise _bad_field(field, needed_by, col, n)
+            if not _ACCEPTS[field.dtype].issuperset(map(type, col)):
+                raise _bad_field(field, needed_by, col, n)
             cols.append(col)
         return cols
 
@@ -116,11 +107,22 @@ class DerivedPlan:
         lists: list[list[list[float]]] = []  # and its rows as lists (one tolist for all)
         for step in self.steps:
             t0 = time.perf_counter()
-            rows = [_row(src, request_cols, gathered, results, n) for src in step.sources]
+            rows: list[Any] = []
+            for kind, a, b, test in step.sources:  # inline: a call per row costs more than the kernel
+                if kind == STORED:
+                    rows.append(gathered[a][b])
+                elif kind == REQUEST:
+                    rows.append(request_cols[a])
+                elif kind == DERIVED:
+                    rows.append(results[a][b])
+                elif test is not None:
+                    rows.append(_strcmp(test, request_cols, gathered, n))
+                else:
+                    rows.append([None] * n)
             out = step.kernel.run(np.array(rows, dtype=np.float64) if rows else np.empty((0, n)))
             results.append(out)
             lists.append(out.tolist())
-            metrics.derived_kernel_duration(step.view).observe(time.perf_counter() - t0)
+            step.timer.observe(time.perf_counter() - t0)
         combined: dict[tuple[int, ...], ViewOutcome] = {}
         served: dict[tuple[str, int], tuple[ViewOutcome, int]] = {}
         for out in self.outputs:
@@ -138,24 +140,19 @@ class DerivedPlan:
             _count(view, outcome, columns)
 
 
-def _row(
-    src: Source,
-    request_cols: list[Sequence[Any]],
-    gathered: list[list[list[Any]]],
-    results: list[Any],
-    n: int,
-) -> Any:
-    kind = src.kind
-    if kind == STORED:
-        return gathered[src.a][src.b]
-    if kind == REQUEST:
-        return request_cols[src.a]
-    if kind == DERIVED:
-        return results[src.a][src.b]
-    if kind == STRCMP:
-        assert src.test is not None
-        return _strcmp(src.test, request_cols, gathered, n)
-    return [None] * n
+def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> InvalidArgument:
+    where = f"request_data.{field.name}"
+    details = [{"request_data": field.name, "feature": needed_by}]
+    if col is None:
+        message = f"{where} is missing: {needed_by} needs it (one {field.dtype.value} per entity row)"
+    elif not isinstance(col, list | tuple) or len(col) != n:
+        got = f"{len(col)} values" if isinstance(col, list | tuple) else type(col).__name__
+        message = f"{where} has {got} for {n} entity rows"
+    else:
+        accepts = _ACCEPTS[field.dtype]
+        i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
+        message = f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}"
+    return InvalidArgument(message, details=details)
 
 
 def _strcmp(
