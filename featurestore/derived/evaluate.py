@@ -30,6 +30,7 @@ from featurestore.outcomes import ViewOutcome
 
 STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
+FLOAT64 = DType.FLOAT64
 _INT64_BOUND = 2.0**63
 _ACCEPTS: dict[DType, frozenset[type]] = {
     DType.FLOAT64: frozenset({float, int, type(None)}),
@@ -70,8 +71,16 @@ class Output:
     step: int
     row: int
     dtype: DType
+    group: int  # index into DerivedPlan.groups: outputs reading the same stored views share an outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Outputs of one derived view reading the same stored views: one outcome per request."""
+
     view: str
-    deps: tuple[int, ...]  # view slots of the stored views it reads, transitively
+    deps: tuple[int, ...]  # view slots of the stored views read, transitively
+    columns: int  # how many outputs share it (value counts)
 
 
 ColumnOf = Callable[[FeatureRef], tuple[int, int]]  # stored ref -> (view slot, column slot)
@@ -82,6 +91,7 @@ class DerivedPlan:
     steps: tuple[Step, ...]
     outputs: tuple[Output, ...]  # the requested derived features, in request order
     request: tuple[tuple[RequestField, str], ...]  # needed fields, each with a feature needing it
+    groups: tuple[Group, ...] = ()
 
     def check_request(self, data: Mapping[str, Sequence[Any]] | None, n: int) -> list[Sequence[Any]]:
         """The request fields the plan needs, checked (before any store is read)."""
@@ -123,21 +133,24 @@ class DerivedPlan:
             results.append(out)
             lists.append(out.tolist())
             step.timer.observe(time.perf_counter() - t0)
-        combined: dict[tuple[int, ...], ViewOutcome] = {}
-        served: dict[tuple[str, int], tuple[ViewOutcome, int]] = {}
+        shared = [_combine(g.view, [outcomes[s] for s in g.deps], n) for g in self.groups]
         for out in self.outputs:
-            outcome = combined.get(out.deps)
-            if outcome is None:
-                outcome = combined[out.deps] = _combine(out.view, [outcomes[s] for s in out.deps], n)
-            values = _values(lists[out.step][out.row], out.dtype)
+            outcome = shared[out.group]
+            values: list[Any] = lists[out.step][out.row]
+            if out.dtype is FLOAT64:
+                # A NaN makes the sum NaN (kernels never yield infinities; an overflowing
+                # sum only takes the slow path): 0.1 µs at batch 1, np.isnan(row).any() 1.2.
+                total = sum(values)
+                if total != total:
+                    values = [None if v != v else v for v in values]
+            else:
+                values = _values(values, out.dtype)
             if not outcome.all_present:
                 values = [v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)]
             outcomes.append(outcome)
             gathered.append([values])
-            key = (out.view, id(outcome))
-            served[key] = (outcome, served[key][1] + 1 if key in served else 1)
-        for (view, _), (outcome, columns) in served.items():
-            _count(view, outcome, columns)
+        for g, outcome in zip(self.groups, shared, strict=True):
+            _count(g.view, outcome, g.columns)
 
 
 def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> InvalidArgument:
@@ -173,15 +186,7 @@ def _strcmp(
 
 
 def _values(values: list[Any], dtype: DType) -> list[Any]:
-    """A kernel output row as response values: NaN (null) -> None."""
-    if dtype is DType.FLOAT64:
-        # A NaN makes the sum NaN (a kernel never yields infinities, and an overflowing
-        # sum only takes the slow path): 0.1 µs at batch 1 where np.isnan(row).any()
-        # costs 1.2 µs.
-        total = sum(values)
-        if total != total:
-            return [None if v != v else v for v in values]
-        return values
+    """A kernel output row of a bool or int64 feature as response values (NaN -> None)."""
     if dtype is DType.BOOL:
         return [None if v != v else v != 0.0 for v in values]
     # int64: toward zero; null where not representable
@@ -228,13 +233,17 @@ def plan_derived(
         for view in order
     )
     outputs = []
+    groups: dict[tuple[str, tuple[int, ...]], int] = {}  # (view, deps) -> outputs sharing it
     for ref in refs:
-        deps = sorted({column_of(r)[0] for r in defs.stored_inputs(ref)})
+        deps = tuple(sorted({column_of(r)[0] for r in defs.stored_inputs(ref)}))
         view = defs.derived_views[ref.view]
         row = view.feature_index(ref.feature)
         assert row is not None
-        outputs.append(Output(slot_of[ref.view], row, view.features[row].dtype, ref.view, tuple(deps)))
-    return DerivedPlan(steps, tuple(outputs), tuple(need.request.values()))
+        group = list(groups).index((ref.view, deps)) if (ref.view, deps) in groups else len(groups)
+        groups[(ref.view, deps)] = groups.get((ref.view, deps), 0) + 1
+        outputs.append(Output(slot_of[ref.view], row, view.features[row].dtype, group))
+    shared = tuple(Group(view, deps, count) for (view, deps), count in groups.items())
+    return DerivedPlan(steps, tuple(outputs), tuple(need.request.values()), shared)
 
 
 class _Needs:
