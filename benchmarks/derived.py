@@ -144,11 +144,11 @@ def kernel_section(data: Path) -> dict[str, Any]:
 
 @contextmanager
 def process(
-    cmd: list[str], log_path: Path, ready_url: str, env: dict[str, str] | None = None
+    cmd: list[str], log_path: Path, ready_url: str, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> Iterator[int]:
     with open(log_path, "wb") as out:
         p = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     try:
         wait_http(ready_url, timeout=120)
@@ -318,8 +318,12 @@ def feast_section(data: Path, out: Path, a: argparse.Namespace) -> dict[str, Any
     with (
         process(ours_cmd, out / "ours-redis.log", f"http://127.0.0.1:{ours_port}/readyz"),
         process(
-            feast_cmd, out / "feast-odfv.log", f"http://127.0.0.1:{feast_port}/health", env=feast_env
-        ) as _,
+            feast_cmd,
+            out / "feast-odfv.log",
+            f"http://127.0.0.1:{feast_port}/health",
+            env=feast_env,
+            cwd=repo,
+        ),
     ):
         answers = {
             name: check_join(url, [f"{v}:{f}" for f in DERIVED], key)

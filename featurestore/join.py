@@ -139,7 +139,7 @@ class JoinEngine:
             outcomes.append(outcome)
             gathered.append(cols)
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
-            derived.run(request_cols, outcomes, gathered, n)
+            derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(
             ResultColumn(
                 out.name, out.dtype, gathered[out.view_slot][out.column_slot], outcomes[out.view_slot]

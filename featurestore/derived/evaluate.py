@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurestore import metrics
+from featurestore import metrics, tracing
 from featurestore.derived import language as lang
 from featurestore.derived.compiler import Kernel
 from featurestore.errors import InvalidArgument
@@ -111,8 +111,30 @@ class DerivedPlan:
         outcomes: list[ViewOutcome],
         gathered: list[list[list[Any]]],
         n: int,
+        span: Any = None,
     ) -> None:
-        """Compute the derived outputs; append one slot each to outcomes and gathered."""
+        """Compute the derived outputs; append one slot each to outcomes and gathered.
+        A child span ``derived`` records the step when the request's span is sampled."""
+        child = None
+        if span is not None and span.is_recording():
+            child = tracing.tracer.start_span(
+                "derived",
+                context=tracing.child_context(span),
+                attributes={"featurestore.derived_views": [s.view for s in self.steps]},
+            )
+        try:
+            self._run(request_cols, outcomes, gathered, n)
+        finally:
+            if child is not None:
+                child.end()
+
+    def _run(
+        self,
+        request_cols: list[Sequence[Any]],
+        outcomes: list[ViewOutcome],
+        gathered: list[list[list[Any]]],
+        n: int,
+    ) -> None:
         results: list[Any] = []  # per step: the output matrix
         lists: list[list[list[float]]] = []  # and its rows as lists (one tolist for all)
         for step in self.steps:

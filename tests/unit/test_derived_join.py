@@ -269,3 +269,28 @@ async def test_a_state_without_compiled_kernels_refuses_instead_of_compiling(
     engine = JoinEngine({"default": MemorySource("default")}, ServingState(new_snapshot(defs, 1)), Limits())
     with pytest.raises(Exception, match="not compiled on this server"):
         await engine.join(JoinRequest({"user_id": [1]}, ("d:only_a",)), deadline())
+
+
+async def test_a_sampled_request_records_the_derived_step_as_a_child_span(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from featurestore import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
+    engine, _ = setup
+    span = tracing.tracer.start_span("join")
+    await engine.join(JoinRequest({"user_id": [1]}, ("d2:chained",)), deadline(), span)
+    span.end()
+    derived = [s for s in exporter.get_finished_spans() if s.name == "derived"]
+    assert len(derived) == 1 and derived[0].parent is not None
+    assert derived[0].parent.span_id == span.get_span_context().span_id
+    assert list(derived[0].attributes["featurestore.derived_views"]) == ["d", "d2"]  # type: ignore[index, arg-type]
+    provider.shutdown()
