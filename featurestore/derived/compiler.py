@@ -13,6 +13,7 @@ swap happens after the load, so no request ever waits for a compile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,7 +31,7 @@ import numpy as np
 from featurestore import metrics
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
-from featurestore.errors import DefinitionError
+from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
 
 BUILD_TIMEOUT_SECONDS = 300.0
@@ -66,18 +67,23 @@ def specs_of(defs: Definitions) -> list[KernelSpec]:
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
     """The module file, created once: a rewrite would change its mtime and make numba
     distrust the cache (two workers may race here; the first one's file stays)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{spec.module}.py"
     if path.exists():
         return path
     tmp = cache_dir / f".{spec.module}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(spec.source, encoding="utf-8")
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(spec.source, encoding="utf-8")
         os.link(tmp, path)
     except FileExistsError:
         pass
+    except OSError as e:
+        raise FailedPrecondition(
+            f"derived.cache_dir {cache_dir} is not writable ({e.strerror}): derived kernels cannot be built"
+        ) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return path
 
 

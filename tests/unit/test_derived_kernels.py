@@ -337,3 +337,12 @@ def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
     assert pages.release_llvm_pages() > 0
     result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))  # kernels still run
     assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
+
+
+def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:
+    from featurestore.errors import FailedPrecondition
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(FailedPrecondition, match=r"derived.cache_dir .* is not writable"):
+        compiler.check_definitions(definitions(), blocker / "cache")
