@@ -135,7 +135,7 @@ class JoinEngine:
             unique, inverse = keyed[vp.view.join_keys]
             outcome, cols = _merge(vp, reads[slot], n, inverse, now_us)
             partial |= outcome.unavailable
-            _count_values(outcome, len(vp.features))
+            _count_values(outcome, vp.served_columns)
             outcomes.append(outcome)
             gathered.append(cols)
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)

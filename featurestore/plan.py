@@ -23,6 +23,11 @@ from featurestore.model import Definitions, DerivedView, DType, FeatureRef, Feat
 class ViewPlan:
     view: FeatureView
     features: tuple[int, ...]  # indices into view.features, the columns read
+    served: int = -1  # how many of them are returned (the rest only feed derived features); -1: all
+
+    @property
+    def served_columns(self) -> int:
+        return len(self.features) if self.served < 0 else self.served
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +126,10 @@ def resolve(
             details=[{"feature": str(names[name])}],
         )
     return JoinPlan(
-        views=tuple(ViewPlan(v, tuple(f)) for v, f in zip(views, view_features, strict=True)),
+        views=tuple(
+            ViewPlan(v, tuple(f), sum(1 for o in outputs if o.view_slot == slot))
+            for slot, (v, f) in enumerate(zip(views, view_features, strict=True))
+        ),
         outputs=tuple(outputs),
         entities=entities,
         refs=tuple(refs),
@@ -138,7 +146,7 @@ def _plan_derived(
     reads: _Reads,
 ) -> DerivedPlan:
     if kernels is None or any(ref.view not in kernels for _, ref in derived):
-        raise Unavailable("derived features are not compiled on this server")  # pragma: no cover
+        raise Unavailable("derived features are not compiled on this server")
 
     def column_of(ref: FeatureRef) -> tuple[int, int]:
         fi = defs.views[ref.view].feature_index(ref.feature)

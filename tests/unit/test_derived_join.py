@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from featurestore import metrics
 from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
@@ -142,10 +143,13 @@ def deadline() -> float:
 
 async def test_a_join_reads_only_the_stored_views_its_derived_features_need(setup: Any) -> None:
     engine, mem = setup
+    stored, derived = metrics.feature_values("fresh", "PRESENT"), metrics.feature_values("d", "PRESENT")
+    before = (stored.n, derived.n)
     result = await engine.join(JoinRequest({"user_id": [1]}, ("d:only_a",)), deadline())
     assert mem.read_views == [["fresh"]]
     assert [c.name for c in result.columns] == ["user_id", "only_a"]  # inputs read, not returned
     assert columns(result)["only_a"].values == [3.0]
+    assert (stored.n - before[0], derived.n - before[1]) == (0, 1), "values served, not values read"
 
 
 async def test_derived_features_of_derived_features_across_views(setup: Any) -> None:
