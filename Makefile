@@ -16,7 +16,7 @@ help:
 	@echo "make test     install test deps (pip + apt), lint, type-check, run pytest on real servers"
 	@echo "make unit     the unit tests only (seconds, no servers)"
 	@echo "make proto    regenerate gRPC code from proto/"
-	@echo "make bench    every benchmark: Feast side by side, ClickHouse, lineage, footprint (~30 min;"
+	@echo "make bench    every benchmark: Feast side by side, derived features, ClickHouse, lineage, footprint (~40 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -67,10 +67,12 @@ bench-feast: $(STAMP) system-deps
 	$(PY) -m benchmarks.run
 
 bench: bench-feast
+	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.clickhouse_point_reads
 	$(PY) -m benchmarks.lineage
 	$(PY) -m benchmarks.footprint --runs 3
 	$(PY) -m benchmarks.footprint --runs 3 --no-clickhouse
+	$(PY) -m benchmarks.footprint --runs 3 --no-derived
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

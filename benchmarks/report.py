@@ -71,7 +71,9 @@ def fmt(x: float | None, digits: int = 1) -> str:
 PARTS = (
     "feast.md",
     "clickhouse.md",
+    "derived.md",
     "footprint-demo.md",
+    "footprint-demo-no-derived.md",
     "footprint-no-clickhouse.md",
     "lineage.md",
     "lineage-latency.md",

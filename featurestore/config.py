@@ -117,6 +117,13 @@ class LineageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DerivedConfig:
+    # Generated kernel modules and numba's machine code for them; empty: the user cache
+    # ($XDG_CACHE_HOME or ~/.cache)/featurestore/derived. Shared by workers and restarts.
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     project: str = "demo"
     http: HttpConfig = HttpConfig()
@@ -130,6 +137,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
     lineage: LineageConfig = LineageConfig()
+    derived: DerivedConfig = DerivedConfig()
     log_level: str = "info"
     access_log: bool = False
 
@@ -146,6 +154,7 @@ ENV = {
     "FEATURESTORE_DEFINITIONS": ("registry", "definitions"),
     "FEATURESTORE_DEADLINE_MS": ("limits", "deadline_ms"),
     "FEATURESTORE_LOG_LEVEL": ("log_level",),
+    "FEATURESTORE_DERIVED_CACHE_DIR": ("derived", "cache_dir"),
 }
 
 

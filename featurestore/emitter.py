@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from featurestore.model import FeatureView
+from featurestore.model import DerivedView, FeatureRef, FeatureView
 from featurestore.plan import JoinPlan, ServingState
 from lineage import metrics
 from lineage.events import LineageEvent
@@ -51,9 +51,10 @@ class _Served:
 
 @dataclass(slots=True)
 class _Agg:
-    view: FeatureView
+    view: FeatureView | DerivedView
     version: int
     registry_version: int
+    project: str
     count: int = 0
     trace_ids: list[str] = field(default_factory=list)
 
@@ -160,23 +161,29 @@ class LineageEmitter:
         for s in window.values():
             snapshot = s.state.snapshot
             trace_ids = [format(sp.get_span_context().trace_id, "032x") for sp in s.spans]
-            for vp in s.plan.views:
-                for fi in vp.features:
-                    fid = f"{vp.view.name}:{vp.view.features[fi].name}"
-                    version = snapshot.feature_versions.get(fid, snapshot.version)
-                    agg = aggs.get((fid, version))
-                    if agg is None:
-                        agg = aggs[(fid, version)] = _Agg(vp.view, version, snapshot.version)
-                    agg.count += s.rows
-                    agg.registry_version = max(agg.registry_version, snapshot.version)
-                    room = self.config.trace_sample - len(agg.trace_ids)
-                    if room > 0:
-                        agg.trace_ids += trace_ids[:room]
+            defs = snapshot.definitions
+            for ref in s.plan.refs:  # what was served (not the stored inputs of derived features)
+                fid = str(ref)
+                version = snapshot.feature_versions.get(fid, snapshot.version)
+                agg = aggs.get((fid, version))
+                if agg is None:
+                    view = defs.views.get(ref.view) or defs.derived_views[ref.view]
+                    agg = aggs[(fid, version)] = _Agg(view, version, snapshot.version, defs.project)
+                agg.count += s.rows
+                agg.registry_version = max(agg.registry_version, snapshot.version)
+                room = self.config.trace_sample - len(agg.trace_ids)
+                if room > 0:
+                    agg.trace_ids += trace_ids[:room]
         timestamp = _iso(start)
         events = []
         for (fid, version), agg in aggs.items():
             served += agg.count
-            table = self.table_uri(agg.view)
+            view = agg.view
+            if isinstance(view, DerivedView):
+                table: str | None = derived_table(agg.project, view.name)
+                deps = derived_deps(view, FeatureRef(*fid.split(":", 1)))
+            else:
+                table, deps = self.table_uri(view), upstream_deps(view)
             if table is None:
                 unresolved += agg.count
                 continue
@@ -186,7 +193,7 @@ class LineageEmitter:
                     feature_version=version,
                     source_table=table,
                     timestamp=timestamp,
-                    upstream_deps=upstream_deps(agg.view),
+                    upstream_deps=deps,
                     registry_version=agg.registry_version,
                     served_count=agg.count,
                     trace_ids=agg.trace_ids,
@@ -220,6 +227,17 @@ def _iso(t: float) -> str:
     base = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     frac = round((t - whole) * 1000)
     return f"{base}.{frac:03d}Z" if frac else f"{base}Z"
+
+
+def derived_table(project: str, view: str) -> str:
+    """Where lineage says a derived feature comes from: computed in the join, no table."""
+    return f"derived://{project}/{view}"
+
+
+def derived_deps(view: DerivedView, ref: FeatureRef) -> list[str]:
+    """A derived feature's inputs: feature ids, and ``request:NAME`` for request fields."""
+    i = view.feature_index(ref.feature)
+    return [] if i is None else list(view.features[i].depends_on)
 
 
 def upstream_deps(view: FeatureView) -> list[str]:

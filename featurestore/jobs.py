@@ -10,6 +10,7 @@ from collections.abc import Callable
 from featurestore.config import Config
 from featurestore.definitions.parser import load_definitions
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
+from featurestore.derived.compiler import cache_dir, check_definitions
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
 from featurestore.factories import make_registry, make_store
 from featurestore.materialize import Materializer, MaterializeResult, Progress
@@ -29,6 +30,7 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
         raise InvalidArgument(
             f"{path}: project {defs.project!r} differs from the server's {config.project!r}"
         )
+    check_definitions(defs, cache_dir(config.derived.cache_dir))  # a kernel that fails is never published
     for _ in range(5):
         current = await registry.current()
         if current is not None and current.fingerprint == fingerprint(defs):

@@ -24,6 +24,7 @@ from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import DType, Status
+from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
 from featurestore.plan import JoinPlan, ServingState, ViewPlan
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
 
@@ -49,22 +50,13 @@ class JoinRequest(NamedTuple):
     features: tuple[str, ...] = ()
     feature_service: str | None = None
     full_feature_names: bool = False
+    request_data: Mapping[str, Sequence[Any]] | None = None  # fields derived features read
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_rows: int = 10_000
     deadline_seconds: float = 0.5
-
-
-class ViewOutcome(NamedTuple):
-    """Per-row statuses and event timestamps of one view, shared by its columns."""
-
-    view: str
-    statuses: list[Status]
-    event_ts_us: list[int | None]
-    all_present: bool
-    unavailable: bool = False
 
 
 class ResultColumn(NamedTuple):
@@ -116,6 +108,8 @@ class JoinEngine:
         plan = state.plan(req.features, service, req.full_feature_names)
         entities = req.entities
         n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
+        derived = plan.derived
+        request_cols = derived.check_request(req.request_data, n) if derived is not None else []
         metrics.join_rows.observe(n)
 
         # Dedupe once per distinct join-key tuple: views keyed alike share the work.
@@ -132,7 +126,8 @@ class JoinEngine:
             )
             metrics.join_keys_read.observe(len(unique))
 
-        reads = await self._fan_out(by_store, len(plan.views), deadline, span)
+        # (no store at all: derived features of request fields only)
+        reads = await self._fan_out(by_store, len(plan.views), deadline, span) if by_store else []
 
         now_us = time.time_ns() // 1000
         columns = [
@@ -145,9 +140,11 @@ class JoinEngine:
             unique, inverse = keyed[vp.view.join_keys]
             outcome, cols = _merge(vp, reads[slot], n, inverse, now_us)
             partial |= outcome.unavailable
-            _count_values(outcome, len(vp.features))
+            _count_values(outcome, vp.served_columns)
             outcomes.append(outcome)
             gathered.append(cols)
+        if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
+            derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(
             ResultColumn(
                 out.name, out.dtype, gathered[out.view_slot][out.column_slot], outcomes[out.view_slot]

@@ -154,6 +154,23 @@ REGISTRY_VERSION = Gauge(
     "Registry snapshot version being served.",
     multiprocess_mode="livemin",
 )
+DERIVED_KERNEL_DURATION = Histogram(
+    "featurestore_derived_kernel_duration_seconds",
+    "Time to compute one derived view in a join: arrays in, kernel, values out.",
+    ["view"],
+    buckets=(0.00001, 0.00002, 0.00005, *LATENCY_BUCKETS),
+)
+DERIVED_COMPILES = Counter(
+    "featurestore_derived_compiles_total",
+    "Derived-view kernels by how they became servable: compiled (in the build process), "
+    "loaded (machine code from the on-disk cache), compiled_in_process (cache unusable), failed.",
+    ["result"],
+)
+DERIVED_COMPILE_DURATION = Histogram(
+    "featurestore_derived_compile_duration_seconds",
+    "Wall time of one run of the kernel build process (off the serving process).",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
 
 
 _BUFFERS: list[Any] = []
@@ -253,6 +270,7 @@ cache_hits = Children(CACHE_HITS, BufferedCounter)
 cache_misses = Children(CACHE_MISSES, BufferedCounter)
 service_requests = Children(SERVICE_REQUESTS, BufferedCounter)
 service_duration = Children(SERVICE_DURATION, BufferedHistogram)
+derived_kernel_duration = Children(DERIVED_KERNEL_DURATION, BufferedHistogram)
 join_rows = BufferedHistogram(JOIN_ROWS)
 join_keys_read = BufferedHistogram(JOIN_KEYS_READ)
 

@@ -149,6 +149,52 @@ class FeatureService:
     description: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RequestField:
+    """A value the caller sends with a join (``request_data``), one per entity row."""
+
+    name: str
+    dtype: DType
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedFeature(Column):
+    """A feature computed at request time from an ``expression`` (docs/definitions.md)
+    or a trusted numba-compilable ``function`` (``module:function``) of ``args``.
+
+    ``depends_on`` lists what it reads directly, resolved by the parser: feature refs
+    ``view:feature`` (stored or derived) and ``request:NAME`` for request fields."""
+
+    expression: str = ""
+    function: str = ""
+    args: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedView:
+    """Features computed in the join from stored features, other derived features and
+    request fields; referenced ``view:feature`` like any feature, never stored."""
+
+    name: str
+    inputs: tuple[tuple[str, FeatureRef], ...]  # local name -> the feature it stands for
+    request_schema: tuple[RequestField, ...]
+    features: tuple[DerivedFeature, ...]
+    tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
+    owner: str = ""
+    description: str = ""
+
+    def feature_index(self, name: str) -> int | None:
+        for i, f in enumerate(self.features):
+            if f.name == name:
+                return i
+        return None
+
+
+REQUEST_PREFIX = "request:"  # how a request field appears among dependencies and in lineage
+
+
 def parse_feature_ref(ref: str) -> FeatureRef | None:
     """``view:feature`` -> FeatureRef, or None when the text is not of that form."""
     view, sep, feat = ref.partition(":")
@@ -169,6 +215,29 @@ class Definitions:
     entities: Mapping[str, Entity]
     views: Mapping[str, FeatureView]
     services: Mapping[str, FeatureService]
+    derived_views: Mapping[str, DerivedView] = field(default_factory=lambda: MappingProxyType({}))
+
+    def dtype_of(self, ref: FeatureRef) -> DType | None:
+        """The dtype of a stored or derived feature, None when there is no such feature."""
+        view: FeatureView | DerivedView | None = self.views.get(ref.view) or self.derived_views.get(ref.view)
+        if view is None:
+            return None
+        i = view.feature_index(ref.feature)
+        return None if i is None else view.features[i].dtype
+
+    def stored_inputs(self, ref: FeatureRef) -> set[FeatureRef]:
+        """The stored features a feature reads: itself when stored, else the stored
+        features its derived definition reads, transitively (the parser refused cycles)."""
+        derived = self.derived_views.get(ref.view)
+        if derived is None:
+            return {ref}
+        i = derived.feature_index(ref.feature)
+        out: set[FeatureRef] = set()
+        for dep in derived.features[i].depends_on if i is not None else ():
+            dep_ref = parse_feature_ref(dep)
+            if dep_ref is not None and not dep.startswith(REQUEST_PREFIX):
+                out |= self.stored_inputs(dep_ref)
+        return out
 
 
 def make_definitions(
@@ -176,10 +245,12 @@ def make_definitions(
     entities: list[Entity],
     views: list[FeatureView],
     services: list[FeatureService],
+    derived_views: list[DerivedView] | None = None,
 ) -> Definitions:
     return Definitions(
         project=project,
         entities=MappingProxyType({e.name: e for e in entities}),
         views=MappingProxyType({v.name: v for v in views}),
         services=MappingProxyType({s.name: s for s in services}),
+        derived_views=MappingProxyType({v.name: v for v in derived_views or ()}),
     )

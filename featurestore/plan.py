@@ -13,22 +13,29 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.errors import InvalidArgument, NotFound
-from featurestore.model import Definitions, DType, FeatureRef, FeatureView, parse_feature_ref
+from featurestore.derived.compiler import Kernel
+from featurestore.derived.evaluate import DerivedPlan, plan_derived
+from featurestore.errors import InvalidArgument, NotFound, Unavailable
+from featurestore.model import Definitions, DerivedView, DType, FeatureRef, FeatureView, parse_feature_ref
 
 
 @dataclass(frozen=True, slots=True)
 class ViewPlan:
     view: FeatureView
     features: tuple[int, ...]  # indices into view.features, the columns read
+    served: int = -1  # how many of them are returned (the rest only feed derived features); -1: all
+
+    @property
+    def served_columns(self) -> int:
+        return len(self.features) if self.served < 0 else self.served
 
 
 @dataclass(frozen=True, slots=True)
 class OutputColumn:
     name: str
     dtype: DType
-    view_slot: int  # index into JoinPlan.views
-    column_slot: int  # index into JoinPlan.views[view_slot].features
+    view_slot: int  # index into JoinPlan.views; past its end: the derived outputs, in order
+    column_slot: int  # index into JoinPlan.views[view_slot].features (0 for a derived output)
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # identity hash: plans key per-request aggregates
@@ -38,6 +45,29 @@ class JoinPlan:
     entities: frozenset[str]  # entity columns the request must carry
     refs: tuple[FeatureRef, ...]
     service: str | None
+    derived: DerivedPlan | None = None  # the derived features asked for (docs/definitions.md)
+
+
+class _Reads:
+    """The stored views and columns a plan reads, each once."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, int] = {}
+        self.views: list[FeatureView] = []
+        self.columns: list[list[int]] = []
+        self.where: dict[tuple[str, int], int] = {}
+
+    def column(self, view: FeatureView, fi: int) -> tuple[int, int]:
+        slot = self.slots.get(view.name)
+        if slot is None:
+            slot = self.slots[view.name] = len(self.views)
+            self.views.append(view)
+            self.columns.append([])
+        col = self.where.get((view.name, fi))
+        if col is None:
+            col = self.where[(view.name, fi)] = len(self.columns[slot])
+            self.columns[slot].append(fi)
+        return slot, col
 
 
 def resolve(
@@ -45,6 +75,7 @@ def resolve(
     features: Sequence[str],
     service: str | None,
     full_feature_names: bool,
+    kernels: Mapping[str, Kernel] | None = None,
 ) -> JoinPlan:
     if features and service:
         raise InvalidArgument("give either 'features' or 'feature_service', not both")
@@ -58,24 +89,15 @@ def resolve(
     else:
         raise InvalidArgument("empty request: name 'features' or a 'feature_service'")
 
-    slots: dict[str, int] = {}
-    view_features: list[list[int]] = []
-    views: list[FeatureView] = []
+    reads = _Reads()
     outputs: list[OutputColumn] = []
     seen_refs: set[FeatureRef] = set()
     names: dict[str, FeatureRef] = {}
+    derived: list[tuple[int, FeatureRef]] = []  # (position in outputs, ref)
     for ref in refs:
         if ref in seen_refs:
             raise InvalidArgument(f"feature {ref} is requested twice", details=[{"feature": str(ref)}])
         seen_refs.add(ref)
-        view = defs.views[ref.view]
-        slot = slots.get(view.name)
-        if slot is None:
-            slot = slots[view.name] = len(views)
-            views.append(view)
-            view_features.append([])
-        fi = view.feature_index(ref.feature)
-        assert fi is not None  # _parse and service validation guarantee it
         name = f"{ref.view}__{ref.feature}" if full_feature_names else ref.feature
         if name in names:
             raise InvalidArgument(
@@ -83,8 +105,17 @@ def resolve(
                 details=[{"feature": str(names[name])}, {"feature": str(ref)}],
             )
         names[name] = ref
-        outputs.append(OutputColumn(name, view.features[fi].dtype, slot, len(view_features[slot])))
-        view_features[slot].append(fi)
+        view = defs.views.get(ref.view)
+        if view is None:  # derived: placed once the stored columns it reads are known
+            derived.append((len(outputs), ref))
+            outputs.append(OutputColumn(name, DType.FLOAT64, -1, 0))
+            continue
+        fi = view.feature_index(ref.feature)
+        assert fi is not None  # _parse and service validation guarantee it
+        outputs.append(OutputColumn(name, view.features[fi].dtype, *reads.column(view, fi)))
+    derived_plan = _plan_derived(defs, kernels, derived, outputs, reads) if derived else None
+    views = reads.views
+    view_features = reads.columns
 
     entities = frozenset(k for v in views for k in v.join_keys)
     clash = entities & names.keys()
@@ -95,12 +126,39 @@ def resolve(
             details=[{"feature": str(names[name])}],
         )
     return JoinPlan(
-        views=tuple(ViewPlan(v, tuple(f)) for v, f in zip(views, view_features, strict=True)),
+        views=tuple(
+            ViewPlan(v, tuple(f), sum(1 for o in outputs if o.view_slot == slot))
+            for slot, (v, f) in enumerate(zip(views, view_features, strict=True))
+        ),
         outputs=tuple(outputs),
         entities=entities,
         refs=tuple(refs),
         service=service or None,
+        derived=derived_plan,
     )
+
+
+def _plan_derived(
+    defs: Definitions,
+    kernels: Mapping[str, Kernel] | None,
+    derived: list[tuple[int, FeatureRef]],
+    outputs: list[OutputColumn],
+    reads: _Reads,
+) -> DerivedPlan:
+    if kernels is None or any(ref.view not in kernels for _, ref in derived):
+        raise Unavailable("derived features are not compiled on this server")
+
+    def column_of(ref: FeatureRef) -> tuple[int, int]:
+        fi = defs.views[ref.view].feature_index(ref.feature)
+        assert fi is not None
+        return reads.column(defs.views[ref.view], fi)
+
+    plan = plan_derived(defs, kernels, [ref for _, ref in derived], column_of)
+    for j, (pos, ref) in enumerate(derived):
+        dtype = defs.dtype_of(ref)
+        assert dtype is not None
+        outputs[pos] = OutputColumn(outputs[pos].name, dtype, len(reads.views) + j, 0)
+    return plan
 
 
 def _parse(defs: Definitions, text: str) -> FeatureRef:
@@ -111,7 +169,7 @@ def _parse(defs: Definitions, text: str) -> FeatureRef:
         raise InvalidArgument(
             f"{text!r} is not a feature reference; use 'view:feature'", details=[{"feature": text}]
         )
-    view = defs.views.get(ref.view)
+    view: FeatureView | DerivedView | None = defs.views.get(ref.view) or defs.derived_views.get(ref.view)
     if view is None:
         raise NotFound(
             f"unknown feature view {ref.view!r} (in {text!r})", details=[{"feature_view": ref.view}]
@@ -141,7 +199,7 @@ class ServingState:
     ``canaries`` maps a feature service to its canary route.
     """
 
-    __slots__ = ("_plans", "canaries", "data_versions", "snapshot")
+    __slots__ = ("_plans", "canaries", "data_versions", "kernels", "snapshot")
 
     def __init__(
         self,
@@ -149,11 +207,14 @@ class ServingState:
         data_versions: Mapping[str, int] | None = None,
         canaries: Mapping[str, CanaryRoute] | None = None,
         plans: dict[PlanKey, JoinPlan] | None = None,
+        kernels: Mapping[str, Kernel] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.data_versions: Mapping[str, int] = MappingProxyType(dict(data_versions or {}))
         self.canaries: Mapping[str, CanaryRoute] = MappingProxyType(dict(canaries or {}))
         self._plans: dict[PlanKey, JoinPlan] = plans if plans is not None else {}
+        # Derived views' kernels, compiled before this state was built (never on a request).
+        self.kernels: Mapping[str, Kernel] = MappingProxyType(dict(kernels or {}))
 
     @property
     def version(self) -> int:
@@ -167,7 +228,7 @@ class ServingState:
         key = (features, service, full_feature_names)
         plan = self._plans.get(key)
         if plan is None:
-            plan = resolve(self.snapshot.definitions, features, service, full_feature_names)
+            plan = resolve(self.snapshot.definitions, features, service, full_feature_names, self.kernels)
             if len(self._plans) >= _MAX_CACHED_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
@@ -178,10 +239,12 @@ class ServingState:
         snapshot: RegistrySnapshot,
         data_versions: Mapping[str, int],
         canaries: Mapping[str, CanaryRoute],
+        kernels: Mapping[str, Kernel] | None = None,
     ) -> ServingState:
-        """The next state; plans carry over when the snapshot is the same."""
-        plans = self._plans if snapshot.version == self.snapshot.version else None
-        return ServingState(snapshot, data_versions, canaries, plans)
+        """The next state; plans (and kernels) carry over when the snapshot is the same."""
+        same = snapshot.version == self.snapshot.version
+        plans = self._plans if same else None
+        return ServingState(snapshot, data_versions, canaries, plans, self.kernels if same else kernels)
 
     def same_as(self, other: ServingState) -> bool:
         return (

@@ -29,6 +29,16 @@ JOIN_REQUEST_SCHEMA: dict[str, Any] = {
             **_JOIN_BODY["properties"]["features"],
             "items": {"type": "string", "pattern": f"^{_NAME}:{_NAME}$"},
         },
+        "request_data": {
+            "type": "object",
+            "description": "Fields derived features read from the caller (their view's request_schema), "
+            "one value per entity row; a missing or mistyped field a requested feature needs is a 400 naming it.",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"type": ["number", "integer", "string", "boolean", "null"]},
+            },
+            "example": {"item_price": [5.0, 75.0]},
+        },
     },
     "oneOf": [
         {

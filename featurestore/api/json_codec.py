@@ -52,6 +52,14 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
     full_feature_names: Annotated[bool, msgspec.Meta(description="Name output columns 'view__feature'.")] = (
         False
     )
+    request_data: Annotated[
+        dict[str, list[_Scalar]],
+        msgspec.Meta(
+            description="Request fields of derived features, one value per entity row, declared in the "
+            "derived view's request_schema (checked per field against it).",
+            examples=[{"item_price": [5.0, 75.0]}],
+        ),
+    ] = {}
 
 
 # A whole row of the demo's user_profile (a push carries every feature of its view).
@@ -98,6 +106,7 @@ def decode_join(body: bytes) -> JoinRequest:
         features=tuple(b.features),
         feature_service=b.feature_service,
         full_feature_names=b.full_feature_names,
+        request_data=b.request_data,
     )
 
 
@@ -182,11 +191,20 @@ def _iso_list(values: list[int | None]) -> list[str | None]:
     return [None if v is None else iso_utc(v) for v in values]
 
 
+# From this many rows on, a view's statuses and timestamps are encoded once and spliced
+# into each of its columns (msgspec.Raw): 20 columns at batch 100 encode in 109 µs
+# instead of 163; at batch 1 the extra encode calls cost more than they save.
+_SHARED_RENDER_ROWS = 8
+
+
 def encode_join(result: JoinResult, trace_id: str) -> bytes:
     n = result.rows
-    rendered: dict[int, tuple[list[str], list[str | None]]] = {}
-    entity_statuses = [PRESENT_NAME] * n
-    entity_ts: list[str | None] = [None] * n
+    rendered: dict[int, tuple[Any, Any]] = {}
+    entity_statuses: Any = [PRESENT_NAME] * n
+    entity_ts: Any = [None] * n
+    if n >= _SHARED_RENDER_ROWS:
+        entity_statuses, entity_ts = _encoder.encode(entity_statuses), _encoder.encode(entity_ts)
+        entity_statuses, entity_ts = msgspec.Raw(entity_statuses), msgspec.Raw(entity_ts)
     results: list[dict[str, Any]] = []
     for col in result.columns:
         values = _iso_list(col.values) if col.dtype is DType.TIMESTAMP else col.values
@@ -212,13 +230,16 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
     )
 
 
-def _render(outcome: ViewOutcome, n: int) -> tuple[list[str], list[str | None]]:
+def _render(outcome: ViewOutcome, n: int) -> tuple[Any, Any]:
     if outcome.all_present:
         statuses = [PRESENT_NAME] * n
     else:
         names = JSON_NAME_BY_VALUE
         statuses = [names[s] for s in outcome.statuses]
-    return statuses, _iso_list(outcome.event_ts_us)
+    ts = _iso_list(outcome.event_ts_us)
+    if n >= _SHARED_RENDER_ROWS:
+        return msgspec.Raw(_encoder.encode(statuses)), msgspec.Raw(_encoder.encode(ts))
+    return statuses, ts
 
 
 def encode_error(err: dict[str, Any]) -> bytes:

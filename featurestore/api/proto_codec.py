@@ -35,7 +35,25 @@ def decode_join(data: bytes) -> JoinRequest:
         features=tuple(msg.features),
         feature_service=msg.feature_service or None,
         full_feature_names=msg.full_feature_names,
+        request_data=_request_data(msg) if msg.request_data else None,
     )
+
+
+def _request_data(msg: pb.JoinRequest) -> dict[str, list[Any]]:
+    """Typed columns -> lists (types are checked against the request_schema in the join)."""
+    out: dict[str, list[Any]] = {}
+    for col in msg.request_data:
+        if col.name in out:
+            raise InvalidArgument(
+                f"request_data field {col.name!r} is given twice", details=[{"request_data": col.name}]
+            )
+        kind = col.WhichOneof("values")
+        values: list[Any] = [] if kind is None else list(getattr(col, kind).values)
+        for i in col.null_rows:
+            if i < len(values):
+                values[i] = None
+        out[col.name] = values
+    return out
 
 
 def decode_push(data: bytes) -> PushRequest:

@@ -18,6 +18,13 @@ def register(sub: Subcommands) -> None:
     group = j.add_mutually_exclusive_group(required=True)
     group.add_argument("--features", help="comma-separated view:feature references")
     group.add_argument("--service", help="a feature service name")
+    j.add_argument(
+        "--request",
+        action="append",
+        default=[],
+        metavar="NAME=V1[,V2...]",
+        help="a request_data field for derived features, one value per entity row (numbers, true/false or text)",
+    )
     j.add_argument("--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server")
     j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
     j.add_argument("--full-names", action="store_true", help="name columns view__feature")
@@ -38,13 +45,39 @@ def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
     return out
 
 
+def _request_data(specs: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--request expects NAME=V1[,V2...], got {spec!r}")
+        out[name] = [_scalar(v) for v in values.split(",")]
+    return out
+
+
+def _scalar(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     entities = _entities(args.entity, args.string_keys)
+    request = _request_data(args.request)
     features = [f.strip() for f in args.features.split(",")] if args.features else []
     if args.grpc:
-        names, columns, meta = _join_grpc(args.grpc, entities, features, args.service, args.full_names)
+        names, columns, meta = _join_grpc(
+            args.grpc, entities, features, args.service, args.full_names, request
+        )
     else:
         body: dict[str, Any] = {"entities": entities, "full_feature_names": args.full_names}
+        if request:
+            body["request_data"] = request
         if features:
             body["features"] = features
         else:
@@ -80,6 +113,7 @@ def _join_grpc(
     features: list[str],
     service: str | None,
     full: bool,
+    request: dict[str, list[Any]],
 ) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     import grpc
 
@@ -94,6 +128,16 @@ def _join_grpc(
             col.int64_values.values.extend(values)
         else:
             col.string_values.values.extend(values)
+    for name, values in request.items():
+        rc = req.request_data.add(name=name)
+        if all(isinstance(v, bool) for v in values):
+            rc.bool_values.values.extend(values)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            rc.int64_values.values.extend(values)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            rc.double_values.values.extend(values)
+        else:
+            rc.string_values.values.extend(str(v) for v in values)
     with grpc.insecure_channel(target) as channel:
         try:
             resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]

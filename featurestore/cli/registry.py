@@ -85,13 +85,28 @@ def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.snapshot import fingerprint
 
     defs = load_definitions(args.file)
+    _compile_derived(args, defs)
     n_features = sum(len(v.features) for v in defs.views.values())
+    derived = sum(len(v.features) for v in defs.derived_views.values())
     print(
         f"{args.file}: OK - project {defs.project}: {len(defs.entities)} entities, "
-        f"{len(defs.views)} feature views ({n_features} features), {len(defs.services)} feature services; "
-        f"fingerprint {fingerprint(defs)[:12]}"
+        f"{len(defs.views)} feature views ({n_features} features), "
+        + (f"{len(defs.derived_views)} derived views ({derived} features), " if derived else "")
+        + f"{len(defs.services)} feature services; fingerprint {fingerprint(defs)[:12]}"
     )
     return 0
+
+
+def _compile_derived(args: argparse.Namespace, defs: Any) -> None:
+    """Build the derived views' kernels (into the configured cache, which servers then
+    load): a kernel that does not compile fails here, before any registry sees it."""
+    if not defs.derived_views:
+        return
+    from featurestore.config import load_config
+    from featurestore.derived.compiler import cache_dir, check_definitions
+
+    config = load_config(getattr(args, "config", None))
+    check_definitions(defs, cache_dir(config.derived.cache_dir))
 
 
 def _admin(args: argparse.Namespace, fn: Any) -> Any:
@@ -117,6 +132,7 @@ def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.parser import load_definitions
 
     defs = load_definitions(args.file)
+    _compile_derived(args, defs)
     result = _admin(
         args, lambda a: a.apply(defs, force=args.force, dry_run=args.dry_run, message=args.message)
     )
@@ -210,6 +226,7 @@ def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.parser import load_definitions
 
     defs = load_definitions(args.file)
+    _compile_derived(args, defs)
     c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share, entity=args.entity))
     print(
         f"canary started: {args.service} serves {c.share:.1%} of {c.entity or 'entities'} "

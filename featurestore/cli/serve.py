@@ -67,6 +67,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         overrides[("registry", "path")] = str(data_dir / "registry")
         overrides[("registry", "definitions")] = str(demo_defs)
         overrides[("registry", "definitions_base_dir")] = str(data_dir)
+        overrides[("derived", "cache_dir")] = str(data_dir / "derived-cache")
         if not args.config:
             analytics = (
                 {"kind": "memory"}

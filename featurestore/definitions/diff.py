@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from featurestore.model import Definitions, Entity, FeatureService, FeatureView
+from featurestore.model import Definitions, DerivedView, Entity, FeatureService, FeatureView
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     op: str  # "+" added, "-" removed, "~" changed
-    kind: str  # entity | feature_view | feature_service
+    kind: str  # entity | feature_view | derived_view | feature_service
     name: str
     details: tuple[str, ...] = ()
     incompatible: tuple[str, ...] = ()
@@ -38,6 +38,7 @@ def diff(old: Definitions | None, new: Definitions) -> list[Change]:
     out: list[Change] = []
     out += _objects("entity", before.entities, new.entities, _entity)
     out += _objects("feature_view", before.views, new.views, _view)
+    out += _objects("derived_view", before.derived_views, new.derived_views, _derived)
     out += _objects("feature_service", before.services, new.services, _service)
     return out
 
@@ -61,6 +62,8 @@ def _objects(kind: str, old: Any, new: Any, compare: Any) -> list[Change]:
 def _summary(obj: Any) -> tuple[str, ...]:
     if isinstance(obj, FeatureView):
         return (f"{len(obj.features)} features, keys {', '.join(obj.join_keys)}, store {obj.online_store}",)
+    if isinstance(obj, DerivedView):
+        return (f"{len(obj.features)} features computed at request time",)
     if isinstance(obj, FeatureService):
         return (f"{len(obj.features)} features",)
     if isinstance(obj, Entity):
@@ -117,6 +120,39 @@ def _view(a: FeatureView, b: FeatureView) -> Change:
     return Change(
         "~", "feature_view", a.name, tuple(sorted(details)), tuple(bad), rematerialize=bool(added or removed)
     )
+
+
+def _derived(a: DerivedView, b: DerivedView) -> Change:
+    """Derived values are never stored: a new expression is compatible (lineage gives
+    the feature a new version); a dtype change is not (callers read the old type)."""
+    details: list[str] = []
+    bad: list[str] = []
+    old_f = {f.name: f for f in a.features}
+    new_f = {f.name: f for f in b.features}
+    added = [n for n in new_f if n not in old_f]
+    removed = [n for n in old_f if n not in new_f]
+    if added:
+        details.append("features +" + ", +".join(added))
+    if removed:
+        details.append("features -" + ", -".join(removed))
+    for name in [n for n in old_f if n in new_f]:
+        fa, fb = old_f[name], new_f[name]
+        if fa.dtype != fb.dtype:
+            bad.append(f"feature {name} dtype {fa.dtype.value} -> {fb.dtype.value}")
+        if (fa.expression, fa.function, fa.args) != (fb.expression, fb.function, fb.args):
+            was = fa.expression or f"{fa.function}({', '.join(fa.args)})"
+            now = fb.expression or f"{fb.function}({', '.join(fb.args)})"
+            details.append(f"feature {name}: {was} -> {now}")
+        elif (fa.description, fa.tags) != (fb.description, fb.tags):
+            details.append(f"feature {name} description/tags")
+    if a.inputs != b.inputs:
+        details.append("inputs")
+    if a.request_schema != b.request_schema:
+        details.append("request_schema")
+    for field in ("owner", "description", "tags"):
+        if getattr(a, field) != getattr(b, field):
+            details.append(field)
+    return Change("~", "derived_view", a.name, tuple(details), tuple(bad))
 
 
 def _service(a: FeatureService, b: FeatureService) -> Change:

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from featurestore.definitions.derived import parse_derived_views
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     ENTITY_DTYPES,
     BatchSource,
     Definitions,
+    DerivedView,
     DType,
     Entity,
     Feature,
@@ -54,14 +56,19 @@ def load_definitions(path: str | Path, base_dir: str | Path | None = None) -> De
     return parse_definitions(doc, source=p.name, base_dir=Path(base_dir) if base_dir else p.parent)
 
 
-def parse_definitions(doc: Any, *, source: str, base_dir: Path | None = None) -> Definitions:
-    return _Parser(source, base_dir).parse(doc)
+def parse_definitions(
+    doc: Any, *, source: str, base_dir: Path | None = None, check_functions: bool = True
+) -> Definitions:
+    """``check_functions``: import the trusted functions derived features name (off when
+    reading a stored snapshot: the compile step reports them where they are served)."""
+    return _Parser(source, base_dir, check_functions).parse(doc)
 
 
 class _Parser:
-    def __init__(self, source: str, base_dir: Path | None) -> None:
+    def __init__(self, source: str, base_dir: Path | None, check_functions: bool = True) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.check_functions = check_functions
 
     def fail(self, where: str, msg: str) -> DefinitionError:
         return DefinitionError(f"{self.source}: {where}: {msg}" if where else f"{self.source}: {msg}")
@@ -144,7 +151,7 @@ class _Parser:
         top = self.mapping(
             doc if doc is not None else {},
             "",
-            {"project", "entities", "feature_views", "feature_services"},
+            {"project", "entities", "feature_views", "derived_views", "feature_services"},
             {"project"},
         )
         project = top["project"]
@@ -158,14 +165,24 @@ class _Parser:
             [self.view(v, i, entities) for i, v in enumerate(self.seq(top, "feature_views"))],
             "feature_views",
         )
+        derived = parse_derived_views(
+            self, self.seq(top, "derived_views"), views, check_functions=self.check_functions
+        )
         services = self.unique(
-            [self.service(s, i, views) for i, s in enumerate(self.seq(top, "feature_services"))],
+            [
+                self.service(s, i, {**views, **derived})
+                for i, s in enumerate(self.seq(top, "feature_services"))
+            ],
             "feature_services",
         )
         for view in views.values():
             self.check_upstream(view, views)
         return make_definitions(
-            project, list(entities.values()), list(views.values()), list(services.values())
+            project,
+            list(entities.values()),
+            list(views.values()),
+            list(services.values()),
+            list(derived.values()),
         )
 
     def seq(self, top: dict[str, Any], key: str) -> list[Any]:
@@ -270,7 +287,7 @@ class _Parser:
             if ref.view == view.name:
                 raise self.fail(f"feature_views[{view.name}].upstream", f"{dep!r} is in the view itself")
 
-    def service(self, obj: Any, i: int, views: Mapping[str, FeatureView]) -> FeatureService:
+    def service(self, obj: Any, i: int, views: Mapping[str, FeatureView | DerivedView]) -> FeatureService:
         where = f"feature_services[{i}]"
         allowed = {"name", "features", "tags", "owner", "description"}
         m = self.mapping(obj, where, allowed, {"name", "features"})

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from featurestore.definitions.derived import derived_to_dict, parse_derived_views
+from featurestore.definitions.parser import _Parser
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     BatchSource,
@@ -48,6 +50,15 @@ class RegistrySnapshot:
 
 
 def definitions_to_dict(d: Definitions) -> dict[str, Any]:
+    doc = _stored_to_dict(d)
+    if d.derived_views:  # only then: the fingerprints of files without any stay as they were
+        doc["derived_views"] = [
+            derived_to_dict(v) for v in sorted(d.derived_views.values(), key=lambda v: v.name)
+        ]
+    return doc
+
+
+def _stored_to_dict(d: Definitions) -> dict[str, Any]:
     def tags(t: Any) -> dict[str, str]:
         return dict(sorted(t.items()))
 
@@ -139,6 +150,12 @@ def definitions_from_dict(doc: dict[str, Any]) -> Definitions:
                     description=v.get("description", ""),
                 )
             )
+        derived = parse_derived_views(
+            _Parser("stored snapshot", None, check_functions=False),
+            doc.get("derived_views") or [],
+            {v.name: v for v in views},
+            check_functions=False,
+        )
         services = []
         for s in doc["feature_services"]:
             refs = [parse_feature_ref(r) for r in s["features"]]
@@ -151,7 +168,7 @@ def definitions_from_dict(doc: dict[str, Any]) -> Definitions:
                     description=s.get("description", ""),
                 )
             )
-        return make_definitions(doc["project"], entities, views, services)
+        return make_definitions(doc["project"], entities, views, services, list(derived.values()))
     except (KeyError, TypeError, ValueError) as e:
         raise DefinitionError(f"stored snapshot is malformed: {e!r}") from e
 
@@ -182,11 +199,19 @@ def feature_versions(d: Definitions, version: int, previous: RegistrySnapshot | 
 
 
 def _feature_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
-    return {
+    stored = {
         f"{v.name}:{f.name}": (f.dtype, v.join_keys, v.batch_source, v.upstream, v.online_store)
         for v in d.views.values()
         for f in v.features
     }
+    # A derived feature's values change with its expression (or function) and with what
+    # its names stand for.
+    derived = {
+        f"{v.name}:{f.name}": ("derived", f.dtype, f.expression, f.function, f.args, f.depends_on)
+        for v in d.derived_views.values()
+        for f in v.features
+    }
+    return stored | derived
 
 
 def snapshot_to_json(s: RegistrySnapshot) -> bytes:

@@ -137,7 +137,12 @@ def routing_entity(definitions: Definitions, service: str, wanted: str | None) -
     user stays on one side whatever items a request lists with it."""
     counts: Counter[str] = Counter()
     for ref in definitions.services[service].features:
-        counts.update(e.name for e in definitions.views[ref.view].entities)
+        keys = {e.name for r in definitions.stored_inputs(ref) for e in definitions.views[r.view].entities}
+        counts.update(keys)
+    if not counts:
+        raise InvalidArgument(
+            f"feature service {service!r} reads no stored feature: no entity to split a canary by"
+        )
     if wanted is not None:
         if wanted not in counts:
             raise InvalidArgument(

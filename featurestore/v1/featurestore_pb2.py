@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"featurestore/v1/featurestore.proto\x12\x0f\x66\x65\x61turestore.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"?\n\x0f\x46loatVectorList\x12,\n\x06values\x18\x01 \x03(\x0b\x32\x1c.featurestore.v1.FloatVector\"\x90\x01\n\x0c\x45ntityColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rstring_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x42\x08\n\x06values\"\x85\x01\n\x0bJoinRequest\x12/\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1d.featurestore.v1.EntityColumn\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\"\xc4\x03\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rdouble_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.DoubleListH\x00\x12\x34\n\rstring_values\x18\x04 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x12\x30\n\x0b\x62ool_values\x18\x05 \x01(\x0b\x32\x19.featurestore.v1.BoolListH\x00\x12\x36\n\x10timestamp_values\x18\x06 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x39\n\rvector_values\x18\x07 \x01(\x0b\x32 .featurestore.v1.FloatVectorListH\x00\x12)\n\x08statuses\x18\x08 \x03(\x0e\x32\x17.featurestore.v1.Status\x12\x18\n\x10\x65vent_timestamps\x18\t \x03(\x03\x12\x11\n\tnull_rows\x18\n \x03(\rB\x08\n\x06values\"b\n\x0cJoinMetadata\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"p\n\x0cJoinResponse\x12/\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.featurestore.v1.JoinMetadata\x12/\n\x07results\x18\x02 \x03(\x0b\x32\x1e.featurestore.v1.FeatureColumn\"\xfc\x02\n\nPushColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rdouble_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.DoubleListH\x00\x12\x34\n\rstring_values\x18\x04 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x12\x30\n\x0b\x62ool_values\x18\x05 \x01(\x0b\x32\x19.featurestore.v1.BoolListH\x00\x12\x36\n\x10timestamp_values\x18\x06 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x39\n\rvector_values\x18\x07 \x01(\x0b\x32 .featurestore.v1.FloatVectorListH\x00\x12\x11\n\tnull_rows\x18\x08 \x03(\rB\x08\n\x06values\"Q\n\x0bPushRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12,\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1b.featurestore.v1.PushColumn\":\n\x0cPushResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x14\n\x0c\x64\x61ta_version\x18\x02 \x01(\x03*b\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x03\x12\x0f\n\x0bUNAVAILABLE\x10\x04\x32\x9a\x01\n\x0e\x46\x65\x61tureService\x12\x43\n\x04Join\x12\x1c.featurestore.v1.JoinRequest\x1a\x1d.featurestore.v1.JoinResponse\x12\x43\n\x04Push\x12\x1c.featurestore.v1.PushRequest\x1a\x1d.featurestore.v1.PushResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"featurestore/v1/featurestore.proto\x12\x0f\x66\x65\x61turestore.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"?\n\x0f\x46loatVectorList\x12,\n\x06values\x18\x01 \x03(\x0b\x32\x1c.featurestore.v1.FloatVector\"\x90\x01\n\x0c\x45ntityColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rstring_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x42\x08\n\x06values\"\xbb\x01\n\x0bJoinRequest\x12/\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1d.featurestore.v1.EntityColumn\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x34\n\x0crequest_data\x18\x05 \x03(\x0b\x32\x1e.featurestore.v1.RequestColumn\"\x8c\x02\n\rRequestColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rdouble_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.DoubleListH\x00\x12\x34\n\rstring_values\x18\x04 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x12\x30\n\x0b\x62ool_values\x18\x05 \x01(\x0b\x32\x19.featurestore.v1.BoolListH\x00\x12\x11\n\tnull_rows\x18\x06 \x03(\rB\x08\n\x06values\"\xc4\x03\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rdouble_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.DoubleListH\x00\x12\x34\n\rstring_values\x18\x04 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x12\x30\n\x0b\x62ool_values\x18\x05 \x01(\x0b\x32\x19.featurestore.v1.BoolListH\x00\x12\x36\n\x10timestamp_values\x18\x06 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x39\n\rvector_values\x18\x07 \x01(\x0b\x32 .featurestore.v1.FloatVectorListH\x00\x12)\n\x08statuses\x18\x08 \x03(\x0e\x32\x17.featurestore.v1.Status\x12\x18\n\x10\x65vent_timestamps\x18\t \x03(\x03\x12\x11\n\tnull_rows\x18\n \x03(\rB\x08\n\x06values\"b\n\x0cJoinMetadata\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"p\n\x0cJoinResponse\x12/\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.featurestore.v1.JoinMetadata\x12/\n\x07results\x18\x02 \x03(\x0b\x32\x1e.featurestore.v1.FeatureColumn\"\xfc\x02\n\nPushColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x0cint64_values\x18\x02 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x34\n\rdouble_values\x18\x03 \x01(\x0b\x32\x1b.featurestore.v1.DoubleListH\x00\x12\x34\n\rstring_values\x18\x04 \x01(\x0b\x32\x1b.featurestore.v1.StringListH\x00\x12\x30\n\x0b\x62ool_values\x18\x05 \x01(\x0b\x32\x19.featurestore.v1.BoolListH\x00\x12\x36\n\x10timestamp_values\x18\x06 \x01(\x0b\x32\x1a.featurestore.v1.Int64ListH\x00\x12\x39\n\rvector_values\x18\x07 \x01(\x0b\x32 .featurestore.v1.FloatVectorListH\x00\x12\x11\n\tnull_rows\x18\x08 \x03(\rB\x08\n\x06values\"Q\n\x0bPushRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12,\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1b.featurestore.v1.PushColumn\":\n\x0cPushResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x14\n\x0c\x64\x61ta_version\x18\x02 \x01(\x03*b\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x03\x12\x0f\n\x0bUNAVAILABLE\x10\x04\x32\x9a\x01\n\x0e\x46\x65\x61tureService\x12\x43\n\x04Join\x12\x1c.featurestore.v1.JoinRequest\x1a\x1d.featurestore.v1.JoinResponse\x12\x43\n\x04Push\x12\x1c.featurestore.v1.PushRequest\x1a\x1d.featurestore.v1.PushResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'featurestore.v1.featurestore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1746
-  _globals['_STATUS']._serialized_end=1844
+  _globals['_STATUS']._serialized_start=2071
+  _globals['_STATUS']._serialized_end=2169
   _globals['_INT64LIST']._serialized_start=55
   _globals['_INT64LIST']._serialized_end=82
   _globals['_DOUBLELIST']._serialized_start=84
@@ -48,19 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTITYCOLUMN']._serialized_start=269
   _globals['_ENTITYCOLUMN']._serialized_end=413
   _globals['_JOINREQUEST']._serialized_start=416
-  _globals['_JOINREQUEST']._serialized_end=549
-  _globals['_FEATURECOLUMN']._serialized_start=552
-  _globals['_FEATURECOLUMN']._serialized_end=1004
-  _globals['_JOINMETADATA']._serialized_start=1006
-  _globals['_JOINMETADATA']._serialized_end=1104
-  _globals['_JOINRESPONSE']._serialized_start=1106
-  _globals['_JOINRESPONSE']._serialized_end=1218
-  _globals['_PUSHCOLUMN']._serialized_start=1221
-  _globals['_PUSHCOLUMN']._serialized_end=1601
-  _globals['_PUSHREQUEST']._serialized_start=1603
-  _globals['_PUSHREQUEST']._serialized_end=1684
-  _globals['_PUSHRESPONSE']._serialized_start=1686
-  _globals['_PUSHRESPONSE']._serialized_end=1744
-  _globals['_FEATURESERVICE']._serialized_start=1847
-  _globals['_FEATURESERVICE']._serialized_end=2001
+  _globals['_JOINREQUEST']._serialized_end=603
+  _globals['_REQUESTCOLUMN']._serialized_start=606
+  _globals['_REQUESTCOLUMN']._serialized_end=874
+  _globals['_FEATURECOLUMN']._serialized_start=877
+  _globals['_FEATURECOLUMN']._serialized_end=1329
+  _globals['_JOINMETADATA']._serialized_start=1331
+  _globals['_JOINMETADATA']._serialized_end=1429
+  _globals['_JOINRESPONSE']._serialized_start=1431
+  _globals['_JOINRESPONSE']._serialized_end=1543
+  _globals['_PUSHCOLUMN']._serialized_start=1546
+  _globals['_PUSHCOLUMN']._serialized_end=1926
+  _globals['_PUSHREQUEST']._serialized_start=1928
+  _globals['_PUSHREQUEST']._serialized_end=2009
+  _globals['_PUSHRESPONSE']._serialized_start=2011
+  _globals['_PUSHRESPONSE']._serialized_end=2069
+  _globals['_FEATURESERVICE']._serialized_start=2172
+  _globals['_FEATURESERVICE']._serialized_end=2326
 # @@protoc_insertion_point(module_scope)

@@ -67,16 +67,34 @@ class EntityColumn(_message.Message):
     def __init__(self, name: _Optional[str] = ..., int64_values: _Optional[_Union[Int64List, _Mapping]] = ..., string_values: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("entities", "features", "feature_service", "full_feature_names")
+    __slots__ = ("entities", "features", "feature_service", "full_feature_names", "request_data")
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     FULL_FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DATA_FIELD_NUMBER: _ClassVar[int]
     entities: _containers.RepeatedCompositeFieldContainer[EntityColumn]
     features: _containers.RepeatedScalarFieldContainer[str]
     feature_service: str
     full_feature_names: bool
-    def __init__(self, entities: _Optional[_Iterable[_Union[EntityColumn, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ..., feature_service: _Optional[str] = ..., full_feature_names: _Optional[bool] = ...) -> None: ...
+    request_data: _containers.RepeatedCompositeFieldContainer[RequestColumn]
+    def __init__(self, entities: _Optional[_Iterable[_Union[EntityColumn, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ..., feature_service: _Optional[str] = ..., full_feature_names: _Optional[bool] = ..., request_data: _Optional[_Iterable[_Union[RequestColumn, _Mapping]]] = ...) -> None: ...
+
+class RequestColumn(_message.Message):
+    __slots__ = ("name", "int64_values", "double_values", "string_values", "bool_values", "null_rows")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INT64_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    NULL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    int64_values: Int64List
+    double_values: DoubleList
+    string_values: StringList
+    bool_values: BoolList
+    null_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., int64_values: _Optional[_Union[Int64List, _Mapping]] = ..., double_values: _Optional[_Union[DoubleList, _Mapping]] = ..., string_values: _Optional[_Union[StringList, _Mapping]] = ..., bool_values: _Optional[_Union[BoolList, _Mapping]] = ..., null_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FeatureColumn(_message.Message):
     __slots__ = ("name", "int64_values", "double_values", "string_values", "bool_values", "timestamp_values", "vector_values", "statuses", "event_timestamps", "null_rows")

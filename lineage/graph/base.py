@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.model import parse_feature_ref
+from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, parse_timestamp
 
 MAX_DEPTH = 5
@@ -98,12 +98,19 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
             produced += [(fid, t, "upstream") for t in tables]
             if view.batch_source is not None:
                 produced.append((fid, view.batch_source.uri, "batch"))
+    for dview in d.derived_views.values():  # computed in the join: DERIVED_FROM their inputs
+        for df in dview.features:
+            fid = f"{dview.name}:{df.name}"
+            version = snapshot.feature_versions.get(fid, snapshot.version)
+            features.append(FeatureInfo(fid, dview.name, df.dtype.value, version, (version,)))
+            contains.append((dview.name, fid))
+            derived += [(fid, dep) for dep in df.depends_on if not dep.startswith(REQUEST_PREFIX)]
     uses = [(s.name, str(r)) for s in d.services.values() for r in s.features]
     return DefinitionFacts(
         project=d.project,
         valid_from_ms=valid_from,
         registry_version=snapshot.version,
-        views=tuple(sorted(d.views)),
+        views=tuple(sorted([*d.views, *d.derived_views])),
         services=tuple(sorted(d.services)),
         features=tuple(features),
         contains=tuple(contains),

@@ -1,0 +1,453 @@
+"""Derived features: kernel throughput, join overhead, and Feast's on-demand views side by side.
+
+1. kernel: 100,000 rows of ``ctr_x_price_bucket = ctr_30d * bucket(item_price, [0, 10, 50,
+   100])``: the numba kernel the server runs (built by featurestore.derived.compiler), the
+   same with the serving path's list -> array -> list conversions, numpy, and a serial
+   pure-Python loop. All four must agree.
+2. join: the demo server (memory stores, one worker) with and without the four derived
+   features, at batch 1 and 100, wrk closed loop, variants interleaved over rounds:
+   ranker_v1 (16 stored features) vs ranker_v2 (the same + 4 derived), and the 3 stored
+   inputs vs the same + 4 derived. Every request carries the same request_data.
+3. feast: Feast 0.67 on-demand feature views (../shared/peers/feast/feature_repo_odfv) in
+   python and pandas mode against featurestore, both with 2 workers reading the same
+   Redis, the four derived features at batch 1, 10 and 100 (wrk_derived.lua).
+
+    python -m benchmarks.derived [--sections kernel,join,feast] [--duration 10] [--rounds 3]
+                                 [--skip-feast-setup] [--feast-workdir /tmp/feast-peer]
+
+Writes benchmarks/results/derived.md (and raw JSON lines under benchmarks/out/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from benchmarks.footprint import free_port
+from benchmarks.report import stitch
+from benchmarks.run import PEER as DEFAULT_PEER
+from benchmarks.run import REDIS_PORT, ROOT, log, redis_up, wait_http
+from featurestore.definitions.parser import parse_definitions
+from featurestore.demo.data import FEATURE_REFS, ensure_demo_data
+
+HERE = Path(__file__).resolve().parent
+# ../shared/peers/feast from the checkout; FEAST_PEER_DIR when the checkout lives elsewhere
+PEER = Path(os.environ.get("FEAST_PEER_DIR") or DEFAULT_PEER)
+WRK_DERIVED = PEER / "wrk_derived.lua"
+EDGES = [0.0, 10.0, 50.0, 100.0]
+DERIVED = ["engagement_score", "spend_per_session", "ctr_x_price_bucket", "value_score"]
+INPUTS = ["user_activity:ctr_30d", "user_activity:sessions_30d", "user_activity:spend_30d"]
+OURS = [f"user_derived:{f}" for f in DERIVED]
+N_KERNEL = 100_000
+
+
+# -- 1. kernel throughput ---------------------------------------------------------------
+
+
+def best_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(best, median) wall time of ``fn`` in ms."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return min(times), statistics.median(times)
+
+
+def kernel_section(data: Path) -> dict[str, Any]:
+    from featurestore.derived import compiler
+
+    ctr = pq.read_table(data / "users.parquet", columns=["ctr_30d"])["ctr_30d"].to_numpy()[:N_KERNEL]
+    price = np.round(np.random.default_rng(1).uniform(0, 150, N_KERNEL), 2)
+    ctr_list, price_list = ctr.tolist(), price.tolist()
+    doc = {
+        "project": "bench",
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "feature_views": [{"name": "user_activity", "entities": ["user_id"], "features": [{"name": "ctr_30d", "dtype": "float64"}]}],
+        "derived_views": [
+            {
+                "name": "d",
+                "inputs": ["user_activity:ctr_30d"],
+                "request_schema": [{"name": "item_price", "dtype": "float64"}],
+                "features": [{"name": "ctr_x_price_bucket", "dtype": "float64", "expression": "ctr_30d * bucket(item_price, [0, 10, 50, 100])"}],
+            }
+        ],
+    }  # fmt: skip
+    defs = parse_definitions(doc, source="bench.yaml")
+    with tempfile.TemporaryDirectory() as cache:
+        kernel = asyncio.run(compiler.kernels_for(defs, Path(cache)))["d"]
+    order = [k.name for k in kernel.spec.inputs]
+    matrix = np.ascontiguousarray(np.stack([ctr if n == "ctr_30d" else price for n in order]))
+    lists = [ctr_list if n == "ctr_30d" else price_list for n in order]
+    edges = np.array(EDGES)
+
+    def numba_kernel() -> Any:
+        return kernel.run(matrix)[0]
+
+    def numba_serving_path() -> Any:  # what a join does: lists in, lists out
+        out = kernel.run(np.array(lists, dtype=np.float64))[0]
+        return out.tolist()
+
+    def numpy_vectorized() -> Any:
+        with np.errstate(all="ignore"):
+            b = np.searchsorted(edges, price, side="right").astype(np.float64)
+            r = np.where(np.isnan(price), np.nan, ctr * b)
+            return np.where(np.isfinite(r), r, np.nan)
+
+    def python_loop() -> list[float | None]:
+        out: list[float | None] = []
+        for c, p in zip(ctr_list, price_list, strict=True):
+            if c is None or p is None:
+                out.append(None)
+                continue
+            b = 0
+            for e in EDGES:
+                if e <= p:
+                    b += 1
+            out.append(c * b)
+        return out
+
+    reference = numpy_vectorized()
+    for name, fn in (("numba", numba_kernel), ("numba+lists", numba_serving_path), ("python", python_loop)):
+        np.testing.assert_allclose(np.array(fn(), dtype=np.float64), reference, rtol=0, atol=0, err_msg=name)
+    rows = {}
+    for name, fn, repeat in (
+        ("numba kernel (float64 matrix in, out)", numba_kernel, 200),
+        ("numba kernel + the join's list <-> array conversions", numba_serving_path, 30),
+        ("numpy, vectorized", numpy_vectorized, 50),
+        ("serial pure-Python loop", python_loop, 5),
+    ):
+        best, median = best_ms(fn, repeat)
+        rows[name] = {"best_ms": round(best, 3), "median_ms": round(median, 3)}
+        log(f"kernel: {name}: best {best:.3f} ms, median {median:.3f} ms per {N_KERNEL:,} rows")
+    return {"rows": N_KERNEL, "kernel_from_cache": kernel.from_cache, "results": rows}
+
+
+# -- servers and load ---------------------------------------------------------------------
+
+
+@contextmanager
+def process(
+    cmd: list[str], log_path: Path, ready_url: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[int]:
+    with open(log_path, "wb") as out:
+        p = subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    try:
+        wait_http(ready_url, timeout=120)
+        yield p.pid
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process: what it spent, whatever else runs on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str,
+    batch: int,
+    features: list[str],
+    req_key: str,
+    duration: float,
+    conns: int,
+    label: str,
+    pid: int = 0,
+) -> dict[str, Any]:
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    env = {
+        **os.environ,
+        "BATCH": str(batch),
+        "FEATURES": ",".join(features),
+        "REQ_KEY": req_key,
+        "LABEL": label,
+    }
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--timeout", "30s", "-s", str(WRK_DERIVED), url],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    if result["err_status"] or result["err_other"]:
+        raise RuntimeError(f"{label} b={batch}: errors in the load run: {result}")
+    if pid:
+        result["server_cpu_us"] = round((cpu_seconds(pid) - cpu0) / result["requests"] * 1e6, 1)
+    return result
+
+
+def check_join(url: str, features: list[str], req_key: str) -> dict[str, Any]:
+    """One request of the shape the load sends: 200, and the derived columns present."""
+    import urllib.request
+
+    body: dict[str, Any] = {"features": features, "entities": {"user_id": [17, 4242]}}
+    prices = {"item_price": [5.0, 75.0]}
+    if req_key == "entities":
+        body["entities"] |= prices
+    else:
+        body[req_key] = prices
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+    return dict(zip(doc["metadata"]["feature_names"], (c["values"] for c in doc["results"]), strict=True))
+
+
+# -- 2. join overhead -----------------------------------------------------------------------
+
+
+def join_section(data: Path, out: Path, duration: float, rounds: int, conns: int) -> dict[str, Any]:
+    http = free_port()
+    url = f"http://127.0.0.1:{http}/v1/feature/join"
+    cmd = [sys.executable, "-m", "featurestore.cli", "serve", "--demo", "--no-clickhouse", "--data-dir", str(data),
+           "--http-port", str(http), "--grpc-port", str(free_port()), "--log-level", "warning"]  # fmt: skip
+    pairs = {
+        "ranker": (list(FEATURE_REFS), [*FEATURE_REFS, *OURS]),
+        "inputs": (INPUTS, [*INPUTS, *OURS]),
+    }
+    runs: list[dict[str, Any]] = []
+    with process(cmd, out / "join-server.log", f"http://127.0.0.1:{http}/readyz") as pid:
+        for without, with_ in pairs.values():
+            assert check_join(url, with_, "request_data")["value_score"][0] is not None
+            check_join(url, without, "request_data")
+        for r in range(rounds):
+            for batch in (1, 100):
+                for pair, (without, with_) in pairs.items():
+                    for variant, features in (("without", without), ("with", with_)):
+                        res = wrk(
+                            url, batch, features, "request_data", duration, conns, f"{pair}/{variant}", pid
+                        )
+                        runs.append({"round": r, "batch": batch, "pair": pair, "variant": variant, **res})
+                        log(
+                            f"join r{r} b={batch} {pair}/{variant}: {res['qps']:.0f} QPS, p50 {res['p50_ms']:.2f} ms, "
+                            f"server CPU {res['server_cpu_us']:.0f} us/request"
+                        )
+    summary = {}
+    for batch in (1, 100):
+        for pair in pairs:
+            picked = {
+                v: [x for x in runs if (x["batch"], x["pair"], x["variant"]) == (batch, pair, v)]
+                for v in ("without", "with")
+            }
+            qps = {v: statistics.median(x["qps"] for x in xs) for v, xs in picked.items()}
+            cpu = {v: statistics.median(x["server_cpu_us"] for x in xs) for v, xs in picked.items()}
+            summary[f"{pair}/b{batch}"] = {
+                **qps,
+                "cost_pct": round(100 * (1 - qps["with"] / qps["without"]), 1),
+                "cpu_us": cpu,
+                "cpu_cost_pct": round(100 * (cpu["with"] / cpu["without"] - 1), 1),
+            }
+    return {"runs": runs, "summary": summary}
+
+
+# -- 3. Feast on-demand feature views ----------------------------------------------------------
+
+
+def feast_section(data: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(a.feast_workdir)
+    env = {**os.environ, "WORKDIR": str(workdir)}
+    if not a.skip_feast_setup:
+        log("Feast: setup.sh (venv, data, feast apply, feast materialize into Redis) ...")
+        with open(out / "feast-setup.log", "wb") as fh:
+            subprocess.run([str(PEER / "setup.sh")], env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    repo = workdir / "feature_repo_odfv"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(PEER / "feature_repo_odfv", repo)
+    yaml_path = repo / "feature_store.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("data/registry.db", "data/registry_odfv.db"))
+    (repo / "data").mkdir(exist_ok=True)
+    feast_env = {
+        **env,
+        "FEAST_PEER_BASE_REPO": str(workdir / "feature_repo"),
+        "FEAST_PEER_DATA": str(workdir / "feature_repo" / "data" / "users.parquet"),
+    }
+    feast = str(workdir / "venv" / "bin" / "feast")
+    subprocess.run([feast, "apply"], cwd=repo, env=feast_env, check=True, capture_output=True)
+
+    config = out / "derived-redis.yaml"
+    config.write_text(
+        f"project: demo\nregistry:\n  path: {out / 'registry-derived'}\n"
+        f"  definitions: {ROOT / 'featurestore' / 'demo' / 'features.yaml'}\n  definitions_base_dir: {data}\n"
+        f"stores:\n  default: {{kind: redis, url: 'redis://127.0.0.1:{REDIS_PORT}/0'}}\n"
+        f"  analytics: {{kind: redis, url: 'redis://127.0.0.1:{REDIS_PORT}/0'}}\n"
+        f"derived: {{cache_dir: {data / 'derived-cache'}}}\n"
+    )
+    for view in ("user_profile", "user_activity"):
+        log(f"featurestore: materialize {view} into Redis")
+        subprocess.run(
+            [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--view", view,
+             "--source", str(data / "users.parquet"), "--quiet"],
+            check=True, cwd=ROOT,
+        )  # fmt: skip
+    ours_port, feast_port = free_port(), free_port()
+    ours_cmd = [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(config), "--no-apply",
+                "--workers", str(a.workers), "--http-port", str(ours_port), "--grpc-port", str(free_port()),
+                "--log-level", "warning"]  # fmt: skip
+    feast_cmd = [feast, "serve", "--host", "127.0.0.1", "--port", str(feast_port), "--workers", str(a.workers),
+                 "--max-requests", "0", "--no-access-log"]  # fmt: skip
+    targets = {
+        "feast_python": (f"http://127.0.0.1:{feast_port}/get-online-features", "user_derived_py", "entities"),
+        "feast_pandas": (f"http://127.0.0.1:{feast_port}/get-online-features", "user_derived_pd", "entities"),
+        "featurestore": (f"http://127.0.0.1:{ours_port}/v1/feature/join", "user_derived", "request_data"),
+    }
+    runs: list[dict[str, Any]] = []
+    subprocess.run([sys.executable, "-m", "featurestore.cli", "apply", str(ROOT / "featurestore/demo/features.yaml"),
+                    "--config", str(config)], check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    with (
+        process(ours_cmd, out / "ours-redis.log", f"http://127.0.0.1:{ours_port}/readyz"),
+        process(
+            feast_cmd,
+            out / "feast-odfv.log",
+            f"http://127.0.0.1:{feast_port}/health",
+            env=feast_env,
+            cwd=repo,
+        ),
+    ):
+        answers = {
+            name: check_join(url, [f"{v}:{f}" for f in DERIVED], key)
+            for name, (url, v, key) in targets.items()
+        }
+        for f in DERIVED:  # same data, same formulas: the same values
+            np.testing.assert_allclose(
+                answers["featurestore"][f], answers["feast_python"][f], rtol=1e-9, err_msg=f
+            )
+            np.testing.assert_allclose(
+                answers["featurestore"][f], answers["feast_pandas"][f], rtol=1e-9, err_msg=f
+            )
+        for r in range(a.rounds):
+            for batch in (1, 10, 100):
+                for name, (url, view, key) in targets.items():
+                    res = wrk(url, batch, [f"{view}:{f}" for f in DERIVED], key, a.duration, a.conns, name)
+                    runs.append({"round": r, "batch": batch, "target": name, **res})
+                    log(f"feast r{r} b={batch} {name}: {res['qps']:.0f} QPS, p50 {res['p50_ms']:.2f} ms")
+    summary = {
+        f"b{batch}": {
+            name: statistics.median(x["qps"] for x in runs if x["batch"] == batch and x["target"] == name)
+            for name in targets
+        }
+        for batch in (1, 10, 100)
+    }
+    return {"runs": runs, "summary": summary, "workers": a.workers}
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any], a: argparse.Namespace) -> str:
+    lines = [
+        "### Derived features (issue 17)",
+        "",
+        f"`python -m benchmarks.derived {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+    ]
+    if "kernel" in results:
+        k = results["kernel"]
+        lines += [f"Kernel throughput, {k['rows']:,} rows of `ctr_x_price_bucket` (target: at most 8.2 ms):", "",
+                  "| implementation | best (ms) | median (ms) |", "|---|---:|---:|"]  # fmt: skip
+        lines += [
+            f"| {name} | {v['best_ms']:.3f} | {v['median_ms']:.3f} |" for name, v in k["results"].items()
+        ]
+        lines.append("")
+    if "join" in results:
+        lines += [f"Join overhead, demo server (memory stores, 1 worker), wrk -c{a.conns}, {a.duration:g} s x {a.rounds} "
+                  "rounds interleaved, median QPS (target: the four derived features cost at most 10%):", "",
+                  "| request | batch | QPS without | QPS with 4 derived | QPS cost "
+                  "| server CPU µs/request without, with | CPU cost |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for key, v in results["join"]["summary"].items():
+            pair, batch = key.split("/b")
+            what = (
+                "ranker_v1 (16 stored) vs ranker_v2" if pair == "ranker" else "3 stored inputs vs + 4 derived"
+            )
+            lines.append(
+                f"| {what} | {batch} | {v['without']:,.0f} | {v['with']:,.0f} | {v['cost_pct']:.1f}% "
+                f"| {v['cpu_us']['without']:,.0f}, {v['cpu_us']['with']:,.0f} | {v['cpu_cost_pct']:.1f}% |"
+            )
+        lines.append("")
+    if "feast" in results:
+        f = results["feast"]
+        lines += [f"Side by side with Feast 0.67 on-demand feature views, the four derived features, {f['workers']} "
+                  f"workers each, same Redis, wrk -c{a.conns}, median QPS (goal: 20x Feast python mode at batch 100):", "",
+                  "| batch | Feast python | Feast pandas | featurestore | vs python |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for key, v in f["summary"].items():
+            ratio = v["featurestore"] / v["feast_python"]
+            lines.append(
+                f"| {key[1:]} | {v['feast_python']:,.0f} | {v['feast_pandas']:,.0f} | {v['featurestore']:,.0f} | {ratio:.1f}x |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sections", default="kernel,join,feast")
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2, help="feast section: worker processes of each server")
+    ap.add_argument("--feast-workdir", default=os.environ.get("WORKDIR", "/tmp/feast-peer"))
+    ap.add_argument("--skip-feast-setup", action="store_true", help="reuse an earlier setup.sh run")
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    a = ap.parse_args()
+    sections = set(a.sections.split(","))
+    a.out.mkdir(parents=True, exist_ok=True)
+    data = a.out / "data"
+    ensure_demo_data(data)
+    results: dict[str, Any] = {}
+    own_redis = None
+    try:
+        if "kernel" in sections:
+            results["kernel"] = kernel_section(data)
+        if ("join" in sections or "feast" in sections) and shutil.which("wrk") is None:
+            log("wrk is missing (make bench installs it)")
+            return 2
+        if "join" in sections:
+            results["join"] = join_section(data, a.out, a.duration, a.rounds, a.conns)
+        if "feast" in sections:
+            if not redis_up():
+                log(f"starting redis-server on {REDIS_PORT}")
+                own_redis = subprocess.Popen(
+                    ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=a.out,
+                )  # fmt: skip
+                end = time.monotonic() + 10
+                while not redis_up() and time.monotonic() < end:
+                    time.sleep(0.1)
+            results["feast"] = feast_section(data, a.out, a)
+    finally:
+        if own_redis is not None:
+            own_redis.terminate()
+            own_redis.wait(10)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (a.out / f"derived-{stamp}.json").write_text(json.dumps(results, indent=1))
+    part = HERE / "results" / "derived.md"
+    part.parent.mkdir(exist_ok=True)
+    part.write_text(render(results, a))
+    stitch()
+    print(part.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``python -m featurestore.derived.build MODULE.py ...``: compile generated kernel
+modules into numba's on-disk cache, in a process of its own (``compiler``).
+
+Importing a module compiles its kernel (the signature is explicit, so numba compiles
+at decoration) and ``cache=True`` writes the machine code next to it. A failure is one
+JSON line on stdout, ``{"path": ..., "error": ...}``, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+
+def _error_text(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {' '.join(lines)[:800]}"
+
+
+def build(path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(f"featurestore_derived_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba records the module by name in its cache
+    spec.loader.exec_module(module)
+
+
+def main(argv: list[str]) -> int:
+    status = 0
+    for arg in argv:
+        try:
+            build(Path(arg))
+        except Exception as e:
+            print(json.dumps({"path": arg, "error": _error_text(e)}), flush=True)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,196 @@
+"""Kernels from definitions: generated modules in a cache directory, compiled by numba
+in a separate process, loaded here from numba's on-disk cache.
+
+Compiling holds the GIL for the whole numba pipeline (~0.4 s for the demo view, more
+for big expressions), which would stall every request of a serving process. So a
+registry swap writes the generated modules (named by their hash, never rewritten:
+numba's cache is keyed by the file's mtime), runs ``python -m featurestore.derived.build``
+on those not compiled yet, and only then loads them in a worker thread, from the cache:
+machine code, no compile. A restart, or a second worker, finds the cache filled. The
+swap happens after the load, so no request ever waits for a compile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featurestore import metrics
+from featurestore.derived.codegen import KernelSpec, generate
+from featurestore.derived.pages import release_llvm_pages
+from featurestore.errors import DefinitionError, FailedPrecondition
+from featurestore.model import Definitions
+
+BUILD_TIMEOUT_SECONDS = 300.0
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "featurestore" / "derived"
+
+
+def cache_dir(configured: str = "") -> Path:
+    """The configured ``derived.cache_dir``, or the user cache."""
+    return Path(configured) if configured else default_cache_dir()
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    spec: KernelSpec
+    run: Callable[[Any], Any]  # float64[:, ::1] (inputs x rows) -> float64[:, ::1] (features x rows)
+    from_cache: bool  # loaded as machine code from the on-disk cache (not compiled here)
+
+
+# Kernels loaded by this process, by module name. numba never frees machine code, so a
+# kernel is loaded once per process and reused by every snapshot that generates it.
+_loaded: dict[str, Kernel] = {}
+_lock = threading.Lock()
+
+
+def specs_of(defs: Definitions) -> list[KernelSpec]:
+    return [generate(v, defs) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
+
+
+def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
+    """The module file, created once: a rewrite would change its mtime and make numba
+    distrust the cache (two workers may race here; the first one's file stays)."""
+    path = cache_dir / f"{spec.module}.py"
+    if path.exists():
+        return path
+    tmp = cache_dir / f".{spec.module}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(spec.source, encoding="utf-8")
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise FailedPrecondition(
+            f"derived.cache_dir {cache_dir} is not writable ({e.strerror}): derived kernels cannot be built"
+        ) from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path
+
+
+def is_built(path: Path) -> bool:
+    return any((path.parent / "__pycache__").glob(f"{path.stem}.kernel-*.nbi"))
+
+
+def build_command(paths: list[Path]) -> list[str]:
+    return [sys.executable, "-m", "featurestore.derived.build", *map(str, paths)]
+
+
+def _build_env() -> dict[str, str]:
+    # The child imports what this process can: featurestore itself and trusted functions.
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int, stderr: str) -> None:
+    failures = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    metrics.DERIVED_COMPILES.labels("failed").inc(len(failures) or 1)
+    for f in failures:
+        spec = specs.get(Path(f["path"]))
+        view = spec.view if spec is not None else f["path"]
+        raise DefinitionError(f"derived_views[{view}]: the kernel does not compile: {f['error']}")
+    raise DefinitionError(f"compiling derived kernels failed (exit {returncode}): {stderr.strip()[-500:]}")
+
+
+async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
+    """Write and compile (in a child process) whatever is not in the cache yet."""
+    paths = {write_module(s, cache_dir): s for s in specs}
+    todo = [p for p in paths if not is_built(p)]
+    if todo:
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *build_command(todo),
+            env=_build_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
+        metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
+        metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
+    return list(paths)
+
+
+def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
+    """``build`` for the CLI (validate, apply): refuse definitions whose kernels fail."""
+    paths = {write_module(s, cache_dir): s for s in specs}
+    todo = [p for p in paths if not is_built(p)]
+    if todo:
+        proc = subprocess.run(
+            build_command(todo),
+            env=_build_env(),
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_SECONDS,
+        )
+        if proc.returncode != 0:
+            _raise_failures(proc.stdout, paths, proc.returncode, proc.stderr)
+
+
+def load(spec: KernelSpec, path: Path) -> Kernel:
+    """Import a built module (numba loads its machine code from the cache) and run the
+    kernel once, so the first request finds everything resolved."""
+    with _lock:
+        kernel = _loaded.get(spec.module)
+        if kernel is not None:
+            return kernel
+        module_spec = importlib.util.spec_from_file_location(f"featurestore_derived_{spec.module}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # numba's cache re-imports it by name
+        module_spec.loader.exec_module(module)
+        fn = module.kernel
+        fn(np.zeros((len(spec.inputs), 1)))
+        from_cache = bool(fn.stats.cache_hits) and not fn.stats.cache_misses
+        metrics.DERIVED_COMPILES.labels("loaded" if from_cache else "compiled_in_process").inc()
+        kernel = _loaded[spec.module] = Kernel(spec, fn, from_cache)
+        return kernel
+
+
+async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
+    """Every derived view's kernel, built off the event loop; {} without derived views
+    (numba is not even imported then)."""
+    if not defs.derived_views:
+        return {}
+    specs = specs_of(defs)
+    paths = await build(specs, cache_dir)
+    pairs = list(zip(specs, paths, strict=True))
+
+    def load_all() -> list[Kernel]:
+        kernels = [load(s, p) for s, p in pairs]
+        release_llvm_pages()
+        return kernels
+
+    kernels = await asyncio.to_thread(load_all)
+    return {k.spec.view: k for k in kernels}
+
+
+def check_definitions(defs: Definitions, directory: Path | None = None) -> None:
+    """Compile every kernel of ``defs`` (validate, apply, canary start, apply on start):
+    a definition whose kernel cannot be built never reaches a registry."""
+    if defs.derived_views:
+        build_sync(specs_of(defs), directory or default_cache_dir())

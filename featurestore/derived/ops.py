@@ -1,0 +1,177 @@
+"""The operators of the expression language as numba scalar functions (kernels call them).
+
+Values are float64; null is NaN, bools are 1.0 / 0.0 (NaN = null). Every operator
+returns null for a null operand, except ``coalesce``, ``where`` (only the condition
+and the chosen branch count) and ``and``/``or`` (SQL three-valued logic:
+``false and null`` is false, ``true or null`` is true). Undefined results (``x / 0``,
+``log`` of a non-positive number, ``sqrt`` of a negative one, overflow to infinity) are
+null too, so a kernel never yields NaN or infinity as a value.
+
+Generated kernels import this module; its source hash is part of every kernel's cache
+key (``codegen``), so editing it recompiles them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+nan = math.nan
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def fin(x: float) -> float:
+    """Null for NaN and infinities: what enters a kernel and what leaves arithmetic."""
+    return x if math.isfinite(x) else nan
+
+
+@_jit
+def add(a: float, b: float) -> float:
+    return fin(a + b)
+
+
+@_jit
+def sub(a: float, b: float) -> float:
+    return fin(a - b)
+
+
+@_jit
+def mul(a: float, b: float) -> float:
+    return fin(a * b)
+
+
+@_jit
+def div(a: float, b: float) -> float:
+    return nan if b == 0.0 else fin(a / b)
+
+
+@_jit
+def pow_(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):  # C pow(x, 0) is 1 even for NaN
+        return nan
+    if a == 0.0 and b < 0.0:
+        return nan
+    if a < 0.0 and b != math.floor(b):
+        return nan
+    return fin(a**b)
+
+
+@_jit
+def log(x: float) -> float:
+    return math.log(x) if x > 0.0 else nan
+
+
+@_jit
+def log1p(x: float) -> float:
+    return math.log1p(x) if x > -1.0 else nan
+
+
+@_jit
+def exp(x: float) -> float:
+    return fin(math.exp(x)) if x <= 709.78 else nan  # exp(709.79) overflows float64
+
+
+@_jit
+def sqrt(x: float) -> float:
+    return math.sqrt(x) if x >= 0.0 else nan
+
+
+@_jit
+def abs_(x: float) -> float:
+    return abs(x)
+
+
+@_jit
+def min_(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (a if a <= b else b)
+
+
+@_jit
+def max_(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (a if a >= b else b)
+
+
+@_jit
+def clip(x: float, lo: float, hi: float) -> float:
+    """min(max(x, lo), hi): with lo > hi every value becomes hi."""
+    return min_(max_(x, lo), hi)
+
+
+@_jit
+def coalesce(a: float, b: float) -> float:
+    return b if math.isnan(a) else a
+
+
+@_jit
+def where(c: float, a: float, b: float) -> float:
+    if math.isnan(c):
+        return nan
+    return a if c != 0.0 else b
+
+
+@_jit
+def bucket(x: float, edges: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    """How many of the ascending ``edges`` are <= x (binary search)."""
+    if math.isnan(x):
+        return nan
+    lo, hi = 0, len(edges)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if edges[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return float(lo)
+
+
+@_jit
+def eq(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a == b else 0.0)
+
+
+@_jit
+def ne(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a != b else 0.0)
+
+
+@_jit
+def lt(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a < b else 0.0)
+
+
+@_jit
+def le(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a <= b else 0.0)
+
+
+@_jit
+def gt(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a > b else 0.0)
+
+
+@_jit
+def ge(a: float, b: float) -> float:
+    return nan if math.isnan(a) or math.isnan(b) else (1.0 if a >= b else 0.0)
+
+
+@_jit
+def not_(a: float) -> float:
+    return nan if math.isnan(a) else (1.0 if a == 0.0 else 0.0)
+
+
+@_jit
+def and_(a: float, b: float) -> float:
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    return nan if math.isnan(a) or math.isnan(b) else 1.0
+
+
+@_jit
+def or_(a: float, b: float) -> float:
+    if a == 1.0 or b == 1.0:
+        return 1.0
+    return nan if math.isnan(a) or math.isnan(b) else 0.0

@@ -1,0 +1,471 @@
+"""Derived views in definitions: the expression language's grammar and types, the YAML
+format, errors with their paths, cycles, snapshots, fingerprints and diffs."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from featurestore.definitions.diff import diff, render
+from featurestore.definitions.parser import load_definitions, parse_definitions
+from featurestore.definitions.snapshot import (
+    definitions_to_dict,
+    fingerprint,
+    new_snapshot,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+from featurestore.derived.language import (
+    Bucket,
+    Call,
+    Compare,
+    Const,
+    ExpressionError,
+    Logic,
+    Name,
+    StrCompare,
+    Type,
+    Unary,
+    names_used,
+    parse_expression,
+)
+from featurestore.errors import DefinitionError
+from featurestore.model import DType, FeatureRef
+
+DEMO = Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "features.yaml"
+NAMES = {"x": Type.NUM, "y": Type.NUM, "flag": Type.BOOL, "country": Type.STR}
+
+
+def base() -> dict[str, Any]:
+    return {
+        "project": "p",
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "feature_views": [
+            {
+                "name": "uv",
+                "entities": ["user_id"],
+                "features": [
+                    {"name": "a", "dtype": "float64"},
+                    {"name": "n", "dtype": "int64"},
+                    {"name": "c", "dtype": "string"},
+                    {"name": "vec", "dtype": "float32_vector"},
+                ],
+            }
+        ],
+        "derived_views": [
+            {
+                "name": "dv",
+                "inputs": {"a": "uv:a", "n": "uv:n"},
+                "request_schema": [{"name": "price", "dtype": "float64"}],
+                "features": [
+                    {"name": "p", "dtype": "float64", "expression": "a * bucket(price, [0, 10])"},
+                    {"name": "q", "dtype": "float64", "expression": "p + n"},
+                ],
+            }
+        ],
+        "feature_services": [{"name": "svc", "features": ["uv:a", "dv"]}],
+    }
+
+
+def with_derived(**changes: Any) -> dict[str, Any]:
+    doc = base()
+    doc["derived_views"][0].update(changes)
+    return doc
+
+
+def fails(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(DefinitionError) as e:
+        parse_definitions(doc, source="f.yaml")
+    assert message in str(e.value), str(e.value)
+
+
+# -- the language ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "node"),
+    [
+        ("x + y", "Binary(op='+'"),
+        ("x - y", "Binary(op='-'"),
+        ("x * y", "Binary(op='*'"),
+        ("x / y", "Binary(op='/'"),
+        ("x ** 2", "Binary(op='**'"),
+        ("-x", "Unary(op='neg'"),
+        ("+x", "Name(name='x'"),
+        ("x == y", "Compare(op='=='"),
+        ("x != y", "Compare(op='!='"),
+        ("x < y", "Compare(op='<'"),
+        ("x <= y", "Compare(op='<='"),
+        ("x > y", "Compare(op='>'"),
+        ("x >= y", "Compare(op='>='"),
+        ("flag and x > 1", "Logic(op='and'"),
+        ("flag or not flag", "Logic(op='or'"),
+        ("not flag", "Unary(op='not'"),
+        ("where(flag, x, y)", "Call(fn='where'"),
+        ("log(x)", "Call(fn='log'"),
+        ("log1p(x)", "Call(fn='log1p'"),
+        ("exp(x)", "Call(fn='exp'"),
+        ("sqrt(x)", "Call(fn='sqrt'"),
+        ("abs(x)", "Call(fn='abs'"),
+        ("min(x, y, 3)", "Call(fn='min'"),
+        ("max(x, y)", "Call(fn='max'"),
+        ("clip(x, 0, 1)", "Call(fn='clip'"),
+        ("coalesce(x, y, 0)", "Call(fn='coalesce'"),
+        ("bucket(x, [0, 10, 50, 100])", "Bucket("),
+        ("country == 'DE'", "StrCompare(op='=='"),
+        ("country != 'DE'", "StrCompare(op='!='"),
+        ("true", "Const(value=1.0"),
+        ("False", "Const(value=0.0"),
+    ],
+)
+def test_every_operator_and_function_parses_to_its_node(text: str, node: str) -> None:
+    assert repr(parse_expression(text, NAMES)).startswith(node)
+
+
+def test_types_flow_through_the_tree() -> None:
+    assert parse_expression("x * 2", NAMES).type is Type.NUM
+    assert parse_expression("x > 2 and flag", NAMES).type is Type.BOOL
+    assert parse_expression("where(flag, true, false)", NAMES).type is Type.BOOL
+    assert parse_expression("coalesce(flag, false)", NAMES).type is Type.BOOL
+
+
+def test_comparison_chains_become_a_conjunction() -> None:
+    node = parse_expression("0 < x <= 10", NAMES)
+    assert isinstance(node, Logic) and node.op == "and"
+    assert [type(a) for a in node.args] == [Compare, Compare]
+
+
+def test_negative_constants_fold_so_bucket_edges_may_be_negative() -> None:
+    node = parse_expression("bucket(x, [-10, 0, 2.5])", NAMES)
+    assert isinstance(node, Bucket) and node.edges == (-10.0, 0.0, 2.5)
+    assert parse_expression("-3", NAMES) == Const(-3.0, Type.NUM)
+
+
+def test_names_used_lists_each_name_once_in_order() -> None:
+    assert names_used(parse_expression("y * x + coalesce(x, y) + where(country == 'DE', 1, 0)", NAMES)) == [
+        "y",
+        "x",
+        "country",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x + country", "arithmetic needs a number, got a string ('country') (at column 5)"),
+        ("flag + 1", "arithmetic needs a number, got a bool"),
+        ("not x", "'not' needs a bool, got a number"),
+        ("x and flag", "'and' needs a bool"),
+        ("country < 'x'", "strings compare only with == and !="),
+        ("flag < true", "bools compare only with == and !="),
+        ("x == flag", "cannot compare a number with a bool"),
+        ("x == 'a'", "cannot compare a number with a string"),
+        ("where(x, 1, 2)", "where()'s condition needs a bool"),
+        ("where(flag, 1, flag)", "where() mixes a number and a bool"),
+        ("coalesce(country, 'x')", "coalesce() of strings is not supported"),
+        ("bucket(x, [10, 0])", "edges must be strictly ascending"),
+        ("bucket(x, [])", "non-empty list of numbers"),
+        ("bucket(x, y)", "non-empty list of numbers"),
+        ("bucket(x, [y])", "edges must be number constants"),
+        ("min(x)", "min() takes at least 2 arguments, got 1"),
+        ("log(x, 2)", "log() takes 1 argument, got 2"),
+        ("clip(x, 1)", "clip() takes 3 arguments, got 2"),
+        ("unknown_thing + 1", "unknown name 'unknown_thing'"),
+        ("price * 2", "declare it in request_schema"),
+        ("eval('1')", "unknown function 'eval'"),
+        ("__import__('os').system('true')", "only the built-in functions can be called"),
+        ("x.real", "'x.real' is not part of the expression language"),
+        ("x[0]", "is not part of the expression language"),
+        ("[x, y]", "is not part of the expression language"),
+        ("lambda: 1", "is not part of the expression language"),
+        ("x if flag else y", "is not part of the expression language"),
+        ("x // y", "is not part of the expression language"),
+        ("x % y", "is not part of the expression language"),
+        ("x in [1, 2]", "is not a comparison of the language"),
+        ("log(x=1)", "only the built-in functions can be called"),
+        ("1e999", "not a finite number"),
+        ("None", "not a number, bool or string"),
+        ("x +", "syntax error at column"),
+        ("", "an expression is required"),
+        ("x" * 2001, "longer than 2000 characters"),
+    ],
+)
+def test_expressions_outside_the_language_are_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(ExpressionError) as e:
+        parse_expression(text, NAMES)
+    assert message in str(e.value)
+
+
+def test_the_string_comparison_keeps_its_operands() -> None:
+    node = parse_expression("'DE' == country", NAMES)
+    assert isinstance(node, StrCompare)
+    assert node.a.value == "DE" and isinstance(node.b, Name)  # type: ignore[union-attr]
+
+
+def test_unary_of_a_call_stays_a_node() -> None:
+    node = parse_expression("-log(x)", NAMES)
+    assert isinstance(node, Unary) and isinstance(node.arg, Call)
+
+
+# -- the YAML format --------------------------------------------------------------------------
+
+
+def test_the_demo_derived_view_has_the_four_features_of_the_issue() -> None:
+    d = load_definitions(DEMO)
+    v = d.derived_views["user_derived"]
+    assert [(f.name, f.expression) for f in v.features] == [
+        ("engagement_score", "ctr_30d * log1p(sessions_30d)"),
+        ("spend_per_session", "spend_30d / (sessions_30d + 1e-6)"),
+        ("ctr_x_price_bucket", "ctr_30d * bucket(item_price, [0, 10, 50, 100])"),
+        ("value_score", "engagement_score + ctr_x_price_bucket"),
+    ]
+    assert [(r.name, r.dtype) for r in v.request_schema] == [("item_price", DType.FLOAT64)]
+    assert v.features[3].depends_on == ("user_derived:engagement_score", "user_derived:ctr_x_price_bucket")
+    assert v.features[2].depends_on == ("user_activity:ctr_30d", "request:item_price")
+    assert [str(r) for r in d.services["ranker_v2"].features][-4:] == [
+        "user_derived:engagement_score",
+        "user_derived:spend_per_session",
+        "user_derived:ctr_x_price_bucket",
+        "user_derived:value_score",
+    ]
+    assert len(d.services["ranker_v1"].features) == 16  # existing callers keep their columns
+
+
+def test_inputs_may_be_a_list_of_refs_named_by_their_feature() -> None:
+    d = parse_definitions(with_derived(inputs=["uv:a", "uv:n"]), source="f.yaml")
+    assert d.derived_views["dv"].inputs == (("a", FeatureRef("uv", "a")), ("n", FeatureRef("uv", "n")))
+
+
+def test_a_service_may_list_a_derived_view_or_one_of_its_features() -> None:
+    d = parse_definitions(base(), source="f.yaml")
+    assert [str(r) for r in d.services["svc"].features] == ["uv:a", "dv:p", "dv:q"]
+    doc = base()
+    doc["feature_services"][0]["features"] = ["dv:q"]
+    assert [str(r) for r in parse_definitions(doc, source="f.yaml").services["svc"].features] == ["dv:q"]
+    doc["feature_services"][0]["features"] = ["dv:nope"]
+    fails(doc, "feature_services[svc].features: view 'dv' has no feature 'nope'")
+
+
+def test_derived_views_may_read_other_derived_views() -> None:
+    doc = base()
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"q": "dv:q"},
+            "features": [{"name": "r", "dtype": "bool", "expression": "q > 1"}],
+        }
+    )
+    d = parse_definitions(doc, source="f.yaml")
+    assert d.derived_views["dv2"].features[0].depends_on == ("dv:q",)
+    assert d.stored_inputs(FeatureRef("dv2", "r")) == {FeatureRef("uv", "a"), FeatureRef("uv", "n")}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a + c"}]},
+            "f.yaml: derived_views[dv].features[p].expression: unknown name 'c'",
+        ),
+        (
+            {
+                "inputs": {"a": "uv:a", "c": "uv:c"},
+                "features": [{"name": "p", "dtype": "float64", "expression": "a + c"}],
+            },
+            "derived_views[dv].features[p].expression: arithmetic needs a number, got a string ('c')",
+        ),
+        ({"inputs": {"a": "uv:nope"}}, "derived_views[dv].inputs: view 'uv' has no feature 'nope'"),
+        ({"inputs": {"a": "nope:a"}}, "derived_views[dv].inputs: unknown feature view 'nope'"),
+        ({"inputs": {"a": "not a ref"}}, "derived_views[dv].inputs: 'not a ref' is not a feature reference"),
+        (
+            {"inputs": {"v": "uv:vec"}},
+            "derived_views[dv].inputs: uv:vec is a float32_vector, which expressions cannot use",
+        ),
+        ({"inputs": {"a": "dv:p"}}, "dv:p is in the view itself"),
+        ({"inputs": {"log": "uv:a"}}, "invalid name 'log'"),
+        ({"request_schema": []}, "derived_views[dv].features[p].expression: unknown name 'price'"),
+        (
+            {"request_schema": [{"name": "price", "dtype": "timestamp"}]},
+            "request_schema[price].dtype: request fields are",
+        ),
+        (
+            {"request_schema": [{"name": "a", "dtype": "float64"}]},
+            "'a' is both an input and a request field of the view",
+        ),
+        (
+            {"features": [{"name": "a", "dtype": "float64", "expression": "1"}]},
+            "'a' is both an input and a feature of the view",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "string", "expression": "1"}]},
+            "features[p].dtype: derived features are",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a > 1"}]},
+            "features[p].dtype: the expression is a bool, the feature a float64; use where(cond, 1, 0)",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "bool", "expression": "a"}]},
+            "the expression is a number, the feature a bool",
+        ),
+        ({"features": [{"name": "p", "dtype": "float64"}]}, "give exactly one of 'expression' or 'function'"),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a", "function": "m:f"}]},
+            "give exactly one of 'expression' or 'function'",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "function": "nocolon"}]},
+            "'nocolon' is not 'module:function'",
+        ),
+        (
+            {
+                "features": [
+                    {"name": "p", "dtype": "float64", "function": "no_such_module_x:f", "args": ["a"]}
+                ]
+            },
+            "features[p].function: cannot import 'no_such_module_x'",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "function": "math:no_such", "args": ["a"]}]},
+            "module 'math' has no 'no_such'",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "function": "math:hypot", "args": ["a", "zzz"]}]},
+            "features[p].function: unknown name 'zzz'",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a", "args": ["a"]}]},
+            "'args' goes with 'function'",
+        ),
+        ({"features": []}, "derived_views[dv].features: expected a non-empty list"),
+        ({"colour": "red"}, "derived_views[dv].colour: unknown field"),
+        ({"name": "uv"}, "derived_views[uv]: a feature view has the same name"),
+        ({"name": "request"}, "'request' names request fields"),
+    ],
+)
+def test_derived_view_errors_name_the_file_object_and_field(changes: dict[str, Any], message: str) -> None:
+    fails(with_derived(**changes), message)
+
+
+def test_a_cycle_inside_a_view_is_refused_naming_the_cycle() -> None:
+    fails(
+        with_derived(
+            features=[
+                {"name": "p", "dtype": "float64", "expression": "q + 1"},
+                {"name": "q", "dtype": "float64", "expression": "r * 2"},
+                {"name": "r", "dtype": "float64", "expression": "p - a"},
+            ]
+        ),
+        "f.yaml: derived_views[dv]: cycle: dv:p -> dv:q -> dv:r -> dv:p",
+    )
+    fails(
+        with_derived(features=[{"name": "p", "dtype": "float64", "expression": "p + 1"}]),
+        "cycle: dv:p -> dv:p",
+    )
+
+
+def test_two_derived_views_reading_each_other_are_refused() -> None:
+    doc = base()
+    doc["derived_views"][0]["inputs"]["z"] = "dv2:z"
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"p": "dv:p"},
+            "features": [
+                {"name": "y", "dtype": "float64", "expression": "p"},
+                {"name": "z", "dtype": "float64", "expression": "1"},
+            ],
+        }
+    )
+    fails(doc, "derived_views[dv].inputs: derived views read each other: dv -> dv2 -> dv")
+    doc["derived_views"][0]["features"][0]["expression"] = "z"
+    doc["derived_views"][1]["features"][1]["expression"] = "p"
+    fails(doc, "derived_views[dv]: cycle: dv:p -> dv2:z -> dv:p")
+
+
+def test_a_request_field_means_one_dtype_in_every_view() -> None:
+    doc = base()
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "request_schema": [{"name": "price", "dtype": "int64"}],
+            "features": [{"name": "y", "dtype": "float64", "expression": "price"}],
+        }
+    )
+    fails(doc, "derived_views[dv2].request_schema[price].dtype: int64 here, float64 in derived view 'dv'")
+
+
+def test_a_trusted_function_is_imported_and_its_arity_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "trusted_fns_a.py").write_text("def risk(a, n):\n    return a * n\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    feature = {"name": "p", "dtype": "float64", "function": "trusted_fns_a:risk", "args": ["a", "n"]}
+    d = parse_definitions(with_derived(features=[feature]), source="f.yaml")
+    assert d.derived_views["dv"].features[0].depends_on == ("uv:a", "uv:n")
+    fails(
+        with_derived(features=[{**feature, "args": ["a"]}]),
+        "features[p].function: trusted_fns_a:risk does not take 1 positional arguments",
+    )
+    sys.modules.pop("trusted_fns_a", None)
+
+
+# -- snapshots, fingerprints, diffs ----------------------------------------------------------
+
+
+def test_snapshots_round_trip_derived_views() -> None:
+    d = load_definitions(DEMO)
+    snap = new_snapshot(d, 3)
+    back = snapshot_from_json(snapshot_to_json(snap))
+    assert back.definitions == d
+    assert back.definitions.derived_views["user_derived"].features[2].depends_on == (
+        "user_activity:ctr_30d",
+        "request:item_price",
+    )
+    assert back.fingerprint == fingerprint(d)
+    assert "user_derived:value_score" in snap.feature_versions
+
+
+def test_files_without_derived_views_keep_their_fingerprint() -> None:
+    doc = base()
+    del doc["derived_views"]
+    doc["feature_services"][0]["features"] = ["uv:a"]
+    d = parse_definitions(doc, source="f.yaml")
+    assert "derived_views" not in definitions_to_dict(d)
+    # The canonical JSON of the format before derived views existed: same bytes, same hash.
+    assert fingerprint(d) == fingerprint(parse_definitions(copy.deepcopy(doc), source="other.yaml"))
+
+
+def test_a_new_expression_is_a_compatible_change_and_a_new_feature_version() -> None:
+    old = parse_definitions(base(), source="f.yaml")
+    doc = base()
+    doc["derived_views"][0]["features"][1]["expression"] = "p * n"
+    new = parse_definitions(doc, source="f.yaml")
+    changes = diff(old, new)
+    assert [(c.kind, c.name, c.incompatible) for c in changes] == [("derived_view", "dv", ())]
+    assert "feature q: p + n -> p * n" in render(changes)
+    s1 = new_snapshot(old, 1)
+    s2 = new_snapshot(new, 2, previous=s1)
+    assert s2.feature_versions["dv:q"] == 2
+    assert s2.feature_versions["dv:p"] == 1
+    assert s2.feature_versions["uv:a"] == 1
+
+
+def test_a_derived_dtype_change_is_incompatible_for_callers() -> None:
+    old = parse_definitions(base(), source="f.yaml")
+    doc = base()
+    doc["derived_views"][0]["features"][1].update(dtype="int64")
+    (change,) = diff(old, parse_definitions(doc, source="f.yaml"))
+    assert change.incompatible == ("feature q dtype float64 -> int64",)
+
+
+def test_adding_a_derived_view_shows_in_the_diff() -> None:
+    doc = base()
+    del doc["derived_views"]
+    doc["feature_services"][0]["features"] = ["uv:a"]
+    changes = diff(parse_definitions(doc, source="f.yaml"), parse_definitions(base(), source="f.yaml"))
+    assert "+ derived_view dv: 2 features computed at request time" in render(changes)

@@ -1,0 +1,348 @@
+"""Derived kernels: compiled by the real build process into a temporary cache, run by
+the join engine over the memory store, and checked against an independent numpy
+evaluation (tests/unit/derived_reference.py) on random data with nulls; then the
+semantics the issue names, value by value."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from featurestore.definitions.parser import parse_definitions
+from featurestore.definitions.snapshot import new_snapshot
+from featurestore.derived import compiler
+from featurestore.derived.codegen import feature_ir
+from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.model import Definitions
+from featurestore.plan import ServingState
+from featurestore.rows import view_schema
+from featurestore.sources.memory import MemorySource
+from tests.unit.derived_reference import evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 3000
+RANDOM_EXPRESSIONS = {
+    "e_arith": "x * y + z - 2.5",
+    "e_div": "x / y",
+    "e_pow": "abs(x) ** 0.5 + y ** 2",
+    "e_pow_neg": "y ** x",
+    "e_log": "log(x) + log1p(y)",
+    "e_exp": "exp(x / 10)",
+    "e_sqrt": "sqrt(y) - sqrt(z)",
+    "e_minmax": "min(x, y, z) + max(x, 3)",
+    "e_clip": "clip(x, -1, 1)",
+    "e_coalesce": "coalesce(x, y, 0)",
+    "e_where": "where(b, x, y)",
+    "e_where_cmp": "where(x > y, x - y, y - x)",
+    "e_bucket": "ctr * bucket(price, [0, 10, 50, 100])",
+    "e_and": "where(b and x > 0, 1, 0)",
+    "e_or": "where(b or y < 0, 1, 0)",
+    "e_not": "where(not b, 1, 0)",
+    "e_chain": "where(0 <= x < 5, x, -x)",
+    "e_str": "where(s == 'DE', x, 0) + where(s != kind, 1, 0)",
+    "e_int": "n * 2 + x",
+    "e_ne": "where(x != y, 1, 0) + where(x == y, 2, 0)",
+    "e_neg": "-x + (-y)",
+    "e_bool_out": "x >= y or b",
+    "e_int_out": "x * 1000",
+    "e_nested": "e_arith * 2 + coalesce(e_div, 0)",
+}
+STORED = [("x", "float64"), ("y", "float64"), ("z", "float64"), ("ctr", "float64")]
+STORED += [("n", "int64"), ("b", "bool"), ("s", "string")]
+OUT_DTYPES = {"e_bool_out": "bool", "e_int_out": "int64"}
+
+
+def definitions() -> Definitions:
+    return parse_definitions(raw(), source="kernels.yaml")
+
+
+def raw() -> dict[str, Any]:
+    """The definitions as written in YAML."""
+    return {
+        "project": "p",
+        "entities": [{"name": "id", "dtype": "int64"}],
+        "feature_views": [
+            {
+                "name": "t",
+                "entities": ["id"],
+                "features": [
+                    {"name": name, "dtype": dtype}
+                    for name, dtype in [
+                        ("x", "float64"),
+                        ("y", "float64"),
+                        ("z", "float64"),
+                        ("ctr", "float64"),
+                        ("n", "int64"),
+                        ("b", "bool"),
+                        ("s", "string"),
+                    ]
+                ],
+            }
+        ],
+        "derived_views": [
+            {
+                "name": "d",
+                "inputs": ["t:x", "t:y", "t:z", "t:ctr", "t:n", "t:b", "t:s"],
+                "request_schema": [
+                    {"name": "price", "dtype": "float64"},
+                    {"name": "kind", "dtype": "string"},
+                ],
+                "features": [
+                    {"name": name, "dtype": OUT_DTYPES.get(name, "float64"), "expression": expr}
+                    for name, expr in RANDOM_EXPRESSIONS.items()
+                ],
+            }
+        ],
+    }
+
+
+def random_columns(rng: np.random.Generator) -> dict[str, list[Any]]:
+    def floats(scale: float) -> list[Any]:
+        v = np.round(rng.normal(0, scale, N), 3)
+        v[rng.random(N) < 0.05] = 0.0  # zeros: division, log and pow edges
+        return [None if rng.random() < 0.1 else float(x) for x in v]
+
+    return {
+        "x": floats(5),
+        "y": floats(3),
+        "z": floats(10),
+        "ctr": [None if rng.random() < 0.1 else float(v) for v in rng.random(N)],
+        "n": [None if rng.random() < 0.1 else int(v) for v in rng.integers(-100, 100, N)],
+        "b": [None if rng.random() < 0.1 else bool(v) for v in rng.random(N) < 0.5],
+        "s": [None if rng.random() < 0.1 else str(v) for v in rng.choice(["DE", "FR", "US"], N)],
+    }
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, compiler.Kernel]:
+    return asyncio.run(compiler.kernels_for(definitions(), tmp_path_factory.mktemp("kernels")))
+
+
+async def engine_over(
+    defs: Definitions, kernels: dict[str, compiler.Kernel], rows: dict[str, list[Any]]
+) -> JoinEngine:
+    mem = MemorySource("default")
+    view = defs.views["t"]
+    await mem.prepare([view])
+    schema = view_schema(view)
+    n = len(rows["x"])
+    data = {"id": list(range(1, n + 1)), **rows, "event_timestamp": [int(time.time() * 1e6)] * n}
+    await mem.write(
+        view, pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema), 0
+    )
+    return JoinEngine(
+        {"default": mem}, ServingState(new_snapshot(defs, 1), kernels=kernels), Limits(max_rows=N)
+    )
+
+
+def as_float(values: list[Any]) -> Any:
+    return np.array([np.nan if v is None else float(v) for v in values])
+
+
+async def test_kernels_match_the_numpy_reference_on_random_data_with_nulls(
+    kernels: dict[str, compiler.Kernel],
+) -> None:
+    defs = definitions()
+    rng = np.random.default_rng(17)
+    rows = random_columns(rng)
+    price = [None if rng.random() < 0.1 else float(v) for v in np.round(rng.uniform(-20, 150, N), 2)]
+    kind = [None if rng.random() < 0.1 else str(v) for v in rng.choice(["DE", "FR"], N)]
+    engine = await engine_over(defs, kernels, rows)
+    features = tuple(f"d:{name}" for name in RANDOM_EXPRESSIONS)
+    req = JoinRequest({"id": list(range(1, N + 1))}, features, request_data={"price": price, "kind": kind})
+    result = await engine.join(req, time.monotonic() + 30)
+    got = {c.name: c for c in result.columns}
+
+    env: dict[str, Any] = {k: as_float(v) for k, v in rows.items() if k != "s"}
+    env |= {"s": rows["s"], "price": as_float(price), "kind": kind}
+    irs = feature_ir(defs.derived_views["d"], defs)
+    for name in RANDOM_EXPRESSIONS:  # features of the view feed later ones
+        env[name] = evaluate(irs[name], env, N)
+        if name in OUT_DTYPES:
+            continue
+        values = got[name].values
+        assert all(v is None or math.isfinite(v) for v in values), f"{name}: NaN or infinity in a response"
+        np.testing.assert_allclose(
+            as_float(values), env[name], rtol=1e-12, atol=0, equal_nan=True, err_msg=name
+        )
+    expected_bool = [None if math.isnan(v) else v != 0 for v in env["e_bool_out"]]
+    assert got["e_bool_out"].values == expected_bool
+    expected_int = [None if math.isnan(v) else int(v) for v in env["e_int_out"]]
+    assert got["e_int_out"].values == expected_int
+    assert set(map(type, got["e_int_out"].values)) <= {int, type(None)}
+
+
+SEMANTICS = {
+    "div_zero": ("x / 0", [None, None, None]),
+    "zero_div_zero": ("(x - x) / 0", [None, None, None]),
+    "log_zero": ("log(x - x)", [None, None, None]),
+    "log_negative": ("log(-abs(x) - 1)", [None, None, None]),
+    "log1p_minus_one": ("log1p(-1 + 0 * x)", [None, None, None]),
+    "sqrt_negative": ("sqrt(-abs(x) - 1)", [None, None, None]),
+    "exp_overflow": ("exp(x * 1000)", [None, None, 0.0]),
+    "pow_fraction_of_negative": ("(-8 + 0 * x) ** (1 / 3)", [None, None, None]),
+    "pow_zero_negative": ("(x - x) ** -1", [None, None, None]),
+    "pow_null_zero": ("y ** 0", [1.0, None, 1.0]),
+    "mul_overflow": ("x * 1e308 * 10", [None, None, None]),
+    "null_propagates": ("y + 1", [3.0, None, 1.0]),
+    "coalesce_handles_null": ("coalesce(y, -1) + 1", [3.0, 0.0, 1.0]),
+    "where_null_condition": ("where(y > 1, 1, 0)", [1.0, None, 0.0]),
+    "where_unchosen_null_branch": ("where(x < 3, 7, y)", [2.0, 7.0, 7.0]),
+    "where_chosen_null_branch": ("where(x > 3, 7, y)", [7.0, None, 0.0]),
+    "and_false_decides": ("where((x < 0) and (y > 5), 1, 0)", [0.0, 0.0, 0.0]),
+    "and_true_with_null_is_null": ("where((x > 0) and (y > 5), 1, 0)", [0.0, None, 0.0]),
+    "or_true_decides": ("where((x > 0) or (y > 5), 1, 0)", [1.0, 1.0, 0.0]),
+    "or_false_with_null_is_null": ("where((x < 0) or (y > 5), 1, 0)", [0.0, None, 1.0]),
+    "bucket_5": ("bucket(5 + 0 * x, [0, 10, 50, 100])", [1.0, 1.0, 1.0]),
+    "bucket_75": ("bucket(75 + 0 * x, [0, 10, 50, 100])", [3.0, 3.0, 3.0]),
+    "bucket_200": ("bucket(200 + 0 * x, [0, 10, 50, 100])", [4.0, 4.0, 4.0]),
+    "bucket_on_an_edge": ("bucket(10 + 0 * x, [0, 10, 50, 100])", [2.0, 2.0, 2.0]),
+    "bucket_below": ("bucket(-1 + 0 * x, [0, 10, 50, 100])", [0.0, 0.0, 0.0]),
+    "bucket_null": ("bucket(y, [0, 10])", [1.0, None, 1.0]),
+    "clip_inverted": ("clip(x, 5, 1)", [1.0, 1.0, 1.0]),
+    "min_null": ("min(x, y)", [2.0, None, -3.0]),
+}
+
+
+async def test_undefined_results_and_nulls_follow_the_documented_semantics(tmp_path: Path) -> None:
+    """x is (4, 2, -3) and y is (2, null, 0) for the three rows."""
+    doc = {
+        "project": "p",
+        "entities": [{"name": "id", "dtype": "int64"}],
+        "feature_views": [
+            {
+                "name": "t",
+                "entities": ["id"],
+                "features": [{"name": "x", "dtype": "float64"}, {"name": "y", "dtype": "float64"}],
+            }
+        ],
+        "derived_views": [
+            {
+                "name": "d",
+                "inputs": ["t:x", "t:y"],
+                "features": [
+                    {"name": k, "dtype": "float64", "expression": e} for k, (e, _) in SEMANTICS.items()
+                ],
+            }
+        ],
+    }
+    defs = parse_definitions(doc, source="s.yaml")
+    kernels = await compiler.kernels_for(defs, tmp_path)
+    mem = MemorySource("default")
+    view = defs.views["t"]
+    await mem.prepare([view])
+    schema = view_schema(view)
+    data = {
+        "id": [1, 2, 3],
+        "x": [4.0, 2.0, -3.0],
+        "y": [2.0, None, 0.0],
+        "event_timestamp": [int(time.time() * 1e6)] * 3,
+    }
+    await mem.write(
+        view, pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema), 0
+    )
+    engine = JoinEngine({"default": mem}, ServingState(new_snapshot(defs, 1), kernels=kernels), Limits())
+    result = await engine.join(
+        JoinRequest({"id": [1, 2, 3]}, tuple(f"d:{k}" for k in SEMANTICS)), time.monotonic() + 10
+    )
+    got = {c.name: c.values for c in result.columns}
+    assert {k: got[k] for k in SEMANTICS} == {k: v for k, (_, v) in SEMANTICS.items()}
+    statuses = {c.name: {s.name for s in c.outcome.statuses} for c in result.columns if c.outcome is not None}
+    assert all(s == {"PRESENT"} for s in statuses.values()), "an undefined result is null with status PRESENT"
+
+
+def test_a_restart_loads_kernels_from_the_disk_cache(tmp_path: Path) -> None:
+    """A second process finds the machine code the first one built: no compile."""
+    import subprocess
+    import sys
+
+    defs = definitions()
+    compiler.build_sync(compiler.specs_of(defs), tmp_path)
+    spec = compiler.specs_of(defs)[0]
+    code = (
+        "from pathlib import Path\n"
+        "from featurestore.derived.compiler import load, specs_of\n"
+        "from tests.unit.test_derived_kernels import definitions\n"
+        f"k = load(specs_of(definitions())[0], Path({str(tmp_path / (spec.module + '.py'))!r}))\n"
+        "print('cached' if k.from_cache else 'compiled')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "cached"
+    assert compiler.is_built(tmp_path / f"{spec.module}.py")
+
+
+async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trusted function numba cannot compile never reaches serving."""
+    (tmp_path / "trusted_fns_b.py").write_text("def bad(a):\n    return {'not': a}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "f", "dtype": "float64", "function": "trusted_fns_b:bad", "args": ["x"]}
+    ]
+    defs = parse_definitions(doc, source="k.yaml")
+    from featurestore.errors import DefinitionError
+
+    with pytest.raises(
+        DefinitionError, match=r"derived_views\[d\]: the kernel does not compile: TypingError"
+    ):
+        await compiler.kernels_for(defs, tmp_path / "cache")
+    with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile"):
+        compiler.check_definitions(defs, tmp_path / "cache")
+
+
+async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "trusted_fns_c.py").write_text("def risk(a, b):\n    return a * 10 + b\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "r", "dtype": "float64", "function": "trusted_fns_c:risk", "args": ["x", "y"]},
+        {"name": "r2", "dtype": "float64", "expression": "r / 2"},
+    ]
+    defs = parse_definitions(doc, source="k.yaml")
+    kernels = await compiler.kernels_for(defs, tmp_path / "cache")
+    rows: dict[str, list[Any]] = {
+        "x": [1.0, None],
+        "y": [2.0, 3.0],
+        "z": [0.0, 0.0],
+        "ctr": [0.0, 0.0],
+        "n": [1, 1],
+        "b": [True, True],
+        "s": ["a", "b"],
+    }
+    engine = await engine_over(defs, kernels, rows)
+    result = await engine.join(JoinRequest({"id": [1, 2]}, ("d:r", "d:r2")), time.monotonic() + 10)
+    assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
+
+
+def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
+    kernels: dict[str, compiler.Kernel],
+) -> None:
+    """featurestore/derived/pages.py finds llvmlite's library in /proc/self/maps by name:
+    if llvmlite renames it, the memory shortcut would silently stop working."""
+    from featurestore.derived import pages
+
+    assert kernels  # numba and llvmlite are loaded in this process
+    assert pages.library_mappings(), f"no mapping named {pages.LIBRARY} in /proc/self/maps"
+    assert pages.release_llvm_pages() > 0
+    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))  # kernels still run
+    assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
+
+
+def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:
+    from featurestore.errors import FailedPrecondition
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(FailedPrecondition, match=r"derived.cache_dir .* is not writable"):
+        compiler.check_definitions(definitions(), blocker / "cache")
