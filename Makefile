@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 # Debian packages the test suite starts as real servers / tools.
 DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prometheus-alertmanager docker-compose wrk
 PYTEST_ARGS ?=
@@ -19,20 +20,30 @@ help:
 	@echo "make bench    every benchmark: Feast side by side, derived features, ClickHouse, lineage, footprint (~40 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
-$(STAMP): pyproject.toml constraints.txt
+# The venv itself (pip upgraded once); each stamp below installs one set of extras into it.
+$(PY):
 	@# Stock Debian ships python3 without venv support (python3-venv): install it once.
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  rm -rf $(VENV); echo "python venv support missing: installing python3-venv"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-venv; \
 	  $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+
+# Everything: every backend extra and the test tools (make test, lint, bench).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	@touch $(STAMP)
+
+# What the demo needs beside the core: the in-process ClickHouse engine (user_transactions),
+# /graphql, and the client behind `featurestore join`.
+$(RUN_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt -e ".[embedded,graphql,client]"
+	@touch $(RUN_STAMP)
 
 venv install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/featurestore serve --demo
 
 system-deps:

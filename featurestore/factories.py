@@ -5,6 +5,9 @@ The one module that maps config kinds to concrete adapter classes. Every command
 what it needs from here (``serve`` through ``runtime``; ``materialize``, ``apply``,
 ``lineage consume`` and the registry commands directly), so adding an adapter means
 adding one branch here and its contract-suite entry.
+
+Backends of an extra (``featurestore/extras.py``) are imported in their branch, after
+``require`` has checked the extra is installed, so a core install runs without them.
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import Config, StoreConfig
 from featurestore.emitter import EmitterConfig, LineageEmitter
 from featurestore.errors import InvalidArgument
+from featurestore.extras import require
 from featurestore.model import FeatureView
 from featurestore.registry.base import Registry
-from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
-from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, check_embedded_workers
+from featurestore.sources.clickhouse import ClickHouseOptions, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.supervisor import WORKER_ENV
 from lineage.graph.base import LineageGraph
-from lineage.graph.bolt import BoltGraph
 from lineage.graph.memory import InMemoryGraph
 from lineage.sinks import InProcessSink, KafkaSink, LineageSink
 
@@ -38,6 +40,9 @@ def make_registry(config: Config) -> Registry:
     if reg.kind == "file":
         return FileRegistry(reg.path, config.project)
     if reg.kind == "etcd":
+        require("aetcd", "registry.kind: etcd")
+        from featurestore.registry.etcd import EtcdRegistry
+
         return EtcdRegistry(reg.endpoints, config.project)
     raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
 
@@ -58,8 +63,18 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"stores.{name}: {e}") from None
         check_embedded_workers(ch, config.workers)
+        require_clickhouse(ch, f"stores.{name}")
+        from featurestore.sources.clickhouse.source import ClickHouseOnlineSource
+
         return ClickHouseOnlineSource(name, config.project, ch)
     raise InvalidArgument(f"stores.{name}.kind {sc.kind!r} is not supported by this build")
+
+
+def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
+    """clickhouse-connect for any ClickHouse, and chdb too for the in-process engine."""
+    require("clickhouse_connect", f"{wanted_by} (kind: clickhouse)")
+    if options.embedded:
+        require("chdb", f"{wanted_by} (dsn {options.dsn})")
 
 
 def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSource:
@@ -79,6 +94,9 @@ def make_graph(config: Config) -> LineageGraph:
     if lc.graph == "memory":
         return InMemoryGraph()
     if lc.graph == "bolt":
+        require("neo4j", "lineage.graph: bolt")
+        from lineage.graph.bolt import BoltGraph
+
         return BoltGraph(lc.bolt.uri, lc.bolt.user, lc.bolt.password, lc.bolt.database or None)
     raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
 
@@ -106,6 +124,12 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         raise InvalidArgument("lineage.sink memory writes the in-process graph: set lineage.graph to memory")
     if lc.sink not in ("memory", "kafka"):
         raise InvalidArgument(f"lineage.sink {lc.sink!r} is not supported; use memory or kafka")
+    if lc.sink == "kafka":
+        require("confluent_kafka", "lineage.sink: kafka")
+    if lc.graphql:
+        require(
+            "strawberry", "lineage.graphql: true (the default; set it to false to serve without /graphql)"
+        )
     graph = make_graph(config) if (lc.graphql or lc.sink == "memory") else None
     if graph is not None:
         await graph.start()

@@ -117,13 +117,18 @@ class ClickHouseOfflineSource:
     def __init__(self, dsn: str, table: str) -> None:
         if not _TABLE.match(table):
             raise InvalidArgument(f"{table!r} is not a ClickHouse table name of the form db.table")
-        import clickhouse_connect  # only materializations from ClickHouse pay the import
-
+        from featurestore.extras import require
         from featurestore.sources.clickhouse.options import ClickHouseOptions
+
+        # only materializations from ClickHouse pay the import
+        clickhouse_connect = require("clickhouse_connect", f"offline source clickhouse://{table}")
+        options = ClickHouseOptions(dsn=dsn)
+        if options.embedded:
+            require("chdb", f"offline source clickhouse://{table} (dsn {dsn})")
 
         self.table = table
         self._quoted = ".".join(f"`{part}`" for part in table.split("."))
-        self._client: Any = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=dsn).client_dsn)
+        self._client: Any = clickhouse_connect.get_client(dsn=options.client_dsn)
         self._keys: Sequence[str] = ()
 
     def describe(self) -> str:

@@ -30,7 +30,6 @@ from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
 from featurestore.supervisor import REUSE_PORT_ENV
 from featurestore.tracing import setup_tracing
-from lineage.graphql import LineageGraphQL
 
 log = logging.getLogger("featurestore")
 
@@ -108,6 +107,8 @@ class Listeners:
         push = PushService(rt.engine)
         mounts: dict[str, Any] = {}
         if rt.lineage is not None and rt.lineage.graph is not None and config.lineage.graphql:
+            from lineage.graphql import LineageGraphQL  # the graphql extra: checked by build_lineage
+
             mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
         http_api = HttpApi(
             rt.engine,

@@ -25,6 +25,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, Sta
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from featurestore.config import TracingConfig
+from featurestore.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,8 @@ def setup_tracing(cfg: TracingConfig) -> None:
     if cfg.exporter == "console":
         exporter = ConsoleSpanExporter()
     elif cfg.exporter == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            log.warning("tracing.exporter=otlp but opentelemetry-exporter-otlp is not installed")
-        else:
-            exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True)
+        otlp = require("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "tracing.exporter: otlp")
+        exporter = otlp.OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True)
     global _exporting
     _exporting = exporter is not None
     sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio)) if exporter else ALWAYS_OFF

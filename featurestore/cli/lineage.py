@@ -33,10 +33,12 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     from prometheus_client import start_http_server
 
     from featurestore.config import load_config
+    from featurestore.extras import require
     from featurestore.factories import make_graph
     from lineage.consumer import LineageConsumer
 
     config = load_config(args.config, {("log_level",): args.log_level})
+    require("confluent_kafka", "featurestore lineage consume")
     logging.getLogger().setLevel(config.log_level.upper())
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
