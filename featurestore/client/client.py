@@ -1,0 +1,295 @@
+"""``FeatureClient`` (blocking) and ``AsyncFeatureClient`` (asyncio): joins over the HTTP
+API (httpx) or gRPC (grpcio), picked by the address's scheme. docs/client.md.
+
+Each join has one deadline (default 1 s) that covers its retries: a try that fails with
+UNAVAILABLE (the server said so, or it could not be reached) is tried again after an
+exponential backoff with jitter, while tries and time are left. Other errors raise at
+once, as the exception for their code (``featurestore.client.errors``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import tenacity
+
+from featurestore.client.errors import DeadlineExceededError, FeatureServiceError
+from featurestore.client.options import (
+    DEFAULT_DEADLINE,
+    GRPC_CHANNEL_OPTIONS,
+    ClientOptions,
+    parse_address,
+    remaining,
+    server_deadline_ms,
+    unreachable,
+)
+from featurestore.client.result import JoinResult
+from featurestore.client.wire import (
+    Columns,
+    check_target,
+    grpc_error,
+    grpc_request,
+    grpc_result,
+    http_body,
+    http_error,
+    http_result,
+)
+
+JOIN_PATH = "/v1/feature/join"
+JOIN_METHOD = "/featurestore.v1.FeatureService/Join"
+
+
+class _Base:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        retries: int = 3,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        on_retry: Callable[[int, BaseException], None] | None = None,
+    ) -> None:
+        """``address``: http(s)://host:port or grpc(s)://host:port. ``token``: a bearer
+        token; ``ca_file`` (and ``cert_file``/``key_file`` for mutual TLS) for https:// and
+        grpcs://. ``deadline``: default seconds per join, retries included; ``retries``:
+        further tries after UNAVAILABLE, waiting ``backoff`` doubling (with jitter) up to
+        ``max_backoff``; ``on_retry(n, error)`` is called before each wait."""
+        self.options = ClientOptions(
+            parse_address(address),
+            token,
+            ca_file,
+            cert_file,
+            key_file,
+            deadline,
+            retries + 1,
+            backoff,
+            max_backoff,
+            on_retry,
+        )
+
+    @property
+    def transport(self) -> str:
+        return self.options.address.transport
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        return self.options.ssl_context() if self.options.address.tls else True
+
+    def _encode(
+        self,
+        entities: Columns,
+        features: Sequence[str] | None,
+        feature_service: str | None,
+        request_data: Columns | None,
+        full_feature_names: bool,
+    ) -> Any:
+        check_target(features, feature_service)
+        build = http_body if self.transport == "http" else grpc_request
+        return build(entities, features, feature_service, request_data, full_feature_names)
+
+    def _http_headers(self, left: float, traceparent: str | None) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "x-featurestore-deadline-ms": server_deadline_ms(left),
+            **dict(self.options.metadata(traceparent)),
+        }
+
+    def _grpc_channel_args(self) -> tuple[str, Any]:
+        """(target, credentials or None for plaintext)."""
+        opts = self.options
+        return opts.address.target, opts.grpc_credentials() if opts.address.tls else None
+
+
+def _http_failure(e: Exception) -> FeatureServiceError:
+    import httpx
+
+    if isinstance(e, httpx.TimeoutException):
+        return DeadlineExceededError(f"no answer within the client's deadline ({type(e).__name__})")
+    cause = e.__cause__ or e.__context__
+    untrusted = isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
+    return unreachable(f"{type(e).__name__}: {e}", retry=not untrusted)
+
+
+class FeatureClient(_Base):
+    """A blocking client; thread-safe, keeps its connections: make one and reuse it."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._http: Any = None
+        self._channel: Any = None
+        if self.transport == "http":
+            import httpx
+
+            self._http = httpx.Client(base_url=self.options.address.target, verify=self._verify())
+        else:
+            import grpc
+
+            target, creds = self._grpc_channel_args()
+            self._channel = (
+                grpc.secure_channel(target, creds, options=GRPC_CHANNEL_OPTIONS)
+                if creds is not None
+                else grpc.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+            )
+            self._join_rpc = self._channel.unary_unary(JOIN_METHOD, _serialize, _parse_response)
+
+    def join(
+        self,
+        entities: Columns,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        request_data: Columns | None = None,
+        full_feature_names: bool = False,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+    ) -> JoinResult:
+        """Feature values for the entity rows: ``entities`` maps each entity column to its
+        keys, one per row; name ``features`` ("view:feature") or a ``feature_service``;
+        ``request_data`` holds the request fields derived features read, one per row."""
+        payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
+        deadline_at = self.options.deadline_at(deadline)
+        for attempt in tenacity.Retrying(**self.options.retry_policy(deadline_at)):
+            with attempt:
+                if self._http is not None:
+                    return self._http_once(payload, deadline_at, traceparent)
+                return self._grpc_once(payload, deadline_at, traceparent)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
+        import httpx
+
+        left = remaining(deadline_at)
+        try:
+            r = self._http.post(
+                JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+            )
+        except httpx.TransportError as e:
+            raise _http_failure(e) from e
+        if r.status_code != 200:
+            raise http_error(r.status_code, r.content)
+        return http_result(r.content)
+
+    def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
+        import grpc
+
+        left = remaining(deadline_at)
+        try:
+            resp = self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
+        except grpc.RpcError as e:
+            raise grpc_error(e) from None
+        return grpc_result(resp)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncFeatureClient(_Base):
+    """The asyncio client (httpx.AsyncClient or grpc.aio); create it inside the event loop
+    that uses it, and ``await close()`` (or ``async with``) when done."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._http: Any = None
+        self._channel: Any = None
+        if self.transport == "http":
+            import httpx
+
+            self._http = httpx.AsyncClient(base_url=self.options.address.target, verify=self._verify())
+        else:
+            from grpc import aio
+
+            target, creds = self._grpc_channel_args()
+            self._channel = (
+                aio.secure_channel(target, creds, options=GRPC_CHANNEL_OPTIONS)
+                if creds is not None
+                else aio.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+            )
+            self._join_rpc = self._channel.unary_unary(JOIN_METHOD, _serialize, _parse_response)
+
+    async def join(
+        self,
+        entities: Columns,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        request_data: Columns | None = None,
+        full_feature_names: bool = False,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+    ) -> JoinResult:
+        """See ``FeatureClient.join``."""
+        payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
+        deadline_at = self.options.deadline_at(deadline)
+        async for attempt in tenacity.AsyncRetrying(**self.options.retry_policy(deadline_at)):
+            with attempt:
+                if self._http is not None:
+                    return await self._http_once(payload, deadline_at, traceparent)
+                return await self._grpc_once(payload, deadline_at, traceparent)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    async def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
+        import httpx
+
+        left = remaining(deadline_at)
+        try:
+            r = await self._http.post(
+                JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+            )
+        except httpx.TransportError as e:
+            raise _http_failure(e) from e
+        if r.status_code != 200:
+            raise http_error(r.status_code, r.content)
+        return http_result(r.content)
+
+    async def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
+        import grpc
+
+        left = remaining(deadline_at)
+        try:
+            resp = await self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
+        except grpc.RpcError as e:
+            raise grpc_error(e) from None
+        return grpc_result(resp)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _parse_response(data: bytes) -> Any:
+    from featurestore.v1 import featurestore_pb2 as pb
+
+    return pb.JoinResponse.FromString(data)

@@ -1,0 +1,117 @@
+"""One exception type per API error code. Every one carries ``code`` (the gRPC status
+name, which the HTTP API uses too), ``message`` and ``details`` (structured, HTTP only:
+the gRPC API sends a status and a message)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FeatureServiceError(Exception):
+    """The server answered with an error, or could not be reached (``UnavailableError``)."""
+
+    code = "UNKNOWN"
+
+    def __init__(
+        self, message: str, *, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init__(f"{self.code}: {message}")
+        self.message = message
+        self.details = details or []
+        self.http_status = http_status  # None over gRPC
+
+
+class InvalidArgumentError(FeatureServiceError):
+    code = "INVALID_ARGUMENT"
+
+
+class FailedPreconditionError(FeatureServiceError):
+    code = "FAILED_PRECONDITION"
+
+
+class NotFoundError(FeatureServiceError):
+    code = "NOT_FOUND"
+
+
+class AbortedError(FeatureServiceError):
+    code = "ABORTED"
+
+
+class ResourceExhaustedError(FeatureServiceError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class UnauthenticatedError(FeatureServiceError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(FeatureServiceError):
+    code = "PERMISSION_DENIED"
+
+
+class InternalError(FeatureServiceError):
+    code = "INTERNAL"
+
+
+class UnavailableError(FeatureServiceError):
+    """The server said UNAVAILABLE, or the transport failed (refused, reset, TLS), after
+    the client's retries."""
+
+    code = "UNAVAILABLE"
+    retryable = True  # False where a retry cannot help (a certificate the client does not trust)
+
+
+class DeadlineExceededError(FeatureServiceError):
+    """The call's deadline passed (on the server, or on the client before an answer)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class CancelledError(FeatureServiceError):
+    code = "CANCELLED"
+
+
+ERRORS: dict[str, type[FeatureServiceError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        FailedPreconditionError,
+        NotFoundError,
+        AbortedError,
+        ResourceExhaustedError,
+        UnauthenticatedError,
+        PermissionDeniedError,
+        InternalError,
+        UnavailableError,
+        DeadlineExceededError,
+        CancelledError,
+    )
+}
+
+# An HTTP answer without the API's error body (a proxy's, say): the code its status means.
+CODE_OF_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
+    429: "UNAVAILABLE",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_for(
+    code: str, message: str, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+) -> FeatureServiceError:
+    """The exception for an API error code (``FeatureServiceError`` with that code when
+    the code is one this client does not know)."""
+    cls = ERRORS.get(code)
+    if cls is None:
+        err = FeatureServiceError(message, details=details, http_status=http_status)
+        err.code = code
+        err.args = (f"{code}: {message}",)
+        return err
+    return cls(message, details=details, http_status=http_status)

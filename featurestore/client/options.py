@@ -1,0 +1,178 @@
+"""What the sync and async clients share: the address, TLS and token, deadlines, the
+retry policy (tenacity) and the headers every call carries."""
+
+from __future__ import annotations
+
+import math
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import tenacity
+
+from featurestore.client.errors import DeadlineExceededError, FeatureServiceError, UnavailableError
+
+DEFAULT_DEADLINE = 1.0  # seconds per join, retries included
+# Of an HTTP call's remaining time, what the server is told to leave for its answer to
+# travel back: the share and floor the gRPC server applies to a gRPC deadline.
+_REPLY_SHARE = 0.1
+_REPLY_MIN = 0.002
+_MAX_HEADER_MS = 60_000  # the largest x-featurestore-deadline-ms the server accepts
+
+# gRPC reconnects after a failure with backoff that starts at 1 s and grows to 120 s;
+# a server that comes back would wait that long for this client's next try. Retries are
+# this client's job (below), so the channel reconnects within 100 ms - 1 s. (Not
+# min_reconnect_backoff_ms: grpc uses it as the connect timeout, 20 s by default.)
+GRPC_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    transport: str  # "http" | "grpc"
+    target: str  # base URL (http) or host:port (grpc)
+    tls: bool
+
+
+def parse_address(address: str) -> Address:
+    """``http://host:8080``, ``https://...`` (HTTP API), ``grpc://host:50051`` or
+    ``grpcs://host:50051`` (gRPC, plaintext or TLS)."""
+    parts = urlsplit(address)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return Address("http", address.rstrip("/"), parts.scheme == "https")
+    if parts.scheme in ("grpc", "grpcs") and parts.netloc and parts.path in ("", "/"):
+        return Address("grpc", parts.netloc, parts.scheme == "grpcs")
+    raise ValueError(
+        f"address {address!r}: expected http://host:port, https://host:port, grpc://host:port or grpcs://host:port"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    address: Address
+    token: str | None  # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata
+    ca_file: str | None  # CA bundle that signed the server's certificate (default: the system's)
+    cert_file: str | None  # client certificate and key, for servers that require mutual TLS
+    key_file: str | None
+    deadline: float
+    attempts: int  # tries per call: 1 + retries
+    backoff: float  # waits between tries: random up to backoff * 2^n, at most max_backoff (s)
+    max_backoff: float
+    on_retry: Callable[[int, BaseException], None] | None  # (failed try's number, its error)
+
+    def __post_init__(self) -> None:
+        if self.deadline <= 0 or not math.isfinite(self.deadline):
+            raise ValueError(f"deadline must be a positive number of seconds, got {self.deadline!r}")
+        if self.attempts < 1:
+            raise ValueError(f"retries must be >= 0, got {self.attempts - 1}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file and self.key_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def deadline_at(self, deadline: float | None) -> float:
+        seconds = self.deadline if deadline is None else deadline
+        if seconds <= 0 or not math.isfinite(seconds):
+            raise ValueError(f"deadline must be a positive number of seconds, got {seconds!r}")
+        return time.monotonic() + seconds
+
+    def retry_policy(self, deadline_at: float) -> dict[str, Any]:
+        """tenacity arguments: retry UNAVAILABLE (the server's, or a transport failure)
+        with exponential backoff and jitter, never past the call's deadline."""
+        # "full jitter": uniform in [0, min(max_backoff, backoff * 2^n)], so clients that
+        # failed together do not come back together
+        backoff = tenacity.wait_random_exponential(multiplier=self.backoff, max=self.max_backoff)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            return max(0.0, min(backoff(state), deadline_at - time.monotonic()))
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            return state.attempt_number >= self.attempts or time.monotonic() >= deadline_at
+
+        policy: dict[str, Any] = {
+            "retry": tenacity.retry_if_exception(retryable),
+            "wait": wait,
+            "stop": stop,
+            "reraise": True,
+        }
+        on_retry = self.on_retry
+        if on_retry is not None:
+
+            def before_sleep(state: tenacity.RetryCallState) -> None:
+                assert state.outcome is not None
+                error = state.outcome.exception()
+                assert error is not None
+                on_retry(state.attempt_number, error)
+
+            policy["before_sleep"] = before_sleep
+        return policy
+
+    def metadata(self, traceparent: str | None) -> list[tuple[str, str]]:
+        """Headers / metadata every call carries: the token and the trace context."""
+        out = []
+        if self.token:
+            out.append(("authorization", f"Bearer {self.token}"))
+        tp = traceparent or current_traceparent()
+        if tp:
+            out.append(("traceparent", tp))
+        return out
+
+
+def retryable(e: BaseException) -> bool:
+    return isinstance(e, UnavailableError) and e.retryable
+
+
+def remaining(deadline_at: float) -> float:
+    """Seconds left before ``deadline_at``; DeadlineExceededError when none are."""
+    left = deadline_at - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceededError("the client's deadline passed before an answer (retries included)")
+    return left
+
+
+def server_deadline_ms(left: float) -> str:
+    """The x-featurestore-deadline-ms header: the time left less what the answer needs to
+    travel back, so a slow store yields UNAVAILABLE values rather than a client timeout."""
+    keep = min(max(_REPLY_MIN, left * _REPLY_SHARE), left / 2)
+    return str(min(_MAX_HEADER_MS, max(1, int((left - keep) * 1000))))
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current OpenTelemetry span, when opentelemetry is
+    installed and a span is active; the server's request span becomes its child."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def unreachable(message: str, *, retry: bool = True) -> FeatureServiceError:
+    """A transport failure as the client reports it: UNAVAILABLE (retried unless a retry
+    cannot help, as with a certificate the client does not trust)."""
+    err = UnavailableError(message)
+    err.retryable = retry
+    return err

@@ -1,0 +1,86 @@
+"""What a join returns, the same over HTTP and gRPC: columns in the server's order
+(entity columns first), rows in request order, a status per value."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.Enum):
+    PRESENT = "PRESENT"
+    NOT_FOUND = "NOT_FOUND"
+    OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"  # older than the view's ttl: value None
+    UNAVAILABLE = "UNAVAILABLE"  # the store failed or missed the deadline: value None
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One output column. ``values[i]`` is None where ``statuses[i]`` is not PRESENT (and
+    where a PRESENT value is null); ``event_timestamps[i]`` is the value's event time (UTC),
+    None for entity columns and values never found. Timestamp-typed feature values are
+    ISO 8601 strings, as the HTTP API renders them, over both transports."""
+
+    name: str
+    values: list[Any]
+    statuses: list[Status]
+    event_timestamps: list[datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    feature_names: list[str]
+    columns: list[Column]
+    registry_version: int  # the registry snapshot that answered
+    trace_id: str  # quote it to find the request's trace and logs
+    partial: bool  # some values are UNAVAILABLE
+
+    def __getitem__(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[Column]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        """Rows."""
+        return len(self.columns[0].values) if self.columns else 0
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Column name -> values (None where not PRESENT)."""
+        return {c.name: c.values for c in self.columns}
+
+    def statuses(self) -> dict[str, list[Status]]:
+        return {c.name: c.statuses for c in self.columns}
+
+    def to_arrow(self, *, statuses: bool = False) -> Any:
+        """A ``pyarrow.Table`` of the values (pyarrow must be installed); with
+        ``statuses``, a ``<name>__status`` string column follows each value column."""
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise ImportError("JoinResult.to_arrow needs pyarrow: pip install pyarrow") from None
+        arrays: dict[str, Any] = {}
+        for c in self.columns:
+            arrays[c.name] = pa.array(c.values)
+            if statuses:
+                arrays[f"{c.name}__status"] = pa.array([s.value for s in c.statuses], pa.string())
+        return pa.table(arrays)
+
+    def to_pandas(self, *, statuses: bool = False) -> Any:
+        """A ``pandas.DataFrame`` of the values (pandas must be installed)."""
+        try:
+            import pandas as pd  # type: ignore[import-untyped]
+        except ImportError:
+            raise ImportError("JoinResult.to_pandas needs pandas: pip install pandas") from None
+        data: dict[str, list[Any]] = {}
+        for c in self.columns:
+            data[c.name] = c.values
+            if statuses:
+                data[f"{c.name}__status"] = [s.value for s in c.statuses]
+        return pd.DataFrame(data)

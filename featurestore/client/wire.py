@@ -1,0 +1,179 @@
+"""The join on the wire: request bodies and messages built from Python values, answers
+turned into ``JoinResult`` or the API error they carry. Shared by the sync and async
+clients; no I/O here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from featurestore.client.errors import CODE_OF_HTTP_STATUS, FeatureServiceError, error_for
+from featurestore.client.result import Column, JoinResult, Status
+
+Columns = Mapping[str, Sequence[Any]]
+_STATUS = {s.value: s for s in Status}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def as_list(values: Any) -> list[Any]:
+    """A column as a list (numpy arrays and pandas Series too, through ``tolist``)."""
+    tolist = getattr(values, "tolist", None)
+    return list(tolist() if callable(tolist) else values)
+
+
+def check_target(features: Sequence[str] | None, feature_service: str | None) -> None:
+    if bool(features) == bool(feature_service):
+        raise ValueError("name either features or feature_service")
+
+
+# --- HTTP (JSON) -------------------------------------------------------------------
+
+
+def http_body(
+    entities: Columns,
+    features: Sequence[str] | None,
+    feature_service: str | None,
+    request_data: Columns | None,
+    full_feature_names: bool,
+) -> bytes:
+    doc: dict[str, Any] = {"entities": {k: as_list(v) for k, v in entities.items()}}
+    if features:
+        doc["features"] = list(features)
+    else:
+        doc["feature_service"] = feature_service
+    if request_data:
+        doc["request_data"] = {k: as_list(v) for k, v in request_data.items()}
+    if full_feature_names:
+        doc["full_feature_names"] = True
+    return json.dumps(doc, allow_nan=False).encode()
+
+
+def http_result(body: bytes) -> JoinResult:
+    doc = json.loads(body)
+    meta = doc["metadata"]
+    columns = [
+        Column(
+            name,
+            col["values"],
+            [_STATUS[s] for s in col["statuses"]],
+            [None if t is None else _parse_iso(t) for t in col["event_timestamps"]],
+        )
+        for name, col in zip(meta["feature_names"], doc["results"], strict=True)
+    ]
+    return JoinResult(
+        list(meta["feature_names"]), columns, int(meta["registry_version"]), meta["trace_id"], meta["partial"]
+    )
+
+
+def http_error(status: int, body: bytes) -> FeatureServiceError:
+    """The API's ``{"error": {code, message, details}}``, or a code from the status for a
+    body that is not one (a proxy's error page)."""
+    try:
+        err = json.loads(body)["error"]
+        return error_for(str(err["code"]), str(err["message"]), list(err.get("details") or []), status)
+    except (ValueError, KeyError, TypeError):
+        code = CODE_OF_HTTP_STATUS.get(status, "UNAVAILABLE" if status >= 500 else "INVALID_ARGUMENT")
+        text = body[:200].decode("utf-8", "replace").strip()
+        return error_for(code, f"HTTP {status}" + (f": {text}" if text else ""), None, status)
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# --- gRPC (protobuf) ---------------------------------------------------------------
+
+
+def grpc_request(
+    entities: Columns,
+    features: Sequence[str] | None,
+    feature_service: str | None,
+    request_data: Columns | None,
+    full_feature_names: bool,
+) -> Any:
+    from featurestore.v1 import featurestore_pb2 as pb
+
+    req = pb.JoinRequest(
+        features=list(features or ()),
+        feature_service=feature_service or "",
+        full_feature_names=full_feature_names,
+    )
+    for name, raw in entities.items():
+        values = as_list(raw)
+        col = req.entities.add(name=name)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            col.int64_values.values.extend(values)
+        elif all(isinstance(v, str) for v in values):
+            col.string_values.values.extend(values)
+        else:
+            raise ValueError(f"entity column {name!r}: keys must be all integers or all strings")
+    for name, raw in (request_data or {}).items():
+        _request_column(req.request_data.add(name=name), name, as_list(raw))
+    return req
+
+
+def _request_column(col: Any, name: str, values: list[Any]) -> None:
+    present = [v for v in values if v is not None]
+    zero: Any
+    col.null_rows.extend(i for i, v in enumerate(values) if v is None)
+    if present and all(isinstance(v, bool) for v in present):
+        field, zero = col.bool_values, False
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        field, zero = col.int64_values, 0
+    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        field, zero = col.double_values, 0.0
+    elif all(isinstance(v, str) for v in present):
+        field, zero = col.string_values, ""
+    else:
+        raise ValueError(f"request_data {name!r}: values must be all numbers, all booleans or all strings")
+    field.values.extend(zero if v is None else v for v in values)
+
+
+def grpc_result(resp: Any) -> JoinResult:
+    from featurestore.v1 import featurestore_pb2 as pb
+
+    name_of = {int(v): pb.Status.Name(v) for v in pb.Status.values()}
+    columns = []
+    for name, col in zip(resp.metadata.feature_names, resp.results, strict=True):
+        statuses = [_STATUS[name_of[s]] for s in col.statuses]
+        columns.append(
+            Column(
+                name,
+                _grpc_values(col, statuses),
+                statuses,
+                [_EPOCH + timedelta(microseconds=t) if t else None for t in col.event_timestamps],
+            )
+        )
+    meta = resp.metadata
+    return JoinResult(list(meta.feature_names), columns, meta.registry_version, meta.trace_id, meta.partial)
+
+
+def _grpc_values(col: Any, statuses: list[Status]) -> list[Any]:
+    kind = col.WhichOneof("values")
+    if kind is None:
+        return [None] * len(statuses)
+    if kind == "vector_values":
+        raw: list[Any] = [list(v.values) for v in col.vector_values.values]
+    elif kind == "timestamp_values":
+        raw = [_iso(us) for us in col.timestamp_values.values]
+    else:
+        raw = list(getattr(col, kind).values)
+    nulls = set(col.null_rows)
+    return [
+        v if s is Status.PRESENT and i not in nulls else None
+        for i, (v, s) in enumerate(zip(raw, statuses, strict=True))
+    ]
+
+
+def _iso(us: int) -> str:
+    """Epoch µs as the HTTP API renders a timestamp (``Z``; µs only when not whole seconds)."""
+    t = _EPOCH + timedelta(microseconds=us)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if t.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def grpc_error(e: Any) -> FeatureServiceError:
+    """A failed call (``grpc.RpcError``) as this client's error type for its status."""
+    code = e.code().name if e.code() is not None else "UNKNOWN"
+    return error_for(code, e.details() or code)
