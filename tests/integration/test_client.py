@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from featurestore.client import (
     AsyncFeatureClient,
@@ -291,7 +292,6 @@ class RecordingHttps:
 
 
 def test_https_with_a_ca_file_sends_the_token_trace_and_deadline_and_maps_401(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
     from featurestore.client import UnauthenticatedError
 
     ca = trustme.CA()
@@ -322,7 +322,6 @@ def test_https_with_a_ca_file_sends_the_token_trace_and_deadline_and_maps_401(tm
 
 
 def test_grpc_over_tls_sends_the_token_as_authorization_metadata(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
     from concurrent import futures
 
     import grpc
