@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 
+import featurestore
 from featurestore.cli import data, join, lineage, registry, serve
 from featurestore.cli.join import render_table
+from featurestore.client.errors import FeatureServiceError  # stdlib only: the client's error types
 from featurestore.errors import FeatureStoreError
 
 __all__ = ["main", "render_table"]
@@ -28,17 +31,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args, argv) or 0)
-    except FeatureStoreError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        message = operator_error(e)
+        if message is None:
+            raise  # a bug: the traceback is what its report needs
+        # one line, however the library wrapped it (a YAML error spans four)
+        print("error: " + "; ".join(p.strip() for p in message.splitlines() if p.strip()), file=sys.stderr)
+        return 2
+
+
+def operator_error(e: Exception) -> str | None:
+    """The one line an operator acts on for a failure outside the program: bad input,
+    config or definitions, a file, the network, a server's or a backend's answer. None
+    for anything else (a bug keeps its traceback)."""
+    if isinstance(e, FeatureStoreError):
+        return e.message
+    if isinstance(e, OSError):  # files, sockets: "[Errno 2] No such file or directory: 'x.yaml'"
+        return f"{e.strerror or e}: {e.filename}" if e.filename else str(e) or type(e).__name__
+    if isinstance(e, FeatureServiceError):
+        return str(e)  # the server's answer, or UNAVAILABLE after the client's retries
+    if _from_backend_library(e):
+        return f"{type(e).__module__.split('.')[0]}: {type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
+# Libraries whose exceptions mean an unreachable or refusing backend (redis, etcd,
+# ClickHouse, Kafka, Neo4j, gRPC), not a bug of this program.
+_BACKENDS = ("redis", "aetcd", "clickhouse_connect", "chdb", "confluent_kafka", "neo4j", "grpc", "httpx")
+
+
+def _from_backend_library(e: Exception) -> bool:
+    return type(e).__module__.split(".")[0] in _BACKENDS
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("featurestore")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return featurestore.__version__
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="featurestore", description="Online feature serving: serve, define, load, trace."
     )
+    p.add_argument("--version", action="version", version=f"featurestore {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -1,15 +1,16 @@
-"""``featurestore join``: call a running server over HTTP or gRPC and print a table."""
+"""``featurestore join``: call a running server over HTTP or gRPC (``featurestore.client``)
+and print a table."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import urllib.error
-import urllib.request
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from featurestore.cli.base import Subcommands
+from featurestore.errors import InvalidArgument
 
 
 def register(sub: Subcommands) -> None:
@@ -25,11 +26,19 @@ def register(sub: Subcommands) -> None:
         metavar="NAME=V1[,V2...]",
         help="a request_data field for derived features, one value per entity row (numbers, true/false or text)",
     )
-    j.add_argument("--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server")
+    j.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server (http or https)"
+    )
     j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
     j.add_argument("--full-names", action="store_true", help="name columns view__feature")
     j.add_argument("--string-keys", action="store_true", help="send keys as strings even if numeric")
-    j.add_argument("--json", action="store_true", help="print the raw JSON response")
+    j.add_argument("--json", action="store_true", help="print the result as JSON")
+    j.add_argument("--deadline", type=float, default=10.0, help="seconds for the join, retries included")
+    j.add_argument("--token-file", help="a file holding the bearer token the server requires")
+    j.add_argument("--ca-file", help="CA certificate(s) that signed the server's (https, or --grpc-tls)")
+    j.add_argument("--cert-file", help="client certificate, for a server that requires mutual TLS")
+    j.add_argument("--key-file", help="the client certificate's key")
+    j.add_argument("--grpc-tls", action="store_true", help="gRPC over TLS")
     j.set_defaults(func=cmd_join)
 
 
@@ -38,7 +47,7 @@ def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
     for spec in specs:
         name, sep, values = spec.partition("=")
         if not sep or not name:
-            raise SystemExit(f"--entity expects NAME=K1[,K2...], got {spec!r}")
+            raise InvalidArgument(f"--entity expects NAME=K1[,K2...], got {spec!r}")
         parts = values.split(",")
         numeric = not string_keys and all(p.lstrip("-").isdigit() for p in parts)
         out[name] = [int(p) for p in parts] if numeric else parts
@@ -50,7 +59,7 @@ def _request_data(specs: list[str]) -> dict[str, list[Any]]:
     for spec in specs:
         name, sep, values = spec.partition("=")
         if not sep or not name:
-            raise SystemExit(f"--request expects NAME=V1[,V2...], got {spec!r}")
+            raise InvalidArgument(f"--request expects NAME=V1[,V2...], got {spec!r}")
         out[name] = [_scalar(v) for v in values.split(",")]
     return out
 
@@ -67,102 +76,48 @@ def _scalar(text: str) -> Any:
 
 
 def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.extras import require
+
+    require("httpx", "featurestore join")
+    require("tenacity", "featurestore join")
+    from featurestore.client import FeatureClient
+
     entities = _entities(args.entity, args.string_keys)
     request = _request_data(args.request)
-    features = [f.strip() for f in args.features.split(",")] if args.features else []
-    if args.grpc:
-        names, columns, meta = _join_grpc(
-            args.grpc, entities, features, args.service, args.full_names, request
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
+    address = f"grpc{'s' if args.grpc_tls else ''}://{args.grpc}" if args.grpc else args.url
+    token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
+    with FeatureClient(
+        address, token=token, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
+    ) as client:
+        result = client.join(
+            entities,
+            features,
+            feature_service=args.service,
+            request_data=request or None,
+            full_feature_names=args.full_names,
+            deadline=args.deadline,
         )
-    else:
-        body: dict[str, Any] = {"entities": entities, "full_feature_names": args.full_names}
-        if request:
-            body["request_data"] = request
-        if features:
-            body["features"] = features
-        else:
-            body["feature_service"] = args.service
-        req = urllib.request.Request(
-            args.url.rstrip("/") + "/v1/feature/join",
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                doc = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            err = json.loads(e.read() or b"{}").get("error", {})
-            print(f"error {e.code} {err.get('code', '')}: {err.get('message', '')}", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(doc, indent=2))
-            return 0
-        names = doc["metadata"]["feature_names"]
-        columns = doc["results"]
-        meta = doc["metadata"]
-    print(render_table(names, columns))
-    print(
-        f"\nregistry version {meta['registry_version']}, trace {meta['trace_id']}, partial={meta['partial']}"
-    )
+    columns = [
+        {
+            "values": c.values,
+            "statuses": [s.value for s in c.statuses],
+            "event_timestamps": [_iso(t) for t in c.event_timestamps],
+        }
+        for c in result.columns
+    ]
+    if args.json:
+        meta = {"feature_names": result.feature_names, "registry_version": result.registry_version}
+        meta |= {"trace_id": result.trace_id, "partial": result.partial}
+        print(json.dumps({"metadata": meta, "results": columns}, indent=2))
+        return 0
+    print(render_table(result.feature_names, columns))
+    print(f"\nregistry version {result.registry_version}, trace {result.trace_id}, partial={result.partial}")
     return 0
 
 
-def _join_grpc(
-    target: str,
-    entities: dict[str, list[Any]],
-    features: list[str],
-    service: str | None,
-    full: bool,
-    request: dict[str, list[Any]],
-) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
-    import grpc
-
-    from featurestore.api.proto_codec import column_values
-    from featurestore.v1 import featurestore_pb2 as pb
-    from featurestore.v1 import featurestore_pb2_grpc as pbg
-
-    req = pb.JoinRequest(features=features, feature_service=service or "", full_feature_names=full)
-    for name, values in entities.items():
-        col = req.entities.add(name=name)
-        if values and isinstance(values[0], int):
-            col.int64_values.values.extend(values)
-        else:
-            col.string_values.values.extend(values)
-    for name, values in request.items():
-        rc = req.request_data.add(name=name)
-        if all(isinstance(v, bool) for v in values):
-            rc.bool_values.values.extend(values)
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            rc.int64_values.values.extend(values)
-        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            rc.double_values.values.extend(values)
-        else:
-            rc.string_values.values.extend(str(v) for v in values)
-    with grpc.insecure_channel(target) as channel:
-        try:
-            resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]
-        except grpc.RpcError as e:
-            raise SystemExit(f"error {e.code().name}: {e.details()}") from None
-    columns = [
-        {
-            "values": column_values(c),
-            "statuses": [pb.Status.Name(s) for s in c.statuses],
-            "event_timestamps": [_iso(t) if t else None for t in c.event_timestamps],
-        }
-        for c in resp.results
-    ]
-    meta = {
-        "registry_version": resp.metadata.registry_version,
-        "trace_id": resp.metadata.trace_id,
-        "partial": resp.metadata.partial,
-    }
-    return list(resp.metadata.feature_names), columns, meta
-
-
-def _iso(us: int) -> str:
-    from featurestore.api.json_codec import iso_utc
-
-    return iso_utc(us)
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat().replace("+00:00", "Z")
 
 
 def _cell(value: Any, status: str) -> str:

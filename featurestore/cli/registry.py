@@ -38,8 +38,10 @@ def _register_registry(sub: Subcommands, config_after: argparse.ArgumentParser) 
     rsub.add_parser("history", help="every snapshot, newest last", parents=[config_after]).set_defaults(
         func=cmd_registry_history
     )
-    show = rsub.add_parser("show", help="one snapshot's definitions as JSON", parents=[config_after])
-    show.add_argument("version", type=int)
+    show = rsub.add_parser(
+        "show", help="one snapshot's definitions as JSON (default: the current one)", parents=[config_after]
+    )
+    show.add_argument("version", type=int, nargs="?")
     show.set_defaults(func=cmd_registry_show)
     rdiff = rsub.add_parser("diff", help="changes from snapshot A to snapshot B", parents=[config_after])
     rdiff.add_argument("a", type=int)
@@ -194,8 +196,17 @@ def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
 
 def cmd_registry_show(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.snapshot import snapshot_to_json
+    from featurestore.errors import FailedPrecondition
 
-    snap = _admin(args, lambda a: a.registry.get(args.version))
+    async def read(admin: Any) -> Any:
+        if args.version is not None:
+            return await admin.registry.get(args.version)
+        current = await admin.registry.current()
+        if current is None:
+            raise FailedPrecondition("the registry is empty: apply definitions first")
+        return current
+
+    snap = _admin(args, read)
     print(json.dumps(json.loads(snapshot_to_json(snap)), indent=2))
     return 0
 

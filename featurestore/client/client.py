@@ -107,14 +107,14 @@ class _Base:
         return opts.address.target, opts.grpc_credentials() if opts.address.tls else None
 
 
-def _http_failure(e: Exception) -> FeatureServiceError:
+def _http_failure(e: Exception, url: str) -> FeatureServiceError:
     import httpx
 
     if isinstance(e, httpx.TimeoutException):
         return DeadlineExceededError(f"no answer within the client's deadline ({type(e).__name__})")
     cause = e.__cause__ or e.__context__
     untrusted = isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
-    return unreachable(f"{type(e).__name__}: {e}", retry=not untrusted)
+    return unreachable(f"cannot reach {url}: {type(e).__name__}: {e}", retry=not untrusted)
 
 
 class FeatureClient(_Base):
@@ -171,7 +171,7 @@ class FeatureClient(_Base):
                 JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
             )
         except httpx.TransportError as e:
-            raise _http_failure(e) from e
+            raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:
             raise http_error(r.status_code, r.content)
         return http_result(r.content)
@@ -254,7 +254,7 @@ class AsyncFeatureClient(_Base):
                 JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
             )
         except httpx.TransportError as e:
-            raise _http_failure(e) from e
+            raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:
             raise http_error(r.status_code, r.content)
         return http_result(r.content)

@@ -58,7 +58,7 @@ def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
     assert grpc_out.returncode == 0, grpc_out.stderr
     assert "- (NOT_FOUND)" in grpc_out.stdout and "71" in grpc_out.stdout
     err = cli("join", "--url", server.url, "--entity", "user_id=1", "--features", "nope:x")
-    assert err.returncode == 1 and "404 NOT_FOUND" in err.stderr and "nope" in err.stderr
+    assert err.returncode == 2 and "error: NOT_FOUND:" in err.stderr and "nope" in err.stderr
 
 
 def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
