@@ -7,7 +7,8 @@ runs against both): ``file`` for the embedded default and ``etcd`` for productio
   ``current`` to it only if ``current`` still is ``expected_version``; otherwise it
   raises ``Conflict`` and the written snapshot stays unreferenced.
 * Data-version pointers (one per view, for atomic materialization) are swapped the
-  same way by ``swap_data_version``.
+  same way by ``swap_data_version``, and so are the watermarks of incremental
+  materialization (``set_watermark``).
 * ``changes`` yields whenever ``current`` or a data-version pointer may have changed;
   the server then re-reads and swaps its in-memory state off the hot path.
 """
@@ -59,6 +60,25 @@ class Canary:
             int(doc["base_version"]),
             str(doc.get("entity", "")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """How far incremental materialization of a view has read its batch source: the
+    newest event time loaded (epoch µs) into data version ``data_version``. A watermark
+    of another data version than the current one is stale (a full run replaced the data
+    it describes) and the next incremental run starts over with a full one."""
+
+    data_version: int
+    event_time_us: int
+
+    def to_json(self) -> bytes:
+        return json.dumps({"data_version": self.data_version, "event_time_us": self.event_time_us}).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> Watermark:
+        doc = json.loads(raw)
+        return Watermark(int(doc["data_version"]), int(doc["event_time_us"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +139,15 @@ class Registry(Protocol):
         """A data version of ``view`` above its current one that no caller was given
         before (a counter moved by compare-and-swap), so concurrent materializations
         never write into the same version."""
+        ...
+
+    async def watermark(self, view: str) -> Watermark | None:
+        """The view's incremental-materialization watermark, None when it has none."""
+        ...
+
+    async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
+        """Replace the view's watermark iff it currently is ``expected`` (None = unset);
+        ``Conflict`` otherwise."""
         ...
 
     def changes(self) -> AsyncIterator[None]:

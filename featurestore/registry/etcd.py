@@ -4,6 +4,7 @@
     /featurestore/{project}/registry/current               "<version>"
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
+    /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"}
     /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
 
 ``publish`` is one transaction: it compares ``current``'s mod_revision with the one it
@@ -41,7 +42,7 @@ from featurestore.definitions.snapshot import (
 )
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth
+from featurestore.registry.base import Canary, RegistryHealth, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,26 @@ class EtcdRegistry:
         )
         if not ok:
             raise _conflict(f"canary of service {service!r}", expected, "changed concurrently")
+
+    async def watermark(self, view: str) -> Watermark | None:
+        kv = await self._call(self._client.get, self._data + f"{view}/watermark".encode())
+        return Watermark.from_json(kv.value) if kv is not None else None
+
+    async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
+        key = self._data + f"{view}/watermark".encode()
+        kv = await self._call(self._client.get, key)
+        actual = Watermark.from_json(kv.value) if kv is not None else None
+        if actual != expected:
+            raise _conflict(f"watermark of view {view!r}", expected, actual)
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
+            success=[tx.put(key, mark.to_json())],
+            failure=[],
+        )
+        if not ok:
+            raise _conflict(f"watermark of view {view!r}", expected, "changed concurrently")
 
     async def _swap(self, key: bytes, expected: str, new: bytes, what: str) -> None:
         kv = await self._call(self._client.get, key)

@@ -3,6 +3,7 @@
     {root}/{project}/registry/snapshots/{version}.json   immutable
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/data/{view}/current                 "<data version>"
+    {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
 
 Compare-and-swap holds an exclusive ``flock`` on ``{root}/{project}/.lock`` while it
@@ -28,7 +29,7 @@ from featurestore.definitions.snapshot import (
 )
 from featurestore.errors import Conflict, NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth
+from featurestore.registry.base import Canary, RegistryHealth, Watermark
 
 
 class FileRegistry:
@@ -98,6 +99,23 @@ class FileRegistry:
 
     async def allocate_data_version(self, view: str) -> int:
         return await asyncio.to_thread(self._allocate_data_version, view)
+
+    async def watermark(self, view: str) -> Watermark | None:
+        return await asyncio.to_thread(self._read_watermark, view)
+
+    async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
+        await asyncio.to_thread(self._set_watermark, view, mark, expected)
+
+    def _read_watermark(self, view: str) -> Watermark | None:
+        path = self._data / view / "watermark"
+        return Watermark.from_json(path.read_bytes()) if path.exists() else None
+
+    def _set_watermark(self, view: str, mark: Watermark, expected: Watermark | None) -> None:
+        with self._locked():
+            actual = self._read_watermark(view)
+            if actual != expected:
+                raise _conflict(f"watermark of view {view!r}", expected, actual)
+            _atomic_write(self._data / view / "watermark", mark.to_json())
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():

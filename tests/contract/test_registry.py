@@ -9,7 +9,7 @@ import pytest
 
 from featurestore.errors import Conflict, InvalidArgument, NotFound
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
-from featurestore.registry.base import Canary, Registry
+from featurestore.registry.base import Canary, Registry, Watermark
 from tests.contract.adapters import REGISTRIES, RegistryFactory
 
 USER = Entity("user_id", DType.INT64)
@@ -87,6 +87,19 @@ async def test_data_version_compare_and_swap(registry: Registry) -> None:
     await registry.swap_data_version("v", expected=1, new=2)
     await registry.swap_data_version("w", expected=0, new=5)
     assert await registry.data_versions() == {"v": 2, "w": 5}
+
+
+async def test_watermarks_are_kept_per_view_and_swapped_by_compare_and_swap(registry: Registry) -> None:
+    assert await registry.watermark("v") is None
+    first, second = Watermark(1, 1_700_000_000_000_000), Watermark(1, 1_700_000_060_000_000)
+    await registry.set_watermark("v", first, expected=None)
+    with pytest.raises(Conflict):
+        await registry.set_watermark("v", second, expected=None)  # a concurrent run moved it
+    await registry.set_watermark("v", second, expected=first)
+    assert await registry.watermark("v") == second
+    assert await registry.watermark("w") is None
+    await registry.swap_data_version("v", expected=0, new=1)
+    assert await registry.data_versions() == {"v": 1}  # a watermark is no data version
 
 
 async def test_projects_are_separate(factory: RegistryFactory) -> None:
