@@ -1,11 +1,11 @@
 """One-shot jobs the CLI runs against the configured registry and stores: publish the
-configured definitions, materialize a view. Each builds what it needs from
+configured definitions, materialize views. Each builds what it needs from
 ``factories`` and closes it again."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from featurestore.config import Config
 from featurestore.definitions.parser import load_definitions
@@ -14,7 +14,8 @@ from featurestore.derived.compiler import cache_dir, check_definitions
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
 from featurestore.factories import make_registry, make_store
 from featurestore.materialize import Materializer, MaterializeResult, Progress
-from featurestore.offline import OfflineSource
+from featurestore.model import FeatureView
+from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, open_source
 from featurestore.registry.base import Registry
 
 log = logging.getLogger("featurestore")
@@ -61,33 +62,88 @@ async def apply_configured_definitions(config: Config) -> None:
 
 async def materialize(
     config: Config,
-    view: str,
-    source: OfflineSource,
+    views: Sequence[str] | None,
+    source: OfflineSource | None = None,
     *,
     batch_rows: int,
     grace_seconds: int,
-    on_progress: Callable[[Progress], None] | None = None,
-) -> MaterializeResult:
-    """Materialize one view with the stores and registry the config names."""
+    span: EventTimeRange = EVERYTHING,
+    incremental: bool = False,
+    clickhouse_dsn: str | None = None,
+    on_start: Callable[[str, OfflineSource], Callable[[Progress], None] | None] | None = None,
+) -> list[MaterializeResult]:
+    """Materialize views one after another with the stores and registry the config
+    names: ``views`` (None: every view of the current snapshot), each from ``source`` or,
+    by default, its definition's ``batch_source`` (a Parquet path, or a ClickHouse table
+    read through ``clickhouse_dsn`` or the config's first ClickHouse store).
+    ``on_start(view, source)`` may return the progress callback of that view's run."""
     registry = make_registry(config)
     try:
         snapshot = await registry.current()
         if snapshot is None:
             raise FailedPrecondition("the registry has no snapshot: apply definitions first")
-        definition = snapshot.definitions.views.get(view)
-        if definition is None:
-            raise InvalidArgument(f"unknown feature view {view!r}")
-        sc = config.stores.get(definition.online_store)
-        if sc is None:
-            raise FailedPrecondition(
-                f"view {view!r} uses store {definition.online_store!r}, which the config lacks"
+        names = sorted(snapshot.definitions.views) if views is None else list(views)
+        if source is not None and len(names) != 1:
+            raise InvalidArgument("--source names one view's source: materialize one view with it")
+        unknown = [v for v in names if v not in snapshot.definitions.views]
+        if unknown:
+            raise InvalidArgument(f"unknown feature view {unknown[0]!r}")
+        results = []
+        for name in names:
+            definition = snapshot.definitions.views[name]
+            src = source or default_source(definition, config, clickhouse_dsn)
+            progress = on_start(name, src) if on_start is not None else None
+            results.append(
+                await _materialize_one(
+                    config, registry, definition, src, batch_rows, grace_seconds, progress, span, incremental
+                )
             )
-        store = make_store(definition.online_store, sc, config)
-        await store.start()
-        try:
-            job = Materializer(registry, store, grace_seconds=grace_seconds)
-            return await job.run(view, source, batch_rows=batch_rows, on_progress=on_progress)
-        finally:
-            await store.close()
+        return results
     finally:
         await registry.close()
+
+
+def default_source(view: FeatureView, config: Config, clickhouse_dsn: str | None) -> OfflineSource:
+    """The view's ``batch_source``: its Parquet path, or its warehouse table."""
+    bs = view.batch_source
+    if bs is None:
+        raise InvalidArgument(f"view {view.name!r} declares no batch_source: name one with --source")
+    if bs.table is not None:
+        dsn = clickhouse_dsn or next(
+            (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"), None
+        )
+        return open_source(f"clickhouse://{bs.table}", dsn)
+    assert bs.path is not None
+    return open_source(bs.path)
+
+
+async def _materialize_one(
+    config: Config,
+    registry: Registry,
+    definition: FeatureView,
+    source: OfflineSource,
+    batch_rows: int,
+    grace_seconds: int,
+    on_progress: Callable[[Progress], None] | None,
+    span: EventTimeRange,
+    incremental: bool,
+) -> MaterializeResult:
+    sc = config.stores.get(definition.online_store)
+    if sc is None:
+        raise FailedPrecondition(
+            f"view {definition.name!r} uses store {definition.online_store!r}, which the config lacks"
+        )
+    store = make_store(definition.online_store, sc, config)
+    await store.start()
+    try:
+        job = Materializer(registry, store, grace_seconds=grace_seconds)
+        return await job.run(
+            definition.name,
+            source,
+            batch_rows=batch_rows,
+            on_progress=on_progress,
+            span=span,
+            incremental=incremental,
+        )
+    finally:
+        await store.close()

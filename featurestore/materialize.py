@@ -16,6 +16,19 @@ switch of the view's data-version pointer.
 
 A failure or interruption before step 4 leaves version n serving and drops version m's
 rows; only a killed process leaves rows behind, for the next publication to drop.
+
+A run may read an event-time range of the source (``EventTimeRange``: ``--start``,
+``--end``). Every run records a watermark in the registry: the newest event time it
+loaded, and the data version it loaded it into.
+
+An incremental run (``incremental=True``) reads only the rows newer than the watermark
+and upserts their latest row per key into the CURRENT data version, as a push does: no
+new version, no copy of what is already there, servers see the rows at once. It then
+moves the watermark by compare-and-swap. When there is nothing to add to (no current
+version, no watermark of the current version, or the store lost that version's rows)
+it runs as a full run instead. A full run that publishes while an incremental one is
+writing wins: the incremental rows land in the version being replaced, its watermark
+swap fails or is overwritten, and the next incremental run reads them again.
 """
 
 from __future__ import annotations
@@ -23,14 +36,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from featurestore.errors import FailedPrecondition, NotFound
+from featurestore.errors import Conflict, FailedPrecondition, NotFound
 from featurestore.model import FeatureView
-from featurestore.offline import OfflineSource
-from featurestore.registry.base import Registry
+from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource
+from featurestore.registry.base import Registry, Watermark
 from featurestore.rows import conform
 from featurestore.sources.base import OnlineSource, VersionedStore
 
@@ -62,6 +76,8 @@ class MaterializeResult:
     rows_read: int
     rows_written: int
     seconds: float
+    incremental: bool = False  # rows upserted into the current version (data_version == previous)
+    watermark_us: int | None = None  # newest event time loaded so far (None: the source had no rows)
 
 
 class Materializer:
@@ -83,6 +99,8 @@ class Materializer:
         *,
         batch_rows: int = 50_000,
         on_progress: Callable[[Progress], None] | None = None,
+        span: EventTimeRange = EVERYTHING,
+        incremental: bool = False,
     ) -> MaterializeResult:
         t0 = time.monotonic()
         snapshot = await self.registry.current()
@@ -95,8 +113,49 @@ class Materializer:
             raise FailedPrecondition(
                 f"view {view_name!r} is served from store {view.online_store!r}, not {self.store.name!r}"
             )
-        ts_field = view.batch_source.timestamp_field if view.batch_source else "event_timestamp"
+        load = _Load(view, source, batch_rows, on_progress, t0)
         current = (await self.registry.data_versions()).get(view_name, 0)
+        mark = await self.registry.watermark(view_name)
+        if incremental:
+            reason = await self._why_not_incremental(view, current, mark)
+            if reason is None:
+                assert mark is not None
+                return await self._incremental(load, current, mark, span)
+            log.info("%s: a full run instead of an incremental one: %s", view_name, reason)
+        return await self._full(load, current, span)
+
+    async def _why_not_incremental(
+        self, view: FeatureView, current: int, mark: Watermark | None
+    ) -> str | None:
+        if current == 0:
+            return "the view has no data version yet"
+        if mark is None or mark.data_version != current:
+            return f"no watermark of data version {current}"
+        if not await self.versioned.has_version(view, current):
+            return f"the store holds nothing of data version {current}"
+        return None
+
+    async def _incremental(
+        self, load: _Load, current: int, mark: Watermark, span: EventTimeRange
+    ) -> MaterializeResult:
+        span = replace(span, after_us=mark.event_time_us)
+        rows_read, written, newest = await self._load(load, current, span)
+        if newest is not None and newest > mark.event_time_us:
+            await self.registry.set_watermark(load.view.name, Watermark(current, newest), expected=mark)
+        log.info("%s: %d rows upserted into data version %d", load.view.name, written, current)
+        return MaterializeResult(
+            load.view.name,
+            current,
+            current,
+            rows_read,
+            written,
+            time.monotonic() - load.t0,
+            incremental=True,
+            watermark_us=max(mark.event_time_us, newest or mark.event_time_us),
+        )
+
+    async def _full(self, load: _Load, current: int, span: EventTimeRange) -> MaterializeResult:
+        view, view_name = load.view, load.view.name
         # A version no other run was given: concurrent runs never share rows.
         target = await self.registry.allocate_data_version(view_name)
         try:
@@ -106,12 +165,14 @@ class Materializer:
                 # a live store): mixing those rows into this run would serve them.
                 dropped = await self.versioned.drop_version(view, target)
                 log.warning("dropped %d stale rows of %s v%d before writing it", dropped, view_name, target)
-            rows_read, written = await self._load(view, source, ts_field, target, batch_rows, on_progress, t0)
+            rows_read, written, newest = await self._load(load, target, span)
             await self.registry.swap_data_version(view_name, expected=current, new=target)
         except BaseException:
             await self._abandon(view, target)
             raise
         log.info("published %s data version %d (%d rows)", view_name, target, written)
+        if newest is not None:
+            await self._mark(view_name, Watermark(target, newest))
         # Versions between were allocated to runs that can no longer publish (their
         # compare-and-swap expects a pointer that has moved): drop what they left.
         for orphan in range(current + 1, target):
@@ -120,7 +181,23 @@ class Materializer:
                 log.info("dropped %d rows of %s v%d left by an unpublished run", dropped, view_name, orphan)
         if current > 0:
             await self.versioned.expire_version(view, current, self.grace_seconds)
-        return MaterializeResult(view_name, target, current, rows_read, written, time.monotonic() - t0)
+        return MaterializeResult(
+            view_name, target, current, rows_read, written, time.monotonic() - load.t0, watermark_us=newest
+        )
+
+    async def _mark(self, view: str, mark: Watermark) -> None:
+        """Set a published version's watermark over an older version's (an incremental
+        run's swap may race this one: re-read and retry), never over a newer one."""
+        for _ in range(5):
+            actual = await self.registry.watermark(view)
+            if actual is not None and actual.data_version > mark.data_version:
+                return
+            try:
+                await self.registry.set_watermark(view, mark, expected=actual)
+                return
+            except Conflict:
+                continue
+        log.warning("%s: watermark of data version %d not recorded (kept changing)", view, mark.data_version)
 
     async def _abandon(self, view: FeatureView, target: int) -> None:
         """Drop a failed run's rows, unless the pointer did move to them (a publish whose
@@ -131,23 +208,46 @@ class Materializer:
         except Exception:
             log.warning("rows of %s v%d stay behind until the next publication", view.name, target)
 
-    async def _load(
-        self,
-        view: FeatureView,
-        source: OfflineSource,
-        ts_field: str,
-        target: int,
-        batch_rows: int,
-        on_progress: Callable[[Progress], None] | None,
-        t0: float,
-    ) -> tuple[int, int]:
-        total = await source.count()
+    async def _load(self, load: _Load, target: int, span: EventTimeRange) -> tuple[int, int, int | None]:
+        """Stream the source's latest rows in ``span`` into data version ``target``:
+        (rows read, rows written, newest event time read or None)."""
+        view, ts_field = load.view, load.ts_field
+        total = await load.source.count(ts_field, span)
         columns = [*view.join_keys, *(f.name for f in view.features), ts_field]
         rows_read = written = 0
-        async for batch in source.latest_batches(columns, view.join_keys, ts_field, batch_rows):
+        newest: int | None = None
+        async for batch in load.source.latest_batches(
+            columns, view.join_keys, ts_field, load.batch_rows, span
+        ):
             rows_read += batch.num_rows
             table = pa.Table.from_batches([batch])
+            batch_newest = _newest_us(table.column(ts_field))
+            if batch_newest is not None and (newest is None or batch_newest > newest):
+                newest = batch_newest
             written += await self.store.write(view, conform(view, table, ts_field), target)
-            if on_progress is not None:
-                on_progress(Progress(rows_read, total, time.monotonic() - t0))
-        return rows_read, written
+            if load.on_progress is not None:
+                load.on_progress(Progress(rows_read, total, time.monotonic() - load.t0))
+        return rows_read, written, newest
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """What one run reads and reports to."""
+
+    view: FeatureView
+    source: OfflineSource
+    batch_rows: int
+    on_progress: Callable[[Progress], None] | None
+    t0: float
+
+    @property
+    def ts_field(self) -> str:
+        return self.view.batch_source.timestamp_field if self.view.batch_source else "event_timestamp"
+
+
+def _newest_us(column: pa.ChunkedArray) -> int | None:
+    """The largest event time of a column, epoch µs (any timestamp unit)."""
+    if not pa.types.is_timestamp(column.type):
+        return None  # conform() names the problem
+    newest = pc.max(column.cast(pa.timestamp("us", tz=column.type.tz)))
+    return None if newest.value is None else int(newest.value)

@@ -1,8 +1,10 @@
-"""Offline (batch) sources that materialization reads: Parquet files, ClickHouse tables.
+"""Offline (batch) sources that materialization reads: Parquet files and directories
+(hive partitions too), ClickHouse tables.
 
 An ``OfflineSource`` streams Arrow record batches holding the latest row of every
-entity key (by event timestamp), so a large table never has to fit in memory and
-duplicates resolve by time however the batches fall. ``count`` gives progress an ETA.
+entity key (by event timestamp) among the rows of an event-time range, so a large table
+never has to fit in memory and duplicates resolve by time however the batches fall.
+``count`` gives progress an ETA. Contract: tests/contract/test_offline_source.py.
 """
 
 from __future__ import annotations
@@ -10,75 +12,154 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
 from featurestore.errors import FailedPrecondition, InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimeRange:
+    """Which rows of a source a run reads, by event time (epoch µs, UTC): ``start``
+    inclusive, ``end`` exclusive, ``after`` exclusive (an incremental run's watermark).
+    None = unbounded."""
+
+    start_us: int | None = None
+    end_us: int | None = None
+    after_us: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return any(b is not None for b in (self.start_us, self.end_us, self.after_us))
+
+
+EVERYTHING = EventTimeRange()
 
 
 class OfflineSource(Protocol):
     def describe(self) -> str: ...
 
-    async def count(self) -> int | None:
-        """Rows the stream will yield (an estimate is fine: it only feeds the ETA)."""
+    async def count(self, timestamp: str, span: EventTimeRange = EVERYTHING) -> int | None:
+        """Rows in ``span`` (an estimate is fine: it only feeds the ETA)."""
         ...
 
     def latest_batches(
-        self, columns: Sequence[str], keys: Sequence[str], timestamp: str, batch_rows: int
+        self,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        timestamp: str,
+        batch_rows: int,
+        span: EventTimeRange = EVERYTHING,
     ) -> AsyncIterator[pa.RecordBatch]:
-        """``columns`` of the latest row per ``keys`` by ``timestamp``, in batches."""
+        """``columns`` of the latest row per ``keys`` by ``timestamp`` among the rows in
+        ``span``, in batches."""
         ...
 
 
 def open_source(spec: str, clickhouse_dsn: str | None = None) -> OfflineSource:
-    """``clickhouse://db.table`` (read through ``clickhouse_dsn``) or a Parquet path."""
+    """``clickhouse://db.table`` (read through ``clickhouse_dsn``), or a Parquet file or
+    directory (of files, or hive partitions ``key=value/``)."""
     if spec.startswith("clickhouse://"):
         if not clickhouse_dsn:
             raise InvalidArgument(f"{spec}: name the ClickHouse to read it from (--clickhouse-dsn)")
         return ClickHouseOfflineSource(clickhouse_dsn, spec.removeprefix("clickhouse://"))
-    return ParquetOfflineSource(spec)
+    return ParquetOfflineSource(spec.removeprefix("file://"))
 
 
 class ParquetOfflineSource:
-    """A Parquet file read with pyarrow. A pre-pass over the key and timestamp columns
-    only marks each key's latest row; the full rows then stream batch by batch."""
+    """A Parquet file, or a directory of them (hive partition directories become
+    columns), read with ``pyarrow.dataset``. A pre-pass over the key and timestamp
+    columns only marks each key's latest row; the full rows then stream batch by batch.
+    Both passes scan in one thread: the mask is aligned by row order, which a threaded
+    scan does not promise."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self._file = pq.ParquetFile(path)
+            self._dataset = ds.dataset(path, format="parquet", partitioning="hive")
         except (OSError, pa.ArrowInvalid) as e:
-            raise FailedPrecondition(f"cannot read Parquet file {path}: {e}") from e
+            raise FailedPrecondition(f"cannot read Parquet {path}: {e}") from e
+        if not self._dataset.files:
+            raise FailedPrecondition(f"cannot read Parquet {path}: no Parquet files there")
 
     def describe(self) -> str:
         return f"file://{self.path}"
 
-    async def count(self) -> int | None:
-        return int(self._file.metadata.num_rows)
+    async def count(self, timestamp: str, span: EventTimeRange = EVERYTHING) -> int | None:
+        where = self._filter(timestamp, span)
+        return int(await asyncio.to_thread(self._dataset.count_rows, filter=where))
 
     async def latest_batches(
-        self, columns: Sequence[str], keys: Sequence[str], timestamp: str, batch_rows: int
+        self,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        timestamp: str,
+        batch_rows: int,
+        span: EventTimeRange = EVERYTHING,
     ) -> AsyncIterator[pa.RecordBatch]:
         self._check([*columns, *keys, timestamp])
-        ids = await asyncio.to_thread(pq.read_table, self.path, columns=[*keys, timestamp])
+        where = self._filter(timestamp, span)
+        ids = await asyncio.to_thread(
+            self._dataset.to_table, columns=[*keys, timestamp], filter=where, use_threads=False
+        )
         keep = latest_mask(ids, keys, timestamp)
         del ids
-        it = self._file.iter_batches(batch_size=batch_rows, columns=list(columns))
+        it = iter(
+            self._dataset.to_batches(
+                columns=list(columns), filter=where, batch_size=batch_rows, use_threads=False
+            )
+        )
         offset = 0
         while True:
             batch = await asyncio.to_thread(next, it, None)
             if batch is None:
-                return
+                break
+            if batch.num_rows == 0:
+                continue
             mask = keep[offset : offset + batch.num_rows]
             offset += batch.num_rows
             yield batch if mask.all() else batch.filter(pa.array(mask))
+        if offset != len(keep):
+            raise FailedPrecondition(
+                f"{self.path} changed while it was read ({offset} rows, then {len(keep)})"
+            )
+
+    def _filter(self, timestamp: str, span: EventTimeRange) -> pc.Expression | None:
+        if not span.bounded:
+            return None
+        field = self._dataset.schema.field(timestamp) if timestamp in self._dataset.schema.names else None
+        if field is None or not pa.types.is_timestamp(field.type):
+            raise InvalidArgument(
+                f"{self.path}: the event time column {timestamp!r} is missing or not a timestamp",
+                details=[{"column": timestamp}],
+            )
+        unit = field.type.unit
+        per_us = {"s": None, "ms": None, "us": 1, "ns": 1000}[unit]
+
+        def at(us: int) -> pa.Scalar:
+            value = us * per_us if per_us else us // (1_000_000 if unit == "s" else 1000)
+            return pa.scalar(value, pa.timestamp(unit, tz=field.type.tz))
+
+        col = pc.field(timestamp)
+        parts = []
+        if span.start_us is not None:
+            parts.append(col >= at(span.start_us))
+        if span.end_us is not None:
+            parts.append(col < at(span.end_us))
+        if span.after_us is not None:
+            parts.append(col > at(span.after_us))
+        where = parts[0]
+        for part in parts[1:]:
+            where = where & part
+        return where
 
     def _check(self, columns: Sequence[str]) -> None:
-        have = set(self._file.schema_arrow.names)
+        have = set(self._dataset.schema.names)
         missing = [c for c in columns if c not in have]
         if missing:
             raise InvalidArgument(
@@ -134,11 +215,18 @@ class ClickHouseOfflineSource:
     def describe(self) -> str:
         return f"clickhouse://{self.table}"
 
-    async def count(self) -> int | None:
-        return int(await asyncio.to_thread(self._client.command, f"SELECT count() FROM {self._quoted}"))
+    async def count(self, timestamp: str, span: EventTimeRange = EVERYTHING) -> int | None:
+        where, params = _where(timestamp, span)
+        sql = f"SELECT count() FROM {self._quoted}{where}"
+        return int(await asyncio.to_thread(lambda: self._client.command(sql, parameters=params)))
 
     async def latest_batches(
-        self, columns: Sequence[str], keys: Sequence[str], timestamp: str, batch_rows: int
+        self,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        timestamp: str,
+        batch_rows: int,
+        span: EventTimeRange = EVERYTHING,
     ) -> AsyncIterator[pa.RecordBatch]:
         have = {
             str(r[0])
@@ -152,12 +240,15 @@ class ClickHouseOfflineSource:
                 f"{self.table}: column {missing[0]!r} is missing", details=[{"column": missing[0]}]
             )
         key_list = ", ".join(f"`{k}`" for k in keys)
+        where, params = _where(timestamp, span)
         sql = (
-            f"SELECT {', '.join(f'`{c}`' for c in columns)} FROM {self._quoted} "
+            f"SELECT {', '.join(f'`{c}`' for c in columns)} FROM {self._quoted}{where} "
             f"ORDER BY {key_list}, `{timestamp}` DESC LIMIT 1 BY {key_list}"
         )
         stream = await asyncio.to_thread(
-            self._client.query_arrow_stream, sql, settings={"max_block_size": batch_rows}, use_strings=True
+            lambda: self._client.query_arrow_stream(
+                sql, parameters=params, settings={"max_block_size": batch_rows}, use_strings=True
+            )
         )
         blocks = stream.__enter__()
         try:
@@ -169,3 +260,19 @@ class ClickHouseOfflineSource:
                     yield batch
         finally:
             await asyncio.to_thread(stream.__exit__, None, None, None)
+
+
+def _where(timestamp: str, span: EventTimeRange) -> tuple[str, dict[str, int]]:
+    """The WHERE clause of an event-time range, bounds as server-side parameters (µs):
+    DateTime and DateTime64 columns compare alike."""
+    micros = f"toUnixTimestamp64Micro(toDateTime64(`{timestamp}`, 6))"
+    parts, params = [], {}
+    for name, op, value in (
+        ("start", ">=", span.start_us),
+        ("end", "<", span.end_us),
+        ("after", ">", span.after_us),
+    ):
+        if value is not None:
+            parts.append(f"{micros} {op} {{{name}:Int64}}")
+            params[name] = value
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params

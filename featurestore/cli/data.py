@@ -9,18 +9,32 @@ from typing import Any
 
 from featurestore.cli.base import Subcommands
 from featurestore.cli.registry import _admin
+from featurestore.errors import InvalidArgument
 
 
 def register(sub: Subcommands) -> None:
-    m = sub.add_parser("materialize", help="load a view into its online store as a new data version")
-    m.add_argument("--view", required=True)
+    m = sub.add_parser(
+        "materialize",
+        help="load views from their batch sources into their online stores (a new data version each, "
+        "or with --incremental the newer rows into the current one)",
+    )
+    which = m.add_mutually_exclusive_group(required=True)
+    which.add_argument("--view", action="append", help="a feature view (repeat for several)")
+    which.add_argument("--all", action="store_true", help="every feature view of the current snapshot")
     m.add_argument(
         "--source",
-        required=True,
-        help="a Parquet file, or clickhouse://db.table, with the view's keys, features and timestamp",
+        help="instead of the view's batch_source: a Parquet file or directory (hive partitions too), "
+        "or clickhouse://db.table",
     )
     m.add_argument(
         "--clickhouse-dsn", help="where clickhouse:// sources live (default: the config's clickhouse store)"
+    )
+    m.add_argument("--start", help="only rows with event time >= this (ISO 8601; UTC unless it says)")
+    m.add_argument("--end", help="only rows with event time < this (ISO 8601; UTC unless it says)")
+    m.add_argument(
+        "--incremental",
+        action="store_true",
+        help="only rows newer than the view's watermark, upserted into its current data version",
     )
     m.add_argument("--config", help="server config naming the registry and stores")
     m.add_argument("--definitions", help="apply these definitions first if they differ from current")
@@ -28,7 +42,7 @@ def register(sub: Subcommands) -> None:
     m.add_argument(
         "--grace-seconds", type=int, default=600, help="how long the previous data version lives on"
     )
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--quiet", action="store_true", help="no progress")
     m.set_defaults(func=cmd_materialize)
 
     dd = sub.add_parser("ddl", help="print the ClickHouse DDL of the online tables the server uses")
@@ -37,54 +51,78 @@ def register(sub: Subcommands) -> None:
 
 
 def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
-    import time
-
     from featurestore import jobs
+    from featurestore.cli.progress import ProgressReporter
     from featurestore.config import load_config
-    from featurestore.materialize import Progress
-    from featurestore.offline import open_source
+    from featurestore.offline import EventTimeRange, open_source
 
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
-    last = [0.0]
-
-    def progress(p: Progress) -> None:
-        if args.quiet or time.monotonic() - last[0] < 0.5:
-            return
-        last[0] = time.monotonic()
-        total = f"/{p.total:,}" if p.total else ""
-        eta = f", ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
-        print(
-            f"\r{args.view}: {p.rows:,}{total} rows, {p.rate:,.0f} rows/s{eta}   ",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
+    span = EventTimeRange(_epoch_us(args.start, "--start"), _epoch_us(args.end, "--end"))
+    reporter = ProgressReporter(quiet=args.quiet)
 
     async def run() -> Any:
         await jobs.apply_configured_definitions(config)
-        dsn = args.clickhouse_dsn or next(
-            (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"), None
-        )
+        source = None
+        if args.source:
+            dsn = args.clickhouse_dsn or next(
+                (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"),
+                None,
+            )
+            source = open_source(args.source, dsn)
         return await jobs.materialize(
             config,
-            args.view,
-            open_source(args.source, dsn),
+            None if args.all else args.view,
+            source,
             batch_rows=args.batch_rows,
             grace_seconds=args.grace_seconds,
-            on_progress=progress,
+            span=span,
+            incremental=args.incremental,
+            clickhouse_dsn=args.clickhouse_dsn,
+            on_start=lambda view, src: reporter.start(view, src.describe()),
         )
 
-    r = asyncio.run(run())
-    if not args.quiet:
-        print(file=sys.stderr)
-    print(
-        f"{r.view}: published data version {r.data_version} (was {r.previous_version}): "
-        f"{r.rows_written:,} rows written from {r.rows_read:,} read in {r.seconds:.1f}s "
-        f"({r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s)"
-        + (f"; version {r.previous_version} expires in {args.grace_seconds}s" if r.previous_version else "")
-    )
+    try:
+        results = asyncio.run(run())
+    finally:
+        reporter.finish()
+    for r in results:
+        print(_summary(r, args.grace_seconds))
     return 0
+
+
+def _summary(r: Any, grace_seconds: int) -> str:
+    from featurestore.api.json_codec import iso_utc
+
+    mark = f"; watermark {iso_utc(r.watermark_us)}" if r.watermark_us is not None else ""
+    rate = f"{r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s"
+    if r.incremental:
+        return (
+            f"{r.view}: incremental: {r.rows_written:,} rows upserted into data version {r.data_version} "
+            f"from {r.rows_read:,} read in {r.seconds:.1f}s ({rate}){mark}"
+        )
+    return (
+        f"{r.view}: published data version {r.data_version} (was {r.previous_version}): "
+        f"{r.rows_written:,} rows written from {r.rows_read:,} read in {r.seconds:.1f}s ({rate}){mark}"
+        + (f"; version {r.previous_version} expires in {grace_seconds}s" if r.previous_version else "")
+    )
+
+
+def _epoch_us(text: str | None, flag: str) -> int | None:
+    """ISO 8601 date or date-time (UTC unless it names an offset) -> epoch µs."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            f"{flag} {text!r}: expected an ISO 8601 date or time, e.g. 2024-05-01T10:00:00Z"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def cmd_ddl(args: argparse.Namespace, _argv: list[str]) -> int:

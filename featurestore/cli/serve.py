@@ -136,9 +136,9 @@ async def _demo_materialize(config: Any) -> None:
             file=sys.stderr,
             flush=True,
         )
-        result = await jobs.materialize(
+        [result] = await jobs.materialize(
             config,
-            view.name,
+            [view.name],
             ParquetOfflineSource(view.batch_source.path),
             batch_rows=50_000,
             grace_seconds=600,

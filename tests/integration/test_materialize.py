@@ -18,7 +18,7 @@ import pytest
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, Unavailable
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
-from featurestore.offline import ParquetOfflineSource
+from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
@@ -130,10 +130,15 @@ class FailingSource(ParquetOfflineSource):
     """A real Parquet source whose stream breaks after the first batch."""
 
     async def latest_batches(
-        self, columns: Sequence[str], keys: Sequence[str], timestamp: str, batch_rows: int
+        self,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        timestamp: str,
+        batch_rows: int,
+        span: EventTimeRange = EVERYTHING,
     ) -> AsyncIterator[pa.RecordBatch]:
         n = 0
-        async for b in super().latest_batches(columns, keys, timestamp, batch_rows):
+        async for b in super().latest_batches(columns, keys, timestamp, batch_rows, span):
             if n == 1:
                 raise OSError("connection to the warehouse lost")
             n += 1
@@ -263,7 +268,7 @@ def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Pa
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert "published data version 2 (was 1)" in again.stdout and "version 1 expires in 600s" in again.stdout
     bad = subprocess.run(
-        [*cmd[:-4], "--view", "nope", "--source", str(src)],
+        [*cmd[:-6], "--view", "nope", "--source", str(src)],
         capture_output=True,
         text=True,
         timeout=60,
