@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from featurestore.cache import CachedSource, LRUCache
+from featurestore.offline import ClickHouseOfflineSource, OfflineSource, ParquetOfflineSource
 from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.file import FileRegistry
@@ -61,3 +66,46 @@ class RegistryFactory:
             server = self.request.getfixturevalue("etcd_server")
             return EtcdRegistry([server.endpoint], f"{project}{self.suffix}")
         raise ValueError(self.name)
+
+
+OFFLINE_SOURCES = ["parquet-file", "parquet-dir", "parquet-hive", "clickhouse"]
+
+
+def make_offline_source(name: str, request: pytest.FixtureRequest, table: pa.Table) -> OfflineSource:
+    """``table`` (user_id, score, tag, event_timestamp: timestamp[us, UTC]) stored the way
+    the adapter reads it."""
+    tmp = request.getfixturevalue("tmp_path")
+    if name == "parquet-file":
+        pq.write_table(table, tmp / "rows.parquet")
+        return ParquetOfflineSource(str(tmp / "rows.parquet"))
+    if name == "parquet-dir":  # rows dealt round-robin into parts: a key's rows span files
+        (tmp / "parts").mkdir()
+        for part in range(3):
+            pq.write_table(
+                table.take(list(range(part, table.num_rows, 3))), tmp / "parts" / f"part-{part}.parquet"
+            )
+        (tmp / "parts" / "_SUCCESS").write_text("")  # what Spark leaves: not a Parquet file
+        return ParquetOfflineSource(str(tmp / "parts"))
+    if name == "parquet-hive":  # day=YYYY-MM-DD/ directories
+        days = pc.strftime(table.column("event_timestamp"), format="%Y-%m-%d")
+        ds.write_dataset(
+            table.append_column("day", days),
+            tmp / "hive",
+            format="parquet",
+            partitioning=ds.partitioning(pa.schema([("day", pa.string())]), flavor="hive"),
+        )
+        return ParquetOfflineSource(str(tmp / "hive"))
+    if name == "clickhouse":
+        import clickhouse_connect
+
+        dsn = request.getfixturevalue("chdb_dsn")
+        db = f"wh{uuid.uuid4().hex[:10]}"
+        client = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=dsn).client_dsn)
+        client.command(f"CREATE DATABASE {db}")
+        client.command(
+            f"CREATE TABLE {db}.rows (user_id Int64, score Int64, tag String, "
+            "event_timestamp DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY user_id"
+        )
+        client.insert_arrow(f"{db}.rows", table)
+        return ClickHouseOfflineSource(dsn, f"{db}.rows")
+    raise ValueError(name)
