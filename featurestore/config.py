@@ -139,6 +139,7 @@ class Config:
     lineage: LineageConfig = LineageConfig()
     derived: DerivedConfig = DerivedConfig()
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line, with trace_id and span_id)
     access_log: bool = False
 
 
@@ -154,6 +155,7 @@ ENV = {
     "FEATURESTORE_DEFINITIONS": ("registry", "definitions"),
     "FEATURESTORE_DEADLINE_MS": ("limits", "deadline_ms"),
     "FEATURESTORE_LOG_LEVEL": ("log_level",),
+    "FEATURESTORE_LOG_FORMAT": ("log_format",),
     "FEATURESTORE_DERIVED_CACHE_DIR": ("derived", "cache_dir"),
 }
 
@@ -255,6 +257,11 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
         if level not in _LOG_LEVELS:
             raise _SettingError(where, f"unknown log level {value!r}; use {', '.join(_LOG_LEVELS)}")
         return level
+    if f.name == "log_format":
+        fmt = str(value).strip().lower()
+        if fmt not in _LOG_FORMATS:
+            raise _SettingError(where, f"unknown log format {value!r}; use {', '.join(_LOG_FORMATS)}")
+        return fmt
     if isinstance(default, tuple):
         items = value.split(",") if isinstance(value, str) else value
         return tuple(str(x).strip() for x in items)
@@ -263,6 +270,7 @@ def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) 
 
 _RATIOS = frozenset({"sample_ratio"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
 
 
 def _integer(value: Any, where: str) -> int:

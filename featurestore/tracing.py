@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from contextvars import ContextVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("featurestore")
 _exporting = False  # set by setup_tracing
+# The span of the request the current task serves (spans are passed explicitly, not made
+# current): what log_format json stamps on a log line (featurestore/logconfig.py).
+request_span: ContextVar[Span | None] = ContextVar("featurestore_request_span", default=None)
 
 
 def setup_tracing(cfg: TracingConfig) -> None:
@@ -57,13 +61,17 @@ def start_request_span(name: str, traceparent: str | None) -> Span:
         # Nothing would be exported: skip the SDK (sampler, id generator, context
         # plumbing) and mint the ids here. Costs a third of the SDK's unsampled path.
         trace_id = _trace_id_from(traceparent) or random.getrandbits(128) or 1
-        return NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False))
+        span: Span = NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False))
+        request_span.set(span)
+        return span
     ctx: Context | None = None
     # Same validation on both paths, so whether a trace is joined does not depend on
     # whether an exporter happens to be configured.
     if _trace_id_from(traceparent):
         ctx = _propagator.extract({"traceparent": traceparent})
-    return tracer.start_span(name, context=ctx, kind=trace.SpanKind.SERVER)
+    span = tracer.start_span(name, context=ctx, kind=trace.SpanKind.SERVER)
+    request_span.set(span)
+    return span
 
 
 # version-traceid-parentid-flags, lowercase hex only; later versions may append fields

@@ -13,6 +13,7 @@ from featurestore.cli import data, join, lineage, registry, serve
 from featurestore.cli.join import render_table
 from featurestore.client.errors import FeatureServiceError  # stdlib only: the client's error types
 from featurestore.errors import FeatureStoreError
+from featurestore.logconfig import configure_logging
 
 __all__ = ["main", "render_table"]
 
@@ -22,12 +23,11 @@ COMMAND_MODULES = (serve, join, data, registry, lineage)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        # until a command has read its config (whose log_level then applies)
-        level=(
-            getattr(args, "log_level", None) or os.environ.get("FEATURESTORE_LOG_LEVEL") or "info"
-        ).upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    logging.basicConfig()
+    # until a command has read its config (whose log_level and log_format then apply)
+    configure_logging(
+        getattr(args, "log_level", None) or os.environ.get("FEATURESTORE_LOG_LEVEL") or "info",
+        "json" if os.environ.get("FEATURESTORE_LOG_FORMAT", "").strip().lower() == "json" else "text",
     )
     try:
         return int(args.func(args, argv) or 0)

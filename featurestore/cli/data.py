@@ -54,10 +54,12 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore import jobs
     from featurestore.cli.progress import ProgressReporter
     from featurestore.config import load_config
+    from featurestore.logconfig import configure_logging
     from featurestore.offline import EventTimeRange, open_source
 
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
+    configure_logging(config.log_level, config.log_format)
     span = EventTimeRange(_epoch_us(args.start, "--start"), _epoch_us(args.end, "--end"))
     reporter = ProgressReporter(quiet=args.quiet)
 

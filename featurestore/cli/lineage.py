@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from featurestore.cli.base import Subcommands
 
@@ -35,11 +34,12 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.config import load_config
     from featurestore.extras import require
     from featurestore.factories import make_graph
+    from featurestore.logconfig import configure_logging
     from lineage.consumer import LineageConsumer
 
     config = load_config(args.config, {("log_level",): args.log_level})
     require("confluent_kafka", "featurestore lineage consume")
-    logging.getLogger().setLevel(config.log_level.upper())
+    configure_logging(config.log_level, config.log_format)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
 

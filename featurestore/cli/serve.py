@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from importlib import resources
@@ -77,8 +76,10 @@ def _serve_config(args: argparse.Namespace) -> Any:
             overrides[("stores",)] = {"default": {"kind": "memory"}, "analytics": analytics}
     if args.definitions:
         overrides[("registry", "definitions")] = args.definitions
+    from featurestore.logconfig import configure_logging
+
     config = load_config(args.config, overrides)
-    logging.getLogger().setLevel(config.log_level.upper())
+    configure_logging(config.log_level, config.log_format)
     if args.no_apply:
         import dataclasses
 
