@@ -56,12 +56,15 @@ class _Base:
         backoff: float = 0.05,
         max_backoff: float = 1.0,
         on_retry: Callable[[int, BaseException], None] | None = None,
+        round_robin: bool = False,
     ) -> None:
         """``address``: http(s)://host:port or grpc(s)://host:port. ``token``: a bearer
         token; ``ca_file`` (and ``cert_file``/``key_file`` for mutual TLS) for https:// and
         grpcs://. ``deadline``: default seconds per join, retries included; ``retries``:
         further tries after UNAVAILABLE, waiting ``backoff`` doubling (with jitter) up to
-        ``max_backoff``; ``on_retry(n, error)`` is called before each wait."""
+        ``max_backoff``; ``on_retry(n, error)`` is called before each wait. ``round_robin``
+        (gRPC): connect to every address the host name resolves to and spread calls."""
+        self._round_robin = round_robin
         self.options = ClientOptions(
             parse_address(address),
             token,
@@ -101,10 +104,17 @@ class _Base:
             **dict(self.options.metadata(traceparent)),
         }
 
-    def _grpc_channel_args(self) -> tuple[str, Any]:
-        """(target, credentials or None for plaintext)."""
+    def _grpc_channel_args(self) -> tuple[str, Any, list[tuple[str, Any]]]:
+        """(target, credentials or None for plaintext, channel options). With round robin
+        the target resolves through DNS to every address (a headless Service's pods) and
+        calls spread over a connection to each."""
         opts = self.options
-        return opts.address.target, opts.grpc_credentials() if opts.address.tls else None
+        target = opts.address.target
+        options: list[tuple[str, Any]] = list(GRPC_CHANNEL_OPTIONS)
+        if self._round_robin:
+            target = f"dns:///{target}"
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        return target, opts.grpc_credentials() if opts.address.tls else None, options
 
 
 def _http_failure(e: Exception, url: str) -> FeatureServiceError:
@@ -131,11 +141,11 @@ class FeatureClient(_Base):
         else:
             import grpc
 
-            target, creds = self._grpc_channel_args()
+            target, creds, options = self._grpc_channel_args()
             self._channel = (
-                grpc.secure_channel(target, creds, options=GRPC_CHANNEL_OPTIONS)
+                grpc.secure_channel(target, creds, options=options)
                 if creds is not None
-                else grpc.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+                else grpc.insecure_channel(target, options=options)
             )
             self._join_rpc = self._channel.unary_unary(JOIN_METHOD, _serialize, _parse_response)
 
@@ -216,11 +226,11 @@ class AsyncFeatureClient(_Base):
         else:
             from grpc import aio
 
-            target, creds = self._grpc_channel_args()
+            target, creds, options = self._grpc_channel_args()
             self._channel = (
-                aio.secure_channel(target, creds, options=GRPC_CHANNEL_OPTIONS)
+                aio.secure_channel(target, creds, options=options)
                 if creds is not None
-                else aio.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+                else aio.insecure_channel(target, options=options)
             )
             self._join_rpc = self._channel.unary_unary(JOIN_METHOD, _serialize, _parse_response)
 

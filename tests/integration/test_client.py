@@ -58,6 +58,12 @@ def test_a_join_returns_values_statuses_event_times_version_and_trace(
     assert len(r) == 3
 
 
+def test_round_robin_resolves_the_name_and_joins(demo: ServerProcess) -> None:
+    with FeatureClient(f"grpc://localhost:{demo.grpc_port}", round_robin=True) as client:
+        r = client.join({"user_id": [17]}, ["user_profile:age"])
+    assert r["age"].statuses == [Status.PRESENT]
+
+
 def test_both_transports_return_the_same_result(demo: ServerProcess) -> None:
     entities = {"user_id": [17, 4242, 17, 99_999_999]}
     results = []
