@@ -10,7 +10,7 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
-ARG EXTRAS=clickhouse,etcd,kafka,neo4j,graphql,otlp
+ARG EXTRAS=clickhouse,etcd,kafka,neo4j,graphql,otlp,client
 WORKDIR /src
 # LICENSE* : copied when present (the package metadata may name it)
 COPY pyproject.toml constraints.txt README.md LICENSE* ./
