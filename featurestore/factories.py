@@ -79,7 +79,9 @@ def make_graph(config: Config) -> LineageGraph:
     if lc.graph == "memory":
         return InMemoryGraph()
     if lc.graph == "bolt":
-        return BoltGraph(lc.bolt.uri, lc.bolt.user, lc.bolt.password, lc.bolt.database or None)
+        return BoltGraph(
+            lc.bolt.uri, lc.bolt.user, lc.bolt.password.get_secret_value(), lc.bolt.database or None
+        )
     raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
 
 
