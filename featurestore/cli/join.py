@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -25,8 +27,22 @@ def register(sub: Subcommands) -> None:
         metavar="NAME=V1[,V2...]",
         help="a request_data field for derived features, one value per entity row (numbers, true/false or text)",
     )
-    j.add_argument("--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server")
+    j.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server (https://: TLS)"
+    )
     j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
+    j.add_argument("--tls", action="store_true", help="gRPC over TLS (implied by --ca or --cert)")
+    j.add_argument(
+        "--ca", metavar="FILE", help="CA certificate (PEM) the server's certificate is checked against"
+    )
+    j.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for mutual TLS, with --key")
+    j.add_argument("--key", metavar="FILE", help="client private key (PEM) for mutual TLS")
+    j.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
+        help="file holding the bearer token (default: $FEATURESTORE_TOKEN_FILE)",
+    )
     j.add_argument("--full-names", action="store_true", help="name columns view__feature")
     j.add_argument("--string-keys", action="store_true", help="send keys as strings even if numeric")
     j.add_argument("--json", action="store_true", help="print the raw JSON response")
@@ -66,14 +82,52 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if not args.token_file:
+        return None
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise SystemExit(f"--token-file {args.token_file}: {e.strerror}") from None
+    if not token:
+        raise SystemExit(f"--token-file {args.token_file}: empty")
+    return token.split()[0]  # a server's tokens file line also fits: TOKEN [scopes]
+
+
+def _read(path: str | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"{flag} {path}: {e.strerror}") from None
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.url.startswith("https://"):
+        if args.ca or args.cert:
+            raise SystemExit("--ca and --cert need an https:// --url")
+        return None
+    try:
+        context = ssl.create_default_context(cafile=args.ca)
+        if args.cert:
+            context.load_cert_chain(args.cert, args.key)
+    except (OSError, ssl.SSLError) as e:
+        raise SystemExit(f"TLS files: {e}") from None
+    return context
+
+
 def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     entities = _entities(args.entity, args.string_keys)
     request = _request_data(args.request)
     features = [f.strip() for f in args.features.split(",")] if args.features else []
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("--cert and --key go together")
+    token = _token(args)
     if args.grpc:
-        names, columns, meta = _join_grpc(
-            args.grpc, entities, features, args.service, args.full_names, request
-        )
+        names, columns, meta = _join_grpc(args, entities, features, request, token)
     else:
         body: dict[str, Any] = {"entities": entities, "full_feature_names": args.full_names}
         if request:
@@ -82,18 +136,21 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
             body["features"] = features
         else:
             body["feature_service"] = args.service
+        headers = {"content-type": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
         req = urllib.request.Request(
-            args.url.rstrip("/") + "/v1/feature/join",
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
+            args.url.rstrip("/") + "/v1/feature/join", data=json.dumps(body).encode(), headers=headers
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=_ssl_context(args)) as r:
                 doc = json.loads(r.read())
         except urllib.error.HTTPError as e:
             err = json.loads(e.read() or b"{}").get("error", {})
             print(f"error {e.code} {err.get('code', '')}: {err.get('message', '')}", file=sys.stderr)
             return 1
+        except urllib.error.URLError as e:  # refused, TLS verification, name resolution
+            raise SystemExit(f"error: {args.url}: {e.reason}") from None
         if args.json:
             print(json.dumps(doc, indent=2))
             return 0
@@ -108,12 +165,11 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def _join_grpc(
-    target: str,
+    args: argparse.Namespace,
     entities: dict[str, list[Any]],
     features: list[str],
-    service: str | None,
-    full: bool,
     request: dict[str, list[Any]],
+    token: str | None,
 ) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     import grpc
 
@@ -121,6 +177,7 @@ def _join_grpc(
     from featurestore.v1 import featurestore_pb2 as pb
     from featurestore.v1 import featurestore_pb2_grpc as pbg
 
+    service, full = args.service, args.full_names
     req = pb.JoinRequest(features=features, feature_service=service or "", full_feature_names=full)
     for name, values in entities.items():
         col = req.entities.add(name=name)
@@ -138,9 +195,17 @@ def _join_grpc(
             rc.double_values.values.extend(values)
         else:
             rc.string_values.values.extend(str(v) for v in values)
-    with grpc.insecure_channel(target) as channel:
+    metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+    if args.tls or args.ca or args.cert:
+        credentials = grpc.ssl_channel_credentials(
+            _read(args.ca, "--ca"), _read(args.key, "--key"), _read(args.cert, "--cert")
+        )
+        channel = grpc.secure_channel(args.grpc, credentials)
+    else:
+        channel = grpc.insecure_channel(args.grpc)
+    with channel:
         try:
-            resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]
+            resp = pbg.FeatureServiceStub(channel).Join(req, timeout=10, metadata=metadata)  # type: ignore[no-untyped-call]
         except grpc.RpcError as e:
             raise SystemExit(f"error {e.code().name}: {e.details()}") from None
     columns = [

@@ -1,0 +1,99 @@
+"""TLS material and callers for the security tests: a test CA (trustme) with server and
+client certificates written as PEM files, an HTTPS caller, and a featurestore server
+whose probes answer on its plain admin port."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from tests.support import ServerProcess, free_port, http_get
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path  # the CA certificate clients and servers trust
+    cert: Path  # a server certificate for 127.0.0.1 and localhost
+    key: Path
+    client_cert: Path  # a client certificate of the same CA (mutual TLS)
+    client_key: Path
+    other_ca: Path  # a CA that signed none of these
+
+    def client_context(self, *, with_client_cert: bool = False, ca: Path | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca or self.ca))
+        if with_client_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
+def make_certs(directory: Path) -> Certs:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.featurestore.test")
+    paths = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "cert", "key", "client_cert", "client_key", "other_ca")
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    paths["cert"].write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    paths["client_cert"].write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+    client.private_key_pem.write_to_path(str(paths["client_key"]))
+    trustme.CA().cert_pem.write_to_path(str(paths["other_ca"]))
+    return Certs(**paths)
+
+
+def call(
+    url: str,
+    context: ssl.SSLContext | None = None,
+    body: Any = None,
+    token: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request (POST with a JSON body, else GET): status, decoded JSON body, headers."""
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
+            raw, status, got = r.read(), r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        raw, status, got = e.read(), e.code, dict(e.headers)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = raw.decode(errors="replace")
+    return status, doc, {k.lower(): v for k, v in got.items()}
+
+
+class SecureServer(ServerProcess):
+    """``featurestore serve`` with an admin port: ready once /readyz answers there (the
+    serving port may want TLS and tokens)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.admin_port = free_port()
+        super().__init__(args, {**env, "FEATURESTORE_HTTP__ADMIN_PORT": str(self.admin_port)}, log_path)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def answers(self) -> bool:
+        try:
+            return http_get(self.admin_url + "/readyz", timeout=1)[0] == 200
+        except OSError:
+            return False
