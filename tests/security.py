@@ -14,6 +14,7 @@ from typing import Any
 
 import trustme
 
+from tests.servers import RedisServer
 from tests.support import ServerProcess, free_port, http_get
 
 
@@ -97,3 +98,42 @@ class SecureServer(ServerProcess):
             return http_get(self.admin_url + "/readyz", timeout=1)[0] == 200
         except OSError:
             return False
+
+
+class SecureRedisServer(RedisServer):
+    """Redis over TLS only (``rediss://``), with the default user off and one ACL user."""
+
+    USER = "featurestore"
+    PASSWORD = "redis-acl-pw-5e1c0b"
+
+    def __init__(self, workdir: Path, certs: Certs) -> None:
+        super().__init__(workdir)
+        self.certs = certs
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        acl = self.workdir / "acl.conf"
+        acl.write_text(f"user default off\nuser {self.USER} on >{self.PASSWORD} ~* &* +@all\n")
+        c = self.certs
+        return [self.binary, str(acl), "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+                "--tls-cert-file", str(c.cert), "--tls-key-file", str(c.key), "--tls-ca-cert-file", str(c.ca),
+                "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", str(self.workdir)]  # fmt: skip
+
+    def answers(self) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(
+            self.url, username=self.USER, password=self.PASSWORD, ssl_ca_certs=str(self.certs.ca),
+            socket_timeout=1,
+        )  # fmt: skip
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
