@@ -21,6 +21,7 @@ from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
 from featurestore.registry.base import Registry
 from featurestore.registry.etcd import EtcdRegistry
+from featurestore.registry.etcd_client import EtcdAccess
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, check_embedded_workers
@@ -38,7 +39,13 @@ def make_registry(config: Config) -> Registry:
     if reg.kind == "file":
         return FileRegistry(reg.path, config.project)
     if reg.kind == "etcd":
-        return EtcdRegistry(reg.endpoints, config.project)
+        access = EtcdAccess(
+            reg.username, reg.password.get_secret_value(), reg.ca_file, reg.cert_file, reg.key_file
+        )
+        try:
+            return EtcdRegistry(reg.endpoints, config.project, access=access)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
     raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
 
 

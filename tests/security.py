@@ -5,7 +5,9 @@ whose probes answer on its plain admin port."""
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any
 
 import trustme
 
-from tests.servers import RedisServer
+from tests.servers import EtcdServer, RedisServer
 from tests.support import ServerProcess, free_port, http_get
 
 
@@ -137,3 +139,41 @@ class SecureRedisServer(RedisServer):
             return False
         finally:
             client.close()
+
+
+class SecureEtcdServer(EtcdServer):
+    """etcd serving clients over mutual TLS only (a client certificate of the test CA),
+    with authentication on (user ``root``)."""
+
+    USER = "root"
+    PASSWORD = "etcd-root-pw-93d1aa"
+
+    def __init__(self, workdir: Path, certs: Certs) -> None:
+        super().__init__(workdir)
+        self.certs = certs
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        c = self.certs
+        return [*super().command(), "--cert-file", str(c.cert), "--key-file", str(c.key),
+                "--trusted-ca-file", str(c.ca)]  # fmt: skip
+
+    def answers(self) -> bool:
+        return self.etcdctl("endpoint", "health").returncode == 0
+
+    def etcdctl(self, *args: str, auth: bool = False) -> subprocess.CompletedProcess[str]:
+        user = ["--user", f"{self.USER}:{self.PASSWORD}"] if auth else []
+        return subprocess.run(
+            ["etcdctl", "--endpoints", self.endpoint, "--cacert", str(self.certs.ca),
+             "--cert", str(self.certs.client_cert), "--key", str(self.certs.client_key), *user, *args],
+            env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+
+    def enable_auth(self) -> None:
+        for args in (["user", "add", f"{self.USER}:{self.PASSWORD}"], ["user", "grant-role", self.USER, "root"],
+                     ["auth", "enable"]):  # fmt: skip
+            out = self.etcdctl(*args)
+            assert out.returncode == 0, out.stderr
