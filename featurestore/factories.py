@@ -86,9 +86,17 @@ def make_graph(config: Config) -> LineageGraph:
     if lc.graph == "memory":
         return InMemoryGraph()
     if lc.graph == "bolt":
-        return BoltGraph(
-            lc.bolt.uri, lc.bolt.user, lc.bolt.password.get_secret_value(), lc.bolt.database or None
-        )
+        bolt = lc.bolt
+        try:
+            return BoltGraph(
+                bolt.uri,
+                bolt.user,
+                bolt.password.get_secret_value(),
+                bolt.database or None,
+                ca_file=bolt.ca_file,
+            )
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
     raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
 
 

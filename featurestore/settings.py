@@ -193,8 +193,13 @@ def describe(error: ValidationError, root: type[Any], origin: Mapping[tuple[str,
     if kind in ("dict_type", "dataclass_type", "model_type", "mapping_type"):
         return SettingError(where, f"expected a mapping, got {first['input']!r}")
     shown = first.get("input")
-    got = "" if isinstance(shown, dict) else f", got {shown!r}"
+    # A mapping may hold secrets, and so may a value whose setting names one.
+    secret = any(word in loc[-1] for word in _SECRET_WORDS) if loc else False
+    got = "" if isinstance(shown, dict) or secret else f", got {shown!r}"
     return SettingError(where, f"{first['msg'][0].lower()}{first['msg'][1:]}{got}")
+
+
+_SECRET_WORDS = ("password", "token", "secret", "key")
 
 
 def _known_fields(root: type[Any], loc: tuple[str, ...]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import trustme
 
-from tests.servers import EtcdServer, RedisServer
+from tests.servers import ArcadeServer, EtcdServer, RedisServer
 from tests.support import ServerProcess, free_port, http_get
 
 
@@ -177,3 +177,54 @@ class SecureEtcdServer(EtcdServer):
                      ["auth", "enable"]):  # fmt: skip
             out = self.etcdctl(*args)
             assert out.returncode == 0, out.stderr
+
+
+class TlsArcadeServer(ArcadeServer):
+    """ArcadeDB whose Bolt listener takes TLS only (arcadedb.bolt.ssl=REQUIRED), with the
+    test CA's server certificate in a PKCS12 key store."""
+
+    STORE_PASSWORD = "store-pw-1d8e"
+
+    def __init__(self, workdir: Path, certs: Certs) -> None:
+        super().__init__(workdir)
+        self.certs = certs
+
+    def command(self) -> list[str]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import (
+            BestAvailableEncryption,
+            load_pem_private_key,
+            pkcs12,
+        )
+
+        key = load_pem_private_key(self.certs.key.read_bytes(), None)
+        chain = x509.load_pem_x509_certificates(self.certs.cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(self.certs.ca.read_bytes())
+        secret = BestAvailableEncryption(self.STORE_PASSWORD.encode())
+        keystore, truststore = self.workdir / "keystore.p12", self.workdir / "truststore.p12"
+        keystore.write_bytes(pkcs12.serialize_key_and_certificates(b"bolt", key, chain[0], chain[1:], secret))  # type: ignore[arg-type]
+        truststore.write_bytes(
+            pkcs12.serialize_java_truststore([pkcs12.PKCS12Certificate(ca, b"ca")], secret)
+        )
+        cmd = super().command()
+        at = cmd.index("-cp")
+        return [*cmd[:at], "-Darcadedb.bolt.ssl=REQUIRED", f"-Darcadedb.ssl.keyStore={keystore}",
+                f"-Darcadedb.ssl.keyStorePassword={self.STORE_PASSWORD}", f"-Darcadedb.ssl.trustStore={truststore}",
+                f"-Darcadedb.ssl.trustStorePassword={self.STORE_PASSWORD}", *cmd[at:]]  # fmt: skip
+
+    def answers(self) -> bool:
+        import neo4j
+        from neo4j.exceptions import Neo4jError, ServiceUnavailable
+
+        tls: dict[str, Any] = {
+            "encrypted": True,
+            "trusted_certificates": neo4j.TrustCustomCAs(str(self.certs.ca)),
+        }
+        try:
+            with (
+                neo4j.GraphDatabase.driver(self.uri, auth=(self.USER, self.PASSWORD), **tls) as d,
+                d.session(database=self.DATABASE) as s,
+            ):
+                return bool(s.run("RETURN 1 AS x").single())
+        except (ServiceUnavailable, Neo4jError, OSError):
+            return False
