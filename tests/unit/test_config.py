@@ -106,3 +106,33 @@ def test_config_without_arguments_is_the_defaults_whatever_the_environment(
 ) -> None:
     monkeypatch.setenv("FEATURESTORE_HTTP__PORT", "9999")
     assert Config().http.port == 8080 and load_config().http.port == 9999
+
+
+def test_the_kubernetes_deployment_s_environment_configures_tls_tokens_and_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/k8s/featurestore.yaml's FEATURESTORE_* variables over its ConfigMap, with the
+    mounted files stood in for under tmp_path: every variable is a real setting."""
+    from featurestore.auth import Authenticator
+    from tests.security import make_certs
+    from tests.unit.test_deploy_k8s import env, find, pod
+
+    certs = make_certs(tmp_path / "certs")
+    stand_in = {"tls.crt": certs.cert, "tls.key": certs.key}
+    (tmp_path / "config.yaml").write_text(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
+    container = pod(find("Deployment", "featurestore"))["containers"][0]
+    for name, value in env(container).items():
+        if not name.startswith("FEATURESTORE_"):
+            continue
+        if name.endswith("_FILE"):
+            filename = value.rpartition("/")[2]
+            target = stand_in.get(filename, tmp_path / filename)
+            if not target.exists():
+                target.write_text(f"{filename}-value\n")
+            value = str(target)
+        monkeypatch.setenv(name, value)
+    c = load_config(tmp_path / "config.yaml")
+    assert c.http.admin_port == 8081 and c.tls.enabled
+    assert c.stores["default"].options["password"].get_secret_value() == "redis-password-value"
+    assert c.lineage.bolt.password.get_secret_value() == "neo4j-password-value"
+    assert Authenticator.from_config(c.auth) is not None
