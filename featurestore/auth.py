@@ -96,8 +96,8 @@ class TokenTable:
 
 
 class Authenticator:
-    """The tokens of one process; ``http_read`` ... are the hot path's sets (None: that
-    scope needs no token)."""
+    """The tokens of one process (``table``, swapped whole when the file changes) and
+    the check of a request's ``authorization`` value against a scope."""
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
@@ -114,11 +114,7 @@ class Authenticator:
             raise FailedPrecondition("auth: give tokens or tokens_file, not both")
         return Authenticator(config)
 
-    # -- the hot path's sets -----------------------------------------------------------
-
-    @property
-    def http_read(self) -> frozenset[bytes] | None:
-        return self.table.http[READ]
+    # -- the check each request makes ---------------------------------------------------
 
     def check_http(self, value: bytes | None, scope: str, route: str) -> FeatureStoreError | None:
         allowed = self.table.http[scope]

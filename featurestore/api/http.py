@@ -176,21 +176,10 @@ class HttpApi:
                 await self.read_body(receive, int(length) if length and length.isdigit() else -1)
             except ClientDisconnected:
                 return
-        out = json_codec.encode_error(error.to_dict())
-        headers = [
-            (b"content-type", JSON),
-            (b"content-length", str(len(out)).encode()),
-            (b"www-authenticate", www_authenticate(error).encode()),
-        ]
-        await send({"type": "http.response.start", "status": HTTP_STATUS[error.code], "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        await send_error(send, error, (b"www-authenticate", www_authenticate(error).encode()))
 
     async def _not_here(self, send: Send, path: str) -> None:
-        e = NotFound(f"{path} is served on the admin port (http.admin_port)")
-        out = json_codec.encode_error(e.to_dict())
-        headers = [(b"content-type", JSON), (b"content-length", str(len(out)).encode())]
-        await send({"type": "http.response.start", "status": 404, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        await send_error(send, NotFound(f"{path} is served on the admin port (http.admin_port)"))
 
     async def _method_not_allowed(self, scope: Scope, send: Send) -> None:
         e = InvalidArgument(f"no route {scope['method']} {JOIN_PATH}: use POST")
@@ -287,13 +276,17 @@ class OpsApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
-            e = NotFound(f"the admin port serves {', '.join(OPS_PATHS)} only")
-            out = json_codec.encode_error(e.to_dict())
-            headers = [(b"content-type", JSON), (b"content-length", str(len(out)).encode())]
-            await send({"type": "http.response.start", "status": 404, "headers": headers})
-            await send({"type": "http.response.body", "body": out})
+            await send_error(send, NotFound(f"the admin port serves {', '.join(OPS_PATHS)} only"))
             return
         await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> None:
+    """A whole error response: its status, the JSON error body, and ``headers``."""
+    out = json_codec.encode_error(error.to_dict())
+    head = [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *headers]
+    await send({"type": "http.response.start", "status": HTTP_STATUS[error.code], "headers": head})
+    await send({"type": "http.response.body", "body": out})
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
