@@ -1,25 +1,57 @@
 """Server configuration: defaults < YAML file < environment < command-line flags.
 
-Everything the composition root needs is here as frozen dataclasses. The YAML file
-mirrors the dataclass fields one to one (see docs/configuration.md); unknown keys are
-errors, so a typo does not silently fall back to a default.
+Sections are frozen stdlib dataclasses (pydantic validates them); ``Config`` is the
+pydantic-settings root. Declaring a section: a dataclass here, and one line in
+``Config``::
+
+    @dataclass(frozen=True, slots=True)
+    class QualityConfig:
+        enabled: bool = True
+        interval_seconds: Seconds = 60.0   # value types: settings.py
+
+    class Config(BaseSettings):
+        ...
+        quality: QualityConfig = QualityConfig()
+
+Every setting can then be given in the YAML file (``quality: {interval_seconds: 30}``),
+in the environment (``FEATURESTORE_QUALITY__INTERVAL_SECONDS=30``) or, a ``Secret``,
+from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors,
+so a typo does not silently fall back to a default. docs/configuration.md lists them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
+from featurestore.settings import (
+    Count,
+    Names,
+    Port,
+    Ratio,
+    Seconds,
+    Secret,
+    SettingError,
+    _fail,
+    describe,
+    key,
+    merge,
+    read_secret_file,
+    resolve_secret_files,
+    set_path,
+)
 from lineage.kafka import KafkaSettings
+
+__all__ = ["Count", "Names", "Port", "Ratio", "Seconds", "Secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +59,18 @@ class HttpConfig:
     """The HTTP listener and what a connection may hold of it (docs/configuration.md)."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
+    # /healthz, /readyz and /metrics on their own plain-HTTP port (same host), and only
+    # there: probes and Prometheus need neither TLS nor a token. None: on `port`.
+    admin_port: Port | None = None
     # Longer than common load-balancer idle timeouts (60 s), so the balancer closes an
     # idle connection first instead of sending a request into one the server is closing.
-    keep_alive_seconds: float = 75.0
-    header_timeout_seconds: float = 10.0  # from accept, or the request's first byte, to its last header
-    body_timeout_seconds: float = 30.0  # from the last header to the end of the body (4 MiB at 140 KB/s)
-    max_header_bytes: int = 16384  # request line + headers (431 above); the size h11 and Node allow
-    max_connections: int = 1000  # per worker; keep well below `ulimit -n`
-    backlog: int = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
+    keep_alive_seconds: Seconds = 75.0
+    header_timeout_seconds: Seconds = 10.0  # from accept, or the request's first byte, to its last header
+    body_timeout_seconds: Seconds = 30.0  # from the last header to the end of the body (4 MiB at 140 KB/s)
+    max_header_bytes: Count = 16384  # request line + headers (431 above); the size h11 and Node allow
+    max_connections: Count = 1000  # per worker; keep well below `ulimit -n`
+    backlog: Count = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,72 +78,149 @@ class GrpcConfig:
     """The gRPC listener and grpc core's connection limits (docs/configuration.md)."""
 
     host: str = "127.0.0.1"
-    port: int = 50051
-    max_connection_idle_seconds: float = 300.0  # no call for this long: GOAWAY, the client reconnects
-    max_connection_age_seconds: float = 1800.0  # GOAWAY (+-10% jitter): spreads clients over workers
-    max_connection_age_grace_seconds: float = 30.0  # for calls in flight after that GOAWAY
-    keepalive_seconds: float = 60.0  # server pings an idle connection; a dead peer goes after the timeout
-    keepalive_timeout_seconds: float = 20.0
+    port: Port = 50051
+    max_connection_idle_seconds: Seconds = 300.0  # no call for this long: GOAWAY, the client reconnects
+    max_connection_age_seconds: Seconds = 1800.0  # GOAWAY (+-10% jitter): spreads clients over workers
+    max_connection_age_grace_seconds: Seconds = 30.0  # for calls in flight after that GOAWAY
+    keepalive_seconds: Seconds = 60.0  # server pings an idle connection; a dead peer goes after the timeout
+    keepalive_timeout_seconds: Seconds = 20.0
     # A client may ping this often, with or without calls in flight (grpc's own default
     # allows one ping per 5 min, which disconnects clients that keep idle channels alive
     # with a keepalive of 10-60 s); faster pings are strikes.
-    min_ping_interval_seconds: float = 10.0
-    max_ping_strikes: int = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
-    max_metadata_bytes: int = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
-    handshake_timeout_seconds: float = 10.0  # accept to the end of the HTTP/2 handshake
+    min_ping_interval_seconds: Seconds = 10.0
+    max_ping_strikes: Count = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
+    max_metadata_bytes: Count = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
+    handshake_timeout_seconds: Seconds = 10.0  # accept to the end of the HTTP/2 handshake
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS of the HTTP and gRPC listeners (docs/security.md); empty: plaintext."""
+
+    cert_file: str = ""  # PEM certificate chain
+    key_file: str = ""  # PEM private key
+    client_ca_file: str = ""  # mutual TLS: clients must present a certificate signed by this CA
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Bearer tokens (docs/security.md). With none configured, nothing asks for one."""
+
+    # One token a line, `TOKEN [read,write,admin]` (no scopes: all three); `#` comments.
+    tokens_file: str = ""  # re-read when it changes (a rotated Kubernetes Secret)
+    tokens: Secret = SecretStr("")  # the same text inline (an environment variable)
+    read: bool = True  # joins need a token with scope read
+    write: bool = True  # pushes need scope write
+    admin: bool = True  # /v1/registry and /graphql need scope admin
 
 
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     kind: str = "file"  # file | etcd
     path: str = "data/registry"  # file: root directory
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)  # etcd
+    endpoints: Names = ("http://127.0.0.1:2379",)  # etcd (https:// with the ca_file below: TLS)
     definitions: str | None = None  # applied at start-up when it differs from current
     definitions_base_dir: str | None = None  # resolves relative Parquet paths
+    username: str = ""  # etcd authentication (with password)
+    password: Secret = SecretStr("")
+    ca_file: str = ""  # etcd TLS: the CA of the server's certificate
+    cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
+    key_file: str = ""
+
+
+def _store_kind(kind: str) -> str:
+    if kind not in STORE_KINDS:
+        raise _fail(f"unknown store kind {kind!r}; use {', '.join(STORE_KINDS)}", kind)
+    return kind
+
+
+STORE_KINDS = ("memory", "redis", "clickhouse")
+# Store options that are secrets: given inline, as `<name>_file`, or in the environment.
+STORE_SECRETS = ("password",)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    kind: str = "memory"  # memory | redis | clickhouse
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    kind: Annotated[str, AfterValidator(_store_kind)] = "memory"
+    # kind-specific options (docs/storage.md); secrets among them are SecretStr
+    options: Annotated[Mapping[str, Any], AfterValidator(MappingProxyType)] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     cache: bool = True  # the LRU cache in front (ignored for memory)
+
+
+def _store_doc(doc: Any) -> Any:
+    """A store as written (`{kind: redis, url: ..., cache: false}`): kind, cache, and
+    the rest as the kind's options."""
+    if isinstance(doc, StoreConfig) or not isinstance(doc, Mapping):
+        return doc
+    rest = dict(doc)
+    out: dict[str, Any] = {"options": {}}
+    for name in ("kind", "cache"):
+        if name in rest:
+            out[name] = rest.pop(name)
+    for name in STORE_SECRETS:
+        if isinstance(rest.get(name), str):
+            rest[name] = SecretStr(rest[name])
+    out["options"] = MappingProxyType(rest)
+    if "kind" not in out:
+        raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
+    return out
+
+
+def _stores(value: Any) -> Any:
+    if isinstance(value, Mapping) and not value:
+        raise _fail("expected a mapping of store name to store settings", value)
+    return value
+
+
+Stores = Annotated[
+    Mapping[str, Annotated[StoreConfig, BeforeValidator(_store_doc)]],
+    BeforeValidator(_stores),
+    AfterValidator(MappingProxyType),
+]
 
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
-    max_entries: int = 200_000
-    ttl_seconds: float = 30.0
+    max_entries: Count = 200_000
+    ttl_seconds: Seconds = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
     exporter: str = "none"  # none | console | otlp
-    sample_ratio: float = 0.01
+    sample_ratio: Ratio = 0.01
     otlp_endpoint: str = "http://127.0.0.1:4317"
     service_name: str = "featurestore"
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    max_rows: int = 10_000
-    max_body_bytes: int = 4 * 1024 * 1024
-    deadline_ms: int = 500
+    max_rows: Count = 10_000
+    max_body_bytes: Count = 4 * 1024 * 1024
+    deadline_ms: Count = 500
 
 
 @dataclass(frozen=True, slots=True)
 class BoltConfig:
-    uri: str = "bolt://127.0.0.1:7687"
+    uri: str = "bolt://127.0.0.1:7687"  # bolt+s:// or neo4j+s://: TLS, system CAs
     user: str = "neo4j"
-    password: str = ""
+    password: Secret = SecretStr("")
     database: str = ""  # empty: the server's default database
+    ca_file: str = ""  # TLS with this CA instead (bolt:// or neo4j:// then encrypted)
 
 
 @dataclass(frozen=True, slots=True)
 class LineageConfig:
     enabled: bool = True
-    window_seconds: float = 1.0
-    queue_size: int = 10_000
+    window_seconds: Seconds = 1.0
+    queue_size: Count = 10_000
     sink: str = "memory"  # memory (straight into the in-process graph) | kafka
     graph: str = "memory"  # memory | bolt (Neo4j)
     graphql: bool = True  # serve /graphql from `graph`
@@ -123,39 +235,68 @@ class DerivedConfig:
     cache_dir: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+def _log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise _fail(f"unknown log level {value!r}; use {', '.join(LOG_LEVELS)}", value)
+    return level
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_format(value: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in LOG_FORMATS:
+        raise _fail(f"unknown log format {value!r}; use {', '.join(LOG_FORMATS)}", value)
+    return fmt
+
+
+LOG_FORMATS = ("text", "json")
+ENV_PREFIX = "FEATURESTORE_"
+
+
+class Config(BaseSettings):
+    """``Config(**settings)`` is the defaults under ``settings``; ``load_config`` layers
+    the file, the environment and the flags."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *_: Any, **__: Any) -> Any:
+        return (init_settings,)  # the environment is read once, by load_config
+
     project: str = "demo"
     http: HttpConfig = HttpConfig()
     grpc: GrpcConfig = GrpcConfig()
-    workers: int = 1
+    tls: TlsConfig = TlsConfig()
+    auth: AuthConfig = AuthConfig()
+    workers: Count = 1
     registry: RegistryConfig = RegistryConfig()
-    stores: Mapping[str, StoreConfig] = field(
-        default_factory=lambda: MappingProxyType({"default": StoreConfig()})
-    )
+    stores: Stores = Field(default_factory=lambda: MappingProxyType({"default": StoreConfig()}))
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
     lineage: LineageConfig = LineageConfig()
     derived: DerivedConfig = DerivedConfig()
-    log_level: str = "info"
-    log_format: str = "text"  # text | json (one object per line, with trace_id and span_id)
+    log_level: Annotated[str, AfterValidator(_log_level)] = "info"
+    # text | json (one object per line, with trace_id and span_id)
+    log_format: Annotated[str, AfterValidator(_log_format)] = "text"
     access_log: bool = False
 
 
-# Environment variables applied over the file, documented in docs/configuration.md.
-ENV = {
-    "FEATURESTORE_PROJECT": ("project",),
+# Short names kept from before the nested ones (FEATURESTORE_<SECTION>__<KEY>), which
+# win when both are set. docs/configuration.md.
+ENV_ALIASES = {
     "FEATURESTORE_HTTP_HOST": ("http", "host"),
     "FEATURESTORE_HTTP_PORT": ("http", "port"),
     "FEATURESTORE_GRPC_HOST": ("grpc", "host"),
     "FEATURESTORE_GRPC_PORT": ("grpc", "port"),
-    "FEATURESTORE_WORKERS": ("workers",),
     "FEATURESTORE_REGISTRY_PATH": ("registry", "path"),
     "FEATURESTORE_DEFINITIONS": ("registry", "definitions"),
     "FEATURESTORE_DEADLINE_MS": ("limits", "deadline_ms"),
-    "FEATURESTORE_LOG_LEVEL": ("log_level",),
-    "FEATURESTORE_LOG_FORMAT": ("log_format",),
     "FEATURESTORE_DERIVED_CACHE_DIR": ("derived", "cache_dir"),
 }
 
@@ -163,137 +304,70 @@ ENV = {
 def load_config(
     path: str | Path | None = None, overrides: Mapping[tuple[str, ...], Any] | None = None
 ) -> Config:
-    """Build the configuration: defaults, then ``path``, then env vars, then ``overrides``."""
-    doc: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise InvalidArgument(f"config {path}: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise InvalidArgument(f"{path}: expected a mapping at the top level")
-        doc = loaded or {}
-    for var, keys in ENV.items():
-        if var in os.environ:
-            _set(doc, keys, os.environ[var])
-    for keys, value in (overrides or {}).items():
-        if value is not None:
-            _set(doc, keys, value)
+    """Build the configuration: defaults, then ``path``, then env vars, then ``overrides``
+    (the flags; a None value is a flag not given)."""
+    name = str(path) if path is not None else "config"
+    origin: dict[tuple[str, ...], str] = {}
     try:
-        config: Config = _build(Config, doc, "")
-    except _SettingError as e:
-        raise InvalidArgument(f"{path or 'config'}: {e.where}: {e.problem}") from None
-    return config
+        doc = _environment(_file(path), origin)
+        for keys, value in (overrides or {}).items():
+            if value is not None:
+                set_path(doc, keys, value)
+                origin.pop(keys, None)
+        _resolve_secrets(doc)
+        return Config.model_validate(doc)
+    except SettingError as e:
+        raise InvalidArgument(f"{name}: {e.where}: {e.problem}") from None
+    except ValidationError as e:
+        problem = describe(e, Config, origin)
+        raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
 
 
-class _SettingError(Exception):
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where}: {problem}")
-        self.where = where
-        self.problem = problem
+def _file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise InvalidArgument(f"config {path}: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SettingError("top level", "expected a mapping")
+    return loaded or {}
 
 
-def _key(where: str, name: object) -> str:
-    return f"{where}.{name}" if where else str(name)
+def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dict[str, Any]:
+    """``doc`` under the aliases, under FEATURESTORE_<SECTION>__<KEY> (pydantic-settings'
+    parsing: case-insensitive, ``__`` between levels)."""
+    for var, keys in ENV_ALIASES.items():
+        if var in os.environ:
+            set_path(doc, keys, os.environ[var])
+            origin[keys] = var
+    env = EnvSettingsSource(Config)()
+    _note_origin(env, (), origin)
+    return merge(doc, env)
 
 
-def _set(doc: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
-    for k in keys[:-1]:
-        doc = doc.setdefault(k, {})
-    doc[keys[-1]] = value
+def _note_origin(doc: Mapping[str, Any], loc: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> None:
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            _note_origin(v, (*loc, k), origin)
+        else:
+            origin[(*loc, k)] = ENV_PREFIX + "__".join((*loc, k)).upper()
 
 
-def _build(cls: type[Any], doc: Any, where: str) -> Any:
-    if not isinstance(doc, dict):
-        raise _SettingError(where or "top level", "expected a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(doc) - fields.keys())
-    if unknown:
-        raise _SettingError(_key(where, unknown[0]), f"unknown setting; known: {', '.join(sorted(fields))}")
-    kwargs: dict[str, Any] = {}
-    for name, value in doc.items():
-        kwargs[name] = _convert(cls, fields[name], value, _key(where, name))
-    built: Any = cls(**kwargs)
-    return built
+def _resolve_secrets(doc: dict[str, Any]) -> None:
+    stores = doc.get("stores")
+    if isinstance(stores, dict):
+        for store_name, store in stores.items():
+            if isinstance(store, dict):
+                _store_secret_files(store, key("stores", store_name))
+    resolve_secret_files(doc, Config, "")
 
 
-def _convert(cls: type[Any], f: dataclasses.Field[Any], value: Any, where: str) -> Any:
-    default = f.default
-    if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    if f.name == "stores" and cls is Config:
-        if not isinstance(value, dict) or not value:
-            raise _SettingError(where, "expected a mapping of store name to store settings")
-        return MappingProxyType({str(k): _store(v, f"{where}.{k}") for k, v in value.items()})
-    if dataclasses.is_dataclass(default):
-        return _build(type(default), value, where)
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if isinstance(default, int):
-        number = _integer(value, where)
-        if number <= 0 or (f.name == "port" and number > 65535):
-            raise _SettingError(
-                where,
-                f"expected a positive integer{' up to 65535' if f.name == 'port' else ''}, got {value!r}",
-            )
-        return number
-    if isinstance(default, float):
-        try:
-            real = float(value)
-        except (TypeError, ValueError):
-            raise _SettingError(where, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not math.isfinite(real):
-            raise _SettingError(where, f"expected a number, got {value!r}")
-        if f.name in _RATIOS:
-            if not 0.0 <= real <= 1.0:
-                raise _SettingError(where, f"expected a ratio between 0 and 1, got {value!r}")
-        elif real <= 0:
-            raise _SettingError(where, f"expected a positive number, got {value!r}")
-        return real
-    if f.name == "log_level":
-        level = str(value).strip().lower()
-        if level not in _LOG_LEVELS:
-            raise _SettingError(where, f"unknown log level {value!r}; use {', '.join(_LOG_LEVELS)}")
-        return level
-    if f.name == "log_format":
-        fmt = str(value).strip().lower()
-        if fmt not in _LOG_FORMATS:
-            raise _SettingError(where, f"unknown log format {value!r}; use {', '.join(_LOG_FORMATS)}")
-        return fmt
-    if isinstance(default, tuple):
-        items = value.split(",") if isinstance(value, str) else value
-        return tuple(str(x).strip() for x in items)
-    return None if value is None else str(value)
-
-
-_RATIOS = frozenset({"sample_ratio"})
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_LOG_FORMATS = ("text", "json")
-
-
-def _integer(value: Any, where: str) -> int:
-    """An integer, from YAML or an environment variable; 1.5 or "2.0" is refused rather
-    than truncated, so a limit never silently differs from what was written."""
-    if isinstance(value, bool):
-        raise _SettingError(where, f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise _SettingError(where, f"expected an integer, got {value!r}")
-
-
-def _store(doc: Any, where: str) -> StoreConfig:
-    if not isinstance(doc, dict) or "kind" not in doc:
-        raise _SettingError(where, "expected a mapping with 'kind' (memory, redis or clickhouse)")
-    doc = dict(doc)
-    kind = str(doc.pop("kind"))
-    if kind not in ("memory", "redis", "clickhouse"):
-        raise _SettingError(f"{where}.kind", f"unknown store kind {kind!r}; use memory, redis or clickhouse")
-    cache = doc.pop("cache", True)
-    return StoreConfig(kind=kind, options=MappingProxyType(doc), cache=bool(cache))
+def _store_secret_files(store: dict[str, Any], where: str) -> None:
+    for name in STORE_SECRETS:
+        file_key = f"{name}_file"
+        if file_key in store:
+            if name in store:
+                raise SettingError(key(where, file_key), f"give {name} or {file_key}, not both")
+            store[name] = read_secret_file(store.pop(file_key), key(where, file_key))

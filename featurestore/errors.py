@@ -20,6 +20,8 @@ class Code(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERNAL = "INTERNAL"
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid bearer token (HTTP 401)
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # a valid token without the scope the route needs (403)
 
 
 class FeatureStoreError(Exception):
@@ -60,6 +62,14 @@ class Unavailable(FeatureStoreError):
 
 class DeadlineExceeded(FeatureStoreError):
     code = Code.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(FeatureStoreError):
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(FeatureStoreError):
+    code = Code.PERMISSION_DENIED
 
 
 class DefinitionError(InvalidArgument):

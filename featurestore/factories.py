@@ -42,8 +42,15 @@ def make_registry(config: Config) -> Registry:
     if reg.kind == "etcd":
         require("aetcd", "registry.kind: etcd")
         from featurestore.registry.etcd import EtcdRegistry
+        from featurestore.registry.etcd_client import EtcdAccess
 
-        return EtcdRegistry(reg.endpoints, config.project)
+        access = EtcdAccess(
+            reg.username, reg.password.get_secret_value(), reg.ca_file, reg.cert_file, reg.key_file
+        )
+        try:
+            return EtcdRegistry(reg.endpoints, config.project, access=access)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
     raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
 
 
@@ -97,7 +104,17 @@ def make_graph(config: Config) -> LineageGraph:
         require("neo4j", "lineage.graph: bolt")
         from lineage.graph.bolt import BoltGraph
 
-        return BoltGraph(lc.bolt.uri, lc.bolt.user, lc.bolt.password, lc.bolt.database or None)
+        bolt = lc.bolt
+        try:
+            return BoltGraph(
+                bolt.uri,
+                bolt.user,
+                bolt.password.get_secret_value(),
+                bolt.database or None,
+                ca_file=bolt.ca_file,
+            )
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
     raise InvalidArgument(f"lineage.graph {lc.graph!r} is not supported; use memory or bolt")
 
 

@@ -68,6 +68,13 @@ HTTP_CONNECTIONS_CLOSED = Counter(
     "header_too_large, max_connections.",
     ["reason"],
 )
+AUTH_FAILURES = Counter(
+    "featurestore_auth_failures_total",
+    "Requests refused for their bearer token, by route and reason: missing, invalid (unknown "
+    "token: 401 / UNAUTHENTICATED), forbidden (a token without the route's scope: 403 / "
+    "PERMISSION_DENIED).",
+    ["route", "reason"],
+)
 HTTP_CONNECTIONS = Gauge(
     "featurestore_http_connections",
     "Open HTTP connections (sampled about once a second while any is open).",

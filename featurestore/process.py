@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from typing import Any
 import uvicorn
 
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
-from featurestore.api.grpc import GrpcApi, create_server
-from featurestore.api.http import HttpApi
-from featurestore.config import Config, HttpConfig
+from featurestore.api.grpc import GrpcApi, create_server, server_credentials
+from featurestore.api.http import HttpApi, OpsApi
+from featurestore.auth import Authenticator
+from featurestore.config import Config, HttpConfig, TlsConfig
 from featurestore.errors import FailedPrecondition
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
@@ -99,11 +101,41 @@ def _connection_limits(http: HttpConfig) -> ConnectionLimits:
 _OTHER_FILES = 200
 
 
+def _check_tls(tls: TlsConfig) -> None:
+    """Refuse to start on TLS files that cannot be used, naming the setting."""
+    if not tls.enabled:
+        if tls.key_file or tls.client_ca_file:
+            raise FailedPrecondition("tls: key_file and client_ca_file need tls.cert_file")
+        return
+    if not tls.key_file:
+        raise FailedPrecondition("tls.cert_file needs tls.key_file")
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, name)
+        if path and not os.access(path, os.R_OK):
+            raise FailedPrecondition(f"tls.{name} {path}: not a readable file")
+    try:  # the pair loads (ssl's error says what is wrong, never the key's bytes)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert_file, tls.key_file)
+    except (ssl.SSLError, OSError) as e:
+        raise FailedPrecondition(f"tls.cert_file/key_file: {e}") from None
+
+
+def _uvicorn_tls(tls: TlsConfig) -> dict[str, Any]:
+    if not tls.enabled:
+        return {}
+    settings: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.client_ca_file:
+        settings.update(ssl_ca_certs=tls.client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return settings
+
+
 class Listeners:
-    """The HTTP and gRPC servers of one process over one runtime."""
+    """The HTTP and gRPC servers of one process over one runtime (and the admin
+    listener, when ``http.admin_port`` is set)."""
 
     def __init__(self, rt: Runtime) -> None:
         config = rt.config
+        _check_tls(config.tls)
+        self.auth = Authenticator.from_config(config.auth)
         push = PushService(rt.engine)
         mounts: dict[str, Any] = {}
         if rt.lineage is not None and rt.lineage.graph is not None and config.lineage.graphql:
@@ -117,13 +149,20 @@ class Listeners:
             mounts=mounts,
             max_body_bytes=config.limits.max_body_bytes,
             deadline_ms=config.limits.deadline_ms,
+            auth=self.auth,
+            ops_elsewhere=config.http.admin_port is not None,
         )
-        self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms)
+        self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms, self.auth)
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         target = f"{config.grpc.host}:{config.grpc.port}"
-        if self.grpc.add_insecure_port(target) == 0:
+        if config.tls.enabled:
+            bound = self.grpc.add_secure_port(target, server_credentials(config.tls))
+        else:
+            bound = self.grpc.add_insecure_port(target)
+        if bound == 0:
             raise FailedPrecondition(f"cannot bind gRPC on {target}")
+        self.admin = _AdminListener(config, http_api) if config.http.admin_port is not None else None
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
         self.guard = ConnectionGuard(_connection_limits(config.http))
         self.http = _UvicornServer(
@@ -132,19 +171,20 @@ class Listeners:
                 access_log=config.access_log,
                 backlog=config.http.backlog,
                 timeout_graceful_shutdown=DRAIN_SECONDS,
+                **_uvicorn_tls(config.tls),
             )
         )
         self.http_task: asyncio.Task[None] | None = None
+        self.auth_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Serve on both ports; returns once both accept requests (or raises)."""
+        """Serve on every port; returns once all accept requests (or raises)."""
         await self.grpc.start()
-        self.http_task = asyncio.create_task(self.http.serve(sockets=[self.sock]), name="http")
-        # uvicorn exposes no startup event, only the flag.
-        while not self.http.started and not self.http_task.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        if self.http_task.done():
-            await self.http_task  # surfaces the bind/startup error
+        self.http_task = await _start_uvicorn(self.http, self.sock, "http")
+        if self.admin is not None:
+            self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
+        if self.auth is not None:
+            self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
         await self.grpc_api.set_serving(True)
 
     async def drain(self) -> None:
@@ -155,7 +195,39 @@ class Listeners:
         if self.http_task is not None:
             pending.append(self.http_task)
         await asyncio.gather(*pending, return_exceptions=True)
+        if self.admin is not None:  # probes answer (readyz: 503, stopping) until the drain ends
+            self.admin.server.should_exit = True
+            if self.admin.task is not None:
+                await asyncio.gather(self.admin.task, return_exceptions=True)
+        if self.auth_task is not None:
+            self.auth_task.cancel()
         self.guard.close()
+
+
+class _AdminListener:
+    """/healthz, /readyz and /metrics on ``http.admin_port``: plain HTTP, no token, one
+    small uvicorn server beside the serving one."""
+
+    def __init__(self, config: Config, http_api: HttpApi) -> None:
+        assert config.http.admin_port is not None
+        self.sock = _listen(config.http.host, config.http.admin_port, 128)
+        self.server = _UvicornServer(
+            uvicorn.Config(
+                OpsApi(http_api.app), loop="none", lifespan="off", log_config=None, access_log=False,
+                server_header=False, http="httptools", ws="none", backlog=128,
+            )
+        )  # fmt: skip
+        self.task: asyncio.Task[None] | None = None
+
+
+async def _start_uvicorn(server: uvicorn.Server, sock: socket.socket, name: str) -> asyncio.Task[None]:
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
+    # uvicorn exposes no startup event, only the flag.
+    while not server.started and not task.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    if task.done():
+        await task  # surfaces the bind/startup error
+    return task
 
 
 async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:
@@ -175,8 +247,11 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     gc.collect()
     gc.freeze()
     log.info(
-        "serving registry version %d: http://%s:%d grpc %s:%d (pid %d)",
-        rt.engine.state.version, config.http.host, config.http.port, config.grpc.host, config.grpc.port, os.getpid(),
+        "serving registry version %d: %s://%s:%d grpc %s:%d%s%s (pid %d)",
+        rt.engine.state.version, "https" if config.tls.enabled else "http", config.http.host, config.http.port,
+        config.grpc.host, config.grpc.port, " (TLS)" if config.tls.enabled else "",
+        "" if config.http.admin_port is None else f", admin http://{config.http.host}:{config.http.admin_port}",
+        os.getpid(),
     )  # fmt: skip
     if on_ready is not None:
         on_ready()

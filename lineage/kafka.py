@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from lineage import TOPIC
+
+SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 # How often every client re-reads the metadata of its topics. librdkafka's default is
 # 300 s. A consumer subscribed to a topic that does not exist yet looks again only at
@@ -35,6 +40,31 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000  # consumer group session
     buffer_messages: int = 100_000  # producer buffer bound; beyond it events are dropped
     buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
+    # Security (docs/security.md), passed to librdkafka by client_config().
+    security_protocol: str = "plaintext"  # plaintext | ssl | sasl_plaintext | sasl_ssl
+    sasl_mechanism: str = "SCRAM-SHA-512"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")  # or sasl_password_file
+    ssl_ca_file: str = ""  # the brokers' CA (default: the system's)
+    ssl_cert_file: str = ""  # client certificate (mutual TLS), with ssl_key_file
+    ssl_key_file: str = ""
+    ssl_key_password: SecretStr = SecretStr("")  # of an encrypted ssl_key_file
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security_protocol {self.security_protocol!r}: use {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if self.security_protocol.startswith("sasl"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism!r}: use {', '.join(SASL_MECHANISMS)}")
+            if not self.sasl_username or not self.sasl_password.get_secret_value():
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+                )
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
 
     @property
     def dead_letter_topic(self) -> str:
@@ -47,12 +77,31 @@ class KafkaSettings:
         return max(self.session_timeout_ms // 5, 100)
 
     def client_config(self) -> dict[str, Any]:
-        """The librdkafka settings every client (producer, consumer, admin) starts from."""
-        return {
+        """The librdkafka settings every client (producer, consumer, admin) starts from.
+        They hold the SASL password: never log them."""
+        config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "log.connection.close": False,
             "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         }
+        protocol = self.security_protocol
+        if protocol == "plaintext":
+            return config
+        config["security.protocol"] = protocol
+        if protocol.startswith("sasl"):
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if protocol.endswith("ssl"):
+            config["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
+            optional = {
+                "ssl.ca.location": self.ssl_ca_file,
+                "ssl.certificate.location": self.ssl_cert_file,
+                "ssl.key.location": self.ssl_key_file,
+                "ssl.key.password": self.ssl_key_password.get_secret_value(),
+            }
+            config.update({k: v for k, v in optional.items() if v})
+        return config
 
 
 def ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> str:

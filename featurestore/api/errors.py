@@ -8,6 +8,8 @@ from featurestore.errors import Code, FeatureStoreError
 
 HTTP_STATUS: dict[Code, int] = {
     Code.INVALID_ARGUMENT: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
     Code.FAILED_PRECONDITION: 400,
     Code.NOT_FOUND: 404,
     Code.ABORTED: 409,
@@ -19,6 +21,8 @@ HTTP_STATUS: dict[Code, int] = {
 
 GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Code.ABORTED: grpc.StatusCode.ABORTED,

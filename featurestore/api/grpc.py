@@ -21,7 +21,8 @@ from featurestore import metrics, tracing
 from featurestore.api import proto_codec
 from featurestore.api.errors import GRPC_STATUS, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
-from featurestore.config import GrpcConfig
+from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
+from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.errors import Code, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -53,7 +54,12 @@ def engine_budget(configured: float, remaining: float | None) -> float:
 
 
 class GrpcApi:
-    def __init__(self, engine: JoinEngine, push: PushService, deadline_ms: int) -> None:
+    def __init__(
+        self, engine: JoinEngine, push: PushService, deadline_ms: int, auth: Authenticator | None = None
+    ) -> None:
+        """``auth``: bearer tokens Join and Push need (None: none asked for; health and
+        reflection never ask)."""
+        self.auth = auth
         self.engine = engine
         self.push_service = push
         self.deadline_ms = deadline_ms
@@ -109,7 +115,15 @@ class GrpcApi:
         context.add_done_callback(call.finish)
         return await self._push(await _request(context, call), context, call)
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext, call: Call, scope: str) -> None:
+        assert self.auth is not None
+        error = self.auth.check_grpc(_metadata(context, "authorization"), scope, call.outcomes.route)
+        if error is not None:
+            await _abort(context, call, error, trailing=(("www-authenticate", www_authenticate(error)),))
+
     async def _join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
+        if self.auth is not None:
+            await self._authenticate(context, call, READ)
         self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
@@ -131,6 +145,8 @@ class GrpcApi:
         return out
 
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
+        if self.auth is not None:
+            await self._authenticate(context, call, WRITE)
         try:
             budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
             deadline = time.monotonic() + budget
@@ -199,19 +215,41 @@ async def _abort(
     error: FeatureStoreError,
     span: Span | None = None,
     cause: BaseException | None = None,
+    trailing: tuple[tuple[str, str], ...] = (),
 ) -> NoReturn:
     """Note the call's error (and its span's), then end it with the error's status."""
     call.answer(error.code.value)
     call.outcomes.span_error(error, span, cause)
+    if trailing:
+        await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailing)
     await context.abort(GRPC_STATUS[error.code], error.message)
     raise AssertionError("unreachable: grpc's abort raises")
 
 
 def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
+    return _metadata(context, "traceparent")
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "traceparent":
+        if key == name:
             return str(value)
     return None
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """The listener's TLS (mutual when ``tls.client_ca_file`` is set) from PEM files."""
+    with open(tls.key_file, "rb") as f:
+        key = f.read()
+    with open(tls.cert_file, "rb") as f:
+        chain = f.read()
+    ca = None
+    if tls.client_ca_file:
+        with open(tls.client_ca_file, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials(
+        ((key, chain),), root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) -> grpc.aio.Server:

@@ -21,8 +21,9 @@ from featurestore.api import arrow_codec, json_codec
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, ClientDisconnected, create_app
-from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
+from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, ClientDisconnected, create_app
+from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
+from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -116,8 +117,15 @@ class HttpApi:
         max_body_bytes: int,
         deadline_ms: int,
         mounts: Mapping[str, ASGIApp] | None = None,
+        auth: Authenticator | None = None,
+        ops_elsewhere: bool = False,
     ) -> None:
+        """``auth``: bearer tokens the routes need (None: none asked for);
+        ``ops_elsewhere``: /healthz, /readyz and /metrics are served by the admin
+        listener (``OpsApi``) and not here."""
         self.max_body_bytes = max_body_bytes
+        self.auth = auth
+        self.ops_elsewhere = ops_elsewhere
         self.deadline_ms = deadline_ms
         self.join = JoinEndpoint(engine, deadline_ms)
         self.push = push
@@ -131,16 +139,47 @@ class HttpApi:
         )
         for path, app in (mounts or {}).items():  # e.g. /graphql (lineage)
             self.app.add_route(path, app, methods=["GET", "POST"], include_in_schema=False)  # type: ignore[arg-type]
+        # Routes other than the join that need a token's scope (when tokens are configured).
+        self.scopes = {PUSH_PATH: WRITE, "/v1/registry": ADMIN, **dict.fromkeys(mounts or {}, ADMIN)}
+        self._push_outcomes = Outcomes(PUSH_PATH, "http")
         self._inflight = metrics.inflight("http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == JOIN_PATH:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == JOIN_PATH:
             if scope["method"] == "POST":
                 await self._join(scope, receive, send)
             else:
                 await self._method_not_allowed(scope, send)
-        else:
-            await self.app(scope, receive, send)
+            return
+        if self.auth is not None and path in self.scopes:
+            error = self.auth.check_http(_header(scope, b"authorization"), self.scopes[path], path)
+            if error is not None:
+                if path == PUSH_PATH:
+                    self._push_outcomes.failed(scope.get(RECEIVED_AT) or time.perf_counter(), error)
+                await self._refuse(scope, receive, send, error)
+                return
+        elif self.ops_elsewhere and path in OPS_PATHS:
+            await self._not_here(send, path)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: FeatureStoreError) -> None:
+        """Answer 401/403 with WWW-Authenticate, after the body (up to the limit), so the
+        client reads the answer rather than a reset connection."""
+        length = _header(scope, b"content-length")
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            try:
+                await self.read_body(receive, int(length) if length and length.isdigit() else -1)
+            except ClientDisconnected:
+                return
+        await send_error(send, error, (b"www-authenticate", www_authenticate(error).encode()))
+
+    async def _not_here(self, send: Send, path: str) -> None:
+        await send_error(send, NotFound(f"{path} is served on the admin port (http.admin_port)"))
 
     async def _method_not_allowed(self, scope: Scope, send: Send) -> None:
         e = InvalidArgument(f"no route {scope['method']} {JOIN_PATH}: use POST")
@@ -153,7 +192,7 @@ class HttpApi:
         self._inflight.inc()
         try:
             t0 = scope.get(RECEIVED_AT) or time.perf_counter()
-            accept = traceparent = deadline = None
+            accept = traceparent = deadline = authorization = None
             length = -1
             for name, value in scope["headers"]:
                 if name == b"content-length":
@@ -164,6 +203,14 @@ class HttpApi:
                     traceparent = value.decode("latin-1")
                 elif name == b"x-featurestore-deadline-ms":
                     deadline = value
+                elif name == b"authorization":
+                    authorization = value
+            if self.auth is not None:
+                error = self.auth.check_http(authorization, READ, JOIN_PATH)
+                if error is not None:
+                    self.join.outcomes.failed(t0, error)
+                    await self._refuse(scope, receive, send, error)
+                    return
             try:
                 body = await self.read_body(receive, length)
             except ClientDisconnected:
@@ -218,6 +265,35 @@ class HttpApi:
         )
         self.join.outcomes.failed(t0, e)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
+
+
+class OpsApi:
+    """The admin listener's ASGI app (``http.admin_port``): /healthz, /readyz and
+    /metrics of ``app``, nothing else, no token."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
+            await send_error(send, NotFound(f"the admin port serves {', '.join(OPS_PATHS)} only"))
+            return
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> None:
+    """A whole error response: its status, the JSON error body, and ``headers``."""
+    out = json_codec.encode_error(error.to_dict())
+    head = [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *headers]
+    await send({"type": "http.response.start", "status": HTTP_STATUS[error.code], "headers": head})
+    await send({"type": "http.response.body", "body": out})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 async def _drain(receive: Receive, seen: int, limit: int) -> None:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 JOIN_PATH = "/v1/feature/join"
 PUSH_PATH = "/v1/feature/push"
+# Probes and Prometheus: open, and on http.admin_port alone when one is configured.
+OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 
 # The body of a request, given its declared length (-1: none), or None once it is
 # known to exceed the limit (``HttpApi.read_body``).

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from featurestore.cli.base import Subcommands
@@ -27,18 +27,32 @@ def register(sub: Subcommands) -> None:
         help="a request_data field for derived features, one value per entity row (numbers, true/false or text)",
     )
     j.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server (http or https)"
+        "--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server (https://: TLS)"
     )
     j.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead of HTTP")
+    j.add_argument(
+        "--tls", "--grpc-tls", action="store_true", help="gRPC over TLS (implied by --ca or --cert)"
+    )
+    j.add_argument(
+        "--ca",
+        "--ca-file",
+        metavar="FILE",
+        help="CA certificate (PEM) the server's certificate is checked against",
+    )
+    j.add_argument(
+        "--cert", "--cert-file", metavar="FILE", help="client certificate (PEM) for mutual TLS, with --key"
+    )
+    j.add_argument("--key", "--key-file", metavar="FILE", help="client private key (PEM) for mutual TLS")
+    j.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
+        help="file holding the bearer token (default: $FEATURESTORE_TOKEN_FILE)",
+    )
     j.add_argument("--full-names", action="store_true", help="name columns view__feature")
     j.add_argument("--string-keys", action="store_true", help="send keys as strings even if numeric")
     j.add_argument("--json", action="store_true", help="print the result as JSON")
     j.add_argument("--deadline", type=float, default=10.0, help="seconds for the join, retries included")
-    j.add_argument("--token-file", help="a file holding the bearer token the server requires")
-    j.add_argument("--ca-file", help="CA certificate(s) that signed the server's (https, or --grpc-tls)")
-    j.add_argument("--cert-file", help="client certificate, for a server that requires mutual TLS")
-    j.add_argument("--key-file", help="the client certificate's key")
-    j.add_argument("--grpc-tls", action="store_true", help="gRPC over TLS")
     j.set_defaults(func=cmd_join)
 
 
@@ -75,6 +89,19 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if not args.token_file:
+        return None
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise InvalidArgument(f"--token-file {args.token_file}: {e.strerror}") from None
+    if not token:
+        raise InvalidArgument(f"--token-file {args.token_file}: empty")
+    return token.split()[0]  # a server's tokens file line also fits: TOKEN [scopes]
+
+
 def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.extras import require
 
@@ -85,10 +112,13 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     entities = _entities(args.entity, args.string_keys)
     request = _request_data(args.request)
     features = [f.strip() for f in args.features.split(",")] if args.features else None
-    address = f"grpc{'s' if args.grpc_tls else ''}://{args.grpc}" if args.grpc else args.url
-    token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
+    if bool(args.cert) != bool(args.key):
+        raise InvalidArgument("--cert and --key go together")
+    tls = args.tls or bool(args.ca or args.cert)
+    address = f"grpc{'s' if tls else ''}://{args.grpc}" if args.grpc else args.url
+    token = _token(args)
     with FeatureClient(
-        address, token=token, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
+        address, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key
     ) as client:
         result = client.join(
             entities,

@@ -83,7 +83,8 @@ def _serve_config(args: argparse.Namespace) -> Any:
     if args.no_apply:
         import dataclasses
 
-        config = dataclasses.replace(config, registry=dataclasses.replace(config.registry, definitions=None))
+        registry = dataclasses.replace(config.registry, definitions=None)
+        config = config.model_copy(update={"registry": registry})
     return config
 
 

@@ -29,7 +29,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import aetcd
 from aetcd import exceptions as etcd_errors
@@ -43,6 +42,7 @@ from featurestore.definitions.snapshot import (
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
 from featurestore.registry.base import Canary, RegistryHealth, Watermark
+from featurestore.registry.etcd_client import EtcdAccess, endpoints_of, make_client
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,16 @@ class EtcdRegistry:
         *,
         timeout: float = 2.0,
         heartbeat_interval: float = 1.0,
+        access: EtcdAccess | None = None,
     ) -> None:
+        """``access``: user, password and TLS (docs/security.md); TLS when an endpoint
+        is https:// or ``access`` names a CA or a client certificate."""
         if not endpoints:
             raise ValueError("etcd registry needs at least one endpoint")
-        self._endpoints = [urlparse(e if "://" in e else f"http://{e}") for e in endpoints]
+        self._endpoints = endpoints_of(endpoints)
+        self._access = access or EtcdAccess()
+        self._access.check()
+        self._tls = self._access.tls(self._endpoints)
         self._project = project
         self._timeout = timeout
         self.heartbeat_interval = heartbeat_interval
@@ -96,12 +102,7 @@ class EtcdRegistry:
 
     def _connect_client(self) -> aetcd.Client:
         ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return aetcd.Client(
-            host=ep.hostname or "127.0.0.1",
-            port=ep.port or 2379,
-            timeout=self._timeout,
-            options=_CHANNEL_OPTIONS,
-        )
+        return make_client(ep, self._access, self._tls, self._timeout, _CHANNEL_OPTIONS)
 
     @property
     def project(self) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -41,6 +40,7 @@ from featurestore.model import FeatureView
 from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
+from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import (
     LayoutMismatch,
@@ -56,24 +56,6 @@ T = TypeVar("T")
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
-@dataclass(frozen=True, slots=True)
-class RedisOptions:
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster: bool = False
-    pool_size: int = 64
-    connect_timeout_ms: int = 250
-    health_interval_ms: int = 500
-    write_batch: int = 2000
-
-    @staticmethod
-    def from_mapping(options: dict[str, Any]) -> RedisOptions:
-        known = set(RedisOptions.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return RedisOptions(**options)
-
-
 class RedisSource:
     kind = "redis"
 
@@ -85,9 +67,10 @@ class RedisSource:
         self._client: Redis | RedisCluster
         self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool
         timeout = options.connect_timeout_ms / 1000
+        auth = options.connection_kwargs()  # credentials and TLS
         if options.cluster:
             self._client = RedisCluster.from_url(
-                options.url, socket_connect_timeout=timeout, max_connections=options.pool_size
+                options.url, socket_connect_timeout=timeout, max_connections=options.pool_size, **auth
             )
         else:
             # No socket timeout on reads: the join's deadline bounds them, and redis-py
@@ -99,18 +82,19 @@ class RedisSource:
                 socket_connect_timeout=timeout,
                 socket_timeout=None,
                 socket_keepalive=True,
+                **auth,
             )
-            self._client = Redis.from_url(options.url, socket_connect_timeout=timeout)
+            self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
         # PINGs travel on their own small client with a socket timeout, so a frozen
         # Redis cannot tie up the request pool and every probe ends on time.
         self._probe_client: Redis | RedisCluster
         if options.cluster:
             self._probe_client = RedisCluster.from_url(
-                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2
+                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2, **auth
             )
         else:
             self._probe_client = Redis.from_url(
-                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2
+                options.url, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2, **auth
             )
         self._prefixes: dict[tuple[str, int], tuple[str, str]] = {}
         self._health: asyncio.Task[None] | None = None

@@ -17,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import neo4j
 from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncSession, AsyncTransaction
 from neo4j import exceptions as neo
 
@@ -67,9 +68,24 @@ UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
 
 class BoltGraph:
     def __init__(
-        self, uri: str, user: str, password: str, database: str | None = None, retries: int = 6
+        self,
+        uri: str,
+        user: str,
+        password: str,
+        database: str | None = None,
+        retries: int = 6,
+        ca_file: str = "",
     ) -> None:
-        self._driver: AsyncDriver = AsyncGraphDatabase.driver(uri, auth=(user, password))
+        """TLS: a ``bolt+s://`` or ``neo4j+s://`` uri (the system's CAs), or ``ca_file``
+        with a ``bolt://`` or ``neo4j://`` uri (that CA only)."""
+        tls: dict[str, Any] = {}
+        if ca_file:
+            if "+s" in uri.split("://", 1)[0]:
+                raise ValueError(
+                    "lineage.bolt.ca_file goes with a bolt:// or neo4j:// uri (the driver's rule)"
+                )
+            tls = {"encrypted": True, "trusted_certificates": neo4j.TrustCustomCAs(ca_file)}
+        self._driver: AsyncDriver = AsyncGraphDatabase.driver(uri, auth=(user, password), **tls)
         self._database = database
         self._retries = retries
 

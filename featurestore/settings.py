@@ -1,0 +1,211 @@
+"""The value types of configuration settings and the machinery under ``load_config``:
+layering, secrets read from files, and error messages that name the setting.
+
+A section of the configuration is a frozen stdlib dataclass whose fields use these
+types (``Port``, ``Count``, ``Seconds``, ``Ratio``, ``Names``, ``Secret``) or plain
+ones; pydantic validates it (``config.py``). Each type's validator raises its own
+message, so an error reads ``limits.deadline_ms: expected a positive integer, got 0``
+whichever layer the value came from.
+
+Secrets: a field typed ``Secret`` (pydantic's ``SecretStr``: printed as ``**********``
+in reprs, logs and errors) also accepts ``<name>_file``, a path whose content (trailing
+newline stripped) is the value, so a mounted Kubernetes Secret never passes through
+the environment or a config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
+
+Secret = SecretStr
+
+
+def _fail(message: str, value: Any) -> PydanticCustomError:
+    return PydanticCustomError("setting", f"{message}, got {{value}}", {"value": repr(value)})
+
+
+def _integer(value: Any) -> int:
+    """An integer, from YAML or an environment variable; 1.5, 2.0 or ``true`` is
+    refused rather than converted, so a limit never silently differs from what was
+    written."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _fail("expected an integer", value)
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise _fail("expected a positive integer", value)
+    return value
+
+
+def _port(value: int) -> int:
+    if not 0 < value <= 65535:
+        raise _fail("expected a positive integer up to 65535", value)
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _fail("expected a number", value)
+    try:
+        real = float(value)
+    except (TypeError, ValueError):
+        raise _fail("expected a number", value) from None
+    if not math.isfinite(real):
+        raise _fail("expected a number", value)
+    return real
+
+
+def _positive_number(value: float) -> float:
+    if value <= 0:
+        raise _fail("expected a positive number", value)
+    return value
+
+
+def _ratio(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise _fail("expected a ratio between 0 and 1", value)
+    return value
+
+
+def _names(value: Any) -> Any:
+    """A list, or one comma-separated string (how an environment variable says it)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
+Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]
+Seconds = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
+Ratio = Annotated[float, BeforeValidator(_number), AfterValidator(_ratio)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+
+
+class SettingError(Exception):
+    """A setting that cannot be used; ``where`` is its dotted path."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+def key(where: str, name: object) -> str:
+    return f"{where}.{name}" if where else str(name)
+
+
+def set_path(doc: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    for k in keys[:-1]:
+        child = doc.get(k)
+        if not isinstance(child, dict):
+            child = doc[k] = {}
+        doc = child
+    doc[keys[-1]] = value
+
+
+def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mapping by mapping (a leaf of ``top`` wins)."""
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+def read_secret_file(path: Any, where: str) -> SecretStr:
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingError(where, f"cannot read the secret file: {e.strerror or e}") from None
+    return SecretStr(text.rstrip("\r\n"))
+
+
+def resolve_secret_files(doc: dict[str, Any], cls: type[Any], where: str) -> None:
+    """Replace every ``<secret>_file`` in ``doc`` (a section of type ``cls``) by the
+    file's content under ``<secret>``, in place, section by section. A section that
+    declares ``<secret>_file`` itself (it re-reads the file) keeps it."""
+    hints = _hints(cls)
+    for name in list(doc):
+        sub = doc[name]
+        if name.endswith("_file") and name not in hints:
+            secret = name.removesuffix("_file")
+            if secret in hints and _is_secret(hints[secret]):
+                if secret in doc:
+                    raise SettingError(key(where, name), f"give {secret} or {name}, not both")
+                doc[secret] = read_secret_file(doc.pop(name), key(where, name))
+        elif isinstance(sub, dict) and name in hints:
+            section = _dataclass_of(hints[name])
+            if section is not None:
+                resolve_secret_files(sub, section, key(where, name))
+
+
+def _hints(cls: Any) -> dict[str, Any]:
+    """A section's field types: a dataclass's, or a pydantic model's (the root)."""
+    if hasattr(cls, "model_fields"):
+        return {n: f.annotation for n, f in cls.model_fields.items()}
+    if dataclasses.is_dataclass(cls):
+        return typing.get_type_hints(cls, include_extras=True)
+    return {}
+
+
+def _is_secret(hint: Any) -> bool:
+    return hint is SecretStr or (isinstance(hint, types.UnionType) and SecretStr in typing.get_args(hint))
+
+
+def _dataclass_of(hint: Any) -> type[Any] | None:
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def describe(error: ValidationError, root: type[Any], origin: Mapping[tuple[str, ...], str]) -> SettingError:
+    """The first problem of a validation error, named by the setting's path (and by
+    the environment variable that set it, when one did)."""
+    first = error.errors(include_url=False)[0]
+    loc = tuple(str(part) for part in first["loc"])
+    where = ".".join(loc) or "top level"
+    if loc in origin:
+        where = f"{origin[loc]} ({where})"
+    kind = first["type"]
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = _known_fields(root, loc[:-1])
+        return SettingError(where, "unknown setting" + (f"; known: {', '.join(known)}" if known else ""))
+    if kind == "setting":
+        return SettingError(where, first["msg"])
+    if kind in ("dict_type", "dataclass_type", "model_type", "mapping_type"):
+        return SettingError(where, f"expected a mapping, got {first['input']!r}")
+    shown = first.get("input")
+    # A mapping may hold secrets, and so may a value whose setting names one.
+    secret = any(word in loc[-1] for word in _SECRET_WORDS) if loc else False
+    got = "" if isinstance(shown, dict) or secret else f", got {shown!r}"
+    return SettingError(where, f"{first['msg'][0].lower()}{first['msg'][1:]}{got}")
+
+
+_SECRET_WORDS = ("password", "token", "secret", "key")
+
+
+def _known_fields(root: type[Any], loc: tuple[str, ...]) -> list[str]:
+    cls: Any = root
+    for part in loc:
+        cls = _dataclass_of(_hints(cls).get(part))
+        if cls is None:
+            return []
+    return sorted(_hints(cls))

@@ -1,0 +1,59 @@
+"""The options of a Redis store (``stores.<name>`` with ``kind: redis``): where it is,
+how to authenticate (an ACL user, or AUTH with a password) and TLS (``rediss://``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    url: str = "redis://127.0.0.1:6379/0"  # rediss://: TLS
+    cluster: bool = False
+    pool_size: int = 64
+    connect_timeout_ms: int = 250
+    health_interval_ms: int = 500
+    write_batch: int = 2000
+    username: str = ""  # an ACL user (Redis 6+); empty: the default user
+    password: SecretStr = SecretStr("")  # or password_file (docs/security.md)
+    ssl_ca_file: str = ""  # rediss://: the CA of the server's certificate (default: the system's)
+    ssl_cert_file: str = ""  # rediss://: a client certificate, for servers with tls-auth-clients
+    ssl_key_file: str = ""
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.password, str):  # given in code rather than through the config
+            object.__setattr__(self, "password", SecretStr(self.password))
+        tls = urlsplit(self.url).scheme == "rediss"
+        if not tls and (self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file):
+            raise ValueError("ssl_* options need a rediss:// url")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+
+    @staticmethod
+    def from_mapping(options: dict[str, Any]) -> RedisOptions:
+        known = {f.name for f in fields(RedisOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return RedisOptions(**options)
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """redis-py's connection arguments for the credentials and TLS (a user or
+        password in the URL wins over these)."""
+        kwargs: dict[str, Any] = {}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password.get_secret_value():
+            kwargs["password"] = self.password.get_secret_value()
+        if urlsplit(self.url).scheme == "rediss":
+            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
+            if self.ssl_ca_file:
+                kwargs["ssl_ca_certs"] = self.ssl_ca_file
+            if self.ssl_cert_file:
+                kwargs.update(ssl_certfile=self.ssl_cert_file, ssl_keyfile=self.ssl_key_file)
+        return kwargs

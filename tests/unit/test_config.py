@@ -1,0 +1,138 @@
+"""Configuration layers: the environment (nested names and the short aliases), secrets
+from files, and errors that name the setting and where it was set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from featurestore.config import Config, load_config
+from featurestore.errors import InvalidArgument
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    f = tmp_path / "config.yaml"
+    f.write_text(
+        "http: {port: 9000}\n"
+        "registry: {kind: etcd, endpoints: ['http://e:2379']}\n"
+        "stores: {default: {kind: redis, url: 'redis://r:6379/0', pool_size: 8}}\n"
+        "lineage: {bolt: {uri: 'bolt://n:7687', user: neo4j}}\n"
+    )
+    return f
+
+
+def test_every_setting_can_be_set_from_the_environment_by_its_nested_name(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_LIMITS__DEADLINE_MS", "120")
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__URL", "rediss://r2:6380/0")
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("FEATURESTORE_REGISTRY__ENDPOINTS", "https://e1:2379,https://e2:2379")
+    monkeypatch.setenv("FEATURESTORE_HTTP__ADMIN_PORT", "8081")
+    monkeypatch.setenv("FEATURESTORE_TRACING__SAMPLE_RATIO", "0.5")
+    c = load_config(config_file)
+    assert c.limits.deadline_ms == 120 and c.http.port == 9000 and c.http.admin_port == 8081
+    assert dict(c.stores["default"].options) == {"url": "rediss://r2:6380/0", "pool_size": 8}
+    assert c.lineage.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert c.registry.endpoints == ("https://e1:2379", "https://e2:2379")
+    assert c.tracing.sample_ratio == 0.5 and c.lineage.bolt.uri == "bolt://n:7687"
+
+
+def test_flags_beat_the_environment_which_beats_the_file_and_nested_names_beat_aliases(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_HTTP_PORT", "9100")
+    assert load_config(config_file).http.port == 9100
+    monkeypatch.setenv("FEATURESTORE_HTTP__PORT", "9200")
+    assert load_config(config_file).http.port == 9200
+    assert load_config(config_file, {("http", "port"): 9300, ("workers",): None}).http.port == 9300
+
+
+def test_a_secret_is_read_from_the_file_its_file_setting_names(
+    tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "neo4j").write_text("bolt-pw\n")
+    (tmp_path / "redis").write_text("redis-pw")
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__BOLT__PASSWORD_FILE", str(tmp_path / "neo4j"))
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__PASSWORD_FILE", str(tmp_path / "redis"))
+    c = load_config(config_file)
+    assert c.lineage.bolt.password.get_secret_value() == "bolt-pw"  # the trailing newline dropped
+    assert c.stores["default"].options["password"].get_secret_value() == "redis-pw"
+    assert "bolt-pw" not in repr(c) and "redis-pw" not in repr(c)
+
+
+def test_a_secret_given_inline_and_as_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("x")
+    f = tmp_path / "config.yaml"
+    f.write_text(f"registry: {{password: a, password_file: {tmp_path / 'pw'}}}\n")
+    with pytest.raises(InvalidArgument, match=r"registry.password_file: give password or password_file"):
+        load_config(f)
+
+
+def test_an_unreadable_secret_file_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__BOLT__PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(InvalidArgument, match=r"lineage.bolt.password_file: cannot read the secret file"):
+        load_config()
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESTORE_LIMITS__DEADLINE_MS", "-1")
+    with pytest.raises(
+        InvalidArgument,
+        match=r"FEATURESTORE_LIMITS__DEADLINE_MS \(limits.deadline_ms\): expected a positive integer, got -1",
+    ):
+        load_config()
+
+
+def test_an_unknown_setting_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESTORE_LIMITS__DEADLINEMS", "5")
+    with pytest.raises(InvalidArgument, match=r"limits.deadlinems\): unknown setting; known: deadline_ms"):
+        load_config()
+
+
+def test_an_error_never_shows_a_secret_value(tmp_path: Path) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("lineage: {bolt: {password: hunter2-secret, port: 1}}\n")
+    with pytest.raises(InvalidArgument) as raised:
+        load_config(f)
+    assert "lineage.bolt.port: unknown setting" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_config_without_arguments_is_the_defaults_whatever_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_HTTP__PORT", "9999")
+    assert Config().http.port == 8080 and load_config().http.port == 9999
+
+
+def test_the_kubernetes_deployment_s_environment_configures_tls_tokens_and_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/k8s/featurestore.yaml's FEATURESTORE_* variables over its ConfigMap, with the
+    mounted files stood in for under tmp_path: every variable is a real setting."""
+    from featurestore.auth import Authenticator
+    from tests.security import make_certs
+    from tests.unit.test_deploy_k8s import env, find, pod
+
+    certs = make_certs(tmp_path / "certs")
+    stand_in = {"tls.crt": certs.cert, "tls.key": certs.key}
+    (tmp_path / "config.yaml").write_text(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
+    container = pod(find("Deployment", "featurestore"))["containers"][0]
+    for name, value in env(container).items():
+        if not name.startswith("FEATURESTORE_"):
+            continue
+        if name.endswith("_FILE"):
+            filename = value.rpartition("/")[2]
+            target = stand_in.get(filename, tmp_path / filename)
+            if not target.exists():
+                target.write_text(f"{filename}-value\n")
+            value = str(target)
+        monkeypatch.setenv(name, value)
+    c = load_config(tmp_path / "config.yaml")
+    assert c.http.admin_port == 8081 and c.tls.enabled
+    assert c.stores["default"].options["password"].get_secret_value() == "redis-password-value"
+    assert c.lineage.bolt.password.get_secret_value() == "neo4j-password-value"
+    assert Authenticator.from_config(c.auth) is not None

@@ -1,0 +1,65 @@
+"""Kafka security settings as librdkafka receives them (lineage.kafka)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from pydantic import SecretStr
+
+from featurestore.config import load_config
+from featurestore.errors import InvalidArgument
+from lineage.kafka import KafkaSettings
+from tests.security import make_certs
+
+
+def test_plaintext_adds_nothing_to_the_client_config() -> None:
+    assert "security.protocol" not in KafkaSettings().client_config()
+
+
+def test_sasl_over_tls_reaches_librdkafka_which_accepts_it(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    settings = KafkaSettings(
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="sasl_ssl",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="lineage",
+        sasl_password=SecretStr("kafka-pw"),
+        ssl_ca_file=str(certs.ca),
+        ssl_cert_file=str(certs.client_cert),
+        ssl_key_file=str(certs.client_key),
+    )
+    config = settings.client_config()
+    assert config["security.protocol"] == "sasl_ssl" and config["sasl.password"] == "kafka-pw"
+    assert config["ssl.ca.location"] == str(certs.ca)
+    assert config["ssl.endpoint.identification.algorithm"] == "https"
+    Producer(config).flush(0)  # librdkafka checks every name and loads the files; raises if not
+
+
+def test_kafka_security_comes_from_the_environment_and_secret_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pw").write_text("from-a-file\n")
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext")
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__KAFKA__SASL_USERNAME", "lineage")
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__KAFKA__SASL_PASSWORD_FILE", str(tmp_path / "pw"))
+    kafka = load_config().lineage.kafka
+    assert kafka.client_config()["sasl.password"] == "from-a-file"
+    assert "from-a-file" not in repr(kafka)
+
+
+def test_sasl_without_credentials_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESTORE_LINEAGE__KAFKA__SECURITY_PROTOCOL", "sasl_ssl")
+    with pytest.raises(
+        InvalidArgument, match=r"lineage.kafka: value error, security_protocol sasl_ssl needs"
+    ):
+        load_config()
+
+
+def test_a_secret_of_the_wrong_type_is_refused_without_its_value(tmp_path: Path) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("lineage: {bolt: {password: 12345678}}\n")
+    with pytest.raises(InvalidArgument, match=r"lineage.bolt.password: ") as raised:
+        load_config(f)
+    assert "12345678" not in str(raised.value)
