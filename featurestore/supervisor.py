@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ class Supervisor:
         # The slot names the worker in lineage (stable across restarts) and lets it
         # share the ports with its siblings.
         worker_env = {**self.env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1"}
-        self.procs[slot] = subprocess.Popen(self.worker_argv, env=worker_env, preexec_fn=_die_with_parent)
+        self.procs[slot] = _spawn_dying_with_parent(self.worker_argv, worker_env)
         self.started[slot] = time.monotonic()
 
     def on_signal(self, sig: int, _frame: object) -> None:
@@ -127,9 +128,23 @@ _RESTART_MAX_S = 30.0
 _RESTART_FORGIVE_S = 60.0
 
 
+def _spawn_dying_with_parent(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker that gets SIGTERM if the supervisor is killed outright (SIGKILL, OOM), so it
+    drains instead of holding the ports as an orphan.
+
+    util-linux's ``setpriv --pdeathsig`` (always on Debian-based images) sets that and
+    execs the worker, so no Python runs between fork and exec: the supervisor may have
+    gRPC threads left from applying definitions to etcd, and a child forked under them
+    can abort in gRPC's fork handlers (seen in tests: exit -6, "epoll_wait error").
+    Without setpriv the prctl runs in a ``preexec_fn``, as before."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None and sys.platform.startswith("linux"):
+        return subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *argv], env=env)
+    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+
+
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if the supervisor is killed outright (SIGKILL,
-    OOM), its workers get SIGTERM and drain instead of holding the ports as orphans."""
+    """Runs in the child before exec (the fallback of ``_spawn_dying_with_parent``)."""
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -7,6 +7,7 @@ how to tell that it answers."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,12 +87,18 @@ def free_port_pair(offset: int) -> int:
     raise RuntimeError(f"no free loopback port pair {offset} apart")
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the thread that started it dies (the test
-    process, however it dies), so an aborted test run leaves no server behind."""
-    import ctypes
+def with_parent_death_signal(command: list[str]) -> list[str]:
+    """``command`` run so that it gets SIGTERM when the thread that started it dies (the
+    test process, however it dies), so an aborted test run leaves no server behind.
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    util-linux's ``setpriv --pdeathsig`` sets the signal and execs the command. (A
+    ``preexec_fn`` doing the same prctl runs Python in the forked child, and a child forked
+    while gRPC threads run in the test process can abort in gRPC's fork handlers before
+    it reaches exec: seen as ``exited with -6 ... epoll_wait error: Bad file descriptor``.)"""
+    return [SETPRIV, "--pdeathsig", "TERM", "--", *command]
+
+
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -112,7 +119,7 @@ class ManagedProcess:
     fails the start with its exit code and the end of its log, and one that never
     answers is killed before the failure propagates, so no half-started server outlives
     its test. ``stop`` sends a signal (SIGTERM), waits ``stop_timeout`` and then kills.
-    The child dies with the test process (``die_with_parent``) however that ends."""
+    The child dies with the test process (``with_parent_death_signal``) however that ends."""
 
     start_timeout = 20.0
     stop_timeout = 10.0
@@ -145,13 +152,12 @@ class ManagedProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
-            self.command(),
+            with_parent_death_signal(self.command()),
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log if self._log is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
         )
         try:
             wait_until(
