@@ -244,9 +244,12 @@ class _Checker:
         if isinstance(value, bool):
             return Const(1.0 if value else 0.0, Type.BOOL)
         if isinstance(value, int | float):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float64's range (1.8e308)
+                number = math.inf
             if not math.isfinite(number):
-                raise self.fail(n, f"the constant {value!r} is not a finite number")
+                raise self.fail(n, f"the constant {_abbreviate(value)} is not a finite number")
             return Const(number, Type.NUM)
         if isinstance(value, str):
             return StrConst(value)
@@ -332,6 +335,11 @@ class _Checker:
         if any(b <= a for a, b in itertools.pairwise(out)):
             raise self.fail(n, "bucket() edges must be strictly ascending")
         return tuple(out)
+
+
+def _abbreviate(value: int | float) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} digits)"
 
 
 def _describe(n: ast.AST) -> str:

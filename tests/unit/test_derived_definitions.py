@@ -188,6 +188,8 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x in [1, 2]", "is not a comparison of the language"),
         ("log(x=1)", "only the built-in functions can be called"),
         ("1e999", "not a finite number"),
+        ("x + 1" + "0" * 400, "the constant 1000000000000000000000... (401 digits) is not a finite number"),
+        ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 digits) is not a finite number (at column 15)"),
         ("None", "not a number, bool or string"),
         ("x +", "syntax error at column"),
         ("", "an expression is required"),
@@ -340,6 +342,11 @@ def test_derived_views_may_read_other_derived_views() -> None:
         (
             {"features": [{"name": "p", "dtype": "float64", "expression": "a", "args": ["a"]}]},
             "'args' goes with 'function'",
+        ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a * 1" + "0" * 400}]},
+            "derived_views[dv].features[p].expression: the constant 1000000000000000000000... (401 digits) "
+            "is not a finite number (at column 5)",
         ),
         ({"features": []}, "derived_views[dv].features: expected a non-empty list"),
         ({"colour": "red"}, "derived_views[dv].colour: unknown field"),
