@@ -14,6 +14,7 @@ event timestamp.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
 FLOAT64 = DType.FLOAT64
 _INT64_BOUND = 2.0**63
+_INT_RANGE = {  # what a Python int in a request field may be: [lo, hi)
+    DType.INT64: (-(2**63), 2**63),
+    DType.FLOAT64: (-int(sys.float_info.max), int(sys.float_info.max) + 1),
+}
 _ACCEPTS: dict[DType, frozenset[type]] = {
     DType.FLOAT64: frozenset({float, int, type(None)}),
     DType.INT64: frozenset({int, type(None)}),
@@ -100,8 +105,11 @@ class DerivedPlan:
             col = data.get(field.name) if data else None
             if col is None or type(col) not in (list, tuple) or len(col) != n:
                 raise _bad_field(field, needed_by, col, n)
-            if not _ACCEPTS[field.dtype].issuperset(map(type, col)):
+            types = set(map(type, col))
+            if not _ACCEPTS[field.dtype].issuperset(types):
                 raise _bad_field(field, needed_by, col, n)
+            if int in types and not _in_range(field.dtype, col, types):
+                raise _out_of_range(field, needed_by, col)
             cols.append(col)
         return cols
 
@@ -188,6 +196,24 @@ def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> Invalid
         i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
         message = f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}"
     return InvalidArgument(message, details=details)
+
+
+def _in_range(dtype: DType, col: Sequence[Any], types: set[type]) -> bool:
+    """Python ints are unbounded; int64 fields take [-2^63, 2^63), float64 fields ints
+    within float64's range (a kernel sees float64)."""
+    ints = col if len(types) == 1 else [v for v in col if type(v) is int]
+    lo, hi = _INT_RANGE[dtype]
+    return lo <= min(ints) and max(ints) < hi
+
+
+def _out_of_range(field: RequestField, needed_by: str, col: Sequence[Any]) -> InvalidArgument:
+    lo, hi = _INT_RANGE[field.dtype]
+    i, bad = next((i, v) for i, v in enumerate(col) if type(v) is int and not lo <= v < hi)
+    bounds = "[-2^63, 2^63)" if field.dtype is DType.INT64 else "(-1.8e308, 1.8e308)"
+    return InvalidArgument(
+        f"request_data.{field.name}[{i}]: {lang.abbreviate(bad)} is outside the {field.dtype.value} range {bounds}",
+        details=[{"request_data": field.name, "feature": needed_by}],
+    )
 
 
 def _strcmp(

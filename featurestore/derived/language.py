@@ -249,7 +249,7 @@ class _Checker:
             except OverflowError:  # an int beyond float64's range (1.8e308)
                 number = math.inf
             if not math.isfinite(number):
-                raise self.fail(n, f"the constant {_abbreviate(value)} is not a finite number")
+                raise self.fail(n, f"the constant {abbreviate(value)} is not a finite number")
             return Const(number, Type.NUM)
         if isinstance(value, str):
             return StrConst(value)
@@ -337,7 +337,8 @@ class _Checker:
         return tuple(out)
 
 
-def _abbreviate(value: int | float) -> str:
+def abbreviate(value: int | float) -> str:
+    """A number for an error message (an integer may have thousands of digits)."""
     text = repr(value)
     return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} digits)"
 

@@ -124,6 +124,10 @@ def test_the_existing_service_keeps_its_columns(demo_server: ServerProcess) -> N
         (None, "request_data.item_price is missing: user_derived:ctr_x_price_bucket needs it"),
         ({"item_price": [1.0]}, "request_data.item_price has 1 values for 2 entity rows"),
         ({"item_price": [1.0, "cheap"]}, "request_data.item_price[1]: expected float64, got str 'cheap'"),
+        (
+            {"item_price": [1.0, 10**400]},
+            "request_data.item_price[1]: 1000000000000000000000... (401 digits) is outside the float64 range",
+        ),
     ],
 )
 def test_request_data_errors_over_http_are_400s_naming_the_field(
@@ -176,6 +180,19 @@ def test_request_data_errors_over_grpc_are_invalid_argument_naming_the_field(
             grpc_join(demo_server, ["user_derived:value_score"], [17], columns)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert message in (e.value.details() or "")
+
+
+def test_int64_request_values_over_grpc_are_accepted_to_the_ends_of_their_range(
+    demo_server: ServerProcess,
+) -> None:
+    """A float64 field takes int64 values; gRPC cannot carry an integer beyond int64
+    (JSON can: the 400 above)."""
+    ends = [-(2**63), 2**63 - 1]
+    resp = grpc_join(
+        demo_server, ["user_derived:ctr_x_price_bucket"], [17, 17], [price(ends, "int64_values")]
+    )
+    values = column_values(resp.results[1])
+    assert values[0] == 0.0 and values[1] is not None and values[1] > 0
 
 
 def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProcess) -> None:

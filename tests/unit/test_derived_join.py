@@ -240,6 +240,18 @@ async def test_full_feature_names_apply_to_derived_features(setup: Any) -> None:
         ({"price": [1.0, "2"], "qty": [1, 2]}, "request_data.price[1]: expected float64, got str '2'"),
         ({"price": [1.0, True], "qty": [1, 2]}, "request_data.price[1]: expected float64, got bool True"),
         ({"price": [1.0, 2.0], "qty": [1, 2.5]}, "request_data.qty[1]: expected int64, got float 2.5"),
+        (
+            {"price": [1.0, 2.0], "qty": [1, 2**63]},
+            "request_data.qty[1]: 9223372036854775808 is outside the int64 range",
+        ),
+        (
+            {"price": [1.0, 2.0], "qty": [None, -(2**63) - 1]},
+            "request_data.qty[1]: -9223372036854775809 is outside the int64 range",
+        ),
+        (
+            {"price": [None, 10**400], "qty": [1, 2]},
+            "request_data.price[1]: 1000000000000000000000... (401 digits) is outside the float64 range",
+        ),
     ],
 )
 async def test_missing_or_mistyped_request_fields_are_refused_naming_the_field(
@@ -252,6 +264,15 @@ async def test_missing_or_mistyped_request_fields_are_refused_naming_the_field(
     assert message in e.value.message
     assert e.value.details[0]["request_data"] in ("price", "qty")
     assert mem.read_views == [], "refused before any store is read"
+
+
+async def test_request_values_at_the_ends_of_their_range_are_accepted(setup: Any) -> None:
+    engine, _ = setup
+    qty = [-(2**63), 2**63 - 1, None]
+    req = JoinRequest(
+        {"user_id": [1, 1, 1]}, ("d:request_only",), request_data={"price": [1, 2.0, 3], "qty": qty}
+    )
+    assert columns(await engine.join(req, deadline()))["request_only"].values == [-(2.0**63), 2.0**64, None]
 
 
 async def test_fields_a_request_does_not_need_are_not_checked(setup: Any) -> None:
