@@ -6,6 +6,7 @@ continuous load."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -175,6 +176,10 @@ def test_request_data_errors_over_grpc_are_invalid_argument_naming_the_field(
         ([price([True], "bool_values")], "request_data.item_price[0]: expected float64, got bool"),
         ([price([1.0, 2.0])], "request_data.item_price has 2 values for 1 entity rows"),
         ([price([1.0]), price([2.0])], "request_data field 'item_price' is given twice"),
+        ([price([math.nan])], "request_data.item_price[0]: nan is not a finite number"),
+        ([price([math.inf])], "request_data.item_price[0]: inf is not a finite number"),
+        ([price([-math.inf])], "request_data.item_price[0]: -inf is not a finite number"),
+        ([price([1.0], null_rows=(1,))], "request_data.item_price.null_rows: row 1 is past its 1 values"),
     ):
         with pytest.raises(grpc.RpcError) as e:
             grpc_join(demo_server, ["user_derived:value_score"], [17], columns)
@@ -211,6 +216,9 @@ def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProc
         assert column_values(col) == doc["results"][i]["values"]
         assert [pb.Status.Name(s) for s in col.statuses] == doc["results"][i]["statuses"] == ["PRESENT"] * 3
     assert list(resp.results[1].null_rows) == [2]
+    # a null row's value is not looked at (a client may fill it with NaN)
+    nan_null = grpc_join(demo_server, features, [17, 4242, 5], [price([5.0, 75.0, math.nan], null_rows=(2,))])
+    assert [column_values(c) for c in nan_null.results] == [column_values(c) for c in resp.results]
     status, raw, _ = http_post(
         demo_server.url + "/v1/feature/join",
         json.dumps(body).encode(),
