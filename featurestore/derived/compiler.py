@@ -103,6 +103,9 @@ def _build_env() -> dict[str, str]:
 def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int, stderr: str) -> None:
     failures = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     metrics.DERIVED_COMPILES.labels("failed").inc(len(failures) or 1)
+    for f in failures:  # a module that failed is never loaded: leave no dead file behind
+        with contextlib.suppress(OSError):
+            Path(f["path"]).unlink()
     for f in failures:
         spec = specs.get(Path(f["path"]))
         view = spec.view if spec is not None else f["path"]

@@ -297,6 +297,31 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
         await compiler.kernels_for(defs, tmp_path / "cache")
     with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile"):
         compiler.check_definitions(defs, tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("dv_*.py")) == [], "a module that failed is not left in the cache"
+
+
+NESTED = {
+    "long_sum": ("float64", " + ".join(["x"] * 210)),  # a 210-deep tree of additions
+    "many_nots": ("bool", "not " * 300 + "b"),
+    "deep_calls": ("float64", "abs(" * 150 + "x" + ")" * 150),
+    "wide_min": ("float64", f"min({', '.join(['x'] * 63)}, -1)"),
+}
+
+
+async def test_deeply_nested_expressions_the_checker_accepts_compile_and_compute(tmp_path: Path) -> None:
+    """Python's parser allows 200 nested parentheses; the generated kernel nests none."""
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": name, "dtype": dtype, "expression": expr} for name, (dtype, expr) in NESTED.items()
+    ]
+    kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path))["d"]
+    rows = {"x": [1.5, -2.0, None], "b": [True, False, None]}
+    inp = np.array([[math.nan if v is None else float(v) for v in rows[k.name]] for k in kernel.spec.inputs])
+    out = kernel.run(np.ascontiguousarray(inp))
+    np.testing.assert_array_equal(out[0], [315.0, -420.0, math.nan])
+    np.testing.assert_array_equal(out[1], [1.0, 0.0, math.nan])
+    np.testing.assert_array_equal(out[2], [1.5, 2.0, math.nan])
+    np.testing.assert_array_equal(out[3], [-1.0, -2.0, math.nan])
 
 
 async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
