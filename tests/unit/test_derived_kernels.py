@@ -315,8 +315,8 @@ async def test_deeply_nested_expressions_the_checker_accepts_compile_and_compute
         {"name": name, "dtype": dtype, "expression": expr} for name, (dtype, expr) in NESTED.items()
     ]
     kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path))["d"]
-    rows = {"x": [1.5, -2.0, None], "b": [True, False, None]}
-    inp = np.array([[math.nan if v is None else float(v) for v in rows[k.name]] for k in kernel.spec.inputs])
+    rows: dict[str, list[float | None]] = {"x": [1.5, -2.0, None], "b": [1.0, 0.0, None]}
+    inp = np.array([[math.nan if v is None else v for v in rows[k.name]] for k in kernel.spec.inputs])
     out = kernel.run(np.ascontiguousarray(inp))
     np.testing.assert_array_equal(out[0], [315.0, -420.0, math.nan])
     np.testing.assert_array_equal(out[1], [1.0, 0.0, math.nan])
