@@ -25,7 +25,11 @@ def build(path: Path) -> None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # numba records the module by name in its cache
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
 
 
 def main(argv: list[str]) -> int:

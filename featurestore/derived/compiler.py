@@ -165,7 +165,11 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module  # numba's cache re-imports it by name
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_spec.name]  # not half-initialised for the next attempt
+            raise
         fn = module.kernel
         fn(np.zeros((len(spec.inputs), 1)))
         from_cache = bool(fn.stats.cache_hits) and not fn.stats.cache_misses

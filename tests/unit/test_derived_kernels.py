@@ -364,6 +364,19 @@ def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
     assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
 
 
+def test_a_module_that_fails_to_load_is_not_left_half_initialised(tmp_path: Path) -> None:
+    import sys
+
+    from featurestore.derived.codegen import KernelSpec
+
+    spec = KernelSpec("v", "dv_v_broken", "raise RuntimeError('boom')\n", (), ("f",))
+    path = tmp_path / f"{spec.module}.py"
+    path.write_text(spec.source)
+    with pytest.raises(RuntimeError, match="boom"):
+        compiler.load(spec, path)
+    assert f"featurestore_derived_{spec.module}" not in sys.modules
+
+
 def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:
     from featurestore.errors import FailedPrecondition
 
