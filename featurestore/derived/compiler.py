@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from featurestore import metrics
+from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
@@ -88,7 +89,12 @@ def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
 
 
 def is_built(path: Path) -> bool:
-    return any((path.parent / "__pycache__").glob(f"{path.stem}.kernel-*.nbi"))
+    """Built by ``build`` for this interpreter, numba and NUMBA_CACHE_DIR (its marker;
+    numba's own index may live under NUMBA_CACHE_DIR, named after this directory)."""
+    try:
+        return marker_path(path).read_text(encoding="utf-8") == marker()
+    except OSError:
+        return False
 
 
 def build_command(paths: list[Path]) -> list[str]:

@@ -278,6 +278,51 @@ def test_a_restart_loads_kernels_from_the_disk_cache(tmp_path: Path) -> None:
     assert compiler.is_built(tmp_path / f"{spec.module}.py")
 
 
+def test_with_numba_cache_dir_set_a_built_kernel_is_not_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NUMBA_CACHE_DIR (deploy/k8s) moves numba's index away from the module: the build
+    marker still says it is built, so a second check (a restart, a swap) starts no
+    build process, and a fresh process loads machine code."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    builds: list[list[str]] = []
+    real = compiler.build_command
+    monkeypatch.setattr(compiler, "build_command", lambda paths: builds.append(real(paths)) or real(paths))
+    defs = definitions()
+    compiler.check_definitions(defs, tmp_path / "modules")
+    compiler.check_definitions(defs, tmp_path / "modules")
+    asyncio.run(compiler.build(compiler.specs_of(defs), tmp_path / "modules"))
+    assert len(builds) == 1
+    assert not (tmp_path / "modules" / "__pycache__").exists(), "numba's index went to NUMBA_CACHE_DIR"
+    spec = compiler.specs_of(defs)[0]
+    code = (
+        "from pathlib import Path\n"
+        "from featurestore.derived.compiler import load, specs_of\n"
+        "from tests.unit.test_derived_kernels import definitions\n"
+        f"k = load(specs_of(definitions())[0], Path({str(tmp_path / 'modules' / (spec.module + '.py'))!r}))\n"
+        "print('cached' if k.from_cache else 'compiled')\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    assert out.stdout.strip() == "cached"
+
+
+def test_a_build_marker_of_another_python_or_numba_does_not_count(tmp_path: Path) -> None:
+    defs = definitions()
+    compiler.check_definitions(defs, tmp_path)
+    path = tmp_path / f"{compiler.specs_of(defs)[0].module}.py"
+    assert compiler.is_built(path)
+    marker = path.with_suffix(".built")
+    marker.write_text(marker.read_text().replace("cpython-", "cpython-0"))
+    assert not compiler.is_built(path)
+
+
 async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
