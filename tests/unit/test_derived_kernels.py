@@ -291,7 +291,12 @@ def test_with_numba_cache_dir_set_a_built_kernel_is_not_built_again(
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
     builds: list[list[str]] = []
     real = compiler.build_command
-    monkeypatch.setattr(compiler, "build_command", lambda paths: builds.append(real(paths)) or real(paths))
+
+    def counted(paths: list[Path]) -> list[str]:
+        builds.append(real(paths))
+        return builds[-1]
+
+    monkeypatch.setattr(compiler, "build_command", counted)
     defs = definitions()
     compiler.check_definitions(defs, tmp_path / "modules")
     compiler.check_definitions(defs, tmp_path / "modules")
