@@ -119,6 +119,15 @@ def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int,
     raise DefinitionError(f"compiling derived kernels failed (exit {returncode}): {stderr.strip()[-500:]}")
 
 
+def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionError:
+    metrics.DERIVED_COMPILES.labels("failed").inc(len(todo))
+    views = ", ".join(specs[p].view for p in todo)
+    return DefinitionError(
+        f"derived_views[{views}]: compiling the kernels did not finish within {BUILD_TIMEOUT_SECONDS:g} s "
+        "(the build process was stopped): simplify the expressions or split the view"
+    )
+
+
 async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
     """Write and compile (in a child process) whatever is not in the cache yet."""
     paths = {write_module(s, cache_dir): s for s in specs}
@@ -133,9 +142,11 @@ async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-        except BaseException:
+        except BaseException as e:
             proc.kill()
             await proc.wait()
+            if isinstance(e, TimeoutError):
+                raise _timed_out(paths, todo) from None
             raise
         if proc.returncode != 0:
             _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
@@ -149,13 +160,16 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
     paths = {write_module(s, cache_dir): s for s in specs}
     todo = [p for p in paths if not is_built(p)]
     if todo:
-        proc = subprocess.run(
-            build_command(todo),
-            env=_build_env(),
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_SECONDS,
-        )
+        try:
+            proc = subprocess.run(
+                build_command(todo),
+                env=_build_env(),
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:  # run() killed the child
+            raise _timed_out(paths, todo) from None
         if proc.returncode != 0:
             _raise_failures(proc.stdout, paths, proc.returncode, proc.stderr)
 

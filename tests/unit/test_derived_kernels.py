@@ -414,6 +414,19 @@ def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
     assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
 
 
+async def test_a_compile_over_the_time_limit_names_the_views_and_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.errors import DefinitionError
+
+    monkeypatch.setattr(compiler, "BUILD_TIMEOUT_SECONDS", 0.01)
+    message = r"derived_views\[d\]: compiling the kernels did not finish within 0.01 s"
+    with pytest.raises(DefinitionError, match=message):
+        await compiler.kernels_for(definitions(), tmp_path / "async")
+    with pytest.raises(DefinitionError, match=message):
+        compiler.check_definitions(definitions(), tmp_path / "sync")
+
+
 def test_a_module_that_fails_to_load_is_not_left_half_initialised(tmp_path: Path) -> None:
     import sys
 
