@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from featurestore.definitions.diff import diff, render
 from featurestore.definitions.parser import load_definitions, parse_definitions
@@ -34,7 +36,7 @@ from featurestore.derived.language import (
     parse_expression,
 )
 from featurestore.errors import DefinitionError
-from featurestore.model import DType, FeatureRef
+from featurestore.model import Definitions, DType, FeatureRef
 
 DEMO = Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "features.yaml"
 NAMES = {"x": Type.NUM, "y": Type.NUM, "flag": Type.BOOL, "country": Type.STR}
@@ -460,6 +462,44 @@ def test_a_new_expression_is_a_compatible_change_and_a_new_feature_version() -> 
     assert s2.feature_versions["dv:q"] == 2
     assert s2.feature_versions["dv:p"] == 1
     assert s2.feature_versions["uv:a"] == 1
+
+
+def versions_after(old: Definitions, new: Definitions) -> Mapping[str, int]:
+    return new_snapshot(new, 2, previous=new_snapshot(old, 1)).feature_versions
+
+
+def test_a_changed_upstream_derived_feature_gives_its_downstream_features_new_versions() -> None:
+    old = load_definitions(DEMO)
+    doc = yaml.safe_load(DEMO.read_text())
+    (view,) = doc["derived_views"]
+    view["features"][0]["expression"] = "ctr_30d * log(sessions_30d + 2)"  # engagement_score
+    versions = versions_after(old, parse_definitions(doc, source="features.yaml", base_dir=DEMO.parent))
+    assert versions["user_derived:engagement_score"] == 2
+    assert versions["user_derived:value_score"] == 2, "value_score = engagement_score + ..."
+    assert versions["user_derived:ctr_x_price_bucket"] == versions["user_derived:spend_per_session"] == 1
+
+
+def test_a_changed_input_or_request_field_reaches_every_feature_downstream() -> None:
+    doc = base()
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"q": "dv:q"},
+            "features": [{"name": "r", "dtype": "float64", "expression": "q"}],
+        }
+    )
+    old = parse_definitions(doc, source="f.yaml")
+    moved = copy.deepcopy(doc)
+    moved["derived_views"][0]["inputs"]["a"] = "uv:n"  # p reads another stored feature
+    assert versions_after(old, parse_definitions(moved, source="f.yaml")) == {
+        "uv:a": 1, "uv:n": 1, "uv:c": 1, "uv:vec": 1, "dv:p": 2, "dv:q": 2, "dv2:r": 2
+    }  # fmt: skip
+    retyped = copy.deepcopy(doc)
+    retyped["derived_views"][0]["request_schema"][0]["dtype"] = "int64"
+    versions = versions_after(old, parse_definitions(retyped, source="f.yaml"))
+    assert (versions["dv:p"], versions["dv:q"], versions["dv2:r"]) == (2, 2, 2)
+    unchanged = versions_after(old, parse_definitions(copy.deepcopy(doc), source="f.yaml"))
+    assert set(unchanged.values()) == {1}
 
 
 def test_a_derived_dtype_change_is_incompatible_for_callers() -> None:
