@@ -510,6 +510,41 @@ def test_a_derived_dtype_change_is_incompatible_for_callers() -> None:
     assert change.incompatible == ("feature q dtype float64 -> int64",)
 
 
+def test_a_feature_that_now_needs_another_request_field_is_an_incompatible_change() -> None:
+    """Callers that do not send the new field would get 400s, also through a view
+    that reads the changed feature."""
+    doc = base()
+    doc["derived_views"][0]["features"].append({"name": "s", "dtype": "float64", "expression": "a * 2"})
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"s": "dv:s"},
+            "features": [{"name": "r", "dtype": "float64", "expression": "s"}],
+        }
+    )
+    old = parse_definitions(doc, source="f.yaml")
+    doc["derived_views"][0]["request_schema"].append({"name": "qty", "dtype": "int64"})
+    doc["derived_views"][0]["features"][2]["expression"] = "a * qty"
+    changes = {c.name: c for c in diff(old, parse_definitions(doc, source="f.yaml"))}
+    why = "now needs request_data.qty (callers that do not send it get 400s)"
+    assert changes["dv"].incompatible == (f"feature s {why}",)
+    assert changes["dv2"].incompatible == (f"feature r {why}",)
+    assert f"! derived_view dv2: feature r {why} (incompatible)" in render(list(changes.values()))
+
+
+def test_a_request_field_that_accepts_less_is_incompatible_and_one_that_accepts_more_is_not() -> None:
+    old = parse_definitions(base(), source="f.yaml")
+    doc = base()
+    doc["derived_views"][0]["request_schema"][0]["dtype"] = "int64"
+    narrower = parse_definitions(doc, source="f.yaml")
+    (change,) = diff(old, narrower)
+    assert change.incompatible == (
+        "request field price dtype float64 -> int64 (callers sending float64 get 400s)",
+    )
+    (change,) = diff(narrower, old)
+    assert change.incompatible == () and "request_schema" in change.details
+
+
 def test_adding_a_derived_view_shows_in_the_diff() -> None:
     doc = base()
     del doc["derived_views"]
