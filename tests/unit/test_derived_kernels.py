@@ -427,6 +427,23 @@ async def test_a_compile_over_the_time_limit_names_the_views_and_the_limit(
         compiler.check_definitions(definitions(), tmp_path / "sync")
 
 
+def test_validate_builds_into_the_cache_dir_of_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from featurestore.cli import main
+
+    definitions_file = tmp_path / "kernels.yaml"
+    definitions_file.write_text(yaml.safe_dump(raw()))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"derived: {{cache_dir: {tmp_path / 'configured'}}}\n")
+    assert main(["validate", str(definitions_file), "--config", str(config)]) == 0
+    assert "OK - project p" in capsys.readouterr().out
+    (module,) = (tmp_path / "configured").glob("dv_d_*.py")
+    assert compiler.is_built(module)
+
+
 def test_a_module_that_fails_to_load_is_not_left_half_initialised(tmp_path: Path) -> None:
     import sys
 
