@@ -14,7 +14,8 @@ result is a small typed IR that ``codegen`` turns into a numba kernel. The langu
   ``bucket(x, [e0, e1, ...])`` = the number of edges ``<= x`` (edges ascending constants).
 
 Types: numbers (int64, float64 and timestamp inputs, all float64 in the kernel), bools
-and strings; a string may only be compared with ``==``/``!=`` to another string.
+and strings; a string may only be compared with ``==``/``!=`` to another string, one of
+them a string input or request field (``'a' == 'b'`` is refused).
 """
 
 from __future__ import annotations
@@ -294,6 +295,8 @@ class _Checker:
                     raise self.fail(n, f"strings compare only with == and !=, not {op}")
                 if not isinstance(a, Name | StrConst) or not isinstance(b, Name | StrConst):
                     raise self.fail(n, "strings compare only as names and constants")
+                if isinstance(a, StrConst) and isinstance(b, StrConst):
+                    raise self.fail(n, "a string constant compares only with a string input or request field")
                 parts.append(StrCompare(op, a, b))
             elif a.type is Type.BOOL and op not in ("==", "!="):
                 raise self.fail(n, f"bools compare only with == and !=, not {op}")

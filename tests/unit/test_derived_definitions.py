@@ -163,6 +163,8 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("not x", "'not' needs a bool, got a number"),
         ("x and flag", "'and' needs a bool"),
         ("country < 'x'", "strings compare only with == and !="),
+        ("'a' == 'b'", "a string constant compares only with a string input or request field"),
+        ("country == 'a' != 'b'", "a string constant compares only with a string input or request field"),
         ("flag < true", "bools compare only with == and !="),
         ("x == flag", "cannot compare a number with a bool"),
         ("x == 'a'", "cannot compare a number with a string"),
