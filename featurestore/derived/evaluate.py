@@ -13,6 +13,7 @@ event timestamp.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -28,6 +29,8 @@ from featurestore.derived.compiler import Kernel
 from featurestore.errors import InvalidArgument
 from featurestore.model import REQUEST_PREFIX, Definitions, DType, FeatureRef, RequestField, Status
 from featurestore.outcomes import ViewOutcome
+
+log = logging.getLogger(__name__)
 
 STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
@@ -196,6 +199,23 @@ def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> Invalid
         i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
         message = f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}"
     return InvalidArgument(message, details=details)
+
+
+# Field names already looked at by note_undeclared (bounded: names come from callers).
+_seen_fields: set[str] = set()
+_MAX_SEEN_FIELDS = 1024
+
+
+def note_undeclared(data: Mapping[str, Any], defs: Definitions) -> None:
+    """A request_data field no derived view declares is ignored (docs/api.md), like one
+    the requested features do not need; a typo would go unnoticed, so log each such
+    name once, at debug. Per request: one set lookup per field."""
+    for name in data:
+        if name in _seen_fields or len(_seen_fields) >= _MAX_SEEN_FIELDS:
+            continue
+        _seen_fields.add(name)
+        if not any(r.name == name for v in defs.derived_views.values() for r in v.request_schema):
+            log.debug("request_data field %r is not declared by any derived view: ignored", name)
 
 
 def _in_range(dtype: DType, col: Sequence[Any], types: set[type]) -> bool:

@@ -4,6 +4,7 @@ timestamps, request data checks, derived features of derived features, output sh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -279,6 +280,18 @@ async def test_fields_a_request_does_not_need_are_not_checked(setup: Any) -> Non
     engine, _ = setup
     req = JoinRequest({"user_id": [1]}, ("d:only_a",), request_data={"price": ["not a number"], "extra": [1]})
     assert columns(await engine.join(req, deadline()))["only_a"].values == [3.0]
+
+
+async def test_a_field_no_view_declares_is_ignored_and_logged_once_at_debug(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, _ = setup
+    caplog.set_level(logging.DEBUG, logger="featurestore.derived.evaluate")
+    data: dict[str, list[Any]] = {"price": [1.0], "qty": [2], "undeclared_item_prize": [3.0]}
+    for features in [("d:request_only",), ("d:request_only",), ("other:b",)]:
+        await engine.join(JoinRequest({"user_id": [1]}, features, request_data=data), deadline())
+    logged = [r.getMessage() for r in caplog.records if "request_data" in r.getMessage()]
+    assert len(logged) == 1 and "undeclared_item_prize" in logged[0] and "price'" not in logged[0]
 
 
 async def test_unknown_derived_features_are_not_found(setup: Any) -> None:
