@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
-from featurestore.derived.evaluate import note_undeclared
+from featurestore.derived.request import note_undeclared
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog

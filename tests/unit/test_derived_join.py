@@ -286,7 +286,7 @@ async def test_a_field_no_view_declares_is_ignored_and_logged_once_at_debug(
     setup: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine, _ = setup
-    caplog.set_level(logging.DEBUG, logger="featurestore.derived.evaluate")
+    caplog.set_level(logging.DEBUG, logger="featurestore.derived.request")
     data: dict[str, list[Any]] = {"price": [1.0], "qty": [2], "undeclared_item_prize": [3.0]}
     for features in [("d:request_only",), ("d:request_only",), ("other:b",)]:
         await engine.join(JoinRequest({"user_id": [1]}, features, request_data=data), deadline())
