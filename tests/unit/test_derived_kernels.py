@@ -400,6 +400,35 @@ async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
     assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
 
 
+def _linux_at_least(major: int, minor: int) -> bool:
+    import platform
+    import re
+    import sys
+
+    found = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (
+        sys.platform.startswith("linux")
+        and found is not None
+        and tuple(map(int, found.groups())) >= (major, minor)
+    )
+
+
+def _private_clean_kb() -> int:
+    """This process's own (unshared) clean pages of LLVM's read-only mappings: those
+    MADV_PAGEOUT can take back (pages another process maps too are left alone)."""
+    from featurestore.derived import pages
+
+    total, in_library = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):
+            in_library = len(parts) >= 6 and pages.LIBRARY in parts[5] and "w" not in parts[1]
+        elif in_library and parts[0] == "Private_Clean:":
+            total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not _linux_at_least(0, 0), reason="/proc/self/maps is Linux's")
 def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
     kernels: dict[str, compiler.Kernel],
 ) -> None:
@@ -409,8 +438,25 @@ def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
 
     assert kernels  # numba and llvmlite are loaded in this process
     assert pages.library_mappings(), f"no mapping named {pages.LIBRARY} in /proc/self/maps"
+
+
+@pytest.mark.skipif(
+    not _linux_at_least(5, 4),
+    reason="MADV_PAGEOUT needs Linux 5.4+ (elsewhere release_llvm_pages does nothing)",
+)
+def test_releasing_llvm_pages_drops_them_from_this_process_and_kernels_still_run(
+    kernels: dict[str, compiler.Kernel],
+) -> None:
+    import numba
+
+    from featurestore.derived import pages
+
+    numba.njit("float64(float64)")(lambda v: v + 1.0)  # runs LLVM: faults its code in again
+    before = _private_clean_kb()
     assert pages.release_llvm_pages() > 0
-    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))  # kernels still run
+    after = _private_clean_kb()
+    assert after < before or before == 0, (before, after)
+    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))
     assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
 
 
