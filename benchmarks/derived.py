@@ -58,6 +58,10 @@ DERIVED = ["engagement_score", "spend_per_session", "ctr_x_price_bucket", "value
 INPUTS = ["user_activity:ctr_30d", "user_activity:sessions_30d", "user_activity:spend_30d"]
 OURS = [f"user_derived:{f}" for f in DERIVED]
 N_KERNEL = 100_000
+# the kernel section's implementations (derived.json names these three)
+NUMBA = "numba kernel (float64 matrix in, out)"
+PYTHON = "serial pure-Python loop"
+NUMPY = "numpy, vectorized"
 
 
 # -- 1. kernel throughput ---------------------------------------------------------------
@@ -131,10 +135,10 @@ def kernel_section(data: Path) -> dict[str, Any]:
         np.testing.assert_allclose(np.array(fn(), dtype=np.float64), reference, rtol=0, atol=0, err_msg=name)
     rows = {}
     for name, fn, repeat in (
-        ("numba kernel (float64 matrix in, out)", numba_kernel, 200),
+        (NUMBA, numba_kernel, 200),
         ("numba kernel + the join's list <-> array conversions", numba_serving_path, 30),
-        ("numpy, vectorized", numpy_vectorized, 50),
-        ("serial pure-Python loop", python_loop, 5),
+        (NUMPY, numpy_vectorized, 50),
+        (PYTHON, python_loop, 5),
     ):
         best, median = best_ms(fn, repeat)
         rows[name] = {"best_ms": round(best, 3), "median_ms": round(median, 3)}
@@ -356,11 +360,6 @@ def feast_section(data: Path, out: Path, a: argparse.Namespace) -> dict[str, Any
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-NUMBA = "numba kernel (float64 matrix in, out)"
-PYTHON = "serial pure-Python loop"
-NUMPY = "numpy, vectorized"
 
 
 def verdict(ok: bool) -> str:
