@@ -166,6 +166,9 @@ def main() -> None:
         f"`python -m benchmarks.footprint --runs {a.runs}{flag}` (100k users loaded; data generated beforehand)\n\n"
         f"{table}\n"
     )
+    # the figures, for RESULTS.md's derived-features targets (benchmarks.report)
+    figures = {"command": f"python -m benchmarks.footprint --runs {a.runs}{flag}", "summary": summary}
+    part.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
     stitch()
 
 

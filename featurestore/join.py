@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
+from featurestore.derived.request import note_undeclared
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
@@ -110,6 +111,8 @@ class JoinEngine:
         n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
         derived = plan.derived
         request_cols = derived.check_request(req.request_data, n) if derived is not None else []
+        if req.request_data:
+            note_undeclared(req.request_data, state.definitions)
         metrics.join_rows.observe(n)
 
         # Dedupe once per distinct join-key tuple: views keyed alike share the work.

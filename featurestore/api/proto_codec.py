@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,11 +50,34 @@ def _request_data(msg: pb.JoinRequest) -> dict[str, list[Any]]:
             )
         kind = col.WhichOneof("values")
         values: list[Any] = [] if kind is None else list(getattr(col, kind).values)
-        for i in col.null_rows:
-            if i < len(values):
-                values[i] = None
+        nulls = col.null_rows
+        if nulls and max(nulls) >= len(values):
+            raise InvalidArgument(
+                f"request_data.{col.name}.null_rows: row {max(nulls)} is past its {len(values)} values",
+                details=[{"request_data": col.name}],
+            )
+        if kind == "double_values":
+            _check_finite(col.name, values, nulls)
+        for i in nulls:
+            values[i] = None
         out[col.name] = values
     return out
+
+
+def _check_finite(name: str, values: list[float], nulls: Any) -> None:
+    """HTTP's JSON cannot carry NaN or infinities; neither may a double column (null is
+    null_rows). One sum finds them: NaN and inf - inf are NaN, a finite sum minus
+    itself is 0 (an overflowing sum takes the slow path and passes)."""
+    total = sum(values)
+    if total - total == 0.0:
+        return
+    skip = set(nulls)
+    for i, v in enumerate(values):
+        if not math.isfinite(v) and i not in skip:
+            raise InvalidArgument(
+                f"request_data.{name}[{i}]: {v} is not a finite number (null goes in null_rows)",
+                details=[{"request_data": name}],
+            )
 
 
 def decode_push(data: bytes) -> PushRequest:

@@ -11,7 +11,16 @@ from featurestore.cli.base import Subcommands
 
 
 def register(sub: Subcommands) -> None:
-    v = sub.add_parser("validate", help="validate a definitions file")
+    # --config is accepted before or after the subcommand (SUPPRESS: the inner default
+    # must not overwrite a value given before it).
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument("--config", default=argparse.SUPPRESS, help="server config naming the registry")
+
+    v = sub.add_parser(
+        "validate",
+        help="validate a definitions file (and build its derived kernels into the config's derived.cache_dir)",
+        parents=[config_after],
+    )
     v.add_argument("file")
     v.set_defaults(func=cmd_validate)
 
@@ -23,10 +32,6 @@ def register(sub: Subcommands) -> None:
     a.add_argument("-m", "--message", default="")
     a.set_defaults(func=cmd_apply)
 
-    # --config is accepted before or after the subcommand (SUPPRESS: the inner default
-    # must not overwrite a value given before it).
-    config_after = argparse.ArgumentParser(add_help=False)
-    config_after.add_argument("--config", default=argparse.SUPPRESS, help="server config naming the registry")
     _register_registry(sub, config_after)
     _register_canary(sub, config_after)
 

@@ -2,17 +2,27 @@
 
 Incompatible changes would make stored rows or callers' keys mean something else:
 a feature's dtype, a view's entity keys, an entity's key dtype, or the order of a
-view's existing features (Redis rows are positional). They are refused by ``apply``
-unless forced. Adding or removing features of a view is allowed but flagged: rows
+view's existing features (Redis rows are positional); or would make callers' joins
+fail: a derived feature's dtype, a request field a derived feature newly needs (directly
+or through what it reads), a request field's dtype that accepts less. They are refused
+by ``apply`` unless forced. Adding or removing features of a view is allowed but flagged: rows
 written for the old schema are served UNAVAILABLE until the view is re-materialized.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from featurestore.model import Definitions, DerivedView, Entity, FeatureService, FeatureView
+from featurestore.model import (
+    REQUEST_PREFIX,
+    Definitions,
+    DerivedView,
+    DType,
+    Entity,
+    FeatureService,
+    FeatureView,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +48,9 @@ def diff(old: Definitions | None, new: Definitions) -> list[Change]:
     out: list[Change] = []
     out += _objects("entity", before.entities, new.entities, _entity)
     out += _objects("feature_view", before.views, new.views, _view)
-    out += _objects("derived_view", before.derived_views, new.derived_views, _derived)
+    out += _new_request_needs(
+        before, new, _objects("derived_view", before.derived_views, new.derived_views, _derived)
+    )
     out += _objects("feature_service", before.services, new.services, _service)
     return out
 
@@ -149,10 +161,64 @@ def _derived(a: DerivedView, b: DerivedView) -> Change:
         details.append("inputs")
     if a.request_schema != b.request_schema:
         details.append("request_schema")
+        declared = {r.name: r.dtype for r in a.request_schema}
+        for r in b.request_schema:
+            if (
+                r.name in declared
+                and (declared[r.name], r.dtype) not in _WIDER
+                and declared[r.name] != r.dtype
+            ):
+                old_dtype = declared[r.name].value
+                bad.append(
+                    f"request field {r.name} dtype {old_dtype} -> {r.dtype.value} (callers sending {old_dtype} get 400s)"
+                )
     for field in ("owner", "description", "tags"):
         if getattr(a, field) != getattr(b, field):
             details.append(field)
     return Change("~", "derived_view", a.name, tuple(details), tuple(bad))
+
+
+_WIDER = {(DType.INT64, DType.FLOAT64)}  # a float64 request field takes integers too
+
+
+def _new_request_needs(old: Definitions, new: Definitions, changes: list[Change]) -> list[Change]:
+    """A derived feature that now needs a request field it did not (directly or through
+    what it reads) would answer 400 to callers that do not send it: incompatible, on
+    the view of the feature (a view that did not change itself gets a change for it)."""
+    before, after = _request_needs(old), _request_needs(new)
+    why: dict[str, list[str]] = {}
+    for fid, fields in after.items():
+        added = sorted(fields - before[fid]) if fid in before else []
+        if added:
+            view, _, feature = fid.partition(":")
+            need = ", ".join(f"request_data.{f}" for f in added)
+            why.setdefault(view, []).append(
+                f"feature {feature} now needs {need} (callers that do not send it get 400s)"
+            )
+    out = [replace(c, incompatible=(*c.incompatible, *why.pop(c.name, ()))) for c in changes]
+    out += [Change("~", "derived_view", view, (), tuple(reasons)) for view, reasons in why.items()]
+    return out
+
+
+def _request_needs(d: Definitions) -> dict[str, frozenset[str]]:
+    """Every derived feature's request fields, transitively (the parser refused cycles)."""
+    deps = {f"{v.name}:{f.name}": f.depends_on for v in d.derived_views.values() for f in v.features}
+    out: dict[str, frozenset[str]] = {}
+
+    def needs(fid: str) -> frozenset[str]:
+        if fid not in out:
+            fields: set[str] = set()
+            for dep in deps[fid]:
+                if dep.startswith(REQUEST_PREFIX):
+                    fields.add(dep.removeprefix(REQUEST_PREFIX))
+                elif dep in deps:
+                    fields |= needs(dep)
+            out[fid] = frozenset(fields)
+        return out[fid]
+
+    for fid in deps:
+        needs(fid)
+    return out
 
 
 def _service(a: FeatureService, b: FeatureService) -> Change:

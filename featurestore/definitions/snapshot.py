@@ -20,8 +20,10 @@ from featurestore.definitions.derived import derived_to_dict, parse_derived_view
 from featurestore.definitions.parser import _Parser
 from featurestore.errors import DefinitionError
 from featurestore.model import (
+    REQUEST_PREFIX,
     BatchSource,
     Definitions,
+    DerivedView,
     DType,
     Entity,
     Feature,
@@ -204,14 +206,32 @@ def _feature_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
         for v in d.views.values()
         for f in v.features
     }
-    # A derived feature's values change with its expression (or function) and with what
-    # its names stand for.
-    derived = {
-        f"{v.name}:{f.name}": ("derived", f.dtype, f.expression, f.function, f.args, f.depends_on)
+    # A derived feature's values change with its expression (or function), with what its
+    # names stand for, and with whatever changes the values of what it reads: the
+    # signatures of its dependencies are folded in, transitively (the parser refused
+    # cycles), request fields by their dtype.
+    own = {
+        f"{v.name}:{f.name}": (("derived", f.dtype, f.expression, f.function, f.args, f.depends_on), v, f)
         for v in d.derived_views.values()
         for f in v.features
     }
-    return stored | derived
+    out: dict[str, tuple[Any, ...]] = dict(stored)
+
+    def signature(fid: str) -> tuple[Any, ...]:
+        if fid not in out:
+            sig, view, f = own[fid]
+            out[fid] = (*sig, tuple(dependency(view, dep) for dep in f.depends_on))
+        return out[fid]
+
+    def dependency(view: DerivedView, dep: str) -> tuple[Any, ...]:
+        if dep.startswith(REQUEST_PREFIX):
+            name = dep.removeprefix(REQUEST_PREFIX)
+            return ("request", next(r.dtype for r in view.request_schema if r.name == name))
+        return signature(dep)
+
+    for fid in own:
+        signature(fid)
+    return out
 
 
 def snapshot_to_json(s: RegistrySnapshot) -> bytes:

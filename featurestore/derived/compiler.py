@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from featurestore import metrics
+from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
@@ -88,7 +89,12 @@ def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
 
 
 def is_built(path: Path) -> bool:
-    return any((path.parent / "__pycache__").glob(f"{path.stem}.kernel-*.nbi"))
+    """Built by ``build`` for this interpreter, numba and NUMBA_CACHE_DIR (its marker;
+    numba's own index may live under NUMBA_CACHE_DIR, named after this directory)."""
+    try:
+        return marker_path(path).read_text(encoding="utf-8") == marker()
+    except OSError:
+        return False
 
 
 def build_command(paths: list[Path]) -> list[str]:
@@ -103,11 +109,23 @@ def _build_env() -> dict[str, str]:
 def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int, stderr: str) -> None:
     failures = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     metrics.DERIVED_COMPILES.labels("failed").inc(len(failures) or 1)
+    for f in failures:  # a module that failed is never loaded: leave no dead file behind
+        with contextlib.suppress(OSError):
+            Path(f["path"]).unlink()
     for f in failures:
         spec = specs.get(Path(f["path"]))
         view = spec.view if spec is not None else f["path"]
         raise DefinitionError(f"derived_views[{view}]: the kernel does not compile: {f['error']}")
     raise DefinitionError(f"compiling derived kernels failed (exit {returncode}): {stderr.strip()[-500:]}")
+
+
+def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionError:
+    metrics.DERIVED_COMPILES.labels("failed").inc(len(todo))
+    views = ", ".join(specs[p].view for p in todo)
+    return DefinitionError(
+        f"derived_views[{views}]: compiling the kernels did not finish within {BUILD_TIMEOUT_SECONDS:g} s "
+        "(the build process was stopped): simplify the expressions or split the view"
+    )
 
 
 async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
@@ -124,9 +142,11 @@ async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-        except BaseException:
+        except BaseException as e:
             proc.kill()
             await proc.wait()
+            if isinstance(e, TimeoutError):
+                raise _timed_out(paths, todo) from None
             raise
         if proc.returncode != 0:
             _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
@@ -140,13 +160,16 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
     paths = {write_module(s, cache_dir): s for s in specs}
     todo = [p for p in paths if not is_built(p)]
     if todo:
-        proc = subprocess.run(
-            build_command(todo),
-            env=_build_env(),
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_SECONDS,
-        )
+        try:
+            proc = subprocess.run(
+                build_command(todo),
+                env=_build_env(),
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:  # run() killed the child
+            raise _timed_out(paths, todo) from None
         if proc.returncode != 0:
             _raise_failures(proc.stdout, paths, proc.returncode, proc.stderr)
 
@@ -162,7 +185,11 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module  # numba's cache re-imports it by name
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_spec.name]  # not half-initialised for the next attempt
+            raise
         fn = module.kernel
         fn(np.zeros((len(spec.inputs), 1)))
         from_cache = bool(fn.stats.cache_hits) and not fn.stats.cache_misses

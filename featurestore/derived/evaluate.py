@@ -24,7 +24,7 @@ import numpy as np
 from featurestore import metrics, tracing
 from featurestore.derived import language as lang
 from featurestore.derived.compiler import Kernel
-from featurestore.errors import InvalidArgument
+from featurestore.derived.request import check_fields
 from featurestore.model import REQUEST_PREFIX, Definitions, DType, FeatureRef, RequestField, Status
 from featurestore.outcomes import ViewOutcome
 
@@ -32,12 +32,6 @@ STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
 FLOAT64 = DType.FLOAT64
 _INT64_BOUND = 2.0**63
-_ACCEPTS: dict[DType, frozenset[type]] = {
-    DType.FLOAT64: frozenset({float, int, type(None)}),
-    DType.INT64: frozenset({int, type(None)}),
-    DType.BOOL: frozenset({bool, type(None)}),
-    DType.STRING: frozenset({str, type(None)}),
-}
 
 
 class Source(NamedTuple):
@@ -95,15 +89,7 @@ class DerivedPlan:
 
     def check_request(self, data: Mapping[str, Sequence[Any]] | None, n: int) -> list[Sequence[Any]]:
         """The request fields the plan needs, checked (before any store is read)."""
-        cols: list[Sequence[Any]] = []
-        for field, needed_by in self.request:
-            col = data.get(field.name) if data else None
-            if col is None or type(col) not in (list, tuple) or len(col) != n:
-                raise _bad_field(field, needed_by, col, n)
-            if not _ACCEPTS[field.dtype].issuperset(map(type, col)):
-                raise _bad_field(field, needed_by, col, n)
-            cols.append(col)
-        return cols
+        return check_fields(self.request, data, n)
 
     def run(
         self,
@@ -137,6 +123,15 @@ class DerivedPlan:
     ) -> None:
         results: list[Any] = []  # per step: the output matrix
         lists: list[list[list[float]]] = []  # and its rows as lists (one tolist for all)
+        # Inputs the request does not need (only features it did not ask for read them)
+        # share one NaN row: a row of None sends np.array down its object path. Demo
+        # kernel, 2 of its 4 inputs unneeded, conversion + kernel + tolist: 4.4 -> 2.3 µs
+        # at batch 1, 28.6 -> 17.9 at 100, 373 -> 188 at 1,000 (a loaded 2-core VM).
+        # A kernel computes every feature of its view even when one is asked for: one
+        # kernel (and one dispatch) per view instead of one per requested subset; on
+        # NaN inputs the unasked features cost 0.3 µs at batch 100, 15 µs at 1,000 and
+        # 110 µs at 10,000 (kernel alone: 1.0 -> 1.3, 13 -> 28, 77 -> 189 µs).
+        nan_row: list[float] | None = None
         for step in self.steps:
             t0 = time.perf_counter()
             rows: list[Any] = []
@@ -150,7 +145,9 @@ class DerivedPlan:
                 elif test is not None:
                     rows.append(_strcmp(test, request_cols, gathered, n))
                 else:
-                    rows.append([None] * n)
+                    if nan_row is None:
+                        nan_row = [math.nan] * n
+                    rows.append(nan_row)
             out = step.kernel.run(np.array(rows, dtype=np.float64) if rows else np.empty((0, n)))
             results.append(out)
             lists.append(out.tolist())
@@ -173,21 +170,6 @@ class DerivedPlan:
             gathered.append([values])
         for g, outcome in zip(self.groups, shared, strict=True):
             _count(g.view, outcome, g.columns)
-
-
-def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> InvalidArgument:
-    where = f"request_data.{field.name}"
-    details = [{"request_data": field.name, "feature": needed_by}]
-    if col is None:
-        message = f"{where} is missing: {needed_by} needs it (one {field.dtype.value} per entity row)"
-    elif not isinstance(col, list | tuple) or len(col) != n:
-        got = f"{len(col)} values" if isinstance(col, list | tuple) else type(col).__name__
-        message = f"{where} has {got} for {n} entity rows"
-    else:
-        accepts = _ACCEPTS[field.dtype]
-        i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
-        message = f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}"
-    return InvalidArgument(message, details=details)
 
 
 def _strcmp(

@@ -14,7 +14,8 @@ result is a small typed IR that ``codegen`` turns into a numba kernel. The langu
   ``bucket(x, [e0, e1, ...])`` = the number of edges ``<= x`` (edges ascending constants).
 
 Types: numbers (int64, float64 and timestamp inputs, all float64 in the kernel), bools
-and strings; a string may only be compared with ``==``/``!=`` to another string.
+and strings; a string may only be compared with ``==``/``!=`` to another string, one of
+them a string input or request field (``'a' == 'b'`` is refused).
 """
 
 from __future__ import annotations
@@ -244,9 +245,12 @@ class _Checker:
         if isinstance(value, bool):
             return Const(1.0 if value else 0.0, Type.BOOL)
         if isinstance(value, int | float):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float64's range (1.8e308)
+                number = math.inf
             if not math.isfinite(number):
-                raise self.fail(n, f"the constant {value!r} is not a finite number")
+                raise self.fail(n, f"the constant {abbreviate(value)} is not a finite number")
             return Const(number, Type.NUM)
         if isinstance(value, str):
             return StrConst(value)
@@ -291,6 +295,8 @@ class _Checker:
                     raise self.fail(n, f"strings compare only with == and !=, not {op}")
                 if not isinstance(a, Name | StrConst) or not isinstance(b, Name | StrConst):
                     raise self.fail(n, "strings compare only as names and constants")
+                if isinstance(a, StrConst) and isinstance(b, StrConst):
+                    raise self.fail(n, "a string constant compares only with a string input or request field")
                 parts.append(StrCompare(op, a, b))
             elif a.type is Type.BOOL and op not in ("==", "!="):
                 raise self.fail(n, f"bools compare only with == and !=, not {op}")
@@ -332,6 +338,12 @@ class _Checker:
         if any(b <= a for a, b in itertools.pairwise(out)):
             raise self.fail(n, "bucket() edges must be strictly ascending")
         return tuple(out)
+
+
+def abbreviate(value: int | float) -> str:
+    """A number for an error message (an integer may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} digits)"
 
 
 def _describe(n: ast.AST) -> str:

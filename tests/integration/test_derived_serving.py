@@ -6,6 +6,7 @@ continuous load."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -124,6 +125,10 @@ def test_the_existing_service_keeps_its_columns(demo_server: ServerProcess) -> N
         (None, "request_data.item_price is missing: user_derived:ctr_x_price_bucket needs it"),
         ({"item_price": [1.0]}, "request_data.item_price has 1 values for 2 entity rows"),
         ({"item_price": [1.0, "cheap"]}, "request_data.item_price[1]: expected float64, got str 'cheap'"),
+        (
+            {"item_price": [1.0, 10**400]},
+            "request_data.item_price[1]: 1000000000000000000000... (401 digits) is outside the float64 range",
+        ),
     ],
 )
 def test_request_data_errors_over_http_are_400s_naming_the_field(
@@ -171,11 +176,28 @@ def test_request_data_errors_over_grpc_are_invalid_argument_naming_the_field(
         ([price([True], "bool_values")], "request_data.item_price[0]: expected float64, got bool"),
         ([price([1.0, 2.0])], "request_data.item_price has 2 values for 1 entity rows"),
         ([price([1.0]), price([2.0])], "request_data field 'item_price' is given twice"),
+        ([price([math.nan])], "request_data.item_price[0]: nan is not a finite number"),
+        ([price([math.inf])], "request_data.item_price[0]: inf is not a finite number"),
+        ([price([-math.inf])], "request_data.item_price[0]: -inf is not a finite number"),
+        ([price([1.0], null_rows=(1,))], "request_data.item_price.null_rows: row 1 is past its 1 values"),
     ):
         with pytest.raises(grpc.RpcError) as e:
             grpc_join(demo_server, ["user_derived:value_score"], [17], columns)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert message in (e.value.details() or "")
+
+
+def test_int64_request_values_over_grpc_are_accepted_to_the_ends_of_their_range(
+    demo_server: ServerProcess,
+) -> None:
+    """A float64 field takes int64 values; gRPC cannot carry an integer beyond int64
+    (JSON can: the 400 above)."""
+    ends = [-(2**63), 2**63 - 1]
+    resp = grpc_join(
+        demo_server, ["user_derived:ctr_x_price_bucket"], [17, 17], [price(ends, "int64_values")]
+    )
+    values = column_values(resp.results[1])
+    assert values[0] == 0.0 and values[1] is not None and values[1] > 0
 
 
 def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProcess) -> None:
@@ -194,6 +216,9 @@ def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProc
         assert column_values(col) == doc["results"][i]["values"]
         assert [pb.Status.Name(s) for s in col.statuses] == doc["results"][i]["statuses"] == ["PRESENT"] * 3
     assert list(resp.results[1].null_rows) == [2]
+    # a null row's value is not looked at (a client may fill it with NaN)
+    nan_null = grpc_join(demo_server, features, [17, 4242, 5], [price([5.0, 75.0, math.nan], null_rows=(2,))])
+    assert [column_values(c) for c in nan_null.results] == [column_values(c) for c in resp.results]
     status, raw, _ = http_post(
         demo_server.url + "/v1/feature/join",
         json.dumps(body).encode(),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from featurestore.definitions.diff import diff, render
 from featurestore.definitions.parser import load_definitions, parse_definitions
@@ -34,7 +36,7 @@ from featurestore.derived.language import (
     parse_expression,
 )
 from featurestore.errors import DefinitionError
-from featurestore.model import DType, FeatureRef
+from featurestore.model import Definitions, DType, FeatureRef
 
 DEMO = Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "features.yaml"
 NAMES = {"x": Type.NUM, "y": Type.NUM, "flag": Type.BOOL, "country": Type.STR}
@@ -161,6 +163,8 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("not x", "'not' needs a bool, got a number"),
         ("x and flag", "'and' needs a bool"),
         ("country < 'x'", "strings compare only with == and !="),
+        ("'a' == 'b'", "a string constant compares only with a string input or request field"),
+        ("country == 'a' != 'b'", "a string constant compares only with a string input or request field"),
         ("flag < true", "bools compare only with == and !="),
         ("x == flag", "cannot compare a number with a bool"),
         ("x == 'a'", "cannot compare a number with a string"),
@@ -188,6 +192,8 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x in [1, 2]", "is not a comparison of the language"),
         ("log(x=1)", "only the built-in functions can be called"),
         ("1e999", "not a finite number"),
+        ("x + 1" + "0" * 400, "the constant 1000000000000000000000... (401 digits) is not a finite number"),
+        ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 digits) is not a finite number (at column 15)"),
         ("None", "not a number, bool or string"),
         ("x +", "syntax error at column"),
         ("", "an expression is required"),
@@ -341,6 +347,11 @@ def test_derived_views_may_read_other_derived_views() -> None:
             {"features": [{"name": "p", "dtype": "float64", "expression": "a", "args": ["a"]}]},
             "'args' goes with 'function'",
         ),
+        (
+            {"features": [{"name": "p", "dtype": "float64", "expression": "a * 1" + "0" * 400}]},
+            "derived_views[dv].features[p].expression: the constant 1000000000000000000000... (401 digits) "
+            "is not a finite number (at column 5)",
+        ),
         ({"features": []}, "derived_views[dv].features: expected a non-empty list"),
         ({"colour": "red"}, "derived_views[dv].colour: unknown field"),
         ({"name": "uv"}, "derived_views[uv]: a feature view has the same name"),
@@ -455,12 +466,85 @@ def test_a_new_expression_is_a_compatible_change_and_a_new_feature_version() -> 
     assert s2.feature_versions["uv:a"] == 1
 
 
+def versions_after(old: Definitions, new: Definitions) -> Mapping[str, int]:
+    return new_snapshot(new, 2, previous=new_snapshot(old, 1)).feature_versions
+
+
+def test_a_changed_upstream_derived_feature_gives_its_downstream_features_new_versions() -> None:
+    old = load_definitions(DEMO)
+    doc = yaml.safe_load(DEMO.read_text())
+    (view,) = doc["derived_views"]
+    view["features"][0]["expression"] = "ctr_30d * log(sessions_30d + 2)"  # engagement_score
+    versions = versions_after(old, parse_definitions(doc, source="features.yaml", base_dir=DEMO.parent))
+    assert versions["user_derived:engagement_score"] == 2
+    assert versions["user_derived:value_score"] == 2, "value_score = engagement_score + ..."
+    assert versions["user_derived:ctr_x_price_bucket"] == versions["user_derived:spend_per_session"] == 1
+
+
+def test_a_changed_input_or_request_field_reaches_every_feature_downstream() -> None:
+    doc = base()
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"q": "dv:q"},
+            "features": [{"name": "r", "dtype": "float64", "expression": "q"}],
+        }
+    )
+    old = parse_definitions(doc, source="f.yaml")
+    moved = copy.deepcopy(doc)
+    moved["derived_views"][0]["inputs"]["a"] = "uv:n"  # p reads another stored feature
+    assert versions_after(old, parse_definitions(moved, source="f.yaml")) == {
+        "uv:a": 1, "uv:n": 1, "uv:c": 1, "uv:vec": 1, "dv:p": 2, "dv:q": 2, "dv2:r": 2
+    }  # fmt: skip
+    retyped = copy.deepcopy(doc)
+    retyped["derived_views"][0]["request_schema"][0]["dtype"] = "int64"
+    versions = versions_after(old, parse_definitions(retyped, source="f.yaml"))
+    assert (versions["dv:p"], versions["dv:q"], versions["dv2:r"]) == (2, 2, 2)
+    unchanged = versions_after(old, parse_definitions(copy.deepcopy(doc), source="f.yaml"))
+    assert set(unchanged.values()) == {1}
+
+
 def test_a_derived_dtype_change_is_incompatible_for_callers() -> None:
     old = parse_definitions(base(), source="f.yaml")
     doc = base()
     doc["derived_views"][0]["features"][1].update(dtype="int64")
     (change,) = diff(old, parse_definitions(doc, source="f.yaml"))
     assert change.incompatible == ("feature q dtype float64 -> int64",)
+
+
+def test_a_feature_that_now_needs_another_request_field_is_an_incompatible_change() -> None:
+    """Callers that do not send the new field would get 400s, also through a view
+    that reads the changed feature."""
+    doc = base()
+    doc["derived_views"][0]["features"].append({"name": "s", "dtype": "float64", "expression": "a * 2"})
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": {"s": "dv:s"},
+            "features": [{"name": "r", "dtype": "float64", "expression": "s"}],
+        }
+    )
+    old = parse_definitions(doc, source="f.yaml")
+    doc["derived_views"][0]["request_schema"].append({"name": "qty", "dtype": "int64"})
+    doc["derived_views"][0]["features"][2]["expression"] = "a * qty"
+    changes = {c.name: c for c in diff(old, parse_definitions(doc, source="f.yaml"))}
+    why = "now needs request_data.qty (callers that do not send it get 400s)"
+    assert changes["dv"].incompatible == (f"feature s {why}",)
+    assert changes["dv2"].incompatible == (f"feature r {why}",)
+    assert f"! derived_view dv2: feature r {why} (incompatible)" in render(list(changes.values()))
+
+
+def test_a_request_field_that_accepts_less_is_incompatible_and_one_that_accepts_more_is_not() -> None:
+    old = parse_definitions(base(), source="f.yaml")
+    doc = base()
+    doc["derived_views"][0]["request_schema"][0]["dtype"] = "int64"
+    narrower = parse_definitions(doc, source="f.yaml")
+    (change,) = diff(old, narrower)
+    assert change.incompatible == (
+        "request field price dtype float64 -> int64 (callers sending float64 get 400s)",
+    )
+    (change,) = diff(narrower, old)
+    assert change.incompatible == () and "request_schema" in change.details
 
 
 def test_adding_a_derived_view_shows_in_the_diff() -> None:

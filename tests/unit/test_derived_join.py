@@ -4,6 +4,7 @@ timestamps, request data checks, derived features of derived features, output sh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,6 +241,18 @@ async def test_full_feature_names_apply_to_derived_features(setup: Any) -> None:
         ({"price": [1.0, "2"], "qty": [1, 2]}, "request_data.price[1]: expected float64, got str '2'"),
         ({"price": [1.0, True], "qty": [1, 2]}, "request_data.price[1]: expected float64, got bool True"),
         ({"price": [1.0, 2.0], "qty": [1, 2.5]}, "request_data.qty[1]: expected int64, got float 2.5"),
+        (
+            {"price": [1.0, 2.0], "qty": [1, 2**63]},
+            "request_data.qty[1]: 9223372036854775808 is outside the int64 range",
+        ),
+        (
+            {"price": [1.0, 2.0], "qty": [None, -(2**63) - 1]},
+            "request_data.qty[1]: -9223372036854775809 is outside the int64 range",
+        ),
+        (
+            {"price": [None, 10**400], "qty": [1, 2]},
+            "request_data.price[1]: 1000000000000000000000... (401 digits) is outside the float64 range",
+        ),
     ],
 )
 async def test_missing_or_mistyped_request_fields_are_refused_naming_the_field(
@@ -254,10 +267,31 @@ async def test_missing_or_mistyped_request_fields_are_refused_naming_the_field(
     assert mem.read_views == [], "refused before any store is read"
 
 
+async def test_request_values_at_the_ends_of_their_range_are_accepted(setup: Any) -> None:
+    engine, _ = setup
+    qty = [-(2**63), 2**63 - 1, None]
+    req = JoinRequest(
+        {"user_id": [1, 1, 1]}, ("d:request_only",), request_data={"price": [1, 2.0, 3], "qty": qty}
+    )
+    assert columns(await engine.join(req, deadline()))["request_only"].values == [-(2.0**63), 2.0**64, None]
+
+
 async def test_fields_a_request_does_not_need_are_not_checked(setup: Any) -> None:
     engine, _ = setup
     req = JoinRequest({"user_id": [1]}, ("d:only_a",), request_data={"price": ["not a number"], "extra": [1]})
     assert columns(await engine.join(req, deadline()))["only_a"].values == [3.0]
+
+
+async def test_a_field_no_view_declares_is_ignored_and_logged_once_at_debug(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, _ = setup
+    caplog.set_level(logging.DEBUG, logger="featurestore.derived.request")
+    data: dict[str, list[Any]] = {"price": [1.0], "qty": [2], "undeclared_item_prize": [3.0]}
+    for features in [("d:request_only",), ("d:request_only",), ("other:b",)]:
+        await engine.join(JoinRequest({"user_id": [1]}, features, request_data=data), deadline())
+    logged = [r.getMessage() for r in caplog.records if "request_data" in r.getMessage()]
+    assert len(logged) == 1 and "undeclared_item_prize" in logged[0] and "price'" not in logged[0]
 
 
 async def test_unknown_derived_features_are_not_found(setup: Any) -> None:

@@ -278,6 +278,56 @@ def test_a_restart_loads_kernels_from_the_disk_cache(tmp_path: Path) -> None:
     assert compiler.is_built(tmp_path / f"{spec.module}.py")
 
 
+def test_with_numba_cache_dir_set_a_built_kernel_is_not_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NUMBA_CACHE_DIR (deploy/k8s) moves numba's index away from the module: the build
+    marker still says it is built, so a second check (a restart, a swap) starts no
+    build process, and a fresh process loads machine code."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    builds: list[list[str]] = []
+    real = compiler.build_command
+
+    def counted(paths: list[Path]) -> list[str]:
+        builds.append(real(paths))
+        return builds[-1]
+
+    monkeypatch.setattr(compiler, "build_command", counted)
+    defs = definitions()
+    compiler.check_definitions(defs, tmp_path / "modules")
+    compiler.check_definitions(defs, tmp_path / "modules")
+    asyncio.run(compiler.build(compiler.specs_of(defs), tmp_path / "modules"))
+    assert len(builds) == 1
+    assert not (tmp_path / "modules" / "__pycache__").exists(), "numba's index went to NUMBA_CACHE_DIR"
+    spec = compiler.specs_of(defs)[0]
+    code = (
+        "from pathlib import Path\n"
+        "from featurestore.derived.compiler import load, specs_of\n"
+        "from tests.unit.test_derived_kernels import definitions\n"
+        f"k = load(specs_of(definitions())[0], Path({str(tmp_path / 'modules' / (spec.module + '.py'))!r}))\n"
+        "print('cached' if k.from_cache else 'compiled')\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    assert out.stdout.strip() == "cached"
+
+
+def test_a_build_marker_of_another_python_or_numba_does_not_count(tmp_path: Path) -> None:
+    defs = definitions()
+    compiler.check_definitions(defs, tmp_path)
+    path = tmp_path / f"{compiler.specs_of(defs)[0].module}.py"
+    assert compiler.is_built(path)
+    marker = path.with_suffix(".built")
+    marker.write_text(marker.read_text().replace("cpython-", "cpython-0"))
+    assert not compiler.is_built(path)
+
+
 async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,6 +347,31 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
         await compiler.kernels_for(defs, tmp_path / "cache")
     with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile"):
         compiler.check_definitions(defs, tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("dv_*.py")) == [], "a module that failed is not left in the cache"
+
+
+NESTED = {
+    "long_sum": ("float64", " + ".join(["x"] * 210)),  # a 210-deep tree of additions
+    "many_nots": ("bool", "not " * 300 + "b"),
+    "deep_calls": ("float64", "abs(" * 150 + "x" + ")" * 150),
+    "wide_min": ("float64", f"min({', '.join(['x'] * 63)}, -1)"),
+}
+
+
+async def test_deeply_nested_expressions_the_checker_accepts_compile_and_compute(tmp_path: Path) -> None:
+    """Python's parser allows 200 nested parentheses; the generated kernel nests none."""
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": name, "dtype": dtype, "expression": expr} for name, (dtype, expr) in NESTED.items()
+    ]
+    kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path))["d"]
+    rows: dict[str, list[float | None]] = {"x": [1.5, -2.0, None], "b": [1.0, 0.0, None]}
+    inp = np.array([[math.nan if v is None else v for v in rows[k.name]] for k in kernel.spec.inputs])
+    out = kernel.run(np.ascontiguousarray(inp))
+    np.testing.assert_array_equal(out[0], [315.0, -420.0, math.nan])
+    np.testing.assert_array_equal(out[1], [1.0, 0.0, math.nan])
+    np.testing.assert_array_equal(out[2], [1.5, 2.0, math.nan])
+    np.testing.assert_array_equal(out[3], [-1.0, -2.0, math.nan])
 
 
 async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
@@ -325,6 +400,35 @@ async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
     assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
 
 
+def _linux_at_least(major: int, minor: int) -> bool:
+    import platform
+    import re
+    import sys
+
+    found = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (
+        sys.platform.startswith("linux")
+        and found is not None
+        and tuple(map(int, found.groups())) >= (major, minor)
+    )
+
+
+def _private_clean_kb() -> int:
+    """This process's own (unshared) clean pages of LLVM's read-only mappings: those
+    MADV_PAGEOUT can take back (pages another process maps too are left alone)."""
+    from featurestore.derived import pages
+
+    total, in_library = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):
+            in_library = len(parts) >= 6 and pages.LIBRARY in parts[5] and "w" not in parts[1]
+        elif in_library and parts[0] == "Private_Clean:":
+            total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not _linux_at_least(0, 0), reason="/proc/self/maps is Linux's")
 def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
     kernels: dict[str, compiler.Kernel],
 ) -> None:
@@ -334,9 +438,69 @@ def test_the_llvm_library_is_found_by_the_name_its_pages_are_released_by(
 
     assert kernels  # numba and llvmlite are loaded in this process
     assert pages.library_mappings(), f"no mapping named {pages.LIBRARY} in /proc/self/maps"
+
+
+@pytest.mark.skipif(
+    not _linux_at_least(5, 4),
+    reason="MADV_PAGEOUT needs Linux 5.4+ (elsewhere release_llvm_pages does nothing)",
+)
+def test_releasing_llvm_pages_drops_them_from_this_process_and_kernels_still_run(
+    kernels: dict[str, compiler.Kernel],
+) -> None:
+    import numba
+
+    from featurestore.derived import pages
+
+    numba.njit("float64(float64)")(lambda v: v + 1.0)  # runs LLVM: faults its code in again
+    before = _private_clean_kb()
     assert pages.release_llvm_pages() > 0
-    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))  # kernels still run
+    after = _private_clean_kb()
+    assert after < before or before == 0, (before, after)
+    result = kernels["d"].run(np.zeros((len(kernels["d"].spec.inputs), 2)))
     assert result.shape == (len(RANDOM_EXPRESSIONS), 2)
+
+
+async def test_a_compile_over_the_time_limit_names_the_views_and_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.errors import DefinitionError
+
+    monkeypatch.setattr(compiler, "BUILD_TIMEOUT_SECONDS", 0.01)
+    message = r"derived_views\[d\]: compiling the kernels did not finish within 0.01 s"
+    with pytest.raises(DefinitionError, match=message):
+        await compiler.kernels_for(definitions(), tmp_path / "async")
+    with pytest.raises(DefinitionError, match=message):
+        compiler.check_definitions(definitions(), tmp_path / "sync")
+
+
+def test_validate_builds_into_the_cache_dir_of_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from featurestore.cli import main
+
+    definitions_file = tmp_path / "kernels.yaml"
+    definitions_file.write_text(yaml.safe_dump(raw()))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"derived: {{cache_dir: {tmp_path / 'configured'}}}\n")
+    assert main(["validate", str(definitions_file), "--config", str(config)]) == 0
+    assert "OK - project p" in capsys.readouterr().out
+    (module,) = (tmp_path / "configured").glob("dv_d_*.py")
+    assert compiler.is_built(module)
+
+
+def test_a_module_that_fails_to_load_is_not_left_half_initialised(tmp_path: Path) -> None:
+    import sys
+
+    from featurestore.derived.codegen import KernelSpec
+
+    spec = KernelSpec("v", "dv_v_broken", "raise RuntimeError('boom')\n", (), ("f",))
+    path = tmp_path / f"{spec.module}.py"
+    path.write_text(spec.source)
+    with pytest.raises(RuntimeError, match="boom"):
+        compiler.load(spec, path)
+    assert f"featurestore_derived_{spec.module}" not in sys.modules
 
 
 def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""RESULTS.md's "Derived features" section: issue 17's targets next to the latest
+figures, from ``benchmarks/results/derived.json`` (``python -m benchmarks.derived``) and
+``footprint-demo[-no-derived].json`` (``python -m benchmarks.footprint``). A figure not
+measured yet names the command that measures it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+KERNEL_TARGET_MS = 8.2  # 100k rows of ctr_x_price_bucket: the reference design's batch (127 ms serial)
+JOIN_TARGET_PCT = 10.0  # QPS the four derived features may cost, at batch 1 and 100
+FEAST_TARGET_RATIO = 20.0  # x Feast's python-mode on-demand views at batch 100
+READY_TARGET_S = 5.0  # `make run` start to ready
+NUMBA_RSS_TARGET_MB = 80.0  # what numba (the derived view) adds to `make run`'s RSS
+
+DERIVED = "python -m benchmarks.derived"
+FOOTPRINT = "python -m benchmarks.footprint --runs 3"
+
+Row = tuple[str, str, str, bool | None, str]  # target, goal, measured ("": not yet), met, command
+
+
+def _figures(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _derived_rows(d: dict[str, Any]) -> list[Row]:
+    k = d.get("kernel_ms")
+    rows: list[Row] = [
+        (
+            "kernel: 100,000 rows of `ctr_x_price_bucket`",
+            f"<= {KERNEL_TARGET_MS:g} ms",
+            f"{k['numba']:.3f} ms (serial Python {k['python']:,.1f} ms, numpy {k['numpy']:.3f} ms)"
+            if k
+            else "",
+            k["numba"] <= KERNEL_TARGET_MS if k else None,
+            DERIVED,
+        )
+    ]
+    for batch in ("1", "100"):
+        cost = (d.get("join_cost_pct") or {}).get(batch)
+        rows.append(
+            (
+                f"join QPS cost of the four derived features, batch {batch}",
+                f"<= {JOIN_TARGET_PCT:g}%",
+                f"{cost['ranker']:.1f}% (ranker_v1 -> ranker_v2), {cost['inputs']:.1f}% (3 inputs -> + 4 derived)"
+                if cost
+                else "",
+                max(cost.values()) <= JOIN_TARGET_PCT if cost else None,
+                DERIVED,
+            )
+        )
+    f = d.get("feast_b100")
+    ratio = f["ours_qps"] / f["python_qps"] if f else None
+    rows.append(
+        (
+            "QPS vs Feast on-demand views (python mode), batch 100",
+            f">= {FEAST_TARGET_RATIO:g}x",
+            f"{ratio:.1f}x ({f['ours_qps']:,.0f} vs {f['python_qps']:,.0f} QPS)"
+            if f and ratio is not None
+            else "",
+            ratio >= FEAST_TARGET_RATIO if ratio is not None else None,
+            DERIVED,
+        )
+    )
+    return rows
+
+
+def _footprint_rows(on: dict[str, Any] | None, off: dict[str, Any] | None) -> list[Row]:
+    ready = on["summary"]["ready_s"]["median"] if on else None
+    added = (
+        on["summary"]["ready_rss_mb"]["median"] - off["summary"]["ready_rss_mb"]["median"]
+        if on and off
+        else None
+    )
+    return [
+        (
+            "`make run` start to ready",
+            f"<= {READY_TARGET_S:g} s",
+            f"{ready:.2f} s" if ready is not None else "",
+            ready <= READY_TARGET_S if ready is not None else None,
+            FOOTPRINT,
+        ),
+        (
+            "RSS numba adds to `make run` (the demo minus `--no-derived`, when ready)",
+            f"<= {NUMBA_RSS_TARGET_MB:g} MB",
+            f"{added:.0f} MB" if added is not None else "",
+            added <= NUMBA_RSS_TARGET_MB if added is not None else None,
+            f"{FOOTPRINT} and {FOOTPRINT} --no-derived",
+        ),
+    ]
+
+
+def derived_section(parts_dir: Path) -> list[str]:
+    """The section's heading and targets table (its measurements, derived.md, follow)."""
+    d = _figures(parts_dir / "derived.json") or {}
+    on, off = (_figures(parts_dir / f"footprint-demo{v}.json") for v in ("", "-no-derived"))
+    lines = ["## Derived features (issue 17)", ""]
+    if d:
+        lines += [
+            f"* Latest `benchmarks.derived` run: {d.get('run_at', '?')}; command: `{d.get('command', '?')}`",
+            "",
+        ]
+    lines += ["| target | goal | measured | |", "|---|---|---|---|"]
+    for target, goal, measured, met, command in [*_derived_rows(d), *_footprint_rows(on, off)]:
+        shown = measured or f"not measured yet: `{command}`"
+        lines.append(
+            f"| {target} | {goal} | {shown} | {'-' if met is None else 'met' if met else 'MISSED'} |"
+        )
+    return [*lines, ""]

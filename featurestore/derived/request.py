@@ -1,0 +1,95 @@
+"""request_data in a join: the fields a plan needs, checked against their
+``request_schema`` dtype before any store is read (docs/api.md), and fields no derived
+view declares, which are ignored."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from featurestore.derived import language as lang
+from featurestore.errors import InvalidArgument
+from featurestore.model import Definitions, DType, RequestField
+
+log = logging.getLogger(__name__)
+
+_INT_RANGE = {  # what a Python int in a request field may be: [lo, hi)
+    DType.INT64: (-(2**63), 2**63),
+    DType.FLOAT64: (-int(sys.float_info.max), int(sys.float_info.max) + 1),
+}
+_ACCEPTS: dict[DType, frozenset[type]] = {
+    DType.FLOAT64: frozenset({float, int, type(None)}),
+    DType.INT64: frozenset({int, type(None)}),
+    DType.BOOL: frozenset({bool, type(None)}),
+    DType.STRING: frozenset({str, type(None)}),
+}
+
+
+def check_fields(
+    needed: Sequence[tuple[RequestField, str]], data: Mapping[str, Sequence[Any]] | None, n: int
+) -> list[Sequence[Any]]:
+    """The columns of the ``needed`` fields (each with a feature needing it), checked."""
+    cols: list[Sequence[Any]] = []
+    for field, needed_by in needed:
+        col = data.get(field.name) if data else None
+        if col is None or type(col) not in (list, tuple) or len(col) != n:
+            raise _bad_field(field, needed_by, col, n)
+        types = set(map(type, col))
+        if not _ACCEPTS[field.dtype].issuperset(types):
+            raise _bad_field(field, needed_by, col, n)
+        if int in types and not _in_range(field.dtype, col, types):
+            raise _out_of_range(field, needed_by, col)
+        cols.append(col)
+    return cols
+
+
+def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> InvalidArgument:
+    where = f"request_data.{field.name}"
+    details = [{"request_data": field.name, "feature": needed_by}]
+    if col is None:
+        message = f"{where} is missing: {needed_by} needs it (one {field.dtype.value} per entity row)"
+    elif not isinstance(col, list | tuple) or len(col) != n:
+        got = f"{len(col)} values" if isinstance(col, list | tuple) else type(col).__name__
+        message = f"{where} has {got} for {n} entity rows"
+    else:
+        accepts = _ACCEPTS[field.dtype]
+        i, bad = next((i, v) for i, v in enumerate(col) if type(v) not in accepts)
+        message = f"{where}[{i}]: expected {field.dtype.value}, got {type(bad).__name__} {bad!r:.40}"
+    return InvalidArgument(message, details=details)
+
+
+# Field names already looked at by note_undeclared (bounded: names come from callers).
+_seen_fields: set[str] = set()
+_MAX_SEEN_FIELDS = 1024
+
+
+def note_undeclared(data: Mapping[str, Any], defs: Definitions) -> None:
+    """A request_data field no derived view declares is ignored (docs/api.md), like one
+    the requested features do not need; a typo would go unnoticed, so log each such
+    name once, at debug. Per request: one set lookup per field."""
+    for name in data:
+        if name in _seen_fields or len(_seen_fields) >= _MAX_SEEN_FIELDS:
+            continue
+        _seen_fields.add(name)
+        if not any(r.name == name for v in defs.derived_views.values() for r in v.request_schema):
+            log.debug("request_data field %r is not declared by any derived view: ignored", name)
+
+
+def _in_range(dtype: DType, col: Sequence[Any], types: set[type]) -> bool:
+    """Python ints are unbounded; int64 fields take [-2^63, 2^63), float64 fields ints
+    within float64's range (a kernel sees float64)."""
+    ints = col if len(types) == 1 else [v for v in col if type(v) is int]
+    lo, hi = _INT_RANGE[dtype]
+    return lo <= min(ints) and max(ints) < hi
+
+
+def _out_of_range(field: RequestField, needed_by: str, col: Sequence[Any]) -> InvalidArgument:
+    lo, hi = _INT_RANGE[field.dtype]
+    i, bad = next((i, v) for i, v in enumerate(col) if type(v) is int and not lo <= v < hi)
+    bounds = "[-2^63, 2^63)" if field.dtype is DType.INT64 else "(-1.8e308, 1.8e308)"
+    return InvalidArgument(
+        f"request_data.{field.name}[{i}]: {lang.abbreviate(bad)} is outside the {field.dtype.value} range {bounds}",
+        details=[{"request_data": field.name, "feature": needed_by}],
+    )

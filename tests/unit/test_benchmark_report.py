@@ -1,0 +1,104 @@
+"""benchmarks/: what `python -m benchmarks.derived` and `benchmarks.footprint` write, and
+RESULTS.md's "Derived features" section with issue 17's targets next to the figures
+(made from synthetic results: the benchmarks themselves run on a quiet machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks import derived
+from benchmarks.report import stitch
+
+
+def results() -> dict[str, Any]:
+    def join(cost: float) -> dict[str, Any]:
+        return {
+            "without": 1000.0,
+            "with": 1000.0 * (1 - cost / 100),
+            "cost_pct": cost,
+            "cpu_us": {"without": 100.0, "with": 104.0},
+            "cpu_cost_pct": 4.0,
+        }
+
+    kernel = {derived.NUMBA: 1.25, "numba kernel + the join's list <-> array conversions": 9.0}
+    kernel |= {derived.NUMPY: 1.9, derived.PYTHON: 127.0}
+    return {
+        "kernel": {
+            "rows": 100_000,
+            "kernel_from_cache": True,
+            "results": {name: {"best_ms": ms, "median_ms": ms * 1.1} for name, ms in kernel.items()},
+        },
+        "join": {
+            "runs": [],
+            "summary": {
+                "ranker/b1": join(4.0),
+                "inputs/b1": join(6.5),
+                "ranker/b100": join(3.0),
+                "inputs/b100": join(12.0),
+            },
+        },
+        "feast": {
+            "runs": [],
+            "workers": 2,
+            "summary": {
+                f"b{b}": {"feast_python": 87.0, "feast_pandas": 62.0, "featurestore": 2175.0}
+                for b in (1, 10, 100)
+            },
+        },
+    }
+
+
+ARGS = argparse.Namespace(conns=8, duration=10.0, rounds=3)
+
+
+def footprint(parts: Path, variant: str, ready_s: float, rss_mb: float) -> None:
+    summary = {
+        "ready_s": {"median": ready_s, "max": ready_s},
+        "ready_rss_mb": {"median": rss_mb, "max": rss_mb},
+    }
+    (parts / f"footprint-{variant}.json").write_text(json.dumps({"command": "x", "summary": summary}))
+
+
+def test_a_derived_run_writes_its_tables_and_figures_and_results_md_shows_them_against_the_targets(
+    tmp_path: Path,
+) -> None:
+    parts = tmp_path / "results"
+    parts.mkdir()
+    footprint(parts, "demo", 1.4, 560.0)
+    footprint(parts, "demo-no-derived", 0.9, 470.0)
+    written = derived.write_results(results(), ARGS, parts)
+    assert written == parts / "derived.md"
+    tables = written.read_text()
+    assert "| numba kernel (float64 matrix in, out) | 1.250 | 1.375 | <= 8.2 ms: met |" in tables
+    assert (
+        "| 3 stored inputs vs + 4 derived | 100 | 1,000 | 880 | 12.0% | 100, 104 | 4.0% | <= 10%: MISSED |"
+        in tables
+    )
+    assert "| 100 | 87 | 62 | 2,175 | 25.0x | >= 20x: met |" in tables
+    text = (tmp_path / "RESULTS.md").read_text()
+    section = text[text.index("## Derived features (issue 17)") :]
+    for row in (
+        "| kernel: 100,000 rows of `ctr_x_price_bucket` | <= 8.2 ms | 1.250 ms (serial Python 127.0 ms, numpy 1.900 ms) | met |",
+        "| join QPS cost of the four derived features, batch 1 | <= 10% | 4.0% (ranker_v1 -> ranker_v2), 6.5% (3 inputs -> + 4 derived) | met |",
+        "| join QPS cost of the four derived features, batch 100 | <= 10% | 3.0% (ranker_v1 -> ranker_v2), 12.0% (3 inputs -> + 4 derived) | MISSED |",
+        "| QPS vs Feast on-demand views (python mode), batch 100 | >= 20x | 25.0x (2,175 vs 87 QPS) | met |",
+        "| `make run` start to ready | <= 5 s | 1.40 s | met |",
+        "| RSS numba adds to `make run` (the demo minus `--no-derived`, when ready) | <= 80 MB | 90 MB | MISSED |",
+    ):
+        assert row in section, row
+    assert section.index("| target | goal |") < section.index("### Derived features: measurements")
+
+
+def test_results_md_names_the_commands_for_targets_not_measured_yet(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    stitch(tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Derived features (issue 17)" in text
+    assert "| <= 8.2 ms | not measured yet: `python -m benchmarks.derived` | - |" in text
+    assert (
+        "not measured yet: `python -m benchmarks.footprint --runs 3 and python -m benchmarks.footprint --runs 3 --no-derived`"
+        in text
+    )
