@@ -174,7 +174,7 @@ def test_the_cli_joins_over_https_and_grpc_tls_with_a_token_file(
     out = subprocess.run(
         [*base[:-2], "--url", secure.url], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 1 and "error 401 UNAUTHENTICATED" in out.stderr
+    assert out.returncode == 2 and "error: UNAUTHENTICATED:" in out.stderr, out.stderr
 
 
 def test_a_token_added_to_the_file_is_accepted_without_a_restart(secure: SecureServer, certs: Certs) -> None:
