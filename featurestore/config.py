@@ -68,6 +68,9 @@ class HttpConfig:
     keep_alive_seconds: Seconds = 75.0
     header_timeout_seconds: Seconds = 10.0  # from accept, or the request's first byte, to its last header
     body_timeout_seconds: Seconds = 30.0  # from the last header to the end of the body (4 MiB at 140 KB/s)
+    # A response the client stops reading (the send buffer stays full) this long: the
+    # connection is aborted, so a client that never reads cannot hold a response's memory.
+    write_timeout_seconds: Seconds = 30.0
     max_header_bytes: Count = 16384  # request line + headers (431 above); the size h11 and Node allow
     max_connections: Count = 1000  # per worker; keep well below `ulimit -n`
     backlog: Count = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn

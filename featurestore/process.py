@@ -84,6 +84,7 @@ def _connection_limits(http: HttpConfig) -> ConnectionLimits:
         keep_alive=http.keep_alive_seconds,
         header_timeout=http.header_timeout_seconds,
         body_timeout=http.body_timeout_seconds,
+        write_timeout=http.write_timeout_seconds,
         max_header_bytes=http.max_header_bytes,
         max_connections=http.max_connections,
     )

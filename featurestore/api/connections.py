@@ -11,6 +11,9 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   next ones) to its last header: a connection that sent nothing is closed (``idle``),
   one that sent part of a head is answered 408 and closed (``header_timeout``);
 * a body timeout, from the last header to the end of the body (``body_timeout``);
+* a write timeout: a response the client does not read (the transport's buffer stays
+  over its high-water mark, uvicorn waits in ``drain()``) for this long aborts the
+  connection (``write_timeout``); a ``close()`` alone would wait for the flush for ever;
 * the head's size, request line and headers: 431 and close (``header_too_large``);
 * the open connections per worker: beyond the maximum, the connection's request is
   answered 503 and the connection closed (``max_connections``).
@@ -29,8 +32,8 @@ a request costs less CPU than with uvicorn's own protocol (benchmarks/http_front
 
 This relies on uvicorn's protocol internals: the attributes ``app``, ``scope``, ``url``,
 ``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state``; the methods
-``data_received``, ``on_headers_complete``, ``on_message_complete`` and
-``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
+``data_received``, ``on_headers_complete``, ``on_message_complete``,
+``pause_writing``, ``resume_writing`` and ``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
 timer. ``tests/unit/test_connections.py`` fails when any of them changes.
 """
 
@@ -51,7 +54,7 @@ from featurestore.api import json_codec
 from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Unavailable
 
 RECEIVED_AT = "featurestore.received_at"
-REASONS = ("idle", "header_timeout", "body_timeout", "header_too_large", "max_connections")
+REASONS = ("idle", "header_timeout", "body_timeout", "write_timeout", "header_too_large", "max_connections")
 
 # Where the parser is in the connection's current request.
 _IDLE = 0  # between requests (a request's body is complete; uvicorn's keep-alive timer runs)
@@ -66,6 +69,7 @@ class ConnectionLimits:
     body_timeout: float
     max_header_bytes: int
     max_connections: int
+    write_timeout: float = 30.0  # seconds a response may wait for the client to read it
 
 
 class ConnectionGuard:
@@ -74,7 +78,8 @@ class ConnectionGuard:
 
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
-        self.tick = max(0.05, min(1.0, min(limits.header_timeout, limits.body_timeout) / 4))
+        shortest = min(limits.header_timeout, limits.body_timeout, limits.write_timeout)
+        self.tick = max(0.05, min(1.0, shortest / 4))
         self.connections: set[GuardedHttpProtocol] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = {reason: metrics.HTTP_CONNECTIONS_CLOSED.labels(reason) for reason in REASONS}
@@ -123,8 +128,11 @@ class ConnectionGuard:
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = _now()
-        for conn in [c for c in self.connections if c.deadline <= now]:
-            conn.expire()
+        for conn in [c for c in self.connections if c.deadline <= now or c.write_deadline <= now]:
+            if conn.write_deadline <= now:
+                conn.abort_stalled_write()
+            else:
+                conn.expire()
         metrics.HTTP_CONNECTIONS.set(len(self.connections))
         self._timer = loop.call_later(self.tick, self._sweep, loop) if self.connections else None
 
@@ -144,6 +152,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_timeout = limits.body_timeout
         self._max_header_bytes = limits.max_header_bytes
         self.deadline = math.inf  # perf_counter() instant the current phase must end by
+        # perf_counter() instant a paused write (client not reading) must resume by
+        self.write_deadline = math.inf
         self._phase = _HEAD
         self.first_byte_at = 0.0  # the current request's first byte; 0: none yet
         self._chunk_at = 0.0  # when the bytes being parsed were read
@@ -162,7 +172,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.lost(self)
-        self.deadline = math.inf
+        self.deadline = self.write_deadline = math.inf
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -194,6 +204,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._close("header_timeout")
         else:  # _IDLE after a response, or a connection that never sent a byte
             self._close("idle")
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer went over its high-water mark: the client is not
+        reading fast enough; it has ``write_timeout`` seconds to catch up."""
+        if self.write_deadline == math.inf:
+            self.write_deadline = _now() + self.guard.limits.write_timeout
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_deadline = math.inf
+        super().resume_writing()
+
+    def abort_stalled_write(self) -> None:
+        """The client did not read a response for ``write_timeout`` seconds (called by the
+        guard's sweep): abort, as a close would wait for the buffer to drain."""
+        self.deadline = self.write_deadline = math.inf
+        self.guard.count("write_timeout")
+        self.transport.abort()  # connection_lost ends the response's drain()
 
     # -- parser callbacks ---------------------------------------------------------------
 

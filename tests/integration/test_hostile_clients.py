@@ -21,6 +21,7 @@ LIMITS = {
     "keep_alive_seconds": 1,
     "header_timeout_seconds": 1,
     "body_timeout_seconds": 1,
+    "write_timeout_seconds": 1,
     "max_header_bytes": 4096,
     "max_connections": 16,
 }
@@ -149,6 +150,29 @@ def test_empty_lines_after_a_response_do_not_hold_the_connection_open(guarded: S
     sock.sendall(request())
     sock.sendall(b"\r\n")
     received = until_closed(sock)
+    assert status_of(received) == 200
+
+
+def test_a_client_that_does_not_read_its_responses_is_cut_off(guarded: ServerProcess) -> None:
+    """Pipelined requests whose responses the client never reads: the server's send
+    buffer fills, uvicorn waits for it to drain, and a close() would wait for ever too;
+    after the write timeout the connection is aborted."""
+    before = closed(guarded, "write_timeout")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.settimeout(GUARD)
+    sock.connect(("127.0.0.1", guarded.http_port))
+    # ~13 MB of responses (9 KB each): more than the kernel's socket buffers hold (4 MB
+    # send buffer at most with Linux's default tcp_wmem), so the transport's buffer fills
+    sock.sendall(b"GET /openapi.json HTTP/1.1\r\nhost: t\r\n\r\n" * 1500)
+    wait_until(
+        lambda: closed(guarded, "write_timeout") == before + 1,
+        GUARD,
+        "the connection aborted on its write timeout",
+        interval=0.1,
+    )
+    assert_others_are_answered(guarded)
+    received = until_closed(sock)  # what was in flight, then the reset
     assert status_of(received) == 200
 
 

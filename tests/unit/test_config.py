@@ -3,9 +3,14 @@ from files, and errors that name the setting and where it was set."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from featurestore.config import Config, load_config
 from featurestore.errors import InvalidArgument
@@ -136,3 +141,50 @@ def test_the_kubernetes_deployment_s_environment_configures_tls_tokens_and_secre
     assert c.stores["default"].options["password"].get_secret_value() == "redis-password-value"
     assert c.lineage.bolt.password.get_secret_value() == "neo4j-password-value"
     assert Authenticator.from_config(c.auth) is not None
+
+
+def _leaf_settings(section: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, default) of every setting under the dataclass instance ``section``."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaf_settings(value, (*path, f.name))
+        else:
+            yield (*path, f.name), value
+
+
+def _all_settings() -> list[tuple[tuple[str, ...], Any]]:
+    defaults = Config()
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for name in Config.model_fields:
+        value = getattr(defaults, name)
+        if dataclasses.is_dataclass(value):
+            out.extend(_leaf_settings(value, (name,)))
+        elif name != "stores":  # a mapping of named stores: their options are docs/storage.md's
+            out.append(((name,), value))
+    return out
+
+
+def test_every_setting_is_listed_in_docs_configuration_md() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    missing = [".".join(p) for p, _ in _all_settings() if not re.search(rf"(?m)^\s*{p[-1]}:", doc)]
+    assert missing == []
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, SecretStr):
+        return "s3cret"
+    return "" if value is None else str(value)
+
+
+def test_every_setting_is_accepted_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variable with a valid value (the setting's default) is read, none is unknown."""
+    for path, value in _all_settings():
+        if value is not None:
+            monkeypatch.setenv("FEATURESTORE_" + "__".join(path).upper(), _env_text(value))
+    c = load_config()
+    assert c.http.write_timeout_seconds == 30.0 and c.lineage.kafka.sasl_password.get_secret_value() == "s3cret"

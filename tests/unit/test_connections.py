@@ -49,6 +49,11 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
         assert hasattr(proto, name), name
     for name in ("data_received", "on_headers_complete", "on_message_complete", "_start_asgi_task"):
         assert callable(getattr(HttpToolsProtocol, name)), name
+    # the write timeout: uvicorn's flow control is told of a full buffer, and a lost
+    # connection ends a response's drain()
+    for name in ("pause_writing", "resume_writing"):
+        assert "self.flow." + name in inspect.getsource(getattr(HttpToolsProtocol, name)), name
+    assert "self.flow.resume_writing()" in inspect.getsource(HttpToolsProtocol.connection_lost)
     source = {
         name: inspect.getsource(getattr(HttpToolsProtocol, name))
         for name in ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_response_complete")
