@@ -187,4 +187,6 @@ def test_every_setting_is_accepted_from_the_environment(monkeypatch: pytest.Monk
         if value is not None:
             monkeypatch.setenv("FEATURESTORE_" + "__".join(path).upper(), _env_text(value))
     c = load_config()
-    assert c.http.write_timeout_seconds == 30.0 and c.lineage.kafka.sasl_password.get_secret_value() == "s3cret"
+    assert (
+        c.http.write_timeout_seconds == 30.0 and c.lineage.kafka.sasl_password.get_secret_value() == "s3cret"
+    )
