@@ -26,10 +26,16 @@ _MAX_HEADER_MS = 60_000  # the largest x-featurestore-deadline-ms the server acc
 # a server that comes back would wait that long for this client's next try. Retries are
 # this client's job (below), so the channel reconnects within 100 ms - 1 s. (Not
 # min_reconnect_backoff_ms: grpc uses it as the connect timeout, 20 s by default.)
+#
+# grpc's channels take answers up to 4 MB by default; the server sends up to 64 MiB
+# (grpc.max_send_message_length in featurestore/api/grpc.py): a join of 40,000 rows x
+# 9 features is ~5.5 MB.
+GRPC_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 GRPC_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", GRPC_MAX_ANSWER_BYTES),
 ]
 
 
