@@ -24,6 +24,8 @@ def as_list(values: Any) -> list[Any]:
 
 
 def check_target(features: Sequence[str] | None, feature_service: str | None) -> None:
+    if isinstance(features, str):  # a str is a Sequence[str]: its characters
+        raise TypeError(f"features is a list of 'view:feature' names, got the string {features!r}")
     if bool(features) == bool(feature_service):
         raise ValueError("name either features or feature_service")
 
@@ -51,7 +53,18 @@ def http_body(
 
 
 def http_result(body: bytes) -> JoinResult:
-    doc = json.loads(body)
+    """The join result in a 200's body; a body that is not one (a proxy's page, a server
+    of another version) is a ``FeatureServiceError`` with code UNKNOWN, not a KeyError."""
+    try:
+        return _http_result(json.loads(body))
+    except (ValueError, KeyError, TypeError) as e:
+        text = body[:200].decode("utf-8", "replace").strip()
+        error = error_for("UNKNOWN", f"HTTP 200 without a join result ({type(e).__name__}: {e}): {text}")
+        error.http_status = 200
+        raise error from e
+
+
+def _http_result(doc: Any) -> JoinResult:
     meta = doc["metadata"]
     columns = [
         Column(
