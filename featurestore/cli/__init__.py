@@ -6,6 +6,7 @@ import argparse
 import importlib.metadata
 import logging
 import os
+import socket
 import sys
 
 import featurestore
@@ -43,18 +44,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def operator_error(e: Exception) -> str | None:
-    """The one line an operator acts on for a failure outside the program: bad input,
-    config or definitions, a file, the network, a server's or a backend's answer. None
-    for anything else (a bug keeps its traceback)."""
+    """``CODE: message``, the one line an operator acts on for a failure outside the
+    program: bad input, config or definitions, a file, the network, a server's or a
+    backend's answer; CODE is the API's status name. None for anything else (a bug keeps
+    its traceback)."""
     if isinstance(e, FeatureStoreError):
-        return e.message
+        return f"{e.code.value}: {e.message}"
     if isinstance(e, OSError):  # files, sockets: "[Errno 2] No such file or directory: 'x.yaml'"
-        return f"{e.strerror or e}: {e.filename}" if e.filename else str(e) or type(e).__name__
+        text = f"{e.strerror or e}: {e.filename}" if e.filename else str(e) or type(e).__name__
+        return f"{_os_error_code(e)}: {text}"
     if isinstance(e, FeatureServiceError):
-        return str(e)  # the server's answer, or UNAVAILABLE after the client's retries
+        return str(e)  # "CODE: message": the server's answer, or UNAVAILABLE after the client's retries
     if _from_backend_library(e):
-        return f"{type(e).__module__.split('.')[0]}: {type(e).__name__}: {e}".splitlines()[0]
+        return f"UNAVAILABLE: {type(e).__module__.split('.')[0]}: {type(e).__name__}: {e}".splitlines()[0]
     return None
+
+
+def _os_error_code(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return "NOT_FOUND"
+    if isinstance(e, PermissionError):
+        return "PERMISSION_DENIED"
+    if isinstance(e, ConnectionError | TimeoutError | socket.gaierror):
+        return "UNAVAILABLE"
+    return "FAILED_PRECONDITION"
 
 
 # Libraries whose exceptions mean an unreachable or refusing backend (redis, etcd,

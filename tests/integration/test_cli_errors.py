@@ -4,6 +4,7 @@ stderr and exit code 2, never a traceback; --version; registry show's default.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """The line of ``error: CODE: message`` (CODE: the API's status names)."""
     assert out.returncode == 2, out
     assert "Traceback" not in out.stderr
     lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert len(lines) == 1 and re.match(r"error: [A-Z_]+: \S", lines[0]), out.stderr
     return lines[0]
 
 

@@ -1,0 +1,32 @@
+"""The CLI's one-line failures carry the API's status name: ``error: CODE: message``."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from featurestore.cli import operator_error
+from featurestore.client.errors import UnavailableError
+from featurestore.errors import InvalidArgument, NotFound
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (InvalidArgument("config x.yaml: http.port: expected a port"), "INVALID_ARGUMENT: config x.yaml"),
+        (NotFound("unknown feature view 'nope'"), "NOT_FOUND: unknown feature view 'nope'"),
+        (FileNotFoundError(2, "No such file or directory", "defs.yaml"), "NOT_FOUND: No such file"),
+        (PermissionError(13, "Permission denied", "/etc/x"), "PERMISSION_DENIED: Permission denied"),
+        (ConnectionRefusedError(111, "Connection refused"), "UNAVAILABLE: "),
+        (socket.gaierror(-2, "Name or service not known"), "UNAVAILABLE: "),
+        (UnavailableError("cannot reach http://x"), "UNAVAILABLE: cannot reach http://x"),
+    ],
+)
+def test_an_operator_error_is_one_line_starting_with_its_code(error: Exception, line: str) -> None:
+    message = operator_error(error)
+    assert message is not None and message.startswith(line)
+
+
+def test_a_bug_is_not_an_operator_error() -> None:
+    assert operator_error(KeyError("x")) is None
