@@ -65,7 +65,7 @@ INFLIGHT = Gauge(
 HTTP_CONNECTIONS_CLOSED = Counter(
     "featurestore_http_connections_closed_total",
     "HTTP connections the server closed on a limit, by reason: idle, header_timeout, body_timeout, "
-    "write_timeout, header_too_large, max_connections.",
+    "write_timeout, header_too_large, max_connections, malformed (not HTTP/1.1: answered 400).",
     ["reason"],
 )
 AUTH_FAILURES = Counter(

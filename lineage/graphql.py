@@ -14,6 +14,7 @@ error in the response, never an HTTP 500.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,8 @@ from strawberry.types import Info
 
 from lineage.events import LineageEvent
 from lineage.graph.base import MAX_DEPTH, FeatureInfo, LineageGraph
+
+log = logging.getLogger(__name__)
 
 MAX_RESULTS = 1000
 MAX_QUERY_DEPTH = 10
@@ -306,7 +309,19 @@ class Query:
         return [LineageEventType.of(e) for e in events]
 
 
-schema = strawberry.Schema(
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """strawberry logs every error at ERROR, a caller's syntax error or refused limit
+        too: one line (with the query) per bad request. Those are the caller's and go to
+        DEBUG; an error a resolver raised (the graph backend failing) stays an ERROR."""
+        for error in errors:
+            if error.original_error is None or isinstance(error.original_error, GraphQLError):
+                log.debug("graphql request refused: %s", error.message)
+            else:
+                super().process_errors([error], execution_context)
+
+
+schema = _Schema(
     query=Query,
     extensions=[
         lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),

@@ -16,7 +16,10 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   connection (``write_timeout``); a ``close()`` alone would wait for the flush for ever;
 * the head's size, request line and headers: 431 and close (``header_too_large``);
 * the open connections per worker: beyond the maximum, the connection's request is
-  answered 503 and the connection closed (``max_connections``).
+  answered 503 and the connection closed (``max_connections``);
+* bytes that are not HTTP/1.1 (a bad request line, a negative ``content-length``, broken
+  chunks): uvicorn's plain-text 400 becomes the API's JSON error, and the close is
+  counted (``malformed``) instead of logged at WARNING per request (``QuietClientMistakes``).
 
 Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
 request's ASGI scope carries the time its first byte was read (``scope[RECEIVED_AT]``,
@@ -33,13 +36,14 @@ a request costs less CPU than with uvicorn's own protocol (benchmarks/http_front
 This relies on uvicorn's protocol internals: the attributes ``app``, ``scope``, ``url``,
 ``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state``; the methods
 ``data_received``, ``on_headers_complete``, ``on_message_complete``,
-``pause_writing``, ``resume_writing`` and ``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
+``pause_writing``, ``resume_writing``, ``send_400_response`` and ``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
 timer. ``tests/unit/test_connections.py`` fails when any of them changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -51,10 +55,24 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import metrics
 from featurestore.api import json_codec
-from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Unavailable
+from featurestore.errors import (
+    DeadlineExceeded,
+    FeatureStoreError,
+    InvalidArgument,
+    LimitExceeded,
+    Unavailable,
+)
 
 RECEIVED_AT = "featurestore.received_at"
-REASONS = ("idle", "header_timeout", "body_timeout", "write_timeout", "header_too_large", "max_connections")
+REASONS = (
+    "idle",
+    "header_timeout",
+    "body_timeout",
+    "write_timeout",
+    "header_too_large",
+    "max_connections",
+    "malformed",
+)
 
 # Where the parser is in the connection's current request.
 _IDLE = 0  # between requests (a request's body is complete; uvicorn's keep-alive timer runs)
@@ -267,6 +285,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif self._phase == _IDLE:  # not while the next request's head or this body is read
             self.deadline = _now() + self._keep_alive
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses, as the API's JSON error."""
+        if self.transport.is_closing():
+            return
+        self._answer(400, InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})"))
+        self._close("malformed")
+
     # -- limits ------------------------------------------------------------------------
 
     def _head_size(self) -> int:
@@ -313,4 +338,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 _now = time.perf_counter
-_REASON_PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASON_PHRASES = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class QuietClientMistakes(logging.Filter):
+    """Drops uvicorn's WARNING lines about a client's bytes, one per request: a broken
+    request (counted in ``featurestore_http_connections_closed_total{reason="malformed"}``
+    and answered 400) and a WebSocket upgrade, which this server does not take (``ws="none"``:
+    the request is answered as plain HTTP), with uvicorn's advice to install a WebSocket
+    library. Kept with ``log_level: debug``."""
+
+    MESSAGES = frozenset(
+        {
+            "Invalid HTTP request received.",
+            "Unsupported upgrade request.",
+            "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
+            "or install 'websockets' or 'wsproto' manually.",
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or record.msg not in self.MESSAGES:
+            return True
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("uvicorn.error").addFilter(QuietClientMistakes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.request
 from typing import Any
@@ -179,3 +180,33 @@ def test_the_budget_counts_aliases_and_lists_too() -> None:
     assert "more than 50 graph lookups" in doc["errors"][0]["message"]
     status, doc = _post(app, '{ a: feature(id: "v1:f") { upstream { id } } }')  # 21
     assert status == 200 and "errors" not in doc, doc
+
+
+class _FailingGraph(InMemoryGraph):
+    async def table_exists(self, name: str) -> bool:
+        raise ConnectionError("graph backend unreachable")
+
+
+def test_a_callers_bad_query_is_not_logged_as_an_error_but_a_failing_graph_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """strawberry logs every GraphQL error at ERROR with the query: a caller sending bad
+    queries would fill the log. Caller mistakes go to DEBUG; a backend failure stays."""
+    app = LineageGraphQL(_dense_graph(3), max_cost=5)
+    with caplog.at_level(logging.DEBUG):
+        for query in [
+            "{ feature(id: ",
+            "{ feature(id: 5) { id } }",
+            _nested(12),
+            '{ feature(id: "hub:x") { upstream { id upstream { id } } } }'.replace("hub:x", "v0:f"),
+        ]:
+            status, doc = _post(app, query)
+            assert doc.get("errors"), doc
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("graphql request refused" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    _, doc = _post(LineageGraphQL(_FailingGraph()), '{ table(name: "t") { name } }')
+    assert "graph backend unreachable" in json.dumps(doc["errors"])
+    assert [r.levelno for r in caplog.records if "graph backend unreachable" in r.getMessage()] == [
+        logging.ERROR
+    ]

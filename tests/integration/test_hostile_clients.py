@@ -176,6 +176,44 @@ def test_a_client_that_does_not_read_its_responses_is_cut_off(guarded: ServerPro
     assert status_of(received) == 200
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/feature/join HTTP/1.1\r\nhost: t\r\ncontent-length: -5\r\n\r\n",
+        b"POST /v1/feature/join HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ],
+    ids=["negative-length", "broken-chunks", "http2-preface"],
+)
+def test_bytes_that_are_not_http_get_a_json_400_counted_not_logged(
+    guarded: ServerProcess, head: bytes
+) -> None:
+    before = closed(guarded, "malformed")
+    sock = connect(guarded)
+    sock.sendall(head)
+    received = until_closed(sock)
+    assert status_of(received) == 400 and b"content-type: application/json" in received
+    error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and "malformed HTTP/1.1 request" in error["message"]
+    assert closed(guarded, "malformed") == before + 1
+    assert_others_are_answered(guarded)
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http_without_log_lines(guarded: ServerProcess) -> None:
+    """No WARNING per request, and none advising to install a WebSocket library."""
+    sock = connect(guarded)
+    # (a POST's body is lost after an upgrade header: httptools stops parsing there)
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade, close\r\n\r\n"
+    )
+    assert status_of(until_closed(sock)) == 200
+    assert_others_are_answered(guarded)
+    assert guarded.log_path is not None
+    log = guarded.log_path.read_text()
+    assert "upgrade request" not in log and "WebSocket library" not in log
+    assert "Invalid HTTP request" not in log
+
+
 # -- sizes and counts ------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ limits themselves are tested on a real server: tests/integration/test_hostile_cl
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import inspect
@@ -18,7 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from featurestore.api.connections import RECEIVED_AT, ConnectionGuard, ConnectionLimits
+from featurestore.api.connections import RECEIVED_AT, ConnectionGuard, ConnectionLimits, QuietClientMistakes
 from tests.support import eventually
 
 LIMITS = ConnectionLimits(
@@ -54,6 +55,13 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
     for name in ("pause_writing", "resume_writing"):
         assert "self.flow." + name in inspect.getsource(getattr(HttpToolsProtocol, name)), name
     assert "self.flow.resume_writing()" in inspect.getsource(HttpToolsProtocol.connection_lost)
+    # a parser error is answered through send_400_response, after a WARNING whose text
+    # QuietClientMistakes knows (as it knows the upgrade warnings')
+    received = inspect.getsource(HttpToolsProtocol.data_received)
+    assert "self.send_400_response(msg)" in received
+    module = ast.parse(inspect.getsource(inspect.getmodule(HttpToolsProtocol)))  # type: ignore[arg-type]
+    strings = {n.value for n in ast.walk(module) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert QuietClientMistakes.MESSAGES <= strings
     source = {
         name: inspect.getsource(getattr(HttpToolsProtocol, name))
         for name in ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_response_complete")
