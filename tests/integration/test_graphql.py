@@ -200,7 +200,7 @@ def test_a_callers_bad_query_is_not_logged_as_an_error_but_a_failing_graph_is(
             _nested(12),
             '{ feature(id: "hub:x") { upstream { id upstream { id } } } }'.replace("hub:x", "v0:f"),
         ]:
-            status, doc = _post(app, query)
+            _, doc = _post(app, query)
             assert doc.get("errors"), doc
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert any("graphql request refused" in r.getMessage() for r in caplog.records)
