@@ -17,6 +17,7 @@ from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, open_source
 from featurestore.registry.base import Registry
+from featurestore.sources.clickhouse.options import ClickHouseOptions
 
 log = logging.getLogger("featurestore")
 
@@ -103,16 +104,27 @@ async def materialize(
         await registry.close()
 
 
+def warehouse(config: Config, clickhouse_dsn: str | None) -> str | ClickHouseOptions | None:
+    """Where ``clickhouse://`` sources are read: ``--clickhouse-dsn``, else the config's
+    first ``clickhouse`` store, with its user and password (None: neither)."""
+    if clickhouse_dsn:
+        return clickhouse_dsn
+    for name, sc in config.stores.items():
+        if sc.kind == "clickhouse":
+            try:
+                return ClickHouseOptions.from_mapping(dict(sc.options))
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument(f"stores.{name}: {e}") from None
+    return None
+
+
 def default_source(view: FeatureView, config: Config, clickhouse_dsn: str | None) -> OfflineSource:
     """The view's ``batch_source``: its Parquet path, or its warehouse table."""
     bs = view.batch_source
     if bs is None:
         raise InvalidArgument(f"view {view.name!r} declares no batch_source: name one with --source")
     if bs.table is not None:
-        dsn = clickhouse_dsn or next(
-            (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"), None
-        )
-        return open_source(f"clickhouse://{bs.table}", dsn)
+        return open_source(f"clickhouse://{bs.table}", warehouse(config, clickhouse_dsn))
     assert bs.path is not None
     return open_source(bs.path)
 

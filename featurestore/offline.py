@@ -13,7 +13,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from featurestore.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from featurestore.sources.clickhouse.options import ClickHouseOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +64,14 @@ class OfflineSource(Protocol):
         ...
 
 
-def open_source(spec: str, clickhouse_dsn: str | None = None) -> OfflineSource:
-    """``clickhouse://db.table`` (read through ``clickhouse_dsn``), or a Parquet file or
-    directory (of files, or hive partitions ``key=value/``)."""
+def open_source(spec: str, clickhouse: str | ClickHouseOptions | None = None) -> OfflineSource:
+    """``clickhouse://db.table`` (read through ``clickhouse``: a DSN, or a store's options
+    with its credentials), or a Parquet file or directory (of files, or hive partitions
+    ``key=value/``)."""
     if spec.startswith("clickhouse://"):
-        if not clickhouse_dsn:
+        if not clickhouse:
             raise InvalidArgument(f"{spec}: name the ClickHouse to read it from (--clickhouse-dsn)")
-        return ClickHouseOfflineSource(clickhouse_dsn, spec.removeprefix("clickhouse://"))
+        return ClickHouseOfflineSource(clickhouse, spec.removeprefix("clickhouse://"))
     return ParquetOfflineSource(spec.removeprefix("file://"))
 
 
@@ -195,7 +199,7 @@ class ClickHouseOfflineSource:
     """A warehouse table in ClickHouse (clickhouse-connect, chdb or HTTP). ClickHouse
     picks the latest row per key itself (``LIMIT 1 BY``) and streams Arrow blocks."""
 
-    def __init__(self, dsn: str, table: str) -> None:
+    def __init__(self, dsn: str | ClickHouseOptions, table: str) -> None:
         if not _TABLE.match(table):
             raise InvalidArgument(f"{table!r} is not a ClickHouse table name of the form db.table")
         from featurestore.extras import require
@@ -203,13 +207,13 @@ class ClickHouseOfflineSource:
 
         # only materializations from ClickHouse pay the import
         clickhouse_connect = require("clickhouse_connect", f"offline source clickhouse://{table}")
-        options = ClickHouseOptions(dsn=dsn)
+        options = ClickHouseOptions(dsn=dsn) if isinstance(dsn, str) else dsn
         if options.embedded:
-            require("chdb", f"offline source clickhouse://{table} (dsn {dsn})")
+            require("chdb", f"offline source clickhouse://{table} (dsn {options.dsn})")
 
         self.table = table
         self._quoted = ".".join(f"`{part}`" for part in table.split("."))
-        self._client: Any = clickhouse_connect.get_client(dsn=options.client_dsn)
+        self._client: Any = clickhouse_connect.get_client(**options.client_args())
         self._keys: Sequence[str] = ()
 
     def describe(self) -> str:

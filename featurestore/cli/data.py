@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
 from featurestore.cli.base import Subcommands
 from featurestore.cli.registry import _admin
-from featurestore.errors import InvalidArgument
+from featurestore.errors import FailedPrecondition, InvalidArgument
 
 
 def register(sub: Subcommands) -> None:
@@ -67,11 +66,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         await jobs.apply_configured_definitions(config)
         source = None
         if args.source:
-            dsn = args.clickhouse_dsn or next(
-                (str(sc.options.get("dsn", "")) for sc in config.stores.values() if sc.kind == "clickhouse"),
-                None,
-            )
-            source = open_source(args.source, dsn)
+            source = open_source(args.source, jobs.warehouse(config, args.clickhouse_dsn))
         return await jobs.materialize(
             config,
             None if args.all else args.view,
@@ -134,8 +129,7 @@ def cmd_ddl(args: argparse.Namespace, _argv: list[str]) -> int:
     config = load_config(args.config)
     snapshot, versions = _admin(args, lambda a: _snapshot_and_versions(a.registry))
     if snapshot is None:
-        print("the registry has no snapshot", file=sys.stderr)
-        return 1
+        raise FailedPrecondition("the registry is empty: run `featurestore apply FILE` first")
     printed = 0
     for view in sorted(snapshot.definitions.views.values(), key=lambda v: v.name):
         store = config.stores.get(view.online_store)

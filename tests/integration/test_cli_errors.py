@@ -92,3 +92,10 @@ def test_registry_show_without_a_version_shows_the_current_snapshot(tmp_path: Pa
     assert json.loads(shown.stdout) == json.loads(
         cli("registry", "show", "1", "--config", str(config)).stdout
     )
+
+
+def test_ddl_on_an_empty_registry_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    line = one_line_error(cli("ddl", "--config", str(config)))
+    assert line.startswith("error: FAILED_PRECONDITION: the registry is empty")

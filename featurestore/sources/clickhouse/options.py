@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from featurestore.errors import FailedPrecondition
 
 # The database name is spliced into SQL (identifiers cannot be bound), so it must be
@@ -29,8 +31,14 @@ class ClickHouseOptions:
     # Bounds every call: HTTP connect and send/receive timeouts (whole seconds, rounded
     # up), max_execution_time of reads and the health probe's wait.
     timeout_ms: int = 5000
+    # ClickHouse over HTTP(S): the user and its password (a secret: `password_file`, or
+    # FEATURESTORE_STORES__<NAME>__PASSWORD_FILE), instead of user:pass in the DSN
+    username: str = ""
+    password: SecretStr = SecretStr("")
 
     def __post_init__(self) -> None:
+        if isinstance(self.password, str):  # built in code rather than from the config
+            object.__setattr__(self, "password", SecretStr(self.password))
         for name, low in _MINIMUM.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -67,6 +75,16 @@ class ClickHouseOptions:
             # chdb compares engine paths literally: always hand it one absolute spelling
             return f"chdb://{Path(self.dsn.removeprefix('chdb://')).resolve()}"
         return self.dsn
+
+    def client_args(self) -> dict[str, Any]:
+        """``clickhouse_connect.get_client``'s arguments for this server: the DSN, and the
+        user and password when set (they take precedence over any in the DSN)."""
+        args: dict[str, Any] = {"dsn": self.client_dsn}
+        if self.username and not self.embedded:
+            args["username"] = self.username
+        if self.password.get_secret_value() and not self.embedded:
+            args["password"] = self.password.get_secret_value()
+        return args
 
     @property
     def embedded(self) -> bool:

@@ -101,14 +101,14 @@ class ClickHousePool:
         client = getattr(self._local, "client", None)
         if client is None:
             if self._options.embedded:
-                client = clickhouse_connect.get_client(dsn=self._options.client_dsn)
+                client = clickhouse_connect.get_client(**self._options.client_args())
             else:
                 # The defaults (10 s connect, 300 s receive) would let a hung server keep
                 # a thread for minutes after the read was abandoned. clickhouse-connect
                 # takes whole seconds; the chdb client has no use for either.
                 seconds = max(1, math.ceil(self._options.timeout_ms / 1000))
                 client = clickhouse_connect.get_client(
-                    dsn=self._options.client_dsn, connect_timeout=seconds, send_receive_timeout=seconds
+                    **self._options.client_args(), connect_timeout=seconds, send_receive_timeout=seconds
                 )
             self._local.client = client
             with self._clients_lock:
