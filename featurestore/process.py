@@ -114,10 +114,18 @@ def _check_tls(tls: TlsConfig) -> None:
         path = getattr(tls, name)
         if path and not os.access(path, os.R_OK):
             raise FailedPrecondition(f"tls.{name} {path}: not a readable file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:  # the pair loads (ssl's error says what is wrong, never the key's bytes)
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert_file, tls.key_file)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
     except (ssl.SSLError, OSError) as e:
         raise FailedPrecondition(f"tls.cert_file/key_file: {e}") from None
+    if tls.client_ca_file:
+        try:  # grpc would only say "Failed to bind to address" for a file without a CA
+            context.load_verify_locations(tls.client_ca_file)
+        except (ssl.SSLError, OSError) as e:
+            raise FailedPrecondition(
+                f"tls.client_ca_file {tls.client_ca_file}: no PEM CA certificate ({e})"
+            ) from None
 
 
 def _uvicorn_tls(tls: TlsConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ the plain admin port, token rotation through the file, mutual TLS, and the CLI."
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -213,3 +214,24 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_of_the_ca(
     with pytest.raises(grpc.RpcError) as refused:
         grpc_join(mutual.grpc_target, certs, None)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("bad", ["client_ca_file", "cert_file"])
+def test_a_tls_file_without_pem_fails_the_start_in_one_line_naming_it(
+    bad: str, certs: Certs, test_repo: Path, tmp_path: Path
+) -> None:
+    """A garbage client CA got to grpc, which only said 'Failed to bind to address' in a
+    traceback."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    files = {"cert_file": str(certs.cert), "key_file": str(certs.key), "client_ca_file": str(certs.ca)}
+    files[bad] = str(garbage)
+    env = {f"FEATURESTORE_TLS__{k.upper()}": v for k, v in files.items()}
+    out = subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(write_config(tmp_path)),
+         "--definitions", str(test_repo)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: FAILED_PRECONDITION: tls.") and bad.split("_")[0] in line
