@@ -57,7 +57,11 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if _reuse_port():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise FailedPrecondition(f"cannot bind HTTP on {host}:{port}: {e.strerror or e}") from None
     sock.listen(backlog)
     sock.set_inheritable(True)
     _warn_if_capped(backlog)
@@ -165,12 +169,17 @@ class Listeners:
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         target = f"{config.grpc.host}:{config.grpc.port}"
-        if config.tls.enabled:
-            bound = self.grpc.add_secure_port(target, server_credentials(config.tls))
-        else:
-            bound = self.grpc.add_insecure_port(target)
+        try:  # grpc raises RuntimeError where it once returned 0
+            if config.tls.enabled:
+                bound = self.grpc.add_secure_port(target, server_credentials(config.tls))
+            else:
+                bound = self.grpc.add_insecure_port(target)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise FailedPrecondition(f"cannot bind gRPC on {target}")
+            raise FailedPrecondition(
+                f"cannot bind gRPC on {target}: the port is in use, or the host is not this machine's"
+            )
         self.admin = _AdminListener(config, http_api) if config.http.admin_port is not None else None
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
         self.guard = ConnectionGuard(_connection_limits(config.http))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,21 @@ def test_ddl_on_an_empty_registry_is_a_one_line_error(tmp_path: Path) -> None:
     config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
     line = one_line_error(cli("ddl", "--config", str(config)))
     assert line.startswith("error: FAILED_PRECONDITION: the registry is empty")
+
+
+@pytest.mark.parametrize("taken", ["--grpc-port", "--http-port"])
+def test_serve_on_a_port_in_use_is_a_one_line_error(taken: str, test_repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+    )
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        ports = {"--grpc-port": str(free_port()), "--http-port": str(free_port())}
+        ports[taken] = str(holder.getsockname()[1])
+        args = [a for flag, port in ports.items() for a in (flag, port)]
+        out = cli("serve", "--config", str(config), "--definitions", str(test_repo), *args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]  # after the start's log lines
+    assert re.match(r"error: [A-Z_]+: ", line) and ports[taken] in line, line
