@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 
 from opentelemetry.trace import Span
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore import metrics, tracing
 from featurestore.api import arrow_codec, json_codec
@@ -141,6 +141,7 @@ class HttpApi:
             self.app.add_route(path, app, methods=["GET", "POST"], include_in_schema=False)  # type: ignore[arg-type]
         # Routes other than the join that need a token's scope (when tokens are configured).
         self.scopes = {PUSH_PATH: WRITE, "/v1/registry": ADMIN, **dict.fromkeys(mounts or {}, ADMIN)}
+        self.mounts = frozenset(mounts or {})  # their bodies are read here, under the limit
         self._push_outcomes = Outcomes(PUSH_PATH, "http")
         self._inflight = metrics.inflight("http")
 
@@ -165,7 +166,36 @@ class HttpApi:
         elif self.ops_elsewhere and path in OPS_PATHS:
             await self._not_here(send, path)
             return
+        if path in self.mounts:
+            await self._mounted(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _mounted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A mounted app (/graphql) reads its body whole, without a limit of its own: the
+        body is read here under ``limits.max_body_bytes`` and replayed to it."""
+        length = _header(scope, b"content-length")
+        try:
+            body = await self.read_body(receive, int(length) if length and length.isdigit() else -1)
+        except ClientDisconnected:
+            return
+        if body is None:
+            limit = self.max_body_bytes
+            error = LimitExceeded(
+                f"request body exceeds the limit of {limit} bytes", details=[{"limit_bytes": limit}]
+            )
+            await send_error(send, error)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # what follows: the disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: FeatureStoreError) -> None:
         """Answer 401/403 with WWW-Authenticate, after the body (up to the limit), so the

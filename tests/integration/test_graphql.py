@@ -210,3 +210,13 @@ def test_a_callers_bad_query_is_not_logged_as_an_error_but_a_failing_graph_is(
     assert [r.levelno for r in caplog.records if "graph backend unreachable" in r.getMessage()] == [
         logging.ERROR
     ]
+
+
+def test_a_graphql_body_over_the_body_limit_is_a_413(server: ServerProcess) -> None:
+    """strawberry reads a body whole, of any size: the server bounds it first."""
+    body = b'{"query": "{ __typename }", "pad": "' + b"a" * (5 << 20) + b'"}'
+    status, raw, headers = http_post(server.url + "/graphql", body, timeout=30)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert json.loads(raw)["error"]["code"] == "RESOURCE_EXHAUSTED"
+    status, doc = gql(server, "{ __typename }")
+    assert status == 200 and doc == {"data": {"__typename": "Query"}}
