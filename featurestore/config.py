@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
@@ -167,8 +168,14 @@ def _store_doc(doc: Any) -> Any:
         if name in rest:
             out[name] = rest.pop(name)
     for name in STORE_SECRETS:
-        if isinstance(rest.get(name), str):
-            rest[name] = SecretStr(rest[name])
+        secret = rest.get(name)
+        if isinstance(secret, int | float) and not isinstance(secret, bool):
+            secret = str(secret)  # `password: 12345678` in YAML is a number
+        if isinstance(secret, str):
+            rest[name] = SecretStr(secret)
+        elif secret is not None and not isinstance(secret, SecretStr):
+            # never the value: it is a secret
+            raise PydanticCustomError("setting", f"{name}: expected a string (its value is not shown)")
     out["options"] = MappingProxyType(rest)
     if "kind" not in out:
         raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))

@@ -209,3 +209,22 @@ def _known_fields(root: type[Any], loc: tuple[str, ...]) -> list[str]:
         if cls is None:
             return []
     return sorted(_hints(cls))
+
+
+def store_options(cls: type[Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """A store's options (``stores.<name>``, typed by the kind's options dataclass
+    ``cls``) with the integers and booleans an environment variable gives as text
+    (``FEATURESTORE_STORES__R__POOL_SIZE=8``, ``..._CLUSTER=false``) converted: the
+    options mapping is free-form, so pydantic leaves them strings, and ``"false"`` is
+    true to Python. Other text stays for the dataclass to refuse, naming the option."""
+    types_of = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(options)
+    for name, value in options.items():
+        if not isinstance(value, str):
+            continue
+        kind = types_of.get(name)
+        if kind in (int, "int") and value.strip().lstrip("-").isdigit():
+            out[name] = int(value.strip())
+        elif kind in (bool, "bool") and value.strip().lower() in ("true", "false"):
+            out[name] = value.strip().lower() == "true"
+    return out

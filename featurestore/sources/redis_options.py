@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from featurestore.settings import store_options
+
 
 @dataclass(frozen=True, slots=True)
 class RedisOptions:
@@ -28,6 +30,7 @@ class RedisOptions:
     def __post_init__(self) -> None:
         if isinstance(self.password, str):  # given in code rather than through the config
             object.__setattr__(self, "password", SecretStr(self.password))
+        _check_types(self)
         tls = urlsplit(self.url).scheme == "rediss"
         if not tls and (self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file):
             raise ValueError("ssl_* options need a rediss:// url")
@@ -40,7 +43,7 @@ class RedisOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return RedisOptions(**options)
+        return RedisOptions(**store_options(RedisOptions, options))
 
     def connection_kwargs(self) -> dict[str, Any]:
         """redis-py's connection arguments for the credentials and TLS (a user or
@@ -57,3 +60,25 @@ class RedisOptions:
             if self.ssl_cert_file:
                 kwargs.update(ssl_certfile=self.ssl_cert_file, ssl_keyfile=self.ssl_key_file)
         return kwargs
+
+
+# Smallest accepted value of each integer option (redis-py would fail later, or spin):
+# checked with the config, so a bad value fails the start naming the option.
+_MINIMUM = {"pool_size": 1, "connect_timeout_ms": 1, "health_interval_ms": 10, "write_batch": 1}
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_types(options: RedisOptions) -> None:
+    for name, low in _MINIMUM.items():
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    for f in fields(RedisOptions):
+        value = getattr(options, f.name)
+        if f.type == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{f.name}: expected true or false, got {value!r}")
+        if f.type == "str" and not isinstance(value, str):
+            raise ValueError(f"{f.name}: expected a string, got {type(value).__name__}")
+    scheme = urlsplit(options.url).scheme
+    if scheme not in _SCHEMES:  # only the scheme: the rest of a URL may hold a password
+        raise ValueError(f"url: unsupported scheme {scheme!r}; use redis://, rediss:// or unix://")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from featurestore.errors import FailedPrecondition
+from featurestore.settings import store_options
 
 # The database name is spliced into SQL (identifiers cannot be bound), so it must be
 # a plain identifier.
@@ -67,7 +68,7 @@ class ClickHouseOptions:
                 raise ValueError(
                     f"dsn: unsupported scheme {scheme!r}; use chdb://DIR or http(s)://user:pass@host:8123"
                 )
-        return ClickHouseOptions(**options)
+        return ClickHouseOptions(**store_options(ClickHouseOptions, options))
 
     @property
     def client_dsn(self) -> str:

@@ -1,0 +1,69 @@
+"""Store options as the config gives them: from YAML, or from the environment, where
+every value is text (``FEATURESTORE_STORES__R__CLUSTER=false`` must not turn cluster
+mode on); a bad option fails the start naming it, never showing a password."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from featurestore.config import load_config
+from featurestore.errors import InvalidArgument
+from featurestore.factories import make_store
+from featurestore.sources.clickhouse.options import ClickHouseOptions
+from featurestore.sources.redis_options import RedisOptions
+
+
+def test_integers_and_booleans_from_the_environment_are_read_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in {
+        "R__KIND": "redis",
+        "R__CLUSTER": "false",
+        "R__POOL_SIZE": "8",
+        "R__SSL_CHECK_HOSTNAME": "False",
+        "CH__KIND": "clickhouse",
+        "CH__DSN": "http://ch:8123",
+        "CH__THREADS": "2",
+    }.items():
+        monkeypatch.setenv("FEATURESTORE_STORES__" + var, value)
+    stores = load_config().stores
+    redis = RedisOptions.from_mapping(dict(stores["r"].options))
+    assert redis.cluster is False and redis.pool_size == 8 and redis.ssl_check_hostname is False
+    assert ClickHouseOptions.from_mapping(dict(stores["ch"].options)).threads == 2
+
+
+def test_a_numeric_password_in_yaml_is_a_password(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("stores: {default: {kind: redis, url: 'redis://h:6379/0', password: 987654321}}\n")
+    store = load_config(config).stores["default"]
+    assert "987654321" not in repr(store)
+    assert RedisOptions.from_mapping(dict(store.options)).connection_kwargs()["password"] == "987654321"
+
+
+def test_a_password_that_is_not_text_is_refused_without_showing_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("stores: {default: {kind: redis, password: [hunter2]}}\n")
+    with pytest.raises(InvalidArgument, match=r"stores.default: password: expected a string") as raised:
+        load_config(config)
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ("pool_size: 0", "pool_size: expected an integer >= 1, got 0"),
+        ("pool_size: '8x'", "pool_size: expected an integer >= 1, got '8x'"),
+        ("cluster: 'yes'", "cluster: expected true or false, got 'yes'"),
+        ("url: 'http://:hunter2@h:6379'", "url: unsupported scheme 'http'"),
+        ("url: 5", "url: expected a string, got int"),
+        ("ssl_ca_file: 5, url: 'rediss://h'", "ssl_ca_file: expected a string, got int"),
+    ],
+)
+def test_a_bad_redis_option_fails_the_start_naming_it(tmp_path: Path, options: str, problem: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"stores: {{default: {{kind: redis, {options}}}}}\n")
+    c = load_config(config)
+    with pytest.raises(InvalidArgument) as raised:
+        make_store("default", c.stores["default"], c)
+    assert str(raised.value).startswith(f"stores.default: {problem}")
+    assert "hunter2" not in str(raised.value)
