@@ -180,9 +180,10 @@ class Listeners:
             raise FailedPrecondition(
                 f"cannot bind gRPC on {target}: the port is in use, or the host is not this machine's"
             )
-        self.admin = _AdminListener(config, http_api) if config.http.admin_port is not None else None
+        limits = _connection_limits(config.http)
+        self.admin = _AdminListener(config, http_api, limits) if config.http.admin_port is not None else None
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
-        self.guard = ConnectionGuard(_connection_limits(config.http))
+        self.guard = ConnectionGuard(limits)
         self.http = _UvicornServer(
             self.guard.uvicorn_config(
                 http_api,
@@ -217,6 +218,7 @@ class Listeners:
             self.admin.server.should_exit = True
             if self.admin.task is not None:
                 await asyncio.gather(self.admin.task, return_exceptions=True)
+            self.admin.guard.close()
         if self.auth_task is not None:
             self.auth_task.cancel()
         self.guard.close()
@@ -224,17 +226,17 @@ class Listeners:
 
 class _AdminListener:
     """/healthz, /readyz and /metrics on ``http.admin_port``: plain HTTP, no token, one
-    small uvicorn server beside the serving one."""
+    small uvicorn server beside the serving one, under the same connection limits (a
+    client that connects and sends nothing would otherwise hold a socket for ever)."""
 
-    def __init__(self, config: Config, http_api: HttpApi) -> None:
+    def __init__(self, config: Config, http_api: HttpApi, limits: ConnectionLimits) -> None:
         assert config.http.admin_port is not None
         self.sock = _listen(config.http.host, config.http.admin_port, 128)
+        # closes are counted with the serving port's; the open-connections gauge is its alone
+        self.guard = ConnectionGuard(limits, count_open=False)
         self.server = _UvicornServer(
-            uvicorn.Config(
-                OpsApi(http_api.app), loop="none", lifespan="off", log_config=None, access_log=False,
-                server_header=False, http="httptools", ws="none", backlog=128,
-            )
-        )  # fmt: skip
+            self.guard.uvicorn_config(OpsApi(http_api.app), access_log=False, backlog=128)
+        )
         self.task: asyncio.Task[None] | None = None
 
 

@@ -94,8 +94,11 @@ class ConnectionGuard:
     """The limits of one HTTP server, its protocol factory (uvicorn's ``http=``) and the
     sweep that enforces the timeouts."""
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, *, count_open: bool = True) -> None:
+        """``count_open``: this guard's connections are ``featurestore_http_connections``
+        (one guard per process may say so)."""
         self.limits = limits
+        self.count_open = count_open
         shortest = min(limits.header_timeout, limits.body_timeout, limits.write_timeout)
         self.tick = max(0.05, min(1.0, shortest / 4))
         self.connections: set[GuardedHttpProtocol] = set()
@@ -151,7 +154,8 @@ class ConnectionGuard:
                 conn.abort_stalled_write()
             else:
                 conn.expire()
-        metrics.HTTP_CONNECTIONS.set(len(self.connections))
+        if self.count_open:
+            metrics.HTTP_CONNECTIONS.set(len(self.connections))
         self._timer = loop.call_later(self.tick, self._sweep, loop) if self.connections else None
 
 

@@ -278,3 +278,28 @@ def test_hostile_bodies_are_400s_on_a_real_server(guarded: ServerProcess, path: 
     error = json.loads(raw)["error"]
     assert error["code"] == "INVALID_ARGUMENT"
     assert "got `array`" in error["message"] or "not valid UTF-8" in error["message"]
+
+
+def test_the_admin_port_closes_a_connection_that_sends_nothing(
+    test_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """/healthz, /readyz and /metrics on http.admin_port are under the same limits."""
+    from tests.security import SecureServer
+
+    work = tmp_path_factory.mktemp("hostile-admin")
+    config = work / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {work / 'registry'}}}\n"
+        "stores: {default: {kind: memory}, local: {kind: memory}}\n"
+        f"http: {json.dumps(LIMITS)}\n"
+    )
+    server = SecureServer(["--config", str(config), "--definitions", str(test_repo)], {}, work / "server.log")
+    server.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.admin_port), timeout=GUARD)
+        sock.settimeout(GUARD)
+        assert until_closed(sock) == b""
+        status, _ = http_get(server.admin_url + "/readyz")
+        assert status == 200
+    finally:
+        server.stop()
