@@ -94,8 +94,12 @@ def decode_push(data: bytes) -> PushRequest:
         else:
             values = list(getattr(col, kind).values)
         for i in col.null_rows:
-            if i < len(values):
-                values[i] = None
+            if i >= len(values):  # a row that does not exist: the column is not what was meant
+                raise InvalidArgument(
+                    f"{col.name}.null_rows: row {i} is past its {len(values)} values",
+                    details=[{"column": col.name}],
+                )
+            values[i] = None
         columns[col.name] = values
     return PushRequest(view=msg.feature_view, columns=columns)
 

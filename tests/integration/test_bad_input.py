@@ -286,3 +286,19 @@ def test_grpc_push_wrong_type_is_invalid_argument(server: ServerProcess) -> None
         with pytest.raises(grpc.RpcError) as info:
             push(req.SerializeToString(), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'risk_score'" in info.value.details()
+
+
+def test_grpc_push_null_rows_past_the_values_is_invalid_argument(server: ServerProcess) -> None:
+    """A null_rows index past a column's values was ignored, so the push wrote a value
+    where the caller meant a null (or a column shorter than meant)."""
+    req = pb.PushRequest(feature_view="merchant")
+    req.columns.add(name="merchant_id").string_values.values.append("push-nulls")
+    risk = req.columns.add(name="risk_score")
+    risk.double_values.values.append(0.5)
+    risk.null_rows.append(3)
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        push = ch.unary_unary("/featurestore.v1.FeatureService/Push")
+        with pytest.raises(grpc.RpcError) as info:
+            push(req.SerializeToString(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "risk_score.null_rows: row 3 is past its 1 values" in info.value.details()
