@@ -168,7 +168,8 @@ class Listeners:
         self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms, self.auth)
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
-        target = f"{config.grpc.host}:{config.grpc.port}"
+        host = config.grpc.host
+        target = f"[{host}]:{config.grpc.port}" if ":" in host else f"{host}:{config.grpc.port}"  # IPv6: [::]
         try:  # grpc raises RuntimeError where it once returned 0
             if config.tls.enabled:
                 bound = self.grpc.add_secure_port(target, server_credentials(config.tls))
