@@ -117,17 +117,20 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     tls = args.tls or bool(args.ca or args.cert)
     address = f"grpc{'s' if tls else ''}://{args.grpc}" if args.grpc else args.url
     token = _token(args)
-    with FeatureClient(
-        address, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key
-    ) as client:
-        result = client.join(
-            entities,
-            features,
-            feature_service=args.service,
-            request_data=request or None,
-            full_feature_names=args.full_names,
-            deadline=args.deadline,
-        )
+    try:  # the client refuses bad arguments (an address without a scheme, a deadline of 0) with ValueError
+        with FeatureClient(
+            address, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key
+        ) as client:
+            result = client.join(
+                entities,
+                features,
+                feature_service=args.service,
+                request_data=request or None,
+                full_feature_names=args.full_names,
+                deadline=args.deadline,
+            )
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
     columns = [
         {
             "values": c.values,

@@ -118,3 +118,17 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(taken: str, test_repo: Path,
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]  # after the start's log lines
     assert re.match(r"error: [A-Z_]+: ", line) and ports[taken] in line, line
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--url", "localhost:8080"], "address 'localhost:8080': expected http://host:port"),
+        (["--grpc", "127.0.0.1:1/x"], "address 'grpc://127.0.0.1:1/x'"),
+        (["--url", "http://127.0.0.1:1", "--deadline", "0"], "deadline must be a positive number"),
+        (["--url", "http://127.0.0.1:1", "--deadline", "nan"], "deadline must be a positive number"),
+    ],
+)
+def test_join_with_a_bad_address_or_deadline_prints_one_line(args: list[str], problem: str) -> None:
+    line = one_line_error(cli("join", *args, "--entity", "user_id=1", "--features", "v:f"))
+    assert line.startswith("error: INVALID_ARGUMENT: ") and problem in line
