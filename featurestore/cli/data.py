@@ -56,6 +56,10 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.logconfig import configure_logging
     from featurestore.offline import EventTimeRange, open_source
 
+    if args.batch_rows < 1:
+        raise InvalidArgument(f"--batch-rows must be at least 1, got {args.batch_rows}")
+    if args.grace_seconds < 0:
+        raise InvalidArgument(f"--grace-seconds must be 0 or more, got {args.grace_seconds}")
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
     configure_logging(config.log_level, config.log_format)

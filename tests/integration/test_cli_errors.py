@@ -132,3 +132,20 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(taken: str, test_repo: Path,
 def test_join_with_a_bad_address_or_deadline_prints_one_line(args: list[str], problem: str) -> None:
     line = one_line_error(cli("join", *args, "--entity", "user_id=1", "--features", "v:f"))
     assert line.startswith("error: INVALID_ARGUMENT: ") and problem in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "problem"),
+    [
+        (["--batch-rows", "0"], "--batch-rows must be at least 1, got 0"),
+        (["--grace-seconds", "-1"], "--grace-seconds must be 0 or more, got -1"),
+    ],
+)
+def test_materialize_with_a_bad_batch_or_grace_prints_one_line(
+    tmp_path: Path, flag: list[str], problem: str
+) -> None:
+    """--batch-rows 0 was pyarrow's ArrowInvalid traceback; a negative grace was taken."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    line = one_line_error(cli("materialize", "--config", str(config), "--all", *flag))
+    assert line == f"error: INVALID_ARGUMENT: {problem}"
