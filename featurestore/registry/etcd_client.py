@@ -7,8 +7,8 @@ aetcd 1.0's, line for line, but for the channel. It relies on aetcd's attributes
 ``_connected``, ``_is_connecting``, ``_connect_wait_timeout``, ``_host``, ``_port``,
 ``_options``, ``_username``, ``_password``, ``_timeout`` and ``_watcher``, and
 its private decorator ``aetcd.client._handle_errors``;
-``tests/unit/test_etcd_client.py`` fails when aetcd's ``connect`` changes, and
-``tests/integration/test_etcd_registry.py`` runs the registry over TLS with a user.
+``tests/integration/test_etcd_tls.py`` fails when aetcd's ``connect`` changes, and runs
+the registry over TLS with a user against a real etcd.
 """
 
 from __future__ import annotations
