@@ -185,11 +185,24 @@ Stores = Annotated[
 ]
 
 
+CACHE_ADMISSIONS = ("tinylfu", "none")
+
+
+def _cache_admission(value: str) -> str:
+    policy = value.strip().lower()
+    if policy not in CACHE_ADMISSIONS:
+        raise _fail(f"unknown cache admission {value!r}; use {', '.join(CACHE_ADMISSIONS)}", value)
+    return policy
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     max_entries: Count = 200_000
     ttl_seconds: Seconds = 30.0
+    # tinylfu: a full cache admits a store read only if it is asked for more often than
+    # the entry it would evict (featurestore/admission.py); none: plain LRU.
+    admission: Annotated[str, AfterValidator(_cache_admission)] = "tinylfu"
 
 
 @dataclass(frozen=True, slots=True)

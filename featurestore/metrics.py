@@ -111,6 +111,11 @@ CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by 
 CACHE_EVICTIONS = Counter(
     "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
 )
+CACHE_REJECTIONS = Counter(
+    "featurestore_cache_rejections_total",
+    "Rows read from the store that the admission policy kept out of the full cache "
+    "(less frequent than the entry they would have evicted).",
+)
 CACHE_ENTRIES = Gauge(
     "featurestore_cache_entries", "Entries held by the LRU cache.", multiprocess_mode="livesum"
 )
