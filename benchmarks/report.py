@@ -72,6 +72,10 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 PARTS = (
     "feast.md",
+    "cache.md",
+    "grpc.md",
+    "overload.md",
+    "scaling.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "footprint-demo.md",

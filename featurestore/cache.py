@@ -59,7 +59,7 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_many(self, keys: list[Hashable]) -> list[Row | None]:
+    def get_many(self, keys: Sequence[Hashable]) -> list[Row | None]:
         """The cached row (or NOT_FOUND) of each key, None where absent or expired."""
         now = self._clock()
         get = self._data.get
@@ -71,7 +71,7 @@ class LRUCache:
                 move(k)
         return rows
 
-    def put_many(self, keys: list[Hashable], rows: list[Row]) -> None:
+    def put_many(self, keys: Sequence[Hashable], rows: Sequence[Row]) -> None:
         sketch = self.admission
         if sketch is not None:
             sketch.increment_many(keys)
@@ -91,7 +91,7 @@ class LRUCache:
                 pop(last=False)
             metrics.CACHE_EVICTIONS.inc(excess)
 
-    def _admit_many(self, sketch: FrequencySketch, keys: list[Hashable], rows: list[Row]) -> None:
+    def _admit_many(self, sketch: FrequencySketch, keys: Sequence[Hashable], rows: Sequence[Row]) -> None:
         """The full-cache put: each key against the LRU tail, one at a time."""
         now = self._clock()
         expires = now + self.ttl
