@@ -218,6 +218,10 @@ class LimitsConfig:
     max_rows: Count = 10_000
     max_body_bytes: Count = 4 * 1024 * 1024
     deadline_ms: Count = 500
+    # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
+    # flight, and fewer while joins complete slower than shed_target_share x deadline.
+    max_inflight: Count = 1024
+    shed_target_share: Ratio = 0.25
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,100 @@
+"""Load shedding: a worker refuses a join at its start when it could not answer it in
+time, instead of queueing it past its deadline.
+
+An asyncio worker has no queue of its own to bound: every request it has read is a
+task on the event loop, and they all slow down together as more arrive. What a new
+request will wait is the work ahead of it, so the bound is on requests in flight, and
+the bound adapts to what the worker is doing (AIMD, as TCP's congestion window and
+Netflix's concurrency-limits do):
+
+* a join that completes slower than ``target`` (a share of the deadline) means the
+  requests in flight queue on each other: the limit drops to ``in flight x 0.8`` (at
+  most once per ``interval``, so one slow burst counts once; never below ``min_limit``);
+* a join that completes within ``target`` while the worker is near its limit raises it
+  by one (up to ``max_limit``, the configured hard cap);
+* a request arriving with ``limit`` requests in flight is shed: HTTP 503 with
+  ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
+  ``featurestore_requests_shed_total{api,reason}``.
+
+With a 500 ms deadline and the default share of 0.25, answered requests stay near
+125 ms in the worst case instead of running into the deadline, while a worker that
+keeps up never sheds: its completions are fast, so its limit stays at the cap. When load
+drops, the requests in flight fall below the limit at once and nothing is shed (the
+limit also grows back by one per fast completion).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+from featurestore import metrics
+from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
+
+DECREASE: Final = 0.8
+INTERVAL_SECONDS: Final = 0.1
+MIN_LIMIT: Final = 4
+
+INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
+LATENCY: Final = "latency"  # the adaptive limit, lowered by slow completions
+
+
+class LoadShedder:
+    """One per worker process, shared by its HTTP and gRPC joins. Event loop only."""
+
+    __slots__ = ("_clock", "_last_decrease", "inflight", "limit", "max_limit", "min_limit", "target")
+
+    def __init__(
+        self,
+        max_inflight: int,
+        target_seconds: float,
+        *,
+        min_limit: int = MIN_LIMIT,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.max_limit = max_inflight
+        self.min_limit = min(min_limit, max_inflight)
+        self.limit = float(max_inflight)
+        self.target = target_seconds
+        self.inflight = 0
+        self._clock = clock
+        self._last_decrease = -INTERVAL_SECONDS
+
+    def admit(self) -> str | None:
+        """None: go ahead (and call ``done`` at the end); else the reason to shed."""
+        if self.inflight >= self.limit:
+            return INFLIGHT if self.inflight >= self.max_limit else LATENCY
+        self.inflight += 1
+        return None
+
+    def done(self, seconds: float) -> None:
+        """An admitted request finished after ``seconds`` (whatever its outcome)."""
+        inflight = self.inflight
+        self.inflight = inflight - 1
+        if seconds > self.target:
+            now = self._clock()
+            if now - self._last_decrease >= INTERVAL_SECONDS:
+                self._last_decrease = now
+                self.limit = max(self.min_limit, min(self.limit, inflight) * DECREASE)
+        elif self.limit < self.max_limit and inflight >= self.limit / 2:
+            self.limit = min(self.max_limit, self.limit + 1)
+
+
+# What Retry-After says: long enough for the requests in flight to drain (they end by
+# their deadline, 0.5 s by default), short enough that a client comes back while a
+# burst is still being absorbed.
+RETRY_AFTER_SECONDS: Final = 1
+
+
+def shed(api: str, reason: str) -> FeatureStoreError:
+    """Count a shed request and return what its caller is told: UNAVAILABLE (HTTP 503)
+    over HTTP, RESOURCE_EXHAUSTED over gRPC (gRPC's status for "out of capacity, back
+    off"; its UNAVAILABLE would make clients retry at once)."""
+    metrics.requests_shed(api, reason).inc()
+    kind = LimitExceeded if api == "grpc" else Overloaded
+    return kind(
+        f"the server is overloaded and shed this request ({reason}); retry after "
+        f"{RETRY_AFTER_SECONDS} s or on another replica",
+        details=[{"reason": reason, "retry_after_seconds": RETRY_AFTER_SECONDS}],
+    )
