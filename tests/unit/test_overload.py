@@ -1,0 +1,61 @@
+"""The worker's load shedder: a hard cap on joins in flight, a limit that drops while
+joins complete slower than the target and grows back when they are fast."""
+
+from __future__ import annotations
+
+from featurestore.errors import Code
+from featurestore.overload import INFLIGHT, LATENCY, MIN_LIMIT, LoadShedder, shed
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_requests_beyond_the_hard_cap_are_shed_and_the_next_one_after_a_completion_is_not() -> None:
+    s = LoadShedder(3, target_seconds=0.1)
+    assert [s.admit() for _ in range(3)] == [None, None, None]
+    assert s.admit() == INFLIGHT
+    s.done(0.01)
+    assert s.admit() is None and s.inflight == 3
+
+
+def test_slow_completions_lower_the_limit_once_per_interval_and_fast_ones_raise_it() -> None:
+    clock = Clock()
+    s = LoadShedder(100, target_seconds=0.1, clock=clock)
+    for _ in range(50):
+        assert s.admit() is None
+    s.done(0.5)  # 50 in flight, slower than the target: a standing queue
+    assert s.limit == 50 * 0.8
+    s.done(0.5)  # the same interval: counted once
+    assert s.limit == 40
+    assert s.inflight == 48
+    assert s.admit() == LATENCY  # 48 in flight >= 40: shed, below the hard cap
+    clock.t = 0.2
+    s.done(0.5)
+    assert s.limit == 40 * 0.8
+    for _ in range(20):
+        s.done(0.01)  # fast again while near the limit: +1 each
+    assert s.limit == 32 + 20 and s.inflight == 27
+    assert s.admit() is None  # load dropped: admitted at once
+
+
+def test_the_limit_never_drops_below_its_floor() -> None:
+    clock = Clock()
+    s = LoadShedder(10, target_seconds=0.1, clock=clock)
+    for i in range(20):
+        clock.t = i
+        s.admit()
+        s.done(5.0)
+    assert s.limit == MIN_LIMIT
+    assert [s.admit() for _ in range(MIN_LIMIT)] == [None] * MIN_LIMIT
+
+
+def test_a_shed_request_is_unavailable_over_http_and_resource_exhausted_over_grpc() -> None:
+    http, grpc = shed("http", INFLIGHT), shed("grpc", LATENCY)
+    assert http.code is Code.UNAVAILABLE and grpc.code is Code.RESOURCE_EXHAUSTED
+    assert http.details == [{"reason": "inflight", "retry_after_seconds": 1}]
+    assert "overloaded" in grpc.message and grpc.details[0]["reason"] == "latency"
