@@ -18,30 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.derived import process
-from benchmarks.footprint import free_port
+from benchmarks.stack import config, materialize, metric_sum, redis, server, tree_cpu, wrk
 from featurestore.admission import FrequencySketch
 from featurestore.cache import LRUCache
-from featurestore.demo.data import ensure_demo_data
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WRK_KEYS = HERE / "wrk_keys.lua"
 N_USERS = 100_000
 VARIANTS = ("off", "lru", "tinylfu")
 
@@ -84,45 +75,19 @@ def simulation_section(requests: int) -> list[str]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (the serving workers)."""
-    total, stack = 0.0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def cache_counters(port: int) -> tuple[float, float]:
-    """(hits, misses) summed over views, from the server's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    sums = {}
-    for name in ("hits", "misses"):
-        pat = re.compile(rf"^featurestore_cache_{name}_total\{{[^}}]*\}} (\S+)$", re.M)
-        sums[name] = sum(float(v) for v in pat.findall(text))
-    return sums["hits"], sums["misses"]
+    return metric_sum(port, "featurestore_cache_hits_total"), metric_sum(
+        port, "featurestore_cache_misses_total"
+    )
 
 
-def wrk(port: int, pid: int, keys: str, batch: int, conns: int, seconds: float) -> dict[str, Any]:
-    env = {**os.environ, "BATCH": str(batch), "KEYS": keys}
-    h0, m0 = cache_counters(port)
-    cpu0 = tree_cpu(pid)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(WRK_KEYS),
-         f"http://127.0.0.1:{port}/v1/feature/join"],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    cpu = tree_cpu(pid) - cpu0
-    h1, m1 = cache_counters(port)
-    res: dict[str, Any] = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[7:])
-    if res["err_status"] or res["err_connect"] or res["err_read"]:
+def run(srv: dict[str, int], keys: str, batch: int, conns: int, seconds: float) -> dict[str, Any]:
+    h0, m0 = cache_counters(srv["http"])
+    cpu0 = tree_cpu(srv["pid"])
+    res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, conns, seconds, keys)
+    cpu = tree_cpu(srv["pid"]) - cpu0
+    h1, m1 = cache_counters(srv["http"])
+    if res["err_status"]:
         raise RuntimeError(f"errors in the load run: {res}")
     res["cpu_us"] = cpu / max(res["requests"], 1) * 1e6
     looked = (h1 - h0) + (m1 - m0)
@@ -130,76 +95,28 @@ def wrk(port: int, pid: int, keys: str, batch: int, conns: int, seconds: float) 
     return res
 
 
-@contextmanager
-def redis(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    p = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        end = time.monotonic() + 10
-        while (
-            subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip()
-            != b"PONG"
-        ):
-            if time.monotonic() > end:
-                raise RuntimeError("redis-server did not answer")
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        p.terminate()
-        p.wait(10)
-
-
-def config(workdir: Path, url: str, variant: str, max_entries: int) -> Path:
-    data = workdir / "data"
-    path = workdir / f"config-{variant}.yaml"
-    cache = "false" if variant == "off" else "true"
-    admission = "none" if variant == "lru" else "tinylfu"
-    path.write_text(
-        f"project: demo\nregistry:\n  path: {workdir / 'registry'}\n"
-        f"  definitions: {ROOT / 'featurestore' / 'demo' / 'features.yaml'}\n  definitions_base_dir: {data}\n"
-        f"stores:\n  default: {{kind: redis, url: '{url}', cache: {cache}}}\n  analytics: {{kind: redis, url: '{url}'}}\n"
-        f"cache: {{max_entries: {max_entries}, admission: {admission}}}\n"
-    )
-    return path
-
-
 def server_section(a: argparse.Namespace) -> list[str]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
-        ensure_demo_data(work / "data")
         url = stack.enter_context(redis(work))
-        configs = {v: config(work, url, v, a.max_entries) for v in VARIANTS}
-        for view in ("user_profile", "user_activity"):
-            subprocess.run(
-                [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(configs["off"]),
-                 "--view", view, "--source", str(work / "data" / "users.parquet"), "--quiet"],
-                check=True, cwd=ROOT,
-            )  # fmt: skip
-        servers = {}
-        for v in VARIANTS:
-            port = free_port()
-            cmd = [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(configs[v]), "--no-apply",
-                   "--workers", "1", "--http-port", str(port), "--grpc-port", str(free_port()),
-                   "--log-level", "warning"]  # fmt: skip
-            pid = stack.enter_context(
-                process(cmd, work / f"serve-{v}.log", f"http://127.0.0.1:{port}/readyz")
-            )
-            servers[v] = (port, pid)
+        configs = {
+            v: config(work, url, v, v != "off", f"cache: {{max_entries: {a.max_entries}, admission: "
+                      f"{'none' if v == 'lru' else 'tinylfu'}}}\n")
+            for v in VARIANTS
+        }  # fmt: skip
+        materialize(work, configs["off"])
+        servers = {v: stack.enter_context(server(work, configs[v])) for v in VARIANTS}
         point = 0
         for keys in ("uniform", "zipf"):
             for batch in a.batches:
-                for port, pid in servers.values():  # warm-up: fills the caches
-                    wrk(port, pid, keys, batch, a.connections, a.warmup)
+                for srv in servers.values():  # warm-up: fills the caches
+                    run(srv, keys, batch, a.connections, a.warmup)
                 for rnd in range(a.rounds):
                     order = list(VARIANTS) if point % 2 == 0 else list(reversed(VARIANTS))
                     point += 1
                     for v in order:
-                        res = wrk(*servers[v], keys, batch, a.connections, a.duration)
+                        res = run(servers[v], keys, batch, a.connections, a.duration)
                         res.update(variant=v, keys=keys, batch=batch, round=rnd)
                         print(json.dumps(res), flush=True)
                         runs.append(res)

@@ -158,7 +158,9 @@ class Listeners:
             ops_elsewhere=config.http.admin_port is not None,
             shedder=shedder,
         )
-        self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms, self.auth, shedder)
+        self.grpc_api = GrpcApi(
+            rt.engine, push, config.limits.deadline_ms, self.auth, shedder, unary_join=config.grpc.unary_join
+        )
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         target = f"{config.grpc.host}:{config.grpc.port}"

@@ -62,6 +62,7 @@ class GrpcApi:
         deadline_ms: int,
         auth: Authenticator | None = None,
         shedder: LoadShedder | None = None,
+        unary_join: bool = False,
     ) -> None:
         """``auth``: bearer tokens Join and Push need (None: none asked for; health and
         reflection never ask); ``shedder``: the worker's load shedding (None: none)."""
@@ -75,7 +76,11 @@ class GrpcApi:
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._methods: dict[str, grpc.RpcMethodHandler] = {
-            "Join": grpc.stream_unary_rpc_method_handler(self._join_rpc),  # see _request
+            "Join": (
+                grpc.unary_unary_rpc_method_handler(self._join_unary_rpc)
+                if unary_join
+                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see _request
+            ),
             "Push": grpc.stream_unary_rpc_method_handler(self._push_rpc),
         }
 
@@ -116,6 +121,11 @@ class GrpcApi:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
         return await self._join(await _request(context, call), context, call)
+
+    async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        call = Call(self._join_outcomes, context)
+        context.add_done_callback(call.finish)
+        return await self._join(request, context, call)
 
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
