@@ -224,6 +224,7 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while joins complete slower than shed_target_share x deadline.
+    shed: bool = True
     max_inflight: Count = 1024
     shed_target_share: Ratio = 0.25
 

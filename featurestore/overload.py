@@ -8,19 +8,20 @@ the bound adapts to what the worker is doing (AIMD, as TCP's congestion window a
 Netflix's concurrency-limits do):
 
 * a join that completes slower than ``target`` (a share of the deadline) means the
-  requests in flight queue on each other: the limit drops to ``in flight x 0.8`` (at
-  most once per ``interval``, so one slow burst counts once; never below ``min_limit``);
+  requests in flight queue on each other: the limit drops to ``in flight x 0.8`` (never
+  below ``min_limit``), but only for a join admitted after the last cut, so the cut
+  takes effect before the next (TCP cuts once per round trip for the same reason);
 * a join that completes within ``target`` while the worker is near its limit raises it
-  by one (up to ``max_limit``, the configured hard cap);
+  by one (up to ``max_limit``, the configured hard cap), and a worker that drains (no
+  join left in flight) is back at the cap;
 * a request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
 With a 500 ms deadline and the default share of 0.25, answered requests stay near
-125 ms in the worst case instead of running into the deadline, while a worker that
-keeps up never sheds: its completions are fast, so its limit stays at the cap. When load
-drops, the requests in flight fall below the limit at once and nothing is shed (the
-limit also grows back by one per fast completion).
+125 ms instead of running into the deadline, while a worker that keeps up never sheds:
+its completions are fast, so its limit stays at the cap. When load drops, the requests
+in flight fall below the limit at once and nothing is shed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from featurestore import metrics
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 
 DECREASE: Final = 0.8
-INTERVAL_SECONDS: Final = 0.1
 MIN_LIMIT: Final = 4
 
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
@@ -59,7 +59,7 @@ class LoadShedder:
         self.target = target_seconds
         self.inflight = 0
         self._clock = clock
-        self._last_decrease = -INTERVAL_SECONDS
+        self._last_decrease = -float("inf")
 
     def admit(self) -> str | None:
         """None: go ahead (and call ``done`` at the end); else the reason to shed."""
@@ -68,15 +68,18 @@ class LoadShedder:
         self.inflight += 1
         return None
 
-    def done(self, seconds: float) -> None:
-        """An admitted request finished after ``seconds`` (whatever its outcome)."""
+    def done(self, started: float) -> None:
+        """An admitted request that started at ``started`` (by the shedder's clock,
+        ``time.perf_counter``) finished, whatever its outcome."""
         inflight = self.inflight
         self.inflight = inflight - 1
-        if seconds > self.target:
-            now = self._clock()
-            if now - self._last_decrease >= INTERVAL_SECONDS:
+        now = self._clock()
+        if now - started > self.target:
+            if started >= self._last_decrease:
                 self._last_decrease = now
                 self.limit = max(self.min_limit, min(self.limit, inflight) * DECREASE)
+        elif inflight == 1:
+            self.limit = self.max_limit  # drained: whatever queue there was is gone
         elif self.limit < self.max_limit and inflight >= self.limit / 2:
             self.limit = min(self.max_limit, self.limit + 1)
 

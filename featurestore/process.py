@@ -144,8 +144,11 @@ class Listeners:
 
             mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
-        shedder = LoadShedder(
-            config.limits.max_inflight, config.limits.deadline_ms / 1000 * config.limits.shed_target_share
+        limits = config.limits
+        shedder = (
+            LoadShedder(limits.max_inflight, limits.deadline_ms / 1000 * limits.shed_target_share)
+            if limits.shed
+            else None
         )
         http_api = HttpApi(
             rt.engine,

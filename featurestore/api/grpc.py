@@ -150,7 +150,7 @@ class GrpcApi:
             return await self._answer_join(request, context, call)
         finally:
             if shedder is not None:
-                shedder.done(time.perf_counter() - call.t0)
+                shedder.done(call.t0)
 
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         self._inflight.inc()

@@ -233,7 +233,7 @@ class HttpApi:
                 try:
                     status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
                 finally:
-                    self.shedder.done(time.perf_counter() - t0)
+                    self.shedder.done(t0)
             await send(
                 {
                     "type": "http.response.start",

@@ -16,42 +16,57 @@ class Clock:
 
 
 def test_requests_beyond_the_hard_cap_are_shed_and_the_next_one_after_a_completion_is_not() -> None:
-    s = LoadShedder(3, target_seconds=0.1)
+    s = LoadShedder(3, target_seconds=0.1, clock=Clock())
     assert [s.admit() for _ in range(3)] == [None, None, None]
     assert s.admit() == INFLIGHT
-    s.done(0.01)
+    s.done(0.0)
     assert s.admit() is None and s.inflight == 3
 
 
-def test_slow_completions_lower_the_limit_once_per_interval_and_fast_ones_raise_it() -> None:
+def test_slow_completions_cut_the_limit_once_per_cut_and_fast_ones_raise_it() -> None:
     clock = Clock()
     s = LoadShedder(100, target_seconds=0.1, clock=clock)
     for _ in range(50):
         assert s.admit() is None
-    s.done(0.5)  # 50 in flight, slower than the target: a standing queue
+    clock.t = 0.5
+    s.done(0.0)  # 50 in flight, slower than the target: a standing queue
     assert s.limit == 50 * 0.8
-    s.done(0.5)  # the same interval: counted once
-    assert s.limit == 40
-    assert s.inflight == 48
+    s.done(0.0)  # admitted before that cut: the cut has not acted yet, no second one
+    assert s.limit == 40 and s.inflight == 48
     assert s.admit() == LATENCY  # 48 in flight >= 40: shed, below the hard cap
-    clock.t = 0.2
-    s.done(0.5)
+    clock.t = 1.0
+    s.done(0.6)  # admitted after the cut and still slow: cut again
     assert s.limit == 40 * 0.8
     for _ in range(20):
-        s.done(0.01)  # fast again while near the limit: +1 each
+        s.done(0.95)  # fast again while near the limit: +1 each
     assert s.limit == 32 + 20 and s.inflight == 27
     assert s.admit() is None  # load dropped: admitted at once
+
+
+def test_a_worker_that_drains_is_back_at_its_cap() -> None:
+    clock = Clock()
+    s = LoadShedder(100, target_seconds=0.1, clock=clock)
+    for _ in range(10):
+        s.admit()
+    clock.t = 1.0
+    s.done(0.0)
+    assert s.limit == MIN_LIMIT * 2
+    for _ in range(9):
+        s.done(0.95)
+    assert s.inflight == 0 and s.limit == 100
 
 
 def test_the_limit_never_drops_below_its_floor() -> None:
     clock = Clock()
     s = LoadShedder(10, target_seconds=0.1, clock=clock)
+    s.admit()
     for i in range(20):
-        clock.t = i
+        clock.t = i + 1.0
         s.admit()
-        s.done(5.0)
+        s.done(float(i))
     assert s.limit == MIN_LIMIT
-    assert [s.admit() for _ in range(MIN_LIMIT)] == [None] * MIN_LIMIT
+    assert [s.admit() for _ in range(MIN_LIMIT - 1)] == [None] * (MIN_LIMIT - 1)
+    assert s.admit() == LATENCY
 
 
 def test_a_shed_request_is_unavailable_over_http_and_resource_exhausted_over_grpc() -> None:
