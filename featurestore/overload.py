@@ -8,9 +8,11 @@ the bound adapts to what the worker is doing (AIMD, as TCP's congestion window a
 Netflix's concurrency-limits do):
 
 * a join that completes slower than ``target`` (a share of the deadline) means the
-  requests in flight queue on each other: the limit drops to ``in flight x 0.8`` (never
-  below ``min_limit``), but only for a join admitted after the last cut, so the cut
-  takes effect before the next (TCP cuts once per round trip for the same reason);
+  requests in flight queue on each other: the limit drops to ``in flight x target /
+  latency`` (the share of them that would finish in time; the factor kept within
+  0.25..0.9, the limit never below ``min_limit``), but only for a join admitted after the
+  last cut, so a cut takes effect before the next (TCP cuts once per round trip for the
+  same reason);
 * a join that completes within ``target`` while the worker is near its limit raises it
   by one (up to ``max_limit``, the configured hard cap), and a worker that drains (no
   join left in flight) is back at the cap;
@@ -33,8 +35,12 @@ from typing import Final
 from featurestore import metrics
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 
-DECREASE: Final = 0.8
-MIN_LIMIT: Final = 4
+MIN_CUT: Final = 0.25
+MAX_CUT: Final = 0.9
+# Below this many joins in flight a worker never sheds for latency: a stall of the
+# machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) slows every join without
+# any queue to shed, and 16 joins are a few ms of work even at batch 100 (~0.5 ms each).
+MIN_LIMIT: Final = 16
 
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by slow completions
@@ -74,10 +80,12 @@ class LoadShedder:
         inflight = self.inflight
         self.inflight = inflight - 1
         now = self._clock()
-        if now - started > self.target:
+        seconds = now - started
+        if seconds > self.target:
             if started >= self._last_decrease:
                 self._last_decrease = now
-                self.limit = max(self.min_limit, min(self.limit, inflight) * DECREASE)
+                cut = min(MAX_CUT, max(MIN_CUT, self.target / seconds))
+                self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
         elif inflight == 1:
             self.limit = self.max_limit  # drained: whatever queue there was is gone
         elif self.limit < self.max_limit and inflight >= self.limit / 2:
