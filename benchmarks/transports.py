@@ -5,8 +5,9 @@ Per run: QPS, p50/p99, server CPU per request and the load generator's own CPU (
 
     python -m benchmarks.transports [--duration 8] [--rounds 2] [--workers 2] [--concurrency 32]
 
-``--env KEY=VALUE`` (repeatable) starts a second server with that environment, measured
-as its own rows (A/B of a server-side switch under the same load, same minute).
+``--env KEY=VALUE`` (repeatable) starts a second server with that environment, and
+``--store-option KEY=VALUE`` one with that Redis store option, measured as their own
+rows (A/B of a server-side switch under the same load, same minute).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="gRPC load generator processes")
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100])
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE: a second server with this env")
+    ap.add_argument(
+        "--store-option", default="", help="KEY=VALUE: a second server with this Redis store option"
+    )
     ap.add_argument("--transports", default="http,grpc")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
     a = ap.parse_args()
@@ -68,6 +72,10 @@ def main() -> int:
         if a.env:
             env = dict(e.split("=", 1) for e in a.env)
             servers[" ".join(a.env)] = stack.enter_context(server(work, cfg, a.workers, env))
+        if a.store_option:
+            key, value = a.store_option.split("=", 1)
+            alt = config(work, url, "alt", cache=False, store=f", {key}: {value}")
+            servers[a.store_option] = stack.enter_context(server(work, alt, a.workers))
         point = 0
         for batch in a.batches:
             for srv in servers.values():

@@ -29,6 +29,12 @@ class RedisOptions:
     def __post_init__(self) -> None:
         if isinstance(self.password, str):  # given in code rather than through the config
             object.__setattr__(self, "password", SecretStr(self.password))
+        given: object = self.auto_pipeline
+        if isinstance(given, str):  # from the environment
+            flag = given.strip().lower()
+            if flag not in ("true", "false"):
+                raise ValueError(f"auto_pipeline: expected true or false, got {given!r}")
+            object.__setattr__(self, "auto_pipeline", flag == "true")
         tls = urlsplit(self.url).scheme == "rediss"
         if not tls and (self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file):
             raise ValueError("ssl_* options need a rediss:// url")
