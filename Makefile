@@ -17,7 +17,8 @@ help:
 	@echo "make test     install test deps (pip + apt), lint, type-check, run pytest on real servers"
 	@echo "make unit     the unit tests only (seconds, no servers)"
 	@echo "make proto    regenerate gRPC code from proto/"
-	@echo "make bench    every benchmark: Feast side by side, derived features, ClickHouse, lineage, footprint (~40 min;"
+	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
+	@echo "              overload, 1 -> 2 workers, derived features, ClickHouse, lineage, footprint (~60 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 # The venv itself (pip upgraded once); each stamp below installs one set of extras into it.
@@ -78,6 +79,11 @@ bench-feast: $(STAMP) system-deps
 	$(PY) -m benchmarks.run
 
 bench: bench-feast
+	$(PY) -m benchmarks.run --skip-feast-setup --keys zipf --batches 1,100 --concurrency 8,32
+	$(PY) -m benchmarks.cache_admission
+	$(PY) -m benchmarks.transports
+	$(PY) -m benchmarks.overload
+	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.clickhouse_point_reads
 	$(PY) -m benchmarks.lineage

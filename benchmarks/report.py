@@ -72,6 +72,11 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 PARTS = (
     "feast.md",
+    "feast-zipf.md",
+    "cache.md",
+    "grpc.md",
+    "overload.md",
+    "scaling.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "footprint-demo.md",
@@ -102,7 +107,16 @@ def stitch(results: Path = RESULTS) -> None:
     results.write_text("\n".join(body))
 
 
-def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: float, command: str) -> None:
+def write(
+    raw: Path,
+    floor: Path | None,
+    out: Path,
+    *,
+    workers: int,
+    duration: float,
+    command: str,
+    keys: str = "uniform",
+) -> None:
     rows = load(raw)
     b = best(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -114,8 +128,15 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
     lat_tool = next((t for t in tools if t.startswith("loadgen")), qps_tool)
     floors = load(floor) if floor and floor.exists() else []
 
+    drawn = (
+        "uniformly random users (the peer's `wrk_getfeatures.lua` and `loadgen.py`)"
+        if keys == "uniform"
+        else "users drawn from a Zipf law (s=1.1) over the 100,000 ids (`benchmarks/wrk_keys.lua` with KEYS=zipf in "
+        "place of the peer's wrk script; wrk only)"
+    )
     lines = [
-        "## featurestore vs Feast (same Redis, same data, same load, one run)",
+        "## featurestore vs Feast (same Redis, same data, same load, one run)"
+        + ("" if keys == "uniform" else ": Zipf keys"),
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(raw.stat().st_mtime))}; command: `{command}`",
         f"* Machine: {machine()}. Server, Redis and load generator share the cores.",
@@ -125,7 +146,7 @@ def write(raw: Path, floor: Path | None, out: Path, *, workers: int, duration: f
         + f" = `featurestore serve --workers {workers}` on the Redis store"
         " (`_nocache`: LRU cache off, every key read from Redis).",
         "* Data: the peer's 100,000 users x 16 features (identical values: canonical sha256 checked). Every request asks "
-        "all 16 features of B uniformly random users (the peer's `wrk_getfeatures.lua` and `loadgen.py`).",
+        f"all 16 features of B {drawn}.",
         f"* Protocol: the peer's `bench.py`, all servers as targets of one call (points interleaved), {duration:g} s per "
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",

@@ -61,6 +61,21 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+def peer_overlay(out: Path, keys: str) -> Path:
+    """The peer's folder, or for Zipf keys a copy of it made of links whose wrk script is
+    benchmarks/wrk_keys.lua (same bodies, KEYS from the environment): bench.py finds its
+    wrk script next to itself, so every server, Feast too, gets the same keys."""
+    if keys == "uniform":
+        return PEER
+    overlay = out / "peer-overlay"
+    overlay.mkdir(parents=True, exist_ok=True)
+    for f in PEER.iterdir():
+        link = overlay / f.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(HERE / "wrk_keys.lua" if f.name == "wrk_getfeatures.lua" else f)
+    return overlay
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=10)
@@ -72,7 +87,13 @@ def main() -> int:
     ap.add_argument("--skip-feast-setup", action="store_true", help="reuse an earlier setup.sh run")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--max-other", type=float, default=0.3)
+    ap.add_argument(
+        "--keys", choices=["uniform", "zipf"], default="uniform",
+        help="zipf: keys from a Zipf law (s=1.1) for every server, Feast too (benchmarks/wrk_keys.lua; wrk only)",
+    )  # fmt: skip
     a = ap.parse_args()
+    if a.keys == "zipf":
+        a.tool = "wrk"  # the peer's loadgen.py draws uniform keys only
 
     if not PEER.is_dir():
         log(f"the Feast peer is not at {PEER}: nothing to compare with")
@@ -164,12 +185,12 @@ def main() -> int:
         log(
             f"bench.py: {len(targets)} targets, batches {a.batches}, concurrency {a.concurrency}, {a.duration}s per run"
         )
-        cmd = [str(feast_python), str(PEER / "bench.py"), "--tool", a.tool, "--batches", a.batches,
+        cmd = [str(feast_python), str(peer_overlay(a.out, a.keys) / "bench.py"), "--tool", a.tool, "--batches", a.batches,
                "--concurrency", a.concurrency, "--duration", str(a.duration), "--out", str(raw),
                "--max-other", str(a.max_other), "--quiet-wait", "20", "--retries", "1"]  # fmt: skip
         for t in targets:
             cmd += ["--target", t]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "KEYS": a.keys})
 
         floor_path = a.out / f"floor-{stamp}.jsonl"
         with open(floor_path, "w") as fh:
@@ -180,7 +201,7 @@ def main() -> int:
                 log(f"floor b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
                 fh.write(json.dumps(res) + "\n")
 
-        part = HERE / "results" / "feast.md"
+        part = HERE / "results" / ("feast.md" if a.keys == "uniform" else "feast-zipf.md")
         part.parent.mkdir(exist_ok=True)
         report.write(
             raw,
@@ -189,6 +210,7 @@ def main() -> int:
             workers=a.workers,
             duration=a.duration,
             command=" ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+            keys=a.keys,
         )
         log(f"wrote {part} and {HERE / 'RESULTS.md'} (raw: {raw})")
         return 0

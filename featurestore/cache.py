@@ -19,6 +19,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from featurestore import metrics
+from featurestore.admission import FrequencySketch
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, ViewRead
@@ -34,10 +35,18 @@ class LRUCache:
     The bulk methods do their per-key work in comprehensions over C-level dict
     operations: on a batch-100 join that is a few microseconds per view instead of
     a Python method call per key.
+
+    With ``admission`` (a TinyLFU sketch, featurestore/admission.py), a put into a full
+    cache counts each key and admits it only if it is more frequent than the entry it
+    would evict (an expired victim always goes); without, every put evicts (plain LRU).
     """
 
     def __init__(
-        self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_entries: int,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        admission: FrequencySketch | None = None,
     ) -> None:
         if max_entries <= 0:
             raise ValueError("max_entries must be positive")
@@ -45,11 +54,12 @@ class LRUCache:
         self.ttl = ttl_seconds
         self._clock = clock
         self._data: OrderedDict[Hashable, tuple[float, Row]] = OrderedDict()
+        self.admission = admission
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_many(self, keys: list[Hashable]) -> list[Row | None]:
+    def get_many(self, keys: Sequence[Hashable]) -> list[Row | None]:
         """The cached row (or NOT_FOUND) of each key, None where absent or expired."""
         now = self._clock()
         get = self._data.get
@@ -61,7 +71,13 @@ class LRUCache:
                 move(k)
         return rows
 
-    def put_many(self, keys: list[Hashable], rows: list[Row]) -> None:
+    def put_many(self, keys: Sequence[Hashable], rows: Sequence[Row]) -> None:
+        sketch = self.admission
+        if sketch is not None:
+            sketch.increment_many(keys)
+            if len(self._data) + len(keys) > self.max_entries:
+                self._admit_many(sketch, keys, rows)
+                return
         expires = self._clock() + self.ttl
         data = self._data
         move = data.move_to_end
@@ -74,6 +90,29 @@ class LRUCache:
             for _ in range(excess):
                 pop(last=False)
             metrics.CACHE_EVICTIONS.inc(excess)
+
+    def _admit_many(self, sketch: FrequencySketch, keys: Sequence[Hashable], rows: Sequence[Row]) -> None:
+        """The full-cache put: each key against the LRU tail, one at a time."""
+        now = self._clock()
+        expires = now + self.ttl
+        data = self._data
+        evicted = rejected = 0
+        for k, r in zip(keys, rows, strict=True):
+            if k in data or len(data) < self.max_entries:
+                data[k] = (expires, r)
+                data.move_to_end(k)
+                continue
+            victim = next(iter(data))
+            if data[victim][0] < now or sketch.admits(k, victim):
+                del data[victim]
+                data[k] = (expires, r)
+                evicted += 1
+            else:
+                rejected += 1
+        if evicted:
+            metrics.CACHE_EVICTIONS.inc(evicted)
+        if rejected:
+            metrics.CACHE_REJECTIONS.inc(rejected)
 
     def get(self, key: Hashable) -> Row | None:
         return self.get_many([key])[0]

@@ -95,6 +95,10 @@ class GrpcConfig:
     max_ping_strikes: Count = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
     max_metadata_bytes: Count = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
     handshake_timeout_seconds: Seconds = 10.0  # accept to the end of the HTTP/2 handshake
+    # Join as a unary handler (grpc reads the message first) instead of client-streaming
+    # (the handler runs from the call's start): less CPU per call, but a call that dies
+    # waiting for the event loop before its message is read is not counted (api/grpc.py).
+    unary_join: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +199,24 @@ Stores = Annotated[
 ]
 
 
+CACHE_ADMISSIONS = ("tinylfu", "none")
+
+
+def _cache_admission(value: str) -> str:
+    policy = value.strip().lower()
+    if policy not in CACHE_ADMISSIONS:
+        raise _fail(f"unknown cache admission {value!r}; use {', '.join(CACHE_ADMISSIONS)}", value)
+    return policy
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     max_entries: Count = 200_000
     ttl_seconds: Seconds = 30.0
+    # tinylfu: a full cache admits a store read only if it is asked for more often than
+    # the entry it would evict (featurestore/admission.py); none: plain LRU.
+    admission: Annotated[str, AfterValidator(_cache_admission)] = "tinylfu"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +232,11 @@ class LimitsConfig:
     max_rows: Count = 10_000
     max_body_bytes: Count = 4 * 1024 * 1024
     deadline_ms: Count = 500
+    # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
+    # flight, and fewer while joins complete slower than shed_target_share x deadline.
+    shed: bool = True
+    max_inflight: Count = 1024
+    shed_target_share: Ratio = 0.25
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,11 @@ class Unavailable(FeatureStoreError):
     code = Code.UNAVAILABLE
 
 
+class Overloaded(Unavailable):
+    """A worker shed the request at its start: it could not have answered it within its
+    deadline (HTTP 503 with Retry-After; gRPC says RESOURCE_EXHAUSTED instead)."""
+
+
 class DeadlineExceeded(FeatureStoreError):
     code = Code.DEADLINE_EXCEEDED
 

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from featurestore.admission import FrequencySketch
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import Config, StoreConfig
 from featurestore.emitter import EmitterConfig, LineageEmitter
@@ -88,7 +89,9 @@ def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSo
     """Remote stores get the LRU cache in front unless the config turns it off."""
     if store.kind == "memory" or not (sc.cache and config.cache.enabled):
         return store
-    return CachedSource(store, LRUCache(config.cache.max_entries, config.cache.ttl_seconds))
+    cc = config.cache
+    sketch = FrequencySketch(cc.max_entries) if cc.admission == "tinylfu" else None
+    return CachedSource(store, LRUCache(cc.max_entries, cc.ttl_seconds, admission=sketch))
 
 
 def make_serving_stores(config: Config) -> dict[str, OnlineSource]:

@@ -106,10 +106,22 @@ FEATURE_VALUES = Counter(
     "Feature values served, by view and status.",
     ["view", "status"],
 )
+REQUESTS_SHED = Counter(
+    "featurestore_requests_shed_total",
+    "Joins refused at their start because the worker could not answer them in time "
+    "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
+    "latency: the limit lowered by slow completions).",
+    ["api", "reason"],
+)
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
 CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
 CACHE_EVICTIONS = Counter(
     "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
+)
+CACHE_REJECTIONS = Counter(
+    "featurestore_cache_rejections_total",
+    "Rows read from the store that the admission policy kept out of the full cache "
+    "(less frequent than the entry they would have evicted).",
 )
 CACHE_ENTRIES = Gauge(
     "featurestore_cache_entries", "Entries held by the LRU cache.", multiprocess_mode="livesum"
@@ -274,6 +286,7 @@ view_read_duration = Children(VIEW_READ_DURATION, BufferedHistogram)
 view_read_failures = Children(VIEW_READ_FAILURES, BufferedCounter)
 feature_values = Children(FEATURE_VALUES, BufferedCounter)
 cache_hits = Children(CACHE_HITS, BufferedCounter)
+requests_shed = Children(REQUESTS_SHED, BufferedCounter)
 cache_misses = Children(CACHE_MISSES, BufferedCounter)
 service_requests = Children(SERVICE_REQUESTS, BufferedCounter)
 service_duration = Children(SERVICE_DURATION, BufferedHistogram)

@@ -28,6 +28,7 @@ from featurestore.api.http import HttpApi, OpsApi
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
 from featurestore.errors import FailedPrecondition
+from featurestore.overload import LoadShedder
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
 from featurestore.supervisor import REUSE_PORT_ENV
@@ -155,6 +156,13 @@ class Listeners:
             from lineage.graphql import LineageGraphQL  # the graphql extra: checked by build_lineage
 
             mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
+        # One per process: its HTTP and gRPC joins share the event loop they queue on.
+        limits = config.limits
+        shedder = (
+            LoadShedder(limits.max_inflight, limits.deadline_ms / 1000 * limits.shed_target_share)
+            if limits.shed
+            else None
+        )
         http_api = HttpApi(
             rt.engine,
             push,
@@ -164,8 +172,11 @@ class Listeners:
             deadline_ms=config.limits.deadline_ms,
             auth=self.auth,
             ops_elsewhere=config.http.admin_port is not None,
+            shedder=shedder,
         )
-        self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms, self.auth)
+        self.grpc_api = GrpcApi(
+            rt.engine, push, config.limits.deadline_ms, self.auth, shedder, unary_join=config.grpc.unary_join
+        )
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         host = config.grpc.host

@@ -25,6 +25,7 @@ from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.errors import Code, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
+from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
@@ -55,11 +56,18 @@ def engine_budget(configured: float, remaining: float | None) -> float:
 
 class GrpcApi:
     def __init__(
-        self, engine: JoinEngine, push: PushService, deadline_ms: int, auth: Authenticator | None = None
+        self,
+        engine: JoinEngine,
+        push: PushService,
+        deadline_ms: int,
+        auth: Authenticator | None = None,
+        shedder: LoadShedder | None = None,
+        unary_join: bool = False,
     ) -> None:
         """``auth``: bearer tokens Join and Push need (None: none asked for; health and
-        reflection never ask)."""
+        reflection never ask); ``shedder``: the worker's load shedding (None: none)."""
         self.auth = auth
+        self.shedder = shedder
         self.engine = engine
         self.push_service = push
         self.deadline_ms = deadline_ms
@@ -68,7 +76,11 @@ class GrpcApi:
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._methods: dict[str, grpc.RpcMethodHandler] = {
-            "Join": grpc.stream_unary_rpc_method_handler(self._join_rpc),  # see _request
+            "Join": (
+                grpc.unary_unary_rpc_method_handler(self._join_unary_rpc)
+                if unary_join
+                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see _request
+            ),
             "Push": grpc.stream_unary_rpc_method_handler(self._push_rpc),
         }
 
@@ -110,6 +122,11 @@ class GrpcApi:
         context.add_done_callback(call.finish)
         return await self._join(await _request(context, call), context, call)
 
+    async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        call = Call(self._join_outcomes, context)
+        context.add_done_callback(call.finish)
+        return await self._join(request, context, call)
+
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
         context.add_done_callback(call.finish)
@@ -124,6 +141,18 @@ class GrpcApi:
     async def _join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         if self.auth is not None:
             await self._authenticate(context, call, READ)
+        shedder = self.shedder
+        if shedder is not None and (reason := shedder.admit()) is not None:
+            await _abort(
+                context, call, shed("grpc", reason), trailing=(("retry-after", str(RETRY_AFTER_SECONDS)),)
+            )
+        try:
+            return await self._answer_join(request, context, call)
+        finally:
+            if shedder is not None:
+                shedder.done(call.t0)
+
+    async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)

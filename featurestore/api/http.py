@@ -26,6 +26,7 @@ from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticat
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
+from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
 from featurestore.push import PushService
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,13 @@ class HttpApi:
         mounts: Mapping[str, ASGIApp] | None = None,
         auth: Authenticator | None = None,
         ops_elsewhere: bool = False,
+        shedder: LoadShedder | None = None,
     ) -> None:
         """``auth``: bearer tokens the routes need (None: none asked for);
         ``ops_elsewhere``: /healthz, /readyz and /metrics are served by the admin
-        listener (``OpsApi``) and not here."""
+        listener (``OpsApi``) and not here; ``shedder``: the worker's load shedding
+        (None: none)."""
+        self.shedder = shedder
         self.max_body_bytes = max_body_bytes
         self.auth = auth
         self.ops_elsewhere = ops_elsewhere
@@ -248,8 +252,18 @@ class HttpApi:
                 return
             if body is None:
                 status, ctype, out = self._too_large(t0)
-            else:
+            elif self.shedder is None:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
+            elif (reason := self.shedder.admit()) is not None:
+                error = shed("http", reason)
+                self.join.outcomes.failed(t0, error)
+                await send_error(send, error, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
+                return
+            else:
+                try:
+                    status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
+                finally:
+                    self.shedder.done(t0)
             await send(
                 {
                     "type": "http.response.start",

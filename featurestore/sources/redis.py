@@ -40,6 +40,7 @@ from featurestore.model import FeatureView
 from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
+from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import (
@@ -85,6 +86,7 @@ class RedisSource:
                 **auth,
             )
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
+        self._auto = AutoPipeline(self._pool) if self._pool is not None and options.auto_pipeline else None
         # PINGs travel on their own small client with a socket timeout, so a frozen
         # Redis cannot tie up the request pool and every probe ends on time.
         self._probe_client: Redis | RedisCluster
@@ -141,6 +143,8 @@ class RedisSource:
             self._health.cancel()
             await asyncio.wait([self._health], timeout=1.0)
         await self._probe_client.aclose()
+        if self._auto is not None:
+            await self._auto.close()
         if self._pool is not None:
             await self._pool.close()
         await self._client.aclose()
@@ -243,6 +247,9 @@ class RedisSource:
         commands = [keys for _, keys in keyed if keys]
         if not commands:
             return [[] for _ in keyed]
+        if self._auto is not None:
+            it = iter(await self._auto.mget(commands))
+            return [next(it) if keys else [] for _, keys in keyed]
         packed = b"".join(map(pack_mget, commands))
         conn = await self._pool.acquire()
         try:

@@ -20,6 +20,7 @@ class RedisOptions:
     connect_timeout_ms: int = 250
     health_interval_ms: int = 500
     write_batch: int = 2000
+    auto_pipeline: bool = False  # the MGETs of one event-loop tick in one write (sources/redis_batch.py)
     username: str = ""  # an ACL user (Redis 6+); empty: the default user
     password: SecretStr = SecretStr("")  # or password_file (docs/security.md)
     ssl_ca_file: str = ""  # rediss://: the CA of the server's certificate (default: the system's)
@@ -30,6 +31,12 @@ class RedisOptions:
     def __post_init__(self) -> None:
         if isinstance(self.password, str):  # given in code rather than through the config
             object.__setattr__(self, "password", SecretStr(self.password))
+        given: object = self.auto_pipeline
+        if isinstance(given, str):  # from the environment
+            flag = given.strip().lower()
+            if flag not in ("true", "false"):
+                raise ValueError(f"auto_pipeline: expected true or false, got {given!r}")
+            object.__setattr__(self, "auto_pipeline", flag == "true")
         _check_types(self)
         tls = urlsplit(self.url).scheme == "rediss"
         if not tls and (self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file):

@@ -20,7 +20,7 @@ from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOp
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 
-ADAPTERS = ["memory", "redis", "redis-cluster", "redis+lru", "clickhouse"]
+ADAPTERS = ["memory", "redis", "redis-autopipeline", "redis-cluster", "redis+lru", "clickhouse"]
 
 
 async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource:
@@ -31,6 +31,9 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
     if name == "redis":
         server = request.getfixturevalue("redis_server")
         return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8))
+    if name == "redis-autopipeline":  # coalesced MGETs must not change any answer
+        server = request.getfixturevalue("redis_server")
+        return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8, auto_pipeline=True))
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
         return CachedSource(

@@ -205,3 +205,31 @@ async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path) -> None:
     finally:
         await src.close()
         server.stop()
+
+
+@pytest.mark.parametrize("auto_pipeline", [False, True])
+async def test_concurrent_reads_are_answered_alike_and_auto_pipelining_shares_one_connection(
+    redis_server: RedisServer, auto_pipeline: bool
+) -> None:
+    name = f"ap{uuid.uuid4().hex[:8]}"  # the client name Redis lists this source's connections under
+    src = RedisSource(
+        "r",
+        f"p{uuid.uuid4().hex[:8]}",
+        RedisOptions(url=f"{redis_server.url}?client_name={name}", pool_size=8, auto_pipeline=auto_pipeline),
+    )
+    await src.start()
+    try:
+        await src.prepare([V])
+        await src.write(V, users(list(range(1, 41))), 0)
+        before = redis_server.cli("CLIENT", "LIST").count(f"name={name} ")
+        reads = await asyncio.gather(
+            *(src.read([ViewQuery(V, [i, 1000 + i], [0, 1], 0)]) for i in range(1, 41))
+        )
+        for i, [got] in enumerate(reads, start=1):
+            assert isinstance(got, ViewRead)
+            assert got.found == [True, False] and got.columns[0][0] == i and got.columns[1][0] == f"u{i}"
+        opened = redis_server.cli("CLIENT", "LIST").count(f"name={name} ") - before
+        # the 40 reads of one tick: one write on one connection, or one connection each up to the pool size
+        assert opened == (1 if auto_pipeline else 8)
+    finally:
+        await src.close()

@@ -1,0 +1,177 @@
+"""The cache that never costs: cache off, plain LRU and LRU + TinyLFU admission, side by
+side on uniform and Zipf (s=1.1) keys over the peer's 100k users.
+
+1. Hit rates by simulation (in-process, deterministic, machine-independent): the same
+   key trace through ``LRUCache`` with and without the frequency sketch, at several
+   cache sizes, batches of 10 keys.
+2. Servers on one Redis (started here on a free port; the demo's two views materialized
+   into it): ``off`` (cache: false), ``lru`` (cache.admission: none), ``tinylfu`` (the
+   default), one worker each, driven by wrk with ``benchmarks/wrk_keys.lua`` (the peer's
+   body, KEYS=uniform|zipf), points interleaved (the order alternates), ``--rounds``
+   rounds; per run: QPS, server CPU per request and the hit rate from each server's
+   ``featurestore_cache_*`` counters.
+
+    python -m benchmarks.cache_admission [--duration 8] [--rounds 2] [--batches 1,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.stack import config, materialize, metric_sum, redis, server, tree_cpu, wrk
+from featurestore.admission import FrequencySketch
+from featurestore.cache import LRUCache
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+N_USERS = 100_000
+VARIANTS = ("off", "lru", "tinylfu")
+
+
+def zipf_ids(n: int, s: float, count: int, seed: int) -> list[int]:
+    """``count`` user ids, rank r drawn with weight 1/r^s, mapped as wrk_keys.lua maps them."""
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(1.0 / np.arange(1, n + 1) ** s)
+    ranks = np.searchsorted(cdf / cdf[-1], rng.random(count))
+    return [int(x) for x in (ranks * 7919) % n + 1]
+
+
+def simulate(keys: list[int], size: int, admission: bool, batch: int = 10) -> float:
+    cache = LRUCache(size, 1e9, admission=FrequencySketch(size) if admission else None)
+    hits = 0
+    for i in range(0, len(keys), batch):
+        ks = list(dict.fromkeys(keys[i : i + batch]))
+        miss = [k for k, r in zip(ks, cache.get_many(ks), strict=True) if r is None]
+        hits += len(ks) - len(miss)
+        if miss:
+            cache.put_many(miss, [(1,)] * len(miss))
+    return hits / len(keys)
+
+
+def simulation_section(requests: int) -> list[str]:
+    traces = {
+        "uniform": np.random.default_rng(1).integers(1, N_USERS + 1, requests).tolist(),
+        "zipf": zipf_ids(N_USERS, 1.1, requests, 1),
+    }
+    out = [
+        f"Hit rates, simulated: {requests:,} keys per trace over {N_USERS:,} ids, batches of 10.",
+        "",
+        "| keys | cache entries | plain LRU | LRU + TinyLFU |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, trace in traces.items():
+        for size in (1_000, 10_000, 50_000, 200_000):
+            lru, tiny = simulate(trace, size, False), simulate(trace, size, True)
+            out.append(f"| {name} | {size:,} | {lru:.1%} | {tiny:.1%} |")
+    return out
+
+
+def cache_counters(port: int) -> tuple[float, float]:
+    return metric_sum(port, "featurestore_cache_hits_total"), metric_sum(
+        port, "featurestore_cache_misses_total"
+    )
+
+
+def run(srv: dict[str, int], keys: str, batch: int, conns: int, seconds: float) -> dict[str, Any]:
+    h0, m0 = cache_counters(srv["http"])
+    cpu0 = tree_cpu(srv["pid"])
+    res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, conns, seconds, keys)
+    cpu = tree_cpu(srv["pid"]) - cpu0
+    h1, m1 = cache_counters(srv["http"])
+    if res["err_status"]:
+        raise RuntimeError(f"errors in the load run: {res}")
+    res["cpu_us"] = cpu / max(res["requests"], 1) * 1e6
+    looked = (h1 - h0) + (m1 - m0)
+    res["hit_rate"] = (h1 - h0) / looked if looked else None
+    return res
+
+
+def server_section(a: argparse.Namespace) -> list[str]:
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        url = stack.enter_context(redis(work))
+        configs = {
+            v: config(work, url, v, v != "off", f"cache: {{max_entries: {a.max_entries}, admission: "
+                      f"{'none' if v == 'lru' else 'tinylfu'}}}\n")
+            for v in VARIANTS
+        }  # fmt: skip
+        materialize(work, configs["off"])
+        servers = {v: stack.enter_context(server(work, configs[v])) for v in VARIANTS}
+        point = 0
+        for keys in ("uniform", "zipf"):
+            for batch in a.batches:
+                for srv in servers.values():  # warm-up: fills the caches
+                    run(srv, keys, batch, a.connections, a.warmup)
+                for rnd in range(a.rounds):
+                    order = list(VARIANTS) if point % 2 == 0 else list(reversed(VARIANTS))
+                    point += 1
+                    for v in order:
+                        res = run(servers[v], keys, batch, a.connections, a.duration)
+                        res.update(variant=v, keys=keys, batch=batch, round=rnd)
+                        print(json.dumps(res), flush=True)
+                        runs.append(res)
+    return render(runs, a)
+
+
+def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+    out = [
+        f"Servers, 1 worker each, one Redis, wrk `-c{a.connections}`, {a.duration:g} s per run after a "
+        f"{a.warmup:g} s warm-up, {a.rounds} interleaved rounds (median); cache.max_entries {a.max_entries:,}. "
+        "QPS / server CPU per request (us) / hit rate:",
+        "",
+        "| keys | batch | cache off | plain LRU | LRU + TinyLFU | TinyLFU vs off (QPS) |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for keys in ("uniform", "zipf"):
+        for batch in a.batches:
+            cells, qps = [], {}
+            for v in VARIANTS:
+                rs = [r for r in runs if r["variant"] == v and r["keys"] == keys and r["batch"] == batch]
+                qps[v] = statistics.median(r["qps"] for r in rs)
+                cpu = statistics.median(r["cpu_us"] for r in rs)
+                hr = [r["hit_rate"] for r in rs if r["hit_rate"] is not None]
+                cells.append(
+                    f"{qps[v]:,.0f} / {cpu:.0f} / " + (f"{statistics.median(hr):.1%}" if hr else "-")
+                )
+            out.append(f"| {keys} | {batch} | {' | '.join(cells)} | {qps['tinylfu'] / qps['off'] - 1:+.1%} |")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--warmup", type=float, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100])
+    ap.add_argument("--max-entries", type=int, default=200_000)
+    ap.add_argument("--sim-keys", type=int, default=1_000_000)
+    ap.add_argument("--no-servers", action="store_true", help="only the simulation")
+    a = ap.parse_args()
+    lines = ["## Cache admission: uniform and Zipf keys (issue 16, requirement 2)", ""]
+    cmd = " ".join(["python -m benchmarks.cache_admission", *sys.argv[1:]])
+    lines += [f"`{cmd}`", "", *simulation_section(a.sim_keys), ""]
+    if not a.no_servers:
+        lines += server_section(a)
+    part = HERE / "results" / "cache.md"
+    part.parent.mkdir(exist_ok=True)
+    part.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    from benchmarks.report import stitch
+
+    stitch()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

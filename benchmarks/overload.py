@@ -1,0 +1,198 @@
+"""Deadlines under overload: open-loop load at a multiple of the saturation rate, with
+and without load shedding, then the recovery.
+
+1. Saturation: wrk closed loop (concurrency 64) against each server; the lower QPS is
+   the saturation rate S.
+2. Open loop at ``--factor`` x S (2 by default) for ``--duration`` s: requests are sent
+   on a fixed schedule whatever the answers, over at most ``--connections`` (256) HTTP
+   connections in ``--procs`` processes. A request's latency runs from its scheduled
+   time, so waiting for a free connection counts (no coordinated omission). Reported:
+   answered (200) p50/p99/p99.9, shed (503) and other outcomes.
+3. Recovery: right after, 0.5 x S for a few seconds: shed requests (expected none).
+
+Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
+limits.max_inflight 1024, shed_target_share 0.25) and ``no shedding`` (limits.shed false).
+
+    python -m benchmarks.overload [--batch 100] [--factor 2] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import random
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stack import HERE, config, materialize, redis, server, wrk
+from featurestore.demo.data import FEATURE_REFS
+
+VARIANTS = {
+    "shedding": "",
+    "no shedding": "limits: {shed: false}\n",
+}
+
+
+def bodies(batch: int, count: int, seed: int, port: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(count):
+        ids = [rnd.randint(1, 100_000) for _ in range(batch)]
+        body = json.dumps(
+            {"features": FEATURE_REFS, "entities": {"user_id": ids}}, separators=(",", ":")
+        ).encode()
+        out.append(
+            b"POST /v1/feature/join HTTP/1.1\r\nhost: 127.0.0.1:%d\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (port, len(body), body)
+        )
+    return out
+
+
+async def _open_loop(
+    port: int, batch: int, rate: float, seconds: float, conns: int, seed: int
+) -> dict[str, Any]:
+    reqs = bodies(batch, 512, seed, port)
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(conns):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    answered: list[float] = []
+    served: list[float] = []  # from the write of the request: what the server took
+    counts: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+
+    async def one(i: int, due: float) -> None:
+        reader, writer = await idle.get()
+        sent = loop.time()
+        try:
+            writer.write(reqs[i % len(reqs)])
+            status = (await reader.readline()).split(b" ", 2)[1]
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+        except (ConnectionError, asyncio.IncompleteReadError, IndexError):
+            counts["error"] = counts.get("error", 0) + 1
+            writer.close()
+            idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+            return
+        idle.put_nowait((reader, writer))
+        key = status.decode()
+        counts[key] = counts.get(key, 0) + 1
+        if key == "200":
+            answered.append(loop.time() - due)
+            served.append(loop.time() - sent)
+
+    tasks = []
+    n = int(rate * seconds)
+    for i in range(n):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, due)))
+    await asyncio.gather(*tasks)
+    return {"answered": answered, "served": served, "counts": counts}
+
+
+def _run(args: tuple[int, int, float, float, int, int]) -> dict[str, Any]:
+    import uvloop
+
+    return uvloop.run(_open_loop(*args))
+
+
+def open_loop(port: int, batch: int, rate: float, seconds: float, conns: int, procs: int) -> dict[str, Any]:
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.map(
+            _run, [(port, batch, rate / procs, seconds, conns // procs, 7 + i) for i in range(procs)]
+        )
+    lat = sorted(x for p in parts for x in p["answered"])
+    served = sorted(x for p in parts for x in p["served"])
+    counts: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+
+    def pct(q: float, xs: list[float] = lat) -> float | None:
+        return round(xs[min(int(q * len(xs)), len(xs) - 1)] * 1000, 1) if xs else None
+
+    return {
+        "rate": round(rate), "counts": counts, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+        "served_p99_ms": pct(0.99, served), "served_p999_ms": pct(0.999, served),
+    }  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--factor", type=float, default=2.0)
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--connections", type=int, default=256)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        url = stack.enter_context(redis(work))
+        cfgs = {
+            name: config(work, url, f"v{i}", cache=False, extra=extra)
+            for i, (name, extra) in enumerate(VARIANTS.items())
+        }
+        materialize(work, next(iter(cfgs.values())))
+        servers = {name: stack.enter_context(server(work, cfg, a.workers)) for name, cfg in cfgs.items()}
+        sat = min(
+            wrk(f"http://127.0.0.1:{s['http']}/v1/feature/join", a.batch, 64, 5)["qps"]
+            for s in servers.values()
+        )
+        print(f"saturation (closed loop, c=64, lower of the two): {sat:,.0f} QPS", flush=True)
+        for name, srv in servers.items():
+            over = open_loop(srv["http"], a.batch, sat * a.factor, a.duration, a.connections, a.procs)
+            after = open_loop(srv["http"], a.batch, sat * 0.5, 4, a.connections, a.procs)
+            results[name] = {"overload": over, "recovery": after}
+            print(name, json.dumps(results[name]), flush=True)
+    lines = render(results, sat, a)
+    part = HERE / "results" / "overload.md"
+    part.parent.mkdir(exist_ok=True)
+    part.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    from benchmarks.report import stitch
+
+    stitch()
+    return 0
+
+
+def render(results: dict[str, dict[str, Any]], sat: float, a: argparse.Namespace) -> list[str]:
+    cmd = " ".join(["python -m benchmarks.overload", *sys.argv[1:]])
+    out = [
+        "## Deadlines under overload (issue 16, requirement 5)",
+        "",
+        f"`{cmd}`: batch {a.batch}, {a.workers} workers, Redis store, cache off, deadline 500 ms. "
+        f"Saturation {sat:,.0f} QPS (closed loop); open loop at {a.factor:g}x that for {a.duration:g} s over "
+        f"{a.connections} connections, then 0.5x for 4 s. Latency from each request's scheduled time "
+        "(waiting for a free connection included), and from its write (the server's part).",
+        "",
+        "| server | offered QPS | answered 200 | shed 503 | other | answered p50 / p99 / p99.9 ms | "
+        "from the write: p99 / p99.9 ms | after: offered | after: 200 | after: 503 |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        o, rec = r["overload"], r["recovery"]
+        other = sum(v for k, v in o["counts"].items() if k not in ("200", "503"))
+        out.append(
+            f"| {name} | {o['rate']:,} | {o['counts'].get('200', 0):,} | {o['counts'].get('503', 0):,} | {other:,} | "
+            f"{o['p50_ms']} / {o['p99_ms']} / {o['p999_ms']} | {o['served_p99_ms']} / {o['served_p999_ms']} | "
+            f"{rec['rate']:,} | {rec['counts'].get('200', 0):,} | "
+            f"{rec['counts'].get('503', 0):,} |"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

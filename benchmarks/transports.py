@@ -1,0 +1,134 @@
+"""gRPC measured beside HTTP: the same server (Redis store, demo data, cache off so every
+key is read), HTTP Join driven by wrk (benchmarks/wrk_keys.lua) and gRPC Join by the
+multi-process benchmarks/grpc_load.py, at batch 1, 10 and 100, points interleaved.
+Per run: QPS, p50/p99, server CPU per request and the load generator's own CPU (cores).
+
+    python -m benchmarks.transports [--duration 8] [--rounds 2] [--workers 2] [--concurrency 32]
+
+``--env KEY=VALUE`` (repeatable) starts a second server with that environment, and
+``--store-option KEY=VALUE`` one with that Redis store option, measured as their own
+rows (A/B of a server-side switch under the same load, same minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks.grpc_load import measure as grpc_measure
+from benchmarks.stack import HERE, config, materialize, redis, server, tree_cpu, wrk
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def one_run(srv: dict[str, int], transport: str, batch: int, a: argparse.Namespace) -> dict[str, Any]:
+    cpu0 = tree_cpu(srv["pid"])
+    if transport == "http":
+        c0 = children_cpu()
+        res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, a.concurrency, a.duration)
+        res["client_cores"] = round((children_cpu() - c0) / res["duration_s"], 2)
+        wall = res["duration_s"]
+    else:
+        res = grpc_measure(f"127.0.0.1:{srv['grpc']}", batch, a.concurrency, a.duration, a.procs)
+        wall = res["requests"] / res["qps"] if res["qps"] else a.duration
+    res["server_cores"] = round((tree_cpu(srv["pid"]) - cpu0) / wall, 2)
+    res["cpu_us"] = round((tree_cpu(srv["pid"]) - cpu0) / max(res["requests"], 1) * 1e6, 1)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--procs", type=int, default=2, help="gRPC load generator processes")
+    ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100])
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE: a second server with this env")
+    ap.add_argument(
+        "--store-option", default="", help="KEY=VALUE: a second server with this Redis store option"
+    )
+    ap.add_argument("--transports", default="http,grpc")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
+    a = ap.parse_args()
+    transports = a.transports.split(",")
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        url = stack.enter_context(redis(work))
+        cfg = config(work, url, "nocache", cache=False)
+        materialize(work, cfg)
+        servers = {"featurestore": stack.enter_context(server(work, cfg, a.workers))}
+        if a.env:
+            env = dict(e.split("=", 1) for e in a.env)
+            servers[" ".join(a.env)] = stack.enter_context(server(work, cfg, a.workers, env))
+        if a.store_option:
+            key, value = a.store_option.split("=", 1)
+            alt = config(work, url, "alt", cache=False, store=f", {key}: {value}")
+            servers[a.store_option] = stack.enter_context(server(work, alt, a.workers))
+        point = 0
+        for batch in a.batches:
+            for srv in servers.values():
+                for t in transports:
+                    one_run(srv, t, batch, argparse.Namespace(**{**vars(a), "duration": 2}))
+            for rnd in range(a.rounds):
+                combos = [(name, t) for name in servers for t in transports]
+                for name, t in combos if point % 2 == 0 else combos[::-1]:
+                    res = one_run(servers[name], t, batch, a)
+                    res.update(server=name, transport=t, batch=batch, round=rnd)
+                    print(json.dumps(res), flush=True)
+                    runs.append(res)
+                point += 1
+    lines = render(runs, a, list(servers), transports)
+    a.out.parent.mkdir(exist_ok=True)
+    a.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    from benchmarks.report import stitch
+
+    stitch()
+    return 0
+
+
+def render(
+    runs: list[dict[str, Any]], a: argparse.Namespace, servers: list[str], transports: list[str]
+) -> list[str]:
+    cmd = " ".join(["python -m benchmarks.transports", *sys.argv[1:]])
+    out = [
+        "## gRPC and HTTP Join, same server (issue 16, requirement 4)",
+        "",
+        f"`{cmd}`: Redis store, cache off, {a.workers} workers, concurrency {a.concurrency}, "
+        f"{a.duration:g} s per run, {a.rounds} interleaved rounds (median). HTTP: wrk -t1 with "
+        f"benchmarks/wrk_keys.lua; gRPC: benchmarks/grpc_load.py, {a.procs} processes, raw bytes in and out.",
+        "",
+        "| server | transport | batch | QPS | p50 ms | p99 ms | server CPU us/request | load generator cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in servers:
+        for t in transports:
+            for batch in a.batches:
+                rs = [r for r in runs if r["server"] == name and r["transport"] == t and r["batch"] == batch]
+                if not rs:
+                    continue
+
+                def med(k: str, rs: list[dict[str, Any]] = rs) -> float:
+                    return float(statistics.median(r[k] for r in rs))
+
+                out.append(
+                    f"| {name} | {t} | {batch} | {med('qps'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
+                    f"{med('cpu_us'):.0f} | {med('client_cores'):.2f} |"
+                )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
