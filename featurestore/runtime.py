@@ -33,6 +33,8 @@ from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
 from featurestore.model import FeatureView
 from featurestore.plan import CanaryRoute, ServingState
+from featurestore.quality.monitor import DriftMonitor, build_drift
+from featurestore.quality.records import GraphRecorder
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
 from featurestore.supervisor import WORKER_ENV
@@ -56,6 +58,7 @@ class Runtime:
     stores: dict[str, OnlineSource]
     engine: JoinEngine
     lineage: Lineage | None = None
+    drift: DriftMonitor | None = None
     stopping: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Set by the registry watch, cleared by the applier once the change is served;
@@ -114,6 +117,8 @@ class Runtime:
             (_flush_log_summaries, "log-summaries"),
         ):
             self.tasks.append(asyncio.create_task(job(), name=name))
+        if self.drift is not None:
+            self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
 
     async def close(self) -> None:
         for t in self.tasks:
@@ -241,10 +246,14 @@ async def build_runtime(config: Config) -> Runtime:
     state = await serving_state(stores, reg, None, cache_dir(config.derived.cache_dir))
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
     lineage = await build_lineage(config, stores)
-    engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
+    graph = lineage.graph if lineage is not None else None
+    drift = build_drift(config.quality.drift, stores, GraphRecorder(graph) if graph is not None else None)
+    engine = JoinEngine(
+        stores, state, limits, lineage.emitter if lineage else None, drift[0] if drift else None
+    )
     engine.swap(state)
     tell_stores_served_versions(stores, state)
-    rt = Runtime(config, registry, stores, engine, lineage)
+    rt = Runtime(config, registry, stores, engine, lineage, drift[1] if drift else None)
     await rt.definitions_to_graph(state.snapshot)
     rt.start_background()
     return rt

@@ -156,7 +156,8 @@ def numeric_values(col: pa.ChunkedArray | pa.Array, dtype: DType) -> np.ndarray:
         col = col.cast(pa.int64())
     arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
     out: np.ndarray = np.asarray(arr, dtype=np.float64)
-    return out[~np.isnan(out)]
+    kept: np.ndarray = out[~np.isnan(out)]
+    return kept
 
 
 def category_name(value: Any) -> str:
