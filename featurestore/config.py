@@ -236,9 +236,7 @@ class DerivedConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class DriftConfig:
-    """Drift tests on served values (docs/quality.md)."""
-
+class DriftConfig:  # drift tests on served values (docs/quality.md)
     enabled: bool = True
     sample_every: Count = 10  # every n-th join's values are sampled
     values_per_request: Count = 10  # at most this many values per feature from a sampled join
@@ -247,9 +245,7 @@ class DriftConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsistencyConfig:
-    """The online/offline consistency check the server runs on a schedule (docs/quality.md)."""
-
+class ConsistencyConfig:  # the server's scheduled online/offline check (docs/quality.md)
     views: Names = ()  # none: no scheduled check
     interval_seconds: Seconds = 3600.0
     sample: Count = 10_000

@@ -47,18 +47,24 @@ def test_values_compare_by_type() -> None:
 
 
 def test_the_key_sample_is_seeded_and_adds_named_keys() -> None:
-    offline = {k: Side(1, ROW) for k in range(1000)}
+    offline: dict[EntityKey, Side] = {k: Side(1, ROW) for k in range(1000)}
     a, b = sample_keys(offline, 50, [5000], seed=1), sample_keys(offline, 50, [5000], seed=1)
     assert a == b and len(a) == 51 and a[-1] == 5000 and len(set(a)) == 51
 
 
 async def test_the_report_counts_every_class_and_keeps_examples() -> None:
-    offline = {1: Side(10, ROW), 2: Side(10, ROW), 3: Side(10, ROW), 4: Side(10, ROW), 5: Side(10, ROW)}
-    online = {1: Side(10, ROW), 2: Side(9, ROW), 3: Side(12, ROW), 4: Side(10, (2.0, "plus", [0.1, 0.2])),
+    offline: dict[EntityKey, Side] = {
+        1: Side(10, ROW),
+        2: Side(10, ROW),
+        3: Side(10, ROW),
+        4: Side(10, ROW),
+        5: Side(10, ROW),
+    }
+    online: dict[EntityKey, Side] = {1: Side(10, ROW), 2: Side(9, ROW), 3: Side(12, ROW), 4: Side(10, (2.0, "plus", [0.1, 0.2])),
               6: Side(10, ROW)}  # fmt: skip
 
     async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
-        return [online.get(k) for k in keys]  # type: ignore[call-overload]
+        return [online.get(k) for k in keys]
 
     report = await check(V, offline, [1, 2, 3, 4, 5, 6], read)
     assert report.checked == 6 and report.mismatches == 2
