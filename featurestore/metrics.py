@@ -346,3 +346,24 @@ DRIFT_SKIPPED = Counter(
     "queue_full (the monitor fell behind).",
     ["view", "reason"],
 )
+
+# The scheduled online/offline consistency check (featurestore/quality/schedule.py).
+CONSISTENCY_KEYS = Gauge(
+    "featurestore_consistency_keys",
+    "Keys of the latest scheduled consistency check of a view, by class (consistent, stale, online_newer, "
+    "conflict, missing_online, missing_offline).",
+    ["view", "class"],
+    multiprocess_mode="livemax",
+)
+CONSISTENCY_FAILED = Gauge(
+    "featurestore_consistency_failed",
+    "1 when the latest scheduled consistency check of a view found more stale + conflict keys than "
+    "quality.consistency.max_mismatch allows, else 0.",
+    ["view"],
+    multiprocess_mode="livemax",
+)
+CONSISTENCY_CHECKS = Counter(
+    "featurestore_consistency_checks_total",
+    "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
+    ["view", "outcome"],
+)

@@ -35,6 +35,7 @@ from featurestore.model import FeatureView
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.quality.monitor import DriftMonitor, build_drift
 from featurestore.quality.records import GraphRecorder
+from featurestore.quality.schedule import ConsistencySchedule
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
 from featurestore.supervisor import WORKER_ENV
@@ -119,6 +120,9 @@ class Runtime:
             self.tasks.append(asyncio.create_task(job(), name=name))
         if self.drift is not None:
             self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
+        if self.config.quality.consistency.views and _worker_slot() in (None, 0):
+            checks = ConsistencySchedule(self.config, self.stores, lambda: self.engine.state)
+            self.tasks.append(asyncio.create_task(checks.run(), name="consistency-check"))
 
     async def close(self) -> None:
         for t in self.tasks:
