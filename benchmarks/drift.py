@@ -76,7 +76,7 @@ def false_alarms(draw: Draw | None, windows: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     per_ref = 50
     flagged = 0
-    for r in range(windows // per_ref):
+    for _ in range(windows // per_ref):
         ref_num = draw(rng, REF, 0.0) if draw else None
         ref_cat = _categorical(rng, 100_000, 0.0) if draw is None else None  # counts over all rows
         for _ in range(per_ref):

@@ -35,6 +35,7 @@ from featurestore.model import FeatureView
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.quality.monitor import DriftMonitor, build_drift
 from featurestore.quality.records import GraphRecorder
+from featurestore.quality.sampler import DriftSampler
 from featurestore.quality.schedule import ConsistencySchedule
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
@@ -191,6 +192,8 @@ class Runtime:
             return
         self.engine.swap(new)
         tell_stores_served_versions(self.stores, new)
+        if isinstance(self.engine.sampler, DriftSampler):
+            self.engine.sampler.keep_only(served_layouts(new))
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
@@ -261,6 +264,12 @@ async def build_runtime(config: Config) -> Runtime:
     await rt.definitions_to_graph(state.snapshot)
     rt.start_background()
     return rt
+
+
+def served_layouts(state: ServingState) -> set[tuple[str, str]]:
+    """(view, layout) of every view the state serves, canaries included."""
+    snapshots = [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]
+    return {(v.name, v.layout) for s in snapshots for v in s.definitions.views.values()}
 
 
 def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: ServingState) -> None:

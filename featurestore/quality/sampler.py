@@ -102,6 +102,7 @@ class DriftSampler:
                 self.on_full(Window(ring.view, ring.feature, ring.categorical, version, ring.values.copy()))
                 ring.n = 0
 
-    def forget(self) -> None:
-        """Drop every partial window (views gone from the registry)."""
-        self._rings.clear()
+    def keep_only(self, views: set[tuple[str, str]]) -> None:
+        """Drop the windows of view layouts no longer served (after a registry swap)."""
+        for key in [k for k in self._rings if (k[0], k[1]) not in views]:
+            del self._rings[key]

@@ -139,6 +139,20 @@ async def test_the_reference_follows_the_data_version_of_the_window() -> None:
     assert new.p_value > 0.001 and new.data_version == 2
 
 
+def test_windows_of_view_layouts_no_longer_served_are_dropped() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=15)
+    st = state(1)
+    sampler.observe(st, plan_for(st), [[[1.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    sampler.keep_only({("v", "another layout")})
+    sampler.observe(st, plan_for(st), [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    assert windows == []  # the first 10 values went with the dropped window
+    sampler.keep_only({("v", V.layout)})
+    sampler.observe(st, plan_for(st), [[[3.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    [w] = [w for w in windows if w.feature == "x"]
+    assert w.values.tolist() == [2.0] * 10 + [3.0] * 5
+
+
 @pytest.mark.parametrize("every", [0, -1])
 def test_a_sampler_refuses_a_rate_below_one(every: int) -> None:
     with pytest.raises(ValueError):
