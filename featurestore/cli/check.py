@@ -8,11 +8,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from featurestore.cli.base import Subcommands
+from featurestore.cli.join import token_from_args
 from featurestore.errors import InvalidArgument, NotFound, Unavailable
 from featurestore.model import Definitions, DType, FeatureView
 from featurestore.quality.consistency import CLASSES, OnlineReader, Report, Side
@@ -40,6 +42,11 @@ def register(sub: Subcommands) -> None:
     )
     k.add_argument("--max-mismatch", type=float, default=0.0, help="allowed (stale + conflict) / checked")
     k.add_argument("--seed", type=int, default=0, help="the key sample's seed")
+    k.add_argument(
+        "--token-file",
+        default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
+        help="--url: file holding a bearer token with scopes read and admin (default: $FEATURESTORE_TOKEN_FILE)",
+    )
     k.add_argument("--json", action="store_true", help="print one JSON object")
     k.set_defaults(func=cmd_consistency)
 
@@ -130,13 +137,15 @@ async def _run_url(args: argparse.Namespace) -> Report:
     from featurestore.config import Config
     from featurestore.definitions.snapshot import definitions_from_dict
 
-    async with httpx.AsyncClient(base_url=args.url, timeout=10.0) as http:
+    token = token_from_args(args)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers) as http:
         r = await http.get("/v1/registry")
         if r.status_code != 200:
             raise Unavailable(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
         definitions = definitions_from_dict(r.json()["definitions"])
     view = _view(definitions, args.view)
-    async with AsyncFeatureClient(args.url, deadline=10.0) as client:
+    async with AsyncFeatureClient(args.url, deadline=10.0, token=token) as client:
         return await _check(view, args, http_reader(client, view), Config())
 
 
