@@ -58,20 +58,23 @@ class DriftRecorder(Protocol):
 
 
 def evaluate_window(window: Window, profile: Profile, alpha: float) -> DriftResult | None:
-    """The drift test of one window against its reference (None: nothing to test)."""
+    """The drift test of one window against its reference (None: nothing to test).
+    Nulls are dropped here (off the hot path); the window size is what was tested."""
     ref = profile.features.get(window.feature)
-    if ref is None or not len(window.values):
+    if ref is None:
         return None
     result: TestResult
     if window.categorical:
-        if not ref.categories:
+        cats = [category_name(v) for v in window.values if v is not None]
+        if not cats or not ref.categories:
             return None
-        counts = collections.Counter(category_name(v) for v in window.values.tolist())
-        result, test = chi_square(counts, ref.categories), "chi_square"
+        result, test, size = chi_square(collections.Counter(cats), ref.categories), "chi_square", len(cats)
     else:
-        if ref.sample is None or not len(ref.sample):
+        values = np.array(window.values, dtype=np.float64)  # None -> NaN
+        values = values[~np.isnan(values)]
+        if not len(values) or ref.sample is None or not len(ref.sample):
             return None
-        result, test = ks_2samp(np.asarray(window.values, dtype=np.float64), ref.sample), "ks"
+        result, test, size = ks_2samp(values, ref.sample), "ks", len(values)
     return DriftResult(
         window.view.name,
         window.feature,
@@ -79,7 +82,7 @@ def evaluate_window(window: Window, profile: Profile, alpha: float) -> DriftResu
         result.statistic,
         result.pvalue,
         result.pvalue < alpha,
-        len(window.values),
+        size,
         window.data_version,
         time.time_ns() // 1000,
     )

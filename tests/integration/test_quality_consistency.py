@@ -114,3 +114,23 @@ def test_usage_errors_exit_2_with_one_line(demo: Any) -> None:
     assert out.returncode == 2 and out.stderr.startswith("error: --sample:")
     out = cli("check", "consistency", "--view", "user_profile", "--url", "http://127.0.0.1:9")
     assert out.returncode == 2 and out.stderr.startswith("error: ")
+
+
+def test_a_server_that_requires_tokens_is_checked_with_a_token_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('auth: {tokens: "checker-token-0123456789 read,admin"}\n')
+    proc = ServerProcess(
+        ["--demo", "--data-dir", str(tmp_path / "data"), "--config", str(config)], log_path=tmp_path / "log"
+    )
+    proc.start(timeout=90)
+    try:
+        denied = cli("check", "consistency", "--view", "user_profile", "--url", proc.url, "--sample", "5")
+        assert denied.returncode == 2 and "401" in denied.stderr
+        token = tmp_path / "token"
+        token.write_text("checker-token-0123456789\n")
+        out = cli("check", "consistency", "--view", "user_profile", "--url", proc.url, "--sample", "50",
+                  "--token-file", str(token), "--json")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["consistent"] == 50
+    finally:
+        proc.stop()

@@ -89,7 +89,7 @@ async def test_each_materialized_version_keeps_its_own_profile_and_the_reference
 
     # values like the second version's: drift against version 1's reference, none against 2's
     monitor = DriftMonitor({"default": store})
-    values = np.random.default_rng(3).normal(2.0, 1.0, 1000)
+    values = np.random.default_rng(3).normal(2.0, 1.0, 1000).tolist()
     old = await monitor.check(Window(V, "score", False, r1.data_version, values))
     new = await monitor.check(Window(V, "score", False, r2.data_version, values))
     assert old is not None and old.drifted and old.data_version == 1

@@ -55,7 +55,7 @@ def feed(sampler: DriftSampler, st: ServingState, xs: np.ndarray, tiers: list[st
         sampler.observe(st, plan, [cols])
 
 
-def test_the_sampler_fills_windows_per_feature_and_skips_vectors_and_nulls() -> None:
+def test_the_sampler_fills_windows_per_feature_and_skips_vectors() -> None:
     windows: list[Window] = []
     sampler = DriftSampler(windows.append, every=1, per_request=100, window=250)
     st = state(1)
@@ -66,8 +66,9 @@ def test_the_sampler_fills_windows_per_feature_and_skips_vectors_and_nulls() -> 
         sampler.observe(st, plan, [[xs[i : i + 100].tolist(), tiers[i : i + 100], [[0.0]] * 100]])
     numeric = [w for w in windows if w.feature == "x"]
     categorical = [w for w in windows if w.feature == "tier"]
-    assert [w.values.tolist() for w in numeric] == [list(range(k, k + 250)) for k in (0, 250, 500, 750)]
-    assert len(categorical) == 2 and all(set(w.values.tolist()) == {"a"} for w in categorical)
+    assert [w.values for w in numeric] == [list(range(k, k + 250)) for k in (0, 250, 500, 750)]
+    # nulls fill windows too (dropping them would be per-row work on the join path)
+    assert len(categorical) == 4 and all(set(w.values) == {"a", None} for w in categorical)
     assert not [w for w in windows if w.feature == "vec"]
     assert all(w.data_version == 1 for w in windows)
 
@@ -79,7 +80,7 @@ def test_the_sampler_takes_every_nth_request_and_at_most_per_request_values() ->
     plan = plan_for(st)
     for i in range(16):  # requests 4, 8, 12, 16 are sampled: 3 values each
         sampler.observe(st, plan, [[[float(i)] * 10, ["t"] * 10, [[0.0]] * 10]])
-    assert [w.values.tolist() for w in windows if w.feature == "x"] == [
+    assert [w.values for w in windows if w.feature == "x"] == [
         [3.0] * 3 + [7.0] * 3,
         [11.0] * 3 + [15.0] * 3,
     ]
@@ -93,7 +94,7 @@ def test_a_partial_window_is_dropped_when_the_served_data_version_changes() -> N
     sampler.observe(state(2), plan, [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
     sampler.observe(state(2), plan, [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
     [w] = [w for w in windows if w.feature == "x"]
-    assert w.data_version == 2 and set(w.values.tolist()) == {2.0}
+    assert w.data_version == 2 and set(w.values) == {2.0}
 
 
 async def monitored(shift: float, tier_p: list[float], seed: int) -> list[Any]:
@@ -120,7 +121,7 @@ async def test_an_unshifted_stream_raises_few_alarms_and_a_shifted_one_is_detect
 
 async def test_a_window_of_a_version_without_a_profile_is_not_tested() -> None:
     monitor = DriftMonitor({"default": MemorySource("default")})
-    window = Window(V, "x", False, 5, np.zeros(10))
+    window = Window(V, "x", False, 5, [0.0] * 10)
     assert await monitor.check(window) is None
 
 
@@ -131,7 +132,7 @@ async def test_the_reference_follows_the_data_version_of_the_window() -> None:
     await store.write_profile(V, 1, profile_table(V, 1, reference()).to_bytes())
     await store.write_profile(V, 2, profile_table(V, 2, shifted).to_bytes())
     monitor = DriftMonitor({"default": store})
-    values = np.random.default_rng(6).normal(3, 1, 1000)
+    values = np.random.default_rng(6).normal(3, 1, 1000).tolist()
     old = await monitor.check(Window(V, "x", False, 1, values))
     new = await monitor.check(Window(V, "x", False, 2, values))
     assert old is not None and new is not None
@@ -150,7 +151,20 @@ def test_windows_of_view_layouts_no_longer_served_are_dropped() -> None:
     sampler.keep_only({("v", V.layout)})
     sampler.observe(st, plan_for(st), [[[3.0] * 10, ["a"] * 10, [[0.0]] * 10]])
     [w] = [w for w in windows if w.feature == "x"]
-    assert w.values.tolist() == [2.0] * 10 + [3.0] * 5
+    assert w.values == [2.0] * 10 + [3.0] * 5
+
+
+async def test_the_monitor_drops_nulls_and_tests_what_is_left() -> None:
+    store = MemorySource("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    rng = np.random.default_rng(8)
+    numeric = await monitor.check(Window(V, "x", False, 1, [*rng.normal(0, 1, 600).tolist(), *[None] * 400]))
+    tiers = rng.choice(["free", "plus", "pro"], 700, p=[0.6, 0.3, 0.1]).tolist()
+    categorical = await monitor.check(Window(V, "tier", True, 1, [*tiers, *[None] * 300]))
+    assert numeric is not None and numeric.window_size == 600 and numeric.test == "ks"
+    assert categorical is not None and categorical.window_size == 700 and categorical.test == "chi_square"
+    assert await monitor.check(Window(V, "x", False, 1, [None] * 1000)) is None
 
 
 @pytest.mark.parametrize("every", [0, -1])
