@@ -118,7 +118,10 @@ def test_usage_errors_exit_2_with_one_line(demo: Any) -> None:
 
 def test_a_server_that_requires_tokens_is_checked_with_a_token_file(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text('auth: {tokens: "checker-token-0123456789 read,admin"}\n')
+    config.write_text(
+        'auth: {tokens: "checker-token-0123456789 read,admin"}\n'
+        "stores: {default: {kind: memory}, analytics: {kind: memory}}\n"
+    )
     proc = ServerProcess(
         ["--demo", "--data-dir", str(tmp_path / "data"), "--config", str(config)], log_path=tmp_path / "log"
     )
