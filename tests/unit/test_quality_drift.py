@@ -171,3 +171,42 @@ async def test_the_monitor_drops_nulls_and_tests_what_is_left() -> None:
 def test_a_sampler_refuses_a_rate_below_one(every: int) -> None:
     with pytest.raises(ValueError):
         DriftSampler(lambda w: None, every=every)
+
+
+async def test_the_memory_store_profiles_the_latest_row_per_key_of_the_file_it_loads(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from featurestore.model import BatchSource
+    from featurestore.quality.profile import Profile
+
+    path = tmp_path / "rows.parquet"
+
+    def write(scores: list[float], ts: list[int]) -> None:
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": pa.array([1, 1, 2], pa.int64()),
+                    "x": pa.array(scores),
+                    "tier": pa.array(["old", "new", "new"]),
+                    "vec": pa.array([[0.0]] * 3, pa.list_(pa.float32())),
+                    "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                }
+            ),
+            path,
+        )
+
+    view = FeatureView(V.name, V.entities, V.features, batch_source=BatchSource(path=str(path)))
+    store = MemorySource("default")
+    write([1.0, 2.0, 3.0], [1, 2, 1])  # key 1: the row at t=2 is its latest
+    await store.prepare([view])
+    first = Profile.from_bytes(await store.read_profile(view, 4) or b"")  # any served version
+    sample = first.features["x"].sample
+    assert sample is not None and sorted(sample.tolist()) == [2.0, 3.0]
+    assert first.features["tier"].categories == {"new": 2}
+    write([5.0, 6.0, 7.0], [1, 2, 1])  # the file changes: the next prepare reloads it
+    await store.prepare([view])
+    second = Profile.from_bytes(await store.read_profile(view, 4) or b"")
+    assert second.features["x"].sample is not None and sorted(second.features["x"].sample.tolist()) == [
+        6.0,
+        7.0,
+    ]
