@@ -84,6 +84,7 @@ PARTS = (
     "footprint-no-clickhouse.md",
     "lineage.md",
     "lineage-latency.md",
+    "drift.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

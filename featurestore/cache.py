@@ -22,7 +22,7 @@ from featurestore import metrics
 from featurestore.admission import FrequencySketch
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
-from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, ViewRead
+from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
 
 # A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
 Row = tuple[Any, ...]
@@ -165,6 +165,15 @@ class CachedSource:
 
     def missing(self) -> Mapping[str, str]:
         return self.inner.missing()
+
+    async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
+        if isinstance(self.inner, ProfileStore):
+            await self.inner.write_profile(view, data_version, blob)
+
+    async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+        if isinstance(self.inner, ProfileStore):
+            return await self.inner.read_profile(view, data_version)
+        return None
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache

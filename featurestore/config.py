@@ -267,6 +267,29 @@ class DerivedConfig:
     cache_dir: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DriftConfig:  # drift tests on served values (docs/quality.md)
+    enabled: bool = True
+    sample_every: Count = 10  # every n-th join's values are sampled
+    values_per_request: Count = 10  # at most this many values per feature from a sampled join
+    window: Count = 1000  # values per test, per feature, per worker
+    alpha: Ratio = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyConfig:  # the server's scheduled online/offline check (docs/quality.md)
+    views: Names = ()  # none: no scheduled check
+    interval_seconds: Seconds = 3600.0
+    sample: Count = 10_000
+    max_mismatch: Ratio = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QualityConfig:
+    drift: DriftConfig = DriftConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+
+
 def _log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in LOG_LEVELS:
@@ -313,6 +336,7 @@ class Config(BaseSettings):
     tracing: TracingConfig = TracingConfig()
     lineage: LineageConfig = LineageConfig()
     derived: DerivedConfig = DerivedConfig()
+    quality: QualityConfig = QualityConfig()
     log_level: Annotated[str, AfterValidator(_log_level)] = "info"
     # text | json (one object per line, with trace_id and span_id)
     log_format: Annotated[str, AfterValidator(_log_format)] = "text"

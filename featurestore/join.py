@@ -81,6 +81,15 @@ class ServedRecorder(Protocol):
     def record(self, plan: JoinPlan, state: ServingState, rows: int, span: Any) -> None: ...
 
 
+class ValueSampler(Protocol):
+    """Told every join's merged stored columns (drift sampling, quality/sampler.py);
+    must return at once."""
+
+    def observe(
+        self, state: ServingState, plan: JoinPlan, gathered: Sequence[Sequence[Sequence[Any]]]
+    ) -> None: ...
+
+
 class JoinEngine:
     def __init__(
         self,
@@ -88,11 +97,13 @@ class JoinEngine:
         state: ServingState,
         limits: Limits,
         recorder: ServedRecorder | None = None,
+        sampler: ValueSampler | None = None,
     ) -> None:
         self.stores = dict(stores)
         self.state = state
         self.limits = limits
         self.recorder = recorder
+        self.sampler = sampler
 
     def swap(self, state: ServingState) -> None:
         """Publish a new registry state; requests already running keep the old one."""
@@ -146,6 +157,8 @@ class JoinEngine:
             _count_values(outcome, vp.served_columns)
             outcomes.append(outcome)
             gathered.append(cols)
+        if self.sampler is not None:
+            self.sampler.observe(state, plan, gathered)
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
             derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(

@@ -11,6 +11,8 @@ switch of the view's data-version pointer.
 4. Publish: compare-and-swap the pointer n -> m in the registry. Servers swap on the
    change; a request reads one version per view, so it sees all of n or all of m.
    Of concurrent runs the first to publish wins; the others fail with a conflict.
+   The rows written also feed the version's reference profile (``quality/profile.py``),
+   stored with the version before it is published.
 5. Drop what runs given versions between n and m left (they can no longer publish),
    and let version n expire after the grace period (in-flight readers, slow watchers).
 
@@ -44,9 +46,10 @@ import pyarrow.compute as pc
 from featurestore.errors import Conflict, FailedPrecondition, NotFound
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource
+from featurestore.quality.profile import ProfileBuilder
 from featurestore.registry.base import Registry, Watermark
 from featurestore.rows import conform
-from featurestore.sources.base import OnlineSource, VersionedStore
+from featurestore.sources.base import OnlineSource, ProfileStore, VersionedStore
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +168,9 @@ class Materializer:
                 # a live store): mixing those rows into this run would serve them.
                 dropped = await self.versioned.drop_version(view, target)
                 log.warning("dropped %d stale rows of %s v%d before writing it", dropped, view_name, target)
-            rows_read, written, newest = await self._load(load, target, span)
+            profile = ProfileBuilder(view, target)
+            rows_read, written, newest = await self._load(load, target, span, profile)
+            await self._write_profile(profile)
             await self.registry.swap_data_version(view_name, expected=current, new=target)
         except BaseException:
             await self._abandon(view, target)
@@ -208,7 +213,21 @@ class Materializer:
         except Exception:
             log.warning("rows of %s v%d stay behind until the next publication", view.name, target)
 
-    async def _load(self, load: _Load, target: int, span: EventTimeRange) -> tuple[int, int, int | None]:
+    async def _write_profile(self, profile: ProfileBuilder) -> None:
+        """Store the new version's reference profile with it, before it is published (a
+        server that swaps to it finds it). Drift detection needs it, serving does not:
+        a store that cannot take it is logged, not a failed run."""
+        if not isinstance(self.store, ProfileStore):
+            return
+        view, version = profile.view, profile.data_version
+        try:
+            await self.store.write_profile(view, version, profile.build().to_bytes())
+        except Exception as e:
+            log.warning("%s v%d: reference profile not stored (no drift tests): %s", view.name, version, e)
+
+    async def _load(
+        self, load: _Load, target: int, span: EventTimeRange, profile: ProfileBuilder | None = None
+    ) -> tuple[int, int, int | None]:
         """Stream the source's latest rows in ``span`` into data version ``target``:
         (rows read, rows written, newest event time read or None)."""
         view, ts_field = load.view, load.ts_field
@@ -224,7 +243,10 @@ class Materializer:
             batch_newest = _newest_us(table.column(ts_field))
             if batch_newest is not None and (newest is None or batch_newest > newest):
                 newest = batch_newest
-            written += await self.store.write(view, conform(view, table, ts_field), target)
+            rows = conform(view, table, ts_field)
+            written += await self.store.write(view, rows, target)
+            if profile is not None:
+                profile.add(rows)
             if load.on_progress is not None:
                 load.on_progress(Progress(rows_read, total, time.monotonic() - load.t0))
         return rows_read, written, newest

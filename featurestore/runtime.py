@@ -33,6 +33,10 @@ from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
 from featurestore.model import FeatureView
 from featurestore.plan import CanaryRoute, ServingState
+from featurestore.quality.monitor import DriftMonitor, build_drift
+from featurestore.quality.records import GraphRecorder
+from featurestore.quality.sampler import DriftSampler
+from featurestore.quality.schedule import ConsistencySchedule
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
 from featurestore.supervisor import WORKER_ENV
@@ -56,6 +60,7 @@ class Runtime:
     stores: dict[str, OnlineSource]
     engine: JoinEngine
     lineage: Lineage | None = None
+    drift: DriftMonitor | None = None
     stopping: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Set by the registry watch, cleared by the applier once the change is served;
@@ -114,6 +119,11 @@ class Runtime:
             (_flush_log_summaries, "log-summaries"),
         ):
             self.tasks.append(asyncio.create_task(job(), name=name))
+        if self.drift is not None:
+            self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
+        if self.config.quality.consistency.views and _worker_slot() in (None, 0):
+            checks = ConsistencySchedule(self.config, self.stores, lambda: self.engine.state)
+            self.tasks.append(asyncio.create_task(checks.run(), name="consistency-check"))
 
     async def close(self) -> None:
         for t in self.tasks:
@@ -182,6 +192,8 @@ class Runtime:
             return
         self.engine.swap(new)
         tell_stores_served_versions(self.stores, new)
+        if isinstance(self.engine.sampler, DriftSampler):
+            self.engine.sampler.keep_only(served_layouts(new))
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
@@ -241,13 +253,23 @@ async def build_runtime(config: Config) -> Runtime:
     state = await serving_state(stores, reg, None, cache_dir(config.derived.cache_dir))
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
     lineage = await build_lineage(config, stores)
-    engine = JoinEngine(stores, state, limits, lineage.emitter if lineage else None)
+    graph = lineage.graph if lineage is not None else None
+    drift = build_drift(config.quality.drift, stores, GraphRecorder(graph) if graph is not None else None)
+    engine = JoinEngine(
+        stores, state, limits, lineage.emitter if lineage else None, drift[0] if drift else None
+    )
     engine.swap(state)
     tell_stores_served_versions(stores, state)
-    rt = Runtime(config, registry, stores, engine, lineage)
+    rt = Runtime(config, registry, stores, engine, lineage, drift[1] if drift else None)
     await rt.definitions_to_graph(state.snapshot)
     rt.start_background()
     return rt
+
+
+def served_layouts(state: ServingState) -> set[tuple[str, str]]:
+    """(view, layout) of every view the state serves, canaries included."""
+    snapshots = [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]
+    return {(v.name, v.layout) for s in snapshots for v in s.definitions.views.values()}
 
 
 def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: ServingState) -> None:

@@ -1,6 +1,6 @@
 """GraphQL over the lineage graph for analysts (strawberry, GraphiQL at ``/graphql``).
 
-    feature(id, asOf) { upstream(depth) downstream(depth) producedBy servedBy versions featureServices }
+    feature(id, asOf) { upstream(depth) downstream(depth) producedBy servedBy versions featureServices drift(since, until) }
     table(name, asOf) { features impact(depth) { features featureServices } }
     lineageEvents(featureId, since, until, limit)
 
@@ -27,6 +27,7 @@ from strawberry.types import Info
 
 from lineage.events import LineageEvent
 from lineage.graph.base import MAX_DEPTH, FeatureInfo, LineageGraph
+from lineage.graphql_drift import Drift
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,17 @@ class Feature:
             return []
         names = _bounded(await _graph(info).services_using(self.id, self.as_of), "featureServices")
         return names if _charge(info, len(names)) else []
+
+    @strawberry.field(description="Drift detected on its served values in [since, until), oldest first.")
+    async def drift(
+        self, info: Info, since: datetime | None = None, until: datetime | None = None, limit: int = 100
+    ) -> list[Drift]:
+        if not 1 <= limit <= MAX_RESULTS:
+            raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
+        if not _charge(info, 1):
+            return []
+        records = await _graph(info).drift(self.id, _ms(since), _ms(until), limit)
+        return [Drift.of(r) for r in records] if _charge(info, len(records)) else []
 
 
 @strawberry.type(description="A table: an online store table, a batch source or an upstream warehouse table.")

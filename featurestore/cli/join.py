@@ -89,7 +89,7 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def token_from_args(args: argparse.Namespace) -> str | None:
     if not args.token_file:
         return None
     try:
@@ -116,7 +116,7 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
         raise InvalidArgument("--cert and --key go together")
     tls = args.tls or bool(args.ca or args.cert)
     address = f"grpc{'s' if tls else ''}://{args.grpc}" if args.grpc else args.url
-    token = _token(args)
+    token = token_from_args(args)
     try:  # the client refuses bad arguments (an address without a scheme, a deadline of 0) with ValueError
         with FeatureClient(
             address, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key

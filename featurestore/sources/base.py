@@ -135,3 +135,18 @@ class VersionedStore(Protocol):
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Let every row of one data version expire after ``seconds``."""
         ...
+
+
+@runtime_checkable
+class ProfileStore(Protocol):
+    """A store that keeps a reference profile (``featurestore.quality.profile``) with each
+    data version, so a swap of data version swaps the reference drift is tested against.
+    Dropping or expiring a version drops or expires its profile with it."""
+
+    async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
+        """Store the serialized profile of one data version (replacing any)."""
+        ...
+
+    async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+        """The serialized profile of one data version, None when it has none."""
+        ...

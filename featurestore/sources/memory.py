@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition
 from featurestore.model import DType, FeatureView
+from featurestore.quality.profile import profile_table
 from featurestore.rows import (
     EVENT_TIMESTAMP,
     column_array,
@@ -60,6 +61,12 @@ class _KeyIndex:
     def __len__(self) -> int:
         return len(self._dict) if self._dict is not None else len(self._keys)
 
+    def latest_rows(self) -> np.ndarray:
+        """The row of every key (its latest), in no particular order."""
+        if self._dict is not None:
+            return np.fromiter(self._dict.values(), dtype=np.int64, count=len(self._dict))
+        return self._rows
+
     def positions(self, keys: Sequence[EntityKey]) -> list[int]:
         """Row of each key, -1 where absent."""
         if self._dict is not None:
@@ -83,6 +90,10 @@ class _ViewData:
     event_ts_us: np.ndarray
     overlays: dict[int, dict[EntityKey, Row]] = field(default_factory=dict)
     index_key: tuple[Any, ...] = ()
+    # The loaded file's reference profile (every data version serves it), and profiles
+    # written for particular versions.
+    base_profile: bytes | None = None
+    profiles: dict[int, bytes] = field(default_factory=dict)
 
 
 ViewId = tuple[str, str]  # (view name, layout): a renamed feature is a different view
@@ -135,6 +146,7 @@ class MemorySource:
             data = await asyncio.to_thread(_load, view, sig, self._indexes)
             if current is not None:
                 data.overlays = current.overlays  # same layout, new base data: keep pushed rows
+                data.profiles = current.profiles
             wanted[vid] = data
             metrics.SOURCE_ROWS_LOADED.labels(self._name, view.name).set(len(data.index))
         self._views = wanted
@@ -165,6 +177,20 @@ class MemorySource:
         overlay = data.overlays.setdefault(data_version, {})
         overlay.update(zip(keys, zip(*cols, ts, strict=True), strict=True))
         return len(keys)
+
+    async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
+        vid = (view.name, view.layout)
+        data = self._views.get(vid)
+        if data is None:
+            data = self._views[vid] = _empty(view, _signature(view))
+        data.profiles[data_version] = blob
+
+    async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+        """The version's own profile, else the loaded file's (visible at every version)."""
+        data = self._views.get((view.name, view.layout))
+        if data is None:
+            return None
+        return data.profiles.get(data_version, data.base_profile)
 
 
 def _read(data: _ViewData, q: ViewQuery) -> ViewRead:
@@ -241,4 +267,6 @@ def _load(
         view.name,
         src.path,
     )
-    return _ViewData(sig, index, columns, ts_all, index_key=index_key)
+    latest = table.take(pa.array(index.latest_rows()))
+    profile = profile_table(view, 0, latest, seed=0).to_bytes()
+    return _ViewData(sig, index, columns, ts_all, index_key=index_key, base_profile=profile)

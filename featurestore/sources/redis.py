@@ -345,13 +345,28 @@ class RedisSource:
         # of its own, not a queued command (on a cluster no row was ever deleted).
         n = await self._for_version(view, data_version, lambda pipe, key: pipe.execute_command("UNLINK", key))
         await self._client.unlink(self._names(view.name, data_version)[1])
+        await self._client.unlink(self._profile_key(view, data_version))  # own call: another slot
         return n
 
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Let every key of one data version expire after ``seconds``."""
         n = await self._for_version(view, data_version, lambda pipe, key: pipe.expire(key, seconds))
         await self._client.expire(self._names(view.name, data_version)[1], seconds)
+        await self._client.expire(self._profile_key(view, data_version), seconds)
         return n
+
+    def _profile_key(self, view: FeatureView, data_version: int) -> str:
+        """Beside the rows, never among them: no entity key can name it."""
+        return f"fsprofile:{self._project}:{view.name}:v{data_version}"
+
+    async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
+        key = self._profile_key(view, data_version)
+        await self._idempotent(lambda: self._client.set(key, blob))
+
+    async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+        key = self._profile_key(view, data_version)
+        raw = await self._idempotent(lambda: self._client.get(key))
+        return raw.encode() if isinstance(raw, str) else raw
 
     async def _for_version(self, view: FeatureView, data_version: int, op: Any) -> int:
         pattern = _glob_escape(self.prefix(view.name, data_version)) + "*"

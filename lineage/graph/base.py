@@ -26,6 +26,7 @@ from typing import Protocol
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, parse_timestamp
+from lineage.graph.drift import DriftRecord
 
 MAX_DEPTH = 5
 
@@ -169,3 +170,15 @@ class LineageGraph(Protocol):
     async def events(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[LineageEvent]: ...
+
+    # drift records (lineage/graph/drift.py)
+
+    async def add_drift(self, records: Sequence[DriftRecord]) -> None:
+        """Write drift records (idempotent by feature, time and server)."""
+        ...
+
+    async def drift(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[DriftRecord]:
+        """A feature's drift records in [since, until), oldest first, the newest ``limit``."""
+        ...

@@ -44,6 +44,7 @@ from lineage.graph.cypher import (
     SCHEMA,
     WRITE_EVENTS,
 )
+from lineage.graph.drift import DRIFT_SCHEMA, READ_DRIFT, WRITE_DRIFT, DriftRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class BoltGraph:
         self._retries = retries
 
     async def start(self) -> None:
-        for statement in SCHEMA:
+        for statement in (*SCHEMA, *DRIFT_SCHEMA):
             await self._write(statement)
 
     async def close(self) -> None:
@@ -352,3 +353,13 @@ class BoltGraph:
         ]
         out.reverse()
         return out
+
+    async def add_drift(self, records: Sequence[DriftRecord]) -> None:
+        if records:
+            await self._write(WRITE_DRIFT, rows=[r.row() for r in records])
+
+    async def drift(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[DriftRecord]:
+        rows = await self._read(READ_DRIFT, id=feature_id, since=since_ms, until=until_ms, limit=limit)
+        return [DriftRecord.from_row(r) for r in reversed(rows)]

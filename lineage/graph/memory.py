@@ -19,6 +19,7 @@ from lineage.graph.base import (
     event_key,
     event_time_ms,
 )
+from lineage.graph.drift import DriftRecord, in_range
 
 Edge = tuple[str, str, str]  # kind, from, to
 
@@ -49,6 +50,7 @@ class InMemoryGraph:
         self._event_order: deque[tuple[str, str]] = deque()  # (key, feature), oldest first
         self._events: defaultdict[str, deque[tuple[int, LineageEvent]]] = defaultdict(deque)
         self._applied: dict[str, int] = {}  # project -> newest registry version applied
+        self._drift: defaultdict[str, dict[str, DriftRecord]] = defaultdict(dict)  # feature -> key ->
 
     async def start(self) -> None:
         return None
@@ -209,3 +211,15 @@ class InMemoryGraph:
         ]
         out.sort(key=lambda e: (e.timestamp, e.service))
         return out[-limit:]
+
+    async def add_drift(self, records: Sequence[DriftRecord]) -> None:
+        for r in records:
+            kept = self._drift[r.feature_id]
+            kept[r.key] = r
+            if len(kept) > self._max_events:  # bounded like the events: oldest first out
+                del kept[min(kept, key=lambda k: kept[k].at_ms)]
+
+    async def drift(
+        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[DriftRecord]:
+        return in_range(list(self._drift.get(feature_id, {}).values()), since_ms, until_ms, limit)

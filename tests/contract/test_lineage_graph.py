@@ -203,3 +203,19 @@ async def test_one_projects_definitions_leave_other_projects_lineage_alone(graph
     assert await graph.services_using("other:n") == ["other_svc"]
     assert await graph.table_features("warehouse.other") == ["other:n"]
     assert await graph.feature("other:n", mar + 1) is not None
+
+
+async def test_drift_records_are_idempotent_and_read_by_time_range(graph: LineageGraph) -> None:
+    from lineage.graph.drift import DriftRecord
+
+    def rec(at_ms: int, server: str = "w1", reference: int = 3) -> DriftRecord:
+        return DriftRecord("raw:clicks", at_ms, "ks", 0.08, 1e-5, 1000, reference, server)
+
+    await graph.add_drift([rec(1000), rec(2000), rec(2000, "w2"), rec(3000, reference=4)])
+    await graph.add_drift([rec(1000)])  # delivered twice: still one record
+    assert await graph.drift("raw:clicks", None, None, 100) == [
+        rec(1000), rec(2000), rec(2000, "w2"), rec(3000, reference=4)
+    ]  # fmt: skip
+    assert [r.at_ms for r in await graph.drift("raw:clicks", 2000, 3000, 100)] == [2000, 2000]
+    assert await graph.drift("raw:clicks", None, None, 1) == [rec(3000, reference=4)]
+    assert await graph.drift("raw:views", None, None, 100) == []

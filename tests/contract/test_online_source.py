@@ -9,8 +9,16 @@ import pyarrow as pa
 import pytest
 
 from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.quality.profile import Profile, profile_table
 from featurestore.rows import view_schema
-from featurestore.sources.base import DataMissing, OnlineSource, ViewQuery, ViewRead
+from featurestore.sources.base import (
+    DataMissing,
+    OnlineSource,
+    ProfileStore,
+    VersionedStore,
+    ViewQuery,
+    ViewRead,
+)
 from tests.contract.adapters import ADAPTERS, make_source
 
 USER = Entity("user_id", DType.INT64)
@@ -226,3 +234,32 @@ async def test_a_store_reports_a_served_view_as_missing_exactly_when_a_read_find
         assert set(source.missing()) == {"pair"} and source.missing()["pair"]
     source.serving({"all_types": 1, "pair": 0, "shops": 0})  # the view moved on: forgotten
     assert not source.missing()
+
+
+# -- reference profiles (featurestore/quality/profile.py), kept with each data version ----
+
+
+async def test_a_profile_is_kept_per_data_version(source: OnlineSource) -> None:
+    assert isinstance(source, ProfileStore)
+    await source.write(ALL_TYPES, all_types_rows([1, 2]), 1)
+    await source.write(ALL_TYPES, all_types_rows([2, 3], offset=1), 2)
+    one = profile_table(ALL_TYPES, 1, all_types_rows([1, 2]), seed=0).to_bytes()
+    two = profile_table(ALL_TYPES, 2, all_types_rows([2, 3], offset=1), seed=0).to_bytes()
+    await source.write_profile(ALL_TYPES, 1, one)
+    await source.write_profile(ALL_TYPES, 2, two)
+    assert await source.read_profile(ALL_TYPES, 1) == one
+    assert await source.read_profile(ALL_TYPES, 2) == two
+    assert await source.read_profile(ALL_TYPES, 7) is None  # (no batch file either)
+    back = Profile.from_bytes(await source.read_profile(ALL_TYPES, 2) or b"")
+    sample = back.features["i"].sample
+    assert back.data_version == 2 and sample is not None and sample.tolist() == [21.0, 31.0]
+
+
+async def test_a_dropped_data_version_takes_its_profile_with_it(source: OnlineSource) -> None:
+    if not isinstance(source, VersionedStore):
+        pytest.skip("the store keeps no data versions of its own (memory: the loaded file)")
+    assert isinstance(source, ProfileStore)
+    await source.write(ALL_TYPES, all_types_rows([1]), 3)
+    await source.write_profile(ALL_TYPES, 3, profile_table(ALL_TYPES, 3, all_types_rows([1])).to_bytes())
+    await source.drop_version(ALL_TYPES, 3)
+    assert await source.read_profile(ALL_TYPES, 3) is None

@@ -27,6 +27,7 @@ from featurestore.errors import Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import conform
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
+from featurestore.sources.clickhouse import profiles
 from featurestore.sources.clickhouse.codec import align, param_keys, stored_table
 from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe
 from featurestore.sources.clickhouse.options import ClickHouseOptions
@@ -328,8 +329,17 @@ class ClickHouseOnlineSource:
                 await self._command(what, lambda c: c.command(f"SELECT count() FROM `{db}`.`{table}`"))
             )
             await self._command(what, lambda c: c.command(f"DROP TABLE IF EXISTS `{db}`.`{table}`"))
+        await self._command(what, lambda c: profiles.drop(c, db, table))
         self._tables.discard(table)
         return count
+
+    async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
+        table, db = table_name(self._project, view.name, data_version), self.options.database
+        await self._command(f"writing the profile of {table}", lambda c: profiles.write(c, db, table, blob))
+
+    async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+        table, db = table_name(self._project, view.name, data_version), self.options.database
+        return await self._command(f"reading the profile of {table}", lambda c: profiles.read(c, db, table))
 
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Record the table for dropping after ``seconds``; the serving process drops it
@@ -361,6 +371,7 @@ class ClickHouseOnlineSource:
 
 def _drop(client: Any, db: str, table: str) -> None:
     client.command(f"DROP TABLE IF EXISTS `{db}`.`{table}`")
+    profiles.drop(client, db, table)
     client.command(f"DELETE FROM `{db}`.`__expiry` WHERE `table` = {{t:String}}", parameters={"t": table})
 
 

@@ -1,0 +1,189 @@
+"""``featurestore check consistency``: online values against the view's batch source
+(featurestore/quality/consistency.py, docs/quality.md). Exit 0: mismatches (stale +
+conflict) within ``--max-mismatch``; 1: more; 2: usage, network or store errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from featurestore.cli.base import Subcommands
+from featurestore.cli.join import token_from_args
+from featurestore.errors import InvalidArgument, NotFound, Unavailable
+from featurestore.model import Definitions, DType, FeatureView
+from featurestore.quality.consistency import CLASSES, OnlineReader, Report, Side
+from featurestore.sources.base import EntityKey
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def register(sub: Subcommands) -> None:
+    c = sub.add_parser("check", help="data quality checks")
+    checks = c.add_subparsers(dest="check", required=True)
+    k = checks.add_parser(
+        "consistency", help="compare online values of sampled keys with the latest offline row per key"
+    )
+    k.add_argument("--view", required=True, help="the feature view to check")
+    where = k.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="read online values through this server's join API"
+    )
+    where.add_argument("--config", help="read online values straight from the view's store (server config)")
+    k.add_argument("--sample", type=int, default=10_000, help="keys sampled from the batch source")
+    k.add_argument(
+        "--key", action="append", default=[], help="also check this key (repeat; single-entity views)"
+    )
+    k.add_argument("--max-mismatch", type=float, default=0.0, help="allowed (stale + conflict) / checked")
+    k.add_argument("--seed", type=int, default=0, help="the key sample's seed")
+    k.add_argument(
+        "--token-file",
+        default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
+        help="--url: file holding a bearer token with scopes read and admin (default: $FEATURESTORE_TOKEN_FILE)",
+    )
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+    k.set_defaults(func=cmd_consistency)
+
+
+def cmd_consistency(args: argparse.Namespace, _argv: list[str]) -> int:
+    if args.sample < 1:
+        raise InvalidArgument(f"--sample: expected an integer >= 1, got {args.sample}")
+    if not 0.0 <= args.max_mismatch <= 1.0:
+        raise InvalidArgument(f"--max-mismatch: expected a fraction in [0, 1], got {args.max_mismatch}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    via_config = args.config is not None
+    report = asyncio.run(_run_config(args) if via_config else _run_url(args))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(render(report))
+    return 0 if report.passed(args.max_mismatch) else 1
+
+
+def render(report: Report) -> str:
+    lines = [f"view {report.view}: {report.checked} keys checked"]
+    lines += [f"  {cls:<16}{report.counts[cls]:>10}" for cls in CLASSES]
+    for ex in report.examples:
+        lines.append("  e.g. " + " ".join(f"{k}={v}" for k, v in ex.items()))
+    return "\n".join(lines)
+
+
+def _view(definitions: Definitions, name: str) -> FeatureView:
+    view = definitions.views.get(name)
+    if view is None:
+        raise NotFound(f"unknown feature view {name!r}")
+    return view
+
+
+def _keys(view: FeatureView, given: Sequence[str]) -> list[EntityKey]:
+    if given and len(view.entities) != 1:
+        raise InvalidArgument("--key: only for views with one entity")
+    if not given:
+        return []
+    dtype = view.entities[0].dtype
+    try:
+        return [int(k) if dtype is DType.INT64 else k for k in given]
+    except ValueError as e:
+        raise InvalidArgument(f"--key: {e}") from None
+
+
+async def _check(view: FeatureView, args: argparse.Namespace, read: OnlineReader, config: Any) -> Report:
+    from featurestore.jobs import default_source
+    from featurestore.quality.consistency import check, offline_rows, offline_sides, sample_keys
+
+    offline = offline_sides(view, await offline_rows(view, default_source(view, config, None)))
+    keys = sample_keys(offline, args.sample, _keys(view, args.key), args.seed)
+    return await check(view, offline, keys, read)
+
+
+async def _run_config(args: argparse.Namespace) -> Report:
+    from featurestore.config import load_config
+    from featurestore.factories import make_registry, make_store
+    from featurestore.quality.consistency import store_reader
+    from featurestore.registry.base import load_state
+
+    config = load_config(args.config)
+    registry = make_registry(config)
+    try:
+        state = await load_state(registry)
+    finally:
+        await registry.close()
+    if state.snapshot is None:
+        raise InvalidArgument("the registry has no snapshot: apply definitions first")
+    view = _view(state.snapshot.definitions, args.view)
+    sc = config.stores.get(view.online_store)
+    if sc is None:
+        raise InvalidArgument(f"view {view.name!r} uses store {view.online_store!r}, which the config lacks")
+    store = make_store(view.online_store, sc, config)
+    await store.start()
+    try:
+        await store.prepare([view])
+        reader = store_reader(store, view, state.data_versions.get(view.name, 0))
+        return await _check(view, args, reader, config)
+    finally:
+        await store.close()
+
+
+async def _run_url(args: argparse.Namespace) -> Report:
+    import httpx
+
+    from featurestore.client import AsyncFeatureClient
+    from featurestore.config import Config
+    from featurestore.definitions.snapshot import definitions_from_dict
+
+    token = token_from_args(args)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers) as http:
+        r = await http.get("/v1/registry")
+        if r.status_code != 200:
+            raise Unavailable(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
+        definitions = definitions_from_dict(r.json()["definitions"])
+    view = _view(definitions, args.view)
+    async with AsyncFeatureClient(args.url, deadline=10.0, token=token) as client:
+        return await _check(view, args, http_reader(client, view), Config())
+
+
+def http_reader(client: Any, view: FeatureView) -> OnlineReader:
+    """Read the online side through a server's join API: exactly what callers get."""
+    refs = [f"{view.name}:{f.name}" for f in view.features]
+    names = [f"{view.name}__{f.name}" for f in view.features]
+    composite = len(view.join_keys) > 1
+
+    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+        entities = {
+            name: [k[i] if composite else k for k in keys]  # type: ignore[index]
+            for i, name in enumerate(view.join_keys)
+        }
+        result = await client.join(entities, refs, full_feature_names=True)
+        cols = [result[n] for n in names]
+        out: list[Side | None] = []
+        for i in range(len(keys)):
+            status = cols[0].statuses[i].name
+            if status == "UNAVAILABLE":
+                raise Unavailable(f"view {view.name!r} answered UNAVAILABLE for key {keys[i]!r}")
+            ts = cols[0].event_timestamps[i]
+            if status == "NOT_FOUND" or ts is None:
+                out.append(None)
+                continue
+            ts_us = (ts - EPOCH) // _US
+            values = (
+                None
+                if status != "PRESENT"
+                else tuple(_value(c.values[i], f.dtype) for c, f in zip(cols, view.features, strict=True))
+            )
+            out.append(Side(ts_us, values))
+        return out
+
+    return read
+
+
+def _value(v: Any, dtype: DType) -> Any:
+    if dtype is DType.TIMESTAMP and isinstance(v, str):
+        return (datetime.fromisoformat(v.replace("Z", "+00:00")) - EPOCH) // _US
+    return v

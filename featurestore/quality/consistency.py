@@ -1,0 +1,177 @@
+"""Online/offline consistency: does what is served for a key agree with the latest row
+the view's batch source holds for it?
+
+Each sampled key is put in exactly one class (docs/quality.md):
+
+* ``consistent``: same event time, same values;
+* ``stale``: the online row is older than the offline one (the batch source moved on
+  and was not materialized);
+* ``online_newer``: the online row is newer (a push landed after the offline row:
+  expected, not a mismatch);
+* ``conflict``: same event time, different values;
+* ``missing_online``: the offline side has the key, the online side does not;
+* ``missing_offline``: served, but not in the batch source (pushed keys; only keys the
+  caller names can be found so: keys are sampled from the offline side).
+
+A key served ``OUTSIDE_MAX_AGE`` has a timestamp but no values: it is classified by time,
+and consistent when the times agree. Mismatches are ``stale + conflict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from featurestore.errors import Unavailable
+from featurestore.model import DType, FeatureView
+from featurestore.offline import EVERYTHING, OfflineSource
+from featurestore.rows import EVENT_TIMESTAMP, column_values, conform, row_keys
+from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
+
+CLASSES = ("consistent", "stale", "online_newer", "conflict", "missing_online", "missing_offline")
+MAX_EXAMPLES = 10
+READ_CHUNK = 1000  # keys per online read (under the server's max_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side's latest row of a key: event time (epoch µs) and feature values in view
+    order (None: not comparable, e.g. served OUTSIDE_MAX_AGE)."""
+
+    ts_us: int
+    values: tuple[Any, ...] | None
+
+
+OnlineReader = Callable[[Sequence[EntityKey]], Awaitable[list[Side | None]]]
+
+
+@dataclass
+class Report:
+    view: str
+    checked: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> int:
+        return self.counts["stale"] + self.counts["conflict"]
+
+    def passed(self, max_mismatch: float) -> bool:
+        return self.mismatches <= max_mismatch * self.checked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"view": self.view, "checked": self.checked, **self.counts, "examples": self.examples}
+
+
+def same_value(a: Any, b: Any, dtype: DType) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if dtype is DType.FLOAT64:
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    if dtype is DType.FLOAT32_VECTOR:
+        return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def classify(view: FeatureView, online: Side | None, offline: Side | None) -> tuple[str, str | None]:
+    """The key's class, and the first feature that differs (conflicts)."""
+    if online is None:
+        return "missing_online", None
+    if offline is None:
+        return "missing_offline", None
+    if online.ts_us < offline.ts_us:
+        return "stale", None
+    if online.ts_us > offline.ts_us:
+        return "online_newer", None
+    if online.values is None or offline.values is None:
+        return "consistent", None
+    for f, a, b in zip(view.features, online.values, offline.values, strict=True):
+        if not same_value(a, b, f.dtype):
+            return "conflict", f.name
+    return "consistent", None
+
+
+async def offline_rows(
+    view: FeatureView, source: OfflineSource, batch_rows: int = 100_000
+) -> pa.Table | None:
+    """The batch source's latest row per key, conformed to the view's schema (None: no rows)."""
+    ts_field = view.batch_source.timestamp_field if view.batch_source else EVENT_TIMESTAMP
+    columns = [*view.join_keys, *(f.name for f in view.features), ts_field]
+    batches = [
+        b async for b in source.latest_batches(columns, view.join_keys, ts_field, batch_rows, EVERYTHING)
+    ]
+    return conform(view, pa.Table.from_batches(batches), ts_field) if batches else None
+
+
+def offline_sides(view: FeatureView, table: pa.Table | None) -> dict[EntityKey, Side]:
+    if table is None:
+        return {}
+    keys = row_keys(table, view.join_keys)
+    ts = column_values(table.column(EVENT_TIMESTAMP), DType.TIMESTAMP)
+    cols = [column_values(table.column(f.name), f.dtype) for f in view.features]
+    return {k: Side(t, tuple(c[i] for c in cols)) for i, (k, t) in enumerate(zip(keys, ts, strict=True))}
+
+
+def sample_keys(
+    offline: dict[EntityKey, Side], n: int, extra: Sequence[EntityKey] = (), seed: int = 0
+) -> list[EntityKey]:
+    """``n`` offline keys drawn uniformly without replacement (seeded), then ``extra``."""
+    keys = list(offline)
+    if len(keys) > n:
+        picked = np.random.default_rng(seed).choice(len(keys), size=n, replace=False)
+        keys = [keys[i] for i in sorted(picked.tolist())]
+    seen = set(keys)
+    return keys + [k for k in extra if k not in seen]
+
+
+async def check(
+    view: FeatureView, offline: dict[EntityKey, Side], keys: Sequence[EntityKey], read_online: OnlineReader
+) -> Report:
+    report = Report(view.name)
+    for start in range(0, len(keys), READ_CHUNK):
+        chunk = keys[start : start + READ_CHUNK]
+        online = await read_online(chunk)
+        for key, on in zip(chunk, online, strict=True):
+            off = offline.get(key)
+            cls, feature = classify(view, on, off)
+            report.checked += 1
+            report.counts[cls] += 1
+            if cls != "consistent" and len(report.examples) < MAX_EXAMPLES:
+                report.examples.append(_example(view, key, cls, feature, on, off))
+    return report
+
+
+def _example(
+    view: FeatureView, key: EntityKey, cls: str, feature: str | None, on: Side | None, off: Side | None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "key": list(key) if isinstance(key, tuple) else key,
+        "class": cls,
+        "online_event_time_us": on.ts_us if on else None,
+        "offline_event_time_us": off.ts_us if off else None,
+    }
+    if feature is not None and on is not None and off is not None and on.values and off.values:
+        i = [f.name for f in view.features].index(feature)
+        doc.update(feature=feature, online=on.values[i], offline=off.values[i])
+    return doc
+
+
+def store_reader(store: OnlineSource, view: FeatureView, data_version: int) -> OnlineReader:
+    """Read the online side straight from the view's store, at one data version."""
+    features = list(range(len(view.features)))
+
+    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+        [res] = await store.read([ViewQuery(view, keys, features, data_version)])
+        if not isinstance(res, ViewRead):
+            raise Unavailable(f"view {view.name!r}: the online store failed: {res}")
+        return [
+            Side(res.event_ts_us[i], tuple(c[i] for c in res.columns)) if res.found[i] else None
+            for i in range(len(keys))
+        ]
+
+    return read

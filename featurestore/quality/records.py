@@ -1,0 +1,41 @@
+"""Drift detections into the lineage graph (``LineageGraph.add_drift``): the monitor's
+``DriftRecorder`` for a process that holds a graph (the in-process one, or Neo4j when it
+serves GraphQL from it). A graph that cannot take a record loses that record, logged:
+the metrics still count every detection."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from featurestore.quality.monitor import DriftResult
+from lineage.graph.base import LineageGraph
+from lineage.graph.drift import DriftRecord
+
+log = logging.getLogger(__name__)
+
+
+class GraphRecorder:
+    def __init__(self, graph: LineageGraph, server: str | None = None) -> None:
+        self.graph = graph
+        self.server = server or f"{socket.gethostname()}:{os.getpid()}"
+
+    async def record_drift(self, results: list[DriftResult]) -> None:
+        records = [
+            DriftRecord(
+                r.feature_id,
+                r.at_us // 1000,
+                r.test,
+                r.statistic,
+                r.p_value,
+                r.window_size,
+                r.data_version,
+                self.server,
+            )
+            for r in results
+        ]
+        try:
+            await self.graph.add_drift(records)
+        except Exception as e:
+            log.warning("lineage graph: %d drift record(s) not written: %s", len(records), e)

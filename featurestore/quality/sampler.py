@@ -1,0 +1,113 @@
+"""Sampling served values for drift tests, on the hot path: a fixed small cost.
+
+Every ``every``-th join (a counter, no random draw) hands the sampler its merged
+columns; the sampler appends at most ``per_request`` values of each stored feature read
+to that feature's window (a list slice and ``list.extend``: C loops, no per-row Python
+bytecode, no numpy call: numpy's per-call overhead on 10 values is ~50x a list extend,
+measured in benchmarks/drift.py). The other joins cost one increment and one compare.
+A window holds the values of one data version: when the served version changes, the
+partial window is dropped (its values belong to the old reference). A full window (nulls
+included: the monitor drops them, off the hot path) is handed to the monitor
+(``on_full``) and a new one starts.
+
+Memory is bounded: one window of at most ``window`` values per (view layout, feature)
+the process serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from featurestore.model import FeatureView
+from featurestore.plan import JoinPlan, ServingState
+from featurestore.quality.profile import CATEGORICAL, NUMERIC
+
+
+class Window(NamedTuple):
+    view: FeatureView
+    feature: str
+    categorical: bool
+    data_version: int
+    values: list[Any]  # as served: None for nulls (and values not PRESENT)
+
+
+class _Ring:
+    __slots__ = ("categorical", "feature", "values", "version", "view")
+
+    def __init__(self, view: FeatureView, feature: str, categorical: bool) -> None:
+        self.view = view
+        self.feature = feature
+        self.categorical = categorical
+        self.values: list[Any] = []
+        self.version = -1
+
+
+class DriftSampler:
+    def __init__(
+        self, on_full: Callable[[Window], None], *, every: int = 10, per_request: int = 10, window: int = 1000
+    ) -> None:
+        if every < 1 or per_request < 1 or window < 1:
+            raise ValueError("every, per_request and window must be >= 1")
+        self.on_full = on_full
+        self.every = every
+        self.per_request = per_request
+        self.window = window
+        self._count = 0
+        self._rings: dict[tuple[str, str, int], _Ring | None] = {}
+        self._bound: dict[int, tuple[JoinPlan, list[tuple[str, list[_Ring | None]]]]] = {}
+
+    def observe(
+        self, state: ServingState, plan: JoinPlan, gathered: Sequence[Sequence[Sequence[Any]]]
+    ) -> None:
+        """Called by the engine after every join's merge (``gathered[slot][j]``: the
+        values of ``plan.views[slot].features[j]``, None where not PRESENT)."""
+        self._count += 1
+        if self._count < self.every:
+            return
+        self._count = 0
+        bound = self._bound.get(id(plan))
+        if bound is None or bound[0] is not plan:  # plans are cached per snapshot: bound once
+            bound = self._bind(plan)
+        m, window, versions = self.per_request, self.window, state.data_versions
+        for (name, rings), cols in zip(bound[1], gathered, strict=False):
+            version = versions.get(name, 0)
+            for ring, col in zip(rings, cols, strict=True):
+                if ring is None:
+                    continue
+                if ring.version != version:
+                    ring.version, ring.values = version, []
+                buf = ring.values
+                buf.extend(col[:m])
+                if len(buf) >= window:
+                    self._full(ring, buf)
+
+    def _bind(self, plan: JoinPlan) -> tuple[JoinPlan, list[tuple[str, list[_Ring | None]]]]:
+        """The windows of every column a plan reads, in its order."""
+        if len(self._bound) > 1024:
+            self._bound.clear()
+        rings = [(vp.view.name, [self._ring(vp.view, fi) for fi in vp.features]) for vp in plan.views]
+        bound = self._bound[id(plan)] = (plan, rings)
+        return bound
+
+    def _ring(self, view: FeatureView, fi: int) -> _Ring | None:
+        key = (view.name, view.layout, fi)
+        if key in self._rings:
+            return self._rings[key]
+        feature = view.features[fi]
+        ring = None
+        if feature.dtype in NUMERIC or feature.dtype in CATEGORICAL:
+            ring = _Ring(view, feature.name, feature.dtype in CATEGORICAL)
+        self._rings[key] = ring
+        return ring
+
+    def _full(self, ring: _Ring, buf: list[Any]) -> None:
+        ring.values = buf[self.window :]
+        del buf[self.window :]
+        self.on_full(Window(ring.view, ring.feature, ring.categorical, ring.version, buf))
+
+    def keep_only(self, views: set[tuple[str, str]]) -> None:
+        """Drop the windows of view layouts no longer served (after a registry swap)."""
+        for key in [k for k in self._rings if (k[0], k[1]) not in views]:
+            del self._rings[key]
+        self._bound.clear()  # plans of the old snapshot, and their windows

@@ -1,0 +1,71 @@
+"""The server's scheduled consistency check (``quality.consistency`` in the config):
+every ``interval_seconds``, for each configured view, the same check as ``featurestore
+check consistency --config`` (the view's store at the data version served, against its
+batch source), its counts exported as metrics (``featurestore_consistency_*``; alert
+``FeatureSkew``). Only one process of a supervised group runs it (worker slot 0): the
+store and the batch source are shared, N copies would only multiply the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from featurestore import metrics
+from featurestore.config import Config
+from featurestore.plan import ServingState
+from featurestore.quality.consistency import (
+    CLASSES,
+    Report,
+    check,
+    offline_rows,
+    offline_sides,
+    sample_keys,
+    store_reader,
+)
+from featurestore.sources.base import OnlineSource
+
+log = logging.getLogger(__name__)
+
+
+class ConsistencySchedule:
+    def __init__(
+        self, config: Config, stores: Mapping[str, OnlineSource], state: Callable[[], ServingState]
+    ) -> None:
+        self.config = config
+        self.settings = config.quality.consistency
+        self.stores = stores
+        self.state = state
+
+    async def run(self) -> None:
+        """The ``consistency-check`` background task."""
+        while True:
+            for view in self.settings.views:
+                await self.check_view(view)
+            await asyncio.sleep(self.settings.interval_seconds)
+
+    async def check_view(self, name: str) -> Report | None:
+        from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
+
+        state = self.state()
+        view = state.definitions.views.get(name)
+        store = self.stores.get(view.online_store) if view is not None else None
+        try:
+            if view is None or store is None:
+                raise LookupError(f"view {name!r} is not served by this server")
+            offline = offline_sides(view, await offline_rows(view, default_source(view, self.config, None)))
+            keys = sample_keys(offline, self.settings.sample)
+            reader = store_reader(store, view, state.data_versions.get(name, 0))
+            report = await check(view, offline, keys, reader)
+        except Exception as e:
+            metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
+            log.warning("consistency check of %s failed: %s", name, e)
+            return None
+        failed = not report.passed(self.settings.max_mismatch)
+        for cls in CLASSES:
+            metrics.CONSISTENCY_KEYS.labels(name, cls).set(report.counts[cls])
+        metrics.CONSISTENCY_FAILED.labels(name).set(1 if failed else 0)
+        metrics.CONSISTENCY_CHECKS.labels(name, "mismatch" if failed else "ok").inc()
+        log.info("consistency of %s: %s", name, ", ".join(f"{c} {report.counts[c]}" for c in CLASSES))
+        return report

@@ -1,0 +1,69 @@
+"""The server's scheduled consistency check exports its counts as metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import REGISTRY
+
+from featurestore.config import Config
+from featurestore.definitions.snapshot import new_snapshot
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.plan import ServingState
+from featurestore.quality.schedule import ConsistencySchedule
+from featurestore.sources.memory import MemorySource
+
+U = Entity("user_id", DType.INT64)
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_a_scheduled_check_exports_counts_and_fails_on_a_conflict(tmp_path: Path) -> None:
+    path = tmp_path / "s.parquet"
+    n = 500
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(n), pa.int64()),
+                "score": pa.array(np.arange(n, dtype=np.float64)),
+                "event_timestamp": pa.array(np.full(n, 1_000_000), pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    view = FeatureView(
+        "sched", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"sched": 0})
+    store = MemorySource("default")
+    await store.prepare([view])
+    config = Config.model_validate({"quality": {"consistency": {"views": ["sched"], "sample": 100}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state)
+
+    report = await schedule.check_view("sched")
+    assert report is not None and report.counts["consistent"] == 100
+    assert sample("featurestore_consistency_keys", view="sched", **{"class": "consistent"}) == 100
+    assert sample("featurestore_consistency_failed", view="sched") == 0
+
+    # every key pushed with the same event time and another value: all conflicts
+    pushed = pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "score": pa.array(np.full(n, -1.0)),
+            "event_timestamp": pa.array(np.full(n, 1_000_000), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    await store.write(view, pushed, 0)
+    report = await schedule.check_view("sched")
+    assert report is not None and report.counts["conflict"] == 100
+    assert sample("featurestore_consistency_keys", view="sched", **{"class": "conflict"}) == 100
+    assert sample("featurestore_consistency_failed", view="sched") == 1
+    assert sample("featurestore_consistency_checks_total", view="sched", outcome="mismatch") == 1
+
+    assert await schedule.check_view("nope") is None
+    assert sample("featurestore_consistency_checks_total", view="nope", outcome="error") == 1

@@ -1,0 +1,79 @@
+"""Consistency classes from constructed cases (the demo scenario is
+tests/integration/test_quality_consistency.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.quality.consistency import Side, check, classify, same_value, sample_keys
+from featurestore.sources.base import EntityKey
+
+V = FeatureView(
+    "v",
+    (Entity("user_id", DType.INT64),),
+    (Feature("x", DType.FLOAT64), Feature("tier", DType.STRING), Feature("vec", DType.FLOAT32_VECTOR)),
+)
+ROW = (1.5, "plus", [0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("online", "offline", "expected"),
+    [
+        (Side(10, ROW), Side(10, ROW), ("consistent", None)),
+        (Side(9, ROW), Side(10, ROW), ("stale", None)),
+        (Side(11, (0.0, "free", [1.0])), Side(10, ROW), ("online_newer", None)),
+        (Side(10, (1.5, "pro", [0.1, 0.2])), Side(10, ROW), ("conflict", "tier")),
+        (None, Side(10, ROW), ("missing_online", None)),
+        (Side(10, ROW), None, ("missing_offline", None)),
+        (Side(10, None), Side(10, ROW), ("consistent", None)),  # served OUTSIDE_MAX_AGE: times agree
+        (None, None, ("missing_online", None)),
+    ],
+)
+def test_each_key_gets_exactly_one_class(
+    online: Side | None, offline: Side | None, expected: tuple[str, str | None]
+) -> None:
+    assert classify(V, online, offline) == expected
+
+
+def test_values_compare_by_type() -> None:
+    assert same_value(math.nan, math.nan, DType.FLOAT64)
+    assert same_value([0.1, 0.2], [0.10000000149011612, 0.20000000298023224], DType.FLOAT32_VECTOR)
+    assert not same_value(1.0, 1.0001, DType.FLOAT64)
+    assert not same_value(None, 0, DType.INT64) and same_value(None, None, DType.STRING)
+
+
+def test_the_key_sample_is_seeded_and_adds_named_keys() -> None:
+    offline: dict[EntityKey, Side] = {k: Side(1, ROW) for k in range(1000)}
+    a, b = sample_keys(offline, 50, [5000], seed=1), sample_keys(offline, 50, [5000], seed=1)
+    assert a == b and len(a) == 51 and a[-1] == 5000 and len(set(a)) == 51
+
+
+async def test_the_report_counts_every_class_and_keeps_examples() -> None:
+    offline: dict[EntityKey, Side] = {
+        1: Side(10, ROW),
+        2: Side(10, ROW),
+        3: Side(10, ROW),
+        4: Side(10, ROW),
+        5: Side(10, ROW),
+    }
+    online: dict[EntityKey, Side] = {1: Side(10, ROW), 2: Side(9, ROW), 3: Side(12, ROW), 4: Side(10, (2.0, "plus", [0.1, 0.2])),
+              6: Side(10, ROW)}  # fmt: skip
+
+    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [online.get(k) for k in keys]
+
+    report = await check(V, offline, [1, 2, 3, 4, 5, 6], read)
+    assert report.checked == 6 and report.mismatches == 2
+    assert report.counts == {"consistent": 1, "stale": 1, "online_newer": 1, "conflict": 1,
+                             "missing_online": 1, "missing_offline": 1}  # fmt: skip
+    assert [e["class"] for e in report.examples] == ["stale", "online_newer", "conflict", "missing_online",
+                                                      "missing_offline"]  # fmt: skip
+    assert report.examples[2] == {"key": 4, "class": "conflict", "online_event_time_us": 10,
+                                  "offline_event_time_us": 10, "feature": "x", "online": 2.0, "offline": 1.5}  # fmt: skip
+    assert not report.passed(0.3) and report.passed(2 / 6)
+    assert set(report.to_dict()) == {"view", "checked", "consistent", "stale", "online_newer", "conflict",
+                                     "missing_online", "missing_offline", "examples"}  # fmt: skip

@@ -1,0 +1,212 @@
+"""Drift sampling and testing on seeded streams (no timing): the sampler's windows, the
+monitor's verdicts against the reference of the data version served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from featurestore.definitions.snapshot import new_snapshot
+from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.plan import JoinPlan, ServingState
+from featurestore.quality.monitor import DriftMonitor
+from featurestore.quality.profile import profile_table
+from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.sources.memory import MemorySource
+
+U = Entity("user_id", DType.INT64)
+V = FeatureView(
+    "v",
+    (U,),
+    (Feature("x", DType.FLOAT64), Feature("tier", DType.STRING), Feature("vec", DType.FLOAT32_VECTOR)),
+)
+
+
+def state(version: int) -> ServingState:
+    snap = new_snapshot(make_definitions("p", [U], [V], []), 1)
+    return ServingState(snap, {"v": version})
+
+
+def plan_for(st: ServingState) -> JoinPlan:
+    return st.plan(("v:x", "v:tier", "v:vec"), None, False)
+
+
+def reference(seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    return pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "x": pa.array(rng.normal(0, 1, n)),
+            "tier": pa.array(rng.choice(["free", "plus", "pro"], n, p=[0.6, 0.3, 0.1])),
+            "vec": pa.array([[0.0]] * n, pa.list_(pa.float32())),
+            "event_timestamp": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def feed(sampler: DriftSampler, st: ServingState, xs: np.ndarray, tiers: list[str], batch: int = 100) -> None:
+    plan = plan_for(st)
+    for i in range(0, len(xs), batch):
+        cols: list[Any] = [xs[i : i + batch].tolist(), tiers[i : i + batch], [[0.0]] * batch]
+        sampler.observe(st, plan, [cols])
+
+
+def test_the_sampler_fills_windows_per_feature_and_skips_vectors() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=100, window=250)
+    st = state(1)
+    xs = np.arange(1000, dtype=np.float64)
+    tiers = ["a", None] * 500
+    plan = plan_for(st)
+    for i in range(0, 1000, 100):
+        sampler.observe(st, plan, [[xs[i : i + 100].tolist(), tiers[i : i + 100], [[0.0]] * 100]])
+    numeric = [w for w in windows if w.feature == "x"]
+    categorical = [w for w in windows if w.feature == "tier"]
+    assert [w.values for w in numeric] == [list(range(k, k + 250)) for k in (0, 250, 500, 750)]
+    # nulls fill windows too (dropping them would be per-row work on the join path)
+    assert len(categorical) == 4 and all(set(w.values) == {"a", None} for w in categorical)
+    assert not [w for w in windows if w.feature == "vec"]
+    assert all(w.data_version == 1 for w in windows)
+
+
+def test_the_sampler_takes_every_nth_request_and_at_most_per_request_values() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=4, per_request=3, window=6)
+    st = state(1)
+    plan = plan_for(st)
+    for i in range(16):  # requests 4, 8, 12, 16 are sampled: 3 values each
+        sampler.observe(st, plan, [[[float(i)] * 10, ["t"] * 10, [[0.0]] * 10]])
+    assert [w.values for w in windows if w.feature == "x"] == [
+        [3.0] * 3 + [7.0] * 3,
+        [11.0] * 3 + [15.0] * 3,
+    ]
+
+
+def test_a_partial_window_is_dropped_when_the_served_data_version_changes() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=15)
+    plan = plan_for(state(1))
+    sampler.observe(state(1), plan, [[[1.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    sampler.observe(state(2), plan, [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    sampler.observe(state(2), plan, [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    [w] = [w for w in windows if w.feature == "x"]
+    assert w.data_version == 2 and set(w.values) == {2.0}
+
+
+async def monitored(shift: float, tier_p: list[float], seed: int) -> list[Any]:
+    store = MemorySource("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=100, window=1000)
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    feed(sampler, state(1), rng.normal(shift, 1, n), list(rng.choice(["free", "plus", "pro"], n, p=tier_p)))
+    return [await monitor.check(w) for w in windows]
+
+
+async def test_an_unshifted_stream_raises_few_alarms_and_a_shifted_one_is_detected_in_every_window() -> None:
+    calm = await monitored(0.0, [0.6, 0.3, 0.1], seed=11)
+    shifted = await monitored(0.25, [0.5, 0.3, 0.2], seed=12)
+    calm_x = [r for r in calm if r.feature == "x"]
+    assert len(calm_x) == 20 and sum(r.drifted for r in calm_x) <= 3  # alpha 0.05: P(>3 of 20) = 1.6%; seeded
+    assert sum(r.drifted for r in calm if r.feature == "tier") <= 3
+    assert all(r.drifted for r in shifted)  # 0.25 sd (KS) and 10 points of mass moved (chi-square)
+    assert {r.test for r in shifted} == {"ks", "chi_square"} and {r.data_version for r in shifted} == {1}
+
+
+async def test_a_window_of_a_version_without_a_profile_is_not_tested() -> None:
+    monitor = DriftMonitor({"default": MemorySource("default")})
+    window = Window(V, "x", False, 5, [0.0] * 10)
+    assert await monitor.check(window) is None
+
+
+async def test_the_reference_follows_the_data_version_of_the_window() -> None:
+    store = MemorySource("default")
+    shifted = reference()
+    shifted = shifted.set_column(1, "x", pa.array(np.random.default_rng(5).normal(3, 1, shifted.num_rows)))
+    await store.write_profile(V, 1, profile_table(V, 1, reference()).to_bytes())
+    await store.write_profile(V, 2, profile_table(V, 2, shifted).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    values = np.random.default_rng(6).normal(3, 1, 1000).tolist()
+    old = await monitor.check(Window(V, "x", False, 1, values))
+    new = await monitor.check(Window(V, "x", False, 2, values))
+    assert old is not None and new is not None
+    assert old.drifted and old.data_version == 1
+    assert new.p_value > 0.001 and new.data_version == 2
+
+
+def test_windows_of_view_layouts_no_longer_served_are_dropped() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=15)
+    st = state(1)
+    sampler.observe(st, plan_for(st), [[[1.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    sampler.keep_only({("v", "another layout")})
+    sampler.observe(st, plan_for(st), [[[2.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    assert windows == []  # the first 10 values went with the dropped window
+    sampler.keep_only({("v", V.layout)})
+    sampler.observe(st, plan_for(st), [[[3.0] * 10, ["a"] * 10, [[0.0]] * 10]])
+    [w] = [w for w in windows if w.feature == "x"]
+    assert w.values == [2.0] * 10 + [3.0] * 5
+
+
+async def test_the_monitor_drops_nulls_and_tests_what_is_left() -> None:
+    store = MemorySource("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    rng = np.random.default_rng(8)
+    numeric = await monitor.check(Window(V, "x", False, 1, [*rng.normal(0, 1, 600).tolist(), *[None] * 400]))
+    tiers = rng.choice(["free", "plus", "pro"], 700, p=[0.6, 0.3, 0.1]).tolist()
+    categorical = await monitor.check(Window(V, "tier", True, 1, [*tiers, *[None] * 300]))
+    assert numeric is not None and numeric.window_size == 600 and numeric.test == "ks"
+    assert categorical is not None and categorical.window_size == 700 and categorical.test == "chi_square"
+    assert await monitor.check(Window(V, "x", False, 1, [None] * 1000)) is None
+
+
+@pytest.mark.parametrize("every", [0, -1])
+def test_a_sampler_refuses_a_rate_below_one(every: int) -> None:
+    with pytest.raises(ValueError):
+        DriftSampler(lambda w: None, every=every)
+
+
+async def test_the_memory_store_profiles_the_latest_row_per_key_of_the_file_it_loads(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from featurestore.model import BatchSource
+    from featurestore.quality.profile import Profile
+
+    path = tmp_path / "rows.parquet"
+
+    def write(scores: list[float], ts: list[int]) -> None:
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": pa.array([1, 1, 2], pa.int64()),
+                    "x": pa.array(scores),
+                    "tier": pa.array(["old", "new", "new"]),
+                    "vec": pa.array([[0.0]] * 3, pa.list_(pa.float32())),
+                    "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                }
+            ),
+            path,
+        )
+
+    view = FeatureView(V.name, V.entities, V.features, batch_source=BatchSource(path=str(path)))
+    store = MemorySource("default")
+    write([1.0, 2.0, 3.0], [1, 2, 1])  # key 1: the row at t=2 is its latest
+    await store.prepare([view])
+    first = Profile.from_bytes(await store.read_profile(view, 4) or b"")  # any served version
+    sample = first.features["x"].sample
+    assert sample is not None and sorted(sample.tolist()) == [2.0, 3.0]
+    assert first.features["tier"].categories == {"new": 2}
+    write([5.0, 6.0, 7.0], [1, 2, 1])  # the file changes: the next prepare reloads it
+    await store.prepare([view])
+    second = Profile.from_bytes(await store.read_profile(view, 4) or b"")
+    assert second.features["x"].sample is not None and sorted(second.features["x"].sample.tolist()) == [
+        6.0,
+        7.0,
+    ]

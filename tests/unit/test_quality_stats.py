@@ -1,0 +1,77 @@
+"""The drift tests' statistics against scipy's on fixed (seeded) samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurestore.quality.stats import chi2_sf, chi_square, ks_2samp, ks_statistic, psi
+
+ss = pytest.importorskip("scipy.stats")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_ks_statistic_equals_scipys_and_the_p_value_is_within_0_005_of_its_exact_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    window = rng.normal(rng.uniform(0, 0.15), 1, 1000)
+    reference = rng.normal(0, 1, 5000)
+    ours = ks_2samp(window, reference)
+    theirs = ss.ks_2samp(window, reference)
+    assert ours.statistic == pytest.approx(theirs.statistic, abs=1e-12)
+    assert ours.pvalue == pytest.approx(theirs.pvalue, abs=0.005)
+
+
+def test_the_ks_statistic_handles_ties_as_scipy_does() -> None:
+    rng = np.random.default_rng(7)
+    window = rng.integers(0, 20, 1000).astype(float)
+    reference = rng.integers(0, 20, 5000).astype(float)
+    assert ks_statistic(window, reference) == pytest.approx(
+        ss.ks_2samp(window, reference).statistic, abs=1e-12
+    )
+    assert ks_2samp(window, reference).pvalue == pytest.approx(
+        ss.ks_2samp(window, reference).pvalue, abs=0.005
+    )
+
+
+def test_a_shifted_window_has_a_tiny_ks_p_value_like_scipys() -> None:
+    rng = np.random.default_rng(3)
+    window, reference = rng.normal(0.5, 1, 1000), rng.normal(0, 1, 5000)
+    assert ks_2samp(window, reference).pvalue < 1e-10
+    assert ss.ks_2samp(window, reference).pvalue < 1e-10
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 7, 30, 200])
+@pytest.mark.parametrize("x", [0.01, 0.7, 3.0, 12.5, 60.0, 400.0])
+def test_the_chi_square_survival_function_matches_scipys(df: int, x: float) -> None:
+    assert chi2_sf(x, df) == pytest.approx(ss.chi2.sf(x, df), rel=1e-9, abs=1e-15)
+
+
+def test_the_categorical_test_matches_scipys_chisquare_when_no_category_is_pooled() -> None:
+    reference = {"DE": 4000, "US": 3000, "FR": 2000, "JP": 1000}
+    window = {"DE": 380, "US": 330, "FR": 190, "JP": 100}
+    ours = chi_square(window, reference)
+    f_exp = [1000 * reference[c] / 10_000 for c in reference]
+    theirs = ss.chisquare([window[c] for c in reference], f_exp)
+    assert ours.statistic == pytest.approx(theirs.statistic, rel=1e-12)
+    assert ours.pvalue == pytest.approx(theirs.pvalue, rel=1e-9)
+
+
+def test_rare_and_unseen_categories_are_pooled_into_one_bucket() -> None:
+    reference = {"a": 5000, "b": 4990, "c": 5, "d": 5}  # c and d expected 0.5 times each in 1,000
+    window = {"a": 500, "b": 490, "c": 4, "z": 6}  # z: never in the reference
+    ours = chi_square(window, reference)
+    f_exp = np.array([500.0, 499.0, 1.0])
+    theirs = ss.chisquare([500, 490, 10], f_exp)
+    assert ours.statistic == pytest.approx(theirs.statistic, rel=1e-12)
+    assert ours.pvalue == pytest.approx(theirs.pvalue, rel=1e-9)
+
+
+def test_a_new_category_is_a_large_finite_statistic() -> None:
+    result = chi_square({"a": 900, "new": 100}, {"a": 10_000})
+    assert np.isfinite(result.statistic) and result.pvalue < 1e-10
+
+
+def test_psi_is_zero_for_the_same_frequencies_and_grows_with_a_shift() -> None:
+    ref = {"a": 500, "b": 500}
+    assert psi({"a": 50, "b": 50}, ref) == pytest.approx(0.0)
+    assert psi({"a": 80, "b": 20}, ref) > psi({"a": 60, "b": 40}, ref) > 0.0
