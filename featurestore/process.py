@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
 from featurestore.supervisor import REUSE_PORT_ENV
 from featurestore.tracing import setup_tracing
+from lineage.runs import JobRunEvent
 
 log = logging.getLogger("featurestore")
 
@@ -230,10 +231,15 @@ async def _start_uvicorn(server: uvicorn.Server, sock: socket.socket, name: str)
     return task
 
 
-async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:
-    """Run one serving process until SIGINT/SIGTERM, then drain and exit."""
+async def serve(
+    config: Config, on_ready: Callable[[], None] | None = None, runs: Sequence[JobRunEvent] = ()
+) -> None:
+    """Run one serving process until SIGINT/SIGTERM, then drain and exit. ``runs``: job
+    runs of this process recorded before its lineage graph existed (``serve --demo``)."""
     setup_tracing(config.tracing)
     rt = await build_runtime(config)
+    if runs and rt.lineage is not None and rt.lineage.runs.sink is not None:
+        await rt.lineage.runs.sink.send_runs(runs)
     listeners = Listeners(rt)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,8 +272,10 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     log.info("stopped")
 
 
-def run_process(config: Config, on_ready: Callable[[], None] | None = None) -> None:
+def run_process(
+    config: Config, on_ready: Callable[[], None] | None = None, runs: Sequence[JobRunEvent] = ()
+) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, on_ready))
+        runner.run(serve(config, on_ready, runs))

@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from lineage import metrics
 from lineage.events import Count, MalformedEvent, Name, parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class RunListener(Protocol):
 
     def emit(self, run: JobRunEvent) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class RunRecorder:
     """What a job calls to be recorded. Recording never fails the job: a sink or
@@ -186,6 +189,7 @@ class RunRecorder:
         return done
 
     async def _record(self, run: JobRunEvent) -> None:
+        metrics.RUNS.labels(run.state).inc()
         for listener in self.listeners:
             try:
                 listener.emit(run)

@@ -91,7 +91,8 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
     created = snapshot.created_at.rstrip("Z")
     valid_from = int(datetime.fromisoformat(created + "+00:00").timestamp() * 1000) if created else 0
     features, contains, derived, produced = [], [], [], []
-    described = [("view", v.name, v.owner, v.description) for v in [*d.views.values(), *d.derived_views.values()]]
+    described = [("view", v.name, v.owner, v.description) for v in d.views.values()]
+    described += [("view", v.name, v.owner, v.description) for v in d.derived_views.values()]
     described += [("service", s.name, s.owner, s.description) for s in d.services.values()]
     for view in d.views.values():
         tables = [dep for dep in view.upstream if parse_feature_ref(dep) is None or "://" in dep]

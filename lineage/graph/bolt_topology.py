@@ -63,9 +63,7 @@ class BoltTopology:
             for r in runs
         ]
         await self._write(WRITE_RUNS, runs=rows)
-        reads = [
-            {"run": r.run_id, "table": t, "t": time_ms(r.started_at)} for r in runs for t in r.inputs
-        ]
+        reads = [{"run": r.run_id, "table": t, "t": time_ms(r.started_at)} for r in runs for t in r.inputs]
         if reads:
             await self._write(WRITE_READS, reads=reads)
         published = [
@@ -132,14 +130,17 @@ class BoltTopology:
                 names=names,
             )
             return [describe.run_node(_run(r)) for r in rows]
-        rows = await self._read(f"MATCH (n:{label}) WHERE n.{key} IN $names RETURN properties(n) AS p", names=names)
+        rows = await self._read(
+            f"MATCH (n:{label}) WHERE n.{key} IN $names RETURN properties(n) AS p", names=names
+        )
         props = [r["p"] for r in rows]
         if kind == "feature":
             return [describe.feature_node(_feature(p)) for p in props]
         if kind == "data_version":
             return [describe.data_version_node(_data_version(p)) for p in props]
         return [
-            describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "") for p in props
+            describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
+            for p in props
         ]
 
     async def search(self, text: str, limit: int) -> list[Node]:

@@ -62,7 +62,9 @@ class InMemoryGraph:
         self._event_order: deque[tuple[str, str]] = deque()  # (key, feature), oldest first
         self._events: defaultdict[str, deque[tuple[int, LineageEvent]]] = defaultdict(deque)
         self._applied: dict[str, int] = {}  # project -> newest registry version applied
-        self._described: dict[tuple[str, str], tuple[str, str]] = {}  # (view|service, name) -> owner, description
+        self._described: dict[
+            tuple[str, str], tuple[str, str]
+        ] = {}  # (view|service, name) -> owner, description
         self._first_served: dict[tuple[str, str], int] = {}  # (feature, server) -> first window, ms
         self._servers: defaultdict[str, set[str]] = defaultdict(set)  # server -> features it served
         self._runs: dict[str, JobRunEvent] = {}
@@ -260,9 +262,13 @@ class InMemoryGraph:
     def _exists(self, kind: str, name: str) -> bool:
         return {
             "feature": lambda: name in self._features,
-            "view": lambda: ("view", name) in self._described or bool(self._out_index.get(("CONTAINS", name))),
+            "view": lambda: (
+                ("view", name) in self._described or bool(self._out_index.get(("CONTAINS", name)))
+            ),
             "table": lambda: name in self._tables,
-            "service": lambda: ("service", name) in self._described or bool(self._out_index.get(("USES", name))),
+            "service": lambda: (
+                ("service", name) in self._described or bool(self._out_index.get(("USES", name)))
+            ),
             "server": lambda: name in self._servers,
             "run": lambda: name in self._runs,
             "data_version": lambda: name in self._data_versions,
@@ -314,9 +320,11 @@ class InMemoryGraph:
     async def search(self, text: str, limit: int) -> list[Node]:
         names = {
             "feature": self._features,
-            "view": {n for k, n in self._described if k == "view"} | {a for k, a in self._out_index if k == "CONTAINS"},
+            "view": {n for k, n in self._described if k == "view"}
+            | {a for k, a in self._out_index if k == "CONTAINS"},
             "table": self._tables,
-            "service": {n for k, n in self._described if k == "service"} | {a for k, a in self._out_index if k == "USES"},
+            "service": {n for k, n in self._described if k == "service"}
+            | {a for k, a in self._out_index if k == "USES"},
         }
         ranked = [
             (rank, kind, name)

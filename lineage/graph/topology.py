@@ -54,9 +54,7 @@ def node_id(kind: str, name: str) -> str:
 def split_id(nid: str) -> tuple[str, str]:
     kind, _, name = nid.partition(":")
     if kind not in LABELS or not name:
-        raise ValueError(
-            f"node id {nid!r} is not 'kind:name' with kind one of {', '.join(LABELS)}"
-        )
+        raise ValueError(f"node id {nid!r} is not 'kind:name' with kind one of {', '.join(LABELS)}")
     return kind, name
 
 

@@ -207,7 +207,9 @@ async def test_one_projects_definitions_leave_other_projects_lineage_alone(graph
     assert await graph.feature("other:n", mar + 1) is not None
 
 
-def run(run_id: str, state: str, started: str, ended: str = "", version: int = 0, rows: int = 0) -> JobRunEvent:
+def run(
+    run_id: str, state: str, started: str, ended: str = "", version: int = 0, rows: int = 0
+) -> JobRunEvent:
     dv = DataVersion(view="raw", version=version, rows=rows, published_at=ended, fingerprint="sha256:ab")
     return JobRunEvent(
         job="materialize:raw", run_id=run_id, state=state, started_at=started,  # type: ignore[arg-type]
@@ -216,7 +218,9 @@ def run(run_id: str, state: str, started: str, ended: str = "", version: int = 0
     )  # fmt: skip
 
 
-async def around(graph: LineageGraph, root: str, direction: str, depth: int, at: int | None = None) -> set[str]:
+async def around(
+    graph: LineageGraph, root: str, direction: str, depth: int, at: int | None = None
+) -> set[str]:
     node = await resolve(root, graph.nodes)
     assert node is not None, root
     topo = await topology(node, direction, depth, at, graph.incident, graph.nodes, 1000)
@@ -243,7 +247,11 @@ async def test_the_topology_walks_every_node_kind_up_and_down(graph: LineageGrap
     assert "view:raw" not in down
     both = await around(graph, "raw:clicks", "BOTH", 1)
     assert {"view:raw", "table:warehouse.events", "feature:derived:ctr", "service:ranker"} <= both
-    assert await around(graph, "ranker", "UPSTREAM", 1) == {"service:ranker", "feature:score:rank", "feature:raw:clicks"}
+    assert await around(graph, "ranker", "UPSTREAM", 1) == {
+        "service:ranker",
+        "feature:score:rank",
+        "feature:raw:clicks",
+    }
     assert await resolve("nope:nope", graph.nodes) is None
     [f] = await graph.nodes(["feature:raw:clicks"])
     assert f.attributes["dtype"] == "int64" and f.label == "raw:clicks"
