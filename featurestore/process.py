@@ -153,6 +153,14 @@ class Listeners:
             auth=self.auth,
             ops_elsewhere=config.http.admin_port is not None,
         )
+        if "/graphql" in mounts:
+            from lineage.page import LineagePage
+
+            # Static and open (a browser cannot send a bearer token with a page load): the
+            # page's GraphQL requests carry the token its user enters, when tokens are on.
+            page = LineagePage()
+            for path in ("/lineage", "/lineage/{asset:path}"):
+                http_api.app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)  # type: ignore[arg-type]
         self.grpc_api = GrpcApi(rt.engine, push, config.limits.deadline_ms, self.auth)
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)

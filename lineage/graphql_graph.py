@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Annotated
 
 import strawberry
+from strawberry import ID
 from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
@@ -39,25 +41,25 @@ class Direction(Enum):
 
 @strawberry.type(description="A node: feature, view, table, service, server, run or data_version.")
 class Node:
-    id: strawberry.ID = strawberry.field(description="'kind:name', e.g. 'feature:user_profile:age'.")
+    id: ID = strawberry.field(description="'kind:name', e.g. 'feature:user_profile:age'.")
     kind: str
     label: str
     attributes: JSON
 
     @staticmethod
     def of(n: NodeFact) -> Node:
-        return Node(id=strawberry.ID(n.id), kind=n.kind, label=n.label, attributes=JSON(n.attributes))
+        return Node(id=ID(n.id), kind=n.kind, label=n.label, attributes=JSON(n.attributes))
 
 
 @strawberry.type(description="An edge as stored: source -[kind]-> target.")
 class Edge:
-    source: strawberry.ID
-    target: strawberry.ID
+    source: ID
+    target: ID
     kind: str
 
     @staticmethod
     def of(e: GraphEdge) -> Edge:
-        return Edge(source=strawberry.ID(e.source), target=strawberry.ID(e.target), kind=e.kind)
+        return Edge(source=ID(e.source), target=ID(e.target), kind=e.kind)
 
 
 @strawberry.type(description="The graph around a node.")
@@ -123,13 +125,13 @@ class GraphQueries:
     async def graph(
         self,
         info: Info,
-        root: strawberry.ID,
+        start: Annotated[ID, strawberry.argument(name="root")],
         direction: Direction = Direction.BOTH,
         depth: int = 2,
         as_of: datetime | None = None,
     ) -> Graph | None:
         incident, nodes = _counting(info, _graph(info))
-        node = await resolve(str(root), nodes)
+        node = await resolve(str(start), nodes)
         if node is None:
             return None
         try:
@@ -152,7 +154,7 @@ class GraphQueries:
         return [Node.of(n) for n in found] if _charge(info, len(found)) else []
 
     @strawberry.field(description="One node by id ('kind:name'), with its attributes.")
-    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+    async def node(self, info: Info, id: ID) -> Node | None:
         kind = str(id).partition(":")[0]
         if kind not in LABELS:
             raise GraphQLError(f"node id {id!r} is not 'kind:name' with kind one of {', '.join(LABELS)}")
