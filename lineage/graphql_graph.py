@@ -18,8 +18,8 @@ from enum import Enum
 from typing import Annotated
 
 import strawberry
-from strawberry import ID
 from graphql import GraphQLError
+from strawberry import ID
 from strawberry.scalars import JSON
 from strawberry.types import Info
 

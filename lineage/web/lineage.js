@@ -124,6 +124,42 @@
     " graph(root: $root, direction: $dir, depth: $depth, asOf: $asOf) {" +
     " nodes { id kind label attributes } edges { source target kind } } }";
 
+  // Edges along which data flows source -> target; on the others it flows target -> source
+  // (lineage/graph/topology.py FORWARD). Sources go left of the root, uses right of it.
+  var FORWARD = { CONTAINS: true, SERVED_BY: true, PUBLISHED: true, OF: true };
+
+  function flowPositions(g, rootId) {
+    var level = {};
+    level[rootId] = 0;
+    var frontier = [rootId];
+    while (frontier.length) {
+      var next = [];
+      g.edges.forEach(function (e) {
+        var from = FORWARD[e.kind] ? e.source : e.target;  // upstream end
+        var to = FORWARD[e.kind] ? e.target : e.source;
+        // as the server walks: from the root both ways, then each side only further out
+        if (frontier.indexOf(to) >= 0 && level[to] <= 0 && level[from] === undefined) {
+          level[from] = level[to] - 1; next.push(from);
+        }
+        if (frontier.indexOf(from) >= 0 && level[from] >= 0 && level[to] === undefined) {
+          level[to] = level[from] + 1; next.push(to);
+        }
+      });
+      frontier = next;
+    }
+    var columns = {};
+    g.nodes.forEach(function (n) {
+      var l = level[n.id] === undefined ? 0 : level[n.id];
+      (columns[l] = columns[l] || []).push(n);
+    });
+    var positions = {};
+    Object.keys(columns).forEach(function (l) {
+      var col = columns[l].sort(function (a, b) { return a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : a.label < b.label ? -1 : 1; });
+      col.forEach(function (n, i) { positions[n.id] = { x: Number(l) * 300, y: (i - (col.length - 1) / 2) * 64 }; });
+    });
+    return positions;
+  }
+
   function select(id) {
     state.root = id;
     draw();
@@ -152,8 +188,8 @@
           return { group: "edges", data: { id: e.source + " " + e.kind + " " + e.target,
                                            source: e.source, target: e.target, kind: e.kind } };
         }));
-        cy.layout({ name: "breadthfirst", directed: false, roots: root ? [root.id] : undefined,
-                    spacingFactor: 1.1, padding: 30, animate: false }).run();
+        cy.layout({ name: "preset", positions: flowPositions(g, root ? root.id : g.nodes[0].id),
+                    padding: 40, animate: false }).run();
         status(g.nodes.length + " nodes, " + g.edges.length + " edges around " + state.root +
                " (" + state.direction.toLowerCase() + ", depth " + state.depth +
                (state.asOf ? ", as of " + state.asOf : "") + ")");

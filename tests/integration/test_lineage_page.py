@@ -111,7 +111,9 @@ def test_a_materialized_view_shows_its_data_version_and_run(
 ) -> None:
     pg, problems = page
     pg.goto(demo.url + "/lineage?root=user_transactions:txn_count_90d")
-    pg.wait_for_function("() => document.getElementById('panel').innerText.includes('materialize:user_transactions')")
+    pg.wait_for_function(
+        "() => document.getElementById('panel').innerText.includes('materialize:user_transactions')"
+    )
     panel = pg.inner_text("#panel")
     assert "user_transactions@1" in panel and "COMPLETE" in panel
     pg.select_option("#depth", "4")
