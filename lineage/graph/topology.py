@@ -148,8 +148,11 @@ async def walk_one_way(
                 if other not in seen:
                     seen.add(other)
                     nxt.append(other)
-        if len(seen) > max_nodes:
-            raise TooLarge(f"the graph around {root} has more than {max_nodes} nodes: use a smaller depth")
+        if len(seen) > max_nodes or len(edges) > 10 * max_nodes:
+            raise TooLarge(
+                f"the graph around {root} has more than {max_nodes} nodes or {10 * max_nodes} edges: "
+                "use a smaller depth"
+            )
         frontier = nxt
     return seen, edges
 

@@ -179,3 +179,19 @@ def test_the_budget_counts_aliases_and_lists_too() -> None:
     assert "more than 50 graph lookups" in doc["errors"][0]["message"]
     status, doc = _post(app, '{ a: feature(id: "v1:f") { upstream { id } } }')  # 21
     assert status == 200 and "errors" not in doc, doc
+
+
+def test_the_graph_query_spends_the_same_budget() -> None:
+    """Each hop asks the graph per node kind, and each node and edge answered costs 1:
+    60 features that all derive from each other are over a budget of 400."""
+    app = LineageGraphQL(_dense_graph(60), max_cost=400)
+    status, doc = _post(app, '{ graph(root: "hub:x", direction: UPSTREAM, depth: 2) { nodes { id } } }')
+    assert status == 200 and doc["data"] is None
+    assert doc["errors"][0]["extensions"] == {"code": "QUERY_TOO_EXPENSIVE"}
+    status, doc = _post(app, '{ graph(root: "v1:f", direction: DOWNSTREAM, depth: 1) { nodes { id } } }')
+    assert status == 200 and "errors" not in doc, doc
+    assert len(doc["data"]["graph"]["nodes"]) == 61  # v1:f, the 59 others and hub:x
+    # a walk that reaches too much is refused before it is answered, whatever the budget
+    app = LineageGraphQL(_dense_graph(150))
+    status, doc = _post(app, '{ graph(root: "hub:x", direction: UPSTREAM, depth: 2) { nodes { id } } }')
+    assert status == 200 and "use a smaller depth" in doc["errors"][0]["message"]

@@ -121,3 +121,45 @@ def test_a_materialized_view_shows_its_data_version_and_run(
     pg.wait_for_function("() => window.lineage.cy.nodes('[kind = \"run\"]').length === 1")
     assert "data_version:user_transactions@1" in drawn(pg)
     assert problems == []
+
+
+def test_graph_and_changes_over_graphql_on_the_demo(demo: ServerProcess) -> None:
+    doc = gql(
+        demo,
+        '{ g: graph(root: "user_transactions:txn_count_90d", direction: UPSTREAM, depth: 4) {'
+        "    nodes { id kind label attributes } edges { source target kind } }"
+        '  none: graph(root: "feature:no:such") { nodes { id } }'
+        '  past: graph(root: "user_profile:age", asOf: "2001-01-01T00:00:00Z") { nodes { id } edges { kind } }'
+        '  f: feature(id: "user_transactions:txn_count_90d") { changes(since: "2001-01-01T00:00:00Z") {'
+        "    at kind dataVersion job runId rows } }"
+        '  later: feature(id: "user_transactions:txn_count_90d") { changes(since: "2999-01-01T00:00:00Z") { runId } }'
+        ' s: search(text: "ranker") { id kind } }',
+    )
+    assert "errors" not in doc, doc
+    data = doc["data"]
+    kinds = {n["kind"] for n in data["g"]["nodes"]}
+    assert {"feature", "view", "table", "data_version", "run"} <= kinds
+    assert {"source": "view:user_transactions", "target": "feature:user_transactions:txn_count_90d",
+            "kind": "CONTAINS"} in data["g"]["edges"]  # fmt: skip
+    assert data["none"] is None
+    assert data["past"] == {
+        "nodes": [{"id": "feature:user_profile:age"}],
+        "edges": [],
+    }  # before any definition
+    [change] = data["f"]["changes"]
+    assert change["kind"] == "data_version" and change["dataVersion"] == "user_transactions@1"
+    assert change["job"] == "materialize:user_transactions" and change["rows"] > 0
+    assert data["later"]["changes"] == []
+    assert [n["id"] for n in data["s"]] == ["service:ranker_v1", "service:ranker_v2"]
+
+
+def test_bad_graph_arguments_are_graphql_errors(demo: ServerProcess) -> None:
+    for query, needle in [
+        ('{ graph(root: "user_profile:age", depth: 9) { nodes { id } } }', "depth must be between 1 and 5"),
+        ('{ node(id: "nothing") { id } }', "is not 'kind:name'"),
+        ('{ search(text: "a", limit: 0) { id } }', "limit must be between 1 and 100"),
+        ('{ feature(id: "user_profile:age") { changes(limit: 0) { runId } } }', "limit must be between"),
+    ]:
+        status, raw, _ = http_post(demo.url + "/graphql", json.dumps({"query": query}).encode())
+        doc = json.loads(raw)
+        assert status == 200 and needle in doc["errors"][0]["message"], (query, doc)
