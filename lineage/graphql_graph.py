@@ -103,10 +103,10 @@ async def changes(
 def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-arg]
     """The graph's incident/nodes calls, each charged to the budget before it runs."""
 
-    async def incident(ids, as_of):  # type: ignore[no-untyped-def]
-        if not _charge(info, len({i.partition(":")[0] for i in ids}) * 2):  # a query per kind and way
+    async def incident(ids, as_of, upstream):  # type: ignore[no-untyped-def]
+        if not _charge(info, len({i.partition(":")[0] for i in ids})):  # a match per node kind
             return []
-        return await graph.incident(ids, as_of)
+        return await graph.incident(ids, as_of, upstream)
 
     async def nodes(ids):  # type: ignore[no-untyped-def]
         if not _charge(info, len({i.partition(":")[0] for i in ids})):

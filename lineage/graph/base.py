@@ -188,9 +188,12 @@ class LineageGraph(Protocol):
         FAIL changes nothing). Errors as for ``write_events``."""
         ...
 
-    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None) -> list[GraphEdge]:
-        """Every edge touching one of the nodes (ids ``kind:name``), live at ``as_of_ms``
-        (None: now); runs and data versions count from their start / publication."""
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
+        """The edges an upstream (or downstream) walk follows from the nodes (ids
+        ``kind:name``; ``topology.steps``), live at ``as_of_ms`` (None: now); runs and
+        data versions count from their start / publication."""
         ...
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:

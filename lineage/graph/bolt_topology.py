@@ -20,6 +20,7 @@ from lineage.graph.topology import (
     node_id,
     search_rank,
     split_id,
+    steps,
 )
 from lineage.runs import DataVersion, JobRunEvent, time_ms
 
@@ -83,32 +84,39 @@ class BoltTopology:
         if published:
             await self._write(WRITE_PUBLISHED, published=published)
 
-    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None) -> list[GraphEdge]:
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
+        """One statement per hop: a UNION ALL of one match per node kind and edge
+        direction (a round trip costs more than the matches on a graph this size)."""
         by_kind: dict[str, list[str]] = {}
         for nid in node_ids:
             kind, name = split_id(nid)
             by_kind.setdefault(kind, []).append(name)
-        out: list[GraphEdge] = []
+        parts: list[str] = []
+        params: dict[str, Any] = {"t": as_of_ms}
         for kind, names in by_kind.items():
             label, key = LABELS[kind]
+            params[f"n_{kind}"] = names
             for outgoing in (True, False):
-                kinds = [ek for ek, ends in EDGE_ENDS.items() if ends[0 if outgoing else 1] == kind]
+                kinds = [ek for ek, is_source in steps(kind, upstream) if is_source == outgoing]
                 if not kinds:
                     continue
-                arrow = "-[r:{k}]->(b)" if outgoing else "<-[r:{k}]-(b)"
-                rows = await self._read(
-                    f"MATCH (a:{label}){arrow.format(k='|'.join(kinds))} WHERE a.{key} IN $names AND {TOPOLOGY_LIVE}"
-                    " RETURN a.{key} AS a, type(r) AS kind, coalesce(b.id, b.name) AS b,"
-                    " coalesce(r.valid_from, 0) AS t".replace("{key}", key),
-                    names=names,
-                    t=as_of_ms,
+                arrow = f"-[r:{'|'.join(kinds)}]->(b)" if outgoing else f"<-[r:{'|'.join(kinds)}]-(b)"
+                parts.append(
+                    f"MATCH (a:{label}){arrow} WHERE a.{key} IN $n_{kind} AND {TOPOLOGY_LIVE}"
+                    f" RETURN a.{key} AS a, type(r) AS kind, {str(outgoing).lower()} AS out,"
+                    " coalesce(b.id, b.name) AS b, coalesce(r.valid_from, 0) AS t"
                 )
-                for row in rows:
-                    ek = row["kind"]
-                    src, dst = EDGE_ENDS[ek]
-                    a, b = (row["a"], row["b"]) if outgoing else (row["b"], row["a"])
-                    at = int(row["t"] or 0) if ek in describe.TIMED else 0
-                    out.append(GraphEdge(node_id(src, a), node_id(dst, b), ek, at))
+        if not parts:
+            return []
+        out: list[GraphEdge] = []
+        for row in await self._read(" UNION ALL ".join(parts), **params):
+            ek = row["kind"]
+            src, dst = EDGE_ENDS[ek]
+            a, b = (row["a"], row["b"]) if row["out"] else (row["b"], row["a"])
+            at = int(row["t"] or 0) if ek in describe.TIMED else 0
+            out.append(GraphEdge(node_id(src, a), node_id(dst, b), ek, at))
         return out
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:

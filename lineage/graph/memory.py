@@ -30,6 +30,7 @@ from lineage.graph.topology import (
     node_id,
     search_rank,
     split_id,
+    steps,
 )
 from lineage.runs import DataVersion, JobRunEvent, time_ms
 
@@ -279,30 +280,32 @@ class InMemoryGraph:
         at = self._edges[(kind, a, b)].valid_from if kind in describe.TIMED else 0
         return GraphEdge(node_id(src, a), node_id(dst, b), kind, at)
 
-    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None) -> list[GraphEdge]:
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
         out: list[GraphEdge] = []
         for nid in node_ids:
             kind, name = split_id(nid)
-            for ek, (src, dst) in EDGE_ENDS.items():
+            for ek, is_source in steps(kind, upstream):
                 if ek == "SERVED_BY":
-                    continue
-                if src == kind:
+                    out += self._served_edges(kind, name, as_of_ms)
+                elif is_source:
                     out += [self._edge(ek, name, b) for b in self._out(ek, name, as_of_ms)]
-                if dst == kind:
+                else:
                     out += [self._edge(ek, a, name) for a in self._in(ek, name, as_of_ms)]
-            served = (
-                [(name, s) for s in self._served.get(name, {})]
-                if kind == "feature"
-                else [(f, name) for f in self._servers.get(name, ())]
-                if kind == "server"
-                else []
-            )
-            out += [
-                GraphEdge(node_id("feature", f), node_id("server", s), "SERVED_BY")
-                for f, s in served
-                if as_of_ms is None or self._first_served.get((f, s), 0) <= as_of_ms
-            ]
         return out
+
+    def _served_edges(self, kind: str, name: str, as_of_ms: int | None) -> list[GraphEdge]:
+        served = (
+            [(name, s) for s in self._served.get(name, {})]
+            if kind == "feature"
+            else [(f, name) for f in self._servers.get(name, ())]
+        )
+        return [
+            GraphEdge(node_id("feature", f), node_id("server", s), "SERVED_BY")
+            for f, s in served
+            if as_of_ms is None or self._first_served.get((f, s), 0) <= as_of_ms
+        ]
 
     def _node(self, kind: str, name: str) -> Node:
         if kind == "feature":

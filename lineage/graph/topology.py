@@ -96,7 +96,20 @@ class TooLarge(ValueError):
     """The walk reached more nodes than a caller may receive."""
 
 
-Incident = Callable[[Sequence[str], int | None], Awaitable[list[GraphEdge]]]
+Incident = Callable[[Sequence[str], int | None, bool], Awaitable[list[GraphEdge]]]
+
+
+def steps(kind: str, upstream: bool) -> list[tuple[str, bool]]:
+    """The edges a walk follows from a node of ``kind``: (edge kind, whether the node is
+    the edge's source). Upstream the node is where data arrives, downstream where it
+    leaves: a server, say, is never walked through to the thousands of features it served."""
+    out = []
+    for ek, (src, dst) in EDGE_ENDS.items():
+        forward = ek in FORWARD
+        is_source = (not forward) if upstream else forward
+        if (src if is_source else dst) == kind:
+            out.append((ek, is_source))
+    return out
 
 
 def _upstream_of(edge: GraphEdge, nid: str) -> str | None:
@@ -136,7 +149,7 @@ async def walk_one_way(
         if not frontier:
             break
         by_node: dict[str, list[tuple[str, GraphEdge]]] = {n: [] for n in frontier}
-        for e in await incident(frontier, as_of_ms):
+        for e in await incident(frontier, as_of_ms, upstream):
             for n in (e.source, e.target):
                 other = side(e, n) if n in by_node else None
                 if other is not None:
