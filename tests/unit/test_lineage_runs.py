@@ -72,4 +72,5 @@ def test_openlineage_dataset_names_and_run_ids() -> None:
     event = to_openlineage(
         JobRunEvent(job="j", run_id="r1", state="FAIL", started_at="2026-01-01T00:00:00Z", error="boom"), "ns"
     )
-    assert event.run.facets["errorMessage"].message == "boom" and event.job.name == "j"
+    facets = event.run.facets or {}
+    assert getattr(facets["errorMessage"], "message", None) == "boom" and event.job.name == "j"
