@@ -12,6 +12,7 @@ Backends of an extra (``featurestore/extras.py``) are imported in their branch, 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -129,6 +130,8 @@ class Lineage:
 
     async def close(self) -> None:
         await self.emitter.close()
+        for listener in self.runs.listeners:  # OpenLineage: sends what is queued, off the loop
+            await asyncio.to_thread(listener.close)
         if self.graph is not None:
             await self.graph.close()
 
@@ -196,7 +199,7 @@ async def make_run_recorder(config: Config) -> tuple[RunRecorder, Callable[[], A
 
     async def close_listeners() -> None:
         for listener in listeners:
-            listener.close()
+            await asyncio.to_thread(listener.close)
 
     if not lc.enabled:
         return RunRecorder(None, listeners), close_listeners
