@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 # Debian packages the test suite starts as real servers / tools.
-DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prometheus-alertmanager docker-compose wrk
+DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prometheus-alertmanager docker-compose wrk chromium
 PYTEST_ARGS ?=
 
 .PHONY: help run test venv install system-deps lint format types proto unit bench bench-feast clean

@@ -85,6 +85,7 @@ PARTS = (
     "lineage.md",
     "lineage-latency.md",
     "drift.md",
+    "lineage-page.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

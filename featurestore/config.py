@@ -249,6 +249,22 @@ class BoltConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenLineageConfig:
+    """Job runs as OpenLineage RunEvents (lineage/openlineage.py), off by default."""
+
+    enabled: bool = False
+    transport: str = "http"  # http (Marquez, ...) | kafka | file | console
+    url: str = ""  # http: the receiver's base url, e.g. http://marquez:5000
+    endpoint: str = "api/v1/lineage"  # http: path under url
+    api_key: Secret = SecretStr("")  # http: sent as a bearer token when set
+    timeout_seconds: Seconds = 5.0  # http
+    topic: str = "openlineage"  # kafka
+    bootstrap_servers: str = ""  # kafka
+    file: str = ""  # file: events appended as JSON lines
+    namespace: str = "featurestore"  # the job namespace; datasets are named by their uri
+
+
+@dataclass(frozen=True, slots=True)
 class LineageConfig:
     enabled: bool = True
     window_seconds: Seconds = 1.0
@@ -258,6 +274,7 @@ class LineageConfig:
     graphql: bool = True  # serve /graphql from `graph`
     kafka: KafkaSettings = KafkaSettings()  # lineage.kafka: one type for sink and consumer
     bolt: BoltConfig = BoltConfig()
+    openlineage: OpenLineageConfig = OpenLineageConfig()
 
 
 @dataclass(frozen=True, slots=True)

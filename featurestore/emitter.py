@@ -124,9 +124,13 @@ class LineageEmitter:
     async def _tick(self) -> None:
         # Windows are aligned to the clock (whole seconds for 1 s windows), so an event's
         # timestamp is its window's exact start on every server.
+        # Sleep until the end of the open window, not "to the next boundary of the clock":
+        # uvloop can wake a timer a little early, and a tick just before a boundary then
+        # slept ~0 s and flushed again and again, each flush moving the window a whole
+        # window ahead (event timestamps ran minutes into the future within minutes).
         w = self.config.window_seconds
         while True:
-            await asyncio.sleep(w - (time.time() % w))
+            await asyncio.sleep(max(self._window_start + w - time.time(), 0.001))
             self.flush()
 
     def flush(self) -> None:

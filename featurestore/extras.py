@@ -22,6 +22,7 @@ EXTRA_OF = {
     "neo4j": "neo4j",
     "strawberry": "graphql",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "otlp",
+    "openlineage.client": "openlineage",
     "httpx": "client",
     "tenacity": "client",
 }

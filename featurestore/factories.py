@@ -12,9 +12,10 @@ Backends of an extra (``featurestore/extras.py``) are imported in their branch, 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from featurestore.admission import FrequencySketch
@@ -33,6 +34,7 @@ from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.supervisor import WORKER_ENV
 from lineage.graph.base import LineageGraph
 from lineage.graph.memory import InMemoryGraph
+from lineage.runs import RunListener, RunRecorder, RunSink
 from lineage.sinks import InProcessSink, KafkaSink, LineageSink
 
 
@@ -127,9 +129,12 @@ class Lineage:
 
     emitter: LineageEmitter
     graph: LineageGraph | None  # None when this process does not serve GraphQL
+    runs: RunRecorder  # job runs in this process (lineage/runs.py) go through its sink
 
     async def close(self) -> None:
         await self.emitter.close()
+        for listener in self.runs.listeners:  # OpenLineage: sends what is queued, off the loop
+            await asyncio.to_thread(listener.close)
         if self.graph is not None:
             await self.graph.close()
 
@@ -168,7 +173,59 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         sink, table_uri, EmitterConfig(lc.window_seconds, lc.queue_size, service=service_identity(config))
     )
     await emitter.start()
-    return Lineage(emitter, graph)
+    return Lineage(emitter, graph, RunRecorder(sink, run_listeners(config)))
+
+
+def run_listeners(config: Config) -> list[RunListener]:
+    """Who else hears of job runs: OpenLineage, when ``lineage.openlineage`` is on."""
+    ol = config.lineage.openlineage
+    if not ol.enabled:
+        return []
+    require("openlineage.client", "lineage.openlineage.enabled: true")
+    from lineage.openlineage import OpenLineageListener
+
+    try:
+        return [OpenLineageListener.from_settings(ol)]
+    except ValueError as e:
+        raise InvalidArgument(f"lineage.openlineage: {e}") from None
+
+
+async def make_run_recorder(config: Config) -> tuple[RunRecorder, Callable[[], Awaitable[None]]]:
+    """The recorder of a one-shot job (``materialize``), and what closes it after the job.
+    Runs reach a graph only where this process can write one: Kafka (the consumer writes
+    them) or a Bolt graph written directly. With the in-process graph of a server there is
+    no graph here: the runs are held (``BufferedRuns``) for ``serve --demo`` to hand over."""
+    from lineage.runs import BufferedRuns
+
+    lc = config.lineage
+    listeners = run_listeners(config)
+
+    async def close_listeners() -> None:
+        for listener in listeners:
+            await asyncio.to_thread(listener.close)
+
+    if not lc.enabled:
+        return RunRecorder(None, listeners), close_listeners
+    sink: RunSink
+    closing: LineageSink | LineageGraph | None = None
+    if lc.sink == "kafka":
+        require("confluent_kafka", "lineage.sink: kafka")
+        kafka = KafkaSink(lc.kafka)
+        await kafka.start()
+        sink = closing = kafka
+    elif lc.graph == "bolt":
+        graph = make_graph(config)
+        await graph.start()
+        sink, closing = InProcessSink(graph), graph
+    else:
+        sink = BufferedRuns()
+
+    async def close() -> None:
+        await close_listeners()
+        if closing is not None:
+            await closing.close()
+
+    return RunRecorder(sink, listeners), close
 
 
 def service_identity(config: Config) -> str:

@@ -4,20 +4,24 @@ configured definitions, materialize views. Each builds what it needs from
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from featurestore.config import Config
 from featurestore.definitions.parser import load_definitions
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.derived.compiler import cache_dir, check_definitions
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
-from featurestore.factories import make_registry, make_store
+from featurestore.factories import make_registry, make_run_recorder, make_store
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, open_source
 from featurestore.registry.base import Registry
 from featurestore.sources.clickhouse.options import ClickHouseOptions
+from lineage.runs import DataVersion, RunRecorder, RunSink, now_iso
 
 log = logging.getLogger("featurestore")
 
@@ -72,13 +76,18 @@ async def materialize(
     incremental: bool = False,
     clickhouse_dsn: str | None = None,
     on_start: Callable[[str, OfflineSource], Callable[[Progress], None] | None] | None = None,
+    runs: RunSink | None = None,
 ) -> list[MaterializeResult]:
     """Materialize views one after another with the stores and registry the config
     names: ``views`` (None: every view of the current snapshot), each from ``source`` or,
     by default, its definition's ``batch_source`` (a Parquet path, or a ClickHouse table
     read through ``clickhouse_dsn`` or the config's first ClickHouse store).
-    ``on_start(view, source)`` may return the progress callback of that view's run."""
+    ``on_start(view, source)`` may return the progress callback of that view's run.
+    Each view's run is recorded in lineage (``make_run_recorder``; into ``runs`` when given)."""
     registry = make_registry(config)
+    recorder, close_recorder = await make_run_recorder(config)
+    if runs is not None:
+        recorder.sink = runs
     try:
         snapshot = await registry.current()
         if snapshot is None:
@@ -94,14 +103,15 @@ async def materialize(
             definition = snapshot.definitions.views[name]
             src = source or default_source(definition, config, clickhouse_dsn)
             progress = on_start(name, src) if on_start is not None else None
-            results.append(
-                await _materialize_one(
-                    config, registry, definition, src, batch_rows, grace_seconds, progress, span, incremental
-                )
+            dataset = (
+                definition.batch_source.uri if source is None and definition.batch_source else src.describe()
             )
+            one = _One(config, registry, definition, src, dataset, recorder)
+            results.append(await one.run(batch_rows, grace_seconds, progress, span, incremental))
         return results
     finally:
         await registry.close()
+        await close_recorder()
 
 
 def warehouse(config: Config, clickhouse_dsn: str | None) -> str | ClickHouseOptions | None:
@@ -129,33 +139,88 @@ def default_source(view: FeatureView, config: Config, clickhouse_dsn: str | None
     return open_source(bs.path)
 
 
-async def _materialize_one(
-    config: Config,
-    registry: Registry,
-    definition: FeatureView,
-    source: OfflineSource,
-    batch_rows: int,
-    grace_seconds: int,
-    on_progress: Callable[[Progress], None] | None,
-    span: EventTimeRange,
-    incremental: bool,
-) -> MaterializeResult:
-    sc = config.stores.get(definition.online_store)
-    if sc is None:
-        raise FailedPrecondition(
-            f"view {definition.name!r} uses store {definition.online_store!r}, which the config lacks"
+class _One:
+    """One view's materialization, recorded as a job run (lineage/runs.py)."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        definition: FeatureView,
+        source: OfflineSource,
+        dataset: str,
+        recorder: RunRecorder,
+    ) -> None:
+        self.config, self.registry, self.definition = config, registry, definition
+        self.source, self.dataset, self.recorder = source, dataset, recorder
+
+    async def run(
+        self,
+        batch_rows: int,
+        grace_seconds: int,
+        on_progress: Callable[[Progress], None] | None,
+        span: EventTimeRange,
+        incremental: bool,
+    ) -> MaterializeResult:
+        definition = self.definition
+        sc = self.config.stores.get(definition.online_store)
+        if sc is None:
+            raise FailedPrecondition(
+                f"view {definition.name!r} uses store {definition.online_store!r}, which the config lacks"
+            )
+        store = make_store(definition.online_store, sc, self.config)
+        table = store.table_uri(definition)
+        run = await self.recorder.started(
+            f"materialize:{definition.name}",
+            inputs=[self.dataset],
+            outputs=[table],
+            view=definition.name,
+            schema=[(c.name, c.dtype.value) for c in (*definition.entities, *definition.features)],
         )
-    store = make_store(definition.online_store, sc, config)
-    await store.start()
-    try:
-        job = Materializer(registry, store, grace_seconds=grace_seconds)
-        return await job.run(
-            definition.name,
-            source,
-            batch_rows=batch_rows,
-            on_progress=on_progress,
-            span=span,
-            incremental=incremental,
+        await store.start()
+        try:
+            job = Materializer(self.registry, store, grace_seconds=grace_seconds)
+            result = await job.run(
+                definition.name,
+                self.source,
+                batch_rows=batch_rows,
+                on_progress=on_progress,
+                span=span,
+                incremental=incremental,
+            )
+        except BaseException as e:
+            await self.recorder.failed(run, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            await store.close()
+        published = None
+        if not result.incremental:  # an incremental run upserts into the current version
+            published = DataVersion(
+                view=definition.name,
+                version=result.data_version,
+                rows=result.rows_written,
+                published_at=now_iso(),
+                fingerprint=source_fingerprint(self.source),
+            )
+        await self.recorder.finished(
+            run, rows_read=result.rows_read, rows_written=result.rows_written, data_version=published
         )
-    finally:
-        await store.close()
+        return result
+
+
+def source_fingerprint(source: OfflineSource) -> str:
+    """What identifies the source's content cheaply: for Parquet, the sha256 of every
+    file's path, size and modification time (reading the data would cost a second
+    scan); for a warehouse table, only its name (no cheap content identity)."""
+    uri = source.describe()
+    path = Path(uri.removeprefix("file://"))
+    if not uri.startswith("file://") or not path.exists():
+        return f"name:{uri}"
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        digest.update(
+            f"{f.relative_to(path) if path.is_dir() else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode()
+        )
+    return f"sha256:{digest.hexdigest()[:32]}"

@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
 from featurestore.supervisor import REUSE_PORT_ENV
 from featurestore.tracing import setup_tracing
+from lineage.runs import JobRunEvent
 
 log = logging.getLogger("featurestore")
 
@@ -177,6 +178,14 @@ class Listeners:
         self.grpc_api = GrpcApi(
             rt.engine, push, config.limits.deadline_ms, self.auth, shedder, unary_join=config.grpc.unary_join
         )
+        if "/graphql" in mounts:
+            from lineage.page import LineagePage
+
+            # Static and open (a browser cannot send a bearer token with a page load): the
+            # page's GraphQL requests carry the token its user enters, when tokens are on.
+            page = LineagePage()
+            for path in ("/lineage", "/lineage/{asset:path}"):
+                http_api.app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)  # type: ignore[arg-type]
         self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         host = config.grpc.host
@@ -192,10 +201,12 @@ class Listeners:
             raise FailedPrecondition(
                 f"cannot bind gRPC on {target}: the port is in use, or the host is not this machine's"
             )
-        limits = _connection_limits(config.http)
-        self.admin = _AdminListener(config, http_api, limits) if config.http.admin_port is not None else None
+        conn_limits = _connection_limits(config.http)
+        self.admin = (
+            _AdminListener(config, http_api, conn_limits) if config.http.admin_port is not None else None
+        )
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
-        self.guard = ConnectionGuard(limits)
+        self.guard = ConnectionGuard(conn_limits)
         self.http = _UvicornServer(
             self.guard.uvicorn_config(
                 http_api,
@@ -262,10 +273,15 @@ async def _start_uvicorn(server: uvicorn.Server, sock: socket.socket, name: str)
     return task
 
 
-async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:
-    """Run one serving process until SIGINT/SIGTERM, then drain and exit."""
+async def serve(
+    config: Config, on_ready: Callable[[], None] | None = None, runs: Sequence[JobRunEvent] = ()
+) -> None:
+    """Run one serving process until SIGINT/SIGTERM, then drain and exit. ``runs``: job
+    runs of this process recorded before its lineage graph existed (``serve --demo``)."""
     setup_tracing(config.tracing)
     rt = await build_runtime(config)
+    if runs and rt.lineage is not None and rt.lineage.runs.sink is not None:
+        await rt.lineage.runs.sink.send_runs(runs)
     listeners = Listeners(rt)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -298,8 +314,10 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
     log.info("stopped")
 
 
-def run_process(config: Config, on_ready: Callable[[], None] | None = None) -> None:
+def run_process(
+    config: Config, on_ready: Callable[[], None] | None = None, runs: Sequence[JobRunEvent] = ()
+) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, on_ready))
+        runner.run(serve(config, on_ready, runs))

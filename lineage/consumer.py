@@ -30,6 +30,7 @@ from lineage import metrics
 from lineage.events import LineageEvent, MalformedEvent, decode_event
 from lineage.graph.base import GraphUnavailable, LineageGraph
 from lineage.kafka import KafkaSettings
+from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
 from lineage.topics import ReadPositions, TopicWatch
 
@@ -162,7 +163,7 @@ class LineageConsumer:
 
     async def _handle(self, messages: list[Any], stop: asyncio.Event) -> None:
         generation = self._topic_generation
-        batch: list[tuple[Any, LineageEvent]] = []
+        batch: list[tuple[Any, LineageEvent | JobRunEvent]] = []
         dead: list[_DeadLetter] = []
         for m in messages:
             if m.error():
@@ -170,7 +171,8 @@ class LineageConsumer:
                 continue
             self._positions.took(m.partition(), m.offset())
             try:
-                batch.append((m, decode_event(m.value() or b"")))
+                raw = m.value() or b""
+                batch.append((m, decode_run(raw) if is_run(raw) else decode_event(raw)))
             except MalformedEvent as e:
                 dead.append(_DeadLetter(m, str(e)))
         refused = await self._write(batch, stop)
@@ -184,7 +186,7 @@ class LineageConsumer:
         await asyncio.to_thread(self._store_and_commit, messages)
 
     async def _write(
-        self, batch: list[tuple[Any, LineageEvent]], stop: asyncio.Event
+        self, batch: list[tuple[Any, LineageEvent | JobRunEvent]], stop: asyncio.Event
     ) -> list[_DeadLetter] | None:
         """Write the batch; what the graph refuses for good comes back as dead letters.
         None when stopped before everything was written or refused.
@@ -196,10 +198,14 @@ class LineageConsumer:
         delay = 0.1
         while chunks:
             chunk = chunks[0]
-            events = [e for _, e in chunk]
+            events = [e for _, e in chunk if isinstance(e, LineageEvent)]
+            runs = [e for _, e in chunk if isinstance(e, JobRunEvent)]
             t0 = time.perf_counter()
             try:
-                await self.graph.write_events(events)
+                if events:
+                    await self.graph.write_events(events)
+                if runs:  # idempotent too: a retry after the events landed rewrites nothing
+                    await self.graph.write_runs(runs)
             except UNAVAILABLE as failure:
                 log.warning("graph unavailable (%s); retrying in %.1fs", failure, delay)
                 if await _stopped(stop, delay):
@@ -217,8 +223,8 @@ class LineageConsumer:
             else:
                 metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
                 observe_event_to_graph(events, self.window_seconds)
-                metrics.CONSUMED.labels("written").inc(len(events))
-                self.written += len(events)
+                metrics.CONSUMED.labels("written").inc(len(chunk))
+                self.written += len(chunk)
             chunks.pop(0)
             delay = 0.1
         return refused

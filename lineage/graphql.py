@@ -15,107 +15,41 @@ error in the response, never an HTTP 500.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.asgi import GraphQL
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.types import Info
 
 from lineage.events import LineageEvent
-from lineage.graph.base import MAX_DEPTH, FeatureInfo, LineageGraph
+from lineage.graph.base import FeatureInfo, LineageGraph
+from lineage.graphql_budget import (
+    MAX_COST,
+    MAX_QUERY_DEPTH,
+    MAX_RESULTS,
+    Budget,
+    CostLimit,
+    _bounded,
+    _charge,
+    _depth,
+    _graph,
+    _ms,
+)
 from lineage.graphql_drift import Drift
+from lineage.graphql_graph import Change, GraphQueries, changes
 
 log = logging.getLogger(__name__)
 
-MAX_RESULTS = 1000
-MAX_QUERY_DEPTH = 10
-MAX_COST = 10_000  # graph lookups + list items per request
-
-
-class Budget:
-    """What one request may still spend. Resolvers charge before they ask the graph;
-    the first overrun raises, later resolvers of the same request stop without asking,
-    and ``CostLimit`` turns the whole response into that one error."""
-
-    def __init__(self, limit: int = MAX_COST) -> None:
-        self.limit = limit
-        self.spent = 0
-        self.exceeded = False
-
-    @property
-    def message(self) -> str:
-        return (
-            f"query too expensive: it needs more than {self.limit} graph lookups and results; "
-            "ask for fewer levels (nested upstream/downstream), a smaller depth or fewer fields"
-        )
-
-    def charge(self, cost: int) -> bool:
-        """False once the budget is spent (no more graph calls for this request)."""
-        if self.exceeded:
-            return False
-        self.spent += cost
-        if self.spent > self.limit:
-            self.exceeded = True
-            raise GraphQLError(self.message, extensions={"code": "QUERY_TOO_EXPENSIVE"})
-        return True
-
-
-def _budget(info: Info) -> Budget:
-    context = info.context
-    budget = context.get("budget")
-    if budget is None:  # executed without LineageGraphQL's context: the default budget
-        budget = context["budget"] = Budget()
-    assert isinstance(budget, Budget)
-    return budget
-
-
-def _charge(info: Info, cost: int) -> bool:
-    return _budget(info).charge(cost)
-
-
-class CostLimit(SchemaExtension):
-    """A request over budget answers with the one budget error and no data: partial
-    data cut off at arbitrary places would read like real (empty) lineage."""
-
-    def on_execute(self) -> Iterator[None]:
-        yield
-        context = self.execution_context.context
-        budget = context.get("budget") if isinstance(context, dict) else None
-        result = self.execution_context.result
-        if isinstance(budget, Budget) and budget.exceeded and result is not None:
-            result.data = None
-            result.errors = [GraphQLError(budget.message, extensions={"code": "QUERY_TOO_EXPENSIVE"})]
-
-
-def _graph(info: Info) -> LineageGraph:
-    graph: LineageGraph = info.context["graph"]
-    return graph
-
-
-def _ms(t: datetime | None) -> int | None:
-    if t is None:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int(t.timestamp() * 1000)
-
-
-def _depth(depth: int) -> int:
-    if not 1 <= depth <= MAX_DEPTH:
-        raise GraphQLError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
-    return depth
-
-
-def _bounded(items: list[Any], what: str) -> list[Any]:
-    if len(items) > MAX_RESULTS:
-        raise GraphQLError(
-            f"{what}: {len(items)} results exceed the limit of {MAX_RESULTS}; narrow the query"
-        )
-    return items
+__all__ = ["MAX_COST", "Budget", "LineageGraphQL", "schema"]
 
 
 @strawberry.type(
@@ -226,6 +160,13 @@ class Feature:
             for s in rows
         ]
 
+    @strawberry.field(
+        description="Job runs upstream of it (its view's, those of the features it derives from, "
+        "and of the tables they read) since `since`, newest first."
+    )
+    async def changes(self, info: Info, since: datetime | None = None, limit: int = 100) -> list[Change]:
+        return await changes(info, self.id, None, since, limit)
+
     @strawberry.field(description="Feature services that use it.")
     async def feature_services(self, info: Info) -> list[str]:
         if not _charge(info, 1):
@@ -265,6 +206,10 @@ class Table:
                 out.append(Feature.of(f, self.as_of))
         return out
 
+    @strawberry.field(description="Job runs that read or wrote the table since `since`, newest first.")
+    async def changes(self, info: Info, since: datetime | None = None, limit: int = 100) -> list[Change]:
+        return await changes(info, None, self.name, since, limit)
+
     @strawberry.field(
         description="Features (derived up to `depth` hops) and feature services affected by a change."
     )
@@ -283,7 +228,7 @@ class Table:
 
 
 @strawberry.type
-class Query:
+class Query(GraphQueries):
     @strawberry.field(description="One feature by id ('view:feature'); asOf answers for a past instant.")
     async def feature(self, info: Info, id: str, as_of: datetime | None = None) -> Feature | None:
         if not _charge(info, 1):
@@ -321,6 +266,15 @@ class Query:
         return [LineageEventType.of(e) for e in events]
 
 
+# The depth and alias rules, built once: each limiter makes a new rule class when it is
+# constructed, and ValidationCache keys on the rule classes, so rules built per request
+# would never hit the cache.
+_RULES = [
+    *QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=30).validation_rules,
+]
+
+
 class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """strawberry logs every error at ERROR, a caller's syntax error or refused limit
@@ -336,8 +290,11 @@ class _Schema(strawberry.Schema):
 schema = _Schema(
     query=Query,
     extensions=[
-        lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=30),
+        # The page sends the same few query texts again and again: parsing and validating
+        # one took ~16 of the ~28 ms of a depth-3 graph query (benchmarks/lineage_page.py).
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        lambda: AddValidationRules(_RULES),
         CostLimit,
     ],
 )

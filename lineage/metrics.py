@@ -76,3 +76,13 @@ EVENT_TO_GRAPH = Histogram(
 
 for _reason in ("unresolved", "queue_full", "sink_buffer_full", "undelivered"):
     BROKEN.labels(_reason)  # every reason exists from the start, so rates are 0, not absent
+OPENLINEAGE = Counter(
+    "featurestore_lineage_openlineage_total",
+    "Job run reports handed to the OpenLineage transport, by outcome (sent, failed, dropped)",
+    ["outcome"],
+)
+RUNS = Counter(
+    "featurestore_lineage_runs_total",
+    "Job run reports recorded (lineage/runs.py), by state (START, COMPLETE, FAIL)",
+    ["state"],
+)

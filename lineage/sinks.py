@@ -15,6 +15,7 @@ from lineage import metrics
 from lineage.events import LineageEvent, encode_event
 from lineage.graph.base import LineageGraph, event_time_ms
 from lineage.kafka import KafkaSettings
+from lineage.runs import JobRunEvent, encode_run
 from lineage.topics import TopicWatch
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class InProcessSink:
         metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
         observe_event_to_graph(events)
         metrics.EVENTS.labels("delivered").inc(len(events))
+
+    async def send_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        await self.graph.write_runs(runs)
 
 
 # How long a producer replaced after a broker lost its topic may still report (and so
@@ -154,6 +158,13 @@ class KafkaSink:
             self._replace_producer()
         for event in events:
             self._produce(event)
+        self._producer.poll(0)
+
+    async def send_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        """Job runs go on the same topic (``"type": "job_run"``), keyed by job, so one
+        job's reports keep their order. They carry no served values to count."""
+        for run in runs:
+            self._produce_message(run.key, encode_run(run), 0)
         self._producer.poll(0)
 
     def _produce(self, event: LineageEvent) -> None:

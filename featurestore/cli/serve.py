@@ -90,11 +90,13 @@ def _serve_config(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
     from featurestore import jobs, supervisor
+    from lineage.runs import BufferedRuns
 
     config = _serve_config(args)
     asyncio.run(jobs.apply_configured_definitions(config))
+    runs = BufferedRuns()  # the demo's materialization runs, for the graph the server builds
     if args.demo:
-        asyncio.run(_demo_materialize(config))
+        asyncio.run(_demo_materialize(config, runs))
 
     def announce() -> None:
         if args.demo:
@@ -108,11 +110,11 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
         return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv))
     from featurestore.process import run_process
 
-    run_process(config, on_ready=announce)
+    run_process(config, on_ready=announce, runs=runs.runs)
     return 0
 
 
-async def _demo_materialize(config: Any) -> None:
+async def _demo_materialize(config: Any, runs: Any) -> None:
     """Fill the demo's ClickHouse view once. The embedded engine lives in this process,
     so this runs here, before serving, not as a separate command."""
     from featurestore import jobs
@@ -144,6 +146,7 @@ async def _demo_materialize(config: Any) -> None:
             ParquetOfflineSource(view.batch_source.path),
             batch_rows=50_000,
             grace_seconds=600,
+            runs=runs,
         )
         print(
             f"demo: {view.name}: {result.rows_written:,} rows in {result.seconds:.1f}s",

@@ -27,6 +27,8 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, parse_timestamp
 from lineage.graph.drift import DriftRecord
+from lineage.graph.topology import Change, GraphEdge, Node
+from lineage.runs import JobRunEvent
 
 MAX_DEPTH = 5
 
@@ -45,6 +47,8 @@ class FeatureInfo:
     dtype: str
     version: int
     versions: tuple[int, ...]
+    owner: str = ""  # the view's
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class DefinitionFacts:
     uses: tuple[tuple[str, str], ...]  # service -> feature id
     derived_from: tuple[tuple[str, str], ...]  # feature id -> feature id
     produced_by: tuple[tuple[str, str, str], ...] = field(default=())  # feature id, table, role
+    described: tuple[tuple[str, str, str, str], ...] = field(default=())  # kind, name, owner, description
 
 
 def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
@@ -87,13 +92,18 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
     created = snapshot.created_at.rstrip("Z")
     valid_from = int(datetime.fromisoformat(created + "+00:00").timestamp() * 1000) if created else 0
     features, contains, derived, produced = [], [], [], []
+    described = [("view", v.name, v.owner, v.description) for v in d.views.values()]
+    described += [("view", v.name, v.owner, v.description) for v in d.derived_views.values()]
+    described += [("service", s.name, s.owner, s.description) for s in d.services.values()]
     for view in d.views.values():
         tables = [dep for dep in view.upstream if parse_feature_ref(dep) is None or "://" in dep]
         refs = [dep for dep in view.upstream if parse_feature_ref(dep) is not None and "://" not in dep]
         for f in view.features:
             fid = f"{view.name}:{f.name}"
             version = snapshot.feature_versions.get(fid, snapshot.version)
-            features.append(FeatureInfo(fid, view.name, f.dtype.value, version, (version,)))
+            features.append(
+                FeatureInfo(fid, view.name, f.dtype.value, version, (version,), view.owner, f.description)
+            )
             contains.append((view.name, fid))
             derived += [(fid, ref) for ref in refs]
             produced += [(fid, t, "upstream") for t in tables]
@@ -103,7 +113,9 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
         for df in dview.features:
             fid = f"{dview.name}:{df.name}"
             version = snapshot.feature_versions.get(fid, snapshot.version)
-            features.append(FeatureInfo(fid, dview.name, df.dtype.value, version, (version,)))
+            features.append(
+                FeatureInfo(fid, dview.name, df.dtype.value, version, (version,), dview.owner, df.description)
+            )
             contains.append((dview.name, fid))
             derived += [(fid, dep) for dep in df.depends_on if not dep.startswith(REQUEST_PREFIX)]
     uses = [(s.name, str(r)) for s in d.services.values() for r in s.features]
@@ -118,6 +130,7 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
         uses=tuple(uses),
         derived_from=tuple(derived),
         produced_by=tuple(produced),
+        described=tuple(described),
     )
 
 
@@ -181,4 +194,32 @@ class LineageGraph(Protocol):
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[DriftRecord]:
         """A feature's drift records in [since, until), oldest first, the newest ``limit``."""
+
+    async def write_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        """Record job run reports (idempotent per run id: a START after its COMPLETE or
+        FAIL changes nothing). Errors as for ``write_events``."""
+        ...
+
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
+        """The edges an upstream (or downstream) walk follows from the nodes (ids
+        ``kind:name``; ``topology.steps``), live at ``as_of_ms`` (None: now); runs and
+        data versions count from their start / publication."""
+        ...
+
+    async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        """The nodes that exist among ``node_ids``, with their attributes."""
+        ...
+
+    async def search(self, text: str, limit: int) -> list[Node]:
+        """Features, views, tables and services whose name contains ``text``."""
+        ...
+
+    async def changes(
+        self, feature_id: str | None, table: str | None, since_ms: int | None, limit: int
+    ) -> list[Change]:
+        """Runs upstream of a feature (its view and the views of the features it derives
+        from, up to MAX_DEPTH hops, and the tables they read), or that read or wrote a
+        table, that started or ended at ``since_ms`` or later; newest first."""
         ...

@@ -32,11 +32,13 @@ from lineage.graph.base import (
     event_key,
     event_time_ms,
 )
+from lineage.graph.bolt_topology import BoltTopology
 from lineage.graph.cypher import (
     APPLIED_VERSION,
     APPLY_NODES,
     CLAIM,
     CLOSE_EDGES,
+    DESCRIBE,
     EDGE_KINDS,
     LIVE,
     MARK_APPLIED,
@@ -67,7 +69,7 @@ def _retryable(e: Exception) -> bool:
 UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
 
 
-class BoltGraph:
+class BoltGraph(BoltTopology):
     def __init__(
         self,
         uri: str,
@@ -169,10 +171,23 @@ class BoltGraph:
                 tx,
                 APPLY_NODES,
                 features=[
-                    {"id": f.id, "view": f.view, "dtype": f.dtype, "version": f.version}
+                    {
+                        "id": f.id,
+                        "view": f.view,
+                        "dtype": f.dtype,
+                        "version": f.version,
+                        "owner": f.owner,
+                        "description": f.description,
+                    }
                     for f in facts.features
                 ],
             )
+            for kind, label in (("view", "FeatureView"), ("service", "FeatureService")):
+                described = [
+                    {"name": n, "owner": o, "description": d} for k, n, o, d in facts.described if k == kind
+                ]
+                if described:
+                    await run(tx, DESCRIBE.format(label=label), nodes=described)
             for rel, edges in wanted.items():
                 a_label, a_key, b_label, b_key = EDGE_KINDS[rel]
                 names = {"a_label": a_label, "a_key": a_key, "b_label": b_label, "b_key": b_key, "rel": rel}
@@ -235,7 +250,7 @@ class BoltGraph:
             "MATCH (f:Feature {id: $id}) OPTIONAL MATCH (v:FeatureView)-[r:CONTAINS]->(f) WHERE "
             + LIVE.format(r="r")
             + " RETURN f.id AS id, f.view AS view, f.dtype AS dtype, f.version AS version, f.versions AS versions,"
-            " count(v) AS live",
+            " f.owner AS owner, f.description AS description, count(v) AS live",
             id=feature_id,
             t=as_of_ms,
         )
@@ -248,6 +263,8 @@ class BoltGraph:
             r["dtype"] or "",
             int(r["version"] or 0),
             tuple(sorted(r["versions"] or ())),
+            r["owner"] or "",
+            r["description"] or "",
         )
 
     async def _walk(self, feature_id: str, depth: int, as_of_ms: int | None, direction: str) -> list[str]:

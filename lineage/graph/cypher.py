@@ -15,6 +15,8 @@ SCHEMA = [
     "CREATE CONSTRAINT event_key IF NOT EXISTS FOR (e:LineageEvent) REQUIRE e.key IS UNIQUE",
     "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
     "CREATE CONSTRAINT applied_project IF NOT EXISTS FOR (r:AppliedDefinitions) REQUIRE r.project IS UNIQUE",
+    "CREATE CONSTRAINT run_id IF NOT EXISTS FOR (r:JobRun) REQUIRE r.id IS UNIQUE",
+    "CREATE CONSTRAINT data_version_id IF NOT EXISTS FOR (d:DataVersion) REQUIRE d.id IS UNIQUE",
 ]
 
 # Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
@@ -44,7 +46,7 @@ APPLY_NODES = """
 UNWIND $features AS f
 MERGE (n:Feature {id: f.id})
 ON CREATE SET n.versions = [], n.version = 0
-SET n.view = f.view, n.dtype = f.dtype,
+SET n.view = f.view, n.dtype = f.dtype, n.owner = f.owner, n.description = f.description,
     n.version = CASE WHEN f.version > n.version THEN f.version ELSE n.version END,
     n.versions = CASE WHEN f.version IN n.versions THEN n.versions ELSE n.versions + f.version END
 """
@@ -90,8 +92,65 @@ MERGE (f)-[p:PRODUCED_BY]->(t)
 ON CREATE SET p.valid_from = ev.props.ts_ms, p.role = 'online'
 MERGE (s:Server {name: ev.props.service})
 MERGE (f)-[r:SERVED_BY]->(s)
-ON CREATE SET r.count = 0, r.last_seen = 0
+ON CREATE SET r.count = 0, r.last_seen = 0, r.first_seen = ev.props.ts_ms
 SET r.count = r.count + CASE WHEN e.fresh THEN ev.props.served_count ELSE 0 END,
     r.last_seen = CASE WHEN ev.props.ts_ms > r.last_seen THEN ev.props.ts_ms ELSE r.last_seen END
 REMOVE e.fresh
 """
+
+# Owner and description of views and services (the page's side panel).
+DESCRIBE = """
+UNWIND $nodes AS n
+MERGE (v:{label} {{name: n.name}})
+SET v.owner = n.owner, v.description = n.description
+"""
+
+# Job runs (lineage/runs.py): one JobRun node per run id. A START that arrives after its
+# run's end (redelivery) changes nothing of the end.
+WRITE_RUNS = """
+UNWIND $runs AS run
+MERGE (r:JobRun {id: run.id})
+ON CREATE SET r.state = 'START'
+WITH r, run, (run.state = 'START' AND r.state <> 'START') AS late
+SET r.job = run.job, r.view = run.view, r.inputs = run.inputs, r.outputs = run.outputs,
+    r.started_at = run.started_at, r.started_ms = run.started_ms,
+    r.state = CASE WHEN late THEN r.state ELSE run.state END,
+    r.ended_at = CASE WHEN late THEN r.ended_at ELSE run.ended_at END,
+    r.at_ms = CASE WHEN late THEN r.at_ms ELSE run.at_ms END,
+    r.rows_read = CASE WHEN late THEN r.rows_read ELSE run.rows_read END,
+    r.rows_written = CASE WHEN late THEN r.rows_written ELSE run.rows_written END,
+    r.data_version = CASE WHEN late THEN r.data_version ELSE run.data_version END,
+    r.error = CASE WHEN late THEN r.error ELSE run.error END
+"""
+WRITE_READS = """
+UNWIND $reads AS x
+MATCH (r:JobRun {id: x.run})
+MERGE (t:Table {name: x.table})
+MERGE (r)-[e:READ]->(t)
+ON CREATE SET e.valid_from = x.t
+"""
+WRITE_PUBLISHED = """
+UNWIND $published AS p
+MATCH (r:JobRun {id: p.run})
+MERGE (d:DataVersion {id: p.id})
+SET d.view = p.view, d.version = p.version, d.rows = p.rows, d.published_at = p.published_at,
+    d.published_ms = p.t, d.fingerprint = p.fingerprint
+MERGE (v:FeatureView {name: p.view})
+MERGE (r)-[e:PUBLISHED]->(d)
+ON CREATE SET e.valid_from = p.t
+MERGE (d)-[o:OF]->(v)
+ON CREATE SET o.valid_from = p.t
+"""
+RUN_FIELDS = (
+    "r.id AS run_id, r.job AS job, r.state AS state, r.started_at AS started_at, r.ended_at AS ended_at,"
+    " r.inputs AS inputs, r.outputs AS outputs, r.view AS view, r.rows_read AS rows_read,"
+    " r.rows_written AS rows_written, r.error AS error, r.data_version AS dv,"
+    " d.view AS dv_view, d.version AS dv_version, d.rows AS dv_rows, d.published_at AS dv_published_at,"
+    " d.fingerprint AS dv_fingerprint"
+)
+# Live for the topology: definition edges by their validity, the others from when they
+# appeared (SERVED_BY written before first_seen existed: always).
+TOPOLOGY_LIVE = (
+    "($t IS NULL AND r.valid_to IS NULL OR $t IS NOT NULL"
+    " AND coalesce(r.valid_from, r.first_seen, 0) <= $t AND (r.valid_to IS NULL OR r.valid_to > $t))"
+)

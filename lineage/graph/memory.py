@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lineage.events import LineageEvent
+from lineage.graph import nodes as describe
 from lineage.graph.base import (
+    MAX_DEPTH,
     DefinitionFacts,
     FeatureInfo,
     Impact,
@@ -20,6 +22,18 @@ from lineage.graph.base import (
     event_time_ms,
 )
 from lineage.graph.drift import DriftRecord, in_range
+from lineage.graph.topology import (
+    EDGE_ENDS,
+    SEARCHABLE,
+    Change,
+    GraphEdge,
+    Node,
+    node_id,
+    search_rank,
+    split_id,
+    steps,
+)
+from lineage.runs import DataVersion, JobRunEvent, time_ms
 
 Edge = tuple[str, str, str]  # kind, from, to
 
@@ -51,6 +65,13 @@ class InMemoryGraph:
         self._events: defaultdict[str, deque[tuple[int, LineageEvent]]] = defaultdict(deque)
         self._applied: dict[str, int] = {}  # project -> newest registry version applied
         self._drift: defaultdict[str, dict[str, DriftRecord]] = defaultdict(dict)  # feature -> key ->
+        self._described: dict[
+            tuple[str, str], tuple[str, str]
+        ] = {}  # (view|service, name) -> owner, description
+        self._first_served: dict[tuple[str, str], int] = {}  # (feature, server) -> first window, ms
+        self._servers: defaultdict[str, set[str]] = defaultdict(set)  # server -> features it served
+        self._runs: dict[str, JobRunEvent] = {}
+        self._data_versions: dict[str, DataVersion] = {}
 
     async def start(self) -> None:
         return None
@@ -65,6 +86,7 @@ class InMemoryGraph:
             return False
         self._applied[facts.project] = facts.registry_version
         t = facts.valid_from_ms
+        self._described.update({(k, n): (owner, text) for k, n, owner, text in facts.described})
         for f in facts.features:
             old = self._features.get(f.id)
             versions = tuple(sorted(set(old.versions if old else ()) | {f.version}))
@@ -107,8 +129,10 @@ class InMemoryGraph:
             view = e.feature_id.partition(":")[0]
             versions = tuple(sorted(set(old.versions if old else ()) | {e.feature_version}))
             version = max(e.feature_version, old.version if old else 0)
-            self._features[e.feature_id] = FeatureInfo(
-                e.feature_id, view, old.dtype if old else "", version, versions
+            self._features[e.feature_id] = (
+                replace(old, version=version, versions=versions)
+                if old
+                else FeatureInfo(e.feature_id, view, "", version, versions)
             )
             self._tables.add(e.source_table)
             edge = ("PRODUCED_BY", e.feature_id, e.source_table)
@@ -119,6 +143,30 @@ class InMemoryGraph:
             count = (served.count if served else 0) + (e.served_count if fresh else 0)
             last = max(ts, served.last_seen_ms if served else 0)
             by_server[e.service] = ServedBy(e.service, count, last)
+            self._servers[e.service].add(e.feature_id)
+            first = self._first_served.get((e.feature_id, e.service))
+            self._first_served[(e.feature_id, e.service)] = ts if first is None else min(first, ts)
+
+    async def write_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        for run in runs:
+            describe.check(run)  # all or nothing: a bad one fails before any write
+        for run in runs:
+            old = self._runs.get(run.run_id)
+            if old is not None and run.state == "START" and old.state != "START":
+                continue  # a late START never undoes the end of its run
+            self._runs[run.run_id] = run
+            started = time_ms(run.started_at)
+            for table in run.inputs:
+                self._tables.add(table)
+                if ("READ", run.run_id, table) not in self._edges:
+                    self._add_edge(("READ", run.run_id, table), _Validity(started))
+            dv = run.data_version
+            if dv is not None:
+                published = time_ms(dv.published_at)
+                self._data_versions[dv.id] = dv
+                for edge in (("PUBLISHED", run.run_id, dv.id), ("OF", dv.id, dv.view)):
+                    if edge not in self._edges:
+                        self._add_edge(edge, _Validity(published))
 
     def _add_edge(self, edge: Edge, validity: _Validity) -> None:
         kind, a, b = edge
@@ -223,3 +271,95 @@ class InMemoryGraph:
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[DriftRecord]:
         return in_range(list(self._drift.get(feature_id, {}).values()), since_ms, until_ms, limit)
+
+    # -- topology and changes ------------------------------------------------------------
+
+    def _exists(self, kind: str, name: str) -> bool:
+        return {
+            "feature": lambda: name in self._features,
+            "view": lambda: (
+                ("view", name) in self._described or bool(self._out_index.get(("CONTAINS", name)))
+            ),
+            "table": lambda: name in self._tables,
+            "service": lambda: (
+                ("service", name) in self._described or bool(self._out_index.get(("USES", name)))
+            ),
+            "server": lambda: name in self._servers,
+            "run": lambda: name in self._runs,
+            "data_version": lambda: name in self._data_versions,
+        }[kind]()
+
+    def _edge(self, kind: str, a: str, b: str) -> GraphEdge:
+        src, dst = EDGE_ENDS[kind]
+        at = self._edges[(kind, a, b)].valid_from if kind in describe.TIMED else 0
+        return GraphEdge(node_id(src, a), node_id(dst, b), kind, at)
+
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
+        out: list[GraphEdge] = []
+        for nid in node_ids:
+            kind, name = split_id(nid)
+            for ek, is_source in steps(kind, upstream):
+                if ek == "SERVED_BY":
+                    out += self._served_edges(kind, name, as_of_ms)
+                elif is_source:
+                    out += [self._edge(ek, name, b) for b in self._out(ek, name, as_of_ms)]
+                else:
+                    out += [self._edge(ek, a, name) for a in self._in(ek, name, as_of_ms)]
+        return out
+
+    def _served_edges(self, kind: str, name: str, as_of_ms: int | None) -> list[GraphEdge]:
+        served = (
+            [(name, s) for s in self._served.get(name, {})]
+            if kind == "feature"
+            else [(f, name) for f in self._servers.get(name, ())]
+        )
+        return [
+            GraphEdge(node_id("feature", f), node_id("server", s), "SERVED_BY")
+            for f, s in served
+            if as_of_ms is None or self._first_served.get((f, s), 0) <= as_of_ms
+        ]
+
+    def _node(self, kind: str, name: str) -> Node:
+        if kind == "feature":
+            return describe.feature_node(self._features[name])
+        if kind == "run":
+            return describe.run_node(self._runs[name])
+        if kind == "data_version":
+            return describe.data_version_node(self._data_versions[name])
+        owner, text = self._described.get((kind, name), ("", ""))
+        return describe.named_node(kind, name, owner, text)
+
+    async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        return [self._node(*split_id(n)) for n in node_ids if self._exists(*split_id(n))]
+
+    async def search(self, text: str, limit: int) -> list[Node]:
+        names = {
+            "feature": self._features,
+            "view": {n for k, n in self._described if k == "view"}
+            | {a for k, a in self._out_index if k == "CONTAINS"},
+            "table": self._tables,
+            "service": {n for k, n in self._described if k == "service"}
+            | {a for k, a in self._out_index if k == "USES"},
+        }
+        ranked = [
+            (rank, kind, name)
+            for kind in SEARCHABLE
+            for name in names[kind]
+            if (rank := search_rank(text, name)) is not None
+        ]
+        return [self._node(kind, name) for _, kind, name in sorted(ranked)[:limit]]
+
+    async def changes(
+        self, feature_id: str | None, table: str | None, since_ms: int | None, limit: int
+    ) -> list[Change]:
+        if feature_id is not None:
+            features = [feature_id, *self._walk(feature_id, MAX_DEPTH, "out", None)]
+            views = {f.partition(":")[0] for f in features}
+            tables = {t.name for f in features for t in await self.produced_by(f) if t.role != "online"}
+            runs = [r for r in self._runs.values() if r.view in views or tables.intersection(r.inputs)]
+        else:
+            runs = [r for r in self._runs.values() if table in r.inputs or table in r.outputs]
+        found = [c for c in map(describe.change, runs) if since_ms is None or c.at_ms >= since_ms]
+        return sorted(found, key=lambda c: (-c.at_ms, c.run_id))[:limit]

@@ -23,6 +23,8 @@ from lineage.events import LineageEvent
 from lineage.graph.base import LineageGraph, definition_facts
 from lineage.graph.bolt import BoltGraph
 from lineage.graph.memory import InMemoryGraph
+from lineage.graph.topology import TooLarge, resolve, topology
+from lineage.runs import DataVersion, JobRunEvent
 from tests.servers import ArcadeServer
 
 U = Entity("user_id", DType.INT64)
@@ -219,3 +221,103 @@ async def test_drift_records_are_idempotent_and_read_by_time_range(graph: Lineag
     assert [r.at_ms for r in await graph.drift("raw:clicks", 2000, 3000, 100)] == [2000, 2000]
     assert await graph.drift("raw:clicks", None, None, 1) == [rec(3000, reference=4)]
     assert await graph.drift("raw:views", None, None, 100) == []
+
+
+def run(
+    run_id: str, state: str, started: str, ended: str = "", version: int = 0, rows: int = 0
+) -> JobRunEvent:
+    dv = DataVersion(view="raw", version=version, rows=rows, published_at=ended, fingerprint="sha256:ab")
+    return JobRunEvent(
+        job="materialize:raw", run_id=run_id, state=state, started_at=started,  # type: ignore[arg-type]
+        ended_at=ended, inputs=["clickhouse://warehouse.events"], outputs=["redis://fs/p/raw"], view="raw",
+        rows_read=rows, rows_written=rows, data_version=dv if version else None,
+    )  # fmt: skip
+
+
+async def around(
+    graph: LineageGraph, root: str, direction: str, depth: int, at: int | None = None
+) -> set[str]:
+    node = await resolve(root, graph.nodes)
+    assert node is not None, root
+    topo = await topology(node, direction, depth, at, graph.incident, graph.nodes, 1000)
+    ids = {n.id for n in topo.nodes}
+    assert {e.source for e in topo.edges} | {e.target for e in topo.edges} <= ids  # no dangling edge
+    return ids
+
+
+async def test_the_topology_walks_every_node_kind_up_and_down(graph: LineageGraph) -> None:
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    await graph.write_events([event("raw:clicks", "2024-01-01T00:00:07Z", 5)])
+    await graph.write_runs([run("r1", "START", "2024-01-01T00:01:00Z")])
+    await graph.write_runs([run("r1", "COMPLETE", "2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z", 1, 40)])
+    up = await around(graph, "score:rank", "UPSTREAM", 2)
+    assert {"feature:derived:ctr", "view:score", "table:ml.models", "feature:raw:clicks"} <= up
+    assert "service:ranker" not in up
+    up4 = await around(graph, "feature:raw:clicks", "UPSTREAM", 4)
+    # view -> its data version -> the run that published it -> the table that run read
+    assert {"view:raw", "data_version:raw@1", "run:r1", "table:clickhouse://warehouse.events"} <= up4
+    down = await around(graph, "table:warehouse.events", "DOWNSTREAM", 3)
+    assert {"feature:raw:clicks", "feature:derived:ctr", "service:ranker", "server:fs@a"} <= down
+    assert "view:raw" not in down
+    both = await around(graph, "raw:clicks", "BOTH", 1)
+    assert {"view:raw", "table:warehouse.events", "feature:derived:ctr", "service:ranker"} <= both
+    assert await around(graph, "ranker", "UPSTREAM", 1) == {
+        "service:ranker",
+        "feature:score:rank",
+        "feature:raw:clicks",
+    }
+    assert await resolve("nope:nope", graph.nodes) is None
+    [f] = await graph.nodes(["feature:raw:clicks"])
+    assert f.attributes["dtype"] == "int64" and f.label == "raw:clicks"
+    [r] = await graph.nodes(["run:r1"])
+    assert r.attributes["state"] == "COMPLETE" and r.attributes["rowsWritten"] == 40
+    [d] = await graph.nodes(["data_version:raw@1"])
+    assert d.attributes["rows"] == 40 and d.attributes["fingerprint"] == "sha256:ab"
+
+
+async def test_the_topology_as_of_a_past_time_and_its_size_bound(graph: LineageGraph) -> None:
+    t1, t2 = "2024-01-01T00:00:00.000000Z", "2024-02-01T00:00:00.000000Z"
+    await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))
+    await graph.apply_definitions(definition_facts(snap(2, t2, RAW, DERIVED, SCORE2, services=(SVC2,))))
+    jan15 = 1705276800000
+    assert "feature:derived:ctr" in await around(graph, "score:rank", "UPSTREAM", 1, jan15)
+    assert "feature:derived:ctr" not in await around(graph, "score:rank", "UPSTREAM", 1)
+    node = await resolve("score:rank", graph.nodes)
+    assert node is not None
+    with pytest.raises(TooLarge):
+        await topology(node, "UPSTREAM", 3, None, graph.incident, graph.nodes, 2)
+
+
+async def test_runs_answer_what_changed_upstream_since_a_time(graph: LineageGraph) -> None:
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    await graph.write_runs([run("r1", "COMPLETE", "2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z", 1, 40)])
+    await graph.write_runs([run("r2", "FAIL", "2024-01-02T00:01:00Z", "2024-01-02T00:02:00Z")])
+    await graph.write_runs([run("r1", "START", "2024-01-01T00:01:00Z")])  # a late START changes nothing
+    changes = await graph.changes("score:rank", None, None, 100)
+    assert [(c.run_id, c.kind, c.data_version, c.rows) for c in changes] == [
+        ("r2", "run_failed", "", 0),
+        ("r1", "data_version", "raw@1", 40),
+    ]
+    assert changes[1].job == "materialize:raw" and changes[1].at_ms == 1704067320000
+    jan2 = 1704153600000
+    assert [c.run_id for c in await graph.changes("score:rank", None, jan2, 100)] == ["r2"]
+    assert [c.run_id for c in await graph.changes(None, "clickhouse://warehouse.events", None, 1)] == ["r2"]
+    assert await graph.changes(None, "warehouse.nothing", None, 100) == []
+    assert await graph.changes("other:n", None, None, 100) == []
+
+
+async def test_search_finds_features_views_tables_and_services(graph: LineageGraph) -> None:
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    assert [n.id for n in await graph.search("raw", 10)] == [
+        "view:raw", "feature:raw:clicks", "feature:raw:views",
+    ]  # fmt: skip
+    assert [n.id for n in await graph.search("RANK", 10)] == ["service:ranker", "feature:score:rank"]
+    assert [n.id for n in await graph.search("warehouse", 10)] == [
+        "table:warehouse.events", "table:clickhouse://warehouse.events",
+    ]  # fmt: skip

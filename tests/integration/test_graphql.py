@@ -220,3 +220,19 @@ def test_a_graphql_body_over_the_body_limit_is_a_413(server: ServerProcess) -> N
     assert json.loads(raw)["error"]["code"] == "RESOURCE_EXHAUSTED"
     status, doc = gql(server, "{ __typename }")
     assert status == 200 and doc == {"data": {"__typename": "Query"}}
+
+
+def test_the_graph_query_spends_the_same_budget() -> None:
+    """Each hop asks the graph per node kind, and each node and edge answered costs 1:
+    60 features that all derive from each other are over a budget of 400."""
+    app = LineageGraphQL(_dense_graph(60), max_cost=400)
+    status, doc = _post(app, '{ graph(root: "hub:x", direction: UPSTREAM, depth: 2) { nodes { id } } }')
+    assert status == 200 and doc["data"] is None
+    assert doc["errors"][0]["extensions"] == {"code": "QUERY_TOO_EXPENSIVE"}
+    status, doc = _post(app, '{ graph(root: "v1:f", direction: DOWNSTREAM, depth: 1) { nodes { id } } }')
+    assert status == 200 and "errors" not in doc, doc
+    assert len(doc["data"]["graph"]["nodes"]) == 61  # v1:f, the 59 others and hub:x
+    # a walk that reaches too much is refused before it is answered, whatever the budget
+    app = LineageGraphQL(_dense_graph(150))
+    status, doc = _post(app, '{ graph(root: "hub:x", direction: UPSTREAM, depth: 2) { nodes { id } } }')
+    assert status == 200 and "use a smaller depth" in doc["errors"][0]["message"]

@@ -433,3 +433,43 @@ async def test_the_sink_up_gauge_follows_the_broker_without_traffic() -> None:
         broker.resume()
         await sink.close()
         broker.stop()
+
+
+async def test_job_runs_travel_the_lineage_topic_to_the_graph_beside_served_events(
+    kafka: TansuBroker, graph: BoltGraph
+) -> None:
+    from lineage.runs import DataVersion, RunRecorder
+
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka.bootstrap, topic=topic, partitions=3), linger_ms=1)
+    await sink.start()
+    recorder = RunRecorder(sink)
+    run = await recorder.started(
+        "stream:clicks_5m",
+        inputs=["kafka://clicks"],
+        outputs=["redis://fs/demo/user_activity"],
+        view="user_activity",
+    )
+    await sink.send([ev(1, "user_activity:clicks_7d")])
+    published = DataVersion(
+        view="user_activity",
+        version=7,
+        rows=42,
+        published_at="2024-01-01T00:05:00Z",
+        fingerprint="offsets:0-41",
+    )
+    await recorder.finished(run, rows_read=42, rows_written=42, data_version=published)
+    produce_raw(kafka, topic, b'{"type": "job_run", "job": "x"}')  # malformed: dead-lettered, not written
+    await asyncio.to_thread(sink._producer.flush, 10)
+    await sink.close()
+    consumer = new_consumer(kafka, topic, graph)
+    await consume_until(consumer, lambda: consumer.written >= 3)
+    [change] = await graph.changes(None, "kafka://clicks", None, 10)
+    assert (change.kind, change.run_id, change.data_version, change.rows) == (
+        "data_version", run.run_id, "user_activity@7", 42,
+    )  # fmt: skip
+    [node] = await graph.nodes([f"run:{run.run_id}"])
+    assert node.attributes["state"] == "COMPLETE" and node.attributes["job"] == "stream:clicks_5m"
+    assert [s.count for s in await graph.served_by("user_activity:clicks_7d")] == [10]
+    [dead] = read_dead_letters(kafka, topic, 1)
+    assert b"job_run" in dead.value()

@@ -146,3 +146,27 @@ async def test_close_counts_what_the_sink_never_took() -> None:
     assert broken("undelivered") - before == 2 * (3 + 5 + 7)
     assert metrics.EVENTS.labels("failed")._value.get() - failed_before == 6
     assert sink.batches == [] and em._queued == 0
+
+
+async def test_a_tick_that_wakes_early_never_runs_the_windows_ahead_of_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop can wake a timer a little before its time: the windows must still follow the
+    clock (they once moved a window per early wake-up, minutes ahead within minutes)."""
+    clock = [1_000_000.0]
+    ticks = 0
+
+    async def early_sleep(seconds: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks > 50:
+            raise asyncio.CancelledError
+        clock[0] += max(seconds - 0.0005, 0.0)  # half a millisecond early, every time
+
+    monkeypatch.setattr("time.time", lambda: clock[0])  # the emitter's clock (the loop's is monotonic)
+    monkeypatch.setattr("asyncio.sleep", early_sleep)
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=1.0))
+    with pytest.raises(asyncio.CancelledError):
+        await em._tick()
+    assert em._window_start <= clock[0] + 1.0
+    assert clock[0] - 1_000_000.0 > 45  # 50 wake-ups lasted about 50 windows, not 50 in a moment

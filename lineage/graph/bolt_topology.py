@@ -1,0 +1,242 @@
+"""The Bolt adapter's job runs, topology, search and changes (a mixin of BoltGraph, kept
+apart so each module stays one noun): every statement is in lineage/graph/cypher.py
+or built here from the label table of lineage/graph/topology.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lineage.graph import nodes as describe
+from lineage.graph.base import MAX_DEPTH, FeatureInfo
+from lineage.graph.cypher import RUN_FIELDS, TOPOLOGY_LIVE, WRITE_PUBLISHED, WRITE_READS, WRITE_RUNS
+from lineage.graph.topology import (
+    EDGE_ENDS,
+    LABELS,
+    SEARCHABLE,
+    Change,
+    GraphEdge,
+    Node,
+    node_id,
+    search_rank,
+    split_id,
+    steps,
+)
+from lineage.runs import DataVersion, JobRunEvent, time_ms
+
+
+def _key(kind: str) -> str:
+    return LABELS[kind][1]
+
+
+class BoltTopology:
+    async def _read(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        raise NotImplementedError
+
+    async def write_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        for run in runs:
+            describe.check(run)
+        if not runs:
+            return
+        rows = [
+            {
+                "id": r.run_id,
+                "job": r.job,
+                "view": r.view,
+                "inputs": list(r.inputs),
+                "outputs": list(r.outputs),
+                "started_at": r.started_at,
+                "started_ms": time_ms(r.started_at),
+                "state": r.state,
+                "ended_at": r.ended_at,
+                "at_ms": time_ms(r.ended_at or r.started_at),
+                "rows_read": r.rows_read,
+                "rows_written": r.rows_written,
+                "data_version": r.data_version.id if r.data_version else "",
+                "error": r.error,
+            }
+            for r in runs
+        ]
+        await self._write(WRITE_RUNS, runs=rows)
+        reads = [{"run": r.run_id, "table": t, "t": time_ms(r.started_at)} for r in runs for t in r.inputs]
+        if reads:
+            await self._write(WRITE_READS, reads=reads)
+        published = [
+            {
+                "run": r.run_id,
+                "id": dv.id,
+                "view": dv.view,
+                "version": dv.version,
+                "rows": dv.rows,
+                "published_at": dv.published_at,
+                "t": time_ms(dv.published_at),
+                "fingerprint": dv.fingerprint,
+            }
+            for r in runs
+            if (dv := r.data_version) is not None
+        ]
+        if published:
+            await self._write(WRITE_PUBLISHED, published=published)
+
+    async def incident(
+        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
+    ) -> list[GraphEdge]:
+        """One statement per hop: a UNION ALL of one match per node kind and edge
+        direction (a round trip costs more than the matches on a graph this size)."""
+        by_kind: dict[str, list[str]] = {}
+        for nid in node_ids:
+            kind, name = split_id(nid)
+            by_kind.setdefault(kind, []).append(name)
+        parts: list[str] = []
+        params: dict[str, Any] = {"t": as_of_ms}
+        for kind, names in by_kind.items():
+            label, key = LABELS[kind]
+            params[f"n_{kind}"] = names
+            for outgoing in (True, False):
+                kinds = [ek for ek, is_source in steps(kind, upstream) if is_source == outgoing]
+                if not kinds:
+                    continue
+                arrow = f"-[r:{'|'.join(kinds)}]->(b)" if outgoing else f"<-[r:{'|'.join(kinds)}]-(b)"
+                parts.append(
+                    f"MATCH (a:{label}){arrow} WHERE a.{key} IN $n_{kind} AND {TOPOLOGY_LIVE}"
+                    f" RETURN a.{key} AS a, type(r) AS kind, {str(outgoing).lower()} AS out,"
+                    " coalesce(b.id, b.name) AS b, coalesce(r.valid_from, 0) AS t"
+                )
+        if not parts:
+            return []
+        out: list[GraphEdge] = []
+        for row in await self._read(" UNION ALL ".join(parts), **params):
+            ek = row["kind"]
+            src, dst = EDGE_ENDS[ek]
+            a, b = (row["a"], row["b"]) if row["out"] else (row["b"], row["a"])
+            at = int(row["t"] or 0) if ek in describe.TIMED else 0
+            out.append(GraphEdge(node_id(src, a), node_id(dst, b), ek, at))
+        return out
+
+    async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        by_kind: dict[str, list[str]] = {}
+        for nid in node_ids:
+            kind, name = split_id(nid)
+            by_kind.setdefault(kind, []).append(name)
+        out: list[Node] = []
+        for kind, names in by_kind.items():
+            out += await self._nodes_of(kind, names)
+        return out
+
+    async def _nodes_of(self, kind: str, names: list[str]) -> list[Node]:
+        label, key = LABELS[kind]
+        if kind == "run":
+            rows = await self._read(
+                "MATCH (r:JobRun) WHERE r.id IN $names OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion)"
+                f" RETURN {RUN_FIELDS}",
+                names=names,
+            )
+            return [describe.run_node(_run(r)) for r in rows]
+        rows = await self._read(
+            f"MATCH (n:{label}) WHERE n.{key} IN $names RETURN properties(n) AS p", names=names
+        )
+        props = [r["p"] for r in rows]
+        if kind == "feature":
+            return [describe.feature_node(_feature(p)) for p in props]
+        if kind == "data_version":
+            return [describe.data_version_node(_data_version(p)) for p in props]
+        return [
+            describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
+            for p in props
+        ]
+
+    async def search(self, text: str, limit: int) -> list[Node]:
+        ranked: list[tuple[tuple[int, str], str, str]] = []
+        for kind in SEARCHABLE:
+            label, key = LABELS[kind]
+            rows = await self._read(
+                f"MATCH (n:{label}) WHERE toLower(n.{key}) CONTAINS $q RETURN n.{key} AS n LIMIT $limit",
+                q=text.lower(),
+                limit=limit,
+            )
+            ranked += [(rank, kind, r["n"]) for r in rows if (rank := search_rank(text, r["n"])) is not None]
+        best = sorted(ranked)[:limit]
+        found = {n.id: n for n in await self.nodes([node_id(kind, name) for _, kind, name in best])}
+        return [found[i] for _, kind, name in best if (i := node_id(kind, name)) in found]
+
+    async def changes(
+        self, feature_id: str | None, table: str | None, since_ms: int | None, limit: int
+    ) -> list[Change]:
+        if feature_id is not None:
+            features = [feature_id, *await self.upstream(feature_id, MAX_DEPTH)]
+            rows = await self._read(
+                "MATCH (f:Feature)-[p:PRODUCED_BY]->(t:Table) WHERE f.id IN $ids AND p.valid_to IS NULL"
+                " AND coalesce(p.role, '') <> 'online' RETURN DISTINCT t.name AS n",
+                ids=features,
+            )
+            views = sorted({f.partition(":")[0] for f in features})
+            tables = sorted(r["n"] for r in rows)
+            where = "(r.view IN $views OR any(i IN r.inputs WHERE i IN $tables))"
+            params: dict[str, Any] = {"views": views, "tables": tables}
+        else:
+            where = "($table IN r.inputs OR $table IN r.outputs)"
+            params = {"table": table}
+        rows = await self._read(
+            f"MATCH (r:JobRun) WHERE {where} AND ($since IS NULL OR r.at_ms >= $since)"
+            f" OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion) RETURN {RUN_FIELDS}"
+            " ORDER BY r.at_ms DESC, r.id LIMIT $limit",
+            since=since_ms,
+            limit=limit,
+            **params,
+        )
+        found = [describe.change(_run(r)) for r in rows]
+        return sorted(found, key=lambda c: (-c.at_ms, c.run_id))
+
+
+def _feature(p: dict[str, Any]) -> FeatureInfo:
+    return FeatureInfo(
+        p["id"],
+        p.get("view") or "",
+        p.get("dtype") or "",
+        int(p.get("version") or 0),
+        tuple(sorted(p.get("versions") or ())),
+        p.get("owner") or "",
+        p.get("description") or "",
+    )
+
+
+def _data_version(p: dict[str, Any]) -> DataVersion:
+    return DataVersion(
+        view=p["view"],
+        version=int(p["version"]),
+        rows=int(p["rows"]),
+        published_at=p["published_at"],
+        fingerprint=p.get("fingerprint") or "",
+    )
+
+
+def _run(r: dict[str, Any]) -> JobRunEvent:
+    dv = None
+    if r.get("dv_view") is not None:
+        dv = DataVersion(
+            view=r["dv_view"],
+            version=int(r["dv_version"]),
+            rows=int(r["dv_rows"]),
+            published_at=r["dv_published_at"],
+            fingerprint=r["dv_fingerprint"] or "",
+        )
+    return JobRunEvent(
+        job=r["job"],
+        run_id=r["run_id"],
+        state=r["state"],
+        started_at=r["started_at"],
+        ended_at=r["ended_at"] or "",
+        inputs=list(r["inputs"] or []),
+        outputs=list(r["outputs"] or []),
+        view=r["view"] or "",
+        rows_read=int(r["rows_read"] or 0),
+        rows_written=int(r["rows_written"] or 0),
+        data_version=dv,
+        error=r["error"] or "",
+    )

@@ -1,0 +1,167 @@
+"""GraphQL for the lineage page: the graph around any node, search, and what changed.
+
+    graph(root: ID!, direction: UPSTREAM|DOWNSTREAM|BOTH, depth: Int, asOf: DateTime)
+        { nodes { id kind label attributes } edges { source target kind } }
+    search(text: String!, limit: Int) { id kind label attributes }
+    node(id: ID!) { id kind label attributes }
+    feature(id) { changes(since, limit) { at kind dataVersion job runId rows } }   (and table)
+
+The walk asks the graph once per hop and node kind (charged to the request's budget
+before it asks), and the answer costs one per node and edge; more than MAX_RESULTS
+nodes is an error naming a smaller depth.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+from graphql import GraphQLError
+from strawberry import ID
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from lineage.graph.base import MAX_DEPTH, LineageGraph
+from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, topology
+from lineage.graph.topology import Change as ChangeFact
+from lineage.graph.topology import Node as NodeFact
+from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms
+
+
+@strawberry.enum(
+    description="Which way to walk from the root: towards the data's sources, its uses, or both."
+)
+class Direction(Enum):
+    UPSTREAM = "UPSTREAM"
+    DOWNSTREAM = "DOWNSTREAM"
+    BOTH = "BOTH"
+
+
+@strawberry.type(description="A node: feature, view, table, service, server, run or data_version.")
+class Node:
+    id: ID = strawberry.field(description="'kind:name', e.g. 'feature:user_profile:age'.")
+    kind: str
+    label: str
+    attributes: JSON
+
+    @staticmethod
+    def of(n: NodeFact) -> Node:
+        return Node(id=ID(n.id), kind=n.kind, label=n.label, attributes=JSON(n.attributes))
+
+
+@strawberry.type(description="An edge as stored: source -[kind]-> target.")
+class Edge:
+    source: ID
+    target: ID
+    kind: str
+
+    @staticmethod
+    def of(e: GraphEdge) -> Edge:
+        return Edge(source=ID(e.source), target=ID(e.target), kind=e.kind)
+
+
+@strawberry.type(description="The graph around a node.")
+class Graph:
+    nodes: list[Node]
+    edges: list[Edge]
+
+
+@strawberry.type(description="A job run that changed data: what it published or why it failed.")
+class Change:
+    at: datetime
+    kind: str = strawberry.field(description="data_version | run_complete | run_failed | run_started")
+    data_version: str | None
+    job: str
+    run_id: str
+    rows: int
+
+    @staticmethod
+    def of(c: ChangeFact) -> Change:
+        return Change(
+            at=datetime.fromtimestamp(c.at_ms / 1000, UTC),
+            kind=c.kind,
+            data_version=c.data_version or None,
+            job=c.job,
+            run_id=c.run_id,
+            rows=c.rows,
+        )
+
+
+async def changes(
+    info: Info, feature_id: str | None, table: str | None, since: datetime | None, limit: int
+) -> list[Change]:
+    if not 1 <= limit <= MAX_RESULTS:
+        raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
+    if not _charge(info, 1 + MAX_DEPTH):  # the upstream walk, then the runs
+        return []
+    found = await _graph(info).changes(feature_id, table, _ms(since), limit)
+    return [Change.of(c) for c in found] if _charge(info, len(found)) else []
+
+
+def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-arg]
+    """The graph's incident/nodes calls, each charged to the budget before it runs."""
+
+    async def incident(ids, as_of, upstream):  # type: ignore[no-untyped-def]
+        if not _charge(info, len({i.partition(":")[0] for i in ids})):  # a match per node kind
+            return []
+        return await graph.incident(ids, as_of, upstream)
+
+    async def nodes(ids):  # type: ignore[no-untyped-def]
+        if not _charge(info, len({i.partition(":")[0] for i in ids})):
+            return []
+        return await graph.nodes(ids)
+
+    return incident, nodes
+
+
+@strawberry.type
+class GraphQueries:
+    @strawberry.field(
+        description="The graph around `root` (a node id 'kind:name', or a feature, view, table or "
+        "service name), `depth` 1..5 hops, as it was at `asOf` (default: now). Null when no such node."
+    )
+    async def graph(
+        self,
+        info: Info,
+        start: Annotated[ID, strawberry.argument(name="root")],
+        direction: Direction = Direction.BOTH,
+        depth: int = 2,
+        as_of: datetime | None = None,
+    ) -> Graph | None:
+        incident, nodes = _counting(info, _graph(info))
+        node = await resolve(str(start), nodes)
+        if node is None:
+            return None
+        try:
+            topo = await topology(
+                node, direction.value, _depth(depth), _ms(as_of), incident, nodes, MAX_RESULTS
+            )
+        except TooLarge as e:
+            raise GraphQLError(str(e)) from None
+        if not _charge(info, len(topo.nodes) + len(topo.edges)):
+            return None
+        return Graph(nodes=[Node.of(n) for n in topo.nodes], edges=[Edge.of(e) for e in topo.edges])
+
+    @strawberry.field(description="Features, views, tables and services whose name contains `text`.")
+    async def search(self, info: Info, text: str, limit: int = 20) -> list[Node]:
+        if not 1 <= limit <= 100:
+            raise GraphQLError(f"limit must be between 1 and 100, got {limit}")
+        if not text.strip() or not _charge(info, 4):
+            return []
+        found = await _graph(info).search(text.strip(), limit)
+        return [Node.of(n) for n in found] if _charge(info, len(found)) else []
+
+    @strawberry.field(description="One node by id ('kind:name'), with its attributes.")
+    async def node(self, info: Info, id: ID) -> Node | None:
+        kind = str(id).partition(":")[0]
+        if kind not in LABELS:
+            raise GraphQLError(f"node id {id!r} is not 'kind:name' with kind one of {', '.join(LABELS)}")
+        if not _charge(info, 1):
+            return None
+        found = await _graph(info).nodes([str(id)])
+        return Node.of(found[0]) if found else None
+
+
+__all__ = ["Change", "Direction", "GraphQueries", "_bounded", "changes"]
