@@ -256,8 +256,8 @@ def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: Servi
     by_store: dict[str, dict[str, int]] = {name: {} for name in stores}
     for snapshot in [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]:
         for view in snapshot.definitions.views.values():
-            if view.online_store in by_store:
-                by_store[view.online_store][view.name] = state.data_versions.get(view.name, 0)
+            if view.serving_store in by_store:
+                by_store[view.serving_store][view.name] = state.data_versions.get(view.name, 0)
     for name, versions in by_store.items():
         stores[name].serving(versions)
 
@@ -269,12 +269,14 @@ async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[
     by_store: dict[str, dict[tuple[str, str], FeatureView]] = {name: {} for name in stores}
     for snapshot in snapshots:
         for view in snapshot.definitions.views.values():
-            if view.online_store not in stores:
+            if view.serving_store not in stores:
                 raise FailedPrecondition(
                     f"feature view {view.name!r} uses online store {view.online_store!r}, "
-                    f"which this server does not configure (stores: {', '.join(sorted(stores))})"
+                    f"which this server does not configure"
+                    + (" as a tile store (memory or standalone redis)" if view.stream is not None else "")
+                    + f" (stores: {', '.join(sorted(s for s in stores if ':' not in s))})"
                 )
-            by_store[view.online_store][(view.name, view.layout)] = view
+            by_store[view.serving_store][(view.name, view.layout)] = view
     for name, views in by_store.items():
         await stores[name].prepare(list(views.values()))
 

@@ -1,0 +1,181 @@
+"""Redis ``TileStore``: one hash per (stream view, entity key), one field per tile.
+
+Layout (docs/streaming.md):
+
+* ``fs:{project}:{view}:t{layout}:k:{entity_key}`` -> hash ``{tile index: record}``,
+  each record ``width`` little-endian float64 (``tiles.py``); the key expires when idle
+  for the longest window + one tile + the allowed lateness, and a write drops the tiles
+  no window reaches any more.
+* ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
+
+One Lua script applies a batch: it compares every partition's stored offset with the
+one the processor expects, and only when all match merges the records (add, min, max,
+newest-last, slot by slot) and sets the new marks, atomically (Redis runs a script
+alone). The layout hash is in every key: a changed definition starts fresh tiles and
+marks instead of misreading the old packing.
+
+Redis Cluster: a script may only touch keys of one slot, and a batch touches many
+entity keys; stream views therefore need a standalone Redis (or a primary with
+replicas) and ``cluster: true`` is refused with that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from featurestore.errors import InvalidArgument
+from featurestore.model import FeatureView
+from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
+from featurestore.streaming.tiles import view_layout
+
+APPLY = """
+local ops = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local oldest = tonumber(ARGV[3])
+local slack = tonumber(ARGV[4])
+local np = tonumber(ARGV[5])
+local i = 6
+for p = 1, np do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local off = '-1'
+  if cur then off = string.match(cur, '^(%S+)') end
+  if off ~= ARGV[i + 1] then return {0, ARGV[i], off} end
+  i = i + 4
+end
+local j = 6
+for p = 1, np do
+  redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
+  j = j + 4
+end
+local w = string.len(ops)
+local fmt = '<' .. string.rep('d', w)
+local seen = {}
+while i <= #ARGV do
+  local key = KEYS[tonumber(ARGV[i])]
+  local field = ARGV[i + 1]
+  local new = ARGV[i + 2]
+  local old = redis.call('HGET', key, field)
+  if old then
+    local a = {struct.unpack(fmt, old)}
+    local b = {struct.unpack(fmt, new)}
+    for s = 1, w do
+      local op = string.sub(ops, s, s)
+      if op == 'a' or op == 'c' then a[s] = a[s] + b[s]
+      elseif op == 'm' then if b[s] < a[s] then a[s] = b[s] end
+      elseif op == 'M' then if b[s] > a[s] then a[s] = b[s] end
+      elseif op == 'T' then if b[s] >= a[s] then a[s] = b[s]; a[s + 1] = b[s + 1] end
+      end
+    end
+    new = struct.pack(fmt, unpack(a, 1, w))
+  end
+  redis.call('HSET', key, field, new)
+  if not seen[key] then
+    seen[key] = true
+    redis.call('PEXPIRE', key, ttl)
+    if redis.call('HLEN', key) > slack then
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(f) < oldest then redis.call('HDEL', key, f) end
+      end
+    end
+  end
+  i = i + 3
+end
+return {1}
+"""
+
+
+class RedisTileStore:
+    def __init__(self, name: str, project: str, url: str, cluster: bool = False, **connection: Any) -> None:
+        if cluster:
+            raise InvalidArgument(
+                f"stores.{name}: stream views need a standalone Redis: a batch is applied by one "
+                "script over many keys, which Redis Cluster allows only within one hash slot"
+            )
+        self.name = name
+        self.project = project
+        self._url = url
+        self._connection = connection
+        self._sync: Redis | None = None
+        self._async: AsyncRedis | None = None
+        self._sha: str | None = None
+
+    def _prefix(self, view: FeatureView) -> str:
+        return f"fs:{self.project}:{view.name}:t{view.layout}:"
+
+    @property
+    def client(self) -> Redis:
+        if self._sync is None:
+            self._sync = Redis.from_url(self._url, socket_timeout=10, **self._connection)
+        return self._sync
+
+    def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
+        raw = self.client.hgetall(self._prefix(view) + "marks")
+        out: dict[int, PartitionMark] = {}
+        for field, value in raw.items():
+            t, _, partition = field.decode().rpartition(":")
+            if t == topic:
+                offset, watermark = value.decode().split()
+                out[int(partition)] = PartitionMark(int(offset), int(watermark))
+        return out
+
+    def apply(self, view: FeatureView, batch: TileBatch) -> str | None:
+        layout = view_layout(view)
+        prefix = self._prefix(view)
+        keys = [prefix + "marks"]
+        where: dict[str, int] = {}
+        args: list[Any] = [
+            layout.ops,
+            ttl_seconds(view) * 1000,
+            batch.now_tile - layout.retention_tiles,
+            layout.retention_tiles + layout.retention_tiles // 4 + 2,
+            len(batch.marks),
+        ]
+        for partition, (expected, mark) in batch.marks.items():
+            args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
+        pack = layout.pack
+        for (key, tile), record in batch.records.items():
+            slot = where.get(key)
+            if slot is None:
+                keys.append(prefix + "k:" + key)
+                slot = where[key] = len(keys)
+            args += [slot, tile, pack(record)]
+        if self._sha is None:
+            self._sha = self.client.script_load(APPLY)
+        try:
+            result = self.client.evalsha(self._sha, len(keys), *keys, *args)
+        except Exception as e:  # the script cache was flushed (Redis restarted): load it again
+            if "NOSCRIPT" not in str(e):
+                raise
+            self._sha = self.client.script_load(APPLY)
+            result = self.client.evalsha(self._sha, len(keys), *keys, *args)
+        if int(result[0]) == 1:
+            return None
+        return f"{result[1].decode()}: stored offset {result[2].decode()}, not the one expected"
+
+    async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
+        if self._async is None:
+            self._async = AsyncRedis.from_url(self._url, **self._connection)
+        prefix = self._prefix(view) + "k:"
+        async with self._async.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hvals(prefix + key)
+            replies = await pipe.execute()
+        return [b"".join(r) if r else None for r in replies]
+
+    def table_uri(self, view: FeatureView) -> str:
+        return f"redis://fs/{self.project}/{view.name}/tiles"
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()
