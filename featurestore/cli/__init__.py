@@ -9,7 +9,7 @@ import os
 import sys
 
 import featurestore
-from featurestore.cli import data, join, lineage, registry, serve
+from featurestore.cli import data, join, lineage, registry, serve, stream
 from featurestore.cli.join import render_table
 from featurestore.client.errors import FeatureServiceError  # stdlib only: the client's error types
 from featurestore.errors import FeatureStoreError
@@ -17,7 +17,7 @@ from featurestore.logconfig import configure_logging
 
 __all__ = ["main", "render_table"]
 
-COMMAND_MODULES = (serve, join, data, registry, lineage)
+COMMAND_MODULES = (serve, join, data, registry, lineage, stream)
 
 
 def main(argv: list[str] | None = None) -> int:

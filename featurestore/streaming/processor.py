@@ -31,7 +31,7 @@ from featurestore.streaming import metrics
 from featurestore.streaming.decode import EventDecoder, Malformed
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
-from lineage.kafka import KafkaSettings
+from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
@@ -101,6 +101,12 @@ class StreamProcessor:
             }
         )
         self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5})
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            ensure_topic(AdminClient(base), self.dead_letter_topic, 1, self.kafka.replication_factor)
+        except Exception as e:  # dead letters wait in the producer until someone creates it
+            log.warning("stream view %s: dead-letter topic %s: %s", self.view.name, self.dead_letter_topic, e)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def run(self, stop: threading.Event) -> None:

@@ -14,7 +14,7 @@ Lineage names the view's Kafka topic as its source table.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -30,9 +30,10 @@ from featurestore.streaming.windows import compute
 class StreamSource:
     kind = "stream"
 
-    def __init__(self, store_name: str, tiles: TileStore) -> None:
+    def __init__(self, store_name: str, tiles: TileStore, clock: Callable[[], int] | None = None) -> None:
         self._name = STREAM_STORE_PREFIX + store_name
         self.tiles = tiles
+        self._clock = clock or _now_us  # epoch µs; tests read at chosen times
 
     @property
     def name(self) -> str:
@@ -57,7 +58,7 @@ class StreamSource:
             except Exception as e:  # a failed view is returned in its slot
                 out.append(e)
                 continue
-            w = compute(view_layout(q.view), blobs, time.time_ns() // 1000, q.features)
+            w = compute(view_layout(q.view), blobs, self._clock(), q.features)
             out.append(ViewRead(w.found, w.event_ts_us, w.columns))
         return out
 
@@ -78,3 +79,7 @@ class StreamSource:
 
     def missing(self) -> Mapping[str, str]:
         return {}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
