@@ -97,7 +97,9 @@ def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
     """Every configured store as the join engine reads it (cache in front where due),
     and beside each memory or standalone Redis store its stream views' tile reader
     (``stream:<store>``, never cached: a window's value moves with the clock)."""
-    stores = {name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()}
+    stores = {
+        name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()
+    }
     for name, sc in config.stores.items():
         if sc.kind == "memory" or (sc.kind == "redis" and not sc.options.get("cluster")):
             reader = StreamSource(name, make_tile_store(name, sc, config))

@@ -42,7 +42,8 @@ class EventDecoder:
         assert spec is not None
         src = spec.source
         self.keys = tuple(
-            (field, entity.dtype is DType.INT64) for field, entity in zip(src.key_fields, view.entities, strict=True)
+            (field, entity.dtype is DType.INT64)
+            for field, entity in zip(src.key_fields, view.entities, strict=True)
         )
         self.ts_field = src.timestamp_field
         self.scale = TIMESTAMP_UNITS[src.timestamp_unit]

@@ -38,4 +38,6 @@ LATENCY = Histogram(
     ["view"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
-UP = Gauge("featurestore_stream_processor_up", "1 while the view's processor runs its consume loop.", ["view"])
+UP = Gauge(
+    "featurestore_stream_processor_up", "1 while the view's processor runs its consume loop.", ["view"]
+)

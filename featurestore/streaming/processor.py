@@ -52,7 +52,14 @@ class _Turn:
     def __init__(self) -> None:
         self.work: dict[int, list[int]] = {}  # partition -> [expected offset, last offset, watermark]
         self.dead: list[tuple[Any, str]] = []
-        self.counts = {"consumed": 0, "applied": 0, "late": 0, "dead_lettered": 0, "filtered": 0, "duplicate": 0}
+        self.counts = {
+            "consumed": 0,
+            "applied": 0,
+            "late": 0,
+            "dead_lettered": 0,
+            "filtered": 0,
+            "duplicate": 0,
+        }
         self.first_ms = 0
         self.last_ms = 0
 
@@ -141,7 +148,9 @@ class StreamProcessor:
     # -- one batch -----------------------------------------------------------------------
 
     def turn(self, stop: threading.Event) -> None:
-        messages = self._consumer.consume(num_messages=self.options.batch_messages, timeout=self.options.poll_seconds)
+        messages = self._consumer.consume(
+            num_messages=self.options.batch_messages, timeout=self.options.poll_seconds
+        )
         if messages:
             acc = TileAccumulator(self.layout)
             turn = self._aggregate(messages, acc)
@@ -204,7 +213,9 @@ class StreamProcessor:
         view = self.view.name
         if refused is not None:
             metrics.BATCHES.labels(view, "conflict").inc()
-            log.warning("stream view %s: batch refused (%s); re-reading from the stored offsets", view, refused)
+            log.warning(
+                "stream view %s: batch refused (%s); re-reading from the stored offsets", view, refused
+            )
             self._reseek()
             return
         metrics.BATCHES.labels(view, "applied").inc()
@@ -249,11 +260,19 @@ class StreamProcessor:
             ]
             self._producer.produce(self.dead_letter_topic, value=m.value(), key=m.key(), headers=headers)
         while self._producer.flush(5) > 0 and not stop.is_set():
-            log.warning("stream view %s: dead-letter topic %s not reachable yet", self.view.name, self.dead_letter_topic)
+            log.warning(
+                "stream view %s: dead-letter topic %s not reachable yet",
+                self.view.name,
+                self.dead_letter_topic,
+            )
 
     def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
         def log_retry(state: RetryCallState) -> None:
-            log.warning("stream view %s: tile store write failed (%r); retrying", self.view.name, state.outcome.exception() if state.outcome else None)
+            log.warning(
+                "stream view %s: tile store write failed (%r); retrying",
+                self.view.name,
+                state.outcome.exception() if state.outcome else None,
+            )
 
         for attempt in Retrying(
             retry=retry_if_exception_type((ConnectionError, TimeoutError, OSError, _redis_errors())),

@@ -113,7 +113,7 @@ class RedisTileStore:
         return self._sync
 
     def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
-        raw = self.client.hgetall(self._prefix(view) + "marks")
+        raw: dict[bytes, bytes] = self.client.hgetall(self._prefix(view) + "marks")  # type: ignore[assignment]
         out: dict[int, PartitionMark] = {}
         for field, value in raw.items():
             t, _, partition = field.decode().rpartition(":")

@@ -130,7 +130,9 @@ class TileAccumulator:
         self.identity = list(layout.identity)
         self.records: dict[tuple[str, int], list[float]] = {}
         self._plan = [
-            (slot, op, col) for slot, (op, col) in enumerate(zip(layout.ops, layout.slot_columns)) if slot >= 2
+            (slot, op, col)
+            for slot, (op, col) in enumerate(zip(layout.ops, layout.slot_columns, strict=True))
+            if slot >= 2
         ]
 
     def add(self, key: str, ts_us: int, values: Mapping[str, Any]) -> None:

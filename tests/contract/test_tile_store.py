@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from featurestore.model import Aggregation, DType, Entity, FeatureView, StreamSource, StreamSpec
 from featurestore.definitions.stream import dtype_of
-from featurestore.model import Feature
+from featurestore.model import Aggregation, DType, Entity, Feature, FeatureView, StreamSource, StreamSpec
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.contract.adapters import TILE_STORES, make_tile_store
@@ -84,7 +83,9 @@ async def test_a_batch_from_a_stale_mark_is_refused_whole(store: TileStore) -> N
     t = NOW_TILE * TILE_US
     assert store.apply(VIEW, batch([("1", t, 1.0)], {0: (-1, PartitionMark(5, t))})) is None
     # a processor that still thinks the partition is at -1 (it lost it in a rebalance)
-    stale = batch([("1", t, 100.0), ("2", t, 1.0)], {0: (-1, PartitionMark(9, t)), 1: (-1, PartitionMark(3, t))})
+    stale = batch(
+        [("1", t, 100.0), ("2", t, 1.0)], {0: (-1, PartitionMark(9, t)), 1: (-1, PartitionMark(3, t))}
+    )
     refused = store.apply(VIEW, stale)
     assert refused is not None and "5" in refused
     assert store.marks(VIEW, "clicks") == {0: PartitionMark(5, t)}  # partition 1 untouched too
@@ -101,7 +102,10 @@ async def test_tiles_no_window_reaches_are_dropped_on_write(store: TileStore) ->
     for i in range(1, 12):  # the 5-minute window keeps 6 tiles; writes past the slack prune
         ts = t + i * TILE_US
         marks = {0: (i - 1, PartitionMark(i, ts))}
-        assert store.apply(VIEW, TileBatch("clicks", marks, batch([("1", ts, 1.0)], {}).records, NOW_TILE + i)) is None
+        assert (
+            store.apply(VIEW, TileBatch("clicks", marks, batch([("1", ts, 1.0)], {}).records, NOW_TILE + i))
+            is None
+        )
     tiles = records((await store.read(VIEW, ["1"]))[0])
     assert NOW_TILE - 50 not in tiles
     assert max(tiles) == NOW_TILE + 11

@@ -19,8 +19,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from featurestore.definitions.parser import load_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.join import JoinEngine, JoinRequest, Limits
@@ -33,7 +31,6 @@ from lineage.kafka import KafkaSettings, ensure_topic
 from tests.servers import RedisServer, TansuBroker
 from tests.support import StreamProcessorProcess, wait_until
 from tests.unit.stream_reference import close, replay, window_values
-
 
 TILE_US = 60_000_000
 LATENESS_US = 120_000_000
@@ -83,7 +80,12 @@ def generate(n: int, end_ms: int, seed: int = 12) -> list[tuple[int, bytes]]:
         r = rng.random()
         if r < 0.04:
             ts -= rng.randint(180_000, 600_000)
-        event: dict[str, Any] = {"user": user, "ts": ts, "kind": "click", "amount": round(rng.uniform(0.5, 200), 3)}
+        event: dict[str, Any] = {
+            "user": user,
+            "ts": ts,
+            "kind": "click",
+            "amount": round(rng.uniform(0.5, 200), 3),
+        }
         r = rng.random()
         if r < 0.10:
             event["kind"] = "view"
@@ -172,7 +174,9 @@ async def test_served_windows_equal_a_recomputation_from_the_log_through_a_crash
     log += produce(kafka, topic, events[1500:])
     second = StreamProcessorProcess(args, log_path=tmp_path / "second.log").start()
     try:
-        wait_until(lambda: stored_offsets(store, view, topic) == last_offsets(log), 90, "the whole log applied")
+        wait_until(
+            lambda: stored_offsets(store, view, topic) == last_offsets(log), 90, "the whole log applied"
+        )
         metrics = second.metrics()
     finally:
         second.stop()
@@ -198,7 +202,9 @@ async def test_served_windows_equal_a_recomputation_from_the_log_through_a_crash
                     continue
                 assert status is Status.PRESENT, where
                 assert col.outcome.event_ts_us[row] == newest, where
-                assert close(col.values[row], expected[name]), f"{where}: {col.values[row]} != {expected[name]}"
+                assert close(col.values[row], expected[name]), (
+                    f"{where}: {col.values[row]} != {expected[name]}"
+                )
     assert "featurestore_stream_processor_up" in metrics
     assert_dead_letters(kafka, topic, reference.malformed)
 
@@ -209,7 +215,9 @@ def redeliver(kafka: TansuBroker, store: RedisTileStore, view: FeatureView, n: i
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
-    proc = StreamProcessor(view, store, settings, "oracle", ProcessorOptions(batch_messages=200, poll_seconds=0.05))
+    proc = StreamProcessor(
+        view, store, settings, "oracle", ProcessorOptions(batch_messages=200, poll_seconds=0.05)
+    )
     proc._connect()
     stop = threading.Event()
     seen = {"duplicate": 0, "rewound": False}
@@ -222,6 +230,7 @@ def redeliver(kafka: TansuBroker, store: RedisTileStore, view: FeatureView, n: i
 
     proc._aggregate = counting  # type: ignore[method-assign]
     try:
+
         def all_again() -> bool:
             proc.turn(stop)
             if proc.marks and not seen["rewound"]:
@@ -252,4 +261,9 @@ def assert_dead_letters(kafka: TansuBroker, topic: str, n: int) -> None:
     # at least once: a batch dead-lettered just before the SIGKILL may be sent again
     assert len(got) >= n
     reasons = {dict(m.headers())["featurestore-error"].decode().split(":")[0] for m in got}
-    assert {"not valid JSON", "missing key field 'user'", "field 'amount'", "missing timestamp field 'ts'"} <= reasons
+    assert {
+        "not valid JSON",
+        "missing key field 'user'",
+        "field 'amount'",
+        "missing timestamp field 'ts'",
+    } <= reasons

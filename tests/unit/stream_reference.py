@@ -52,7 +52,7 @@ def replay(log: list[tuple[int, int, bytes]], lateness_us: int, kind: str = "cli
         if not isinstance(user, int) or isinstance(user, bool) or bad_ts or bad_amount:
             out.malformed += 1
             continue
-        ts_us = int(ts * 1000)
+        ts_us = int(ts * 1000)  # type: ignore[operator]
         wm = watermark.get(partition, -(2**62))
         if ts_us < wm - lateness_us:
             out.late += 1
@@ -99,4 +99,4 @@ def close(a: Any, b: Any, rel: float = 1e-9) -> bool:
         return a is b
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+    return bool(abs(a - b) <= rel * max(abs(a), abs(b), 1e-300))
