@@ -13,7 +13,8 @@ B. Latency: ``featurestore stream run`` as a child process while this process pr
 C. Join QPS, in process (the JoinEngine without HTTP, one asyncio loop, closed loop): a
    stream view of 5 aggregations x 3 windows (15 features) against a plain Redis view of
    15 float64 features over the same 10,000 keys, batch 1 and 100, no LRU cache on
-   either. Target: the stream view at least half the plain view's QPS.
+   either; 6 interleaved rounds, the best of each. Target: the stream view at least half
+   the plain view's QPS.
 
     python -m benchmarks.streaming                       # the issue's scale
     python -m benchmarks.streaming --events 50000 --latency-seconds 10 --join-seconds 3   # quick
@@ -253,17 +254,22 @@ async def join_qps(redis: RedisServer, seconds: float) -> dict[str, Any]:
         {"default": plain, stream.name: stream}, ServingState(new_snapshot(defs, 1)), Limits(max_rows=1000)
     )
     out: dict[str, Any] = {}
+    rounds = 6  # interleaved short rounds, best of each: other tenants' load comes and goes
     for batch in (1, 100):
-        for view in ("activity", "plain"):
-            features = tuple(f"{view}:{f.name}" for f in defs.views[view].features)
-            rnd = random.Random(batch)
-            n = 0
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                keys = [rnd.randrange(USERS) for _ in range(batch)]
-                await engine.join(JoinRequest({"user_id": keys}, features), time.monotonic() + 1)
-                n += 1
-            out[f"{view}_b{batch}"] = n / seconds
+        rnd = random.Random(batch)
+        best = {"activity": 0.0, "plain": 0.0}
+        for _ in range(rounds):
+            for view in ("plain", "activity"):
+                features = tuple(f"{view}:{f.name}" for f in defs.views[view].features)
+                n = 0
+                t0 = time.perf_counter()
+                end = t0 + seconds / rounds
+                while time.perf_counter() < end:
+                    keys = [rnd.randrange(USERS) for _ in range(batch)]
+                    await engine.join(JoinRequest({"user_id": keys}, features), time.monotonic() + 1)
+                    n += 1
+                best[view] = max(best[view], n / (time.perf_counter() - t0))
+        out.update({f"{view}_b{batch}": qps for view, qps in best.items()})
     await plain.close()
     await stream.close()
     return out

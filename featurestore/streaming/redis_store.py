@@ -1,18 +1,20 @@
-"""Redis ``TileStore``: one hash per (stream view, entity key), one field per tile.
+"""Redis ``TileStore``: one string per (stream view, entity key), its tiles in order.
 
 Layout (docs/streaming.md):
 
-* ``fs:{project}:{view}:t{layout}:k:{entity_key}`` -> hash ``{tile index: record}``,
-  each record ``width`` little-endian float64 (``tiles.py``); the key expires when idle
-  for the longest window + one tile + the allowed lateness, and a write drops the tiles
-  no window reaches any more.
+* ``fs:{project}:{view}:t{layout}:k:{entity_key}`` -> the key's tile records, sorted by
+  tile index, each ``width`` little-endian float64 (``tiles.py``; the first is the tile
+  index). It expires when idle for the longest window + one tile + the allowed
+  lateness, and every write drops the records no window reaches any more.
 * ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
 
-One Lua script applies a batch: it compares every partition's stored offset with the
-one the processor expects, and only when all match merges the records (add, min, max,
-newest-last, slot by slot) and sets the new marks, atomically (Redis runs a script
-alone). The layout hash is in every key: a changed definition starts fresh tiles and
-marks instead of misreading the old packing.
+A read is one ``MGET`` of the keys (no script: the string is what the windows are
+computed from). One Lua script applies a batch: it compares every partition's stored
+offset with the one the processor expects, and only when all match merges the records
+into each key's string (binary search for the tile: records are fixed-size and sorted;
+add, min, max, newest-last, slot by slot) and sets the new marks, atomically (Redis runs
+a script alone). The layout hash is in every key: a changed definition starts fresh
+tiles and marks instead of misreading the old packing.
 
 Redis Cluster: a script may only touch keys of one slot, and a batch touches many
 entity keys; stream views therefore need a standalone Redis (or a primary with
@@ -32,13 +34,15 @@ from featurestore.model import FeatureView
 from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
+# ARGV: ops, ttl ms, oldest tile kept, #partitions, then per partition (field, expected
+# offset, new offset, new watermark), then per key (key index, #records, records sorted
+# by tile, concatenated).
 APPLY = """
 local ops = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local oldest = tonumber(ARGV[3])
-local slack = tonumber(ARGV[4])
-local np = tonumber(ARGV[5])
-local i = 6
+local np = tonumber(ARGV[4])
+local i = 5
 for p = 1, np do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   local off = '-1'
@@ -46,42 +50,60 @@ for p = 1, np do
   if off ~= ARGV[i + 1] then return {0, ARGV[i], off} end
   i = i + 4
 end
-local j = 6
+local j = 5
 for p = 1, np do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
   j = j + 4
 end
 local w = string.len(ops)
+local rb = 8 * w
 local fmt = '<' .. string.rep('d', w)
-local seen = {}
+local function tile(s, k) return (struct.unpack('<d', s, (k - 1) * rb + 1)) end
+local function first_at_least(s, lo, hi, t)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if tile(s, mid) < t then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+local function merge(old, new)
+  local a = {struct.unpack(fmt, old)}
+  local b = {struct.unpack(fmt, new)}
+  for s = 1, w do
+    local op = string.sub(ops, s, s)
+    if op == 'a' or op == 'c' then a[s] = a[s] + b[s]
+    elseif op == 'm' then if b[s] < a[s] then a[s] = b[s] end
+    elseif op == 'M' then if b[s] > a[s] then a[s] = b[s] end
+    elseif op == 'T' then if b[s] >= a[s] then a[s] = b[s]; a[s + 1] = b[s + 1] end
+    end
+  end
+  return struct.pack(fmt, unpack(a, 1, w))
+end
 while i <= #ARGV do
   local key = KEYS[tonumber(ARGV[i])]
-  local field = ARGV[i + 1]
-  local new = ARGV[i + 2]
-  local old = redis.call('HGET', key, field)
-  if old then
-    local a = {struct.unpack(fmt, old)}
-    local b = {struct.unpack(fmt, new)}
-    for s = 1, w do
-      local op = string.sub(ops, s, s)
-      if op == 'a' or op == 'c' then a[s] = a[s] + b[s]
-      elseif op == 'm' then if b[s] < a[s] then a[s] = b[s] end
-      elseif op == 'M' then if b[s] > a[s] then a[s] = b[s] end
-      elseif op == 'T' then if b[s] >= a[s] then a[s] = b[s]; a[s + 1] = b[s + 1] end
-      end
-    end
-    new = struct.pack(fmt, unpack(a, 1, w))
-  end
-  redis.call('HSET', key, field, new)
-  if not seen[key] then
-    seen[key] = true
-    redis.call('PEXPIRE', key, ttl)
-    if redis.call('HLEN', key) > slack then
-      for _, f in ipairs(redis.call('HKEYS', key)) do
-        if tonumber(f) < oldest then redis.call('HDEL', key, f) end
+  local nrec = tonumber(ARGV[i + 1])
+  local recs = ARGV[i + 2]
+  local cur = redis.call('GET', key) or ''
+  local n = string.len(cur) / rb
+  local pos = first_at_least(cur, 1, n + 1, oldest)
+  local out = {}
+  for r = 1, nrec do
+    local rec = string.sub(recs, (r - 1) * rb + 1, r * rb)
+    local t = tile(rec, 1)
+    if t >= oldest then
+      local k = first_at_least(cur, pos, n + 1, t)
+      if k > pos then out[#out + 1] = string.sub(cur, (pos - 1) * rb + 1, (k - 1) * rb) end
+      if k <= n and tile(cur, k) == t then
+        out[#out + 1] = merge(string.sub(cur, (k - 1) * rb + 1, k * rb), rec)
+        pos = k + 1
+      else
+        out[#out + 1] = rec
+        pos = k
       end
     end
   end
+  if pos <= n then out[#out + 1] = string.sub(cur, (pos - 1) * rb + 1) end
+  redis.call('SET', key, table.concat(out), 'PX', ttl)
   i = i + 3
 end
 return {1}
@@ -126,23 +148,22 @@ class RedisTileStore:
         layout = view_layout(view)
         prefix = self._prefix(view)
         keys = [prefix + "marks"]
-        where: dict[str, int] = {}
         args: list[Any] = [
             layout.ops,
             ttl_seconds(view) * 1000,
             batch.now_tile - layout.retention_tiles,
-            layout.retention_tiles + layout.retention_tiles // 4 + 2,
             len(batch.marks),
         ]
         for partition, (expected, mark) in batch.marks.items():
             args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
-        pack = layout.pack
+        by_key: dict[str, list[tuple[int, list[float]]]] = {}
         for (key, tile), record in batch.records.items():
-            slot = where.get(key)
-            if slot is None:
-                keys.append(prefix + "k:" + key)
-                slot = where[key] = len(keys)
-            args += [slot, tile, pack(record)]
+            by_key.setdefault(key, []).append((tile, record))
+        pack = layout.pack
+        for key, records in by_key.items():
+            keys.append(prefix + "k:" + key)
+            records.sort(key=lambda r: r[0])
+            args += [len(keys), len(records), b"".join(pack(r) for _, r in records)]
         if self._sha is None:
             self._sha = self.client.script_load(APPLY)
         try:
@@ -160,11 +181,7 @@ class RedisTileStore:
         if self._async is None:
             self._async = AsyncRedis.from_url(self._url, **self._connection)
         prefix = self._prefix(view) + "k:"
-        async with self._async.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hvals(prefix + key)
-            replies = await pipe.execute()
-        return [b"".join(r) if r else None for r in replies]
+        return await self._async.mget([prefix + key for key in keys])  # type: ignore[return-value]
 
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"

@@ -74,11 +74,11 @@ def window_values(
     if not in_longest:
         return False, None, {}
     values: dict[str, Any] = {}
-    for name, function, _column, tiles in aggs:
+    for name, function, column, tiles in aggs:
         inside = [e for e in mine if now_tile - tiles < e.ts_us // tile_us <= now_tile]
         amounts = [e.amount for e in inside if e.amount is not None]
-        if function == "count":
-            values[name] = len(inside)
+        if function == "count":  # of events, or of the column's non-null values
+            values[name] = len(amounts) if column else len(inside)
         elif function == "sum":
             values[name] = float(sum(amounts))
         elif function == "avg":

@@ -281,7 +281,7 @@ async def test_lineage_names_the_topic_and_writes_are_refused(defs: Definitions)
     view = defs.views["clicks"]
     assert source.table_uri(view) == "kafka://clicks"
     with pytest.raises(FailedPrecondition, match="stream view"):
-        await source.write(view, None, 0)  # type: ignore[arg-type]
+        await source.write(view, None, 0)
 
 
 def test_the_demo_stream_definitions_validate() -> None:
