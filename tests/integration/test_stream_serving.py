@@ -24,7 +24,7 @@ from lineage.kafka import KafkaSettings, ensure_topic
 from tests.servers import RedisServer, TansuBroker
 from tests.support import ROOT, ServerProcess, StreamProcessorProcess, http_post, wait_until
 
-DEMO = ROOT / "deploy" / "config" / "stream-demo-features.yaml"
+DEMO = ROOT / "featurestore" / "demo" / "stream_features.yaml"
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -288,6 +288,6 @@ def test_the_demo_stream_definitions_validate() -> None:
     from featurestore.definitions.parser import load_definitions
 
     defs = load_definitions(
-        Path(__file__).resolve().parents[2] / "deploy" / "config" / "stream-demo-features.yaml"
+        Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "stream_features.yaml"
     )
     assert defs.views["user_clicks"].stream is not None
