@@ -5,7 +5,9 @@ blocks). Each turn consumes a batch (``consume(num_messages=...)``), decodes and
 aggregates it in memory per (key, tile), sends malformed events to the dead-letter
 topic, and writes the batch with one ``TileStore.apply``: tiles and every partition's
 mark (last offset applied, watermark) together, atomically, from the marks it last saw.
-Only then are the offsets committed to Kafka. Whatever is redelivered (a crash before
+The write runs in a writer thread while the next batch is consumed (one in flight; the
+next batch is built on the marks the write in flight will store, and dropped with it if
+that write is refused). Only after the write are the offsets committed to Kafka. Whatever is redelivered (a crash before
 the commit, a rebalance) is at or below the stored mark and skipped; when another
 processor moved a mark meanwhile, the batch is refused whole and the partitions are
 re-read from the stored marks. On assignment the consumer starts from the stored marks,
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +92,11 @@ class StreamProcessor:
         self._producer: Any = None
         self._last_lag = 0.0
         self._newest_applied_ms = 0
+        # One write in flight at a time, in its own thread: Redis merges batch n while
+        # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
+        # no GIL).
+        self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
+        self._pending: tuple[futures.Future[str | None], TileBatch, _Turn] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -125,12 +133,15 @@ class StreamProcessor:
         try:
             while not stop.is_set():
                 self.turn(stop)
+            self._finish(stop)
         finally:
             up.set(0)
+            self._writer.shutdown(wait=True)
             self._consumer.close()
             self._producer.flush(5)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._settle()
         stored = self.store.marks(self.view, self.topic)
         for p in partitions:
             mark = stored.get(p.partition, NO_MARK)
@@ -141,6 +152,7 @@ class StreamProcessor:
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._settle()  # the write in flight lands before the partitions' next owner reads the marks
         for p in partitions:
             self.marks.pop(p.partition, None)
         consumer.unassign()
@@ -152,10 +164,12 @@ class StreamProcessor:
             num_messages=self.options.batch_messages, timeout=self.options.poll_seconds
         )
         if messages:
-            acc = TileAccumulator(self.layout)
+            acc = TileAccumulator(self.layout, self.decoder.column_attrs)
             turn = self._aggregate(messages, acc)
-            if turn.work:
-                self._write(turn, acc, stop)
+            if turn.work and self._finish(stop):
+                self._submit(turn, acc, stop)
+        elif self._pending is not None:
+            self._finish(stop)
         now = time.monotonic()
         if now - self._last_lag >= self.options.lag_interval_seconds:
             self._last_lag = now
@@ -164,7 +178,7 @@ class StreamProcessor:
     def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
         turn = _Turn()
         counts = turn.counts
-        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add
+        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
         for m in messages:
             if m.error() is not None:
                 log.warning("stream view %s: consumer error %s", self.view.name, m.error())
@@ -198,7 +212,9 @@ class StreamProcessor:
                 counts["applied"] += 1
         return turn
 
-    def _write(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:
+    def _submit(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:
+        """Write the batch in the writer thread while the next one is consumed; the marks
+        move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
             self._dead_letter(turn.dead, stop)
             turn.counts["dead_lettered"] = len(turn.dead)
@@ -209,7 +225,24 @@ class StreamProcessor:
             now_tile=time.time_ns() // 1000 // self.layout.tile_us,
             events=turn.counts["applied"],
         )
-        refused = self._retrying(stop, self.store.apply, self.view, batch)
+        for p, (_, mark) in batch.marks.items():
+            if p in self.marks:
+                self.marks[p] = mark
+        future = self._writer.submit(self._retrying, stop, self.store.apply, self.view, batch)
+        self._pending = (future, batch, turn)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            futures.wait([self._pending[0]])
+
+    def _finish(self, stop: threading.Event) -> bool:
+        """Wait for the write in flight and account for it; False when it was refused
+        (the partitions are re-read from the stored marks: a batch built meanwhile is void)."""
+        if self._pending is None:
+            return True
+        future, batch, turn = self._pending
+        self._pending = None
+        refused = future.result()
         view = self.view.name
         if refused is not None:
             metrics.BATCHES.labels(view, "conflict").inc()
@@ -217,11 +250,8 @@ class StreamProcessor:
                 "stream view %s: batch refused (%s); re-reading from the stored offsets", view, refused
             )
             self._reseek()
-            return
+            return False
         metrics.BATCHES.labels(view, "applied").inc()
-        for p, (_, mark) in batch.marks.items():
-            if p in self.marks:
-                self.marks[p] = mark
         for outcome, n in turn.counts.items():
             if n:
                 metrics.EVENTS.labels(view, outcome).inc(n)
@@ -231,6 +261,7 @@ class StreamProcessor:
                 metrics.LATENCY.labels(view).observe(max(0.0, (now_ms - ts_ms) / 1000))
         self._newest_applied_ms = max(self._newest_applied_ms, turn.last_ms)
         self._commit(batch)
+        return True
 
     def _commit(self, batch: TileBatch) -> None:
         from confluent_kafka import KafkaException, TopicPartition

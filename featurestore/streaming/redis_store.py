@@ -156,14 +156,11 @@ class RedisTileStore:
         ]
         for partition, (expected, mark) in batch.marks.items():
             args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
-        by_key: dict[str, list[tuple[int, list[float]]]] = {}
-        for (key, tile), record in batch.records.items():
-            by_key.setdefault(key, []).append((tile, record))
         pack = layout.pack
-        for key, records in by_key.items():
+        for key, records in batch.records.items():
             keys.append(prefix + "k:" + key)
-            records.sort(key=lambda r: r[0])
-            args += [len(keys), len(records), b"".join(pack(r) for _, r in records)]
+            tiles = sorted(records) if len(records) > 1 else list(records)
+            args += [len(keys), len(tiles), b"".join([pack(records[t]) for t in tiles])]
         if self._sha is None:
             self._sha = self.client.script_load(APPLY)
         try:

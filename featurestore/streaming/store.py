@@ -36,7 +36,7 @@ class TileBatch:
     topic: str
     # partition -> (the offset the processor last saw stored, the new mark)
     marks: Mapping[int, tuple[int, PartitionMark]]
-    records: Mapping[tuple[str, int], list[float]]  # (entity key text, tile) -> partial record
+    records: Mapping[str, Mapping[int, Sequence[float]]]  # entity key text -> tile -> partial record
     now_tile: int  # the processor's clock, for dropping tiles no window reaches any more
     events: int = field(default=0, compare=False)  # applied events in the batch (metrics)
 
@@ -96,10 +96,11 @@ class MemoryTileStore:
             tiles = self._tiles.setdefault((view.name, view.layout), {})
             now = time.monotonic()
             oldest = batch.now_tile - layout.retention_tiles
-            for (key, tile), record in batch.records.items():
+            for key, records in batch.records.items():
                 by_tile = tiles.setdefault(key, {})
-                old = by_tile.get(tile)
-                by_tile[tile] = list(record) if old is None else merge(layout, old, record)
+                for tile, record in records.items():
+                    old = by_tile.get(tile)
+                    by_tile[tile] = list(record) if old is None else merge(layout, old, record)
                 for t in [t for t in by_tile if t < oldest]:
                     del by_tile[t]
                 self._touched[(view.name, view.layout, key)] = now

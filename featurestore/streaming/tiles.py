@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+import sys
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ ADDS = (COUNT, ADD)
 _IDENTITY = {
     KEEP: 0.0, COUNT: 0.0, ADD: 0.0, MIN: math.inf, MAX: -math.inf, LAST_TS: -math.inf, LAST_VALUE: 0.0,
 }  # fmt: skip
+_BIG_ENDIAN = sys.byteorder == "big"
 _PARTIALS = {
     "count": (("n", COUNT),),
     "sum": (("s", ADD),),
@@ -74,7 +77,12 @@ class TileLayout:
         """The event fields read (each must be a number or null)."""
         return tuple(dict.fromkeys(c for c in self.slot_columns if c))
 
-    def pack(self, record: list[float]) -> bytes:
+    def pack(self, record: Sequence[float]) -> bytes:
+        if isinstance(record, array):
+            if _BIG_ENDIAN:
+                record = array("d", record)
+                record.byteswap()
+            return record.tobytes()
         return struct.pack(f"<{len(self.ops)}d", *record)
 
     def unpack(self, raw: bytes) -> list[float]:
@@ -117,58 +125,102 @@ def view_layout(view: FeatureView) -> TileLayout:
     return got
 
 
+# How an event's value of ``layout.columns[i]`` is named on the objects the accumulator
+# reads (the decoder's structs, ``decode.py``).
+COLUMN_ATTR = "v{}"
+
+
+class _Values:
+    """A mapping's values as the attributes the accumulator reads (tests, tools)."""
+
+    def __init__(self, values: Mapping[str, Any], columns: tuple[str, ...]) -> None:
+        for i, col in enumerate(columns):
+            setattr(self, COLUMN_ATTR.format(i), values.get(col))
+
+
 class TileAccumulator:
-    """Partial aggregates of one batch of events, per (entity key, tile), in memory.
+    """Partial aggregates of one batch of events, per entity key and tile, in memory:
+    ``records[key][tile]`` is an ``array('d')`` record.
 
-    ``add`` must see a partition's events in offset order (``last`` ties go to the later
-    one). Values are numbers or None (checked by the decoder)."""
+    ``add_event`` must see a partition's events in offset order (``last`` ties go to the
+    later one); the event's column values are numbers or None (the decoder checked).
 
-    __slots__ = ("_plan", "identity", "layout", "records")
+    Shortcut: ``add_event`` is Python source generated once per layout (straight-line
+    slot updates, no per-slot loop or op dispatch): 1.1 µs per event against 2.9 µs for
+    the generic loop over 9 slots (benchmarks/streaming.py, throughput); the generic
+    form is ``merge`` below, and tests/unit/test_stream_windows.py holds both to the
+    recomputation."""
 
-    def __init__(self, layout: TileLayout) -> None:
+    __slots__ = ("add_event", "layout", "records")
+
+    def __init__(self, layout: TileLayout, attrs: Sequence[str] | None = None) -> None:
+        """``attrs``: the attribute holding each of ``layout.columns`` on the events passed
+        to ``add_event`` (default ``v0``, ``v1``, ...)."""
         self.layout = layout
-        self.identity = list(layout.identity)
-        self.records: dict[tuple[str, int], list[float]] = {}
-        self._plan = [
-            (slot, op, col)
-            for slot, (op, col) in enumerate(zip(layout.ops, layout.slot_columns, strict=True))
-            if slot >= 2
-        ]
+        self.records: dict[str, dict[int, array[float]]] = {}
+        names = (
+            list(attrs) if attrs is not None else [COLUMN_ATTR.format(i) for i in range(len(layout.columns))]
+        )
+        self.add_event = _compile_adder(layout, self.records, names)
 
     def add(self, key: str, ts_us: int, values: Mapping[str, Any]) -> None:
-        tile = ts_us // self.layout.tile_us
-        rec = self.records.get((key, tile))
-        if rec is None:
-            rec = self.records[(key, tile)] = self.identity.copy()
-            rec[0] = float(tile)
-        if ts_us > rec[1]:
-            rec[1] = float(ts_us)
-        for slot, op, col in self._plan:
-            if col:
-                v = values.get(col)
-                if v is None:
-                    continue
-            else:
-                v = 1.0
-            if op == COUNT:
-                rec[slot] += 1.0
-            elif op == ADD:
-                rec[slot] += v
-            elif op == MIN:
-                if v < rec[slot]:
-                    rec[slot] = v
-            elif op == MAX:
-                if v > rec[slot]:
-                    rec[slot] = v
-            elif op == LAST_TS and ts_us >= rec[slot]:
-                rec[slot] = float(ts_us)
-                rec[slot + 1] = float(v)
+        """One event given as a mapping (tests, tools; slower than ``add_event``)."""
+        self.add_event(key, ts_us, _Values(values, self.layout.columns))
 
     def __len__(self) -> int:
-        return len(self.records)
+        return sum(len(tiles) for tiles in self.records.values())
 
 
-def merge(layout: TileLayout, old: list[float], new: list[float]) -> list[float]:
+def _adder_source(layout: TileLayout, attrs: list[str]) -> str:
+    columns = layout.columns
+    body = [
+        "def add_event(key, ts, ev):",
+        "    tile = ts // TILE_US",
+        "    tiles = records.get(key)",
+        "    if tiles is None:",
+        "        tiles = records[key] = {}",
+        "    rec = tiles.get(tile)",
+        "    if rec is None:",
+        "        rec = tiles[tile] = array('d', IDENTITY)",
+        "        rec[0] = tile",
+        "    if ts > rec[1]:",
+        "        rec[1] = ts",
+    ]
+    for slot, col in enumerate(layout.slot_columns):
+        if slot >= 2 and not col:
+            body.append(f"    rec[{slot}] += 1.0")
+    for i, col in enumerate(columns):
+        v = "v"
+        body += [f"    {v} = ev.{attrs[i]}", f"    if {v} is not None:"]
+        for slot, (op, c) in enumerate(zip(layout.ops, layout.slot_columns, strict=True)):
+            if c != col:
+                continue
+            if op == COUNT:
+                body.append(f"        rec[{slot}] += 1.0")
+            elif op == ADD:
+                body.append(f"        rec[{slot}] += {v}")
+            elif op == MIN:
+                body.append(f"        if {v} < rec[{slot}]: rec[{slot}] = {v}")
+            elif op == MAX:
+                body.append(f"        if {v} > rec[{slot}]: rec[{slot}] = {v}")
+            elif op == LAST_TS:
+                body.append(f"        if ts >= rec[{slot}]: rec[{slot}] = ts; rec[{slot + 1}] = {v}")
+    return "\n".join(body) + "\n"
+
+
+def _compile_adder(
+    layout: TileLayout, records: dict[str, dict[int, array[float]]], attrs: list[str]
+) -> Callable[[str, int, Any], None]:
+    if not all(a.isidentifier() for a in attrs):
+        raise ValueError(f"attribute names must be identifiers: {attrs}")
+    namespace: dict[str, Any] = {
+        "records": records, "array": array, "IDENTITY": list(layout.identity), "TILE_US": layout.tile_us,
+    }  # fmt: skip
+    exec(compile(_adder_source(layout, attrs), f"<tile adder {layout.ops}>", "exec"), namespace)
+    return namespace["add_event"]  # type: ignore[no-any-return]
+
+
+def merge(layout: TileLayout, old: Sequence[float], new: Sequence[float]) -> list[float]:
     """Merge two records of one tile (what the stores do on write; Lua in Redis)."""
     out = list(old)
     for s, op in enumerate(layout.ops):

@@ -241,6 +241,8 @@ def redeliver(kafka: TansuBroker, store: RedisTileStore, view: FeatureView, n: i
 
         wait_until(all_again, 60, "the redelivered log", interval=0)
     finally:
+        proc._finish(stop)
+        proc._writer.shutdown()
         proc._consumer.close()
     return int(seen["duplicate"])
 
@@ -263,7 +265,7 @@ def assert_dead_letters(kafka: TansuBroker, topic: str, n: int) -> None:
     reasons = {dict(m.headers())["featurestore-error"].decode().split(":")[0] for m in got}
     assert {
         "not valid JSON",
-        "missing key field 'user'",
-        "field 'amount'",
-        "missing timestamp field 'ts'",
+        "Object missing required field `user`",
+        "Expected `float | null`, got `str` - at `$.amount`",
+        "Object missing required field `ts`",
     } <= reasons

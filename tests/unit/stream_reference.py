@@ -2,7 +2,8 @@
 
 No tiles, no numpy: every event is kept, and a window read at ``now`` takes the events
 whose tile (``ts // tile``) lies in ``(now_tile - k, now_tile]``, as docs/streaming.md
-defines it. Per partition, in offset order: malformed events are left out, events older
+defines it. Per partition, in offset order: malformed events are left out (whatever their kind),
+then those of another kind (the filter), and events older
 than the newest accepted event time minus the allowed lateness are late.
 """
 
@@ -43,14 +44,14 @@ def replay(log: list[tuple[int, int, bytes]], lateness_us: int, kind: str = "cli
         if not isinstance(doc, dict):
             out.malformed += 1
             continue
-        if doc.get("kind") != kind:
-            out.filtered += 1
-            continue
         user, ts, amount = doc.get("user"), doc.get("ts"), doc.get("amount")
         bad_amount = amount is not None and (isinstance(amount, bool) or not isinstance(amount, (int, float)))
         bad_ts = isinstance(ts, bool) or not isinstance(ts, (int, float))
         if not isinstance(user, int) or isinstance(user, bool) or bad_ts or bad_amount:
-            out.malformed += 1
+            out.malformed += 1  # checked before the filter: a malformed event cannot be told apart
+            continue
+        if doc.get("kind") != kind:
+            out.filtered += 1
             continue
         ts_us = int(ts * 1000)  # type: ignore[operator]
         wm = watermark.get(partition, -(2**62))

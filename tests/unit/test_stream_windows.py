@@ -46,8 +46,8 @@ def blobs_of(evs: list[Accepted], keys: int) -> list[bytes | None]:
     for e in evs:
         acc.add(str(e.key), e.ts_us, {} if e.amount is None else {"amount": e.amount})
     by_key: dict[str, list[bytes]] = {}
-    for (key, _tile), rec in acc.records.items():
-        by_key.setdefault(key, []).append(LAYOUT.pack(rec))
+    for key, tiles in acc.records.items():
+        by_key[key] = [LAYOUT.pack(rec) for rec in tiles.values()]
     return [b"".join(by_key[str(k)]) if str(k) in by_key else None for k in range(keys)]
 
 
