@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import tempfile
 import threading
@@ -136,6 +137,7 @@ def throughput(kafka: TansuBroker, redis: RedisServer, n: int) -> dict[str, Any]
 
     proc._aggregate = timed  # type: ignore[method-assign]
     thread = threading.Thread(target=proc.run, args=(stop,))
+    cpu0 = (time.process_time(), _cpu_seconds(redis.proc), _cpu_seconds(kafka.proc))
     thread.start()
     try:
         while sum(m.offset + 1 for m in store.marks(view, topic).values()) < n:
@@ -144,9 +146,24 @@ def throughput(kafka: TansuBroker, redis: RedisServer, n: int) -> dict[str, Any]
     finally:
         stop.set()
         thread.join(30)
+    cpu = (
+        time.process_time() - cpu0[0],
+        _cpu_seconds(redis.proc) - cpu0[1],
+        _cpu_seconds(kafka.proc) - cpu0[2],
+    )
     elapsed = done - first[0]
     return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "produce_s": produced,
-            "project": project, "topic": topic}  # fmt: skip
+            "cpu_processor_s": cpu[0], "cpu_redis_s": cpu[1], "cpu_broker_s": cpu[2],
+            "events_per_processor_cpu_s": n / cpu[0], "project": project, "topic": topic}  # fmt: skip
+
+
+def _cpu_seconds(proc: Any) -> float:
+    """User + system CPU of a child process so far (/proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):
+        return 0.0
 
 
 def latency(
@@ -285,7 +302,9 @@ def render(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], command: str
         "| target | goal | measured |",
         "|---|---|---|",
         f"| processor throughput, 4 aggregations x 3 windows, one process, {a['events']:,} events | >= 50,000 events/s | "
-        f"{a['events_per_s']:,.0f} events/s ({a['seconds']:.2f} s) |",
+        f"{a['events_per_s']:,.0f} events/s ({a['seconds']:.2f} s; CPU: processor {a['cpu_processor_s']:.2f} s = "
+        f"{a['events_per_processor_cpu_s']:,.0f} events per CPU-second, Redis {a['cpu_redis_s']:.2f} s, "
+        f"broker {a['cpu_broker_s']:.2f} s) |",
         f"| event-to-servable latency at {b['rate']:,.0f} events/s ({b['probes']} probes) | p99 <= 1 s | "
         f"p50 {b['p50'] * 1000:.0f} ms, p99 {b['p99'] * 1000:.0f} ms, max {b['max'] * 1000:.0f} ms |",
     ]
