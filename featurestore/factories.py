@@ -119,7 +119,12 @@ def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
         from featurestore.streaming.redis_store import RedisTileStore
 
         return RedisTileStore(
-            name, config.project, options.url, cluster=options.cluster, **options.connection_kwargs()
+            name,
+            config.project,
+            options.url,
+            cluster=options.cluster,
+            pool_size=options.pool_size,
+            **options.connection_kwargs(),
         )
     raise InvalidArgument(f"stores.{name}: stream views are kept in memory or redis stores, not {sc.kind}")
 

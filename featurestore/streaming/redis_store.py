@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
+from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_wire import pack_mget
 from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
@@ -111,7 +112,9 @@ return {1}
 
 
 class RedisTileStore:
-    def __init__(self, name: str, project: str, url: str, cluster: bool = False, **connection: Any) -> None:
+    def __init__(
+        self, name: str, project: str, url: str, cluster: bool = False, pool_size: int = 64, **connection: Any
+    ) -> None:
         if cluster:
             raise InvalidArgument(
                 f"stores.{name}: stream views need a standalone Redis: a batch is applied by one "
@@ -122,7 +125,8 @@ class RedisTileStore:
         self._url = url
         self._connection = connection
         self._sync: Redis | None = None
-        self._async: AsyncRedis | None = None
+        self._pool: LeanPool | None = None  # reads (serving)
+        self._pool_size = pool_size
         self._sha: str | None = None
 
     def _prefix(self, view: FeatureView) -> str:
@@ -175,10 +179,23 @@ class RedisTileStore:
         return f"{result[1].decode()}: stored offset {result[2].decode()}, not the one expected"
 
     async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
-        if self._async is None:
-            self._async = AsyncRedis.from_url(self._url, **self._connection)
+        """One MGET on a pooled connection, packed as the plain Redis views' reads are."""
+        if self._pool is None:
+            self._pool = LeanPool(
+                self._url, self._pool_size, socket_timeout=None, socket_keepalive=True, **self._connection
+            )
         prefix = self._prefix(view) + "k:"
-        return await self._async.mget([prefix + key for key in keys])  # type: ignore[return-value]
+        packed = pack_mget([prefix + key for key in keys])
+        conn = await self._pool.acquire()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            reply: list[bytes | None] = await conn.read_response()
+        except BaseException:
+            await conn.disconnect(nowait=True)  # a half-read reply would desync the next user
+            raise
+        finally:
+            self._pool.release(conn)
+        return reply
 
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"
@@ -189,7 +206,7 @@ class RedisTileStore:
             self._sync = None
 
     async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         self.close()
