@@ -6,6 +6,7 @@ and counted, malformed ones dead-lettered while the processor carries on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from prometheus_client import REGISTRY
 
 from featurestore.definitions.parser import parse_definitions
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
-from featurestore.streaming.store import MemoryTileStore
+from featurestore.streaming.store import NO_MARK, MemoryTileStore, PartitionMark, TileBatch
+from featurestore.streaming.tiles import TileAccumulator, view_layout
+from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings, ensure_topic
 from tests.servers import RedisServer, TansuBroker
 from tests.support import ROOT, ServerProcess, StreamProcessorProcess, http_post, wait_until
@@ -177,3 +180,69 @@ def test_a_late_event_is_dropped_and_counted_and_a_malformed_one_does_not_stop_t
         thread.join(30)
     assert count("late") == 1 and count("dead_lettered") == 1 and count("applied") == 4
     assert store.marks(view, topic)[0].watermark_us == (now + 1) * 1000
+
+
+def test_a_batch_built_on_offsets_another_processor_moved_is_refused_and_the_partition_reread(
+    kafka: TansuBroker,
+) -> None:
+    """A zombie: processor A still holds a partition another processor has taken over
+    and written past. A's next write is refused whole; A re-reads from the stored offset
+    and nothing is counted twice."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"zombie-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "zombie_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="z.yaml",
+    ).views["zombie_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    now_ms = time.time_ns() // 1_000_000
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for _ in range(100):
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": now_ms}).encode())
+    assert producer.flush(10) == 0
+    store = MemoryTileStore()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(batch_messages=10, poll_seconds=0.05))
+    proc._connect()
+    stop = threading.Event()
+
+    def offset() -> int:
+        proc.turn(stop)
+        return store.marks(view, topic).get(0, NO_MARK).offset
+
+    def conflicts() -> float:
+        labels = {"view": "zombie_view", "result": "conflict"}
+        return REGISTRY.get_sample_value("featurestore_stream_batches_total", labels) or 0.0
+
+    try:
+        wait_until(lambda: offset() >= 9, 30, "processor A's first batches")
+        proc._finish(stop)
+        applied = store.marks(view, topic)[0].offset
+        # the other processor applied the next 30 events (it read them from the topic)
+        other = TileAccumulator(view_layout(view))
+        for _ in range(30):
+            other.add("1", now_ms * 1000, {})
+        taken = TileBatch(topic, {0: (applied, PartitionMark(applied + 30, now_ms * 1000))}, other.records, 0)
+        assert store.apply(view, taken) is None
+        before = conflicts()
+        wait_until(lambda: offset() == 99, 30, "processor A to finish the partition")
+        proc._finish(stop)
+    finally:
+        proc._writer.shutdown()
+        proc._consumer.close()
+    assert conflicts() > before
+    got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now_ms * 1000 + 1, [0])
+    assert got.columns == [[100]]  # every event once
