@@ -79,6 +79,7 @@ PARTS = (
     "footprint-no-clickhouse.md",
     "lineage.md",
     "lineage-latency.md",
+    "streaming.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
