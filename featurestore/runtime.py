@@ -31,7 +31,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
-from featurestore.model import FeatureView
+from featurestore.model import STREAM_STORE_PREFIX, FeatureView
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.registry.base import Registry, RegistryState, load_state
 from featurestore.sources.base import OnlineSource
@@ -65,7 +65,13 @@ class Runtime:
 
     def readiness(self) -> Readiness:
         reasons = ["shutting down"] if self.stopping else []
-        states = {name: s.state().value for name, s in self.stores.items()}
+        # Stream views' tile readers (stream:<store>) read their store's server: its state
+        # is the store's, reported once under the store's name.
+        states = {
+            name: s.state().value
+            for name, s in self.stores.items()
+            if not name.startswith(STREAM_STORE_PREFIX)
+        }
         # A store that is down does not make the process unready: its views answer
         # UNAVAILABLE within the deadline while every other view still answers, and
         # the store is shared by all replicas, so failing readiness would take the

@@ -100,7 +100,11 @@ def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
     print(
         f"{args.file}: OK - project {defs.project}: {len(defs.entities)} entities, "
         f"{len(stored)} feature views ({n_features} features), "
-        + (f"{len(streams)} stream views ({sum(len(v.features) for v in streams)} features), " if streams else "")
+        + (
+            f"{len(streams)} stream views ({sum(len(v.features) for v in streams)} features), "
+            if streams
+            else ""
+        )
         + (f"{len(defs.derived_views)} derived views ({derived} features), " if derived else "")
         + f"{len(defs.services)} feature services; fingerprint {fingerprint(defs)[:12]}"
     )
