@@ -302,3 +302,13 @@ def test_the_demo_stream_definitions_validate() -> None:
         Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "stream_features.yaml"
     )
     assert defs.views["user_clicks"].stream is not None
+
+
+def test_a_changed_aggregation_shows_in_the_diff_as_a_compatible_change() -> None:
+    from featurestore.definitions.diff import diff
+
+    changed = copy.deepcopy(DOC)
+    changed["stream_views"][0]["aggregations"][0]["window"] = "10m"
+    [change] = [c for c in diff(parse(DOC), parse(changed)) if c.name == "clicks"]
+    assert change.op == "~" and not change.incompatible
+    assert any("stream view definition changed" in d for d in change.details)
