@@ -29,6 +29,7 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
+from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
 from featurestore.streaming import metrics
 from featurestore.streaming.decode import EventDecoder, Malformed
@@ -92,6 +93,8 @@ class StreamProcessor:
         self._producer: Any = None
         self._last_lag = 0.0
         self._newest_applied_ms = 0
+        self._errors = RepeatLimitedLog(log)  # used by this processor's consume thread only
+        self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
         # no GIL).
@@ -126,6 +129,7 @@ class StreamProcessor:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; then leave the group."""
+        self._stop = stop
         self._connect()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
@@ -142,7 +146,7 @@ class StreamProcessor:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._settle()
-        stored = self.store.marks(self.view, self.topic)
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
         for p in partitions:
             mark = stored.get(p.partition, NO_MARK)
             self.marks[p.partition] = mark
@@ -180,8 +184,10 @@ class StreamProcessor:
         counts = turn.counts
         decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
         for m in messages:
-            if m.error() is not None:
-                log.warning("stream view %s: consumer error %s", self.view.name, m.error())
+            if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
+                self._errors.log(
+                    m.error().code(), "stream view %s: consumer error %s", self.view.name, m.error()
+                )
                 continue
             counts["consumed"] += 1
             partition, offset = m.partition(), m.offset()
@@ -275,7 +281,7 @@ class StreamProcessor:
     def _reseek(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        stored = self.store.marks(self.view, self.topic)
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
         for p in list(self.marks):
             mark = self.marks[p] = stored.get(p, NO_MARK)
             offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
