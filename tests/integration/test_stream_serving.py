@@ -50,7 +50,17 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
 ) -> None:
     topic = f"clicks-{uuid.uuid4().hex[:8]}"
     defs = tmp_path / "features.yaml"
-    defs.write_text(DEMO.read_text().replace("topic: clicks", f"topic: {topic}"))
+    # a second stream view of the same topic: one process runs both processors
+    second = (
+        "  - name: user_spend\n    entities: [user_id]\n"
+        f"    source: {{topic: {topic}, key_fields: [user_id], timestamp_field: ts}}\n"
+        "    aggregations: [{name: spend_1h, function: sum, column: amount, window: 1h}]\n"
+    )
+    defs.write_text(
+        DEMO.read_text()
+        .replace("topic: clicks", f"topic: {topic}")
+        .replace("\nderived_views:", second + "\nderived_views:")
+    )
     config = tmp_path / "config.yaml"
     config.write_text(
         f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
@@ -67,22 +77,38 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
     assert produced.returncode == 0, produced.stderr
     sent = int(produced.stdout.split()[1])
     processor = StreamProcessorProcess(
-        ["--config", str(config), "--definitions", str(defs), "--view", "user_clicks"],
+        [
+            "--config",
+            str(config),
+            "--definitions",
+            str(defs),
+            "--view",
+            "user_clicks",
+            "--view",
+            "user_spend",
+        ],
         tmp_path / "stream.log",
     ).start()
     try:
 
         def consumed_all() -> bool:
-            return metric(processor.metrics(), "featurestore_stream_events_total", outcome="consumed") >= sent
+            text = processor.metrics()
+            return all(
+                metric(text, "featurestore_stream_events_total", outcome="consumed", view=v) >= sent
+                for v in ("user_clicks", "user_spend")
+            )
 
         wait_until(consumed_all, 60, "the processor to consume the sample")
         text = processor.metrics()
     finally:
         processor.stop()
-    assert metric(text, "featurestore_stream_events_total", outcome="dead_lettered") == sent // 10
-    applied = metric(text, "featurestore_stream_events_total", outcome="applied")
-    filtered = metric(text, "featurestore_stream_events_total", outcome="filtered")
+    clicks = {"view": "user_clicks"}
+    assert metric(text, "featurestore_stream_events_total", outcome="dead_lettered", **clicks) == sent // 10
+    applied = metric(text, "featurestore_stream_events_total", outcome="applied", **clicks)
+    filtered = metric(text, "featurestore_stream_events_total", outcome="filtered", **clicks)
     assert applied > 0 and filtered > 0 and applied + filtered + sent // 10 == sent
+    spend = {"view": "user_spend"}  # no filter: every well-formed event
+    assert metric(text, "featurestore_stream_events_total", outcome="applied", **spend) == sent - sent // 10
     assert metric(text, "featurestore_stream_event_to_servable_seconds_count") > 0
     assert 'featurestore_stream_processor_up{view="user_clicks"} 1.0' in text
 
@@ -103,6 +129,10 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
         query = '{ lineageEvents(featureId: "user_clicks:clicks_5m", limit: 5) { sourceTable } }'
         wait_until(lambda: gql(server, query)["lineageEvents"], 15, "the stream feature's lineage event")
         assert gql(server, query)["lineageEvents"][0]["sourceTable"] == f"kafka://{topic}"
+        status, body = server.join(
+            {"entities": {"user_id": [1, 2, 3, 4, 5]}, "features": ["user_spend:spend_1h"]}
+        )
+        assert status == 200 and all(v > 0 for v in body["results"][1]["values"]), body
         status, body = server.join({"entities": {"user_id": [1]}, "features": ["user_clicks:clicks_5m"]})
         assert status == 200
         status, raw, _ = http_post(
