@@ -293,11 +293,13 @@ async def join_qps(redis: RedisServer, seconds: float) -> dict[str, Any]:
 
 
 def render(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], command: str) -> str:
+    load = os.getloadavg()[0]
     lines = [
         "## Streaming (issue 12)",
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
-        f"* Machine: {machine()}. Broker (Tansu), Redis, processor and load share the cores.",
+        f"* Machine: {machine()}. Broker (Tansu), Redis, processor and load share the cores; load average "
+        f"{load:.1f} at the end of the run (other tenants included: above 2, figures are CPU-starved).",
         "",
         "| target | goal | measured |",
         "|---|---|---|",
