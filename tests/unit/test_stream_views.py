@@ -312,3 +312,20 @@ def test_a_changed_aggregation_shows_in_the_diff_as_a_compatible_change() -> Non
     [change] = [c for c in diff(parse(DOC), parse(changed)) if c.name == "clicks"]
     assert change.op == "~" and not change.incompatible
     assert any("stream view definition changed" in d for d in change.details)
+
+
+async def test_a_tile_store_that_cannot_be_reached_makes_the_view_unavailable_not_an_error(
+    defs: Definitions,
+) -> None:
+    from featurestore.streaming.redis_store import RedisTileStore
+    from tests.support import free_port
+
+    store = RedisTileStore("default", "p", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    source = StreamSource("default", store)
+    engine = JoinEngine({source.name: source}, ServingState(new_snapshot(defs, 1)), Limits())
+    try:
+        result = await engine.join(JoinRequest({"user_id": [1, 2]}, ("clicks:n_5m",)), time.monotonic() + 2)
+    finally:
+        await source.close()
+    col = {c.name: c for c in result.columns}["n_5m"]
+    assert result.partial and col.outcome.statuses == [Status.UNAVAILABLE] * 2 and col.values == [None, None]
