@@ -328,4 +328,5 @@ async def test_a_tile_store_that_cannot_be_reached_makes_the_view_unavailable_no
     finally:
         await source.close()
     col = {c.name: c for c in result.columns}["n_5m"]
-    assert result.partial and col.outcome.statuses == [Status.UNAVAILABLE] * 2 and col.values == [None, None]
+    assert col.outcome is not None and col.outcome.statuses == [Status.UNAVAILABLE] * 2
+    assert result.partial and col.values == [None, None]
