@@ -86,6 +86,7 @@ PARTS = (
     "lineage-latency.md",
     "drift.md",
     "lineage-page.md",
+    "streaming.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -278,6 +278,19 @@ class LineageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """``featurestore stream run`` (docs/streaming.md): the Kafka cluster of the stream
+    views' topics (connection and security as lineage.kafka; ``topic`` is unused) and
+    the processor's batching."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    batch_messages: Count = 5000  # messages per consume(): one tile write per batch
+    poll_seconds: Seconds = 0.05  # how long a consume() waits for a batch to fill
+    group_prefix: str = "featurestore-stream"  # consumer group: {group_prefix}-{project}-{view}
+    lag_interval_seconds: Seconds = 5.0  # how often the consumer lag is measured
+
+
+@dataclass(frozen=True, slots=True)
 class DerivedConfig:
     # Generated kernel modules and numba's machine code for them; empty: the user cache
     # ($XDG_CACHE_HOME or ~/.cache)/featurestore/derived. Shared by workers and restarts.
@@ -354,6 +367,7 @@ class Config(BaseSettings):
     lineage: LineageConfig = LineageConfig()
     derived: DerivedConfig = DerivedConfig()
     quality: QualityConfig = QualityConfig()
+    stream: StreamConfig = StreamConfig()
     log_level: Annotated[str, AfterValidator(_log_level)] = "info"
     # text | json (one object per line, with trace_id and span_id)
     log_format: Annotated[str, AfterValidator(_log_format)] = "text"

@@ -31,6 +31,8 @@ from featurestore.sources.base import OnlineSource
 from featurestore.sources.clickhouse import ClickHouseOptions, check_embedded_workers
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
+from featurestore.streaming.serving import StreamSource
+from featurestore.streaming.store import MemoryTileStore, TileStore
 from featurestore.supervisor import WORKER_ENV
 from lineage.graph.base import LineageGraph
 from lineage.graph.memory import InMemoryGraph
@@ -97,8 +99,39 @@ def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSo
 
 
 def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
-    """Every configured store as the join engine reads it (cache in front where due)."""
-    return {name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()}
+    """Every configured store as the join engine reads it (cache in front where due),
+    and beside each memory or standalone Redis store its stream views' tile reader
+    (``stream:<store>``, never cached: a window's value moves with the clock)."""
+    stores = {
+        name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()
+    }
+    for name, sc in config.stores.items():
+        if sc.kind == "memory" or (sc.kind == "redis" and not sc.options.get("cluster")):
+            reader = StreamSource(name, make_tile_store(name, sc, config))
+            stores[reader.name] = reader
+    return stores
+
+
+def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
+    """Where the stream views of store ``name`` keep their tiles (docs/streaming.md)."""
+    if sc.kind == "memory":
+        return MemoryTileStore(name)
+    if sc.kind == "redis":
+        try:
+            options = RedisOptions.from_mapping(dict(sc.options))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"stores.{name}: {e}") from None
+        from featurestore.streaming.redis_store import RedisTileStore
+
+        return RedisTileStore(
+            name,
+            config.project,
+            options.url,
+            cluster=options.cluster,
+            pool_size=options.pool_size,
+            **options.connection_kwargs(),
+        )
+    raise InvalidArgument(f"stores.{name}: stream views are kept in memory or redis stores, not {sc.kind}")
 
 
 def make_graph(config: Config) -> LineageGraph:
@@ -166,7 +199,7 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         sink = KafkaSink(lc.kafka)
 
     def table_uri(view: FeatureView) -> str | None:
-        store = stores.get(view.online_store)
+        store = stores.get(view.serving_store)
         return None if store is None else store.table_uri(view)
 
     emitter = LineageEmitter(

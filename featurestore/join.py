@@ -135,7 +135,7 @@ class JoinEngine:
                 keyed[jk] = dedupe(view_keys(jk, entities))
             unique = keyed[jk][0]
             version = state.data_versions.get(vp.view.name, 0)
-            by_store.setdefault(vp.view.online_store, []).append(
+            by_store.setdefault(vp.view.serving_store, []).append(
                 (slot, ViewQuery(vp.view, unique, vp.features, version))
             )
             metrics.join_keys_read.observe(len(unique))

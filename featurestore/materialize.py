@@ -112,6 +112,8 @@ class Materializer:
         view = snapshot.definitions.views.get(view_name)
         if view is None:
             raise NotFound(f"unknown feature view {view_name!r}")
+        if view.stream is not None:
+            raise FailedPrecondition(f"{view_name!r} is a stream view: `featurestore stream run` feeds it")
         if view.online_store != self.store.name:
             raise FailedPrecondition(
                 f"view {view_name!r} is served from store {view.online_store!r}, not {self.store.name!r}"

@@ -40,6 +40,9 @@ class Status(enum.IntEnum):
     UNAVAILABLE = 4
 
 
+# A stream view is read through its store's tile reader, registered under this prefix.
+STREAM_STORE_PREFIX = "stream:"
+
 # Composite entity keys join their parts with this separator (Redis key layout).
 KEY_SEPARATOR = "|"
 
@@ -87,6 +90,56 @@ class BatchSource:
         return f"file://{self.path}"
 
 
+AGGREGATION_FUNCTIONS = ("count", "sum", "avg", "min", "max", "last")
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """One stream feature: ``function`` of ``column`` over the last ``window_seconds``
+    (``count`` without a column counts events)."""
+
+    name: str
+    function: str
+    column: str
+    window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSource:
+    """A Kafka topic of JSON events: where the key, the event time and the values are.
+
+    ``key_fields`` name the event fields holding the view's entity keys, in the view's
+    entity order; ``filter`` keeps only events whose fields equal the given values;
+    a numeric ``timestamp_field`` is in ``timestamp_unit`` (s, ms, us) since the epoch,
+    a string one is ISO-8601."""
+
+    topic: str
+    key_fields: tuple[str, ...]
+    timestamp_field: str = "event_timestamp"
+    timestamp_unit: str = "ms"
+    value_format: str = "json"
+    filter: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def uri(self) -> str:
+        return f"kafka://{self.topic}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What makes a view a stream view (docs/streaming.md): its source, its tiles and
+    its aggregations, computed over time tiles of ``tile_seconds``."""
+
+    source: StreamSource
+    aggregations: tuple[Aggregation, ...]
+    tile_seconds: int = 60
+    allowed_lateness_seconds: int = 0
+
+    @property
+    def max_window_seconds(self) -> int:
+        return max(a.window_seconds for a in self.aggregations)
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureView:
     """A group of features keyed by the same entities and served from one online store.
@@ -105,21 +158,29 @@ class FeatureView:
     tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
     owner: str = ""
     description: str = ""
+    stream: StreamSpec | None = None  # a stream view: features are windowed aggregations
     # Derived once: the join path asks for these several times per request.
     join_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # Fingerprint of the stored row shape (entity and feature names and types, in
     # order). Stores and caches key rows by it, so rows written for one definition
     # are never read back under another (a rename keeps the width, not the meaning).
     layout: str = field(init=False, repr=False, compare=False)
+    # Which configured store object the join reads the view from: its online store, or
+    # for a stream view that store's tile reader (``stream:<store>``, factories.py).
+    serving_store: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "join_keys", tuple(e.name for e in self.entities))
+        store = self.online_store if self.stream is None else STREAM_STORE_PREFIX + self.online_store
+        object.__setattr__(self, "serving_store", store)
         shape = repr(
             (
                 [(e.name, e.dtype.value) for e in self.entities],
                 [(f.name, f.dtype.value) for f in self.features],
             )
         )
+        if self.stream is not None:  # the tiles' packing follows the aggregations and tile size
+            shape += repr(self.stream)
         object.__setattr__(self, "layout", hashlib.blake2b(shape.encode(), digest_size=8).hexdigest())
 
     def feature_index(self, name: str) -> int | None:

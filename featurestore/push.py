@@ -53,6 +53,8 @@ class PushService:
         view = state.definitions.views.get(req.view)
         if view is None:
             raise NotFound(f"unknown feature view {req.view!r}", details=[{"feature_view": req.view}])
+        if view.stream is not None:
+            raise InvalidArgument(f"{view.name!r} is a stream view: its processor writes it, not push")
         table = to_table(view, req.columns, self.engine.limits.max_rows, state.definitions.entities)
         store = self.engine.stores.get(view.online_store)
         if store is None:

@@ -31,7 +31,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
-from featurestore.model import FeatureView
+from featurestore.model import STREAM_STORE_PREFIX, FeatureView
 from featurestore.plan import CanaryRoute, ServingState
 from featurestore.quality.monitor import DriftMonitor, build_drift
 from featurestore.quality.records import GraphRecorder
@@ -70,7 +70,13 @@ class Runtime:
 
     def readiness(self) -> Readiness:
         reasons = ["shutting down"] if self.stopping else []
-        states = {name: s.state().value for name, s in self.stores.items()}
+        # Stream views' tile readers (stream:<store>) read their store's server: its state
+        # is the store's, reported once under the store's name.
+        states = {
+            name: s.state().value
+            for name, s in self.stores.items()
+            if not name.startswith(STREAM_STORE_PREFIX)
+        }
         # A store that is down does not make the process unready: its views answer
         # UNAVAILABLE within the deadline while every other view still answers, and
         # the store is shared by all replicas, so failing readiness would take the
@@ -278,8 +284,8 @@ def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: Servi
     by_store: dict[str, dict[str, int]] = {name: {} for name in stores}
     for snapshot in [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]:
         for view in snapshot.definitions.views.values():
-            if view.online_store in by_store:
-                by_store[view.online_store][view.name] = state.data_versions.get(view.name, 0)
+            if view.serving_store in by_store:
+                by_store[view.serving_store][view.name] = state.data_versions.get(view.name, 0)
     for name, versions in by_store.items():
         stores[name].serving(versions)
 
@@ -291,12 +297,14 @@ async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[
     by_store: dict[str, dict[tuple[str, str], FeatureView]] = {name: {} for name in stores}
     for snapshot in snapshots:
         for view in snapshot.definitions.views.values():
-            if view.online_store not in stores:
+            if view.serving_store not in stores:
                 raise FailedPrecondition(
                     f"feature view {view.name!r} uses online store {view.online_store!r}, "
-                    f"which this server does not configure (stores: {', '.join(sorted(stores))})"
+                    f"which this server does not configure"
+                    + (" as a tile store (memory or standalone redis)" if view.stream is not None else "")
+                    + f" (stores: {', '.join(sorted(s for s in stores if ':' not in s))})"
                 )
-            by_store[view.online_store][(view.name, view.layout)] = view
+            by_store[view.serving_store][(view.name, view.layout)] = view
     for name, views in by_store.items():
         await stores[name].prepare(list(views.values()))
 

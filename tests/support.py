@@ -144,6 +144,32 @@ class ServerProcess(ManagedProcess):
         return status, json.loads(raw)
 
 
+class StreamProcessorProcess(ManagedProcess):
+    """``featurestore stream run`` as a child process, ready once its metrics answer."""
+
+    start_timeout = 30.0
+
+    def __init__(self, args: list[str], log_path: Path | None = None) -> None:
+        self.metrics_port = free_port()
+        super().__init__(f"featurestore stream run ({self.metrics_port})", log_path)
+        self.args = args
+        self.env = dict(os.environ)
+        self.cwd = ROOT
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "featurestore.cli", "stream", "run", *self.args,
+                "--metrics-port", str(self.metrics_port)]  # fmt: skip
+
+    def answers(self) -> bool:
+        try:
+            return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)[1].decode()
+
+
 # -- the test feature repository ----------------------------------------------------------
 
 N_ITEMS = 500

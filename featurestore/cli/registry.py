@@ -93,11 +93,18 @@ def cmd_validate(args: argparse.Namespace, _argv: list[str]) -> int:
 
     defs = load_definitions(args.file)
     _compile_derived(args, defs)
-    n_features = sum(len(v.features) for v in defs.views.values())
+    stored = [v for v in defs.views.values() if v.stream is None]
+    streams = [v for v in defs.views.values() if v.stream is not None]
+    n_features = sum(len(v.features) for v in stored)
     derived = sum(len(v.features) for v in defs.derived_views.values())
     print(
         f"{args.file}: OK - project {defs.project}: {len(defs.entities)} entities, "
-        f"{len(defs.views)} feature views ({n_features} features), "
+        f"{len(stored)} feature views ({n_features} features), "
+        + (
+            f"{len(streams)} stream views ({sum(len(v.features) for v in streams)} features), "
+            if streams
+            else ""
+        )
         + (f"{len(defs.derived_views)} derived views ({derived} features), " if derived else "")
         + f"{len(defs.services)} feature services; fingerprint {fingerprint(defs)[:12]}"
     )

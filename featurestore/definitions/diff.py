@@ -115,8 +115,10 @@ def _view(a: FeatureView, b: FeatureView) -> Change:
             details.append(f"feature {name} description/tags")
     kept_old = [n for n in old_f if n in new_f]
     kept_new = [n for n in new_f if n in old_f]
-    if kept_old != kept_new:
+    if kept_old != kept_new and a.stream is None and b.stream is None:
         bad.append("existing features reordered (stored rows are positional)")
+    if a.stream != b.stream:  # a new tile layout: fresh tiles and offsets, the topic re-read
+        details.append("stream view definition changed (its tiles start afresh from the topic)")
     for field, fmt in (
         ("ttl_seconds", _ttl),
         ("online_store", str),
@@ -130,7 +132,12 @@ def _view(a: FeatureView, b: FeatureView) -> Change:
         if getattr(a, field) != getattr(b, field):
             details.append(field)
     return Change(
-        "~", "feature_view", a.name, tuple(sorted(details)), tuple(bad), rematerialize=bool(added or removed)
+        "~",
+        "feature_view",
+        a.name,
+        tuple(sorted(details)),
+        tuple(bad),
+        rematerialize=bool(added or removed) and b.stream is None,  # a stream view's processor refills it
     )
 
 

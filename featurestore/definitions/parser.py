@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from featurestore.definitions.derived import parse_derived_views
+from featurestore.definitions.stream import parse_stream_views
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     ENTITY_DTYPES,
@@ -151,7 +152,7 @@ class _Parser:
         top = self.mapping(
             doc if doc is not None else {},
             "",
-            {"project", "entities", "feature_views", "derived_views", "feature_services"},
+            {"project", "entities", "feature_views", "stream_views", "derived_views", "feature_services"},
             {"project"},
         )
         project = top["project"]
@@ -165,6 +166,10 @@ class _Parser:
             [self.view(v, i, entities) for i, v in enumerate(self.seq(top, "feature_views"))],
             "feature_views",
         )
+        for stream_view in parse_stream_views(self, self.seq(top, "stream_views"), entities):
+            if stream_view.name in views:
+                raise self.fail(f"stream_views[{stream_view.name}]", "a feature view has the same name")
+            views[stream_view.name] = stream_view
         derived = parse_derived_views(
             self, self.seq(top, "derived_views"), views, check_functions=self.check_functions
         )
@@ -176,7 +181,8 @@ class _Parser:
             "feature_services",
         )
         for view in views.values():
-            self.check_upstream(view, views)
+            if view.stream is None:
+                self.check_upstream(view, views)
         return make_definitions(
             project,
             list(entities.values()),

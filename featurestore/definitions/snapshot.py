@@ -18,6 +18,7 @@ import msgspec
 
 from featurestore.definitions.derived import derived_to_dict, parse_derived_views
 from featurestore.definitions.parser import _Parser
+from featurestore.definitions.stream import parse_stream_views, stream_to_dict
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     REQUEST_PREFIX,
@@ -53,6 +54,9 @@ class RegistrySnapshot:
 
 def definitions_to_dict(d: Definitions) -> dict[str, Any]:
     doc = _stored_to_dict(d)
+    streams = sorted((v for v in d.views.values() if v.stream is not None), key=lambda v: v.name)
+    if streams:  # only then, as derived views below
+        doc["stream_views"] = [stream_to_dict(v) for v in streams]
     if d.derived_views:  # only then: the fingerprints of files without any stay as they were
         doc["derived_views"] = [
             derived_to_dict(v) for v in sorted(d.derived_views.values(), key=lambda v: v.name)
@@ -103,6 +107,7 @@ def _stored_to_dict(d: Definitions) -> dict[str, Any]:
                 "description": v.description,
             }
             for v in sorted(d.views.values(), key=lambda v: v.name)
+            if v.stream is None
         ],
         "feature_services": [
             {
@@ -152,8 +157,10 @@ def definitions_from_dict(doc: dict[str, Any]) -> Definitions:
                     description=v.get("description", ""),
                 )
             )
+        stored = _Parser("stored snapshot", None, check_functions=False)
+        views.extend(parse_stream_views(stored, doc.get("stream_views") or [], by_name))
         derived = parse_derived_views(
-            _Parser("stored snapshot", None, check_functions=False),
+            stored,
             doc.get("derived_views") or [],
             {v.name: v for v in views},
             check_functions=False,
@@ -203,6 +210,7 @@ def feature_versions(d: Definitions, version: int, previous: RegistrySnapshot | 
 def _feature_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
     stored = {
         f"{v.name}:{f.name}": (f.dtype, v.join_keys, v.batch_source, v.upstream, v.online_store)
+        + (() if v.stream is None else (v.stream,))
         for v in d.views.values()
         for f in v.features
     }

@@ -19,6 +19,8 @@ from featurestore.sources.base import OnlineSource
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
+from featurestore.streaming.redis_store import RedisTileStore
+from featurestore.streaming.store import MemoryTileStore, TileStore
 
 ADAPTERS = ["memory", "redis", "redis-autopipeline", "redis-cluster", "redis+lru", "clickhouse"]
 
@@ -111,4 +113,17 @@ def make_offline_source(name: str, request: pytest.FixtureRequest, table: pa.Tab
         )
         client.insert_arrow(f"{db}.rows", table)
         return ClickHouseOfflineSource(dsn, f"{db}.rows")
+    raise ValueError(name)
+
+
+TILE_STORES = ["memory", "redis"]
+
+
+def make_tile_store(name: str, request: pytest.FixtureRequest) -> TileStore:
+    project = f"t{uuid.uuid4().hex[:10]}"
+    if name == "memory":
+        return MemoryTileStore("contract")
+    if name == "redis":
+        server = request.getfixturevalue("redis_server")
+        return RedisTileStore("contract", project, server.url)
     raise ValueError(name)

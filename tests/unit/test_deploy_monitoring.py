@@ -24,8 +24,10 @@ SUFFIXES = {
 
 
 def defined_series() -> set[str]:
-    """Every series name featurestore/metrics.py and lineage/metrics.py can expose."""
-    import featurestore.metrics  # noqa: F401  (importing registers the metrics)
+    """Every series name featurestore/metrics.py, featurestore/streaming/metrics.py and
+    lineage/metrics.py can expose."""
+    import featurestore.metrics
+    import featurestore.streaming.metrics  # noqa: F401
     import lineage.metrics  # noqa: F401
 
     names = set()

@@ -1,0 +1,165 @@
+"""``featurestore stream run`` (the processor of stream views) and ``stream produce-sample``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from typing import Any
+
+from featurestore.cli.base import Subcommands
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Subcommands) -> None:
+    st = sub.add_parser("stream", help="stream views: run their processor, produce sample events")
+    ssub = st.add_subparsers(dest="stream_command", required=True)
+    run = ssub.add_parser("run", help="consume stream views' topics into tiles until stopped")
+    run.add_argument("--config", help="server config: stores, registry, stream.kafka")
+    run.add_argument("--view", action="append", required=True, help="a stream view (repeat for several)")
+    run.add_argument("--definitions", help="read the views from this file instead of the registry")
+    run.add_argument("--metrics-port", type=int, default=9110, help="Prometheus metrics (0: off)")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
+    run.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    run.set_defaults(func=cmd_stream_run)
+    ps = ssub.add_parser("produce-sample", help="produce demo click events (JSON) to a topic")
+    ps.add_argument("--config", help="server config: stream.kafka (the cluster)")
+    ps.add_argument("--topic", default="clicks")
+    ps.add_argument("--partitions", type=int, default=3, help="when the topic is created")
+    ps.add_argument("--users", type=int, default=10, help="user ids 1..N")
+    ps.add_argument("--rate", type=float, default=20.0, help="events per second")
+    ps.add_argument("--seconds", type=float, default=60.0, help="how long (0: until stopped)")
+    ps.add_argument("--malformed-every", type=int, default=0, help="every Nth event is malformed (0: none)")
+    ps.add_argument("--seed", type=int, default=7)
+    ps.set_defaults(func=cmd_stream_produce_sample)
+
+
+def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
+    from prometheus_client import start_http_server
+
+    from featurestore.config import load_config
+    from featurestore.errors import InvalidArgument, NotFound
+    from featurestore.extras import require
+    from featurestore.factories import make_registry, make_tile_store
+    from featurestore.logconfig import configure_logging
+    from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+
+    config = load_config(args.config, {("log_level",): args.log_level})
+    require("confluent_kafka", "featurestore stream run")
+    configure_logging(config.log_level, config.log_format)
+    definitions = _definitions(args.definitions, make_registry(config) if not args.definitions else None)
+    processors = []
+    for name in args.view:
+        view = definitions.views.get(name)
+        if view is None:
+            raise NotFound(f"unknown feature view {name!r}")
+        if view.stream is None:
+            raise InvalidArgument(f"{name!r} is not a stream view (stream_views: in the definitions)")
+        sc = config.stores.get(view.online_store)
+        if sc is None:
+            raise InvalidArgument(f"view {name!r} uses store {view.online_store!r}, which the config lacks")
+        if sc.kind == "memory":
+            raise InvalidArgument(
+                f"view {name!r}: store {view.online_store!r} is in-process memory, which a separate "
+                "processor cannot fill; use a redis store"
+            )
+        sconf = config.stream
+        options = ProcessorOptions(
+            batch_messages=sconf.batch_messages,
+            poll_seconds=sconf.poll_seconds,
+            group_id=f"{sconf.group_prefix}-{config.project}-{name}",
+            lag_interval_seconds=sconf.lag_interval_seconds,
+        )
+        store = make_tile_store(view.online_store, sc, config)
+        processors.append(StreamProcessor(view, store, sconf.kafka, config.project, options))
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    threads = [
+        threading.Thread(target=_run_one, args=(p, stop), name=f"stream-{p.view.name}", daemon=True)
+        for p in processors
+    ]
+    for t in threads:
+        t.start()
+    while not stop.is_set() and any(t.is_alive() for t in threads):
+        stop.wait(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    print(f"stream processor stopped: {', '.join(p.view.name for p in processors)}")
+    return 0
+
+
+def _run_one(processor: Any, stop: threading.Event) -> None:
+    try:
+        processor.run(stop)
+    except Exception:  # one view's failure stops the process: its supervisor restarts it
+        log.exception("stream view %s: processor failed", processor.view.name)
+        stop.set()
+
+
+def _definitions(path: str | None, registry: Any) -> Any:
+    from featurestore.definitions.parser import load_definitions
+    from featurestore.errors import FailedPrecondition
+
+    if path:
+        return load_definitions(path)
+
+    async def current() -> Any:
+        try:
+            return await registry.current()
+        finally:
+            await registry.close()
+
+    snapshot = asyncio.run(current())
+    if snapshot is None:
+        raise FailedPrecondition("the registry has no snapshot: run `featurestore apply FILE` first")
+    return snapshot.definitions
+
+
+def cmd_stream_produce_sample(args: argparse.Namespace, _argv: list[str]) -> int:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    from featurestore.config import load_config
+    from lineage.kafka import ensure_topic
+
+    kafka = load_config(args.config).stream.kafka
+    ensure_topic(AdminClient(kafka.client_config()), args.topic, args.partitions, kafka.replication_factor)
+    producer = Producer({**kafka.client_config(), "linger.ms": 5})
+    rng = random.Random(args.seed)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    start = time.monotonic()
+    sent = 0
+    while not stop.is_set() and (args.seconds <= 0 or time.monotonic() - start < args.seconds):
+        sent += 1
+        user = rng.randint(1, args.users)
+        if args.malformed_every and sent % args.malformed_every == 0:
+            value = b'{"user_id": "not a number", "ts": "yesterday"'
+        else:
+            event = {
+                "user_id": user,
+                "ts": time.time_ns() // 1_000_000,
+                "type": rng.choice(("click", "click", "view")),
+                "item_id": rng.randint(1, 500),
+                "amount": round(rng.uniform(1, 100), 2),
+            }
+            value = json.dumps(event).encode()
+        producer.produce(args.topic, key=str(user).encode(), value=value)
+        producer.poll(0)
+        wait = start + sent / args.rate - time.monotonic()
+        if wait > 0:
+            stop.wait(wait)
+    left = producer.flush(10)
+    print(f"produced {sent - left} events to {args.topic}")
+    return 0 if left == 0 else 2

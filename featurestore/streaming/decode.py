@@ -1,0 +1,104 @@
+"""JSON events -> (entity key, event time, values), or the reason an event is malformed.
+
+An event is a JSON object. Its key fields (``source.key_fields``) must hold the view's
+entity keys (int64: an integer; string: a string without ``|``), its timestamp field a
+number in the source's unit or an ISO-8601 string, and every column an aggregation
+reads a number or null (missing = null). ``filter`` drops events (not malformed) whose
+fields differ. Anything else is malformed: the processor sends it to the dead-letter
+topic with the reason returned here.
+
+Decoding is msgspec into a struct type built once per view (fields typed as above), so
+type checks happen in C; an event's values stay on the struct, whose attribute names
+the accumulator is given (``column_attrs``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import msgspec
+
+from featurestore.definitions.stream import TIMESTAMP_UNITS
+from featurestore.model import KEY_SEPARATOR, DType, FeatureView
+from featurestore.streaming.tiles import view_layout
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class Event(NamedTuple):
+    key: str
+    ts_us: int
+    values: Any  # the decoded struct: column values at ``EventDecoder.column_attrs``
+
+
+class Malformed(NamedTuple):
+    reason: str
+
+
+class EventDecoder:
+    """Decodes one view's events; built once per view, used for every message."""
+
+    def __init__(self, view: FeatureView) -> None:
+        spec = view.stream
+        assert spec is not None
+        src = spec.source
+        fields: dict[str, tuple[str, Any, bool]] = {}  # JSON name -> (attribute, type, required)
+
+        def attr(name: str, kind: Any, required: bool) -> str:
+            if name not in fields:
+                fields[name] = (f"a{len(fields)}", kind, required)
+            return fields[name][0]
+
+        self.keys = [
+            attr(f, int if e.dtype is DType.INT64 else str, True)
+            for f, e in zip(src.key_fields, view.entities, strict=True)
+        ]
+        self.string_keys = [
+            a for a, e in zip(self.keys, view.entities, strict=True) if e.dtype is DType.STRING
+        ]
+        self.ts_field = src.timestamp_field
+        self.ts = attr(src.timestamp_field, int | float | str, True)
+        self.column_attrs = [attr(c, float | None, False) for c in view_layout(view).columns]
+        self.filter = [(attr(name, Any, False), want) for name, want in src.filter]
+        self.scale = TIMESTAMP_UNITS[src.timestamp_unit]
+        struct = msgspec.defstruct(
+            f"{view.name}_event",
+            [(a, kind) if required else (a, kind, None) for a, kind, required in fields.values()],
+            rename={a: name for name, (a, _, _) in fields.items()},
+        )
+        self._decoder = msgspec.json.Decoder(struct)
+
+    def decode(self, raw: bytes | None) -> Event | Malformed | None:
+        """The event, why it is malformed, or None when the filter drops it."""
+        if not raw:
+            return Malformed("empty message")
+        try:
+            ev = self._decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            return Malformed(str(e))
+        except msgspec.DecodeError as e:
+            return Malformed(f"not valid JSON: {e}")
+        for name, want in self.filter:
+            if getattr(ev, name) != want:
+                return None
+        for name in self.string_keys:
+            if KEY_SEPARATOR in getattr(ev, name):
+                return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
+        keys = self.keys
+        key = (
+            str(getattr(ev, keys[0]))
+            if len(keys) == 1
+            else KEY_SEPARATOR.join(str(getattr(ev, k)) for k in keys)
+        )
+        v = getattr(ev, self.ts)
+        if type(v) is str:
+            try:
+                t = datetime.fromisoformat(v)
+            except ValueError:
+                return Malformed(f"timestamp field {self.ts_field!r}: not ISO-8601: {v[:40]!r}")
+            if t.tzinfo is None:
+                t = t.replace(tzinfo=UTC)
+            return Event(key, (t - _EPOCH) // _MICROSECOND, ev)
+        return Event(key, int(v * self.scale), ev)

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the stream processor, per view, all ``featurestore_stream_*``.
+
+The processor serves them on its own port (``featurestore stream run --metrics-port``).
+Each batch updates them once, never per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "featurestore_stream_events_total",
+    "Events of a stream view by outcome: consumed (read from Kafka), applied (in tiles), late "
+    "(beyond the allowed lateness: dropped), dead_lettered (malformed), filtered, duplicate "
+    "(at or below the stored offset: already applied).",
+    ["view", "outcome"],
+)
+BATCHES = Counter(
+    "featurestore_stream_batches_total",
+    "Batches written to the tile store, by result (applied, conflict: a partition's stored offset "
+    "moved, e.g. after a rebalance; the batch was dropped and re-read).",
+    ["view", "result"],
+)
+LAG_MESSAGES = Gauge(
+    "featurestore_stream_lag_messages",
+    "Messages in the topic not yet applied (high watermark - next offset), summed over assigned partitions.",
+    ["view"],
+)
+LAG_SECONDS = Gauge(
+    "featurestore_stream_lag_seconds",
+    "Age of the newest applied message (now - its Kafka timestamp) while messages are waiting; 0 when caught up.",
+    ["view"],
+)
+LATENCY = Histogram(
+    "featurestore_stream_event_to_servable_seconds",
+    "From an event's Kafka timestamp to its tiles written (servable), observed for the oldest and "
+    "newest event of each batch.",
+    ["view"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+UP = Gauge(
+    "featurestore_stream_processor_up", "1 while the view's processor runs its consume loop.", ["view"]
+)

@@ -1,0 +1,345 @@
+"""The stream processor: Kafka -> tiles in the view's store, each event's effect once.
+
+One processor per stream view, in its own consumer group, in a thread (confluent-kafka
+blocks). Each turn consumes a batch (``consume(num_messages=...)``), decodes and
+aggregates it in memory per (key, tile), sends malformed events to the dead-letter
+topic, and writes the batch with one ``TileStore.apply``: tiles and every partition's
+mark (last offset applied, watermark) together, atomically, from the marks it last saw.
+The write runs in a writer thread while the next batch is consumed (one in flight; the
+next batch is built on the marks the write in flight will store, and dropped with it if
+that write is refused). Only after the write are the offsets committed to Kafka. Whatever is redelivered (a crash before
+the commit, a rebalance) is at or below the stored mark and skipped; when another
+processor moved a mark meanwhile, the batch is refused whole and the partitions are
+re-read from the stored marks. On assignment the consumer starts from the stored marks,
+not from Kafka's committed offsets (those only feed lag tools).
+
+Late events: per partition, the watermark is the newest event time applied; an event
+older than the watermark minus the view's allowed lateness is dropped and counted. The
+watermark is stored with the offset, so a restart decides exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from featurestore.logs import RepeatLimitedLog
+from featurestore.model import FeatureView
+from featurestore.streaming import metrics
+from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
+from featurestore.streaming.tiles import TileAccumulator, view_layout
+from lineage.kafka import KafkaSettings, ensure_topic
+
+log = logging.getLogger(__name__)
+REASON_HEADER = "featurestore-error"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorOptions:
+    batch_messages: int = 5000
+    poll_seconds: float = 0.05
+    group_id: str = ""  # default: featurestore-stream-{project}-{view}
+    dead_letter_topic: str = ""  # default: {topic}.dlq
+    lag_interval_seconds: float = 5.0
+
+
+class _Turn:
+    """What one batch did, per partition and in total."""
+
+    def __init__(self) -> None:
+        self.work: dict[int, list[int]] = {}  # partition -> [expected offset, last offset, watermark]
+        self.dead: list[tuple[Any, str]] = []
+        self.counts = {
+            "consumed": 0,
+            "applied": 0,
+            "late": 0,
+            "dead_lettered": 0,
+            "filtered": 0,
+            "duplicate": 0,
+        }
+        self.first_ms = 0
+        self.last_ms = 0
+
+
+class StreamProcessor:
+    def __init__(
+        self,
+        view: FeatureView,
+        store: TileStore,
+        kafka: KafkaSettings,
+        project: str,
+        options: ProcessorOptions | None = None,
+    ) -> None:
+        assert view.stream is not None
+        self.view = view
+        self.store = store
+        self.kafka = kafka
+        self.options = options or ProcessorOptions()
+        self.topic = view.stream.source.topic
+        self.group_id = self.options.group_id or f"featurestore-stream-{project}-{view.name}"
+        self.dead_letter_topic = self.options.dead_letter_topic or f"{self.topic}.dlq"
+        self.layout = view_layout(view)
+        self.decoder = EventDecoder(view)
+        self.lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
+        self.marks: dict[int, PartitionMark] = {}  # assigned partitions -> stored mark
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._last_lag = 0.0
+        self._newest_applied_ms = 0
+        self._errors = RepeatLimitedLog(log)  # used by this processor's consume thread only
+        self._stop = threading.Event()  # run()'s, once it runs
+        # One write in flight at a time, in its own thread: Redis merges batch n while
+        # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
+        # no GIL).
+        self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
+        self._pending: tuple[futures.Future[str | None], TileBatch, _Turn] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        base = self.kafka.client_config()
+        self._consumer = Consumer(
+            {
+                **base,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "session.timeout.ms": self.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": self.kafka.heartbeat_interval_ms,
+            }
+        )
+        self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5})
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            ensure_topic(AdminClient(base), self.dead_letter_topic, 1, self.kafka.replication_factor)
+        except Exception as e:  # dead letters wait in the producer until someone creates it
+            log.warning("stream view %s: dead-letter topic %s: %s", self.view.name, self.dead_letter_topic, e)
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; then leave the group."""
+        self._stop = stop
+        self._connect()
+        up = metrics.UP.labels(self.view.name)
+        up.set(1)
+        log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
+        try:
+            while not stop.is_set():
+                self.turn(stop)
+            self._finish(stop)
+        finally:
+            up.set(0)
+            self._writer.shutdown(wait=True)
+            self._consumer.close()
+            self._producer.flush(5)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._settle()
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
+        for p in partitions:
+            mark = stored.get(p.partition, NO_MARK)
+            self.marks[p.partition] = mark
+            if mark.offset >= 0:
+                p.offset = mark.offset + 1
+        consumer.assign(partitions)
+        log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._settle()  # the write in flight lands before the partitions' next owner reads the marks
+        for p in partitions:
+            self.marks.pop(p.partition, None)
+        consumer.unassign()
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def turn(self, stop: threading.Event) -> None:
+        messages = self._consumer.consume(
+            num_messages=self.options.batch_messages, timeout=self.options.poll_seconds
+        )
+        if messages:
+            acc = TileAccumulator(self.layout, self.decoder.column_attrs)
+            turn = self._aggregate(messages, acc)
+            if turn.work and self._finish(stop):
+                self._submit(turn, acc, stop)
+        elif self._pending is not None:
+            self._finish(stop)
+        now = time.monotonic()
+        if now - self._last_lag >= self.options.lag_interval_seconds:
+            self._last_lag = now
+            self._measure_lag()
+
+    def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
+        turn = _Turn()
+        counts = turn.counts
+        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
+        for m in messages:
+            if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
+                self._errors.log(
+                    m.error().code(), "stream view %s: consumer error %s", self.view.name, m.error()
+                )
+                continue
+            counts["consumed"] += 1
+            partition, offset = m.partition(), m.offset()
+            state = turn.work.get(partition)
+            if state is None:
+                mark = self.marks.get(partition)
+                if mark is None:  # revoked meanwhile: its next owner reads it
+                    continue
+                state = turn.work[partition] = [mark.offset, mark.offset, mark.watermark_us]
+            if offset <= state[1]:
+                counts["duplicate"] += 1
+                continue
+            state[1] = offset
+            ts_ms = m.timestamp()[1]
+            turn.first_ms = turn.first_ms or ts_ms
+            turn.last_ms = ts_ms
+            event = decode(m.value())
+            if event is None:
+                counts["filtered"] += 1
+            elif isinstance(event, Malformed):
+                turn.dead.append((m, event.reason))
+            elif event.ts_us < state[2] - lateness:
+                counts["late"] += 1
+            else:
+                if event.ts_us > state[2]:
+                    state[2] = event.ts_us
+                add(event.key, event.ts_us, event.values)
+                counts["applied"] += 1
+        return turn
+
+    def _submit(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:
+        """Write the batch in the writer thread while the next one is consumed; the marks
+        move at once (the next batch is built on them) and back if the write is refused."""
+        if turn.dead:
+            self._dead_letter(turn.dead, stop)
+            turn.counts["dead_lettered"] = len(turn.dead)
+        batch = TileBatch(
+            topic=self.topic,
+            marks={p: (exp, PartitionMark(last, wm)) for p, (exp, last, wm) in turn.work.items()},
+            records=acc.records,
+            now_tile=time.time_ns() // 1000 // self.layout.tile_us,
+            events=turn.counts["applied"],
+        )
+        for p, (_, mark) in batch.marks.items():
+            if p in self.marks:
+                self.marks[p] = mark
+        future = self._writer.submit(self._retrying, stop, self.store.apply, self.view, batch)
+        self._pending = (future, batch, turn)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            futures.wait([self._pending[0]])
+
+    def _finish(self, stop: threading.Event) -> bool:
+        """Wait for the write in flight and account for it; False when it was refused
+        (the partitions are re-read from the stored marks: a batch built meanwhile is void)."""
+        if self._pending is None:
+            return True
+        future, batch, turn = self._pending
+        self._pending = None
+        refused = future.result()
+        view = self.view.name
+        if refused is not None:
+            metrics.BATCHES.labels(view, "conflict").inc()
+            log.warning(
+                "stream view %s: batch refused (%s); re-reading from the stored offsets", view, refused
+            )
+            self._reseek()
+            return False
+        metrics.BATCHES.labels(view, "applied").inc()
+        for outcome, n in turn.counts.items():
+            if n:
+                metrics.EVENTS.labels(view, outcome).inc(n)
+        now_ms = time.time() * 1000
+        for ts_ms in {turn.first_ms, turn.last_ms}:
+            if ts_ms > 0:
+                metrics.LATENCY.labels(view).observe(max(0.0, (now_ms - ts_ms) / 1000))
+        self._newest_applied_ms = max(self._newest_applied_ms, turn.last_ms)
+        self._commit(batch)
+        return True
+
+    def _commit(self, batch: TileBatch) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(self.topic, p, mark.offset + 1) for p, (_, mark) in batch.marks.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as e:  # the marks in the store are what counts; Kafka's are for lag tools
+            log.debug("stream view %s: commit: %s", self.view.name, e)
+
+    def _reseek(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
+        for p in list(self.marks):
+            mark = self.marks[p] = stored.get(p, NO_MARK)
+            offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(self.topic, p, offset))
+
+    def _dead_letter(self, dead: list[tuple[Any, str]], stop: threading.Event) -> None:
+        """Deliver every dead letter before the batch's offsets move past them."""
+        for m, reason in dead:
+            headers = [
+                (REASON_HEADER, reason.encode()),
+                ("featurestore-view", self.view.name.encode()),
+                ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
+            ]
+            self._producer.produce(self.dead_letter_topic, value=m.value(), key=m.key(), headers=headers)
+        while self._producer.flush(5) > 0 and not stop.is_set():
+            log.warning(
+                "stream view %s: dead-letter topic %s not reachable yet",
+                self.view.name,
+                self.dead_letter_topic,
+            )
+
+    def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
+        def log_retry(state: RetryCallState) -> None:
+            log.warning(
+                "stream view %s: tile store write failed (%r); retrying",
+                self.view.name,
+                state.outcome.exception() if state.outcome else None,
+            )
+
+        for attempt in Retrying(
+            retry=retry_if_exception_type((ConnectionError, TimeoutError, OSError, _redis_errors())),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            stop=lambda _state: stop.is_set(),
+            before_sleep=log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                return fn(*args)
+        return None
+
+    def _measure_lag(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        total = 0
+        for p, mark in list(self.marks.items()):
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1)
+            except Exception as e:  # the broker is slow: keep the last figure
+                log.debug("stream view %s: watermark offsets of %s: %s", self.view.name, p, e)
+                return
+            nxt = mark.offset + 1 if mark.offset >= 0 else low
+            total += max(0, high - nxt)
+        metrics.LAG_MESSAGES.labels(self.view.name).set(total)
+        age = time.time() - self._newest_applied_ms / 1000 if total and self._newest_applied_ms else 0.0
+        metrics.LAG_SECONDS.labels(self.view.name).set(max(0.0, age))
+
+
+def _redis_errors() -> type[Exception]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError

@@ -1,0 +1,129 @@
+"""The ``TileStore`` port: where a stream view's tiles and its consumer's marks live.
+
+The processor (a thread, synchronous) writes one ``TileBatch`` per consumed batch: the
+batch's tile records merge into the stored ones, and each partition's mark (the last
+offset applied and the watermark) moves from the value the processor last saw to the
+new one, all atomically. A mark that moved meanwhile (another processor took the
+partition over and wrote) refuses the whole batch: nothing of it is applied, so an
+event is never counted twice. Serving reads the tiles of many keys at once (async).
+
+Adapters: ``MemoryTileStore`` here (one process: tests and the embedded demo) and
+``RedisTileStore`` (``redis_store.py``); both pass ``tests/contract/test_tile_store.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from featurestore.model import FeatureView
+from featurestore.streaming.tiles import merge, view_layout
+
+
+class PartitionMark(NamedTuple):
+    offset: int  # the last offset applied (-1: none yet)
+    watermark_us: int  # the newest event time accepted from the partition
+
+
+NO_MARK = PartitionMark(-1, -(2**62))
+
+
+@dataclass(frozen=True, slots=True)
+class TileBatch:
+    topic: str
+    # partition -> (the offset the processor last saw stored, the new mark)
+    marks: Mapping[int, tuple[int, PartitionMark]]
+    records: Mapping[str, Mapping[int, Sequence[float]]]  # entity key text -> tile -> partial record
+    now_tile: int  # the processor's clock, for dropping tiles no window reaches any more
+    events: int = field(default=0, compare=False)  # applied events in the batch (metrics)
+
+
+def ttl_seconds(view: FeatureView) -> int:
+    """How long an idle key's tiles are kept: the longest window, one tile, the lateness."""
+    s = view.stream
+    assert s is not None
+    return s.max_window_seconds + s.tile_seconds + s.allowed_lateness_seconds
+
+
+@runtime_checkable
+class TileStore(Protocol):
+    def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
+        """The stored mark of every partition of ``topic`` applied to the view."""
+        ...
+
+    def apply(self, view: FeatureView, batch: TileBatch) -> str | None:
+        """Apply the batch atomically; None when done, else why it was refused (a mark moved)."""
+        ...
+
+    async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
+        """Each key's tile records, concatenated (any order); None for a key without any."""
+        ...
+
+    def table_uri(self, view: FeatureView) -> str: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryTileStore:
+    """Tiles in this process's memory; the processor and the join must share the object."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._tiles: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = {}
+        self._touched: dict[tuple[str, str, str], float] = {}  # key -> last write (monotonic)
+        self._marks: dict[tuple[str, str, str], dict[int, PartitionMark]] = {}
+
+    def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
+        with self._lock:
+            return dict(self._marks.get((view.name, view.layout, topic), {}))
+
+    def apply(self, view: FeatureView, batch: TileBatch) -> str | None:
+        layout = view_layout(view)
+        with self._lock:
+            marks = self._marks.setdefault((view.name, view.layout, batch.topic), {})
+            for partition, (expected, _) in batch.marks.items():
+                stored = marks.get(partition, NO_MARK).offset
+                if stored != expected:
+                    return f"partition {partition}: stored offset {stored}, expected {expected}"
+            for partition, (_, mark) in batch.marks.items():
+                marks[partition] = mark
+            tiles = self._tiles.setdefault((view.name, view.layout), {})
+            now = time.monotonic()
+            oldest = batch.now_tile - layout.retention_tiles
+            for key, records in batch.records.items():
+                by_tile = tiles.setdefault(key, {})
+                for tile, record in records.items():
+                    old = by_tile.get(tile)
+                    by_tile[tile] = list(record) if old is None else merge(layout, old, record)
+                for t in [t for t in by_tile if t < oldest]:
+                    del by_tile[t]
+                self._touched[(view.name, view.layout, key)] = now
+        return None
+
+    async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
+        layout = view_layout(view)
+        tiles = self._tiles.get((view.name, view.layout), {})
+        cutoff = time.monotonic() - ttl_seconds(view)
+        out: list[bytes | None] = []
+        for key in keys:
+            by_tile = tiles.get(key)
+            if not by_tile or self._touched.get((view.name, view.layout, key), 0.0) < cutoff:
+                out.append(None)
+                continue
+            out.append(b"".join(layout.pack(r) for r in list(by_tile.values())))
+        return out
+
+    def table_uri(self, view: FeatureView) -> str:
+        return f"memory://{self.name}/{view.name}/tiles"
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,120 @@
+"""The TileStore contract: every adapter (memory, redis) runs this same suite."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import pytest
+
+from featurestore.definitions.stream import dtype_of
+from featurestore.model import Aggregation, DType, Entity, Feature, FeatureView, StreamSource, StreamSpec
+from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
+from featurestore.streaming.tiles import TileAccumulator, view_layout
+from tests.contract.adapters import TILE_STORES, make_tile_store
+
+USER = Entity("user_id", DType.INT64)
+AGGS = (
+    Aggregation("n", "count", "", 300),
+    Aggregation("total", "sum", "amount", 300),
+    Aggregation("lo", "min", "amount", 300),
+    Aggregation("hi", "max", "amount", 300),
+    Aggregation("latest", "last", "amount", 300),
+)
+VIEW = FeatureView(
+    "clicks",
+    (USER,),
+    tuple(Feature(a.name, dtype_of(a.function)) for a in AGGS),
+    stream=StreamSpec(StreamSource("clicks", ("user_id",)), AGGS, tile_seconds=60),
+)
+TILE_US = 60_000_000
+NOW_TILE = 29_000_000  # ~2025 in minutes
+
+
+@pytest.fixture(params=TILE_STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TileStore]:
+    s = make_tile_store(request.param, request)
+    yield s
+    await s.aclose()
+
+
+def batch(events: list[tuple[str, int, float]], marks: dict[int, tuple[int, PartitionMark]]) -> TileBatch:
+    acc = TileAccumulator(view_layout(VIEW))
+    for key, ts, amount in events:
+        acc.add(key, ts, {"amount": amount})
+    return TileBatch("clicks", marks, acc.records, NOW_TILE)
+
+
+def records(raw: bytes | None) -> dict[int, list[float]]:
+    layout = view_layout(VIEW)
+    assert raw is not None
+    size = layout.record_bytes
+    out = {}
+    for i in range(0, len(raw), size):
+        rec = layout.unpack(raw[i : i + size])
+        out[int(rec[0])] = rec
+    return out
+
+
+async def test_a_store_without_marks_reports_none(store: TileStore) -> None:
+    assert store.marks(VIEW, "clicks") == {}
+    assert await store.read(VIEW, ["1"]) == [None]
+
+
+async def test_batches_merge_into_the_tiles_and_move_the_marks_together(store: TileStore) -> None:
+    t = NOW_TILE * TILE_US
+    first = batch([("1", t + 1, 5.0), ("1", t + 2, 3.0)], {0: (-1, PartitionMark(10, t + 2))})
+    assert store.apply(VIEW, first) is None
+    second = batch([("1", t + 5, 7.0), ("1", t + 4, 1.0)], {0: (10, PartitionMark(12, t + 5))})
+    assert store.apply(VIEW, second) is None
+    assert store.marks(VIEW, "clicks") == {0: PartitionMark(12, t + 5)}
+    rec = records((await store.read(VIEW, ["1"]))[0])[NOW_TILE]
+    ops = view_layout(VIEW).ops
+    assert rec[1] == t + 5  # the newest event
+    assert [rec[i] for i, op in enumerate(ops) if op == "c"] == [4.0]
+    assert [rec[i] for i, op in enumerate(ops) if op == "a"] == [16.0]
+    assert [rec[i] for i, op in enumerate(ops) if op == "m"] == [1.0]
+    assert [rec[i] for i, op in enumerate(ops) if op == "M" and i > 1] == [7.0]
+    last = ops.index("T")
+    assert rec[last] == t + 5 and rec[last + 1] == 7.0  # the newest event's value, whatever the order
+
+
+async def test_a_batch_from_a_stale_mark_is_refused_whole(store: TileStore) -> None:
+    t = NOW_TILE * TILE_US
+    assert store.apply(VIEW, batch([("1", t, 1.0)], {0: (-1, PartitionMark(5, t))})) is None
+    # a processor that still thinks the partition is at -1 (it lost it in a rebalance)
+    stale = batch(
+        [("1", t, 100.0), ("2", t, 1.0)], {0: (-1, PartitionMark(9, t)), 1: (-1, PartitionMark(3, t))}
+    )
+    refused = store.apply(VIEW, stale)
+    assert refused is not None and "5" in refused
+    assert store.marks(VIEW, "clicks") == {0: PartitionMark(5, t)}  # partition 1 untouched too
+    got = await store.read(VIEW, ["1", "2"])
+    assert got[1] is None
+    rec = records(got[0])[NOW_TILE]
+    assert rec[view_layout(VIEW).ops.index("a")] == 1.0
+
+
+async def test_tiles_no_window_reaches_are_dropped_on_write(store: TileStore) -> None:
+    t = NOW_TILE * TILE_US
+    old = (NOW_TILE - 50) * TILE_US
+    assert store.apply(VIEW, batch([("1", old, 1.0)], {0: (-1, PartitionMark(0, old))})) is None
+    for i in range(1, 12):  # the 5-minute window keeps 6 tiles; writes past the slack prune
+        ts = t + i * TILE_US
+        marks = {0: (i - 1, PartitionMark(i, ts))}
+        assert (
+            store.apply(VIEW, TileBatch("clicks", marks, batch([("1", ts, 1.0)], {}).records, NOW_TILE + i))
+            is None
+        )
+    tiles = records((await store.read(VIEW, ["1"]))[0])
+    assert NOW_TILE - 50 not in tiles
+    assert max(tiles) == NOW_TILE + 11
+
+
+async def test_marks_are_per_topic(store: TileStore) -> None:
+    t = NOW_TILE * TILE_US
+    other = TileBatch("other", {0: (-1, PartitionMark(3, t))}, {}, NOW_TILE)
+    assert store.apply(VIEW, other) is None
+    assert store.marks(VIEW, "clicks") == {}
+    assert store.marks(VIEW, "other") == {0: PartitionMark(3, t)}
+    assert NO_MARK.offset == -1 and math.isfinite(NO_MARK.watermark_us)
