@@ -43,6 +43,9 @@ def register(sub: Subcommands) -> None:
     k.add_argument("--max-mismatch", type=float, default=0.0, help="allowed (stale + conflict) / checked")
     k.add_argument("--seed", type=int, default=0, help="the key sample's seed")
     k.add_argument(
+        "--clickhouse-dsn", help="where a batch_source table lives (default: the config's clickhouse store)"
+    )
+    k.add_argument(
         "--token-file",
         default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
         help="--url: file holding a bearer token with scopes read and admin (default: $FEATURESTORE_TOKEN_FILE)",
@@ -97,7 +100,7 @@ async def _check(view: FeatureView, args: argparse.Namespace, read: OnlineReader
     from featurestore.jobs import default_source
     from featurestore.quality.consistency import check, offline_rows, offline_sides, sample_keys
 
-    offline = offline_sides(view, await offline_rows(view, default_source(view, config, None)))
+    offline = offline_sides(view, await offline_rows(view, default_source(view, config, args.clickhouse_dsn)))
     keys = sample_keys(offline, args.sample, _keys(view, args.key), args.seed)
     return await check(view, offline, keys, read)
 
