@@ -68,6 +68,11 @@ def test_the_demo_is_consistent_then_shows_conflict_online_newer_stale_and_missi
     proc, users = demo
     code, report = check(proc.url)
     assert code == 0 and report["checked"] == 300 and report["consistent"] == 300, report
+    # the demo's ClickHouse view (materialized into the in-process engine at start) too
+    out = cli(
+        "check", "consistency", "--view", "user_transactions", "--url", proc.url, "--sample", "200", "--json"
+    )
+    assert out.returncode == 0 and json.loads(out.stdout)["consistent"] == 200, out.stdout + out.stderr
 
     # a push with the same event time and another value: a conflict (exit 1)
     same = row_of(proc, 17)
