@@ -179,30 +179,3 @@ def test_the_budget_counts_aliases_and_lists_too() -> None:
     assert "more than 50 graph lookups" in doc["errors"][0]["message"]
     status, doc = _post(app, '{ a: feature(id: "v1:f") { upstream { id } } }')  # 21
     assert status == 200 and "errors" not in doc, doc
-
-
-def test_drift_records_are_read_by_time_range_and_limit_is_checked() -> None:
-    from lineage.graph.drift import DriftRecord
-
-    graph = _dense_graph(1)
-    t0 = 1_796_000_000_000  # epoch ms
-    records = [
-        DriftRecord("v0:f", t0 + i * 60_000, "ks", 0.1 + i / 100, 1e-6, 1000, 3, "w1") for i in range(5)
-    ]
-    asyncio.run(graph.add_drift(records))
-    app = LineageGraphQL(graph)
-    status, doc = _post(
-        app,
-        '{ feature(id: "v0:f") { drift(since: "2026-11-30T00:54:00Z", limit: 2) '
-        "{ at test statistic pValue windowSize reference server } } }",
-    )
-    assert status == 200 and "errors" not in doc, doc
-    drift = doc["data"]["feature"]["drift"]
-    assert [round(d["statistic"], 6) for d in drift] == [
-        0.13,
-        0.14,
-    ]  # the newest 2 of the 4 since then, oldest first
-    assert drift[0] == {"at": "2026-11-30T00:56:20+00:00", "test": "ks", "statistic": 0.13, "pValue": 1e-06,
-                        "windowSize": 1000, "reference": 3, "server": "w1"}  # fmt: skip
-    status, doc = _post(app, '{ feature(id: "v0:f") { drift(limit: 0) { at } } }')
-    assert "limit must be between 1 and 1000, got 0" in doc["errors"][0]["message"]
