@@ -15,7 +15,7 @@ from typing import Any
 
 from featurestore.cli.base import Subcommands
 from featurestore.cli.join import token_from_args
-from featurestore.errors import InvalidArgument, NotFound, Unavailable
+from featurestore.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from featurestore.model import Definitions, DType, FeatureView
 from featurestore.quality.consistency import CLASSES, OnlineReader, Report, Side
 from featurestore.sources.base import EntityKey
@@ -145,7 +145,8 @@ async def _run_url(args: argparse.Namespace) -> Report:
     async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers) as http:
         r = await http.get("/v1/registry")
         if r.status_code != 200:
-            raise Unavailable(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
+            error = {401: Unauthenticated, 403: PermissionDenied}.get(r.status_code, Unavailable)
+            raise error(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
         definitions = definitions_from_dict(r.json()["definitions"])
     view = _view(definitions, args.view)
     async with AsyncFeatureClient(args.url, deadline=10.0, token=token) as client:
