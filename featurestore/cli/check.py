@@ -15,7 +15,7 @@ from typing import Any
 
 from featurestore.cli.base import Subcommands
 from featurestore.cli.join import token_from_args
-from featurestore.errors import InvalidArgument, NotFound, Unavailable
+from featurestore.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from featurestore.model import Definitions, DType, FeatureView
 from featurestore.quality.consistency import CLASSES, OnlineReader, Report, Side
 from featurestore.sources.base import EntityKey
@@ -42,6 +42,9 @@ def register(sub: Subcommands) -> None:
     )
     k.add_argument("--max-mismatch", type=float, default=0.0, help="allowed (stale + conflict) / checked")
     k.add_argument("--seed", type=int, default=0, help="the key sample's seed")
+    k.add_argument(
+        "--clickhouse-dsn", help="where a batch_source table lives (default: the config's clickhouse store)"
+    )
     k.add_argument(
         "--token-file",
         default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
@@ -97,7 +100,7 @@ async def _check(view: FeatureView, args: argparse.Namespace, read: OnlineReader
     from featurestore.jobs import default_source
     from featurestore.quality.consistency import check, offline_rows, offline_sides, sample_keys
 
-    offline = offline_sides(view, await offline_rows(view, default_source(view, config, None)))
+    offline = offline_sides(view, await offline_rows(view, default_source(view, config, args.clickhouse_dsn)))
     keys = sample_keys(offline, args.sample, _keys(view, args.key), args.seed)
     return await check(view, offline, keys, read)
 
@@ -142,7 +145,8 @@ async def _run_url(args: argparse.Namespace) -> Report:
     async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers) as http:
         r = await http.get("/v1/registry")
         if r.status_code != 200:
-            raise Unavailable(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
+            error = {401: Unauthenticated, 403: PermissionDenied}.get(r.status_code, Unavailable)
+            raise error(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
         definitions = definitions_from_dict(r.json()["definitions"])
     view = _view(definitions, args.view)
     async with AsyncFeatureClient(args.url, deadline=10.0, token=token) as client:

@@ -14,17 +14,20 @@ from collections.abc import Callable, Mapping
 
 from featurestore import metrics
 from featurestore.config import Config
+from featurestore.model import FeatureView
+from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
 from featurestore.quality.consistency import (
     CLASSES,
     Report,
+    Side,
     check,
     offline_rows,
     offline_sides,
     sample_keys,
     store_reader,
 )
-from featurestore.sources.base import OnlineSource
+from featurestore.sources.base import EntityKey, OnlineSource
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,10 @@ class ConsistencySchedule:
         try:
             if view is None or store is None:
                 raise LookupError(f"view {name!r} is not served by this server")
-            offline = offline_sides(view, await offline_rows(view, default_source(view, self.config, None)))
+            source = default_source(view, self.config, None)
+            # Reading and indexing the whole batch source is ~0.2 s of Python per 100k rows:
+            # on a thread with its own loop, so the serving loop never waits for it.
+            offline = await asyncio.to_thread(_read_offline, view, source)
             keys = sample_keys(offline, self.settings.sample)
             reader = store_reader(store, view, state.data_versions.get(name, 0))
             report = await check(view, offline, keys, reader)
@@ -69,3 +75,7 @@ class ConsistencySchedule:
         metrics.CONSISTENCY_CHECKS.labels(name, "mismatch" if failed else "ok").inc()
         log.info("consistency of %s: %s", name, ", ".join(f"{c} {report.counts[c]}" for c in CLASSES))
         return report
+
+
+def _read_offline(view: FeatureView, source: OfflineSource) -> dict[EntityKey, Side]:
+    return offline_sides(view, asyncio.run(offline_rows(view, source)))

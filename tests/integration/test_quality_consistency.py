@@ -68,6 +68,11 @@ def test_the_demo_is_consistent_then_shows_conflict_online_newer_stale_and_missi
     proc, users = demo
     code, report = check(proc.url)
     assert code == 0 and report["checked"] == 300 and report["consistent"] == 300, report
+    # the demo's ClickHouse view (materialized into the in-process engine at start) too
+    out = cli(
+        "check", "consistency", "--view", "user_transactions", "--url", proc.url, "--sample", "200", "--json"
+    )
+    assert out.returncode == 0 and json.loads(out.stdout)["consistent"] == 200, out.stdout + out.stderr
 
     # a push with the same event time and another value: a conflict (exit 1)
     same = row_of(proc, 17)
@@ -109,9 +114,15 @@ def test_the_demo_is_consistent_then_shows_conflict_online_newer_stale_and_missi
 def test_usage_errors_exit_2_with_one_line(demo: Any) -> None:
     proc, _ = demo
     out = cli("check", "consistency", "--view", "nope", "--url", proc.url)
-    assert out.returncode == 2 and out.stderr == "error: unknown feature view 'nope'\n"
+    # one line, "error: [CODE: ]message" (main's CLI adds the status name)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
+    assert out.stderr.endswith("unknown feature view 'nope'\n")
     out = cli("check", "consistency", "--view", "user_profile", "--url", proc.url, "--sample", "0")
-    assert out.returncode == 2 and out.stderr.startswith("error: --sample:")
+    assert (
+        out.returncode == 2
+        and out.stderr.startswith("error: ")
+        and "--sample: expected an integer" in out.stderr
+    )
     out = cli("check", "consistency", "--view", "user_profile", "--url", "http://127.0.0.1:9")
     assert out.returncode == 2 and out.stderr.startswith("error: ")
 

@@ -67,3 +67,34 @@ async def test_a_scheduled_check_exports_counts_and_fails_on_a_conflict(tmp_path
 
     assert await schedule.check_view("nope") is None
     assert sample("featurestore_consistency_checks_total", view="nope", outcome="error") == 1
+
+
+def test_a_server_with_views_to_check_exports_their_consistency(tmp_path: Path) -> None:
+    import re
+
+    from tests.support import ServerProcess, http_get, wait_until
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "stores: {default: {kind: memory}, analytics: {kind: memory}}\n"
+        "quality: {consistency: {views: [user_profile], interval_seconds: 3600, sample: 100}}\n"
+    )
+    proc = ServerProcess(
+        ["--demo", "--data-dir", str(tmp_path / "data"), "--config", str(config)], log_path=tmp_path / "log"
+    )
+    proc.start(timeout=90)
+    try:
+        pattern = re.compile(
+            r'^featurestore_consistency_keys\{class="consistent",view="user_profile"\} (\S+)$', re.M
+        )
+
+        def consistent() -> float | None:
+            m = pattern.search(http_get(proc.url + "/metrics")[1].decode())
+            return float(m.group(1)) if m else None
+
+        wait_until(lambda: consistent() is not None, 60, "the first scheduled check")
+        assert consistent() == 100
+        metrics = http_get(proc.url + "/metrics")[1].decode()
+        assert 'featurestore_consistency_failed{view="user_profile"} 0.0' in metrics
+    finally:
+        proc.stop()

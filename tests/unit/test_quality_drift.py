@@ -210,3 +210,24 @@ async def test_the_memory_store_profiles_the_latest_row_per_key_of_the_file_it_l
         6.0,
         7.0,
     ]
+
+
+async def test_bool_features_are_tested_as_categories_named_like_the_profile() -> None:
+    flags = FeatureView("flags", (U,), (Feature("active", DType.BOOL),))
+    n = 10_000
+    table = pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "active": pa.array(np.arange(n) % 4 == 0),  # 25% true
+            "event_timestamp": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    store = MemorySource("default")
+    profile = profile_table(flags, 1, table)
+    assert profile.features["active"].categories == {"true": 2500, "false": 7500}
+    await store.write_profile(flags, 1, profile.to_bytes())
+    monitor = DriftMonitor({"default": store})
+    same = await monitor.check(Window(flags, "active", True, 1, [True] * 250 + [False] * 750))
+    flipped = await monitor.check(Window(flags, "active", True, 1, [True] * 750 + [False] * 250))
+    assert same is not None and not same.drifted and same.statistic == 0.0
+    assert flipped is not None and flipped.drifted
