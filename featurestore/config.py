@@ -169,13 +169,14 @@ def _store_doc(doc: Any) -> Any:
             out[name] = rest.pop(name)
     for name in STORE_SECRETS:
         secret = rest.get(name)
-        if isinstance(secret, int | float) and not isinstance(secret, bool):
-            secret = str(secret)  # `password: 12345678` in YAML is a number
         if isinstance(secret, str):
             rest[name] = SecretStr(secret)
         elif secret is not None and not isinstance(secret, SecretStr):
-            # never the value: it is a secret
-            raise PydanticCustomError("setting", f"{name}: expected a string (its value is not shown)")
+            # Never the value: it is a secret. Not a number made text either, as the other
+            # secrets: YAML reads `password: 0123` as 83.
+            raise PydanticCustomError(
+                "setting", f"{name}: expected a string, quoted in YAML (its value is not shown)"
+            )
     out["options"] = MappingProxyType(rest)
     if "kind" not in out:
         raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
