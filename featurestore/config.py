@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
@@ -46,13 +45,23 @@ from featurestore.settings import (
     describe,
     key,
     merge,
-    read_secret_file,
     resolve_secret_files,
     set_path,
 )
+from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, Stores, store_secret_files
 from lineage.kafka import KafkaSettings
 
-__all__ = ["Count", "Names", "Port", "Ratio", "Seconds", "Secret"]
+__all__ = [
+    "STORE_KINDS",
+    "STORE_SECRETS",
+    "Count",
+    "Names",
+    "Port",
+    "Ratio",
+    "Seconds",
+    "Secret",
+    "StoreConfig",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,66 +143,6 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
-
-
-def _store_kind(kind: str) -> str:
-    if kind not in STORE_KINDS:
-        raise _fail(f"unknown store kind {kind!r}; use {', '.join(STORE_KINDS)}", kind)
-    return kind
-
-
-STORE_KINDS = ("memory", "redis", "clickhouse")
-# Store options that are secrets: given inline, as `<name>_file`, or in the environment.
-STORE_SECRETS = ("password",)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    kind: Annotated[str, AfterValidator(_store_kind)] = "memory"
-    # kind-specific options (docs/storage.md); secrets among them are SecretStr
-    options: Annotated[Mapping[str, Any], AfterValidator(MappingProxyType)] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-    cache: bool = True  # the LRU cache in front (ignored for memory)
-
-
-def _store_doc(doc: Any) -> Any:
-    """A store as written (`{kind: redis, url: ..., cache: false}`): kind, cache, and
-    the rest as the kind's options."""
-    if isinstance(doc, StoreConfig) or not isinstance(doc, Mapping):
-        return doc
-    rest = dict(doc)
-    out: dict[str, Any] = {"options": {}}
-    for name in ("kind", "cache"):
-        if name in rest:
-            out[name] = rest.pop(name)
-    for name in STORE_SECRETS:
-        secret = rest.get(name)
-        if isinstance(secret, str):
-            rest[name] = SecretStr(secret)
-        elif secret is not None and not isinstance(secret, SecretStr):
-            # Never the value: it is a secret. Not a number made text either, as the other
-            # secrets: YAML reads `password: 0123` as 83.
-            raise PydanticCustomError(
-                "setting", f"{name}: expected a string, quoted in YAML (its value is not shown)"
-            )
-    out["options"] = MappingProxyType(rest)
-    if "kind" not in out:
-        raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
-    return out
-
-
-def _stores(value: Any) -> Any:
-    if isinstance(value, Mapping) and not value:
-        raise _fail("expected a mapping of store name to store settings", value)
-    return value
-
-
-Stores = Annotated[
-    Mapping[str, Annotated[StoreConfig, BeforeValidator(_store_doc)]],
-    BeforeValidator(_stores),
-    AfterValidator(MappingProxyType),
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,14 +320,5 @@ def _resolve_secrets(doc: dict[str, Any]) -> None:
     if isinstance(stores, dict):
         for store_name, store in stores.items():
             if isinstance(store, dict):
-                _store_secret_files(store, key("stores", store_name))
+                store_secret_files(store, key("stores", store_name))
     resolve_secret_files(doc, Config, "")
-
-
-def _store_secret_files(store: dict[str, Any], where: str) -> None:
-    for name in STORE_SECRETS:
-        file_key = f"{name}_file"
-        if file_key in store:
-            if name in store:
-                raise SettingError(key(where, file_key), f"give {name} or {file_key}, not both")
-            store[name] = read_secret_file(store.pop(file_key), key(where, file_key))
