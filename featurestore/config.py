@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
@@ -48,7 +48,8 @@ from featurestore.settings import (
     resolve_secret_files,
     set_path,
 )
-from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, Stores, store_secret_files
+from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, store_secret_files
+from featurestore.store_config import store_doc as _store_doc
 from lineage.kafka import KafkaSettings
 
 __all__ = [
@@ -143,6 +144,19 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
+
+
+def _stores(value: Any) -> Any:
+    if isinstance(value, Mapping) and not value:
+        raise _fail("expected a mapping of store name to store settings", value)
+    return value
+
+
+Stores = Annotated[
+    Mapping[str, Annotated[StoreConfig, BeforeValidator(_store_doc)]],
+    BeforeValidator(_stores),
+    AfterValidator(MappingProxyType),
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, SecretStr
+from pydantic import AfterValidator, SecretStr
 from pydantic_core import PydanticCustomError
 
 from featurestore.settings import SettingError, _fail, key, read_secret_file
@@ -38,7 +38,7 @@ class StoreConfig:
     cache: bool = True  # the LRU cache in front (ignored for memory)
 
 
-def _store_doc(doc: Any) -> Any:
+def store_doc(doc: Any) -> Any:
     """A store as written (`{kind: redis, url: ..., cache: false}`): kind, cache, and
     the rest as the kind's options."""
     if isinstance(doc, StoreConfig) or not isinstance(doc, Mapping):
@@ -62,19 +62,6 @@ def _store_doc(doc: Any) -> Any:
     if "kind" not in out:
         raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
     return out
-
-
-def _stores(value: Any) -> Any:
-    if isinstance(value, Mapping) and not value:
-        raise _fail("expected a mapping of store name to store settings", value)
-    return value
-
-
-Stores = Annotated[
-    Mapping[str, Annotated[StoreConfig, BeforeValidator(_store_doc)]],
-    BeforeValidator(_stores),
-    AfterValidator(MappingProxyType),
-]
 
 
 def store_secret_files(store: dict[str, Any], where: str) -> None:
