@@ -28,7 +28,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
@@ -43,12 +42,13 @@ from featurestore.settings import (
     SettingError,
     _fail,
     describe,
-    key,
     merge,
+    note_origin,
+    read_config_file,
     resolve_secret_files,
     set_path,
 )
-from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, store_secret_files
+from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, resolve_store_secret_files
 from featurestore.store_config import store_doc as _store_doc
 from lineage.kafka import KafkaSettings
 
@@ -283,30 +283,19 @@ def load_config(
     name = str(path) if path is not None else "config"
     origin: dict[tuple[str, ...], str] = {}
     try:
-        doc = _environment(_file(path), origin)
+        doc = _environment(read_config_file(path), origin)
         for keys, value in (overrides or {}).items():
             if value is not None:
                 set_path(doc, keys, value)
                 origin.pop(keys, None)
-        _resolve_secrets(doc)
+        resolve_store_secret_files(doc)
+        resolve_secret_files(doc, Config, "")
         return Config.model_validate(doc)
     except SettingError as e:
         raise InvalidArgument(f"{name}: {e.where}: {e.problem}") from None
     except ValidationError as e:
         problem = describe(e, Config, origin)
         raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
-
-
-def _file(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise InvalidArgument(f"config {path}: {e}") from e
-    if loaded is not None and not isinstance(loaded, dict):
-        raise SettingError("top level", "expected a mapping")
-    return loaded or {}
 
 
 def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dict[str, Any]:
@@ -317,22 +306,5 @@ def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dic
             set_path(doc, keys, os.environ[var])
             origin[keys] = var
     env = EnvSettingsSource(Config)()
-    _note_origin(env, (), origin)
+    note_origin(env, ENV_PREFIX, origin)
     return merge(doc, env)
-
-
-def _note_origin(doc: Mapping[str, Any], loc: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> None:
-    for k, v in doc.items():
-        if isinstance(v, Mapping):
-            _note_origin(v, (*loc, k), origin)
-        else:
-            origin[(*loc, k)] = ENV_PREFIX + "__".join((*loc, k)).upper()
-
-
-def _resolve_secrets(doc: dict[str, Any]) -> None:
-    stores = doc.get("stores")
-    if isinstance(stores, dict):
-        for store_name, store in stores.items():
-            if isinstance(store, dict):
-                store_secret_files(store, key("stores", store_name))
-    resolve_secret_files(doc, Config, "")

@@ -64,7 +64,17 @@ def store_doc(doc: Any) -> Any:
     return out
 
 
-def store_secret_files(store: dict[str, Any], where: str) -> None:
+def resolve_store_secret_files(doc: dict[str, Any]) -> None:
+    """Every store's ``<secret>_file`` in the configuration ``doc`` replaced by the
+    file's content (a SecretStr)."""
+    stores = doc.get("stores")
+    if isinstance(stores, dict):
+        for store_name, store in stores.items():
+            if isinstance(store, dict):
+                _store_secret_files(store, key("stores", store_name))
+
+
+def _store_secret_files(store: dict[str, Any], where: str) -> None:
     for name in STORE_SECRETS:
         file_key = f"{name}_file"
         if file_key in store:
