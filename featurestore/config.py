@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
-from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
@@ -44,15 +42,27 @@ from featurestore.settings import (
     SettingError,
     _fail,
     describe,
-    key,
     merge,
-    read_secret_file,
+    note_origin,
+    read_config_file,
     resolve_secret_files,
     set_path,
 )
+from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, resolve_store_secret_files
+from featurestore.store_config import store_doc as _store_doc
 from lineage.kafka import KafkaSettings
 
-__all__ = ["Count", "Names", "Port", "Ratio", "Seconds", "Secret"]
+__all__ = [
+    "STORE_KINDS",
+    "STORE_SECRETS",
+    "Count",
+    "Names",
+    "Port",
+    "Ratio",
+    "Seconds",
+    "Secret",
+    "StoreConfig",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,52 +148,6 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
-
-
-def _store_kind(kind: str) -> str:
-    if kind not in STORE_KINDS:
-        raise _fail(f"unknown store kind {kind!r}; use {', '.join(STORE_KINDS)}", kind)
-    return kind
-
-
-STORE_KINDS = ("memory", "redis", "clickhouse")
-# Store options that are secrets: given inline, as `<name>_file`, or in the environment.
-STORE_SECRETS = ("password",)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    kind: Annotated[str, AfterValidator(_store_kind)] = "memory"
-    # kind-specific options (docs/storage.md); secrets among them are SecretStr
-    options: Annotated[Mapping[str, Any], AfterValidator(MappingProxyType)] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-    cache: bool = True  # the LRU cache in front (ignored for memory)
-
-
-def _store_doc(doc: Any) -> Any:
-    """A store as written (`{kind: redis, url: ..., cache: false}`): kind, cache, and
-    the rest as the kind's options."""
-    if isinstance(doc, StoreConfig) or not isinstance(doc, Mapping):
-        return doc
-    rest = dict(doc)
-    out: dict[str, Any] = {"options": {}}
-    for name in ("kind", "cache"):
-        if name in rest:
-            out[name] = rest.pop(name)
-    for name in STORE_SECRETS:
-        secret = rest.get(name)
-        if isinstance(secret, int | float) and not isinstance(secret, bool):
-            secret = str(secret)  # `password: 12345678` in YAML is a number
-        if isinstance(secret, str):
-            rest[name] = SecretStr(secret)
-        elif secret is not None and not isinstance(secret, SecretStr):
-            # never the value: it is a secret
-            raise PydanticCustomError("setting", f"{name}: expected a string (its value is not shown)")
-    out["options"] = MappingProxyType(rest)
-    if "kind" not in out:
-        raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
-    return out
 
 
 def _stores(value: Any) -> Any:
@@ -396,30 +360,19 @@ def load_config(
     name = str(path) if path is not None else "config"
     origin: dict[tuple[str, ...], str] = {}
     try:
-        doc = _environment(_file(path), origin)
+        doc = _environment(read_config_file(path), origin)
         for keys, value in (overrides or {}).items():
             if value is not None:
                 set_path(doc, keys, value)
                 origin.pop(keys, None)
-        _resolve_secrets(doc)
+        resolve_store_secret_files(doc)
+        resolve_secret_files(doc, Config, "")
         return Config.model_validate(doc)
     except SettingError as e:
         raise InvalidArgument(f"{name}: {e.where}: {e.problem}") from None
     except ValidationError as e:
         problem = describe(e, Config, origin)
         raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
-
-
-def _file(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise InvalidArgument(f"config {path}: {e}") from e
-    if loaded is not None and not isinstance(loaded, dict):
-        raise SettingError("top level", "expected a mapping")
-    return loaded or {}
 
 
 def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dict[str, Any]:
@@ -430,31 +383,5 @@ def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dic
             set_path(doc, keys, os.environ[var])
             origin[keys] = var
     env = EnvSettingsSource(Config)()
-    _note_origin(env, (), origin)
+    note_origin(env, ENV_PREFIX, origin)
     return merge(doc, env)
-
-
-def _note_origin(doc: Mapping[str, Any], loc: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> None:
-    for k, v in doc.items():
-        if isinstance(v, Mapping):
-            _note_origin(v, (*loc, k), origin)
-        else:
-            origin[(*loc, k)] = ENV_PREFIX + "__".join((*loc, k)).upper()
-
-
-def _resolve_secrets(doc: dict[str, Any]) -> None:
-    stores = doc.get("stores")
-    if isinstance(stores, dict):
-        for store_name, store in stores.items():
-            if isinstance(store, dict):
-                _store_secret_files(store, key("stores", store_name))
-    resolve_secret_files(doc, Config, "")
-
-
-def _store_secret_files(store: dict[str, Any], where: str) -> None:
-    for name in STORE_SECRETS:
-        file_key = f"{name}_file"
-        if file_key in store:
-            if name in store:
-                raise SettingError(key(where, file_key), f"give {name} or {file_key}, not both")
-            store[name] = read_secret_file(store.pop(file_key), key(where, file_key))

@@ -23,8 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
+
+from featurestore.errors import InvalidArgument
 
 Secret = SecretStr
 
@@ -228,3 +231,28 @@ def store_options(cls: type[Any], options: Mapping[str, Any]) -> dict[str, Any]:
         elif kind in (bool, "bool") and value.strip().lower() in ("true", "false"):
             out[name] = value.strip().lower() == "true"
     return out
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The YAML configuration file as a mapping ({} without one)."""
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise InvalidArgument(f"config {path}: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SettingError("top level", "expected a mapping")
+    return loaded or {}
+
+
+def note_origin(
+    doc: Mapping[str, Any], prefix: str, origin: dict[tuple[str, ...], str], loc: tuple[str, ...] = ()
+) -> None:
+    """Record, for each setting in ``doc`` (read from the environment), the variable that
+    set it, so an error names it."""
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            note_origin(v, prefix, origin, (*loc, k))
+        else:
+            origin[(*loc, k)] = prefix + "__".join((*loc, k)).upper()

@@ -30,6 +30,9 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 METADATA_REFRESH_MS = 5_000
 
 
+_POSITIVE = ("partitions", "replication_factor", "session_timeout_ms", "buffer_messages", "buffer_seconds")
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -52,6 +55,10 @@ class KafkaSettings:
     ssl_check_hostname: bool = True
 
     def __post_init__(self) -> None:
+        for name in _POSITIVE:  # librdkafka or the broker would refuse them later, mid-run
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(
                 f"security_protocol {self.security_protocol!r}: use {', '.join(SECURITY_PROTOCOLS)}"

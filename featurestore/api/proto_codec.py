@@ -82,6 +82,8 @@ def _check_finite(name: str, values: list[float], nulls: Any) -> None:
 
 def decode_push(data: bytes) -> PushRequest:
     msg = _parse(pb.PushRequest, data, "push")
+    if not msg.feature_view:  # the JSON schema's minLength: the same 400 / INVALID_ARGUMENT
+        raise InvalidArgument("invalid push request: feature_view is empty; name the view to write")
     columns: dict[str, list[Any]] = {}
     for col in msg.columns:
         if col.name in columns:

@@ -302,3 +302,15 @@ def test_grpc_push_null_rows_past_the_values_is_invalid_argument(server: ServerP
             push(req.SerializeToString(), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "risk_score.null_rows: row 3 is past its 1 values" in info.value.details()
+
+
+def test_grpc_push_without_a_feature_view_is_invalid_argument(server: ServerProcess) -> None:
+    """As over HTTP (the schema's minLength), not NOT_FOUND "unknown feature view ''"."""
+    req = pb.PushRequest()
+    req.columns.add(name="merchant_id").string_values.values.append("m-1")
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        push = ch.unary_unary("/featurestore.v1.FeatureService/Push")
+        with pytest.raises(grpc.RpcError) as info:
+            push(req.SerializeToString(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "feature_view is empty" in info.value.details()

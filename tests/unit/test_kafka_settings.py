@@ -63,3 +63,15 @@ def test_a_secret_of_the_wrong_type_is_refused_without_its_value(tmp_path: Path)
     with pytest.raises(InvalidArgument, match=r"lineage.bolt.password: ") as raised:
         load_config(f)
     assert "12345678" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["partitions", "replication_factor", "session_timeout_ms", "buffer_seconds"])
+def test_a_count_that_is_not_positive_is_refused_naming_it(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 partitions or a 0 s buffer were taken, to fail at the broker or drop every event."""
+    monkeypatch.setenv(f"FEATURESTORE_LINEAGE__KAFKA__{name.upper()}", "0")
+    with pytest.raises(
+        InvalidArgument, match=rf"lineage.kafka: value error, {name}: expected a positive integer, got 0"
+    ):
+        load_config()

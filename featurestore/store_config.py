@@ -1,0 +1,83 @@
+"""The ``stores:`` section of the configuration: online stores by name, each a kind
+(memory, redis, clickhouse), the kind's options and whether the cache goes in front.
+The options are free-form here (each kind's options dataclass checks its own, in
+``sources/``); only the secrets among them (``password``, or ``password_file``) are
+handled here, so they are never shown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, SecretStr
+from pydantic_core import PydanticCustomError
+
+from featurestore.settings import SettingError, _fail, key, read_secret_file
+
+
+def _store_kind(kind: str) -> str:
+    if kind not in STORE_KINDS:
+        raise _fail(f"unknown store kind {kind!r}; use {', '.join(STORE_KINDS)}", kind)
+    return kind
+
+
+STORE_KINDS = ("memory", "redis", "clickhouse")
+# Store options that are secrets: given inline, as `<name>_file`, or in the environment.
+STORE_SECRETS = ("password",)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    kind: Annotated[str, AfterValidator(_store_kind)] = "memory"
+    # kind-specific options (docs/storage.md); secrets among them are SecretStr
+    options: Annotated[Mapping[str, Any], AfterValidator(MappingProxyType)] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    cache: bool = True  # the LRU cache in front (ignored for memory)
+
+
+def store_doc(doc: Any) -> Any:
+    """A store as written (`{kind: redis, url: ..., cache: false}`): kind, cache, and
+    the rest as the kind's options."""
+    if isinstance(doc, StoreConfig) or not isinstance(doc, Mapping):
+        return doc
+    rest = dict(doc)
+    out: dict[str, Any] = {"options": {}}
+    for name in ("kind", "cache"):
+        if name in rest:
+            out[name] = rest.pop(name)
+    for name in STORE_SECRETS:
+        secret = rest.get(name)
+        if isinstance(secret, str):
+            rest[name] = SecretStr(secret)
+        elif secret is not None and not isinstance(secret, SecretStr):
+            # Never the value: it is a secret. Not a number made text either, as the other
+            # secrets: YAML reads `password: 0123` as 83.
+            raise PydanticCustomError(
+                "setting", f"{name}: expected a string, quoted in YAML (its value is not shown)"
+            )
+    out["options"] = MappingProxyType(rest)
+    if "kind" not in out:
+        raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
+    return out
+
+
+def resolve_store_secret_files(doc: dict[str, Any]) -> None:
+    """Every store's ``<secret>_file`` in the configuration ``doc`` replaced by the
+    file's content (a SecretStr)."""
+    stores = doc.get("stores")
+    if isinstance(stores, dict):
+        for store_name, store in stores.items():
+            if isinstance(store, dict):
+                _store_secret_files(store, key("stores", store_name))
+
+
+def _store_secret_files(store: dict[str, Any], where: str) -> None:
+    for name in STORE_SECRETS:
+        file_key = f"{name}_file"
+        if file_key in store:
+            if name in store:
+                raise SettingError(key(where, file_key), f"give {name} or {file_key}, not both")
+            store[name] = read_secret_file(store.pop(file_key), key(where, file_key))
