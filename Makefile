@@ -84,6 +84,8 @@ bench: bench-feast
 	$(PY) -m benchmarks.transports
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.transports --transports http --store-option auto_pipeline=true --out benchmarks/results/autopipeline.md
+	$(PY) -m benchmarks.http_servers
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.clickhouse_point_reads
 	$(PY) -m benchmarks.lineage

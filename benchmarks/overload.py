@@ -11,7 +11,7 @@ and without load shedding, then the recovery.
 3. Recovery: right after, 0.5 x S for a few seconds: shed requests (expected none).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
-limits.max_inflight 1024, shed_target_share 0.25) and ``no shedding`` (limits.shed false).
+limits.max_inflight 1024, shed_target_share 0.5) and ``no shedding`` (limits.shed false).
 
     python -m benchmarks.overload [--batch 100] [--factor 2] [--duration 10]
 """

@@ -77,6 +77,7 @@ PARTS = (
     "grpc.md",
     "overload.md",
     "scaling.md",
+    "experiments.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "footprint-demo.md",

@@ -134,7 +134,7 @@ def sizing(runs: list[dict[str, Any]]) -> list[str]:
     shards = math.ceil(TARGET_QPS / (redis_core * REDIS_UTILIZATION))
     return [
         f"**Fleet for {TARGET_QPS:,} QPS at batch {TARGET_BATCH}** (from the 2-worker figures above; cache off, "
-        "so every key is a Redis read: a hit rate h divides the Redis side by 1 / (1 - h)):",
+        "so every key is a Redis read: a cache hit rate h leaves (1 - h) of the Redis side):",
         "",
         f"* Server: {cpu_us:.0f} us of CPU per join = {per_core:,.0f} joins/s per core. A pod of {POD_CORES} cores "
         f"({POD_CORES} workers) held at the HPA's {HPA_UTILIZATION:.0%} CPU target carries {per_pod:,.0f} QPS: "

@@ -200,7 +200,7 @@ class LimitsConfig:
     # flight, and fewer while joins complete slower than shed_target_share x deadline.
     shed: bool = True
     max_inflight: Count = 1024
-    shed_target_share: Ratio = 0.25
+    shed_target_share: Ratio = 0.5
 
 
 @dataclass(frozen=True, slots=True)

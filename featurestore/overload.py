@@ -20,8 +20,8 @@ Netflix's concurrency-limits do):
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
-With a 500 ms deadline and the default share of 0.25, answered requests stay near
-125 ms instead of running into the deadline, while a worker that keeps up never sheds:
+With a 500 ms deadline and the default share of 0.5, answered requests stay near
+250 ms instead of running into the deadline (half the deadline leaves the tail room), while a worker that keeps up never sheds:
 its completions are fast, so its limit stays at the cap. When load drops, the requests
 in flight fall below the limit at once and nothing is shed.
 """
@@ -39,8 +39,8 @@ MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
 # Below this many joins in flight a worker never sheds for latency: a stall of the
 # machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) slows every join without
-# any queue to shed, and 16 joins are a few ms of work even at batch 100 (~0.5 ms each).
-MIN_LIMIT: Final = 16
+# any queue to shed, and 32 joins are ~25 ms of work even at batch 100 (~0.8 ms each).
+MIN_LIMIT: Final = 32
 
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by slow completions

@@ -40,6 +40,7 @@ from featurestore.model import FeatureView
 from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
+from featurestore.sources.redis_batch import MAX_KEYS as AUTO_PIPELINE_MAX_KEYS
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import LeanPool
@@ -247,7 +248,7 @@ class RedisSource:
         commands = [keys for _, keys in keyed if keys]
         if not commands:
             return [[] for _ in keyed]
-        if self._auto is not None:
+        if self._auto is not None and sum(map(len, commands)) <= AUTO_PIPELINE_MAX_KEYS:
             it = iter(await self._auto.mget(commands))
             return [next(it) if keys else [] for _, keys in keyed]
         packed = b"".join(map(pack_mget, commands))

@@ -3,17 +3,23 @@ in the same event-loop tick go to Redis as one write on one connection, and thei
 replies are read back in order, instead of one write and one connection per join.
 
 Fewer syscalls on both sides (one send and a few receives per tick instead of per
-join) against a future per join and a task per tick. Measured A/B in
-benchmarks/RESULTS.md ("Auto-pipelining"); off by default unless it wins there.
+join) against a future per join and a task per tick; only reads of up to ``MAX_KEYS``
+keys are coalesced. Measured A/B in benchmarks/RESULTS.md ("Requirement 3 experiments").
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
 
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
+
+# Reads of more keys than this go out on their own connection at once: measured (two A/B
+# runs, benchmarks/RESULTS.md) coalescing won 17-19% CPU per join at batch 1 and 10 (3 and
+# 21 keys a join) and lost 15% QPS at batch 100 (201 keys), where a tick's one write is
+# long and every join of the tick waits for the whole reply.
+MAX_KEYS: Final = 64
 
 
 class _Batch:

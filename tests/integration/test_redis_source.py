@@ -233,3 +233,20 @@ async def test_concurrent_reads_are_answered_alike_and_auto_pipelining_shares_on
         assert opened == (1 if auto_pipeline else 8)
     finally:
         await src.close()
+
+
+async def test_an_auto_pipelined_store_reads_a_large_join_on_its_own_alike(redis_server: RedisServer) -> None:
+    src = RedisSource("r", f"p{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_server.url, auto_pipeline=True))
+    await src.start()
+    try:
+        await src.prepare([V])
+        await src.write(V, users(list(range(1, 101))), 0)
+        big, small = await asyncio.gather(
+            src.read([ViewQuery(V, list(range(1, 201)), [0], 0)]),  # over the 64 coalesced keys
+            src.read([ViewQuery(V, [5], [1], 0)]),
+        )
+        assert isinstance(big[0], ViewRead) and big[0].found == [True] * 100 + [False] * 100
+        assert big[0].columns[0][:100] == list(range(1, 101))
+        assert isinstance(small[0], ViewRead) and small[0].columns == [["u5"]]
+    finally:
+        await src.close()
