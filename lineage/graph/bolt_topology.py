@@ -103,8 +103,10 @@ class BoltTopology:
                 if not kinds:
                     continue
                 arrow = f"-[r:{'|'.join(kinds)}]->(b)" if outgoing else f"<-[r:{'|'.join(kinds)}]-(b)"
+                # UNWIND + a property match uses the key's index; `a.key IN $list` scanned
+                # every node of the label on ArcadeDB (15 ms at 3,000 features, 1.7 ms so)
                 parts.append(
-                    f"MATCH (a:{label}){arrow} WHERE a.{key} IN $n_{kind} AND {TOPOLOGY_LIVE}"
+                    f"UNWIND $n_{kind} AS x MATCH (a:{label} {{{key}: x}}){arrow} WHERE {TOPOLOGY_LIVE}"
                     f" RETURN a.{key} AS a, type(r) AS kind, {str(outgoing).lower()} AS out,"
                     " coalesce(b.id, b.name) AS b, coalesce(r.valid_from, 0) AS t"
                 )
@@ -133,13 +135,13 @@ class BoltTopology:
         label, key = LABELS[kind]
         if kind == "run":
             rows = await self._read(
-                "MATCH (r:JobRun) WHERE r.id IN $names OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion)"
+                "UNWIND $names AS x MATCH (r:JobRun {id: x}) OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion)"
                 f" RETURN {RUN_FIELDS}",
                 names=names,
             )
             return [describe.run_node(_run(r)) for r in rows]
         rows = await self._read(
-            f"MATCH (n:{label}) WHERE n.{key} IN $names RETURN properties(n) AS p", names=names
+            f"UNWIND $names AS x MATCH (n:{label} {{{key}: x}}) RETURN properties(n) AS p", names=names
         )
         props = [r["p"] for r in rows]
         if kind == "feature":
@@ -171,7 +173,7 @@ class BoltTopology:
         if feature_id is not None:
             features = [feature_id, *await self.upstream(feature_id, MAX_DEPTH)]
             rows = await self._read(
-                "MATCH (f:Feature)-[p:PRODUCED_BY]->(t:Table) WHERE f.id IN $ids AND p.valid_to IS NULL"
+                "UNWIND $ids AS x MATCH (f:Feature {id: x})-[p:PRODUCED_BY]->(t:Table) WHERE p.valid_to IS NULL"
                 " AND coalesce(p.role, '') <> 'online' RETURN DISTINCT t.name AS n",
                 ids=features,
             )
