@@ -122,36 +122,21 @@ class BoltTopology:
         return out
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        """One statement for every kind asked (UNION ALL of an indexed match per kind)."""
         by_kind: dict[str, list[str]] = {}
         for nid in node_ids:
             kind, name = split_id(nid)
             by_kind.setdefault(kind, []).append(name)
-        out: list[Node] = []
-        for kind, names in by_kind.items():
-            out += await self._nodes_of(kind, names)
-        return out
-
-    async def _nodes_of(self, kind: str, names: list[str]) -> list[Node]:
-        label, key = LABELS[kind]
-        if kind == "run":
-            rows = await self._read(
-                "UNWIND $names AS x MATCH (r:JobRun {id: x}) OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion)"
-                f" RETURN {RUN_FIELDS}",
-                names=names,
+        if not by_kind:
+            return []
+        parts = []
+        for kind in by_kind:
+            label, key = LABELS[kind]
+            parts.append(
+                f"UNWIND $n_{kind} AS x MATCH (n:{label} {{{key}: x}}) RETURN '{kind}' AS kind, properties(n) AS p"
             )
-            return [describe.run_node(_run(r)) for r in rows]
-        rows = await self._read(
-            f"UNWIND $names AS x MATCH (n:{label} {{{key}: x}}) RETURN properties(n) AS p", names=names
-        )
-        props = [r["p"] for r in rows]
-        if kind == "feature":
-            return [describe.feature_node(_feature(p)) for p in props]
-        if kind == "data_version":
-            return [describe.data_version_node(_data_version(p)) for p in props]
-        return [
-            describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
-            for p in props
-        ]
+        rows = await self._read(" UNION ALL ".join(parts), **{f"n_{k}": v for k, v in by_kind.items()})
+        return [_node(r["kind"], r["p"]) for r in rows]
 
     async def search(self, text: str, limit: int) -> list[Node]:
         ranked: list[tuple[tuple[int, str], str, str]] = []
@@ -194,6 +179,18 @@ class BoltTopology:
         )
         found = [describe.change(_run(r)) for r in rows]
         return sorted(found, key=lambda c: (-c.at_ms, c.run_id))
+
+
+def _node(kind: str, p: dict[str, Any]) -> Node:
+    if kind == "feature":
+        return describe.feature_node(_feature(p))
+    if kind == "data_version":
+        return describe.data_version_node(_data_version(p))
+    if kind == "run":
+        node = describe.run_node(_run({**p, "run_id": p["id"], "dv_view": None}))
+        node.attributes["dataVersion"] = p.get("data_version") or ""
+        return node
+    return describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
 
 
 def _feature(p: dict[str, Any]) -> FeatureInfo:
