@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import tempfile
@@ -207,6 +208,9 @@ def report(results: list[tuple[str, str, dict[str, Any], float]], queries: int, 
         f"per view. Target: p99 <= {TARGET_MS:.0f} ms.",
         "",
         f"* {machine()}",
+        "* 1-minute load average at start and end: "
+        + " / ".join(f"{x:.1f}" for x in LOADS)
+        + " (on 2 shared cores a p99 above a few ms is mostly other processes' time)",
         "",
         "| graph | adapter | nodes (median / max) | p50 | p99 | max | target | loaded in |",
         "|---|---|---:|---:|---:|---:|---|---:|",
@@ -220,12 +224,18 @@ def report(results: list[tuple[str, str, dict[str, Any], float]], queries: int, 
     return "\n".join([*lines, ""])
 
 
+LOADS: list[float] = []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--queries", type=int, default=300)
     a = ap.parse_args()
     command = "python -m benchmarks.lineage_page" + (f" --queries {a.queries}" if a.queries != 300 else "")
-    text = report(asyncio.run(run_all(a.queries)), a.queries, command)
+    LOADS.append(os.getloadavg()[0])
+    results = asyncio.run(run_all(a.queries))
+    LOADS.append(os.getloadavg()[0])
+    text = report(results, a.queries, command)
     parts = HERE / "results"
     parts.mkdir(exist_ok=True)
     (parts / "lineage-page.md").write_text(text)

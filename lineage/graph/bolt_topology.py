@@ -103,8 +103,10 @@ class BoltTopology:
                 if not kinds:
                     continue
                 arrow = f"-[r:{'|'.join(kinds)}]->(b)" if outgoing else f"<-[r:{'|'.join(kinds)}]-(b)"
+                # UNWIND + a property match uses the key's index; `a.key IN $list` scanned
+                # every node of the label on ArcadeDB (15 ms at 3,000 features, 1.7 ms so)
                 parts.append(
-                    f"MATCH (a:{label}){arrow} WHERE a.{key} IN $n_{kind} AND {TOPOLOGY_LIVE}"
+                    f"UNWIND $n_{kind} AS x MATCH (a:{label} {{{key}: x}}){arrow} WHERE {TOPOLOGY_LIVE}"
                     f" RETURN a.{key} AS a, type(r) AS kind, {str(outgoing).lower()} AS out,"
                     " coalesce(b.id, b.name) AS b, coalesce(r.valid_from, 0) AS t"
                 )
@@ -120,36 +122,21 @@ class BoltTopology:
         return out
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        """One statement for every kind asked (UNION ALL of an indexed match per kind)."""
         by_kind: dict[str, list[str]] = {}
         for nid in node_ids:
             kind, name = split_id(nid)
             by_kind.setdefault(kind, []).append(name)
-        out: list[Node] = []
-        for kind, names in by_kind.items():
-            out += await self._nodes_of(kind, names)
-        return out
-
-    async def _nodes_of(self, kind: str, names: list[str]) -> list[Node]:
-        label, key = LABELS[kind]
-        if kind == "run":
-            rows = await self._read(
-                "MATCH (r:JobRun) WHERE r.id IN $names OPTIONAL MATCH (r)-[:PUBLISHED]->(d:DataVersion)"
-                f" RETURN {RUN_FIELDS}",
-                names=names,
+        if not by_kind:
+            return []
+        parts = []
+        for kind in by_kind:
+            label, key = LABELS[kind]
+            parts.append(
+                f"UNWIND $n_{kind} AS x MATCH (n:{label} {{{key}: x}}) RETURN '{kind}' AS kind, properties(n) AS p"
             )
-            return [describe.run_node(_run(r)) for r in rows]
-        rows = await self._read(
-            f"MATCH (n:{label}) WHERE n.{key} IN $names RETURN properties(n) AS p", names=names
-        )
-        props = [r["p"] for r in rows]
-        if kind == "feature":
-            return [describe.feature_node(_feature(p)) for p in props]
-        if kind == "data_version":
-            return [describe.data_version_node(_data_version(p)) for p in props]
-        return [
-            describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
-            for p in props
-        ]
+        rows = await self._read(" UNION ALL ".join(parts), **{f"n_{k}": v for k, v in by_kind.items()})
+        return [_node(r["kind"], r["p"]) for r in rows]
 
     async def search(self, text: str, limit: int) -> list[Node]:
         ranked: list[tuple[tuple[int, str], str, str]] = []
@@ -171,7 +158,7 @@ class BoltTopology:
         if feature_id is not None:
             features = [feature_id, *await self.upstream(feature_id, MAX_DEPTH)]
             rows = await self._read(
-                "MATCH (f:Feature)-[p:PRODUCED_BY]->(t:Table) WHERE f.id IN $ids AND p.valid_to IS NULL"
+                "UNWIND $ids AS x MATCH (f:Feature {id: x})-[p:PRODUCED_BY]->(t:Table) WHERE p.valid_to IS NULL"
                 " AND coalesce(p.role, '') <> 'online' RETURN DISTINCT t.name AS n",
                 ids=features,
             )
@@ -192,6 +179,18 @@ class BoltTopology:
         )
         found = [describe.change(_run(r)) for r in rows]
         return sorted(found, key=lambda c: (-c.at_ms, c.run_id))
+
+
+def _node(kind: str, p: dict[str, Any]) -> Node:
+    if kind == "feature":
+        return describe.feature_node(_feature(p))
+    if kind == "data_version":
+        return describe.data_version_node(_data_version(p))
+    if kind == "run":
+        node = describe.run_node(_run({**p, "run_id": p["id"], "dv_view": None}))
+        node.attributes["dataVersion"] = p.get("data_version") or ""
+        return node
+    return describe.named_node(kind, p["name"], p.get("owner") or "", p.get("description") or "")
 
 
 def _feature(p: dict[str, Any]) -> FeatureInfo:

@@ -15,6 +15,7 @@ stored (``source -[kind]-> target``, docs/lineage.md's model).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,8 +176,11 @@ async def walk(
 ) -> tuple[set[str], set[GraphEdge]]:
     """Node ids and edges within ``depth`` steps of ``root`` (UPSTREAM, DOWNSTREAM or BOTH)."""
     nodes, edges = {root}, set()
-    for up in {"UPSTREAM": (True,), "DOWNSTREAM": (False,), "BOTH": (True, False)}[direction]:
-        n, e = await walk_one_way(root, up, depth, as_of_ms, incident, max_nodes)
+    ways = {"UPSTREAM": (True,), "DOWNSTREAM": (False,), "BOTH": (True, False)}[direction]
+    # both ways at once: a remote graph then answers two hops per round trip
+    for n, e in await asyncio.gather(
+        *(walk_one_way(root, up, depth, as_of_ms, incident, max_nodes) for up in ways)
+    ):
         nodes |= n
         edges |= e
     if len(nodes) > max_nodes:

@@ -278,11 +278,26 @@
     });
   }
 
-  // Drift status: the hook the feature-quality work fills in (docs/lineage.md). Until
-  // the GraphQL schema has drift records, the section says so.
+  // Drift status: `feature.drift` (the feature-quality records) where the server has it; a
+  // server without that field answers a GraphQL error, and the section says so.
+  // window.lineageDrift(featureId, gql, el), when defined, replaces this (docs/lineage.md).
+  var DRIFT = "query ($id: String!) { feature(id: $id) { drift(limit: 1000) {" +
+    " at test statistic pValue reference server } } }";
+
   function driftSection(featureId) {
     if (typeof window.lineageDrift === "function") { return window.lineageDrift(featureId, gql, el); }
-    return Promise.resolve(el("p", "no drift records on this server", "none"));
+    return gql(DRIFT, { id: featureId }).then(function (data) {
+      var records = (data.feature && data.feature.drift) || [];
+      if (!records.length) { return el("p", "no drift detected", "none"); }
+      var recent = records.slice(-5).reverse();
+      var box = el("div");
+      box.appendChild(el("p", records.length + " drifting window" + (records.length > 1 ? "s" : "") +
+                               ", latest " + recent[0].at.slice(0, 19).replace("T", " ")));
+      box.appendChild(table(["at", "test", "p-value", "reference", "server"], recent.map(function (r) {
+        return [r.at.slice(0, 19).replace("T", " "), r.test, r.pValue.toExponential(2), "v" + r.reference, r.server];
+      }), "drift"));
+      return box;
+    }).catch(function () { return el("p", "no drift records on this server", "none"); });
   }
 
   function showPanel(node) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,11 +16,13 @@ import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from openlineage.client.event_v2 import RunEvent
 from openlineage.client.facet_v2 import schema_dataset
 
 from tests.integration.test_materialize_incremental import cli_repo, materialize
-from tests.servers import RedisServer
+from tests.servers import RedisServer, TansuBroker
 
 # The OpenLineage RunEvent (spec 2-0-2) as JSON Schema: what every consumer relies on.
 # openlineage-python 1.54.0 ships no schema file (only the classes generated from it), so
@@ -142,3 +145,32 @@ def test_a_failed_materialization_is_a_fail_event_with_its_error_in_the_file(
     error = lines[1]["run"]["facets"]["errorMessage"]
     assert error["programmingLanguage"] == "python" and "score" in error["message"]
     assert (lines[1]["inputs"][0]["namespace"], lines[1]["inputs"][0]["name"]) == ("file", str(bad))
+
+
+def test_the_kafka_transport_puts_the_run_events_on_a_topic(
+    redis_server: RedisServer, kafka: TansuBroker, tmp_path: Path
+) -> None:
+    topic = f"openlineage-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    defs, config = cli_repo(tmp_path, redis_server.url)
+    config.write_text(
+        config.read_text() + "lineage: {openlineage: {enabled: true, transport: kafka, "
+        f"bootstrap_servers: '{kafka.bootstrap}', topic: {topic}}}}}\n"
+    )
+    out = materialize(config, defs, "--view", "scores")
+    assert out.returncode == 0, out.stderr
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 2000})  # fmt: skip
+    consumer.subscribe([topic])
+    got: list[dict[str, Any]] = []
+    for _ in range(60):
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got.append(json.loads(m.value() or b"{}"))
+        if len(got) == 2:
+            break
+    consumer.close()
+    assert [e["eventType"] for e in got] == ["START", "COMPLETE"]
+    for event in got:
+        valid(event)
