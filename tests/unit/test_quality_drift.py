@@ -12,8 +12,8 @@ import pytest
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import JoinPlan, ServingState
-from featurestore.quality.monitor import DriftMonitor
-from featurestore.quality.profile import profile_table
+from featurestore.quality.monitor import DriftMonitor, evaluate_window
+from featurestore.quality.profile import OTHER, profile_table
 from featurestore.quality.sampler import DriftSampler, Window
 from featurestore.sources.memory import MemorySource
 
@@ -231,3 +231,28 @@ async def test_bool_features_are_tested_as_categories_named_like_the_profile() -
     flipped = await monitor.check(Window(flags, "active", True, 1, [True] * 750 + [False] * 250))
     assert same is not None and not same.drifted and same.statistic == 0.0
     assert flipped is not None and flipped.drifted
+
+
+async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does_not_drift_on_its_own_values() -> (
+    None
+):
+    wide = FeatureView("w", (U,), (Feature("city", DType.STRING),))
+    rng = np.random.default_rng(5)
+    n = 30_000
+    cities = [f"c{i}" for i in rng.zipf(1.3, n) % 20_000]  # ~thousands of categories: a long tail
+    table = pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "city": pa.array(cities),
+            "event_timestamp": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    profile = profile_table(wide, 1, table, seed=0)
+    assert OTHER in (profile.features["city"].categories or {})
+    drifted = 0
+    for _ in range(20):  # windows of values drawn from the very rows profiled
+        served = [cities[i] for i in rng.choice(n, 1000, replace=False)]
+        result = evaluate_window(Window(wide, "city", True, 1, served), profile, 0.05)
+        assert result is not None
+        drifted += result.drifted
+    assert drifted <= 3  # alpha 0.05: P(>3 of 20) = 1.6%; seeded
