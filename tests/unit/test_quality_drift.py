@@ -256,3 +256,18 @@ async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does
         assert result is not None
         drifted += result.drifted
     assert drifted <= 3  # alpha 0.05: P(>3 of 20) = 1.6%; seeded
+
+
+def test_the_sampler_spreads_its_values_over_the_batch_not_only_its_first_rows() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=1000)
+    st = state(1)
+    plan = plan_for(st)
+    batch = np.arange(
+        100, dtype=np.float64
+    )  # a caller that sends its keys sorted: values rise along the batch
+    for _ in range(100):
+        sampler.observe(st, plan, [[batch.tolist(), ["t"] * 100, [[0.0]] * 100]])
+    [w] = [w for w in windows if w.feature == "x"]
+    assert len(set(w.values)) == 100  # every row position gets its turn
+    assert abs(float(np.mean(w.values)) - 49.5) < 1.0  # the head of the batch alone: 4.5
