@@ -200,6 +200,8 @@ class Runtime:
         tell_stores_served_versions(self.stores, new)
         if isinstance(self.engine.sampler, DriftSampler):
             self.engine.sampler.keep_only(served_layouts(new))
+        if self.drift is not None:
+            self.drift.forget_references()
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""

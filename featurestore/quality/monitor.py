@@ -149,6 +149,12 @@ class DriftMonitor:
                 r.feature_id, r.test, r.statistic, r.p_value, r.window_size, r.data_version,
             )  # fmt: skip
 
+    def forget_references(self) -> None:
+        """Drop the cached profiles (the runtime calls it on every registry swap): a store
+        can re-profile a data version in place (the memory store reloads a changed file
+        at the same version and layout), and the cache must not keep the old reference."""
+        self._profiles.clear()
+
     async def reference(self, view: FeatureView, data_version: int) -> Profile | None:
         """The profile stored with a view's data version (cached; None when it has none)."""
         key = (view.name, view.layout, data_version)

@@ -212,6 +212,33 @@ async def test_the_memory_store_profiles_the_latest_row_per_key_of_the_file_it_l
     ]
 
 
+async def test_the_monitor_tests_against_a_reloaded_files_profile_after_a_swap(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from featurestore.model import BatchSource
+
+    path = tmp_path / "rows.parquet"
+
+    def write(shift: float) -> None:
+        table = reference(seed=1)
+        x = table.column("x").to_numpy() + shift
+        pq.write_table(table.set_column(table.schema.get_field_index("x"), "x", pa.array(x)), path)
+
+    view = FeatureView(V.name, V.entities, V.features, batch_source=BatchSource(path=str(path)))
+    store = MemorySource("default")
+    monitor = DriftMonitor({"default": store})
+    write(0.0)
+    await store.prepare([view])
+    rng = np.random.default_rng(3)
+    assert await monitor.reference(view, 0) is not None
+    write(1.0)  # a new file at the same data version and layout, then a registry swap
+    await store.prepare([view])
+    monitor.forget_references()  # what Runtime.apply_registry_change does after the swap
+    served = Window(view, "x", False, 0, rng.normal(1.0, 1, 1000).tolist())  # the new file's values
+    result = await monitor.check(served)
+    assert result is not None and result.statistic < 0.1  # the new file: ~0.03; the old one (1 sd off): ~0.38
+
+
 async def test_bool_features_are_tested_as_categories_named_like_the_profile() -> None:
     flags = FeatureView("flags", (U,), (Feature("active", DType.BOOL),))
     n = 10_000
