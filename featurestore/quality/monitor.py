@@ -142,8 +142,11 @@ class DriftMonitor:
         metrics.DRIFT_P_VALUE.labels(r.view, r.feature, r.test).set(r.p_value)
         metrics.DRIFT_DRIFTED.labels(r.view, r.feature).set(1 if r.drifted else 0)
         metrics.DRIFT_WINDOWS.labels(r.view, r.feature).inc()
+        # the detections series exists (at 0) from the first window: FeatureDrift divides
+        # increase(detections) by increase(windows), and a series born at 1 loses that 1
+        detections = metrics.DRIFT_DETECTIONS.labels(r.view, r.feature)
         if r.drifted:
-            metrics.DRIFT_DETECTIONS.labels(r.view, r.feature).inc()
+            detections.inc()
             log.info(
                 "drift: %s %s=%.4f p=%.3g (window %d, reference data version %d)",
                 r.feature_id, r.test, r.statistic, r.p_value, r.window_size, r.data_version,

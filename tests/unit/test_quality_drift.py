@@ -298,3 +298,26 @@ def test_the_sampler_spreads_its_values_over_the_batch_not_only_its_first_rows()
     [w] = [w for w in windows if w.feature == "x"]
     assert len(set(w.values)) == 100  # every row position gets its turn
     assert abs(float(np.mean(w.values)) - 49.5) < 1.0  # the head of the batch alone: 4.5
+
+
+async def test_the_detections_counter_exists_at_zero_from_a_features_first_tested_window() -> None:
+    from prometheus_client import REGISTRY
+
+    calm = FeatureView("calm_view", (U,), (Feature("x", DType.FLOAT64),))
+    store = MemorySource("default")
+    await store.write_profile(
+        calm,
+        1,
+        profile_table(calm, 1, reference().select(["user_id", "x", "event_timestamp"]), seed=0).to_bytes(),
+    )
+    monitor = DriftMonitor({"default": store})
+    values = np.random.default_rng(2).choice(reference().column("x").to_numpy(), 1000).tolist()
+    result = await monitor.check(Window(calm, "x", False, 1, values))
+    assert result is not None
+    labels = {"view": "calm_view", "feature": "x"}
+    assert REGISTRY.get_sample_value("featurestore_feature_drift_windows_total", labels) == 1.0
+    # FeatureDrift's ratio needs the series before the first detection (increase() of a
+    # series that appears at 1 is 0)
+    assert REGISTRY.get_sample_value("featurestore_feature_drift_detections_total", labels) == float(
+        result.drifted
+    )
