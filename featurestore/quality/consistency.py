@@ -9,7 +9,8 @@ Each sampled key is put in exactly one class (docs/quality.md):
 * ``online_newer``: the online row is newer (a push landed after the offline row:
   expected, not a mismatch);
 * ``conflict``: same event time, different values;
-* ``missing_online``: the offline side has the key, the online side does not;
+* ``missing_online``: the online side does not have the key (the offline side does; a
+  key named by the caller that neither side has is counted here too);
 * ``missing_offline``: served, but not in the batch source (pushed keys; only keys the
   caller names can be found so: keys are sampled from the offline side).
 
