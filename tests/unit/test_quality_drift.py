@@ -321,3 +321,22 @@ async def test_the_detections_counter_exists_at_zero_from_a_features_first_teste
     assert REGISTRY.get_sample_value("featurestore_feature_drift_detections_total", labels) == float(
         result.drifted
     )
+
+
+async def test_a_reference_profile_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from featurestore.quality.profile import Profile
+
+    store = MemorySource("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    decoded_on: list[int] = []
+    real = Profile.from_bytes
+
+    def spy(raw: bytes) -> Profile:
+        decoded_on.append(threading.get_ident())
+        return real(raw)
+
+    monkeypatch.setattr(Profile, "from_bytes", staticmethod(spy))
+    assert await DriftMonitor({"default": store}).reference(V, 1) is not None
+    assert decoded_on and threading.get_ident() not in decoded_on  # the loop's thread never decodes
