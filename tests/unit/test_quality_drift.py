@@ -73,17 +73,30 @@ def test_the_sampler_fills_windows_per_feature_and_skips_vectors() -> None:
     assert all(w.data_version == 1 for w in windows)
 
 
-def test_the_sampler_takes_every_nth_request_and_at_most_per_request_values() -> None:
+def test_the_sampler_takes_one_request_in_every_on_average_and_at_most_per_request_values() -> None:
     windows: list[Window] = []
-    sampler = DriftSampler(windows.append, every=4, per_request=3, window=6)
+    sampler = DriftSampler(windows.append, every=4, per_request=3, window=3, seed=1)
     st = state(1)
     plan = plan_for(st)
-    for i in range(16):  # requests 4, 8, 12, 16 are sampled: 3 values each
+    for i in range(4000):
         sampler.observe(st, plan, [[[float(i)] * 10, ["t"] * 10, [[0.0]] * 10]])
-    assert [w.values for w in windows if w.feature == "x"] == [
-        [3.0] * 3 + [7.0] * 3,
-        [11.0] * 3 + [15.0] * 3,
-    ]
+    xs = [w.values for w in windows if w.feature == "x"]
+    assert all(len(v) == 3 and len(set(v)) == 1 for v in xs)  # 3 values, all of one request
+    assert 900 <= len(xs) <= 1100  # 1,000 expected (gaps uniform on 1..7); seeded
+
+
+def test_the_sampler_sees_both_services_of_traffic_that_alternates_them() -> None:
+    other = FeatureView("w", (U,), (Feature("y", DType.FLOAT64),))
+    snap = new_snapshot(make_definitions("p", [U], [V, other], []), 1)
+    st = ServingState(snap, {"v": 1, "w": 1})
+    plan_v, plan_w = st.plan(("v:x",), None, False), st.plan(("w:y",), None, False)
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=10, per_request=1, window=10, seed=2)
+    for _ in range(1000):  # A, B, A, B, ...: a fixed gap of 10 always lands on B
+        sampler.observe(st, plan_v, [[[1.0]]])
+        sampler.observe(st, plan_w, [[[2.0]]])
+    sampled = {w.feature: len(w.values) for w in windows}
+    assert sampled.keys() == {"x", "y"}
 
 
 def test_a_partial_window_is_dropped_when_the_served_data_version_changes() -> None:
