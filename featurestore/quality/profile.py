@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.model import DType, FeatureView
-from featurestore.quality.stats import OTHER  # categories beyond MAX_CATEGORIES (the tests map to it)
+from featurestore.quality.stats import OTHER as OTHER  # beyond MAX_CATEGORIES (the tests map to it)
 
 SAMPLE_SIZE = 5_000
 MAX_CATEGORIES = 1_000

@@ -90,7 +90,7 @@ async def test_a_conflict_with_a_nan_value_is_reported_as_strict_json() -> None:
 
     from featurestore.quality.consistency import Report
 
-    offline = {7: Side(10, ROW)}
+    offline: dict[EntityKey, Side] = {7: Side(10, ROW)}
 
     async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
         return [Side(10, (float("nan"), "plus", [0.1, float("inf")]))]

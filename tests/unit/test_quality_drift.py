@@ -13,8 +13,9 @@ from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import JoinPlan, ServingState
 from featurestore.quality.monitor import DriftMonitor, evaluate_window
-from featurestore.quality.profile import OTHER, profile_table
+from featurestore.quality.profile import profile_table
 from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.quality.stats import OTHER
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
