@@ -354,3 +354,17 @@ async def test_a_reference_profile_is_decoded_off_the_event_loop(monkeypatch: py
     monkeypatch.setattr(Profile, "from_bytes", staticmethod(spy))
     assert await DriftMonitor({"default": store}).reference(V, 1) is not None
     assert decoded_on and threading.get_ident() not in decoded_on  # the loop's thread never decodes
+
+
+async def test_two_detections_of_a_feature_in_the_same_millisecond_are_two_drift_records() -> None:
+    from featurestore.quality.monitor import DriftResult
+    from featurestore.quality.records import GraphRecorder
+    from lineage.graph.memory import InMemoryGraph
+
+    graph = InMemoryGraph()
+    recorder = GraphRecorder(graph, server="w1")
+    at_us = 1_700_000_000_000_123
+    await recorder.record_drift([DriftResult("v", "x", "ks", 0.2, 1e-6, True, 1000, 3, at_us)])
+    await recorder.record_drift([DriftResult("v", "x", "ks", 0.3, 1e-7, True, 1000, 3, at_us + 10)])
+    records = await graph.drift("v:x", None, None, 10)
+    assert [r.statistic for r in records] == [0.2, 0.3]
