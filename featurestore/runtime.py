@@ -194,14 +194,14 @@ class Runtime:
             return
         current = self.engine.state
         new = await serving_state(self.stores, reg, current, cache_dir(self.config.derived.cache_dir))
+        if self.drift is not None:  # the stores prepared: a reloaded file can serve new rows
+            self.drift.forget_references()  # at the same version (even when no state changes)
         if new.same_as(current):
             return
         self.engine.swap(new)
         tell_stores_served_versions(self.stores, new)
         if isinstance(self.engine.sampler, DriftSampler):
             self.engine.sampler.keep_only(served_layouts(new))
-        if self.drift is not None:
-            self.drift.forget_references()
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
