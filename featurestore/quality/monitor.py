@@ -102,6 +102,7 @@ class DriftMonitor:
         self._queue: collections.deque[Window] = collections.deque()
         self._ready = asyncio.Event()
         self._profiles: dict[tuple[str, str, int], Profile | None] = {}
+        self._generation = 0  # forget_references() calls: a read that spans one is not cached
         self.results: collections.deque[DriftResult] = collections.deque(maxlen=256)  # the latest, for tests
 
     def submit(self, window: Window) -> None:
@@ -157,6 +158,7 @@ class DriftMonitor:
         can re-profile a data version in place (the memory store reloads a changed file
         at the same version and layout), and the cache must not keep the old reference."""
         self._profiles.clear()
+        self._generation += 1
 
     async def reference(self, view: FeatureView, data_version: int) -> Profile | None:
         """The profile stored with a view's data version (cached; None when it has none)."""
@@ -164,7 +166,7 @@ class DriftMonitor:
         if key in self._profiles:
             return self._profiles[key]
         store: object = self.stores.get(view.online_store)
-        profile = None
+        profile, generation = None, self._generation
         if isinstance(store, ProfileStore):
             try:
                 raw = await store.read_profile(view, data_version)
@@ -175,6 +177,8 @@ class DriftMonitor:
             profile = await asyncio.to_thread(Profile.from_bytes, raw) if raw is not None else None
         if profile is None:
             log.info("%s v%d has no reference profile: its windows are not tested", view.name, data_version)
+        if generation != self._generation:
+            return profile  # read before a swap that may have replaced it: not cached
         if len(self._profiles) > 256:
             self._profiles.clear()
         self._profiles[key] = profile

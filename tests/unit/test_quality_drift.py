@@ -368,3 +368,25 @@ async def test_two_detections_of_a_feature_in_the_same_millisecond_are_two_drift
     await recorder.record_drift([DriftResult("v", "x", "ks", 0.3, 1e-7, True, 1000, 3, at_us + 10)])
     records = await graph.drift("v:x", None, None, 10)
     assert [r.statistic for r in records] == [0.2, 0.3]
+
+
+async def test_a_profile_read_that_spans_a_swap_is_not_cached() -> None:
+    class Reloading(MemorySource):  # the swap lands while the monitor's read is in flight
+        monitor: DriftMonitor
+
+        async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+            raw = await super().read_profile(view, data_version)
+            self.monitor.forget_references()
+            await self.write_profile(
+                view, data_version, profile_table(V, 1, reference(seed=9), seed=9).to_bytes()
+            )
+            return raw
+
+    store = Reloading("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    store.monitor = monitor = DriftMonitor({"default": store})
+    old = await monitor.reference(V, 1)
+    new = await monitor.reference(V, 1)  # read again: the first read was not cached
+    assert old is not None and new is not None
+    a, b = old.features["x"].sample, new.features["x"].sample
+    assert a is not None and b is not None and not np.array_equal(a, b)
