@@ -11,7 +11,7 @@ A. Quality of the test itself (numpy, seeded, no server): reference profiles of 
    Populations: normal, log-normal (skewed), integers 0..20 (ties), and a categorical
    feature (chi-square) whose top category loses 0.25 sd-equivalent mass.
 B. Cost on the serving path: the embedded demo (memory stores, 1 process) with drift
-   sampling on (the default: every 10th join, 10 values per feature) and off; wrk with
+   sampling on (the default: one join in 10, 10 values per feature) and off; wrk with
    the peer's request generator at batch 1 and 100, concurrency 32, interleaved rounds,
    medians. Target: at most 3% fewer QPS.
 
@@ -190,7 +190,7 @@ def cost(rounds: int, duration: float) -> list[str]:
         "### Cost of drift sampling on the serving path",
         "",
         f"`python -m benchmarks.drift --rounds {rounds} --duration {duration:g}`: the embedded demo (memory stores, "
-        "1 process), `quality.drift` on (the default: every 10th join, up to 10 values per feature) vs "
+        "1 process), `quality.drift` on (the default: one join in 10, up to 10 values per feature) vs "
         "`enabled: false`, wrk with the peer's request generator (16 features), concurrency 32, "
         f"{rounds} interleaved rounds, medians. Target: <= 3% cost. Server CPU per request is the steadier "
         "measure on a shared VM; QPS moves with other tenants' load.",
@@ -232,7 +232,7 @@ def observe_cost() -> list[str]:
         "Direct timing of the hot-path part, `DriftSampler.observe`, for the demo's `ranker_v1` plan (what the "
         "QPS comparison cannot resolve under this VM's noise; compare with the server CPU per request above):",
         "",
-        "| batch | `observe` per join (every 10th sampled, 10 values) | per sampled join |",
+        "| batch | `observe` per join (one in 10 sampled, 10 values) | per sampled join |",
         "|---:|---:|---:|",
     ]
     for batch in (1, 100):

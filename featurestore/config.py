@@ -264,7 +264,7 @@ class DerivedConfig:
 @dataclass(frozen=True, slots=True)
 class DriftConfig:  # drift tests on served values (docs/quality.md)
     enabled: bool = True
-    sample_every: Count = 10  # every n-th join's values are sampled
+    sample_every: Count = 10  # one join in n is sampled (random gaps of mean n)
     values_per_request: Count = 10  # at most this many values per feature from a sampled join
     window: Count = 1000  # values per test, per feature, per worker
     alpha: Ratio = 0.05

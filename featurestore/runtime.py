@@ -194,6 +194,8 @@ class Runtime:
             return
         current = self.engine.state
         new = await serving_state(self.stores, reg, current, cache_dir(self.config.derived.cache_dir))
+        if self.drift is not None:  # the stores prepared: a reloaded file can serve new rows
+            self.drift.forget_references()  # at the same version (even when no state changes)
         if new.same_as(current):
             return
         self.engine.swap(new)

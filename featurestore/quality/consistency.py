@@ -9,7 +9,8 @@ Each sampled key is put in exactly one class (docs/quality.md):
 * ``online_newer``: the online row is newer (a push landed after the offline row:
   expected, not a mismatch);
 * ``conflict``: same event time, different values;
-* ``missing_online``: the offline side has the key, the online side does not;
+* ``missing_online``: the online side does not have the key (the offline side does; a
+  key named by the caller that neither side has is counted here too);
 * ``missing_offline``: served, but not in the batch source (pushed keys; only keys the
   caller names can be found so: keys are sampled from the offline side).
 
@@ -72,10 +73,24 @@ def same_value(a: Any, b: Any, dtype: DType) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if dtype is DType.FLOAT64:
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+        return _same_float(a, b, 1e-12)
     if dtype is DType.FLOAT32_VECTOR:
-        return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(_same_float(x, y, 1e-6) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+def _same_float(a: float, b: float, rel_tol: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+
+
+def _plain(value: Any) -> Any:
+    """A value as the JSON report can carry it: NaN and infinities as strings ("nan",
+    "inf"), since ``json.dumps`` would write bare ``NaN`` (not JSON: jq refuses it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def classify(view: FeatureView, online: Side | None, offline: Side | None) -> tuple[str, str | None]:
@@ -157,7 +172,7 @@ def _example(
     }
     if feature is not None and on is not None and off is not None and on.values and off.values:
         i = [f.name for f in view.features].index(feature)
-        doc.update(feature=feature, online=on.values[i], offline=off.values[i])
+        doc.update(feature=feature, online=_plain(on.values[i]), offline=_plain(off.values[i]))
     return doc
 
 

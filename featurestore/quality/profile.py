@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.model import DType, FeatureView
+from featurestore.quality.stats import OTHER as OTHER  # beyond MAX_CATEGORIES (the tests map to it)
 
 SAMPLE_SIZE = 5_000
 MAX_CATEGORIES = 1_000
-OTHER = "__other__"  # categories beyond MAX_CATEGORIES, and categories the reference never saw
 NUMERIC = frozenset({DType.INT64, DType.FLOAT64, DType.TIMESTAMP})
 CATEGORICAL = frozenset({DType.STRING, DType.BOOL})
 FORMAT = 1

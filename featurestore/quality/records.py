@@ -20,12 +20,21 @@ class GraphRecorder:
     def __init__(self, graph: LineageGraph, server: str | None = None) -> None:
         self.graph = graph
         self.server = server or f"{socket.gethostname()}:{os.getpid()}"
+        self._last_ms: dict[str, int] = {}  # per feature: the newest record's time
+
+    def _at_ms(self, feature_id: str, at_us: int) -> int:
+        """A record is keyed by (feature, ms, server): two windows of one feature tested
+        in the same millisecond (a backlog drained) would overwrite each other, so a
+        record never reuses its predecessor's millisecond (it moves 1 ms later)."""
+        at = max(at_us // 1000, self._last_ms.get(feature_id, -1) + 1)
+        self._last_ms[feature_id] = at
+        return at
 
     async def record_drift(self, results: list[DriftResult]) -> None:
         records = [
             DriftRecord(
                 r.feature_id,
-                r.at_us // 1000,
+                self._at_ms(r.feature_id, r.at_us),
                 r.test,
                 r.statistic,
                 r.p_value,

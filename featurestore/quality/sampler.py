@@ -1,10 +1,14 @@
 """Sampling served values for drift tests, on the hot path: a fixed small cost.
 
-Every ``every``-th join (a counter, no random draw) hands the sampler its merged
-columns; the sampler appends at most ``per_request`` values of each stored feature read
-to that feature's window (a list slice and ``list.extend``: C loops, no per-row Python
-bytecode, no numpy call: converting each slice into a preallocated numpy window measured
-8x slower, 139 against 16 µs per sampled join of 16 features, benchmarks/drift.py). The other joins cost one increment and one compare.
+One join in ``every`` on average hands the sampler its merged columns: a counter
+against a gap drawn at random once per sampled join, uniform on [1, 2 * every - 1] (no
+fixed period for periodic traffic to alias with). The sampler appends at most
+``per_request`` values of each stored feature read to that feature's window, from rows
+spread evenly over the batch at an offset that turns with every sampled join (not
+always the head of the batch: ``_rows``): a list slice and ``list.extend``, C loops, no
+per-row Python bytecode, no numpy call (converting each slice into a preallocated numpy
+window measured 8x slower, 139 against 16 µs per sampled join of 16 features,
+benchmarks/drift.py). The other joins cost one increment and one compare.
 A window holds the values of one data version: when the served version changes, the
 partial window is dropped (its values belong to the old reference). A full window (nulls
 included: the monitor drops them, off the hot path) is handed to the monitor
@@ -16,6 +20,7 @@ the process serves.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -45,7 +50,13 @@ class _Ring:
 
 class DriftSampler:
     def __init__(
-        self, on_full: Callable[[Window], None], *, every: int = 10, per_request: int = 10, window: int = 1000
+        self,
+        on_full: Callable[[Window], None],
+        *,
+        every: int = 10,
+        per_request: int = 10,
+        window: int = 1000,
+        seed: int | None = None,
     ) -> None:
         if every < 1 or per_request < 1 or window < 1:
             raise ValueError("every, per_request and window must be >= 1")
@@ -54,6 +65,9 @@ class DriftSampler:
         self.per_request = per_request
         self.window = window
         self._count = 0
+        self._random = random.Random(seed)
+        self._gap = self._next_gap()
+        self._turn = 0  # sampled joins: turns the offset of the rows taken (``_rows``)
         self._rings: dict[tuple[str, str, int], _Ring | None] = {}
         self._bound: dict[int, tuple[JoinPlan, list[tuple[str, list[_Ring | None]]]]] = {}
 
@@ -63,13 +77,15 @@ class DriftSampler:
         """Called by the engine after every join's merge (``gathered[slot][j]``: the
         values of ``plan.views[slot].features[j]``, None where not PRESENT)."""
         self._count += 1
-        if self._count < self.every:
+        if self._count < self._gap:
             return
         self._count = 0
+        self._gap = self._next_gap()
         bound = self._bound.get(id(plan))
         if bound is None or bound[0] is not plan:  # plans are cached per snapshot: bound once
             bound = self._bind(plan)
-        m, window, versions = self.per_request, self.window, state.data_versions
+        window, versions = self.window, state.data_versions
+        rows = self._rows(gathered)
         for (name, rings), cols in zip(bound[1], gathered, strict=False):
             version = versions.get(name, 0)
             for ring, col in zip(rings, cols, strict=True):
@@ -78,9 +94,30 @@ class DriftSampler:
                 if ring.version != version:
                     ring.version, ring.values = version, []
                 buf = ring.values
-                buf.extend(col[:m])
+                buf.extend(col[rows])
                 if len(buf) >= window:
                     self._full(ring, buf)
+
+    def _next_gap(self) -> int:
+        """Joins until the next sample: uniform on [1, 2 * every - 1] (mean ``every``),
+        drawn once per sampled join. A fixed gap aliases with periodic traffic: callers
+        that alternate two services were sampled on one of them only (every even gap)."""
+        return self._random.randint(1, 2 * self.every - 1)
+
+    def _rows(self, gathered: Sequence[Sequence[Sequence[Any]]]) -> slice:
+        """Which rows of this join to take: ``per_request`` of them spread evenly over the
+        batch, starting at an offset that turns with every sampled join. Always the first
+        rows would test the head of every batch only: callers that order their keys (a
+        ranked candidate list, keys sorted by id) would show "drift" that is their order."""
+        n = len(gathered[0][0]) if gathered and gathered[0] else 0
+        m = self.per_request
+        if n <= m:
+            return slice(None)
+        step = n // m
+        span = (m - 1) * step + 1
+        self._turn += 1
+        start = self._turn % (n - span + 1)
+        return slice(start, start + span, step)
 
     def _bind(self, plan: JoinPlan) -> tuple[JoinPlan, list[tuple[str, list[_Ring | None]]]]:
         """The windows of every column a plan reads, in its order."""

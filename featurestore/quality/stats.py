@@ -8,7 +8,9 @@
   of scipy's exact p-value (tests/unit/test_quality_stats.py).
 * ``chi_square``: Pearson's goodness of fit of a window's category counts against the
   reference frequencies. Categories expected fewer than 5 times in the window are pooled
-  (the usual validity rule), as are categories the reference never saw; a pool the
+  (the usual validity rule), as are categories the reference never saw (or, when the
+  reference kept only its most frequent categories, the window's values outside them
+  count as its ``OTHER`` bucket: they are the long tail it summed, not new); a pool the
   reference gives no mass gets half a reference count, so a brand-new category is a
   large, finite statistic. p-value: the chi-square survival function (regularized upper
   incomplete gamma, series / continued fraction).
@@ -23,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 MIN_EXPECTED = 5.0
+OTHER = "__other__"  # profile.OTHER: the categories beyond a profile's MAX_CATEGORIES
 
 
 class TestResult(NamedTuple):
@@ -125,6 +128,10 @@ def chi_square(window: Mapping[str, int], reference: Mapping[str, int]) -> TestR
     observed: list[float] = []
     expected: list[float] = []
     pool_o = pool_ref = 0.0
+    unseen = sum(c for cat, c in window.items() if cat not in reference)
+    if OTHER in reference:  # the profile's long tail: a served value not among the kept
+        window = {**window, OTHER: window.get(OTHER, 0) + unseen}  # top categories is in it
+        unseen = 0
     for cat, ref_count in reference.items():
         e = n * ref_count / ref_total
         if e >= MIN_EXPECTED:
@@ -133,7 +140,7 @@ def chi_square(window: Mapping[str, int], reference: Mapping[str, int]) -> TestR
         else:
             pool_o += window.get(cat, 0)
             pool_ref += ref_count
-    pool_o += sum(c for cat, c in window.items() if cat not in reference)
+    pool_o += unseen
     if pool_o or pool_ref:
         observed.append(pool_o)
         expected.append(n * max(pool_ref, 0.5) / ref_total)

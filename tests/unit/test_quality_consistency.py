@@ -77,3 +77,29 @@ async def test_the_report_counts_every_class_and_keeps_examples() -> None:
     assert not report.passed(0.3) and report.passed(2 / 6)
     assert set(report.to_dict()) == {"view", "checked", "consistent", "stale", "online_newer", "conflict",
                                      "missing_online", "missing_offline", "examples"}  # fmt: skip
+
+
+def test_vectors_with_nan_in_the_same_place_are_the_same_value() -> None:
+    nan = float("nan")
+    assert same_value([nan, 0.5], [nan, 0.5], DType.FLOAT32_VECTOR)
+    assert not same_value([nan, 0.5], [0.0, 0.5], DType.FLOAT32_VECTOR)
+
+
+async def test_a_conflict_with_a_nan_value_is_reported_as_strict_json() -> None:
+    import json
+
+    from featurestore.quality.consistency import Report
+
+    offline: dict[EntityKey, Side] = {7: Side(10, ROW)}
+
+    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [Side(10, (float("nan"), "plus", [0.1, float("inf")]))]
+
+    report: Report = await check(V, offline, [7], read)
+    assert report.counts["conflict"] == 1
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    doc = json.loads(json.dumps(report.to_dict()), parse_constant=refuse)
+    assert doc["examples"][0]["feature"] == "x" and doc["examples"][0]["online"] == "nan"

@@ -12,9 +12,10 @@ import pytest
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import JoinPlan, ServingState
-from featurestore.quality.monitor import DriftMonitor
+from featurestore.quality.monitor import DriftMonitor, evaluate_window
 from featurestore.quality.profile import profile_table
 from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.quality.stats import OTHER
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
@@ -73,17 +74,30 @@ def test_the_sampler_fills_windows_per_feature_and_skips_vectors() -> None:
     assert all(w.data_version == 1 for w in windows)
 
 
-def test_the_sampler_takes_every_nth_request_and_at_most_per_request_values() -> None:
+def test_the_sampler_takes_one_request_in_every_on_average_and_at_most_per_request_values() -> None:
     windows: list[Window] = []
-    sampler = DriftSampler(windows.append, every=4, per_request=3, window=6)
+    sampler = DriftSampler(windows.append, every=4, per_request=3, window=3, seed=1)
     st = state(1)
     plan = plan_for(st)
-    for i in range(16):  # requests 4, 8, 12, 16 are sampled: 3 values each
+    for i in range(4000):
         sampler.observe(st, plan, [[[float(i)] * 10, ["t"] * 10, [[0.0]] * 10]])
-    assert [w.values for w in windows if w.feature == "x"] == [
-        [3.0] * 3 + [7.0] * 3,
-        [11.0] * 3 + [15.0] * 3,
-    ]
+    xs = [w.values for w in windows if w.feature == "x"]
+    assert all(len(v) == 3 and len(set(v)) == 1 for v in xs)  # 3 values, all of one request
+    assert 900 <= len(xs) <= 1100  # 1,000 expected (gaps uniform on 1..7); seeded
+
+
+def test_the_sampler_sees_both_services_of_traffic_that_alternates_them() -> None:
+    other = FeatureView("w", (U,), (Feature("y", DType.FLOAT64),))
+    snap = new_snapshot(make_definitions("p", [U], [V, other], []), 1)
+    st = ServingState(snap, {"v": 1, "w": 1})
+    plan_v, plan_w = st.plan(("v:x",), None, False), st.plan(("w:y",), None, False)
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=10, per_request=1, window=10, seed=2)
+    for _ in range(1000):  # A, B, A, B, ...: a fixed gap of 10 always lands on B
+        sampler.observe(st, plan_v, [[[1.0]]])
+        sampler.observe(st, plan_w, [[[2.0]]])
+    sampled = {w.feature: len(w.values) for w in windows}
+    assert sampled.keys() == {"x", "y"}
 
 
 def test_a_partial_window_is_dropped_when_the_served_data_version_changes() -> None:
@@ -212,6 +226,33 @@ async def test_the_memory_store_profiles_the_latest_row_per_key_of_the_file_it_l
     ]
 
 
+async def test_the_monitor_tests_against_a_reloaded_files_profile_after_a_swap(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from featurestore.model import BatchSource
+
+    path = tmp_path / "rows.parquet"
+
+    def write(shift: float) -> None:
+        table = reference(seed=1)
+        x = table.column("x").to_numpy() + shift
+        pq.write_table(table.set_column(table.schema.get_field_index("x"), "x", pa.array(x)), path)
+
+    view = FeatureView(V.name, V.entities, V.features, batch_source=BatchSource(path=str(path)))
+    store = MemorySource("default")
+    monitor = DriftMonitor({"default": store})
+    write(0.0)
+    await store.prepare([view])
+    rng = np.random.default_rng(3)
+    assert await monitor.reference(view, 0) is not None
+    write(1.0)  # a new file at the same data version and layout, then a registry swap
+    await store.prepare([view])
+    monitor.forget_references()  # what Runtime.apply_registry_change does after the swap
+    served = Window(view, "x", False, 0, rng.normal(1.0, 1, 1000).tolist())  # the new file's values
+    result = await monitor.check(served)
+    assert result is not None and result.statistic < 0.1  # the new file: ~0.03; the old one (1 sd off): ~0.38
+
+
 async def test_bool_features_are_tested_as_categories_named_like_the_profile() -> None:
     flags = FeatureView("flags", (U,), (Feature("active", DType.BOOL),))
     n = 10_000
@@ -231,3 +272,121 @@ async def test_bool_features_are_tested_as_categories_named_like_the_profile() -
     flipped = await monitor.check(Window(flags, "active", True, 1, [True] * 750 + [False] * 250))
     assert same is not None and not same.drifted and same.statistic == 0.0
     assert flipped is not None and flipped.drifted
+
+
+async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does_not_drift_on_its_own_values() -> (
+    None
+):
+    wide = FeatureView("w", (U,), (Feature("city", DType.STRING),))
+    rng = np.random.default_rng(5)
+    n = 30_000
+    cities = [f"c{i}" for i in rng.zipf(1.3, n) % 20_000]  # ~thousands of categories: a long tail
+    table = pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "city": pa.array(cities),
+            "event_timestamp": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    profile = profile_table(wide, 1, table, seed=0)
+    assert OTHER in (profile.features["city"].categories or {})
+    drifted = 0
+    for _ in range(20):  # windows of values drawn from the very rows profiled
+        served = [cities[i] for i in rng.choice(n, 1000, replace=False)]
+        result = evaluate_window(Window(wide, "city", True, 1, served), profile, 0.05)
+        assert result is not None
+        drifted += result.drifted
+    assert drifted <= 3  # alpha 0.05: P(>3 of 20) = 1.6%; seeded
+
+
+def test_the_sampler_spreads_its_values_over_the_batch_not_only_its_first_rows() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=1000)
+    st = state(1)
+    plan = plan_for(st)
+    batch = np.arange(
+        100, dtype=np.float64
+    )  # a caller that sends its keys sorted: values rise along the batch
+    for _ in range(100):
+        sampler.observe(st, plan, [[batch.tolist(), ["t"] * 100, [[0.0]] * 100]])
+    [w] = [w for w in windows if w.feature == "x"]
+    assert len(set(w.values)) == 100  # every row position gets its turn
+    assert abs(float(np.mean(w.values)) - 49.5) < 1.0  # the head of the batch alone: 4.5
+
+
+async def test_the_detections_counter_exists_at_zero_from_a_features_first_tested_window() -> None:
+    from prometheus_client import REGISTRY
+
+    calm = FeatureView("calm_view", (U,), (Feature("x", DType.FLOAT64),))
+    store = MemorySource("default")
+    await store.write_profile(
+        calm,
+        1,
+        profile_table(calm, 1, reference().select(["user_id", "x", "event_timestamp"]), seed=0).to_bytes(),
+    )
+    monitor = DriftMonitor({"default": store})
+    values = np.random.default_rng(2).choice(reference().column("x").to_numpy(), 1000).tolist()
+    result = await monitor.check(Window(calm, "x", False, 1, values))
+    assert result is not None
+    labels = {"view": "calm_view", "feature": "x"}
+    assert REGISTRY.get_sample_value("featurestore_feature_drift_windows_total", labels) == 1.0
+    # FeatureDrift's ratio needs the series before the first detection (increase() of a
+    # series that appears at 1 is 0)
+    assert REGISTRY.get_sample_value("featurestore_feature_drift_detections_total", labels) == float(
+        result.drifted
+    )
+
+
+async def test_a_reference_profile_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from featurestore.quality.profile import Profile
+
+    store = MemorySource("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    decoded_on: list[int] = []
+    real = Profile.from_bytes
+
+    def spy(raw: bytes) -> Profile:
+        decoded_on.append(threading.get_ident())
+        return real(raw)
+
+    monkeypatch.setattr(Profile, "from_bytes", staticmethod(spy))
+    assert await DriftMonitor({"default": store}).reference(V, 1) is not None
+    assert decoded_on and threading.get_ident() not in decoded_on  # the loop's thread never decodes
+
+
+async def test_two_detections_of_a_feature_in_the_same_millisecond_are_two_drift_records() -> None:
+    from featurestore.quality.monitor import DriftResult
+    from featurestore.quality.records import GraphRecorder
+    from lineage.graph.memory import InMemoryGraph
+
+    graph = InMemoryGraph()
+    recorder = GraphRecorder(graph, server="w1")
+    at_us = 1_700_000_000_000_123
+    await recorder.record_drift([DriftResult("v", "x", "ks", 0.2, 1e-6, True, 1000, 3, at_us)])
+    await recorder.record_drift([DriftResult("v", "x", "ks", 0.3, 1e-7, True, 1000, 3, at_us + 10)])
+    records = await graph.drift("v:x", None, None, 10)
+    assert [r.statistic for r in records] == [0.2, 0.3]
+
+
+async def test_a_profile_read_that_spans_a_swap_is_not_cached() -> None:
+    class Reloading(MemorySource):  # the swap lands while the monitor's read is in flight
+        monitor: DriftMonitor
+
+        async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
+            raw = await super().read_profile(view, data_version)
+            self.monitor.forget_references()
+            await self.write_profile(
+                view, data_version, profile_table(V, 1, reference(seed=9), seed=9).to_bytes()
+            )
+            return raw
+
+    store = Reloading("default")
+    await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
+    store.monitor = monitor = DriftMonitor({"default": store})
+    old = await monitor.reference(V, 1)
+    new = await monitor.reference(V, 1)  # read again: the first read was not cached
+    assert old is not None and new is not None
+    a, b = old.features["x"].sample, new.features["x"].sample
+    assert a is not None and b is not None and not np.array_equal(a, b)
