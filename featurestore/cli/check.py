@@ -11,14 +11,17 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featurestore.cli.base import Subcommands
 from featurestore.cli.join import token_from_args
 from featurestore.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from featurestore.model import Definitions, DType, FeatureView
-from featurestore.quality.consistency import CLASSES, OnlineReader, Report, Side
 from featurestore.sources.base import EntityKey
+
+if TYPE_CHECKING:  # the check's module reads batch sources (pyarrow.dataset, pandas: ~0.6 s of
+    # import): every other command, `serve` included, would pay it at start
+    from featurestore.quality.consistency import OnlineReader, Report, Side
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -70,6 +73,8 @@ def cmd_consistency(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def render(report: Report) -> str:
+    from featurestore.quality.consistency import CLASSES
+
     lines = [f"view {report.view}: {report.checked} keys checked"]
     lines += [f"  {cls:<16}{report.counts[cls]:>10}" for cls in CLASSES]
     for ex in report.examples:
@@ -158,6 +163,8 @@ def http_reader(client: Any, view: FeatureView) -> OnlineReader:
     refs = [f"{view.name}:{f.name}" for f in view.features]
     names = [f"{view.name}__{f.name}" for f in view.features]
     composite = len(view.join_keys) > 1
+
+    from featurestore.quality.consistency import Side
 
     async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
         entities = {
