@@ -174,10 +174,7 @@ class StreamProcessor:
                 self._submit(turn, acc, stop)
         elif self._pending is not None:
             self._finish(stop)
-        now = time.monotonic()
-        if now - self._last_lag >= self.options.lag_interval_seconds:
-            self._last_lag = now
-            self._measure_lag()
+        self._measure_lag()
 
     def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
         turn = _Turn()
@@ -247,6 +244,10 @@ class StreamProcessor:
         if self._pending is None:
             return True
         future, batch, turn = self._pending
+        # The store may be unreachable for long (the write retries until it answers):
+        # keep measuring the lag meanwhile, or the lag alert would see a frozen figure.
+        while not futures.wait([future], timeout=self.options.lag_interval_seconds).done:
+            self._measure_lag()
         self._pending = None
         refused = future.result()
         view = self.view.name
@@ -323,10 +324,18 @@ class StreamProcessor:
         return None
 
     def _measure_lag(self) -> None:
+        """At most once per ``lag_interval_seconds``: messages not yet in the store (the
+        write in flight not counted as done) and the age of the newest applied one."""
         from confluent_kafka import TopicPartition
 
+        now = time.monotonic()
+        if now - self._last_lag < self.options.lag_interval_seconds:
+            return
+        self._last_lag = now
+        in_flight = {p: exp for p, (exp, _) in self._pending[1].marks.items()} if self._pending else {}
         total = 0
         for p, mark in list(self.marks.items()):
+            mark = PartitionMark(in_flight[p], mark.watermark_us) if p in in_flight else mark
             try:
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1)
             except Exception as e:  # the broker is slow: keep the last figure

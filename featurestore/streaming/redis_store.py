@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
@@ -169,9 +170,7 @@ class RedisTileStore:
             self._sha = self.client.script_load(APPLY)
         try:
             result = self.client.evalsha(self._sha, len(keys), *keys, *args)
-        except Exception as e:  # the script cache was flushed (Redis restarted): load it again
-            if "NOSCRIPT" not in str(e):
-                raise
+        except NoScriptError:  # the script cache was flushed (Redis restarted): load it again
             self._sha = self.client.script_load(APPLY)
             result = self.client.evalsha(self._sha, len(keys), *keys, *args)
         if int(result[0]) == 1:
