@@ -330,3 +330,24 @@ async def test_a_tile_store_that_cannot_be_reached_makes_the_view_unavailable_no
     col = {c.name: c for c in result.columns}["n_5m"]
     assert col.outcome is not None and col.outcome.statuses == [Status.UNAVAILABLE] * 2
     assert result.partial and col.values == [None, None]
+
+
+def test_an_event_time_outside_1970_to_2255_or_a_key_outside_int64_is_malformed() -> None:
+    """A far-future time would move its partition's watermark so far that every later
+    event of the partition counted as late, for good (the watermark is stored)."""
+    dec = EventDecoder(parse(DOC).views["clicks"])
+    for raw, reason in [
+        (
+            b'{"user": 7, "ts": 100000000000000000000, "kind": "c"}',
+            "timestamp field 'ts': outside 1970..2255",
+        ),
+        (b'{"user": 7, "ts": -1, "kind": "c"}', "timestamp field 'ts': outside 1970..2255"),
+        (
+            b'{"user": 7, "ts": "9999-12-31T00:00:00", "kind": "c"}',
+            "timestamp field 'ts': outside 1970..2255",
+        ),
+        (b'{"user": 99999999999999999999, "ts": 1, "kind": "c"}', "Expected `int` <= 9223372036854775807"),
+    ]:
+        got = dec.decode(raw)
+        assert isinstance(got, Malformed) and reason in got.reason, (raw, got)
+    assert isinstance(dec.decode(b'{"user": 7, "ts": 9000000000000, "kind": "c"}'), Event)  # 2255-03
