@@ -13,9 +13,10 @@ processor moved a mark meanwhile, the batch is refused whole and the partitions 
 re-read from the stored marks. On assignment the consumer starts from the stored marks,
 not from Kafka's committed offsets (those only feed lag tools).
 
-Late events: per partition, the watermark is the newest event time applied; an event
-older than the watermark minus the view's allowed lateness is dropped and counted. The
-watermark is stored with the offset, so a restart decides exactly as before.
+Late events: per partition, the watermark is the newest event time applied (an event
+more than ``CLOCK_SKEW_US`` ahead of the processor's clock moves it only to that clock);
+an event older than the watermark minus the view's allowed lateness is dropped and
+counted. The watermark is stored with the offset, so a restart decides as before.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
+# How far ahead of the processor's clock an event may move its partition's watermark.
+# An event from further ahead (a producer's clock or time zone off by hours) is still
+# applied, in its future tile, but moves the watermark only up to the processor's clock:
+# otherwise every correctly timed event after it would be dropped as late until the
+# clock caught up (for hours). 60 s covers ordinary clock skew between hosts.
+CLOCK_SKEW_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,8 @@ class StreamProcessor:
         turn = _Turn()
         counts = turn.counts
         decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
+        now_us = time.time_ns() // 1000
+        horizon = now_us + CLOCK_SKEW_US
         for m in messages:
             if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
                 self._errors.log(
@@ -210,7 +219,7 @@ class StreamProcessor:
                 counts["late"] += 1
             else:
                 if event.ts_us > state[2]:
-                    state[2] = event.ts_us
+                    state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
                 add(event.key, event.ts_us, event.values)
                 counts["applied"] += 1
         return turn

@@ -1,6 +1,7 @@
-"""The stream processor through a Redis outage: the lag keeps being measured while the
-write waits for Redis (the lag alert sees it grow), and after Redis comes back empty the
-processor re-reads the topic from the start, so every event is counted exactly once."""
+"""The stream processor when things go wrong: through a Redis outage the lag keeps being
+measured while the write waits for Redis (the lag alert sees it grow), and after Redis
+comes back empty the processor re-reads the topic from the start, so every event is
+counted exactly once; an event from a clock hours ahead does not make the next ones late."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.model import FeatureView
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.redis_store import RedisTileStore
+from featurestore.streaming.store import NO_MARK, MemoryTileStore
 from featurestore.streaming.tiles import view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings, ensure_topic
@@ -97,3 +99,55 @@ async def read_once(store: RedisTileStore, view: FeatureView) -> list[bytes | No
         return await store.read(view, ["1"])
     finally:
         await store.aclose()
+
+
+def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafka: TansuBroker) -> None:
+    """A producer whose clock (or time zone) is hours ahead: its event is applied, but
+    the partition's watermark stops a minute ahead of the processor's clock, so the
+    correctly timed events after it are not dropped as late."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"skew-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "skew_view",
+                    "entities": ["user_id"],
+                    "allowed_lateness": "30s",
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="s.yaml",
+    ).views["skew_view"]
+    now = time.time_ns() // 1_000_000
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for ts in (now + 3 * 3_600_000, now, now - 10_000, now - 600_000):  # the last one is late
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode())
+    assert producer.flush(10) == 0
+    store = MemoryTileStore()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(batch_messages=2, poll_seconds=0.05))
+
+    def count(outcome: str) -> float:
+        labels = {"view": "skew_view", "outcome": outcome}
+        return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
+
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 3, 60, "the topic applied")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert (count("applied"), count("late")) == (3, 1)
+    assert store.marks(view, topic)[0].watermark_us < (now + 3_600_000) * 1000
+    got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now * 1000, [0])
+    assert got.columns == [[2]]  # the future event's tile is not in the window yet
