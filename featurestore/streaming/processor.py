@@ -300,18 +300,40 @@ class StreamProcessor:
     def _dead_letter(self, dead: list[tuple[Any, str]], stop: threading.Event) -> None:
         """Deliver every dead letter before the batch's offsets move past them."""
         for m, reason in dead:
-            headers = [
-                (REASON_HEADER, reason.encode()),
-                ("featurestore-view", self.view.name.encode()),
-                ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
-            ]
-            self._producer.produce(self.dead_letter_topic, value=m.value(), key=m.key(), headers=headers)
+            self._produce_dead_letter(m, reason)
         while self._producer.flush(5) > 0 and not stop.is_set():
             log.warning(
                 "stream view %s: dead-letter topic %s not reachable yet",
                 self.view.name,
                 self.dead_letter_topic,
             )
+
+    def _produce_dead_letter(self, m: Any, reason: str) -> None:
+        """The message as it came, with the reason; when the dead-letter topic refuses it
+        (a message near the size limit plus our headers is too large: librdkafka raises
+        at once), the reason and where it came from without the value, so one message can
+        never stop the processor (it would be redelivered to every restart)."""
+        from confluent_kafka import KafkaException
+
+        source = f"{m.topic()}:{m.partition()}:{m.offset()}".encode()
+        value, key = m.value(), m.key()
+        while True:
+            headers = [
+                (REASON_HEADER, reason.encode()),
+                ("featurestore-view", self.view.name.encode()),
+                ("featurestore-source", source),
+            ]
+            try:
+                self._producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:  # the producer's queue is full: let it drain
+                self._producer.poll(0.5)
+            except KafkaException as e:
+                if value is None and key is None:
+                    raise
+                size = len(value or b"") + len(key or b"")
+                reason = f"{reason}; message of {size} bytes left out: {e.args[0].str()}"
+                value = key = None
 
     def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
         def log_retry(state: RetryCallState) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY
 
@@ -151,3 +152,60 @@ def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafk
     assert store.marks(view, topic)[0].watermark_us < (now + 3_600_000) * 1000
     got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now * 1000, [0])
     assert got.columns == [[2]]  # the future event's tile is not in the window yet
+
+
+def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettered_without_its_value(
+    kafka: TansuBroker,
+) -> None:
+    """Near Kafka's size limit, the message plus the dead-letter headers no longer fits:
+    the producer refuses it at once. That must not stop the processor (the message would
+    be redelivered to every restart): its reason and origin go to the dead-letter topic."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"huge-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "huge_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="h.yaml",
+    ).views["huge_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, key=b"1", value=b"x" * 999_900)  # fits alone; not JSON
+    producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode())
+    assert producer.flush(10) == 0
+    store = MemoryTileStore()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 1, 60, "the topic applied")
+    finally:
+        stop.set()
+        thread.join(30)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
+    consumer.assign([TopicPartition(f"{topic}.dlq", 0, 0)])
+    got: list[Any] = []
+    try:
+        wait_until(lambda: got.extend(consumer.consume(10, 0.2)) or bool(got), 30, "the dead letter")
+    finally:
+        consumer.close()
+    [letter] = got
+    headers = dict(letter.headers())
+    assert letter.value() is None and headers["featurestore-source"] == f"{topic}:0:0".encode()
+    assert (
+        b"not valid JSON" in headers["featurestore-error"]
+        and b"999901 bytes left out" in headers["featurestore-error"]
+    )
