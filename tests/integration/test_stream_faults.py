@@ -198,8 +198,13 @@ def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettere
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
     consumer.assign([TopicPartition(f"{topic}.dlq", 0, 0)])
     got: list[Any] = []
+
+    def letters() -> bool:
+        got.extend(consumer.consume(10, 0.2))
+        return bool(got)
+
     try:
-        wait_until(lambda: got.extend(consumer.consume(10, 0.2)) or bool(got), 30, "the dead letter")
+        wait_until(letters, 30, "the dead letter")
     finally:
         consumer.close()
     [letter] = got
