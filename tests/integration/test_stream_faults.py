@@ -214,3 +214,39 @@ def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettere
         b"not valid JSON" in headers["featurestore-error"]
         and b"999901 bytes left out" in headers["featurestore-error"]
     )
+
+
+def test_a_processor_started_before_the_server_applied_the_definitions_waits_for_them(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """The walk-through starts `serve` and `stream run` together; the processor may read
+    the registry before the server has applied the definitions to it."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, StreamProcessorProcess
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
+        "stores: {default: {kind: redis, url: 'redis://127.0.0.1:1/0', cache: false}}\n"
+        f"stream: {{kafka: {{bootstrap_servers: '{kafka.bootstrap}'}}}}\n"
+    )
+    demo = ROOT / "featurestore" / "demo" / "stream_features.yaml"
+
+    def apply_later() -> None:
+        time.sleep(1)  # the processor is started (not a timed assert: it waits up to 30 s)
+        subprocess.run(
+            [sys.executable, "-m", "featurestore.cli", "apply", str(demo), "--config", str(config)],
+            cwd=ROOT, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    applier = threading.Thread(target=apply_later)
+    applier.start()
+    processor = StreamProcessorProcess(["--config", str(config), "--view", "user_clicks"], tmp_path / "s.log")
+    try:
+        processor.start()  # raises when the process exits ("the registry has no snapshot")
+        assert "featurestore_stream_processor_up" in processor.metrics()
+    finally:
+        applier.join(60)
+        processor.stop()
