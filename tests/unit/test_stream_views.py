@@ -351,3 +351,16 @@ def test_an_event_time_outside_1970_to_2255_or_a_key_outside_int64_is_malformed(
         got = dec.decode(raw)
         assert isinstance(got, Malformed) and reason in got.reason, (raw, got)
     assert isinstance(dec.decode(b'{"user": 7, "ts": 9000000000000, "kind": "c"}'), Event)  # 2255-03
+
+
+def test_the_demo_views_ttl_is_shorter_than_its_longest_window_so_an_idle_user_is_outside_max_age() -> None:
+    """docs/streaming.md promises OUTSIDE_MAX_AGE after the ttl: past the longest window
+    a key is NOT_FOUND, so a ttl as long as that window would never show it."""
+    from featurestore.definitions.parser import load_definitions
+
+    defs = load_definitions(
+        Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "stream_features.yaml"
+    )
+    view = defs.views["user_clicks"]
+    assert view.stream is not None and view.ttl_seconds is not None
+    assert view.ttl_seconds < view.stream.max_window_seconds - view.stream.tile_seconds
