@@ -152,13 +152,16 @@ class StreamProcessor:
             self._producer.flush(5)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
         self._settle()
         stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
         for p in partitions:
             mark = stored.get(p.partition, NO_MARK)
             self.marks[p.partition] = mark
-            if mark.offset >= 0:
-                p.offset = mark.offset + 1
+            # No stored mark: from the beginning, not from Kafka's committed offset (the
+            # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
+            p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 

@@ -250,3 +250,66 @@ def test_a_processor_started_before_the_server_applied_the_definitions_waits_for
     finally:
         applier.join(60)
         processor.stop()
+
+
+def test_after_the_tile_store_lost_everything_a_restarted_processor_rebuilds_from_the_topics_start(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """The stored marks are what count, not Kafka's committed offsets: with no mark (Redis
+    flushed) a processor of the same group reads the topic again from its start."""
+    import redis as redis_client
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"flushed-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": f"p{uuid.uuid4().hex[:6]}",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "flushed_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="f.yaml",
+    ).views["flushed_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    now_ms = time.time_ns() // 1_000_000
+
+    def produce(n: int) -> None:
+        for _ in range(n):
+            producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": now_ms}).encode())
+        assert producer.flush(10) == 0
+
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(batch_messages=10, poll_seconds=0.05, group_id=f"g-{topic}")
+
+    def run_until(offset: int) -> None:
+        proc = StreamProcessor(view, store, settings, "p", options)
+        stop = threading.Event()
+        thread = threading.Thread(target=proc.run, args=(stop,))
+        thread.start()
+        try:
+            wait_until(
+                lambda: store.marks(view, topic).get(0, NO_MARK).offset == offset, 60, f"offset {offset}"
+            )
+        finally:
+            stop.set()
+            thread.join(30)
+
+    produce(20)
+    run_until(19)  # applied, and committed to Kafka when it left the group
+    redis_client.Redis.from_url(redis_server.url).flushall()
+    produce(5)
+    run_until(24)
+    try:
+        blobs = asyncio.run(read_once(store, view))
+    finally:
+        store.close()
+    assert compute(view_layout(view), blobs, now_ms * 1000 + 1, [0]).columns == [[25]]
