@@ -259,7 +259,7 @@ class StreamProcessor:
         # The store may be unreachable for long (the write retries until it answers):
         # keep measuring the lag meanwhile, or the lag alert would see a frozen figure.
         while not futures.wait([future], timeout=self.options.lag_interval_seconds).done:
-            self._measure_lag()
+            self._measure_lag(waiting=batch)
         self._pending = None
         refused = future.result()
         view = self.view.name
@@ -357,16 +357,17 @@ class StreamProcessor:
                 return fn(*args)
         return None
 
-    def _measure_lag(self) -> None:
-        """At most once per ``lag_interval_seconds``: messages not yet in the store (the
-        write in flight not counted as done) and the age of the newest applied one."""
+    def _measure_lag(self, waiting: TileBatch | None = None) -> None:
+        """At most once per ``lag_interval_seconds``: messages not yet in the store and
+        the age of the newest applied one; ``waiting``: a write that has been waiting for
+        the store longer than that, whose messages count as not applied yet."""
         from confluent_kafka import TopicPartition
 
         now = time.monotonic()
         if now - self._last_lag < self.options.lag_interval_seconds:
             return
         self._last_lag = now
-        in_flight = {p: exp for p, (exp, _) in self._pending[1].marks.items()} if self._pending else {}
+        in_flight = {p: exp for p, (exp, _) in waiting.marks.items()} if waiting is not None else {}
         total = 0
         for p, mark in list(self.marks.items()):
             mark = PartitionMark(in_flight[p], mark.watermark_us) if p in in_flight else mark
