@@ -199,6 +199,10 @@ class RedisTileStore:
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"
 
+    async def reset(self) -> None:
+        if self._pool is not None:
+            await self._pool.reset()
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()

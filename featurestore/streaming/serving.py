@@ -46,6 +46,7 @@ class StreamSource:
         self.tiles = tiles
         self._clock = clock or _now_us  # epoch µs; tests read at chosen times
         self._health = health  # the store on the same server, whose probe opens the circuit
+        self._was_down = False
 
     @property
     def name(self) -> str:
@@ -62,8 +63,13 @@ class StreamSource:
             view_layout(view)  # computed off the hot path
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-        if self._health is not None and self._health.state() is SourceState.DOWN:
-            return [Unavailable(f"store {self._health.name!r} is down")] * len(queries)
+        if self._health is not None:
+            if self._health.state() is SourceState.DOWN:
+                self._was_down = True
+                return [Unavailable(f"store {self._health.name!r} is down")] * len(queries)
+            if self._was_down:  # back: sockets idle through the outage are dead
+                self._was_down = False
+                await self.tiles.reset()
         out: list[ViewRead | BaseException] = []
         for q in queries:
             try:

@@ -74,3 +74,35 @@ async def test_a_frozen_redis_makes_stream_reads_unavailable_at_once_and_they_re
         await reader.close()
         await base.close()
         server.stop()
+
+
+async def test_after_redis_restarts_the_first_stream_read_is_served_not_failed_on_a_dead_socket(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    config = Config(
+        stores={
+            "r": StoreConfig(
+                kind="redis", options={"url": server.url, "health_interval_ms": 100}, cache=False
+            )
+        }
+    )
+    stores = make_serving_stores(config)
+    base, reader = stores["r"], stores[STREAM_STORE_PREFIX + "r"]
+    await base.start()
+    query = ViewQuery(VIEW, [1], [0], 0)
+    try:
+        [res] = await reader.read([query])  # a pooled connection, idle from now on
+        assert isinstance(res, ViewRead) and res.found == [False]
+        server.stop()
+        await eventually(lambda: base.state() is SourceState.DOWN, 5, "state DOWN")
+        [res] = await reader.read([query])
+        assert isinstance(res, Unavailable)
+        server.start()  # same port, fresh process: the idle socket is dead
+        await eventually(lambda: base.state() is SourceState.READY, 5, "state READY")
+        [res] = await reader.read([query])
+        assert isinstance(res, ViewRead) and res.found == [False]
+    finally:
+        await reader.close()
+        await base.close()
+        server.stop()
