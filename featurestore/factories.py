@@ -107,7 +107,9 @@ def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
     }
     for name, sc in config.stores.items():
         if sc.kind == "memory" or (sc.kind == "redis" and not sc.options.get("cluster")):
-            reader = StreamSource(name, make_tile_store(name, sc, config))
+            # the Redis store's health probe is the tile reader's circuit breaker
+            health = stores[name] if sc.kind == "redis" else None
+            reader = StreamSource(name, make_tile_store(name, sc, config), health=health)
             stores[reader.name] = reader
     return stores
 

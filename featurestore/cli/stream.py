@@ -15,6 +15,9 @@ from typing import Any
 from featurestore.cli.base import Subcommands
 
 log = logging.getLogger(__name__)
+# A processor started beside `featurestore serve` (docs/streaming.md's walk-through) can
+# read the registry before the server has applied its definitions (2-5 s here): wait.
+REGISTRY_WAIT_SECONDS = 30
 
 
 def register(sub: Subcommands) -> None:
@@ -115,7 +118,13 @@ def _definitions(path: str | None, registry: Any) -> Any:
 
     async def current() -> Any:
         try:
-            return await registry.current()
+            for attempt in range(REGISTRY_WAIT_SECONDS * 2 + 1):
+                snapshot = await registry.current()
+                if snapshot is not None or attempt == REGISTRY_WAIT_SECONDS * 2:
+                    return snapshot
+                if attempt == 0:
+                    log.warning("the registry has no snapshot yet: waiting up to %ss", REGISTRY_WAIT_SECONDS)
+                await asyncio.sleep(0.5)
         finally:
             await registry.close()
 

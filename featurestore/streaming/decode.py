@@ -15,7 +15,7 @@ the accumulator is given (``column_attrs``).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -24,6 +24,11 @@ from featurestore.model import KEY_SEPARATOR, DType, FeatureView
 from featurestore.streaming.tiles import view_layout
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# Event times are kept as float64 epoch µs (tiles.py): exact up to 2^53 µs (year 2255).
+# Outside [1970, 2255) a time is malformed: a far-future one would otherwise move the
+# partition's watermark so far that every later event counts as late.
+MAX_TS_US = 2**53
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -52,7 +57,7 @@ class EventDecoder:
             return fields[name][0]
 
         self.keys = [
-            attr(f, int if e.dtype is DType.INT64 else str, True)
+            attr(f, _INT64 if e.dtype is DType.INT64 else str, True)
             for f, e in zip(src.key_fields, view.entities, strict=True)
         ]
         self.string_keys = [
@@ -100,5 +105,11 @@ class EventDecoder:
                 return Malformed(f"timestamp field {self.ts_field!r}: not ISO-8601: {v[:40]!r}")
             if t.tzinfo is None:
                 t = t.replace(tzinfo=UTC)
-            return Event(key, (t - _EPOCH) // _MICROSECOND, ev)
-        return Event(key, int(v * self.scale), ev)
+            ts = (t - _EPOCH) // _MICROSECOND
+        else:
+            ts = int(v * self.scale)
+        if not 0 <= ts < MAX_TS_US:
+            return Malformed(
+                f"timestamp field {self.ts_field!r}: outside 1970..2255 (a wrong timestamp_unit?)"
+            )
+        return Event(key, ts, ev)

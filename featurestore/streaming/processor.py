@@ -13,9 +13,10 @@ processor moved a mark meanwhile, the batch is refused whole and the partitions 
 re-read from the stored marks. On assignment the consumer starts from the stored marks,
 not from Kafka's committed offsets (those only feed lag tools).
 
-Late events: per partition, the watermark is the newest event time applied; an event
-older than the watermark minus the view's allowed lateness is dropped and counted. The
-watermark is stored with the offset, so a restart decides exactly as before.
+Late events: per partition, the watermark is the newest event time applied (an event
+more than ``CLOCK_SKEW_US`` ahead of the processor's clock moves it only to that clock);
+an event older than the watermark minus the view's allowed lateness is dropped and
+counted. The watermark is stored with the offset, so a restart decides as before.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
+# How far ahead of the processor's clock an event may move its partition's watermark.
+# An event from further ahead (a producer's clock or time zone off by hours) is still
+# applied, in its future tile, but moves the watermark only up to the processor's clock:
+# otherwise every correctly timed event after it would be dropped as late until the
+# clock caught up (for hours). 60 s covers ordinary clock skew between hosts.
+CLOCK_SKEW_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +152,16 @@ class StreamProcessor:
             self._producer.flush(5)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
         self._settle()
         stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
         for p in partitions:
             mark = stored.get(p.partition, NO_MARK)
             self.marks[p.partition] = mark
-            if mark.offset >= 0:
-                p.offset = mark.offset + 1
+            # No stored mark: from the beginning, not from Kafka's committed offset (the
+            # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
+            p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 
@@ -174,15 +184,14 @@ class StreamProcessor:
                 self._submit(turn, acc, stop)
         elif self._pending is not None:
             self._finish(stop)
-        now = time.monotonic()
-        if now - self._last_lag >= self.options.lag_interval_seconds:
-            self._last_lag = now
-            self._measure_lag()
+        self._measure_lag()
 
     def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
         turn = _Turn()
         counts = turn.counts
         decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
+        now_us = time.time_ns() // 1000
+        horizon = now_us + CLOCK_SKEW_US
         for m in messages:
             if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
                 self._errors.log(
@@ -213,7 +222,7 @@ class StreamProcessor:
                 counts["late"] += 1
             else:
                 if event.ts_us > state[2]:
-                    state[2] = event.ts_us
+                    state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
                 add(event.key, event.ts_us, event.values)
                 counts["applied"] += 1
         return turn
@@ -247,6 +256,10 @@ class StreamProcessor:
         if self._pending is None:
             return True
         future, batch, turn = self._pending
+        # The store may be unreachable for long (the write retries until it answers):
+        # keep measuring the lag meanwhile, or the lag alert would see a frozen figure.
+        while not futures.wait([future], timeout=self.options.lag_interval_seconds).done:
+            self._measure_lag(waiting=batch)
         self._pending = None
         refused = future.result()
         view = self.view.name
@@ -290,18 +303,40 @@ class StreamProcessor:
     def _dead_letter(self, dead: list[tuple[Any, str]], stop: threading.Event) -> None:
         """Deliver every dead letter before the batch's offsets move past them."""
         for m, reason in dead:
-            headers = [
-                (REASON_HEADER, reason.encode()),
-                ("featurestore-view", self.view.name.encode()),
-                ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
-            ]
-            self._producer.produce(self.dead_letter_topic, value=m.value(), key=m.key(), headers=headers)
+            self._produce_dead_letter(m, reason)
         while self._producer.flush(5) > 0 and not stop.is_set():
             log.warning(
                 "stream view %s: dead-letter topic %s not reachable yet",
                 self.view.name,
                 self.dead_letter_topic,
             )
+
+    def _produce_dead_letter(self, m: Any, reason: str) -> None:
+        """The message as it came, with the reason; when the dead-letter topic refuses it
+        (a message near the size limit plus our headers is too large: librdkafka raises
+        at once), the reason and where it came from without the value, so one message can
+        never stop the processor (it would be redelivered to every restart)."""
+        from confluent_kafka import KafkaException
+
+        source = f"{m.topic()}:{m.partition()}:{m.offset()}".encode()
+        value, key = m.value(), m.key()
+        while True:
+            headers = [
+                (REASON_HEADER, reason.encode()),
+                ("featurestore-view", self.view.name.encode()),
+                ("featurestore-source", source),
+            ]
+            try:
+                self._producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:  # the producer's queue is full: let it drain
+                self._producer.poll(0.5)
+            except KafkaException as e:
+                if value is None and key is None:
+                    raise
+                size = len(value or b"") + len(key or b"")
+                reason = f"{reason}; message of {size} bytes left out: {e.args[0].str()}"
+                value = key = None
 
     def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
         def log_retry(state: RetryCallState) -> None:
@@ -322,11 +357,20 @@ class StreamProcessor:
                 return fn(*args)
         return None
 
-    def _measure_lag(self) -> None:
+    def _measure_lag(self, waiting: TileBatch | None = None) -> None:
+        """At most once per ``lag_interval_seconds``: messages not yet in the store and
+        the age of the newest applied one; ``waiting``: a write that has been waiting for
+        the store longer than that, whose messages count as not applied yet."""
         from confluent_kafka import TopicPartition
 
+        now = time.monotonic()
+        if now - self._last_lag < self.options.lag_interval_seconds:
+            return
+        self._last_lag = now
+        in_flight = {p: exp for p, (exp, _) in waiting.marks.items()} if waiting is not None else {}
         total = 0
         for p, mark in list(self.marks.items()):
+            mark = PartitionMark(in_flight[p], mark.watermark_us) if p in in_flight else mark
             try:
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1)
             except Exception as e:  # the broker is slow: keep the last figure

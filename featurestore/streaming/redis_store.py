@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
@@ -169,9 +170,7 @@ class RedisTileStore:
             self._sha = self.client.script_load(APPLY)
         try:
             result = self.client.evalsha(self._sha, len(keys), *keys, *args)
-        except Exception as e:  # the script cache was flushed (Redis restarted): load it again
-            if "NOSCRIPT" not in str(e):
-                raise
+        except NoScriptError:  # the script cache was flushed (Redis restarted): load it again
             self._sha = self.client.script_load(APPLY)
             result = self.client.evalsha(self._sha, len(keys), *keys, *args)
         if int(result[0]) == 1:
@@ -199,6 +198,10 @@ class RedisTileStore:
 
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"
+
+    async def reset(self) -> None:
+        if self._pool is not None:
+            await self._pool.reset()
 
     def close(self) -> None:
         if self._sync is not None:

@@ -7,6 +7,11 @@ assembles the windows at the request's clock (``windows.py``). A key is found wh
 has an event within the view's longest window; its event timestamp is its newest
 event's time, so the view's ttl gives OUTSIDE_MAX_AGE like anywhere else.
 
+Circuit breaker: a reader beside a Redis store is given that store (``health``), whose
+background PING probe already tells when the server stops answering (refused or frozen);
+while it is DOWN, reads answer UNAVAILABLE at once instead of each request waiting out
+its deadline on a frozen server, and the reader's state is the store's.
+
 Writes (push, materialize) are refused: a stream view is fed by its processor only.
 Lineage names the view's Kafka topic as its source table.
 """
@@ -18,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from featurestore.errors import FailedPrecondition
+from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import STREAM_STORE_PREFIX, FeatureView
 from featurestore.rows import key_text
-from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, ViewRead
 from featurestore.streaming.store import TileStore
 from featurestore.streaming.tiles import view_layout
 from featurestore.streaming.windows import compute
@@ -30,10 +35,18 @@ from featurestore.streaming.windows import compute
 class StreamSource:
     kind = "stream"
 
-    def __init__(self, store_name: str, tiles: TileStore, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        store_name: str,
+        tiles: TileStore,
+        clock: Callable[[], int] | None = None,
+        health: OnlineSource | None = None,
+    ) -> None:
         self._name = STREAM_STORE_PREFIX + store_name
         self.tiles = tiles
         self._clock = clock or _now_us  # epoch µs; tests read at chosen times
+        self._health = health  # the store on the same server, whose probe opens the circuit
+        self._was_down = False
 
     @property
     def name(self) -> str:
@@ -50,6 +63,13 @@ class StreamSource:
             view_layout(view)  # computed off the hot path
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        if self._health is not None:
+            if self._health.state() is SourceState.DOWN:
+                self._was_down = True
+                return [Unavailable(f"store {self._health.name!r} is down")] * len(queries)
+            if self._was_down:  # back: sockets idle through the outage are dead
+                self._was_down = False
+                await self.tiles.reset()
         out: list[ViewRead | BaseException] = []
         for q in queries:
             try:
@@ -72,7 +92,7 @@ class StreamSource:
         return view.stream.source.uri
 
     def state(self) -> SourceState:
-        return SourceState.READY
+        return SourceState.READY if self._health is None else self._health.state()
 
     def serving(self, versions: Mapping[str, int]) -> None:
         pass

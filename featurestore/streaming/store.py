@@ -64,6 +64,10 @@ class TileStore(Protocol):
 
     def table_uri(self, view: FeatureView) -> str: ...
 
+    async def reset(self) -> None:
+        """Drop idle read connections (the server was down: they are dead)."""
+        ...
+
     def close(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -121,6 +125,9 @@ class MemoryTileStore:
 
     def table_uri(self, view: FeatureView) -> str:
         return f"memory://{self.name}/{view.name}/tiles"
+
+    async def reset(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -118,3 +118,9 @@ async def test_marks_are_per_topic(store: TileStore) -> None:
     assert store.marks(VIEW, "clicks") == {}
     assert store.marks(VIEW, "other") == {0: PartitionMark(3, t)}
     assert NO_MARK.offset == -1 and math.isfinite(NO_MARK.watermark_us)
+
+
+async def test_a_reset_drops_idle_connections_and_reads_go_on(store: TileStore) -> None:
+    assert await store.read(VIEW, ["1"]) == [None]
+    await store.reset()
+    assert await store.read(VIEW, ["1"]) == [None]

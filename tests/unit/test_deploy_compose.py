@@ -188,6 +188,7 @@ def test_prometheus_scrapes_the_servers_and_alerts_to_alertmanager() -> None:
     ports = {
         "featurestore": load_config(config_of("featurestore")).http.port,
         "lineage-consumer": parser().parse_args(command(every["lineage-consumer"])).metrics_port,
+        "stream-processor": parser().parse_args(command(every["stream-processor"])).metrics_port,
     }
     targets = [t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]]
     assert sorted(targets) == sorted(f"{host}:{port}" for host, port in ports.items())
@@ -219,3 +220,21 @@ def test_the_server_gets_longer_than_its_drain_to_stop() -> None:
 
     grace = services()["featurestore"]["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) > DRAIN_SECONDS  # compose's default 10 s is not
+
+
+def test_the_stream_processor_runs_a_stream_view_of_its_mounted_definitions_and_listens_for_prometheus() -> (
+    None
+):
+    from featurestore.definitions.parser import load_definitions
+
+    every = services()
+    processor = every["stream-processor"]
+    args = parser().parse_args(command(processor))
+    definitions = load_definitions(mounts(processor)[args.definitions])
+    assert args.view and all(definitions.views[v].stream is not None for v in args.view)
+    assert args.metrics_host == "0.0.0.0"  # the default 127.0.0.1 is unreachable from Prometheus
+    config = load_config(mounts(processor)[args.config])
+    assert urlsplit(f"//{config.stream.kafka.bootstrap_servers}").hostname in depends_on(processor)
+    for view in args.view:
+        store = config.stores[definitions.views[view].online_store]
+        assert store.kind == "redis" and urlsplit(store.options["url"]).hostname in depends_on(processor)

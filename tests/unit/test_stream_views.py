@@ -330,3 +330,37 @@ async def test_a_tile_store_that_cannot_be_reached_makes_the_view_unavailable_no
     col = {c.name: c for c in result.columns}["n_5m"]
     assert col.outcome is not None and col.outcome.statuses == [Status.UNAVAILABLE] * 2
     assert result.partial and col.values == [None, None]
+
+
+def test_an_event_time_outside_1970_to_2255_or_a_key_outside_int64_is_malformed() -> None:
+    """A far-future time would move its partition's watermark so far that every later
+    event of the partition counted as late, for good (the watermark is stored)."""
+    dec = EventDecoder(parse(DOC).views["clicks"])
+    for raw, reason in [
+        (
+            b'{"user": 7, "ts": 100000000000000000000, "kind": "c"}',
+            "timestamp field 'ts': outside 1970..2255",
+        ),
+        (b'{"user": 7, "ts": -1, "kind": "c"}', "timestamp field 'ts': outside 1970..2255"),
+        (
+            b'{"user": 7, "ts": "9999-12-31T00:00:00", "kind": "c"}',
+            "timestamp field 'ts': outside 1970..2255",
+        ),
+        (b'{"user": 99999999999999999999, "ts": 1, "kind": "c"}', "Expected `int` <= 9223372036854775807"),
+    ]:
+        got = dec.decode(raw)
+        assert isinstance(got, Malformed) and reason in got.reason, (raw, got)
+    assert isinstance(dec.decode(b'{"user": 7, "ts": 9000000000000, "kind": "c"}'), Event)  # 2255-03
+
+
+def test_the_demo_views_ttl_is_shorter_than_its_longest_window_so_an_idle_user_is_outside_max_age() -> None:
+    """docs/streaming.md promises OUTSIDE_MAX_AGE after the ttl: past the longest window
+    a key is NOT_FOUND, so a ttl as long as that window would never show it."""
+    from featurestore.definitions.parser import load_definitions
+
+    defs = load_definitions(
+        Path(__file__).resolve().parents[2] / "featurestore" / "demo" / "stream_features.yaml"
+    )
+    view = defs.views["user_clicks"]
+    assert view.stream is not None and view.ttl_seconds is not None
+    assert view.ttl_seconds < view.stream.max_window_seconds - view.stream.tile_seconds

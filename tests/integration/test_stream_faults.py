@@ -1,0 +1,315 @@
+"""The stream processor when things go wrong: through a Redis outage the lag keeps being
+measured while the write waits for Redis (the lag alert sees it grow), and after Redis
+comes back empty the processor re-reads the topic from the start, so every event is
+counted exactly once; an event from a clock hours ahead does not make the next ones late."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from featurestore.definitions.parser import parse_definitions
+from featurestore.model import FeatureView
+from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+from featurestore.streaming.redis_store import RedisTileStore
+from featurestore.streaming.store import NO_MARK, MemoryTileStore
+from featurestore.streaming.tiles import view_layout
+from featurestore.streaming.windows import compute
+from lineage.kafka import KafkaSettings, ensure_topic
+from tests.servers import RedisServer, TansuBroker
+from tests.support import wait_until
+
+
+def test_the_lag_grows_while_redis_is_down_and_every_event_counts_once_after_it_returns(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"outage-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "outage_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="o.yaml",
+    ).views["outage_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    now_ms = time.time_ns() // 1_000_000
+
+    def produce(n: int) -> None:
+        for _ in range(n):
+            producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": now_ms}).encode())
+        assert producer.flush(10) == 0
+
+    def lag() -> float:
+        return REGISTRY.get_sample_value("featurestore_stream_lag_messages", {"view": "outage_view"}) or 0.0
+
+    redis = RedisServer(tmp_path / "r").start()
+    store = RedisTileStore("default", "p", redis.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(batch_messages=10, poll_seconds=0.05, lag_interval_seconds=0.1)
+    proc = StreamProcessor(view, store, settings, "p", options)
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    produce(20)
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0) is not None and lag() == 0, 60, "caught up")
+        assert store.marks(view, topic)[0].offset == 19
+        redis.stop()
+        produce(1)
+        wait_until(lambda: proc.marks[0].offset == 20, 60, "a write of offset 20 waiting for Redis")
+        produce(29)  # consumed by nobody while that write waits
+        # the write in flight and the new messages (counted by the broker's high watermark,
+        # which the test broker moves once per produced batch: at least 2 here)
+        wait_until(lambda: lag() >= 2, 60, "the lag measured while the write waits")
+        redis.start()  # same port, empty: no tiles, no marks
+        wait_until(
+            lambda: store.marks(view, topic).get(0) is not None and store.marks(view, topic)[0].offset == 49,
+            60,
+            "the topic re-applied from the start",
+        )
+        blobs = asyncio.run(read_once(store, view))
+        assert compute(view_layout(view), blobs, now_ms * 1000 + 1, [0]).columns == [[50]]  # each event once
+    finally:
+        stop.set()
+        thread.join(30)
+        store.close()
+        redis.stop()
+
+
+async def read_once(store: RedisTileStore, view: FeatureView) -> list[bytes | None]:
+    try:
+        return await store.read(view, ["1"])
+    finally:
+        await store.aclose()
+
+
+def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafka: TansuBroker) -> None:
+    """A producer whose clock (or time zone) is hours ahead: its event is applied, but
+    the partition's watermark stops a minute ahead of the processor's clock, so the
+    correctly timed events after it are not dropped as late."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"skew-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "skew_view",
+                    "entities": ["user_id"],
+                    "allowed_lateness": "30s",
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="s.yaml",
+    ).views["skew_view"]
+    now = time.time_ns() // 1_000_000
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for ts in (now + 3 * 3_600_000, now, now - 10_000, now - 600_000):  # the last one is late
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode())
+    assert producer.flush(10) == 0
+    store = MemoryTileStore()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(batch_messages=2, poll_seconds=0.05))
+
+    def count(outcome: str) -> float:
+        labels = {"view": "skew_view", "outcome": outcome}
+        return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
+
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 3, 60, "the topic applied")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert (count("applied"), count("late")) == (3, 1)
+    assert store.marks(view, topic)[0].watermark_us < (now + 3_600_000) * 1000
+    got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now * 1000, [0])
+    assert got.columns == [[2]]  # the future event's tile is not in the window yet
+
+
+def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettered_without_its_value(
+    kafka: TansuBroker,
+) -> None:
+    """Near Kafka's size limit, the message plus the dead-letter headers no longer fits:
+    the producer refuses it at once. That must not stop the processor (the message would
+    be redelivered to every restart): its reason and origin go to the dead-letter topic."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"huge-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": "p",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "huge_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="h.yaml",
+    ).views["huge_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, key=b"1", value=b"x" * 999_900)  # fits alone; not JSON
+    producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode())
+    assert producer.flush(10) == 0
+    store = MemoryTileStore()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 1, 60, "the topic applied")
+    finally:
+        stop.set()
+        thread.join(30)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
+    consumer.assign([TopicPartition(f"{topic}.dlq", 0, 0)])
+    got: list[Any] = []
+
+    def letters() -> bool:
+        got.extend(consumer.consume(10, 0.2))
+        return bool(got)
+
+    try:
+        wait_until(letters, 30, "the dead letter")
+    finally:
+        consumer.close()
+    [letter] = got
+    headers = dict(letter.headers())
+    assert letter.value() is None and headers["featurestore-source"] == f"{topic}:0:0".encode()
+    assert (
+        b"not valid JSON" in headers["featurestore-error"]
+        and b"999901 bytes left out" in headers["featurestore-error"]
+    )
+
+
+def test_a_processor_started_before_the_server_applied_the_definitions_waits_for_them(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """The walk-through starts `serve` and `stream run` together; the processor may read
+    the registry before the server has applied the definitions to it."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, StreamProcessorProcess
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
+        "stores: {default: {kind: redis, url: 'redis://127.0.0.1:1/0', cache: false}}\n"
+        f"stream: {{kafka: {{bootstrap_servers: '{kafka.bootstrap}'}}}}\n"
+    )
+    demo = ROOT / "featurestore" / "demo" / "stream_features.yaml"
+
+    def apply_later() -> None:
+        time.sleep(1)  # the processor is started (not a timed assert: it waits up to 30 s)
+        subprocess.run(
+            [sys.executable, "-m", "featurestore.cli", "apply", str(demo), "--config", str(config)],
+            cwd=ROOT, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    applier = threading.Thread(target=apply_later)
+    applier.start()
+    processor = StreamProcessorProcess(["--config", str(config), "--view", "user_clicks"], tmp_path / "s.log")
+    try:
+        processor.start()  # raises when the process exits ("the registry has no snapshot")
+        assert "featurestore_stream_processor_up" in processor.metrics()
+    finally:
+        applier.join(60)
+        processor.stop()
+
+
+def test_after_the_tile_store_lost_everything_a_restarted_processor_rebuilds_from_the_topics_start(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """The stored marks are what count, not Kafka's committed offsets: with no mark (Redis
+    flushed) a processor of the same group reads the topic again from its start."""
+    import redis as redis_client
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"flushed-{uuid.uuid4().hex[:8]}"
+    view = parse_definitions(
+        {
+            "project": f"p{uuid.uuid4().hex[:6]}",
+            "entities": [{"name": "user_id", "dtype": "int64"}],
+            "stream_views": [
+                {
+                    "name": "flushed_view",
+                    "entities": ["user_id"],
+                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+                }
+            ],
+        },
+        source="f.yaml",
+    ).views["flushed_view"]
+    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    now_ms = time.time_ns() // 1_000_000
+
+    def produce(n: int) -> None:
+        for _ in range(n):
+            producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": now_ms}).encode())
+        assert producer.flush(10) == 0
+
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(batch_messages=10, poll_seconds=0.05, group_id=f"g-{topic}")
+
+    def run_until(offset: int) -> None:
+        proc = StreamProcessor(view, store, settings, "p", options)
+        stop = threading.Event()
+        thread = threading.Thread(target=proc.run, args=(stop,))
+        thread.start()
+        try:
+            wait_until(
+                lambda: store.marks(view, topic).get(0, NO_MARK).offset == offset, 60, f"offset {offset}"
+            )
+        finally:
+            stop.set()
+            thread.join(30)
+
+    produce(20)
+    run_until(19)  # applied, and committed to Kafka when it left the group
+    redis_client.Redis.from_url(redis_server.url).flushall()
+    produce(5)
+    run_until(24)
+    try:
+        blobs = asyncio.run(read_once(store, view))
+    finally:
+        store.close()
+    assert compute(view_layout(view), blobs, now_ms * 1000 + 1, [0]).columns == [[25]]
