@@ -242,6 +242,7 @@ def test_aliased_searches_are_charged_as_the_scans_they_are() -> None:
     """A search reads every name, so a request of many aliased searches is over budget
     long before it could hold the event loop for seconds: 9 pass, 11 do not."""
     app = LineageGraphQL(_dense_graph(5))
+
     def searches(n: int) -> str:
         return "{ " + " ".join(f's{i}: search(text: "x") {{ id }}' for i in range(n)) + " }"
 
