@@ -24,7 +24,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from lineage.graph.base import MAX_DEPTH, LineageGraph
-from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, topology
+from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, split_id, topology
 from lineage.graph.topology import Change as ChangeFact
 from lineage.graph.topology import Node as NodeFact
 from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms
@@ -135,8 +135,14 @@ class GraphQueries:
         depth: int = 2,
         as_of: datetime | None = None,
     ) -> Graph | None:
+        root = str(start)
+        kind, _, name = root.partition(":")
+        if not root.strip() or (kind in LABELS and not name):
+            raise GraphQLError(
+                f"root {root!r} names no node: give 'kind:name' or a feature, view, table or service name"
+            )
         incident, nodes = _counting(info, _graph(info))
-        node = await resolve(str(start), nodes)
+        node = await resolve(root, nodes)
         if node is None:
             return None
         try:
@@ -160,9 +166,10 @@ class GraphQueries:
 
     @strawberry.field(description="One node by id ('kind:name'), with its attributes.")
     async def node(self, info: Info, id: ID) -> Node | None:
-        kind = str(id).partition(":")[0]
-        if kind not in LABELS:
-            raise GraphQLError(f"node id {id!r} is not 'kind:name' with kind one of {', '.join(LABELS)}")
+        try:
+            split_id(str(id))  # a caller's mistake, not a graph failure: no traceback at ERROR
+        except ValueError as e:
+            raise GraphQLError(str(e)) from None
         if not _charge(info, 1):
             return None
         found = await _graph(info).nodes([str(id)])

@@ -251,3 +251,18 @@ def test_aliased_searches_are_charged_as_the_scans_they_are() -> None:
     status, doc = _post(app, searches(11))
     assert status == 200 and doc["data"] is None
     assert doc["errors"][0]["extensions"] == {"code": "QUERY_TOO_EXPENSIVE"}
+
+
+def test_an_empty_node_name_is_a_callers_error_not_a_logged_graph_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = LineageGraphQL(_dense_graph(3))
+    with caplog.at_level(logging.DEBUG):
+        for query, needle in [
+            ('{ node(id: "feature:") { id } }', "is not 'kind:name'"),
+            ('{ graph(root: "") { nodes { id } } }', "names no node"),
+            ('{ graph(root: "table:") { nodes { id } } }', "names no node"),
+        ]:
+            status, doc = _post(app, query)
+            assert status == 200 and needle in doc["errors"][0]["message"], doc
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
