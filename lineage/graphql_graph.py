@@ -121,6 +121,12 @@ def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-ar
     return incident, nodes
 
 
+async def _existed(node_id: str, as_of_ms: int | None, incident) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the node had an edge either way at ``as_of_ms`` (a walk of one direction
+    may find none from a node that was there: a service downstream)."""
+    return bool(await incident([node_id], as_of_ms, True) or await incident([node_id], as_of_ms, False))
+
+
 @strawberry.type
 class GraphQueries:
     @strawberry.field(
@@ -151,6 +157,8 @@ class GraphQueries:
             )
         except TooLarge as e:
             raise GraphQLError(str(e)) from None
+        if as_of is not None and not topo.edges and not await _existed(node.id, _ms(as_of), incident):
+            return None  # as `feature(asOf)`: a node without any edge then did not exist then
         if not _charge(info, len(topo.nodes) + len(topo.edges)):
             return None
         return Graph(nodes=[Node.of(n) for n in topo.nodes], edges=[Edge.of(e) for e in topo.edges])

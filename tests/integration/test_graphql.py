@@ -266,3 +266,12 @@ def test_an_empty_node_name_is_a_callers_error_not_a_logged_graph_failure(
             status, doc = _post(app, query)
             assert status == 200 and needle in doc["errors"][0]["message"], doc
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_graph_as_of_before_the_definitions_is_null_like_the_feature(server: ServerProcess) -> None:
+    query = '{ graph(root: "user_item:affinity", direction: DOWNSTREAM, asOf: "%s") { nodes { id } } }'
+    _, doc = gql(server, query % "2001-01-01T00:00:00Z")
+    assert doc["data"]["graph"] is None, doc
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    _, doc = gql(server, query % now)
+    assert "feature:user_item:affinity" in [n["id"] for n in doc["data"]["graph"]["nodes"]], doc
