@@ -7,6 +7,7 @@ and served from memory. The page reads only the GraphQL API (docs/lineage.md).
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from typing import Any
 
@@ -47,20 +48,31 @@ class LineagePage:
 
     def __init__(self) -> None:
         self.assets = _assets()
+        # no-cache means "ask again": with an ETag the answer is a 304, not Cytoscape's 400 kB
+        self.etags = {
+            p: b'"%s"' % hashlib.sha256(body).hexdigest()[:32].encode()
+            for p, (_, body) in self.assets.items()
+        }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"].rstrip("/") or "/"
         found = self.assets.get(path)
+        extra: list[tuple[bytes, bytes]] = []
         if found is None or scope["method"] not in ("GET", "HEAD"):
             status, ctype, body = 404, b"application/json", NOT_FOUND
         else:
             status, (ctype, body) = 200, found
+            extra.append((b"etag", self.etags[path]))
+            asked = dict(scope.get("headers") or ()).get(b"if-none-match", b"")
+            if self.etags[path] in asked.split(b", "):
+                status, body = 304, b""
         headers = [
             (b"content-type", ctype),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-cache"),
             (b"x-content-type-options", b"nosniff"),
             (b"content-security-policy", CSP),
+            *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
