@@ -30,8 +30,8 @@ from lineage.graph.topology import Node as NodeFact
 from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms
 
 # A search scans every name (the memory graph: 16 ms on the 10,000-feature graph of
-# benchmarks/lineage_page.py), not one lookup: at this cost a request gets 10 of them,
-# where at 4 it got 2,500 aliased searches, 40 s of one event loop.
+# benchmarks/lineage_page.py), not one lookup: at this cost a request gets 9 of them
+# (150 ms of one event loop), where at 4 it got as many as the alias limit allows (30, 0.5 s).
 SEARCH_COST = 1000
 
 
