@@ -24,10 +24,15 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from lineage.graph.base import MAX_DEPTH, LineageGraph
-from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, topology
+from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, split_id, topology
 from lineage.graph.topology import Change as ChangeFact
 from lineage.graph.topology import Node as NodeFact
 from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms
+
+# A search scans every name (the memory graph: 16 ms on the 10,000-feature graph of
+# benchmarks/lineage_page.py), not one lookup: at this cost a request gets 9 of them
+# (150 ms of one event loop), where at 4 it got as many as the alias limit allows (30, 0.5 s).
+SEARCH_COST = 1000
 
 
 @strawberry.enum(
@@ -116,6 +121,12 @@ def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-ar
     return incident, nodes
 
 
+async def _existed(node_id: str, as_of_ms: int | None, incident) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the node had an edge either way at ``as_of_ms`` (a walk of one direction
+    may find none from a node that was there: a service downstream)."""
+    return bool(await incident([node_id], as_of_ms, True) or await incident([node_id], as_of_ms, False))
+
+
 @strawberry.type
 class GraphQueries:
     @strawberry.field(
@@ -130,8 +141,14 @@ class GraphQueries:
         depth: int = 2,
         as_of: datetime | None = None,
     ) -> Graph | None:
+        root = str(start)
+        kind, _, name = root.partition(":")
+        if not root.strip() or (kind in LABELS and not name):
+            raise GraphQLError(
+                f"root {root!r} names no node: give 'kind:name' or a feature, view, table or service name"
+            )
         incident, nodes = _counting(info, _graph(info))
-        node = await resolve(str(start), nodes)
+        node = await resolve(root, nodes)
         if node is None:
             return None
         try:
@@ -140,6 +157,8 @@ class GraphQueries:
             )
         except TooLarge as e:
             raise GraphQLError(str(e)) from None
+        if as_of is not None and not topo.edges and not await _existed(node.id, _ms(as_of), incident):
+            return None  # as `feature(asOf)`: a node without any edge then did not exist then
         if not _charge(info, len(topo.nodes) + len(topo.edges)):
             return None
         return Graph(nodes=[Node.of(n) for n in topo.nodes], edges=[Edge.of(e) for e in topo.edges])
@@ -148,16 +167,17 @@ class GraphQueries:
     async def search(self, info: Info, text: str, limit: int = 20) -> list[Node]:
         if not 1 <= limit <= 100:
             raise GraphQLError(f"limit must be between 1 and 100, got {limit}")
-        if not text.strip() or not _charge(info, 4):
+        if not text.strip() or not _charge(info, SEARCH_COST):
             return []
         found = await _graph(info).search(text.strip(), limit)
         return [Node.of(n) for n in found] if _charge(info, len(found)) else []
 
     @strawberry.field(description="One node by id ('kind:name'), with its attributes.")
     async def node(self, info: Info, id: ID) -> Node | None:
-        kind = str(id).partition(":")[0]
-        if kind not in LABELS:
-            raise GraphQLError(f"node id {id!r} is not 'kind:name' with kind one of {', '.join(LABELS)}")
+        try:
+            split_id(str(id))  # a caller's mistake, not a graph failure: no traceback at ERROR
+        except ValueError as e:
+            raise GraphQLError(str(e)) from None
         if not _charge(info, 1):
             return None
         found = await _graph(info).nodes([str(id)])

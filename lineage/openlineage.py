@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -135,10 +136,10 @@ def transport_config(settings: Any) -> dict[str, Any]:
 class OpenLineageListener:
     """A RunListener (lineage/runs.py) that sends each run report to OpenLineage."""
 
-    def __init__(self, client: OpenLineageClient, namespace: str) -> None:
+    def __init__(self, client: OpenLineageClient, namespace: str, queue_size: int = _QUEUE) -> None:
         self.client = client
         self.namespace = namespace
-        self._queue: queue.Queue[RunEvent | None] = queue.Queue(_QUEUE)
+        self._queue: queue.Queue[RunEvent | None] = queue.Queue(queue_size)
         self._thread = threading.Thread(target=self._send_all, name="openlineage", daemon=True)
         self._thread.start()
 
@@ -166,7 +167,18 @@ class OpenLineageListener:
                 )
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued (up to ``timeout`` seconds), then stop the sender."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self.client.close(timeout)
+        """Send what is queued (up to ``timeout`` seconds), then stop the sender. A
+        receiver that hangs with the queue full costs ``timeout``, never a hung shutdown:
+        what is still queued then is counted as dropped (the sender is a daemon thread)."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=timeout)
+            sentinel = 1
+        except queue.Full:
+            sentinel = 0
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            left = max(0, self._queue.qsize() - sentinel)
+            metrics.OPENLINEAGE.labels("dropped").inc(left)
+            log.warning("openlineage: receiver still busy after %.1fs, %d run events not sent", timeout, left)
+        self.client.close(max(0.0, deadline - time.monotonic()))

@@ -1,7 +1,8 @@
 """In-process lineage graph: the embedded default. Same model and answers as the Bolt
 adapter (one contract suite), held in dicts with adjacency indexes, so a query touches
 only the edges of the nodes it walks. Event history is bounded (``max_events``, oldest
-dropped first); redelivery is recognised within that window."""
+dropped first); redelivery is recognised within that window. Job runs are bounded too
+(``max_runs``: the oldest run goes with its READ/PUBLISHED edges and data version)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class _Validity:
 
 
 class InMemoryGraph:
-    def __init__(self, max_events: int = 200_000) -> None:
+    def __init__(self, max_events: int = 200_000, max_runs: int = 10_000) -> None:
         self._features: dict[str, FeatureInfo] = {}
         self._tables: set[str] = set()
         self._edges: dict[Edge, _Validity] = {}  # definition and event edges
@@ -70,7 +71,8 @@ class InMemoryGraph:
         ] = {}  # (view|service, name) -> owner, description
         self._first_served: dict[tuple[str, str], int] = {}  # (feature, server) -> first window, ms
         self._servers: defaultdict[str, set[str]] = defaultdict(set)  # server -> features it served
-        self._runs: dict[str, JobRunEvent] = {}
+        self._max_runs = max_runs
+        self._runs: dict[str, JobRunEvent] = {}  # oldest first reported first
         self._data_versions: dict[str, DataVersion] = {}
 
     async def start(self) -> None:
@@ -167,6 +169,26 @@ class InMemoryGraph:
                 for edge in (("PUBLISHED", run.run_id, dv.id), ("OF", dv.id, dv.view)):
                     if edge not in self._edges:
                         self._add_edge(edge, _Validity(published))
+            while len(self._runs) > self._max_runs:
+                self._forget_run(next(iter(self._runs)))
+
+    def _forget_run(self, run_id: str) -> None:
+        """Bounded like the events: the oldest run goes with its edges and data version."""
+        run = self._runs.pop(run_id)
+        for edge in [("READ", run_id, t) for t in run.inputs]:
+            self._drop_edge(edge)
+        dv = run.data_version
+        if dv is not None:
+            self._drop_edge(("PUBLISHED", run_id, dv.id))
+            if not self._in_index.get(("PUBLISHED", dv.id)):  # no other run published it
+                self._data_versions.pop(dv.id, None)
+                self._drop_edge(("OF", dv.id, dv.view))
+
+    def _drop_edge(self, edge: Edge) -> None:
+        kind, a, b = edge
+        if self._edges.pop(edge, None) is not None:
+            self._out_index[(kind, a)].discard(b)
+            self._in_index[(kind, b)].discard(a)
 
     def _add_edge(self, edge: Edge, validity: _Validity) -> None:
         kind, a, b = edge

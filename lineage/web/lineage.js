@@ -37,7 +37,8 @@
     el.className = isError ? "error" : "";
   }
 
-  function gql(query, variables, retried) {
+  // One GraphQL request; on 401/403 it asks for the token once and sends again.
+  function post(query, variables, retried) {
     var headers = { "content-type": "application/json" };
     var token = sessionStorage.getItem("featurestore-token");
     if (token) { headers.authorization = "Bearer " + token; }
@@ -48,15 +49,27 @@
           var entered = window.prompt("This server asks for a bearer token (admin scope):");
           if (entered) {
             sessionStorage.setItem("featurestore-token", entered.trim());
-            return gql(query, variables, true);
+            return post(query, variables, true);
           }
         }
-        return res.json();
-      })
-      .then(function (doc) {
-        if (doc.errors && doc.errors.length) { throw new Error(doc.errors[0].message); }
-        return doc.data;
+        return res.json().then(function (doc) {
+          // a refusal before GraphQL (no or a wrong token, a body too large) is the
+          // service's JSON error, not a GraphQL response: show it as it is
+          if (!res.ok && !doc.errors) {
+            var err = doc.error || {};
+            throw new Error(res.status + " " + (err.code || res.statusText) + ": " + (err.message || ""));
+          }
+          return doc;
+        });
       });
+  }
+
+  // The data of a GraphQL answer (its first error thrown).
+  function gql(query, variables) {
+    return post(query, variables, false).then(function (doc) {
+      if (doc.errors && doc.errors.length) { throw new Error(doc.errors[0].message); }
+      return doc.data;
+    });
   }
 
   // -- search ------------------------------------------------------------------------

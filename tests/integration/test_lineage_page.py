@@ -142,10 +142,7 @@ def test_graph_and_changes_over_graphql_on_the_demo(demo: ServerProcess) -> None
     assert {"source": "view:user_transactions", "target": "feature:user_transactions:txn_count_90d",
             "kind": "CONTAINS"} in data["g"]["edges"]  # fmt: skip
     assert data["none"] is None
-    assert data["past"] == {
-        "nodes": [{"id": "feature:user_profile:age"}],
-        "edges": [],
-    }  # before any definition
+    assert data["past"] is None  # before any definition, as feature(asOf) answers
     [change] = data["f"]["changes"]
     assert change["kind"] == "data_version" and change["dataVersion"] == "user_transactions@1"
     assert change["job"] == "materialize:user_transactions" and change["rows"] > 0
@@ -163,3 +160,30 @@ def test_bad_graph_arguments_are_graphql_errors(demo: ServerProcess) -> None:
         status, raw, _ = http_post(demo.url + "/graphql", json.dumps({"query": query}).encode())
         doc = json.loads(raw)
         assert status == 200 and needle in doc["errors"][0]["message"], (query, doc)
+
+
+def test_with_tokens_on_the_page_loads_open_and_its_queries_carry_the_token_entered(
+    tmp_path: Path, page: tuple[Page, list[str]]
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("page-admin-token admin\n")
+    proc = ServerProcess(
+        ["--demo", "--data-dir", str(tmp_path / "data")],
+        {"FEATURESTORE_AUTH__TOKENS_FILE": str(tokens)},
+        tmp_path / "server.log",
+    )
+    proc.start(timeout=120)
+    try:
+        pg, problems = page
+        answers = [None, "page-admin-token"]  # first cancel the prompt, then enter the token
+        pg.on("dialog", lambda d: d.dismiss() if answers.pop(0) is None else d.accept("page-admin-token"))
+        pg.goto(proc.url + "/lineage?root=user_profile:age")
+        pg.wait_for_function("() => document.getElementById('status').className === 'error'")
+        assert pg.text_content("#status").startswith("401 UNAUTHENTICATED: ")  # type: ignore[union-attr]
+        pg.evaluate("() => window.lineage.draw()")
+        pg.wait_for_function("() => window.lineage.cy.nodes().length > 0")
+        assert "feature:user_profile:age" in drawn(pg)
+        assert answers == []  # asked once per refused request, then the token is kept
+        assert not [p for p in problems if "401" not in p]  # the browser logs each 401 itself
+    finally:
+        proc.stop()

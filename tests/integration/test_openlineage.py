@@ -18,9 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import RunEvent
 from openlineage.client.facet_v2 import schema_dataset
 
+from featurestore.config import OpenLineageConfig
+from lineage.openlineage import transport_config
 from tests.integration.test_materialize_incremental import cli_repo, materialize
 from tests.servers import RedisServer, TansuBroker
 
@@ -174,3 +177,39 @@ def test_the_kafka_transport_puts_the_run_events_on_a_topic(
     assert [e["eventType"] for e in got] == ["START", "COMPLETE"]
     for event in got:
         valid(event)
+
+
+def test_closing_with_a_hung_receiver_and_a_full_queue_gives_up_after_its_timeout() -> None:
+    from lineage.openlineage import OpenLineageListener
+    from lineage.runs import JobRunEvent
+
+    release = threading.Event()
+
+    class Hung(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            release.wait()
+            self.send_response(201)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    settings = OpenLineageConfig(url=f"http://127.0.0.1:{server.server_address[1]}", timeout_seconds=60.0)
+    client = OpenLineageClient(config={"transport": transport_config(settings)})
+    listener = OpenLineageListener(client, "ns", queue_size=1)
+    try:
+        for n in range(3):  # one in the hung request, one queued, one dropped
+            listener.emit(
+                JobRunEvent(job="j", run_id=f"r{n}", state="START", started_at="2026-01-01T00:00:00Z")
+            )
+        closing = threading.Thread(target=listener.close, args=(0.5,), daemon=True)
+        closing.start()
+        closing.join(30)  # the receiver hangs for 60 s: without the bound close waits for ever
+        assert not closing.is_alive()
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

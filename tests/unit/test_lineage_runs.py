@@ -74,3 +74,25 @@ def test_openlineage_dataset_names_and_run_ids() -> None:
     )
     facets = event.run.facets or {}
     assert getattr(facets["errorMessage"], "message", None) == "boom" and event.job.name == "j"
+
+
+async def test_the_memory_graph_forgets_its_oldest_run_with_its_edges_and_data_version() -> None:
+    from lineage.graph.memory import InMemoryGraph
+
+    graph = InMemoryGraph(max_runs=2)
+
+    def run(n: int) -> JobRunEvent:
+        at = f"2026-01-01T00:00:0{n}Z"
+        dv = DataVersion(view="v", version=n, rows=1, published_at=at, fingerprint="f")
+        return JobRunEvent(
+            job="materialize:v", run_id=f"r{n}", state="COMPLETE", started_at=at, ended_at=at,
+            inputs=[f"file:///in{n}"], view="v", data_version=dv,
+        )  # fmt: skip
+
+    for n in (1, 2, 3):
+        await graph.write_runs([run(n)])
+    kept = [n.id for n in await graph.nodes(["run:r1", "data_version:v@1", "run:r2", "run:r3"])]
+    assert kept == ["run:r2", "run:r3"]
+    assert await graph.incident(["table:file:///in1"], None, False) == []
+    assert [c.run_id for c in await graph.changes(None, "file:///in1", None, 10)] == []
+    assert [c.run_id for c in await graph.changes(None, "file:///in3", None, 10)] == ["r3"]
