@@ -252,6 +252,7 @@ class StreamConfig:
     poll_seconds: Seconds = 0.05  # how long a consume() waits for a batch to fill
     group_prefix: str = "featurestore-stream"  # consumer group: {group_prefix}-{project}-{view}
     lag_interval_seconds: Seconds = 5.0  # how often the consumer lag is measured
+    run_window_seconds: Seconds = 60.0  # each processor is a lineage job run per window (docs/lineage.md)
 
 
 @dataclass(frozen=True, slots=True)

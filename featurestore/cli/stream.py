@@ -92,11 +92,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     ]
     for t in threads:
         t.start()
-    while not stop.is_set() and any(t.is_alive() for t in threads):
-        stop.wait(0.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    asyncio.run(_record_runs(config, processors, threads, stop))
     print(f"stream processor stopped: {', '.join(p.view.name for p in processors)}")
     return 0
 
@@ -106,7 +102,25 @@ def _run_one(processor: Any, stop: threading.Event) -> None:
         processor.run(stop)
     except Exception:  # one view's failure stops the process: its supervisor restarts it
         log.exception("stream view %s: processor failed", processor.view.name)
+        processor.failed = True  # its lineage run ends FAIL (featurestore/streaming/runs.py)
         stop.set()
+
+
+async def _record_runs(config: Any, processors: list[Any], threads: list[Any], stop: threading.Event) -> None:
+    """Wait for the processors, recording each as lineage job runs in windows of
+    ``stream.run_window_seconds`` (to the lineage sink, Kafka or a Bolt graph, and
+    OpenLineage when configured); runs for an in-process graph have no graph here."""
+    from featurestore.factories import make_run_recorder
+    from featurestore.streaming.runs import record_runs
+    from lineage.runs import BufferedRuns
+
+    recorder, close = await make_run_recorder(config)
+    if isinstance(recorder.sink, BufferedRuns):  # held for `serve --demo` only: nothing takes them here
+        recorder.sink = None
+    try:
+        await record_runs(recorder, processors, threads, stop, config.stream.run_window_seconds)
+    finally:
+        await close()
 
 
 def _definitions(path: str | None, registry: Any) -> Any:

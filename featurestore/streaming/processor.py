@@ -100,6 +100,8 @@ class StreamProcessor:
         self._producer: Any = None
         self._last_lag = 0.0
         self._newest_applied_ms = 0
+        # events by outcome, of batches written (and committed): the job runs' row counts
+        self.totals: dict[str, int] = {}
         self._errors = RepeatLimitedLog(log)  # used by this processor's consume thread only
         self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
@@ -274,6 +276,7 @@ class StreamProcessor:
         for outcome, n in turn.counts.items():
             if n:
                 metrics.EVENTS.labels(view, outcome).inc(n)
+                self.totals[outcome] = self.totals.get(outcome, 0) + n
         now_ms = time.time() * 1000
         for ts_ms in {turn.first_ms, turn.last_ms}:
             if ts_ms > 0:
