@@ -23,18 +23,14 @@ Writes benchmarks/results/drift.md (stitched into RESULTS.md).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from benchmarks.on_off import measure
 from benchmarks.report import stitch
 from featurestore.quality.stats import chi_square, ks_2samp
 
@@ -134,27 +130,8 @@ def quality(windows: int, trials: int) -> list[str]:
     return lines
 
 
-def _wrk_lua() -> Path:
-    for base in (ROOT.parent, ROOT.parent.parent):  # /work/main or a worktree under /work/wt
-        lua = base / "shared" / "peers" / "feast" / "wrk_getfeatures.lua"
-        if lua.exists():
-            return lua
-    raise SystemExit("the Feast peer's wrk_getfeatures.lua is missing (../shared/peers/feast)")
-
-
-def wrk(url: str, batch: int, conc: int, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conc}", f"-d{int(seconds)}s", "-s", str(_wrk_lua()), url],
-        env={**os.environ, "BATCH": str(batch)}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line[7:])
-    return result
-
-
 def cost(rounds: int, duration: float) -> list[str]:
     from featurestore.demo.data import ensure_demo_data
-    from tests.support import ServerProcess
 
     data = Path(tempfile.mkdtemp(prefix="fs-drift-data-"))
     ensure_demo_data(data)
@@ -167,25 +144,6 @@ def cost(rounds: int, duration: float) -> list[str]:
             f"quality: {{drift: {{enabled: {enabled}}}}}\n"
         )
         configs[label] = cfg
-    qps: dict[tuple[str, int], list[float]] = {}
-    cpu: dict[tuple[str, int], list[float]] = {}
-    for r in range(rounds):
-        for label in ("on", "off") if r % 2 == 0 else ("off", "on"):
-            server = ServerProcess(
-                ["--demo", "--data-dir", str(data), "--config", str(configs[label]), "--log-level", "warning"]
-            ).start(timeout=90)
-            try:
-                for batch in (1, 100):
-                    url = server.url + "/v1/feature/join"
-                    wrk(url, batch, 32, 3)  # warm-up
-                    assert server.proc is not None
-                    c0 = cpu_seconds(server.proc.pid)
-                    res = wrk(url, batch, 32, duration)
-                    used = cpu_seconds(server.proc.pid) - c0
-                    qps.setdefault((label, batch), []).append(res["qps"])
-                    cpu.setdefault((label, batch), []).append(used / res["requests"] * 1e6)
-            finally:
-                server.stop()
     lines = [
         "### Cost of drift sampling on the serving path",
         "",
@@ -195,22 +153,8 @@ def cost(rounds: int, duration: float) -> list[str]:
         f"{rounds} interleaved rounds, medians. Target: <= 3% cost. Server CPU per request is the steadier "
         "measure on a shared VM; QPS moves with other tenants' load.",
         "",
-        "| batch | QPS off | QPS on | QPS cost | server CPU/request off | on | CPU cost |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for batch in (1, 100):
-        off, on = statistics.median(qps[("off", batch)]), statistics.median(qps[("on", batch)])
-        c_off, c_on = statistics.median(cpu[("off", batch)]), statistics.median(cpu[("on", batch)])
-        lines.append(
-            f"| {batch} | {off:,.0f} | {on:,.0f} | {(off - on) / off * 100:+.1f}% | {c_off:.0f} µs | {c_on:.0f} µs "
-            f"| {(c_on - c_off) / c_off * 100:+.1f}% |"
-        )
-    return lines
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return lines + measure(data, configs, (1, 100), rounds, duration)
 
 
 def observe_cost() -> list[str]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -28,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.on_off import measure, wrk_lua
 from benchmarks.report import stitch
 from featurestore.demo.data import ensure_demo_data
 from lineage.consumer import LineageConsumer
@@ -40,22 +39,6 @@ from tests.support import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WRK_LUA = ROOT.parent / "shared" / "peers" / "feast" / "wrk_getfeatures.lua"
-
-
-def wrk(url: str, batch: int, conc: int, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conc}", f"-d{int(seconds)}s", "-s", str(WRK_LUA), url],
-        env={**os.environ, "BATCH": str(batch)}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line[7:])
-    return result
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def overhead(data: Path, rounds: int, duration: float) -> list[str]:
@@ -67,25 +50,6 @@ def overhead(data: Path, rounds: int, duration: float) -> list[str]:
             f"stores: {{default: {{kind: memory}}, analytics: {{kind: memory}}}}\nlineage: {{enabled: {enabled}}}\n"
         )
         configs[label] = cfg
-    results: dict[tuple[str, int], list[float]] = {}
-    cpu: dict[tuple[str, int], list[float]] = {}
-    for r in range(rounds):
-        for label in ("on", "off") if r % 2 == 0 else ("off", "on"):
-            server = ServerProcess(
-                ["--demo", "--data-dir", str(data), "--config", str(configs[label]), "--log-level", "warning"]
-            ).start()
-            try:
-                for batch in (1, 10):
-                    url = server.url + "/v1/feature/join"
-                    wrk(url, batch, 32, 3)  # warm-up
-                    assert server.proc is not None
-                    c0 = cpu_seconds(server.proc.pid)
-                    res = wrk(url, batch, 32, duration)
-                    used = cpu_seconds(server.proc.pid) - c0
-                    results.setdefault((label, batch), []).append(res["qps"])
-                    cpu.setdefault((label, batch), []).append(used / res["requests"] * 1e6)
-            finally:
-                server.stop()
     lines = [
         "### Cost of lineage on the serving path",
         "",
@@ -94,17 +58,8 @@ def overhead(data: Path, rounds: int, duration: float) -> list[str]:
         f"peer's request generator, concurrency 32, {rounds} interleaved rounds, medians. Target: <= 5% cost. "
         "Server CPU per request is the steadier measure on this shared VM; QPS moves with other tenants' load.",
         "",
-        "| batch | QPS off | QPS on | QPS cost | server CPU/request off | on | CPU cost |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for batch in (1, 10):
-        off, on = statistics.median(results[("off", batch)]), statistics.median(results[("on", batch)])
-        c_off, c_on = statistics.median(cpu[("off", batch)]), statistics.median(cpu[("on", batch)])
-        lines.append(
-            f"| {batch} | {off:,.0f} | {on:,.0f} | {(off - on) / off * 100:+.1f}% | {c_off:.0f} µs | {c_on:.0f} µs "
-            f"| {(c_on - c_off) / c_off * 100:+.1f}% |"
-        )
-    return lines
+    return lines + measure(data, configs, (1, 10), rounds, duration)
 
 
 def record_cost() -> list[str]:
@@ -190,7 +145,7 @@ def latency(data: Path, seconds: float) -> list[str]:
     try:
         # join traffic over three feature services / feature sets while the consumer runs
         load = subprocess.Popen(
-            ["wrk", "-t1", "-c8", f"-d{int(seconds) + 5}s", "-s", str(WRK_LUA), server.url + "/v1/feature/join"],
+            ["wrk", "-t1", "-c8", f"-d{int(seconds) + 5}s", "-s", str(wrk_lua()), server.url + "/v1/feature/join"],
             env={**os.environ, "BATCH": "10"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         asyncio.run(_consume(consumer_cfg, graph, seconds))

@@ -1,0 +1,78 @@
+"""The cost of a feature switched on vs off on the embedded demo server: the same wrk load
+(the Feast peer's request generator) against two configs, interleaved over rounds, medians
+of QPS and of server CPU per request. Used by benchmarks.lineage and benchmarks.drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = [
+    "| batch | QPS off | QPS on | QPS cost | server CPU/request off | on | CPU cost |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def wrk_lua() -> Path:
+    for base in (ROOT.parent, ROOT.parent.parent):  # /work/main or a worktree under /work/wt
+        lua = base / "shared" / "peers" / "feast" / "wrk_getfeatures.lua"
+        if lua.exists():
+            return lua
+    raise SystemExit("the Feast peer's wrk_getfeatures.lua is missing (../shared/peers/feast)")
+
+
+def wrk(url: str, batch: int, conc: int, seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conc}", f"-d{int(seconds)}s", "-s", str(wrk_lua()), url],
+        env={**os.environ, "BATCH": str(batch)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line[7:])
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    data: Path, configs: Mapping[str, Path], batches: Sequence[int], rounds: int, duration: float
+) -> list[str]:
+    """Table rows (``HEADER`` first) of the "on" config's cost against "off", per batch."""
+    from tests.support import ServerProcess
+
+    qps: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    for r in range(rounds):
+        for label in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            server = ServerProcess(
+                ["--demo", "--data-dir", str(data), "--config", str(configs[label]), "--log-level", "warning"]
+            ).start(timeout=90)
+            try:
+                for batch in batches:
+                    url = server.url + "/v1/feature/join"
+                    wrk(url, batch, 32, 3)  # warm-up
+                    assert server.proc is not None
+                    c0 = cpu_seconds(server.proc.pid)
+                    res = wrk(url, batch, 32, duration)
+                    used = cpu_seconds(server.proc.pid) - c0
+                    qps.setdefault((label, batch), []).append(res["qps"])
+                    cpu.setdefault((label, batch), []).append(used / res["requests"] * 1e6)
+            finally:
+                server.stop()
+    lines = list(HEADER)
+    for batch in batches:
+        off, on = statistics.median(qps[("off", batch)]), statistics.median(qps[("on", batch)])
+        c_off, c_on = statistics.median(cpu[("off", batch)]), statistics.median(cpu[("on", batch)])
+        lines.append(
+            f"| {batch} | {off:,.0f} | {on:,.0f} | {(off - on) / off * 100:+.1f}% | {c_off:.0f} µs | {c_on:.0f} µs "
+            f"| {(c_on - c_off) / c_off * 100:+.1f}% |"
+        )
+    return lines
