@@ -116,6 +116,20 @@ class _Parser:
             raise self.fail(f"{where}.{key}", "expected a list of strings")
         return v
 
+    def entity_keys(
+        self, obj: dict[str, Any], where: str, entities: Mapping[str, Any], what: str
+    ) -> list[str]:
+        """A view's ``entities``: at least one, each declared, none twice."""
+        keys = self.str_list(obj, "entities", where)
+        if not keys:
+            raise self.fail(f"{where}.entities", f"{what} needs at least one entity")
+        for k in keys:
+            if k not in entities:
+                raise self.fail(f"{where}.entities", f"unknown entity {k!r}")
+        if len(set(keys)) != len(keys):
+            raise self.fail(f"{where}.entities", "lists an entity twice")
+        return keys
+
     def tags(self, obj: dict[str, Any], where: str) -> Mapping[str, str]:
         v = obj.get("tags") or {}
         if not isinstance(v, dict):
@@ -244,14 +258,7 @@ class _Parser:
         m = self.mapping(obj, where, allowed, {"name", "entities", "features"})
         name = self.name(m, where)
         where = f"feature_views[{name}]"
-        keys = self.str_list(m, "entities", where)
-        if not keys:
-            raise self.fail(f"{where}.entities", "a feature view needs at least one entity")
-        for k in keys:
-            if k not in entities:
-                raise self.fail(f"{where}.entities", f"unknown entity {k!r}")
-        if len(set(keys)) != len(keys):
-            raise self.fail(f"{where}.entities", "lists an entity twice")
+        keys = self.entity_keys(m, where, entities, "a feature view")
         raw_features = m["features"]
         if not isinstance(raw_features, list) or not raw_features:
             raise self.fail(f"{where}.features", "expected a non-empty list of features")

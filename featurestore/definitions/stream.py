@@ -54,14 +54,7 @@ def _view(p: _Parser, obj: Any, i: int, entities: Mapping[str, Entity]) -> Featu
     m = p.mapping(obj, where, allowed, {"name", "entities", "source", "aggregations"})
     name = p.name(m, where)
     where = f"stream_views[{name}]"
-    keys = p.str_list(m, "entities", where)
-    if not keys:
-        raise p.fail(f"{where}.entities", "a stream view needs at least one entity")
-    for k in keys:
-        if k not in entities:
-            raise p.fail(f"{where}.entities", f"unknown entity {k!r}")
-    if len(set(keys)) != len(keys):
-        raise p.fail(f"{where}.entities", "lists an entity twice")
+    keys = p.entity_keys(m, where, entities, "a stream view")
     tile = p.duration(m.get("tile", DEFAULT_TILE_SECONDS), f"{where}.tile")
     assert tile is not None
     lateness = _non_negative(p, m.get("allowed_lateness", 0), f"{where}.allowed_lateness")
