@@ -27,30 +27,40 @@ from tests.servers import RedisServer, TansuBroker
 from tests.support import wait_until
 
 
-def test_the_lag_grows_while_redis_is_down_and_every_event_counts_once_after_it_returns(
-    kafka: TansuBroker, tmp_path: Path
-) -> None:
+def count_view(name: str, topic: str, project: str = "p", **options: Any) -> FeatureView:
+    """A stream view counting the events of ``topic`` (key ``u``, time ``ts``) over 1h."""
+    doc = {
+        "project": project,
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "stream_views": [
+            {
+                "name": name,
+                "entities": ["user_id"],
+                **options,
+                "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+            }
+        ],
+    }
+    return parse_definitions(doc, source=f"{name}.yaml").views[name]
+
+
+def topic_producer(kafka: TansuBroker, topic: str) -> Any:
+    """A producer on ``topic``, created with one partition."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    topic = f"outage-{uuid.uuid4().hex[:8]}"
-    view = parse_definitions(
-        {
-            "project": "p",
-            "entities": [{"name": "user_id", "dtype": "int64"}],
-            "stream_views": [
-                {
-                    "name": "outage_view",
-                    "entities": ["user_id"],
-                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
-                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
-                }
-            ],
-        },
-        source="o.yaml",
-    ).views["outage_view"]
     ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    return Producer({"bootstrap.servers": kafka.bootstrap})
+
+
+def test_the_lag_grows_while_redis_is_down_and_every_event_counts_once_after_it_returns(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+
+    topic = f"outage-{uuid.uuid4().hex[:8]}"
+    view = count_view("outage_view", topic)
+    producer = topic_producer(kafka, topic)
     now_ms = time.time_ns() // 1_000_000
 
     def produce(n: int) -> None:
@@ -106,29 +116,11 @@ def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafk
     """A producer whose clock (or time zone) is hours ahead: its event is applied, but
     the partition's watermark stops a minute ahead of the processor's clock, so the
     correctly timed events after it are not dropped as late."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient
 
     topic = f"skew-{uuid.uuid4().hex[:8]}"
-    view = parse_definitions(
-        {
-            "project": "p",
-            "entities": [{"name": "user_id", "dtype": "int64"}],
-            "stream_views": [
-                {
-                    "name": "skew_view",
-                    "entities": ["user_id"],
-                    "allowed_lateness": "30s",
-                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
-                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
-                }
-            ],
-        },
-        source="s.yaml",
-    ).views["skew_view"]
+    view = count_view("skew_view", topic, allowed_lateness="30s")
     now = time.time_ns() // 1_000_000
-    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer = topic_producer(kafka, topic)
     for ts in (now + 3 * 3_600_000, now, now - 10_000, now - 600_000):  # the last one is late
         producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode())
     assert producer.flush(10) == 0
@@ -160,27 +152,11 @@ def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettere
     """Near Kafka's size limit, the message plus the dead-letter headers no longer fits:
     the producer refuses it at once. That must not stop the processor (the message would
     be redelivered to every restart): its reason and origin go to the dead-letter topic."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import Consumer, TopicPartition
 
     topic = f"huge-{uuid.uuid4().hex[:8]}"
-    view = parse_definitions(
-        {
-            "project": "p",
-            "entities": [{"name": "user_id", "dtype": "int64"}],
-            "stream_views": [
-                {
-                    "name": "huge_view",
-                    "entities": ["user_id"],
-                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
-                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
-                }
-            ],
-        },
-        source="h.yaml",
-    ).views["huge_view"]
-    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    view = count_view("huge_view", topic)
+    producer = topic_producer(kafka, topic)
     producer.produce(topic, key=b"1", value=b"x" * 999_900)  # fits alone; not JSON
     producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode())
     assert producer.flush(10) == 0
@@ -258,27 +234,10 @@ def test_after_the_tile_store_lost_everything_a_restarted_processor_rebuilds_fro
     """The stored marks are what count, not Kafka's committed offsets: with no mark (Redis
     flushed) a processor of the same group reads the topic again from its start."""
     import redis as redis_client
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient
 
     topic = f"flushed-{uuid.uuid4().hex[:8]}"
-    view = parse_definitions(
-        {
-            "project": f"p{uuid.uuid4().hex[:6]}",
-            "entities": [{"name": "user_id", "dtype": "int64"}],
-            "stream_views": [
-                {
-                    "name": "flushed_view",
-                    "entities": ["user_id"],
-                    "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
-                    "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
-                }
-            ],
-        },
-        source="f.yaml",
-    ).views["flushed_view"]
-    ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    view = count_view("flushed_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    producer = topic_producer(kafka, topic)
     now_ms = time.time_ns() // 1_000_000
 
     def produce(n: int) -> None:
