@@ -59,15 +59,19 @@ def make_registry(config: Config) -> Registry:
     raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")
 
 
+def _redis_options(name: str, sc: StoreConfig) -> RedisOptions:
+    try:
+        return RedisOptions.from_mapping(dict(sc.options))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"stores.{name}: {e}") from None
+
+
 def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
     """The raw adapter for one configured store (no cache in front)."""
     if sc.kind == "memory":
         return MemorySource(name)
     if sc.kind == "redis":
-        try:
-            options = RedisOptions.from_mapping(dict(sc.options))
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"stores.{name}: {e}") from None
+        options = _redis_options(name, sc)
         return RedisSource(name, config.project, options)
     if sc.kind == "clickhouse":
         try:
@@ -119,10 +123,7 @@ def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
     if sc.kind == "memory":
         return MemoryTileStore(name)
     if sc.kind == "redis":
-        try:
-            options = RedisOptions.from_mapping(dict(sc.options))
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"stores.{name}: {e}") from None
+        options = _redis_options(name, sc)
         from featurestore.streaming.redis_store import RedisTileStore
 
         return RedisTileStore(
