@@ -93,7 +93,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def _summary(r: Any, grace_seconds: int) -> str:
-    from featurestore.api.json_codec import iso_utc
+    from featurestore.api.timestamps import iso_utc
 
     mark = f"; watermark {iso_utc(r.watermark_us)}" if r.watermark_us is not None else ""
     rate = f"{r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s"

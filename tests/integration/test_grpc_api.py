@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from featurestore.api.json_codec import iso_utc
 from featurestore.api.proto_codec import column_values
+from featurestore.api.timestamps import iso_utc
 from featurestore.demo.data import FEATURE_REFS
 from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg

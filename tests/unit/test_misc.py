@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from featurestore.api.json_codec import decode_join, iso_utc
+from featurestore.api.json_codec import decode_join
 from featurestore.cli import render_table
 from featurestore.config import load_config
 from featurestore.demo.data import PEER_SHA256, canonical_sha256, generate
@@ -73,12 +73,6 @@ def test_generated_grpc_code_is_fresh(tmp_path: Path) -> None:
     assert generated, "protoc produced nothing"
     stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
     assert not stale, f"generated code is stale, run `make proto`: {stale}"
-
-
-def test_iso_timestamps() -> None:
-    assert iso_utc(1_704_067_207_000_000) == "2024-01-01T00:00:07Z"
-    assert iso_utc(1_704_067_207_000_123) == "2024-01-01T00:00:07.000123Z"
-    assert iso_utc(-1_000_000) == "1969-12-31T23:59:59Z"
 
 
 def test_json_decode_keeps_order_and_types() -> None:

@@ -1,0 +1,62 @@
+"""Event timestamps in JSON responses: the cached, vectorized rendering writes what one
+strftime per value would, whether the cache holds the value or not."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from featurestore.api import timestamps
+from featurestore.api.timestamps import iso_list, iso_utc
+
+
+def reference(us: int) -> str:
+    secs, frac = divmod(us, 1_000_000)
+    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{s}.{frac:06d}Z" if frac else f"{s}Z"
+
+
+@pytest.fixture(autouse=True)
+def cold_cache() -> None:
+    timestamps._cache.clear()
+
+
+def test_whole_seconds_have_no_fraction_and_others_have_six_digits() -> None:
+    assert iso_utc(1_704_067_207_000_000) == "2024-01-01T00:00:07Z"
+    assert iso_utc(1_704_067_207_000_123) == "2024-01-01T00:00:07.000123Z"
+    assert iso_utc(0) == "1970-01-01T00:00:00Z"
+
+
+def test_instants_before_1970_round_down_like_strftime() -> None:
+    assert iso_utc(-1_000_000) == "1969-12-31T23:59:59Z"
+    assert iso_utc(-1) == "1969-12-31T23:59:59.999999Z"
+    assert iso_list([-1, -1_500_000]) == [reference(-1), reference(-1_500_000)]
+
+
+def test_random_instants_match_strftime_cold_and_cached() -> None:
+    rng = random.Random(7)
+    values: list[int | None] = [
+        rng.choice([rng.randrange(-(10**15), 4 * 10**15), rng.randrange(0, 4 * 10**9) * 1_000_000, None])
+        for _ in range(5_000)
+    ]
+    expected = [None if v is None else reference(v) for v in values]
+    assert iso_list(values) == expected  # cold: every value rendered by numpy
+    assert iso_list(values) == expected  # warm: every value from the cache
+    half = values[:2_500] + [v + 1 for v in values[2_500:] if v is not None]  # half hits, half misses
+    assert iso_list(half) == [None if v is None else reference(v) for v in half]
+
+
+def test_nulls_stay_null_and_an_empty_list_is_empty() -> None:
+    assert iso_list([None, None]) == [None, None]
+    assert iso_list([]) == []
+
+
+def test_a_full_cache_is_emptied_and_still_renders_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timestamps, "_MAX_CACHED", 8)
+    values = [1_700_000_000_000_000 + i * 1_000_001 for i in range(20)]
+    for start in range(0, 20, 5):
+        chunk = values[start : start + 5]
+        assert iso_list(chunk) == [reference(v) for v in chunk]
+        assert len(timestamps._cache) <= 8
