@@ -1,6 +1,7 @@
-"""TinyLFU admission for the LRU cache: when the cache is full, a key read from the store
-may take the place of the least recently used entry only if a frequency sketch says it
-has been asked for more often than that entry.
+"""TinyLFU admission for the row cache: when the cache is full, a key read from the store
+may take the place of the entry the eviction hand stops at (the first not read since the
+hand last passed it: CLOCK's approximate LRU) only if a frequency sketch says it has
+been asked for more often than that entry.
 
 Without it every miss of a full cache evicts a key, so uniformly random keys over a
 key space larger than the cache churn it: each miss pays a fill that evicts a key
@@ -10,8 +11,8 @@ back wins within a few misses. (Einziger, Friedman, Manes: "TinyLFU: A Highly
 Efficient Cache Admission Policy", 2017; Caffeine pairs it with a window LRU.)
 
 The sketch counts what reaches the store (the misses), not the hits: a resident
-entry is only ever compared while it is the LRU tail, i.e. when nobody has asked for it
-for a whole cache turnover, and counting hits would cost a sketch update per cached
+entry is only ever compared while the hand stops at it, i.e. when nobody has asked for
+it for a whole turn of the hand, and counting hits would cost a sketch update per cached
 value on the hottest path (measured: `benchmarks/cache_admission.py`).
 """
 

@@ -1,4 +1,4 @@
-"""LRU cache with TTL, and the CachedSource in front of a store."""
+"""The row cache (approximate LRU with a TTL), and the CachedSource in front of a store."""
 
 from __future__ import annotations
 
@@ -25,24 +25,45 @@ class Clock:
         return self.t
 
 
-def test_lru_bound_and_recency() -> None:
+def test_a_full_cache_evicts_the_entry_read_least_recently() -> None:
     c = LRUCache(2, 30)
-    c.put("a", (1,))
-    c.put("b", (2,))
-    assert c.get("a") == (1,)  # a is now most recent
-    c.put("c", (3,))
-    assert c.get("b") is None and c.get("a") == (1,) and c.get("c") == (3,)
+    c.put("s", "a", (1,))
+    c.put("s", "b", (2,))
+    assert c.get("s", "a") == (1,)  # a was read: the hand passes it by
+    c.put("s", "c", (3,))
+    assert c.get("s", "b") is None and c.get("s", "a") == (1,) and c.get("s", "c") == (3,)
     assert len(c) == 2
 
 
-def test_ttl_expiry() -> None:
+def test_the_hand_gives_each_read_entry_one_second_chance_only() -> None:
+    c = LRUCache(3, 30)
+    for k in "abc":
+        c.put("s", k, (k,))
+    assert [c.get("s", k) for k in "abc"] == [("a",), ("b",), ("c",)]  # all read
+    c.put("s", "d", ("d",))  # one full turn clears every mark, then the oldest goes
+    assert c.get("s", "a") is None and len(c) == 3
+
+
+def test_spaces_are_separate_and_share_the_bound() -> None:
+    c = LRUCache(2, 30)
+    c.put("v1", 7, (1,))
+    c.put("v2", 7, (2,))
+    assert c.get("v1", 7) == (1,) and c.get("v2", 7) == (2,) and c.get("v3", 7) is None
+    c.put("v3", 7, (3,))
+    assert len(c) == 2
+    c.invalidate("v3", 7)
+    c.invalidate("v3", 8)  # absent: nothing happens
+    assert c.get("v3", 7) is None and len(c) == 1
+
+
+def test_an_entry_expires_after_its_ttl_and_not_found_is_cached_too() -> None:
     clock = Clock()
     c = LRUCache(10, 30, clock=clock)
-    c.put("a", NOT_FOUND)
+    c.put("s", "a", NOT_FOUND)
     clock.t = 29.9
-    assert c.get("a") == NOT_FOUND
+    assert c.get("s", "a") == NOT_FOUND
     clock.t = 30.1
-    assert c.get("a") is None
+    assert c.get("s", "a") is None
 
 
 class Counting(MemorySource):
