@@ -369,15 +369,10 @@ def verdict(ok: bool) -> str:
 def render(results: dict[str, Any], a: argparse.Namespace) -> str:
     """benchmarks/results/derived.md: the measurements, each table with its target
     (RESULTS.md puts the targets of issue 17 together above it: benchmarks.report)."""
-    lines = [
-        "### Derived features: measurements",
-        "",
-        f"`python -m benchmarks.derived {' '.join(sys.argv[1:])}`".rstrip(),
-        "",
-    ]
+    lines = ["### Derived features: measurements", ""]
     if "kernel" in results:
         k = results["kernel"]
-        lines += [f"Kernel throughput, {k['rows']:,} rows of `ctr_x_price_bucket` (target: at most "
+        lines += [_ran(k), f"Kernel throughput, {k['rows']:,} rows of `ctr_x_price_bucket` (target: at most "
                   f"{KERNEL_TARGET_MS:g} ms for the numba kernel):", "",
                   "| implementation | best (ms) | median (ms) | target |", "|---|---:|---:|---|"]  # fmt: skip
         for name, v in k["results"].items():
@@ -389,7 +384,13 @@ def render(results: dict[str, Any], a: argparse.Namespace) -> str:
             lines.append(f"| {name} | {v['best_ms']:.3f} | {v['median_ms']:.3f} | {target} |")
         lines.append("")
     if "join" in results:
-        lines += [f"Join overhead, demo server (memory stores, 1 worker), wrk -c{a.conns}, {a.duration:g} s x {a.rounds} "
+        m = results["join"].get("meta", {})
+        conns, duration, rounds = (
+            m.get("conns", a.conns),
+            m.get("duration", a.duration),
+            m.get("rounds", a.rounds),
+        )
+        lines += [_ran(results["join"]), f"Join overhead, demo server (memory stores, 1 worker), wrk -c{conns}, {duration:g} s x {rounds} "
                   f"rounds interleaved, median QPS (target: the four derived features cost at most {JOIN_TARGET_PCT:g}%):", "",
                   "| request | batch | QPS without | QPS with 4 derived | QPS cost "
                   "| server CPU µs/request without, with | CPU cost | target |",
@@ -407,8 +408,9 @@ def render(results: dict[str, Any], a: argparse.Namespace) -> str:
         lines.append("")
     if "feast" in results:
         f = results["feast"]
-        lines += [f"Side by side with Feast 0.67 on-demand feature views, the four derived features, {f['workers']} "
-                  f"workers each, same Redis, wrk -c{a.conns}, median QPS (goal: {FEAST_TARGET_RATIO:g}x Feast python mode "
+        conns = f.get("meta", {}).get("conns", a.conns)
+        lines += [_ran(f), f"Side by side with Feast 0.67 on-demand feature views, the four derived features, {f['workers']} "
+                  f"workers each, same Redis, wrk -c{conns}, median QPS (goal: {FEAST_TARGET_RATIO:g}x Feast python mode "
                   "at batch 100):", "",
                   "| batch | Feast python | Feast pandas | featurestore | vs python | target |",
                   "|---:|---:|---:|---:|---:|---|"]  # fmt: skip
@@ -422,6 +424,11 @@ def render(results: dict[str, Any], a: argparse.Namespace) -> str:
                 f"| {ratio:.1f}x | {target} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _ran(section: dict[str, Any]) -> str:
+    m = section.get("meta")
+    return f"Run {m['run_at']}: `{m['command']}`\n" if m else ""
 
 
 def figures(results: dict[str, Any]) -> dict[str, Any]:
@@ -449,8 +456,20 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], a: argparse.Namespace, parts: Path = HERE / "results") -> Path:
-    """derived.md and derived.json under ``parts``, then RESULTS.md stitched."""
+    """derived.md and derived.json under ``parts``, then RESULTS.md stitched. Sections
+    not measured by this run keep their last measurement (derived-sections.json), each
+    with the run and command that produced it."""
     parts.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "run_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": f"python -m benchmarks.derived {' '.join(sys.argv[1:])}".rstrip(),
+        "duration": a.duration, "rounds": a.rounds, "conns": a.conns,
+    }  # fmt: skip
+    kept = parts / "derived-sections.json"
+    merged = json.loads(kept.read_text()) if kept.exists() else {}
+    merged.update({name: {**section, "meta": meta} for name, section in results.items()})
+    kept.write_text(json.dumps(merged, indent=1) + "\n")
+    results = {name: merged[name] for name in ("kernel", "join", "feast") if name in merged}
     (parts / "derived.md").write_text(render(results, a))
     (parts / "derived.json").write_text(json.dumps(figures(results), indent=1) + "\n")
     stitch(parts.parent / "RESULTS.md")

@@ -102,3 +102,17 @@ def test_results_md_names_the_commands_for_targets_not_measured_yet(tmp_path: Pa
         "not measured yet: `python -m benchmarks.footprint --runs 3 and python -m benchmarks.footprint --runs 3 --no-derived`"
         in text
     )
+
+
+def test_a_run_of_some_sections_keeps_the_others_with_the_command_that_measured_them(tmp_path: Path) -> None:
+    parts = tmp_path / "results"
+    parts.mkdir()
+    derived.write_results(results(), ARGS, parts)
+    only_join = {"join": results()["join"]}
+    only_join["join"]["summary"]["ranker/b1"]["cost_pct"] = 7.5
+    tables = derived.write_results(only_join, ARGS, parts).read_text()
+    assert "| numba kernel (float64 matrix in, out) | 1.250 | 1.375 | <= 8.2 ms: met |" in tables  # kept
+    assert "| 100 | 87 | 62 | 2,175 | 25.0x | >= 20x: met |" in tables  # kept
+    assert "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 1,000 | 960 | 7.5% |" in tables  # the new run
+    assert tables.count("Run ") == 3 and "`python -m benchmarks.derived" in tables
+    assert json.loads((parts / "derived.json").read_text())["kernel_ms"]["numba"] == 1.25
