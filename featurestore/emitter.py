@@ -83,7 +83,7 @@ class LineageEmitter:
         if served is None:
             served = self._window[plan] = _Served(plan, state)
         served.rows += rows
-        if len(served.spans) < self.config.trace_sample:
+        if span is not None and len(served.spans) < self.config.trace_sample:
             served.spans.append(span)
 
     # -- background ------------------------------------------------------------------
@@ -131,7 +131,10 @@ class LineageEmitter:
         w = self.config.window_seconds
         while True:
             await asyncio.sleep(max(self._window_start + w - time.time(), 0.001))
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # one bad window must not end lineage for the process's life
+                log.exception("lineage window could not be built; its values are counted as broken")
 
     def flush(self) -> None:
         """Close the current window: build its events and queue them (never blocks)."""
@@ -143,7 +146,13 @@ class LineageEmitter:
         self._window_start = max(round(time.time() / w) * w, start + w)
         if not window:
             return
-        events, served, unresolved = self.build(window, start)
+        try:
+            events, served, unresolved = self.build(window, start)
+        except Exception:
+            lost = sum(s.rows * len(s.plan.refs) for s in window.values())
+            metrics.SERVED.inc(lost)
+            metrics.BROKEN.labels("unresolved").inc(lost)
+            raise
         metrics.SERVED.inc(served)
         if unresolved:
             metrics.BROKEN.labels("unresolved").inc(unresolved)

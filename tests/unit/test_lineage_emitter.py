@@ -85,6 +85,40 @@ async def test_unresolved_lineage_is_counted_broken() -> None:
     assert float(metrics.SERVED._value.get()) - served_before == 14
 
 
+async def test_a_join_served_without_a_span_is_recorded_without_a_trace_id() -> None:
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=60))
+    em.record(STATE.plan(("a:x",), None, False), STATE, 3, None)  # JoinEngine.join's span is optional
+    em.record(STATE.plan(("a:x",), None, False), STATE, 2, span(5))
+    events, served, _ = em.build(em._window, 1_704_067_207.0)
+    assert served == 5 and events[0].trace_ids == [format(5, "032x")]
+
+
+async def test_a_window_that_cannot_be_built_is_counted_broken_and_the_next_one_still_flushes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=0.05))
+    real_build = em.build
+    calls: list[int] = []
+
+    def failing_once(window: object, start: float) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real_build(window, start)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(em, "build", failing_once)
+    before = broken("unresolved")
+    await em.start()
+    try:
+        em.record(STATE.plan(("a:x", "a:y"), None, False), STATE, 4, span(1))
+        await eventually(lambda: len(calls) >= 1, 5, "the first window flushed")
+        assert broken("unresolved") - before == 8  # 4 rows x 2 features
+        em.record(STATE.plan(("a:x",), None, False), STATE, 1, span(2))
+        await eventually(lambda: len(calls) >= 2, 5, "the next window flushed")  # the task lives
+    finally:
+        await em.close()
+
+
 async def test_full_queue_drops_and_counts_without_blocking() -> None:
     sink = Collecting()
     sink.release.clear()  # the sink is stuck
