@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from featurestore.api.statuses import PROTO_PRESENT
+from featurestore.api import proto_wire
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ResultColumn
-from featurestore.model import DType, Status
+from featurestore.model import Status
 from featurestore.push import PushRequest, PushResult
 from featurestore.v1 import featurestore_pb2 as pb
 
@@ -120,57 +119,9 @@ def encode_push(result: PushResult) -> bytes:
     ).SerializeToString()
 
 
-def _fill_scalar(field: str, default: Any) -> Callable[[pb.FeatureColumn, list[Any]], None]:
-    def fill(col: pb.FeatureColumn, values: list[Any]) -> None:
-        if None in values:
-            values = [default if v is None else v for v in values]
-        getattr(col, field).values.extend(values)
-
-    return fill
-
-
-def _fill_vectors(col: pb.FeatureColumn, values: list[Any]) -> None:
-    out = col.vector_values.values
-    for v in values:
-        out.add().values.extend(v or ())
-
-
-_FILL: dict[DType, Callable[[pb.FeatureColumn, list[Any]], None]] = {
-    DType.INT64: _fill_scalar("int64_values", 0),
-    DType.FLOAT64: _fill_scalar("double_values", 0.0),
-    DType.STRING: _fill_scalar("string_values", ""),
-    DType.BOOL: _fill_scalar("bool_values", False),
-    DType.TIMESTAMP: _fill_scalar("timestamp_values", 0),
-    DType.FLOAT32_VECTOR: _fill_vectors,
-}
-
-
 def encode_join(result: JoinResult, trace_id: str) -> bytes:
-    resp = pb.JoinResponse()
-    md = resp.metadata
-    md.feature_names.extend(c.name for c in result.columns)
-    md.registry_version = result.registry_version
-    md.trace_id = trace_id
-    md.partial = result.partial
-    n = result.rows
-    present = [PROTO_PRESENT] * n
-    zeros = [0] * n
-    rendered: dict[int, list[int]] = {}
-    for c in result.columns:
-        col = resp.results.add()
-        col.name = c.name
-        _FILL[c.dtype](col, c.values)
-        if c.outcome is None:
-            col.statuses.extend(present)  # type: ignore[arg-type]  # numbers as pb.Status (statuses.py)
-            col.event_timestamps.extend(zeros)
-            continue
-        ts = rendered.get(id(c.outcome))
-        if ts is None:
-            ts = rendered[id(c.outcome)] = [0 if t is None else t for t in c.outcome.event_ts_us]
-        col.statuses.extend(c.outcome.statuses)  # type: ignore[arg-type]  # numbers as pb.Status (statuses.py)
-        col.event_timestamps.extend(ts)
-        _null_rows(col, c)
-    return resp.SerializeToString()
+    """The JoinResponse wire bytes, written directly (proto_wire.py says why)."""
+    return proto_wire.encode_join(result.columns, result.rows, result.registry_version, trace_id, result.partial)
 
 
 def _null_rows(col: pb.FeatureColumn, c: ResultColumn) -> None:

@@ -41,4 +41,3 @@ ARROW_CODE_BY_VALUE: tuple[int, ...] = tuple(
     _BY_VALUE[v].arrow_code if v in _BY_VALUE else -1 for v in range(_SLOTS)
 )
 ARROW_DICTIONARY: tuple[str, ...] = tuple(w.name for w in sorted(WIRE.values(), key=lambda w: w.arrow_code))
-PROTO_PRESENT = WIRE[Status.PRESENT].proto_number
