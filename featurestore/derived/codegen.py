@@ -23,7 +23,7 @@ from pathlib import Path
 
 from featurestore.derived import language as lang
 from featurestore.derived.language import TYPE_OF, Node, Type
-from featurestore.model import Definitions, DerivedView
+from featurestore.model import Definitions, DerivedView, DType
 
 _ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow_"}
 _CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -100,6 +100,7 @@ class _Writer:
         self.ir = feature_ir(view, defs)
         self.rows: dict[KernelInput, int] = {}
         self.vars: dict[str, str] = {f.name: f"f{i}" for i, f in enumerate(view.features)}
+        self.int64 = {f.name for f in view.features if f.dtype is DType.INT64}
         self.consts: list[str] = []
         self.functions: list[str] = []
         self.modules: list[str] = []
@@ -161,7 +162,7 @@ class _Writer:
         node = self.ir[name]
         var = self.vars[name]
         if not isinstance(node, lang.Function):
-            self.body.append(f"{var} = {self.expr(node)}")
+            self.body.append(f"{var} = {self.to_dtype(name, self.expr(node))}")
             return
         module, _, attr = node.target.partition(":")
         alias = f"_t{len(self.functions)}"
@@ -169,12 +170,18 @@ class _Writer:
         self.modules.append(module)
         args = [self.expr(a) for a in node.args]
         null = " or ".join(f"math.isnan({a})" for a in args) or "False"
+        value = self.to_dtype(name, f"_o.fin(float({alias}({', '.join(args)})))")
         self.body += [
             f"if {null}:",
             f"    {var} = math.nan",
             "else:",
-            f"    {var} = _o.fin(float({alias}({', '.join(args)})))",
+            f"    {var} = {value}",
         ]
+
+    def to_dtype(self, name: str, atom: str) -> str:
+        """The feature's value as served: an int64 feature truncated in the kernel, so
+        the features reading it compute with the served value (27, not 27.0 from 2.7)."""
+        return f"_o.int64({atom})" if name in self.int64 else atom
 
     def spec(self) -> KernelSpec:
         for name in feature_order(self.view):

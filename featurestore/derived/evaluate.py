@@ -31,7 +31,6 @@ from featurestore.outcomes import ViewOutcome
 STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
 FLOAT64 = DType.FLOAT64
-_INT64_BOUND = 2.0**63
 
 
 class Source(NamedTuple):
@@ -193,8 +192,8 @@ def _values(values: list[Any], dtype: DType) -> list[Any]:
     """A kernel output row of a bool or int64 feature as response values (NaN -> None)."""
     if dtype is DType.BOOL:
         return [None if v != v else v != 0.0 for v in values]
-    # int64: toward zero; null where not representable
-    return [int(v) if -_INT64_BOUND <= v < _INT64_BOUND else None for v in values]
+    # int64: the kernel truncated it and nulled what int64 cannot hold (ops.int64)
+    return [None if v != v else int(v) for v in values]
 
 
 def _combine(view: str, deps: list[ViewOutcome], n: int) -> ViewOutcome:

@@ -113,6 +113,19 @@ def where(c: float, a: float, b: float) -> float:
     return a if c != 0.0 else b
 
 
+_INT64_END = 2.0**63  # int64 holds [-2^63, 2^63): both ends are exact float64 values
+
+
+@_jit
+def int64(x: float) -> float:
+    """An int64 feature's value, still a float64: ``x`` truncated toward zero, null
+    outside int64's range. Kernels apply it where the feature is computed, so features
+    reading it see the value the response carries."""
+    if not -_INT64_END <= x < _INT64_END:  # NaN fails the test too
+        return nan
+    return float(math.trunc(x))
+
+
 @_jit
 def bucket(x: float, edges: np.ndarray[Any, np.dtype[np.float64]]) -> float:
     """How many of the ascending ``edges`` are <= x (binary search)."""

@@ -405,6 +405,49 @@ async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
     assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
 
 
+async def test_features_reading_an_int64_feature_see_the_value_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int64 feature is truncated toward zero (null outside int64) where it is
+    computed, so ``units * 10`` is 20 when ``units = 1 * 2.7`` serves 2, and a value
+    beyond int64 is null for its readers too (in its own view and in another)."""
+    (tmp_path / "trusted_fns_i.py").write_text("def scale(a):\n    return a * 2.7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "units", "dtype": "int64", "expression": "x * 2.7"},
+        {"name": "units10", "dtype": "float64", "expression": "units * 10"},
+        {"name": "whole", "dtype": "int64", "expression": "x"},
+        {"name": "whole_plus", "dtype": "float64", "expression": "whole + 0"},
+        {"name": "fn_units", "dtype": "int64", "function": "trusted_fns_i:scale", "args": ["x"]},
+        {"name": "fn_units10", "dtype": "float64", "expression": "fn_units * 10"},
+    ]
+    doc["derived_views"].append(
+        {
+            "name": "d2",
+            "inputs": {"u": "d:units"},
+            "features": [{"name": "u10", "dtype": "float64", "expression": "u * 10"}],
+        }
+    )
+    defs = parse_definitions(doc, source="k.yaml")
+    kernels = await compiler.kernels_for(defs, tmp_path / "cache")
+    x = [1.0, -1.0, 1e30, 2.0**63, -(2.0**63), None]
+    fill = {"y": 0.0, "z": 0.0, "ctr": 0.0, "n": 1, "b": True, "s": "a"}
+    engine = await engine_over(defs, kernels, {"x": x, **{k: [v] * len(x) for k, v in fill.items()}})
+    names = ("d:units", "d:units10", "d2:u10", "d:whole", "d:whole_plus", "d:fn_units", "d:fn_units10")
+    result = await engine.join(JoinRequest({"id": list(range(1, 7))}, names), time.monotonic() + 10)
+    got = {c.name: c.values for c in result.columns[1:]}
+    assert got == {
+        "units": [2, -2, None, None, None, None],
+        "units10": [20.0, -20.0, None, None, None, None],
+        "u10": [20.0, -20.0, None, None, None, None],
+        "whole": [1, -1, None, None, -(2**63), None],
+        "whole_plus": [1.0, -1.0, None, None, -(2.0**63), None],
+        "fn_units": [2, -2, None, None, None, None],
+        "fn_units10": [20.0, -20.0, None, None, None, None],
+    }
+
+
 def _linux_at_least(major: int, minor: int) -> bool:
     import platform
     import re
