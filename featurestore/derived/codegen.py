@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from featurestore.dag import post_order
 from featurestore.derived import language as lang
 from featurestore.derived.language import TYPE_OF, Node, Type
 from featurestore.model import Definitions, DerivedView, DType
@@ -77,17 +78,7 @@ def feature_order(view: DerivedView) -> list[str]:
         f.name: [d.partition(":")[2] for d in f.depends_on if d.partition(":")[0] == view.name]
         for f in view.features
     }
-    done: dict[str, None] = {}
-
-    def visit(name: str) -> None:
-        if name not in done:
-            for dep in own[name]:
-                visit(dep)
-            done[name] = None
-
-    for f in view.features:
-        visit(f.name)
-    return list(done)
+    return post_order([f.name for f in view.features], own.__getitem__)
 
 
 def generate(view: DerivedView, defs: Definitions) -> KernelSpec:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from featurestore import metrics, tracing
+from featurestore.dag import post_order
 from featurestore.derived import language as lang
 from featurestore.derived.compiler import Kernel
 from featurestore.derived.request import check_fields
@@ -260,22 +261,27 @@ class _Needs:
         self.request: dict[str, tuple[RequestField, str]] = {}  # name -> (field, a feature needing it)
 
     def visit(self, fid: str) -> None:
-        if fid in self.derived:
-            return
-        self.derived[fid] = None
-        view_name, _, feature = fid.partition(":")
-        view = self.defs.derived_views[view_name]
-        i = view.feature_index(feature)
-        assert i is not None
-        for dep in view.features[i].depends_on:
-            if dep.startswith(REQUEST_PREFIX):
-                name = dep.removeprefix(REQUEST_PREFIX)
-                field = next(r for r in view.request_schema if r.name == name)
-                self.request.setdefault(name, (field, fid))
-            elif dep.partition(":")[0] in self.defs.derived_views:
-                self.visit(dep)
-            else:
-                self.stored[dep] = None
+        """Add ``fid`` and what it reads; iterative (a chain may be thousands deep), each
+        derived feature once however many paths reach it."""
+        todo = [fid]
+        while todo:
+            fid = todo.pop()
+            if fid in self.derived:
+                continue
+            self.derived[fid] = None
+            view_name, _, feature = fid.partition(":")
+            view = self.defs.derived_views[view_name]
+            i = view.feature_index(feature)
+            assert i is not None
+            for dep in view.features[i].depends_on:
+                if dep.startswith(REQUEST_PREFIX):
+                    name = dep.removeprefix(REQUEST_PREFIX)
+                    field = next(r for r in view.request_schema if r.name == name)
+                    self.request.setdefault(name, (field, fid))
+                elif dep.partition(":")[0] in self.defs.derived_views:
+                    todo.append(dep)
+                else:
+                    self.stored[dep] = None
 
     def view_order(self) -> list[str]:
         views = {fid.partition(":")[0]: None for fid in self.derived}
@@ -284,19 +290,8 @@ class _Needs:
 
 def _topological(defs: Definitions) -> list[str]:
     """Derived views, each after the derived views it reads (the parser refused cycles)."""
-    done: dict[str, None] = {}
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        for _, ref in defs.derived_views[name].inputs:
-            if ref.view in defs.derived_views:
-                visit(ref.view)
-        done[name] = None
-
-    for name in sorted(defs.derived_views):
-        visit(name)
-    return list(done)
+    views = defs.derived_views
+    return post_order(sorted(views), lambda name: [r.view for _, r in views[name].inputs if r.view in views])
 
 
 def _sources(
