@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -261,27 +261,39 @@ class _Needs:
         self.request: dict[str, tuple[RequestField, str]] = {}  # name -> (field, a feature needing it)
 
     def visit(self, fid: str) -> None:
-        """Add ``fid`` and what it reads; iterative (a chain may be thousands deep), each
-        derived feature once however many paths reach it."""
-        todo = [fid]
-        while todo:
-            fid = todo.pop()
-            if fid in self.derived:
-                continue
-            self.derived[fid] = None
-            view_name, _, feature = fid.partition(":")
-            view = self.defs.derived_views[view_name]
-            i = view.feature_index(feature)
-            assert i is not None
-            for dep in view.features[i].depends_on:
-                if dep.startswith(REQUEST_PREFIX):
-                    name = dep.removeprefix(REQUEST_PREFIX)
-                    field = next(r for r in view.request_schema if r.name == name)
-                    self.request.setdefault(name, (field, fid))
-                elif dep.partition(":")[0] in self.defs.derived_views:
-                    todo.append(dep)
-                else:
-                    self.stored[dep] = None
+        """Add ``fid`` and what it reads, depth first in the order of each feature's
+        dependencies (request fields are checked, and named in errors, in that order);
+        iterative (a chain may be thousands deep), each derived feature once however
+        many paths reach it."""
+        if fid in self.derived:
+            return
+        self.derived[fid] = None
+        stack = [self._reads(fid)]
+        while stack:
+            for dep in stack[-1]:
+                if dep not in self.derived:
+                    self.derived[dep] = None
+                    stack.append(self._reads(dep))
+                    break
+            else:
+                stack.pop()
+
+    def _reads(self, fid: str) -> Iterator[str]:
+        """Record the request fields and stored features ``fid`` reads, as they come;
+        yield the derived features it reads, for the walk to enter."""
+        view_name, _, feature = fid.partition(":")
+        view = self.defs.derived_views[view_name]
+        i = view.feature_index(feature)
+        assert i is not None
+        for dep in view.features[i].depends_on:
+            if dep.startswith(REQUEST_PREFIX):
+                name = dep.removeprefix(REQUEST_PREFIX)
+                field = next(r for r in view.request_schema if r.name == name)
+                self.request.setdefault(name, (field, fid))
+            elif dep.partition(":")[0] in self.defs.derived_views:
+                yield dep
+            else:
+                self.stored[dep] = None
 
     def view_order(self) -> list[str]:
         views = {fid.partition(":")[0]: None for fid in self.derived}

@@ -131,3 +131,21 @@ def test_post_order_puts_each_node_after_its_dependencies_once() -> None:
     assert post_order(["top"], deps.__getitem__) == ["base", "left", "right", "top"]
     deep = {i: [i + 1] if i < 5000 else [] for i in range(5001)}
     assert post_order([0], deep.__getitem__) == list(range(5000, -1, -1))
+
+
+def test_request_fields_are_listed_in_the_order_a_depth_first_walk_meets_them() -> None:
+    """The plan checks request fields (and names the first missing one) in the order of
+    each feature's dependencies, derived ones entered where they appear."""
+    doc = chain(1)
+    doc["derived_views"][0]["request_schema"] = [{"name": n, "dtype": "float64"} for n in ("r", "q", "p")]
+    doc["derived_views"][0]["features"] = [
+        {"name": "uses_q", "dtype": "float64", "expression": "q * 2"},
+        {"name": "top", "dtype": "float64", "expression": "p + uses_q + r + x"},
+    ]
+    defs = parse_definitions(doc, source="c.yaml")
+    derived = plan(defs, [FeatureRef("d", "top")])
+    assert [(f.name, fid) for f, fid in derived.request] == [
+        ("p", "d:top"),
+        ("q", "d:uses_q"),
+        ("r", "d:top"),
+    ]
