@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from featurestore.dag import post_order
+
 
 class DType(enum.Enum):
     """Value type of a feature or entity key column."""
@@ -245,12 +247,16 @@ class DerivedView:
     tags: Mapping[str, str] = field(default_factory=lambda: _frozen_map(None))
     owner: str = ""
     description: str = ""
+    # feature name -> position: dependency walks look features up by name, and a linear
+    # scan made a walk over a 1,500-feature view quadratic (0.08 s instead of 0.007)
+    _index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {f.name: i for i, f in reversed(list(enumerate(self.features)))}  # the first wins
+        object.__setattr__(self, "_index", MappingProxyType(index))
 
     def feature_index(self, name: str) -> int | None:
-        for i, f in enumerate(self.features):
-            if f.name == name:
-                return i
-        return None
+        return self._index.get(name)
 
 
 REQUEST_PREFIX = "request:"  # how a request field appears among dependencies and in lineage
@@ -277,6 +283,10 @@ class Definitions:
     views: Mapping[str, FeatureView]
     services: Mapping[str, FeatureService]
     derived_views: Mapping[str, DerivedView] = field(default_factory=lambda: MappingProxyType({}))
+    # stored_inputs' memo: derived feature -> the stored features it reads, transitively
+    _stored: dict[FeatureRef, frozenset[FeatureRef]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def dtype_of(self, ref: FeatureRef) -> DType | None:
         """The dtype of a stored or derived feature, None when there is no such feature."""
@@ -286,18 +296,34 @@ class Definitions:
         i = view.feature_index(ref.feature)
         return None if i is None else view.features[i].dtype
 
-    def stored_inputs(self, ref: FeatureRef) -> set[FeatureRef]:
+    def stored_inputs(self, ref: FeatureRef) -> frozenset[FeatureRef]:
         """The stored features a feature reads: itself when stored, else the stored
-        features its derived definition reads, transitively (the parser refused cycles)."""
-        derived = self.derived_views.get(ref.view)
-        if derived is None:
-            return {ref}
+        features its derived definition reads, transitively (the parser refused cycles).
+        Computed once per derived feature, bottom-up without recursion (``dag``)."""
+        if ref.view not in self.derived_views:
+            return frozenset((ref,))
+        memo = self._stored
+        if ref not in memo:
+            for node in post_order([ref], lambda r: [d for d in self._derived_deps(r) if d not in memo]):
+                found: set[FeatureRef] = set()
+                for dep in self._derived_deps(node, stored=found):
+                    found |= memo[dep]
+                memo[node] = frozenset(found)  # one dict store: a concurrent reader sees all or none
+        return memo[ref]
+
+    def _derived_deps(self, ref: FeatureRef, stored: set[FeatureRef] | None = None) -> list[FeatureRef]:
+        """The derived features a derived feature reads; the stored ones go to ``stored``."""
+        derived = self.derived_views[ref.view]
         i = derived.feature_index(ref.feature)
-        out: set[FeatureRef] = set()
+        out = []
         for dep in derived.features[i].depends_on if i is not None else ():
             dep_ref = parse_feature_ref(dep)
-            if dep_ref is not None and not dep.startswith(REQUEST_PREFIX):
-                out |= self.stored_inputs(dep_ref)
+            if dep_ref is None or dep.startswith(REQUEST_PREFIX):
+                continue
+            if dep_ref.view in self.derived_views:
+                out.append(dep_ref)
+            elif stored is not None:
+                stored.add(dep_ref)
         return out
 
 

@@ -26,6 +26,7 @@ from featurestore.push import PushRequest
 _Scalar = int | float | str | bool | None
 _Name = Annotated[str, msgspec.Meta(min_length=1)]
 _EntityColumn = list[int | str]
+_RequestColumn = list[_Scalar]
 _PushColumn = list[_Scalar | list[_Scalar]]  # a float32 vector is a list
 
 
@@ -53,10 +54,11 @@ class _JoinBody(msgspec.Struct, forbid_unknown_fields=True):
         False
     )
     request_data: Annotated[
-        dict[str, list[_Scalar]],
+        dict[str, _RequestColumn],
         msgspec.Meta(
             description="Request fields of derived features, one value per entity row, declared in the "
-            "derived view's request_schema (checked per field against it).",
+            "derived view's request_schema (checked per field against it). Every field must be an "
+            "array of scalars, even one no requested feature needs.",
             examples=[{"item_price": [5.0, 75.0]}],
         ),
     ] = {}
@@ -120,7 +122,9 @@ def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Bo
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as e:
-        raise InvalidArgument(f"invalid {what} request: {_locate(str(e), body)}") from None
+        message, field = _locate(str(e), body)
+        details = [{"request_data": field}] if field is not None else None
+        raise InvalidArgument(f"invalid {what} request: {message}", details=details) from None
     except msgspec.DecodeError as e:
         reason = "empty body" if not body.strip() else f"malformed JSON: {e}"
         raise InvalidArgument(f"invalid {what} request: {reason}") from None
@@ -141,18 +145,21 @@ def _bad_utf8(body: bytes) -> str:
 class _Columns(msgspec.Struct):
     entities: dict[str, msgspec.Raw] = {}
     rows: dict[str, msgspec.Raw] = {}
+    request_data: dict[str, msgspec.Raw] = {}
 
 
 _columns_decoder = msgspec.json.Decoder(_Columns)
 _column_decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "entities": msgspec.json.Decoder(_EntityColumn),
     "rows": msgspec.json.Decoder(_PushColumn),
+    "request_data": msgspec.json.Decoder(_RequestColumn),
 }
 
 
-def _locate(message: str, body: bytes) -> str:
+def _locate(message: str, body: bytes) -> tuple[str, str | None]:
     """msgspec names a column ``[...]`` (``$.entities[...][3]``): put the column's name
-    there, found by decoding the body again column by column (error path only)."""
+    there, found by decoding the body again column by column (error path only). With
+    it, the name of a bad ``request_data`` field (for the error's details), else None."""
     for field, decoder in _column_decoders.items():
         where = f"$.{field}[...]"
         if where not in message:
@@ -160,15 +167,16 @@ def _locate(message: str, body: bytes) -> str:
         try:
             columns: dict[str, msgspec.Raw] = getattr(_columns_decoder.decode(body), field)
         except (msgspec.MsgspecError, ValueError, RecursionError):  # a fault after the first one
-            return message
+            return message, None
         for name, raw in columns.items():
             try:
                 decoder.decode(raw)
             except msgspec.ValidationError:
-                return message.replace(where, f"$.{field}.{name}", 1)
+                located = message.replace(where, f"$.{field}.{name}", 1)
+                return located, name if field == "request_data" else None
             except (msgspec.MsgspecError, ValueError):
-                return message
-    return message
+                return message, None
+    return message, None
 
 
 # From this many rows on, a view's statuses and timestamps are encoded once and spliced

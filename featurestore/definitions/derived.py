@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from featurestore.dag import find_cycle
 from featurestore.derived.language import (
     FUNCTIONS,
     TYPE_OF,
@@ -301,44 +302,18 @@ def _check_cycles(p: _Parser, views: Mapping[str, DerivedView]) -> None:
         for v in views.values()
         for f in v.features
     }
-    cycle = _find_cycle(deps)
+    cycle = find_cycle(deps)
     if cycle:
         raise p.fail(f"derived_views[{cycle[0].partition(':')[0]}]", "cycle: " + " -> ".join(cycle))
     view_deps = {
         v.name: sorted({ref.view for _, ref in v.inputs if ref.view in views}) for v in views.values()
     }
-    cycle = _find_cycle(view_deps)
+    cycle = find_cycle(view_deps)
     if cycle:
         raise p.fail(
             f"derived_views[{cycle[0]}].inputs",
             "derived views read each other: " + " -> ".join(cycle) + " (one may read the other, not both)",
         )
-
-
-def _find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1 on the stack, 2 done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt) :], nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state:
-            found = visit(start)
-            if found:
-                return found
-    return None
 
 
 def derived_to_dict(v: DerivedView) -> dict[str, Any]:

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from featurestore.dag import post_order
 from featurestore.derived import language as lang
 from featurestore.derived.language import TYPE_OF, Node, Type
-from featurestore.model import Definitions, DerivedView
+from featurestore.model import Definitions, DerivedView, DType
 
 _ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow_"}
 _CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -77,17 +78,7 @@ def feature_order(view: DerivedView) -> list[str]:
         f.name: [d.partition(":")[2] for d in f.depends_on if d.partition(":")[0] == view.name]
         for f in view.features
     }
-    done: dict[str, None] = {}
-
-    def visit(name: str) -> None:
-        if name not in done:
-            for dep in own[name]:
-                visit(dep)
-            done[name] = None
-
-    for f in view.features:
-        visit(f.name)
-    return list(done)
+    return post_order([f.name for f in view.features], own.__getitem__)
 
 
 def generate(view: DerivedView, defs: Definitions) -> KernelSpec:
@@ -100,6 +91,7 @@ class _Writer:
         self.ir = feature_ir(view, defs)
         self.rows: dict[KernelInput, int] = {}
         self.vars: dict[str, str] = {f.name: f"f{i}" for i, f in enumerate(view.features)}
+        self.int64 = {f.name for f in view.features if f.dtype is DType.INT64}
         self.consts: list[str] = []
         self.functions: list[str] = []
         self.modules: list[str] = []
@@ -161,7 +153,7 @@ class _Writer:
         node = self.ir[name]
         var = self.vars[name]
         if not isinstance(node, lang.Function):
-            self.body.append(f"{var} = {self.expr(node)}")
+            self.body.append(f"{var} = {self.to_dtype(name, self.expr(node))}")
             return
         module, _, attr = node.target.partition(":")
         alias = f"_t{len(self.functions)}"
@@ -169,12 +161,18 @@ class _Writer:
         self.modules.append(module)
         args = [self.expr(a) for a in node.args]
         null = " or ".join(f"math.isnan({a})" for a in args) or "False"
+        value = self.to_dtype(name, f"_o.fin(float({alias}({', '.join(args)})))")
         self.body += [
             f"if {null}:",
             f"    {var} = math.nan",
             "else:",
-            f"    {var} = _o.fin(float({alias}({', '.join(args)})))",
+            f"    {var} = {value}",
         ]
+
+    def to_dtype(self, name: str, atom: str) -> str:
+        """The feature's value as served: an int64 feature truncated in the kernel, so
+        the features reading it compute with the served value (27, not 27.0 from 2.7)."""
+        return f"_o.int64({atom})" if name in self.int64 else atom
 
     def spec(self) -> KernelSpec:
         for name in feature_order(self.view):

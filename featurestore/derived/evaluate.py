@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from featurestore import metrics, tracing
+from featurestore.dag import post_order
 from featurestore.derived import language as lang
 from featurestore.derived.compiler import Kernel
 from featurestore.derived.request import check_fields
@@ -31,7 +32,6 @@ from featurestore.outcomes import ViewOutcome
 STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
 FLOAT64 = DType.FLOAT64
-_INT64_BOUND = 2.0**63
 
 
 class Source(NamedTuple):
@@ -193,8 +193,8 @@ def _values(values: list[Any], dtype: DType) -> list[Any]:
     """A kernel output row of a bool or int64 feature as response values (NaN -> None)."""
     if dtype is DType.BOOL:
         return [None if v != v else v != 0.0 for v in values]
-    # int64: toward zero; null where not representable
-    return [int(v) if -_INT64_BOUND <= v < _INT64_BOUND else None for v in values]
+    # int64: the kernel truncated it and nulled what int64 cannot hold (ops.int64)
+    return [None if v != v else int(v) for v in values]
 
 
 def _combine(view: str, deps: list[ViewOutcome], n: int) -> ViewOutcome:
@@ -261,9 +261,26 @@ class _Needs:
         self.request: dict[str, tuple[RequestField, str]] = {}  # name -> (field, a feature needing it)
 
     def visit(self, fid: str) -> None:
+        """Add ``fid`` and what it reads, depth first in the order of each feature's
+        dependencies (request fields are checked, and named in errors, in that order);
+        iterative (a chain may be thousands deep), each derived feature once however
+        many paths reach it."""
         if fid in self.derived:
             return
         self.derived[fid] = None
+        stack = [self._reads(fid)]
+        while stack:
+            for dep in stack[-1]:
+                if dep not in self.derived:
+                    self.derived[dep] = None
+                    stack.append(self._reads(dep))
+                    break
+            else:
+                stack.pop()
+
+    def _reads(self, fid: str) -> Iterator[str]:
+        """Record the request fields and stored features ``fid`` reads, as they come;
+        yield the derived features it reads, for the walk to enter."""
         view_name, _, feature = fid.partition(":")
         view = self.defs.derived_views[view_name]
         i = view.feature_index(feature)
@@ -274,7 +291,7 @@ class _Needs:
                 field = next(r for r in view.request_schema if r.name == name)
                 self.request.setdefault(name, (field, fid))
             elif dep.partition(":")[0] in self.defs.derived_views:
-                self.visit(dep)
+                yield dep
             else:
                 self.stored[dep] = None
 
@@ -285,19 +302,8 @@ class _Needs:
 
 def _topological(defs: Definitions) -> list[str]:
     """Derived views, each after the derived views it reads (the parser refused cycles)."""
-    done: dict[str, None] = {}
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        for _, ref in defs.derived_views[name].inputs:
-            if ref.view in defs.derived_views:
-                visit(ref.view)
-        done[name] = None
-
-    for name in sorted(defs.derived_views):
-        visit(name)
-    return list(done)
+    views = defs.derived_views
+    return post_order(sorted(views), lambda name: [r.view for _, r in views[name].inputs if r.view in views])
 
 
 def _sources(

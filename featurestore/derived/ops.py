@@ -1,9 +1,9 @@
 """The operators of the expression language as numba scalar functions (kernels call them).
 
 Values are float64; null is NaN, bools are 1.0 / 0.0 (NaN = null). Every operator
-returns null for a null operand, except ``coalesce``, ``where`` (only the condition
-and the chosen branch count) and ``and``/``or`` (SQL three-valued logic:
-``false and null`` is false, ``true or null`` is true). Undefined results (``x / 0``,
+returns null for a null operand, ``where``, ``and`` and ``or`` included (the issue's
+rule: a null input gives a null result unless ``coalesce`` handles it); ``coalesce`` is
+the only exception. Undefined results (``x / 0``,
 ``log`` of a non-positive number, ``sqrt`` of a negative one, overflow to infinity) are
 null too, so a kernel never yields NaN or infinity as a value.
 
@@ -108,9 +108,22 @@ def coalesce(a: float, b: float) -> float:
 
 @_jit
 def where(c: float, a: float, b: float) -> float:
-    if math.isnan(c):
+    if math.isnan(c) or math.isnan(a) or math.isnan(b):  # strict: the unchosen branch counts too
         return nan
     return a if c != 0.0 else b
+
+
+_INT64_END = 2.0**63  # int64 holds [-2^63, 2^63): both ends are exact float64 values
+
+
+@_jit
+def int64(x: float) -> float:
+    """An int64 feature's value, still a float64: ``x`` truncated toward zero, null
+    outside int64's range. Kernels apply it where the feature is computed, so features
+    reading it see the value the response carries."""
+    if not -_INT64_END <= x < _INT64_END:  # NaN fails the test too
+        return nan
+    return float(math.trunc(x))
 
 
 @_jit
@@ -165,13 +178,13 @@ def not_(a: float) -> float:
 
 @_jit
 def and_(a: float, b: float) -> float:
-    if a == 0.0 or b == 0.0:
-        return 0.0
-    return nan if math.isnan(a) or math.isnan(b) else 1.0
+    if math.isnan(a) or math.isnan(b):  # strict, not SQL's three-valued logic
+        return nan
+    return 1.0 if a != 0.0 and b != 0.0 else 0.0
 
 
 @_jit
 def or_(a: float, b: float) -> float:
-    if a == 1.0 or b == 1.0:
-        return 1.0
-    return nan if math.isnan(a) or math.isnan(b) else 0.0
+    if math.isnan(a) or math.isnan(b):
+        return nan
+    return 1.0 if a != 0.0 or b != 0.0 else 0.0

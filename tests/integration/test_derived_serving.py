@@ -129,6 +129,11 @@ def test_the_existing_service_keeps_its_columns(demo_server: ServerProcess) -> N
             {"item_price": [1.0, 10**400]},
             "request_data.item_price[1]: 1000000000000000000000... (401 digits) is outside the float64 range",
         ),
+        # the wrong shape, refused while decoding: msgspec's message with the field's name
+        ({"item_price": 5.0}, "Expected `array`, got `float` - at `$.request_data.item_price`"),
+        ({"item_price": "5"}, "Expected `array`, got `str` - at `$.request_data.item_price`"),
+        ({"item_price": None}, "Expected `array`, got `null` - at `$.request_data.item_price`"),
+        ({"item_price": [[5.0], 1.0]}, "got `array` - at `$.request_data.item_price[0]`"),
     ],
 )
 def test_request_data_errors_over_http_are_400s_naming_the_field(
@@ -141,6 +146,22 @@ def test_request_data_errors_over_http_are_400s_naming_the_field(
     assert status == 400
     assert doc["error"]["code"] == "INVALID_ARGUMENT" and message in doc["error"]["message"]
     assert doc["error"]["details"][0]["request_data"] == "item_price"
+
+
+def test_a_request_data_field_no_requested_feature_needs_is_ignored_unless_malformed(
+    demo_server: ServerProcess,
+) -> None:
+    body: dict[str, Any] = {
+        "entities": {"user_id": [17]},
+        "features": ["user_derived:engagement_score"],  # reads no request field
+        "request_data": {"item_price": [1.0, 2.0, 3.0], "extra": ["anything"]},
+    }
+    status, _ = demo_server.join(body)
+    assert status == 200
+    body["request_data"]["extra"] = 5
+    status, doc = demo_server.join(body)
+    assert status == 400 and "at `$.request_data.extra`" in doc["error"]["message"]
+    assert doc["error"]["details"] == [{"request_data": "extra"}]
 
 
 def test_a_request_data_body_of_the_wrong_shape_is_a_400(demo_server: ServerProcess) -> None:

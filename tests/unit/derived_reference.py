@@ -71,10 +71,9 @@ def _eval(node: lang.Node, env: Mapping[str, Any], n: int) -> Array:
         case lang.Logic(op=op, args=args):
             values = [e(x) for x in args]
             out = values[0]
-            for v in values[1:]:
-                decided = 0.0 if op == "and" else 1.0
-                either = (out == decided) | (v == decided)
-                out = np.where(either, decided, np.where(_null(out, v), np.nan, 1.0 - decided))
+            for v in values[1:]:  # strict: a null operand gives null (only coalesce handles it)
+                result = ((out != 0) & (v != 0)) if op == "and" else ((out != 0) | (v != 0))
+                out = np.where(_null(out, v), np.nan, result.astype(float))
             return out
         case lang.Call(fn=fn, args=args):
             return _call(fn, [e(x) for x in args])
@@ -112,5 +111,5 @@ def _call(fn: str, a: list[Array]) -> Array:
         return out
     if fn == "where":
         c, x, y = a
-        return np.where(np.isnan(c), np.nan, np.where(c != 0, x, y))
+        return np.where(_null(c, x, y), np.nan, np.where(c != 0, x, y))
     raise AssertionError(fn)

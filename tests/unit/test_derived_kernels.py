@@ -194,12 +194,17 @@ SEMANTICS = {
     "null_propagates": ("y + 1", [3.0, None, 1.0]),
     "coalesce_handles_null": ("coalesce(y, -1) + 1", [3.0, 0.0, 1.0]),
     "where_null_condition": ("where(y > 1, 1, 0)", [1.0, None, 0.0]),
-    "where_unchosen_null_branch": ("where(x < 3, 7, y)", [2.0, 7.0, 7.0]),
+    # strict nulls (the issue: "a null input gives a null result unless the expression
+    # handles it with coalesce"): where's unchosen branch and and/or's deciding operand too
+    "where_unchosen_null_branch_is_null": ("where(x < 3, 7, y)", [2.0, None, 7.0]),
     "where_chosen_null_branch": ("where(x > 3, 7, y)", [7.0, None, 0.0]),
-    "and_false_decides": ("where((x < 0) and (y > 5), 1, 0)", [0.0, 0.0, 0.0]),
+    "where_null_branch_handled_by_coalesce": ("where(x < 3, 7, coalesce(y, 0))", [2.0, 7.0, 7.0]),
+    "and_false_with_null_is_null": ("where((x < 0) and (y > 5), 1, 0)", [0.0, None, 0.0]),
     "and_true_with_null_is_null": ("where((x > 0) and (y > 5), 1, 0)", [0.0, None, 0.0]),
-    "or_true_decides": ("where((x > 0) or (y > 5), 1, 0)", [1.0, 1.0, 0.0]),
+    "and_without_null": ("where((x > 0) and (y > 1), 1, 0)", [1.0, None, 0.0]),
+    "or_true_with_null_is_null": ("where((x > 0) or (y > 5), 1, 0)", [1.0, None, 0.0]),
     "or_false_with_null_is_null": ("where((x < 0) or (y > 5), 1, 0)", [0.0, None, 1.0]),
+    "or_handled_by_coalesce": ("where((x > 0) or coalesce(y > 5, false), 1, 0)", [1.0, 1.0, 0.0]),
     "bucket_5": ("bucket(5 + 0 * x, [0, 10, 50, 100])", [1.0, 1.0, 1.0]),
     "bucket_75": ("bucket(75 + 0 * x, [0, 10, 50, 100])", [3.0, 3.0, 3.0]),
     "bucket_200": ("bucket(200 + 0 * x, [0, 10, 50, 100])", [4.0, 4.0, 4.0]),
@@ -398,6 +403,49 @@ async def test_a_trusted_function_runs_in_the_kernel_with_nulls_short_circuited(
     engine = await engine_over(defs, kernels, rows)
     result = await engine.join(JoinRequest({"id": [1, 2]}, ("d:r", "d:r2")), time.monotonic() + 10)
     assert [c.values for c in result.columns[1:]] == [[12.0, None], [6.0, None]]
+
+
+async def test_features_reading_an_int64_feature_see_the_value_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int64 feature is truncated toward zero (null outside int64) where it is
+    computed, so ``units * 10`` is 20 when ``units = 1 * 2.7`` serves 2, and a value
+    beyond int64 is null for its readers too (in its own view and in another)."""
+    (tmp_path / "trusted_fns_i.py").write_text("def scale(a):\n    return a * 2.7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "units", "dtype": "int64", "expression": "x * 2.7"},
+        {"name": "units10", "dtype": "float64", "expression": "units * 10"},
+        {"name": "whole", "dtype": "int64", "expression": "x"},
+        {"name": "whole_plus", "dtype": "float64", "expression": "whole + 0"},
+        {"name": "fn_units", "dtype": "int64", "function": "trusted_fns_i:scale", "args": ["x"]},
+        {"name": "fn_units10", "dtype": "float64", "expression": "fn_units * 10"},
+    ]
+    doc["derived_views"].append(
+        {
+            "name": "d2",
+            "inputs": {"u": "d:units"},
+            "features": [{"name": "u10", "dtype": "float64", "expression": "u * 10"}],
+        }
+    )
+    defs = parse_definitions(doc, source="k.yaml")
+    kernels = await compiler.kernels_for(defs, tmp_path / "cache")
+    x = [1.0, -1.0, 1e30, 2.0**63, -(2.0**63), None]
+    fill = {"y": 0.0, "z": 0.0, "ctr": 0.0, "n": 1, "b": True, "s": "a"}
+    engine = await engine_over(defs, kernels, {"x": x, **{k: [v] * len(x) for k, v in fill.items()}})
+    names = ("d:units", "d:units10", "d2:u10", "d:whole", "d:whole_plus", "d:fn_units", "d:fn_units10")
+    result = await engine.join(JoinRequest({"id": list(range(1, 7))}, names), time.monotonic() + 10)
+    got = {c.name: c.values for c in result.columns[1:]}
+    assert got == {
+        "units": [2, -2, None, None, None, None],
+        "units10": [20.0, -20.0, None, None, None, None],
+        "u10": [20.0, -20.0, None, None, None, None],
+        "whole": [1, -1, None, None, -(2**63), None],
+        "whole_plus": [1.0, -1.0, None, None, -(2.0**63), None],
+        "fn_units": [2, -2, None, None, None, None],
+        "fn_units10": [20.0, -20.0, None, None, None, None],
+    }
 
 
 def _linux_at_least(major: int, minor: int) -> bool:

@@ -221,3 +221,31 @@ def test_a_wrong_value_is_located_by_column_name() -> None:
         decode_join(b'{"entities":{"user_id":[1,2],"merchant_id":["a",2.5]}}')
     with pytest.raises(InvalidArgument, match=r"\$\.rows\.embedding\[0\]\[1\]"):
         decode_push(b'{"feature_view":"merchant","rows":{"merchant_id":["m"],"embedding":[[1,[2]]]}}')
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ("5.0", r"got `float` - at `\$\.request_data\.item_price`"),
+        ('"5"', r"got `str` - at `\$\.request_data\.item_price`"),
+        ("null", r"got `null` - at `\$\.request_data\.item_price`"),
+        ("{}", r"got `object` - at `\$\.request_data\.item_price`"),
+        ("[[5.0]]", r"got `array` - at `\$\.request_data\.item_price\[0\]`"),
+        ("[1e999]", r"out of range - at `\$\.request_data\.item_price\[0\]`"),
+    ],
+)
+def test_a_request_data_field_of_the_wrong_shape_is_named_in_the_message_and_details(
+    value: str, where: str
+) -> None:
+    """Whether or not a requested feature needs it: the shape is decoded before the plan
+    knows what the request needs (docs/api.md)."""
+    body = b'{"entities":{"user_id":[1]},"request_data":{"fine":[1],"item_price":' + value.encode() + b"}}"
+    with pytest.raises(InvalidArgument, match=where) as e:
+        decode_join(body)
+    assert e.value.details == [{"request_data": "item_price"}]
+
+
+def test_a_bad_entity_column_carries_no_request_data_details() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        decode_join(b'{"entities":{"user_id":[1.5]},"request_data":{"item_price":[1.0]}}')
+    assert "$.entities.user_id[0]" in str(e.value) and e.value.details == []
