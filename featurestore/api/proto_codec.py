@@ -121,7 +121,9 @@ def encode_push(result: PushResult) -> bytes:
 
 def encode_join(result: JoinResult, trace_id: str) -> bytes:
     """The JoinResponse wire bytes, written directly (proto_wire.py says why)."""
-    return proto_wire.encode_join(result.columns, result.rows, result.registry_version, trace_id, result.partial)
+    return proto_wire.encode_join(
+        result.columns, result.rows, result.registry_version, trace_id, result.partial
+    )
 
 
 def _null_rows(col: pb.FeatureColumn, c: ResultColumn) -> None:

@@ -166,7 +166,9 @@ def encode_join(
         partial=partial,
     ).SerializeToString()
     parts = [_delimited(_METADATA, metadata) if metadata else b""]
-    entity = (_STATUSES + varint(rows) + _PRESENT * rows + _EVENT_TS + varint(rows) + bytes(rows)) if rows else b""
+    entity = (
+        (_STATUSES + varint(rows) + _PRESENT * rows + _EVENT_TS + varint(rows) + bytes(rows)) if rows else b""
+    )
     shared: dict[int, bytes] = {}
     for c in columns:
         values = c.values

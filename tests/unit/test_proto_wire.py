@@ -106,5 +106,9 @@ def test_a_response_decodes_to_the_values_the_join_served() -> None:
         if col.dtype not in (DType.FLOAT64, DType.FLOAT32_VECTOR):  # exact types (float32 rounds)
             assert proto_codec.column_values(got) == [
                 v if col.outcome is None or s is Status.PRESENT else None
-                for v, s in zip(col.values, col.outcome.statuses if col.outcome else [Status.PRESENT] * result.rows, strict=True)
+                for v, s in zip(
+                    col.values,
+                    col.outcome.statuses if col.outcome else [Status.PRESENT] * result.rows,
+                    strict=True,
+                )
             ]
