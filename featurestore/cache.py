@@ -29,6 +29,9 @@ Row = tuple[Any, ...]
 NOT_FOUND: Final = ()
 
 
+_MAX_WALK = 256  # second chances one eviction may give before it evicts anyway
+
+
 class LRUCache:
     """Bounded row cache with per-entry expiry, evicting (approximately) the least
     recently used entry. Single-threaded: used from the event loop.
@@ -45,8 +48,9 @@ class LRUCache:
     With ``admission`` (a TinyLFU sketch, featurestore/admission.py), a put into a full
     cache counts each key and admits it only if it is more frequent than the entry the
     hand would evict (an expired victim always goes); without, every put evicts. Keys
-    are counted per entity key, across views and data versions: one request reads an
-    entity's views together, and a new data version inherits its keys' popularity.
+    are counted as (space, key), on the miss path only: counted by bare entity key, a
+    new data version's row tied with its own dead predecessor and was refused until that
+    one expired (a full cache served the store for a TTL after every publication).
     """
 
     def __init__(
@@ -69,6 +73,10 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._order)
 
+    def now(self) -> float:
+        """The cache's clock (what ``read_at`` is measured by)."""
+        return self._clock()
+
     def get_many(self, space: Hashable, keys: Sequence[Hashable]) -> list[Row | None]:
         """The cached row (or NOT_FOUND) of each key, None where absent or expired."""
         entries = self._spaces.get(space)
@@ -81,12 +89,16 @@ class LRUCache:
         self._touched[space].update([k for k, r in zip(keys, rows, strict=True) if r is not None])
         return rows
 
-    def put_many(self, space: Hashable, keys: Sequence[Hashable], rows: Sequence[Row]) -> None:
+    def put_many(
+        self, space: Hashable, keys: Sequence[Hashable], rows: Sequence[Row], read_at: float | None = None
+    ) -> None:
+        """``read_at``: when the rows were asked of the store (by this cache's clock);
+        they expire a TTL after that, so the TTL bounds how stale a served row can be."""
         sketch = self.admission
         if sketch is not None:
-            sketch.increment_many(keys)
+            sketch.increment_many([(space, k) for k in keys])
         now = self._clock()
-        expires = now + self.ttl
+        expires = (now if read_at is None else min(read_at, now)) + self.ttl
         entries = self._spaces.get(space)
         if entries is None:
             entries = self._spaces[space] = {}
@@ -100,8 +112,12 @@ class LRUCache:
                 if (
                     sketch is not None
                     and self._spaces[victim[0]][victim[1]][0] >= now  # an expired victim always goes
-                    and not sketch.admits(k, victim[1])
+                    and not sketch.admits((space, k), victim)
                 ):
+                    # The victim won: it goes round again, so the next newcomer meets
+                    # another entry (one resident that collided high in the sketch would
+                    # otherwise turn every newcomer away).
+                    self._order.move_to_end(victim)
                     rejected += 1
                     continue
                 self._remove(victim, keep=space)
@@ -117,16 +133,20 @@ class LRUCache:
             metrics.CACHE_REJECTIONS.inc(rejected)
 
     def _victim(self) -> tuple[Hashable, Hashable]:
-        """The entry the hand stops at: the first not read since the hand last passed it.
-        Each pass over a read entry clears its mark, so the walk ends (within one round)."""
+        """The entry the hand stops at: the first not read since the hand last passed it,
+        or the one it reaches after ``_MAX_WALK`` second chances (when every entry was
+        read, a full round over 200k entries would hold the loop ~40 ms for one request)."""
         order = self._order
-        while True:
+        for _ in range(_MAX_WALK):
             victim = next(iter(order))
             touched = self._touched[victim[0]]
             if victim[1] not in touched:
                 return victim
             touched.discard(victim[1])
             order.move_to_end(victim)
+        victim = next(iter(order))
+        self._touched[victim[0]].discard(victim[1])
+        return victim
 
     def _remove(self, item: tuple[Hashable, Hashable], keep: Hashable = None) -> None:
         """Drop one entry; a space it empties goes too (an old data version aged out),
@@ -225,6 +245,7 @@ class CachedSource:
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
             epoch = self._epoch
+            read_at = cache.now()
             try:
                 inner = await self.inner.read(miss_queries)
             except Exception as e:
@@ -255,7 +276,7 @@ class CachedSource:
                 if fill:
                     q = queries[qi]
                     space = (q.view.name, q.view.layout, q.data_version)
-                    cache.put_many(space, [q.keys[i] for i in misses], fetched)
+                    cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
             metrics.CACHE_ENTRIES.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:

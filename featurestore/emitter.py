@@ -100,7 +100,10 @@ class LineageEmitter:
         not take by then is counted as undelivered: the break rate stays honest."""
         for t in self._tasks[:1]:
             t.cancel()
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # counted broken by flush; the sink must still be drained and closed
+            log.exception("the last lineage window could not be built; its values are counted as broken")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout=self.config.close_seconds)
         for t in self._tasks[1:]:

@@ -9,8 +9,7 @@ from google.protobuf.message import DecodeError
 
 from featurestore.api import proto_wire
 from featurestore.errors import InvalidArgument
-from featurestore.join import JoinRequest, JoinResult, ResultColumn
-from featurestore.model import Status
+from featurestore.join import JoinRequest, JoinResult
 from featurestore.push import PushRequest, PushResult
 from featurestore.v1 import featurestore_pb2 as pb
 
@@ -124,15 +123,6 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
     return proto_wire.encode_join(
         result.columns, result.rows, result.registry_version, trace_id, result.partial
     )
-
-
-def _null_rows(col: pb.FeatureColumn, c: ResultColumn) -> None:
-    """Mark PRESENT rows whose value is null (a typed column cannot hold null)."""
-    if None not in c.values:
-        return
-    assert c.outcome is not None
-    statuses = c.outcome.statuses
-    col.null_rows.extend(i for i, v in enumerate(c.values) if v is None and statuses[i] is Status.PRESENT)
 
 
 def column_values(col: pb.FeatureColumn) -> list[Any]:

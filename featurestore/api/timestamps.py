@@ -1,5 +1,6 @@
 """Event timestamps as the JSON API writes them: epoch µs -> ``2024-01-01T00:00:07Z``,
-with ``.ffffff`` only when the instant is not a whole second.
+with ``.ffffff`` only when the instant is not a whole second; years below 1000 are
+zero-padded to four digits (RFC 3339), years past 9999 have more.
 
 A response renders one timestamp per row per view, so this is on the hot path of every
 join. Rendered strings are kept in a bounded cache (a view's rows often share
@@ -12,6 +13,7 @@ every value, 130 µs per view at batch 100 (benchmarks/RESULTS.md, issue 16).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,14 @@ import numpy as np
 _MAX_CACHED = 1 << 17
 _cache: dict[int, str] = {}
 _US_PER_S = 1_000_000
+_NAT = -(2**63)  # int64's minimum is datetime64's NaT; push accepts it as a timestamp
+
+
+def _one(us: int) -> str:
+    """One instant by the standard library (years before 1000 are not zero-padded here)."""
+    secs, frac = divmod(us, _US_PER_S)
+    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{s}.{frac:06d}Z" if frac else f"{s}Z"
 
 
 def iso_utc(us: int) -> str:
@@ -38,6 +48,10 @@ def iso_list(values: Sequence[int | None]) -> list[str | None]:
 
 
 def _render(values: Sequence[int | None], misses: list[int], out: list[str | None]) -> None:
+    if _NAT in (values[i] for i in misses):  # numpy's "not a time": render it the slow way
+        for i in misses:
+            out[i] = _one(values[i])  # type: ignore[arg-type]
+        return
     us = np.fromiter((values[i] for i in misses), dtype=np.int64, count=len(misses))
     at = us.astype("datetime64[us]")
     fraction = us % _US_PER_S != 0  # numpy's % is floor-mod: -1 µs is .999999 of a second

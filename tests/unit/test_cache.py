@@ -173,3 +173,25 @@ async def test_a_read_overlapping_a_write_does_not_put_stale_rows_back() -> None
     assert isinstance(stale, ViewRead) and stale.found == [False]  # that read may answer what it saw
     [fresh] = await src.read([ViewQuery(V, [1], [0], 1)])
     assert isinstance(fresh, ViewRead) and fresh.columns == [[11]]  # but it did not fill the cache
+
+
+async def test_a_cached_row_expires_a_ttl_after_the_store_was_asked_not_after_it_answered() -> None:
+    clock = Clock()
+    gate = asyncio.Event()
+
+    class SlowStore(Counting):
+        async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+            await gate.wait()
+            return await super().read(queries)
+
+    src = CachedSource(SlowStore(), LRUCache(100, 30, clock=clock))
+    await src.prepare([V])
+    reading = asyncio.create_task(src.read([ViewQuery(V, [1], [0], 1)]))
+    await asyncio.sleep(0)
+    clock.t = 10.0  # the store answers 10 s after it was asked
+    gate.set()
+    await reading
+    clock.t = 29.0
+    assert src.cache.get((V.name, V.layout, 1), 1) is not None
+    clock.t = 30.5  # 30 s after the ask (not 40 s after the answer)
+    assert src.cache.get((V.name, V.layout, 1), 1) is None

@@ -150,3 +150,30 @@ def test_the_cache_admission_policy_is_configurable_and_checked(
         InvalidArgument, match=r"cache.admission: unknown cache admission 'lfu'; use tinylfu, none"
     ):
         load_config(f)
+
+
+def test_after_a_publication_the_new_version_displaces_the_old_one_without_waiting_for_its_ttl() -> None:
+    now = [0.0]
+    size = 1000
+    cache = LRUCache(size, 30, clock=lambda: now[0], admission=FrequencySketch(size))
+    old, new = ("view", "layout", 1), ("view", "layout", 2)
+    keys = list(range(size))
+    cache.put_many(old, keys, [(1,)] * size)  # version 1 fills the cache
+    for _ in range(4):  # the server now reads version 2 of the same keys, well within the TTL
+        now[0] += 1
+        miss = [k for k, r in zip(keys, cache.get_many(new, keys), strict=True) if r is None]
+        cache.put_many(new, miss, [(2,)] * len(miss))
+    held = sum(r is not None for r in cache.get_many(new, keys))
+    assert held >= 0.9 * size  # counted by bare key, version 2 tied with version 1 and held 0
+
+
+def test_one_eviction_gives_a_bounded_number_of_second_chances() -> None:
+    size = 5000
+    cache = LRUCache(size, 30)
+    keys = list(range(size))
+    cache.put_many("v", keys, [(1,)] * size)
+    assert all(r is not None for r in cache.get_many("v", keys))  # every entry read: all marked
+    cache.put("v", "new", (2,))
+    still_marked = len(cache._touched["v"])
+    assert size - still_marked <= 300  # the hand stopped after its cap (256), not a full round
+    assert cache.get("v", "new") == (2,) and len(cache) == size

@@ -204,3 +204,20 @@ async def test_a_tick_that_wakes_early_never_runs_the_windows_ahead_of_the_clock
         await em._tick()
     assert em._window_start <= clock[0] + 1.0
     assert clock[0] - 1_000_000.0 > 45  # 50 wake-ups lasted about 50 windows, not 50 in a moment
+
+
+async def test_close_still_drains_and_closes_the_sink_when_the_last_window_cannot_be_built() -> None:
+    closed: list[bool] = []
+
+    class Sink(Collecting):
+        async def close(self) -> None:
+            closed.append(True)
+
+    def broken_uri(view: FeatureView) -> str | None:
+        raise RuntimeError("store gone")
+
+    em = LineageEmitter(Sink(), broken_uri, EmitterConfig(window_seconds=60))
+    await em.start()
+    em.record(STATE.plan(("a:x",), None, False), STATE, 2, span(1))
+    await em.close()  # does not raise
+    assert closed == [True] and all(t.done() for t in em._tasks)

@@ -1,5 +1,6 @@
 """Event timestamps in JSON responses: the cached, vectorized rendering writes what one
-strftime per value would, whether the cache holds the value or not."""
+strftime per value would (years 1000-9999; below, four digits), whether the cache holds
+the value or not."""
 
 from __future__ import annotations
 
@@ -60,3 +61,13 @@ def test_a_full_cache_is_emptied_and_still_renders_right(monkeypatch: pytest.Mon
         chunk = values[start : start + 5]
         assert iso_list(chunk) == [reference(v) for v in chunk]
         assert len(timestamps._cache) <= 8
+
+
+def test_years_before_1000_have_four_digits() -> None:
+    assert iso_utc(-58_000_000_000_000_000) == "0132-01-20T16:53:20Z"  # datetime agrees
+
+
+def test_the_smallest_int64_is_an_instant_not_numpys_not_a_time() -> None:
+    smallest = -(2**63)
+    assert iso_list([smallest, 0]) == [reference(smallest), "1970-01-01T00:00:00Z"]
+    assert "NaT" not in iso_utc(smallest)
