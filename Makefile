@@ -82,6 +82,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.run --skip-feast-setup --keys zipf --batches 1,100 --concurrency 8,32
 	$(PY) -m benchmarks.cache_admission
 	$(PY) -m benchmarks.transports
+	$(PY) -m benchmarks.grpc_floor
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.transports --transports http --store-option auto_pipeline=true --out benchmarks/results/autopipeline.md

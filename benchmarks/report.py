@@ -79,6 +79,7 @@ PARTS = (
     "feast-zipf.md",
     "cache.md",
     "grpc.md",
+    "grpc-floor.md",
     "overload.md",
     "scaling.md",
     "experiments.md",
