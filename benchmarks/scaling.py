@@ -150,9 +150,9 @@ def sizing(runs: list[dict[str, Any]]) -> list[str]:
         "stabilization 0 s, +100% per 30 s; scale-down stabilization 300 s and at most 10% of the pods per 60 s "
         "(the shipped 1 pod per 60 s suits its 3-20 pods, not this fleet). "
         "Load shedding (limits.max_inflight, docs/api.md#overload) holds latency while new pods start.",
-        "* Measured on a shared 2-core VM with Redis and the load generator beside the server: per-core figures "
-        "come from CPU accounting, not from QPS, so they hold when the machine is busy; the integrator's run on a "
-        "quiet machine gives the final ones.",
+        "* Measured on a 2-core VM with Redis and the load generator beside the server: per-core figures "
+        "come from CPU accounting, not from QPS, so they hold whatever else shares the cores; a fleet's nodes "
+        "(the server alone on its cores, Redis on its own) should do at least as well.",
     ]
 
 
