@@ -177,3 +177,17 @@ def test_one_eviction_gives_a_bounded_number_of_second_chances() -> None:
     still_marked = len(cache._touched["v"])
     assert size - still_marked <= 300  # the hand stopped after its cap (256), not a full round
     assert cache.get("v", "new") == (2,) and len(cache) == size
+
+
+def test_counting_a_batch_raises_the_same_counters_as_counting_its_keys_one_by_one() -> None:
+    rnd = random.Random(5)
+    keys: list[object] = [rnd.randrange(500) for _ in range(3000)] + [("space", k) for k in range(40)] * 20
+    batch, single = FrequencySketch(64, sample_factor=10**6), FrequencySketch(64, sample_factor=10**6)
+    for i in range(0, len(keys), 100):  # numpy from 16 keys a call
+        batch.increment_many(keys[i : i + 100])
+    for k in keys:  # the Python loop
+        single.increment(k)
+    assert bytes(batch._table) == bytes(single._table)  # saturated counters included
+    assert max(batch._table) == MAX_COUNT
+    batch.age()
+    assert max(batch._table) == MAX_COUNT // 2 and batch.frequency(("space", 3)) <= MAX_COUNT // 2
