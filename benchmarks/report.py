@@ -345,11 +345,14 @@ NOTES = """
   `gc.freeze()` after start-up so full collections do not walk the loaded heap (Feast's
   workers pause 130-190 ms for that reason).
 * With the cache on, the load generator's 4,096 pre-built bodies per connection repeat,
-  so after warm-up most keys come from the in-process LRU (TTL 30 s): the production
-  default. The `_nocache` columns read every key from Redis. {cache_line}: 409,600
-  distinct keys per view cycle through a 200,000-entry cache, so most lookups miss and
-  then fill; size `cache.max_entries` to the hot set, or turn the cache off for
-  uniformly random keys.
+  so after warm-up most keys come from the in-process cache (TTL 30 s): the production
+  default. The `_nocache` columns read every key from Redis. {cache_line}. The ids are
+  uniform over 100,000 users, so both views fit the 200,000-entry cache and most keys hit
+  (93% at batch 100 in `benchmarks.cache_admission`), yet a request with any miss still
+  pays a Redis round trip, every hit is a lookup in a 200k-row Python heap, and rows
+  expire and refill between this run's interleaved points; with Redis on loopback that
+  costs more than it saves. The cache pays where the store is remote, shared or the
+  bottleneck (`docs/storage.md`); `cache: false` per store otherwise.
 * featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
   accepting socket, which can spread few connections unevenly (see the cores column).
 """
