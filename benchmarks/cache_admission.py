@@ -1,4 +1,4 @@
-"""The cache that never costs: cache off, plain LRU and LRU + TinyLFU admission, side by
+"""The cache that never costs: cache off, CLOCK without and with TinyLFU admission, side by
 side on uniform and Zipf (s=1.1) keys over the peer's 100k users.
 
 1. Hit rates by simulation (in-process, deterministic, machine-independent): the same
@@ -149,7 +149,7 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
         f"{a.warmup:g} s warm-up, {a.rounds} interleaved rounds (median); cache.max_entries {a.max_entries:,}. "
         "QPS / server CPU per request (us) / hit rate:",
         "",
-        "| keys | batch | cache off | plain LRU | LRU + TinyLFU | TinyLFU vs off (QPS) |",
+        "| keys | batch | cache off | CLOCK, no admission | CLOCK + TinyLFU (default) | TinyLFU vs off (QPS) |",
         "|---|---:|---|---|---|---:|",
     ]
     for keys in ("uniform", "zipf"):
