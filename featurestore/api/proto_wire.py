@@ -4,8 +4,10 @@ Building the response through the generated classes cost a Python -> C call per 
 set or list extended, ~70 of them for a batch-1 response of 17 columns: 40 µs to build
 and serialize, 234 µs at batch 100, against 10 and 72 µs for the JSON encoding of the
 same result (msgspec), so gRPC lost to HTTP on encoding alone. Here each value list is
-one C call (a list message constructed and serialized: upb encodes the packed values),
-and the frames around it (tags, lengths, names) are joined as bytes: statuses are their
+one C call (doubles: one ``struct.pack``; other lists of 8+ values: a list message
+constructed and serialized, upb encoding the packed values; shorter ones framed in
+Python), and the frames around it (tags, lengths, names) are joined as bytes; now 27 µs
+at batch 1 and 100 µs at batch 100 (benchmarks/RESULTS.md, gRPC section). Statuses are their
 own bytes (``Status`` values are the proto numbers, all < 128), a packed int64 list is
 re-tagged for the column's event_timestamps and null_rows, and a view's statuses and
 timestamps are encoded once and shared by its columns, as in the JSON codec. The bytes
