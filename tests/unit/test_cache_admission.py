@@ -181,7 +181,8 @@ def test_one_eviction_gives_a_bounded_number_of_second_chances() -> None:
 
 def test_counting_a_batch_raises_the_same_counters_as_counting_its_keys_one_by_one() -> None:
     rnd = random.Random(5)
-    keys: list[object] = [rnd.randrange(500) for _ in range(3000)] + [("space", k) for k in range(40)] * 20
+    keys: list[object] = [rnd.randrange(500) for _ in range(3000)]
+    keys += [("space", k) for k in range(40)] * 20
     batch, single = FrequencySketch(64, sample_factor=10**6), FrequencySketch(64, sample_factor=10**6)
     for i in range(0, len(keys), 100):  # numpy from 16 keys a call
         batch.increment_many(keys[i : i + 100])
