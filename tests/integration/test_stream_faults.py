@@ -54,6 +54,18 @@ def topic_producer(kafka: TansuBroker, topic: str) -> Any:
     return Producer({"bootstrap.servers": kafka.bootstrap})
 
 
+def run_until_applied(proc: StreamProcessor, store: Any, view: Any, topic: str, offset: int) -> None:
+    """Run the processor on a thread until partition 0's mark reaches ``offset``, then stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == offset, 60, "the topic applied")
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_the_lag_grows_while_redis_is_down_and_every_event_counts_once_after_it_returns(
     kafka: TansuBroker, tmp_path: Path
 ) -> None:
@@ -137,14 +149,7 @@ def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafk
         labels = {"view": "skew_view", "outcome": outcome}
         return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
 
-    stop = threading.Event()
-    thread = threading.Thread(target=proc.run, args=(stop,))
-    thread.start()
-    try:
-        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 3, 60, "the topic applied")
-    finally:
-        stop.set()
-        thread.join(30)
+    run_until_applied(proc, store, view, topic, 3)
     assert (count("applied"), count("late")) == (3, 1)
     assert store.marks(view, topic)[0].watermark_us < (now + 3_600_000) * 1000
     got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now * 1000, [0])
@@ -168,14 +173,7 @@ def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettere
     store = MemoryTileStore()
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
     proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
-    stop = threading.Event()
-    thread = threading.Thread(target=proc.run, args=(stop,))
-    thread.start()
-    try:
-        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == 1, 60, "the topic applied")
-    finally:
-        stop.set()
-        thread.join(30)
+    run_until_applied(proc, store, view, topic, 1)
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
     consumer.assign([TopicPartition(f"{topic}.dlq", 0, 0)])
     got: list[Any] = []

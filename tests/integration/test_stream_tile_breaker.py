@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from featurestore.config import Config, StoreConfig
 from featurestore.definitions.stream import dtype_of
@@ -36,8 +37,8 @@ VIEW = FeatureView(
 )
 
 
-async def test_a_frozen_redis_makes_stream_reads_unavailable_at_once_and_they_recover(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "r").start()
+async def started_stores(server: RedisServer) -> tuple[Any, Any]:
+    """The Redis store (health probe every 100 ms, no cache) and its stream-tile reader."""
     config = Config(
         stores={
             "r": StoreConfig(
@@ -48,10 +49,16 @@ async def test_a_frozen_redis_makes_stream_reads_unavailable_at_once_and_they_re
     stores = make_serving_stores(config)
     base, reader = stores["r"], stores[STREAM_STORE_PREFIX + "r"]
     await base.start()
+    return base, reader
+
+
+async def test_a_frozen_redis_makes_stream_reads_unavailable_at_once_and_they_recover(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    base, reader = await started_stores(server)
     now_us = time.time_ns() // 1000
     acc = TileAccumulator(view_layout(VIEW))
     acc.add("1", now_us, {})
-    tiles = reader.tiles  # type: ignore[attr-defined]
+    tiles = reader.tiles
     batch = TileBatch("clicks", {0: (-1, PartitionMark(0, now_us))}, acc.records, now_us // 60_000_000)
     assert tiles.apply(VIEW, batch) is None
     query = ViewQuery(VIEW, [1], [0], 0)
@@ -80,16 +87,7 @@ async def test_after_redis_restarts_the_first_stream_read_is_served_not_failed_o
     tmp_path: Path,
 ) -> None:
     server = RedisServer(tmp_path / "r").start()
-    config = Config(
-        stores={
-            "r": StoreConfig(
-                kind="redis", options={"url": server.url, "health_interval_ms": 100}, cache=False
-            )
-        }
-    )
-    stores = make_serving_stores(config)
-    base, reader = stores["r"], stores[STREAM_STORE_PREFIX + "r"]
-    await base.start()
+    base, reader = await started_stores(server)
     query = ViewQuery(VIEW, [1], [0], 0)
     try:
         [res] = await reader.read([query])  # a pooled connection, idle from now on
