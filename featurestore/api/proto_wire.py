@@ -68,21 +68,13 @@ def _retag(tag: bytes, list_message: bytes) -> bytes:
     return tag + list_message[1:] if list_message else b""
 
 
-def _nulls_to(default: Any) -> Callable[[list[Any]], list[Any]]:
-    def fill(values: list[Any]) -> list[Any]:
-        return [default if v is None else v for v in values] if None in values else values
-
-    return fill
-
-
-_zero, _empty = _nulls_to(0), _nulls_to("")
 _SMALL = 8  # below this many values, Python framing beats a list message's construction (1.4 µs)
 _doubles: dict[int, Callable[..., bytes]] = {}  # row count -> struct packer of that many doubles
 
 
-def _int64s(values: list[Any], nulls: bool = True) -> bytes:
+def _int64s(values: list[Any], nulls: bool) -> bytes:
     if nulls:
-        values = _zero(values)
+        values = [0 if v is None else v for v in values]
     if len(values) >= _SMALL:
         return pb.Int64List(values=values).SerializeToString()
     payload = b"".join([varint(v & 0xFFFF_FFFF_FFFF_FFFF) for v in values])  # int64: two's complement
@@ -105,7 +97,7 @@ def _float64s(values: list[Any], nulls: bool) -> bytes:
 
 def _strings(values: list[Any], nulls: bool) -> bytes:
     if nulls:
-        values = _empty(values)
+        values = ["" if v is None else v for v in values]
     if len(values) >= _SMALL:
         return pb.StringList(values=values).SerializeToString()
     return b"".join([_delimited(b"\x0a", v.encode()) for v in values])
@@ -147,14 +139,15 @@ def _outcome_fields(outcome: ViewOutcome) -> bytes:
     if not n:
         return b""
     statuses = _STATUSES + varint(n) + bytes(outcome.statuses)
-    return statuses + _retag(_EVENT_TS, _int64s(outcome.event_ts_us))
+    ts = outcome.event_ts_us
+    return statuses + _retag(_EVENT_TS, _int64s(ts, None in ts))
 
 
 def _null_rows(values: list[Any], outcome: ViewOutcome) -> bytes:
     """Rows PRESENT but null (a typed column cannot hold null)."""
     statuses = outcome.statuses
     rows = [i for i, v in enumerate(values) if v is None and statuses[i] is Status.PRESENT]
-    return _retag(_NULL_ROWS, _int64s(rows))  # uint32 varints alike
+    return _retag(_NULL_ROWS, _int64s(rows, False))  # uint32 varints alike
 
 
 def encode_join(
