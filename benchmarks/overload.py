@@ -11,7 +11,8 @@ and without load shedding, then the recovery.
 3. Recovery: right after, 0.5 x S for a few seconds: shed requests (expected none).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
-limits.max_inflight 1024, shed_target_share 0.5) and ``no shedding`` (limits.shed false).
+limits.max_inflight 1024, shed_target_share 0.1), the same at the old default share 0.5,
+and ``no shedding`` (limits.shed false).
 
     python -m benchmarks.overload [--batch 100] [--factor 2] [--duration 10]
 """
@@ -34,6 +35,7 @@ from featurestore.demo.data import FEATURE_REFS
 
 VARIANTS = {
     "shedding": "",
+    "shedding at 0.5 (the old default)": "limits: {shed_target_share: 0.5}\n",
     "no shedding": "limits: {shed: false}\n",
 }
 

@@ -20,8 +20,11 @@ Netflix's concurrency-limits do):
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
-With a 500 ms deadline and the default share of 0.5, answered requests stay near
-250 ms instead of running into the deadline (half the deadline leaves the tail room), while a worker that keeps up never sheds:
+With a 500 ms deadline and the default share of 0.1, answered requests stay well
+within the deadline and, more to the point, a caller's connections turn over fast
+enough that its own queue does not grow (at 0.5, answered joins queued ~250 ms at 2x
+saturation: the server met its deadline but the callers fell seconds behind), while a
+worker that keeps up never sheds:
 its completions are fast, so its limit stays at the cap. When load drops, the requests
 in flight fall below the limit at once and nothing is shed.
 """
