@@ -17,7 +17,9 @@ import argparse
 import json
 import multiprocessing as mp
 import random
+import struct
 import time
+from pathlib import Path
 from typing import Any
 
 from featurestore.demo.data import FEATURE_REFS
@@ -43,12 +45,31 @@ def requests(batch: int, count: int, seed: int, keys: str = "uniform") -> list[b
     return out
 
 
+def load_bodies(path: str) -> list[bytes]:
+    """Messages written by benchmarks/feast_grpc_requests.py (each length-prefixed)."""
+    data = Path(path).read_bytes()
+    out, at = [], 0
+    while at < len(data):
+        (size,) = struct.unpack_from("<I", data, at)
+        out.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out
+
+
 async def _worker(
-    target: str, batch: int, conc: int, seconds: float, seed: int, keys: str, channels_n: int
+    target: str,
+    batch: int,
+    conc: int,
+    seconds: float,
+    seed: int,
+    keys: str,
+    channels_n: int,
+    method: str = METHOD,
+    bodies_from: str | None = None,
 ) -> dict[str, Any]:
     import grpc
 
-    bodies = requests(batch, 2048, seed, keys)
+    bodies = load_bodies(bodies_from.format(seed=seed)) if bodies_from else requests(batch, 2048, seed, keys)
     latencies: list[float] = []
     errors = 0
     # Own connections (grpc shares one per target between channels otherwise), so the
@@ -57,7 +78,7 @@ async def _worker(
     channels = [
         grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, min(conc, channels_n)))
     ]
-    joins = [ch.unary_unary(METHOD) for ch in channels]  # bytes in, bytes out: no (de)serialization
+    joins = [ch.unary_unary(method) for ch in channels]  # bytes in, bytes out: no (de)serialization
     try:
         for join in joins:
             await join(bodies[0], timeout=10)
@@ -90,7 +111,7 @@ async def _worker(
     return {"latencies": latencies, "errors": errors, "wall": wall, "cpu": cpu}
 
 
-def _run(args: tuple[str, int, int, float, int, str, int]) -> dict[str, Any]:
+def _run(args: tuple[str, int, int, float, int, str, int, str, str | None]) -> dict[str, Any]:
     import uvloop
 
     return uvloop.run(_worker(*args))
@@ -104,12 +125,21 @@ def measure(
     procs: int = 2,
     keys: str = "uniform",
     channels: int = 4,
+    method: str = METHOD,
+    bodies_from: str | None = None,
 ) -> dict[str, Any]:
+    """``method`` and ``bodies_from`` (a path with ``{seed}``, one file per process's seed,
+    1000 + its index) drive another server with its own pre-serialized requests (the Feast
+    peer: benchmarks/feast_grpc.py)."""
     procs = max(1, min(procs, conc))
     per = [conc // procs + (1 if i < conc % procs else 0) for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
         parts = pool.map(
-            _run, [(target, batch, per[i], seconds, 1000 + i, keys, channels) for i in range(procs)]
+            _run,
+            [
+                (target, batch, per[i], seconds, 1000 + i, keys, channels, method, bodies_from)
+                for i in range(procs)
+            ],
         )
     lat = sorted(x for p in parts for x in p["latencies"])
     wall = max(p["wall"] for p in parts)

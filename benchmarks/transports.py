@@ -8,12 +8,18 @@ Per run: QPS, p50/p99, server CPU per request and the load generator's own CPU (
 ``--env KEY=VALUE`` (repeatable) starts a second server with that environment, and
 ``--store-option KEY=VALUE`` one with that Redis store option, measured as their own
 rows (A/B of a server-side switch under the same load, same minute).
+
+The peer row: Feast's Python gRPC server (``feast listen``, benchmarks/feast_grpc.py) on
+the data ../shared/peers/feast/setup.sh materialized, driven by the same load generator
+with Feast's own request bytes (same keys). Skipped, and said so, when setup.sh has not
+run (``--feast-workdir``, default $WORKDIR or /tmp/feast-peer); ``--no-feast`` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -22,6 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks import feast_grpc
 from benchmarks.grpc_load import measure as grpc_measure
 from benchmarks.stack import HERE, config, materialize, redis, server, tree_cpu, wrk
 
@@ -31,7 +38,17 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def one_run(srv: dict[str, int], transport: str, batch: int, a: argparse.Namespace) -> dict[str, Any]:
+FEAST = "feast listen"
+
+
+def one_run(
+    srv: dict[str, int],
+    transport: str,
+    batch: int,
+    a: argparse.Namespace,
+    feast: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    """``feast``: the peer's request files by batch (``srv`` is then ``feast listen``)."""
     cpu0 = tree_cpu(srv["pid"])
     if transport == "http":
         c0 = children_cpu()
@@ -39,7 +56,21 @@ def one_run(srv: dict[str, int], transport: str, batch: int, a: argparse.Namespa
         res["client_cores"] = round((children_cpu() - c0) / res["duration_s"], 2)
         wall = res["duration_s"]
     else:
-        res = grpc_measure(f"127.0.0.1:{srv['grpc']}", batch, a.concurrency, a.duration, a.procs)
+        target = f"127.0.0.1:{srv['grpc']}"
+        if feast:
+            res = grpc_measure(
+                target,
+                batch,
+                a.concurrency,
+                a.duration,
+                a.procs,
+                method=feast_grpc.METHOD,
+                bodies_from=feast[batch],
+            )
+        else:
+            res = grpc_measure(target, batch, a.concurrency, a.duration, a.procs)
+        if res["errors"]:
+            raise RuntimeError(f"gRPC calls failed in the load run: {res}")
         wall = res["requests"] / res["qps"] if res["qps"] else a.duration
     res["server_cores"] = round((tree_cpu(srv["pid"]) - cpu0) / wall, 2)
     res["cpu_us"] = round((tree_cpu(srv["pid"]) - cpu0) / max(res["requests"], 1) * 1e6, 1)
@@ -59,6 +90,8 @@ def main() -> int:
         "--store-option", default="", help="KEY=VALUE: a second server with this Redis store option"
     )
     ap.add_argument("--transports", default="http,grpc")
+    ap.add_argument("--feast-workdir", type=Path, default=Path(os.environ.get("WORKDIR", "/tmp/feast-peer")))
+    ap.add_argument("--no-feast", action="store_true", help="no Feast gRPC peer row")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
     a = ap.parse_args()
     transports = a.transports.split(",")
@@ -76,15 +109,27 @@ def main() -> int:
             key, value = a.store_option.split("=", 1)
             alt = config(work, url, "alt", cache=False, store=f", {key}: {value}")
             servers[a.store_option] = stack.enter_context(server(work, alt, a.workers))
+        feast: dict[int, str] = {}
+        if "grpc" in transports and not a.no_feast:
+            if feast_grpc.available(a.feast_workdir):
+                python = feast_grpc.ensure_venv(a.feast_workdir)
+                feast = {b: feast_grpc.write_requests(python, work, b, a.procs) for b in a.batches}
+                servers[FEAST] = stack.enter_context(
+                    feast_grpc.listen(a.feast_workdir, python, work / "feast.log")
+                )
+            else:
+                print(
+                    f"no Feast gRPC row: {a.feast_workdir} has no peer setup (run setup.sh)", file=sys.stderr
+                )
+        combos = [(name, t) for name in servers for t in transports if name != FEAST or t == "grpc"]
         point = 0
         for batch in a.batches:
-            for srv in servers.values():
-                for t in transports:
-                    one_run(srv, t, batch, argparse.Namespace(**{**vars(a), "duration": 2}))
+            for name, t in combos:
+                warm = argparse.Namespace(**{**vars(a), "duration": 2})
+                one_run(servers[name], t, batch, warm, feast if name == FEAST else None)
             for rnd in range(a.rounds):
-                combos = [(name, t) for name in servers for t in transports]
                 for name, t in combos if point % 2 == 0 else combos[::-1]:
-                    res = one_run(servers[name], t, batch, a)
+                    res = one_run(servers[name], t, batch, a, feast if name == FEAST else None)
                     res.update(server=name, transport=t, batch=batch, round=rnd)
                     print(json.dumps(res), flush=True)
                     runs.append(res)
@@ -108,7 +153,9 @@ def render(
         "",
         f"`{cmd}`: Redis store, cache off, {a.workers} workers, concurrency {a.concurrency}, "
         f"{a.duration:g} s per run, {a.rounds} interleaved rounds (median). HTTP: wrk -t1 with "
-        f"benchmarks/wrk_keys.lua; gRPC: benchmarks/grpc_load.py, {a.procs} processes, raw bytes in and out.",
+        f"benchmarks/wrk_keys.lua; gRPC: benchmarks/grpc_load.py, {a.procs} processes, raw bytes in and out. "
+        f"`{FEAST}`: Feast's Python gRPC server ({feast_grpc.THREADS} threads, one process: its only form) on the "
+        "peer's Redis, same load generator, Feast's request bytes, same keys.",
         "",
         "| server | transport | batch | QPS | p50 ms | p99 ms | server CPU us/request | load generator cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
