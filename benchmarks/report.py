@@ -175,6 +175,7 @@ def write(
             cells.append(f"{r['qps'] / f['qps']:.1f}x" if r and f and f["qps"] else "-")
         lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
 
+    lines += refusals(b)
     lines += targets(b, feast, ours, qps_tool, lat_tool, floors)
 
     lines += ["", "### Latency (ms): p50 / p99 / p99.9", ""]
@@ -232,6 +233,21 @@ def write(
             )
     out.write_text("\n".join(lines) + "\n" + notes(b, feast, ours, points, qps_tool))
     stitch()
+
+
+def refusals(b: dict[Any, Any]) -> list[str]:
+    """Runs that got answers other than 200 (a shed join is a fast 503, and wrk counts it
+    in its QPS): listed so that no ratio hides them."""
+    out = []
+    for (label, tool, batch, conc), r in sorted(b.items()):
+        bad = r.get("err_status", 0) or r.get("bad_status", 0)
+        if bad:
+            out.append(
+                f"* `{label}`, {tool}, batch {batch}, c={conc}: {bad:,} of {r['requests']:,} answers not 200"
+            )
+    if not out:
+        return ["", "Every answer counted above was a 200."]
+    return ["", "Answers other than 200 (in wrk's QPS; a shed join is a fast 503):", "", *out]
 
 
 def targets(

@@ -116,3 +116,23 @@ def test_a_run_of_some_sections_keeps_the_others_with_the_command_that_measured_
     assert "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 1,000 | 960 | 7.5% |" in tables  # the new run
     assert tables.count("Run ") == 3 and "`python -m benchmarks.derived" in tables
     assert json.loads((parts / "derived.json").read_text())["kernel_ms"]["numba"] == 1.25
+
+
+def test_runs_answered_with_anything_but_200_are_listed_beside_the_ratios() -> None:
+    from benchmarks.report import refusals
+
+    def row(**kw: Any) -> dict[str, Any]:
+        return {"requests": 15_910, "qps": 1980.0, **kw}
+
+    b = {
+        ("featurestore_w2_nocache", "wrk", 100, 64): row(err_status=6),
+        ("featurestore_w2_nocache", "loadgen.py/raw", 100, 64): row(bad_status=0, errors=0),
+        ("feast_w2", "wrk", 100, 64): row(err_status=0),
+    }
+    lines = refusals(b)
+    assert lines[-1] == "* `featurestore_w2_nocache`, wrk, batch 100, c=64: 6 of 15,910 answers not 200"
+    assert len([x for x in lines if x.startswith("* ")]) == 1
+    assert (
+        refusals({("feast_w2", "wrk", 1, 8): row(err_status=0)})[-1]
+        == "Every answer counted above was a 200."
+    )
