@@ -9,6 +9,8 @@ and without load shedding, then the recovery.
    time, so waiting for a free connection counts (no coordinated omission). Reported:
    answered (200) p50/p99/p99.9, shed (503) and other outcomes.
 3. Recovery: right after, 0.5 x S for a few seconds: shed requests (expected none).
+4. What the shedding target costs a closed loop: wrk at concurrency 32, 64 and 128 against
+   the default server, with the 503s it got (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_share 0.1), the same at the old default share 0.5,
@@ -159,7 +161,11 @@ def main() -> int:
             after = open_loop(srv["http"], a.batch, sat * 0.5, 4, a.connections, a.procs)
             results[name] = {"overload": over, "recovery": after}
             print(name, json.dumps(results[name]), flush=True)
-    lines = render(results, sat, a)
+        default = servers[next(iter(VARIANTS))]
+        closed = {
+            c: wrk(f"http://127.0.0.1:{default['http']}/v1/feature/join", a.batch, c, 8) for c in CLOSED_LOOP
+        }
+    lines = render(results, sat, a) + render_closed(closed, a)
     part = HERE / "results" / "overload.md"
     part.parent.mkdir(exist_ok=True)
     part.write_text("\n".join(lines) + "\n")
@@ -168,6 +174,26 @@ def main() -> int:
 
     stitch()
     return 0
+
+
+CLOSED_LOOP = (32, 64, 128)
+
+
+def render_closed(closed: dict[int, dict[str, Any]], a: argparse.Namespace) -> list[str]:
+    out = [
+        "",
+        f"Closed loop against the default server (wrk, batch {a.batch}, 8 s): what the shedding target costs "
+        "callers that wait for each answer.",
+        "",
+        "| concurrency | requests | answered 200 | shed 503 | QPS (all answers) | p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c, r in closed.items():
+        shed = r["err_status"]
+        out.append(
+            f"| {c} | {r['requests']:,} | {r['requests'] - shed:,} | {shed:,} | {r['qps']:,.0f} | {r['p99_ms']:.1f} |"
+        )
+    return out
 
 
 def render(results: dict[str, dict[str, Any]], sat: float, a: argparse.Namespace) -> list[str]:
