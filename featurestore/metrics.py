@@ -5,10 +5,10 @@ With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` b
 the workers start, and ``/metrics`` aggregates every worker's values.
 
 Hot-path updates are buffered: a join adds to plain Python numbers and lists
-(``Buffered*``), and ``flush()`` folds them into prometheus_client, once a second (the
-runtime's ``metrics-flush`` task) and before every scrape, so nothing is lost. With one
-process a scrape is exact; with several workers the scrape flushes only the worker
-that answers it, so the other workers' values may be up to a second old. prometheus_client takes a
+(``Buffered*``), and ``flush()`` folds them into prometheus_client, four times a second
+(the runtime's ``metrics-flush`` task) and before every scrape, so nothing is lost. With
+one process a scrape is exact; with several workers the scrape flushes only the worker
+that answers it, so the other workers' values may be up to a quarter second old. prometheus_client takes a
 lock and walks the buckets in Python per observation; a batch-1 join makes about a
 dozen updates, which unbuffered cost ~10% of its CPU.
 """
@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections import Counter as _Count
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -193,6 +194,10 @@ DERIVED_COMPILE_DURATION = Histogram(
 
 
 _BUFFERS: list[Any] = []
+# From this many buffered observations on, a histogram is binned by numpy: 15,000
+# latencies (a second of batch-1 joins on one worker) flushed in 2.4-3.6 ms per bisect,
+# a stall of the event loop every request in flight waits out.
+_VECTOR_FLUSH = 64
 
 
 class BufferedCounter:
@@ -229,8 +234,15 @@ class BufferedHistogram:
         values, self._values = self._values, []
         child = self._child
         # what Histogram.observe does per value, once per bucket for the whole batch
-        for i, count in _Count(bisect_left(child._upper_bounds, v) for v in values).items():
-            child._buckets[i].inc(count)
+        # (bucket i: the first upper bound >= the value); the sum in observe's order
+        if len(values) < _VECTOR_FLUSH:
+            for i, count in _Count(bisect_left(child._upper_bounds, v) for v in values).items():
+                child._buckets[i].inc(count)
+        else:
+            at = np.searchsorted(child._upper_bounds, np.array(values, dtype=np.float64), side="left")
+            counts = np.bincount(np.minimum(at, len(child._buckets) - 1), minlength=len(child._buckets))
+            for i in np.flatnonzero(counts).tolist():
+                child._buckets[i].inc(int(counts[i]))
         child._sum.inc(sum(values))
 
 

@@ -48,7 +48,10 @@ _APPLY_RETRY_MIN_S = 0.25
 _APPLY_RETRY_MAX_S = 5.0
 # Hot-path metrics are buffered (metrics.py); this is how stale a scrape of another
 # worker's values can be.
-METRICS_FLUSH_SECONDS = 1.0
+# A flush stalls the event loop for what it folds in: a second of batch-1 joins on one
+# worker buffers 15,000-30,000 latencies (1.1-2.5 ms to flush even binned by numpy), so
+# four smaller flushes a second keep each stall under a p99 budget of milliseconds.
+METRICS_FLUSH_SECONDS = 0.25
 
 
 @dataclass

@@ -41,3 +41,25 @@ def test_a_buffered_counter_adds_up_on_flush_and_not_before() -> None:
     assert samples(registry, "c_total")[("c_total", ())] == 0
     b.flush()
     assert samples(registry, "c_total")[("c_total", ())] == 3
+
+
+def test_a_large_buffer_binned_by_numpy_records_exactly_what_observe_would_have() -> None:
+    import random
+
+    from featurestore import metrics
+
+    rnd = random.Random(7)
+    values: list[float] = [10 ** rnd.uniform(-6, 2) for _ in range(3000)]
+    values += list(LATENCY_BUCKETS) * 3  # every upper bound itself: observe puts it in its own bucket
+    values += [0, 1, 2, 250]  # ints, as the row and key counts are
+    assert len(values) >= metrics._VECTOR_FLUSH
+    direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
+    buffered = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=buffered_registry)
+    for v in values:
+        direct.labels("a").observe(v)
+    b = BufferedHistogram(buffered.labels("a"))
+    for v in values:
+        b.observe(v)
+    b.flush()
+    assert samples(buffered_registry, "t_seconds") == samples(direct_registry, "t_seconds")
