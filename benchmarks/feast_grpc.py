@@ -30,10 +30,12 @@ def available(workdir: Path) -> bool:
 
 
 def ensure_venv(workdir: Path) -> Path:
-    """The overlay venv's python, created once (pip reaches PyPI or the local mirror)."""
+    """The overlay venv's python, created once (pip reaches PyPI or the local mirror); a
+    marker written after pip succeeded says it is complete (a failed install is redone)."""
     python = workdir / "venv-grpc" / "bin" / "python"
-    if not python.exists():
-        subprocess.run(["python3", "-m", "venv", str(workdir / "venv-grpc")], check=True)
+    marker = workdir / "venv-grpc" / ".complete"
+    if not marker.exists():
+        subprocess.run(["python3", "-m", "venv", "--clear", str(workdir / "venv-grpc")], check=True)
         site = next((workdir / "venv-grpc" / "lib").glob("python3*/site-packages"))
         main_site = next((workdir / "venv" / "lib").glob("python3*/site-packages"))
         (site / "main-venv.pth").write_text(f"{main_site}\n")
@@ -50,7 +52,16 @@ def ensure_venv(workdir: Path) -> Path:
             ],
             check=True,
         )
+        marker.write_text(versions(python))
     return python
+
+
+def versions(python: Path) -> str:
+    """What the row ran: feast's and grpcio's versions in the overlay venv."""
+    code = "import feast, grpc; print(f'feast {feast.__version__}, grpcio {grpc.__version__}')"
+    return subprocess.run(
+        [str(python), "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def write_requests(python: Path, out_dir: Path, batch: int, procs: int, count: int = 2048) -> str:
@@ -88,6 +99,17 @@ def listen(workdir: Path, python: Path, log: Path) -> Iterator[dict[str, int]]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"feast listen did not open port {port} in 120 s: see {log}") from None
                 time.sleep(0.5)
+        # Serving, and serving the peer's data: the peer's probe compares a few users'
+        # values with the generated data (a Redis without them answers NOT_FOUND, which
+        # grpc_load would count as OK calls measuring nothing).
+        probe = subprocess.run(
+            [str(python), str(PEER_DIR / "grpc_probe.py"), "--addr", f"127.0.0.1:{port}", "--seconds", "0.5"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if probe.returncode != 0:
+            raise RuntimeError(
+                f"feast listen does not serve the peer's data:\n{probe.stdout}\n{probe.stderr}"
+            )
         yield {"pid": proc.pid, "grpc": port}
     finally:
         proc.terminate()

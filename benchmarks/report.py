@@ -21,17 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.derived_targets import derived_section
-
-Row = dict[str, Any]
-# Issue 16's targets: QPS ratio to Feast per (batch, concurrency), both cache settings;
-# server CPU per request at batch 1 (Feast's / ours); p99 at batch 1, concurrency 8;
-# the share of the bare redis-py floor at batch 1 (cache off, concurrency 32).
-TARGETS = {(1, 8): 10.0, (1, 32): 10.0, (100, 8): 30.0, (100, 32): 30.0}
-CPU_RATIO_TARGET, P99_TARGET_MS, FLOOR_SHARE_TARGET = 10.0, 2.0, 0.60
+from benchmarks.feast_targets import Row, cpu_ms, refusals, targets
 
 
 def load(path: Path) -> list[Row]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The raw runs; a run's ``qps`` counts its 200s only (wrk's and loadgen's count every
+    answer, and a shed join is a fast 503), the count of all answers kept as ``qps_all``."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        bad = r.get("err_status", 0) or r.get("bad_status", 0)
+        if bad and r.get("duration_s"):
+            r["qps_all"] = r["qps"]
+            r["qps"] = (r["requests"] - bad) / r["duration_s"]
+    return rows
 
 
 def best(rows: list[Row]) -> dict[tuple[str, str, int, int], Row]:
@@ -235,81 +237,6 @@ def write(
     stitch()
 
 
-def refusals(b: dict[Any, Any]) -> list[str]:
-    """Runs that got answers other than 200 (a shed join is a fast 503, and wrk counts it
-    in its QPS): listed so that no ratio hides them."""
-    out = []
-    for (label, tool, batch, conc), r in sorted(b.items()):
-        bad = r.get("err_status", 0) or r.get("bad_status", 0)
-        if bad:
-            out.append(
-                f"* `{label}`, {tool}, batch {batch}, c={conc}: {bad:,} of {r['requests']:,} answers not 200"
-            )
-    if not out:
-        return ["", "Every answer counted above was a 200."]
-    return ["", "Answers other than 200 (in wrk's QPS; a shed join is a fast 503):", "", *out]
-
-
-def targets(
-    b: dict[Any, Any], feast: str, ours: list[str], qps_tool: str, lat_tool: str, floors: list[Row]
-) -> list[str]:
-    """The targets table: each check against each featurestore variant."""
-    lines = ["", "### Targets (issue 16)", ""]
-    lines += ["| check | target | " + " | ".join(ours) + " |", "|---|---|" + "---|" * len(ours)]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    for (batch, conc), target in TARGETS.items():
-        f = b.get((feast, qps_tool, batch, conc))
-        cells = []
-        for o in ours:
-            r = b.get((o, qps_tool, batch, conc))
-            ratio = r["qps"] / f["qps"] if r and f and f["qps"] else None
-            cells.append("-" if ratio is None else f"{ratio:.1f}x {verdict(ratio >= target)}")
-        lines.append(
-            f"| batch {batch}, c={conc}, QPS vs Feast | >= {target:g}x | " + " | ".join(cells) + " |"
-        )
-    fcpu = _cpu_ms(b.get((feast, qps_tool, 1, 8)))
-    cells = []
-    for o in ours:
-        ocpu = _cpu_ms(b.get((o, qps_tool, 1, 8)))
-        ratio = fcpu / ocpu if fcpu and ocpu else None
-        cells.append("-" if ratio is None else f"{ratio:.1f}x lower {verdict(ratio >= CPU_RATIO_TARGET)}")
-    lines.append(
-        f"| batch 1, c=8, server CPU per request vs Feast | >= {CPU_RATIO_TARGET:g}x lower | "
-        + " | ".join(cells)
-        + " |"
-    )
-    for tool in dict.fromkeys((lat_tool, qps_tool)):
-        cells = []
-        for o in ours:
-            r = b.get((o, tool, 1, 8))
-            cells.append("-" if not r else f"{r['p99_ms']:.2f} ms {verdict(r['p99_ms'] <= P99_TARGET_MS)}")
-        star = "*" if tool == "wrk" else ""
-        lines.append(
-            f"| batch 1, c=8, p99{star} ({tool}) | <= {P99_TARGET_MS:g} ms | " + " | ".join(cells) + " |"
-        )
-    floor = next((fl for fl in floors if fl["batch"] == 1), None)
-    if floor:
-        cells = []
-        for o in ours:
-            r = b.get((o, qps_tool, 1, 32))
-            share = r["qps"] / floor["qps"] if r else None
-            cells.append("-" if share is None else f"{share:.0%} {verdict(share >= FLOOR_SHARE_TARGET)}")
-        lines.append(
-            f"| batch 1, c=32, share of the redis-py floor ({floor['qps']:,.0f} QPS) | >= {FLOOR_SHARE_TARGET:.0%} | "
-            + " | ".join(cells) + " |"
-        )  # fmt: skip
-    return lines
-
-
-def _cpu_ms(r: dict[str, Any] | None) -> float | None:
-    if not r or not r.get("server_cores") or not r["qps"]:
-        return None
-    return float(r["server_cores"]) * 1000 / float(r["qps"])
-
-
 def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int, int]], tool: str) -> str:
     """The notes, with this run's numbers (never numbers from an older run)."""
     cached = next((o for o in ours if not o.endswith("_nocache")), ours[0])
@@ -319,7 +246,7 @@ def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int
         vals = [
             v
             for c in sorted({c for bb, c in points if bb == batch})
-            if (v := _cpu_ms(b.get((label, tool, batch, c))))
+            if (v := cpu_ms(b.get((label, tool, batch, c))))
         ]
         if not vals:
             return "-"
@@ -331,7 +258,7 @@ def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int
         f"batch {bb}: {span(cached, bb)} ms against Feast's {span(feast, bb)} ms" for bb in batches
     )
     big = max(batches)
-    c_on, c_off = _cpu_ms(b.get((cached, tool, big, 32))), _cpu_ms(b.get((nocache, tool, big, 32)))
+    c_on, c_off = cpu_ms(b.get((cached, tool, big, 32))), cpu_ms(b.get((nocache, tool, big, 32)))
     cache_line = (
         f"At batch {big} (c=32) the cache cost {c_on:.2f} ms CPU per request against {c_off:.2f} ms without it"
         if c_on is not None and c_off is not None

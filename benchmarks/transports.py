@@ -114,6 +114,7 @@ def main() -> int:
             if feast_grpc.available(a.feast_workdir):
                 python = feast_grpc.ensure_venv(a.feast_workdir)
                 feast = {b: feast_grpc.write_requests(python, work, b, a.procs) for b in a.batches}
+                a.feast_versions = feast_grpc.versions(python)
                 servers[FEAST] = stack.enter_context(
                     feast_grpc.listen(a.feast_workdir, python, work / "feast.log")
                 )
@@ -153,9 +154,14 @@ def render(
         "",
         f"`{cmd}`: Redis store, cache off, {a.workers} workers, concurrency {a.concurrency}, "
         f"{a.duration:g} s per run, {a.rounds} interleaved rounds (median). HTTP: wrk -t1 with "
-        f"benchmarks/wrk_keys.lua; gRPC: benchmarks/grpc_load.py, {a.procs} processes, raw bytes in and out. "
-        f"`{FEAST}`: Feast's Python gRPC server ({feast_grpc.THREADS} threads, one process: its only form) on the "
-        "peer's Redis, same load generator, Feast's request bytes, same keys.",
+        f"benchmarks/wrk_keys.lua; gRPC: benchmarks/grpc_load.py, {a.procs} processes, raw bytes in and out."
+        + (
+            f" `{FEAST}`: Feast's Python gRPC server ({a.feast_versions}; {feast_grpc.THREADS} threads, one process: "
+            "its only form) on the peer's Redis, its values checked by the peer's grpc_probe.py, same load "
+            "generator, Feast's request bytes, same keys."
+            if FEAST in servers
+            else ""
+        ),
         "",
         "| server | transport | batch | QPS | p50 ms | p99 ms | server CPU us/request | load generator cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -198,9 +198,11 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while joins complete slower than shed_target_share x deadline.
-    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 2% and queued the
-    # rest for ~250 ms, so clients' open-loop schedule fell seconds behind; at 0.1 the
-    # same load had p99.9 from the schedule 372 ms (benchmarks/RESULTS.md, overload).
+    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 3.4% and queued the
+    # rest for ~250 ms, so clients' open-loop schedule fell ~10 s behind; at 0.1 the
+    # same load had p99.9 from the schedule 388 ms (benchmarks/RESULTS.md, overload).
+    # The price: a saturated worker sheds even callers that would have been answered
+    # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16%).
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_share: Ratio = 0.1

@@ -109,7 +109,7 @@ FEATURE_VALUES = Counter(
 )
 REQUESTS_SHED = Counter(
     "featurestore_requests_shed_total",
-    "Joins refused at their start because the worker could not answer them in time "
+    "Joins refused at their start because the worker was queueing joins past its shedding target "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
     "latency: the limit lowered by slow completions).",
     ["api", "reason"],

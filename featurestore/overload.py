@@ -1,5 +1,5 @@
-"""Load shedding: a worker refuses a join at its start when it could not answer it in
-time, instead of queueing it past its deadline.
+"""Load shedding: a saturated worker refuses a join at its start instead of queueing it
+past its shedding target (a share of the deadline), let alone past the deadline.
 
 An asyncio worker has no queue of its own to bound: every request it has read is a
 task on the event loop, and they all slow down together as more arrive. What a new
@@ -20,13 +20,16 @@ Netflix's concurrency-limits do):
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
-With a 500 ms deadline and the default share of 0.1, answered requests stay well
-within the deadline and, more to the point, a caller's connections turn over fast
-enough that its own queue does not grow (at 0.5, answered joins queued ~250 ms at 2x
-saturation: the server met its deadline but the callers fell seconds behind), while a
-worker that keeps up never sheds:
-its completions are fast, so its limit stays at the cap. When load drops, the requests
-in flight fall below the limit at once and nothing is shed.
+With a 500 ms deadline and the default share of 0.1, a join is shed when the worker
+is queueing joins past 50 ms: answered requests stay well within the deadline and, more
+to the point, a caller's connections turn over fast enough that its own queue does not
+grow (at 0.5, answered joins queued ~250 ms at 2x saturation: the server met its
+deadline but the callers fell ~10 s behind). The price is paid by a saturated worker's
+callers: a join that would have been answered in 100 ms, within the deadline, may be
+shed instead (128 closed-loop callers at batch 100 on 2 workers: 16% shed, where 0.5
+shed none). A worker that is not saturated never sheds: its completions are fast, so
+its limit stays at the cap. When load drops, the requests in flight fall below the
+limit at once and nothing is shed.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_a_run_of_some_sections_keeps_the_others_with_the_command_that_measured_
 
 
 def test_runs_answered_with_anything_but_200_are_listed_beside_the_ratios() -> None:
-    from benchmarks.report import refusals
+    from benchmarks.feast_targets import refusals
 
     def row(**kw: Any) -> dict[str, Any]:
         return {"requests": 15_910, "qps": 1980.0, **kw}
@@ -136,3 +136,17 @@ def test_runs_answered_with_anything_but_200_are_listed_beside_the_ratios() -> N
         refusals({("feast_w2", "wrk", 1, 8): row(err_status=0)})[-1]
         == "Every answer counted above was a 200."
     )
+
+
+def test_a_run_with_refused_answers_counts_only_its_200s_as_throughput(tmp_path: Path) -> None:
+    from benchmarks.report import load
+
+    raw = tmp_path / "raw.jsonl"
+    runs = [
+        {"label": "ours", "requests": 1000, "duration_s": 10.0, "qps": 100.0, "err_status": 100},
+        {"label": "feast", "requests": 500, "duration_s": 10.0, "qps": 50.0, "err_status": 0},
+    ]
+    raw.write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    ours, feast = load(raw)
+    assert (ours["qps"], ours["qps_all"]) == (90.0, 100.0)
+    assert feast["qps"] == 50.0 and "qps_all" not in feast
