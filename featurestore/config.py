@@ -202,7 +202,7 @@ class LimitsConfig:
     # rest for ~250 ms, so clients' open-loop schedule fell ~10 s behind; at 0.1 the
     # same load had p99.9 from the schedule 388 ms (benchmarks/RESULTS.md, overload).
     # The price: a saturated worker sheds even callers that would have been answered
-    # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16%).
+    # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16-25%).
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_share: Ratio = 0.1

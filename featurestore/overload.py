@@ -26,8 +26,8 @@ to the point, a caller's connections turn over fast enough that its own queue do
 grow (at 0.5, answered joins queued ~250 ms at 2x saturation: the server met its
 deadline but the callers fell ~10 s behind). The price is paid by a saturated worker's
 callers: a join that would have been answered in 100 ms, within the deadline, may be
-shed instead (128 closed-loop callers at batch 100 on 2 workers: 16% shed, where 0.5
-shed none). A worker that is not saturated never sheds: its completions are fast, so
+shed instead (128 closed-loop callers at batch 100 on 2 workers: 16-25% shed, where
+0.5 shed none). A worker that is not saturated never sheds: its completions are fast, so
 its limit stays at the cap. When load drops, the requests in flight fall below the
 limit at once and nothing is shed.
 """
