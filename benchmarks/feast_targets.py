@@ -27,7 +27,8 @@ def refusals(b: dict[Any, Any]) -> list[str]:
         return ["", "Every answer counted above was a 200."]
     return [
         "",
-        "Answers other than 200 (a shed join is a fast 503; the QPS above counts 200s only):",
+        "Answers other than 200 (a shed join is a fast 503; the QPS above counts 200s only, "
+        "the latency tables every answer):",
         "",
         *out,
     ]

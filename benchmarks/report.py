@@ -201,7 +201,7 @@ def write(
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    lines += ["### Server CPU per request (ms) and clean runs", ""]
+    lines += ["### Server CPU per answered (200) request (ms) and clean runs", ""]
     lines += ["| batch | conc | " + " | ".join(labels) + " |", "|---:|---:|" + "---|" * len(labels)]
     for batch, conc in points:
         cells = []
@@ -289,8 +289,8 @@ NOTES = """
   workers pause 130-190 ms for that reason).
 * With the cache on, the load generator's 4,096 pre-built bodies per connection repeat,
   so after warm-up most keys come from the in-process cache (TTL 30 s): the production
-  default. The `_nocache` columns read every key from Redis. {cache_line}. The ids are
-  uniform over 100,000 users, so both views fit the 200,000-entry cache and most keys hit
+  default. The `_nocache` columns read every key from Redis. {cache_line}. Whatever the
+  key draw over the 100,000 users, both views fit the 200,000-entry cache and most keys hit
   (93% at batch 100 in `benchmarks.cache_admission`), yet a request with any miss still
   pays a Redis round trip, every hit is a lookup in a 200k-row Python heap, and rows
   expire and refill between this run's interleaved points; with Redis on loopback that

@@ -49,7 +49,7 @@ def one_run(srv: dict[str, int], rpid: int, batch: int, a: argparse.Namespace) -
     s0, r0 = tree_cpu(srv["pid"]), tree_cpu(rpid)
     res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, a.concurrency, a.duration)
     s, r = tree_cpu(srv["pid"]) - s0, tree_cpu(rpid) - r0
-    n = max(res["requests"], 1)
+    n = max(res["requests"] - res["err_status"], 1)  # per 200, as ``qps`` counts
     res.update(
         server_cores=s / res["duration_s"],
         cpu_us=s / n * 1e6,

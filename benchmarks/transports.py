@@ -73,7 +73,8 @@ def one_run(
             raise RuntimeError(f"gRPC calls failed in the load run: {res}")
         wall = res["requests"] / res["qps"] if res["qps"] else a.duration
     res["server_cores"] = round((tree_cpu(srv["pid"]) - cpu0) / wall, 2)
-    res["cpu_us"] = round((tree_cpu(srv["pid"]) - cpu0) / max(res["requests"], 1) * 1e6, 1)
+    answered = res["requests"] - res.get("err_status", 0)  # per 200 (a fast 503's CPU is charged to them)
+    res["cpu_us"] = round((tree_cpu(srv["pid"]) - cpu0) / max(answered, 1) * 1e6, 1)
     return res
 
 

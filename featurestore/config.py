@@ -198,9 +198,10 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while joins complete slower than shed_target_share x deadline.
-    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 3.4% and queued the
-    # rest for ~250 ms, so clients' open-loop schedule fell ~10 s behind; at 0.1 the
-    # same load had p99.9 from the schedule 388 ms (benchmarks/RESULTS.md, overload).
+    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 3-3.4% and queued
+    # the rest for ~250 ms, so clients' open-loop schedule fell behind (p99.9 from the
+    # schedule 5.5-12.1 s); at 0.1 the same load had 384-389 ms (benchmarks/RESULTS.md,
+    # overload: 3 runs of 4, the 4th on a stalled VM).
     # The price: a saturated worker sheds even callers that would have been answered
     # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16-25%).
     shed: bool = True

@@ -234,13 +234,16 @@ class BufferedHistogram:
         values, self._values = self._values, []
         child = self._child
         # what Histogram.observe does per value, once per bucket for the whole batch
-        # (bucket i: the first upper bound >= the value); the sum in observe's order
+        # (bucket i: the first upper bound >= the value; a NaN in none); the sum equal up
+        # to float rounding (one addition of the batch's total)
         if len(values) < _VECTOR_FLUSH:
-            for i, count in _Count(bisect_left(child._upper_bounds, v) for v in values).items():
+            counted = _Count(bisect_left(child._upper_bounds, v) for v in values if v == v)
+            for i, count in counted.items():
                 child._buckets[i].inc(count)
         else:
-            at = np.searchsorted(child._upper_bounds, np.array(values, dtype=np.float64), side="left")
-            counts = np.bincount(np.minimum(at, len(child._buckets) - 1), minlength=len(child._buckets))
+            arr = np.array(values, dtype=np.float64)
+            at = np.searchsorted(child._upper_bounds, arr[~np.isnan(arr)], side="left")
+            counts = np.bincount(at, minlength=len(child._buckets))
             for i in np.flatnonzero(counts).tolist():
                 child._buckets[i].inc(int(counts[i]))
         child._sum.inc(sum(values))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from featurestore.metrics import LATENCY_BUCKETS, BufferedCounter, BufferedHistogram
@@ -17,8 +19,18 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tup
     }
 
 
+def assert_same_histogram(buffered: CollectorRegistry, direct: CollectorRegistry) -> None:
+    """Buckets and count exactly; the sum up to float rounding (a flush adds the batch's
+    total once, observe each value in turn)."""
+    got, want = samples(buffered, "t_seconds"), samples(direct, "t_seconds")
+    sums = [k for k in want if k[0] == "t_seconds_sum"]
+    assert {k: v for k, v in got.items() if k not in sums} == {k: v for k, v in want.items() if k not in sums}
+    for k in sums:
+        assert math.isclose(got[k], want[k], rel_tol=1e-12), (k, got[k], want[k])
+
+
 def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded() -> None:
-    values = [0.0, 0.0001, 0.0002, 0.00021, 0.004, 0.5, 0.5, 0.75, 3.0, 99.0]
+    values = [0.0, 0.0001, 0.0002, 0.00021, 0.004, 0.5, 0.5, 0.75, 3.0, 99.0, math.inf]
     direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
     direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
     buffered = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=buffered_registry)
@@ -28,7 +40,7 @@ def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded()
     for v in values:
         b.observe(v)
     b.flush()
-    assert samples(buffered_registry, "t_seconds") == samples(direct_registry, "t_seconds")
+    assert_same_histogram(buffered_registry, direct_registry)
     assert samples(buffered_registry, "t_seconds")[("t_seconds_count", (("r", "a"),))] == len(values)
 
 
@@ -52,6 +64,7 @@ def test_a_large_buffer_binned_by_numpy_records_exactly_what_observe_would_have(
     values: list[float] = [10 ** rnd.uniform(-6, 2) for _ in range(3000)]
     values += list(LATENCY_BUCKETS) * 3  # every upper bound itself: observe puts it in its own bucket
     values += [0, 1, 2, 250]  # ints, as the row and key counts are
+    values += [math.inf]  # in the +Inf bucket
     assert len(values) >= metrics._VECTOR_FLUSH
     direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
     direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
@@ -62,4 +75,19 @@ def test_a_large_buffer_binned_by_numpy_records_exactly_what_observe_would_have(
     for v in values:
         b.observe(v)
     b.flush()
-    assert samples(buffered_registry, "t_seconds") == samples(direct_registry, "t_seconds")
+    assert_same_histogram(buffered_registry, direct_registry)
+
+
+def test_a_nan_lands_in_no_bucket_on_either_flush_path_as_observe_leaves_it() -> None:
+    from featurestore import metrics
+
+    for size in (3, metrics._VECTOR_FLUSH + 1):
+        registry = CollectorRegistry()
+        hist = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=registry)
+        b = BufferedHistogram(hist.labels("a"))
+        for _ in range(size - 1):
+            b.observe(0.001)
+        b.observe(math.nan)
+        b.flush()
+        buckets = {k: v for k, v in samples(registry, "t_seconds").items() if k[0] == "t_seconds_bucket"}
+        assert max(buckets.values()) == size - 1  # the NaN is in no bucket, +Inf included
