@@ -50,7 +50,7 @@ def load_bodies(path: str) -> list[bytes]:
     data = Path(path).read_bytes()
     out, at = [], 0
     while at < len(data):
-        (size,) = struct.unpack_from("<I", data, at) if at + 4 <= len(data) else (len(data),)
+        size = struct.unpack_from("<I", data, at)[0] if at + 4 <= len(data) else len(data)
         if at + 4 + size > len(data):
             raise ValueError(f"{path}: the message at byte {at} is cut short (the file is truncated)")
         out.append(data[at + 4 : at + 4 + size])

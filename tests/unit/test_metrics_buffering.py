@@ -29,8 +29,8 @@ def assert_same_histogram(buffered: CollectorRegistry, direct: CollectorRegistry
         assert math.isclose(got[k], want[k], rel_tol=1e-12), (k, got[k], want[k])
 
 
-def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded() -> None:
-    values = [0.0, 0.0001, 0.0002, 0.00021, 0.004, 0.5, 0.5, 0.75, 3.0, 99.0, math.inf]
+def observed_both_ways(values: list[float]) -> tuple[CollectorRegistry, CollectorRegistry]:
+    """The same values through a BufferedHistogram (flushed) and through observe."""
     direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
     direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
     buffered = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=buffered_registry)
@@ -40,6 +40,12 @@ def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded()
     for v in values:
         b.observe(v)
     b.flush()
+    return buffered_registry, direct_registry
+
+
+def test_a_buffered_histogram_flushes_exactly_what_observe_would_have_recorded() -> None:
+    values = [0.0, 0.0001, 0.0002, 0.00021, 0.004, 0.5, 0.5, 0.75, 3.0, 99.0, math.inf]
+    buffered_registry, direct_registry = observed_both_ways(values)
     assert_same_histogram(buffered_registry, direct_registry)
     assert samples(buffered_registry, "t_seconds")[("t_seconds_count", (("r", "a"),))] == len(values)
 
@@ -66,15 +72,7 @@ def test_a_large_buffer_binned_by_numpy_records_exactly_what_observe_would_have(
     values += [0, 1, 2, 250]  # ints, as the row and key counts are
     values += [math.inf]  # in the +Inf bucket
     assert len(values) >= metrics._VECTOR_FLUSH
-    direct_registry, buffered_registry = CollectorRegistry(), CollectorRegistry()
-    direct = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=direct_registry)
-    buffered = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=buffered_registry)
-    for v in values:
-        direct.labels("a").observe(v)
-    b = BufferedHistogram(buffered.labels("a"))
-    for v in values:
-        b.observe(v)
-    b.flush()
+    buffered_registry, direct_registry = observed_both_ways(values)
     assert_same_histogram(buffered_registry, direct_registry)
 
 
