@@ -5,11 +5,14 @@ side on uniform and Zipf (s=1.1) keys over the peer's 100k users.
    key trace through ``LRUCache`` with and without the frequency sketch, at several
    cache sizes, batches of 10 keys.
 2. Servers on one Redis (started here on a free port; the demo's two views materialized
-   into it): ``off`` (cache: false), ``lru`` (cache.admission: none), ``tinylfu`` (the
-   default), one worker each, driven by wrk with ``benchmarks/wrk_keys.lua`` (the peer's
+   into it): ``off`` (cache: false), ``lru`` (cache.admission: none), ``consult``
+   (TinyLFU, every read consults the cache: cache.fills_per_round_trip 0, the cache before
+   bypass), ``tinylfu`` (the default: TinyLFU, and a read the cache is unlikely to answer
+   in full goes past it), one worker each, driven by wrk with ``benchmarks/wrk_keys.lua`` (the peer's
    body, KEYS=uniform|zipf), points interleaved (the order alternates), ``--rounds``
-   rounds; per run: QPS, server CPU per request and the hit rate from each server's
-   ``featurestore_cache_*`` counters.
+   rounds; per run: QPS, server CPU per request, the hit rate of the keys looked up in the
+   cache and the share of keys read past it, from each server's ``featurestore_cache_*``
+   counters.
 
     python -m benchmarks.cache_admission [--duration 8] [--rounds 2] [--batches 1,100]
 """
@@ -35,7 +38,13 @@ from featurestore.cache import LRUCache
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 N_USERS = 100_000
-VARIANTS = ("off", "lru", "tinylfu")
+VARIANTS = ("off", "lru", "consult", "tinylfu")
+# Per variant, the cache section of its config (``off`` has none: cache false).
+CACHE_YAML = {
+    "lru": "admission: none",
+    "consult": "admission: tinylfu, fills_per_round_trip: 0",  # the cache before bypass: every read consults it
+    "tinylfu": "admission: tinylfu",  # the default, bypass included
+}
 
 
 def zipf_ids(n: int, s: float, count: int, seed: int) -> list[int]:
@@ -96,22 +105,26 @@ def simulation_section(requests: int) -> list[str]:
     return out
 
 
-def cache_counters(port: int) -> tuple[float, float]:
-    return metric_sum(port, "featurestore_cache_hits_total"), metric_sum(
-        port, "featurestore_cache_misses_total"
+def cache_counters(port: int) -> tuple[float, float, float]:
+    """Keys hit, missed and read past the cache (bypassed), over the server's life."""
+    return (
+        metric_sum(port, "featurestore_cache_hits_total"),
+        metric_sum(port, "featurestore_cache_misses_total"),
+        metric_sum(port, "featurestore_cache_bypassed_total"),
     )
 
 
 def run(srv: dict[str, int], keys: str, batch: int, conns: int, seconds: float) -> dict[str, Any]:
-    h0, m0 = cache_counters(srv["http"])
+    h0, m0, b0 = cache_counters(srv["http"])
     cpu0 = tree_cpu(srv["pid"])
     res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, conns, seconds, keys)
     cpu = tree_cpu(srv["pid"]) - cpu0
-    h1, m1 = cache_counters(srv["http"])
+    h1, m1, b1 = cache_counters(srv["http"])
     # non-2xx (a join shed on a starved machine) are counted, not fatal: see the table
     res["cpu_us"] = cpu / max(res["requests"] - res["err_status"], 1) * 1e6  # per 200, as ``qps`` counts
     looked = (h1 - h0) + (m1 - m0)
     res["hit_rate"] = (h1 - h0) / looked if looked else None
+    res["bypassed"] = (b1 - b0) / (looked + b1 - b0) if looked + b1 - b0 else None
     return res
 
 
@@ -121,8 +134,8 @@ def server_section(a: argparse.Namespace) -> list[str]:
         work = Path(tmp)
         url = stack.enter_context(redis(work))
         configs = {
-            v: config(work, url, v, v != "off", f"cache: {{max_entries: {a.max_entries}, admission: "
-                      f"{'none' if v == 'lru' else 'tinylfu'}}}\n")
+            v: config(work, url, v, v != "off",
+                      f"cache: {{max_entries: {a.max_entries}, {CACHE_YAML.get(v, '')}}}\n")
             for v in VARIANTS
         }  # fmt: skip
         materialize(work, configs["off"])
@@ -147,10 +160,12 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
     out = [
         f"Servers, 1 worker each, one Redis, wrk `-c{a.connections}`, {a.duration:g} s per run after a "
         f"{a.warmup:g} s warm-up, {a.rounds} interleaved rounds (median); cache.max_entries {a.max_entries:,}. "
-        "QPS / server CPU per request (us) / hit rate:",
+        "QPS / server CPU per request (us) / hit rate of the keys looked up in the cache "
+        "(share of keys read past it):",
         "",
-        "| keys | batch | cache off | CLOCK, no admission | CLOCK + TinyLFU (default) | TinyLFU vs off (QPS) |",
-        "|---|---:|---|---|---|---:|",
+        "| keys | batch | cache off | CLOCK, no admission | CLOCK + TinyLFU, every read consults | "
+        "CLOCK + TinyLFU + bypass (default) | default vs off (QPS) |",
+        "|---|---:|---|---|---|---|---:|",
     ]
     for keys in ("uniform", "zipf"):
         for batch in a.batches:
@@ -160,8 +175,11 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
                 qps[v] = statistics.median(r["qps"] for r in rs)
                 cpu = statistics.median(r["cpu_us"] for r in rs)
                 hr = [r["hit_rate"] for r in rs if r["hit_rate"] is not None]
+                bp = [r["bypassed"] for r in rs if r.get("bypassed")]
                 cells.append(
-                    f"{qps[v]:,.0f} / {cpu:.0f} / " + (f"{statistics.median(hr):.1%}" if hr else "-")
+                    f"{qps[v]:,.0f} / {cpu:.0f} / "
+                    + (f"{statistics.median(hr):.1%}" if hr else "-")
+                    + (f" ({statistics.median(bp):.0%} bypassed)" if bp else "")
                 )
             out.append(f"| {keys} | {batch} | {' | '.join(cells)} | {qps['tinylfu'] / qps['off'] - 1:+.1%} |")
     shed = sum(r["err_status"] for r in runs)

@@ -80,6 +80,7 @@ PARTS = (
     "feast.md",
     "feast-zipf.md",
     "cache.md",
+    "cache_cost.md",
     "grpc.md",
     "grpc-floor.md",
     "overload.md",

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from featurestore import metrics
 from featurestore.admission import FrequencySketch
+from featurestore.bypass import CacheBypass
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
@@ -177,11 +178,14 @@ class LRUCache:
 
 
 class CachedSource:
-    """An ``OnlineSource`` that answers from the LRU cache and reads only the misses."""
+    """An ``OnlineSource`` that answers from the LRU cache and reads only the misses, but
+    for a read the cache is unlikely to answer in full: that one goes past it (``bypass``,
+    featurestore/bypass.py)."""
 
-    def __init__(self, inner: OnlineSource, cache: LRUCache) -> None:
+    def __init__(self, inner: OnlineSource, cache: LRUCache, bypass: CacheBypass | None = None) -> None:
         self.inner = inner
         self.cache = cache
+        self.bypass = bypass if bypass is not None else CacheBypass(0)  # 0: every read consults
         # Bumped by every write: a read that overlapped one does not fill the cache,
         # or it could put back a row the write had just invalidated.
         self._epoch = 0
@@ -225,7 +229,18 @@ class CachedSource:
         return None
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        if not self.bypass.consults(queries):
+            for q in queries:
+                metrics.cache_bypassed(q.view.name).inc(len(q.keys))
+            try:
+                return await self.inner.read(queries)
+            except Exception as e:  # as on the cached path: a failed read fails its views
+                return [e] * len(queries)
+        return await self._read_cached(queries)
+
+    async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache
+        observe = self.bypass.observe
         cached: list[list[Row | None]] = []
         miss_queries: list[ViewQuery] = []
         miss_slots: list[tuple[int, list[int]]] = []
@@ -234,6 +249,7 @@ class CachedSource:
             rows = cache.get_many((name, layout, version), q.keys)
             misses = [i for i, r in enumerate(rows) if r is None]
             cached.append(rows)
+            observe(name, len(rows) - len(misses), len(rows))
             if len(misses) < len(rows):
                 metrics.cache_hits(name).inc(len(rows) - len(misses))
             if misses:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from featurestore.admission import FrequencySketch
+from featurestore.bypass import CacheBypass
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import Config, StoreConfig
 from featurestore.emitter import EmitterConfig, LineageEmitter
@@ -99,7 +100,8 @@ def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSo
         return store
     cc = config.cache
     sketch = FrequencySketch(cc.max_entries) if cc.admission == "tinylfu" else None
-    return CachedSource(store, LRUCache(cc.max_entries, cc.ttl_seconds, admission=sketch))
+    cache = LRUCache(cc.max_entries, cc.ttl_seconds, admission=sketch)
+    return CachedSource(store, cache, CacheBypass(cc.fills_per_round_trip))
 
 
 def make_serving_stores(config: Config) -> dict[str, OnlineSource]:

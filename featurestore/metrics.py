@@ -116,6 +116,13 @@ REQUESTS_SHED = Counter(
 )
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
 CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
+CACHE_BYPASSED = Counter(
+    "featurestore_cache_bypassed_total",
+    "Keys read past the LRU cache, by view: their read was too unlikely to be answered by the "
+    "cache in full for its fills to pay (cache.fills_per_round_trip), so it went to the store "
+    "for every key.",
+    ["view"],
+)
 CACHE_EVICTIONS = Counter(
     "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
 )
@@ -303,6 +310,7 @@ feature_values = Children(FEATURE_VALUES, BufferedCounter)
 cache_hits = Children(CACHE_HITS, BufferedCounter)
 requests_shed = Children(REQUESTS_SHED, BufferedCounter)
 cache_misses = Children(CACHE_MISSES, BufferedCounter)
+cache_bypassed = Children(CACHE_BYPASSED, BufferedCounter)
 service_requests = Children(SERVICE_REQUESTS, BufferedCounter)
 service_duration = Children(SERVICE_DURATION, BufferedHistogram)
 derived_kernel_duration = Children(DERIVED_KERNEL_DURATION, BufferedHistogram)

@@ -56,6 +56,12 @@ def _positive(value: int) -> int:
     return value
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise _fail("expected 0 or a positive integer", value)
+    return value
+
+
 def _port(value: int) -> int:
     if not 0 < value <= 65535:
         raise _fail("expected a positive integer up to 65535", value)
@@ -94,6 +100,7 @@ def _names(value: Any) -> Any:
 
 
 Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
+CountOrZero = Annotated[int, BeforeValidator(_integer), AfterValidator(_non_negative)]  # 0: off
 Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]
 Seconds = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
 Ratio = Annotated[float, BeforeValidator(_number), AfterValidator(_ratio)]
