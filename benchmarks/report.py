@@ -261,9 +261,10 @@ def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int
     big = max(batches)
     c_on, c_off = cpu_ms(b.get((cached, tool, big, 32))), cpu_ms(b.get((nocache, tool, big, 32)))
     cache_line = (
-        f"At batch {big} (c=32) the cache cost {c_on:.2f} ms CPU per request against {c_off:.2f} ms without it"
+        f"At batch {big} (c=32) the server spent {c_on:.2f} ms CPU per request with the cache on, "
+        f"{c_off:.2f} ms with it off"
         if c_on is not None and c_off is not None
-        else f"At batch {big} the cache can cost more than it saves"
+        else f"At batch {big} no CPU figure for both cache settings"
     )
     return NOTES.format(cpu=cpu, cache_line=cache_line)
 
@@ -290,13 +291,12 @@ NOTES = """
   workers pause 130-190 ms for that reason).
 * With the cache on, the load generator's 4,096 pre-built bodies per connection repeat,
   so after warm-up most keys come from the in-process cache (TTL 30 s): the production
-  default. The `_nocache` columns read every key from Redis. {cache_line}. Whatever the
-  key draw over the 100,000 users, both views fit the 200,000-entry cache and most keys hit
-  (93% at batch 100 in `benchmarks.cache_admission`), yet a request with any miss still
-  pays a Redis round trip, every hit is a lookup in a 200k-row Python heap, and rows
-  expire and refill between this run's interleaved points; with Redis on loopback that
-  costs more than it saves. The cache pays where the store is remote, shared or the
-  bottleneck (`docs/storage.md`); `cache: false` per store otherwise.
+  default. The `_nocache` columns read every key from Redis. {cache_line}. A cached row
+  costs about what a row from Redis on loopback costs; the cache saves the round trip,
+  and only for a read it answers in full. So a large read whose chance of a full hit
+  does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes
+  past the cache to Redis for every key (`cache.fills_per_round_trip`,
+  `docs/storage.md`); reads of fewer than 32 keys always consult it.
 * featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
   accepting socket, which can spread few connections unevenly (see the cores column).
 """
