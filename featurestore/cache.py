@@ -214,6 +214,7 @@ class CachedSource:
         return self.inner.state()
 
     def serving(self, versions: Mapping[str, int]) -> None:
+        self.bypass.keep_only(versions.keys())
         self.inner.serving(versions)
 
     def missing(self) -> Mapping[str, str]:
@@ -316,6 +317,11 @@ class CachedSource:
         space = (view.name, view.layout, data_version)
         for key in keys:
             self.cache.invalidate(space, key)
+
+
+def uncached(store: OnlineSource) -> OnlineSource:
+    """The store behind a row cache (the store itself if it has none)."""
+    return store.inner if isinstance(store, CachedSource) else store
 
 
 def _columnar(

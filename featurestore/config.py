@@ -183,11 +183,8 @@ class CacheConfig:
     # tinylfu: a full cache admits a store read only if it is asked for more often than
     # the entry it would evict (featurestore/admission.py); none: plain LRU.
     admission: Annotated[str, AfterValidator(_cache_admission)] = "tinylfu"
-    # The cache fills that cost as much as a round trip to the store: a read of 32 keys or
-    # more goes past the cache (every key from the store, nothing filled) unless its chance
-    # of a full hit x this >= its expected misses (from each view's recent hit rate); 0:
-    # every read consults the cache (featurestore/bypass.py, docs/storage.md).
-    fills_per_round_trip: CountOrZero = 10
+    # when a read goes past the cache (featurestore/bypass.py); 0: every read consults it
+    fills_per_round_trip: CountOrZero = 30
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,13 +116,7 @@ REQUESTS_SHED = Counter(
 )
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
 CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
-CACHE_BYPASSED = Counter(
-    "featurestore_cache_bypassed_total",
-    "Keys read past the LRU cache, by view: their read was too unlikely to be answered by the "
-    "cache in full for its fills to pay (cache.fills_per_round_trip), so it went to the store "
-    "for every key.",
-    ["view"],
-)
+CACHE_BYPASSED = Counter("featurestore_cache_bypassed_total", "Keys read past the cache, by view.", ["view"])
 CACHE_EVICTIONS = Counter(
     "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
 )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore import logs, metrics
+from featurestore.cache import uncached
 from featurestore.config import Config
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import Kernel, cache_dir, default_cache_dir, kernels_for
@@ -131,7 +132,10 @@ class Runtime:
         if self.drift is not None:
             self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
         if self.config.quality.consistency.views and _worker_slot() in (None, 0):
-            checks = ConsistencySchedule(self.config, self.stores, lambda: self.engine.state)
+            # Past the row cache: a check compares the store's own rows, and its sample
+            # keys must neither fill the cache nor count in its hit rates.
+            stores = {n: uncached(s) for n, s in self.stores.items()}
+            checks = ConsistencySchedule(self.config, stores, lambda: self.engine.state)
             self.tasks.append(asyncio.create_task(checks.run(), name="consistency-check"))
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from featurestore.bypass import CacheBypass
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.offline import ClickHouseOfflineSource, OfflineSource, ParquetOfflineSource
 from featurestore.registry.base import Registry
@@ -22,7 +23,15 @@ from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.store import MemoryTileStore, TileStore
 
-ADAPTERS = ["memory", "redis", "redis-autopipeline", "redis-cluster", "redis+lru", "clickhouse"]
+ADAPTERS = [
+    "memory",
+    "redis",
+    "redis-autopipeline",
+    "redis-cluster",
+    "redis+lru",
+    "redis+lru+bypass",
+    "clickhouse",
+]
 
 
 async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource:
@@ -40,6 +49,13 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         server = request.getfixturevalue("redis_server")
         return CachedSource(
             RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)), LRUCache(1000, 30)
+        )
+    if name == "redis+lru+bypass":  # nor must reads that go past it (every view looks cold)
+        server = request.getfixturevalue("redis_server")
+        return CachedSource(
+            RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)),
+            LRUCache(1000, 30),
+            CacheBypass(30, unmeasured=0.0),
         )
     if name == "clickhouse":
         dsn = request.getfixturevalue("chdb_dsn")

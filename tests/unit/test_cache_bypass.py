@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -10,17 +11,27 @@ from prometheus_client import REGISTRY
 
 from featurestore import metrics
 from featurestore.bypass import CacheBypass
-from featurestore.cache import CachedSource, LRUCache
+from featurestore.cache import CachedSource, LRUCache, uncached
 from featurestore.config import load_config
 from featurestore.errors import InvalidArgument
+from featurestore.factories import with_cache
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
+from featurestore.store_config import StoreConfig
 
 U = Entity("user_id", DType.INT64)
 V = FeatureView("bypass_v", (U,), (Feature("a", DType.INT64),))
 W = FeatureView("bypass_w", (U,), (Feature("a", DType.INT64),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 class Counting(MemorySource):
@@ -36,9 +47,10 @@ class Counting(MemorySource):
         return await super().read(queries)
 
 
-async def source(bypass: CacheBypass, rows: int = 300) -> tuple[CachedSource, Counting]:
-    inner = Counting()
-    src = CachedSource(inner, LRUCache(10_000, 30), bypass)
+async def source(bypass: CacheBypass, clock: Clock | None = None) -> tuple[CachedSource, Counting]:
+    """Both views hold users 0-299 (a = 10 x user) behind a 10,000-row cache, TTL 30 s."""
+    rows, inner = 300, Counting()
+    src = CachedSource(inner, LRUCache(10_000, 30, clock=clock or Clock()), bypass)
     await src.prepare([V, W])
     schema = view_schema(V)
     for view in (V, W):
@@ -67,39 +79,38 @@ def bypassed(view: str) -> float:
 
 
 def test_a_read_consults_while_its_chance_of_a_full_hit_pays_for_its_expected_fills() -> None:
-    b = CacheBypass(10, probe_every=1_000)
+    b = CacheBypass(30)
     b.observe("bypass_v", 99, 100)
     b.observe("bypass_w", 99, 100)
     assert b.hit_rate("bypass_v") == pytest.approx(0.99)
-    assert b.consults([q(range(50)), q(range(50), W)])  # 0.99 ** 100 x 10 = 3.7 >= 1.0 miss
-    assert not b.consults([q(range(100)), q(range(100), W)])  # 0.99 ** 200 x 10 = 1.3 < 2.0
+    assert b.consults([q(range(100)), q(range(100), W)])  # 0.99 ** 200 x 30 = 4.0 >= 2.0 misses
+    assert not b.consults([q(range(150)), q(range(150), W)])  # 0.99 ** 300 x 30 = 1.5 < 3.0
 
 
 def test_a_large_read_of_views_whose_every_key_hits_consults_the_cache() -> None:
-    b = CacheBypass(10, probe_every=1_000)
+    b = CacheBypass(30)
     b.observe("bypass_v", 100, 100)
     assert b.consults([q(range(10_000))])
 
 
-def test_a_read_of_fewer_than_32_keys_always_consults_the_cache() -> None:
-    b = CacheBypass(10, probe_every=1_000)
+def test_a_read_of_fewer_than_8_keys_always_consults_the_cache() -> None:
+    b = CacheBypass(30)
     b.observe("bypass_v", 0, 100)
-    assert b.consults([q(range(31))]) and not b.consults([q(range(32))])
+    assert b.consults([q(range(7))]) and not b.consults([q(range(8))])
 
 
 def test_a_view_never_read_through_the_cache_is_consulted_until_measured() -> None:
-    b = CacheBypass(10)
-    assert b.hit_rate("new") == 1.0 and b.consults([q(range(40))])
+    b = CacheBypass(30)
+    assert b.hit_rate("new") == 1.0 and b.consults([q(range(1_000))])
 
 
-def test_a_views_hit_rate_follows_its_last_few_thousand_keys() -> None:
-    b = CacheBypass(10)
+def test_a_views_hit_rate_weighs_its_last_two_thousand_keys() -> None:
+    b = CacheBypass(30)
     for _ in range(100):
         b.observe("v", 100, 100)
-    assert b.hit_rate("v") == 1.0
-    for _ in range(100):  # 10,000 keys, all missed: five windows
+    for _ in range(10):  # 1,000 keys missed: the 10,000 hits before weigh e^-0.5
         b.observe("v", 0, 100)
-    assert b.hit_rate("v") < 0.01
+    assert b.hit_rate("v") == pytest.approx(math.exp(-0.5), abs=0.01)
 
 
 def test_zero_fills_per_round_trip_consults_the_cache_for_every_read() -> None:
@@ -108,9 +119,35 @@ def test_zero_fills_per_round_trip_consults_the_cache_for_every_read() -> None:
     assert all(b.consults([q(range(1_000))]) for _ in range(10))
 
 
-def test_a_negative_fills_per_round_trip_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"0 \(always consult\) or positive"):
-        CacheBypass(-1)
+def test_every_trial_period_a_skipping_cache_consults_every_read_for_a_trial() -> None:
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, trial_seconds=1, clock=clock)
+    b.observe("bypass_v", 0, 100)
+    assert not b.consults([q(range(100))]) and b.skipped == 1
+    clock.t = 30.0  # a trial starts
+    assert b.consults([q(range(100))])
+    clock.t = 30.9
+    assert b.consults([q(range(100))])
+    clock.t = 31.0  # it is over, and the next one is a period after it began
+    assert not b.consults([q(range(100))])
+    clock.t = 59.9
+    assert not b.consults([q(range(100))]) and b.skipped == 3
+    clock.t = 60.0
+    assert b.consults([q(range(100))])
+
+
+def test_the_rates_of_views_no_longer_served_are_forgotten() -> None:
+    b = CacheBypass(30, unmeasured=0.5)
+    b.observe("bypass_v", 1, 1)
+    b.observe("bypass_w", 1, 1)
+    b.keep_only({"bypass_w"})
+    assert b.hit_rate("bypass_v") == 0.5 and b.hit_rate("bypass_w") == 1.0
+
+
+@pytest.mark.parametrize("args", [(-1,), (30, 0.0), (30, 30.0, 0.0)])
+def test_a_negative_figure_or_a_trial_of_no_time_is_refused(args: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        CacheBypass(*args)  # type: ignore[arg-type]
 
 
 def test_the_config_refuses_a_negative_fills_per_round_trip() -> None:
@@ -118,8 +155,19 @@ def test_the_config_refuses_a_negative_fills_per_round_trip() -> None:
         load_config(overrides={("cache", "fills_per_round_trip"): -1})
 
 
+class Remote(Counting):
+    kind = "redis"  # what with_cache puts a cache in front of
+
+
+def test_a_served_store_gets_the_configured_bypass_with_a_trial_every_ttl() -> None:
+    config = load_config(overrides={("cache", "fills_per_round_trip"): 12, ("cache", "ttl_seconds"): 45})
+    store = with_cache(Remote(), StoreConfig(kind="redis"), config)
+    assert isinstance(store, CachedSource) and uncached(store) is store.inner
+    assert store.bypass.fills_per_round_trip == 12 and store.bypass.trial_every == 45
+
+
 async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and_fills_nothing() -> None:
-    src, inner = await source(CacheBypass(10, probe_every=1_000))
+    src, inner = await source(CacheBypass(30))
     [first] = await src.read([q(range(40))])  # unmeasured: consults, misses all, fills
     assert values(first) == [k * 10 for k in range(40)] and inner.keys_read == [list(range(40))]
     assert src.bypass.hit_rate("bypass_v") == 0.0
@@ -127,40 +175,33 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
     [second] = await src.read([q(range(20, 60))])  # 0.0 ** 40: past the cache
     assert values(second) == [k * 10 for k in range(20, 60)]
     assert inner.keys_read[-1] == list(range(20, 60))  # every key, the cached 20-39 too
-    assert bypassed("bypass_v") - before == 40
+    assert bypassed("bypass_v") - before == 40 and src.bypass.skipped == 1
     [third] = await src.read([q(range(40, 80))])
     assert inner.keys_read[-1] == list(range(40, 80))  # the second read filled nothing
     assert values(third) == [k * 10 for k in range(40, 80)]
 
 
-async def test_a_large_read_of_keys_that_keep_hitting_is_answered_from_the_cache() -> None:
-    src, inner = await source(CacheBypass(10))
-    for _ in range(30):  # batch-10 reads: the first pass fills (all missed), the others hit
-        for start in range(0, 200, 10):
-            await src.read([q(range(start, start + 10))])
+async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
+    clock = Clock()
+    src, inner = await source(CacheBypass(30, trial_every=30, trial_seconds=1, clock=clock), clock)
+    hot = list(range(100))
+    await src.read([q(hot), q(hot, W)])  # cold: every key missed, the rate drops to 0
+    clock.t = 10.0
+    await src.read([q(hot), q(hot, W)])
+    assert inner.keys_read[-2:] == [hot, hot]  # skipped
+    clock.t = 31.0  # the first fills expired; a trial starts and refills the hot set
+    for _ in range(60):
+        await src.read([q(hot), q(hot, W)])
     reads = len(inner.keys_read)
-    [got] = await src.read([q(range(200))])  # 0.998 ** 200 x 10 = 6.7 >= 0.4 misses
-    assert len(inner.keys_read) == reads and values(got) == [k * 10 for k in range(200)]
-
-
-async def test_one_skipped_read_in_probe_every_consults_so_the_cache_comes_back_when_it_would_hit() -> None:
-    src, inner = await source(CacheBypass(10, probe_every=4))
-    await src.read([q(range(40))])  # fills 0-39, measures 0% hits
-    for _ in range(3):
-        await src.read([q(range(40))])
-    assert inner.keys_read[-3:] == [list(range(40))] * 3  # skipped: every key from the store
-    [probe] = await src.read([q(range(40))])  # the fourth consults: every key cached
-    assert values(probe) == [k * 10 for k in range(40)] and len(inner.keys_read) == 4
-    for _ in range(200):  # the rate climbs back with each probe until reads consult again
-        await src.read([q(range(40))])
-    assert src.bypass.hit_rate("bypass_v") > 0.97  # 0.97 ** 40 x 10 = 3.0 >= 1.2 misses
-    reads = len(inner.keys_read)
-    await src.read([q(range(40))])
-    assert len(inner.keys_read) == reads  # answered from the cache, no store read
+    clock.t = 32.5  # after the trial: the rates it measured say consulting pays
+    for _ in range(10):
+        [a, b] = await src.read([q(hot), q(hot, W)])
+        assert values(a) == values(b) == [k * 10 for k in hot]
+    assert len(inner.keys_read) == reads and src.bypass.hit_rate("bypass_v") > 0.98
 
 
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
-    src, inner = await source(CacheBypass(10))
+    src, inner = await source(CacheBypass(30))
     await src.read([q([7]), q([7], W)])
     for _ in range(20):
         [a, b] = await src.read([q([7]), q([7], W)])
@@ -169,9 +210,9 @@ async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() 
 
 
 async def test_a_failed_store_read_past_the_cache_fails_its_views_with_the_error() -> None:
-    src, inner = await source(CacheBypass(10, probe_every=1_000))
-    src.bypass.observe("bypass_v", 0, 100)
-    src.bypass.observe("bypass_w", 0, 100)
+    src, inner = await source(CacheBypass(30, unmeasured=0.0))
     inner.fail = ConnectionError("redis down")
-    got = await src.read([q(range(40)), q(range(40), W)])  # 80 keys: past the cache
+    before = bypassed("bypass_v")
+    got = await src.read([q(range(40)), q(range(40), W)])
     assert len(got) == 2 and all(isinstance(r, ConnectionError) for r in got)
+    assert bypassed("bypass_v") - before == 40  # it went past the cache
