@@ -14,6 +14,7 @@ event timestamp.
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,8 +133,7 @@ class DerivedPlan:
         gathered: list[list[list[Any]]],
         n: int,
     ) -> None:
-        results: list[Any] = []  # per step: the output matrix
-        lists: list[list[list[float]]] = []  # and its rows as lists (one tolist for all)
+        lists: list[list[list[float]]] = []  # per step: its output rows as lists (one tolist for all)
         nulls: list[int] = []  # and the mask of its rows holding a null
         # Inputs the request does not need (only features it did not ask for read them)
         # share one NaN row: a row of None sends np.array down its object path. Demo
@@ -146,23 +146,30 @@ class DerivedPlan:
         nan_row: list[float] | None = None
         for step in self.steps:
             t0 = time.perf_counter()
-            rows: list[Any] = []
+            flat: list[Any] = []  # the input rows, one after the other
             for kind, a, b, test in step.sources:  # inline: a call per row costs more than the kernel
                 if kind == STORED:
-                    rows.append(gathered[a][b])
+                    flat += gathered[a][b]
                 elif kind == REQUEST:
-                    rows.append(request_cols[a])
+                    flat += request_cols[a]
                 elif kind == DERIVED:
-                    rows.append(results[a][b])
+                    flat += lists[a][b]
                 elif test is not None:
-                    rows.append(_strcmp(test, request_cols, gathered, n))
+                    flat += _strcmp(test, request_cols, gathered, n)
                 else:
                     if nan_row is None:
                         nan_row = [math.nan] * n
-                    rows.append(nan_row)
+                    flat += nan_row
+            inp = np.empty((len(step.sources), n))
+            try:
+                # struct reads each value as a C double (float, int, bool) straight into
+                # the matrix: 4 rows of 100 floats in 3.7 µs, np.array(rows) 7.0 (1,000:
+                # 32 and 63; equal at 1).
+                struct.pack_into(f"{len(flat)}d", inp, 0, *flat)
+            except struct.error:  # a null (None) among them: numpy makes it NaN
+                inp = np.array(flat, dtype=np.float64).reshape(len(step.sources), n)
             out = np.empty((step.width, n))
-            nulls.append(step.kernel.into(np.array(rows, dtype=np.float64) if rows else np.empty((0, n)), out))
-            results.append(out)
+            nulls.append(step.kernel.into(inp, out))
             lists.append(out.tolist())
             step.timer.observe(time.perf_counter() - t0)
         shared = [_combine(g.view, [outcomes[s] for s in g.deps], n) for g in self.groups]

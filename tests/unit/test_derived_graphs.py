@@ -46,7 +46,9 @@ def plan(defs: Definitions, refs: list[FeatureRef]) -> Any:
     """The plan of ``refs`` over kernels generated but not compiled (compiling a
     1,500-statement kernel takes numba about 70 s; test_derived_kernels compiles)."""
     kernels = {
-        name: compiler.Kernel(generate(view, defs), run=lambda inp: inp, from_cache=False, into=lambda inp, out: 0)
+        name: compiler.Kernel(
+            generate(view, defs), run=lambda inp: inp, from_cache=False, into=lambda inp, out: 0
+        )
         for name, view in defs.derived_views.items()
     }
     return plan_derived(defs, kernels, refs, lambda ref: (0, 0))
