@@ -27,7 +27,7 @@ from featurestore.dag import post_order
 from featurestore.derived import language as lang
 from featurestore.derived.codegen import NULL_BITS
 from featurestore.derived.compiler import Kernel
-from featurestore.derived.request import check_fields
+from featurestore.derived.request import Needed, check_fields, needed
 from featurestore.model import REQUEST_PREFIX, Definitions, DType, FeatureRef, RequestField, Status
 from featurestore.outcomes import ViewOutcome
 
@@ -96,7 +96,7 @@ ColumnOf = Callable[[FeatureRef], tuple[int, int]]  # stored ref -> (view slot, 
 class DerivedPlan:
     steps: tuple[Step, ...]
     outputs: tuple[Output, ...]  # the requested derived features, in request order
-    request: tuple[tuple[RequestField, str], ...]  # needed fields, each with a feature needing it
+    request: tuple[Needed, ...]  # needed fields, each with a feature needing it
     groups: tuple[Group, ...] = ()
 
     def check_request(self, data: Mapping[str, Sequence[Any]] | None, n: int) -> list[Sequence[Any]]:
@@ -165,12 +165,12 @@ class DerivedPlan:
                 # struct reads each value as a C double (float, int, bool) straight into
                 # the matrix: 4 rows of 100 floats in 3.7 µs, np.array(rows) 7.0 (1,000:
                 # 32 and 63; equal at 1).
-                struct.pack_into(f"{len(flat)}d", inp, 0, *flat)
+                struct.pack_into(f"{len(flat)}d", inp, 0, *flat)  # type: ignore[arg-type]  # a buffer
             except struct.error:  # a null (None) among them: numpy makes it NaN
                 inp = np.array(flat, dtype=np.float64).reshape(len(step.sources), n)
-            out = np.empty((step.width, n))
-            nulls.append(step.kernel.into(inp, out))
-            lists.append(out.tolist())
+            matrix = np.empty((step.width, n))
+            nulls.append(step.kernel.into(inp, matrix))
+            lists.append(matrix.tolist())
             step.timer.observe(time.perf_counter() - t0)
         shared = [_combine(g.view, [outcomes[s] for s in g.deps], n) for g in self.groups]
         for out in self.outputs:
@@ -266,7 +266,8 @@ def plan_derived(
         groups[(ref.view, deps)] = groups.get((ref.view, deps), 0) + 1
         outputs.append(Output(slot_of[ref.view], row, view.features[row].dtype, group))
     shared = tuple(Group(view, deps, count) for (view, deps), count in groups.items())
-    return DerivedPlan(steps, tuple(outputs), tuple(need.request.values()), shared)
+    request = tuple(needed(field, by) for field, by in need.request.values())
+    return DerivedPlan(steps, tuple(outputs), request, shared)
 
 
 class _Needs:

@@ -146,7 +146,7 @@ def test_request_fields_are_listed_in_the_order_a_depth_first_walk_meets_them() 
     ]
     defs = parse_definitions(doc, source="c.yaml")
     derived = plan(defs, [FeatureRef("d", "top")])
-    assert [(f.name, fid) for f, fid in derived.request] == [
+    assert [(r.field.name, r.needed_by) for r in derived.request] == [
         ("p", "d:top"),
         ("q", "d:uses_q"),
         ("r", "d:top"),
