@@ -172,7 +172,14 @@ class DerivedPlan:
             nulls.append(step.kernel.into(inp, matrix))
             lists.append(matrix.tolist())
             step.timer.observe(time.perf_counter() - t0)
-        shared = [_combine(g.view, [outcomes[s] for s in g.deps], n) for g in self.groups]
+        shared: list[ViewOutcome] = []  # per group: its outcome, counted here
+        for g in self.groups:
+            deps = g.deps
+            outcome = (
+                outcomes[deps[0]] if len(deps) == 1 else _combine(g.view, [outcomes[s] for s in deps], n)
+            )
+            shared.append(outcome)
+            _count(g, outcome)
         for out in self.outputs:
             outcome = shared[out.group]
             values: list[Any] = lists[out.step][out.row]
@@ -186,8 +193,6 @@ class DerivedPlan:
                 values = [v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)]
             outcomes.append(outcome)
             gathered.append([values])
-        for g, outcome in zip(self.groups, shared, strict=True):
-            _count(g, outcome)
 
 
 def _strcmp(
@@ -216,8 +221,8 @@ def _values(values: list[Any], dtype: DType) -> list[Any]:
 
 
 def _combine(view: str, deps: list[ViewOutcome], n: int) -> ViewOutcome:
-    if len(deps) == 1:
-        return deps[0]  # shared: encoders render it once
+    """The outcome of outputs reading several stored views, or none (one view's outcome
+    is shared as it is: encoders render it once)."""
     if not deps:
         return ViewOutcome(view, [PRESENT] * n, [None] * n, all_present=True)
     unavailable = any(d.unavailable for d in deps)
