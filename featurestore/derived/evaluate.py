@@ -4,7 +4,8 @@ request shape, cached with the plan) and the per-request step that computes it.
 A plan runs one kernel per derived view it needs, views after the views they read.
 Each kernel gets a float64 matrix whose rows are the columns the join already has
 (stored values, request fields, earlier kernels' outputs; NaN for what the request
-does not need) and returns one row per feature. Statuses come from the stored views a
+does not need) and fills one row per feature, flagging the rows that hold a null (only
+those are scanned for NaN, which becomes None). Statuses come from the stored views a
 feature reads, transitively: the most severe wins, the value is then null, and the
 event timestamp is the oldest of theirs (a derived value is as stale as its stalest
 input). Request fields count as PRESENT; a feature reading only request fields has no
