@@ -3,9 +3,14 @@
 One kernel per derived view computes all of its features, in dependency order, in
 one loop over the rows: one dispatch per view per request (numba's dispatch costs
 ~0.6 µs, the list -> array conversion around it ~3 µs at batch 1; measured in
-benchmarks/derived.py). Its only argument is a C-contiguous float64 matrix, row k =
-``KernelSpec.inputs[k]`` over the request's rows (NaN = null); it returns one row per
-feature of the view, in the view's order.
+benchmarks/derived.py). ``kernel_into(inp, out)`` reads a C-contiguous float64 matrix,
+row k = ``KernelSpec.inputs[k]`` over the request's rows (NaN = null), and writes one
+row per feature of the view, in the view's order, into ``out``; it returns a bit mask of
+the output rows holding a null (bit k for row k; rows from ``NULL_BITS - 1`` on share
+the last bit), so a join scans for nulls only the rows that have one. Writing into an
+array the caller allocated instead of returning one spares numba boxing its result:
+with the mask, 1.06 -> 0.85 µs per call at batch 1 (numba dispatch, kernel, tolist).
+``kernel(inp)`` returns the output matrix (tests, benchmarks).
 
 The source is generated from the validated IR only (never from user text), written to
 the cache directory under a name derived from its hash (``compiler``) and compiled by
@@ -30,6 +35,7 @@ _ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow_"}
 _CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 _CALL = {"log": "log", "log1p": "log1p", "exp": "exp", "sqrt": "sqrt", "abs": "abs_", "clip": "clip"}
 _FOLD = {"min": "min_", "max": "max_", "coalesce": "coalesce", "and": "and_", "or": "or_"}
+NULL_BITS = 63  # bits of the null mask kernel_into returns (a positive int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +206,23 @@ class _Writer:
             *self.functions,
             "",
             "",
-            '@numba.njit("float64[:, ::1](float64[:, ::1])", cache=True, nogil=True, error_model="numpy")',
-            "def kernel(inp):",
+            '@numba.njit("int64(float64[:, ::1], float64[:, ::1])", cache=True, nogil=True, error_model="numpy")',
+            "def kernel_into(inp, out):",
             "    n = inp.shape[1]",
-            f"    out = np.empty(({len(self.view.features)}, n))",
             "    for i in range(n):",
             *(f"        {line}" for line in [*loads, *body]),
+            "    nulls = 0",
+            "    for k in range(out.shape[0]):",
+            "        for i in range(n):",
+            "            if math.isnan(out[k, i]):",
+            f"                nulls |= 1 << min(k, {NULL_BITS - 1})",
+            "                break",
+            "    return nulls",
+            "",
+            "",
+            "def kernel(inp):",
+            f"    out = np.empty(({len(self.view.features)}, inp.shape[1]))",
+            "    kernel_into(inp, out)",
             "    return out",
             "",
         ]

@@ -53,6 +53,9 @@ class Kernel:
     spec: KernelSpec
     run: Callable[[Any], Any]  # float64[:, ::1] (inputs x rows) -> float64[:, ::1] (features x rows)
     from_cache: bool  # loaded as machine code from the on-disk cache (not compiled here)
+    # (inputs x rows, features x rows to fill) -> the mask of the output rows holding a
+    # null (codegen.NULL_BITS): what a join calls
+    into: Callable[[Any, Any], int]
 
 
 # Kernels loaded by this process, by module name. numba never frees machine code, so a
@@ -190,11 +193,11 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
         except BaseException:
             del sys.modules[module_spec.name]  # not half-initialised for the next attempt
             raise
-        fn = module.kernel
-        fn(np.zeros((len(spec.inputs), 1)))
-        from_cache = bool(fn.stats.cache_hits) and not fn.stats.cache_misses
+        into = module.kernel_into
+        module.kernel(np.zeros((len(spec.inputs), 1)))
+        from_cache = bool(into.stats.cache_hits) and not into.stats.cache_misses
         metrics.DERIVED_COMPILES.labels("loaded" if from_cache else "compiled_in_process").inc()
-        kernel = _loaded[spec.module] = Kernel(spec, fn, from_cache)
+        kernel = _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into)
         return kernel
 
 

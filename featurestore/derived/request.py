@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from featurestore.derived import language as lang
 from featurestore.errors import InvalidArgument
@@ -27,17 +27,29 @@ _ACCEPTS: dict[DType, frozenset[type]] = {
 }
 
 
+class Needed(NamedTuple):
+    """A request field a plan needs, with a feature needing it (named in errors)."""
+
+    field: RequestField
+    needed_by: str
+    accepts: frozenset[type]  # its dtype's _ACCEPTS, looked up once per plan (a DType key: 93 ns)
+
+
+def needed(field: RequestField, needed_by: str) -> Needed:
+    return Needed(field, needed_by, _ACCEPTS[field.dtype])
+
+
 def check_fields(
-    needed: Sequence[tuple[RequestField, str]], data: Mapping[str, Sequence[Any]] | None, n: int
+    needs: Sequence[Needed], data: Mapping[str, Sequence[Any]] | None, n: int
 ) -> list[Sequence[Any]]:
-    """The columns of the ``needed`` fields (each with a feature needing it), checked."""
+    """The columns of the ``needs`` fields, checked."""
     cols: list[Sequence[Any]] = []
-    for field, needed_by in needed:
+    for field, needed_by, accepts in needs:
         col = data.get(field.name) if data else None
         if col is None or type(col) not in (list, tuple) or len(col) != n:
             raise _bad_field(field, needed_by, col, n)
         types = set(map(type, col))
-        if not _ACCEPTS[field.dtype].issuperset(types):
+        if not accepts.issuperset(types):
             raise _bad_field(field, needed_by, col, n)
         if int in types and not _in_range(field.dtype, col, types):
             raise _out_of_range(field, needed_by, col)

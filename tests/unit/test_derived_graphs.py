@@ -46,7 +46,9 @@ def plan(defs: Definitions, refs: list[FeatureRef]) -> Any:
     """The plan of ``refs`` over kernels generated but not compiled (compiling a
     1,500-statement kernel takes numba about 70 s; test_derived_kernels compiles)."""
     kernels = {
-        name: compiler.Kernel(generate(view, defs), run=lambda inp: inp, from_cache=False)
+        name: compiler.Kernel(
+            generate(view, defs), run=lambda inp: inp, from_cache=False, into=lambda inp, out: 0
+        )
         for name, view in defs.derived_views.items()
     }
     return plan_derived(defs, kernels, refs, lambda ref: (0, 0))
@@ -144,7 +146,7 @@ def test_request_fields_are_listed_in_the_order_a_depth_first_walk_meets_them() 
     ]
     defs = parse_definitions(doc, source="c.yaml")
     derived = plan(defs, [FeatureRef("d", "top")])
-    assert [(f.name, fid) for f, fid in derived.request] == [
+    assert [(r.field.name, r.needed_by) for r in derived.request] == [
         ("p", "d:top"),
         ("q", "d:uses_q"),
         ("r", "d:top"),
