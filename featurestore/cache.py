@@ -230,14 +230,21 @@ class CachedSource:
         return None
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-        if not self.bypass.consults(queries):
-            for q in queries:
-                metrics.cache_bypassed(q.view.name).inc(len(q.keys))
-            try:
-                return await self.inner.read(queries)
-            except Exception as e:  # as on the cached path: a failed read fails its views
-                return [e] * len(queries)
-        return await self._read_cached(queries)
+        if self.bypass.consults(queries):
+            return await self._read_cached(queries)
+        try:
+            got: list[ViewRead | BaseException] = list(await self.inner.read(queries))
+        except Exception as e:
+            got = [e] * len(queries)
+        for i, (q, res) in enumerate(zip(queries, got, strict=True)):
+            metrics.cache_bypassed(q.view.name).inc(len(q.keys))
+            if isinstance(res, BaseException):  # as when consulted: the cache still serves its rows
+                rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
+                misses = [j for j, r in enumerate(rows) if r is None]
+                if len(misses) < len(rows):
+                    metrics.view_read_failures(q.view.name, self.name, "error").inc()
+                    got[i] = _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
+        return got
 
     async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache

@@ -132,11 +132,14 @@ class Runtime:
         if self.drift is not None:
             self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
         if self.config.quality.consistency.views and _worker_slot() in (None, 0):
-            # Past the row cache: a check compares the store's own rows, and its sample
-            # keys must neither fill the cache nor count in its hit rates.
-            stores = {n: uncached(s) for n, s in self.stores.items()}
-            checks = ConsistencySchedule(self.config, stores, lambda: self.engine.state)
+            checks = ConsistencySchedule(self.config, self.checked_stores(), lambda: self.engine.state)
             self.tasks.append(asyncio.create_task(checks.run(), name="consistency-check"))
+
+    def checked_stores(self) -> dict[str, OnlineSource]:
+        """The stores a consistency check reads: past their row cache, since a check
+        compares the store's own rows and its sample keys must neither fill the cache nor
+        count in its hit rates."""
+        return {n: uncached(s) for n, s in self.stores.items()}
 
     async def close(self) -> None:
         for t in self.tasks:

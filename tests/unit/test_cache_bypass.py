@@ -17,6 +17,7 @@ from featurestore.errors import InvalidArgument
 from featurestore.factories import with_cache
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
+from featurestore.runtime import Runtime
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 from featurestore.store_config import StoreConfig
@@ -119,32 +120,74 @@ def test_zero_fills_per_round_trip_consults_the_cache_for_every_read() -> None:
     assert all(b.consults([q(range(1_000))]) for _ in range(10))
 
 
-def test_every_trial_period_a_skipping_cache_consults_every_read_for_a_trial() -> None:
+def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_measures_it() -> None:
     clock = Clock()
-    b = CacheBypass(30, trial_every=30, trial_seconds=1, clock=clock)
+    b = CacheBypass(30, trial_every=30, clock=clock)
     b.observe("bypass_v", 0, 100)
-    assert not b.consults([q(range(100))]) and b.skipped == 1
-    clock.t = 30.0  # a trial starts
+    assert not b.consults([q(range(100))]) and b.skipped == 1  # skipping since t=0
+    clock.t = 29.9
+    assert not b.consults([q(range(100))])
+    clock.t = 30.0  # skipped for a period: a trial starts
     assert b.consults([q(range(100))])
-    clock.t = 30.9
+    b.observe("bypass_v", 0, 2_000)  # the loading window: its misses are not measured
     assert b.consults([q(range(100))])
-    clock.t = 31.0  # it is over, and the next one is a period after it began
+    b.observe("bypass_v", 1_999, 2_000)  # the measuring window: the trial is over
+    assert b.hit_rate("bypass_v") == pytest.approx(0.9995)
+    assert b.consults([q(range(100))])  # and its rate says consulting pays
+
+
+def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_period() -> None:
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, clock=clock)
+    b.observe("bypass_v", 0, 100)
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])  # trial
+    b.observe("bypass_v", 0, 2_000)
+    b.observe("bypass_v", 1_000, 2_000)  # measured: 50%
+    clock.t = 31.0
     assert not b.consults([q(range(100))])
     clock.t = 59.9
-    assert not b.consults([q(range(100))]) and b.skipped == 3
-    clock.t = 60.0
+    assert not b.consults([q(range(100))])
+    clock.t = 60.0  # a period after the last trial began
     assert b.consults([q(range(100))])
 
 
-def test_the_rates_of_views_no_longer_served_are_forgotten() -> None:
-    b = CacheBypass(30, unmeasured=0.5)
-    b.observe("bypass_v", 1, 1)
-    b.observe("bypass_w", 1, 1)
-    b.keep_only({"bypass_w"})
-    assert b.hit_rate("bypass_v") == 0.5 and b.hit_rate("bypass_w") == 1.0
+def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, clock=clock)
+    b.observe("bypass_v", 100, 100)
+    clock.t = 100.0  # consulting all along
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 4_000)  # then the rate falls
+    assert not b.consults([q(range(100))])
+    clock.t = 100.9
+    assert not b.consults([q(range(100))]) and b.skipped == 2
 
 
-@pytest.mark.parametrize("args", [(-1,), (30, 0.0), (30, 30.0, 0.0)])
+def test_a_view_read_too_rarely_to_finish_a_trial_gives_up_at_the_period() -> None:
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, clock=clock)
+    b.observe("bypass_v", 0, 100)
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 100)  # far from a window
+    clock.t = 59.0
+    assert b.consults([q(range(100))])  # still on trial
+    clock.t = 60.0  # the trial gave up; skipped since its start, so the next one starts
+    assert b.consults([q(range(100))])
+
+
+async def test_the_rates_of_views_a_store_no_longer_serves_are_forgotten() -> None:
+    src, _ = await source(CacheBypass(30, unmeasured=0.5))
+    src.bypass.observe("bypass_v", 1, 1)
+    src.bypass.observe("bypass_w", 1, 1)
+    src.serving({"bypass_w": 1})
+    assert src.bypass.hit_rate("bypass_v") == 0.5 and src.bypass.hit_rate("bypass_w") == 1.0
+
+
+@pytest.mark.parametrize("args", [(-1,), (30, 0.0)])
 def test_a_negative_figure_or_a_trial_of_no_time_is_refused(args: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="must be"):
         CacheBypass(*args)  # type: ignore[arg-type]
@@ -183,21 +226,21 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
 
 async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
     clock = Clock()
-    src, inner = await source(CacheBypass(30, trial_every=30, trial_seconds=1, clock=clock), clock)
+    src, inner = await source(CacheBypass(30, trial_every=30, clock=clock), clock)
     hot = list(range(100))
     await src.read([q(hot), q(hot, W)])  # cold: every key missed, the rate drops to 0
-    clock.t = 10.0
+    clock.t = 1.0
     await src.read([q(hot), q(hot, W)])
-    assert inner.keys_read[-2:] == [hot, hot]  # skipped
+    assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
     clock.t = 31.0  # the first fills expired; a trial starts and refills the hot set
-    for _ in range(60):
+    for _ in range(45):  # 4,500 keys a view: a window to load, one to measure
         await src.read([q(hot), q(hot, W)])
     reads = len(inner.keys_read)
     clock.t = 32.5  # after the trial: the rates it measured say consulting pays
     for _ in range(10):
         [a, b] = await src.read([q(hot), q(hot, W)])
         assert values(a) == values(b) == [k * 10 for k in hot]
-    assert len(inner.keys_read) == reads and src.bypass.hit_rate("bypass_v") > 0.98
+    assert len(inner.keys_read) == reads and src.bypass.hit_rate("bypass_v") == 1.0
 
 
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
@@ -209,6 +252,17 @@ async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() 
     assert inner.keys_read == [[7], [7]]  # the first read only
 
 
+async def test_a_failed_store_read_past_the_cache_is_answered_from_the_rows_the_cache_holds() -> None:
+    src, inner = await source(CacheBypass(30))
+    await src.read([q(range(30))])  # cached, 100% measured
+    src.bypass.observe("bypass_v", 0, 2_000)  # then the rate falls: reads go past the cache
+    inner.fail = ConnectionError("redis down")
+    [got] = await src.read([q(range(20, 40))])
+    assert isinstance(got, ViewRead) and src.bypass.skipped == 1
+    assert got.columns[0][:10] == [k * 10 for k in range(20, 30)]  # the cached ones
+    assert got.unavailable == [False] * 10 + [True] * 10  # only what the store owed
+
+
 async def test_a_failed_store_read_past_the_cache_fails_its_views_with_the_error() -> None:
     src, inner = await source(CacheBypass(30, unmeasured=0.0))
     inner.fail = ConnectionError("redis down")
@@ -216,3 +270,10 @@ async def test_a_failed_store_read_past_the_cache_fails_its_views_with_the_error
     got = await src.read([q(range(40)), q(range(40), W)])
     assert len(got) == 2 and all(isinstance(r, ConnectionError) for r in got)
     assert bypassed("bypass_v") - before == 40  # it went past the cache
+
+
+def test_consistency_checks_read_the_stores_past_their_row_cache() -> None:
+    inner, plain = Counting(), MemorySource("plain")
+    cached = CachedSource(inner, LRUCache(10, 30))
+    rt = Runtime(config=load_config(), registry=None, stores={"a": cached, "b": plain}, engine=None)  # type: ignore[arg-type]
+    assert rt.checked_stores() == {"a": inner, "b": plain}
