@@ -43,7 +43,7 @@ from benchmarks.stack import config, materialize, redis
 from featurestore.admission import FrequencySketch
 from featurestore.api.http import JoinEndpoint
 from featurestore.cache import CachedSource, LRUCache
-from featurestore.config import load_config
+from featurestore.config import CacheConfig, load_config
 from featurestore.demo.data import FEATURE_REFS
 from featurestore.runtime import Runtime, build_runtime
 
@@ -192,7 +192,8 @@ def render(runs: list[dict[str, Any]], fills: tuple[float, float], a: argparse.N
         f"**The figures the default is derived from**: a full hit at batch 1 saves {trip:.0f} µs per join "
         f"(the round trip and two decoded rows, less two lookups); a fill costs {fills[0]:.1f} µs a key when "
         f"it evicts an expired row, {fills[1]:.1f} µs when admission weighs it against a live one: "
-        f"{trip / fills[1]:.0f}-{trip / fills[0]:.0f} fills per round trip (default: 30). *Hit rate*: of "
+        f"{trip / fills[1]:.0f}-{trip / fills[0]:.0f} fills per round trip "
+        f"(default: {CacheConfig().fills_per_round_trip}). *Hit rate*: of "
         "user_activity's keys looked up, the last ~2,000, at the end of the batch's rounds.",
     ]
     for table, title in (("full", "Full cache (all 100,000 users cached, TTL 10 min)"),

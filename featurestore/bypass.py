@@ -20,14 +20,17 @@ it goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
-So once a view has been skipped for ``trial_every`` seconds (the cache TTL: what was
-filled has expired by then), the next read of it starts a **trial** of that view: its
-reads consult again for a window of keys to load what they ask for (2,000 looked-up
-keys), then for another window that measures the hit rate afresh (or until
-``trial_every`` runs out, for a view read too rarely to fill both), and that rate
-decides again. Reads of fewer than ``always_below`` (8) keys always consult: at worst 7
-fills, a quarter of a round trip, and without them a cold cache would never warm for
-batch-1 traffic, which gains from it (`benchmarks.cache_admission`). A view's rate
+So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
+filled before skipping have expired by then), the next read of it starts a **trial** of
+that view: its reads consult again for a window of keys to load what they ask for (2,000
+looked-up keys), then for another window that measures the hit rate afresh, and that
+rate decides again. A trial gives up after ``trial_every``; a view read too rarely to
+finish one (fewer than ~4,000 looked-up keys a TTL) is skipped since the trial began, so
+the next trial starts at once: it stays on trials, i.e. consults, and its rate is not
+updated (such a view costs little CPU either way). Reads of fewer than ``always_below``
+(8) keys always consult: at worst 7 fills, a quarter of a round trip, and without them a
+cold cache would never warm for batch-1 traffic, which gains from it
+(`benchmarks.cache_admission`). A view's rate
 starts at ``unmeasured`` (1: a new view consults) and is per view name, shared by its
 data versions and a canary's. A store across a network, where the round trip costs
 latency more than CPU, is worth a higher figure; 0: every read consults.
@@ -133,7 +136,7 @@ class CacheBypass:
                 trial = None
             if trial is None and now - since.setdefault(name, now) >= self.trial_every:
                 trials[name] = trial = _Trial(now + self.trial_every)
-                since[name] = now  # the next trial a period from now, if this one still skips
+                since[name] = now  # skipping counts from here: a trial that gives up is followed at once
             on_trial = on_trial or trial is not None
         if not on_trial:
             self.skipped += 1

@@ -147,28 +147,30 @@ class DerivedPlan:
         nan_row: list[float] | None = None
         for step in self.steps:
             t0 = time.perf_counter()
-            flat: list[Any] = []  # the input rows, one after the other
+            rows: list[Sequence[Any]] = []
             for kind, a, b, test in step.sources:  # inline: a call per row costs more than the kernel
                 if kind == STORED:
-                    flat += gathered[a][b]
+                    rows.append(gathered[a][b])
                 elif kind == REQUEST:
-                    flat += request_cols[a]
+                    rows.append(request_cols[a])
                 elif kind == DERIVED:
-                    flat += lists[a][b]
+                    rows.append(lists[a][b])
                 elif test is not None:
-                    flat += _strcmp(test, request_cols, gathered, n)
+                    rows.append(_strcmp(test, request_cols, gathered, n))
                 else:
                     if nan_row is None:
                         nan_row = [math.nan] * n
-                    flat += nan_row
-            inp = np.empty((len(step.sources), n))
-            try:
-                # struct reads each value as a C double (float, int, bool) straight into
-                # the matrix: 4 rows of 100 floats in 3.7 µs, np.array(rows) 7.0 (1,000:
-                # 32 and 63; equal at 1).
-                struct.pack_into(f"{len(flat)}d", inp, 0, *flat)  # type: ignore[arg-type]  # a buffer
-            except struct.error:  # a null (None) among them: numpy makes it NaN
-                inp = np.array(flat, dtype=np.float64).reshape(len(step.sources), n)
+                    rows.append(nan_row)
+            inp = np.empty((len(rows), n))
+            fmt = f"{n}d"
+            for i, row in enumerate(rows):
+                try:
+                    # struct reads each value as a C double (float, int, bool) straight into
+                    # the matrix, a row at a time: 4 rows of 100 floats in 3.7 µs against 7.5
+                    # for np.array(rows) (1 float each: 1.1 and 0.9).
+                    struct.pack_into(fmt, inp, i * n * 8, *row)  # type: ignore[arg-type]  # a buffer
+                except struct.error:  # a null (None) in this row (numpy makes it NaN), or a short row
+                    inp[i] = np.array(row, dtype=np.float64)  # (4 rows of 100, one None: 6.7 µs)
             matrix = np.empty((step.width, n))
             nulls.append(step.kernel.into(inp, matrix))
             lists.append(matrix.tolist())

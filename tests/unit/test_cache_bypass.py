@@ -79,6 +79,12 @@ def bypassed(view: str) -> float:
     return REGISTRY.get_sample_value("featurestore_cache_bypassed_total", {"view": view}) or 0.0
 
 
+def failures(view: str) -> float:
+    metrics.flush()
+    labels = {"view": view, "store": "remote", "reason": "error"}
+    return REGISTRY.get_sample_value("featurestore_view_read_failures_total", labels) or 0.0
+
+
 def test_a_read_consults_while_its_chance_of_a_full_hit_pays_for_its_expected_fills() -> None:
     b = CacheBypass(30)
     b.observe("bypass_v", 99, 100)
@@ -156,16 +162,21 @@ def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_peri
 def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
     clock = Clock()
     b = CacheBypass(30, trial_every=30, clock=clock)
-    b.observe("bypass_v", 100, 100)
-    clock.t = 100.0  # consulting all along
-    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 100)
+    assert not b.consults([q(range(100))])  # skipping since t=0
+    clock.t = 20.0
+    b.observe("bypass_v", 100_000, 100_000)  # (small reads kept measuring it) all hits
+    assert b.consults([q(range(100))])  # consulting by the rule: no longer skipping
     b.observe("bypass_v", 0, 4_000)  # then the rate falls
+    clock.t = 31.0  # a period after the first skip, but skipping only since now
     assert not b.consults([q(range(100))])
-    clock.t = 100.9
-    assert not b.consults([q(range(100))]) and b.skipped == 2
+    clock.t = 60.9
+    assert not b.consults([q(range(100))]) and b.skipped == 3
+    clock.t = 61.0
+    assert b.consults([q(range(100))])
 
 
-def test_a_view_read_too_rarely_to_finish_a_trial_gives_up_at_the_period() -> None:
+def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> None:
     clock = Clock()
     b = CacheBypass(30, trial_every=30, clock=clock)
     b.observe("bypass_v", 0, 100)
@@ -175,8 +186,24 @@ def test_a_view_read_too_rarely_to_finish_a_trial_gives_up_at_the_period() -> No
     b.observe("bypass_v", 0, 100)  # far from a window
     clock.t = 59.0
     assert b.consults([q(range(100))])  # still on trial
-    clock.t = 60.0  # the trial gave up; skipped since its start, so the next one starts
+    clock.t = 60.0  # it gave up; skipped since it began, so the next starts afresh
     assert b.consults([q(range(100))])
+    trial = b._trials["bypass_v"]
+    assert (trial.load, trial.measure, trial.ends) == (2_000, 2_000, 90.0)
+
+
+def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0)
+    assert not b.consults([q(range(100))])  # skipping since t=0
+    clock.t = 30.0
+    assert b.consults([q(range(100), W)]) is False  # w: skipping since t=30
+    b.keep_only({"bypass_w"})
+    assert not b.consults([q(range(100))])  # v starts over: skipping since t=30, no trial
+    clock.t = 60.0
+    assert b.consults([q(range(100))]) and b.consults([q(range(100), W)])  # both trials now
+    b.keep_only(set())
+    assert not b._trials and not b._skipping_since
 
 
 async def test_the_rates_of_views_a_store_no_longer_serves_are_forgotten() -> None:
@@ -257,10 +284,12 @@ async def test_a_failed_store_read_past_the_cache_is_answered_from_the_rows_the_
     await src.read([q(range(30))])  # cached, 100% measured
     src.bypass.observe("bypass_v", 0, 2_000)  # then the rate falls: reads go past the cache
     inner.fail = ConnectionError("redis down")
+    before = failures("bypass_v")
     [got] = await src.read([q(range(20, 40))])
     assert isinstance(got, ViewRead) and src.bypass.skipped == 1
     assert got.columns[0][:10] == [k * 10 for k in range(20, 30)]  # the cached ones
     assert got.unavailable == [False] * 10 + [True] * 10  # only what the store owed
+    assert failures("bypass_v") - before == 1
 
 
 async def test_a_failed_store_read_past_the_cache_fails_its_views_with_the_error() -> None:
