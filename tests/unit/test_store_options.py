@@ -40,8 +40,9 @@ def test_a_password_that_is_not_text_is_refused_without_showing_it(tmp_path: Pat
     config.write_text(f"stores: {{default: {{kind: redis, password: {value}}}}}\n")
     with pytest.raises(InvalidArgument, match=r"stores.default: password: expected a string") as raised:
         load_config(config)
+    message = str(raised.value).replace(str(config), "<config>")  # a tmp path may hold "83"
     for shown in ("hunter2", "987654321", "0123", "83"):
-        assert shown not in str(raised.value)
+        assert shown not in message
 
 
 def test_a_quoted_numeric_password_is_a_password(tmp_path: Path) -> None:
