@@ -35,8 +35,6 @@ from benchmarks.stack import config, materialize, metric_sum, redis, server, tre
 from featurestore.admission import FrequencySketch
 from featurestore.cache import LRUCache
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 N_USERS = 100_000
 VARIANTS = ("off", "lru", "consult", "tinylfu")
 # Per variant, the cache section of its config (``off`` has none: cache false).
@@ -214,13 +212,9 @@ def main() -> int:
     lines += [f"`{cmd}`", "", *simulation_section(a.sim_keys), ""]
     if not a.no_servers:
         lines += server_section(a)
-    part = HERE / "results" / "cache.md"
-    part.parent.mkdir(exist_ok=True)
-    part.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    from benchmarks.report import stitch
+    from benchmarks.report import publish
 
-    stitch()
+    publish("cache.md", lines)
     return 0
 
 

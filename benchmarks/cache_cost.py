@@ -47,7 +47,6 @@ from featurestore.config import CacheConfig, load_config
 from featurestore.demo.data import FEATURE_REFS
 from featurestore.runtime import Runtime, build_runtime
 
-HERE = Path(__file__).resolve().parent
 N_USERS = 100_000
 VARIANTS = ("off", "consult", "default")
 
@@ -240,13 +239,9 @@ def main() -> int:
         "",
     ]
     lines += render(runs, fills, a)
-    part = HERE / "results" / "cache_cost.md"
-    part.parent.mkdir(exist_ok=True)
-    part.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    from benchmarks.report import stitch
+    from benchmarks.report import publish
 
-    stitch()
+    publish("cache_cost.md", lines)
     return 0
 
 

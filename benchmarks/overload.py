@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import HERE, config, materialize, redis, server, wrk
+from benchmarks.stack import config, materialize, redis, server, wrk
 from featurestore.demo.data import FEATURE_REFS
 
 VARIANTS = {
@@ -167,13 +167,9 @@ def main() -> int:
             for name in CLOSED_LOOP_SERVERS
         }
     lines = render(results, sat, a) + render_closed(closed, a)
-    part = HERE / "results" / "overload.md"
-    part.parent.mkdir(exist_ok=True)
-    part.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    from benchmarks.report import stitch
+    from benchmarks.report import publish
 
-    stitch()
+    publish("overload.md", lines)
     return 0
 
 

@@ -120,6 +120,15 @@ def stitch(results: Path = RESULTS) -> None:
     results.write_text("\n".join(body))
 
 
+def publish(name: str, lines: list[str], results: Path = RESULTS) -> None:
+    """Write a benchmark's section as ``results/<name>``, print it, and restitch RESULTS.md."""
+    part = results.parent / "results" / name
+    part.parent.mkdir(exist_ok=True)
+    part.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    stitch(results)
+
+
 def write(
     raw: Path,
     floor: Path | None,

@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import HERE, config, materialize, redis, server, tree_cpu, wrk
+from benchmarks.stack import config, materialize, redis, server, tree_cpu, wrk
 
 TARGET_QPS = 187_000
 TARGET_BATCH = 10
@@ -86,13 +86,9 @@ def main() -> int:
                     runs.append(res)
                 point += 1
     lines = render(runs, a)
-    part = HERE / "results" / "scaling.md"
-    part.parent.mkdir(exist_ok=True)
-    part.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    from benchmarks.report import stitch
+    from benchmarks.report import publish
 
-    stitch()
+    publish("scaling.md", lines)
     return 0
 
 
