@@ -126,10 +126,16 @@ def test_zero_fills_per_round_trip_consults_the_cache_for_every_read() -> None:
     assert all(b.consults([q(range(1_000))]) for _ in range(10))
 
 
-def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_measures_it() -> None:
+def measured_cold() -> tuple[Clock, CacheBypass]:
+    """A bypass on a fake clock at t=0 (trials every 30 s) whose view v hit none of 100 keys."""
     clock = Clock()
     b = CacheBypass(30, trial_every=30, clock=clock)
     b.observe("bypass_v", 0, 100)
+    return clock, b
+
+
+def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_measures_it() -> None:
+    clock, b = measured_cold()
     assert not b.consults([q(range(100))]) and b.skipped == 1  # skipping since t=0
     clock.t = 29.9
     assert not b.consults([q(range(100))])
@@ -143,9 +149,7 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
 
 
 def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_period() -> None:
-    clock = Clock()
-    b = CacheBypass(30, trial_every=30, clock=clock)
-    b.observe("bypass_v", 0, 100)
+    clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])  # trial
@@ -160,9 +164,7 @@ def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_peri
 
 
 def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
-    clock = Clock()
-    b = CacheBypass(30, trial_every=30, clock=clock)
-    b.observe("bypass_v", 0, 100)
+    clock, b = measured_cold()
     assert not b.consults([q(range(100))])  # skipping since t=0
     clock.t = 20.0
     b.observe("bypass_v", 100_000, 100_000)  # (small reads kept measuring it) all hits
@@ -177,9 +179,7 @@ def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
 
 
 def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> None:
-    clock = Clock()
-    b = CacheBypass(30, trial_every=30, clock=clock)
-    b.observe("bypass_v", 0, 100)
+    clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])
