@@ -240,11 +240,18 @@ class CachedSource:
             metrics.cache_bypassed(q.view.name).inc(len(q.keys))
             if isinstance(res, BaseException):  # as when consulted: the cache still serves its rows
                 rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
-                misses = [j for j, r in enumerate(rows) if r is None]
-                if len(misses) < len(rows):
-                    metrics.view_read_failures(q.view.name, self.name, "error").inc()
-                    got[i] = _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
+                got[i] = self._hits_or(q, rows, [j for j, r in enumerate(rows) if r is None], res)
         return got
+
+    def _hits_or(
+        self, q: ViewQuery, rows: list[Row | None], misses: list[int], err: BaseException
+    ) -> ViewRead | BaseException:
+        """A view whose store read failed: the cached rows, only the keys the store owed
+        UNAVAILABLE; ``err`` itself when the cache held none of them."""
+        if len(misses) == len(rows):
+            return err
+        metrics.view_read_failures(q.view.name, self.name, "error").inc()
+        return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
     async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache
@@ -278,15 +285,7 @@ class CachedSource:
             fill = epoch == self._epoch
             for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
-                    q = queries[qi]
-                    if len(misses) == len(q.keys):
-                        results[qi] = got
-                    else:
-                        # Serve the hits; only the keys the store owed are UNAVAILABLE.
-                        metrics.view_read_failures(q.view.name, self.name, "error").inc()
-                        results[qi] = _columnar(
-                            cached[qi], q.features, len(q.view.features), unavailable=set(misses)
-                        )
+                    results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
                     continue
                 fetched = [
                     row if ok else NOT_FOUND
