@@ -5,6 +5,11 @@ replies are read back in order, instead of one write and one connection per join
 Fewer syscalls on both sides (one send and a few receives per tick instead of per
 join) against a future per join and a task per tick; only reads of up to ``MAX_KEYS``
 keys are coalesced. Measured A/B in benchmarks/RESULTS.md ("Requirement 3 experiments").
+
+A tick's send runs in its own task, not in any join's, so a join's deadline does not
+end it: once every join of the tick has given up (a frozen Redis), the send is
+cancelled and its connection disconnected and handed back, as a join's own read would
+be. A send some join still waits for runs on.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ MAX_KEYS: Final = 64
 
 
 class _Batch:
-    __slots__ = ("futures", "keys", "packed")
+    __slots__ = ("futures", "keys", "packed", "send")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
         self.keys: list[list[list[str]]] = []  # per join: its MGETs (each a key list)
         self.futures: list[asyncio.Future[list[Any]]] = []
+        self.send: asyncio.Task[None] | None = None  # the tick's send, once flushed
+
+    def abandoned(self) -> bool:
+        """No join waits for this batch any more (each has its replies or gave up)."""
+        return all(f.done() for f in self.futures)
 
 
 class AutoPipeline:
@@ -50,17 +60,24 @@ class AutoPipeline:
         batch.packed.append(b"".join(map(pack_mget, commands)))
         batch.keys.append(commands)
         batch.futures.append(fut)
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:  # this join gave up (its deadline): the last one out
+            if batch.send is not None and batch.abandoned():  # ends the send it no longer needs
+                batch.send.cancel()
+            raise
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         if batch is None:
             return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        task = batch.send = asyncio.get_running_loop().create_task(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
     async def _send(self, batch: _Batch) -> None:
+        if batch.abandoned():  # every join of the tick gave up before it was flushed
+            return
         try:
             conn = await self._pool.acquire()
         except BaseException as e:

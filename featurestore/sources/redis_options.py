@@ -20,7 +20,7 @@ class RedisOptions:
     connect_timeout_ms: int = 250
     health_interval_ms: int = 500
     write_batch: int = 2000
-    auto_pipeline: bool = False  # the MGETs of one event-loop tick in one write (sources/redis_batch.py)
+    auto_pipeline: bool = True  # the MGETs of one event-loop tick in one write (sources/redis_batch.py)
     username: str = ""  # an ACL user (Redis 6+); empty: the default user
     password: SecretStr = SecretStr("")  # or password_file (docs/security.md)
     ssl_ca_file: str = ""  # rediss://: the CA of the server's certificate (default: the system's)

@@ -44,6 +44,11 @@ class LeanPool:
                 self.release(fut.result())  # handed over just as we gave up: pass it on
             raise
 
+    @property
+    def busy(self) -> int:
+        """Connections checked out now."""
+        return len(self._all) - len(self._idle)
+
     def release(self, conn: AbstractConnection) -> None:
         while self._waiters:
             fut = self._waiters.popleft()

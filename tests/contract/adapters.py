@@ -26,7 +26,7 @@ from featurestore.streaming.store import MemoryTileStore, TileStore
 ADAPTERS = [
     "memory",
     "redis",
-    "redis-autopipeline",
+    "redis-no-autopipeline",
     "redis-cluster",
     "redis+lru",
     "redis+lru+bypass",
@@ -42,9 +42,11 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
     if name == "redis":
         server = request.getfixturevalue("redis_server")
         return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8))
-    if name == "redis-autopipeline":  # coalesced MGETs must not change any answer
+    if name == "redis-no-autopipeline":  # each join's MGETs on its own connection (the default coalesces)
         server = request.getfixturevalue("redis_server")
-        return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8, auto_pipeline=True))
+        return RedisSource(
+            "contract", project, RedisOptions(url=server.url, pool_size=8, auto_pipeline=False)
+        )
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
         return CachedSource(

@@ -162,9 +162,11 @@ async def test_rows_of_another_definition_are_refused_on_read_and_write(source: 
     )
 
 
-async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auto_pipeline", [False, True])
+async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path, auto_pipeline: bool) -> None:
     server = RedisServer(tmp_path / "r").start()
-    src = RedisSource("r", "p", RedisOptions(url=server.url, pool_size=4, health_interval_ms=100))
+    options = RedisOptions(url=server.url, pool_size=4, health_interval_ms=100, auto_pipeline=auto_pipeline)
+    src = RedisSource("r", "p", options)
     await src.start()
     try:
         await src.write(V, users([1]), 1)
@@ -186,9 +188,11 @@ async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auto_pipeline", [False, True])
+async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path, auto_pipeline: bool) -> None:
     server = RedisServer(tmp_path / "r").start()
-    src = RedisSource("r", "p", RedisOptions(url=server.url, pool_size=4, health_interval_ms=100))
+    options = RedisOptions(url=server.url, pool_size=4, health_interval_ms=100, auto_pipeline=auto_pipeline)
+    src = RedisSource("r", "p", options)
     await src.start()
     try:
         await src.write(V, users([1]), 1)
