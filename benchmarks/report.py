@@ -89,6 +89,7 @@ PARTS = (
     "experiments.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
+    "derived-cpu.md",
     "footprint-demo.md",
     "footprint-demo-no-derived.md",
     "footprint-no-clickhouse.md",

@@ -85,7 +85,7 @@ def _warn_if_capped(backlog: int) -> None:
         )  # fmt: skip
 
 
-def _connection_limits(http: HttpConfig) -> ConnectionLimits:
+def connection_limits(http: HttpConfig) -> ConnectionLimits:
     limits = ConnectionLimits(
         keep_alive=http.keep_alive_seconds,
         header_timeout=http.header_timeout_seconds,
@@ -201,7 +201,7 @@ class Listeners:
             raise FailedPrecondition(
                 f"cannot bind gRPC on {target}: the port is in use, or the host is not this machine's"
             )
-        conn_limits = _connection_limits(config.http)
+        conn_limits = connection_limits(config.http)
         self.admin = (
             _AdminListener(config, http_api, conn_limits) if config.http.admin_port is not None else None
         )

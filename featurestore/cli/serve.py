@@ -46,7 +46,7 @@ def register(sub: Subcommands) -> None:
     d.set_defaults(func=cmd_demo_data)
 
 
-def _serve_config(args: argparse.Namespace) -> Any:
+def serve_config(args: argparse.Namespace) -> Any:
     from featurestore.config import load_config
 
     overrides: dict[tuple[str, ...], Any] = {
@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
     from featurestore import jobs, supervisor
     from lineage.runs import BufferedRuns
 
-    config = _serve_config(args)
+    config = serve_config(args)
     asyncio.run(jobs.apply_configured_definitions(config))
     runs = BufferedRuns()  # the demo's materialization runs, for the graph the server builds
     if args.demo:
