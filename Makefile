@@ -86,9 +86,10 @@ bench: bench-feast
 	$(PY) -m benchmarks.grpc_floor
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.scaling
-	$(PY) -m benchmarks.transports --transports http --store-option auto_pipeline=true --out benchmarks/results/autopipeline.md
+	$(PY) -m benchmarks.transports --transports http --store-option auto_pipeline=false --out benchmarks/results/autopipeline.md
 	$(PY) -m benchmarks.http_servers
 	$(PY) -m benchmarks.derived
+	$(PY) -m benchmarks.derived_cpu
 	$(PY) -m benchmarks.clickhouse_point_reads
 	$(PY) -m benchmarks.lineage
 	$(PY) -m benchmarks.footprint --runs 3

@@ -16,6 +16,7 @@ READY_TARGET_S = 5.0  # `make run` start to ready
 NUMBA_RSS_TARGET_MB = 80.0  # what numba (the derived view) adds to `make run`'s RSS
 
 DERIVED = "python -m benchmarks.derived"
+DERIVED_CPU = "python -m benchmarks.derived_cpu"
 FOOTPRINT = "python -m benchmarks.footprint --runs 3"
 
 Row = tuple[str, str, str, bool | None, str]  # target, goal, measured ("": not yet), met, command
@@ -49,6 +50,20 @@ def _derived_rows(d: dict[str, Any]) -> list[Row]:
                 else "",
                 max(cost.values()) <= JOIN_TARGET_PCT if cost else None,
                 DERIVED,
+            )
+        )
+    cpu = d.get("join_cpu_cost_pct") or {}
+    for batch in ("1", "100"):
+        c = cpu.get(batch)
+        rows.append(
+            (
+                f"server CPU cost of the four derived features, batch {batch} (in process, request-interleaved)",
+                f"<= {JOIN_TARGET_PCT:g}%",
+                f"{c['ranker']:.1f}% (ranker_v1 -> ranker_v2), {c['inputs']:.1f}% (3 inputs -> + 4 derived)"
+                if c
+                else "",
+                max(c.values()) <= JOIN_TARGET_PCT if c else None,
+                DERIVED_CPU,
             )
         )
     f = d.get("feast_b100")
@@ -95,6 +110,11 @@ def _footprint_rows(on: dict[str, Any] | None, off: dict[str, Any] | None) -> li
 def derived_section(parts_dir: Path) -> list[str]:
     """The section's heading and targets table (its measurements, derived.md, follow)."""
     d = _figures(parts_dir / "derived.json") or {}
+    cpu = _figures(parts_dir / "derived-cpu.json")
+    if cpu:  # benchmarks.derived_cpu's figures: the cost per pair and batch
+        d["join_cpu_cost_pct"] = {
+            b: {p: cpu["results"][f"{p}/b{b}"]["cost_pct"] for p in ("ranker", "inputs")} for b in ("1", "100")
+        }
     on, off = (_figures(parts_dir / f"footprint-demo{v}.json") for v in ("", "-no-derived"))
     lines = ["## Derived features (issue 17)", ""]
     if d:
