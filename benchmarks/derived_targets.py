@@ -113,7 +113,8 @@ def derived_section(parts_dir: Path) -> list[str]:
     cpu = _figures(parts_dir / "derived-cpu.json")
     if cpu:  # benchmarks.derived_cpu's figures: the cost per pair and batch
         d["join_cpu_cost_pct"] = {
-            b: {p: cpu["results"][f"{p}/b{b}"]["cost_pct"] for p in ("ranker", "inputs")} for b in ("1", "100")
+            b: {p: cpu["results"][f"{p}/b{b}"]["cost_pct"] for p in ("ranker", "inputs")}
+            for b in ("1", "100")
         }
     on, off = (_figures(parts_dir / f"footprint-demo{v}.json") for v in ("", "-no-derived"))
     lines = ["## Derived features (issue 17)", ""]
