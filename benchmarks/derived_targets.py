@@ -57,7 +57,7 @@ def _derived_rows(d: dict[str, Any]) -> list[Row]:
         c = cpu.get(batch)
         rows.append(
             (
-                f"server CPU cost of the four derived features, batch {batch} (in process, request-interleaved)",
+                f"join QPS cost of the four derived features, batch {batch}, from server CPU (in process, request-interleaved)",
                 f"<= {JOIN_TARGET_PCT:g}%",
                 f"{c['ranker']:.1f}% (ranker_v1 -> ranker_v2), {c['inputs']:.1f}% (3 inputs -> + 4 derived)"
                 if c

@@ -290,10 +290,10 @@ NOTES = """
 * Where the time goes (py-spy, one featurestore process, batch 1, concurrency 32, cache
   off; a profile taken once, not per run): join engine incl. the Redis socket write 33%,
   uvicorn/httptools and the ASGI glue 25%, redis-py reply reading and msgpack decoding
-  18%, JSON decode/encode 10%, the event loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%.
-  What would take more off: coalescing the MGETs of concurrent requests into one write
-  (auto-pipelining, fewer syscalls on both sides) and a smaller HTTP layer than
-  uvicorn's ASGI cycle.
+  18%, JSON decode/encode 10%, the event loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%
+  (before auto-pipelining was on by default: since, the MGETs of the joins of one
+  event-loop tick share one write, "Requirement 3 experiments" below). What would take
+  more off: a smaller HTTP layer than uvicorn's ASGI cycle.
 * featurestore serves the HTTP join from the ASGI scope directly (no framework routing
   on the hot path), reads Redis with one pipelined MGET per view (plus the view's layout
   marker) on a lean connection pool without per-call timeouts, decodes msgpack rows once

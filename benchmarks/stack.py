@@ -74,7 +74,7 @@ def redis(workdir: Path) -> Iterator[str]:
 
 def config(workdir: Path, url: str, name: str, cache: bool, extra: str = "", store: str = "") -> Path:
     """A server config over the demo definitions and ``url``; ``extra``: more YAML,
-    ``store``: more options of the default store (``, auto_pipeline: true``)."""
+    ``store``: more options of the default store (``, auto_pipeline: false``)."""
     data = workdir / "data"
     path = workdir / f"config-{name}.yaml"
     path.write_text(

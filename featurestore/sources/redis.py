@@ -9,8 +9,10 @@ decoded under a definition they were not written for (a renamed feature keeps th
 row width, not its meaning).
 
 Reads: standalone Redis gets one MGET per view, all views of a request packed into a
-single write on one pooled connection (one round trip). Redis Cluster spreads keys
-over slots, so there a read is a cluster pipeline of GETs: one round trip per node.
+single write on one pooled connection (one round trip); with ``auto_pipeline`` (the
+default) the reads of every join of one event-loop tick share that write
+(``redis_batch.py``). Redis Cluster spreads keys over slots, so there a read is a
+cluster pipeline of GETs: one round trip per node.
 
 Health: a background probe PINGs on an interval. When Redis stops answering the
 store is DOWN and reads fail at once (the engine serves UNAVAILABLE) instead of each

@@ -1,15 +1,19 @@
-"""Auto-pipelining (store option ``auto_pipeline``): the MGETs of every join that reads
-in the same event-loop tick go to Redis as one write on one connection, and their
-replies are read back in order, instead of one write and one connection per join.
+"""Auto-pipelining (store option ``auto_pipeline``, on by default): the MGETs of every
+join that reads in the same event-loop tick go to Redis as one write on one connection,
+and their replies are read back in order, instead of one write and one connection per
+join.
 
 Fewer syscalls on both sides (one send and a few receives per tick instead of per
 join) against a future per join and a task per tick; only reads of up to ``MAX_KEYS``
-keys are coalesced. Measured A/B in benchmarks/RESULTS.md ("Requirement 3 experiments").
+keys are coalesced, and a write carries at most ``MAX_WRITE_KEYS``. Measured A/B in
+benchmarks/RESULTS.md ("Requirement 3 experiments").
 
 A tick's send runs in its own task, not in any join's, so a join's deadline does not
 end it: once every join of the tick has given up (a frozen Redis), the send is
 cancelled and its connection disconnected and handed back, as a join's own read would
-be. A send some join still waits for runs on.
+be. A send some join still waits for runs on. An error reply (a denied key, say) fails
+only the join whose MGET it answers: the reply is read whole, so the connection stays
+in step for the joins after it.
 """
 
 from __future__ import annotations
@@ -17,28 +21,38 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+from redis.exceptions import ResponseError
+
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
 
-# Reads of more keys than this go out on their own connection at once: measured (two A/B
-# runs, benchmarks/RESULTS.md) coalescing won 17-19% CPU per join at batch 1 and 10 (3 and
-# 21 keys a join) and lost 15% QPS at batch 100 (201 keys), where a tick's one write is
+# Reads of more keys than this go out on their own connection at once: measured (A/B
+# runs, benchmarks/RESULTS.md) coalescing won 10-19% CPU per join at batch 1 and 10 (3 and
+# 22 keys a join) and lost 15% QPS at batch 100 (202 keys), where a tick's one write is
 # long and every join of the tick waits for the whole reply.
 MAX_KEYS: Final = 64
+# A tick's joins are split over writes of at most this many keys: coalescing won with
+# ~350 keys a write (16 joins of 22 keys: batch 10, concurrency 32 over 2 workers) and
+# lost with ~3,400 (batch 100), so a tick of many medium joins does not become one long
+# write every join of it waits for.
+MAX_WRITE_KEYS: Final = 512
 
 
 class _Batch:
-    __slots__ = ("futures", "keys", "packed", "send")
+    __slots__ = ("futures", "keys", "packed", "send", "settled", "size")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
         self.keys: list[list[list[str]]] = []  # per join: its MGETs (each a key list)
         self.futures: list[asyncio.Future[list[Any]]] = []
-        self.send: asyncio.Task[None] | None = None  # the tick's send, once flushed
+        self.send: asyncio.Task[None] | None = None  # the batch's send, once flushed
+        self.settled = 0  # joins answered or given up
+        self.size = 0  # keys
 
-    def abandoned(self) -> bool:
-        """No join waits for this batch any more (each has its replies or gave up)."""
-        return all(f.done() for f in self.futures)
+    def settle(self) -> bool:
+        """Count one join as done with the batch; True when none waits for it any more."""
+        self.settled += 1
+        return self.settled == len(self.futures)
 
 
 class AutoPipeline:
@@ -48,36 +62,41 @@ class AutoPipeline:
         self._pool = pool
         self._batch: _Batch | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def mget(self, commands: list[list[str]]) -> list[Any]:
         """The replies of ``commands`` (MGET key lists), in order."""
+        if self._closed:
+            raise ConnectionError("the store is closed")
         loop = asyncio.get_running_loop()
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch()
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, batch)
         fut: asyncio.Future[list[Any]] = loop.create_future()
         batch.packed.append(b"".join(map(pack_mget, commands)))
         batch.keys.append(commands)
         batch.futures.append(fut)
+        batch.size += sum(map(len, commands))
+        if batch.size >= MAX_WRITE_KEYS:  # full: out now, the tick's next joins start another
+            self._flush(batch)
         try:
             return await fut
         except asyncio.CancelledError:  # this join gave up (its deadline): the last one out
-            if batch.send is not None and batch.abandoned():  # ends the send it no longer needs
-                batch.send.cancel()
+            if fut.cancelled() and batch.settle() and batch.send is not None:
+                batch.send.cancel()  # ends the send nobody waits for
             raise
 
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, None
-        if batch is None:
+    def _flush(self, batch: _Batch) -> None:
+        if batch.send is not None or self._closed:  # already out (it filled up), or failed by close
             return
+        if self._batch is batch:
+            self._batch = None
         task = batch.send = asyncio.get_running_loop().create_task(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
     async def _send(self, batch: _Batch) -> None:
-        if batch.abandoned():  # every join of the tick gave up before it was flushed
-            return
         try:
             conn = await self._pool.acquire()
         except BaseException as e:
@@ -86,9 +105,20 @@ class AutoPipeline:
         try:
             await conn.send_packed_command(b"".join(batch.packed), check_health=False)
             for commands, fut in zip(batch.keys, batch.futures, strict=True):
-                replies = [await conn.read_response() for _ in commands]
-                if not fut.done():  # a join that gave up (its deadline) is read and dropped
+                replies: list[Any] = []
+                error: ResponseError | None = None
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as e:  # read whole: the next reply is the next join's
+                        error = error or e
+                if fut.done():  # a join that gave up (its deadline): read and dropped
+                    continue
+                batch.settle()
+                if error is None:
                     fut.set_result(replies)
+                else:
+                    fut.set_exception(error)
         except BaseException as e:
             # A half-read reply would desync the next user of this connection.
             await conn.disconnect(nowait=True)
@@ -99,8 +129,15 @@ class AutoPipeline:
             self._pool.release(conn)
 
     async def close(self) -> None:
-        for task in list(self._flushes):
+        """Fail what is not sent yet and end the sends in flight (their joins fail)."""
+        self._closed = True
+        if self._batch is not None:
+            batch, self._batch = self._batch, None
+            _fail(batch, ConnectionError("the store is closed"))
+        sends = list(self._flushes)
+        for task in sends:
             task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:

@@ -27,8 +27,11 @@ class LeanPool:
         self._idle: deque[AbstractConnection] = deque()
         self._all: list[AbstractConnection] = []
         self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
+        self._closed = False
 
     async def acquire(self) -> AbstractConnection:
+        if self._closed:
+            raise ConnectionError("the connection pool is closed")
         if self._idle:
             return self._idle.pop()
         if len(self._all) < self.size:
@@ -50,6 +53,8 @@ class LeanPool:
         return len(self._all) - len(self._idle)
 
     def release(self, conn: AbstractConnection) -> None:
+        if self._closed:  # close() disconnected it
+            return
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -58,11 +63,21 @@ class LeanPool:
         self._idle.append(conn)
 
     async def reset(self) -> None:
-        """Drop every idle socket (after an outage): they reconnect on next use."""
-        for conn in list(self._idle):
-            await conn.disconnect()
+        """Drop every idle socket (after an outage): they reconnect on next use. Each is
+        taken out of the idle set while it disconnects, so no read gets it half-closed."""
+        stale = list(self._idle)
+        self._idle.clear()
+        for conn in stale:
+            try:
+                await conn.disconnect()
+            finally:
+                self.release(conn)
 
     async def close(self) -> None:
+        self._closed = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("the connection pool is closed"))
         for conn in self._all:
             await conn.disconnect()
         self._idle.clear()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
-from featurestore.sources.redis_batch import AutoPipeline
+from featurestore.sources.redis_batch import MAX_WRITE_KEYS, AutoPipeline
 from featurestore.sources.redis_pool import LeanPool
 from tests.servers import RedisServer
 from tests.support import eventually
@@ -75,3 +77,134 @@ async def test_a_tick_whose_joins_all_gave_up_before_the_flush_sends_nothing(
     assert read.cancelled() and pool.busy == 0  # a send would hold a connection to the frozen server
     server.resume()
     assert await auto.mget([["k"]]) == [[None]]
+
+
+@pytest.fixture
+async def redis_pool(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, LeanPool, AutoPipeline]]:
+    server = RedisServer(tmp_path / "r").start()
+    pool = LeanPool(server.url, 4)
+    auto = AutoPipeline(pool)
+    try:
+        yield server, pool, auto
+    finally:
+        await auto.close()
+        await pool.close()
+        server.stop()
+
+
+async def test_an_error_reply_fails_only_the_join_it_answers(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    # a user that may read keys under ok: only; its denied MGET gets an error reply
+    server.cli("ACL", "SETUSER", "reader", "on", ">pw", "~ok:*", "+mget")
+    url = server.url.replace("redis://", "redis://reader:pw@")
+    pool = LeanPool(url, 2)
+    auto = AutoPipeline(pool)
+    try:
+        server.cli("SET", "ok:1", "one")
+        answers: list[Any] = await asyncio.gather(  # one tick: one write, the denied one first
+            auto.mget([["secret:1"]]),
+            auto.mget([["ok:1"], ["ok:2"]]),
+            auto.mget([["ok:1"]]),
+            return_exceptions=True,
+        )
+        denied, allowed, more = answers
+        assert isinstance(denied, ResponseError) and "permission" in str(denied).lower()
+        assert allowed == [[b"one"], [None]] and more == [[b"one"]]
+        assert await auto.mget([["ok:1"]]) == [[b"one"]]  # the connection stayed in step
+    finally:
+        await auto.close()
+        await pool.close()
+        server.stop()
+
+
+async def test_a_closed_pipeline_fails_what_it_has_not_sent_and_opens_no_connection(
+    redis_pool: tuple[RedisServer, LeanPool, AutoPipeline],
+) -> None:
+    server, pool, auto = redis_pool
+    name = "closing"
+    pool = LeanPool(f"{server.url}?client_name={name}", 2)
+    auto = AutoPipeline(pool)
+    read = asyncio.ensure_future(auto.mget([["k"]]))
+    await asyncio.sleep(0)  # queued, not sent
+    await auto.close()
+    await pool.close()
+    with pytest.raises(ConnectionError):
+        await read
+    await asyncio.sleep(0.05)
+    assert f"name={name} " not in server.cli("CLIENT", "LIST")
+    with pytest.raises(ConnectionError):
+        await auto.mget([["k"]])
+
+
+async def test_closing_ends_a_send_in_flight_and_fails_its_joins(
+    frozen: tuple[RedisServer, LeanPool, AutoPipeline],
+) -> None:
+    _, pool, auto = frozen
+    read = asyncio.ensure_future(auto.mget([["k"]]))
+    await asyncio.sleep(0.05)  # sent to the frozen server, waiting for the reply
+    assert pool.busy == 1
+    await asyncio.wait_for(auto.close(), 2)
+    with pytest.raises(ConnectionError):
+        await read
+    assert pool.busy == 0
+
+
+async def test_a_join_that_gives_up_waiting_for_a_connection_leaves_no_send_behind(
+    frozen: tuple[RedisServer, LeanPool, AutoPipeline],
+) -> None:
+    server, pool, auto = frozen
+    holders = []
+    for _ in range(2):  # two ticks, two sends: both connections held by the frozen server
+        holders.append(asyncio.ensure_future(auto.mget([["k"]])))
+        await asyncio.sleep(0.02)
+    assert pool.busy == 2
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await auto.mget([["j"]])  # its send waits for a connection, then is cancelled
+    server.resume()
+    assert [await asyncio.wait_for(h, 5) for h in holders] == [[[None]], [[None]]]
+    await eventually(lambda: pool.busy == 0, 2, "every connection back")
+    # the fixture's read and the two holders': the given-up join's MGET never went out
+    assert "cmdstat_mget:calls=3," in server.cli("INFO", "commandstats")
+
+
+async def test_a_reset_under_load_drops_no_read(
+    redis_pool: tuple[RedisServer, LeanPool, AutoPipeline],
+) -> None:
+    _, pool, auto = redis_pool
+    stop = asyncio.Event()
+    failures: list[BaseException] = []
+
+    async def reader(i: int) -> None:
+        while not stop.is_set():
+            try:
+                await auto.mget([[f"k{i}"]])
+            except Exception as e:
+                failures.append(e)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(auto.mget([[f"w{i}"]]) for i in range(4)))  # every connection open
+    readers = [asyncio.ensure_future(reader(i)) for i in range(8)]
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+        await pool.reset()
+    stop.set()
+    await asyncio.gather(*readers)
+    assert failures == []
+
+
+async def test_a_tick_of_many_joins_goes_out_in_writes_of_bounded_size(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    name = "bounded"  # the client name Redis lists the pipeline's connections under
+    pool = LeanPool(f"{server.url}?client_name={name}", 8)
+    auto = AutoPipeline(pool)
+    try:
+        joins = MAX_WRITE_KEYS // 50 * 3  # three writes' worth of 50-key joins, in one tick
+        replies = await asyncio.gather(*(auto.mget([[f"k{i}:{j}" for j in range(50)]]) for i in range(joins)))
+        assert all(r == [[None] * 50] for r in replies)
+        # each write out on its own connection at once: three of them
+        assert server.cli("CLIENT", "LIST").count(f"name={name} ") == 3
+    finally:
+        await auto.close()
+        await pool.close()
+        server.stop()

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks import derived
+from benchmarks import derived, derived_cpu
 from benchmarks.report import stitch
 
 
@@ -150,3 +150,25 @@ def test_a_run_with_refused_answers_counts_only_its_200s_as_throughput(tmp_path:
     ours, feast = load(raw)
     assert (ours["qps"], ours["qps_all"]) == (90.0, 100.0)
     assert feast["qps"] == 50.0 and "qps_all" not in feast
+
+
+def test_a_cpu_rise_is_held_against_the_qps_target_as_the_qps_it_costs(tmp_path: Path) -> None:
+    # 10.5% more CPU per request: a CPU-bound server answers 1/1.105 as many, 9.5% fewer
+    got = derived_cpu.summary(1, [1.0, 1.0], [1.1, 1.11], 20_000, (40_000, 50_000))
+    assert got["cpu_rise_pct"] == 10.5 and got["cost_pct"] == 9.5
+    assert got["block_cost_pct"] == [9.1, 9.5, 9.9] and got["bytes"] == [2, 2]
+    parts = tmp_path / "results"
+    parts.mkdir()
+    figures = {f"{pair}/b{b}": got | {"batch": b} for pair in derived_cpu.PAIRS for b in (1, 100)}
+    (parts / "derived-cpu.json").write_text(json.dumps({"command": "x", "results": figures}))
+    (parts / "derived-cpu.md").write_text("\n".join(derived_cpu.render(figures, "x")))
+    stitch(tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert (
+        "| join QPS cost of the four derived features, batch 100, from server CPU (in process, "
+        "request-interleaved) | <= 10% | 9.5% (ranker_v1 -> ranker_v2), 9.5% (3 inputs -> + 4 derived) | met |"
+    ) in text
+    assert (
+        "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 100.0, 110.5 | 10.5% | 9.5% | 9.1% / 9.5% / 9.9% |"
+        in text
+    )
