@@ -86,7 +86,8 @@ bench: bench-feast
 	$(PY) -m benchmarks.grpc_floor
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.scaling
-	$(PY) -m benchmarks.transports --transports http --store-option auto_pipeline=false --out benchmarks/results/autopipeline.md
+	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md
+	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 8 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c8.md
 	$(PY) -m benchmarks.http_servers
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.derived_cpu
