@@ -162,6 +162,12 @@ def render(
             "generator, Feast's request bytes, same keys."
             if FEAST in servers
             else ""
+        )
+        + (
+            " `featurestore`: the server as configured by default; each other row: the same server with the "
+            "named store option or environment (an A/B under the same load)."
+            if len([s for s in servers if s != FEAST]) > 1
+            else ""
         ),
         "",
         "| server | transport | batch | QPS | p50 ms | p99 ms | server CPU us/request | load generator cores |",

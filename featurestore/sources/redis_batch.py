@@ -69,7 +69,11 @@ class AutoPipeline:
         if self._closed:
             raise ConnectionError("the store is closed")
         loop = asyncio.get_running_loop()
+        keys = sum(map(len, commands))
         batch = self._batch
+        if batch is not None and batch.size + keys > MAX_WRITE_KEYS:
+            self._flush(batch)  # full: out now, this join starts the tick's next write
+            batch = None
         if batch is None:
             batch = self._batch = _Batch()
             loop.call_soon(self._flush, batch)
@@ -77,9 +81,7 @@ class AutoPipeline:
         batch.packed.append(b"".join(map(pack_mget, commands)))
         batch.keys.append(commands)
         batch.futures.append(fut)
-        batch.size += sum(map(len, commands))
-        if batch.size >= MAX_WRITE_KEYS:  # full: out now, the tick's next joins start another
-            self._flush(batch)
+        batch.size += keys
         try:
             return await fut
         except asyncio.CancelledError:  # this join gave up (its deadline): the last one out
@@ -95,6 +97,11 @@ class AutoPipeline:
         task = batch.send = asyncio.get_running_loop().create_task(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
+        # However the send ended (cancelled before its first step by close(), or on an
+        # await of its error path), no join of it is left waiting.
+        task.add_done_callback(
+            lambda _: _fail(batch, ConnectionError("the read's send ended before its reply"))
+        )
 
     async def _send(self, batch: _Batch) -> None:
         try:

@@ -67,10 +67,11 @@ class LeanPool:
         taken out of the idle set while it disconnects, so no read gets it half-closed."""
         stale = list(self._idle)
         self._idle.clear()
-        for conn in stale:
-            try:
+        try:
+            for conn in stale:
                 await conn.disconnect()
-            finally:
+        finally:  # cancelled or failed half way: every one goes back all the same
+            for conn in stale:
                 self.release(conn)
 
     async def close(self) -> None:
