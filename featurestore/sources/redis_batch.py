@@ -26,10 +26,10 @@ from redis.exceptions import ResponseError
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
 
-# Reads of more keys than this go out on their own connection at once: measured (A/B
-# runs, benchmarks/RESULTS.md) coalescing won 10-19% CPU per join at batch 1 and 10 (3 and
-# 22 keys a join) and lost 15% QPS at batch 100 (202 keys), where a tick's one write is
-# long and every join of the tick waits for the whole reply.
+# Reads of more keys than this go out on their own connection at once: measured (four A/B
+# runs at concurrency 32, benchmarks/RESULTS.md) coalescing saved 6-32% CPU per join at
+# batch 1 and 10 (3 and 22 keys a join) and lost 15% QPS at batch 100 (202 keys), where a
+# tick's one write is long and every join of the tick waits for the whole reply.
 MAX_KEYS: Final = 64
 # A tick's joins are split over writes of at most this many keys: coalescing won with
 # ~350 keys a write (16 joins of 22 keys: batch 10, concurrency 32 over 2 workers) and
