@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import http_front, report
 from benchmarks.derived import INPUTS, OURS, STORED4
 from benchmarks.run import log
 from featurestore.demo.data import FEATURE_REFS, ensure_demo_data
@@ -50,12 +50,11 @@ PAIRS = {  # as benchmarks.derived's join section
 POOL = 512  # distinct bodies per variant, the same keys and prices in both
 
 
-class Transport:
-    """Enough of an asyncio transport for uvicorn's protocol: counts the bytes and says
-    when a response is complete (its JSON body is the last write and ends with ``}``)."""
+class Transport(http_front.Transport):
+    """http_front's transport stand-in that also counts the bytes and keeps the status."""
 
     def __init__(self) -> None:
-        self.answered = asyncio.Event()
+        super().__init__()
         self.sent = 0
         self.status = b""
 
@@ -63,23 +62,7 @@ class Transport:
         self.sent += len(data)
         if data.startswith(b"HTTP/1.1 "):
             self.status = data[9:12]
-        if data.endswith(b"}"):
-            self.answered.set()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+        super().write(data)  # the JSON body is the last write and ends with "}": answered
 
 
 def requests(features: list[str], batch: int) -> list[bytes]:

@@ -39,33 +39,24 @@ def _derived_rows(d: dict[str, Any]) -> list[Row]:
             DERIVED,
         )
     ]
-    for batch in ("1", "100"):
-        cost = (d.get("join_cost_pct") or {}).get(batch)
-        rows.append(
-            (
-                f"join QPS cost of the four derived features, batch {batch}",
-                f"<= {JOIN_TARGET_PCT:g}%",
-                f"{cost['ranker']:.1f}% (ranker_v1 -> ranker_v2), {cost['inputs']:.1f}% (3 inputs -> + 4 derived)"
-                if cost
-                else "",
-                max(cost.values()) <= JOIN_TARGET_PCT if cost else None,
-                DERIVED,
+    measures = (
+        ("join_cost_pct", "", DERIVED),
+        ("join_cpu_cost_pct", ", from server CPU (in process, request-interleaved)", DERIVED_CPU),
+    )
+    for key, how, command in measures:
+        for batch in ("1", "100"):
+            cost = (d.get(key) or {}).get(batch)
+            rows.append(
+                (
+                    f"join QPS cost of the four derived features, batch {batch}{how}",
+                    f"<= {JOIN_TARGET_PCT:g}%",
+                    f"{cost['ranker']:.1f}% (ranker_v1 -> ranker_v2), {cost['inputs']:.1f}% (3 inputs -> + 4 derived)"
+                    if cost
+                    else "",
+                    max(cost.values()) <= JOIN_TARGET_PCT if cost else None,
+                    command,
+                )
             )
-        )
-    cpu = d.get("join_cpu_cost_pct") or {}
-    for batch in ("1", "100"):
-        c = cpu.get(batch)
-        rows.append(
-            (
-                f"join QPS cost of the four derived features, batch {batch}, from server CPU (in process, request-interleaved)",
-                f"<= {JOIN_TARGET_PCT:g}%",
-                f"{c['ranker']:.1f}% (ranker_v1 -> ranker_v2), {c['inputs']:.1f}% (3 inputs -> + 4 derived)"
-                if c
-                else "",
-                max(c.values()) <= JOIN_TARGET_PCT if c else None,
-                DERIVED_CPU,
-            )
-        )
     f = d.get("feast_b100")
     ratio = f["ours_qps"] / f["python_qps"] if f else None
     rows.append(

@@ -250,8 +250,8 @@ class RedisSource:
         commands = [keys for _, keys in keyed if keys]
         if not commands:
             return [[] for _ in keyed]
-        if self._auto is not None and sum(map(len, commands)) <= AUTO_PIPELINE_MAX_KEYS:
-            it = iter(await self._auto.mget(commands))
+        if self._auto is not None and (count := sum(map(len, commands))) <= AUTO_PIPELINE_MAX_KEYS:
+            it = iter(await self._auto.mget(commands, count))
             return [next(it) if keys else [] for _, keys in keyed]
         packed = b"".join(map(pack_mget, commands))
         conn = await self._pool.acquire()

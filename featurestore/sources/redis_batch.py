@@ -64,12 +64,14 @@ class AutoPipeline:
         self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def mget(self, commands: list[list[str]]) -> list[Any]:
-        """The replies of ``commands`` (MGET key lists), in order."""
+    async def mget(self, commands: list[list[str]], keys: int | None = None) -> list[Any]:
+        """The replies of ``commands`` (MGET key lists), in order; ``keys``: how many keys
+        they hold, when the caller has counted them already."""
         if self._closed:
             raise ConnectionError("the store is closed")
         loop = asyncio.get_running_loop()
-        keys = sum(map(len, commands))
+        if keys is None:
+            keys = sum(map(len, commands))
         batch = self._batch
         if batch is not None and batch.size + keys > MAX_WRITE_KEYS:
             self._flush(batch)  # full: out now, this join starts the tick's next write

@@ -4,7 +4,8 @@ redis-server: a tick's send ends once every join in it gave up, and not before."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,38 @@ from tests.servers import RedisServer
 from tests.support import eventually
 
 
-@pytest.fixture
-async def frozen(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, LeanPool, AutoPipeline]]:
-    """A Redis that answered once (a connection is open) and then froze (SIGSTOP)."""
-    server = RedisServer(tmp_path / "r").start()
-    pool = LeanPool(server.url, 2)
+@asynccontextmanager
+async def pipeline(url: str, size: int) -> AsyncIterator[tuple[LeanPool, AutoPipeline]]:
+    """A pool of ``size`` connections to ``url`` and its pipeline, closed after."""
+    pool = LeanPool(url, size)
     auto = AutoPipeline(pool)
     try:
-        assert await auto.mget([["k"]]) == [[None]]
-        server.pause()
-        yield server, pool, auto
+        yield pool, auto
     finally:
-        server.resume()
         await auto.close()
         await pool.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (some tests freeze it or change its users)."""
+    server = RedisServer(tmp_path / "r").start()
+    try:
+        yield server
+    finally:
         server.stop()
+
+
+@pytest.fixture
+async def frozen(server: RedisServer) -> AsyncIterator[tuple[RedisServer, LeanPool, AutoPipeline]]:
+    """A Redis that answered once (a connection is open) and then froze (SIGSTOP)."""
+    async with pipeline(server.url, 2) as (pool, auto):
+        try:
+            assert await auto.mget([["k"]]) == [[None]]
+            server.pause()
+            yield server, pool, auto
+        finally:
+            server.resume()
 
 
 async def test_a_join_that_gives_up_on_a_frozen_redis_hands_its_connection_back(
@@ -80,26 +98,15 @@ async def test_a_tick_whose_joins_all_gave_up_before_the_flush_sends_nothing(
 
 
 @pytest.fixture
-async def redis_pool(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, LeanPool, AutoPipeline]]:
-    server = RedisServer(tmp_path / "r").start()
-    pool = LeanPool(server.url, 4)
-    auto = AutoPipeline(pool)
-    try:
+async def redis_pool(server: RedisServer) -> AsyncIterator[tuple[RedisServer, LeanPool, AutoPipeline]]:
+    async with pipeline(server.url, 4) as (pool, auto):
         yield server, pool, auto
-    finally:
-        await auto.close()
-        await pool.close()
-        server.stop()
 
 
-async def test_an_error_reply_fails_only_the_join_it_answers(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "r").start()
+async def test_an_error_reply_fails_only_the_join_it_answers(server: RedisServer) -> None:
     # a user that may read keys under ok: only; its denied MGET gets an error reply
     server.cli("ACL", "SETUSER", "reader", "on", ">pw", "~ok:*", "+mget")
-    url = server.url.replace("redis://", "redis://reader:pw@")
-    pool = LeanPool(url, 2)
-    auto = AutoPipeline(pool)
-    try:
+    async with pipeline(server.url.replace("redis://", "redis://reader:pw@"), 2) as (_, auto):
         server.cli("SET", "ok:1", "one")
         answers: list[Any] = await asyncio.gather(  # one tick: one write, the denied one first
             auto.mget([["secret:1"]]),
@@ -116,16 +123,11 @@ async def test_an_error_reply_fails_only_the_join_it_answers(tmp_path: Path) -> 
         )
         assert isinstance(answers[0], ResponseError) and answers[1] == [[None]]
         assert await auto.mget([["ok:1"]]) == [[b"one"]]  # the connection stayed in step
-    finally:
-        await auto.close()
-        await pool.close()
-        server.stop()
 
 
 async def test_a_closed_pipeline_fails_what_it_has_not_sent_and_opens_no_connection(
-    redis_pool: tuple[RedisServer, LeanPool, AutoPipeline],
+    server: RedisServer,
 ) -> None:
-    server, pool, auto = redis_pool
     name = "closing"
     pool = LeanPool(f"{server.url}?client_name={name}", 2)
     auto = AutoPipeline(pool)
@@ -198,21 +200,14 @@ async def test_a_reset_under_load_drops_no_read(
     assert failures == []
 
 
-async def test_a_tick_of_many_joins_goes_out_in_writes_of_bounded_size(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "r").start()
+async def test_a_tick_of_many_joins_goes_out_in_writes_of_bounded_size(server: RedisServer) -> None:
     name = "bounded"  # the client name Redis lists the pipeline's connections under
-    pool = LeanPool(f"{server.url}?client_name={name}", 8)
-    auto = AutoPipeline(pool)
-    try:
+    async with pipeline(f"{server.url}?client_name={name}", 8) as (_, auto):
         joins = MAX_WRITE_KEYS // 50 * 3  # three writes' worth of 50-key joins, in one tick
         replies = await asyncio.gather(*(auto.mget([[f"k{i}:{j}" for j in range(50)]]) for i in range(joins)))
         assert all(r == [[None] * 50] for r in replies)
         # each write out on its own connection at once: three of them
         assert server.cli("CLIENT", "LIST").count(f"name={name} ") == 3
-    finally:
-        await auto.close()
-        await pool.close()
-        server.stop()
 
 
 async def test_a_reset_cut_short_hands_every_connection_back(
