@@ -87,6 +87,7 @@ PARTS = (
     "overload.md",
     "scaling.md",
     "experiments.md",
+    "json-encoding.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "derived-cpu.md",
