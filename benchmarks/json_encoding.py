@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import orjson
 
 from benchmarks import report
 from benchmarks.derived import INPUTS, OURS
@@ -69,14 +70,17 @@ async def results(data: Path) -> dict[tuple[str, int], list[JoinResult]]:
     rt = await build_runtime(config)
     rnd = random.Random(4242)
     out: dict[tuple[str, int], list[JoinResult]] = {}
-    for label, shape in REQUESTS.items():
-        for batch in (1, 10, 100):
-            got = out[(label, batch)] = []
-            for _ in range(DRAWS):
-                ids = [rnd.randint(1, 100_000) for _ in range(batch)]
-                prices = [round(rnd.random() * 150, 2) for _ in range(batch)]
-                req = JoinRequest({"user_id": ids}, request_data={"item_price": prices}, **shape)
-                got.append(await rt.engine.join(req, time.monotonic() + 5))
+    try:
+        for label, shape in REQUESTS.items():
+            for batch in (1, 10, 100):
+                got = out[(label, batch)] = []
+                for _ in range(DRAWS):
+                    ids = [rnd.randint(1, 100_000) for _ in range(batch)]
+                    prices = [round(rnd.random() * 150, 2) for _ in range(batch)]
+                    req = JoinRequest({"user_id": ids}, request_data={"item_price": prices}, **shape)
+                    got.append(await rt.engine.join(req, time.monotonic() + 5))
+    finally:
+        await rt.close()
     return out
 
 
@@ -111,7 +115,8 @@ def render(rows: dict[tuple[str, int], dict[str, Any]], command: str) -> list[st
     lines = [
         "### JSON encoding of the join response: orjson against msgspec",
         "",
-        f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
+        f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`; "
+        f"orjson {orjson.__version__}, msgspec {msgspec.__version__}",
         "* Real join results of the demo (memory stores), 64 key draws per row; `json_codec.encode_join` as it",
         "  serves (orjson) and with msgspec swapped in (the encoder before), alternating, best of the repeats;",
         "  both documents parse to the same JSON (the run checks it).",

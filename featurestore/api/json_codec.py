@@ -5,11 +5,11 @@ of a bad value (``$.entities.user_id[3]``). Encoding writes the columnar respons
 contract with orjson; statuses and event timestamps are rendered once per view and
 shared by that view's columns. Both write a non-finite float as null.
 
-Why two libraries: a join response is mostly floats, and orjson writes them 40% faster
-than msgspec (14 columns of 100 floats, statuses and timestamps: 34.6 µs against 59.1;
-at batch 1, 1.2 against 1.7; ``python -m benchmarks.json_encoding``); msgspec's typed
-decoding has no orjson counterpart, and the other documents (errors, registry, health)
-are small and stay on one encoder.
+Why two libraries: a join response is mostly floats, and orjson writes it faster than
+msgspec (ranker_v1 results of the demo, encode_join whole: 67.9 against 91.5 µs at batch
+100, 12.5 against 15.8 at 10, 8.1 against 9.2 at 1; ``python -m benchmarks.json_encoding``,
+benchmarks/RESULTS.md); msgspec's typed decoding has no orjson counterpart, and the other
+documents (errors, registry, health) are small and stay on one encoder.
 """
 
 from __future__ import annotations
@@ -188,9 +188,9 @@ def _locate(message: str, body: bytes) -> tuple[str, str | None]:
 
 
 # From this many rows on, a view's statuses and timestamps are encoded once and spliced
-# into each of its columns (orjson.Fragment): 20 columns at batch 100 encode in 109 µs
-# instead of 163 (measured with msgspec.Raw, the same splice); at batch 1 the extra
-# encode calls cost more than they save.
+# into each of its columns (orjson.Fragment). ranker_v1 results (16 features of 2 views),
+# spliced against inline: 63.8 against 74.8 µs at 100 rows, 16.3 against 17.6 at 16, even
+# from 4 to 8, 9.8 against 8.8 at 1 (the extra encode calls cost more than they save).
 _SHARED_RENDER_ROWS = 8
 
 

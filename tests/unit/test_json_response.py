@@ -24,6 +24,11 @@ EDGE_VALUES = [  # (dtype, a value, what the JSON holds)
     (DType.FLOAT64, 5e-324, 5e-324),
     (DType.FLOAT64, 1.7976931348623157e308, 1.7976931348623157e308),
     (DType.FLOAT64, 0.1 + 0.2, 0.30000000000000004),
+    (DType.FLOAT64, None, None),
+    (DType.INT64, None, None),
+    (DType.STRING, None, None),
+    (DType.BOOL, None, None),
+    (DType.FLOAT32_VECTOR, None, None),
     (DType.INT64, 2**63 - 1, 2**63 - 1),
     (DType.INT64, -(2**63), -(2**63)),
     (DType.BOOL, True, True),
@@ -60,6 +65,23 @@ def test_every_value_type_is_written_as_the_contract_says(
     assert doc["results"][0]["values"] == [expected]
     if isinstance(expected, float) and expected == 0.0:
         assert math.copysign(1.0, doc["results"][0]["values"][0]) == math.copysign(1.0, expected)
+
+
+def test_a_float_is_written_in_its_shortest_form_with_a_signed_positive_exponent() -> None:
+    outcome = ViewOutcome("v", [Status.PRESENT] * 4, [None] * 4, all_present=True)
+    column = ResultColumn("v__x", DType.FLOAT64, [1e16, 0.1, 1.5e-7, 123456789.125], outcome)
+    raw = json_codec.encode_join(JoinResult([column], 1, False, 4, PLAN), "t")
+    assert b'"values":[1e+16,0.1,1.5e-7,123456789.125]' in raw  # docs/api.md, value types
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 100])
+def test_a_response_is_the_same_bytes_with_statuses_spliced_or_inline(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_codec, "_SHARED_RENDER_ROWS", 1)
+    spliced = json_codec.encode_join(result(rows), "trace")
+    monkeypatch.setattr(json_codec, "_SHARED_RENDER_ROWS", 10**9)
+    assert json_codec.encode_join(result(rows), "trace") == spliced
 
 
 @pytest.mark.parametrize("rows", [1, 7, 8, 100])
