@@ -188,9 +188,10 @@ def _locate(message: str, body: bytes) -> tuple[str, str | None]:
 
 
 # From this many rows on, a view's statuses and timestamps are encoded once and spliced
-# into each of its columns (orjson.Fragment). ranker_v1 results (16 features of 2 views),
-# spliced against inline: 63.8 against 74.8 µs at 100 rows, 16.3 against 17.6 at 16, even
-# from 4 to 8, 9.8 against 8.8 at 1 (the extra encode calls cost more than they save).
+# into each of its columns (orjson.Fragment). encode_join on 64 demo ranker_v1 results
+# (16 features of 2 views) per row count, spliced against inline, best of 7 (a one-off
+# run, 2026-12-02): 63.8 against 74.8 µs at 100 rows, 16.3 against 17.6 at 16, even from
+# 4 to 8, 9.8 against 8.8 at 1 (the extra encode calls cost more than they save).
 _SHARED_RENDER_ROWS = 8
 
 
