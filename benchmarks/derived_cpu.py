@@ -102,25 +102,31 @@ class Connection:
         return elapsed
 
 
-async def serving_protocol(data_dir: Path) -> Any:
-    """A factory of the demo server's HTTP protocol, over its runtime, as ``featurestore
-    serve --demo --no-clickhouse`` builds them (one process)."""
-    from uvicorn.server import ServerState
-
+async def demo_runtime(data_dir: Path) -> tuple[Any, Any]:
+    """The demo server's configuration and runtime, as ``featurestore serve --demo
+    --no-clickhouse`` builds them (one process; the caller closes the runtime)."""
     from featurestore import jobs
-    from featurestore.api.connections import ConnectionGuard
-    from featurestore.api.http import HttpApi
     from featurestore.cli import parser
     from featurestore.cli.serve import serve_config
-    from featurestore.overload import LoadShedder
-    from featurestore.process import connection_limits
-    from featurestore.push import PushService
     from featurestore.runtime import build_runtime
 
     args = parser().parse_args(["serve", "--demo", "--no-clickhouse", "--data-dir", str(data_dir)])
     config = serve_config(args)
     await jobs.apply_configured_definitions(config)
-    rt = await build_runtime(config)
+    return config, await build_runtime(config)
+
+
+async def serving_protocol(data_dir: Path) -> Any:
+    """A factory of the demo server's HTTP protocol, over its runtime (``demo_runtime``)."""
+    from uvicorn.server import ServerState
+
+    from featurestore.api.connections import ConnectionGuard
+    from featurestore.api.http import HttpApi
+    from featurestore.overload import LoadShedder
+    from featurestore.process import connection_limits
+    from featurestore.push import PushService
+
+    config, rt = await demo_runtime(data_dir)
     limits = config.limits
     api = HttpApi(
         rt.engine,

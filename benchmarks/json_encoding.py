@@ -33,6 +33,7 @@ import orjson
 
 from benchmarks import report
 from benchmarks.derived import INPUTS, OURS
+from benchmarks.derived_cpu import demo_runtime
 from benchmarks.run import log
 from featurestore.api import json_codec
 from featurestore.demo.data import ensure_demo_data
@@ -59,15 +60,7 @@ def msgspec_encoder() -> Iterator[None]:
 
 
 async def results(data: Path) -> dict[tuple[str, int], list[JoinResult]]:
-    from featurestore import jobs
-    from featurestore.cli import parser
-    from featurestore.cli.serve import serve_config
-    from featurestore.runtime import build_runtime
-
-    args = parser().parse_args(["serve", "--demo", "--no-clickhouse", "--data-dir", str(data)])
-    config = serve_config(args)
-    await jobs.apply_configured_definitions(config)
-    rt = await build_runtime(config)
+    _, rt = await demo_runtime(data)
     rnd = random.Random(4242)
     out: dict[tuple[str, int], list[JoinResult]] = {}
     try:
@@ -84,9 +77,9 @@ async def results(data: Path) -> dict[tuple[str, int], list[JoinResult]]:
     return out
 
 
-def timed(encode: Callable[[], Any], number: int, repeat: int) -> float:
-    """Best seconds per call of ``encode`` (which encodes all draws once)."""
-    return min(timeit.repeat(encode, number=number, repeat=repeat)) / number / DRAWS
+def timed(encode: Callable[[], Any], number: int) -> float:
+    """Seconds per result of ``number`` calls of ``encode`` (which encodes all draws once)."""
+    return timeit.timeit(encode, number=number) / number / DRAWS
 
 
 def measure(batch_results: list[JoinResult], number: int, repeat: int) -> dict[str, Any]:
@@ -101,9 +94,9 @@ def measure(batch_results: list[JoinResult], number: int, repeat: int) -> dict[s
             raise AssertionError("orjson and msgspec encode a join result differently")
     orjson_s, msgspec_s = [], []
     for _ in range(repeat):  # alternate: drift hits both
-        orjson_s.append(timed(encode_all, number, 1))
+        orjson_s.append(timed(encode_all, number))
         with msgspec_encoder():
-            msgspec_s.append(timed(encode_all, number, 1))
+            msgspec_s.append(timed(encode_all, number))
     return {
         "orjson_us": min(orjson_s) * 1e6,
         "msgspec_us": min(msgspec_s) * 1e6,

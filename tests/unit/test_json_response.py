@@ -85,7 +85,7 @@ def test_a_response_is_the_same_bytes_with_statuses_spliced_or_inline(
 
 
 @pytest.mark.parametrize("rows", [1, 7, 8, 100])
-def test_statuses_and_timestamps_are_the_same_spliced_or_inline(rows: int) -> None:
+def test_each_views_statuses_and_timestamps_reach_each_of_its_columns(rows: int) -> None:
     doc = json.loads(json_codec.encode_join(result(rows), "trace"))
     names = [list(Status)[i % len(Status)].name for i in range(rows)]
     stamps = [iso_list([1_000_000 * i])[0] for i in range(rows)]
