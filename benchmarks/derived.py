@@ -2,7 +2,7 @@
 
 1. kernel: 100,000 rows of ``ctr_x_price_bucket = ctr_30d * bucket(item_price, [0, 10, 50,
    100])``: the numba kernel the server runs (built by featurestore.derived.compiler), the
-   same with the serving path's list -> array -> list conversions, numpy, and a serial
+   same with the serving path's list -> array conversion of its inputs, numpy, and a serial
    pure-Python loop. All four must agree.
 2. join: the demo server (memory stores, one worker) with and without the four derived
    features, at batch 1 and 100, wrk closed loop, variants interleaved over rounds:
@@ -109,14 +109,14 @@ def kernel_section(data: Path) -> dict[str, Any]:
     def numba_kernel() -> Any:
         return kernel.run(matrix)[0]
 
-    def numba_serving_path() -> Any:  # what a join does (derived/evaluate.py): lists in, lists out
+    def numba_serving_path() -> Any:  # what a join does (derived/evaluate.py): lists in, an array out
         n = len(lists[0])
         inp, fmt = np.empty((len(lists), n)), f"{n}d"
         for i, row in enumerate(lists):
             struct.pack_into(fmt, inp, i * n * 8, *row)  # type: ignore[arg-type]  # a buffer
         out = np.empty((len(kernel.spec.features), n))
         kernel.into(inp, out)  # the mask of rows holding a null: this one has none
-        return out[0].tolist()
+        return out[0]  # from ARRAY_ROWS rows on the encoders take the output row as it is
 
     def numpy_vectorized() -> Any:
         with np.errstate(all="ignore"):
@@ -138,12 +138,12 @@ def kernel_section(data: Path) -> dict[str, Any]:
         return out
 
     reference = numpy_vectorized()
-    for name, fn in (("numba", numba_kernel), ("numba+lists", numba_serving_path), ("python", python_loop)):
+    for name, fn in (("numba", numba_kernel), ("numba+conversion", numba_serving_path), ("python", python_loop)):
         np.testing.assert_allclose(np.array(fn(), dtype=np.float64), reference, rtol=0, atol=0, err_msg=name)
     rows = {}
     for name, fn, repeat in (
         (NUMBA, numba_kernel, 200),
-        ("numba kernel + the join's list <-> array conversions", numba_serving_path, 30),
+        ("numba kernel + the join's list -> array conversion", numba_serving_path, 30),
         (NUMPY, numpy_vectorized, 50),
         (PYTHON, python_loop, 5),
     ):

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
@@ -63,8 +64,17 @@ class Limits:
 class ResultColumn(NamedTuple):
     name: str
     dtype: DType
-    values: list[Any]  # None where the status is not PRESENT
+    # None where the status is not PRESENT; a derived float64 feature from
+    # derived.evaluate.ARRAY_ROWS rows on: a float64 ndarray, NaN where null
+    values: list[Any] | np.ndarray
     outcome: ViewOutcome | None  # None for entity columns (always PRESENT)
+
+
+def listed(values: list[Any] | np.ndarray) -> list[Any]:
+    """A result column's values as a list, None for null (an ndarray's NaN)."""
+    if type(values) is np.ndarray:
+        return [None if v != v else v for v in values.tolist()]
+    return values  # type: ignore[return-value]  # a list
 
 
 class JoinResult(NamedTuple):

@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import Kernel
-from featurestore.derived.evaluate import DerivedPlan, plan_derived
+from featurestore.derived.evaluate import DerivedPlan
+from featurestore.derived.resolve import plan_derived
 from featurestore.errors import InvalidArgument, NotFound, Unavailable
 from featurestore.model import Definitions, DerivedView, DType, FeatureRef, FeatureView, parse_feature_ref
 

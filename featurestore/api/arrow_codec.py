@@ -7,6 +7,7 @@ The table holds, per result column, the typed values (null where not PRESENT), t
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from featurestore.api.statuses import ARROW_CODE_BY_VALUE, ARROW_DICTIONARY, PRESENT_ARROW_CODE
@@ -28,11 +29,12 @@ def encode_join_arrow(result: JoinResult, trace_id: str) -> bytes:
     rendered: dict[int, tuple[pa.Array, pa.Array]] = {}
     for col in result.columns:
         outcome = col.outcome
-        values = (
-            pa.array(col.values, type=ARROW_TYPES[col.dtype])
-            if col.dtype is not DType.TIMESTAMP
-            else (pa.array(col.values, type=pa.int64()).cast(_TS))
-        )
+        if col.dtype is DType.TIMESTAMP:
+            values = pa.array(col.values, type=pa.int64()).cast(_TS)
+        else:  # an ndarray (a derived float64 feature: derived.evaluate.ARRAY_ROWS) holds NaN for null
+            values = pa.array(
+                col.values, type=ARROW_TYPES[col.dtype], from_pandas=type(col.values) is np.ndarray
+            )
         if outcome is None:
             status, ts = present, no_ts
         else:

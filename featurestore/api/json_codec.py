@@ -107,6 +107,10 @@ _decoder = msgspec.json.Decoder(_JoinBody)
 _push_decoder = msgspec.json.Decoder(_PushBody)
 _encoder = msgspec.json.Encoder()
 dumps, Fragment = orjson.dumps, orjson.Fragment  # the join response's encoder (module docstring)
+# A derived float64 feature may come as a float64 ndarray, NaN for null
+# (derived.evaluate.ARRAY_ROWS): orjson writes it as it writes a list of those floats,
+# null for NaN, byte for byte (tests/unit/test_json_response.py).
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def decode_join(body: bytes) -> JoinRequest:
@@ -204,7 +208,9 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
         entity_statuses, entity_ts = Fragment(dumps(entity_statuses)), Fragment(dumps(entity_ts))
     results: list[dict[str, Any]] = []
     for col in result.columns:
-        values = iso_list(col.values) if col.dtype is DType.TIMESTAMP else col.values
+        values: Any = col.values
+        if col.dtype is DType.TIMESTAMP:
+            values = iso_list(values)
         outcome = col.outcome
         if outcome is None:
             statuses, ts = entity_statuses, entity_ts
@@ -223,7 +229,8 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
                 "partial": result.partial,
             },
             "results": results,
-        }
+        },
+        option=_NUMPY,
     )
 
 

@@ -23,6 +23,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from featurestore.model import DType, Status
 from featurestore.outcomes import ViewOutcome
 from featurestore.v1 import featurestore_pb2 as pb
@@ -81,10 +83,14 @@ def _int64s(values: list[Any], nulls: bool) -> bytes:
     return _delimited(b"\x0a", payload) if payload else b""
 
 
-def _float64s(values: list[Any], nulls: bool) -> bytes:
+def _float64s(values: list[Any] | np.ndarray, nulls: bool) -> bytes:
     n = len(values)
     if not n:
         return b""
+    if type(values) is np.ndarray:  # packed doubles are the array's bytes (little-endian)
+        if nulls:
+            values = np.where(np.isnan(values), 0.0, values)
+        return b"\x0a" + varint(8 * n) + values.astype("<f8", copy=False).tobytes()
     pack = _doubles.get(n)
     if pack is None:
         if len(_doubles) >= _MAX_NAMES:
@@ -143,10 +149,13 @@ def _outcome_fields(outcome: ViewOutcome) -> bytes:
     return statuses + _retag(_EVENT_TS, _int64s(ts, None in ts))
 
 
-def _null_rows(values: list[Any], outcome: ViewOutcome) -> bytes:
+def _null_rows(values: list[Any] | np.ndarray, outcome: ViewOutcome) -> bytes:
     """Rows PRESENT but null (a typed column cannot hold null)."""
     statuses = outcome.statuses
-    rows = [i for i, v in enumerate(values) if v is None and statuses[i] is Status.PRESENT]
+    if type(values) is np.ndarray:
+        rows = [i for i in np.flatnonzero(np.isnan(values)).tolist() if statuses[i] is Status.PRESENT]
+    else:
+        rows = [i for i, v in enumerate(values) if v is None and statuses[i] is Status.PRESENT]
     return _retag(_NULL_ROWS, _int64s(rows, False))  # uint32 varints alike
 
 
@@ -167,7 +176,8 @@ def encode_join(
     shared: dict[int, bytes] = {}
     for c in columns:
         values = c.values
-        nulls = None in values
+        # an ndarray: a derived float64 feature, NaN = null (derived.evaluate.ARRAY_ROWS)
+        nulls = bool(np.isnan(values).any()) if type(values) is np.ndarray else None in values
         tag, encode = _BY_ID[id(c.dtype)]
         body = _name(c.name) + _delimited(tag, encode(values, nulls))
         outcome = c.outcome

@@ -1,15 +1,18 @@
-"""Derived features in a join: what a plan computes (resolved once per snapshot and
-request shape, cached with the plan) and the per-request step that computes it.
+"""Derived features in a join: the plan of what to compute (built once per snapshot and
+request shape by ``resolve``, cached with the join plan) and the per-request step that
+computes it.
 
 A plan runs one kernel per derived view it needs, views after the views they read.
 Each kernel gets a float64 matrix whose rows are the columns the join already has
 (stored values, request fields, earlier kernels' outputs; NaN for what the request
-does not need) and fills one row per feature, flagging the rows that hold a null (only
-those are scanned for NaN, which becomes None). Statuses come from the stored views a
-feature reads, transitively: the most severe wins, the value is then null, and the
-event timestamp is the oldest of theirs (a derived value is as stale as its stalest
-input). Request fields count as PRESENT; a feature reading only request fields has no
-event timestamp.
+does not need) and fills one row per feature, flagging the rows that hold a null. From
+``ARRAY_ROWS`` rows on, a float64 feature leaves as its row of that matrix (a float64
+ndarray, NaN = null, which every codec writes as null); below, as a list holding None
+(only the rows the kernel flagged are scanned for NaN). Statuses come from the stored
+views a feature reads, transitively: the most severe wins, the value is then null, and
+the event timestamp is the oldest of theirs (a derived value is as stale as its
+stalest input). Request fields count as PRESENT; a feature reading only request fields
+has no event timestamp.
 """
 
 from __future__ import annotations
@@ -17,24 +20,31 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from featurestore import metrics, tracing
-from featurestore.dag import post_order
-from featurestore.derived import language as lang
 from featurestore.derived.codegen import NULL_BITS
 from featurestore.derived.compiler import Kernel
-from featurestore.derived.request import Needed, check_fields, needed
-from featurestore.model import REQUEST_PREFIX, Definitions, DType, FeatureRef, RequestField, Status
+from featurestore.derived.request import Needed, check_fields
+from featurestore.model import DType, FeatureRef, Status
 from featurestore.outcomes import ViewOutcome
 
 STORED, REQUEST, DERIVED, MISSING, STRCMP = range(5)
 PRESENT = Status.PRESENT
 FLOAT64 = DType.FLOAT64
+
+# From this many rows on, a float64 derived feature is served as its row of the kernel's
+# output matrix (a float64 ndarray, NaN = null) instead of a list of Python floats: the
+# encoders read the doubles where the kernel wrote them, and 400 float objects are
+# neither made by ``tolist`` nor freed. The demo pair (ranker_v1 -> ranker_v2) in
+# ``python -m benchmarks.derived_cpu``'s harness, 4,000 interleaved requests: QPS cost
+# 12.1% -> 10.9% at batch 100; at batch 1 the array path cost 2 points more than lists
+# (orjson's per-array set-up), hence the threshold, the JSON codec's splice threshold.
+ARRAY_ROWS = 8
 
 
 class Source(NamedTuple):
@@ -134,7 +144,9 @@ class DerivedPlan:
         gathered: list[list[list[Any]]],
         n: int,
     ) -> None:
-        lists: list[list[list[float]]] = []  # per step: its output rows as lists (one tolist for all)
+        arrays = n >= ARRAY_ROWS
+        # per step: its output matrix (array path) or its rows as lists (one tolist for all)
+        lists: list[Any] = []
         nulls: list[int] = []  # and the mask of its rows holding a null
         # Inputs the request does not need (only features it did not ask for read them)
         # share one NaN row: a row of None sends np.array down its object path. Demo
@@ -147,14 +159,14 @@ class DerivedPlan:
         nan_row: list[float] | None = None
         for step in self.steps:
             t0 = time.perf_counter()
-            rows: list[Sequence[Any]] = []
+            rows: list[Any] = []  # lists, and ndarray rows of earlier kernels (array path)
             for kind, a, b, test in step.sources:  # inline: a call per row costs more than the kernel
                 if kind == STORED:
                     rows.append(gathered[a][b])
                 elif kind == REQUEST:
                     rows.append(request_cols[a])
                 elif kind == DERIVED:
-                    rows.append(lists[a][b])
+                    rows.append(lists[a][b])  # (array path: an ndarray row, copied as one)
                 elif test is not None:
                     rows.append(_strcmp(test, request_cols, gathered, n))
                 else:
@@ -167,6 +179,9 @@ class DerivedPlan:
                 inp = np.empty((len(rows), n))
                 fmt = f"{n}d"
                 for i, row in enumerate(rows):
+                    if type(row) is np.ndarray:  # an earlier kernel's output row
+                        inp[i] = row
+                        continue
                     try:
                         # struct reads each value as a C double (float, int, bool) straight
                         # into the matrix, a row at a time: 4 rows of 100 floats in 3.7 µs
@@ -176,7 +191,7 @@ class DerivedPlan:
                         inp[i] = np.array(row, dtype=np.float64)  # (4 rows of 100, one None: 6.7 µs)
             matrix = np.empty((step.width, n))
             nulls.append(step.kernel.into(inp, matrix))
-            lists.append(matrix.tolist())
+            lists.append(matrix if arrays else matrix.tolist())
             step.timer.observe(time.perf_counter() - t0)
         # per group: its outcome, counted here (one stored view's outcome taken without a
         # call or a list: 317 -> 121 ns per group)
@@ -190,9 +205,15 @@ class DerivedPlan:
             _count(g, outcome)
         for out in self.outputs:
             outcome = shared[out.group]
-            values: list[Any] = lists[out.step][out.row]
+            values: Any = lists[out.step][out.row]
             if out.dtype is not FLOAT64:
-                values = _values(values, out.dtype)
+                values = _values(values.tolist() if arrays else values, out.dtype)
+            elif arrays:
+                if not outcome.all_present:  # null where an input is not PRESENT
+                    values = np.where(_present(outcome.statuses, n), values, math.nan)
+                outcomes.append(outcome)
+                gathered.append([values])
+                continue
             elif nulls[out.step] & out.bit:
                 # Only a row the kernel flagged is scanned (a Python sum per row, the NaN
                 # test before: 2 µs of the demo's 4 rows at batch 1, 4.6 at batch 100).
@@ -201,6 +222,15 @@ class DerivedPlan:
                 values = [v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)]
             outcomes.append(outcome)
             gathered.append([values])
+
+
+_PRESENT_CODE = np.uint8(PRESENT.value)
+
+
+def _present(statuses: list[Status], n: int) -> np.ndarray:
+    """Which rows are PRESENT, as a boolean array (statuses are small ints)."""
+    present: np.ndarray = np.fromiter(statuses, np.uint8, n) == _PRESENT_CODE
+    return present
 
 
 def _strcmp(
@@ -249,133 +279,3 @@ def _count(group: Group, outcome: ViewOutcome) -> None:
         return
     for status in set(outcome.statuses):
         metrics.feature_values(view, status.name).inc(outcome.statuses.count(status) * columns)
-
-
-# -- resolution (once per plan) ---------------------------------------------------------
-
-
-def plan_derived(
-    defs: Definitions, kernels: Mapping[str, Kernel], refs: Sequence[FeatureRef], column_of: ColumnOf
-) -> DerivedPlan:
-    """What computing ``refs`` (derived features) takes; ``column_of`` reads a stored
-    column into the join and says where it lands."""
-    need = _Needs(defs)
-    for ref in refs:
-        need.visit(str(ref))
-    order = need.view_order()
-    slot_of = {view: i for i, view in enumerate(order)}
-    steps = tuple(
-        Step(view, kernels[view], _sources(defs, kernels[view], view, need, slot_of, column_of))
-        for view in order
-    )
-    outputs = []
-    groups: dict[tuple[str, tuple[int, ...]], int] = {}  # (view, deps) -> outputs sharing it
-    for ref in refs:
-        deps = tuple(sorted({column_of(r)[0] for r in defs.stored_inputs(ref)}))
-        view = defs.derived_views[ref.view]
-        row = view.feature_index(ref.feature)
-        assert row is not None
-        group = list(groups).index((ref.view, deps)) if (ref.view, deps) in groups else len(groups)
-        groups[(ref.view, deps)] = groups.get((ref.view, deps), 0) + 1
-        outputs.append(Output(slot_of[ref.view], row, view.features[row].dtype, group))
-    shared = tuple(Group(view, deps, count) for (view, deps), count in groups.items())
-    request = tuple(needed(field, by) for field, by in need.request.values())
-    return DerivedPlan(steps, tuple(outputs), request, shared)
-
-
-class _Needs:
-    """The transitive closure of the requested derived features."""
-
-    def __init__(self, defs: Definitions) -> None:
-        self.defs = defs
-        self.derived: dict[str, None] = {}  # feature ids
-        self.stored: dict[str, None] = {}
-        # request_data is one namespace: the parser keeps a field's dtype equal across views
-        self.request: dict[str, tuple[RequestField, str]] = {}  # name -> (field, a feature needing it)
-
-    def visit(self, fid: str) -> None:
-        """Add ``fid`` and what it reads, depth first in the order of each feature's
-        dependencies (request fields are checked, and named in errors, in that order);
-        iterative (a chain may be thousands deep), each derived feature once however
-        many paths reach it."""
-        if fid in self.derived:
-            return
-        self.derived[fid] = None
-        stack = [self._reads(fid)]
-        while stack:
-            for dep in stack[-1]:
-                if dep not in self.derived:
-                    self.derived[dep] = None
-                    stack.append(self._reads(dep))
-                    break
-            else:
-                stack.pop()
-
-    def _reads(self, fid: str) -> Iterator[str]:
-        """Record the request fields and stored features ``fid`` reads, as they come;
-        yield the derived features it reads, for the walk to enter."""
-        view_name, _, feature = fid.partition(":")
-        view = self.defs.derived_views[view_name]
-        i = view.feature_index(feature)
-        assert i is not None
-        for dep in view.features[i].depends_on:
-            if dep.startswith(REQUEST_PREFIX):
-                name = dep.removeprefix(REQUEST_PREFIX)
-                field = next(r for r in view.request_schema if r.name == name)
-                self.request.setdefault(name, (field, fid))
-            elif dep.partition(":")[0] in self.defs.derived_views:
-                yield dep
-            else:
-                self.stored[dep] = None
-
-    def view_order(self) -> list[str]:
-        views = {fid.partition(":")[0]: None for fid in self.derived}
-        return [v for v in _topological(self.defs) if v in views]
-
-
-def _topological(defs: Definitions) -> list[str]:
-    """Derived views, each after the derived views it reads (the parser refused cycles)."""
-    views = defs.derived_views
-    return post_order(sorted(views), lambda name: [r.view for _, r in views[name].inputs if r.view in views])
-
-
-def _sources(
-    defs: Definitions,
-    kernel: Kernel,
-    view_name: str,
-    need: _Needs,
-    slot_of: Mapping[str, int],
-    column_of: ColumnOf,
-) -> tuple[Source, ...]:
-    view = defs.derived_views[view_name]
-    inputs = dict(view.inputs)
-    fields = list(need.request)
-
-    def named(name: str) -> Source:
-        ref = inputs.get(name)
-        if ref is None:  # a request field
-            return Source(REQUEST, fields.index(name)) if name in need.request else Source(MISSING)
-        if ref.view in defs.derived_views:
-            if str(ref) not in need.derived:
-                return Source(MISSING)
-            row = defs.derived_views[ref.view].feature_index(ref.feature)
-            assert row is not None
-            return Source(DERIVED, slot_of[ref.view], row)
-        if str(ref) not in need.stored:
-            return Source(MISSING)
-        return Source(STORED, *column_of(ref))
-
-    def side(s: lang.Name | lang.StrConst) -> Source | str:
-        return s.value if isinstance(s, lang.StrConst) else named(s.name)
-
-    out = []
-    for k in kernel.spec.inputs:
-        if k.compare is None:
-            out.append(named(k.name))
-            continue
-        a, b = side(k.compare.a), side(k.compare.b)
-        if any(isinstance(s, Source) and s.kind == MISSING for s in (a, b)):
-            out.append(Source(MISSING))
-        else:
-            out.append(Source(STRCMP, test=StrTest(k.compare.op == "==", a, b)))
-    return tuple(out)

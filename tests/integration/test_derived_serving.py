@@ -251,6 +251,54 @@ def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProc
     assert table.column("value_score__status").to_pylist() == ["PRESENT"] * 3
 
 
+def test_from_eight_rows_on_json_grpc_and_arrow_carry_the_same_derived_values_and_nulls(
+    demo_server: ServerProcess,
+) -> None:
+    """From derived.evaluate.ARRAY_ROWS rows on, a float64 derived feature is served from
+    the kernel's output matrix (NaN = null): every encoding still writes null, never NaN.
+    Row 2 has a null price (null, PRESENT), row 3 an unknown user (null, NOT_FOUND), row
+    5 a zero-session spend ratio (finite)."""
+    users = [17, 4242, 5, 999_999_999, 8, 9, 10, 11, 12, 13, 14, 15]
+    prices: list[float | None] = [5.0, 75.0, None, 20.0, 0.0, 10.0, 49.99, 50.0, 100.0, 150.0, 1.5, 99.0]
+    features = [
+        "user_derived:ctr_x_price_bucket",
+        "user_derived:value_score",
+        "user_derived:engagement_score",
+    ]
+    body = {"entities": {"user_id": users}, "features": features, "request_data": {"item_price": prices}}
+    status, doc = demo_server.join(body)
+    assert status == 200, doc
+    results = doc["results"][1:]
+    for col in results[:2]:  # the two that read the price
+        assert col["values"][2] is None and col["statuses"][2] == "PRESENT"
+    for col in results:
+        assert col["values"][3] is None and col["statuses"][3] == "NOT_FOUND"
+        assert all(
+            isinstance(v, float) and math.isfinite(v) for i, v in enumerate(col["values"]) if i not in (2, 3)
+        )
+    assert results[2]["values"][2] is not None  # engagement_score does not read the price
+    resp = grpc_join(
+        demo_server,
+        features,
+        users,
+        [price([0.0 if p is None else p for p in prices], null_rows=(2,))],
+    )
+    for i, col in enumerate(resp.results[1:], start=1):
+        assert column_values(col) == doc["results"][i]["values"]
+        assert [pb.Status.Name(s) for s in col.statuses] == doc["results"][i]["statuses"]
+    assert [list(c.null_rows) for c in resp.results[1:]] == [[2], [2], []]
+    status, raw, _ = http_post(
+        demo_server.url + "/v1/feature/join",
+        json.dumps(body).encode(),
+        {"accept": "application/vnd.apache.arrow.stream"},
+    )
+    assert status == 200
+    table = pa.ipc.open_stream(raw).read_all()
+    for i, name in enumerate(["ctr_x_price_bucket", "value_score", "engagement_score"], start=1):
+        assert table.column(name).to_pylist() == doc["results"][i]["values"]
+        assert table.column(name).null_count == sum(v is None for v in doc["results"][i]["values"])
+
+
 def test_the_registry_lists_derived_views(demo_server: ServerProcess) -> None:
     status, raw = http_get(demo_server.url + "/v1/registry")
     assert status == 200

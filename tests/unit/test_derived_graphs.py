@@ -15,7 +15,7 @@ from featurestore.dag import find_cycle, post_order
 from featurestore.definitions.parser import parse_definitions
 from featurestore.derived import compiler
 from featurestore.derived.codegen import KernelSpec, generate
-from featurestore.derived.evaluate import plan_derived
+from featurestore.derived.resolve import plan_derived
 from featurestore.errors import DefinitionError
 from featurestore.model import Definitions, DerivedView, FeatureRef
 

@@ -19,7 +19,7 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import feature_ir
-from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.join import JoinEngine, JoinRequest, Limits, listed
 from featurestore.model import Definitions
 from featurestore.plan import ServingState
 from featurestore.rows import view_schema
@@ -167,7 +167,7 @@ async def test_kernels_match_the_numpy_reference_on_random_data_with_nulls(
         env[name] = evaluate(irs[name], env, N)
         if name in OUT_DTYPES:
             continue
-        values = got[name].values
+        values = listed(got[name].values)
         assert all(v is None or math.isfinite(v) for v in values), f"{name}: NaN or infinity in a response"
         np.testing.assert_allclose(
             as_float(values), env[name], rtol=1e-12, atol=0, equal_nan=True, err_msg=name

@@ -18,7 +18,7 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import NULL_BITS
-from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.join import JoinEngine, JoinRequest, Limits, listed
 from featurestore.model import Definitions, Status
 from featurestore.plan import ServingState
 from featurestore.rows import view_schema
@@ -87,7 +87,7 @@ async def join(eng: JoinEngine, n: int) -> dict[str, list[Any]]:
     result = await eng.join(req, time.monotonic() + 10)
     for c in result.columns[1:]:
         assert c.outcome is not None and set(c.outcome.statuses) == {Status.PRESENT}
-    return {c.name: c.values for c in result.columns[1:]}
+    return {c.name: listed(c.values) for c in result.columns[1:]}
 
 
 def expected(a: list[Any], b: list[int]) -> dict[str, list[Any]]:
