@@ -92,6 +92,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.derived_cpu
 	$(PY) -m benchmarks.json_encoding
+	$(PY) -m benchmarks.deadlines
 	$(PY) -m benchmarks.clickhouse_point_reads
 	$(PY) -m benchmarks.lineage
 	$(PY) -m benchmarks.footprint --runs 3

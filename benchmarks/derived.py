@@ -138,7 +138,11 @@ def kernel_section(data: Path) -> dict[str, Any]:
         return out
 
     reference = numpy_vectorized()
-    for name, fn in (("numba", numba_kernel), ("numba+conversion", numba_serving_path), ("python", python_loop)):
+    for name, fn in (
+        ("numba", numba_kernel),
+        ("numba+conversion", numba_serving_path),
+        ("python", python_loop),
+    ):
         np.testing.assert_allclose(np.array(fn(), dtype=np.float64), reference, rtol=0, atol=0, err_msg=name)
     rows = {}
     for name, fn, repeat in (

@@ -88,6 +88,7 @@ PARTS = (
     "scaling.md",
     "experiments.md",
     "json-encoding.md",
+    "deadlines.md",
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "derived-cpu.md",

@@ -21,6 +21,7 @@ import numpy as np
 from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
+from featurestore.deadlines import Deadlines
 from featurestore.derived.request import note_undeclared
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
@@ -114,6 +115,7 @@ class JoinEngine:
         self.limits = limits
         self.recorder = recorder
         self.sampler = sampler
+        self.deadlines = Deadlines()
 
     def swap(self, state: ServingState) -> None:
         """Publish a new registry state; requests already running keep the old one."""
@@ -197,11 +199,12 @@ class JoinEngine:
         if remaining <= 0:
             raise DeadlineExceeded("the request deadline passed before any store was read")
         if len(by_store) == 1:
-            # The common case needs no task: await the one store under a timeout.
-            # (Stores must be cancellable; see OnlineSource.read.)
+            # The common case needs no task: await the one store under the deadline,
+            # which cancels the read when it comes (stores must be cancellable; see
+            # OnlineSource.read).
             name, items = next(iter(by_store.items()))
             try:
-                async with asyncio.timeout(remaining):
+                with self.deadlines.guard(deadline):  # no loop timer per request: deadlines.py
                     results = await self._read_store(name, items, span)
             except TimeoutError:
                 late = DeadlineExceeded(f"store {name!r} missed the deadline")

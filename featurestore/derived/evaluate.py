@@ -173,22 +173,7 @@ class DerivedPlan:
                     if nan_row is None:
                         nan_row = [math.nan] * n
                     rows.append(nan_row)
-            if n < 8 or not rows:  # a few values a row: numpy's conversion is quicker (1.0 µs, 1.2)
-                inp = np.array(rows, dtype=np.float64) if rows else np.empty((0, n))
-            else:
-                inp = np.empty((len(rows), n))
-                fmt = f"{n}d"
-                for i, row in enumerate(rows):
-                    if type(row) is np.ndarray:  # an earlier kernel's output row
-                        inp[i] = row
-                        continue
-                    try:
-                        # struct reads each value as a C double (float, int, bool) straight
-                        # into the matrix, a row at a time: 4 rows of 100 floats in 3.7 µs
-                        # against 7.5 for np.array(rows).
-                        struct.pack_into(fmt, inp, i * n * 8, *row)  # type: ignore[arg-type]  # a buffer
-                    except struct.error:  # a null (None) in this row (numpy: NaN), or a short row
-                        inp[i] = np.array(row, dtype=np.float64)  # (4 rows of 100, one None: 6.7 µs)
+            inp = _matrix(rows, n)
             matrix = np.empty((step.width, n))
             nulls.append(step.kernel.into(inp, matrix))
             lists.append(matrix if arrays else matrix.tolist())
@@ -206,22 +191,42 @@ class DerivedPlan:
         for out in self.outputs:
             outcome = shared[out.group]
             values: Any = lists[out.step][out.row]
-            if out.dtype is not FLOAT64:
-                values = _values(values.tolist() if arrays else values, out.dtype)
-            elif arrays:
+            if arrays and out.dtype is FLOAT64:
                 if not outcome.all_present:  # null where an input is not PRESENT
                     values = np.where(_present(outcome.statuses, n), values, math.nan)
-                outcomes.append(outcome)
-                gathered.append([values])
-                continue
-            elif nulls[out.step] & out.bit:
-                # Only a row the kernel flagged is scanned (a Python sum per row, the NaN
-                # test before: 2 µs of the demo's 4 rows at batch 1, 4.6 at batch 100).
-                values = [None if v != v else v for v in values]
-            if not outcome.all_present:
-                values = [v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)]
+            else:
+                if out.dtype is not FLOAT64:
+                    values = _values(values.tolist() if arrays else values, out.dtype)
+                elif nulls[out.step] & out.bit:
+                    # Only a row the kernel flagged is scanned (a Python sum per row, the NaN
+                    # test before: 2 µs of the demo's 4 rows at batch 1, 4.6 at batch 100).
+                    values = [None if v != v else v for v in values]
+                if not outcome.all_present:
+                    values = [
+                        v if s is PRESENT else None for v, s in zip(values, outcome.statuses, strict=True)
+                    ]
             outcomes.append(outcome)
             gathered.append([values])
+
+
+def _matrix(rows: list[Any], n: int) -> np.ndarray:
+    """A kernel's input matrix from its rows: lists (None = null) or ndarray rows."""
+    if n < 8 or not rows:  # a few values a row: numpy's conversion is quicker (1.0 µs, 1.2)
+        return np.array(rows, dtype=np.float64) if rows else np.empty((0, n))
+    inp = np.empty((len(rows), n))
+    fmt = f"{n}d"
+    for i, row in enumerate(rows):
+        if type(row) is np.ndarray:  # an earlier kernel's output row
+            inp[i] = row
+            continue
+        try:
+            # struct reads each value as a C double (float, int, bool) straight into the
+            # matrix, a row at a time: 4 rows of 100 floats in 3.7 µs against 7.5 for
+            # np.array(rows).
+            struct.pack_into(fmt, inp, i * n * 8, *row)  # type: ignore[arg-type]  # a buffer
+        except struct.error:  # a null (None) in this row (numpy: NaN), or a short row
+            inp[i] = np.array(row, dtype=np.float64)  # (4 rows of 100, one None: 6.7 µs)
+    return inp
 
 
 _PRESENT_CODE = np.uint8(PRESENT.value)

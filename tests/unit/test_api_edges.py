@@ -74,10 +74,10 @@ class FailingEngine(JoinEngine):
     def __init__(self, base: JoinEngine, error: BaseException) -> None:
         super().__init__(base.stores, base.state, base.limits)
         self.error = error
-        self.deadlines: list[float] = []
+        self.deadlines_seen: list[float] = []
 
     async def join(self, req: JoinRequest, deadline: float, span: Span | None = None) -> JoinResult:
-        self.deadlines.append(deadline)
+        self.deadlines_seen.append(deadline)
         raise self.error
 
 
@@ -175,7 +175,7 @@ async def test_a_long_deadline_header_does_not_extend_the_join() -> None:
     after = time.monotonic()
     assert status == 404
     # the deadline is taken between before and after: the configured 500 ms, not 60 s
-    assert before + 0.5 <= engine.deadlines[0] <= after + 0.5
+    assert before + 0.5 <= engine.deadlines_seen[0] <= after + 0.5
 
 
 def test_grpc_engine_budget_keeps_a_margin_for_the_reply() -> None:
