@@ -83,8 +83,10 @@ async def serving(data: Path, requests: int) -> dict[str, Any]:
             for timer in (True, False) if i % 2 else (False, True):
                 if timer:
                     join.JoinEngine._fan_out = _timer_fan_out  # type: ignore[method-assign]
-                    t = await a.request(bodies[i % pool])
-                    join.JoinEngine._fan_out = original  # type: ignore[method-assign]
+                    try:
+                        t = await a.request(bodies[i % pool])
+                    finally:
+                        join.JoinEngine._fan_out = original  # type: ignore[method-assign]
                     timed += t if i >= pool else 0.0
                 else:
                     s = await b.request(bodies[(i + half) % pool])

@@ -1,21 +1,26 @@
 """Request deadlines without a loop timer per request.
 
-``asyncio.timeout`` arms a loop timer when entered and cancels it on exit. In the
-serving path of a batch-1 join on uvloop that cost ~5.3 µs of the request's ~109 µs of
-CPU (creating it 1.0, entering 2.9, leaving 1.4 µs: perf_counter around each, the
-demo server's HTTP path in process as ``benchmarks.derived_cpu`` drives it);
-``python -m benchmarks.deadlines`` measures both on their own. Almost every read
-finishes long before its deadline, so the timer is armed and cancelled for nothing.
+``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.1 µs a
+read on uvloop against 1.3 µs here, and 1.8-1.9% of a join's CPU at batch 1 in the
+serving path (``python -m benchmarks.deadlines``, benchmarks/RESULTS.md). Almost every
+read finishes long before its deadline, so that timer is armed and cancelled for
+nothing.
 
-Here a guard files its task under its deadline's tick (``tick`` seconds, rounded up:
-a read is never cut short, and is cancelled at most two ticks, 2 ms, late; libuv's own
-timers count whole milliseconds too) and takes it out on exit: a dict and a set
-operation.
-One loop timer serves every guard of the loop: it is armed for the earliest tick that
-still holds a guard, and only when a guard's tick is earlier than the one armed, or
-when it fires. When it fires it cancels every task whose tick has come, as
-``asyncio.timeout`` does: the guard turns that ``CancelledError`` into ``TimeoutError``
-on exit, and a cancellation from elsewhere (the client went away) passes through.
+Here a guard files itself under its deadline's tick (``tick`` seconds, rounded down)
+and takes itself out on exit: a dict and a set operation. One loop timer serves every
+guard of the loop, armed for the earliest deadline it knows of; it is re-armed only
+when a guard comes with an earlier one (never in steady traffic, where each deadline
+is later than the last) or when it fires. Firing, it cancels every task whose deadline
+has come, as ``asyncio.timeout`` does: the guard turns that ``CancelledError`` into
+``TimeoutError`` on exit, and a cancellation from elsewhere (the client went away)
+passes through. If the guard it was armed for has left, it finds nothing and arms for
+the earliest deadline still held.
+
+When: as ``asyncio.timeout`` on uvloop, whose timers count whole milliseconds (a delay
+is rounded to the nearest one): a task is cancelled from ``EARLY_SECONDS`` before its
+deadline to the loop's latency after it. Cancelling what is due within half a
+millisecond is also what keeps a timer that fired early from re-arming for a delay
+uvloop would round to zero, again and again, until the deadline comes.
 
 One ``Deadlines`` per event loop, used from that loop only (a guard's enter and exit
 run on it).
@@ -30,19 +35,20 @@ import time
 from types import TracebackType
 
 TICK_SECONDS = 0.001
+EARLY_SECONDS = 0.0005
 
 
 class Deadlines:
-    __slots__ = ("_buckets", "_heap", "_in_heap", "_loop", "_per_second", "_timer", "_timer_key", "tick")
+    __slots__ = ("_buckets", "_heap", "_in_heap", "_loop", "_per_second", "_timer", "_timer_at", "tick")
 
     def __init__(self, tick: float = TICK_SECONDS) -> None:
         self.tick = tick
         self._per_second = 1 / tick
-        self._buckets: dict[int, set[Guard]] = {}  # tick -> guards due then
+        self._buckets: dict[int, set[Guard]] = {}  # tick -> guards due within it
         self._heap: list[int] = []  # ticks that had a bucket, earliest first (some emptied since)
         self._in_heap: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_key = math.inf  # the tick the timer is armed for
+        self._timer_at = math.inf  # the deadline the timer is armed for
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def guard(self, deadline: float) -> Guard:
@@ -55,46 +61,49 @@ class Deadlines:
         return sum(len(b) for b in self._buckets.values())
 
     def _bucket(self, key: int) -> set[Guard]:
-        """A new bucket for ``key``, in the heap, the timer armed for it if it is the earliest."""
         bucket = self._buckets[key] = set()
         if key not in self._in_heap:
             self._in_heap.add(key)
             heapq.heappush(self._heap, key)
-        if key < self._timer_key:
-            self._arm(key)
         return bucket
 
-    def _arm(self, key: int) -> None:
+    def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
         assert self._loop is not None
-        # a tick more: libuv counts whole milliseconds from the start of a loop iteration and
-        # may fire up to one early, which would find the tick not yet come and re-arm at once
-        delay = key * self.tick - time.monotonic() + self.tick
-        self._timer = self._loop.call_later(max(0.0, delay), self._fire)
-        self._timer_key = key
+        self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._fire)
+        self._timer_at = when
 
     def _fire(self) -> None:
-        self._timer, self._timer_key = None, math.inf
-        now = time.monotonic() / self.tick
+        self._timer, self._timer_at = None, math.inf
+        now = time.monotonic() + EARLY_SECONDS
+        last = int(now * self._per_second)  # ticks up to this one may hold guards due now
         heap, buckets = self._heap, self._buckets
-        while heap and heap[0] <= now:
-            key = heapq.heappop(heap)
-            self._in_heap.discard(key)
-            for guard in buckets.pop(key, ()):
-                guard.expire()
+        while heap and heap[0] <= last:
+            bucket = buckets.get(heap[0])
+            if bucket:
+                for guard in [g for g in bucket if g.deadline <= now]:
+                    bucket.discard(guard)
+                    guard.expire()
+                if bucket:  # the rest are due later within this tick
+                    break
+                del buckets[heap[0]]
+            self._in_heap.discard(heapq.heappop(heap))
         while heap and heap[0] not in buckets:  # ticks whose guards have all left
             self._in_heap.discard(heapq.heappop(heap))
-        if heap:
-            self._arm(heap[0])
+        if heap:  # the earliest bucket holds the earliest deadline
+            self._arm(min(g.deadline for g in buckets[heap[0]]))
 
-    def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _use(self, loop: asyncio.AbstractEventLoop) -> None:
+        """First use, or a new loop (tests run one after another): nothing carries over."""
+        if self._loop is not None and not self._loop.is_closed() and self.pending():
+            raise RuntimeError("a Deadlines serves one event loop; this one has guards on another")
         if self._timer is not None:
             self._timer.cancel()
         self._buckets.clear()
         self._heap.clear()
         self._in_heap.clear()
-        self._timer, self._timer_key, self._loop = None, math.inf, loop
+        self._timer, self._timer_at, self._loop = None, math.inf, loop
 
 
 class Guard:
@@ -114,14 +123,16 @@ class Guard:
         self._cancelling = task.cancelling()
         owner = self._owner
         loop = asyncio.get_running_loop()
-        if loop is not owner._loop:  # first use, or a new loop (tests): nothing carries over
-            owner._reset(loop)
-        # the tick at or after the deadline (inline, as below: ~0.3 µs of calls a request)
-        key = self.key = int(self.deadline * owner._per_second) + 1
+        if loop is not owner._loop:
+            owner._use(loop)
+        # inline, as in __exit__: the method calls cost ~0.3 µs a request
+        key = self.key = int(self.deadline * owner._per_second)
         bucket = owner._buckets.get(key)
         if bucket is None:
             bucket = owner._bucket(key)
         bucket.add(self)
+        if self.deadline < owner._timer_at:
+            owner._arm(self.deadline)
         return self
 
     def __exit__(
@@ -135,7 +146,11 @@ class Guard:
                 if not bucket:  # the timer may stay armed for it: it then finds nothing
                     del buckets[self.key]
         # as asyncio.timeout: the cancellation is ours unless another one came on top of it
-        elif self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        elif (
+            self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
             raise TimeoutError from exc
 
     def expire(self) -> None:

@@ -71,13 +71,6 @@ class ResultColumn(NamedTuple):
     outcome: ViewOutcome | None  # None for entity columns (always PRESENT)
 
 
-def listed(values: list[Any] | np.ndarray) -> list[Any]:
-    """A result column's values as a list, None for null (an ndarray's NaN)."""
-    if type(values) is np.ndarray:
-        return [None if v != v else v for v in values.tolist()]
-    return values  # type: ignore[return-value]  # a list
-
-
 class JoinResult(NamedTuple):
     columns: list[ResultColumn]
     registry_version: int

@@ -307,3 +307,11 @@ feature_services:
 
 
 MERCHANTS = [f"m-{i}" for i in range(N_MERCHANTS)] + ["quote'\"\\|; DROP TABLE x;--"]
+
+
+def listed(values: Any) -> list[Any]:
+    """A join result column's values as a list, None for null: a derived float64 feature
+    comes as an ndarray with NaN for null from derived.evaluate.ARRAY_ROWS rows on."""
+    if isinstance(values, np.ndarray):
+        return [None if v != v else v for v in values.tolist()]
+    return list(values)

@@ -188,12 +188,16 @@ class DerivedPlan:
             )
             shared.append(outcome)
             _count(g, outcome)
+        masks: dict[int, np.ndarray] = {}  # per group whose rows are not all PRESENT (array path)
         for out in self.outputs:
             outcome = shared[out.group]
             values: Any = lists[out.step][out.row]
             if arrays and out.dtype is FLOAT64:
                 if not outcome.all_present:  # null where an input is not PRESENT
-                    values = np.where(_present(outcome.statuses, n), values, math.nan)
+                    mask = masks.get(out.group)
+                    if mask is None:
+                        mask = masks[out.group] = _present(outcome.statuses, n)
+                    values = np.where(mask, values, math.nan)
             else:
                 if out.dtype is not FLOAT64:
                     values = _values(values.tolist() if arrays else values, out.dtype)

@@ -19,11 +19,12 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import feature_ir
-from featurestore.join import JoinEngine, JoinRequest, Limits, listed
+from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.model import Definitions
 from featurestore.plan import ServingState
 from featurestore.rows import view_schema
 from featurestore.sources.memory import MemorySource
+from tests.support import listed
 from tests.unit.derived_reference import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,11 +18,12 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import NULL_BITS
-from featurestore.join import JoinEngine, JoinRequest, Limits, listed
+from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.model import Definitions, Status
 from featurestore.plan import ServingState
 from featurestore.rows import view_schema
 from featurestore.sources.memory import MemorySource
+from tests.support import listed
 
 WIDE = NULL_BITS + 7  # features f0 .. f69: f62 to f69 share the mask's last bit
 SPECIAL = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from featurestore.api import json_codec
@@ -107,3 +108,23 @@ def test_each_views_statuses_and_timestamps_reach_each_of_its_columns(rows: int)
     assert c["values"] == [None] * rows
     assert c["statuses"] == d["statuses"] == ["PRESENT"] * rows
     assert c["event_timestamps"] == d["event_timestamps"] == [None] * rows
+
+
+@pytest.mark.parametrize("rows", [8, 9, 100])
+def test_a_derived_features_array_is_written_as_the_same_list_would_be_nan_as_null(rows: int) -> None:
+    """From derived.evaluate.ARRAY_ROWS rows on a derived float64 feature is a float64
+    ndarray, NaN for null: the response is the bytes the list with None would give."""
+    rng = np.random.default_rng(rows)
+    doubles = rng.integers(0, 2**64, rows, dtype=np.uint64).view(np.float64)
+    doubles[~np.isfinite(doubles)] = math.nan
+    doubles[:4] = [-0.0, 5e-324, math.nan, 1e16]
+    outcome = ViewOutcome("v", [Status.PRESENT] * rows, [1_000_000] * rows, all_present=True)
+    as_list = [None if v != v else v for v in doubles.tolist()]
+
+    def encoded(values: object) -> bytes:
+        column = ResultColumn("v__x", DType.FLOAT64, values, outcome)  # type: ignore[arg-type]
+        return json_codec.encode_join(JoinResult([column], 1, False, rows, PLAN), "t")
+
+    raw = encoded(doubles)
+    assert raw == encoded(as_list)
+    assert b"NaN" not in raw and json.loads(raw)["results"][0]["values"][2] is None

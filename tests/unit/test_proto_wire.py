@@ -6,9 +6,11 @@ at least one row and one entity column.)"""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 
 from featurestore.api import proto_codec, proto_wire
@@ -16,6 +18,7 @@ from featurestore.join import JoinResult, ResultColumn
 from featurestore.model import DType, Status
 from featurestore.outcomes import ViewOutcome
 from featurestore.v1 import featurestore_pb2 as pb
+from tests.support import listed
 
 INT64_EDGES = [0, 1, 127, 128, 16_383, 16_384, 2**31, 2**62, 2**63 - 1, -1, -128, -(2**63)]
 
@@ -47,9 +50,14 @@ def random_result(seed: int) -> JoinResult:
     columns = [ResultColumn("user_id", DType.INT64, [rnd.randrange(1, 10**6) for _ in range(n)], None)]
     for i in range(rnd.randrange(1, 12)):
         dtype = rnd.choice(list(DType))
-        values = [None if rnd.random() < 0.15 else value(rnd, dtype) for _ in range(n)]
+        values: Any = [None if rnd.random() < 0.15 else value(rnd, dtype) for _ in range(n)]
         name = rnd.choice([f"f{i}", f"prix_€{i}", f"f{i}" * 50])
-        columns.append(ResultColumn(name, dtype, values, rnd.choice(shared)))
+        out = rnd.choice(shared)
+        if dtype is DType.FLOAT64 and rnd.random() < 0.5:  # a derived feature's array: NaN = null
+            values = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+            if not out.all_present:  # as the join nulls a derived value whose inputs are not PRESENT
+                values[[s is not Status.PRESENT for s in out.statuses]] = math.nan
+        columns.append(ResultColumn(name, dtype, values, out))
     plan: Any = None
     return JoinResult(columns, rnd.choice([0, 1, 300, 2**40]), rnd.random() < 0.5, n, plan)
 
@@ -75,7 +83,7 @@ def upb_bytes(result: JoinResult, trace_id: str) -> bytes:
                 target.values.add().values.extend(v or ())
         else:
             default = {DType.STRING: "", DType.BOOL: False, DType.FLOAT64: 0.0}.get(c.dtype, 0)
-            target.values.extend([default if v is None else v for v in c.values])
+            target.values.extend([default if v is None else v for v in listed(c.values)])
         if c.outcome is None:
             col.statuses.extend([pb.PRESENT] * result.rows)
             col.event_timestamps.extend([0] * result.rows)
@@ -83,7 +91,7 @@ def upb_bytes(result: JoinResult, trace_id: str) -> bytes:
         col.statuses.extend(c.outcome.statuses)  # type: ignore[arg-type]
         col.event_timestamps.extend(0 if t is None else t for t in c.outcome.event_ts_us)
         col.null_rows.extend(
-            i for i, v in enumerate(c.values) if v is None and c.outcome.statuses[i] is Status.PRESENT
+            i for i, v in enumerate(listed(c.values)) if v is None and c.outcome.statuses[i] is Status.PRESENT
         )
     return resp.SerializeToString()
 
@@ -113,7 +121,7 @@ def test_a_response_decodes_to_the_values_the_join_served() -> None:
             assert proto_codec.column_values(got) == [
                 v if col.outcome is None or s is Status.PRESENT else None
                 for v, s in zip(
-                    col.values,
+                    listed(col.values),
                     col.outcome.statuses if col.outcome else [Status.PRESENT] * result.rows,
                     strict=True,
                 )
