@@ -15,11 +15,6 @@ FEAST_TARGET_RATIO = 20.0  # x Feast's python-mode on-demand views at batch 100
 READY_TARGET_S = 5.0  # `make run` start to ready
 NUMBA_RSS_TARGET_MB = 80.0  # what numba (the derived view) adds to `make run`'s RSS
 
-# The join-cost target is read on the issue's demo join: ranker_v2 (ranker_v1 plus the four
-# derived features) against ranker_v1. The pair "3 stored inputs -> + the 4 derived" is
-# shown beside it: it mostly measures a response growing from 4 to 8 columns (four
-# stored columns in place of the derived ones cost it more: benchmarks.derived_cpu's
-# control pair), which no way of computing the features could bring under 10%.
 DERIVED = "python -m benchmarks.derived"
 DERIVED_CPU = "python -m benchmarks.derived_cpu"
 FOOTPRINT = "python -m benchmarks.footprint --runs 3"
@@ -55,11 +50,10 @@ def _derived_rows(d: dict[str, Any]) -> list[Row]:
                 (
                     f"join QPS cost of the four derived features, batch {batch}{how}",
                     f"<= {JOIN_TARGET_PCT:g}%",
-                    f"{cost['ranker']:.1f}% (the demo join: ranker_v1 -> ranker_v2); "
-                    f"context, not the target: {cost['inputs']:.1f}% (3 inputs -> + 4 derived)"
+                    f"{cost['ranker']:.2f}% (ranker_v1 -> ranker_v2), {cost['inputs']:.2f}% (3 inputs -> + 4 derived)"
                     if cost
                     else "",
-                    cost["ranker"] <= JOIN_TARGET_PCT if cost else None,
+                    max(cost.values()) <= JOIN_TARGET_PCT if cost else None,
                     command,
                 )
             )

@@ -7,7 +7,8 @@ three stored inputs of the derived view plus the four derived features, at batch
 and 100, 64 different key draws each; each result is then encoded by
 ``json_codec.encode_join`` as it serves (orjson, statuses and timestamps spliced as
 ``orjson.Fragment``) and with msgspec swapped in (``msgspec.Raw`` splices, the code as it
-was), alternating, best of ``--repeat`` timings of ``--number`` encodes of all 64
+was; a derived feature's float64 array, served from 8 rows on, through msgspec's
+``enc_hook`` as the list the join built before), alternating, best of ``--repeat`` timings of ``--number`` encodes of all 64
 results. Both documents must parse to the same JSON, or the run fails.
 
     python -m benchmarks.json_encoding [--number 200] [--repeat 7]
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import orjson
 
 from benchmarks import report
@@ -48,11 +50,24 @@ REQUESTS: dict[str, dict[str, Any]] = {
 DRAWS = 64
 
 
+def _listed(obj: Any) -> Any:
+    """msgspec's hook for what it cannot encode: a derived feature's float64 array (from
+    8 rows on, NaN = null) as the list the join built before it served arrays."""
+    if isinstance(obj, np.ndarray):
+        return [None if v != v else v for v in obj.tolist()]
+    raise NotImplementedError(type(obj))
+
+
 @contextmanager
 def msgspec_encoder() -> Iterator[None]:
     """encode_join with msgspec in orjson's place (its module-level encoder and splice)."""
     saved = json_codec.dumps, json_codec.Fragment
-    json_codec.dumps, json_codec.Fragment = msgspec.json.Encoder().encode, msgspec.Raw  # type: ignore[assignment]
+    encode = msgspec.json.Encoder(enc_hook=_listed).encode
+
+    def dumps(doc: Any, option: int = 0) -> bytes:  # orjson's option (numpy arrays): the hook's job here
+        return encode(doc)
+
+    json_codec.dumps, json_codec.Fragment = dumps, msgspec.Raw  # type: ignore[assignment]
     try:
         yield
     finally:

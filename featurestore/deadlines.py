@@ -1,10 +1,10 @@
 """Request deadlines without a loop timer per request.
 
-``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.1 µs a
-read on uvloop against 1.3 µs here, and 1.8-1.9% of a join's CPU at batch 1 in the
-serving path (``python -m benchmarks.deadlines``, benchmarks/RESULTS.md). Almost every
-read finishes long before its deadline, so that timer is armed and cancelled for
-nothing.
+``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.0 µs a
+read on uvloop against 1.2 µs here, and 1.4% of a join's CPU at batch 1 in the serving
+path (1.1% at batch 100; ``python -m benchmarks.deadlines``, benchmarks/RESULTS.md).
+Almost every read finishes long before its deadline, so that timer is armed and
+cancelled for nothing.
 
 Here a guard files itself under its deadline's tick (``tick`` seconds, rounded down)
 and takes itself out on exit: a dict and a set operation. One loop timer serves every
@@ -95,7 +95,9 @@ class Deadlines:
             self._arm(min(g.deadline for g in buckets[heap[0]]))
 
     def _use(self, loop: asyncio.AbstractEventLoop) -> None:
-        """First use, or a new loop (tests run one after another): nothing carries over."""
+        """First use, or a new loop (tests run one after another): nothing carries over.
+        A tripwire, not a lock: a server runs one loop (process.py); a guard left on a loop
+        that stopped without closing keeps refusing the next one."""
         if self._loop is not None and not self._loop.is_closed() and self.pending():
             raise RuntimeError("a Deadlines serves one event loop; this one has guards on another")
         if self._timer is not None:

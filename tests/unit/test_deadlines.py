@@ -82,13 +82,28 @@ def test_guards_with_mixed_deadlines_each_expire_at_their_own_in_any_entry_order
         d = Deadlines()
         t0 = time.monotonic()
         offsets = [0.12, 0.03, 0.2, 0.06, 0.03, 0.09]  # a later deadline first, then earlier ones
-        lasts = [5, 5, 0.01, 5, 5, 0.15]  # two finish first (one after an earlier one expired)
+        lasts = [5, 5, 0.01, 5, 5, 0.15]  # one finishes first; one outlives an earlier expiry
         ended = await asyncio.gather(*(sleeper(d, t0 + o, s) for o, s in zip(offsets, lasts, strict=True)))
         for o, s, e in zip(offsets, lasts, ended, strict=True):
             if s < o:
                 assert e > 0, (o, s)
             else:
                 assert e < 0 and t0 + o - EARLY_SECONDS <= -e <= t0 + o + SLACK, (o, s, -e - t0)
+        assert d.pending() == 0
+
+    run(main())
+
+
+def test_two_deadlines_within_one_tick_expire_each_at_its_own(run: Any) -> None:
+    async def main() -> None:
+        d = Deadlines()
+        base = (int(time.monotonic() * 1000) + 60) / 1000  # a tick 60 ms ahead
+        first, second = base + 0.0001, base + 0.0009  # both in that tick, 0.8 ms apart
+        a = asyncio.ensure_future(sleeper(d, first, 5))
+        b = asyncio.ensure_future(sleeper(d, second, 5))
+        ended = await asyncio.gather(a, b)
+        assert first - EARLY_SECONDS <= -ended[0] <= first + SLACK
+        assert second - EARLY_SECONDS <= -ended[1] <= second + SLACK
         assert d.pending() == 0
 
     run(main())
@@ -147,7 +162,7 @@ def test_a_deadlines_with_guards_on_a_running_loop_refuses_a_second_loop() -> No
     import threading
 
     entered, release = threading.Event(), concurrent.futures.Future[None]()
-    other = threading.Thread(target=asyncio.run, args=(hold(entered, release),))
+    other = threading.Thread(target=asyncio.run, args=(hold(entered, release),), daemon=True)
     other.start()
     try:
         assert entered.wait(5)
