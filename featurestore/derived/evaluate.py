@@ -41,8 +41,8 @@ FLOAT64 = DType.FLOAT64
 # output matrix (a float64 ndarray, NaN = null) instead of a list of Python floats: the
 # encoders read the doubles where the kernel wrote them, and 400 float objects are
 # neither made by ``tolist`` nor freed. The demo pair (ranker_v1 -> ranker_v2) in
-# ``python -m benchmarks.derived_cpu``'s harness, 4,000 interleaved requests: QPS cost
-# 12.1% -> 10.9% at batch 100; at batch 1 the array path cost 2 points more than lists
+# ``python -m benchmarks.derived_cpu``'s harness, 4,000 interleaved requests, one ad-hoc
+# A/B (not a committed result): QPS cost 12.1% -> 10.9% at batch 100; at batch 1 the array path cost 2 points more than lists
 # (numpy's and orjson's per-array set-up), hence a threshold. 8 is the JSON codec's
 # splice threshold, not a measured crossover: only batches 1 and 100 were measured.
 ARRAY_ROWS = 8
