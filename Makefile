@@ -91,6 +91,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.http_servers
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.derived_cpu
+	$(PY) -m benchmarks.derived_arrays
 	$(PY) -m benchmarks.json_encoding
 	$(PY) -m benchmarks.deadlines
 	$(PY) -m benchmarks.clickhouse_point_reads

@@ -92,6 +92,7 @@ PARTS = (
     "clickhouse.md",
     "derived.md",  # under the section derived_section() writes, with the targets
     "derived-cpu.md",
+    "derived-arrays.md",
     "footprint-demo.md",
     "footprint-demo-no-derived.md",
     "footprint-no-clickhouse.md",

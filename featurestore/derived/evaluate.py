@@ -39,12 +39,11 @@ FLOAT64 = DType.FLOAT64
 
 # From this many rows on, a float64 derived feature is served as its row of the kernel's
 # output matrix (a float64 ndarray, NaN = null) instead of a list of Python floats: the
-# encoders read the doubles where the kernel wrote them, and 400 float objects are
-# neither made by ``tolist`` nor freed. The demo pair (ranker_v1 -> ranker_v2) in
-# ``python -m benchmarks.derived_cpu``'s harness, 4,000 interleaved requests, one ad-hoc
-# A/B (not a committed result): QPS cost 12.1% -> 10.9% at batch 100; at batch 1 the array path cost 2 points more than lists
-# (numpy's and orjson's per-array set-up), hence a threshold. 8 is the JSON codec's
-# splice threshold, not a measured crossover: only batches 1 and 100 were measured.
+# encoders read the doubles where the kernel wrote them, and (batch 100, four features)
+# 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per request in the serving path,
+# arrays against lists (``python -m benchmarks.derived_arrays``, benchmarks/RESULTS.md):
+# 7.5 µs (2.0%) less at batch 100, 1.2-1.6 µs less at 12-32, even at 8 (+0.4 / -0.3 µs
+# in two runs), 0.3-0.8 µs more at 1-4 (numpy's and orjson's set-up per array).
 ARRAY_ROWS = 8
 
 
