@@ -40,10 +40,11 @@ FLOAT64 = DType.FLOAT64
 # From this many rows on, a float64 derived feature is served as its row of the kernel's
 # output matrix (a float64 ndarray, NaN = null) instead of a list of Python floats: the
 # encoders read the doubles where the kernel wrote them, and (batch 100, four features)
-# 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per request in the serving path,
-# arrays against lists (``python -m benchmarks.derived_arrays``, benchmarks/RESULTS.md):
-# 7.5 µs (2.0%) less at batch 100, 1.2-1.6 µs less at 12-32, even at 8 (+0.4 / -0.3 µs
-# in two runs), 0.3-0.8 µs more at 1-4 (numpy's and orjson's set-up per array).
+# 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per
+# request in the serving path, arrays against lists (``python -m
+# benchmarks.derived_arrays``, benchmarks/RESULTS.md): 7.5 µs (2.0%) less at batch 100,
+# 1.2-1.6 µs less at 12-32, even at 8 (+0.4 / -0.3 µs in two runs), 0.3-0.8 µs more at
+# 1-4 (numpy's and orjson's set-up per array).
 ARRAY_ROWS = 8
 
 
