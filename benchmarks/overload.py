@@ -13,8 +13,8 @@ and without load shedding, then the recovery.
    the default server and the old default (0.5), with the 503s each got (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
-limits.max_inflight 1024, shed_target_share 0.1), the same at the old default share 0.5,
-and ``no shedding`` (limits.shed false).
+limits.max_inflight 1024, shed_target_share 0.05), the same at the old default share
+0.1, and ``no shedding`` (limits.shed false).
 
     python -m benchmarks.overload [--batch 100] [--factor 2] [--duration 10]
 """
@@ -37,7 +37,7 @@ from featurestore.demo.data import FEATURE_REFS
 
 VARIANTS = {
     "shedding": "",
-    "shedding at 0.5 (the old default)": "limits: {shed_target_share: 0.5}\n",
+    "shedding at 0.1 (the old default)": "limits: {shed_target_share: 0.1}\n",
     "no shedding": "limits: {shed: false}\n",
 }
 
