@@ -202,16 +202,15 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while joins complete slower than shed_target_share x deadline.
-    # 0.05 (25 ms of 500): the overload benchmark's open loop (2x saturation, 256
-    # connections) needs answered joins to turn its connections over. 0.1 did while
-    # saturation was 1,414 QPS; at the 3,440-3,621 measured since its schedule fell 6-7 s
-    # behind (256 connections carry 2x that only if a join takes < ~35 ms), 0.05: 185-207
-    # ms p99.9 (benchmarks/RESULTS.md, overload). The price: a saturated worker sheds
-    # callers that would have been answered in time (128 closed-loop callers at batch
-    # 100 on 2 workers: 21-26% shed at 0.05, 4-5% at 0.1).
+    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 3-3.4% and queued
+    # the rest for ~250 ms, so clients' open-loop schedule fell behind (p99.9 from the
+    # schedule 5.5-12.1 s); at 0.1 the same load had 384-389 ms then, 5.2-6.9 s at the
+    # faster saturation measured since (benchmarks/RESULTS.md, overload: why not 0.05).
+    # The price: a saturated worker sheds even callers that would have been answered
+    # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16-25%).
     shed: bool = True
     max_inflight: Count = 1024
-    shed_target_share: Ratio = 0.05
+    shed_target_share: Ratio = 0.1
 
 
 @dataclass(frozen=True, slots=True)

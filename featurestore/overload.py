@@ -20,15 +20,14 @@ Netflix's concurrency-limits do):
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
-With a 500 ms deadline and the default share of 0.05, a join is shed when the worker
-is queueing joins past 25 ms: answered requests stay well within the deadline and, more
+With a 500 ms deadline and the default share of 0.1, a join is shed when the worker
+is queueing joins past 50 ms: answered requests stay well within the deadline and, more
 to the point, a caller's connections turn over fast enough that its own queue does not
 grow (at 0.5, answered joins queued ~250 ms at 2x saturation: the server met its
-deadline but the callers fell 5-12 s behind; at 0.1 the same, 6-7 s, once the server
-got fast enough that 256 connections needed joins under ~35 ms). The price is paid by a
-saturated worker's callers: a join that would have been answered in ~60-150 ms, within
-the deadline, may be shed instead (128 closed-loop callers at batch 100 on 2 workers:
-21-26% shed at 0.05, 4-5% at 0.1). A worker that is not saturated never sheds: its completions are fast, so
+deadline but the callers fell 5-12 s behind). The price is paid by a saturated worker's
+callers: a join that would have been answered in ~150 ms, within the deadline, may be
+shed instead (128 closed-loop callers at batch 100 on 2 workers: 16-25% shed, where
+0.5 shed none). A worker that is not saturated never sheds: its completions are fast, so
 its limit stays at the cap. When load drops, the requests in flight fall below the
 limit at once and nothing is shed.
 """

@@ -43,7 +43,7 @@ FLOAT64 = DType.FLOAT64
 # 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per
 # request in the serving path, arrays against lists (``python -m
 # benchmarks.derived_arrays``, benchmarks/RESULTS.md): 7.5 µs (2.0%) less at batch 100,
-# 1.2-1.6 µs less at 12-32, even at 8 (+0.4 / -0.3 µs in two runs), 0.3-0.8 µs more at
+# 0.8-1.6 µs less at 12-32, even at 8 (0.4 µs, within the noise), 0.3-0.8 µs more at
 # 1-4 (numpy's and orjson's set-up per array).
 ARRAY_ROWS = 8
 
