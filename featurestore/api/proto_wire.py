@@ -87,9 +87,7 @@ def _float64s(values: list[Any] | np.ndarray, nulls: bool) -> bytes:
     n = len(values)
     if not n:
         return b""
-    if type(values) is np.ndarray:  # packed doubles are the array's bytes (little-endian)
-        if nulls:
-            values = np.where(np.isnan(values), 0.0, values)
+    if type(values) is np.ndarray:  # packed doubles are the array's bytes (nulls zeroed by encode_join)
         return b"\x0a" + varint(8 * n) + values.astype("<f8", copy=False).tobytes()
     pack = _doubles.get(n)
     if pack is None:
@@ -149,11 +147,12 @@ def _outcome_fields(outcome: ViewOutcome) -> bytes:
     return statuses + _retag(_EVENT_TS, _int64s(ts, None in ts))
 
 
-def _null_rows(values: list[Any] | np.ndarray, outcome: ViewOutcome) -> bytes:
-    """Rows PRESENT but null (a typed column cannot hold null)."""
+def _null_rows(values: list[Any], outcome: ViewOutcome, nan_rows: list[int] | None = None) -> bytes:
+    """Rows PRESENT but null (a typed column cannot hold null); ``nan_rows``: an array
+    column's null rows, found by encode_join."""
     statuses = outcome.statuses
-    if type(values) is np.ndarray:
-        rows = [i for i in np.flatnonzero(np.isnan(values)).tolist() if statuses[i] is Status.PRESENT]
+    if nan_rows is not None:
+        rows = [i for i in nan_rows if statuses[i] is Status.PRESENT]
     else:
         rows = [i for i, v in enumerate(values) if v is None and statuses[i] is Status.PRESENT]
     return _retag(_NULL_ROWS, _int64s(rows, False))  # uint32 varints alike
@@ -176,8 +175,15 @@ def encode_join(
     shared: dict[int, bytes] = {}
     for c in columns:
         values = c.values
-        # an ndarray: a derived float64 feature, NaN = null (derived.evaluate.ARRAY_ROWS)
-        nulls = bool(np.isnan(values).any()) if type(values) is np.ndarray else None in values
+        nan_rows: list[int] | None = None
+        if type(values) is np.ndarray:  # a derived float64 feature, NaN = null (derived.evaluate.ARRAY_ROWS)
+            nan = np.isnan(values)
+            nulls = bool(nan.any())
+            if nulls:  # written as 0.0 and listed in null_rows, as a list's None is
+                nan_rows = np.flatnonzero(nan).tolist()
+                values = np.where(nan, 0.0, values)
+        else:
+            nulls = None in values
         tag, encode = _BY_ID[id(c.dtype)]
         body = _name(c.name) + _delimited(tag, encode(values, nulls))
         outcome = c.outcome
@@ -187,6 +193,6 @@ def encode_join(
             fields = shared.get(id(outcome))
             if fields is None:
                 fields = shared[id(outcome)] = _outcome_fields(outcome)
-            body += fields + _null_rows(values, outcome) if nulls else fields
+            body += fields + _null_rows(values, outcome, nan_rows) if nulls else fields
         parts.append(_RESULT + varint(len(body)) + body)
     return b"".join(parts)

@@ -180,6 +180,16 @@ def grpc_join(
         return pbg.FeatureServiceStub(channel).Join(req, timeout=10)  # type: ignore[no-untyped-call]
 
 
+def arrow_join(server: ServerProcess, body: dict[str, Any]) -> pa.Table:
+    status, raw, _ = http_post(
+        server.url + "/v1/feature/join",
+        json.dumps(body).encode(),
+        {"accept": "application/vnd.apache.arrow.stream"},
+    )
+    assert status == 200
+    return pa.ipc.open_stream(raw).read_all()
+
+
 def price(
     values: list[Any], kind: str = "double_values", null_rows: tuple[int, ...] = ()
 ) -> pb.RequestColumn:
@@ -240,13 +250,7 @@ def test_grpc_and_arrow_responses_carry_derived_features(demo_server: ServerProc
     # a null row's value is not looked at (a client may fill it with NaN)
     nan_null = grpc_join(demo_server, features, [17, 4242, 5], [price([5.0, 75.0, math.nan], null_rows=(2,))])
     assert [column_values(c) for c in nan_null.results] == [column_values(c) for c in resp.results]
-    status, raw, _ = http_post(
-        demo_server.url + "/v1/feature/join",
-        json.dumps(body).encode(),
-        {"accept": "application/vnd.apache.arrow.stream"},
-    )
-    assert status == 200
-    table = pa.ipc.open_stream(raw).read_all()
+    table = arrow_join(demo_server, body)
     assert table.column("value_score").to_pylist() == doc["results"][2]["values"]
     assert table.column("value_score__status").to_pylist() == ["PRESENT"] * 3
 
@@ -287,13 +291,7 @@ def test_from_eight_rows_on_json_grpc_and_arrow_carry_the_same_derived_values_an
         assert column_values(col) == doc["results"][i]["values"]
         assert [pb.Status.Name(s) for s in col.statuses] == doc["results"][i]["statuses"]
     assert [list(c.null_rows) for c in resp.results[1:]] == [[2], [2], []]
-    status, raw, _ = http_post(
-        demo_server.url + "/v1/feature/join",
-        json.dumps(body).encode(),
-        {"accept": "application/vnd.apache.arrow.stream"},
-    )
-    assert status == 200
-    table = pa.ipc.open_stream(raw).read_all()
+    table = arrow_join(demo_server, body)
     for i, name in enumerate(["ctr_x_price_bucket", "value_score", "engagement_score"], start=1):
         assert table.column(name).to_pylist() == doc["results"][i]["values"]
         assert table.column(name).null_count == sum(v is None for v in doc["results"][i]["values"])
