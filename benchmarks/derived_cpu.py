@@ -134,9 +134,7 @@ async def serving_protocol(data_dir: Path) -> Any:
         rt.readiness,
         max_body_bytes=limits.max_body_bytes,
         deadline_ms=limits.deadline_ms,
-        shedder=LoadShedder(limits.max_inflight, limits.deadline_ms / 1000 * limits.shed_target_share)
-        if limits.shed
-        else None,
+        shedder=LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None,
     )
     guard = ConnectionGuard(connection_limits(config.http))
     uv = guard.uvicorn_config(api, access_log=False)

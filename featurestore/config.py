@@ -201,16 +201,13 @@ class LimitsConfig:
     max_body_bytes: Count = 4 * 1024 * 1024
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
-    # flight, and fewer while joins complete slower than shed_target_share x deadline.
-    # 0.1 (50 ms of 500): at 0.5 a worker at 2x its saturation shed 3-3.4% and queued
-    # the rest for ~250 ms, so clients' open-loop schedule fell behind (p99.9 from the
-    # schedule 5.5-12.1 s); at 0.1 the same load had 384-389 ms then, 5.2-6.9 s at the
-    # faster saturation measured since (benchmarks/RESULTS.md, overload: why not 0.05).
-    # The price: a saturated worker sheds even callers that would have been answered
-    # within the deadline (128 closed-loop callers at batch 100 on 2 workers: 16-25%).
+    # flight, and fewer while a queue stands: joins taking over the worker's own service
+    # time + shed_target_ms for 100 ms. 5 ms (CoDel's target): a share of the deadline
+    # (0.1, 50 ms) let answered joins hold the callers' connections so long that at 2x
+    # saturation their own queue grew (p99.9 from the schedule 5.2-6.9 s; RESULTS.md).
     shed: bool = True
     max_inflight: Count = 1024
-    shed_target_share: Ratio = 0.1
+    shed_target_ms: Count = 5
 
 
 @dataclass(frozen=True, slots=True)

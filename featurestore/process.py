@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from featurestore import metrics
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
 from featurestore.api.http import HttpApi, OpsApi
@@ -159,11 +160,9 @@ class Listeners:
             mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
         limits = config.limits
-        shedder = (
-            LoadShedder(limits.max_inflight, limits.deadline_ms / 1000 * limits.shed_target_share)
-            if limits.shed
-            else None
-        )
+        shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None
+        if shedder is not None:
+            metrics.BUFFERS.append(shedder)
         http_api = HttpApi(
             rt.engine,
             push,

@@ -24,9 +24,10 @@ SUFFIXES = {
 
 
 def defined_series() -> set[str]:
-    """Every series name featurestore/metrics.py, featurestore/streaming/metrics.py and
-    lineage/metrics.py can expose."""
+    """Every series name featurestore/metrics.py, featurestore/overload.py,
+    featurestore/streaming/metrics.py and lineage/metrics.py can expose."""
     import featurestore.metrics
+    import featurestore.overload
     import featurestore.streaming.metrics  # noqa: F401
     import lineage.metrics  # noqa: F401
 
