@@ -111,7 +111,7 @@ REQUESTS_SHED = Counter(
     "featurestore_requests_shed_total",
     "Joins refused at their start because a queue of joins stood in the worker "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
-    "latency: the limit lowered by a standing queue).",
+    "latency: the limit lowered by a standing queue: the event loop late for 100 ms).",
     ["api", "reason"],
 )
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
@@ -194,7 +194,7 @@ DERIVED_COMPILE_DURATION = Histogram(
 )
 
 
-BUFFERS: list[Any] = []  # what flush() folds in: the Buffered* below, the load shedder
+_BUFFERS: list[Any] = []
 # From this many buffered observations on, a histogram is binned by numpy: 15,000
 # latencies (a second of batch-1 joins on one worker) flushed in 2.4-3.6 ms per bisect,
 # a stall of the event loop every request in flight waits out.
@@ -207,7 +207,7 @@ class BufferedCounter:
     def __init__(self, child: Any) -> None:
         self._child = child
         self.n = 0.0
-        BUFFERS.append(self)
+        _BUFFERS.append(self)
 
     def inc(self, amount: float = 1) -> None:
         self.n += amount
@@ -224,7 +224,7 @@ class BufferedHistogram:
     def __init__(self, child: Any) -> None:
         self._child = child
         self._values: list[float] = []
-        BUFFERS.append(self)
+        _BUFFERS.append(self)
 
     def observe(self, amount: float) -> None:
         self._values.append(amount)
@@ -258,7 +258,7 @@ class BufferedGauge:
     def __init__(self, child: Any) -> None:
         self._child = child
         self.value = 0
-        BUFFERS.append(self)
+        _BUFFERS.append(self)
 
     def inc(self) -> None:
         self.value += 1
@@ -291,7 +291,7 @@ class Children:
 
 def flush() -> None:
     """Fold every buffered update into prometheus_client (call on the event loop)."""
-    for b in BUFFERS:
+    for b in _BUFFERS:
         b.flush()
 
 

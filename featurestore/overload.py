@@ -1,56 +1,53 @@
 """Load shedding: a saturated worker refuses a join at its start instead of letting a
-standing queue of joins build up in front of it, let alone one past the deadline.
+standing queue of work build up in front of it, let alone one past the deadline.
 
 An asyncio worker has no queue of its own to bound: every request it has read is a
-task on the event loop, and they all slow down together as more arrive. What a new
-request will wait is the work ahead of it, so the bound is on requests in flight, and
-the bound adapts to what the worker is doing (AIMD, as TCP's congestion window and
-Netflix's concurrency-limits do), with CoDel's test for a queue worth shedding
-(Nichols and Jacobson, "Controlling Queue Delay", 2012): a burst is a queue that drains
-within an interval, a standing queue one that does not.
+task on the event loop, and they all slow down together as more arrive. What they wait
+for is the event loop: each step of a join (decode, each store read's reply, encode)
+runs only when the steps queued before it have run. So the queue is measured where it
+forms, as the event loop's lag (how late a 10 ms timer runs), and the bound is on joins
+in flight, adapted as TCP's congestion window and Netflix's concurrency-limits adapt
+theirs (AIMD), with CoDel's test for a queue worth shedding (Nichols and Jacobson,
+"Controlling Queue Delay", 2012; Facebook's RPC servers use it with the same 5 ms and
+100 ms, "Fail at Scale", 2015): a burst is a queue that drains within an interval, a
+standing queue one that does not.
 
-* The worker's service time is what a join takes when it runs alone (nothing else in
-  flight when it started, nothing admitted before it ended): the fastest of those in
-  the last ``SERVICE_WINDOW`` (10 s) that had any, and no more than the fastest join of
-  that window (a worker's first join is its slowest: connections are opened). A window
-  without one, as under sustained overload, keeps the last figure; until the first
-  window ends it is 0. A queue is what joins take beyond it.
-* When every join completed for an ``INTERVAL`` (100 ms) took longer than service time
-  + ``target`` (``limits.shed_target_ms``, 5 ms), a queue stood for the whole interval:
-  the limit drops to ``in flight x (service + target) / latency`` (the share of them
-  that would finish in time; the factor kept within 0.25..0.9), if more than
-  ``min_limit`` joins are in flight. Only joins admitted after the last cut count, so a
-  cut takes effect before the next (TCP cuts once per round trip for the same reason).
-* A join that completes within service time + target while the worker is near its
-  limit raises it by ``1 / limit`` (one per limit's worth of such joins, as TCP's
-  window grows by one per round trip; up to ``max_limit``, the hard cap
-  ``limits.max_inflight``), and a worker that drains (no join left in flight, the last
-  one within service time + target) is back at the cap. (A worker at its floor drains
-  now and then between joins without its queue having gone; back at the cap, it
-  admitted 100+ joins at once and queued them 50-90 ms.)
+* When the lag stays above ``target`` (``limits.shed_target_ms``, 5 ms) for an
+  ``INTERVAL`` (100 ms), the limit drops to ``in flight x target / lag`` (the factor kept
+  within 0.25..0.9), if more than ``min_limit`` joins are in flight; another cut needs
+  another whole interval above the target, so a cut acts before the next (TCP cuts
+  once per round trip for the same reason).
+* A sample within the target while the worker is near its limit raises it by one (up
+  to ``max_limit``, the hard cap ``limits.max_inflight``); one with no join in flight
+  puts it back at the cap.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 
+What the lag does not count is what a queue of this worker's own does not cause: a
+store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
+the event loop is idle, so it is never shed for (the deadline ends those joins, the
+circuit breaker fails the next ones fast), and neither are cheap requests mixed with
+dear ones: no per-request service time is learnt.
+
 Why a few milliseconds and not a share of the deadline: a standing queue adds latency
 and no throughput (the worker is busy either way), and a caller's connections are held
 for as long as its joins queue. With 256 connections at twice the saturation rate of
-3,256 QPS a request may hold its connection ~39 ms on average; answered joins that queued
-up to 50 ms (0.1 of the deadline, the rule until this one) held them longer, the callers'
-own queue grew and their p99.9 from the schedule was 5.2-6.9 s (benchmarks/RESULTS.md,
-"Deadlines under overload"). A target from the worker's own service time holds at any
-saturation rate and with a store whose joins are slow but not queued (ClickHouse: its
-service time is its latency). The price is paid by callers of a saturated worker that
-would wait rather than be refused: a closed loop of more callers than the worker needs
-to be busy gets 503s (the numbers are in the same section). A worker that is not
-saturated never sheds: its joins do not queue, so its limit stays at the cap. When load
-drops, the requests in flight fall below the limit at once and nothing is shed.
+3,256 QPS a request may hold its connection ~39 ms on average; the rule before this one
+let joins queue until they took a tenth of the deadline (50 ms), they held connections
+longer, the callers' own queue grew and their p99.9 from the schedule was 5.2-6.9 s
+(benchmarks/RESULTS.md, "Deadlines under overload"). The price is paid by callers of a
+saturated worker that would wait rather than be refused: a closed loop of more callers
+than the worker needs to be busy gets 503s (the numbers are in the same section). A
+worker that is not saturated never sheds: its event loop keeps up, so its limit stays at
+the cap. When load drops, the requests in flight fall below the limit at once and
+nothing is shed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import Gauge
@@ -60,32 +57,31 @@ from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 
 LIMIT = Gauge(
     "featurestore_join_inflight_limit",
-    "Joins admitted in flight before the next is shed, summed over workers: limits.max_inflight "
-    "each, lower while a worker sheds for a standing queue.",
-    multiprocess_mode="livesum",
+    "Joins a worker admits in flight before it sheds the next, the lowest worker's: "
+    "limits.max_inflight, lower while the worker's event loop is late (a standing queue).",
+    multiprocess_mode="livemin",
 )
-SERVICE = Gauge(
-    "featurestore_join_service_seconds",
-    "A join's service time as the load shedder measures it (the fastest that ran alone in the "
-    "last 10 s; 0 before), the slowest worker's: it sheds when joins take more than this + "
-    "limits.shed_target_ms for 100 ms.",
+LAG = Gauge(
+    "featurestore_event_loop_lag_seconds",
+    "How late the load shedder's 10 ms timer ran, the worst of the last quarter second, the "
+    "most lagging worker's: above limits.shed_target_ms for 100 ms, the worker sheds.",
     multiprocess_mode="livemax",
 )
 
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
-# CoDel's interval: long enough to hold ~160 joins of a saturated worker at batch 100
-# (1,600/s), so a burst that drains within it is not cut; short enough that a standing
+# CoDel's interval: long enough that a burst of joins drains within it (a saturated
+# worker completes ~160 joins of batch 100 in 100 ms), short enough that a standing
 # queue is cut within a fifth of the 500 ms deadline.
 INTERVAL: Final = 0.1
-# The service time is a windowed minimum, as BBR's round-trip time is (its window is
-# 10 s too): a minimum ignores the joins slowed by those that arrived while they ran,
-# and a window lets a store that became slower (or faster) be seen as such.
-SERVICE_WINDOW: Final = 10.0
-# Below this many joins in flight a worker never sheds for latency: a stall of the
-# machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) slows every join without
-# any queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each),
-# which is what answered joins take when a worker at its floor is saturated.
+# The lag's sampling period: 10 timer callbacks an interval, each a few microseconds
+# (0.05% of a core); uvloop's timers are rounded to the millisecond, 5x below the target.
+PERIOD: Final = 0.01
+REPORT_EVERY: Final = 25  # samples between gauge updates: four a second
+# Below this many joins in flight a worker never sheds for lag: a stall of the machine
+# (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any
+# queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each), which
+# is what answered joins take when a worker at its floor is saturated.
 MIN_LIMIT: Final = 32
 
 INF: Final = float("inf")
@@ -94,93 +90,61 @@ LATENCY: Final = "latency"  # the adaptive limit, lowered by a standing queue
 
 
 class LoadShedder:
-    """One per worker process, shared by its HTTP and gRPC joins. Event loop only."""
+    """One per worker process, shared by its HTTP and gRPC joins; ``watch`` samples the
+    event loop they run on. Event loop only."""
 
-    __slots__ = (
-        "_above_since",
-        "_clock",
-        "_last_cut",
-        "_service_end",
-        "_solo",
-        "_solo_fastest",
-        "_window_fastest",
-        "inflight",
-        "limit",
-        "max_limit",
-        "min_limit",
-        "service",
-        "target",
-    )
+    __slots__ = ("_above_since", "inflight", "limit", "max_limit", "min_limit", "target")
 
-    def __init__(
-        self,
-        max_inflight: int,
-        target_seconds: float,
-        *,
-        min_limit: int = MIN_LIMIT,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
+    def __init__(self, max_inflight: int, target_seconds: float, *, min_limit: int = MIN_LIMIT) -> None:
         self.max_limit = max_inflight
-        self.min_limit = min(min_limit, max_inflight)
+        # a small cap keeps room to shed below it
+        self.min_limit = min(min_limit, max(1, max_inflight // 2))
         self.limit = float(max_inflight)
         self.target = target_seconds
-        self.service = 0.0  # seconds; 0 until the first window ends
         self.inflight = 0
-        self._clock = clock
-        self._solo = -1.0  # the start of the join running alone, if one is
-        self._last_cut = -INF
-        self._above_since = INF  # since when every completion took over service + target
-        self._solo_fastest = INF  # of this service window's joins that ran alone
-        self._window_fastest = INF  # of all this service window's joins
-        self._service_end = clock() + SERVICE_WINDOW
+        self._above_since = INF  # since when every sample's lag was over the target
 
-    def flush(self) -> None:
-        """Report the limit and the service time (metrics.BUFFERS: at every metrics flush)."""
-        LIMIT.set(self.limit)
-        SERVICE.set(self.service)
-
-    def admit(self, started: float) -> str | None:
-        """None: go ahead (and call ``done`` with the same ``started`` at the end); else
-        the reason to shed. ``started``: when the request began, by the shedder's clock
-        (``time.perf_counter``)."""
+    def admit(self) -> str | None:
+        """None: go ahead (and call ``done`` at the end); else the reason to shed."""
         inflight = self.inflight
         if inflight >= self.limit:
             return INFLIGHT if inflight >= self.max_limit else LATENCY
-        self._solo = started if inflight == 0 else -1.0  # one admitted meanwhile: not alone
         self.inflight = inflight + 1
         return None
 
-    def done(self, started: float) -> None:
-        """An admitted request that started at ``started`` finished, whatever its outcome."""
-        inflight = self.inflight
-        self.inflight = inflight - 1
-        now = self._clock()
-        seconds = now - started
-        if seconds < self._window_fastest:
-            self._window_fastest = seconds
-        if started == self._solo and seconds < self._solo_fastest:
-            self._solo_fastest = seconds
-        if now >= self._service_end and self._solo_fastest < INF:
-            self.service = min(self._solo_fastest, self._window_fastest)
-            self._solo_fastest = self._window_fastest = INF
-            self._service_end = now + SERVICE_WINDOW
-        allowed = self.service + self.target
-        if started >= self._last_cut:
-            if seconds <= allowed:
-                self._above_since = INF  # the queue drained
-            elif now < self._above_since:
-                self._above_since = now  # the first slow completion (INF: none yet)
-            elif now - self._above_since >= INTERVAL and inflight > self.min_limit:
-                self._last_cut, self._above_since = now, INF  # a queue stood: cut it
-                cut = min(MAX_CUT, max(MIN_CUT, allowed / seconds))
-                self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
-                return
-        if seconds > allowed or self.limit >= self.max_limit:
-            return
-        if inflight == 1:  # drained, and the last join did not queue: no queue is left
-            self.limit = self.max_limit
-        elif inflight >= self.limit / 2:
-            self.limit = min(self.max_limit, self.limit + 1 / self.limit)
+    def done(self) -> None:
+        """An admitted request finished, whatever its outcome."""
+        self.inflight -= 1
+
+    def observe(self, lag: float, now: float) -> None:
+        """One sample: the event loop ran a timer ``lag`` seconds late at ``now``."""
+        if lag <= self.target:
+            self._above_since = INF  # the queue drained
+            if self.inflight == 0:
+                self.limit = self.max_limit
+            elif self.limit < self.max_limit and self.inflight >= self.limit / 2:
+                self.limit = min(self.max_limit, self.limit + 1)
+        elif now < self._above_since:
+            self._above_since = now  # the first late sample (INF: none yet)
+        elif now - self._above_since >= INTERVAL and self.inflight > self.min_limit:
+            self._above_since = now  # a queue stood for an interval: cut, then wait another
+            cut = min(MAX_CUT, max(MIN_CUT, self.target / lag))
+            self.limit = max(self.min_limit, min(self.limit, self.inflight) * cut)
+
+    async def watch(self) -> None:
+        """Sample the running loop's lag every ``PERIOD`` until cancelled; report it."""
+        worst, samples = 0.0, 0
+        while True:
+            due = time.perf_counter() + PERIOD
+            await asyncio.sleep(PERIOD)
+            now = time.perf_counter()
+            lag = max(0.0, now - due)
+            self.observe(lag, now)
+            worst, samples = max(worst, lag), samples + 1
+            if samples == REPORT_EVERY:
+                LIMIT.set(self.limit)
+                LAG.set(worst)
+                worst, samples = 0.0, 0
 
 
 # What Retry-After says: long enough for the requests in flight to drain (they end by

@@ -22,7 +22,6 @@ from typing import Any
 
 import uvicorn
 
-from featurestore import metrics
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
 from featurestore.api.http import HttpApi, OpsApi
@@ -161,8 +160,7 @@ class Listeners:
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
         limits = config.limits
         shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None
-        if shedder is not None:
-            metrics.BUFFERS.append(shedder)
+        self.shedder = shedder
         http_api = HttpApi(
             rt.engine,
             push,
@@ -217,6 +215,7 @@ class Listeners:
         )
         self.http_task: asyncio.Task[None] | None = None
         self.auth_task: asyncio.Task[None] | None = None
+        self.shed_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serve on every port; returns once all accept requests (or raises)."""
@@ -226,6 +225,8 @@ class Listeners:
             self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
         if self.auth is not None:
             self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
+        if self.shedder is not None:
+            self.shed_task = asyncio.create_task(self.shedder.watch(), name="load-shedder")
         await self.grpc_api.set_serving(True)
 
     async def drain(self) -> None:
@@ -241,8 +242,9 @@ class Listeners:
             if self.admin.task is not None:
                 await asyncio.gather(self.admin.task, return_exceptions=True)
             self.admin.guard.close()
-        if self.auth_task is not None:
-            self.auth_task.cancel()
+        for task in (self.auth_task, self.shed_task):
+            if task is not None:
+                task.cancel()
         self.guard.close()
 
 

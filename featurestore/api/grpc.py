@@ -142,7 +142,7 @@ class GrpcApi:
         if self.auth is not None:
             await self._authenticate(context, call, READ)
         shedder = self.shedder
-        if shedder is not None and (reason := shedder.admit(call.t0)) is not None:
+        if shedder is not None and (reason := shedder.admit()) is not None:
             await _abort(
                 context, call, shed("grpc", reason), trailing=(("retry-after", str(RETRY_AFTER_SECONDS)),)
             )
@@ -150,7 +150,7 @@ class GrpcApi:
             return await self._answer_join(request, context, call)
         finally:
             if shedder is not None:
-                shedder.done(call.t0)
+                shedder.done()
 
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         self._inflight.inc()

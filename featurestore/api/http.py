@@ -254,7 +254,7 @@ class HttpApi:
                 status, ctype, out = self._too_large(t0)
             elif self.shedder is None:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
-            elif (reason := self.shedder.admit(t0)) is not None:
+            elif (reason := self.shedder.admit()) is not None:
                 error = shed("http", reason)
                 self.join.outcomes.failed(t0, error)
                 await send_error(send, error, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
@@ -263,7 +263,7 @@ class HttpApi:
                 try:
                     status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
                 finally:
-                    self.shedder.done(t0)
+                    self.shedder.done()
             await send(
                 {
                     "type": "http.response.start",
