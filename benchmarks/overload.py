@@ -8,8 +8,10 @@ and without load shedding, then the recovery.
    connections in ``--procs`` processes. A request's latency runs from its scheduled
    time, so waiting for a free connection counts (no coordinated omission). Reported:
    answered (200) p50/p99/p99.9, shed (503) and other outcomes.
-3. Recovery: right after, 0.5 x S for a few seconds: shed requests (expected none).
-4. What the shedding target costs a closed loop: wrk at concurrency 32, 64 and 128 against
+3. Recovery: in the same schedule on the same connections, 0.5 x S for 4 s: shed
+   requests (expected none) and latency. During both, the server's shedding limit (the
+   lowest worker's) and event loop lag are read from its /metrics.
+4. What the shedding target costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
    the default server and the 25 ms target, with the 503s each got (a closed loop at
    saturation is a queue too).
 
@@ -31,11 +33,14 @@ import multiprocessing as mp
 import random
 import sys
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import config, materialize, redis, server, wrk
+from benchmarks.stack import config, materialize, metric_sum, redis, server, wrk
 from featurestore.demo.data import FEATURE_REFS
 
 VARIANTS = {
@@ -61,25 +66,24 @@ def bodies(batch: int, count: int, seed: int, port: int) -> list[bytes]:
 
 
 async def _open_loop(
-    port: int, batch: int, rate: float, seconds: float, conns: int, seed: int
-) -> dict[str, Any]:
+    port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, seed: int
+) -> list[dict[str, Any]]:
+    """One schedule of ``phases`` ((rate, seconds), ...) on the same connections; what
+    each phase's requests got."""
     reqs = bodies(batch, 512, seed, port)
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(conns):
         idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    answered: list[float] = []
-    served: list[float] = []  # from the write of the request: what the server took
-    waits: list[float] = []  # from the schedule to the write: waiting for a connection
-    held = 0.0  # seconds of connection time, all outcomes
-    counts: dict[str, int] = {}
+    out = [
+        {"answered": [], "served": [], "waits": [], "held": 0.0, "counts": {}} for _ in phases
+    ]  # answered: from the schedule; served: from the write; waits: for a connection
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
 
-    async def one(i: int, due: float) -> None:
-        nonlocal held
+    async def one(i: int, due: float, part: dict[str, Any]) -> None:
         reader, writer = await idle.get()
         sent = loop.time()
-        waits.append(sent - due)
+        part["waits"].append(sent - due)
+        counts = part["counts"]
         try:
             writer.write(reqs[i % len(reqs)])
             status = (await reader.readline()).split(b" ", 2)[1]
@@ -90,40 +94,76 @@ async def _open_loop(
             await reader.readexactly(length)
         except (ConnectionError, asyncio.IncompleteReadError, IndexError):
             counts["error"] = counts.get("error", 0) + 1
+            part["held"] += loop.time() - sent
             writer.close()
             idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
             return
-        held += loop.time() - sent
+        part["held"] += loop.time() - sent
         idle.put_nowait((reader, writer))
         key = status.decode()
         counts[key] = counts.get(key, 0) + 1
         if key == "200":
-            answered.append(loop.time() - due)
-            served.append(loop.time() - sent)
+            part["answered"].append(loop.time() - due)
+            part["served"].append(loop.time() - sent)
 
     tasks = []
-    n = int(rate * seconds)
-    for i in range(n):
-        due = start + i / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, due)))
+    start, i = loop.time() + 0.05, 0
+    for (rate, seconds), part in zip(phases, out, strict=True):
+        for k in range(int(rate * seconds)):
+            due = start + k / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i, due, part)))
+            i += 1
+        start += seconds
     await asyncio.gather(*tasks)
-    return {"answered": answered, "served": served, "counts": counts, "waits": waits, "held": held}
+    return out
 
 
-def _run(args: tuple[int, int, float, float, int, int]) -> dict[str, Any]:
+def _run(args: tuple[int, int, tuple[tuple[float, float], ...], int, int]) -> list[dict[str, Any]]:
     import uvloop
 
     return uvloop.run(_open_loop(*args))
 
 
-def open_loop(port: int, batch: int, rate: float, seconds: float, conns: int, procs: int) -> dict[str, Any]:
-    with mp.get_context("spawn").Pool(procs) as pool:
-        parts = pool.map(
-            _run, [(port, batch, rate / procs, seconds, conns // procs, 7 + i) for i in range(procs)]
-        )
+def open_loop(
+    port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, procs: int
+) -> list[dict[str, Any]]:
+    """The phases' schedule from ``procs`` processes, each a share of every rate, while
+    the server's shedding limit and loop lag are read from /metrics four times a second
+    (a phase's from its second second to its end: the processes start within ~1 s)."""
+    share = tuple((rate / procs, seconds) for rate, seconds in phases)
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as watcher, mp.get_context("spawn").Pool(procs) as pool:
+        t0 = time.monotonic()
+        seen = watcher.submit(_watch_metrics, port, stop)
+        try:
+            parts = pool.map(_run, [(port, batch, share, conns // procs, 7 + i) for i in range(procs)])
+        finally:
+            stop.set()
+        gauges = seen.result()
+    out, begin = [], t0
+    for n, (rate, seconds) in enumerate(phases):
+        during = [(limit, lag) for t, limit, lag in gauges if begin + 1 <= t <= begin + seconds]
+        out.append(_summary([p[n] for p in parts], rate, during))
+        begin += seconds
+    return out
+
+
+def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float]]:
+    samples = []
+    while not stop.wait(0.25):
+        try:
+            limit = metric_sum(port, "featurestore_join_inflight_limit")
+            lag = metric_sum(port, "featurestore_event_loop_lag_seconds")
+        except OSError:
+            continue
+        samples.append((time.monotonic(), limit, lag))
+    return samples
+
+
+def _summary(parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float, float]]) -> dict[str, Any]:
     lat = sorted(x for p in parts for x in p["answered"])
     served = sorted(x for p in parts for x in p["served"])
     waits = sorted(x for p in parts for x in p["waits"])
@@ -135,11 +175,15 @@ def open_loop(port: int, batch: int, rate: float, seconds: float, conns: int, pr
     def pct(q: float, xs: list[float] = lat) -> float | None:
         return round(xs[min(int(q * len(xs)), len(xs) - 1)] * 1000, 1) if xs else None
 
+    limits = sorted(limit for limit, _ in gauges)
+    lags = sorted(lag for _, lag in gauges)
     return {
         "rate": round(rate), "counts": counts, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
         "served_p99_ms": pct(0.99, served), "served_p999_ms": pct(0.999, served),
         "wait_p50_ms": pct(0.5, waits), "wait_p99_ms": pct(0.99, waits),
         "held_mean_ms": round(sum(p["held"] for p in parts) / max(1, len(waits)) * 1000, 1),
+        "limit_median": limits[len(limits) // 2] if limits else None,
+        "lag_median_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
     }  # fmt: skip
 
 
@@ -166,8 +210,8 @@ def main() -> int:
         sat = wrk(f"http://127.0.0.1:{servers['no shedding']['http']}/v1/feature/join", a.batch, 64, 5)["qps"]
         print(f"saturation (closed loop, c=64, the server without shedding): {sat:,.0f} QPS", flush=True)
         for name, srv in servers.items():
-            over = open_loop(srv["http"], a.batch, sat * a.factor, a.duration, a.connections, a.procs)
-            after = open_loop(srv["http"], a.batch, sat * 0.5, 4, a.connections, a.procs)
+            phases = ((sat * a.factor, a.duration), (sat * 0.5, 4.0))
+            over, after = open_loop(srv["http"], a.batch, phases, a.connections, a.procs)
             results[name] = {"overload": over, "recovery": after}
             print(name, json.dumps(results[name]), flush=True)
         closed = {
@@ -182,7 +226,7 @@ def main() -> int:
     return 0
 
 
-CLOSED_LOOP = (32, 64, 128)
+CLOSED_LOOP = (32, 64, 96, 128)
 CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:2]  # the default and the 25 ms target
 
 
@@ -216,8 +260,9 @@ def render(results: dict[str, dict[str, Any]], sat: float, a: argparse.Namespace
         "",
         "| server | offered QPS | answered 200 | shed 503 | other | answered p50 / p99 / p99.9 ms | "
         "from the write: p99 / p99.9 ms | connection wait p50 / p99 ms | connection held, mean ms | "
-        "after: offered | after: 200 | after: 503 |",
-        "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|",
+        "limit (median) / loop lag (median, ms) | after: offered | after: 200 | after: 503 | after: p99 ms | "
+        "after: limit |",
+        "|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         o, rec = r["overload"], r["recovery"]
@@ -225,10 +270,18 @@ def render(results: dict[str, dict[str, Any]], sat: float, a: argparse.Namespace
         out.append(
             f"| {name} | {o['rate']:,} | {o['counts'].get('200', 0):,} | {o['counts'].get('503', 0):,} | {other:,} | "
             f"{o['p50_ms']} / {o['p99_ms']} / {o['p999_ms']} | {o['served_p99_ms']} / {o['served_p999_ms']} | "
-            f"{o['wait_p50_ms']} / {o['wait_p99_ms']} | {o['held_mean_ms']} | {rec['rate']:,} | {rec['counts'].get('200', 0):,} | "
-            f"{rec['counts'].get('503', 0):,} |"
+            f"{o['wait_p50_ms']} / {o['wait_p99_ms']} | {o['held_mean_ms']} | "
+            f"{_limit(o['limit_median'])} / {o['lag_median_ms']} | {rec['rate']:,} | {rec['counts'].get('200', 0):,} | "
+            f"{rec['counts'].get('503', 0):,} | {rec['p99_ms']} | {_limit(rec['limit_median'])} |"
         )
     return out
+
+
+def _limit(value: float | None) -> str:
+    """The lowest worker's in-flight limit: +Inf without shedding, none if unread."""
+    if value is None:
+        return "-"
+    return "none" if value == float("inf") else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ theirs (AIMD), with CoDel's test for a queue worth shedding (Nichols and Jacobso
 standing queue one that does not.
 
 * When the lag stays above ``target`` (``limits.shed_target_ms``, 5 ms) for an
-  ``INTERVAL`` (100 ms), the limit drops to ``in flight x target / lag`` (the factor kept
-  within 0.25..0.9), if more than ``min_limit`` joins are in flight; another cut needs
-  another whole interval above the target, so a cut acts before the next (TCP cuts
-  once per round trip for the same reason).
-* A sample within the target while the worker is near its limit raises it by one (up
-  to ``max_limit``, the hard cap ``limits.max_inflight``); one with no join in flight
-  puts it back at the cap.
+  ``INTERVAL`` (100 ms) with more than ``min_limit`` joins in flight throughout, the
+  limit drops to ``in flight x target / lag`` (``lag``: the interval's smallest, as
+  CoDel judges by its minimum; the factor kept within 0.25..0.9); another cut needs
+  another whole interval, so a cut acts before the next (TCP cuts once per round trip
+  for the same reason).
+* A sample on time while the worker is near its limit raises the limit by one (up to
+  ``max_limit``, the hard cap ``limits.max_inflight``); on time for an interval with
+  the limit not binding (fewer than half of it in flight), the limit is back at the cap.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
@@ -28,25 +29,27 @@ What the lag does not count is what a queue of this worker's own does not cause:
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
 the event loop is idle, so it is never shed for (the deadline ends those joins, the
 circuit breaker fails the next ones fast), and neither are cheap requests mixed with
-dear ones: no per-request service time is learnt.
+dear ones: no per-request service time is learnt. What it does count is any work on the
+loop: pushes, admin requests and scrapes lag it too, and only joins are shed for it.
 
 Why a few milliseconds and not a share of the deadline: a standing queue adds latency
 and no throughput (the worker is busy either way), and a caller's connections are held
-for as long as its joins queue. With 256 connections at twice the saturation rate of
-3,256 QPS a request may hold its connection ~39 ms on average; the rule before this one
-let joins queue until they took a tenth of the deadline (50 ms), they held connections
-longer, the callers' own queue grew and their p99.9 from the schedule was 5.2-6.9 s
-(benchmarks/RESULTS.md, "Deadlines under overload"). The price is paid by callers of a
-saturated worker that would wait rather than be refused: a closed loop of more callers
-than the worker needs to be busy gets 503s (the numbers are in the same section). A
-worker that is not saturated never sheds: its event loop keeps up, so its limit stays at
-the cap. When load drops, the requests in flight fall below the limit at once and
-nothing is shed.
+for as long as its joins queue. With 256 connections at twice a saturation rate of
+2,700-3,300 QPS a request may hold its connection 39-47 ms on average; the rule before
+this one let joins queue until they took a tenth of the deadline (50 ms), they held
+connections longer, the callers' own queue grew and their p99.9 from the schedule was
+5.2-6.9 s (benchmarks/RESULTS.md, "Deadlines under overload"). The price is paid by
+callers of a saturated worker that would wait rather than be refused: a closed loop of
+many more callers than the worker needs to be busy gets 503s (the numbers are in the
+same section). A worker that is not saturated never sheds: its event loop keeps up, so
+its limit stays at the cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from typing import Final
 
@@ -55,54 +58,74 @@ from prometheus_client import Gauge
 from featurestore import metrics
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 
+log = logging.getLogger(__name__)
+
 LIMIT = Gauge(
     "featurestore_join_inflight_limit",
     "Joins a worker admits in flight before it sheds the next, the lowest worker's: "
-    "limits.max_inflight, lower while the worker's event loop is late (a standing queue).",
+    "limits.max_inflight, lower while the worker's event loop is late (a standing queue); "
+    "+Inf with limits.shed false.",
     multiprocess_mode="livemin",
 )
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
-    "How late the load shedder's 10 ms timer ran, the worst of the last quarter second, the "
-    "most lagging worker's: above limits.shed_target_ms for 100 ms, the worker sheds.",
+    "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
+    "second when on time), the most lagging worker's: above limits.shed_target_ms for "
+    "100 ms, the worker sheds joins.",
     multiprocess_mode="livemax",
 )
 
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
 # CoDel's interval: long enough that a burst of joins drains within it (a saturated
-# worker completes ~160 joins of batch 100 in 100 ms), short enough that a standing
+# worker completes ~140 joins of batch 100 in 100 ms), short enough that a standing
 # queue is cut within a fifth of the 500 ms deadline.
 INTERVAL: Final = 0.1
-# The lag's sampling period: 10 timer callbacks an interval, each a few microseconds
-# (0.05% of a core); uvloop's timers are rounded to the millisecond, 5x below the target.
+# The lag's sampling period: 10 samples an interval; uvloop's timers are exact to the
+# millisecond, 5x below the target. A sample costs ~50 us on the loop: an idle worker
+# spends 0.5% of a core on them.
 PERIOD: Final = 0.01
-REPORT_EVERY: Final = 25  # samples between gauge updates: four a second
+REPORT_EVERY: Final = 25  # samples between gauge updates
 # Below this many joins in flight a worker never sheds for lag: a stall of the machine
 # (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any
-# queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each), which
-# is what answered joins take when a worker at its floor is saturated.
+# queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each). It is
+# also what a closed loop of callers gets without 503s: 64 callers on 2 workers are 32
+# each and are not shed (benchmarks/RESULTS.md); 128 are, half of them.
 MIN_LIMIT: Final = 32
 
-INF: Final = float("inf")
+INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by a standing queue
 
 
 class LoadShedder:
     """One per worker process, shared by its HTTP and gRPC joins; ``watch`` samples the
-    event loop they run on. Event loop only."""
+    event loop they run on. Event loop only. ``sheds`` False: only the lag is reported."""
 
-    __slots__ = ("_above_since", "inflight", "limit", "max_limit", "min_limit", "target")
+    __slots__ = (
+        "_late_since",
+        "_least_lag",
+        "_on_time_since",
+        "inflight",
+        "limit",
+        "max_limit",
+        "min_limit",
+        "sheds",
+        "target",
+    )
 
-    def __init__(self, max_inflight: int, target_seconds: float, *, min_limit: int = MIN_LIMIT) -> None:
+    def __init__(
+        self, max_inflight: int, target_seconds: float, *, min_limit: int = MIN_LIMIT, sheds: bool = True
+    ) -> None:
         self.max_limit = max_inflight
-        # a small cap keeps room to shed below it
-        self.min_limit = min(min_limit, max(1, max_inflight // 2))
+        self.min_limit = min(min_limit, max(1, max_inflight // 2))  # a small cap keeps room to shed
         self.limit = float(max_inflight)
         self.target = target_seconds
+        self.sheds = sheds
         self.inflight = 0
-        self._above_since = INF  # since when every sample's lag was over the target
+        self._late_since = INF  # since when every sample was late with a queue worth shedding
+        self._least_lag = INF  # the smallest lag since then
+        self._on_time_since = INF  # since when every sample was on time with the limit not binding
 
     def admit(self) -> str | None:
         """None: go ahead (and call ``done`` at the end); else the reason to shed."""
@@ -118,33 +141,52 @@ class LoadShedder:
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``."""
-        if lag <= self.target:
-            self._above_since = INF  # the queue drained
-            if self.inflight == 0:
-                self.limit = self.max_limit
-            elif self.limit < self.max_limit and self.inflight >= self.limit / 2:
-                self.limit = min(self.max_limit, self.limit + 1)
-        elif now < self._above_since:
-            self._above_since = now  # the first late sample (INF: none yet)
-        elif now - self._above_since >= INTERVAL and self.inflight > self.min_limit:
-            self._above_since = now  # a queue stood for an interval: cut, then wait another
-            cut = min(MAX_CUT, max(MIN_CUT, self.target / lag))
-            self.limit = max(self.min_limit, min(self.limit, self.inflight) * cut)
+        inflight = self.inflight
+        if lag > self.target and inflight > self.min_limit:
+            self._on_time_since = INF
+            if now < self._late_since:
+                self._late_since, self._least_lag = now, lag  # the first late sample
+                return
+            self._least_lag = min(self._least_lag, lag)
+            if now - self._late_since >= INTERVAL:  # a queue stood: cut, then wait another
+                cut = min(MAX_CUT, max(MIN_CUT, self.target / self._least_lag))
+                self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
+                self._late_since = INF
+            return
+        self._late_since = INF  # on time, or late with no queue worth shedding (a stall)
+        if lag > self.target or self.limit >= self.max_limit:
+            return
+        if inflight >= self.limit / 2:
+            self._on_time_since = INF
+            self.limit = min(self.max_limit, self.limit + 1)
+        elif now < self._on_time_since:
+            self._on_time_since = now
+        elif now - self._on_time_since >= INTERVAL:  # no queue, and room: recovered
+            self.limit, self._on_time_since = self.max_limit, INF
 
     async def watch(self) -> None:
-        """Sample the running loop's lag every ``PERIOD`` until cancelled; report it."""
+        """Sample the running loop's lag every ``PERIOD`` until cancelled, and report
+        it. A failure is logged and the limit opened: a shedder that cannot see the
+        queue must not keep shedding for one."""
+        LIMIT.set(self.limit if self.sheds else INF)
+        LAG.set(0.0)
         worst, samples = 0.0, 0
         while True:
             due = time.perf_counter() + PERIOD
             await asyncio.sleep(PERIOD)
             now = time.perf_counter()
             lag = max(0.0, now - due)
-            self.observe(lag, now)
-            worst, samples = max(worst, lag), samples + 1
-            if samples == REPORT_EVERY:
-                LIMIT.set(self.limit)
-                LAG.set(worst)
-                worst, samples = 0.0, 0
+            try:
+                if self.sheds:
+                    self.observe(lag, now)
+                worst, samples = max(worst, lag), samples + 1
+                if samples >= REPORT_EVERY:
+                    LIMIT.set(self.limit if self.sheds else INF)
+                    LAG.set(worst)
+                    worst, samples = 0.0, 0
+            except Exception:
+                log.exception("the load shedder failed a sample; its limit is back at the cap")
+                self.limit = self.max_limit
 
 
 # What Retry-After says: long enough for the requests in flight to drain (they end by

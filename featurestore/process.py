@@ -159,8 +159,9 @@ class Listeners:
             mounts["/graphql"] = LineageGraphQL(rt.lineage.graph)
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
         limits = config.limits
-        shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None
-        self.shedder = shedder
+        # The shedder samples the loop's lag either way; it sheds only with limits.shed.
+        self.shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000, sheds=limits.shed)
+        shedder = self.shedder if limits.shed else None
         http_api = HttpApi(
             rt.engine,
             push,
@@ -225,8 +226,7 @@ class Listeners:
             self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
         if self.auth is not None:
             self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
-        if self.shedder is not None:
-            self.shed_task = asyncio.create_task(self.shedder.watch(), name="load-shedder")
+        self.shed_task = asyncio.create_task(self.shedder.watch(), name="load-shedder")
         await self.grpc_api.set_serving(True)
 
     async def drain(self) -> None:
@@ -242,9 +242,10 @@ class Listeners:
             if self.admin.task is not None:
                 await asyncio.gather(self.admin.task, return_exceptions=True)
             self.admin.guard.close()
-        for task in (self.auth_task, self.shed_task):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self.auth_task, self.shed_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.guard.close()
 
 

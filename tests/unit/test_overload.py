@@ -5,9 +5,13 @@ up again."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 from prometheus_client import REGISTRY
 
 from featurestore.errors import Code
@@ -55,40 +59,54 @@ def test_another_cut_needs_another_whole_interval_late() -> None:
     s = loaded(200)
     at = samples(s, [0.00625] * 11)
     assert s.limit == pytest.approx(160)
-    at = samples(s, [0.00625] * 9, start=at)  # late again, for 90 ms after the cut
+    at = samples(s, [0.00625] * 10, start=at)  # late again, for 90 ms after the cut
     assert s.limit == pytest.approx(160)
     samples(s, [0.00625], start=at)
     assert s.limit == pytest.approx(128)
+
+
+def test_the_cut_is_judged_by_the_intervals_smallest_lag_not_its_last() -> None:
+    s = loaded(200)
+    samples(s, [0.00625] * 10 + [0.5])  # a catch-up spike at the end of a mildly late interval
+    assert s.limit == pytest.approx(160)
 
 
 def test_a_cut_is_at_most_to_a_quarter_and_never_below_the_floor() -> None:
     s = loaded(200)
     at = samples(s, [1.0] * 11)  # a second late: cut to a quarter, not to 5 / 1000
     assert s.limit == pytest.approx(50)
-    samples(s, [1.0] * 10, start=at)
+    samples(s, [1.0] * 11, start=at)
     assert s.limit == MIN_LIMIT
 
 
 def test_a_late_loop_with_no_more_joins_in_flight_than_the_floor_is_a_stall_not_a_queue() -> None:
     s = loaded(MIN_LIMIT)
-    samples(s, [0.5] * 100)  # the machine paused: every sample late for a second
+    at = samples(s, [0.5] * 100)  # the machine paused: every sample late for a second
     assert s.limit == 1024
+    assert [s.admit() for _ in range(100)] == [None] * 100  # then the backlog arrives at once
+    at = samples(s, [0.02] * 10, start=at)
+    assert s.limit == 1024  # it gets its interval to drain, as any burst does
+    samples(s, [0.02], start=at)
+    assert s.limit < 1024
 
 
-def test_samples_on_time_raise_the_limit_near_it_by_one_and_with_nothing_in_flight_to_the_cap() -> None:
+def test_samples_on_time_near_the_limit_raise_it_by_one_each() -> None:
     s = loaded(200)
     at = samples(s, [0.00625] * 11)
     for _ in range(100):
         s.done()
-    at = samples(s, [0.001] * 3, start=at)  # 100 in flight >= 160 / 2
-    assert s.limit == pytest.approx(163)
-    for _ in range(30):
-        s.done()
-    samples(s, [0.001], start=at)  # 70 in flight < 163 / 2: far from the limit
-    assert s.limit == pytest.approx(163)
-    for _ in range(70):
-        s.done()
-    samples(s, [0.001], start=at + PERIOD)  # idle and on time: no queue is left
+    samples(s, [0.001] * 30, start=at)  # 100 in flight >= 160 / 2: the limit binds
+    assert s.limit == pytest.approx(190)
+
+
+def test_on_time_for_an_interval_with_room_under_the_limit_it_is_back_at_the_cap() -> None:
+    s = loaded(200)
+    at = samples(s, [0.00625] * 11)
+    for _ in range(190):
+        s.done()  # 10 in flight, a steady light load: never idle
+    at = samples(s, [0.001] * 10, start=at)
+    assert s.limit == pytest.approx(160)  # 90 ms: not yet
+    samples(s, [0.001], start=at)
     assert s.limit == 1024
 
 
@@ -106,23 +124,68 @@ def work(seconds: float) -> None:
         pass
 
 
-def test_watching_a_real_event_loop_cuts_the_limit_while_it_is_blocked_and_restores_it_after() -> None:
-    async def scenario() -> tuple[float, float, float | None]:
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    end = time.perf_counter() + seconds
+    while not condition():
+        assert time.perf_counter() < end, "timed out"
+        await asyncio.sleep(PERIOD)
+
+
+def limit_reported() -> float | None:
+    return REGISTRY.get_sample_value("featurestore_join_inflight_limit")
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_watching_a_real_event_loop_cuts_the_limit_while_it_is_blocked_and_restores_it_after(
+    run: Callable[[Coroutine[Any, Any, None]], None],
+) -> None:
+    async def scenario() -> None:
         s = loaded(100)
         watch = asyncio.create_task(s.watch())
-        await asyncio.sleep(3 * PERIOD)
+        await until(lambda: limit_reported() == 1024)
         for _ in range(12):  # 30 ms of work between yields, for 360 ms: a standing queue
             work(0.03)
             await asyncio.sleep(0)
-        cut = s.limit
+        assert s.limit < 100
         for _ in range(100):
             s.done()
-        await asyncio.sleep(0.3)  # on time and idle again; a quarter second for the gauges
+        await until(lambda: s.limit == 1024 and limit_reported() == 1024)  # on time and idle
         watch.cancel()
-        return cut, s.limit, REGISTRY.get_sample_value("featurestore_join_inflight_limit")
 
-    cut, after, reported = asyncio.run(scenario())
-    assert cut < 100 and after == 1024 and reported == 1024
+    run(scenario())
+
+
+class Failing(LoadShedder):
+    __slots__ = ()
+
+    def observe(self, lag: float, now: float) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_a_sampler_that_fails_logs_it_and_opens_the_limit_rather_than_shed_blind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        s = Failing(1024, TARGET)
+        s.limit = 40
+        watch = asyncio.create_task(s.watch())
+        await until(lambda: s.limit == 1024)
+        await asyncio.sleep(3 * PERIOD)
+        assert not watch.done()  # and it goes on sampling
+        watch.cancel()
+
+    asyncio.run(scenario())
+    assert "the load shedder failed a sample" in caplog.text
+
+
+def test_a_shedder_that_does_not_shed_reports_the_lag_and_no_limit() -> None:
+    async def scenario() -> None:
+        s = LoadShedder(1024, TARGET, sheds=False)
+        watch = asyncio.create_task(s.watch())
+        await until(lambda: limit_reported() == math.inf)
+        watch.cancel()
+
+    asyncio.run(scenario())
 
 
 def test_a_shed_request_is_unavailable_over_http_and_resource_exhausted_over_grpc() -> None:
