@@ -10,7 +10,7 @@ and without load shedding, then the recovery.
    answered (200) p50/p99/p99.9, shed (503) and other outcomes.
 3. Recovery: in the same schedule on the same connections, 0.5 x S for 4 s: shed
    requests (expected none) and latency. During both, the server's shedding limit (the
-   lowest worker's) and event loop lag are read from its /metrics.
+   lowest worker's) and event loop lag are read from its /metrics once a second.
 4. What the shedding target costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
    the default server and the 25 ms target, with the 503s each got (a closed loop at
    saturation is a queue too).
@@ -31,16 +31,18 @@ import asyncio
 import json
 import multiprocessing as mp
 import random
+import re
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import config, materialize, metric_sum, redis, server, wrk
+from benchmarks.stack import config, materialize, redis, server, wrk
 from featurestore.demo.data import FEATURE_REFS
 
 VARIANTS = {
@@ -66,10 +68,11 @@ def bodies(batch: int, count: int, seed: int, port: int) -> list[bytes]:
 
 
 async def _open_loop(
-    port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, seed: int
+    port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, seed: int, start_at: float
 ) -> list[dict[str, Any]]:
-    """One schedule of ``phases`` ((rate, seconds), ...) on the same connections; what
-    each phase's requests got."""
+    """One schedule of ``phases`` ((rate, seconds), ...) from ``start_at`` (wall clock:
+    every process keeps the same schedule) on the same connections; what each phase's
+    requests got."""
     reqs = bodies(batch, 512, seed, port)
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(conns):
@@ -107,7 +110,7 @@ async def _open_loop(
             part["served"].append(loop.time() - sent)
 
     tasks = []
-    start, i = loop.time() + 0.05, 0
+    start, i = loop.time() + (start_at - time.time()), 0
     for (rate, seconds), part in zip(phases, out, strict=True):
         for k in range(int(rate * seconds)):
             due = start + k / rate
@@ -121,45 +124,61 @@ async def _open_loop(
     return out
 
 
-def _run(args: tuple[int, int, tuple[tuple[float, float], ...], int, int]) -> list[dict[str, Any]]:
+def _run(args: tuple[int, int, tuple[tuple[float, float], ...], int, int, float]) -> list[dict[str, Any]]:
     import uvloop
 
     return uvloop.run(_open_loop(*args))
+
+
+# When the processes' common schedule starts: after they have been spawned and have
+# opened their connections (~1 s on this machine).
+START_DELAY = 3.0
 
 
 def open_loop(
     port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, procs: int
 ) -> list[dict[str, Any]]:
     """The phases' schedule from ``procs`` processes, each a share of every rate, while
-    the server's shedding limit and loop lag are read from /metrics four times a second
-    (a phase's from its second second to its end: the processes start within ~1 s)."""
+    the server's shedding limit and loop lag are read from /metrics once a second (one
+    scrape: it runs on a worker's loop too)."""
     share = tuple((rate / procs, seconds) for rate, seconds in phases)
     stop = threading.Event()
+    start_at = time.time() + START_DELAY
     with ThreadPoolExecutor(1) as watcher, mp.get_context("spawn").Pool(procs) as pool:
-        t0 = time.monotonic()
         seen = watcher.submit(_watch_metrics, port, stop)
         try:
-            parts = pool.map(_run, [(port, batch, share, conns // procs, 7 + i) for i in range(procs)])
+            args = [(port, batch, share, conns // procs, 7 + i, start_at) for i in range(procs)]
+            parts = pool.map(_run, args)
         finally:
             stop.set()
         gauges = seen.result()
-    out, begin = [], t0
+    out, begin = [], start_at
     for n, (rate, seconds) in enumerate(phases):
-        during = [(limit, lag) for t, limit, lag in gauges if begin + 1 <= t <= begin + seconds]
+        during = [(limit, lag) for t, limit, lag in gauges if begin <= t < begin + seconds]
         out.append(_summary([p[n] for p in parts], rate, during))
         begin += seconds
     return out
 
 
+GAUGE = re.compile(r"^(featurestore_join_inflight_limit|featurestore_event_loop_lag_seconds) (\S+)$", re.M)
+
+
 def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float]]:
+    """(wall time, limit, lag) once a second until ``stop``."""
     samples = []
-    while not stop.wait(0.25):
+    while not stop.wait(1.0):
         try:
-            limit = metric_sum(port, "featurestore_join_inflight_limit")
-            lag = metric_sum(port, "featurestore_event_loop_lag_seconds")
-        except OSError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                found = dict(GAUGE.findall(r.read().decode()))
+            samples.append(
+                (
+                    time.time(),
+                    float(found["featurestore_join_inflight_limit"]),
+                    float(found["featurestore_event_loop_lag_seconds"]),
+                )
+            )
+        except Exception:  # a scrape that failed under the overload: that second has none
             continue
-        samples.append((time.monotonic(), limit, lag))
     return samples
 
 

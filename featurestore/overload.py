@@ -67,11 +67,14 @@ LIMIT = Gauge(
     "+Inf with limits.shed false.",
     multiprocess_mode="livemin",
 )
+# Until its worker's watch() reports: a worker starting up (0 at import in multiprocess
+# mode) must not read as one shedding everything.
+LIMIT.set(math.inf)
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
     "second when on time), the most lagging worker's: above limits.shed_target_ms for "
-    "100 ms, the worker sheds joins.",
+    "100 ms with more joins in flight than the floor, a worker with limits.shed on sheds.",
     multiprocess_mode="livemax",
 )
 
@@ -142,19 +145,21 @@ class LoadShedder:
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``."""
         inflight = self.inflight
-        if lag > self.target and inflight > self.min_limit:
+        if lag > self.target:
             self._on_time_since = INF
-            if now < self._late_since:
+            if inflight <= self.min_limit:
+                self._late_since = INF  # late with no queue worth shedding: a stall
+            elif now < self._late_since:
                 self._late_since, self._least_lag = now, lag  # the first late sample
-                return
-            self._least_lag = min(self._least_lag, lag)
-            if now - self._late_since >= INTERVAL:  # a queue stood: cut, then wait another
-                cut = min(MAX_CUT, max(MIN_CUT, self.target / self._least_lag))
-                self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
-                self._late_since = INF
+            else:
+                self._least_lag = min(self._least_lag, lag)
+                if now - self._late_since >= INTERVAL:  # a queue stood: cut, then wait another
+                    cut = min(MAX_CUT, max(MIN_CUT, self.target / self._least_lag))
+                    self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
+                    self._late_since = INF
             return
-        self._late_since = INF  # on time, or late with no queue worth shedding (a stall)
-        if lag > self.target or self.limit >= self.max_limit:
+        self._late_since = INF  # on time: the queue drained
+        if self.limit >= self.max_limit:
             return
         if inflight >= self.limit / 2:
             self._on_time_since = INF
@@ -166,27 +171,29 @@ class LoadShedder:
 
     async def watch(self) -> None:
         """Sample the running loop's lag every ``PERIOD`` until cancelled, and report
-        it. A failure is logged and the limit opened: a shedder that cannot see the
-        queue must not keep shedding for one."""
-        LIMIT.set(self.limit if self.sheds else INF)
-        LAG.set(0.0)
-        worst, samples = 0.0, 0
+        it. If a sample fails, the failure is logged once and the limit opened for good
+        (the hard cap stays): a shedder that cannot see the queue must not shed for one."""
+        worst, samples, sheds = 0.0, 0, self.sheds
+        self._report(0.0)
         while True:
             due = time.perf_counter() + PERIOD
             await asyncio.sleep(PERIOD)
             now = time.perf_counter()
             lag = max(0.0, now - due)
-            try:
-                if self.sheds:
+            if sheds:
+                try:
                     self.observe(lag, now)
-                worst, samples = max(worst, lag), samples + 1
-                if samples >= REPORT_EVERY:
-                    LIMIT.set(self.limit if self.sheds else INF)
-                    LAG.set(worst)
-                    worst, samples = 0.0, 0
-            except Exception:
-                log.exception("the load shedder failed a sample; its limit is back at the cap")
-                self.limit = self.max_limit
+                except Exception:
+                    log.exception("the load shedder failed a sample: it sheds at the hard cap only from now")
+                    self.limit, sheds = self.max_limit, False
+            worst, samples = max(worst, lag), samples + 1
+            if samples >= REPORT_EVERY:
+                self._report(worst)
+                worst, samples = 0.0, 0
+
+    def _report(self, lag: float) -> None:
+        LIMIT.set(self.limit if self.sheds else INF)
+        LAG.set(lag)
 
 
 # What Retry-After says: long enough for the requests in flight to drain (they end by

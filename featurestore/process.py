@@ -227,6 +227,7 @@ class Listeners:
         if self.auth is not None:
             self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
         self.shed_task = asyncio.create_task(self.shedder.watch(), name="load-shedder")
+        self.shed_task.add_done_callback(_log_if_failed)
         await self.grpc_api.set_serving(True)
 
     async def drain(self) -> None:
@@ -263,6 +264,13 @@ class _AdminListener:
             self.guard.uvicorn_config(OpsApi(http_api.app), access_log=False, backlog=128)
         )
         self.task: asyncio.Task[None] | None = None
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    """A background task that ends by an error says so (the shedder's sampler: its
+    worker then sheds at the hard cap only)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("background task %s ended: %r", task.get_name(), error)
 
 
 async def _start_uvicorn(server: uvicorn.Server, sock: socket.socket, name: str) -> asyncio.Task[None]:

@@ -110,6 +110,34 @@ def test_on_time_for_an_interval_with_room_under_the_limit_it_is_back_at_the_cap
     assert s.limit == 1024
 
 
+def cut_to_160_with(inflight: int) -> tuple[LoadShedder, float]:
+    s = loaded(200)
+    at = samples(s, [0.00625] * 11)
+    for _ in range(200 - inflight):
+        s.done()
+    return s, at
+
+
+def test_a_late_sample_even_with_few_joins_in_flight_restarts_the_wait_for_recovery() -> None:
+    s, at = cut_to_160_with(20)
+    at = samples(s, [0.001], start=at)
+    at = samples(s, [0.04] * 9, start=at)  # late for 90 ms, 20 in flight: no cut, no recovery
+    samples(s, [0.001], start=at)
+    assert s.limit == pytest.approx(160)
+
+
+def test_a_sample_with_the_limit_binding_restarts_the_wait_for_recovery() -> None:
+    s, at = cut_to_160_with(20)
+    at = samples(s, [0.001] * 5, start=at)
+    for _ in range(70):
+        assert s.admit() is None  # 90 in flight >= 160 / 2: the limit binds
+    at = samples(s, [0.001], start=at)
+    for _ in range(70):
+        s.done()
+    samples(s, [0.001] * 10, start=at)  # 90 ms with room since
+    assert s.limit == pytest.approx(161)
+
+
 def test_a_small_cap_keeps_room_to_shed_below_it() -> None:
     s = loaded(8, cap=8)
     assert s.min_limit == 4
@@ -162,27 +190,37 @@ class Failing(LoadShedder):
         raise RuntimeError("a bug")
 
 
-def test_a_sampler_that_fails_logs_it_and_opens_the_limit_rather_than_shed_blind(
+def test_a_sampler_that_fails_logs_it_once_and_opens_the_limit_rather_than_shed_blind(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
         s = Failing(1024, TARGET)
         s.limit = 40
         watch = asyncio.create_task(s.watch())
-        await until(lambda: s.limit == 1024)
-        await asyncio.sleep(3 * PERIOD)
-        assert not watch.done()  # and it goes on sampling
+        await until(lambda: s.limit == 1024 and limit_reported() == 1024)
+        await asyncio.sleep(5 * PERIOD)
+        assert not watch.done()  # it goes on sampling the lag
         watch.cancel()
 
     asyncio.run(scenario())
-    assert "the load shedder failed a sample" in caplog.text
+    assert caplog.text.count("the load shedder failed a sample") == 1
+
+
+def lag_reported() -> float | None:
+    return REGISTRY.get_sample_value("featurestore_event_loop_lag_seconds")
 
 
 def test_a_shedder_that_does_not_shed_reports_the_lag_and_no_limit() -> None:
     async def scenario() -> None:
         s = LoadShedder(1024, TARGET, sheds=False)
+        assert [s.admit() for _ in range(100)] == [None] * 100
         watch = asyncio.create_task(s.watch())
-        await until(lambda: limit_reported() == math.inf)
+        await until(lambda: lag_reported() == 0)
+        for _ in range(40):  # late past a report of the lag: 25 samples
+            work(0.02)
+            await asyncio.sleep(0)
+        await until(lambda: (lag_reported() or 0) > TARGET)
+        assert s.limit == 1024 and limit_reported() == math.inf
         watch.cancel()
 
     asyncio.run(scenario())
