@@ -134,6 +134,8 @@ async def serving_protocol(data_dir: Path) -> Any:
         rt.readiness,
         max_body_bytes=limits.max_body_bytes,
         deadline_ms=limits.deadline_ms,
+        # admit/done as a serving worker's requests pay them (its lag sampler, watch(), is a
+        # timer of its own, not part of a request, and is not run here)
         shedder=LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None,
     )
     guard = ConnectionGuard(connection_limits(config.http))

@@ -93,7 +93,8 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any
 # queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each). It is
 # also what a closed loop of callers gets without 503s: 64 callers on 2 workers are 32
-# each and are not shed (benchmarks/RESULTS.md); 128 are, half of them.
+# each and are not shed when the kernel spreads their connections evenly
+# (benchmarks/RESULTS.md); of 128, a third to a half are.
 MIN_LIMIT: Final = 32
 
 INF: Final = math.inf
@@ -173,6 +174,12 @@ class LoadShedder:
         """Sample the running loop's lag every ``PERIOD`` until cancelled, and report
         it. If a sample fails, the failure is logged once and the limit opened for good
         (the hard cap stays): a shedder that cannot see the queue must not shed for one."""
+        try:
+            await self._sample()
+        finally:  # cancelled, or a report failed: nothing adapts the limit any more
+            self.limit = self.max_limit
+
+    async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds
         self._report(0.0)
         while True:

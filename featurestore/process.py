@@ -268,7 +268,7 @@ class _AdminListener:
 
 def _log_if_failed(task: asyncio.Task[None]) -> None:
     """A background task that ends by an error says so (the shedder's sampler: its
-    worker then sheds at the hard cap only)."""
+    watch() has opened the limit, so its worker sheds at the hard cap only)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("background task %s ended: %r", task.get_name(), error)
 

@@ -206,6 +206,28 @@ def test_a_sampler_that_fails_logs_it_once_and_opens_the_limit_rather_than_shed_
     assert caplog.text.count("the load shedder failed a sample") == 1
 
 
+class FailingReport(LoadShedder):
+    __slots__ = ()
+
+    def _report(self, lag: float) -> None:
+        if self.limit < self.max_limit:
+            raise OSError("the metrics file is gone")
+
+
+def test_a_sampler_that_ends_by_an_error_leaves_the_limit_open() -> None:
+    async def scenario() -> None:
+        s = FailingReport(1024, TARGET)
+        assert [s.admit() for _ in range(100)] == [None] * 100
+        watch = asyncio.create_task(s.watch())
+        for _ in range(40):  # cut, then the next report fails
+            work(0.02)
+            await asyncio.sleep(0)
+        await until(watch.done)
+        assert isinstance(watch.exception(), OSError) and s.limit == 1024
+
+    asyncio.run(scenario())
+
+
 def lag_reported() -> float | None:
     return REGISTRY.get_sample_value("featurestore_event_loop_lag_seconds")
 
