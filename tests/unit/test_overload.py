@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from featurestore.errors import Code
 from featurestore.overload import INFLIGHT, INTERVAL, LATENCY, MIN_LIMIT, PERIOD, LoadShedder, shed
+from tests.support import eventually
 
 TARGET = 0.005
 
@@ -152,11 +153,8 @@ def work(seconds: float) -> None:
         pass
 
 
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    end = time.perf_counter() + seconds
-    while not condition():
-        assert time.perf_counter() < end, "timed out"
-        await asyncio.sleep(PERIOD)
+async def until(condition: Callable[[], object]) -> None:
+    await eventually(condition, 5.0, "the shedder's state", interval=PERIOD)
 
 
 def limit_reported() -> float | None:
