@@ -84,6 +84,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports
 	$(PY) -m benchmarks.grpc_floor
+	$(PY) -m benchmarks.redis_protocol
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md

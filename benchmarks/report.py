@@ -84,6 +84,7 @@ PARTS = (
     "cache_cost.md",
     "grpc.md",
     "grpc-floor.md",
+    "redis-protocol.md",
     "overload.md",
     "scaling.md",
     "experiments.md",
