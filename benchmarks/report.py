@@ -86,6 +86,7 @@ PARTS = (
     "grpc-floor.md",
     "redis-protocol.md",
     "overload.md",
+    "store-faults.md",
     "scaling.md",
     "experiments.md",
     "json-encoding.md",
