@@ -1,21 +1,21 @@
-"""Would a Redis client of our own pay for itself? redis-py's connections as the read path
-uses them (``send_packed_command``, then ``read_response`` per MGET) against a minimal
-``asyncio.Protocol`` that feeds every received chunk to a hiredis reader and resolves a
-join's future when its replies are complete (no stream reader, no await per reply).
+"""Would a Redis client of our own pay for itself? The read path as the Redis store runs
+it on redis-py against a minimal ``asyncio.Protocol`` that feeds every received chunk to
+a hiredis reader and resolves a join's future when its replies are complete (no stream
+reader, no await per reply).
 
-The lean client here is a sketch for measuring only: no AUTH, TLS, reconnection or
-deadline handling, which a real one would need (and pay for). Each "join" is what the
-server sends for two views: two MGETs of ``batch`` + 1 keys (the rows and the layout
-marker) with demo-sized msgpack rows. Modes:
+Each "join" is what the server sends for two views: two MGETs of ``batch`` + 1 keys (the
+rows and the layout marker) with demo-sized msgpack rows (not decoded, on either side).
+``joins in flight`` tasks each run joins one after another, as request tasks do. The
+redis-py side takes the store's own path: reads of up to ``redis_batch.MAX_KEYS`` keys go
+through its ``AutoPipeline`` (a future per join, one write per event-loop tick: the joins
+in flight share it; one join in flight is the gRPC case, where joins arrive a tick
+apart), larger ones check a connection out of its ``LeanPool``, send, read each reply and
+give it back. The lean side does the same with a write buffer flushed once per tick: one
+shared connection for small reads, one per task for large ones.
 
-* ``own``: each of ``--concurrency`` tasks has its own connection and waits for its
-  reply before the next join (the server's path at batch 100, and under gRPC, where
-  concurrent joins' reads do not share a write);
-* ``shared``: ``--concurrency`` joins go out as one write on one connection and their
-  replies are read back in order (auto-pipelining under HTTP at batch 1).
-
-Reported: CPU time of the event-loop thread per join (median of ``--rounds``),
-rows not decoded (both sides alike).
+The lean client is a sketch for measuring only: no AUTH, TLS, reconnection or deadline
+handling, which a real one would need (and pay for). Reported: CPU time of the event-loop
+thread per join, median of ``--rounds`` interleaved rounds.
 
     python -m benchmarks.redis_protocol [--rounds 5] [--joins 4000]
 """
@@ -28,6 +28,7 @@ import collections
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,18 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from benchmarks import report, stack
+from featurestore.sources.redis_batch import MAX_KEYS, AutoPipeline
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
 
 KEYS = 1000
-SCENARIOS = [("own", 1, 1), ("own", 1, 16), ("own", 100, 1), ("own", 100, 16), ("shared", 1, 16)]
+SCENARIOS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (batch, joins in flight)
+Join = Callable[[int], Awaitable[Any]]
 
 
 class LeanProtocol(asyncio.Protocol):
-    """Replies parsed as they arrive, in order, into the waiting join's list."""
+    """Replies parsed as they arrive, in order, into the waiting join's list; the
+    commands of one event-loop tick go out in one write."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
@@ -53,6 +57,7 @@ class LeanProtocol(asyncio.Protocol):
             collections.deque()
         )
         self.transport: Any = None  # (uvloop's transports are not asyncio.Transport subclasses)
+        self.buffer: list[bytes] = []
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -69,79 +74,77 @@ class LeanProtocol(asyncio.Protocol):
                     fut.set_result(replies)
 
     def call(self, packed: bytes, replies: int) -> asyncio.Future[list[Any]]:
-        return self.calls([packed], replies)[0]
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((fut, [], replies))
+        if not self.buffer:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.buffer.append(packed)
+        return fut
 
-    def calls(self, packed: list[bytes], replies: int) -> list[asyncio.Future[list[Any]]]:
-        """Several joins' commands in one write: a future per join."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for _ in packed:
-            fut = loop.create_future()
-            self.pending.append((fut, [], replies))
-            futures.append(fut)
-        self.transport.write(b"".join(packed))
-        return futures
+    def flush(self) -> None:
+        self.transport.write(b"".join(self.buffer))
+        self.buffer.clear()
 
 
-def join_bytes(batch: int, i: int) -> bytes:
+def join_keys(batch: int, i: int) -> list[list[str]]:
     ids = [(i * 7919 + k * 104729) % KEYS for k in range(batch)]
-    return b"".join(pack_mget([*(f"{v}:{x}" for x in ids), f"{v}:marker"]) for v in ("p", "a"))
+    return [[*(f"{v}:{x}" for x in ids), f"{v}:marker"] for v in ("p", "a")]
 
 
-async def redis_py(url: str, mode: str, batch: int, conc: int, joins: int) -> float:
+async def drive(join: Join, conc: int, joins: int) -> float:
+    """CPU seconds of this thread per join: ``conc`` tasks, each one join after another."""
+    per_task = max(1, joins // conc)
+
+    async def task(k: int) -> None:
+        for i in range(per_task):
+            await join(k * per_task + i)
+
+    t0 = time.thread_time()
+    await asyncio.gather(*(task(k) for k in range(conc)))
+    return (time.thread_time() - t0) / (per_task * conc)
+
+
+async def redis_py(url: str, batch: int, conc: int, joins: int) -> float:
     pool = LeanPool(url, conc, socket_timeout=None)
+    auto = AutoPipeline(pool)
     try:
-        conns = [await pool.acquire() for _ in range(conc)]
-        for c in conns:
-            await c.connect()  # type: ignore[no-untyped-call]
+        if 2 * (batch + 1) <= MAX_KEYS:  # the store's auto-pipelined path
 
-        async def own(conn: Any, n: int, seed: int) -> None:
-            for i in range(n):
-                await conn.send_packed_command(join_bytes(batch, seed + i), check_health=False)
-                for _ in range(2):
-                    await conn.read_response()
+            async def join(i: int) -> Any:
+                return await auto.mget(join_keys(batch, i), 2 * (batch + 1))
 
-        async def shared(n: int) -> None:
-            conn = conns[0]
-            for i in range(n):
-                await conn.send_packed_command(
-                    b"".join(join_bytes(batch, i * conc + j) for j in range(conc)), check_health=False
-                )
-                for _ in range(2 * conc):
-                    await conn.read_response()
+        else:  # the store's own-connection path (RedisSource._mget)
 
-        t0 = time.thread_time()
-        if mode == "own":
-            await asyncio.gather(*(own(c, joins // conc, k * joins) for k, c in enumerate(conns)))
-        else:
-            await shared(joins // conc)
-        return (time.thread_time() - t0) / joins
+            async def join(i: int) -> Any:
+                packed = b"".join(map(pack_mget, join_keys(batch, i)))
+                conn = await pool.acquire()
+                try:
+                    await conn.send_packed_command(packed, check_health=False)
+                    return [await conn.read_response() for _ in range(2)]
+                finally:
+                    pool.release(conn)
+
+        return await drive(join, conc, joins)
     finally:
+        await auto.close()
         await pool.close()
 
 
-async def lean(url: str, mode: str, batch: int, conc: int, joins: int) -> float:
+async def lean(url: str, batch: int, conc: int, joins: int) -> float:
     host, port = url.removeprefix("redis://").split("/")[0].split(":")
     loop = asyncio.get_running_loop()
-    protos = [(await loop.create_connection(LeanProtocol, host, int(port)))[1] for _ in range(conc)]
+    shared = 2 * (batch + 1) <= MAX_KEYS
+    protos: list[LeanProtocol] = []
     try:
+        for _ in range(1 if shared else conc):
+            protos.append((await loop.create_connection(LeanProtocol, host, int(port)))[1])
+        per_task = max(1, joins // conc)
 
-        async def own(p: LeanProtocol, n: int, seed: int) -> None:
-            for i in range(n):
-                await p.call(join_bytes(batch, seed + i), 2)
+        async def join(i: int) -> Any:
+            proto = protos[0] if shared else protos[i // per_task]  # a large read: its task's own connection
+            return await proto.call(b"".join(map(pack_mget, join_keys(batch, i))), 2)
 
-        async def shared(n: int) -> None:
-            p = protos[0]
-            for i in range(n):
-                for fut in p.calls([join_bytes(batch, i * conc + j) for j in range(conc)], 2):
-                    await fut
-
-        t0 = time.thread_time()
-        if mode == "own":
-            await asyncio.gather(*(own(p, joins // conc, k * joins) for k, p in enumerate(protos)))
-        else:
-            await shared(joins // conc)
-        return (time.thread_time() - t0) / joins
+        return await drive(join, conc, joins)
     finally:
         for p in protos:
             if p.transport is not None:
@@ -159,20 +162,20 @@ async def fill(url: str) -> None:
 async def measure(url: str, rounds: int, joins: int) -> list[dict[str, Any]]:
     await fill(url)
     out = []
-    for mode, batch, conc in SCENARIOS:
-        await redis_py(url, mode, batch, conc, 500)  # warm-up
-        await lean(url, mode, batch, conc, 500)
+    for batch, conc in SCENARIOS:
+        await redis_py(url, batch, conc, 500)  # warm-up
+        await lean(url, batch, conc, 500)
         a: list[float] = []
         b: list[float] = []
         for r in range(rounds):  # interleaved, neither always first
             pair = [(a, redis_py), (b, lean)] if r % 2 == 0 else [(b, lean), (a, redis_py)]
             for sink, fn in pair:
-                sink.append(await fn(url, mode, batch, conc, joins))
+                sink.append(await fn(url, batch, conc, joins))
         out.append(
             {
-                "mode": mode,
                 "batch": batch,
                 "concurrency": conc,
+                "path": "auto-pipelined" if 2 * (batch + 1) <= MAX_KEYS else "a connection per join",
                 "redis_py_us": statistics.median(a) * 1e6,
                 "lean_us": statistics.median(b) * 1e6,
             }
@@ -183,31 +186,30 @@ async def measure(url: str, rounds: int, joins: int) -> list[dict[str, Any]]:
 
 def render(results: list[dict[str, Any]], command: str) -> list[str]:
     lines = [
-        "## A Redis client of our own? redis-py's read path against a minimal asyncio protocol",
+        "## A Redis client of our own? The store's read path on redis-py against a minimal asyncio protocol",
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
         "* One process on uvloop, one local redis-server; a join = two MGETs of batch + 1 keys",
         "  (demo-sized msgpack rows, not decoded). CPU time of the event-loop thread per join, median",
-        "  of the rounds. *own*: a connection per task, one join at a time on it (batch 100, and",
-        "  gRPC); *shared*: the joins of a tick in one write on one connection (HTTP at batch 1).",
-        "  The lean client is a measuring sketch (no AUTH, TLS, reconnect or deadlines).",
+        "  of the rounds. redis-py as the store uses it: auto-pipelined up to 64 keys (one join in",
+        "  flight: each alone in its tick, as under gRPC; 16: they share a write, as under HTTP),",
+        "  else a pooled connection per join. The lean client is a measuring sketch (no AUTH, TLS,",
+        "  reconnect or deadlines).",
         "",
-        "| mode | batch | joins in flight | redis-py µs/join | lean µs/join | saved µs/join |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| batch | joins in flight | path | redis-py µs/join | lean µs/join | saved µs/join |",
+        "|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['batch']} | {r['concurrency']} | {r['redis_py_us']:.1f} | {r['lean_us']:.1f} "
+            f"| {r['batch']} | {r['concurrency']} | {r['path']} | {r['redis_py_us']:.1f} | {r['lean_us']:.1f} "
             f"| {r['redis_py_us'] - r['lean_us']:.1f} |"
         )
     most = max(r["redis_py_us"] - r["lean_us"] for r in results)
     lines += [
         "",
         f"Reading: at most {most:.1f} µs a join, before the AUTH, TLS, reconnection and deadline",
-        "handling a real client adds back. Against the server's CPU per join in the transports",
-        "section (HTTP ~110 µs at batch 1 and ~440 at 100, gRPC ~490 and ~790) that is a few",
-        "per cent at best: not worth a second Redis client beside redis-py's. (Estimated at",
-        "30-60 µs a join before this was measured.)",
+        "handling a real client adds back; set it against the server's CPU per join in the",
+        "transports section above. (Estimated at 30-60 µs a join before this was measured.)",
     ]
     return lines
 
