@@ -2,9 +2,9 @@
 trip it may save is worth the fills it will pay for.
 
 A read that consults the cache looks every key up, asks the store for the misses and
-caches them. With every key cached it saves the round trip to the store (~160 µs of
+caches them. With every key cached it saves the round trip to the store (107-159 µs of
 server CPU per join on loopback Redis at batch 1); with even one miss it pays the round
-trip anyway, plus a fill per miss (2.6-6.2 µs in a full cache). Both measured by
+trip anyway, plus a fill per miss (1.7-6.2 µs in a full cache). Both measured by
 `python -m benchmarks.cache_cost` (benchmarks/RESULTS.md). A batch-100 join of uniform keys (two views, ~92%
 of keys cached) almost never hits in full and pays ~16 fills: such joins cost 14% to 73%
 more CPU with the cache than without it (benchmarks/RESULTS.md at commit 42e8888).
@@ -15,8 +15,8 @@ So a read of n keys consults the cache only while
 
 with P(full hit) the product over its views of h ** k and the expected misses the sum
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
-``fills_per_round_trip`` is 30, the cautious end of the measured 26-61 (a lower figure
-skips the cache sooner). Otherwise it goes to the store for every key and fills nothing.
+``fills_per_round_trip`` is 30, at or below the measured 26-61 (2026-12-02) and 35-63
+(2026-12-03): the cautious side (a lower figure skips the cache sooner). Otherwise it goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
