@@ -380,6 +380,7 @@ class LineageConsumer:
         self._commit()
         self._consumer.close()
         self._dlq.flush(5)
+        self._topics.close()
 
 
 async def _stopped(stop: asyncio.Event, delay: float) -> bool:

@@ -143,6 +143,7 @@ class KafkaSink:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        retired = [old for old, _, _ in self._draining]
         for old, gen, _ in self._draining:
             self._retire(old, gen)  # what it still reports is re-sent, the rest counted
         self._draining.clear()
@@ -152,6 +153,11 @@ class KafkaSink:
         lost = self._retire(self._producer, self._gen)
         if lost:
             log.warning("lineage sink closed with %d events undelivered", lost)
+        # Their threads and sockets end now: a producer refers back to the sink (its
+        # error callback), so dropping it would leave them to a later garbage collection,
+        # reconnecting to the broker until then.
+        await asyncio.to_thread(_close_clients, [*retired, self._producer])
+        await asyncio.to_thread(self._topic.close)
 
     async def send(self, events: Sequence[LineageEvent]) -> None:
         if self._fatal is not None:
@@ -343,3 +349,13 @@ def _on_delivery(sink: KafkaSink, gen: _Generation, served: int) -> Any:
         sink.delivered(gen, served, err, msg)
 
     return callback
+
+
+def _close_clients(producers: list[Any]) -> None:
+    """Close retired (purged) producers: confluent-kafka's ``close`` where it has one
+    (2.16 here), else they end when collected."""
+    for producer in producers:
+        close = getattr(producer, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()

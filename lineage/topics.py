@@ -55,6 +55,11 @@ class TopicWatch:
         self.ready = ready
         return lost
 
+    def close(self) -> None:
+        """Let go of the AdminClient: its threads end with it (AdminClient has no close;
+        a check still running in its thread keeps it until it returns)."""
+        self._admin = None
+
 
 class ReadPositions:
     """Per partition of the events topic, as one consumer saw it: the end its fetches
