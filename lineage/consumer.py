@@ -29,7 +29,7 @@ from typing import Any
 from lineage import metrics
 from lineage.events import LineageEvent, MalformedEvent, decode_event
 from lineage.graph.base import GraphUnavailable, LineageGraph
-from lineage.kafka import KafkaSettings
+from lineage.kafka import KafkaSettings, close_producer
 from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
 from lineage.topics import ReadPositions, TopicWatch
@@ -377,10 +377,15 @@ class LineageConsumer:
             log.debug("lag: %s", e)
 
     def _close(self) -> None:
-        self._commit()
-        self._consumer.close()
-        self._dlq.flush(5)
-        self._topics.close()
+        try:
+            self._commit()
+            self._consumer.close()
+        finally:
+            # Dead letters not delivered by then are purged: their offsets were not
+            # committed, so the group reads their events again.
+            self._dlq.flush(5)
+            close_producer(self._dlq)
+            self._topics.close()
 
 
 async def _stopped(stop: asyncio.Event, delay: float) -> bool:

@@ -111,6 +111,20 @@ class KafkaSettings:
         return config
 
 
+def close_producer(producer: Any) -> None:
+    """End a producer's threads and sockets now (blocking: run it in a thread). What it
+    still holds is purged first (its delivery reports say so, for whoever counts them),
+    so ``close`` does not wait for messages a dead broker would never take; a producer
+    may refer back to its owner through a callback, and dropping it would leave it to a
+    later garbage collection, reconnecting until then. ``close`` is safe beside calls
+    still running in other threads from confluent-kafka 2.16 on (the required version)."""
+    try:
+        producer.purge()
+        producer.poll(0)
+    finally:
+        producer.close()
+
+
 def ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> str:
     """Create the topic unless it exists, and return its topic id ("" when the broker
     does not say; blocking, run it in a thread). The id tells a topic from one

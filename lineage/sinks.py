@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from lineage import metrics
 from lineage.events import LineageEvent, encode_event
 from lineage.graph.base import LineageGraph, event_time_ms
-from lineage.kafka import KafkaSettings
+from lineage.kafka import KafkaSettings, close_producer
 from lineage.runs import JobRunEvent, encode_run
 from lineage.topics import TopicWatch
 
@@ -112,6 +112,7 @@ class KafkaSink:
         # Replaced producers whose purged events are still being reported (and re-sent),
         # each with the time it is retired regardless.
         self._draining: list[tuple[Any, _Generation, float]] = []
+        self._closed = False
 
     def _new_producer(self) -> Any:
         from confluent_kafka import Producer
@@ -139,6 +140,9 @@ class KafkaSink:
         self._poller = asyncio.create_task(self._poll(), name="lineage-kafka-poll")
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True  # what is sent from now on is counted as failed, not produced
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,13 +157,16 @@ class KafkaSink:
         lost = self._retire(self._producer, self._gen)
         if lost:
             log.warning("lineage sink closed with %d events undelivered", lost)
-        # Their threads and sockets end now: a producer refers back to the sink (its
-        # error callback), so dropping it would leave them to a later garbage collection,
-        # reconnecting to the broker until then.
-        await asyncio.to_thread(_close_clients, [*retired, self._producer])
+        for producer in [*retired, self._producer]:  # their threads end now (kafka.close_producer)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(close_producer, producer)
         await asyncio.to_thread(self._topic.close)
 
     async def send(self, events: Sequence[LineageEvent]) -> None:
+        if self._closed:
+            for event in events:
+                self._failed(event.served_count, "the sink is closed")
+            return
         if self._fatal is not None:
             self._replace_producer()
         for event in events:
@@ -169,6 +176,10 @@ class KafkaSink:
     async def send_runs(self, runs: Sequence[JobRunEvent]) -> None:
         """Job runs go on the same topic (``"type": "job_run"``), keyed by job, so one
         job's reports keep their order. They carry no served values to count."""
+        if self._closed:
+            for _ in runs:
+                self._failed(0, "the sink is closed")
+            return
         for run in runs:
             self._produce_message(run.key, encode_run(run), 0)
         self._producer.poll(0)
@@ -349,13 +360,3 @@ def _on_delivery(sink: KafkaSink, gen: _Generation, served: int) -> Any:
         sink.delivered(gen, served, err, msg)
 
     return callback
-
-
-def _close_clients(producers: list[Any]) -> None:
-    """Close retired (purged) producers: confluent-kafka's ``close`` where it has one
-    (2.16 here), else they end when collected."""
-    for producer in producers:
-        close = getattr(producer, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                close()
