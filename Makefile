@@ -18,8 +18,8 @@ help:
 	@echo "make unit     the unit tests only (seconds, no servers)"
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
-	@echo "              overload, a failing store, our own Redis client?, 1 -> 2 workers, derived features,"
-	@echo "              ClickHouse, lineage, footprint (~70 min;"
+	@echo "              overload, a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
+	@echo "              derived features, ClickHouse, lineage, footprint (~70 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 # The venv itself (pip upgraded once); each stamp below installs one set of extras into it.

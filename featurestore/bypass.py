@@ -16,7 +16,8 @@ So a read of n keys consults the cache only while
 with P(full hit) the product over its views of h ** k and the expected misses the sum
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
 ``fills_per_round_trip`` is 30, at or below the measured 26-61 (2026-12-02) and 35-63
-(2026-12-03): the cautious side (a lower figure skips the cache sooner). Otherwise it goes to the store for every key and fills nothing.
+(2026-12-03): the cautious side (a lower figure skips the cache sooner). Otherwise it
+goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
