@@ -68,6 +68,19 @@ def bodies(batch: int, count: int, seed: int, port: int) -> list[bytes]:
     return out
 
 
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes
+) -> tuple[bytes, bytes]:
+    """One request on a keep-alive connection: the answer's status code and body."""
+    writer.write(raw)
+    status = (await reader.readline()).split(b" ", 2)[1]
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
 async def _open_loop(
     port: int, batch: int, phases: tuple[tuple[float, float], ...], conns: int, seed: int, start_at: float
 ) -> list[dict[str, Any]]:
@@ -89,13 +102,7 @@ async def _open_loop(
         part["waits"].append(sent - due)
         counts = part["counts"]
         try:
-            writer.write(reqs[i % len(reqs)])
-            status = (await reader.readline()).split(b" ", 2)[1]
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
+            status, _ = await exchange(reader, writer, reqs[i % len(reqs)])
         except (ConnectionError, asyncio.IncompleteReadError, IndexError):
             counts["error"] = counts.get("error", 0) + 1
             part["held"] += loop.time() - sent

@@ -86,6 +86,11 @@ class LeanProtocol(asyncio.Protocol):
         self.buffer.clear()
 
 
+def auto_pipelined(batch: int) -> bool:
+    """Whether the store coalesces a join of ``batch`` keys (two views, a marker each)."""
+    return 2 * (batch + 1) <= MAX_KEYS
+
+
 def join_keys(batch: int, i: int) -> list[list[str]]:
     ids = [(i * 7919 + k * 104729) % KEYS for k in range(batch)]
     return [[*(f"{v}:{x}" for x in ids), f"{v}:marker"] for v in ("p", "a")]
@@ -108,7 +113,7 @@ async def redis_py(url: str, batch: int, conc: int, joins: int) -> float:
     pool = LeanPool(url, conc, socket_timeout=None)
     auto = AutoPipeline(pool)
     try:
-        if 2 * (batch + 1) <= MAX_KEYS:  # the store's auto-pipelined path
+        if auto_pipelined(batch):  # the store's auto-pipelined path
 
             async def join(i: int) -> Any:
                 return await auto.mget(join_keys(batch, i), 2 * (batch + 1))
@@ -133,7 +138,7 @@ async def redis_py(url: str, batch: int, conc: int, joins: int) -> float:
 async def lean(url: str, batch: int, conc: int, joins: int) -> float:
     host, port = url.removeprefix("redis://").split("/")[0].split(":")
     loop = asyncio.get_running_loop()
-    shared = 2 * (batch + 1) <= MAX_KEYS
+    shared = auto_pipelined(batch)
     protos: list[LeanProtocol] = []
     try:
         for _ in range(1 if shared else conc):
@@ -175,7 +180,7 @@ async def measure(url: str, rounds: int, joins: int) -> list[dict[str, Any]]:
             {
                 "batch": batch,
                 "concurrency": conc,
-                "path": "auto-pipelined" if 2 * (batch + 1) <= MAX_KEYS else "a connection per join",
+                "path": "auto-pipelined" if auto_pipelined(batch) else "a connection per join",
                 "redis_py_us": statistics.median(a) * 1e6,
                 "lean_us": statistics.median(b) * 1e6,
             }

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import random
 import signal
 import subprocess
 import tempfile
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.footprint import free_port
+from benchmarks.overload import bodies, exchange
 from benchmarks.stack import config, materialize, server
-from featurestore.demo.data import FEATURE_REFS
 
 DEADLINE_MS = 500  # limits.deadline_ms, the default, set in the server's config all the same
 START_DELAY = 3.0  # s from the load process's spawn to the schedule's start
@@ -84,24 +83,9 @@ class RedisProcess:
             self.proc.wait(10)
 
 
-def bodies(batch: int, count: int, port: int) -> list[bytes]:
-    rnd = random.Random(11)
-    out = []
-    for _ in range(count):
-        ids = [rnd.randint(1, 100_000) for _ in range(batch)]
-        body = json.dumps(
-            {"features": FEATURE_REFS, "entities": {"user_id": ids}}, separators=(",", ":")
-        ).encode()
-        out.append(
-            b"POST /v1/feature/join HTTP/1.1\r\nhost: 127.0.0.1:%d\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (port, len(body), body)
-        )
-    return out
-
-
 async def _load(port: int, batch: int, rate: float, seconds: float, conns: int, start_at: float) -> list[Any]:
     """[scheduled offset s, from schedule s, from write s, status, partial] per join."""
-    reqs = bodies(batch, 512, port)
+    reqs = bodies(batch, 512, 11, port)
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(conns):
         idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -113,13 +97,7 @@ async def _load(port: int, batch: int, rate: float, seconds: float, conns: int, 
         sent = clock()
         try:
             async with asyncio.timeout(GIVE_UP):
-                writer.write(reqs[i % len(reqs)])
-                status = (await reader.readline()).split(b" ", 2)[1].decode()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
+                code, body = await exchange(reader, writer, reqs[i % len(reqs)])
         except (ConnectionError, asyncio.IncompleteReadError, IndexError, TimeoutError) as e:
             done = clock()
             out.append(
@@ -136,7 +114,7 @@ async def _load(port: int, batch: int, rate: float, seconds: float, conns: int, 
             return
         done = clock()
         idle.put_nowait((reader, writer))
-        out.append([offset, done - due, done - sent, status, b'"partial":true' in body])
+        out.append([offset, done - due, done - sent, code.decode(), b'"partial":true' in body])
 
     if (late := time.time() - start_at) > 0:
         raise RuntimeError(f"the load process was ready {late:.2f} s after the start")
