@@ -27,8 +27,22 @@ _decode = msgspec.msgpack.Decoder().decode
 def pack_mget(keys: list[str]) -> bytes:
     """RESP for ``MGET keys...``. redis-py's generic packer costs ~4x more per key
     and is the largest item in a batch-100 profile; replies still go through
-    redis-py's hiredis parser."""
-    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+    redis-py's hiredis parser.
+
+    The frames are formatted as one str and encoded once: a key's length in characters
+    is its length in bytes when every character is ASCII, which the encoded length
+    equal to the text's shows (UTF-8 writes any other character in 2-4 bytes); a text
+    with another character is packed key by key. 100 keys (a view's read at batch 100):
+    19.3 µs against 28.0 key by key, with the keys' text built as ``_keys`` does
+    (0.84 against 0.86 for one key); with both, a batch-100 join of the demo's two views
+    costs 434 against 462 µs of CPU in process (-5.9%; batch 1 and 10 unchanged within
+    the noise). One-off runs, 2026-12-03, 8 interleaved rounds."""
+    head = b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)
+    text = "".join([f"${len(k)}\r\n{k}\r\n" for k in keys])
+    packed = text.encode()
+    if len(packed) == len(text):
+        return head + packed
+    parts = [head]
     for k in keys:
         b = k.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
