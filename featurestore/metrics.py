@@ -134,6 +134,12 @@ SOURCE_UP = Gauge(
     ["store", "kind"],
     multiprocess_mode="livemin",
 )
+SOURCE_READ_RETRIES = Counter(
+    "featurestore_source_read_retries_total",
+    "Store reads tried again on a fresh connection after a connection error (a socket "
+    "the server or a proxy closed while it idled); a failed retry marks the store down.",
+    ["store"],
+)
 SOURCE_ROWS_LOADED = Gauge(
     "featurestore_source_rows_loaded",
     "Rows held in memory per view by the in-process store.",

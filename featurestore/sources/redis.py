@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_TIMEOUT_ERRORS = (redis_errors.TimeoutError, TimeoutError)
 
 
 class RedisSource:
@@ -105,6 +106,7 @@ class RedisSource:
         self._health: asyncio.Task[None] | None = None
         self._reset: asyncio.Future[None] | None = None
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
+        self._retries = metrics.SOURCE_READ_RETRIES.labels(name)
         self._missing = MissingData(name)
 
     @property
@@ -225,11 +227,20 @@ class RedisSource:
             err = Unavailable(f"redis store {self._name!r} is down")
             return [err] * len(queries)
         keyed = [(q, self._keys(q)) for q in queries]
+        fetch = self._mget if self._pool is not None else self._cluster_get
         try:
-            if self._pool is not None:
-                raw = await self._mget(keyed)
-            else:
-                raw = await self._cluster_get(keyed)
+            try:
+                raw = await fetch(keyed)
+            except _TIMEOUT_ERRORS:
+                raise
+            except _CONNECTION_ERRORS:
+                # A socket Redis (its `timeout`) or a proxy closed while it idled in the
+                # pool fails its first use, and Redis is fine: the read is tried once more,
+                # on a fresh connection (the failed one was disconnected, and the pool
+                # hands out the last one back first). A timeout is not: that would double
+                # the wait. Only a second failure opens the circuit.
+                self._retries.inc()
+                raw = await fetch(keyed)
         except _CONNECTION_ERRORS as e:
             self._set_state(SourceState.DOWN, repr(e))
             raise Unavailable(f"redis store {self._name!r}: {e}") from e

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import prometheus_client
 import pyarrow as pa
 import pytest
 import redis
@@ -183,6 +184,45 @@ async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path, auto_pipeli
         await src.write(V, users([1]), 1)  # the restarted server is empty
         [res] = await src.read([ViewQuery(V, [1], [0], 1)])
         assert isinstance(res, ViewRead) and res.columns == [[1]]
+    finally:
+        await src.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("auto_pipeline", [False, True])
+async def test_a_pooled_connection_redis_closed_while_idle_is_replaced_without_opening_the_circuit(
+    tmp_path: Path, auto_pipeline: bool
+) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    name = f"idle{uuid.uuid4().hex[:8]}"  # the store's name, and the client name of its connections
+    options = RedisOptions(
+        url=f"{server.url}?client_name={name}",
+        pool_size=1,
+        health_interval_ms=100,
+        auto_pipeline=auto_pipeline,
+    )
+    src = RedisSource(name, "p", options)
+    await src.start()
+    retried = {"store": name}
+    try:
+        await src.write(V, users([1]), 1)
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])  # the pool's one connection, now idle
+        assert isinstance(res, ViewRead)
+        connections = server.cli("CLIENT", "LIST").count(f"name={name} ")  # the pool's and the probe's
+        server.cli("CONFIG", "SET", "timeout", "1")  # Redis closes a client idle for 1 s
+        # the probe PINGs every 100 ms and stays; the read connection idles out
+        await eventually(
+            lambda: server.cli("CLIENT", "LIST").count(f"name={name} ") < connections,
+            10,
+            "idle connection closed",
+        )
+        [res] = await src.read([ViewQuery(V, [1], [0], 1)])
+        assert isinstance(res, ViewRead) and res.columns == [[1]]
+        assert src.state() is SourceState.READY
+        assert (
+            prometheus_client.REGISTRY.get_sample_value("featurestore_source_read_retries_total", retried)
+            == 1
+        )
     finally:
         await src.close()
         server.stop()
