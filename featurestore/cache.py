@@ -189,6 +189,7 @@ class CachedSource:
         # Bumped by every write: a read that overlapped one does not fill the cache,
         # or it could put back a row the write had just invalidated.
         self._epoch = 0
+        self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
     def name(self) -> str:
@@ -300,7 +301,7 @@ class CachedSource:
                     q = queries[qi]
                     space = (q.view.name, q.view.layout, q.data_version)
                     cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
-            metrics.CACHE_ENTRIES.set(len(cache))
+            self._entries.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:
                 results[qi] = _columnar(cached[qi], q.features, len(q.view.features))
@@ -323,6 +324,7 @@ class CachedSource:
         space = (view.name, view.layout, data_version)
         for key in keys:
             self.cache.invalidate(space, key)
+        self._entries.set(len(self.cache))
 
 
 def uncached(store: OnlineSource) -> OnlineSource:

@@ -126,7 +126,10 @@ CACHE_REJECTIONS = Counter(
     "(less frequent than the entry they would have evicted).",
 )
 CACHE_ENTRIES = Gauge(
-    "featurestore_cache_entries", "Entries held by the LRU cache.", multiprocess_mode="livesum"
+    "featurestore_cache_entries",
+    "Rows held by the row cache in front of each remote store (one cache per store).",
+    ["store"],
+    multiprocess_mode="livesum",
 )
 SOURCE_UP = Gauge(
     "featurestore_source_up",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import prometheus_client
 import pyarrow as pa
 
 from featurestore.cache import NOT_FOUND, CachedSource, LRUCache
@@ -123,6 +124,31 @@ async def test_write_through_invalidates() -> None:
     )
     [r] = await src.read([ViewQuery(V, [1], [0], 1)])
     assert isinstance(r, ViewRead) and r.found == [True] and r.columns == [[11]]
+
+
+async def test_each_cached_store_reports_its_own_entries_and_a_write_updates_them() -> None:
+    a, b = (
+        CachedSource(MemorySource("cache_gauge_a"), LRUCache(100, 30)),
+        CachedSource(MemorySource("cache_gauge_b"), LRUCache(100, 30)),
+    )
+    for src in (a, b):
+        await src.prepare([V])
+    await a.read([ViewQuery(V, [1, 2, 3], [0], 1)])  # three not-found rows cached
+    await b.read([ViewQuery(V, [1], [0], 1)])
+
+    def entries(store: str) -> float | None:
+        return prometheus_client.REGISTRY.get_sample_value("featurestore_cache_entries", {"store": store})
+
+    assert (entries("cache_gauge_a"), entries("cache_gauge_b")) == (3, 1)
+    schema = view_schema(V)
+    rows = {
+        "user_id": [1, 2],
+        "a": [1, 2],
+        "b": ["x", "y"],
+        "event_timestamp": pa.array([5, 6], schema.field("event_timestamp").type),
+    }
+    await a.write(V, pa.table(rows, schema=schema), 1)  # invalidates two of a's rows
+    assert (entries("cache_gauge_a"), entries("cache_gauge_b")) == (1, 1)
 
 
 async def test_a_changed_definition_is_never_answered_from_rows_cached_for_the_old_one() -> None:
