@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +21,15 @@ from featurestore.api import arrow_codec, json_codec
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, ClientDisconnected, create_app
+from featurestore.api.routes import (
+    CLOSE,
+    JOIN_PATH,
+    OPS_PATHS,
+    PUSH_PATH,
+    BodyUnread,
+    ClientDisconnected,
+    create_app,
+)
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded, NotFound
 from featurestore.health import ReadinessProbe
@@ -58,7 +66,9 @@ class JoinEndpoint:
         span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
         trace_id = tracing.trace_id_hex(span)
         try:
-            deadline = time.monotonic() + self._deadline(deadline_ms) / 1000.0
+            # The deadline counts from the request's first byte (``t0``), as a gRPC call's
+            # from its start: time spent on a slow body or waiting for the loop is in it.
+            deadline = time.monotonic() - (time.perf_counter() - t0) + self._deadline(deadline_ms) / 1000.0
             req = json_codec.decode_join(body)
             result = await self.engine.join(req, deadline, span)
             if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:
@@ -180,15 +190,16 @@ class HttpApi:
         body is read here under ``limits.max_body_bytes`` and replayed to it."""
         length = _header(scope, b"content-length")
         try:
-            body = await self.read_body(receive, int(length) if length and length.isdigit() else -1)
+            body = await self.read_body(
+                receive, int(length) if length and length.isdigit() else -1, scope["headers"]
+            )
         except ClientDisconnected:
             return
+        except BodyUnread as e:
+            await send_error(send, e, CLOSE)
+            return
         if body is None:
-            limit = self.max_body_bytes
-            error = LimitExceeded(
-                f"request body exceeds the limit of {limit} bytes", details=[{"limit_bytes": limit}]
-            )
-            await send_error(send, error)
+            await send_error(send, _too_large(self.max_body_bytes))
             return
         replayed = False
 
@@ -205,12 +216,17 @@ class HttpApi:
         """Answer 401/403 with WWW-Authenticate, after the body (up to the limit), so the
         client reads the answer rather than a reset connection."""
         length = _header(scope, b"content-length")
+        headers = [(b"www-authenticate", www_authenticate(error).encode())]
         if scope["method"] in ("POST", "PUT", "PATCH"):
             try:
-                await self.read_body(receive, int(length) if length and length.isdigit() else -1)
+                await self.read_body(
+                    receive, int(length) if length and length.isdigit() else -1, scope["headers"]
+                )
             except ClientDisconnected:
                 return
-        await send_error(send, error, (b"www-authenticate", www_authenticate(error).encode()))
+            except BodyUnread:
+                headers.append(CLOSE)
+        await send_error(send, error, *headers)
 
     async def _not_here(self, send: Send, path: str) -> None:
         await send_error(send, NotFound(f"{path} is served on the admin port (http.admin_port)"))
@@ -246,9 +262,13 @@ class HttpApi:
                     await self._refuse(scope, receive, send, error)
                     return
             try:
-                body = await self.read_body(receive, length)
+                body = await self.read_body(receive, length, scope["headers"])
             except ClientDisconnected:
                 self.join.outcomes.cancelled(t0)
+                return
+            except BodyUnread as e:
+                self.join.outcomes.failed(t0, e)
+                await send_error(send, e, CLOSE)
                 return
             if body is None:
                 status, ctype, out = self._too_large(t0)
@@ -278,11 +298,21 @@ class HttpApi:
         finally:
             self._inflight.dec()
 
-    async def read_body(self, receive: Receive, length: int) -> bytes | None:
-        """The whole body, or None once it is known to exceed the limit; raises
-        ClientDisconnected when the connection closes first (a body timeout)."""
+    async def read_body(
+        self, receive: Receive, length: int, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bytes | None:
+        """The whole body, or None once it is known to exceed the limit (and was read to
+        its end: the connection can serve the next request); raises BodyUnread for a body
+        over the limit left unread (its answer closes the connection), ClientDisconnected
+        when the connection closes first (a body timeout).
+
+        A body declared over the limit is not read at all when it is beyond what is worth
+        draining, or when its client waits for ``100 Continue`` (asking for the body, as
+        uvicorn does on the first ``receive()``, would invite the upload)."""
         limit = self.max_body_bytes
         if length > limit:
+            if length > _drain_bound(limit) or (b"expect", b"100-continue") in _lower(headers):
+                raise _too_large(limit, BodyUnread)
             await _drain(receive, 0, limit)
             return None
         chunks: list[bytes] = []
@@ -292,8 +322,8 @@ class HttpApi:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:
-                if msg.get("more_body", False):
-                    await _drain(receive, size, limit)
+                if msg.get("more_body", False) and not await _drain(receive, size, limit):
+                    raise _too_large(limit, BodyUnread)
                 return None
             chunks.append(chunk)
             if not msg.get("more_body", False):
@@ -303,10 +333,7 @@ class HttpApi:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self, t0: float) -> tuple[int, bytes, bytes]:
-        e = LimitExceeded(
-            f"request body exceeds the limit of {self.max_body_bytes} bytes",
-            details=[{"limit_bytes": self.max_body_bytes}],
-        )
+        e = _too_large(self.max_body_bytes)
         self.join.outcomes.failed(t0, e)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
@@ -340,21 +367,36 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _drain(receive: Receive, seen: int, limit: int) -> None:
-    """Read and discard the rest of an oversized body, up to a bound.
+async def _drain(receive: Receive, seen: int, limit: int) -> bool:
+    """Read and discard the rest of an oversized body, up to a bound; False when the
+    bound stopped it before the end.
 
     A server that answers 413 and closes while the client is still sending makes the
     client's kernel see a reset, and most clients then report "connection reset"
     instead of the 413 and its message. Bodies far beyond the limit are not worth
     reading: those get the close."""
-    bound = max(limit * _DRAIN_FACTOR, _DRAIN_MIN_BYTES)
+    bound = _drain_bound(limit)
     while seen <= bound:
         msg = await receive()
         if msg["type"] != "http.request":
-            return
+            return True  # the client left: nothing more to read
         seen += len(msg.get("body", b""))
         if not msg.get("more_body", False):
-            return
+            return True
+    return False
+
+
+def _drain_bound(limit: int) -> int:
+    return max(limit * _DRAIN_FACTOR, _DRAIN_MIN_BYTES)
+
+
+def _lower(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Header values lowercased (names already are: ASGI), for a value match."""
+    return [(name, value.lower()) for name, value in headers]
+
+
+def _too_large(limit: int, kind: type[LimitExceeded] = LimitExceeded) -> LimitExceeded:
+    return kind(f"request body exceeds the limit of {limit} bytes", details=[{"limit_bytes": limit}])
 
 
 _DRAIN_FACTOR = 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -40,14 +40,21 @@ PUSH_PATH = "/v1/feature/push"
 # Probes and Prometheus: open, and on http.admin_port alone when one is configured.
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 
-# The body of a request, given its declared length (-1: none), or None once it is
-# known to exceed the limit (``HttpApi.read_body``).
-BodyReader = Callable[[Receive, int], Awaitable[bytes | None]]
+# The body of a request, given its declared length (-1: none) and its headers, or None
+# once it is known to exceed the limit and was read to its end (``HttpApi.read_body``).
+BodyReader = Callable[[Receive, int, Sequence[tuple[bytes, bytes]]], Awaitable[bytes | None]]
+CLOSE = (b"connection", b"close")  # a response header: uvicorn closes the connection after it
 
 
 class ClientDisconnected(Exception):
     """The connection closed before the whole body arrived (the client left, or the
     body timeout of ``connections.py`` closed it)."""
+
+
+class BodyUnread(LimitExceeded):
+    """A body over the limit that was not read to its end: declared beyond what is worth
+    draining, or its client waits for ``100 Continue`` before sending it. Its 413 must
+    close the connection (``CLOSE``): the connection is not at the start of a request."""
 
 
 def create_app(
@@ -72,7 +79,13 @@ def create_app(
 
 
 def error_response(e: FeatureStoreError) -> Response:
-    return Response(json_codec.encode_error(e.to_dict()), HTTP_STATUS[e.code], media_type="application/json")
+    headers = {"connection": "close"} if isinstance(e, BodyUnread) else None
+    return Response(
+        json_codec.encode_error(e.to_dict()),
+        HTTP_STATUS[e.code],
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def _add_push(
@@ -90,10 +103,11 @@ def _add_push(
         t0 = request.scope.get(RECEIVED_AT) or time.perf_counter()
         try:
             length = int(request.headers.get("content-length", "-1") or -1)
-            body = await read_body(request.receive, length)
+            body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
-            deadline = time.monotonic() + deadline_ms / 1000.0
+            # from the request's first byte, as a join's (a slow body is part of its time)
+            deadline = time.monotonic() - (time.perf_counter() - t0) + deadline_ms / 1000.0
             result = await service.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
             outcomes.failed(t0, e)

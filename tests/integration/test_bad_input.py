@@ -4,6 +4,8 @@ names the problem, and never a 500 / INTERNAL."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,6 +221,67 @@ def test_chunked_body_too_large_is_413(server: ServerProcess) -> None:
     assert resp.status == 413
     assert json.loads(resp.read())["error"]["code"] == "RESOURCE_EXHAUSTED"
     conn.close()
+
+
+def raw_request(body_length: int, *headers: str) -> bytes:
+    head = ["POST /v1/feature/join HTTP/1.1", "host: test", "content-type: application/json",
+            f"content-length: {body_length}", *headers]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
+    """One response off a keep-alive socket: its status line, headers and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or b"<eof>"
+        assert not data.endswith(b"<eof>"), data
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(rest) < int(headers["content-length"]):
+        rest += sock.recv(65536)
+    return status.encode(), headers, rest
+
+
+def test_a_body_declared_beyond_the_drain_bound_is_refused_unread_and_the_connection_closed(
+    server: ServerProcess,
+) -> None:
+    """No 100 Continue for a client that waits for it, no reading of what is not worth
+    reading: the 413 at once, then the close (the connection is mid-body)."""
+    for headers in (["expect: 100-continue"], []):
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+            declared = 1 << 30 if not headers else 300_000  # a 1 GiB body, or one that would be drained
+            sock.sendall(raw_request(declared, *headers))
+            status, got, body = read_response(sock)
+            assert status == b"HTTP/1.1 413 Request Entity Too Large", (headers, status)
+            assert got["connection"] == "close" and b"262144" in body
+            assert sock.recv(1024) == b""  # closed by the server
+
+
+def test_a_body_over_the_limit_that_is_read_to_its_end_keeps_the_connection_for_the_next_request(
+    server: ServerProcess,
+) -> None:
+    join = json.dumps({"entities": {"user_id": [1]}, "features": ["user_profile:age"]}).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(raw_request(300_000) + b" " * 300_000)  # over 262,144, drained
+        status, got, _ = read_response(sock)
+        assert status.startswith(b"HTTP/1.1 413") and "connection" not in got
+        sock.sendall(raw_request(len(join)) + join)
+        status, _, body = read_response(sock)
+        assert status == b"HTTP/1.1 200 OK", body
+
+
+def test_the_deadline_counts_from_the_first_byte_of_the_request(server: ServerProcess) -> None:
+    """A body that arrives after the deadline has passed: 504 before any store is read
+    (the deadline once started after the body was read: this join was answered 200)."""
+    join = json.dumps({"entities": {"user_id": [1]}, "features": ["user_profile:age"]}).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(raw_request(len(join), "x-featurestore-deadline-ms: 100"))
+        time.sleep(0.3)
+        sock.sendall(join)
+        status, _, body = read_response(sock)
+    assert status.startswith(b"HTTP/1.1 504"), body
+    assert json.loads(body)["error"]["code"] == "DEADLINE_EXCEEDED"
 
 
 def test_grpc_message_too_large(raw_join: Any) -> None:
