@@ -7,6 +7,7 @@ of grpc's generic INTERNAL, and responses are serialized once, without a copy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -233,6 +234,11 @@ async def _request(context: grpc.aio.ServicerContext, call: Call) -> bytes:
     and its accounting sees calls that end before their message is read."""
     message = await context.read()
     if message is grpc.aio.EOF:
+        # EOF is also what a call ending before its message gives: cancelled by its
+        # client, or its message refused by grpc (over the size limit). grpc cancels this
+        # handler for those once the loop runs its callbacks; counted as the call ended
+        # (``Call.finish``), not as a client's mistake. Only a live call gets the abort.
+        await asyncio.sleep(0)
         await _abort(context, call, InvalidArgument("the call carries no request message"))
     assert isinstance(message, bytes)
     return message

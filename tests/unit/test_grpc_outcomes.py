@@ -140,3 +140,24 @@ async def test_a_call_without_a_request_message_is_invalid_argument(
     assert "no request message" in (info.value.details() or "")
     await eventually(lambda: counted() != before, HANG_GUARD, "the call counted")
     assert counted() - before == Counter({"INVALID_ARGUMENT": 1})
+
+
+async def test_a_call_cancelled_before_its_message_is_sent_is_cancelled_not_invalid_argument(
+    served: Serve,
+) -> None:
+    port = await served(make_engine())
+    before = counted()
+    never = asyncio.Event()
+
+    async def no_message_yet() -> AsyncIterator[bytes]:
+        await never.wait()  # the message is never sent: the client cancels first
+        yield b""
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_unary(JOIN_METHOD)(no_message_yet(), timeout=10)
+        await asyncio.sleep(0.2)  # the server's handler waits in context.read()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await eventually(lambda: counted() != before, HANG_GUARD, "the call counted")
+    assert counted() - before == Counter({"CANCELLED": 1})
