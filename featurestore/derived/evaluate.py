@@ -278,7 +278,11 @@ def _combine(view: str, deps: list[ViewOutcome], n: int) -> ViewOutcome:
         ts = [None if None in t else min(t) for t in zip(*(d.event_ts_us for d in deps), strict=True)]
         return ViewOutcome(view, deps[0].statuses, ts, all_present=True, unavailable=unavailable)
     statuses = [max(s) for s in zip(*(d.statuses for d in deps), strict=True)]
-    ts = [None if None in t else min(t) for t in zip(*(d.event_ts_us for d in deps), strict=True)]
+    # the oldest of the rows read: a view without a row for this key has no timestamp
+    ts = [
+        min(t) if None not in t else min((v for v in t if v is not None), default=None)
+        for t in zip(*(d.event_ts_us for d in deps), strict=True)
+    ]
     return ViewOutcome(view, statuses, ts, all_present=False, unavailable=unavailable)
 
 

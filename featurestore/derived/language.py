@@ -30,6 +30,12 @@ from dataclasses import dataclass
 from featurestore.model import DType
 
 MAX_EXPRESSION_CHARS = 2000
+# Levels of nesting an expression may have (a chain a + b + c is one level per operator).
+# Checked on the syntax tree without recursion before the recursive checks run (about 3
+# frames a level: 600 of Python's 1,000 at this depth, leaving ~300 for the caller's; a
+# server's swap parses ~60 deep): so the limit is this number wherever the expression
+# is parsed (validate, apply, a swap), not what is left of the recursion limit there.
+MAX_DEPTH = 200
 
 
 class Type(enum.Enum):
@@ -156,11 +162,21 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
     except SyntaxError as e:
         raise ExpressionError(f"syntax error at column {e.offset or 0}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
-        raise ExpressionError("too deeply nested") from None
-    try:
-        return _Checker(names).node(tree.body)
-    except RecursionError:
-        raise ExpressionError("too deeply nested") from None
+        raise ExpressionError(f"nested more than {MAX_DEPTH} levels deep") from None
+    if _levels(tree.body) > MAX_DEPTH:
+        raise ExpressionError(f"nested more than {MAX_DEPTH} levels deep")
+    return _Checker(names).node(tree.body)
+
+
+def _levels(root: ast.AST) -> int:
+    """Levels of nesting of a syntax tree (a lone name or constant: 0), walked with a
+    stack (the tree of at most ``MAX_EXPRESSION_CHARS`` characters)."""
+    deepest, stack = 0, [(root, 0)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((c, level + 1) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr))
+    return deepest
 
 
 def function_call(target: str, args: list[str], names: Mapping[str, Type]) -> Function:
@@ -309,7 +325,7 @@ class _Checker:
         arity = {"where": (3, 3), "clip": (3, 3), "bucket": (2, 2), "min": (2, 64), "max": (2, 64)}
         lo, hi = arity.get(fn, (2, 64) if fn == "coalesce" else (1, 1))
         if not lo <= len(args) <= hi:
-            want = f"{lo}" if lo == hi else f"at least {lo}"
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
             raise self.fail(n, f"{fn}() takes {want} argument{'s' if lo > 1 else ''}, got {len(args)}")
         if fn in UNARY_MATH or fn in ("min", "max", "clip"):
             return Call(fn, tuple(self.number(a, f"{fn}()") for a in args), Type.NUM)

@@ -175,7 +175,10 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("bucket(x, [])", "non-empty list of numbers"),
         ("bucket(x, y)", "non-empty list of numbers"),
         ("bucket(x, [y])", "edges must be number constants"),
-        ("min(x)", "min() takes at least 2 arguments, got 1"),
+        ("min(x)", "min() takes 2 to 64 arguments, got 1"),
+        (f"min({', '.join(['x'] * 65)})", "min() takes 2 to 64 arguments, got 65"),
+        (" + ".join(["x"] * 202), "nested more than 200 levels deep"),
+        ("not " * 201 + "flag", "nested more than 200 levels deep"),
         ("log(x, 2)", "log() takes 1 argument, got 2"),
         ("clip(x, 1)", "clip() takes 3 arguments, got 2"),
         ("unknown_thing + 1", "unknown name 'unknown_thing'"),
@@ -553,3 +556,14 @@ def test_adding_a_derived_view_shows_in_the_diff() -> None:
     doc["feature_services"][0]["features"] = ["uv:a"]
     changes = diff(parse_definitions(doc, source="f.yaml"), parse_definitions(base(), source="f.yaml"))
     assert "+ derived_view dv: 2 features computed at request time" in render(changes)
+
+
+def test_the_nesting_limit_does_not_depend_on_how_deep_the_caller_is() -> None:
+    """An expression at the limit parses at the top of a stack and 200 frames down alike
+    (the limit once was what the recursion limit left: lower the deeper the caller)."""
+    text = " + ".join(["x"] * 201)  # 200 levels
+
+    def down(frames: int) -> object:
+        return parse_expression(text, NAMES) if frames == 0 else down(frames - 1)
+
+    assert down(0) == down(200)

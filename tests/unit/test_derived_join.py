@@ -184,9 +184,15 @@ async def test_the_most_severe_input_status_wins_and_the_value_is_null(setup: An
 
 async def test_the_event_timestamp_is_the_oldest_input_timestamp(setup: Any) -> None:
     engine, _ = setup
-    result = await engine.join(JoinRequest({"user_id": [1]}, ("d:a_and_b", "d:only_a")), deadline())
-    assert columns(result)["a_and_b"].outcome.event_ts_us == [NOW_US - 20]
-    assert columns(result)["only_a"].outcome.event_ts_us == [NOW_US - 10]
+    result = await engine.join(JoinRequest({"user_id": [1, 2, 3, 4]}, ("d:a_and_b", "d:only_a")), deadline())
+    # the oldest of the rows read: 2's stale `fresh` row; 3 has no `fresh` row, only `other`'s
+    assert columns(result)["a_and_b"].outcome.event_ts_us == [
+        NOW_US - 20,
+        NOW_US - 2 * HOUR_US,
+        NOW_US - 30,
+        None,
+    ]
+    assert columns(result)["only_a"].outcome.event_ts_us == [NOW_US - 10, NOW_US - 2 * HOUR_US, None, None]
 
 
 async def test_request_fields_count_as_present_and_have_no_event_timestamp(setup: Any) -> None:

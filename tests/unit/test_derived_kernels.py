@@ -357,8 +357,8 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
 
 
 NESTED = {
-    "long_sum": ("float64", " + ".join(["x"] * 210)),  # a 210-deep tree of additions
-    "many_nots": ("bool", "not " * 300 + "b"),
+    "long_sum": ("float64", " + ".join(["x"] * 201)),  # a 200-deep tree of additions: the limit
+    "many_nots": ("bool", "not " * 200 + "b"),
     "deep_calls": ("float64", "abs(" * 150 + "x" + ")" * 150),
     "wide_min": ("float64", f"min({', '.join(['x'] * 63)}, -1)"),
 }
@@ -374,7 +374,7 @@ async def test_deeply_nested_expressions_the_checker_accepts_compile_and_compute
     rows: dict[str, list[float | None]] = {"x": [1.5, -2.0, None], "b": [1.0, 0.0, None]}
     inp = np.array([[math.nan if v is None else v for v in rows[k.name]] for k in kernel.spec.inputs])
     out = kernel.run(np.ascontiguousarray(inp))
-    np.testing.assert_array_equal(out[0], [315.0, -420.0, math.nan])
+    np.testing.assert_array_equal(out[0], [301.5, -402.0, math.nan])
     np.testing.assert_array_equal(out[1], [1.0, 0.0, math.nan])
     np.testing.assert_array_equal(out[2], [1.5, 2.0, math.nan])
     np.testing.assert_array_equal(out[3], [-1.0, -2.0, math.nan])
@@ -559,3 +559,22 @@ def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(FailedPrecondition, match=r"derived.cache_dir .* is not writable"):
         compiler.check_definitions(definitions(), blocker / "cache")
+
+
+async def test_a_zero_result_leaves_as_positive_zero_and_exp_is_a_number_up_to_its_overflow(
+    tmp_path: Path,
+) -> None:
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "neg", "dtype": "float64", "expression": "-x"},
+        {"name": "scaled", "dtype": "float64", "expression": "x / -5"},
+        {"name": "root", "dtype": "float64", "expression": "sqrt(x * -1)"},
+        {"name": "e", "dtype": "float64", "expression": "exp(y)"},
+    ]
+    kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path))["d"]
+    rows = {"x": [0.0, 2.0], "y": [709.782, 709.783]}  # ln(DBL_MAX) = 709.7827...
+    inp = np.array([rows.get(k.name, [math.nan] * 2) for k in kernel.spec.inputs])
+    out = kernel.run(np.ascontiguousarray(inp))
+    assert [math.copysign(1.0, v) for v in out[:3, 0]] == [1.0, 1.0, 1.0]  # +0.0, never -0.0
+    assert out[0, 1] == -2.0 and out[1, 1] == -0.4 and math.isnan(out[2, 1])
+    assert math.isfinite(out[3, 0]) and math.isnan(out[3, 1])  # a number, then overflow: null
