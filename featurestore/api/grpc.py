@@ -31,6 +31,7 @@ from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
+_EOF_GRACE_SECONDS = 0.005  # see _request
 
 SERVICE = "featurestore.v1.FeatureService"
 JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
@@ -153,12 +154,17 @@ class GrpcApi:
             if shedder is not None:
                 shedder.done()
 
+    def _configured(self, call: Call) -> float:
+        """Seconds left of ``limits.deadline_ms``, counted from the call's start (before
+        its message was read), as HTTP's from the request's first byte."""
+        return self.deadline_ms / 1000.0 - (time.perf_counter() - call.t0)
+
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
         try:
-            budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
+            budget = engine_budget(self._configured(call), context.time_remaining())
             deadline = time.monotonic() + budget
             req = proto_codec.decode_join(request)
             result = await self.engine.join(req, deadline, span)
@@ -178,7 +184,7 @@ class GrpcApi:
         if self.auth is not None:
             await self._authenticate(context, call, WRITE)
         try:
-            budget = engine_budget(self.deadline_ms / 1000.0, context.time_remaining())
+            budget = engine_budget(self._configured(call), context.time_remaining())
             deadline = time.monotonic() + budget
             result = await self.push_service.push(proto_codec.decode_push(request), deadline)
             out = proto_codec.encode_push(result)
@@ -236,9 +242,10 @@ async def _request(context: grpc.aio.ServicerContext, call: Call) -> bytes:
     if message is grpc.aio.EOF:
         # EOF is also what a call ending before its message gives: cancelled by its
         # client, or its message refused by grpc (over the size limit). grpc cancels this
-        # handler for those once the loop runs its callbacks; counted as the call ended
-        # (``Call.finish``), not as a client's mistake. Only a live call gets the abort.
-        await asyncio.sleep(0)
+        # handler for those once the loop has run its callbacks (in the next step on an
+        # idle machine; the wait leaves a loaded loop room); such a call is counted as it
+        # ended (``Call.finish``), not as a client's mistake. A live call gets the abort.
+        await asyncio.sleep(_EOF_GRACE_SECONDS)
         await _abort(context, call, InvalidArgument("the call carries no request message"))
     assert isinstance(message, bytes)
     return message

@@ -17,21 +17,14 @@ from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore import metrics, tracing
-from featurestore.api import arrow_codec, json_codec
+from featurestore.api import arrow_codec, bodies, json_codec
+from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import (
-    CLOSE,
-    JOIN_PATH,
-    OPS_PATHS,
-    PUSH_PATH,
-    BodyUnread,
-    ClientDisconnected,
-    create_app,
-)
+from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, create_app
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
-from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded, NotFound
+from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
 from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
@@ -199,7 +192,7 @@ class HttpApi:
             await send_error(send, e, CLOSE)
             return
         if body is None:
-            await send_error(send, _too_large(self.max_body_bytes))
+            await send_error(send, bodies.too_large(self.max_body_bytes))
             return
         replayed = False
 
@@ -301,39 +294,11 @@ class HttpApi:
     async def read_body(
         self, receive: Receive, length: int, headers: Sequence[tuple[bytes, bytes]]
     ) -> bytes | None:
-        """The whole body, or None once it is known to exceed the limit (and was read to
-        its end: the connection can serve the next request); raises BodyUnread for a body
-        over the limit left unread (its answer closes the connection), ClientDisconnected
-        when the connection closes first (a body timeout).
-
-        A body declared over the limit is not read at all when it is beyond what is worth
-        draining, or when its client waits for ``100 Continue`` (asking for the body, as
-        uvicorn does on the first ``receive()``, would invite the upload)."""
-        limit = self.max_body_bytes
-        if length > limit:
-            if length > _drain_bound(limit) or (b"expect", b"100-continue") in _lower(headers):
-                raise _too_large(limit, BodyUnread)
-            await _drain(receive, 0, limit)
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                if msg.get("more_body", False) and not await _drain(receive, size, limit):
-                    raise _too_large(limit, BodyUnread)
-                return None
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                if msg["type"] != "http.request":
-                    raise ClientDisconnected
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        """``bodies.read_body`` under this server's limit (``limits.max_body_bytes``)."""
+        return await bodies.read_body(receive, length, headers, self.max_body_bytes)
 
     def _too_large(self, t0: float) -> tuple[int, bytes, bytes]:
-        e = _too_large(self.max_body_bytes)
+        e = bodies.too_large(self.max_body_bytes)
         self.join.outcomes.failed(t0, e)
         return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
 
@@ -365,39 +330,3 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
-
-
-async def _drain(receive: Receive, seen: int, limit: int) -> bool:
-    """Read and discard the rest of an oversized body, up to a bound; False when the
-    bound stopped it before the end.
-
-    A server that answers 413 and closes while the client is still sending makes the
-    client's kernel see a reset, and most clients then report "connection reset"
-    instead of the 413 and its message. Bodies far beyond the limit are not worth
-    reading: those get the close."""
-    bound = _drain_bound(limit)
-    while seen <= bound:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            return True  # the client left: nothing more to read
-        seen += len(msg.get("body", b""))
-        if not msg.get("more_body", False):
-            return True
-    return False
-
-
-def _drain_bound(limit: int) -> int:
-    return max(limit * _DRAIN_FACTOR, _DRAIN_MIN_BYTES)
-
-
-def _lower(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Header values lowercased (names already are: ASGI), for a value match."""
-    return [(name, value.lower()) for name, value in headers]
-
-
-def _too_large(limit: int, kind: type[LimitExceeded] = LimitExceeded) -> LimitExceeded:
-    return kind(f"request body exceeds the limit of {limit} bytes", details=[{"limit_bytes": limit}])
-
-
-_DRAIN_FACTOR = 4
-_DRAIN_MIN_BYTES = 16 << 20

@@ -23,6 +23,7 @@ from starlette.types import Receive
 
 from featurestore import __version__, metrics
 from featurestore.api import json_codec
+from featurestore.api.bodies import BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
 from featurestore.api.errors import HTTP_STATUS, internal_error
@@ -43,18 +44,6 @@ OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 # The body of a request, given its declared length (-1: none) and its headers, or None
 # once it is known to exceed the limit and was read to its end (``HttpApi.read_body``).
 BodyReader = Callable[[Receive, int, Sequence[tuple[bytes, bytes]]], Awaitable[bytes | None]]
-CLOSE = (b"connection", b"close")  # a response header: uvicorn closes the connection after it
-
-
-class ClientDisconnected(Exception):
-    """The connection closed before the whole body arrived (the client left, or the
-    body timeout of ``connections.py`` closed it)."""
-
-
-class BodyUnread(LimitExceeded):
-    """A body over the limit that was not read to its end: declared beyond what is worth
-    draining, or its client waits for ``100 Continue`` before sending it. Its 413 must
-    close the connection (``CLOSE``): the connection is not at the start of a request."""
 
 
 def create_app(

@@ -30,12 +30,15 @@ from dataclasses import dataclass
 from featurestore.model import DType
 
 MAX_EXPRESSION_CHARS = 2000
-# Levels of nesting an expression may have (a chain a + b + c is one level per operator).
-# Checked on the syntax tree without recursion before the recursive checks run (about 3
-# frames a level: 600 of Python's 1,000 at this depth, leaving ~300 for the caller's; a
-# server's swap parses ~60 deep): so the limit is this number wherever the expression
-# is parsed (validate, apply, a swap), not what is left of the recursion limit there.
-MAX_DEPTH = 200
+# How deep an expression may nest, in the Python frames its recursive checks take (Python
+# allows 1,000): per level of each construct, measured (an operator 2.9, `and`/`or` 4.9,
+# a function call 4.9 to 7.8 for bucket) and rounded up. The budget leaves ~400 for the
+# caller's frames (a server's swap parses ~60 deep), and it is summed on the syntax tree
+# without recursion before those checks run: so the limit is the same wherever the
+# expression is parsed (validate, apply, a swap), not what the stack has left there.
+_FRAMES = {ast.BinOp: 3, ast.UnaryOp: 3, ast.Compare: 4, ast.BoolOp: 5, ast.Call: 8}
+MAX_FRAMES = 600  # 200 operators deep, or 75 function calls
+NESTED_TOO_DEEPLY = "nested too deeply (at most 200 levels of operators, or 75 of function calls)"
 
 
 class Type(enum.Enum):
@@ -162,20 +165,24 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
     except SyntaxError as e:
         raise ExpressionError(f"syntax error at column {e.offset or 0}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
-        raise ExpressionError(f"nested more than {MAX_DEPTH} levels deep") from None
-    if _levels(tree.body) > MAX_DEPTH:
-        raise ExpressionError(f"nested more than {MAX_DEPTH} levels deep")
-    return _Checker(names).node(tree.body)
+        raise ExpressionError(NESTED_TOO_DEEPLY) from None
+    if _frames(tree.body) > MAX_FRAMES:
+        raise ExpressionError(NESTED_TOO_DEEPLY)
+    try:
+        return _Checker(names).node(tree.body)
+    except RecursionError:  # a caller already deeper than the budget leaves room for
+        raise ExpressionError(NESTED_TOO_DEEPLY) from None
 
 
-def _levels(root: ast.AST) -> int:
-    """Levels of nesting of a syntax tree (a lone name or constant: 0), walked with a
-    stack (the tree of at most ``MAX_EXPRESSION_CHARS`` characters)."""
+def _frames(root: ast.AST) -> int:
+    """The most frames (``_FRAMES``) a path from the root of the syntax tree down takes,
+    walked with a stack (the tree of at most ``MAX_EXPRESSION_CHARS`` characters)."""
     deepest, stack = 0, [(root, 0)]
     while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        stack.extend((c, level + 1) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr))
+        node, frames = stack.pop()
+        frames += _FRAMES.get(type(node), 0)
+        deepest = max(deepest, frames)
+        stack.extend((c, frames) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr))
     return deepest
 
 

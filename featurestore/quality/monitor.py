@@ -22,9 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
-from featurestore import metrics
 from featurestore.config import DriftConfig
 from featurestore.model import FeatureView
+from featurestore.quality import metrics
 from featurestore.quality.profile import Profile, category_name
 from featurestore.quality.sampler import DriftSampler, Window
 from featurestore.quality.stats import TestResult, chi_square, ks_2samp

@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from featurestore import metrics
 from featurestore.config import Config
 from featurestore.model import FeatureView
 from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
+from featurestore.quality import metrics
 from featurestore.quality.consistency import (
     CLASSES,
     Report,

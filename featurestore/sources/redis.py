@@ -42,16 +42,15 @@ from featurestore.model import FeatureView
 from featurestore.rows import conform, key_text
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
-from featurestore.sources.redis_batch import MAX_KEYS as AUTO_PIPELINE_MAX_KEYS
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_read import Keyed, cluster_get, pooled_mget
 from featurestore.sources.redis_wire import (
     LayoutMismatch,
     VersionMissing,
     decode_rows,
     encode_rows,
-    pack_mget,
 )
 
 log = logging.getLogger(__name__)
@@ -227,20 +226,21 @@ class RedisSource:
             err = Unavailable(f"redis store {self._name!r} is down")
             return [err] * len(queries)
         keyed = [(q, self._keys(q)) for q in queries]
-        fetch = self._mget if self._pool is not None else self._cluster_get
         try:
             try:
-                raw = await fetch(keyed)
+                raw = await self._fetch(keyed)
             except _TIMEOUT_ERRORS:
                 raise
             except _CONNECTION_ERRORS:
+                if self._pool is None:  # redis-py's cluster client retries on its own
+                    raise
                 # A socket Redis (its `timeout`) or a proxy closed while it idled in the
                 # pool fails its first use, and Redis is fine: the read is tried once more,
-                # on a fresh connection (the failed one was disconnected, and the pool
-                # hands out the last one back first). A timeout is not: that would double
-                # the wait. Only a second failure opens the circuit.
+                # on fresh connections. A timeout is not retried: that would double the
+                # wait. Only a second failure opens the circuit.
                 self._retries.inc()
-                raw = await fetch(keyed)
+                await self._fresh_pool()
+                raw = await self._fetch(keyed)
         except _CONNECTION_ERRORS as e:
             self._set_state(SourceState.DOWN, repr(e))
             raise Unavailable(f"redis store {self._name!r}: {e}") from e
@@ -259,39 +259,19 @@ class RedisSource:
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
         return out
 
-    async def _mget(self, keyed: list[tuple[ViewQuery, list[str]]]) -> list[list[bytes | None]]:
-        assert self._pool is not None
-        commands = [keys for _, keys in keyed if keys]
-        if not commands:
-            return [[] for _ in keyed]
-        if self._auto is not None and (count := sum(map(len, commands))) <= AUTO_PIPELINE_MAX_KEYS:
-            it = iter(await self._auto.mget(commands, count))
-            return [next(it) if keys else [] for _, keys in keyed]
-        packed = b"".join(map(pack_mget, commands))
-        conn = await self._pool.acquire()
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            replies = [await conn.read_response() for _ in commands]
-        except BaseException:
-            # A half-read reply would desync the next user of this connection.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            self._pool.release(conn)
-        it = iter(replies)
-        return [next(it) if keys else [] for _, keys in keyed]
+    async def _fetch(self, keyed: Keyed) -> list[list[bytes | None]]:
+        if self._pool is not None:
+            return await pooled_mget(self._pool, self._auto, keyed)
+        return await cluster_get(self._client, keyed)  # type: ignore[arg-type]
 
-    async def _cluster_get(self, keyed: list[tuple[ViewQuery, list[str]]]) -> list[list[bytes | None]]:
-        pipe = self._client.pipeline()
-        for _, keys in keyed:
-            for k in keys:
-                pipe.get(k)
-        flat = await pipe.execute(raise_on_error=True)
-        out, i = [], 0
-        for _, keys in keyed:
-            out.append(flat[i : i + len(keys)])
-            i += len(keys)
-        return out
+    async def _fresh_pool(self) -> None:
+        """Every idle socket dropped (they reconnect on use), once for all the reads
+        retrying now: the pool hands out the last connection back first, so the one next
+        in line has idled at least as long as the one that failed."""
+        assert self._pool is not None
+        if self._reset is None or self._reset.done():
+            self._reset = asyncio.ensure_future(self._pool.reset())
+        await asyncio.shield(self._reset)  # a read's deadline does not end it for the others
 
     # -- writes ----------------------------------------------------------------------
 

@@ -25,9 +25,11 @@ SUFFIXES = {
 
 def defined_series() -> set[str]:
     """Every series name featurestore/metrics.py, featurestore/overload.py,
-    featurestore/streaming/metrics.py and lineage/metrics.py can expose."""
+    featurestore/quality/metrics.py, featurestore/streaming/metrics.py and
+    lineage/metrics.py can expose."""
     import featurestore.metrics
     import featurestore.overload
+    import featurestore.quality.metrics
     import featurestore.streaming.metrics  # noqa: F401
     import lineage.metrics  # noqa: F401
 

@@ -177,8 +177,10 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("bucket(x, [y])", "edges must be number constants"),
         ("min(x)", "min() takes 2 to 64 arguments, got 1"),
         (f"min({', '.join(['x'] * 65)})", "min() takes 2 to 64 arguments, got 65"),
-        (" + ".join(["x"] * 202), "nested more than 200 levels deep"),
-        ("not " * 201 + "flag", "nested more than 200 levels deep"),
+        (" + ".join(["x"] * 202), "nested too deeply (at most 200 levels of operators, or 75 of function"),
+        ("not " * 201 + "flag", "nested too deeply"),
+        ("abs(" * 76 + "x" + ")" * 76, "nested too deeply"),
+        ("bucket(" * 76 + "x" + ", [0, 1])" * 76, "nested too deeply"),
         ("log(x, 2)", "log() takes 1 argument, got 2"),
         ("clip(x, 1)", "clip() takes 3 arguments, got 2"),
         ("unknown_thing + 1", "unknown name 'unknown_thing'"),
@@ -558,12 +560,22 @@ def test_adding_a_derived_view_shows_in_the_diff() -> None:
     assert "+ derived_view dv: 2 features computed at request time" in render(changes)
 
 
-def test_the_nesting_limit_does_not_depend_on_how_deep_the_caller_is() -> None:
-    """An expression at the limit parses at the top of a stack and 200 frames down alike
-    (the limit once was what the recursion limit left: lower the deeper the caller)."""
-    text = " + ".join(["x"] * 201)  # 200 levels
+@pytest.mark.parametrize(
+    "text",
+    [
+        " + ".join(["x"] * 201),  # 200 levels of operators
+        "abs(" * 75 + "x" + ")" * 75,  # 75 of calls
+        "bucket(" * 75 + "x" + ", [0, 1])" * 75,  # the call taking the most frames
+        "where(flag, 1, " * 75 + "x" + ")" * 75,
+        "(flag and " * 120 + "flag" + ")" * 120,
+    ],
+    ids=["operators", "abs", "bucket", "where", "and"],
+)
+def test_an_expression_at_the_nesting_limit_parses_however_deep_the_caller_is(text: str) -> None:
+    """The limit once was what the recursion limit left: lower the deeper the caller (an
+    expression could pass `validate` and fail a server's swap)."""
 
     def down(frames: int) -> object:
         return parse_expression(text, NAMES) if frames == 0 else down(frames - 1)
 
-    assert down(0) == down(200)
+    assert down(0) == down(250)

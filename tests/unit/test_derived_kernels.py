@@ -359,7 +359,7 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
 NESTED = {
     "long_sum": ("float64", " + ".join(["x"] * 201)),  # a 200-deep tree of additions: the limit
     "many_nots": ("bool", "not " * 200 + "b"),
-    "deep_calls": ("float64", "abs(" * 150 + "x" + ")" * 150),
+    "deep_calls": ("float64", "abs(" * 75 + "x" + ")" * 75),
     "wide_min": ("float64", f"min({', '.join(['x'] * 63)}, -1)"),
 }
 
@@ -562,19 +562,26 @@ def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_a_zero_result_leaves_as_positive_zero_and_exp_is_a_number_up_to_its_overflow(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "trusted_sign.py").write_text(
+        "import math\n\ndef sign(x):\n    return math.copysign(1.0, x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     doc = raw()
     doc["derived_views"][0]["features"] = [
         {"name": "neg", "dtype": "float64", "expression": "-x"},
         {"name": "scaled", "dtype": "float64", "expression": "x / -5"},
         {"name": "root", "dtype": "float64", "expression": "sqrt(x * -1)"},
         {"name": "e", "dtype": "float64", "expression": "exp(y)"},
+        # a feature reading another sees the value served: +0.0 (its sign: 1)
+        {"name": "sign", "dtype": "float64", "function": "trusted_sign:sign", "args": ["neg"]},
     ]
-    kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path))["d"]
+    kernel = (await compiler.kernels_for(parse_definitions(doc, source="k.yaml"), tmp_path / "cache"))["d"]
     rows = {"x": [0.0, 2.0], "y": [709.782, 709.783]}  # ln(DBL_MAX) = 709.7827...
     inp = np.array([rows.get(k.name, [math.nan] * 2) for k in kernel.spec.inputs])
     out = kernel.run(np.ascontiguousarray(inp))
     assert [math.copysign(1.0, v) for v in out[:3, 0]] == [1.0, 1.0, 1.0]  # +0.0, never -0.0
     assert out[0, 1] == -2.0 and out[1, 1] == -0.4 and math.isnan(out[2, 1])
     assert math.isfinite(out[3, 0]) and math.isnan(out[3, 1])  # a number, then overflow: null
+    assert list(out[4]) == [1.0, -1.0]

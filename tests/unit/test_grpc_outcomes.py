@@ -161,3 +161,20 @@ async def test_a_call_cancelled_before_its_message_is_sent_is_cancelled_not_inva
             await call
     await eventually(lambda: counted() != before, HANG_GUARD, "the call counted")
     assert counted() - before == Counter({"CANCELLED": 1})
+
+
+async def test_the_configured_deadline_counts_from_the_call_s_start_not_from_its_message(
+    served: Serve,
+) -> None:
+    """limits.deadline_ms (500 ms here) bounds the whole call: a message that arrives after
+    it has passed is DEADLINE_EXCEEDED before any store is read (it used to be answered)."""
+    port = await served(make_engine())
+
+    async def late_message() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.6)
+        yield join_message("fast", [1])
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.stream_unary(JOIN_METHOD)(late_message(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,68 @@
+"""Prometheus metrics of feature quality, all ``featurestore_*``: drift tests on served
+values (``monitor.py``) and the scheduled online/offline consistency check
+(``schedule.py``); docs/quality.md."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+# Drift detection (featurestore/quality/monitor.py, docs/quality.md): one test per full
+# window of served values of a feature, per worker; the gauges show the latest window of
+# any live worker (the largest statistic, the smallest p-value).
+DRIFT_STATISTIC = Gauge(
+    "featurestore_feature_drift_statistic",
+    "Latest drift test statistic of a feature's served values against the reference of the data "
+    "version served: KS distance (numeric) or chi-square (categorical).",
+    ["view", "feature", "test"],
+    multiprocess_mode="livemax",
+)
+DRIFT_P_VALUE = Gauge(
+    "featurestore_feature_drift_p_value",
+    "p-value of the latest drift test of a feature (small: the served values do not look like the reference).",
+    ["view", "feature", "test"],
+    multiprocess_mode="livemin",
+)
+DRIFT_DRIFTED = Gauge(
+    "featurestore_feature_drift_drifted",
+    "1 when the latest drift test of a feature rejected the reference at alpha, else 0.",
+    ["view", "feature"],
+    multiprocess_mode="livemax",
+)
+DRIFT_WINDOWS = Counter(
+    "featurestore_feature_drift_windows_total",
+    "Windows of served values tested for drift, by view and feature.",
+    ["view", "feature"],
+)
+DRIFT_DETECTIONS = Counter(
+    "featurestore_feature_drift_detections_total",
+    "Drift tests that rejected the reference at alpha (false alarms included: about alpha of the windows "
+    "of an unchanged feature), by view and feature.",
+    ["view", "feature"],
+)
+DRIFT_SKIPPED = Counter(
+    "featurestore_feature_drift_windows_skipped_total",
+    "Full windows not tested, by view and reason: no_reference (the served data version has no profile), "
+    "queue_full (the monitor fell behind).",
+    ["view", "reason"],
+)
+
+# The scheduled online/offline consistency check (featurestore/quality/schedule.py).
+CONSISTENCY_KEYS = Gauge(
+    "featurestore_consistency_keys",
+    "Keys of the latest scheduled consistency check of a view, by class (consistent, stale, online_newer, "
+    "conflict, missing_online, missing_offline).",
+    ["view", "class"],
+    multiprocess_mode="livemax",
+)
+CONSISTENCY_FAILED = Gauge(
+    "featurestore_consistency_failed",
+    "1 when the latest scheduled consistency check of a view found more stale + conflict keys than "
+    "quality.consistency.max_mismatch allows, else 0.",
+    ["view"],
+    multiprocess_mode="livemax",
+)
+CONSISTENCY_CHECKS = Counter(
+    "featurestore_consistency_checks_total",
+    "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
+    ["view", "outcome"],
+)

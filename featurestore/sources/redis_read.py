@@ -1,0 +1,54 @@
+"""The Redis store's read round trip: the raw replies of one read's MGETs (one per view),
+before they are decoded (``redis_wire.decode_rows``).
+
+Standalone Redis: the MGETs of a read go out as one write on one pooled connection, or,
+with auto-pipelining and few keys, in the shared write of the event-loop tick
+(``redis_batch.py``). Redis Cluster: a pipeline of GETs, one round trip per node.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio.cluster import RedisCluster
+
+from featurestore.sources.base import ViewQuery
+from featurestore.sources.redis_batch import MAX_KEYS as AUTO_PIPELINE_MAX_KEYS
+from featurestore.sources.redis_batch import AutoPipeline
+from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_wire import pack_mget
+
+Keyed = list[tuple[ViewQuery, list[str]]]  # each view's query and its keys (marker last)
+
+
+async def pooled_mget(pool: LeanPool, auto: AutoPipeline | None, keyed: Keyed) -> list[list[bytes | None]]:
+    commands = [keys for _, keys in keyed if keys]
+    if not commands:
+        return [[] for _ in keyed]
+    if auto is not None and (count := sum(map(len, commands))) <= AUTO_PIPELINE_MAX_KEYS:
+        it = iter(await auto.mget(commands, count))
+        return [next(it) if keys else [] for _, keys in keyed]
+    packed = b"".join(map(pack_mget, commands))
+    conn = await pool.acquire()
+    try:
+        await conn.send_packed_command(packed, check_health=False)
+        replies = [await conn.read_response() for _ in commands]
+    except BaseException:
+        # A half-read reply would desync the next user of this connection.
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        pool.release(conn)
+    it = iter(replies)
+    return [next(it) if keys else [] for _, keys in keyed]
+
+
+async def cluster_get(client: RedisCluster, keyed: Keyed) -> list[list[bytes | None]]:
+    pipe = client.pipeline()
+    for _, keys in keyed:
+        for k in keys:
+            pipe.get(k)
+    flat = await pipe.execute(raise_on_error=True)
+    out, i = [], 0
+    for _, keys in keyed:
+        out.append(flat[i : i + len(keys)])
+        i += len(keys)
+    return out
