@@ -57,7 +57,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-_TIMEOUT_ERRORS = (redis_errors.TimeoutError, TimeoutError)
+# Connection errors a fresh socket would not mend, not retried: a timeout (a retry would
+# double the wait), Redis refusing the client, or loading its data.
+_NOT_RETRIED = (redis_errors.TimeoutError, TimeoutError, redis_errors.AuthenticationError,
+                redis_errors.AuthorizationError, redis_errors.BusyLoadingError)  # fmt: skip
 
 
 class RedisSource:
@@ -104,6 +107,7 @@ class RedisSource:
         self._prefixes: dict[tuple[str, int], tuple[str, str]] = {}
         self._health: asyncio.Task[None] | None = None
         self._reset: asyncio.Future[None] | None = None
+        self._closing = False
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
         self._retries = metrics.SOURCE_READ_RETRIES.labels(name)
         self._missing = MissingData(name)
@@ -143,6 +147,10 @@ class RedisSource:
         self._health = asyncio.create_task(self._health_loop(), name=f"redis-health-{self._name}")
 
     async def close(self) -> None:
+        self._closing = True  # a read failing now is the close's, not a stale socket's
+        if self._reset is not None:
+            self._reset.cancel()
+            await asyncio.wait([self._reset], timeout=1.0)
         if self._health is not None:
             self._health.cancel()
             await asyncio.wait([self._health], timeout=1.0)
@@ -229,20 +237,21 @@ class RedisSource:
         try:
             try:
                 raw = await self._fetch(keyed)
-            except _TIMEOUT_ERRORS:
+            except _NOT_RETRIED:
                 raise
             except _CONNECTION_ERRORS:
-                if self._pool is None:  # redis-py's cluster client retries on its own
+                if self._pool is None or self._closing:  # redis-py's cluster client retries on its own
                     raise
                 # A socket Redis (its `timeout`) or a proxy closed while it idled in the
                 # pool fails its first use, and Redis is fine: the read is tried once more,
-                # on fresh connections. A timeout is not retried: that would double the
-                # wait. Only a second failure opens the circuit.
+                # on fresh connections (not after the errors in _NOT_RETRIED, nor while
+                # the store closes). Only a second failure opens the circuit.
                 self._retries.inc()
                 await self._fresh_pool()
                 raw = await self._fetch(keyed)
         except _CONNECTION_ERRORS as e:
-            self._set_state(SourceState.DOWN, repr(e))
+            if not self._closing:
+                self._set_state(SourceState.DOWN, repr(e))
             raise Unavailable(f"redis store {self._name!r}: {e}") from e
         out: list[ViewRead | BaseException] = []
         for (q, _), values in zip(keyed, raw, strict=True):

@@ -11,6 +11,7 @@ its next use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -63,14 +64,22 @@ class LeanPool:
         self._idle.append(conn)
 
     async def reset(self) -> None:
-        """Drop every idle socket (after an outage): they reconnect on next use. Each is
-        taken out of the idle set while it disconnects, so no read gets it half-closed."""
+        """Drop every idle socket (after an outage, or one found closed by the server):
+        they reconnect on next use. Each is taken out of the idle set and put back once
+        closed, so no read gets it half-closed; the close does not wait for the peer (a
+        TLS close would wait a round trip per socket, reads waiting on the reset with
+        it) and its errors are the dead socket's, not the caller's."""
         stale = list(self._idle)
         self._idle.clear()
         try:
-            for conn in stale:
-                await conn.disconnect()
-        finally:  # cancelled or failed half way: every one goes back all the same
+            while stale:
+                conn = stale.pop()
+                try:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                finally:
+                    self.release(conn)
+        finally:  # cancelled half way: the ones not reached go back all the same
             for conn in stale:
                 self.release(conn)
 

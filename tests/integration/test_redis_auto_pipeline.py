@@ -210,7 +210,7 @@ async def test_a_tick_of_many_joins_goes_out_in_writes_of_bounded_size(server: R
         assert server.cli("CLIENT", "LIST").count(f"name={name} ") == 3
 
 
-async def test_a_reset_cut_short_hands_every_connection_back(
+async def test_a_reset_cancelled_under_way_hands_every_connection_back(
     redis_pool: tuple[RedisServer, LeanPool, AutoPipeline],
 ) -> None:
     _, pool, _ = redis_pool
@@ -221,9 +221,8 @@ async def test_a_reset_cut_short_hands_every_connection_back(
     for conn in conns:
         pool.release(conn)
     reset = asyncio.ensure_future(pool.reset())
-    await asyncio.sleep(0)  # the first disconnect is under way
+    await asyncio.sleep(0)  # under way (a close does not wait for the peer: maybe done)
     reset.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reset
+    await asyncio.gather(reset, return_exceptions=True)
     assert pool.busy == 0
     assert await asyncio.wait_for(asyncio.gather(*(pool.acquire() for _ in range(4))), 1)

@@ -231,6 +231,40 @@ async def test_pooled_connections_redis_closed_while_idle_are_replaced_without_o
         server.stop()
 
 
+async def test_a_refused_client_is_not_retried_and_a_read_during_close_leaves_the_store_up(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    name = f"auth{uuid.uuid4().hex[:8]}"
+    src = RedisSource(name, "p", RedisOptions(url=server.url, pool_size=2, health_interval_ms=100))
+    await src.start()
+    try:
+        server.cli("CONFIG", "SET", "requirepass", "s3cret")  # the store's new connections are refused
+        with pytest.raises(Unavailable):
+            await src.read([ViewQuery(V, [1], [0], 1)])
+        assert prometheus_client.REGISTRY.get_sample_value(
+            "featurestore_source_read_retries_total", {"store": name}
+        ) in (None, 0.0)
+    finally:
+        await src.close()
+        server.stop()
+    # a store closed while a read is in flight: the read fails, the store is not marked down
+    server = RedisServer(tmp_path / "r2").start()
+    src = RedisSource(name + "c", "p", RedisOptions(url=server.url, pool_size=2, health_interval_ms=100))
+    await src.start()
+    try:
+        server.pause()  # the read waits on the socket until the close ends it
+        read = asyncio.ensure_future(src.read([ViewQuery(V, [1], [0], 1)]))
+        await asyncio.sleep(0.05)
+        await src.close()
+        outcome = await asyncio.gather(read, return_exceptions=True)
+        assert isinstance(outcome[0], (Unavailable, asyncio.CancelledError)), outcome
+        assert src.state() is SourceState.READY
+    finally:
+        server.resume()
+        server.stop()
+
+
 @pytest.mark.parametrize("auto_pipeline", [False, True])
 async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path, auto_pipeline: bool) -> None:
     server = RedisServer(tmp_path / "r").start()
