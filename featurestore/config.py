@@ -35,6 +35,7 @@ from featurestore.errors import InvalidArgument
 from featurestore.settings import (
     Count,
     CountOrZero,
+    Name,
     Names,
     Port,
     Ratio,
@@ -325,7 +326,7 @@ class Config(BaseSettings):
     def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *_: Any, **__: Any) -> Any:
         return (init_settings,)  # the environment is read once, by load_config
 
-    project: str = "demo"
+    project: Name = "demo"  # part of every store's keys and of ClickHouse's table names
     http: HttpConfig = HttpConfig()
     grpc: GrpcConfig = GrpcConfig()
     tls: TlsConfig = TlsConfig()

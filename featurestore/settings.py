@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -99,6 +100,15 @@ def _names(value: Any) -> Any:
     return value
 
 
+def _name(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+        raise _fail(
+            "expected a name of letters, digits and _ (at most 128, not starting with a digit)", value
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]  # as a definitions file's names
 Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
 CountOrZero = Annotated[int, BeforeValidator(_integer), AfterValidator(_non_negative)]  # 0: off
 Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]

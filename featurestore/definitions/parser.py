@@ -33,7 +33,7 @@ from featurestore.model import (
     parse_feature_ref,
 )
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # match() with \Z: no trailing newline
 _DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
 _T = TypeVar("_T", Entity, FeatureView, FeatureService)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

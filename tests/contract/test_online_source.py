@@ -213,6 +213,20 @@ async def test_a_changed_definition_never_reads_rows_written_for_the_old_one(sou
     assert isinstance(new, BaseException) or new.found == [False], new
 
 
+async def test_a_feature_whose_dtype_changed_never_reads_rows_written_with_the_old_one(
+    source: OnlineSource,
+) -> None:
+    # Same names, one feature's dtype changed (int64 -> string): the stored ints must not
+    # be served as the new definition's strings (ClickHouse once read them as such).
+    retyped = FeatureView("all_types", (USER,), (Feature("i", DType.STRING), *ALL_TYPES.features[1:]))
+    assert retyped.layout != ALL_TYPES.layout
+    await source.prepare([*VIEWS, retyped])
+    await source.write(ALL_TYPES, all_types_rows([1]), 1)
+    [old, new] = await source.read([ViewQuery(ALL_TYPES, [1], [0], 1), ViewQuery(retyped, [1], [0], 1)])
+    assert isinstance(old, ViewRead) and old.columns == [[10]]
+    assert isinstance(new, BaseException) or new.found == [False], new
+
+
 async def test_identity(source: OnlineSource) -> None:
     assert source.kind in ("memory", "redis", "clickhouse")
     assert source.table_uri(ALL_TYPES)

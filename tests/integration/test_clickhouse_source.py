@@ -37,6 +37,7 @@ from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, online_table_ddl
+from featurestore.sources.clickhouse.codec import MAX_PARAM_BYTES, key_chunks
 from featurestore.sources.clickhouse.sql import SelectCache, select_sql
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
@@ -157,6 +158,30 @@ async def test_hostile_keys_are_parameters_not_sql(ch: ClickHouseOnlineSource) -
     assert res.found == [True] * len(hostile) + [False]  # "x' OR '1'='1" matched only itself
     assert res.columns[0][: len(hostile)] == [float(i) for i in range(len(hostile))]
     assert await ch.pool.run(lambda c: c.command("EXISTS TABLE featurestore.__expiry")) == 1
+
+
+def test_keys_are_split_so_no_query_s_parameter_passes_a_server_s_form_field_limit() -> None:
+    ints = list(range(-5_000, 5_000))
+    parts = key_chunks(ints)
+    assert [k for p in parts for k in p] == ints and len(parts) == 3
+    assert all(len(",".join(map(str, p))) + 2 <= MAX_PARAM_BYTES for p in parts)
+    texts = [f"店-{i}-'\\" for i in range(10_000)]  # 3-byte characters, a quote, a backslash
+    parts = key_chunks(texts)
+    assert [k for p in parts for k in p] == texts and len(parts) > 1
+    assert all(sum(4 * len(k.encode()) + 3 for k in p) <= MAX_PARAM_BYTES for p in parts)
+
+
+async def test_a_read_of_10000_keys_is_answered_in_order_across_its_queries(
+    ch: ClickHouseOnlineSource,
+) -> None:
+    ids = list(range(1, 10_001))
+    await ch.write(TX, rows(TX, {"user_id": ids, "txn_90d": ids, "avg_basket": [1.5] * len(ids),
+                                 "event_timestamp": [TS] * len(ids)}), 1)  # fmt: skip
+    wanted = [*reversed(ids), 0]
+    assert len(key_chunks(wanted)) == 3
+    [res] = await ch.read([ViewQuery(TX, wanted, [0], 1)])
+    assert isinstance(res, ViewRead) and res.found == [True] * len(ids) + [False]
+    assert res.columns[0] == [*reversed(ids), None]
 
 
 async def test_join_across_clickhouse_and_memory(ch: ClickHouseOnlineSource) -> None:

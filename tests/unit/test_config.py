@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from featurestore.config import Config, load_config
 from featurestore.errors import InvalidArgument
@@ -190,3 +190,10 @@ def test_every_setting_is_accepted_from_the_environment(monkeypatch: pytest.Monk
     assert (
         c.http.write_timeout_seconds == 30.0 and c.lineage.kafka.sasl_password.get_secret_value() == "s3cret"
     )
+
+
+@pytest.mark.parametrize("project", ["x`y", "a-b", "1st", "demo\n", ""])
+def test_a_project_that_is_not_a_name_is_refused(project: str) -> None:
+    """It becomes part of every store's keys and of ClickHouse's table names."""
+    with pytest.raises(ValidationError):
+        Config(project=project)

@@ -23,13 +23,14 @@ import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from featurestore import metrics
-from featurestore.errors import Unavailable
+from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import conform
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import profiles
-from featurestore.sources.clickhouse.codec import align, param_keys, stored_table
+from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, stored_table
 from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe
+from featurestore.sources.clickhouse.layouts import LayoutMismatch, Layouts
 from featurestore.sources.clickhouse.options import ClickHouseOptions
 from featurestore.sources.clickhouse.pool import ClickHousePool
 from featurestore.sources.clickhouse.sql import (
@@ -54,6 +55,7 @@ class ClickHouseOnlineSource:
         self.options = options
         self.pool = ClickHousePool(name, options)
         self.selects = SelectCache(options.database)
+        self.layouts = Layouts(options.database)
         self._tables: set[str] = set()
         # Version-0 tables prepare() could not create: table -> (view, cause). Their
         # views read UNAVAILABLE naming the cause; the health loop keeps creating them.
@@ -260,7 +262,7 @@ class ClickHouseOnlineSource:
                 f"clickhouse view {view.name!r}: table {table} not created yet: {unprepared[1]}"
             )
         sql = self.selects.sql(view, q.features, table)
-        params = {"keys": param_keys(view, q.keys)}
+        chunks = key_chunks(param_keys(view, q.keys))  # one query each, on one thread
         binary = {
             view.features[j].name: "bytes"
             for j in q.features
@@ -268,10 +270,15 @@ class ClickHouseOnlineSource:
         }
         settings = self._read_settings
         try:
+            await self.layouts.check(self.pool.run, view, table)
             rows = await self.pool.run(
-                lambda c: (
-                    c.query(sql, parameters=params, column_formats=binary, settings=settings).result_rows
-                )
+                lambda c: [
+                    row
+                    for keys in chunks
+                    for row in c.query(
+                        sql, parameters={"keys": keys}, column_formats=binary, settings=settings
+                    ).result_rows
+                ]
             )
         except (ClickHouseError, OSError) as e:
             if getattr(e, "code", None) == UNKNOWN_TABLE and q.data_version > 0:
@@ -294,6 +301,12 @@ class ClickHouseOnlineSource:
             ) from e
         if self._unprepared.pop(table, None) is not None:
             self._settle()
+        try:
+            await self.layouts.check(self.pool.run, view, table)
+        except LayoutMismatch as e:
+            raise FailedPrecondition(e.message) from None
+        except (ClickHouseError, OSError) as e:
+            raise Unavailable(f"clickhouse store {self._name!r}: {describe(e)}") from e
         data = stored_table(view, rows)
         target = f"{self.options.database}.{table}"
         try:
@@ -331,6 +344,7 @@ class ClickHouseOnlineSource:
             await self._command(what, lambda c: c.command(f"DROP TABLE IF EXISTS `{db}`.`{table}`"))
         await self._command(what, lambda c: profiles.drop(c, db, table))
         self._tables.discard(table)
+        self.layouts.forget(table)
         return count
 
     async def write_profile(self, view: FeatureView, data_version: int, blob: bytes) -> None:
@@ -366,6 +380,7 @@ class ClickHouseOnlineSource:
         for (table,) in due:
             await self.pool.admin(functools.partial(_drop, db=db, table=str(table)))
             self._tables.discard(table)
+            self.layouts.forget(str(table))
             log.info("dropped expired online table %s.%s", db, table)
 
 

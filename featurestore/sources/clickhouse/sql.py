@@ -47,11 +47,17 @@ def key_type(view: FeatureView) -> str:
     return "String"  # string keys, and composite keys as their `|`-joined text
 
 
+def table_columns(view: FeatureView) -> list[tuple[str, str]]:
+    """(name, ClickHouse type) of a view's online table, in order: its layout as ClickHouse
+    lists it in ``system.columns`` (``layouts.py`` compares the two)."""
+    cols = [(KEY_COLUMN, key_type(view))]
+    cols += [(f.name, _CH_TYPES[f.dtype]) for f in view.features]
+    cols.append((EVENT_TIMESTAMP, "DateTime64(6, 'UTC')"))
+    return cols
+
+
 def online_table_ddl(database: str, project: str, view: FeatureView, data_version: int) -> str:
-    cols = [f"`{KEY_COLUMN}` {key_type(view)}"]
-    cols += [f"`{f.name}` {_CH_TYPES[f.dtype]}" for f in view.features]
-    cols.append(f"`{EVENT_TIMESTAMP}` DateTime64(6, 'UTC')")
-    body = ",\n  ".join(cols)
+    body = ",\n  ".join(f"`{name}` {ch_type}" for name, ch_type in table_columns(view))
     return (
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{table_name(project, view.name, data_version)}` (\n  {body}\n)"
         f" ENGINE = EmbeddedRocksDB PRIMARY KEY `{KEY_COLUMN}`"
