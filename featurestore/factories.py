@@ -134,6 +134,7 @@ def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
             options.url,
             cluster=options.cluster,
             pool_size=options.pool_size,
+            socket_connect_timeout=options.connect_timeout_ms / 1000,
             **options.connection_kwargs(),
         )
     raise InvalidArgument(f"stores.{name}: stream views are kept in memory or redis stores, not {sc.kind}")

@@ -44,7 +44,7 @@ from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
-from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
 from featurestore.sources.redis_read import Keyed, cluster_get, pooled_mget
 from featurestore.sources.redis_wire import (
     LayoutMismatch,
@@ -55,12 +55,6 @@ from featurestore.sources.redis_wire import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-# Connection errors a fresh socket would not mend, not retried: a timeout (a retry would
-# double the wait), Redis refusing the client, or loading its data.
-_NOT_RETRIED = (redis_errors.TimeoutError, TimeoutError, redis_errors.AuthenticationError,
-                redis_errors.AuthorizationError, redis_errors.BusyLoadingError)  # fmt: skip
 
 
 class RedisSource:
@@ -177,7 +171,7 @@ class RedisSource:
                 for view, version in checked:
                     pipe.exists(self._names(view, version)[1])
                 exists = await pipe.execute()
-        except (*_CONNECTION_ERRORS, redis_errors.RedisError) as e:
+        except (*CONNECTION_ERRORS, redis_errors.RedisError) as e:
             self._set_state(SourceState.DOWN, repr(e))
             return
         self._set_state(SourceState.READY)
@@ -237,19 +231,19 @@ class RedisSource:
         try:
             try:
                 raw = await self._fetch(keyed)
-            except _NOT_RETRIED:
+            except NOT_RETRIED:
                 raise
-            except _CONNECTION_ERRORS:
+            except CONNECTION_ERRORS:
                 if self._pool is None or self._closing:  # redis-py's cluster client retries on its own
                     raise
                 # A socket Redis (its `timeout`) or a proxy closed while it idled in the
                 # pool fails its first use, and Redis is fine: the read is tried once more,
-                # on fresh connections (not after the errors in _NOT_RETRIED, nor while
+                # on fresh connections (not after the errors in NOT_RETRIED, nor while
                 # the store closes). Only a second failure opens the circuit.
                 self._retries.inc()
                 await self._fresh_pool()
                 raw = await self._fetch(keyed)
-        except _CONNECTION_ERRORS as e:
+        except CONNECTION_ERRORS as e:
             if not self._closing:
                 self._set_state(SourceState.DOWN, repr(e))
             raise Unavailable(f"redis store {self._name!r}: {e}") from e
@@ -334,7 +328,7 @@ class RedisSource:
         for attempt in (1, 2):
             try:
                 return await command()
-            except _CONNECTION_ERRORS as e:
+            except CONNECTION_ERRORS as e:
                 if attempt == 2:
                     raise Unavailable(f"redis store {self._name!r}: write failed: {e}") from e
                 if isinstance(self._client, Redis):

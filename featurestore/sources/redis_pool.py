@@ -14,7 +14,21 @@ import asyncio
 import contextlib
 from collections import deque
 
+from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+# Connection errors a fresh socket would not mend, so a read is not tried again after
+# them: a timeout (a retry would double the wait), Redis refusing the client, or loading
+# its data. After the others, a socket Redis (its `timeout`) or a proxy closed while it
+# idled in the pool, a read is tried once more on fresh sockets (``LeanPool.reset``).
+NOT_RETRIED = (
+    redis_errors.TimeoutError,
+    TimeoutError,
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+    redis_errors.BusyLoadingError,
+)
 
 
 class LeanPool:

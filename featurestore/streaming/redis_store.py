@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError
 
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
-from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
 from featurestore.sources.redis_wire import pack_mget
 from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
 from featurestore.streaming.tiles import view_layout
@@ -185,7 +185,17 @@ class RedisTileStore:
             )
         prefix = self._prefix(view) + "k:"
         packed = pack_mget([prefix + key for key in keys])
-        conn = await self._pool.acquire()
+        try:
+            return await self._mget(self._pool, packed)
+        except NOT_RETRIED:
+            raise
+        except CONNECTION_ERRORS:  # a socket closed while it idled: once more, on fresh ones
+            await self._pool.reset()
+            return await self._mget(self._pool, packed)
+
+    @staticmethod
+    async def _mget(pool: LeanPool, packed: bytes) -> list[bytes | None]:
+        conn = await pool.acquire()
         try:
             await conn.send_packed_command(packed, check_health=False)
             reply: list[bytes | None] = await conn.read_response()
@@ -193,7 +203,7 @@ class RedisTileStore:
             await conn.disconnect(nowait=True)  # a half-read reply would desync the next user
             raise
         finally:
-            self._pool.release(conn)
+            pool.release(conn)
         return reply
 
     def table_uri(self, view: FeatureView) -> str:

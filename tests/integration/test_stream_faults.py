@@ -275,3 +275,26 @@ def test_after_the_tile_store_lost_everything_a_restarted_processor_rebuilds_fro
     finally:
         store.close()
     assert compute(view_layout(view), blobs, now_ms * 1000 + 1, [0]).columns == [[25]]
+
+
+async def test_a_tile_read_on_sockets_redis_closed_while_idle_is_answered_from_fresh_ones(
+    redis_server: RedisServer,
+) -> None:
+    """As the Redis store's reads (test_redis_source.py): a pooled socket the server closed
+    while it idled fails its first use; the read is tried once more on fresh sockets."""
+    name = f"tiles{uuid.uuid4().hex[:8]}"
+    store = RedisTileStore("default", "p", f"{redis_server.url}?client_name={name}", pool_size=2)
+    view = count_view("idle_tiles", "t")
+    try:
+        assert await store.read(view, ["1", "2"]) == [None, None]  # the pool's connection, now idle
+        readers = [
+            line.split()[0].removeprefix("id=")
+            for line in redis_server.cli("CLIENT", "LIST").splitlines()
+            if f" name={name} " in line and " cmd=mget " in line
+        ]
+        assert readers
+        for client_id in readers:
+            redis_server.cli("CLIENT", "KILL", "ID", client_id)
+        assert await store.read(view, ["1", "2"]) == [None, None]
+    finally:
+        await store.aclose()
