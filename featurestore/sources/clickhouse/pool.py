@@ -106,9 +106,15 @@ class ClickHousePool:
                 # The defaults (10 s connect, 300 s receive) would let a hung server keep
                 # a thread for minutes after the read was abandoned. clickhouse-connect
                 # takes whole seconds; the chdb client has no use for either.
+                # No session: nothing here needs one, and a read abandoned at its timeout
+                # while the server still runs it would lock the thread's session for the
+                # next query (SESSION_IS_LOCKED).
                 seconds = max(1, math.ceil(self._options.timeout_ms / 1000))
                 client = clickhouse_connect.get_client(
-                    **self._options.client_args(), connect_timeout=seconds, send_receive_timeout=seconds
+                    **self._options.client_args(),
+                    connect_timeout=seconds,
+                    send_receive_timeout=seconds,
+                    autogenerate_session_id=False,
                 )
             self._local.client = client
             with self._clients_lock:
