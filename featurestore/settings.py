@@ -103,7 +103,8 @@ def _names(value: Any) -> Any:
 def _name(value: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
         raise _fail(
-            "expected a name of letters, digits and _ (at most 128, not starting with a digit)", value
+            "expected a name of letters, digits and _ (at most 128 characters, not starting with a digit)",
+            value,
         )
     return value
 

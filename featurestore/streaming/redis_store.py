@@ -179,19 +179,20 @@ class RedisTileStore:
 
     async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
         """One MGET on a pooled connection, packed as the plain Redis views' reads are."""
-        if self._pool is None:
-            self._pool = LeanPool(
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = LeanPool(
                 self._url, self._pool_size, socket_timeout=None, socket_keepalive=True, **self._connection
             )
         prefix = self._prefix(view) + "k:"
         packed = pack_mget([prefix + key for key in keys])
         try:
-            return await self._mget(self._pool, packed)
+            return await self._mget(pool, packed)
         except NOT_RETRIED:
             raise
         except CONNECTION_ERRORS:  # a socket closed while it idled: once more, on fresh ones
-            await self._pool.reset()
-            return await self._mget(self._pool, packed)
+            await pool.reset()
+            return await self._mget(pool, packed)
 
     @staticmethod
     async def _mget(pool: LeanPool, packed: bytes) -> list[bytes | None]:

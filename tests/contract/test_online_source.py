@@ -227,6 +227,18 @@ async def test_a_feature_whose_dtype_changed_never_reads_rows_written_with_the_o
     assert isinstance(new, BaseException) or new.found == [False], new
 
 
+async def test_a_never_written_view_whose_dtype_changed_answers_not_found_at_version_0(
+    source: OnlineSource,
+) -> None:
+    # Version 0 (pushes before any materialization) is created empty for the first layout;
+    # a definition changed before anything was written still reads it: nothing there.
+    retyped = FeatureView("all_types", (USER,), (Feature("i", DType.STRING), *ALL_TYPES.features[1:]))
+    await source.prepare([*VIEWS])
+    await source.prepare([*VIEWS, retyped])
+    [res] = await source.read([ViewQuery(retyped, [1], [0], 0)])
+    assert isinstance(res, ViewRead) and res.found == [False], res
+
+
 async def test_identity(source: OnlineSource) -> None:
     assert source.kind in ("memory", "redis", "clickhouse")
     assert source.table_uri(ALL_TYPES)

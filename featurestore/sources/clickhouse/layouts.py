@@ -5,10 +5,17 @@ table's columns, names and types, are its layout (``sql.table_columns``). A defi
 can change a feature's dtype under the same name (or the entity's key type), and a
 data-version table created for the old one would then be read as the new: strings
 served as PRESENT int64 values, int64 keys looked up as strings (every row NOT_FOUND).
-So the columns of a table are compared with the reading definition's once per (table,
-layout) per process, and a table of another layout is UNAVAILABLE to it, as in Redis.
-One limit: a string feature and a float32 vector share a column type (Nullable(String)),
-so a change between those two is not seen here.
+So the columns of a data version's table are compared with the reading definition's once
+per (table, layout) per process, and a table of another layout is UNAVAILABLE to it (and
+refuses its writes), as in Redis. A version's table is created once, by its
+materialization, for one layout, and never again under that name: the verdict can be
+kept. Version 0 (pushes before any materialization) is not checked: one view's layouts
+share its table, which is created empty, and a check there would make a view whose
+definition changed before anything was pushed UNAVAILABLE until re-materialized, where
+Redis answers NOT_FOUND (its marker comes with the first write). Limits: a string
+feature and a float32 vector share a column type (Nullable(String)), so a change between
+those two is not seen; a table dropped and created again by hand under the same name is
+seen by a process only after it restarts.
 """
 
 from __future__ import annotations

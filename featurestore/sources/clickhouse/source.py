@@ -270,7 +270,8 @@ class ClickHouseOnlineSource:
         }
         settings = self._read_settings
         try:
-            await self.layouts.check(self.pool.run, view, table)
+            if q.data_version > 0:  # (layouts.py: version 0 is not checked)
+                await self.layouts.check(self.pool.run, view, table)
             rows = await self.pool.run(
                 lambda c: [
                     row
@@ -302,7 +303,8 @@ class ClickHouseOnlineSource:
         if self._unprepared.pop(table, None) is not None:
             self._settle()
         try:
-            await self.layouts.check(self.pool.run, view, table)
+            if data_version > 0:
+                await self.layouts.check(self.pool.run, view, table)
         except LayoutMismatch as e:
             raise FailedPrecondition(e.message) from None
         except (ClickHouseError, OSError) as e:
