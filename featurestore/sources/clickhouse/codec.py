@@ -34,7 +34,7 @@ def key_chunks(keys: list[Any], limit: int = MAX_PARAM_BYTES) -> list[list[Any]]
     if not keys:
         return [keys]
     if type(keys[0]) is int:
-        per = max(1, limit // 22)  # "-9223372036854775808," is 21 bytes
+        per = max(1, limit // 22)  # "-9223372036854775808" and its ", " separator: 22 bytes
         return [keys[i : i + per] for i in range(0, len(keys), per)]
     chunks: list[list[Any]] = [[]]
     size = 0
