@@ -142,8 +142,7 @@ class RedisSource:
 
     async def close(self) -> None:
         self._closing = True  # a read failing now is the close's, not a stale socket's
-        if self._reset is not None:
-            self._reset.cancel()
+        if self._reset is not None:  # (it does not wait for the peer: over at once)
             await asyncio.wait([self._reset], timeout=1.0)
         if self._health is not None:
             self._health.cancel()
@@ -272,9 +271,7 @@ class RedisSource:
         retrying now: the pool hands out the last connection back first, so the one next
         in line has idled at least as long as the one that failed."""
         assert self._pool is not None
-        if self._reset is None or self._reset.done():
-            self._reset = asyncio.ensure_future(self._pool.reset())
-        await asyncio.shield(self._reset)  # a read's deadline does not end it for the others
+        await self._pool.refresh()
 
     # -- writes ----------------------------------------------------------------------
 

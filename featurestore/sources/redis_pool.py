@@ -43,6 +43,7 @@ class LeanPool:
         self._all: list[AbstractConnection] = []
         self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
         self._closed = False
+        self._refresh: asyncio.Future[None] | None = None
 
     async def acquire(self) -> AbstractConnection:
         if self._closed:
@@ -96,6 +97,14 @@ class LeanPool:
         finally:  # cancelled half way: the ones not reached go back all the same
             for conn in stale:
                 self.release(conn)
+
+    async def refresh(self) -> None:
+        """``reset``, once for every caller that asks while one runs (reads retrying after
+        a stale socket: each would otherwise drop the sockets the others just opened); a
+        caller given up on (its deadline) does not end it for the others."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self.reset())
+        await asyncio.shield(self._refresh)
 
     async def close(self) -> None:
         self._closed = True

@@ -29,6 +29,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import NoScriptError
 
+from featurestore import metrics
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
@@ -191,7 +192,8 @@ class RedisTileStore:
         except NOT_RETRIED:
             raise
         except CONNECTION_ERRORS:  # a socket closed while it idled: once more, on fresh ones
-            await pool.reset()
+            metrics.SOURCE_READ_RETRIES.labels(self.name).inc()
+            await pool.refresh()
             return await self._mget(pool, packed)
 
     @staticmethod

@@ -37,7 +37,7 @@ from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, online_table_ddl
-from featurestore.sources.clickhouse.codec import MAX_PARAM_BYTES, key_chunks
+from featurestore.sources.clickhouse.codec import MAX_PARAM_BYTES, key_chunks, query_chunks
 from featurestore.sources.clickhouse.sql import SelectCache, select_sql
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
@@ -450,3 +450,22 @@ async def test_materialize_from_a_clickhouse_table_into_redis(
     finally:
         await store.close()
         client.command(f"DROP TABLE {db_table}")
+
+
+def test_a_chunked_read_starts_no_more_queries_once_it_has_run_for_its_timeout() -> None:
+    class SlowClient:
+        def __init__(self) -> None:
+            self.queries = 0
+
+        def query(self, sql: str, **_: Any) -> Any:
+            self.queries += 1
+            time.sleep(0.03)
+            return type("Result", (), {"result_rows": [(self.queries,)]})()
+
+    client = SlowClient()
+    settings = {"max_execution_time": 0.05}
+    with pytest.raises(TimeoutError, match=r"ran past 0\.05 s"):
+        query_chunks("SELECT", [[1]] * 10, {}, settings, client)
+    assert client.queries < 10  # (2 on an idle machine: the third would start 60 ms in)
+    fast = SlowClient()
+    assert query_chunks("SELECT", [[1]], {}, {"max_execution_time": 0.05}, fast) == [(1,)]

@@ -295,6 +295,9 @@ async def test_a_tile_read_on_sockets_redis_closed_while_idle_is_answered_from_f
         assert readers
         for client_id in readers:
             redis_server.cli("CLIENT", "KILL", "ID", client_id)
+        counted = {"store": "default"}
+        before = REGISTRY.get_sample_value("featurestore_source_read_retries_total", counted) or 0.0
         assert await store.read(view, ["1", "2"]) == [None, None]
+        assert REGISTRY.get_sample_value("featurestore_source_read_retries_total", counted) == before + 1
     finally:
         await store.aclose()

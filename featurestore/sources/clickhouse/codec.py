@@ -1,8 +1,10 @@
 """Values between the join engine and ClickHouse online tables: keys as the bound
-parameter, Arrow rows as the stored columns, result rows lined up with a query's keys."""
+parameter (split over queries when they are many), Arrow rows as the stored columns,
+result rows lined up with a query's keys."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +48,24 @@ def key_chunks(keys: list[Any], limit: int = MAX_PARAM_BYTES) -> list[list[Any]]
         chunks[-1].append(k)
         size += cost
     return chunks
+
+
+def query_chunks(
+    sql: str, chunks: list[list[Any]], binary: dict[str, str], settings: dict[str, Any], client: Any
+) -> list[Any]:
+    """The rows of one read's queries, one per chunk of keys; the chunks after the first
+    are not started once the read has run for its timeout (``max_execution_time``): a
+    read abandoned at its deadline does not hold its thread for every chunk's timeout."""
+    timeout = float(settings["max_execution_time"])
+    end = time.monotonic() + timeout
+    rows: list[Any] = []
+    for i, keys in enumerate(chunks):
+        if i and time.monotonic() > end:
+            raise TimeoutError(f"the read's {len(chunks)} queries ran past {timeout:g} s")
+        rows += client.query(
+            sql, parameters={"keys": keys}, column_formats=binary, settings=settings
+        ).result_rows
+    return rows
 
 
 def stored_table(view: FeatureView, rows: pa.Table) -> pa.Table:

@@ -28,7 +28,7 @@ from featurestore.model import DType, FeatureView
 from featurestore.rows import conform
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import profiles
-from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, stored_table
+from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, query_chunks, stored_table
 from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe
 from featurestore.sources.clickhouse.layouts import LayoutMismatch, Layouts
 from featurestore.sources.clickhouse.options import ClickHouseOptions
@@ -272,15 +272,7 @@ class ClickHouseOnlineSource:
         try:
             if q.data_version > 0:  # (layouts.py: version 0 is not checked)
                 await self.layouts.check(self.pool.run, view, table)
-            rows = await self.pool.run(
-                lambda c: [
-                    row
-                    for keys in chunks
-                    for row in c.query(
-                        sql, parameters={"keys": keys}, column_formats=binary, settings=settings
-                    ).result_rows
-                ]
-            )
+            rows = await self.pool.run(functools.partial(query_chunks, sql, chunks, binary, settings))
         except (ClickHouseError, OSError) as e:
             if getattr(e, "code", None) == UNKNOWN_TABLE and q.data_version > 0:
                 self._missing.found_missing(view.name, q.data_version, self._gone(table))
