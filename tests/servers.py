@@ -60,6 +60,18 @@ class RedisServer(ManagedProcess):
         )  # fmt: skip
         return out.stdout.strip()
 
+    def kill_clients(self, name: str, last_command: str) -> int:
+        """Close the connections of client ``name`` whose last command was ``last_command``
+        (what Redis's `timeout` does to idle ones); how many there were."""
+        ids = [
+            line.split()[0].removeprefix("id=")
+            for line in self.cli("CLIENT", "LIST").splitlines()
+            if f" name={name} " in line and f" cmd={last_command} " in line
+        ]
+        for client_id in ids:
+            self.cli("CLIENT", "KILL", "ID", client_id)
+        return len(ids)
+
     def ping(self) -> bool:
         try:
             return self.cli("ping") == "PONG"

@@ -9,9 +9,10 @@ Request bodies are read here, under the body limit, for the join and the push.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,7 +23,7 @@ from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, create_app
+from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, BodyReader, create_app
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
@@ -131,6 +132,9 @@ class HttpApi:
         (None: none)."""
         self.shedder = shedder
         self.max_body_bytes = max_body_bytes
+        # request bodies under the body limit: bodies.read_body, called as it is (no wrapper
+        # coroutine on the join's path)
+        self.read_body: BodyReader = functools.partial(bodies.read_body, limit=max_body_bytes)
         self.auth = auth
         self.ops_elsewhere = ops_elsewhere
         self.deadline_ms = deadline_ms
@@ -290,12 +294,6 @@ class HttpApi:
             await send({"type": "http.response.body", "body": out})
         finally:
             self._inflight.dec()
-
-    async def read_body(
-        self, receive: Receive, length: int, headers: Sequence[tuple[bytes, bytes]]
-    ) -> bytes | None:
-        """``bodies.read_body`` under this server's limit (``limits.max_body_bytes``)."""
-        return await bodies.read_body(receive, length, headers, self.max_body_bytes)
 
     def _too_large(self, t0: float) -> tuple[int, bytes, bytes]:
         e = bodies.too_large(self.max_body_bytes)

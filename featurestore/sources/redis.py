@@ -239,8 +239,11 @@ class RedisSource:
                 # pool fails its first use, and Redis is fine: the read is tried once more,
                 # on fresh connections (not after the errors in NOT_RETRIED, nor while
                 # the store closes). Only a second failure opens the circuit.
+                # Every idle socket is dropped first, once for all the reads retrying now:
+                # the pool hands out the last connection back first, so the one next in
+                # line has idled at least as long as the one that failed.
                 self._retries.inc()
-                await self._fresh_pool()
+                await self._pool.refresh()
                 raw = await self._fetch(keyed)
         except CONNECTION_ERRORS as e:
             if not self._closing:
@@ -265,13 +268,6 @@ class RedisSource:
         if self._pool is not None:
             return await pooled_mget(self._pool, self._auto, keyed)
         return await cluster_get(self._client, keyed)  # type: ignore[arg-type]
-
-    async def _fresh_pool(self) -> None:
-        """Every idle socket dropped (they reconnect on use), once for all the reads
-        retrying now: the pool hands out the last connection back first, so the one next
-        in line has idled at least as long as the one that failed."""
-        assert self._pool is not None
-        await self._pool.refresh()
 
     # -- writes ----------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ with auto-pipelining and few keys, in the shared write of the event-loop tick
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio.cluster import RedisCluster
 
 from featurestore.sources.base import ViewQuery
@@ -26,19 +28,22 @@ async def pooled_mget(pool: LeanPool, auto: AutoPipeline | None, keyed: Keyed) -
     if auto is not None and (count := sum(map(len, commands))) <= AUTO_PIPELINE_MAX_KEYS:
         it = iter(await auto.mget(commands, count))
         return [next(it) if keys else [] for _, keys in keyed]
-    packed = b"".join(map(pack_mget, commands))
+    it = iter(await exchange(pool, b"".join(map(pack_mget, commands)), len(commands)))
+    return [next(it) if keys else [] for _, keys in keyed]
+
+
+async def exchange(pool: LeanPool, packed: bytes, replies: int) -> list[Any]:
+    """Send ``packed`` on a pooled connection and read its ``replies`` replies."""
     conn = await pool.acquire()
     try:
         await conn.send_packed_command(packed, check_health=False)
-        replies = [await conn.read_response() for _ in commands]
+        return [await conn.read_response() for _ in range(replies)]
     except BaseException:
         # A half-read reply would desync the next user of this connection.
         await conn.disconnect(nowait=True)
         raise
     finally:
         pool.release(conn)
-    it = iter(replies)
-    return [next(it) if keys else [] for _, keys in keyed]
 
 
 async def cluster_get(client: RedisCluster, keyed: Keyed) -> list[list[bytes | None]]:

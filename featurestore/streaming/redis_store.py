@@ -33,6 +33,7 @@ from featurestore import metrics
 from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
+from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_mget
 from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
 from featurestore.streaming.tiles import view_layout
@@ -188,26 +189,14 @@ class RedisTileStore:
         prefix = self._prefix(view) + "k:"
         packed = pack_mget([prefix + key for key in keys])
         try:
-            return await self._mget(pool, packed)
+            [reply] = await exchange(pool, packed, 1)
         except NOT_RETRIED:
             raise
         except CONNECTION_ERRORS:  # a socket closed while it idled: once more, on fresh ones
             metrics.SOURCE_READ_RETRIES.labels(self.name).inc()
             await pool.refresh()
-            return await self._mget(pool, packed)
-
-    @staticmethod
-    async def _mget(pool: LeanPool, packed: bytes) -> list[bytes | None]:
-        conn = await pool.acquire()
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            reply: list[bytes | None] = await conn.read_response()
-        except BaseException:
-            await conn.disconnect(nowait=True)  # a half-read reply would desync the next user
-            raise
-        finally:
-            pool.release(conn)
-        return reply
+            [reply] = await exchange(pool, packed, 1)
+        return reply  # type: ignore[no-any-return]
 
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"

@@ -209,14 +209,7 @@ async def test_pooled_connections_redis_closed_while_idle_are_replaced_without_o
         await src.write(V, users(list(range(1, 70))), 1)
         big = ViewQuery(V, list(range(1, 70)), [0], 1)  # 70 keys: past auto-pipelining, a connection each
         await asyncio.gather(*(src.read([big]) for _ in range(4)))  # the pool's 4 connections, now idle
-        readers = [
-            line.split()[0].removeprefix("id=")
-            for line in server.cli("CLIENT", "LIST").splitlines()
-            if f" name={name} " in line and " cmd=mget " in line
-        ]
-        assert len(readers) == 4, readers
-        for client_id in readers:
-            server.cli("CLIENT", "KILL", "ID", client_id)
+        assert server.kill_clients(name, "mget") == 4
         reads = await asyncio.gather(
             *(src.read([ViewQuery(V, [k], [0], 1)]) for k in (1, 2, 3)), src.read([big])
         )

@@ -287,14 +287,7 @@ async def test_a_tile_read_on_sockets_redis_closed_while_idle_is_answered_from_f
     view = count_view("idle_tiles", "t")
     try:
         assert await store.read(view, ["1", "2"]) == [None, None]  # the pool's connection, now idle
-        readers = [
-            line.split()[0].removeprefix("id=")
-            for line in redis_server.cli("CLIENT", "LIST").splitlines()
-            if f" name={name} " in line and " cmd=mget " in line
-        ]
-        assert readers
-        for client_id in readers:
-            redis_server.cli("CLIENT", "KILL", "ID", client_id)
+        assert redis_server.kill_clients(name, "mget") >= 1
         counted = {"store": "default"}
         before = REGISTRY.get_sample_value("featurestore_source_read_retries_total", counted) or 0.0
         assert await store.read(view, ["1", "2"]) == [None, None]
