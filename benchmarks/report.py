@@ -30,11 +30,33 @@ def load(path: Path) -> list[Row]:
     answer, and a shed join is a fast 503), the count of all answers kept as ``qps_all``."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for r in rows:
+        # A run with connection, read, write or timeout errors (wrk) or failed requests and
+        # bodies of the wrong length (loadgen) is not clean: the best clean attempt is used.
+        failed = sum(
+            r.get(k, 0) for k in ("err_connect", "err_read", "err_write", "err_timeout", "errors", "bad_body")
+        )
+        if failed:
+            r["failed"] = failed
+            r["accepted"] = False
         bad = r.get("err_status", 0) or r.get("bad_status", 0)
         if bad and r.get("duration_s"):
             r["qps_all"] = r["qps"]
             r["qps"] = (r["requests"] - bad) / r["duration_s"]
     return rows
+
+
+def merge_floors(rows: list[Row]) -> list[Row]:
+    """One floor per batch: the mean of its measurements (``benchmarks.run`` takes one
+    before and one after the servers' runs, the VM's speed drifting by several per cent
+    over a run), their spread kept as ``qps_range``."""
+    by_batch: dict[int, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_batch[r["batch"]].append(r)
+    out = []
+    for _, rs in sorted(by_batch.items()):
+        qps = [r["qps"] for r in rs]
+        out.append({**rs[-1], "qps": sum(qps) / len(qps), "qps_range": (min(qps), max(qps))})
+    return out
 
 
 def best(rows: list[Row]) -> dict[tuple[str, str, int, int], Row]:
@@ -154,10 +176,10 @@ def write(
     tools = sorted({r["tool"] for r in rows}, key=lambda t: t != "wrk")
     qps_tool = "wrk" if "wrk" in tools else tools[0]
     lat_tool = next((t for t in tools if t.startswith("loadgen")), qps_tool)
-    floors = load(floor) if floor and floor.exists() else []
+    floors = merge_floors(load(floor)) if floor and floor.exists() else []
 
     drawn = (
-        "uniformly random users (the peer's `wrk_getfeatures.lua` and `loadgen.py`)"
+        "uniformly random users (`benchmarks/wrk_keys.lua`, the peer's bodies, and the peer's `loadgen.py`)"
         if keys == "uniform"
         else "users drawn from a Zipf law (s=1.1) over the 100,000 ids (`benchmarks/wrk_keys.lua` with KEYS=zipf in "
         "place of the peer's wrk script; wrk only)"
@@ -239,7 +261,7 @@ def write(
             "`benchmarks/redis_floor.py`: per request one pipelined MGET per view (2 views) of B random keys on a "
             f"pooled connection plus msgpack decoding; {workers} processes, 32 concurrent loops in all.",
             "",
-            "| batch | floor QPS | p50 | p99 | featurestore_nocache QPS at c=32 | share of the floor |",
+            "| batch | floor QPS (mean of before and after the servers' runs; lowest / highest) | p50 | p99 | featurestore_nocache QPS at c=32 | share of the floor |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
         nocache = next((o for o in ours if o.endswith("_nocache")), ours[0])
@@ -247,7 +269,7 @@ def write(
             r = b.get((nocache, qps_tool, fl["batch"], 32))
             share = f"{r['qps'] / fl['qps'] * 100:.0f}%" if r else "-"
             lines.append(
-                f"| {fl['batch']} | {fl['qps']:,.0f} | {fl['p50_ms']:.2f} | {fl['p99_ms']:.2f} | "
+                f"| {fl['batch']} | {fl['qps']:,.0f} ({' / '.join(f'{q:,.0f}' for q in fl['qps_range'])}) | {fl['p50_ms']:.2f} | {fl['p99_ms']:.2f} | "
                 f"{fmt(r['qps'] if r else None, 0)} | {share} |"
             )
     out.write_text("\n".join(lines) + "\n" + notes(b, feast, ours, points, qps_tool))
@@ -305,9 +327,13 @@ NOTES = """
   per unique key, computes statuses once per view, buffers its metrics, and calls
   `gc.freeze()` after start-up so full collections do not walk the loaded heap (Feast's
   workers pause 130-190 ms for that reason).
-* With the cache on, the load generator's 4,096 pre-built bodies per connection repeat,
-  so after warm-up most keys come from the in-process cache (TTL 30 s): the production
-  default. The `_nocache` columns read every key from Redis. {cache_line}. A cached row
+* With the cache on (TTL 30 s, 200,000 rows: both views' 100,000 users fit, the
+  production default), keys come from the in-process cache once read in the last 30 s.
+  wrk's bodies (`benchmarks/wrk_keys.lua`) hold three draws per user (batch 1: 300,000
+  pre-built bodies), so the cache sees the whole key space; the peer's loadgen.py (the
+  latency columns) cycles its 4,096 bodies, at batch 1 a hot set of ~4,000 users.
+  Until 2026-12-03 wrk cycled 4,096 bodies too. The `_nocache` columns read every
+  key from Redis. {cache_line}. A cached row
   costs about what a row from Redis on loopback costs; the cache saves the round trip,
   and only for a read it answers in full. So a large read whose chance of a full hit
   does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes

@@ -19,10 +19,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +51,20 @@ def redis_up() -> bool:
     return out.stdout.strip() == "PONG"
 
 
+def _floor(path: Path, when: str, *, batches: str, duration: float, workers: int) -> None:
+    """The bare redis-py floor at each batch, c=32, appended to ``path``."""
+    with open(path, "a") as fh:
+        for batch in (int(b) for b in batches.split(",")):
+            res = floor_measure(f"redis://127.0.0.1:{REDIS_PORT}/0", "demo", 1, batch, 32, duration, workers)
+            log(f"floor ({when}) b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
+            fh.write(json.dumps({**res, "when": when}) + "\n")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -62,12 +79,14 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 def peer_overlay(out: Path, keys: str) -> Path:
-    """The peer's folder, or for Zipf keys a copy of it made of links whose wrk script is
-    benchmarks/wrk_keys.lua (same bodies, KEYS from the environment): bench.py finds its
-    wrk script next to itself, so every server, Feast too, gets the same keys."""
-    if keys == "uniform":
-        return PEER
-    overlay = out / "peer-overlay"
+    """A copy of the peer's folder made of links whose wrk script is benchmarks/wrk_keys.lua:
+    the peer's bodies, uniform or Zipf keys from KEYS, and a pool of three draws per user
+    (bench.py finds the script next to itself, so every server, Feast too, gets the same
+    keys). The peer's own pool of 4,096 bodies was, at batch 1, a hot set of ~4,000 users
+    that a server's cache holds whole. The peer's loadgen.py (the latency points) keeps its
+    4,096 bodies: each of its connections holds a copy of the pool (300,000 bodies: 650 MB
+    at 2 connections)."""
+    overlay = out / f"peer-overlay-{keys}"
     overlay.mkdir(parents=True, exist_ok=True)
     for f in PEER.iterdir():
         link = overlay / f.name
@@ -122,7 +141,9 @@ def main() -> int:
             while not redis_up() and time.monotonic() < end:
                 time.sleep(0.1)
         env = {**os.environ, "WORKDIR": a.feast_workdir}
-        if not a.skip_feast_setup:
+        # A Redis started here is empty: Feast's rows must be materialized into it again
+        # (make bench runs this module twice; the first run's Redis ends with it).
+        if not a.skip_feast_setup or own_redis is not None:
             log("Feast: setup.sh (venv, data, feast apply, feast materialize) ...")
             with open(a.out / "feast-setup.log", "wb") as fh:
                 subprocess.run(
@@ -160,6 +181,9 @@ def main() -> int:
         feast_pid = int(out.stdout.split()[-1])
         targets = [f"feast_w{a.workers}=http://127.0.0.1:6566/get-online-features@{feast_pid}"]
         for label, port in (("on", 8091), ("off", 8092)):
+            if not port_free(port):  # a stale server there would answer /readyz for ours
+                log(f"port {port} is taken (a server left from an earlier run?): stop it first")
+                return 1
             p = subprocess.Popen(
                 [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(configs[label]), "--no-apply",
                  "--workers", str(a.workers), "--http-port", str(port), "--grpc-port", str(port + 42000),
@@ -182,6 +206,10 @@ def main() -> int:
                 log(v.stdout + v.stderr)
                 return 1
 
+        # The floor before and after the servers' runs: the VM's speed drifts over a run.
+        floor_path = a.out / f"floor-{stamp}.jsonl"
+        measure_floor = functools.partial(_floor, batches=a.batches, duration=a.duration, workers=a.workers)
+        measure_floor(floor_path, "before")
         log(
             f"bench.py: {len(targets)} targets, batches {a.batches}, concurrency {a.concurrency}, {a.duration}s per run"
         )
@@ -192,14 +220,7 @@ def main() -> int:
             cmd += ["--target", t]
         subprocess.run(cmd, check=True, env={**os.environ, "KEYS": a.keys})
 
-        floor_path = a.out / f"floor-{stamp}.jsonl"
-        with open(floor_path, "w") as fh:
-            for batch in (int(b) for b in a.batches.split(",")):
-                res = floor_measure(
-                    f"redis://127.0.0.1:{REDIS_PORT}/0", "demo", 1, batch, 32, a.duration, a.workers
-                )
-                log(f"floor b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
-                fh.write(json.dumps(res) + "\n")
+        measure_floor(floor_path, "after")
 
         part = HERE / "results" / ("feast.md" if a.keys == "uniform" else "feast-zipf.md")
         part.parent.mkdir(exist_ok=True)
@@ -223,7 +244,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         if feast_pid:
-            os.kill(feast_pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it died: the error above says why
+                os.kill(feast_pid, signal.SIGTERM)
         if own_redis is not None:
             own_redis.terminate()
             own_redis.wait(10)

@@ -3,12 +3,15 @@
 -- (KEYS=zipf, exponent ZIPF_S=1.1: rank r is asked with weight 1/r^s) over 1..N_USERS.
 -- Zipf ranks map to user ids by a fixed permutation (rank * 7919 mod N + 1), so the hot
 -- keys are spread over the id space. Bodies are pre-built (POOL per thread, seeded), so
--- drawing keys costs nothing during the run. The body shape is the peer's, so the same
+-- drawing keys costs nothing during the run. The default POOL holds three draws per user
+-- (batch 1: 300,000 bodies, ~200 MB; batch 100: 4,096): the peer's 4,096 at batch 1 were
+-- a hot set of ~4,000 users that a server's cache holds whole. The body shape is the peer's, so the same
 -- script drives Feast (/get-online-features) and featurestore (/v1/feature/join).
--- Env: BATCH (1), N_USERS (100000), POOL (4096), KEYS (uniform), ZIPF_S (1.1), LABEL.
+-- Env: BATCH (1), N_USERS (100000), POOL (max(4096, 3 * N_USERS / BATCH)), KEYS (uniform), ZIPF_S (1.1), LABEL.
 local batch   = tonumber(os.getenv("BATCH") or "1")
 local n_users = tonumber(os.getenv("N_USERS") or "100000")
-local pool_n  = tonumber(os.getenv("POOL") or "4096")
+local pool_n  = tonumber(os.getenv("POOL") or "0")
+if pool_n <= 0 then pool_n = math.max(4096, math.ceil(3 * n_users / batch)) end
 local keys    = os.getenv("KEYS") or "uniform"
 local zipf_s  = tonumber(os.getenv("ZIPF_S") or "1.1")
 local label   = os.getenv("LABEL") or ""
