@@ -45,6 +45,10 @@ def load(path: Path) -> list[Row]:
     return rows
 
 
+def _outcomes(counts: dict[str, float]) -> str:
+    return ", ".join(f"{int(n):,} {outcome}" for outcome, n in sorted(counts.items())) or "none"
+
+
 def merge_floors(rows: list[Row]) -> list[Row]:
     """One floor per batch: the mean of its measurements (``benchmarks.run`` takes one
     before and one after the servers' runs, the VM's speed drifting by several per cent
@@ -166,6 +170,7 @@ def write(
     duration: float,
     command: str,
     keys: str = "uniform",
+    not_ok: dict[str, dict[str, float]] | None = None,
 ) -> None:
     rows = load(raw)
     b = best(rows)
@@ -201,6 +206,16 @@ def write(
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
         f"* Raw runs: `{raw.resolve().relative_to(RESULTS.parent) if raw.resolve().is_relative_to(RESULTS.parent) else raw}`.",
+        *(
+            [
+                "* featurestore's answers other than ok over the whole run, from its `featurestore_requests_total` "
+                "(a partial answer is a 200 the load generators count): "
+                + "; ".join(f"cache {k}: {_outcomes(v)}" for k, v in not_ok.items())
+                + "."
+            ]
+            if not_ok is not None
+            else []
+        ),
         "",
         "### Throughput (QPS, wrk) and ratio to Feast",
         "",

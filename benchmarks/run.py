@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,6 +59,19 @@ def _floor(path: Path, when: str, *, batches: str, duration: float, workers: int
             res = floor_measure(f"redis://127.0.0.1:{REDIS_PORT}/0", "demo", 1, batch, 32, duration, workers)
             log(f"floor ({when}) b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
             fh.write(json.dumps({**res, "when": when}) + "\n")
+
+
+def answers_not_ok(port: int) -> dict[str, float]:
+    """The server's joins by outcome other than ok (a partial answer is a 200 the load
+    generators count as a success), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for labels, value in re.findall(r"^featurestore_requests_total\{([^}]*)\} (\S+)$", text, re.M):
+        outcome = re.search(r'outcome="([^"]*)"', labels)
+        if outcome and outcome[1] != "ok" and float(value):
+            out[outcome[1]] = out.get(outcome[1], 0) + float(value)
+    return out
 
 
 def port_free(port: int) -> bool:
@@ -221,6 +235,10 @@ def main() -> int:
         subprocess.run(cmd, check=True, env={**os.environ, "KEYS": a.keys})
 
         measure_floor(floor_path, "after")
+        not_ok = {}
+        for label, port in (("on", 8091), ("off", 8092)):
+            not_ok[label] = answers_not_ok(port)
+            log(f"featurestore cache {label}: answers other than ok: {not_ok[label] or 'none'}")
 
         part = HERE / "results" / ("feast.md" if a.keys == "uniform" else "feast-zipf.md")
         part.parent.mkdir(exist_ok=True)
@@ -232,6 +250,7 @@ def main() -> int:
             duration=a.duration,
             command=" ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             keys=a.keys,
+            not_ok=not_ok,
         )
         log(f"wrote {part} and {HERE / 'RESULTS.md'} (raw: {raw})")
         return 0
