@@ -78,6 +78,44 @@ def one_run(
     return res
 
 
+FEATURES = [
+    f"{view}:{f}"
+    for view, fs in (
+        ("user_profile", "age tenure_days num_devices country plan_tier preferred_language lifetime_value credit_score"),
+        ("user_activity", "sessions_7d sessions_30d avg_session_minutes clicks_7d purchases_30d spend_30d "
+         "days_since_last_login ctr_30d"),
+    )
+    for f in fs.split()
+]  # fmt: skip
+
+
+def check_grpc(srv: dict[str, int], data: Path) -> None:
+    """One gRPC Join of 100 users against the demo data before any run: OK calls that
+    answered NOT_FOUND, or wrong values, would measure nothing."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from featurestore.client import FeatureClient
+
+    table = pq.read_table(data).slice(0, 100).to_pydict()
+    with FeatureClient(f"grpc://127.0.0.1:{srv['grpc']}") as client:
+        res = client.join({"user_id": table["user_id"]}, FEATURES)
+    for ref in FEATURES:
+        name = ref.split(":")[1]
+        col = res[name]
+        bad = [
+            (uid, got, want, st)
+            for uid, got, want, st in zip(
+                table["user_id"], col.values, table[name], col.statuses, strict=True
+            )
+            if st.name != "PRESENT"
+            or (got != want and not (isinstance(want, float) and math.isclose(got, want, rel_tol=1e-12)))
+        ]
+        if bad:
+            raise SystemExit(f"gRPC Join answers {name} wrongly, e.g. (user, got, want, status) {bad[0]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=8)
@@ -123,6 +161,10 @@ def main() -> int:
                 print(
                     f"no Feast gRPC row: {a.feast_workdir} has no peer setup (run setup.sh)", file=sys.stderr
                 )
+        if "grpc" in transports:
+            for name, srv in servers.items():
+                if name != FEAST:
+                    check_grpc(srv, work / "data" / "users.parquet")
         combos = [(name, t) for name in servers for t in transports if name != FEAST or t == "grpc"]
         point = 0
         for batch in a.batches:
