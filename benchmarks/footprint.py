@@ -136,15 +136,19 @@ def main() -> None:
     extra = ["--no-clickhouse"] if a.no_clickhouse else []
     if a.no_derived:
         extra += ["--definitions", str(without_derived(data_dir))]
-    measure_once(data_dir, 0, extra)  # first start: generates data, fills the ClickHouse view
+    # The first start compiles the derived kernels into a fresh cache and fills the
+    # ClickHouse view (the data is generated above): reported, not in the medians.
+    first = measure_once(data_dir, 0, extra)
     runs = [measure_once(data_dir, a.load_seconds, extra, derived=not a.no_derived) for _ in range(a.runs)]
     summary = {
         k: {"median": statistics.median(r[k] for r in runs), "max": max(r[k] for r in runs)} for k in runs[0]
     }
+    summary["first_ready_s"] = {"median": first["ready_s"], "max": first["ready_s"]}
     print(json.dumps({"runs": runs, "summary": summary}, indent=2))
     table = (
         f"| metric | median | max |\n|---|---:|---:|\n"
         f"| start to ready (s) | {summary['ready_s']['median']:.2f} | {summary['ready_s']['max']:.2f} |\n"
+        f"| first start to ready, kernels compiled and the ClickHouse view filled (s) | {summary['first_ready_s']['median']:.2f} | - |\n"
         f"| RSS when ready (MB) | {summary['ready_rss_mb']['median']:.0f} | {summary['ready_rss_mb']['max']:.0f} |\n"
         f"| of which anonymous (heap) (MB) | {summary['ready_anon_mb']['median']:.0f} | {summary['ready_anon_mb']['max']:.0f} |\n"
         f"| of which file-backed (mapped library code, shared) (MB) | {summary['ready_file_mb']['median']:.0f} | {summary['ready_file_mb']['max']:.0f} |\n"
