@@ -94,7 +94,7 @@ async def _open_loop(
     out = [
         {"answered": [], "served": [], "waits": [], "held": 0.0, "counts": {}} for _ in phases
     ]  # answered: from the schedule; served: from the write; waits: for a connection
-    # perf_counter, not clock(): uvloop's clock has millisecond steps and is read once
+    # perf_counter, not loop.time(): uvloop's clock has millisecond steps and is read once
     # per loop iteration
     clock = time.perf_counter
 
