@@ -129,13 +129,20 @@ def run(srv: dict[str, int], keys: str, batch: int, conns: int, seconds: float) 
 
 
 def server_section(a: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for size in a.max_entries:
+        out += [*server_runs(a, size), ""]
+    return out
+
+
+def server_runs(a: argparse.Namespace, size: int) -> list[str]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         url = stack.enter_context(redis(work))
         configs = {
             v: config(work, url, v, v != "off",
-                      f"cache: {{max_entries: {a.max_entries}, {CACHE_YAML.get(v, '')}}}\n")
+                      f"cache: {{max_entries: {size}, {CACHE_YAML.get(v, '')}}}\n")
             for v in VARIANTS
         }  # fmt: skip
         materialize(work, configs["off"])
@@ -153,13 +160,19 @@ def server_section(a: argparse.Namespace) -> list[str]:
                         res.update(variant=v, keys=keys, batch=batch, round=rnd)
                         print(json.dumps(res), flush=True)
                         runs.append(res)
-    return render(runs, a)
+    return render(runs, a, size)
 
 
-def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+def render(runs: list[dict[str, Any]], a: argparse.Namespace, size: int) -> list[str]:
+    holds = (
+        "both views' 100,000 users fit"
+        if size >= 2 * N_USERS
+        else f"{size / (2 * N_USERS):.0%} of both views' rows fit: every fill in a full cache weighs a victim"
+    )
     out = [
-        f"Servers, 1 worker each, one Redis, wrk `-c{a.connections}`, {a.duration:g} s per run after a "
-        f"{a.warmup:g} s warm-up, {a.rounds} interleaved rounds (median); cache.max_entries {a.max_entries:,}. "
+        f"Servers, 1 worker each, one Redis, wrk `-c{a.connections}` (a pool of three draws per user: the whole key "
+        f"space), {a.duration:g} s per run after a {a.warmup:g} s warm-up, {a.rounds} interleaved rounds (median); "
+        f"**cache.max_entries {size:,}** ({holds}). "
         "QPS / server CPU per request (us) / hit rate of the keys looked up in the cache "
         "(where keys went past the cache: their share, and the share of all keys served from it):",
         "",
@@ -203,7 +216,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100])
-    ap.add_argument("--max-entries", type=int, default=200_000)
+    ap.add_argument(
+        "--max-entries",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[200_000, 20_000],
+        help="cache sizes, each measured with servers of its own (200,000 holds every row; 20,000 a tenth)",
+    )
     ap.add_argument("--sim-keys", type=int, default=1_000_000)
     ap.add_argument("--no-servers", action="store_true", help="only the simulation")
     a = ap.parse_args()
