@@ -209,7 +209,31 @@ def render(runs: list[dict[str, Any]], fills: tuple[float, float], a: argparse.N
             )
             out.append(f"| {batch} | {2 * batch} | {off:.0f} | {con:.0f} | {dft:.0f} | {skip:.0%} | "
                        f"{con / off - 1:+.1%} | {dft / off - 1:+.1%} | {r['consult']:.1%} / {r['default']:.1%} |")  # fmt: skip
-    return out
+    return [*out, "", *miss_costs(runs, trip, a)]
+
+
+def miss_costs(runs: list[dict[str, Any]], trip: float, a: argparse.Namespace) -> list[str]:
+    """What a missed key costs a read that consults, all told (lookup, the store query
+    of the misses, fill, admission, merging), from the warmed table: the consulting
+    read's extra CPU over cache off, plus what its full hits saved, per missed key."""
+    cells = []
+    for batch in a.batches:
+        off, con = med(runs, "warm", "off", batch), med(runs, "warm", "consult", batch)
+        h = next(x for x in runs if x["table"] == "warm" and x["variant"] == "rates" and x["batch"] == batch)[
+            "consult"
+        ]
+        misses = 2 * batch * (1 - h)
+        if misses > 0.05:
+            cost = (con - off + h ** (2 * batch) * trip) / misses
+            cells.append((batch, cost, trip / cost if cost > 0 else float("inf")))
+    if not cells:
+        return []
+    return [
+        "**A missed key, all told** (warmed table: a consulting read's CPU over cache off, plus what "
+        "its full hits saved, per missed key): "
+        + "; ".join(f"batch {b}: {c:.1f} µs ({t:.0f} per round trip)" for b, c, t in cells)
+        + f". `cache.fills_per_round_trip` (default {CacheConfig().fills_per_round_trip}) weighs these."
+    ]
 
 
 async def measure(a: argparse.Namespace) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ trip it may save is worth the fills it will pay for.
 A read that consults the cache looks every key up, asks the store for the misses and
 caches them. With every key cached it saves the round trip to the store (107-159 µs of
 server CPU per join on loopback Redis at batch 1); with even one miss it pays the round
-trip anyway, plus a fill per miss (1.7-6.2 µs in a full cache). Both measured by
+trip anyway, plus per missed key what consulting costs all told (lookup, the store query
+of the misses, fill, admission, merging: 11.6-18.8 µs; the fill alone 1.7-6.2). Measured by
 `python -m benchmarks.cache_cost` (benchmarks/RESULTS.md). A batch-100 join of uniform keys (two views, ~92%
 of keys cached) almost never hits in full and pays ~16 fills: such joins cost 14% to 73%
 more CPU with the cache than without it (benchmarks/RESULTS.md at commit 42e8888).
@@ -15,9 +16,10 @@ So a read of n keys consults the cache only while
 
 with P(full hit) the product over its views of h ** k and the expected misses the sum
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
-``fills_per_round_trip`` is 30, at or below the measured 26-61 (2026-12-02) and 35-63
-(2026-12-03): the cautious side (a lower figure skips the cache sooner). Otherwise it
-goes to the store for every key and fills nothing.
+``fills_per_round_trip`` is 6, the low end of the 6-9 missed keys a round trip was worth
+in cache_cost's warmed table (2026-12-03; it was 30, from the fill alone): the cautious
+side (a lower figure skips the cache sooner). Otherwise it goes to the store for every
+key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
@@ -29,9 +31,11 @@ rate decides again. A trial gives up after ``trial_every``; a view read too rare
 finish one (fewer than ~4,000 looked-up keys a TTL) is skipped since the trial began, so
 the next trial starts at once: it stays on trials, i.e. consults, and its rate is not
 updated (such a view costs little CPU either way). Reads of fewer than ``always_below``
-(8) keys always consult: at worst 7 fills, a quarter of a round trip, and without them a
-cold cache would never warm for batch-1 traffic, which gains from it
-(`benchmarks.cache_admission`). A view's rate
+(8) keys consult while the cache has room (``has_room``): a fill then evicts nothing, and
+without them a cold cache would never warm for batch-1 traffic, which gains from it
+(`benchmarks.cache_admission`); once it is full they follow the rule too (a review
+measured batch-1 joins of uniform keys in a cache a tenth of the key space paying ~20%
+more CPU for consulting it, where nearly every key missed). A view's rate
 starts at ``unmeasured`` (1: a new view consults) and is per view name, shared by its
 data versions and a canary's. A store across a network, where the round trip costs
 latency more than CPU, is worth a higher figure; 0: every read consults.
@@ -74,6 +78,7 @@ class CacheBypass:
         "_trials",
         "always_below",
         "fills_per_round_trip",
+        "has_room",
         "skipped",
         "trial_every",
         "unmeasured",
@@ -86,8 +91,11 @@ class CacheBypass:
         clock: Callable[[], float] = time.monotonic,
         unmeasured: float = 1.0,
         always_below: int = ALWAYS_BELOW,
+        has_room: Callable[[], bool] | None = None,
     ) -> None:
-        """``unmeasured``: the hit rate of a view before its first consulted read."""
+        """``unmeasured``: the hit rate of a view before its first consulted read;
+        ``has_room``: whether the cache can take a row without evicting one (None: small
+        reads always consult)."""
         if fills_per_round_trip < 0:
             raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         if trial_every <= 0:
@@ -96,6 +104,7 @@ class CacheBypass:
         self.trial_every = trial_every
         self.always_below = always_below
         self.unmeasured = unmeasured
+        self.has_room = has_room
         self._clock = clock
         self._hits: dict[str, float] = {}
         self._looked: dict[str, float] = {}
@@ -107,7 +116,11 @@ class CacheBypass:
     def consults(self, queries: Sequence[ViewQuery]) -> bool:
         """Whether this read should consult the cache (False: read every key from the store)."""
         per_trip = self.fills_per_round_trip
-        if per_trip == 0 or sum(len(q.keys) for q in queries) < self.always_below:
+        if per_trip == 0:
+            return True
+        if sum(len(q.keys) for q in queries) < self.always_below and (
+            self.has_room is None or self.has_room()
+        ):
             return True
         chance, misses = 1.0, 0.0
         rate, unmeasured = self._rate, self.unmeasured

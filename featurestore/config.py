@@ -185,7 +185,7 @@ class CacheConfig:
     # the entry it would evict (featurestore/admission.py); none: plain LRU.
     admission: Annotated[str, AfterValidator(_cache_admission)] = "tinylfu"
     # when a read goes past the cache (featurestore/bypass.py); 0: every read consults it
-    fills_per_round_trip: CountOrZero = 30
+    fills_per_round_trip: CountOrZero = 6
 
 
 @dataclass(frozen=True, slots=True)

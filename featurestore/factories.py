@@ -101,7 +101,10 @@ def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSo
     cc = config.cache
     sketch = FrequencySketch(cc.max_entries) if cc.admission == "tinylfu" else None
     cache = LRUCache(cc.max_entries, cc.ttl_seconds, admission=sketch)
-    return CachedSource(store, cache, CacheBypass(cc.fills_per_round_trip, trial_every=cc.ttl_seconds))
+    bypass = CacheBypass(
+        cc.fills_per_round_trip, trial_every=cc.ttl_seconds, has_room=lambda: len(cache) < cache.max_entries
+    )
+    return CachedSource(store, cache, bypass)
 
 
 def make_serving_stores(config: Config) -> dict[str, OnlineSource]:

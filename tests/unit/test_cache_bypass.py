@@ -100,10 +100,38 @@ def test_a_large_read_of_views_whose_every_key_hits_consults_the_cache() -> None
     assert b.consults([q(range(10_000))])
 
 
-def test_a_read_of_fewer_than_8_keys_always_consults_the_cache() -> None:
+def test_a_read_of_fewer_than_8_keys_always_consults_a_cache_that_cannot_say_whether_it_is_full() -> None:
     b = CacheBypass(30)
     b.observe("bypass_v", 0, 100)
     assert b.consults([q(range(7))]) and not b.consults([q(range(8))])
+
+
+def test_a_read_of_fewer_than_8_keys_consults_while_the_cache_has_room_and_follows_the_rule_once_full() -> (
+    None
+):
+    room = [True]
+    b = CacheBypass(30, has_room=lambda: room[0])
+    b.observe("bypass_v", 0, 100)
+    assert b.consults([q(range(7))])
+    room[0] = False
+    assert not b.consults([q(range(1))])  # 0 ** 1 x 30 = 0 < 1 expected miss
+    b.observe("bypass_v", 100, 100)
+    assert b.consults([q(range(1))])
+
+
+async def test_a_served_stores_bypass_sees_whether_its_cache_is_full() -> None:
+    config = load_config(overrides={("cache", "max_entries"): 2})
+    store = with_cache(Remote(), StoreConfig(kind="redis"), config)
+    assert isinstance(store, CachedSource) and store.bypass.has_room is not None
+    await store.prepare([V])
+    assert store.bypass.has_room()
+    schema = view_schema(V)
+    await store.inner.write(
+        V, pa.table({"user_id": [1, 2], "a": [10, 20], "event_timestamp": [1, 1]}, schema=schema), 1
+    )
+    for read in await store.read([q([1, 2])]):
+        assert values(read) == [10, 20]
+    assert not store.bypass.has_room()
 
 
 def test_a_view_never_read_through_the_cache_is_consulted_until_measured() -> None:
