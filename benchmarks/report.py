@@ -353,7 +353,7 @@ NOTES = """
   and only for a read it answers in full. So a large read whose chance of a full hit
   does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes
   past the cache to Redis for every key (`cache.fills_per_round_trip`,
-  `docs/storage.md`); reads of fewer than {always_below} keys always consult it.
+  `docs/storage.md`); reads of fewer than {always_below} keys consult it while it has room.
 * featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
   accepting socket, which can spread few connections unevenly (see the cores column).
 """
