@@ -11,6 +11,8 @@ process invalidates the keys it writes, other processes see it within the TTL.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -21,13 +23,20 @@ import pyarrow as pa
 from featurestore import metrics
 from featurestore.admission import FrequencySketch
 from featurestore.bypass import CacheBypass
+from featurestore.fence import WriteFence
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
 
+log = logging.getLogger(__name__)
+
 # A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
 Row = tuple[Any, ...]
 NOT_FOUND: Final = ()
+# Writes a store may go on with after their callers gave up (a push at its deadline);
+# beyond, the next one is stopped where it is, so a hung store does not pile them up.
+# ClickHouse's pool takes at most threads + max_queued calls (20 by default) at a time.
+MAX_ABANDONED: Final = 64
 
 
 _MAX_WALK = 256  # second chances one eviction may give before it evicts anyway
@@ -186,9 +195,10 @@ class CachedSource:
         self.inner = inner
         self.cache = cache
         self.bypass = bypass if bypass is not None else CacheBypass(0)  # 0: every read consults
-        # Bumped by every write: a read that overlapped one does not fill the cache,
-        # or it could put back a row the write had just invalidated.
-        self._epoch = 0
+        # Raised by every write until the store's write has ended: a read that
+        # overlapped one does not fill the cache (featurestore/fence.py).
+        self._fence = WriteFence()
+        self._abandoned: set[asyncio.Task[int]] = set()  # writes whose callers gave up
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -203,6 +213,9 @@ class CachedSource:
         await self.inner.start()
 
     async def close(self) -> None:
+        for task in self._abandoned:
+            task.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         await self.inner.close()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -276,14 +289,14 @@ class CachedSource:
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
-            epoch = self._epoch
+            since = self._fence.now
             read_at = cache.now()
             try:
                 inner = await self.inner.read(miss_queries)
             except Exception as e:
                 # Views the cache answered in full must not fail with the store.
                 inner = [e] * len(miss_queries)
-            fill = epoch == self._epoch
+            fill = self._fence.allows(None, since)
             for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
                     results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
@@ -308,20 +321,45 @@ class CachedSource:
         return results  # type: ignore[return-value]
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        try:
-            return await self.inner.write(view, rows, data_version)
-        finally:
-            # Also after a failed write: some batches may have landed. Reads that
-            # overlapped the write see the bumped epoch and leave the cache alone.
-            self._epoch += 1
-            self._invalidate(view, rows, data_version)
-
-    def _invalidate(self, view: FeatureView, rows: pa.Table, data_version: int) -> None:
+        """Write through the store, dropping the written keys from the cache before the
+        write starts and again once it has ended. Reads fill nothing meanwhile: until
+        the store's write has *ended*, which a caller that gave up (a push at its
+        deadline) does not wait for: the write goes on (ClickHouse's insert would go on
+        on its thread anyway, cancelled or not), and whenever it ends, it drops the keys
+        again and lets reads fill."""
+        space = (view.name, view.layout, data_version)
         try:
             keys = row_keys(rows, view.join_keys)
-        except Exception:  # rows the store could not key were not written either
-            return
-        space = (view.name, view.layout, data_version)
+        except Exception:  # rows the store cannot key are not written either
+            keys = []
+        self._fence.raise_(None)
+        self._invalidate(space, keys)
+        task = asyncio.ensure_future(self.inner.write(view, rows, data_version))
+        task.add_done_callback(lambda t: self._written(space, keys, t))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                if len(self._abandoned) < MAX_ABANDONED:
+                    self._abandoned.add(task)
+                else:
+                    task.cancel()
+            raise
+
+    def _written(
+        self, space: tuple[str, str, int], keys: Sequence[Hashable], task: asyncio.Task[int]
+    ) -> None:
+        """The store's write has ended: also a failed one, some batches may have landed."""
+        self._fence.lower(None)
+        self._invalidate(space, keys)
+        if task in self._abandoned:
+            self._abandoned.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "a write to view %r that its caller gave up on failed: %s", space[0], task.exception()
+                )
+
+    def _invalidate(self, space: tuple[str, str, int], keys: Sequence[Hashable]) -> None:
         for key in keys:
             self.cache.invalidate(space, key)
         self._entries.set(len(self.cache))
