@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class WriteFence:
@@ -51,7 +52,7 @@ class WriteFence:
     def writing(self, group: Hashable) -> bool:
         return group in self._writing
 
-    def keep_only(self, keep: Callable[[Hashable], bool]) -> None:
+    def keep_only(self, keep: Callable[[Any], bool]) -> None:
         """Forget the stamps of groups no longer read (``keep`` false), but for those
         being written: without this the stamps of every data version ever pushed to
         would pile up. A read of a forgotten group still in flight may fill it, with

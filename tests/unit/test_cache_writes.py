@@ -157,3 +157,52 @@ def test_the_fence_stays_up_until_the_last_write_of_a_group_has_ended() -> None:
     fence.lower("g")
     assert not fence.allows("g", before)  # a read that overlapped the writes fills nothing
     assert fence.allows("g", fence.now)  # one that started after them does
+
+
+class GatedReads(MemorySource):
+    """Reads answer what the store holds when asked, then wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__("gated")
+        self.keys_read: list[tuple[str, int, list[Any]]] = []
+        self.asked, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.keys_read += [(q.view.name, q.data_version, list(q.keys)) for q in queries]
+        out = await super().read(queries)
+        self.asked.set()
+        await self.gate.wait()
+        return out
+
+
+W = FeatureView("w", (U,), V.features)
+
+
+async def test_a_write_stops_only_the_fills_of_the_view_and_data_version_it_writes() -> None:
+    store = GatedReads()
+    src = CachedSource(store, LRUCache(100, 30))
+    await src.prepare([V, W])
+    queries = [ViewQuery(W, [1], [0], 1), ViewQuery(V, [1], [0], 2), ViewQuery(V, [1], [0], 1)]
+    reading = asyncio.create_task(src.read(queries))
+    await asyncio.wait_for(store.asked.wait(), HANG_GUARD)
+    await src.write(V, rows(11), 1)  # lands while the read is in flight
+    store.gate.set()
+    await reading
+    store.keys_read.clear()
+    [w, v2, v1] = await src.read(queries)
+    assert store.keys_read == [("v", 1, [1])]  # only the written view's version was not cached
+    assert isinstance(v1, ViewRead) and v1.columns == [[11]]
+    assert isinstance(w, ViewRead) and isinstance(v2, ViewRead) and w.found == v2.found == [False]
+
+
+def test_the_fence_forgets_groups_no_longer_read_but_not_one_being_written() -> None:
+    fence = WriteFence()
+    before = fence.now
+    for group in ("old", "going"):
+        fence.raise_(group)
+    fence.lower("old")
+    fence.keep_only(lambda group: False)  # a publication: neither is served any more
+    assert fence.allows("old", before)  # forgotten (a late read of it may fill rows nobody reads)
+    assert not fence.allows("going", fence.now)  # still being written: kept
+    fence.lower("going")
+    assert fence.allows("going", fence.now)
