@@ -44,6 +44,7 @@ class CachedSource:
     def __init__(self, inner: OnlineSource, cache: LRUCache, bypass: CacheBypass | None = None) -> None:
         self.inner = inner
         self.cache = cache
+        cache.count_for(inner.name)
         self.bypass = bypass if bypass is not None else CacheBypass(0)  # 0: every read consults
         # Raised by every write over its view's version (the cache space it writes)
         # until the store's write has ended: a read that overlapped one does not fill
@@ -103,10 +104,19 @@ class CachedSource:
         except Exception as e:
             got = [e] * len(queries)
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
-            metrics.cache_bypassed(q.view.name).inc(len(q.keys))
-            if isinstance(res, BaseException):  # as when consulted: the cache still serves its rows
-                rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
-                got[i] = self._hits_or(q, rows, [j for j, r in enumerate(rows) if r is None], res)
+            name = q.view.name
+            if not isinstance(res, BaseException):
+                metrics.cache_bypassed(name).inc(len(q.keys))
+                continue
+            # As when consulted: the cache still serves its rows, and its keys count as
+            # hits and misses (not as bypassed: each key counts once).
+            rows = self.cache.get_many((name, q.view.layout, q.data_version), q.keys)
+            misses = [j for j, r in enumerate(rows) if r is None]
+            if len(misses) < len(rows):
+                metrics.cache_hits(name).inc(len(rows) - len(misses))
+            if misses:
+                metrics.cache_misses(name).inc(len(misses))
+            got[i] = self._hits_or(q, rows, misses, res)
         return got
 
     def _hits_or(

@@ -58,6 +58,13 @@ class LRUCache:
         self._touched: dict[Hashable, set[Hashable]] = {}  # per space: read since the hand passed
         self._order: OrderedDict[tuple[Hashable, Hashable], None] = OrderedDict()  # the hand's walk
         self.admission = admission
+        self.count_for("")
+
+    def count_for(self, store: str) -> None:
+        """Count evictions and rejections with ``store`` as their label (``CachedSource``
+        calls it: one cache per store; "" for a cache on its own)."""
+        self._evictions = metrics.CACHE_EVICTIONS.labels(store)
+        self._rejections = metrics.CACHE_REJECTIONS.labels(store)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -117,9 +124,9 @@ class LRUCache:
         if not entries:  # every key rejected into a new space
             del self._spaces[space], self._touched[space]
         if evicted:
-            metrics.CACHE_EVICTIONS.inc(evicted)
+            self._evictions.inc(evicted)
         if rejected:
-            metrics.CACHE_REJECTIONS.inc(rejected)
+            self._rejections.inc(rejected)
 
     def _victim(self) -> tuple[Hashable, Hashable]:
         """The entry the hand stops at: the first not read since the hand last passed it,
