@@ -82,6 +82,7 @@ class CachedSource:
     def serving(self, versions: Mapping[str, int]) -> None:
         self.bypass.keep_only(versions.keys())
         self._fence.keep_only(lambda space: versions.get(space[0]) == space[2])
+        self.cache.retire(lambda space: versions.get(space[0]) != space[2])
         self.inner.serving(versions)
 
     def missing(self) -> Mapping[str, str]:

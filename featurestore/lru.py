@@ -58,7 +58,16 @@ class LRUCache:
         self._touched: dict[Hashable, set[Hashable]] = {}  # per space: read since the hand passed
         self._order: OrderedDict[tuple[Hashable, Hashable], None] = OrderedDict()  # the hand's walk
         self.admission = admission
+        self._retired: frozenset[Hashable] = frozenset()  # spaces no longer read
         self.count_for("")
+
+    def retire(self, gone: Callable[[Any], bool]) -> None:
+        """Spaces now held for which ``gone(space)`` is true are no longer read (a data
+        version replaced by a publication, a dropped view): their rows lose every
+        admission contest, as expired ones do. Otherwise, counted as often as the new
+        version's rows, they kept those out until they expired (a full cache re-warmed
+        slower than without admission)."""
+        self._retired = frozenset(s for s in self._spaces if gone(s))
 
     def count_for(self, store: str) -> None:
         """Count evictions and rejections with ``store`` as their label (``CachedSource``
@@ -107,6 +116,7 @@ class LRUCache:
                 victim = self._victim()
                 if (
                     sketch is not None
+                    and victim[0] not in self._retired  # a victim nobody reads any more always goes
                     and self._spaces[victim[0]][victim[1]][0] >= now  # an expired victim always goes
                     and not sketch.admits((space, k), victim)
                 ):
