@@ -31,8 +31,10 @@ __all__ = ["NOT_FOUND", "CachedSource", "LRUCache", "Row", "uncached"]  # LRUCac
 log = logging.getLogger(__name__)
 
 # Writes a store may go on with after their callers gave up (a push at its deadline);
-# beyond, the next one is stopped where it is, so a hung store does not pile them up.
-# ClickHouse's pool takes at most threads + max_queued calls (20 by default) at a time.
+# beyond, the next one is stopped where it is, so a hung store (Redis's write client has
+# no socket timeout) does not pile them up. A stopped ClickHouse insert still runs on its
+# thread, so the cache may fill before it lands: not with the default pool, which takes
+# at most threads + max_queued calls (20) at a time.
 MAX_ABANDONED: Final = 64
 
 
