@@ -1,5 +1,5 @@
-"""In-process LRU cache with a TTL, and the ``CachedSource`` that puts it in front of a
-remote online store.
+"""The ``CachedSource`` that puts the in-process row cache (featurestore/lru.py: an LRU
+with a TTL) in front of a remote online store.
 
 Entries are whole view rows (every feature of the view plus the event timestamp), or
 a not-found marker, keyed by (view, view layout, data version, entity key). Keying by
@@ -11,170 +11,31 @@ process invalidates the keys it writes, other processes see it within the TTL.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
 
 from featurestore import metrics
-from featurestore.admission import FrequencySketch
 from featurestore.bypass import CacheBypass
+from featurestore.fence import WriteFence
+from featurestore.lru import NOT_FOUND, LRUCache, Row
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
 
-# A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
-Row = tuple[Any, ...]
-NOT_FOUND: Final = ()
+__all__ = ["NOT_FOUND", "CachedSource", "LRUCache", "Row", "uncached"]  # LRUCache, Row: from lru.py
 
+log = logging.getLogger(__name__)
 
-_MAX_WALK = 256  # second chances one eviction may give before it evicts anyway
-
-
-class LRUCache:
-    """Bounded row cache with per-entry expiry, evicting (approximately) the least
-    recently used entry. Single-threaded: used from the event loop.
-
-    Entries live in one dict per *space* (a view, its layout and a data version), keyed
-    by the bare entity key: a lookup hashes an int or a str, not a built 4-tuple. A hit
-    touches nothing but a set of recently read keys; recency is CLOCK's (second chance):
-    the eviction hand walks insertion order, and an entry read since the hand last passed
-    it goes to the back instead of out. An exact LRU moved each hit to the end of an
-    OrderedDict keyed by (view, layout, version, key): at batch 100 over 200k entries,
-    153 µs per view against 73 here, more than a loopback Redis MGET of the same rows
-    (benchmarks/RESULTS.md, "cache").
-
-    With ``admission`` (a TinyLFU sketch, featurestore/admission.py), a put into a full
-    cache counts each key and admits it only if it is more frequent than the entry the
-    hand would evict (an expired victim always goes); without, every put evicts. Keys
-    are counted as (space, key), on the miss path only: counted by bare entity key, a
-    new data version's row tied with its own dead predecessor and was refused until that
-    one expired (a full cache served the store for a TTL after every publication).
-    """
-
-    def __init__(
-        self,
-        max_entries: int,
-        ttl_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-        admission: FrequencySketch | None = None,
-    ) -> None:
-        if max_entries <= 0:
-            raise ValueError("max_entries must be positive")
-        self.max_entries = max_entries
-        self.ttl = ttl_seconds
-        self._clock = clock
-        self._spaces: dict[Hashable, dict[Hashable, tuple[float, Row]]] = {}
-        self._touched: dict[Hashable, set[Hashable]] = {}  # per space: read since the hand passed
-        self._order: OrderedDict[tuple[Hashable, Hashable], None] = OrderedDict()  # the hand's walk
-        self.admission = admission
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def now(self) -> float:
-        """The cache's clock (what ``read_at`` is measured by)."""
-        return self._clock()
-
-    def get_many(self, space: Hashable, keys: Sequence[Hashable]) -> list[Row | None]:
-        """The cached row (or NOT_FOUND) of each key, None where absent or expired."""
-        entries = self._spaces.get(space)
-        if entries is None:
-            return [None] * len(keys)
-        now = self._clock()
-        get = entries.get
-        found = [get(k) for k in keys]
-        rows = [e[1] if e is not None and e[0] >= now else None for e in found]
-        self._touched[space].update([k for k, r in zip(keys, rows, strict=True) if r is not None])
-        return rows
-
-    def put_many(
-        self, space: Hashable, keys: Sequence[Hashable], rows: Sequence[Row], read_at: float | None = None
-    ) -> None:
-        """``read_at``: when the rows were asked of the store (by this cache's clock);
-        they expire a TTL after that, so the TTL bounds how stale a served row can be."""
-        sketch = self.admission
-        if sketch is not None:
-            sketch.increment_many([(space, k) for k in keys])
-        now = self._clock()
-        expires = (now if read_at is None else min(read_at, now)) + self.ttl
-        entries = self._spaces.get(space)
-        if entries is None:
-            entries = self._spaces[space] = {}
-            self._touched[space] = set()
-        order = self._order
-        evicted = rejected = 0
-        for k, r in zip(keys, rows, strict=True):
-            if k not in entries and len(order) >= self.max_entries:
-                # Room first, then the newcomer goes behind the hand.
-                victim = self._victim()
-                if (
-                    sketch is not None
-                    and self._spaces[victim[0]][victim[1]][0] >= now  # an expired victim always goes
-                    and not sketch.admits((space, k), victim)
-                ):
-                    # The victim won: it goes round again, so the next newcomer meets
-                    # another entry (one resident that collided high in the sketch would
-                    # otherwise turn every newcomer away).
-                    self._order.move_to_end(victim)
-                    rejected += 1
-                    continue
-                self._remove(victim, keep=space)
-                evicted += 1
-            entries[k] = (expires, r)
-            order[space, k] = None
-            order.move_to_end((space, k))  # a refreshed (expired) entry goes to the back too
-        if not entries:  # every key rejected into a new space
-            del self._spaces[space], self._touched[space]
-        if evicted:
-            metrics.CACHE_EVICTIONS.inc(evicted)
-        if rejected:
-            metrics.CACHE_REJECTIONS.inc(rejected)
-
-    def _victim(self) -> tuple[Hashable, Hashable]:
-        """The entry the hand stops at: the first not read since the hand last passed it,
-        or the one it reaches after ``_MAX_WALK`` second chances (when every entry was
-        read, a full round over 200k entries would hold the loop ~40 ms for one request)."""
-        order = self._order
-        for _ in range(_MAX_WALK):
-            victim = next(iter(order))
-            touched = self._touched[victim[0]]
-            if victim[1] not in touched:
-                return victim
-            touched.discard(victim[1])
-            order.move_to_end(victim)
-        victim = next(iter(order))
-        self._touched[victim[0]].discard(victim[1])
-        return victim
-
-    def _remove(self, item: tuple[Hashable, Hashable], keep: Hashable = None) -> None:
-        """Drop one entry; a space it empties goes too (an old data version aged out),
-        but for ``keep``, the space being filled."""
-        space, key = item
-        del self._order[item]
-        entries = self._spaces[space]
-        del entries[key]
-        if entries or space == keep:
-            self._touched[space].discard(key)
-        else:
-            del self._spaces[space], self._touched[space]
-
-    def get(self, space: Hashable, key: Hashable) -> Row | None:
-        return self.get_many(space, [key])[0]
-
-    def put(self, space: Hashable, key: Hashable, row: Row) -> None:
-        self.put_many(space, [key], [row])
-
-    def invalidate(self, space: Hashable, key: Hashable) -> None:
-        if key in self._spaces.get(space, ()):
-            self._remove((space, key))
-
-    def clear(self) -> None:
-        self._spaces.clear()
-        self._touched.clear()
-        self._order.clear()
+# Writes a store may go on with after their callers gave up (a push at its deadline);
+# beyond, the next one is stopped where it is, so a hung store (Redis's write client has
+# no socket timeout) does not pile them up. A stopped ClickHouse insert still runs on its
+# thread, so the cache may fill before it lands: not with the default pool, which takes
+# at most threads + max_queued calls (20) at a time.
+MAX_ABANDONED: Final = 64
 
 
 class CachedSource:
@@ -185,10 +46,13 @@ class CachedSource:
     def __init__(self, inner: OnlineSource, cache: LRUCache, bypass: CacheBypass | None = None) -> None:
         self.inner = inner
         self.cache = cache
+        cache.count_for(inner.name)
         self.bypass = bypass if bypass is not None else CacheBypass(0)  # 0: every read consults
-        # Bumped by every write: a read that overlapped one does not fill the cache,
-        # or it could put back a row the write had just invalidated.
-        self._epoch = 0
+        # Raised by every write over its view's version (the cache space it writes)
+        # until the store's write has ended: a read that overlapped one does not fill
+        # that space; other views' fills go on (featurestore/fence.py).
+        self._fence = WriteFence()
+        self._abandoned: set[asyncio.Task[int]] = set()  # writes whose callers gave up
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -203,6 +67,9 @@ class CachedSource:
         await self.inner.start()
 
     async def close(self) -> None:
+        for task in self._abandoned:
+            task.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         await self.inner.close()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -216,6 +83,8 @@ class CachedSource:
 
     def serving(self, versions: Mapping[str, int]) -> None:
         self.bypass.keep_only(versions.keys())
+        self._fence.keep_only(lambda space: versions.get(space[0]) == space[2])
+        self.cache.retire(lambda space: versions.get(space[0]) != space[2])
         self.inner.serving(versions)
 
     def missing(self) -> Mapping[str, str]:
@@ -238,10 +107,19 @@ class CachedSource:
         except Exception as e:
             got = [e] * len(queries)
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
-            metrics.cache_bypassed(q.view.name).inc(len(q.keys))
-            if isinstance(res, BaseException):  # as when consulted: the cache still serves its rows
-                rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
-                got[i] = self._hits_or(q, rows, [j for j, r in enumerate(rows) if r is None], res)
+            name = q.view.name
+            if not isinstance(res, BaseException):
+                metrics.cache_bypassed(name).inc(len(q.keys))
+                continue
+            # As when consulted: the cache still serves its rows, and its keys count as
+            # hits and misses (not as bypassed: each key counts once).
+            rows = self.cache.get_many((name, q.view.layout, q.data_version), q.keys)
+            misses = [j for j, r in enumerate(rows) if r is None]
+            if len(misses) < len(rows):
+                metrics.cache_hits(name).inc(len(rows) - len(misses))
+            if misses:
+                metrics.cache_misses(name).inc(len(misses))
+            got[i] = self._hits_or(q, rows, misses, res)
         return got
 
     def _hits_or(
@@ -276,14 +154,14 @@ class CachedSource:
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         if miss_queries:
-            epoch = self._epoch
+            since = self._fence.now
             read_at = cache.now()
             try:
                 inner = await self.inner.read(miss_queries)
             except Exception as e:
                 # Views the cache answered in full must not fail with the store.
                 inner = [e] * len(miss_queries)
-            fill = epoch == self._epoch
+            allows = self._fence.allows
             for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
                     results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
@@ -297,9 +175,11 @@ class CachedSource:
                 rows = cached[qi]
                 for i, row in zip(misses, fetched, strict=True):
                     rows[i] = row
-                if fill:
-                    q = queries[qi]
-                    space = (q.view.name, q.view.layout, q.data_version)
+                q = queries[qi]
+                space = (q.view.name, q.view.layout, q.data_version)
+                # No write of this view's version overlapped the read: ~0.1 µs a view
+                # (a tuple hash and a dict lookup; the store-wide check it replaced: 0.02 µs).
+                if allows(space, since):
                     cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
             self._entries.set(len(cache))
         for qi, q in enumerate(queries):
@@ -308,20 +188,45 @@ class CachedSource:
         return results  # type: ignore[return-value]
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
-        try:
-            return await self.inner.write(view, rows, data_version)
-        finally:
-            # Also after a failed write: some batches may have landed. Reads that
-            # overlapped the write see the bumped epoch and leave the cache alone.
-            self._epoch += 1
-            self._invalidate(view, rows, data_version)
-
-    def _invalidate(self, view: FeatureView, rows: pa.Table, data_version: int) -> None:
+        """Write through the store, dropping the written keys from the cache before the
+        write starts and again once it has ended. Reads fill nothing meanwhile: until
+        the store's write has *ended*, which a caller that gave up (a push at its
+        deadline) does not wait for: the write goes on (ClickHouse's insert would go on
+        on its thread anyway, cancelled or not), and whenever it ends, it drops the keys
+        again and lets reads fill."""
+        space = (view.name, view.layout, data_version)
         try:
             keys = row_keys(rows, view.join_keys)
-        except Exception:  # rows the store could not key were not written either
-            return
-        space = (view.name, view.layout, data_version)
+        except Exception:  # rows the store cannot key are not written either
+            keys = []
+        self._fence.raise_(space)
+        self._invalidate(space, keys)
+        task = asyncio.ensure_future(self.inner.write(view, rows, data_version))
+        task.add_done_callback(lambda t: self._written(space, keys, t))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                if len(self._abandoned) < MAX_ABANDONED:
+                    self._abandoned.add(task)
+                else:
+                    task.cancel()
+            raise
+
+    def _written(
+        self, space: tuple[str, str, int], keys: Sequence[Hashable], task: asyncio.Task[int]
+    ) -> None:
+        """The store's write has ended: also a failed one, some batches may have landed."""
+        self._fence.lower(space)
+        self._invalidate(space, keys)
+        if task in self._abandoned:
+            self._abandoned.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "a write to view %r that its caller gave up on failed: %s", space[0], task.exception()
+                )
+
+    def _invalidate(self, space: tuple[str, str, int], keys: Sequence[Hashable]) -> None:
         for key in keys:
             self.cache.invalidate(space, key)
         self._entries.set(len(self.cache))

@@ -25,8 +25,10 @@ loaded, and the data version it loaded it into.
 
 An incremental run (``incremental=True``) reads only the rows newer than the watermark
 and upserts their latest row per key into the CURRENT data version, as a push does: no
-new version, no copy of what is already there, servers see the rows at once. It then
-moves the watermark by compare-and-swap. When there is nothing to add to (no current
+new version, no copy of what is already there, servers see the rows as they are written:
+at once, but for a key a server's row cache holds, within ``cache.ttl_seconds`` (this
+process cannot drop the servers' cached rows). It then moves the watermark by
+compare-and-swap. When there is nothing to add to (no current
 version, no watermark of the current version, or the store lost that version's rows)
 it runs as a full run instead. A full run that publishes while an incremental one is
 writing wins: the incremental rows land in the version being replaced, its watermark

@@ -118,12 +118,13 @@ CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view."
 CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
 CACHE_BYPASSED = Counter("featurestore_cache_bypassed_total", "Keys read past the cache, by view.", ["view"])
 CACHE_EVICTIONS = Counter(
-    "featurestore_cache_evictions_total", "Entries evicted to stay within the size bound."
+    "featurestore_cache_evictions_total", "Rows evicted to stay within the size bound, by store.", ["store"]
 )
 CACHE_REJECTIONS = Counter(
     "featurestore_cache_rejections_total",
     "Rows read from the store that the admission policy kept out of the full cache "
-    "(less frequent than the entry they would have evicted).",
+    "(less frequent than the entry they would have evicted), by store.",
+    ["store"],
 )
 CACHE_ENTRIES = Gauge(
     "featurestore_cache_entries",

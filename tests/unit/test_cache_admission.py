@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,11 @@ from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import load_config
 from featurestore.errors import InvalidArgument
 from featurestore.factories import with_cache
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
+
+V = FeatureView("admission_v", (Entity("user_id", DType.INT64),), (Feature("a", DType.INT64),))
 
 
 def full_cache(size: int, admission: bool) -> LRUCache:
@@ -25,8 +30,12 @@ def full_cache(size: int, admission: bool) -> LRUCache:
     return cache
 
 
-def evictions() -> float:
-    return REGISTRY.get_sample_value("featurestore_cache_evictions_total") or 0.0
+def evictions(store: str = "") -> float:
+    return REGISTRY.get_sample_value("featurestore_cache_evictions_total", {"store": store}) or 0.0
+
+
+def rejections(store: str) -> float:
+    return REGISTRY.get_sample_value("featurestore_cache_rejections_total", {"store": store}) or 0.0
 
 
 def churn(cache: LRUCache, keys: list[int]) -> float:
@@ -55,6 +64,18 @@ def test_a_key_that_keeps_coming_back_gets_admitted() -> None:
     cache.put("v", "hot", (1,))
     assert cache.get("v", "hot") == (1,)
     assert len(cache) == 100
+
+
+async def test_each_stores_cache_counts_its_evictions_and_rejections_under_its_own_name() -> None:
+    plain = CachedSource(MemorySource("evicting"), LRUCache(2, 30))
+    guarded = CachedSource(MemorySource("rejecting"), LRUCache(2, 30, admission=FrequencySketch(2)))
+    before = [(evictions(s), rejections(s)) for s in ("evicting", "rejecting")]
+    for src in (plain, guarded):
+        await src.prepare([V])
+        await src.read([ViewQuery(V, [1, 2], [0], 1)])  # fills the cache
+        await src.read([ViewQuery(V, [3], [0], 1)])  # one more row read from the store
+    after = [(evictions(s), rejections(s)) for s in ("evicting", "rejecting")]
+    assert [(e - e0, r - r0) for (e, r), (e0, r0) in zip(after, before, strict=True)] == [(1, 0), (0, 1)]
 
 
 def test_an_expired_victim_always_makes_room() -> None:
@@ -192,3 +213,26 @@ def test_counting_a_batch_raises_the_same_counters_as_counting_its_keys_one_by_o
     assert max(batch._table) == MAX_COUNT
     batch.age()
     assert max(batch._table) == MAX_COUNT // 2 and batch.frequency(("space", 3)) <= MAX_COUNT // 2
+
+
+class Counting(MemorySource):
+    def __init__(self) -> None:
+        super().__init__("retiring")
+        self.keys_read: list[list[object]] = []
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.keys_read += [list(q.keys) for q in queries]
+        return await super().read(queries)
+
+
+async def test_once_a_data_version_is_no_longer_served_its_rows_lose_every_admission_contest() -> None:
+    inner = Counting()
+    src = CachedSource(inner, LRUCache(4, 30, admission=FrequencySketch(4)))
+    await src.prepare([V])
+    keys = [1, 2, 3, 4]
+    await src.read([ViewQuery(V, keys, [0], 1)])  # version 1 fills the cache: each key counted once
+    src.serving({V.name: 2})  # a publication: version 2 is served now
+    await src.read([ViewQuery(V, keys, [0], 2)])  # counted once too: a tie that version 1 used to win
+    inner.keys_read.clear()
+    await src.read([ViewQuery(V, keys, [0], 2)])
+    assert inner.keys_read == []  # all four admitted at once, in place of version 1's rows

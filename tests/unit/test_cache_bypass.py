@@ -79,6 +79,13 @@ def bypassed(view: str) -> float:
     return REGISTRY.get_sample_value("featurestore_cache_bypassed_total", {"view": view}) or 0.0
 
 
+def hits_and_misses(view: str) -> tuple[float, float]:
+    metrics.flush()
+    hits = REGISTRY.get_sample_value("featurestore_cache_hits_total", {"view": view})
+    misses = REGISTRY.get_sample_value("featurestore_cache_misses_total", {"view": view})
+    return hits or 0.0, misses or 0.0
+
+
 def failures(view: str) -> float:
     metrics.flush()
     labels = {"view": view, "store": "remote", "reason": "error"}
@@ -312,21 +319,25 @@ async def test_a_failed_store_read_past_the_cache_is_answered_from_the_rows_the_
     await src.read([q(range(30))])  # cached, 100% measured
     src.bypass.observe("bypass_v", 0, 2_000)  # then the rate falls: reads go past the cache
     inner.fail = ConnectionError("redis down")
-    before = failures("bypass_v")
+    before = failures("bypass_v"), hits_and_misses("bypass_v"), bypassed("bypass_v")
     [got] = await src.read([q(range(20, 40))])
     assert isinstance(got, ViewRead) and src.bypass.skipped == 1
     assert got.columns[0][:10] == [k * 10 for k in range(20, 30)]  # the cached ones
     assert got.unavailable == [False] * 10 + [True] * 10  # only what the store owed
-    assert failures("bypass_v") - before == 1
+    assert failures("bypass_v") - before[0] == 1
+    (hits, misses), (hits_before, misses_before) = hits_and_misses("bypass_v"), before[1]
+    # the cache answered: each key counts once, as a hit or a miss, not as bypassed
+    assert (hits - hits_before, misses - misses_before, bypassed("bypass_v") - before[2]) == (10, 10, 0)
 
 
 async def test_a_failed_store_read_past_the_cache_fails_its_views_with_the_error() -> None:
     src, inner = await source(CacheBypass(30, unmeasured=0.0))
     inner.fail = ConnectionError("redis down")
-    before = bypassed("bypass_v")
+    before = bypassed("bypass_v"), hits_and_misses("bypass_v")[1]
     got = await src.read([q(range(40)), q(range(40), W)])
     assert len(got) == 2 and all(isinstance(r, ConnectionError) for r in got)
-    assert bypassed("bypass_v") - before == 40  # it went past the cache
+    # looked up in the cache once the store failed: misses (each key counts once)
+    assert (bypassed("bypass_v") - before[0], hits_and_misses("bypass_v")[1] - before[1]) == (0, 40)
 
 
 def test_consistency_checks_read_the_stores_past_their_row_cache() -> None:

@@ -1,0 +1,208 @@
+"""Writes through the row cache: a read that overlapped a write of its rows fills
+nothing, until the store's write has ended, even when its caller gave up on it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from featurestore.cache import MAX_ABANDONED, CachedSource, LRUCache
+from featurestore.fence import WriteFence
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.rows import view_schema
+from featurestore.sources.base import ViewQuery, ViewRead
+from featurestore.sources.memory import MemorySource
+
+U = Entity("user_id", DType.INT64)
+V = FeatureView("v", (U,), (Feature("a", DType.INT64), Feature("b", DType.STRING)))
+HANG_GUARD = 10.0  # seconds: only against a hang, never reached when the test passes
+
+
+def rows(a: int) -> pa.Table:
+    schema = view_schema(V)
+    ts = schema.field("event_timestamp").type
+    return pa.table(
+        {"user_id": [1], "a": [a], "b": ["z"], "event_timestamp": pa.array([7], ts)}, schema=schema
+    )
+
+
+class ThreadedStore(MemorySource):
+    """A store whose write, like the ClickHouse store's insert (sources/clickhouse/pool.py),
+    runs on a thread that cancelling the caller does not stop: the rows land when the
+    thread is let go (``gate``), whether anyone still waits for them or not. What is
+    tested is how the cache deals with such a write, so a real ClickHouse is not needed
+    (and the embedded engine's insert cannot be held halfway to cancel its caller)."""
+
+    def __init__(self) -> None:
+        super().__init__("threaded")
+        self.stored: dict[Any, int] = {1: 10}
+        self.reads = 0
+        self.started, self.gate, self.landed = threading.Event(), threading.Event(), threading.Event()
+        self._thread = ThreadPoolExecutor(1)
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.reads += 1
+        out: list[ViewRead | BaseException] = []
+        for q in queries:
+            values = [self.stored.get(k) for k in q.keys]
+            columns: list[list[Any]] = [values, [None if v is None else "z" for v in values]]
+            out.append(
+                ViewRead(
+                    found=[v is not None for v in values],
+                    event_ts_us=[7] * len(values),  # meaningless where not found
+                    columns=[columns[j] for j in q.features],
+                )
+            )
+        return out
+
+    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+        def insert() -> None:
+            self.started.set()
+            self.gate.wait(HANG_GUARD)
+            self.stored.update(zip(table["user_id"].to_pylist(), table["a"].to_pylist(), strict=True))
+            self.landed.set()
+
+        await asyncio.wrap_future(self._thread.submit(insert))
+        return int(table.num_rows)
+
+    async def close(self) -> None:
+        self.gate.set()
+        self._thread.shutdown(wait=True)
+
+
+async def value(src: CachedSource) -> Any:
+    [r] = await src.read([ViewQuery(V, [1], [0], 1)])
+    assert isinstance(r, ViewRead)
+    return r.columns[0][0]
+
+
+async def test_a_push_given_up_at_its_deadline_never_leaves_a_stale_row_cached() -> None:
+    store = ThreadedStore()
+    src = CachedSource(store, LRUCache(100, 30))
+    try:
+        assert await value(src) == 10  # cached
+        push = asyncio.create_task(src.write(V, rows(11), 1))
+        assert await asyncio.to_thread(store.started.wait, HANG_GUARD)
+        push.cancel()  # the push's deadline: its caller gives up, the insert goes on
+        with pytest.raises(asyncio.CancelledError):
+            await push
+        assert await value(src) == 10  # not landed yet: the store's old row ...
+        store.gate.set()
+        assert await asyncio.to_thread(store.landed.wait, HANG_GUARD)
+        assert await value(src) == 11  # ... was not cached: once landed, the new row is served
+    finally:
+        await src.close()
+
+
+class HangingStore(ThreadedStore):
+    """A store whose writes wait until let go, and which a cancelled write stops."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.entered: list[int] = []
+        self.written: list[int] = []
+        self.stopped: list[int] = []
+        self.all_in, self.release, self.one_stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.all_written = asyncio.Event()
+
+    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+        a = table["a"][0].as_py()
+        self.entered.append(a)
+        if len(self.entered) == self.expected:
+            self.all_in.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.stopped.append(a)
+            self.one_stopped.set()
+            raise
+        self.written.append(a)
+        if len(self.written) == self.expected - 1:
+            self.all_written.set()
+        return int(table.num_rows)
+
+
+async def test_writes_given_up_on_go_on_to_their_end_but_only_so_many_per_store() -> None:
+    n = MAX_ABANDONED + 1
+    store = HangingStore(n)
+    src = CachedSource(store, LRUCache(100, 30))
+    pushes = [asyncio.create_task(src.write(V, rows(i), 1)) for i in range(n)]
+    await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+    for push in pushes:  # every caller gives up, in order
+        push.cancel()
+    await asyncio.gather(*pushes, return_exceptions=True)
+    await asyncio.wait_for(store.one_stopped.wait(), HANG_GUARD)
+    assert store.stopped == [n - 1]  # one too many: stopped where it was, as a cancelled write
+    store.release.set()
+    await asyncio.wait_for(store.all_written.wait(), HANG_GUARD)  # the others all went on
+    assert sorted(store.written) == list(range(n - 1))
+    await src.close()
+
+
+def test_the_fence_stays_up_until_the_last_write_of_a_group_has_ended() -> None:
+    fence = WriteFence()
+    before = fence.now
+    fence.raise_("g")
+    fence.raise_("g")
+    assert not fence.allows("g", before) and fence.allows("other", before)
+    fence.lower("g")
+    assert not fence.allows("g", fence.now)  # one write of it still going
+    fence.lower("g")
+    assert not fence.allows("g", before)  # a read that overlapped the writes fills nothing
+    assert fence.allows("g", fence.now)  # one that started after them does
+
+
+class GatedReads(MemorySource):
+    """Reads answer what the store holds when asked, then wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__("gated")
+        self.keys_read: list[tuple[str, int, list[Any]]] = []
+        self.asked, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.keys_read += [(q.view.name, q.data_version, list(q.keys)) for q in queries]
+        out = await super().read(queries)
+        self.asked.set()
+        await self.gate.wait()
+        return out
+
+
+W = FeatureView("w", (U,), V.features)
+
+
+async def test_a_write_stops_only_the_fills_of_the_view_and_data_version_it_writes() -> None:
+    store = GatedReads()
+    src = CachedSource(store, LRUCache(100, 30))
+    await src.prepare([V, W])
+    queries = [ViewQuery(W, [1], [0], 1), ViewQuery(V, [1], [0], 2), ViewQuery(V, [1], [0], 1)]
+    reading = asyncio.create_task(src.read(queries))
+    await asyncio.wait_for(store.asked.wait(), HANG_GUARD)
+    await src.write(V, rows(11), 1)  # lands while the read is in flight
+    store.gate.set()
+    await reading
+    store.keys_read.clear()
+    [w, v2, v1] = await src.read(queries)
+    assert store.keys_read == [("v", 1, [1])]  # only the written view's version was not cached
+    assert isinstance(v1, ViewRead) and v1.columns == [[11]]
+    assert isinstance(w, ViewRead) and isinstance(v2, ViewRead) and w.found == v2.found == [False]
+
+
+def test_the_fence_forgets_groups_no_longer_read_but_not_one_being_written() -> None:
+    fence = WriteFence()
+    before = fence.now
+    for group in ("old", "going"):
+        fence.raise_(group)
+    fence.lower("old")
+    fence.keep_only(lambda group: False)  # a publication: neither is served any more
+    assert fence.allows("old", before)  # forgotten (a late read of it may fill rows nobody reads)
+    assert not fence.allows("going", fence.now)  # still being written: kept
+    fence.lower("going")
+    assert fence.allows("going", fence.now)
