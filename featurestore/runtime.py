@@ -1,7 +1,8 @@
 """The running state of one serving process: stores, registry, engine and lineage, the
 readiness report, and the background tasks that keep them current.
 
-Background tasks (each named after its one job):
+Background tasks (each named after its one job; ``background.supervised`` restarts one
+that ends by accident):
 
 * ``registry-watch`` flags every published change (snapshot, data version, canary);
 * ``registry-apply`` serves the latest registry state, retrying with backoff until it
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore import logs, metrics
+from featurestore.background import supervised
 from featurestore.cache import uncached
 from featurestore.config import Config
 from featurestore.definitions.snapshot import RegistrySnapshot
@@ -128,12 +130,16 @@ class Runtime:
             (_flush_metrics, "metrics-flush"),
             (_flush_log_summaries, "log-summaries"),
         ):
-            self.tasks.append(asyncio.create_task(job(), name=name))
+            self.tasks.append(asyncio.create_task(supervised(name, job), name=name))
         if self.drift is not None:
-            self.tasks.append(asyncio.create_task(self.drift.run(), name="drift-monitor"))
+            self.tasks.append(
+                asyncio.create_task(supervised("drift-monitor", self.drift.run), name="drift-monitor")
+            )
         if self.config.quality.consistency.views and _worker_slot() in (None, 0):
             checks = ConsistencySchedule(self.config, self.checked_stores(), lambda: self.engine.state)
-            self.tasks.append(asyncio.create_task(checks.run(), name="consistency-check"))
+            self.tasks.append(
+                asyncio.create_task(supervised("consistency-check", checks.run), name="consistency-check")
+            )
 
     def checked_stores(self) -> dict[str, OnlineSource]:
         """The stores a consistency check reads: past their row cache, since a check

@@ -113,12 +113,23 @@ class EtcdRegistry:
         return RegistryHealth(connected=self._connected, seconds_since_contact=age)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One etcd call; connection failures become ``Unavailable``."""
+        """One etcd call; connection failures become ``Unavailable``.
+
+        grpc.aio ends a call in flight on a channel that is closed (the watch failed and
+        ``_reconnect`` replaced the client) with ``CancelledError``, although nobody
+        cancelled the caller: that is a lost connection too. Left as it was, it ended
+        the server's registry-apply task for good (an ``except Exception`` lets it by)."""
         try:
             result = await fn(*args, **kwargs)
         except _ERRORS as e:
             self._connected = False
             raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the caller itself is being cancelled
+            self._connected = False
+            raise Unavailable("etcd registry: the call was cut off (its connection was closed)") from e
         self._connected = True
         self._last_contact = time.monotonic()
         return result
