@@ -2,14 +2,16 @@
 
     /featurestore/{project}/registry/snapshots/{version}   immutable JSON
     /featurestore/{project}/registry/current               "<version>"
+    /featurestore/{project}/registry/next                  "<last snapshot version written>"
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
     /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"}
     /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
 
-``publish`` is one transaction: it compares ``current``'s mod_revision with the one it
-read and checks that snapshot n+1 does not exist yet, then writes the snapshot and
-moves ``current`` together. Of two concurrent publishers exactly one succeeds; the
+``publish`` is one transaction: it compares ``current``'s and ``next``'s mod_revision
+with the ones it read and checks that snapshot n+1 does not exist yet, then writes the
+snapshot, moves ``current`` and the counter ``next`` together (a version deleted by hand
+is never handed out again). Of two concurrent publishers exactly one succeeds; the
 other gets ``Conflict`` and nothing of it is left behind.
 
 ``changes`` watches the project prefix from the last revision it has seen. When etcd
@@ -42,22 +44,12 @@ from featurestore.definitions.snapshot import (
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
 from featurestore.registry.base import Canary, RegistryHealth, Watermark
-from featurestore.registry.etcd_client import EtcdAccess, endpoints_of, make_client
+from featurestore.registry.etcd_client import CHANNEL_OPTIONS, EtcdAccess, endpoints_of, make_client
 
 log = logging.getLogger(__name__)
 
 _ERRORS = (etcd_errors.ClientError, OSError)
 
-# gRPC options of every etcd client. By default all channels of a process to one target
-# share a subchannel, and with it gRPC's reconnect backoff (1 s, growing 1.6x up to
-# 120 s): a client made after an outage inherited the outage's "connection refused"
-# for seconds after etcd was back, and a worker swapped to a snapshot published then
-# 1.4-4.1 s late (tests/integration/test_etcd_reconnect.py; 0.02-0.13 s with these).
-_CHANNEL_OPTIONS = {
-    "grpc.use_local_subchannel_pool": 1,  # a new client is a new connection attempt
-    "grpc.initial_reconnect_backoff_ms": 100,  # a client kept through an outage heals as fast
-    "grpc.max_reconnect_backoff_ms": 500,
-}
 # Re-arming a lost watch: a retry against a down etcd is one refused connect per
 # worker, so retrying twice a second costs etcd nothing, and a change published once it
 # is back reaches every worker within about 0.5 s (the docs promise about a second).
@@ -93,16 +85,20 @@ class EtcdRegistry:
         self._root = root.encode()
         self._snapshots = f"{root}registry/snapshots/".encode()
         self._current = f"{root}registry/current".encode()
+        self._next = f"{root}registry/next".encode()
         self._data = f"{root}data/".encode()
         self._canary = f"{root}canary/".encode()
+        # Snapshots are immutable, but a key can be deleted and written again by hand:
+        # the watch drops a cached version whose key changed (``_forget``).
         self._cache: dict[int, RegistrySnapshot] = {}
+        self._changed: dict[int, int] = {}  # version -> revision of its key's last change seen
         self._revision = 0  # highest revision seen by the watch
         self._last_contact = 0.0
         self._connected = False
 
     def _connect_client(self) -> aetcd.Client:
         ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return make_client(ep, self._access, self._tls, self._timeout, _CHANNEL_OPTIONS)
+        return make_client(ep, self._access, self._tls, self._timeout, CHANNEL_OPTIONS)
 
     @property
     def project(self) -> str:
@@ -148,8 +144,22 @@ class EtcdRegistry:
         if kv is None:
             raise NotFound(f"registry snapshot {version} does not exist")
         snap = snapshot_from_json(kv.value)
-        self._cache[version] = snap
+        if kv.mod_revision >= self._changed.get(version, 0):
+            self._cache[version] = snap
         return snap
+
+    def _forget(self, key: bytes, revision: int) -> None:
+        """The watch saw ``key`` change at ``revision``: a cached snapshot of it is stale."""
+        suffix = key[len(self._snapshots) :] if key.startswith(self._snapshots) else b""
+        if suffix.isdigit():
+            self._cache.pop(int(suffix), None)
+            self._changed[int(suffix)] = revision
+
+    async def _next_version(self) -> tuple[int, int]:
+        """The version to write next and the counter's mod_revision to compare."""
+        counter = await self._call(self._client.get, self._next)
+        last = max(int(counter.value) if counter is not None else 0, *await self.versions(), 0)
+        return last + 1, counter.mod_revision if counter is not None else 0
 
     async def versions(self) -> list[int]:
         res = await self._call(self._client.get_prefix, self._snapshots, keys_only=True)
@@ -177,7 +187,7 @@ class EtcdRegistry:
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
             raise _conflict("registry current", expected_version, actual)
-        version = max(await self.versions(), default=0) + 1
+        version, counter_mod = await self._next_version()
         previous = await self.get(actual) if actual is not None else None
         snap = new_snapshot(definitions, version, message, previous)
         key = self._snapshots + str(version).encode()
@@ -186,9 +196,14 @@ class EtcdRegistry:
             self._client.transaction,
             compare=[
                 tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.mod(self._next) == counter_mod,
                 tx.version(key) == 0,
             ],
-            success=[tx.put(key, snapshot_to_json(snap)), tx.put(self._current, str(version).encode())],
+            success=[
+                tx.put(key, snapshot_to_json(snap)),
+                tx.put(self._current, str(version).encode()),
+                tx.put(self._next, str(version).encode()),
+            ],
             failure=[],
         )
         if not ok:
@@ -196,14 +211,14 @@ class EtcdRegistry:
         return snap
 
     async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
-        version = max(await self.versions(), default=0) + 1
+        version, counter_mod = await self._next_version()
         snap = new_snapshot(definitions, version, message, await self.current())
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
         ok, _ = await self._call(
             self._client.transaction,
-            compare=[tx.version(key) == 0],
-            success=[tx.put(key, snapshot_to_json(snap))],
+            compare=[tx.mod(self._next) == counter_mod, tx.version(key) == 0],
+            success=[tx.put(key, snapshot_to_json(snap)), tx.put(self._next, str(version).encode())],
             failure=[],
         )
         if not ok:
@@ -232,12 +247,8 @@ class EtcdRegistry:
             raise _conflict("registry current", expected_version, "changed concurrently")
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
-        await self._swap(
-            self._data + f"{view}/current".encode(),
-            str(expected),
-            str(new).encode(),
-            f"data version of view {view!r}",
-        )
+        key = self._data + f"{view}/current".encode()
+        await self._cas(key, f"data version of view {view!r}", expected, int, str(new).encode(), absent=0)
 
     async def allocate_data_version(self, view: str) -> int:
         current_key = self._data + f"{view}/current".encode()
@@ -258,21 +269,13 @@ class EtcdRegistry:
         raise Conflict(f"could not allocate a data version of view {view!r}: too many concurrent allocations")
 
     async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
-        key = self._canary + service.encode()
-        kv = await self._call(self._client.get, key)
-        actual = Canary.from_json(kv.value) if kv is not None else None
-        if actual != expected:
-            raise _conflict(f"canary of service {service!r}", expected, actual)
-        tx = self._client.transactions
-        write = [tx.put(key, canary.to_json())] if canary is not None else [tx.delete(key)]
-        ok, _ = await self._call(
-            self._client.transaction,
-            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=write,
-            failure=[],
+        await self._cas(
+            self._canary + service.encode(),
+            f"canary of service {service!r}",
+            expected,
+            Canary.from_json,
+            canary.to_json() if canary is not None else None,
         )
-        if not ok:
-            raise _conflict(f"canary of service {service!r}", expected, "changed concurrently")
 
     async def watermark(self, view: str) -> Watermark | None:
         kv = await self._call(self._client.get, self._data + f"{view}/watermark".encode())
@@ -280,30 +283,22 @@ class EtcdRegistry:
 
     async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
         key = self._data + f"{view}/watermark".encode()
-        kv = await self._call(self._client.get, key)
-        actual = Watermark.from_json(kv.value) if kv is not None else None
-        if actual != expected:
-            raise _conflict(f"watermark of view {view!r}", expected, actual)
-        tx = self._client.transactions
-        ok, _ = await self._call(
-            self._client.transaction,
-            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=[tx.put(key, mark.to_json())],
-            failure=[],
-        )
-        if not ok:
-            raise _conflict(f"watermark of view {view!r}", expected, "changed concurrently")
+        await self._cas(key, f"watermark of view {view!r}", expected, Watermark.from_json, mark.to_json())
 
-    async def _swap(self, key: bytes, expected: str, new: bytes, what: str) -> None:
+    async def _cas(
+        self, key: bytes, what: str, expected: Any, decode: Any, new: bytes | None, absent: Any = None
+    ) -> None:
+        """Write ``new`` to ``key`` (None: delete it) iff its value, decoded, is
+        ``expected`` (``absent`` when there is no key) and nobody wrote it in between."""
         kv = await self._call(self._client.get, key)
-        actual = kv.value.decode() if kv is not None else "0"
+        actual = decode(kv.value) if kv is not None else absent
         if actual != expected:
             raise _conflict(what, expected, actual)
         tx = self._client.transactions
         ok, _ = await self._call(
             self._client.transaction,
             compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=[tx.put(key, new)],
+            success=[tx.put(key, new)] if new is not None else [tx.delete(key)],
             failure=[],
         )
         if not ok:
@@ -330,11 +325,13 @@ class EtcdRegistry:
                     backoff = _WATCH_RETRY_MIN_S
                     async for event in watch:
                         self._revision = max(self._revision, event.kv.mod_revision)
+                        self._forget(event.kv.key, event.kv.mod_revision)
                         self._last_contact = time.monotonic()
                         yield None
                 except etcd_errors.RevisionCompactedError as e:
                     log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
                     self._revision = e.compacted_revision - 1
+                    self._cache.clear()  # changes of snapshot keys may be among those missed
                     yield None
                 except (*_ERRORS, Unavailable) as e:
                     if self._connected:

@@ -2,6 +2,7 @@
 
     {root}/{project}/registry/snapshots/{version}.json   immutable
     {root}/{project}/registry/current                    "<version>"
+    {root}/{project}/registry/next                       "<last snapshot version written>"
     {root}/{project}/data/{view}/current                 "<data version>"
     {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
@@ -39,9 +40,10 @@ class FileRegistry:
         self.poll_interval = poll_interval
         self._snapshots = self.root / "registry" / "snapshots"
         self._current = self.root / "registry" / "current"
+        self._next = self.root / "registry" / "next"  # the last snapshot version handed out
         self._data = self.root / "data"
         self._canary = self.root / "canary"
-        self._cache: dict[int, RegistrySnapshot] = {}
+        self._cache: dict[int, tuple[tuple[int, int, int], RegistrySnapshot]] = {}
 
     @property
     def project(self) -> str:
@@ -57,16 +59,26 @@ class FileRegistry:
         return None if version is None else await self.get(version)
 
     async def get(self, version: int) -> RegistrySnapshot:
-        cached = self._cache.get(version)
-        if cached is not None:
-            return cached
-        path = self._snapshots / f"{version}.json"
+        return await asyncio.to_thread(self._get, version)
+
+    def _get(self, version: int) -> RegistrySnapshot:
+        """A snapshot is immutable once written, but its file is not: a version deleted
+        by hand and written again, or edited, must not be served from the cache. The
+        cache is keyed by the file's identity (inode, mtime, size; every write is a new
+        inode by rename), read from the open file so stamp and content agree."""
         try:
-            raw = await asyncio.to_thread(path.read_bytes)
+            fh = open(self._snapshots / f"{version}.json", "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             raise NotFound(f"registry snapshot {version} does not exist") from None
+        with fh:
+            st = os.fstat(fh.fileno())
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cache.get(version)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            raw = fh.read()
         snap = snapshot_from_json(raw)
-        self._cache[version] = snap  # immutable once written
+        self._cache[version] = (stamp, snap)
         return snap
 
     async def versions(self) -> list[int]:
@@ -133,12 +145,15 @@ class FileRegistry:
     def _write_snapshot(
         self, definitions: Definitions, message: str, current: int | None
     ) -> RegistrySnapshot:
-        version = max(self._list_versions(), default=0) + 1
+        # From a counter, not max(existing) + 1: a version deleted by hand (an aborted
+        # canary's candidate) is never handed out again.
+        version = max(_read_int(self._next) or 0, *self._list_versions(), 0) + 1
         previous = None
         if current is not None:
-            previous = snapshot_from_json((self._snapshots / f"{current}.json").read_bytes())
+            previous = self._get(current)
         snap = new_snapshot(definitions, version, message, previous)
         _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
+        _atomic_write(self._next, str(version).encode())
         return snap
 
     def _set_current(self, version: int, expected: int | None) -> None:

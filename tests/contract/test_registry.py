@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from featurestore.definitions.snapshot import new_snapshot, snapshot_to_json
 from featurestore.errors import Conflict, InvalidArgument, NotFound
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.base import Canary, Registry, Watermark
@@ -195,3 +196,33 @@ async def test_allocated_data_versions_are_unique_and_above_current(factory: Reg
     assert await a.allocate_data_version("other") == 1
     await a.close()
     await b.close()
+
+
+async def test_a_version_deleted_by_hand_is_never_handed_out_again(factory: RegistryFactory) -> None:
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    staged = await registry.stage(defs(5), message="a canary candidate, later aborted")
+    await factory.snapshot_by_hand(staged.version, None)  # the operator prunes it
+    assert await registry.versions() == [1]
+    published = await registry.publish(defs(3), expected_version=1)
+    assert published.version == staged.version + 1
+    assert (await registry.stage(defs(4))).version == published.version + 1
+    await registry.close()
+
+
+async def test_a_snapshot_rewritten_by_hand_is_not_served_from_the_cache(factory: RegistryFactory) -> None:
+    """A server caches snapshots by version; one deleted and written again by hand
+    (etcdctl) must be read again, not served with the old content under its number."""
+    server, writer = factory.client(), factory.client()
+    await writer.publish(defs(1), expected_version=None)
+    await writer.stage(defs(5))
+    feed = server.changes().__aiter__()
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert len((await server.get(2)).definitions.views["v"].features) == 5  # cached now
+    await factory.snapshot_by_hand(2, snapshot_to_json(new_snapshot(defs(2), 2)))
+    if factory.name == "etcd":  # the server learns it from its watch
+        await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert len((await server.get(2)).definitions.views["v"].features) == 2
+    await feed.aclose()  # type: ignore[attr-defined]
+    await server.close()
+    await writer.close()
