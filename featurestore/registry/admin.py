@@ -101,16 +101,21 @@ class RegistryAdmin:
         return canary
 
     async def canary_promote(self, service: str) -> Canary:
+        """Make the candidate current and end the canary, in one atomic registry step."""
         canary = await self._canary(service)
         current = await self.registry.current()
+        if current is not None and current.version == canary.candidate_version:
+            # promoted already, but its canary outlived it (a crash of the file
+            # registry between its two writes): end it
+            await self.registry.set_canary(service, None, expected=canary)
+            return canary
         if current is None or current.version != canary.base_version:
             raise Conflict(
                 f"current moved from version {canary.base_version} to "
                 f"{current.version if current else None} since the canary started: promoting would undo that; "
                 "abort the canary, re-read the registry and start it again"
             )
-        await self.registry.set_current(canary.candidate_version, expected_version=canary.base_version)
-        await self.registry.set_canary(service, None, expected=canary)
+        await self.registry.promote(service, canary)
         return canary
 
     async def canary_abort(self, service: str) -> Canary:

@@ -43,7 +43,7 @@ from featurestore.definitions.snapshot import (
 )
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark
+from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
 from featurestore.registry.etcd_client import CHANNEL_OPTIONS, EtcdAccess, endpoints_of, make_client
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class EtcdRegistry:
         cur = await self._call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
-            raise _conflict("registry current", expected_version, actual)
+            raise conflict("registry current", expected_version, actual)
         version, counter_mod = await self._next_version()
         previous = await self.get(actual) if actual is not None else None
         snap = new_snapshot(definitions, version, message, previous)
@@ -207,7 +207,7 @@ class EtcdRegistry:
             failure=[],
         )
         if not ok:
-            raise _conflict("registry current", expected_version, "changed concurrently")
+            raise conflict("registry current", expected_version, "changed concurrently")
         return snap
 
     async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
@@ -222,7 +222,7 @@ class EtcdRegistry:
             failure=[],
         )
         if not ok:
-            raise _conflict(f"registry snapshot {version}", "absent", "written concurrently")
+            raise conflict(f"registry snapshot {version}", "absent", "written concurrently")
         return snap
 
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
@@ -232,7 +232,7 @@ class EtcdRegistry:
         cur = await self._call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
-            raise _conflict("registry current", expected_version, actual)
+            raise conflict("registry current", expected_version, actual)
         tx = self._client.transactions
         ok, _ = await self._call(
             self._client.transaction,
@@ -244,7 +244,7 @@ class EtcdRegistry:
             failure=[],
         )
         if not ok:
-            raise _conflict("registry current", expected_version, "changed concurrently")
+            raise conflict("registry current", expected_version, "changed concurrently")
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         key = self._data + f"{view}/current".encode()
@@ -277,6 +277,35 @@ class EtcdRegistry:
             canary.to_json() if canary is not None else None,
         )
 
+    async def promote(self, service: str, canary: Canary) -> None:
+        key = self._canary + service.encode()
+        kv = await self._call(self._client.get, key)
+        actual = Canary.from_json(kv.value) if kv is not None else None
+        if actual != canary:
+            raise conflict(f"canary of service {service!r}", canary, actual)
+        candidate = self._snapshots + str(canary.candidate_version).encode()
+        if await self._call(self._client.get, candidate) is None:
+            raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
+        cur = await self._call(self._client.get, self._current)
+        base = int(cur.value) if cur is not None else None
+        if base != canary.base_version:
+            raise conflict("registry current", canary.base_version, base)
+        tx = self._client.transactions
+        ok, _ = await self._call(
+            self._client.transaction,
+            compare=[
+                tx.mod(key) == kv.mod_revision,
+                tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.version(candidate) > 0,
+            ],
+            success=[tx.put(self._current, str(canary.candidate_version).encode()), tx.delete(key)],
+            failure=[],
+        )
+        if not ok:
+            raise conflict(
+                f"canary of service {service!r} or registry current", canary, "changed concurrently"
+            )
+
     async def watermark(self, view: str) -> Watermark | None:
         kv = await self._call(self._client.get, self._data + f"{view}/watermark".encode())
         return Watermark.from_json(kv.value) if kv is not None else None
@@ -293,7 +322,7 @@ class EtcdRegistry:
         kv = await self._call(self._client.get, key)
         actual = decode(kv.value) if kv is not None else absent
         if actual != expected:
-            raise _conflict(what, expected, actual)
+            raise conflict(what, expected, actual)
         tx = self._client.transactions
         ok, _ = await self._call(
             self._client.transaction,
@@ -302,7 +331,7 @@ class EtcdRegistry:
             failure=[],
         )
         if not ok:
-            raise _conflict(what, expected, "changed concurrently")
+            raise conflict(what, expected, "changed concurrently")
 
     # -- change feed -----------------------------------------------------------------
 
@@ -364,10 +393,3 @@ class EtcdRegistry:
         self._cache.clear()
         with contextlib.suppress(*_ERRORS):
             await self._client.close()
-
-
-def _conflict(what: str, expected: Any, actual: Any) -> Conflict:
-    return Conflict(
-        f"{what} is {actual}, not {expected} as expected: someone else changed it; re-read the registry and retry",
-        details=[{"expected": str(expected), "actual": str(actual)}],
-    )

@@ -28,9 +28,9 @@ from featurestore.definitions.snapshot import (
     snapshot_from_json,
     snapshot_to_json,
 )
-from featurestore.errors import Conflict, NotFound
+from featurestore.errors import NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark
+from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
 
 
 class FileRegistry:
@@ -103,6 +103,9 @@ class FileRegistry:
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
         await asyncio.to_thread(self._set_current, version, expected_version)
 
+    async def promote(self, service: str, canary: Canary) -> None:
+        await asyncio.to_thread(self._promote, service, canary)
+
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         await asyncio.to_thread(self._swap_data_version, view, expected, new)
 
@@ -126,14 +129,14 @@ class FileRegistry:
         with self._locked():
             actual = self._read_watermark(view)
             if actual != expected:
-                raise _conflict(f"watermark of view {view!r}", expected, actual)
+                raise conflict(f"watermark of view {view!r}", expected, actual)
             _atomic_write(self._data / view / "watermark", mark.to_json())
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
             current = _read_int(self._current)
             if current != expected:
-                raise _conflict("registry current", expected, current)
+                raise conflict("registry current", expected, current)
             snap = self._write_snapshot(definitions, message, current)
             _atomic_write(self._current, str(snap.version).encode())
             return snap
@@ -162,7 +165,7 @@ class FileRegistry:
                 raise NotFound(f"registry snapshot {version} does not exist")
             current = _read_int(self._current)
             if current != expected:
-                raise _conflict("registry current", expected, current)
+                raise conflict("registry current", expected, current)
             _atomic_write(self._current, str(version).encode())
 
     def _set_canary(self, service: str, canary: Canary | None, expected: Canary | None) -> None:
@@ -170,11 +173,28 @@ class FileRegistry:
         with self._locked():
             actual = Canary.from_json(path.read_bytes()) if path.exists() else None
             if actual != expected:
-                raise _conflict(f"canary of service {service!r}", expected, actual)
+                raise conflict(f"canary of service {service!r}", expected, actual)
             if canary is None:
                 path.unlink()
             else:
                 _atomic_write(path, canary.to_json())
+
+    def _promote(self, service: str, canary: Canary) -> None:
+        path = self._canary / service
+        with self._locked():
+            actual = Canary.from_json(path.read_bytes()) if path.exists() else None
+            if actual != canary:
+                raise conflict(f"canary of service {service!r}", canary, actual)
+            if not (self._snapshots / f"{canary.candidate_version}.json").exists():
+                raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
+            current = _read_int(self._current)
+            if current != canary.base_version:
+                raise conflict("registry current", canary.base_version, current)
+            # Under the lock no other writer sees the state in between; a crash there
+            # leaves the candidate current with its canary still recorded, and promoting
+            # again ends it (RegistryAdmin.canary_promote).
+            _atomic_write(self._current, str(canary.candidate_version).encode())
+            path.unlink()
 
     def _read_canaries(self) -> dict[str, Canary]:
         if not self._canary.is_dir():
@@ -190,7 +210,7 @@ class FileRegistry:
         with self._locked():
             current = _read_int(path) or 0
             if current != expected:
-                raise _conflict(f"data version of view {view!r}", expected, current)
+                raise conflict(f"data version of view {view!r}", expected, current)
             _atomic_write(path, str(new).encode())
 
     def _allocate_data_version(self, view: str) -> int:
@@ -278,11 +298,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _conflict(what: str, expected: object, actual: object) -> Conflict:
-    return Conflict(
-        f"{what} is {actual}, not {expected} as expected: someone else changed it; "
-        "re-read the registry and retry",
-        details=[{"expected": str(expected), "actual": str(actual)}],
-    )

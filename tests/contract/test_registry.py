@@ -226,3 +226,43 @@ async def test_a_snapshot_rewritten_by_hand_is_not_served_from_the_cache(factory
     await feed.aclose()  # type: ignore[attr-defined]
     await server.close()
     await writer.close()
+
+
+async def test_promote_moves_current_and_ends_the_canary_in_one_step(factory: RegistryFactory) -> None:
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    staged = await registry.stage(defs(2))
+    canary = Canary(staged.version, 0.1, 1)
+    await registry.set_canary("svc", canary, expected=None)
+    with pytest.raises(Conflict):  # another canary than the one recorded: nothing changes
+        await registry.promote("svc", Canary(staged.version, 0.5, 1))
+    assert (await registry.current()).version == 1  # type: ignore[union-attr]
+    await registry.promote("svc", canary)
+    assert (await registry.current()).version == staged.version  # type: ignore[union-attr]
+    assert await registry.canaries() == {}
+    await registry.close()
+
+
+async def test_a_promote_racing_an_abort_leaves_one_of_them_whole(factory: RegistryFactory) -> None:
+    """Two operators: one promotes, one aborts. Exactly one wins and the registry is
+    never left half-promoted (current moved with the canary still running, or the
+    reverse)."""
+    a, b = factory.client(), factory.client()
+    await a.publish(defs(1), expected_version=None)
+    for _ in range(5):
+        base = await a.current()
+        assert base is not None
+        staged = await a.stage(defs(2))
+        canary = Canary(staged.version, 0.1, base.version)
+        await a.set_canary("svc", canary, expected=None)
+        results = await asyncio.gather(
+            a.promote("svc", canary), b.set_canary("svc", None, expected=canary), return_exceptions=True
+        )
+        assert sum(r is None for r in results) == 1, results
+        assert all(isinstance(r, Conflict) for r in results if r is not None)
+        current = await b.current()
+        assert current is not None
+        assert current.version == (staged.version if results[0] is None else base.version)
+        assert await b.canaries() == {}
+    await a.close()
+    await b.close()
