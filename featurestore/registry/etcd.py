@@ -143,7 +143,7 @@ class EtcdRegistry:
         kv = await self._call(self._client.get, self._snapshots + str(version).encode())
         if kv is None:
             raise NotFound(f"registry snapshot {version} does not exist")
-        snap = snapshot_from_json(kv.value)
+        snap = snapshot_from_json(kv.value, version)
         if kv.mod_revision >= self._changed.get(version, 0):
             self._cache[version] = snap
         return snap

@@ -77,7 +77,7 @@ class FileRegistry:
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             raw = fh.read()
-        snap = snapshot_from_json(raw)
+        snap = snapshot_from_json(raw, version)
         self._cache[version] = (stamp, snap)
         return snap
 
