@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -44,11 +43,11 @@ from featurestore.definitions.snapshot import (
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
 from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
-from featurestore.registry.etcd_client import CHANNEL_OPTIONS, EtcdAccess, endpoints_of, make_client
+from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink
+from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 
 log = logging.getLogger(__name__)
 
-_ERRORS = (etcd_errors.ClientError, OSError)
 
 # Re-arming a lost watch: a retry against a down etcd is one refused connect per
 # worker, so retrying twice a second costs etcd nothing, and a change published once it
@@ -66,21 +65,14 @@ class EtcdRegistry:
         *,
         timeout: float = 2.0,
         heartbeat_interval: float = 1.0,
+        max_request_bytes: int = ETCD_MAX_REQUEST_BYTES,
         access: EtcdAccess | None = None,
     ) -> None:
         """``access``: user, password and TLS (docs/security.md); TLS when an endpoint
         is https:// or ``access`` names a CA or a client certificate."""
-        if not endpoints:
-            raise ValueError("etcd registry needs at least one endpoint")
-        self._endpoints = endpoints_of(endpoints)
-        self._access = access or EtcdAccess()
-        self._access.check()
-        self._tls = self._access.tls(self._endpoints)
+        self._link = EtcdLink(endpoints, access or EtcdAccess(), timeout, max_request_bytes)
         self._project = project
-        self._timeout = timeout
         self.heartbeat_interval = heartbeat_interval
-        self._endpoint = 0
-        self._client = self._connect_client()
         root = f"/featurestore/{project}/"
         self._root = root.encode()
         self._snapshots = f"{root}registry/snapshots/".encode()
@@ -93,54 +85,29 @@ class EtcdRegistry:
         self._cache: dict[int, RegistrySnapshot] = {}
         self._changed: dict[int, int] = {}  # version -> revision of its key's last change seen
         self._revision = 0  # highest revision seen by the watch
-        self._last_contact = 0.0
-        self._connected = False
-
-    def _connect_client(self) -> aetcd.Client:
-        ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return make_client(ep, self._access, self._tls, self._timeout, CHANNEL_OPTIONS)
 
     @property
     def project(self) -> str:
         return self._project
 
     def health(self) -> RegistryHealth:
-        age = time.monotonic() - self._last_contact if self._last_contact else float("inf")
-        return RegistryHealth(connected=self._connected, seconds_since_contact=age)
+        return self._link.health()
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One etcd call; connection failures become ``Unavailable``.
-
-        grpc.aio ends a call in flight on a channel that is closed (the watch failed and
-        ``_reconnect`` replaced the client) with ``CancelledError``, although nobody
-        cancelled the caller: that is a lost connection too. Left as it was, it ended
-        the server's registry-apply task for good (an ``except Exception`` lets it by)."""
-        try:
-            result = await fn(*args, **kwargs)
-        except _ERRORS as e:
-            self._connected = False
-            raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
-        except asyncio.CancelledError as e:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise  # the caller itself is being cancelled
-            self._connected = False
-            raise Unavailable("etcd registry: the call was cut off (its connection was closed)") from e
-        self._connected = True
-        self._last_contact = time.monotonic()
-        return result
+    @property
+    def _client(self) -> aetcd.Client:
+        return self._link.client
 
     # -- reads -----------------------------------------------------------------------
 
     async def current(self) -> RegistrySnapshot | None:
-        kv = await self._call(self._client.get, self._current)
+        kv = await self._link.call(self._client.get, self._current)
         return None if kv is None else await self.get(int(kv.value))
 
     async def get(self, version: int) -> RegistrySnapshot:
         cached = self._cache.get(version)
         if cached is not None:
             return cached
-        kv = await self._call(self._client.get, self._snapshots + str(version).encode())
+        kv = await self._link.call(self._client.get, self._snapshots + str(version).encode())
         if kv is None:
             raise NotFound(f"registry snapshot {version} does not exist")
         snap = snapshot_from_json(kv.value, version)
@@ -157,16 +124,16 @@ class EtcdRegistry:
 
     async def _next_version(self) -> tuple[int, int]:
         """The version to write next and the counter's mod_revision to compare."""
-        counter = await self._call(self._client.get, self._next)
+        counter = await self._link.call(self._client.get, self._next)
         last = max(int(counter.value) if counter is not None else 0, *await self.versions(), 0)
         return last + 1, counter.mod_revision if counter is not None else 0
 
     async def versions(self) -> list[int]:
-        res = await self._call(self._client.get_prefix, self._snapshots, keys_only=True)
+        res = await self._link.call(self._client.get_prefix, self._snapshots, keys_only=True)
         return sorted(int(kv.key[len(self._snapshots) :]) for kv in res)
 
     async def data_versions(self) -> dict[str, int]:
-        res = await self._call(self._client.get_prefix, self._data)
+        res = await self._link.call(self._client.get_prefix, self._data)
         out = {}
         for kv in res:
             view, _, leaf = kv.key[len(self._data) :].decode().partition("/")
@@ -175,7 +142,7 @@ class EtcdRegistry:
         return out
 
     async def canaries(self) -> dict[str, Canary]:
-        res = await self._call(self._client.get_prefix, self._canary)
+        res = await self._link.call(self._client.get_prefix, self._canary)
         return {kv.key[len(self._canary) :].decode(): Canary.from_json(kv.value) for kv in res}
 
     # -- compare-and-swap writes ----------------------------------------------------
@@ -183,16 +150,18 @@ class EtcdRegistry:
     async def publish(
         self, definitions: Definitions, *, expected_version: int | None, message: str = ""
     ) -> RegistrySnapshot:
-        cur = await self._call(self._client.get, self._current)
+        cur = await self._link.call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
             raise conflict("registry current", expected_version, actual)
         version, counter_mod = await self._next_version()
         previous = await self.get(actual) if actual is not None else None
         snap = new_snapshot(definitions, version, message, previous)
+        raw = snapshot_to_json(snap)
+        check_snapshot_size(raw, version, self._link.max_request_bytes)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
                 tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
@@ -200,7 +169,7 @@ class EtcdRegistry:
                 tx.version(key) == 0,
             ],
             success=[
-                tx.put(key, snapshot_to_json(snap)),
+                tx.put(key, raw),
                 tx.put(self._current, str(version).encode()),
                 tx.put(self._next, str(version).encode()),
             ],
@@ -213,12 +182,14 @@ class EtcdRegistry:
     async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
         version, counter_mod = await self._next_version()
         snap = new_snapshot(definitions, version, message, await self.current())
+        raw = snapshot_to_json(snap)
+        check_snapshot_size(raw, version, self._link.max_request_bytes)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[tx.mod(self._next) == counter_mod, tx.version(key) == 0],
-            success=[tx.put(key, snapshot_to_json(snap)), tx.put(self._next, str(version).encode())],
+            success=[tx.put(key, raw), tx.put(self._next, str(version).encode())],
             failure=[],
         )
         if not ok:
@@ -227,14 +198,14 @@ class EtcdRegistry:
 
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
         key = self._snapshots + str(version).encode()
-        if await self._call(self._client.get, key) is None:
+        if await self._link.call(self._client.get, key) is None:
             raise NotFound(f"registry snapshot {version} does not exist")
-        cur = await self._call(self._client.get, self._current)
+        cur = await self._link.call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
             raise conflict("registry current", expected_version, actual)
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
                 tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
@@ -255,10 +226,10 @@ class EtcdRegistry:
         next_key = self._data + f"{view}/next".encode()
         tx = self._client.transactions
         for _ in range(20):
-            current = await self._call(self._client.get, current_key)
-            counter = await self._call(self._client.get, next_key)
+            current = await self._link.call(self._client.get, current_key)
+            counter = await self._link.call(self._client.get, next_key)
             allocated = max(int(counter.value) if counter else 0, int(current.value) if current else 0) + 1
-            ok, _ = await self._call(
+            ok, _ = await self._link.call(
                 self._client.transaction,
                 compare=[tx.mod(next_key) == (counter.mod_revision if counter is not None else 0)],
                 success=[tx.put(next_key, str(allocated).encode())],
@@ -279,19 +250,19 @@ class EtcdRegistry:
 
     async def promote(self, service: str, canary: Canary) -> None:
         key = self._canary + service.encode()
-        kv = await self._call(self._client.get, key)
+        kv = await self._link.call(self._client.get, key)
         actual = Canary.from_json(kv.value) if kv is not None else None
         if actual != canary:
             raise conflict(f"canary of service {service!r}", canary, actual)
         candidate = self._snapshots + str(canary.candidate_version).encode()
-        if await self._call(self._client.get, candidate) is None:
+        if await self._link.call(self._client.get, candidate) is None:
             raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
-        cur = await self._call(self._client.get, self._current)
+        cur = await self._link.call(self._client.get, self._current)
         base = int(cur.value) if cur is not None else None
         if base != canary.base_version:
             raise conflict("registry current", canary.base_version, base)
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
                 tx.mod(key) == kv.mod_revision,
@@ -307,7 +278,7 @@ class EtcdRegistry:
             )
 
     async def watermark(self, view: str) -> Watermark | None:
-        kv = await self._call(self._client.get, self._data + f"{view}/watermark".encode())
+        kv = await self._link.call(self._client.get, self._data + f"{view}/watermark".encode())
         return Watermark.from_json(kv.value) if kv is not None else None
 
     async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
@@ -319,12 +290,12 @@ class EtcdRegistry:
     ) -> None:
         """Write ``new`` to ``key`` (None: delete it) iff its value, decoded, is
         ``expected`` (``absent`` when there is no key) and nobody wrote it in between."""
-        kv = await self._call(self._client.get, key)
+        kv = await self._link.call(self._client.get, key)
         actual = decode(kv.value) if kv is not None else absent
         if actual != expected:
             raise conflict(what, expected, actual)
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
             success=[tx.put(key, new)] if new is not None else [tx.delete(key)],
@@ -349,31 +320,30 @@ class EtcdRegistry:
                         armed = True
                         yield None  # watching from self._revision: re-read what changed before
                     watch = await self._client.watch_prefix(self._root, start_revision=self._revision + 1)
-                    self._connected = True
-                    self._last_contact = time.monotonic()
+                    self._link.touch()
                     backoff = _WATCH_RETRY_MIN_S
                     async for event in watch:
                         self._revision = max(self._revision, event.kv.mod_revision)
                         self._forget(event.kv.key, event.kv.mod_revision)
-                        self._last_contact = time.monotonic()
+                        self._link.touch()
                         yield None
                 except etcd_errors.RevisionCompactedError as e:
                     log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
                     self._revision = e.compacted_revision - 1
                     self._cache.clear()  # changes of snapshot keys may be among those missed
                     yield None
-                except (*_ERRORS, Unavailable) as e:
-                    if self._connected:
+                except (*ERRORS, Unavailable) as e:
+                    if self._link.connected:
                         log.warning("etcd registry watch lost (%s); serving the last snapshot, retrying", e)
-                    self._connected = False
+                    self._link.connected = False
                     await asyncio.sleep(random.uniform(backoff / 2, backoff))
                     backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)
-                    await self._reconnect()
+                    await self._link.reconnect()
         finally:
             heartbeat.cancel()
 
     async def _head_revision(self) -> int:
-        res = await self._call(self._client.get_prefix, self._current, keys_only=True)
+        res = await self._link.call(self._client.get_prefix, self._current, keys_only=True)
         return int(res.header.revision)
 
     async def _heartbeat(self) -> None:
@@ -383,13 +353,6 @@ class EtcdRegistry:
             with contextlib.suppress(Unavailable):
                 await self._head_revision()
 
-    async def _reconnect(self) -> None:
-        with contextlib.suppress(*_ERRORS):
-            await self._client.close()
-        self._endpoint += 1
-        self._client = self._connect_client()
-
     async def close(self) -> None:
         self._cache.clear()
-        with contextlib.suppress(*_ERRORS):
-            await self._client.close()
+        await self._link.close()

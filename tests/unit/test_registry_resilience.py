@@ -35,7 +35,7 @@ async def test_an_etcd_read_cut_off_by_a_reconnect_is_unavailable_not_a_cancella
     try:
         read = asyncio.create_task(reg.current())
         await asyncio.sleep(0.3)  # the read is in flight on the client...
-        await reg._reconnect()  # ...when the watch loop replaces it (what changes() does)
+        await reg._link.reconnect()  # ...when the watch loop replaces it (what changes() does)
         with pytest.raises(Unavailable, match="cut off"):
             await read
         assert not reg.health().connected
