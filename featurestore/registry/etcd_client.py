@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import ParseResult, urlparse
 
@@ -51,7 +51,7 @@ class EtcdAccess:
     are https:// or a CA is given."""
 
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     ca_file: str = ""  # empty with https://: the system's CAs
     cert_file: str = ""  # client certificate (etcd's --client-cert-auth), with key_file
     key_file: str = ""

@@ -14,6 +14,7 @@ from featurestore import metrics
 from featurestore.background import supervised
 from featurestore.errors import Unavailable
 from featurestore.registry.etcd import EtcdRegistry
+from featurestore.registry.etcd_client import EtcdAccess
 
 
 @pytest.fixture
@@ -85,3 +86,9 @@ async def test_a_background_task_that_fails_or_is_cut_off_is_counted_and_run_aga
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+def test_the_etcd_password_is_not_in_the_access_settings_repr() -> None:
+    access = EtcdAccess(username="svc", password="hunter2-5c2e")
+    assert "hunter2" not in repr(access) and "hunter2" not in str(access)
+    assert "svc" in repr(access)
