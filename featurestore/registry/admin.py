@@ -13,7 +13,7 @@ from featurestore.definitions.diff import Change, diff
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, Registry
+from featurestore.registry.base import Canary, Registry, check_share
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,7 @@ class RegistryAdmin:
         entity: str | None = None,
     ) -> Canary:
         self._check_project(definitions)
+        check_share(share)  # before anything is staged
         if service not in definitions.services:
             raise NotFound(f"the candidate definitions have no feature service {service!r}")
         entity = routing_entity(definitions, service, entity)

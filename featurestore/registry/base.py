@@ -38,8 +38,7 @@ class Canary:
     entity: str = ""  # the entity whose key picks the side; "" = every entity of the row
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.share <= 1.0:
-            raise InvalidArgument(f"canary share must be in (0, 1], got {self.share}")
+        check_share(self.share)
 
     def to_json(self) -> bytes:
         doc: dict[str, object] = {
@@ -60,6 +59,11 @@ class Canary:
             int(doc["base_version"]),
             str(doc.get("entity", "")),
         )
+
+
+def check_share(share: float) -> None:
+    if not 0.0 < share <= 1.0:  # (NaN fails too)
+        raise InvalidArgument(f"canary share must be in (0, 1], got {share}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from featurestore.errors import InvalidArgument
 from featurestore.model import (
     Definitions,
     DType,
@@ -44,3 +45,14 @@ async def test_promoting_again_ends_a_canary_left_behind_by_an_interrupted_promo
     await admin.canary_promote("svc")
     assert await admin.registry.canaries() == {}
     assert (await admin.registry.current()).version == canary.candidate_version  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("share", [10.0, float("nan"), 0.0, -0.5])
+async def test_a_canary_with_a_share_out_of_range_is_refused_before_anything_is_staged(
+    admin: RegistryAdmin, share: float
+) -> None:
+    await admin.apply(defs(1))
+    with pytest.raises(InvalidArgument, match="canary share must be in"):
+        await admin.canary_start("svc", defs(2), share)
+    assert await admin.registry.versions() == [1]
+    assert await admin.registry.canaries() == {}
