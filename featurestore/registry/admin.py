@@ -16,6 +16,21 @@ from featurestore.model import Definitions
 from featurestore.registry.base import Canary, Registry, check_share
 
 
+class Incompatible(FailedPrecondition):
+    """Definitions that change what stored rows mean (a dtype, a view's keys), refused
+    unless forced."""
+
+
+def refuse_incompatible(changes: list[Change]) -> None:
+    bad = [c for c in changes if c.incompatible]
+    if bad:
+        raise Incompatible(
+            "incompatible changes: "
+            + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
+            + " (re-run with --force to apply anyway, then re-materialize the views)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     changes: list[Change]
@@ -41,13 +56,8 @@ class RegistryAdmin:
         previous = current.version if current else None
         if not changes or dry_run:
             return ApplyResult(changes, None, previous)
-        bad = [c for c in changes if c.incompatible]
-        if bad and not force:
-            raise FailedPrecondition(
-                "incompatible changes: "
-                + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
-                + " (re-run with --force to apply anyway, then re-materialize the views)"
-            )
+        if not force:
+            refuse_incompatible(changes)
         snap = await self.registry.publish(definitions, expected_version=previous, message=message)
         return ApplyResult(changes, snap, previous)
 
@@ -77,6 +87,7 @@ class RegistryAdmin:
         share: float,
         message: str = "",
         entity: str | None = None,
+        force: bool = False,
     ) -> Canary:
         self._check_project(definitions)
         check_share(share)  # before anything is staged
@@ -88,6 +99,8 @@ class RegistryAdmin:
             raise FailedPrecondition("the registry has no current snapshot to canary against")
         if service not in current.definitions.services:
             raise NotFound(f"feature service {service!r} is not in the current snapshot: apply it instead")
+        if not force:  # the candidate may be promoted: the same guard as apply
+            refuse_incompatible(diff(current.definitions, definitions))
         existing = (await self.registry.canaries()).get(service)
         if existing is not None:
             raise Conflict(
