@@ -110,7 +110,8 @@ class EtcdRegistry:
         kv = await self._link.call(self._client.get, self._snapshots + str(version).encode())
         if kv is None:
             raise NotFound(f"registry snapshot {version} does not exist")
-        snap = snapshot_from_json(kv.value, version)
+        # off the event loop: a large snapshot takes tens of ms to parse and verify
+        snap = await asyncio.to_thread(snapshot_from_json, kv.value, version)
         if kv.mod_revision >= self._changed.get(version, 0):
             self._cache[version] = snap
         return snap

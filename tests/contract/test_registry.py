@@ -266,3 +266,30 @@ async def test_a_promote_racing_an_abort_leaves_one_of_them_whole(factory: Regis
         assert await b.canaries() == {}
     await a.close()
     await b.close()
+
+
+async def test_snapshots_are_parsed_off_the_event_loop(
+    factory: RegistryFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing and verifying a large snapshot takes tens of milliseconds: a server's
+    event loop must not stall on it while it swaps in a change."""
+    import threading
+
+    from featurestore.definitions import snapshot as snapshot_module
+    from featurestore.registry import etcd, file
+
+    threads: list[int] = []
+    parse = snapshot_module.snapshot_from_json
+
+    def spy(raw: bytes, version: int | None = None) -> object:
+        threads.append(threading.get_ident())
+        return parse(raw, version)
+
+    for module in (etcd, file):
+        monkeypatch.setattr(module, "snapshot_from_json", spy)
+    writer, server = factory.client(), factory.client()
+    await writer.publish(defs(3), expected_version=None)
+    assert (await server.current()) is not None
+    assert threads and threading.get_ident() not in threads
+    await writer.close()
+    await server.close()
