@@ -156,6 +156,8 @@ def make_client(
     endpoint: ParseResult, access: EtcdAccess, tls: bool, timeout: float, options: Any
 ) -> aetcd.Client:
     host, port = endpoint.hostname or "127.0.0.1", endpoint.port or 2379
+    if ":" in host:  # an IPv6 address: urlparse drops the brackets gRPC's target needs
+        host = f"[{host}]"
     kwargs: dict[str, Any] = {"host": host, "port": port, "timeout": timeout, "options": options}
     if access.username:
         kwargs.update(username=access.username, password=access.password)
