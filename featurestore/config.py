@@ -151,6 +151,7 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
+    max_request_bytes: Annotated[int, Field(gt=0)] = 1_572_864  # etcd: its --max-request-bytes
 
 
 def _stores(value: Any) -> Any:

@@ -54,7 +54,9 @@ def make_registry(config: Config) -> Registry:
             reg.username, reg.password.get_secret_value(), reg.ca_file, reg.cert_file, reg.key_file
         )
         try:
-            return EtcdRegistry(reg.endpoints, config.project, access=access)
+            return EtcdRegistry(
+                reg.endpoints, config.project, access=access, max_request_bytes=reg.max_request_bytes
+            )
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
     raise InvalidArgument(f"registry.kind {reg.kind!r} is not supported; use 'file' or 'etcd'")

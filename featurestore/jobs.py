@@ -12,13 +12,14 @@ from pathlib import Path
 
 from featurestore.config import Config
 from featurestore.definitions.parser import load_definitions
-from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
+from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import cache_dir, check_definitions
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
 from featurestore.factories import make_registry, make_run_recorder, make_store
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, open_source
+from featurestore.registry.admin import Incompatible, RegistryAdmin
 from featurestore.registry.base import Registry
 from featurestore.sources.clickhouse.options import ClickHouseOptions
 from lineage.runs import DataVersion, RunRecorder, RunSink, now_iso
@@ -27,7 +28,9 @@ log = logging.getLogger("featurestore")
 
 
 async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot | None:
-    """Publish ``registry.definitions`` unless current already holds the same content."""
+    """Publish ``registry.definitions`` unless current already holds the same content,
+    by ``featurestore apply``'s rules: incompatible changes are refused (the server does
+    not start; ``featurestore apply FILE --force`` publishes them)."""
     path = config.registry.definitions
     if path is None:
         return None
@@ -37,20 +40,23 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
             f"{path}: project {defs.project!r} differs from the server's {config.project!r}"
         )
     check_definitions(defs, cache_dir(config.derived.cache_dir))  # a kernel that fails is never published
+    admin = RegistryAdmin(registry)
     for _ in range(5):
-        current = await registry.current()
-        if current is not None and current.fingerprint == fingerprint(defs):
-            return current
         try:
-            snap = await registry.publish(
-                defs,
-                expected_version=current.version if current else None,
-                message=f"applied on start from {path}",
-            )
-            log.info("applied %s as registry version %d", path, snap.version)
-            return snap
+            result = await admin.apply(defs, message=f"applied on start from {path}")
         except Conflict as e:  # a concurrent apply won: re-read and compare again
             log.info("apply on start raced (%s); re-reading", e.message)
+            continue
+        except Incompatible as e:
+            raise Incompatible(
+                f"{path} is not applied on start: {e.message}. Publish it with "
+                f"`featurestore apply {path} --force`, or start without it (after a rollback the "
+                "file still holds the definitions rolled back)"
+            ) from None
+        if result.snapshot is None:
+            return await registry.current()
+        log.info("applied %s as registry version %d", path, result.snapshot.version)
+        return result.snapshot
     raise FailedPrecondition("could not apply definitions on start: the registry keeps changing")
 
 

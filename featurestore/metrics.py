@@ -180,6 +180,11 @@ REGISTRY_APPLY_PENDING = Gauge(
     "1 while a published registry change has failed to apply and is being retried.",
     multiprocess_mode="livemax",
 )
+BACKGROUND_TASK_RESTARTS = Counter(
+    "featurestore_background_task_restarts_total",
+    "Background tasks (registry-apply, registry-watch, ...) that ended by accident and were restarted.",
+    ["task"],
+)
 REGISTRY_VERSION = Gauge(
     "featurestore_registry_version",
     "Registry snapshot version being served.",

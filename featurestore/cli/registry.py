@@ -70,6 +70,7 @@ def _register_canary(sub: Subcommands, config_after: argparse.ArgumentParser) ->
     start.add_argument("service")
     start.add_argument("--file", required=True, help="the candidate definitions")
     start.add_argument("--share", type=float, required=True, help="fraction of entities, e.g. 0.1")
+    start.add_argument("--force", action="store_true", help="start it with incompatible changes too")
     start.add_argument(
         "--entity",
         help="the entity whose key picks the side (default: the one keying most of the service's features)",
@@ -250,7 +251,9 @@ def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
 
     defs = load_definitions(args.file)
     _compile_derived(args, defs)
-    c = _admin(args, lambda a: a.canary_start(args.service, defs, args.share, entity=args.entity))
+    c = _admin(
+        args, lambda a: a.canary_start(args.service, defs, args.share, entity=args.entity, force=args.force)
+    )
     print(
         f"canary started: {args.service} serves {c.share:.1%} of {c.entity or 'entities'} "
         f"from version {c.candidate_version} (current: {c.base_version})"

@@ -19,7 +19,7 @@ import msgspec
 from featurestore.definitions.derived import derived_to_dict, parse_derived_views
 from featurestore.definitions.parser import _Parser
 from featurestore.definitions.stream import parse_stream_views, stream_to_dict
-from featurestore.errors import DefinitionError
+from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import (
     REQUEST_PREFIX,
     BatchSource,
@@ -255,19 +255,39 @@ def snapshot_to_json(s: RegistrySnapshot) -> bytes:
     )
 
 
-def snapshot_from_json(raw: bytes) -> RegistrySnapshot:
+class SnapshotCorrupted(FailedPrecondition):
+    """A stored snapshot does not parse, says another version than its key, or its
+    definitions do not hash to its fingerprint: the registry's content is damaged (a
+    hand edit, bit rot), not the caller's input."""
+
+
+def snapshot_from_json(raw: bytes, version: int | None = None) -> RegistrySnapshot:
+    """Parse a stored snapshot, checking it: ``version`` is the one its key (file name)
+    says. The fingerprint is checked against the stored definitions as they are (the
+    canonical JSON they were hashed from when published), so a later change of
+    ``definitions_to_dict`` cannot fail old snapshots."""
+    what = f"registry snapshot {version}" if version is not None else "registry snapshot"
     try:
         doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as e:
-        raise DefinitionError(f"stored snapshot is not valid JSON: {e}") from e
-    d = definitions_from_dict(doc["definitions"])
-    version = int(doc["version"])
-    versions = doc.get("feature_versions") or {}
-    return RegistrySnapshot(
-        version=version,
-        fingerprint=str(doc["fingerprint"]),
-        definitions=d,
-        created_at=str(doc.get("created_at", "")),
-        message=str(doc.get("message", "")),
-        feature_versions={k: int(v) for k, v in versions.items()},
-    )
+        stored = doc["definitions"]
+        snap = RegistrySnapshot(
+            version=int(doc["version"]),
+            fingerprint=str(doc["fingerprint"]),
+            definitions=definitions_from_dict(stored),
+            created_at=str(doc.get("created_at", "")),
+            message=str(doc.get("message", "")),
+            feature_versions={k: int(v) for k, v in (doc.get("feature_versions") or {}).items()},
+        )
+    except (msgspec.DecodeError, DefinitionError, LookupError, TypeError, ValueError, AttributeError) as e:
+        raise SnapshotCorrupted(f"{what} is corrupted: {type(e).__name__}: {e}{_REPAIR}") from e
+    if version is not None and snap.version != version:
+        raise SnapshotCorrupted(f"{what} is corrupted: it says it is version {snap.version}{_REPAIR}")
+    if hashlib.sha256(_encoder.encode(stored)).hexdigest() != snap.fingerprint:
+        raise SnapshotCorrupted(
+            f"{what} is corrupted: its definitions do not match its fingerprint {snap.fingerprint[:12]}"
+            + _REPAIR
+        )
+    return snap
+
+
+_REPAIR = " (restore its file or etcd key from a backup; the registry's other snapshots are unaffected)"

@@ -13,7 +13,22 @@ from featurestore.definitions.diff import Change, diff
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, Registry
+from featurestore.registry.base import Canary, Registry, check_share
+
+
+class Incompatible(FailedPrecondition):
+    """Definitions that change what stored rows mean (a dtype, a view's keys), refused
+    unless forced."""
+
+
+def refuse_incompatible(changes: list[Change]) -> None:
+    bad = [c for c in changes if c.incompatible]
+    if bad:
+        raise Incompatible(
+            "incompatible changes: "
+            + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
+            + " (re-run with --force to apply anyway, then re-materialize the views)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +56,8 @@ class RegistryAdmin:
         previous = current.version if current else None
         if not changes or dry_run:
             return ApplyResult(changes, None, previous)
-        bad = [c for c in changes if c.incompatible]
-        if bad and not force:
-            raise FailedPrecondition(
-                "incompatible changes: "
-                + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
-                + " (re-run with --force to apply anyway, then re-materialize the views)"
-            )
+        if not force:
+            refuse_incompatible(changes)
         snap = await self.registry.publish(definitions, expected_version=previous, message=message)
         return ApplyResult(changes, snap, previous)
 
@@ -77,8 +87,10 @@ class RegistryAdmin:
         share: float,
         message: str = "",
         entity: str | None = None,
+        force: bool = False,
     ) -> Canary:
         self._check_project(definitions)
+        check_share(share)  # before anything is staged
         if service not in definitions.services:
             raise NotFound(f"the candidate definitions have no feature service {service!r}")
         entity = routing_entity(definitions, service, entity)
@@ -87,6 +99,8 @@ class RegistryAdmin:
             raise FailedPrecondition("the registry has no current snapshot to canary against")
         if service not in current.definitions.services:
             raise NotFound(f"feature service {service!r} is not in the current snapshot: apply it instead")
+        if not force:  # the candidate may be promoted: the same guard as apply
+            refuse_incompatible(diff(current.definitions, definitions))
         existing = (await self.registry.canaries()).get(service)
         if existing is not None:
             raise Conflict(
@@ -101,16 +115,21 @@ class RegistryAdmin:
         return canary
 
     async def canary_promote(self, service: str) -> Canary:
+        """Make the candidate current and end the canary, in one atomic registry step."""
         canary = await self._canary(service)
         current = await self.registry.current()
+        if current is not None and current.version == canary.candidate_version:
+            # promoted already, but its canary outlived it (a crash of the file
+            # registry between its two writes): end it
+            await self.registry.set_canary(service, None, expected=canary)
+            return canary
         if current is None or current.version != canary.base_version:
             raise Conflict(
                 f"current moved from version {canary.base_version} to "
                 f"{current.version if current else None} since the canary started: promoting would undo that; "
                 "abort the canary, re-read the registry and start it again"
             )
-        await self.registry.set_current(canary.candidate_version, expected_version=canary.base_version)
-        await self.registry.set_canary(service, None, expected=canary)
+        await self.registry.promote(service, canary)
         return canary
 
     async def canary_abort(self, service: str) -> Canary:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.errors import InvalidArgument
+from featurestore.errors import Conflict, InvalidArgument
 from featurestore.model import Definitions
 
 
@@ -38,8 +38,7 @@ class Canary:
     entity: str = ""  # the entity whose key picks the side; "" = every entity of the row
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.share <= 1.0:
-            raise InvalidArgument(f"canary share must be in (0, 1], got {self.share}")
+        check_share(self.share)
 
     def to_json(self) -> bytes:
         doc: dict[str, object] = {
@@ -60,6 +59,11 @@ class Canary:
             int(doc["base_version"]),
             str(doc.get("entity", "")),
         )
+
+
+def check_share(share: float) -> None:
+    if not 0.0 < share <= 1.0:  # (NaN fails too)
+        raise InvalidArgument(f"canary share must be in (0, 1], got {share}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,12 @@ class Registry(Protocol):
         """Start (or, with None, end) a service's canary iff it currently is ``expected``."""
         ...
 
+    async def promote(self, service: str, canary: Canary) -> None:
+        """End ``service``'s canary by making its candidate current, in one atomic step,
+        iff the canary still is ``canary`` and current still is its ``base_version``
+        (``Conflict`` otherwise, and nothing changes)."""
+        ...
+
     def health(self) -> RegistryHealth: ...
 
     async def data_versions(self) -> dict[str, int]:
@@ -176,3 +186,12 @@ async def load_state(registry: Registry) -> RegistryState:
     for service, canary in (await registry.canaries()).items():
         canaries[service] = (canary, await registry.get(canary.candidate_version))
     return RegistryState(snapshot, data_versions, canaries)
+
+
+def conflict(what: str, expected: object, actual: object) -> Conflict:
+    """A compare-and-swap lost: ``what`` is ``actual``, not ``expected``."""
+    return Conflict(
+        f"{what} is {actual}, not {expected} as expected: someone else changed it; "
+        "re-read the registry and retry",
+        details=[{"expected": str(expected), "actual": str(actual)}],
+    )

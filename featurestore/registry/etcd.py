@@ -2,14 +2,16 @@
 
     /featurestore/{project}/registry/snapshots/{version}   immutable JSON
     /featurestore/{project}/registry/current               "<version>"
+    /featurestore/{project}/registry/next                  "<last snapshot version written>"
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
     /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"}
     /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
 
-``publish`` is one transaction: it compares ``current``'s mod_revision with the one it
-read and checks that snapshot n+1 does not exist yet, then writes the snapshot and
-moves ``current`` together. Of two concurrent publishers exactly one succeeds; the
+``publish`` is one transaction: it compares ``current``'s and ``next``'s mod_revision
+with the ones it read and checks that snapshot n+1 does not exist yet, then writes the
+snapshot, moves ``current`` and the counter ``next`` together (a version deleted by hand
+is never handed out again). Of two concurrent publishers exactly one succeeds; the
 other gets ``Conflict`` and nothing of it is left behind.
 
 ``changes`` watches the project prefix from the last revision it has seen. When etcd
@@ -26,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -41,23 +42,13 @@ from featurestore.definitions.snapshot import (
 )
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark
-from featurestore.registry.etcd_client import EtcdAccess, endpoints_of, make_client
+from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
+from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink
+from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 
 log = logging.getLogger(__name__)
 
-_ERRORS = (etcd_errors.ClientError, OSError)
 
-# gRPC options of every etcd client. By default all channels of a process to one target
-# share a subchannel, and with it gRPC's reconnect backoff (1 s, growing 1.6x up to
-# 120 s): a client made after an outage inherited the outage's "connection refused"
-# for seconds after etcd was back, and a worker swapped to a snapshot published then
-# 1.4-4.1 s late (tests/integration/test_etcd_reconnect.py; 0.02-0.13 s with these).
-_CHANNEL_OPTIONS = {
-    "grpc.use_local_subchannel_pool": 1,  # a new client is a new connection attempt
-    "grpc.initial_reconnect_backoff_ms": 100,  # a client kept through an outage heals as fast
-    "grpc.max_reconnect_backoff_ms": 500,
-}
 # Re-arming a lost watch: a retry against a down etcd is one refused connect per
 # worker, so retrying twice a second costs etcd nothing, and a change published once it
 # is back reaches every worker within about 0.5 s (the docs promise about a second).
@@ -74,78 +65,76 @@ class EtcdRegistry:
         *,
         timeout: float = 2.0,
         heartbeat_interval: float = 1.0,
+        max_request_bytes: int = ETCD_MAX_REQUEST_BYTES,
         access: EtcdAccess | None = None,
     ) -> None:
         """``access``: user, password and TLS (docs/security.md); TLS when an endpoint
         is https:// or ``access`` names a CA or a client certificate."""
-        if not endpoints:
-            raise ValueError("etcd registry needs at least one endpoint")
-        self._endpoints = endpoints_of(endpoints)
-        self._access = access or EtcdAccess()
-        self._access.check()
-        self._tls = self._access.tls(self._endpoints)
+        self._link = EtcdLink(endpoints, access or EtcdAccess(), timeout, max_request_bytes)
         self._project = project
-        self._timeout = timeout
         self.heartbeat_interval = heartbeat_interval
-        self._endpoint = 0
-        self._client = self._connect_client()
         root = f"/featurestore/{project}/"
         self._root = root.encode()
         self._snapshots = f"{root}registry/snapshots/".encode()
         self._current = f"{root}registry/current".encode()
+        self._next = f"{root}registry/next".encode()
         self._data = f"{root}data/".encode()
         self._canary = f"{root}canary/".encode()
+        # Snapshots are immutable, but a key can be deleted and written again by hand:
+        # the watch drops a cached version whose key changed (``_forget``).
         self._cache: dict[int, RegistrySnapshot] = {}
+        self._changed: dict[int, int] = {}  # version -> revision of its key's last change seen
         self._revision = 0  # highest revision seen by the watch
-        self._last_contact = 0.0
-        self._connected = False
-
-    def _connect_client(self) -> aetcd.Client:
-        ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return make_client(ep, self._access, self._tls, self._timeout, _CHANNEL_OPTIONS)
 
     @property
     def project(self) -> str:
         return self._project
 
     def health(self) -> RegistryHealth:
-        age = time.monotonic() - self._last_contact if self._last_contact else float("inf")
-        return RegistryHealth(connected=self._connected, seconds_since_contact=age)
+        return self._link.health()
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One etcd call; connection failures become ``Unavailable``."""
-        try:
-            result = await fn(*args, **kwargs)
-        except _ERRORS as e:
-            self._connected = False
-            raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
-        self._connected = True
-        self._last_contact = time.monotonic()
-        return result
+    @property
+    def _client(self) -> aetcd.Client:
+        return self._link.client
 
     # -- reads -----------------------------------------------------------------------
 
     async def current(self) -> RegistrySnapshot | None:
-        kv = await self._call(self._client.get, self._current)
+        kv = await self._link.call(self._client.get, self._current)
         return None if kv is None else await self.get(int(kv.value))
 
     async def get(self, version: int) -> RegistrySnapshot:
         cached = self._cache.get(version)
         if cached is not None:
             return cached
-        kv = await self._call(self._client.get, self._snapshots + str(version).encode())
+        kv = await self._link.call(self._client.get, self._snapshots + str(version).encode())
         if kv is None:
             raise NotFound(f"registry snapshot {version} does not exist")
-        snap = snapshot_from_json(kv.value)
-        self._cache[version] = snap
+        # off the event loop: a large snapshot takes tens of ms to parse and verify
+        snap = await asyncio.to_thread(snapshot_from_json, kv.value, version)
+        if kv.mod_revision >= self._changed.get(version, 0):
+            self._cache[version] = snap
         return snap
 
+    def _forget(self, key: bytes, revision: int) -> None:
+        """The watch saw ``key`` change at ``revision``: a cached snapshot of it is stale."""
+        suffix = key[len(self._snapshots) :] if key.startswith(self._snapshots) else b""
+        if suffix.isdigit():
+            self._cache.pop(int(suffix), None)
+            self._changed[int(suffix)] = revision
+
+    async def _next_version(self) -> tuple[int, int]:
+        """The version to write next and the counter's mod_revision to compare."""
+        counter = await self._link.call(self._client.get, self._next)
+        last = max(int(counter.value) if counter is not None else 0, *await self.versions(), 0)
+        return last + 1, counter.mod_revision if counter is not None else 0
+
     async def versions(self) -> list[int]:
-        res = await self._call(self._client.get_prefix, self._snapshots, keys_only=True)
+        res = await self._link.call(self._client.get_prefix, self._snapshots, keys_only=True)
         return sorted(int(kv.key[len(self._snapshots) :]) for kv in res)
 
     async def data_versions(self) -> dict[str, int]:
-        res = await self._call(self._client.get_prefix, self._data)
+        res = await self._link.call(self._client.get_prefix, self._data)
         out = {}
         for kv in res:
             view, _, leaf = kv.key[len(self._data) :].decode().partition("/")
@@ -154,7 +143,7 @@ class EtcdRegistry:
         return out
 
     async def canaries(self) -> dict[str, Canary]:
-        res = await self._call(self._client.get_prefix, self._canary)
+        res = await self._link.call(self._client.get_prefix, self._canary)
         return {kv.key[len(self._canary) :].decode(): Canary.from_json(kv.value) for kv in res}
 
     # -- compare-and-swap writes ----------------------------------------------------
@@ -162,53 +151,62 @@ class EtcdRegistry:
     async def publish(
         self, definitions: Definitions, *, expected_version: int | None, message: str = ""
     ) -> RegistrySnapshot:
-        cur = await self._call(self._client.get, self._current)
+        cur = await self._link.call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
-            raise _conflict("registry current", expected_version, actual)
-        version = max(await self.versions(), default=0) + 1
+            raise conflict("registry current", expected_version, actual)
+        version, counter_mod = await self._next_version()
         previous = await self.get(actual) if actual is not None else None
         snap = new_snapshot(definitions, version, message, previous)
+        raw = snapshot_to_json(snap)
+        check_snapshot_size(raw, version, self._link.max_request_bytes)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
                 tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.mod(self._next) == counter_mod,
                 tx.version(key) == 0,
             ],
-            success=[tx.put(key, snapshot_to_json(snap)), tx.put(self._current, str(version).encode())],
+            success=[
+                tx.put(key, raw),
+                tx.put(self._current, str(version).encode()),
+                tx.put(self._next, str(version).encode()),
+            ],
             failure=[],
         )
         if not ok:
-            raise _conflict("registry current", expected_version, "changed concurrently")
+            raise conflict("registry current", expected_version, "changed concurrently")
         return snap
 
     async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
-        version = max(await self.versions(), default=0) + 1
+        version, counter_mod = await self._next_version()
         snap = new_snapshot(definitions, version, message, await self.current())
+        raw = snapshot_to_json(snap)
+        check_snapshot_size(raw, version, self._link.max_request_bytes)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
-            compare=[tx.version(key) == 0],
-            success=[tx.put(key, snapshot_to_json(snap))],
+            compare=[tx.mod(self._next) == counter_mod, tx.version(key) == 0],
+            success=[tx.put(key, raw), tx.put(self._next, str(version).encode())],
             failure=[],
         )
         if not ok:
-            raise _conflict(f"registry snapshot {version}", "absent", "written concurrently")
+            raise conflict(f"registry snapshot {version}", "absent", "written concurrently")
         return snap
 
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
         key = self._snapshots + str(version).encode()
-        if await self._call(self._client.get, key) is None:
+        if await self._link.call(self._client.get, key) is None:
             raise NotFound(f"registry snapshot {version} does not exist")
-        cur = await self._call(self._client.get, self._current)
+        cur = await self._link.call(self._client.get, self._current)
         actual = int(cur.value) if cur is not None else None
         if actual != expected_version:
-            raise _conflict("registry current", expected_version, actual)
+            raise conflict("registry current", expected_version, actual)
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
                 tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
@@ -218,25 +216,21 @@ class EtcdRegistry:
             failure=[],
         )
         if not ok:
-            raise _conflict("registry current", expected_version, "changed concurrently")
+            raise conflict("registry current", expected_version, "changed concurrently")
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
-        await self._swap(
-            self._data + f"{view}/current".encode(),
-            str(expected),
-            str(new).encode(),
-            f"data version of view {view!r}",
-        )
+        key = self._data + f"{view}/current".encode()
+        await self._cas(key, f"data version of view {view!r}", expected, int, str(new).encode(), absent=0)
 
     async def allocate_data_version(self, view: str) -> int:
         current_key = self._data + f"{view}/current".encode()
         next_key = self._data + f"{view}/next".encode()
         tx = self._client.transactions
         for _ in range(20):
-            current = await self._call(self._client.get, current_key)
-            counter = await self._call(self._client.get, next_key)
+            current = await self._link.call(self._client.get, current_key)
+            counter = await self._link.call(self._client.get, next_key)
             allocated = max(int(counter.value) if counter else 0, int(current.value) if current else 0) + 1
-            ok, _ = await self._call(
+            ok, _ = await self._link.call(
                 self._client.transaction,
                 compare=[tx.mod(next_key) == (counter.mod_revision if counter is not None else 0)],
                 success=[tx.put(next_key, str(allocated).encode())],
@@ -247,56 +241,69 @@ class EtcdRegistry:
         raise Conflict(f"could not allocate a data version of view {view!r}: too many concurrent allocations")
 
     async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+        await self._cas(
+            self._canary + service.encode(),
+            f"canary of service {service!r}",
+            expected,
+            Canary.from_json,
+            canary.to_json() if canary is not None else None,
+        )
+
+    async def promote(self, service: str, canary: Canary) -> None:
         key = self._canary + service.encode()
-        kv = await self._call(self._client.get, key)
+        kv = await self._link.call(self._client.get, key)
         actual = Canary.from_json(kv.value) if kv is not None else None
-        if actual != expected:
-            raise _conflict(f"canary of service {service!r}", expected, actual)
+        if actual != canary:
+            raise conflict(f"canary of service {service!r}", canary, actual)
+        candidate = self._snapshots + str(canary.candidate_version).encode()
+        if await self._link.call(self._client.get, candidate) is None:
+            raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
+        cur = await self._link.call(self._client.get, self._current)
+        base = int(cur.value) if cur is not None else None
+        if base != canary.base_version:
+            raise conflict("registry current", canary.base_version, base)
         tx = self._client.transactions
-        write = [tx.put(key, canary.to_json())] if canary is not None else [tx.delete(key)]
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
-            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=write,
+            compare=[
+                tx.mod(key) == kv.mod_revision,
+                tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                tx.version(candidate) > 0,
+            ],
+            success=[tx.put(self._current, str(canary.candidate_version).encode()), tx.delete(key)],
             failure=[],
         )
         if not ok:
-            raise _conflict(f"canary of service {service!r}", expected, "changed concurrently")
+            raise conflict(
+                f"canary of service {service!r} or registry current", canary, "changed concurrently"
+            )
 
     async def watermark(self, view: str) -> Watermark | None:
-        kv = await self._call(self._client.get, self._data + f"{view}/watermark".encode())
+        kv = await self._link.call(self._client.get, self._data + f"{view}/watermark".encode())
         return Watermark.from_json(kv.value) if kv is not None else None
 
     async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
         key = self._data + f"{view}/watermark".encode()
-        kv = await self._call(self._client.get, key)
-        actual = Watermark.from_json(kv.value) if kv is not None else None
-        if actual != expected:
-            raise _conflict(f"watermark of view {view!r}", expected, actual)
-        tx = self._client.transactions
-        ok, _ = await self._call(
-            self._client.transaction,
-            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=[tx.put(key, mark.to_json())],
-            failure=[],
-        )
-        if not ok:
-            raise _conflict(f"watermark of view {view!r}", expected, "changed concurrently")
+        await self._cas(key, f"watermark of view {view!r}", expected, Watermark.from_json, mark.to_json())
 
-    async def _swap(self, key: bytes, expected: str, new: bytes, what: str) -> None:
-        kv = await self._call(self._client.get, key)
-        actual = kv.value.decode() if kv is not None else "0"
+    async def _cas(
+        self, key: bytes, what: str, expected: Any, decode: Any, new: bytes | None, absent: Any = None
+    ) -> None:
+        """Write ``new`` to ``key`` (None: delete it) iff its value, decoded, is
+        ``expected`` (``absent`` when there is no key) and nobody wrote it in between."""
+        kv = await self._link.call(self._client.get, key)
+        actual = decode(kv.value) if kv is not None else absent
         if actual != expected:
-            raise _conflict(what, expected, actual)
+            raise conflict(what, expected, actual)
         tx = self._client.transactions
-        ok, _ = await self._call(
+        ok, _ = await self._link.call(
             self._client.transaction,
             compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
-            success=[tx.put(key, new)],
+            success=[tx.put(key, new)] if new is not None else [tx.delete(key)],
             failure=[],
         )
         if not ok:
-            raise _conflict(what, expected, "changed concurrently")
+            raise conflict(what, expected, "changed concurrently")
 
     # -- change feed -----------------------------------------------------------------
 
@@ -314,29 +321,30 @@ class EtcdRegistry:
                         armed = True
                         yield None  # watching from self._revision: re-read what changed before
                     watch = await self._client.watch_prefix(self._root, start_revision=self._revision + 1)
-                    self._connected = True
-                    self._last_contact = time.monotonic()
+                    self._link.touch()
                     backoff = _WATCH_RETRY_MIN_S
                     async for event in watch:
                         self._revision = max(self._revision, event.kv.mod_revision)
-                        self._last_contact = time.monotonic()
+                        self._forget(event.kv.key, event.kv.mod_revision)
+                        self._link.touch()
                         yield None
                 except etcd_errors.RevisionCompactedError as e:
                     log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
                     self._revision = e.compacted_revision - 1
+                    self._cache.clear()  # changes of snapshot keys may be among those missed
                     yield None
-                except (*_ERRORS, Unavailable) as e:
-                    if self._connected:
+                except (*ERRORS, Unavailable) as e:
+                    if self._link.connected:
                         log.warning("etcd registry watch lost (%s); serving the last snapshot, retrying", e)
-                    self._connected = False
+                    self._link.connected = False
                     await asyncio.sleep(random.uniform(backoff / 2, backoff))
                     backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)
-                    await self._reconnect()
+                    await self._link.reconnect()
         finally:
             heartbeat.cancel()
 
     async def _head_revision(self) -> int:
-        res = await self._call(self._client.get_prefix, self._current, keys_only=True)
+        res = await self._link.call(self._client.get_prefix, self._current, keys_only=True)
         return int(res.header.revision)
 
     async def _heartbeat(self) -> None:
@@ -346,20 +354,6 @@ class EtcdRegistry:
             with contextlib.suppress(Unavailable):
                 await self._head_revision()
 
-    async def _reconnect(self) -> None:
-        with contextlib.suppress(*_ERRORS):
-            await self._client.close()
-        self._endpoint += 1
-        self._client = self._connect_client()
-
     async def close(self) -> None:
         self._cache.clear()
-        with contextlib.suppress(*_ERRORS):
-            await self._client.close()
-
-
-def _conflict(what: str, expected: Any, actual: Any) -> Conflict:
-    return Conflict(
-        f"{what} is {actual}, not {expected} as expected: someone else changed it; re-read the registry and retry",
-        details=[{"expected": str(expected), "actual": str(actual)}],
-    )
+        await self._link.close()

@@ -2,6 +2,7 @@
 
     {root}/{project}/registry/snapshots/{version}.json   immutable
     {root}/{project}/registry/current                    "<version>"
+    {root}/{project}/registry/next                       "<last snapshot version written>"
     {root}/{project}/data/{view}/current                 "<data version>"
     {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
@@ -27,9 +28,9 @@ from featurestore.definitions.snapshot import (
     snapshot_from_json,
     snapshot_to_json,
 )
-from featurestore.errors import Conflict, NotFound
+from featurestore.errors import NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark
+from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
 
 
 class FileRegistry:
@@ -39,9 +40,10 @@ class FileRegistry:
         self.poll_interval = poll_interval
         self._snapshots = self.root / "registry" / "snapshots"
         self._current = self.root / "registry" / "current"
+        self._next = self.root / "registry" / "next"  # the last snapshot version handed out
         self._data = self.root / "data"
         self._canary = self.root / "canary"
-        self._cache: dict[int, RegistrySnapshot] = {}
+        self._cache: dict[int, tuple[tuple[int, int, int], RegistrySnapshot]] = {}
 
     @property
     def project(self) -> str:
@@ -57,16 +59,26 @@ class FileRegistry:
         return None if version is None else await self.get(version)
 
     async def get(self, version: int) -> RegistrySnapshot:
-        cached = self._cache.get(version)
-        if cached is not None:
-            return cached
-        path = self._snapshots / f"{version}.json"
+        return await asyncio.to_thread(self._get, version)
+
+    def _get(self, version: int) -> RegistrySnapshot:
+        """A snapshot is immutable once written, but its file is not: a version deleted
+        by hand and written again, or edited, must not be served from the cache. The
+        cache is keyed by the file's identity (inode, mtime, size; every write is a new
+        inode by rename), read from the open file so stamp and content agree."""
         try:
-            raw = await asyncio.to_thread(path.read_bytes)
+            fh = open(self._snapshots / f"{version}.json", "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             raise NotFound(f"registry snapshot {version} does not exist") from None
-        snap = snapshot_from_json(raw)
-        self._cache[version] = snap  # immutable once written
+        with fh:
+            st = os.fstat(fh.fileno())
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cache.get(version)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            raw = fh.read()
+        snap = snapshot_from_json(raw, version)
+        self._cache[version] = (stamp, snap)
         return snap
 
     async def versions(self) -> list[int]:
@@ -91,6 +103,9 @@ class FileRegistry:
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
         await asyncio.to_thread(self._set_current, version, expected_version)
 
+    async def promote(self, service: str, canary: Canary) -> None:
+        await asyncio.to_thread(self._promote, service, canary)
+
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         await asyncio.to_thread(self._swap_data_version, view, expected, new)
 
@@ -114,14 +129,14 @@ class FileRegistry:
         with self._locked():
             actual = self._read_watermark(view)
             if actual != expected:
-                raise _conflict(f"watermark of view {view!r}", expected, actual)
+                raise conflict(f"watermark of view {view!r}", expected, actual)
             _atomic_write(self._data / view / "watermark", mark.to_json())
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
             current = _read_int(self._current)
             if current != expected:
-                raise _conflict("registry current", expected, current)
+                raise conflict("registry current", expected, current)
             snap = self._write_snapshot(definitions, message, current)
             _atomic_write(self._current, str(snap.version).encode())
             return snap
@@ -133,12 +148,15 @@ class FileRegistry:
     def _write_snapshot(
         self, definitions: Definitions, message: str, current: int | None
     ) -> RegistrySnapshot:
-        version = max(self._list_versions(), default=0) + 1
+        # From a counter, not max(existing) + 1: a version deleted by hand (an aborted
+        # canary's candidate) is never handed out again.
+        version = max(_read_int(self._next) or 0, *self._list_versions(), 0) + 1
         previous = None
         if current is not None:
-            previous = snapshot_from_json((self._snapshots / f"{current}.json").read_bytes())
+            previous = self._get(current)
         snap = new_snapshot(definitions, version, message, previous)
         _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
+        _atomic_write(self._next, str(version).encode())
         return snap
 
     def _set_current(self, version: int, expected: int | None) -> None:
@@ -147,7 +165,7 @@ class FileRegistry:
                 raise NotFound(f"registry snapshot {version} does not exist")
             current = _read_int(self._current)
             if current != expected:
-                raise _conflict("registry current", expected, current)
+                raise conflict("registry current", expected, current)
             _atomic_write(self._current, str(version).encode())
 
     def _set_canary(self, service: str, canary: Canary | None, expected: Canary | None) -> None:
@@ -155,11 +173,28 @@ class FileRegistry:
         with self._locked():
             actual = Canary.from_json(path.read_bytes()) if path.exists() else None
             if actual != expected:
-                raise _conflict(f"canary of service {service!r}", expected, actual)
+                raise conflict(f"canary of service {service!r}", expected, actual)
             if canary is None:
                 path.unlink()
             else:
                 _atomic_write(path, canary.to_json())
+
+    def _promote(self, service: str, canary: Canary) -> None:
+        path = self._canary / service
+        with self._locked():
+            actual = Canary.from_json(path.read_bytes()) if path.exists() else None
+            if actual != canary:
+                raise conflict(f"canary of service {service!r}", canary, actual)
+            if not (self._snapshots / f"{canary.candidate_version}.json").exists():
+                raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
+            current = _read_int(self._current)
+            if current != canary.base_version:
+                raise conflict("registry current", canary.base_version, current)
+            # Under the lock no other writer sees the state in between; a crash there
+            # leaves the candidate current with its canary still recorded, and promoting
+            # again ends it (RegistryAdmin.canary_promote).
+            _atomic_write(self._current, str(canary.candidate_version).encode())
+            path.unlink()
 
     def _read_canaries(self) -> dict[str, Canary]:
         if not self._canary.is_dir():
@@ -175,7 +210,7 @@ class FileRegistry:
         with self._locked():
             current = _read_int(path) or 0
             if current != expected:
-                raise _conflict(f"data version of view {view!r}", expected, current)
+                raise conflict(f"data version of view {view!r}", expected, current)
             _atomic_write(path, str(new).encode())
 
     def _allocate_data_version(self, view: str) -> int:
@@ -263,11 +298,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _conflict(what: str, expected: object, actual: object) -> Conflict:
-    return Conflict(
-        f"{what} is {actual}, not {expected} as expected: someone else changed it; "
-        "re-read the registry and retry",
-        details=[{"expected": str(expected), "actual": str(actual)}],
-    )

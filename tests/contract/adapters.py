@@ -90,6 +90,27 @@ class RegistryFactory:
             return EtcdRegistry([server.endpoint], f"{project}{self.suffix}")
         raise ValueError(self.name)
 
+    async def snapshot_by_hand(self, version: int, value: bytes | None, project: str = "contract") -> None:
+        """What an operator does behind the registry's back (etcdctl put / del, editing
+        or deleting a file): write ``value`` as snapshot ``version`` (None: delete it)."""
+        if self.name == "file":
+            target = self.tmp / "registry" / project / "registry" / "snapshots" / f"{version}.json"
+            if value is None:
+                target.unlink()
+            else:
+                target.write_bytes(value)
+            return
+        import aetcd
+
+        server = self.request.getfixturevalue("etcd_server")
+        host, port = server.endpoint.removeprefix("http://").rsplit(":", 1)
+        key = f"/featurestore/{project}{self.suffix}/registry/snapshots/{version}".encode()
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            if value is None:
+                assert await client.delete(key) is not None
+            else:
+                await client.put(key, value)
+
 
 OFFLINE_SOURCES = ["parquet-file", "parquet-dir", "parquet-hive", "clickhouse"]
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from featurestore.definitions.snapshot import new_snapshot, snapshot_to_json
 from featurestore.errors import Conflict, InvalidArgument, NotFound
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.base import Canary, Registry, Watermark
@@ -195,3 +196,100 @@ async def test_allocated_data_versions_are_unique_and_above_current(factory: Reg
     assert await a.allocate_data_version("other") == 1
     await a.close()
     await b.close()
+
+
+async def test_a_version_deleted_by_hand_is_never_handed_out_again(factory: RegistryFactory) -> None:
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    staged = await registry.stage(defs(5), message="a canary candidate, later aborted")
+    await factory.snapshot_by_hand(staged.version, None)  # the operator prunes it
+    assert await registry.versions() == [1]
+    published = await registry.publish(defs(3), expected_version=1)
+    assert published.version == staged.version + 1
+    assert (await registry.stage(defs(4))).version == published.version + 1
+    await registry.close()
+
+
+async def test_a_snapshot_rewritten_by_hand_is_not_served_from_the_cache(factory: RegistryFactory) -> None:
+    """A server caches snapshots by version; one deleted and written again by hand
+    (etcdctl) must be read again, not served with the old content under its number."""
+    server, writer = factory.client(), factory.client()
+    await writer.publish(defs(1), expected_version=None)
+    await writer.stage(defs(5))
+    feed = server.changes().__aiter__()
+    await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert len((await server.get(2)).definitions.views["v"].features) == 5  # cached now
+    await factory.snapshot_by_hand(2, snapshot_to_json(new_snapshot(defs(2), 2)))
+    if factory.name == "etcd":  # the server learns it from its watch
+        await asyncio.wait_for(feed.__anext__(), timeout=5)
+    assert len((await server.get(2)).definitions.views["v"].features) == 2
+    await feed.aclose()  # type: ignore[attr-defined]
+    await server.close()
+    await writer.close()
+
+
+async def test_promote_moves_current_and_ends_the_canary_in_one_step(factory: RegistryFactory) -> None:
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    staged = await registry.stage(defs(2))
+    canary = Canary(staged.version, 0.1, 1)
+    await registry.set_canary("svc", canary, expected=None)
+    with pytest.raises(Conflict):  # another canary than the one recorded: nothing changes
+        await registry.promote("svc", Canary(staged.version, 0.5, 1))
+    assert (await registry.current()).version == 1  # type: ignore[union-attr]
+    await registry.promote("svc", canary)
+    assert (await registry.current()).version == staged.version  # type: ignore[union-attr]
+    assert await registry.canaries() == {}
+    await registry.close()
+
+
+async def test_a_promote_racing_an_abort_leaves_one_of_them_whole(factory: RegistryFactory) -> None:
+    """Two operators: one promotes, one aborts. Exactly one wins and the registry is
+    never left half-promoted (current moved with the canary still running, or the
+    reverse)."""
+    a, b = factory.client(), factory.client()
+    await a.publish(defs(1), expected_version=None)
+    for _ in range(5):
+        base = await a.current()
+        assert base is not None
+        staged = await a.stage(defs(2))
+        canary = Canary(staged.version, 0.1, base.version)
+        await a.set_canary("svc", canary, expected=None)
+        results = await asyncio.gather(
+            a.promote("svc", canary), b.set_canary("svc", None, expected=canary), return_exceptions=True
+        )
+        assert sum(r is None for r in results) == 1, results
+        assert all(isinstance(r, Conflict) for r in results if r is not None)
+        current = await b.current()
+        assert current is not None
+        assert current.version == (staged.version if results[0] is None else base.version)
+        assert await b.canaries() == {}
+    await a.close()
+    await b.close()
+
+
+async def test_snapshots_are_parsed_off_the_event_loop(
+    factory: RegistryFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing and verifying a large snapshot takes tens of milliseconds: a server's
+    event loop must not stall on it while it swaps in a change."""
+    import threading
+
+    from featurestore.definitions import snapshot as snapshot_module
+    from featurestore.registry import etcd, file
+
+    threads: list[int] = []
+    parse = snapshot_module.snapshot_from_json
+
+    def spy(raw: bytes, version: int | None = None) -> object:
+        threads.append(threading.get_ident())
+        return parse(raw, version)
+
+    for module in (etcd, file):
+        monkeypatch.setattr(module, "snapshot_from_json", spy)
+    writer, server = factory.client(), factory.client()
+    await writer.publish(defs(3), expected_version=None)
+    assert (await server.current()) is not None
+    assert threads and threading.get_ident() not in threads
+    await writer.close()
+    await server.close()

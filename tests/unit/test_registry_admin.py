@@ -1,0 +1,108 @@
+"""RegistryAdmin (apply, rollback, canary) over the file registry: the guards operators
+rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from featurestore import jobs
+from featurestore.config import Config, load_config
+from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.model import (
+    Definitions,
+    DType,
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    make_definitions,
+)
+from featurestore.registry.admin import RegistryAdmin
+from featurestore.registry.file import FileRegistry
+
+USER = Entity("user_id", DType.INT64)
+
+
+def defs(n_features: int = 1, f0: DType = DType.FLOAT64) -> Definitions:
+    features = (Feature("f0", f0), *(Feature(f"f{i}", DType.FLOAT64) for i in range(1, n_features)))
+    view = FeatureView("v", (USER,), features)
+    return make_definitions("p", [USER], [view], [FeatureService("svc", (FeatureRef("v", "f0"),))])
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> RegistryAdmin:
+    return RegistryAdmin(FileRegistry(tmp_path, "p"))
+
+
+async def test_promoting_again_ends_a_canary_left_behind_by_an_interrupted_promote(
+    admin: RegistryAdmin,
+) -> None:
+    await admin.apply(defs(1))
+    canary = await admin.canary_start("svc", defs(2), 0.1)
+    # what a crash between the file registry's two writes leaves: current moved, canary on
+    await admin.registry.set_current(canary.candidate_version, expected_version=canary.base_version)
+    await admin.canary_promote("svc")
+    assert await admin.registry.canaries() == {}
+    assert (await admin.registry.current()).version == canary.candidate_version  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("share", [10.0, float("nan"), 0.0, -0.5])
+async def test_a_canary_with_a_share_out_of_range_is_refused_before_anything_is_staged(
+    admin: RegistryAdmin, share: float
+) -> None:
+    await admin.apply(defs(1))
+    with pytest.raises(InvalidArgument, match="canary share must be in"):
+        await admin.canary_start("svc", defs(2), share)
+    assert await admin.registry.versions() == [1]
+    assert await admin.registry.canaries() == {}
+
+
+async def test_a_canary_with_incompatible_changes_is_refused_unless_forced(admin: RegistryAdmin) -> None:
+    """A candidate is promoted as it is: the guard of apply holds for it too."""
+    await admin.apply(defs(2))
+    with pytest.raises(FailedPrecondition, match=r"incompatible changes: .*f0 dtype float64 -> string"):
+        await admin.canary_start("svc", defs(2, f0=DType.STRING), 0.1)
+    assert await admin.registry.versions() == [1] and await admin.registry.canaries() == {}
+    canary = await admin.canary_start("svc", defs(2, f0=DType.STRING), 0.1, force=True)
+    assert (await admin.registry.canaries())["svc"] == canary
+
+
+def _config(tmp_path: Path, definitions: Path) -> Config:
+    return load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path),
+            ("registry", "definitions"): str(definitions),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+
+
+def _yaml(dtype: str) -> str:
+    return (
+        "project: p\n"
+        "entities: [{name: user_id, dtype: int64}]\n"
+        "feature_views:\n"
+        "  - name: v\n    entities: [user_id]\n"
+        f"    features: [{{name: f0, dtype: {dtype}}}, {{name: f1, dtype: float64}}]\n"
+    )
+
+
+async def test_apply_on_start_refuses_incompatible_definitions(admin: RegistryAdmin, tmp_path: Path) -> None:
+    """A server started with a definitions file publishes it by apply's rules: after a
+    rollback of an incompatible change, restarting it must not re-publish that change."""
+    file = tmp_path / "features.yaml"
+    file.write_text(_yaml("float64"))
+    first = await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
+    assert first is not None and first.version == 1
+    file.write_text(_yaml("string"))
+    with pytest.raises(
+        FailedPrecondition, match=r"features.yaml is not applied on start: incompatible changes"
+    ):
+        await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
+    assert (await admin.registry.current()).version == 1  # type: ignore[union-attr]
+    assert await admin.registry.versions() == [1]

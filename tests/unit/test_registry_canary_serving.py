@@ -1,0 +1,94 @@
+"""A canary whose candidate a server cannot serve never holds back current there."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from featurestore.config import load_config
+from featurestore.model import (
+    Definitions,
+    DType,
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    make_definitions,
+)
+from featurestore.registry.admin import RegistryAdmin
+from featurestore.registry.file import FileRegistry
+from featurestore.runtime import build_runtime
+
+USER = Entity("user_id", DType.INT64)
+
+
+def defs(n_features: int) -> Definitions:
+    view = FeatureView("v", (USER,), tuple(Feature(f"f{i}", DType.FLOAT64) for i in range(n_features)))
+    return make_definitions("p", [USER], [view], [FeatureService("svc", (FeatureRef("v", "f0"),))])
+
+
+def candidate_on_a_store_this_server_lacks() -> Definitions:
+    v = FeatureView("v", (USER,), (Feature("f0", DType.FLOAT64),))
+    w = FeatureView("w", (USER,), (Feature("g", DType.FLOAT64),), online_store="analytics")
+    refs = (FeatureRef("v", "f0"), FeatureRef("w", "g"))
+    return make_definitions("p", [USER], [v, w], [FeatureService("svc", refs)])
+
+
+async def _until(condition: object, what: str) -> None:
+    for _ in range(400):  # 20 s: a generous bound, not a timing assertion
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_canary_this_server_cannot_serve_does_not_hold_back_a_new_current(tmp_path: Path) -> None:
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        assert rt.engine.state.version == 1
+        await admin.canary_start("svc", candidate_on_a_store_this_server_lacks(), 0.5)
+        fix = await admin.apply(defs(2), message="an urgent fix unrelated to the canary")
+        assert fix.snapshot is not None
+        version = fix.snapshot.version
+        await _until(lambda: rt.engine.state.version == version, "the fix served")
+        assert rt.engine.state.canaries == {}
+        await _until(lambda: rt.registry_apply_error is not None, "the canary reported")
+        degraded = rt.readiness().details["degraded"]
+        assert any("canary not served" in d and "'svc'" in d and "analytics" in d for d in degraded), degraded
+
+        await admin.canary_abort("svc")  # the canary ends: nothing left to report
+        await _until(lambda: rt.registry_apply_error is None, "the report cleared")
+    finally:
+        await rt.close()
+
+
+async def test_a_server_starts_serving_current_when_a_canary_cannot_be_served(tmp_path: Path) -> None:
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    await admin.canary_start("svc", candidate_on_a_store_this_server_lacks(), 0.5)
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
+        await _until(lambda: rt.registry_apply_error is not None, "the canary reported")
+        assert "canary not served" in rt.registry_apply_error  # type: ignore[operator]
+    finally:
+        await rt.close()
