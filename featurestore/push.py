@@ -25,7 +25,7 @@ from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
-from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP
+from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP, FLOAT32_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +185,6 @@ def _is_int(v: Any) -> bool:
 
 
 _FLOAT64_MAX = sys.float_info.max
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_float(v: Any) -> bool:
@@ -196,8 +195,8 @@ def _is_float32(v: Any) -> bool:
     # A finite number beyond float32's range would be stored as infinity without a word;
     # infinities and NaN given as such are kept.
     if type(v) is float:
-        return not math.isfinite(v) or -_FLOAT32_MAX <= v <= _FLOAT32_MAX
-    return type(v) is int and -_FLOAT32_MAX <= v <= _FLOAT32_MAX
+        return not math.isfinite(v) or -FLOAT32_MAX <= v <= FLOAT32_MAX
+    return type(v) is int and -FLOAT32_MAX <= v <= FLOAT32_MAX
 
 
 def _numeric_kind(dtype: DType, v: Any) -> bool:

@@ -9,7 +9,7 @@ column, before anything is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -93,12 +93,50 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
             raise _type_error(view, name, col.type, target) from e
         if not _lossless(col.type, target):
             raise _type_error(view, name, col.type, target)
+    if pa.types.is_list(target):
+        _check_elements(view, name, col)
     if not field.nullable and out.null_count:
         raise InvalidArgument(
             f"view {view.name!r}: column {name!r} has null values",
             details=[{"column": name, "reason": "null"}],
         )
     return out
+
+
+# The largest finite float32, as a double: a double beyond it is cast to infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_elements(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
+    """A vector's elements are numbers within float32's range: a null element has no
+    float32 form (gRPC's ``FloatVector`` cannot carry it), and the cast would turn a
+    finite double beyond the range into an infinity without a word. Checked on the
+    source values (in the cast ones it is already an infinity); raises naming the
+    column, row and element, as a push does."""
+    flat = pc.list_flatten(col)
+    if not pa.types.is_floating(flat.type):
+        if flat.null_count:
+            _element_error(view, name, col, pc.is_null(flat))
+        return
+    beyond = pc.and_(pc.is_finite(flat), pc.greater(pc.abs(flat), FLOAT32_MAX))
+    bad = pc.or_(pc.is_null(flat), pc.fill_null(beyond, False))
+    if pc.any(bad).as_py():
+        _element_error(view, name, col, bad)
+
+
+def _element_error(view: FeatureView, name: str, col: pa.ChunkedArray, bad: pa.ChunkedArray) -> NoReturn:
+    at = pc.index(bad, True).as_py()
+    parents = pc.list_parent_indices(col)
+    row = parents[at].as_py()
+    element = at - pc.index(parents, row).as_py()
+    value = pc.list_flatten(col)[at].as_py()
+    why = "null" if value is None else f"{value!r}, outside the float32 range"
+    raise InvalidArgument(
+        f"view {view.name!r}: column {name!r} row {row}: element {element} is {why}",
+        details=[
+            {"column": name, "row": row, "element": element, "reason": "null" if value is None else "range"}
+        ],
+    )
 
 
 def _lossless(src: pa.DataType, dst: pa.DataType) -> bool:

@@ -1,0 +1,73 @@
+"""rows.conform: what a Parquet load, a materialization or a store's write accepts, and
+the errors that name the view, column, row (and element) of what it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurestore.errors import InvalidArgument
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
+from featurestore.rows import conform
+from featurestore.sources.memory import MemorySource
+
+U = Entity("user_id", DType.INT64)
+F32_MAX = float(np.finfo(np.float32).max)
+VEC = FeatureView("v", (U,), (Feature("vec", DType.FLOAT32_VECTOR),))
+
+
+def vectors(values: list[Any], element: pa.DataType = pa.float64(), chunks: int = 1) -> pa.Table:
+    """A table of ``values`` for VEC, split into ``chunks`` chunks (materialization
+    batches and Parquet row groups arrive chunked)."""
+    n = len(values)
+    step = max(1, -(-n // chunks))
+    vec = pa.chunked_array(
+        [pa.array(values[i : i + step], pa.list_(element)) for i in range(0, n, step)], pa.list_(element)
+    )
+    return pa.table(
+        {
+            "user_id": pa.array(range(n), pa.int64()),
+            "vec": vec,
+            "event_timestamp": pa.array([1] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+@pytest.mark.parametrize("element", [pa.float64(), pa.float32(), pa.int64()])
+def test_a_null_vector_element_is_refused_naming_the_column_row_and_element(element: pa.DataType) -> None:
+    table = vectors([[1, 2], None, [], [3, 4, None]], element, chunks=2)
+    with pytest.raises(InvalidArgument) as e:
+        conform(VEC, table)
+    assert str(e.value) == "view 'v': column 'vec' row 3: element 2 is null"
+    assert e.value.details == [{"column": "vec", "row": 3, "element": 2, "reason": "null"}]
+
+
+@pytest.mark.parametrize("big", [1e39, -3.5e38])
+def test_a_finite_double_beyond_float32s_range_is_refused_not_stored_as_an_infinity(big: float) -> None:
+    table = vectors([[0.5], [1.0, 2.0, big]], chunks=2)
+    with pytest.raises(InvalidArgument) as e:
+        conform(VEC, table)
+    assert str(e.value) == f"view 'v': column 'vec' row 1: element 2 is {big!r}, outside the float32 range"
+    assert e.value.details[0]["reason"] == "range"
+
+
+def test_a_vector_column_of_valid_elements_is_kept_as_float32() -> None:
+    table = vectors([[F32_MAX, -F32_MAX, 0.1], None, []], chunks=2)
+    out = conform(VEC, table).column("vec")
+    assert out.type == pa.list_(pa.float32())
+    assert out.to_pylist() == [[F32_MAX, -F32_MAX, pytest.approx(0.1)], None, []]
+
+
+async def test_a_parquet_file_with_a_null_vector_element_is_refused_when_the_memory_store_loads_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.parquet"
+    pq.write_table(vectors([[1.0, None, 2.0], [3.0]]), path)
+    view = FeatureView("v", (U,), VEC.features, batch_source=BatchSource(path=str(path)))
+    with pytest.raises(InvalidArgument, match="column 'vec' row 0: element 1 is null"):
+        await MemorySource("default").prepare([view])
