@@ -8,6 +8,7 @@ column, before anything is written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -95,6 +96,8 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
             raise _type_error(view, name, col.type, target)
     if pa.types.is_list(target):
         _check_elements(view, name, col)
+    elif pa.types.is_float64(target):
+        out = _finite_or_null(out)
     if not field.nullable and out.null_count:
         raise InvalidArgument(
             f"view {view.name!r}: column {name!r} has null values",
@@ -107,9 +110,21 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def _finite_or_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A float64 column with NaN and infinities as null. Every encoder then serves the
+    same value: JSON cannot write NaN or an infinity (it wrote null where Arrow and gRPC
+    served the NaN), and a derived feature reads NaN as null already. One scan per
+    column written; serving scans nothing."""
+    finite = pc.is_finite(col)  # null stays null
+    if pc.all(finite).as_py() is not False:
+        return col
+    return pc.if_else(finite, col, pa.scalar(None, col.type))
+
+
 def _check_elements(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
-    """A vector's elements are numbers within float32's range: a null element has no
-    float32 form (gRPC's ``FloatVector`` cannot carry it), and the cast would turn a
+    """A vector's elements are finite numbers within float32's range. A null element has
+    no float32 form (gRPC's ``FloatVector`` cannot carry it); NaN and infinities have no
+    JSON form, and a vector is not made null for one element; the cast would turn a
     finite double beyond the range into an infinity without a word. Checked on the
     source values (in the cast ones it is already an infinity); raises naming the
     column, row and element, as a push does."""
@@ -118,8 +133,8 @@ def _check_elements(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
         if flat.null_count:
             _element_error(view, name, col, pc.is_null(flat))
         return
-    beyond = pc.and_(pc.is_finite(flat), pc.greater(pc.abs(flat), FLOAT32_MAX))
-    bad = pc.or_(pc.is_null(flat), pc.fill_null(beyond, False))
+    within = pc.less_equal(pc.abs(flat), FLOAT32_MAX)  # False for NaN and infinities, null for null
+    bad = pc.invert(pc.fill_null(within, False))
     if pc.any(bad).as_py():
         _element_error(view, name, col, bad)
 
@@ -130,12 +145,15 @@ def _element_error(view: FeatureView, name: str, col: pa.ChunkedArray, bad: pa.C
     row = parents[at].as_py()
     element = at - pc.index(parents, row).as_py()
     value = pc.list_flatten(col)[at].as_py()
-    why = "null" if value is None else f"{value!r}, outside the float32 range"
+    if value is None:
+        why, reason = "null", "null"
+    elif math.isfinite(value):
+        why, reason = f"{value!r}, outside the float32 range", "range"
+    else:
+        why, reason = f"{value!r}, not a finite number", "non-finite"
     raise InvalidArgument(
         f"view {view.name!r}: column {name!r} row {row}: element {element} is {why}",
-        details=[
-            {"column": name, "row": row, "element": element, "reason": "null" if value is None else "range"}
-        ],
+        details=[{"column": name, "row": row, "element": element, "reason": reason}],
     )
 
 

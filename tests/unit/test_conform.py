@@ -3,6 +3,7 @@ the errors that name the view, column, row (and element) of what it refuses."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,29 @@ def test_a_finite_double_beyond_float32s_range_is_refused_not_stored_as_an_infin
         conform(VEC, table)
     assert str(e.value) == f"view 'v': column 'vec' row 1: element 2 is {big!r}, outside the float32 range"
     assert e.value.details[0]["reason"] == "range"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_vector_element_that_is_not_a_finite_number_is_refused(bad: float) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        conform(VEC, vectors([[1.0], [2.0, bad]]))
+    assert str(e.value) == f"view 'v': column 'vec' row 1: element 1 is {bad!r}, not a finite number"
+    assert e.value.details[0]["reason"] == "non-finite"
+
+
+@pytest.mark.parametrize("source", [pa.float64(), pa.float32()])
+def test_nan_and_infinities_in_a_float64_column_are_stored_as_null(source: pa.DataType) -> None:
+    view = FeatureView("f", (U,), (Feature("x", DType.FLOAT64),))
+    values = [math.nan, 1.5, math.inf, None, -math.inf, -0.0]
+    table = pa.table(
+        {
+            "user_id": pa.array(range(6), pa.int64()),
+            "x": pa.chunked_array([pa.array(values[:3], source), pa.array(values[3:], source)]),
+            "event_timestamp": pa.array([1] * 6, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    out = conform(view, table).column("x")
+    assert out.type == pa.float64() and out.to_pylist() == [None, 1.5, None, None, None, -0.0]
 
 
 def test_a_vector_column_of_valid_elements_is_kept_as_float32() -> None:
