@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.errors import InvalidArgument
-from featurestore.model import KEY_SEPARATOR, DType, FeatureView
+from featurestore.model import INT64_MAX, KEY_SEPARATOR, DType, FeatureView
 from featurestore.sources.base import EntityKey
 
 EVENT_TIMESTAMP = "event_timestamp"
@@ -81,7 +81,10 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
     elif pa.types.is_dictionary(col.type):
         out = _cast(view, name, col.cast(col.type.value_type), field)
     elif pa.types.is_timestamp(target) and pa.types.is_timestamp(col.type):
-        out = col.cast(target)  # unit/zone change; naive timestamps are taken as UTC
+        try:
+            out = _to_micros(view, name, col).cast(target)  # zone change; naive is taken as UTC
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise _type_error(view, name, col.type, target) from e
     elif pa.types.is_list(target) and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
         try:
             out = col.cast(target, safe=True)
@@ -108,6 +111,35 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
 
 # The largest finite float32, as a double: a double beyond it is cast to infinity.
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _to_micros(view: FeatureView, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A timestamp column in microseconds, the model's precision (a naive one as it is).
+
+    Nanoseconds (pandas' and Spark's default) are floored to the microsecond they fall
+    in, deliberately: Arrow's safe cast would refuse any sub-µs part and its unsafe one
+    truncates toward 1970. Seconds and milliseconds multiply exactly, unless a value is
+    beyond what int64 microseconds hold (about ±292,000 years), which is refused naming
+    the row rather than wrapped around."""
+    unit = col.type.unit
+    if unit == "ns":
+        naive = col.cast(pa.int64()).cast(pa.timestamp("ns"))  # flooring in UTC, not in a zone
+        return pc.floor_temporal(naive, unit="microsecond").cast(pa.timestamp("us"))
+    if unit in ("s", "ms"):
+        limit = INT64_MAX // (1_000_000 // _PER_SECOND[unit])
+        raw = col.cast(pa.int64())
+        beyond = pc.or_(pc.greater(raw, limit), pc.less(raw, -limit))
+        if pc.any(beyond).as_py():
+            row = pc.index(beyond, True).as_py()
+            raise InvalidArgument(
+                f"view {view.name!r}: column {name!r} row {row}: {raw[row].as_py()} {unit} since 1970 is "
+                "beyond what timestamp[us] holds (about 292,000 years either side)",
+                details=[{"column": name, "row": row, "reason": "range"}],
+            )
+    return col.cast(pa.timestamp("us", tz=col.type.tz))
 
 
 def _finite_or_null(col: pa.ChunkedArray) -> pa.ChunkedArray:

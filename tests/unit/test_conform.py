@@ -15,6 +15,7 @@ import pytest
 from featurestore.errors import InvalidArgument
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
 from featurestore.rows import conform
+from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
@@ -95,3 +96,69 @@ async def test_a_parquet_file_with_a_null_vector_element_is_refused_when_the_mem
     view = FeatureView("v", (U,), VEC.features, batch_source=BatchSource(path=str(path)))
     with pytest.raises(InvalidArgument, match="column 'vec' row 0: element 1 is null"):
         await MemorySource("default").prepare([view])
+
+
+TS = FeatureView("t", (U,), (Feature("at", DType.TIMESTAMP),))
+
+
+def times(event: pa.Array, at: pa.Array | None = None) -> pa.Table:
+    n = len(event)
+    return pa.table(
+        {
+            "user_id": pa.array(range(n), pa.int64()),
+            "at": event if at is None else at,
+            "event_timestamp": event,
+        }
+    )
+
+
+@pytest.mark.parametrize("zone", [None, "UTC", "Europe/Berlin"])
+def test_nanosecond_times_are_floored_to_the_microsecond_they_fall_in(zone: str | None) -> None:
+    """pandas' and Spark's default unit: Arrow's safe cast refused any sub-µs part with
+    an error naming no column; its unsafe one truncates toward 1970."""
+    ns = [1_000_000_001, 1_999, -1, -1_000, -1_001, 0]
+    out = conform(TS, times(pa.array(ns, pa.timestamp("ns", tz=zone))))
+    want = [1_000_000, 1, -1, -1, -2, 0]
+    for name in ("at", "event_timestamp"):
+        assert out.column(name).type == pa.timestamp("us", tz="UTC")
+        assert out.column(name).cast(pa.int64()).to_pylist() == want
+
+
+@pytest.mark.parametrize(
+    ("unit", "ok", "beyond"),
+    [("s", 9_223_372_036_854, 9_223_372_036_855), ("ms", 9_223_372_036_854_775, 9_223_372_036_854_776)],
+)
+def test_seconds_and_milliseconds_beyond_microseconds_range_are_refused_naming_the_row(
+    unit: str, ok: int, beyond: int
+) -> None:
+    per_us = {"s": 1_000_000, "ms": 1_000}[unit]
+    fine = conform(TS, times(pa.array([ok, -ok, 1], pa.timestamp(unit))))
+    assert fine.column("at").cast(pa.int64()).to_pylist() == [ok * per_us, -ok * per_us, per_us]
+    for bad in (beyond, -beyond, -(2**63)):
+        event = pa.array([1, 1], pa.timestamp(unit))
+        with pytest.raises(InvalidArgument) as e:
+            conform(TS, times(event, pa.array([1, bad], pa.timestamp(unit))))
+        assert str(e.value).startswith(f"view 't': column 'at' row 1: {bad} {unit} since 1970 is beyond")
+        assert e.value.details == [{"column": "at", "row": 1, "reason": "range"}]
+
+
+async def test_the_memory_store_loads_nanosecond_parquet_and_keeps_the_later_of_two_rows_in_one_microsecond(
+    tmp_path: Path,
+) -> None:
+    """The row a materialization would load (offline.latest_mask orders by the ns)."""
+    path = tmp_path / "ns.parquet"
+    view = FeatureView("n", (U,), (Feature("tag", DType.STRING),), batch_source=BatchSource(path=str(path)))
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([1, 1], pa.int64()),
+                "tag": ["later", "earlier"],
+                "event_timestamp": pa.array([5_000_999, 5_000_001], pa.timestamp("ns")),
+            }
+        ),
+        path,
+    )
+    store = MemorySource("default")
+    await store.prepare([view])
+    [res] = await store.read([ViewQuery(view, [1], [0], 0)])
+    assert isinstance(res, ViewRead) and res.columns == [["later"]] and res.event_ts_us == [5_000]
