@@ -28,7 +28,7 @@ from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import DType, Status
 from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
-from featurestore.plan import JoinPlan, ServingState, ViewPlan
+from featurestore.plan import JoinPlan, ServingState, ViewPlan, entity_clash
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class JoinEngine:
         plan = state.plan(req.features, service, req.full_feature_names)
         entities = req.entities
         n = validate_entities(entities, plan.entities, state.definitions.entities, self.limits.max_rows)
+        if not plan.names.isdisjoint(entities):
+            raise entity_clash(plan, entities)
         derived = plan.derived
         request_cols = derived.check_request(req.request_data, n) if derived is not None else []
         if req.request_data:

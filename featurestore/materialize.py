@@ -50,7 +50,7 @@ from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource
 from featurestore.quality.profile import ProfileBuilder
 from featurestore.registry.base import Registry, Watermark
-from featurestore.rows import conform
+from featurestore.rows import EVENT_TIMESTAMP, conform
 from featurestore.sources.base import OnlineSource, ProfileStore, VersionedStore
 
 log = logging.getLogger(__name__)
@@ -243,11 +243,10 @@ class Materializer:
             columns, view.join_keys, ts_field, load.batch_rows, span
         ):
             rows_read += batch.num_rows
-            table = pa.Table.from_batches([batch])
-            batch_newest = _newest_us(table.column(ts_field))
+            rows = conform(view, pa.Table.from_batches([batch]), ts_field)
+            batch_newest = _newest_us(rows.column(EVENT_TIMESTAMP))
             if batch_newest is not None and (newest is None or batch_newest > newest):
                 newest = batch_newest
-            rows = conform(view, table, ts_field)
             written += await self.store.write(view, rows, target)
             if profile is not None:
                 profile.add(rows)
@@ -272,8 +271,8 @@ class _Load:
 
 
 def _newest_us(column: pa.ChunkedArray) -> int | None:
-    """The largest event time of a column, epoch µs (any timestamp unit)."""
-    if not pa.types.is_timestamp(column.type):
-        return None  # conform() names the problem
-    newest = pc.max(column.cast(pa.timestamp("us", tz=column.type.tz)))
-    return None if newest.value is None else int(newest.value)
+    """The largest event time of a conformed column (timestamp[us]), epoch µs: a finer
+    source unit is floored to the µs by conform, so a watermark never passes a row it
+    did not load (the next incremental run may read such a row again: an upsert)."""
+    newest = pc.max(column.cast(pa.int64()))
+    return None if newest.as_py() is None else int(newest.as_py())

@@ -7,7 +7,7 @@ steady stream of identical requests resolves nothing after the first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
@@ -47,6 +47,9 @@ class JoinPlan:
     refs: tuple[FeatureRef, ...]
     service: str | None
     derived: DerivedPlan | None = None  # the derived features asked for (docs/definitions.md)
+    # The output names, for the one per-request check a cached plan cannot make: that
+    # none equals an entity column the request carries (entity_clash).
+    names: frozenset[str] = frozenset()
 
 
 class _Reads:
@@ -136,6 +139,24 @@ def resolve(
         refs=tuple(refs),
         service=service or None,
         derived=derived_plan,
+        names=frozenset(names),
+    )
+
+
+def entity_clash(plan: JoinPlan, entities: Iterable[str]) -> InvalidArgument:
+    """The error for a request whose entity column has the name of an output column.
+
+    ``resolve`` refuses a feature named as an entity of the views the plan reads; the
+    request may carry other entity columns too (they are echoed first in the result), and
+    a plan is cached without them, so the join checks ``plan.names.isdisjoint(entities)``
+    on every request and raises this when they meet: two result columns of one name would
+    leave a client keeping one of them."""
+    name = min(plan.names.intersection(entities))
+    ref = next(r for o, r in zip(plan.outputs, plan.refs, strict=True) if o.name == name)
+    return InvalidArgument(
+        f"feature {ref} is named {name!r}, as the request's entity column {name!r}; "
+        "set full_feature_names, or leave the entity column out",
+        details=[{"feature": str(ref), "entity": name}],
     )
 
 

@@ -25,7 +25,7 @@ from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
-from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP
+from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP, FLOAT32_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,9 @@ def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *
             detail["element"] = j
             x = v[j]
             why = f"a list whose element {j} is {type(x).__name__} ({_show(x)})"
-            if _numeric_kind(DType.FLOAT64, x):
+            if type(x) is float and not math.isfinite(x):
+                why += ", not a finite number"
+            elif _numeric_kind(DType.FLOAT64, x):
                 why += ", outside the float32 range"
         raise InvalidArgument(
             f"push to {view!r}: column {name!r} takes {dtype.value}; row {i} is {why}", details=[detail]
@@ -185,7 +187,6 @@ def _is_int(v: Any) -> bool:
 
 
 _FLOAT64_MAX = sys.float_info.max
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_float(v: Any) -> bool:
@@ -194,10 +195,9 @@ def _is_float(v: Any) -> bool:
 
 def _is_float32(v: Any) -> bool:
     # A finite number beyond float32's range would be stored as infinity without a word;
-    # infinities and NaN given as such are kept.
-    if type(v) is float:
-        return not math.isfinite(v) or -_FLOAT32_MAX <= v <= _FLOAT32_MAX
-    return type(v) is int and -_FLOAT32_MAX <= v <= _FLOAT32_MAX
+    # NaN and infinities have no JSON form (docs/storage.md, "What a write stores"):
+    # NaN fails both comparisons.
+    return (type(v) is float or type(v) is int) and -FLOAT32_MAX <= v <= FLOAT32_MAX
 
 
 def _numeric_kind(dtype: DType, v: Any) -> bool:

@@ -8,15 +8,16 @@ column, before anything is written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.errors import InvalidArgument
-from featurestore.model import KEY_SEPARATOR, DType, FeatureView
+from featurestore.model import INT64_MAX, KEY_SEPARATOR, DType, FeatureView
 from featurestore.sources.base import EntityKey
 
 EVENT_TIMESTAMP = "event_timestamp"
@@ -80,7 +81,10 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
     elif pa.types.is_dictionary(col.type):
         out = _cast(view, name, col.cast(col.type.value_type), field)
     elif pa.types.is_timestamp(target) and pa.types.is_timestamp(col.type):
-        out = col.cast(target)  # unit/zone change; naive timestamps are taken as UTC
+        try:
+            out = _to_micros(view, name, col).cast(target)  # zone change; naive is taken as UTC
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise _type_error(view, name, col.type, target) from e
     elif pa.types.is_list(target) and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
         try:
             out = col.cast(target, safe=True)
@@ -93,12 +97,96 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
             raise _type_error(view, name, col.type, target) from e
         if not _lossless(col.type, target):
             raise _type_error(view, name, col.type, target)
+    if pa.types.is_list(target):
+        _check_elements(view, name, col)
+    elif pa.types.is_float64(target):
+        out = _finite_or_null(out)
     if not field.nullable and out.null_count:
         raise InvalidArgument(
             f"view {view.name!r}: column {name!r} has null values",
             details=[{"column": name, "reason": "null"}],
         )
     return out
+
+
+# The largest finite float32, as a double: a double beyond it is cast to infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _to_micros(view: FeatureView, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A timestamp column in microseconds, the model's precision (a naive one as it is).
+
+    Nanoseconds (pandas' and Spark's default) are floored to the microsecond they fall
+    in, deliberately: Arrow's safe cast would refuse any sub-µs part and its unsafe one
+    truncates toward 1970. Seconds and milliseconds multiply exactly, unless a value is
+    beyond what int64 microseconds hold (about ±292,000 years), which is refused naming
+    the row rather than wrapped around."""
+    unit = col.type.unit
+    if unit == "ns":
+        naive = col.cast(pa.int64()).cast(pa.timestamp("ns"))  # flooring in UTC, not in a zone
+        return pc.floor_temporal(naive, unit="microsecond").cast(pa.timestamp("us"))
+    if unit in ("s", "ms"):
+        limit = INT64_MAX // (1_000_000 // _PER_SECOND[unit])
+        raw = col.cast(pa.int64())
+        beyond = pc.or_(pc.greater(raw, limit), pc.less(raw, -limit))
+        if pc.any(beyond).as_py():
+            row = pc.index(beyond, True).as_py()
+            raise InvalidArgument(
+                f"view {view.name!r}: column {name!r} row {row}: {raw[row].as_py()} {unit} since 1970 is "
+                "beyond what timestamp[us] holds (about 292,000 years either side)",
+                details=[{"column": name, "row": row, "reason": "range"}],
+            )
+    return col.cast(pa.timestamp("us", tz=col.type.tz))
+
+
+def _finite_or_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A float64 column with NaN and infinities as null. Every encoder then serves the
+    same value: JSON cannot write NaN or an infinity (it wrote null where Arrow and gRPC
+    served the NaN), and a derived feature reads NaN as null already. One scan per
+    column written; serving scans nothing."""
+    finite = pc.is_finite(col)  # null stays null
+    if pc.all(finite).as_py() is not False:
+        return col
+    return pc.if_else(finite, col, pa.scalar(None, col.type))
+
+
+def _check_elements(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
+    """A vector's elements are finite numbers within float32's range. A null element has
+    no float32 form (gRPC's ``FloatVector`` cannot carry it); NaN and infinities have no
+    JSON form, and a vector is not made null for one element; the cast would turn a
+    finite double beyond the range into an infinity without a word. Checked on the
+    source values (in the cast ones it is already an infinity); raises naming the
+    column, row and element, as a push does."""
+    flat = pc.list_flatten(col)
+    if not pa.types.is_floating(flat.type):
+        if flat.null_count:
+            _element_error(view, name, col, pc.is_null(flat))
+        return
+    within = pc.less_equal(pc.abs(flat), FLOAT32_MAX)  # False for NaN and infinities, null for null
+    bad = pc.invert(pc.fill_null(within, False))
+    if pc.any(bad).as_py():
+        _element_error(view, name, col, bad)
+
+
+def _element_error(view: FeatureView, name: str, col: pa.ChunkedArray, bad: pa.ChunkedArray) -> NoReturn:
+    at = pc.index(bad, True).as_py()
+    parents = pc.list_parent_indices(col)
+    row = parents[at].as_py()
+    element = at - pc.index(parents, row).as_py()
+    value = pc.list_flatten(col)[at].as_py()
+    if value is None:
+        why, reason = "null", "null"
+    elif math.isfinite(value):
+        why, reason = f"{value!r}, outside the float32 range", "range"
+    else:
+        why, reason = f"{value!r}, not a finite number", "non-finite"
+    raise InvalidArgument(
+        f"view {view.name!r}: column {name!r} row {row}: element {element} is {why}",
+        details=[{"column": name, "row": row, "element": element, "reason": reason}],
+    )
 
 
 def _lossless(src: pa.DataType, dst: pa.DataType) -> bool:

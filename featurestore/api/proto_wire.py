@@ -111,15 +111,27 @@ def _bools(values: list[Any], nulls: bool) -> bytes:
     return _delimited(b"\x0a", bytes([1 if v else 0 for v in values])) if values else b""
 
 
+def _vectors(values: list[Any], nulls: bool) -> bytes:
+    try:
+        return pb.FloatVectorList(values=[pb.FloatVector(values=x or ()) for x in values]).SerializeToString()
+    except TypeError:
+        # A null element: a FloatVector cannot hold one. Writes refuse them (rows.conform),
+        # but a row stored before that rule, or written into the store by another tool,
+        # may have one: it is served as NaN (HTTP's JSON writes null for both), never an
+        # error for the whole join. Only the call that met one pays for the second pass.
+        return pb.FloatVectorList(
+            values=[pb.FloatVector(values=[_NAN if e is None else e for e in x] if x else ()) for x in values]
+        ).SerializeToString()
+
+
+_NAN = float("nan")
 _LIST: dict[DType, Callable[[list[Any], bool], bytes]] = {
     DType.INT64: _int64s,
     DType.FLOAT64: _float64s,
     DType.STRING: _strings,
     DType.BOOL: _bools,
     DType.TIMESTAMP: _int64s,
-    DType.FLOAT32_VECTOR: lambda v, _: pb.FloatVectorList(
-        values=[pb.FloatVector(values=x or ()) for x in v]
-    ).SerializeToString(),
+    DType.FLOAT32_VECTOR: _vectors,
 }
 
 

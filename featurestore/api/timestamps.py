@@ -50,8 +50,11 @@ def iso_list(values: Sequence[int | None]) -> list[str | None]:
 def _render(values: Sequence[int | None], misses: list[int], out: list[str | None]) -> None:
     if _NAT in (values[i] for i in misses):  # numpy's "not a time": render it the slow way
         for i in misses:
-            out[i] = _one(values[i])  # type: ignore[arg-type]
-        return
+            if values[i] == _NAT:
+                out[i] = _one(_NAT)
+        misses = [i for i in misses if values[i] != _NAT]  # the rest as always (4-digit years)
+        if not misses:
+            return
     us = np.fromiter((values[i] for i in misses), dtype=np.int64, count=len(misses))
     at = us.astype("datetime64[us]")
     fraction = us % _US_PER_S != 0  # numpy's % is floor-mod: -1 µs is .999999 of a second

@@ -250,13 +250,17 @@ def _load(
         table = pq.read_table(src.path, columns=wanted)
     except (OSError, pa.ArrowInvalid) as e:
         raise FailedPrecondition(f"view {view.name!r}: cannot read {src.path}: {e}") from e
+    source_ts = table.column(src.timestamp_field)
     table = conform(view, table, src.timestamp_field)
     index_key = (sig[0], src.path, src.timestamp_field, tuple((e.name, e.dtype) for e in view.entities))
     shared = indexes.get(index_key)
     if shared is None:
         ts_all = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
-        # Rows in event-time order: the index keeps the last (latest) row of every key.
-        order = np.argsort(ts_all, kind="stable")
+        # Rows in event-time order: the index keeps the last (latest) row of every key. A
+        # nanosecond source is ordered by its own times, which conform floored to the µs,
+        # so the row a materialization would load wins here too (offline.latest_mask).
+        fine = pa.types.is_timestamp(source_ts.type) and source_ts.type.unit == "ns"
+        order = np.argsort(source_ts.cast(pa.int64()).to_numpy() if fine else ts_all, kind="stable")
         shared = indexes[index_key] = (_KeyIndex(row_keys(table, view.join_keys), order), ts_all)
     index, ts_all = shared
     columns = [column_array(table.column(f.name), f.dtype) for f in view.features]

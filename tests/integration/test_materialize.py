@@ -19,6 +19,7 @@ from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, U
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource
+from featurestore.registry.base import Watermark
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
@@ -124,6 +125,32 @@ async def test_latest_row_per_key_wins_across_batches(
     assert r.rows_read == r.rows_written == 5  # 7 source rows, 5 keys
     res = await read(store, [5], 1)
     assert res.columns == [[300], ["newest"]] and res.event_ts_us == [TS0 + 9]
+
+
+async def test_nanosecond_event_times_load_floored_to_the_microsecond_and_the_later_one_wins(
+    setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    """pandas and Spark write timestamp[ns]: a sub-µs part used to fail the run with a
+    bare ArrowInvalid. Key 1's rows differ below a microsecond; the later one (first in
+    the file) wins, and its time is the microsecond it falls in, as is the watermark."""
+    registry, store = setup
+    ns0 = TS0 * 1000
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([1, 2, 1], pa.int64()),
+                "score": pa.array([11, 20, 10], pa.int64()),
+                "tag": pa.array(["later", "b", "earlier"]),
+                "event_timestamp": pa.array([ns0 + 1_999, ns0 + 5_000_001, ns0 + 1_001], pa.timestamp("ns")),
+            }
+        ),
+        tmp_path / "ns.parquet",
+    )
+    r = await Materializer(registry, store).run("scores", ParquetOfflineSource(str(tmp_path / "ns.parquet")))
+    assert (r.rows_read, r.rows_written, r.watermark_us) == (2, 2, TS0 + 5_000)
+    res = await read(store, [1, 2], 1)
+    assert res.columns == [[11, 20], ["later", "b"]] and res.event_ts_us == [TS0 + 1, TS0 + 5_000]
+    assert await registry.watermark("scores") == Watermark(1, TS0 + 5_000)
 
 
 class FailingSource(ParquetOfflineSource):

@@ -33,6 +33,7 @@ from featurestore.join import JoinEngine, JoinRequest, JoinResult, Limits
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
 from featurestore.push import PushRequest, PushService, to_table
+from featurestore.rows import conform
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 from featurestore.v1 import featurestore_pb2 as pb
@@ -301,9 +302,17 @@ def test_push_refuses_what_float32_cannot_hold() -> None:
     assert info.value.details[0] | {"column": "e", "row": 1, "element": 1} == info.value.details[0]
     with pytest.raises(InvalidArgument, match="outside the float64 range"):
         to_table(NUMS, {"user_id": [1], "f": [10**400], "e": [[1.0]]}, 100, {"user_id": U})
-    # infinities given as such are representable and kept
-    t = to_table(NUMS, {"user_id": [1], "f": [float("inf")], "e": [[float("-inf")]]}, 100, {"user_id": U})
-    assert t.column("e").to_pylist() == [[float("-inf")]]
+    # NaN and infinities have no JSON form (docs/storage.md, "What a write stores"): in a
+    # vector they are refused, naming the element; a float64 one is stored as null
+    for bad in (float("-inf"), float("nan")):
+        with pytest.raises(
+            InvalidArgument, match=r"row 0 is a list whose element 1 is float .*, not a finite number"
+        ):
+            to_table(NUMS, {"user_id": [1], "f": [1.0], "e": [[1.0, bad]]}, 100, {"user_id": U})
+    t = to_table(
+        NUMS, {"user_id": [1, 2], "f": [float("inf"), float("nan")], "e": [[1.0]] * 2}, 100, {"user_id": U}
+    )
+    assert conform(NUMS, t).column("f").to_pylist() == [None, None]
 
 
 # -- tracing --------------------------------------------------------------------------

@@ -193,6 +193,8 @@ async def test_the_event_timestamp_is_the_oldest_input_timestamp(setup: Any) -> 
         None,
     ]
     assert columns(result)["only_a"].outcome.event_ts_us == [NOW_US - 10, NOW_US - 2 * HOUR_US, None, None]
+    # docs/api.md: a derived value that is not PRESENT keeps the timestamp of the rows found
+    assert columns(result)["a_and_b"].outcome.statuses[2:] == [Status.NOT_FOUND, Status.NOT_FOUND]
 
 
 async def test_request_fields_count_as_present_and_have_no_event_timestamp(setup: Any) -> None:

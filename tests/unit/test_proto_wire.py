@@ -126,3 +126,20 @@ def test_a_response_decodes_to_the_values_the_join_served() -> None:
                     strict=True,
                 )
             ]
+
+
+def test_a_stored_null_vector_element_is_written_as_nan_and_never_fails_the_response() -> None:
+    """Writes refuse null elements (rows.conform), but a row stored before that, or by
+    another tool, may hold one: a FloatVector cannot, so it is served as NaN."""
+    out = ViewOutcome("v", [Status.PRESENT] * 3, [1, 1, 1], True)
+    vectors = [[1.0, None], None, [None, 2.5, None]]
+    columns = [
+        ResultColumn("user_id", DType.INT64, [1, 2, 3], None),
+        ResultColumn("vec", DType.FLOAT32_VECTOR, vectors, out),
+    ]
+    plan: Any = None
+    result = JoinResult(columns, 1, False, 3, plan)
+    msg = pb.JoinResponse.FromString(proto_codec.encode_join(result, "t"))
+    got = proto_codec.column_values(msg.results[1])
+    assert got[1] is None and got[0][0] == 1.0 and got[2][1] == 2.5
+    assert [math.isnan(x) for x in (got[0][1], got[2][0], got[2][2])] == [True] * 3

@@ -71,3 +71,17 @@ def test_the_smallest_int64_is_an_instant_not_numpys_not_a_time() -> None:
     smallest = -(2**63)
     assert iso_list([smallest, 0]) == [reference(smallest), "1970-01-01T00:00:00Z"]
     assert "NaT" not in iso_utc(smallest)
+
+
+def test_the_smallest_int64_beside_other_values_leaves_their_rendering_alone() -> None:
+    """Only the smallest int64 takes strftime's path: a year below 1000 beside it keeps
+    its four digits, as it has alone."""
+    smallest, early = -(2**63), -58_000_000_000_000_000
+    assert iso_list([smallest, early, None, 1]) == [
+        reference(smallest),
+        "0132-01-20T16:53:20Z",
+        None,
+        reference(1),
+    ]
+    timestamps._cache.clear()
+    assert iso_list([early, smallest]) == [*iso_list([early]), reference(smallest)]
