@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,9 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
     with _lock:
         kernel = _loaded.get(spec.module)
         if kernel is not None:
-            return kernel
+            # The machine code is shared; the spec (where each input row comes from, the
+            # output rows' names) is this snapshot's: never another snapshot's.
+            return kernel if kernel.spec == spec else replace(kernel, spec=spec)
         module_spec = importlib.util.spec_from_file_location(f"featurestore_derived_{spec.module}", path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)

@@ -1,0 +1,137 @@
+"""The kernel cache across registry swaps, restarts and workers: a swapped-in snapshot
+computes with its own definitions, whatever this process or the cache directory holds
+from an earlier one. Kernels are built by the real build process into a temporary
+cache and run by the join engine over the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from featurestore.definitions.parser import parse_definitions
+from featurestore.definitions.snapshot import new_snapshot
+from featurestore.derived import compiler
+from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.model import Definitions
+from featurestore.plan import ServingState
+from featurestore.rows import view_schema
+from featurestore.sources.memory import MemorySource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def doc(
+    inputs: Any,
+    expression: str,
+    request: tuple[str, ...] = (),
+    function: str = "",
+    args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    feature: dict[str, Any] = {"name": "s", "dtype": "float64"}
+    feature.update({"function": function, "args": list(args)} if function else {"expression": expression})
+    return {
+        "project": "p",
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "feature_views": [
+            {
+                "name": "u",
+                "entities": ["user_id"],
+                "features": [
+                    {"name": "x", "dtype": "float64"},
+                    {"name": "y", "dtype": "float64"},
+                    {"name": "country", "dtype": "string"},
+                ],
+            }
+        ],
+        "derived_views": [
+            {
+                "name": "d",
+                "inputs": inputs,
+                "request_schema": [{"name": r, "dtype": "float64"} for r in request],
+                "features": [feature],
+            }
+        ],
+    }
+
+
+ROW = {"user_id": [1], "x": [10.0], "y": [3.0], "country": ["DE"]}
+
+
+async def engine_over(defs: Definitions, kernels: dict[str, compiler.Kernel]) -> JoinEngine:
+    mem = MemorySource("default")
+    view = defs.views["u"]
+    await mem.prepare([view])
+    schema = view_schema(view)
+    data = {**ROW, "event_timestamp": [int(time.time() * 1e6)]}
+    await mem.write(
+        view, pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema), 0
+    )
+    return JoinEngine({"default": mem}, ServingState(new_snapshot(defs, 1), kernels=kernels), Limits())
+
+
+async def served(engine: JoinEngine, request_data: dict[str, list[Any]] | None = None) -> Any:
+    result = await engine.join(
+        JoinRequest({"user_id": [1]}, ("d:s",), request_data=request_data), time.monotonic() + 10
+    )
+    return result.columns[1].values[0]
+
+
+SWAPS = {  # before -> after, with x = 10, y = 3, country = 'DE', price = item_price = 5
+    "operands swapped": (doc(["u:x", "u:y"], "x - y"), doc(["u:x", "u:y"], "y - x"), 7.0, -7.0),
+    "input renamed": (doc({"a": "u:x"}, "a * 2"), doc({"b": "u:y"}, "b * 2"), 20.0, 6.0),
+    "request field renamed": (
+        doc(["u:x"], "x * price", ("price",)),
+        doc(["u:x"], "x * item_price", ("item_price",)),
+        50.0,
+        10.0 * 7.0,
+    ),
+    "string constant changed": (
+        doc(["u:country"], "where(country == 'DE', 1, 0)"),
+        doc(["u:country"], "where(country == 'FR', 1, 0)"),
+        1.0,
+        0.0,
+    ),
+    "== became !=": (
+        doc(["u:country"], "where(country == 'DE', 1, 0)"),
+        doc(["u:country"], "where(country != 'DE', 1, 0)"),
+        1.0,
+        0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SWAPS))
+async def test_a_swapped_in_kernel_reads_its_own_inputs_not_those_of_the_snapshot_before(
+    case: str, tmp_path: Path
+) -> None:
+    """What Runtime.apply_registry_change does, in one process: build and load the new
+    snapshot's kernels, then swap. Views whose kernels differ only in what feeds each
+    input row must not share one kernel (nor its input rows)."""
+    before, after, old_value, new_value = SWAPS[case]
+    request = {"price": [5.0], "item_price": [7.0]}
+    d1 = parse_definitions(before, source="v1.yaml")
+    engine = await engine_over(d1, await compiler.kernels_for(d1, tmp_path))
+    assert await served(engine, request) == old_value
+    d2 = parse_definitions(after, source="v2.yaml")
+    kernels = await compiler.kernels_for(d2, tmp_path)
+    engine.swap(engine.state.successor(new_snapshot(d2, 2), {}, {}, kernels))
+    assert await served(engine, request) == new_value
+
+
+def test_a_kernel_loaded_for_another_spec_is_returned_with_the_spec_asked_for(tmp_path: Path) -> None:
+    """Two snapshots generating one module share its machine code, never its spec."""
+    from dataclasses import replace
+
+    d1 = parse_definitions(doc(["u:x", "u:y"], "x - y"), source="v1.yaml")
+    (spec,) = compiler.specs_of(d1)
+    (path,) = asyncio.run(compiler.build([spec], tmp_path))
+    first = compiler.load(spec, path)
+    renamed = replace(spec, features=("t",))
+    second = compiler.load(renamed, path)
+    assert first.spec == spec and second.spec == renamed
+    assert second.run is first.run
