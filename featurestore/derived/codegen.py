@@ -16,7 +16,12 @@ The source is generated from the validated IR only (never from user text), writt
 the cache directory under a name derived from its hash (``compiler``) and compiled by
 numba with ``cache=True``, so a restart loads machine code instead of compiling. A
 comment in it names what feeds each input row (names, string comparisons), so two views
-whose loops differ only there never share a module name.
+whose loops differ only there never share a module name. Another comment fingerprints
+what the machine code depends on outside this file (``_fingerprints``): numba, ``ops``
+and each trusted function's whole top-level package. A trusted function is jitted
+without numba's own cache: the kernel's cache holds its machine code, and a second cache
+next to the deployed code, keyed by that one file, would keep serving a helper the
+function calls from another module after the helper changed.
 """
 
 from __future__ import annotations
@@ -205,7 +210,7 @@ class _Writer:
             "",
             "",
             "def _jitted(fn):",
-            "    return fn if is_jitted(fn) else numba.njit(cache=True, error_model='numpy')(fn)",
+            "    return fn if is_jitted(fn) else numba.njit(error_model='numpy')(fn)",
             "",
             "",
             *self.consts,
@@ -257,13 +262,15 @@ def _rows_comment(inputs: tuple[KernelInput, ...]) -> str:
 
 def _fingerprints(functions: list[str]) -> str:
     """Versions the cached machine code depends on besides this source: numba, the
-    operators module and trusted functions' modules (numba's cache checks only the
-    kernel's own file)."""
+    operators module and the source of every trusted function's top-level package
+    (numba's cache checks only the kernel's own file; a trusted function's helpers may
+    live in other modules of its package, or be re-exported from them)."""
     parts = [
         f"numba {importlib.metadata.version('numba')}",
         f"ops {_module_hash('featurestore.derived.ops')}",
     ]
-    parts += [f"{m} {_module_hash(m)}" for m in functions]
+    packages = sorted({m.partition(".")[0] for m in functions})
+    parts += [f"{p} {_package_hash(p)}" for p in packages]
     return "; ".join(parts)
 
 
@@ -273,6 +280,28 @@ def _module_hash(module: str) -> str:
         spec = importlib.util.find_spec(module)
         origin = spec.origin if spec is not None else None
         return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16] if origin else "unknown"
+    except (ImportError, ValueError, OSError):
+        return "unknown"
+
+
+def _package_hash(package: str) -> str:
+    """The hash of a top-level package's ``.py`` files (paths relative to the package,
+    and contents), or of a top-level module's file; found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            return "unknown"
+        roots = [Path(r) for r in spec.submodule_search_locations or ()]
+        if not roots:
+            return _module_hash(package)
+        digest = hashlib.sha256()
+        for i, root in enumerate(roots):
+            for path in sorted(root.rglob("*.py")):
+                name = f"{i}/{path.relative_to(root).as_posix()}"
+                digest.update(f"{len(name)}:{name}".encode())
+                content = path.read_bytes()
+                digest.update(f"{len(content)}:".encode() + content)
+        return digest.hexdigest()[:16]
     except (ImportError, ValueError, OSError):
         return "unknown"
 

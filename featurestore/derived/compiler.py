@@ -208,7 +208,7 @@ async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
     (numba is not even imported then)."""
     if not defs.derived_views:
         return {}
-    specs = specs_of(defs)
+    specs = await asyncio.to_thread(specs_of, defs)  # hashes trusted functions' packages
     paths = await build(specs, cache_dir)
     pairs = list(zip(specs, paths, strict=True))
 

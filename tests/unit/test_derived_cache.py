@@ -135,3 +135,47 @@ def test_a_kernel_loaded_for_another_spec_is_returned_with_the_spec_asked_for(tm
     second = compiler.load(renamed, path)
     assert first.spec == spec and second.spec == renamed
     assert second.run is first.run
+
+
+RUN_TRUSTED = """
+import asyncio, sys
+from pathlib import Path
+import numpy as np
+from featurestore.definitions.parser import parse_definitions
+from featurestore.derived import compiler
+from tests.unit.test_derived_cache import doc
+raw = doc(["u:x"], "", function="trusted_pkg_stale.kernels:risk", args=("x",))
+kernel = asyncio.run(compiler.kernels_for(parse_definitions(raw, source="f.yaml"), Path(sys.argv[1])))["d"]
+print(kernel.run(np.full((1, 1), 2.0))[0, 0])
+"""
+
+
+def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The trusted function's module is unchanged; the helper it calls, in another module
+    of its package, changes. A restarted server (a fresh process, same cache) computes
+    with the new helper, and no numba cache is written next to the deployed code."""
+    import os
+    import subprocess
+    import sys
+
+    package = tmp_path / "code" / "trusted_pkg_stale"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text(
+        "from trusted_pkg_stale.util import helper\n\n\ndef risk(a):\n    return helper(a) + 1.0\n"
+    )
+    helper = "import numba\n\n\n@numba.njit\ndef helper(a):\n    return a * {}\n"
+    (package / "util.py").write_text(helper.format("1000.0"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), *sys.path])}
+
+    def restart() -> float:
+        command = [sys.executable, "-c", RUN_TRUSTED, str(tmp_path / "cache")]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert restart() == 2001.0
+    (package / "util.py").write_text(helper.format("20000.0"))  # another size: no stale .pyc
+    assert restart() == 40001.0
+    assert list(package.rglob("*.nb[ic]")) == [], "numba cached the trusted function beside its code"
