@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
+
+log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_SECONDS = 300.0
 
@@ -205,20 +208,60 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
 
 async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
     """Every derived view's kernel, built off the event loop; {} without derived views
-    (numba is not even imported then)."""
+    (numba is not even imported then). A built kernel that does not load (a cache file
+    truncated or corrupted on disk) is forgotten, built again and loaded once more."""
     if not defs.derived_views:
         return {}
     specs = await asyncio.to_thread(specs_of, defs)  # hashes trusted functions' packages
     paths = await build(specs, cache_dir)
     pairs = list(zip(specs, paths, strict=True))
+    kernels = await asyncio.to_thread(_load_all, pairs, False)
+    broken = [pair for pair, kernel in zip(pairs, kernels, strict=True) if kernel is None]
+    if broken:
+        await build([s for s, _ in broken], cache_dir)
+        again = iter(await asyncio.to_thread(_load_all, broken, True))
+        kernels = [k if k is not None else next(again) for k in kernels]
+    return {k.spec.view: k for k in kernels if k is not None}
 
-    def load_all() -> list[Kernel]:
-        kernels = [load(s, p) for s, p in pairs]
-        release_llvm_pages()
-        return kernels
 
-    kernels = await asyncio.to_thread(load_all)
-    return {k.spec.view: k for k in kernels}
+def _load_all(pairs: list[tuple[KernelSpec, Path]], last_try: bool) -> list[Kernel | None]:
+    kernels = [_load_or_forget(s, p, last_try) for s, p in pairs]
+    release_llvm_pages()
+    return kernels
+
+
+def _load_or_forget(spec: KernelSpec, path: Path, last_try: bool) -> Kernel | None:
+    try:
+        return load(spec, path)
+    except Exception as e:
+        if last_try:
+            raise DefinitionError(
+                f"derived_views[{spec.view}]: the kernel was built again but does not load: {e!r:.500}"
+            ) from e
+        log.warning(
+            "derived_views[%s]: the built kernel %s does not load (%r): building it again",
+            spec.view,
+            path.name,
+            e,
+        )
+        forget(spec, path)
+        return None
+
+
+def forget(spec: KernelSpec, path: Path) -> None:
+    """Drop a built module's marker and numba's cache files for it (next to the module,
+    or under NUMBA_CACHE_DIR), so the next ``build`` compiles it again. Module names
+    hold their source's hash: no other module's files match."""
+    with contextlib.suppress(OSError):
+        marker_path(path).unlink()
+    where = [path.parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        where.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    for directory in where:
+        for file in directory.rglob(f"{spec.module}.*"):
+            if file.suffix in (".nbi", ".nbc"):
+                with contextlib.suppress(OSError):
+                    file.unlink()
 
 
 def check_definitions(defs: Definitions, directory: Path | None = None) -> None:

@@ -179,3 +179,42 @@ def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after
     (package / "util.py").write_text(helper.format("20000.0"))  # another size: no stale .pyc
     assert restart() == 40001.0
     assert list(package.rglob("*.nb[ic]")) == [], "numba cached the trusted function beside its code"
+
+
+RUN_VIEW = """
+import asyncio, sys
+from pathlib import Path
+import numpy as np
+from featurestore.definitions.parser import parse_definitions
+from featurestore.derived import compiler
+from tests.unit.test_derived_cache import doc
+defs = parse_definitions(doc(["u:x", "u:y"], sys.argv[2]), source="f.yaml")
+kernel = asyncio.run(compiler.kernels_for(defs, Path(sys.argv[1])))["d"]
+print(kernel.from_cache, kernel.run(np.array([[10.0], [3.0]]))[0, 0])
+"""
+
+
+@pytest.mark.parametrize("numba_cache_dir", [False, True])
+def test_a_truncated_cache_file_is_built_again_and_the_kernel_serves(
+    numba_cache_dir: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate/apply only check the build marker: a cache file cut short on disk (a full
+    disk, a crash while copying the cache) must not break every later swap and restart.
+    A restarted server (a fresh process: numba reads NUMBA_CACHE_DIR when imported)
+    builds it again in the build process and loads it from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    if numba_cache_dir:
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    expression = "x * 31 - y"
+    defs = parse_definitions(doc(["u:x", "u:y"], expression), source="f.yaml")
+    compiler.check_definitions(defs, tmp_path / "cache")
+    (data,) = (tmp_path / ("numba" if numba_cache_dir else "cache")).rglob("dv_d_*.nbc")
+    data.write_bytes(data.read_bytes()[:100])
+    command = [sys.executable, "-c", RUN_VIEW, str(tmp_path / "cache"), expression]
+    for _ in range(2):  # the second start finds the cache repaired
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["True", "307.0"]
