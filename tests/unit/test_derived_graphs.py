@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from featurestore.dag import find_cycle, post_order
+from featurestore.definitions.diff import diff
 from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
@@ -118,6 +119,18 @@ def test_feature_versions_of_a_fibonacci_shaped_view_decide_each_feature_once() 
     doc["derived_views"][0]["features"][100]["expression"] = "f99 - f98"
     s2 = new_snapshot(parse_definitions(doc, source="c.yaml"), 2, previous=s1)
     assert s2.feature_versions == {"t:x": 1, **{f"d:f{i}": 1 if i < 100 else 2 for i in range(n)}}
+
+
+def test_diff_of_a_reversed_chain_deeper_than_the_recursion_limit_finds_a_new_request_need() -> None:
+    """Each feature's request fields are collected after those of what it reads; the
+    reversed chain starts the walk at the deep end (it raised RecursionError)."""
+    doc = chain(DEEP, reverse=True)
+    doc["derived_views"][0]["request_schema"] = [{"name": "price", "dtype": "float64"}]
+    old = parse_definitions(doc, source="c.yaml")
+    doc["derived_views"][0]["features"][-1]["expression"] = "x + price"
+    (change,) = diff(old, parse_definitions(doc, source="c.yaml"))
+    why = "now needs request_data.price (callers that do not send it get 400s)"
+    assert change.incompatible == tuple(f"feature f{i} {why}" for i in range(DEEP))
 
 
 def test_validate_of_a_reversed_chain_prints_a_clean_result(
