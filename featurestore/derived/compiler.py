@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from featurestore import metrics
+from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
@@ -135,37 +136,49 @@ def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionErr
 
 
 async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
-    """Write and compile (in a child process) whatever is not in the cache yet."""
+    """Write and compile (in a child process) whatever is not in the cache yet, one
+    process at a time per cache directory (``buildlock``)."""
     paths = {write_module(s, cache_dir): s for s in specs}
-    todo = [p for p in paths if not is_built(p)]
-    if todo:
-        t0 = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *build_command(todo),
-            env=_build_env(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-        except BaseException as e:
-            proc.kill()
-            await proc.wait()
-            if isinstance(e, TimeoutError):
-                raise _timed_out(paths, todo) from None
-            raise
-        if proc.returncode != 0:
-            _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
-        metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
-        metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
+    if all(map(is_built, paths)):
+        return list(paths)
+    async with buildlock.held(cache_dir, BUILD_TIMEOUT_SECONDS):
+        todo = [p for p in paths if not is_built(p)]  # another process may have built them
+        if todo:
+            await _run_build(paths, todo)
     return list(paths)
+
+
+async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *build_command(todo),
+        env=_build_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
+    except BaseException as e:
+        proc.kill()
+        await proc.wait()
+        if isinstance(e, TimeoutError):
+            raise _timed_out(paths, todo) from None
+        raise
+    if proc.returncode != 0:
+        _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
+    metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
+    metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
 
 
 def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
     """``build`` for the CLI (validate, apply): refuse definitions whose kernels fail."""
     paths = {write_module(s, cache_dir): s for s in specs}
-    todo = [p for p in paths if not is_built(p)]
-    if todo:
+    if all(map(is_built, paths)):
+        return
+    with buildlock.held_sync(cache_dir, BUILD_TIMEOUT_SECONDS):
+        todo = [p for p in paths if not is_built(p)]
+        if not todo:
+            return
         try:
             proc = subprocess.run(
                 build_command(todo),

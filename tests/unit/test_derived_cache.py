@@ -218,3 +218,61 @@ def test_a_truncated_cache_file_is_built_again_and_the_kernel_serves(
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split() == ["True", "307.0"]
+
+
+RUN_COUNTING_BUILDS = """
+import asyncio, sys
+from pathlib import Path
+from featurestore.definitions.parser import parse_definitions
+from featurestore.derived import compiler
+from tests.unit.test_derived_cache import doc
+real = compiler.build_command
+def counted(paths):
+    print("build process started", flush=True)
+    return real(paths)
+compiler.build_command = counted
+defs = parse_definitions(doc(["u:x", "u:y"], sys.argv[2]), source="f.yaml")
+kernel = asyncio.run(compiler.kernels_for(defs, Path(sys.argv[1])))["d"]
+print("loaded from cache" if kernel.from_cache else "compiled in process", flush=True)
+"""
+
+
+def test_a_worker_finding_another_building_the_same_kernels_waits_and_builds_nothing(
+    tmp_path: Path,
+) -> None:
+    """This test holds the cache's build lock, as a worker building would; a second
+    worker swapping to the same snapshot writes its module and waits; the first one's
+    build (the build process, run here) finishes and the lock is released: the second
+    finds the kernel built and loads it, starting no build of its own."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from featurestore.derived import buildlock
+    from tests.support import wait_until
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    expression = "x * 41 - y"
+    (spec,) = compiler.specs_of(parse_definitions(doc(["u:x", "u:y"], expression), source="f.yaml"))
+    module = cache / f"{spec.module}.py"
+    with open(cache / buildlock.LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = subprocess.Popen(
+            [sys.executable, "-c", RUN_COUNTING_BUILDS, str(cache), expression],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(module.exists, 60, "the second worker to write its module")
+            subprocess.run(compiler.build_command([module]), check=True, env=dict(os.environ), cwd=ROOT)
+        except BaseException:
+            worker.kill()
+            raise
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err[-2000:]
+    assert out.splitlines() == ["loaded from cache"]
