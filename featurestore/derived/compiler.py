@@ -96,10 +96,11 @@ def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
 
 
 def is_built(path: Path) -> bool:
-    """Built by ``build`` for this interpreter, numba and NUMBA_CACHE_DIR (its marker;
-    numba's own index may live under NUMBA_CACHE_DIR, named after this directory)."""
+    """Built by ``build`` for this interpreter, numba, NUMBA_CACHE_DIR and CPU (a line
+    of its marker; numba's own index may live under NUMBA_CACHE_DIR, named after this
+    directory)."""
     try:
-        return marker_path(path).read_text(encoding="utf-8") == marker()
+        return marker() in marker_path(path).read_text(encoding="utf-8").splitlines(keepends=True)
     except OSError:
         return False
 

@@ -276,3 +276,25 @@ def test_a_worker_finding_another_building_the_same_kernels_waits_and_builds_not
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 0, err[-2000:]
     assert out.splitlines() == ["loaded from cache"]
+
+
+def test_a_cache_built_for_another_cpu_is_built_again_in_the_build_process_not_while_serving(
+    tmp_path: Path,
+) -> None:
+    """A cache directory shared by hosts of two CPU types (NUMBA_CPU_NAME=generic stands
+    for the other one): each host's restart loads machine code built by a build process
+    for its CPU, never compiles in the serving process; both stay built."""
+    import os
+    import subprocess
+    import sys
+
+    host = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    host["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")  # numba's caches of ops too: not in the source tree
+    generic = {**host, "NUMBA_CPU_NAME": "generic"}
+    command = [sys.executable, "-c", RUN_VIEW, str(tmp_path / "cache"), "x * 51 - y"]
+    for env in (generic, host, generic, host):
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["True", "507.0"], env.get("NUMBA_CPU_NAME", "host")
+    (marker,) = (tmp_path / "cache").glob("dv_d_*.built")
+    assert len(marker.read_text().splitlines()) == 2
