@@ -3,11 +3,15 @@ in a separate process, loaded here from numba's on-disk cache.
 
 Compiling holds the GIL for the whole numba pipeline (~0.4 s for the demo view, more
 for big expressions), which would stall every request of a serving process. So a
-registry swap writes the generated modules (named by their hash, never rewritten:
-numba's cache is keyed by the file's mtime), runs ``python -m featurestore.derived.build``
-on those not compiled yet, and only then loads them in a worker thread, from the cache:
-machine code, no compile. A restart, or a second worker, finds the cache filled. The
-swap happens after the load, so no request ever waits for a compile.
+registry swap writes the generated modules (named by the hash of their source, which
+names everything the machine code depends on; written once, never rewritten: numba's
+index checks the file's source stamp, a hash of its contents in numba 0.68, its mtime
+and size in older versions), runs ``python -m featurestore.derived.build`` on those not
+built yet for this interpreter, numba, cache location and CPU (one process at a time
+per cache directory: ``buildlock``), and only then loads them in a worker thread, from
+the cache: machine code, no compile. A restart, or a second worker, finds the cache
+filled; a module whose cache files do not load is forgotten and built again. The swap
+happens after the load, so no request ever waits for a compile.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ def specs_of(defs: Definitions) -> list[KernelSpec]:
 
 
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
-    """The module file, created once: a rewrite would change its mtime and make numba
-    distrust the cache (two workers may race here; the first one's file stays)."""
+    """The module file, created once: its name is its source's hash, so a rewrite could
+    only change its stamp (its mtime, which numba before 0.68 checked) and cost a
+    rebuild (two workers may race here; the first one's file stays)."""
     path = cache_dir / f"{spec.module}.py"
     if path.exists():
         return path
