@@ -235,6 +235,9 @@ def cmd_registry_diff(args: argparse.Namespace, _argv: list[str]) -> int:
 def cmd_registry_rollback(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.definitions.diff import render
 
+    # An old version's kernels may no longer build (a trusted function since removed
+    # from the deployment): refuse it here, as apply would, before any server sees it.
+    _compile_derived(args, _admin(args, lambda a: a.registry.get(args.version)).definitions)
     result = _admin(args, lambda a: a.rollback(args.version, force=args.force))
     if result.snapshot is not None:
         _definitions_to_lineage_graph(args, result.snapshot)

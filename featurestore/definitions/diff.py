@@ -3,8 +3,9 @@
 Incompatible changes would make stored rows or callers' keys mean something else:
 a feature's dtype, a view's entity keys, an entity's key dtype, or the order of a
 view's existing features (Redis rows are positional); or would make callers' joins
-fail: a derived feature's dtype, a request field a derived feature newly needs (directly
-or through what it reads), a request field's dtype that accepts less. They are refused
+fail: a derived feature's dtype, a request field a derived feature or a feature service
+newly needs (directly or through what it reads), a request field's dtype that accepts
+less. They are refused
 by ``apply`` unless forced. Adding or removing features of a view is allowed but flagged: rows
 written for the old schema are served UNAVAILABLE until the view is re-materialized.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from featurestore.dag import post_order
 from featurestore.model import (
     REQUEST_PREFIX,
     Definitions,
@@ -48,10 +50,13 @@ def diff(old: Definitions | None, new: Definitions) -> list[Change]:
     out: list[Change] = []
     out += _objects("entity", before.entities, new.entities, _entity)
     out += _objects("feature_view", before.views, new.views, _view)
+    needs = _request_needs(before), _request_needs(new)
     out += _new_request_needs(
-        before, new, _objects("derived_view", before.derived_views, new.derived_views, _derived)
+        needs, _objects("derived_view", before.derived_views, new.derived_views, _derived)
     )
-    out += _objects("feature_service", before.services, new.services, _service)
+    out += _new_service_needs(
+        before, new, needs, _objects("feature_service", before.services, new.services, _service)
+    )
     return out
 
 
@@ -188,11 +193,14 @@ def _derived(a: DerivedView, b: DerivedView) -> Change:
 _WIDER = {(DType.INT64, DType.FLOAT64)}  # a float64 request field takes integers too
 
 
-def _new_request_needs(old: Definitions, new: Definitions, changes: list[Change]) -> list[Change]:
+Needs = dict[str, frozenset[str]]  # derived feature id -> its request fields, transitively
+
+
+def _new_request_needs(needs: tuple[Needs, Needs], changes: list[Change]) -> list[Change]:
     """A derived feature that now needs a request field it did not (directly or through
     what it reads) would answer 400 to callers that do not send it: incompatible, on
     the view of the feature (a view that did not change itself gets a change for it)."""
-    before, after = _request_needs(old), _request_needs(new)
+    before, after = needs
     why: dict[str, list[str]] = {}
     for fid, fields in after.items():
         added = sorted(fields - before[fid]) if fid in before else []
@@ -202,30 +210,55 @@ def _new_request_needs(old: Definitions, new: Definitions, changes: list[Change]
             why.setdefault(view, []).append(
                 f"feature {feature} now needs {need} (callers that do not send it get 400s)"
             )
+    return _with_reasons("derived_view", changes, why)
+
+
+def _new_service_needs(
+    old: Definitions, new: Definitions, needs: tuple[Needs, Needs], changes: list[Change]
+) -> list[Change]:
+    """A feature service that now needs a request field it did not, through a feature it
+    gained (a derived view it lists whole gains one too) or one whose needs grew: its
+    callers that do not send the field would get 400s. Incompatible, on the service."""
+    why: dict[str, list[str]] = {}
+    for name in sorted(old.services.keys() & new.services.keys()):
+        was = _service_needs(old.services[name], needs[0])
+        now = _service_needs(new.services[name], needs[1])
+        for field in [f for f in now if f not in was]:
+            why.setdefault(name, []).append(
+                f"now needs request_data.{field} (through {now[field]}; callers that do not send it get 400s)"
+            )
+    return _with_reasons("feature_service", changes, why)
+
+
+def _service_needs(service: FeatureService, needs: Needs) -> dict[str, str]:
+    """The request fields a service's features need, each with the first feature needing it."""
+    out: dict[str, str] = {}
+    for ref in service.features:
+        for field in sorted(needs.get(str(ref), ())):
+            out.setdefault(field, str(ref))
+    return out
+
+
+def _with_reasons(kind: str, changes: list[Change], why: dict[str, list[str]]) -> list[Change]:
+    """``changes`` with ``why``'s reasons as incompatibilities of the objects they name
+    (an object that did not change itself gets a change for them)."""
     out = [replace(c, incompatible=(*c.incompatible, *why.pop(c.name, ()))) for c in changes]
-    out += [Change("~", "derived_view", view, (), tuple(reasons)) for view, reasons in why.items()]
+    out += [Change("~", kind, name, (), tuple(reasons)) for name, reasons in why.items()]
     return out
 
 
-def _request_needs(d: Definitions) -> dict[str, frozenset[str]]:
-    """Every derived feature's request fields, transitively (the parser refused cycles)."""
+def _request_needs(d: Definitions) -> Needs:
+    """Every derived feature's request fields, transitively; each feature once, after
+    what it reads (iterative: a chain may be deeper than Python's recursion limit)."""
     deps = {f"{v.name}:{f.name}": f.depends_on for v in d.derived_views.values() for f in v.features}
-    out: dict[str, frozenset[str]] = {}
-
-    def needs(fid: str) -> frozenset[str]:
-        if fid not in out:
-            fields: set[str] = set()
-            for dep in deps[fid]:
-                if dep.startswith(REQUEST_PREFIX):
-                    fields.add(dep.removeprefix(REQUEST_PREFIX))
-                elif dep in deps:
-                    fields |= needs(dep)
-            out[fid] = frozenset(fields)
-        return out[fid]
-
-    for fid in deps:
-        needs(fid)
-    return out
+    out: Needs = {}
+    for fid in post_order(deps, lambda fid: [dep for dep in deps[fid] if dep in deps]):
+        fields = {dep.removeprefix(REQUEST_PREFIX) for dep in deps[fid] if dep.startswith(REQUEST_PREFIX)}
+        for dep in deps[fid]:
+            if dep in deps:
+                fields |= out[dep]
+        out[fid] = frozenset(fields)
+    return {fid: out[fid] for fid in deps}  # in the definitions' order: reasons are listed in it
 
 
 def _service(a: FeatureService, b: FeatureService) -> Change:

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from featurestore.dag import post_order
 from featurestore.definitions.derived import derived_to_dict, parse_derived_views
 from featurestore.definitions.parser import _Parser
 from featurestore.definitions.stream import parse_stream_views, stream_to_dict
@@ -24,6 +25,7 @@ from featurestore.model import (
     REQUEST_PREFIX,
     BatchSource,
     Definitions,
+    DerivedFeature,
     DerivedView,
     DType,
     Entity,
@@ -199,47 +201,64 @@ def new_snapshot(
 def feature_versions(d: Definitions, version: int, previous: RegistrySnapshot | None) -> dict[str, int]:
     """Carry a feature's version over from ``previous`` when what defines its values
     (dtype, the view's keys, sources and upstream) did not change; else ``version``."""
-    before = _feature_signatures(previous.definitions) if previous is not None else {}
+    same = _unchanged(previous.definitions, d) if previous is not None else set()
     out = {}
-    for fid, sig in _feature_signatures(d).items():
+    for fid in [*_stored_signatures(d), *_derived_features(d)]:
         old = previous.feature_versions.get(fid) if previous is not None else None
-        out[fid] = old if old is not None and before.get(fid) == sig else version
+        out[fid] = old if old is not None and fid in same else version
     return out
 
 
-def _feature_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
-    stored = {
+def _stored_signatures(d: Definitions) -> dict[str, tuple[Any, ...]]:
+    return {
         f"{v.name}:{f.name}": (f.dtype, v.join_keys, v.batch_source, v.upstream, v.online_store)
         + (() if v.stream is None else (v.stream,))
         for v in d.views.values()
         for f in v.features
     }
-    # A derived feature's values change with its expression (or function), with what its
-    # names stand for, and with whatever changes the values of what it reads: the
-    # signatures of its dependencies are folded in, transitively (the parser refused
-    # cycles), request fields by their dtype.
-    own = {
-        f"{v.name}:{f.name}": (("derived", f.dtype, f.expression, f.function, f.args, f.depends_on), v, f)
-        for v in d.derived_views.values()
-        for f in v.features
-    }
-    out: dict[str, tuple[Any, ...]] = dict(stored)
 
-    def signature(fid: str) -> tuple[Any, ...]:
-        if fid not in out:
-            sig, view, f = own[fid]
-            out[fid] = (*sig, tuple(dependency(view, dep) for dep in f.depends_on))
-        return out[fid]
 
-    def dependency(view: DerivedView, dep: str) -> tuple[Any, ...]:
+def _derived_features(d: Definitions) -> dict[str, tuple[DerivedView, DerivedFeature]]:
+    return {f"{v.name}:{f.name}": (v, f) for v in d.derived_views.values() for f in v.features}
+
+
+def _unchanged(before: Definitions, after: Definitions) -> set[str]:
+    """The features of ``after`` defined as in ``before``. A stored feature: its dtype,
+    its view's keys, sources and upstream. A derived feature: its expression (or
+    function), what its names stand for, and, transitively, whatever changes the values
+    of what it reads (request fields by their dtype); decided bottom-up, each feature
+    once after those it reads (a chain may be thousands deep, a graph where many paths
+    meet has millions of paths: never walked path by path)."""
+    old = _stored_signatures(before)
+    same = {fid for fid, sig in _stored_signatures(after).items() if old.get(fid) == sig}
+    was, now = _derived_features(before), _derived_features(after)
+
+    def reads(fid: str) -> list[str]:
+        return [dep for dep in now[fid][1].depends_on if dep in now]
+
+    for fid in post_order(now, reads):  # the parser refused cycles
+        if fid in was and _same_derived(was[fid], now[fid], same):
+            same.add(fid)
+    return same
+
+
+def _same_derived(
+    before: tuple[DerivedView, DerivedFeature], after: tuple[DerivedView, DerivedFeature], same: set[str]
+) -> bool:
+    """One derived feature, defined alike in both, reading only what ``same`` holds."""
+    (v0, f0), (v1, f1) = before, after
+    own = [(f.dtype, f.expression, f.function, f.args, f.depends_on) for f in (f0, f1)]
+    if own[0] != own[1]:
+        return False
+    for dep in f1.depends_on:
         if dep.startswith(REQUEST_PREFIX):
             name = dep.removeprefix(REQUEST_PREFIX)
-            return ("request", next(r.dtype for r in view.request_schema if r.name == name))
-        return signature(dep)
-
-    for fid in own:
-        signature(fid)
-    return out
+            dtypes = [next(r.dtype for r in v.request_schema if r.name == name) for v in (v0, v1)]
+            if dtypes[0] != dtypes[1]:
+                return False
+        elif dep not in same:
+            return False
+    return True
 
 
 def snapshot_to_json(s: RegistrySnapshot) -> bytes:

@@ -3,19 +3,24 @@ modules into numba's on-disk cache, in a process of its own (``compiler``).
 
 Importing a module compiles its kernel (the signature is explicit, so numba compiles
 at decoration) and ``cache=True`` writes the machine code next to it (or under
-``NUMBA_CACHE_DIR`` when that is set). Then ``MODULE.built`` is written (atomically),
-holding ``marker()``: what ``compiler.is_built`` checks, wherever numba put its index.
+``NUMBA_CACHE_DIR`` when that is set). Then ``marker()`` is added to the lines of
+``MODULE.built`` (written atomically): what ``compiler.is_built`` checks, wherever numba
+put its index; a line per interpreter, numba, cache location and CPU built for.
 A failure is one JSON line on stdout, ``{"path": ..., "error": ...}``, and exit status 1.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+
+MARKER_LINES = 16  # environments remembered per module (another one builds again)
 
 
 def _error_text(e: BaseException) -> str:
@@ -25,10 +30,26 @@ def _error_text(e: BaseException) -> str:
 
 def marker() -> str:
     """What a build depends on besides the module's source (which names numba's version
-    already): the interpreter numba compiled for and where its cache lives."""
+    already): the interpreter and the CPU numba compiled for, and where its cache lives."""
     numba = importlib.metadata.version("numba")
     where = os.environ.get("NUMBA_CACHE_DIR", "")
-    return f"numba {numba}; {sys.implementation.cache_tag}; NUMBA_CACHE_DIR={where}\n"
+    return f"numba {numba}; {sys.implementation.cache_tag}; NUMBA_CACHE_DIR={where}; cpu {cpu()}\n"
+
+
+@functools.cache
+def cpu() -> str:
+    """The CPU numba compiles for: ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (and
+    ``NUMBA_ENABLE_AVX``, numba's documented settings), else the host's as llvmlite
+    names it. numba's cache keeps machine code per CPU: a cache shared by hosts of
+    several CPU types holds each one's, each built by a build process on such a host.
+    Read once per process."""
+    import llvmlite.binding as ll  # type: ignore[import-untyped]
+
+    name = os.environ.get("NUMBA_CPU_NAME") or ll.get_host_cpu_name()
+    features = os.environ.get("NUMBA_CPU_FEATURES") or ll.get_host_cpu_features().flatten()
+    avx = os.environ.get("NUMBA_ENABLE_AVX", "")
+    digest = hashlib.sha256(f"{features}; avx {avx}".encode()).hexdigest()[:16]
+    return f"{name} {digest}"
 
 
 def marker_path(path: Path) -> Path:
@@ -36,8 +57,13 @@ def marker_path(path: Path) -> Path:
 
 
 def _write_marker(path: Path) -> None:
+    try:
+        lines = marker_path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError:
+        lines = []
+    lines = [*[line for line in lines if line != marker()][-(MARKER_LINES - 1) :], marker()]
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.built.tmp")
-    tmp.write_text(marker(), encoding="utf-8")
+    tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, marker_path(path))
 
 

@@ -3,11 +3,15 @@ in a separate process, loaded here from numba's on-disk cache.
 
 Compiling holds the GIL for the whole numba pipeline (~0.4 s for the demo view, more
 for big expressions), which would stall every request of a serving process. So a
-registry swap writes the generated modules (named by their hash, never rewritten:
-numba's cache is keyed by the file's mtime), runs ``python -m featurestore.derived.build``
-on those not compiled yet, and only then loads them in a worker thread, from the cache:
-machine code, no compile. A restart, or a second worker, finds the cache filled. The
-swap happens after the load, so no request ever waits for a compile.
+registry swap writes the generated modules (named by the hash of their source, which
+names everything the machine code depends on; written once, never rewritten: numba's
+index checks the file's source stamp, a hash of its contents in numba 0.68, its mtime
+and size in older versions), runs ``python -m featurestore.derived.build`` on those not
+built yet for this interpreter, numba, cache location and CPU (one process at a time
+per cache directory: ``buildlock``), and only then loads them in a worker thread, from
+the cache: machine code, no compile. A restart, or a second worker, finds the cache
+filled; a module whose cache files do not load is forgotten and built again. The swap
+happens after the load, so no request ever waits for a compile.
 """
 
 from __future__ import annotations
@@ -16,24 +20,28 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featurestore import metrics
+from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.pages import release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
+
+log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_SECONDS = 300.0
 
@@ -69,8 +77,9 @@ def specs_of(defs: Definitions) -> list[KernelSpec]:
 
 
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
-    """The module file, created once: a rewrite would change its mtime and make numba
-    distrust the cache (two workers may race here; the first one's file stays)."""
+    """The module file, created once: its name is its source's hash, so a rewrite could
+    only change its stamp (its mtime, which numba before 0.68 checked) and cost a
+    rebuild (two workers may race here; the first one's file stays)."""
     path = cache_dir / f"{spec.module}.py"
     if path.exists():
         return path
@@ -92,10 +101,11 @@ def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
 
 
 def is_built(path: Path) -> bool:
-    """Built by ``build`` for this interpreter, numba and NUMBA_CACHE_DIR (its marker;
-    numba's own index may live under NUMBA_CACHE_DIR, named after this directory)."""
+    """Built by ``build`` for this interpreter, numba, NUMBA_CACHE_DIR and CPU (a line
+    of its marker; numba's own index may live under NUMBA_CACHE_DIR, named after this
+    directory)."""
     try:
-        return marker_path(path).read_text(encoding="utf-8") == marker()
+        return marker() in marker_path(path).read_text(encoding="utf-8").splitlines(keepends=True)
     except OSError:
         return False
 
@@ -132,37 +142,49 @@ def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionErr
 
 
 async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
-    """Write and compile (in a child process) whatever is not in the cache yet."""
+    """Write and compile (in a child process) whatever is not in the cache yet, one
+    process at a time per cache directory (``buildlock``)."""
     paths = {write_module(s, cache_dir): s for s in specs}
-    todo = [p for p in paths if not is_built(p)]
-    if todo:
-        t0 = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *build_command(todo),
-            env=_build_env(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-        except BaseException as e:
-            proc.kill()
-            await proc.wait()
-            if isinstance(e, TimeoutError):
-                raise _timed_out(paths, todo) from None
-            raise
-        if proc.returncode != 0:
-            _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
-        metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
-        metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
+    if all(map(is_built, paths)):
+        return list(paths)
+    async with buildlock.held(cache_dir, BUILD_TIMEOUT_SECONDS):
+        todo = [p for p in paths if not is_built(p)]  # another process may have built them
+        if todo:
+            await _run_build(paths, todo)
     return list(paths)
+
+
+async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *build_command(todo),
+        env=_build_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
+    except BaseException as e:
+        proc.kill()
+        await proc.wait()
+        if isinstance(e, TimeoutError):
+            raise _timed_out(paths, todo) from None
+        raise
+    if proc.returncode != 0:
+        _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
+    metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
+    metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
 
 
 def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
     """``build`` for the CLI (validate, apply): refuse definitions whose kernels fail."""
     paths = {write_module(s, cache_dir): s for s in specs}
-    todo = [p for p in paths if not is_built(p)]
-    if todo:
+    if all(map(is_built, paths)):
+        return
+    with buildlock.held_sync(cache_dir, BUILD_TIMEOUT_SECONDS):
+        todo = [p for p in paths if not is_built(p)]
+        if not todo:
+            return
         try:
             proc = subprocess.run(
                 build_command(todo),
@@ -183,7 +205,9 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
     with _lock:
         kernel = _loaded.get(spec.module)
         if kernel is not None:
-            return kernel
+            # The machine code is shared; the spec (where each input row comes from, the
+            # output rows' names) is this snapshot's: never another snapshot's.
+            return kernel if kernel.spec == spec else replace(kernel, spec=spec)
         module_spec = importlib.util.spec_from_file_location(f"featurestore_derived_{spec.module}", path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
@@ -203,20 +227,60 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
 
 async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
     """Every derived view's kernel, built off the event loop; {} without derived views
-    (numba is not even imported then)."""
+    (numba is not even imported then). A built kernel that does not load (a cache file
+    truncated or corrupted on disk) is forgotten, built again and loaded once more."""
     if not defs.derived_views:
         return {}
-    specs = specs_of(defs)
+    specs = await asyncio.to_thread(specs_of, defs)  # hashes trusted functions' packages
     paths = await build(specs, cache_dir)
     pairs = list(zip(specs, paths, strict=True))
+    kernels = await asyncio.to_thread(_load_all, pairs, False)
+    broken = [pair for pair, kernel in zip(pairs, kernels, strict=True) if kernel is None]
+    if broken:
+        await build([s for s, _ in broken], cache_dir)
+        again = iter(await asyncio.to_thread(_load_all, broken, True))
+        kernels = [k if k is not None else next(again) for k in kernels]
+    return {k.spec.view: k for k in kernels if k is not None}
 
-    def load_all() -> list[Kernel]:
-        kernels = [load(s, p) for s, p in pairs]
-        release_llvm_pages()
-        return kernels
 
-    kernels = await asyncio.to_thread(load_all)
-    return {k.spec.view: k for k in kernels}
+def _load_all(pairs: list[tuple[KernelSpec, Path]], last_try: bool) -> list[Kernel | None]:
+    kernels = [_load_or_forget(s, p, last_try) for s, p in pairs]
+    release_llvm_pages()
+    return kernels
+
+
+def _load_or_forget(spec: KernelSpec, path: Path, last_try: bool) -> Kernel | None:
+    try:
+        return load(spec, path)
+    except Exception as e:
+        if last_try:
+            raise DefinitionError(
+                f"derived_views[{spec.view}]: the kernel was built again but does not load: {e!r:.500}"
+            ) from e
+        log.warning(
+            "derived_views[%s]: the built kernel %s does not load (%r): building it again",
+            spec.view,
+            path.name,
+            e,
+        )
+        forget(spec, path)
+        return None
+
+
+def forget(spec: KernelSpec, path: Path) -> None:
+    """Drop a built module's marker and numba's cache files for it (next to the module,
+    or under NUMBA_CACHE_DIR), so the next ``build`` compiles it again. Module names
+    hold their source's hash: no other module's files match."""
+    with contextlib.suppress(OSError):
+        marker_path(path).unlink()
+    where = [path.parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        where.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    for directory in where:
+        for file in directory.rglob(f"{spec.module}.*"):
+            if file.suffix in (".nbi", ".nbc"):
+                with contextlib.suppress(OSError):
+                    file.unlink()
 
 
 def check_definitions(defs: Definitions, directory: Path | None = None) -> None:

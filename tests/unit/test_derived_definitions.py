@@ -539,6 +539,30 @@ def test_a_feature_that_now_needs_another_request_field_is_an_incompatible_chang
     assert f"! derived_view dv2: feature r {why} (incompatible)" in render(list(changes.values()))
 
 
+def test_a_service_that_now_needs_a_request_field_through_a_feature_it_gained_is_an_incompatible_change() -> (
+    None
+):
+    """The service's callers do not send the field: a derived view the service lists
+    whole gaining a feature that needs one, or the service gaining such a feature. A
+    field the service needed already, and a new service, have no such callers."""
+    doc = base()
+    doc["feature_services"].append({"name": "plain", "features": ["uv:a"]})
+    old = parse_definitions(doc, source="f.yaml")
+    doc["derived_views"][0]["request_schema"].append({"name": "qty", "dtype": "int64"})
+    doc["derived_views"][0]["features"].append({"name": "t", "dtype": "float64", "expression": "a * qty"})
+    doc["feature_services"][1]["features"].append("dv:q")  # needs price, through p
+    doc["feature_services"].append({"name": "fresh", "features": ["dv:t"]})
+    changes = {c.name: c for c in diff(old, parse_definitions(doc, source="f.yaml"))}
+    assert changes["svc"].incompatible == (
+        "now needs request_data.qty (through dv:t; callers that do not send it get 400s)",
+    )
+    assert changes["plain"].incompatible == (
+        "now needs request_data.price (through dv:q; callers that do not send it get 400s)",
+    )
+    assert changes["dv"].incompatible == () and changes["fresh"].incompatible == ()
+    assert not any(c.incompatible for c in diff(parse_definitions(doc, source="f.yaml"), old)), "needing less"
+
+
 def test_a_request_field_that_accepts_less_is_incompatible_and_one_that_accepts_more_is_not() -> None:
     old = parse_definitions(base(), source="f.yaml")
     doc = base()

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from featurestore.dag import find_cycle, post_order
+from featurestore.definitions.diff import diff
 from featurestore.definitions.parser import parse_definitions
+from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.resolve import plan_derived
@@ -89,6 +91,46 @@ def test_a_chain_deeper_than_the_recursion_limit_validates_generates_and_plans(r
     view = defs.derived_views["d"]
     order = [view.features[int(var[1:])].name for var in assigned]
     assert order == [f"f{i}" for i in (range(DEEP - 1, -1, -1) if reverse else range(DEEP))]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["chain", "reversed_chain"])
+def test_feature_versions_of_a_chain_deeper_than_the_recursion_limit_follow_a_change_at_its_root(
+    reverse: bool,
+) -> None:
+    """Publishing such a view used to raise RecursionError (in new_snapshot, under the
+    registry's lock)."""
+    defs = parse_definitions(chain(DEEP, reverse=reverse), source="c.yaml")
+    s1 = new_snapshot(defs, 1)
+    s2 = new_snapshot(parse_definitions(chain(DEEP, reverse=reverse), source="c.yaml"), 2, previous=s1)
+    assert set(s2.feature_versions.values()) == {1}
+    doc = chain(DEEP, reverse=reverse)
+    root = doc["derived_views"][0]["features"][-1 if reverse else 0]
+    root["expression"] = "x + 2"
+    s3 = new_snapshot(parse_definitions(doc, source="c.yaml"), 3, previous=s2)
+    assert s3.feature_versions == {"t:x": 1, **{f"d:f{i}": 3 for i in range(DEEP)}}
+
+
+def test_feature_versions_of_a_fibonacci_shaped_view_decide_each_feature_once() -> None:
+    """f_i = f_{i-1} + f_{i-2}: 200 features, ~10^41 paths. Signatures nested per path
+    made publishing 36 such features take 4.9 s, x1.6 per feature more."""
+    n = 200
+    s1 = new_snapshot(parse_definitions(chain(n, fibonacci=True), source="c.yaml"), 1)
+    doc = chain(n, fibonacci=True)
+    doc["derived_views"][0]["features"][100]["expression"] = "f99 - f98"
+    s2 = new_snapshot(parse_definitions(doc, source="c.yaml"), 2, previous=s1)
+    assert s2.feature_versions == {"t:x": 1, **{f"d:f{i}": 1 if i < 100 else 2 for i in range(n)}}
+
+
+def test_diff_of_a_reversed_chain_deeper_than_the_recursion_limit_finds_a_new_request_need() -> None:
+    """Each feature's request fields are collected after those of what it reads; the
+    reversed chain starts the walk at the deep end (it raised RecursionError)."""
+    doc = chain(DEEP, reverse=True)
+    doc["derived_views"][0]["request_schema"] = [{"name": "price", "dtype": "float64"}]
+    old = parse_definitions(doc, source="c.yaml")
+    doc["derived_views"][0]["features"][-1]["expression"] = "x + price"
+    (change,) = diff(old, parse_definitions(doc, source="c.yaml"))
+    why = "now needs request_data.price (callers that do not send it get 400s)"
+    assert change.incompatible == tuple(f"feature f{i} {why}" for i in range(DEEP))
 
 
 def test_validate_of_a_reversed_chain_prints_a_clean_result(

@@ -585,3 +585,42 @@ async def test_a_zero_result_leaves_as_positive_zero_and_exp_is_a_number_up_to_i
     assert out[0, 1] == -2.0 and out[1, 1] == -0.4 and math.isnan(out[2, 1])
     assert math.isfinite(out[3, 0]) and math.isnan(out[3, 1])  # a number, then overflow: null
     assert list(out[4]) == [1.0, -1.0]
+
+
+def test_a_rollback_to_a_version_whose_kernels_no_longer_build_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Version 1's trusted function has since left the deployment: publishing it again
+    would leave every server unable to swap to it. The rollback is refused, like an
+    apply of those definitions, and the registry keeps its current version."""
+    import importlib
+    import sys
+
+    import yaml
+
+    from featurestore.cli import main
+
+    (tmp_path / "trusted_rb.py").write_text("def twice(a):\n    return a * 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"project: p\nregistry: {{kind: file, path: {tmp_path / 'registry'}}}\n"
+        f"derived: {{cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    v1 = raw()
+    v1["derived_views"][0]["features"] = [
+        {"name": "f", "dtype": "float64", "function": "trusted_rb:twice", "args": ["x"]}
+    ]
+    v2 = {k: v for k, v in raw().items() if k != "derived_views"}
+    for name, doc in (("v1.yaml", v1), ("v2.yaml", v2)):
+        (tmp_path / name).write_text(yaml.safe_dump(doc))
+        assert main(["apply", str(tmp_path / name), "--config", str(config)]) == 0
+    (tmp_path / "trusted_rb.py").unlink()
+    monkeypatch.delitem(sys.modules, "trusted_rb")
+    importlib.invalidate_caches()
+    capsys.readouterr()
+    assert main(["registry", "rollback", "1", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "derived_views[d]: the kernel does not compile" in err and "trusted_rb" in err, err
+    assert main(["registry", "history", "--config", str(config)]) == 0
+    assert "rollback" not in capsys.readouterr().out
