@@ -82,7 +82,7 @@ def _footprint_rows(on: dict[str, Any] | None, off: dict[str, Any] | None) -> li
     )
     peak = (
         on["summary"]["peak_rss_mb"]["median"] - off["summary"]["peak_rss_mb"]["median"]
-        if on and off
+        if on and off and "peak_rss_mb" in on["summary"] and "peak_rss_mb" in off["summary"]
         else None
     )
     return [
