@@ -123,6 +123,7 @@ def test_the_kubernetes_deployment_s_environment_configures_tls_tokens_and_secre
     from tests.unit.test_deploy_k8s import env, find, pod
 
     certs = make_certs(tmp_path / "certs")
+    (tmp_path / "tokens").write_text("tokens-value-0123456789 read\n")
     stand_in = {"tls.crt": certs.cert, "tls.key": certs.key}
     (tmp_path / "config.yaml").write_text(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
     container = pod(find("Deployment", "featurestore"))["containers"][0]
