@@ -79,6 +79,9 @@ class ClientOptions:
             raise ValueError(f"retries must be >= 0, got {self.attempts - 1}")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if not self.address.tls and (self.ca_file or self.cert_file or self.key_file):
+            # they would be ignored, and the token sent in clear
+            raise ValueError("ca_file, cert_file and key_file need a TLS address: https:// or grpcs://")
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)
