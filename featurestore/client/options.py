@@ -7,7 +7,7 @@ import math
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,7 +62,9 @@ def parse_address(address: str) -> Address:
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
     address: Address
-    token: str | None  # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata
+    # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata; a secret:
+    # not in the repr (a logged or printed client must not show it)
+    token: str | None = field(repr=False)
     ca_file: str | None  # CA bundle that signed the server's certificate (default: the system's)
     cert_file: str | None  # client certificate and key, for servers that require mutual TLS
     key_file: str | None

@@ -28,3 +28,10 @@ def test_the_cli_join_refuses_a_ca_with_a_plaintext_url(capsys: pytest.CaptureFi
                  "--features", "v:f"])  # fmt: skip
     assert code == 2
     assert "INVALID_ARGUMENT: ca_file, cert_file and key_file need a TLS address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["https://127.0.0.1:1", "grpcs://127.0.0.1:1"])
+def test_the_token_is_not_in_the_client_options_repr(address: str) -> None:
+    with FeatureClient(address, token="t0ken-0123456789abcdef") as client:
+        assert "t0ken" not in repr(client.options) and "t0ken" not in str(client.options)
+        assert client.options.token == "t0ken-0123456789abcdef"
