@@ -65,7 +65,7 @@ class ClientOptions:
     # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata; a secret:
     # not in the repr (a logged or printed client must not show it)
     token: str | None = field(repr=False)
-    ca_file: str | None  # CA bundle that signed the server's certificate (default: the system's)
+    ca_file: str | None  # CA bundle of the server's certificate (default: https the system's, grpcs grpcio's)
     cert_file: str | None  # client certificate and key, for servers that require mutual TLS
     key_file: str | None
     deadline: float
