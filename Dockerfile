@@ -34,7 +34,11 @@ WORKDIR /data
 ENV FEATURESTORE_DATA_DIR=/data PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8080 50051
 # For `docker run` of the server; compose and Kubernetes define their own checks.
-HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=1).status != 200)"]
+# `featurestore healthcheck` asks /readyz where the server's configuration puts it (the
+# admin port, or the serving port over HTTPS with TLS on): it reads the same FEATURESTORE_*
+# variables as the server, and its config file from FEATURESTORE_CONFIG (set it when the
+# server runs with --config FILE; ports given as flags are not seen: use the variables).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
+  CMD ["featurestore", "healthcheck"]
 ENTRYPOINT ["featurestore"]
 CMD ["serve", "--demo", "--no-clickhouse", "--host", "0.0.0.0"]

@@ -41,20 +41,37 @@ REALM = 'Bearer realm="featurestore"'
 # Kubernetes Secret reaches the mounted file within about a minute, so 5 s adds little.
 RELOAD_SECONDS = 5.0
 _SCHEMES = ("Bearer", "bearer", "BEARER")  # the scheme is case-insensitive (RFC 9110)
+# Shortest token accepted (e.g. `openssl rand -hex 16` gives 32 characters), and the
+# value deploy/k8s/secret.yaml ships, which must never become a working token.
+MIN_TOKEN_LENGTH = 16
+PLACEHOLDER = "REPLACE-ME"
 
 
 def parse_tokens(text: str, source: str) -> dict[str, frozenset[str]]:
-    """Token -> scopes. Errors name the line, never the token."""
+    """Token -> scopes. Errors name the line, never the token. ``#`` starts a comment
+    only as a line's first non-blank character: a token may contain ``#``, and a
+    ``#`` after a token is refused rather than read as a comment (which would cut a
+    token containing it short and drop its scopes, leaving a short token with all)."""
     tokens: dict[str, frozenset[str]] = {}
     for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
             continue
+        if any(f.startswith("#") for f in fields[1:]):
+            raise FailedPrecondition(f"{source} line {number}: a comment takes a whole line, starting with #")
         if len(fields) > 2:
             raise FailedPrecondition(f"{source} line {number}: expected `TOKEN [scope,...]`")
         token = fields[0]
         if not token.isascii() or not token.isprintable():
             raise FailedPrecondition(f"{source} line {number}: a token is printable ASCII without spaces")
+        if token == PLACEHOLDER:
+            raise FailedPrecondition(
+                f"{source} line {number}: the placeholder {PLACEHOLDER}: put a real token there"
+            )
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise FailedPrecondition(
+                f"{source} line {number}: a token of fewer than {MIN_TOKEN_LENGTH} characters is too easy to guess"
+            )
         scopes = frozenset(s for s in fields[1].split(",") if s) if len(fields) == 2 else frozenset(SCOPES)
         unknown = sorted(scopes - set(SCOPES))
         if unknown:

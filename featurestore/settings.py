@@ -212,7 +212,8 @@ def describe(error: ValidationError, root: type[Any], origin: Mapping[tuple[str,
     if kind == "setting":
         return SettingError(where, first["msg"])
     if kind in ("dict_type", "dataclass_type", "model_type", "mapping_type"):
-        return SettingError(where, f"expected a mapping, got {first['input']!r}")
+        # the type only: a store written as a bare URL may hold its password
+        return SettingError(where, f"expected a mapping, got {_type_name(first['input'])}")
     shown = first.get("input")
     # A mapping may hold secrets, and so may a value whose setting names one.
     secret = any(word in loc[-1] for word in _SECRET_WORDS) if loc else False
@@ -221,6 +222,11 @@ def describe(error: ValidationError, root: type[Any], origin: Mapping[tuple[str,
 
 
 _SECRET_WORDS = ("password", "token", "secret", "key")
+
+
+def _type_name(value: Any) -> str:
+    names = {str: "a string", list: "a list", int: "an integer", float: "a number", bool: "a boolean"}
+    return "nothing" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _known_fields(root: type[Any], loc: tuple[str, ...]) -> list[str]:
@@ -257,11 +263,28 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
         return {}
     try:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
         raise InvalidArgument(f"config {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"config {path}: {yaml_problem(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise SettingError("top level", "expected a mapping")
     return loaded or {}
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """What is wrong and where, never the source line PyYAML quotes (it may hold a
+    password)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        parts = [
+            f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else text
+            for text, mark in ((e.context, e.context_mark), (e.problem, e.problem_mark))
+            if text
+        ]
+        return "invalid YAML: " + ("; ".join(parts) or "syntax error")
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"invalid YAML: an unreadable character at position {e.position}"
+    return f"invalid YAML ({type(e).__name__})"
 
 
 def note_origin(

@@ -60,7 +60,11 @@ def store_doc(doc: Any) -> Any:
             )
     out["options"] = MappingProxyType(rest)
     if "kind" not in out:
-        raise _fail("expected a mapping with 'kind' (memory, redis or clickhouse)", dict(doc))
+        # the keys only: the values may hold a password (inline, or in a URL)
+        keys = ", ".join(sorted(str(k) for k in doc)) or "none"
+        raise PydanticCustomError(
+            "setting", f"expected a mapping with 'kind' (memory, redis or clickhouse); its keys: {keys}"
+        )
     return out
 
 

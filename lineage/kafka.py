@@ -72,6 +72,31 @@ class KafkaSettings:
                 )
         if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
             raise ValueError("ssl_cert_file and ssl_key_file go together")
+        self._check_unused()
+
+    def _check_unused(self) -> None:
+        """A TLS or SASL setting the protocol would ignore is refused: the operator meant
+        encryption or authentication and would silently get neither."""
+        protocol = self.security_protocol
+        given = {
+            "ssl_ca_file": self.ssl_ca_file,
+            "ssl_cert_file": self.ssl_cert_file,
+            "ssl_key_file": self.ssl_key_file,
+            "ssl_key_password": self.ssl_key_password.get_secret_value(),
+            "sasl_username": self.sasl_username,
+            "sasl_password": self.sasl_password.get_secret_value(),
+        }
+        for name, value in given.items():
+            if not value:
+                continue
+            if name.startswith("ssl_") and not protocol.endswith("ssl"):
+                raise ValueError(
+                    f"{name} is set but security_protocol {protocol} has no TLS; use ssl or sasl_ssl"
+                )
+            if name.startswith("sasl_") and not protocol.startswith("sasl"):
+                raise ValueError(
+                    f"{name} is set but security_protocol {protocol} has no SASL; use sasl_ssl or sasl_plaintext"
+                )
 
     @property
     def dead_letter_topic(self) -> str:

@@ -10,7 +10,7 @@ import socket
 import sys
 
 import featurestore
-from featurestore.cli import check, data, join, lineage, registry, serve, stream
+from featurestore.cli import check, data, health, join, lineage, registry, serve, stream
 from featurestore.cli.join import render_table
 from featurestore.client.errors import FeatureServiceError  # stdlib only: the client's error types
 from featurestore.errors import FeatureStoreError
@@ -18,7 +18,7 @@ from featurestore.logconfig import configure_logging
 
 __all__ = ["main", "render_table"]
 
-COMMAND_MODULES = (serve, join, data, registry, lineage, stream, check)
+COMMAND_MODULES = (serve, join, data, registry, lineage, stream, check, health)
 
 
 def main(argv: list[str] | None = None) -> int:

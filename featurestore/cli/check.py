@@ -53,6 +53,15 @@ def register(sub: Subcommands) -> None:
         default=os.environ.get("FEATURESTORE_TOKEN_FILE"),
         help="--url: file holding a bearer token with scopes read and admin (default: $FEATURESTORE_TOKEN_FILE)",
     )
+    k.add_argument(
+        "--ca", "--ca-file", metavar="FILE", help="--url https://: the CA (PEM) of the server's certificate"
+    )
+    k.add_argument(
+        "--cert", "--cert-file", metavar="FILE", help="--url https://: client certificate (mutual TLS)"
+    )
+    k.add_argument(  # not --key: that names a key to check
+        "--key-file", dest="key_file", metavar="FILE", help="--url https://: client private key, with --cert"
+    )
     k.add_argument("--json", action="store_true", help="print one JSON object")
     k.set_defaults(func=cmd_consistency)
 
@@ -64,6 +73,8 @@ def cmd_consistency(args: argparse.Namespace, _argv: list[str]) -> int:
         raise InvalidArgument(f"--max-mismatch: expected a fraction in [0, 1], got {args.max_mismatch}")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     via_config = args.config is not None
+    if via_config and (args.ca or args.cert or args.key_file):
+        raise InvalidArgument("--ca, --cert and --key-file are for --url https://, not --config")
     report = asyncio.run(_run_config(args) if via_config else _run_url(args))
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -147,14 +158,23 @@ async def _run_url(args: argparse.Namespace) -> Report:
 
     token = token_from_args(args)
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers) as http:
-        r = await http.get("/v1/registry")
-        if r.status_code != 200:
-            error = {401: Unauthenticated, 403: PermissionDenied}.get(r.status_code, Unavailable)
-            raise error(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
-        definitions = definitions_from_dict(r.json()["definitions"])
-    view = _view(definitions, args.view)
-    async with AsyncFeatureClient(args.url, deadline=10.0, token=token) as client:
+    if bool(args.cert) != bool(args.key_file):
+        raise InvalidArgument("--cert and --key-file go together")
+    try:  # the client refuses TLS files with an http:// url, a url without a scheme
+        client = AsyncFeatureClient(
+            args.url, deadline=10.0, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key_file
+        )
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    async with client:
+        tls = client.options.ssl_context() if client.options.address.tls else True
+        async with httpx.AsyncClient(base_url=args.url, timeout=10.0, headers=headers, verify=tls) as http:
+            r = await http.get("/v1/registry")
+            if r.status_code != 200:
+                error = {401: Unauthenticated, 403: PermissionDenied}.get(r.status_code, Unavailable)
+                raise error(f"{args.url}/v1/registry answered {r.status_code}: {r.text[:200]}")
+            definitions = definitions_from_dict(r.json()["definitions"])
+        view = _view(definitions, args.view)
         return await _check(view, args, http_reader(client, view), Config())
 
 

@@ -9,6 +9,7 @@ once, as the exception for their code (``featurestore.client.errors``).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -137,7 +138,11 @@ class FeatureClient(_Base):
         if self.transport == "http":
             import httpx
 
-            self._http = httpx.Client(base_url=self.options.address.target, verify=self._verify())
+            from featurestore.client.deadline import deadline_transport
+
+            # its connections do no I/O past a try's deadline (deadline.py)
+            transport = deadline_transport(self._verify())
+            self._http = httpx.Client(base_url=self.options.address.target, transport=transport)
         else:
             import grpc
 
@@ -175,11 +180,14 @@ class FeatureClient(_Base):
     def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
         import httpx
 
+        from featurestore.client.deadline import bounded
+
         left = remaining(deadline_at)
         try:
-            r = self._http.post(
-                JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
-            )
+            with bounded(deadline_at):  # httpx's timeouts bound each phase, not the try
+                r = self._http.post(
+                    JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+                )
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:
@@ -260,9 +268,12 @@ class AsyncFeatureClient(_Base):
 
         left = remaining(deadline_at)
         try:
-            r = await self._http.post(
-                JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
-            )
+            async with asyncio.timeout(left):  # httpx's timeouts bound each phase, not the try
+                r = await self._http.post(
+                    JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+                )
+        except TimeoutError:
+            raise DeadlineExceededError("no answer within the client's deadline") from None
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:

@@ -7,7 +7,7 @@ import math
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,8 +62,10 @@ def parse_address(address: str) -> Address:
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
     address: Address
-    token: str | None  # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata
-    ca_file: str | None  # CA bundle that signed the server's certificate (default: the system's)
+    # sent as `Authorization: Bearer <token>` (HTTP) / `authorization` metadata; a secret:
+    # not in the repr (a logged or printed client must not show it)
+    token: str | None = field(repr=False)
+    ca_file: str | None  # CA bundle of the server's certificate (default: https the system's, grpcs grpcio's)
     cert_file: str | None  # client certificate and key, for servers that require mutual TLS
     key_file: str | None
     deadline: float
@@ -79,6 +81,9 @@ class ClientOptions:
             raise ValueError(f"retries must be >= 0, got {self.attempts - 1}")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if not self.address.tls and (self.ca_file or self.cert_file or self.key_file):
+            # they would be ignored, and the token sent in clear
+            raise ValueError("ca_file, cert_file and key_file need a TLS address: https:// or grpcs://")
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)

@@ -21,7 +21,7 @@ from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.security import Certs, SecureServer, call, make_certs
 from tests.support import ROOT, http_get, wait_until
 
-READ, WRITE, ADMIN = "read-token-4f1d", "write-token-9a2c", "admin-token-77e0"
+READ, WRITE, ADMIN = "read-token-4f1d-8e2a", "write-token-9a2c-51b7", "admin-token-77e0-c3d9"
 JOIN = {"entities": {"user_id": [17]}, "features": ["user_profile:age"]}
 PUSH = {
     "feature_view": "user_profile",

@@ -12,17 +12,46 @@ from featurestore.auth import ADMIN, READ, WRITE, Authenticator, parse_tokens, w
 from featurestore.config import AuthConfig
 from featurestore.errors import Code, FailedPrecondition
 
+R_TOKEN, W_TOKEN = "read-token-0123456789", "write-token-0123456789"
 
-def test_a_token_without_scopes_has_all_three_and_comments_are_skipped() -> None:
-    tokens = parse_tokens("# rotation: old and new\nold-1\n  new-2 read,write  # until May\n\n", "f")
-    assert tokens == {"old-1": frozenset({READ, WRITE, ADMIN}), "new-2": frozenset({READ, WRITE})}
+
+def test_a_token_without_scopes_has_all_three_and_comment_lines_are_skipped() -> None:
+    tokens = parse_tokens(
+        "# rotation: old and new\nold-token-0123456789\n  # until May\n  new-token-0123456789 read,write\n\n",
+        "f",
+    )
+    assert tokens == {
+        "old-token-0123456789": frozenset({READ, WRITE, ADMIN}),
+        "new-token-0123456789": frozenset({READ, WRITE}),
+    }
+
+
+def test_a_hash_inside_a_token_is_part_of_the_token_and_keeps_its_scopes() -> None:
+    tokens = parse_tokens("abc#0123456789abcdef read\n", "f")
+    assert tokens == {"abc#0123456789abcdef": frozenset({READ})}
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("secret-abc reed", "f line 1: unknown scope 'reed'"),
-        ("\nsecret-abc read write", "f line 2: expected"),
+        ("short-tok read", "f line 1: a token of fewer than 16 characters"),
+        ("# keep\nREPLACE-ME", "f line 2: the placeholder REPLACE-ME"),
+        ("secret-abc-0123456789 read # until May", "f line 1: a comment takes a whole line"),
+    ],
+)
+def test_a_short_token_the_placeholder_or_a_trailing_comment_refuses_the_file(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(FailedPrecondition, match=problem) as raised:
+        parse_tokens(text, "f")
+    assert "short-tok" not in str(raised.value) and "secret-abc" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("secret-abc-0123456789 reed", "f line 1: unknown scope 'reed'"),
+        ("\nsecret-abc-0123456789 read write", "f line 2: expected"),
     ],
 )
 def test_a_bad_line_is_named_by_its_number_never_by_its_token(text: str, problem: str) -> None:
@@ -42,13 +71,13 @@ def test_an_empty_tokens_file_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_the_check_tells_missing_invalid_and_forbidden_apart() -> None:
-    auth = Authenticator(AuthConfig(tokens=SecretStr("r read\nw write")))
-    assert auth.check_http(b"Bearer r", READ, "/j") is None
-    assert auth.check_http(b"bearer r", READ, "/j") is None
-    assert auth.check_grpc("Bearer r", READ, "/j") is None
+    auth = Authenticator(AuthConfig(tokens=SecretStr(f"{R_TOKEN} read\n{W_TOKEN} write")))
+    assert auth.check_http(f"Bearer {R_TOKEN}".encode(), READ, "/j") is None
+    assert auth.check_http(f"bearer {R_TOKEN}".encode(), READ, "/j") is None
+    assert auth.check_grpc(f"Bearer {R_TOKEN}", READ, "/j") is None
     missing = auth.check_http(None, READ, "/j")
     invalid = auth.check_http(b"Bearer x", READ, "/j")
-    forbidden = auth.check_grpc("Bearer w", READ, "/j")
+    forbidden = auth.check_grpc(f"Bearer {W_TOKEN}", READ, "/j")
     assert missing is not None and missing.code is Code.UNAUTHENTICATED
     assert invalid is not None and invalid.code is Code.UNAUTHENTICATED
     assert forbidden is not None and forbidden.code is Code.PERMISSION_DENIED
@@ -57,21 +86,21 @@ def test_the_check_tells_missing_invalid_and_forbidden_apart() -> None:
 
 
 def test_a_scope_that_is_not_required_needs_no_token() -> None:
-    auth = Authenticator(AuthConfig(tokens=SecretStr("w write"), read=False))
+    auth = Authenticator(AuthConfig(tokens=SecretStr(f"{W_TOKEN} write"), read=False))
     assert auth.check_http(None, READ, "/j") is None
     assert auth.check_http(None, WRITE, "/p") is not None
 
 
 def test_a_changed_file_is_re_read_and_a_broken_one_keeps_the_tokens_in_force(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text("one read\n")
+    path.write_text("one-token-0123456789 read\n")
     auth = Authenticator(AuthConfig(tokens_file=str(path)))
     assert not auth.reload_if_changed()
-    path.write_text("two read\n")
+    path.write_text("two-token-0123456789 read\n")
     os.utime(path, ns=(1, 1))  # a new stamp even within the file system's time resolution
     assert auth.reload_if_changed()
-    assert auth.check_http(b"Bearer two", READ, "/j") is None
-    assert auth.check_http(b"Bearer one", READ, "/j") is not None
-    path.write_text("two reed\n")
+    assert auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None
+    assert auth.check_http(b"Bearer one-token-0123456789", READ, "/j") is not None
+    path.write_text("two-token-0123456789 reed\n")
     assert not auth.reload_if_changed()
-    assert auth.check_http(b"Bearer two", READ, "/j") is None
+    assert auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None

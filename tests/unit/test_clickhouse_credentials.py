@@ -27,7 +27,13 @@ def config_path(tmp_path: Path) -> Path:
 
 def test_the_password_comes_from_its_file_and_goes_to_the_client_only(config_path: Path) -> None:
     options = ClickHouseOptions.from_mapping(dict(load_config(config_path).stores["wh"].options))
-    assert options.client_args() == {"dsn": "https://ch:8443", "username": "fs", "password": "s3cret-ch"}
+    assert options.client_args() == {
+        "dsn": "https://ch:8443",
+        "interface": "https",
+        "secure": True,
+        "username": "fs",
+        "password": "s3cret-ch",
+    }
     assert "s3cret" not in repr(options) and "s3cret" not in str(options)
 
 
@@ -44,7 +50,12 @@ def test_the_environment_names_the_password_file(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("FEATURESTORE_STORES__WH__DSN", "http://ch:8123")
     monkeypatch.setenv("FEATURESTORE_STORES__WH__PASSWORD_FILE", str(tmp_path / "pw"))
     options = ClickHouseOptions.from_mapping(dict(load_config().stores["wh"].options))
-    assert options.client_args() == {"dsn": "http://ch:8123", "password": "from-env"}
+    assert options.client_args() == {
+        "dsn": "http://ch:8123",
+        "interface": "http",
+        "secure": False,
+        "password": "from-env",
+    }
 
 
 def test_the_in_process_engine_takes_no_credentials() -> None:

@@ -106,6 +106,40 @@ def test_an_error_never_shows_a_secret_value(tmp_path: Path) -> None:
     assert "hunter2" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # a store without kind: its keys, not its values
+        ('stores:\n  default: {url: "redis://r:6379/0", password: "S3cr3t-NoKind"}\n',
+         "stores.default: expected a mapping with 'kind' (memory, redis or clickhouse); its keys: password, url"),
+        # a store written as a bare URL holding its password
+        ('stores:\n  default: "redis://:S3cr3t-str@host"\n', "stores.default: expected a mapping, got a string"),
+        # YAML syntax errors: PyYAML quotes the offending line
+        ('stores:\n  default: {kind: redis, password: "S3cr3t-Yaml\n',
+         "invalid YAML: while scanning a quoted scalar at line 2, column 36; found unexpected end of stream"),
+        ("registry:\n  kind: etcd\n  password: S3cr3t-tab\n\tusername: x\n",
+         "invalid YAML: .*that cannot start any token at line 4, column 1"),
+    ],
+)  # fmt: skip
+def test_a_config_error_names_the_problem_and_where_never_a_value_that_may_be_a_secret(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    with pytest.raises(InvalidArgument, match=problem.replace("(", r"\(").replace(")", r"\)")) as raised:
+        load_config(f)
+    assert "S3cr3t" not in str(raised.value)
+
+
+def test_a_password_set_for_a_misspelt_store_in_the_environment_is_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAUL__PASSWORD", "S3cr3t-env")
+    with pytest.raises(InvalidArgument, match=r"stores\.defaul: expected a mapping with 'kind'") as raised:
+        load_config()
+    assert "S3cr3t" not in str(raised.value)
+
+
 def test_config_without_arguments_is_the_defaults_whatever_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -123,6 +157,7 @@ def test_the_kubernetes_deployment_s_environment_configures_tls_tokens_and_secre
     from tests.unit.test_deploy_k8s import env, find, pod
 
     certs = make_certs(tmp_path / "certs")
+    (tmp_path / "tokens").write_text("tokens-value-0123456789 read\n")
     stand_in = {"tls.crt": certs.cert, "tls.key": certs.key}
     (tmp_path / "config.yaml").write_text(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
     container = pod(find("Deployment", "featurestore"))["containers"][0]
@@ -185,6 +220,10 @@ def test_every_setting_is_accepted_from_the_environment(monkeypatch: pytest.Monk
     """Each variable with a valid value (the setting's default) is read, none is unknown."""
     for path, value in _all_settings():
         if value is not None:
+            if path[-1] == "security_protocol":  # the secrets set below: a Kafka with SASL and TLS
+                value = "sasl_ssl"
+            elif path[-1] == "sasl_username":
+                value = "lineage"
             monkeypatch.setenv("FEATURESTORE_" + "__".join(path).upper(), _env_text(value))
     c = load_config()
     assert (

@@ -99,3 +99,13 @@ def test_the_python_of_the_image_satisfies_requires_python() -> None:
 def test_the_build_context_leaves_out_local_state() -> None:
     ignored = set(Path(ROOT / ".dockerignore").read_text().split())
     assert {".venv", "data", ".git"} <= ignored
+
+
+def test_the_health_check_is_the_cli_s_which_reads_the_server_s_settings() -> None:
+    """Not a fixed http://127.0.0.1:8080/readyz, which fails with TLS on the serving port
+    or with an admin port (tests/integration/test_cli_tls.py runs the command)."""
+    check = re.search(r"^HEALTHCHECK\s[^[]*?CMD\s+(\[[^\n]+\])$", DOCKERFILE, re.M)
+    assert check is not None
+    argv = json.loads(check.group(1))
+    assert argv == ["featurestore", "healthcheck"]
+    assert parser().parse_args(argv[1:]).func.__name__ == "cmd_healthcheck"

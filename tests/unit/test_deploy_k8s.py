@@ -243,3 +243,24 @@ def test_services_select_the_pods_and_a_headless_service_carries_grpc() -> None:
     assert headless == [{"grpc"}]
     text = (K8S / "featurestore.yaml").read_text()
     assert "round_robin" in text and "ClusterIP" in text  # the load-balancing note
+
+
+def test_the_docs_say_the_manifests_backend_connections_are_plaintext() -> None:
+    """docs/security.md once said the deploy files' traffic was encrypted while the
+    ConfigMap dials every backend in plaintext: each plaintext scheme it uses is named
+    where the docs describe the manifests, and the manifest says so too."""
+    config = yaml.safe_load(find("ConfigMap", "featurestore-config")["data"]["config.yaml"])
+    plaintext = set()
+    if any(e.startswith("http://") for e in config["registry"]["endpoints"]):
+        plaintext.add("`http://`")
+    if config["stores"]["default"]["url"].startswith("redis://"):
+        plaintext.add("`redis://`")
+    if config["lineage"]["kafka"].get("security_protocol", "plaintext") == "plaintext":
+        plaintext.add("`plaintext`")
+    if config["lineage"]["bolt"]["uri"].startswith("bolt://") and not config["lineage"]["bolt"].get(
+        "ca_file"
+    ):
+        plaintext.add("`bolt://`")
+    intro = (ROOT / "docs" / "security.md").read_text().split("## Secrets")[0]
+    assert "are plaintext" in intro and all(scheme in intro for scheme in plaintext), plaintext
+    assert not plaintext or "PLAINTEXT" in (K8S / "featurestore.yaml").read_text()

@@ -75,3 +75,22 @@ def test_a_count_that_is_not_positive_is_refused_naming_it(
         InvalidArgument, match=rf"lineage.kafka: value error, {name}: expected a positive integer, got 0"
     ):
         load_config()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "given", "problem"),
+    [
+        ("plaintext", {"ssl_ca_file": "/ca.pem"}, "ssl_ca_file is set but security_protocol plaintext has no TLS"),
+        ("sasl_plaintext", {"sasl_username": "u", "sasl_password": SecretStr("pw"), "ssl_cert_file": "/c",
+                            "ssl_key_file": "/k"}, "ssl_cert_file is set but security_protocol sasl_plaintext has no TLS"),
+        ("plaintext", {"sasl_username": "u", "sasl_password": SecretStr("pw")},
+         "sasl_username is set but security_protocol plaintext has no SASL"),
+        ("ssl", {"sasl_password": SecretStr("pw")}, "sasl_password is set but security_protocol ssl has no SASL"),
+    ],
+)  # fmt: skip
+def test_a_tls_or_sasl_setting_the_protocol_would_ignore_is_refused(
+    protocol: str, given: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem) as raised:
+        KafkaSettings(security_protocol=protocol, **given)  # type: ignore[arg-type]
+    assert "pw" not in str(raised.value).replace("password", "")

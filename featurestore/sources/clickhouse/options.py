@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from featurestore.errors import FailedPrecondition
+from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.settings import store_options
 
 # The database name is spliced into SQL (identifiers cannot be bound), so it must be
@@ -36,6 +36,9 @@ class ClickHouseOptions:
     # FEATURESTORE_STORES__<NAME>__PASSWORD_FILE), instead of user:pass in the DSN
     username: str = ""
     password: SecretStr = SecretStr("")
+    # https:// only: the PEM file of the CA that signed the server's certificate
+    # (default: the system's CAs)
+    ca_file: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.password, str):  # built in code rather than from the config
@@ -48,6 +51,11 @@ class ClickHouseOptions:
             raise ValueError(f"dsn: expected chdb://DIR or http(s)://host:port, got {self.dsn!r}")
         if not isinstance(self.database, str) or not _IDENTIFIER.fullmatch(self.database):
             raise ValueError(f"database: expected a name of letters, digits and _, got {self.database!r}")
+        if not isinstance(self.ca_file, str):
+            raise ValueError(f"ca_file: expected a path, got {self.ca_file!r}")
+        if self.ca_file and _scheme(self.dsn) != "https":
+            # a CA with a plaintext DSN would be ignored and the password sent in clear
+            raise ValueError("ca_file: set, but the dsn is not https://; use https://host:port for TLS")
 
     @staticmethod
     def from_mapping(options: dict[str, Any]) -> ClickHouseOptions:
@@ -58,16 +66,11 @@ class ClickHouseOptions:
             raise ValueError(
                 f"unknown clickhouse store option {unknown[0]!r}; known: {', '.join(sorted(known))}"
             )
-        # The scheme is checked for configured stores only: offline.py also builds
-        # options from a --clickhouse-dsn, where clickhouse-connect has the last word.
+        # A configured store's scheme fails the start; a --clickhouse-dsn's (offline.py
+        # builds options from it) fails in client_args.
         dsn = options.get("dsn")
-        if isinstance(dsn, str):
-            scheme = urlsplit(dsn).scheme if "://" in dsn else ""
-            if scheme not in ("chdb", "http", "https"):
-                # only the scheme: the rest of a DSN may hold a password
-                raise ValueError(
-                    f"dsn: unsupported scheme {scheme!r}; use chdb://DIR or http(s)://user:pass@host:8123"
-                )
+        if isinstance(dsn, str) and _scheme(dsn) not in _SCHEMES:
+            raise ValueError(_bad_scheme(dsn))
         return ClickHouseOptions(**store_options(ClickHouseOptions, options))
 
     @property
@@ -78,18 +81,42 @@ class ClickHouseOptions:
         return self.dsn
 
     def client_args(self) -> dict[str, Any]:
-        """``clickhouse_connect.get_client``'s arguments for this server: the DSN, and the
-        user and password when set (they take precedence over any in the DSN)."""
+        """``clickhouse_connect.get_client``'s arguments for this server: the DSN, the
+        interface the scheme names, and the user and password when set (they take
+        precedence over any in the DSN). clickhouse-connect ignores a DSN's scheme and
+        infers TLS from the port (443 and 8443 only), so ``https://ch.internal`` would
+        send the password in clear to port 8123 without ``interface``."""
         args: dict[str, Any] = {"dsn": self.client_dsn}
-        if self.username and not self.embedded:
+        if self.embedded:
+            return args
+        scheme = _scheme(self.dsn)
+        if scheme not in ("http", "https"):
+            raise InvalidArgument(_bad_scheme(self.dsn))
+        args["interface"] = scheme
+        args["secure"] = scheme == "https"
+        if self.ca_file:
+            args["ca_cert"] = self.ca_file
+        if self.username:
             args["username"] = self.username
-        if self.password.get_secret_value() and not self.embedded:
+        if self.password.get_secret_value():
             args["password"] = self.password.get_secret_value()
         return args
 
     @property
     def embedded(self) -> bool:
         return self.dsn.startswith("chdb://")
+
+
+_SCHEMES = ("chdb", "http", "https")
+
+
+def _scheme(dsn: str) -> str:
+    return urlsplit(dsn).scheme.lower() if isinstance(dsn, str) and "://" in dsn else ""
+
+
+def _bad_scheme(dsn: str) -> str:
+    # only the scheme: the rest of a DSN may hold a password
+    return f"dsn: unsupported scheme {_scheme(dsn)!r}; use chdb://DIR or http(s)://user:pass@host:8123"
 
 
 def check_embedded_workers(options: ClickHouseOptions, workers: int) -> None:

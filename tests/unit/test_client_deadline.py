@@ -1,0 +1,118 @@
+"""The client's deadline bounds a whole HTTP try, not each phase: a server that
+trickles its answer, each piece within httpx's per-read timeout, still ends the join
+with DeadlineExceededError at the deadline rather than answering seconds later. Real
+sockets, a real (if slow) HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpcore
+import pytest
+
+from featurestore.client import AsyncFeatureClient, DeadlineExceededError, FeatureClient, JoinResult
+from featurestore.client.deadline import _Backend, deadline_transport
+
+BODY = (
+    b'{"metadata":{"feature_names":["item_id"],"registry_version":1,"trace_id":"x","partial":false},'
+    b'"results":[{"values":[1],"statuses":["PRESENT"],"event_timestamps":[null]}]}'
+)
+HEAD = [b"HTTP/1.1 200 OK\r\n", b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(BODY)]
+PAUSE = 0.4  # between pieces: far inside the read timeout, the whole answer ~2.5 s
+
+
+class Trickle:
+    """An HTTP server answering each connection in turn as ``modes`` says: ``body`` (the
+    head at once, then the body 40 bytes a pause), ``head`` (a header line a pause) or
+    ``prompt`` (all at once)."""
+
+    def __init__(self, *modes: str) -> None:
+        self.modes = list(modes)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        for mode in self.modes:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket, mode: str) -> None:
+        head = [*HEAD, *(b"x-pad: %d\r\n" % i for i in range(6)), b"\r\n"]
+        if mode == "head":
+            pieces = [*head, BODY]
+        elif mode == "body":
+            pieces = [b"".join(head), *(BODY[i : i + 40] for i in range(0, len(BODY), 40))]
+        else:
+            pieces = [b"".join(head) + BODY]
+        try:
+            conn.recv(65536)
+            for n, piece in enumerate(pieces):
+                if n and mode != "prompt":
+                    time.sleep(PAUSE)
+                conn.sendall(piece)
+            conn.recv(1)  # until the client hangs up
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["body", "head"])
+def test_a_server_trickling_its_answer_ends_the_blocking_join_at_the_deadline(mode: str) -> None:
+    server = Trickle(mode)
+    try:
+        with FeatureClient(server.url, retries=0) as client, pytest.raises(DeadlineExceededError):
+            client.join({"item_id": [1]}, ["item:price"], deadline=0.5)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("mode", ["body", "head"])
+def test_a_server_trickling_its_answer_ends_the_asyncio_join_at_the_deadline(mode: str) -> None:
+    server = Trickle(mode)
+
+    async def join() -> JoinResult:
+        async with AsyncFeatureClient(server.url, retries=0) as client:
+            return await client.join({"item_id": [1]}, ["item:price"], deadline=0.5)
+
+    try:
+        with pytest.raises(DeadlineExceededError):
+            asyncio.run(join())
+    finally:
+        server.close()
+
+
+def test_after_a_try_cut_at_its_deadline_the_client_joins_again() -> None:
+    server = Trickle("body", "prompt")
+    try:
+        with FeatureClient(server.url, retries=0) as client:
+            with pytest.raises(DeadlineExceededError):
+                client.join({"item_id": [1]}, ["item:price"], deadline=0.5)
+            result = client.join({"item_id": [1]}, ["item:price"], deadline=5)
+        assert result.to_dict() == {"item_id": [1]}
+    finally:
+        server.close()
+
+
+def test_the_blocking_transport_does_its_io_through_the_deadline_backend() -> None:
+    """deadline_transport sets httpx's and httpcore's private attributes
+    (``HTTPTransport._pool``, ``ConnectionPool._network_backend``): this fails when a
+    new httpx or httpcore renames them (the transport would then warn instead)."""
+    transport = deadline_transport(True)
+    pool = transport._pool
+    assert isinstance(pool, httpcore.ConnectionPool)
+    assert isinstance(pool._network_backend, _Backend)
+    transport.close()

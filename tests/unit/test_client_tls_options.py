@@ -1,0 +1,82 @@
+"""The client's TLS settings and token: refused where they would be ignored (a
+plaintext address would carry the token in clear), and never shown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featurestore.client import AsyncFeatureClient, FeatureClient
+from tests.support import ROOT
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:1", "grpc://127.0.0.1:1"])
+@pytest.mark.parametrize(
+    "tls", [{"ca_file": "ca.pem"}, {"cert_file": "client.pem", "key_file": "client.key"}]
+)
+def test_tls_files_with_a_plaintext_address_are_refused_rather_than_ignored(
+    address: str, tls: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match=r"need a TLS address: https:// or grpcs://"):
+        FeatureClient(address, token="t0ken-0123456789abcdef", **tls)
+    with pytest.raises(ValueError, match=r"need a TLS address"):
+        AsyncFeatureClient(address, **tls)
+
+
+def test_the_cli_join_refuses_a_ca_with_a_plaintext_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from featurestore.cli import main
+
+    code = main(["join", "--url", "http://127.0.0.1:1", "--ca", "ca.pem", "--entity", "user_id=1",
+                 "--features", "v:f"])  # fmt: skip
+    assert code == 2
+    assert "INVALID_ARGUMENT: ca_file, cert_file and key_file need a TLS address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["https://127.0.0.1:1", "grpcs://127.0.0.1:1"])
+def test_the_token_is_not_in_the_client_options_repr(address: str) -> None:
+    with FeatureClient(address, token="t0ken-0123456789abcdef") as client:
+        assert "t0ken" not in repr(client.options) and "t0ken" not in str(client.options)
+        assert client.options.token == "t0ken-0123456789abcdef"
+
+
+_GRPC_TLS_PROBE = """
+import sys, grpc, trustme
+from concurrent import futures
+from featurestore.client import FeatureClient, FeatureServiceError
+ca = trustme.CA(); cert = ca.issue_cert("localhost")
+ca.cert_pem.write_to_path(sys.argv[1])
+server = grpc.server(futures.ThreadPoolExecutor(2))
+creds = grpc.ssl_server_credentials(((cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes()),))
+port = server.add_secure_port("localhost:0", creds); server.start()
+retries = []
+with FeatureClient(f"grpcs://localhost:{port}", retries=1, backoff=0.01,
+                   on_retry=lambda n, e: retries.append(n)) as client:
+    try:
+        client.join({"user_id": [1]}, ["v:f"], deadline=10)
+    except FeatureServiceError as e:
+        print(e.code, len(retries), "handshake" in e.message.lower())
+"""
+
+
+def test_grpcs_without_a_ca_file_trusts_grpcs_roots_or_the_bundle_its_variable_names(tmp_path: Path) -> None:
+    """docs/client.md: grpc's own roots, not the system's; GRPC_DEFAULT_SSL_ROOTS_FILE_PATH
+    replaces them. An untrusted certificate fails the handshake: UNAVAILABLE, retried
+    (grpc tells why only in its message). The server has no Join: UNIMPLEMENTED means the
+    handshake passed. A subprocess each: grpc reads the roots once per process."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    ca = str(tmp_path / "ca.pem")
+
+    def probe(extra: dict[str, str]) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", _GRPC_TLS_PROBE, ca], env={**env, **extra},
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return run.stdout.strip()
+
+    assert probe({}) == "UNAVAILABLE 1 True"
+    assert probe({"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": ca}) == "UNIMPLEMENTED 0 False"
