@@ -47,7 +47,8 @@ ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 REQUESTS = Counter(
     "featurestore_requests_total",
-    "Requests handled, by route, protocol and outcome (ok, partial or an error code).",
+    "Requests handled, by route, protocol and outcome (ok, partial, shed: a join refused "
+    "under overload, CANCELLED or an error code).",
     ["route", "protocol", "outcome"],
 )
 REQUEST_DURATION = Histogram(

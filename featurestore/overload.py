@@ -100,6 +100,10 @@ MIN_LIMIT: Final = 32
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by a standing queue
+# A shed join's outcome in featurestore_requests_total, the same over both protocols
+# (whose status codes differ): refused for capacity, not failed, so the server-error
+# alert (FeatureStoreJoinErrors) does not count it; FeatureStoreShedding does.
+SHED: Final = "shed"
 
 
 class LoadShedder:
@@ -212,7 +216,8 @@ RETRY_AFTER_SECONDS: Final = 1
 def shed(api: str, reason: str) -> FeatureStoreError:
     """Count a shed request and return what its caller is told: UNAVAILABLE (HTTP 503)
     over HTTP, RESOURCE_EXHAUSTED over gRPC (gRPC's status for "out of capacity, back
-    off"; its UNAVAILABLE would make clients retry at once)."""
+    off"; its UNAVAILABLE would make clients retry at once). Its outcome in
+    ``featurestore_requests_total`` is ``SHED`` on both."""
     metrics.requests_shed(api, reason).inc()
     kind = LimitExceeded if api == "grpc" else Overloaded
     return kind(

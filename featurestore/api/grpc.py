@@ -26,7 +26,7 @@ from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.errors import Code, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
-from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
+from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
@@ -145,9 +145,8 @@ class GrpcApi:
             await self._authenticate(context, call, READ)
         shedder = self.shedder
         if shedder is not None and (reason := shedder.admit()) is not None:
-            await _abort(
-                context, call, shed("grpc", reason), trailing=(("retry-after", str(RETRY_AFTER_SECONDS)),)
-            )
+            retry_after = (("retry-after", str(RETRY_AFTER_SECONDS)),)
+            await _abort(context, call, shed("grpc", reason), trailing=retry_after, outcome=SHED)
         try:
             return await self._answer_join(request, context, call)
         finally:
@@ -258,9 +257,11 @@ async def _abort(
     span: Span | None = None,
     cause: BaseException | None = None,
     trailing: tuple[tuple[str, str], ...] = (),
+    outcome: str | None = None,
 ) -> NoReturn:
-    """Note the call's error (and its span's), then end it with the error's status."""
-    call.answer(error.code.value)
+    """Note the call's error (and its span's), then end it with the error's status.
+    ``outcome``: what it is counted as, when not the error's code (a shed join)."""
+    call.answer(outcome or error.code.value)
     call.outcomes.span_error(error, span, cause)
     if trailing:
         await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailing)

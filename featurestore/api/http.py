@@ -28,7 +28,7 @@ from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticat
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
-from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
+from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ class HttpApi:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
             elif (reason := self.shedder.admit()) is not None:
                 error = shed("http", reason)
-                self.join.outcomes.failed(t0, error)
+                self.join.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
                 await send_error(send, error, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
                 return
             else:

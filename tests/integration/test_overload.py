@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from featurestore.client import FeatureClient, FeatureServiceError, ResourceExhaustedError, UnavailableError
 from featurestore.overload import RETRY_AFTER_SECONDS
@@ -83,6 +84,15 @@ class Stack:
         )
         return hangers, statuses
 
+    def requests(self, route: str, protocol: str, outcome: str) -> float:
+        text = http_get(self.server.url + "/metrics")[1].decode()
+        want = {"route": route, "protocol": protocol, "outcome": outcome}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "featurestore_requests_total" and sample.labels == want:
+                    return float(sample.value)
+        return 0.0
+
     def shed_count(self, api: str) -> float:
         return self.metric(rf'^featurestore_requests_shed_total\{{api="{api}",reason="inflight"\}} (\S+)$')
 
@@ -122,6 +132,12 @@ def test_joins_beyond_the_in_flight_cap_are_shed_at_once_and_served_again_when_t
     assert "overloaded" in (e.value.details() or "")
 
     assert stack.shed_count("http") == 1 and stack.shed_count("grpc") == 1
+    # counted as shed on both protocols, not as the server error UNAVAILABLE (FeatureStoreJoinErrors)
+    for route, protocol, code in (
+        ("/v1/feature/join", "http", "UNAVAILABLE"),
+        ("/featurestore.v1.FeatureService/Join", "grpc", "RESOURCE_EXHAUSTED"),
+    ):
+        assert stack.requests(route, protocol, "shed") == 1 and stack.requests(route, protocol, code) == 0
 
     stack.redis.resume()
     for t in hangers:
