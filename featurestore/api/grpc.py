@@ -24,14 +24,15 @@ from featurestore.api.errors import GRPC_STATUS, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
 from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
-from featurestore.errors import Code, FeatureStoreError, InvalidArgument
+from featurestore.deadlines import Deadlines
+from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
 from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
-_EOF_GRACE_SECONDS = 0.005  # see _request
+_EOF_GRACE_SECONDS = 0.005  # see GrpcApi._request
 
 SERVICE = "featurestore.v1.FeatureService"
 JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
@@ -77,11 +78,12 @@ class GrpcApi:
         self._inflight = metrics.inflight("grpc")
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
+        self._deadlines = Deadlines()  # the wait for a call's message (one event loop)
         self._methods: dict[str, grpc.RpcMethodHandler] = {
             "Join": (
                 grpc.unary_unary_rpc_method_handler(self._join_unary_rpc)
                 if unary_join
-                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see _request
+                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see GrpcApi._request
             ),
             "Push": grpc.stream_unary_rpc_method_handler(self._push_rpc),
         }
@@ -122,7 +124,7 @@ class GrpcApi:
     async def _join_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._join(await _request(context, call), context, call)
+        return await self._join(await self._request(context, call), context, call)
 
     async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
@@ -132,7 +134,35 @@ class GrpcApi:
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._push(await _request(context, call), context, call)
+        return await self._push(await self._request(context, call), context, call)
+
+    async def _request(self, context: grpc.aio.ServicerContext, call: Call) -> bytes:
+        """The call's one request message, awaited for what is left of
+        ``limits.deadline_ms`` from the call's start (as the join then gets): a call whose
+        message does not come by then ends DEADLINE_EXCEEDED instead of holding its stream
+        and handler for as long as its client keeps the connection open. The methods are
+        registered as client-streaming (the same frames on the wire as unary), so the
+        handler runs from the call's start and its accounting sees calls that end before
+        their message is read."""
+        deadline = time.monotonic() + self._configured(call)
+        try:
+            with self._deadlines.guard(deadline):  # no loop timer per call (deadlines.py)
+                message = await context.read()
+        except TimeoutError:
+            error = DeadlineExceeded(
+                f"the call's request message did not arrive within limits.deadline_ms ({self.deadline_ms} ms)"
+            )
+            await _abort(context, call, error)
+        if message is grpc.aio.EOF:
+            # EOF is also what a call ending before its message gives: cancelled by its
+            # client, or its message refused by grpc (over the size limit). grpc cancels this
+            # handler for those once the loop has run its callbacks (in the next step on an
+            # idle machine; the wait leaves a loaded loop room); such a call is counted as it
+            # ended (``Call.finish``), not as a client's mistake. A live call gets the abort.
+            await asyncio.sleep(_EOF_GRACE_SECONDS)
+            await _abort(context, call, InvalidArgument("the call carries no request message"))
+        assert isinstance(message, bytes)
+        return message
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, call: Call, scope: str) -> None:
         assert self.auth is not None
@@ -233,23 +263,6 @@ class Call:
         self.outcomes.record(self.outcome or CANCELLED, self.t0)
 
 
-async def _request(context: grpc.aio.ServicerContext, call: Call) -> bytes:
-    """The call's one request message. The methods are registered as client-streaming
-    (the same frames on the wire as unary), so the handler runs from the call's start
-    and its accounting sees calls that end before their message is read."""
-    message = await context.read()
-    if message is grpc.aio.EOF:
-        # EOF is also what a call ending before its message gives: cancelled by its
-        # client, or its message refused by grpc (over the size limit). grpc cancels this
-        # handler for those once the loop has run its callbacks (in the next step on an
-        # idle machine; the wait leaves a loaded loop room); such a call is counted as it
-        # ended (``Call.finish``), not as a client's mistake. A live call gets the abort.
-        await asyncio.sleep(_EOF_GRACE_SECONDS)
-        await _abort(context, call, InvalidArgument("the call carries no request message"))
-    assert isinstance(message, bytes)
-    return message
-
-
 async def _abort(
     context: grpc.aio.ServicerContext,
     call: Call,
@@ -303,7 +316,8 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
     ``limits`` bound what a connection may hold; grpc core enforces them (and exposes
     no count of when it does): idle and aged connections get a GOAWAY, a client pinging
     faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
-    metadata over the limit fails the call with RESOURCE_EXHAUSTED."""
+    metadata over the limit fails the call with RESOURCE_EXHAUSTED, a connection's calls
+    beyond ``max_concurrent_streams`` wait in the client."""
     ms = _milliseconds
     return grpc.aio.server(
         options=[
@@ -321,6 +335,7 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
             ("grpc.max_metadata_size", limits.max_metadata_bytes),  # soft limit
             ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
             ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
+            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
         ]
     )
 
