@@ -31,6 +31,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from featurestore import metrics_archive
+
 LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -323,19 +325,24 @@ join_keys_read = BufferedHistogram(JOIN_KEYS_READ)
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition for ``/metrics``, aggregated across worker processes."""
+    """The text exposition for ``/metrics``, aggregated across worker processes: the
+    buffers flushed, then ``render``. The route runs the two apart (``render`` in a
+    thread, off the event loop)."""
     flush()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    return render()
+
+
+def render() -> tuple[bytes, str]:
+    """The text exposition of what prometheus_client holds: with several workers, read
+    from every worker's files (and the dead ones' archive, ``metrics_archive``), which
+    takes milliseconds: callable from any thread (``flush`` is the event loop's)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        _mp.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+        with metrics_archive.reading(path):
+            return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
-
-
-def mark_worker_dead(pid: int, metrics_dir: str) -> None:
-    """Drop a dead worker's live gauges from the shared metrics directory (the
-    supervisor's own environment does not name it: only its workers' does)."""
-    _mp.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 # -- appended: data and log health (issue 10) -----------------------------------------

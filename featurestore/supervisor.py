@@ -17,9 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from featurestore import metrics
+from featurestore import metrics_archive
 
 log = logging.getLogger("featurestore")
 
@@ -87,10 +86,8 @@ class Supervisor:
                 time.sleep(0.2)
                 rc = self._reap(time.monotonic())
                 code = code or rc
-        finally:
-            for f in Path(self.metrics_dir).glob("*.db"):
-                f.unlink()
-            os.rmdir(self.metrics_dir)
+        finally:  # the workers' metrics files, the archive and its lock
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return code
 
     def _reap(self, now: float) -> int:
@@ -102,7 +99,7 @@ class Supervisor:
             if rc is None:
                 continue
             del self.procs[slot]
-            metrics.mark_worker_dead(p.pid, self.metrics_dir)
+            self._archive_metrics(p.pid)
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
@@ -121,6 +118,15 @@ class Supervisor:
             if at <= now and self.stop_signal is None and self.restart_at.pop(slot, None) is not None:
                 self.spawn(slot)
         return code
+
+    def _archive_metrics(self, pid: int) -> None:
+        """Fold a dead worker's metrics files into the directory's archive, so a scrape
+        reads one file per type for all the dead (metrics_archive.py). A failure keeps
+        its files (the totals stay right, scrapes get slower): logged, not fatal."""
+        try:
+            metrics_archive.archive_dead_worker(pid, self.metrics_dir)
+        except Exception:
+            log.exception("could not archive the metrics of worker %d; its files stay", pid)
 
 
 _RESTART_MIN_S = 0.5

@@ -158,7 +158,10 @@ def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProb
         },
     )
     async def prometheus() -> Response:
-        data, ctype = metrics.exposition()
+        metrics.flush()  # the buffers belong to the event loop
+        # Reading every worker's metrics files takes milliseconds (more with many
+        # series): in a thread, not on the loop the joins wait for.
+        data, ctype = await asyncio.to_thread(metrics.render)
         return Response(data, media_type=ctype)
 
 
