@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
-from featurestore import metrics_archive
+from featurestore import metrics_files
 
 LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
@@ -334,13 +334,13 @@ def exposition() -> tuple[bytes, str]:
 
 def render() -> tuple[bytes, str]:
     """The text exposition of what prometheus_client holds: with several workers, read
-    from every worker's files (and the dead ones' archive, ``metrics_archive``), which
+    from every worker's files (and the dead ones' archive, ``metrics_files``), which
     takes milliseconds: callable from any thread (``flush`` is the event loop's)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
-        with metrics_archive.reading(path):
+        with metrics_files.reading(path):
             return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 

@@ -3,8 +3,9 @@
 Each worker is a full ``featurestore serve --workers 1`` process (one event loop, HTTP
 and gRPC) binding the same ports with SO_REUSEPORT, so the kernel spreads connections.
 The supervisor sets PROMETHEUS_MULTIPROC_DIR first (``/metrics`` aggregates all
-workers), restarts a worker that dies, and forwards SIGINT/SIGTERM so every worker
-drains before exit.
+workers), restarts a worker that dies (counted in ``featurestore_worker_restarts_total``,
+its metrics files folded into the directory's archive: ``metrics_files.py``), forwards
+SIGINT/SIGTERM so every worker drains before exit, and removes the directory at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from featurestore import metrics_archive
+from featurestore import metrics_files
 
 log = logging.getLogger("featurestore")
 
@@ -49,6 +50,8 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.stop_signal: int | None = None
         self.signaled: set[int] = set()  # pids that got stop_signal
+        # featurestore_worker_restarts_total, in the workers' metrics (from run() on)
+        self.restarts: metrics_files.RestartCounter | None = None
 
     def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
@@ -76,17 +79,20 @@ class Supervisor:
                 p.send_signal(sig)
 
     def run(self) -> int:
-        for slot in range(self.workers):
-            if self.stop_signal is None:
-                self.spawn(slot)
         code = 0
         try:
+            self.restarts = metrics_files.RestartCounter(self.metrics_dir)
+            for slot in range(self.workers):
+                if self.stop_signal is None:
+                    self.spawn(slot)
             while self.procs or self.restart_at:
                 self._forward()
                 time.sleep(0.2)
                 rc = self._reap(time.monotonic())
                 code = code or rc
         finally:  # the workers' metrics files, the archive and its lock
+            if self.restarts is not None:
+                self.restarts.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return code
 
@@ -113,6 +119,8 @@ class Supervisor:
             )
             self.backoff[slot] = min(max(delay, _RESTART_MIN_S), _RESTART_MAX_S)
             self.restart_at[slot] = now + self.backoff[slot]
+            if self.restarts is not None:
+                self.restarts.restarted(rc)
             log.error("worker %d exited with %s; restarting in %.1f s", p.pid, rc, self.backoff[slot])
         for slot, at in list(self.restart_at.items()):
             if at <= now and self.stop_signal is None and self.restart_at.pop(slot, None) is not None:
@@ -121,10 +129,10 @@ class Supervisor:
 
     def _archive_metrics(self, pid: int) -> None:
         """Fold a dead worker's metrics files into the directory's archive, so a scrape
-        reads one file per type for all the dead (metrics_archive.py). A failure keeps
+        reads one file per type for all the dead (metrics_files.py). A failure keeps
         its files (the totals stay right, scrapes get slower): logged, not fatal."""
         try:
-            metrics_archive.archive_dead_worker(pid, self.metrics_dir)
+            metrics_files.archive_dead_worker(pid, self.metrics_dir)
         except Exception:
             log.exception("could not archive the metrics of worker %d; its files stay", pid)
 

@@ -1,6 +1,6 @@
 """The /metrics scrape: rendered off the event loop, and as cheap after many worker
 restarts as after none (a dead worker's counters and histograms are folded into one
-archive file per type, with the same totals: metrics_archive.py, which writes with
+archive file per type, with the same totals: metrics_files.py, which writes with
 prometheus_client's undocumented mmap_dict: these tests fail if it changes)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from featurestore.metrics_archive import archive_dead_worker
+from featurestore.metrics_files import archive_dead_worker
 from tests.unit.test_api_edges import client, http_api, make_engine
 
 # One worker's life: requests by outcome, latencies, a live gauge; `n` scales the values

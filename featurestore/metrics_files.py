@@ -1,5 +1,6 @@
-"""The workers' shared metrics directory over restarts: a dead worker's counters and
-histograms merged into one archive file per metric type.
+"""The workers' shared metrics directory (``PROMETHEUS_MULTIPROC_DIR``) as the supervisor
+keeps it: a dead worker's counters and histograms merged into one archive file per
+metric type, and the supervisor's own counter of worker restarts.
 
 prometheus_client's multiprocess mode keeps one file per process and metric type
 (``counter_<pid>.db``, ``histogram_<pid>.db``, ...) and every scrape reads them all.
@@ -15,10 +16,16 @@ double count), or neither (a reset): the swap is done under an exclusive ``flock
 ``archive.lock`` in the directory, which every scrape takes shared (``reading``) for
 its glob and reads. Workers write their own files and never take it.
 
-The merge reads with ``MultiProcessCollector.merge(accumulate=False)`` (public) and
-writes with ``prometheus_client.mmap_dict.MmapedDict`` and ``mmap_key``, the module the
-library writes its own files with (not a documented API: tests/unit/test_metrics_scrape.py
-fails when it changes).
+The supervisor serves no ``/metrics`` (and its prometheus_client is not in
+multiprocess mode: the variable is set for its workers only), so it writes
+``featurestore_worker_restarts_total`` as a worker would write a counter, into a file of
+its own (``counter_supervisor.db``, ``RestartCounter``): every worker's scrape shows it.
+
+The merge reads with ``MultiProcessCollector.merge(accumulate=False)`` (public); the
+archive and the restart counter are written with ``prometheus_client.mmap_dict``'s
+``MmapedDict`` and ``mmap_key``, the module the library writes its own files with (not a
+documented API: tests/unit/test_metrics_scrape.py and tests/integration/test_workers.py
+fail when it changes).
 """
 
 from __future__ import annotations
@@ -36,6 +43,40 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 LOCK_NAME = "archive.lock"  # not *.db: the collector's glob does not read it
 ARCHIVED_TYPES = ("counter", "histogram", "summary")  # what stays after a process dies
 ARCHIVE_PID = "archive"
+
+
+RESTARTS = "featurestore_worker_restarts"  # the family; its sample is RESTARTS_total
+RESTARTS_HELP = (
+    "Worker processes (--workers N) that exited while serving and were restarted by the "
+    "supervisor, by cause: signal (killed: the OOM killer's SIGKILL, a crash's SIGSEGV or "
+    "SIGABRT) or exit (exited with a code)."
+)
+CAUSES = ("signal", "exit")
+
+
+class RestartCounter:
+    """``featurestore_worker_restarts_total{cause}`` in ``counter_supervisor.db``; both
+    causes start at 0, so the first restart is an increase Prometheus sees. The
+    supervisor's loop only (not thread-safe)."""
+
+    def __init__(self, metrics_dir: str) -> None:
+        self._values = MmapedDict(os.path.join(metrics_dir, "counter_supervisor.db"))  # type: ignore[no-untyped-call]
+        self._keys = {
+            cause: mmap_key(RESTARTS, RESTARTS + "_total", ["cause"], [cause], RESTARTS_HELP)
+            for cause in CAUSES
+        }
+        for key in self._keys.values():
+            self._values.write_value(key, 0.0, 0.0)  # type: ignore[no-untyped-call]
+        self.counts = dict.fromkeys(CAUSES, 0)
+
+    def restarted(self, returncode: int) -> None:
+        """A worker exited with ``returncode`` (negative: the signal that killed it)."""
+        cause = "signal" if returncode < 0 else "exit"
+        self.counts[cause] += 1
+        self._values.write_value(self._keys[cause], float(self.counts[cause]), 0.0)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._values.close()  # type: ignore[no-untyped-call]
 
 
 @contextmanager
