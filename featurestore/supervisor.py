@@ -11,6 +11,7 @@ SIGINT/SIGTERM so every worker drains before exit, and removes the directory at 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -27,6 +28,13 @@ WORKER_ENV = "FEATURESTORE_WORKER"
 REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
 
 
+# How long the workers get to stop after the stop signal before they are killed: a
+# worker's drain (process.DRAIN_SECONDS, 10 s) plus closing its stores and sinks.
+# A second SIGINT/SIGTERM kills them at once. (Kubernetes' grace period, 30 s, is above
+# preStop's 5 s plus this.)
+STOP_GRACE_SECONDS = 15.0
+
+
 def supervise(workers: int, worker_argv: list[str]) -> int:
     """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
     sup = Supervisor(workers, worker_argv)
@@ -39,8 +47,9 @@ class Supervisor:
     """The workers of one host, their restarts and their stop. ``run`` is the loop;
     ``on_signal`` is the signal handler that ``supervise`` installs."""
 
-    def __init__(self, workers: int, worker_argv: list[str]) -> None:
+    def __init__(self, workers: int, worker_argv: list[str], stop_grace: float = STOP_GRACE_SECONDS) -> None:
         self.workers = workers
+        self.stop_grace = stop_grace
         self.worker_argv = worker_argv
         self.metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
@@ -50,6 +59,8 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.stop_signal: int | None = None
         self.signaled: set[int] = set()  # pids that got stop_signal
+        self.kill_at = math.inf  # when workers still alive after the stop signal are killed
+        self.killed = False  # some were: the stop was not clean
         # featurestore_worker_restarts_total, in the workers' metrics (from run() on)
         self.restarts: metrics_files.RestartCounter | None = None
 
@@ -63,9 +74,14 @@ class Supervisor:
     def on_signal(self, sig: int, _frame: object) -> None:
         """The handler runs between any two bytecodes of the loop, even inside ``spawn``:
         a worker whose Popen has not returned yet is not in ``procs`` to be signalled.
-        So the handler signals who it can see and the loop, in ``_forward``, the rest."""
+        So the handler signals who it can see and the loop, in ``_forward``, the rest.
+        The first signal starts the drain (``stop_grace`` seconds, then the workers still
+        alive are killed); a second one kills them at once."""
+        if self.stop_signal is None:
+            self.kill_at = time.monotonic() + self.stop_grace
+        else:
+            self.kill_at = -math.inf
         self.stop_signal = sig
-        self.signaled.clear()  # a second Ctrl-C is forwarded again
         self.restart_at.clear()
         self._forward()
 
@@ -73,10 +89,27 @@ class Supervisor:
         sig = self.stop_signal
         if sig is None:
             return
+        if time.monotonic() >= self.kill_at:
+            self._kill()
+            return
         for p in list(self.procs.values()):
             if p.pid not in self.signaled and p.poll() is None:
                 self.signaled.add(p.pid)
                 p.send_signal(sig)
+
+    def _kill(self) -> None:
+        """SIGKILL the workers still alive: a second stop signal, or the drain overran."""
+        alive = [p for p in list(self.procs.values()) if p.poll() is None]
+        for p in alive:
+            p.kill()
+        if alive and not self.killed:
+            self.killed = True
+            why = (
+                "a second stop signal"
+                if self.kill_at == -math.inf
+                else f"still draining after {self.stop_grace:g} s"
+            )
+            log.error("killing worker(s) %s: %s", ", ".join(str(p.pid) for p in alive), why)
 
     def run(self) -> int:
         code = 0
@@ -94,7 +127,7 @@ class Supervisor:
             if self.restarts is not None:
                 self.restarts.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        return code
+        return code or (1 if self.killed else 0)
 
     def _reap(self, now: float) -> int:
         """Collect exited workers, schedule restarts, start those that are due; the exit
@@ -150,11 +183,17 @@ def _spawn_dying_with_parent(argv: list[str], env: dict[str, str]) -> subprocess
     execs the worker, so no Python runs between fork and exec: the supervisor may have
     gRPC threads left from applying definitions to etcd, and a child forked under them
     can abort in gRPC's fork handlers (seen in tests: exit -6, "epoll_wait error").
-    Without setpriv the prctl runs in a ``preexec_fn``, as before."""
+    Without setpriv the prctl runs in a ``preexec_fn``, as before.
+
+    Each worker gets a session of its own, so a terminal's Ctrl-C (SIGINT to the whole
+    foreground process group) reaches the supervisor alone and the workers only as it
+    forwards it: twice would be a worker's second signal, which stops it at once."""
     setpriv = shutil.which("setpriv")
     if setpriv is not None and sys.platform.startswith("linux"):
-        return subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *argv], env=env)
-    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            [setpriv, "--pdeathsig", "TERM", "--", *argv], env=env, start_new_session=True
+        )
+    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, start_new_session=True)
 
 
 def _die_with_parent() -> None:
