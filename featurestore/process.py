@@ -160,7 +160,7 @@ class Listeners:
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
         limits = config.limits
         # The shedder samples the loop's lag either way; it sheds only with limits.shed.
-        self.shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000, sheds=limits.shed)
+        self.shedder = LoadShedder.from_limits(limits)
         shedder = self.shedder if limits.shed else None
         http_api = HttpApi(
             rt.engine,

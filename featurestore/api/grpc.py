@@ -174,7 +174,7 @@ class GrpcApi:
         if self.auth is not None:
             await self._authenticate(context, call, READ)
         shedder = self.shedder
-        if shedder is not None and (reason := shedder.admit()) is not None:
+        if shedder is not None and (reason := shedder.admit(self._time_left(call, context))) is not None:
             retry_after = (("retry-after", str(RETRY_AFTER_SECONDS)),)
             await _abort(context, call, shed("grpc", reason), trailing=retry_after, outcome=SHED)
         try:
@@ -182,6 +182,11 @@ class GrpcApi:
         finally:
             if shedder is not None:
                 shedder.done()
+
+    def _time_left(self, call: Call, context: grpc.aio.ServicerContext) -> float:
+        """Seconds left of the call's deadline, the configured one's or its client's."""
+        configured, remaining = self._configured(call), context.time_remaining()
+        return configured if remaining is None else min(configured, remaining)
 
     def _configured(self, call: Call) -> float:
         """Seconds left of ``limits.deadline_ms``, counted from the call's start (before

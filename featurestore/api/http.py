@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping
 
@@ -86,6 +87,15 @@ class JoinEndpoint:
             span.end()
         self.outcomes.succeeded(t0, result.partial)
         return 200, ctype, out
+
+    def time_left(self, header: bytes | None, t0: float) -> float:
+        """Seconds left of the join's deadline (from ``t0``), for admission; +inf for a
+        header the join refuses (it answers the 400 itself)."""
+        try:
+            ms = self._deadline(header)
+        except InvalidArgument:
+            return math.inf
+        return ms / 1000.0 - (time.perf_counter() - t0)
 
     def _deadline(self, header: bytes | None) -> int:
         """Milliseconds this join may take: the configured deadline, or the header's
@@ -271,7 +281,7 @@ class HttpApi:
                 status, ctype, out = self._too_large(t0)
             elif self.shedder is None:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
-            elif (reason := self.shedder.admit()) is not None:
+            elif (reason := self.shedder.admit(self.join.time_left(deadline, t0))) is not None:
                 error = shed("http", reason)
                 self.join.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
                 await send_error(send, error, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
