@@ -62,7 +62,9 @@ REQUEST_DURATION = Histogram(
 )
 INFLIGHT = Gauge(
     "featurestore_inflight_requests",
-    "Requests being served right now.",
+    "Joins being served right now, by protocol: from the request's start (HTTP: before its "
+    "body is read; gRPC: the call's, before its message is read) to its answer, refused and "
+    "shed ones included (the shedder's cap counts admitted joins only).",
     ["protocol"],
     multiprocess_mode="livesum",
 )

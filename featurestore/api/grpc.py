@@ -108,9 +108,11 @@ class GrpcApi:
     async def join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One Join, accounted as it returns (grpc itself calls ``_join_rpc``)."""
         call = Call(self._join_outcomes)
+        self._inflight.inc()
         try:
             return await self._join(request, context, call)
         finally:
+            self._inflight.dec()
             call.record()
 
     async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -124,12 +126,22 @@ class GrpcApi:
     async def _join_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._join(await self._request(context, call), context, call)
+        # in flight from the call's start, as an HTTP join from its handler's: the wait
+        # for its message, a refusal and a shed one included
+        self._inflight.inc()
+        try:
+            return await self._join(await self._request(context, call), context, call)
+        finally:
+            self._inflight.dec()
 
     async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._join(request, context, call)
+        self._inflight.inc()
+        try:
+            return await self._join(request, context, call)
+        finally:
+            self._inflight.dec()
 
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
@@ -194,7 +206,6 @@ class GrpcApi:
         return self.deadline_ms / 1000.0 - (time.perf_counter() - call.t0)
 
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
-        self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
         try:
@@ -210,7 +221,6 @@ class GrpcApi:
             await _abort(context, call, internal_error(e), span, e)
         finally:  # a CancelledError (the caller left, or its deadline passed) leaves no outcome
             span.end()
-            self._inflight.dec()
         call.answer("partial" if result.partial else "ok")
         return out
 

@@ -24,7 +24,14 @@ from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, BodyReader, create_app
+from featurestore.api.routes import (
+    JOIN_PATH,
+    OPS_PATHS,
+    PUSH_PATH,
+    BodyReader,
+    create_app,
+    requested_deadline_ms,
+)
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
@@ -35,7 +42,6 @@ from featurestore.push import PushService
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
-_MAX_DEADLINE_MS = 60_000
 
 
 class JoinEndpoint:
@@ -98,20 +104,8 @@ class JoinEndpoint:
         return ms / 1000.0 - (time.perf_counter() - t0)
 
     def _deadline(self, header: bytes | None) -> int:
-        """Milliseconds this join may take: the configured deadline, or the header's
-        value when that is sooner. A client may shorten its own wait, never lengthen
-        the server's (that bound is what keeps a slow store from piling up requests)."""
-        if header is None:
-            return self.deadline_ms
-        try:
-            ms = int(header)
-        except ValueError:
-            raise InvalidArgument(
-                "x-featurestore-deadline-ms must be an integer number of milliseconds"
-            ) from None
-        if not 0 < ms <= _MAX_DEADLINE_MS:
-            raise InvalidArgument(f"x-featurestore-deadline-ms must be in 1..{_MAX_DEADLINE_MS}")
-        return min(ms, self.deadline_ms)
+        """Milliseconds this join may take (``routes.requested_deadline_ms``)."""
+        return requested_deadline_ms(header, self.deadline_ms)
 
     def _error(
         self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException
