@@ -108,6 +108,7 @@ class GrpcConfig:
     max_ping_strikes: Count = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
     max_metadata_bytes: Count = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
     handshake_timeout_seconds: Seconds = 10.0  # accept to the end of the HTTP/2 handshake
+    max_concurrent_streams: Count = 1024  # calls open on one connection (grpc's default: unbounded)
     # Join as a unary handler (grpc reads the message first) instead of client-streaming
     # (the handler runs from the call's start): less CPU per call, but a call that dies
     # waiting for the event loop before its message is read is not counted (api/grpc.py).
@@ -210,6 +211,7 @@ class LimitsConfig:
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_ms: Count = 5
+    shed_min_inflight: Count = 32  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)

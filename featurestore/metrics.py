@@ -31,6 +31,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from featurestore import metrics_files
+
 LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -47,7 +49,8 @@ ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 REQUESTS = Counter(
     "featurestore_requests_total",
-    "Requests handled, by route, protocol and outcome (ok, partial or an error code).",
+    "Requests handled, by route, protocol and outcome (ok, partial, shed: a join refused "
+    "under overload, CANCELLED or an error code).",
     ["route", "protocol", "outcome"],
 )
 REQUEST_DURATION = Histogram(
@@ -59,7 +62,9 @@ REQUEST_DURATION = Histogram(
 )
 INFLIGHT = Gauge(
     "featurestore_inflight_requests",
-    "Requests being served right now.",
+    "Joins being served right now, by protocol: from the request's start (HTTP: before its "
+    "body is read; gRPC: the call's, before its message is read) to its answer, refused and "
+    "shed ones included (the shedder's cap counts admitted joins only).",
     ["protocol"],
     multiprocess_mode="livesum",
 )
@@ -111,7 +116,8 @@ REQUESTS_SHED = Counter(
     "featurestore_requests_shed_total",
     "Joins refused at their start because a queue of joins stood in the worker "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
-    "latency: the limit lowered by a standing queue: the event loop late for 100 ms).",
+    "latency: the limit lowered by a standing queue: the event loop late for 100 ms; "
+    "deadline: less of its deadline left than the event loop's lag).",
     ["api", "reason"],
 )
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
@@ -328,19 +334,24 @@ join_keys_read = BufferedHistogram(JOIN_KEYS_READ)
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition for ``/metrics``, aggregated across worker processes."""
+    """The text exposition for ``/metrics``, aggregated across worker processes: the
+    buffers flushed, then ``render``. The route runs the two apart (``render`` in a
+    thread, off the event loop)."""
     flush()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    return render()
+
+
+def render() -> tuple[bytes, str]:
+    """The text exposition of what prometheus_client holds: with several workers, read
+    from every worker's files (and the dead ones' archive, ``metrics_files``), which
+    takes milliseconds: callable from any thread (``flush`` is the event loop's)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        _mp.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+        with metrics_files.reading(path):
+            return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
-
-
-def mark_worker_dead(pid: int, metrics_dir: str) -> None:
-    """Drop a dead worker's live gauges from the shared metrics directory (the
-    supervisor's own environment does not name it: only its workers' does)."""
-    _mp.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 # -- appended: data and log health (issue 10) -----------------------------------------

@@ -24,6 +24,10 @@ standing queue one that does not.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
+* So is one with less of its deadline left than the loop's standing lag (the smaller of
+  the last two samples: a one-off stall is not a queue): every step of a join waits
+  about that long for the loop, so it could not answer in time (reason ``deadline``; a
+  float comparison per request).
 
 What the lag does not count is what a queue of this worker's own does not cause: a
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
@@ -56,6 +60,7 @@ from typing import Final
 from prometheus_client import Gauge
 
 from featurestore import metrics
+from featurestore.config import LimitsConfig
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 
 log = logging.getLogger(__name__)
@@ -89,17 +94,24 @@ INTERVAL: Final = 0.1
 # spends 0.5% of a core on them.
 PERIOD: Final = 0.01
 REPORT_EVERY: Final = 25  # samples between gauge updates
-# Below this many joins in flight a worker never sheds for lag: a stall of the machine
-# (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any
-# queue to shed, and 32 joins are ~20 ms of work even at batch 100 (~0.6 ms each). It is
-# also what a closed loop of callers gets without 503s: 64 callers on 2 workers are 32
-# each and are not shed when the kernel spreads their connections evenly
-# (benchmarks/RESULTS.md); of 128, a third to a half are.
+# Below this many joins in flight a worker never sheds for lag (limits.shed_min_inflight):
+# a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop
+# late without any queue to shed, and 32 joins are ~20 ms of work even at batch 100
+# (~0.6 ms each). It is also what a closed loop of callers gets without 503s: 64 callers
+# on 2 workers are 32 each and are not shed when the kernel spreads their connections
+# evenly (benchmarks/RESULTS.md); of 128, a third to a half are. It ignores a join's
+# cost: 32 joins of batch 10,000 are ~210 ms of CPU (6.6 ms each, memory store): a
+# deployment of such joins lowers it.
 MIN_LIMIT: Final = 32
 
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by a standing queue
+DEADLINE: Final = "deadline"  # less time left than the loop's standing lag
+# A shed join's outcome in featurestore_requests_total, the same over both protocols
+# (whose status codes differ): refused for capacity, not failed, so the server-error
+# alert (FeatureStoreJoinErrors) does not count it; FeatureStoreShedding does.
+SHED: Final = "shed"
 
 
 class LoadShedder:
@@ -107,10 +119,12 @@ class LoadShedder:
     event loop they run on. Event loop only. ``sheds`` False: only the lag is reported."""
 
     __slots__ = (
+        "_last_lag",
         "_late_since",
         "_least_lag",
         "_on_time_since",
         "inflight",
+        "lag",
         "limit",
         "max_limit",
         "min_limit",
@@ -127,15 +141,30 @@ class LoadShedder:
         self.target = target_seconds
         self.sheds = sheds
         self.inflight = 0
+        self.lag = 0.0  # the standing lag: the smaller of the last two samples
+        self._last_lag = 0.0
         self._late_since = INF  # since when every sample was late with a queue worth shedding
         self._least_lag = INF  # the smallest lag since then
         self._on_time_since = INF  # since when every sample was on time with the limit not binding
 
-    def admit(self) -> str | None:
-        """None: go ahead (and call ``done`` at the end); else the reason to shed."""
+    @classmethod
+    def from_limits(cls, limits: LimitsConfig) -> LoadShedder:
+        """The worker's shedder as configured (it sheds only with ``limits.shed``)."""
+        return cls(
+            limits.max_inflight,
+            limits.shed_target_ms / 1000,
+            min_limit=limits.shed_min_inflight,
+            sheds=limits.shed,
+        )
+
+    def admit(self, remaining: float = INF) -> str | None:
+        """None: go ahead (and call ``done`` at the end); else the reason to shed.
+        ``remaining``: seconds left of the request's deadline."""
         inflight = self.inflight
         if inflight >= self.limit:
             return INFLIGHT if inflight >= self.max_limit else LATENCY
+        if remaining < self.lag:
+            return DEADLINE
         self.inflight = inflight + 1
         return None
 
@@ -145,6 +174,7 @@ class LoadShedder:
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``."""
+        self.lag, self._last_lag = min(lag, self._last_lag), lag
         inflight = self.inflight
         if lag > self.target:
             self._on_time_since = INF
@@ -212,7 +242,8 @@ RETRY_AFTER_SECONDS: Final = 1
 def shed(api: str, reason: str) -> FeatureStoreError:
     """Count a shed request and return what its caller is told: UNAVAILABLE (HTTP 503)
     over HTTP, RESOURCE_EXHAUSTED over gRPC (gRPC's status for "out of capacity, back
-    off"; its UNAVAILABLE would make clients retry at once)."""
+    off"; its UNAVAILABLE would make clients retry at once). Its outcome in
+    ``featurestore_requests_total`` is ``SHED`` on both."""
     metrics.requests_shed(api, reason).inc()
     kind = LimitExceeded if api == "grpc" else Overloaded
     return kind(

@@ -160,7 +160,7 @@ class Listeners:
         # One per process: its HTTP and gRPC joins share the event loop they queue on.
         limits = config.limits
         # The shedder samples the loop's lag either way; it sheds only with limits.shed.
-        self.shedder = LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000, sheds=limits.shed)
+        self.shedder = LoadShedder.from_limits(limits)
         shedder = self.shedder if limits.shed else None
         http_api = HttpApi(
             rt.engine,
@@ -296,7 +296,7 @@ async def serve(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_stop_signal, stop, sig)
     await listeners.start()
     assert listeners.http_task is not None
     # Everything allocated so far (modules, registry, loaded data) lives as long as the
@@ -322,6 +322,18 @@ async def serve(
     stop_wait.cancel()
     await rt.close()
     log.info("stopped")
+
+
+def _on_stop_signal(stop: asyncio.Event, sig: int) -> None:
+    """The first SIGINT/SIGTERM drains (``serve``); a second one, during the drain,
+    exits at once without finishing it (in-flight requests are cut, buffered lineage
+    events and metrics lost), with the shell's code for death by that signal."""
+    if not stop.is_set():
+        stop.set()
+        return
+    log.warning("second %s while draining: exiting now", signal.Signals(sig).name)
+    logging.shutdown()  # the line above reaches its handlers before the exit
+    os._exit(128 + sig)
 
 
 def run_process(

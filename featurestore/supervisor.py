@@ -3,13 +3,15 @@
 Each worker is a full ``featurestore serve --workers 1`` process (one event loop, HTTP
 and gRPC) binding the same ports with SO_REUSEPORT, so the kernel spreads connections.
 The supervisor sets PROMETHEUS_MULTIPROC_DIR first (``/metrics`` aggregates all
-workers), restarts a worker that dies, and forwards SIGINT/SIGTERM so every worker
-drains before exit.
+workers), restarts a worker that dies (counted in ``featurestore_worker_restarts_total``,
+its metrics files folded into the directory's archive: ``metrics_files.py``), forwards
+SIGINT/SIGTERM so every worker drains before exit, and removes the directory at the end.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -17,14 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from featurestore import metrics
+from featurestore import metrics_files
 
 log = logging.getLogger("featurestore")
 
 WORKER_ENV = "FEATURESTORE_WORKER"
 REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
+
+
+# How long the workers get to stop after the stop signal before they are killed: a
+# worker's drain (process.DRAIN_SECONDS, 10 s) plus closing its stores and sinks.
+# A second SIGINT/SIGTERM kills them at once. (Kubernetes' grace period, 30 s, is above
+# preStop's 5 s plus this.)
+STOP_GRACE_SECONDS = 15.0
 
 
 def supervise(workers: int, worker_argv: list[str]) -> int:
@@ -39,8 +47,9 @@ class Supervisor:
     """The workers of one host, their restarts and their stop. ``run`` is the loop;
     ``on_signal`` is the signal handler that ``supervise`` installs."""
 
-    def __init__(self, workers: int, worker_argv: list[str]) -> None:
+    def __init__(self, workers: int, worker_argv: list[str], stop_grace: float = STOP_GRACE_SECONDS) -> None:
         self.workers = workers
+        self.stop_grace = stop_grace
         self.worker_argv = worker_argv
         self.metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
@@ -50,6 +59,10 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.stop_signal: int | None = None
         self.signaled: set[int] = set()  # pids that got stop_signal
+        self.kill_at = math.inf  # when workers still alive after the stop signal are killed
+        self.killed = False  # some were: the stop was not clean
+        # featurestore_worker_restarts_total, in the workers' metrics (from run() on)
+        self.restarts: metrics_files.RestartCounter | None = None
 
     def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
@@ -61,9 +74,14 @@ class Supervisor:
     def on_signal(self, sig: int, _frame: object) -> None:
         """The handler runs between any two bytecodes of the loop, even inside ``spawn``:
         a worker whose Popen has not returned yet is not in ``procs`` to be signalled.
-        So the handler signals who it can see and the loop, in ``_forward``, the rest."""
+        So the handler signals who it can see and the loop, in ``_forward``, the rest.
+        The first signal starts the drain (``stop_grace`` seconds, then the workers still
+        alive are killed); a second one kills them at once."""
+        if self.stop_signal is None:
+            self.kill_at = time.monotonic() + self.stop_grace
+        else:
+            self.kill_at = -math.inf
         self.stop_signal = sig
-        self.signaled.clear()  # a second Ctrl-C is forwarded again
         self.restart_at.clear()
         self._forward()
 
@@ -71,27 +89,45 @@ class Supervisor:
         sig = self.stop_signal
         if sig is None:
             return
+        if time.monotonic() >= self.kill_at:
+            self._kill()
+            return
         for p in list(self.procs.values()):
             if p.pid not in self.signaled and p.poll() is None:
                 self.signaled.add(p.pid)
                 p.send_signal(sig)
 
+    def _kill(self) -> None:
+        """SIGKILL the workers still alive: a second stop signal, or the drain overran."""
+        alive = [p for p in list(self.procs.values()) if p.poll() is None]
+        for p in alive:
+            p.kill()
+        if alive and not self.killed:
+            self.killed = True
+            why = (
+                "a second stop signal"
+                if self.kill_at == -math.inf
+                else f"still draining after {self.stop_grace:g} s"
+            )
+            log.error("killing worker(s) %s: %s", ", ".join(str(p.pid) for p in alive), why)
+
     def run(self) -> int:
-        for slot in range(self.workers):
-            if self.stop_signal is None:
-                self.spawn(slot)
         code = 0
         try:
+            self.restarts = metrics_files.RestartCounter(self.metrics_dir)
+            for slot in range(self.workers):
+                if self.stop_signal is None:
+                    self.spawn(slot)
             while self.procs or self.restart_at:
                 self._forward()
                 time.sleep(0.2)
                 rc = self._reap(time.monotonic())
                 code = code or rc
-        finally:
-            for f in Path(self.metrics_dir).glob("*.db"):
-                f.unlink()
-            os.rmdir(self.metrics_dir)
-        return code
+        finally:  # the workers' metrics files, the archive and its lock
+            if self.restarts is not None:
+                self.restarts.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        return code or (1 if self.killed else 0)
 
     def _reap(self, now: float) -> int:
         """Collect exited workers, schedule restarts, start those that are due; the exit
@@ -102,7 +138,7 @@ class Supervisor:
             if rc is None:
                 continue
             del self.procs[slot]
-            metrics.mark_worker_dead(p.pid, self.metrics_dir)
+            self._archive_metrics(p.pid)
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
@@ -116,11 +152,22 @@ class Supervisor:
             )
             self.backoff[slot] = min(max(delay, _RESTART_MIN_S), _RESTART_MAX_S)
             self.restart_at[slot] = now + self.backoff[slot]
+            if self.restarts is not None:
+                self.restarts.restarted(rc)
             log.error("worker %d exited with %s; restarting in %.1f s", p.pid, rc, self.backoff[slot])
         for slot, at in list(self.restart_at.items()):
             if at <= now and self.stop_signal is None and self.restart_at.pop(slot, None) is not None:
                 self.spawn(slot)
         return code
+
+    def _archive_metrics(self, pid: int) -> None:
+        """Fold a dead worker's metrics files into the directory's archive, so a scrape
+        reads one file per type for all the dead (metrics_files.py). A failure keeps
+        its files (the totals stay right, scrapes get slower): logged, not fatal."""
+        try:
+            metrics_files.archive_dead_worker(pid, self.metrics_dir)
+        except Exception:
+            log.exception("could not archive the metrics of worker %d; its files stay", pid)
 
 
 _RESTART_MIN_S = 0.5
@@ -136,11 +183,17 @@ def _spawn_dying_with_parent(argv: list[str], env: dict[str, str]) -> subprocess
     execs the worker, so no Python runs between fork and exec: the supervisor may have
     gRPC threads left from applying definitions to etcd, and a child forked under them
     can abort in gRPC's fork handlers (seen in tests: exit -6, "epoll_wait error").
-    Without setpriv the prctl runs in a ``preexec_fn``, as before."""
+    Without setpriv the prctl runs in a ``preexec_fn``, as before.
+
+    Each worker gets a session of its own, so a terminal's Ctrl-C (SIGINT to the whole
+    foreground process group) reaches the supervisor alone and the workers only as it
+    forwards it: twice would be a worker's second signal, which stops it at once."""
     setpriv = shutil.which("setpriv")
     if setpriv is not None and sys.platform.startswith("linux"):
-        return subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *argv], env=env)
-    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            [setpriv, "--pdeathsig", "TERM", "--", *argv], env=env, start_new_session=True
+        )
+    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, start_new_session=True)
 
 
 def _die_with_parent() -> None:

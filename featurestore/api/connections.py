@@ -16,7 +16,8 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   connection (``write_timeout``); a ``close()`` alone would wait for the flush for ever;
 * the head's size, request line and headers: 431 and close (``header_too_large``);
 * the open connections per worker: beyond the maximum, the connection's request is
-  answered 503 and the connection closed (``max_connections``);
+  answered 503 with ``Retry-After`` and the connection closed (``max_connections``;
+  counted as shed too, ``featurestore_requests_shed_total{reason="max_connections"}``);
 * bytes that are not HTTP/1.1 (a bad request line, a negative ``content-length``, broken
   chunks): uvicorn's plain-text 400 becomes the API's JSON error, and the close is
   counted (``malformed``) instead of logged at WARNING per request (``QuietClientMistakes``).
@@ -60,10 +61,12 @@ from featurestore.errors import (
     FeatureStoreError,
     InvalidArgument,
     LimitExceeded,
-    Unavailable,
+    Overloaded,
 )
+from featurestore.overload import RETRY_AFTER_SECONDS
 
 RECEIVED_AT = "featurestore.received_at"
+MAX_CONNECTIONS = "max_connections"  # a close reason, and a shed reason
 REASONS = (
     "idle",
     "header_timeout",
@@ -189,8 +192,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline = _now() + self._header_timeout
         n = self.guard.limits.max_connections
         if len(self.guard.connections) > n:
-            error = Unavailable(f"this server process holds its limit of {n} connections; retry")
-            self.app = self._refusal(503, error, "max_connections")  # uvicorn runs self.app per request
+            # refused for capacity, as a shed join: Retry-After, and counted as shed
+            error = Overloaded(
+                f"this server process holds its limit of {n} connections; retry after "
+                f"{RETRY_AFTER_SECONDS} s or on another replica",
+                details=[{"reason": MAX_CONNECTIONS, "retry_after_seconds": RETRY_AFTER_SECONDS}],
+            )
+            self.app = self._refusal(503, error, MAX_CONNECTIONS)  # uvicorn runs self.app per request
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.lost(self)
@@ -319,9 +327,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
+        shed = reason == MAX_CONNECTIONS
+        if shed:
+            headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
 
         async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
             self.guard.count(reason)
+            if shed:
+                metrics.requests_shed("http", MAX_CONNECTIONS).inc()
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 

@@ -124,18 +124,20 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
 
+DEADLINE_PARAMETER: dict[str, Any] = {
+    "name": "x-featurestore-deadline-ms",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 60000},
+    "description": "Milliseconds (1..60000) for this request; lowers the server's configured "
+    "deadline, never raises it",
+}
+
 JOIN_OPERATION: dict[str, Any] = {
     "summary": "Join feature values for a batch of entity rows",
     "operationId": "join",
     "parameters": [
-        {
-            "name": "x-featurestore-deadline-ms",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 60000},
-            "description": "Milliseconds (1..60000) for this request; lowers the server's configured "
-            "deadline, never raises it",
-        },
+        DEADLINE_PARAMETER,
         {
             "name": "traceparent",
             "in": "header",
@@ -174,5 +176,6 @@ PUSH_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: _error(PUSH_DEADLINE_TEXT),
 }
 PUSH_OPENAPI_EXTRA: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": PUSH_REQUEST_SCHEMA}}}
+    "parameters": [DEADLINE_PARAMETER],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": PUSH_REQUEST_SCHEMA}}},
 }

@@ -24,14 +24,15 @@ from featurestore.api.errors import GRPC_STATUS, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
 from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
-from featurestore.errors import Code, FeatureStoreError, InvalidArgument
+from featurestore.deadlines import Deadlines
+from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
-from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
+from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
-_EOF_GRACE_SECONDS = 0.005  # see _request
+_EOF_GRACE_SECONDS = 0.005  # see GrpcApi._request
 
 SERVICE = "featurestore.v1.FeatureService"
 JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
@@ -77,11 +78,12 @@ class GrpcApi:
         self._inflight = metrics.inflight("grpc")
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
+        self._deadlines = Deadlines()  # the wait for a call's message (one event loop)
         self._methods: dict[str, grpc.RpcMethodHandler] = {
             "Join": (
                 grpc.unary_unary_rpc_method_handler(self._join_unary_rpc)
                 if unary_join
-                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see _request
+                else grpc.stream_unary_rpc_method_handler(self._join_rpc)  # see GrpcApi._request
             ),
             "Push": grpc.stream_unary_rpc_method_handler(self._push_rpc),
         }
@@ -106,9 +108,11 @@ class GrpcApi:
     async def join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One Join, accounted as it returns (grpc itself calls ``_join_rpc``)."""
         call = Call(self._join_outcomes)
+        self._inflight.inc()
         try:
             return await self._join(request, context, call)
         finally:
+            self._inflight.dec()
             call.record()
 
     async def push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -122,17 +126,55 @@ class GrpcApi:
     async def _join_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._join(await _request(context, call), context, call)
+        # in flight from the call's start, as an HTTP join from its handler's: the wait
+        # for its message, a refusal and a shed one included
+        self._inflight.inc()
+        try:
+            return await self._join(await self._request(context, call), context, call)
+        finally:
+            self._inflight.dec()
 
     async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._join(request, context, call)
+        self._inflight.inc()
+        try:
+            return await self._join(request, context, call)
+        finally:
+            self._inflight.dec()
 
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._push(await _request(context, call), context, call)
+        return await self._push(await self._request(context, call), context, call)
+
+    async def _request(self, context: grpc.aio.ServicerContext, call: Call) -> bytes:
+        """The call's one request message, awaited for what is left of
+        ``limits.deadline_ms`` from the call's start (as the join then gets): a call whose
+        message does not come by then ends DEADLINE_EXCEEDED instead of holding its stream
+        and handler for as long as its client keeps the connection open. The methods are
+        registered as client-streaming (the same frames on the wire as unary), so the
+        handler runs from the call's start and its accounting sees calls that end before
+        their message is read."""
+        deadline = time.monotonic() + self._configured(call)
+        try:
+            with self._deadlines.guard(deadline):  # no loop timer per call (deadlines.py)
+                message = await context.read()
+        except TimeoutError:
+            error = DeadlineExceeded(
+                f"the call's request message did not arrive within limits.deadline_ms ({self.deadline_ms} ms)"
+            )
+            await _abort(context, call, error)
+        if message is grpc.aio.EOF:
+            # EOF is also what a call ending before its message gives: cancelled by its
+            # client, or its message refused by grpc (over the size limit). grpc cancels this
+            # handler for those once the loop has run its callbacks (in the next step on an
+            # idle machine; the wait leaves a loaded loop room); such a call is counted as it
+            # ended (``Call.finish``), not as a client's mistake. A live call gets the abort.
+            await asyncio.sleep(_EOF_GRACE_SECONDS)
+            await _abort(context, call, InvalidArgument("the call carries no request message"))
+        assert isinstance(message, bytes)
+        return message
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, call: Call, scope: str) -> None:
         assert self.auth is not None
@@ -144,15 +186,19 @@ class GrpcApi:
         if self.auth is not None:
             await self._authenticate(context, call, READ)
         shedder = self.shedder
-        if shedder is not None and (reason := shedder.admit()) is not None:
-            await _abort(
-                context, call, shed("grpc", reason), trailing=(("retry-after", str(RETRY_AFTER_SECONDS)),)
-            )
+        if shedder is not None and (reason := shedder.admit(self._time_left(call, context))) is not None:
+            retry_after = (("retry-after", str(RETRY_AFTER_SECONDS)),)
+            await _abort(context, call, shed("grpc", reason), trailing=retry_after, outcome=SHED)
         try:
             return await self._answer_join(request, context, call)
         finally:
             if shedder is not None:
                 shedder.done()
+
+    def _time_left(self, call: Call, context: grpc.aio.ServicerContext) -> float:
+        """Seconds left of the call's deadline, the configured one's or its client's."""
+        configured, remaining = self._configured(call), context.time_remaining()
+        return configured if remaining is None else min(configured, remaining)
 
     def _configured(self, call: Call) -> float:
         """Seconds left of ``limits.deadline_ms``, counted from the call's start (before
@@ -160,7 +206,6 @@ class GrpcApi:
         return self.deadline_ms / 1000.0 - (time.perf_counter() - call.t0)
 
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
-        self._inflight.inc()
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
         try:
@@ -176,7 +221,6 @@ class GrpcApi:
             await _abort(context, call, internal_error(e), span, e)
         finally:  # a CancelledError (the caller left, or its deadline passed) leaves no outcome
             span.end()
-            self._inflight.dec()
         call.answer("partial" if result.partial else "ok")
         return out
 
@@ -234,23 +278,6 @@ class Call:
         self.outcomes.record(self.outcome or CANCELLED, self.t0)
 
 
-async def _request(context: grpc.aio.ServicerContext, call: Call) -> bytes:
-    """The call's one request message. The methods are registered as client-streaming
-    (the same frames on the wire as unary), so the handler runs from the call's start
-    and its accounting sees calls that end before their message is read."""
-    message = await context.read()
-    if message is grpc.aio.EOF:
-        # EOF is also what a call ending before its message gives: cancelled by its
-        # client, or its message refused by grpc (over the size limit). grpc cancels this
-        # handler for those once the loop has run its callbacks (in the next step on an
-        # idle machine; the wait leaves a loaded loop room); such a call is counted as it
-        # ended (``Call.finish``), not as a client's mistake. A live call gets the abort.
-        await asyncio.sleep(_EOF_GRACE_SECONDS)
-        await _abort(context, call, InvalidArgument("the call carries no request message"))
-    assert isinstance(message, bytes)
-    return message
-
-
 async def _abort(
     context: grpc.aio.ServicerContext,
     call: Call,
@@ -258,9 +285,11 @@ async def _abort(
     span: Span | None = None,
     cause: BaseException | None = None,
     trailing: tuple[tuple[str, str], ...] = (),
+    outcome: str | None = None,
 ) -> NoReturn:
-    """Note the call's error (and its span's), then end it with the error's status."""
-    call.answer(error.code.value)
+    """Note the call's error (and its span's), then end it with the error's status.
+    ``outcome``: what it is counted as, when not the error's code (a shed join)."""
+    call.answer(outcome or error.code.value)
     call.outcomes.span_error(error, span, cause)
     if trailing:
         await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailing)
@@ -302,7 +331,8 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
     ``limits`` bound what a connection may hold; grpc core enforces them (and exposes
     no count of when it does): idle and aged connections get a GOAWAY, a client pinging
     faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
-    metadata over the limit fails the call with RESOURCE_EXHAUSTED."""
+    metadata over the limit fails the call with RESOURCE_EXHAUSTED, a connection's calls
+    beyond ``max_concurrent_streams`` wait in the client."""
     ms = _milliseconds
     return grpc.aio.server(
         options=[
@@ -320,6 +350,7 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
             ("grpc.max_metadata_size", limits.max_metadata_bytes),  # soft limit
             ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
             ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
+            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
         ]
     )
 

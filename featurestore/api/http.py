@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping
 
@@ -23,18 +24,24 @@ from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
-from featurestore.api.routes import JOIN_PATH, OPS_PATHS, PUSH_PATH, BodyReader, create_app
+from featurestore.api.routes import (
+    JOIN_PATH,
+    OPS_PATHS,
+    PUSH_PATH,
+    BodyReader,
+    create_app,
+    requested_deadline_ms,
+)
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
-from featurestore.overload import RETRY_AFTER_SECONDS, LoadShedder, shed
+from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
-_MAX_DEADLINE_MS = 60_000
 
 
 class JoinEndpoint:
@@ -87,21 +94,18 @@ class JoinEndpoint:
         self.outcomes.succeeded(t0, result.partial)
         return 200, ctype, out
 
-    def _deadline(self, header: bytes | None) -> int:
-        """Milliseconds this join may take: the configured deadline, or the header's
-        value when that is sooner. A client may shorten its own wait, never lengthen
-        the server's (that bound is what keeps a slow store from piling up requests)."""
-        if header is None:
-            return self.deadline_ms
+    def time_left(self, header: bytes | None, t0: float) -> float:
+        """Seconds left of the join's deadline (from ``t0``), for admission; +inf for a
+        header the join refuses (it answers the 400 itself)."""
         try:
-            ms = int(header)
-        except ValueError:
-            raise InvalidArgument(
-                "x-featurestore-deadline-ms must be an integer number of milliseconds"
-            ) from None
-        if not 0 < ms <= _MAX_DEADLINE_MS:
-            raise InvalidArgument(f"x-featurestore-deadline-ms must be in 1..{_MAX_DEADLINE_MS}")
-        return min(ms, self.deadline_ms)
+            ms = self._deadline(header)
+        except InvalidArgument:
+            return math.inf
+        return ms / 1000.0 - (time.perf_counter() - t0)
+
+    def _deadline(self, header: bytes | None) -> int:
+        """Milliseconds this join may take (``routes.requested_deadline_ms``)."""
+        return requested_deadline_ms(header, self.deadline_ms)
 
     def _error(
         self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException
@@ -271,9 +275,9 @@ class HttpApi:
                 status, ctype, out = self._too_large(t0)
             elif self.shedder is None:
                 status, ctype, out = await self.join(body, accept, traceparent, deadline, t0)
-            elif (reason := self.shedder.admit()) is not None:
+            elif (reason := self.shedder.admit(self.join.time_left(deadline, t0))) is not None:
                 error = shed("http", reason)
-                self.join.outcomes.failed(t0, error)
+                self.join.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
                 await send_error(send, error, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
                 return
             else:

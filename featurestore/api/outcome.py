@@ -1,8 +1,9 @@
 """Outcome accounting for one API route on one protocol (HTTP or gRPC, join or push).
 
 Every request ends in exactly one outcome: ``ok``, ``partial`` (a join some store
-could not answer), an error code name (``NOT_FOUND``, ``INTERNAL``, ...) or
-``CANCELLED`` (the caller went away, or shutdown gave up on it). Each is counted in
+could not answer), ``shed`` (a join refused under overload, ``overload.SHED``: 503 or
+RESOURCE_EXHAUSTED, not a server error), an error code name (``NOT_FOUND``,
+``INTERNAL``, ...) or ``CANCELLED`` (the caller went away, or shutdown gave up on it). Each is counted in
 ``featurestore_requests_total`` and timed in ``featurestore_request_duration_seconds``
 under the same labels, so the histogram's count per outcome equals the counter's. A
 failed request's span gets the error; its status is set to ERROR only for the

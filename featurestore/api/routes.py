@@ -41,6 +41,26 @@ PUSH_PATH = "/v1/feature/push"
 # Probes and Prometheus: open, and on http.admin_port alone when one is configured.
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 
+DEADLINE_HEADER = "x-featurestore-deadline-ms"
+MAX_DEADLINE_MS = 60_000
+
+
+def requested_deadline_ms(header: bytes | str | None, configured: int) -> int:
+    """Milliseconds a join or push may take: the configured deadline, or the
+    x-featurestore-deadline-ms header's value when that is sooner. A client may shorten
+    its own wait, never lengthen the server's (that bound is what keeps a slow store from
+    piling up requests)."""
+    if header is None:
+        return configured
+    try:
+        ms = int(header)
+    except ValueError:
+        raise InvalidArgument(f"{DEADLINE_HEADER} must be an integer number of milliseconds") from None
+    if not 0 < ms <= MAX_DEADLINE_MS:
+        raise InvalidArgument(f"{DEADLINE_HEADER} must be in 1..{MAX_DEADLINE_MS}")
+    return min(ms, configured)
+
+
 # The body of a request, given its declared length (-1: none) and its headers, or None
 # once it is known to exceed the limit and was read to its end (``HttpApi.read_body``).
 BodyReader = Callable[[Receive, int, Sequence[tuple[bytes, bytes]]], Awaitable[bytes | None]]
@@ -95,8 +115,10 @@ def _add_push(
             body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
-            # from the request's first byte, as a join's (a slow body is part of its time)
-            deadline = time.monotonic() - (time.perf_counter() - t0) + deadline_ms / 1000.0
+            # from the request's first byte, as a join's (a slow body is part of its time);
+            # the header may shorten it, as a join's
+            ms = requested_deadline_ms(request.headers.get(DEADLINE_HEADER), deadline_ms)
+            deadline = time.monotonic() - (time.perf_counter() - t0) + ms / 1000.0
             result = await service.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
             outcomes.failed(t0, e)
@@ -158,7 +180,10 @@ def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProb
         },
     )
     async def prometheus() -> Response:
-        data, ctype = metrics.exposition()
+        metrics.flush()  # the buffers belong to the event loop
+        # Reading every worker's metrics files takes milliseconds (more with many
+        # series): in a thread, not on the loop the joins wait for.
+        data, ctype = await asyncio.to_thread(metrics.render)
         return Response(data, media_type=ctype)
 
 

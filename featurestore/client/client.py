@@ -3,8 +3,10 @@ API (httpx) or gRPC (grpcio), picked by the address's scheme. docs/client.md.
 
 Each join has one deadline (default 1 s) that covers its retries: a try that fails with
 UNAVAILABLE (the server said so, or it could not be reached) is tried again after an
-exponential backoff with jitter, while tries and time are left. Other errors raise at
-once, as the exception for their code (``featurestore.client.errors``).
+exponential backoff with jitter, while tries and time are left; a join the server shed
+(it said when to come back: Retry-After) no sooner than that, and only if the deadline
+is later. Other errors raise at once, as the exception for their code
+(``featurestore.client.errors``).
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ class FeatureClient(_Base):
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:
-            raise http_error(r.status_code, r.content)
+            raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
 
     def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
@@ -277,7 +279,7 @@ class AsyncFeatureClient(_Base):
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
         if r.status_code != 200:
-            raise http_error(r.status_code, r.content)
+            raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
 
     async def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:

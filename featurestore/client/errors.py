@@ -1,6 +1,7 @@
 """One exception type per API error code. Every one carries ``code`` (the gRPC status
-name, which the HTTP API uses too), ``message`` and ``details`` (structured, HTTP only:
-the gRPC API sends a status and a message)."""
+name, which the HTTP API uses too), ``message``, ``details`` (structured, HTTP only:
+the gRPC API sends a status and a message) and ``retry_after`` (the seconds the server
+asked the client to wait before trying again, or None)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ class FeatureServiceError(Exception):
     code = "UNKNOWN"
 
     def __init__(
-        self, message: str, *, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{self.code}: {message}")
         self.message = message
         self.details = details or []
         self.http_status = http_status  # None over gRPC
+        # Seconds the server asked for before another try (HTTP Retry-After, the gRPC
+        # retry-after trailer): a shed join. None: the server asked for nothing.
+        self.retry_after = retry_after
 
 
 class InvalidArgumentError(FeatureServiceError):
@@ -104,14 +113,18 @@ CODE_OF_HTTP_STATUS = {
 
 
 def error_for(
-    code: str, message: str, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    http_status: int | None = None,
+    retry_after: float | None = None,
 ) -> FeatureServiceError:
     """The exception for an API error code (``FeatureServiceError`` with that code when
     the code is one this client does not know)."""
     cls = ERRORS.get(code)
     if cls is None:
-        err = FeatureServiceError(message, details=details, http_status=http_status)
+        err = FeatureServiceError(message, details=details, http_status=http_status, retry_after=retry_after)
         err.code = code
         err.args = (f"{code}: {message}",)
         return err
-    return cls(message, details=details, http_status=http_status)
+    return cls(message, details=details, http_status=http_status, retry_after=retry_after)

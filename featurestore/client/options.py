@@ -110,16 +110,23 @@ class ClientOptions:
 
     def retry_policy(self, deadline_at: float) -> dict[str, Any]:
         """tenacity arguments: retry UNAVAILABLE (the server's, or a transport failure)
-        with exponential backoff and jitter, never past the call's deadline."""
+        with exponential backoff and jitter, never past the call's deadline. A shed join
+        (the server asked for a wait: HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED
+        with retry-after) is tried again no sooner than that, and not at all when the
+        deadline comes first: coming back at once only adds to the overload."""
         # "full jitter": uniform in [0, min(max_backoff, backoff * 2^n)], so clients that
         # failed together do not come back together
         backoff = tenacity.wait_random_exponential(multiplier=self.backoff, max=self.max_backoff)
 
         def wait(state: tenacity.RetryCallState) -> float:
-            return max(0.0, min(backoff(state), deadline_at - time.monotonic()))
+            pause = max(backoff(state), _asked_wait(state) or 0.0)
+            return max(0.0, min(pause, deadline_at - time.monotonic()))
 
         def stop(state: tenacity.RetryCallState) -> bool:
-            return state.attempt_number >= self.attempts or time.monotonic() >= deadline_at
+            if state.attempt_number >= self.attempts:
+                return True
+            now, asked = time.monotonic(), _asked_wait(state)
+            return now >= deadline_at or (asked is not None and now + asked >= deadline_at)
 
         policy: dict[str, Any] = {
             "retry": tenacity.retry_if_exception(retryable),
@@ -151,7 +158,20 @@ class ClientOptions:
 
 
 def retryable(e: BaseException) -> bool:
-    return isinstance(e, UnavailableError) and e.retryable
+    """UNAVAILABLE (unless a retry cannot help), and a shed join: an answer that says
+    when to come back (``retry_after``), over HTTP (503) or gRPC (RESOURCE_EXHAUSTED)."""
+    if isinstance(e, UnavailableError):
+        return e.retryable
+    return isinstance(e, FeatureServiceError) and e.code in _SHED_CODES and e.retry_after is not None
+
+
+_SHED_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+
+
+def _asked_wait(state: tenacity.RetryCallState) -> float | None:
+    """The failed try's ``retry_after``: what the server asked the client to wait."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    return error.retry_after if isinstance(error, FeatureServiceError) else None
 
 
 def remaining(deadline_at: float) -> float:

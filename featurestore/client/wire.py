@@ -5,8 +5,10 @@ clients; no I/O here."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from featurestore.client.errors import CODE_OF_HTTP_STATUS, FeatureServiceError, error_for
@@ -80,16 +82,48 @@ def _http_result(doc: Any) -> JoinResult:
     )
 
 
-def http_error(status: int, body: bytes) -> FeatureServiceError:
+def http_error(status: int, body: bytes, retry_after: str | None = None) -> FeatureServiceError:
     """The API's ``{"error": {code, message, details}}``, or a code from the status for a
-    body that is not one (a proxy's error page)."""
+    body that is not one (a proxy's error page). ``retry_after``: the answer's
+    Retry-After header (a shed join's; the body's ``retry_after_seconds`` when the header
+    is missing)."""
+    wait = parse_retry_after(retry_after)
     try:
         err = json.loads(body)["error"]
-        return error_for(str(err["code"]), str(err["message"]), list(err.get("details") or []), status)
+        details = list(err.get("details") or [])
+        if wait is None:
+            wait = _detailed_retry_after(details)
+        return error_for(str(err["code"]), str(err["message"]), details, status, wait)
     except (ValueError, KeyError, TypeError):
         code = CODE_OF_HTTP_STATUS.get(status, "UNAVAILABLE" if status >= 500 else "INVALID_ARGUMENT")
         text = body[:200].decode("utf-8", "replace").strip()
-        return error_for(code, f"HTTP {status}" + (f": {text}" if text else ""), None, status)
+        return error_for(code, f"HTTP {status}" + (f": {text}" if text else ""), None, status, wait)
+
+
+def parse_retry_after(value: str | bytes | None) -> float | None:
+    """Seconds from a Retry-After value: delta-seconds or an HTTP date (RFC 9110 10.2.3);
+    None for none or one that is neither."""
+    if value is None:
+        return None
+    text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _detailed_retry_after(details: list[Any]) -> float | None:
+    """A shed join's ``{"reason": ..., "retry_after_seconds": n}`` detail."""
+    for d in details:
+        n = d.get("retry_after_seconds") if isinstance(d, dict) else None
+        if isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) and n >= 0:
+            return float(n)
+    return None
 
 
 def _parse_iso(text: str) -> datetime:
@@ -187,6 +221,12 @@ def _iso(us: int) -> str:
 
 
 def grpc_error(e: Any) -> FeatureServiceError:
-    """A failed call (``grpc.RpcError``) as this client's error type for its status."""
+    """A failed call (``grpc.RpcError``) as this client's error type for its status, with
+    the ``retry-after`` trailing metadata a shed join carries."""
     code = e.code().name if e.code() is not None else "UNKNOWN"
-    return error_for(code, e.details() or code)
+    wait = None
+    trailing = getattr(e, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == "retry-after":
+            wait = parse_retry_after(value)
+    return error_for(code, e.details() or code, retry_after=wait)

@@ -79,12 +79,16 @@ def status_of(response: bytes) -> int:
 
 
 def closed(server: ServerProcess, reason: str) -> float:
+    return counter(server, "featurestore_http_connections_closed", {"reason": reason})
+
+
+def counter(server: ServerProcess, family_name: str, labels: dict[str, str]) -> float:
     status, raw = http_get(server.url + "/metrics")
     assert status == 200, raw
     for family in text_string_to_metric_families(raw.decode()):
-        if family.name == "featurestore_http_connections_closed":
+        if family.name == family_name:
             for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels == {"reason": reason}:
+                if sample.name.endswith("_total") and sample.labels == labels:
                     return sample.value
     return 0.0
 
@@ -238,12 +242,20 @@ def test_a_head_within_the_limit_is_served(guarded: ServerProcess) -> None:
 
 def test_connections_over_the_limit_are_answered_503_and_closed(guarded: ServerProcess) -> None:
     before = closed(guarded, "max_connections")
+    shed = {"api": "http", "reason": "max_connections"}
+    shed_before = counter(guarded, "featurestore_requests_shed", shed)
     held = [connect(guarded) for _ in range(LIMITS["max_connections"])]
     try:
         extra = connect(guarded)
         extra.sendall(request())
         received = until_closed(extra)
         assert status_of(received) == 503 and b"UNAVAILABLE" in received
+        # refused for capacity, as a shed join: says when to come back, counted as shed
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert b"\r\nretry-after: 1\r\n" in head.lower() + b"\r\n"
+        assert json.loads(body)["error"]["details"] == [
+            {"reason": "max_connections", "retry_after_seconds": 1}
+        ]
     finally:
         for sock in held:
             sock.close()
@@ -254,6 +266,7 @@ def test_connections_over_the_limit_are_answered_503_and_closed(guarded: ServerP
         interval=0.1,
     )
     assert closed(guarded, "max_connections") == before + 1
+    assert counter(guarded, "featurestore_requests_shed", shed) == shed_before + 1
 
 
 # -- bodies over a real connection -------------------------------------------------------

@@ -1,12 +1,16 @@
 """Idle, aged, silent, ping-flooding and oversized gRPC clients cannot hold a real
 server process: grpc core closes each as configured (raw HTTP/2 frames on a socket, or
-a real grpc client), and the server keeps answering calls meanwhile."""
+a real grpc client), and the server keeps answering calls meanwhile. A call whose
+message never comes ends at limits.deadline_ms; a connection may open only
+grpc.max_concurrent_streams calls at once."""
 
 from __future__ import annotations
 
 import json
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +29,12 @@ LIMITS = {
     "handshake_timeout_seconds": 1,
     "min_ping_interval_seconds": 10,
     "max_ping_strikes": 2,
+    "max_concurrent_streams": 8,
 }
+# Past the aged connection's age and grace (3 s +-10%, then 1 s): its call, whose message
+# never comes, is still open when the age limit closes the connection.
+DEADLINE_MS = 5000
+SHORT_DEADLINE_MS = 300  # the server of the calls whose message never comes
 GUARD = 30.0  # seconds; only turns a connection that is never closed into a failure
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -41,6 +50,24 @@ def guarded(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         f"registry: {{path: {work / 'registry'}}}\n"
         "stores: {default: {kind: memory}, local: {kind: memory}}\n"
         f"grpc: {json.dumps(LIMITS)}\n"
+        f"limits: {{deadline_ms: {DEADLINE_MS}}}\n"
+    )
+    proc = ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo)], log_path=work / "server.log"
+    ).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def short_deadline(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Default connection limits, a short limits.deadline_ms."""
+    work = tmp_path_factory.mktemp("short-deadline-grpc")
+    config = work / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {work / 'registry'}}}\n"
+        "stores: {default: {kind: memory}, local: {kind: memory}}\n"
+        f"limits: {{deadline_ms: {SHORT_DEADLINE_MS}}}\n"
     )
     proc = ServerProcess(
         ["--config", str(config), "--definitions", str(test_repo)], log_path=work / "server.log"
@@ -155,3 +182,57 @@ def test_metadata_over_the_limit_is_resource_exhausted(stub: pbg.FeatureServiceS
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "metadata size exceeds" in (info.value.details() or "")
     assert_calls_are_answered(stub)
+
+
+def settings_of(sock: socket.socket) -> dict[int, int]:
+    """The server's first SETTINGS frame (not an ACK): setting id -> value."""
+    buffer = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection before its SETTINGS"
+        buffer += chunk
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+            size = int.from_bytes(buffer[:3], "big")
+            kind, flags, payload = buffer[3], buffer[4], buffer[9 : 9 + size]
+            buffer = buffer[9 + size :]
+            if kind == SETTINGS and not flags & 0x1:
+                return {
+                    int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")
+                    for i in range(0, len(payload), 6)
+                }
+
+
+def test_a_connection_may_open_only_max_concurrent_streams_calls(guarded: ServerProcess) -> None:
+    sock = connect(guarded, PREFACE + frame(SETTINGS))
+    try:
+        max_concurrent_streams = 0x3  # the HTTP/2 setting's id
+        assert settings_of(sock).get(max_concurrent_streams) == LIMITS["max_concurrent_streams"]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("method", ["Join", "Push"])
+def test_a_call_whose_message_never_comes_ends_deadline_exceeded_at_the_configured_deadline(
+    short_deadline: ServerProcess, method: str
+) -> None:
+    """No client deadline: only the server's limits.deadline_ms, counted from the call's
+    start, ends it (it used to hold its stream and handler for as long as the client
+    kept the connection open, beyond the reach of the in-flight cap)."""
+    never = threading.Event()
+
+    def no_message() -> Iterator[bytes]:
+        never.wait(GUARD)  # then ends without a message
+        yield from ()
+
+    with grpc.insecure_channel(short_deadline.grpc_target) as channel:
+        call = channel.stream_unary(f"/featurestore.v1.FeatureService/{method}")
+        started = time.monotonic()
+        future = call.future(no_message())
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                future.result(timeout=GUARD)
+        finally:
+            never.set()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+    assert "did not arrive within limits.deadline_ms" in (info.value.details() or "")
+    assert time.monotonic() - started >= SHORT_DEADLINE_MS / 1000 * 0.9  # not before: counted from its start

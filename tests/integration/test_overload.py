@@ -1,18 +1,23 @@
 """Load shedding in a real server: joins pile up behind a frozen Redis until the worker's
 in-flight cap, and the rest are shed at once (HTTP 503 with Retry-After and the JSON
-error body, gRPC RESOURCE_EXHAUSTED, counted); once Redis answers again, joins succeed."""
+error body, gRPC RESOURCE_EXHAUSTED, counted); once Redis answers again, joins succeed.
+The bundled client comes back to a shed join no sooner than its Retry-After."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from featurestore.client import FeatureClient, FeatureServiceError, ResourceExhaustedError, UnavailableError
+from featurestore.overload import RETRY_AFTER_SECONDS
 from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.integration.test_redis_serving import materialize
@@ -20,11 +25,13 @@ from tests.servers import RedisServer
 from tests.support import ServerProcess, http_get, http_post, wait_until
 
 CAP = 3
-JOIN = {"entities": {"user_id": [1]}, "features": ["user_profile:age"]}
+ENTITIES = {"user_id": [1]}
+FEATURES = ["user_profile:age"]
+JOIN = {"entities": ENTITIES, "features": FEATURES}
 
 
 class Stack:
-    def __init__(self, tmp: Path, test_repo: Path, demo_dir: Path) -> None:
+    def __init__(self, tmp: Path, test_repo: Path, demo_dir: Path, deadline_ms: int = 3000) -> None:
         self.redis = RedisServer(tmp / "redis").start()
         config = tmp / "config.yaml"
         # No cache (every join reads Redis) and a health round too slow to open the
@@ -34,7 +41,7 @@ class Stack:
             f"registry: {{path: {tmp / 'registry'}, definitions: {test_repo}}}\n"
             f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', cache: false, health_interval_ms: 600000}}\n"
             "  local: {kind: memory}\n"
-            f"limits: {{deadline_ms: 3000, max_inflight: {CAP}, shed_target_ms: 60000}}\n"
+            f"limits: {{deadline_ms: {deadline_ms}, max_inflight: {CAP}, shed_target_ms: 60000}}\n"
         )
         try:
             for view in ("user_profile", "user_activity"):
@@ -55,6 +62,40 @@ class Stack:
         self.server.stop()
         self.redis.stop()
 
+    def hold_the_cap(self, timeout: float = 10.0) -> tuple[list[threading.Thread], list[int]]:
+        """Freeze Redis and start CAP joins that wait on it: the worker sheds what follows
+        until Redis is resumed (or their deadline passes)."""
+        self.redis.pause()
+        statuses: list[int] = []
+        body = json.dumps(JOIN).encode()
+        url = self.server.url + "/v1/feature/join"
+        hangers = [
+            threading.Thread(
+                target=lambda: statuses.append(http_post(url, body, timeout=timeout)[0]), daemon=True
+            )
+            for _ in range(CAP)
+        ]
+        for t in hangers:
+            t.start()
+        wait_until(
+            lambda: self.metric(r'^featurestore_inflight_requests\{protocol="http"\} (\S+)$') >= CAP,
+            10,
+            "the worker to hold its cap of joins waiting on the frozen store",
+        )
+        return hangers, statuses
+
+    def requests(self, route: str, protocol: str, outcome: str) -> float:
+        text = http_get(self.server.url + "/metrics")[1].decode()
+        want = {"route": route, "protocol": protocol, "outcome": outcome}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "featurestore_requests_total" and sample.labels == want:
+                    return float(sample.value)
+        return 0.0
+
+    def shed_count(self, api: str) -> float:
+        return self.metric(rf'^featurestore_requests_shed_total\{{api="{api}",reason="inflight"\}} (\S+)$')
+
 
 @pytest.fixture
 def stack(tmp_path: Path, test_repo: Path, demo_dir: Path) -> Iterator[Stack]:
@@ -74,19 +115,7 @@ def test_joins_beyond_the_in_flight_cap_are_shed_at_once_and_served_again_when_t
         10,
         "the worker's shedder to report its in-flight limit",
     )
-    stack.redis.pause()
-    statuses: list[int] = []
-    hangers = [
-        threading.Thread(target=lambda: statuses.append(server.join(JOIN)[0]), daemon=True)
-        for _ in range(CAP)
-    ]
-    for t in hangers:
-        t.start()
-    wait_until(
-        lambda: stack.metric(r'^featurestore_inflight_requests\{protocol="http"\} (\S+)$') >= CAP,
-        10,
-        "the worker to hold its cap of joins waiting on the frozen store",
-    )
+    hangers, statuses = stack.hold_the_cap()
 
     status, raw, headers = http_post(server.url + "/v1/feature/join", json.dumps(JOIN).encode())
     assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
@@ -102,8 +131,13 @@ def test_joins_beyond_the_in_flight_cap_are_shed_at_once_and_served_again_when_t
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "overloaded" in (e.value.details() or "")
 
-    shed = r'^featurestore_requests_shed_total\{{api="{}",reason="inflight"\}} (\S+)$'
-    assert stack.metric(shed.format("http")) == 1 and stack.metric(shed.format("grpc")) == 1
+    assert stack.shed_count("http") == 1 and stack.shed_count("grpc") == 1
+    # counted as shed on both protocols, not as the server error UNAVAILABLE (FeatureStoreJoinErrors)
+    for route, protocol, code in (
+        ("/v1/feature/join", "http", "UNAVAILABLE"),
+        ("/featurestore.v1.FeatureService/Join", "grpc", "RESOURCE_EXHAUSTED"),
+    ):
+        assert stack.requests(route, protocol, "shed") == 1 and stack.requests(route, protocol, code) == 0
 
     stack.redis.resume()
     for t in hangers:
@@ -111,3 +145,54 @@ def test_joins_beyond_the_in_flight_cap_are_shed_at_once_and_served_again_when_t
     assert len(statuses) == CAP and 503 not in statuses  # the joins that waited were answered
     status, doc = server.join({"entities": {"user_id": [2, 3]}, "features": ["user_profile:age"]})
     assert status == 200 and doc["results"][1]["statuses"] == ["PRESENT", "PRESENT"]
+
+
+@pytest.fixture
+def long_stack(tmp_path: Path, test_repo: Path, demo_dir: Path) -> Iterator[Stack]:
+    """A stack whose joins wait up to 30 s on the frozen store: shedding lasts while the
+    client's retries wait out Retry-After."""
+    s = Stack(tmp_path, test_repo, demo_dir, deadline_ms=30_000)
+    yield s
+    s.redis.resume()
+    s.stop()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_the_client_retries_a_shed_join_only_after_retry_after_and_never_past_its_deadline(
+    long_stack: Stack, transport: str
+) -> None:
+    stack, server = long_stack, long_stack.server
+    assert server.join(JOIN)[0] == 200
+    hangers, statuses = stack.hold_the_cap(timeout=60)
+    where = server.url if transport == "http" else f"grpc://{server.grpc_target}"
+    api = "http" if transport == "http" else "grpc"
+    shed_error = UnavailableError if transport == "http" else ResourceExhaustedError
+
+    # Retry-After (1 s) is past a 0.5 s deadline: one try, raised at once, saying when to come back
+    retried: list[int] = []
+    before = stack.shed_count(api)
+    with (
+        FeatureClient(where, on_retry=lambda n, e: retried.append(n)) as client,
+        pytest.raises(shed_error) as raised,
+    ):
+        client.join(ENTITIES, FEATURES, deadline=0.5)
+    assert raised.value.retry_after == RETRY_AFTER_SECONDS and retried == []
+    assert stack.shed_count(api) == before + 1
+
+    # A deadline with room: each retry waits out Retry-After, not the 50 ms backoff
+    before = stack.shed_count(api)
+    started = time.monotonic()
+    with (
+        FeatureClient(where, retries=2, on_retry=lambda n, e: retried.append(n)) as client,
+        pytest.raises(FeatureServiceError) as raised,
+    ):
+        client.join(ENTITIES, FEATURES, deadline=20)
+    waited = time.monotonic() - started
+    assert isinstance(raised.value, shed_error) and retried == [1, 2]
+    assert stack.shed_count(api) == before + 3
+    assert waited >= 2 * RETRY_AFTER_SECONDS  # two waits of at least Retry-After each
+
+    stack.redis.resume()
+    for t in hangers:
+        t.join(30)
+    assert len(statuses) == CAP and 503 not in statuses

@@ -227,6 +227,17 @@ async def test_http_push_to_a_frozen_store_is_504_with_an_error_body() -> None:
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
 
 
+async def test_http_push_honours_the_deadline_header_and_refuses_a_bad_one() -> None:
+    api = http_api(make_engine(), deadline_ms=60_000)  # the configured deadline: a minute
+    body = {"feature_view": "slow", "rows": {"user_id": [1], "x": [2]}}
+    async with client(api) as c:
+        short = c.post(PUSH_PATH, json=body, headers={"x-featurestore-deadline-ms": "50"})
+        r = await asyncio.wait_for(short, HANG_GUARD)
+        bad = await c.post(PUSH_PATH, json=body, headers={"x-featurestore-deadline-ms": "soon"})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert bad.status_code == 400 and "x-featurestore-deadline-ms" in bad.json()["error"]["message"]
+
+
 async def test_grpc_push_to_a_frozen_store_is_deadline_exceeded() -> None:
     engine = make_engine()
     api = GrpcApi(engine, PushService(engine), deadline_ms=50)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from featurestore.client import FeatureClient, FeatureServiceError
-from featurestore.client.wire import http_result
+from featurestore.client.wire import http_error, http_result
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:1", "grpc://127.0.0.1:1"])
@@ -33,3 +33,27 @@ def test_an_unknown_value_status_is_a_feature_service_error() -> None:
     )
     with pytest.raises(FeatureServiceError, match="FROM_THE_FUTURE"):
         http_result(body)
+
+
+SHED_BODY = (
+    b'{"error":{"code":"UNAVAILABLE","message":"the server is overloaded and shed this request",'
+    b'"details":[{"reason":"latency","retry_after_seconds":1}]}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "expected"),
+    [
+        ("1", SHED_BODY, 1.0),  # the server's shed answer
+        (None, SHED_BODY, 1.0),  # the header lost on the way: the body says it too
+        ("7", b"<html>busy</html>", 7.0),  # a proxy's 503 with Retry-After
+        ("Wed, 21 Oct 2015 07:28:00 GMT", b"", 0.0),  # an HTTP date already past
+        ("soon", b"", None),  # neither a number nor a date: no wait asked for
+        (None, b'{"error":{"code":"UNAVAILABLE","message":"store down","details":[]}}', None),
+    ],
+)
+def test_an_http_error_carries_the_wait_the_server_asked_for(
+    header: str | None, body: bytes, expected: float | None
+) -> None:
+    error = http_error(503, body, header)
+    assert error.code == "UNAVAILABLE" and error.retry_after == expected

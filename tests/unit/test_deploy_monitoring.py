@@ -26,14 +26,16 @@ SUFFIXES = {
 def defined_series() -> set[str]:
     """Every series name featurestore/metrics.py, featurestore/overload.py,
     featurestore/quality/metrics.py, featurestore/streaming/metrics.py and
-    lineage/metrics.py can expose."""
+    lineage/metrics.py can expose, and the supervisor's counter it writes into the
+    workers' metrics files itself (featurestore/metrics_files.py)."""
     import featurestore.metrics
     import featurestore.overload
     import featurestore.quality.metrics
     import featurestore.streaming.metrics  # noqa: F401
     import lineage.metrics  # noqa: F401
+    from featurestore.metrics_files import RESTARTS
 
-    names = set()
+    names = {RESTARTS + "_total"}
     for family in REGISTRY.collect():
         if family.name.startswith("featurestore"):
             names |= {family.name + suffix for suffix in SUFFIXES[family.type]}

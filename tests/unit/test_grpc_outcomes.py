@@ -14,13 +14,17 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
+from starlette.types import Message
 
+from featurestore import metrics
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.routes import JOIN_PATH
 from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
 from featurestore.push import PushService
 from tests.support import eventually
-from tests.unit.test_api_edges import HANG_GUARD, frozen, join_message, make_engine, sample
+from tests.unit.test_api_edges import HANG_GUARD, frozen, http_api, join_message, make_engine, sample
 
 OUTCOMES = ("ok", "partial", "CANCELLED", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT")
 CALLS = 6
@@ -178,3 +182,42 @@ async def test_the_configured_deadline_counts_from_the_call_s_start_not_from_its
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await channel.stream_unary(JOIN_METHOD)(late_message(), timeout=10)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def in_flight(protocol: str) -> float:
+    metrics.flush()
+    return REGISTRY.get_sample_value("featurestore_inflight_requests", {"protocol": protocol}) or 0.0
+
+
+async def test_a_join_waiting_for_its_message_is_in_flight_as_an_http_join_reading_its_body_is(
+    served: Serve,
+) -> None:
+    """featurestore_inflight_requests counts a join from its start on both protocols
+    (gRPC used to count it only once admitted, after its message)."""
+    port = await served(make_engine())
+    never = asyncio.Event()
+
+    async def no_message_yet() -> AsyncIterator[bytes]:
+        await never.wait()
+        yield b""
+
+    before = in_flight("grpc")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_unary(JOIN_METHOD)(no_message_yet(), timeout=10)
+        await eventually(lambda: in_flight("grpc") == before + 1, HANG_GUARD, "the gRPC join in flight")
+        call.cancel()
+    await eventually(lambda: in_flight("grpc") == before, HANG_GUARD, "the gRPC join gone")
+
+    async def body_never_comes() -> Message:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        pass
+
+    before = in_flight("http")
+    scope = {"type": "http", "method": "POST", "path": JOIN_PATH, "headers": [(b"content-length", b"100")]}
+    request = asyncio.create_task(http_api(make_engine())(scope, body_never_comes, send))
+    await eventually(lambda: in_flight("http") == before + 1, HANG_GUARD, "the HTTP join in flight")
+    request.cancel()
+    await eventually(lambda: in_flight("http") == before, HANG_GUARD, "the HTTP join gone")

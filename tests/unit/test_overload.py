@@ -10,13 +10,21 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import grpc
 import pytest
 import uvloop
 from prometheus_client import REGISTRY
 
+from featurestore import metrics
+from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.http import HttpApi
+from featurestore.config import GrpcConfig, LimitsConfig
 from featurestore.errors import Code
-from featurestore.overload import INFLIGHT, INTERVAL, LATENCY, MIN_LIMIT, PERIOD, LoadShedder, shed
+from featurestore.health import Readiness
+from featurestore.overload import DEADLINE, INFLIGHT, INTERVAL, LATENCY, MIN_LIMIT, PERIOD, LoadShedder, shed
+from featurestore.push import PushService
 from tests.support import eventually
+from tests.unit.test_api_edges import client, join_message, make_engine
 
 TARGET = 0.005
 
@@ -255,3 +263,92 @@ def test_a_shed_request_is_unavailable_over_http_and_resource_exhausted_over_grp
 
 def test_the_timelines_here_sample_ten_times_an_interval() -> None:
     assert round(INTERVAL / PERIOD, 9) == 10
+
+
+# -- admission by the time left ---------------------------------------------------------
+
+
+def test_a_join_with_less_time_left_than_the_loops_standing_lag_is_shed_at_admission() -> None:
+    s = loaded(0)
+    samples(s, [0.05, 0.05])  # the loop runs 50 ms late
+    assert s.admit(0.03) == DEADLINE and s.inflight == 0  # 30 ms left: it cannot answer in time
+    assert s.admit(0.2) is None and s.inflight == 1
+    assert s.admit() is None  # no deadline known: only the limits
+
+
+def test_one_late_sample_is_a_stall_not_a_standing_lag() -> None:
+    s = loaded(0)
+    samples(s, [0.001, 0.3])  # a 300 ms pause just ended
+    assert s.admit(0.05) is None
+    samples(s, [0.3, 0.001], start=2.0)  # and one on time after it
+    assert s.admit(0.05) is None
+
+
+def shed_count(api: str, reason: str) -> float:
+    metrics.flush()
+    return (
+        REGISTRY.get_sample_value("featurestore_requests_shed_total", {"api": api, "reason": reason}) or 0.0
+    )
+
+
+async def test_an_http_join_with_less_time_left_than_the_loops_lag_is_shed_for_its_deadline() -> None:
+    engine = make_engine()
+    shedder = LoadShedder(1024, TARGET)
+    api = HttpApi(
+        engine,
+        PushService(engine),
+        lambda: Readiness(True),
+        max_body_bytes=10_000,
+        deadline_ms=500,
+        shedder=shedder,
+    )
+    body = b'{"entities": {"user_id": [1]}, "features": ["fast:a"]}'
+    before = shed_count("http", DEADLINE)
+    async with client(api) as http:
+        samples(shedder, [0.05, 0.05])
+        assert (await http.post("/v1/feature/join", content=body)).status_code == 200  # 500 ms left
+        r = await http.post("/v1/feature/join", content=body, headers={"x-featurestore-deadline-ms": "20"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["details"] == [{"reason": "deadline", "retry_after_seconds": 1}]
+    assert shed_count("http", DEADLINE) == before + 1 and shedder.inflight == 0
+
+
+async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_its_deadline() -> None:
+    shedder = LoadShedder(1024, TARGET)
+    engine = make_engine()
+    api = GrpcApi(engine, PushService(engine), deadline_ms=500, shedder=shedder)
+    server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
+    api.register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    before = shed_count("grpc", DEADLINE)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            join = channel.unary_unary(JOIN_METHOD)
+            samples(shedder, [0.05, 0.05])
+            assert await join(join_message("fast", [1]), timeout=10)  # 500 ms left (the configured deadline)
+            samples(shedder, [10.0, 10.0], start=2.0)  # the loop 10 s late: no deadline here is that long
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await join(join_message("fast", [1]), timeout=5)
+    finally:
+        await server.stop(0)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "(deadline)" in (
+        info.value.details() or ""
+    )
+    assert shed_count("grpc", DEADLINE) == before + 1 and shedder.inflight == 0
+
+
+# -- the floor ------------------------------------------------------------------------------
+
+
+def test_the_floor_of_joins_in_flight_is_limits_shed_min_inflight() -> None:
+    assert LimitsConfig().shed_min_inflight == MIN_LIMIT  # the default is the measured floor
+    default, low = (
+        LoadShedder.from_limits(LimitsConfig()),
+        LoadShedder.from_limits(LimitsConfig(shed_min_inflight=8)),
+    )
+    for s in (default, low):
+        assert [s.admit() for _ in range(20)] == [None] * 20  # 20 costly joins in flight
+        samples(s, [0.4] * 11)  # the loop 400 ms late for an interval
+    assert default.limit == 1024  # 20 joins, under the default floor: a stall
+    assert low.limit == 8  # over a floor of 8: a queue, cut (to the floor at most)

@@ -1,5 +1,7 @@
-"""The supervisor's stop signal reaches every worker, whenever it arrives. The workers
-here are tiny Python processes that exit 0 on SIGTERM, so the test needs no server."""
+"""The supervisor's stop signal reaches every worker, whenever it arrives, and a stop
+can be escalated: workers still draining after the grace, or after a second signal, are
+killed. The workers here are tiny Python processes (that exit 0 on SIGTERM, or ignore
+it), so the test needs no server."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from featurestore.supervisor import Supervisor
+from featurestore.supervisor import STOP_GRACE_SECONDS, Supervisor
+from tests.support import wait_until
 
 # Waits for a signal and exits 0 on SIGTERM, as a draining worker does. (Left behind, it
 # still goes: the supervisor starts workers to die with it.)
@@ -61,3 +65,60 @@ def test_a_signal_before_any_worker_starts_starts_none() -> None:
     sup.on_signal(signal.SIGTERM, None)
     assert run_with_deadline(sup) == 0
     assert not sup.procs
+
+
+def stubborn(ready: Path) -> list[str]:
+    """A worker that ignores SIGTERM (a drain that never ends), touching ``ready``/<pid>
+    once it does."""
+    script = (
+        "import os, signal, sys, pathlib\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "pathlib.Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "while True: signal.pause()\n"
+    )
+    return [sys.executable, "-c", script, str(ready)]
+
+
+class Running:
+    """``sup.run()`` in a thread, its workers up and ignoring SIGTERM."""
+
+    def __init__(self, sup: Supervisor, ready: Path) -> None:
+        self.sup = sup
+        self.result: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.result.append(sup.run()), daemon=True)
+        self.thread.start()
+        try:
+            wait_until(lambda: len(list(ready.iterdir())) == sup.workers, 30, "the workers to ignore SIGTERM")
+        except BaseException:
+            self.stopped_within(0)
+            raise
+
+    def stopped_within(self, seconds: float) -> int:
+        """The supervisor's exit code, once it returned; never leaves a worker running
+        (these ignore the SIGTERM a dying supervisor would send them)."""
+        self.thread.join(seconds)
+        alive = [p for p in list(self.sup.procs.values()) if p.poll() is None]
+        for p in alive:
+            p.kill()
+            p.wait()
+        assert not self.thread.is_alive() and not alive, "the supervisor did not stop its workers"
+        return self.result[0]
+
+
+def test_workers_still_draining_after_the_grace_are_killed(tmp_path: Path) -> None:
+    running = Running(Supervisor(2, stubborn(tmp_path), stop_grace=0.5), tmp_path)
+    running.sup.on_signal(signal.SIGTERM, None)
+    assert running.stopped_within(15) == 1  # not a clean stop
+
+
+def test_a_second_stop_signal_kills_the_workers_at_once(tmp_path: Path) -> None:
+    running = Running(Supervisor(2, stubborn(tmp_path)), tmp_path)  # the default grace: 15 s
+    running.sup.on_signal(signal.SIGTERM, None)
+    running.sup.on_signal(signal.SIGTERM, None)
+    assert running.stopped_within(STOP_GRACE_SECONDS / 2) == 1
+
+
+def test_the_stop_grace_is_longer_than_a_workers_drain() -> None:
+    from featurestore.process import DRAIN_SECONDS
+
+    assert STOP_GRACE_SECONDS > DRAIN_SECONDS

@@ -1,0 +1,129 @@
+"""The workers' shared metrics directory (``PROMETHEUS_MULTIPROC_DIR``) as the supervisor
+keeps it: a dead worker's counters and histograms merged into one archive file per
+metric type, and the supervisor's own counter of worker restarts.
+
+prometheus_client's multiprocess mode keeps one file per process and metric type
+(``counter_<pid>.db``, ``histogram_<pid>.db``, ...) and every scrape reads them all.
+``mark_process_dead`` only drops a dead process's live gauges: its counters and
+histograms must stay (a counter that lost a dead worker's share would go down, which
+Prometheus takes for a reset), so each restart left two more files to read on every
+scrape for as long as the supervisor ran (85 ms a scrape after ~100 restarts). Here the
+supervisor folds them into ``<type>_archive.db`` instead (``archive_dead_worker``): the
+totals are the same, and the files stay one per type plus the live workers'.
+
+A scrape must not see the archive with the dead worker's values and its file too (a
+double count), or neither (a reset): the swap is done under an exclusive ``flock`` on
+``archive.lock`` in the directory, which every scrape takes shared (``reading``) for
+its glob and reads. Workers write their own files and never take it.
+
+The supervisor serves no ``/metrics`` (and its prometheus_client is not in
+multiprocess mode: the variable is set for its workers only), so it writes
+``featurestore_worker_restarts_total`` as a worker would write a counter, into a file of
+its own (``counter_supervisor.db``, ``RestartCounter``): every worker's scrape shows it.
+
+The merge reads with ``MultiProcessCollector.merge(accumulate=False)`` (public); the
+archive and the restart counter are written with ``prometheus_client.mmap_dict``'s
+``MmapedDict`` and ``mmap_key``, the module the library writes its own files with (not a
+documented API: tests/unit/test_metrics_scrape.py and tests/integration/test_workers.py
+fail when it changes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+LOCK_NAME = "archive.lock"  # not *.db: the collector's glob does not read it
+ARCHIVED_TYPES = ("counter", "histogram", "summary")  # what stays after a process dies
+ARCHIVE_PID = "archive"
+
+
+RESTARTS = "featurestore_worker_restarts"  # the family; its sample is RESTARTS_total
+RESTARTS_HELP = (
+    "Worker processes (--workers N) that exited while serving and were restarted by the "
+    "supervisor, by cause: signal (killed: the OOM killer's SIGKILL, a crash's SIGSEGV or "
+    "SIGABRT) or exit (exited with a code)."
+)
+CAUSES = ("signal", "exit")
+
+
+class RestartCounter:
+    """``featurestore_worker_restarts_total{cause}`` in ``counter_supervisor.db``; both
+    causes start at 0, so the first restart is an increase Prometheus sees. The
+    supervisor's loop only (not thread-safe)."""
+
+    def __init__(self, metrics_dir: str) -> None:
+        self._values = MmapedDict(os.path.join(metrics_dir, "counter_supervisor.db"))  # type: ignore[no-untyped-call]
+        self._keys = {
+            cause: mmap_key(RESTARTS, RESTARTS + "_total", ["cause"], [cause], RESTARTS_HELP)
+            for cause in CAUSES
+        }
+        for key in self._keys.values():
+            self._values.write_value(key, 0.0, 0.0)  # type: ignore[no-untyped-call]
+        self.counts = dict.fromkeys(CAUSES, 0)
+
+    def restarted(self, returncode: int) -> None:
+        """A worker exited with ``returncode`` (negative: the signal that killed it)."""
+        cause = "signal" if returncode < 0 else "exit"
+        self.counts[cause] += 1
+        self._values.write_value(self._keys[cause], float(self.counts[cause]), 0.0)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._values.close()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def reading(metrics_dir: str) -> Iterator[None]:
+    """Hold the directory's files still for a scrape (shared with other scrapes)."""
+    with _locked(metrics_dir, fcntl.LOCK_SH):
+        yield
+
+
+def archive_dead_worker(pid: int, metrics_dir: str) -> None:
+    """Drop a dead worker's live gauges and fold its counters, histograms and summaries
+    into the directory's archive files (one per type), removing its own."""
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+    for typ in ARCHIVED_TYPES:
+        dead = Path(metrics_dir, f"{typ}_{pid}.db")
+        if not dead.exists():
+            continue
+        archive = Path(metrics_dir, f"{typ}_{ARCHIVE_PID}.db")
+        staged = archive.with_suffix(".db.merging")  # not *.db either
+        staged.unlink(missing_ok=True)
+        sources = [str(f) for f in (archive, dead) if f.exists()]
+        _write(staged, multiprocess.MultiProcessCollector.merge(sources, accumulate=False))  # type: ignore[no-untyped-call]
+        with _locked(metrics_dir, fcntl.LOCK_EX):
+            os.replace(staged, archive)
+            dead.unlink()
+
+
+def _write(path: Path, merged: Iterable[Metric]) -> None:
+    """Merged metric families (per-bucket, not cumulative, histogram counts) as one
+    file, in the layout and keys the library's own values use."""
+    values = MmapedDict(str(path))  # type: ignore[no-untyped-call]
+    try:
+        for metric in merged:
+            for s in metric.samples:
+                key = mmap_key(
+                    metric.name, s.name, list(s.labels), list(s.labels.values()), metric.documentation
+                )
+                values.write_value(key, s.value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        values.close()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def _locked(metrics_dir: str, how: int) -> Iterator[None]:
+    with open(os.path.join(metrics_dir, LOCK_NAME), "a+b") as f:
+        fcntl.flock(f.fileno(), how)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

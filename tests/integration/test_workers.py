@@ -1,0 +1,152 @@
+"""Real `featurestore serve` processes, stopped and crashing. Under the supervisor
+(--workers 2) a worker that dies is restarted and counted in
+featurestore_worker_restarts_total, its counters stay in the totals (folded into the
+metrics directory's archive) and the directory is gone after the stop. A stop is drained,
+and a second SIGTERM during the drain ends it at once, with or without the supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_cli_and_lifecycle import _alive, _children
+from tests.support import ServerProcess, http_get, http_post, wait_until
+
+JOIN_PATH = "/v1/feature/join"
+GUARD = 30.0  # seconds; only turns a hang into a failure
+
+
+def server(tmp_path: Path, test_repo: Path, *args: str) -> ServerProcess:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'registry'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+    )
+    return ServerProcess(
+        ["--config", str(config), "--definitions", str(test_repo), *args], log_path=tmp_path / "log"
+    ).start()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, test_repo: Path) -> Iterator[ServerProcess]:
+    proc = server(tmp_path, test_repo, "--workers", "2")
+    try:
+        assert proc.proc is not None
+        wait_until(lambda: len(_children(proc.proc.pid)) == 2, 20, "two workers")  # type: ignore[union-attr]
+        yield proc
+    finally:
+        proc.stop()
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = http_get(server.url + "/metrics")[1].decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def joins_counted(server: ServerProcess) -> float:
+    return sum(
+        v
+        for (name, labels), v in scrape(server).items()
+        if name == "featurestore_requests_total" and ("route", JOIN_PATH) in labels
+    )
+
+
+def joins_in_flight(server: ServerProcess) -> float:
+    """HTTP joins the server's workers hold (one reading its body included)."""
+    return scrape(server).get(("featurestore_inflight_requests", (("protocol", "http"),)), 0.0)
+
+
+def restarts(server: ServerProcess, cause: str) -> float | None:
+    return scrape(server).get(("featurestore_worker_restarts_total", (("cause", cause),)))
+
+
+def metrics_dir_of(pid: int) -> Path:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    value = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    return Path(value.split(b"=", 1)[1].decode())
+
+
+def test_a_killed_worker_is_restarted_counted_and_its_requests_stay_in_the_totals(
+    workers: ServerProcess,
+) -> None:
+    assert workers.proc is not None
+    supervisor = workers.proc.pid
+    body = json.dumps({"entities": {"user_id": [1, 2]}, "features": ["user_profile:age"]}).encode()
+    for _ in range(20):  # a connection each: the kernel spreads them over both workers
+        assert http_post(workers.url + JOIN_PATH, body)[0] == 200
+    wait_until(lambda: joins_counted(workers) == 20, 10, "both workers' joins to be flushed")
+    assert restarts(workers, "signal") == 0 and restarts(workers, "exit") == 0  # there from the start
+
+    victim = _children(supervisor)[0]
+    metrics_dir = metrics_dir_of(victim)
+    assert (metrics_dir / f"counter_{victim}.db").exists()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor),
+        20,
+        "the worker to be replaced",
+    )
+    wait_until(lambda: restarts(workers, "signal") == 1, 10, "the restart to be counted")
+    assert restarts(workers, "exit") == 0
+    # the dead worker's files are folded into the archive: its joins still count
+    assert not (metrics_dir / f"counter_{victim}.db").exists()
+    assert not (metrics_dir / f"histogram_{victim}.db").exists()
+    assert (metrics_dir / "counter_archive.db").exists()
+    assert joins_counted(workers) == 20
+
+    assert workers.stop() == 0
+    assert not metrics_dir.exists()  # removed with the supervisor
+
+
+@contextmanager
+def join_held_open(server: ServerProcess) -> Iterator[None]:
+    """An HTTP join whose body never ends, counted in flight once it reached a worker: it
+    holds that worker's drain (uvicorn waits for it, up to 10 s)."""
+    before = joins_in_flight(server)
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=GUARD) as sock:
+        sock.sendall(
+            f"POST {JOIN_PATH} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            'content-length: 100\r\n\r\n{"entities"'.encode()
+        )
+        wait_until(lambda: joins_in_flight(server) > before, 10, "the held join to reach a worker")
+        yield
+
+
+def test_a_second_sigterm_during_the_drain_exits_at_once(tmp_path: Path, test_repo: Path) -> None:
+    proc = server(tmp_path, test_repo)
+    try:
+        assert proc.proc is not None
+        with join_held_open(proc):
+            proc.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "draining in-flight requests" in proc.read_log(), 10, "the drain to start")
+            proc.proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(GUARD)  # the drain alone would end after 10 s, with 0
+        assert code == 128 + signal.SIGTERM
+        assert "second SIGTERM while draining: exiting now" in proc.read_log()
+    finally:
+        proc.stop()
+
+
+def test_a_second_sigterm_to_the_supervisor_kills_its_draining_workers(workers: ServerProcess) -> None:
+    assert workers.proc is not None
+    supervisor = workers.proc
+    pids = _children(supervisor.pid)
+    with join_held_open(workers):
+        supervisor.send_signal(signal.SIGTERM)
+        wait_until(lambda: "draining in-flight requests" in workers.read_log(), 10, "the drain to start")
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(GUARD)
+    assert code == 1  # not a clean stop
+    assert "killing worker(s)" in workers.read_log() and "a second stop signal" in workers.read_log()
+    assert not any(_alive(pid) for pid in pids)

@@ -1,0 +1,137 @@
+"""The /metrics scrape: rendered off the event loop, and as cheap after many worker
+restarts as after none (a dead worker's counters and histograms are folded into one
+archive file per type, with the same totals: metrics_files.py, which writes with
+prometheus_client's undocumented mmap_dict: these tests fail if it changes)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from featurestore.metrics_files import archive_dead_worker
+from tests.unit.test_api_edges import client, http_api, make_engine
+
+# One worker's life: requests by outcome, latencies, a live gauge; `n` scales the values
+# so that workers differ.
+WORKER = """
+import sys
+from featurestore import metrics
+n = int(sys.argv[1])
+for outcome in ("ok", "partial", "shed"):
+    metrics.requests("/v1/feature/join", "http", outcome).inc(n)
+    for i in range(n):
+        metrics.request_duration("/v1/feature/join", "http", outcome).observe(0.001 * i)
+metrics.view_read_duration("v", "default").observe(0.002 * n)
+metrics.inflight("http").inc()
+metrics.flush()
+"""
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def run_worker(metrics_dir: Path, n: int) -> int:
+    """A real process writing its metrics into ``metrics_dir``; its pid once it exited."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(n)], env=env)
+    assert proc.wait(timeout=120) == 0
+    return proc.pid
+
+
+def scraped(metrics_dir: Path) -> Samples:
+    """The counters' and histograms' samples a scrape of ``metrics_dir`` shows (the
+    gauges here are all live ones: they leave with their process)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(metrics_dir))  # type: ignore[no-untyped-call]
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        if family.type != "gauge"
+        for s in family.samples
+    }
+
+
+def assert_same(got: Samples, want: Samples) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert math.isclose(got[key], value, rel_tol=1e-12), (key, got[key], value)
+
+
+def db_files(metrics_dir: Path) -> list[str]:
+    return sorted(f.name for f in metrics_dir.glob("*.db"))
+
+
+def test_dead_workers_counters_and_histograms_fold_into_one_archive_per_type_with_the_same_totals(
+    tmp_path: Path,
+) -> None:
+    dead = [run_worker(tmp_path, n) for n in (1, 2, 3)]
+    before = scraped(tmp_path)
+    assert (
+        before[
+            (
+                "featurestore_requests_total",
+                (("outcome", "ok"), ("protocol", "http"), ("route", "/v1/feature/join")),
+            )
+        ]
+        == 6
+    )
+
+    for pid in dead:
+        archive_dead_worker(pid, str(tmp_path))
+
+    # the live gauges went with their workers (mark_process_dead); everything else adds up as before
+    assert_same(
+        scraped(tmp_path), {k: v for k, v in before.items() if k[0] != "featurestore_inflight_requests"}
+    )
+    # the live gauges went with their workers (mark_process_dead), the rest into the archive
+    assert db_files(tmp_path) == ["counter_archive.db", "histogram_archive.db"]
+
+    # a worker alive next to the archive: its values add to the dead ones'
+    live = run_worker(tmp_path, 4)
+    after = scraped(tmp_path)
+    key = (
+        "featurestore_request_duration_seconds_count",
+        (("outcome", "shed"), ("protocol", "http"), ("route", "/v1/feature/join")),
+    )
+    assert after[key] == 1 + 2 + 3 + 4
+    archive_dead_worker(live, str(tmp_path))
+    assert db_files(tmp_path) == ["counter_archive.db", "histogram_archive.db"]
+    assert scraped(tmp_path)[key] == 10
+
+
+class ThreadRecorder:
+    """A collector that notes the thread each scrape collects it on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.threads.append(threading.get_ident())
+        yield GaugeMetricFamily("featurestore_test_scrape_probe", "which thread renders the scrape", value=1)
+
+
+@pytest.fixture
+def recorder() -> Iterator[ThreadRecorder]:
+    probe = ThreadRecorder()
+    REGISTRY.register(probe)
+    probe.threads.clear()  # register collects once, to learn the names
+    yield probe
+    REGISTRY.unregister(probe)
+
+
+async def test_the_metrics_route_renders_off_the_event_loop(recorder: ThreadRecorder) -> None:
+    async with client(http_api(make_engine())) as http:
+        r = await http.get("/metrics")
+    assert r.status_code == 200 and "featurestore_test_scrape_probe 1.0" in r.text
+    assert recorder.threads and threading.get_ident() not in recorder.threads
