@@ -66,3 +66,12 @@ CONSISTENCY_CHECKS = Counter(
     "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
     ["view", "outcome"],
 )
+
+# Reference profiles (featurestore/quality/profile.py): a feature left out of a profile
+# because its values could not be profiled; the write it rode on went on.
+PROFILE_FAILURES = Counter(
+    "featurestore_feature_profile_failures_total",
+    "Features left out of a reference profile because their values could not be profiled (the data "
+    "version is written and served; the feature's drift windows are not tested), by view and feature.",
+    ["view", "feature"],
+)
