@@ -16,6 +16,7 @@ SCHEMA = [
     "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
     "CREATE CONSTRAINT applied_project IF NOT EXISTS FOR (r:AppliedDefinitions) REQUIRE r.project IS UNIQUE",
     "CREATE CONSTRAINT run_id IF NOT EXISTS FOR (r:JobRun) REQUIRE r.id IS UNIQUE",
+    "CREATE INDEX run_view IF NOT EXISTS FOR (r:JobRun) ON (r.view)",  # a feature's changes
     "CREATE CONSTRAINT data_version_id IF NOT EXISTS FOR (d:DataVersion) REQUIRE d.id IS UNIQUE",
 ]
 
