@@ -3,13 +3,15 @@ every ``interval_seconds``, for each configured view, the same check as ``featur
 check consistency --config`` (the view's store at the data version served, against its
 batch source), its counts exported as metrics (``featurestore_consistency_*``; alert
 ``FeatureSkew``). Only one process of a supervised group runs it (worker slot 0): the
-store and the batch source are shared, N copies would only multiply the load.
+store and the batch source are shared, N copies would only multiply the load. Every
+run samples other keys (a fresh seed, logged with the counts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 
 from featurestore.config import Config
@@ -61,7 +63,10 @@ class ConsistencySchedule:
             # Reading and indexing the whole batch source is ~0.2 s of Python per 100k rows:
             # on a thread with its own loop, so the serving loop never waits for it.
             offline = await asyncio.to_thread(_read_offline, view, source)
-            keys = sample_keys(offline, self.settings.sample)
+            # a fresh sample every run (a fixed seed checked the same keys forever), logged
+            # so `featurestore check consistency --seed` can check the same keys again
+            seed = secrets.randbelow(2**31)
+            keys = sample_keys(offline, self.settings.sample, seed=seed)
             reader = store_reader(store, view, state.data_versions.get(name, 0))
             report = await check(view, offline, keys, reader)
         except Exception as e:
@@ -73,7 +78,8 @@ class ConsistencySchedule:
             metrics.CONSISTENCY_KEYS.labels(name, cls).set(report.counts[cls])
         metrics.CONSISTENCY_FAILED.labels(name).set(1 if failed else 0)
         metrics.CONSISTENCY_CHECKS.labels(name, "mismatch" if failed else "ok").inc()
-        log.info("consistency of %s: %s", name, ", ".join(f"{c} {report.counts[c]}" for c in CLASSES))
+        counts = ", ".join(f"{c} {report.counts[c]}" for c in CLASSES)
+        log.info("consistency of %s (sample seed %d): %s", name, seed, counts)
         return report
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from prometheus_client import REGISTRY
 
 from featurestore.config import Config
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.offline import ParquetOfflineSource
 from featurestore.plan import ServingState
+from featurestore.quality.consistency import offline_rows, offline_sides, sample_keys
 from featurestore.quality.schedule import ConsistencySchedule
+from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
@@ -98,3 +105,55 @@ def test_a_server_with_views_to_check_exports_their_consistency(tmp_path: Path) 
         assert 'featurestore_consistency_failed{view="user_profile"} 0.0' in metrics
     finally:
         proc.stop()
+
+
+class _RecordingStore(MemorySource):
+    """The memory store, remembering which keys each read asked for."""
+
+    def __init__(self) -> None:
+        super().__init__("default")
+        self.asked: list[list[object]] = []
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.asked += [list(q.keys) for q in queries]
+        return await super().read(queries)
+
+
+async def test_every_scheduled_check_samples_other_keys_and_logs_the_seed_that_picks_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fixed seed checked the same 100 of 1,000 keys every run: the other 900 were never
+    looked at. Each run draws a seed, logged: `check consistency --seed` reproduces it."""
+    path = tmp_path / "s.parquet"
+    n = 1000
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(n), pa.int64()),
+                "score": pa.array(np.arange(n, dtype=np.float64)),
+                "event_timestamp": pa.array(np.full(n, 1_000_000), pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    view = FeatureView(
+        "seeded", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"seeded": 0})
+    store = _RecordingStore()
+    await store.prepare([view])
+    config = Config.model_validate({"quality": {"consistency": {"views": ["seeded"], "sample": 100}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state)
+    runs = []
+    with caplog.at_level(logging.INFO, logger="featurestore.quality.schedule"):
+        for _ in range(3):
+            store.asked.clear()
+            caplog.clear()
+            assert await schedule.check_view("seeded") is not None
+            [line] = [r.getMessage() for r in caplog.records if "consistency of seeded" in r.getMessage()]
+            seed = int(re.search(r"sample seed (\d+)", line).group(1))  # type: ignore[union-attr]
+            runs.append(([k for keys in store.asked for k in keys], seed))
+    assert len({tuple(keys) for keys, _ in runs}) == 3  # three different samples of 100
+    offline = offline_sides(view, await offline_rows(view, ParquetOfflineSource(str(path))))
+    for keys, seed in runs:  # what the CLI samples with that seed
+        assert sample_keys(offline, 100, seed=seed) == keys
