@@ -50,14 +50,14 @@ DRIFT_SKIPPED = Counter(
 CONSISTENCY_KEYS = Gauge(
     "featurestore_consistency_keys",
     "Keys of the latest scheduled consistency check of a view, by class (consistent, stale, online_newer, "
-    "conflict, missing_online, missing_offline).",
+    "conflict, missing_online, missing_offline, pending).",
     ["view", "class"],
     multiprocess_mode="livemax",
 )
 CONSISTENCY_FAILED = Gauge(
     "featurestore_consistency_failed",
-    "1 when the latest scheduled consistency check of a view found more stale + conflict keys than "
-    "quality.consistency.max_mismatch allows, else 0.",
+    "1 when the latest scheduled consistency check of a view found more stale + conflict + missing_online "
+    "keys than quality.consistency.max_mismatch allows, else 0.",
     ["view"],
     multiprocess_mode="livemax",
 )

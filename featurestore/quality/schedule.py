@@ -29,6 +29,7 @@ from featurestore.quality.consistency import (
     sample_keys,
     store_reader,
 )
+from featurestore.registry.base import Registry
 from featurestore.sources.base import EntityKey, OnlineSource
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,47 @@ log = logging.getLogger(__name__)
 
 class ConsistencySchedule:
     def __init__(
-        self, config: Config, stores: Mapping[str, OnlineSource], state: Callable[[], ServingState]
+        self,
+        config: Config,
+        stores: Mapping[str, OnlineSource],
+        state: Callable[[], ServingState],
+        registry: Registry | None = None,
     ) -> None:
+        """``registry``: where the watermarks are read (default: a client of the config's
+        registry, opened at the first check and closed with the task)."""
         self.config = config
         self.settings = config.quality.consistency
         self.stores = stores
         self.state = state
+        self._registry = registry
+        self._own_registry: Registry | None = None
 
     async def run(self) -> None:
         """The ``consistency-check`` background task."""
-        while True:
-            for view in self.settings.views:
-                await self.check_view(view)
-            await asyncio.sleep(self.settings.interval_seconds)
+        try:
+            while True:
+                for view in self.settings.views:
+                    await self.check_view(view)
+                await asyncio.sleep(self.settings.interval_seconds)
+        finally:
+            if self._own_registry is not None:
+                await self._own_registry.close()
+
+    async def _watermark(self, name: str, version: int) -> int | None:
+        """The newest event time the served data version of ``name`` loaded: the check's
+        line between rows it should hold and rows still pending. None when unknown (never
+        materialized, a memory store, the registry's watermark of another version than
+        the one served, the registry unreadable): then nothing is pending."""
+        try:
+            if self._registry is None:
+                from featurestore.factories import make_registry
+
+                self._registry = self._own_registry = make_registry(self.config)
+            mark = await self._registry.watermark(name)
+        except Exception as e:
+            log.warning("consistency check of %s: no watermark (%s): no row is taken as pending", name, e)
+            return None
+        return mark.event_time_us if mark is not None and mark.data_version == version else None
 
     async def check_view(self, name: str) -> Report | None:
         from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
@@ -67,8 +96,9 @@ class ConsistencySchedule:
             # so `featurestore check consistency --seed` can check the same keys again
             seed = secrets.randbelow(2**31)
             keys = sample_keys(offline, self.settings.sample, seed=seed)
-            reader = store_reader(store, view, state.data_versions.get(name, 0))
-            report = await check(view, offline, keys, reader)
+            version = state.data_versions.get(name, 0)
+            reader = store_reader(store, view, version)
+            report = await check(view, offline, keys, reader, await self._watermark(name, version))
         except Exception as e:
             metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
             log.warning("consistency check of %s failed: %s", name, e)

@@ -20,6 +20,8 @@ from featurestore.offline import ParquetOfflineSource
 from featurestore.plan import ServingState
 from featurestore.quality.consistency import offline_rows, offline_sides, sample_keys
 from featurestore.quality.schedule import ConsistencySchedule
+from featurestore.registry.base import Watermark
+from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 
@@ -157,3 +159,52 @@ async def test_every_scheduled_check_samples_other_keys_and_logs_the_seed_that_p
     offline = offline_sides(view, await offline_rows(view, ParquetOfflineSource(str(path))))
     for keys, seed in runs:  # what the CLI samples with that seed
         assert sample_keys(offline, 100, seed=seed) == keys
+
+
+def _write(path: Path, rows: list[tuple[int, float, int]]) -> None:
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([r[0] for r in rows], pa.int64()),
+                "score": pa.array([r[1] for r in rows], pa.float64()),
+                "event_timestamp": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+
+
+async def test_the_scheduled_check_fails_on_lost_keys_and_not_on_rows_added_since_the_watermark(
+    tmp_path: Path,
+) -> None:
+    """Keys the served version loaded and no longer has are mismatches (10,000 of 10,000
+    missing passed); rows added to the batch source after the served version's
+    watermark are pending, not stale (they failed the check at max_mismatch 0)."""
+    t1, t2 = 1_000_000, 2_000_000
+    path = tmp_path / "w.parquet"
+    loaded = [(k, float(k), t1) for k in range(500)]
+    _write(path, loaded)
+    view = FeatureView(
+        "marked", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"marked": 0})
+    store = MemorySource("default")
+    await store.prepare([view])  # what the served version holds: keys 0..499 as of t1
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await registry.set_watermark("marked", Watermark(0, t1), expected=None)
+    config = Config.model_validate({"quality": {"consistency": {"views": ["marked"], "sample": 10_000}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state, registry=registry)
+
+    # newer rows for keys 0..99 and new keys 500..599, all after the watermark: pending
+    _write(path, [*loaded, *((k, -1.0, t2) for k in range(100)), *((k, 0.0, t2) for k in range(500, 600))])
+    report = await schedule.check_view("marked")
+    assert report is not None and (report.counts["consistent"], report.counts["pending"]) == (400, 200)
+    assert report.counts["stale"] == report.counts["missing_online"] == 0
+    assert sample("featurestore_consistency_failed", view="marked") == 0
+
+    # keys 600..649 as of t1: the served version should hold them and does not
+    _write(path, [*loaded, *((k, 0.0, t1) for k in range(600, 650))])
+    report = await schedule.check_view("marked")
+    assert report is not None and report.counts["missing_online"] == 50 and report.mismatches == 50
+    assert sample("featurestore_consistency_failed", view="marked") == 1
+    assert sample("featurestore_consistency_keys", view="marked", **{"class": "missing_online"}) == 50
