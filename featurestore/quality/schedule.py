@@ -24,9 +24,7 @@ from featurestore.quality.consistency import (
     Report,
     Side,
     check,
-    offline_rows,
-    offline_sides,
-    sample_keys,
+    sample_offline,
     store_reader,
 )
 from featurestore.registry.base import Registry
@@ -89,13 +87,14 @@ class ConsistencySchedule:
             if view is None or store is None:
                 raise LookupError(f"view {name!r} is not served by this server")
             source = default_source(view, self.config, None)
-            # Reading and indexing the whole batch source is ~0.2 s of Python per 100k rows:
-            # on a thread with its own loop, so the serving loop never waits for it.
-            offline = await asyncio.to_thread(_read_offline, view, source)
             # a fresh sample every run (a fixed seed checked the same keys forever), logged
             # so `featurestore check consistency --seed` can check the same keys again
             seed = secrets.randbelow(2**31)
-            keys = sample_keys(offline, self.settings.sample, seed=seed)
+            # One streaming pass keeps only the sampled keys' rows (memory: the sample and a
+            # batch, not a dict of every key of the source), on a thread with its own loop,
+            # so the serving loop never waits for the source.
+            offline = await asyncio.to_thread(_sample, view, source, self.settings.sample, seed)
+            keys = list(offline)
             version = state.data_versions.get(name, 0)
             reader = store_reader(store, view, version)
             report = await check(view, offline, keys, reader, await self._watermark(name, version))
@@ -113,5 +112,5 @@ class ConsistencySchedule:
         return report
 
 
-def _read_offline(view: FeatureView, source: OfflineSource) -> dict[EntityKey, Side]:
-    return offline_sides(view, asyncio.run(offline_rows(view, source)))
+def _sample(view: FeatureView, source: OfflineSource, n: int, seed: int) -> dict[EntityKey, Side]:
+    return asyncio.run(sample_offline(view, source, n, seed))
