@@ -15,6 +15,10 @@ store when it loads a view's file) and stored with that version in the view's st
   the rest summed as ``OTHER``.
 * float32 vectors are not profiled.
 
+The reference weighs every row (key) alike; served windows weigh keys by how often they
+are asked for. Traffic that favours some keys (active users) shows as lasting drift of
+unchanged data: docs/quality.md, next to the FeatureDrift alert.
+
 Profiling never stops the write it rides on (a materialization, the memory store's
 load): a feature whose values cannot be profiled is logged once, counted
 (``featurestore_feature_profile_failures_total``) and left out of the profile, so its

@@ -4,7 +4,9 @@ ArcadeDB Bolt server) give the same answers."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -432,3 +434,58 @@ async def test_a_bolt_read_that_outlives_its_timeout_is_graph_unavailable(arcade
         assert await patient.search("raw", 10) == []
     finally:
         await patient.close()
+
+
+def retention_statements() -> list[str]:
+    """The pruning statements docs/lineage.md gives operators (its Retention section)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lineage.md").read_text()
+    section = doc.split("## Retention", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```cypher\n(.*?)```", section, re.S)
+    parts = [
+        " ".join(line for line in part.splitlines() if not line.startswith("//"))
+        for part in block.split("\n\n")
+    ]
+    return [p.strip() for p in parts if p.strip()]
+
+
+async def test_the_documented_retention_statements_prune_old_lineage_and_keep_the_rest(
+    arcade: ArcadeServer,
+) -> None:
+    from neo4j import GraphDatabase
+
+    from lineage.graph.drift import DriftRecord
+
+    arcade.wipe()
+    graph = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
+    await graph.start()
+    try:
+        await graph.apply_definitions(definition_facts(snap(1, "2024-01-01T00:00:00Z", RAW, DERIVED, SCORE)))
+        await graph.write_events([event("raw:clicks", "2024-01-01T00:00:07Z", 5)])
+        await graph.write_events([event("raw:clicks", "2026-01-01T00:00:07Z", 7)])
+        await graph.write_runs([run("r1", "COMPLETE", "2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z", 1, 40)])
+        await graph.write_runs([run("r2", "COMPLETE", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", 2, 50)])
+        old, new = 1704067200000, 1767225600000  # 2024-01-01, 2026-01-01
+        await graph.add_drift(
+            [DriftRecord("raw:clicks", t, "ks", 0.1, 1e-5, 1000, 1, "w") for t in (old, new)]
+        )
+        statements = retention_statements()
+        assert len(statements) == 4
+        cutoff = 1735689600000  # 2025-01-01
+        with (
+            GraphDatabase.driver(arcade.uri, auth=(arcade.USER, arcade.PASSWORD)) as driver,
+            driver.session(database=arcade.DATABASE) as session,
+        ):
+            for statement in statements:
+                for _ in range(10):  # "run each one again until it answers deleted = 0"
+                    if session.run(statement, cutoff=cutoff).single()["deleted"] == 0:  # type: ignore[index]
+                        break
+        assert [e.served_count for e in await graph.events("raw:clicks", None, None, 100)] == [7]
+        assert [r.at_ms for r in await graph.drift("raw:clicks", None, None, 100)] == [new]
+        assert [c.run_id for c in await graph.changes("score:rank", None, None, 100)] == ["r2"]
+        assert [n.id for n in await graph.nodes(["data_version:raw@1", "data_version:raw@2"])] == [
+            "data_version:raw@2"
+        ]
+        assert await graph.upstream("score:rank", 2) == ["derived:ctr", "raw:clicks", "raw:views"]
+        assert [(s.server, s.count) for s in await graph.served_by("raw:clicks")] == [("fs@a", 12)]
+    finally:
+        await graph.close()
