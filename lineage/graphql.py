@@ -8,8 +8,11 @@ Guards: ``depth`` is 1..5, ``limit`` 1..1000, lists over 1,000 items and queries
 deeper than 10 are refused, and each request has a cost budget (every graph lookup and
 every list item resolved costs 1; ``MAX_COST`` per request): nesting multiplies lookups
 (``upstream { upstream { ... } }`` asks the graph once per feature per level), so the
-limits per list and on depth alone do not bound the work. Every problem is a GraphQL
-error in the response, never an HTTP 500.
+limits per list and on depth alone do not bound the work. A lookup is charged before it
+is made, for as many as it may make (a walk: one per hop), and its own work is bounded:
+a walk stops at ``MAX_WALK`` features (and the in-process graph at ``MAX_WALK_STEPS``
+edges examined) with an error naming a smaller depth, a Bolt read at its timeout. Every
+problem is a GraphQL error in the response, never an HTTP 500.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from lineage.graphql_budget import (
     _depth,
     _graph,
     _ms,
+    _walked,
 )
 from lineage.graphql_drift import Drift
 from lineage.graphql_graph import Change, GraphQueries, changes
@@ -127,15 +131,15 @@ class Feature:
 
     @strawberry.field(description="Features this one derives from, up to `depth` hops.")
     async def upstream(self, info: Info, depth: int = 1) -> list[Feature]:
-        if not _charge(info, 1):
+        if not _charge(info, _depth(depth)):  # a lookup per hop
             return []
-        return await self._features(info, await _graph(info).upstream(self.id, _depth(depth), self.as_of))
+        return await self._features(info, await _walked(_graph(info).upstream(self.id, depth, self.as_of)))
 
     @strawberry.field(description="Features derived from this one, up to `depth` hops.")
     async def downstream(self, info: Info, depth: int = 1) -> list[Feature]:
-        if not _charge(info, 1):
+        if not _charge(info, _depth(depth)):
             return []
-        return await self._features(info, await _graph(info).downstream(self.id, _depth(depth), self.as_of))
+        return await self._features(info, await _walked(_graph(info).downstream(self.id, depth, self.as_of)))
 
     @strawberry.field(description="Tables the feature is produced by: online store, batch source, upstream.")
     async def produced_by(self, info: Info) -> list[TableRef]:
@@ -214,15 +218,16 @@ class Table:
         description="Features (derived up to `depth` hops) and feature services affected by a change."
     )
     async def impact(self, info: Info, depth: int = 3) -> Impact:
-        if not _charge(info, 1):
+        # before the walk, every lookup it may make: the table's features, a hop per
+        # level (one walk from all of them, at most MAX_WALK features), their services
+        if not _charge(info, 2 + _depth(depth)):
             return Impact(features=[], feature_services=[])
-        result = await _graph(info).impact(self.name, _depth(depth), self.as_of)
+        result = await _walked(_graph(info).impact(self.name, depth, self.as_of))
         impact = Impact(
             features=_bounded(list(result.features), "impact.features"),
             feature_services=_bounded(list(result.feature_services), "impact.featureServices"),
         )
-        # the adapter walked downstream from every directly affected feature
-        if not _charge(info, 2 * len(impact.features) + len(impact.feature_services)):
+        if not _charge(info, len(impact.features) + len(impact.feature_services)):
             return Impact(features=[], feature_services=[])
         return impact
 

@@ -3,17 +3,19 @@ lineage/graphql_graph.py): see lineage/graphql.py for the limits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.types import Info
 
-from lineage.graph.base import MAX_DEPTH, LineageGraph
+from lineage.graph.base import MAX_DEPTH, MAX_WALK, LineageGraph
+from lineage.graph.topology import TooLarge
 
-MAX_RESULTS = 1000
+T = TypeVar("T")
+MAX_RESULTS = MAX_WALK  # a walk stops where its answer would be refused
 MAX_QUERY_DEPTH = 10
 MAX_COST = 10_000  # graph lookups + list items per request
 
@@ -90,6 +92,14 @@ def _depth(depth: int) -> int:
     if not 1 <= depth <= MAX_DEPTH:
         raise GraphQLError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
     return depth
+
+
+async def _walked(walk: Awaitable[T]) -> T:
+    """A graph walk's answer; one that reached too much is the caller's GraphQL error."""
+    try:
+        return await walk
+    except TooLarge as e:
+        raise GraphQLError(str(e)) from None
 
 
 def _bounded(items: list[Any], what: str) -> list[Any]:

@@ -27,7 +27,7 @@ from lineage.graph.base import MAX_DEPTH, LineageGraph
 from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, split_id, topology
 from lineage.graph.topology import Change as ChangeFact
 from lineage.graph.topology import Node as NodeFact
-from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms
+from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms, _walked
 
 # A search scans every name (the memory graph: 16 ms on the 10,000-feature graph of
 # benchmarks/lineage_page.py), not one lookup: at this cost a request gets 9 of them
@@ -99,9 +99,9 @@ async def changes(
 ) -> list[Change]:
     if not 1 <= limit <= MAX_RESULTS:
         raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
-    if not _charge(info, 1 + MAX_DEPTH):  # the upstream walk, then the runs
+    if not _charge(info, MAX_DEPTH + 2):  # the upstream walk (a lookup per hop), its tables, the runs
         return []
-    found = await _graph(info).changes(feature_id, table, _ms(since), limit)
+    found = await _walked(_graph(info).changes(feature_id, table, _ms(since), limit))
     return [Change.of(c) for c in found] if _charge(info, len(found)) else []
 
 

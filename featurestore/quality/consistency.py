@@ -12,10 +12,16 @@ Each sampled key is put in exactly one class (docs/quality.md):
 * ``missing_online``: the online side does not have the key (the offline side does; a
   key named by the caller that neither side has is counted here too);
 * ``missing_offline``: served, but not in the batch source (pushed keys; only keys the
-  caller names can be found so: keys are sampled from the offline side).
+  caller names can be found so: keys are sampled from the offline side);
+* ``pending``: the offline row is newer than the served data version's watermark (the
+  newest event time its materialization loaded) and the online side does not have it
+  yet: a row added to the batch source since, which the next materialization loads.
 
 A key served ``OUTSIDE_MAX_AGE`` has a timestamp but no values: it is classified by time,
-and consistent when the times agree. Mismatches are ``stale + conflict``.
+and consistent when the times agree. Mismatches are ``stale + conflict +
+missing_online`` (a key neither side has, named by the caller, is not one): with the
+watermark known, those are rows the served version should hold and does not. Without it
+(the memory store loads its file itself; the CLI), no row is pending.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from featurestore.offline import EVERYTHING, OfflineSource
 from featurestore.rows import EVENT_TIMESTAMP, column_values, conform, row_keys
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
 
-CLASSES = ("consistent", "stale", "online_newer", "conflict", "missing_online", "missing_offline")
+CLASSES = ("consistent", "stale", "online_newer", "conflict", "missing_online", "missing_offline", "pending")
 MAX_EXAMPLES = 10
 READ_CHUNK = 1000  # keys per online read (under the server's max_rows)
 
@@ -57,10 +63,12 @@ class Report:
     checked: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))
     examples: list[dict[str, Any]] = field(default_factory=list)
+    absent: int = 0  # of missing_online: keys neither side has (named by the caller)
 
     @property
     def mismatches(self) -> int:
-        return self.counts["stale"] + self.counts["conflict"]
+        missing = self.counts["missing_online"] - self.absent
+        return self.counts["stale"] + self.counts["conflict"] + missing
 
     def passed(self, max_mismatch: float) -> bool:
         return self.mismatches <= max_mismatch * self.checked
@@ -93,8 +101,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def classify(view: FeatureView, online: Side | None, offline: Side | None) -> tuple[str, str | None]:
-    """The key's class, and the first feature that differs (conflicts)."""
+def classify(
+    view: FeatureView, online: Side | None, offline: Side | None, watermark_us: int | None = None
+) -> tuple[str, str | None]:
+    """The key's class, and the first feature that differs (conflicts). ``watermark_us``:
+    the served data version's watermark (None: unknown, nothing is pending)."""
+    if (
+        offline is not None
+        and watermark_us is not None
+        and offline.ts_us > watermark_us
+        and (online is None or online.ts_us < offline.ts_us)
+    ):
+        return "pending", None
     if online is None:
         return "missing_online", None
     if offline is None:
@@ -135,27 +153,80 @@ def offline_sides(view: FeatureView, table: pa.Table | None) -> dict[EntityKey, 
 def sample_keys(
     offline: dict[EntityKey, Side], n: int, extra: Sequence[EntityKey] = (), seed: int = 0
 ) -> list[EntityKey]:
-    """``n`` offline keys drawn uniformly without replacement (seeded), then ``extra``."""
+    """``n`` offline keys drawn uniformly without replacement (seeded), in row order, then
+    ``extra``: every row gets a random priority (``seed``'s stream, in row order) and the
+    ``n`` smallest win, as ``sample_offline`` picks them batch by batch, so one seed picks
+    the same keys both ways."""
     keys = list(offline)
     if len(keys) > n:
-        picked = np.random.default_rng(seed).choice(len(keys), size=n, replace=False)
-        keys = [keys[i] for i in sorted(picked.tolist())]
+        picked = _smallest(np.random.default_rng(seed).random(len(keys)), n)
+        keys = [keys[i] for i in np.sort(picked).tolist()]
     seen = set(keys)
     return keys + [k for k in extra if k not in seen]
 
 
+def _smallest(priorities: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` smallest priorities."""
+    picked: np.ndarray = (
+        np.argpartition(priorities, n - 1)[:n] if len(priorities) > n else np.arange(len(priorities))
+    )
+    return picked
+
+
+async def sample_offline(
+    view: FeatureView, source: OfflineSource, n: int, seed: int, batch_rows: int = 100_000
+) -> dict[EntityKey, Side]:
+    """``n`` keys of the batch source drawn as ``sample_keys(..., seed=seed)`` draws them,
+    with their latest rows, in one streaming pass: a reservoir of the ``n`` rows of
+    smallest priority so far, merged batch by batch (numpy and Arrow: no Python per row).
+    Memory is the reservoir and one batch, whatever the size of the source; only the
+    kept rows become Python values. (``offline_rows`` + ``offline_sides`` hold every row:
+    ~0.5 KB and ~3 µs of GIL-bound Python per key.)"""
+    ts_field = view.batch_source.timestamp_field if view.batch_source else EVENT_TIMESTAMP
+    columns = [*view.join_keys, *(f.name for f in view.features), ts_field]
+    rng = np.random.default_rng(seed)
+    kept: pa.Table | None = None
+    priority, position = np.empty(0), np.empty(0, np.int64)
+    offset = 0
+    async for batch in source.latest_batches(columns, view.join_keys, ts_field, batch_rows, EVERYTHING):
+        p = rng.random(batch.num_rows)  # drawn for every row, as sample_keys draws them
+        at = np.arange(offset, offset + batch.num_rows)
+        offset += batch.num_rows
+        if len(priority) >= n:  # only rows beating the largest kept priority can enter
+            enter = p < priority.max()
+            if not enter.any():
+                continue
+            batch, p, at = batch.filter(pa.array(enter)), p[enter], at[enter]
+        part = pa.Table.from_batches([batch])
+        kept = part if kept is None else pa.concat_tables([kept, part])
+        priority, position = np.concatenate([priority, p]), np.concatenate([position, at])
+        if len(priority) > n:
+            keep = _smallest(priority, n)
+            kept, priority, position = kept.take(pa.array(keep)), priority[keep], position[keep]
+    if kept is None:
+        return {}
+    in_order = np.argsort(position)
+    return offline_sides(view, conform(view, kept.take(pa.array(in_order)), ts_field))
+
+
 async def check(
-    view: FeatureView, offline: dict[EntityKey, Side], keys: Sequence[EntityKey], read_online: OnlineReader
+    view: FeatureView,
+    offline: dict[EntityKey, Side],
+    keys: Sequence[EntityKey],
+    read_online: OnlineReader,
+    watermark_us: int | None = None,
 ) -> Report:
+    """Classify ``keys``; ``watermark_us``: the served data version's (see ``classify``)."""
     report = Report(view.name)
     for start in range(0, len(keys), READ_CHUNK):
         chunk = keys[start : start + READ_CHUNK]
         online = await read_online(chunk)
         for key, on in zip(chunk, online, strict=True):
             off = offline.get(key)
-            cls, feature = classify(view, on, off)
+            cls, feature = classify(view, on, off, watermark_us)
             report.checked += 1
             report.counts[cls] += 1
+            report.absent += on is None and off is None
             if cls != "consistent" and len(report.examples) < MAX_EXAMPLES:
                 report.examples.append(_example(view, key, cls, feature, on, off))
     return report

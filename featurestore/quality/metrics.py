@@ -50,14 +50,14 @@ DRIFT_SKIPPED = Counter(
 CONSISTENCY_KEYS = Gauge(
     "featurestore_consistency_keys",
     "Keys of the latest scheduled consistency check of a view, by class (consistent, stale, online_newer, "
-    "conflict, missing_online, missing_offline).",
+    "conflict, missing_online, missing_offline, pending).",
     ["view", "class"],
     multiprocess_mode="livemax",
 )
 CONSISTENCY_FAILED = Gauge(
     "featurestore_consistency_failed",
-    "1 when the latest scheduled consistency check of a view found more stale + conflict keys than "
-    "quality.consistency.max_mismatch allows, else 0.",
+    "1 when the latest scheduled consistency check of a view found more stale + conflict + missing_online "
+    "keys than quality.consistency.max_mismatch allows, else 0.",
     ["view"],
     multiprocess_mode="livemax",
 )
@@ -65,4 +65,13 @@ CONSISTENCY_CHECKS = Counter(
     "featurestore_consistency_checks_total",
     "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
     ["view", "outcome"],
+)
+
+# Reference profiles (featurestore/quality/profile.py): a feature left out of a profile
+# because its values could not be profiled; the write it rode on went on.
+PROFILE_FAILURES = Counter(
+    "featurestore_feature_profile_failures_total",
+    "Features left out of a reference profile because their values could not be profiled (the data "
+    "version is written and served; the feature's drift windows are not tested), by view and feature.",
+    ["view", "feature"],
 )

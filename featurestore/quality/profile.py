@@ -15,6 +15,17 @@ store when it loads a view's file) and stored with that version in the view's st
   the rest summed as ``OTHER``.
 * float32 vectors are not profiled.
 
+The reference weighs every row (key) alike; served windows weigh keys by how often they
+are asked for. Traffic that favours some keys (active users) shows as lasting drift of
+unchanged data: docs/quality.md, next to the FeatureDrift alert.
+
+Profiling never stops the write it rides on (a materialization, the memory store's
+load): a feature whose values cannot be profiled is logged once, counted
+(``featurestore_feature_profile_failures_total``) and left out of the profile, so its
+windows are not tested (like a version without a profile) while every other feature's
+are. Numeric values are cast to float64 unchecked: an int64 beyond 2**53 or a timestamp
+in year 9999 loses precision in the sample, which a distribution test does not notice.
+
 Serialized as zlib-compressed JSON with the samples as base64 little-endian float64
 (about 40 KB per numeric feature).
 """
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurestore.model import DType, FeatureView
+from featurestore.quality import metrics
 from featurestore.quality.stats import OTHER as OTHER  # beyond MAX_CATEGORIES (the tests map to it)
 
 SAMPLE_SIZE = 5_000
@@ -39,6 +52,7 @@ MAX_CATEGORIES = 1_000
 NUMERIC = frozenset({DType.INT64, DType.FLOAT64, DType.TIMESTAMP})
 CATEGORICAL = frozenset({DType.STRING, DType.BOOL})
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,44 +131,73 @@ class ProfileBuilder:
         self._values: dict[str, np.ndarray] = {f.name: empty for f in self._numeric}
         self._counts: dict[str, dict[str, int]] = {f.name: {} for f in self._categorical}
         self._seen: dict[str, int] = {f.name: 0 for f in view.features}
+        self._failed: set[str] = set()  # features whose values could not be profiled
 
     def add(self, table: pa.Table) -> None:
+        """Profile one batch of written rows; never raises on the values (see the module doc)."""
         self.rows += table.num_rows
         for f in self._numeric:
-            values = numeric_values(table.column(f.name), f.dtype)
-            self._seen[f.name] += len(values)
-            keys = np.concatenate([self._keys[f.name], self._rng.random(len(values))])
-            values = np.concatenate([self._values[f.name], values])
-            if len(keys) > self.sample_size:
-                keep = np.argpartition(keys, self.sample_size)[: self.sample_size]
-                keys, values = keys[keep], values[keep]
-            self._keys[f.name], self._values[f.name] = keys, values
+            if f.name not in self._failed:
+                self._guard(f.name, self._add_numeric, table, f.name, f.dtype)
         for f in self._categorical:
-            col = table.column(f.name)
-            self._seen[f.name] += len(col) - col.null_count
-            counts = self._counts[f.name]
-            for item in pc.value_counts(col.drop_null()).to_pylist():
-                name = category_name(item["values"])
-                counts[name] = counts.get(name, 0) + int(item["counts"])
+            if f.name not in self._failed:
+                self._guard(f.name, self._add_categorical, table, f.name)
+
+    def _add_numeric(self, table: pa.Table, name: str, dtype: DType) -> None:
+        values = numeric_values(table.column(name), dtype)
+        self._seen[name] += len(values)
+        keys = np.concatenate([self._keys[name], self._rng.random(len(values))])
+        values = np.concatenate([self._values[name], values])
+        if len(keys) > self.sample_size:
+            keep = np.argpartition(keys, self.sample_size)[: self.sample_size]
+            keys, values = keys[keep], values[keep]
+        self._keys[name], self._values[name] = keys, values
+
+    def _add_categorical(self, table: pa.Table, name: str) -> None:
+        col = table.column(name)
+        counts: dict[str, int] = {}
+        for item in pc.value_counts(col.drop_null()).to_pylist():
+            key = category_name(item["values"])
+            counts[key] = counts.get(key, 0) + int(item["counts"])
+        merged = self._counts[name]  # merged only once the whole batch counted
+        for key, n in counts.items():
+            merged[key] = merged.get(key, 0) + n
+        self._seen[name] += len(col) - col.null_count
+
+    def _guard(self, name: str, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as e:
+            self._failed.add(name)
+            metrics.PROFILE_FAILURES.labels(self.view.name, name).inc()
+            log.warning(
+                "%s v%d: feature %s not profiled (its drift windows are not tested): %s: %s",
+                self.view.name, self.data_version, name, type(e).__name__, e,
+            )  # fmt: skip
 
     def build(self) -> Profile:
+        """The profile of every row added, without the features that could not be profiled."""
         features: dict[str, FeatureProfile] = {}
         for f in self._numeric:
-            features[f.name] = FeatureProfile(
-                f.name, "numeric", self._seen[f.name], np.sort(self._values[f.name])
-            )
+            if f.name not in self._failed:
+                features[f.name] = FeatureProfile(
+                    f.name, "numeric", self._seen[f.name], np.sort(self._values[f.name])
+                )
         for f in self._categorical:
-            features[f.name] = FeatureProfile(
-                f.name, "categorical", self._seen[f.name], categories=_top(self._counts[f.name])
-            )
+            if f.name not in self._failed:
+                features[f.name] = FeatureProfile(
+                    f.name, "categorical", self._seen[f.name], categories=_top(self._counts[f.name])
+                )
         return Profile(self.view.name, self.view.layout, self.data_version, self.rows, features)
 
 
 def numeric_values(col: pa.ChunkedArray | pa.Array, dtype: DType) -> np.ndarray:
-    """Non-null values of a numeric column as float64 (timestamps as epoch µs)."""
+    """Non-null values of a numeric column as float64 (timestamps as epoch µs). The cast is
+    unchecked: integers beyond 2**53 (ids, year-9999 timestamps) round to the nearest
+    float64, which is precision enough for a distribution's sample."""
     if dtype is DType.TIMESTAMP:
-        col = col.cast(pa.int64())
-    arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        col = col.cast(pa.int64(), safe=False)
+    arr = col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     out: np.ndarray = np.asarray(arr, dtype=np.float64)
     kept: np.ndarray = out[~np.isnan(out)]
     return kept

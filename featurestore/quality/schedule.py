@@ -3,13 +3,15 @@ every ``interval_seconds``, for each configured view, the same check as ``featur
 check consistency --config`` (the view's store at the data version served, against its
 batch source), its counts exported as metrics (``featurestore_consistency_*``; alert
 ``FeatureSkew``). Only one process of a supervised group runs it (worker slot 0): the
-store and the batch source are shared, N copies would only multiply the load.
+store and the batch source are shared, N copies would only multiply the load. Every
+run samples other keys (a fresh seed, logged with the counts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 
 from featurestore.config import Config
@@ -22,11 +24,10 @@ from featurestore.quality.consistency import (
     Report,
     Side,
     check,
-    offline_rows,
-    offline_sides,
-    sample_keys,
+    sample_offline,
     store_reader,
 )
+from featurestore.registry.base import Registry
 from featurestore.sources.base import EntityKey, OnlineSource
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,47 @@ log = logging.getLogger(__name__)
 
 class ConsistencySchedule:
     def __init__(
-        self, config: Config, stores: Mapping[str, OnlineSource], state: Callable[[], ServingState]
+        self,
+        config: Config,
+        stores: Mapping[str, OnlineSource],
+        state: Callable[[], ServingState],
+        registry: Registry | None = None,
     ) -> None:
+        """``registry``: where the watermarks are read (default: a client of the config's
+        registry, opened at the first check and closed with the task)."""
         self.config = config
         self.settings = config.quality.consistency
         self.stores = stores
         self.state = state
+        self._registry = registry
+        self._own_registry: Registry | None = None
 
     async def run(self) -> None:
         """The ``consistency-check`` background task."""
-        while True:
-            for view in self.settings.views:
-                await self.check_view(view)
-            await asyncio.sleep(self.settings.interval_seconds)
+        try:
+            while True:
+                for view in self.settings.views:
+                    await self.check_view(view)
+                await asyncio.sleep(self.settings.interval_seconds)
+        finally:
+            if self._own_registry is not None:
+                await self._own_registry.close()
+
+    async def _watermark(self, name: str, version: int) -> int | None:
+        """The newest event time the served data version of ``name`` loaded: the check's
+        line between rows it should hold and rows still pending. None when unknown (never
+        materialized, a memory store, the registry's watermark of another version than
+        the one served, the registry unreadable): then nothing is pending."""
+        try:
+            if self._registry is None:
+                from featurestore.factories import make_registry
+
+                self._registry = self._own_registry = make_registry(self.config)
+            mark = await self._registry.watermark(name)
+        except Exception as e:
+            log.warning("consistency check of %s: no watermark (%s): no row is taken as pending", name, e)
+            return None
+        return mark.event_time_us if mark is not None and mark.data_version == version else None
 
     async def check_view(self, name: str) -> Report | None:
         from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
@@ -58,12 +87,17 @@ class ConsistencySchedule:
             if view is None or store is None:
                 raise LookupError(f"view {name!r} is not served by this server")
             source = default_source(view, self.config, None)
-            # Reading and indexing the whole batch source is ~0.2 s of Python per 100k rows:
-            # on a thread with its own loop, so the serving loop never waits for it.
-            offline = await asyncio.to_thread(_read_offline, view, source)
-            keys = sample_keys(offline, self.settings.sample)
-            reader = store_reader(store, view, state.data_versions.get(name, 0))
-            report = await check(view, offline, keys, reader)
+            # a fresh sample every run (a fixed seed checked the same keys forever), logged
+            # so `featurestore check consistency --seed` can check the same keys again
+            seed = secrets.randbelow(2**31)
+            # One streaming pass keeps only the sampled keys' rows (memory: the sample and a
+            # batch, not a dict of every key of the source), on a thread with its own loop,
+            # so the serving loop never waits for the source.
+            offline = await asyncio.to_thread(_sample, view, source, self.settings.sample, seed)
+            keys = list(offline)
+            version = state.data_versions.get(name, 0)
+            reader = store_reader(store, view, version)
+            report = await check(view, offline, keys, reader, await self._watermark(name, version))
         except Exception as e:
             metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
             log.warning("consistency check of %s failed: %s", name, e)
@@ -73,9 +107,10 @@ class ConsistencySchedule:
             metrics.CONSISTENCY_KEYS.labels(name, cls).set(report.counts[cls])
         metrics.CONSISTENCY_FAILED.labels(name).set(1 if failed else 0)
         metrics.CONSISTENCY_CHECKS.labels(name, "mismatch" if failed else "ok").inc()
-        log.info("consistency of %s: %s", name, ", ".join(f"{c} {report.counts[c]}" for c in CLASSES))
+        counts = ", ".join(f"{c} {report.counts[c]}" for c in CLASSES)
+        log.info("consistency of %s (sample seed %d): %s", name, seed, counts)
         return report
 
 
-def _read_offline(view: FeatureView, source: OfflineSource) -> dict[EntityKey, Side]:
-    return offline_sides(view, asyncio.run(offline_rows(view, source)))
+def _sample(view: FeatureView, source: OfflineSource, n: int, seed: int) -> dict[EntityKey, Side]:
+    return asyncio.run(sample_offline(view, source, n, seed))

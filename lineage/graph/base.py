@@ -27,10 +27,27 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, parse_timestamp
 from lineage.graph.drift import DriftRecord
-from lineage.graph.topology import Change, GraphEdge, Node
+from lineage.graph.topology import Change, GraphEdge, Node, TooLarge
 from lineage.runs import JobRunEvent
 
 MAX_DEPTH = 5
+# A walk (upstream, downstream, impact, the upstream of `changes`) stops with TooLarge
+# when it reaches more features than a GraphQL answer may list (MAX_RESULTS there), so a
+# hop never asks the graph about more than this many features. The in-process graph also
+# stops after examining MAX_WALK_STEPS DERIVED_FROM edges (closed ones and edges back to
+# features already reached included): a walk runs on the serving event loop, and a step
+# costs 0.05-0.3 µs (7,550 steps of a 5 x 50 fully connected layered graph: 0.4 ms), so a
+# walk holds the loop a few ms at most; ten edges per feature reached, as topology.walk allows.
+MAX_WALK = 1000
+MAX_WALK_STEPS = 10 * MAX_WALK
+
+
+def walk_too_large(start: str, depth: int, steps: bool = False) -> TooLarge:
+    """The error of a walk stopped at MAX_WALK features (or, ``steps``, MAX_WALK_STEPS edges)."""
+    reached = (
+        f"examines more than {MAX_WALK_STEPS} edges" if steps else f"reaches more than {MAX_WALK} features"
+    )
+    return TooLarge(f"the walk from {start} {reached} within {depth} hops: ask for a smaller depth")
 
 
 class GraphUnavailable(Exception):
@@ -164,9 +181,13 @@ class LineageGraph(Protocol):
 
     async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None: ...
 
-    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]: ...
+    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        """Features it derives from within ``depth`` hops; TooLarge beyond MAX_WALK of them."""
+        ...
 
-    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]: ...
+    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        """Features derived from it within ``depth`` hops; TooLarge beyond MAX_WALK of them."""
+        ...
 
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]: ...
 
@@ -178,7 +199,10 @@ class LineageGraph(Protocol):
 
     async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]: ...
 
-    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact: ...
+    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
+        """The table's features and those derived from them within ``depth`` hops (one walk
+        from all of them), and the services using any; TooLarge beyond MAX_WALK features."""
+        ...
 
     async def events(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int

@@ -26,13 +26,13 @@ from lineage.graph.base import (
     DefinitionFacts,
     FeatureInfo,
     GraphUnavailable,
-    Impact,
     ServedBy,
     TableRef,
     event_key,
     event_time_ms,
 )
 from lineage.graph.bolt_topology import BoltTopology
+from lineage.graph.bolt_walk import BoltWalks
 from lineage.graph.cypher import (
     APPLIED_VERSION,
     APPLY_NODES,
@@ -69,7 +69,17 @@ def _retryable(e: Exception) -> bool:
 UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
 
 
-class BoltGraph(BoltTopology):
+# How long one read (a GraphQL lookup: a hop of a walk, a node's edges, a search) may
+# take, retries included. The lineage page's query answers in 7-25 ms on ArcadeDB
+# (benchmarks/RESULTS.md, "Lineage page"), so a read still running after 5 s is a runaway
+# (a graph grown without pruning, docs/lineage.md) or an overloaded server: the caller
+# gets an error instead of a hang, and a walk of MAX_DEPTH hops ends within 25 s, inside
+# the 30-60 s a browser or proxy waits. Sent to the server as the transaction timeout
+# (Neo4j then stops the query; ArcadeDB ignores it) and enforced here as a deadline.
+READ_TIMEOUT_SECONDS = 5.0
+
+
+class BoltGraph(BoltWalks, BoltTopology):
     def __init__(
         self,
         uri: str,
@@ -78,6 +88,7 @@ class BoltGraph(BoltTopology):
         database: str | None = None,
         retries: int = 6,
         ca_file: str = "",
+        read_timeout: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         """TLS: a ``bolt+s://`` or ``neo4j+s://`` uri (the system's CAs), or ``ca_file``
         with a ``bolt://`` or ``neo4j://`` uri (that CA only)."""
@@ -91,6 +102,7 @@ class BoltGraph(BoltTopology):
         self._driver: AsyncDriver = AsyncGraphDatabase.driver(uri, auth=(user, password), **tls)
         self._database = database
         self._retries = retries
+        self._read_timeout = read_timeout
 
     async def start(self) -> None:
         for statement in (*SCHEMA, *DRIFT_SCHEMA):
@@ -124,11 +136,26 @@ class BoltGraph(BoltTopology):
         raise AssertionError("unreachable")
 
     async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
+        timeout = None if write else self._read_timeout
+
         async def work(session: AsyncSession) -> list[dict[str, Any]]:
-            result = await session.run(query, params)
+            result = await session.run(neo4j.Query(query, timeout=timeout), params)
             return [dict(r) async for r in result]
 
-        return await self._retrying("write" if write else "read", work)
+        if write:  # batches of the consumer: retried until they pass, never cut short
+            return await self._retrying("write", work)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await self._retrying("read", work)
+        except TimeoutError:
+            pass  # the deadline here (any server)
+        except neo.Neo4jError as e:
+            if "TransactionTimedOut" not in (e.code or ""):  # Neo4j stopped it at the timeout sent
+                raise
+        raise GraphUnavailable(
+            f"graph read took longer than {self._read_timeout:g} s: the graph server is busy "
+            "or the query reaches too much (ask for a smaller depth)"
+        )
 
     async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
         return await self._run(query, True, **params)
@@ -267,24 +294,6 @@ class BoltGraph(BoltTopology):
             r["description"] or "",
         )
 
-    async def _walk(self, feature_id: str, depth: int, as_of_ms: int | None, direction: str) -> list[str]:
-        pattern = (
-            "(f)-[rs:DERIVED_FROM*1..%d]->(g)" if direction == "out" else "(f)<-[rs:DERIVED_FROM*1..%d]-(g)"
-        )
-        rows = await self._read(
-            f"MATCH {pattern % depth} WHERE f.id = $id AND g.id <> $id AND all(r IN rs WHERE {LIVE.format(r='r')}) "
-            "RETURN DISTINCT g.id AS id",
-            id=feature_id,
-            t=as_of_ms,
-        )
-        return sorted(r["id"] for r in rows)
-
-    async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
-        return await self._walk(feature_id, depth, as_of_ms, "out")
-
-    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
-        return await self._walk(feature_id, depth, as_of_ms, "in")
-
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
         rows = await self._read(
             "MATCH (f:Feature {id: $id})-[r:PRODUCED_BY]->(t:Table) WHERE "
@@ -302,42 +311,8 @@ class BoltGraph(BoltTopology):
         )
         return sorted((ServedBy(r["s"], int(r["c"]), int(r["l"])) for r in rows), key=lambda s: s.server)
 
-    async def _live(self, match: str, returned: str, **params: Any) -> list[str]:
-        """Sorted distinct ``returned`` over the matches whose edge ``r`` is live at ``$t``."""
-        rows = await self._read(
-            f"{match} WHERE {LIVE.format(r='r')} RETURN DISTINCT {returned} AS n", **params
-        )
-        return sorted(r["n"] for r in rows)
-
-    async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
-        return await self._live(
-            "MATCH (s:FeatureService)-[r:USES]->(f:Feature {id: $id})", "s.name", id=feature_id, t=as_of_ms
-        )
-
     async def table_exists(self, name: str) -> bool:
         return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))
-
-    async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]:
-        return await self._live(
-            "MATCH (f:Feature)-[r:PRODUCED_BY]->(t:Table {name: $n})", "f.id", n=name, t=as_of_ms
-        )
-
-    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
-        direct = await self.table_features(table, as_of_ms)
-        features = set(direct)
-        for f in direct:
-            features.update(await self.downstream(f, depth, as_of_ms))
-        services: set[str] = set()
-        if features:
-            rows = await self._read(
-                "MATCH (s:FeatureService)-[r:USES]->(f:Feature) WHERE f.id IN $ids AND "
-                + LIVE.format(r="r")
-                + " RETURN DISTINCT s.name AS n",
-                ids=sorted(features),
-                t=as_of_ms,
-            )
-            services = {r["n"] for r in rows}
-        return Impact(tuple(sorted(features)), tuple(sorted(services)))
 
     async def events(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int

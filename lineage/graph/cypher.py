@@ -14,8 +14,11 @@ SCHEMA = [
     "CREATE CONSTRAINT server_name IF NOT EXISTS FOR (s:Server) REQUIRE s.name IS UNIQUE",
     "CREATE CONSTRAINT event_key IF NOT EXISTS FOR (e:LineageEvent) REQUIRE e.key IS UNIQUE",
     "CREATE INDEX event_feature IF NOT EXISTS FOR (e:LineageEvent) ON (e.feature_id)",
+    "CREATE INDEX event_time IF NOT EXISTS FOR (e:LineageEvent) ON (e.ts_ms)",  # pruning: docs/lineage.md
+    "CREATE INDEX run_time IF NOT EXISTS FOR (r:JobRun) ON (r.at_ms)",  # pruning, changes' ORDER BY
     "CREATE CONSTRAINT applied_project IF NOT EXISTS FOR (r:AppliedDefinitions) REQUIRE r.project IS UNIQUE",
     "CREATE CONSTRAINT run_id IF NOT EXISTS FOR (r:JobRun) REQUIRE r.id IS UNIQUE",
+    "CREATE INDEX run_view IF NOT EXISTS FOR (r:JobRun) ON (r.view)",  # a feature's changes
     "CREATE CONSTRAINT data_version_id IF NOT EXISTS FOR (d:DataVersion) REQUIRE d.id IS UNIQUE",
 ]
 

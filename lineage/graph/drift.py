@@ -16,6 +16,7 @@ from dataclasses import dataclass
 DRIFT_SCHEMA = (
     "CREATE CONSTRAINT drift_key IF NOT EXISTS FOR (d:DriftRecord) REQUIRE d.key IS UNIQUE",
     "CREATE INDEX drift_feature IF NOT EXISTS FOR (d:DriftRecord) ON (d.feature_id)",
+    "CREATE INDEX drift_time IF NOT EXISTS FOR (d:DriftRecord) ON (d.at_ms)",  # pruning: docs/lineage.md
 )
 
 WRITE_DRIFT = """

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from lineage.events import LineageEvent
 from lineage.graph import nodes as describe
 from lineage.graph.base import (
     MAX_DEPTH,
+    MAX_WALK,
     DefinitionFacts,
     FeatureInfo,
     Impact,
@@ -23,12 +24,14 @@ from lineage.graph.base import (
     event_time_ms,
 )
 from lineage.graph.drift import DriftRecord, in_range
+from lineage.graph.memory_edges import Edge, Edges, Validity
 from lineage.graph.topology import (
     EDGE_ENDS,
     SEARCHABLE,
     Change,
     GraphEdge,
     Node,
+    TooLarge,
     node_id,
     search_rank,
     split_id,
@@ -36,29 +39,12 @@ from lineage.graph.topology import (
 )
 from lineage.runs import DataVersion, JobRunEvent, time_ms
 
-Edge = tuple[str, str, str]  # kind, from, to
 
-
-@dataclass(slots=True)
-class _Validity:
-    valid_from: int
-    valid_to: int | None = None
-    role: str = ""
-    project: str = ""  # whose definitions opened it; "" for edges learnt from serving
-
-    def live(self, at: int | None) -> bool:
-        if at is None:
-            return self.valid_to is None
-        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
-
-
-class InMemoryGraph:
+class InMemoryGraph(Edges):
     def __init__(self, max_events: int = 200_000, max_runs: int = 10_000) -> None:
         self._features: dict[str, FeatureInfo] = {}
         self._tables: set[str] = set()
-        self._edges: dict[Edge, _Validity] = {}  # definition and event edges
-        self._out_index: defaultdict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, from) -> to
-        self._in_index: defaultdict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, to) -> from
+        super().__init__()
         self._served: defaultdict[str, dict[str, ServedBy]] = defaultdict(dict)  # feature -> server ->
         self._max_events = max_events
         self._event_keys: set[str] = set()
@@ -104,7 +90,7 @@ class InMemoryGraph:
         for edge, role in wanted.items():
             current = self._edges.get(edge)
             if current is None or current.valid_to is not None:
-                self._add_edge(edge, _Validity(t, None, role, facts.project))
+                self._add_edge(edge, Validity(t, None, role, facts.project))
             else:
                 current.project = facts.project  # still wanted: the applying project owns it now
         # Edges of this project's earlier definitions that this snapshot no longer has
@@ -139,7 +125,7 @@ class InMemoryGraph:
             self._tables.add(e.source_table)
             edge = ("PRODUCED_BY", e.feature_id, e.source_table)
             if edge not in self._edges:
-                self._add_edge(edge, _Validity(ts, None, "online"))
+                self._add_edge(edge, Validity(ts, None, "online"))
             by_server = self._served[e.feature_id]
             served = by_server.get(e.service)
             count = (served.count if served else 0) + (e.served_count if fresh else 0)
@@ -161,14 +147,14 @@ class InMemoryGraph:
             for table in run.inputs:
                 self._tables.add(table)
                 if ("READ", run.run_id, table) not in self._edges:
-                    self._add_edge(("READ", run.run_id, table), _Validity(started))
+                    self._add_edge(("READ", run.run_id, table), Validity(started))
             dv = run.data_version
             if dv is not None:
                 published = time_ms(dv.published_at)
                 self._data_versions[dv.id] = dv
                 for edge in (("PUBLISHED", run.run_id, dv.id), ("OF", dv.id, dv.view)):
                     if edge not in self._edges:
-                        self._add_edge(edge, _Validity(published))
+                        self._add_edge(edge, Validity(published))
             while len(self._runs) > self._max_runs:
                 self._forget_run(next(iter(self._runs)))
 
@@ -184,18 +170,6 @@ class InMemoryGraph:
                 self._data_versions.pop(dv.id, None)
                 self._drop_edge(("OF", dv.id, dv.view))
 
-    def _drop_edge(self, edge: Edge) -> None:
-        kind, a, b = edge
-        if self._edges.pop(edge, None) is not None:
-            self._out_index[(kind, a)].discard(b)
-            self._in_index[(kind, b)].discard(a)
-
-    def _add_edge(self, edge: Edge, validity: _Validity) -> None:
-        kind, a, b = edge
-        self._edges[edge] = validity
-        self._out_index[(kind, a)].add(b)
-        self._in_index[(kind, b)].add(a)
-
     def _remember(self, key: str, feature_id: str, ts: int, e: LineageEvent) -> None:
         if len(self._event_order) >= self._max_events:
             old_key, old_feature = self._event_order.popleft()
@@ -207,42 +181,17 @@ class InMemoryGraph:
 
     # -- reads -----------------------------------------------------------------------
 
-    def _out(self, kind: str, src: str, at: int | None) -> list[str]:
-        targets = self._out_index.get((kind, src), ())
-        return sorted(b for b in targets if self._edges[(kind, src, b)].live(at))
-
-    def _in(self, kind: str, dst: str, at: int | None) -> list[str]:
-        sources = self._in_index.get((kind, dst), ())
-        return sorted(a for a in sources if self._edges[(kind, a, dst)].live(at))
-
     async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None:
         f = self._features.get(feature_id)
         if f is None or (as_of_ms is not None and not self._in("CONTAINS", feature_id, as_of_ms)):
             return None
         return f
 
-    def _walk(self, start: str, depth: int, step: str, at: int | None) -> list[str]:
-        seen: list[str] = []
-        frontier = [start]
-        for _ in range(depth):
-            nxt = []
-            for node in frontier:
-                for other in (
-                    self._out("DERIVED_FROM", node, at)
-                    if step == "out"
-                    else self._in("DERIVED_FROM", node, at)
-                ):
-                    if other != start and other not in seen:
-                        seen.append(other)
-                        nxt.append(other)
-            frontier = nxt
-        return sorted(seen)
-
     async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
-        return self._walk(feature_id, depth, "out", as_of_ms)
+        return sorted(self._walk(feature_id, [feature_id], depth, "out", as_of_ms))
 
     async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
-        return self._walk(feature_id, depth, "in", as_of_ms)
+        return sorted(self._walk(feature_id, [feature_id], depth, "in", as_of_ms))
 
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
         refs = [
@@ -265,9 +214,10 @@ class InMemoryGraph:
 
     async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
         direct = self._in("PRODUCED_BY", table, as_of_ms)
-        features = set(direct)
-        for f in direct:
-            features.update(self._walk(f, depth, "in", as_of_ms))
+        if len(direct) > MAX_WALK:
+            raise TooLarge(f"table {table} produces more than {MAX_WALK} features")
+        name = f"the features of {table}"
+        features = set(direct) | self._walk(name, direct, depth, "in", as_of_ms, MAX_WALK - len(direct))
         services = {s for f in features for s in self._in("USES", f, as_of_ms)}
         return Impact(tuple(sorted(features)), tuple(sorted(services)))
 
@@ -326,9 +276,9 @@ class InMemoryGraph:
                 if ek == "SERVED_BY":
                     out += self._served_edges(kind, name, as_of_ms)
                 elif is_source:
-                    out += [self._edge(ek, name, b) for b in self._out(ek, name, as_of_ms)]
+                    out += self._newest([self._edge(ek, name, b) for b in self._out(ek, name, as_of_ms)])
                 else:
-                    out += [self._edge(ek, a, name) for a in self._in(ek, name, as_of_ms)]
+                    out += self._newest([self._edge(ek, a, name) for a in self._in(ek, name, as_of_ms)])
         return out
 
     def _served_edges(self, kind: str, name: str, as_of_ms: int | None) -> list[GraphEdge]:
@@ -377,7 +327,7 @@ class InMemoryGraph:
         self, feature_id: str | None, table: str | None, since_ms: int | None, limit: int
     ) -> list[Change]:
         if feature_id is not None:
-            features = [feature_id, *self._walk(feature_id, MAX_DEPTH, "out", None)]
+            features = [feature_id, *sorted(self._walk(feature_id, [feature_id], MAX_DEPTH, "out", None))]
             views = {f.partition(":")[0] for f in features}
             tables = {t.name for f in features for t in await self.produced_by(f) if t.role != "online"}
             runs = [r for r in self._runs.values() if r.view in views or tables.intersection(r.inputs)]

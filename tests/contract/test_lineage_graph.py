@@ -4,7 +4,9 @@ ArcadeDB Bolt server) give the same answers."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +22,18 @@ from featurestore.model import (
     make_definitions,
 )
 from lineage.events import LineageEvent
-from lineage.graph.base import LineageGraph, definition_facts
+from lineage.graph.base import (
+    MAX_WALK,
+    MAX_WALK_STEPS,
+    DefinitionFacts,
+    FeatureInfo,
+    GraphUnavailable,
+    LineageGraph,
+    definition_facts,
+)
 from lineage.graph.bolt import BoltGraph
 from lineage.graph.memory import InMemoryGraph
-from lineage.graph.topology import TooLarge, resolve, topology
+from lineage.graph.topology import RECENT, TooLarge, resolve, topology
 from lineage.runs import DataVersion, JobRunEvent
 from tests.servers import ArcadeServer
 
@@ -321,3 +331,161 @@ async def test_search_finds_features_views_tables_and_services(graph: LineageGra
     assert [n.id for n in await graph.search("warehouse", 10)] == [
         "table:warehouse.events", "table:clickhouse://warehouse.events",
     ]  # fmt: skip
+
+
+def layered(project: str, table: str, widths: list[int], fan_in: int | None = None) -> DefinitionFacts:
+    """Layers of features, each derived from every feature of the layer before (or its
+    first ``fan_in``); the first layer is produced by ``table``."""
+    layers = [[f"l{n}:f{i}" for i in range(w)] for n, w in enumerate(widths)]
+    every = [f for layer in layers for f in layer]
+    return DefinitionFacts(
+        project=project, valid_from_ms=1, registry_version=1,
+        views=tuple(f"l{n}" for n in range(len(widths))), services=(),
+        features=tuple(FeatureInfo(f, f.partition(":")[0], "float64", 1, (1,)) for f in every),
+        contains=tuple((f.partition(":")[0], f) for f in every), uses=(),
+        derived_from=tuple(
+            (b, a) for n in range(1, len(layers)) for b in layers[n] for a in layers[n - 1][:fan_in]
+        ),
+        produced_by=tuple((f, table, "batch") for f in layers[0]),
+    )  # fmt: skip
+
+
+async def test_a_walk_that_reaches_more_features_than_an_answer_may_list_is_refused(
+    graph: LineageGraph,
+) -> None:
+    """l0:f0 is the input of 1,000 features, one of which is the input of one more: a walk
+    may answer MAX_WALK (1,000) features, never more (a GraphQL answer may not list more):
+    the walk stops there instead of gathering everything and being refused afterwards."""
+    await graph.apply_definitions(layered("wide", "warehouse.wide", [2, 1000, 1], fan_in=1))
+    assert len(await graph.downstream("l0:f0", 1)) == MAX_WALK
+    assert await graph.upstream("l2:f0", 2) == ["l0:f0", "l1:f0"]
+    with pytest.raises(TooLarge, match=f"from l0:f0 reaches more than {MAX_WALK} features within 2 hops"):
+        await graph.downstream("l0:f0", 2)
+    with pytest.raises(TooLarge, match=r"the features of warehouse\.wide reaches more than"):
+        await graph.impact("warehouse.wide", 1)  # its 2 features and the 1,000 derived ones
+    assert (await graph.impact("warehouse.nothing", 5)).features == ()
+
+
+async def test_a_walk_from_many_features_is_one_walk_and_its_answer_the_same(graph: LineageGraph) -> None:
+    """impact walks once from all of the table's features (it walked from each in turn,
+    28 s of one event loop on a 6 x 100 layered graph): same features and services."""
+    await graph.apply_definitions(layered("narrow", "warehouse.narrow", [3, 3, 3, 3]))
+    impact = await graph.impact("warehouse.narrow", 2)
+    assert impact.features == tuple(sorted(f"l{n}:f{i}" for n in range(3) for i in range(3)))
+    assert len((await graph.impact("warehouse.narrow", 5)).features) == 12
+
+
+async def test_the_in_process_graph_stops_a_walk_after_max_walk_steps_edges() -> None:
+    """The in-process graph walks on the serving event loop: 6 layers of 100 features,
+    each derived from every feature of the layer before (50,000 edges), is refused
+    after MAX_WALK_STEPS edges examined rather than walked; a shallow walk answers."""
+    graph = InMemoryGraph()
+    await graph.apply_definitions(layered("dense", "warehouse.dense", [100] * 6))
+    with pytest.raises(TooLarge, match=f"examines more than {MAX_WALK_STEPS} edges within 5 hops"):
+        await graph.downstream("l0:f0", 5)
+    with pytest.raises(TooLarge, match=r"the features of warehouse\.dense examines"):
+        await graph.impact("warehouse.dense", 3)
+    assert len(await graph.downstream("l0:f0", 1)) == 100
+    assert len((await graph.impact("warehouse.dense", 1)).features) == 200
+
+
+async def test_a_walk_hands_on_only_the_newest_runs_and_data_versions_of_each_node(
+    graph: LineageGraph,
+) -> None:
+    """Runs and data versions pile up with time; the topology keeps the RECENT newest per
+    node and edge kind, and the adapters send no more than those (the Bolt adapter picks
+    them in Cypher: it read every one and dropped all but three in Python)."""
+    await graph.apply_definitions(
+        definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW, DERIVED, SCORE))
+    )
+    runs = []
+    for view in ("raw", "derived"):
+        for v in range(1, 6):
+            at = f"2024-01-0{v}T00:02:00Z"
+            dv = DataVersion(view=view, version=v, rows=v, published_at=at, fingerprint="")
+            runs.append(JobRunEvent(
+                job=f"materialize:{view}", run_id=f"{view}{v}", state="COMPLETE", started_at=at, ended_at=at,
+                inputs=["warehouse.events"], outputs=[], view=view, rows_read=v, rows_written=v, data_version=dv,
+            ))  # fmt: skip
+    await graph.write_runs(runs)
+    edges = await graph.incident(["view:raw", "view:derived"], None, True)
+    of = sorted((e.target, e.source) for e in edges if e.kind == "OF")
+    assert of == [("view:derived", f"data_version:derived@{v}") for v in (3, 4, 5)] + [
+        ("view:raw", f"data_version:raw@{v}") for v in (3, 4, 5)
+    ]
+    reads = [
+        e.source for e in await graph.incident(["table:warehouse.events"], None, False) if e.kind == "READ"
+    ]
+    assert len(reads) == RECENT and {"run:raw5", "run:derived5"} <= set(reads)
+
+
+async def test_a_bolt_read_that_outlives_its_timeout_is_graph_unavailable(arcade: ArcadeServer) -> None:
+    """No read waits on the graph server past its timeout (sent to the server, which
+    Neo4j enforces, and a deadline here, for servers that ignore it, as ArcadeDB does)."""
+    arcade.wipe()
+    hasty = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE, read_timeout=1e-6)
+    try:
+        with pytest.raises(GraphUnavailable, match="graph read took longer than 1e-06 s"):
+            await hasty.search("raw", 10)
+    finally:
+        await hasty.close()
+    patient = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
+    try:
+        assert await patient.search("raw", 10) == []
+    finally:
+        await patient.close()
+
+
+def retention_statements() -> list[str]:
+    """The pruning statements docs/lineage.md gives operators (its Retention section)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lineage.md").read_text()
+    section = doc.split("## Retention", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```cypher\n(.*?)```", section, re.S)
+    parts = [
+        " ".join(line for line in part.splitlines() if not line.startswith("//"))
+        for part in block.split("\n\n")
+    ]
+    return [p.strip() for p in parts if p.strip()]
+
+
+async def test_the_documented_retention_statements_prune_old_lineage_and_keep_the_rest(
+    arcade: ArcadeServer,
+) -> None:
+    from neo4j import GraphDatabase
+
+    from lineage.graph.drift import DriftRecord
+
+    arcade.wipe()
+    graph = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
+    await graph.start()
+    try:
+        await graph.apply_definitions(definition_facts(snap(1, "2024-01-01T00:00:00Z", RAW, DERIVED, SCORE)))
+        await graph.write_events([event("raw:clicks", "2024-01-01T00:00:07Z", 5)])
+        await graph.write_events([event("raw:clicks", "2026-01-01T00:00:07Z", 7)])
+        await graph.write_runs([run("r1", "COMPLETE", "2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z", 1, 40)])
+        await graph.write_runs([run("r2", "COMPLETE", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", 2, 50)])
+        old, new = 1704067200000, 1767225600000  # 2024-01-01, 2026-01-01
+        await graph.add_drift(
+            [DriftRecord("raw:clicks", t, "ks", 0.1, 1e-5, 1000, 1, "w") for t in (old, new)]
+        )
+        statements = retention_statements()
+        assert len(statements) == 4
+        cutoff = 1735689600000  # 2025-01-01
+        with (
+            GraphDatabase.driver(arcade.uri, auth=(arcade.USER, arcade.PASSWORD)) as driver,
+            driver.session(database=arcade.DATABASE) as session,
+        ):
+            for statement in statements:
+                for _ in range(10):  # "run each one again until it answers deleted = 0"
+                    if session.run(statement, cutoff=cutoff).single()["deleted"] == 0:  # type: ignore[index]
+                        break
+        assert [e.served_count for e in await graph.events("raw:clicks", None, None, 100)] == [7]
+        assert [r.at_ms for r in await graph.drift("raw:clicks", None, None, 100)] == [new]
+        assert [c.run_id for c in await graph.changes("score:rank", None, None, 100)] == ["r2"]
+        assert [n.id for n in await graph.nodes(["data_version:raw@1", "data_version:raw@2"])] == [
+            "data_version:raw@2"
+        ]
+        assert await graph.upstream("score:rank", 2) == ["derived:ctr", "raw:clicks", "raw:views"]
+        assert [(s.server, s.count) for s in await graph.served_by("raw:clicks")] == [("fs@a", 12)]
+    finally:
+        await graph.close()

@@ -275,3 +275,76 @@ def test_the_graph_as_of_before_the_definitions_is_null_like_the_feature(server:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
     _, doc = gql(server, query % now)
     assert "feature:user_item:affinity" in [n["id"] for n in doc["data"]["graph"]["nodes"]], doc
+
+
+class _CountingGraph(InMemoryGraph):
+    """The in-process graph, counting the walks it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.walks = 0
+
+    async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Any:
+        self.walks += 1
+        return await super().impact(table, depth, as_of_ms)
+
+    async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        self.walks += 1
+        return await super().downstream(feature_id, depth, as_of_ms)
+
+
+def _layers(graph: InMemoryGraph, width: int, depth: int) -> None:
+    """``depth + 1`` layers of ``width`` features, each derived from every feature of the
+    layer before; the first is produced by warehouse.t."""
+    layers = [[f"v{n}:f{i}" for i in range(width)] for n in range(depth + 1)]
+    every = [f for layer in layers for f in layer]
+    facts = DefinitionFacts(
+        project="layers", valid_from_ms=0, registry_version=1,
+        views=tuple(f"v{n}" for n in range(depth + 1)), services=(),
+        features=tuple(FeatureInfo(f, f.partition(":")[0], "int64", 1, (1,)) for f in every),
+        contains=tuple((f.partition(":")[0], f) for f in every), uses=(),
+        derived_from=tuple((b, a) for n in range(depth) for b in layers[n + 1] for a in layers[n]),
+        produced_by=tuple((f, "warehouse.t", "batch") for f in layers[0]),
+    )  # fmt: skip
+    asyncio.run(graph.apply_definitions(facts))
+
+
+def test_an_impact_is_charged_for_every_lookup_it_may_make_before_the_graph_walks() -> None:
+    """impact(depth: 5) may ask the graph 7 times (the table's features, 5 hops, their
+    services): a request that cannot pay for that is refused without walking (it was
+    charged 1, walked, and charged for the result afterwards)."""
+    graph = _CountingGraph()
+    _layers(graph, 3, 5)
+    query = '{ table(name: "warehouse.t") { impact(depth: 5) { features } } }'
+    status, doc = _post(LineageGraphQL(graph, max_cost=1 + 7 - 1), query)  # table + impact, one short
+    assert status == 200 and doc["data"] is None
+    assert doc["errors"][0]["extensions"] == {"code": "QUERY_TOO_EXPENSIVE"}
+    assert graph.walks == 0
+    status, doc = _post(LineageGraphQL(graph, max_cost=1 + 7 + 18), query)  # and the 18 features
+    assert status == 200 and "errors" not in doc, doc
+    assert len(doc["data"]["table"]["impact"]["features"]) == 18 and graph.walks == 1
+    status, doc = _post(
+        LineageGraphQL(graph, max_cost=1 + 5 - 1), '{ feature(id: "v0:f0") { downstream(depth: 5) { id } } }'
+    )
+    assert doc["data"] is None and graph.walks == 1  # a hop per level: 5, before the walk
+
+
+def test_a_walk_that_reaches_too_much_is_a_callers_graphql_error_and_ends_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """6 layers of 100 features, each derived from every feature of the layer before:
+    impact(depth: 5) took 28 s of the serving event loop (a walk per feature, a list
+    searched per step); the walk now stops at its bound, an error naming a smaller depth."""
+    graph = InMemoryGraph()
+    _layers(graph, 100, 5)
+    with caplog.at_level(logging.DEBUG):
+        status, doc = _post(
+            LineageGraphQL(graph), '{ table(name: "warehouse.t") { impact(depth: 5) { features } } }'
+        )
+    assert status == 200 and doc["data"] == {"table": None}, doc
+    assert "ask for a smaller depth" in doc["errors"][0]["message"], doc
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    status, doc = _post(
+        LineageGraphQL(graph), '{ table(name: "warehouse.t") { impact(depth: 1) { features } } }'
+    )
+    assert status == 200 and len(doc["data"]["table"]["impact"]["features"]) == 200, doc

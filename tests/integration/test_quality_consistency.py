@@ -104,7 +104,7 @@ def test_the_demo_is_consistent_then_shows_conflict_online_newer_stale_and_missi
     assert by_class["conflict"]["key"] == 17 and by_class["conflict"]["feature"] == "age"
     assert by_class["stale"]["key"] == 19 and by_class["online_newer"]["key"] == 18
 
-    # the stale and conflicting keys are 2 of 305: allowed at --max-mismatch 0.01
+    # the stale, conflicting and missing keys are 3 of 305: allowed at --max-mismatch 0.01
     code, _ = check(proc.url, *keys, "--max-mismatch", "0.01")
     assert code == 0
     table_out = cli("check", "consistency", "--view", "user_profile", "--url", proc.url, "--sample", "10")

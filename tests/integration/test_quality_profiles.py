@@ -128,3 +128,44 @@ def test_check_consistency_reads_a_redis_store_directly_with_config(
     )
     assert out.returncode == 0, out.stderr
     assert '"checked": 500, "consistent": 500' in out.stdout
+
+
+async def test_a_view_with_ids_beyond_2_53_and_year_9999_timestamps_materializes_into_redis_with_its_profile(
+    redis_server: object, tmp_path: Path
+) -> None:
+    big, far = 2**53 + 1, 253_402_214_400_000_000  # a snowflake-style id; 9999-12-31 in epoch µs
+    view = FeatureView(
+        "accounts",
+        (U,),
+        (Feature("last_txn_id", DType.INT64), Feature("expires_at", DType.TIMESTAMP)),
+        online_store="default",
+    )
+    path = tmp_path / "accounts.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([1, 2], pa.int64()),
+                "last_txn_id": pa.array([17, big], pa.int64()),
+                "expires_at": pa.array([TS0, far], pa.timestamp("us", tz="UTC")),
+                "event_timestamp": pa.array([TS0, TS0], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    url = redis_server.url  # type: ignore[attr-defined]
+    store = RedisSource("default", f"q{uuid.uuid4().hex[:8]}", RedisOptions(url=url))
+    await store.start()
+    try:
+        await store.prepare([view])
+        registry = FileRegistry(tmp_path / "reg", "p")
+        await registry.publish(make_definitions("p", [U], [view], []), expected_version=None)
+        result = await Materializer(registry, store, grace_seconds=60).run(
+            "accounts", ParquetOfflineSource(str(path))
+        )
+        assert result.rows_written == 2
+        profile = Profile.from_bytes(await store.read_profile(view, result.data_version) or b"")
+        ids, expiry = profile.features["last_txn_id"].sample, profile.features["expires_at"].sample
+        assert ids is not None and sorted(ids.tolist()) == [17.0, float(big)]
+        assert expiry is not None and expiry.max() == float(far)
+    finally:
+        await store.close()

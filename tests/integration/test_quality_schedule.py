@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from prometheus_client import REGISTRY
 
 from featurestore.config import Config
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.offline import ParquetOfflineSource
 from featurestore.plan import ServingState
+from featurestore.quality.consistency import offline_rows, offline_sides, sample_keys, sample_offline
 from featurestore.quality.schedule import ConsistencySchedule
+from featurestore.registry.base import Watermark
+from featurestore.registry.file import FileRegistry
+from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
@@ -98,3 +108,160 @@ def test_a_server_with_views_to_check_exports_their_consistency(tmp_path: Path) 
         assert 'featurestore_consistency_failed{view="user_profile"} 0.0' in metrics
     finally:
         proc.stop()
+
+
+class _RecordingStore(MemorySource):
+    """The memory store, remembering which keys each read asked for."""
+
+    def __init__(self) -> None:
+        super().__init__("default")
+        self.asked: list[list[object]] = []
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        self.asked += [list(q.keys) for q in queries]
+        return await super().read(queries)
+
+
+async def test_every_scheduled_check_samples_other_keys_and_logs_the_seed_that_picks_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fixed seed checked the same 100 of 1,000 keys every run: the other 900 were never
+    looked at. Each run draws a seed, logged: `check consistency --seed` reproduces it."""
+    path = tmp_path / "s.parquet"
+    n = 1000
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(n), pa.int64()),
+                "score": pa.array(np.arange(n, dtype=np.float64)),
+                "event_timestamp": pa.array(np.full(n, 1_000_000), pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    view = FeatureView(
+        "seeded", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"seeded": 0})
+    store = _RecordingStore()
+    await store.prepare([view])
+    config = Config.model_validate({"quality": {"consistency": {"views": ["seeded"], "sample": 100}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state)
+    runs = []
+    with caplog.at_level(logging.INFO, logger="featurestore.quality.schedule"):
+        for _ in range(3):
+            store.asked.clear()
+            caplog.clear()
+            assert await schedule.check_view("seeded") is not None
+            [line] = [r.getMessage() for r in caplog.records if "consistency of seeded" in r.getMessage()]
+            seed = int(re.search(r"sample seed (\d+)", line).group(1))  # type: ignore[union-attr]
+            runs.append(([k for keys in store.asked for k in keys], seed))
+    assert len({tuple(keys) for keys, _ in runs}) == 3  # three different samples of 100
+    offline = offline_sides(view, await offline_rows(view, ParquetOfflineSource(str(path))))
+    for keys, seed in runs:  # what the CLI samples with that seed
+        assert sample_keys(offline, 100, seed=seed) == keys
+
+
+def _write(path: Path, rows: list[tuple[int, float, int]]) -> None:
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([r[0] for r in rows], pa.int64()),
+                "score": pa.array([r[1] for r in rows], pa.float64()),
+                "event_timestamp": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+
+
+async def test_the_scheduled_check_fails_on_lost_keys_and_not_on_rows_added_since_the_watermark(
+    tmp_path: Path,
+) -> None:
+    """Keys the served version loaded and no longer has are mismatches (10,000 of 10,000
+    missing passed); rows added to the batch source after the served version's
+    watermark are pending, not stale (they failed the check at max_mismatch 0)."""
+    t1, t2 = 1_000_000, 2_000_000
+    path = tmp_path / "w.parquet"
+    loaded = [(k, float(k), t1) for k in range(500)]
+    _write(path, loaded)
+    view = FeatureView(
+        "marked", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"marked": 0})
+    store = MemorySource("default")
+    await store.prepare([view])  # what the served version holds: keys 0..499 as of t1
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await registry.set_watermark("marked", Watermark(0, t1), expected=None)
+    config = Config.model_validate({"quality": {"consistency": {"views": ["marked"], "sample": 10_000}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state, registry=registry)
+
+    # newer rows for keys 0..99 and new keys 500..599, all after the watermark: pending
+    _write(path, [*loaded, *((k, -1.0, t2) for k in range(100)), *((k, 0.0, t2) for k in range(500, 600))])
+    report = await schedule.check_view("marked")
+    assert report is not None and (report.counts["consistent"], report.counts["pending"]) == (400, 200)
+    assert report.counts["stale"] == report.counts["missing_online"] == 0
+    assert sample("featurestore_consistency_failed", view="marked") == 0
+
+    # keys 600..649 as of t1: the served version should hold them and does not
+    _write(path, [*loaded, *((k, 0.0, t1) for k in range(600, 650))])
+    report = await schedule.check_view("marked")
+    assert report is not None and report.counts["missing_online"] == 50 and report.mismatches == 50
+    assert sample("featurestore_consistency_failed", view="marked") == 1
+    assert sample("featurestore_consistency_keys", view="marked", **{"class": "missing_online"}) == 50
+
+
+async def test_the_streaming_sample_picks_what_sample_keys_picks_with_the_latest_rows(tmp_path: Path) -> None:
+    """sample_offline keeps a reservoir batch by batch; with one seed it picks the keys
+    sample_keys picks from the whole source (the CLI), with each key's latest row."""
+    path = tmp_path / "dup.parquet"
+    n = 20_000
+    rows = [(k, float(k), 1_000_000) for k in range(n)] + [(k, -float(k), 2_000_000) for k in range(0, n, 7)]
+    _write(path, rows)
+    view = FeatureView(
+        "dup", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    whole = offline_sides(view, await offline_rows(view, ParquetOfflineSource(str(path))))
+    for seed in (0, 1, 2):
+        sampled = await sample_offline(view, ParquetOfflineSource(str(path)), 300, seed, batch_rows=1000)
+        assert list(sampled) == sample_keys(whole, 300, seed=seed)
+        assert all(side == whole[k] for k, side in sampled.items())
+    assert any(side.ts_us == 2_000_000 for side in sampled.values())  # latest rows, not first ones
+    assert await sample_offline(view, ParquetOfflineSource(str(path)), 50_000, 0) == whole  # all of it
+
+
+async def test_a_scheduled_check_holds_its_sample_not_the_whole_batch_source_in_memory(
+    tmp_path: Path,
+) -> None:
+    """It built a dict of every key of the source in serving worker 0 (~0.5 KB of Python
+    objects per key: a 50M-key view could not be checked): now one streaming pass keeps the
+    sample's rows. Python allocations at peak, checking 100 of 200,000 keys: ~4 MB (55 MB
+    before)."""
+    path = tmp_path / "big.parquet"
+    n = 200_000
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(n), pa.int64()),
+                "score": pa.array(np.arange(n, dtype=np.float64)),
+                "event_timestamp": pa.array(np.full(n, 1_000_000), pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    view = FeatureView(
+        "big", (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"big": 0})
+    store = MemorySource("default")
+    await store.prepare([view])
+    config = Config.model_validate({"quality": {"consistency": {"views": ["big"], "sample": 100}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state)
+    tracemalloc.start()
+    try:
+        report = await schedule.check_view("big")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report is not None and report.counts["consistent"] == 100
+    assert peak < 20_000_000, peak

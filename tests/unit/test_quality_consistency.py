@@ -67,16 +67,16 @@ async def test_the_report_counts_every_class_and_keeps_examples() -> None:
         return [online.get(k) for k in keys]
 
     report = await check(V, offline, [1, 2, 3, 4, 5, 6], read)
-    assert report.checked == 6 and report.mismatches == 2
+    assert report.checked == 6 and report.mismatches == 3  # stale, conflict, missing_online
     assert report.counts == {"consistent": 1, "stale": 1, "online_newer": 1, "conflict": 1,
-                             "missing_online": 1, "missing_offline": 1}  # fmt: skip
+                             "missing_online": 1, "missing_offline": 1, "pending": 0}  # fmt: skip
     assert [e["class"] for e in report.examples] == ["stale", "online_newer", "conflict", "missing_online",
                                                       "missing_offline"]  # fmt: skip
     assert report.examples[2] == {"key": 4, "class": "conflict", "online_event_time_us": 10,
                                   "offline_event_time_us": 10, "feature": "x", "online": 2.0, "offline": 1.5}  # fmt: skip
-    assert not report.passed(0.3) and report.passed(2 / 6)
+    assert not report.passed(0.45) and report.passed(3 / 6)
     assert set(report.to_dict()) == {"view", "checked", "consistent", "stale", "online_newer", "conflict",
-                                     "missing_online", "missing_offline", "examples"}  # fmt: skip
+                                     "missing_online", "missing_offline", "pending", "examples"}  # fmt: skip
 
 
 def test_vectors_with_nan_in_the_same_place_are_the_same_value() -> None:
@@ -103,3 +103,42 @@ async def test_a_conflict_with_a_nan_value_is_reported_as_strict_json() -> None:
 
     doc = json.loads(json.dumps(report.to_dict()), parse_constant=refuse)
     assert doc["examples"][0]["feature"] == "x" and doc["examples"][0]["online"] == "nan"
+
+
+@pytest.mark.parametrize(
+    ("online", "offline", "expected"),
+    [
+        (None, Side(10, ROW), "missing_online"),  # loaded by the served version, and lost
+        (None, Side(11, ROW), "pending"),  # added to the batch source since: the next run loads it
+        (Side(9, ROW), Side(11, ROW), "pending"),
+        (Side(9, ROW), Side(10, ROW), "stale"),
+        (Side(11, ROW), Side(11, ROW), "consistent"),  # pushed already: no longer pending
+        (Side(12, ROW), Side(11, ROW), "online_newer"),
+    ],
+)
+def test_offline_rows_newer_than_the_served_versions_watermark_are_pending(
+    online: Side | None, offline: Side | None, expected: str
+) -> None:
+    assert classify(V, online, offline, watermark_us=10)[0] == expected
+
+
+async def test_keys_missing_online_are_mismatches_unless_pending_or_absent_on_both_sides() -> None:
+    """Every sampled key gone from the online store passed at max_mismatch 0.0; rows added
+    to the batch source after the last materialization failed it as stale."""
+    offline: dict[EntityKey, Side] = {k: Side(10, ROW) for k in range(100)}
+    offline |= {k: Side(20, ROW) for k in range(100, 150)}  # newer than the watermark
+
+    async def nothing(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [None] * len(keys)
+
+    report = await check(V, offline, [*range(150), 999], nothing, watermark_us=10)
+    assert (report.counts["missing_online"], report.counts["pending"]) == (101, 50)
+    assert report.mismatches == 100 and not report.passed(0.5)  # 999: neither side has it
+
+    async def loaded(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [Side(10, ROW) for _ in keys]
+
+    report = await check(V, offline, list(range(150)), loaded, watermark_us=10)
+    assert (report.counts["consistent"], report.counts["pending"], report.mismatches) == (100, 50, 0)
+    report = await check(V, offline, list(range(150)), loaded)  # watermark unknown: nothing pending
+    assert report.counts["stale"] == 50 and not report.passed(0.0)

@@ -301,7 +301,7 @@ async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does
 
 def test_the_sampler_spreads_its_values_over_the_batch_not_only_its_first_rows() -> None:
     windows: list[Window] = []
-    sampler = DriftSampler(windows.append, every=1, per_request=10, window=1000)
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=1000, seed=0)
     st = state(1)
     plan = plan_for(st)
     batch = np.arange(
@@ -310,7 +310,7 @@ def test_the_sampler_spreads_its_values_over_the_batch_not_only_its_first_rows()
     for _ in range(100):
         sampler.observe(st, plan, [[batch.tolist(), ["t"] * 100, [[0.0]] * 100]])
     [w] = [w for w in windows if w.feature == "x"]
-    assert len(set(w.values)) == 100  # every row position gets its turn
+    assert len(set(w.values)) == 100  # every row position gets its turn (seeded)
     assert abs(float(np.mean(w.values)) - 49.5) < 1.0  # the head of the batch alone: 4.5
 
 
@@ -390,3 +390,24 @@ async def test_a_profile_read_that_spans_a_swap_is_not_cached() -> None:
     assert old is not None and new is not None
     a, b = old.features["x"].sample, new.features["x"].sample
     assert a is not None and b is not None and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [11, 15, 19, 199])
+def test_every_row_position_of_a_batch_is_sampled_equally_often(n: int) -> None:
+    """Positions (start + k * n // 10) % n from a uniform start: each row is taken with
+    probability 10 / n. A start kept in [0, n - span] without wrapping took the middle
+    rows of a batch of 15 six times as often as its first (docs/quality.md: no position
+    bias)."""
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=10, window=1000, seed=3)
+    st = state(1)
+    plan = plan_for(st)
+    batch: list[list[Any]] = [[float(i) for i in range(n)], ["t"] * n, [[0.0]] * n]
+    joins = 200 * n  # 2,000 picks of every row expected
+    for _ in range(joins):
+        sampler.observe(st, plan, [batch])
+    taken = np.bincount(
+        np.array([v for w in windows if w.feature == "x" for v in w.values], dtype=np.int64), minlength=n
+    )
+    expected = taken.sum() / n
+    assert taken.min() > 0.9 * expected and taken.max() < 1.1 * expected, taken.tolist()

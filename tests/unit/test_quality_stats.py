@@ -75,3 +75,37 @@ def test_psi_is_zero_for_the_same_frequencies_and_grows_with_a_shift() -> None:
     ref = {"a": 500, "b": 500}
     assert psi({"a": 50, "b": 50}, ref) == pytest.approx(0.0)
     assert psi({"a": 80, "b": 20}, ref) > psi({"a": 60, "b": 40}, ref) > 0.0
+
+
+@pytest.mark.parametrize("table_rows", [5_000, 1_000_000, 50_000_000])
+def test_one_new_value_in_a_1000_value_window_is_not_drift_however_large_the_reference(
+    table_rows: int,
+) -> None:
+    """The never-seen bucket is expected half a value of the window: the statistic does
+    not grow with the table (half a reference count made it 2 * rows / 1,000)."""
+    cities = [f"city{i}" for i in range(50)]
+    reference = dict.fromkeys(cities, table_rows // 50)
+    window = dict.fromkeys(cities, 20) | {"city0": 19, "cityNEW": 1}
+    result = chi_square(window, reference)
+    assert result.statistic == pytest.approx(0.550025, rel=1e-6) and result.pvalue > 0.5
+    # a new category taking a twentieth of the window is drift at any table size
+    shifted = dict.fromkeys(cities, 19) | {"cityNEW": 50}
+    assert chi_square(shifted, reference).pvalue < 1e-12
+
+
+def test_pooled_rare_categories_keep_the_false_alarm_rate_near_alpha() -> None:
+    """Windows drawn from the reference's own population (a category expected once per
+    window, and a long tail pooled): about alpha of them are drifted."""
+    rng = np.random.default_rng(2)
+    for cats, p in (
+        (["a", "b", "rare"], np.array([0.5, 0.499, 0.001])),
+        ([f"c{i}" for i in range(1000)], np.array([0.5] + [0.5 / 999] * 999)),
+    ):
+        reference = {c: round(x * 10_000_000) for c, x in zip(cats, p, strict=True)}
+        drifted = 0
+        for _ in range(1000):
+            values, counts = np.unique(rng.choice(cats, size=1000, p=p), return_counts=True)
+            drifted += (
+                chi_square(dict(zip(values.tolist(), counts.tolist(), strict=True)), reference).pvalue < 0.05
+            )
+        assert 0.03 <= drifted / 1000 <= 0.07, (len(cats), drifted)
