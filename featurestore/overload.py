@@ -163,7 +163,7 @@ class LoadShedder:
         inflight = self.inflight
         if inflight >= self.limit:
             return INFLIGHT if inflight >= self.max_limit else LATENCY
-        if remaining < self.lag:
+        if 0.0 < remaining < self.lag:  # (a deadline already gone is the join's 504, not a shed)
             return DEADLINE
         self.inflight = inflight + 1
         return None

@@ -276,6 +276,14 @@ def test_a_join_with_less_time_left_than_the_loops_standing_lag_is_shed_at_admis
     assert s.admit() is None  # no deadline known: only the limits
 
 
+def test_a_join_whose_deadline_has_already_passed_is_admitted_to_be_answered_deadline_exceeded() -> None:
+    """Not shed as overload (503, come back in a second): its caller gets the 504 /
+    DEADLINE_EXCEEDED the join answers for a deadline gone before any store is read."""
+    s = loaded(0)
+    samples(s, [0.05, 0.05])
+    assert s.admit(0.0) is None and s.admit(-0.2) is None and s.inflight == 2
+
+
 def test_one_late_sample_is_a_stall_not_a_standing_lag() -> None:
     s = loaded(0)
     samples(s, [0.001, 0.3])  # a 300 ms pause just ended
