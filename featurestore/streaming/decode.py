@@ -4,8 +4,9 @@ An event is a JSON object. Its key fields (``source.key_fields``) must hold the 
 entity keys (int64: an integer; string: a string without ``|``), its timestamp field a
 number in the source's unit or an ISO-8601 string, and every column an aggregation
 reads a number or null (missing = null). ``filter`` drops events (not malformed) whose
-fields differ. Anything else is malformed: the processor sends it to the dead-letter
-topic with the reason returned here.
+fields differ. Anything else is malformed (invalid UTF-8 in a string field and JSON
+nested too deeply included: ``decode`` raises for no input): the processor sends it to
+the dead-letter topic with the reason returned here.
 
 Decoding is msgspec into a struct type built once per view (fields typed as above), so
 type checks happen in C; an event's values stay on the struct, whose attribute names
@@ -85,6 +86,10 @@ class EventDecoder:
             return Malformed(str(e))
         except msgspec.DecodeError as e:
             return Malformed(f"not valid JSON: {e}")
+        except UnicodeDecodeError as e:  # msgspec checks the UTF-8 of the strings it keeps
+            return Malformed(f"a string field is not valid UTF-8 ({e.reason})")
+        except RecursionError:  # msgspec skips ignored fields recursively too
+            return Malformed("not valid JSON: nested too deeply")
         for name, want in self.filter:
             if getattr(ev, name) != want:
                 return None

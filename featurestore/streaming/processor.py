@@ -215,18 +215,24 @@ class StreamProcessor:
             ts_ms = m.timestamp()[1]
             turn.first_ms = turn.first_ms or ts_ms
             turn.last_ms = ts_ms
-            event = decode(m.value())
-            if event is None:
-                counts["filtered"] += 1
-            elif isinstance(event, Malformed):
-                turn.dead.append((m, event.reason))
-            elif event.ts_us < state[2] - lateness:
-                counts["late"] += 1
-            else:
-                if event.ts_us > state[2]:
-                    state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
-                add(event.key, event.ts_us, event.values)
-                counts["applied"] += 1
+            try:  # one event can never abort the batch (it would be redelivered to every restart)
+                event = decode(m.value())
+                if event is None:
+                    counts["filtered"] += 1
+                elif isinstance(event, Malformed):
+                    turn.dead.append((m, event.reason))
+                elif event.ts_us < state[2] - lateness:
+                    counts["late"] += 1
+                else:
+                    add(event.key, event.ts_us, event.values)
+                    if event.ts_us > state[2]:
+                        state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
+                    counts["applied"] += 1
+            except Exception as e:  # a bug, not the event's fault: dead-lettered with the error
+                self._errors.log(
+                    type(e).__name__, "stream view %s: event at offset %s: %r", self.view.name, offset, e
+                )
+                turn.dead.append((m, f"could not be processed: {e!r}"))
         return turn
 
     def _submit(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:

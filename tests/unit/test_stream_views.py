@@ -183,6 +183,9 @@ def test_events_decode_to_key_time_and_values_or_a_reason() -> None:
             "Expected `float | null`, got `str` - at `$.amount`",
         ),
         (b'{"user": 7, "ts": 1, "kind": "c", "amount": true}', "got `bool` - at `$.amount`"),
+        (b'{"user": 7, "ts": "2026-01-01T00:00:01\xe9", "kind": "c"}', "a string field is not valid UTF-8"),
+        (b'{"user": 7, "ts": 1, "kind": "\xff"}', "a string field is not valid UTF-8"),
+        (b'{"user": 7, "ts": 1, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
     ]:
         got = dec.decode(raw)
         assert isinstance(got, Malformed) and reason in got.reason, raw

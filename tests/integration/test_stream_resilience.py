@@ -1,0 +1,143 @@
+"""The stream processor against hostile events and failing neighbours, with a real
+Kafka-protocol broker and a real Redis: an event no decoder expected is dead-lettered,
+never the end of the processor (it would meet the same event on every restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from featurestore.definitions.parser import parse_definitions
+from featurestore.model import FeatureView
+from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+from featurestore.streaming.redis_store import RedisTileStore
+from featurestore.streaming.store import NO_MARK
+from featurestore.streaming.tiles import view_layout
+from featurestore.streaming.windows import compute
+from lineage.kafka import KafkaSettings
+from tests.integration.test_stream_faults import topic_producer
+from tests.servers import RedisServer, TansuBroker
+from tests.support import wait_until
+
+
+def sku_view(name: str, topic: str) -> FeatureView:
+    """Counts events per string key ``sku`` over 1h; keeps events of kind ``c`` only."""
+    doc = {
+        "project": f"p{uuid.uuid4().hex[:6]}",
+        "entities": [{"name": "sku", "dtype": "string"}],
+        "stream_views": [
+            {
+                "name": name,
+                "entities": ["sku"],
+                "source": {"topic": topic, "timestamp_field": "ts", "filter": {"kind": "c"}},
+                "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+            }
+        ],
+    }
+    return parse_definitions(doc, source=f"{name}.yaml").views[name]
+
+
+def counted(view: str, outcome: str) -> float:
+    labels = {"view": view, "outcome": outcome}
+    return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
+
+
+@contextmanager
+def running(proc: StreamProcessor) -> Iterator[Callable[[], None]]:
+    """The processor on a thread; yields a check that raises what ended it, if anything."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            proc.run(stop)
+        except BaseException as e:
+            failure.append(e)
+
+    def alive() -> None:
+        if failure:
+            raise AssertionError(f"the processor stopped: {failure[0]!r}") from failure[0]
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield alive
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def dead_letters(kafka: TansuBroker, topic: str, n: int) -> list[Any]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got: list[Any] = []
+
+    def enough() -> bool:
+        got.extend(m for m in consumer.consume(10, 0.2) if m.error() is None)
+        return len(got) >= n
+
+    try:
+        wait_until(enough, 30, f"{n} dead letters in {topic}")
+    finally:
+        consumer.close()
+    return got
+
+
+def test_invalid_utf8_in_a_kept_string_or_json_nested_too_deep_is_dead_lettered_and_the_batch_applied(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """msgspec raises UnicodeDecodeError for invalid UTF-8 in a string it keeps (the key,
+    an ISO timestamp, a filter field) and RecursionError for JSON nested ~1000 deep,
+    even in a field the view ignores: each is malformed, like invalid JSON."""
+    topic = f"hostile-{uuid.uuid4().hex[:8]}"
+    view = sku_view("hostile_view", topic)
+    now = time.time_ns() // 1_000_000
+    deep = b"[" * 2000 + b"]" * 2000
+    values = [
+        b'{"sku": "a", "ts": %d, "kind": "c"}' % now,
+        b'{"sku": "caf\xe9", "ts": %d, "kind": "c"}' % now,  # the key
+        b'{"sku": "a", "ts": "2026-12-03T10:00:00\xe9", "kind": "c"}',  # an ISO timestamp
+        b'{"sku": "a", "ts": %d, "kind": "cl\xe9ck"}' % now,  # the filter field
+        b'{"sku": "a", "ts": %d, "kind": "c", "ignored": %s}' % (now, deep),
+        b'{"sku": "a", "ts": %d, "kind": "c"}' % now,
+    ]
+    producer = topic_producer(kafka, topic)
+    for v in values:
+        producer.produce(topic, key=b"a", value=v)
+    assert producer.flush(10) == 0
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+    try:
+        with running(proc) as alive:
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == len(values) - 1
+
+            wait_until(applied, 60, "every event applied or dead-lettered")
+        blobs = asyncio.run(read_once(store, view, ["a"]))
+    finally:
+        store.close()
+    assert compute(view_layout(view), blobs, now * 1000 + 1, [0]).columns == [[2]]
+    assert (counted("hostile_view", "applied"), counted("hostile_view", "dead_lettered")) == (2, 4)
+    letters = dead_letters(kafka, f"{topic}.dlq", 4)
+    reasons = [dict(m.headers())["featurestore-error"].decode() for m in letters]
+    assert sum("not valid UTF-8" in r for r in reasons) == 3
+    assert sum("nested too deeply" in r for r in reasons) == 1
+
+
+async def read_once(store: RedisTileStore, view: FeatureView, keys: list[str]) -> list[bytes | None]:
+    try:
+        return await store.read(view, keys)
+    finally:
+        await store.aclose()
