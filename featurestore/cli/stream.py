@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -93,6 +94,10 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     for t in threads:
         t.start()
     asyncio.run(_record_runs(config, processors, threads, stop))
+    failed = [p.view.name for p in processors if getattr(p, "failed", False)]
+    if failed:  # non-zero, so a supervisor sees a failure (and restarts it), not a clean stop
+        print(f"error: stream processor failed: {', '.join(failed)} (the log has why)", file=sys.stderr)
+        return 1
     print(f"stream processor stopped: {', '.join(p.view.name for p in processors)}")
     return 0
 

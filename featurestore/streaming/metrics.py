@@ -21,6 +21,12 @@ BATCHES = Counter(
     "moved, e.g. after a rebalance; the batch was dropped and re-read).",
     ["view", "result"],
 )
+STORE_RETRIES = Counter(
+    "featurestore_stream_store_retries_total",
+    "Tile store calls (a batch write, a marks read) retried after a failure of the store's server "
+    "(unreachable, timed out, read-only replica, MISCONF, BUSY, LOADING, OOM).",
+    ["view"],
+)
 LAG_MESSAGES = Gauge(
     "featurestore_stream_lag_messages",
     "Messages in the topic not yet applied (high watermark - next offset), summed over assigned partitions.",

@@ -24,21 +24,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+from typing import Any, TypeVar
 
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
 from featurestore.streaming import metrics
 from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.retry import needs_new_connection, retrying
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 REASON_HEADER = "featurestore-error"
 # How far ahead of the processor's clock an event may move its partition's watermark.
 # An event from further ahead (a producer's clock or time zone off by hours) is still
@@ -271,6 +272,9 @@ class StreamProcessor:
         self._pending = None
         refused = future.result()
         view = self.view.name
+        if refused is not None and self._landed(batch):
+            log.info("stream view %s: a retried write had landed before its answer was lost", view)
+            refused = None
         if refused is not None:
             metrics.BATCHES.labels(view, "conflict").inc()
             log.warning(
@@ -290,6 +294,12 @@ class StreamProcessor:
         self._newest_applied_ms = max(self._newest_applied_ms, turn.last_ms)
         self._commit(batch)
         return True
+
+    def _landed(self, batch: TileBatch) -> bool:
+        """Whether the stored marks are the batch's own: a write retried after a timeout
+        is refused when its first attempt had run (the marks moved: to its marks)."""
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
+        return all(stored.get(p) == mark for p, (_, mark) in batch.marks.items())
 
     def _commit(self, batch: TileBatch) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -347,24 +357,17 @@ class StreamProcessor:
                 reason = f"{reason}; message of {size} bytes left out: {e.args[0].str()}"
                 value = key = None
 
-    def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
-        def log_retry(state: RetryCallState) -> None:
-            log.warning(
-                "stream view %s: tile store write failed (%r); retrying",
-                self.view.name,
-                state.outcome.exception() if state.outcome else None,
-            )
+    def _retrying(self, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
+        """A store call, waiting out the store's server failures (``retry.py``)."""
+        return retrying(stop, self._store_failed, fn, *args)
 
-        for attempt in Retrying(
-            retry=retry_if_exception_type((ConnectionError, TimeoutError, OSError, _redis_errors())),
-            wait=wait_exponential(multiplier=0.1, max=5),
-            stop=lambda _state: stop.is_set(),
-            before_sleep=log_retry,
-            reraise=True,
-        ):
-            with attempt:
-                return fn(*args)
-        return None
+    def _store_failed(self, error: BaseException) -> None:
+        metrics.STORE_RETRIES.labels(self.view.name).inc()
+        log.warning(
+            "stream view %s: tile store: %s: %s; retrying", self.view.name, type(error).__name__, error
+        )
+        if needs_new_connection(error):
+            self.store.close()  # the next call connects again (the Redis adapter's client is lazy)
 
     def _measure_lag(self, waiting: TileBatch | None = None) -> None:
         """At most once per ``lag_interval_seconds``: messages not yet in the store and
@@ -390,9 +393,3 @@ class StreamProcessor:
         metrics.LAG_MESSAGES.labels(self.view.name).set(total)
         age = time.time() - self._newest_applied_ms / 1000 if total and self._newest_applied_ms else 0.0
         metrics.LAG_SECONDS.labels(self.view.name).set(max(0.0, age))
-
-
-def _redis_errors() -> type[Exception]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    return RedisConnectionError

@@ -5,13 +5,18 @@ never the end of the processor (it would meet the same event on every restart)."
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client import REGISTRY
 
 from featurestore.definitions.parser import parse_definitions
@@ -22,9 +27,9 @@ from featurestore.streaming.store import NO_MARK
 from featurestore.streaming.tiles import view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings
-from tests.integration.test_stream_faults import topic_producer
+from tests.integration.test_stream_faults import count_view, topic_producer
 from tests.servers import RedisServer, TansuBroker
-from tests.support import wait_until
+from tests.support import ROOT, free_port, wait_until
 
 
 def sku_view(name: str, topic: str) -> FeatureView:
@@ -141,3 +146,127 @@ async def read_once(store: RedisTileStore, view: FeatureView, keys: list[str]) -
         return await store.read(view, keys)
     finally:
         await store.aclose()
+
+
+def retries(view: str) -> float:
+    return REGISTRY.get_sample_value("featurestore_stream_store_retries_total", {"view": view}) or 0.0
+
+
+def produce_events(kafka: TansuBroker, topic: str, n: int, ts_ms: int) -> None:
+    producer = topic_producer(kafka, topic)
+    for _ in range(n):
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts_ms}).encode())
+    assert producer.flush(10) == 0
+
+
+def count_of_key_1(store: RedisTileStore, view: FeatureView, now_ms: int) -> Any:
+    blobs = asyncio.run(read_once(store, view, ["1"]))
+    return compute(view_layout(view), blobs, now_ms * 1000 + 1, [0]).columns[0][0]
+
+
+def test_a_write_redis_holds_past_the_socket_timeout_is_retried_and_every_event_counts_once(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """CLIENT PAUSE WRITE holds the batch's script past the client's socket timeout: the
+    processor waits it out (redis-py's TimeoutError is not the builtin one) instead of
+    dying; whether the timed-out attempt ran or not, each event counts once."""
+    topic = f"paused-{uuid.uuid4().hex[:8]}"
+    view = count_view("paused_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    now_ms = time.time_ns() // 1_000_000
+    redis = RedisServer(tmp_path / "r").start()
+    store = RedisTileStore("default", "p", f"{redis.url}?socket_timeout=0.5")
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(batch_messages=10, poll_seconds=0.05))
+    try:
+        produce_events(kafka, topic, 10, now_ms)
+        with running(proc) as alive:
+
+            def at(offset: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    alive()
+                    return store.marks(view, topic).get(0, NO_MARK).offset == offset
+
+                return check
+
+            wait_until(at(9), 60, "the first batch")
+            before = retries("paused_view")
+            redis.cli("CLIENT", "PAUSE", "3000", "WRITE")
+            produce_events(kafka, topic, 10, now_ms)
+            wait_until(
+                lambda: alive() or retries("paused_view") > before, 30, "a write timed out and retried"
+            )
+            wait_until(at(19), 60, "the second batch, after the pause")
+        assert count_of_key_1(store, view, now_ms) == 20
+        assert counted("paused_view", "applied") == 20
+    finally:
+        store.close()
+        redis.stop()
+
+
+def test_a_write_to_a_read_only_replica_is_retried_until_it_is_a_primary_again(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """A failover leaves the processor's Redis a replica (READONLY) for a while: it waits,
+    reconnecting, instead of dying."""
+    topic = f"replica-{uuid.uuid4().hex[:8]}"
+    view = count_view("replica_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    now_ms = time.time_ns() // 1_000_000
+    redis = RedisServer(tmp_path / "r").start()
+    redis.cli("REPLICAOF", "127.0.0.1", str(free_port()))  # a primary nobody runs: read-only now
+    store = RedisTileStore("default", "p", redis.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+    try:
+        produce_events(kafka, topic, 5, now_ms)
+        with running(proc) as alive:
+            wait_until(lambda: alive() or retries("replica_view") >= 2, 30, "writes refused as read-only")
+            assert redis.cli("REPLICAOF", "NO", "ONE") == "OK"
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == 4
+
+            wait_until(applied, 60, "the batch written once the server is a primary")
+        assert count_of_key_1(store, view, now_ms) == 5
+    finally:
+        store.close()
+        redis.stop()
+
+
+def test_stream_run_exits_non_zero_when_a_processor_fails(
+    kafka: TansuBroker, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A supervisor restarts a process that failed; an exit status of 0 reads as a stop."""
+    import redis as redis_client
+
+    topic = f"fails-{uuid.uuid4().hex[:8]}"
+    project = f"p{uuid.uuid4().hex[:6]}"
+    definitions = tmp_path / "defs.yaml"
+    definitions.write_text(
+        f"project: {project}\n"
+        "entities: [{name: user_id, dtype: int64}]\n"
+        "stream_views:\n"
+        "  - name: failing_view\n"
+        "    entities: [user_id]\n"
+        f"    source: {{topic: {topic}, key_fields: [u], timestamp_field: ts}}\n"
+        "    aggregations: [{name: n, function: count, window: 1h}]\n"
+    )
+    view = parse_definitions(yaml.safe_load(definitions.read_text()), source="defs.yaml").views[
+        "failing_view"
+    ]
+    # the marks hash's key holds a string: reading the marks fails (WRONGTYPE), for good
+    redis_client.Redis.from_url(redis_server.url).set(f"fs:{project}:failing_view:t{view.layout}:marks", "x")
+    produce_events(kafka, topic, 1, time.time_ns() // 1_000_000)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"project: {project}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false}}}}\n"
+        f"stream: {{kafka: {{bootstrap_servers: '{kafka.bootstrap}', session_timeout_ms: 2000}}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "stream", "run", "--config", str(config),
+         "--definitions", str(definitions), "--view", "failing_view", "--metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "WRONGTYPE" in done.stderr and "stream processor failed: failing_view" in done.stderr

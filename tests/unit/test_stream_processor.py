@@ -8,11 +8,13 @@ import time
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 from featurestore.definitions.parser import parse_definitions
 from featurestore.model import FeatureView
 from featurestore.streaming.decode import Event, Malformed
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+from featurestore.streaming.retry import needs_new_connection, transient
 from featurestore.streaming.store import NO_MARK, MemoryTileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from lineage.kafka import KafkaSettings
@@ -92,3 +94,45 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_of_its_b
     assert turn.counts["applied"] == 2 and turn.work[0][1] == 2
     [(message, reason)] = turn.dead
     assert message.offset() == 1 and reason == "could not be processed: ValueError('a decoder bug')"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ConnectionError("Connection refused"),
+        redis_errors.TimeoutError("Timeout reading from socket"),
+        redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis_errors.ReadOnlyError("You can't write against a read only replica."),
+        redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis_errors.ResponseError(
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable"
+        ),
+        redis_errors.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"),
+        redis_errors.ResponseError(
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+        ),
+    ],
+)
+def test_a_store_servers_failure_is_waited_out(error: Exception) -> None:
+    assert transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        redis_errors.ResponseError("ERR Error running script (call to f_0123): user_script:7: bad argument"),
+        redis_errors.DataError("Invalid input of type: 'NoneType'"),
+        ValueError("a bug"),
+    ],
+)
+def test_a_failure_of_the_call_itself_stops_the_processor(error: Exception) -> None:
+    assert not transient(error)
+
+
+def test_a_read_only_replica_makes_the_next_attempt_reconnect() -> None:
+    assert needs_new_connection(redis_errors.ReadOnlyError("You can't write against a read only replica."))
+    assert needs_new_connection(
+        redis_errors.ResponseError("READONLY You can't write against a read only replica.")
+    )
+    assert not needs_new_connection(redis_errors.ResponseError("MISCONF Redis is configured to save"))
