@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
 from featurestore.streaming import metrics
+from featurestore.streaming.dead_letters import DeadLetters
 from featurestore.streaming.decode import EventDecoder, Malformed
 from featurestore.streaming.retry import needs_new_connection, retrying
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
@@ -40,7 +41,6 @@ from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REASON_HEADER = "featurestore-error"
 # How far ahead of the processor's clock an event may move its partition's watermark.
 # An event from further ahead (a producer's clock or time zone off by hours) is still
 # applied, in its future tile, but moves the watermark only up to the processor's clock:
@@ -99,6 +99,7 @@ class StreamProcessor:
         self.marks: dict[int, PartitionMark] = {}  # assigned partitions -> stored mark
         self._consumer: Any = None
         self._producer: Any = None
+        self._dead_letters: DeadLetters | None = None
         self._last_lag = 0.0
         self._newest_applied_ms = 0
         # events by outcome, of batches written (and committed): the job runs' row counts
@@ -129,6 +130,7 @@ class StreamProcessor:
             }
         )
         self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5})
+        self._dead_letters = DeadLetters(self._producer, self.dead_letter_topic, self.view.name)
         try:
             from confluent_kafka.admin import AdminClient
 
@@ -240,7 +242,8 @@ class StreamProcessor:
         """Write the batch in the writer thread while the next one is consumed; the marks
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
-            self._dead_letter(turn.dead, stop)
+            assert self._dead_letters is not None
+            self._dead_letters.deliver(turn.dead, stop)
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(
             topic=self.topic,
@@ -318,44 +321,6 @@ class StreamProcessor:
             mark = self.marks[p] = stored.get(p, NO_MARK)
             offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(self.topic, p, offset))
-
-    def _dead_letter(self, dead: list[tuple[Any, str]], stop: threading.Event) -> None:
-        """Deliver every dead letter before the batch's offsets move past them."""
-        for m, reason in dead:
-            self._produce_dead_letter(m, reason)
-        while self._producer.flush(5) > 0 and not stop.is_set():
-            log.warning(
-                "stream view %s: dead-letter topic %s not reachable yet",
-                self.view.name,
-                self.dead_letter_topic,
-            )
-
-    def _produce_dead_letter(self, m: Any, reason: str) -> None:
-        """The message as it came, with the reason; when the dead-letter topic refuses it
-        (a message near the size limit plus our headers is too large: librdkafka raises
-        at once), the reason and where it came from without the value, so one message can
-        never stop the processor (it would be redelivered to every restart)."""
-        from confluent_kafka import KafkaException
-
-        source = f"{m.topic()}:{m.partition()}:{m.offset()}".encode()
-        value, key = m.value(), m.key()
-        while True:
-            headers = [
-                (REASON_HEADER, reason.encode()),
-                ("featurestore-view", self.view.name.encode()),
-                ("featurestore-source", source),
-            ]
-            try:
-                self._producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:  # the producer's queue is full: let it drain
-                self._producer.poll(0.5)
-            except KafkaException as e:
-                if value is None and key is None:
-                    raise
-                size = len(value or b"") + len(key or b"")
-                reason = f"{reason}; message of {size} bytes left out: {e.args[0].str()}"
-                value = key = None
 
     def _retrying(self, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
         """A store call, waiting out the store's server failures (``retry.py``)."""
