@@ -27,6 +27,12 @@ STORE_RETRIES = Counter(
     "(unreachable, timed out, read-only replica, MISCONF, BUSY, LOADING, OOM).",
     ["view"],
 )
+PARTITION_RESETS = Counter(
+    "featurestore_stream_partition_resets_total",
+    "Partitions found to end before their stored offset (the topic was created again, or its broker "
+    "lost it): their marks were reset and they were applied again from their start.",
+    ["view"],
+)
 LAG_MESSAGES = Gauge(
     "featurestore_stream_lag_messages",
     "Messages in the topic not yet applied (high watermark - next offset), summed over assigned partitions.",

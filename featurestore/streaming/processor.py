@@ -34,6 +34,7 @@ from featurestore.model import FeatureView
 from featurestore.streaming import metrics
 from featurestore.streaming.dead_letters import DeadLetters
 from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.offsets import NewPartitions
 from featurestore.streaming.retry import needs_new_connection, retrying
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
@@ -97,6 +98,7 @@ class StreamProcessor:
         self.decoder = EventDecoder(view)
         self.lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
         self.marks: dict[int, PartitionMark] = {}  # assigned partitions -> stored mark
+        self._partitions = NewPartitions(self.topic)
         self._consumer: Any = None
         self._producer: Any = None
         self._dead_letters: DeadLetters | None = None
@@ -145,6 +147,8 @@ class StreamProcessor:
         self._connect()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
+        for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES):
+            counter.labels(self.view.name)  # exported from 0, so increase() sees the first one
         log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
         try:
             while not stop.is_set():
@@ -162,19 +166,47 @@ class StreamProcessor:
         self._settle()
         stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
         for p in partitions:
-            mark = stored.get(p.partition, NO_MARK)
-            self.marks[p.partition] = mark
+            mark = self.marks[p.partition] = stored.get(p.partition, NO_MARK)
             # No stored mark: from the beginning, not from Kafka's committed offset (the
             # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
             p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
+        self._partitions.assigned(self.marks, [p.partition for p in partitions])
+        self._last_lag = 0.0  # measured (and the partitions looked at) at the next turn
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._settle()  # the write in flight lands before the partitions' next owner reads the marks
         for p in partitions:
             self.marks.pop(p.partition, None)
+        self._partitions.revoked(p.partition for p in partitions)
         consumer.unassign()
+
+    def _start_over(self, partition: int) -> None:
+        """The partition is a new one under its stored mark (``offsets.py``): the mark is
+        reset (an empty batch, conditional on the mark) and the partition applied from its
+        start. The tiles applied so far stay: they hold the old partition's events."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self._settle()
+        mark = self.marks.get(partition)
+        if mark is None:  # revoked meanwhile
+            return
+        log.error(
+            "stream view %s: partition %s:%s ends before its stored offset %s: the topic was created "
+            "again (or its broker lost it); applying the partition from its start",
+            self.view.name, self.topic, partition, mark.offset,
+        )  # fmt: skip
+        metrics.PARTITION_RESETS.labels(self.view.name).inc()
+        now_tile = time.time_ns() // 1000 // self.layout.tile_us
+        reset = TileBatch(self.topic, {partition: (mark.offset, NO_MARK)}, {}, now_tile)
+        if self._retrying(self._stop, self.store.apply, self.view, reset) is None:
+            mark = self.marks[partition] = NO_MARK
+        else:  # another processor moved the mark meanwhile: its mark stands
+            stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
+            mark = self.marks[partition] = stored.get(partition, NO_MARK)
+        offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
+        self._consumer.seek(TopicPartition(self.topic, partition, offset))
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -190,6 +222,11 @@ class StreamProcessor:
         elif self._pending is not None:
             self._finish(stop)
         self._measure_lag()
+        check = self._partitions
+        if check.unverified:
+            check.look(self._consumer, self.marks, list(check.unverified))
+        for p in check.confirmed(self._consumer, self.marks) if check.suspects else ():
+            self._start_over(p)
 
     def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
         turn = _Turn()
@@ -355,6 +392,7 @@ class StreamProcessor:
                 return
             nxt = mark.offset + 1 if mark.offset >= 0 else low
             total += max(0, high - nxt)
+        self._partitions.look(self._consumer, self.marks, list(self.marks))
         metrics.LAG_MESSAGES.labels(self.view.name).set(total)
         age = time.time() - self._newest_applied_ms / 1000 if total and self._newest_applied_ms else 0.0
         metrics.LAG_SECONDS.labels(self.view.name).set(max(0.0, age))

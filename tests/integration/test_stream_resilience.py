@@ -270,3 +270,52 @@ def test_stream_run_exits_non_zero_when_a_processor_fails(
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     assert "WRONGTYPE" in done.stderr and "stream processor failed: failing_view" in done.stderr
+
+
+def test_a_topic_created_again_behind_the_stored_offsets_is_applied_from_its_start_not_skipped(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A broker with memory storage restarts (or the topic is deleted and created again)
+    while Redis keeps the marks: offset 19 was applied, the new partition ends at 5. The
+    seek to offset 20 would restart the consumer at 0 and skip 0..4 as duplicates; the
+    processor sees the partition ends before its mark, resets the mark and applies the
+    new events, counting the reset."""
+    from confluent_kafka.admin import AdminClient
+
+    from lineage.kafka import ensure_topic
+
+    broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
+    topic = f"recreated-{uuid.uuid4().hex[:8]}"
+    view = count_view("recreated_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    now_ms = time.time_ns() // 1_000_000
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=2000)
+
+    def run_until(offset: int) -> None:
+        proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+        with running(proc) as alive:
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == offset
+
+            wait_until(applied, 60, f"offset {offset} applied")
+
+    def resets() -> float:
+        labels = {"view": "recreated_view"}
+        return REGISTRY.get_sample_value("featurestore_stream_partition_resets_total", labels) or 0.0
+
+    try:
+        produce_events(broker, topic, 20, now_ms)
+        run_until(19)
+        broker.stop()
+        broker.start()  # memory storage: no topics, no groups
+        ensure_topic(AdminClient({"bootstrap.servers": broker.bootstrap}), topic, 1, 1)
+        produce_events(broker, topic, 5, now_ms)
+        before = (resets(), counted("recreated_view", "duplicate"))
+        run_until(4)
+        assert (resets(), counted("recreated_view", "duplicate")) == (before[0] + 1, before[1])
+        assert count_of_key_1(store, view, now_ms) == 25  # the first topic's 20 events stay
+    finally:
+        store.close()
+        broker.stop()
