@@ -40,7 +40,9 @@ LAG_MESSAGES = Gauge(
 )
 LAG_SECONDS = Gauge(
     "featurestore_stream_lag_seconds",
-    "Age of the newest applied message (now - its Kafka timestamp) while messages are waiting; 0 when caught up.",
+    "Age of the newest applied message (now - its Kafka timestamp) while messages are waiting; 0 when caught "
+    "up. Before the processor applied one: the newest event time of the stored marks, else the first "
+    "consumed message's timestamp, else how long messages have been seen waiting.",
     ["view"],
 )
 LATENCY = Histogram(

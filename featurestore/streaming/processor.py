@@ -13,10 +13,7 @@ processor moved a mark meanwhile, the batch is refused whole and the partitions 
 re-read from the stored marks. On assignment the consumer starts from the stored marks,
 not from Kafka's committed offsets (those only feed lag tools).
 
-Late events: per partition, the watermark is the newest event time applied (an event
-more than ``CLOCK_SKEW_US`` ahead of the processor's clock moves it only to that clock);
-an event older than the watermark minus the view's allowed lateness is dropped and
-counted. The watermark is stored with the offset, so a restart decides as before.
+What a batch's events do (applied, late, malformed, ...): ``turn.py``.
 """
 
 from __future__ import annotations
@@ -33,21 +30,17 @@ from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
 from featurestore.streaming import metrics
 from featurestore.streaming.dead_letters import DeadLetters
-from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.decode import EventDecoder
+from featurestore.streaming.lag import UNKNOWN, LagMeter, committed
 from featurestore.streaming.offsets import NewPartitions
 from featurestore.streaming.retry import needs_new_connection, retrying
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
+from featurestore.streaming.turn import Aggregator, Turn
 from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# How far ahead of the processor's clock an event may move its partition's watermark.
-# An event from further ahead (a producer's clock or time zone off by hours) is still
-# applied, in its future tile, but moves the watermark only up to the processor's clock:
-# otherwise every correctly timed event after it would be dropped as late until the
-# clock caught up (for hours). 60 s covers ordinary clock skew between hosts.
-CLOCK_SKEW_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +50,6 @@ class ProcessorOptions:
     group_id: str = ""  # default: featurestore-stream-{project}-{view}
     dead_letter_topic: str = ""  # default: {topic}.dlq
     lag_interval_seconds: float = 5.0
-
-
-class _Turn:
-    """What one batch did, per partition and in total."""
-
-    def __init__(self) -> None:
-        self.work: dict[int, list[int]] = {}  # partition -> [expected offset, last offset, watermark]
-        self.dead: list[tuple[Any, str]] = []
-        self.counts = {
-            "consumed": 0,
-            "applied": 0,
-            "late": 0,
-            "dead_lettered": 0,
-            "filtered": 0,
-            "duplicate": 0,
-        }
-        self.first_ms = 0
-        self.last_ms = 0
 
 
 class StreamProcessor:
@@ -96,23 +71,25 @@ class StreamProcessor:
         self.dead_letter_topic = self.options.dead_letter_topic or f"{self.topic}.dlq"
         self.layout = view_layout(view)
         self.decoder = EventDecoder(view)
-        self.lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
         self.marks: dict[int, PartitionMark] = {}  # assigned partitions -> stored mark
         self._partitions = NewPartitions(self.topic)
         self._consumer: Any = None
         self._producer: Any = None
         self._dead_letters: DeadLetters | None = None
-        self._last_lag = 0.0
-        self._newest_applied_ms = 0
+        self._lag = LagMeter(view.name, self.topic, self.options.lag_interval_seconds)
+        self._assigning: list[Any] = []  # partitions whose marks _on_assign is reading
+        self._committed: dict[int, int] | None = None  # their Kafka offsets, if Redis is down meanwhile
+        self._consume_thread = 0  # run()'s thread
         # events by outcome, of batches written (and committed): the job runs' row counts
         self.totals: dict[str, int] = {}
-        self._errors = RepeatLimitedLog(log)  # used by this processor's consume thread only
+        lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
+        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, RepeatLimitedLog(log))
         self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
         # no GIL).
         self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
-        self._pending: tuple[futures.Future[str | None], TileBatch, _Turn] | None = None
+        self._pending: tuple[futures.Future[str | None], TileBatch, Turn] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -144,6 +121,7 @@ class StreamProcessor:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; then leave the group."""
         self._stop = stop
+        self._consume_thread = threading.get_ident()
         self._connect()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
@@ -164,7 +142,9 @@ class StreamProcessor:
         from confluent_kafka import OFFSET_BEGINNING
 
         self._settle()
+        self._assigning, self._committed = partitions, None
         stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
+        self._assigning = []
         for p in partitions:
             mark = self.marks[p.partition] = stored.get(p.partition, NO_MARK)
             # No stored mark: from the beginning, not from Kafka's committed offset (the
@@ -172,7 +152,8 @@ class StreamProcessor:
             p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
         self._partitions.assigned(self.marks, [p.partition for p in partitions])
-        self._last_lag = 0.0  # measured (and the partitions looked at) at the next turn
+        self._lag.assigned(self.marks.values())
+        self._lag.soon()  # measured (and the partitions looked at) at the next turn
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -217,6 +198,7 @@ class StreamProcessor:
         if messages:
             acc = TileAccumulator(self.layout, self.decoder.column_attrs)
             turn = self._aggregate(messages, acc)
+            self._lag.consumed(turn.first_ms)
             if turn.work and self._finish(stop):
                 self._submit(turn, acc, stop)
         elif self._pending is not None:
@@ -228,54 +210,10 @@ class StreamProcessor:
         for p in check.confirmed(self._consumer, self.marks) if check.suspects else ():
             self._start_over(p)
 
-    def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
-        turn = _Turn()
-        counts = turn.counts
-        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
-        now_us = time.time_ns() // 1000
-        horizon = now_us + CLOCK_SKEW_US
-        for m in messages:
-            if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
-                self._errors.log(
-                    m.error().code(), "stream view %s: consumer error %s", self.view.name, m.error()
-                )
-                continue
-            counts["consumed"] += 1
-            partition, offset = m.partition(), m.offset()
-            state = turn.work.get(partition)
-            if state is None:
-                mark = self.marks.get(partition)
-                if mark is None:  # revoked meanwhile: its next owner reads it
-                    continue
-                state = turn.work[partition] = [mark.offset, mark.offset, mark.watermark_us]
-            if offset <= state[1]:
-                counts["duplicate"] += 1
-                continue
-            state[1] = offset
-            ts_ms = m.timestamp()[1]
-            turn.first_ms = turn.first_ms or ts_ms
-            turn.last_ms = ts_ms
-            try:  # one event can never abort the batch (it would be redelivered to every restart)
-                event = decode(m.value())
-                if event is None:
-                    counts["filtered"] += 1
-                elif isinstance(event, Malformed):
-                    turn.dead.append((m, event.reason))
-                elif event.ts_us < state[2] - lateness:
-                    counts["late"] += 1
-                else:
-                    add(event.key, event.ts_us, event.values)
-                    if event.ts_us > state[2]:
-                        state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
-                    counts["applied"] += 1
-            except Exception as e:  # a bug, not the event's fault: dead-lettered with the error
-                self._errors.log(
-                    type(e).__name__, "stream view %s: event at offset %s: %r", self.view.name, offset, e
-                )
-                turn.dead.append((m, f"could not be processed: {e!r}"))
-        return turn
+    def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> Turn:
+        return self._aggregator(messages, acc, self.marks)
 
-    def _submit(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:
+    def _submit(self, turn: Turn, acc: TileAccumulator, stop: threading.Event) -> None:
         """Write the batch in the writer thread while the next one is consumed; the marks
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
@@ -331,7 +269,7 @@ class StreamProcessor:
         for ts_ms in {turn.first_ms, turn.last_ms}:
             if ts_ms > 0:
                 metrics.LATENCY.labels(view).observe(max(0.0, (now_ms - ts_ms) / 1000))
-        self._newest_applied_ms = max(self._newest_applied_ms, turn.last_ms)
+        self._lag.applied(turn.last_ms)
         self._commit(batch)
         return True
 
@@ -370,29 +308,24 @@ class StreamProcessor:
         )
         if needs_new_connection(error):
             self.store.close()  # the next call connects again (the Redis adapter's client is lazy)
+        if threading.get_ident() == self._consume_thread:  # blocked in a marks read: the lag grows
+            self._measure_lag()
 
     def _measure_lag(self, waiting: TileBatch | None = None) -> None:
-        """At most once per ``lag_interval_seconds``: messages not yet in the store and
-        the age of the newest applied one; ``waiting``: a write that has been waiting for
-        the store longer than that, whose messages count as not applied yet."""
-        from confluent_kafka import TopicPartition
-
-        now = time.monotonic()
-        if now - self._last_lag < self.options.lag_interval_seconds:
+        """At most once per ``lag_interval_seconds`` (``lag.py``); ``waiting``: a write that
+        has been waiting for the store longer than that, whose messages are not applied yet."""
+        if not self._lag.due():
             return
-        self._last_lag = now
         in_flight = {p: exp for p, (exp, _) in waiting.marks.items()} if waiting is not None else {}
-        total = 0
+        positions = {}
         for p, mark in list(self.marks.items()):
-            mark = PartitionMark(in_flight[p], mark.watermark_us) if p in in_flight else mark
-            try:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1)
-            except Exception as e:  # the broker is slow: keep the last figure
-                log.debug("stream view %s: watermark offsets of %s: %s", self.view.name, p, e)
-                return
-            nxt = mark.offset + 1 if mark.offset >= 0 else low
-            total += max(0, high - nxt)
+            offset = in_flight.get(p, mark.offset)
+            positions[p] = offset + 1 if offset >= 0 else UNKNOWN
+        if self._assigning:  # _on_assign waits for the marks: Kafka's committed offsets stand in
+            if self._committed is None:
+                self._committed = committed(
+                    self._consumer, self.topic, [p.partition for p in self._assigning]
+                )
+            positions.update((p, o) for p, o in self._committed.items() if p not in positions)
+        self._lag.measure(self._consumer, positions)
         self._partitions.look(self._consumer, self.marks, list(self.marks))
-        metrics.LAG_MESSAGES.labels(self.view.name).set(total)
-        age = time.time() - self._newest_applied_ms / 1000 if total and self._newest_applied_ms else 0.0
-        metrics.LAG_SECONDS.labels(self.view.name).set(max(0.0, age))

@@ -319,3 +319,84 @@ def test_a_topic_created_again_behind_the_stored_offsets_is_applied_from_its_sta
     finally:
         store.close()
         broker.stop()
+
+
+def gauge(name: str, view: str) -> float:
+    return REGISTRY.get_sample_value(name, {"view": view}) or 0.0
+
+
+def test_a_restarted_processor_whose_writes_wait_reports_the_age_of_what_it_had_applied(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """Before its first write of this run lands, a restarted processor's lag is the age
+    of the newest event its stored marks hold, not 0: a processor that crashes (or
+    waits) on every start still shows a growing lag."""
+    topic = f"restarted-{uuid.uuid4().hex[:8]}"
+    view = count_view("restarted_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    two_minutes_ago = time.time_ns() // 1_000_000 - 120_000
+    redis = RedisServer(tmp_path / "r").start()
+    store = RedisTileStore("default", "p", redis.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(batch_messages=5, poll_seconds=0.05, lag_interval_seconds=0.1)
+
+    def applied(alive: Callable[[], None], offset: int) -> Callable[[], bool]:
+        def check() -> bool:
+            alive()
+            return store.marks(view, topic).get(0, NO_MARK).offset == offset
+
+        return check
+
+    try:
+        produce_events(kafka, topic, 10, two_minutes_ago)
+        with running(StreamProcessor(view, store, settings, "p", options)) as alive:
+            wait_until(applied(alive, 9), 60, "the first ten events")
+        produce_events(kafka, topic, 10, two_minutes_ago)
+        redis.cli("CLIENT", "PAUSE", "60000", "WRITE")  # the next run's writes wait
+        with running(StreamProcessor(view, store, settings, "p", options)) as alive:
+            wait_until(
+                lambda: alive() or gauge("featurestore_stream_lag_seconds", "restarted_view") >= 100,
+                60,
+                "the lag of the stored watermark",
+            )
+            redis.cli("CLIENT", "UNPAUSE")
+            wait_until(applied(alive, 19), 60, "the next ten events")
+    finally:
+        store.close()
+        redis.stop()
+
+
+def test_a_processor_waiting_for_redis_at_its_start_reports_the_messages_waiting_and_a_growing_lag(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """The marks cannot be read (Redis is down), so the partitions are not assigned yet:
+    the lag is measured meanwhile (from Kafka's committed offsets, here none: the topic's
+    start), its seconds growing from when the processor first saw messages waiting."""
+    topic = f"nomarks-{uuid.uuid4().hex[:8]}"
+    view = count_view("nomarks_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    redis = RedisServer(tmp_path / "r")  # not started yet: its port refuses
+    store = RedisTileStore("default", "p", redis.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(poll_seconds=0.05, lag_interval_seconds=0.1)
+    try:
+        produce_events(kafka, topic, 5, time.time_ns() // 1_000_000)
+        with running(StreamProcessor(view, store, settings, "p", options)) as alive:
+
+            def waiting() -> bool:
+                alive()
+                # (not 5: Tansu answers ListOffsets with the start of the last batch written + 1)
+                return (
+                    gauge("featurestore_stream_lag_messages", "nomarks_view") > 0
+                    and gauge("featurestore_stream_lag_seconds", "nomarks_view") > 0
+                )
+
+            wait_until(waiting, 60, "messages waiting, for a growing time")
+            redis.start()
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == 4
+
+            wait_until(applied, 60, "the events, once Redis answers")
+    finally:
+        store.close()
+        redis.stop()
