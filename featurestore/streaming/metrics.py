@@ -27,6 +27,12 @@ STORE_RETRIES = Counter(
     "(unreachable, timed out, read-only replica, MISCONF, BUSY, LOADING, OOM).",
     ["view"],
 )
+DEAD_LETTER_FAILURES = Counter(
+    "featurestore_stream_dead_letter_failures_total",
+    "Dead letters whose delivery to the dead-letter topic failed (each is produced again; the batch "
+    "waits for them).",
+    ["view"],
+)
 PARTITION_RESETS = Counter(
     "featurestore_stream_partition_resets_total",
     "Partitions found to end before their stored offset (the topic was created again, or its broker "

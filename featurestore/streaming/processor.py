@@ -50,6 +50,9 @@ class ProcessorOptions:
     group_id: str = ""  # default: featurestore-stream-{project}-{view}
     dead_letter_topic: str = ""  # default: {topic}.dlq
     lag_interval_seconds: float = 5.0
+    # A dead letter not delivered within this fails (and is produced again): the retry sees
+    # a missing topic (and creates it) instead of waiting librdkafka's default 5 minutes.
+    dead_letter_timeout_seconds: float = 30.0
 
 
 class StreamProcessor:
@@ -108,15 +111,25 @@ class StreamProcessor:
                 "heartbeat.interval.ms": self.kafka.heartbeat_interval_ms,
             }
         )
-        self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5})
-        self._dead_letters = DeadLetters(self._producer, self.dead_letter_topic, self.view.name)
+        # Not idempotent: after a message timed out, an idempotent producer bumps its epoch,
+        # which Tansu answers with PRODUCER_FENCED for good (seen in the tests); dead letters
+        # are at least once anyway (one produced again after a failure may arrive twice).
+        timeout_ms = int(self.options.dead_letter_timeout_seconds * 1000)
+        self._producer = Producer({**base, "acks": "all", "linger.ms": 5, "message.timeout.ms": timeout_ms})
+        self._dead_letters = DeadLetters(
+            self._producer, self.dead_letter_topic, self.view.name, self._create_dead_letter_topic
+        )
         try:
-            from confluent_kafka.admin import AdminClient
-
-            ensure_topic(AdminClient(base), self.dead_letter_topic, 1, self.kafka.replication_factor)
-        except Exception as e:  # dead letters wait in the producer until someone creates it
+            self._create_dead_letter_topic()
+        except Exception as e:  # the first dead letter that fails for it tries again
             log.warning("stream view %s: dead-letter topic %s: %s", self.view.name, self.dead_letter_topic, e)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _create_dead_letter_topic(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.kafka.client_config())
+        ensure_topic(admin, self.dead_letter_topic, 1, self.kafka.replication_factor)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; then leave the group."""
@@ -125,7 +138,7 @@ class StreamProcessor:
         self._connect()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
-        for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES):
+        for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
             counter.labels(self.view.name)  # exported from 0, so increase() sees the first one
         log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
         try:
@@ -218,7 +231,8 @@ class StreamProcessor:
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
             assert self._dead_letters is not None
-            self._dead_letters.deliver(turn.dead, stop)
+            if not self._dead_letters.deliver(turn.dead, stop):
+                return  # stopped first: not written, so the next reader meets these events again
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(
             topic=self.topic,

@@ -23,7 +23,7 @@ from featurestore.definitions.parser import parse_definitions
 from featurestore.model import FeatureView
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.redis_store import RedisTileStore
-from featurestore.streaming.store import NO_MARK
+from featurestore.streaming.store import NO_MARK, MemoryTileStore, TileBatch
 from featurestore.streaming.tiles import view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings
@@ -400,3 +400,66 @@ def test_a_processor_waiting_for_redis_at_its_start_reports_the_messages_waiting
     finally:
         store.close()
         redis.stop()
+
+
+class FreezingStore(MemoryTileStore):
+    """A real memory tile store that freezes the broker once its first batch is written:
+    the next batch's dead letter finds no broker to take it."""
+
+    def __init__(self, broker: TansuBroker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.frozen = False
+
+    def apply(self, view: FeatureView, batch: TileBatch) -> str | None:
+        refused = super().apply(view, batch)
+        if not self.frozen:
+            self.frozen = True
+            self.broker.pause()
+        return refused
+
+
+def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_delivered(tmp_path: Path) -> None:
+    """The dead letter's delivery fails (message timeout: the broker is frozen). A flush
+    returning 0 used to count as delivered, and the batch's offsets moved past a dead
+    letter that was lost. Now the letter is produced again until its delivery report says
+    so, and only then is the batch written."""
+    broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
+    topic = f"undelivered-{uuid.uuid4().hex[:8]}"
+    view = count_view("undelivered_view", topic)
+    store = FreezingStore(broker)
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1)
+    try:
+        producer = topic_producer(broker, topic)
+        producer.produce(
+            topic, key=b"1", value=json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode()
+        )
+        producer.produce(topic, key=b"1", value=b"not json")  # both fetched before the broker freezes
+        assert producer.flush(10) == 0
+        with running(StreamProcessor(view, store, settings, "p", options)) as alive:
+            wait_until(
+                lambda: (
+                    alive()
+                    or gauge("featurestore_stream_dead_letter_failures_total", "undelivered_view") >= 2
+                ),
+                60,
+                "the dead letter's delivery failing, twice",
+            )
+            assert store.marks(view, topic)[0].offset == 0  # not past the undelivered dead letter
+            broker.resume()
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic)[0].offset == 1
+
+            wait_until(applied, 60, "the batch written once its dead letter is delivered")
+        # at least once: the attempts that timed out in the frozen broker's socket may land too
+        letters = dead_letters(broker, f"{topic}.dlq", 1)
+        source = f"{topic}:0:1".encode()
+        assert all(
+            m.value() == b"not json" and dict(m.headers())["featurestore-source"] == source for m in letters
+        )
+    finally:
+        broker.resume()
+        broker.stop()

@@ -4,6 +4,7 @@ to the batch it arrived in."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -136,3 +137,50 @@ def test_a_read_only_replica_makes_the_next_attempt_reconnect() -> None:
         redis_errors.ResponseError("READONLY You can't write against a read only replica.")
     )
     assert not needs_new_connection(redis_errors.ResponseError("MISCONF Redis is configured to save"))
+
+
+class RefusingProducer:
+    """Reports the first delivery of each letter with the broker's refusal, the rest as
+    delivered (Tansu takes any size, so the real broker cannot show this one)."""
+
+    def __init__(self, refusal: int) -> None:
+        self.refusal = refusal
+        self.sent: list[tuple[bytes | None, dict[str, bytes]]] = []
+        self._reports: list[Any] = []
+
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        self.sent.append((value, dict(headers)))
+        self._reports.append((on_delivery, KafkaError(self.refusal) if len(self.sent) == 1 else None))
+
+    def flush(self, timeout: float) -> int:
+        for report, error in self._reports:
+            report(error, None)
+        self._reports.clear()
+        return 0
+
+
+def test_a_dead_letter_the_broker_refuses_as_too_large_is_sent_again_without_its_value() -> None:
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError.MSG_SIZE_TOO_LARGE)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    assert letters.deliver([(Message(7, b"x" * 1000), "not valid JSON")], threading.Event())
+    (first, _), (again, headers) = producer.sent
+    assert first == b"x" * 1000 and again is None
+    assert headers["featurestore-error"].startswith(b"not valid JSON; message of 1000 bytes left out: ")
+    assert headers["featurestore-source"] == b"clicks:0:7"
+
+
+def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was() -> None:
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError._MSG_TIMED_OUT)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    assert letters.deliver([(Message(7, b"{"), "not valid JSON")], threading.Event())
+    assert [value for value, _ in producer.sent] == [b"{", b"{"]
