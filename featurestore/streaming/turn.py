@@ -6,13 +6,17 @@ partials added to the batch's records). Late events: per partition, the watermar
 the newest event time applied (an event more than ``CLOCK_SKEW_US`` ahead of the
 processor's clock moves it only to that clock); an event older than the watermark minus
 the view's allowed lateness is dropped and counted. The watermark is stored with the
-offset, so a restart decides as before.
+offset, so a restart decides as before. An event more than ``CLOCK_SKEW_US`` + the
+view's longest window ahead of the clock is malformed: until its time comes no window
+reaches its tile, which the store would keep meanwhile (it drops tiles from the old end
+only) for as long as its key is written; usually a wrong timestamp unit or clock.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from featurestore.logs import RepeatLimitedLog
@@ -49,10 +53,14 @@ class Turn:
 class Aggregator:
     """A processor's batch step (its consume thread only)."""
 
-    def __init__(self, view: str, decoder: EventDecoder, lateness_us: int, errors: RepeatLimitedLog) -> None:
+    def __init__(
+        self, view: str, decoder: EventDecoder, lateness_us: int, window_us: int, errors: RepeatLimitedLog
+    ) -> None:
+        """``window_us``: the view's longest window."""
         self.view = view
         self.decoder = decoder
         self.lateness_us = lateness_us
+        self.ahead_us = CLOCK_SKEW_US + window_us  # further ahead of the clock: malformed
         self.errors = errors
 
     def __call__(self, messages: list[Any], acc: TileAccumulator, marks: Mapping[int, PartitionMark]) -> Turn:
@@ -61,7 +69,7 @@ class Aggregator:
         counts = turn.counts
         decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
         now_us = time.time_ns() // 1000
-        horizon = now_us + CLOCK_SKEW_US
+        horizon, too_far = now_us + CLOCK_SKEW_US, now_us + self.ahead_us
         for m in messages:
             if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
                 self.errors.log(m.error().code(), "stream view %s: consumer error %s", self.view, m.error())
@@ -89,6 +97,8 @@ class Aggregator:
                     turn.dead.append((m, event.reason))
                 elif event.ts_us < state[2] - lateness:
                     counts["late"] += 1
+                elif event.ts_us > too_far:
+                    turn.dead.append((m, self._too_far(event.ts_us)))
                 else:
                     add(event.key, event.ts_us, event.values)
                     if event.ts_us > state[2]:
@@ -100,3 +110,11 @@ class Aggregator:
                 )
                 turn.dead.append((m, f"could not be processed: {e!r}"))
         return turn
+
+    def _too_far(self, ts_us: int) -> str:
+        when = datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="seconds")
+        return (
+            f"event time {when} is more than {CLOCK_SKEW_US // 1_000_000}s + the longest window "
+            f"({(self.ahead_us - CLOCK_SKEW_US) // 1_000_000}s) ahead of the processor's clock "
+            "(a wrong timestamp_unit or clock?)"
+        )

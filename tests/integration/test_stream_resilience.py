@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import subprocess
 import sys
 import threading
@@ -463,3 +464,43 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
     finally:
         broker.resume()
         broker.stop()
+
+
+def test_an_event_further_ahead_than_a_minute_and_the_longest_window_is_dead_lettered_not_stored(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """Two days ahead with a 1-hour window: no window would reach its tile for two days,
+    while Redis kept it (tiles are dropped from the old end) for as long as the key is
+    written. It is malformed instead, with why."""
+    topic = f"ahead-{uuid.uuid4().hex[:8]}"
+    view = count_view("ahead_view", topic, project=f"p{uuid.uuid4().hex[:6]}")
+    now_ms = time.time_ns() // 1_000_000
+    producer = topic_producer(kafka, topic)
+    for ts in (now_ms, now_ms + 2 * 86_400_000, now_ms + 3_000_000):  # now, 2 days and 50 minutes ahead
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode())
+    assert producer.flush(10) == 0
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    try:
+        with running(
+            StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+        ) as alive:
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == 2
+
+            wait_until(applied, 60, "the three events")
+        [blob] = asyncio.run(read_once(store, view, ["1"]))
+    finally:
+        store.close()
+    layout = view_layout(view)
+    assert blob is not None
+    stored_tiles = sorted(int(r[0]) for r in struct.iter_unpack(f"<{layout.width}d", blob))
+    assert stored_tiles == sorted(
+        {(now_ms + 3_000_000) * 1000 // layout.tile_us, now_ms * 1000 // layout.tile_us}
+    )
+    assert (counted("ahead_view", "applied"), counted("ahead_view", "dead_lettered")) == (2, 1)
+    [letter] = dead_letters(kafka, f"{topic}.dlq", 1)
+    reason = dict(letter.headers())["featurestore-error"].decode()
+    assert "is more than 60s + the longest window (3600s) ahead of the processor's clock" in reason
