@@ -52,7 +52,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.extras import require
     from featurestore.factories import make_registry, make_tile_store
     from featurestore.logconfig import configure_logging
-    from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+    from featurestore.streaming.processor import ProcessorOptions, StreamProcessor, consumer_group
 
     config = load_config(args.config, {("log_level",): args.log_level})
     require("confluent_kafka", "featurestore stream run")
@@ -77,7 +77,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
         options = ProcessorOptions(
             batch_messages=sconf.batch_messages,
             poll_seconds=sconf.poll_seconds,
-            group_id=f"{sconf.group_prefix}-{config.project}-{name}",
+            group_id=consumer_group(sconf.group_prefix, config.project, view),
             lag_interval_seconds=sconf.lag_interval_seconds,
         )
         store = make_tile_store(view.online_store, sc, config)

@@ -95,12 +95,12 @@ class EventDecoder:
             return Malformed(f"a string field is not valid UTF-8 ({e.reason})")
         except RecursionError:  # msgspec skips ignored fields recursively too
             return Malformed("not valid JSON: nested too deeply")
+        for name in self.string_keys:  # checked before the filter, like the types
+            if KEY_SEPARATOR in getattr(ev, name):
+                return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
         for name, want in self.filter:
             if getattr(ev, name) != want:
                 return None
-        for name in self.string_keys:
-            if KEY_SEPARATOR in getattr(ev, name):
-                return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
         keys = self.keys
         key = (
             str(getattr(ev, keys[0]))

@@ -43,11 +43,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def consumer_group(prefix: str, project: str, view: FeatureView) -> str:
+    """``{prefix}-{project}-{view}-{layout}``: processors of a changed definition (a new
+    layout, new tiles and marks) are a group of their own, so during a rolling deploy the
+    old and the new ones each read every partition instead of splitting them. Safe: a
+    processor resumes from its marks in Redis (per layout), not from the group's offsets."""
+    return f"{prefix}-{project}-{view.name}-{view.layout}"
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessorOptions:
     batch_messages: int = 5000
     poll_seconds: float = 0.05
-    group_id: str = ""  # default: featurestore-stream-{project}-{view}
+    group_id: str = ""  # default: consumer_group("featurestore-stream", project, view)
     dead_letter_topic: str = ""  # default: {topic}.dlq
     lag_interval_seconds: float = 5.0
     # A dead letter not delivered within this fails (and is produced again): the retry sees
@@ -70,7 +78,7 @@ class StreamProcessor:
         self.kafka = kafka
         self.options = options or ProcessorOptions()
         self.topic = view.stream.source.topic
-        self.group_id = self.options.group_id or f"featurestore-stream-{project}-{view.name}"
+        self.group_id = self.options.group_id or consumer_group("featurestore-stream", project, view)
         self.dead_letter_topic = self.options.dead_letter_topic or f"{self.topic}.dlq"
         self.layout = view_layout(view)
         self.decoder = EventDecoder(view)

@@ -25,7 +25,7 @@ from featurestore.model import FeatureView
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.store import NO_MARK, MemoryTileStore, TileBatch
-from featurestore.streaming.tiles import view_layout
+from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings
 from tests.integration.test_stream_faults import count_view, topic_producer
@@ -504,3 +504,62 @@ def test_an_event_further_ahead_than_a_minute_and_the_longest_window_is_dead_let
     [letter] = dead_letters(kafka, f"{topic}.dlq", 1)
     reason = dict(letter.headers())["featurestore-error"].decode()
     assert "is more than 60s + the longest window (3600s) ahead of the processor's clock" in reason
+
+
+def test_processors_of_an_old_and_a_new_definition_each_read_every_partition(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """A rolling deploy of a changed stream view: processors of the old and of the new
+    definition run at once. Their consumer groups differ by the layout, so neither takes
+    partitions from the other: each fills its own tiles from the whole topic."""
+    topic = f"rolling-{uuid.uuid4().hex[:8]}"
+    project = f"p{uuid.uuid4().hex[:6]}"
+    old = count_view("rolling_view", topic, project=project)
+    new = count_view("rolling_view", topic, project=project, allowed_lateness="1m")  # another layout
+    assert old.layout != new.layout
+    produce_events(kafka, topic, 10, time.time_ns() // 1_000_000)
+    store = RedisTileStore("default", project, redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    options = ProcessorOptions(poll_seconds=0.05)
+    old_proc, new_proc = (StreamProcessor(v, store, settings, project, options) for v in (old, new))
+    try:
+        with running(old_proc) as old_alive, running(new_proc) as new_alive:
+
+            def both_applied() -> bool:
+                old_alive()
+                new_alive()
+                return all(store.marks(v, topic).get(0, NO_MARK).offset == 9 for v in (old, new))
+
+            wait_until(both_applied, 60, "the topic applied to both layouts")
+    finally:
+        store.close()
+    assert old_proc.group_id == f"featurestore-stream-{project}-rolling_view-{old.layout}"
+
+
+def test_the_marks_hash_expires_a_week_after_the_tiles_written_with_it(redis_server: RedisServer) -> None:
+    """docs/streaming.md: after a definition changed, the old layout's keys expire. The
+    marks hash too, but after every tile written with it (then a processor reads the
+    topic again from its start, whose events are out of every window by then)."""
+    import redis as redis_client
+
+    from featurestore.streaming.store import PartitionMark, ttl_seconds
+
+    project = f"p{uuid.uuid4().hex[:6]}"
+    view = count_view("expiring_view", "t", project=project)
+    store = RedisTileStore("default", project, redis_server.url)
+    now_us = time.time_ns() // 1000
+    acc = TileAccumulator(view_layout(view))
+    acc.add("1", now_us, {})
+    batch = TileBatch(
+        "t", {0: (-1, PartitionMark(0, now_us))}, acc.records, now_us // view_layout(view).tile_us
+    )
+    try:
+        assert store.apply(view, batch) is None
+    finally:
+        store.close()
+    client = redis_client.Redis.from_url(redis_server.url)
+    prefix = f"fs:{project}:expiring_view:t{view.layout}:"
+    tiles_ms, marks_ms = client.pttl(prefix + "k:1"), client.pttl(prefix + "marks")
+    assert 0 < tiles_ms <= ttl_seconds(view) * 1000
+    week_after_ms = ttl_seconds(view) * 1000 + 7 * 86_400_000
+    assert week_after_ms - 60_000 < marks_ms <= week_after_ms

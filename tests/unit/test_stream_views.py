@@ -398,3 +398,18 @@ def test_an_integer_column_value_beyond_2_to_the_53_is_malformed_not_rounded() -
     ]:
         got = dec.decode(raw)
         assert isinstance(got, Event) and getattr(got.values, amount) == value, raw
+
+
+def test_a_string_key_with_the_separator_is_malformed_even_in_an_event_the_filter_drops() -> None:
+    """Events are checked before the filter applies (docs/streaming.md): a producer sending
+    bad keys hears of it whatever the event's kind."""
+    doc = copy.deepcopy(DOC)
+    doc["stream_views"][0]["entities"] = ["item"]
+    doc["stream_views"][0]["source"]["key_fields"] = ["sku"]
+    doc["stream_views"][0]["ttl"] = None
+    del doc["derived_views"], doc["feature_services"]
+    dec = EventDecoder(parse(doc).views["clicks"])
+    for kind in ("c", "v"):  # kept, dropped by the filter
+        got = dec.decode(b'{"sku": "a|b", "ts": 1, "kind": "%s"}' % kind.encode())
+        assert got == Malformed("a string key may not contain '|'"), kind
+    assert dec.decode(b'{"sku": "a", "ts": 1, "kind": "v"}') is None
