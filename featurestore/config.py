@@ -261,7 +261,7 @@ class StreamConfig:
     kafka: KafkaSettings = KafkaSettings()
     batch_messages: Count = 5000  # messages per consume(): one tile write per batch
     poll_seconds: Seconds = 0.05  # how long a consume() waits for a batch to fill
-    group_prefix: str = "featurestore-stream"  # consumer group: {group_prefix}-{project}-{view}
+    group_prefix: str = "featurestore-stream"  # consumer group: {group_prefix}-{project}-{view}-{layout}
     lag_interval_seconds: Seconds = 5.0  # how often the consumer lag is measured
     run_window_seconds: Seconds = 60.0  # each processor is a lineage job run per window (docs/lineage.md)
 

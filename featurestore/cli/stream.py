@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -51,7 +52,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.extras import require
     from featurestore.factories import make_registry, make_tile_store
     from featurestore.logconfig import configure_logging
-    from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+    from featurestore.streaming.processor import ProcessorOptions, StreamProcessor, consumer_group
 
     config = load_config(args.config, {("log_level",): args.log_level})
     require("confluent_kafka", "featurestore stream run")
@@ -76,7 +77,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
         options = ProcessorOptions(
             batch_messages=sconf.batch_messages,
             poll_seconds=sconf.poll_seconds,
-            group_id=f"{sconf.group_prefix}-{config.project}-{name}",
+            group_id=consumer_group(sconf.group_prefix, config.project, view),
             lag_interval_seconds=sconf.lag_interval_seconds,
         )
         store = make_tile_store(view.online_store, sc, config)
@@ -93,6 +94,10 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     for t in threads:
         t.start()
     asyncio.run(_record_runs(config, processors, threads, stop))
+    failed = [p.view.name for p in processors if getattr(p, "failed", False)]
+    if failed:  # non-zero, so a supervisor sees a failure (and restarts it), not a clean stop
+        print(f"error: stream processor failed: {', '.join(failed)} (the log has why)", file=sys.stderr)
+        return 1
     print(f"stream processor stopped: {', '.join(p.view.name for p in processors)}")
     return 0
 

@@ -2,10 +2,12 @@
 
 An event is a JSON object. Its key fields (``source.key_fields``) must hold the view's
 entity keys (int64: an integer; string: a string without ``|``), its timestamp field a
-number in the source's unit or an ISO-8601 string, and every column an aggregation
-reads a number or null (missing = null). ``filter`` drops events (not malformed) whose
-fields differ. Anything else is malformed: the processor sends it to the dead-letter
-topic with the reason returned here.
+number in the source's unit or an ISO-8601 string (without a zone: UTC), and every
+column an aggregation reads a number or null (missing = null; an integer within
++-2^53, so it is exact as float64). ``filter`` drops events (not malformed) whose
+fields differ. Anything else is malformed (invalid UTF-8 in a string field and JSON
+nested too deeply included: ``decode`` raises for no input): the processor sends it to
+the dead-letter topic with the reason returned here.
 
 Decoding is msgspec into a struct type built once per view (fields typed as above), so
 type checks happen in C; an event's values stay on the struct, whose attribute names
@@ -25,6 +27,10 @@ from featurestore.streaming.tiles import view_layout
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# A column's integers must be exact as float64 (tiles hold float64): beyond +-2^53 one would
+# be rounded (9007199254740993 -> ...992) and a `last` or `sum` silently wrong. Decoded as
+# int (then exact in the record) or float; a JSON float is the producer's own rounding.
+_EXACT_INT = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
 # Event times are kept as float64 epoch µs (tiles.py): exact up to 2^53 µs (year 2255).
 # Outside [1970, 2255) a time is malformed: a far-future one would otherwise move the
 # partition's watermark so far that every later event counts as late.
@@ -65,7 +71,7 @@ class EventDecoder:
         ]
         self.ts_field = src.timestamp_field
         self.ts = attr(src.timestamp_field, int | float | str, True)
-        self.column_attrs = [attr(c, float | None, False) for c in view_layout(view).columns]
+        self.column_attrs = [attr(c, _EXACT_INT | float | None, False) for c in view_layout(view).columns]
         self.filter = [(attr(name, Any, False), want) for name, want in src.filter]
         self.scale = TIMESTAMP_UNITS[src.timestamp_unit]
         struct = msgspec.defstruct(
@@ -85,12 +91,16 @@ class EventDecoder:
             return Malformed(str(e))
         except msgspec.DecodeError as e:
             return Malformed(f"not valid JSON: {e}")
+        except UnicodeDecodeError as e:  # msgspec checks the UTF-8 of the strings it keeps
+            return Malformed(f"a string field is not valid UTF-8 ({e.reason})")
+        except RecursionError:  # msgspec skips ignored fields recursively too
+            return Malformed("not valid JSON: nested too deeply")
+        for name in self.string_keys:  # checked before the filter, like the types
+            if KEY_SEPARATOR in getattr(ev, name):
+                return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
         for name, want in self.filter:
             if getattr(ev, name) != want:
                 return None
-        for name in self.string_keys:
-            if KEY_SEPARATOR in getattr(ev, name):
-                return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
         keys = self.keys
         key = (
             str(getattr(ev, keys[0]))

@@ -21,6 +21,24 @@ BATCHES = Counter(
     "moved, e.g. after a rebalance; the batch was dropped and re-read).",
     ["view", "result"],
 )
+STORE_RETRIES = Counter(
+    "featurestore_stream_store_retries_total",
+    "Tile store calls (a batch write, a marks read) retried after a failure of the store's server "
+    "(unreachable, timed out, read-only replica, MISCONF, BUSY, LOADING, OOM).",
+    ["view"],
+)
+DEAD_LETTER_FAILURES = Counter(
+    "featurestore_stream_dead_letter_failures_total",
+    "Dead letters whose delivery to the dead-letter topic failed (each is produced again; the batch "
+    "waits for them).",
+    ["view"],
+)
+PARTITION_RESETS = Counter(
+    "featurestore_stream_partition_resets_total",
+    "Partitions found to end before their stored offset (the topic was created again, or its broker "
+    "lost it): their marks were reset and they were applied again from their start.",
+    ["view"],
+)
 LAG_MESSAGES = Gauge(
     "featurestore_stream_lag_messages",
     "Messages in the topic not yet applied (high watermark - next offset), summed over assigned partitions.",
@@ -28,7 +46,9 @@ LAG_MESSAGES = Gauge(
 )
 LAG_SECONDS = Gauge(
     "featurestore_stream_lag_seconds",
-    "Age of the newest applied message (now - its Kafka timestamp) while messages are waiting; 0 when caught up.",
+    "Age of the newest applied message (now - its Kafka timestamp) while messages are waiting; 0 when caught "
+    "up. Before the processor applied one: the newest event time of the stored marks, else the first "
+    "consumed message's timestamp, else how long messages have been seen waiting.",
     ["view"],
 )
 LATENCY = Histogram(

@@ -13,10 +13,7 @@ processor moved a mark meanwhile, the batch is refused whole and the partitions 
 re-read from the stored marks. On assignment the consumer starts from the stored marks,
 not from Kafka's committed offsets (those only feed lag tools).
 
-Late events: per partition, the watermark is the newest event time applied (an event
-more than ``CLOCK_SKEW_US`` ahead of the processor's clock moves it only to that clock);
-an event older than the watermark minus the view's allowed lateness is dropped and
-counted. The watermark is stored with the offset, so a restart decides as before.
+What a batch's events do (applied, late, malformed, ...): ``turn.py``.
 """
 
 from __future__ import annotations
@@ -24,55 +21,46 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+from typing import Any, TypeVar
 
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
 from featurestore.streaming import metrics
-from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.dead_letters import DeadLetters
+from featurestore.streaming.decode import EventDecoder
+from featurestore.streaming.lag import UNKNOWN, LagMeter, committed
+from featurestore.streaming.offsets import NewPartitions
+from featurestore.streaming.retry import needs_new_connection, retrying
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
+from featurestore.streaming.turn import Aggregator, Turn
 from lineage.kafka import KafkaSettings, ensure_topic
 
 log = logging.getLogger(__name__)
-REASON_HEADER = "featurestore-error"
-# How far ahead of the processor's clock an event may move its partition's watermark.
-# An event from further ahead (a producer's clock or time zone off by hours) is still
-# applied, in its future tile, but moves the watermark only up to the processor's clock:
-# otherwise every correctly timed event after it would be dropped as late until the
-# clock caught up (for hours). 60 s covers ordinary clock skew between hosts.
-CLOCK_SKEW_US = 60_000_000
+T = TypeVar("T")
+
+
+def consumer_group(prefix: str, project: str, view: FeatureView) -> str:
+    """``{prefix}-{project}-{view}-{layout}``: processors of a changed definition (a new
+    layout, new tiles and marks) are a group of their own, so during a rolling deploy the
+    old and the new ones each read every partition instead of splitting them. Safe: a
+    processor resumes from its marks in Redis (per layout), not from the group's offsets."""
+    return f"{prefix}-{project}-{view.name}-{view.layout}"
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessorOptions:
     batch_messages: int = 5000
     poll_seconds: float = 0.05
-    group_id: str = ""  # default: featurestore-stream-{project}-{view}
+    group_id: str = ""  # default: consumer_group("featurestore-stream", project, view)
     dead_letter_topic: str = ""  # default: {topic}.dlq
     lag_interval_seconds: float = 5.0
-
-
-class _Turn:
-    """What one batch did, per partition and in total."""
-
-    def __init__(self) -> None:
-        self.work: dict[int, list[int]] = {}  # partition -> [expected offset, last offset, watermark]
-        self.dead: list[tuple[Any, str]] = []
-        self.counts = {
-            "consumed": 0,
-            "applied": 0,
-            "late": 0,
-            "dead_lettered": 0,
-            "filtered": 0,
-            "duplicate": 0,
-        }
-        self.first_ms = 0
-        self.last_ms = 0
+    # A dead letter not delivered within this fails (and is produced again): the retry sees
+    # a missing topic (and creates it) instead of waiting librdkafka's default 5 minutes.
+    dead_letter_timeout_seconds: float = 30.0
 
 
 class StreamProcessor:
@@ -90,25 +78,30 @@ class StreamProcessor:
         self.kafka = kafka
         self.options = options or ProcessorOptions()
         self.topic = view.stream.source.topic
-        self.group_id = self.options.group_id or f"featurestore-stream-{project}-{view.name}"
+        self.group_id = self.options.group_id or consumer_group("featurestore-stream", project, view)
         self.dead_letter_topic = self.options.dead_letter_topic or f"{self.topic}.dlq"
         self.layout = view_layout(view)
         self.decoder = EventDecoder(view)
-        self.lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
         self.marks: dict[int, PartitionMark] = {}  # assigned partitions -> stored mark
+        self._partitions = NewPartitions(self.topic)
         self._consumer: Any = None
         self._producer: Any = None
-        self._last_lag = 0.0
-        self._newest_applied_ms = 0
+        self._dead_letters: DeadLetters | None = None
+        self._lag = LagMeter(view.name, self.topic, self.options.lag_interval_seconds)
+        self._assigning: list[Any] = []  # partitions whose marks _on_assign is reading
+        self._committed: dict[int, int] | None = None  # their Kafka offsets, if Redis is down meanwhile
+        self._consume_thread = 0  # run()'s thread
         # events by outcome, of batches written (and committed): the job runs' row counts
         self.totals: dict[str, int] = {}
-        self._errors = RepeatLimitedLog(log)  # used by this processor's consume thread only
+        lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
+        window_us = view.stream.max_window_seconds * 1_000_000
+        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, window_us, RepeatLimitedLog(log))
         self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
         # no GIL).
         self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
-        self._pending: tuple[futures.Future[str | None], TileBatch, _Turn] | None = None
+        self._pending: tuple[futures.Future[str | None], TileBatch, Turn] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -127,21 +120,35 @@ class StreamProcessor:
                 "heartbeat.interval.ms": self.kafka.heartbeat_interval_ms,
             }
         )
-        self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5})
+        # Not idempotent: after a message timed out, an idempotent producer bumps its epoch,
+        # which Tansu answers with PRODUCER_FENCED for good (seen in the tests); dead letters
+        # are at least once anyway (one produced again after a failure may arrive twice).
+        timeout_ms = int(self.options.dead_letter_timeout_seconds * 1000)
+        self._producer = Producer({**base, "acks": "all", "linger.ms": 5, "message.timeout.ms": timeout_ms})
+        self._dead_letters = DeadLetters(
+            self._producer, self.dead_letter_topic, self.view.name, self._create_dead_letter_topic
+        )
         try:
-            from confluent_kafka.admin import AdminClient
-
-            ensure_topic(AdminClient(base), self.dead_letter_topic, 1, self.kafka.replication_factor)
-        except Exception as e:  # dead letters wait in the producer until someone creates it
+            self._create_dead_letter_topic()
+        except Exception as e:  # the first dead letter that fails for it tries again
             log.warning("stream view %s: dead-letter topic %s: %s", self.view.name, self.dead_letter_topic, e)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _create_dead_letter_topic(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.kafka.client_config())
+        ensure_topic(admin, self.dead_letter_topic, 1, self.kafka.replication_factor)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; then leave the group."""
         self._stop = stop
+        self._consume_thread = threading.get_ident()
         self._connect()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
+        for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
+            counter.labels(self.view.name)  # exported from 0, so increase() sees the first one
         log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
         try:
             while not stop.is_set():
@@ -157,21 +164,52 @@ class StreamProcessor:
         from confluent_kafka import OFFSET_BEGINNING
 
         self._settle()
+        self._assigning, self._committed = partitions, None
         stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)  # Redis may be down
+        self._assigning = []
         for p in partitions:
-            mark = stored.get(p.partition, NO_MARK)
-            self.marks[p.partition] = mark
+            mark = self.marks[p.partition] = stored.get(p.partition, NO_MARK)
             # No stored mark: from the beginning, not from Kafka's committed offset (the
             # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
             p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
+        self._partitions.assigned(self.marks, [p.partition for p in partitions])
+        self._lag.assigned(self.marks.values())
+        self._lag.soon()  # measured (and the partitions looked at) at the next turn
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._settle()  # the write in flight lands before the partitions' next owner reads the marks
         for p in partitions:
             self.marks.pop(p.partition, None)
+        self._partitions.revoked(p.partition for p in partitions)
         consumer.unassign()
+
+    def _start_over(self, partition: int) -> None:
+        """The partition is a new one under its stored mark (``offsets.py``): the mark is
+        reset (an empty batch, conditional on the mark) and the partition applied from its
+        start. The tiles applied so far stay: they hold the old partition's events."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self._settle()
+        mark = self.marks.get(partition)
+        if mark is None:  # revoked meanwhile
+            return
+        log.error(
+            "stream view %s: partition %s:%s ends before its stored offset %s: the topic was created "
+            "again (or its broker lost it); applying the partition from its start",
+            self.view.name, self.topic, partition, mark.offset,
+        )  # fmt: skip
+        metrics.PARTITION_RESETS.labels(self.view.name).inc()
+        now_tile = time.time_ns() // 1000 // self.layout.tile_us
+        reset = TileBatch(self.topic, {partition: (mark.offset, NO_MARK)}, {}, now_tile)
+        if self._retrying(self._stop, self.store.apply, self.view, reset) is None:
+            mark = self.marks[partition] = NO_MARK
+        else:  # another processor moved the mark meanwhile: its mark stands
+            stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
+            mark = self.marks[partition] = stored.get(partition, NO_MARK)
+        offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
+        self._consumer.seek(TopicPartition(self.topic, partition, offset))
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -182,58 +220,28 @@ class StreamProcessor:
         if messages:
             acc = TileAccumulator(self.layout, self.decoder.column_attrs)
             turn = self._aggregate(messages, acc)
+            self._lag.consumed(turn.first_ms)
             if turn.work and self._finish(stop):
                 self._submit(turn, acc, stop)
         elif self._pending is not None:
             self._finish(stop)
         self._measure_lag()
+        check = self._partitions
+        if check.unverified:
+            check.look(self._consumer, self.marks, list(check.unverified))
+        for p in check.confirmed(self._consumer, self.marks) if check.suspects else ():
+            self._start_over(p)
 
-    def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> _Turn:
-        turn = _Turn()
-        counts = turn.counts
-        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
-        now_us = time.time_ns() // 1000
-        horizon = now_us + CLOCK_SKEW_US
-        for m in messages:
-            if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
-                self._errors.log(
-                    m.error().code(), "stream view %s: consumer error %s", self.view.name, m.error()
-                )
-                continue
-            counts["consumed"] += 1
-            partition, offset = m.partition(), m.offset()
-            state = turn.work.get(partition)
-            if state is None:
-                mark = self.marks.get(partition)
-                if mark is None:  # revoked meanwhile: its next owner reads it
-                    continue
-                state = turn.work[partition] = [mark.offset, mark.offset, mark.watermark_us]
-            if offset <= state[1]:
-                counts["duplicate"] += 1
-                continue
-            state[1] = offset
-            ts_ms = m.timestamp()[1]
-            turn.first_ms = turn.first_ms or ts_ms
-            turn.last_ms = ts_ms
-            event = decode(m.value())
-            if event is None:
-                counts["filtered"] += 1
-            elif isinstance(event, Malformed):
-                turn.dead.append((m, event.reason))
-            elif event.ts_us < state[2] - lateness:
-                counts["late"] += 1
-            else:
-                if event.ts_us > state[2]:
-                    state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
-                add(event.key, event.ts_us, event.values)
-                counts["applied"] += 1
-        return turn
+    def _aggregate(self, messages: list[Any], acc: TileAccumulator) -> Turn:
+        return self._aggregator(messages, acc, self.marks)
 
-    def _submit(self, turn: _Turn, acc: TileAccumulator, stop: threading.Event) -> None:
+    def _submit(self, turn: Turn, acc: TileAccumulator, stop: threading.Event) -> None:
         """Write the batch in the writer thread while the next one is consumed; the marks
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
-            self._dead_letter(turn.dead, stop)
+            assert self._dead_letters is not None
+            if not self._dead_letters.deliver(turn.dead, stop):
+                return  # stopped first: not written, so the next reader meets these events again
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(
             topic=self.topic,
@@ -265,6 +273,9 @@ class StreamProcessor:
         self._pending = None
         refused = future.result()
         view = self.view.name
+        if refused is not None and self._landed(batch):
+            log.info("stream view %s: a retried write had landed before its answer was lost", view)
+            refused = None
         if refused is not None:
             metrics.BATCHES.labels(view, "conflict").inc()
             log.warning(
@@ -281,9 +292,15 @@ class StreamProcessor:
         for ts_ms in {turn.first_ms, turn.last_ms}:
             if ts_ms > 0:
                 metrics.LATENCY.labels(view).observe(max(0.0, (now_ms - ts_ms) / 1000))
-        self._newest_applied_ms = max(self._newest_applied_ms, turn.last_ms)
+        self._lag.applied(turn.last_ms)
         self._commit(batch)
         return True
+
+    def _landed(self, batch: TileBatch) -> bool:
+        """Whether the stored marks are the batch's own: a write retried after a timeout
+        is refused when its first attempt had run (the marks moved: to its marks)."""
+        stored = self._retrying(self._stop, self.store.marks, self.view, self.topic)
+        return all(stored.get(p) == mark for p, (_, mark) in batch.marks.items())
 
     def _commit(self, batch: TileBatch) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -303,90 +320,35 @@ class StreamProcessor:
             offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(self.topic, p, offset))
 
-    def _dead_letter(self, dead: list[tuple[Any, str]], stop: threading.Event) -> None:
-        """Deliver every dead letter before the batch's offsets move past them."""
-        for m, reason in dead:
-            self._produce_dead_letter(m, reason)
-        while self._producer.flush(5) > 0 and not stop.is_set():
-            log.warning(
-                "stream view %s: dead-letter topic %s not reachable yet",
-                self.view.name,
-                self.dead_letter_topic,
-            )
+    def _retrying(self, stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
+        """A store call, waiting out the store's server failures (``retry.py``)."""
+        return retrying(stop, self._store_failed, fn, *args)
 
-    def _produce_dead_letter(self, m: Any, reason: str) -> None:
-        """The message as it came, with the reason; when the dead-letter topic refuses it
-        (a message near the size limit plus our headers is too large: librdkafka raises
-        at once), the reason and where it came from without the value, so one message can
-        never stop the processor (it would be redelivered to every restart)."""
-        from confluent_kafka import KafkaException
-
-        source = f"{m.topic()}:{m.partition()}:{m.offset()}".encode()
-        value, key = m.value(), m.key()
-        while True:
-            headers = [
-                (REASON_HEADER, reason.encode()),
-                ("featurestore-view", self.view.name.encode()),
-                ("featurestore-source", source),
-            ]
-            try:
-                self._producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:  # the producer's queue is full: let it drain
-                self._producer.poll(0.5)
-            except KafkaException as e:
-                if value is None and key is None:
-                    raise
-                size = len(value or b"") + len(key or b"")
-                reason = f"{reason}; message of {size} bytes left out: {e.args[0].str()}"
-                value = key = None
-
-    def _retrying(self, stop: threading.Event, fn: Any, *args: Any) -> Any:
-        def log_retry(state: RetryCallState) -> None:
-            log.warning(
-                "stream view %s: tile store write failed (%r); retrying",
-                self.view.name,
-                state.outcome.exception() if state.outcome else None,
-            )
-
-        for attempt in Retrying(
-            retry=retry_if_exception_type((ConnectionError, TimeoutError, OSError, _redis_errors())),
-            wait=wait_exponential(multiplier=0.1, max=5),
-            stop=lambda _state: stop.is_set(),
-            before_sleep=log_retry,
-            reraise=True,
-        ):
-            with attempt:
-                return fn(*args)
-        return None
+    def _store_failed(self, error: BaseException) -> None:
+        metrics.STORE_RETRIES.labels(self.view.name).inc()
+        log.warning(
+            "stream view %s: tile store: %s: %s; retrying", self.view.name, type(error).__name__, error
+        )
+        if needs_new_connection(error):
+            self.store.close()  # the next call connects again (the Redis adapter's client is lazy)
+        if threading.get_ident() == self._consume_thread:  # blocked in a marks read: the lag grows
+            self._measure_lag()
 
     def _measure_lag(self, waiting: TileBatch | None = None) -> None:
-        """At most once per ``lag_interval_seconds``: messages not yet in the store and
-        the age of the newest applied one; ``waiting``: a write that has been waiting for
-        the store longer than that, whose messages count as not applied yet."""
-        from confluent_kafka import TopicPartition
-
-        now = time.monotonic()
-        if now - self._last_lag < self.options.lag_interval_seconds:
+        """At most once per ``lag_interval_seconds`` (``lag.py``); ``waiting``: a write that
+        has been waiting for the store longer than that, whose messages are not applied yet."""
+        if not self._lag.due():
             return
-        self._last_lag = now
         in_flight = {p: exp for p, (exp, _) in waiting.marks.items()} if waiting is not None else {}
-        total = 0
+        positions = {}
         for p, mark in list(self.marks.items()):
-            mark = PartitionMark(in_flight[p], mark.watermark_us) if p in in_flight else mark
-            try:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1)
-            except Exception as e:  # the broker is slow: keep the last figure
-                log.debug("stream view %s: watermark offsets of %s: %s", self.view.name, p, e)
-                return
-            nxt = mark.offset + 1 if mark.offset >= 0 else low
-            total += max(0, high - nxt)
-        metrics.LAG_MESSAGES.labels(self.view.name).set(total)
-        age = time.time() - self._newest_applied_ms / 1000 if total and self._newest_applied_ms else 0.0
-        metrics.LAG_SECONDS.labels(self.view.name).set(max(0.0, age))
-
-
-def _redis_errors() -> type[Exception]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    return RedisConnectionError
+            offset = in_flight.get(p, mark.offset)
+            positions[p] = offset + 1 if offset >= 0 else UNKNOWN
+        if self._assigning:  # _on_assign waits for the marks: Kafka's committed offsets stand in
+            if self._committed is None:
+                self._committed = committed(
+                    self._consumer, self.topic, [p.partition for p in self._assigning]
+                )
+            positions.update((p, o) for p, o in self._committed.items() if p not in positions)
+        self._lag.measure(self._consumer, positions)
+        self._partitions.look(self._consumer, self.marks, list(self.marks))

@@ -7,6 +7,8 @@ Layout (docs/streaming.md):
   index). It expires when idle for the longest window + one tile + the allowed
   lateness, and every write drops the records no window reaches any more.
 * ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
+  It expires when no batch was written for the tiles' idle time + 7 days
+  (``store.marks_ttl_seconds``): after every tile written with it.
 
 A read is one ``MGET`` of the keys (no script: the string is what the windows are
 computed from). One Lua script applies a batch: it compares every partition's stored
@@ -35,18 +37,18 @@ from featurestore.model import FeatureView
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
 from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_mget
-from featurestore.streaming.store import PartitionMark, TileBatch, ttl_seconds
+from featurestore.streaming.store import PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
-# ARGV: ops, ttl ms, oldest tile kept, #partitions, then per partition (field, expected
-# offset, new offset, new watermark), then per key (key index, #records, records sorted
-# by tile, concatenated).
+# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, then per partition
+# (field, expected offset, new offset, new watermark), then per key (key index, #records,
+# records sorted by tile, concatenated).
 APPLY = """
 local ops = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local oldest = tonumber(ARGV[3])
-local np = tonumber(ARGV[4])
-local i = 5
+local oldest = tonumber(ARGV[4])
+local np = tonumber(ARGV[5])
+local i = 6
 for p = 1, np do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   local off = '-1'
@@ -54,11 +56,12 @@ for p = 1, np do
   if off ~= ARGV[i + 1] then return {0, ARGV[i], off} end
   i = i + 4
 end
-local j = 5
+local j = 6
 for p = 1, np do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
   j = j + 4
 end
+if np > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 local w = string.len(ops)
 local rb = 8 * w
 local fmt = '<' .. string.rep('d', w)
@@ -158,6 +161,7 @@ class RedisTileStore:
         args: list[Any] = [
             layout.ops,
             ttl_seconds(view) * 1000,
+            marks_ttl_seconds(view) * 1000,
             batch.now_tile - layout.retention_tiles,
             len(batch.marks),
         ]

@@ -48,6 +48,20 @@ def ttl_seconds(view: FeatureView) -> int:
     return s.max_window_seconds + s.tile_seconds + s.allowed_lateness_seconds
 
 
+# How much longer than any tile the marks of a view live without a write (Redis: a TTL
+# each batch renews). Every batch renews the marks with its tiles, so marks that expire
+# outlived every tile written with them: a processor then reads the topic from its start
+# again, whose events, all older than this idle time, are outside every window and
+# dropped by the write. 7 days is Kafka's default retention: by then little is left to read.
+MARKS_EXTRA_SECONDS = 7 * 86_400
+
+
+def marks_ttl_seconds(view: FeatureView) -> int:
+    """How long a view's marks are kept without a write (after the layout changed: for
+    good): the tiles' idle time + ``MARKS_EXTRA_SECONDS``."""
+    return ttl_seconds(view) + MARKS_EXTRA_SECONDS
+
+
 @runtime_checkable
 class TileStore(Protocol):
     def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:

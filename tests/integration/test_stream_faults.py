@@ -1,7 +1,7 @@
 """The stream processor when things go wrong: through a Redis outage the lag keeps being
 measured while the write waits for Redis (the lag alert sees it grow), and after Redis
 comes back empty the processor re-reads the topic from the start, so every event is
-counted exactly once; an event from a clock hours ahead does not make the next ones late."""
+counted exactly once; an event from a clock ahead does not make the next ones late."""
 
 from __future__ import annotations
 
@@ -129,16 +129,19 @@ async def read_once(store: RedisTileStore, view: FeatureView) -> list[bytes | No
         await store.aclose()
 
 
-def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafka: TansuBroker) -> None:
-    """A producer whose clock (or time zone) is hours ahead: its event is applied, but
-    the partition's watermark stops a minute ahead of the processor's clock, so the
+def test_an_event_half_an_hour_ahead_of_the_clock_does_not_make_the_next_ones_late(
+    kafka: TansuBroker,
+) -> None:
+    """A producer whose clock (or time zone) is ahead, here by half an hour (within the
+    view's longest window: further is malformed): its event is applied, but the
+    partition's watermark stops a minute ahead of the processor's clock, so the
     correctly timed events after it are not dropped as late."""
 
     topic = f"skew-{uuid.uuid4().hex[:8]}"
     view = count_view("skew_view", topic, allowed_lateness="30s")
     now = time.time_ns() // 1_000_000
     producer = topic_producer(kafka, topic)
-    for ts in (now + 3 * 3_600_000, now, now - 10_000, now - 600_000):  # the last one is late
+    for ts in (now + 1_800_000, now, now - 10_000, now - 600_000):  # the last one is late
         producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode())
     assert producer.flush(10) == 0
     store = MemoryTileStore()
@@ -151,7 +154,7 @@ def test_an_event_hours_ahead_of_the_clock_does_not_make_the_next_ones_late(kafk
 
     run_until_applied(proc, store, view, topic, 3)
     assert (count("applied"), count("late")) == (3, 1)
-    assert store.marks(view, topic)[0].watermark_us < (now + 3_600_000) * 1000
+    assert store.marks(view, topic)[0].watermark_us < (now + 120_000) * 1000
     got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now * 1000, [0])
     assert got.columns == [[2]]  # the future event's tile is not in the window yet
 

@@ -180,9 +180,12 @@ def test_events_decode_to_key_time_and_values_or_a_reason() -> None:
         (b'{"user": 7, "ts": "soon", "kind": "c"}', "timestamp field 'ts': not ISO-8601"),
         (
             b'{"user": 7, "ts": 1, "kind": "c", "amount": "2"}',
-            "Expected `float | null`, got `str` - at `$.amount`",
+            "Expected `int | float | null`, got `str` - at `$.amount`",
         ),
         (b'{"user": 7, "ts": 1, "kind": "c", "amount": true}', "got `bool` - at `$.amount`"),
+        (b'{"user": 7, "ts": "2026-01-01T00:00:01\xe9", "kind": "c"}', "a string field is not valid UTF-8"),
+        (b'{"user": 7, "ts": 1, "kind": "\xff"}', "a string field is not valid UTF-8"),
+        (b'{"user": 7, "ts": 1, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
     ]:
         got = dec.decode(raw)
         assert isinstance(got, Malformed) and reason in got.reason, raw
@@ -364,3 +367,49 @@ def test_the_demo_views_ttl_is_shorter_than_its_longest_window_so_an_idle_user_i
     view = defs.views["user_clicks"]
     assert view.stream is not None and view.ttl_seconds is not None
     assert view.ttl_seconds < view.stream.max_window_seconds - view.stream.tile_seconds
+
+
+def test_an_integer_column_value_beyond_2_to_the_53_is_malformed_not_rounded() -> None:
+    """Tiles hold float64: 9007199254740993 would be served as 9007199254740992 by `last`
+    and `sum`. Within +-2^53 every integer is exact; a JSON float is the producer's own
+    rounding and is taken as it is."""
+    dec = EventDecoder(parse(DOC).views["clicks"])
+    [amount] = dec.column_attrs
+    for raw, reason in [
+        (
+            b'{"user": 7, "ts": 1, "kind": "c", "amount": 9007199254740993}',
+            "Expected `int` <= 9007199254740992",
+        ),
+        (
+            b'{"user": 7, "ts": 1, "kind": "c", "amount": -9007199254740993}',
+            "Expected `int` >= -9007199254740992",
+        ),
+        (
+            b'{"user": 7, "ts": 1, "kind": "c", "amount": 100000000000000000000}',
+            "Expected `int` <= 9007199254740992",
+        ),
+    ]:
+        got = dec.decode(raw)
+        assert isinstance(got, Malformed) and got.reason == f"{reason} - at `$.amount`", (raw, got)
+    for raw, value in [
+        (b'{"user": 7, "ts": 1, "kind": "c", "amount": 9007199254740992}', 2**53),
+        (b'{"user": 7, "ts": 1, "kind": "c", "amount": -9007199254740992}', -(2**53)),
+        (b'{"user": 7, "ts": 1, "kind": "c", "amount": 1e300}', 1e300),
+    ]:
+        got = dec.decode(raw)
+        assert isinstance(got, Event) and getattr(got.values, amount) == value, raw
+
+
+def test_a_string_key_with_the_separator_is_malformed_even_in_an_event_the_filter_drops() -> None:
+    """Events are checked before the filter applies (docs/streaming.md): a producer sending
+    bad keys hears of it whatever the event's kind."""
+    doc = copy.deepcopy(DOC)
+    doc["stream_views"][0]["entities"] = ["item"]
+    doc["stream_views"][0]["source"]["key_fields"] = ["sku"]
+    doc["stream_views"][0]["ttl"] = None
+    del doc["derived_views"], doc["feature_services"]
+    dec = EventDecoder(parse(doc).views["clicks"])
+    for kind in ("c", "v"):  # kept, dropped by the filter
+        got = dec.decode(b'{"sku": "a|b", "ts": 1, "kind": "%s"}' % kind.encode())
+        assert got == Malformed("a string key may not contain '|'"), kind
+    assert dec.decode(b'{"sku": "a", "ts": 1, "kind": "v"}') is None

@@ -3,13 +3,23 @@ give the answers of the straightforward recomputation (tests/unit/stream_referen
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import pytest
 
-from featurestore.model import Aggregation, StreamSource, StreamSpec
+from featurestore.definitions.parser import parse_definitions
+from featurestore.errors import LimitExceeded
+from featurestore.model import Aggregation, FeatureView, StreamSource, StreamSpec
+from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.streaming import windows
-from featurestore.streaming.tiles import TileAccumulator, layout_of
+from featurestore.streaming.serving import StreamSource as StreamServing
+from featurestore.streaming.store import MemoryTileStore
+from featurestore.streaming.tiles import TileAccumulator, layout_of, view_layout
 from tests.unit.stream_reference import Accepted, close, window_values
 
 TILE_US = 60_000_000
@@ -82,3 +92,75 @@ def test_a_subset_of_aggregations_comes_back_in_the_order_asked() -> None:
     evs = [Accepted(0, now_us - 1, 5.0, 0, 0), Accepted(0, now_us - 2 * TILE_US, 7.0, 0, 1)]
     got = windows.compute(LAYOUT, blobs_of(evs, 1), now_us, [5, 0])
     assert got.columns == [[7.0], [2]]
+
+
+WEEK_OF_MINUTES: dict[str, Any] = {
+    "project": "p",
+    "entities": [{"name": "user_id", "dtype": "int64"}],
+    "stream_views": [
+        {
+            "name": "weekly",
+            "entities": ["user_id"],
+            "tile": "1m",
+            "source": {"topic": "t", "key_fields": ["u"], "timestamp_field": "ts"},
+            "aggregations": [
+                {"name": "n_7d", "function": "count", "window": "7d"},
+                {"name": "spend_1d", "function": "sum", "column": "amount", "window": "1d"},
+            ],
+        }
+    ],
+}
+
+
+class EveryKeyAWeekOfTiles(MemoryTileStore):
+    """A real memory tile store whose every key holds a tile in each minute of a week
+    (one blob, shared: 10,080 records are slow to build tile by tile)."""
+
+    def __init__(self, view: FeatureView, now_us: int) -> None:
+        super().__init__()
+        layout = view_layout(view)
+        tiles = np.arange(now_us // layout.tile_us - 10_079, now_us // layout.tile_us + 1, dtype=np.float64)
+        records = np.ones((len(tiles), layout.width))
+        records[:, 0], records[:, 1] = tiles, tiles * layout.tile_us
+        self.blob = records.astype("<f8").tobytes()
+
+    async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.blob] * len(keys)
+
+
+async def test_windows_of_many_tiles_are_assembled_off_the_event_loop() -> None:
+    """20 keys x a week of 1-minute tiles (~200,000 records: tens of ms of numpy): the
+    event loop runs other tasks meanwhile."""
+    view = parse_definitions(WEEK_OF_MINUTES, source="w.yaml").views["weekly"]
+    now_us = time.time_ns() // 1000
+    source = StreamServing("default", EveryKeyAWeekOfTiles(view, now_us), clock=lambda: now_us)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    [read] = await source.read([ViewQuery(view, list(range(20)), [0, 1], 0)])
+    during = ticks - before
+    task.cancel()
+    assert isinstance(read, ViewRead) and read.columns[0] == [10_080] * 20
+    assert during > 0
+
+
+async def test_a_read_of_more_tiles_than_a_request_may_assemble_is_refused_naming_the_numbers() -> None:
+    view = parse_definitions(WEEK_OF_MINUTES, source="w.yaml").views["weekly"]
+    now_us = time.time_ns() // 1000
+    source = StreamServing("default", EveryKeyAWeekOfTiles(view, now_us), clock=lambda: now_us)
+    [refused] = await source.read([ViewQuery(view, list(range(200)), [0], 0)])
+    assert isinstance(refused, LimitExceeded)
+    assert refused.message == (
+        "stream view 'weekly': 200 keys x 10081 tiles each (its longest window) is over the 2,000,000 "
+        "tile records one read may assemble; ask for fewer keys per request"
+    )
+    [fine] = await source.read([ViewQuery(view, list(range(198)), [0], 0)])
+    assert isinstance(fine, ViewRead)

@@ -1,0 +1,140 @@
+"""The dead-letter topic of a stream view: malformed events, as they came, with why.
+
+Each dead letter is the original message (value and key) with the headers
+``featurestore-error`` (the reason), ``featurestore-view`` and ``featurestore-source``
+(``topic:partition:offset``). A batch's dead letters are delivered (each one's delivery
+report says so) before the batch is written and its offsets move past them:
+
+* a letter whose delivery fails is produced again, backing off up to 5 s, until it is
+  delivered or the processor stops (then the batch is not written: whoever reads the
+  partition next meets the events again, at least once);
+* a letter the producer or the broker refuses for what it is (too large with our
+  headers, an invalid record for the topic) is sent without its value and key, the
+  refusal appended to its reason: one message can never stop the processor;
+* a letter refused because the topic is missing makes the processor create it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from featurestore.streaming import metrics
+
+log = logging.getLogger(__name__)
+REASON_HEADER = "featurestore-error"
+
+
+def _codes(*names: str) -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    return frozenset(getattr(KafkaError, n) for n in names if hasattr(KafkaError, n))
+
+
+@dataclass(slots=True)
+class _Letter:
+    message: Any
+    reason: str
+    value: bytes | None
+    key: bytes | None
+    in_flight: bool = False
+    done: bool = False
+    error: Any = None  # the KafkaError of its last failed delivery
+
+    def delivered(self, err: Any, _msg: Any) -> None:  # the producer's delivery report
+        self.in_flight = False
+        self.done = err is None
+        self.error = err
+
+    def strip(self, refusal: str) -> None:
+        """Without its value and key, the refusal in its reason."""
+        size = len(self.value or b"") + len(self.key or b"")
+        self.reason = f"{self.reason}; message of {size} bytes left out: {refusal}"
+        self.value = self.key = None
+
+
+class DeadLetters:
+    """Sends one view's dead letters (the processor's consume thread only)."""
+
+    def __init__(self, producer: Any, topic: str, view_name: str, create_topic: Callable[[], None]) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.view_name = view_name
+        self.create_topic = create_topic
+        # The message is what the broker refuses (so it is sent again without its value)
+        self.refused = _codes(
+            "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD",
+            "CORRUPT_MESSAGE", "INVALID_MSG", "INVALID_MSG_SIZE",
+        )  # fmt: skip
+        self.missing = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
+
+    def deliver(self, dead: list[tuple[Any, str]], stop: threading.Event) -> bool:
+        """Every dead letter delivered: True; False when ``stop`` came first."""
+        letters = [_Letter(m, reason, m.value(), m.key()) for m, reason in dead]
+        delay = 0.5
+        while True:
+            for letter in letters:
+                if not (letter.done or letter.in_flight):
+                    self._produce(letter)
+            self.producer.flush(delay)  # serves the delivery reports
+            left = [letter for letter in letters if not letter.done]
+            if not left:
+                return True
+            failed = [letter for letter in left if letter.error is not None and not letter.in_flight]
+            self._failed(failed)
+            if failed or not any(letter.in_flight for letter in left):
+                log.warning(
+                    "stream view %s: %d dead letters not delivered to %s yet (%s); retrying",
+                    self.view_name, len(left), self.topic,
+                    "; ".join(sorted({_text(f.error) for f in failed})) or "the producer's queue is full",
+                )  # fmt: skip
+            if stop.wait(delay if failed else 0):
+                return False
+            delay = min(delay * 2, 5.0)
+
+    def _failed(self, failed: list[_Letter]) -> None:
+        if not failed:
+            return
+        metrics.DEAD_LETTER_FAILURES.labels(self.view_name).inc(len(failed))
+        for letter in failed:
+            code = _code(letter.error)
+            if code in self.refused and (letter.value is not None or letter.key is not None):
+                letter.strip(_text(letter.error))
+        if any(_code(letter.error) in self.missing for letter in failed):
+            try:
+                self.create_topic()
+            except Exception as e:  # the next round tries again
+                log.warning("stream view %s: dead-letter topic %s: %s", self.view_name, self.topic, e)
+
+    def _produce(self, letter: _Letter) -> None:
+        from confluent_kafka import KafkaException
+
+        m = letter.message
+        headers = [
+            (REASON_HEADER, letter.reason.encode()),
+            ("featurestore-view", self.view_name.encode()),
+            ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
+        ]
+        try:
+            self.producer.produce(
+                self.topic, value=letter.value, key=letter.key, headers=headers, on_delivery=letter.delivered
+            )
+            letter.in_flight, letter.error = True, None
+        except BufferError:  # the producer's queue is full: the flush drains it, then again
+            letter.error = None
+        except KafkaException as e:  # refused at once (too large with our headers): without its value
+            letter.error = e.args[0]
+            if letter.value is not None or letter.key is not None:
+                letter.strip(_text(letter.error))
+                self._produce(letter)
+
+
+def _code(error: Any) -> int | None:
+    return error.code() if hasattr(error, "code") else None
+
+
+def _text(error: Any) -> str:
+    return error.str() if hasattr(error, "str") else str(error)

@@ -1,0 +1,120 @@
+"""One turn of a stream processor: a consumed batch, decoded, judged and aggregated.
+
+Each message is at most one of: a ``duplicate`` (at or below its partition's mark:
+applied already), ``filtered``, malformed (dead-lettered), ``late`` or ``applied`` (its
+partials added to the batch's records). Late events: per partition, the watermark is
+the newest event time applied (an event more than ``CLOCK_SKEW_US`` ahead of the
+processor's clock moves it only to that clock); an event older than the watermark minus
+the view's allowed lateness is dropped and counted. The watermark is stored with the
+offset, so a restart decides as before. An event more than ``CLOCK_SKEW_US`` + the
+view's longest window ahead of the clock is malformed: until its time comes no window
+reaches its tile, which the store would keep meanwhile (it drops tiles from the old end
+only) for as long as its key is written; usually a wrong timestamp unit or clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from featurestore.logs import RepeatLimitedLog
+from featurestore.streaming.decode import EventDecoder, Malformed
+from featurestore.streaming.store import PartitionMark
+from featurestore.streaming.tiles import TileAccumulator
+
+# How far ahead of the processor's clock an event may move its partition's watermark.
+# An event from further ahead (a producer's clock or time zone off by hours) is still
+# applied, in its future tile, but moves the watermark only up to the processor's clock:
+# otherwise every correctly timed event after it would be dropped as late until the
+# clock caught up (for hours). 60 s covers ordinary clock skew between hosts.
+CLOCK_SKEW_US = 60_000_000
+
+
+class Turn:
+    """What one batch did, per partition and in total."""
+
+    def __init__(self) -> None:
+        self.work: dict[int, list[int]] = {}  # partition -> [expected offset, last offset, watermark]
+        self.dead: list[tuple[Any, str]] = []
+        self.counts = {
+            "consumed": 0,
+            "applied": 0,
+            "late": 0,
+            "dead_lettered": 0,
+            "filtered": 0,
+            "duplicate": 0,
+        }
+        self.first_ms = 0
+        self.last_ms = 0
+
+
+class Aggregator:
+    """A processor's batch step (its consume thread only)."""
+
+    def __init__(
+        self, view: str, decoder: EventDecoder, lateness_us: int, window_us: int, errors: RepeatLimitedLog
+    ) -> None:
+        """``window_us``: the view's longest window."""
+        self.view = view
+        self.decoder = decoder
+        self.lateness_us = lateness_us
+        self.ahead_us = CLOCK_SKEW_US + window_us  # further ahead of the clock: malformed
+        self.errors = errors
+
+    def __call__(self, messages: list[Any], acc: TileAccumulator, marks: Mapping[int, PartitionMark]) -> Turn:
+        """``marks``: the assigned partitions' marks the batch is built on."""
+        turn = Turn()
+        counts = turn.counts
+        decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
+        now_us = time.time_ns() // 1000
+        horizon, too_far = now_us + CLOCK_SKEW_US, now_us + self.ahead_us
+        for m in messages:
+            if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
+                self.errors.log(m.error().code(), "stream view %s: consumer error %s", self.view, m.error())
+                continue
+            counts["consumed"] += 1
+            partition, offset = m.partition(), m.offset()
+            state = turn.work.get(partition)
+            if state is None:
+                mark = marks.get(partition)
+                if mark is None:  # revoked meanwhile: its next owner reads it
+                    continue
+                state = turn.work[partition] = [mark.offset, mark.offset, mark.watermark_us]
+            if offset <= state[1]:
+                counts["duplicate"] += 1
+                continue
+            state[1] = offset
+            ts_ms = m.timestamp()[1]
+            turn.first_ms = turn.first_ms or ts_ms
+            turn.last_ms = ts_ms
+            try:  # one event can never abort the batch (it would be redelivered to every restart)
+                event = decode(m.value())
+                if event is None:
+                    counts["filtered"] += 1
+                elif isinstance(event, Malformed):
+                    turn.dead.append((m, event.reason))
+                elif event.ts_us < state[2] - lateness:
+                    counts["late"] += 1
+                elif event.ts_us > too_far:
+                    turn.dead.append((m, self._too_far(event.ts_us)))
+                else:
+                    add(event.key, event.ts_us, event.values)
+                    if event.ts_us > state[2]:
+                        state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
+                    counts["applied"] += 1
+            except Exception as e:  # a bug, not the event's fault: dead-lettered with the error
+                self.errors.log(
+                    type(e).__name__, "stream view %s: event at offset %s: %r", self.view, offset, e
+                )
+                turn.dead.append((m, f"could not be processed: {e!r}"))
+        return turn
+
+    def _too_far(self, ts_us: int) -> str:
+        when = datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="seconds")
+        return (
+            f"event time {when} is more than {CLOCK_SKEW_US // 1_000_000}s + the longest window "
+            f"({(self.ahead_us - CLOCK_SKEW_US) // 1_000_000}s) ahead of the processor's clock "
+            "(a wrong timestamp_unit or clock?)"
+        )

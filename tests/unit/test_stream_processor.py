@@ -1,0 +1,186 @@
+"""The stream processor's batch step without a broker: what one event can and cannot do
+to the batch it arrived in."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from redis import exceptions as redis_errors
+
+from featurestore.definitions.parser import parse_definitions
+from featurestore.model import FeatureView
+from featurestore.streaming.decode import Event, Malformed
+from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
+from featurestore.streaming.retry import needs_new_connection, transient
+from featurestore.streaming.store import NO_MARK, MemoryTileStore
+from featurestore.streaming.tiles import TileAccumulator, view_layout
+from lineage.kafka import KafkaSettings
+
+
+class Message:
+    """What the processor reads of a confluent_kafka.Message (which Python cannot build)."""
+
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset, self._value = offset, value
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, time.time_ns() // 1_000_000)
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "clicks"
+
+
+def view() -> FeatureView:
+    doc = {
+        "project": "p",
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "stream_views": [
+            {
+                "name": "unit_view",
+                "entities": ["user_id"],
+                "source": {"topic": "clicks", "key_fields": ["u"], "timestamp_field": "ts"},
+                "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
+            }
+        ],
+    }
+    return parse_definitions(doc, source="unit.yaml").views["unit_view"]
+
+
+@pytest.fixture
+def processor() -> Any:
+    proc = StreamProcessor(
+        view(), MemoryTileStore(), KafkaSettings(bootstrap_servers="unused"), "p", ProcessorOptions()
+    )
+    proc.marks[0] = NO_MARK
+    yield proc
+    proc._writer.shutdown()
+
+
+def event(offset: int) -> Message:
+    return Message(offset, json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode())
+
+
+def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_of_its_batch_applied(
+    processor: StreamProcessor,
+) -> None:
+    decode = processor.decoder.decode
+
+    def flaky(raw: bytes | None) -> Event | Malformed | None:
+        if raw == b"poison":
+            raise ValueError("a decoder bug")
+        return decode(raw)
+
+    processor.decoder.decode = flaky  # type: ignore[method-assign]
+    acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
+    turn = processor._aggregate([event(0), Message(1, b"poison"), event(2)], acc)
+    assert turn.counts["applied"] == 2 and turn.work[0][1] == 2
+    [(message, reason)] = turn.dead
+    assert message.offset() == 1 and reason == "could not be processed: ValueError('a decoder bug')"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ConnectionError("Connection refused"),
+        redis_errors.TimeoutError("Timeout reading from socket"),
+        redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis_errors.ReadOnlyError("You can't write against a read only replica."),
+        redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis_errors.ResponseError(
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable"
+        ),
+        redis_errors.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"),
+        redis_errors.ResponseError(
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+        ),
+    ],
+)
+def test_a_store_servers_failure_is_waited_out(error: Exception) -> None:
+    assert transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        redis_errors.ResponseError("ERR Error running script (call to f_0123): user_script:7: bad argument"),
+        redis_errors.DataError("Invalid input of type: 'NoneType'"),
+        ValueError("a bug"),
+    ],
+)
+def test_a_failure_of_the_call_itself_stops_the_processor(error: Exception) -> None:
+    assert not transient(error)
+
+
+def test_a_read_only_replica_makes_the_next_attempt_reconnect() -> None:
+    assert needs_new_connection(redis_errors.ReadOnlyError("You can't write against a read only replica."))
+    assert needs_new_connection(
+        redis_errors.ResponseError("READONLY You can't write against a read only replica.")
+    )
+    assert not needs_new_connection(redis_errors.ResponseError("MISCONF Redis is configured to save"))
+
+
+class RefusingProducer:
+    """Reports the first delivery of each letter with the broker's refusal, the rest as
+    delivered (Tansu takes any size, so the real broker cannot show this one)."""
+
+    def __init__(self, refusal: int) -> None:
+        self.refusal = refusal
+        self.sent: list[tuple[bytes | None, dict[str, bytes]]] = []
+        self._reports: list[Any] = []
+
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        self.sent.append((value, dict(headers)))
+        self._reports.append((on_delivery, KafkaError(self.refusal) if len(self.sent) == 1 else None))
+
+    def flush(self, timeout: float) -> int:
+        for report, error in self._reports:
+            report(error, None)
+        self._reports.clear()
+        return 0
+
+
+def test_a_dead_letter_the_broker_refuses_as_too_large_is_sent_again_without_its_value() -> None:
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError.MSG_SIZE_TOO_LARGE)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    assert letters.deliver([(Message(7, b"x" * 1000), "not valid JSON")], threading.Event())
+    (first, _), (again, headers) = producer.sent
+    assert first == b"x" * 1000 and again is None
+    assert headers["featurestore-error"].startswith(b"not valid JSON; message of 1000 bytes left out: ")
+    assert headers["featurestore-source"] == b"clicks:0:7"
+
+
+def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was() -> None:
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError._MSG_TIMED_OUT)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    assert letters.deliver([(Message(7, b"{"), "not valid JSON")], threading.Event())
+    assert [value for value, _ in producer.sent] == [b"{", b"{"]
