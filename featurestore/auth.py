@@ -48,17 +48,18 @@ PLACEHOLDER = "REPLACE-ME"
 
 
 def parse_tokens(text: str, source: str) -> dict[str, frozenset[str]]:
-    """Token -> scopes. Errors name the line, never the token. ``#`` starts a comment
-    only as a line's first non-blank character: a token may contain ``#``, and a
-    ``#`` after a token is refused rather than read as a comment (which would cut a
-    token containing it short and drop its scopes, leaving a short token with all)."""
+    """Token -> scopes. Errors name the line, never the token. A line is split on
+    whitespace first; a field starting with ``#`` starts a comment to the end of the
+    line (a whole line when it is the first: a token cannot start with ``#``). A ``#``
+    inside a token is part of it: the comment rule once cut such a token short and
+    dropped its scopes, leaving a short token with all of them."""
     tokens: dict[str, frozenset[str]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if not fields or fields[0].startswith("#"):
+        comment = next((i for i, f in enumerate(fields) if f.startswith("#")), len(fields))
+        fields = fields[:comment]
+        if not fields:
             continue
-        if any(f.startswith("#") for f in fields[1:]):
-            raise FailedPrecondition(f"{source} line {number}: a comment takes a whole line, starting with #")
         if len(fields) > 2:
             raise FailedPrecondition(f"{source} line {number}: expected `TOKEN [scope,...]`")
         token = fields[0]

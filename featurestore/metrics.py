@@ -117,7 +117,8 @@ REQUESTS_SHED = Counter(
     "Joins refused at their start because a queue of joins stood in the worker "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
     "latency: the limit lowered by a standing queue: the event loop late for 100 ms; "
-    "deadline: less of its deadline left than the event loop's lag).",
+    "deadline: less of its deadline left than the event loop's lag; max_connections: "
+    "a connection refused over http.max_connections, any route).",
     ["api", "reason"],
 )
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])

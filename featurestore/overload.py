@@ -206,8 +206,9 @@ class LoadShedder:
         (the hard cap stays): a shedder that cannot see the queue must not shed for one."""
         try:
             await self._sample()
-        finally:  # cancelled, or a report failed: nothing adapts the limit any more
-            self.limit = self.max_limit
+        finally:  # cancelled, or a report failed: nothing adapts the limit any more, and
+            # no lag is known (a lag frozen at its last sample would shed by the deadline)
+            self.limit, self.lag = self.max_limit, 0.0
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds
@@ -222,7 +223,7 @@ class LoadShedder:
                     self.observe(lag, now)
                 except Exception:
                     log.exception("the load shedder failed a sample: it sheds at the hard cap only from now")
-                    self.limit, sheds = self.max_limit, False
+                    self.limit, self.lag, sheds = self.max_limit, 0.0, False
             worst, samples = max(worst, lag), samples + 1
             if samples >= REPORT_EVERY:
                 self._report(worst)

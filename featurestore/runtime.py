@@ -181,6 +181,9 @@ class Runtime:
         retried with backoff rather than waiting for the next change, which may never
         come. Bursts of changes coalesce: each attempt reads the latest state."""
         backoff = _APPLY_RETRY_MIN_S
+        # A (re)start reads the registry once: a run cut off while applying had cleared
+        # the flag, and its change must not wait for an unrelated one.
+        self.registry_dirty.set()
         while True:
             await self.registry_dirty.wait()
             self.registry_dirty.clear()

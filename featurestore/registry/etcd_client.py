@@ -42,6 +42,9 @@ CHANNEL_OPTIONS = {
     "grpc.use_local_subchannel_pool": 1,  # a new client is a new connection attempt
     "grpc.initial_reconnect_backoff_ms": 100,  # a client kept through an outage heals as fast
     "grpc.max_reconnect_backoff_ms": 500,
+    # gRPC's client takes 4 MiB messages by default: a snapshot etcd accepted under a
+    # raised --max-request-bytes (registry.max_request_bytes) must be readable too
+    "grpc.max_receive_message_length": -1,
 }
 
 

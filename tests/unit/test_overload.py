@@ -212,6 +212,26 @@ def test_a_sampler_that_fails_logs_it_once_and_opens_the_limit_rather_than_shed_
     assert caplog.text.count("the load shedder failed a sample") == 1
 
 
+class FailingAfterTheLag(LoadShedder):
+    __slots__ = ()
+
+    def observe(self, lag: float, now: float) -> None:
+        self.lag = 0.6  # a bug after the lag was taken: the lag must not stay
+        raise RuntimeError("a bug")
+
+
+def test_a_sampler_that_fails_after_taking_the_lag_sheds_nothing_by_the_deadline_from_then() -> None:
+    async def scenario() -> None:
+        s = FailingAfterTheLag(1024, TARGET)
+        watch = asyncio.create_task(s.watch())
+        await until(lambda: s.limit == 1024 and limit_reported() == 1024)
+        await asyncio.sleep(5 * PERIOD)
+        assert s.admit(0.4) is None  # 400 ms left, the frozen 600 ms lag no reason to shed
+        watch.cancel()
+
+    asyncio.run(scenario())
+
+
 class FailingReport(LoadShedder):
     __slots__ = ()
 

@@ -4,6 +4,8 @@ reconnect, a background task ended by accident."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import socket
 from collections.abc import Iterator
 
@@ -86,6 +88,42 @@ async def test_a_background_task_that_fails_or_is_cut_off_is_counted_and_run_aga
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+async def test_a_background_task_whose_job_swallows_the_shutdown_cancel_still_ends() -> None:
+    runs = 0
+    running = asyncio.Event()
+
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+        running.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(supervised("test-swallow", job, delay=0.0))
+    await asyncio.wait_for(running.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert runs == 1
+
+
+async def test_a_background_task_restarting_again_and_again_waits_longer_each_time() -> None:
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def job() -> None:
+        starts.append(loop.time())
+        raise RuntimeError("a bug")
+
+    task = asyncio.create_task(supervised("test-storm", job, delay=0.05))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    waits = [b - a for a, b in itertools.pairwise(starts)]
+    assert 3 <= len(starts) <= 5 and all(w2 > w1 * 1.5 for w1, w2 in itertools.pairwise(waits))
 
 
 def test_the_etcd_password_is_not_in_the_access_settings_repr() -> None:
