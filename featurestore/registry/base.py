@@ -182,13 +182,16 @@ class RegistryState:
 
 
 async def load_state(registry: Registry) -> RegistryState:
-    """The registry's state for a server. A candidate that cannot be read never holds
-    back current (the canary is reported, not served)."""
+    """The registry's state for a server. Canaries are read before current: a promotion
+    in between then leaves the candidate current with its canary still listed (served
+    the same either way), never the old current without the canary. A candidate that
+    cannot be read never holds back current (the canary is reported, not served)."""
+    active = await registry.canaries()
     snapshot = await registry.current()
     data_versions = await registry.data_versions()
     canaries = {}
     unreadable = {}
-    for service, canary in (await registry.canaries()).items():
+    for service, canary in active.items():
         try:
             canaries[service] = (canary, await registry.get(canary.candidate_version))
         except (NotFound, FailedPrecondition) as e:  # FailedPrecondition: SnapshotCorrupted
