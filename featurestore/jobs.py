@@ -12,9 +12,9 @@ from pathlib import Path
 
 from featurestore.config import Config
 from featurestore.definitions.parser import load_definitions
-from featurestore.definitions.snapshot import RegistrySnapshot
+from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.derived.compiler import cache_dir, check_definitions
-from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.factories import make_registry, make_run_recorder, make_store
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import FeatureView
@@ -30,7 +30,9 @@ log = logging.getLogger("featurestore")
 async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot | None:
     """Publish ``registry.definitions`` unless current already holds the same content,
     by ``featurestore apply``'s rules: incompatible changes are refused (the server does
-    not start; ``featurestore apply FILE --force`` publishes them)."""
+    not start; ``featurestore apply FILE --force`` publishes them). A file holding the
+    definitions of an older snapshot (a later apply, rollback or canary promotion
+    replaced them) is not published: the server serves current and says so."""
     path = config.registry.definitions
     if path is None:
         return None
@@ -39,9 +41,27 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
         raise InvalidArgument(
             f"{path}: project {defs.project!r} differs from the server's {config.project!r}"
         )
-    check_definitions(defs, cache_dir(config.derived.cache_dir))  # a kernel that fails is never published
+    wanted = fingerprint(defs)
     admin = RegistryAdmin(registry)
+    checked = False
     for _ in range(5):
+        current = await registry.current()
+        if current is not None and current.fingerprint == wanted:
+            return current
+        older = await _older_snapshot(registry, wanted, current)
+        if current is not None and older is not None:
+            log.warning(
+                "%s holds the definitions of registry version %d, not current's (version %d): serving "
+                "current without publishing the file (definitions the registry holds in an older "
+                "snapshot are never re-published on start: an apply, rollback or canary replaced "
+                "them). Update the file to current's definitions; to serve the file's again, run "
+                "`featurestore registry rollback %d`",
+                path, older, current.version, older,
+            )  # fmt: skip
+            return current
+        if not checked:  # a kernel that fails is never published
+            check_definitions(defs, cache_dir(config.derived.cache_dir))
+            checked = True
         try:
             result = await admin.apply(defs, message=f"applied on start from {path}")
         except Conflict as e:  # a concurrent apply won: re-read and compare again
@@ -50,14 +70,31 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
         except Incompatible as e:
             raise Incompatible(
                 f"{path} is not applied on start: {e.message}. Publish it with "
-                f"`featurestore apply {path} --force`, or start without it (after a rollback the "
-                "file still holds the definitions rolled back)"
+                f"`featurestore apply {path} --force`, or start without it"
             ) from None
         if result.snapshot is None:
             return await registry.current()
         log.info("applied %s as registry version %d", path, result.snapshot.version)
         return result.snapshot
     raise FailedPrecondition("could not apply definitions on start: the registry keeps changing")
+
+
+async def _older_snapshot(registry: Registry, wanted: str, current: RegistrySnapshot | None) -> int | None:
+    """The newest snapshot other than current whose definitions have fingerprint
+    ``wanted`` (None: no snapshot has them). One that vanished meanwhile or is corrupted
+    is skipped (its fingerprint cannot be trusted)."""
+    if current is None:
+        return None
+    for version in reversed(await registry.versions()):
+        if version == current.version:
+            continue
+        try:
+            snapshot = await registry.get(version)
+        except (NotFound, FailedPrecondition):
+            continue
+        if snapshot.fingerprint == wanted:
+            return version
+    return None
 
 
 async def apply_configured_definitions(config: Config) -> None:

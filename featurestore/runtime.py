@@ -215,7 +215,7 @@ class Runtime:
         if reg.snapshot is None:
             return
         current = self.engine.state
-        unserved: dict[str, str] = {}
+        unserved: dict[str, str] = dict(reg.unreadable_canaries)
         new = await serving_state(
             self.stores, reg, current, cache_dir(self.config.derived.cache_dir), unserved
         )
@@ -298,7 +298,7 @@ async def build_runtime(config: Config) -> Runtime:
     stores = make_serving_stores(config)
     for s in stores.values():
         await s.start()
-    unserved: dict[str, str] = {}
+    unserved: dict[str, str] = dict(reg.unreadable_canaries)
     state = await serving_state(stores, reg, None, cache_dir(config.derived.cache_dir), unserved)
     limits = Limits(max_rows=config.limits.max_rows, deadline_seconds=config.limits.deadline_ms / 1000)
     lineage = await build_lineage(config, stores)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.errors import Conflict, InvalidArgument
+from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
 
 
@@ -172,20 +172,31 @@ class Registry(Protocol):
 @dataclass(frozen=True, slots=True)
 class RegistryState:
     """What a server swaps in: current snapshot, data versions, canaries and their
-    candidate snapshots."""
+    candidate snapshots. ``unreadable_canaries``: why the candidate of each canary left
+    out could not be read (deleted, corrupted); its service is served from current."""
 
     snapshot: RegistrySnapshot | None
     data_versions: Mapping[str, int]
     canaries: Mapping[str, tuple[Canary, RegistrySnapshot]]
+    unreadable_canaries: Mapping[str, str] = field(default_factory=dict)
 
 
 async def load_state(registry: Registry) -> RegistryState:
+    """The registry's state for a server. Canaries are read before current: a promotion
+    in between then leaves the candidate current with its canary still listed (served
+    the same either way), never the old current without the canary. A candidate that
+    cannot be read never holds back current (the canary is reported, not served)."""
+    active = await registry.canaries()
     snapshot = await registry.current()
     data_versions = await registry.data_versions()
     canaries = {}
-    for service, canary in (await registry.canaries()).items():
-        canaries[service] = (canary, await registry.get(canary.candidate_version))
-    return RegistryState(snapshot, data_versions, canaries)
+    unreadable = {}
+    for service, canary in active.items():
+        try:
+            canaries[service] = (canary, await registry.get(canary.candidate_version))
+        except (NotFound, FailedPrecondition) as e:  # FailedPrecondition: SnapshotCorrupted
+            unreadable[service] = f"candidate version {canary.candidate_version}: {type(e).__name__}: {e}"
+    return RegistryState(snapshot, data_versions, canaries, unreadable)
 
 
 def conflict(what: str, expected: object, actual: object) -> Conflict:

@@ -9,6 +9,7 @@ import pytest
 
 from featurestore import jobs
 from featurestore.config import Config, load_config
+from featurestore.definitions.parser import load_definitions
 from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.model import (
     Definitions,
@@ -82,19 +83,19 @@ def _config(tmp_path: Path, definitions: Path) -> Config:
     )
 
 
-def _yaml(dtype: str) -> str:
+def _yaml(dtype: str, extra: str = "") -> str:
     return (
         "project: p\n"
         "entities: [{name: user_id, dtype: int64}]\n"
         "feature_views:\n"
         "  - name: v\n    entities: [user_id]\n"
-        f"    features: [{{name: f0, dtype: {dtype}}}, {{name: f1, dtype: float64}}]\n"
+        f"    features: [{{name: f0, dtype: {dtype}}}, {{name: f1, dtype: float64}}{extra}]\n"
     )
 
 
 async def test_apply_on_start_refuses_incompatible_definitions(admin: RegistryAdmin, tmp_path: Path) -> None:
-    """A server started with a definitions file publishes it by apply's rules: after a
-    rollback of an incompatible change, restarting it must not re-publish that change."""
+    """A server started with a definitions file publishes it by apply's rules: a new file
+    with incompatible changes is refused."""
     file = tmp_path / "features.yaml"
     file.write_text(_yaml("float64"))
     first = await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
@@ -106,3 +107,28 @@ async def test_apply_on_start_refuses_incompatible_definitions(admin: RegistryAd
         await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
     assert (await admin.registry.current()).version == 1  # type: ignore[union-attr]
     assert await admin.registry.versions() == [1]
+
+
+@pytest.mark.parametrize(
+    "newer",
+    [_yaml("string"), _yaml("float64", ", {name: f2, dtype: float64}")],
+    ids=["incompatible, applied with --force", "compatible, a promoted canary"],
+)
+async def test_a_server_restarted_with_an_older_applied_file_serves_current_without_publishing_it(
+    admin: RegistryAdmin, tmp_path: Path, newer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Servers still configured with the file an operator has since replaced (apply
+    --force, a canary promoted, a rollback) restart and scale up: they serve current,
+    neither refusing to start nor publishing the old file again (undoing the change)."""
+    file = tmp_path / "features.yaml"
+    file.write_text(_yaml("float64"))
+    assert (await jobs.apply_on_start(admin.registry, _config(tmp_path, file))).version == 1  # type: ignore[union-attr]
+    replacement = tmp_path / "newer.yaml"
+    replacement.write_text(newer)
+    applied = await admin.apply(load_definitions(replacement), force=True)
+    assert applied.snapshot is not None and applied.snapshot.version == 2
+
+    served = await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
+    assert served is not None and served.version == 2
+    assert await admin.registry.versions() == [1, 2]
+    assert "holds the definitions of registry version 1, not current's (version 2)" in caplog.text

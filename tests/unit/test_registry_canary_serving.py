@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from featurestore.config import load_config
 from featurestore.model import (
     Definitions,
@@ -90,5 +92,43 @@ async def test_a_server_starts_serving_current_when_a_canary_cannot_be_served(tm
         assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
         await _until(lambda: rt.registry_apply_error is not None, "the canary reported")
         assert "canary not served" in rt.registry_apply_error  # type: ignore[operator]
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupted"])
+async def test_a_canary_whose_candidate_cannot_be_read_neither_stops_a_start_nor_holds_back_current(
+    tmp_path: Path, damage: str
+) -> None:
+    """A candidate snapshot deleted by hand or damaged on disk: the server starts on
+    current, reports the canary unserved and serves the next current."""
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    canary = await admin.canary_start("svc", defs(2), 0.5)
+    candidate = tmp_path / "reg" / "p" / "registry" / "snapshots" / f"{canary.candidate_version}.json"
+    if damage == "deleted":
+        candidate.unlink()
+    else:
+        candidate.write_bytes(b'{"version": 2, "trunc')
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
+        await _until(lambda: rt.registry_apply_error is not None, "the canary reported")
+        degraded = rt.readiness().details["degraded"]
+        assert any("canary not served" in d and "candidate version 2" in d for d in degraded), degraded
+
+        fix = await admin.apply(defs(3), message="an urgent fix unrelated to the canary")
+        assert fix.snapshot is not None
+        version = fix.snapshot.version
+        await _until(lambda: rt.engine.state.version == version, "the fix served")
+        assert rt.engine.state.canaries == {}
     finally:
         await rt.close()
