@@ -2,7 +2,14 @@
 It asks the local server's ``/readyz`` where the server's configuration puts it: the
 plain admin port when ``http.admin_port`` is set, else the serving port, over HTTPS when
 ``tls.cert_file`` is set. Exit 0: ready; 1: not (Docker reserves 2), with the reason on
-stderr."""
+stderr.
+
+The image runs it as ``python -m featurestore.cli.health`` (the same arguments), every
+10 s: that imports this module alone, which imports nothing heavy (the config's pydantic
+models; no numpy, no pyarrow, no other command module:
+tests/unit/test_cli_health_imports.py), where ``featurestore healthcheck`` builds the
+whole CLI first.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +24,22 @@ from typing import Any
 from featurestore.cli.base import Subcommands
 from featurestore.errors import FailedPrecondition
 
+HELP = "exit 0 when the local server is ready (its /readyz)"
+
 
 def register(sub: Subcommands) -> None:
-    h = sub.add_parser("healthcheck", help="exit 0 when the local server is ready (its /readyz)")
+    h = sub.add_parser("healthcheck", help=HELP)
+    _arguments(h)
+    h.set_defaults(func=cmd_healthcheck)
+
+
+def _arguments(h: argparse.ArgumentParser) -> None:
     h.add_argument(
         "--config",
         default=os.environ.get("FEATURESTORE_CONFIG"),
         help="the server's config file (default: $FEATURESTORE_CONFIG); FEATURESTORE_* variables apply as for serve",
     )
     h.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
-    h.set_defaults(func=cmd_healthcheck)
 
 
 def readyz(config: Any) -> tuple[str, ssl.SSLContext | None]:
@@ -66,3 +79,14 @@ def cmd_healthcheck(args: argparse.Namespace, _argv: list[str]) -> int:
         print(f"not ready: {url} answered {status}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m featurestore.cli.health [--config FILE] [--timeout S]``."""
+    p = argparse.ArgumentParser(prog="python -m featurestore.cli.health", description=HELP)
+    _arguments(p)
+    return cmd_healthcheck(p.parse_args(argv), [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -140,11 +140,16 @@ class FeatureClient(_Base):
         if self.transport == "http":
             import httpx
 
-            from featurestore.client.deadline import deadline_transport
+            from featurestore.client.deadline import deadline_mounts, deadline_transport
 
-            # its connections do no I/O past a try's deadline (deadline.py)
-            transport = deadline_transport(self._verify())
-            self._http = httpx.Client(base_url=self.options.address.target, transport=transport)
+            # its connections, direct or through the environment's proxies, do no I/O
+            # past a try's deadline (deadline.py)
+            verify = self._verify()
+            self._http = httpx.Client(
+                base_url=self.options.address.target,
+                transport=deadline_transport(verify),
+                mounts=deadline_mounts(verify),
+            )
         else:
             import grpc
 

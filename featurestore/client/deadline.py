@@ -7,17 +7,25 @@ around the try), and none starts once it has passed: the try fails with httpx's
 timeout at the deadline, whatever the server does.
 
 The asyncio client needs none of this: it wraps each try in ``asyncio.timeout``.
+
+Passing httpx a transport turns off its proxies from the environment, so
+``deadline_mounts`` builds them the way httpx does (``HTTP_PROXY``, ``HTTPS_PROXY``,
+``ALL_PROXY``, ``NO_PROXY``, through ``urllib.request.getproxies``), each a deadline
+transport through its proxy: the blocking client goes through the same proxies as the
+asyncio one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import ssl
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
+from urllib.request import getproxies
 
 import httpcore
 import httpx
@@ -94,13 +102,14 @@ class _Backend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def deadline_transport(verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:
+def deadline_transport(verify: ssl.SSLContext | bool, proxy: str | None = None) -> httpx.HTTPTransport:
     """httpx's transport (its settings untouched) whose connections do their I/O through
     ``_Backend``. httpx has no public hook for the network backend: this sets its
     connection pool's before any connection exists (``HTTPTransport._pool``, httpcore's
     ``ConnectionPool._network_backend``; tests/unit/test_client_deadline.py fails if
-    either changes). Without them, a warning, and the per-phase timeouts alone."""
-    transport = httpx.HTTPTransport(verify=verify)
+    either changes). Without them, a warning, and the per-phase timeouts alone.
+    ``proxy``: a proxy URL its requests go through."""
+    transport = httpx.HTTPTransport(verify=verify, proxy=proxy)
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if not isinstance(pool, httpcore.ConnectionPool) or not isinstance(backend, httpcore.NetworkBackend):
@@ -112,3 +121,42 @@ def deadline_transport(verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:
         return transport
     pool._network_backend = _Backend(backend)
     return transport
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """httpx's URL patterns -> proxy URL, or None where NO_PROXY says to connect directly:
+    what httpx itself reads from the environment when given no transport."""
+    found = getproxies()
+    proxies: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        if url := found.get(scheme):
+            proxies[f"{scheme}://"] = url if "://" in url else f"http://{url}"
+    for host in (h.strip() for h in found.get("no", "").split(",")):
+        if host == "*":
+            return {}
+        if host:
+            proxies[_no_proxy_pattern(host)] = None
+    return proxies
+
+
+def _no_proxy_pattern(host: str) -> str:
+    """A NO_PROXY entry as httpx matches it (curl's rules): an address or ``localhost``
+    exactly, ``.example.com`` its subdomains, ``example.com`` itself and its subdomains."""
+    if "://" in host:
+        return host
+    for kind, form in ((ipaddress.IPv4Address, "{}"), (ipaddress.IPv6Address, "[{}]")):
+        try:
+            kind(host.split("/")[0])
+        except ValueError:
+            continue
+        return "all://" + form.format(host)
+    return f"all://{host}" if host.lower() == "localhost" else f"all://*{host}"
+
+
+def deadline_mounts(verify: ssl.SSLContext | bool) -> dict[str, httpx.BaseTransport | None]:
+    """``httpx.Client(mounts=...)`` for the environment's proxies: a deadline transport
+    through each proxy, None (the client's own transport, direct) where NO_PROXY says."""
+    return {
+        pattern: None if url is None else deadline_transport(verify, url)
+        for pattern, url in environment_proxies().items()
+    }

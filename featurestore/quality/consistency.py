@@ -21,7 +21,9 @@ A key served ``OUTSIDE_MAX_AGE`` has a timestamp but no values: it is classified
 and consistent when the times agree. Mismatches are ``stale + conflict +
 missing_online`` (a key neither side has, named by the caller, is not one): with the
 watermark known, those are rows the served version should hold and does not. Without it
-(the memory store loads its file itself; the CLI), no row is pending.
+(the memory store loads its file itself; the CLI), no row is pending. The watermark does
+not record where a ``--start`` range began: a view materialized with one lacks the keys
+whose latest row is older, and they count as ``missing_online`` (docs/quality.md).
 """
 
 from __future__ import annotations

@@ -27,10 +27,12 @@ from featurestore.quality.consistency import (
     sample_offline,
     store_reader,
 )
-from featurestore.registry.base import Registry
+from featurestore.registry.base import Registry, Watermark
 from featurestore.sources.base import EntityKey, OnlineSource
 
 log = logging.getLogger(__name__)
+
+SETTLE_TRIES = 5  # reads of the served version and its watermark before checking without it
 
 
 class ConsistencySchedule:
@@ -49,6 +51,7 @@ class ConsistencySchedule:
         self.state = state
         self._registry = registry
         self._own_registry: Registry | None = None
+        self.settle_seconds = 1.0  # between those reads
 
     async def run(self) -> None:
         """The ``consistency-check`` background task."""
@@ -61,29 +64,54 @@ class ConsistencySchedule:
             if self._own_registry is not None:
                 await self._own_registry.close()
 
-    async def _watermark(self, name: str, version: int) -> int | None:
-        """The newest event time the served data version of ``name`` loaded: the check's
-        line between rows it should hold and rows still pending. None when unknown (never
-        materialized, a memory store, the registry's watermark of another version than
-        the one served, the registry unreadable): then nothing is pending."""
+    async def _watermark(self, name: str) -> Watermark | None:
         try:
             if self._registry is None:
                 from featurestore.factories import make_registry
 
                 self._registry = self._own_registry = make_registry(self.config)
-            mark = await self._registry.watermark(name)
+            return await self._registry.watermark(name)
         except Exception as e:
-            log.warning("consistency check of %s: no watermark (%s): no row is taken as pending", name, e)
+            log.warning("consistency check of %s: no watermark (%s)", name, e)
             return None
-        return mark.event_time_us if mark is not None and mark.data_version == version else None
+
+    async def _served(self, name: str) -> tuple[ServingState, int, int | None]:
+        """The serving state, the data version of ``name`` it serves and that version's
+        watermark (the newest event time it loaded: the check's line between rows the
+        version should hold and rows still pending), read before anything is sampled.
+        Materialization moves the pointer, then the watermark: between the two (and
+        until this server has seen the new pointer) they disagree, and a check then
+        would call the rows the new version loaded stale. So a disagreement is re-read
+        for a few seconds; one that lasts (the registry unreadable, a run that loaded no
+        row or died before recording its watermark) checks without one: nothing pending.
+        A view never materialized (version 0, e.g. a memory store) has no watermark."""
+        for attempt in range(SETTLE_TRIES):
+            mark = await self._watermark(name)
+            state = self.state()
+            version = state.data_versions.get(name, 0)
+            if mark is None and version == 0:
+                return state, version, None
+            if mark is not None and mark.data_version == version:
+                return state, version, mark.event_time_us
+            if attempt + 1 < SETTLE_TRIES:
+                await asyncio.sleep(self.settle_seconds)
+        log.warning(
+            "consistency check of %s: the watermark (%s) is not data version %d's, the one served: "
+            "no row is taken as pending",
+            name,
+            mark,
+            version,
+        )
+        return state, version, None
 
     async def check_view(self, name: str) -> Report | None:
         from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
 
-        state = self.state()
-        view = state.definitions.views.get(name)
-        store = self.stores.get(view.online_store) if view is not None else None
         try:
+            # first: a run landing while the check samples must not change what it compares to
+            state, version, watermark_us = await self._served(name)
+            view = state.definitions.views.get(name)
+            store = self.stores.get(view.online_store) if view is not None else None
             if view is None or store is None:
                 raise LookupError(f"view {name!r} is not served by this server")
             source = default_source(view, self.config, None)
@@ -94,10 +122,8 @@ class ConsistencySchedule:
             # batch, not a dict of every key of the source), on a thread with its own loop,
             # so the serving loop never waits for the source.
             offline = await asyncio.to_thread(_sample, view, source, self.settings.sample, seed)
-            keys = list(offline)
-            version = state.data_versions.get(name, 0)
             reader = store_reader(store, view, version)
-            report = await check(view, offline, keys, reader, await self._watermark(name, version))
+            report = await check(view, offline, list(offline), reader, watermark_us)
         except Exception as e:
             metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
             log.warning("consistency check of %s failed: %s", name, e)

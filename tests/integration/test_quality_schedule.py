@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import REGISTRY
 
+import featurestore.jobs
 from featurestore.config import Config
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
@@ -265,3 +267,98 @@ async def test_a_scheduled_check_holds_its_sample_not_the_whole_batch_source_in_
         tracemalloc.stop()
     assert report is not None and report.counts["consistent"] == 100
     assert peak < 20_000_000, peak
+
+
+class _LandingSource(ParquetOfflineSource):
+    """The view's Parquet batch source; before its first read a materialization lands
+    (the pointer moved to version 2, then its watermark: another process, here another
+    registry client), as if one finished while the check sampled."""
+
+    def __init__(self, path: str, land: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(path)
+        self._land: Callable[[], Awaitable[None]] | None = land
+
+    async def latest_batches(self, *args: Any, **kwargs: Any) -> AsyncIterator[pa.RecordBatch]:
+        if self._land is not None:
+            land, self._land = self._land, None
+            await land()
+        async for batch in super().latest_batches(*args, **kwargs):
+            yield batch
+
+
+def _marked_view(tmp_path: Path, name: str) -> tuple[FeatureView, Path, list[tuple[int, float, int]]]:
+    """A view whose batch source has keys 0..99 as of t1 (what the served version loaded)."""
+    path = tmp_path / f"{name}.parquet"
+    loaded = [(k, float(k), 1_000_000) for k in range(100)]
+    _write(path, loaded)
+    view = FeatureView(
+        name, (U,), (Feature("score", DType.FLOAT64),), batch_source=BatchSource(path=str(path))
+    )
+    return view, path, loaded
+
+
+async def test_a_materialization_landing_during_a_scheduled_check_does_not_make_rows_it_loaded_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watermark was read after the sample: a run landing meanwhile gave the new
+    version's watermark, not the checked version's, so the check went without one and
+    called the rows added since (which that run loaded) stale."""
+    view, path, loaded = _marked_view(tmp_path, "landing")
+    defs = new_snapshot(make_definitions("p", [U], [view], []), 1)
+    states = [ServingState(defs, {"landing": 1})]
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await registry.set_watermark("landing", Watermark(1, 1_000_000), expected=None)
+
+    async def land() -> None:
+        states.append(ServingState(defs, {"landing": 2}))
+        other = FileRegistry(tmp_path / "reg", "p")
+        await other.set_watermark("landing", Watermark(2, 2_000_000), expected=Watermark(1, 1_000_000))
+
+    monkeypatch.setattr(featurestore.jobs, "default_source", lambda v, *_: _LandingSource(str(path), land))
+    store = MemorySource("default")
+    await store.prepare([view])  # version 1 (any version of the memory store): keys 0..99 as of t1
+    config = Config.model_validate({"quality": {"consistency": {"views": ["landing"], "sample": 1000}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: states[-1], registry=registry)
+    _write(path, [*loaded, *((k, -1.0, 2_000_000) for k in range(20))])  # what the landing run loads
+
+    report = await schedule.check_view("landing")
+    assert len(states) == 2  # it did land during the check
+    assert report is not None and (report.counts["consistent"], report.counts["pending"]) == (80, 20)
+    assert report.mismatches == 0
+    assert sample("featurestore_consistency_failed", view="landing") == 0
+
+
+class _MarkingRegistry(FileRegistry):
+    """A file registry whose first watermark read is answered before a materialization
+    that already moved the pointer to version 2 records its watermark, just after."""
+
+    marked = False
+
+    async def watermark(self, view: str) -> Watermark | None:
+        mark = await super().watermark(view)
+        if not self.marked:
+            self.marked = True
+            await self.set_watermark(view, Watermark(2, 1_000_000), expected=mark)
+        return mark
+
+
+async def test_a_scheduled_check_between_a_pointer_swap_and_its_watermark_waits_for_the_watermark(
+    tmp_path: Path,
+) -> None:
+    """Materialization moves the pointer, then the watermark: a check between them found
+    the old version's watermark, went without one, and called every row added since the
+    new version's load stale (a false FeatureSkew)."""
+    view, path, loaded = _marked_view(tmp_path, "swapped")
+    state = ServingState(new_snapshot(make_definitions("p", [U], [view], []), 1), {"swapped": 2})
+    registry = _MarkingRegistry(tmp_path / "reg", "p")
+    await registry.set_watermark("swapped", Watermark(1, 500_000), expected=None)
+    store = MemorySource("default")
+    await store.prepare([view])  # version 2 loaded keys 0..99 as of t1
+    config = Config.model_validate({"quality": {"consistency": {"views": ["swapped"], "sample": 1000}}})
+    schedule = ConsistencySchedule(config, {"default": store}, lambda: state, registry=registry)
+    schedule.settle_seconds = 0.01
+    _write(path, [*loaded, *((k, -1.0, 2_000_000) for k in range(30))])  # added since that load
+
+    report = await schedule.check_view("swapped")
+    assert report is not None and (report.counts["consistent"], report.counts["pending"]) == (70, 30)
+    assert report.counts["stale"] == 0

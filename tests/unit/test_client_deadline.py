@@ -111,8 +111,9 @@ def test_the_blocking_transport_does_its_io_through_the_deadline_backend() -> No
     """deadline_transport sets httpx's and httpcore's private attributes
     (``HTTPTransport._pool``, ``ConnectionPool._network_backend``): this fails when a
     new httpx or httpcore renames them (the transport would then warn instead)."""
-    transport = deadline_transport(True)
-    pool = transport._pool
-    assert isinstance(pool, httpcore.ConnectionPool)
-    assert isinstance(pool._network_backend, _Backend)
-    transport.close()
+    for proxy in (None, "http://127.0.0.1:3128"):
+        transport = deadline_transport(True, proxy)
+        pool = transport._pool
+        assert isinstance(pool, httpcore.ConnectionPool)
+        assert isinstance(pool._network_backend, _Backend)
+        transport.close()
