@@ -30,9 +30,10 @@ __all__ = ["NOT_FOUND", "CachedSource", "LRUCache", "Row", "uncached"]  # LRUCac
 
 log = logging.getLogger(__name__)
 
-# Writes a store may go on with after their callers gave up (a push at its deadline);
-# beyond, the next one is stopped where it is, so a hung store (Redis's write client has
-# no socket timeout) does not pile them up. A stopped ClickHouse insert still runs on its
+# Writes a store may go on with after their callers gave up (a push at its deadline),
+# each for at most a cache TTL (``CachedSource._overran``); beyond, the next one is
+# stopped where it is, so a hung store (Redis's write client has no socket timeout) does
+# not pile them up. A stopped ClickHouse insert still runs on its
 # thread, so the cache may fill before it lands: not with the default pool, which takes
 # at most threads + max_queued calls (20) at a time.
 MAX_ABANDONED: Final = 64
@@ -52,7 +53,8 @@ class CachedSource:
         # until the store's write has ended: a read that overlapped one does not fill
         # that space; other views' fills go on (featurestore/fence.py).
         self._fence = WriteFence()
-        self._abandoned: set[asyncio.Task[int]] = set()  # writes whose callers gave up
+        # writes whose callers gave up, and the timer that stops each (``_overran``)
+        self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -69,7 +71,7 @@ class CachedSource:
     async def close(self) -> None:
         for task in self._abandoned:
             task.cancel()
-        await asyncio.gather(*self._abandoned, return_exceptions=True)
+        await asyncio.gather(*list(self._abandoned), return_exceptions=True)
         await self.inner.close()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -208,10 +210,25 @@ class CachedSource:
         except asyncio.CancelledError:
             if not task.done():
                 if len(self._abandoned) < MAX_ABANDONED:
-                    self._abandoned.add(task)
+                    loop = asyncio.get_running_loop()
+                    self._abandoned[task] = loop.call_later(self.cache.ttl, self._overran, task, view.name)
                 else:
                     task.cancel()
             raise
+
+    def _overran(self, task: asyncio.Task[int], view: str) -> None:
+        """A write given up on that has gone on for a cache TTL is taken as hung and
+        stopped: until it ends, its fence keeps this process from caching its view's
+        version at all (every read of it goes to the store). A TTL, because stopping it
+        lowers the fence and drops its keys, and should its rows land later anyway (a
+        ClickHouse insert goes on in its thread) a row cached meanwhile is stale here for
+        at most a TTL: what every other process's cache allows after any push."""
+        log.warning(
+            "a write to view %r that its caller gave up on has not ended after %g s (the cache TTL): stopped",
+            view,
+            self.cache.ttl,
+        )
+        task.cancel()
 
     def _written(
         self, space: tuple[str, str, int], keys: Sequence[Hashable], task: asyncio.Task[int]
@@ -219,8 +236,9 @@ class CachedSource:
         """The store's write has ended: also a failed one, some batches may have landed."""
         self._fence.lower(space)
         self._invalidate(space, keys)
-        if task in self._abandoned:
-            self._abandoned.discard(task)
+        timer = self._abandoned.pop(task, None)
+        if timer is not None:
+            timer.cancel()
             if not task.cancelled() and task.exception() is not None:
                 log.warning(
                     "a write to view %r that its caller gave up on failed: %s", space[0], task.exception()

@@ -31,7 +31,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.overload import LoadShedder
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
-from featurestore.supervisor import REUSE_PORT_ENV
+from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV
 from featurestore.tracing import setup_tracing
 from lineage.runs import JobRunEvent
 
@@ -295,8 +295,9 @@ async def serve(
     listeners = Listeners(rt)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    supervised = WORKER_ENV in os.environ  # started by supervisor.py
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_stop_signal, stop, sig)
+        loop.add_signal_handler(sig, _on_stop_signal, stop, sig, supervised)
     await listeners.start()
     assert listeners.http_task is not None
     # Everything allocated so far (modules, registry, loaded data) lives as long as the
@@ -324,12 +325,21 @@ async def serve(
     log.info("stopped")
 
 
-def _on_stop_signal(stop: asyncio.Event, sig: int) -> None:
+def _on_stop_signal(stop: asyncio.Event, sig: int, supervised: bool) -> None:
     """The first SIGINT/SIGTERM drains (``serve``); a second one, during the drain,
     exits at once without finishing it (in-flight requests are cut, buffered lineage
-    events and metrics lost), with the shell's code for death by that signal."""
+    events and metrics lost), with the shell's code for death by that signal.
+
+    A supervisor's worker ignores the repeats: when a whole control group is signalled
+    (systemd's default ``KillMode=control-group``, a ``kill`` of every pid) it gets the
+    signal once itself and once more forwarded by the supervisor, and that second one
+    must not cut its drain. The supervisor escalates for it: SIGKILL after its grace,
+    or at once on its own second signal."""
     if not stop.is_set():
         stop.set()
+        return
+    if supervised:
+        log.info("%s again while draining: the supervisor decides when to stop", signal.Signals(sig).name)
         return
     log.warning("second %s while draining: exiting now", signal.Signals(sig).name)
     logging.shutdown()  # the line above reaches its handlers before the exit

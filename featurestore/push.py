@@ -25,7 +25,7 @@ from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
-from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP, FLOAT32_MAX
+from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP, FLOAT32_MAX, PUSH_CHECKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,9 @@ def to_table(
     else:
         now = time.time_ns() // 1000
         arrays[EVENT_TIMESTAMP] = pa.array([now] * n, pa.int64()).cast(ARROW_TYPES[DType.TIMESTAMP])
-    return pa.table(arrays)
+    # Every value passed its check and NaN/inf floats are null already: the store's
+    # conform need not scan them again (rows.PUSH_CHECKED).
+    return pa.table(arrays, metadata=PUSH_CHECKED)
 
 
 def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *, nullable: bool) -> pa.Array:
@@ -160,8 +162,13 @@ def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *
             )
         if dtype is DType.FLOAT64:
             # JSON does not tell 3 from 3.0, so an integer is taken as the nearest double;
-            # pyarrow would refuse one it cannot represent exactly (above 2**53).
-            return pa.array([None if v is None else float(v) for v in values], ARROW_TYPES[dtype])
+            # pyarrow would refuse one it cannot represent exactly (above 2**53). NaN and
+            # infinities are stored as null (docs/storage.md, "What a write stores"), here
+            # rather than by a second scan in rows.conform.
+            return pa.array(
+                [float(v) if v is not None and math.isfinite(v) else None for v in values],
+                ARROW_TYPES[dtype],
+            )
         if dtype is DType.FLOAT32_VECTOR:
             return pa.array(
                 [None if v is None else [float(x) for x in v] for v in values], ARROW_TYPES[dtype]

@@ -9,6 +9,7 @@ column, before anything is written.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -21,6 +22,14 @@ from featurestore.model import INT64_MAX, KEY_SEPARATOR, DType, FeatureView
 from featurestore.sources.base import EntityKey
 
 EVENT_TIMESTAMP = "event_timestamp"
+
+# Schema metadata push puts on the table it builds (push.to_table): its per-value checks
+# already made every float64 finite or null and every vector element a finite float32, so
+# conform skips its two Arrow scans for them (about 50 us of a small push). Only push sets
+# it; a materialized batch or a Parquet load has no such mark and is scanned here. The
+# value is drawn per process, so a file's own metadata cannot carry it by chance or design.
+PUSH_CHECKED = {b"featurestore.checked": secrets.token_hex(16).encode()}
+_CHECKED_KEY, _CHECKED_VALUE = next(iter(PUSH_CHECKED.items()))
 
 ARROW_TYPES: dict[DType, pa.DataType] = {
     DType.INT64: pa.int64(),
@@ -46,6 +55,8 @@ def conform(view: FeatureView, table: pa.Table, timestamp_field: str = EVENT_TIM
     schema drift upstream is an error rather than silently truncated values.
     """
     schema = view_schema(view)
+    meta = table.schema.metadata
+    checked = meta is not None and meta.get(_CHECKED_KEY) == _CHECKED_VALUE
     columns = []
     for field in schema:
         source_name = timestamp_field if field.name == EVENT_TIMESTAMP else field.name
@@ -54,7 +65,7 @@ def conform(view: FeatureView, table: pa.Table, timestamp_field: str = EVENT_TIM
                 f"view {view.name!r}: column {source_name!r} is missing",
                 details=[{"column": source_name, "reason": "missing"}],
             )
-        col = _cast(view, source_name, table.column(source_name), field)
+        col = _cast(view, source_name, table.column(source_name), field, checked)
         if len(view.entities) > 1 and pa.types.is_string(field.type) and field.name in view.join_keys:
             _check_key_part(view, source_name, col)
         columns.append(col)
@@ -74,12 +85,14 @@ def _check_key_part(view: FeatureView, name: str, col: pa.ChunkedArray) -> None:
         )
 
 
-def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+def _cast(
+    view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field, checked: bool = False
+) -> pa.ChunkedArray:
     target = field.type
     if col.type.equals(target):
         out = col
     elif pa.types.is_dictionary(col.type):
-        out = _cast(view, name, col.cast(col.type.value_type), field)
+        out = _cast(view, name, col.cast(col.type.value_type), field, checked)
     elif pa.types.is_timestamp(target) and pa.types.is_timestamp(col.type):
         try:
             out = _to_micros(view, name, col).cast(target)  # zone change; naive is taken as UTC
@@ -97,7 +110,9 @@ def _cast(view: FeatureView, name: str, col: pa.ChunkedArray, field: pa.Field) -
             raise _type_error(view, name, col.type, target) from e
         if not _lossless(col.type, target):
             raise _type_error(view, name, col.type, target)
-    if pa.types.is_list(target):
+    if checked:
+        pass  # push checked every value (PUSH_CHECKED)
+    elif pa.types.is_list(target):
         _check_elements(view, name, col)
     elif pa.types.is_float64(target):
         out = _finite_or_null(out)

@@ -10,6 +10,7 @@ SIGINT/SIGTERM so every worker drains before exit, and removes the directory at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -98,10 +99,14 @@ class Supervisor:
                 p.send_signal(sig)
 
     def _kill(self) -> None:
-        """SIGKILL the workers still alive: a second stop signal, or the drain overran."""
+        """SIGKILL the workers still alive: a second stop signal, or the drain overran.
+        Each worker leads a process group of its own (``start_new_session``): the whole
+        group is killed, so a kernel-build child (``derived.compiler``) goes with it. Not
+        reaped yet, a worker's pid is still its group's id."""
         alive = [p for p in list(self.procs.values()) if p.poll() is None]
         for p in alive:
-            p.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
         if alive and not self.killed:
             self.killed = True
             why = (

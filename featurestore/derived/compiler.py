@@ -22,6 +22,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -114,6 +116,30 @@ def build_command(paths: list[Path]) -> list[str]:
     return [sys.executable, "-m", "featurestore.derived.build", *map(str, paths)]
 
 
+def _dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command and ``preexec_fn`` of a build child that is SIGKILLed when the process
+    that started it dies: killed outright (the supervisor's SIGKILL after its grace, a
+    second stop signal, the OOM killer), a worker would otherwise leave its build
+    compiling as an orphan for up to ``BUILD_TIMEOUT_SECONDS``. The signal follows the
+    thread that forked, which is the one awaiting the build to its end. util-linux's
+    ``setpriv`` sets it and execs, so no Python runs between fork and exec (a worker has
+    gRPC threads; the supervisor starts its workers the same way); without setpriv a
+    ``preexec_fn`` calls prctl."""
+    if not sys.platform.startswith("linux"):
+        return argv, None
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, _die_with_parent
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _build_env() -> dict[str, str]:
     # The child imports what this process can: featurestore itself and trusted functions.
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -156,9 +182,11 @@ async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
 
 async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
     t0 = time.perf_counter()
+    argv, preexec_fn = _dying_with_parent(build_command(todo))
     proc = await asyncio.create_subprocess_exec(
-        *build_command(todo),
+        *argv,
         env=_build_env(),
+        preexec_fn=preexec_fn,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -186,9 +214,11 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
         if not todo:
             return
         try:
+            argv, preexec_fn = _dying_with_parent(build_command(todo))
             proc = subprocess.run(
-                build_command(todo),
+                argv,
                 env=_build_env(),
+                preexec_fn=preexec_fn,
                 capture_output=True,
                 text=True,
                 timeout=BUILD_TIMEOUT_SECONDS,

@@ -2,7 +2,8 @@
 (--workers 2) a worker that dies is restarted and counted in
 featurestore_worker_restarts_total, its counters stay in the totals (folded into the
 metrics directory's archive) and the directory is gone after the stop. A stop is drained,
-and a second SIGTERM during the drain ends it at once, with or without the supervisor."""
+and a second SIGTERM during the drain ends it at once, with or without the supervisor
+(a worker ignores the one the supervisor forwards after signalling it itself)."""
 
 from __future__ import annotations
 
@@ -149,4 +150,27 @@ def test_a_second_sigterm_to_the_supervisor_kills_its_draining_workers(workers: 
         code = supervisor.wait(GUARD)
     assert code == 1  # not a clean stop
     assert "killing worker(s)" in workers.read_log() and "a second stop signal" in workers.read_log()
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_stop_signal_to_the_whole_group_still_drains_the_workers(workers: ServerProcess) -> None:
+    """systemd's KillMode=control-group signals the supervisor and every worker at once:
+    each worker also gets the supervisor's forwarded signal, a second one that must not
+    cut its drain."""
+    assert workers.proc is not None
+    supervisor = workers.proc
+    pids = _children(supervisor.pid)
+    with join_held_open(workers):
+        for pid in [supervisor.pid, *pids]:
+            os.kill(pid, signal.SIGTERM)
+        wait_until(
+            lambda: (
+                "SIGTERM again while draining" in workers.read_log() or "exiting now" in workers.read_log()
+            ),
+            10,
+            "a worker to get the forwarded SIGTERM while draining",
+        )
+    code = supervisor.wait(GUARD)
+    assert "exiting now" not in workers.read_log()
+    assert code == 0  # every worker drained and exited 0
     assert not any(_alive(pid) for pid in pids)

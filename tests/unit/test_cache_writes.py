@@ -146,6 +146,31 @@ async def test_writes_given_up_on_go_on_to_their_end_but_only_so_many_per_store(
     await src.close()
 
 
+async def test_a_write_given_up_on_that_never_ends_is_stopped_after_a_ttl_and_reads_fill_the_cache_again() -> (
+    None
+):
+    store = HangingStore(1)  # its write returns only if let go: never, here
+    src = CachedSource(store, LRUCache(100, 0.2, clock=lambda: 0.0))  # rows never expire; 0.2 s: the limit
+    try:
+        assert await value(src) == 10
+        push = asyncio.create_task(src.write(V, rows(11), 1))
+        await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+        push.cancel()  # the push's deadline
+        with pytest.raises(asyncio.CancelledError):
+            await push
+        await asyncio.wait_for(store.one_stopped.wait(), HANG_GUARD)  # stopped, not waited for forever
+        for _ in range(100):  # its end lowers the fence (done callbacks run soon after)
+            reads = store.reads
+            assert await value(src) == 10
+            if store.reads == reads:
+                break  # answered by the cache: a read filled it again
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("reads of the view never filled the cache again")
+    finally:
+        await src.close()
+
+
 def test_the_fence_stays_up_until_the_last_write_of_a_group_has_ended() -> None:
     fence = WriteFence()
     before = fence.now

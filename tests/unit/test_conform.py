@@ -12,8 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from featurestore import rows
 from featurestore.errors import InvalidArgument
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
+from featurestore.push import to_table
 from featurestore.rows import conform
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
@@ -162,3 +164,71 @@ async def test_the_memory_store_loads_nanosecond_parquet_and_keeps_the_later_of_
     await store.prepare([view])
     [res] = await store.read([ViewQuery(view, [1], [0], 0)])
     assert isinstance(res, ViewRead) and res.columns == [["later"]] and res.event_ts_us == [5_000]
+
+
+# -- a push's table: checked once, by push --------------------------------------------
+
+PUSHED = FeatureView(
+    "p",
+    (U,),
+    (Feature("a", DType.FLOAT64), Feature("b", DType.FLOAT64), Feature("vec", DType.FLOAT32_VECTOR)),
+)
+
+
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of conform's float/vector scans, one entry per call from now on."""
+    calls: list[str] = []
+    for name in ("_check_elements", "_finite_or_null"):
+        real = getattr(rows, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(rows, name, spy)
+    return calls
+
+
+def test_a_pushed_table_is_not_scanned_again_by_conform_and_conforms_to_the_same_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    columns: dict[str, list[Any]] = {
+        "user_id": [1, 2],
+        "a": [math.nan, 2.5],
+        "b": [math.inf, None],
+        "vec": [[0.5] * 64, None],
+    }
+    pushed = to_table(PUSHED, columns, 100, {"user_id": U})
+    assert pushed.column("a").to_pylist() == [None, 2.5]  # push nulls NaN and inf itself
+    assert pushed.column("b").to_pylist() == [None, None]
+    calls = scans(monkeypatch)
+    out = conform(PUSHED, pushed)
+    assert calls == []
+    unmarked = conform(PUSHED, pushed.replace_schema_metadata(None))
+    assert sorted(calls) == ["_check_elements", "_finite_or_null", "_finite_or_null"]
+    assert out.equals(unmarked)
+
+
+@pytest.mark.parametrize("mark", [{b"featurestore.checked": b"push"}, None])
+async def test_a_parquet_file_is_scanned_whatever_metadata_it_carries(
+    tmp_path: Path, mark: dict[bytes, bytes] | None
+) -> None:
+    bad = vectors([[1.0, math.nan], [3.0]]).replace_schema_metadata(mark)
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    view = FeatureView("v", (U,), VEC.features, batch_source=BatchSource(path=str(tmp_path / "bad.parquet")))
+    with pytest.raises(InvalidArgument, match="column 'vec' row 0: element 1 is nan, not a finite number"):
+        await MemorySource("default").prepare([view])
+    floats = pa.table(
+        {"user_id": pa.array([1], pa.int64()), "x": [math.nan], "event_timestamp": bad.column(2).slice(0, 1)}
+    ).replace_schema_metadata(mark)
+    pq.write_table(floats, tmp_path / "nan.parquet")
+    view = FeatureView(
+        "f",
+        (U,),
+        (Feature("x", DType.FLOAT64),),
+        batch_source=BatchSource(path=str(tmp_path / "nan.parquet")),
+    )
+    store = MemorySource("default")
+    await store.prepare([view])
+    [res] = await store.read([ViewQuery(view, [1], [0], 0)])
+    assert isinstance(res, ViewRead) and res.columns == [[None]]

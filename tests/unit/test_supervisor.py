@@ -5,6 +5,8 @@ it), so the test needs no server."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -122,3 +124,41 @@ def test_the_stop_grace_is_longer_than_a_workers_drain() -> None:
     from featurestore.process import DRAIN_SECONDS
 
     assert STOP_GRACE_SECONDS > DRAIN_SECONDS
+
+
+def stubborn_with_a_child(ready: Path) -> list[str]:
+    """A worker ignoring SIGTERM that has started a child of its own, as a kernel build,
+    with no parent-death signal: ``ready``/<pid> holds the child's pid."""
+    script = (
+        "import os, signal, subprocess, sys, pathlib\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal\\nwhile True: signal.pause()'])\n"
+        "tmp = pathlib.Path(sys.argv[1] + '.' + str(os.getpid()))\n"
+        "tmp.write_text(str(child.pid))\n"
+        "os.replace(tmp, pathlib.Path(sys.argv[1], str(os.getpid())))\n"
+        "while True: signal.pause()\n"
+    )
+    return [sys.executable, "-c", script, str(ready)]
+
+
+def test_killing_a_worker_kills_the_children_it_started_too(tmp_path: Path) -> None:
+    running = Running(Supervisor(1, stubborn_with_a_child(tmp_path)), tmp_path)
+    children = [int(f.read_text()) for f in tmp_path.iterdir()]
+    try:
+        running.sup.on_signal(signal.SIGTERM, None)
+        running.sup.on_signal(signal.SIGTERM, None)
+        assert running.stopped_within(STOP_GRACE_SECONDS / 2) == 1
+        wait_until(lambda: not any(map(is_running, children)), 10, "the worker's child to be killed too")
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

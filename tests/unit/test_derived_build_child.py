@@ -1,0 +1,67 @@
+"""A kernel-build child dies with the worker that started it: a worker killed outright
+(the supervisor's SIGKILL, the OOM killer) leaves no build compiling as an orphan. Real
+processes: a parent running ``compiler``'s build as a serving worker does (uvloop), and a
+build child hanging in the module it imports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The worker's side: build one module, on the loop a worker runs.
+BUILDS = """
+import asyncio, sys
+from pathlib import Path
+import uvloop
+from featurestore.derived import compiler
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    runner.run(compiler._run_build({}, [Path(sys.argv[1])]))
+"""
+
+# A module whose import (the build) never ends, once it has said which process it is in.
+HANGS = """
+import os, pathlib, signal
+tmp = pathlib.Path(__file__).with_suffix(".tmp")
+tmp.write_text(str(os.getpid()))
+os.replace(tmp, pathlib.Path(__file__).with_suffix(".pid"))
+while True:
+    signal.pause()
+"""
+
+
+def test_a_build_child_is_killed_when_the_worker_that_started_it_is_killed(tmp_path: Path) -> None:
+    module = tmp_path / "hangs.py"
+    module.write_text(HANGS)
+    pid_file = module.with_suffix(".pid")
+    worker = subprocess.Popen([sys.executable, "-c", BUILDS, str(module)], cwd=ROOT, env=dict(os.environ))
+    build = None
+    try:
+        wait_until(pid_file.exists, 60, "the build child to import the module")
+        build = int(pid_file.read_text())
+        assert worker.poll() is None
+        worker.kill()
+        worker.wait()
+        wait_until(lambda: not is_running(build), 10, "the build child to die with its parent")
+    finally:
+        worker.kill()
+        worker.wait()
+        if build is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(build, signal.SIGKILL)
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
