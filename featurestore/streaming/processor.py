@@ -240,7 +240,8 @@ class StreamProcessor:
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
             assert self._dead_letters is not None
-            if not self._dead_letters.deliver(turn.dead, stop):
+            # the marks move only after: the lag measured meanwhile counts this batch as waiting
+            if not self._dead_letters.deliver(turn.dead, stop, self._measure_lag):
                 return  # stopped first: not written, so the next reader meets these events again
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(

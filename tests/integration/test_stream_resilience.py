@@ -420,17 +420,22 @@ class FreezingStore(MemoryTileStore):
         return refused
 
 
-def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_delivered(tmp_path: Path) -> None:
+def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_delivered_and_its_lag_grows(
+    tmp_path: Path,
+) -> None:
     """The dead letter's delivery fails (message timeout: the broker is frozen). A flush
     returning 0 used to count as delivered, and the batch's offsets moved past a dead
     letter that was lost. Now the letter is produced again until its delivery report says
-    so, and only then is the batch written."""
+    so, and only then is the batch written; meanwhile the lag is measured (it used to
+    stay at its last figure, ~0, while the processor waited: no lag alert could fire)."""
     broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
     topic = f"undelivered-{uuid.uuid4().hex[:8]}"
     view = count_view("undelivered_view", topic)
     store = FreezingStore(broker)
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=2000)
-    options = ProcessorOptions(batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1)
+    options = ProcessorOptions(
+        batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1, lag_interval_seconds=0.1
+    )
     try:
         producer = topic_producer(broker, topic)
         producer.produce(
@@ -448,6 +453,18 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
                 "the dead letter's delivery failing, twice",
             )
             assert store.marks(view, topic)[0].offset == 0  # not past the undelivered dead letter
+            wait_until(
+                lambda: (
+                    alive()
+                    or (
+                        gauge("featurestore_stream_lag_seconds", "undelivered_view") >= 5
+                        and gauge("featurestore_stream_lag_messages", "undelivered_view") >= 1
+                    )
+                ),
+                60,
+                "the lag growing while the dead letter waits",
+            )
+            assert store.marks(view, topic)[0].offset == 0
             broker.resume()
 
             def applied() -> bool:
