@@ -173,7 +173,7 @@ class StreamProcessor:
             # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
             p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
-        self._partitions.assigned(self.marks, [p.partition for p in partitions])
+        self._partitions.assigned(consumer, self.marks, [p.partition for p in partitions])
         self._lag.assigned(self.marks.values())
         self._lag.soon()  # measured (and the partitions looked at) at the next turn
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
@@ -220,6 +220,7 @@ class StreamProcessor:
         if messages:
             acc = TileAccumulator(self.layout, self.decoder.column_attrs)
             turn = self._aggregate(messages, acc)
+            self._partitions.fetched(turn.work)  # every assigned partition a message came from
             self._lag.consumed(turn.first_ms)
             if turn.work and self._finish(stop):
                 self._submit(turn, acc, stop)
