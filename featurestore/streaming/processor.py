@@ -33,7 +33,7 @@ from featurestore.streaming.dead_letters import DeadLetters
 from featurestore.streaming.decode import EventDecoder
 from featurestore.streaming.lag import UNKNOWN, LagMeter, committed
 from featurestore.streaming.offsets import NewPartitions
-from featurestore.streaming.retry import needs_new_connection, retrying
+from featurestore.streaming.retry import needs_new_connection, retrying, transient
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.turn import Aggregator, Turn
@@ -154,6 +154,14 @@ class StreamProcessor:
             while not stop.is_set():
                 self.turn(stop)
             self._finish(stop)
+        except Exception as e:
+            if not (stop.is_set() and transient(e)):
+                raise
+            # stopped while a store call waited out a failure of Redis's: a stop, not a failure
+            log.warning(
+                "stream view %s: stopped while the tile store was failing (%s: %s); what was not "
+                "written is read again by the partitions' next reader", self.view.name, type(e).__name__, e,
+            )  # fmt: skip
         finally:
             up.set(0)
             self._writer.shutdown(wait=True)
