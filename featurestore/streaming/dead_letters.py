@@ -7,7 +7,8 @@ report says so) before the batch is written and its offsets move past them:
 
 * a letter whose delivery fails is produced again, backing off up to 5 s, until it is
   delivered or the processor stops (then the batch is not written: whoever reads the
-  partition next meets the events again, at least once);
+  partition next meets the events again, at least once); the processor measures its
+  lag meanwhile (the batch is not applied: the lag grows);
 * a letter the producer or the broker refuses for what it is (too large with our
   headers, an invalid record for the topic) is sent without its value and key, the
   refusal appended to its reason: one message can never stop the processor;
@@ -71,8 +72,12 @@ class DeadLetters:
         )  # fmt: skip
         self.missing = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
 
-    def deliver(self, dead: list[tuple[Any, str]], stop: threading.Event) -> bool:
-        """Every dead letter delivered: True; False when ``stop`` came first."""
+    def deliver(
+        self, dead: list[tuple[Any, str]], stop: threading.Event, waiting: Callable[[], None] = lambda: None
+    ) -> bool:
+        """Every dead letter delivered: True; False when ``stop`` came first. ``waiting``
+        runs after each round that left letters undelivered (the processor measures its
+        lag there: the batch waits, so the lag grows)."""
         letters = [_Letter(m, reason, m.value(), m.key()) for m, reason in dead]
         delay = 0.5
         while True:
@@ -85,6 +90,7 @@ class DeadLetters:
                 return True
             failed = [letter for letter in left if letter.error is not None and not letter.in_flight]
             self._failed(failed)
+            waiting()
             if failed or not any(letter.in_flight for letter in left):
                 log.warning(
                     "stream view %s: %d dead letters not delivered to %s yet (%s); retrying",

@@ -16,6 +16,16 @@ last batch written + 1 (measured: 26 messages produced in batches of 20, 1 and 5
 consumers already read up to, until its followers catch up. The cached one is checked
 for every assigned partition once it is known and then every lag interval (no request:
 a local read); the query only when that one says so.
+
+The cached watermarks are librdkafka's per partition object: set when the object is
+made and by each fetch's answer, never on an assignment. A partition handed back to a
+processor that owned it before still holds the figures of its last fetch then, while
+another processor may have moved the mark past them since: stale, and on Tansu its
+ListOffsets answer (behind the true end) would confirm them, resetting a healthy
+partition. So the cached figures at the assignment are remembered, and trusted only
+once a fetch since says something: they changed, or a message of the partition came.
+A partition whose figures never change and that gets no message is not checked (an
+idle one: nothing to skip or re-read yet).
 """
 
 from __future__ import annotations
@@ -33,12 +43,13 @@ QUERY_SECONDS = 5.0
 QUERY_ATTEMPTS = 3
 
 
-def fetched_end(consumer: Any, topic: str, partition: int) -> int:
-    """The high watermark the partition's fetches reported; negative while none came back."""
+def fetched_watermarks(consumer: Any, topic: str, partition: int) -> tuple[int, int]:
+    """The (low, high) watermarks the partition's fetches reported, as librdkafka caches
+    them; the high one negative while none came back (since the partition object was made)."""
     from confluent_kafka import TopicPartition
 
     got = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-    return -1 if got is None else int(got[1])
+    return (-1, -1) if got is None else (int(got[0]), int(got[1]))
 
 
 def queried_end(consumer: Any, topic: str, partition: int) -> int | None:
@@ -65,14 +76,34 @@ class NewPartitions:
         self.topic = topic
         self.unverified: set[int] = set()  # assigned with a stored mark; no fetch back yet
         self.suspects: set[int] = set()  # their fetches say they end at or before the mark
+        # assigned, no fetch known to be back since: the cached watermarks at the assignment
+        self._at_assignment: dict[int, tuple[int, int]] = {}
 
-    def assigned(self, marks: Mapping[int, PartitionMark], partitions: Iterable[int]) -> None:
-        self.unverified.update(p for p in partitions if marks[p].offset >= 0)
+    def assigned(self, consumer: Any, marks: Mapping[int, PartitionMark], partitions: Iterable[int]) -> None:
+        """Just assigned (``consumer.assign`` done): what their cache holds now may be an
+        earlier assignment's."""
+        from confluent_kafka import KafkaException
+
+        for p in partitions:
+            try:
+                self._at_assignment[p] = fetched_watermarks(consumer, self.topic, p)
+            except KafkaException:  # no partition object: nothing cached to mistake
+                self._at_assignment[p] = (-1, -1)
+            if marks[p].offset >= 0:
+                self.unverified.add(p)
+
+    def fetched(self, partitions: Iterable[int]) -> None:
+        """Messages of ``partitions`` came since their assignment: a fetch is back, the
+        cached watermarks are its."""
+        if self._at_assignment:
+            for p in partitions:
+                self._at_assignment.pop(p, None)
 
     def revoked(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.unverified.discard(p)
             self.suspects.discard(p)
+            self._at_assignment.pop(p, None)
 
     def look(self, consumer: Any, marks: Mapping[int, PartitionMark], partitions: Iterable[int]) -> None:
         """Suspects each of ``partitions`` whose fetches say it ends at or before its mark
@@ -82,9 +113,11 @@ class NewPartitions:
             if mark is None or mark.offset < 0:
                 self.unverified.discard(p)
                 continue
-            end = fetched_end(consumer, self.topic, p)
-            if end < 0:
-                continue
+            watermarks = fetched_watermarks(consumer, self.topic, p)
+            end = watermarks[1]
+            if end < 0 or self._at_assignment.get(p) == watermarks:
+                continue  # no fetch back yet (since the assignment)
+            self._at_assignment.pop(p, None)
             self.unverified.discard(p)
             if end <= mark.offset:
                 self.suspects.add(p)

@@ -33,7 +33,7 @@ from featurestore.streaming.dead_letters import DeadLetters
 from featurestore.streaming.decode import EventDecoder
 from featurestore.streaming.lag import UNKNOWN, LagMeter, committed
 from featurestore.streaming.offsets import NewPartitions
-from featurestore.streaming.retry import needs_new_connection, retrying
+from featurestore.streaming.retry import needs_new_connection, retrying, transient
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.turn import Aggregator, Turn
@@ -154,6 +154,14 @@ class StreamProcessor:
             while not stop.is_set():
                 self.turn(stop)
             self._finish(stop)
+        except Exception as e:
+            if not (stop.is_set() and transient(e)):
+                raise
+            # stopped while a store call waited out a failure of Redis's: a stop, not a failure
+            log.warning(
+                "stream view %s: stopped while the tile store was failing (%s: %s); what was not "
+                "written is read again by the partitions' next reader", self.view.name, type(e).__name__, e,
+            )  # fmt: skip
         finally:
             up.set(0)
             self._writer.shutdown(wait=True)
@@ -173,7 +181,7 @@ class StreamProcessor:
             # store lost its tiles, e.g. flushed: the windows are rebuilt from the topic)
             p.offset = mark.offset + 1 if mark.offset >= 0 else OFFSET_BEGINNING
         consumer.assign(partitions)
-        self._partitions.assigned(self.marks, [p.partition for p in partitions])
+        self._partitions.assigned(consumer, self.marks, [p.partition for p in partitions])
         self._lag.assigned(self.marks.values())
         self._lag.soon()  # measured (and the partitions looked at) at the next turn
         log.info("stream view %s: assigned %s", self.view.name, sorted(p.partition for p in partitions))
@@ -220,6 +228,7 @@ class StreamProcessor:
         if messages:
             acc = TileAccumulator(self.layout, self.decoder.column_attrs)
             turn = self._aggregate(messages, acc)
+            self._partitions.fetched(turn.work)  # every assigned partition a message came from
             self._lag.consumed(turn.first_ms)
             if turn.work and self._finish(stop):
                 self._submit(turn, acc, stop)
@@ -240,7 +249,8 @@ class StreamProcessor:
         move at once (the next batch is built on them) and back if the write is refused."""
         if turn.dead:
             assert self._dead_letters is not None
-            if not self._dead_letters.deliver(turn.dead, stop):
+            # the marks move only after: the lag measured meanwhile counts this batch as waiting
+            if not self._dead_letters.deliver(turn.dead, stop, self._measure_lag):
                 return  # stopped first: not written, so the next reader meets these events again
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(

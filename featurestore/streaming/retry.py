@@ -61,7 +61,8 @@ def retrying(
     *args: Any,
 ) -> T:
     """``fn(*args)``, tried again after each transient failure (``on_retry`` is told of
-    it) until it succeeds or ``stop`` is set, when the last failure is raised."""
+    it) until it succeeds or ``stop`` is set, when the last failure is raised (the
+    processor's ``run`` ends cleanly on it: a stop, not a failure)."""
 
     def sleep(seconds: float) -> None:
         stop.wait(seconds)  # a stop ends the wait at once

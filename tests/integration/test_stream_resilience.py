@@ -273,6 +273,58 @@ def test_stream_run_exits_non_zero_when_a_processor_fails(
     assert "WRONGTYPE" in done.stderr and "stream processor failed: failing_view" in done.stderr
 
 
+def test_stream_run_stopped_while_redis_is_down_exits_zero_with_a_warning_not_as_a_failure(
+    kafka: TansuBroker, tmp_path: Path
+) -> None:
+    """The marks read waits out the refused Redis; SIGTERM ends the wait by raising the
+    last connection error, which used to fail the processor (exit 1, its lineage run
+    FAIL). A stop is a stop."""
+    import signal
+
+    topic = f"stopped-{uuid.uuid4().hex[:8]}"
+    project = f"p{uuid.uuid4().hex[:6]}"
+    definitions = tmp_path / "defs.yaml"
+    definitions.write_text(
+        f"project: {project}\n"
+        "entities: [{name: user_id, dtype: int64}]\n"
+        "stream_views:\n"
+        "  - name: stopped_view\n"
+        "    entities: [user_id]\n"
+        f"    source: {{topic: {topic}, key_fields: [u], timestamp_field: ts}}\n"
+        "    aggregations: [{name: n, function: count, window: 1h}]\n"
+    )
+    redis = RedisServer(tmp_path / "r")  # not started: its port refuses
+    produce_events(kafka, topic, 1, time.time_ns() // 1_000_000)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"project: {project}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis.url}', cache: false}}}}\n"
+        f"stream: {{kafka: {{bootstrap_servers: '{kafka.bootstrap}', session_timeout_ms: 2000}}}}\n"
+    )
+    stdout, stderr = tmp_path / "out.txt", tmp_path / "err.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "featurestore.cli", "stream", "run", "--config", str(config),
+             "--definitions", str(definitions), "--view", "stopped_view", "--metrics-port", "0"],
+            cwd=ROOT, stdout=out, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda: proc.poll() is not None or "tile store: ConnectionError" in stderr.read_text(),
+                60,
+                "the marks read waiting for Redis",
+            )
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == 0, stderr.read_text()[-2000:]
+    assert "stopped while the tile store was failing" in stderr.read_text()
+    assert "stream processor stopped: stopped_view" in stdout.read_text()
+
+
 def test_a_topic_created_again_behind_the_stored_offsets_is_applied_from_its_start_not_skipped(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -420,17 +472,22 @@ class FreezingStore(MemoryTileStore):
         return refused
 
 
-def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_delivered(tmp_path: Path) -> None:
+def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_delivered_and_its_lag_grows(
+    tmp_path: Path,
+) -> None:
     """The dead letter's delivery fails (message timeout: the broker is frozen). A flush
     returning 0 used to count as delivered, and the batch's offsets moved past a dead
     letter that was lost. Now the letter is produced again until its delivery report says
-    so, and only then is the batch written."""
+    so, and only then is the batch written; meanwhile the lag is measured (it used to
+    stay at its last figure, ~0, while the processor waited: no lag alert could fire)."""
     broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
     topic = f"undelivered-{uuid.uuid4().hex[:8]}"
     view = count_view("undelivered_view", topic)
     store = FreezingStore(broker)
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=2000)
-    options = ProcessorOptions(batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1)
+    options = ProcessorOptions(
+        batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1, lag_interval_seconds=0.1
+    )
     try:
         producer = topic_producer(broker, topic)
         producer.produce(
@@ -448,6 +505,18 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
                 "the dead letter's delivery failing, twice",
             )
             assert store.marks(view, topic)[0].offset == 0  # not past the undelivered dead letter
+            wait_until(
+                lambda: (
+                    alive()
+                    or (
+                        gauge("featurestore_stream_lag_seconds", "undelivered_view") >= 5
+                        and gauge("featurestore_stream_lag_messages", "undelivered_view") >= 1
+                    )
+                ),
+                60,
+                "the lag growing while the dead letter waits",
+            )
+            assert store.marks(view, topic)[0].offset == 0
             broker.resume()
 
             def applied() -> bool:
