@@ -7,7 +7,7 @@ stderr.
 The image runs it as ``python -m featurestore.cli.health`` (the same arguments), every
 10 s: that imports this module alone, which imports nothing heavy (the config's pydantic
 models; no numpy, no pyarrow, no other command module:
-tests/unit/test_cli_health_imports.py), where ``featurestore healthcheck`` builds the
+tests/integration/test_cli_health_module.py), where ``featurestore healthcheck`` builds the
 whole CLI first.
 """
 

@@ -160,9 +160,21 @@ def test_a_stop_signal_to_the_whole_group_still_drains_the_workers(workers: Serv
     assert workers.proc is not None
     supervisor = workers.proc
     pids = _children(supervisor.pid)
+    # both workers serving (the fixture waits for two processes and one answer only: a
+    # worker still starting has no stop handler yet, and a SIGTERM simply ends it)
+    wait_until(lambda: workers.read_log().count("serving registry version") >= len(pids), 20, "both serving")
     with join_held_open(workers):
-        for pid in [supervisor.pid, *pids]:
+        # the workers' own signals first, handled, then the supervisor's forwarded ones:
+        # two SIGTERMs sent at once to a process may reach it as one (a pending signal is
+        # delivered once), which drains as a single signal does and proves nothing here
+        for pid in pids:
             os.kill(pid, signal.SIGTERM)
+        wait_until(
+            lambda: workers.read_log().count("draining in-flight requests") >= len(pids),
+            10,
+            "every worker draining on its own SIGTERM",
+        )
+        os.kill(supervisor.pid, signal.SIGTERM)
         wait_until(
             lambda: (
                 "SIGTERM again while draining" in workers.read_log() or "exiting now" in workers.read_log()

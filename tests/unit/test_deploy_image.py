@@ -107,5 +107,7 @@ def test_the_health_check_is_the_cli_s_which_reads_the_server_s_settings() -> No
     check = re.search(r"^HEALTHCHECK\s[^[]*?CMD\s+(\[[^\n]+\])$", DOCKERFILE, re.M)
     assert check is not None
     argv = json.loads(check.group(1))
-    assert argv == ["featurestore", "healthcheck"]
-    assert parser().parse_args(argv[1:]).func.__name__ == "cmd_healthcheck"
+    # the light module (no numpy, pyarrow: tests/integration/test_cli_health_module.py),
+    # with the arguments of `featurestore healthcheck`
+    assert argv == ["python", "-m", "featurestore.cli.health"]
+    assert parser().parse_args(["healthcheck"]).func.__name__ == "cmd_healthcheck"
