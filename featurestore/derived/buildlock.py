@@ -33,11 +33,7 @@ POLL_SECONDS = 0.05
 async def held(cache_dir: Path, wait: float) -> AsyncIterator[None]:
     fd = _open(cache_dir)
     try:
-        deadline = time.monotonic() + wait
-        while fd is not None and not _try_lock(fd):
-            if time.monotonic() > deadline:
-                _waited_too_long(cache_dir, wait)
-                break
+        for _ in _attempts(fd, cache_dir, wait):
             await asyncio.sleep(POLL_SECONDS)
         yield
     finally:
@@ -49,16 +45,23 @@ async def held(cache_dir: Path, wait: float) -> AsyncIterator[None]:
 def held_sync(cache_dir: Path, wait: float) -> Iterator[None]:
     fd = _open(cache_dir)
     try:
-        deadline = time.monotonic() + wait
-        while fd is not None and not _try_lock(fd):
-            if time.monotonic() > deadline:
-                _waited_too_long(cache_dir, wait)
-                break
+        for _ in _attempts(fd, cache_dir, wait):
             time.sleep(POLL_SECONDS)
         yield
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _attempts(fd: int | None, cache_dir: Path, wait: float) -> Iterator[None]:
+    """Yields each time the caller should wait a poll before trying the lock again; ends
+    once it is held, or given up on after ``wait`` seconds (or without a lock file)."""
+    deadline = time.monotonic() + wait
+    while fd is not None and not _try_lock(fd):
+        if time.monotonic() > deadline:
+            _waited_too_long(cache_dir, wait)
+            return
+        yield
 
 
 def _open(cache_dir: Path) -> int | None:
