@@ -2,43 +2,40 @@
 trip it may save is worth the fills it will pay for.
 
 A read that consults the cache looks every key up, asks the store for the misses and
-caches them. With every key cached it saves the round trip to the store (107-159 µs of
-server CPU per join on loopback Redis at batch 1); with even one miss it pays the round
-trip anyway, plus per missed key what consulting costs all told (lookup, the store query
-of the misses, fill, admission, merging: 11.6-18.8 µs; the fill alone 1.7-6.2). Measured by
-`python -m benchmarks.cache_cost` (benchmarks/RESULTS.md). A batch-100 join of uniform keys (two views, ~92%
-of keys cached) almost never hits in full and pays ~16 fills: such joins cost 14% to 73%
-more CPU with the cache than without it (benchmarks/RESULTS.md at commit 42e8888).
-
-So a read of n keys consults the cache only while
+caches them. With every key cached it saves the round trip to the store; with even one
+miss it pays the round trip anyway, plus per missed key what consulting costs all told
+(lookup, the store query of the misses, fill, admission, merging). So a read of n keys
+consults the cache only while
 
     P(full hit) x fills_per_round_trip >= expected misses
 
 with P(full hit) the product over its views of h ** k and the expected misses the sum
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
-``fills_per_round_trip`` is 6, the low end of the 6-9 missed keys a round trip was worth
-in cache_cost's warmed table (2026-12-03; it was 30, from the fill alone): the cautious
-side (a lower figure skips the cache sooner). Otherwise it goes to the store for every
-key and fills nothing.
+``fills_per_round_trip`` is what a round trip is worth in missed keys. It depends on the
+store (factories.py picks it by kind): on Redis under load the joins of an event-loop tick
+share one pipelined write (auto-pipelining), so a full hit saved 25 µs of server CPU per
+batch-1 join while a missed key cost 46 µs (`python -m benchmarks.cache_admission`,
+2026-12-03: 0.5); a ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
+Otherwise the read goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
 So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
 filled before skipping have expired by then), the next read of it starts a **trial** of
-that view: its reads consult again for a window of keys to load what they ask for (2,000
-looked-up keys), then for another window that measures the hit rate afresh, and that
-rate decides again. A trial gives up after ``trial_every``; a view read too rarely to
-finish one (fewer than ~4,000 looked-up keys a TTL) is skipped since the trial began, so
-the next trial starts at once: it stays on trials, i.e. consults, and its rate is not
-updated (such a view costs little CPU either way). Reads of fewer than ``always_below``
-(8) keys consult while the cache has room (``has_room``): a fill then evicts nothing, and
-without them a cold cache would never warm for batch-1 traffic, which gains from it
-(`benchmarks.cache_admission`); once it is full they follow the rule too (a review
-measured batch-1 joins of uniform keys in a cache a tenth of the key space paying ~20%
-more CPU for consulting it, where nearly every key missed). A view's rate
-starts at ``unmeasured`` (1: a new view consults) and is per view name, shared by its
-data versions and a canary's. A store across a network, where the round trip costs
-latency more than CPU, is worth a higher figure; 0: every read consults.
+that view: its reads consult to load what they ask for (a window of 2,000 looked-up keys),
+then measure the hit rate in windows of 2,000 keys for as long as it keeps rising (a cache
+warming up; at most ``trial_every``), and the last window's rate decides again. A trial
+that ends skipping doubles the wait before the next (up to 16 periods), so a key space the
+cache cannot hold (uniform keys) pays for a trial a few percent of the time; a rule that
+consults resets it. A view read too rarely to finish a window in a trial is skipped since
+the trial began without a longer wait, so the next trial starts at once: it stays on
+trials, i.e. consults, and its rate is not updated (such a view costs little CPU either
+way). Every read consults, whatever its size, only by this rule: a cold cache warms
+through trials (a skewed workload's rate rises window after window while it loads and so
+keeps its trial going), not by reads that always consult while the cache has room, which
+cost batch-1 joins of uniform keys 19% of their QPS while a 200,000-row cache filled. A
+view's rate starts at ``unmeasured`` (1: a new view consults) and is per view name,
+shared by its data versions and a canary's. 0: every read consults.
 """
 
 from __future__ import annotations
@@ -50,19 +47,22 @@ from typing import Final
 from featurestore.sources.base import ViewQuery
 
 # A view's hit rate weighs its last ~2,000 looked-up keys: batch-10 joins renew it every
-# ~200 joins, batch-100 joins every ~20.
+# ~200 joins, batch-100 joins every ~20. A trial loads and measures in windows of as many.
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
-ALWAYS_BELOW: Final = 8  # keys: reads this small always consult (see above)
+MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
 
 
 class _Trial:
-    """A view's trial: keys left to load, then to measure, and when it gives up."""
+    """A view's trial: keys left to load, then the measuring window's keys left and
+    hits, the previous window's rate (-1: none yet), and when it ends."""
 
-    __slots__ = ("ends", "load", "measure")
+    __slots__ = ("ends", "hits", "left", "load", "prev")
 
     def __init__(self, ends: float) -> None:
-        self.load = self.measure = float(_WINDOW_KEYS)
+        self.load = self.left = float(_WINDOW_KEYS)
+        self.hits = 0.0
+        self.prev = -1.0
         self.ends = ends
 
 
@@ -70,15 +70,14 @@ class CacheBypass:
     """Per view, the recent key hit rate of consulted reads; per read, consult or skip."""
 
     __slots__ = (
+        "_backoff",
         "_clock",
         "_hits",
         "_looked",
         "_rate",
         "_skipping_since",
         "_trials",
-        "always_below",
         "fills_per_round_trip",
-        "has_room",
         "skipped",
         "trial_every",
         "unmeasured",
@@ -86,31 +85,26 @@ class CacheBypass:
 
     def __init__(
         self,
-        fills_per_round_trip: int,
+        fills_per_round_trip: float,
         trial_every: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         unmeasured: float = 1.0,
-        always_below: int = ALWAYS_BELOW,
-        has_room: Callable[[], bool] | None = None,
     ) -> None:
-        """``unmeasured``: the hit rate of a view before its first consulted read;
-        ``has_room``: whether the cache can take a row without evicting one (None: small
-        reads always consult)."""
+        """``unmeasured``: the hit rate of a view before its first consulted read."""
         if fills_per_round_trip < 0:
             raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         if trial_every <= 0:
             raise ValueError("trial_every must be positive")
         self.fills_per_round_trip = fills_per_round_trip
         self.trial_every = trial_every
-        self.always_below = always_below
         self.unmeasured = unmeasured
-        self.has_room = has_room
         self._clock = clock
         self._hits: dict[str, float] = {}
         self._looked: dict[str, float] = {}
         self._rate: dict[str, float] = {}
         self._skipping_since: dict[str, float] = {}
         self._trials: dict[str, _Trial] = {}
+        self._backoff: dict[str, int] = {}  # trials begun since the rule last consulted, capped
         self.skipped = 0  # reads sent past the cache
 
     def consults(self, queries: Sequence[ViewQuery]) -> bool:
@@ -118,39 +112,43 @@ class CacheBypass:
         per_trip = self.fills_per_round_trip
         if per_trip == 0:
             return True
-        if sum(len(q.keys) for q in queries) < self.always_below and (
-            self.has_room is None or self.has_room()
-        ):
-            return True
         chance, misses = 1.0, 0.0
         rate, unmeasured = self._rate, self.unmeasured
         for q in queries:
             h, k = rate.get(q.view.name, unmeasured), len(q.keys)
             chance *= h**k
             misses += k * (1.0 - h)
-        since = self._skipping_since
         if chance * per_trip >= misses:
+            since = self._skipping_since
             if since:
                 for q in queries:
-                    since.pop(q.view.name, None)
+                    if since.pop(q.view.name, None) is not None:
+                        self._backoff.pop(q.view.name, None)
             return True
         return self._trial(queries)
 
     def _trial(self, queries: Sequence[ViewQuery]) -> bool:
         """The rule would skip this read: consult anyway if one of its views is on trial,
-        or has been skipped for ``trial_every`` (its trial starts)."""
+        or has been skipped long enough for its next trial (which starts)."""
         now = self._clock()
-        since, trials = self._skipping_since, self._trials
+        since, trials, backoff = self._skipping_since, self._trials, self._backoff
         on_trial = False
         for q in queries:
             name = q.view.name
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
-                del trials[name]  # it gave up: a view read too rarely to measure
+                del trials[name]
+                if trial.prev >= 0:  # still rising at its end: the last window's rate decides
+                    self._measured(name, trial.prev * _WINDOW_KEYS, _WINDOW_KEYS)
+                else:  # it gave up: a view read too rarely to measure, no longer wait
+                    backoff[name] = max(backoff.get(name, 1) - 1, 0)
                 trial = None
-            if trial is None and now - since.setdefault(name, now) >= self.trial_every:
-                trials[name] = trial = _Trial(now + self.trial_every)
-                since[name] = now  # skipping counts from here: a trial that gives up is followed at once
+            if trial is None:
+                wait = self.trial_every * (1 << backoff.get(name, 0))
+                if now - since.setdefault(name, now) >= wait:
+                    trials[name] = trial = _Trial(now + self.trial_every)
+                    since[name] = now  # skipping counts from here
+                    backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
             on_trial = on_trial or trial is not None
         if not on_trial:
             self.skipped += 1
@@ -162,19 +160,30 @@ class CacheBypass:
             return
         trial = self._trials.get(view)
         if trial is not None:
-            if trial.load > 0:
+            if trial.load > 0:  # loading: its misses are not measured
                 trial.load -= looked
-                if trial.load <= 0:  # loaded: measure from here, without the loading misses
-                    self._hits[view] = self._looked[view] = 0.0
                 return
-            trial.measure -= looked
-            if trial.measure <= 0:
-                del self._trials[view]
+            trial.hits += hits
+            trial.left -= looked
+            if trial.left > 0:
+                return
+            n = _WINDOW_KEYS - trial.left
+            rate = trial.hits / n
+            if rate > trial.prev and self._clock() < trial.ends:  # still warming: another window
+                trial.prev, trial.hits, trial.left = rate, 0.0, float(_WINDOW_KEYS)
+                return
+            del self._trials[view]
+            self._measured(view, trial.hits, n)  # the rate from here is the last window's
+            return
         keep = _KEEP_PER_KEY**looked
         h = self._hits.get(view, 0.0) * keep + hits
         n = self._looked.get(view, 0.0) * keep + looked
         self._hits[view], self._looked[view] = h, n
         self._rate[view] = h / n
+
+    def _measured(self, view: str, hits: float, looked: float) -> None:
+        self._hits[view], self._looked[view] = hits, looked
+        self._rate[view] = hits / looked
 
     def hit_rate(self, view: str) -> float:
         """The view's recent key hit rate (``unmeasured`` before any consulted read)."""
@@ -182,6 +191,13 @@ class CacheBypass:
 
     def keep_only(self, views: Collection[str]) -> None:
         """Forget the state of views no longer served (the registry dropped them)."""
-        for table in (self._rate, self._hits, self._looked, self._skipping_since, self._trials):
+        for table in (
+            self._rate,
+            self._hits,
+            self._looked,
+            self._skipping_since,
+            self._trials,
+            self._backoff,
+        ):
             for gone in [v for v in table if v not in views]:
                 del table[gone]

@@ -37,6 +37,7 @@ from featurestore.settings import (
     CountOrZero,
     Name,
     Names,
+    NumberOrZero,
     Port,
     Ratio,
     Seconds,
@@ -186,8 +187,8 @@ class CacheConfig:
     # tinylfu: a full cache admits a store read only if it is asked for more often than
     # the entry it would evict (featurestore/admission.py); none: plain LRU.
     admission: Annotated[str, AfterValidator(_cache_admission)] = "tinylfu"
-    # when a read goes past the cache (featurestore/bypass.py); 0: every read consults it
-    fills_per_round_trip: CountOrZero = 6
+    # when a read goes past the cache (bypass.py); 0: always consult; None: by store kind
+    fills_per_round_trip: NumberOrZero | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
 
 from featurestore.admission import FrequencySketch
 from featurestore.bypass import CacheBypass
@@ -96,6 +98,15 @@ def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
         require("chdb", f"{wanted_by} (dsn {options.dsn})")
 
 
+# What a round trip to a store is worth in missed keys, by its kind, when the config names
+# no figure (featurestore/bypass.py): on Redis under load a batch-1 join's full hit saved
+# 25 µs of server CPU and a missed key cost 46 (auto-pipelined reads share their round
+# trips; benchmarks/RESULTS.md, "Cache admission", 2026-12-03); a ClickHouse point read
+# costs ~3.4 ms (benchmarks/RESULTS.md, "ClickHouse"), ~70 missed keys: 50, the cautious
+# side of it.
+FILLS_PER_ROUND_TRIP: Final[Mapping[str, float]] = MappingProxyType({"redis": 0.5, "clickhouse": 50.0})
+
+
 def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSource:
     """Remote stores get the LRU cache in front unless the config turns it off."""
     if store.kind == "memory" or not (sc.cache and config.cache.enabled):
@@ -103,9 +114,10 @@ def with_cache(store: OnlineSource, sc: StoreConfig, config: Config) -> OnlineSo
     cc = config.cache
     sketch = FrequencySketch(cc.max_entries) if cc.admission == "tinylfu" else None
     cache = LRUCache(cc.max_entries, cc.ttl_seconds, admission=sketch)
-    bypass = CacheBypass(
-        cc.fills_per_round_trip, trial_every=cc.ttl_seconds, has_room=lambda: len(cache) < cache.max_entries
-    )
+    per_trip = cc.fills_per_round_trip
+    if per_trip is None:
+        per_trip = FILLS_PER_ROUND_TRIP.get(store.kind, FILLS_PER_ROUND_TRIP["redis"])
+    bypass = CacheBypass(per_trip, trial_every=cc.ttl_seconds)
     return CachedSource(store, cache, bypass)
 
 

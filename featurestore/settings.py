@@ -87,6 +87,12 @@ def _positive_number(value: float) -> float:
     return value
 
 
+def _non_negative_number(value: float) -> float:
+    if value < 0:
+        raise _fail("expected 0 or a positive number", value)
+    return value
+
+
 def _ratio(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise _fail("expected a ratio between 0 and 1", value)
@@ -114,6 +120,7 @@ Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
 CountOrZero = Annotated[int, BeforeValidator(_integer), AfterValidator(_non_negative)]  # 0: off
 Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]
 Seconds = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
+NumberOrZero = Annotated[float, BeforeValidator(_number), AfterValidator(_non_negative_number)]
 Ratio = Annotated[float, BeforeValidator(_number), AfterValidator(_ratio)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 

@@ -57,7 +57,7 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return CachedSource(
             RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)),
             LRUCache(1000, 30),
-            CacheBypass(30, trial_every=1e9, unmeasured=0.0, always_below=0),
+            CacheBypass(30, trial_every=1e9, unmeasured=0.0),
         )
     if name == "clickhouse":
         dsn = request.getfixturevalue("chdb_dsn")

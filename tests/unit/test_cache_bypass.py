@@ -107,38 +107,27 @@ def test_a_large_read_of_views_whose_every_key_hits_consults_the_cache() -> None
     assert b.consults([q(range(10_000))])
 
 
-def test_a_read_of_fewer_than_8_keys_always_consults_a_cache_that_cannot_say_whether_it_is_full() -> None:
-    b = CacheBypass(30)
-    b.observe("bypass_v", 0, 100)
-    assert b.consults([q(range(7))]) and not b.consults([q(range(8))])
+def test_a_batch_1_read_follows_the_rule_like_any_other() -> None:
+    b = CacheBypass(0.5)
+    b.observe("bypass_v", 80, 100)
+    b.observe("bypass_w", 80, 100)
+    assert not b.consults([q([1]), q([1], W)])  # 0.8 ** 2 x 0.5 = 0.32 < 0.4 expected misses
+    b.observe("bypass_v", 2_000, 2_000)
+    b.observe("bypass_w", 2_000, 2_000)
+    assert b.consults([q([1]), q([1], W)])  # ~0.97: 0.47 >= 0.06
 
 
-def test_a_read_of_fewer_than_8_keys_consults_while_the_cache_has_room_and_follows_the_rule_once_full() -> (
-    None
-):
-    room = [True]
-    b = CacheBypass(30, has_room=lambda: room[0])
-    b.observe("bypass_v", 0, 100)
-    assert b.consults([q(range(7))])
-    room[0] = False
-    assert not b.consults([q(range(1))])  # 0 ** 1 x 30 = 0 < 1 expected miss
-    b.observe("bypass_v", 100, 100)
-    assert b.consults([q(range(1))])
+@pytest.mark.parametrize(("kind", "figure"), [("redis", 0.5), ("clickhouse", 50.0)])
+def test_a_served_stores_figure_is_its_kinds_unless_the_config_names_one(kind: str, figure: float) -> None:
+    class Store(Counting):
+        pass
 
-
-async def test_a_served_stores_bypass_sees_whether_its_cache_is_full() -> None:
-    config = load_config(overrides={("cache", "max_entries"): 2})
-    store = with_cache(Remote(), StoreConfig(kind="redis"), config)
-    assert isinstance(store, CachedSource) and store.bypass.has_room is not None
-    await store.prepare([V])
-    assert store.bypass.has_room()
-    schema = view_schema(V)
-    await store.inner.write(
-        V, pa.table({"user_id": [1, 2], "a": [10, 20], "event_timestamp": [1, 1]}, schema=schema), 1
-    )
-    for read in await store.read([q([1, 2])]):
-        assert values(read) == [10, 20]
-    assert not store.bypass.has_room()
+    Store.kind = kind
+    store = with_cache(Store(), StoreConfig(kind="redis"), load_config())
+    assert isinstance(store, CachedSource) and store.bypass.fills_per_round_trip == figure
+    named = load_config(overrides={("cache", "fills_per_round_trip"): 2.5})
+    store = with_cache(Store(), StoreConfig(kind="redis"), named)
+    assert isinstance(store, CachedSource) and store.bypass.fills_per_round_trip == 2.5
 
 
 def test_a_view_never_read_through_the_cache_is_consulted_until_measured() -> None:
@@ -178,7 +167,10 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
     assert b.consults([q(range(100))])
     b.observe("bypass_v", 0, 2_000)  # the loading window: its misses are not measured
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 1_999, 2_000)  # the measuring window: the trial is over
+    b.observe("bypass_v", 1_999, 2_000)  # the first measuring window: risen from nothing
+    assert "bypass_v" in b._trials
+    b.observe("bypass_v", 1_999, 2_000)  # no longer rising: the trial is over
+    assert "bypass_v" not in b._trials
     assert b.hit_rate("bypass_v") == pytest.approx(0.9995)
     assert b.consults([q(range(100))])  # and its rate says consulting pays
 
@@ -189,12 +181,13 @@ def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_peri
     clock.t = 30.0
     assert b.consults([q(range(100))])  # trial
     b.observe("bypass_v", 0, 2_000)
-    b.observe("bypass_v", 1_000, 2_000)  # measured: 50%
+    b.observe("bypass_v", 1_000, 2_000)
+    b.observe("bypass_v", 1_000, 2_000)  # measured: 50%, no longer rising
     clock.t = 31.0
     assert not b.consults([q(range(100))])
-    clock.t = 59.9
+    clock.t = 89.9
     assert not b.consults([q(range(100))])
-    clock.t = 60.0  # a period after the last trial began
+    clock.t = 90.0  # two periods after the trial began: a trial that ends skipping doubles the wait
     assert b.consults([q(range(100))])
 
 
@@ -224,7 +217,50 @@ def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> No
     clock.t = 60.0  # it gave up; skipped since it began, so the next starts afresh
     assert b.consults([q(range(100))])
     trial = b._trials["bypass_v"]
-    assert (trial.load, trial.measure, trial.ends) == (2_000, 2_000, 90.0)
+    assert (trial.load, trial.left, trial.ends) == (2_000, 2_000, 90.0)
+    b.observe("bypass_v", 0, 100)
+    clock.t = 90.0  # gave up again: never a longer wait for a view too rare to measure
+    assert b.consults([q(range(100))])
+
+
+def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_plateau() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 2_000)  # loaded
+    for hits in (600, 1_200, 1_500, 1_700):  # a warming cache: 30%, 60%, 75%, 85%
+        b.observe("bypass_v", hits, 2_000)
+        assert "bypass_v" in b._trials and b.consults([q(range(100))])
+    b.observe("bypass_v", 1_690, 2_000)  # 84.5%: the plateau
+    assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == pytest.approx(0.845)
+
+
+def test_a_trial_still_rising_when_its_time_is_up_decides_by_its_last_whole_window() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 2_000)
+    b.observe("bypass_v", 400, 2_000)
+    b.observe("bypass_v", 800, 2_000)  # 40% and rising
+    b.observe("bypass_v", 500, 1_000)  # half a window
+    clock.t = 60.0
+    assert not b.consults([q(range(100))])  # decided by the 40% window: skip
+    assert b.hit_rate("bypass_v") == pytest.approx(0.4)
+
+
+def test_trials_that_end_skipping_wait_twice_as_long_each_time_up_to_sixteen_periods() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    starts = []
+    while clock.t < 2_000:
+        clock.t += 1.0
+        if "bypass_v" not in b._trials and b.consults([q(range(100))]):
+            starts.append(clock.t)
+            for _ in range(3):  # loaded, then two windows of no hits
+                b.observe("bypass_v", 0, 2_000)
+    assert starts[:6] == [30.0, 90.0, 210.0, 450.0, 930.0, 1_410.0]
 
 
 def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
@@ -256,7 +292,7 @@ def test_a_negative_figure_or_a_trial_of_no_time_is_refused(args: tuple[float, .
 
 
 def test_the_config_refuses_a_negative_fills_per_round_trip() -> None:
-    with pytest.raises(InvalidArgument, match=r"cache\.fills_per_round_trip.*0 or a positive integer"):
+    with pytest.raises(InvalidArgument, match=r"cache\.fills_per_round_trip.*0 or a positive number"):
         load_config(overrides={("cache", "fills_per_round_trip"): -1})
 
 
@@ -295,7 +331,7 @@ async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() ->
     await src.read([q(hot), q(hot, W)])
     assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
     clock.t = 31.0  # the first fills expired; a trial starts and refills the hot set
-    for _ in range(45):  # 4,500 keys a view: a window to load, one to measure
+    for _ in range(65):  # 6,500 keys a view: a window to load, two to measure (no longer rising)
         await src.read([q(hot), q(hot, W)])
     reads = len(inner.keys_read)
     clock.t = 32.5  # after the trial: the rates it measured say consulting pays
@@ -306,8 +342,10 @@ async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() ->
 
 
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
-    src, inner = await source(CacheBypass(30))
-    await src.read([q([7]), q([7], W)])
+    src, inner = await source(CacheBypass(0.5))
+    for view in ("bypass_v", "bypass_w"):
+        src.bypass.observe(view, 2_000, 2_000)
+    await src.read([q([7]), q([7], W)])  # a miss of a view hit ~100%: consulted, filled
     for _ in range(20):
         [a, b] = await src.read([q([7]), q([7], W)])
         assert values(a) == values(b) == [70]
