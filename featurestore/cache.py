@@ -55,6 +55,7 @@ class CachedSource:
         self._fence = WriteFence()
         # writes whose callers gave up, and the timer that stops each (``_overran``)
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
+        self._closed = False  # from close() on, a write given up on is stopped at once
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -69,6 +70,7 @@ class CachedSource:
         await self.inner.start()
 
     async def close(self) -> None:
+        self._closed = True  # writes given up on from now (a push cancelled at shutdown): stopped in write
         for task in self._abandoned:
             task.cancel()
         await asyncio.gather(*list(self._abandoned), return_exceptions=True)
@@ -209,10 +211,10 @@ class CachedSource:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
-                if len(self._abandoned) < MAX_ABANDONED:
+                if not self._closed and len(self._abandoned) < MAX_ABANDONED:
                     loop = asyncio.get_running_loop()
                     self._abandoned[task] = loop.call_later(self.cache.ttl, self._overran, task, view.name)
-                else:
+                else:  # too many going on, or closing: close() would never stop this one
                     task.cancel()
             raise
 

@@ -30,6 +30,7 @@ from featurestore.model import DType, Status
 from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
 from featurestore.plan import JoinPlan, ServingState, ViewPlan, entity_clash
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
+from featurestore.streaming.tiles import too_many_keys
 
 log = logging.getLogger(__name__)
 # A store outage fails the reads of every request: one line per kind of failure (store,
@@ -141,6 +142,8 @@ class JoinEngine:
             if jk not in keyed:
                 keyed[jk] = dedupe(view_keys(jk, entities))
             unique = keyed[jk][0]
+            if len(unique) > vp.max_keys:  # a stream view's tiles: refused before any store is read
+                raise too_many_keys(vp.view, len(unique))
             version = state.data_versions.get(vp.view.name, 0)
             by_store.setdefault(vp.view.serving_store, []).append(
                 (slot, ViewQuery(vp.view, unique, vp.features, version))

@@ -7,6 +7,7 @@ steady stream of identical requests resolves nothing after the first.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,6 +19,7 @@ from featurestore.derived.evaluate import DerivedPlan
 from featurestore.derived.resolve import plan_derived
 from featurestore.errors import InvalidArgument, NotFound, Unavailable
 from featurestore.model import Definitions, DerivedView, DType, FeatureRef, FeatureView, parse_feature_ref
+from featurestore.streaming.tiles import max_read_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,9 @@ class ViewPlan:
     view: FeatureView
     features: tuple[int, ...]  # indices into view.features, the columns read
     served: int = -1  # how many of them are returned (the rest only feed derived features); -1: all
+    # The most distinct keys one request may read of the view: a stream view's windows are
+    # assembled from every tile of its longest window (streaming/tiles.py, max_read_keys)
+    max_keys: int = sys.maxsize
 
     @property
     def served_columns(self) -> int:
@@ -131,7 +136,12 @@ def resolve(
         )
     return JoinPlan(
         views=tuple(
-            ViewPlan(v, tuple(f), sum(1 for o in outputs if o.view_slot == slot))
+            ViewPlan(
+                v,
+                tuple(f),
+                sum(1 for o in outputs if o.view_slot == slot),
+                sys.maxsize if v.stream is None else max_read_keys(v),
+            )
             for slot, (v, f) in enumerate(zip(views, view_features, strict=True))
         ),
         outputs=tuple(outputs),

@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from featurestore.errors import FailedPrecondition, LimitExceeded, Unavailable
+from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import STREAM_STORE_PREFIX, FeatureView
 from featurestore.rows import key_text
 from featurestore.sources.base import OnlineSource, SourceState, ViewQuery, ViewRead
 from featurestore.streaming.store import TileStore
-from featurestore.streaming.tiles import view_layout
+from featurestore.streaming.tiles import max_read_keys, too_many_keys, view_layout
 from featurestore.streaming.windows import compute
 
 # Windows are assembled on the event loop up to this many tile records (the bytes read /
@@ -39,12 +39,6 @@ from featurestore.streaming.windows import compute
 # trip through asyncio.to_thread; 2,048 records are ~0.6 ms on the loop, to which the
 # thread would add 7 %. (A 7-day window of 1-minute tiles, 300 keys: 0.9 s on the loop.)
 THREAD_READ_RECORDS = 2_048
-# A read may not assemble more tile records than this: keys x the tiles of the view's
-# longest window (what a key's windows can hold), checked before the read. 2,000,000
-# records are 0.6-2 s of a worker thread (~300-900 ns per record: the demo view, a 7-day
-# window of 1-minute tiles) and up to 144 MB of tiles at 9 slots: 198 keys of a 7-day
-# window of 1-minute tiles per request, 5,540 of the demo view's.
-MAX_READ_RECORDS = 2_000_000
 
 
 class StreamSource:
@@ -88,8 +82,8 @@ class StreamSource:
         out: list[ViewRead | BaseException] = []
         for q in queries:
             layout = view_layout(q.view)
-            if len(q.keys) * layout.retention_tiles > MAX_READ_RECORDS:
-                out.append(_too_many(q, layout.retention_tiles))
+            if len(q.keys) > max_read_keys(q.view):  # the join refuses such a request first (plan.py)
+                out.append(too_many_keys(q.view, len(q.keys)))
                 continue
             try:
                 keys = [key_text(k) for k in q.keys]
@@ -122,13 +116,6 @@ class StreamSource:
 
     def missing(self) -> Mapping[str, str]:
         return {}
-
-
-def _too_many(q: ViewQuery, tiles: int) -> LimitExceeded:
-    return LimitExceeded(
-        f"stream view {q.view.name!r}: {len(q.keys)} keys x {tiles} tiles each (its longest window) is over "
-        f"the {MAX_READ_RECORDS:,} tile records one read may assemble; ask for fewer keys per request"
-    )
 
 
 def _now_us() -> int:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from featurestore.errors import InvalidArgument
 from featurestore.model import FeatureView, StreamSpec
 
 # Merge op per slot: I keep (tile index), c count and a sum (both add), m min, M max,
@@ -123,6 +124,40 @@ def view_layout(view: FeatureView) -> TileLayout:
         assert view.stream is not None, f"{view.name} is not a stream view"
         got = _LAYOUTS[view.layout] = layout_of(view.stream)
     return got
+
+
+# A request may not make one view assemble more tile records than this: its distinct keys
+# x the tiles of the view's longest window (what a key's windows can hold). Checked when
+# the join plans its reads (plan.py, ViewPlan.max_keys: a 400 / INVALID_ARGUMENT before any
+# store is read), and again by the reader (streaming/serving.py). 2,000,000 records are
+# 0.6-2 s of a worker thread (~300-900 ns per record: the demo view, a 7-day window of
+# 1-minute tiles) and up to 144 MB of tiles at 9 slots: 198 keys of a 7-day window of
+# 1-minute tiles per request, 5,540 of the demo view's.
+MAX_READ_RECORDS = 2_000_000
+
+
+def max_read_keys(view: FeatureView) -> int:
+    """The most distinct keys one request may read of a stream view."""
+    return MAX_READ_RECORDS // view_layout(view).retention_tiles
+
+
+def too_many_keys(view: FeatureView, keys: int) -> InvalidArgument:
+    """The error for a request of more distinct keys than ``max_read_keys(view)``."""
+    tiles = view_layout(view).retention_tiles
+    return InvalidArgument(
+        f"stream view {view.name!r}: {keys} distinct keys x {tiles} tiles each (its longest window) is "
+        f"over the {MAX_READ_RECORDS:,} tile records one request may make it assemble (at most "
+        f"{MAX_READ_RECORDS // tiles} keys); ask for fewer keys per request",
+        details=[
+            {
+                "feature_view": view.name,
+                "keys": keys,
+                "tiles_per_key": tiles,
+                "max_tile_records": MAX_READ_RECORDS,
+                "max_keys": MAX_READ_RECORDS // tiles,
+            }
+        ],
+    )
 
 
 # How an event's value of ``layout.columns[i]`` is named on the objects the accumulator

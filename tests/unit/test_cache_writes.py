@@ -171,6 +171,21 @@ async def test_a_write_given_up_on_that_never_ends_is_stopped_after_a_ttl_and_re
         await src.close()
 
 
+async def test_a_write_given_up_on_after_the_store_closed_is_stopped_at_once() -> None:
+    """A push cancelled during shutdown, after close() stopped the writes it knew of: it
+    would otherwise go on until its cache TTL (30 s here) on a store being closed."""
+    store = HangingStore(1)  # its write returns only if let go: never, here
+    src = CachedSource(store, LRUCache(100, 30))
+    push = asyncio.create_task(src.write(V, rows(11), 1))
+    await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+    await src.close()
+    push.cancel()  # its caller gives up after the close
+    with pytest.raises(asyncio.CancelledError):
+        await push
+    await asyncio.wait_for(store.one_stopped.wait(), HANG_GUARD)  # hang guard only: not after 30 s
+    assert store.stopped == [11] and store.written == []
+
+
 def test_the_fence_stays_up_until_the_last_write_of_a_group_has_ended() -> None:
     fence = WriteFence()
     before = fence.now

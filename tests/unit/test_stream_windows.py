@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from featurestore.definitions.parser import parse_definitions
-from featurestore.errors import LimitExceeded
+from featurestore.errors import InvalidArgument
 from featurestore.model import Aggregation, FeatureView, StreamSource, StreamSpec
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.streaming import windows
@@ -153,14 +153,16 @@ async def test_windows_of_many_tiles_are_assembled_off_the_event_loop() -> None:
 
 
 async def test_a_read_of_more_tiles_than_a_request_may_assemble_is_refused_naming_the_numbers() -> None:
+    """The reader's own guard; the join refuses such a request before reading (plan.py)."""
     view = parse_definitions(WEEK_OF_MINUTES, source="w.yaml").views["weekly"]
     now_us = time.time_ns() // 1000
     source = StreamServing("default", EveryKeyAWeekOfTiles(view, now_us), clock=lambda: now_us)
     [refused] = await source.read([ViewQuery(view, list(range(200)), [0], 0)])
-    assert isinstance(refused, LimitExceeded)
+    assert isinstance(refused, InvalidArgument)
     assert refused.message == (
-        "stream view 'weekly': 200 keys x 10081 tiles each (its longest window) is over the 2,000,000 "
-        "tile records one read may assemble; ask for fewer keys per request"
+        "stream view 'weekly': 200 distinct keys x 10081 tiles each (its longest window) is over the "
+        "2,000,000 tile records one request may make it assemble (at most 198 keys); ask for fewer keys "
+        "per request"
     )
     [fine] = await source.read([ViewQuery(view, list(range(198)), [0], 0)])
     assert isinstance(fine, ViewRead)
