@@ -21,7 +21,10 @@ rows; only a killed process leaves rows behind, for the next publication to drop
 
 A run may read an event-time range of the source (``EventTimeRange``: ``--start``,
 ``--end``). Every run records a watermark in the registry: the newest event time it
-loaded, and the data version it loaded it into.
+loaded, the data version it loaded it into, and where a full run's range began (its
+``--start``: keys whose latest row is older were not loaded, which the consistency check
+must not take for lost keys). An incremental run keeps the start of the full run whose
+version it adds to.
 
 An incremental run (``incremental=True``) reads only the rows newer than the watermark
 and upserts their latest row per key into the CURRENT data version, as a push does: no
@@ -148,7 +151,8 @@ class Materializer:
         span = replace(span, after_us=mark.event_time_us)
         rows_read, written, newest = await self._load(load, current, span)
         if newest is not None and newest > mark.event_time_us:
-            await self.registry.set_watermark(load.view.name, Watermark(current, newest), expected=mark)
+            moved = Watermark(current, newest, mark.start_us)  # the version's rows still begin there
+            await self.registry.set_watermark(load.view.name, moved, expected=mark)
         log.info("%s: %d rows upserted into data version %d", load.view.name, written, current)
         return MaterializeResult(
             load.view.name,
@@ -181,7 +185,7 @@ class Materializer:
             raise
         log.info("published %s data version %d (%d rows)", view_name, target, written)
         if newest is not None:
-            await self._mark(view_name, Watermark(target, newest))
+            await self._mark(view_name, Watermark(target, newest, span.start_us))
         # Versions between were allocated to runs that can no longer publish (their
         # compare-and-swap expects a pointer that has moved): drop what they left.
         for orphan in range(current + 1, target):

@@ -16,6 +16,21 @@ double count), or neither (a reset): the swap is done under an exclusive ``flock
 ``archive.lock`` in the directory, which every scrape takes shared (``reading``) for
 its glob and reads. Workers write their own files and never take it.
 
+The merge is idempotent across a failure at any step (an exception the supervisor logs
+and survives; the next merge finishes the job). The new archive is written aside
+(``<type>_archive.db.merging``); then, under the lock, the dead worker's file is renamed
+out of the scrape's ``*.db`` glob (``<type>_<pid>.db.absorbed``) and the new archive
+renamed over the old one; then the ``.absorbed`` file is deleted. A failure before the
+first rename leaves the dead file unmerged (merged again next time, from scratch); after
+the second, a leftover ``.absorbed`` file that no scrape reads and the next merge deletes
+(deleting the dead file last, as before, left it read beside an archive that already held
+it: a double count at every scrape, and again at every merge of it); between the two
+(two renames apart), an ``.absorbed`` file beside a complete ``.merging`` one, which the
+next merge renames into place (until then the dead worker's values are missing from
+scrapes, never counted twice). Why not a record in the archive of the files it
+absorbed: every entry of a prometheus_client file is a sample the scrape exports, and a
+separate record could not be replaced in the same atomic step as the archive.
+
 The supervisor serves no ``/metrics`` (and its prometheus_client is not in
 multiprocess mode: the variable is set for its workers only), so it writes
 ``featurestore_worker_restarts_total`` as a worker would write a counter, into a file of
@@ -43,6 +58,8 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 LOCK_NAME = "archive.lock"  # not *.db: the collector's glob does not read it
 ARCHIVED_TYPES = ("counter", "histogram", "summary")  # what stays after a process dies
 ARCHIVE_PID = "archive"
+STAGED = ".db.merging"  # a new archive being written (not *.db: no scrape reads it)
+ABSORBED = ".db.absorbed"  # a dead worker's file the archive holds or is about to hold
 
 
 RESTARTS = "featurestore_worker_restarts"  # the family; its sample is RESTARTS_total
@@ -88,20 +105,36 @@ def reading(metrics_dir: str) -> Iterator[None]:
 
 def archive_dead_worker(pid: int, metrics_dir: str) -> None:
     """Drop a dead worker's live gauges and fold its counters, histograms and summaries
-    into the directory's archive files (one per type), removing its own."""
+    into the directory's archive files (one per type), removing its own; first finish a
+    merge a failure interrupted (module docstring)."""
     multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
     for typ in ARCHIVED_TYPES:
+        archive = Path(metrics_dir, f"{typ}_{ARCHIVE_PID}.db")
+        staged = archive.with_suffix(STAGED)
+        _finish_interrupted(typ, archive, staged)
         dead = Path(metrics_dir, f"{typ}_{pid}.db")
         if not dead.exists():
             continue
-        archive = Path(metrics_dir, f"{typ}_{ARCHIVE_PID}.db")
-        staged = archive.with_suffix(".db.merging")  # not *.db either
-        staged.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)  # a partial one of a merge that failed writing it
         sources = [str(f) for f in (archive, dead) if f.exists()]
         _write(staged, multiprocess.MultiProcessCollector.merge(sources, accumulate=False))  # type: ignore[no-untyped-call]
-        with _locked(metrics_dir, fcntl.LOCK_EX):
+        absorbed = dead.with_suffix(ABSORBED)
+        with _locked(metrics_dir, fcntl.LOCK_EX):  # a scrape sees both renames or neither
+            os.replace(dead, absorbed)
             os.replace(staged, archive)
-            dead.unlink()
+        absorbed.unlink()
+
+
+def _finish_interrupted(typ: str, archive: Path, staged: Path) -> None:
+    """A ``.absorbed`` file of ``typ`` is left by a merge that failed after renaming
+    it: if its new archive is still aside (``staged``: complete, since it was written
+    before the rename), the archive swap did not happen and is done now; either way the
+    archive then holds the file's values, and the file goes."""
+    for absorbed in archive.parent.glob(f"{typ}_*{ABSORBED}"):
+        if staged.exists():
+            with _locked(str(archive.parent), fcntl.LOCK_EX):
+                os.replace(staged, archive)
+        absorbed.unlink()
 
 
 def _write(path: Path, merged: Iterable[Metric]) -> None:

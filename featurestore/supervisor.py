@@ -167,8 +167,10 @@ class Supervisor:
 
     def _archive_metrics(self, pid: int) -> None:
         """Fold a dead worker's metrics files into the directory's archive, so a scrape
-        reads one file per type for all the dead (metrics_files.py). A failure keeps
-        its files (the totals stay right, scrapes get slower): logged, not fatal."""
+        reads one file per type for all the dead (metrics_files.py). A failure is
+        logged, not fatal: a worker whose merge did not start keeps its files (the totals
+        stay right, scrapes get slower), and the next worker's archiving finishes a merge
+        the failure interrupted part way (never counting a worker twice)."""
         try:
             metrics_files.archive_dead_worker(pid, self.metrics_dir)
         except Exception:

@@ -15,15 +15,18 @@ Each sampled key is put in exactly one class (docs/quality.md):
   caller names can be found so: keys are sampled from the offline side);
 * ``pending``: the offline row is newer than the served data version's watermark (the
   newest event time its materialization loaded) and the online side does not have it
-  yet: a row added to the batch source since, which the next materialization loads.
+  yet: a row added to the batch source since, which the next materialization loads;
+* ``not_loaded``: the offline row is older than where the served version's load began
+  (the watermark's ``start_us``: a ``--start`` run) and the online side does not have it:
+  the key was never loaded, by design (not a mismatch).
 
 A key served ``OUTSIDE_MAX_AGE`` has a timestamp but no values: it is classified by time,
 and consistent when the times agree. Mismatches are ``stale + conflict +
 missing_online`` (a key neither side has, named by the caller, is not one): with the
 watermark known, those are rows the served version should hold and does not. Without it
-(the memory store loads its file itself; the CLI), no row is pending. The watermark does
-not record where a ``--start`` range began: a view materialized with one lacks the keys
-whose latest row is older, and they count as ``missing_online`` (docs/quality.md).
+(the memory store loads its file itself; the CLI), no row is pending or not loaded. A
+watermark without a start (a run without ``--start``, or one recorded by an older
+release) makes no key ``not_loaded`` (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -42,7 +45,16 @@ from featurestore.offline import EVERYTHING, OfflineSource
 from featurestore.rows import EVENT_TIMESTAMP, column_values, conform, row_keys
 from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
 
-CLASSES = ("consistent", "stale", "online_newer", "conflict", "missing_online", "missing_offline", "pending")
+CLASSES = (
+    "consistent",
+    "stale",
+    "online_newer",
+    "conflict",
+    "missing_online",
+    "missing_offline",
+    "pending",
+    "not_loaded",
+)
 MAX_EXAMPLES = 10
 READ_CHUNK = 1000  # keys per online read (under the server's max_rows)
 
@@ -104,17 +116,21 @@ def _plain(value: Any) -> Any:
 
 
 def classify(
-    view: FeatureView, online: Side | None, offline: Side | None, watermark_us: int | None = None
+    view: FeatureView,
+    online: Side | None,
+    offline: Side | None,
+    watermark_us: int | None = None,
+    start_us: int | None = None,
 ) -> tuple[str, str | None]:
     """The key's class, and the first feature that differs (conflicts). ``watermark_us``:
-    the served data version's watermark (None: unknown, nothing is pending)."""
-    if (
-        offline is not None
-        and watermark_us is not None
-        and offline.ts_us > watermark_us
-        and (online is None or online.ts_us < offline.ts_us)
-    ):
-        return "pending", None
+    the served data version's watermark (None: unknown, nothing is pending);
+    ``start_us``: where that version's load began (the watermark's ``start_us``; None:
+    from the beginning, nothing is not loaded)."""
+    if offline is not None and (online is None or online.ts_us < offline.ts_us):
+        if watermark_us is not None and offline.ts_us > watermark_us:
+            return "pending", None
+        if start_us is not None and offline.ts_us < start_us:
+            return "not_loaded", None
     if online is None:
         return "missing_online", None
     if offline is None:
@@ -217,15 +233,17 @@ async def check(
     keys: Sequence[EntityKey],
     read_online: OnlineReader,
     watermark_us: int | None = None,
+    start_us: int | None = None,
 ) -> Report:
-    """Classify ``keys``; ``watermark_us``: the served data version's (see ``classify``)."""
+    """Classify ``keys``; ``watermark_us``, ``start_us``: the served data version's (see
+    ``classify``)."""
     report = Report(view.name)
     for start in range(0, len(keys), READ_CHUNK):
         chunk = keys[start : start + READ_CHUNK]
         online = await read_online(chunk)
         for key, on in zip(chunk, online, strict=True):
             off = offline.get(key)
-            cls, feature = classify(view, on, off, watermark_us)
+            cls, feature = classify(view, on, off, watermark_us, start_us)
             report.checked += 1
             report.counts[cls] += 1
             report.absent += on is None and off is None

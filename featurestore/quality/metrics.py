@@ -50,7 +50,7 @@ DRIFT_SKIPPED = Counter(
 CONSISTENCY_KEYS = Gauge(
     "featurestore_consistency_keys",
     "Keys of the latest scheduled consistency check of a view, by class (consistent, stale, online_newer, "
-    "conflict, missing_online, missing_offline, pending).",
+    "conflict, missing_online, missing_offline, pending, not_loaded).",
     ["view", "class"],
     multiprocess_mode="livemax",
 )

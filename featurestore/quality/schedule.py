@@ -75,10 +75,11 @@ class ConsistencySchedule:
             log.warning("consistency check of %s: no watermark (%s)", name, e)
             return None
 
-    async def _served(self, name: str) -> tuple[ServingState, int, int | None]:
+    async def _served(self, name: str) -> tuple[ServingState, int, Watermark | None]:
         """The serving state, the data version of ``name`` it serves and that version's
         watermark (the newest event time it loaded: the check's line between rows the
-        version should hold and rows still pending), read before anything is sampled.
+        version should hold and rows still pending; and where its load began, before
+        which rows were not loaded), read before anything is sampled.
         Materialization moves the pointer, then the watermark: between the two (and
         until this server has seen the new pointer) they disagree, and a check then
         would call the rows the new version loaded stale. So a disagreement is re-read
@@ -92,7 +93,7 @@ class ConsistencySchedule:
             if mark is None and version == 0:
                 return state, version, None
             if mark is not None and mark.data_version == version:
-                return state, version, mark.event_time_us
+                return state, version, mark
             if attempt + 1 < SETTLE_TRIES:
                 await asyncio.sleep(self.settle_seconds)
         log.warning(
@@ -109,7 +110,7 @@ class ConsistencySchedule:
 
         try:
             # first: a run landing while the check samples must not change what it compares to
-            state, version, watermark_us = await self._served(name)
+            state, version, mark = await self._served(name)
             view = state.definitions.views.get(name)
             store = self.stores.get(view.online_store) if view is not None else None
             if view is None or store is None:
@@ -123,7 +124,8 @@ class ConsistencySchedule:
             # so the serving loop never waits for the source.
             offline = await asyncio.to_thread(_sample, view, source, self.settings.sample, seed)
             reader = store_reader(store, view, version)
-            report = await check(view, offline, list(offline), reader, watermark_us)
+            loaded = (mark.event_time_us, mark.start_us) if mark is not None else (None, None)
+            report = await check(view, offline, list(offline), reader, *loaded)
         except Exception as e:
             metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
             log.warning("consistency check of %s failed: %s", name, e)

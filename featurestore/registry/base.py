@@ -71,18 +71,31 @@ class Watermark:
     """How far incremental materialization of a view has read its batch source: the
     newest event time loaded (epoch µs) into data version ``data_version``. A watermark
     of another data version than the current one is stale (a full run replaced the data
-    it describes) and the next incremental run starts over with a full one."""
+    it describes) and the next incremental run starts over with a full one.
+
+    ``start_us``: where the full run that loaded the version began (its ``--start``,
+    inclusive; None: the whole source, or a watermark recorded before this field
+    existed). Keys whose latest row is older were never loaded into the version
+    (the consistency check's ``not_loaded``). Stored only when set, so a watermark
+    without it is written as before, and one written before reads as ``None``."""
 
     data_version: int
     event_time_us: int
+    start_us: int | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps({"data_version": self.data_version, "event_time_us": self.event_time_us}).encode()
+        doc: dict[str, int] = {"data_version": self.data_version, "event_time_us": self.event_time_us}
+        if self.start_us is not None:
+            doc["start_us"] = self.start_us
+        return json.dumps(doc).encode()
 
     @staticmethod
     def from_json(raw: bytes) -> Watermark:
         doc = json.loads(raw)
-        return Watermark(int(doc["data_version"]), int(doc["event_time_us"]))
+        start = doc.get("start_us")
+        return Watermark(
+            int(doc["data_version"]), int(doc["event_time_us"]), int(start) if start is not None else None
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@
     /featurestore/{project}/registry/next                  "<last snapshot version written>"
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
-    /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"}
+    /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"[, "start_us"]}
     /featurestore/{project}/canary/{service}               {"candidate_version", "share"}
 
 ``publish`` is one transaction: it compares ``current``'s and ``next``'s mod_revision

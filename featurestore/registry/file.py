@@ -4,7 +4,7 @@
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/registry/next                       "<last snapshot version written>"
     {root}/{project}/data/{view}/current                 "<data version>"
-    {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"}
+    {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"[, "start_us"]}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
 
 Compare-and-swap holds an exclusive ``flock`` on ``{root}/{project}/.lock`` while it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -101,6 +102,25 @@ async def test_watermarks_are_kept_per_view_and_swapped_by_compare_and_swap(regi
     assert await registry.watermark("w") is None
     await registry.swap_data_version("v", expected=0, new=1)
     assert await registry.data_versions() == {"v": 1}  # a watermark is no data version
+
+
+async def test_a_watermarks_range_start_is_kept_and_one_without_is_stored_as_before(
+    registry: Registry,
+) -> None:
+    """A ``--start`` run's watermark carries where its load began; one without a start
+    is the document an older release wrote (and reads back as no start)."""
+    plain = Watermark(1, 1_700_000_000_000_000)
+    assert json.loads(plain.to_json()) == {"data_version": 1, "event_time_us": 1_700_000_000_000_000}
+    await registry.set_watermark("v", plain, expected=None)
+    assert await registry.watermark("v") == plain and plain.start_us is None
+    ranged = Watermark(2, 1_700_000_060_000_000, start_us=1_699_000_000_000_000)
+    await registry.set_watermark("v", ranged, expected=plain)
+    assert await registry.watermark("v") == ranged
+    moved = Watermark(2, 1_700_000_120_000_000, start_us=ranged.start_us)
+    with pytest.raises(Conflict):  # the start is part of what the swap compares
+        await registry.set_watermark("v", moved, expected=Watermark(2, ranged.event_time_us))
+    await registry.set_watermark("v", moved, expected=ranged)
+    assert await registry.watermark("v") == moved
 
 
 async def test_projects_are_separate(factory: RegistryFactory) -> None:

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from featurestore import metrics_files
 from featurestore.metrics_files import archive_dead_worker
 from tests.unit.test_api_edges import client, http_api, make_engine
 
@@ -135,3 +136,83 @@ async def test_the_metrics_route_renders_off_the_event_loop(recorder: ThreadReco
         r = await http.get("/metrics")
     assert r.status_code == 200 and "featurestore_test_scrape_probe 1.0" in r.text
     assert recorder.threads and threading.get_ident() not in recorder.threads
+
+
+class _CrashAt:
+    """Fails (as a crash there would stop the merge) the first call of ``os.replace`` or
+    ``Path.unlink`` matching ``when``; the calls after it run as usual."""
+
+    def __init__(self, when: Callable[[str], bool]) -> None:
+        self.when = when
+        self.crashed = False
+
+    def __call__(self, path: str) -> None:
+        if not self.crashed and self.when(os.path.basename(path)):
+            self.crashed = True
+            raise OSError("simulated crash")
+
+
+def test_a_merge_that_crashes_after_swapping_in_the_archive_never_counts_the_dead_worker_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead worker's file was deleted after the new archive (holding its values)
+    replaced the old one: a crash between them left both, read by every scrape (a double
+    count), and the next merge of the file absorbed it again."""
+    first, crashing = run_worker(tmp_path, 1), run_worker(tmp_path, 2)
+    archive_dead_worker(first, str(tmp_path))
+    want = scraped(tmp_path)
+    crash = _CrashAt(lambda name: name.startswith(f"counter_{crashing}.db"))
+    unlink = Path.unlink
+
+    def crashing_unlink(self: Path, missing_ok: bool = False) -> None:
+        crash(str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crashing_unlink)
+    with pytest.raises(OSError, match="simulated crash"):
+        archive_dead_worker(crashing, str(tmp_path))
+    monkeypatch.undo()
+    assert crash.crashed
+    assert_same(scraped(tmp_path), want)  # the archive holds it, no scrape reads the file too
+
+    later = run_worker(tmp_path, 4)
+    want_later = scraped(tmp_path)
+    archive_dead_worker(later, str(tmp_path))  # the next merge
+    archive_dead_worker(crashing, str(tmp_path))  # even the crashed one's again: nothing left to add
+    assert_same(scraped(tmp_path), want_later)
+    assert sorted(f.name for f in tmp_path.iterdir() if f.name != "archive.lock") == [
+        "counter_archive.db",
+        "histogram_archive.db",
+    ]
+
+
+def test_a_merge_that_crashes_between_its_two_renames_is_finished_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead file is out of the scrape's glob and the new archive not yet in place:
+    the next merge puts it in place, and the dead worker is counted once."""
+    crashing = run_worker(tmp_path, 2)
+    want = scraped(tmp_path)
+    crash = _CrashAt(lambda name: name == f"counter_{metrics_files.ARCHIVE_PID}{metrics_files.STAGED}")
+    replace = os.replace
+
+    def crashing_replace(src: str, dst: str) -> None:
+        crash(str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        archive_dead_worker(crashing, str(tmp_path))
+    monkeypatch.undo()
+    assert crash.crashed and not (tmp_path / f"counter_{crashing}.db").exists()
+
+    later = run_worker(tmp_path, 4)
+    archive_dead_worker(later, str(tmp_path))  # the next merge finishes the crashed one's counters
+    archive_dead_worker(crashing, str(tmp_path))  # its histograms, which the crash stopped before
+    key = (
+        "featurestore_requests_total",
+        (("outcome", "ok"), ("protocol", "http"), ("route", "/v1/feature/join")),
+    )
+    assert scraped(tmp_path)[key] == want[key] + 4
+    assert db_files(tmp_path) == ["counter_archive.db", "histogram_archive.db"]
+    assert not list(tmp_path.glob("*.absorbed")) and not list(tmp_path.glob("*.merging"))

@@ -69,14 +69,14 @@ async def test_the_report_counts_every_class_and_keeps_examples() -> None:
     report = await check(V, offline, [1, 2, 3, 4, 5, 6], read)
     assert report.checked == 6 and report.mismatches == 3  # stale, conflict, missing_online
     assert report.counts == {"consistent": 1, "stale": 1, "online_newer": 1, "conflict": 1,
-                             "missing_online": 1, "missing_offline": 1, "pending": 0}  # fmt: skip
+                             "missing_online": 1, "missing_offline": 1, "pending": 0, "not_loaded": 0}  # fmt: skip
     assert [e["class"] for e in report.examples] == ["stale", "online_newer", "conflict", "missing_online",
                                                       "missing_offline"]  # fmt: skip
     assert report.examples[2] == {"key": 4, "class": "conflict", "online_event_time_us": 10,
                                   "offline_event_time_us": 10, "feature": "x", "online": 2.0, "offline": 1.5}  # fmt: skip
     assert not report.passed(0.45) and report.passed(3 / 6)
     assert set(report.to_dict()) == {"view", "checked", "consistent", "stale", "online_newer", "conflict",
-                                     "missing_online", "missing_offline", "pending", "examples"}  # fmt: skip
+                                     "missing_online", "missing_offline", "pending", "not_loaded", "examples"}  # fmt: skip
 
 
 def test_vectors_with_nan_in_the_same_place_are_the_same_value() -> None:
@@ -142,3 +142,34 @@ async def test_keys_missing_online_are_mismatches_unless_pending_or_absent_on_bo
     assert (report.counts["consistent"], report.counts["pending"], report.mismatches) == (100, 50, 0)
     report = await check(V, offline, list(range(150)), loaded)  # watermark unknown: nothing pending
     assert report.counts["stale"] == 50 and not report.passed(0.0)
+
+
+@pytest.mark.parametrize(
+    ("online", "offline", "expected"),
+    [
+        (None, Side(4, ROW), "not_loaded"),  # older than the run's --start: never loaded
+        (Side(3, ROW), Side(4, ROW), "not_loaded"),  # an older push; the run did not load the row
+        (None, Side(5, ROW), "missing_online"),  # at the start (inclusive): loaded, and lost
+        (Side(4, ROW), Side(4, ROW), "consistent"),
+        (Side(6, ROW), Side(4, ROW), "online_newer"),
+        (None, Side(11, ROW), "pending"),
+    ],
+)
+def test_offline_rows_older_than_where_the_served_versions_load_began_are_not_loaded(
+    online: Side | None, offline: Side | None, expected: str
+) -> None:
+    assert classify(V, online, offline, watermark_us=10, start_us=5)[0] == expected
+
+
+async def test_keys_a_ranged_materialization_never_loaded_are_counted_apart_and_are_no_mismatch() -> None:
+    offline: dict[EntityKey, Side] = {k: Side(4, ROW) for k in range(30)}
+    offline |= {k: Side(10, ROW) for k in range(30, 100)}
+
+    async def nothing(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [None] * len(keys)
+
+    report = await check(V, offline, list(range(100)), nothing, watermark_us=10, start_us=5)
+    assert (report.counts["not_loaded"], report.counts["missing_online"], report.mismatches) == (30, 70, 70)
+    assert report.to_dict()["not_loaded"] == 30
+    report = await check(V, offline, list(range(100)), nothing, watermark_us=10)  # no start recorded
+    assert report.counts["missing_online"] == 100 and report.counts["not_loaded"] == 0
