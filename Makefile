@@ -82,6 +82,7 @@ bench-feast: $(STAMP) system-deps
 bench: bench-feast
 	$(PY) -m benchmarks.run --skip-feast-setup --keys zipf --batches 1,100 --concurrency 8,32
 	$(PY) -m benchmarks.cache_admission
+	$(PY) -m benchmarks.cache_figures
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports
 	$(PY) -m benchmarks.grpc_floor

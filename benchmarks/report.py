@@ -106,6 +106,7 @@ PARTS = (
     "feast.md",
     "feast-zipf.md",
     "cache.md",
+    "cache-figures.md",
     "cache_cost.md",
     "grpc.md",
     "grpc-floor.md",
