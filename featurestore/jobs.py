@@ -27,12 +27,16 @@ from lineage.runs import DataVersion, RunRecorder, RunSink, now_iso
 log = logging.getLogger("featurestore")
 
 
-async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot | None:
+async def apply_on_start(
+    registry: Registry, config: Config, *, force: bool = False, force_flag: str = ""
+) -> RegistrySnapshot | None:
     """Publish ``registry.definitions`` unless current already holds the same content,
     by ``featurestore apply``'s rules: incompatible changes are refused (the server does
-    not start; ``featurestore apply FILE --force`` publishes them). A file holding the
-    definitions of an older snapshot (a later apply, rollback or canary promotion
-    replaced them) is not published: the server serves current and says so."""
+    not start; ``featurestore apply FILE --force`` publishes them) unless ``force``
+    (``materialize --definitions FILE --force``, which ``force_flag`` names in the
+    refusal). A file holding the definitions of an older snapshot (a later apply,
+    rollback or canary promotion replaced them) is not published, forced or not: the
+    server serves current and says so."""
     path = config.registry.definitions
     if path is None:
         return None
@@ -63,14 +67,15 @@ async def apply_on_start(registry: Registry, config: Config) -> RegistrySnapshot
             check_definitions(defs, cache_dir(config.derived.cache_dir))
             checked = True
         try:
-            result = await admin.apply(defs, message=f"applied on start from {path}")
+            result = await admin.apply(defs, force=force, message=f"applied on start from {path}")
         except Conflict as e:  # a concurrent apply won: re-read and compare again
             log.info("apply on start raced (%s); re-reading", e.message)
             continue
         except Incompatible as e:
+            how = f"pass {force_flag}" if force_flag else "start without it"
             raise Incompatible(
                 f"{path} is not applied on start: {e.message}. Publish it with "
-                f"`featurestore apply {path} --force`, or start without it"
+                f"`featurestore apply {path} --force`, or {how}"
             ) from None
         if result.snapshot is None:
             return await registry.current()
@@ -97,13 +102,13 @@ async def _older_snapshot(registry: Registry, wanted: str, current: RegistrySnap
     return None
 
 
-async def apply_configured_definitions(config: Config) -> None:
+async def apply_configured_definitions(config: Config, *, force: bool = False, force_flag: str = "") -> None:
     """``apply_on_start`` with a registry of its own (for commands run before serving)."""
     if not config.registry.definitions:
         return
     registry = make_registry(config)
     try:
-        await apply_on_start(registry, config)
+        await apply_on_start(registry, config, force=force, force_flag=force_flag)
     finally:
         await registry.close()
 

@@ -192,6 +192,13 @@ BACKGROUND_TASK_RESTARTS = Counter(
     "Background tasks (registry-apply, registry-watch, ...) that ended by accident and were restarted.",
     ["task"],
 )
+REGISTRY_WATCH_LOST = Counter(
+    "featurestore_registry_watch_lost_total",
+    "etcd registry watches lost and re-established, by cause: connection (etcd unreachable),"
+    " cancelled (etcd cancelled the watch), ended (etcd ended the stream), compacted"
+    " (history compacted past the last revision seen: the registry is read again).",
+    ["cause"],
+)
 REGISTRY_VERSION = Gauge(
     "featurestore_registry_version",
     "Registry snapshot version being served.",

@@ -273,8 +273,11 @@ class ServingState:
         canaries: Mapping[str, CanaryRoute],
         kernels: Mapping[str, Kernel] | None = None,
     ) -> ServingState:
-        """The next state; plans (and kernels) carry over when the snapshot is the same."""
-        same = snapshot.version == self.snapshot.version
+        """The next state; plans (and kernels) carry over when the snapshot is the same:
+        its version and its fingerprint (a snapshot rewritten in place under its number
+        has other definitions, and plans resolved against the old ones would read them
+        with the old columns)."""
+        same = same_snapshot(snapshot, self.snapshot)
         plans = self._plans if same else None
         return ServingState(snapshot, data_versions, canaries, plans, self.kernels if same else kernels)
 
@@ -285,3 +288,8 @@ class ServingState:
             and {k: (v.share, v.entity, v.state.version) for k, v in self.canaries.items()}
             == {k: (v.share, v.entity, v.state.version) for k, v in other.canaries.items()}
         )
+
+
+def same_snapshot(a: RegistrySnapshot, b: RegistrySnapshot) -> bool:
+    """One snapshot, not merely one version number (a rewrite in place keeps it)."""
+    return a.version == b.version and a.fingerprint == b.fingerprint

@@ -18,7 +18,7 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import Kernel, default_cache_dir, kernels_for
 from featurestore.errors import FailedPrecondition
 from featurestore.model import FeatureView
-from featurestore.plan import CanaryRoute, ServingState
+from featurestore.plan import CanaryRoute, ServingState, same_snapshot
 from featurestore.registry.base import Canary, RegistryState
 from featurestore.sources.base import OnlineSource
 
@@ -45,7 +45,7 @@ async def prepare_views(stores: Mapping[str, OnlineSource], snapshots: Iterable[
 async def _kernels(
     snapshot: RegistrySnapshot, previous: ServingState | None, directory: Path | None
 ) -> dict[str, Kernel]:
-    if previous is not None and previous.snapshot.version == snapshot.version:
+    if previous is not None and same_snapshot(previous.snapshot, snapshot):
         return dict(previous.kernels)
     return await kernels_for(snapshot.definitions, directory or default_cache_dir())
 

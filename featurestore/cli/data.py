@@ -37,6 +37,11 @@ def register(sub: Subcommands) -> None:
     )
     m.add_argument("--config", help="server config naming the registry and stores")
     m.add_argument("--definitions", help="apply these definitions first if they differ from current")
+    m.add_argument(
+        "--force",
+        action="store_true",
+        help="with --definitions: apply incompatible changes too (as `apply --force`)",
+    )
     m.add_argument("--batch-rows", type=int, default=50_000)
     m.add_argument(
         "--grace-seconds", type=int, default=600, help="how long the previous data version lives on"
@@ -62,12 +67,14 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         raise InvalidArgument(f"--grace-seconds must be 0 or more, got {args.grace_seconds}")
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
+    if args.force and not config.registry.definitions:
+        raise InvalidArgument("--force applies definitions: give them with --definitions FILE")
     configure_logging(config.log_level, config.log_format)
     span = EventTimeRange(_epoch_us(args.start, "--start"), _epoch_us(args.end, "--end"))
     reporter = ProgressReporter(quiet=args.quiet)
 
     async def run() -> Any:
-        await jobs.apply_configured_definitions(config)
+        await jobs.apply_configured_definitions(config, force=args.force, force_flag="--force to materialize")
         source = None
         if args.source:
             source = open_source(args.source, jobs.warehouse(config, args.clickhouse_dsn))

@@ -17,7 +17,9 @@ other gets ``Conflict`` and nothing of it is left behind.
 ``changes`` watches the project prefix from the last revision it has seen. When etcd
 goes away the watch raises; it is re-established from that revision, on a new client,
 retrying every 0.1 s doubling to 0.5 s (jittered), so no change is missed and a change
-published once etcd is back reaches every server within about half a second. A light
+published once etcd is back reaches every server within about half a second. A watch
+etcd cancels or ends (``etcd_watch.WatchEnded``) is opened again from that revision on
+the same client; one compacted past it re-reads everything. A light
 poll keeps ``last_contact`` fresh while nothing changes, which is how a server reports
 how stale its registry view may be.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import aetcd
 from aetcd import exceptions as etcd_errors
 
+from featurestore import metrics
 from featurestore.definitions.snapshot import (
     RegistrySnapshot,
     new_snapshot,
@@ -44,6 +47,7 @@ from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
 from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
 from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink
+from featurestore.registry.etcd_watch import WatchEnded, watch_prefix
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 
 log = logging.getLogger(__name__)
@@ -320,22 +324,37 @@ class EtcdRegistry:
                     if not armed:
                         armed = True
                         yield None  # watching from self._revision: re-read what changed before
-                    watch = await self._client.watch_prefix(self._root, start_revision=self._revision + 1)
-                    self._link.touch()
-                    backoff = _WATCH_RETRY_MIN_S
-                    async for event in watch:
-                        self._revision = max(self._revision, event.kv.mod_revision)
-                        self._forget(event.kv.key, event.kv.mod_revision)
-                        self._link.touch()
-                        yield None
+                    watch = watch_prefix(self._client, self._root, self._revision + 1, self._link.timeout)
+                    async with contextlib.aclosing(watch):
+                        async for events in watch:
+                            self._link.touch()
+                            backoff = _WATCH_RETRY_MIN_S
+                            for event in events:
+                                self._revision = max(self._revision, event.kv.mod_revision)
+                                self._forget(event.kv.key, event.kv.mod_revision)
+                            if events:
+                                yield None
                 except etcd_errors.RevisionCompactedError as e:
+                    # The changes since self._revision are gone: re-read everything (the
+                    # caller reads the latest state at each yield) and watch from there.
                     log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
+                    metrics.REGISTRY_WATCH_LOST.labels("compacted").inc()
                     self._revision = e.compacted_revision - 1
                     self._cache.clear()  # changes of snapshot keys may be among those missed
                     yield None
+                except WatchEnded as e:
+                    # etcd still answers: watch again on this client, from the last revision
+                    # seen (so nothing is missed), after a pause (etcd may cancel it again).
+                    log.warning(
+                        "etcd registry watch lost (%s); watching again from revision %d", e, self._revision
+                    )
+                    metrics.REGISTRY_WATCH_LOST.labels(e.cause).inc()
+                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
+                    backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)
                 except (*ERRORS, Unavailable) as e:
                     if self._link.connected:
                         log.warning("etcd registry watch lost (%s); serving the last snapshot, retrying", e)
+                    metrics.REGISTRY_WATCH_LOST.labels("connection").inc()
                     self._link.connected = False
                     await asyncio.sleep(random.uniform(backoff / 2, backoff))
                     backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)

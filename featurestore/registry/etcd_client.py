@@ -92,7 +92,7 @@ class EtcdLink:
         access.check()
         self._access = access
         self._tls = access.tls(self._endpoints)
-        self._timeout = timeout
+        self.timeout = timeout  # of each call, and of etcd confirming a watch
         self.max_request_bytes = max_request_bytes  # etcd's --max-request-bytes
         self._endpoint = 0
         self.client = self._connect()
@@ -101,7 +101,7 @@ class EtcdLink:
 
     def _connect(self) -> aetcd.Client:
         ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return make_client(ep, self._access, self._tls, self._timeout, CHANNEL_OPTIONS)
+        return make_client(ep, self._access, self._tls, self.timeout, CHANNEL_OPTIONS)
 
     def health(self) -> RegistryHealth:
         age = time.monotonic() - self.last_contact if self.last_contact else float("inf")

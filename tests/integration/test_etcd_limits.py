@@ -1,13 +1,18 @@
 """Snapshots over etcd's request limit (--max-request-bytes, 1.5 MiB by default), against
 a real etcd: refused up front naming the size and the limit; a refusal by etcd itself is
-no lost connection."""
+no lost connection. Under a raised limit, a snapshot over gRPC's default 4 MiB receive
+limit is read, and watched."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
 
 import pytest
 
+from featurestore.definitions.snapshot import snapshot_to_json
 from featurestore.errors import Code, LimitExceeded
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.etcd import EtcdRegistry
@@ -56,3 +61,49 @@ async def test_etcd_refusing_a_request_as_too_large_is_no_lost_connection(etcd_s
         assert (await reg.current()).version == 1  # type: ignore[union-attr]
     finally:
         await reg.close()
+
+
+class RaisedLimitEtcd(EtcdServer):
+    LIMIT = 8 * 2**20
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--max-request-bytes", str(self.LIMIT)]
+
+
+@pytest.fixture(scope="module")
+def raised_limit_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaisedLimitEtcd]:
+    server = RaisedLimitEtcd(Path(tmp_path_factory.mktemp("etcd-8mib"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+HUGE = 36_000  # features: a snapshot of about 4.8 MiB
+
+
+async def test_a_snapshot_over_grpcs_default_4_mib_receive_limit_is_read_and_watched(
+    raised_limit_etcd: RaisedLimitEtcd,
+) -> None:
+    """etcd accepts it under a raised --max-request-bytes (registry.max_request_bytes set
+    to match); gRPC's client takes 4 MiB messages by default, so reading it back (a fresh
+    client: nothing cached) and its watch event need the client's receive limit lifted
+    (``etcd_client.CHANNEL_OPTIONS``)."""
+    project, limit = f"p{uuid.uuid4().hex[:8]}", RaisedLimitEtcd.LIMIT
+    writer = EtcdRegistry([raised_limit_etcd.endpoint], project, max_request_bytes=limit)
+    reader = EtcdRegistry([raised_limit_etcd.endpoint], project, max_request_bytes=limit)
+    changes: AsyncGenerator[None, None] = reader.changes()  # type: ignore[assignment]
+    try:
+        await writer.publish(defs(1), expected_version=None)
+        await asyncio.wait_for(anext(changes), 20)  # armed
+        published = await writer.publish(defs(HUGE), expected_version=1)
+        assert len(snapshot_to_json(published)) > 4 * 2**20
+        await asyncio.wait_for(anext(changes), 20)  # the watch event carries the whole value
+        current = await reader.current()
+        assert current is not None and current.version == 2
+        assert len(current.definitions.views["v"].features) == HUGE
+        assert reader.health().connected
+    finally:
+        await changes.aclose()
+        await reader.close()
+        await writer.close()

@@ -304,6 +304,44 @@ def test_cli_materialize_prints_progress(redis_server: RedisServer, tmp_path: Pa
     assert bad.returncode == 2 and "unknown feature view 'nope'" in bad.stderr
 
 
+def test_cli_materialize_applies_incompatible_definitions_only_with_force(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`materialize --definitions FILE` applies FILE by apply's rules: incompatible changes
+    (here: existing features reordered) are refused, naming --force, and nothing is
+    published or written; with --force they are published, as `apply --force` does."""
+    src = write_source(tmp_path / "s.parquet", [1, 2, 3], 4)
+    defs, config = write_cli_repo(tmp_path, redis_server.url)
+
+    def materialize(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config),
+               "--definitions", str(defs), "--view", "scores", "--source", str(src), "--quiet", *extra]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    first = materialize()
+    assert first.returncode == 0, first.stderr
+    defs.write_text(defs.read_text().replace(
+        "[{name: score, dtype: int64}, {name: tag, dtype: string}]", "[{name: tag, dtype: string}, {name: score, dtype: int64}]"
+    ))  # fmt: skip
+    refused = materialize()
+    assert refused.returncode != 0
+    assert "is not applied on start: incompatible changes" in refused.stderr
+    assert "pass --force to materialize" in refused.stderr
+    assert "data version 2" not in refused.stdout
+    forced = materialize("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "scores: published data version 2 (was 1): 3 rows written" in forced.stdout
+    registry = FileRegistry(tmp_path / "reg", "p")
+    current = asyncio.run(registry.current())
+    assert current is not None and current.version == 2
+    assert [f.name for f in current.definitions.views["scores"].features] == ["tag", "score"]
+    no_file = subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config), "--all", "--force"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert no_file.returncode == 2 and "--force applies definitions" in no_file.stderr
+
+
 def test_cli_materialize_from_a_clickhouse_table(redis_server: RedisServer, tmp_path: Path) -> None:
     """`--source clickhouse://db.table --clickhouse-dsn chdb://DIR` end to end (the warehouse
     is built by another process: chdb opens one data dir per process)."""

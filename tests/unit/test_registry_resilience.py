@@ -1,5 +1,6 @@
 """The registry follower survives what libraries throw at it: a call cut off by a
-reconnect, a background task ended by accident."""
+reconnect, a background task ended by accident (and the registry-apply task, restarted,
+serves the change it was cut off applying)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,22 @@ import contextlib
 import itertools
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import prometheus_client
 import pytest
 
 from featurestore import metrics
 from featurestore.background import supervised
+from featurestore.config import load_config
 from featurestore.errors import Unavailable
+from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.etcd_client import EtcdAccess
+from featurestore.registry.file import FileRegistry
+from featurestore.runtime import build_runtime
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -124,6 +132,57 @@ async def test_a_background_task_restarting_again_and_again_waits_longer_each_ti
         await task
     waits = [b - a for a, b in itertools.pairwise(starts)]
     assert 3 <= len(starts) <= 5 and all(w2 > w1 * 1.5 for w1, w2 in itertools.pairwise(waits))
+
+
+async def test_a_restarted_registry_apply_task_serves_the_change_it_was_cut_off_applying(
+    tmp_path: Path,
+) -> None:
+    """The applier clears the change flag, then is cut off mid-apply (grpc.aio's
+    CancelledError on a closed channel, a bug): ``supervised`` starts it again, and the
+    new run reads the registry once by itself. The watch has moved past the change and
+    flags nothing more, so without that re-read the server stayed on the old version."""
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(_defs("f0"))
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        watch = next(t for t in rt.tasks if t.get_name() == "registry-watch")
+        watch.cancel()  # nothing but the test flags changes from here on
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        real, attempts, armed = rt.apply_registry_change, [], asyncio.Event()
+
+        async def cut_off_once() -> None:
+            if armed.is_set():  # (the start's own read may still be running before)
+                attempts.append(rt.registry_dirty.is_set())
+                if len(attempts) == 1:
+                    raise asyncio.CancelledError  # nobody cancelled the task
+            await real()
+
+        rt.apply_registry_change = cut_off_once  # type: ignore[method-assign]
+        before = _restarts("registry-apply")
+        published = await admin.apply(_defs("f0", "f1"))
+        assert published.snapshot is not None and published.snapshot.version == 2
+        armed.set()
+        rt.registry_dirty.set()  # what the watch does, once
+        await eventually(lambda: rt.engine.state.version == 2, 20, "version 2 served")
+        assert attempts == [False, False]  # the flag was cleared each time: no second change
+        assert _restarts("registry-apply") == before + 1
+    finally:
+        await rt.close()
+
+
+def _defs(*features: str) -> Definitions:
+    user = Entity("user_id", DType.INT64)
+    view = FeatureView("v", (user,), tuple(Feature(f, DType.FLOAT64) for f in features))
+    return make_definitions("p", [user], [view], [])
 
 
 def test_the_etcd_password_is_not_in_the_access_settings_repr() -> None:

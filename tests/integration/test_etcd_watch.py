@@ -1,0 +1,219 @@
+"""The etcd registry's watch ending without a lost connection, against a real etcd:
+compacted past the last revision seen (the registry is read again), cancelled by etcd or
+its stream ended cleanly (watched again from the last revision seen). aetcd's own watcher
+swallowed a cancel and a clean end: the server silently stopped following the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+
+import aetcd
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from featurestore.registry.etcd import EtcdRegistry
+from featurestore.registry.etcd_client import EtcdAccess
+from tests.security import Certs, SecureEtcdServer, make_certs
+from tests.servers import EtcdServer
+from tests.support import eventually, free_port
+
+WAIT_S = 20.0  # for a change to come through: a bound on a hang, not a timing assert
+
+
+def lost(cause: str) -> float:
+    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": cause}) or 0.0
+
+
+async def next_change(changes: AsyncIterator[None]) -> None:
+    await asyncio.wait_for(anext(changes), WAIT_S)
+
+
+async def test_a_watch_behind_a_compaction_reads_the_registry_again_and_follows_later_changes(
+    etcd_server: EtcdServer,
+) -> None:
+    project = f"p{uuid.uuid4().hex[:8]}"
+    reg = EtcdRegistry([etcd_server.endpoint], project)
+    admin = aetcd.Client(port=etcd_server.port)
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    before = lost("compacted")
+    try:
+        await next_change(changes)  # armed at the head revision; the watch is not open yet
+        for i in range(3):  # changes made meanwhile, then compacted away
+            await admin.put(f"/featurestore/{project}/data/v/current".encode(), str(i).encode())
+        head = (await admin.put(b"/elsewhere", b"x")).header.revision
+        await admin.compact(head, physical=True)
+        await next_change(changes)  # the watch from the old revision: compacted -> read again
+        assert lost("compacted") == before + 1
+        await admin.put(f"/featurestore/{project}/data/v/current".encode(), b"9")
+        await next_change(changes)  # and it follows on from there
+        assert (await reg.data_versions()) == {"v": 9}
+    finally:
+        await changes.aclose()
+        await admin.close()
+        await reg.close()
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcdServer]:
+    certs = make_certs(tmp_path_factory.mktemp("etcd-watch-certs"))
+    server = SecureEtcdServer(tmp_path_factory.mktemp("etcd-watch"), certs).start()
+    try:
+        server.enable_auth()
+        yield server
+    finally:
+        server.stop()
+
+
+def etcdctl(etcd: SecureEtcdServer, *args: str) -> None:
+    out = etcd.etcdctl(*args, auth=True)
+    assert out.returncode == 0, out.stderr
+
+
+async def test_a_watch_etcd_cancels_is_watched_again_and_misses_no_change(
+    secure_etcd: SecureEtcdServer,
+) -> None:
+    """A user allowed to read the registry's keys but not (yet) to watch the project's
+    prefix: etcd creates the watch and cancels it at once ("permission denied"). The
+    registry counts it, watches again, and once allowed sees the change made meanwhile."""
+    project, user = f"p{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:6]}"
+    certs: Certs = secure_etcd.certs
+    etcdctl(secure_etcd, "role", "add", user)
+    etcdctl(
+        secure_etcd,
+        "role",
+        "grant-permission",
+        "--prefix=true",
+        user,
+        "read",
+        f"/featurestore/{project}/registry/",
+    )
+    etcdctl(secure_etcd, "user", "add", f"{user}:pw-{user}")
+    etcdctl(secure_etcd, "user", "grant-role", user, user)
+    access = EtcdAccess(user, f"pw-{user}", str(certs.ca), str(certs.client_cert), str(certs.client_key))
+    reg = EtcdRegistry([secure_etcd.endpoint], project, access=access)
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    before = lost("cancelled")
+    pending: asyncio.Future[None] | None = None
+    try:
+        await next_change(changes)  # armed; the next step opens the watch
+        pending = asyncio.ensure_future(anext(changes))
+        await eventually(lambda: lost("cancelled") > before, WAIT_S, "the cancelled watch to count")
+        assert not pending.done()
+        etcdctl(secure_etcd, "put", f"/featurestore/{project}/data/v/current", "4")  # missed so far
+        etcdctl(
+            secure_etcd,
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            user,
+            "read",
+            f"/featurestore/{project}/",
+        )
+        await asyncio.wait_for(pending, WAIT_S)
+        assert (await reg.data_versions()) == {"v": 4}
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        await changes.aclose()
+        await reg.close()
+
+
+def test_the_watch_uses_the_channel_and_auth_metadata_aetcds_client_sets_on_connect() -> None:
+    """featurestore/registry/etcd_watch.py opens etcd's Watch stream on these."""
+    connect = inspect.getsource(aetcd.Client.connect)
+    assert "self.channel = rpc.insecure_channel(" in connect
+    assert "self.metadata = (('token', resp.token),)" in connect
+
+
+class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A gRPC proxy in front of a real etcd, forwarding every call as it is, that can end
+    the watch streams open through it cleanly (status OK, as a proxy or load balancer
+    closing a long-lived stream may): ``end_watches``."""
+
+    def __init__(self, etcd: EtcdServer) -> None:
+        self.port = free_port()
+        self.upstream = grpc.aio.insecure_channel(f"127.0.0.1:{etcd.port}")
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers([self])
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.end = asyncio.Event()
+        self.open_watches = 0
+
+    def end_watches(self) -> None:
+        self.end.set()
+        self.end = asyncio.Event()  # watches opened from now on run until told again
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method == "/etcdserverpb.Watch/Watch":
+            return grpc.stream_stream_rpc_method_handler(self._watch)
+
+        async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self.upstream.unary_unary(method)(request)  # type: ignore[no-any-return]
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+    async def _watch(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        call = self.upstream.stream_stream("/etcdserverpb.Watch/Watch")(requests)
+        ended = asyncio.ensure_future(self.end.wait())
+        self.open_watches += 1
+        try:
+            while True:
+                read = asyncio.ensure_future(call.read())
+                await asyncio.wait({read, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if ended.done():
+                    read.cancel()
+                    return  # the stream ends with status OK
+                response = read.result()
+                if response is grpc.aio.EOF:
+                    return
+                yield response
+        finally:
+            self.open_watches -= 1
+            ended.cancel()
+            call.cancel()
+
+
+async def test_a_watch_stream_that_ends_cleanly_is_watched_again_and_misses_no_change(
+    etcd_server: EtcdServer,
+) -> None:
+    proxy = WatchEndingProxy(etcd_server)
+    await proxy.server.start()
+    project = f"p{uuid.uuid4().hex[:8]}"
+    key = f"/featurestore/{project}/data/v/current".encode()
+    reg = EtcdRegistry([f"http://127.0.0.1:{proxy.port}"], project)
+    direct = aetcd.Client(port=etcd_server.port)
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    before = lost("ended")
+    pending: asyncio.Future[None] | None = None
+    try:
+        await next_change(changes)  # armed
+        pending = asyncio.ensure_future(anext(changes))
+        await eventually(lambda: proxy.open_watches == 1, WAIT_S, "the watch open through the proxy")
+        await direct.put(key, b"1")
+        await asyncio.wait_for(pending, WAIT_S)  # followed through the proxy
+        pending = asyncio.ensure_future(anext(changes))
+        proxy.end_watches()
+        await direct.put(key, b"2")  # made while the stream ends: seen by the watch opened again
+        await asyncio.wait_for(pending, WAIT_S)
+        assert lost("ended") == before + 1
+        assert (await reg.data_versions()) == {"v": 2}
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        await changes.aclose()
+        await direct.close()
+        await reg.close()
+        await proxy.server.stop(None)
+        await proxy.upstream.close()
