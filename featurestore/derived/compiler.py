@@ -39,7 +39,7 @@ from featurestore import metrics
 from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
-from featurestore.derived.pages import release_llvm_pages
+from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
 
@@ -274,8 +274,13 @@ async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
 
 
 def _load_all(pairs: list[tuple[KernelSpec, Path]], last_try: bool) -> list[Kernel | None]:
-    kernels = [_load_or_forget(s, p, last_try) for s, p in pairs]
-    release_llvm_pages()
+    """Each load runs LLVM (pages.py): its pages are released after each one, not only
+    after the last, so the peak RSS is that of one load, not the sum."""
+    prepare_numba()
+    kernels = []
+    for s, p in pairs:
+        kernels.append(_load_or_forget(s, p, last_try))
+        release_llvm_pages()
     return kernels
 
 
