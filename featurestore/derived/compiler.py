@@ -39,6 +39,7 @@ from featurestore import metrics
 from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
+from featurestore.derived.fingerprint import Fingerprints
 from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
@@ -75,7 +76,9 @@ _lock = threading.Lock()
 
 
 def specs_of(defs: Definitions) -> list[KernelSpec]:
-    return [generate(v, defs) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
+    """Every view's kernel source; a trusted function's package is hashed once for all."""
+    prints = Fingerprints()
+    return [generate(v, defs, prints) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
 
 
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:

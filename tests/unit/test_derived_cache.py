@@ -144,7 +144,7 @@ import numpy as np
 from featurestore.definitions.parser import parse_definitions
 from featurestore.derived import compiler
 from tests.unit.test_derived_cache import doc
-raw = doc(["u:x"], "", function="trusted_pkg_stale.kernels:risk", args=("x",))
+raw = doc(["u:x"], "", function=sys.argv[2], args=("x",))
 kernel = asyncio.run(compiler.kernels_for(parse_definitions(raw, source="f.yaml"), Path(sys.argv[1])))["d"]
 print(kernel.run(np.full((1, 1), 2.0))[0, 0])
 """
@@ -156,10 +156,6 @@ def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after
     """The trusted function's module is unchanged; the helper it calls, in another module
     of its package, changes. A restarted server (a fresh process, same cache) computes
     with the new helper, and no numba cache is written next to the deployed code."""
-    import os
-    import subprocess
-    import sys
-
     package = tmp_path / "code" / "trusted_pkg_stale"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -168,17 +164,42 @@ def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after
     )
     helper = "import numba\n\n\n@numba.njit\ndef helper(a):\n    return a * {}\n"
     (package / "util.py").write_text(helper.format("1000.0"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), *sys.path])}
-
-    def restart() -> float:
-        command = [sys.executable, "-c", RUN_TRUSTED, str(tmp_path / "cache")]
-        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-        return float(out.stdout.strip().splitlines()[-1])
-
-    assert restart() == 2001.0
+    assert restarted(tmp_path, "trusted_pkg_stale.kernels:risk") == 2001.0
     (package / "util.py").write_text(helper.format("20000.0"))  # another size: no stale .pyc
-    assert restart() == 40001.0
+    assert restarted(tmp_path, "trusted_pkg_stale.kernels:risk") == 40001.0
     assert list(package.rglob("*.nb[ic]")) == [], "numba cached the trusted function beside its code"
+
+
+def restarted(tmp_path: Path, function: str) -> float:
+    """A fresh process over ``tmp_path / "cache"`` computing the trusted ``function`` of 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), *sys.path])}
+    command = [sys.executable, "-c", RUN_TRUSTED, str(tmp_path / "cache"), function]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_changed_data_file_in_a_trusted_functions_package_is_compiled_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """numba freezes the globals a function reads into its machine code: a constant the
+    package loads from a data file at import is part of the kernel, and a new data file
+    (no ``.py`` changed) must rename and rebuild it."""
+    package = tmp_path / "code" / "trusted_pkg_data"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text(
+        "import json\nfrom pathlib import Path\n\n"
+        "SCALE = json.loads((Path(__file__).parent / 'scale.json').read_text())\n\n\n"
+        "def risk(a):\n    return a * SCALE + 1.0\n"
+    )
+    (package / "scale.json").write_text("1000.0")
+    assert restarted(tmp_path, "trusted_pkg_data.kernels:risk") == 2001.0
+    (package / "scale.json").write_text("20000.0")
+    assert restarted(tmp_path, "trusted_pkg_data.kernels:risk") == 40001.0
 
 
 RUN_VIEW = """
