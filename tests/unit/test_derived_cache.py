@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -319,3 +320,72 @@ def test_a_cache_built_for_another_cpu_is_built_again_in_the_build_process_not_w
         assert out.stdout.split() == ["True", "507.0"], env.get("NUMBA_CPU_NAME", "host")
     (marker,) = (tmp_path / "cache").glob("dv_d_*.built")
     assert len(marker.read_text().splitlines()) == 2
+
+
+def trusted_package(tmp_path: Path, name: str, source: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package ``name`` with ``kernels.py`` = ``source``, importable here and by the
+    build process; returns its function ``risk``."""
+    package = tmp_path / "code" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    return f"{name}.kernels:risk"
+
+
+def counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[list[Path]]:
+    """The module lists of the build processes ``compiler`` starts from now on."""
+    builds: list[list[Path]] = []
+    real = compiler.build_command
+
+    def counted(paths: list[Path]) -> list[str]:
+        builds.append(paths)
+        return real(paths)
+
+    monkeypatch.setattr(compiler, "build_command", counted)
+    return builds
+
+
+async def test_a_kernel_that_does_not_compile_is_not_compiled_again_when_its_swap_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary this server cannot serve is retried every few seconds: the kernel that
+    failed (the same module: the same source and trusted code) fails again at once,
+    with the same error, without another build process."""
+    from featurestore.errors import DefinitionError
+
+    function = trusted_package(
+        tmp_path, "trusted_pkg_untypable", "def risk(a):\n    return object()\n", monkeypatch
+    )
+    defs = parse_definitions(doc(["u:x"], "", function=function, args=("x",)), source="f.yaml")
+    builds = counting_builds(monkeypatch)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile") as e:
+            await compiler.kernels_for(defs, tmp_path / "cache")
+        errors.append(str(e.value))
+    assert len(builds) == 1
+    assert "not built again" in errors[1] and errors[1] == errors[2]
+
+
+async def test_a_kernel_whose_build_failed_on_an_os_error_is_built_again_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the machine (here a file the trusted module reads at import is
+    missing; a full disk alike) is not remembered: once it is over, the retry builds."""
+    from featurestore.errors import DefinitionError
+
+    scale = tmp_path / "scale.txt"  # outside the package: its hash stays the same
+    source = f"from pathlib import Path\n\nSCALE = float(Path({str(scale)!r}).read_text())\n\n\n"
+    source += "def risk(a):\n    return a * SCALE\n"
+    scale.write_text("3.0")
+    function = trusted_package(tmp_path, "trusted_pkg_missing_file", source, monkeypatch)
+    defs = parse_definitions(doc(["u:x"], "", function=function, args=("x",)), source="f.yaml")
+    scale.unlink()
+    builds = counting_builds(monkeypatch)
+    with pytest.raises(DefinitionError, match="FileNotFoundError"):
+        await compiler.kernels_for(defs, tmp_path / "cache")
+    scale.write_text("3.0")
+    kernel = (await compiler.kernels_for(defs, tmp_path / "cache"))["d"]
+    assert kernel.run(np.full((1, 1), 2.0))[0, 0] == 6.0
+    assert len(builds) == 2
