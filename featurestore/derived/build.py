@@ -6,7 +6,11 @@ at decoration) and ``cache=True`` writes the machine code next to it (or under
 ``NUMBA_CACHE_DIR`` when that is set). Then ``marker()`` is added to the lines of
 ``MODULE.built`` (written atomically): what ``compiler.is_built`` checks, wherever numba
 put its index; a line per interpreter, numba, cache location and CPU built for.
-A failure is one JSON line on stdout, ``{"path": ..., "error": ...}``, and exit status 1.
+A failure is one JSON line on stdout, ``{"path": ..., "error": ..., "lasting": ...}``, and
+exit status 1; ``lasting`` is false for what the machine caused (an ``OSError`` such as a
+full disk, a ``MemoryError``): the same module may build once that is over, while any
+other error (the source does not compile, a trusted function does not import) recurs
+as long as the module, named by the hash of all it depends on, is the same.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ def main(argv: list[str]) -> int:
         try:
             build(Path(arg))
         except Exception as e:
-            print(json.dumps({"path": arg, "error": _error_text(e)}), flush=True)
+            lasting = not isinstance(e, (OSError, MemoryError))
+            print(json.dumps({"path": arg, "error": _error_text(e), "lasting": lasting}), flush=True)
             status = 1
     return status
 

@@ -39,7 +39,8 @@ from featurestore import metrics
 from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
-from featurestore.derived.pages import release_llvm_pages
+from featurestore.derived.fingerprint import Fingerprints
+from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
 
@@ -71,11 +72,17 @@ class Kernel:
 # Kernels loaded by this process, by module name. numba never frees machine code, so a
 # kernel is loaded once per process and reused by every snapshot that generates it.
 _loaded: dict[str, Kernel] = {}
+# Module names whose build failed for good (``build``'s ``lasting``), with the error:
+# the name is the hash of everything the build depends on, so it fails again. Plain dict
+# reads and writes (atomic): the event loop checks it, and must not wait on ``_lock``.
+_failed: dict[str, str] = {}
 _lock = threading.Lock()
 
 
 def specs_of(defs: Definitions) -> list[KernelSpec]:
-    return [generate(v, defs) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
+    """Every view's kernel source; a trusted function's package is hashed once for all."""
+    prints = Fingerprints()
+    return [generate(v, defs, prints) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
 
 
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
@@ -151,11 +158,25 @@ def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int,
     for f in failures:  # a module that failed is never loaded: leave no dead file behind
         with contextlib.suppress(OSError):
             Path(f["path"]).unlink()
+    errors = []
     for f in failures:
         spec = specs.get(Path(f["path"]))
         view = spec.view if spec is not None else f["path"]
-        raise DefinitionError(f"derived_views[{view}]: the kernel does not compile: {f['error']}")
+        errors.append(DefinitionError(f"derived_views[{view}]: the kernel does not compile: {f['error']}"))
+        if spec is not None and f.get("lasting", True):
+            _failed[spec.module] = str(errors[-1])
+    if errors:
+        raise errors[0]
     raise DefinitionError(f"compiling derived kernels failed (exit {returncode}): {stderr.strip()[-500:]}")
+
+
+def _refuse_failed(specs: list[KernelSpec]) -> None:
+    """A kernel whose build failed in this process for a reason its module name covers
+    fails again without a build process: a canary this server cannot serve is retried
+    every few seconds (the registry applier's backoff), and each retry would compile."""
+    failed = [_failed[s.module] for s in specs if s.module in _failed]  # no lock: the event loop
+    if failed:
+        raise DefinitionError(f"{failed[0]} (this process built the same kernel before: not built again)")
 
 
 def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionError:
@@ -170,6 +191,7 @@ def _timed_out(specs: dict[Path, KernelSpec], todo: list[Path]) -> DefinitionErr
 async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
     """Write and compile (in a child process) whatever is not in the cache yet, one
     process at a time per cache directory (``buildlock``)."""
+    _refuse_failed(specs)
     paths = {write_module(s, cache_dir): s for s in specs}
     if all(map(is_built, paths)):
         return list(paths)
@@ -206,6 +228,7 @@ async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
 
 def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
     """``build`` for the CLI (validate, apply): refuse definitions whose kernels fail."""
+    _refuse_failed(specs)
     paths = {write_module(s, cache_dir): s for s in specs}
     if all(map(is_built, paths)):
         return
@@ -274,8 +297,13 @@ async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
 
 
 def _load_all(pairs: list[tuple[KernelSpec, Path]], last_try: bool) -> list[Kernel | None]:
-    kernels = [_load_or_forget(s, p, last_try) for s, p in pairs]
-    release_llvm_pages()
+    """Each load runs LLVM (pages.py): its pages are released after each one, not only
+    after the last, so the peak RSS is that of one load, not the sum."""
+    prepare_numba()
+    kernels = []
+    for s, p in pairs:
+        kernels.append(_load_or_forget(s, p, last_try))
+        release_llvm_pages()
     return kernels
 
 

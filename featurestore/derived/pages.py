@@ -10,8 +10,16 @@ read-only mappings are advised ``MADV_PAGEOUT`` (Linux 5.4+): the kernel drops t
 from this process, and a later load reads them back from the page cache on demand.
 Elsewhere, or on an older kernel, this does nothing.
 
+Even loading machine code from the cache runs LLVM once per process: numba compiles
+its runtime (NRT) when its CPU target is first used. Done inside the first load, that
+compile, the import of numba and the load each faulted in their share of the library
+before anything was released: the peak RSS was ~65 MB over the RSS once released.
+``prepare_numba`` takes those steps one at a time before the first load, releasing the
+pages after each, so no more than one step's pages are ever in at once.
+
 ``tests/unit/test_derived_kernels.py`` checks that the library is still mapped under
-this name, so a rename in llvmlite fails a test instead of silently costing memory.
+this name, so a rename in llvmlite fails a test instead of silently costing memory, and
+that the numba entry points ``prepare_numba`` calls are still there.
 """
 
 from __future__ import annotations
@@ -25,6 +33,37 @@ log = logging.getLogger(__name__)
 
 LIBRARY = "libllvmlite"
 _MADV_PAGEOUT = 21  # linux/mman.h
+_prepared = False
+
+
+def prepare_numba() -> bool:
+    """Import numba, compile its runtime and load its implementation registries, each
+    step's LLVM pages released before the next (once per process; later calls return).
+    The steps are what numba does on its own at the first kernel load; an entry point
+    gone in another numba version leaves them to it (costing only the peak): False."""
+    global _prepared
+    if _prepared:
+        return True
+    import numba  # noqa: F401  (its import faults in LLVM's static initialisers)
+
+    release_llvm_pages()
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+        from numba.core.runtime.nrt import rtsys
+
+        context = cpu_target.target_context
+        initialize, refresh = rtsys.initialize, context.refresh
+    except (ImportError, AttributeError) as e:
+        log.debug("numba's runtime is not where featurestore looks for it (%s)", e)
+        return False
+    initialize(context)  # compiles NRT with LLVM: the largest step
+    release_llvm_pages()
+    with global_compiler_lock:
+        refresh()  # what numba's first compile or cache load does next
+    release_llvm_pages()
+    _prepared = True
+    return True
 
 
 def library_mappings(maps: Path = Path("/proc/self/maps")) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -144,7 +145,7 @@ import numpy as np
 from featurestore.definitions.parser import parse_definitions
 from featurestore.derived import compiler
 from tests.unit.test_derived_cache import doc
-raw = doc(["u:x"], "", function="trusted_pkg_stale.kernels:risk", args=("x",))
+raw = doc(["u:x"], "", function=sys.argv[2], args=("x",))
 kernel = asyncio.run(compiler.kernels_for(parse_definitions(raw, source="f.yaml"), Path(sys.argv[1])))["d"]
 print(kernel.run(np.full((1, 1), 2.0))[0, 0])
 """
@@ -156,10 +157,6 @@ def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after
     """The trusted function's module is unchanged; the helper it calls, in another module
     of its package, changes. A restarted server (a fresh process, same cache) computes
     with the new helper, and no numba cache is written next to the deployed code."""
-    import os
-    import subprocess
-    import sys
-
     package = tmp_path / "code" / "trusted_pkg_stale"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -168,17 +165,42 @@ def test_a_changed_helper_in_a_trusted_functions_package_is_compiled_again_after
     )
     helper = "import numba\n\n\n@numba.njit\ndef helper(a):\n    return a * {}\n"
     (package / "util.py").write_text(helper.format("1000.0"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), *sys.path])}
-
-    def restart() -> float:
-        command = [sys.executable, "-c", RUN_TRUSTED, str(tmp_path / "cache")]
-        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-        return float(out.stdout.strip().splitlines()[-1])
-
-    assert restart() == 2001.0
+    assert restarted(tmp_path, "trusted_pkg_stale.kernels:risk") == 2001.0
     (package / "util.py").write_text(helper.format("20000.0"))  # another size: no stale .pyc
-    assert restart() == 40001.0
+    assert restarted(tmp_path, "trusted_pkg_stale.kernels:risk") == 40001.0
     assert list(package.rglob("*.nb[ic]")) == [], "numba cached the trusted function beside its code"
+
+
+def restarted(tmp_path: Path, function: str) -> float:
+    """A fresh process over ``tmp_path / "cache"`` computing the trusted ``function`` of 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), *sys.path])}
+    command = [sys.executable, "-c", RUN_TRUSTED, str(tmp_path / "cache"), function]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_changed_data_file_in_a_trusted_functions_package_is_compiled_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """numba freezes the globals a function reads into its machine code: a constant the
+    package loads from a data file at import is part of the kernel, and a new data file
+    (no ``.py`` changed) must rename and rebuild it."""
+    package = tmp_path / "code" / "trusted_pkg_data"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text(
+        "import json\nfrom pathlib import Path\n\n"
+        "SCALE = json.loads((Path(__file__).parent / 'scale.json').read_text())\n\n\n"
+        "def risk(a):\n    return a * SCALE + 1.0\n"
+    )
+    (package / "scale.json").write_text("1000.0")
+    assert restarted(tmp_path, "trusted_pkg_data.kernels:risk") == 2001.0
+    (package / "scale.json").write_text("20000.0")
+    assert restarted(tmp_path, "trusted_pkg_data.kernels:risk") == 40001.0
 
 
 RUN_VIEW = """
@@ -298,3 +320,72 @@ def test_a_cache_built_for_another_cpu_is_built_again_in_the_build_process_not_w
         assert out.stdout.split() == ["True", "507.0"], env.get("NUMBA_CPU_NAME", "host")
     (marker,) = (tmp_path / "cache").glob("dv_d_*.built")
     assert len(marker.read_text().splitlines()) == 2
+
+
+def trusted_package(tmp_path: Path, name: str, source: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package ``name`` with ``kernels.py`` = ``source``, importable here and by the
+    build process; returns its function ``risk``."""
+    package = tmp_path / "code" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    return f"{name}.kernels:risk"
+
+
+def counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[list[Path]]:
+    """The module lists of the build processes ``compiler`` starts from now on."""
+    builds: list[list[Path]] = []
+    real = compiler.build_command
+
+    def counted(paths: list[Path]) -> list[str]:
+        builds.append(paths)
+        return real(paths)
+
+    monkeypatch.setattr(compiler, "build_command", counted)
+    return builds
+
+
+async def test_a_kernel_that_does_not_compile_is_not_compiled_again_when_its_swap_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary this server cannot serve is retried every few seconds: the kernel that
+    failed (the same module: the same source and trusted code) fails again at once,
+    with the same error, without another build process."""
+    from featurestore.errors import DefinitionError
+
+    function = trusted_package(
+        tmp_path, "trusted_pkg_untypable", "def risk(a):\n    return object()\n", monkeypatch
+    )
+    defs = parse_definitions(doc(["u:x"], "", function=function, args=("x",)), source="f.yaml")
+    builds = counting_builds(monkeypatch)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile") as e:
+            await compiler.kernels_for(defs, tmp_path / "cache")
+        errors.append(str(e.value))
+    assert len(builds) == 1
+    assert "not built again" in errors[1] and errors[1] == errors[2]
+
+
+async def test_a_kernel_whose_build_failed_on_an_os_error_is_built_again_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the machine (here a file the trusted module reads at import is
+    missing; a full disk alike) is not remembered: once it is over, the retry builds."""
+    from featurestore.errors import DefinitionError
+
+    scale = tmp_path / "scale.txt"  # outside the package: its hash stays the same
+    source = f"from pathlib import Path\n\nSCALE = float(Path({str(scale)!r}).read_text())\n\n\n"
+    source += "def risk(a):\n    return a * SCALE\n"
+    scale.write_text("3.0")
+    function = trusted_package(tmp_path, "trusted_pkg_missing_file", source, monkeypatch)
+    defs = parse_definitions(doc(["u:x"], "", function=function, args=("x",)), source="f.yaml")
+    scale.unlink()
+    builds = counting_builds(monkeypatch)
+    with pytest.raises(DefinitionError, match="FileNotFoundError"):
+        await compiler.kernels_for(defs, tmp_path / "cache")
+    scale.write_text("3.0")
+    kernel = (await compiler.kernels_for(defs, tmp_path / "cache"))["d"]
+    assert kernel.run(np.full((1, 1), 2.0))[0, 0] == 6.0
+    assert len(builds) == 2

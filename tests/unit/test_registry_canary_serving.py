@@ -132,3 +132,49 @@ async def test_a_canary_whose_candidate_cannot_be_read_neither_stops_a_start_nor
         assert rt.engine.state.canaries == {}
     finally:
         await rt.close()
+
+
+async def test_a_canary_whose_kernel_does_not_build_here_is_not_compiled_again_at_each_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The applier retries a canary it cannot serve every few seconds: the candidate's
+    kernel is compiled by one build process, and the retries report its error again
+    without starting another."""
+    from prometheus_client import REGISTRY
+
+    from featurestore.definitions.parser import parse_definitions
+    from tests.unit.test_derived_cache import counting_builds, doc, trusted_package
+
+    function = trusted_package(
+        tmp_path, "trusted_pkg_canary", "def risk(a):\n    return object()\n", monkeypatch
+    )
+    current = doc(["u:x"], "x")
+    del current["derived_views"]
+    candidate = doc(["u:x"], "", function=function, args=("x",))
+    for raw, features in ((current, ["u:x"]), (candidate, ["u:x", "d:s"])):
+        raw["feature_services"] = [{"name": "svc", "features": features}]
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(parse_definitions(current, source="v1.yaml"))
+    await admin.canary_start("svc", parse_definitions(candidate, source="v2.yaml"), 0.5)
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
+    builds = counting_builds(monkeypatch)
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("featurestore_registry_apply_failures_total") or 0.0
+
+    rt = await build_runtime(config)
+    try:
+        start = failures()
+        await _until(lambda: failures() >= start + 3, "three retries of the canary")
+        assert "the kernel does not compile" in (rt.registry_apply_error or ""), rt.registry_apply_error
+        assert rt.engine.state.canaries == {}
+        assert len(builds) == 1, builds
+    finally:
+        await rt.close()
