@@ -14,8 +14,8 @@ of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
 ``fills_per_round_trip`` is what a round trip is worth in missed keys. It depends on the
 store (factories.py picks it by kind): on Redis under load the joins of an event-loop tick
 share one pipelined write (auto-pipelining), so a full hit saved 25 µs of server CPU per
-batch-1 join while a missed key cost 46 µs (`python -m benchmarks.cache_admission`,
-2026-12-03: 0.5); a ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
+batch-1 join while a missed key cost 46 µs (`python -m benchmarks.cache_figures`,
+benchmarks/RESULTS.md, 2026-12-03: 0.5); a ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
 Otherwise the read goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
@@ -23,14 +23,16 @@ would reach: a hot set that consulting keeps cached looks cold to a cache nobody
 So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
 filled before skipping have expired by then), the next read of it starts a **trial** of
 that view: its reads consult to load what they ask for (a window of 2,000 looked-up keys),
-then measure the hit rate in windows of 2,000 keys for as long as it keeps rising (a cache
-warming up; at most ``trial_every``), and the last window's rate decides again. A trial
-that ends skipping doubles the wait before the next (up to 16 periods), so a key space the
-cache cannot hold (uniform keys) pays for a trial a few percent of the time; a rule that
-consults resets it. A view read too rarely to finish a window in a trial is skipped since
-the trial began without a longer wait, so the next trial starts at once: it stays on
-trials, i.e. consults, and its rate is not updated (such a view costs little CPU either
-way). Every read consults, whatever its size, only by this rule: a cold cache warms
+then measure the hit rate in windows of 2,000 keys until a TTL has passed (before that no
+row the trial loaded has expired: the rate climbs a warm-up curve above where consulting
+settles, e.g. 86% against 67% for uniform keys read twice over per TTL) and for as long
+as it keeps rising (a skewed workload's hot set warming up), at most two TTLs; the last
+window's rate decides again. A trial that ends skipping doubles the wait before the next
+(counted from its end, up to 16 periods), so a key space the cache cannot hold pays for a
+trial a few percent of the time; the wait is reset once the rule has kept consulting the
+view for a period. A view read too rarely to finish a window in a trial starts the next
+at once: it stays on trials, i.e. consults, and its rate is not updated (such a view
+costs little CPU either way). Reads of every size follow the rule: a cold cache warms
 through trials (a skewed workload's rate rises window after window while it loads and so
 keeps its trial going), not by reads that always consult while the cache has room, which
 cost batch-1 joins of uniform keys 19% of their QPS while a 200,000-row cache filled. A
@@ -55,15 +57,17 @@ MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping
 
 class _Trial:
     """A view's trial: keys left to load, then the measuring window's keys left and
-    hits, the previous window's rate (-1: none yet), and when it ends."""
+    hits, the previous window's rate (-1: none yet); from ``settled`` (a TTL after it
+    began) rows it loaded expire, as in steady state; it ends by ``ends`` (two TTLs)."""
 
-    __slots__ = ("ends", "hits", "left", "load", "prev")
+    __slots__ = ("ends", "hits", "left", "load", "prev", "settled")
 
-    def __init__(self, ends: float) -> None:
+    def __init__(self, now: float, ttl: float) -> None:
         self.load = self.left = float(_WINDOW_KEYS)
         self.hits = 0.0
         self.prev = -1.0
-        self.ends = ends
+        self.settled = now + ttl
+        self.ends = now + 2 * ttl
 
 
 class CacheBypass:
@@ -72,6 +76,7 @@ class CacheBypass:
     __slots__ = (
         "_backoff",
         "_clock",
+        "_consulting_since",
         "_hits",
         "_looked",
         "_rate",
@@ -104,7 +109,8 @@ class CacheBypass:
         self._rate: dict[str, float] = {}
         self._skipping_since: dict[str, float] = {}
         self._trials: dict[str, _Trial] = {}
-        self._backoff: dict[str, int] = {}  # trials begun since the rule last consulted, capped
+        self._backoff: dict[str, int] = {}  # trials begun since the rule last kept consulting, capped
+        self._consulting_since: dict[str, float] = {}  # views with a backoff the rule lets consult
         self.skipped = 0  # reads sent past the cache
 
     def consults(self, queries: Sequence[ViewQuery]) -> bool:
@@ -119,13 +125,22 @@ class CacheBypass:
             chance *= h**k
             misses += k * (1.0 - h)
         if chance * per_trip >= misses:
-            since = self._skipping_since
-            if since:
-                for q in queries:
-                    if since.pop(q.view.name, None) is not None:
-                        self._backoff.pop(q.view.name, None)
+            if self._skipping_since or self._backoff:
+                self._consulting(queries)
             return True
         return self._trial(queries)
+
+    def _consulting(self, queries: Sequence[ViewQuery]) -> None:
+        """The rule consults: its views are no longer skipping, and a view's backoff ends
+        once the rule has kept consulting it for a period (so a rate that flips between
+        consulting and skipping does not undo the backoff at every flip)."""
+        now = self._clock()
+        since, backoff, consulting = self._skipping_since, self._backoff, self._consulting_since
+        for q in queries:
+            name = q.view.name
+            since.pop(name, None)
+            if name in backoff and now - consulting.setdefault(name, now) >= self.trial_every:
+                del backoff[name], consulting[name]
 
     def _trial(self, queries: Sequence[ViewQuery]) -> bool:
         """The rule would skip this read: consult anyway if one of its views is on trial,
@@ -135,19 +150,21 @@ class CacheBypass:
         on_trial = False
         for q in queries:
             name = q.view.name
+            self._consulting_since.pop(name, None)
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
                 del trials[name]
                 if trial.prev >= 0:  # still rising at its end: the last window's rate decides
                     self._measured(name, trial.prev * _WINDOW_KEYS, _WINDOW_KEYS)
-                else:  # it gave up: a view read too rarely to measure, no longer wait
-                    backoff[name] = max(backoff.get(name, 1) - 1, 0)
+                    since[name] = now
+                else:  # it gave up: a view read too rarely to measure: the next starts now
+                    backoff.pop(name, None)
+                    since[name] = now - self.trial_every
                 trial = None
             if trial is None:
                 wait = self.trial_every * (1 << backoff.get(name, 0))
                 if now - since.setdefault(name, now) >= wait:
-                    trials[name] = trial = _Trial(now + self.trial_every)
-                    since[name] = now  # skipping counts from here
+                    trials[name] = trial = _Trial(now, self.trial_every)
                     backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
             on_trial = on_trial or trial is not None
         if not on_trial:
@@ -169,11 +186,15 @@ class CacheBypass:
                 return
             n = _WINDOW_KEYS - trial.left
             rate = trial.hits / n
-            if rate > trial.prev and self._clock() < trial.ends:  # still warming: another window
+            now = self._clock()
+            # Another window while its rows have not started expiring (the rate before
+            # that is a warm-up curve above the steady state), or while it still rises.
+            if (now < trial.settled or rate > trial.prev) and now < trial.ends:
                 trial.prev, trial.hits, trial.left = rate, 0.0, float(_WINDOW_KEYS)
                 return
             del self._trials[view]
             self._measured(view, trial.hits, n)  # the rate from here is the last window's
+            self._skipping_since[view] = now  # the wait for the next trial counts from here
             return
         keep = _KEEP_PER_KEY**looked
         h = self._hits.get(view, 0.0) * keep + hits
@@ -198,6 +219,7 @@ class CacheBypass:
             self._skipping_since,
             self._trials,
             self._backoff,
+            self._consulting_since,
         ):
             for gone in [v for v in table if v not in views]:
                 del table[gone]

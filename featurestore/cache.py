@@ -157,6 +157,7 @@ class CachedSource:
                 miss_slots.append((qi, misses))
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
+        owed: dict[int, set[int]] = {}
         if miss_queries:
             since = self._fence.now
             read_at = cache.now()
@@ -185,6 +186,10 @@ class CachedSource:
                 else:
                     for i, row in zip(misses, fetched, strict=True):
                         rows[i] = row
+                    if got.unavailable is not None:  # keys the store owed: None, served UNAVAILABLE
+                        owed[qi] = {misses[j] for j, u in enumerate(got.unavailable) if u}
+                        for i in owed[qi]:
+                            rows[i] = None
                 space = (q.view.name, q.view.layout, q.data_version)
                 # No write of this view's version overlapped the read: ~0.1 µs a view
                 # (a tuple hash and a dict lookup; the store-wide check it replaced: 0.02 µs).
@@ -193,7 +198,7 @@ class CachedSource:
             self._entries.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:
-                results[qi] = _columnar(cached[qi], q.features, len(q.view.features))
+                results[qi] = _columnar(cached[qi], q.features, len(q.view.features), owed.get(qi))
         return results  # type: ignore[return-value]
 
     async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:

@@ -101,7 +101,7 @@ def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
 # What a round trip to a store is worth in missed keys, by its kind, when the config names
 # no figure (featurestore/bypass.py): on Redis under load a batch-1 join's full hit saved
 # 25 µs of server CPU and a missed key cost 46 (auto-pipelined reads share their round
-# trips; benchmarks/RESULTS.md, "Cache admission", 2026-12-03); a ClickHouse point read
+# trips; `python -m benchmarks.cache_figures`, benchmarks/RESULTS.md, 2026-12-03); a ClickHouse point read
 # costs ~3.4 ms (benchmarks/RESULTS.md, "ClickHouse"), ~70 missed keys: 50, the cautious
 # side of it.
 FILLS_PER_ROUND_TRIP: Final[Mapping[str, float]] = MappingProxyType({"redis": 0.5, "clickhouse": 50.0})

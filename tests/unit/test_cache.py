@@ -221,3 +221,59 @@ async def test_a_cached_row_expires_a_ttl_after_the_store_was_asked_not_after_it
     assert src.cache.get((V.name, V.layout, 1), 1) is not None
     clock.t = 30.5  # 30 s after the ask (not 40 s after the answer)
     assert src.cache.get((V.name, V.layout, 1), 1) is None
+
+
+class Owing(MemorySource):
+    """A store that owes (marks unavailable) the keys in ``owed`` and serves the rest."""
+
+    owed: frozenset[object] = frozenset()
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        got = await super().read(queries)
+        out: list[ViewRead | BaseException] = []
+        for q, r in zip(queries, got, strict=True):
+            assert isinstance(r, ViewRead)
+            flags = [k in self.owed for k in q.keys]
+            out.append(r._replace(unavailable=flags) if any(flags) else r)
+        return out
+
+
+async def owing_source() -> tuple[CachedSource, Owing]:
+    from featurestore.bypass import CacheBypass
+
+    inner = Owing("remote")
+    src = CachedSource(inner, LRUCache(100, 30), CacheBypass(0))
+    await src.prepare([V])
+    table = {"user_id": [1, 2, 3], "a": [10, 20, 30], "b": ["x", "y", "z"], "event_timestamp": [1, 1, 1]}
+    await src.write(V, pa.table(table, schema=view_schema(V)), 1)
+    return src, inner
+
+
+async def test_keys_the_store_owes_are_served_unavailable_and_never_cached_whether_or_not_others_hit() -> (
+    None
+):
+    src, inner = await owing_source()
+    await src.read([ViewQuery(V, [1], [0, 1], 1)])  # user 1 cached
+    inner.owed = frozenset({2})
+    for keys in ([2], [1, 2, 3]):  # nothing cached of it / some keys cached
+        [got] = await src.read([ViewQuery(V, keys, [0, 1], 1)])
+        assert isinstance(got, ViewRead) and got.unavailable is not None
+        assert [u for k, u in zip(keys, got.unavailable, strict=True)] == [k == 2 for k in keys]
+        assert [f for k, f in zip(keys, got.found, strict=True) if k != 2] == [True] * (len(keys) - 1)
+    inner.owed = frozenset()
+    [got] = await src.read([ViewQuery(V, [2], [0, 1], 1)])  # 2 was never cached as a row or NOT_FOUND
+    assert isinstance(got, ViewRead) and got.found == [True] and got.columns == [[20], ["y"]]
+
+
+async def test_a_fully_cached_read_and_a_fully_missed_read_give_the_same_columns() -> None:
+    src, _ = await owing_source()
+    [missed] = await src.read([ViewQuery(V, [3, 1, 9], [1, 0], 1)])
+    [cached] = await src.read([ViewQuery(V, [3, 1, 9], [1, 0], 1)])
+    for got in (missed, cached):
+        assert isinstance(got, ViewRead)
+        assert (
+            got.found == [True, True, False]
+            and got.columns[0][:2] == ["z", "x"]
+            and got.columns[1][:2] == [30, 10]
+        )
+        assert got.event_ts_us[:2] == [1, 1] and not got.unavailable

@@ -167,27 +167,43 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
     assert b.consults([q(range(100))])
     b.observe("bypass_v", 0, 2_000)  # the loading window: its misses are not measured
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 1_999, 2_000)  # the first measuring window: risen from nothing
+    b.observe("bypass_v", 1_999, 2_000)  # a window before its rows can expire: not yet
     assert "bypass_v" in b._trials
+    clock.t = 60.0  # a TTL after it began
     b.observe("bypass_v", 1_999, 2_000)  # no longer rising: the trial is over
     assert "bypass_v" not in b._trials
     assert b.hit_rate("bypass_v") == pytest.approx(0.9995)
     assert b.consults([q(range(100))])  # and its rate says consulting pays
 
 
-def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_a_period() -> None:
+def test_a_trial_decides_by_a_window_measured_after_its_first_rows_could_expire() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 2_000)  # loaded
+    for hits in (1_700, 1_720, 1_700):  # 85-86%: a warm-up curve, before any loaded row expired
+        b.observe("bypass_v", hits, 2_000)
+        assert "bypass_v" in b._trials
+    clock.t = 60.0  # rows loaded at 30 expire from here: the rate settles lower
+    b.observe("bypass_v", 1_340, 2_000)  # 67%, below the window before: decided
+    assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == pytest.approx(0.67)
+
+
+def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_two_periods() -> None:
     clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])  # trial
     b.observe("bypass_v", 0, 2_000)
     b.observe("bypass_v", 1_000, 2_000)
+    clock.t = 60.0
     b.observe("bypass_v", 1_000, 2_000)  # measured: 50%, no longer rising
-    clock.t = 31.0
+    clock.t = 61.0
     assert not b.consults([q(range(100))])
-    clock.t = 89.9
+    clock.t = 119.9
     assert not b.consults([q(range(100))])
-    clock.t = 90.0  # two periods after the trial began: a trial that ends skipping doubles the wait
+    clock.t = 120.0  # two periods after the trial ended: a trial that ends skipping doubles the wait
     assert b.consults([q(range(100))])
 
 
@@ -206,20 +222,32 @@ def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
     assert b.consults([q(range(100))])
 
 
+def trial_ending_skipping(clock: Clock, b: CacheBypass) -> None:
+    """Runs a trial of bypass_v from now that measures 0% hits; the clock ends a TTL later."""
+    assert b.consults([q(range(100))]) and "bypass_v" in b._trials
+    b.observe("bypass_v", 0, 2_000)
+    b.observe("bypass_v", 0, 2_000)
+    clock.t += 30.0
+    b.observe("bypass_v", 0, 2_000)
+    assert "bypass_v" not in b._trials
+
+
 def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> None:
     clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
+    trial_ending_skipping(clock, b)  # ends at 60: the next trial waits two periods, from 60
+    clock.t = 180.0
     assert b.consults([q(range(100))])
     b.observe("bypass_v", 0, 100)  # far from a window
-    clock.t = 59.0
-    assert b.consults([q(range(100))])  # still on trial
-    clock.t = 60.0  # it gave up; skipped since it began, so the next starts afresh
+    clock.t = 239.0
+    assert b.consults([q(range(100))])  # still on trial (two TTLs at most)
+    clock.t = 240.0  # it gave up; a view too rare to measure is never made to wait
     assert b.consults([q(range(100))])
     trial = b._trials["bypass_v"]
-    assert (trial.load, trial.left, trial.ends) == (2_000, 2_000, 90.0)
+    assert (trial.load, trial.left, trial.ends) == (2_000, 2_000, 300.0)
     b.observe("bypass_v", 0, 100)
-    clock.t = 90.0  # gave up again: never a longer wait for a view too rare to measure
+    clock.t = 300.0  # gave up again: another at once
     assert b.consults([q(range(100))])
 
 
@@ -229,6 +257,7 @@ def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_pla
     clock.t = 30.0
     assert b.consults([q(range(100))])
     b.observe("bypass_v", 0, 2_000)  # loaded
+    clock.t = 60.0  # (settled)
     for hits in (600, 1_200, 1_500, 1_700):  # a warming cache: 30%, 60%, 75%, 85%
         b.observe("bypass_v", hits, 2_000)
         assert "bypass_v" in b._trials and b.consults([q(range(100))])
@@ -245,7 +274,7 @@ def test_a_trial_still_rising_when_its_time_is_up_decides_by_its_last_whole_wind
     b.observe("bypass_v", 400, 2_000)
     b.observe("bypass_v", 800, 2_000)  # 40% and rising
     b.observe("bypass_v", 500, 1_000)  # half a window
-    clock.t = 60.0
+    clock.t = 90.0  # two TTLs after it began
     assert not b.consults([q(range(100))])  # decided by the 40% window: skip
     assert b.hit_rate("bypass_v") == pytest.approx(0.4)
 
@@ -256,11 +285,40 @@ def test_trials_that_end_skipping_wait_twice_as_long_each_time_up_to_sixteen_per
     starts = []
     while clock.t < 2_000:
         clock.t += 1.0
-        if "bypass_v" not in b._trials and b.consults([q(range(100))]):
-            starts.append(clock.t)
-            for _ in range(3):  # loaded, then two windows of no hits
-                b.observe("bypass_v", 0, 2_000)
-    assert starts[:6] == [30.0, 90.0, 210.0, 450.0, 930.0, 1_410.0]
+        trial = b._trials.get("bypass_v")
+        if b.consults([q(range(100))]):
+            if trial is None:
+                starts.append(clock.t)
+            b.observe("bypass_v", 0, 2_000)  # loading, then windows of no hits
+    assert starts[:6] == [30.0, 120.0, 270.0, 540.0, 1_050.0, 1_560.0]
+
+
+def test_a_backoff_ends_only_once_the_rule_has_kept_consulting_for_a_period() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    trial_ending_skipping(clock, b)  # backoff: the next trial two periods after 60
+    b.observe("bypass_v", 2_000, 2_000)  # a burst of hits: the rule consults for a moment
+    assert b.consults([q([1])])
+    b.observe("bypass_v", 0, 20_000)  # and skips again
+    clock.t = 61.0
+    assert not b.consults([q([1])])
+    clock.t = 120.9
+    assert not b.consults([q([1])])  # still the doubled wait, from 61
+    clock.t = 121.0
+    assert b.consults([q([1])])
+
+
+def test_a_backoff_ends_once_the_rule_has_consulted_for_a_period() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    trial_ending_skipping(clock, b)
+    b.observe("bypass_v", 20_000, 20_000)
+    for t in (61.0, 80.0, 91.0):
+        clock.t = t
+        assert b.consults([q([1])])
+    assert "bypass_v" not in b._backoff  # consulted from 61 to 91
 
 
 def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
@@ -274,7 +332,7 @@ def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
     clock.t = 60.0
     assert b.consults([q(range(100))]) and b.consults([q(range(100), W)])  # both trials now
     b.keep_only(set())
-    assert not b._trials and not b._skipping_since
+    assert not b._trials and not b._skipping_since and not b._backoff and not b._consulting_since
 
 
 async def test_the_rates_of_views_a_store_no_longer_serves_are_forgotten() -> None:
@@ -324,18 +382,18 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
 
 async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
     clock = Clock()
-    src, inner = await source(CacheBypass(30, trial_every=30, clock=clock), clock)
+    src, inner = await source(CacheBypass(30, trial_every=20, clock=clock), clock)
     hot = list(range(100))
     await src.read([q(hot), q(hot, W)])  # cold: every key missed, the rate drops to 0
     clock.t = 1.0
     await src.read([q(hot), q(hot, W)])
     assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
-    clock.t = 31.0  # the first fills expired; a trial starts and refills the hot set
-    for _ in range(65):  # 6,500 keys a view: a window to load, two to measure (no longer rising)
+    clock.t = 31.0  # the first fills (TTL 30 s) expired; a trial starts and refills the hot set
+    for _ in range(65):  # 6,500 keys a view: a window to load, two measured before it settles
         await src.read([q(hot), q(hot, W)])
     reads = len(inner.keys_read)
-    clock.t = 32.5  # after the trial: the rates it measured say consulting pays
-    for _ in range(10):
+    clock.t = 52.0  # settled (a trial period after it began): the next whole window decides
+    for _ in range(20):
         [a, b] = await src.read([q(hot), q(hot, W)])
         assert values(a) == values(b) == [k * 10 for k in hot]
     assert len(inner.keys_read) == reads and src.bypass.hit_rate("bypass_v") == 1.0
