@@ -22,17 +22,19 @@ Skipped reads fill nothing, so the hit rate they would see is not the one consul
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
 So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
 filled before skipping have expired by then), the next read of it starts a **trial** of
-that view: its reads consult to load what they ask for (a window of 2,000 looked-up keys),
-then measure the hit rate in windows of 2,000 keys until a TTL has passed (before that no
-row the trial loaded has expired: the rate climbs a warm-up curve above where consulting
-settles, e.g. 86% against 67% for uniform keys read twice over per TTL) and for as long
-as it keeps rising (a skewed workload's hot set warming up), at most two TTLs; the last
-window's rate decides again. A trial that ends skipping doubles the wait before the next
-(counted from its end, up to 16 periods), so a key space the cache cannot hold pays for a
-trial a few percent of the time; the wait is reset once the rule has kept consulting the
-view for a period. A view read too rarely to finish a window in a trial starts the next
-at once: it stays on trials, i.e. consults, and its rate is not updated (such a view
-costs little CPU either way). Reads of every size follow the rule: a cold cache warms
+that view: for one key in 16 (by hash, so every read of a sampled key consults and its hit
+rate is the one consulting would reach), its reads consult the cache, the other keys go to
+the store as when skipped (so a trial costs a sixteenth of consulting). It loads a window
+of 500 sampled keys, then measures the hit rate in windows of 500 sampled keys until a TTL
+has passed (before that no row the trial loaded has expired: the rate climbs a warm-up
+curve above where consulting settles, e.g. 86% against 67% for uniform keys read twice
+over per TTL) and for as long as it keeps rising (a skewed workload's hot set warming up),
+at most two TTLs; the last window's rate decides again, and holds for a TTL while reads
+that consult every key fill the keys the trial did not sample. A trial that ends skipping
+doubles the wait before the next (counted from its end, up to 16 periods); the wait is
+reset once the rule has kept consulting the view for a period. A view read too rarely to
+finish a window in a trial starts the next at once: it stays on trials and its rate is not
+updated (such a view costs little CPU either way). Reads of every size follow the rule: a cold cache warms
 through trials (a skewed workload's rate rises window after window while it loads and so
 keeps its trial going), not by reads that always consult while the cache has room, which
 cost batch-1 joins of uniform keys 19% of their QPS while a 200,000-row cache filled. A
@@ -43,7 +45,7 @@ shared by its data versions and a canary's. 0: every read consults.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Final
 
 from featurestore.sources.base import ViewQuery
@@ -53,6 +55,20 @@ from featurestore.sources.base import ViewQuery
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
+# A trial consults 1 key in TRIAL_SAMPLE (by hash: every read of a sampled key, so its hit
+# rate is the one consulting would reach), in windows of as many sampled keys.
+TRIAL_SAMPLE: Final = 16
+_TRIAL_WINDOW: Final = 500
+# What consults() answers: read past the cache, consult it for every key, or (a view on
+# trial) for its sampled keys only.
+SKIP: Final = 0
+CONSULT: Final = 1
+TRIAL: Final = 2
+
+
+def sampled(key: Hashable) -> bool:
+    """Whether a trial consults the cache for ``key``."""
+    return hash(key) % TRIAL_SAMPLE == 0
 
 
 class _Trial:
@@ -63,7 +79,7 @@ class _Trial:
     __slots__ = ("ends", "hits", "left", "load", "prev", "settled")
 
     def __init__(self, now: float, ttl: float) -> None:
-        self.load = self.left = float(_WINDOW_KEYS)
+        self.load = self.left = float(_TRIAL_WINDOW)
         self.hits = 0.0
         self.prev = -1.0
         self.settled = now + ttl
@@ -82,6 +98,7 @@ class CacheBypass:
         "_rate",
         "_skipping_since",
         "_trials",
+        "_warming",
         "fills_per_round_trip",
         "skipped",
         "trial_every",
@@ -111,13 +128,16 @@ class CacheBypass:
         self._trials: dict[str, _Trial] = {}
         self._backoff: dict[str, int] = {}  # trials begun since the rule last kept consulting, capped
         self._consulting_since: dict[str, float] = {}  # views with a backoff the rule lets consult
+        self._warming: dict[str, float] = {}  # views whose trial ended: their rate holds until then
         self.skipped = 0  # reads sent past the cache
 
-    def consults(self, queries: Sequence[ViewQuery]) -> bool:
-        """Whether this read should consult the cache (False: read every key from the store)."""
+    def consults(self, queries: Sequence[ViewQuery]) -> int:
+        """Whether this read should consult the cache: ``CONSULT`` (every key), ``TRIAL``
+        (the sampled keys of its views on trial, ``on_trial``) or ``SKIP`` (0: every key
+        from the store)."""
         per_trip = self.fills_per_round_trip
         if per_trip == 0:
-            return True
+            return CONSULT
         chance, misses = 1.0, 0.0
         rate, unmeasured = self._rate, self.unmeasured
         for q in queries:
@@ -127,8 +147,11 @@ class CacheBypass:
         if chance * per_trip >= misses:
             if self._skipping_since or self._backoff:
                 self._consulting(queries)
-            return True
+            return CONSULT
         return self._trial(queries)
+
+    def on_trial(self, view: str) -> bool:
+        return view in self._trials
 
     def _consulting(self, queries: Sequence[ViewQuery]) -> None:
         """The rule consults: its views are no longer skipping, and a view's backoff ends
@@ -142,7 +165,7 @@ class CacheBypass:
             if name in backoff and now - consulting.setdefault(name, now) >= self.trial_every:
                 del backoff[name], consulting[name]
 
-    def _trial(self, queries: Sequence[ViewQuery]) -> bool:
+    def _trial(self, queries: Sequence[ViewQuery]) -> int:
         """The rule would skip this read: consult anyway if one of its views is on trial,
         or has been skipped long enough for its next trial (which starts)."""
         now = self._clock()
@@ -155,7 +178,7 @@ class CacheBypass:
             if trial is not None and now >= trial.ends:
                 del trials[name]
                 if trial.prev >= 0:  # still rising at its end: the last window's rate decides
-                    self._measured(name, trial.prev * _WINDOW_KEYS, _WINDOW_KEYS)
+                    self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)
                     since[name] = now
                 else:  # it gave up: a view read too rarely to measure: the next starts now
                     backoff.pop(name, None)
@@ -169,10 +192,12 @@ class CacheBypass:
             on_trial = on_trial or trial is not None
         if not on_trial:
             self.skipped += 1
-        return on_trial
+            return SKIP
+        return TRIAL
 
     def observe(self, view: str, hits: int, looked: int) -> None:
-        """A consulted read of ``view`` found ``hits`` of its ``looked`` keys cached."""
+        """A consulted read of ``view`` found ``hits`` of its ``looked`` keys cached (on
+        trial: of its sampled keys)."""
         if looked <= 0:
             return
         trial = self._trials.get(view)
@@ -184,27 +209,38 @@ class CacheBypass:
             trial.left -= looked
             if trial.left > 0:
                 return
-            n = _WINDOW_KEYS - trial.left
+            n = _TRIAL_WINDOW - trial.left
             rate = trial.hits / n
             now = self._clock()
             # Another window while its rows have not started expiring (the rate before
             # that is a warm-up curve above the steady state), or while it still rises.
             if (now < trial.settled or rate > trial.prev) and now < trial.ends:
-                trial.prev, trial.hits, trial.left = rate, 0.0, float(_WINDOW_KEYS)
+                trial.prev, trial.hits, trial.left = rate, 0.0, float(_TRIAL_WINDOW)
                 return
             del self._trials[view]
-            self._measured(view, trial.hits, n)  # the rate from here is the last window's
+            self._measured(view, trial.hits, n, now)  # the rate from here is the last window's
             self._skipping_since[view] = now  # the wait for the next trial counts from here
             return
+        if self._warming:
+            until = self._warming.get(view)
+            if until is not None:
+                if self._clock() < until:
+                    return
+                del self._warming[view]
         keep = _KEEP_PER_KEY**looked
         h = self._hits.get(view, 0.0) * keep + hits
         n = self._looked.get(view, 0.0) * keep + looked
         self._hits[view], self._looked[view] = h, n
         self._rate[view] = h / n
 
-    def _measured(self, view: str, hits: float, looked: float) -> None:
+    def _measured(self, view: str, hits: float, looked: float, now: float) -> None:
+        """A trial's rate. It holds for a period: a trial caches its sampled keys only, so
+        the reads that consult every key after it first miss the rest while they fill
+        (which dragged the rate of a hot set the trial measured at 100% below the rule's
+        line at once)."""
         self._hits[view], self._looked[view] = hits, looked
         self._rate[view] = hits / looked
+        self._warming[view] = now + self.trial_every
 
     def hit_rate(self, view: str) -> float:
         """The view's recent key hit rate (``unmeasured`` before any consulted read)."""
@@ -220,6 +256,7 @@ class CacheBypass:
             self._trials,
             self._backoff,
             self._consulting_since,
+            self._warming,
         ):
             for gone in [v for v in table if v not in views]:
                 del table[gone]

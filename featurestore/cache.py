@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
 
 from featurestore import metrics
-from featurestore.bypass import CacheBypass
+from featurestore.bypass import CONSULT, TRIAL, CacheBypass, sampled
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
 from featurestore.model import FeatureView
@@ -104,8 +104,11 @@ class CachedSource:
         return None
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-        if self.bypass.consults(queries):
+        mode = self.bypass.consults(queries)
+        if mode == CONSULT:
             return await self._read_cached(queries)
+        if mode == TRIAL:  # its views on trial consult for their sampled keys
+            return await self._read_cached(queries, self.bypass.on_trial)
         try:
             got: list[ViewRead | BaseException] = list(await self.inner.read(queries))
         except Exception as e:
@@ -136,25 +139,49 @@ class CachedSource:
         metrics.view_read_failures(q.view.name, self.name, "error").inc()
         return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
-    async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+    def _lookup(
+        self, q: ViewQuery, trial: Callable[[str], bool] | None
+    ) -> tuple[list[Row | None], set[int] | None]:
+        """The cached rows of a query's keys (None: not looked up, or a miss) and, on a
+        trial, the keys looked up (its sampled ones if its view is on trial, else none)."""
+        space = (q.view.name, q.view.layout, q.data_version)
+        if trial is None:
+            return self.cache.get_many(space, q.keys), None
+        look = [i for i, k in enumerate(q.keys) if sampled(k)] if trial(q.view.name) else []
+        rows: list[Row | None] = [None] * len(q.keys)
+        for i, r in zip(look, self.cache.get_many(space, [q.keys[i] for i in look]), strict=True):
+            rows[i] = r
+        if len(look) < len(rows):
+            metrics.cache_bypassed(q.view.name).inc(len(rows) - len(look))
+        return rows, set(look)
+
+    async def _read_cached(
+        self, queries: Sequence[ViewQuery], trial: Callable[[str], bool] | None = None
+    ) -> list[ViewRead | BaseException]:
+        """``trial``: only the sampled keys of the views it names consult the cache (and
+        only they are filled); every other key goes to the store."""
         cache = self.cache
         observe = self.bypass.observe
         cached: list[list[Row | None]] = []
         miss_queries: list[ViewQuery] = []
-        miss_slots: list[tuple[int, list[int]]] = []
+        miss_slots: list[tuple[int, list[int], list[int]]] = []  # (query, misses, of them to fill)
         for qi, q in enumerate(queries):
-            name, layout, version = q.view.name, q.view.layout, q.data_version
-            rows = cache.get_many((name, layout, version), q.keys)
+            name, version = q.view.name, q.data_version
+            rows, look = self._lookup(q, trial)
+            looked = len(rows) if look is None else len(look)
             misses = [i for i, r in enumerate(rows) if r is None]
             cached.append(rows)
-            observe(name, len(rows) - len(misses), len(rows))
-            if len(misses) < len(rows):
-                metrics.cache_hits(name).inc(len(rows) - len(misses))
+            hits = len(rows) - len(misses)
+            observe(name, hits, looked)
+            if hits:
+                metrics.cache_hits(name).inc(hits)
+            if looked > hits:
+                metrics.cache_misses(name).inc(looked - hits)
             if misses:
-                metrics.cache_misses(name).inc(len(misses))
                 all_features = range(len(q.view.features))
                 miss_queries.append(ViewQuery(q.view, [q.keys[i] for i in misses], all_features, version))
-                miss_slots.append((qi, misses))
+                fill = misses if look is None else [j for j, i in enumerate(misses) if i in look]
+                miss_slots.append((qi, misses, fill))
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         owed: dict[int, set[int]] = {}
@@ -167,7 +194,7 @@ class CachedSource:
                 # Views the cache answered in full must not fail with the store.
                 inner = [e] * len(miss_queries)
             allows = self._fence.allows
-            for (qi, misses), got in zip(miss_slots, inner, strict=True):
+            for (qi, misses, fill), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
                     results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
                     continue
@@ -193,7 +220,12 @@ class CachedSource:
                 space = (q.view.name, q.view.layout, q.data_version)
                 # No write of this view's version overlapped the read: ~0.1 µs a view
                 # (a tuple hash and a dict lookup; the store-wide check it replaced: 0.02 µs).
-                if got.unavailable is None and allows(space, since):  # (a key the store owed is no row)
+                if (
+                    got.unavailable is None and fill and allows(space, since)
+                ):  # (a key the store owed is no row)
+                    if fill is not misses:  # a trial: only its sampled keys
+                        fetched = [fetched[j] for j in fill]
+                        misses = [misses[j] for j in fill]
                     cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
             self._entries.set(len(cache))
         for qi, q in enumerate(queries):

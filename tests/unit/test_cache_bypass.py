@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from featurestore import metrics
-from featurestore.bypass import CacheBypass
+from featurestore.bypass import SKIP, CacheBypass
 from featurestore.cache import CachedSource, LRUCache, uncached
 from featurestore.config import load_config
 from featurestore.errors import InvalidArgument
@@ -245,7 +245,7 @@ def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> No
     clock.t = 240.0  # it gave up; a view too rare to measure is never made to wait
     assert b.consults([q(range(100))])
     trial = b._trials["bypass_v"]
-    assert (trial.load, trial.left, trial.ends) == (2_000, 2_000, 300.0)
+    assert (trial.load, trial.left, trial.ends) == (500, 500, 300.0)
     b.observe("bypass_v", 0, 100)
     clock.t = 300.0  # gave up again: another at once
     assert b.consults([q(range(100))])
@@ -273,7 +273,7 @@ def test_a_trial_still_rising_when_its_time_is_up_decides_by_its_last_whole_wind
     b.observe("bypass_v", 0, 2_000)
     b.observe("bypass_v", 400, 2_000)
     b.observe("bypass_v", 800, 2_000)  # 40% and rising
-    b.observe("bypass_v", 500, 1_000)  # half a window
+    b.observe("bypass_v", 100, 200)  # part of a window
     clock.t = 90.0  # two TTLs after it began
     assert not b.consults([q(range(100))])  # decided by the 40% window: skip
     assert b.hit_rate("bypass_v") == pytest.approx(0.4)
@@ -298,14 +298,15 @@ def test_a_backoff_ends_only_once_the_rule_has_kept_consulting_for_a_period() ->
     b.consults([q(range(100))])
     clock.t = 30.0
     trial_ending_skipping(clock, b)  # backoff: the next trial two periods after 60
+    clock.t = 90.0  # the trial's rate held for a period
     b.observe("bypass_v", 2_000, 2_000)  # a burst of hits: the rule consults for a moment
     assert b.consults([q([1])])
     b.observe("bypass_v", 0, 20_000)  # and skips again
-    clock.t = 61.0
+    clock.t = 91.0
     assert not b.consults([q([1])])
-    clock.t = 120.9
-    assert not b.consults([q([1])])  # still the doubled wait, from 61
-    clock.t = 121.0
+    clock.t = 150.9
+    assert not b.consults([q([1])])  # still the doubled wait, from 91
+    clock.t = 151.0
     assert b.consults([q([1])])
 
 
@@ -314,11 +315,29 @@ def test_a_backoff_ends_once_the_rule_has_consulted_for_a_period() -> None:
     b.consults([q(range(100))])
     clock.t = 30.0
     trial_ending_skipping(clock, b)
+    clock.t = 90.0
     b.observe("bypass_v", 20_000, 20_000)
-    for t in (61.0, 80.0, 91.0):
+    for t in (91.0, 110.0, 121.0):
         clock.t = t
         assert b.consults([q([1])])
-    assert "bypass_v" not in b._backoff  # consulted from 61 to 91
+    assert "bypass_v" not in b._backoff  # consulted from 91 to 121
+
+
+def test_a_trials_rate_holds_for_a_period_while_the_rest_of_the_keys_fill() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 500, 500)  # loaded
+    clock.t = 60.0
+    b.observe("bypass_v", 500, 500)
+    b.observe("bypass_v", 500, 500)  # settled at 100%
+    assert not b.on_trial("bypass_v") and b.consults([q(range(100))])
+    b.observe("bypass_v", 7, 100)  # consulting every key: the unsampled ones miss at first
+    assert b.hit_rate("bypass_v") == 1.0
+    clock.t = 90.0
+    b.observe("bypass_v", 7, 100)
+    assert b.hit_rate("bypass_v") < 1.0
 
 
 def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
@@ -326,7 +345,7 @@ def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
     b = CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0)
     assert not b.consults([q(range(100))])  # skipping since t=0
     clock.t = 30.0
-    assert b.consults([q(range(100), W)]) is False  # w: skipping since t=30
+    assert b.consults([q(range(100), W)]) == SKIP  # w: skipping since t=30
     b.keep_only({"bypass_w"})
     assert not b.consults([q(range(100))])  # v starts over: skipping since t=30, no trial
     clock.t = 60.0
@@ -383,20 +402,43 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
 async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
     clock = Clock()
     src, inner = await source(CacheBypass(30, trial_every=20, clock=clock), clock)
-    hot = list(range(100))
+    hot = list(range(100))  # sampled on trial: 0, 16, ..., 96
     await src.read([q(hot), q(hot, W)])  # cold: every key missed, the rate drops to 0
     clock.t = 1.0
     await src.read([q(hot), q(hot, W)])
     assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
-    clock.t = 31.0  # the first fills (TTL 30 s) expired; a trial starts and refills the hot set
-    for _ in range(65):  # 6,500 keys a view: a window to load, two measured before it settles
+    clock.t = 31.0  # the first fills (TTL 30 s) expired; a trial starts and refills the hot set's sample
+    await src.read([q(hot), q(hot, W)])  # its sampled keys missed: every key from the store
+    assert inner.keys_read[-1] == hot
+    for _ in range(180):  # 7 sampled keys a read: a window to load, two measured before it settles
         await src.read([q(hot), q(hot, W)])
-    reads = len(inner.keys_read)
+        assert inner.keys_read[-1] == [k for k in hot if k % 16]  # the others from the store
     clock.t = 52.0  # settled (a trial period after it began): the next whole window decides
-    for _ in range(20):
+    for _ in range(75):  # decided (all sampled keys hit): then every key consults, the rest filled
+        await src.read([q(hot), q(hot, W)])
+    assert not src.bypass.on_trial("bypass_v") and src.bypass.skipped == 1
+    reads = len(inner.keys_read)
+    for _ in range(10):
         [a, b] = await src.read([q(hot), q(hot, W)])
         assert values(a) == values(b) == [k * 10 for k in hot]
-    assert len(inner.keys_read) == reads and src.bypass.hit_rate("bypass_v") == 1.0
+    assert len(inner.keys_read) == reads
+
+
+async def test_a_trial_consults_the_cache_for_sampled_keys_only_and_counts_the_rest_bypassed() -> None:
+    clock = Clock()
+    src, inner = await source(CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0), clock)
+    before = bypassed("bypass_v"), hits_and_misses("bypass_v")
+    clock.t = 0.0
+    await src.read([q(range(32))])  # skipping since 0
+    clock.t = 30.0
+    [got] = await src.read([q(range(32))])  # a trial: keys 0 and 16 looked up, missed, filled
+    assert values(got) == [k * 10 for k in range(32)] and inner.keys_read[-1] == list(range(32))
+    [got] = await src.read([q(range(32))])
+    assert values(got) == [k * 10 for k in range(32)]
+    assert inner.keys_read[-1] == [k for k in range(32) if k % 16]  # 0 and 16 from the cache
+    hits, misses = hits_and_misses("bypass_v")
+    assert (hits - before[1][0], misses - before[1][1]) == (2, 2)
+    assert bypassed("bypass_v") - before[0] == 32 + 30 + 30
 
 
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
