@@ -46,6 +46,9 @@ class Stack:
             f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', health_interval_ms: 100}}\n"
             "  local: {kind: memory}\n"
             "limits: {deadline_ms: 300}\n"
+            # every read consults the cache: these tests show it serving through an
+            # outage, whatever the bypass rule (tests/unit/test_cache_bypass.py) decides
+            "cache: {fills_per_round_trip: 0}\n"
         )
         try:
             for view in ("user_profile", "user_activity"):
