@@ -22,19 +22,23 @@ Skipped reads fill nothing, so the hit rate they would see is not the one consul
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
 So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
 filled before skipping have expired by then), the next read of it starts a **trial** of
-that view: for one key in 16 (by hash, so every read of a sampled key consults and its hit
-rate is the one consulting would reach), its reads consult the cache, the other keys go to
-the store as when skipped (so a trial costs a sixteenth of consulting). It loads a window
-of 500 sampled keys, then measures the hit rate in windows of 500 sampled keys until a TTL
-has passed (before that no row the trial loaded has expired: the rate climbs a warm-up
-curve above where consulting settles, e.g. 86% against 67% for uniform keys read twice
-over per TTL) and for as long as it keeps rising (a skewed workload's hot set warming up),
-at most two TTLs; the last window's rate decides again, and holds for a TTL while reads
-that consult every key fill the keys the trial did not sample. A trial that ends skipping
-doubles the wait before the next (counted from its end, up to 16 periods); the wait is
-reset once the rule has kept consulting the view for a period. A view read too rarely to
-finish a window in a trial starts the next at once: it stays on trials and its rate is not
-updated (such a view costs little CPU either way). Reads of every size follow the rule: a cold cache warms
+that view: for one key in 16 (by a hash salted per trial, not by the key's residue; every
+read of a sampled key consults, so its hit rate is the one consulting would reach while
+the working set fits), its reads consult the cache and only those keys are looked up and
+filled; the other keys go to the store as when skipped. It loads a window of 500 sampled
+keys, then measures the hit rate in windows of 500 sampled keys until a TTL has passed
+(before that no row the trial loaded has expired: the rate climbs a warm-up curve above
+where consulting settles, e.g. 86% against 67% for uniform keys read twice over per TTL)
+and for as long as it keeps rising (a skewed workload's hot set warming up), at most two
+TTLs. The rule then uses the trial's rate for a TTL, while the reads it lets consult every
+key fill what the trial did not sample and the view's own rate measures them; after that
+the view's own rate decides (a trial overstates a working set larger than the cache: its
+sample fits where the whole does not; that period undoes it). A trial that ends skipping
+doubles the wait before the next (counted from its end, up to 16 periods), and the wait
+is reset only once the rule itself (not a trial's verdict) has kept consulting the view
+for a period. A view read too rarely to finish a window in a trial starts the next at
+once: it stays on trials and its rate is not updated (such a view costs little CPU either
+way). Reads of every size follow the rule: a cold cache warms
 through trials (a skewed workload's rate rises window after window while it loads and so
 keeps its trial going), not by reads that always consult while the cache has room, which
 cost batch-1 joins of uniform keys 19% of their QPS while a 200,000-row cache filled. A
@@ -44,6 +48,7 @@ shared by its data versions and a canary's. 0: every read consults.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Final
@@ -51,12 +56,13 @@ from typing import Final
 from featurestore.sources.base import ViewQuery
 
 # A view's hit rate weighs its last ~2,000 looked-up keys: batch-10 joins renew it every
-# ~200 joins, batch-100 joins every ~20. A trial loads and measures in windows of as many.
+# ~200 joins, batch-100 joins every ~20.
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
-# A trial consults 1 key in TRIAL_SAMPLE (by hash: every read of a sampled key, so its hit
-# rate is the one consulting would reach), in windows of as many sampled keys.
+# A trial consults 1 key in TRIAL_SAMPLE (by a hash salted per trial: every read of a
+# sampled key, so its hit rate is the one consulting would reach while the working set
+# fits), in windows of 500 sampled keys.
 TRIAL_SAMPLE: Final = 16
 _TRIAL_WINDOW: Final = 500
 # What consults() answers: read past the cache, consult it for every key, or (a view on
@@ -66,24 +72,23 @@ CONSULT: Final = 1
 TRIAL: Final = 2
 
 
-def sampled(key: Hashable) -> bool:
-    """Whether a trial consults the cache for ``key``."""
-    return hash(key) % TRIAL_SAMPLE == 0
-
-
 class _Trial:
     """A view's trial: keys left to load, then the measuring window's keys left and
     hits, the previous window's rate (-1: none yet); from ``settled`` (a TTL after it
     began) rows it loaded expire, as in steady state; it ends by ``ends`` (two TTLs)."""
 
-    __slots__ = ("ends", "hits", "left", "load", "prev", "settled")
+    __slots__ = ("ends", "hits", "left", "load", "prev", "salt", "settled")
 
-    def __init__(self, now: float, ttl: float) -> None:
+    def __init__(self, now: float, ttl: float, salt: int) -> None:
         self.load = self.left = float(_TRIAL_WINDOW)
         self.hits = 0.0
         self.prev = -1.0
         self.settled = now + ttl
         self.ends = now + 2 * ttl
+        self.salt = salt  # a key is sampled by hash((key, salt)): not by its id's residue
+
+    def sampled(self, key: Hashable) -> bool:
+        return hash((key, self.salt)) % TRIAL_SAMPLE == 0
 
 
 class CacheBypass:
@@ -96,6 +101,7 @@ class CacheBypass:
         "_hits",
         "_looked",
         "_rate",
+        "_salts",
         "_skipping_since",
         "_trials",
         "_warming",
@@ -128,7 +134,10 @@ class CacheBypass:
         self._trials: dict[str, _Trial] = {}
         self._backoff: dict[str, int] = {}  # trials begun since the rule last kept consulting, capped
         self._consulting_since: dict[str, float] = {}  # views with a backoff the rule lets consult
-        self._warming: dict[str, float] = {}  # views whose trial ended: their rate holds until then
+        # views whose trial said consult: (until, the trial's rate), which the rule uses
+        # meanwhile while the view's own rate measures the cache filling
+        self._warming: dict[str, tuple[float, float]] = {}
+        self._salts = itertools.count(1)
         self.skipped = 0  # reads sent past the cache
 
     def consults(self, queries: Sequence[ViewQuery]) -> int:
@@ -139,9 +148,11 @@ class CacheBypass:
         if per_trip == 0:
             return CONSULT
         chance, misses = 1.0, 0.0
-        rate, unmeasured = self._rate, self.unmeasured
+        rate, unmeasured, warming = self._rate, self.unmeasured, self._warming
         for q in queries:
             h, k = rate.get(q.view.name, unmeasured), len(q.keys)
+            if warming and q.view.name in warming:
+                h = self._warm_rate(q.view.name, h)
             chance *= h**k
             misses += k * (1.0 - h)
         if chance * per_trip >= misses:
@@ -150,8 +161,20 @@ class CacheBypass:
             return CONSULT
         return self._trial(queries)
 
-    def on_trial(self, view: str) -> bool:
-        return view in self._trials
+    def _warm_rate(self, view: str, rate: float) -> float:
+        """The rate the rule uses for a view whose trial said consult: the trial's until
+        a period has passed (consulting meanwhile fills what it did not sample), then the
+        view's own, measured over that period's full consults."""
+        until, trial_rate = self._warming[view]
+        if self._clock() < until:
+            return trial_rate
+        del self._warming[view]
+        return rate
+
+    def sampler(self, view: str) -> Callable[[Hashable], bool] | None:
+        """On trial, which of the view's keys consult the cache (None: not on trial)."""
+        trial = self._trials.get(view)
+        return None if trial is None else trial.sampled
 
     def _consulting(self, queries: Sequence[ViewQuery]) -> None:
         """The rule consults: its views are no longer skipping, and a view's backoff ends
@@ -162,7 +185,9 @@ class CacheBypass:
         for q in queries:
             name = q.view.name
             since.pop(name, None)
-            if name in backoff and now - consulting.setdefault(name, now) >= self.trial_every:
+            if name not in backoff or name in self._warming or name in self._trials:
+                continue  # a trial's verdict held for a period is not the rule consulting
+            if now - consulting.setdefault(name, now) >= self.trial_every:
                 del backoff[name], consulting[name]
 
     def _trial(self, queries: Sequence[ViewQuery]) -> int:
@@ -187,7 +212,7 @@ class CacheBypass:
             if trial is None:
                 wait = self.trial_every * (1 << backoff.get(name, 0))
                 if now - since.setdefault(name, now) >= wait:
-                    trials[name] = trial = _Trial(now, self.trial_every)
+                    trials[name] = trial = _Trial(now, self.trial_every, next(self._salts))
                     backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
             on_trial = on_trial or trial is not None
         if not on_trial:
@@ -195,13 +220,15 @@ class CacheBypass:
             return SKIP
         return TRIAL
 
-    def observe(self, view: str, hits: int, looked: int) -> None:
-        """A consulted read of ``view`` found ``hits`` of its ``looked`` keys cached (on
-        trial: of its sampled keys)."""
+    def observe(self, view: str, hits: int, looked: int, sampled: bool = False) -> None:
+        """A consulted read of ``view`` found ``hits`` of its ``looked`` keys cached
+        (``sampled``: a trial's read, of its sampled keys)."""
         if looked <= 0:
             return
         trial = self._trials.get(view)
         if trial is not None:
+            if not sampled:  # a read the rule let consult every key: not the trial's measure
+                return
             if trial.load > 0:  # loading: its misses are not measured
                 trial.load -= looked
                 return
@@ -221,12 +248,6 @@ class CacheBypass:
             self._measured(view, trial.hits, n, now)  # the rate from here is the last window's
             self._skipping_since[view] = now  # the wait for the next trial counts from here
             return
-        if self._warming:
-            until = self._warming.get(view)
-            if until is not None:
-                if self._clock() < until:
-                    return
-                del self._warming[view]
         keep = _KEEP_PER_KEY**looked
         h = self._hits.get(view, 0.0) * keep + hits
         n = self._looked.get(view, 0.0) * keep + looked
@@ -234,13 +255,15 @@ class CacheBypass:
         self._rate[view] = h / n
 
     def _measured(self, view: str, hits: float, looked: float, now: float) -> None:
-        """A trial's rate. It holds for a period: a trial caches its sampled keys only, so
-        the reads that consult every key after it first miss the rest while they fill
-        (which dragged the rate of a hot set the trial measured at 100% below the rule's
-        line at once)."""
+        """A trial's rate. The rule uses it for a period: a trial caches its sampled keys
+        only, so the reads that consult every key after it first miss the rest while they
+        fill (which dragged a hot set the trial measured at 100% below the rule's line at
+        once), and the view's own rate measures those reads meanwhile: a trial that
+        overstated (a working set the cache holds a sixteenth of, but not all) is undone
+        after that period, its backoff kept."""
         self._hits[view], self._looked[view] = hits, looked
         self._rate[view] = hits / looked
-        self._warming[view] = now + self.trial_every
+        self._warming[view] = (now + self.trial_every, hits / looked)
 
     def hit_rate(self, view: str) -> float:
         """The view's recent key hit rate (``unmeasured`` before any consulted read)."""

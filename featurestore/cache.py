@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
 
 from featurestore import metrics
-from featurestore.bypass import CONSULT, TRIAL, CacheBypass, sampled
+from featurestore.bypass import CONSULT, TRIAL, CacheBypass
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
 from featurestore.model import FeatureView
@@ -108,7 +108,7 @@ class CachedSource:
         if mode == CONSULT:
             return await self._read_cached(queries)
         if mode == TRIAL:  # its views on trial consult for their sampled keys
-            return await self._read_cached(queries, self.bypass.on_trial)
+            return await self._read_cached(queries, trial=True)
         try:
             got: list[ViewRead | BaseException] = list(await self.inner.read(queries))
         except Exception as e:
@@ -129,6 +129,28 @@ class CachedSource:
             got[i] = self._hits_or(q, rows, misses, res)
         return got
 
+    def _fill(
+        self, q: ViewQuery, misses: list[int], fill: list[int], fetched: list[Row], since: int, read_at: float
+    ) -> None:
+        """Cache the rows read of a query's misses (on a trial, of its sampled keys:
+        ``fill`` indexes ``misses``), unless a write of the view's version overlapped the
+        read: ~0.1 µs a view (a tuple hash and a dict lookup)."""
+        space = (q.view.name, q.view.layout, q.data_version)
+        if not self._fence.allows(space, since):
+            return
+        if fill is not misses:  # a trial: only its sampled keys
+            fetched = [fetched[j] for j in fill]
+            misses = [misses[j] for j in fill]
+        self.cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
+
+    def _rescue(self, q: ViewQuery, rows: list[Row | None], unlooked: list[int]) -> list[int]:
+        """A trial's read the store failed: the keys it sent past the cache are looked up
+        after all (as a skipped read's are), into ``rows``; the keys still missing."""
+        space = (q.view.name, q.view.layout, q.data_version)
+        for i, r in zip(unlooked, self.cache.get_many(space, [q.keys[i] for i in unlooked]), strict=True):
+            rows[i] = r
+        return [i for i, r in enumerate(rows) if r is None]
+
     def _hits_or(
         self, q: ViewQuery, rows: list[Row | None], misses: list[int], err: BaseException
     ) -> ViewRead | BaseException:
@@ -139,15 +161,14 @@ class CachedSource:
         metrics.view_read_failures(q.view.name, self.name, "error").inc()
         return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
-    def _lookup(
-        self, q: ViewQuery, trial: Callable[[str], bool] | None
-    ) -> tuple[list[Row | None], set[int] | None]:
+    def _lookup(self, q: ViewQuery, trial: bool) -> tuple[list[Row | None], set[int] | None]:
         """The cached rows of a query's keys (None: not looked up, or a miss) and, on a
         trial, the keys looked up (its sampled ones if its view is on trial, else none)."""
         space = (q.view.name, q.view.layout, q.data_version)
-        if trial is None:
+        if not trial:
             return self.cache.get_many(space, q.keys), None
-        look = [i for i, k in enumerate(q.keys) if sampled(k)] if trial(q.view.name) else []
+        sampled = self.bypass.sampler(q.view.name)
+        look = [] if sampled is None else [i for i, k in enumerate(q.keys) if sampled(k)]
         rows: list[Row | None] = [None] * len(q.keys)
         for i, r in zip(look, self.cache.get_many(space, [q.keys[i] for i in look]), strict=True):
             rows[i] = r
@@ -156,23 +177,25 @@ class CachedSource:
         return rows, set(look)
 
     async def _read_cached(
-        self, queries: Sequence[ViewQuery], trial: Callable[[str], bool] | None = None
+        self, queries: Sequence[ViewQuery], trial: bool = False
     ) -> list[ViewRead | BaseException]:
-        """``trial``: only the sampled keys of the views it names consult the cache (and
+        """``trial``: only the sampled keys of the views on trial consult the cache (and
         only they are filled); every other key goes to the store."""
         cache = self.cache
         observe = self.bypass.observe
         cached: list[list[Row | None]] = []
         miss_queries: list[ViewQuery] = []
         miss_slots: list[tuple[int, list[int], list[int]]] = []  # (query, misses, of them to fill)
+        looks: list[set[int] | None] = []
         for qi, q in enumerate(queries):
             name, version = q.view.name, q.data_version
             rows, look = self._lookup(q, trial)
+            looks.append(look)
             looked = len(rows) if look is None else len(look)
             misses = [i for i, r in enumerate(rows) if r is None]
             cached.append(rows)
             hits = len(rows) - len(misses)
-            observe(name, hits, looked)
+            observe(name, hits, looked, trial)
             if hits:
                 metrics.cache_hits(name).inc(hits)
             if looked > hits:
@@ -193,9 +216,11 @@ class CachedSource:
             except Exception as e:
                 # Views the cache answered in full must not fail with the store.
                 inner = [e] * len(miss_queries)
-            allows = self._fence.allows
             for (qi, misses, fill), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
+                    look = looks[qi]
+                    if look is not None:  # the keys a trial did not look up: what the cache holds
+                        misses = self._rescue(queries[qi], cached[qi], [i for i in misses if i not in look])
                     results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
                     continue
                 fetched = [
@@ -217,16 +242,8 @@ class CachedSource:
                         owed[qi] = {misses[j] for j, u in enumerate(got.unavailable) if u}
                         for i in owed[qi]:
                             rows[i] = None
-                space = (q.view.name, q.view.layout, q.data_version)
-                # No write of this view's version overlapped the read: ~0.1 µs a view
-                # (a tuple hash and a dict lookup; the store-wide check it replaced: 0.02 µs).
-                if (
-                    got.unavailable is None and fill and allows(space, since)
-                ):  # (a key the store owed is no row)
-                    if fill is not misses:  # a trial: only its sampled keys
-                        fetched = [fetched[j] for j in fill]
-                        misses = [misses[j] for j in fill]
-                    cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
+                if got.unavailable is None and fill:  # (a key the store owed is no row)
+                    self._fill(q, misses, fill, fetched, since, read_at)
             self._entries.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:

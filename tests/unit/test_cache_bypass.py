@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from featurestore import metrics
-from featurestore.bypass import SKIP, CacheBypass
+from featurestore.bypass import CONSULT, SKIP, TRIAL, CacheBypass
 from featurestore.cache import CachedSource, LRUCache, uncached
 from featurestore.config import load_config
 from featurestore.errors import InvalidArgument
@@ -94,7 +94,7 @@ def failures(view: str) -> float:
 
 def test_a_read_consults_while_its_chance_of_a_full_hit_pays_for_its_expected_fills() -> None:
     b = CacheBypass(30)
-    b.observe("bypass_v", 99, 100)
+    b.observe("bypass_v", 99, 100, True)
     b.observe("bypass_w", 99, 100)
     assert b.hit_rate("bypass_v") == pytest.approx(0.99)
     assert b.consults([q(range(100)), q(range(100), W)])  # 0.99 ** 200 x 30 = 4.0 >= 2.0 misses
@@ -103,18 +103,18 @@ def test_a_read_consults_while_its_chance_of_a_full_hit_pays_for_its_expected_fi
 
 def test_a_large_read_of_views_whose_every_key_hits_consults_the_cache() -> None:
     b = CacheBypass(30)
-    b.observe("bypass_v", 100, 100)
+    b.observe("bypass_v", 100, 100, True)
     assert b.consults([q(range(10_000))])
 
 
 def test_a_batch_1_read_follows_the_rule_like_any_other() -> None:
     b = CacheBypass(0.5)
-    b.observe("bypass_v", 80, 100)
+    b.observe("bypass_v", 80, 100, True)
     b.observe("bypass_w", 80, 100)
     assert not b.consults([q([1]), q([1], W)])  # 0.8 ** 2 x 0.5 = 0.32 < 0.4 expected misses
-    b.observe("bypass_v", 2_000, 2_000)
+    b.observe("bypass_v", 2_000, 2_000, True)
     b.observe("bypass_w", 2_000, 2_000)
-    assert b.consults([q([1]), q([1], W)])  # ~0.97: 0.47 >= 0.06
+    assert b.consults([q([1]), q([1], W)]) == CONSULT  # ~0.97: 0.47 >= 0.06
 
 
 @pytest.mark.parametrize(("kind", "figure"), [("redis", 0.5), ("clickhouse", 50.0)])
@@ -146,7 +146,7 @@ def test_a_views_hit_rate_weighs_its_last_two_thousand_keys() -> None:
 
 def test_zero_fills_per_round_trip_consults_the_cache_for_every_read() -> None:
     b = CacheBypass(0)
-    b.observe("bypass_v", 0, 100)
+    b.observe("bypass_v", 0, 100, True)
     assert all(b.consults([q(range(1_000))]) for _ in range(10))
 
 
@@ -154,7 +154,7 @@ def measured_cold() -> tuple[Clock, CacheBypass]:
     """A bypass on a fake clock at t=0 (trials every 30 s) whose view v hit none of 100 keys."""
     clock = Clock()
     b = CacheBypass(30, trial_every=30, clock=clock)
-    b.observe("bypass_v", 0, 100)
+    b.observe("bypass_v", 0, 100, True)
     return clock, b
 
 
@@ -165,15 +165,15 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
     assert not b.consults([q(range(100))])
     clock.t = 30.0  # skipped for a period: a trial starts
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000)  # the loading window: its misses are not measured
+    b.observe("bypass_v", 0, 2_000, True)  # the loading window: its misses are not measured
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 1_999, 2_000)  # a window before its rows can expire: not yet
+    b.observe("bypass_v", 1_999, 2_000, True)  # a window before its rows can expire: not yet
     assert "bypass_v" in b._trials
     clock.t = 60.0  # a TTL after it began
-    b.observe("bypass_v", 1_999, 2_000)  # no longer rising: the trial is over
+    b.observe("bypass_v", 1_999, 2_000, True)  # no longer rising: the trial is over
     assert "bypass_v" not in b._trials
     assert b.hit_rate("bypass_v") == pytest.approx(0.9995)
-    assert b.consults([q(range(100))])  # and its rate says consulting pays
+    assert b.consults([q(range(100))]) == CONSULT  # and its rate says consulting pays
 
 
 def test_a_trial_decides_by_a_window_measured_after_its_first_rows_could_expire() -> None:
@@ -181,12 +181,12 @@ def test_a_trial_decides_by_a_window_measured_after_its_first_rows_could_expire(
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000)  # loaded
+    b.observe("bypass_v", 0, 2_000, True)  # loaded
     for hits in (1_700, 1_720, 1_700):  # 85-86%: a warm-up curve, before any loaded row expired
-        b.observe("bypass_v", hits, 2_000)
+        b.observe("bypass_v", hits, 2_000, True)
         assert "bypass_v" in b._trials
     clock.t = 60.0  # rows loaded at 30 expire from here: the rate settles lower
-    b.observe("bypass_v", 1_340, 2_000)  # 67%, below the window before: decided
+    b.observe("bypass_v", 1_340, 2_000, True)  # 67%, below the window before: decided
     assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == pytest.approx(0.67)
 
 
@@ -195,10 +195,10 @@ def test_a_trial_that_measures_a_low_hit_rate_is_followed_by_skipping_for_two_pe
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])  # trial
-    b.observe("bypass_v", 0, 2_000)
-    b.observe("bypass_v", 1_000, 2_000)
+    b.observe("bypass_v", 0, 2_000, True)
+    b.observe("bypass_v", 1_000, 2_000, True)
     clock.t = 60.0
-    b.observe("bypass_v", 1_000, 2_000)  # measured: 50%, no longer rising
+    b.observe("bypass_v", 1_000, 2_000, True)  # measured: 50%, no longer rising
     clock.t = 61.0
     assert not b.consults([q(range(100))])
     clock.t = 119.9
@@ -211,9 +211,9 @@ def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
     clock, b = measured_cold()
     assert not b.consults([q(range(100))])  # skipping since t=0
     clock.t = 20.0
-    b.observe("bypass_v", 100_000, 100_000)  # (small reads kept measuring it) all hits
-    assert b.consults([q(range(100))])  # consulting by the rule: no longer skipping
-    b.observe("bypass_v", 0, 4_000)  # then the rate falls
+    b.observe("bypass_v", 100_000, 100_000, True)  # (small reads kept measuring it) all hits
+    assert b.consults([q(range(100))]) == CONSULT  # consulting by the rule: no longer skipping
+    b.observe("bypass_v", 0, 4_000, True)  # then the rate falls
     clock.t = 31.0  # a period after the first skip, but skipping only since now
     assert not b.consults([q(range(100))])
     clock.t = 60.9
@@ -222,13 +222,22 @@ def test_a_consulting_stretch_is_not_followed_by_a_needless_trial() -> None:
     assert b.consults([q(range(100))])
 
 
+def trial_ending_skipping_from_here(clock: Clock, b: CacheBypass) -> None:
+    """The trial of bypass_v under way ends measuring 0% hits, a TTL on."""
+    b.observe("bypass_v", 0, 2_000, True)
+    b.observe("bypass_v", 0, 2_000, True)
+    clock.t += 30.0
+    b.observe("bypass_v", 0, 2_000, True)
+    assert "bypass_v" not in b._trials
+
+
 def trial_ending_skipping(clock: Clock, b: CacheBypass) -> None:
     """Runs a trial of bypass_v from now that measures 0% hits; the clock ends a TTL later."""
     assert b.consults([q(range(100))]) and "bypass_v" in b._trials
-    b.observe("bypass_v", 0, 2_000)
-    b.observe("bypass_v", 0, 2_000)
+    b.observe("bypass_v", 0, 2_000, True)
+    b.observe("bypass_v", 0, 2_000, True)
     clock.t += 30.0
-    b.observe("bypass_v", 0, 2_000)
+    b.observe("bypass_v", 0, 2_000, True)
     assert "bypass_v" not in b._trials
 
 
@@ -239,14 +248,14 @@ def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> No
     trial_ending_skipping(clock, b)  # ends at 60: the next trial waits two periods, from 60
     clock.t = 180.0
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 100)  # far from a window
+    b.observe("bypass_v", 0, 100, True)  # far from a window
     clock.t = 239.0
     assert b.consults([q(range(100))])  # still on trial (two TTLs at most)
     clock.t = 240.0  # it gave up; a view too rare to measure is never made to wait
     assert b.consults([q(range(100))])
     trial = b._trials["bypass_v"]
     assert (trial.load, trial.left, trial.ends) == (500, 500, 300.0)
-    b.observe("bypass_v", 0, 100)
+    b.observe("bypass_v", 0, 100, True)
     clock.t = 300.0  # gave up again: another at once
     assert b.consults([q(range(100))])
 
@@ -256,12 +265,12 @@ def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_pla
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000)  # loaded
+    b.observe("bypass_v", 0, 2_000, True)  # loaded
     clock.t = 60.0  # (settled)
     for hits in (600, 1_200, 1_500, 1_700):  # a warming cache: 30%, 60%, 75%, 85%
-        b.observe("bypass_v", hits, 2_000)
+        b.observe("bypass_v", hits, 2_000, True)
         assert "bypass_v" in b._trials and b.consults([q(range(100))])
-    b.observe("bypass_v", 1_690, 2_000)  # 84.5%: the plateau
+    b.observe("bypass_v", 1_690, 2_000, True)  # 84.5%: the plateau
     assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == pytest.approx(0.845)
 
 
@@ -270,10 +279,10 @@ def test_a_trial_still_rising_when_its_time_is_up_decides_by_its_last_whole_wind
     b.consults([q(range(100))])
     clock.t = 30.0
     assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000)
-    b.observe("bypass_v", 400, 2_000)
-    b.observe("bypass_v", 800, 2_000)  # 40% and rising
-    b.observe("bypass_v", 100, 200)  # part of a window
+    b.observe("bypass_v", 0, 2_000, True)
+    b.observe("bypass_v", 400, 2_000, True)
+    b.observe("bypass_v", 800, 2_000, True)  # 40% and rising
+    b.observe("bypass_v", 100, 200, True)  # part of a window
     clock.t = 90.0  # two TTLs after it began
     assert not b.consults([q(range(100))])  # decided by the 40% window: skip
     assert b.hit_rate("bypass_v") == pytest.approx(0.4)
@@ -289,7 +298,7 @@ def test_trials_that_end_skipping_wait_twice_as_long_each_time_up_to_sixteen_per
         if b.consults([q(range(100))]):
             if trial is None:
                 starts.append(clock.t)
-            b.observe("bypass_v", 0, 2_000)  # loading, then windows of no hits
+            b.observe("bypass_v", 0, 2_000, True)  # loading, then windows of no hits
     assert starts[:6] == [30.0, 120.0, 270.0, 540.0, 1_050.0, 1_560.0]
 
 
@@ -299,9 +308,9 @@ def test_a_backoff_ends_only_once_the_rule_has_kept_consulting_for_a_period() ->
     clock.t = 30.0
     trial_ending_skipping(clock, b)  # backoff: the next trial two periods after 60
     clock.t = 90.0  # the trial's rate held for a period
-    b.observe("bypass_v", 2_000, 2_000)  # a burst of hits: the rule consults for a moment
+    b.observe("bypass_v", 2_000, 2_000, True)  # a burst of hits: the rule consults for a moment
     assert b.consults([q([1])])
-    b.observe("bypass_v", 0, 20_000)  # and skips again
+    b.observe("bypass_v", 0, 20_000, True)  # and skips again
     clock.t = 91.0
     assert not b.consults([q([1])])
     clock.t = 150.9
@@ -316,28 +325,39 @@ def test_a_backoff_ends_once_the_rule_has_consulted_for_a_period() -> None:
     clock.t = 30.0
     trial_ending_skipping(clock, b)
     clock.t = 90.0
-    b.observe("bypass_v", 20_000, 20_000)
+    b.observe("bypass_v", 20_000, 20_000, True)
     for t in (91.0, 110.0, 121.0):
         clock.t = t
         assert b.consults([q([1])])
     assert "bypass_v" not in b._backoff  # consulted from 91 to 121
 
 
-def test_a_trials_rate_holds_for_a_period_while_the_rest_of_the_keys_fill() -> None:
+def test_a_trials_verdict_holds_for_a_period_while_the_views_own_rate_measures_the_cache_filling() -> None:
     clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
-    assert b.consults([q(range(100))])
-    b.observe("bypass_v", 500, 500)  # loaded
+    assert b.consults([q(range(100))]) == TRIAL
+    b.observe("bypass_v", 500, 500, True)  # loaded
     clock.t = 60.0
-    b.observe("bypass_v", 500, 500)
-    b.observe("bypass_v", 500, 500)  # settled at 100%
-    assert not b.on_trial("bypass_v") and b.consults([q(range(100))])
+    b.observe("bypass_v", 500, 500, True)
+    b.observe("bypass_v", 500, 500, True)  # settled at 100%
+    assert "bypass_v" not in b._trials and b.consults([q(range(100))]) == CONSULT
     b.observe("bypass_v", 7, 100)  # consulting every key: the unsampled ones miss at first
-    assert b.hit_rate("bypass_v") == 1.0
-    clock.t = 90.0
-    b.observe("bypass_v", 7, 100)
-    assert b.hit_rate("bypass_v") < 1.0
+    assert b.hit_rate("bypass_v") < 1.0 and b.consults([q(range(100))]) == CONSULT  # the verdict holds
+    for _ in range(40):
+        b.observe("bypass_v", 6, 100)  # the cache holds a sixteenth of the working set only
+    clock.t = 90.0  # a period on: the view's own rate decides, and the backoff was kept
+    assert b.consults([q(range(100))]) == SKIP and b._backoff["bypass_v"] == 1
+
+
+def test_reads_the_rule_lets_consult_every_key_do_not_count_in_a_trials_windows() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))]) == TRIAL
+    b.observe("bypass_v", 0, 500, True)  # loaded
+    b.observe("bypass_v", 500, 500)  # a full consult: not the trial's
+    assert b._trials["bypass_v"].left == 500
 
 
 def test_views_no_longer_served_lose_their_trials_and_skipping_time() -> None:
@@ -399,24 +419,30 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
     assert values(third) == [k * 10 for k in range(40, 80)]
 
 
+def unsampled(src: CachedSource, view: str, keys: Sequence[int]) -> list[int]:
+    sampled = src.bypass.sampler(view)
+    assert sampled is not None
+    return [k for k in keys if not sampled(k)]
+
+
 async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
     clock = Clock()
     src, inner = await source(CacheBypass(30, trial_every=20, clock=clock), clock)
-    hot = list(range(100))  # sampled on trial: 0, 16, ..., 96
+    hot = list(range(100))
     await src.read([q(hot), q(hot, W)])  # cold: every key missed, the rate drops to 0
     clock.t = 1.0
     await src.read([q(hot), q(hot, W)])
     assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
     clock.t = 31.0  # the first fills (TTL 30 s) expired; a trial starts and refills the hot set's sample
     await src.read([q(hot), q(hot, W)])  # its sampled keys missed: every key from the store
-    assert inner.keys_read[-1] == hot
-    for _ in range(180):  # 7 sampled keys a read: a window to load, two measured before it settles
+    assert inner.keys_read[-2:] == [hot, hot]
+    for _ in range(300):  # a window to load, two measured before it settles
         await src.read([q(hot), q(hot, W)])
-        assert inner.keys_read[-1] == [k for k in hot if k % 16]  # the others from the store
+        assert inner.keys_read[-2:] == [unsampled(src, "bypass_v", hot), unsampled(src, "bypass_w", hot)]
     clock.t = 52.0  # settled (a trial period after it began): the next whole window decides
-    for _ in range(75):  # decided (all sampled keys hit): then every key consults, the rest filled
+    for _ in range(150):  # decided (all sampled keys hit): then every key consults, the rest filled
         await src.read([q(hot), q(hot, W)])
-    assert not src.bypass.on_trial("bypass_v") and src.bypass.skipped == 1
+    assert not src.bypass._trials and src.bypass.skipped == 1
     reads = len(inner.keys_read)
     for _ in range(10):
         [a, b] = await src.read([q(hot), q(hot, W)])
@@ -428,17 +454,50 @@ async def test_a_trial_consults_the_cache_for_sampled_keys_only_and_counts_the_r
     clock = Clock()
     src, inner = await source(CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0), clock)
     before = bypassed("bypass_v"), hits_and_misses("bypass_v")
-    clock.t = 0.0
-    await src.read([q(range(32))])  # skipping since 0
+    keys = list(range(300))
+    await src.read([q(keys)])  # skipping since 0
     clock.t = 30.0
-    [got] = await src.read([q(range(32))])  # a trial: keys 0 and 16 looked up, missed, filled
-    assert values(got) == [k * 10 for k in range(32)] and inner.keys_read[-1] == list(range(32))
-    [got] = await src.read([q(range(32))])
-    assert values(got) == [k * 10 for k in range(32)]
-    assert inner.keys_read[-1] == [k for k in range(32) if k % 16]  # 0 and 16 from the cache
+    [got] = await src.read([q(keys)])  # a trial: its sampled keys looked up, missed, filled
+    assert values(got) == [k * 10 for k in keys] and inner.keys_read[-1] == keys
+    rest = unsampled(src, "bypass_v", keys)
+    n = len(keys) - len(rest)
+    assert 5 <= n <= 40  # ~1 in 16
+    [got] = await src.read([q(keys)])
+    assert values(got) == [k * 10 for k in keys] and inner.keys_read[-1] == rest  # the sample from the cache
     hits, misses = hits_and_misses("bypass_v")
-    assert (hits - before[1][0], misses - before[1][1]) == (2, 2)
-    assert bypassed("bypass_v") - before[0] == 32 + 30 + 30
+    assert (hits - before[1][0], misses - before[1][1]) == (n, n)
+    assert bypassed("bypass_v") - before[0] == 300 + 2 * len(rest)
+
+
+def test_a_trials_sample_is_not_a_residue_of_the_keys_and_changes_from_trial_to_trial() -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    b.consults([q(range(100))])
+    first = b.sampler("bypass_v")
+    assert first is not None
+    ids = range(0, 160_000, 16)  # every id a multiple of 16: all of them, or none, by residue
+    n = sum(map(first, ids))
+    assert 500 < n < 750  # ~1 in 16 of 10,000
+    trial_ending_skipping_from_here(clock, b)
+    clock.t += 60.0
+    b.consults([q(range(100))])
+    second = b.sampler("bypass_v")
+    assert second is not None and [k for k in ids if first(k)] != [k for k in ids if second(k)]
+
+
+async def test_a_store_failing_a_trials_read_is_answered_from_every_row_the_cache_holds() -> None:
+    clock = Clock()
+    src, inner = await source(CacheBypass(30, trial_every=30, clock=clock), clock)
+    await src.read([q(range(50))])  # unmeasured: consults, fills 0-49; the rate drops to 0
+    await src.read([q(range(50, 100))])  # skipping since 0
+    clock.t = 30.0  # rows still live (TTL 30 s from 0: until 30)
+    inner.fail = ConnectionError("redis down")
+    assert src.bypass.consults([q(range(10))]) == TRIAL  # the trial starts
+    [got] = await src.read([q(range(40, 60))])
+    assert isinstance(got, ViewRead)
+    assert values(got)[:10] == [k * 10 for k in range(40, 50)]  # cached: sampled or not
+    assert got.unavailable == [False] * 10 + [True] * 10
 
 
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
