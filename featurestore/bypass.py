@@ -22,10 +22,11 @@ Skipped reads fill nothing, so the hit rate they would see is not the one consul
 would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
 So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
 filled before skipping have expired by then), the next read of it starts a **trial** of
-that view: for one key in 16 (by a hash salted per trial, not by the key's residue; every
-read of a sampled key consults, so its hit rate is the one consulting would reach while
-the working set fits), its reads consult the cache and only those keys are looked up and
-filled; the other keys go to the store as when skipped. It loads a window of 500 sampled
+that view: its reads still go to the store for every key, as when skipped, and one key in
+16 (by a hash salted per trial, not by the key's residue) is also looked up in the cache
+and, missed, filled from the store's answer: every read of a sampled key is, so their hit
+rate is the one consulting would reach while the working set fits, at the cost of a hash
+per key and a lookup per sampled key (CachedSource._read_trial). It loads a window of 500 sampled
 keys, then measures the hit rate in windows of 500 sampled keys until a TTL has passed
 (before that no row the trial loaded has expired: the rate climbs a warm-up curve above
 where consulting settles, e.g. 86% against 67% for uniform keys read twice over per TTL)

@@ -107,10 +107,17 @@ class CachedSource:
         mode = self.bypass.consults(queries)
         if mode == CONSULT:
             return await self._read_cached(queries)
-        if mode == TRIAL:  # its views on trial consult for their sampled keys
-            return await self._read_cached(queries, trial=True)
+        if mode == TRIAL:  # read past the cache, measuring its views on trial
+            return await self._read_trial(queries)
+        return await self._read_past(queries, queries)
+
+    async def _read_past(
+        self, queries: Sequence[ViewQuery], asked: Sequence[ViewQuery]
+    ) -> list[ViewRead | BaseException]:
+        """Every key from the store (``asked``: the queries sent, the same keys), the
+        cache answering only for a view whose store read failed."""
         try:
-            got: list[ViewRead | BaseException] = list(await self.inner.read(queries))
+            got: list[ViewRead | BaseException] = list(await self.inner.read(asked))
         except Exception as e:
             got = [e] * len(queries)
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
@@ -129,27 +136,12 @@ class CachedSource:
             got[i] = self._hits_or(q, rows, misses, res)
         return got
 
-    def _fill(
-        self, q: ViewQuery, misses: list[int], fill: list[int], fetched: list[Row], since: int, read_at: float
-    ) -> None:
-        """Cache the rows read of a query's misses (on a trial, of its sampled keys:
-        ``fill`` indexes ``misses``), unless a write of the view's version overlapped the
-        read: ~0.1 µs a view (a tuple hash and a dict lookup)."""
+    def _fill(self, q: ViewQuery, keys: list[Any], rows: list[Row], since: int, read_at: float) -> None:
+        """Cache the rows read of ``keys``, unless a write of the view's version
+        overlapped the read: ~0.1 µs a view (a tuple hash and a dict lookup)."""
         space = (q.view.name, q.view.layout, q.data_version)
-        if not self._fence.allows(space, since):
-            return
-        if fill is not misses:  # a trial: only its sampled keys
-            fetched = [fetched[j] for j in fill]
-            misses = [misses[j] for j in fill]
-        self.cache.put_many(space, [q.keys[i] for i in misses], fetched, read_at)
-
-    def _rescue(self, q: ViewQuery, rows: list[Row | None], unlooked: list[int]) -> list[int]:
-        """A trial's read the store failed: the keys it sent past the cache are looked up
-        after all (as a skipped read's are), into ``rows``; the keys still missing."""
-        space = (q.view.name, q.view.layout, q.data_version)
-        for i, r in zip(unlooked, self.cache.get_many(space, [q.keys[i] for i in unlooked]), strict=True):
-            rows[i] = r
-        return [i for i, r in enumerate(rows) if r is None]
+        if self._fence.allows(space, since):
+            self.cache.put_many(space, keys, rows, read_at)
 
     def _hits_or(
         self, q: ViewQuery, rows: list[Row | None], misses: list[int], err: BaseException
@@ -161,50 +153,61 @@ class CachedSource:
         metrics.view_read_failures(q.view.name, self.name, "error").inc()
         return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
-    def _lookup(self, q: ViewQuery, trial: bool) -> tuple[list[Row | None], set[int] | None]:
-        """The cached rows of a query's keys (None: not looked up, or a miss) and, on a
-        trial, the keys looked up (its sampled ones if its view is on trial, else none)."""
-        space = (q.view.name, q.view.layout, q.data_version)
-        if not trial:
-            return self.cache.get_many(space, q.keys), None
-        sampled = self.bypass.sampler(q.view.name)
-        look = [] if sampled is None else [i for i, k in enumerate(q.keys) if sampled(k)]
-        rows: list[Row | None] = [None] * len(q.keys)
-        for i, r in zip(look, self.cache.get_many(space, [q.keys[i] for i in look]), strict=True):
-            rows[i] = r
-        if len(look) < len(rows):
-            metrics.cache_bypassed(q.view.name).inc(len(rows) - len(look))
-        return rows, set(look)
+    async def _read_trial(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        """A read past the cache that measures, for its views on trial, what consulting
+        would hit: their sampled keys are looked up (not served: every key is read from
+        the store, as when skipped) and, missed, filled from the store's answer, for which
+        they ask every feature (a cache row is a whole row). Its cost over a skipped read:
+        a hash per key, and a lookup and maybe a fill per sampled key."""
+        asked, samples = list(queries), {}
+        for qi, q in enumerate(queries):
+            sampled = self.bypass.sampler(q.view.name)
+            if sampled is None:
+                continue
+            look = [k for k in q.keys if sampled(k)]
+            space = (q.view.name, q.view.layout, q.data_version)
+            missed = [k for k, r in zip(look, self.cache.get_many(space, look), strict=True) if r is None]
+            self.bypass.observe(q.view.name, len(look) - len(missed), len(look), True)
+            samples[qi] = missed
+            asked[qi] = ViewQuery(q.view, q.keys, range(len(q.view.features)), q.data_version)
+        since, read_at = self._fence.now, self.cache.now()
+        got = await self._read_past(queries, asked)
+        for qi, missed in samples.items():
+            res, q = got[qi], queries[qi]
+            if isinstance(res, BaseException) or res.unavailable is not None:
+                continue  # (answered from the cache by _read_past; nothing to fill from)
+            if missed:
+                at = {k: i for i, k in enumerate(q.keys)}
+                rows = [
+                    (*(c[at[k]] for c in res.columns), res.event_ts_us[at[k]])
+                    if res.found[at[k]]
+                    else NOT_FOUND
+                    for k in missed
+                ]
+                self._fill(q, missed, rows, since, read_at)
+            got[qi] = ViewRead(res.found, res.event_ts_us, [res.columns[j] for j in q.features])
+        return got
 
-    async def _read_cached(
-        self, queries: Sequence[ViewQuery], trial: bool = False
-    ) -> list[ViewRead | BaseException]:
-        """``trial``: only the sampled keys of the views on trial consult the cache (and
-        only they are filled); every other key goes to the store."""
+    async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache
         observe = self.bypass.observe
         cached: list[list[Row | None]] = []
         miss_queries: list[ViewQuery] = []
-        miss_slots: list[tuple[int, list[int], list[int]]] = []  # (query, misses, of them to fill)
-        looks: list[set[int] | None] = []
+        miss_slots: list[tuple[int, list[int]]] = []
         for qi, q in enumerate(queries):
             name, version = q.view.name, q.data_version
-            rows, look = self._lookup(q, trial)
-            looks.append(look)
-            looked = len(rows) if look is None else len(look)
+            rows = cache.get_many((name, q.view.layout, version), q.keys)
             misses = [i for i, r in enumerate(rows) if r is None]
             cached.append(rows)
             hits = len(rows) - len(misses)
-            observe(name, hits, looked, trial)
+            observe(name, hits, len(rows))
             if hits:
                 metrics.cache_hits(name).inc(hits)
-            if looked > hits:
-                metrics.cache_misses(name).inc(looked - hits)
             if misses:
+                metrics.cache_misses(name).inc(len(misses))
                 all_features = range(len(q.view.features))
                 miss_queries.append(ViewQuery(q.view, [q.keys[i] for i in misses], all_features, version))
-                fill = misses if look is None else [j for j, i in enumerate(misses) if i in look]
-                miss_slots.append((qi, misses, fill))
+                miss_slots.append((qi, misses))
 
         results: list[ViewRead | BaseException | None] = [None] * len(queries)
         owed: dict[int, set[int]] = {}
@@ -216,11 +219,8 @@ class CachedSource:
             except Exception as e:
                 # Views the cache answered in full must not fail with the store.
                 inner = [e] * len(miss_queries)
-            for (qi, misses, fill), got in zip(miss_slots, inner, strict=True):
+            for (qi, misses), got in zip(miss_slots, inner, strict=True):
                 if isinstance(got, BaseException):
-                    look = looks[qi]
-                    if look is not None:  # the keys a trial did not look up: what the cache holds
-                        misses = self._rescue(queries[qi], cached[qi], [i for i in misses if i not in look])
                     results[qi] = self._hits_or(queries[qi], cached[qi], misses, got)
                     continue
                 fetched = [
@@ -242,8 +242,8 @@ class CachedSource:
                         owed[qi] = {misses[j] for j, u in enumerate(got.unavailable) if u}
                         for i in owed[qi]:
                             rows[i] = None
-                if got.unavailable is None and fill:  # (a key the store owed is no row)
-                    self._fill(q, misses, fill, fetched, since, read_at)
+                if got.unavailable is None:  # (a key the store owed is no row)
+                    self._fill(q, [q.keys[i] for i in misses], fetched, since, read_at)
             self._entries.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:

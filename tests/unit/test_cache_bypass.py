@@ -419,10 +419,10 @@ async def test_a_read_unlikely_to_hit_in_full_reads_every_key_from_the_store_and
     assert values(third) == [k * 10 for k in range(40, 80)]
 
 
-def unsampled(src: CachedSource, view: str, keys: Sequence[int]) -> list[int]:
+def sample_of(src: CachedSource, view: str, keys: Sequence[int]) -> list[int]:
     sampled = src.bypass.sampler(view)
     assert sampled is not None
-    return [k for k in keys if not sampled(k)]
+    return [k for k in keys if sampled(k)]
 
 
 async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() -> None:
@@ -434,11 +434,9 @@ async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() ->
     await src.read([q(hot), q(hot, W)])
     assert src.bypass.skipped == 1 and len(inner.keys_read) == 4  # past the cache
     clock.t = 31.0  # the first fills (TTL 30 s) expired; a trial starts and refills the hot set's sample
-    await src.read([q(hot), q(hot, W)])  # its sampled keys missed: every key from the store
-    assert inner.keys_read[-2:] == [hot, hot]
     for _ in range(300):  # a window to load, two measured before it settles
         await src.read([q(hot), q(hot, W)])
-        assert inner.keys_read[-2:] == [unsampled(src, "bypass_v", hot), unsampled(src, "bypass_w", hot)]
+        assert inner.keys_read[-2:] == [hot, hot]  # a trial reads every key from the store
     clock.t = 52.0  # settled (a trial period after it began): the next whole window decides
     for _ in range(150):  # decided (all sampled keys hit): then every key consults, the rest filled
         await src.read([q(hot), q(hot, W)])
@@ -450,7 +448,7 @@ async def test_a_trial_loads_a_hot_set_that_a_skipping_cache_had_let_expire() ->
     assert len(inner.keys_read) == reads
 
 
-async def test_a_trial_consults_the_cache_for_sampled_keys_only_and_counts_the_rest_bypassed() -> None:
+async def test_a_trial_reads_every_key_from_the_store_and_looks_up_and_fills_its_sample_only() -> None:
     clock = Clock()
     src, inner = await source(CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0), clock)
     before = bypassed("bypass_v"), hits_and_misses("bypass_v")
@@ -458,15 +456,17 @@ async def test_a_trial_consults_the_cache_for_sampled_keys_only_and_counts_the_r
     await src.read([q(keys)])  # skipping since 0
     clock.t = 30.0
     [got] = await src.read([q(keys)])  # a trial: its sampled keys looked up, missed, filled
+    sample = sample_of(src, "bypass_v", keys)
+    assert 5 <= len(sample) <= 40  # ~1 in 16
     assert values(got) == [k * 10 for k in keys] and inner.keys_read[-1] == keys
-    rest = unsampled(src, "bypass_v", keys)
-    n = len(keys) - len(rest)
-    assert 5 <= n <= 40  # ~1 in 16
+    space = ("bypass_v", V.layout, 1)
+    assert [k for k in keys if src.cache.get(space, k) is not None] == sample
     [got] = await src.read([q(keys)])
-    assert values(got) == [k * 10 for k in keys] and inner.keys_read[-1] == rest  # the sample from the cache
-    hits, misses = hits_and_misses("bypass_v")
-    assert (hits - before[1][0], misses - before[1][1]) == (n, n)
-    assert bypassed("bypass_v") - before[0] == 300 + 2 * len(rest)
+    assert values(got) == [k * 10 for k in keys] and inner.keys_read[-1] == keys
+    trial = src.bypass._trials["bypass_v"]
+    assert trial.load == 500 - 2 * len(sample)  # measured: the second read's sample all hit
+    assert hits_and_misses("bypass_v") == before[1]  # served from the store: bypassed, all of them
+    assert bypassed("bypass_v") - before[0] == 3 * 300
 
 
 def test_a_trials_sample_is_not_a_residue_of_the_keys_and_changes_from_trial_to_trial() -> None:
