@@ -61,13 +61,13 @@ from featurestore.sources.base import ViewQuery
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
-# A trial consults 1 key in TRIAL_SAMPLE (by a hash salted per trial: every read of a
-# sampled key, so its hit rate is the one consulting would reach while the working set
+# A trial looks 1 key in TRIAL_SAMPLE up (by a hash salted per trial: every read of a
+# sampled key, so their hit rate is the one consulting would reach while the working set
 # fits), in windows of 500 sampled keys.
 TRIAL_SAMPLE: Final = 16
 _TRIAL_WINDOW: Final = 500
-# What consults() answers: read past the cache, consult it for every key, or (a view on
-# trial) for its sampled keys only.
+# What consults() answers: read past the cache, consult it for every key, or read past it
+# measuring the sampled keys of its views on trial (CachedSource._read_trial).
 SKIP: Final = 0
 CONSULT: Final = 1
 TRIAL: Final = 2
@@ -143,8 +143,8 @@ class CacheBypass:
 
     def consults(self, queries: Sequence[ViewQuery]) -> int:
         """Whether this read should consult the cache: ``CONSULT`` (every key), ``TRIAL``
-        (the sampled keys of its views on trial, ``on_trial``) or ``SKIP`` (0: every key
-        from the store)."""
+        (every key from the store, the sampled keys of its views on trial measured:
+        ``sampler``) or ``SKIP`` (0: every key from the store)."""
         per_trip = self.fills_per_round_trip
         if per_trip == 0:
             return CONSULT
@@ -173,7 +173,7 @@ class CacheBypass:
         return rate
 
     def sampler(self, view: str) -> Callable[[Hashable], bool] | None:
-        """On trial, which of the view's keys consult the cache (None: not on trial)."""
+        """On trial, which of the view's keys are looked up (None: not on trial)."""
         trial = self._trials.get(view)
         return None if trial is None else trial.sampled
 
@@ -192,8 +192,8 @@ class CacheBypass:
                 del backoff[name], consulting[name]
 
     def _trial(self, queries: Sequence[ViewQuery]) -> int:
-        """The rule would skip this read: consult anyway if one of its views is on trial,
-        or has been skipped long enough for its next trial (which starts)."""
+        """The rule would skip this read: ``TRIAL`` if one of its views is on trial, or has
+        been skipped long enough for its next trial (which starts), else ``SKIP``."""
         now = self._clock()
         since, trials, backoff = self._skipping_since, self._trials, self._backoff
         on_trial = False
