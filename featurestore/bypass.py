@@ -13,9 +13,10 @@ with P(full hit) the product over its views of h ** k and the expected misses th
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
 ``fills_per_round_trip`` is what a round trip is worth in missed keys. It depends on the
 store (factories.py picks it by kind): on Redis under load the joins of an event-loop tick
-share one pipelined write (auto-pipelining), so a full hit saved 25 µs of server CPU per
-batch-1 join while a missed key cost 46 µs (`python -m benchmarks.cache_figures`,
-benchmarks/RESULTS.md, 2026-12-03: 0.5); a ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
+share one pipelined write (auto-pipelining), so a full hit saved 26 µs of server CPU per
+batch-1 join while a missed key cost 36 µs, 0.72 (1.14 at batch 10; `python -m
+benchmarks.cache_figures`, benchmarks/RESULTS.md, 2026-12-03): 0.5, the cautious side; a
+ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
 Otherwise the read goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting
