@@ -162,29 +162,27 @@ class CachedSource:
         asked, samples = list(queries), {}
         for qi, q in enumerate(queries):
             sampled = self.bypass.sampler(q.view.name)
-            if sampled is None:
+            look = [k for k in q.keys if sampled(k)] if sampled is not None else None
+            if not look:  # (most batch-1 reads: then it costs what a skipped read does)
                 continue
-            look = [k for k in q.keys if sampled(k)]
             space = (q.view.name, q.view.layout, q.data_version)
             missed = [k for k, r in zip(look, self.cache.get_many(space, look), strict=True) if r is None]
             self.bypass.observe(q.view.name, len(look) - len(missed), len(look), True)
-            samples[qi] = missed
-            asked[qi] = ViewQuery(q.view, q.keys, range(len(q.view.features)), q.data_version)
+            if missed:  # rows to fill: whole rows
+                samples[qi] = missed
+                asked[qi] = ViewQuery(q.view, q.keys, range(len(q.view.features)), q.data_version)
         since, read_at = self._fence.now, self.cache.now()
         got = await self._read_past(queries, asked)
         for qi, missed in samples.items():
             res, q = got[qi], queries[qi]
             if isinstance(res, BaseException) or res.unavailable is not None:
                 continue  # (answered from the cache by _read_past; nothing to fill from)
-            if missed:
-                at = {k: i for i, k in enumerate(q.keys)}
-                rows = [
-                    (*(c[at[k]] for c in res.columns), res.event_ts_us[at[k]])
-                    if res.found[at[k]]
-                    else NOT_FOUND
-                    for k in missed
-                ]
-                self._fill(q, missed, rows, since, read_at)
+            at = {k: i for i, k in enumerate(q.keys)}
+            rows = [
+                (*(c[at[k]] for c in res.columns), res.event_ts_us[at[k]]) if res.found[at[k]] else NOT_FOUND
+                for k in missed
+            ]
+            self._fill(q, missed, rows, since, read_at)
             got[qi] = ViewRead(res.found, res.event_ts_us, [res.columns[j] for j in q.features])
         return got
 
