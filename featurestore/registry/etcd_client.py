@@ -53,6 +53,9 @@ CHANNEL_OPTIONS = {
     # call is open: hence no keepalive_permit_without_calls.
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
+    # gRPC 1.85 times a keepalive ping out by this one (60 s by default), not by the above
+    # (tests/integration/test_etcd_watch_health.py fails without it)
+    "grpc.http2.ping_timeout_ms": 5_000,
     "grpc.http2.max_pings_without_data": 0,  # a quiet watch sends no data: ping on anyway
 }
 
