@@ -146,3 +146,40 @@ async def test_a_registry_call_etcd_refuses_for_its_auth_token_authenticates_aga
         assert reg.health().connected
     finally:
         await reg.close()
+
+
+async def test_a_watch_whose_client_a_failed_call_replaced_follows_on_the_new_client(
+    auth_etcd: AuthEtcdServer,
+) -> None:
+    """The heartbeat finds the token outdated and replaces the client: grpc.aio ends the
+    watch's read on the closed channel with CancelledError, which ended the change feed
+    as if the server were shutting it down. It is a lost connection: watched again."""
+    project = f"p{uuid.uuid4().hex[:8]}"
+    key = f"/featurestore/{project}/data/v/current"
+    access = registry_user(auth_etcd, project, "")
+    reg = EtcdRegistry([auth_etcd.endpoint], project, access=access, heartbeat_interval=0.2)
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    pending: asyncio.Future[None] | None = None
+    try:
+        await asyncio.wait_for(anext(changes), WAIT_S)  # armed
+        pending = asyncio.ensure_future(anext(changes))
+        auth_etcd.etcdctl("put", key, "1")
+        await asyncio.wait_for(pending, WAIT_S)  # the watch is open
+        pending = asyncio.ensure_future(anext(changes))
+        before = connection_lost()
+        grant_project(auth_etcd, project, access)
+        await eventually(lambda: connection_lost() > before, WAIT_S, "the watch cut off by the new client")
+        auth_etcd.etcdctl("put", key, "2")
+        await asyncio.wait_for(pending, WAIT_S)
+        assert (await reg.data_versions()) == {"v": 2}
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        await changes.aclose()
+        await reg.close()
+
+
+def connection_lost() -> float:
+    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": "connection"}) or 0.0
