@@ -19,7 +19,9 @@ goes away the watch raises; it is re-established from that revision, on a new cl
 retrying every 0.1 s doubling to 0.5 s (jittered), so no change is missed and a change
 published once etcd is back reaches every server within about half a second. A watch
 etcd cancels or ends (``etcd_watch.WatchEnded``) is opened again from that revision on
-the same client; one compacted past it re-reads everything. A light
+the same client (on a new one, authenticating again, when etcd no longer takes its auth
+token); one compacted past it re-reads everything. Progress notifications move that
+revision on while nothing under the prefix changes. A light
 poll keeps ``last_contact`` fresh while nothing changes, which is how a server reports
 how stale its registry view may be.
 """
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -46,8 +47,8 @@ from featurestore.definitions.snapshot import (
 from featurestore.errors import Conflict, NotFound, Unavailable
 from featurestore.model import Definitions
 from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
-from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink
-from featurestore.registry.etcd_watch import WatchEnded, watch_prefix
+from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink, auth_expired
+from featurestore.registry.etcd_watch import RetryPause, WatchEnded, watch_prefix
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ log = logging.getLogger(__name__)
 # Jitter keeps a fleet of workers, cut off at the same moment, from retrying in step.
 _WATCH_RETRY_MIN_S = 0.1
 _WATCH_RETRY_MAX_S = 0.5
+# The pause starts over from the minimum only once a watch delivered events or lived
+# this long: a watch etcd (or a proxy) confirms and then ends at once is retried at the
+# growing pause, not every 0.1 s.
+_WATCH_STEADY_S = 5.0
 
 
 class EtcdRegistry:
@@ -313,26 +318,29 @@ class EtcdRegistry:
 
     async def changes(self) -> AsyncIterator[None]:
         """Yield after every change under the project prefix, across etcd outages."""
-        backoff = _WATCH_RETRY_MIN_S
+        pause = RetryPause(_WATCH_RETRY_MIN_S, _WATCH_RETRY_MAX_S, _WATCH_STEADY_S)
         heartbeat = asyncio.create_task(self._heartbeat())
         armed = False
         try:
             while True:
+                client = self._client  # the one this watch runs on (and fails on)
+                pause.watching()
                 try:
                     if self._revision == 0:
                         self._revision = await self._head_revision()
                     if not armed:
                         armed = True
                         yield None  # watching from self._revision: re-read what changed before
-                    watch = watch_prefix(self._client, self._root, self._revision + 1, self._link.timeout)
+                    watch = watch_prefix(client, self._root, self._revision + 1, self._link.timeout)
                     async with contextlib.aclosing(watch):
-                        async for events in watch:
+                        async for events, progress in watch:
                             self._link.touch()
-                            backoff = _WATCH_RETRY_MIN_S
+                            self._revision = max(self._revision, progress)
                             for event in events:
                                 self._revision = max(self._revision, event.kv.mod_revision)
                                 self._forget(event.kv.key, event.kv.mod_revision)
                             if events:
+                                pause.steady()
                                 yield None
                 except etcd_errors.RevisionCompactedError as e:
                     # The changes since self._revision are gone: re-read everything (the
@@ -343,22 +351,32 @@ class EtcdRegistry:
                     self._cache.clear()  # changes of snapshot keys may be among those missed
                     yield None
                 except WatchEnded as e:
-                    # etcd still answers: watch again on this client, from the last revision
-                    # seen (so nothing is missed), after a pause (etcd may cancel it again).
+                    # etcd still answers: watch again from the last revision seen (so
+                    # nothing is missed), after a pause (etcd may cancel it again); on a
+                    # new client (a new auth token) if etcd refused this one's token.
+                    wait = pause.next()
                     log.warning(
-                        "etcd registry watch lost (%s); watching again from revision %d", e, self._revision
+                        "etcd registry watch lost (%s); watching again from revision %d in %.2f s",
+                        e,
+                        self._revision,
+                        wait,
                     )
                     metrics.REGISTRY_WATCH_LOST.labels(e.cause).inc()
-                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)
+                    await asyncio.sleep(wait)
+                    if self._link.authenticates and auth_expired(str(e)):
+                        await self._link.renew(client)
                 except (*ERRORS, Unavailable) as e:
-                    if self._link.connected:
-                        log.warning("etcd registry watch lost (%s); serving the last snapshot, retrying", e)
                     metrics.REGISTRY_WATCH_LOST.labels("connection").inc()
-                    self._link.connected = False
-                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, _WATCH_RETRY_MAX_S)
-                    await self._link.reconnect()
+                    if self._client is not client:  # closed under it: a call authenticated again
+                        log.info("etcd registry watch lost (%s): its client was replaced", e)
+                    else:
+                        if self._link.connected:
+                            log.warning(
+                                "etcd registry watch lost (%s); serving the last snapshot, retrying", e
+                            )
+                        self._link.connected = False
+                    await asyncio.sleep(pause.next())
+                    await self._link.renew(client)  # unless a failed call replaced it already
         finally:
             heartbeat.cancel()
 

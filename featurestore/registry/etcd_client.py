@@ -45,7 +45,32 @@ CHANNEL_OPTIONS = {
     # gRPC's client takes 4 MiB messages by default: a snapshot etcd accepted under a
     # raised --max-request-bytes (registry.max_request_bytes) must be readable too
     "grpc.max_receive_message_length": -1,
+    # A peer gone without a reset (a host powered off, a network partition) left a quiet
+    # watch waiting until the kernel gave up on the connection (~15 min). gRPC pings etcd
+    # every 10 s while a call is open and drops the connection when a ping goes unanswered
+    # for 5 s (the watch then fails and is re-established on a new client). etcd refuses
+    # pings more often than every 5 s (--grpc-keepalive-min-time) and any ping while no
+    # call is open: hence no keepalive_permit_without_calls.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    # gRPC 1.85 times a keepalive ping out by this one (60 s by default), not by the above
+    # (tests/integration/test_etcd_watch_health.py fails without it)
+    "grpc.http2.ping_timeout_ms": 5_000,
+    "grpc.http2.max_pings_without_data": 0,  # a quiet watch sends no data: ping on anyway
 }
+
+# etcd's answers to a request whose auth token no longer holds: unknown or expired (a
+# JWT past its ttl; a simple token dropped after its TTL unused, the user's password
+# set, an etcd restart), issued before the last change of users, roles or
+# permissions (a JWT carries the auth revision), or missing. aetcd authenticates once,
+# in ``connect``: only a new client (``EtcdLink.renew``) gets a new token. A watch etcd
+# cancels for one of these says so in its cancel reason.
+_AUTH_EXPIRED = ("invalid auth token", "revision of auth store is old", "user name is empty")
+
+
+def auth_expired(message: str) -> bool:
+    """Does etcd's error ``message`` say that the client's auth token no longer holds?"""
+    return any(m in message for m in _AUTH_EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +144,11 @@ class EtcdLink:
         grpc.aio ends a call in flight on a channel that is closed (the watch failed and
         ``reconnect`` replaced the client) with ``CancelledError``, although nobody
         cancelled the caller: that is a lost connection too. Left as it was, it ended
-        the server's registry-apply task for good (an ``except Exception`` lets it by)."""
+        the server's registry-apply task for good (an ``except Exception`` lets it by).
+
+        An auth token etcd no longer takes (``auth_expired``) fails this call, and
+        the client is replaced (a new token) for the next ones: the caller retries."""
+        client = self.client
         try:
             result = await fn(*args, **kwargs)
         except (*ERRORS, grpc.aio.AioRpcError) as e:
@@ -129,6 +158,10 @@ class EtcdLink:
                 raise refused from e
             if not isinstance(e, ERRORS):
                 raise
+            if self.authenticates and auth_expired(str(e)):
+                self.last_contact = time.monotonic()  # etcd answered
+                await self.renew(client)
+                raise Unavailable(f"etcd registry: authenticating again: {e}") from e
             self.connected = False
             raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
         except asyncio.CancelledError as e:
@@ -139,6 +172,17 @@ class EtcdLink:
             raise Unavailable("etcd registry: the call was cut off (its connection was closed)") from e
         self.touch()
         return result
+
+    @property
+    def authenticates(self) -> bool:
+        """With a user and password: a new client gets a new auth token."""
+        return bool(self._access.username)
+
+    async def renew(self, client: aetcd.Client) -> None:
+        """Replace ``client`` (a call on it failed) by a new one: a new connection, a new
+        auth token, unless another call's failure replaced it already."""
+        if self.client is client:
+            await self.reconnect()
 
     async def reconnect(self) -> None:
         with contextlib.suppress(*ERRORS):

@@ -10,8 +10,14 @@ auth token, both set by ``connect``) and turns every end into an exception:
 
 * ``RevisionCompactedError`` (aetcd's): etcd compacted past the start revision;
 * ``WatchEnded``: etcd cancelled the watch, or ended the stream;
-* ``etcd_errors.ConnectionFailedError``/``WatchTimeoutError``: the connection failed,
-  or etcd did not confirm the watch within the client's timeout.
+* ``etcd_errors.ConnectionFailedError``/``WatchTimeoutError``: the connection failed
+  (or was closed under the watch: ``EtcdLink.reconnect``), or etcd did not confirm the
+  watch within the client's timeout.
+
+The watch asks etcd for progress notifications (the revision it has caught up to while
+no event of the prefix comes: a later watch need not start behind a compaction of other
+keys) and sends ``hasleader: true``: a member cut off from its cluster's quorum ends the
+stream ("no leader") instead of holding it open and silent.
 
 ``tests/integration/test_etcd_watch.py`` runs it against a real etcd (and fails when
 aetcd's client stops setting ``channel`` or ``metadata``).
@@ -20,6 +26,8 @@ aetcd's client stops setting ``channel`` or ``metadata``).
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -27,6 +35,10 @@ import aetcd
 import grpc
 from aetcd import exceptions as etcd_errors
 from aetcd import rpc, utils
+
+# etcd's own client sends this with every watch (clientv3.WithRequireLeader): etcd then
+# ends the stream when its member loses the leader, and refuses it while there is none.
+REQUIRE_LEADER = ("hasleader", "true")
 
 
 class WatchEnded(Exception):
@@ -39,13 +51,18 @@ class WatchEnded(Exception):
 
 async def watch_prefix(
     client: aetcd.Client, prefix: bytes, start_revision: int, confirm_within: float
-) -> AsyncGenerator[Sequence[Any], None]:
-    """Yield the events (``mvccpb.Event``: ``.kv.key``, ``.kv.mod_revision``; none once
-    etcd confirmed the watch) of each response of a watch of ``prefix`` from ``start_revision``, until it ends (raises).
+) -> AsyncGenerator[tuple[Sequence[Any], int], None]:
+    """Yield ``(events, progress)`` for each response of a watch of ``prefix`` from
+    ``start_revision``, until it ends (raises). ``events``: ``mvccpb.Event`` (``.kv.key``,
+    ``.kv.mod_revision``), none once etcd confirmed the watch; ``progress``: the revision
+    every event up to which has been sent, from a progress notification (else 0).
     ``confirm_within``: seconds etcd may take to confirm the watch."""
     await client.connect()
     create = rpc.WatchCreateRequest(
-        key=prefix, range_end=utils.prefix_range_end(prefix), start_revision=start_revision
+        key=prefix,
+        range_end=utils.prefix_range_end(prefix),
+        start_revision=start_revision,
+        progress_notify=True,
     )
     hold = asyncio.Event()  # the request stream stays open (no half-close) while watching
 
@@ -53,13 +70,13 @@ async def watch_prefix(
         yield rpc.WatchRequest(create_request=create)
         await hold.wait()
 
-    call = rpc.WatchStub(client.channel).Watch(requests(), metadata=client.metadata)
+    metadata = (*(client.metadata or ()), REQUIRE_LEADER)
+    call = rpc.WatchStub(client.channel).Watch(requests(), metadata=metadata)
     try:
         try:
-            first = await asyncio.wait_for(call.read(), confirm_within)
+            response = await asyncio.wait_for(call.read(), confirm_within)
         except TimeoutError as e:
             raise etcd_errors.WatchTimeoutError(f"etcd did not confirm the watch of {prefix!r}") from e
-        response = first
         while True:
             if response is grpc.aio.EOF:
                 raise WatchEnded("ended", "etcd ended the watch stream")
@@ -69,10 +86,47 @@ async def watch_prefix(
                 raise WatchEnded(
                     "cancelled", f"etcd cancelled the watch: {response.cancel_reason or 'no reason'}"
                 )
-            yield response.events  # none in the first one: etcd confirmed the watch
+            # A progress notification: no events, not the confirmation. (The confirmation's
+            # revision is etcd's head, past the events a watch from an older one has yet to send.)
+            progress = response.header.revision if not response.events and not response.created else 0
+            yield response.events, progress
             response = await call.read()
     except grpc.aio.AioRpcError as e:
         raise etcd_errors.ConnectionFailedError(f"watch stream: {e.code().name}: {e.details()}") from e
+    except asyncio.CancelledError as e:
+        # grpc.aio ends a read on a channel closed under it (another call's failure
+        # replaced the client) with CancelledError, although nobody cancelled this task
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise etcd_errors.ConnectionFailedError("watch stream: its channel was closed") from e
     finally:
         hold.set()
         call.cancel()
+
+
+class RetryPause:
+    """The jittered pause before each new watch after one was lost: ``low`` doubling to
+    ``high``, from ``low`` again once a watch delivered events (``steady``) or lived
+    ``steady_after`` seconds. A watch that is confirmed and ends at once is no proof that
+    etcd is well again: the pause keeps growing."""
+
+    def __init__(self, low: float, high: float, steady_after: float) -> None:
+        self._low, self._high, self._steady_after = low, high, steady_after
+        self._backoff = low
+        self._opened = 0.0
+
+    def watching(self) -> None:
+        """A new watch (or the connection before it) is being opened."""
+        self._opened = time.monotonic()
+
+    def steady(self) -> None:
+        self._backoff = self._low
+
+    def next(self) -> float:
+        """The pause after a lost watch, in seconds."""
+        if time.monotonic() - self._opened >= self._steady_after:
+            self._backoff = self._low
+        wait = random.uniform(self._backoff / 2, self._backoff)
+        self._backoff = min(self._backoff * 2, self._high)
+        return wait

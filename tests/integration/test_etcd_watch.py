@@ -12,15 +12,15 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import aetcd
-import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.etcd_client import EtcdAccess
+from tests.etcd_proxies import WatchEndingProxy
 from tests.security import Certs, SecureEtcdServer, make_certs
 from tests.servers import EtcdServer
-from tests.support import eventually, free_port
+from tests.support import eventually
 
 WAIT_S = 20.0  # for a change to come through: a bound on a hang, not a timing assert
 
@@ -132,57 +132,6 @@ def test_the_watch_uses_the_channel_and_auth_metadata_aetcds_client_sets_on_conn
     assert "self.metadata = (('token', resp.token),)" in connect
 
 
-class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """A gRPC proxy in front of a real etcd, forwarding every call as it is, that can end
-    the watch streams open through it cleanly (status OK, as a proxy or load balancer
-    closing a long-lived stream may): ``end_watches``."""
-
-    def __init__(self, etcd: EtcdServer) -> None:
-        self.port = free_port()
-        self.upstream = grpc.aio.insecure_channel(f"127.0.0.1:{etcd.port}")
-        self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers([self])
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self.end = asyncio.Event()
-        self.open_watches = 0
-
-    def end_watches(self) -> None:
-        self.end.set()
-        self.end = asyncio.Event()  # watches opened from now on run until told again
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = details.method
-        if method == "/etcdserverpb.Watch/Watch":
-            return grpc.stream_stream_rpc_method_handler(self._watch)
-
-        async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await self.upstream.unary_unary(method)(request)  # type: ignore[no-any-return]
-
-        return grpc.unary_unary_rpc_method_handler(unary)
-
-    async def _watch(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        call = self.upstream.stream_stream("/etcdserverpb.Watch/Watch")(requests)
-        ended = asyncio.ensure_future(self.end.wait())
-        self.open_watches += 1
-        try:
-            while True:
-                read = asyncio.ensure_future(call.read())
-                await asyncio.wait({read, ended}, return_when=asyncio.FIRST_COMPLETED)
-                if ended.done():
-                    read.cancel()
-                    return  # the stream ends with status OK
-                response = read.result()
-                if response is grpc.aio.EOF:
-                    return
-                yield response
-        finally:
-            self.open_watches -= 1
-            ended.cancel()
-            call.cancel()
-
-
 async def test_a_watch_stream_that_ends_cleanly_is_watched_again_and_misses_no_change(
     etcd_server: EtcdServer,
 ) -> None:
@@ -215,5 +164,4 @@ async def test_a_watch_stream_that_ends_cleanly_is_watched_again_and_misses_no_c
         await changes.aclose()
         await direct.close()
         await reg.close()
-        await proxy.server.stop(None)
-        await proxy.upstream.close()
+        await proxy.close()
