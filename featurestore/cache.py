@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from featurestore import metrics
 from featurestore.bypass import CONSULT, TRIAL, CacheBypass
+from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
 from featurestore.model import FeatureView
@@ -56,6 +57,7 @@ class CachedSource:
         # writes whose callers gave up, and the timer that stops each (``_overran``)
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
+        self._stopping: set[asyncio.Task[int]] = set()  # writes stopped so while closing
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -74,6 +76,9 @@ class CachedSource:
         for task in self._abandoned:
             task.cancel()
         await asyncio.gather(*list(self._abandoned), return_exceptions=True)
+        while self._stopping:  # given up on meanwhile: stopped in write, ended before the store closes
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+            self._stopping = {t for t in self._stopping if not t.done()}
         await self.inner.close()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -255,6 +260,7 @@ class CachedSource:
         deadline) does not wait for: the write goes on (ClickHouse's insert would go on
         on its thread anyway, cancelled or not), and whenever it ends, it drops the keys
         again and lets reads fill."""
+        self._refuse_if_closed(view)
         space = (view.name, view.layout, data_version)
         try:
             keys = row_keys(rows, view.join_keys)
@@ -273,7 +279,15 @@ class CachedSource:
                     self._abandoned[task] = loop.call_later(self.cache.ttl, self._overran, task, view.name)
                 else:  # too many going on, or closing: close() would never stop this one
                     task.cancel()
+                    if self._closed:  # close() awaits its end before closing the store
+                        self._stopping.add(task)
             raise
+
+    def _refuse_if_closed(self, view: FeatureView) -> None:
+        if self._closed:  # its close() would neither stop nor await the write
+            raise Unavailable(
+                f"store {self.name!r} is closed: the write of view {view.name!r} was not started"
+            )
 
     def _overran(self, task: asyncio.Task[int], view: str) -> None:
         """A write given up on that has gone on for a cache TTL is taken as hung and
@@ -295,6 +309,7 @@ class CachedSource:
         """The store's write has ended: also a failed one, some batches may have landed."""
         self._fence.lower(space)
         self._invalidate(space, keys)
+        self._stopping.discard(task)
         timer = self._abandoned.pop(task, None)
         if timer is not None:
             timer.cancel()

@@ -184,6 +184,14 @@ class Materializer:
             await self._abandon(view, target)
             raise
         log.info("published %s data version %d (%d rows)", view_name, target, written)
+        if span.start_us is not None and current > 0:
+            log.warning(
+                "%s: data version %d replaced %d, but holds only the keys with a row from --start on: "
+                "keys whose rows are all older are no longer served (a run without --start loads every key)",
+                view_name,
+                target,
+                current,
+            )
         if newest is not None:
             await self._mark(view_name, Watermark(target, newest, span.start_us))
         # Versions between were allocated to runs that can no longer publish (their

@@ -21,13 +21,18 @@ and survives; the next merge finishes the job). The new archive is written aside
 (``<type>_archive.db.merging``); then, under the lock, the dead worker's file is renamed
 out of the scrape's ``*.db`` glob (``<type>_<pid>.db.absorbed``) and the new archive
 renamed over the old one; then the ``.absorbed`` file is deleted. A failure before the
-first rename leaves the dead file unmerged (merged again next time, from scratch); after
-the second, a leftover ``.absorbed`` file that no scrape reads and the next merge deletes
+first rename leaves the dead file where it was, unmerged: scrapes go on reading it (the
+totals stay right), but no later merge picks it up (each merges the archive with the
+one worker that just died), so it stays one more file per scrape. A failure of the
+second rename is rolled back under the same lock (the ``.absorbed`` file renamed back to
+``*.db``): the same state, no scrape in between saw the values missing. After the
+second, a leftover ``.absorbed`` file that no scrape reads and the next merge deletes
 (deleting the dead file last, as before, left it read beside an archive that already held
-it: a double count at every scrape, and again at every merge of it); between the two
-(two renames apart), an ``.absorbed`` file beside a complete ``.merging`` one, which the
-next merge renames into place (until then the dead worker's values are missing from
-scrapes, never counted twice). Why not a record in the archive of the files it
+it: a double count at every scrape, and again at every merge of it). Only a crash of the
+supervisor itself between the two renames (or a rollback that fails too) leaves an
+``.absorbed`` file beside a complete ``.merging`` one, which the next merge renames into
+place (until then the dead worker's values are missing from scrapes, never counted
+twice). Why not a record in the archive of the files it
 absorbed: every entry of a prometheus_client file is a sample the scrape exports, and a
 separate record could not be replaced in the same atomic step as the archive.
 
@@ -121,7 +126,11 @@ def archive_dead_worker(pid: int, metrics_dir: str) -> None:
         absorbed = dead.with_suffix(ABSORBED)
         with _locked(metrics_dir, fcntl.LOCK_EX):  # a scrape sees both renames or neither
             os.replace(dead, absorbed)
-            os.replace(staged, archive)
+            try:
+                os.replace(staged, archive)
+            except BaseException:
+                os.replace(absorbed, dead)  # back in the scrape's glob: its values stay counted
+                raise
         absorbed.unlink()
 
 

@@ -168,13 +168,18 @@ class Supervisor:
     def _archive_metrics(self, pid: int) -> None:
         """Fold a dead worker's metrics files into the directory's archive, so a scrape
         reads one file per type for all the dead (metrics_files.py). A failure is
-        logged, not fatal: a worker whose merge did not start keeps its files (the totals
-        stay right, scrapes get slower), and the next worker's archiving finishes a merge
-        the failure interrupted part way (never counting a worker twice)."""
+        logged, not fatal: a file whose swap failed (or was rolled back) stays where it was,
+        unmerged and still read by scrapes (the totals stay right, scrapes get slower); a
+        swap left half done is finished by the next worker's archiving (never counting a
+        worker twice)."""
         try:
             metrics_files.archive_dead_worker(pid, self.metrics_dir)
         except Exception:
-            log.exception("could not archive the metrics of worker %d; its files stay", pid)
+            log.exception(
+                "could not archive the metrics of worker %d; its files not merged stay, read "
+                "by scrapes (a swap cut between its renames: the next archiving finishes it)",
+                pid,
+            )
 
 
 _RESTART_MIN_S = 0.5

@@ -1,6 +1,8 @@
 """``featurestore check consistency``: online values against the view's batch source
 (featurestore/quality/consistency.py, docs/quality.md). Exit 0: mismatches (stale +
-conflict) within ``--max-mismatch``; 1: more; 2: usage, network or store errors."""
+conflict) within ``--max-mismatch``; 1: more; 2: usage, network or store errors. With
+``--config`` the served data version's watermark classifies keys as the scheduled check
+does (``pending``, ``not_loaded``); through ``--url`` no watermark is known."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # the check's module reads batch sources (pyarrow.dataset, pa
     from featurestore.quality.consistency import OnlineReader, Report, Side
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
 _US = timedelta(microseconds=1)
 
 
@@ -112,13 +115,21 @@ def _keys(view: FeatureView, given: Sequence[str]) -> list[EntityKey]:
         raise InvalidArgument(f"--key: {e}") from None
 
 
-async def _check(view: FeatureView, args: argparse.Namespace, read: OnlineReader, config: Any) -> Report:
+async def _check(
+    view: FeatureView,
+    args: argparse.Namespace,
+    read: OnlineReader,
+    config: Any,
+    loaded: tuple[int | None, int | None] = (None, None),
+) -> Report:
+    """``loaded``: the served data version's watermark and start (``check``'s
+    ``watermark_us``, ``start_us``); unknown (None) through --url."""
     from featurestore.jobs import default_source
     from featurestore.quality.consistency import check, offline_rows, offline_sides, sample_keys
 
     offline = offline_sides(view, await offline_rows(view, default_source(view, config, args.clickhouse_dsn)))
     keys = sample_keys(offline, args.sample, _keys(view, args.key), args.seed)
-    return await check(view, offline, keys, read)
+    return await check(view, offline, keys, read, *loaded)
 
 
 async def _run_config(args: argparse.Namespace) -> Report:
@@ -131,11 +142,26 @@ async def _run_config(args: argparse.Namespace) -> Report:
     registry = make_registry(config)
     try:
         state = await load_state(registry)
+        if state.snapshot is None:
+            raise InvalidArgument("the registry has no snapshot: apply definitions first")
+        view = _view(state.snapshot.definitions, args.view)
+        version = state.data_versions.get(view.name, 0)
+        # As the scheduled check (quality/schedule.py): rows after the served version's
+        # watermark are pending, keys before its --start were not loaded. A watermark of
+        # another version (a run between its pointer swap and its watermark) is not used.
+        mark = await registry.watermark(view.name) if version else None
     finally:
         await registry.close()
-    if state.snapshot is None:
-        raise InvalidArgument("the registry has no snapshot: apply definitions first")
-    view = _view(state.snapshot.definitions, args.view)
+    if mark is not None and mark.data_version != version:
+        log.warning(
+            "the watermark of %s (%s) is not data version %d's, the one served: no row is taken as "
+            "pending or not loaded",
+            view.name,
+            mark,
+            version,
+        )
+        mark = None
+    loaded = (mark.event_time_us, mark.start_us) if mark is not None else (None, None)
     sc = config.stores.get(view.online_store)
     if sc is None:
         raise InvalidArgument(f"view {view.name!r} uses store {view.online_store!r}, which the config lacks")
@@ -143,8 +169,8 @@ async def _run_config(args: argparse.Namespace) -> Report:
     await store.start()
     try:
         await store.prepare([view])
-        reader = store_reader(store, view, state.data_versions.get(view.name, 0))
-        return await _check(view, args, reader, config)
+        reader = store_reader(store, view, version)
+        return await _check(view, args, reader, config, loaded)
     finally:
         await store.close()
 

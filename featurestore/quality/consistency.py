@@ -24,7 +24,8 @@ A key served ``OUTSIDE_MAX_AGE`` has a timestamp but no values: it is classified
 and consistent when the times agree. Mismatches are ``stale + conflict +
 missing_online`` (a key neither side has, named by the caller, is not one): with the
 watermark known, those are rows the served version should hold and does not. Without it
-(the memory store loads its file itself; the CLI), no row is pending or not loaded. A
+(the memory store loads its file itself; the CLI through ``--url``), no row is pending or
+not loaded. A
 watermark without a start (a run without ``--start``, or one recorded by an older
 release) makes no key ``not_loaded`` (docs/quality.md).
 """

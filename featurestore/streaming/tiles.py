@@ -132,7 +132,9 @@ def view_layout(view: FeatureView) -> TileLayout:
 # store is read), and again by the reader (streaming/serving.py). 2,000,000 records are
 # 0.6-2 s of a worker thread (~300-900 ns per record: the demo view, a 7-day window of
 # 1-minute tiles) and up to 144 MB of tiles at 9 slots: 198 keys of a 7-day window of
-# 1-minute tiles per request, 5,540 of the demo view's.
+# 1-minute tiles per request, 5,540 of the demo view's. So the limit is not the deadline:
+# a request under it may still miss the default 500 ms (its view's values UNAVAILABLE, as
+# for a slow store; docs/streaming.md), and the worker thread stops at its next run of keys.
 MAX_READ_RECORDS = 2_000_000
 
 

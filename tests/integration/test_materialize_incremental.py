@@ -5,6 +5,7 @@ and the CLI: default batch sources, --all, --incremental, a progress bar on a te
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pty
 import struct
@@ -107,6 +108,21 @@ async def test_start_and_end_bound_a_run_by_event_time(setup: Setup, tmp_path: P
     r = await Materializer(registry, store).run("scores", ParquetOfflineSource(str(src)), span=span)
     assert (r.rows_written, r.watermark_us) == (1, TS0 + 200)
     assert await scores(store, [1, 2, 3], 1) == [None, 20, None]
+
+
+async def test_a_run_with_start_that_replaces_a_version_warns_that_older_keys_stop_being_served(
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, store = setup
+    src = part(tmp_path / "a.parquet", {1: (10, 100), 2: (20, 200)})
+    job = Materializer(registry, store)
+    with caplog.at_level(logging.WARNING, logger="featurestore.materialize"):
+        await job.run("scores", ParquetOfflineSource(str(src)), span=EventTimeRange(start_us=TS0 + 150))
+        assert "no longer served" not in caplog.text  # nothing replaced: the view had no version
+        r = await job.run("scores", ParquetOfflineSource(str(src)), span=EventTimeRange(start_us=TS0 + 150))
+    assert (r.data_version, r.previous_version) == (2, 1)
+    assert "scores: data version 2 replaced 1" in caplog.text and "no longer served" in caplog.text
+    assert await scores(store, [1, 2], 2) == [None, 20]  # what the warning is about
 
 
 class Interrupted(ParquetOfflineSource):

@@ -3,9 +3,14 @@ a real Redis store and a real etcd registry, the watermark as materialization re
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +27,7 @@ from featurestore.registry.base import Watermark
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import EtcdServer, RedisServer
+from tests.support import ROOT
 
 U = Entity("user_id", DType.INT64)
 TS0 = 1_704_067_200_000_000
@@ -42,7 +48,7 @@ def write(path: Path, rows: list[tuple[int, float, int]]) -> None:
     )
 
 
-Setup = tuple[EtcdRegistry, RedisSource, Path]
+Setup = tuple[EtcdRegistry, RedisSource, Path, Path]  # the last: a server config naming both
 
 
 @pytest.fixture
@@ -60,7 +66,12 @@ async def ranged(redis_server: RedisServer, etcd_server: EtcdServer, tmp_path: P
     await registry.publish(make_definitions(project, [U], [view], []), expected_version=None)
     store = RedisSource("default", project, RedisOptions(url=redis_server.url))
     await store.start()
-    yield registry, store, path
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"project: {project}\nregistry: {{kind: etcd, endpoints: ['{etcd_server.endpoint}']}}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
+    )
+    yield registry, store, path, config
     await store.close()
     await registry.close()
 
@@ -83,7 +94,7 @@ async def test_keys_a_materialization_from_a_start_never_loaded_are_not_loaded_n
     """The watermark recorded no range start: every key whose latest row is older than a
     ``--start`` run's start counted as missing_online, a mismatch, and FeatureSkew fired
     every run for a view materialized as designed."""
-    registry, store, path = ranged
+    registry, store, path, _ = ranged
     old = [(k, float(k), 10) for k in range(40)]  # latest row before the start: not loaded
     loaded = [(k, float(k), 2_000 + k) for k in range(40, 100)]
     write(path, [*old, *loaded])
@@ -117,3 +128,42 @@ async def test_keys_a_materialization_from_a_start_never_loaded_are_not_loaded_n
     assert await registry.watermark("ranged") == Watermark(2, TS0 + 3_000)
     report = await (await schedule_of(registry, store)).check_view("ranged")
     assert report is not None and (report.counts["consistent"], report.counts["not_loaded"]) == (110, 0)
+
+
+async def cli_check(config: Path) -> tuple[int, dict[str, Any]]:
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "featurestore.cli", "check", "consistency", "--view", "ranged",
+         "--config", str(config), "--sample", "10000", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode in (0, 1), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+async def test_the_cli_with_config_classifies_by_the_served_versions_watermark_as_the_scheduled_check(
+    ranged: Setup,
+) -> None:
+    """The CLI read no watermark: for a view materialized with ``--start`` it reported the
+    keys the run never loaded as missing_online and exited 1, where the scheduled check
+    (which the FeatureSkew runbook sends the operator to reproduce) says not_loaded."""
+    registry, store, path, config = ranged
+    old = [(k, float(k), 10) for k in range(40)]  # latest row before the start: not loaded
+    loaded = [(k, float(k), 2_000 + k) for k in range(40, 100)]
+    write(path, [*old, *loaded])
+    job = Materializer(registry, store)
+    await job.run("ranged", ParquetOfflineSource(str(path)), span=EventTimeRange(start_us=START))
+
+    code, report = await cli_check(config)
+    assert code == 0, report
+    assert (report["consistent"], report["not_loaded"], report["missing_online"]) == (60, 40, 0), report
+
+    # rows added to the source since the run: pending (the next run loads them), not missing
+    write(path, [*old, *loaded, *((k, 0.0, 3_000) for k in range(100, 110))])
+    code, report = await cli_check(config)
+    assert code == 0 and (report["pending"], report["missing_online"]) == (10, 0), report
+
+    # keys inside the loaded range that the store does not hold are still lost keys
+    write(path, [*old, *loaded, *((k, 0.0, 1_500) for k in range(100, 110))])
+    code, report = await cli_check(config)
+    assert code == 1 and (report["missing_online"], report["not_loaded"]) == (10, 40), report

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from featurestore.cache import MAX_ABANDONED, CachedSource, LRUCache
+from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
@@ -184,6 +185,66 @@ async def test_a_write_given_up_on_after_the_store_closed_is_stopped_at_once() -
         await push
     await asyncio.wait_for(store.one_stopped.wait(), HANG_GUARD)  # hang guard only: not after 30 s
     assert store.stopped == [11] and store.written == []
+
+
+class SlowToStopStore(HangingStore):
+    """A store whose stopped writes take a while to end: write 1 until ``hold`` is
+    set, write 2 some turns of the loop; ``close`` notes the writes still going."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.hold, self.stopping_first = asyncio.Event(), asyncio.Event()
+        self.ended: list[int] = []
+        self.going_at_close: list[int] | None = None
+
+    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+        a = table["a"][0].as_py()
+        try:
+            return await super().write(view, table, data_version)
+        except asyncio.CancelledError:
+            if a == 1:
+                self.stopping_first.set()
+                await self.hold.wait()
+            else:
+                for _ in range(50):  # its cleanup: a few awaits (a connection given back, ...)
+                    await asyncio.sleep(0)
+            raise
+        finally:
+            self.ended.append(a)
+
+    async def close(self) -> None:
+        self.going_at_close = sorted(set(self.entered) - set(self.ended))
+        await super().close()
+
+
+async def test_a_write_given_up_on_while_the_store_closes_has_ended_before_the_store_is_closed() -> None:
+    """close() stopped the writes given up on before it and waited for them; one given
+    up on while it waited was stopped too, but not waited for: the store closed under it."""
+    store = SlowToStopStore()
+    src = CachedSource(store, LRUCache(100, 30))
+    first = asyncio.create_task(src.write(V, rows(1), 1))
+    second = asyncio.create_task(src.write(V, rows(2), 1))
+    await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+    first.cancel()  # given up on before the close: goes on, until close() stops it
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    closing = asyncio.create_task(src.close())
+    await asyncio.wait_for(store.stopping_first.wait(), HANG_GUARD)  # close() waits for it
+    second.cancel()  # given up on while closing: stopped at once
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    store.hold.set()
+    await asyncio.wait_for(closing, HANG_GUARD)
+    assert store.stopped == [1, 2] and store.going_at_close == []
+
+
+async def test_a_write_after_the_store_closed_is_refused_as_unavailable_naming_the_store() -> None:
+    store = HangingStore(1)
+    src = CachedSource(store, LRUCache(100, 30))
+    await src.close()
+    with pytest.raises(Unavailable, match="store 'threaded' is closed"):
+        await asyncio.wait_for(src.write(V, rows(1), 1), HANG_GUARD)  # the store's write would never end
+    assert store.entered == []  # never reached the store
 
 
 def test_the_fence_stays_up_until_the_last_write_of_a_group_has_ended() -> None:

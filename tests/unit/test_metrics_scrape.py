@@ -186,25 +186,62 @@ def test_a_merge_that_crashes_after_swapping_in_the_archive_never_counts_the_dea
     ]
 
 
-def test_a_merge_that_crashes_between_its_two_renames_is_finished_by_the_next_one(
+def test_a_failed_archive_swap_is_rolled_back_so_the_dead_workers_counters_stay_in_scrapes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dead file is out of the scrape's glob and the new archive not yet in place:
-    the next merge puts it in place, and the dead worker is counted once."""
-    crashing = run_worker(tmp_path, 2)
+    """The second rename (the new archive over the old) raising left the dead file
+    renamed out of the scrape's glob: its counters vanished from every scrape (a reset)
+    until another worker died and its merge finished the swap (a spike)."""
+    first, failing = run_worker(tmp_path, 1), run_worker(tmp_path, 2)
+    archive_dead_worker(first, str(tmp_path))
     want = scraped(tmp_path)
     crash = _CrashAt(lambda name: name == f"counter_{metrics_files.ARCHIVE_PID}{metrics_files.STAGED}")
     replace = os.replace
 
+    def failing_replace(src: str, dst: str) -> None:
+        crash(str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        archive_dead_worker(failing, str(tmp_path))
+    monkeypatch.undo()
+    assert crash.crashed
+    assert_same(scraped(tmp_path), want)  # nothing missing, nothing counted twice
+    assert (tmp_path / f"counter_{failing}.db").exists()
+    assert not list(tmp_path.glob("*.absorbed"))
+
+    later = run_worker(tmp_path, 4)
+    want_later = scraped(tmp_path)
+    archive_dead_worker(later, str(tmp_path))  # the next merge: the rolled-back file stays counted once
+    assert_same(scraped(tmp_path), want_later)
+
+
+def test_a_merge_that_crashes_between_its_two_renames_is_finished_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead file is out of the scrape's glob and the new archive not yet in place
+    (the swap and its rollback both failed, as a crash of the supervisor there leaves
+    it): the next merge puts it in place, and the dead worker is counted once."""
+    crashing = run_worker(tmp_path, 2)
+    want = scraped(tmp_path)
+    staged = f"counter_{metrics_files.ARCHIVE_PID}{metrics_files.STAGED}"
+    absorbed = f"counter_{crashing}{metrics_files.ABSORBED}"
+    crash = _CrashAt(lambda name: name == staged)
+    rollback = _CrashAt(lambda name: name == absorbed)
+    replace = os.replace
+
     def crashing_replace(src: str, dst: str) -> None:
         crash(str(src))
+        if os.path.basename(dst) != absorbed:  # the rollback, not the first rename
+            rollback(str(src))
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", crashing_replace)
     with pytest.raises(OSError, match="simulated crash"):
         archive_dead_worker(crashing, str(tmp_path))
     monkeypatch.undo()
-    assert crash.crashed and not (tmp_path / f"counter_{crashing}.db").exists()
+    assert crash.crashed and rollback.crashed and not (tmp_path / f"counter_{crashing}.db").exists()
 
     later = run_worker(tmp_path, 4)
     archive_dead_worker(later, str(tmp_path))  # the next merge finishes the crashed one's counters
