@@ -180,8 +180,13 @@ class CachedSource:
         got = await self._read_past(queries, asked)
         for qi, missed in samples.items():
             res, q = got[qi], queries[qi]
-            if isinstance(res, BaseException) or res.unavailable is not None:
+            if isinstance(res, BaseException):
                 continue  # (answered from the cache by _read_past; nothing to fill from)
+            if res.unavailable is not None:  # a key the store owed is no row: fill nothing
+                got[qi] = ViewRead(
+                    res.found, res.event_ts_us, [res.columns[j] for j in q.features], res.unavailable
+                )
+                continue
             at = {k: i for i, k in enumerate(q.keys)}
             rows = [
                 (*(c[at[k]] for c in res.columns), res.event_ts_us[at[k]]) if res.found[at[k]] else NOT_FOUND

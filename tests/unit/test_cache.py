@@ -277,3 +277,25 @@ async def test_a_fully_cached_read_and_a_fully_missed_read_give_the_same_columns
             and got.columns[1][:2] == [30, 10]
         )
         assert got.event_ts_us[:2] == [1, 1] and not got.unavailable
+
+
+async def test_a_trials_read_of_a_store_that_owes_keys_answers_the_features_asked_and_caches_nothing() -> (
+    None
+):
+    from featurestore.bypass import TRIAL, CacheBypass
+
+    clock = Clock()
+    inner = Owing("remote")
+    src = CachedSource(inner, LRUCache(1_000, 30, clock=clock), CacheBypass(0.5, clock=clock, unmeasured=0.0))
+    await src.prepare([V])
+    table = {"user_id": [1, 2, 3], "a": [10, 20, 30], "b": ["x", "y", "z"], "event_timestamp": [1, 1, 1]}
+    await src.write(V, pa.table(table, schema=view_schema(V)), 1)
+    keys = [1, 2, 3, *range(100, 400)]  # the rest not found: some of them sampled, missed
+    await src.read([ViewQuery(V, keys, [1], 1)])  # skipping since 0
+    clock.t = 30.0
+    inner.owed = frozenset({2})
+    assert src.bypass.consults([ViewQuery(V, keys, [1], 1)]) == TRIAL
+    [got] = await src.read([ViewQuery(V, keys, [1], 1)])
+    assert isinstance(got, ViewRead) and len(got.columns) == 1 and got.columns[0][:3:2] == ["x", "z"]
+    assert got.unavailable is not None and got.unavailable[:3] == [False, True, False]
+    assert len(src.cache) == 0
