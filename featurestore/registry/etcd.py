@@ -331,6 +331,7 @@ class EtcdRegistry:
                     if not armed:
                         armed = True
                         yield None  # watching from self._revision: re-read what changed before
+                    client = self._client  # (a call renewed it while the consumer ran?)
                     watch = watch_prefix(client, self._root, self._revision + 1, self._link.timeout)
                     async with contextlib.aclosing(watch):
                         async for events, progress in watch:

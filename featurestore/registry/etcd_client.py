@@ -185,10 +185,14 @@ class EtcdLink:
             await self.reconnect()
 
     async def reconnect(self) -> None:
-        with contextlib.suppress(*ERRORS):
-            await self.client.close()
+        """A new client on the next endpoint; the old one is closed after the swap, so
+        a renewal arriving while it closes sees the new client and does not replace it
+        again (two renewals of one client made two clients, the first left open)."""
+        old = self.client
         self._endpoint += 1
         self.client = self._connect()
+        with contextlib.suppress(*ERRORS):
+            await old.close()
 
     async def close(self) -> None:
         with contextlib.suppress(*ERRORS):
