@@ -57,7 +57,7 @@ class CachedSource:
         # writes whose callers gave up, and the timer that stops each (``_overran``)
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
-        self._stopping: set[asyncio.Task[int]] = set()  # writes stopped so while closing
+        self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
         self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
 
     @property
@@ -75,10 +75,15 @@ class CachedSource:
         self._closed = True  # writes given up on from now (a push cancelled at shutdown): stopped in write
         for task in self._abandoned:
             task.cancel()
-        await asyncio.gather(*list(self._abandoned), return_exceptions=True)
-        while self._stopping:  # given up on meanwhile: stopped in write, ended before the store closes
-            await asyncio.gather(*self._stopping, return_exceptions=True)
-            self._stopping = {t for t in self._stopping if not t.done()}
+        # Every write going on (abandoned, or still awaited by its caller) ends before the
+        # store closes under it, for at most a TTL: a store write that ignores its
+        # cancellation must not hold the shutdown for ever.
+        going = set(self._writes)
+        if going:
+            _, left = await asyncio.wait(going, timeout=self.cache.ttl)
+            if left:
+                log.warning("%d writes to store %r had not ended after %g s: closing it anyway",
+                            len(left), self.name, self.cache.ttl)  # fmt: skip
         await self.inner.close()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -274,6 +279,7 @@ class CachedSource:
         self._fence.raise_(space)
         self._invalidate(space, keys)
         task = asyncio.ensure_future(self.inner.write(view, rows, data_version))
+        self._writes.add(task)
         task.add_done_callback(lambda t: self._written(space, keys, t))
         try:
             return await asyncio.shield(task)
@@ -282,10 +288,8 @@ class CachedSource:
                 if not self._closed and len(self._abandoned) < MAX_ABANDONED:
                     loop = asyncio.get_running_loop()
                     self._abandoned[task] = loop.call_later(self.cache.ttl, self._overran, task, view.name)
-                else:  # too many going on, or closing: close() would never stop this one
+                else:  # too many going on, or closing (close() awaits its end)
                     task.cancel()
-                    if self._closed:  # close() awaits its end before closing the store
-                        self._stopping.add(task)
             raise
 
     def _refuse_if_closed(self, view: FeatureView) -> None:
@@ -314,7 +318,7 @@ class CachedSource:
         """The store's write has ended: also a failed one, some batches may have landed."""
         self._fence.lower(space)
         self._invalidate(space, keys)
-        self._stopping.discard(task)
+        self._writes.discard(task)
         timer = self._abandoned.pop(task, None)
         if timer is not None:
             timer.cancel()

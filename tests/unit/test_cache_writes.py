@@ -238,6 +238,43 @@ async def test_a_write_given_up_on_while_the_store_closes_has_ended_before_the_s
     assert store.stopped == [1, 2] and store.going_at_close == []
 
 
+class NotingStore(HangingStore):
+    """A HangingStore whose close notes the writes still going."""
+
+    going_at_close: list[int] | None = None
+
+    async def close(self) -> None:
+        self.going_at_close = sorted(set(self.entered) - set(self.written) - set(self.stopped))
+        await super().close()
+
+
+async def test_a_write_its_caller_still_awaits_ends_before_the_store_is_closed() -> None:
+    store = NotingStore(1)
+    src = CachedSource(store, LRUCache(100, 30))
+    write = asyncio.create_task(src.write(V, rows(1), 1))
+    await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+    closing = asyncio.create_task(src.close())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not closing.done()  # waiting for the write
+    store.release.set()
+    assert await asyncio.wait_for(write, HANG_GUARD) == 1
+    await asyncio.wait_for(closing, HANG_GUARD)
+    assert store.going_at_close == []
+
+
+async def test_a_store_write_that_never_ends_holds_close_for_a_ttl_at_most() -> None:
+    store = NotingStore(1)
+    src = CachedSource(store, LRUCache(100, 0.2))
+    write = asyncio.create_task(src.write(V, rows(1), 1))
+    await asyncio.wait_for(store.all_in.wait(), HANG_GUARD)
+    await asyncio.wait_for(src.close(), HANG_GUARD)  # the write still going: closed anyway
+    assert store.going_at_close == [1]
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+
+
 async def test_a_write_after_the_store_closed_is_refused_as_unavailable_naming_the_store() -> None:
     store = HangingStore(1)
     src = CachedSource(store, LRUCache(100, 30))
