@@ -1,16 +1,32 @@
 """Proxies in front of a real etcd for the registry's watch tests: a gRPC proxy that
-can end watch streams cleanly, and a TCP proxy whose connections can go silent."""
+can end watch streams cleanly, and a TCP proxy whose connections can go silent; and what
+those tests share: the lost-watch counter, and stopping a change feed under test."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
+from prometheus_client import REGISTRY
 
 from tests.servers import EtcdServer
 from tests.support import free_port
+
+
+def watch_lost(cause: str) -> float:
+    """featurestore_registry_watch_lost_total{cause} in this process."""
+    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": cause}) or 0.0
+
+
+async def settle(pending: asyncio.Future[None] | None, changes: AsyncGenerator[None, None]) -> None:
+    """Stop a registry's change feed under test: the step still awaited, then the feed."""
+    if pending is not None and not pending.done():
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    await changes.aclose()
 
 
 class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -16,11 +16,11 @@ from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from featurestore.errors import Unavailable
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.etcd_client import EtcdAccess
+from tests.etcd_proxies import settle, watch_lost
 from tests.servers import EtcdServer
 from tests.support import eventually
 
@@ -91,10 +91,6 @@ def grant_project(etcd: AuthEtcdServer, project: str, access: EtcdAccess) -> Non
     etcd.etcdctl("user", "passwd", access.username, "--interactive=false", stdin=access.password + "\n")
 
 
-def cancelled() -> float:
-    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": "cancelled"}) or 0.0
-
-
 async def test_a_watch_etcd_cancels_for_an_auth_token_it_no_longer_takes_is_watched_again_with_a_new_token(
     auth_etcd: AuthEtcdServer,
 ) -> None:
@@ -107,22 +103,18 @@ async def test_a_watch_etcd_cancels_for_an_auth_token_it_no_longer_takes_is_watc
     access = registry_user(auth_etcd, project, "registry/")
     reg = EtcdRegistry([auth_etcd.endpoint], project, access=access, heartbeat_interval=3600)
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    before = cancelled()
+    before = watch_lost("cancelled")
     pending: asyncio.Future[None] | None = None
     try:
         await asyncio.wait_for(anext(changes), WAIT_S)  # armed; the next step opens the watch
         pending = asyncio.ensure_future(anext(changes))
-        await eventually(lambda: cancelled() > before, WAIT_S, "the watch etcd refuses to count")
+        await eventually(lambda: watch_lost("cancelled") > before, WAIT_S, "the watch etcd refuses to count")
         auth_etcd.etcdctl("put", f"/featurestore/{project}/data/v/current", "4")  # missed so far
         grant_project(auth_etcd, project, access)
         await asyncio.wait_for(pending, WAIT_S)
         assert (await reg.data_versions()) == {"v": 4}
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
-        await changes.aclose()
+        await settle(pending, changes)
         await reg.close()
 
 
@@ -166,20 +158,14 @@ async def test_a_watch_whose_client_a_failed_call_replaced_follows_on_the_new_cl
         auth_etcd.etcdctl("put", key, "1")
         await asyncio.wait_for(pending, WAIT_S)  # the watch is open
         pending = asyncio.ensure_future(anext(changes))
-        before = connection_lost()
+        before = watch_lost("connection")
         grant_project(auth_etcd, project, access)
-        await eventually(lambda: connection_lost() > before, WAIT_S, "the watch cut off by the new client")
+        await eventually(
+            lambda: watch_lost("connection") > before, WAIT_S, "the watch cut off by the new client"
+        )
         auth_etcd.etcdctl("put", key, "2")
         await asyncio.wait_for(pending, WAIT_S)
         assert (await reg.data_versions()) == {"v": 2}
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
-        await changes.aclose()
+        await settle(pending, changes)
         await reg.close()
-
-
-def connection_lost() -> float:
-    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": "connection"}) or 0.0

@@ -6,27 +6,21 @@ swallowed a cancel and a clean end: the server silently stopped following the re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import aetcd
 import pytest
-from prometheus_client import REGISTRY
 
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.etcd_client import EtcdAccess
-from tests.etcd_proxies import WatchEndingProxy
+from tests.etcd_proxies import WatchEndingProxy, settle, watch_lost
 from tests.security import Certs, SecureEtcdServer, make_certs
 from tests.servers import EtcdServer
 from tests.support import eventually
 
 WAIT_S = 20.0  # for a change to come through: a bound on a hang, not a timing assert
-
-
-def lost(cause: str) -> float:
-    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": cause}) or 0.0
 
 
 async def next_change(changes: AsyncIterator[None]) -> None:
@@ -40,7 +34,7 @@ async def test_a_watch_behind_a_compaction_reads_the_registry_again_and_follows_
     reg = EtcdRegistry([etcd_server.endpoint], project)
     admin = aetcd.Client(port=etcd_server.port)
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    before = lost("compacted")
+    before = watch_lost("compacted")
     try:
         await next_change(changes)  # armed at the head revision; the watch is not open yet
         for i in range(3):  # changes made meanwhile, then compacted away
@@ -48,7 +42,7 @@ async def test_a_watch_behind_a_compaction_reads_the_registry_again_and_follows_
         head = (await admin.put(b"/elsewhere", b"x")).header.revision
         await admin.compact(head, physical=True)
         await next_change(changes)  # the watch from the old revision: compacted -> read again
-        assert lost("compacted") == before + 1
+        assert watch_lost("compacted") == before + 1
         await admin.put(f"/featurestore/{project}/data/v/current".encode(), b"9")
         await next_change(changes)  # and it follows on from there
         assert (await reg.data_versions()) == {"v": 9}
@@ -97,12 +91,12 @@ async def test_a_watch_etcd_cancels_is_watched_again_and_misses_no_change(
     access = EtcdAccess(user, f"pw-{user}", str(certs.ca), str(certs.client_cert), str(certs.client_key))
     reg = EtcdRegistry([secure_etcd.endpoint], project, access=access)
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    before = lost("cancelled")
+    before = watch_lost("cancelled")
     pending: asyncio.Future[None] | None = None
     try:
         await next_change(changes)  # armed; the next step opens the watch
         pending = asyncio.ensure_future(anext(changes))
-        await eventually(lambda: lost("cancelled") > before, WAIT_S, "the cancelled watch to count")
+        await eventually(lambda: watch_lost("cancelled") > before, WAIT_S, "the cancelled watch to count")
         assert not pending.done()
         etcdctl(secure_etcd, "put", f"/featurestore/{project}/data/v/current", "4")  # missed so far
         etcdctl(
@@ -117,11 +111,7 @@ async def test_a_watch_etcd_cancels_is_watched_again_and_misses_no_change(
         await asyncio.wait_for(pending, WAIT_S)
         assert (await reg.data_versions()) == {"v": 4}
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
-        await changes.aclose()
+        await settle(pending, changes)
         await reg.close()
 
 
@@ -142,7 +132,7 @@ async def test_a_watch_stream_that_ends_cleanly_is_watched_again_and_misses_no_c
     reg = EtcdRegistry([f"http://127.0.0.1:{proxy.port}"], project)
     direct = aetcd.Client(port=etcd_server.port)
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    before = lost("ended")
+    before = watch_lost("ended")
     pending: asyncio.Future[None] | None = None
     try:
         await next_change(changes)  # armed
@@ -154,14 +144,10 @@ async def test_a_watch_stream_that_ends_cleanly_is_watched_again_and_misses_no_c
         proxy.end_watches()
         await direct.put(key, b"2")  # made while the stream ends: seen by the watch opened again
         await asyncio.wait_for(pending, WAIT_S)
-        assert lost("ended") == before + 1
+        assert watch_lost("ended") == before + 1
         assert (await reg.data_versions()) == {"v": 2}
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
-        await changes.aclose()
+        await settle(pending, changes)
         await direct.close()
         await reg.close()
         await proxy.close()

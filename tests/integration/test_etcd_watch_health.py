@@ -7,7 +7,6 @@ notifications move a quiet watch past a compaction of other keys."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
@@ -16,27 +15,14 @@ from pathlib import Path
 
 import aetcd
 import pytest
-from prometheus_client import REGISTRY
 
 from featurestore.registry.etcd import EtcdRegistry
-from tests.etcd_proxies import SilencingTcpProxy, WatchEndingProxy
+from tests.etcd_proxies import SilencingTcpProxy, WatchEndingProxy, settle, watch_lost
 from tests.servers import EtcdServer
 from tests.support import eventually
 
 WAIT_S = 20.0  # for a change to come through: a bound on a hang, not a timing assert
 KEEPALIVE_WAIT_S = 60.0  # a ping every 10 s, unanswered for 5 s: the connection is dropped
-
-
-def lost(cause: str) -> float:
-    return REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": cause}) or 0.0
-
-
-async def settle(pending: asyncio.Future[None] | None, changes: AsyncGenerator[None, None]) -> None:
-    if pending is not None and not pending.done():
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
-    await changes.aclose()
 
 
 async def test_a_watch_on_a_connection_gone_silent_is_dropped_and_follows_on_a_new_connection(
@@ -149,7 +135,7 @@ async def test_a_quiet_watch_follows_etcds_progress_so_a_compaction_of_other_key
     reg = EtcdRegistry([proxy.endpoint], project)
     direct = aetcd.Client(port=progress_etcd.port)
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    compacted, ended = lost("compacted"), lost("ended")
+    compacted, ended = watch_lost("compacted"), watch_lost("ended")
     pending: asyncio.Future[None] | None = None
     try:
         await asyncio.wait_for(anext(changes), WAIT_S)  # armed
@@ -163,7 +149,7 @@ async def test_a_quiet_watch_follows_etcds_progress_so_a_compaction_of_other_key
         proxy.end_watches()
         await direct.put(f"/featurestore/{project}/data/v/current".encode(), b"5")
         await asyncio.wait_for(pending, WAIT_S)
-        assert (lost("ended"), lost("compacted")) == (ended + 1, compacted)
+        assert (watch_lost("ended"), watch_lost("compacted")) == (ended + 1, compacted)
         assert (await reg.data_versions()) == {"v": 5}
     finally:
         await settle(pending, changes)
