@@ -12,13 +12,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.harness import ManagedProcess
+
+if TYPE_CHECKING:
+    from featurestore.config import Config
 from tests.harness import free_port as free_port  # re-exported: tests import their helpers from here
 from tests.harness import wait_until as wait_until
 
@@ -42,6 +45,21 @@ async def eventually(
             return
         await asyncio.sleep(interval)
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
+
+
+def file_registry_config(tmp_path: Path) -> Config:
+    """A server config of project p on a file registry under ``tmp_path / "reg"``, its
+    derived kernels cached under ``tmp_path / "cache"``."""
+    from featurestore.config import load_config
+
+    return load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+        },
+    )
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.config import load_config
 from featurestore.model import (
     Definitions,
     DType,
@@ -21,6 +20,7 @@ from featurestore.model import (
 from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
+from tests.support import file_registry_config
 
 USER = Entity("user_id", DType.INT64)
 
@@ -48,14 +48,7 @@ async def _until(condition: object, what: str) -> None:
 async def test_a_canary_this_server_cannot_serve_does_not_hold_back_a_new_current(tmp_path: Path) -> None:
     admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
     await admin.apply(defs(1))
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-        },
-    )
+    config = file_registry_config(tmp_path)
     rt = await build_runtime(config)
     try:
         assert rt.engine.state.version == 1
@@ -79,14 +72,7 @@ async def test_a_server_starts_serving_current_when_a_canary_cannot_be_served(tm
     admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
     await admin.apply(defs(1))
     await admin.canary_start("svc", candidate_on_a_store_this_server_lacks(), 0.5)
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-        },
-    )
+    config = file_registry_config(tmp_path)
     rt = await build_runtime(config)
     try:
         assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
@@ -110,14 +96,7 @@ async def test_a_canary_whose_candidate_cannot_be_read_neither_stops_a_start_nor
         candidate.unlink()
     else:
         candidate.write_bytes(b'{"version": 2, "trunc')
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-        },
-    )
+    config = file_registry_config(tmp_path)
     rt = await build_runtime(config)
     try:
         assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
@@ -156,14 +135,7 @@ async def test_a_canary_whose_kernel_does_not_build_here_is_not_compiled_again_a
     admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
     await admin.apply(parse_definitions(current, source="v1.yaml"))
     await admin.canary_start("svc", parse_definitions(candidate, source="v2.yaml"), 0.5)
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-        },
-    )
+    config = file_registry_config(tmp_path)
     builds = counting_builds(monkeypatch)
 
     def failures() -> float:

@@ -16,7 +16,6 @@ import pytest
 
 from featurestore import metrics
 from featurestore.background import supervised
-from featurestore.config import load_config
 from featurestore.errors import Unavailable
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.admin import RegistryAdmin
@@ -24,7 +23,7 @@ from featurestore.registry.etcd import EtcdRegistry
 from featurestore.registry.etcd_client import EtcdAccess
 from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
-from tests.support import eventually
+from tests.support import eventually, file_registry_config
 
 
 @pytest.fixture
@@ -143,14 +142,7 @@ async def test_a_restarted_registry_apply_task_serves_the_change_it_was_cut_off_
     flags nothing more, so without that re-read the server stayed on the old version."""
     admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
     await admin.apply(_defs("f0"))
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-        },
-    )
+    config = file_registry_config(tmp_path)
     rt = await build_runtime(config)
     try:
         watch = next(t for t in rt.tasks if t.get_name() == "registry-watch")
