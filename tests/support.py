@@ -62,6 +62,15 @@ def file_registry_config(tmp_path: Path) -> Config:
     )
 
 
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

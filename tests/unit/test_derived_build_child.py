@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import wait_until
+from tests.support import is_running, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,12 +56,3 @@ def test_a_build_child_is_killed_when_the_worker_that_started_it_is_killed(tmp_p
         if build is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(build, signal.SIGKILL)
-
-
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from featurestore.supervisor import STOP_GRACE_SECONDS, Supervisor
-from tests.support import wait_until
+from tests.support import is_running, wait_until
 
 # Waits for a signal and exits 0 on SIGTERM, as a draining worker does. (Left behind, it
 # still goes: the supervisor starts workers to die with it.)
@@ -153,12 +153,3 @@ def test_killing_a_worker_kills_the_children_it_started_too(tmp_path: Path) -> N
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
