@@ -30,7 +30,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import config, materialize, metric_sum, redis, server, tree_cpu, wrk
+from benchmarks.cache_admission import cache_counters
+from benchmarks.stack import config, materialize, redis, server, tree_cpu, wrk
 from featurestore.factories import FILLS_PER_ROUND_TRIP
 
 CACHE_YAML = {
@@ -41,19 +42,13 @@ CACHE_YAML = {
 VARIANTS = ("off", "hits", "misses")
 
 
-def looked(port: int) -> tuple[float, float]:
-    return metric_sum(port, "featurestore_cache_hits_total"), metric_sum(
-        port, "featurestore_cache_misses_total"
-    )
-
-
 def run(srv: dict[str, int], batch: int, seconds: float) -> dict[str, Any]:
-    h0, m0 = looked(srv["http"])
+    h0, m0, _ = cache_counters(srv["http"])
     cpu0 = tree_cpu(srv["pid"])
     res = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, 32, seconds)
     ok = max(res["requests"] - res["err_status"], 1)
     res["cpu_us"] = (tree_cpu(srv["pid"]) - cpu0) / ok * 1e6
-    h1, m1 = looked(srv["http"])
+    h1, m1, _ = cache_counters(srv["http"])
     res["hit_rate"] = (h1 - h0) / ((h1 - h0) + (m1 - m0)) if (h1 - h0) + (m1 - m0) else None
     res["misses_per_join"] = (m1 - m0) / ok
     return res
