@@ -58,7 +58,7 @@ class CachedSource:
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
         self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
-        self._entries = metrics.CACHE_ENTRIES.labels(inner.name)
+        self._entries = metrics.cache_entries(inner.name)  # set at every fill, written at the flush
 
     @property
     def name(self) -> str:

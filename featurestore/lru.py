@@ -37,9 +37,12 @@ class LRUCache:
     With ``admission`` (a TinyLFU sketch, featurestore/admission.py), a put into a full
     cache counts each key and admits it only if it is more frequent than the entry the
     hand would evict (an expired victim always goes); without, every put evicts. Keys
-    are counted as (space, key), on the miss path only: counted by bare entity key, a
-    new data version's row tied with its own dead predecessor and was refused until that
-    one expired (a full cache served the store for a TTL after every publication).
+    are counted per space, on the miss path only: counted by bare entity key, a new data
+    version's row tied with its own dead predecessor and was refused until that one
+    expired (a full cache served the store for a TTL after every publication). The
+    sketch's key is ``hash(key) ^ hash(space)``, an int: a (space, key) tuple was hashed
+    anew at every count and comparison, its nested space tuple each time (a 1-key fill into
+    a full 1,000-row cache, counted, compared and rejected: 4.9 -> 4.3 µs, timed alone).
     """
 
     def __init__(
@@ -72,8 +75,8 @@ class LRUCache:
     def count_for(self, store: str) -> None:
         """Count evictions and rejections with ``store`` as their label (``CachedSource``
         calls it: one cache per store; "" for a cache on its own)."""
-        self._evictions = metrics.CACHE_EVICTIONS.labels(store)
-        self._rejections = metrics.CACHE_REJECTIONS.labels(store)
+        self._evictions = metrics.cache_evictions(store)
+        self._rejections = metrics.cache_rejections(store)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -100,8 +103,9 @@ class LRUCache:
         """``read_at``: when the rows were asked of the store (by this cache's clock);
         they expire a TTL after that, so the TTL bounds how stale a served row can be."""
         sketch = self.admission
+        salt = hash(space)
         if sketch is not None:
-            sketch.increment_many([(space, k) for k in keys])
+            sketch.increment_many([hash(k) ^ salt for k in keys])
         now = self._clock()
         expires = (now if read_at is None else min(read_at, now)) + self.ttl
         entries = self._spaces.get(space)
@@ -118,7 +122,7 @@ class LRUCache:
                     sketch is not None
                     and victim[0] not in self._retired  # a victim nobody reads any more always goes
                     and self._spaces[victim[0]][victim[1]][0] >= now  # an expired victim always goes
-                    and not sketch.admits((space, k), victim)
+                    and not sketch.admits(hash(k) ^ salt, hash(victim[1]) ^ hash(victim[0]))
                 ):
                     # The victim won: it goes round again, so the next newcomer meets
                     # another entry (one resident that collided high in the sketch would

@@ -280,7 +280,8 @@ class BufferedHistogram:
 
 
 class BufferedGauge:
-    """An up/down count (in-flight requests) written through at every flush."""
+    """An up/down count (in-flight requests), or a level set on the hot path (the row
+    cache's entries), written through at every flush."""
 
     __slots__ = ("_child", "value")
 
@@ -294,6 +295,9 @@ class BufferedGauge:
 
     def dec(self) -> None:
         self.value -= 1
+
+    def set(self, value: int) -> None:
+        self.value = value
 
     def flush(self) -> None:
         self._child.set(self.value)
@@ -327,6 +331,9 @@ def flush() -> None:
 requests = Children(REQUESTS, BufferedCounter)
 request_duration = Children(REQUEST_DURATION, BufferedHistogram)
 inflight = Children(INFLIGHT, BufferedGauge)
+cache_evictions = Children(CACHE_EVICTIONS, BufferedCounter)
+cache_rejections = Children(CACHE_REJECTIONS, BufferedCounter)
+cache_entries = Children(CACHE_ENTRIES, BufferedGauge)
 view_read_duration = Children(VIEW_READ_DURATION, BufferedHistogram)
 view_read_failures = Children(VIEW_READ_FAILURES, BufferedCounter)
 feature_values = Children(FEATURE_VALUES, BufferedCounter)

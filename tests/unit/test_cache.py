@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import prometheus_client
 import pyarrow as pa
 
+from featurestore import metrics
 from featurestore.cache import NOT_FOUND, CachedSource, LRUCache
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
@@ -137,6 +138,7 @@ async def test_each_cached_store_reports_its_own_entries_and_a_write_updates_the
     await b.read([ViewQuery(V, [1], [0], 1)])
 
     def entries(store: str) -> float | None:
+        metrics.flush()  # (the gauge is buffered, as every hot-path metric)
         return prometheus_client.REGISTRY.get_sample_value("featurestore_cache_entries", {"store": store})
 
     assert (entries("cache_gauge_a"), entries("cache_gauge_b")) == (3, 1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from featurestore import metrics
 from featurestore.admission import MAX_COUNT, FrequencySketch
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.config import load_config
@@ -31,10 +32,12 @@ def full_cache(size: int, admission: bool) -> LRUCache:
 
 
 def evictions(store: str = "") -> float:
+    metrics.flush()  # (buffered, as every hot-path metric)
     return REGISTRY.get_sample_value("featurestore_cache_evictions_total", {"store": store}) or 0.0
 
 
 def rejections(store: str) -> float:
+    metrics.flush()
     return REGISTRY.get_sample_value("featurestore_cache_rejections_total", {"store": store}) or 0.0
 
 
