@@ -33,10 +33,14 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A gRPC proxy in front of a real etcd, forwarding every call as it is, that can end
     the watch streams open through it cleanly (status OK, as a proxy or load balancer
     closing a long-lived stream may): ``end_watches``, or each one right after etcd's
-    first response (etcd's confirmation) with ``end_at_once``. It keeps the metadata
-    each watch was opened with (``watch_metadata``)."""
+    first response (etcd's confirmation) with ``end_at_once``; or end each one after
+    ``unanswered_for`` seconds without passing etcd's confirmation on (a watch whose
+    connect took that long, then failed). It keeps the metadata each watch was opened
+    with (``watch_metadata``)."""
 
-    def __init__(self, etcd: EtcdServer, *, end_at_once: bool = False) -> None:
+    def __init__(
+        self, etcd: EtcdServer, *, end_at_once: bool = False, unanswered_for: float | None = None
+    ) -> None:
         self.port = free_port()
         self.upstream = grpc.aio.insecure_channel(f"127.0.0.1:{etcd.port}")
         self.server = grpc.aio.server()
@@ -44,6 +48,7 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         self.end = asyncio.Event()
         self.end_at_once = end_at_once
+        self.unanswered_for = unanswered_for
         self.open_watches = 0
         self.watch_metadata: list[dict[str, str]] = []
 
@@ -69,6 +74,9 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         self.watch_metadata.append(dict(context.invocation_metadata() or ()))
+        if self.unanswered_for is not None:
+            await asyncio.sleep(self.unanswered_for)
+            return  # the stream ends with status OK, etcd's confirmation never passed on
         call = self.upstream.stream_stream("/etcdserverpb.Watch/Watch")(requests)
         ended = asyncio.ensure_future(self.end.wait())
         self.open_watches += 1
