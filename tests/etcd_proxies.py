@@ -107,10 +107,12 @@ class SilencingTcpProxy:
     """A TCP proxy in front of etcd whose connections open so far can be silenced
     (``silence``): no byte flows through them any more, either way, but their sockets
     stay open, as a peer powered off or cut off by a partition looks (no reset).
-    Connections made afterwards flow."""
+    Connections made afterwards flow. With ``bytes_per_second``, etcd's bytes pass at
+    most that fast (a slow link)."""
 
-    def __init__(self, etcd: EtcdServer) -> None:
+    def __init__(self, etcd: EtcdServer, *, bytes_per_second: float | None = None) -> None:
         self.upstream_port = etcd.port
+        self.bytes_per_second = bytes_per_second
         self.port = free_port()
         self.connections = 0
         self._flowing: list[asyncio.Event] = []
@@ -138,15 +140,17 @@ class SilencingTcpProxy:
         self._flowing.append(flowing)
         self.connections += 1
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, rate: float | None) -> None:
+            while data := await src.read(16384 if rate else 65536):
                 await flowing.wait()  # silenced: hold the bytes, forever
                 dst.write(data)
                 await dst.drain()
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
             dst.close()
 
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(pump(src, dst))
+        for src, dst, rate in ((reader, up_writer, None), (up_reader, writer, self.bytes_per_second)):
+            task = asyncio.ensure_future(pump(src, dst, rate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
