@@ -21,7 +21,6 @@ so a typo does not silently fall back to a default. docs/configuration.md lists 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
 from featurestore.settings import (
@@ -45,8 +44,7 @@ from featurestore.settings import (
     SettingError,
     _fail,
     describe,
-    merge,
-    note_origin,
+    environment,
     read_config_file,
     resolve_secret_files,
     set_path,
@@ -373,7 +371,7 @@ def load_config(
     name = str(path) if path is not None else "config"
     origin: dict[tuple[str, ...], str] = {}
     try:
-        doc = _environment(read_config_file(path), origin)
+        doc = environment(read_config_file(path), Config, ENV_ALIASES, origin)
         for keys, value in (overrides or {}).items():
             if value is not None:
                 set_path(doc, keys, value)
@@ -386,15 +384,3 @@ def load_config(
     except ValidationError as e:
         problem = describe(e, Config, origin)
         raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
-
-
-def _environment(doc: dict[str, Any], origin: dict[tuple[str, ...], str]) -> dict[str, Any]:
-    """``doc`` under the aliases, under FEATURESTORE_<SECTION>__<KEY> (pydantic-settings'
-    parsing: case-insensitive, ``__`` between levels)."""
-    for var, keys in ENV_ALIASES.items():
-        if var in os.environ:
-            set_path(doc, keys, os.environ[var])
-            origin[keys] = var
-    env = EnvSettingsSource(Config)()
-    note_origin(env, ENV_PREFIX, origin)
-    return merge(doc, env)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -27,6 +28,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
+from pydantic_settings import EnvSettingsSource
 
 from featurestore.errors import InvalidArgument
 
@@ -183,6 +185,52 @@ def resolve_secret_files(doc: dict[str, Any], cls: type[Any], where: str) -> Non
             section = _dataclass_of(hints[name])
             if section is not None:
                 resolve_secret_files(sub, section, key(where, name))
+
+
+def environment(
+    doc: dict[str, Any],
+    root: type[Any],
+    aliases: Mapping[str, tuple[str, ...]],
+    origin: dict[tuple[str, ...], str],
+) -> dict[str, Any]:
+    """``doc`` under the ``aliases`` (variable: setting path), under the environment of
+    the settings class ``root`` (pydantic-settings' parsing: its prefix, case-insensitive,
+    ``__`` between levels), ``null`` read as YAML's (``environment_nulls``); ``origin``
+    notes each setting's variable."""
+    short: dict[str, Any] = {}
+    for var, keys in aliases.items():
+        if var in os.environ:
+            set_path(short, keys, os.environ[var])
+            origin[keys] = var
+    env = EnvSettingsSource(root)()
+    environment_nulls(short, root)
+    environment_nulls(env, root)
+    note_origin(env, root.model_config["env_prefix"], origin)
+    return merge(merge(doc, short), env)
+
+
+def environment_nulls(doc: dict[str, Any], cls: type[Any]) -> None:
+    """In ``doc`` (the environment's settings of a section of type ``cls``), ``null``
+    (any case) means YAML's null for a setting that takes one (``X | None``, each of
+    them defaulting to None: "by store kind", "none", "on port"), in place, section by
+    section: ``FEATURESTORE_CACHE__FILLS_PER_ROUND_TRIP=null`` restores the default a
+    file's number replaced. A setting that takes no null keeps the text."""
+    hints = _hints(cls)
+    for name, value in doc.items():
+        hint = hints.get(name)
+        if isinstance(value, dict):
+            section = _dataclass_of(hint)
+            if section is not None:
+                environment_nulls(value, section)
+        elif isinstance(value, str) and value.strip().lower() == "null" and _nullable(hint):
+            doc[name] = None
+
+
+def _nullable(hint: Any) -> bool:
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return union and type(None) in typing.get_args(hint)
 
 
 def _hints(cls: Any) -> dict[str, Any]:

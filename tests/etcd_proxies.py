@@ -33,10 +33,14 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A gRPC proxy in front of a real etcd, forwarding every call as it is, that can end
     the watch streams open through it cleanly (status OK, as a proxy or load balancer
     closing a long-lived stream may): ``end_watches``, or each one right after etcd's
-    first response (etcd's confirmation) with ``end_at_once``. It keeps the metadata
-    each watch was opened with (``watch_metadata``)."""
+    first response (etcd's confirmation) with ``end_at_once``; or end each one after
+    ``unanswered_for`` seconds without passing etcd's confirmation on (a watch whose
+    connect took that long, then failed). It keeps the metadata each watch was opened
+    with (``watch_metadata``)."""
 
-    def __init__(self, etcd: EtcdServer, *, end_at_once: bool = False) -> None:
+    def __init__(
+        self, etcd: EtcdServer, *, end_at_once: bool = False, unanswered_for: float | None = None
+    ) -> None:
         self.port = free_port()
         self.upstream = grpc.aio.insecure_channel(f"127.0.0.1:{etcd.port}")
         self.server = grpc.aio.server()
@@ -44,6 +48,7 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         self.end = asyncio.Event()
         self.end_at_once = end_at_once
+        self.unanswered_for = unanswered_for
         self.open_watches = 0
         self.watch_metadata: list[dict[str, str]] = []
 
@@ -69,6 +74,9 @@ class WatchEndingProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         self.watch_metadata.append(dict(context.invocation_metadata() or ()))
+        if self.unanswered_for is not None:
+            await asyncio.sleep(self.unanswered_for)
+            return  # the stream ends with status OK, etcd's confirmation never passed on
         call = self.upstream.stream_stream("/etcdserverpb.Watch/Watch")(requests)
         ended = asyncio.ensure_future(self.end.wait())
         self.open_watches += 1
@@ -99,10 +107,12 @@ class SilencingTcpProxy:
     """A TCP proxy in front of etcd whose connections open so far can be silenced
     (``silence``): no byte flows through them any more, either way, but their sockets
     stay open, as a peer powered off or cut off by a partition looks (no reset).
-    Connections made afterwards flow."""
+    Connections made afterwards flow. With ``bytes_per_second``, etcd's bytes pass at
+    most that fast (a slow link)."""
 
-    def __init__(self, etcd: EtcdServer) -> None:
+    def __init__(self, etcd: EtcdServer, *, bytes_per_second: float | None = None) -> None:
         self.upstream_port = etcd.port
+        self.bytes_per_second = bytes_per_second
         self.port = free_port()
         self.connections = 0
         self._flowing: list[asyncio.Event] = []
@@ -130,15 +140,17 @@ class SilencingTcpProxy:
         self._flowing.append(flowing)
         self.connections += 1
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, rate: float | None) -> None:
+            while data := await src.read(16384 if rate else 65536):
                 await flowing.wait()  # silenced: hold the bytes, forever
                 dst.write(data)
                 await dst.drain()
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
             dst.close()
 
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(pump(src, dst))
+        for src, dst, rate in ((reader, up_writer, None), (up_reader, writer, self.bytes_per_second)):
+            task = asyncio.ensure_future(pump(src, dst, rate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

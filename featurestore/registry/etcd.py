@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 _WATCH_RETRY_MIN_S = 0.1
 _WATCH_RETRY_MAX_S = 0.5
 # The pause starts over from the minimum only once a watch delivered events or lived
-# this long: a watch etcd (or a proxy) confirms and then ends at once is retried at the
-# growing pause, not every 0.1 s.
+# this long after etcd confirmed it: a watch etcd (or a proxy) confirms and then ends at
+# once, or one that was never confirmed however long its connect took, is retried at
+# the growing pause, not every 0.1 s.
 _WATCH_STEADY_S = 5.0
 
 
@@ -324,7 +325,7 @@ class EtcdRegistry:
         try:
             while True:
                 client = self._client  # the one this watch runs on (and fails on)
-                pause.watching()
+                pause.opening()
                 try:
                     if self._revision == 0:
                         self._revision = await self._head_revision()
@@ -335,6 +336,7 @@ class EtcdRegistry:
                     watch = watch_prefix(client, self._root, self._revision + 1, self._link.timeout)
                     async with contextlib.aclosing(watch):
                         async for events, progress in watch:
+                            pause.confirmed()
                             self._link.touch()
                             self._revision = max(self._revision, progress)
                             for event in events:

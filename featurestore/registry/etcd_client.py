@@ -54,10 +54,28 @@ CHANNEL_OPTIONS = {
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     # gRPC 1.85 times a keepalive ping out by this one (60 s by default), not by the above
-    # (tests/integration/test_etcd_watch_health.py fails without it)
+    # (tests/integration/test_etcd_watch_health.py fails without it); at least this, see
+    # channel_options
     "grpc.http2.ping_timeout_ms": 5_000,
     "grpc.http2.max_pings_without_data": 0,  # a quiet watch sends no data: ping on anyway
 }
+
+
+def channel_options(timeout: float) -> dict[str, Any]:
+    """``CHANNEL_OPTIONS`` for a client whose calls may take ``timeout`` seconds.
+
+    gRPC's ping timeout is met by the ping's ack only, never by data, and applies to
+    every ping, also those gRPC sends while a response streams in (its bandwidth
+    probe): etcd queues the ack behind the response it is sending, so a response that
+    takes longer than the ping timeout to arrive is cut ("ping timeout") whatever the
+    call's deadline. Measured: a 0.87 MB snapshot over a 120 KB/s link (7 s), cut
+    after 5.1 s (tests/integration/test_etcd_limits.py). A read must arrive within
+    ``timeout`` anyway, so the ping timeout is twice that (a watch event and the read
+    of the same snapshot may share the link), never below 5 s: with the default 2 s a
+    silent connection is still dropped 10 + 5 s after its last byte, with a longer
+    ``timeout`` T after 10 + 2T s."""
+    return {**CHANNEL_OPTIONS, "grpc.http2.ping_timeout_ms": max(5_000, round(2_000 * timeout))}
+
 
 # etcd's answers to a request whose auth token no longer holds: unknown or expired (a
 # JWT past its ttl; a simple token dropped after its TTL unused, the user's password
@@ -126,7 +144,7 @@ class EtcdLink:
 
     def _connect(self) -> aetcd.Client:
         ep = self._endpoints[self._endpoint % len(self._endpoints)]
-        return make_client(ep, self._access, self._tls, self.timeout, CHANNEL_OPTIONS)
+        return make_client(ep, self._access, self._tls, self.timeout, channel_options(self.timeout))
 
     def health(self) -> RegistryHealth:
         age = time.monotonic() - self.last_contact if self.last_contact else float("inf")

@@ -108,25 +108,33 @@ async def watch_prefix(
 class RetryPause:
     """The jittered pause before each new watch after one was lost: ``low`` doubling to
     ``high``, from ``low`` again once a watch delivered events (``steady``) or lived
-    ``steady_after`` seconds. A watch that is confirmed and ends at once is no proof that
-    etcd is well again: the pause keeps growing."""
+    ``steady_after`` seconds from etcd's first response (``confirmed``). A watch that is
+    confirmed and ends at once is no proof that etcd is well again, nor is one that took
+    long to connect and never got an answer: the pause keeps growing."""
 
     def __init__(self, low: float, high: float, steady_after: float) -> None:
         self._low, self._high, self._steady_after = low, high, steady_after
         self._backoff = low
-        self._opened = 0.0
+        self._confirmed: float | None = None
 
-    def watching(self) -> None:
-        """A new watch (or the connection before it) is being opened."""
-        self._opened = time.monotonic()
+    def opening(self) -> None:
+        """A new watch (or the connection before it) is being opened: it counts for
+        nothing until etcd answers it."""
+        self._confirmed = None
+
+    def confirmed(self) -> None:
+        """etcd answered the watch (its first answer, the confirmation, starts the clock)."""
+        if self._confirmed is None:
+            self._confirmed = time.monotonic()
 
     def steady(self) -> None:
         self._backoff = self._low
 
     def next(self) -> float:
         """The pause after a lost watch, in seconds."""
-        if time.monotonic() - self._opened >= self._steady_after:
+        if self._confirmed is not None and time.monotonic() - self._confirmed >= self._steady_after:
             self._backoff = self._low
+        self._confirmed = None
         wait = random.uniform(self._backoff / 2, self._backoff)
         self._backoff = min(self._backoff * 2, self._high)
         return wait

@@ -1,7 +1,8 @@
 """Snapshots over etcd's request limit (--max-request-bytes, 1.5 MiB by default), against
 a real etcd: refused up front naming the size and the limit; a refusal by etcd itself is
 no lost connection. Under a raised limit, a snapshot over gRPC's default 4 MiB receive
-limit is read, and watched."""
+limit is read, and watched; one that takes longer to arrive than gRPC's ping timeout
+(keepalive) is read within the call's timeout."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from featurestore.definitions.snapshot import snapshot_to_json
 from featurestore.errors import Code, LimitExceeded
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.etcd import EtcdRegistry
+from tests.etcd_proxies import SilencingTcpProxy
 from tests.servers import EtcdServer
 
 USER = Entity("user_id", DType.INT64)
@@ -61,6 +63,29 @@ async def test_etcd_refusing_a_request_as_too_large_is_no_lost_connection(etcd_s
         assert (await reg.current()).version == 1  # type: ignore[union-attr]
     finally:
         await reg.close()
+
+
+async def test_a_snapshot_that_takes_longer_than_the_ping_timeout_to_arrive_is_read_within_the_call_timeout(
+    etcd_server: EtcdServer,
+) -> None:
+    """gRPC's ping timeout (5 s, for keepalive) is met only by a ping's ack, which etcd
+    sends behind the response it is sending: a snapshot that took over 5 s to arrive
+    was cut ("ping timeout") however long the call's timeout. About 0.87 MB at 120 KB/s
+    (a 1 Mbit/s link): about 7 s."""
+    proxy = await SilencingTcpProxy(etcd_server, bytes_per_second=120_000).start()
+    project = f"p{uuid.uuid4().hex[:8]}"
+    writer = EtcdRegistry([etcd_server.endpoint], project)
+    reader = EtcdRegistry([proxy.endpoint], project, timeout=30.0)
+    try:
+        await writer.publish(defs(1), expected_version=None)
+        published = await writer.publish(defs(6000), expected_version=1)
+        assert len(snapshot_to_json(published)) > 7 * 120_000
+        current = await asyncio.wait_for(reader.current(), 60)
+        assert current is not None and len(current.definitions.views["v"].features) == 6000
+    finally:
+        await reader.close()
+        await writer.close()
+        await proxy.close()
 
 
 class RaisedLimitEtcd(EtcdServer):

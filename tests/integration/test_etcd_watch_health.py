@@ -1,7 +1,8 @@
 """The etcd registry's watch against a real etcd, when it goes quiet or keeps ending: a
 connection gone silent (no reset) is dropped by gRPC keepalive and the watch follows on
 a new one; the watch asks etcd to end it should etcd lose its leader; a watch that ends
-right after etcd confirmed it is retried at a growing pause; and etcd's progress
+right after etcd confirmed it, or one etcd never answered however long it took, is
+retried at a growing pause; and etcd's progress
 notifications move a quiet watch past a compaction of other keys."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
+from featurestore.registry import etcd as etcd_registry
 from featurestore.registry.etcd import EtcdRegistry
 from tests.etcd_proxies import SilencingTcpProxy, WatchEndingProxy, settle, watch_lost
 from tests.servers import EtcdServer
@@ -103,6 +105,36 @@ async def test_a_watch_that_ends_right_after_etcd_confirms_it_is_watched_again_a
         await eventually(lambda: len(pauses()) >= 4, WAIT_S, "four watches to end")
         # 0.1, 0.2, 0.4, then 0.5 s: the fourth pause is 0.25-0.5 s
         assert pauses()[3] >= 0.25, pauses()
+    finally:
+        await settle(pending, changes)
+        await reg.close()
+        await proxy.close()
+
+
+async def test_a_watch_etcd_never_answered_is_watched_again_after_a_growing_pause_however_long_it_took(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause started over once a watch had lived 5 s, counted from before its
+    connect: a watch whose connect took that long and that then ended without etcd's
+    confirmation counted as a healthy one, and was retried at the shortest pause every
+    time. (The 5 s are cut to 0.3 s here, the connect stretched to 0.6 s.)"""
+    monkeypatch.setattr(etcd_registry, "_WATCH_STEADY_S", 0.3)
+    caplog.set_level(logging.WARNING, logger="featurestore.registry.etcd")
+    proxy = WatchEndingProxy(etcd_server, unanswered_for=0.6)
+    await proxy.server.start()
+    reg = EtcdRegistry([proxy.endpoint], f"p{uuid.uuid4().hex[:8]}")
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    pending: asyncio.Future[None] | None = None
+
+    def pauses() -> list[float]:
+        return [float(m[1]) for r in caplog.records if (m := PAUSE.search(r.getMessage()))]
+
+    try:
+        await asyncio.wait_for(anext(changes), WAIT_S)  # armed
+        pending = asyncio.ensure_future(anext(changes))
+        await eventually(lambda: len(pauses()) >= 3, WAIT_S, "three watches to end")
+        # 0.1, 0.2, then 0.4 s: the third pause is 0.2-0.4 s (it was 0.05-0.1 s every time)
+        assert pauses()[2] >= 0.2, pauses()
     finally:
         await settle(pending, changes)
         await reg.close()

@@ -91,6 +91,33 @@ def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch: pytest
         load_config()
 
 
+def test_null_in_the_environment_restores_the_default_of_a_setting_the_file_gave_a_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nullable setting's default is None ("by store kind" for fills_per_round_trip):
+    once the file named a value, the environment could not restore it ("expected a
+    number, got 'null'")."""
+    f = tmp_path / "config.yaml"
+    f.write_text(
+        "cache: {fills_per_round_trip: 2}\nhttp: {admin_port: 8081}\nregistry: {definitions: defs.yaml}\n"
+    )
+    monkeypatch.setenv("FEATURESTORE_CACHE__FILLS_PER_ROUND_TRIP", "null")
+    monkeypatch.setenv("FEATURESTORE_HTTP__ADMIN_PORT", "NULL")
+    monkeypatch.setenv("FEATURESTORE_DEFINITIONS", "null")  # a short alias too
+    c = load_config(f)
+    assert (c.cache.fills_per_round_trip, c.http.admin_port, c.registry.definitions) == (None, None, None)
+
+
+def test_null_in_the_environment_is_text_to_a_setting_that_takes_no_null(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_REGISTRY__USERNAME", "null")
+    assert load_config().registry.username == "null"
+    monkeypatch.setenv("FEATURESTORE_LIMITS__DEADLINE_MS", "null")
+    with pytest.raises(InvalidArgument, match=r"\(limits.deadline_ms\): expected an integer, got 'null'"):
+        load_config()
+
+
 def test_an_unknown_setting_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEATURESTORE_LIMITS__DEADLINEMS", "5")
     with pytest.raises(InvalidArgument, match=r"limits.deadlinems\): unknown setting; known: deadline_ms"):
