@@ -119,17 +119,24 @@ class CachedSource:
             return await self._read_cached(queries)
         if mode == TRIAL:  # read past the cache, measuring its views on trial
             return await self._read_trial(queries)
-        return await self._read_past(queries, queries)
+        return await self._read_past(queries)
 
-    async def _read_past(
-        self, queries: Sequence[ViewQuery], asked: Sequence[ViewQuery]
-    ) -> list[ViewRead | BaseException]:
-        """Every key from the store (``asked``: the queries sent, the same keys), the
-        cache answering only for a view whose store read failed."""
+    async def _read_past(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        """Every key from the store, the cache answering only for a view whose store read
+        failed."""
+        return self._or_cached(queries, await self._read_store(queries))
+
+    async def _read_store(self, asked: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         try:
-            got: list[ViewRead | BaseException] = list(await self.inner.read(asked))
+            return list(await self.inner.read(asked))
         except Exception as e:
-            got = [e] * len(queries)
+            return [e] * len(asked)
+
+    def _or_cached(
+        self, queries: Sequence[ViewQuery], got: list[ViewRead | BaseException]
+    ) -> list[ViewRead | BaseException]:
+        """The store's answers to ``queries`` (as asked), but for a view whose read failed:
+        the cache's rows of it, in the features ``queries`` ask."""
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
             name = q.view.name
             if not isinstance(res, BaseException):
@@ -172,34 +179,38 @@ class CachedSource:
         asked, samples = list(queries), {}
         for qi, q in enumerate(queries):
             sampled = self.bypass.sampler(q.view.name)
-            look = [k for k in q.keys if sampled(k)] if sampled is not None else None
-            if not look:  # (most batch-1 reads: then it costs what a skipped read does)
+            at = [i for i, k in enumerate(q.keys) if sampled(k)] if sampled is not None else None
+            if not at:  # (most batch-1 reads: then it costs what a skipped read does)
                 continue
             space = (q.view.name, q.view.layout, q.data_version)
-            missed = [k for k, r in zip(look, self.cache.get_many(space, look), strict=True) if r is None]
-            self.bypass.observe(q.view.name, len(look) - len(missed), len(look), True)
+            looked = self.cache.get_many(space, [q.keys[i] for i in at])
+            missed = [i for i, r in zip(at, looked, strict=True) if r is None]  # their places in q.keys
+            self.bypass.observe(q.view.name, len(at) - len(missed), len(at), True)
             if missed:  # rows to fill: whole rows
                 samples[qi] = missed
                 asked[qi] = ViewQuery(q.view, q.keys, range(len(q.view.features)), q.data_version)
         since, read_at = self._fence.now, self.cache.now()
-        got = await self._read_past(queries, asked)
+        got = await self._read_store(asked)
         for qi, missed in samples.items():
             res, q = got[qi], queries[qi]
             if isinstance(res, BaseException):
-                continue  # (answered from the cache by _read_past; nothing to fill from)
+                continue  # (answered from the cache by _or_cached; nothing to fill from)
             if res.unavailable is not None:  # a key the store owed is no row: fill nothing
                 got[qi] = ViewRead(
                     res.found, res.event_ts_us, [res.columns[j] for j in q.features], res.unavailable
                 )
                 continue
-            at = {k: i for i, k in enumerate(q.keys)}
             rows = [
-                (*(c[at[k]] for c in res.columns), res.event_ts_us[at[k]]) if res.found[at[k]] else NOT_FOUND
-                for k in missed
+                (*(c[i] for c in res.columns), res.event_ts_us[i]) if res.found[i] else NOT_FOUND
+                for i in missed
             ]
-            self._fill(q, missed, rows, since, read_at)
+            self._fill(q, [q.keys[i] for i in missed], rows, since, read_at)
             got[qi] = ViewRead(res.found, res.event_ts_us, [res.columns[j] for j in q.features])
-        return got
+        if samples:
+            self._entries.set(len(self.cache))
+        # Only now, with the store's whole rows cut to the features asked: a view the
+        # store failed is answered from the cache in those features already.
+        return self._or_cached(queries, got)
 
     async def _read_cached(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         cache = self.cache

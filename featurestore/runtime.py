@@ -158,6 +158,7 @@ class Runtime:
         for s in self.stores.values():
             await s.close()
         await self.registry.close()
+        metrics.flush()  # the last joins of the drain, counted since the flush task's last run
 
     # -- following the registry ------------------------------------------------------
 

@@ -500,6 +500,44 @@ async def test_a_store_failing_a_trials_read_is_answered_from_every_row_the_cach
     assert got.unavailable == [False] * 10 + [True] * 10
 
 
+X = FeatureView(
+    "bypass_x", (U,), (Feature("a", DType.INT64), Feature("b", DType.STRING), Feature("c", DType.INT64))
+)
+
+
+async def test_a_store_failing_a_trials_read_answers_the_cached_keys_in_the_features_asked() -> None:
+    clock = Clock()
+    inner = Counting()
+    src = CachedSource(inner, LRUCache(10_000, 30, clock=clock), CacheBypass(30, trial_every=30, clock=clock))
+    await src.prepare([X])
+    users = list(range(400))
+    table = {"user_id": users, "a": users, "b": [f"s{k}" for k in users], "c": [k * 3 for k in users]}
+    await src.write(X, pa.table({**table, "event_timestamp": [1] * 400}, schema=view_schema(X)), 1)
+    await src.read([ViewQuery(X, users[:200], [0], 1)])  # unmeasured: consults, fills 0-199
+    await src.read([ViewQuery(X, users[200:], [0], 1)])  # all missed: skipping since 0
+    clock.t = 30.0  # rows still live; a trial starts, its sampled keys of 200-399 missing
+    inner.fail = ConnectionError("redis down")
+    for features, want in (
+        ([2, 1], [[k * 3 for k in users[:200]], [f"s{k}" for k in users[:200]]]),
+        ([2], None),
+    ):
+        [got] = await src.read([ViewQuery(X, users, features, 1)])
+        assert src.bypass._trials  # (on trial: its sample looked up, whole rows asked of the store)
+        assert isinstance(got, ViewRead) and got.unavailable == [False] * 200 + [True] * 200
+        assert [col[:200] for col in got.columns] == (want or [[k * 3 for k in users[:200]]])
+
+
+async def test_the_cache_entries_gauge_counts_the_rows_a_trial_fills() -> None:
+    clock = Clock()
+    src, _ = await source(CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0), clock)
+    await src.read([q(range(300))])  # skipping since 0
+    clock.t = 30.0
+    await src.read([q(range(300))])  # a trial: ~1 in 16 of the keys looked up, missed and filled
+    metrics.flush()
+    entries = REGISTRY.get_sample_value("featurestore_cache_entries", {"store": "remote"})
+    assert entries == len(src.cache) > 0
+
+
 async def test_a_batch_one_read_of_a_well_hit_view_is_answered_from_the_cache() -> None:
     src, inner = await source(CacheBypass(0.5))
     for view in ("bypass_v", "bypass_w"):

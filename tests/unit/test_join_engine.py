@@ -14,10 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from prometheus_client import REGISTRY
 
+from featurestore import metrics
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.definitions.snapshot import new_snapshot
-from featurestore.errors import DeadlineExceeded, InvalidArgument
+from featurestore.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from featurestore.join import JoinEngine, JoinRequest, Limits, _canary_route
 from featurestore.model import (
     DType,
@@ -168,6 +170,38 @@ async def test_hanging_store_times_out_within_the_deadline(engine: JoinEngine) -
     assert c["x"].outcome.statuses == [Status.UNAVAILABLE]
     assert c["a"].values == [10]
     assert res.partial
+
+
+async def _refused(queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+    return [Unavailable("the store is down")] * len(queries)
+
+
+def read_durations(view: str, store: str) -> tuple[float, float]:
+    """featurestore_view_read_duration_seconds' (count, sum) for the view."""
+    metrics.flush()
+    labels = {"view": view, "store": store}
+    get = REGISTRY.get_sample_value
+    return (
+        get("featurestore_view_read_duration_seconds_count", labels) or 0.0,
+        get("featurestore_view_read_duration_seconds_sum", labels) or 0.0,
+    )
+
+
+async def test_a_read_the_deadline_cuts_is_timed_at_the_deadline_and_a_failed_read_not_at_all(
+    engine: JoinEngine,
+) -> None:
+    refusing = BrokenSource("broken")
+    refusing.read = lambda queries: _refused(queries)  # type: ignore[method-assign]  # as an open circuit does
+    engine.stores["broken"] = refusing
+    slow, broken = read_durations("slow", "slow"), read_durations("broken", "broken")
+    await engine.join(JoinRequest({"user_id": [1]}, ("slow:x", "broken:y")), deadline(0.2))
+    hanging = engine.stores["slow"]
+    assert isinstance(hanging, HangingSource)
+    await asyncio.wait_for(hanging.abandoned.wait(), 5)
+    await asyncio.sleep(0)  # (the cancelled read's task unwinds)
+    count, total = read_durations("slow", "slow")
+    assert count == slow[0] + 1 and total - slow[1] >= 0.15  # a paused store's reads show as slow ones
+    assert read_durations("broken", "broken") == broken  # counted as a failure, not as a fast read
 
 
 async def test_expired_deadline_is_deadline_exceeded(engine: JoinEngine) -> None:

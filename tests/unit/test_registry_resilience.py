@@ -181,3 +181,14 @@ def test_the_etcd_password_is_not_in_the_access_settings_repr() -> None:
     access = EtcdAccess(username="svc", password="hunter2-5c2e")
     assert "hunter2" not in repr(access) and "hunter2" not in str(access)
     assert "svc" in repr(access)
+
+
+async def test_closing_the_runtime_writes_the_metrics_buffered_since_the_last_flush(tmp_path: Path) -> None:
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(_defs("f0"))
+    rt = await build_runtime(file_registry_config(tmp_path))
+    labels = {"route": "/v1/feature/join", "protocol": "http", "outcome": "ok"}
+    metrics.flush()
+    before = prometheus_client.REGISTRY.get_sample_value("featurestore_requests_total", labels) or 0.0
+    metrics.requests(*labels.values()).inc()  # a join of the drain, after the flush task's last run
+    await rt.close()
+    assert prometheus_client.REGISTRY.get_sample_value("featurestore_requests_total", labels) == before + 1
