@@ -110,11 +110,16 @@ class JoinEngine:
         self.recorder = recorder
         self.sampler = sampler
         self.deadlines = Deadlines()
+        self._served = {str(state.version)}  # registry versions whose service metrics are kept
 
     def swap(self, state: ServingState) -> None:
         """Publish a new registry state; requests already running keep the old one."""
         self.state = state
         metrics.REGISTRY_VERSION.set(state.version)
+        served = {str(state.version), *(str(route.state.version) for route in state.canaries.values())}
+        if served != self._served:
+            self._served = served
+            metrics.retire_registry_versions(served)
 
     async def join(self, req: JoinRequest, deadline: float, span: Span | None = None) -> JoinResult:
         """Serve one join. ``deadline`` is a ``time.monotonic()`` instant."""

@@ -16,11 +16,7 @@ dozen updates, which unbuffered cost ~10% of its CPU.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
-from collections import Counter as _Count
-from typing import Any
 
-import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,6 +28,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _mp
 
 from featurestore import metrics_files
+from featurestore.metric_buffers import BufferedCounter, BufferedGauge, BufferedHistogram, Children
+from featurestore.metric_buffers import flush as flush  # (metrics.flush(): the callers' name)
 
 LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
@@ -224,109 +222,13 @@ DERIVED_COMPILE_DURATION = Histogram(
 )
 
 
-_BUFFERS: list[Any] = []
-# From this many buffered observations on, a histogram is binned by numpy: 15,000
-# latencies (a second of batch-1 joins on one worker) flushed in 2.4-3.6 ms per bisect,
-# a stall of the event loop every request in flight waits out.
-_VECTOR_FLUSH = 64
-
-
-class BufferedCounter:
-    __slots__ = ("_child", "n")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self.n = 0.0
-        _BUFFERS.append(self)
-
-    def inc(self, amount: float = 1) -> None:
-        self.n += amount
-
-    def flush(self) -> None:
-        if self.n:
-            n, self.n = self.n, 0.0
-            self._child.inc(n)
-
-
-class BufferedHistogram:
-    __slots__ = ("_child", "_values")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self._values: list[float] = []
-        _BUFFERS.append(self)
-
-    def observe(self, amount: float) -> None:
-        self._values.append(amount)
-
-    def flush(self) -> None:
-        if not self._values:
-            return
-        values, self._values = self._values, []
-        child = self._child
-        # what Histogram.observe does per value, once per bucket for the whole batch
-        # (bucket i: the first upper bound >= the value; a NaN in none); the sum equal up
-        # to float rounding (one addition of the batch's total)
-        if len(values) < _VECTOR_FLUSH:
-            counted = _Count(bisect_left(child._upper_bounds, v) for v in values if v == v)
-            for i, count in counted.items():
-                child._buckets[i].inc(count)
-        else:
-            arr = np.array(values, dtype=np.float64)
-            at = np.searchsorted(child._upper_bounds, arr[~np.isnan(arr)], side="left")
-            counts = np.bincount(at, minlength=len(child._buckets))
-            for i in np.flatnonzero(counts).tolist():
-                child._buckets[i].inc(int(counts[i]))
-        child._sum.inc(sum(values))
-
-
-class BufferedGauge:
-    """An up/down count (in-flight requests), or a level set on the hot path (the row
-    cache's entries), written through at every flush."""
-
-    __slots__ = ("_child", "value")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self.value = 0
-        _BUFFERS.append(self)
-
-    def inc(self) -> None:
-        self.value += 1
-
-    def dec(self) -> None:
-        self.value -= 1
-
-    def set(self, value: int) -> None:
-        self.value = value
-
-    def flush(self) -> None:
-        self._child.set(self.value)
-
-
-class Children:
-    """Memoised, buffered ``metric.labels(*values)`` for label sets on the hot path."""
-
-    __slots__ = ("_buffer", "_cache", "_metric")
-
-    def __init__(
-        self, metric: Any, buffer: type[BufferedCounter | BufferedHistogram | BufferedGauge]
-    ) -> None:
-        self._metric = metric
-        self._buffer = buffer
-        self._cache: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *labels: str) -> Any:
-        child = self._cache.get(labels)
-        if child is None:
-            child = self._cache[labels] = self._buffer(self._metric.labels(*labels))
-        return child
-
-
-def flush() -> None:
-    """Fold every buffered update into prometheus_client (call on the event loop)."""
-    for b in _BUFFERS:
-        b.flush()
+def retire_registry_versions(served: set[str]) -> None:
+    """The per-service metrics of registry versions no longer served (neither the current
+    one nor a canary's candidate) are dropped at a swap: every apply raises the version,
+    so without this each one added its series for the life of the process. A request still
+    running on an old version when it ends writes it again, dropped at the next swap."""
+    for children in (service_requests, service_duration):
+        children.drop(lambda labels: labels[1] not in served)
 
 
 requests = Children(REQUESTS, BufferedCounter)

@@ -306,3 +306,21 @@ async def test_cached_keys_are_served_while_their_store_fails() -> None:
     # nothing cached for the view at all: the store's error, as before
     res = await eng.join(JoinRequest({"user_id": [5]}, ("ruv:a",)), deadline())
     assert cols(res)["a"].outcome.statuses == [Status.UNAVAILABLE]
+
+
+async def test_the_service_metrics_of_registry_versions_no_longer_served_are_dropped_at_a_swap(
+    engine: JoinEngine,
+) -> None:
+    defs = make_definitions("p", [U, ITEM], [UV], [FeatureService("retired_svc", (FeatureRef("uv", "a"),))])
+    for version in (10, 11, 12):
+        engine.swap(ServingState(new_snapshot(defs, version)))
+        await engine.join(JoinRequest({"user_id": [1]}, (), feature_service="retired_svc"), deadline())
+    metrics.flush()
+    served = {
+        labels["registry_version"]
+        for family in REGISTRY.collect()
+        if family.name == "featurestore_service_requests"
+        for sample in family.samples
+        if (labels := sample.labels).get("service") == "retired_svc"
+    }
+    assert served == {"12"}

@@ -7,7 +7,8 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from featurestore.metrics import LATENCY_BUCKETS, BufferedCounter, BufferedHistogram
+from featurestore.metric_buffers import BufferedCounter, BufferedHistogram
+from featurestore.metrics import LATENCY_BUCKETS
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,22 +65,22 @@ def test_a_buffered_counter_adds_up_on_flush_and_not_before() -> None:
 def test_a_large_buffer_binned_by_numpy_records_exactly_what_observe_would_have() -> None:
     import random
 
-    from featurestore import metrics
+    from featurestore import metric_buffers
 
     rnd = random.Random(7)
     values: list[float] = [10 ** rnd.uniform(-6, 2) for _ in range(3000)]
     values += list(LATENCY_BUCKETS) * 3  # every upper bound itself: observe puts it in its own bucket
     values += [0, 1, 2, 250]  # ints, as the row and key counts are
     values += [math.inf]  # in the +Inf bucket
-    assert len(values) >= metrics._VECTOR_FLUSH
+    assert len(values) >= metric_buffers._VECTOR_FLUSH
     buffered_registry, direct_registry = observed_both_ways(values)
     assert_same_histogram(buffered_registry, direct_registry)
 
 
 def test_a_nan_lands_in_no_bucket_on_either_flush_path_as_observe_leaves_it() -> None:
-    from featurestore import metrics
+    from featurestore import metric_buffers
 
-    for size in (3, metrics._VECTOR_FLUSH + 1):
+    for size in (3, metric_buffers._VECTOR_FLUSH + 1):
         registry = CollectorRegistry()
         hist = Histogram("t_seconds", "t", ["r"], buckets=LATENCY_BUCKETS, registry=registry)
         b = BufferedHistogram(hist.labels("a"))
