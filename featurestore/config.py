@@ -151,7 +151,7 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
-    max_request_bytes: Annotated[int, Field(gt=0)] = 1_572_864  # etcd: its --max-request-bytes
+    max_request_bytes: Count = 1_572_864  # etcd: its --max-request-bytes
 
 
 def _stores(value: Any) -> Any:
@@ -189,9 +189,19 @@ class CacheConfig:
     fills_per_round_trip: NumberOrZero | None = None
 
 
+TRACING_EXPORTERS = ("none", "console", "otlp")
+
+
+def _tracing_exporter(value: str) -> str:
+    exporter = value.strip().lower()
+    if exporter not in TRACING_EXPORTERS:
+        raise _fail(f"unknown tracing exporter {value!r}; use {', '.join(TRACING_EXPORTERS)}", value)
+    return exporter
+
+
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
-    exporter: str = "none"  # none | console | otlp
+    exporter: Annotated[str, AfterValidator(_tracing_exporter)] = "none"
     sample_ratio: Ratio = 0.01
     otlp_endpoint: str = "http://127.0.0.1:4317"
     service_name: str = "featurestore"

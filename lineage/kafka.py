@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from featurestore.settings import Count
 from lineage import TOPIC
 
 SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
@@ -37,12 +38,13 @@ _POSITIVE = ("partitions", "replication_factor", "session_timeout_ms", "buffer_m
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = TOPIC
-    partitions: int = 6  # when the topic is created by us
-    replication_factor: int = 1
+    # Count: from the config, 2.0 or true is refused, not converted (featurestore/settings.py)
+    partitions: Count = 6  # when the topic is created by us
+    replication_factor: Count = 1
     group_id: str = "featurestore-lineage"  # the consumer group
-    session_timeout_ms: int = 10_000  # consumer group session
-    buffer_messages: int = 100_000  # producer buffer bound; beyond it events are dropped
-    buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
+    session_timeout_ms: Count = 10_000  # consumer group session
+    buffer_messages: Count = 100_000  # producer buffer bound; beyond it events are dropped
+    buffer_seconds: Count = 120  # how long an undeliverable event is retried before it counts as lost
     # Security (docs/security.md), passed to librdkafka by client_config().
     security_protocol: str = "plaintext"  # plaintext | ssl | sasl_plaintext | sasl_ssl
     sasl_mechanism: str = "SCRAM-SHA-512"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
