@@ -15,7 +15,8 @@ pydantic-settings root. Declaring a section: a dataclass here, and one line in
 
 Every setting can then be given in the YAML file (``quality: {interval_seconds: 30}``),
 in the environment (``FEATURESTORE_QUALITY__INTERVAL_SECONDS=30``) or, a ``Secret``,
-from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors,
+from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors
+(in the environment: under a section; ``FEATURESTORE_NOPE`` is not read, nor refused),
 so a typo does not silently fall back to a default. docs/configuration.md lists them.
 """
 
