@@ -15,7 +15,8 @@ pydantic-settings root. Declaring a section: a dataclass here, and one line in
 
 Every setting can then be given in the YAML file (``quality: {interval_seconds: 30}``),
 in the environment (``FEATURESTORE_QUALITY__INTERVAL_SECONDS=30``) or, a ``Secret``,
-from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors,
+from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors
+(in the environment: under a section; ``FEATURESTORE_NOPE`` is not read, nor refused),
 so a typo does not silently fall back to a default. docs/configuration.md lists them.
 """
 
@@ -151,7 +152,7 @@ class RegistryConfig:
     ca_file: str = ""  # etcd TLS: the CA of the server's certificate
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
-    max_request_bytes: Annotated[int, Field(gt=0)] = 1_572_864  # etcd: its --max-request-bytes
+    max_request_bytes: Count = 1_572_864  # etcd: its --max-request-bytes
 
 
 def _stores(value: Any) -> Any:
@@ -189,9 +190,19 @@ class CacheConfig:
     fills_per_round_trip: NumberOrZero | None = None
 
 
+TRACING_EXPORTERS = ("none", "console", "otlp")
+
+
+def _tracing_exporter(value: str) -> str:
+    exporter = value.strip().lower()
+    if exporter not in TRACING_EXPORTERS:
+        raise _fail(f"unknown tracing exporter {value!r}; use {', '.join(TRACING_EXPORTERS)}", value)
+    return exporter
+
+
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
-    exporter: str = "none"  # none | console | otlp
+    exporter: Annotated[str, AfterValidator(_tracing_exporter)] = "none"
     sample_ratio: Ratio = 0.01
     otlp_endpoint: str = "http://127.0.0.1:4317"
     service_name: str = "featurestore"

@@ -130,7 +130,8 @@ def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
         name: with_cache(make_store(name, sc, config), sc, config) for name, sc in config.stores.items()
     }
     for name, sc in config.stores.items():
-        if sc.kind == "memory" or (sc.kind == "redis" and not sc.options.get("cluster")):
+        # the parsed options: from the environment ``cluster`` is the text "false", truthy
+        if sc.kind == "memory" or (sc.kind == "redis" and not _redis_options(name, sc).cluster):
             # the Redis store's health probe is the tile reader's circuit breaker
             health = stores[name] if sc.kind == "redis" else None
             reader = StreamSource(name, make_tile_store(name, sc, config), health=health)

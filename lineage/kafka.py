@@ -9,9 +9,10 @@ from (connection settings live in one place).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
+from pydantic_core import PydanticCustomError
 
 from lineage import TOPIC
 
@@ -33,16 +34,40 @@ METADATA_REFRESH_MS = 5_000
 _POSITIVE = ("partitions", "replication_factor", "session_timeout_ms", "buffer_messages", "buffer_seconds")
 
 
+def _count(value: Any) -> Any:
+    """From the config (YAML or the environment's text): a positive integer, 2.0 or
+    ``true`` refused rather than converted, the messages of featurestore.settings'
+    ``Count`` (which lineage does not import: it depends on the model types only)."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise PydanticCustomError(
+                "setting", "expected an integer, got {value}", {"value": repr(value)}
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("setting", "expected an integer, got {value}", {"value": repr(value)})
+    if value < 1:
+        raise PydanticCustomError(
+            "setting", "expected a positive integer, got {value}", {"value": repr(value)}
+        )
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_count)]
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = TOPIC
-    partitions: int = 6  # when the topic is created by us
-    replication_factor: int = 1
+    # Count: from the config, 2.0 or true is refused, not converted
+    partitions: Count = 6  # when the topic is created by us
+    replication_factor: Count = 1
     group_id: str = "featurestore-lineage"  # the consumer group
-    session_timeout_ms: int = 10_000  # consumer group session
-    buffer_messages: int = 100_000  # producer buffer bound; beyond it events are dropped
-    buffer_seconds: int = 120  # how long an undeliverable event is retried before it counts as lost
+    session_timeout_ms: Count = 10_000  # consumer group session
+    buffer_messages: Count = 100_000  # producer buffer bound; beyond it events are dropped
+    buffer_seconds: Count = 120  # how long an undeliverable event is retried before it counts as lost
     # Security (docs/security.md), passed to librdkafka by client_config().
     security_protocol: str = "plaintext"  # plaintext | ssl | sasl_plaintext | sasl_ssl
     sasl_mechanism: str = "SCRAM-SHA-512"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512

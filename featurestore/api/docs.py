@@ -124,6 +124,28 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
 
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+_WWW_AUTHENTICATE = {"WWW-Authenticate": _header("Bearer, with the error and the scope wanted (RFC 6750)")}
+# With auth.tokens_file set (docs/security.md): a bearer token with the route's scope.
+# No security scheme is declared: whether tokens are asked for is the deployment's choice.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "401": {
+        **_error("Tokens are configured and the request has none, or one not known"),
+        "headers": _WWW_AUTHENTICATE,
+    },
+    "403": {**_error("The token lacks the route's scope"), "headers": _WWW_AUTHENTICATE},
+}
+JOIN_SHED_RESPONSE: dict[str, Any] = {
+    **_error(
+        "The worker is overloaded and shed the join at its start (details: reason, "
+        "retry_after_seconds); retry after Retry-After seconds"
+    ),
+    "headers": {"Retry-After": _header("Seconds to wait before retrying")},
+}
+
 DEADLINE_PARAMETER: dict[str, Any] = {
     "name": "x-featurestore-deadline-ms",
     "in": "header",
@@ -158,6 +180,8 @@ JOIN_OPERATION: dict[str, Any] = {
         "400": _error("Malformed request"),
         "404": _error("Unknown feature, view or service"),
         "413": _error("Over the row or body limit"),
+        **AUTH_RESPONSES,
+        "503": JOIN_SHED_RESPONSE,
         "504": _error(JOIN_DEADLINE_TEXT),
     },
 }
@@ -169,6 +193,7 @@ PUSH_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed rows; names the column"),
     404: _error("Unknown feature view"),
     413: _error("Over the row or body limit"),
+    **AUTH_RESPONSES,
     503: _error(
         "The online store failed the write, or this server has not switched to a "
         "newly published data version yet (retry shortly)"

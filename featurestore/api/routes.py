@@ -25,7 +25,7 @@ from featurestore import __version__, metrics
 from featurestore.api import json_codec
 from featurestore.api.bodies import BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
-from featurestore.api.docs import JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
+from featurestore.api.docs import AUTH_RESPONSES, JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
 from featurestore.definitions.snapshot import definitions_to_dict
@@ -140,7 +140,7 @@ def _add_push(
 
 
 def _add_state_routes(app: FastAPI, engine: JoinEngine, readiness: ReadinessProbe) -> None:
-    @app.get("/v1/registry", summary="The registry snapshot being served")
+    @app.get("/v1/registry", summary="The registry snapshot being served", responses=AUTH_RESPONSES)
     async def registry() -> Response:
         state = engine.state
         snap = state.snapshot

@@ -1,8 +1,9 @@
 """``featurestore check consistency``: online values against the view's batch source
 (featurestore/quality/consistency.py, docs/quality.md). Exit 0: mismatches (stale +
-conflict) within ``--max-mismatch``; 1: more; 2: usage, network or store errors. With
-``--config`` the served data version's watermark classifies keys as the scheduled check
-does (``pending``, ``not_loaded``); through ``--url`` no watermark is known."""
+conflict + missing_online, less keys neither side has) within ``--max-mismatch``; 1:
+more; 2: usage, network or store errors. With ``--config`` the served data version's
+watermark classifies keys as the scheduled check does (``pending``, ``not_loaded``);
+through ``--url`` no watermark is known."""
 
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def register(sub: Subcommands) -> None:
     k.add_argument(
         "--key", action="append", default=[], help="also check this key (repeat; single-entity views)"
     )
-    k.add_argument("--max-mismatch", type=float, default=0.0, help="allowed (stale + conflict) / checked")
+    k.add_argument(
+        "--max-mismatch",
+        type=float,
+        default=0.0,
+        help="allowed (stale + conflict + missing_online, less keys neither side has) / checked",
+    )
     k.add_argument("--seed", type=int, default=0, help="the key sample's seed")
     k.add_argument(
         "--clickhouse-dsn", help="where a batch_source table lives (default: the config's clickhouse store)"

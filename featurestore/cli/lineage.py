@@ -22,7 +22,9 @@ def register(sub: Subcommands) -> None:
         help="address the metrics listen on (0.0.0.0 in a container, so Prometheus can scrape them)",
     )
     lc.add_argument("--batch-size", type=int, default=500)
-    lc.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    lc.add_argument(
+        "--log-level", help="debug, info, warning, error, critical (default: the config's log_level)"
+    )
     lc.set_defaults(func=cmd_lineage_consume)
 
 

@@ -37,7 +37,9 @@ def register(sub: Subcommands) -> None:
     s.add_argument("--grpc-port", type=int)
     s.add_argument("--workers", type=int, help="serving processes (default 1)")
     s.add_argument("--no-apply", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    s.add_argument(
+        "--log-level", help="debug, info, warning, error, critical (default: the config's log_level)"
+    )
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")

@@ -30,7 +30,9 @@ def register(sub: Subcommands) -> None:
     run.add_argument("--definitions", help="read the views from this file instead of the registry")
     run.add_argument("--metrics-port", type=int, default=9110, help="Prometheus metrics (0: off)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
-    run.add_argument("--log-level", help="debug, info, warning, error (default: the config's log_level)")
+    run.add_argument(
+        "--log-level", help="debug, info, warning, error, critical (default: the config's log_level)"
+    )
     run.set_defaults(func=cmd_stream_run)
     ps = ssub.add_parser("produce-sample", help="produce demo click events (JSON) to a topic")
     ps.add_argument("--config", help="server config: stream.kafka (the cluster)")

@@ -451,3 +451,16 @@ def test_docs_and_openapi_word_the_504s_alike() -> None:
     text = " ".join((DOCS / "api.md").read_text().replace("`", "").split()).lower()
     assert docs.JOIN_DEADLINE_TEXT.lower() in text
     assert docs.PUSH_DEADLINE_TEXT.lower() in text
+
+
+async def test_the_openapi_document_lists_the_auth_refusals_and_the_join_s_shed_with_retry_after() -> None:
+    async with client(http_api(make_engine())) as c:
+        spec = (await c.get("/openapi.json")).json()
+    operations = {
+        path: next(iter(spec["paths"][path].values())) for path in (JOIN_PATH, PUSH_PATH, "/v1/registry")
+    }
+    for path, operation in operations.items():
+        for status in ("401", "403"):
+            assert "WWW-Authenticate" in operation["responses"][status]["headers"], (path, status)
+    shed = operations[JOIN_PATH]["responses"]["503"]
+    assert "Retry-After" in shed["headers"] and "retry_after_seconds" in shed["description"]

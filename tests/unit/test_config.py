@@ -263,3 +263,31 @@ def test_a_project_that_is_not_a_name_is_refused(project: str) -> None:
     """It becomes part of every store's keys and of ClickHouse's table names."""
     with pytest.raises(ValidationError):
         Config(project=project)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "stores"), [("false", ["default", "stream:default"]), ("true", ["default"])]
+)
+def test_a_redis_store_s_cluster_option_from_the_environment_is_read_as_a_boolean(
+    cluster: str, stores: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text "false" keeps the stream views' tile reader beside a standalone Redis."""
+    from featurestore.factories import make_serving_stores
+
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__KIND", "redis")
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__URL", "redis://r:6379/0")
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__CLUSTER", cluster)
+    assert sorted(make_serving_stores(load_config())) == stores
+
+
+def test_an_unknown_tracing_exporter_is_an_error_naming_the_setting_and_the_exporters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("tracing: {exporter: jaeger}\n")
+    with pytest.raises(
+        InvalidArgument, match=r"tracing.exporter: unknown tracing exporter 'jaeger'; use none, console, otlp"
+    ):
+        load_config(f)
+    monkeypatch.setenv("FEATURESTORE_TRACING__EXPORTER", " OTLP ")
+    assert load_config(f).tracing.exporter == "otlp"

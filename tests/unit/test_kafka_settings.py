@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,32 @@ def test_a_count_that_is_not_positive_is_refused_naming_it(
     """0 partitions or a 0 s buffer were taken, to fail at the broker or drop every event."""
     monkeypatch.setenv(f"FEATURESTORE_LINEAGE__KAFKA__{name.upper()}", "0")
     with pytest.raises(
-        InvalidArgument, match=rf"lineage.kafka: value error, {name}: expected a positive integer, got 0"
+        InvalidArgument, match=rf"\(lineage.kafka.{name}\): expected a positive integer, got 0"
     ):
         load_config()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("lineage: {kafka: {partitions: true}}", "lineage.kafka.partitions: expected an integer, got True"),
+        (
+            "stream: {kafka: {buffer_messages: 2.0}}",
+            "stream.kafka.buffer_messages: expected an integer, got 2.0",
+        ),
+        (
+            "registry: {max_request_bytes: 2048.0}",
+            "registry.max_request_bytes: expected an integer, got 2048.0",
+        ),
+    ],
+)
+def test_a_kafka_or_etcd_count_written_as_a_float_or_a_boolean_is_refused_not_converted(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(InvalidArgument, match=re.escape(problem)):
+        load_config(f)
 
 
 @pytest.mark.parametrize(
