@@ -212,7 +212,8 @@ DERIVED_KERNEL_DURATION = Histogram(
 DERIVED_COMPILES = Counter(
     "featurestore_derived_compiles_total",
     "Derived-view kernels by how they became servable: compiled (in the build process), "
-    "loaded (machine code from the on-disk cache), compiled_in_process (cache unusable), failed.",
+    "loaded (machine code from the on-disk cache), cache_missed (a load found no usable cache entry: "
+    "refused rather than compiled in the serving process, then built again), failed.",
     ["result"],
 )
 DERIVED_COMPILE_DURATION = Histogram(

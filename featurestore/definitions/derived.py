@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import keyword
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
 FEATURE_DTYPES = (DType.FLOAT64, DType.INT64, DType.BOOL)
 REQUEST_DTYPES = (DType.FLOAT64, DType.INT64, DType.BOOL, DType.STRING)
 _TARGET = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
-_RESERVED = {*FUNCTIONS, "true", "false", "True", "False", "and", "or", "not"}
+# Names an expression could not refer to: its functions, its constants and Python's
+# keywords (``class``, ``in``, ``None``, ...: the expression is parsed as Python).
+_RESERVED = {*FUNCTIONS, "true", "false", *keyword.kwlist}
 
 
 def parse_derived_views(
@@ -133,7 +136,10 @@ def _local_name(p: _Parser, name: Any, where: str) -> str:
         or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", name)
         or name in _RESERVED
     ):
-        raise p.fail(where, f"invalid name {name!r}: use letters, digits and '_', not a function name")
+        raise p.fail(
+            where,
+            f"invalid name {name!r}: use letters, digits and '_', not a function name or a Python keyword",
+        )
     return name
 
 
@@ -278,9 +284,13 @@ def check_feature(
 def _check_function(target: str, n_args: int) -> None:
     module, _, attr = target.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
+        imported = importlib.import_module(module)
     except ImportError as e:
         raise ExpressionError(f"cannot import {module!r}: {e}") from None
+    except Exception as e:  # a SyntaxError in it, a module raising at import: its error, named
+        raise ExpressionError(f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    try:
+        fn = getattr(imported, attr)
     except AttributeError:
         raise ExpressionError(f"module {module!r} has no {attr!r}") from None
     py = getattr(fn, "py_func", fn)  # a numba dispatcher wraps the Python function

@@ -34,9 +34,15 @@ def _error_text(e: BaseException) -> str:
 
 def marker() -> str:
     """What a build depends on besides the module's source (which names numba's version
-    already): the interpreter and the CPU numba compiled for, and where its cache lives."""
+    already): the interpreter and the CPU numba compiled for, and where its cache lives.
+    Checked for every kernel of every swap, on the event loop: what it reads from package
+    metadata (~0.7 ms) is read once per process."""
+    return _marker(os.environ.get("NUMBA_CACHE_DIR", ""))
+
+
+@functools.cache
+def _marker(where: str) -> str:
     numba = importlib.metadata.version("numba")
-    where = os.environ.get("NUMBA_CACHE_DIR", "")
     return f"numba {numba}; {sys.implementation.cache_tag}; NUMBA_CACHE_DIR={where}; cpu {cpu()}\n"
 
 

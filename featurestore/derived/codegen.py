@@ -18,7 +18,10 @@ numba with ``cache=True``, so a restart loads machine code instead of compiling.
 comment in it names what feeds each input row (names, string comparisons), so two views
 whose loops differ only there never share a module name. Another comment fingerprints
 what the machine code depends on outside this file (``fingerprint``): numba, ``ops``
-and each trusted function's whole top-level package. A trusted function is jitted
+and each trusted function's whole top-level package. A trusted function's call is
+wrapped in ``try``/``except Exception`` (numba supports that form in nopython code): a
+function raising for a row gives that row a null, never fails the join, nor the warm-up
+call of a load (its arguments all 0). A trusted function is jitted
 without numba's own cache: the kernel's cache holds its machine code, and a second cache
 next to the deployed code, keyed by that one file, would keep serving a helper the
 function calls from another module after the helper changed.
@@ -176,11 +179,14 @@ class _Writer:
         args = [self.expr(a) for a in node.args]
         null = " or ".join(f"math.isnan({a})" for a in args) or "False"
         value = self.to_dtype(name, f"_o.fin(float({alias}({', '.join(args)})))")
-        self.body += [
+        self.body += [  # a raise in the function (nopython catches Exception) is a null
             f"if {null}:",
             f"    {var} = math.nan",
             "else:",
-            f"    {var} = {value}",
+            "    try:",
+            f"        {var} = {value}",
+            "    except Exception:",
+            f"        {var} = math.nan",
         ]
 
     def to_dtype(self, name: str, atom: str) -> str:

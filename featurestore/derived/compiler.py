@@ -10,8 +10,10 @@ and size in older versions), runs ``python -m featurestore.derived.build`` on th
 built yet for this interpreter, numba, cache location and CPU (one process at a time
 per cache directory: ``buildlock``), and only then loads them in a worker thread, from
 the cache: machine code, no compile. A restart, or a second worker, finds the cache
-filled; a module whose cache files do not load is forgotten and built again. The swap
-happens after the load, so no request ever waits for a compile.
+filled; a module whose cache files do not load (damaged, missing, or not where this
+process looks: numba would then compile it here, which a load refuses, ``loadguard``)
+is forgotten and built again. The swap happens after the load, so no request ever
+waits for a compile.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from featurestore import metrics
 from featurestore.derived import buildlock
 from featurestore.derived.build import marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
-from featurestore.derived.fingerprint import Fingerprints
+from featurestore.derived.fingerprint import Fingerprints, UnreadableCode
+from featurestore.derived.loadguard import CompileDuringLoad, no_compile
 from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.errors import DefinitionError, FailedPrecondition
 from featurestore.model import Definitions
@@ -72,8 +75,9 @@ class Kernel:
 # Kernels loaded by this process, by module name. numba never frees machine code, so a
 # kernel is loaded once per process and reused by every snapshot that generates it.
 _loaded: dict[str, Kernel] = {}
-# Module names whose build failed for good (``build``'s ``lasting``), with the error:
-# the name is the hash of everything the build depends on, so it fails again. Plain dict
+# Module names whose build failed for good (``build``'s ``lasting``), or whose load still
+# failed after a rebuild (for a reason other than an OSError or MemoryError), with the
+# error: the name is the hash of everything the build depends on, so it fails again. Plain dict
 # reads and writes (atomic): the event loop checks it, and must not wait on ``_lock``.
 _failed: dict[str, str] = {}
 _lock = threading.Lock()
@@ -82,7 +86,13 @@ _lock = threading.Lock()
 def specs_of(defs: Definitions) -> list[KernelSpec]:
     """Every view's kernel source; a trusted function's package is hashed once for all."""
     prints = Fingerprints()
-    return [generate(v, defs, prints) for v in sorted(defs.derived_views.values(), key=lambda v: v.name)]
+    specs = []
+    for view in sorted(defs.derived_views.values(), key=lambda v: v.name):
+        try:
+            specs.append(generate(view, defs, prints))
+        except UnreadableCode as e:  # never named after what could not be read: refused
+            raise DefinitionError(f"derived_views[{view.name}]: {e}") from e
+    return specs
 
 
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
@@ -266,14 +276,17 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module  # numba's cache re-imports it by name
         try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
+            with no_compile(module_spec.name):  # a cache miss raises instead of compiling here
+                module_spec.loader.exec_module(module)
+        except BaseException as e:
             del sys.modules[module_spec.name]  # not half-initialised for the next attempt
+            if isinstance(e, CompileDuringLoad):
+                metrics.DERIVED_COMPILES.labels("cache_missed").inc()
             raise
         into = module.kernel_into
         module.kernel(np.zeros((len(spec.inputs), 1)))
         from_cache = bool(into.stats.cache_hits) and not into.stats.cache_misses
-        metrics.DERIVED_COMPILES.labels("loaded" if from_cache else "compiled_in_process").inc()
+        metrics.DERIVED_COMPILES.labels("loaded").inc()
         kernel = _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into)
         return kernel
 
@@ -312,9 +325,12 @@ def _load_or_forget(spec: KernelSpec, path: Path, last_try: bool) -> Kernel | No
         return load(spec, path)
     except Exception as e:
         if last_try:
-            raise DefinitionError(
+            error = DefinitionError(
                 f"derived_views[{spec.view}]: the kernel was built again but does not load: {e!r:.500}"
-            ) from e
+            )
+            if not isinstance(e, (OSError, MemoryError)):  # as a build's failure: see _refuse_failed
+                _failed[spec.module] = str(error)
+            raise error from e
         log.warning(
             "derived_views[%s]: the built kernel %s does not load (%r): building it again",
             spec.view,

@@ -13,6 +13,13 @@ and compiles, which would otherwise rename the kernel (and rebuild it) for nothi
 
 A ``Fingerprints`` lives for one set of kernels (one swap, one ``validate``): each
 package is read once however many views call into it.
+
+What cannot be read (a file being replaced by a deploy, a permission-denied data file,
+an I/O error) raises ``UnreadableCode``, naming it: a hash that left it out (or a
+constant in its place) would not change when it does, and the kernel would keep the
+name, and the machine code, of older code. The swap or ``validate`` fails; the
+registry applier's next retry reads again. A package that is not found at all hashes
+to ``not-found``: the build imports it, and fails (remembered, ``compiler``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ import os
 from pathlib import Path
 
 SKIPPED_DIRS = frozenset({"__pycache__"})
+NOT_FOUND = "not-found"
+
+
+class UnreadableCode(Exception):
+    """A file a kernel's machine code may depend on could not be read."""
 
 
 class Fingerprints:
@@ -50,10 +62,10 @@ class Fingerprints:
         remembered by where it lives."""
         try:
             spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            return "unknown"
+        except (ImportError, ValueError) as e:
+            raise UnreadableCode(f"cannot locate the trusted function's package {name!r}: {e}") from None
         if spec is None:
-            return "unknown"
+            return NOT_FOUND
         roots = tuple(spec.submodule_search_locations or ())
         key = roots or (spec.origin or "",)
         if key not in self._packages:
@@ -66,17 +78,19 @@ def module_hash(module: str) -> str:
     importing it."""
     try:
         spec = importlib.util.find_spec(module)
-        origin = spec.origin if spec is not None else None
-        return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16] if origin else "unknown"
-    except (ImportError, ValueError, OSError):
-        return "unknown"
+    except (ImportError, ValueError) as e:
+        raise UnreadableCode(f"cannot locate module {module!r}: {e}") from None
+    origin = spec.origin if spec is not None else None
+    if not origin or not os.path.isfile(origin):  # not found, or not from a file (frozen)
+        return NOT_FOUND
+    return hashlib.sha256(_read(Path(origin))).hexdigest()[:16]
 
 
 def package_files(root: Path) -> list[Path]:
     """Every file under a package directory, ``__pycache__`` left out, sorted; symlinked
     directories are followed once each."""
     files, seen = [], set()
-    for directory, dirs, names in os.walk(root, followlinks=True):
+    for directory, dirs, names in os.walk(root, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(directory)
         if real in seen:  # a symlink loop, or the same directory reached twice
             dirs[:] = []
@@ -87,17 +101,31 @@ def package_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
+def _unlistable(e: OSError) -> None:
+    raise UnreadableCode(
+        f"cannot list {e.filename} ({e.strerror or type(e).__name__}): its files name the kernel"
+    )
+
+
 def tree_hash(roots: list[Path]) -> str:
     """The hash of the files of a package's directories (several for a namespace
     package): each file's path relative to its directory, and its contents."""
     digest = hashlib.sha256()
-    try:
-        for i, root in enumerate(roots):
-            for path in package_files(root):
-                name = f"{i}/{path.relative_to(root).as_posix()}"
-                digest.update(f"{len(name)}:{name}".encode())
-                content = path.read_bytes()
-                digest.update(f"{len(content)}:".encode() + content)
-    except OSError:
-        return "unknown"
+    for i, root in enumerate(roots):
+        for path in package_files(root):
+            name = f"{i}/{path.relative_to(root).as_posix()}"
+            digest.update(f"{len(name)}:{name}".encode())
+            content = _read(path)
+            digest.update(f"{len(content)}:".encode() + content)
     return digest.hexdigest()[:16]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UnreadableCode(
+            f"cannot read {path} ({e.strerror or type(e).__name__}): a kernel is named after every file "
+            "of its trusted function's package, so one that cannot be read leaves it unnamed; "
+            "make it readable, or move it out of the package"
+        ) from None

@@ -37,8 +37,11 @@ MAX_EXPRESSION_CHARS = 2000
 # without recursion before those checks run: so the limit is the same wherever the
 # expression is parsed (validate, apply, a swap), not what the stack has left there.
 _FRAMES = {ast.BinOp: 3, ast.UnaryOp: 3, ast.Compare: 4, ast.BoolOp: 5, ast.Call: 8}
-MAX_FRAMES = 600  # 200 operators deep, or 75 function calls
-NESTED_TOO_DEEPLY = "nested too deeply (at most 200 levels of operators, or 75 of function calls)"
+MAX_FRAMES = 600  # 200 arithmetic operators deep, 150 comparisons, 120 and/or, or 75 function calls
+NESTED_TOO_DEEPLY = (
+    "nested too deeply (at most 200 levels of arithmetic operators, 150 of comparisons, "
+    "120 of and/or, or 75 of function calls)"
+)
 
 
 class Type(enum.Enum):
@@ -160,16 +163,19 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
         raise ExpressionError("an expression is required")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ExpressionError(f"longer than {MAX_EXPRESSION_CHARS} characters")
+    if "\n" in text.strip() or "\r" in text.strip():
+        raise ExpressionError("an expression is one line (in YAML, a folded block '>-' joins lines)")
+    lead = len(text) - len(text.lstrip())  # columns count from the text as written
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExpressionError(f"syntax error at column {e.offset or 0}: {e.msg}") from None
+        raise ExpressionError(f"syntax error at column {(e.offset or 0) + lead}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
     if _frames(tree.body) > MAX_FRAMES:
         raise ExpressionError(NESTED_TOO_DEEPLY)
     try:
-        return _Checker(names).node(tree.body)
+        return _Checker(names, lead).node(tree.body)
     except RecursionError:  # a caller already deeper than the budget leaves room for
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
 
@@ -225,12 +231,13 @@ def _collect(node: Node, out: dict[str, None]) -> None:
 
 
 class _Checker:
-    def __init__(self, names: Mapping[str, Type]) -> None:
+    def __init__(self, names: Mapping[str, Type], lead: int = 0) -> None:
         self.names = names
+        self.lead = lead  # the leading blanks parse_expression stripped
 
     def fail(self, node: ast.AST, msg: str) -> ExpressionError:
         col = getattr(node, "col_offset", None)
-        return ExpressionError(f"{msg} (at column {col + 1})" if col is not None else msg)
+        return ExpressionError(f"{msg} (at column {col + 1 + self.lead})" if col is not None else msg)
 
     def node(self, n: ast.AST) -> Node:
         match n:

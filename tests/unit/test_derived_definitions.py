@@ -177,7 +177,10 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("bucket(x, [y])", "edges must be number constants"),
         ("min(x)", "min() takes 2 to 64 arguments, got 1"),
         (f"min({', '.join(['x'] * 65)})", "min() takes 2 to 64 arguments, got 65"),
-        (" + ".join(["x"] * 202), "nested too deeply (at most 200 levels of operators, or 75 of function"),
+        (
+            " + ".join(["x"] * 202),
+            "nested too deeply (at most 200 levels of arithmetic operators, 150 of comparisons",
+        ),
         ("not " * 201 + "flag", "nested too deeply"),
         ("abs(" * 76 + "x" + ")" * 76, "nested too deeply"),
         ("bucket(" * 76 + "x" + ", [0, 1])" * 76, "nested too deeply"),
@@ -201,6 +204,9 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 digits) is not a finite number (at column 15)"),
         ("None", "not a number, bool or string"),
         ("x +", "syntax error at column"),
+        ("   x + country", "got a string ('country') (at column 8)"),  # columns of the text as written
+        ("  x + )", "syntax error at column 7"),
+        ("x +\n  y", "an expression is one line"),
         ("", "an expression is required"),
         ("x" * 2001, "longer than 2000 characters"),
     ],
@@ -298,6 +304,11 @@ def test_derived_views_may_read_other_derived_views() -> None:
         ),
         ({"inputs": {"a": "dv:p"}}, "dv:p is in the view itself"),
         ({"inputs": {"log": "uv:a"}}, "invalid name 'log'"),
+        (
+            {"inputs": {"in": "uv:a"}},
+            "invalid name 'in': use letters, digits and '_', not a function name or a",
+        ),
+        ({"inputs": {"None": "uv:a"}}, "Python keyword"),
         ({"request_schema": []}, "derived_views[dv].features[p].expression: unknown name 'price'"),
         (
             {"request_schema": [{"name": "price", "dtype": "timestamp"}]},
