@@ -111,9 +111,11 @@ class Children:
         return child
 
     def drop(self, gone: Callable[[tuple[str, ...]], bool]) -> None:
-        """Stop serving the label sets for which ``gone(labels)``: their last updates
-        written, then their buffers and series dropped (a multiprocess file keeps its
-        final values until the worker's files are archived)."""
+        """Stop serving the label sets for which ``gone(labels)``: their buffers are
+        flushed and dropped, and with one process their series too (their last updates
+        are then never scraped: a counter whose version is no longer served). With
+        several workers prometheus_client's files keep every series they ever held, so
+        there only this process's memory and flush work stay bounded."""
         for labels in [labels for labels in self._cache if gone(labels)]:
             child = self._cache.pop(labels)
             child.flush()

@@ -97,7 +97,8 @@ JOIN_KEYS_READ = Histogram(
 VIEW_READ_DURATION = Histogram(
     "featurestore_view_read_duration_seconds",
     "Time to read one view from its online store within a join: reads that answered, and "
-    "reads the deadline cut (at the time cut); failed reads are in featurestore_view_read_failures_total.",
+    "reads cut short by the deadline or a client gone (at the time cut); failed reads are in "
+    "featurestore_view_read_failures_total.",
     ["view", "store"],
     buckets=LATENCY_BUCKETS,
 )

@@ -153,12 +153,14 @@ class Runtime:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self.lineage is not None:
-            await self.lineage.close()
-        for s in self.stores.values():
-            await s.close()
-        await self.registry.close()
-        metrics.flush()  # the last joins of the drain, counted since the flush task's last run
+        try:
+            if self.lineage is not None:
+                await self.lineage.close()
+            for s in self.stores.values():
+                await s.close()
+            await self.registry.close()
+        finally:
+            metrics.flush()  # the last joins of the drain, counted since the flush task's last run
 
     # -- following the registry ------------------------------------------------------
 

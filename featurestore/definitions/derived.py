@@ -46,9 +46,13 @@ if TYPE_CHECKING:
 FEATURE_DTYPES = (DType.FLOAT64, DType.INT64, DType.BOOL)
 REQUEST_DTYPES = (DType.FLOAT64, DType.INT64, DType.BOOL, DType.STRING)
 _TARGET = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
-# Names an expression could not refer to: its functions, its constants and Python's
-# keywords (``class``, ``in``, ``None``, ...: the expression is parsed as Python).
-_RESERVED = {*FUNCTIONS, "true", "false", *keyword.kwlist}
+# Names an expression could not refer to: its functions and its constants.
+_RESERVED = {*FUNCTIONS, "true", "false"}
+# Nor Python's keywords (``class``, ``in``, ``None``: the expression is parsed as Python):
+# refused as input and request-field names in a definitions file, the names expressions
+# use; not for a derived feature's own name (reached as ``view:feature``, never in an
+# expression) nor in a stored snapshot (what an earlier version accepted must still load).
+_KEYWORDS = frozenset(keyword.kwlist)
 
 
 def parse_derived_views(
@@ -130,16 +134,15 @@ def _shell(p: _Parser, obj: Any, i: int) -> DerivedView:
     )
 
 
-def _local_name(p: _Parser, name: Any, where: str) -> str:
+def _local_name(p: _Parser, name: Any, where: str, named_in_expressions: bool = True) -> str:
     if (
         not isinstance(name, str)
         or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", name)
         or name in _RESERVED
     ):
-        raise p.fail(
-            where,
-            f"invalid name {name!r}: use letters, digits and '_', not a function name or a Python keyword",
-        )
+        raise p.fail(where, f"invalid name {name!r}: use letters, digits and '_', not a function name")
+    if named_in_expressions and p.check_functions and name in _KEYWORDS:
+        raise p.fail(where, f"invalid name {name!r}: a Python keyword, which no expression can name")
     return name
 
 
@@ -184,7 +187,7 @@ def _request_schema(p: _Parser, raw: Any, where: str) -> list[RequestField]:
 def _feature(p: _Parser, obj: Any, where: str, view_where: str) -> DerivedFeature:
     allowed = {"name", "dtype", "expression", "function", "args", "description", "tags"}
     m = p.mapping(obj, where, allowed, {"name", "dtype"})
-    name = _local_name(p, m.get("name"), f"{where}.name")
+    name = _local_name(p, m.get("name"), f"{where}.name", named_in_expressions=False)
     where = f"{view_where}.features[{name}]"
     dtype = p.dtype(m, where)
     if dtype not in FEATURE_DTYPES:

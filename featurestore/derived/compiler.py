@@ -328,7 +328,10 @@ def _load_or_forget(spec: KernelSpec, path: Path, last_try: bool) -> Kernel | No
             error = DefinitionError(
                 f"derived_views[{spec.view}]: the kernel was built again but does not load: {e!r:.500}"
             )
-            if not isinstance(e, (OSError, MemoryError)):  # as a build's failure: see _refuse_failed
+            # As a build's failure (see _refuse_failed), but for passing causes: the
+            # system's, and a cache entry missing again (another worker's forget() between
+            # its rebuild and this load): the next swap retries those.
+            if not isinstance(e, (OSError, MemoryError, CompileDuringLoad)):
                 _failed[spec.module] = str(error)
             raise error from e
         log.warning(

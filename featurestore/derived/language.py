@@ -163,9 +163,9 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
         raise ExpressionError("an expression is required")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ExpressionError(f"longer than {MAX_EXPRESSION_CHARS} characters")
-    if "\n" in text.strip() or "\r" in text.strip():
-        raise ExpressionError("an expression is one line (in YAML, a folded block '>-' joins lines)")
-    lead = len(text) - len(text.lstrip())  # columns count from the text as written
+    # Columns count from the text as written (its first line; line breaks inside brackets
+    # are Python's, and a YAML block keeps them).
+    lead = len(text) - len(text.lstrip())
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:

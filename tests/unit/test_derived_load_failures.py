@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from featurestore.definitions.parser import parse_definitions
 from featurestore.derived import compiler
+from featurestore.derived.loadguard import CompileDuringLoad
 from featurestore.errors import DefinitionError
 from tests.unit.test_derived_cache import counting_builds, doc, engine_over, served, trusted_package
 
@@ -182,3 +183,21 @@ def test_the_build_marker_reads_package_metadata_once_per_process(monkeypatch: p
 
     monkeypatch.setattr(importlib.metadata, "version", unread)
     assert build.marker() == here
+
+
+async def test_a_kernel_whose_cache_entry_went_missing_again_is_loaded_at_the_next_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache entry missing at the last load (another worker's forget() between this
+    one's rebuild and its load) passes: it is not remembered as a lasting failure."""
+    defs = parse_definitions(doc(["u:x"], "x * 2"), source="f.yaml")
+    real = compiler.load
+
+    def missing(spec: object, path: Path) -> None:
+        raise CompileDuringLoad("numba found no cache entry for the kernel")
+
+    monkeypatch.setattr(compiler, "load", missing)
+    with pytest.raises(DefinitionError, match="built again but does not load"):
+        await compiler.kernels_for(defs, tmp_path / "cache")
+    monkeypatch.setattr(compiler, "load", real)
+    assert list(await compiler.kernels_for(defs, tmp_path / "cache")) == ["d"]
