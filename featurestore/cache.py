@@ -58,7 +58,9 @@ class CachedSource:
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
         self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
-        self._entries = metrics.cache_entries(inner.name)  # set at every fill, written at the flush
+        self._entries = metrics.cache_entries(
+            inner.name
+        )  # set by _fill and _invalidate, written at the flush
 
     @property
     def name(self) -> str:
@@ -159,6 +161,7 @@ class CachedSource:
         space = (q.view.name, q.view.layout, q.data_version)
         if self._fence.allows(space, since):
             self.cache.put_many(space, keys, rows, read_at)
+            self._entries.set(len(self.cache))
 
     def _hits_or(
         self, q: ViewQuery, rows: list[Row | None], misses: list[int], err: BaseException
@@ -206,8 +209,6 @@ class CachedSource:
             ]
             self._fill(q, [q.keys[i] for i in missed], rows, since, read_at)
             got[qi] = ViewRead(res.found, res.event_ts_us, [res.columns[j] for j in q.features])
-        if samples:
-            self._entries.set(len(self.cache))
         # Only now, with the store's whole rows cut to the features asked: a view the
         # store failed is answered from the cache in those features already.
         return self._or_cached(queries, got)
@@ -268,7 +269,6 @@ class CachedSource:
                             rows[i] = None
                 if got.unavailable is None:  # (a key the store owed is no row)
                     self._fill(q, [q.keys[i] for i in misses], fetched, since, read_at)
-            self._entries.set(len(cache))
         for qi, q in enumerate(queries):
             if results[qi] is None:
                 results[qi] = _columnar(cached[qi], q.features, len(q.view.features), owed.get(qi))

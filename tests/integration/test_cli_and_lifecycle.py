@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from tests.servers import TansuBroker
-from tests.support import ROOT, Background, ServerProcess, http_get, http_post, wait_until
+from tests.support import ROOT, Background, ServerProcess, http_get, http_post, is_running, wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -213,14 +213,6 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
         assert proc.stop() == 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, test_repo: Path) -> None:
     """SIGKILL (or the OOM killer) gives the supervisor no chance to forward signals:
     its workers must still go, not hold the ports as orphans."""
@@ -239,9 +231,9 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, test_repo: P
         wait_until(lambda: len(_children(supervisor)) == 2, 20, "two workers")
         workers = _children(supervisor)
         proc.kill()  # SIGKILL: the supervisor cannot forward anything
-        wait_until(lambda: not any(_alive(w) for w in workers), 20, "the workers to exit")
+        wait_until(lambda: not any(is_running(w) for w in workers), 20, "the workers to exit")
     finally:
         proc.kill()
         for w in workers:  # only if the test failed: never leave them running
-            if _alive(w):
+            if is_running(w):
                 os.kill(w, signal.SIGKILL)

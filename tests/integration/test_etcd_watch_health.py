@@ -83,14 +83,10 @@ async def test_the_watch_asks_etcd_to_end_it_when_etcd_has_no_leader(etcd_server
 PAUSE = re.compile(r"watching again from revision \d+ in ([0-9.]+) s")
 
 
-async def test_a_watch_that_ends_right_after_etcd_confirms_it_is_watched_again_after_a_growing_pause(
-    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The pause (0.1 s doubling to 0.5 s, jittered down to half) started over at each
-    response, etcd's confirmation included: a stream confirmed and ended at once was
-    watched again every 0.05-0.1 s, with a warning each time."""
+async def watch_pauses(proxy: WatchEndingProxy, caplog: pytest.LogCaptureFixture, n: int) -> list[float]:
+    """The pauses before the first ``n`` re-watches of a registry watching through ``proxy``
+    (from its warnings)."""
     caplog.set_level(logging.WARNING, logger="featurestore.registry.etcd")
-    proxy = WatchEndingProxy(etcd_server, end_at_once=True)
     await proxy.server.start()
     reg = EtcdRegistry([proxy.endpoint], f"p{uuid.uuid4().hex[:8]}")
     changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
@@ -102,13 +98,23 @@ async def test_a_watch_that_ends_right_after_etcd_confirms_it_is_watched_again_a
     try:
         await asyncio.wait_for(anext(changes), WAIT_S)  # armed
         pending = asyncio.ensure_future(anext(changes))
-        await eventually(lambda: len(pauses()) >= 4, WAIT_S, "four watches to end")
-        # 0.1, 0.2, 0.4, then 0.5 s: the fourth pause is 0.25-0.5 s
-        assert pauses()[3] >= 0.25, pauses()
+        await eventually(lambda: len(pauses()) >= n, WAIT_S, f"{n} watches to end")
+        return pauses()
     finally:
         await settle(pending, changes)
         await reg.close()
         await proxy.close()
+
+
+async def test_a_watch_that_ends_right_after_etcd_confirms_it_is_watched_again_after_a_growing_pause(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pause (0.1 s doubling to 0.5 s, jittered down to half) started over at each
+    response, etcd's confirmation included: a stream confirmed and ended at once was
+    watched again every 0.05-0.1 s, with a warning each time."""
+    pauses = await watch_pauses(WatchEndingProxy(etcd_server, end_at_once=True), caplog, 4)
+    # 0.1, 0.2, 0.4, then 0.5 s: the fourth pause is 0.25-0.5 s
+    assert pauses[3] >= 0.25, pauses
 
 
 async def test_a_watch_etcd_never_answered_is_watched_again_after_a_growing_pause_however_long_it_took(
@@ -119,26 +125,9 @@ async def test_a_watch_etcd_never_answered_is_watched_again_after_a_growing_paus
     confirmation counted as a healthy one, and was retried at the shortest pause every
     time. (The 5 s are cut to 0.3 s here, the connect stretched to 0.6 s.)"""
     monkeypatch.setattr(etcd_registry, "_WATCH_STEADY_S", 0.3)
-    caplog.set_level(logging.WARNING, logger="featurestore.registry.etcd")
-    proxy = WatchEndingProxy(etcd_server, unanswered_for=0.6)
-    await proxy.server.start()
-    reg = EtcdRegistry([proxy.endpoint], f"p{uuid.uuid4().hex[:8]}")
-    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
-    pending: asyncio.Future[None] | None = None
-
-    def pauses() -> list[float]:
-        return [float(m[1]) for r in caplog.records if (m := PAUSE.search(r.getMessage()))]
-
-    try:
-        await asyncio.wait_for(anext(changes), WAIT_S)  # armed
-        pending = asyncio.ensure_future(anext(changes))
-        await eventually(lambda: len(pauses()) >= 3, WAIT_S, "three watches to end")
-        # 0.1, 0.2, then 0.4 s: the third pause is 0.2-0.4 s (it was 0.05-0.1 s every time)
-        assert pauses()[2] >= 0.2, pauses()
-    finally:
-        await settle(pending, changes)
-        await reg.close()
-        await proxy.close()
+    pauses = await watch_pauses(WatchEndingProxy(etcd_server, unanswered_for=0.6), caplog, 3)
+    # 0.1, 0.2, then 0.4 s: the third pause is 0.2-0.4 s (it was 0.05-0.1 s every time)
+    assert pauses[2] >= 0.2, pauses
 
 
 class ProgressEtcdServer(EtcdServer):

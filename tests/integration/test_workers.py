@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_cli_and_lifecycle import _alive, _children
-from tests.support import ServerProcess, http_get, http_post, wait_until
+from tests.integration.test_cli_and_lifecycle import _children
+from tests.support import ServerProcess, http_get, http_post, is_running, wait_until
 
 JOIN_PATH = "/v1/feature/join"
 GUARD = 30.0  # seconds; only turns a hang into a failure
@@ -150,7 +150,7 @@ def test_a_second_sigterm_to_the_supervisor_kills_its_draining_workers(workers: 
         code = supervisor.wait(GUARD)
     assert code == 1  # not a clean stop
     assert "killing worker(s)" in workers.read_log() and "a second stop signal" in workers.read_log()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(is_running(pid) for pid in pids)
 
 
 def test_a_stop_signal_to_the_whole_group_still_drains_the_workers(workers: ServerProcess) -> None:
@@ -185,4 +185,4 @@ def test_a_stop_signal_to_the_whole_group_still_drains_the_workers(workers: Serv
     code = supervisor.wait(GUARD)
     assert "exiting now" not in workers.read_log()
     assert code == 0  # every worker drained and exited 0
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(is_running(pid) for pid in pids)

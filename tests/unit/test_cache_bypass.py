@@ -158,6 +158,16 @@ def measured_cold() -> tuple[Clock, CacheBypass]:
     return clock, b
 
 
+def loaded_trial() -> tuple[Clock, CacheBypass]:
+    """``measured_cold``'s bypass at t=30, its view on a trial whose first window loaded."""
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    assert b.consults([q(range(100))])
+    b.observe("bypass_v", 0, 2_000, True)  # loaded
+    return clock, b
+
+
 def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_measures_it() -> None:
     clock, b = measured_cold()
     assert not b.consults([q(range(100))]) and b.skipped == 1  # skipping since t=0
@@ -177,11 +187,7 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
 
 
 def test_a_trial_decides_by_a_window_measured_after_its_first_rows_could_expire() -> None:
-    clock, b = measured_cold()
-    b.consults([q(range(100))])
-    clock.t = 30.0
-    assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000, True)  # loaded
+    clock, b = loaded_trial()
     for hits in (1_700, 1_720, 1_700):  # 85-86%: a warm-up curve, before any loaded row expired
         b.observe("bypass_v", hits, 2_000, True)
         assert "bypass_v" in b._trials
@@ -261,11 +267,7 @@ def test_a_view_read_too_rarely_to_finish_a_trial_starts_another_at_once() -> No
 
 
 def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_plateau() -> None:
-    clock, b = measured_cold()
-    b.consults([q(range(100))])
-    clock.t = 30.0
-    assert b.consults([q(range(100))])
-    b.observe("bypass_v", 0, 2_000, True)  # loaded
+    clock, b = loaded_trial()
     clock.t = 60.0  # (settled)
     for hits in (600, 1_200, 1_500, 1_700):  # a warming cache: 30%, 60%, 75%, 85%
         b.observe("bypass_v", hits, 2_000, True)

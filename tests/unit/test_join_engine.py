@@ -172,8 +172,11 @@ async def test_hanging_store_times_out_within_the_deadline(engine: JoinEngine) -
     assert res.partial
 
 
-async def _refused(queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-    return [Unavailable("the store is down")] * len(queries)
+class RefusingSource(MemorySource):
+    """A store whose circuit is open: every view answered Unavailable at once."""
+
+    async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+        return [Unavailable("the store is down")] * len(queries)
 
 
 def read_durations(view: str, store: str) -> tuple[float, float]:
@@ -190,9 +193,7 @@ def read_durations(view: str, store: str) -> tuple[float, float]:
 async def test_a_read_the_deadline_cuts_is_timed_at_the_deadline_and_a_failed_read_not_at_all(
     engine: JoinEngine,
 ) -> None:
-    refusing = BrokenSource("broken")
-    refusing.read = lambda queries: _refused(queries)  # type: ignore[method-assign]  # as an open circuit does
-    engine.stores["broken"] = refusing
+    engine.stores["broken"] = RefusingSource("broken")
     slow, broken = read_durations("slow", "slow"), read_durations("broken", "broken")
     await engine.join(JoinRequest({"user_id": [1]}, ("slow:x", "broken:y")), deadline(0.2))
     hanging = engine.stores["slow"]
