@@ -4,9 +4,12 @@ of such keys against a real redis-server: tests/contract/test_online_source.py."
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from featurestore.sources.redis_wire import pack_mget
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.sources.base import ViewQuery
+from featurestore.sources.redis_wire import decode_rows, pack_mget
 
 
 def resp(keys: list[str]) -> bytes:
@@ -34,3 +37,38 @@ def test_mget_frames_every_key_by_its_length_in_bytes(keys: list[str]) -> None:
 
 def test_an_mget_of_no_keys_is_the_bare_command() -> None:
     assert pack_mget([]) == b"*1\r\n$4\r\nMGET\r\n"
+
+
+VIEW = FeatureView(
+    "shops", (Entity("shop_id", DType.INT64),), (Feature("a", DType.INT64), Feature("b", DType.FLOAT64))
+)
+
+
+def stored(*values: object) -> bytes:
+    return msgspec.msgpack.encode(list(values))
+
+
+def query() -> ViewQuery:
+    return ViewQuery(VIEW, [1, 2, 3], [1, 0], data_version=1)
+
+
+def test_rows_decode_into_the_asked_columns_with_absent_keys_not_found() -> None:
+    read = decode_rows(query(), [stored(1, 0.5, 10), None, stored(2, 1.5, 20), VIEW.layout.encode()])
+    assert read.found == [True, False, True]
+    assert read.columns[0][0::2] == [0.5, 1.5] and read.columns[1][0::2] == [1, 2]
+    assert read.event_ts_us[0::2] == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("rows", "held"),
+    [
+        ([stored(1, 0.5, 10), stored(2, 20), stored(3, 1.5, 30)], 1),  # one short row among good ones
+        ([stored(1, 0.5, 9, 10), stored(2, 1.5, 9, 20), None], 3),  # every row one value too wide
+        ([stored(1, 10), stored(2, 20), stored(3, 30)], 1),  # every row one value short
+    ],
+)
+def test_rows_of_another_width_than_the_view_are_refused_with_the_count(
+    rows: list[bytes | None], held: int
+) -> None:
+    with pytest.raises(ValueError, match=f"stored rows hold {held} values but the view has 2 features"):
+        decode_rows(query(), [*rows, VIEW.layout.encode()])
