@@ -13,6 +13,7 @@ key (``codegen``), so editing it recompiles them.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,7 +21,31 @@ import numba
 import numpy as np
 
 nan = math.nan
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_logger = logging.getLogger(__name__)
+
+
+def _probe() -> None:  # pragma: no cover - never called, only decorated
+    pass
+
+
+def _cacheable() -> bool:
+    """Whether numba finds a writable cache for this module: ``NUMBA_CACHE_DIR``, the
+    ``__pycache__`` beside this file or the user's cache directory. Without one,
+    ``cache=True`` fails at decoration (a RuntimeError), and every import of a kernel,
+    which imports this module, with it: on a read-only install with an unwritable home
+    and no ``NUMBA_CACHE_DIR`` the operators are compiled uncached instead: each kernel
+    build compiles the ones it calls again, which is cheap (a process building and
+    serving ``x - y``: 1.78 against 1.74 s with the operators cached, 3 runs each)."""
+    try:
+        numba.njit(cache=True)(_probe)
+    except RuntimeError as e:
+        _logger.warning("%s: set NUMBA_CACHE_DIR to a writable directory so kernel builds reuse them", e)
+        return False
+    return True
+
+
+CACHED = _cacheable()
+_jit = numba.njit(cache=CACHED, nogil=True, error_model="numpy")
 
 
 @_jit
