@@ -98,15 +98,30 @@ def specs_of(defs: Definitions) -> list[KernelSpec]:
 def write_module(spec: KernelSpec, cache_dir: Path) -> Path:
     """The module file, created once: its name is its source's hash, so a rewrite could
     only change its stamp (its mtime, which numba before 0.68 checked) and cost a
-    rebuild (two workers may race here; the first one's file stays)."""
+    rebuild (two workers may race here; the first one's file stays). A file of that name
+    holding anything else (emptied by a crash before the disk had its blocks, damaged)
+    is replaced and its build forgotten: built as it is, it would fail every load."""
     path = cache_dir / f"{spec.module}.py"
-    if path.exists():
+    source = spec.source.encode()
+    try:
+        held: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        held = None
+    except OSError:
+        held = b""  # unreadable: written again below, or the write names the problem
+    if held == source:
         return path
+    if held is not None:
+        log.warning("derived_views[%s]: %s does not hold its source: writing it again", spec.view, path)
+        forget(spec, path)
     tmp = cache_dir / f".{spec.module}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(spec.source, encoding="utf-8")
-        os.link(tmp, path)
+        tmp.write_bytes(source)
+        if held is None:
+            os.link(tmp, path)  # the first writer's file stays
+        else:
+            os.replace(tmp, path)
     except FileExistsError:
         pass
     except OSError as e:

@@ -201,3 +201,21 @@ async def test_a_kernel_whose_cache_entry_went_missing_again_is_loaded_at_the_ne
         await compiler.kernels_for(defs, tmp_path / "cache")
     monkeypatch.setattr(compiler, "load", real)
     assert list(await compiler.kernels_for(defs, tmp_path / "cache")) == ["d"]
+
+
+@pytest.mark.parametrize("held", [b"", b"garbage that is not the kernel's source\n", b"\xff\xfe"])
+async def test_a_module_file_that_does_not_hold_its_source_is_written_again_and_built(
+    held: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash after the module was linked in but before the disk had its blocks leaves
+    it empty; built as it is, the kernel would fail every load and be refused for good."""
+    defs = parse_definitions(doc(["u:x", "u:y"], f"x * {len(held) + 1041} - y"), source="f.yaml")
+    (spec,) = compiler.specs_of(defs)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{spec.module}.py").write_bytes(held)
+    with caplog.at_level(logging.WARNING, logger="featurestore.derived.compiler"):
+        kernel = (await compiler.kernels_for(defs, cache))["d"]
+    assert kernel.run(np.array([[10.0], [3.0]]))[0, 0] == 10.0 * (len(held) + 1041) - 3.0
+    assert (cache / f"{spec.module}.py").read_text(encoding="utf-8") == spec.source
+    assert any("does not hold its source" in r.getMessage() for r in caplog.records)
