@@ -153,6 +153,7 @@ class RegistryConfig:
     cert_file: str = ""  # etcd TLS client certificate (mutual TLS), with key_file
     key_file: str = ""
     max_request_bytes: Count = 1_572_864  # etcd: its --max-request-bytes
+    timeout_seconds: Seconds = 2.0  # etcd: each call, and etcd confirming a watch
 
 
 def _stores(value: Any) -> Any:

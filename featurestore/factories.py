@@ -57,7 +57,11 @@ def make_registry(config: Config) -> Registry:
         )
         try:
             return EtcdRegistry(
-                reg.endpoints, config.project, access=access, max_request_bytes=reg.max_request_bytes
+                reg.endpoints,
+                config.project,
+                access=access,
+                max_request_bytes=reg.max_request_bytes,
+                timeout=reg.timeout_seconds,
             )
         except ValueError as e:
             raise InvalidArgument(str(e)) from None

@@ -291,3 +291,17 @@ def test_an_unknown_tracing_exporter_is_an_error_naming_the_setting_and_the_expo
         load_config(f)
     monkeypatch.setenv("FEATURESTORE_TRACING__EXPORTER", " OTLP ")
     assert load_config(f).tracing.exporter == "otlp"
+
+
+def test_the_etcd_call_timeout_reaches_the_registry_and_must_be_positive(tmp_path: Path) -> None:
+    from featurestore.factories import make_registry
+    from featurestore.registry.etcd import EtcdRegistry
+
+    f = tmp_path / "config.yaml"
+    f.write_text("registry: {kind: etcd, timeout_seconds: 7.5}\n")
+    registry = make_registry(load_config(f))
+    assert isinstance(registry, EtcdRegistry)
+    assert registry._link.timeout == 7.5  # our own attribute: what each call is given
+    f.write_text("registry: {kind: etcd, timeout_seconds: 0}\n")
+    with pytest.raises(InvalidArgument, match=re.escape("registry.timeout_seconds")):
+        load_config(f)
