@@ -16,6 +16,8 @@ dozen updates, which unbuffered cost ~10% of its CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.metrics_core import Metric
 
 from featurestore import metrics_files
 from featurestore.metric_buffers import BufferedCounter, BufferedGauge, BufferedHistogram, Children
@@ -228,9 +231,32 @@ def retire_registry_versions(served: set[str]) -> None:
     """The per-service metrics of registry versions no longer served (neither the current
     one nor a canary's candidate) are dropped at a swap: every apply raises the version,
     so without this each one added its series for the life of the process. A request still
-    running on an old version when it ends writes it again, dropped at the next swap."""
+    running on an old version when it ends writes it again, dropped at the next swap.
+    With several workers the series stay in the workers' files, which prometheus_client
+    cannot shrink: ``render`` leaves them out of the scrape instead."""
+    global _served_versions
+    _served_versions = frozenset(served)
     for children in (service_requests, service_duration):
         children.drop(lambda labels: labels[1] not in served)
+
+
+_served_versions: frozenset[str] | None = None  # None: no swap yet, every version shown
+_BY_VERSION = frozenset({"featurestore_service_requests", "featurestore_service_join_duration_seconds"})
+
+
+class _ServedVersionsOnly:
+    """The workers' files as a collector, without the per-service series of registry
+    versions no longer served (what ``retire_registry_versions`` drops in one process)."""
+
+    def __init__(self, files: Any) -> None:
+        self._files = files
+
+    def collect(self) -> Iterator[Metric]:
+        served = _served_versions
+        for family in self._files.collect():
+            if served is not None and family.name in _BY_VERSION:
+                family.samples = [s for s in family.samples if s.labels.get("registry_version") in served]
+            yield family
 
 
 requests = Children(REQUESTS, BufferedCounter)
@@ -268,7 +294,7 @@ def render() -> tuple[bytes, str]:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+        registry.register(_ServedVersionsOnly(_mp.MultiProcessCollector(None, path)))  # type: ignore[no-untyped-call]
         with metrics_files.reading(path):
             return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

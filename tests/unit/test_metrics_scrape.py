@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from featurestore import metrics_files
+from featurestore import metrics, metrics_files
 from featurestore.metrics_files import archive_dead_worker
 from tests.unit.test_api_edges import client, http_api, make_engine
 
@@ -253,3 +253,39 @@ def test_a_merge_that_crashes_between_its_two_renames_is_finished_by_the_next_on
     assert scraped(tmp_path)[key] == want[key] + 4
     assert db_files(tmp_path) == ["counter_archive.db", "histogram_archive.db"]
     assert not list(tmp_path.glob("*.absorbed")) and not list(tmp_path.glob("*.merging"))
+
+
+SERVICE_WORKER = """
+from featurestore import metrics
+for version in ("1", "2", "3"):
+    metrics.service_requests("ranker", version).inc()
+    metrics.service_duration("ranker", version).observe(0.001)
+metrics.flush()
+"""
+
+
+def test_a_scrape_of_several_workers_leaves_out_the_service_series_of_registry_versions_no_longer_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's files keep every series it ever wrote; once a swap retired versions 1
+    and 2, a scrape shows version 3's only, as one process's /metrics does."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", SERVICE_WORKER], env=env, check=True, timeout=120)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(metrics, "_served_versions", None)
+
+    def versions() -> set[str]:
+        text = metrics.render()[0].decode()
+        return {
+            s.labels["registry_version"]
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("featurestore_service_")
+            for s in family.samples
+        }
+
+    assert versions() == {"1", "2", "3"}  # before any swap: everything written
+    metrics.retire_registry_versions({"3"})
+    assert versions() == {"3"}
+    assert scraped(tmp_path).keys() >= {
+        ("featurestore_service_requests_total", (("registry_version", "1"), ("service", "ranker")))
+    }
