@@ -19,7 +19,7 @@ help:
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
 	@echo "              overload, a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
-	@echo "              derived features, ClickHouse, lineage, footprint (~70 min;"
+	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~85 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 # The venv itself (pip upgraded once); each stamp below installs one set of extras into it.
@@ -103,6 +103,9 @@ bench: bench-feast
 	$(PY) -m benchmarks.footprint --runs 3
 	$(PY) -m benchmarks.footprint --runs 3 --no-clickhouse
 	$(PY) -m benchmarks.footprint --runs 3 --no-derived
+	$(PY) -m benchmarks.drift --rounds 5 --duration 8
+	$(PY) -m benchmarks.lineage_page
+	$(PY) -m benchmarks.streaming
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

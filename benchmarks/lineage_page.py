@@ -32,7 +32,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import machine, stitch
+from benchmarks.provenance import machine, source_state
+from benchmarks.report import stitch
 from featurestore.definitions.parser import load_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.demo.data import ensure_demo_data
@@ -196,7 +197,12 @@ async def run_all(queries: int) -> list[tuple[str, str, dict[str, Any], float]]:
     return out
 
 
-def report(results: list[tuple[str, str, dict[str, Any], float]], queries: int, command: str) -> str:
+def report(
+    results: list[tuple[str, str, dict[str, Any], float]],
+    queries: int,
+    command: str,
+    source: str | None = None,
+) -> str:
     lines = [
         "## Lineage page: graph query",
         "",
@@ -207,7 +213,7 @@ def report(results: list[tuple[str, str, dict[str, Any], float]], queries: int, 
         "views derive from another view's feature), 100 services of 50 features, a run and data version "
         f"per view. Target: p99 <= {TARGET_MS:.0f} ms.",
         "",
-        f"* {machine()}",
+        f"* {machine(source)}",
         "* 1-minute load average at start and end: "
         + " / ".join(f"{x:.1f}" for x in LOADS)
         + " (on 2 shared cores a p99 above a few ms is mostly other processes' time)",
@@ -232,10 +238,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     a = ap.parse_args()
     command = "python -m benchmarks.lineage_page" + (f" --queries {a.queries}" if a.queries != 300 else "")
+    source = source_state()
     LOADS.append(os.getloadavg()[0])
     results = asyncio.run(run_all(a.queries))
     LOADS.append(os.getloadavg()[0])
-    text = report(results, a.queries, command)
+    text = report(results, a.queries, command, source)
     parts = HERE / "results"
     parts.mkdir(exist_ok=True)
     (parts / "lineage-page.md").write_text(text)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from benchmarks.derived_targets import derived_section
-from benchmarks.feast_targets import Row, cpu_ms, refusals, targets
+from benchmarks.feast_notes import notes
+from benchmarks.feast_targets import Row, footnotes, low_cores, mark, refusals, targets
+from benchmarks.provenance import machine
 
 
 def load(path: Path) -> list[Row]:
@@ -73,29 +72,6 @@ def best(rows: list[Row]) -> dict[tuple[str, str, int, int], Row]:
         pick = {**pick, "_clean": f"{len(clean)}/{len(rs)}"}
         out[key] = pick
     return out
-
-
-def _cmd(args: list[str]) -> str:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def machine() -> str:
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in _cmd(["lscpu"]).splitlines() if ln.startswith("Model name")),
-        "?",
-    )
-    mem = next(
-        (ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")),
-        "0",
-    )
-    return (
-        f"{model}, {_cmd(['nproc'])} vCPU, {int(mem) // 1024 // 1024} GiB RAM, Linux {platform.release()}; "
-        f"Python {platform.python_version()}; {_cmd(['redis-server', '--version']).split(' sha=')[0]}; "
-        f"featurestore commit {_cmd(['git', 'rev-parse', '--short', 'HEAD'])}"
-    )
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -171,7 +147,12 @@ def write(
     command: str,
     keys: str = "uniform",
     not_ok: dict[str, dict[str, float]] | None = None,
+    source: str | None = None,
+    data_check: str = "not recorded",
+    seeds: str | None = None,
 ) -> None:
+    """``source``: ``provenance.source_state()`` taken when the run started; ``data_check``:
+    what the data check found; ``seeds``: how wrk's keys were seeded."""
     rows = load(raw)
     b = best(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -194,18 +175,21 @@ def write(
         + ("" if keys == "uniform" else ": Zipf keys"),
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(raw.stat().st_mtime))}; command: `{command}`",
-        f"* Machine: {machine()}. Server, Redis and load generator share the cores.",
+        f"* Machine: {machine(source)}. Server, Redis and load generator share the cores.",
         f"* Servers, {workers} worker processes each: `{feast}` = `feast serve --workers {workers} --max-requests 0 "
         "--no-access-log` (Feast 0.67.0, ../shared/peers/feast); "
         + ", ".join(f"`{o}`" for o in ours)
         + f" = `featurestore serve --workers {workers}` on the Redis store"
         " (`_nocache`: LRU cache off, every key read from Redis).",
-        "* Data: the peer's 100,000 users x 16 features (identical values: canonical sha256 checked). Every request asks "
+        f"* Data: the peer's 100,000 users x 16 features ({data_check}). Every request asks "
         f"all 16 features of B {drawn}.",
-        f"* Protocol: the peer's `bench.py`, all servers as targets of one call (points interleaved), {duration:g} s per "
+        *([f"* Keys: {seeds}"] if seeds else []),
+        f"* Protocol: the peer's `bench.py` once per point, all servers as targets of each call (their order "
+        "alternating between points), {duration:g} s per "
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
-        f"* Raw runs: `{raw.resolve().relative_to(RESULTS.parent) if raw.resolve().is_relative_to(RESULTS.parent) else raw}`.",
+        f"* Raw runs (every attempt): `{shown(raw)}`"
+        + (f"; the floor's measurements: `{shown(floor)}`." if floor and floor.exists() else "."),
         *(
             [
                 "* featurestore's answers other than ok over the whole run, from its `featurestore_requests_total` "
@@ -222,14 +206,18 @@ def write(
         "| batch | conc | " + " | ".join([feast, *(f"{o} | x Feast" for o in ours)]) + " |",
         "|---:|---:|" + "---:|" * (1 + 2 * len(ours)),
     ]
+    starved: list[str] = []
     for batch, conc in points:
         f = b.get((feast, qps_tool, batch, conc))
-        cells = [fmt(f["qps"] if f else None, 0)]
+        cells = [fmt(f["qps"] if f else None, 0) + mark(starved, low_cores(b, feast, qps_tool, batch, conc))]
         for o in ours:
             r = b.get((o, qps_tool, batch, conc))
-            cells.append(fmt(r["qps"] if r else None, 0))
+            cells.append(
+                fmt(r["qps"] if r else None, 0) + mark(starved, low_cores(b, o, qps_tool, batch, conc))
+            )
             cells.append(f"{r['qps'] / f['qps']:.1f}x" if r and f and f["qps"] else "-")
         lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
+    lines += footnotes(starved)
 
     lines += refusals(b)
     lines += targets(b, feast, ours, qps_tool, lat_tool, floors)
@@ -255,7 +243,15 @@ def write(
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    lines += ["### Server CPU per answered (200) request (ms) and clean runs", ""]
+    lines += [
+        "### Server CPU per answered (200) request (ms) and clean runs",
+        "",
+        "bench.py's `server_cores` is the server's CPU over the wall time of the whole wrk or loadgen "
+        "process (its start-up and the building of its bodies included), the QPS is over the load's own "
+        "duration: the CPU per request below (cores x 1000 / QPS) reads up to ~10% low, alike for every "
+        "server, so the ratios hold.",
+        "",
+    ]
     lines += ["| batch | conc | " + " | ".join(labels) + " |", "|---:|---:|" + "---|" * len(labels)]
     for batch, conc in points:
         cells = []
@@ -271,12 +267,14 @@ def write(
     if floors:
         lines += [
             "",
-            "### The floor: bare redis-py doing the same reads, no HTTP",
+            f"### The floor: bare redis-py doing the same reads ({keys} keys), no HTTP",
             "",
-            "`benchmarks/redis_floor.py`: per request one pipelined MGET per view (2 views) of B random keys on a "
-            f"pooled connection plus msgpack decoding; {workers} processes, 32 concurrent loops in all.",
+            "`benchmarks/redis_floor.py`: per request one pipelined MGET per view (2 views) of the distinct ids "
+            f"among B drawn {'uniformly' if keys == 'uniform' else 'from the same Zipf law (s=1.1, same rank-to-id mapping)'} "
+            f"as the servers' wrk bodies, on a pooled connection plus msgpack decoding; {workers} processes, "
+            "32 concurrent loops in all.",
             "",
-            "| batch | floor QPS (mean of before and after the servers' runs; lowest / highest) | p50 | p99 | featurestore_nocache QPS at c=32 | share of the floor | the floor in Feast's QPS at c=32 |",
+            "| batch | floor QPS (mean of before and after the servers' runs; lowest / highest) | p50 (after) | p99 (after) | featurestore_nocache QPS at c=32 | share of the floor | the floor in Feast's QPS at c=32 |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         nocache = next((o for o in ours if o.endswith("_nocache")), ours[0])
@@ -300,73 +298,10 @@ def write(
     stitch()
 
 
-def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int, int]], tool: str) -> str:
-    """The notes, with this run's numbers (never numbers from an older run)."""
-    cached = next((o for o in ours if not o.endswith("_nocache")), ours[0])
-    nocache = next((o for o in ours if o.endswith("_nocache")), ours[-1])
-
-    def span(label: str, batch: int) -> str:
-        vals = [
-            v
-            for c in sorted({c for bb, c in points if bb == batch})
-            if (v := cpu_ms(b.get((label, tool, batch, c))))
-        ]
-        if not vals:
-            return "-"
-        lo, hi = min(vals), max(vals)
-        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
-
-    batches = sorted({bb for bb, _ in points})
-    cpu = "; ".join(
-        f"batch {bb}: {span(cached, bb)} ms against Feast's {span(feast, bb)} ms" for bb in batches
-    )
-    big = max(batches)
-    c_on, c_off = cpu_ms(b.get((cached, tool, big, 32))), cpu_ms(b.get((nocache, tool, big, 32)))
-    cache_line = (
-        f"At batch {big} (c=32) the server spent {c_on:.2f} ms CPU per request with the cache on, "
-        f"{c_off:.2f} ms with it off"
-        if c_on is not None and c_off is not None
-        else f"At batch {big} no CPU figure for both cache settings"
-    )
-    return NOTES.format(cpu=cpu, cache_line=cache_line)
-
-
-NOTES = """
-### Reading these numbers
-
-* The 2 vCPUs are shared by the servers under test, Redis and the load generator, and
-  the VM is shared with other tenants: `bench.py` measures other tenants' CPU per run
-  and repeats noisy runs; only runs made in the same call are compared. Server CPU per
-  request is the steadiest comparison; in this run: {cpu}.
-* Where the time goes (py-spy, one featurestore process, batch 1, concurrency 32, cache
-  off; a profile taken once, not per run): join engine incl. the Redis socket write 33%,
-  uvicorn/httptools and the ASGI glue 25%, redis-py reply reading and msgpack decoding
-  18%, JSON decode/encode 10%, the event loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%
-  (before auto-pipelining was on by default: since, the MGETs of the joins of one
-  event-loop tick share one write, "Requirement 3 experiments" below). What would take
-  more off: a smaller HTTP layer than uvicorn's ASGI cycle.
-* featurestore serves the HTTP join from the ASGI scope directly (no framework routing
-  on the hot path), reads Redis with one pipelined MGET per view (plus the view's layout
-  marker) on a lean connection pool without per-call timeouts, decodes msgpack rows once
-  per unique key, computes statuses once per view, buffers its metrics, and calls
-  `gc.freeze()` after start-up so full collections do not walk the loaded heap (Feast's
-  workers pause 130-190 ms for that reason).
-* With the cache on (TTL 30 s, 200,000 rows: both views' 100,000 users fit, the
-  production default), keys come from the in-process cache once read in the last 30 s.
-  wrk's bodies (`benchmarks/wrk_keys.lua`) hold three draws per user (batch 1: 300,000
-  pre-built bodies), so the cache sees the whole key space; the peer's loadgen.py (the
-  latency columns) cycles its 4,096 bodies, at batch 1 a hot set of ~4,000 users.
-  Until 2026-12-03 wrk cycled 4,096 bodies too. The `_nocache` columns read every
-  key from Redis. {cache_line}. A cached row
-  costs about what a row from Redis on loopback costs; the cache saves the round trip,
-  and only for a read it answers in full. So a large read whose chance of a full hit
-  does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes
-  past the cache to Redis for every key (`cache.fills_per_round_trip`,
-  `docs/storage.md`); on Redis under load that rule also sends batch-1 reads past a cache
-  that misses often (a round trip auto-pipelining shares is worth half a missed key).
-* featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
-  accepting socket, which can spread few connections unevenly (see the cores column).
-"""
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    root = RESULTS.parent.parent
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
 
 
 def main() -> None:
@@ -379,6 +314,8 @@ def main() -> None:
     ap.add_argument(
         "--command", default="python -m benchmarks.run", help="the command that made the raw runs"
     )
+    ap.add_argument("--keys", choices=["uniform", "zipf"], default="uniform")
+    ap.add_argument("--source", help="the source tree the run loaded (benchmarks.run prints it at its start)")
     ap.add_argument("--stitch", action="store_true", help="only rebuild RESULTS.md from benchmarks/results/")
     a = ap.parse_args()
     if a.stitch or a.raw is None:
@@ -391,6 +328,8 @@ def main() -> None:
         workers=a.workers,
         duration=a.duration,
         command=a.command,
+        keys=a.keys,
+        source=a.source or "source tree not recorded",
     )
 
 

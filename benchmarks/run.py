@@ -3,15 +3,20 @@
 1. Redis on 127.0.0.1:6379 (started here unless one answers; stopped at the end if so).
 2. Feast through ../shared/peers/feast/setup.sh: venv, the 100k-user data, `feast apply`,
    `feast materialize` into that Redis.
-3. featurestore: the same data (identical values, checked by sha256), both views
-   materialized into the same Redis under its own key layout.
+3. featurestore: the same data (the canonical sha256 of the Parquet file it materializes
+   must equal the peer's, or the run stops), both views materialized into the same Redis
+   under its own key layout.
 4. Servers with the same worker count: Feast (`feast serve --workers W`), featurestore
    with its LRU cache (the default) and with the cache off (every key read from Redis).
-5. The peer's verify.py against every server, then the peer's bench.py with every
-   server as a target in one call (interleaved points, CPU accounting, noise gating),
-   wrk with the peer's Lua request generator plus the plain-percentile load generator.
-6. The redis-py floor (benchmarks/redis_floor.py) with the same process count.
-7. benchmarks/report.py writes benchmarks/RESULTS.md.
+5. The peer's verify.py against every server, then the peer's bench.py once per point
+   (batch, concurrency) with every server as a target (the order alternating between
+   points; CPU accounting, noise gating), wrk with benchmarks/wrk_keys.lua (the peer's
+   bodies) plus the peer's plain-percentile load generator. One SEED per point: every
+   server gets the same keys at a point, and each point draws new ones.
+6. The redis-py floor (benchmarks/redis_floor.py) with the same process count and key
+   distribution, before and after the servers' runs.
+7. The raw runs and floor measurements are copied to benchmarks/results/feast[-zipf]-
+   {raw,floor}.jsonl; benchmarks/report.py writes the section and RESULTS.md from them.
 
     python -m benchmarks.run [--duration 10] [--tool both] [--workers 2] [--skip-feast-setup]
 """
@@ -33,9 +38,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from benchmarks import report
+from benchmarks.provenance import source_state
 from benchmarks.redis_floor import measure as floor_measure
-from featurestore.demo.data import PEER_SHA256, canonical_sha256, ensure_demo_data, generate
+from featurestore.demo.data import PEER_SHA256, canonical_sha256, ensure_demo_data
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,13 +60,51 @@ def redis_up() -> bool:
     return out.stdout.strip() == "PONG"
 
 
-def _floor(path: Path, when: str, *, batches: str, duration: float, workers: int) -> None:
-    """The bare redis-py floor at each batch, c=32, appended to ``path``."""
+def _floor(path: Path, when: str, *, batches: str, duration: float, workers: int, keys: str) -> None:
+    """The bare redis-py floor at each batch, c=32, with the servers' key distribution,
+    appended to ``path``."""
     with open(path, "a") as fh:
         for batch in (int(b) for b in batches.split(",")):
-            res = floor_measure(f"redis://127.0.0.1:{REDIS_PORT}/0", "demo", 1, batch, 32, duration, workers)
-            log(f"floor ({when}) b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
+            url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+            res = floor_measure(url, "demo", 1, batch, 32, duration, workers, keys)
+            log(f"floor ({when}, {keys} keys) b={batch} c=32: {res['qps']} QPS, p50 {res['p50_ms']} ms")
             fh.write(json.dumps({**res, "when": when}) + "\n")
+
+
+def data_check(users: Path) -> str | None:
+    """What the materialized file holds against the peer's data: a line for the report, or
+    None when its canonical sha256 differs (the comparison would not be of the same data)."""
+    digest = canonical_sha256(pq.read_table(users))
+    if digest != PEER_SHA256:
+        log(f"{users}: canonical sha256 {digest} is not the peer's {PEER_SHA256}: stopping")
+        return None
+    return f"identical values: the canonical sha256 of the materialized `{users.name}` is the peer's, {digest[:16]}..."
+
+
+def run_points(bench: list[str], targets: list[str], a: argparse.Namespace, seed: int) -> str:
+    """bench.py once per point (batch, concurrency), every server a target, the order
+    alternating between points as bench.py alternates it within a call. wrk_keys.lua seeds
+    its draws from SEED: one per point, so every server gets the same keys at a point and
+    no point replays another's (a server's cache would still hold them: see wrk_keys.lua).
+    bench.py's warm-up (3 s, c=8, before each call) draws its own keys. Returns how the
+    keys were seeded, for the report."""
+    point = 0
+    for batch in a.batches.split(","):
+        for conc in a.concurrency.split(","):
+            order = targets if point % 2 == 0 else targets[::-1]
+            cmd = [*bench, "--batches", batch, "--concurrency", conc]
+            for t in order:
+                cmd += ["--target", t]
+            env = {**os.environ, "KEYS": a.keys, "SEED": str(seed + point)}
+            log(f"bench.py: batch {batch}, c={conc}, SEED {seed + point}")
+            subprocess.run(cmd, check=True, env=env)
+            point += 1
+    return (
+        f"wrk's bodies seeded with SEED {seed} + the point's index ({seed}..{seed + point - 1}, points in "
+        "batch-then-concurrency order): every server got the same keys at a point (a retried attempt "
+        "replays its point's keys; bench.py's warm-up draws others); the peer's loadgen.py "
+        "(latency tables) sends its own fixed 4,096 bodies to every server."
+    )
 
 
 def answers_not_ok(port: int) -> dict[str, float]:
@@ -95,11 +141,11 @@ def wait_http(url: str, timeout: float = 60) -> None:
 def peer_overlay(out: Path, keys: str) -> Path:
     """A copy of the peer's folder made of links whose wrk script is benchmarks/wrk_keys.lua:
     the peer's bodies, uniform or Zipf keys from KEYS, and a pool of three draws per user
-    (bench.py finds the script next to itself, so every server, Feast too, gets the same
-    keys). The peer's own pool of 4,096 bodies was, at batch 1, a hot set of ~4,000 users
-    that a server's cache holds whole. The peer's loadgen.py (the latency points) keeps its
-    4,096 bodies: each of its connections holds a copy of the pool (300,000 bodies: 650 MB
-    at 2 connections)."""
+    (bench.py finds the script next to itself, so every server, Feast too, is sent bodies
+    from it; ``run_points`` gives every server the same keys at a point). The peer's own
+    pool of 4,096 bodies was, at batch 1, a hot set of ~4,000 users that a server's cache
+    holds whole. The peer's loadgen.py (the latency points) keeps its 4,096 bodies: each of
+    its connections holds a copy of the pool (300,000 bodies: 650 MB at 2 connections)."""
     overlay = out / f"peer-overlay-{keys}"
     overlay.mkdir(parents=True, exist_ok=True)
     for f in PEER.iterdir():
@@ -121,10 +167,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--max-other", type=float, default=0.3)
     ap.add_argument(
+        "--seed", type=int, default=int(time.time()) % 1_000_000,
+        help="wrk's keys at point i are drawn with SEED+i (default: from the clock, one per run)",
+    )  # fmt: skip
+    ap.add_argument(
         "--keys", choices=["uniform", "zipf"], default="uniform",
         help="zipf: keys from a Zipf law (s=1.1) for every server, Feast too (benchmarks/wrk_keys.lua; wrk only)",
     )  # fmt: skip
     a = ap.parse_args()
+    source = source_state()  # before any server loads the code
+    log(f"featurestore {source}")
     if a.keys == "zipf":
         a.tool = "wrk"  # the peer's loadgen.py draws uniform keys only
 
@@ -165,9 +217,10 @@ def main() -> int:
                 )
 
         data = a.out / "data"
-        ensure_demo_data(data)
-        digest = canonical_sha256(generate())
-        log(f"demo data sha256 {'matches' if digest == PEER_SHA256 else 'DIFFERS from'} the peer's")
+        checked = data_check(ensure_demo_data(data))
+        if checked is None:
+            return 1
+        log(f"demo data: {checked}")
         registry = a.out / f"registry-{stamp}"
         configs = {}
         for label, cache in (("on", "true"), ("off", "false")):
@@ -222,17 +275,17 @@ def main() -> int:
 
         # The floor before and after the servers' runs: the VM's speed drifts over a run.
         floor_path = a.out / f"floor-{stamp}.jsonl"
-        measure_floor = functools.partial(_floor, batches=a.batches, duration=a.duration, workers=a.workers)
+        measure_floor = functools.partial(
+            _floor, batches=a.batches, duration=a.duration, workers=a.workers, keys=a.keys
+        )
         measure_floor(floor_path, "before")
         log(
             f"bench.py: {len(targets)} targets, batches {a.batches}, concurrency {a.concurrency}, {a.duration}s per run"
         )
-        cmd = [str(feast_python), str(peer_overlay(a.out, a.keys) / "bench.py"), "--tool", a.tool, "--batches", a.batches,
-               "--concurrency", a.concurrency, "--duration", str(a.duration), "--out", str(raw),
-               "--max-other", str(a.max_other), "--quiet-wait", "20", "--retries", "1"]  # fmt: skip
-        for t in targets:
-            cmd += ["--target", t]
-        subprocess.run(cmd, check=True, env={**os.environ, "KEYS": a.keys})
+        bench = [str(feast_python), str(peer_overlay(a.out, a.keys) / "bench.py"), "--tool", a.tool,
+                 "--duration", str(a.duration), "--out", str(raw),
+                 "--max-other", str(a.max_other), "--quiet-wait", "20", "--retries", "1"]  # fmt: skip
+        seeds = run_points(bench, targets, a, a.seed)
 
         measure_floor(floor_path, "after")
         not_ok = {}
@@ -240,19 +293,26 @@ def main() -> int:
             not_ok[label] = answers_not_ok(port)
             log(f"featurestore cache {label}: answers other than ok: {not_ok[label] or 'none'}")
 
-        part = HERE / "results" / ("feast.md" if a.keys == "uniform" else "feast-zipf.md")
+        name = "feast" if a.keys == "uniform" else "feast-zipf"
+        part = HERE / "results" / f"{name}.md"
         part.parent.mkdir(exist_ok=True)
+        kept_raw, kept_floor = part.with_name(f"{name}-raw.jsonl"), part.with_name(f"{name}-floor.jsonl")
+        shutil.copy2(raw, kept_raw)  # its time stamps the run in the report
+        shutil.copy2(floor_path, kept_floor)
         report.write(
-            raw,
-            floor_path,
+            kept_raw,
+            kept_floor,
             part,
             workers=a.workers,
             duration=a.duration,
             command=" ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             keys=a.keys,
             not_ok=not_ok,
+            source=source,
+            data_check=checked,
+            seeds=seeds,
         )
-        log(f"wrote {part} and {HERE / 'RESULTS.md'} (raw: {raw})")
+        log(f"wrote {part}, {kept_raw.name}, {kept_floor.name} and {HERE / 'RESULTS.md'}")
         return 0
     finally:
         for p in procs:

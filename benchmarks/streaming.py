@@ -36,7 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, stitch
+from benchmarks.provenance import machine, source_state
+from benchmarks.report import stitch
 from tests.servers import RedisServer, TansuBroker
 from tests.support import StreamProcessorProcess
 
@@ -292,13 +293,15 @@ async def join_qps(redis: RedisServer, seconds: float) -> dict[str, Any]:
     return out
 
 
-def render(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], command: str) -> str:
+def render(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], command: str, source: str | None = None
+) -> str:
     load = os.getloadavg()[0]
     lines = [
         "## Streaming (issue 12)",
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
-        f"* Machine: {machine()}. Broker (Tansu), Redis, processor and load share the cores; load average "
+        f"* Machine: {machine(source)}. Broker (Tansu), Redis, processor and load share the cores; load average "
         f"{load:.1f} at the end of the run (other tenants included: above 2, figures are CPU-starved).",
         "",
         "| target | goal | measured |",
@@ -327,6 +330,7 @@ def main() -> None:
     ap.add_argument("--join-seconds", type=float, default=5.0)
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = ap.parse_args()
+    source = source_state()  # before the processor child loads the code
     command = "python -m benchmarks.streaming" + "".join(
         f" --{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
@@ -346,7 +350,7 @@ def main() -> None:
         finally:
             redis.stop()
             kafka.stop()
-    text = render(a, b, c, command)
+    text = render(a, b, c, command, source)
     print(text)
     if not args.no_write:
         RESULTS.write_text(text)

@@ -7,10 +7,13 @@
 -- (batch 1: 300,000 bodies, ~200 MB; batch 100: 4,096): the peer's 4,096 at batch 1 were
 -- a hot set of ~4,000 users that a server's cache holds whole. The body shape is the peer's, so the same
 -- script drives Feast (/get-online-features) and featurestore (/v1/feature/join).
--- Each run draws its own keys (SEED, default the clock): with a fixed seed every run
--- replayed the same sequence from its start, so a measured run asked for the keys of the
--- warm-up before it in the same order, each just as the cache's TTL expired it (a cached
--- server's hit rate read 28% where fresh draws read its steady state).
+-- Keys come from SEED (default the clock). benchmarks.run sets one SEED per point (batch,
+-- concurrency), the same for every server, so every server gets the same keys at a point;
+-- bench.py's warm-up (LABEL=warmup) draws another sequence from the same SEED. A server must
+-- not be sent a sequence it has just been sent: with one fixed seed every run replayed the
+-- same sequence from its start, so a measured run asked for the keys of the warm-up before
+-- it in the same order, each just as the cache's TTL expired it (a cached server's hit rate
+-- read 28% where fresh draws read its steady state).
 -- Env: BATCH (1), N_USERS (100000), POOL (max(4096, 3 * N_USERS / BATCH)), KEYS (uniform), ZIPF_S (1.1),
 -- SEED (the clock), LABEL.
 local batch   = tonumber(os.getenv("BATCH") or "1")
@@ -49,7 +52,7 @@ end
 local pool = {}
 local idx = 0
 function init(args)
-  math.randomseed(seed * 64 + (tid or 1))
+  math.randomseed(seed * 64 + (label == "warmup" and 32 or 0) + (tid or 1))
   if keys == "zipf" then
     cdf = {}
     local total = 0

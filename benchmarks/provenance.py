@@ -1,0 +1,47 @@
+"""What a benchmark ran on: the machine, and the source tree as it was when the run
+started (servers load the code at start, so a commit read when the report is written
+may name code the run never loaded)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd(args: list[str], cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=cwd).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def source_state(root: Path = ROOT) -> str:
+    """``commit <short sha>``, plus the changed files when the tree differs from it:
+    call this when the run starts, before any server loads the code."""
+    commit = _cmd(["git", "rev-parse", "--short", "HEAD"], root) or "?"
+    changed = [ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root).splitlines() if ln.strip()]
+    if not changed:
+        return f"commit {commit} (clean tree at the start of the run)"
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return f"commit {commit} plus uncommitted changes at the start of the run ({shown})"
+
+
+def machine(source: str | None = None) -> str:
+    """The CPU, memory, kernel, Python, Redis, and ``source`` (``source_state()`` taken when
+    the run started; read now when not given)."""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in _cmd(["lscpu"]).splitlines() if ln.startswith("Model name")),
+        "?",
+    )
+    mem = next(
+        (ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")),
+        "0",
+    )
+    return (
+        f"{model}, {_cmd(['nproc'])} vCPU, {int(mem) // 1024 // 1024} GiB RAM, Linux {platform.release()}; "
+        f"Python {platform.python_version()}; {_cmd(['redis-server', '--version']).split(' sha=')[0]}; "
+        f"featurestore {source or source_state()}"
+    )
