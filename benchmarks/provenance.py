@@ -11,18 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cmd(args: list[str], cwd: Path | None = None) -> str:
+def _cmd(args: list[str], cwd: Path | None = None, strip: bool = True) -> str:
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=cwd).stdout.strip()
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=cwd).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "?"
+    return out.strip() if strip else out
 
 
 def source_state(root: Path = ROOT) -> str:
     """``commit <short sha>``, plus the changed files when the tree differs from it:
     call this when the run starts, before any server loads the code."""
     commit = _cmd(["git", "rev-parse", "--short", "HEAD"], root) or "?"
-    changed = [ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root).splitlines() if ln.strip()]
+    changed = [ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root, strip=False).splitlines() if ln.strip()]
     if not changed:
         return f"commit {commit} (clean tree at the start of the run)"
     shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")

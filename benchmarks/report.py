@@ -184,7 +184,7 @@ def write(
         f"* Data: the peer's 100,000 users x 16 features ({data_check}). Every request asks "
         f"all 16 features of B {drawn}.",
         *([f"* Keys: {seeds}"] if seeds else []),
-        f"* Protocol: the peer's `bench.py` once per point, all servers as targets of each call (their order "
+        "* Protocol: the peer's `bench.py` once per point, all servers as targets of each call (their order "
         "alternating between points), {duration:g} s per "
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
