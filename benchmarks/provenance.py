@@ -23,7 +23,9 @@ def source_state(root: Path = ROOT) -> str:
     """``commit <short sha>``, plus the changed files when the tree differs from it:
     call this when the run starts, before any server loads the code."""
     commit = _cmd(["git", "rev-parse", "--short", "HEAD"], root) or "?"
-    changed = [ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root, strip=False).splitlines() if ln.strip()]
+    changed = [
+        ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root, strip=False).splitlines() if ln.strip()
+    ]
     if not changed:
         return f"commit {commit} (clean tree at the start of the run)"
     shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")

@@ -136,7 +136,7 @@ def test_every_server_gets_the_same_seed_at_a_point_and_each_point_a_new_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
-    monkeypatch.setattr(run.subprocess, "run", lambda cmd, check, env: calls.append((cmd, env)))
+    monkeypatch.setattr("benchmarks.run.subprocess.run", lambda cmd, check, env: calls.append((cmd, env)))
     a = argparse.Namespace(batches="1,100", concurrency="8,32", keys="zipf")
     said = run.run_points(["bench.py"], ["f=u1@1", "o=u2@2"], a, 500)
     assert [env["SEED"] for _, env in calls] == ["500", "501", "502", "503"]
