@@ -24,10 +24,18 @@ class Incompatible(FailedPrecondition):
 def refuse_incompatible(changes: list[Change]) -> None:
     bad = [c for c in changes if c.incompatible]
     if bad:
+        # Derived views are computed per request, never stored: their incompatible changes
+        # (a request field's dtype, a new request field) are the callers' to follow.
+        stored = any(c.kind != "derived_view" for c in bad)
+        then = (
+            "then re-materialize the views"
+            if stored
+            else "callers must then send the request fields as declared"
+        )
         raise Incompatible(
             "incompatible changes: "
             + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
-            + " (re-run with --force to apply anyway, then re-materialize the views)"
+            + f" (re-run with --force to apply anyway, {then})"
         )
 
 

@@ -56,3 +56,20 @@ def test_a_build_child_is_killed_when_the_worker_that_started_it_is_killed(tmp_p
         if build is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(build, signal.SIGKILL)
+
+
+# A module that records the niceness of the process importing it (the build).
+RECORDS_NICENESS = """
+import os, pathlib
+pathlib.Path(__file__).with_suffix(".nice").write_text(str(os.nice(0)))
+"""
+
+
+def test_a_build_child_runs_at_a_lower_priority_than_the_server_that_started_it(tmp_path: Path) -> None:
+    from featurestore.derived.build import BUILD_NICENESS
+    from featurestore.derived.compiler import build_command
+
+    module = tmp_path / "records.py"
+    module.write_text(RECORDS_NICENESS)
+    subprocess.run(build_command([module]), cwd=ROOT, check=True, timeout=120)
+    assert int(module.with_suffix(".nice").read_text()) == min(19, os.nice(0) + BUILD_NICENESS)

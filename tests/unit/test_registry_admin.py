@@ -9,6 +9,7 @@ import pytest
 
 from featurestore import jobs
 from featurestore.config import Config, load_config
+from featurestore.definitions.diff import Change
 from featurestore.definitions.parser import load_definitions
 from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.model import (
@@ -21,7 +22,7 @@ from featurestore.model import (
     FeatureView,
     make_definitions,
 )
-from featurestore.registry.admin import RegistryAdmin
+from featurestore.registry.admin import RegistryAdmin, refuse_incompatible
 from featurestore.registry.file import FileRegistry
 
 USER = Entity("user_id", DType.INT64)
@@ -132,3 +133,13 @@ async def test_a_server_restarted_with_an_older_applied_file_serves_current_with
     assert served is not None and served.version == 2
     assert await admin.registry.versions() == [1, 2]
     assert "holds the definitions of registry version 1, not current's (version 2)" in caplog.text
+
+
+def test_a_refused_change_of_derived_views_only_asks_callers_to_follow_not_to_rematerialize() -> None:
+    derived = Change("~", "derived_view", "d", incompatible=("request field price dtype float64 -> int64",))
+    stored = Change("~", "feature_view", "v", incompatible=("f0 dtype float64 -> string",))
+    with pytest.raises(FailedPrecondition, match=r"--force to apply anyway, callers must then send") as e:
+        refuse_incompatible([derived])
+    assert "re-materialize" not in str(e.value)
+    with pytest.raises(FailedPrecondition, match=r"--force to apply anyway, then re-materialize the views"):
+        refuse_incompatible([derived, stored])
