@@ -185,7 +185,7 @@ def write(
         f"all 16 features of B {drawn}.",
         *([f"* Keys: {seeds}"] if seeds else []),
         "* Protocol: the peer's `bench.py` once per point, all servers as targets of each call (their order "
-        "alternating between points), {duration:g} s per "
+        f"alternating between points), {duration:g} s per "
         "run after a warm-up, best clean attempt per point. QPS from wrk; wrk's p99/p99.9 are coordinated-omission "
         "corrected (marked *), loadgen.py's are plain measured percentiles.",
         f"* Raw runs (every attempt): `{shown(raw)}`"

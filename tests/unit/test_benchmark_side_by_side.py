@@ -59,6 +59,7 @@ def test_a_target_met_against_a_feast_run_on_under_three_quarters_of_its_usual_c
     assert "| batch 100, c=8, QPS vs Feast | >= 30x | 40.0x met only against a starved run [1] |" in text
     assert "| batch 100, c=32, QPS vs Feast | >= 30x | 20.9x MISSED |" in text
     assert text.count(note) == 2  # under the throughput table and under the targets
+    assert "alternating between points), 10 s per run after a warm-up" in text
     b = report.best(report.load(tmp_path / "feast-zipf-raw.jsonl"))
     assert low_cores(b, FEAST, "wrk", 100, 32) is None and low_cores(b, FEAST, "wrk", 1, 8) is None
 
