@@ -32,6 +32,7 @@ from featurestore.client.options import (
 from featurestore.client.result import JoinResult
 from featurestore.client.wire import (
     Columns,
+    check_request_data,
     check_target,
     grpc_error,
     grpc_request,
@@ -97,6 +98,7 @@ class _Base:
         full_feature_names: bool,
     ) -> Any:
         check_target(features, feature_service)
+        check_request_data(request_data)
         build = http_body if self.transport == "http" else grpc_request
         return build(entities, features, feature_service, request_data, full_feature_names)
 

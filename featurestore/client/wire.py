@@ -32,6 +32,36 @@ def check_target(features: Sequence[str] | None, feature_service: str | None) ->
         raise ValueError("name either features or feature_service")
 
 
+def check_request_data(request_data: Columns | None) -> None:
+    """What neither transport can carry, refused alike on both before anything is sent:
+    a field mixing numbers, booleans and strings (gRPC's columns are typed), and a
+    number that is not finite (JSON has no NaN; the server refuses one over gRPC)."""
+    for name, raw in (request_data or {}).items():
+        kinds = set()
+        for i, v in enumerate(as_list(raw)):
+            if v is None:
+                continue
+            if isinstance(v, bool):
+                kinds.add("bool")
+            elif isinstance(v, int | float):
+                kinds.add("number")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise error_for(
+                        "INVALID_ARGUMENT",
+                        f"request_data.{name}[{i}]: {v} is not a finite number (None is a null)",
+                    )
+            elif isinstance(v, str):
+                kinds.add("string")
+            else:
+                kinds.add(type(v).__name__)
+            if len(kinds) > 1 or not kinds <= {"bool", "number", "string"}:
+                raise error_for(
+                    "INVALID_ARGUMENT",
+                    f"request_data.{name}[{i}]: {v!r}: a field's values must be all numbers, all booleans "
+                    "or all strings (None is a null)",
+                )
+
+
 # --- HTTP (JSON) -------------------------------------------------------------------
 
 

@@ -97,6 +97,26 @@ def test_derived_features_read_request_data_as_the_http_api_computes_them(
     assert r["ctr_x_price_bucket"].values[2] is None  # a null request value gives a null feature
 
 
+@pytest.mark.parametrize(
+    ("prices", "problem"),
+    [
+        ([5.0, float("nan"), 1.0], "request_data.item_price[1]: nan is not a finite number"),
+        ([5.0, float("inf"), 1.0], "request_data.item_price[1]: inf is not a finite number"),
+        ([True, 1.0, 2.0], "request_data.item_price[1]: 1.0: a field's values must be all numbers"),
+        ([1.0, "cheap", 2.0], "request_data.item_price[1]: 'cheap': a field's values must be all numbers"),
+    ],
+)
+def test_request_data_neither_transport_can_carry_is_refused_alike_on_both(
+    demo: ServerProcess, prices: list[Any], problem: str
+) -> None:
+    for transport in TRANSPORTS:
+        with FeatureClient(address(demo, transport)) as client, pytest.raises(InvalidArgumentError) as e:
+            client.join(
+                {"user_id": [17, 4242, 17]}, feature_service="ranker_v2", request_data={"item_price": prices}
+            )
+        assert e.value.message.startswith(problem), (transport, e.value.message)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_async_client_joins_concurrently(demo: ServerProcess, transport: str) -> None:
     import asyncio
