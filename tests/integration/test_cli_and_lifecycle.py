@@ -39,7 +39,7 @@ def test_validate_ok_and_error(tmp_path: Path) -> None:
     assert "bad.yaml: feature_views[v].features[f].dtype: unknown dtype 'decimal'" in out.stderr
 
 
-def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
+def test_cli_join_http_and_grpc_print_the_table_and_nothing_on_stderr(server: ServerProcess) -> None:
     http = cli(
         "join",
         "--url",
@@ -50,12 +50,14 @@ def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
         "user_profile:age,user_activity:ctr_30d",
     )
     assert http.returncode == 0, http.stderr
+    assert http.stderr == ""  # no httpx INFO line per request
     lines = http.stdout.splitlines()
     assert re.match(r"age\s+71\s+PRESENT\s+2024-01-01T12:19:02Z", lines[2])
     grpc_out = cli(
         "join", "--grpc", server.grpc_target, "--entity", "user_id=17,99999999", "--service", "ranker_v1"
     )
     assert grpc_out.returncode == 0, grpc_out.stderr
+    assert grpc_out.stderr == ""
     assert "- (NOT_FOUND)" in grpc_out.stdout and "71" in grpc_out.stdout
     err = cli("join", "--url", server.url, "--entity", "user_id=1", "--features", "nope:x")
     assert err.returncode == 2 and "error: NOT_FOUND:" in err.stderr and "nope" in err.stderr
