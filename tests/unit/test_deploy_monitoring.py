@@ -82,7 +82,7 @@ def _in_seconds(expr: str) -> bool:
 
 
 def _unit_of(legend: str, field_config: dict[str, Any]) -> str | None:
-    unit = field_config.get("defaults", {}).get("unit")
+    unit: str | None = field_config.get("defaults", {}).get("unit")
     for override in field_config.get("overrides", []):
         matcher = override["matcher"]
         pattern = matcher["options"]
