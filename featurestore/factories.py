@@ -78,6 +78,10 @@ def _redis_options(name: str, sc: StoreConfig) -> RedisOptions:
 def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
     """The raw adapter for one configured store (no cache in front)."""
     if sc.kind == "memory":
+        if sc.options:  # a URL or a typo must not leave the server on an empty in-process store
+            raise InvalidArgument(
+                f"stores.{name}: kind memory takes no options; got {', '.join(sorted(sc.options))}"
+            )
         return MemorySource(name)
     if sc.kind == "redis":
         options = _redis_options(name, sc)

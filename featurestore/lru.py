@@ -62,7 +62,10 @@ class LRUCache:
         self._order: OrderedDict[tuple[Hashable, Hashable], None] = OrderedDict()  # the hand's walk
         self.admission = admission
         self._retired: frozenset[Hashable] = frozenset()  # spaces no longer read
-        self.count_for("")
+        # made by count_for: not here, or every process exported a store="" series beside
+        # its stores' (a cache on its own makes them at its first eviction or rejection)
+        self._evictions: Any = None
+        self._rejections: Any = None
 
     def retire(self, gone: Callable[[Any], bool]) -> None:
         """Spaces now held for which ``gone(space)`` is true are no longer read (a data
@@ -137,6 +140,8 @@ class LRUCache:
             order.move_to_end((space, k))  # a refreshed (expired) entry goes to the back too
         if not entries:  # every key rejected into a new space
             del self._spaces[space], self._touched[space]
+        if (evicted or rejected) and self._evictions is None:
+            self.count_for("")
         if evicted:
             self._evictions.inc(evicted)
         if rejected:

@@ -31,7 +31,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.overload import LoadShedder
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
-from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV
+from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV, report_ready
 from featurestore.tracing import setup_tracing
 from lineage.runs import JobRunEvent
 
@@ -314,6 +314,7 @@ async def serve(
     )  # fmt: skip
     if on_ready is not None:
         on_ready()
+    report_ready()  # to the supervisor, if there is one
 
     stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait([stop_wait, listeners.http_task], return_when=asyncio.FIRST_COMPLETED)

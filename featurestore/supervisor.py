@@ -6,11 +6,18 @@ The supervisor sets PROMETHEUS_MULTIPROC_DIR first (``/metrics`` aggregates all
 workers), restarts a worker that dies (counted in ``featurestore_worker_restarts_total``,
 its metrics files folded into the directory's archive: ``metrics_files.py``), forwards
 SIGINT/SIGTERM so every worker drains before exit, and removes the directory at the end.
+
+A worker reports through a pipe (``READY_FD_ENV``) that it serves, or the one error line
+that stopped it first. A worker that exits with 2 (``error: CODE: message``: a port in
+use, a bad config) before its slot ever served means the server cannot start: the
+supervisor prints that line, stops the others and exits 2, as one process would. A
+worker that served once and then dies is restarted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -20,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from featurestore import metrics_files
 
@@ -27,6 +35,8 @@ log = logging.getLogger("featurestore")
 
 WORKER_ENV = "FEATURESTORE_WORKER"
 REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
+READY_FD_ENV = "FEATURESTORE_READY_FD"  # a worker's end of its pipe to the supervisor
+STARTUP_FAILED = 2  # the CLI's exit code for an operator error (cli.main)
 
 
 # How long the workers get to stop after the stop signal before they are killed: a
@@ -36,9 +46,10 @@ REUSE_PORT_ENV = "FEATURESTORE_REUSE_PORT"
 STOP_GRACE_SECONDS = 15.0
 
 
-def supervise(workers: int, worker_argv: list[str]) -> int:
-    """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals."""
-    sup = Supervisor(workers, worker_argv)
+def supervise(workers: int, worker_argv: list[str], on_ready: Callable[[], None] | None = None) -> int:
+    """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals.
+    ``on_ready`` runs once, when the first worker serves."""
+    sup = Supervisor(workers, worker_argv, on_ready=on_ready)
     signal.signal(signal.SIGINT, sup.on_signal)
     signal.signal(signal.SIGTERM, sup.on_signal)
     return sup.run()
@@ -48,8 +59,15 @@ class Supervisor:
     """The workers of one host, their restarts and their stop. ``run`` is the loop;
     ``on_signal`` is the signal handler that ``supervise`` installs."""
 
-    def __init__(self, workers: int, worker_argv: list[str], stop_grace: float = STOP_GRACE_SECONDS) -> None:
+    def __init__(
+        self,
+        workers: int,
+        worker_argv: list[str],
+        stop_grace: float = STOP_GRACE_SECONDS,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.workers = workers
+        self.on_ready = on_ready
         self.stop_grace = stop_grace
         self.worker_argv = worker_argv
         self.metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
@@ -64,13 +82,53 @@ class Supervisor:
         self.killed = False  # some were: the stop was not clean
         # featurestore_worker_restarts_total, in the workers' metrics (from run() on)
         self.restarts: metrics_files.RestartCounter | None = None
+        self.pipes: dict[int, tuple[int, bytearray]] = {}  # slot: read end, what came so far
+        self.served: set[int] = set()  # slots whose worker served once
+        self.failed: int | None = None  # the exit code: the server could not start
 
     def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
         # share the ports with its siblings.
-        worker_env = {**self.env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1"}
-        self.procs[slot] = _spawn_dying_with_parent(self.worker_argv, worker_env)
+        self._close_pipe(slot)
+        r, w = os.pipe()
+        fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self.pipes[slot] = (r, bytearray())
+        worker_env = {**self.env, WORKER_ENV: str(slot), REUSE_PORT_ENV: "1", READY_FD_ENV: str(w)}
+        try:
+            self.procs[slot] = _spawn_dying_with_parent(self.worker_argv, worker_env, w)
+        finally:
+            os.close(w)
         self.started[slot] = time.monotonic()
+
+    def _read_pipe(self, slot: int) -> bytes:
+        """What the slot's worker reported so far: ``ready``, or ``error <line>``."""
+        r, got = self.pipes.get(slot, (-1, bytearray()))
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(r, 4096):
+                got += chunk
+        if got.startswith(b"ready") and slot not in self.served:
+            self.served.add(slot)
+            if len(self.served) == 1 and self.on_ready is not None and self.stop_signal is None:
+                self.on_ready()
+        return bytes(got)
+
+    def _close_pipe(self, slot: int) -> None:
+        if (pipe := self.pipes.pop(slot, None)) is not None:
+            os.close(pipe[0])
+
+    def _could_not_start(self, slot: int, pid: int, rc: int, report: bytes) -> None:
+        """A worker exited with 2 before its slot ever served: print its error line (the
+        first; the others' are not), stop the rest and exit with its code."""
+        line = report.removeprefix(b"error ").decode(errors="replace").strip()
+        if line and report.startswith(b"error "):
+            print(line, file=sys.stderr, flush=True)
+        else:
+            log.error("worker %d exited with %d before it served", pid, rc)
+        self.failed = rc
+        self.kill_at = time.monotonic() + self.stop_grace
+        self.stop_signal = signal.SIGTERM
+        self.restart_at.clear()
+        self._forward()
 
     def on_signal(self, sig: int, _frame: object) -> None:
         """The handler runs between any two bytecodes of the loop, even inside ``spawn``:
@@ -126,13 +184,17 @@ class Supervisor:
             while self.procs or self.restart_at:
                 self._forward()
                 time.sleep(0.2)
+                for slot in list(self.pipes):
+                    self._read_pipe(slot)
                 rc = self._reap(time.monotonic())
                 code = code or rc
-        finally:  # the workers' metrics files, the archive and its lock
+        finally:  # the workers' metrics files, the archive and its lock, the pipes
             if self.restarts is not None:
                 self.restarts.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        return code or (1 if self.killed else 0)
+            for slot in list(self.pipes):
+                self._close_pipe(slot)
+        return self.failed or code or (1 if self.killed else 0)
 
     def _reap(self, now: float) -> int:
         """Collect exited workers, schedule restarts, start those that are due; the exit
@@ -143,9 +205,13 @@ class Supervisor:
             if rc is None:
                 continue
             del self.procs[slot]
+            report = self._read_pipe(slot)
             self._archive_metrics(p.pid)
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
+                continue
+            if rc == STARTUP_FAILED and slot not in self.served:
+                self._could_not_start(slot, p.pid, rc, report)
                 continue
             # A worker that cannot start (bad config, port taken) must not be
             # respawned several times a second forever: back off, and forgive
@@ -187,7 +253,7 @@ _RESTART_MAX_S = 30.0
 _RESTART_FORGIVE_S = 60.0
 
 
-def _spawn_dying_with_parent(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn_dying_with_parent(argv: list[str], env: dict[str, str], ready_fd: int) -> subprocess.Popen[bytes]:
     """A worker that gets SIGTERM if the supervisor is killed outright (SIGKILL, OOM), so it
     drains instead of holding the ports as an orphan.
 
@@ -203,9 +269,14 @@ def _spawn_dying_with_parent(argv: list[str], env: dict[str, str]) -> subprocess
     setpriv = shutil.which("setpriv")
     if setpriv is not None and sys.platform.startswith("linux"):
         return subprocess.Popen(
-            [setpriv, "--pdeathsig", "TERM", "--", *argv], env=env, start_new_session=True
+            [setpriv, "--pdeathsig", "TERM", "--", *argv],
+            env=env,
+            start_new_session=True,
+            pass_fds=(ready_fd,),
         )
-    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, start_new_session=True)
+    return subprocess.Popen(
+        argv, env=env, preexec_fn=_die_with_parent, start_new_session=True, pass_fds=(ready_fd,)
+    )
 
 
 def _die_with_parent() -> None:
@@ -215,6 +286,30 @@ def _die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def report_ready() -> None:
+    """In a supervised worker, once it serves: tell the supervisor (no-op otherwise)."""
+    _report(b"ready\n")
+
+
+def report_failure(line: str) -> bool:
+    """In a supervised worker that has not served yet: hand the supervisor the error line
+    it exits with (the supervisor prints one worker's, not every worker's). False when
+    there is no one to hand it to: the caller prints it."""
+    return _report(f"error {line}\n".encode())
+
+
+def _report(message: bytes) -> bool:
+    fd = os.environ.pop(READY_FD_ENV, None)  # once: not to children, not after serving
+    if fd is None:
+        return False
+    try:
+        os.write(int(fd), message)
+        os.close(int(fd))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def worker_argv_from(argv: list[str]) -> list[str]:

@@ -53,8 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise  # a bug: the traceback is what its report needs
         # one line, however the library wrapped it (a YAML error spans four)
-        print("error: " + "; ".join(p.strip() for p in message.splitlines() if p.strip()), file=sys.stderr)
+        line = "error: " + "; ".join(p.strip() for p in message.splitlines() if p.strip())
+        if not _to_supervisor(line):
+            print(line, file=sys.stderr)
         return 2
+
+
+def _to_supervisor(line: str) -> bool:
+    """A supervised worker that has not served yet hands its error line to the supervisor,
+    which prints the first worker's only (``supervisor.py``)."""
+    if "FEATURESTORE_READY_FD" not in os.environ:  # supervisor.READY_FD_ENV, without its imports
+        return False
+    from featurestore.supervisor import report_failure
+
+    return report_failure(line)
 
 
 def operator_error(e: Exception) -> str | None:

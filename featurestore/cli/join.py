@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from datetime import datetime
 from typing import Any
@@ -109,6 +110,7 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     require("tenacity", "featurestore join")
     from featurestore.client import FeatureClient
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # an INFO line per request otherwise
     entities = _entities(args.entity, args.string_keys)
     request = _request_data(args.request)
     features = [f.strip() for f in args.features.split(",")] if args.features else None

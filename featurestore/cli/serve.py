@@ -101,15 +101,12 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
         asyncio.run(_demo_materialize(config, runs))
 
     def announce() -> None:
-        if args.demo:
+        # once per server: by the supervisor when its first worker serves, not by each worker
+        if args.demo and supervisor.WORKER_ENV not in os.environ:
             _print_demo_help(config)
 
     if config.workers > 1:
-        import threading
-
-        if args.demo:
-            threading.Timer(3.0, announce).start()
-        return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv))
+        return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv), on_ready=announce)
     from featurestore.process import run_process
 
     run_process(config, on_ready=announce, runs=runs.runs)

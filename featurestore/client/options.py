@@ -59,6 +59,22 @@ def parse_address(address: str) -> Address:
     )
 
 
+def _read_tls_file(option: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{option} {path}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLError):
+        return f"not a usable PEM file ({e.reason or e})"
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
     address: Address
@@ -84,23 +100,33 @@ class ClientOptions:
         if not self.address.tls and (self.ca_file or self.cert_file or self.key_file):
             # they would be ignored, and the token sent in clear
             raise ValueError("ca_file, cert_file and key_file need a TLS address: https:// or grpcs://")
+        for option in ("ca_file", "cert_file", "key_file"):
+            _read_tls_file(option, getattr(self, option))  # now: a wrong path fails here, named
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+        """A file that is missing, unreadable or not PEM raises ``ValueError`` naming the
+        option and the path (ssl names neither)."""
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ValueError(f"ca_file {self.ca_file}: {_reason(e)}") from None
         if self.cert_file and self.key_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ValueError) as e:
+                raise ValueError(
+                    f"cert_file {self.cert_file}, key_file {self.key_file}: {_reason(e)}"
+                ) from None
         return ctx
 
     def grpc_credentials(self) -> Any:
         import grpc
 
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(path, "rb") as f:
-                return f.read()
-
-        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+        return grpc.ssl_channel_credentials(
+            _read_tls_file("ca_file", self.ca_file),
+            _read_tls_file("key_file", self.key_file),
+            _read_tls_file("cert_file", self.cert_file),
+        )
 
     def deadline_at(self, deadline: float | None) -> float:
         seconds = self.deadline if deadline is None else deadline

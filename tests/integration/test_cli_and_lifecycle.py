@@ -39,7 +39,7 @@ def test_validate_ok_and_error(tmp_path: Path) -> None:
     assert "bad.yaml: feature_views[v].features[f].dtype: unknown dtype 'decimal'" in out.stderr
 
 
-def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
+def test_cli_join_http_and_grpc_print_the_table_and_nothing_on_stderr(server: ServerProcess) -> None:
     http = cli(
         "join",
         "--url",
@@ -50,19 +50,23 @@ def test_cli_join_http_and_grpc(server: ServerProcess) -> None:
         "user_profile:age,user_activity:ctr_30d",
     )
     assert http.returncode == 0, http.stderr
+    assert http.stderr == ""  # no httpx INFO line per request
     lines = http.stdout.splitlines()
     assert re.match(r"age\s+71\s+PRESENT\s+2024-01-01T12:19:02Z", lines[2])
     grpc_out = cli(
         "join", "--grpc", server.grpc_target, "--entity", "user_id=17,99999999", "--service", "ranker_v1"
     )
     assert grpc_out.returncode == 0, grpc_out.stderr
+    assert grpc_out.stderr == ""
     assert "- (NOT_FOUND)" in grpc_out.stdout and "71" in grpc_out.stdout
     err = cli("join", "--url", server.url, "--entity", "user_id=1", "--features", "nope:x")
     assert err.returncode == 2 and "error: NOT_FOUND:" in err.stderr and "nope" in err.stderr
 
 
-def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
-    """What `make run` does, in a fresh data folder: generate, apply, serve, print curl."""
+def test_demo_start_prints_a_working_curl_and_exports_cache_series_of_its_stores_only(tmp_path: Path) -> None:
+    """What `make run` does, in a fresh data folder: generate, apply, serve, print curl.
+    The cache in front of the ClickHouse store counts under its name, with no store=""
+    series beside it (a Grafana legend without a name)."""
     log = tmp_path / "demo.log"
     proc = ServerProcess(["--demo", "--data-dir", str(tmp_path / "data")], log_path=log)
     proc.start(timeout=60)
@@ -82,6 +86,14 @@ def test_demo_start_prints_a_working_curl(tmp_path: Path) -> None:
         assert cols["txn_count_90d"]["values"][0] == 7 and cols["credit_score"]["values"][0] == 651.03
         ready = json.loads(http_get(proc.url + "/readyz")[1])
         assert ready["stores"] == {"default": "ready", "analytics": "ready"}
+        cache_series = [
+            line
+            for line in http_get(proc.url + "/metrics")[1].decode().splitlines()
+            if line.startswith(
+                ("featurestore_cache_evictions_total{", "featurestore_cache_rejections_total{")
+            )
+        ]
+        assert cache_series and all('store="analytics"' in line for line in cache_series), cache_series
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.read_log()

@@ -3,7 +3,9 @@
 featurestore_worker_restarts_total, its counters stay in the totals (folded into the
 metrics directory's archive) and the directory is gone after the stop. A stop is drained,
 and a second SIGTERM during the drain ends it at once, with or without the supervisor
-(a worker ignores the one the supervisor forwards after signalling it itself)."""
+(a worker ignores the one the supervisor forwards after signalling it itself). A server
+whose workers cannot start (a port in use) exits 2 with one error line, as one process
+does, instead of restarting them forever."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_cli_and_lifecycle import _children
-from tests.support import ServerProcess, http_get, http_post, is_running, wait_until
+from tests.support import ServerProcess, free_port, http_get, http_post, is_running, wait_until
 
 JOIN_PATH = "/v1/feature/join"
 GUARD = 30.0  # seconds; only turns a hang into a failure
@@ -186,3 +191,37 @@ def test_a_stop_signal_to_the_whole_group_still_drains_the_workers(workers: Serv
     assert "exiting now" not in workers.read_log()
     assert code == 0  # every worker drained and exited 0
     assert not any(is_running(pid) for pid in pids)
+
+
+def test_two_workers_on_a_port_already_taken_exit_2_at_once_with_one_error_line(
+    tmp_path: Path, test_repo: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'registry'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+    )
+    http_port, grpc_port = free_port(), free_port()
+    with socket.socket() as taken:  # another server's port (no SO_REUSEPORT: not shared)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", http_port))
+        taken.listen()
+        began = time.monotonic()
+        argv = [
+            sys.executable, "-m", "featurestore.cli", "serve", "--config", str(config),
+            "--definitions", str(test_repo), "--workers", "2",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=GUARD,  # before the fix: restarting the workers forever
+        )
+        took = time.monotonic() - began
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr
+    assert errors == [
+        f"error: FAILED_PRECONDITION: cannot bind HTTP on 127.0.0.1:{http_port}: Address already in use"
+    ]
+    assert "restarting" not in done.stderr
+    assert took < 15, took

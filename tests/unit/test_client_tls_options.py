@@ -1,5 +1,6 @@
 """The client's TLS settings and token: refused where they would be ignored (a
-plaintext address would carry the token in clear), and never shown."""
+plaintext address would carry the token in clear), a TLS file that cannot be used refused
+naming the option and the path, and the token never shown."""
 
 from __future__ import annotations
 
@@ -34,6 +35,53 @@ def test_the_cli_join_refuses_a_ca_with_a_plaintext_url(capsys: pytest.CaptureFi
                  "--features", "v:f"])  # fmt: skip
     assert code == 2
     assert "INVALID_ARGUMENT: ca_file, cert_file and key_file need a TLS address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["https://127.0.0.1:1", "grpcs://127.0.0.1:1"])
+@pytest.mark.parametrize(
+    ("tls", "problem"),
+    [
+        ({"ca_file": "{tmp}/nonexist"}, "ca_file {tmp}/nonexist: No such file or directory"),
+        ({"ca_file": "{tmp}"}, "ca_file {tmp}: Is a directory"),
+        (
+            {"cert_file": "{tmp}/nonexist", "key_file": "{tmp}/k.pem"},
+            "cert_file {tmp}/nonexist: No such file or directory",
+        ),
+        (
+            {"cert_file": "{tmp}/k.pem", "key_file": "{tmp}/nokey"},
+            "key_file {tmp}/nokey: No such file or directory",
+        ),
+    ],
+)
+def test_a_tls_file_that_cannot_be_read_is_a_value_error_naming_the_option_and_the_path(
+    tmp_path: Path, address: str, tls: dict[str, str], problem: str
+) -> None:
+    (tmp_path / "k.pem").write_text("not a key\n")
+    tls = {k: v.format(tmp=tmp_path) for k, v in tls.items()}
+    for make in (FeatureClient, AsyncFeatureClient):
+        with pytest.raises(ValueError) as raised:
+            make(address, **tls)
+        assert str(raised.value) == problem.format(tmp=tmp_path)
+
+
+def test_an_https_ca_file_that_is_not_pem_is_a_value_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=rf"^ca_file {tmp_path}/ca.pem: not a usable PEM file"):
+        FeatureClient("https://127.0.0.1:1", ca_file=str(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize("transport", [["--url", "https://127.0.0.1:1"], ["--grpc", "127.0.0.1:1"]])
+def test_the_cli_join_says_invalid_argument_naming_a_missing_ca_file(
+    tmp_path: Path, transport: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featurestore.cli import main
+
+    missing = tmp_path / "nonexist"
+    code = main(["join", *transport, "--ca", str(missing), "--entity", "user_id=1", "--features", "v:f"])
+    assert code == 2
+    assert (
+        capsys.readouterr().err == f"error: INVALID_ARGUMENT: ca_file {missing}: No such file or directory\n"
+    )
 
 
 @pytest.mark.parametrize("address", ["https://127.0.0.1:1", "grpcs://127.0.0.1:1"])

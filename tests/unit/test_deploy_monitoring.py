@@ -1,5 +1,6 @@
-"""The Grafana dashboard and the Prometheus rules query only metrics the code defines, and
-every alert severity reaches an Alertmanager receiver."""
+"""The Grafana dashboard and the Prometheus rules query only metrics the code defines, a
+panel drawing seconds beside counts gives each its unit, and every alert severity reaches
+an Alertmanager receiver."""
 
 from __future__ import annotations
 
@@ -72,6 +73,49 @@ def test_the_dashboard_loads_and_every_panel_queries_the_datasource_variable() -
     for panel in panels():
         assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
         assert panel["targets"], panel["title"]
+
+
+def _in_seconds(expr: str) -> bool:
+    """Whether a query draws seconds: a ``*_seconds`` gauge or a quantile of a
+    ``*_seconds`` histogram (not a rate of one's ``_count``)."""
+    return re.search(r"\bfeaturestore_\w*_seconds(_bucket)?\b", expr) is not None
+
+
+def _unit_of(legend: str, field_config: dict[str, Any]) -> str | None:
+    unit: str | None = field_config.get("defaults", {}).get("unit")
+    for override in field_config.get("overrides", []):
+        matcher = override["matcher"]
+        pattern = matcher["options"]
+        if matcher["id"] == "byName":
+            matches = pattern == legend
+        elif matcher["id"] == "byRegexp":
+            regex = pattern[1:-1] if pattern.startswith("/") and pattern.endswith("/") else f"^{pattern}$"
+            matches = re.search(regex, legend) is not None
+        else:
+            continue
+        for prop in override["properties"]:
+            if matches and prop["id"] == "unit":
+                unit = prop["value"]
+    return unit
+
+
+def test_a_panel_drawing_seconds_beside_counts_gives_each_series_its_unit() -> None:
+    """A count drawn in seconds reads 5,000 waiting messages as "1.39 hour"; a p99 drawn
+    as a count loses its unit. Series are matched by their legend, as Grafana does."""
+    mixed = 0
+    for panel in panels():
+        targets = panel["targets"]
+        if len({_in_seconds(t["expr"]) for t in targets}) < 2:
+            continue
+        mixed += 1
+        for target in targets:
+            unit = _unit_of(target["legendFormat"], panel.get("fieldConfig", {}))
+            assert (unit == "s") == _in_seconds(target["expr"]), (
+                panel["title"],
+                target["legendFormat"],
+                unit,
+            )
+    assert mixed >= 4  # load shedding, registry staleness, lineage and stream lag
 
 
 def test_dashboard_queries_name_only_defined_metrics_and_recording_rules() -> None:

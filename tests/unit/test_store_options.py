@@ -1,6 +1,7 @@
 """Store options as the config gives them: from YAML, or from the environment, where
 every value is text (``FEATURESTORE_STORES__R__CLUSTER=false`` must not turn cluster
-mode on); a bad option fails the start naming it, never showing a password."""
+mode on); a bad option fails the start naming it, never showing a password. A memory
+store takes no options at all."""
 
 from __future__ import annotations
 
@@ -72,3 +73,36 @@ def test_a_bad_redis_option_fails_the_start_naming_it(tmp_path: Path, options: s
         make_store("default", c.stores["default"], c)
     assert str(raised.value).startswith(f"stores.default: {problem}")
     assert "hunter2" not in str(raised.value)
+
+
+def test_a_memory_store_refuses_every_option_naming_them_without_their_values(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "stores: {default: {kind: memory, url: 'redis://:hunter2@10.0.0.1:6379/0', pool_size: 8, bogus_option: 1}}\n"
+    )
+    c = load_config(config)
+    with pytest.raises(InvalidArgument) as raised:
+        make_store("default", c.stores["default"], c)
+    assert (
+        str(raised.value) == "stores.default: kind memory takes no options; got bogus_option, pool_size, url"
+    )
+
+
+def test_a_store_url_from_the_environment_on_a_memory_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file declaring ``default: {kind: memory}``, deployed with a Redis URL in the
+    environment: the start fails instead of serving an empty store."""
+    config = tmp_path / "c.yaml"
+    config.write_text("stores: {default: {kind: memory}}\n")
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__URL", "redis://redis:6379/0")
+    c = load_config(config)
+    with pytest.raises(InvalidArgument, match=r"kind memory takes no options; got url$"):
+        make_store("default", c.stores["default"], c)
+
+
+def test_a_memory_store_without_options_and_with_a_cache_setting_is_made(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("stores: {default: {kind: memory, cache: false}}\n")  # cache: not an option
+    c = load_config(config)
+    assert type(make_store("default", c.stores["default"], c)).__name__ == "MemorySource"

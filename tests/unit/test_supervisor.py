@@ -153,3 +153,36 @@ def test_killing_a_worker_kills_the_children_it_started_too(tmp_path: Path) -> N
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def reports_then_exits(spawns: Path, ready: bool) -> list[str]:
+    """A worker that records its pid in ``spawns``, reports that it serves (when
+    ``ready``) through the supervisor's pipe, and exits 2."""
+    script = (
+        "import os, sys, pathlib\n"
+        "pathlib.Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "from featurestore.supervisor import report_failure, report_ready\n"
+        + ("report_ready()\n" if ready else "report_failure('error: FAILED_PRECONDITION: no')\n")
+        + "sys.exit(2)\n"
+    )
+    return [sys.executable, "-c", script, str(spawns)]
+
+
+def test_a_worker_that_served_and_then_exits_2_is_restarted(tmp_path: Path) -> None:
+    sup = Supervisor(1, reports_then_exits(tmp_path, ready=True))
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(sup.run()), daemon=True)
+    t.start()
+    wait_until(lambda: len(list(tmp_path.iterdir())) >= 2, 15, "the worker to be started again")
+    sup.on_signal(signal.SIGTERM, None)
+    t.join(15)
+    assert not t.is_alive() and result == [0]
+
+
+def test_a_worker_that_exits_2_before_it_served_stops_the_supervisor_with_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sup = Supervisor(2, reports_then_exits(tmp_path, ready=False))
+    assert run_with_deadline(sup) == 2
+    assert len(list(tmp_path.iterdir())) <= 2  # never restarted
+    assert capsys.readouterr().err.splitlines() == ["error: FAILED_PRECONDITION: no"]
