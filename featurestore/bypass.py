@@ -110,6 +110,7 @@ class CacheBypass:
         "fills_per_round_trip",
         "skipped",
         "trial_every",
+        "tried",
         "unmeasured",
     )
 
@@ -141,6 +142,7 @@ class CacheBypass:
         self._warming: dict[str, tuple[float, float]] = {}
         self._salts = itertools.count(1)
         self.skipped = 0  # reads sent past the cache
+        self.tried = 0  # reads on trial: past the cache too, but for their sampled keys
 
     def consults(self, queries: Sequence[ViewQuery]) -> int:
         """Whether this read should consult the cache: ``CONSULT`` (every key), ``TRIAL``
@@ -220,6 +222,7 @@ class CacheBypass:
         if not on_trial:
             self.skipped += 1
             return SKIP
+        self.tried += 1
         return TRIAL
 
     def observe(self, view: str, hits: int, looked: int, sampled: bool = False) -> None:

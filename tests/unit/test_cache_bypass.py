@@ -184,6 +184,7 @@ def test_a_view_skipped_for_a_trial_period_is_consulted_until_a_trial_loads_and_
     assert "bypass_v" not in b._trials
     assert b.hit_rate("bypass_v") == pytest.approx(0.9995)
     assert b.consults([q(range(100))]) == CONSULT  # and its rate says consulting pays
+    assert (b.skipped, b.tried) == (2, 2)  # the reads past the cache: skipped, then on trial
 
 
 def test_a_trial_decides_by_a_window_measured_after_its_first_rows_could_expire() -> None:
