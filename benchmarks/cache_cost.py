@@ -6,8 +6,8 @@ featurestore/bypass.py), plus the two figures the default is derived from.
 One Redis (started here on a free port) holds the demo's two user views; three runtimes
 in this process read it: ``off`` (cache: false), ``consult`` (fills_per_round_trip 0)
 and ``default``. Joins go through the HTTP join endpoint's handler (JSON in and out, no
-socket), uniform random users; the figure is this process's CPU time per join
-(``time.process_time``; Redis's own CPU is not in it, which favours the cache), median of
+socket), uniform random users; the figure is the event loop thread's CPU time per join
+(``time.thread_time``; Redis's own CPU is not in it, which favours the cache), median of
 ``--rounds`` interleaved rounds (the order alternates) of ``--requests`` joins.
 
 1. Full cache: both caches first hold all 100,000 users (TTL 10 minutes, so nothing
@@ -209,8 +209,9 @@ def render(runs: list[dict[str, Any]], fills: tuple[float, float], a: argparse.N
     trip = med(runs, "full", "off", 1) - med(runs, "full", "consult", 1)
     out = [
         f"In process, one Redis on loopback; server CPU per join (µs), median of {a.rounds} interleaved "
-        f"rounds of {a.requests} joins, uniform users; Redis's own CPU not included. *Skipped*: the "
-        "default's reads that went past its cache, per join.",
+        f"rounds of {a.requests} joins, uniform users; the event loop thread's CPU, Redis's own not "
+        "included. *Past the cache*: the default's reads that went past its cache (skipped, or on trial: "
+        "a trial's read goes to the store for every key too), per join.",
         "",
         f"**The figures the default is derived from**: a full hit at batch 1 saves {trip:.0f} µs per join "
         f"(the round trip and two decoded rows, less two lookups); a fill costs {fills[0]:.1f} µs a key when "

@@ -19,13 +19,26 @@ def _cmd(args: list[str], cwd: Path | None = None, strip: bool = True) -> str:
     return out.strip() if strip else out
 
 
+# What the servers and the benchmarks load: results written by an earlier step of
+# `make bench` (benchmarks/results/, RESULTS.md) are not the source of a run.
+SOURCE_PATHS = (
+    "featurestore",
+    "lineage",
+    "benchmarks/*.py",
+    "benchmarks/*.lua",
+    "pyproject.toml",
+    "constraints.txt",
+)
+
+
 def source_state(root: Path = ROOT) -> str:
-    """``commit <short sha>``, plus the changed files when the tree differs from it:
-    call this when the run starts, before any server loads the code."""
-    commit = _cmd(["git", "rev-parse", "--short", "HEAD"], root) or "?"
-    changed = [
-        ln[3:] for ln in _cmd(["git", "status", "--porcelain"], root, strip=False).splitlines() if ln.strip()
-    ]
+    """``commit <short sha>``, plus the changed source files when the tree differs from it
+    (``SOURCE_PATHS``): call this when the run starts, before any server loads the code."""
+    commit = _cmd(["git", "rev-parse", "--short", "HEAD"], root)
+    if commit in ("", "?"):
+        return "source tree unknown (not a git checkout)"
+    status = _cmd(["git", "status", "--porcelain", "--", *SOURCE_PATHS], root, strip=False)
+    changed = [ln[3:] for ln in status.splitlines() if ln.strip()]
     if not changed:
         return f"commit {commit} (clean tree at the start of the run)"
     shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")

@@ -16,6 +16,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks.derived_targets import derived_section
 from benchmarks.feast_notes import notes
@@ -137,6 +138,16 @@ def publish(name: str, lines: list[str], results: Path = RESULTS) -> None:
     stitch(results)
 
 
+def run_span(rows: list[dict[str, Any]], raw: Path) -> str:
+    """When the runs were made: their first and last start (bench.py's ``started``, the
+    machine's UTC clock), not when the raw file was last written or copied."""
+    started = sorted(r["started"] for r in rows if r.get("started"))
+    if not started:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(raw.stat().st_mtime))
+    first, last = (t.replace("T", " ")[:16] for t in (started[0], started[-1]))
+    return f"{first}-{last[11:] if last[:10] == first[:10] else last} UTC"
+
+
 def write(
     raw: Path,
     floor: Path | None,
@@ -174,7 +185,7 @@ def write(
         "## featurestore vs Feast (same Redis, same data, same load, one run)"
         + ("" if keys == "uniform" else ": Zipf keys"),
         "",
-        f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(raw.stat().st_mtime))}; command: `{command}`",
+        f"* Run: {run_span(rows, raw)}; command: `{command}`",
         f"* Machine: {machine(source)}. Server, Redis and load generator share the cores.",
         f"* Servers, {workers} worker processes each: `{feast}` = `feast serve --workers {workers} --max-requests 0 "
         "--no-access-log` (Feast 0.67.0, ../shared/peers/feast); "

@@ -87,24 +87,30 @@ def test_the_report_names_the_source_tree_taken_at_the_start_of_the_run_and_what
     assert "Raw runs (every attempt): `" in text and "feast-zipf-raw.jsonl`." in text
 
 
-def test_the_source_state_names_the_commit_and_any_uncommitted_file(tmp_path: Path) -> None:
+def test_the_source_state_names_the_commit_and_any_uncommitted_source_file_not_results(
+    tmp_path: Path,
+) -> None:
     def git(*args: str) -> None:
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
 
+    assert provenance.source_state(tmp_path) == "source tree unknown (not a git checkout)"
     git("init", "-q")
-    (tmp_path / "a.py").write_text("x = 1\n")
-    git("add", "a.py")
+    (tmp_path / "featurestore").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "featurestore" / "a.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "feast.md").write_text("run 1\n")
+    git("add", ".")
     git("commit", "-qm", "a")
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert (
-        provenance.source_state(tmp_path)
-        == f"commit {head.stdout.strip()} (clean tree at the start of the run)"
-    )
-    (tmp_path / "a.py").write_text("x = 2\n")
+    clean = f"commit {head.stdout.strip()} (clean tree at the start of the run)"
+    assert provenance.source_state(tmp_path) == clean
+    (tmp_path / "benchmarks" / "results" / "feast.md").write_text("run 2\n")  # an earlier make bench step
+    assert provenance.source_state(tmp_path) == clean
+    (tmp_path / "featurestore" / "a.py").write_text("x = 2\n")
     assert provenance.source_state(tmp_path).endswith(
-        "plus uncommitted changes at the start of the run (a.py)"
+        "plus uncommitted changes at the start of the run (featurestore/a.py)"
     )
 
 
@@ -134,12 +140,12 @@ def test_the_data_check_hashes_the_materialized_file_and_refuses_other_values(
 
 
 def test_every_server_gets_the_same_seed_at_a_point_and_each_point_a_new_one(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
     monkeypatch.setattr("benchmarks.run.subprocess.run", lambda cmd, check, env: calls.append((cmd, env)))
     a = argparse.Namespace(batches="1,100", concurrency="8,32", keys="zipf")
-    said = run.run_points(["bench.py"], ["f=u1@1", "o=u2@2"], a, 500)
+    said = run.run_points(["bench.py"], ["f=u1@1", "o=u2@2"], a, 500, tmp_path / "raw.jsonl")
     assert [env["SEED"] for _, env in calls] == ["500", "501", "502", "503"]
     assert all(env["KEYS"] == "zipf" for _, env in calls)
     assert calls[0][0] == [
@@ -155,3 +161,77 @@ def test_every_server_gets_the_same_seed_at_a_point_and_each_point_a_new_one(
     ]
     assert calls[1][0][-4:] == ["--target", "o=u2@2", "--target", "f=u1@1"]  # order alternates
     assert "SEED 500 + the point's index (500..503" in said
+
+
+def test_the_floor_measures_the_run_s_key_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.py's floor asks redis_floor for the run's keys, and redis_floor hands them to
+    every worker process (round 1 measured a Zipf run's floor on uniform keys)."""
+    from benchmarks import redis_floor, run
+
+    asked: list[Any] = []
+
+    def fake_measure(*args: Any) -> dict[str, Any]:
+        asked.append(args)
+        return {"qps": 1.0, "p50_ms": 1.0}
+
+    monkeypatch.setattr(run, "floor_measure", fake_measure)
+    run._floor(tmp_path / "floor.jsonl", "before", batches="1,100", duration=1, workers=2, keys="zipf")
+    assert [a[-1] for a in asked] == ["zipf", "zipf"]
+
+    class FakePool:
+        def __init__(self, procs: int) -> None:
+            pass
+
+        def __enter__(self) -> FakePool:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def map(self, fn: Any, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+            asked.extend(args)
+            return [{"latencies": [0.001], "requests": 1, "wall": 1.0} for _ in args]
+
+    class Context:
+        Pool = FakePool
+
+    monkeypatch.setattr("benchmarks.redis_floor.mp.get_context", lambda method: Context())
+    asked.clear()
+    redis_floor.measure("redis://x", "demo", 1, 10, 32, 1.0, 2, "zipf")
+    assert [a[6] for a in asked] == ["zipf", "zipf"]  # _worker's keys argument, in every process
+
+
+def test_a_point_with_a_noisy_attempt_is_run_again_for_every_server_with_keys_none_was_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench.py's own retry would send a server the keys it was just sent (its cache holds
+    them): run.py reruns the whole point with a fresh seed instead."""
+    raw = tmp_path / "raw.jsonl"
+    seeds: list[str] = []
+
+    def bench(cmd: list[str], check: bool, env: dict[str, str]) -> None:
+        seeds.append(env["SEED"])
+        accepted = len(seeds) != 2  # the second call (point 1's first attempt) is noisy
+        with raw.open("a") as fh:
+            for target in ("f", "o"):
+                fh.write(json.dumps({"label": target, "accepted": accepted or target == "f"}) + "\n")
+
+    monkeypatch.setattr("benchmarks.run.subprocess.run", bench)
+    a = argparse.Namespace(batches="1", concurrency="8,32,64", keys="uniform")
+    said = run.run_points(["bench.py"], ["f=u1@1", "o=u2@2"], a, 500, raw)
+    assert seeds == ["500", "501", "1501", "502"]
+    assert "(1 such points)" in said
+
+
+def test_the_run_time_is_that_of_the_runs_not_of_the_raw_file(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("")  # copied or checked out today
+    rows = [
+        row(FEAST, 1, 8, 1.0, 1.0, started="2026-12-03T18:05:30"),
+        row(OURS, 1, 8, 1.0, 1.0, started="2026-12-03T18:17:02"),
+    ]
+    assert report.run_span(rows, raw) == "2026-12-03 18:05-18:17 UTC"
+    rows.append(row(OURS, 1, 32, 1.0, 1.0, started="2026-12-04T00:01:00"))
+    assert report.run_span(rows, raw) == "2026-12-03 18:05-2026-12-04 00:01 UTC"
