@@ -9,9 +9,9 @@ SIGINT/SIGTERM so every worker drains before exit, and removes the directory at 
 
 A worker reports through a pipe (``READY_FD_ENV``) that it serves, or the one error line
 that stopped it first. A worker that exits with 2 (``error: CODE: message``: a port in
-use, a bad config) before its slot ever served means the server cannot start: the
-supervisor prints that line, stops the others and exits 2, as one process would. A
-worker that served once and then dies is restarted.
+use, a bad config) before any worker served means the server cannot start: the
+supervisor prints that line, stops the others and exits 2, as one process would. Once
+one has served, a worker that dies is restarted, its error line in the restart's log.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Supervisor:
             os.close(pipe[0])
 
     def _could_not_start(self, slot: int, pid: int, rc: int, report: bytes) -> None:
-        """A worker exited with 2 before its slot ever served: print its error line (the
+        """A worker exited with 2 before any worker served: print its error line (the
         first; the others' are not), stop the rest and exit with its code."""
         line = report.removeprefix(b"error ").decode(errors="replace").strip()
         if line and report.startswith(b"error "):
@@ -210,7 +210,10 @@ class Supervisor:
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
-            if rc == STARTUP_FAILED and slot not in self.served:
+            if rc == STARTUP_FAILED and not self.served:
+                # No worker has served yet: a config error or a taken port is the same for
+                # every slot. Once one serves, a slot failing to start (etcd down for a
+                # moment) is restarted: the server keeps serving.
                 self._could_not_start(slot, p.pid, rc, report)
                 continue
             # A worker that cannot start (bad config, port taken) must not be
@@ -225,7 +228,18 @@ class Supervisor:
             self.restart_at[slot] = now + self.backoff[slot]
             if self.restarts is not None:
                 self.restarts.restarted(rc)
-            log.error("worker %d exited with %s; restarting in %.1f s", p.pid, rc, self.backoff[slot])
+            reason = (
+                report.removeprefix(b"error ").decode(errors="replace").strip()
+                if report.startswith(b"error ")
+                else ""
+            )
+            log.error(
+                "worker %d exited with %s%s; restarting in %.1f s",
+                p.pid,
+                rc,
+                f" ({reason})" if reason else "",
+                self.backoff[slot],
+            )
         for slot, at in list(self.restart_at.items()):
             if at <= now and self.stop_signal is None and self.restart_at.pop(slot, None) is not None:
                 self.spawn(slot)

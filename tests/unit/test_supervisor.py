@@ -186,3 +186,42 @@ def test_a_worker_that_exits_2_before_it_served_stops_the_supervisor_with_2(
     assert run_with_deadline(sup) == 2
     assert len(list(tmp_path.iterdir())) <= 2  # never restarted
     assert capsys.readouterr().err.splitlines() == ["error: FAILED_PRECONDITION: no"]
+
+
+def one_serves_one_fails(spawns: Path) -> list[str]:
+    """Slot 0 reports that it serves and waits for the stop; slot 1 records its pid, hands
+    the supervisor an error line once slot 0 had time to report, and exits 2."""
+    script = (
+        "import os, signal, sys, time, pathlib\n"
+        "from featurestore.supervisor import report_failure, report_ready\n"
+        "if os.environ['FEATURESTORE_WORKER'] == '0':\n"
+        "    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "    report_ready()\n"
+        "    while True: signal.pause()\n"
+        "pathlib.Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "time.sleep(0.5)\n"
+        "report_failure('error: UNAVAILABLE: etcd: connection refused')\n"
+        "sys.exit(2)\n"
+    )
+    return [sys.executable, "-c", script, str(spawns)]
+
+
+def test_a_worker_failing_to_start_while_another_serves_is_restarted_with_its_reason_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exit 2 before serving stops the server only while no worker serves: once one does,
+    a slot failing to start (etcd away for a moment) must not take the server down."""
+    ready: list[int] = []
+    sup = Supervisor(2, one_serves_one_fails(tmp_path), on_ready=lambda: ready.append(1))
+    result: list[int] = []
+    with caplog.at_level("ERROR", logger="featurestore"):
+        t = threading.Thread(target=lambda: result.append(sup.run()), daemon=True)
+        t.start()
+        wait_until(lambda: len(list(tmp_path.iterdir())) >= 2, 15, "the failing slot to be started again")
+        assert t.is_alive() and ready == [1]  # still serving; the help/announcement once
+        sup.on_signal(signal.SIGTERM, None)
+        t.join(15)
+    assert not t.is_alive() and result == [0]
+    assert any(
+        "(error: UNAVAILABLE: etcd: connection refused); restarting" in r.getMessage() for r in caplog.records
+    )
