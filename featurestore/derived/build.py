@@ -109,6 +109,23 @@ def main(argv: list[str]) -> int:
 # machine): it runs at a lower priority.
 BUILD_NICENESS = 10
 
-if __name__ == "__main__":
+
+def lower_priority() -> None:
+    """Niceness +10, and the same for the build's own scheduling group where the kernel
+    groups processes by session (autogroup: a bare host or VM; not inside a container's
+    cgroup): there niceness only weighs a process against its own session, and each
+    serving worker is a session of its own. The build leaves its worker's session for one
+    whose group it lowers (best effort); it still dies with its worker (pdeathsig). Two
+    spinners on one CPU of this VM (autogroup on), the other in a session of its own: 0.45
+    against 3.59 CPU-s in 4 s (with niceness alone: 2.03 against 2.03)."""
     os.nice(BUILD_NICENESS)
+    try:
+        os.setsid()
+        Path("/proc/self/autogroup").write_text(f"{BUILD_NICENESS}\n")
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    lower_priority()
     sys.exit(main(sys.argv[1:]))

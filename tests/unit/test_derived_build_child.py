@@ -61,7 +61,11 @@ def test_a_build_child_is_killed_when_the_worker_that_started_it_is_killed(tmp_p
 # A module that records the niceness of the process importing it (the build).
 RECORDS_NICENESS = """
 import os, pathlib
-pathlib.Path(__file__).with_suffix(".nice").write_text(str(os.nice(0)))
+group = pathlib.Path("/proc/self/autogroup")
+here = pathlib.Path(__file__)
+here.with_suffix(".nice").write_text(str(os.nice(0)))
+here.with_suffix(".group").write_text(group.read_text() if group.exists() else "")
+here.with_suffix(".sid").write_text(f"{os.getsid(0)} {os.getpid()}")
 """
 
 
@@ -73,3 +77,10 @@ def test_a_build_child_runs_at_a_lower_priority_than_the_server_that_started_it(
     module.write_text(RECORDS_NICENESS)
     subprocess.run(build_command([module]), cwd=ROOT, check=True, timeout=120)
     assert int(module.with_suffix(".nice").read_text()) == min(19, os.nice(0) + BUILD_NICENESS)
+    # Where the kernel schedules by session (autogroup), niceness weighs only within the
+    # session: the build leads a session of its own whose group is lowered as well.
+    sid, pid = module.with_suffix(".sid").read_text().split()
+    assert sid == pid
+    group = module.with_suffix(".group").read_text()
+    if group:
+        assert group.split()[-2:] == ["nice", str(BUILD_NICENESS)], group
