@@ -95,6 +95,11 @@ class ValueSampler(Protocol):
     ) -> None: ...
 
 
+def _served_versions(state: ServingState) -> set[str]:
+    """The registry versions a state serves: current and its canaries' candidates."""
+    return {str(state.version), *(str(route.state.version) for route in state.canaries.values())}
+
+
 class JoinEngine:
     def __init__(
         self,
@@ -110,13 +115,16 @@ class JoinEngine:
         self.recorder = recorder
         self.sampler = sampler
         self.deadlines = Deadlines()
-        self._served = {str(state.version)}  # registry versions whose service metrics are kept
+        # The registry versions whose service metrics are kept, set from the start: a worker
+        # started after swaps elsewhere must leave the old versions out of its scrapes too.
+        self._served = _served_versions(state)
+        metrics.retire_registry_versions(self._served)
 
     def swap(self, state: ServingState) -> None:
         """Publish a new registry state; requests already running keep the old one."""
         self.state = state
         metrics.REGISTRY_VERSION.set(state.version)
-        served = {str(state.version), *(str(route.state.version) for route in state.canaries.values())}
+        served = _served_versions(state)
         if served != self._served:
             self._served = served
             metrics.retire_registry_versions(served)

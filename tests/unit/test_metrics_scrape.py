@@ -289,3 +289,31 @@ def test_a_scrape_of_several_workers_leaves_out_the_service_series_of_registry_v
     assert scraped(tmp_path).keys() >= {
         ("featurestore_service_requests_total", (("registry_version", "1"), ("service", "ranker")))
     }
+
+
+def test_a_worker_started_after_the_swaps_leaves_the_retired_versions_out_of_its_scrapes_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted worker never swaps from an older version: its engine, built on version
+    3, sets what is served, or its scrapes would show the dead workers' versions 1 and 2."""
+    from featurestore.definitions.snapshot import new_snapshot
+    from featurestore.join import JoinEngine, Limits
+    from featurestore.model import make_definitions
+    from featurestore.plan import ServingState
+    from featurestore.sources.memory import MemorySource
+    from tests.unit.test_api_edges import FAST, U
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", SERVICE_WORKER], env=env, check=True, timeout=120)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(metrics, "_served_versions", None)
+    defs = make_definitions("p", [U], [FAST], [])
+    JoinEngine({"default": MemorySource("default")}, ServingState(new_snapshot(defs, 3)), Limits())
+    text = metrics.render()[0].decode()
+    shown = {
+        s.labels["registry_version"]
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("featurestore_service_")
+        for s in family.samples
+    }
+    assert shown == {"3"}
