@@ -91,6 +91,9 @@ class ClientOptions:
     on_retry: Callable[[int, BaseException], None] | None  # (failed try's number, its error)
 
     def __post_init__(self) -> None:
+        for option in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, option) == "":  # ca_file=os.environ.get("CA", ""): no file, as None
+                object.__setattr__(self, option, None)
         if self.deadline <= 0 or not math.isfinite(self.deadline):
             raise ValueError(f"deadline must be a positive number of seconds, got {self.deadline!r}")
         if self.attempts < 1:

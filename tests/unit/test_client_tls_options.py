@@ -128,3 +128,15 @@ def test_grpcs_without_a_ca_file_trusts_grpcs_roots_or_the_bundle_its_variable_n
 
     assert probe({}) == "UNAVAILABLE 1 True"
     assert probe({"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": ca}) == "UNIMPLEMENTED 0 False"
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:1", "https://127.0.0.1:1", "grpcs://127.0.0.1:1"])
+def test_an_empty_tls_file_path_is_no_file(address: str) -> None:
+    """ca_file=os.environ.get("CA", ""): empty means unset (the system's CAs, or nothing
+    to refuse with a plaintext address), not a file named ""."""
+    with FeatureClient(address, ca_file="", cert_file="", key_file="") as client:
+        assert (client.options.ca_file, client.options.cert_file, client.options.key_file) == (
+            None,
+            None,
+            None,
+        )
