@@ -102,8 +102,11 @@ def test_derived_features_read_request_data_as_the_http_api_computes_them(
     [
         ([5.0, float("nan"), 1.0], "request_data.item_price[1]: nan is not a finite number"),
         ([5.0, float("inf"), 1.0], "request_data.item_price[1]: inf is not a finite number"),
-        ([True, 1.0, 2.0], "request_data.item_price[1]: 1.0: a field's values must be all numbers"),
-        ([1.0, "cheap", 2.0], "request_data.item_price[1]: 'cheap': a field's values must be all numbers"),
+        ([True, 1.0, 2.0], "request_data.item_price[1]: 1.0 (float): a field's values must be all numbers"),
+        (
+            [1.0, "cheap", 2.0],
+            "request_data.item_price[1]: 'cheap' (str): a field's values must be all numbers",
+        ),
     ],
 )
 def test_request_data_neither_transport_can_carry_is_refused_alike_on_both(
