@@ -80,7 +80,9 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
     if sc.kind == "memory":
         if sc.options:  # a URL or a typo must not leave the server on an empty in-process store
             raise InvalidArgument(
-                f"stores.{name}: kind memory takes no options; got {', '.join(sorted(sc.options))}"
+                f"stores.{name}: kind memory takes no options; got "
+                # password_file was read into password by then: name both
+                + ", ".join("password (or password_file)" if o == "password" else o for o in sorted(sc.options))
             )
         return MemorySource(name)
     if sc.kind == "redis":

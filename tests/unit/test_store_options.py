@@ -106,3 +106,21 @@ def test_a_memory_store_without_options_and_with_a_cache_setting_is_made(tmp_pat
     config.write_text("stores: {default: {kind: memory, cache: false}}\n")  # cache: not an option
     c = load_config(config)
     assert type(make_store("default", c.stores["default"], c)).__name__ == "MemorySource"
+
+
+def test_a_password_file_on_a_memory_store_is_named_as_the_operator_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Kubernetes manifest sets the store's password file: switched to memory, the
+    refusal must point at what was set, not at a ``password`` nobody wrote."""
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("stores: {default: {kind: memory}}\n")
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__PASSWORD_FILE", str(secret))
+    c = load_config(config)
+    with pytest.raises(InvalidArgument) as raised:
+        make_store("default", c.stores["default"], c)
+    assert (
+        str(raised.value) == "stores.default: kind memory takes no options; got password (or password_file)"
+    )
