@@ -301,3 +301,19 @@ async def test_a_trials_read_of_a_store_that_owes_keys_answers_the_features_aske
     assert isinstance(got, ViewRead) and len(got.columns) == 1 and got.columns[0][:3:2] == ["x", "z"]
     assert got.unavailable is not None and got.unavailable[:3] == [False, True, False]
     assert len(src.cache) == 0
+
+
+def test_a_cache_on_its_own_counts_its_evictions_under_an_empty_store_name_from_its_first() -> None:
+    """A CachedSource names its cache's series at once; a cache used alone makes its
+    store="" series only when it first evicts, so serving processes export none."""
+
+    def evicted() -> float | None:
+        metrics.flush()
+        return prometheus_client.REGISTRY.get_sample_value("featurestore_cache_evictions_total", {"store": ""})
+
+    cache = LRUCache(2, 30)
+    before = evicted()
+    cache.put_many("s", [1, 2], [(1,), (2,)])
+    assert evicted() == before  # nothing evicted: no series made or moved
+    cache.put_many("s", [3], [(3,)])
+    assert evicted() == (before or 0.0) + 1
