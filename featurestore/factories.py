@@ -82,7 +82,9 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
             raise InvalidArgument(
                 f"stores.{name}: kind memory takes no options; got "
                 # password_file was read into password by then: name both
-                + ", ".join("password (or password_file)" if o == "password" else o for o in sorted(sc.options))
+                + ", ".join(
+                    "password (or password_file)" if o == "password" else o for o in sorted(sc.options)
+                )
             )
         return MemorySource(name)
     if sc.kind == "redis":

@@ -309,7 +309,9 @@ def test_a_cache_on_its_own_counts_its_evictions_under_an_empty_store_name_from_
 
     def evicted() -> float | None:
         metrics.flush()
-        return prometheus_client.REGISTRY.get_sample_value("featurestore_cache_evictions_total", {"store": ""})
+        return prometheus_client.REGISTRY.get_sample_value(
+            "featurestore_cache_evictions_total", {"store": ""}
+        )
 
     cache = LRUCache(2, 30)
     before = evicted()
