@@ -21,7 +21,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 MARKER_LINES = 16  # environments remembered per module (another one builds again)
@@ -91,6 +93,48 @@ def build(path: Path) -> None:
     _write_marker(path)
 
 
+_TRUSTED = re.compile(
+    r"^(_t\d+) = _jitted\(importlib\.import_module\('([\w.]+)'\)\.(\w+)\)  # feature (\w+)$"
+)
+_CITED = (re.compile(r'File "([^"]+)", line (\d+)'), re.compile(r"Raised from (\S+) \((\d+)\)"))
+
+
+def _lines_of(module: str, attr: str) -> tuple[str, int, int] | None:
+    """The file and line range of a trusted function (imported by the module built)."""
+    fn = getattr(sys.modules.get(module), attr, None)
+    code = getattr(getattr(fn, "py_func", fn), "__code__", None)
+    if code is None:
+        return None
+    numbers = [n for _, _, n in code.co_lines() if n]
+    return code.co_filename, code.co_firstlineno, max(numbers, default=code.co_firstlineno)
+
+
+def failing_feature(path: Path, e: BaseException) -> str | None:
+    """The feature whose trusted function failed the build, when the error cites a line
+    of the module built that names one (the function's own line: it is not a function;
+    a kernel line calling it) or a line of the function itself (numba cites the line of
+    its body it cannot compile)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    trusted = {m[1]: m for line in lines if (m := _TRUSTED.match(line))}
+    cited = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(e.__traceback__)]
+    cited += [(f, int(n)) for pattern in _CITED for f, n in pattern.findall(str(e))]
+    for file, n in reversed(cited):
+        if file == str(path):
+            line = lines[n - 1] if 0 < n <= len(lines) else ""
+            called = [trusted[a] for a in re.findall(r"\b(_t\d+)\b", line) if a in trusted]
+            if called:
+                return called[0][4]
+            continue
+        for m in trusted.values():
+            where = _lines_of(m[2], m[3])
+            if where is not None and where[0] == file and where[1] <= n <= where[2]:
+                return m[4]
+    return None
+
+
 def main(argv: list[str]) -> int:
     status = 0
     for arg in argv:
@@ -98,7 +142,8 @@ def main(argv: list[str]) -> int:
             build(Path(arg))
         except Exception as e:
             lasting = not isinstance(e, (OSError, MemoryError))
-            print(json.dumps({"path": arg, "error": _error_text(e), "lasting": lasting}), flush=True)
+            failure = {"path": arg, "error": _error_text(e), "lasting": lasting}
+            print(json.dumps({**failure, "feature": failing_feature(Path(arg), e)}), flush=True)
             status = 1
     return status
 

@@ -174,7 +174,10 @@ class _Writer:
             return
         module, _, attr = node.target.partition(":")
         alias = f"_t{len(self.functions)}"
-        self.functions.append(f"{alias} = _jitted(importlib.import_module({module!r}).{attr})")
+        # the comment names the feature in a build's error (build.failing_feature)
+        self.functions.append(
+            f"{alias} = _jitted(importlib.import_module({module!r}).{attr})  # feature {name}"
+        )
         self.modules.append(module)
         args = [self.expr(a) for a in node.args]
         null = " or ".join(f"math.isnan({a})" for a in args) or "False"

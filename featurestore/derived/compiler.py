@@ -187,7 +187,8 @@ def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int,
     for f in failures:
         spec = specs.get(Path(f["path"]))
         view = spec.view if spec is not None else f["path"]
-        errors.append(DefinitionError(f"derived_views[{view}]: the kernel does not compile: {f['error']}"))
+        where = f"derived_views[{view}]" + (f".features[{f['feature']}].function" if f.get("feature") else "")
+        errors.append(DefinitionError(f"{where}: the kernel does not compile: {f['error']}"))
         if spec is not None and f.get("lasting", True):
             _failed[spec.module] = str(errors[-1])
     if errors:

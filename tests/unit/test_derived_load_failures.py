@@ -219,3 +219,29 @@ async def test_a_module_file_that_does_not_hold_its_source_is_written_again_and_
     assert kernel.run(np.array([[10.0], [3.0]]))[0, 0] == 10.0 * (len(held) + 1041) - 3.0
     assert (cache / f"{spec.module}.py").read_text(encoding="utf-8") == spec.source
     assert any("does not hold its source" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("{pkg}.kernels:bad", "UnsupportedBytecodeError"),  # numba cannot compile its body
+        ("math:floor", "not a function"),  # a builtin: numba cannot jit it
+    ],
+)
+def test_a_trusted_function_that_does_not_compile_is_an_error_naming_its_feature(
+    target: str, error: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view of several trusted functions: the error says which feature's failed, not
+    only that the view's kernel did not compile."""
+    pkg = f"trusted_pkg_uncompilable_{error.split()[0].lower()}"
+    source = "def risk(x):\n    return x * 2.0\n\n\ndef bad(x):\n    import os\n    return x + len(os.sep)\n"
+    good = trusted_package(tmp_path, pkg, source, monkeypatch)
+    definitions = doc(["u:x"], "", function=good, args=("x",))
+    definitions["derived_views"][0]["features"].append(
+        {"name": "t", "dtype": "float64", "function": target.format(pkg=pkg), "args": ["x"]}
+    )
+    defs = parse_definitions(definitions, source="f.yaml")
+    with pytest.raises(DefinitionError) as e:
+        compiler.check_definitions(defs, tmp_path / "cache")
+    assert str(e.value).startswith("derived_views[d].features[t].function: the kernel does not compile: ")
+    assert error in str(e.value)
