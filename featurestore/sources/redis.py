@@ -68,7 +68,7 @@ class RedisSource:
         self._client: Redis | RedisCluster
         self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool
         timeout = options.connect_timeout_ms / 1000
-        auth = options.connection_kwargs()  # credentials and TLS
+        auth = options.connection_kwargs()  # credentials, TLS and TCP keepalive
         if options.cluster:
             self._client = RedisCluster.from_url(
                 options.url, socket_connect_timeout=timeout, max_connections=options.pool_size, **auth
@@ -82,7 +82,6 @@ class RedisSource:
                 options.pool_size,
                 socket_connect_timeout=timeout,
                 socket_timeout=None,
-                socket_keepalive=True,
                 **auth,
             )
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
