@@ -52,7 +52,9 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
     if name in ("redis-unix", "redis-unix-no-autopipeline"):  # unix:// (no TCP options)
         server = request.getfixturevalue("redis_server")
         auto = name == "redis-unix"
-        return RedisSource("contract", project, RedisOptions(url=server.unix_url, pool_size=8, auto_pipeline=auto))
+        return RedisSource(
+            "contract", project, RedisOptions(url=server.unix_url, pool_size=8, auto_pipeline=auto)
+        )
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
         return CachedSource(
