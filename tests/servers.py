@@ -37,15 +37,29 @@ class RedisServer(ManagedProcess):
         self.workdir = workdir
         self.cluster = cluster
         self.persist = persist  # append-only file in workdir: data survives a restart
+        # It listens on a unix socket too (only the owner may connect), for unix:// URLs.
+        self.socket = workdir / "redis.sock"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        if not self._unix:
+            pytest.fail(f"{self.socket}: too long a path for a unix socket")
+        return f"unix://{self.socket}?db=0"
+
+    @property
+    def _unix(self) -> bool:
+        return len(str(self.socket)) < 100  # sun_path holds 108 bytes
+
     def command(self) -> list[str]:
         aof = "yes" if self.persist else "no"
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", aof,
                "--daemonize", "no", "--dir", str(self.workdir), "--protected-mode", "no"]  # fmt: skip
+        if self._unix:
+            cmd += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         if self.cluster:
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         return cmd

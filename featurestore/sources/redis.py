@@ -16,7 +16,8 @@ cluster pipeline of GETs: one round trip per node.
 
 Health: a background probe PINGs on an interval. When Redis stops answering the
 store is DOWN and reads fail at once (the engine serves UNAVAILABLE) instead of each
-request waiting out its deadline; the first successful PING closes the circuit. The
+request waiting out its deadline; the first successful PING closes the circuit. A PING
+failing on a closed connection (not a timeout) is tried once more on a fresh one first. The
 same probe checks that the marker of every data version served (but 0) exists: a Redis
 restarted empty or flushed answers PING while every row is gone, and the views are
 then reported as missing their data (``OnlineSource.missing``), as they are by the first
@@ -45,7 +46,7 @@ from featurestore.sources.missing import MissingData
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
-from featurestore.sources.redis_read import Keyed, cluster_get, pooled_mget
+from featurestore.sources.redis_read import Keyed, cluster_get, for_version_keys, pooled_mget
 from featurestore.sources.redis_wire import (
     LayoutMismatch,
     VersionMissing,
@@ -68,7 +69,7 @@ class RedisSource:
         self._client: Redis | RedisCluster
         self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool
         timeout = options.connect_timeout_ms / 1000
-        auth = options.connection_kwargs()  # credentials and TLS
+        auth = options.connection_kwargs()  # credentials, TLS and TCP keepalive
         if options.cluster:
             self._client = RedisCluster.from_url(
                 options.url, socket_connect_timeout=timeout, max_connections=options.pool_size, **auth
@@ -82,7 +83,6 @@ class RedisSource:
                 options.pool_size,
                 socket_connect_timeout=timeout,
                 socket_timeout=None,
-                socket_keepalive=True,
                 **auth,
             )
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
@@ -144,9 +144,9 @@ class RedisSource:
         self._closing = True  # a read failing now is the close's, not a stale socket's
         if self._reset is not None:  # (it does not wait for the peer: over at once)
             await asyncio.wait([self._reset], timeout=1.0)
-        if self._health is not None:
+        if self._health is not None:  # ends at its next check of the flag if the cancel is lost
             self._health.cancel()
-            await asyncio.wait([self._health], timeout=1.0)
+            await asyncio.wait([self._health])
         await self._probe_client.aclose()
         if self._auto is not None:
             await self._auto.close()
@@ -158,20 +158,24 @@ class RedisSource:
         """Nothing to load: rows live in Redis."""
 
     async def _probe(self) -> None:
+        checked = self._missing.checked()
         try:
-            if isinstance(self._probe_client, RedisCluster):
-                await self._probe_client.ping(target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await self._probe_client.ping()
-            checked = self._missing.checked()
-            if checked:
-                # One round trip (a pipeline of EXISTS) per probe, however many views.
-                pipe = self._probe_client.pipeline(transaction=False)
-                for view, version in checked:
-                    pipe.exists(self._names(view, version)[1])
-                exists = await pipe.execute()
+            try:
+                exists = await self._ping(checked)
+            except NOT_RETRIED:
+                raise
+            except CONNECTION_ERRORS:
+                if self._closing:
+                    raise
+                # As a read is: a connection closed under the probe (CLIENT KILL, a proxy
+                # restarted, a NAT reset) is tried once more on a fresh one, or one reset
+                # would fail every read for a health interval while Redis answers.
+                if isinstance(self._probe_client, Redis):
+                    await self._probe_client.connection_pool.disconnect()
+                exists = await self._ping(checked)
         except (*CONNECTION_ERRORS, redis_errors.RedisError) as e:
-            self._set_state(SourceState.DOWN, repr(e))
+            if not self._closing:  # (a probe cut short by close() says nothing of Redis)
+                self._set_state(SourceState.DOWN, repr(e))
             return
         self._set_state(SourceState.READY)
         if checked:
@@ -180,16 +184,33 @@ class RedisSource:
                     self._missing.found_missing(view, version, self._gone(view, version))
             self._missing.found_present(pair for pair, n in zip(checked, exists, strict=True) if n)
 
+    async def _ping(self, checked: Sequence[tuple[str, int]]) -> list[Any]:
+        """PING, then whether each checked version's marker exists (one round trip: a
+        pipeline of EXISTS, however many views)."""
+        if isinstance(self._probe_client, RedisCluster):
+            await self._probe_client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self._probe_client.ping()
+        if not checked:
+            return []
+        pipe = self._probe_client.pipeline(transaction=False)
+        for view, version in checked:
+            pipe.exists(self._names(view, version)[1])
+        return await pipe.execute()
+
     def _gone(self, view: str, data_version: int) -> str:
         marker = self._names(view, data_version)[1]
         return f"marker {marker} is not in Redis (restarted empty or flushed?): re-materialize the view"
 
     async def _health_loop(self) -> None:
         interval = self.options.health_interval_ms / 1000
-        while True:
+        # The flag, not only cancel(), ends the loop: on Python 3.11 a cancel that lands
+        # as the probe's send completes is lost in redis-py's wait_for (gh-86296).
+        while not self._closing:
             await asyncio.sleep(interval)
             try:
-                await self._probe()
+                if not self._closing:
+                    await self._probe()
             except Exception:  # a dead probe would leave the store's state frozen
                 log.exception("redis store %s: health probe failed", self._name)
 
@@ -336,14 +357,20 @@ class RedisSource:
         """Delete every key of one data version (leftovers of an interrupted run)."""
         # UNLINK as a raw command: redis-py's ClusterPipeline.unlink() is a coroutine
         # of its own, not a queued command (on a cluster no row was ever deleted).
-        n = await self._for_version(view, data_version, lambda pipe, key: pipe.execute_command("UNLINK", key))
+        n = await for_version_keys(
+            self._client,
+            self.prefix(view.name, data_version),
+            lambda pipe, key: pipe.execute_command("UNLINK", key),
+        )
         await self._client.unlink(self._names(view.name, data_version)[1])
         await self._client.unlink(self._profile_key(view, data_version))  # own call: another slot
         return n
 
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Let every key of one data version expire after ``seconds``."""
-        n = await self._for_version(view, data_version, lambda pipe, key: pipe.expire(key, seconds))
+        n = await for_version_keys(
+            self._client, self.prefix(view.name, data_version), lambda pipe, key: pipe.expire(key, seconds)
+        )
         await self._client.expire(self._names(view.name, data_version)[1], seconds)
         await self._client.expire(self._profile_key(view, data_version), seconds)
         return n
@@ -360,27 +387,3 @@ class RedisSource:
         key = self._profile_key(view, data_version)
         raw = await self._idempotent(lambda: self._client.get(key))
         return raw.encode() if isinstance(raw, str) else raw
-
-    async def _for_version(self, view: FeatureView, data_version: int, op: Any) -> int:
-        pattern = _glob_escape(self.prefix(view.name, data_version)) + "*"
-        n = 0
-        batch: list[bytes] = []
-        async for key in self._client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                n += await self._apply(batch, op)
-                batch = []
-        if batch:
-            n += await self._apply(batch, op)
-        return n
-
-    async def _apply(self, keys: list[bytes], op: Any) -> int:
-        pipe = self._client.pipeline(transaction=False)
-        for k in keys:
-            op(pipe, k)
-        await pipe.execute()
-        return len(keys)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

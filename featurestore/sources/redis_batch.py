@@ -109,8 +109,10 @@ class AutoPipeline:
         try:
             conn = await self._pool.acquire()
         except BaseException as e:
-            _fail(batch, e)
-            raise
+            _fail(batch, e)  # the joins get the error; the task ends quietly on an Exception
+            if not isinstance(e, Exception):  # (re-raised, nobody would retrieve it: logged per tick)
+                raise
+            return
         try:
             await conn.send_packed_command(b"".join(batch.packed), check_health=False)
             for commands, fut in zip(batch.keys, batch.futures, strict=True):

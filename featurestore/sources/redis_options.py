@@ -53,9 +53,12 @@ class RedisOptions:
         return RedisOptions(**store_options(RedisOptions, options))
 
     def connection_kwargs(self) -> dict[str, Any]:
-        """redis-py's connection arguments for the credentials and TLS (a user or
-        password in the URL wins over these)."""
-        kwargs: dict[str, Any] = {}
+        """redis-py's connection arguments for the credentials, TLS and TCP keepalive (a
+        user or password in the URL wins over these)."""
+        # TCP keepalive finds a peer gone without a word (a host down, a NAT dropping the
+        # flow) on idle pooled sockets. A unix socket has no such option: redis-py's
+        # unix connection refuses the argument, which failed every read (not the probe).
+        kwargs: dict[str, Any] = {"socket_keepalive": True} if urlsplit(self.url).scheme in _TCP else {}
         if self.username:
             kwargs["username"] = self.username
         if self.password.get_secret_value():
@@ -72,7 +75,8 @@ class RedisOptions:
 # Smallest accepted value of each integer option (redis-py would fail later, or spin):
 # checked with the config, so a bad value fails the start naming the option.
 _MINIMUM = {"pool_size": 1, "connect_timeout_ms": 1, "health_interval_ms": 10, "write_batch": 1}
-_SCHEMES = ("redis", "rediss", "unix")
+_TCP = ("redis", "rediss")
+_SCHEMES = (*_TCP, "unix")
 
 
 def _check_types(options: RedisOptions) -> None:

@@ -4,12 +4,14 @@ before they are decoded (``redis_wire.decode_rows``).
 Standalone Redis: the MGETs of a read go out as one write on one pooled connection, or,
 with auto-pipelining and few keys, in the shared write of the event-loop tick
 (``redis_batch.py``). Redis Cluster: a pipeline of GETs, one round trip per node.
+Also the SCAN of a data version's keys (dropping or expiring the version).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from featurestore.sources.base import ViewQuery
@@ -57,3 +59,31 @@ async def cluster_get(client: RedisCluster, keyed: Keyed) -> list[list[bytes | N
         out.append(flat[i : i + len(keys)])
         i += len(keys)
     return out
+
+
+async def for_version_keys(client: Redis | RedisCluster, prefix: str, op: Any) -> int:
+    """Apply ``op(pipe, key)`` to every key under ``prefix`` (a data version's rows), a
+    pipeline per 1,000 keys SCAN finds; how many keys."""
+    pattern = _glob_escape(prefix) + "*"
+    n = 0
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += await _apply(client, batch, op)
+            batch = []
+    if batch:
+        n += await _apply(client, batch, op)
+    return n
+
+
+async def _apply(client: Redis | RedisCluster, keys: list[bytes], op: Any) -> int:
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        op(pipe, k)
+    await pipe.execute()
+    return len(keys)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

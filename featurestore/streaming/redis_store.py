@@ -187,9 +187,8 @@ class RedisTileStore:
         """One MGET on a pooled connection, packed as the plain Redis views' reads are."""
         pool = self._pool
         if pool is None:
-            pool = self._pool = LeanPool(
-                self._url, self._pool_size, socket_timeout=None, socket_keepalive=True, **self._connection
-            )
+            # TCP keepalive comes with the store's connection arguments (never for unix://)
+            pool = self._pool = LeanPool(self._url, self._pool_size, socket_timeout=None, **self._connection)
         prefix = self._prefix(view) + "k:"
         packed = pack_mget([prefix + key for key in keys])
         try:

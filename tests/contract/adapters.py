@@ -27,6 +27,8 @@ ADAPTERS = [
     "memory",
     "redis",
     "redis-no-autopipeline",
+    "redis-unix",
+    "redis-unix-no-autopipeline",
     "redis-cluster",
     "redis+lru",
     "redis+lru+bypass",
@@ -46,6 +48,12 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         server = request.getfixturevalue("redis_server")
         return RedisSource(
             "contract", project, RedisOptions(url=server.url, pool_size=8, auto_pipeline=False)
+        )
+    if name in ("redis-unix", "redis-unix-no-autopipeline"):  # unix:// (no TCP options)
+        server = request.getfixturevalue("redis_server")
+        auto = name == "redis-unix"
+        return RedisSource(
+            "contract", project, RedisOptions(url=server.unix_url, pool_size=8, auto_pipeline=auto)
         )
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
@@ -155,7 +163,7 @@ def make_offline_source(name: str, request: pytest.FixtureRequest, table: pa.Tab
     raise ValueError(name)
 
 
-TILE_STORES = ["memory", "redis"]
+TILE_STORES = ["memory", "redis", "redis-unix"]
 
 
 def make_tile_store(name: str, request: pytest.FixtureRequest) -> TileStore:
@@ -165,4 +173,7 @@ def make_tile_store(name: str, request: pytest.FixtureRequest) -> TileStore:
     if name == "redis":
         server = request.getfixturevalue("redis_server")
         return RedisTileStore("contract", project, server.url)
+    if name == "redis-unix":
+        server = request.getfixturevalue("redis_server")
+        return RedisTileStore("contract", project, server.unix_url)
     raise ValueError(name)

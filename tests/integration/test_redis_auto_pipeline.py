@@ -4,6 +4,7 @@ redis-server: a tick's send ends once every join in it gave up, and not before."
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -226,3 +227,24 @@ async def test_a_reset_cancelled_under_way_hands_every_connection_back(
     await asyncio.gather(reset, return_exceptions=True)
     assert pool.busy == 0
     assert await asyncio.wait_for(asyncio.gather(*(pool.acquire() for _ in range(4))), 1)
+
+
+async def test_a_send_that_gets_no_connection_fails_its_joins_and_leaves_no_task_error_behind(
+    redis_server: RedisServer,
+) -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    try:
+        async with pipeline(redis_server.url, 2) as (pool, auto):
+            assert await auto.mget([["k"]]) == [[None]]
+            await pool.close()  # every acquire fails from now on (as a refused connection would)
+            for _ in range(3):
+                with pytest.raises(ConnectionError, match="pool is closed"):
+                    await auto.mget([["k"]])
+            await asyncio.sleep(0)
+            gc.collect()  # a task whose exception nobody retrieved reports it when freed
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == []

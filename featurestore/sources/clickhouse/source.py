@@ -66,6 +66,7 @@ class ClickHouseOnlineSource:
         self._state = SourceState.STARTING
         self._reason = ""
         self._health: asyncio.Task[None] | None = None
+        self._closing = False
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
         self._missing = MissingData(name)
 
@@ -105,16 +106,18 @@ class ClickHouseOnlineSource:
         self._health = asyncio.create_task(self._health_loop(), name=f"clickhouse-health-{self._name}")
 
     async def close(self) -> None:
+        self._closing = True  # ends the loop at its next check even if the cancel is lost
         if self._health is not None:
             self._health.cancel()
-            await asyncio.wait([self._health], timeout=1.0)
+            await asyncio.wait([self._health])
         await asyncio.to_thread(self.pool.close)
 
     async def _health_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.options.health_interval_ms / 1000)
             try:
-                await self.check()
+                if not self._closing:
+                    await self.check()
             except Exception:  # the loop must outlive anything a backend does
                 log.exception("clickhouse store %s: health check failed", self._name)
 
