@@ -281,7 +281,7 @@ class RedisSource:
                 out.append(e)
             except LayoutMismatch as e:
                 out.append(e)
-            except (msgspec.DecodeError, ValueError) as e:
+            except (msgspec.DecodeError, ValueError, TypeError) as e:  # rows another tool wrote
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
         return out
 

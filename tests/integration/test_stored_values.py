@@ -198,3 +198,32 @@ def test_rows_another_writer_left_in_the_store_are_served_as_they_are_and_never_
     assert first == 1.0 and math.isnan(second)
     score = served(stack, [301], "user_profile:score")
     assert score["json"] == ([None], ["PRESENT"]) and math.isnan(score["grpc"][0][0])
+
+
+@pytest.mark.parametrize(
+    ("user", "row"),
+    [
+        (401, [7, 1.5, [1.0], None]),  # no event timestamp
+        (402, [7, 1.5, [1.0], "yesterday"]),  # a timestamp that is not epoch µs
+        (403, [7.5, 1.5, [1.0], NOW_US]),  # a float in an int64 feature
+        (404, [7, "high", [1.0], NOW_US]),  # a string in a float64 feature
+        (405, 5),  # not a row at all
+        (406, "abcd"),  # a string as long as a row
+    ],
+)
+def test_a_stored_row_that_does_not_fit_its_view_makes_that_view_unavailable_never_the_join(
+    stack: Stack, user: int, row: Any
+) -> None:
+    """Rows another tool wrote that do not fit the view's types: the view's values are
+    UNAVAILABLE (its read fails), other views still answer, and no encoding fails (a null
+    timestamp was a 500, a float in an int64 feature a gRPC INTERNAL)."""
+    with redis.Redis.from_url(stack.redis.url) as r:
+        r.set(f"fs:demo:user_profile:v0:{user}", msgspec.msgpack.encode(row))
+    for feature in ("user_profile:item_id", "user_profile:score"):
+        for encoding, (values, statuses) in served(stack, [user], feature).items():
+            assert statuses == ["UNAVAILABLE"] and values == [None], (feature, encoding)
+    both = {"entities": {"user_id": [user, 4]}, "features": ["user_profile:score", "loaded:ratio"]}
+    status, doc = stack.server.join(both)
+    assert status == 200, doc
+    assert doc["results"][1]["statuses"] == ["UNAVAILABLE", "UNAVAILABLE"]  # the whole view's read
+    assert doc["results"][2]["statuses"] == ["NOT_FOUND", "PRESENT"] and doc["metadata"]["partial"]

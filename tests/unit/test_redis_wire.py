@@ -72,3 +72,23 @@ def test_rows_of_another_width_than_the_view_are_refused_with_the_count(
 ) -> None:
     with pytest.raises(ValueError, match=f"stored rows hold {held} values but the view has 2 features"):
         decode_rows(query(), [*rows, VIEW.layout.encode()])
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        stored(1, 0.5, None),  # a null event timestamp
+        stored(1, 0.5, "yesterday"),
+        stored(1.5, 0.5, 10),  # a float in the int64 feature
+        stored(True, 0.5, 10),  # a bool is no int64
+        msgspec.msgpack.encode(5),  # not a row
+    ],
+)
+def test_a_row_whose_values_do_not_fit_the_view_s_types_is_refused_naming_the_value(row: bytes) -> None:
+    with pytest.raises(ValueError, match=r"stored rows do not fit the view's types: Expected"):
+        decode_rows(query(), [stored(2, 1.5, 20), row, None, VIEW.layout.encode()])
+
+
+def test_an_integer_stored_for_a_float64_feature_is_read_as_a_float() -> None:
+    read = decode_rows(query(), [stored(1, 2, 10), None, None, VIEW.layout.encode()])
+    assert read.columns[0][0] == 2.0 and isinstance(read.columns[0][0], float)
