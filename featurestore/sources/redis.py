@@ -281,8 +281,10 @@ class RedisSource:
                 out.append(e)
             except LayoutMismatch as e:
                 out.append(e)
-            except (msgspec.DecodeError, ValueError, TypeError) as e:  # rows another tool wrote
+            except msgspec.DecodeError as e:  # not msgpack: rows another tool wrote
                 out.append(Unavailable(f"view {q.view.name!r}: stored rows do not decode: {e}"))
+            except (ValueError, TypeError, RecursionError) as e:  # rows that do not fit the view
+                out.append(Unavailable(f"view {q.view.name!r}: {e}"))
         return out
 
     async def _fetch(self, keyed: Keyed) -> list[list[bytes | None]]:

@@ -9,14 +9,15 @@ definition they were not written for.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pyarrow as pa
 
 from featurestore.errors import Unavailable
-from featurestore.model import DType, FeatureView
+from featurestore.model import INT64_MAX, INT64_MIN, DType, FeatureView
 from featurestore.rows import EVENT_TIMESTAMP, column_values, row_keys
 from featurestore.sources.base import DataMissing, ViewQuery, ViewRead
 
@@ -25,12 +26,15 @@ _decode = msgspec.msgpack.Decoder().decode
 
 # What a stored row holds per feature dtype (what encode_rows writes: rows.column_values);
 # a null is allowed for every feature, never for the event timestamp that ends the row.
+# int64 and timestamps within int64: msgpack carries up to 2**64 - 1, which no encoding
+# of the answer can (Arrow and gRPC would fail or wrap it).
+_INT64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 _STORED: dict[DType, Any] = {
-    DType.INT64: int,
+    DType.INT64: _INT64,
     DType.FLOAT64: float,  # an int another tool wrote is read as a float
     DType.STRING: str,
     DType.BOOL: bool,
-    DType.TIMESTAMP: int,
+    DType.TIMESTAMP: _INT64,
     DType.FLOAT32_VECTOR: list[float | None],  # a null element another tool wrote is served
 }
 _row_decoders: dict[str, Callable[[bytes], tuple[Any, ...]]] = {}
@@ -39,13 +43,13 @@ _row_decoders: dict[str, Callable[[bytes], tuple[Any, ...]]] = {}
 def _row_decoder(view: FeatureView) -> Callable[[bytes], tuple[Any, ...]]:
     """A decoder of the view's rows that checks their width and every value's type in C,
     built once per layout (the layout fingerprints the features' names and dtypes): a row
-    another tool wrote that does not fit fails its view's read, never the join. Also
-    faster than decoding untyped and checking the widths after: 100 rows of 8 features of
-    the demo's dtypes and a timestamp, 23.4 against 25.6 µs; one row, 2.35 against 2.36
-    (timeit, best of 7)."""
+    another tool wrote that does not fit fails its view's read, never the join. No slower
+    than decoding untyped and checking the widths after: 100 rows of 8 features of the
+    demo's dtypes and a timestamp, 24.4-25.9 against 25.8-26.4 µs; one row, 2.40-2.47
+    against 2.43-2.56 (timeit, best of 7, two runs each)."""
     decode = _row_decoders.get(view.layout)
     if decode is None:
-        types = (*(_STORED[f.dtype] | None for f in view.features), int)
+        types = (*(_STORED[f.dtype] | None for f in view.features), _INT64)
         decode = _row_decoders[view.layout] = msgspec.msgpack.Decoder(tuple[types]).decode  # type: ignore[valid-type]
     return decode
 
@@ -106,24 +110,43 @@ def decode_rows(q: ViewQuery, values: list[bytes | None]) -> ViewRead:
     try:
         rows = [blank if v is None else decode(v) for v in values]
     except msgspec.ValidationError as e:
-        raise _misfit(values, width, e) from None
+        raise _misfit(q, values, e) from None
     found = [v is not None for v in values]
     cols = list(zip(*rows, strict=True)) if rows else [()] * (width + 1)
     return ViewRead(found=found, event_ts_us=list(cols[width]), columns=[list(cols[j]) for j in q.features])
 
 
-def _misfit(values: list[bytes | None], width: int, e: msgspec.ValidationError) -> ValueError:
-    """Why stored rows do not fit the view (off the hot path: only when they do not): a
-    width the named message tells how to fix, else the value msgspec refused."""
-    for v in values:
+_AT = re.compile(r"at `\$\[(\d+)\]")
+
+
+def _misfit(q: ViewQuery, values: list[bytes | None], e: msgspec.ValidationError) -> ValueError:
+    """Why stored rows do not fit the view, naming the first such row's key and what in it
+    (off the hot path: only when a read's rows do not fit): a width the named message
+    tells how to fix, else the feature whose value msgspec refused."""
+    width, decode = len(q.view.features), _row_decoder(q.view)
+    for key, v in zip(q.keys, values, strict=True):
         if v is None:
             continue
-        row = _decode(v)
+        try:
+            decode(v)
+            continue
+        except msgspec.ValidationError as refused:
+            e = refused
+        try:
+            row = _decode(v)
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth
+            row = None
         if isinstance(row, list) and len(row) != width + 1:
             return ValueError(
-                f"stored rows hold {len(row) - 1} values but the view has {width} features; "
+                f"stored rows hold {len(row) - 1} values but the view has {width} features (key {key!r}); "
                 "re-materialize the view for its current definition"
             )
+        at = _AT.search(str(e))
+        i = int(at[1]) if at else -1
+        what = (
+            q.view.features[i].name if 0 <= i < width else "the event timestamp" if i == width else "the row"
+        )
+        return ValueError(f"the stored row of key {key!r} does not fit the view: {what}: {e}")
     return ValueError(f"stored rows do not fit the view's types: {e}")
 
 

@@ -207,6 +207,9 @@ def test_rows_another_writer_left_in_the_store_are_served_as_they_are_and_never_
         (402, [7, 1.5, [1.0], "yesterday"]),  # a timestamp that is not epoch µs
         (403, [7.5, 1.5, [1.0], NOW_US]),  # a float in an int64 feature
         (404, [7, "high", [1.0], NOW_US]),  # a string in a float64 feature
+        (407, [2**63, 1.5, [1.0], NOW_US]),  # past int64: Arrow failed, gRPC wrapped it
+        (408, [7, 1.5, [1.0], 2**63]),  # an event timestamp past int64
+        (409, [None, None, None, NOW_US]),  # (fits: every feature null)
         (405, 5),  # not a row at all
         (406, "abcd"),  # a string as long as a row
     ],
@@ -219,11 +222,14 @@ def test_a_stored_row_that_does_not_fit_its_view_makes_that_view_unavailable_nev
     timestamp was a 500, a float in an int64 feature a gRPC INTERNAL)."""
     with redis.Redis.from_url(stack.redis.url) as r:
         r.set(f"fs:demo:user_profile:v0:{user}", msgspec.msgpack.encode(row))
+    want = ["PRESENT"] if user == 409 else ["UNAVAILABLE"]
     for feature in ("user_profile:item_id", "user_profile:score"):
         for encoding, (values, statuses) in served(stack, [user], feature).items():
-            assert statuses == ["UNAVAILABLE"] and values == [None], (feature, encoding)
+            assert statuses == want and values == [None], (feature, encoding)
     both = {"entities": {"user_id": [user, 4]}, "features": ["user_profile:score", "loaded:ratio"]}
     status, doc = stack.server.join(both)
     assert status == 200, doc
-    assert doc["results"][1]["statuses"] == ["UNAVAILABLE", "UNAVAILABLE"]  # the whole view's read
-    assert doc["results"][2]["statuses"] == ["NOT_FOUND", "PRESENT"] and doc["metadata"]["partial"]
+    fits = user == 409
+    # the whole view's read fails: user 4's score (no row: NOT_FOUND) too
+    assert doc["results"][1]["statuses"] == (["PRESENT", "NOT_FOUND"] if fits else ["UNAVAILABLE"] * 2)
+    assert doc["results"][2]["statuses"] == ["NOT_FOUND", "PRESENT"] and doc["metadata"]["partial"] != fits

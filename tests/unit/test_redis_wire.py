@@ -75,18 +75,31 @@ def test_rows_of_another_width_than_the_view_are_refused_with_the_count(
 
 
 @pytest.mark.parametrize(
-    "row",
+    ("row", "what"),
     [
-        stored(1, 0.5, None),  # a null event timestamp
-        stored(1, 0.5, "yesterday"),
-        stored(1.5, 0.5, 10),  # a float in the int64 feature
-        stored(True, 0.5, 10),  # a bool is no int64
-        msgspec.msgpack.encode(5),  # not a row
+        (stored(1, 0.5, None), "the event timestamp"),  # null
+        (stored(1, 0.5, "yesterday"), "the event timestamp"),
+        (stored(1, 0.5, 2**64 - 1), "the event timestamp"),  # msgpack's uint64: no encoding holds it
+        (stored(1.5, 0.5, 10), "a"),  # a float in the int64 feature
+        (stored(True, 0.5, 10), "a"),  # a bool is no int64
+        (stored(2**63, 0.5, 10), "a"),  # past int64
+        (msgspec.msgpack.encode(5), "the row"),  # not a row
     ],
 )
-def test_a_row_whose_values_do_not_fit_the_view_s_types_is_refused_naming_the_value(row: bytes) -> None:
-    with pytest.raises(ValueError, match=r"stored rows do not fit the view's types: Expected"):
+def test_a_row_whose_values_do_not_fit_the_view_s_types_is_refused_naming_its_key_and_feature(
+    row: bytes, what: str
+) -> None:
+    with pytest.raises(
+        ValueError, match=rf"^the stored row of key 2 does not fit the view: {what}: Expected"
+    ):
         decode_rows(query(), [stored(2, 1.5, 20), row, None, VIEW.layout.encode()])
+
+
+def test_a_row_nested_past_the_decoder_s_depth_is_refused_for_its_view_only() -> None:
+    deep = b"\x91" * 5_000 + msgspec.msgpack.encode(1.0)  # [[[...1.0...]]], 5,000 arrays deep
+    row = b"\x93" + msgspec.msgpack.encode(1) + deep + msgspec.msgpack.encode(10)  # [1, deep, 10]
+    with pytest.raises(ValueError, match=r"^the stored row of key 1 does not fit the view: b: Expected"):
+        decode_rows(query(), [row, None, None, VIEW.layout.encode()])
 
 
 def test_an_integer_stored_for_a_float64_feature_is_read_as_a_float() -> None:
