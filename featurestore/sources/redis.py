@@ -177,6 +177,8 @@ class RedisSource:
             if not self._closing:  # (a probe cut short by close() says nothing of Redis)
                 self._set_state(SourceState.DOWN, repr(e))
             return
+        if self._closing:  # a cancel lost in the probe: READY would reset a pool close() closed
+            return
         self._set_state(SourceState.READY)
         if checked:
             for (view, version), n in zip(checked, exists, strict=True):
