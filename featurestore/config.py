@@ -290,6 +290,7 @@ class DriftConfig:  # drift tests on served values (docs/quality.md)
     sample_every: Count = 10  # one join in n is sampled (random gaps of mean n)
     values_per_request: Count = 10  # at most this many values per feature from a sampled join
     window: Count = 1000  # values per test, per feature, per worker
+    min_interval_seconds: Seconds = 10.0  # a feature's window rests this long after a test
     alpha: Ratio = 0.05
 
 

@@ -193,6 +193,10 @@ def build_drift(
         return None
     monitor = DriftMonitor(stores, alpha=config.alpha, recorder=recorder)
     sampler = DriftSampler(
-        monitor.submit, every=config.sample_every, per_request=config.values_per_request, window=config.window
+        monitor.submit,
+        every=config.sample_every,
+        per_request=config.values_per_request,
+        window=config.window,
+        min_interval=config.min_interval_seconds,
     )
     return sampler, monitor

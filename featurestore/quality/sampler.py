@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -41,7 +42,7 @@ class Window(NamedTuple):
 
 
 class _Ring:
-    __slots__ = ("categorical", "feature", "values", "version", "view")
+    __slots__ = ("categorical", "feature", "rest_until", "values", "version", "view")
 
     def __init__(self, view: FeatureView, feature: str, categorical: bool) -> None:
         self.view = view
@@ -49,6 +50,7 @@ class _Ring:
         self.categorical = categorical
         self.values: list[Any] = []
         self.version = -1
+        self.rest_until = 0.0  # no sampling before (clock time): see DriftSampler's min_interval
 
 
 class DriftSampler:
@@ -60,13 +62,24 @@ class DriftSampler:
         per_request: int = 10,
         window: int = 1000,
         seed: int | None = None,
+        min_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``min_interval``: seconds a feature's window rests after it is handed over. A
+        test costs ~0.2 ms in a worker thread beside the serving loop; at 2,000 batch-100
+        joins/s a window of every feature filled twice a second, and the tests (and the
+        thread handing the GIL back and forth) cost 12-15% of the server's CPU
+        (benchmarks/drift.py, 2026-12-04). Resting, a feature is not sampled at all."""
         if every < 1 or per_request < 1 or window < 1:
             raise ValueError("every, per_request and window must be >= 1")
+        if min_interval < 0:
+            raise ValueError("min_interval must be >= 0")
         self.on_full = on_full
         self.every = every
         self.per_request = per_request
         self.window = window
+        self.min_interval = min_interval
+        self._clock = clock
         self._count = 0
         self._random = random.Random(seed)
         self._gap = self._next_gap()
@@ -87,12 +100,12 @@ class DriftSampler:
         bound = self._bound.get(id(plan))
         if bound is None or bound[0] is not plan:  # plans are cached per snapshot: bound once
             bound = self._bind(plan)
-        window, versions = self.window, state.data_versions
+        window, versions, now = self.window, state.data_versions, self._clock()
         take = self._rows(gathered)
         for (name, rings), cols in zip(bound[1], gathered, strict=False):
             version = versions.get(name, 0)
             for ring, col in zip(rings, cols, strict=True):
-                if ring is None:
+                if ring is None or ring.rest_until > now:
                     continue
                 if ring.version != version:
                     ring.version, ring.values = version, []
@@ -100,6 +113,7 @@ class DriftSampler:
                 buf.extend(take(col))
                 if len(buf) >= window:
                     self._full(ring, buf)
+                    ring.rest_until = now + self.min_interval
 
     def _next_gap(self) -> int:
         """Joins until the next sample: uniform on [1, 2 * every - 1] (mean ``every``),
@@ -149,7 +163,7 @@ class DriftSampler:
         return ring
 
     def _full(self, ring: _Ring, buf: list[Any]) -> None:
-        ring.values = buf[self.window :]
+        ring.values = buf[self.window :] if not self.min_interval else []  # (a rest starts afresh)
         del buf[self.window :]
         self.on_full(Window(ring.view, ring.feature, ring.categorical, ring.version, buf))
 

@@ -669,6 +669,8 @@ def test_a_rollback_to_a_version_whose_kernels_no_longer_build_is_refused(
     capsys.readouterr()
     assert main(["registry", "rollback", "1", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "derived_views[d].features[f].function: the kernel does not compile" in err and "trusted_rb" in err, err
+    assert (
+        "derived_views[d].features[f].function: the kernel does not compile" in err and "trusted_rb" in err
+    ), err
     assert main(["registry", "history", "--config", str(config)]) == 0
     assert "rollback" not in capsys.readouterr().out
