@@ -16,10 +16,12 @@ from tests.support import ServerProcess, http_get, http_post, wait_until
 FEATURES = ["age", "tenure_days", "num_devices", "country", "plan_tier", "preferred_language",
             "lifetime_value", "credit_score"]  # fmt: skip
 # every join sampled, all its values: one request of 1,000 users fills one window per feature
+# (and no rest between a feature's tests)
 ENV = {
     "FEATURESTORE_QUALITY__DRIFT__SAMPLE_EVERY": "1",
     "FEATURESTORE_QUALITY__DRIFT__VALUES_PER_REQUEST": "1000",
     "FEATURESTORE_QUALITY__DRIFT__WINDOW": "1000",
+    "FEATURESTORE_QUALITY__DRIFT__MIN_INTERVAL_SECONDS": "0.001",
 }
 
 
