@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,13 +31,9 @@ async def pipeline(url: str, size: int) -> AsyncIterator[tuple[LeanPool, AutoPip
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
+def server(own_redis: RedisServer) -> RedisServer:
     """A redis-server of this test's own (some tests freeze it or change its users)."""
-    server = RedisServer(tmp_path / "r").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis
 
 
 @pytest.fixture

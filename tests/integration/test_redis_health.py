@@ -8,12 +8,9 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.join import JoinEngine, JoinRequest, Limits
@@ -39,19 +36,10 @@ def users(ids: list[int]) -> pa.Table:
     return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: CLIENT KILL TYPE normal closes every client."""
-    server = RedisServer(tmp_path / "r").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_killing_every_client_connection_under_joins_never_marks_the_store_down(
-    server: RedisServer,
+    own_redis: RedisServer,
 ) -> None:
+    server = own_redis  # of this test's own: CLIENT KILL TYPE normal closes every client
     project = f"p{uuid.uuid4().hex[:8]}"
     src = RedisSource("default", project, RedisOptions(url=server.url, pool_size=8, health_interval_ms=10))
     await src.start()
