@@ -106,6 +106,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.drift --rounds 5 --duration 8
 	$(PY) -m benchmarks.lineage_page
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.stream_windows
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

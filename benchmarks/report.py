@@ -106,6 +106,7 @@ PARTS = (
     "drift.md",
     "lineage-page.md",
     "streaming.md",
+    "stream-windows.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

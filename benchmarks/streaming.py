@@ -268,6 +268,9 @@ async def join_qps(redis: RedisServer, seconds: float) -> dict[str, Any]:
         cols[f.name] = pa.array(rng.uniform(0, 100, USERS))
     await plain.write(plain_view, pa.table({f.name: cols[f.name] for f in schema}, schema=schema), 0)
     stream = StreamSource("default", tiles)
+    await stream.prepare([stream_view])
+    if not await stream.kernel_ready():  # as a server is seconds after its start
+        raise SystemExit("the compiled windows pass did not load (see the log)")
     engine = JoinEngine(
         {"default": plain, stream.name: stream}, ServingState(new_snapshot(defs, 1)), Limits(max_rows=1000)
     )

@@ -148,7 +148,7 @@ def build_command(paths: list[Path]) -> list[str]:
     return [sys.executable, "-m", "featurestore.derived.build", *map(str, paths)]
 
 
-def _dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+def dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """The command and ``preexec_fn`` of a build child that is SIGKILLed when the process
     that started it dies: killed outright (the supervisor's SIGKILL after its grace, a
     second stop signal, the OOM killer), a worker would otherwise leave its build
@@ -172,7 +172,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _build_env() -> dict[str, str]:
+def build_env() -> dict[str, str]:
     # The child imports what this process can: featurestore itself and trusted functions.
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
@@ -230,10 +230,10 @@ async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
 
 async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
     t0 = time.perf_counter()
-    argv, preexec_fn = _dying_with_parent(build_command(todo))
+    argv, preexec_fn = dying_with_parent(build_command(todo))
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        env=_build_env(),
+        env=build_env(),
         preexec_fn=preexec_fn,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -263,10 +263,10 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
         if not todo:
             return
         try:
-            argv, preexec_fn = _dying_with_parent(build_command(todo))
+            argv, preexec_fn = dying_with_parent(build_command(todo))
             proc = subprocess.run(
                 argv,
-                env=_build_env(),
+                env=build_env(),
                 preexec_fn=preexec_fn,
                 capture_output=True,
                 text=True,

@@ -62,6 +62,7 @@ async def test_a_cancelled_read_stops_assembling_windows_in_its_worker_thread(
     assert KEYS * TILES > THREAD_READ_RECORDS
     gated = GatedCompute()
     monkeypatch.setattr(serving, "compute", gated)
+    monkeypatch.setattr(serving, "THREAD_READ_RECORDS_COMPILED", THREAD_READ_RECORDS)  # compiled or not
     monkeypatch.setattr(serving, "CHUNK_RECORDS", TILES * 10, raising=False)  # runs of 10 keys
     source = StreamSource("default", store, clock=lambda: t0 + 1)
 
@@ -95,6 +96,7 @@ async def test_windows_assembled_in_runs_of_keys_are_those_of_one_pass(
     blobs = await store.read(view, [str(k) for k in keys])
     layout = view_layout(view)
     one_pass = compute(layout, blobs, t0 + 1, wanted)
+    monkeypatch.setattr(serving, "THREAD_READ_RECORDS_COMPILED", THREAD_READ_RECORDS)  # compiled or not
     monkeypatch.setattr(serving, "CHUNK_RECORDS", TILES * 3 + 5, raising=False)
     source = StreamSource("default", store, clock=lambda: t0 + 1)
     [got] = await source.read([ViewQuery(view, keys, wanted, 1)])

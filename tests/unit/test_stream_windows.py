@@ -1,5 +1,6 @@
-"""Windows at read time: the numpy path (many records) and the plain-Python path (a few)
-give the answers of the straightforward recomputation (tests/unit/stream_reference.py)."""
+"""Windows at read time: the numpy path (many records), the plain-Python path (a few) and
+the compiled pass (``kernel.py``, once loaded) give the answers of the straightforward
+recomputation (tests/unit/stream_reference.py)."""
 
 from __future__ import annotations
 
@@ -61,12 +62,19 @@ def blobs_of(evs: list[Accepted], keys: int) -> list[bytes | None]:
     return [b"".join(by_key[str(k)]) if str(k) in by_key else None for k in range(keys)]
 
 
-@pytest.mark.parametrize("small", [0, 10**9], ids=["numpy", "python"])
+@pytest.mark.parametrize(
+    ("small", "compiled"), [(0, False), (10**9, False), (0, True)], ids=["numpy", "python", "compiled"]
+)
 @pytest.mark.parametrize(("keys", "per_key"), [(1, 3), (1, 40), (7, 25), (40, 5)])
-def test_both_paths_answer_as_the_recomputation(
-    monkeypatch: pytest.MonkeyPatch, small: int, keys: int, per_key: int
+def test_every_path_answers_as_the_recomputation(
+    monkeypatch: pytest.MonkeyPatch, small: int, compiled: bool, keys: int, per_key: int
 ) -> None:
     monkeypatch.setattr(windows, "SMALL_READ_RECORDS", small)
+    monkeypatch.setattr(windows, "_kernel", None)
+    if compiled:
+        from featurestore.streaming import kernel  # compiles, or loads numba's cache
+
+        windows.use_kernel(kernel.reduce_windows)
     now_us = 29_000_000 * TILE_US + 17_000_000
     evs = events(keys * 31 + per_key, keys, per_key, now_us)
     wanted = list(range(len(AGGS)))
