@@ -223,7 +223,8 @@ DERIVED_COMPILES = Counter(
 STREAM_WINDOWS_KERNEL_LOADS = Counter(
     "featurestore_stream_windows_kernel_loads_total",
     "Loads of the compiled pass that assembles stream views' windows at read time, by result: loaded, "
-    "failed (windows stay in numpy in this process: the same values, ~3x the CPU at batch 100).",
+    "failed (windows in numpy meanwhile: the same values, ~3x the CPU at batch 100; for good unless the "
+    "build was killed by a signal or ran past its time, which the next registry swap tries again).",
     ["result"],
 )
 DERIVED_COMPILE_DURATION = Histogram(

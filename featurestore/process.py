@@ -31,6 +31,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.overload import LoadShedder
 from featurestore.push import PushService
 from featurestore.runtime import Runtime, build_runtime
+from featurestore.streaming import kernel_load
 from featurestore.supervisor import REUSE_PORT_ENV, WORKER_ENV, report_ready
 from featurestore.tracing import setup_tracing
 from lineage.runs import JobRunEvent
@@ -38,6 +39,9 @@ from lineage.runs import JobRunEvent
 log = logging.getLogger("featurestore")
 
 DRAIN_SECONDS = 10
+# How long start-up waits for the stream windows' compiled pass (from the cache: ~0.5 s;
+# built first: ~2 s): past it the server starts with numpy and the pass comes in later.
+STREAM_KERNEL_WAIT_SECONDS = 20.0
 
 
 class _UvicornServer(uvicorn.Server):
@@ -290,6 +294,10 @@ async def serve(
     runs of this process recorded before its lineage graph existed (``serve --demo``)."""
     setup_tracing(config.tracing)
     rt = await build_runtime(config)
+    # The stream views' compiled windows pass, loading since the stores were prepared: in
+    # before the heap is frozen (numba's ~84,000 objects) and before the listeners open (its
+    # import in a thread stalls the loop up to ~30 ms). A slow build goes on afterwards.
+    await kernel_load.settled(STREAM_KERNEL_WAIT_SECONDS)
     if runs and rt.lineage is not None and rt.lineage.runs.sink is not None:
         await rt.lineage.runs.sink.send_runs(runs)
     listeners = Listeners(rt)

@@ -6,15 +6,15 @@ and whether it is defined, and per key the newest event time in its longest wind
 Each record is added once, to the *band* of the smallest window holding it (windows
 nest: a window is its band and the bands of the shorter ones), and the bands are then
 folded, shortest first. The stream benchmark's batch-100 read (100 keys, ~1,870 records
-of 8 slots, 15 aggregations over 3 windows): 263 µs for ``windows.compute`` in numpy,
-XX µs with this pass (``python -m benchmarks.stream_windows``).
+of 8 slots, 15 aggregations over 3 windows): ``windows.compute`` takes ~250 µs in numpy,
+~85-95 µs with this pass, ~25 of them in the pass itself, the rest making the response's
+values (``python -m benchmarks.stream_windows``, benchmarks/RESULTS.md).
 
 Its signature is explicit, so importing this module compiles it, or loads it from numba's
 on-disk cache (``cache=True``: the ``__pycache__`` beside this file, ``NUMBA_CACHE_DIR``
 or the user's cache directory; where none is writable, it compiles uncached, as
-``derived/ops.py`` does). Serving never imports it on a request: ``kernel_load`` runs a
-child process at a lower priority that imports it (filling the cache), then imports it
-in a thread; the numpy path serves meanwhile.
+``derived/ops.py`` does). Serving never imports it on a request: ``kernel_load`` does,
+in a thread, once per process.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 
 import numba
 import numpy as np
+
+from featurestore.derived.loadguard import CompileDuringLoad
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ SIGNATURE = numba.int64(
 def _compiled(fn: Callable[..., Any]) -> Any:
     try:
         return numba.njit(SIGNATURE, cache=True, nogil=True)(fn)
+    except CompileDuringLoad:  # a load refusing compiles (kernel_load): nothing in the cache
+        raise
     except RuntimeError as e:  # no writable cache: compile for this process only
         _logger.warning(
             "%s: set NUMBA_CACHE_DIR to a writable directory so workers reuse the windows pass", e

@@ -1,24 +1,41 @@
-"""Loading the compiled windows pass (``kernel.py``) off the hot path.
+"""Loading the compiled windows pass (``kernel.py``) off the hot path, once per process.
 
-``load`` is started in the background by the first stream view's ``prepare``: a child
-process at a lower priority imports the kernel module, which compiles the pass into
-numba's on-disk cache (~1 CPU-second, once per machine and numba version), then this
-process imports it in a thread (a cache load: ~0.5 s, most of it importing numba) and
-``windows.use_kernel`` switches to it. Until then, and for good if the pass does not
-load (logged once, counted in ``featurestore_stream_windows_kernel_loads_total``),
-windows are assembled in numpy: the same answers, slower. No request waits for it.
+The first stream store handed a stream view (``StreamSource.prepare``) starts the load
+in the background; every store shares it (``start``, ``release``). The load imports the
+kernel module in a thread with compiles refused (``derived.loadguard``): from numba's
+on-disk cache it is a load of machine code (~0.3 s, ~0.5 s with numba's import). Only
+when the cache holds nothing loadable does a child process at a lower priority import
+the module, compiling the pass into the cache (~1.3 s, ~1.4 CPU-seconds, once per
+machine and numba version), and the thread imports it again (where no cache directory
+is writable, compiling it there: set ``NUMBA_CACHE_DIR``). LLVM's pages are handed back
+after the import (``derived.pages``), as after a derived kernel's load: a worker without
+derived views otherwise kept ~120 MB of them, ~54 MB with them released.
+
+Until the pass is in, windows are assembled with numpy: the same values, slower. A
+server waits for the load before it reports ready and freezes its heap (``settled``,
+``process.py``), so requests see neither the numpy path nor the import (a thread importing
+numba holds Python's lock in long stretches: the loop stalled up to ~30-38 ms). A load
+that fails for good (the module does not import, the build exits with an error) is
+logged once and counted in ``featurestore_stream_windows_kernel_loads_total{result="failed"}``,
+and windows stay in numpy in that process; one that failed for a passing cause (the
+build killed by a signal, e.g. the OOM killer, or past its time) is tried again by the
+next ``prepare`` (a registry swap).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
 import time
+from types import ModuleType
 
 from featurestore import metrics
 from featurestore.derived.compiler import BUILD_TIMEOUT_SECONDS, build_env, dying_with_parent
+from featurestore.derived.loadguard import CompileDuringLoad, no_compile
+from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.streaming import windows
 
 log = logging.getLogger(__name__)
@@ -30,21 +47,66 @@ BUILD_COMMAND = [
     f"from featurestore.derived.build import lower_priority; lower_priority(); import {MODULE}",
 ]
 
-_failed: list[str] = []  # the error of a load that failed in this process: not tried again
+_failed: list[str] = []  # the error of a load that failed for good in this process
+_task: asyncio.Task[bool] | None = None  # the load in progress (or done), shared by the stores
+_owners: set[object] = set()  # the stores that asked for it and are not closed
 
 
-async def load() -> bool:
-    """Make the compiled pass serve; whether it does. Cancelling stops the build child
-    (a thread already importing finishes, and the pass is then used)."""
-    if windows.kernel_loaded():
-        return True
-    if _failed:
-        return False
+class _Passing(Exception):
+    """A build that did not end by itself (a signal, its timeout): the next prepare retries."""
+
+
+def start(owner: object) -> None:
+    """``owner`` (a stream store) needs the pass: load it unless it is loaded, loading, or
+    failed for good. ``release(owner)`` when it closes."""
+    global _task
+    _owners.add(owner)
+    if windows.kernel_loaded() or _failed:
+        return
+    loop = asyncio.get_running_loop()
+    if (
+        _task is None
+        or _task.get_loop() is not loop
+        or _task.cancelled()
+        or (_task.done() and not _task.result())
+    ):
+        _task = loop.create_task(_load())
+
+
+async def release(owner: object) -> None:
+    """``owner`` closed: when no store needs the pass any more, a load still running stops
+    (its build process is killed)."""
+    _owners.discard(owner)
+    task = _task
+    if not _owners and task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def settled(wait_seconds: float) -> bool:
+    """Wait up to ``wait_seconds`` for a load in progress; whether the pass serves."""
+    task = _task
+    if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), wait_seconds)
+    return windows.kernel_loaded()
+
+
+async def _load() -> bool:
     t0 = time.perf_counter()
     try:
-        if MODULE not in sys.modules:
+        try:
+            module = await asyncio.to_thread(_import, True)
+        except CompileDuringLoad:  # nothing loadable in the cache: build it, then load it
             await _build()
-        module = await asyncio.to_thread(importlib.import_module, MODULE)
+            module = await asyncio.to_thread(_import, False)
+    except _Passing as e:
+        metrics.STREAM_WINDOWS_KERNEL_LOADS.labels("failed").inc()
+        log.warning(
+            "the compiled windows pass did not load: windows stay in numpy until the next try (%s)", e
+        )
+        return False
     except Exception as e:
         _failed.append(f"{type(e).__name__}: {e}")
         metrics.STREAM_WINDOWS_KERNEL_LOADS.labels("failed").inc()
@@ -55,6 +117,16 @@ async def load() -> bool:
         metrics.STREAM_WINDOWS_KERNEL_LOADS.labels("loaded").inc()
         log.info("stream windows: compiled pass loaded in %.2f s", time.perf_counter() - t0)
     return True
+
+
+def _import(from_cache_only: bool) -> ModuleType:
+    """The kernel module (in a worker thread), LLVM's pages released after each step."""
+    prepare_numba()
+    try:
+        with no_compile(MODULE) if from_cache_only else contextlib.nullcontext():
+            return importlib.import_module(MODULE)
+    finally:
+        release_llvm_pages()
 
 
 async def _build() -> None:
@@ -68,10 +140,14 @@ async def _build() -> None:
     )
     try:
         _, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-    except BaseException:
+    except BaseException as e:
         proc.kill()
         await proc.wait()
+        if isinstance(e, TimeoutError):
+            raise _Passing(f"the build process did not finish within {BUILD_TIMEOUT_SECONDS:g} s") from None
         raise
+    if proc.returncode is not None and proc.returncode < 0:
+        raise _Passing(f"the build process was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"the build process exited {proc.returncode}: {lines[-1] if lines else ''}")

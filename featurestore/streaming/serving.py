@@ -19,7 +19,6 @@ Lineage names the view's Kafka topic as its source table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,10 +41,14 @@ from featurestore.streaming.windows import Windows, compute
 # trip through asyncio.to_thread; 2,048 records are ~0.6 ms on the loop, to which the
 # thread would add 7 %. (A 7-day window of 1-minute tiles, 300 keys: 0.9 s on the loop.)
 THREAD_READ_RECORDS = 2_048
-# The same with the compiled pass (``kernel.py``): ~47 ns a record at 1,000 keys of ~19
-# records (0.9 ms; most of it the per-key values made for the response), ~12 ns in the
-# pass itself; 12,288 records are at most ~0.6 ms on the loop.
+# The same with the compiled pass (``kernel.py``): ~12 ns a record in the pass, so
+# 12,288 records are ~0.15-0.6 ms with the values made of them (at 1,000 keys of ~19
+# records, 15 aggregations: ~47 ns a record, 0.9 ms).
 THREAD_READ_RECORDS_COMPILED = 12_288
+# And up to this many values made for the response (keys x aggregations asked for), on
+# either path: ~30 ns each (a list entry, a float, None where undefined), whatever the
+# records: 10,000 keys of one record each, 15 aggregations, took 4.8 ms compiled.
+THREAD_READ_VALUES = 20_000
 # In the worker thread, windows are assembled in runs of keys of about this many records
 # (~20-60 ms each; ~40 array operations a run, ~75 µs, ~2 ms over a 2,000,000-record
 # read), and a read cancelled meanwhile (its deadline) stops at the next run instead of
@@ -72,7 +75,6 @@ class StreamSource:
         self._clock = clock or _now_us  # epoch µs; tests read at chosen times
         self._health = health  # the store on the same server, whose probe opens the circuit
         self._was_down = False
-        self._kernel: asyncio.Future[bool] | None = None  # loading the compiled windows pass
 
     @property
     def name(self) -> str:
@@ -82,21 +84,18 @@ class StreamSource:
         pass
 
     async def close(self) -> None:
-        if self._kernel is not None:
-            self._kernel.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._kernel
+        await kernel_load.release(self)
         await self.tiles.aclose()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
         for view in views:
             view_layout(view)  # computed off the hot path
-        if views and self._kernel is None and not windows.kernel_loaded():
-            self._kernel = asyncio.ensure_future(kernel_load.load())  # numpy serves meanwhile
+        if views:
+            kernel_load.start(self)  # the compiled windows pass, in the background
 
-    async def kernel_ready(self) -> bool:
+    async def kernel_ready(self, wait_seconds: float = 120.0) -> bool:
         """Wait for the compiled windows pass (benchmarks, tests); whether it serves."""
-        return windows.kernel_loaded() or (self._kernel is not None and await asyncio.shield(self._kernel))
+        return await kernel_load.settled(wait_seconds)
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         if self._health is not None:
@@ -120,7 +119,10 @@ class StreamSource:
                 continue
             now_us = self._clock()
             limit = THREAD_READ_RECORDS_COMPILED if windows.kernel_loaded() else THREAD_READ_RECORDS
-            if sum(len(b) for b in blobs if b) > limit * layout.record_bytes:
+            if (
+                sum(len(b) for b in blobs if b) > limit * layout.record_bytes
+                or len(blobs) * len(q.features) > THREAD_READ_VALUES
+            ):
                 stop = threading.Event()
                 try:
                     w = await asyncio.to_thread(_compute_in_runs, layout, blobs, now_us, q.features, stop)

@@ -11,8 +11,8 @@ windows and slots in one ``reduceat``: sums (counts, sums), "maxima" (max, the n
 min, the newest times of ``last`` and of the tile), then ``last`` values are picked
 beside their newest time. A fixed number of numpy calls per request, whatever the
 number of keys, aggregations or windows; then one ``tolist``. Once the compiled pass
-(``kernel.py``) is loaded (``use_kernel``), it replaces those reductions: one pass over
-the records filling the same matrix, ~30x quicker at 100 keys.
+(``kernel.py``) is loaded (``use_kernel``), it replaces those reductions and the Python
+path: one pass over the records (a read of 100 keys: ~2.9x quicker in all).
 """
 
 from __future__ import annotations

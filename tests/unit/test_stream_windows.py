@@ -69,12 +69,7 @@ def blobs_of(evs: list[Accepted], keys: int) -> list[bytes | None]:
 def test_every_path_answers_as_the_recomputation(
     monkeypatch: pytest.MonkeyPatch, small: int, compiled: bool, keys: int, per_key: int
 ) -> None:
-    monkeypatch.setattr(windows, "SMALL_READ_RECORDS", small)
-    monkeypatch.setattr(windows, "_kernel", None)
-    if compiled:
-        from featurestore.streaming import kernel  # compiles, or loads numba's cache
-
-        windows.use_kernel(kernel.reduce_windows)
+    use_path(monkeypatch, small, compiled)
     now_us = 29_000_000 * TILE_US + 17_000_000
     evs = events(keys * 31 + per_key, keys, per_key, now_us)
     wanted = list(range(len(AGGS)))
@@ -93,6 +88,47 @@ def test_every_path_answers_as_the_recomputation(
                 got.columns[j][key],
                 expected[name],
             )
+
+
+PATHS = pytest.mark.parametrize(
+    ("small", "compiled"), [(0, False), (10**9, False), (0, True)], ids=["numpy", "python", "compiled"]
+)
+
+
+def use_path(monkeypatch: pytest.MonkeyPatch, small: int, compiled: bool) -> None:
+    monkeypatch.setattr(windows, "SMALL_READ_RECORDS", small)
+    monkeypatch.setattr(windows, "_kernel", None)
+    if compiled:
+        from featurestore.streaming import kernel  # compiles, or loads numba's cache
+
+        windows.use_kernel(kernel.reduce_windows)
+
+
+@PATHS
+@pytest.mark.parametrize(
+    ("ages", "found"),
+    [
+        ([59], True),  # the longest window's (60 tiles) oldest tile
+        ([60], False),  # one tile older: in no window
+        ([60, 59], True),
+        ([-1], False),  # the reader's future
+        ([-1, 0], True),  # and the tile in progress
+        ([60, 3, 2, -1], True),  # each window's edges (3, 10 and 60 tiles)
+        ([10, 9, 0], True),
+    ],
+)
+def test_every_path_takes_each_windows_edge_tiles_and_no_other(
+    monkeypatch: pytest.MonkeyPatch, small: int, compiled: bool, ages: list[int], found: bool
+) -> None:
+    use_path(monkeypatch, small, compiled)
+    now_us = 29_000_000 * TILE_US + 17_000_000
+    evs = [Accepted(0, now_us - age * TILE_US, 1.0 + i, 0, i) for i, age in enumerate(ages)]
+    got = windows.compute(LAYOUT, blobs_of(evs, 1), now_us, list(range(len(AGGS))))
+    exp_found, newest, expected = window_values(evs, 0, now_us, TILE_US, list(AGGS))
+    assert got.found[0] is exp_found is found
+    if found:
+        assert got.event_ts_us[0] == newest
+        assert all(close(got.columns[j][0], expected[name]) for j, (name, *_) in enumerate(AGGS)), got.columns
 
 
 def test_a_subset_of_aggregations_comes_back_in_the_order_asked() -> None:
