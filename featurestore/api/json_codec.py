@@ -20,7 +20,7 @@ import msgspec
 import orjson
 
 from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
-from featurestore.api.timestamps import iso_list
+from featurestore.api.timestamps import iso_json, iso_list
 from featurestore.errors import InvalidArgument
 from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
@@ -210,7 +210,7 @@ def encode_join(result: JoinResult, trace_id: str) -> bytes:
     for col in result.columns:
         values: Any = col.values
         if col.dtype is DType.TIMESTAMP:
-            values = iso_list(values)
+            values = Fragment(iso_json(values)) if n >= _SHARED_RENDER_ROWS else iso_list(values)
         outcome = col.outcome
         if outcome is None:
             statuses, ts = entity_statuses, entity_ts
@@ -240,10 +240,9 @@ def _render(outcome: ViewOutcome, n: int) -> tuple[Any, Any]:
     else:
         names = JSON_NAME_BY_VALUE
         statuses = [names[s] for s in outcome.statuses]
-    ts = iso_list(outcome.event_ts_us)
     if n >= _SHARED_RENDER_ROWS:
-        return Fragment(dumps(statuses)), Fragment(dumps(ts))
-    return statuses, ts
+        return Fragment(dumps(statuses)), Fragment(iso_json(outcome.event_ts_us))
+    return statuses, iso_list(outcome.event_ts_us)
 
 
 def encode_error(err: dict[str, Any]) -> bytes:

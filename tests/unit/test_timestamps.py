@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 
+import orjson
 import pytest
 
 from featurestore.api import timestamps
@@ -85,3 +86,40 @@ def test_the_smallest_int64_beside_other_values_leaves_their_rendering_alone() -
     ]
     timestamps._cache.clear()
     assert iso_list([early, smallest]) == [*iso_list([early]), reference(smallest)]
+
+
+YEAR_1 = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z, the first instant orjson writes
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["any-microsecond", "whole-seconds"])
+def test_a_column_as_json_is_iso_list_as_json_across_every_year_orjson_writes(whole: bool) -> None:
+    rng = random.Random(11)
+    last = 253_402_300_799_000_000  # 9999-12-31T23:59:59Z
+    for _ in range(300):
+        values = [rng.randrange(YEAR_1, last) for _ in range(100)]
+        if whole:
+            values = [v // 1_000_000 * 1_000_000 for v in values]
+        timestamps._cache.clear()
+        assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        None,  # a row without a value
+        -(2**63),  # the smallest int64: numpy's NaT
+        253_402_300_800_000_000,  # year 10000
+        YEAR_1 - 1,  # year 0
+        2**63 - 1,
+    ],
+)
+def test_a_column_orjson_cannot_write_from_integers_is_rendered_as_iso_list(odd: int | None) -> None:
+    values = [1_704_067_207_000_000, odd, -58_000_000_000_000_000, 1]
+    expected = orjson.dumps(iso_list(values))
+    timestamps._cache.clear()
+    assert timestamps.iso_json(values) == expected
+    assert orjson.loads(expected)[2] == "0132-01-20T16:53:20Z"
+
+
+def test_an_empty_column_is_an_empty_array() -> None:
+    assert timestamps.iso_json([]) == b"[]"
