@@ -5,7 +5,7 @@ zero-padded to four digits (RFC 3339), years past 9999 have more.
 A response renders one timestamp per row per view, so this is on the hot path of every
 join. Rendered strings are kept in a bounded cache (a view's rows often share
 timestamps: a batch materialized at one instant); the values the cache does not hold
-are rendered together by numpy. One at a time, ``time.strftime`` costs 1.3 µs a value;
+are rendered together by numpy, or one by one when they are few. One at a time, ``time.strftime`` costs 1.3 µs a value;
 numpy renders 100 in 25 µs and a cache hit costs 0.07 µs. The cache alone was a cliff:
 data with more distinct timestamps than it holds (131,072) paid the 1.3 µs on nearly
 every value, 130 µs per view at batch 100 (benchmarks/RESULTS.md, issue 16).
@@ -74,7 +74,22 @@ def iso_json(values: Sequence[int | None]) -> bytes:
     return orjson.dumps(iso_list(values))
 
 
+# A few misses are rendered one by one (strftime, 1.0 µs each) rather than by numpy, whose
+# set-up alone is ~7 µs (one value: 7.1 against 1.0 µs): a batch-1 join whose view's
+# timestamp is not cached (data of many distinct instants) paid the 7 µs per view.
+# strftime writes years 1000-9999 as RFC 3339 does; others go to numpy.
+_FEW = 8
+_YEAR_1000 = -30_610_224_000_000_000  # 1000-01-01T00:00:00Z
+_YEAR_10000 = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
+
+
 def _render(values: Sequence[int | None], misses: list[int], out: list[str | None]) -> None:
+    if len(misses) < _FEW and all(_YEAR_1000 <= values[i] < _YEAR_10000 for i in misses):  # type: ignore[operator]
+        if len(_cache) + len(misses) > _MAX_CACHED:
+            _cache.clear()
+        for i in misses:
+            out[i] = _cache[values[i]] = _one(values[i])  # type: ignore[arg-type,index]
+        return
     if _NAT in (values[i] for i in misses):  # numpy's "not a time": render it the slow way
         for i in misses:
             if values[i] == _NAT:

@@ -50,6 +50,23 @@ def test_random_instants_match_strftime_cold_and_cached() -> None:
     assert iso_list(half) == [None if v is None else reference(v) for v in half]
 
 
+@pytest.mark.parametrize("size", [1, 3, 7, 8, 20])
+def test_a_few_misses_rendered_one_by_one_match_strftime_as_many_rendered_by_numpy_do(size: int) -> None:
+    rng = random.Random(size)
+    year_1000, year_10000 = -30_610_224_000_000_000, 253_402_300_800_000_000
+    for _ in range(300):
+        values: list[int | None] = [
+            rng.choice(
+                [rng.randrange(year_1000, year_10000), rng.randrange(-(10**15), 10**15) // 1000 * 1000, None]
+            )
+            for _ in range(size)
+        ]
+        timestamps._cache.clear()
+        assert iso_list(values) == [None if v is None else reference(v) for v in values]
+    timestamps._cache.clear()
+    assert iso_list([year_1000 - 1, year_10000]) == ["0999-12-31T23:59:59.999999Z", "10000-01-01T00:00:00Z"]
+
+
 def test_nulls_stay_null_and_an_empty_list_is_empty() -> None:
     assert iso_list([None, None]) == [None, None]
     assert iso_list([]) == []
