@@ -7,6 +7,9 @@ tree (the order alternating by round), each warmed for 2 s and then driven by wr
 CPU per request (``/proc``, the whole process tree) is the steady figure, QPS moves with
 other tenants. ``--old`` is checked out into a temporary git worktree (removed at the
 end); ``--new`` is the working tree (default: this checkout, uncommitted changes and all).
+Both servers read what this checkout defines and materializes (the demo's definitions,
+its materialize command, a registry of its format): a change to those is not A/B-able
+here.
 
     python -m benchmarks.ab --old HEAD~1 [--batch 100] [--cache off] [--rounds 4]
                             [--duration 8] [--concurrency 32] [--out FILE.md]
@@ -15,6 +18,7 @@ end); ``--new`` is the working tree (default: this checkout, uncommitted changes
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,12 +35,15 @@ from benchmarks.stack import ROOT, config, materialize, redis, tree_cpu, wrk
 
 @contextmanager
 def worktree(rev: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ab-")) / "tree"
+    """``rev`` checked out in a temporary worktree (a run killed outright leaves it
+    registered: ``git worktree prune``)."""
+    path = Path(tempfile.mkdtemp(prefix="ab-"))
     subprocess.run(["git", "worktree", "add", "-q", "--detach", str(path), rev], cwd=ROOT, check=True)
     try:
         yield path
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager
@@ -84,9 +91,10 @@ def main() -> int:
     new_rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=a.new, capture_output=True, text=True
     )
+    old_rev = subprocess.run(["git", "rev-parse", "--short", a.old], cwd=ROOT, capture_output=True, text=True)
     lines = [
         f"A/B run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m benchmarks.ab "
-        f"{' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); batch {a.batch}, cache "
+        f"{' '.join(sys.argv[1:])}` (old {old_rev.stdout.strip()}, new {new_rev.stdout.strip()}); batch {a.batch}, cache "
         f"{a.cache}, {a.workers} worker(s), wrk -c{a.concurrency}, {a.rounds} interleaved rounds of "
         f"{a.duration:g} s, medians",
         "",

@@ -12,15 +12,15 @@ every value, 130 µs per view at batch 100 (benchmarks/RESULTS.md, issue 16).
 
 A whole column as a JSON array (``iso_json``, what the join response splices in from 8
 rows on) is rendered by orjson from a ``datetime64[us]`` view of the values, in C, when
-it holds no null and every instant is one orjson writes (years 1-9999; it writes them
-exactly as ``iso_list``: tests/unit/test_timestamps.py compares the two): no per-value
+it holds no null and every instant is in years 1-9999 (which orjson writes exactly as
+``iso_list``: tests/unit/test_timestamps.py compares the two): no per-value
 Python work and no cache. The cache is a 131,072-entry dict, and a lookup in it costs
 what a cache miss of the CPU costs: py-spy on a batch-100 server (cache off, the demo's
 two views, 200 timestamps a response) put 16.7% of its CPU in the lookups, ~450 ns each
 against ~140 ns in a loop of lookups alone. Rendered by orjson instead, the server's CPU
 per request fell 15.6% at batch 100 (468 -> 395 µs, QPS +18.4%) and 8.3% at batch 10
-(192 -> 176 µs): ``python -m benchmarks.ab --old <the commit before> --batch 100`` (and
-``--batch 10``), one Redis, cache off, 4 interleaved rounds, 2026-12-04.
+(192 -> 176 µs): ``python -m benchmarks.ab --old 471934a --batch 100`` (and ``--batch
+10``), one Redis, cache off, 4 interleaved rounds, 2026-12-04.
 """
 
 from __future__ import annotations
@@ -63,20 +63,27 @@ def iso_list(values: Sequence[int | None]) -> list[str | None]:
 _DATETIME64 = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
 
+_YEAR_1 = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+
+
 def iso_json(values: Sequence[int | None]) -> bytes:
-    """``orjson.dumps(iso_list(values))``, rendered from the integers where it can be."""
-    if None not in values:
-        try:
-            at = np.fromiter(values, dtype=np.int64, count=len(values)).view("datetime64[us]")
-            return orjson.dumps(at, option=_DATETIME64)
-        except TypeError:  # an instant orjson does not write (year 10000 on, NaT): as always
-            pass
+    """``orjson.dumps(iso_list(values))``, rendered from the integers where it can be:
+    instants of years 1-9999 only (orjson 3.11.7 wrote years below 1 garbled, or died of
+    an illegal instruction, where later versions refuse them; ~1 µs for 100 values)."""
+    if values and None not in values:
+        us = np.fromiter(values, dtype=np.int64, count=len(values))
+        if us.min() >= _YEAR_1 and us.max() < _YEAR_10000:
+            try:
+                return orjson.dumps(us.view("datetime64[us]"), option=_DATETIME64)
+            except TypeError:  # an instant orjson refuses (the last microsecond of 9999): as always
+                pass
     return orjson.dumps(iso_list(values))
 
 
-# A few misses are rendered one by one (strftime, 1.0 µs each) rather than by numpy, whose
-# set-up alone is ~7 µs (one value: 7.1 against 1.0 µs): a batch-1 join whose view's
-# timestamp is not cached (data of many distinct instants) paid the 7 µs per view.
+# A few misses are rendered one by one (strftime, ~0.9-1.0 µs each) rather than by numpy,
+# whose set-up alone is ~6 µs (``iso_list`` of one uncached value: 2.3-2.5 against 7.1-7.5
+# µs): a batch-1 join whose view's timestamp is not cached (data of many distinct
+# instants) paid numpy's set-up per view.
 # strftime writes years 1000-9999 as RFC 3339 does; others go to numpy.
 _FEW = 8
 _YEAR_1000 = -30_610_224_000_000_000  # 1000-01-01T00:00:00Z

@@ -5,11 +5,12 @@ in the background; every store shares it (``start``, ``release``). The load impo
 kernel module in a thread with compiles refused (``derived.loadguard``): from numba's
 on-disk cache it is a load of machine code (~0.3 s, ~0.5 s with numba's import). Only
 when the cache holds nothing loadable does a child process at a lower priority import
-the module, compiling the pass into the cache (~1.3 s, ~1.4 CPU-seconds, once per
-machine and numba version), and the thread imports it again (where no cache directory
-is writable, compiling it there: set ``NUMBA_CACHE_DIR``). LLVM's pages are handed back
-after the import (``derived.pages``), as after a derived kernel's load: a worker without
-derived views otherwise kept ~120 MB of them, ~54 MB with them released.
+the module, compiling the pass into the cache (~1.3 s, ~1.4 CPU-seconds, once per cache
+directory and numba version: a server's workers take turns under ``derived.buildlock``,
+and those after the first load what it built), and the thread imports it again (where no
+cache directory is writable, compiling it there: set ``NUMBA_CACHE_DIR``). LLVM's pages
+are handed back after the import (``derived.pages``), as after a derived kernel's load:
+a worker without derived views otherwise kept ~120 MB of them, ~55 MB with them released.
 
 Until the pass is in, windows are assembled with numpy: the same values, slower. A
 server waits for the load before it reports ready and freezes its heap (``settled``,
@@ -28,12 +29,20 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 
 from featurestore import metrics
-from featurestore.derived.compiler import BUILD_TIMEOUT_SECONDS, build_env, dying_with_parent
+from featurestore.derived import buildlock
+from featurestore.derived.compiler import (
+    BUILD_TIMEOUT_SECONDS,
+    build_env,
+    default_cache_dir,
+    dying_with_parent,
+)
 from featurestore.derived.loadguard import CompileDuringLoad, no_compile
 from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.streaming import windows
@@ -99,8 +108,12 @@ async def _load() -> bool:
         try:
             module = await asyncio.to_thread(_import, True)
         except CompileDuringLoad:  # nothing loadable in the cache: build it, then load it
-            await _build()
-            module = await asyncio.to_thread(_import, False)
+            async with buildlock.held(_lock_dir(), BUILD_TIMEOUT_SECONDS):
+                try:  # a server's other workers wait here while the first one builds
+                    module = await asyncio.to_thread(_import, True)
+                except CompileDuringLoad:
+                    await _build()
+                    module = await asyncio.to_thread(_import, False)
     except _Passing as e:
         metrics.STREAM_WINDOWS_KERNEL_LOADS.labels("failed").inc()
         log.warning(
@@ -127,6 +140,15 @@ def _import(from_cache_only: bool) -> ModuleType:
             return importlib.import_module(MODULE)
     finally:
         release_llvm_pages()
+
+
+def _lock_dir() -> Path:
+    """Where the workers of a server (and the servers of a host) take turns building:
+    numba's cache directory when it is set, else the user's featurestore cache."""
+    where = Path(os.environ.get("NUMBA_CACHE_DIR") or default_cache_dir().parent / "stream")
+    with contextlib.suppress(OSError):  # unwritable: buildlock builds without the lock
+        where.mkdir(parents=True, exist_ok=True)
+    return where
 
 
 async def _build() -> None:

@@ -116,6 +116,10 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
         ["--config", str(config), "--definitions", str(defs)], log_path=tmp_path / "s.log"
     ).start()
     try:
+        # the windows' compiled pass is in before the server opens its listeners (and
+        # freezes its heap): start-up waits for it
+        log = server.read_log()
+        assert log.index("stream windows: compiled pass loaded") < log.index("serving registry version"), log
         status, body = server.join(
             {"entities": {"user_id": [1, 2, 3, 4, 5, 77]}, "feature_service": "live_ranker"}
         )

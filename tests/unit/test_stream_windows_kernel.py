@@ -120,7 +120,7 @@ async def test_a_cold_cache_is_built_by_a_child_process_then_loaded_without_comp
         await source.prepare([query.view])
         assert await source.kernel_ready(HANG_GUARD)
     assert builds(runs) == 1
-    assert len(compiled_here) == 1  # the load from the cache, refused: nothing was there
+    assert len(compiled_here) == 2  # the loads from the cache, refused: before and after taking the lock
     assert windows._kernel is not None and windows._kernel(1.0) == 2.0  # type: ignore[call-arg,arg-type]
     assert list((tmp_path / "__pycache__").glob(f"{kernel_load.MODULE}.reduce_windows-*.nbi"))
     windows.use_kernel(None)  # the stand-in assembles no windows
@@ -229,3 +229,28 @@ async def test_a_read_making_many_values_is_assembled_in_a_worker_thread_even_of
     [read] = await source.read([ViewQuery(view, list(range(keys)), list(range(6)), 1)])
     assert isinstance(read, ViewRead) and all(read.found) and read.columns[0] == [min(tiles, 5)] * keys
     assert bool(in_thread) is threaded
+
+
+async def test_a_worker_finding_another_building_waits_and_loads_what_it_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build lock of a server's workers: this process finds the cache cold while
+    another holds the lock and builds; it waits, then loads without building."""
+    import subprocess
+
+    from featurestore.derived import buildlock
+
+    runs = cold_module(tmp_path, monkeypatch)
+    monkeypatch.setattr(kernel_load, "_lock_dir", lambda: tmp_path)
+    source, query = clicks_store()
+    async with buildlock.held(tmp_path, HANG_GUARD):  # the other worker
+        await source.prepare([query.view])
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        await asyncio.to_thread(
+            subprocess.run, kernel_load.BUILD_COMMAND, env=env, check=True, timeout=HANG_GUARD
+        )
+        assert not windows.kernel_loaded()  # still waiting for the lock
+    assert await source.kernel_ready(HANG_GUARD)
+    assert builds(runs) == 1  # the other worker's
+    windows.use_kernel(None)
+    await source.close()

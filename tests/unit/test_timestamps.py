@@ -126,7 +126,11 @@ def test_a_column_as_json_is_iso_list_as_json_across_every_year_orjson_writes(wh
         None,  # a row without a value
         -(2**63),  # the smallest int64: numpy's NaT
         253_402_300_800_000_000,  # year 10000
-        YEAR_1 - 1,  # year 0
+        253_402_300_799_999_999,  # the last microsecond of 9999 (orjson refuses it)
+        YEAR_1 - 1,  # year 0 (orjson writes it as iso_list does; the range check keeps it from orjson)
+        -62_200_000_000_000_000,  # year -2 (orjson 3.11.7 wrote it garbled)
+        -265_756_606_373_840_758,  # year -6452 (orjson 3.11.7 died of an illegal instruction)
+        -(2**62),
         2**63 - 1,
     ],
 )
@@ -140,3 +144,25 @@ def test_a_column_orjson_cannot_write_from_integers_is_rendered_as_iso_list(odd:
 
 def test_an_empty_column_is_an_empty_array() -> None:
     assert timestamps.iso_json([]) == b"[]"
+
+
+def test_instants_outside_years_1_to_9999_never_reach_orjsons_datetime64_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """orjson 3.11.7 wrote years below 1 garbled or crashed the process: whatever orjson
+    is installed, it is handed only instants it writes as iso_list does."""
+    handed: list[object] = []
+    real = orjson.dumps
+
+    def dumps(obj: object, *args: object, **kwargs: object) -> bytes:
+        handed.append(obj)
+        return real(obj, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orjson, "dumps", dumps)
+    for odd in (YEAR_1 - 1, -62_200_000_000_000_000, -(2**62), 253_402_300_800_000_000):
+        handed.clear()
+        timestamps.iso_json([1_704_067_207_000_000, odd] * 4)
+        assert all(isinstance(h, list) for h in handed), odd  # the strings of iso_list, not numpy
+    handed.clear()
+    timestamps.iso_json([1_704_067_207_000_000, YEAR_1] * 4)
+    assert any(not isinstance(h, list) for h in handed)  # in range: the datetime64 view
