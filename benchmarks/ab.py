@@ -71,6 +71,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    # named before the run: a commit made meanwhile does not move ``--old HEAD``
+    old_rev = subprocess.run(["git", "rev-parse", "--short", a.old], cwd=ROOT, capture_output=True, text=True)
+    a.old = old_rev.stdout.strip() or a.old
     rows: dict[str, list[tuple[float, float, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp, worktree(a.old) as old, redis(Path(tmp)) as url:
         work = Path(tmp)
@@ -91,10 +94,9 @@ def main() -> int:
     new_rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=a.new, capture_output=True, text=True
     )
-    old_rev = subprocess.run(["git", "rev-parse", "--short", a.old], cwd=ROOT, capture_output=True, text=True)
     lines = [
         f"A/B run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m benchmarks.ab "
-        f"{' '.join(sys.argv[1:])}` (old {old_rev.stdout.strip()}, new {new_rev.stdout.strip()}); batch {a.batch}, cache "
+        f"{' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); batch {a.batch}, cache "
         f"{a.cache}, {a.workers} worker(s), wrk -c{a.concurrency}, {a.rounds} interleaved rounds of "
         f"{a.duration:g} s, medians",
         "",

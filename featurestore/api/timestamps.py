@@ -5,10 +5,11 @@ zero-padded to four digits (RFC 3339), years past 9999 have more.
 A response renders one timestamp per row per view, so this is on the hot path of every
 join. Rendered strings are kept in a bounded cache (a view's rows often share
 timestamps: a batch materialized at one instant); the values the cache does not hold
-are rendered together by numpy, or one by one when they are few. One at a time, ``time.strftime`` costs 1.3 µs a value;
-numpy renders 100 in 25 µs and a cache hit costs 0.07 µs. The cache alone was a cliff:
-data with more distinct timestamps than it holds (131,072) paid the 1.3 µs on nearly
-every value, 130 µs per view at batch 100 (benchmarks/RESULTS.md, issue 16).
+are rendered together by numpy, or one by one when they are few. One at a time,
+``time.strftime`` costs ~0.9-1.3 µs a value (by the day's machine); numpy renders 100 in
+25 µs and a cache hit costs 0.07 µs. The cache alone was a cliff: data with more distinct
+timestamps than it holds (131,072) paid the strftime on nearly every value, 130 µs per
+view at batch 100 (benchmarks/RESULTS.md, issue 16).
 
 A whole column as a JSON array (``iso_json``, what the join response splices in from 8
 rows on) is rendered by orjson from a ``datetime64[us]`` view of the values, in C, when
@@ -75,7 +76,7 @@ def iso_json(values: Sequence[int | None]) -> bytes:
         if us.min() >= _YEAR_1 and us.max() < _YEAR_10000:
             try:
                 return orjson.dumps(us.view("datetime64[us]"), option=_DATETIME64)
-            except TypeError:  # an instant orjson refuses (the last microsecond of 9999): as always
+            except TypeError:  # an instant orjson refuses (from 9999-12-30T22:00Z on): as always
                 pass
     return orjson.dumps(iso_list(values))
 

@@ -116,8 +116,10 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
         ["--config", str(config), "--definitions", str(defs)], log_path=tmp_path / "s.log"
     ).start()
     try:
-        # the windows' compiled pass is in before the server opens its listeners (and
-        # freezes its heap): start-up waits for it
+        # the windows' compiled pass is in before the server reports ready (start-up
+        # waits for it before it opens its listeners and freezes its heap; /readyz may
+        # answer a few ms before the line is logged)
+        wait_until(lambda: "serving registry version" in server.read_log(), 15, "the server's ready line")
         log = server.read_log()
         assert log.index("stream windows: compiled pass loaded") < log.index("serving registry version"), log
         status, body = server.join(
