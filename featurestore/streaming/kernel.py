@@ -6,9 +6,9 @@ and whether it is defined, and per key the newest event time in its longest wind
 Each record is added once, to the *band* of the smallest window holding it (windows
 nest: a window is its band and the bands of the shorter ones), and the bands are then
 folded, shortest first. The stream benchmark's batch-100 read (100 keys, ~1,870 records
-of 8 slots, 15 aggregations over 3 windows): ``windows.compute`` takes ~250 µs in numpy,
-~85-95 µs with this pass, ~25 of them in the pass itself, the rest making the response's
-values (``python -m benchmarks.stream_windows``, benchmarks/RESULTS.md).
+of 8 slots, 15 aggregations over 3 windows): ``windows.compute`` takes ~250-285 µs in
+numpy, ~85-105 µs with this pass, ~25 of them in the pass itself, the rest making the
+response's values (``python -m benchmarks.stream_windows``, benchmarks/RESULTS.md).
 
 Its signature is explicit, so importing this module compiles it, or loads it from numba's
 on-disk cache (``cache=True``: the ``__pycache__`` beside this file, ``NUMBA_CACHE_DIR``
