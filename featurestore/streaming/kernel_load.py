@@ -31,6 +31,7 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -144,8 +145,12 @@ def _import(from_cache_only: bool) -> ModuleType:
 
 def _lock_dir() -> Path:
     """Where the workers of a server (and the servers of a host) take turns building:
-    numba's cache directory when it is set, else the user's featurestore cache."""
-    where = Path(os.environ.get("NUMBA_CACHE_DIR") or default_cache_dir().parent / "stream")
+    numba's cache directory when it is set, else the user's featurestore cache (the
+    temporary directory for a user without a home)."""
+    try:
+        where = Path(os.environ.get("NUMBA_CACHE_DIR") or default_cache_dir().parent / "stream")
+    except RuntimeError:  # no home directory to find (no HOME, a uid without a passwd entry)
+        where = Path(tempfile.gettempdir()) / "featurestore-stream"
     with contextlib.suppress(OSError):  # unwritable: buildlock builds without the lock
         where.mkdir(parents=True, exist_ok=True)
     return where

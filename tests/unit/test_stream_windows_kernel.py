@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -254,3 +255,21 @@ async def test_a_worker_finding_another_building_waits_and_loads_what_it_built(
     assert builds(runs) == 1  # the other worker's
     windows.use_kernel(None)
     await source.close()
+
+
+def test_the_build_lock_lives_in_numbas_cache_directory_or_the_users_cache_or_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    assert kernel_load._lock_dir() == tmp_path / "numba" and (tmp_path / "numba").is_dir()
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert kernel_load._lock_dir() == tmp_path / "cache" / "featurestore" / "stream"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def homeless() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(homeless))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert kernel_load._lock_dir() == tmp_path / "tmp" / "featurestore-stream"
