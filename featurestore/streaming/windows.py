@@ -182,9 +182,10 @@ def kernel_loaded() -> bool:
 # Up to this many tile records in a read, plain Python beats numpy: ~40 array operations
 # cost ~75 µs whatever their size, while a 1-key read of ~20 records takes ~25 µs in
 # Python (benchmarks/streaming.py, batch 1). The compiled pass beats both from the first
-# record (one key of 7 records: 13.0 µs against 14.7 in Python, 40.3 in numpy; of 18:
-# 12.3, 26.1, 42.4; ``python -m benchmarks.stream_windows``): with it, this path is never
-# taken. tests/unit/test_stream_windows.py holds the three paths to the same answers.
+# records (a batch-1 read of 18 records: 12.0 µs against 27.4 in Python, 46.5 in numpy,
+# ``python -m benchmarks.stream_windows``, 2026-12-04; one key of 7 records: 13.0 against
+# 14.7 and 40.3, a one-off timing): with it, this path is never taken.
+# tests/unit/test_stream_windows.py holds the three paths to the same answers.
 SMALL_READ_RECORDS = 48
 
 
