@@ -148,7 +148,7 @@ def build_command(paths: list[Path]) -> list[str]:
     return [sys.executable, "-m", "featurestore.derived.build", *map(str, paths)]
 
 
-def dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+def _dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """The command and ``preexec_fn`` of a build child that is SIGKILLed when the process
     that started it dies: killed outright (the supervisor's SIGKILL after its grace, a
     second stop signal, the OOM killer), a worker would otherwise leave its build
@@ -172,7 +172,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def build_env() -> dict[str, str]:
+def _build_env() -> dict[str, str]:
     # The child imports what this process can: featurestore itself and trusted functions.
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
@@ -228,26 +228,34 @@ async def build(specs: list[KernelSpec], cache_dir: Path) -> list[Path]:
     return list(paths)
 
 
-async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
-    t0 = time.perf_counter()
-    argv, preexec_fn = dying_with_parent(build_command(todo))
+async def run_child(command: list[str]) -> tuple[int, bytes, bytes]:
+    """A build process (dying with this one, this one's imports): its exit status, stdout
+    and stderr. Past ``BUILD_TIMEOUT_SECONDS`` (TimeoutError), or cancelled, it is killed."""
+    argv, preexec_fn = _dying_with_parent(command)
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        env=build_env(),
+        env=_build_env(),
         preexec_fn=preexec_fn,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-    except BaseException as e:
+    except BaseException:
         proc.kill()
         await proc.wait()
-        if isinstance(e, TimeoutError):
-            raise _timed_out(paths, todo) from None
         raise
-    if proc.returncode != 0:
-        _raise_failures(out.decode(), paths, proc.returncode or 0, err.decode())
+    return proc.returncode or 0, out, err
+
+
+async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
+    t0 = time.perf_counter()
+    try:
+        returncode, out, err = await run_child(build_command(todo))
+    except TimeoutError:
+        raise _timed_out(paths, todo) from None
+    if returncode != 0:
+        _raise_failures(out.decode(), paths, returncode, err.decode())
     metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
     metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
 
@@ -263,10 +271,10 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
         if not todo:
             return
         try:
-            argv, preexec_fn = dying_with_parent(build_command(todo))
+            argv, preexec_fn = _dying_with_parent(build_command(todo))
             proc = subprocess.run(
                 argv,
-                env=build_env(),
+                env=_build_env(),
                 preexec_fn=preexec_fn,
                 capture_output=True,
                 text=True,

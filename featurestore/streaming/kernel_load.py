@@ -38,12 +38,7 @@ from types import ModuleType
 
 from featurestore import metrics
 from featurestore.derived import buildlock
-from featurestore.derived.compiler import (
-    BUILD_TIMEOUT_SECONDS,
-    build_env,
-    default_cache_dir,
-    dying_with_parent,
-)
+from featurestore.derived.compiler import BUILD_TIMEOUT_SECONDS, default_cache_dir, run_child
 from featurestore.derived.loadguard import CompileDuringLoad, no_compile
 from featurestore.derived.pages import prepare_numba, release_llvm_pages
 from featurestore.streaming import windows
@@ -157,24 +152,12 @@ def _lock_dir() -> Path:
 
 
 async def _build() -> None:
-    argv, preexec_fn = dying_with_parent(BUILD_COMMAND)
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        env=build_env(),
-        preexec_fn=preexec_fn,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT_SECONDS)
-    except BaseException as e:
-        proc.kill()
-        await proc.wait()
-        if isinstance(e, TimeoutError):
-            raise _Passing(f"the build process did not finish within {BUILD_TIMEOUT_SECONDS:g} s") from None
-        raise
-    if proc.returncode is not None and proc.returncode < 0:
-        raise _Passing(f"the build process was killed by signal {-proc.returncode}")
-    if proc.returncode != 0:
+        returncode, _, err = await run_child(BUILD_COMMAND)
+    except TimeoutError:
+        raise _Passing(f"the build process did not finish within {BUILD_TIMEOUT_SECONDS:g} s") from None
+    if returncode < 0:
+        raise _Passing(f"the build process was killed by signal {-returncode}")
+    if returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"the build process exited {proc.returncode}: {lines[-1] if lines else ''}")
+        raise RuntimeError(f"the build process exited {returncode}: {lines[-1] if lines else ''}")
