@@ -28,9 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.derived import process
-from benchmarks.footprint import free_port
-from benchmarks.stack import ROOT, config, materialize, redis, tree_cpu, wrk
+from benchmarks.stack import ROOT, config, materialize, redis, server, tree_cpu, wrk
 
 
 @contextmanager
@@ -44,19 +42,6 @@ def worktree(rev: str) -> Iterator[Path]:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
         shutil.rmtree(path, ignore_errors=True)
-
-
-@contextmanager
-def server(tree: Path, workdir: Path, cfg: Path, workers: int) -> Iterator[dict[str, int]]:
-    """``featurestore serve`` of ``tree``'s source: run from it (``-m`` puts the working
-    directory first on sys.path) with it on PYTHONPATH."""
-    http, grpc = free_port(), free_port()
-    cmd = [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(cfg), "--no-apply",
-           "--workers", str(workers), "--http-port", str(http), "--grpc-port", str(grpc),
-           "--log-level", "warning"]  # fmt: skip
-    log = workdir / f"serve-{http}.log"
-    with process(cmd, log, f"http://127.0.0.1:{http}/readyz", env={"PYTHONPATH": str(tree)}, cwd=tree) as pid:
-        yield {"http": http, "pid": pid}
 
 
 def main() -> int:
@@ -82,7 +67,8 @@ def main() -> int:
         trees = {"old": old, "new": a.new.resolve()}
         for r in range(a.rounds):
             for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
-                with server(trees[name], work, cfg, a.workers) as s:
+                tree = trees[name]  # its source first on sys.path: run from it, on PYTHONPATH
+                with server(work, cfg, a.workers, env={"PYTHONPATH": str(tree)}, cwd=tree) as s:
                     url_join = f"http://127.0.0.1:{s['http']}/v1/feature/join"
                     wrk(url_join, a.batch, a.concurrency, 2)
                     c0 = tree_cpu(s["pid"])

@@ -99,15 +99,16 @@ def materialize(workdir: Path, cfg: Path) -> None:
 
 @contextmanager
 def server(
-    workdir: Path, cfg: Path, workers: int = 1, env: dict[str, str] | None = None
+    workdir: Path, cfg: Path, workers: int = 1, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> Iterator[dict[str, int]]:
-    """``featurestore serve`` on free ports: {"http", "grpc", "pid"}."""
+    """``featurestore serve`` on free ports: {"http", "grpc", "pid"}; run from ``cwd``
+    (``-m`` imports the source tree there first: benchmarks.ab's old tree)."""
     http, grpc = free_port(), free_port()
     cmd = [sys.executable, "-m", "featurestore.cli", "serve", "--config", str(cfg), "--no-apply",
            "--workers", str(workers), "--http-port", str(http), "--grpc-port", str(grpc),
            "--log-level", "warning"]  # fmt: skip
     log = workdir / f"serve-{cfg.stem}-{http}.log"
-    with process(cmd, log, f"http://127.0.0.1:{http}/readyz", env=env) as pid:
+    with process(cmd, log, f"http://127.0.0.1:{http}/readyz", env=env, cwd=cwd) as pid:
         yield {"http": http, "grpc": grpc, "pid": pid}
 
 
