@@ -208,7 +208,7 @@ class Listeners:
             _AdminListener(config, http_api, conn_limits) if config.http.admin_port is not None else None
         )
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
-        self.guard = ConnectionGuard(conn_limits)
+        self.guard = ConnectionGuard(conn_limits, direct=http_api.direct())
         self.http = _UvicornServer(
             self.guard.uvicorn_config(
                 http_api,

@@ -55,7 +55,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import metrics
-from featurestore.api import json_codec
+from featurestore.api import join_cycle, json_codec
 from featurestore.errors import (
     DeadlineExceeded,
     FeatureStoreError,
@@ -97,10 +97,18 @@ class ConnectionGuard:
     """The limits of one HTTP server, its protocol factory (uvicorn's ``http=``) and the
     sweep that enforces the timeouts."""
 
-    def __init__(self, limits: ConnectionLimits, *, count_open: bool = True) -> None:
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        *,
+        count_open: bool = True,
+        direct: join_cycle.DirectJoin | None = None,
+    ) -> None:
         """``count_open``: this guard's connections are ``featurestore_http_connections``
-        (one guard per process may say so)."""
+        (one guard per process may say so); ``direct``: plain joins are answered without
+        an ASGI cycle (featurestore/api/join_cycle.py)."""
         self.limits = limits
+        self.direct = direct
         self.count_open = count_open
         shortest = min(limits.header_timeout, limits.body_timeout, limits.write_timeout)
         self.tick = max(0.05, min(1.0, shortest / 4))
@@ -269,6 +277,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             app, self.app = self.app, self._refusal(431, error, "header_too_large")
             super().on_headers_complete()
             self.app = app
+        elif (direct := self.guard.direct) is not None and (headers := join_cycle.eligible(direct, self)):
+            join_cycle.start(self, direct, headers, received)  # a plain join: no ASGI cycle
+            return
         else:
             super().on_headers_complete()
         self.scope[RECEIVED_AT] = received  # type: ignore[literal-required]
