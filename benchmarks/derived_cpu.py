@@ -138,7 +138,7 @@ async def serving_protocol(data_dir: Path) -> Any:
         # timer of its own, not part of a request, and is not run here)
         shedder=LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None,
     )
-    guard = ConnectionGuard(connection_limits(config.http))
+    guard = ConnectionGuard(connection_limits(config.http), direct=api.direct())  # as process.py
     uv = guard.uvicorn_config(api, access_log=False)
     uv.load()
     state = ServerState()

@@ -118,7 +118,11 @@ class LRUCache:
         order = self._order
         evicted = rejected = 0
         for k, r in zip(keys, rows, strict=True):
-            if k not in entries and len(order) >= self.max_entries:
+            if k in entries:  # a refreshed (expired) entry: to the back
+                entries[k] = (expires, r)
+                order.move_to_end((space, k))
+                continue
+            if len(order) >= self.max_entries:
                 # Room first, then the newcomer goes behind the hand.
                 victim = self._victim()
                 if (
@@ -136,8 +140,7 @@ class LRUCache:
                 self._remove(victim, keep=space)
                 evicted += 1
             entries[k] = (expires, r)
-            order[space, k] = None
-            order.move_to_end((space, k))  # a refreshed (expired) entry goes to the back too
+            order[space, k] = None  # a new key: at the back already (one hash of the pair, not two)
         if not entries:  # every key rejected into a new space
             del self._spaces[space], self._touched[space]
         if (evicted or rejected) and self._evictions is None:
