@@ -59,7 +59,7 @@ async def run(make: Callable[[], asyncio.Protocol], raw: bytes, requests: int) -
 
 
 def protocol_of(api: HttpApi) -> Callable[[], asyncio.Protocol]:
-    guard = ConnectionGuard(ConnectionLimits(75, 10, 30, 16384, 1000))
+    guard = ConnectionGuard(ConnectionLimits(75, 10, 30, 16384, 1000), direct=api.direct())  # as served
     config: uvicorn.Config = guard.uvicorn_config(api, access_log=False)
     config.load()
     state = ServerState()

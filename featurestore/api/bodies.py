@@ -34,6 +34,22 @@ class BodyUnread(LimitExceeded):
     connection (``CLOSE``)."""
 
 
+# A declared length past 18 digits (leading zeros stripped) is over any body limit, and
+# int() refuses more than 4,300 digits (a ValueError: a 500), which llhttp lets through
+# as leading zeros.
+_MAX_DIGITS = 18
+UNBOUNDED = 1 << 62  # what such a length reads as: over the limit, refused unread
+
+
+def declared_length(value: bytes | None) -> int:
+    """A ``content-length`` header's value as a number: -1 when absent or not a number,
+    ``UNBOUNDED`` when longer than any body this server takes."""
+    if not value or not value.isdigit():
+        return -1
+    digits = value.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else UNBOUNDED
+
+
 def too_large(limit: int, kind: type[LimitExceeded] = LimitExceeded) -> LimitExceeded:
     return kind(f"request body exceeds the limit of {limit} bytes", details=[{"limit_bytes": limit}])
 

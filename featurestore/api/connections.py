@@ -23,8 +23,9 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   counted (``malformed``) instead of logged at WARNING per request (``QuietClientMistakes``).
 
 Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
-request's ASGI scope carries the time its first byte was read (``scope[RECEIVED_AT]``,
-``time.perf_counter()``): the request timing starts there, not once the body is parsed.
+request carries the time its first byte was read (``time.perf_counter()``; ASGI's in
+``scope[RECEIVED_AT]``, a direct join's in its cycle, ``join_cycle.py``): the request
+timing starts there, not once the body is parsed.
 
 No timer is armed per request. A uvloop timer costs ~1.9 µs to arm and cancel (uvicorn
 arms one after every response for its keep-alive), and the three this needs would be

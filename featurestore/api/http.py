@@ -1,7 +1,7 @@
 """HTTP API front: the join without a framework, FastAPI for everything else.
 
 ``POST /v1/feature/join`` is the hot path. A plain one (a ``content-length`` body within
-the limit, HTTP/1.1, no query string) is answered without an ASGI cycle: uvicorn's
+the limit, HTTP/1.1, no query string, the access log off) is answered without an ASGI cycle: uvicorn's
 protocol hands its body and headers to :meth:`HttpApi.direct`'s handler
 (``join_cycle.py``: -5.3% server CPU per request at batch 1, -3.9% at 100, ``python -m
 benchmarks.ab``). The rest of the joins :class:`HttpApi` answers straight from the ASGI
@@ -196,9 +196,7 @@ class HttpApi:
         body is read here under ``limits.max_body_bytes`` and replayed to it."""
         length = _header(scope, b"content-length")
         try:
-            body = await self.read_body(
-                receive, int(length) if length and length.isdigit() else -1, scope["headers"]
-            )
+            body = await self.read_body(receive, bodies.declared_length(length), scope["headers"])
         except ClientDisconnected:
             return
         except BodyUnread as e:
@@ -225,9 +223,7 @@ class HttpApi:
         headers = [(b"www-authenticate", www_authenticate(error).encode())]
         if scope["method"] in ("POST", "PUT", "PATCH"):
             try:
-                await self.read_body(
-                    receive, int(length) if length and length.isdigit() else -1, scope["headers"]
-                )
+                await self.read_body(receive, bodies.declared_length(length), scope["headers"])
             except ClientDisconnected:
                 return
             except BodyUnread:
@@ -247,17 +243,15 @@ class HttpApi:
     def direct(self) -> DirectJoin:
         """How uvicorn's protocol answers a plain join of this app without an ASGI cycle
         (featurestore/api/join_cycle.py; ``ConnectionGuard(direct=...)``)."""
-        return DirectJoin(self, self._direct_join, self.join.outcomes.cancelled, self.max_body_bytes)
+        return DirectJoin(
+            self, self._direct_join, self.join.outcomes.cancelled, self.max_body_bytes, self._inflight
+        )
 
     async def _direct_join(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
-        self._inflight.inc()
-        try:
-            refusal = self._authorize(headers, t0)
-            if refusal is not None:
-                return _error_answer(refusal, (b"www-authenticate", www_authenticate(refusal).encode()))
-            return await self._answer(body, headers, t0)
-        finally:
-            self._inflight.dec()
+        refusal = self._authorize(headers, t0)
+        if refusal is not None:
+            return _error_answer(refusal, (b"www-authenticate", www_authenticate(refusal).encode()))
+        return await self._answer(body, headers, t0)
 
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The join through ASGI: what the direct cycle does not take (a chunked body, one

@@ -37,6 +37,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from featurestore.api.bodies import declared_length
+
 log = logging.getLogger(__name__)
 
 JOIN_PATH_BYTES = b"/v1/feature/join"  # routes.JOIN_PATH (not imported: routes imports FastAPI)
@@ -60,7 +62,7 @@ class JoinHeaders:
         h = cls()
         for name, value in headers:
             if name == b"content-length":
-                h.length = int(value) if value.isdigit() else -1
+                h.length = declared_length(value)
             elif name == b"accept":
                 h.accept = value
             elif name == b"traceparent":
@@ -90,6 +92,7 @@ class DirectJoin:
     handler: JoinHandler
     abandoned: Abandoned
     max_body_bytes: int
+    inflight: Any = None  # a gauge (inc/dec) of the joins from their start to their answer
 
 
 class JoinCycle(RequestResponseCycle):
@@ -103,6 +106,9 @@ class JoinCycle(RequestResponseCycle):
 
     async def run_asgi(self, app: Any) -> None:
         """The task uvicorn's protocol starts (or queues behind a pipelined request)."""
+        inflight = self.direct.inflight
+        if inflight is not None:  # from the start, before the body, as through ASGI
+            inflight.inc()
         try:
             while self.more_body and not self.disconnected:  # the body is still arriving
                 self.flow.resume_reading()  # (on_body pauses it past 64 KiB; bounded: the limit)
@@ -123,6 +129,8 @@ class JoinCycle(RequestResponseCycle):
                 self.transport.close()
         finally:
             self.on_response = lambda: None
+            if inflight is not None:
+                inflight.dec()
 
     async def respond(
         self, status: int, ctype: bytes, out: bytes, extra: Sequence[tuple[bytes, bytes]]
@@ -151,12 +159,16 @@ class JoinCycle(RequestResponseCycle):
         self.on_response()
 
     def _write_500(self) -> None:
+        """uvicorn's answer to an app that failed before answering: plain text, closed."""
         self.response_started = self.response_complete = True
         self.transport.write(
-            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 500 Internal Server Error\r\n%scontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+            % _prefix(self.default_headers)
         )
+        self.message_event.set()
         self.transport.close()
+        self.on_response()  # (counts the request; the closed transport starts nothing more)
 
 
 def eligible(direct: DirectJoin, proto: Any) -> JoinHeaders | None:

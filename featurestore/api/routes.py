@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from featurestore import __version__, metrics
-from featurestore.api import json_codec
+from featurestore.api import bodies, json_codec
 from featurestore.api.bodies import BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import AUTH_RESPONSES, JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
@@ -111,7 +111,7 @@ def _add_push(
     async def push(request: Request) -> Response:
         t0 = request.scope.get(RECEIVED_AT) or time.perf_counter()
         try:
-            length = int(request.headers.get("content-length", "-1") or -1)
+            length = bodies.declared_length(request.headers.get("content-length", "").encode("latin-1"))
             body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")

@@ -7,9 +7,12 @@ uvicorn server under the connection guard, with a scripted handler or the real j
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import inspect
 import socket
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +26,14 @@ from featurestore.api.http import HttpApi
 from featurestore.api.join_cycle import Answer, DirectJoin, JoinHeaders
 
 LIMITS = ConnectionLimits(
-    keep_alive=5, header_timeout=5, body_timeout=5, max_header_bytes=4096, max_connections=10
+    keep_alive=5,
+    header_timeout=5,
+    body_timeout=5,
+    max_header_bytes=16384,
+    max_connections=10,
+    write_timeout=1,
 )
+LIMIT = 1 << 20  # the scripted server's body limit: above uvicorn's 64 KiB read pause
 GUARD = 30  # seconds; only turns a hang into a failure
 BODY = b'{"entities":{"user_id":[17]},"features":["profile:age","profile:country","profile:score"]}'
 
@@ -32,6 +41,12 @@ BODY = b'{"entities":{"user_id":[17]},"features":["profile:age","profile:country
 def join_request(body: bytes = BODY, path: bytes = b"/v1/feature/join", extra: bytes = b"") -> bytes:
     head = b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
     return head % (path, len(body), extra) + body
+
+
+# sha256 of uvicorn 0.54's HttpToolsProtocol.on_headers_complete, which join_cycle.start
+# stands in for on a plain join (scope, concurrency limit, the cycle, start or queue):
+# when uvicorn changes it, compare again and record the new digest here.
+ON_HEADERS_COMPLETE_SHA256 = "1ea8589acfad92d8ff9182775f337d98fc469e0fa39642a83195fca920f5ca96"
 
 
 def test_the_uvicorn_internals_the_join_cycle_relies_on_are_there() -> None:
@@ -60,6 +75,8 @@ def test_the_uvicorn_internals_the_join_cycle_relies_on_are_there() -> None:
     for name in ("drain", "resume_reading", "pause_reading"):
         assert callable(getattr(FlowControl, name)), name
     assert "self.write_paused = " in inspect.getsource(FlowControl.__init__)
+    digest = hashlib.sha256(src["on_headers_complete"].encode()).hexdigest()
+    assert digest == ON_HEADERS_COMPLETE_SHA256, "uvicorn changed on_headers_complete: see above"
 
 
 class Scripted:
@@ -72,6 +89,7 @@ class Scripted:
         self.release = asyncio.Event()
         self.release.set()
         self.raise_once = False
+        self.answer_bytes = 0  # 0: a short JSON answer; else one of this many bytes
 
     async def asgi(self, scope: Any, receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
@@ -85,6 +103,8 @@ class Scripted:
         if self.raise_once:
             self.raise_once = False
             raise RuntimeError("scripted")
+        if self.answer_bytes:
+            return 200, b"application/octet-stream", b"x" * self.answer_bytes, ()
         return 200, b"application/json", b'{"n":%d}' % len(self.bodies), ()
 
 
@@ -92,7 +112,7 @@ class Scripted:
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Scripted, int, uvicorn.Server]]:
     script = Scripted()
     asgi = script.asgi  # one bound method: the protocol's app must be the very object
-    direct = DirectJoin(asgi, script.handler, script.abandoned.append, max_body_bytes=1000)
+    direct = DirectJoin(asgi, script.handler, script.abandoned.append, max_body_bytes=LIMIT)
     guard = ConnectionGuard(LIMITS, direct=direct)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -139,7 +159,7 @@ async def test_a_plain_join_is_answered_by_the_handler_with_the_date_and_its_len
     "request_bytes",
     [
         join_request(path=b"/v1/feature/join?x=1"),  # a query string
-        join_request(b"x" * 1001),  # over the body limit
+        join_request(b"x" * (LIMIT + 1)),  # over the body limit
         join_request(extra=b"expect: 100-continue\r\n"),
         join_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1),
         join_request().replace(b"POST", b"PUT", 1),
@@ -154,7 +174,7 @@ async def test_what_is_not_a_plain_join_goes_through_asgi(
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request_bytes)
     data = await asyncio.wait_for(reader.read(4096), GUARD)
-    while b"asgi" not in data:
+    while not data.endswith(b"asgi"):
         more = await asyncio.wait_for(reader.read(4096), GUARD)
         assert more, data
         data += more
@@ -197,6 +217,46 @@ async def test_a_body_in_pieces_is_answered_once_whole(server: tuple[Scripted, i
     [(status, _, _)] = await responses(reader, 1)
     assert status == 200 and script.bodies == [BODY]
     writer.close()
+
+
+async def test_a_body_far_over_64_kib_in_pieces_is_read_whole(
+    server: tuple[Scripted, int, uvicorn.Server],
+) -> None:
+    """uvicorn pauses reading once 64 KiB of body wait unread: the cycle resumes it."""
+    script, port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"y" * (LIMIT - 10)
+    whole = join_request(body)
+    for at in range(0, len(whole), 100_000):
+        writer.write(whole[at : at + 100_000])
+        await writer.drain()
+    [(status, _, _)] = await asyncio.wait_for(responses(reader, 1), GUARD)
+    assert status == 200 and script.bodies == [body]
+    writer.close()
+
+
+async def test_a_client_that_does_not_read_stops_the_joins_until_it_is_cut_off(
+    server: tuple[Scripted, int, uvicorn.Server],
+) -> None:
+    """Pipelined joins whose answers are not read: once the send buffers are full the
+    cycle waits to write (the next join is not even started) until the write timeout
+    aborts the connection; answers are not piled up in memory meanwhile."""
+    script, port, _ = server
+    script.answer_bytes = 100_000
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(join_request() * 200)  # 20 MB of answers: far more than the kernel's buffers
+    await writer.drain()
+    # the write timeout (1 s) aborts the connection: reading now meets the reset
+    await asyncio.sleep(LIMITS.write_timeout + 1.5)
+    with contextlib.suppress(ConnectionError):
+        while await asyncio.wait_for(reader.read(1 << 20), GUARD):
+            pass
+    writer.close()
+    assert 0 < len(script.bodies) < 100, len(script.bodies)
 
 
 async def test_a_client_leaving_before_its_body_ended_is_counted_abandoned_not_answered(
@@ -305,6 +365,77 @@ async def test_the_direct_join_answers_what_the_asgi_join_answers(
     writer.close()
     assert asgi_joins == 1  # the second only
     assert (s1, _without(h1, b"date"), _masked(b1)) == (s2, _without(h2, b"date"), _masked(b2))
+
+
+@pytest.mark.parametrize("path", [b"/v1/feature/join", b"/v1/feature/join?asgi", b"/v1/feature/push"])
+async def test_a_content_length_of_thousands_of_leading_zeros_is_read_as_its_number(
+    real: tuple[HttpApi, int], path: bytes
+) -> None:
+    """llhttp takes leading zeros of any length; int() refuses more than 4,300 digits."""
+    _, port = real
+    body = BODY if path.startswith(b"/v1/feature/join") else b'{"view":"profile","rows":{}}'
+    length = b"0" * 4400 + b"%d" % len(body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-length: %s\r\n\r\n%s" % (path, length, body))
+    [(status, headers, answer)] = await responses(reader, 1)
+    writer.close()
+    assert headers[b"content-type"] == b"application/json", answer
+    assert status == (200 if path.startswith(b"/v1/feature/join") else 400), answer
+
+
+@pytest.mark.parametrize("path", [b"/v1/feature/join", b"/v1/feature/push"])
+async def test_a_content_length_past_any_limit_is_a_413_unread(
+    real: tuple[HttpApi, int], path: bytes
+) -> None:
+    _, port = real
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-length: %s\r\n\r\n{}" % (path, b"9" * 19)
+    )  # (llhttp refuses past 2**64)
+    [(status, headers, answer)] = await responses(reader, 1)
+    writer.close()
+    assert (status, headers.get(b"connection")) == (413, b"close"), answer
+
+
+async def test_the_server_process_answers_joins_directly(tmp_path: Path) -> None:
+    """process.py wires the direct cycle to the app uvicorn serves (with the access log
+    off, uvicorn serves that very object: no middleware around it)."""
+    from featurestore.config import load_config
+    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+    from featurestore.process import Listeners
+    from featurestore.registry.admin import RegistryAdmin
+    from featurestore.registry.file import FileRegistry
+    from featurestore.runtime import build_runtime
+    from tests.harness import free_port
+
+    user = Entity("user_id", DType.INT64)
+    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+            ("http", "port"): free_port(),
+            ("grpc", "port"): free_port(),
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        listeners = Listeners(rt)
+        try:
+            served = listeners.http.config
+            served.load()
+            assert listeners.guard.direct is not None
+            assert served.loaded_app is listeners.guard.direct.app
+            assert not served.access_log
+        finally:
+            listeners.sock.close()
+            await listeners.grpc.stop(None)
+            listeners.guard.close()
+    finally:
+        await rt.close()
 
 
 def _without(headers: dict[bytes, bytes], name: bytes) -> dict[bytes, bytes]:
