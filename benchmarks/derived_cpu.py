@@ -200,7 +200,7 @@ def summary(
     }
 
 
-def render(results: dict[str, dict[str, Any]], command: str) -> list[str]:
+def render(results: dict[str, dict[str, Any]], command: str, blocks: int) -> list[str]:
     lines = [
         "### Derived features: CPU cost in the serving process, request-interleaved",
         "",
@@ -210,7 +210,7 @@ def render(results: dict[str, dict[str, Any]], command: str) -> list[str]:
         "  The kernel's socket work and the load generator are not in it (the wrk table above has them).",
         "",
         "* QPS cost = 1 - CPU without / CPU with: what a CPU-bound server's QPS loses (a CPU rise of c costs",
-        "  c / (1 + c) of it); per block: the same over each tenth of the run.",
+        f"  c / (1 + c) of it); per block: the same over each of the run's {blocks} consecutive blocks.",
         "",
         "| request | batch | CPU µs/request without, with | CPU rise | QPS cost | QPS cost per block (min / median / max) "
         "| response bytes without, with | target (QPS cost) |",
@@ -246,7 +246,7 @@ async def main(a: argparse.Namespace) -> None:
     command = f"python -m benchmarks.derived_cpu --requests {a.requests} --blocks {a.blocks}"
     figures = HERE / "results" / "derived-cpu.json"  # first: publish stitches the targets from it
     figures.write_text(json.dumps({"command": command, "results": results}, indent=1) + "\n")
-    report.publish("derived-cpu.md", render(results, command))
+    report.publish("derived-cpu.md", render(results, command, a.blocks))
 
 
 if __name__ == "__main__":

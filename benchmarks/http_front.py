@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -120,19 +121,20 @@ async def main(requests: int, repeats: int) -> None:
     makers: dict[str, Callable[[], asyncio.Protocol]] = {
         "httptools": lambda: HttpToolsProtocol(config=plain, server_state=state, app_state={})
     }
-    try:
+    try:  # a tree from before the guard has none
         from featurestore.api.connections import ConnectionGuard, ConnectionLimits
-
+    except ImportError:
+        ConnectionGuard = None  # type: ignore[assignment,misc]
+    if ConnectionGuard is not None:
         guard = ConnectionGuard(ConnectionLimits(75, 10, 30, 16384, 1000))
         guarded = guard.uvicorn_config(api, access_log=False)  # as featurestore serves it
         guarded.load()
         makers["guarded"] = lambda: guard.protocol(config=guarded, server_state=state, app_state={})
-        direct = ConnectionGuard(ConnectionLimits(75, 10, 30, 16384, 1000), direct=api.direct())
-        answered = direct.uvicorn_config(api, access_log=False)  # as featurestore serves it now
-        answered.load()
-        makers["direct"] = lambda: direct.protocol(config=answered, server_state=state, app_state={})
-    except (ImportError, AttributeError, TypeError):  # a tree from before the guard, or the direct join
-        pass
+        if "direct" in inspect.signature(ConnectionGuard).parameters:  # (a tree from before it: none)
+            direct = ConnectionGuard(ConnectionLimits(75, 10, 30, 16384, 1000), direct=api.direct())
+            answered = direct.uvicorn_config(api, access_log=False)  # as featurestore serves it now
+            answered.load()
+            makers["direct"] = lambda: direct.protocol(config=answered, server_state=state, app_state={})
     runs: dict[str, list[float]] = {name: [] for name in makers}
     order = list(makers)
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike

@@ -155,7 +155,7 @@ def test_a_run_with_refused_answers_counts_only_its_200s_as_throughput(tmp_path:
 def test_a_cost_just_over_the_target_is_missed_not_rounded_to_met() -> None:
     got = derived_cpu.summary(100, [1.06], [1.178], 1, (1, 1))  # 1 - 1.06/1.178 = 10.017%
     assert got["cost_pct"] == 10.02
-    assert "<= 10%: MISSED" in derived_cpu.render({"ranker/b100": got}, "x")[-1]
+    assert "<= 10%: MISSED" in derived_cpu.render({"ranker/b100": got}, "x", 10)[-1]
 
 
 def test_a_cpu_rise_is_held_against_the_qps_target_as_the_qps_it_costs(tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_a_cpu_rise_is_held_against_the_qps_target_as_the_qps_it_costs(tmp_path:
     parts.mkdir()
     figures = {f"{pair}/b{b}": got | {"batch": b} for pair in derived_cpu.PAIRS for b in (1, 100)}
     (parts / "derived-cpu.json").write_text(json.dumps({"command": "x", "results": figures}))
-    (parts / "derived-cpu.md").write_text("\n".join(derived_cpu.render(figures, "x")))
+    (parts / "derived-cpu.md").write_text("\n".join(derived_cpu.render(figures, "x", 10)))
     stitch(tmp_path / "RESULTS.md")
     text = (tmp_path / "RESULTS.md").read_text()
     assert (
