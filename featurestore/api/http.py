@@ -3,7 +3,7 @@
 ``POST /v1/feature/join`` is the hot path. A plain one (a ``content-length`` body within
 the limit, HTTP/1.1, no query string, the access log off) is answered without an ASGI cycle: uvicorn's
 protocol hands its body and headers to :meth:`HttpApi.direct`'s handler
-(``join_cycle.py``: -5.3% server CPU per request at batch 1, -3.9% at 100, ``python -m
+(``join_cycle.py``: -5.1% server CPU per request at batch 1, -4.1% at 100, ``python -m
 benchmarks.ab``). The rest of the joins :class:`HttpApi` answers straight from the ASGI
 scope (no routing table, middleware stack or pydantic pass), to the same code past the
 body; every other request goes to the FastAPI app (``routes.py``, which also documents
