@@ -178,11 +178,11 @@ class CachedSource:
         would hit: their sampled keys are looked up (not served: every key is read from
         the store, as when skipped) and, missed, filled from the store's answer, for which
         they ask every feature (a cache row is a whole row). Its cost over a skipped read:
-        a hash per key, and a lookup and maybe a fill per sampled key."""
+        a hash per key (mixed by numpy from 16 keys), and a lookup and maybe a fill per
+        sampled key."""
         asked, samples = list(queries), {}
         for qi, q in enumerate(queries):
-            sampled = self.bypass.sampler(q.view.name)
-            at = [i for i, k in enumerate(q.keys) if sampled(k)] if sampled is not None else None
+            at = self.bypass.sample(q.view.name, q.keys)
             if not at:  # (most batch-1 reads: then it costs what a skipped read does)
                 continue
             space = (q.view.name, q.view.layout, q.data_version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -487,6 +488,28 @@ def test_a_trials_sample_is_not_a_residue_of_the_keys_and_changes_from_trial_to_
     b.consults([q(range(100))])
     second = b.sampler("bypass_v")
     assert second is not None and [k for k in ids if first(k)] != [k for k in ids if second(k)]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        list(range(10)),  # below the vector path
+        list(range(-50, 250)),  # ints, negative ones included
+        [2**62, -(2**63), 2**63 - 1, 0, 1, *range(1000, 1020)],  # int64's edges
+        [f"user-{i}" for i in range(200)],  # strings
+        [(i, f"m{i}") for i in range(100)],  # composite keys
+    ],
+    ids=["few", "ints", "int64-edges", "strings", "tuples"],
+)
+def test_a_trials_positions_in_one_pass_are_the_keys_it_samples_one_by_one(keys: list[Any]) -> None:
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    b.consults([q(range(100))])
+    sampled = b.sampler("bypass_v")
+    assert sampled is not None
+    assert b.sample("bypass_v", keys) == [i for i, k in enumerate(keys) if sampled(k)]
+    assert b.sample("other_view", keys) is None  # not on trial
 
 
 async def test_a_store_failing_a_trials_read_is_answered_from_every_row_the_cache_holds() -> None:
