@@ -44,6 +44,7 @@ UNBOUNDED = 1 << 62  # what such a length reads as: over the limit, refused unre
 def declared_length(value: bytes | None) -> int:
     """A ``content-length`` header's value as a number: -1 when absent or not a number,
     ``UNBOUNDED`` when longer than any body this server takes."""
+    value = value.rstrip(b" \t") if value else value  # llhttp keeps trailing whitespace, frames by the number
     if not value or not value.isdigit():
         return -1
     digits = value.lstrip(b"0") or b"0"

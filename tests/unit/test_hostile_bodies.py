@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from featurestore.api import bodies
 from featurestore.api.http import HttpApi
 from featurestore.api.json_codec import decode_join, decode_push
 from featurestore.api.routes import JOIN_PATH, PUSH_PATH
@@ -249,3 +250,24 @@ def test_a_bad_entity_column_carries_no_request_data_details() -> None:
     with pytest.raises(InvalidArgument) as e:
         decode_join(b'{"entities":{"user_id":[1.5]},"request_data":{"item_price":[1.0]}}')
     assert "$.entities.user_id[0]" in str(e.value) and e.value.details == []
+
+
+@pytest.mark.parametrize(
+    ("value", "length"),
+    [
+        (None, -1),
+        (b"", -1),
+        (b"12", 12),
+        (b"0", 0),
+        (b"000", 0),
+        (b"0" * 4400 + b"93", 93),  # llhttp takes leading zeros of any length; int() stops at 4,300 digits
+        (b"12 \t", 12),  # trailing whitespace: llhttp frames the body by the number before it
+        (b"9" * 18, 10**18 - 1),
+        (b"9" * 19, bodies.UNBOUNDED),  # over any body limit
+        (b"+5", -1),
+        (b"-5", -1),
+        (b"1e3", -1),
+    ],
+)
+def test_a_declared_length_is_its_number_none_or_past_any_limit(value: bytes | None, length: int) -> None:
+    assert bodies.declared_length(value) == length
