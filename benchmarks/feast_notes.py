@@ -26,7 +26,7 @@ def notes(b: dict[Any, Any], feast: str, ours: list[str], points: list[tuple[int
 
     batches = sorted({bb for bb, _ in points})
     cpu = "; ".join(
-        f"batch {bb}: {span(cached, bb)} ms against Feast's {span(feast, bb)} ms" for bb in batches
+        f"batch {bb}: {span(cached, bb)} ms (cache on) against Feast's {span(feast, bb)} ms" for bb in batches
     )
     big = max(batches)
     c_on, c_off = cpu_ms(b.get((cached, tool, big, 32))), cpu_ms(b.get((nocache, tool, big, 32)))

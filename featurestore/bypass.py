@@ -13,9 +13,10 @@ with P(full hit) the product over its views of h ** k and the expected misses th
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
 ``fills_per_round_trip`` is what a round trip is worth in missed keys. It depends on the
 store (factories.py picks it by kind): on Redis under load the joins of an event-loop tick
-share one pipelined write (auto-pipelining), so a full hit saved 26 µs of server CPU per
-batch-1 join while a missed key cost 36 µs, 0.72 (1.14 at batch 10; `python -m
-benchmarks.cache_figures`, benchmarks/RESULTS.md, 2026-12-03): 0.5, the cautious side; a
+share one pipelined write (auto-pipelining), so a full hit saved 20 µs of server CPU per
+batch-1 join while a missed key cost 40 µs, 0.50 (2.14 at batch 10; `python -m
+benchmarks.cache_figures`, benchmarks/RESULTS.md, 2026-12-03; 0.72 and 1.14 in an earlier
+run that day): 0.5, batch 1's figure and the cautious side of batch 10's; a
 ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
 Otherwise the read goes to the store for every key and fills nothing.
 
@@ -78,7 +79,7 @@ _MASK64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
 _SALT_MIX: Final = 0xBF58476D1CE4E5B9
 _SAMPLE_BELOW: Final = (1 << 64) // TRIAL_SAMPLE
-_VECTOR_FROM: Final = 16
+_VECTOR_FROM: Final = 32  # numpy's set-up pays from ~30 keys
 # What consults() answers: read past the cache, consult it for every key, or read past it
 # measuring the sampled keys of its views on trial (CachedSource._read_trial).
 SKIP: Final = 0
@@ -106,9 +107,13 @@ class _Trial:
 
     def positions(self, keys: Sequence[Hashable]) -> list[int]:
         """Where the sampled keys are in ``keys`` (``sampled`` of each, in one pass)."""
-        if len(keys) < _VECTOR_FROM:
-            sampled = self.sampled
-            return [i for i, k in enumerate(keys) if sampled(k)]
+        if len(keys) < _VECTOR_FROM:  # (sampled's test, inline: no call per key)
+            salt = self.salt
+            return [
+                i
+                for i, k in enumerate(keys)
+                if (((hash(k) & _MASK64) ^ salt) * _GOLDEN) & _MASK64 < _SAMPLE_BELOW
+            ]
         h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)).view(np.uint64)
         mixed = (h ^ np.uint64(self.salt)) * np.uint64(_GOLDEN)  # (uint64 arrays wrap, as & _MASK64)
         return np.flatnonzero(mixed < np.uint64(_SAMPLE_BELOW)).tolist()

@@ -178,7 +178,7 @@ class CachedSource:
         would hit: their sampled keys are looked up (not served: every key is read from
         the store, as when skipped) and, missed, filled from the store's answer, for which
         they ask every feature (a cache row is a whole row). Its cost over a skipped read:
-        a hash per key (mixed by numpy from 16 keys), and a lookup and maybe a fill per
+        a hash per key (mixed by numpy from 32 keys), and a lookup and maybe a fill per
         sampled key."""
         asked, samples = list(queries), {}
         for qi, q in enumerate(queries):

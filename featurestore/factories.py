@@ -111,11 +111,11 @@ def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
 
 
 # What a round trip to a store is worth in missed keys, by its kind, when the config names
-# no figure (featurestore/bypass.py): on Redis under load a full hit saved 26 µs of server
-# CPU per batch-1 join and a missed key cost 36 (0.72; at batch 10: 11 and 10, 1.14):
+# no figure (featurestore/bypass.py): on Redis under load a full hit saved 20 µs of server
+# CPU per batch-1 join and a missed key cost 40 (0.50; at batch 10: 20 and 9, 2.14):
 # auto-pipelined reads share their round trips (`python -m benchmarks.cache_figures`,
-# benchmarks/RESULTS.md, 2026-12-03 15:01; a first ad hoc run read 25 and 46, 0.54): 0.5,
-# the cautious side (a lower figure skips sooner). A ClickHouse point read costs ~3.4 ms
+# benchmarks/RESULTS.md, 2026-12-03; earlier that day 26 and 36, 0.72, and an ad hoc run 25
+# and 46, 0.54): 0.5, the cautious side (a lower figure skips sooner). A ClickHouse point read costs ~3.4 ms
 # (benchmarks/RESULTS.md, "ClickHouse"), ~70 missed keys: 50, the cautious side of it.
 FILLS_PER_ROUND_TRIP: Final[Mapping[str, float]] = MappingProxyType({"redis": 0.5, "clickhouse": 50.0})
 
