@@ -273,13 +273,8 @@ class HttpApi:
                 self.join.outcomes.failed(t0, e)
                 await send_error(send, e, CLOSE)
                 return
-            if body is None:
-                status, ctype, out, extra = self._too_large(t0)
-            else:
-                status, ctype, out, extra = await self._answer(body, headers, t0)
-            head = [(b"content-type", ctype), (b"content-length", str(len(out)).encode()), *extra]
-            await send({"type": "http.response.start", "status": status, "headers": head})
-            await send({"type": "http.response.body", "body": out})
+            answer = self._too_large(t0) if body is None else await self._answer(body, headers, t0)
+            await send_answer(send, answer)
         finally:
             self._inflight.dec()
 
@@ -332,9 +327,14 @@ class OpsApi:
 
 async def send_error(send: Send, error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> None:
     """A whole error response: its status, the JSON error body, and ``headers``."""
-    out = json_codec.encode_error(error.to_dict())
-    head = [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *headers]
-    await send({"type": "http.response.start", "status": HTTP_STATUS[error.code], "headers": head})
+    await send_answer(send, _error_answer(error, *headers))
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    """An answer (status, content type, body, more headers) as ASGI's two messages."""
+    status, ctype, out, extra = answer
+    head = [(b"content-type", ctype), (b"content-length", str(len(out)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": out})
 
 

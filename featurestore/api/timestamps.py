@@ -62,9 +62,9 @@ def iso_list(values: Sequence[int | None]) -> list[str | None]:
 
 
 _DATETIME64 = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
-
-
 _YEAR_1 = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+_YEAR_1000 = -30_610_224_000_000_000  # 1000-01-01T00:00:00Z
+_YEAR_10000 = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
 
 
 def iso_json(values: Sequence[int | None]) -> bytes:
@@ -87,8 +87,6 @@ def iso_json(values: Sequence[int | None]) -> bytes:
 # instants) paid numpy's set-up per view.
 # strftime writes years 1000-9999 as RFC 3339 does; others go to numpy.
 _FEW = 8
-_YEAR_1000 = -30_610_224_000_000_000  # 1000-01-01T00:00:00Z
-_YEAR_10000 = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
 
 
 def _render(values: Sequence[int | None], misses: list[int], out: list[str | None]) -> None:

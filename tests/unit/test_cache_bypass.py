@@ -159,6 +159,15 @@ def measured_cold() -> tuple[Clock, CacheBypass]:
     return clock, b
 
 
+def on_trial() -> tuple[Clock, CacheBypass]:
+    """``measured_cold``'s bypass at t=30, its view's trial just begun."""
+    clock, b = measured_cold()
+    b.consults([q(range(100))])
+    clock.t = 30.0
+    b.consults([q(range(100))])
+    return clock, b
+
+
 def loaded_trial() -> tuple[Clock, CacheBypass]:
     """``measured_cold``'s bypass at t=30, its view on a trial whose first window loaded."""
     clock, b = measured_cold()
@@ -474,10 +483,7 @@ async def test_a_trial_reads_every_key_from_the_store_and_looks_up_and_fills_its
 
 
 def test_a_trials_sample_is_not_a_residue_of_the_keys_and_changes_from_trial_to_trial() -> None:
-    clock, b = measured_cold()
-    b.consults([q(range(100))])
-    clock.t = 30.0
-    b.consults([q(range(100))])
+    clock, b = on_trial()
     first = b.sampler("bypass_v")
     assert first is not None
     ids = range(0, 160_000, 16)  # every id a multiple of 16: all of them, or none, by residue
@@ -502,10 +508,7 @@ def test_a_trials_sample_is_not_a_residue_of_the_keys_and_changes_from_trial_to_
     ids=["few", "ints", "int64-edges", "strings", "tuples"],
 )
 def test_a_trials_positions_in_one_pass_are_the_keys_it_samples_one_by_one(keys: list[Any]) -> None:
-    clock, b = measured_cold()
-    b.consults([q(range(100))])
-    clock.t = 30.0
-    b.consults([q(range(100))])
+    _, b = on_trial()
     sampled = b.sampler("bypass_v")
     assert sampled is not None
     assert b.sample("bypass_v", keys) == [i for i, k in enumerate(keys) if sampled(k)]
