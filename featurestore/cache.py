@@ -119,14 +119,16 @@ class CachedSource:
         mode = self.bypass.consults(queries)
         if mode == CONSULT:
             return await self._read_cached(queries)
-        if mode == TRIAL:  # read past the cache, measuring its views on trial
-            return await self._read_trial(queries)
-        return await self._read_past(queries)
-
-    async def _read_past(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
-        """Every key from the store, the cache answering only for a view whose store read
-        failed."""
-        return self._or_cached(queries, await self._read_store(queries))
+        if mode == TRIAL and (sampled := self.bypass.samples(queries)) is not None:
+            return await self._read_trial(queries, sampled)  # measuring its views on trial
+        # Skipped, or on trial with no key sampled (most batch-1 reads on trial): every
+        # key from the store, the cache answering only for a view whose store read
+        # failed (as _read_store, inline: a coroutine less per read).
+        try:
+            got = list(await self.inner.read(queries))
+        except Exception as e:
+            got = [e] * len(queries)
+        return self._or_cached(queries, got)
 
     async def _read_store(self, asked: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         try:
@@ -173,18 +175,19 @@ class CachedSource:
         metrics.view_read_failures(q.view.name, self.name, "error").inc()
         return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
-    async def _read_trial(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
+    async def _read_trial(
+        self, queries: Sequence[ViewQuery], sampled: dict[int, list[int]]
+    ) -> list[ViewRead | BaseException]:
         """A read past the cache that measures, for its views on trial, what consulting
         would hit: their sampled keys are looked up (not served: every key is read from
         the store, as when skipped) and, missed, filled from the store's answer, for which
         they ask every feature (a cache row is a whole row). Its cost over a skipped read:
         a hash per key (mixed by numpy from 32 keys), and a lookup and maybe a fill per
-        sampled key."""
+        sampled key. ``sampled``: per query (by index), the positions of its sampled keys
+        (``CacheBypass.samples``)."""
         asked, samples = list(queries), {}
-        for qi, q in enumerate(queries):
-            at = self.bypass.sample(q.view.name, q.keys)
-            if not at:  # (most batch-1 reads: then it costs what a skipped read does)
-                continue
+        for qi, at in sampled.items():
+            q = queries[qi]
             space = (q.view.name, q.view.layout, q.data_version)
             looked = self.cache.get_many(space, [q.keys[i] for i in at])
             missed = [i for i, r in zip(at, looked, strict=True) if r is None]  # their places in q.keys
@@ -192,6 +195,8 @@ class CachedSource:
             if missed:  # rows to fill: whole rows
                 samples[qi] = missed
                 asked[qi] = ViewQuery(q.view, q.keys, range(len(q.view.features)), q.data_version)
+        if not samples:  # no key to fill: the store's answers as asked
+            return self._or_cached(queries, await self._read_store(queries))
         since, read_at = self._fence.now, self.cache.now()
         got = await self._read_store(asked)
         for qi, missed in samples.items():

@@ -1,0 +1,147 @@
+"""Quiet views (featurestore/bypass.py): a read of views whose rate alone sends it past
+the cache skips without the rule, and decides exactly as the rule would."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from featurestore.bypass import CONSULT, SKIP, TRIAL, CacheBypass
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.sources.base import ViewQuery
+
+U = Entity("user_id", DType.INT64)
+VIEWS = [FeatureView(f"quiet_{n}", (U,), (Feature("a", DType.INT64),)) for n in "abc"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class RuleEveryTime(CacheBypass):
+    """The bypass as it was before quiet views: every read runs the rule."""
+
+    __slots__ = ()
+
+    def consults(self, queries: list[ViewQuery]) -> int:  # type: ignore[override]
+        self._quiet.clear()
+        return super().consults(queries)
+
+
+def quiet_views(b: CacheBypass) -> dict[str, float]:
+    return b._quiet
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and_time(seed: int) -> None:
+    rng = random.Random(seed)
+    figure = [0.5, 2.0, 50.0][seed % 3]
+    clocks = Clock(), Clock()
+    fast = CacheBypass(figure, trial_every=30, clock=clocks[0])
+    rule = RuleEveryTime(figure, trial_every=30, clock=clocks[1])
+    skipped_quietly = 0
+    hit_chance = {v.name: 0.0 for v in VIEWS}  # per view, in phases: cold, lukewarm, hot
+    for step in range(6_000):
+        if rng.random() < 0.002:
+            hit_chance[rng.choice(VIEWS).name] = rng.choice([0.0, 0.2, 0.6, 0.95])
+        dt = rng.choice([0.0, 0.0, 0.01, 0.5, 3.0, 17.0])
+        for c in clocks:
+            c.t += dt
+        views = rng.sample(VIEWS, rng.randint(1, 3))
+        keys = [list(range(rng.choice([0, 1, 1, 2, 10, 100]))) for _ in views]
+        read = [ViewQuery(v, k, [0], 1) for v, k in zip(views, keys, strict=True)]
+        was_quiet = all(quiet_views(fast).get(v.name, 0.0) > clocks[0].t for v in views) and all(keys)
+        verdicts = fast.consults(read), rule.consults(read)
+        assert verdicts[0] == verdicts[1], f"step {step}"
+        skipped_quietly += was_quiet
+        # what a read then reports: a consulted read its hits; a trial's its sample's
+        for v, k in zip(views, keys, strict=True):
+            if not k:
+                continue
+            hits = sum(rng.random() < hit_chance[v.name] for _ in k)
+            for b in (fast, rule):
+                if verdicts[0] == SKIP:
+                    continue
+                b.observe(v.name, hits, len(k), sampled=b._trials.get(v.name) is not None)
+    if figure < 50:  # (at 50 a view is cold only below a 2% hit rate: rarely here)
+        assert skipped_quietly > 100, skipped_quietly  # the fast path was taken, and agreed each time
+    for table in ("_rate", "_skipping_since", "_backoff", "_warming", "_consulting_since"):
+        assert getattr(fast, table) == getattr(rule, table)
+    assert fast._trials.keys() == rule._trials.keys()
+    assert (fast.skipped, fast.tried) == (rule.skipped, rule.tried)
+
+
+def test_a_quiet_views_next_trial_starts_on_time_and_is_decided_at_once_until_it_ends() -> None:
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    read = [ViewQuery(VIEWS[0], [1], [0], 1)]
+    b.observe(VIEWS[0].name, 0, 100)  # a cold view: every read of it skips
+    assert b.consults(read) == SKIP
+    assert quiet_views(b) == {VIEWS[0].name: 30.0}
+    clock.t = 29.9
+    assert b.consults(read) == SKIP
+    clock.t = 30.0
+    assert b.consults(read) == TRIAL  # its trial, which ends by two periods from now
+    assert quiet_views(b) == {VIEWS[0].name: 90.0}
+    clock.t = 89.9
+    assert b.consults(read) == TRIAL
+    for _ in range(3):  # loads, then windows of no hits: the second ends the trial
+        b.observe(VIEWS[0].name, 0, 10_000, sampled=True)
+    assert quiet_views(b) == {}
+
+
+def test_a_view_becomes_quiet_only_when_its_rate_alone_decides() -> None:
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    b.observe(VIEWS[0].name, 70, 100)  # 0.7 x 0.5 >= 0.3: a read of one key would consult
+    b.observe(VIEWS[1].name, 0, 100)
+    assert b.consults([ViewQuery(VIEWS[0], [1, 2, 3], [0], 1)]) == SKIP  # three keys: skip
+    assert quiet_views(b) == {}  # a read of one key would not
+    assert b.consults([ViewQuery(VIEWS[1], [1], [0], 1)]) == SKIP
+    assert quiet_views(b) == {VIEWS[1].name: 30.0}
+
+
+@pytest.mark.parametrize("name", ["fills_per_round_trip", "trial_every", "unmeasured"])
+def test_the_figures_a_view_was_judged_quiet_by_cannot_change_under_it(name: str) -> None:
+    b = CacheBypass(0.5)
+    with pytest.raises(AttributeError):
+        setattr(b, name, 1.0)
+
+
+def test_a_view_whose_trial_said_consult_is_never_quiet_while_the_trials_rate_decides() -> None:
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    a, cold = VIEWS[0], VIEWS[1]
+    b.observe(a.name, 0, 100)
+    b.observe(cold.name, 0, 100)
+    b.consults([ViewQuery(a, [1], [0], 1)])
+    clock.t = 30.0
+    assert b.consults([ViewQuery(a, [1], [0], 1)]) == TRIAL
+    b.observe(a.name, 0, 10_000, sampled=True)  # loads
+    clock.t = 61.0  # its rows may expire: two windows of all hits end it, saying consult
+    for _ in range(2):
+        b.observe(a.name, 10_000, 10_000, sampled=True)
+    assert b.consults([ViewQuery(a, [1], [0], 1)]) == CONSULT
+    b.observe(a.name, 0, 10_000)  # its consulted reads then miss: its own rate is cold
+    read_both = [ViewQuery(a, [1], [0], 1), ViewQuery(cold, [1], [0], 1)]
+    assert b.consults(read_both) == SKIP  # (the cold view decides)
+    assert a.name not in quiet_views(b)
+    assert b.consults([ViewQuery(a, [1], [0], 1)]) == CONSULT  # the trial's rate, for its period
+
+
+def test_a_quiet_view_read_for_none_of_its_keys_in_a_consulting_read_is_no_longer_quiet() -> None:
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    quiet, hot = VIEWS[0], VIEWS[1]
+    b.observe(quiet.name, 0, 100)
+    b.observe(hot.name, 100, 100)
+    assert b.consults([ViewQuery(quiet, [1], [0], 1)]) == SKIP
+    assert quiet.name in quiet_views(b)
+    clock.t = 10.0
+    assert b.consults([ViewQuery(quiet, [], [0], 1), ViewQuery(hot, [1], [0], 1)]) == CONSULT
+    assert quiet.name not in quiet_views(b)  # its skipping time starts again at its next read
