@@ -159,7 +159,8 @@ class CacheBypass:
             raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         if trial_every <= 0:
             raise ValueError("trial_every must be positive")
-        # fixed from here (read-only properties): quiet views were judged by them
+        # quiet views were judged by these: trial_every and unmeasured are read-only, a
+        # new fills_per_round_trip unquiets every view
         self._per_trip = fills_per_round_trip
         self._trial_every = trial_every
         self._unmeasured = unmeasured
@@ -188,6 +189,16 @@ class CacheBypass:
     @property
     def fills_per_round_trip(self) -> float:
         return self._per_trip
+
+    @fills_per_round_trip.setter
+    def fills_per_round_trip(self, figure: float) -> None:
+        """A new figure (benchmarks.cache_cost fills a cache with 0): every view quiet by
+        the old one is judged again by the rule."""
+        if figure < 0:
+            raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
+        self._per_trip = figure
+        self._quiet.clear()
+        self._quiet_trials.clear()
 
     @property
     def trial_every(self) -> float:

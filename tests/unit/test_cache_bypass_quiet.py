@@ -106,11 +106,25 @@ def test_a_view_becomes_quiet_only_when_its_rate_alone_decides() -> None:
     assert quiet_views(b) == {VIEWS[1].name: 30.0}
 
 
-@pytest.mark.parametrize("name", ["fills_per_round_trip", "trial_every", "unmeasured"])
+@pytest.mark.parametrize("name", ["trial_every", "unmeasured"])
 def test_the_figures_a_view_was_judged_quiet_by_cannot_change_under_it(name: str) -> None:
     b = CacheBypass(0.5)
     with pytest.raises(AttributeError):
         setattr(b, name, 1.0)
+
+
+def test_a_new_fills_per_round_trip_judges_every_quiet_view_again() -> None:
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    b.observe(VIEWS[0].name, 60, 100)  # 0.6 x 0.5 < 0.4: cold
+    read = [ViewQuery(VIEWS[0], [1], [0], 1)]
+    assert b.consults(read) == SKIP
+    assert quiet_views(b)
+    b.fills_per_round_trip = 2.0  # 0.6 x 2 >= 0.4: a read of one key pays
+    assert quiet_views(b) == {}
+    assert b.consults(read) == CONSULT
+    with pytest.raises(ValueError, match="fills_per_round_trip"):
+        b.fills_per_round_trip = -1
 
 
 def test_a_view_whose_trial_said_consult_is_never_quiet_while_the_trials_rate_decides() -> None:
