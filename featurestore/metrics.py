@@ -181,6 +181,13 @@ SERVICE_DURATION = Histogram(
     ["service", "registry_version"],
     buckets=LATENCY_BUCKETS,
 )
+GC_PAUSE = Histogram(
+    "featurestore_gc_pause_seconds",
+    "Python's cyclic garbage collections and how long each stopped the process, by generation "
+    "(0 young, 2 full; featurestore/collector.py).",
+    ["generation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 REGISTRY_APPLY_FAILURES = Counter(
     "featurestore_registry_apply_failures_total",
     "Attempts to serve a published registry change that failed (each is retried with backoff).",

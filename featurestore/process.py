@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import resource
@@ -22,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
 from featurestore.api.http import HttpApi, OpsApi
@@ -308,11 +308,8 @@ async def serve(
         loop.add_signal_handler(sig, _on_stop_signal, stop, sig, supervised)
     await listeners.start()
     assert listeners.http_task is not None
-    # Everything allocated so far (modules, registry, loaded data) lives as long as the
-    # process: keep it out of the collector's sight, or each full collection walks the
-    # whole heap and stalls the loop for tens of milliseconds.
-    gc.collect()
-    gc.freeze()
+    pauses = collector.watch()
+    collector.serve()  # the heap frozen, the serving thresholds (collector.py)
     log.info(
         "serving registry version %d: %s://%s:%d grpc %s:%d%s%s (pid %d)",
         rt.engine.state.version, "https" if config.tls.enabled else "http", config.http.host, config.http.port,
@@ -331,6 +328,7 @@ async def serve(
     await listeners.drain()
     stop_wait.cancel()
     await rt.close()
+    collector.unwatch(pauses)
     log.info("stopped")
 
 

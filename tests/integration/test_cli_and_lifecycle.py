@@ -66,7 +66,8 @@ def test_cli_join_http_and_grpc_print_the_table_and_nothing_on_stderr(server: Se
 def test_demo_start_prints_a_working_curl_and_exports_cache_series_of_its_stores_only(tmp_path: Path) -> None:
     """What `make run` does, in a fresh data folder: generate, apply, serve, print curl.
     The cache in front of the ClickHouse store counts under its name, with no store=""
-    series beside it (a Grafana legend without a name)."""
+    series beside it (a Grafana legend without a name). The garbage collector's pauses are
+    timed from before start-up's full collection (collector.py)."""
     log = tmp_path / "demo.log"
     proc = ServerProcess(["--demo", "--data-dir", str(tmp_path / "data")], log_path=log)
     proc.start(timeout=60)
@@ -94,6 +95,10 @@ def test_demo_start_prints_a_working_curl_and_exports_cache_series_of_its_stores
             )
         ]
         assert cache_series and all('store="analytics"' in line for line in cache_series), cache_series
+        metrics_text = http_get(proc.url + "/metrics")[1].decode()
+        full = re.search(r'^featurestore_gc_pause_seconds_count\{generation="2"\} (\S+)$', metrics_text, re.M)
+        assert full is not None and float(full.group(1)) >= 1, "start-up's full collection, timed"
+        assert 'featurestore_gc_pause_seconds_count{generation="0"}' in metrics_text
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.read_log()
