@@ -41,17 +41,12 @@ doubles the wait before the next (counted from its end, up to 16 periods), and t
 is reset only once the rule itself (not a trial's verdict) has kept consulting the view
 for a period. A view read too rarely to finish a window in a trial starts the next at
 once: it stays on trials and its rate is not updated (such a view costs little CPU either
-way). Reads of every size follow the rule: a cold cache warms
-through trials (a skewed workload's rate rises window after window while it loads and so
-keeps its trial going), not by reads that always consult while the cache has room, which
-cost batch-1 joins of uniform keys 19% of their QPS while a 200,000-row cache filled. A
-view's rate starts at ``unmeasured`` (1: a new view consults) and is per view name,
-shared by its data versions and a canary's. 0: every read consults.
-
+way). Reads of every size follow the rule; a cold cache warms through trials (why:
+docs/storage.md). A view's rate starts at ``unmeasured`` (1: a new view consults) and is
+per view name, shared by its data versions and a canary's. 0: every read consults.
 A view whose rate alone sends every read of it past the cache (``_cold``) is **quiet**
-until its next trial, or the end of the one it is on: a read of quiet views only is
-decided without the rule (the same verdict, cheaper: tests/unit/test_cache_bypass_quiet.py
-runs both side by side).
+until its next trial or its trial's end: a read of quiet views only is decided without
+the rule (the same verdict, cheaper; tests/unit/test_cache_bypass_quiet.py: both).
 """
 
 from __future__ import annotations
@@ -216,7 +211,7 @@ class CacheBypass:
         if per_trip == 0:
             return CONSULT
         quiet = self._quiet
-        if quiet:
+        if quiet and queries:  # (no query at all: the rule consults)
             now = self._clock()
             for q in queries:  # (a query of no keys: the rule decides)
                 if quiet.get(q.view.name, 0.0) <= now or not q.keys:
@@ -307,7 +302,7 @@ class CacheBypass:
             if trial is None:
                 wait = self._trial_every * (1 << backoff.get(name, 0))
                 began = since.setdefault(name, now)
-                if now - began >= wait:
+                if now >= began + wait:  # (as the quiet views' until: the same float)
                     trials[name] = trial = _Trial(now, self._trial_every, next(self._salts))
                     backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
                 else:

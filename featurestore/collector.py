@@ -9,7 +9,8 @@ load ran none in 5 s, and ``benchmarks.ab`` read -3.5% CPU per request at batch 
 123 µs), -1.9% at 100, p99 unchanged (benchmarks/RESULTS.md, "Requirement 3
 experiments"). A young collection walks the young objects alive at that moment: at most
 about the threshold's worth (rows the cache just filled, say), 20,000 of them in 0.9 ms
-on this VM; the pause histogram shows what a deployment's collections cost.
+on this VM; a middle one walks up to ten times that, a full one every object since the
+freeze. The pause histogram shows what a deployment's collections cost.
 """
 
 from __future__ import annotations
@@ -24,21 +25,24 @@ THRESHOLDS: Final = (20_000, 10, 10)  # young, middle, old (CPython's default: 7
 
 
 class PauseMeter:
-    """A ``gc.callbacks`` entry timing each collection into the pause histogram. It runs
-    in whichever thread the collection happens in; prometheus_client's children lock."""
+    """A ``gc.callbacks`` entry timing each collection into the pause histogram's buffers
+    (``metrics.flush()`` folds them in). Never into prometheus_client itself: a collection
+    can start inside it, under the lock it takes with several workers (a new labelled
+    series allocates under it), and the callback would wait on that lock for ever.
+    Collections never overlap (CPython runs one at a time), whatever thread they run in."""
 
-    __slots__ = ("_children", "_started")
+    __slots__ = ("_buffers", "_started")
 
     def __init__(self) -> None:
         self._started = 0.0
         # every generation's series from the start: a quiet collector reads 0, not absent
-        self._children = [metrics.GC_PAUSE.labels(str(g)) for g in range(3)]
+        self._buffers = [metrics.gc_pause(str(g)) for g in range(3)]
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         elif phase == "stop" and self._started:
-            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._buffers[info["generation"]].observe(time.perf_counter() - self._started)
             self._started = 0.0
 
 

@@ -309,26 +309,28 @@ async def serve(
     await listeners.start()
     assert listeners.http_task is not None
     pauses = collector.watch()
-    collector.serve()  # the heap frozen, the serving thresholds (collector.py)
-    log.info(
-        "serving registry version %d: %s://%s:%d grpc %s:%d%s%s (pid %d)",
-        rt.engine.state.version, "https" if config.tls.enabled else "http", config.http.host, config.http.port,
-        config.grpc.host, config.grpc.port, " (TLS)" if config.tls.enabled else "",
-        "" if config.http.admin_port is None else f", admin http://{config.http.host}:{config.http.admin_port}",
-        os.getpid(),
-    )  # fmt: skip
-    if on_ready is not None:
-        on_ready()
-    report_ready()  # to the supervisor, if there is one
+    try:
+        collector.serve()  # the heap frozen, the serving thresholds (collector.py)
+        log.info(
+            "serving registry version %d: %s://%s:%d grpc %s:%d%s%s (pid %d)",
+            rt.engine.state.version, "https" if config.tls.enabled else "http", config.http.host, config.http.port,
+            config.grpc.host, config.grpc.port, " (TLS)" if config.tls.enabled else "",
+            "" if config.http.admin_port is None else f", admin http://{config.http.host}:{config.http.admin_port}",
+            os.getpid(),
+        )  # fmt: skip
+        if on_ready is not None:
+            on_ready()
+        report_ready()  # to the supervisor, if there is one
 
-    stop_wait = asyncio.create_task(stop.wait())
-    await asyncio.wait([stop_wait, listeners.http_task], return_when=asyncio.FIRST_COMPLETED)
-    log.info("draining in-flight requests")
-    rt.stopping = True
-    await listeners.drain()
-    stop_wait.cancel()
-    await rt.close()
-    collector.unwatch(pauses)
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait([stop_wait, listeners.http_task], return_when=asyncio.FIRST_COMPLETED)
+        log.info("draining in-flight requests")
+        rt.stopping = True
+        await listeners.drain()
+        stop_wait.cancel()
+        await rt.close()
+    finally:
+        collector.unwatch(pauses)
     log.info("stopped")
 
 

@@ -159,3 +159,11 @@ def test_a_quiet_view_read_for_none_of_its_keys_in_a_consulting_read_is_no_longe
     clock.t = 10.0
     assert b.consults([ViewQuery(quiet, [], [0], 1), ViewQuery(hot, [1], [0], 1)]) == CONSULT
     assert quiet.name not in quiet_views(b)  # its skipping time starts again at its next read
+
+
+def test_a_read_of_no_views_consults_as_the_rule_says_even_beside_quiet_views() -> None:
+    b = CacheBypass(0.5)
+    b.observe(VIEWS[0].name, 0, 100)
+    assert b.consults([ViewQuery(VIEWS[0], [1], [0], 1)]) == SKIP
+    assert quiet_views(b)
+    assert b.consults([]) == CONSULT
