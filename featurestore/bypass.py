@@ -150,13 +150,16 @@ class CacheBypass:
         unmeasured: float = 1.0,
     ) -> None:
         """``unmeasured``: the hit rate of a view before its first consulted read."""
-        if fills_per_round_trip < 0:
-            raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         if trial_every <= 0:
             raise ValueError("trial_every must be positive")
-        # quiet views were judged by these: trial_every and unmeasured are read-only, a
-        # new fills_per_round_trip unquiets every view
-        self._per_trip = fills_per_round_trip
+        # Quiet views (``_cold``) until their next trial or its end (those on trial also in
+        # ``_quiet_trials``): a read of them is decided at once, not by the rule (0.3
+        # against 0.9 µs per batch-1 read of two views in process, 2026-12-05). They were
+        # judged by the figures: trial_every and unmeasured are read-only, a new
+        # fills_per_round_trip unquiets every view.
+        self._quiet: dict[str, float] = {}
+        self._quiet_trials: set[str] = set()
+        self.fills_per_round_trip = fills_per_round_trip  # (checked by its setter)
         self._trial_every = trial_every
         self._unmeasured = unmeasured
         self._clock = clock
@@ -171,13 +174,6 @@ class CacheBypass:
         # meanwhile while the view's own rate measures the cache filling
         self._warming: dict[str, tuple[float, float]] = {}
         self._salts = itertools.count(1)
-        # Quiet views: their rate alone sends any read of them past the cache (``_cold``),
-        # and nothing changes for them before the time given (their next trial, or the
-        # end of the one they are on: those also in ``_quiet_trials``). A read of quiet
-        # views is decided at once, not by the rule: 0.3 against 0.9 µs per batch-1 read
-        # of two views in process (2026-12-05).
-        self._quiet: dict[str, float] = {}
-        self._quiet_trials: set[str] = set()
         self.skipped = 0  # reads sent past the cache
         self.tried = 0  # reads on trial: past the cache too, but for their sampled keys
 
