@@ -52,6 +52,13 @@ def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and
         dt = rng.choice([0.0, 0.0, 0.01, 0.5, 3.0, 17.0])
         for c in clocks:
             c.t += dt
+        if rng.random() < 0.001:  # a registry change drops a view, or a new figure
+            kept = {v.name for v in rng.sample(VIEWS, 2)}
+            for b in (fast, rule):
+                b.keep_only(kept)
+        if rng.random() < 0.001:
+            figure = rng.choice([0.5, 2.0, 50.0])
+            fast.fills_per_round_trip = rule.fills_per_round_trip = figure
         views = rng.sample(VIEWS, rng.randint(1, 3))
         keys = [list(range(rng.choice([0, 1, 1, 2, 10, 100]))) for _ in views]
         read = [ViewQuery(v, k, [0], 1) for v, k in zip(views, keys, strict=True)]

@@ -16,6 +16,8 @@ from prometheus_client import REGISTRY
 
 from featurestore import collector, metrics
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def collections(generation: int) -> float:
     metrics.flush()
@@ -74,5 +76,27 @@ def test_a_collection_inside_prometheus_clients_lock_does_not_hang_a_worker(tmp_
         """
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0 and done.stdout.strip() == "served", done.stderr
+
+
+def test_every_generation_has_its_series_before_its_first_collection() -> None:
+    """In a fresh process (here no earlier test made the series): 0, not absent."""
+    script = textwrap.dedent(
+        """
+        import gc
+        gc.disable()
+        from prometheus_client import REGISTRY
+        from featurestore import collector, metrics
+        collector.watch()
+        metrics.flush()
+        name = "featurestore_gc_pause_seconds_count"
+        print([REGISTRY.get_sample_value(name, {"generation": str(g)}) for g in range(3)])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "[0.0, 0.0, 0.0]", done.stderr
