@@ -10,17 +10,10 @@ import pytest
 from featurestore.bypass import CONSULT, SKIP, TRIAL, CacheBypass
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.sources.base import ViewQuery
+from tests.unit.test_cache_bypass import Clock
 
 U = Entity("user_id", DType.INT64)
 VIEWS = [FeatureView(f"quiet_{n}", (U,), (Feature("a", DType.INT64),)) for n in "abc"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class RuleEveryTime(CacheBypass):
@@ -35,6 +28,17 @@ class RuleEveryTime(CacheBypass):
 
 def quiet_views(b: CacheBypass) -> dict[str, float]:
     return b._quiet
+
+
+def timed() -> tuple[Clock, CacheBypass]:
+    """The default figure on Redis and a 30 s TTL, on a clock of the test's."""
+    clock = Clock()
+    return clock, CacheBypass(0.5, trial_every=30, clock=clock)
+
+
+def one(view: FeatureView, keys: list[int] | None = None) -> ViewQuery:
+    """A query of ``view`` for ``keys`` (user 1 by default)."""
+    return ViewQuery(view, [1] if keys is None else keys, [0], 1)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -84,9 +88,8 @@ def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and
 
 
 def test_a_quiet_views_next_trial_starts_on_time_and_is_decided_at_once_until_it_ends() -> None:
-    clock = Clock()
-    b = CacheBypass(0.5, trial_every=30, clock=clock)
-    read = [ViewQuery(VIEWS[0], [1], [0], 1)]
+    clock, b = timed()
+    read = [one(VIEWS[0])]
     b.observe(VIEWS[0].name, 0, 100)  # a cold view: every read of it skips
     assert b.consults(read) == SKIP
     assert quiet_views(b) == {VIEWS[0].name: 30.0}
@@ -103,13 +106,12 @@ def test_a_quiet_views_next_trial_starts_on_time_and_is_decided_at_once_until_it
 
 
 def test_a_view_becomes_quiet_only_when_its_rate_alone_decides() -> None:
-    clock = Clock()
-    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    _, b = timed()
     b.observe(VIEWS[0].name, 70, 100)  # 0.7 x 0.5 >= 0.3: a read of one key would consult
     b.observe(VIEWS[1].name, 0, 100)
-    assert b.consults([ViewQuery(VIEWS[0], [1, 2, 3], [0], 1)]) == SKIP  # three keys: skip
+    assert b.consults([one(VIEWS[0], [1, 2, 3])]) == SKIP  # three keys: skip
     assert quiet_views(b) == {}  # a read of one key would not
-    assert b.consults([ViewQuery(VIEWS[1], [1], [0], 1)]) == SKIP
+    assert b.consults([one(VIEWS[1])]) == SKIP
     assert quiet_views(b) == {VIEWS[1].name: 30.0}
 
 
@@ -121,10 +123,9 @@ def test_the_figures_a_view_was_judged_quiet_by_cannot_change_under_it(name: str
 
 
 def test_a_new_fills_per_round_trip_judges_every_quiet_view_again() -> None:
-    clock = Clock()
-    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    _, b = timed()
     b.observe(VIEWS[0].name, 60, 100)  # 0.6 x 0.5 < 0.4: cold
-    read = [ViewQuery(VIEWS[0], [1], [0], 1)]
+    read = [one(VIEWS[0])]
     assert b.consults(read) == SKIP
     assert quiet_views(b)
     b.fills_per_round_trip = 2.0  # 0.6 x 2 >= 0.4: a read of one key pays
@@ -135,42 +136,40 @@ def test_a_new_fills_per_round_trip_judges_every_quiet_view_again() -> None:
 
 
 def test_a_view_whose_trial_said_consult_is_never_quiet_while_the_trials_rate_decides() -> None:
-    clock = Clock()
-    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    clock, b = timed()
     a, cold = VIEWS[0], VIEWS[1]
     b.observe(a.name, 0, 100)
     b.observe(cold.name, 0, 100)
-    b.consults([ViewQuery(a, [1], [0], 1)])
+    b.consults([one(a)])
     clock.t = 30.0
-    assert b.consults([ViewQuery(a, [1], [0], 1)]) == TRIAL
+    assert b.consults([one(a)]) == TRIAL
     b.observe(a.name, 0, 10_000, sampled=True)  # loads
     clock.t = 61.0  # its rows may expire: two windows of all hits end it, saying consult
     for _ in range(2):
         b.observe(a.name, 10_000, 10_000, sampled=True)
-    assert b.consults([ViewQuery(a, [1], [0], 1)]) == CONSULT
+    assert b.consults([one(a)]) == CONSULT
     b.observe(a.name, 0, 10_000)  # its consulted reads then miss: its own rate is cold
-    read_both = [ViewQuery(a, [1], [0], 1), ViewQuery(cold, [1], [0], 1)]
+    read_both = [one(a), one(cold)]
     assert b.consults(read_both) == SKIP  # (the cold view decides)
     assert a.name not in quiet_views(b)
-    assert b.consults([ViewQuery(a, [1], [0], 1)]) == CONSULT  # the trial's rate, for its period
+    assert b.consults([one(a)]) == CONSULT  # the trial's rate, for its period
 
 
 def test_a_quiet_view_read_for_none_of_its_keys_in_a_consulting_read_is_no_longer_quiet() -> None:
-    clock = Clock()
-    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    clock, b = timed()
     quiet, hot = VIEWS[0], VIEWS[1]
     b.observe(quiet.name, 0, 100)
     b.observe(hot.name, 100, 100)
-    assert b.consults([ViewQuery(quiet, [1], [0], 1)]) == SKIP
+    assert b.consults([one(quiet)]) == SKIP
     assert quiet.name in quiet_views(b)
     clock.t = 10.0
-    assert b.consults([ViewQuery(quiet, [], [0], 1), ViewQuery(hot, [1], [0], 1)]) == CONSULT
+    assert b.consults([one(quiet, []), one(hot)]) == CONSULT
     assert quiet.name not in quiet_views(b)  # its skipping time starts again at its next read
 
 
 def test_a_read_of_no_views_consults_as_the_rule_says_even_beside_quiet_views() -> None:
     b = CacheBypass(0.5)
     b.observe(VIEWS[0].name, 0, 100)
-    assert b.consults([ViewQuery(VIEWS[0], [1], [0], 1)]) == SKIP
+    assert b.consults([one(VIEWS[0])]) == SKIP
     assert quiet_views(b)
     assert b.consults([]) == CONSULT
