@@ -1,21 +1,23 @@
-"""Would a Redis client of our own pay for itself? The read path as the Redis store runs
-it on redis-py against a minimal ``asyncio.Protocol`` that feeds every received chunk to
-a hiredis reader and resolves a join's future when its replies are complete (no stream
-reader, no await per reply).
+"""What the read path's own Redis connection (``sources/redis_connection.py``) saves: the
+store's read path as it runs now, against redis-py's asyncio connection doing the same
+reads, and against a bare sketch of the protocol (the floor of the approach).
 
 Each "join" is what the server sends for two views: two MGETs of ``batch`` + 1 keys (the
-rows and the layout marker) with demo-sized msgpack rows (not decoded, on either side).
-``joins in flight`` tasks each run joins one after another, as request tasks do. The
-redis-py side takes the store's own path: reads of up to ``redis_batch.MAX_KEYS`` keys go
-through its ``AutoPipeline`` (a future per join, one write per event-loop tick: the joins
-in flight share it; one join in flight is the gRPC case, where joins arrive a tick
-apart), larger ones check a connection out of its ``LeanPool``, send, read each reply and
-give it back. The lean side does the same with a write buffer flushed once per tick: one
-shared connection for small reads, one per task for large ones.
+rows and the layout marker) with demo-sized msgpack rows (not decoded, on any side).
+``joins in flight`` tasks each run joins one after another, as request tasks do.
 
-The lean client is a sketch for measuring only: no AUTH, TLS, reconnection or deadline
-handling, which a real one would need (and pay for). Reported: CPU time of the event-loop
-thread per join, median of ``--rounds`` interleaved rounds.
+* redis-py: a pooled redis-py connection per join (``send_packed_command``, then
+  ``read_response`` per reply: a stream reader and an await per reply), as the store read
+  until 2026-12-05 when it did not auto-pipeline.
+* store: the store's own path: reads of up to ``redis_batch.MAX_KEYS`` keys through its
+  ``AutoPipeline`` (a future per join, one write per event-loop tick: the joins in flight
+  share it; one join in flight is the gRPC case, where joins arrive a tick apart), larger
+  ones on a connection of its ``LeanPool`` each.
+* sketch: the protocol alone: no pool, no task per tick, no handshake, no deadline
+  handling; one shared connection for small reads, one per task for large ones.
+
+Reported: CPU time of the event-loop thread per join, median of ``--rounds`` interleaved
+rounds.
 
     python -m benchmarks.redis_protocol [--rounds 5] [--joins 4000]
 """
@@ -40,6 +42,7 @@ from redis.exceptions import ResponseError
 from benchmarks import report, stack
 from featurestore.sources.redis_batch import MAX_KEYS, AutoPipeline
 from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_read import pooled_mget
 from featurestore.sources.redis_wire import pack_mget
 
 KEYS = 1000
@@ -110,24 +113,35 @@ async def drive(join: Join, conc: int, joins: int) -> float:
 
 
 async def redis_py(url: str, batch: int, conc: int, joins: int) -> float:
-    pool = LeanPool(url, conc, socket_timeout=None)
+    from redis.asyncio import BlockingConnectionPool
+
+    factory = BlockingConnectionPool.from_url(url, max_connections=conc, socket_timeout=None)
+    idle: list[Any] = [factory.make_connection() for _ in range(conc)]  # type: ignore[no-untyped-call]
+    try:
+
+        async def join(i: int) -> Any:
+            packed = b"".join(map(pack_mget, join_keys(batch, i)))
+            conn = idle.pop()
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                return [await conn.read_response() for _ in range(2)]
+            finally:
+                idle.append(conn)
+
+        return await drive(join, conc, joins)
+    finally:
+        for conn in idle:
+            await conn.disconnect()
+
+
+async def store(url: str, batch: int, conc: int, joins: int) -> float:
+    pool = LeanPool(url, conc)
     auto = AutoPipeline(pool)
     try:
-        if auto_pipelined(batch):  # the store's auto-pipelined path
 
-            async def join(i: int) -> Any:
-                return await auto.mget(join_keys(batch, i), 2 * (batch + 1))
-
-        else:  # the store's own-connection path (RedisSource._mget)
-
-            async def join(i: int) -> Any:
-                packed = b"".join(map(pack_mget, join_keys(batch, i)))
-                conn = await pool.acquire()
-                try:
-                    await conn.send_packed_command(packed, check_health=False)
-                    return [await conn.read_response() for _ in range(2)]
-                finally:
-                    pool.release(conn)
+        async def join(i: int) -> Any:
+            keyed = [(None, keys) for keys in join_keys(batch, i)]
+            return await pooled_mget(pool, auto, keyed)  # type: ignore[arg-type]
 
         return await drive(join, conc, joins)
     finally:
@@ -164,25 +178,26 @@ async def fill(url: str) -> None:
     await client.aclose()
 
 
+PATHS = {"redis_py": redis_py, "store": store, "sketch": lean}
+
+
 async def measure(url: str, rounds: int, joins: int) -> list[dict[str, Any]]:
     await fill(url)
     out = []
     for batch, conc in SCENARIOS:
-        await redis_py(url, batch, conc, 500)  # warm-up
-        await lean(url, batch, conc, 500)
-        a: list[float] = []
-        b: list[float] = []
-        for r in range(rounds):  # interleaved, neither always first
-            pair = [(a, redis_py), (b, lean)] if r % 2 == 0 else [(b, lean), (a, redis_py)]
-            for sink, fn in pair:
-                sink.append(await fn(url, batch, conc, joins))
+        for fn in PATHS.values():  # warm-up
+            await fn(url, batch, conc, 500)
+        got: dict[str, list[float]] = {name: [] for name in PATHS}
+        for r in range(rounds):  # interleaved, the order turning by round
+            names = list(PATHS)
+            for name in names[r % 3 :] + names[: r % 3]:
+                got[name].append(await PATHS[name](url, batch, conc, joins))
         out.append(
             {
                 "batch": batch,
                 "concurrency": conc,
                 "path": "auto-pipelined" if auto_pipelined(batch) else "a connection per join",
-                "redis_py_us": statistics.median(a) * 1e6,
-                "lean_us": statistics.median(b) * 1e6,
+                **{f"{name}_us": statistics.median(v) * 1e6 for name, v in got.items()},
             }
         )
         print(out[-1], flush=True)
@@ -191,31 +206,25 @@ async def measure(url: str, rounds: int, joins: int) -> list[dict[str, Any]]:
 
 def render(results: list[dict[str, Any]], command: str) -> list[str]:
     lines = [
-        "## A Redis client of our own? The store's read path on redis-py against a minimal asyncio protocol",
+        "## The read path's own Redis connection against redis-py's",
         "",
         f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
         "* One process on uvloop, one local redis-server; a join = two MGETs of batch + 1 keys",
         "  (demo-sized msgpack rows, not decoded). CPU time of the event-loop thread per join, median",
-        "  of the rounds. redis-py as the store uses it: auto-pipelined up to 64 keys (one join in",
-        "  flight: each alone in its tick, as under gRPC; 16: they share a write, as under HTTP),",
-        "  else a pooled connection per join. The lean client is a measuring sketch (no AUTH, TLS,",
-        "  reconnect or deadlines).",
+        "  of the rounds. redis-py: a pooled redis-py connection per join (send, then a read per",
+        "  reply). Store: the store's path on its own connections (`sources/redis_connection.py`),",
+        "  auto-pipelined up to 64 keys (one join in flight: each alone in its tick, as under gRPC;",
+        "  16: they share a write, as under HTTP), else a pooled connection per join. Sketch: the",
+        "  protocol alone (no pool, no task per tick, no handshake or deadline handling).",
         "",
-        "| batch | joins in flight | path | redis-py µs/join | lean µs/join | saved µs/join |",
+        "| batch | joins in flight | store's path | redis-py µs/join | store µs/join | sketch µs/join |",
         "|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['batch']} | {r['concurrency']} | {r['path']} | {r['redis_py_us']:.1f} | {r['lean_us']:.1f} "
-            f"| {r['redis_py_us'] - r['lean_us']:.1f} |"
+            f"| {r['batch']} | {r['concurrency']} | {r['path']} | {r['redis_py_us']:.1f} | {r['store_us']:.1f} "
+            f"| {r['sketch_us']:.1f} |"
         )
-    most = max(r["redis_py_us"] - r["lean_us"] for r in results)
-    lines += [
-        "",
-        f"Reading: at most {most:.1f} µs a join, before the AUTH, TLS, reconnection and deadline",
-        "handling a real client adds back; set it against the server's CPU per join in the",
-        "transports section above. (Estimated at 30-60 µs a join before this was measured.)",
-    ]
     return lines
 
 

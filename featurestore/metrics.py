@@ -154,6 +154,13 @@ SOURCE_READ_RETRIES = Counter(
     "the server or a proxy closed while it idled); a failed retry marks the store down.",
     ["store"],
 )
+SOURCE_CONNECTIONS_OPENED = Counter(
+    "featurestore_source_connections_opened_total",
+    "Read connections a Redis store opened: on first use, and again after one was lost "
+    "or dropped (a read given up on mid-way, at its deadline, drops its connection). A "
+    "steady rate under steady load means connections churn.",
+    ["store"],
+)
 SOURCE_ROWS_LOADED = Gauge(
     "featurestore_source_rows_loaded",
     "Rows held in memory per view by the in-process store.",

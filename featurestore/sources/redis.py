@@ -1,4 +1,5 @@
-"""Redis online store (standalone or Cluster) on redis-py's asyncio client + hiredis.
+"""Redis online store (standalone or Cluster): reads on connections of our own over
+hiredis (``redis_connection.py``), the rest on redis-py's asyncio client.
 
 Layout (docs/storage.md): ``fs:{project}:{view}:v{data_version}:{entity_key}`` ->
 one msgpack array: the view's feature values in schema order, then the event
@@ -75,16 +76,10 @@ class RedisSource:
                 options.url, socket_connect_timeout=timeout, max_connections=options.pool_size, **auth
             )
         else:
-            # No socket timeout on reads: the join's deadline bounds them, and redis-py
-            # would otherwise wrap every send in wait_for (a task) and every read in
-            # a timeout scope.
-            self._pool = LeanPool(
-                options.url,
-                options.pool_size,
-                socket_connect_timeout=timeout,
-                socket_timeout=None,
-                **auth,
-            )
+            # Reads go on connections of our own (redis_connection.py), with no
+            # socket timeout: the join's deadline bounds them.
+            opened = metrics.SOURCE_CONNECTIONS_OPENED.labels(name).inc
+            self._pool = LeanPool(options.url, options.pool_size, timeout, opened, **auth)
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
         self._auto = AutoPipeline(self._pool) if self._pool is not None and options.auto_pipeline else None
         # PINGs travel on their own small client with a socket timeout, so a frozen

@@ -8,12 +8,19 @@ join) against a future per join and a task per tick; only reads of up to ``MAX_K
 keys are coalesced, and a write carries at most ``MAX_WRITE_KEYS``. Measured A/B in
 benchmarks/RESULTS.md ("Requirement 3 experiments").
 
-A tick's send runs in its own task, not in any join's, so a join's deadline does not
-end it: once every join of the tick has given up (a frozen Redis), the send is
-cancelled and its connection disconnected and handed back, as a join's own read would
-be. A send some join still waits for runs on. An error reply (a denied key, say) fails
-only the join whose MGET it answers: the reply is read whole, so the connection stays
-in step for the joins after it.
+A tick's send is no join's, so a join's deadline does not end it: once every join of
+the tick has given up (a frozen Redis), its connection is disconnected and handed back,
+as a join's own read would be. A send some join still waits for runs on. An error reply
+(a denied key, say) fails only the join whose MGET it answers: the reply is read whole,
+so the connection stays in step for the joins after it.
+
+A send is written from the tick-end callback itself when the pool has an open
+connection idle (the rule under load), and its connection handed back from the reply's
+callback: no task. Otherwise (the first reads, after a reconnect, all connections busy)
+it runs in a task of its own that waits for a connection. In process (the store path of
+benchmarks/redis_protocol.py at batch 1, six interleaved rounds, 2026-12-05) the task
+cost 13.6 µs a join with one join in flight (gRPC's case: 76.9 against 63.3), 2.4 with
+four, 0.6 with sixteen.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
+from featurestore.sources.redis_connection import ReadConnection, classify
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
 
@@ -39,20 +47,49 @@ MAX_WRITE_KEYS: Final = 512
 
 
 class _Batch:
-    __slots__ = ("futures", "keys", "packed", "send", "settled", "size")
+    __slots__ = ("conn", "futures", "keys", "packed", "send", "settled", "size")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
         self.keys: list[list[list[str]]] = []  # per join: its MGETs (each a key list)
         self.futures: list[asyncio.Future[list[Any]]] = []
-        self.send: asyncio.Task[None] | None = None  # the batch's send, once flushed
+        self.send: asyncio.Task[None] | None = None  # the batch's send task, if it needed one
+        self.conn: ReadConnection | None = None  # the connection written to without a task
         self.settled = 0  # joins answered or given up
         self.size = 0  # keys
+
+    @property
+    def out(self) -> bool:
+        return self.send is not None or self.conn is not None
+
+    def abandon(self) -> None:
+        """Every join gave up: end the send (its connection is dropped and handed back)."""
+        if self.send is not None:
+            self.send.cancel()
+        elif self.conn is not None:
+            self.conn.disconnect()  # its reply's future fails: _sent hands it back
 
     def settle(self) -> bool:
         """Count one join as done with the batch; True when none waits for it any more."""
         self.settled += 1
         return self.settled == len(self.futures)
+
+    def counts(self) -> list[int]:
+        """How many replies each join's MGETs get."""
+        return [len(commands) for commands in self.keys]
+
+    def answer(self, join: int, replies: list[Any]) -> None:
+        """Join ``join``'s replies are in: its MGETs' values, or its first error reply
+        (an error fails only the join whose MGET it answers)."""
+        fut = self.futures[join]
+        if fut.done():  # a join that gave up (its deadline): read and dropped
+            return
+        self.settle()
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                fut.set_exception(classify(reply))
+                return
+        fut.set_result(replies)
 
 
 class AutoPipeline:
@@ -62,6 +99,7 @@ class AutoPipeline:
         self._pool = pool
         self._batch: _Batch | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._written: dict[_Batch, asyncio.Future[None]] = {}  # sends without a task, in flight
         self._closed = False
 
     async def mget(self, commands: list[list[str]], keys: int | None = None) -> list[Any]:
@@ -87,15 +125,23 @@ class AutoPipeline:
         try:
             return await fut
         except asyncio.CancelledError:  # this join gave up (its deadline): the last one out
-            if fut.cancelled() and batch.settle() and batch.send is not None:
-                batch.send.cancel()  # ends the send nobody waits for
+            if fut.cancelled() and batch.settle():
+                batch.abandon()  # ends the send nobody waits for
             raise
 
     def _flush(self, batch: _Batch) -> None:
-        if batch.send is not None or self._closed:  # already out (it filled up), or failed by close
+        if batch.out or self._closed:  # already out (it filled up), or failed by close
             return
         if self._batch is batch:
             self._batch = None
+        if batch.settled == len(batch.futures):  # every join gave up before the tick's end
+            return
+        conn = self._pool.take()
+        if conn is not None:
+            batch.conn = conn
+            done = self._written[batch] = conn.submit(b"".join(batch.packed), batch.counts(), batch.answer)
+            done.add_done_callback(lambda done: self._sent(batch, done))
+            return
         task = batch.send = asyncio.get_running_loop().create_task(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
@@ -114,30 +160,26 @@ class AutoPipeline:
                 raise
             return
         try:
-            await conn.send_packed_command(b"".join(batch.packed), check_health=False)
-            for commands, fut in zip(batch.keys, batch.futures, strict=True):
-                replies: list[Any] = []
-                error: ResponseError | None = None
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as e:  # read whole: the next reply is the next join's
-                        error = error or e
-                if fut.done():  # a join that gave up (its deadline): read and dropped
-                    continue
-                batch.settle()
-                if error is None:
-                    fut.set_result(replies)
-                else:
-                    fut.set_exception(error)
+            await conn.request(b"".join(batch.packed), batch.counts(), batch.answer)
         except BaseException as e:
-            # A half-read reply would desync the next user of this connection.
-            await conn.disconnect(nowait=True)
+            # Given up before every reply came: the next user of this connection must not get them.
+            conn.disconnect()
             _fail(batch, e)
             if not isinstance(e, Exception):
                 raise
         finally:
             self._pool.release(conn)
+
+    def _sent(self, batch: _Batch, done: asyncio.Future[None]) -> None:
+        """A send without a task is over: every reply came, or its socket went."""
+        failed = done.cancelled() or done.exception() is not None  # (retrieved, either way)
+        if self._written.pop(batch, None) is None:  # close() got there first
+            return
+        if batch.conn is not None:
+            if failed:
+                batch.conn.disconnect()
+                _fail(batch, ConnectionError("the read's connection closed before its reply"))
+            self._pool.release(batch.conn)
 
     async def close(self) -> None:
         """Fail what is not sent yet and end the sends in flight (their joins fail)."""
@@ -145,6 +187,14 @@ class AutoPipeline:
         if self._batch is not None:
             batch, self._batch = self._batch, None
             _fail(batch, ConnectionError("the store is closed"))
+        written, self._written = self._written, {}
+        for batch in written:
+            if batch.conn is not None:
+                batch.conn.disconnect()
+                _fail(batch, ConnectionError("the store is closed"))
+                self._pool.release(batch.conn)
+        if written:
+            await asyncio.sleep(0)  # the joins failed above take that step before close() returns
         sends = list(self._flushes)
         for task in sends:
             task.cancel()

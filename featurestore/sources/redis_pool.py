@@ -1,21 +1,21 @@
-"""A lean, bounded pool of redis-py asyncio connections for the read path.
+"""A lean, bounded pool of the read path's connections (``redis_connection.py``).
 
 redis-py's ``BlockingConnectionPool`` takes a lock, opens a timeout scope and records
 observability counters on every checkout; on a batch-1 join that was about a seventh
 of the server's CPU. Here a checkout is a ``deque.pop``, and a waiter only appears
-when all ``size`` connections are busy. Connections are redis-py's own (its socket
-handling and hiredis parser); a broken one is disconnected and reconnects lazily on
-its next use.
+when all ``size`` connections are busy. A broken connection is disconnected and opens
+again on its next use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+from featurestore.sources.redis_connection import ReadConnection, Target
 
 CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 # Connection errors a fresh socket would not mend, so a read is not tried again after
@@ -32,29 +32,37 @@ NOT_RETRIED = (
 
 
 class LeanPool:
-    def __init__(self, url: str, size: int, **connection_kwargs: object) -> None:
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        socket_connect_timeout: float = 0.25,
+        opened: Callable[[], None] | None = None,
+        **options: object,
+    ) -> None:
+        """``options``: the store's connection options (``RedisOptions.connection_kwargs``);
+        ``opened``: called for every socket the pool's connections open (a metric)."""
         if size <= 0:
             raise ValueError("pool size must be positive")
-        # Used only as a factory: it parses the URL into the right connection class
-        # (TCP, TLS or unix socket) and its keyword arguments.
-        self._factory = ConnectionPool.from_url(url, **connection_kwargs)
+        self._target = Target.from_url(url, socket_connect_timeout, **options)
+        self._opened = opened
         self.size = size
-        self._idle: deque[AbstractConnection] = deque()
-        self._all: list[AbstractConnection] = []
-        self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
+        self._idle: deque[ReadConnection] = deque()
+        self._all: list[ReadConnection] = []
+        self._waiters: deque[asyncio.Future[ReadConnection]] = deque()
         self._closed = False
         self._refresh: asyncio.Future[None] | None = None
 
-    async def acquire(self) -> AbstractConnection:
+    async def acquire(self) -> ReadConnection:
         if self._closed:
             raise ConnectionError("the connection pool is closed")
         if self._idle:
             return self._idle.pop()
         if len(self._all) < self.size:
-            conn: AbstractConnection = self._factory.make_connection()  # type: ignore[no-untyped-call]
+            conn = ReadConnection(self._target, self._opened)
             self._all.append(conn)
-            return conn  # connects on first send
-        fut: asyncio.Future[AbstractConnection] = asyncio.get_running_loop().create_future()
+            return conn  # connects on first request
+        fut: asyncio.Future[ReadConnection] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
             return await fut
@@ -63,12 +71,18 @@ class LeanPool:
                 self.release(fut.result())  # handed over just as we gave up: pass it on
             raise
 
+    def take(self) -> ReadConnection | None:
+        """An idle connection that is open, at once, or None (then ``acquire``)."""
+        if self._idle and self._idle[-1].connected and not self._closed:
+            return self._idle.pop()
+        return None
+
     @property
     def busy(self) -> int:
         """Connections checked out now."""
         return len(self._all) - len(self._idle)
 
-    def release(self, conn: AbstractConnection) -> None:
+    def release(self, conn: ReadConnection) -> None:
         if self._closed:  # close() disconnected it
             return
         while self._waiters:
@@ -80,23 +94,10 @@ class LeanPool:
 
     async def reset(self) -> None:
         """Drop every idle socket (after an outage, or one found closed by the server):
-        they reconnect on next use. Each is taken out of the idle set and put back once
-        closed, so no read gets it half-closed; the close does not wait for the peer (a
-        TLS close would wait a round trip per socket, reads waiting on the reset with
-        it) and its errors are the dead socket's, not the caller's."""
-        stale = list(self._idle)
-        self._idle.clear()
-        try:
-            while stale:
-                conn = stale.pop()
-                try:
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect(nowait=True)
-                finally:
-                    self.release(conn)
-        finally:  # cancelled half way: the ones not reached go back all the same
-            for conn in stale:
-                self.release(conn)
+        they reconnect on next use. The close does not wait for the peer (a TLS close
+        would wait a round trip per socket, reads waiting on the reset with it)."""
+        for conn in list(self._idle):
+            conn.disconnect()
 
     async def refresh(self) -> None:
         """``reset``, once for every caller that asks while one runs (reads retrying after
@@ -112,7 +113,6 @@ class LeanPool:
             if not fut.done():
                 fut.set_exception(ConnectionError("the connection pool is closed"))
         for conn in self._all:
-            await conn.disconnect()
+            conn.disconnect()
         self._idle.clear()
         self._all.clear()
-        await self._factory.disconnect()

@@ -13,10 +13,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from featurestore.sources.base import ViewQuery
 from featurestore.sources.redis_batch import MAX_KEYS as AUTO_PIPELINE_MAX_KEYS
 from featurestore.sources.redis_batch import AutoPipeline
+from featurestore.sources.redis_connection import classify
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
 
@@ -35,17 +37,23 @@ async def pooled_mget(pool: LeanPool, auto: AutoPipeline | None, keyed: Keyed) -
 
 
 async def exchange(pool: LeanPool, packed: bytes, replies: int) -> list[Any]:
-    """Send ``packed`` on a pooled connection and read its ``replies`` replies."""
+    """Send ``packed`` on a pooled connection and read its ``replies`` replies; the
+    first error reply is raised (after every reply was read: the connection stays in
+    step)."""
     conn = await pool.acquire()
+    answer: list[Any] = []
     try:
-        await conn.send_packed_command(packed, check_health=False)
-        return [await conn.read_response() for _ in range(replies)]
+        await conn.request(packed, (replies,), lambda _, got: answer.extend(got))
     except BaseException:
-        # A half-read reply would desync the next user of this connection.
-        await conn.disconnect(nowait=True)
+        # Given up before the replies came: the next user of this connection must not get them.
+        conn.disconnect()
         raise
     finally:
         pool.release(conn)
+    for reply in answer:
+        if isinstance(reply, ResponseError):
+            raise classify(reply)
+    return answer
 
 
 async def cluster_get(client: RedisCluster, keyed: Keyed) -> list[list[bytes | None]]:

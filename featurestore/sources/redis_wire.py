@@ -54,10 +54,18 @@ def _row_decoder(view: FeatureView) -> Callable[[bytes], tuple[Any, ...]]:
     return decode
 
 
+def pack_command(*args: str) -> bytes:
+    """RESP for one command of text arguments (the read connection's handshake)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        b = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
 def pack_mget(keys: list[str]) -> bytes:
     """RESP for ``MGET keys...``. redis-py's generic packer costs ~4x more per key
-    and is the largest item in a batch-100 profile; replies still go through
-    redis-py's hiredis parser.
+    and is the largest item in a batch-100 profile.
 
     The frames are formatted as one str and encoded once: a key's length in characters
     is its length in bytes when every character is ASCII, which the encoded length

@@ -188,7 +188,12 @@ class RedisTileStore:
         pool = self._pool
         if pool is None:
             # TCP keepalive comes with the store's connection arguments (never for unix://)
-            pool = self._pool = LeanPool(self._url, self._pool_size, socket_timeout=None, **self._connection)
+            pool = self._pool = LeanPool(
+                self._url,
+                self._pool_size,
+                opened=metrics.SOURCE_CONNECTIONS_OPENED.labels(self.name).inc,
+                **self._connection,
+            )
         prefix = self._prefix(view) + "k:"
         packed = pack_mget([prefix + key for key in keys])
         try:

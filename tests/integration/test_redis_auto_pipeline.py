@@ -152,6 +152,20 @@ async def test_closing_ends_a_send_in_flight_and_fails_its_joins(
         await read
 
 
+async def test_a_redis_killed_under_a_send_fails_its_joins_and_hands_the_connection_back(
+    frozen: tuple[RedisServer, LeanPool, AutoPipeline],
+) -> None:
+    server, pool, auto = frozen
+    reads = [asyncio.ensure_future(auto.mget([[k]])) for k in "ab"]  # one tick, one send
+    await asyncio.sleep(0.05)
+    assert pool.busy == 1
+    server.kill()  # the socket is reset under the send
+    for read in reads:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(read, 5)
+    await eventually(lambda: pool.busy == 0, 2, "the connection handed back")
+
+
 async def test_a_join_that_gives_up_waiting_for_a_connection_leaves_no_send_behind(
     frozen: tuple[RedisServer, LeanPool, AutoPipeline],
 ) -> None:
@@ -212,8 +226,8 @@ async def test_a_reset_cancelled_under_way_hands_every_connection_back(
     _, pool, _ = redis_pool
     conns = [await pool.acquire() for _ in range(4)]
     for conn in conns:  # each one connected
-        await conn.send_command("PING")
-        assert await conn.read_response() == b"PONG"
+        await conn.request(b"PING\r\n", (1,))
+        assert conn.connected
     for conn in conns:
         pool.release(conn)
     reset = asyncio.ensure_future(pool.reset())

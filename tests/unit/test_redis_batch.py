@@ -18,13 +18,12 @@ class ScriptedConnection:
         self.writes: list[bytes] = []
         self.dropped = False
 
-    async def send_packed_command(self, data: bytes, check_health: bool = True) -> None:
-        self.writes.append(data)
+    async def request(self, packed: bytes, counts: list[int], on_group: Any) -> None:
+        self.writes.append(packed)
+        for i, count in enumerate(counts):
+            on_group(i, [await self.replies.get() for _ in range(count)])
 
-    async def read_response(self) -> Any:
-        return await self.replies.get()
-
-    async def disconnect(self, nowait: bool = False) -> None:
+    def disconnect(self) -> None:
         self.dropped = True
 
 
@@ -32,6 +31,9 @@ class OneConnectionPool:
     def __init__(self) -> None:
         self.conn = ScriptedConnection()
         self.busy = 0
+
+    def take(self) -> None:  # no connection open at once: every send in a task of its own
+        return None
 
     async def acquire(self) -> ScriptedConnection:
         self.busy += 1
