@@ -187,7 +187,9 @@ def test_a_url_option_the_read_path_does_not_know_fails_naming_it() -> None:
 
 
 def test_redis_pys_timing_options_in_the_url_leave_reads_without_a_socket_timeout() -> None:
-    target = Target.from_url("redis://h:1/0?socket_timeout=3&health_check_interval=5&socket_connect_timeout=2", 1.0)
+    target = Target.from_url(
+        "redis://h:1/0?socket_timeout=3&health_check_interval=5&socket_connect_timeout=2", 1.0
+    )
     assert target.connect_timeout == 2.0
 
 
