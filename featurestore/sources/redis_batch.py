@@ -172,13 +172,13 @@ class AutoPipeline:
 
     def _sent(self, batch: _Batch, done: asyncio.Future[None]) -> None:
         """A send without a task is over: every reply came, or its socket went."""
-        failed = done.cancelled() or done.exception() is not None  # (retrieved, either way)
+        error = ConnectionError("the read's send was cancelled") if done.cancelled() else done.exception()
         if self._written.pop(batch, None) is None:  # close() got there first
             return
         if batch.conn is not None:
-            if failed:
+            if error is not None:  # its socket went: the joins get why
                 batch.conn.disconnect()
-                _fail(batch, ConnectionError("the read's connection closed before its reply"))
+                _fail(batch, error)
             self._pool.release(batch.conn)
 
     async def close(self) -> None:

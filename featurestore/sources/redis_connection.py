@@ -1,19 +1,27 @@
 """One connection of the Redis store's read path, on an ``asyncio.Protocol`` of its own:
 every chunk that arrives goes to a hiredis reader at once, and a request's replies are
 handed over as soon as they are whole, in order. redis-py's asyncio connection reads
-through a stream reader with an await per reply; ``python -m benchmarks.redis_protocol``
-measured 5.7 µs a join saved at batch 1 with 16 joins in flight (16.0 -> 10.2), 30.9 with
-one (the gRPC case), 32.9 at batch 100 (124.4 -> 91.5). Writes, SCANs and the health
-probe stay on redis-py's client.
+through a stream reader with an await per reply. Measured against the commit before
+(``python -m benchmarks.ab --old ec9b3e9``, 1 worker, wrk -c32, 2026-12-05;
+benchmarks/results/redis-connection-ab-b*.md): batch 100 444 -> 414 µs of server CPU a
+request (-6.7%; -9.4% in a run before), batch 1 132 -> 136 (+3.2%; -3.7% before: no
+change beyond the noise). In process (``python -m benchmarks.redis_protocol``) a join
+of 16 in flight reads in 75.5 µs at batch 100 against 87.2 on a redis-py connection,
+10.3 against 19.8 at batch 1. Writes, SCANs and the health probe stay on redis-py's
+client.
 
 What redis-py's connection did for these reads, done here: TCP (keepalive on), TLS
-(``rediss://``, the store's ``ssl_*`` options or the URL's), unix sockets, AUTH (an ACL
-user or a password), SELECT, CLIENT SETNAME (``?client_name=``), a connect timeout around all of it. RESP2, as redis-py
-speaks by default. Errors are redis-py's classes, so the store's retry rules
-(``redis_pool.NOT_RETRIED``) read them as before: a refused or lost connection is a
-``ConnectionError``, a connect that times out a ``TimeoutError``, a refused AUTH an
-``AuthenticationError``, an error reply a ``ResponseError`` (``LOADING``:
-``BusyLoadingError``, ``NOPERM``: ``NoPermissionError``).
+(``rediss://``, the store's ``ssl_*`` options or the URL's; the system's CAs and the
+given one), unix sockets, AUTH (an ACL user, with or without a password, or a password
+alone), SELECT, CLIENT SETNAME (``?client_name=``), a connect timeout around all of it.
+RESP2, as redis-py speaks by default. Errors are redis-py's classes, so the store's
+retry rules (``redis_pool.NOT_RETRIED``) read them as before: a refused or lost
+connection is a ``ConnectionError`` (as is ``ERR max number of clients reached``), a
+connect that times out a ``TimeoutError``, a refused AUTH an ``AuthenticationError``,
+an error reply a ``ResponseError`` (``LOADING``: ``BusyLoadingError``, ``NOPERM``:
+``NoPermissionError``; ``_ERROR_CLASSES``). Not done: redis-py's fallback for Redis
+before 6 (``AUTH user password`` refused, ``AUTH password`` tried): there the read path
+needs a password without a user.
 """
 
 from __future__ import annotations
@@ -35,12 +43,27 @@ from featurestore.sources.redis_wire import pack_command
 # Per reply group: called with the group's index and its replies when they are whole.
 OnGroup = Callable[[int, list[Any]], None]
 
-# Error replies redis-py raises as a class of their own that the store tells apart.
+# Error replies redis-py raises as a class of their own that the store tells apart (its
+# connection and authentication errors decide retries and the circuit): by the reply's
+# first word, and for ``ERR`` by the whole rest of the message. The same classes as
+# redis-py's parser gives them (tests/unit/test_redis_errors.py checks each against it).
 _ERROR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "LOADING": redis_errors.BusyLoadingError,
     "NOPERM": redis_errors.NoPermissionError,
     "NOAUTH": redis_errors.AuthenticationError,
     "WRONGPASS": redis_errors.AuthenticationError,
+    "OOM": redis_errors.OutOfMemoryError,
+    "READONLY": redis_errors.ReadOnlyError,
+    "MASTERDOWN": redis_errors.MasterDownError,
+}
+_ERR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
+    "max number of clients reached": redis_errors.ConnectionError,
+    "invalid password": redis_errors.AuthenticationError,
+    "wrong number of arguments for 'auth' command": redis_errors.AuthenticationWrongNumberOfArgsError,
+    "wrong number of arguments for 'AUTH' command": redis_errors.AuthenticationWrongNumberOfArgsError,
+    "AUTH <password> called without any password configured for the default user. Are you sure "
+    "your configuration is correct?": redis_errors.AuthenticationError,
+    "Client sent AUTH, but no password is set": redis_errors.AuthenticationError,
 }
 # The URL's query arguments this connection honours (parse_url's names); any other fails
 # the store's start rather than being ignored.
@@ -57,9 +80,11 @@ _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": 
 
 
 def classify(error: redis_errors.ResponseError) -> redis_errors.RedisError:
-    """An error reply as the class redis-py would raise for it."""
-    cls = _ERROR_CLASSES.get(str(error).split(" ", 1)[0])
-    return error if cls is None else cls(str(error))
+    """An error reply as the class redis-py would raise for it (with the whole text)."""
+    text = str(error)
+    code, _, rest = text.partition(" ")
+    cls = _ERR_CLASSES.get(rest) if code == "ERR" else _ERROR_CLASSES.get(code)
+    return error if cls is None else cls(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +118,11 @@ class Target:
         if url.startswith("rediss://"):
             tls = _tls_context(given)
         commands: list[bytes] = []
-        if given.get("password"):
-            user = given.get("username")
-            auth = ("AUTH", user, given["password"]) if user else ("AUTH", given["password"])
-            commands.append(pack_command(*auth))
+        user, password = given.get("username"), given.get("password")
+        if user:  # as redis-py: an ACL user logs in even without a password (a nopass user)
+            commands.append(pack_command("AUTH", str(user), str(password or "")))
+        elif password:
+            commands.append(pack_command("AUTH", str(password)))
         db = int(given.get("db") or 0)
         if db:
             commands.append(pack_command("SELECT", str(db)))
@@ -121,7 +147,9 @@ class Target:
 def _tls_context(given: dict[str, Any]) -> ssl.SSLContext:
     reqs = given.get("ssl_cert_reqs", "required")
     verify = _CERT_REQS[reqs.lower()] if isinstance(reqs, str) else reqs
-    ctx = ssl.create_default_context(cafile=given.get("ssl_ca_certs") or None)
+    ctx = ssl.create_default_context()  # the system's CAs, and the given one with them (as redis-py)
+    if given.get("ssl_ca_certs"):
+        ctx.load_verify_locations(cafile=given["ssl_ca_certs"])
     check = given.get("ssl_check_hostname", True)
     ctx.check_hostname = bool(check) and str(check).lower() != "false" and verify != ssl.CERT_NONE
     ctx.verify_mode = verify
@@ -166,6 +194,22 @@ class _Wire(asyncio.Protocol):
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
+    def add(self, req: _Request) -> None:
+        """Wait for ``req``'s replies; on a socket already lost it fails at once (a server
+        at maxclients, or a proxy with no backend, accepts and closes before a request
+        that waited for the connect is queued: it would wait for replies that never come)."""
+        if self.lost is not None:
+            req.done.set_exception(self.error())
+        else:
+            self.pending.append(req)
+
+    def error(self) -> redis_errors.ConnectionError:
+        """Why the socket was lost, as the error its requests fail with."""
+        lost = self.lost
+        if isinstance(lost, redis_errors.ConnectionError):
+            return lost
+        return redis_errors.ConnectionError(f"redis connection lost: {lost!r}")
+
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
@@ -175,6 +219,10 @@ class _Wire(asyncio.Protocol):
         pending = self.pending
         try:
             while (reply := reader.gets()) is not False:
+                if not pending:  # nobody asked: Redis's last word before it closes, or garbage
+                    self.transport.abort()
+                    self.connection_lost(_unasked(reply))
+                    return
                 req = pending[0]
                 req.replies.append(reply)
                 if len(req.replies) == req.counts[req.group]:
@@ -186,7 +234,7 @@ class _Wire(asyncio.Protocol):
                         pending.popleft()
                         if not req.done.done():
                             req.done.set_result(None)
-        except (IndexError, hiredis.ProtocolError) as e:  # a reply nobody asked for, or not RESP
+        except hiredis.ProtocolError as e:  # not RESP
             self.transport.abort()
             self.connection_lost(redis_errors.ConnectionError(f"redis protocol out of step: {e!r}"))
 
@@ -196,24 +244,33 @@ class _Wire(asyncio.Protocol):
         while self.pending:
             done = self.pending.popleft().done
             if not done.done():
-                error = self.lost
-                done.set_exception(
-                    error
-                    if isinstance(error, redis_errors.ConnectionError)
-                    else redis_errors.ConnectionError(f"redis connection lost: {error!r}")
-                )
+                done.set_exception(self.error())
+
+
+def _unasked(reply: Any) -> redis_errors.ConnectionError:
+    """The loss a reply nobody asked for means: an error reply sent before closing (``ERR
+    max number of clients reached``) in its own words, anything else as out of step."""
+    if isinstance(reply, redis_errors.ResponseError):
+        error = classify(reply)
+        if isinstance(error, redis_errors.ConnectionError):
+            return error
+        return redis_errors.ConnectionError(f"redis closed the connection: {reply}")
+    return redis_errors.ConnectionError(
+        f"redis protocol out of step: a reply nobody asked for: {reply!r:.80}"
+    )
 
 
 class ReadConnection:
     """A connection that opens on first use and again after it was lost."""
 
-    __slots__ = ("_connecting", "_drops", "_opened", "_target", "_wire")
+    __slots__ = ("_connecting", "_connecting_drops", "_drops", "_opened", "_target", "_wire")
 
     def __init__(self, target: Target, opened: Callable[[], None] | None = None) -> None:
         self._target = target
         self._opened = opened  # called for every socket opened (a metric)
         self._wire: _Wire | None = None
         self._connecting: asyncio.Future[_Wire] | None = None
+        self._connecting_drops = 0  # the drops the connect under way started after
         self._drops = 0  # disconnect() calls: a socket opened across one is closed at once
 
     @property
@@ -229,7 +286,7 @@ class ReadConnection:
         if wire is None or wire.lost is not None:
             wire = await self._connect()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        wire.pending.append(_Request(counts, on_group, done))
+        wire.add(_Request(counts, on_group, done))
         wire.send(packed)
         await done
 
@@ -249,11 +306,14 @@ class ReadConnection:
 
     async def _connect(self) -> _Wire:
         # One connect for every request that finds the socket closed at the same time; a
-        # caller given up on (its deadline) does not end it for the others.
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.ensure_future(self._open(self._drops))
-            self._connecting.add_done_callback(_retrieved)
-        return await asyncio.shield(self._connecting)
+        # caller given up on (its deadline) does not end it for the others. A connect that
+        # a disconnect() overtook is bound to fail: the next request starts its own.
+        connecting = self._connecting
+        if connecting is None or connecting.done() or self._connecting_drops != self._drops:
+            self._connecting_drops = self._drops
+            connecting = self._connecting = asyncio.ensure_future(self._open(self._drops))
+            connecting.add_done_callback(_retrieved)
+        return await asyncio.shield(connecting)
 
     async def _open(self, drops: int) -> _Wire:
         """A socket, set up; ``drops``: ``disconnect()`` calls before it was asked for."""
@@ -296,9 +356,7 @@ class ReadConnection:
         t = self._target
         answers: list[Any] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        wire.pending.append(
-            _Request((t.handshake_replies,), lambda _, replies: answers.extend(replies), done)
-        )
+        wire.add(_Request((t.handshake_replies,), lambda _, replies: answers.extend(replies), done))
         wire.transport.write(t.handshake)
         await done
         for answer in answers:

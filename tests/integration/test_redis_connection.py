@@ -14,6 +14,7 @@ from redis import exceptions as redis_errors
 
 from featurestore.sources.redis_connection import ReadConnection, Target, classify
 from featurestore.sources.redis_pool import LeanPool
+from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_command, pack_mget
 from tests.harness import free_port
 from tests.servers import RedisServer
@@ -217,3 +218,58 @@ async def test_a_connection_dropped_while_it_opens_does_not_keep_the_new_socket(
         await opening
     assert not conn.connected
     await eventually(lambda: "name=dropped " not in server.cli("CLIENT", "LIST"), 2, "the socket closed")
+
+
+async def test_a_read_that_gave_up_while_its_connection_opened_does_not_fail_the_next_one(
+    silent: tuple[int, list[asyncio.StreamWriter]],
+) -> None:
+    port, writers = silent
+    conn = ReadConnection(Target.from_url(f"redis://127.0.0.1:{port}/0", 2.0, password="pw"))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # the handshake is not answered yet
+            await ask(conn, ("PING",))
+    conn.disconnect()  # as the store does with a read given up on
+    later = asyncio.ensure_future(ask(conn, ("PING",)))  # opens a socket of its own
+    await eventually(lambda: len(writers) == 2, 2, "a second socket")
+    writers[1].write(b"+OK\r\n")  # AUTH
+    await eventually(lambda: conn.connected, 2, "set up")
+    await asyncio.sleep(0.05)  # the PING sent
+    writers[1].write(b"+PONG\r\n")
+    assert await asyncio.wait_for(later, 2) == [b"PONG"]
+    conn.disconnect()
+
+
+async def test_a_server_that_accepts_and_closes_fails_the_read_at_once(
+    silent: tuple[int, list[asyncio.StreamWriter]],
+) -> None:
+    port, writers = silent
+    conn = connection(f"redis://127.0.0.1:{port}/0")
+
+    async def close_at_once() -> None:  # as a proxy with no backend does
+        await eventually(lambda: bool(writers), 2, "accepted")
+        writers[0].close()
+
+    closer = asyncio.ensure_future(close_at_once())
+    async with asyncio.timeout(5):  # (a request queued on the lost socket would wait forever)
+        with pytest.raises(redis_errors.ConnectionError):
+            await ask(conn, ("PING",))
+    await closer
+
+
+async def test_an_exchange_given_up_on_a_frozen_redis_drops_its_connection_and_the_next_read_is_answered(
+    server: RedisServer,
+) -> None:
+    opened: list[int] = []
+    pool = LeanPool(server.url, 1, opened=lambda: opened.append(1))
+    try:
+        assert await exchange(pool, pack_command("PING"), 1) == [b"PONG"]
+        server.pause()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await exchange(pool, pack_command("PING"), 1)
+        server.resume()
+        assert await asyncio.wait_for(exchange(pool, pack_command("ECHO", "x"), 1), 2) == [b"x"]
+        assert pool.busy == 0 and len(opened) == 2  # the given-up read's socket was not reused
+    finally:
+        server.resume()
+        await pool.close()
