@@ -64,6 +64,7 @@ _ERR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "AUTH <password> called without any password configured for the default user. Are you sure "
     "your configuration is correct?": redis_errors.AuthenticationError,
     "Client sent AUTH, but no password is set": redis_errors.AuthenticationError,
+    "problem with LDAP service": redis_errors.ExternalAuthProviderError,
 }
 # The URL's query arguments this connection honours (parse_url's names); any other fails
 # the store's start rather than being ignored.

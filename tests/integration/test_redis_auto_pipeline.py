@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
 from featurestore.sources.redis_batch import MAX_WRITE_KEYS, AutoPipeline
@@ -161,7 +162,7 @@ async def test_a_redis_killed_under_a_send_fails_its_joins_and_hands_the_connect
     assert pool.busy == 1
     server.kill()  # the socket is reset under the send
     for read in reads:
-        with pytest.raises(ConnectionError):
+        with pytest.raises(redis_errors.ConnectionError, match="reset"):  # why, not a generic message
             await asyncio.wait_for(read, 5)
     await eventually(lambda: pool.busy == 0, 2, "the connection handed back")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -273,3 +274,13 @@ async def test_an_exchange_given_up_on_a_frozen_redis_drops_its_connection_and_t
     finally:
         server.resume()
         await pool.close()
+
+
+async def test_a_tcp_read_connection_has_keepalive_on(server: RedisServer) -> None:
+    conn = connection(server.url)
+    try:
+        await ask(conn, ("PING",))
+        sock = conn._wire.transport.get_extra_info("socket")  # type: ignore[union-attr]  # (our own class)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        conn.disconnect()
