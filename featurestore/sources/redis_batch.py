@@ -163,7 +163,7 @@ class AutoPipeline:
             await conn.request(b"".join(batch.packed), batch.counts(), batch.answer)
         except BaseException as e:
             # Given up before every reply came: the next user of this connection must not get them.
-            conn.disconnect()
+            conn.give_up()
             _fail(batch, e)
             if not isinstance(e, Exception):
                 raise

@@ -367,6 +367,15 @@ class ReadConnection:
                     raise redis_errors.AuthenticationError(str(answer))
                 raise redis_errors.ConnectionError(f"redis refused the connection: {answer}")
 
+    def give_up(self) -> None:
+        """A request given up on (its deadline): drop the socket if anything was sent on it
+        (a reply must never reach the next request); a connect under way goes on for the
+        next user, so a slow connect is not started again by every read that gives up on
+        it (review round 13: 200 sockets against 2 for a pool of 2 whose AUTH took 80 ms)."""
+        wire = self._wire
+        if wire is not None and wire.pending:
+            self.disconnect()
+
     def disconnect(self) -> None:
         """Close the socket now (without waiting for the peer); requests waiting on it
         fail with a ``ConnectionError`` (as does one opening it now); the next request

@@ -46,7 +46,7 @@ async def exchange(pool: LeanPool, packed: bytes, replies: int) -> list[Any]:
         await conn.request(packed, (replies,), lambda _, got: answer.extend(got))
     except BaseException:
         # Given up before the replies came: the next user of this connection must not get them.
-        conn.disconnect()
+        conn.give_up()
         raise
     finally:
         pool.release(conn)

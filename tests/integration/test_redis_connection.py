@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis import exceptions as redis_errors
 
-from featurestore.sources.redis_connection import ReadConnection, Target, classify
+from featurestore.sources.redis_connection import ReadConnection, Target, _Request, _Wire, classify
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_command, pack_mget
@@ -284,3 +284,31 @@ async def test_a_tcp_read_connection_has_keepalive_on(server: RedisServer) -> No
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     finally:
         conn.disconnect()
+
+
+async def test_reads_that_give_up_on_a_slow_connect_do_not_each_open_a_socket(
+    silent: tuple[int, list[asyncio.StreamWriter]],
+) -> None:
+    port, writers = silent  # accepts, never answers the AUTH: the connect hangs to its timeout
+    pool = LeanPool(f"redis://127.0.0.1:{port}/0", 1, socket_connect_timeout=2.0, password="pw")
+    try:
+        for _ in range(10):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.02):
+                    await exchange(pool, pack_command("PING"), 1)
+        await asyncio.sleep(0.05)
+        assert len(writers) == 1 and pool.busy == 0  # the one connect goes on for the next read
+    finally:
+        await pool.close()
+
+
+def test_a_request_queued_on_a_socket_already_lost_fails_at_once() -> None:
+    async def main() -> None:
+        wire = _Wire()
+        wire.connection_lost(redis_errors.ConnectionError("ERR max number of clients reached"))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        wire.add(_Request((1,), None, done))  # (a request that waited for the connect)
+        assert done.done() and "max number of clients" in str(done.exception())
+        assert not wire.pending
+
+    asyncio.run(main())

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis import exceptions as redis_errors
 
-from featurestore.sources.redis_connection import ReadConnection, Target
+from featurestore.sources.redis_connection import ReadConnection, Target, classify
 from featurestore.sources.redis_wire import pack_command
 from tests.security import Certs, SecureRedisServer, make_certs
 from tests.servers import RedisServer
@@ -20,6 +20,8 @@ from tests.servers import RedisServer
 async def whoami(conn: ReadConnection) -> Any:
     replies: list[Any] = []
     await conn.request(pack_command("ACL", "WHOAMI"), (1,), lambda _, got: replies.extend(got))
+    if isinstance(replies[0], redis_errors.ResponseError):  # as the store's reads do
+        raise classify(replies[0])
     return replies[0]
 
 
@@ -57,6 +59,18 @@ async def test_over_tls_a_certificate_of_another_ca_is_refused(
     with pytest.raises(redis_errors.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
         await whoami(conn)
     assert not conn.connected
+
+
+async def test_over_tls_the_systems_cas_are_trusted_beside_the_given_one_as_with_redis_py(
+    tls: tuple[SecureRedisServer, Certs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, certs = tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))  # the system's CAs, as OpenSSL reads them
+    conn = tls_connection(server, ssl_ca_certs=str(certs.other_ca))
+    try:
+        assert await whoami(conn) == server.USER.encode()
+    finally:
+        conn.disconnect()
 
 
 async def test_over_tls_cert_reqs_none_in_the_url_skips_verification_as_with_redis_py(

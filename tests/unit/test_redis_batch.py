@@ -26,6 +26,9 @@ class ScriptedConnection:
     def disconnect(self) -> None:
         self.dropped = True
 
+    def give_up(self) -> None:  # a request is always out here: as ReadConnection, dropped
+        self.dropped = True
+
 
 class OneConnectionPool:
     def __init__(self) -> None:
