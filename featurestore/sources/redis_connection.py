@@ -4,7 +4,7 @@ handed over as soon as they are whole, in order. redis-py's asyncio connection r
 through a stream reader with an await per reply. Measured against the commit before
 (``python -m benchmarks.ab --old ec9b3e9``, 1 worker, wrk -c32, 2026-12-05;
 benchmarks/results/redis-connection-ab-b*.md): batch 100 444 -> 414 µs of server CPU a
-request (-6.7%; -9.4% in a run before), batch 1 132 -> 136 (+3.2%; -3.7% before: no
+request (-6.7%; -9.4% for an earlier version), batch 1 132 -> 136 (+3.2%; -3.7%: no
 change beyond the noise). In process (``python -m benchmarks.redis_protocol``) a join
 of 16 in flight reads in 75.5 µs at batch 100 against 87.2 on a redis-py connection,
 10.3 against 19.8 at batch 1. Writes, SCANs and the health probe stay on redis-py's
