@@ -95,7 +95,6 @@ class RedisSource:
             )
         self._prefixes: dict[tuple[str, int], tuple[str, str]] = {}
         self._health: asyncio.Task[None] | None = None
-        self._reset: asyncio.Future[None] | None = None
         self._closing = False
         self._up = metrics.SOURCE_UP.labels(name, self.kind)
         self._retries = metrics.SOURCE_READ_RETRIES.labels(name)
@@ -125,7 +124,7 @@ class RedisSource:
                 log.info("redis store %s is back", self._name)
                 if self._pool is not None:
                     # sockets idle through the outage are dead: reconnect on next use
-                    self._reset = asyncio.ensure_future(self._pool.reset())
+                    self._pool.reset()
             self._state = state
         self._up.set(1 if state is SourceState.READY else 0)
 
@@ -137,8 +136,6 @@ class RedisSource:
 
     async def close(self) -> None:
         self._closing = True  # a read failing now is the close's, not a stale socket's
-        if self._reset is not None:  # (it does not wait for the peer: over at once)
-            await asyncio.wait([self._reset], timeout=1.0)
         if self._health is not None:  # ends at its next check of the flag if the cancel is lost
             self._health.cancel()
             await asyncio.wait([self._health])
@@ -257,11 +254,11 @@ class RedisSource:
                 # pool fails its first use, and Redis is fine: the read is tried once more,
                 # on fresh connections (not after the errors in NOT_RETRIED, nor while
                 # the store closes). Only a second failure opens the circuit.
-                # Every idle socket is dropped first, once for all the reads retrying now:
-                # the pool hands out the last connection back first, so the one next in
-                # line has idled at least as long as the one that failed.
+                # Every idle socket is dropped first: the pool hands out the last
+                # connection back first, so the one next in line has idled at least as
+                # long as the one that failed.
                 self._retries.inc()
-                await self._pool.refresh()
+                self._pool.reset()
                 raw = await self._fetch(keyed)
         except CONNECTION_ERRORS as e:
             if not self._closing:

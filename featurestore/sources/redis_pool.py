@@ -51,7 +51,6 @@ class LeanPool:
         self._all: list[ReadConnection] = []
         self._waiters: deque[asyncio.Future[ReadConnection]] = deque()
         self._closed = False
-        self._refresh: asyncio.Future[None] | None = None
 
     async def acquire(self) -> ReadConnection:
         if self._closed:
@@ -92,20 +91,13 @@ class LeanPool:
                 return
         self._idle.append(conn)
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
         """Drop every idle socket (after an outage, or one found closed by the server):
-        they reconnect on next use. The close does not wait for the peer (a TLS close
-        would wait a round trip per socket, reads waiting on the reset with it)."""
+        they reconnect on next use. Over at once: the close does not wait for the peer (a
+        TLS close would wait a round trip per socket), so reads retrying together need no
+        shared reset (a socket another one just opened is checked out, not idle)."""
         for conn in list(self._idle):
             conn.disconnect()
-
-    async def refresh(self) -> None:
-        """``reset``, once for every caller that asks while one runs (reads retrying after
-        a stale socket: each would otherwise drop the sockets the others just opened); a
-        caller given up on (its deadline) does not end it for the others."""
-        if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.ensure_future(self.reset())
-        await asyncio.shield(self._refresh)
 
     async def close(self) -> None:
         self._closed = True

@@ -202,7 +202,7 @@ class RedisTileStore:
             raise
         except CONNECTION_ERRORS:  # a socket closed while it idled: once more, on fresh ones
             metrics.SOURCE_READ_RETRIES.labels(self.name).inc()
-            await pool.refresh()
+            pool.reset()
             [reply] = await exchange(pool, packed, 1)
         return reply  # type: ignore[no-any-return]
 
@@ -211,7 +211,7 @@ class RedisTileStore:
 
     async def reset(self) -> None:
         if self._pool is not None:
-            await self._pool.reset()
+            self._pool.reset()
 
     def close(self) -> None:
         if self._sync is not None:
