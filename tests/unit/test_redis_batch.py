@@ -78,6 +78,26 @@ async def test_when_the_last_waiting_join_gives_up_after_another_was_answered_th
     assert pool.conn.dropped and pool.busy == 0  # the connection is dropped and handed back
 
 
+async def test_a_join_that_gave_up_before_its_reply_came_is_counted_once() -> None:
+    # Counted when it gave up, not again when its reply comes: counted twice, the second
+    # join's giving up would look like the last one and end the send the third waits for.
+    pool = OneConnectionPool()
+    auto = AutoPipeline(pool)  # type: ignore[arg-type]
+    first, second, third = (asyncio.ensure_future(auto.mget([[k]])) for k in "abc")
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0)
+    pool.conn.replies.put_nowait([b"1"])  # the first join's reply, read and dropped
+    await asyncio.sleep(0.01)
+    second.cancel()
+    await asyncio.sleep(0.01)
+    assert not pool.conn.dropped  # the third join still waits for this send
+    pool.conn.replies.put_nowait([b"2"])
+    pool.conn.replies.put_nowait([b"3"])
+    assert await asyncio.wait_for(third, 1) == [[b"3"]]
+    assert not pool.conn.dropped and pool.busy == 0
+
+
 async def test_a_send_cancelled_before_its_first_step_leaves_no_join_waiting() -> None:
     pool = OneConnectionPool()
     auto = AutoPipeline(pool)  # type: ignore[arg-type]
