@@ -217,7 +217,7 @@ def render(runs: list[dict[str, Any]], fills: tuple[float, float], a: argparse.N
         f"(the round trip and two decoded rows, less two lookups); a fill costs {fills[0]:.1f} µs a key when "
         f"it evicts an expired row, {fills[1]:.1f} µs when admission weighs it against a live one: "
         f"{trip / fills[1]:.0f}-{trip / fills[0]:.0f} fills per round trip "
-        f"(default on Redis: {FILLS_PER_ROUND_TRIP['redis']:g}, from the figures measured under load). *Hit rate*: of "
+        f"(default on Redis: {FILLS_PER_ROUND_TRIP['redis']:g}, from `benchmarks.cache_figures` under load, where a full hit saves no CPU since 2026-12-05). *Hit rate*: of "
         "user_activity's keys looked up, the last ~2,000, at the end of the batch's rounds.",
     ]
     for table, title in (("full", "Full cache (all 100,000 users cached, TTL 10 min)"),
@@ -257,7 +257,7 @@ def miss_costs(runs: list[dict[str, Any]], trip: float, a: argparse.Namespace) -
         "**A missed key, all told** (warmed table: a consulting read's CPU over cache off, plus what "
         "its full hits saved, per missed key): "
         + "; ".join(f"batch {b}: {c:.1f} µs ({t:.0f} per round trip)" for b, c, t in cells)
-        + f". `cache.fills_per_round_trip` (default on Redis {FILLS_PER_ROUND_TRIP['redis']:g}, measured under load: `benchmarks.cache_admission`) weighs these."
+        + f". `cache.fills_per_round_trip` (default on Redis {FILLS_PER_ROUND_TRIP['redis']:g}; under load: `benchmarks.cache_figures`) weighs these."
     ]
 
 

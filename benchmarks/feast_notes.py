@@ -51,9 +51,10 @@ NOTES = """
   uvicorn/httptools and the ASGI glue 25%, redis-py reply reading and msgpack decoding
   18%, JSON decode/encode 10%, the event loop 9%, tracing 2%, metrics 0.7%, lineage 0.2%
   (before auto-pipelining was on by default: since, the MGETs of the joins of one
-  event-loop tick share one write, "Requirement 3 experiments" below; and before a
+  event-loop tick share one write, "Requirement 3 experiments" below; before a
   plain join skipped uvicorn's ASGI cycle, 2026-12-04: -5.1% CPU per request at batch 1,
-  -4.1% at 100, same section).
+  -4.1% at 100, same section; and before the store read Redis on its own connection
+  instead of redis-py's, 2026-12-05, same section).
 * featurestore serves a plain HTTP join from uvicorn's protocol without an ASGI cycle
   (`featurestore/api/join_cycle.py`; no framework routing on the hot path), reads Redis with one pipelined MGET per view (plus the view's layout
   marker) on a lean connection pool without per-call timeouts, decodes msgpack rows once
@@ -72,7 +73,8 @@ NOTES = """
   does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes
   past the cache to Redis for every key (`cache.fills_per_round_trip`,
   `docs/storage.md`); on Redis under load that rule also sends batch-1 reads past a cache
-  that misses often (a round trip auto-pipelining shares is worth half a missed key).
+  that misses often (the default figure, 0.5, consults only when nearly all keys hit: on
+  a loopback Redis a full hit saves no CPU, `benchmarks.cache_figures`).
 * featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
   accepting socket, which can spread few connections unevenly (see the cores column).
 """

@@ -43,6 +43,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis, server, wrk
 from featurestore.demo.data import FEATURE_REFS
 
@@ -224,6 +225,7 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
+    a.started = started()  # before any server loads the code
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -295,6 +297,8 @@ def render(
         f"{a.connections} connections, then 0.5x for 4 s. Latency from each request's scheduled time "
         "(waiting for a free connection included), and from its write (the server's part). Requirement: p99.9 of "
         "answered requests within the deadline + 10 ms (510 ms).",
+        "",
+        run_line(a.started),
         "",
         "| server | offered QPS | answered 200 | shed 503 | other | answered p50 / p99 / p99.9 ms | "
         "from the write: p99 / p99.9 ms | connection wait p50 / p99 ms | connection held, mean ms | "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +62,17 @@ def machine(source: str | None = None) -> str:
         f"Python {platform.python_version()}; {_cmd(['redis-server', '--version']).split(' sha=')[0]}; "
         f"featurestore {source or source_state()}"
     )
+
+
+def started() -> str:
+    """When a run starts and on what (``run_line`` completes it when the report is written)."""
+    return f"{_utc()} UTC on {source_state()}"
+
+
+def run_line(start: str) -> str:
+    """``* Run: <start>, ended <now>``: the line a report names its run by."""
+    return f"* Run: {start}; ended {_utc()} UTC."
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime())

@@ -192,7 +192,7 @@ def write(
         "--no-access-log` (Feast 0.67.0, ../shared/peers/feast); "
         + ", ".join(f"`{o}`" for o in ours)
         + f" = `featurestore serve --workers {workers}` on the Redis store"
-        " (`_nocache`: LRU cache off, every key read from Redis).",
+        " (`_nocache`: row cache off, every key read from Redis).",
         f"* Data: the peer's 100,000 users x 16 features ({data_check}). Every request asks "
         f"all 16 features of B {drawn}.",
         *([f"* Keys: {seeds}"] if seeds else []),

@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis, server, tree_cpu, wrk
 
 TARGET_QPS = 187_000
@@ -66,6 +67,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100])
     a = ap.parse_args()
+    a.started = started()  # before any server loads the code
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -103,6 +105,8 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
         "",
         f"`{cmd}`: Redis store, cache off, wrk -t1 -c{a.concurrency}, {a.duration:g} s per run, "
         f"{a.rounds} interleaved rounds (median). Server, Redis and wrk share this machine's cores.",
+        "",
+        run_line(a.started),
         "",
         "| batch | QPS, 1 worker | QPS, 2 workers | 2 / 1 | server cores used (1 / 2) | server CPU us/request (1 / 2) "
         "| Redis CPU us/request |",

@@ -117,8 +117,9 @@ def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
 # benchmarks/RESULTS.md, 2026-12-03; earlier that day 26 and 36, 0.72, and an ad hoc run 25
 # and 46, 0.54): 0.5, the cautious side (a lower figure skips sooner). Re-measured on the
 # store's own connection (2026-12-05) a full hit saves no CPU on a loopback Redis (-7 and
-# -25 µs): 0.5 is kept for the skewed workloads whose latency it buys (benchmarks/RESULTS.md,
-# "The cache's figure on the store's own connection"). A ClickHouse point read costs ~3.4 ms
+# -25 µs): consulting never pays there, which 0.5 approximates (a read consults only when
+# nearly all its keys hit; benchmarks/RESULTS.md, "The cache's figure on the store's own
+# connection"). A ClickHouse point read costs ~3.4 ms
 # (benchmarks/RESULTS.md, "ClickHouse"), ~70 missed keys: 50, the cautious side of it.
 FILLS_PER_ROUND_TRIP: Final[Mapping[str, float]] = MappingProxyType({"redis": 0.5, "clickhouse": 50.0})
 

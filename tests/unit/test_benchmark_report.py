@@ -178,3 +178,30 @@ def test_a_cpu_rise_is_held_against_the_qps_target_as_the_qps_it_costs(tmp_path:
         "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 100.0, 110.5 | 10.5% | 9.50% | 9.1% / 9.5% / 9.9% |"
         in text
     )
+
+
+def test_a_scaling_report_names_when_its_run_started_and_on_which_commit() -> None:
+    import argparse
+    import re
+
+    from benchmarks import scaling
+    from benchmarks.provenance import started
+
+    a = argparse.Namespace(concurrency=32, duration=8, rounds=1, batches=[1], started=started())
+    runs = [
+        {
+            "batch": 1,
+            "workers": w,
+            "qps": 1000.0 * w,
+            "server_cores": 0.9 * w,
+            "cpu_us": 150.0,
+            "redis_us": 9.0,
+        }
+        for w in (1, 2)
+    ]
+    line = next(ln for ln in scaling.render(runs, a) if ln.startswith("* Run: "))
+    assert re.fullmatch(
+        r"\* Run: \d{4}-\d\d-\d\d \d\d:\d\d UTC on (commit [0-9a-f]{7,}.*|source tree unknown.*); "
+        r"ended \d{4}-\d\d-\d\d \d\d:\d\d UTC\.",
+        line,
+    ), line
