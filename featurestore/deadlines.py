@@ -1,8 +1,9 @@
 """Request deadlines without a loop timer per request.
 
-``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.0 µs a
-read on uvloop against 1.2 µs here, and 1.4% of a join's CPU at batch 1 in the serving
-path (1.1% at batch 100; ``python -m benchmarks.deadlines``, benchmarks/RESULTS.md).
+``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.6 µs a
+read on uvloop against 1.6 µs here, and 1.6% of a join's CPU at batch 1 in the serving
+path (2.1% at batch 100; ``python -m benchmarks.deadlines``, benchmarks/RESULTS.md,
+2026-12-05; 1.4% / 1.1% on 2026-12-03).
 Almost every read finishes long before its deadline, so that timer is armed and
 cancelled for nothing.
 
