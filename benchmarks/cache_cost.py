@@ -40,6 +40,7 @@ from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis
 from featurestore.admission import FrequencySketch
 from featurestore.api.http import JoinEndpoint
@@ -278,6 +279,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--warmup", type=float, default=16.0, help="seconds, >= 3 TTLs of 5 s")
     a = ap.parse_args()
+    start = started()  # before the store's code is loaded
     runs = asyncio.run(measure(a))
     fills = (fill_cost(live=False), fill_cost(live=True))
     cmd = " ".join(["python -m benchmarks.cache_cost", *sys.argv[1:]])
@@ -285,6 +287,8 @@ def main() -> int:
         "## Cache: what a lookup, a fill and a round trip cost (issue 16, requirement 2)",
         "",
         f"`{cmd}`",
+        "",
+        run_line(start),
         "",
     ]
     lines += render(runs, fills, a)

@@ -42,9 +42,9 @@ FLOAT64 = DType.FLOAT64
 # encoders read the doubles where the kernel wrote them, and (batch 100, four features)
 # 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per
 # request in the serving path, arrays against lists (``python -m
-# benchmarks.derived_arrays``, benchmarks/RESULTS.md): 7.5 µs (2.0%) less at batch 100,
-# 0.8-1.6 µs less at 12-32, even at 8 (0.4 µs, within the noise), 0.3-0.8 µs more at
-# 1-4 (numpy's and orjson's set-up per array).
+# benchmarks.derived_arrays``, benchmarks/RESULTS.md, 2026-12-05): 13.9 µs (2.8%) less at
+# batch 100, 0.1-6.2 µs less at 12-32, even at 8 (0.2 µs, within the noise), 1.1-1.5 µs
+# more at 1-4 (numpy's and orjson's set-up per array).
 ARRAY_ROWS = 8
 
 
