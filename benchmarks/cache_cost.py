@@ -279,7 +279,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--warmup", type=float, default=16.0, help="seconds, >= 3 TTLs of 5 s")
     a = ap.parse_args()
-    start = started()  # before the store's code is loaded
+    start = started()  # the tree as the run starts (its code is imported already)
     runs = asyncio.run(measure(a))
     fills = (fill_cost(live=False), fill_cost(live=True))
     cmd = " ".join(["python -m benchmarks.cache_cost", *sys.argv[1:]])

@@ -73,8 +73,9 @@ NOTES = """
   does not pay for its expected fills (batch 100: 200 keys, almost always one miss) goes
   past the cache to Redis for every key (`cache.fills_per_round_trip`,
   `docs/storage.md`); on Redis under load that rule also sends batch-1 reads past a cache
-  that misses often (the default figure, 0.5, consults only when nearly all keys hit: on
-  a loopback Redis a full hit saves no CPU, `benchmarks.cache_figures`).
+  that misses often (the default figure, 0.5: a two-view batch-1 read consults while both
+  views hit at least 83% of their keys, a one-view one-key read from 67%; under load a
+  full hit on a loopback Redis saves no CPU, `benchmarks.cache_figures`).
 * featurestore's workers share the port with SO_REUSEPORT; gunicorn's (Feast) share one
   accepting socket, which can spread few connections unevenly (see the cores column).
 """

@@ -70,7 +70,7 @@ def started() -> str:
 
 
 def run_line(start: str) -> str:
-    """``* Run: <start>, ended <now>``: the line a report names its run by."""
+    """``* Run: <start>; ended <now>.``: the line a report names its run by."""
     return f"* Run: {start}; ended {_utc()} UTC."
 
 

@@ -3,7 +3,7 @@
 ``asyncio.timeout`` arms a loop timer when entered and cancels it on exit: 3.6 µs a
 read on uvloop against 1.6 µs here, and 1.6% of a join's CPU at batch 1 in the serving
 path (2.1% at batch 100; ``python -m benchmarks.deadlines``, benchmarks/RESULTS.md,
-2026-12-05; 1.4% / 1.1% on 2026-12-03).
+2026-12-05; 1.4% / 1.1% on 2026-12-02).
 Almost every read finishes long before its deadline, so that timer is armed and
 cancelled for nothing.
 

@@ -39,7 +39,7 @@ loop: pushes, admin requests and scrapes lag it too, and only joins are shed for
 Why a few milliseconds and not a share of the deadline: a standing queue adds latency
 and no throughput (the worker is busy either way), and a caller's connections are held
 for as long as its joins queue. With 256 connections at twice a saturation rate of
-2,700-3,800 QPS a request may hold its connection 34-47 ms on average; the rule before
+2,500-3,800 QPS a request may hold its connection 34-47 ms on average; the rule before
 this one let joins queue until they took a tenth of the deadline (50 ms), they held
 connections longer, the callers' own queue grew and their p99.9 from the schedule was
 5.2-6.9 s (benchmarks/RESULTS.md, "Deadlines under overload"). The price is paid by

@@ -187,7 +187,9 @@ def test_a_scaling_report_names_when_its_run_started_and_on_which_commit() -> No
     from benchmarks import scaling
     from benchmarks.provenance import started
 
-    a = argparse.Namespace(concurrency=32, duration=8, rounds=1, batches=[1], started=started())
+    # the start is what the run recorded, not read again when the report is written
+    start = "2000-01-01 00:00 UTC on commit deadbee (clean tree at the start of the run)"
+    a = argparse.Namespace(concurrency=32, duration=8, rounds=1, batches=[1], started=start)
     runs = [
         {
             "batch": 1,
@@ -200,6 +202,10 @@ def test_a_scaling_report_names_when_its_run_started_and_on_which_commit() -> No
         for w in (1, 2)
     ]
     line = next(ln for ln in scaling.render(runs, a) if ln.startswith("* Run: "))
+    assert line.startswith(f"* Run: {start}; ended "), line
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d UTC on (commit [0-9a-f]{7,}.*|source tree unknown.*)", started()
+    )
     assert re.fullmatch(
         r"\* Run: \d{4}-\d\d-\d\d \d\d:\d\d UTC on (commit [0-9a-f]{7,}.*|source tree unknown.*); "
         r"ended \d{4}-\d\d-\d\d \d\d:\d\d UTC\.",
