@@ -16,9 +16,9 @@ store (factories.py picks it by kind): on Redis under load the joins of an event
 share one pipelined write (auto-pipelining), so a full hit saved 20 µs of server CPU per
 batch-1 join while a missed key cost 40 µs, 0.50 (2.14 at batch 10; `python -m
 benchmarks.cache_figures`, 2026-12-03, `git show 247a389:benchmarks/results/cache-figures.md`;
-0.72 and 1.14 in an earlier run that day): 0.5, batch 1's figure and the cautious side of
-batch 10's. Since the reads run on the store's own connection a full hit saves no CPU there
-under load (2026-12-05; factories.py says why 0.5 stays). A ClickHouse point read costs ~3.4 ms, worth ~70 missed keys (50).
+0.72 and 1.14 earlier that day): 0.5, batch 1's figure and the cautious side of batch 10's.
+Since the reads run on the store's own connection a full hit saves no CPU there under load
+(2026-12-05; factories.py says why 0.5 stays). A ClickHouse read costs ~3.4 ms (50).
 Otherwise the read goes to the store for every key and fills nothing.
 
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting

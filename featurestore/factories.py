@@ -114,9 +114,9 @@ def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
 # no figure (featurestore/bypass.py): on Redis under load a full hit saved 20 µs of server
 # CPU per batch-1 join and a missed key cost 40 (0.50; at batch 10: 20 and 9, 2.14):
 # auto-pipelined reads share their round trips (`python -m benchmarks.cache_figures`,
-# 2026-12-03; earlier that day 26 and 36, 0.72, and an ad hoc run 25
-# and 46, 0.54; that table: `git show 247a389:benchmarks/results/cache-figures.md`): 0.5, the
-# cautious side (a lower figure skips sooner). Re-measured on the store's own connection
+# 2026-12-03; earlier that day 26 and 36, 0.72, and an ad hoc run 25 and 46, 0.54; that
+# table: `git show 247a389:benchmarks/results/cache-figures.md`): 0.5, the cautious side
+# (a lower figure skips sooner). Re-measured on the store's own connection
 # (2026-12-05) a full hit saves no CPU on a loopback Redis under load (-7 and -25 µs), so
 # consulting does not pay there; 0.5 is kept (a two-view batch-1 read consults from 83%
 # hits, one key of one view from 67%; benchmarks/RESULTS.md, "The cache's figure on the

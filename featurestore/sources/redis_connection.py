@@ -7,8 +7,8 @@ benchmarks/results/redis-connection-ab-b*.md): batch 100 444 -> 414 µs of serve
 request (-6.7%; -9.4% for an earlier version), batch 1 132 -> 136 (+3.2%; -3.7%: no
 change beyond the noise). In process (``python -m benchmarks.redis_protocol``) a join
 of 16 in flight reads in 87.4 µs at batch 100 against 96.7 on a redis-py connection,
-10.6 against 20.5 at batch 1 (2026-12-05 08:10; 75.5 / 87.2 and 10.3 / 19.8 at 04:22). Writes, SCANs and the health probe stay on redis-py's
-client.
+10.6 against 20.5 at batch 1 (2026-12-05 08:10; 75.5 / 87.2 and 10.3 / 19.8 at 04:22).
+Writes, SCANs and the health probe stay on redis-py's client.
 
 What redis-py's connection did for these reads, done here: TCP (keepalive on), TLS
 (``rediss://``, the store's ``ssl_*`` options or the URL's; the system's CAs and the
