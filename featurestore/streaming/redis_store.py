@@ -209,7 +209,7 @@ class RedisTileStore:
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
         if self._pool is not None:
             self._pool.reset()
 

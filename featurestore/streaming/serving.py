@@ -104,7 +104,7 @@ class StreamSource:
                 return [Unavailable(f"store {self._health.name!r} is down")] * len(queries)
             if self._was_down:  # back: sockets idle through the outage are dead
                 self._was_down = False
-                await self.tiles.reset()
+                self.tiles.reset()
         out: list[ViewRead | BaseException] = []
         for q in queries:
             layout = view_layout(q.view)

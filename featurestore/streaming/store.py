@@ -78,8 +78,8 @@ class TileStore(Protocol):
 
     def table_uri(self, view: FeatureView) -> str: ...
 
-    async def reset(self) -> None:
-        """Drop idle read connections (the server was down: they are dead)."""
+    def reset(self) -> None:
+        """Drop idle read connections (the server was down: they are dead); over at once."""
         ...
 
     def close(self) -> None: ...
@@ -140,7 +140,7 @@ class MemoryTileStore:
     def table_uri(self, view: FeatureView) -> str:
         return f"memory://{self.name}/{view.name}/tiles"
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
         pass
 
     def close(self) -> None:

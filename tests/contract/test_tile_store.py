@@ -122,5 +122,5 @@ async def test_marks_are_per_topic(store: TileStore) -> None:
 
 async def test_a_reset_drops_idle_connections_and_reads_go_on(store: TileStore) -> None:
     assert await store.read(VIEW, ["1"]) == [None]
-    await store.reset()
+    store.reset()
     assert await store.read(VIEW, ["1"]) == [None]
