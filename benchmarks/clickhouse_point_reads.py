@@ -23,6 +23,7 @@ from typing import Any
 
 import clickhouse_connect
 
+from benchmarks.provenance import run_line, started
 from benchmarks.report import stitch
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.model import DType, Entity, Feature, FeatureView
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--dsn", help="chdb://DIR (default: a temp dir) or http://host:8123")
     a = ap.parse_args()
+    start = started()
     dsn = a.dsn or f"chdb://{tempfile.mkdtemp(prefix='fs-chbench-')}"
     client = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=dsn).client_dsn)
     version = client.command("SELECT version()")
@@ -144,6 +146,8 @@ def main() -> None:
     paths = asyncio.run(adapter(dsn, a.rows, a.queries))
     lines = [
         "## ClickHouse point reads (100 keys, 1M-row table)",
+        "",
+        run_line(start),
         "",
         f"`python -m benchmarks.clickhouse_point_reads --rows {a.rows} --queries {a.queries}`; ClickHouse {version} "
         f"({'in-process chdb' if dsn.startswith('chdb://') else dsn}), clickhouse-connect, keys as a server-side "

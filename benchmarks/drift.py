@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.on_off import measure
+from benchmarks.provenance import run_line, started
 from benchmarks.report import stitch
 from featurestore.quality.stats import chi_square, ks_2samp
 
@@ -210,12 +211,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--skip-cost", action="store_true")
     a = ap.parse_args()
+    start = started()  # before any server loads the code
     parts = HERE / "results"
     parts.mkdir(exist_ok=True)
     sections = ["## Drift detection", "", *quality(a.windows, a.trials), ""]
     if not a.skip_cost:
         sections += [*cost(a.rounds, a.duration), *observe_cost(), ""]
-    text = "\n".join(sections)
+    text = "\n".join([*sections[:2], run_line(start), "", *sections[2:]])
     (parts / "drift.md").write_text(text)
     print(text)
     stitch()

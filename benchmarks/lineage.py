@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.on_off import measure, wrk_lua
+from benchmarks.provenance import run_line, started
 from benchmarks.report import stitch
 from featurestore.demo.data import ensure_demo_data
 from lineage.consumer import LineageConsumer
@@ -183,16 +184,19 @@ def main() -> None:
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     a = ap.parse_args()
+    start = started()  # before any server loads the code
     data = Path(tempfile.mkdtemp(prefix="fs-lineage-data-"))
     ensure_demo_data(data)
     parts = HERE / "results"
     parts.mkdir(exist_ok=True)
     if not a.skip_overhead:
-        text = "\n".join(["## Lineage", "", *overhead(data, a.rounds, a.duration), *record_cost(), ""])
+        body = [*overhead(data, a.rounds, a.duration), *record_cost()]
+        text = "\n".join(["## Lineage", "", run_line(start), "", *body, ""])
         (parts / "lineage.md").write_text(text)
         print(text)
     if not a.skip_latency:
-        text = "\n".join([*latency(data, a.seconds), ""])
+        sections = latency(data, a.seconds)
+        text = "\n".join([*sections[:2], run_line(start), "", *sections[2:], ""])
         (parts / "lineage-latency.md").write_text(text)
         print(text)
     stitch()

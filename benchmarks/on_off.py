@@ -14,8 +14,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = [
-    "| batch | QPS off | QPS on | QPS cost | server CPU/request off | on | CPU cost |",
-    "|---:|---:|---:|---:|---:|---:|---:|",
+    "| batch | QPS off | QPS on | QPS cost | server CPU/request off | on | CPU cost "
+    "| CPU cost per round (min / median / max) |",
+    "|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 
 
@@ -67,12 +68,28 @@ def measure(
                     cpu.setdefault((label, batch), []).append(used / res["requests"] * 1e6)
             finally:
                 server.stop()
+    return table(qps, cpu, batches)
+
+
+def table(
+    qps: Mapping[tuple[str, int], Sequence[float]],
+    cpu: Mapping[tuple[str, int], Sequence[float]],
+    batches: Sequence[int],
+) -> list[str]:
+    """``HEADER`` and a row per batch: medians of each config's QPS and CPU per request,
+    and the CPU cost of each round (its "on" run against its "off" run, run back to
+    back): a median cost of a few percent is within this VM's noise when the rounds
+    straddle zero."""
     lines = list(HEADER)
     for batch in batches:
         off, on = statistics.median(qps[("off", batch)]), statistics.median(qps[("on", batch)])
         c_off, c_on = statistics.median(cpu[("off", batch)]), statistics.median(cpu[("on", batch)])
+        rounds = sorted(
+            (b - a) / a * 100 for a, b in zip(cpu[("off", batch)], cpu[("on", batch)], strict=True)
+        )
         lines.append(
             f"| {batch} | {off:,.0f} | {on:,.0f} | {(off - on) / off * 100:+.1f}% | {c_off:.0f} µs | {c_on:.0f} µs "
-            f"| {(c_on - c_off) / c_off * 100:+.1f}% |"
+            f"| {(c_on - c_off) / c_off * 100:+.1f}% "
+            f"| {rounds[0]:+.1f}% / {statistics.median(rounds):+.1f}% / {rounds[-1]:+.1f}% |"
         )
     return lines
