@@ -98,7 +98,7 @@ def record_cost() -> list[str]:
         f"Direct timing of the hot-path part, `LineageEmitter.record`: {per_call * 1e9:.0f} ns per request "
         f"({per_call / 130e-6 * 100:.2f}% of a ~130 µs batch-1 request); building one window's events "
         f"for the 16-feature service, once a second: {statistics.median(flushes) * 1e6:.0f} µs "
-        f"(median of 21; the first {flushes[0] * 1e6:.0f} µs, the longest {max(flushes) * 1e6:.0f}).",
+        f"(median of 21; the first {flushes[0] * 1e6:.0f} µs, the longest {max(flushes) * 1e6:.0f} µs).",
     ]
 
 

@@ -12,42 +12,40 @@ consults the cache only while
 with P(full hit) the product over its views of h ** k and the expected misses the sum
 of k x (1 - h) (h the view's recent key hit rate, k the read's keys of it);
 ``fills_per_round_trip`` is what a round trip is worth in missed keys. It depends on the
-store (factories.py picks it by kind): on Redis under load the joins of an event-loop tick
-share one pipelined write (auto-pipelining), so a full hit saved 20 µs of server CPU per
-batch-1 join while a missed key cost 40 µs, 0.50 (2.14 at batch 10; `python -m
-benchmarks.cache_figures`, 2026-12-03, `git show 247a389:benchmarks/results/cache-figures.md`;
-0.72 and 1.14 earlier that day): 0.5, batch 1's figure and the cautious side of batch 10's.
-Since the reads run on the store's own connection a full hit saves no CPU there under load
-(2026-12-05; factories.py says why 0.5 stays). A ClickHouse read costs ~3.4 ms (50).
-Otherwise the read goes to the store for every key and fills nothing.
+store: factories.py picks it by kind and says how it was measured (Redis 0.5, ClickHouse
+50). Otherwise the read goes to the store for every key and fills nothing.
 
-Skipped reads fill nothing, so the hit rate they would see is not the one consulting
-would reach: a hot set that consulting keeps cached looks cold to a cache nobody fills.
-So once a view has been skipped for ``trial_every`` seconds (the cache TTL: rows it
-filled before skipping have expired by then), the next read of it starts a **trial** of
-that view: its reads still go to the store for every key, as when skipped, and one key in
-16 (by a hash salted per trial and mixed, not by the key's residue) is also looked up in the cache
-and, missed, filled from the store's answer: every read of a sampled key is, so their hit
-rate is the one consulting would reach while the working set fits, at the cost of a hash
-per key and a lookup per sampled key (CachedSource._read_trial). It loads a window of 500 sampled
-keys, then measures the hit rate in windows of 500 sampled keys until a TTL has passed
-(before that no row the trial loaded has expired: the rate climbs a warm-up curve above
-where consulting settles, e.g. 86% against 67% for uniform keys read twice over per TTL)
-and for as long as it keeps rising (a skewed workload's hot set warming up), at most two
-TTLs. The rule then uses the trial's rate for a TTL, while the reads it lets consult every
-key fill what the trial did not sample and the view's own rate measures them; after that
-the view's own rate decides (a trial overstates a working set larger than the cache: its
-sample fits where the whole does not; that period undoes it). A trial that ends skipping
-doubles the wait before the next (counted from its end, up to 16 periods), and the wait
-is reset only once the rule itself (not a trial's verdict) has kept consulting the view
-for a period. A view read too rarely to finish a window in a trial starts the next at
-once: it stays on trials and its rate is not updated (such a view costs little CPU either
-way). Reads of every size follow the rule; a cold cache warms through trials (why:
-docs/storage.md). A view's rate starts at ``unmeasured`` (1: a new view consults) and is
-per view name, shared by its data versions and a canary's. 0: every read consults.
-A view whose rate alone sends every read of it past the cache (``_cold``) is **quiet**
-until its next trial or its trial's end: a read of quiet views only is decided without
-the rule (the same verdict, cheaper; tests/unit/test_cache_bypass_quiet.py: both).
+Skipped reads fill nothing, so the hit rate they would see is not the one consulting would
+reach: a hot set that consulting keeps cached looks cold to a cache nobody fills. So once a
+view has been skipped for ``trial_every`` seconds (the cache TTL: rows it filled before
+skipping have expired by then), the next read of it starts a **trial** of that view: its
+reads still go to the store for every key, as when skipped, and one key in 16 (by a hash
+salted per trial and mixed, not by the key's residue) is also looked up in the cache and,
+missed, filled from the store's answer: every read of a sampled key is, so their hit rate is
+the one consulting would reach while the working set fits. Its cost: a hash per key, a
+lookup and maybe a fill per sampled key, and, when a sampled key missed, every feature of
+the view asked of the store for the read's keys (a cached row is a whole row; one query, not
+a second for the few: CachedSource._read_trial). It loads a window of 500 sampled keys, then
+measures the hit rate in windows of 500 sampled keys until a TTL has passed (before that no
+row the trial loaded has expired: the rate climbs a warm-up curve above where consulting
+settles, e.g. 86% against 67% for uniform keys read twice over per TTL) and for as long as
+it keeps rising (a skewed workload's hot set warming up), at most two TTLs. The rule then
+uses the trial's rate for a TTL, while the reads it lets consult every key fill what the
+trial did not sample and the view's own rate measures them; after that the view's own rate
+decides (a trial overstates a working set larger than the cache: its sample fits where the
+whole does not; that period undoes it). A trial that ends skipping doubles the wait before
+the next (counted from its end, up to 16 periods), and the wait is reset only once the rule
+itself (not a trial's verdict) has kept consulting the view for a period. A trial that ends
+without a whole window (a view read too rarely, or whose hot keys fell outside its sample)
+lets the rule consult the view for a period, as a trial measuring 100% would; then its own
+rate decides (a rare view costs little CPU either way, and the cache saves its round
+trips). Reads of every size follow the rule; a cold cache warms through trials (why:
+docs/storage.md). A view's rate starts at ``unmeasured`` (1: a new view consults), its first
+consulted keys weighed against ``_PRIOR_KEYS`` keys at that rate, and is per view name,
+shared by its data versions and a canary's. 0: every read consults. A view whose rate alone
+sends every read of it past the cache (``_cold``) is **quiet** until its next trial or its
+trial's end: a read of quiet views only is decided without the rule (the same verdict,
+cheaper; tests/unit/test_cache_bypass_quiet.py: both).
 """
 
 from __future__ import annotations
@@ -65,10 +63,13 @@ from featurestore.sources.base import ViewQuery
 # ~200 joins, batch-100 joins every ~20.
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
+# A view's first consulted keys are weighed against this many at ``unmeasured``: a cold
+# cache misses at first, and one miss set the rate to 0 (a hot set was sent past the cache
+# from its first read). 64: at Redis's figure (0.5) a two-view batch-1 read skips from a
+# view's 14th miss, a one-key read from its 32nd (at ClickHouse's, 50: its ~1,900th).
+_PRIOR_KEYS: Final = 64
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
-# A trial looks 1 key in TRIAL_SAMPLE up (by a hash salted per trial: every read of a
-# sampled key, so their hit rate is the one consulting would reach while the working set
-# fits), in windows of 500 sampled keys.
+# A trial looks 1 key in TRIAL_SAMPLE up, in windows of 500 sampled keys (module docstring).
 TRIAL_SAMPLE: Final = 16
 _TRIAL_WINDOW: Final = 500
 # A key is sampled when its hash, salted, mixed by Fibonacci hashing (so ids in arithmetic
@@ -153,11 +154,9 @@ class CacheBypass:
         """``unmeasured``: the hit rate of a view before its first consulted read."""
         if trial_every <= 0:
             raise ValueError("trial_every must be positive")
-        # Quiet views (``_cold``) until their next trial or its end (those on trial also in
-        # ``_quiet_trials``): a read of them is decided at once, not by the rule (0.3
-        # against 0.9 µs per batch-1 read of two views in process, 2026-12-05). They were
-        # judged by the figures: trial_every and unmeasured are read-only, a new
-        # fills_per_round_trip unquiets every view.
+        # Quiet views (``_cold``) until their next trial or its end (on trial: also in
+        # ``_quiet_trials``): a read of them is decided at once, not by the rule (0.3 against
+        # 0.9 µs per batch-1 read of two views in process, 2026-12-05); a new figure unquiets.
         self._quiet: dict[str, float] = {}
         self._quiet_trials: set[str] = set()
         self.fills_per_round_trip = fills_per_round_trip  # (checked by its setter)
@@ -289,12 +288,13 @@ class CacheBypass:
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
                 del trials[name]
-                if trial.prev >= 0:  # still rising at its end: the last window's rate decides
-                    self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)
-                    since[name] = now
-                else:  # it gave up: a view read too rarely to measure: the next starts now
+                if trial.prev < 0:  # no whole window: the rule consults it for a period
                     backoff.pop(name, None)
-                    since[name] = now - self._trial_every
+                    since.pop(name, None)
+                    self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
+                    continue
+                self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)  # still rising
+                since[name] = now
                 trial = None
             if trial is None:
                 wait = self._trial_every * (1 << backoff.get(name, 0))
@@ -361,18 +361,18 @@ class CacheBypass:
             return
         self._unquiet(view)  # (not while quiet: no read of it consults)
         keep = _KEEP_PER_KEY**looked
-        h = self._hits.get(view, 0.0) * keep + hits
-        n = self._looked.get(view, 0.0) * keep + looked
+        n0 = self._looked.get(view)
+        h0 = self._unmeasured * _PRIOR_KEYS if n0 is None else self._hits[view]
+        h = h0 * keep + hits
+        n = (_PRIOR_KEYS if n0 is None else n0) * keep + looked
         self._hits[view], self._looked[view] = h, n
         self._rate[view] = h / n
 
     def _measured(self, view: str, hits: float, looked: float, now: float) -> None:
-        """A trial's rate. The rule uses it for a period: a trial caches its sampled keys
-        only, so the reads that consult every key after it first miss the rest while they
-        fill (which dragged a hot set the trial measured at 100% below the rule's line at
-        once), and the view's own rate measures those reads meanwhile: a trial that
-        overstated (a working set the cache holds a sixteenth of, but not all) is undone
-        after that period, its backoff kept."""
+        """A trial's rate, which the rule uses for a period: reads consulting every key
+        after a trial first miss what it did not sample (which dragged a hot set it measured
+        at 100% below the line at once), while the view's own rate measures them; a trial
+        that overstated (a working set larger than the cache) is undone after that period."""
         self._hits[view], self._looked[view] = hits, looked
         self._rate[view] = hits / looked
         self._unquiet(view)

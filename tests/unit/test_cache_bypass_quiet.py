@@ -124,7 +124,7 @@ def test_the_figures_a_view_was_judged_quiet_by_cannot_change_under_it(name: str
 
 def test_a_new_fills_per_round_trip_judges_every_quiet_view_again() -> None:
     _, b = timed()
-    b.observe(VIEWS[0].name, 60, 100)  # 0.6 x 0.5 < 0.4: cold
+    b.observe(VIEWS[0].name, 12_000, 20_000)  # 0.6 x 0.5 < 0.4: cold (the prior long decayed)
     read = [one(VIEWS[0])]
     assert b.consults(read) == SKIP
     assert quiet_views(b)
