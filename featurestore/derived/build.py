@@ -7,7 +7,7 @@ at decoration) and ``cache=True`` writes the machine code next to it (or under
 ``MODULE.built`` (written atomically): what ``compiler.is_built`` checks, wherever numba
 put its index; a line per interpreter, numba, cache location and CPU built for.
 A failure is one JSON line on stdout, ``{"path": ..., "error": ..., "lasting": ...}``, and
-exit status 1; ``lasting`` is false for what the machine caused (an ``OSError`` such as a
+exit status 1 (stdout holds these lines only: whatever trusted code prints goes to stderr); ``lasting`` is false for what the machine caused (an ``OSError`` such as a
 full disk, a ``MemoryError``): the same module may build once that is over, while any
 other error (the source does not compile, a trusted function does not import) recurs
 as long as the module, named by the hash of all it depends on, is the same.
@@ -109,6 +109,10 @@ def _lines_of(module: str, attr: str) -> tuple[str, int, int] | None:
     return code.co_filename, code.co_firstlineno, max(numbers, default=code.co_firstlineno)
 
 
+def _real(file: str) -> str:
+    return os.path.realpath(os.path.abspath(file))
+
+
 def failing_feature(path: Path, e: BaseException) -> str | None:
     """The feature whose trusted function failed the build, when the error cites a line
     of the module built that names one (the function's own line: it is not a function;
@@ -121,8 +125,10 @@ def failing_feature(path: Path, e: BaseException) -> str | None:
     trusted = {m[1]: m for line in lines if (m := _TRUSTED.match(line))}
     cited = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(e.__traceback__)]
     cited += [(f, int(n)) for pattern in _CITED for f, n in pattern.findall(str(e))]
-    for file, n in reversed(cited):
-        if file == str(path):
+    here = _real(str(path))
+    for cited_file, n in reversed(cited):
+        file = _real(cited_file)  # numba cites paths relative to the working directory
+        if file == here:
             line = lines[n - 1] if 0 < n <= len(lines) else ""
             called = [trusted[a] for a in re.findall(r"\b(_t\d+)\b", line) if a in trusted]
             if called:
@@ -130,12 +136,18 @@ def failing_feature(path: Path, e: BaseException) -> str | None:
             continue
         for m in trusted.values():
             where = _lines_of(m[2], m[3])
-            if where is not None and where[0] == file and where[1] <= n <= where[2]:
+            if where is not None and _real(where[0]) == file and where[1] <= n <= where[2]:
                 return m[4]
     return None
 
 
 def main(argv: list[str]) -> int:
+    # The failures' channel is this process's stdout, and trusted code runs here (imported
+    # and compiled): what it prints goes to stderr, so a line of its own that looks like
+    # JSON is never taken for a failure (it made the parent raise a JSONDecodeError).
+    results = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     status = 0
     for arg in argv:
         try:
@@ -143,8 +155,9 @@ def main(argv: list[str]) -> int:
         except Exception as e:
             lasting = not isinstance(e, (OSError, MemoryError))
             failure = {"path": arg, "error": _error_text(e), "lasting": lasting}
-            print(json.dumps({**failure, "feature": failing_feature(Path(arg), e)}), flush=True)
+            print(json.dumps({**failure, "feature": failing_feature(Path(arg), e)}), file=results, flush=True)
             status = 1
+    results.close()
     return status
 
 

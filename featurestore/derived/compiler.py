@@ -67,13 +67,10 @@ class Kernel:
     spec: KernelSpec
     run: Callable[[Any], Any]  # float64[:, ::1] (inputs x rows) -> float64[:, ::1] (features x rows)
     from_cache: bool  # loaded as machine code from the on-disk cache (not compiled here)
-    # (inputs x rows, features x rows to fill) -> the mask of the output rows holding a
-    # null (codegen.NULL_BITS): what a join calls
-    into: Callable[[Any, Any], int]
+    into: Callable[[Any, Any], int]  # (inputs, outputs to fill) -> their null mask (NULL_BITS): the join's
 
 
-# Kernels loaded by this process, by module name. numba never frees machine code, so a
-# kernel is loaded once per process and reused by every snapshot that generates it.
+# Kernels loaded by this process, by module name: once each (numba never frees machine code).
 _loaded: dict[str, Kernel] = {}
 # Module names whose build failed for good (``build``'s ``lasting``), or whose load still
 # failed after a rebuild (for a reason other than an OSError or MemoryError), with the
@@ -177,8 +174,18 @@ def _build_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
+def _failures(stdout: str) -> list[dict[str, Any]]:
+    """The build's failure lines (build.main: its stdout holds nothing else); others skipped."""
+    out = []
+    for line in stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            if isinstance(f := json.loads(line), dict) and isinstance(f.get("path"), str):
+                out.append(f)
+    return out
+
+
 def _raise_failures(stdout: str, specs: dict[Path, KernelSpec], returncode: int, stderr: str) -> None:
-    failures = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    failures = _failures(stdout)
     metrics.DERIVED_COMPILES.labels("failed").inc(len(failures) or 1)
     for f in failures:  # a module that failed is never loaded: leave no dead file behind
         with contextlib.suppress(OSError):
@@ -254,9 +261,10 @@ async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
         returncode, out, err = await run_child(build_command(todo))
     except TimeoutError:
         raise _timed_out(paths, todo) from None
+    finally:  # every run, failed or stopped at the timeout too
+        metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
     if returncode != 0:
         _raise_failures(out.decode(), paths, returncode, err.decode())
-    metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
     metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
 
 

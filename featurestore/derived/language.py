@@ -163,19 +163,17 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
         raise ExpressionError("an expression is required")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ExpressionError(f"longer than {MAX_EXPRESSION_CHARS} characters")
-    # Columns count from the text as written (its first line; line breaks inside brackets
-    # are Python's, and a YAML block keeps them).
-    lead = len(text) - len(text.lstrip())
+    where = _Where(text)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExpressionError(f"syntax error at column {(e.offset or 0) + lead}: {e.msg}") from None
+        raise ExpressionError(f"syntax error at {where.at(e.lineno or 1, e.offset or 0)}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
     if _frames(tree.body) > MAX_FRAMES:
         raise ExpressionError(NESTED_TOO_DEEPLY)
     try:
-        return _Checker(names, lead).node(tree.body)
+        return _Checker(names, where).node(tree.body)
     except RecursionError:  # a caller already deeper than the budget leaves room for
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
 
@@ -230,14 +228,32 @@ def _collect(node: Node, out: dict[str, None]) -> None:
             pass
 
 
+class _Where:
+    """A position in the text as written, from one in the text parsed (stripped): the
+    column, and the line too when the text has several (a YAML block keeps its breaks)."""
+
+    def __init__(self, text: str) -> None:
+        lead = len(text) - len(text.lstrip())
+        self.lines_before = text.count("\n", 0, lead)
+        self.first_column = lead - (text.rfind("\n", 0, lead) + 1)  # blanks stripped from its line
+        self.lines = "\n" in text.rstrip()  # (a YAML block's last line break is no line)
+
+    def at(self, line: int, column: int) -> str:
+        if line == 1:
+            column += self.first_column
+        return f"line {line + self.lines_before}, column {column}" if self.lines else f"column {column}"
+
+
 class _Checker:
-    def __init__(self, names: Mapping[str, Type], lead: int = 0) -> None:
+    def __init__(self, names: Mapping[str, Type], where: _Where) -> None:
         self.names = names
-        self.lead = lead  # the leading blanks parse_expression stripped
+        self.where = where
 
     def fail(self, node: ast.AST, msg: str) -> ExpressionError:
         col = getattr(node, "col_offset", None)
-        return ExpressionError(f"{msg} (at column {col + 1 + self.lead})" if col is not None else msg)
+        if col is None:
+            return ExpressionError(msg)
+        return ExpressionError(f"{msg} (at {self.where.at(getattr(node, 'lineno', 1), col + 1)})")
 
     def node(self, n: ast.AST) -> Node:
         match n:

@@ -207,6 +207,13 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x +", "syntax error at column"),
         ("   x + country", "got a string ('country') (at column 8)"),  # columns of the text as written
         ("  x + )", "syntax error at column 7"),
+        # several lines: the line, and the column in it (the first line's stripped blanks
+        # are not in the others)
+        ("  (x +\n y + country)", "got a string ('country') (at line 2, column 6)"),
+        ("  (x +\n y +)", "syntax error at line 2, column 5"),
+        ("\n  (x + country\n)", "got a string ('country') (at line 2, column 8)"),
+        ("\n  x + country", "got a string ('country') (at line 2, column 7)"),
+        ("x + country\n", "got a string ('country') (at column 5)"),
         ("x +\n  y", "syntax error"),  # a line break outside brackets (inside them: Python's)
         ("", "an expression is required"),
         ("x" * 2001, "longer than 2000 characters"),

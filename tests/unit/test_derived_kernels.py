@@ -334,24 +334,28 @@ def test_a_build_marker_of_another_python_or_numba_does_not_count(tmp_path: Path
     assert not compiler.is_built(path)
 
 
-async def test_a_kernel_that_does_not_compile_fails_naming_its_view(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("prints", ["", 'print("{debug: loading}")\nprint(\'{"path": 1}\')\n'])
+async def test_a_kernel_that_does_not_compile_fails_naming_its_feature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prints: str
 ) -> None:
-    """A trusted function numba cannot compile never reaches serving."""
-    (tmp_path / "trusted_fns_b.py").write_text("def bad(a):\n    return {'not': a}\n")
+    """A trusted function numba cannot compile never reaches serving; the error names the
+    feature (numba cites the function's file relative to the working directory), also
+    when the trusted module prints what looks like the build's JSON lines."""
+    module = f"trusted_fns_b{len(prints)}"
+    (tmp_path / f"{module}.py").write_text(f"{prints}def bad(a):\n    return {{'not': a}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the cited file is then "trusted_fns_b0.py"
     doc = raw()
     doc["derived_views"][0]["features"] = [
-        {"name": "f", "dtype": "float64", "function": "trusted_fns_b:bad", "args": ["x"]}
+        {"name": "f", "dtype": "float64", "function": f"{module}:bad", "args": ["x"]}
     ]
     defs = parse_definitions(doc, source="k.yaml")
     from featurestore.errors import DefinitionError
 
-    with pytest.raises(
-        DefinitionError, match=r"derived_views\[d\]: the kernel does not compile: TypingError"
-    ):
+    where = r"derived_views\[d\]\.features\[f\]\.function: the kernel does not compile"
+    with pytest.raises(DefinitionError, match=where + ": TypingError"):
         await compiler.kernels_for(defs, tmp_path / "cache")
-    with pytest.raises(DefinitionError, match=r"derived_views\[d\]: the kernel does not compile"):
+    with pytest.raises(DefinitionError, match=where):
         compiler.check_definitions(defs, tmp_path / "cache")
     assert list((tmp_path / "cache").glob("dv_*.py")) == [], "a module that failed is not left in the cache"
 
