@@ -38,8 +38,8 @@ the next (counted from its end, up to 16 periods), and the wait is reset only on
 itself (not a trial's verdict) has kept consulting the view for a period. A trial that ends
 without a whole window (a view read too rarely, or whose hot keys fell outside its sample)
 lets the rule consult the view for a period, as a trial measuring 100% would; then its own
-rate decides (a rare view costs little CPU either way, and the cache saves its round
-trips). Reads of every size follow the rule; a cold cache warms through trials (why:
+rate decides, its backoff kept (a rare view costs little CPU either way, and the cache
+saves its round trips). Reads of every size follow the rule; a cold cache warms through trials (why:
 docs/storage.md). A view's rate starts at ``unmeasured`` (1: a new view consults), its first
 consulted keys weighed against ``_PRIOR_KEYS`` keys at that rate, and is per view name,
 shared by its data versions and a canary's. 0: every read consults. A view whose rate alone
@@ -65,8 +65,8 @@ _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 # A view's first consulted keys are weighed against this many at ``unmeasured``: a cold
 # cache misses at first, and one miss set the rate to 0 (a hot set was sent past the cache
-# from its first read). 64: at Redis's figure (0.5) a two-view batch-1 read skips from a
-# view's 14th miss, a one-key read from its 32nd (at ClickHouse's, 50: its ~1,900th).
+# from its first read). 64: at Redis's figure (0.5) a one-key read skips from its 32nd miss,
+# a two-view one whose views both miss from their 14th (at ClickHouse's 50: 1,912th, 272nd).
 _PRIOR_KEYS: Final = 64
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
 # A trial looks 1 key in TRIAL_SAMPLE up, in windows of 500 sampled keys (module docstring).
@@ -289,8 +289,7 @@ class CacheBypass:
             if trial is not None and now >= trial.ends:
                 del trials[name]
                 if trial.prev < 0:  # no whole window: the rule consults it for a period
-                    backoff.pop(name, None)
-                    since.pop(name, None)
+                    since.pop(name, None)  # (its backoff kept: only the rule consulting ends it)
                     self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
                     continue
                 self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)  # still rising

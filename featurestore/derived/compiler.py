@@ -264,7 +264,7 @@ async def _run_build(paths: dict[Path, KernelSpec], todo: list[Path]) -> None:
     finally:  # every run, failed or stopped at the timeout too
         metrics.DERIVED_COMPILE_DURATION.observe(time.perf_counter() - t0)
     if returncode != 0:
-        _raise_failures(out.decode(), paths, returncode, err.decode())
+        _raise_failures(out.decode(errors="replace"), paths, returncode, err.decode(errors="replace"))
     metrics.DERIVED_COMPILES.labels("compiled").inc(len(todo))
 
 
@@ -286,6 +286,7 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
                 preexec_fn=preexec_fn,
                 capture_output=True,
                 text=True,
+                errors="replace",  # what trusted code writes need not be UTF-8
                 timeout=BUILD_TIMEOUT_SECONDS,
             )
         except subprocess.TimeoutExpired:  # run() killed the child

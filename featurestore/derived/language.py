@@ -233,6 +233,7 @@ class _Where:
     column, and the line too when the text has several (a YAML block keeps its breaks)."""
 
     def __init__(self, text: str) -> None:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # line breaks as Python's parser reads them
         lead = len(text) - len(text.lstrip())
         self.lines_before = text.count("\n", 0, lead)
         self.first_column = lead - (text.rfind("\n", 0, lead) + 1)  # blanks stripped from its line

@@ -216,8 +216,10 @@ def test_a_scaling_report_names_when_its_run_started_and_on_which_commit() -> No
 def test_an_on_off_cost_table_shows_each_rounds_paired_cpu_cost_beside_the_medians() -> None:
     from benchmarks.on_off import HEADER, table
 
-    # three rounds: the "on" server costs 10% more, 2% less and 4% more than that round's "off"
-    cpu = {("off", 1): [100.0, 150.0, 125.0], ("on", 1): [110.0, 147.0, 130.0]}
+    # three rounds: the "on" server costs 40% more, 26.7% less and 4% more than that
+    # round's "off" (ranked otherwise than the "off" runs: pairing sorted lists would read
+    # -6.7% / +4.0% / +10.0%)
+    cpu = {("off", 1): [100.0, 150.0, 125.0], ("on", 1): [140.0, 110.0, 130.0]}
     qps = {("off", 1): [1000.0, 900.0, 950.0], ("on", 1): [950.0, 920.0, 940.0]}
     lines = table(qps, cpu, [1])
     assert lines[:2] == HEADER
@@ -225,4 +227,4 @@ def test_an_on_off_cost_table_shows_each_rounds_paired_cpu_cost_beside_the_media
     assert cells[0] == "1"
     assert cells[1:4] == ["950", "940", "+1.1%"]  # medians: QPS off, on, their cost
     assert cells[4:7] == ["125 µs", "130 µs", "+4.0%"]  # medians of CPU, not of the pairs
-    assert cells[7] == "-2.0% / +4.0% / +10.0%"  # each round's on against its own off, sorted
+    assert cells[7] == "-26.7% / +4.0% / +40.0%"  # each round's on against its own off, sorted

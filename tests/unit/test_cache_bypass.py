@@ -270,14 +270,19 @@ def test_a_trial_that_ends_without_a_whole_window_lets_the_rule_consult_the_view
     assert b.consults([q(range(100))]) == TRIAL  # still on trial (two TTLs at most)
     clock.t = 240.0  # it gave up: the rule consults the view for a period, as at rate 1
     assert b.consults([q(range(1))]) == SKIP  # (the read that ends it goes past the cache)
-    assert "bypass_v" not in b._trials and not b._backoff and b.hit_rate("bypass_v") == 1.0
+    assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == 1.0
+    assert b._backoff == {"bypass_v": 2}  # kept: only the rule consulting for a period ends it
     assert b.consults([q(range(100))]) == CONSULT
     for _ in range(20):  # consulting fills its keys: they hit from their second read
         b.observe("bypass_v", 100, 100)
     clock.t = 270.0  # a period on: its own rate decides, and it still consults
     assert b.consults([q(range(100))]) == CONSULT and b.hit_rate("bypass_v") > 0.9
     b.observe("bypass_v", 0, 4_000)  # its keys stop hitting: past the cache again
+    assert b.consults([q(range(100))]) == SKIP  # skipping from 270
+    clock.t = 389.9  # the next trial waits four periods (its backoff), not one
     assert b.consults([q(range(100))]) == SKIP
+    clock.t = 390.0
+    assert b.consults([q(range(100))]) == TRIAL
 
 
 def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_plateau() -> None:

@@ -214,6 +214,8 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("\n  (x + country\n)", "got a string ('country') (at line 2, column 8)"),
         ("\n  x + country", "got a string ('country') (at line 2, column 7)"),
         ("x + country\n", "got a string ('country') (at column 5)"),
+        ("  (x +\r y + country)", "got a string ('country') (at line 2, column 6)"),  # a lone CR breaks too
+        ("  (x +\r\n y + country)", "got a string ('country') (at line 2, column 6)"),
         ("x +\n  y", "syntax error"),  # a line break outside brackets (inside them: Python's)
         ("", "an expression is required"),
         ("x" * 2001, "longer than 2000 characters"),
