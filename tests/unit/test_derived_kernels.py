@@ -360,6 +360,25 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_feature(
     assert list((tmp_path / "cache").glob("dv_*.py")) == [], "a module that failed is not left in the cache"
 
 
+async def test_a_trusted_module_writing_bytes_that_are_not_utf8_builds_as_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What trusted code writes reaches the build's stderr, whatever its encoding."""
+    (tmp_path / "trusted_fns_raw.py").write_text(
+        "import os, sys\nos.write(1, b'\\xff\\xfe')\nsys.stderr.buffer.write(b'\\xff')\n"
+        "def twice(a):\n    return a * 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "f", "dtype": "float64", "function": "trusted_fns_raw:twice", "args": ["x"]}
+    ]
+    defs = parse_definitions(doc, source="k.yaml")
+    compiler.check_definitions(defs, tmp_path / "cli-cache")  # the CLI's build (validate, apply)
+    kernels = await compiler.kernels_for(defs, tmp_path / "cache")  # a server's
+    assert [k.spec.view for k in kernels.values()] == ["d"]
+
+
 NESTED = {
     "long_sum": ("float64", " + ".join(["x"] * 201)),  # a 200-deep tree of additions: the limit
     "many_nots": ("bool", "not " * 200 + "b"),
