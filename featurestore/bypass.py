@@ -18,34 +18,34 @@ store: factories.py picks it by kind and says how it was measured (Redis 0.5, Cl
 Skipped reads fill nothing, so the hit rate they would see is not the one consulting would
 reach: a hot set that consulting keeps cached looks cold to a cache nobody fills. So once a
 view has been skipped for ``trial_every`` seconds (the cache TTL: rows it filled before
-skipping have expired by then), the next read of it starts a **trial** of that view: its
-reads still go to the store for every key, as when skipped, and one key in 16 (by a hash
-salted per trial and mixed, not by the key's residue) is also looked up in the cache and,
-missed, filled from the store's answer: every read of a sampled key is, so their hit rate is
-the one consulting would reach while the working set fits. Its cost: a hash per key, a
-lookup and maybe a fill per sampled key, and, when a sampled key missed, every feature of
-the view asked of the store for the read's keys (a cached row is a whole row; one query, not
-a second for the few: CachedSource._read_trial). It loads a window of 500 sampled keys, then
-measures the hit rate in windows of 500 sampled keys until a TTL has passed (before that no
-row the trial loaded has expired: the rate climbs a warm-up curve above where consulting
-settles, e.g. 86% against 67% for uniform keys read twice over per TTL) and for as long as
-it keeps rising (a skewed workload's hot set warming up), at most two TTLs. The rule then
-uses the trial's rate for a TTL, while the reads it lets consult every key fill what the
-trial did not sample and the view's own rate measures them; after that the view's own rate
-decides (a trial overstates a working set larger than the cache: its sample fits where the
-whole does not; that period undoes it). A trial that ends skipping doubles the wait before
-the next (counted from its end, up to 16 periods), and the wait is reset only once the rule
-itself (not a trial's verdict) has kept consulting the view for a period. A trial that ends
-without a whole window (a view read too rarely, or whose hot keys fell outside its sample)
-lets the rule consult the view for a period, as a trial measuring 100% would; then its own
-rate decides, its backoff kept (a rare view costs little CPU either way, and the cache
-saves its round trips). Reads of every size follow the rule; a cold cache warms through trials (why:
-docs/storage.md). A view's rate starts at ``unmeasured`` (1: a new view consults), its first
-consulted keys weighed against ``_PRIOR_KEYS`` keys at that rate, and is per view name,
-shared by its data versions and a canary's. 0: every read consults. A view whose rate alone
-sends every read of it past the cache (``_cold``) is **quiet** until its next trial or its
-trial's end: a read of quiet views only is decided without the rule (the same verdict,
-cheaper; tests/unit/test_cache_bypass_quiet.py: both).
+skipping have expired by then), the next read of it starts a **trial** of that view: its reads
+still go to the store for every key, as when skipped, and one key in 16 (by a hash salted per
+trial and mixed, not by the key's residue) is also looked up in the cache and, missed, filled
+from the store's answer: every read of a sampled key is, so their hit rate is the one
+consulting would reach while the working set fits. Its cost: a hash per key, a lookup and
+maybe a fill per sampled key, and, when a sampled key missed, every feature of the view asked
+of the store for the read's keys (a cached row is a whole row; one query, not a second for the
+few: CachedSource._read_trial). It loads a window of 500 sampled keys, then measures the hit
+rate in windows of 500 sampled keys until a TTL has passed (before that no row the trial
+loaded has expired: the rate climbs a warm-up curve above where consulting settles, e.g. 86%
+against 67% for uniform keys read twice over per TTL) and for as long as it keeps rising (a
+skewed workload's hot set warming up), at most two TTLs. The rule then uses the trial's rate
+for a TTL, while the reads it lets consult every key fill what the trial did not sample and
+the view's own rate measures them; after that the view's own rate decides (a trial overstates
+a working set larger than the cache: its sample fits where the whole does not; that period
+undoes it). A trial that ends skipping doubles the wait before the next (counted from its end,
+up to 16 periods), and the wait is reset only once the rule itself (not a trial's verdict) has
+kept consulting the view for a period. A trial that ends without a whole window (a view read
+too rarely, or whose hot keys fell outside its sample) lets the rule measure the view by
+consulting it as a new view (100% over ``_PRIOR_KEYS`` keys), its backoff kept: a few misses
+send a cold view past the cache again, a hot set stays (a rare view's round trips are saved).
+Reads of every size follow the rule; a cold cache warms through trials (why: docs/storage.md).
+A view's rate starts at ``unmeasured`` (1: a new view consults), its first consulted keys
+weighed against ``_PRIOR_KEYS`` keys at that rate, and is per view name, shared by its data
+versions and a canary's. 0: every read consults. A view whose rate alone sends every read of
+it past the cache (``_cold``) is **quiet** until its next trial or its trial's end: a read of
+quiet views only is decided without the rule (the same verdict, cheaper:
+tests/unit/test_cache_bypass_quiet.py).
 """
 
 from __future__ import annotations
@@ -63,10 +63,9 @@ from featurestore.sources.base import ViewQuery
 # ~200 joins, batch-100 joins every ~20.
 _WINDOW_KEYS: Final = 2_000
 _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
-# A view's first consulted keys are weighed against this many at ``unmeasured``: a cold
-# cache misses at first, and one miss set the rate to 0 (a hot set was sent past the cache
-# from its first read). 64: at Redis's figure (0.5) a one-key read skips from its 32nd miss,
-# a two-view one whose views both miss from their 14th (at ClickHouse's 50: 1,912th, 272nd).
+# A view's first consulted keys weigh against this many at ``unmeasured`` (one miss of a cold
+# cache set the rate to 0). 64: at 0.5 a one-key read skips after 32 misses, a two-view one
+# whose views both miss after 14 each (at ClickHouse's 50: after 1,911 and 271).
 _PRIOR_KEYS: Final = 64
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
 # A trial looks 1 key in TRIAL_SAMPLE up, in windows of 500 sampled keys (module docstring).
@@ -288,9 +287,11 @@ class CacheBypass:
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
                 del trials[name]
-                if trial.prev < 0:  # no whole window: the rule consults it for a period
+                if trial.prev < 0:  # no whole window: measured by consulting, as a new view
                     since.pop(name, None)  # (its backoff kept: only the rule consulting ends it)
-                    self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
+                    self._hits[name] = self._looked[name] = float(_PRIOR_KEYS)
+                    self._rate[name] = 1.0
+                    self._unquiet(name)
                     continue
                 self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)  # still rising
                 since[name] = now

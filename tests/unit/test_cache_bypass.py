@@ -258,7 +258,7 @@ def trial_ending_skipping(clock: Clock, b: CacheBypass) -> None:
     assert "bypass_v" not in b._trials
 
 
-def test_a_trial_that_ends_without_a_whole_window_lets_the_rule_consult_the_view_for_a_period() -> None:
+def test_a_trial_that_ends_without_a_whole_window_measures_the_view_by_consulting_it_as_a_new_one() -> None:
     clock, b = measured_cold()
     b.consults([q(range(100))])
     clock.t = 30.0
@@ -268,21 +268,62 @@ def test_a_trial_that_ends_without_a_whole_window_lets_the_rule_consult_the_view
     b.observe("bypass_v", 0, 100, True)  # far from a window: too few of its keys come
     clock.t = 239.0
     assert b.consults([q(range(100))]) == TRIAL  # still on trial (two TTLs at most)
-    clock.t = 240.0  # it gave up: the rule consults the view for a period, as at rate 1
+    clock.t = 240.0  # it gave up: the rule measures the view by consulting it, as a new one
     assert b.consults([q(range(1))]) == SKIP  # (the read that ends it goes past the cache)
     assert "bypass_v" not in b._trials and b.hit_rate("bypass_v") == 1.0
     assert b._backoff == {"bypass_v": 2}  # kept: only the rule consulting for a period ends it
     assert b.consults([q(range(100))]) == CONSULT
     for _ in range(20):  # consulting fills its keys: they hit from their second read
         b.observe("bypass_v", 100, 100)
-    clock.t = 270.0  # a period on: its own rate decides, and it still consults
+    clock.t = 270.0  # the rule has consulted it for a period: that ends its backoff
     assert b.consults([q(range(100))]) == CONSULT and b.hit_rate("bypass_v") > 0.9
+    assert not b._backoff
     b.observe("bypass_v", 0, 4_000)  # its keys stop hitting: past the cache again
     assert b.consults([q(range(100))]) == SKIP  # skipping from 270
-    clock.t = 389.9  # the next trial waits four periods (its backoff), not one
+    clock.t = 299.9
     assert b.consults([q(range(100))]) == SKIP
-    clock.t = 390.0
+    clock.t = 300.0  # a period on (no backoff left): its next trial
     assert b.consults([q(range(100))]) == TRIAL
+
+
+def test_a_view_whose_trials_give_up_and_whose_keys_miss_waits_longer_each_round() -> None:
+    clock, b = measured_cold()
+    waits = []
+    last = 0.0
+    for _ in range(5):  # trial (no whole window) -> a few consulted misses -> skipping
+        while b.consults([q(range(100))]) != TRIAL and clock.t < 10_000:
+            clock.t += 1.0
+        waits.append(clock.t - last)
+        clock.t += 60.0  # it ends without a window
+        assert b.consults([q(range(100))]) == SKIP and b.hit_rate("bypass_v") == 1.0
+        assert b.consults([q(range(100))]) == CONSULT  # measured as a new view: one read
+        b.observe("bypass_v", 0, 100)
+        assert b.consults([q(range(100))]) == SKIP  # of 100 misses sends it past the cache
+        last = clock.t
+    assert waits[1:] == [60.0, 120.0, 240.0, 480.0]  # two periods, doubling, up to 16
+
+
+def test_a_view_whose_trial_gave_up_goes_past_the_cache_again_after_a_few_misses() -> None:
+    # A server that idled through a trial (no traffic, or the benchmarks' interleaving)
+    # while its keys are uniform: consulting a whole period whatever the misses cost such
+    # reads 27% of their QPS; measured as a new view, they skip again after 14 misses of
+    # each view (two views, batch 1, Redis's figure)
+    clock = Clock()
+    b = CacheBypass(0.5, trial_every=30, clock=clock)
+    read = [q([1]), q([1], W)]
+    for view in ("bypass_v", "bypass_w"):
+        b.observe(view, 0, 2_000)  # cold
+    assert b.consults(read) == SKIP
+    clock.t = 30.0
+    assert b.consults(read) == TRIAL
+    clock.t = 90.0  # no read came while it was on: it gave up
+    assert b.consults(read) == SKIP
+    consulted = 0
+    while b.consults(read) == CONSULT and consulted < 1_000:  # (bounded: a regression fails)
+        consulted += 1
+        b.observe("bypass_v", 0, 1)
+        b.observe("bypass_w", 0, 1)
+    assert consulted == 14  # (skipping from the 15th read: 14 misses each)
 
 
 def test_a_trial_keeps_measuring_while_the_hit_rate_rises_and_decides_at_its_plateau() -> None:
