@@ -36,16 +36,15 @@ a working set larger than the cache: its sample fits where the whole does not; t
 undoes it). A trial that ends skipping doubles the wait before the next (counted from its end,
 up to 16 periods), and the wait is reset only once the rule itself (not a trial's verdict) has
 kept consulting the view for a period. A trial that ends without a whole window (a view read
-too rarely, or whose hot keys fell outside its sample) lets the rule measure the view by
-consulting it as a new view (100% over ``_PRIOR_KEYS`` keys), its backoff kept: a few misses
-send a cold view past the cache again, a hot set stays (a rare view's round trips are saved).
-Reads of every size follow the rule; a cold cache warms through trials (why: docs/storage.md).
-A view's rate starts at ``unmeasured`` (1: a new view consults), its first consulted keys
-weighed against ``_PRIOR_KEYS`` keys at that rate, and is per view name, shared by its data
-versions and a canary's. 0: every read consults. A view whose rate alone sends every read of
-it past the cache (``_cold``) is **quiet** until its next trial or its trial's end: a read of
-quiet views only is decided without the rule (the same verdict, cheaper:
-tests/unit/test_cache_bypass_quiet.py).
+too rarely, or whose hot keys fell outside its sample) lets the rule consult the view for a
+period, as a trial measuring 100% would, its backoff kept; then its own rate decides (a rare
+view costs little CPU either way; its hot set fills). Reads of every size follow the rule; a
+cold cache warms through trials (why: docs/storage.md). A view's rate starts at ``unmeasured``
+(1: a new view consults), its first consulted keys weighed against ``_PRIOR_KEYS`` keys at
+that rate, and is per view name, shared by its data versions and a canary's. 0: every read
+consults. A view whose rate alone sends every read of it past the cache (``_cold``) is
+**quiet** until its next trial or its trial's end: a read of quiet views only is decided
+without the rule (the same verdict, cheaper: tests/unit/test_cache_bypass_quiet.py).
 """
 
 from __future__ import annotations
@@ -287,11 +286,9 @@ class CacheBypass:
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
                 del trials[name]
-                if trial.prev < 0:  # no whole window: measured by consulting, as a new view
+                if trial.prev < 0:  # no whole window: the rule consults it for a period
                     since.pop(name, None)  # (its backoff kept: only the rule consulting ends it)
-                    self._hits[name] = self._looked[name] = float(_PRIOR_KEYS)
-                    self._rate[name] = 1.0
-                    self._unquiet(name)
+                    self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
                     continue
                 self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)  # still rising
                 since[name] = now
@@ -337,6 +334,9 @@ class CacheBypass:
         if looked <= 0:
             return
         trial = self._trials.get(view)
+        if trial is not None and not sampled and self._clock() >= trial.ends:
+            del self._trials[view]  # over, and the rule consults the view: these reads measure it
+            trial = None  # (only a skipped read ended it: with none, it stayed on trial for ever)
         if trial is not None:
             if not sampled:  # a read the rule let consult every key: not the trial's measure
                 return

@@ -334,13 +334,21 @@ def test_a_build_marker_of_another_python_or_numba_does_not_count(tmp_path: Path
     assert not compiler.is_built(path)
 
 
-@pytest.mark.parametrize("prints", ["", 'print("{debug: loading}")\nprint(\'{"path": 1}\')\n'])
+@pytest.mark.parametrize(
+    "prints",
+    [
+        "",
+        'print("{debug: loading}")\nprint(\'{"path": 1}\')\n',  # what looks like the build's lines
+        "import os\nos.write(1, b'\\xff')\nos.write(2, b'\\xfe')\n",  # bytes that are not UTF-8
+    ],
+)
 async def test_a_kernel_that_does_not_compile_fails_naming_its_feature(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prints: str
 ) -> None:
     """A trusted function numba cannot compile never reaches serving; the error names the
     feature (numba cites the function's file relative to the working directory), also
-    when the trusted module prints what looks like the build's JSON lines."""
+    when the trusted module prints what looks like the build's JSON lines, or bytes that
+    are not UTF-8 (a server's build decodes the child's output when it failed)."""
     module = f"trusted_fns_b{len(prints)}"
     (tmp_path / f"{module}.py").write_text(f"{prints}def bad(a):\n    return {{'not': a}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
