@@ -65,7 +65,17 @@ def failures(junit: Path) -> list[tuple[str, str, str]]:
     return found
 
 
+# A join whose deadline (the header allows 1 ms) is shorter than the event loop's standing
+# lag is shed at its start, before its body is read: 503, reason "deadline" (docs/api.md,
+# "Overload"). schemathesis sends such deadlines, and counts any 5xx as a server error;
+# only on a loaded machine (a suite sharing 2 cores) does the lag reach a millisecond or two.
+SHED_FOR_DEADLINE = re.compile(r"\[503\] Service Unavailable:.*?\"reason\":\"deadline\"", re.DOTALL)
+TINY_DEADLINE = re.compile(r"x-featurestore-deadline-ms: \d'")
+
+
 def deliberate(operation: str, code: str, text: str) -> bool:
+    if code == "ST101" and operation == "POST /v1/feature/join":
+        return bool(SHED_FOR_DEADLINE.search(text) and TINY_DEADLINE.search(text))
     if code == "ST201" and operation == "POST /v1/feature/join":
         return UNKNOWN_HEADER in text
     return (operation, code) in DELIBERATE
