@@ -7,10 +7,11 @@ at decoration) and ``cache=True`` writes the machine code next to it (or under
 ``MODULE.built`` (written atomically): what ``compiler.is_built`` checks, wherever numba
 put its index; a line per interpreter, numba, cache location and CPU built for.
 A failure is one JSON line on stdout, ``{"path": ..., "error": ..., "lasting": ...}``, and
-exit status 1 (stdout holds these lines only: whatever trusted code prints goes to stderr); ``lasting`` is false for what the machine caused (an ``OSError`` such as a
-full disk, a ``MemoryError``): the same module may build once that is over, while any
-other error (the source does not compile, a trusted function does not import) recurs
-as long as the module, named by the hash of all it depends on, is the same.
+exit status 1 (stdout holds these lines only: whatever trusted code prints goes to
+stderr); ``lasting`` is false for what the machine caused (an ``OSError`` such as a full
+disk, a ``MemoryError``): the same module may build once that is over, while any other
+error (the source does not compile, a trusted function does not import) recurs as long
+as the module, named by the hash of all it depends on, is the same.
 """
 
 from __future__ import annotations

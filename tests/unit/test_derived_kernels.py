@@ -352,7 +352,7 @@ async def test_a_kernel_that_does_not_compile_fails_naming_its_feature(
     module = f"trusted_fns_b{len(prints)}"
     (tmp_path / f"{module}.py").write_text(f"{prints}def bad(a):\n    return {{'not': a}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)  # the cited file is then "trusted_fns_b0.py"
+    monkeypatch.chdir(tmp_path)  # numba then cites the module as "trusted_fns_bN.py", a relative path
     doc = raw()
     doc["derived_views"][0]["features"] = [
         {"name": "f", "dtype": "float64", "function": f"{module}:bad", "args": ["x"]}
