@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from featurestore.derived.position import Where
 from featurestore.model import DType
 
 MAX_EXPRESSION_CHARS = 2000
@@ -163,11 +164,12 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
         raise ExpressionError("an expression is required")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ExpressionError(f"longer than {MAX_EXPRESSION_CHARS} characters")
-    where = _Where(text)
+    where = Where(text)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExpressionError(f"syntax error at {where.at(e.lineno or 1, e.offset or 0)}: {e.msg}") from None
+        at = where.at(e.lineno or 1, e.offset) if e.offset else where.end()
+        raise ExpressionError(f"syntax error at {at}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
     if _frames(tree.body) > MAX_FRAMES:
@@ -228,25 +230,8 @@ def _collect(node: Node, out: dict[str, None]) -> None:
             pass
 
 
-class _Where:
-    """A position in the text as written, from one in the text parsed (stripped): the
-    column, and the line too when the text has several (a YAML block keeps its breaks)."""
-
-    def __init__(self, text: str) -> None:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")  # line breaks as Python's parser reads them
-        lead = len(text) - len(text.lstrip())
-        self.lines_before = text.count("\n", 0, lead)
-        self.first_column = lead - (text.rfind("\n", 0, lead) + 1)  # blanks stripped from its line
-        self.lines = "\n" in text.rstrip()  # (a YAML block's last line break is no line)
-
-    def at(self, line: int, column: int) -> str:
-        if line == 1:
-            column += self.first_column
-        return f"line {line + self.lines_before}, column {column}" if self.lines else f"column {column}"
-
-
 class _Checker:
-    def __init__(self, names: Mapping[str, Type], where: _Where) -> None:
+    def __init__(self, names: Mapping[str, Type], where: Where) -> None:
         self.names = names
         self.where = where
 
@@ -254,7 +239,7 @@ class _Checker:
         col = getattr(node, "col_offset", None)
         if col is None:
             return ExpressionError(msg)
-        return ExpressionError(f"{msg} (at {self.where.at(getattr(node, 'lineno', 1), col + 1)})")
+        return ExpressionError(f"{msg} (at {self.where.at_node(getattr(node, 'lineno', 1), col)})")
 
     def node(self, n: ast.AST) -> Node:
         match n:

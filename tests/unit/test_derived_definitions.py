@@ -204,7 +204,11 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x + 1" + "0" * 400, "the constant 1000000000000000000000... (401 digits) is not a finite number"),
         ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 digits) is not a finite number (at column 15)"),
         ("None", "not a number, bool or string"),
-        ("x +", "syntax error at column"),
+        ("x +", "syntax error at column 4: invalid syntax"),  # at the end: Python gives no column
+        ("  (x +\n y +", "syntax error at line 1, column 3: '(' was never closed"),
+        ("x ++ \n", "syntax error at column 5"),
+        # columns count characters, not UTF-8 bytes (ast's offsets are bytes)
+        ("where(country == '\u00e9', x, 1) + country", "got a string ('country') (at column 31)"),
         ("   x + country", "got a string ('country') (at column 8)"),  # columns of the text as written
         ("  x + )", "syntax error at column 7"),
         # several lines: the line, and the column in it (the first line's stripped blanks
@@ -225,6 +229,24 @@ def test_expressions_outside_the_language_are_refused_with_the_reason(text: str,
     with pytest.raises(ExpressionError) as e:
         parse_expression(text, NAMES)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "'\u00e9' == country and x + country",  # a 2-byte character before it
+        "'\U0001f600\u00e9' == country and x + country",  # 4 and 2 bytes
+        "  ('\u00e9' == country and\n '\u00fc\u00fc' == country and x + country)",  # on the second line
+        "('\u00e9' == country and\n x + country)",  # non-ASCII on the first line only
+    ],
+)
+def test_error_columns_count_characters_after_non_ascii_text(text: str) -> None:
+    *_, line = text.split("\n")
+    want = line.rindex("country") + 1  # the last 'country' is what arithmetic refuses
+    with pytest.raises(ExpressionError) as e:
+        parse_expression(text, NAMES)
+    where = f"line 2, column {want}" if "\n" in text else f"column {want}"
+    assert f"got a string ('country') (at {where})" in str(e.value)
 
 
 def test_the_string_comparison_keeps_its_operands() -> None:
