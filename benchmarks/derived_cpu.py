@@ -118,6 +118,15 @@ async def demo_runtime(data_dir: Path) -> tuple[Any, Any]:
 
 async def serving_protocol(data_dir: Path) -> Any:
     """A factory of the demo server's HTTP protocol, over its runtime (``demo_runtime``)."""
+    config, rt = await demo_runtime(data_dir)
+    make = protocol_factory(config, rt)
+    gc.collect()
+    gc.freeze()  # as the server does after start-up
+    return make
+
+
+def protocol_factory(config: Any, rt: Any) -> Any:
+    """A factory of a serving worker's HTTP protocol over ``rt`` (built from ``config``)."""
     from uvicorn.server import ServerState
 
     from featurestore.api.connections import ConnectionGuard
@@ -126,7 +135,6 @@ async def serving_protocol(data_dir: Path) -> Any:
     from featurestore.process import connection_limits
     from featurestore.push import PushService
 
-    config, rt = await demo_runtime(data_dir)
     limits = config.limits
     api = HttpApi(
         rt.engine,
@@ -142,8 +150,6 @@ async def serving_protocol(data_dir: Path) -> Any:
     uv = guard.uvicorn_config(api, access_log=False)
     uv.load()
     state = ServerState()
-    gc.collect()
-    gc.freeze()  # as the server does after start-up
     return lambda: guard.protocol(config=uv, server_state=state, app_state={})
 
 

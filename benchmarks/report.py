@@ -83,6 +83,7 @@ PARTS = (
     "feast.md",
     "feast-zipf.md",
     "cache.md",
+    "cache-cpu.md",
     "cache-figures.md",
     "cache_cost.md",
     "grpc.md",

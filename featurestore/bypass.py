@@ -30,8 +30,9 @@ rate in windows of 500 sampled keys until a TTL has passed (before that no row t
 loaded has expired: the rate climbs a warm-up curve above where consulting settles, e.g. 86%
 against 67% for uniform keys read twice over per TTL) and for as long as it keeps rising (a
 skewed workload's hot set warming up), at most two TTLs. The rule then uses the trial's rate
-for a TTL, while the reads it lets consult every key fill what the trial did not sample and
-the view's own rate measures them; after that the view's own rate decides (a trial overstates
+for a TTL (a rate that sends every read of the view past the cache is the view's own at once:
+no read of it consults meanwhile), while the reads it lets consult every key fill what the
+trial did not sample and the view's own rate measures them; after that the view's own rate decides (a trial overstates
 a working set larger than the cache: its sample fits where the whole does not; that period
 undoes it). A trial that ends skipping doubles the wait before the next (counted from its end,
 up to 16 periods), and the wait is reset only once the rule itself (not a trial's verdict) has
@@ -54,9 +55,8 @@ import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Final
 
-import numpy as np
-
 from featurestore.sources.base import ViewQuery
+from featurestore.trial import TRIAL_WINDOW, Trial
 
 # A view's hit rate weighs its last ~2,000 looked-up keys: batch-10 joins renew it every
 # ~200 joins, batch-100 joins every ~20.
@@ -67,56 +67,11 @@ _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 # whose views both miss after 14 each (at ClickHouse's 50: after 1,911 and 271).
 _PRIOR_KEYS: Final = 64
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
-# A trial looks 1 key in TRIAL_SAMPLE up, in windows of 500 sampled keys (module docstring).
-TRIAL_SAMPLE: Final = 16
-_TRIAL_WINDOW: Final = 500
-# A key is sampled when its hash, salted, mixed by Fibonacci hashing (so ids in arithmetic
-# progression spread) lands in the lowest 1/TRIAL_SAMPLE of 64 bits. From _VECTOR_FROM keys a
-# read's keys are mixed by numpy: with a bound method per key (hash((key, salt)) % 16), a
-# batch-100 read on trial (two views of 100 keys, a trivial store behind the cache) took
-# 49.5 µs of CPU in process, 42.5 with numpy (2026-12-04, a one-off script).
-_MASK64: Final = (1 << 64) - 1
-_GOLDEN: Final = 0x9E3779B97F4A7C15
-_SALT_MIX: Final = 0xBF58476D1CE4E5B9
-_SAMPLE_BELOW: Final = (1 << 64) // TRIAL_SAMPLE
-_VECTOR_FROM: Final = 32  # numpy's set-up pays from ~30 keys
 # What consults() answers: read past the cache, consult it for every key, or read past it
 # measuring the sampled keys of its views on trial (CachedSource._read_trial).
 SKIP: Final = 0
 CONSULT: Final = 1
 TRIAL: Final = 2
-
-
-class _Trial:
-    """A view's trial: keys left to load, then the measuring window's keys left and
-    hits, the previous window's rate (-1: none yet); from ``settled`` (a TTL after it
-    began) rows it loaded expire, as in steady state; it ends by ``ends`` (two TTLs)."""
-
-    __slots__ = ("ends", "hits", "left", "load", "prev", "salt", "settled")
-
-    def __init__(self, now: float, ttl: float, salt: int) -> None:
-        self.load = self.left = float(_TRIAL_WINDOW)
-        self.hits = 0.0
-        self.prev = -1.0
-        self.settled = now + ttl
-        self.ends = now + 2 * ttl
-        self.salt = (salt * _SALT_MIX) & _MASK64  # a sample per trial, not by an id's residue
-
-    def sampled(self, key: Hashable) -> bool:
-        return (((hash(key) & _MASK64) ^ self.salt) * _GOLDEN) & _MASK64 < _SAMPLE_BELOW
-
-    def positions(self, keys: Sequence[Hashable]) -> list[int]:
-        """Where the sampled keys are in ``keys`` (``sampled`` of each, in one pass)."""
-        if len(keys) < _VECTOR_FROM:  # (sampled's test, inline: no call per key)
-            salt = self.salt
-            return [
-                i
-                for i, k in enumerate(keys)
-                if (((hash(k) & _MASK64) ^ salt) * _GOLDEN) & _MASK64 < _SAMPLE_BELOW
-            ]
-        h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)).view(np.uint64)
-        mixed = (h ^ np.uint64(self.salt)) * np.uint64(_GOLDEN)  # (uint64 arrays wrap, as & _MASK64)
-        return np.flatnonzero(mixed < np.uint64(_SAMPLE_BELOW)).tolist()
 
 
 class CacheBypass:
@@ -165,7 +120,7 @@ class CacheBypass:
         self._looked: dict[str, float] = {}
         self._rate: dict[str, float] = {}
         self._skipping_since: dict[str, float] = {}
-        self._trials: dict[str, _Trial] = {}
+        self._trials: dict[str, Trial] = {}
         self._backoff: dict[str, int] = {}  # trials begun since the rule last kept consulting, capped
         self._consulting_since: dict[str, float] = {}  # views with a backoff the rule lets consult
         # views whose trial said consult: (until, the trial's rate), which the rule uses
@@ -290,14 +245,14 @@ class CacheBypass:
                     since.pop(name, None)  # (its backoff kept: only the rule consulting ends it)
                     self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
                     continue
-                self._measured(name, trial.prev * _TRIAL_WINDOW, _TRIAL_WINDOW, now)  # still rising
+                self._measured(name, trial.prev * TRIAL_WINDOW, TRIAL_WINDOW, now)  # still rising
                 since[name] = now
                 trial = None
             if trial is None:
                 wait = self._trial_every * (1 << backoff.get(name, 0))
                 began = since.setdefault(name, now)
                 if now >= began + wait:  # (as the quiet views' until: the same float)
-                    trials[name] = trial = _Trial(now, self._trial_every, next(self._salts))
+                    trials[name] = trial = Trial(now, self._trial_every, next(self._salts))
                     backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
                 else:
                     self._quiet_trials.discard(name)
@@ -347,13 +302,13 @@ class CacheBypass:
             trial.left -= looked
             if trial.left > 0:
                 return
-            n = _TRIAL_WINDOW - trial.left
+            n = TRIAL_WINDOW - trial.left
             rate = trial.hits / n
             now = self._clock()
             # Another window while its rows have not started expiring (the rate before
             # that is a warm-up curve above the steady state), or while it still rises.
             if (now < trial.settled or rate > trial.prev) and now < trial.ends:
-                trial.prev, trial.hits, trial.left = rate, 0.0, float(_TRIAL_WINDOW)
+                trial.prev, trial.hits, trial.left = rate, 0.0, float(TRIAL_WINDOW)
                 return
             del self._trials[view]
             self._measured(view, trial.hits, n, now)  # the rate from here is the last window's
@@ -372,11 +327,14 @@ class CacheBypass:
         """A trial's rate, which the rule uses for a period: reads consulting every key
         after a trial first miss what it did not sample (which dragged a hot set it measured
         at 100% below the line at once), while the view's own rate measures them; a trial
-        that overstated (a working set larger than the cache) is undone after that period."""
+        that overstated (a working set larger than the cache) is undone after that period.
+        A ``_cold`` rate has none (no read of the view consults): quiet from its next read."""
         self._hits[view], self._looked[view] = hits, looked
         self._rate[view] = hits / looked
         self._unquiet(view)
-        self._warming[view] = (now + self._trial_every, hits / looked)
+        self._warming.pop(view, None)  # (_cold is False while a view warms)
+        if not self._cold(view):
+            self._warming[view] = (now + self._trial_every, hits / looked)
 
     def hit_rate(self, view: str) -> float:
         """The view's recent key hit rate (``unmeasured`` before any consulted read)."""

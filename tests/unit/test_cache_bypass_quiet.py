@@ -105,6 +105,24 @@ def test_a_quiet_views_next_trial_starts_on_time_and_is_decided_at_once_until_it
     assert quiet_views(b) == {}
 
 
+def test_a_view_whose_trial_measured_it_cold_is_quiet_from_its_next_read() -> None:
+    clock, b = timed()
+    read = [one(VIEWS[0])]
+    b.observe(VIEWS[0].name, 0, 100)
+    assert b.consults(read) == SKIP
+    clock.t = 30.0
+    assert b.consults(read) == TRIAL
+    clock.t = 61.0
+    for _ in range(3):  # loads, then windows of no hits: the second ends the trial, cold
+        b.observe(VIEWS[0].name, 0, 10_000, sampled=True)
+    assert VIEWS[0].name not in b._warming  # (no read of it consults: nothing to warm)
+    clock.t = 62.0
+    assert b.consults(read) == SKIP
+    # quiet until its next trial, a doubled wait (60 s) after this one ended; a trial's
+    # verdict held for a TTL sent every read of it through the rule until 91 s
+    assert quiet_views(b) == {VIEWS[0].name: 121.0}
+
+
 def test_a_view_becomes_quiet_only_when_its_rate_alone_decides() -> None:
     _, b = timed()
     b.observe(VIEWS[0].name, 70, 100)  # 0.7 x 0.5 >= 0.3: a read of one key would consult
