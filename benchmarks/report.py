@@ -108,6 +108,7 @@ PARTS = (
     "lineage-page.md",
     "streaming.md",
     "stream-windows.md",
+    "stream-writes.md",
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

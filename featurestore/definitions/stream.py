@@ -59,7 +59,7 @@ def _view(p: _Parser, obj: Any, i: int, entities: Mapping[str, Entity]) -> Featu
     assert tile is not None
     lateness = _non_negative(p, m.get("allowed_lateness", 0), f"{where}.allowed_lateness")
     source = _source(p, m["source"], f"{where}.source", keys)
-    aggs = _aggregations(p, m["aggregations"], f"{where}.aggregations", tile, keys)
+    aggs = _aggregations(p, m["aggregations"], f"{where}.aggregations", tile, keys, source)
     store = p.string(m, "online_store", where, "default")
     return FeatureView(
         name=name,
@@ -116,7 +116,9 @@ def _source(p: _Parser, obj: Any, where: str, keys: list[str]) -> StreamSource:
     )
 
 
-def _aggregations(p: _Parser, raw: Any, where: str, tile: int, keys: list[str]) -> list[Aggregation]:
+def _aggregations(
+    p: _Parser, raw: Any, where: str, tile: int, keys: list[str], source: StreamSource
+) -> list[Aggregation]:
     if not isinstance(raw, list) or not raw:
         raise p.fail(where, "expected a non-empty list of aggregations")
     out: list[Aggregation] = []
@@ -139,6 +141,7 @@ def _aggregations(p: _Parser, raw: Any, where: str, tile: int, keys: list[str]) 
         column = p.string(m, "column", at)
         if not column and function != "count":
             raise p.fail(f"{at}.column", f"is required for {function}")
+        _numeric_column(p, column, f"{at}.column", source)
         window = p.duration(m.get("window"), f"{at}.window")
         assert window is not None
         if window % tile:
@@ -150,6 +153,27 @@ def _aggregations(p: _Parser, raw: Any, where: str, tile: int, keys: list[str]) 
             )
         out.append(Aggregation(name, function, column, window))
     return out
+
+
+def _numeric_column(p: _Parser, column: str, where: str, source: StreamSource) -> None:
+    """An aggregated column is a number in every event: not a field the source reads as
+    something else (an event field is decoded as one type), nor one its filter wants a
+    string or a boolean of (every event would be malformed)."""
+    if not column:
+        return
+    if column in source.key_fields:
+        raise p.fail(where, f"{column!r} is a key field of the source: aggregate a numeric event field")
+    if column == source.timestamp_field:
+        raise p.fail(
+            where,
+            f"{column!r} is the source's timestamp field: aggregate a numeric event field "
+            "(a copy of the time, in a field of its own, for 'last seen')",
+        )
+    wanted = dict(source.filter).get(column)
+    if isinstance(wanted, (str, bool)):
+        raise p.fail(
+            where, f"{column!r} is filtered on {wanted!r}, not a number: every event would be malformed"
+        )
 
 
 def stream_to_dict(v: FeatureView) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "featurestore_stream_events_total",
-    "Events of a stream view by outcome: consumed (read from Kafka), applied (in tiles), late "
-    "(beyond the allowed lateness: dropped), dead_lettered (malformed), filtered, duplicate "
+    "Events of a stream view by outcome: consumed (read from Kafka), applied (added to the batch; one "
+    "older than every window changes nothing), late (beyond the allowed lateness: dropped), "
+    "dead_lettered (malformed), filtered, duplicate "
     "(at or below the stored offset: already applied).",
     ["view", "outcome"],
 )
@@ -53,8 +54,8 @@ LAG_SECONDS = Gauge(
 )
 LATENCY = Histogram(
     "featurestore_stream_event_to_servable_seconds",
-    "From an event's Kafka timestamp to its tiles written (servable), observed for the oldest and "
-    "newest event of each batch.",
+    "From an event's Kafka timestamp to the end of its batch's write (servable), observed for the "
+    "oldest and newest (by Kafka timestamp) of each batch's applied events.",
     ["view"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )

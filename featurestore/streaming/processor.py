@@ -101,7 +101,7 @@ class StreamProcessor:
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
         # no GIL).
         self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
-        self._pending: tuple[futures.Future[str | None], TileBatch, Turn] | None = None
+        self._pending: tuple[futures.Future[tuple[str | None, float]], TileBatch, Turn] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -145,6 +145,7 @@ class StreamProcessor:
         self._stop = stop
         self._consume_thread = threading.get_ident()
         self._connect()
+        self._check_eviction()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
         for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
@@ -167,6 +168,23 @@ class StreamProcessor:
             self._writer.shutdown(wait=True)
             self._consumer.close()
             self._producer.flush(5)
+
+    def _check_eviction(self) -> None:
+        """A store that evicts keys breaks the exactly-once effect (docs/streaming.md, Stores):
+        an evicted marks hash has the retained topic applied again into the tiles left."""
+        policy = self._retrying(self._stop, self.store.eviction_policy)
+        if policy is None:
+            log.warning(
+                "stream view %s: could not read the tile store's eviction policy (CONFIG renamed or "
+                "refused?): it must be noeviction, or events are counted twice or lost",
+                self.view.name,
+            )
+        elif policy != "noeviction":
+            log.error(
+                "stream view %s: the tile store's Redis evicts keys (maxmemory-policy %s): an evicted "
+                "marks hash makes events count twice, evicted tiles lose them; set noeviction or give "
+                "stream views a Redis of their own", self.view.name, policy,
+            )  # fmt: skip
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING
@@ -263,8 +281,14 @@ class StreamProcessor:
         for p, (_, mark) in batch.marks.items():
             if p in self.marks:
                 self.marks[p] = mark
-        future = self._writer.submit(self._retrying, stop, self.store.apply, self.view, batch)
+        future = self._writer.submit(self._write, stop, batch)
         self._pending = (future, batch, turn)
+
+    def _write(self, stop: threading.Event, batch: TileBatch) -> tuple[str | None, float]:
+        """The batch's write (in the writer thread), and when it ended: its events were
+        servable from then (``_finish`` runs only once the next batch is consumed)."""
+        refused = self._retrying(stop, self.store.apply, self.view, batch)
+        return refused, time.time()
 
     def _settle(self) -> None:
         if self._pending is not None:
@@ -281,7 +305,7 @@ class StreamProcessor:
         while not futures.wait([future], timeout=self.options.lag_interval_seconds).done:
             self._measure_lag(waiting=batch)
         self._pending = None
-        refused = future.result()
+        refused, written_s = future.result()
         view = self.view.name
         if refused is not None and self._landed(batch):
             log.info("stream view %s: a retried write had landed before its answer was lost", view)
@@ -298,10 +322,9 @@ class StreamProcessor:
             if n:
                 metrics.EVENTS.labels(view, outcome).inc(n)
                 self.totals[outcome] = self.totals.get(outcome, 0) + n
-        now_ms = time.time() * 1000
-        for ts_ms in {turn.first_ms, turn.last_ms}:
+        for ts_ms in {turn.oldest_ms, turn.newest_ms}:  # (of the events applied: 0 when none)
             if ts_ms > 0:
-                metrics.LATENCY.labels(view).observe(max(0.0, (now_ms - ts_ms) / 1000))
+                metrics.LATENCY.labels(view).observe(max(0.0, written_s - ts_ms / 1000))
         self._lag.applied(turn.last_ms)
         self._commit(batch)
         return True

@@ -78,6 +78,11 @@ class TileStore(Protocol):
 
     def table_uri(self, view: FeatureView) -> str: ...
 
+    def eviction_policy(self) -> str | None:
+        """The store's eviction policy (``noeviction`` when it never drops a key on its
+        own); None when it cannot be told (docs/streaming.md: the store must not evict)."""
+        ...
+
     def reset(self) -> None:
         """Drop idle read connections (the server was down: they are dead); over at once."""
         ...
@@ -136,6 +141,9 @@ class MemoryTileStore:
                 continue
             out.append(b"".join(layout.pack(r) for r in list(by_tile.values())))
         return out
+
+    def eviction_policy(self) -> str | None:
+        return "noeviction"
 
     def table_uri(self, view: FeatureView) -> str:
         return f"memory://{self.name}/{view.name}/tiles"

@@ -210,8 +210,12 @@ class TileAccumulator:
 
 def _adder_source(layout: TileLayout, attrs: list[str]) -> str:
     columns = layout.columns
-    body = [
-        "def add_event(key, ts, ev):",
+    body = ["def add_event(key, ts, ev):"]
+    # Every value first, each made a float: a value that is no number raises here, before
+    # the event has touched a record (a dead-lettered event must leave no trace in the tiles).
+    for i in range(len(columns)):
+        body += [f"    v{i} = ev.{attrs[i]}", f"    if v{i} is not None:", f"        v{i} = v{i} + 0.0"]
+    body += [
         "    tile = ts // TILE_US",
         "    tiles = records.get(key)",
         "    if tiles is None:",
@@ -227,8 +231,8 @@ def _adder_source(layout: TileLayout, attrs: list[str]) -> str:
         if slot >= 2 and not col:
             body.append(f"    rec[{slot}] += 1.0")
     for i, col in enumerate(columns):
-        v = "v"
-        body += [f"    {v} = ev.{attrs[i]}", f"    if {v} is not None:"]
+        v = f"v{i}"
+        body.append(f"    if {v} is not None:")
         for slot, (op, c) in enumerate(zip(layout.ops, layout.slot_columns, strict=True)):
             if c != col:
                 continue

@@ -46,8 +46,10 @@ class Turn:
             "filtered": 0,
             "duplicate": 0,
         }
-        self.first_ms = 0
+        self.first_ms = 0  # Kafka timestamps: the first and last message consumed
         self.last_ms = 0
+        self.oldest_ms = 0  # and the oldest and newest of the events applied (0: none)
+        self.newest_ms = 0
 
 
 class Aggregator:
@@ -104,6 +106,10 @@ class Aggregator:
                     if event.ts_us > state[2]:
                         state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
                     counts["applied"] += 1
+                    if ts_ms > turn.newest_ms:
+                        turn.newest_ms = ts_ms
+                    if ts_ms < turn.oldest_ms or not turn.oldest_ms:
+                        turn.oldest_ms = ts_ms
             except Exception as e:  # a bug, not the event's fault: dead-lettered with the error
                 self.errors.log(
                     type(e).__name__, "stream view %s: event at offset %s: %r", self.view, offset, e

@@ -124,3 +124,72 @@ async def test_a_reset_drops_idle_connections_and_reads_go_on(store: TileStore) 
     assert await store.read(VIEW, ["1"]) == [None]
     store.reset()
     assert await store.read(VIEW, ["1"]) == [None]
+
+
+LONG_AGGS = (Aggregation("n3h", "count", "", 10_800), *AGGS[1:])
+LONG = FeatureView(  # 181 tiles a key: past the size below which a write rewrites a key whole
+    "clicks_long",
+    (USER,),
+    tuple(Feature(a.name, dtype_of(a.function)) for a in LONG_AGGS),
+    stream=StreamSpec(StreamSource("clicks", ("user_id",)), LONG_AGGS, tile_seconds=60),
+)
+
+
+def unpacked(view: FeatureView, raw: bytes | None) -> dict[int, list[float]]:
+    layout = view_layout(view)
+    size = layout.record_bytes
+    out: dict[int, list[float]] = {}
+    for i in range(0, len(raw or b""), size):
+        rec = layout.unpack((raw or b"")[i : i + size])
+        assert int(rec[0]) not in out, "a tile stored twice"
+        out[int(rec[0])] = list(rec)
+    return out  # (in any order: the contract's; Redis keeps them sorted, which its merge relies on)
+
+
+@pytest.mark.parametrize("view", [VIEW, LONG], ids=["5-minute", "3-hour"])
+async def test_random_batches_leave_every_tile_a_window_reaches_as_a_reference_merge_would(
+    store: TileStore, view: FeatureView
+) -> None:
+    import random
+
+    from featurestore.streaming.tiles import merge
+
+    rng = random.Random(7)
+    layout = view_layout(view)
+    reference: dict[str, dict[int, list[float]]] = {}
+    now_tile, offset = NOW_TILE, -1
+    for step in range(60):
+        now_tile += rng.choice([0, 0, 1, 3, 20])  # time passes: old tiles fall out of every window
+        acc = TileAccumulator(layout)
+        for _ in range(rng.randint(1, 40)):
+            key = str(rng.randint(1, 3))
+            # mostly the newest tiles, some late into older ones, some no window reaches
+            tile = now_tile - rng.choice([0, 0, 0, 1, 2, 5, 40, 150, 400])
+            acc.add(
+                key, tile * TILE_US + rng.randint(0, TILE_US - 1), {"amount": round(rng.uniform(-5, 5), 1)}
+            )
+        oldest = now_tile - layout.retention_tiles
+        for key, recs in acc.records.items():
+            by_tile = reference.setdefault(key, {})
+            for tile, rec in recs.items():
+                if tile >= oldest:
+                    old = by_tile.get(tile)
+                    by_tile[tile] = list(rec) if old is None else merge(layout, old, rec)
+        marks = {0: (offset, PartitionMark(offset + 1, now_tile * TILE_US))}
+        offset += 1
+        assert store.apply(view, TileBatch("clicks", marks, acc.records, now_tile)) is None, step
+        got = await store.read(view, ["1", "2", "3"])
+        for key, raw in zip(["1", "2", "3"], got, strict=True):
+            live = {t: r for t, r in unpacked(view, raw).items() if t >= oldest}
+            want = {t: r for t, r in reference.get(key, {}).items() if t >= oldest}
+            assert live == want, (step, key)
+            # records no window reaches are dropped by the time they are a quarter of the key
+            stale = len(unpacked(view, raw)) - len(live)
+            assert stale * 4 <= max(len(live) + stale, 4096 // layout.record_bytes) or stale == 0, (step, key)
+
+
+async def test_a_batch_no_window_reaches_writes_no_key(store: TileStore) -> None:
+    t = (NOW_TILE - 50) * TILE_US  # the 5-minute windows keep 6 tiles: none reaches this one
+    assert store.apply(VIEW, batch([("9", t, 1.0)], {0: (-1, PartitionMark(0, t))})) is None
+    assert await store.read(VIEW, ["9"]) == [None]
+    assert store.marks(VIEW, "clicks") == {0: PartitionMark(0, t)}  # the mark moves all the same

@@ -4,6 +4,7 @@ to the batch it arrived in."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -24,8 +25,8 @@ from lineage.kafka import KafkaSettings
 class Message:
     """What the processor reads of a confluent_kafka.Message (which Python cannot build)."""
 
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
+    def __init__(self, offset: int, value: bytes, kafka_ms: int | None = None) -> None:
+        self._offset, self._value, self._ms = offset, value, kafka_ms
 
     def error(self) -> None:
         return None
@@ -37,7 +38,7 @@ class Message:
         return self._offset
 
     def timestamp(self) -> tuple[int, int]:
-        return (1, time.time_ns() // 1_000_000)
+        return (1, time.time_ns() // 1_000_000 if self._ms is None else self._ms)
 
     def value(self) -> bytes:
         return self._value
@@ -184,3 +185,47 @@ def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was()
     letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
     assert letters.deliver([(Message(7, b"{"), "not valid JSON")], threading.Event())
     assert [value for value, _ in producer.sent] == [b"{", b"{"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "level", "says"),
+    [
+        ("allkeys-lru", logging.ERROR, "evicts keys (maxmemory-policy allkeys-lru)"),
+        ("volatile-ttl", logging.ERROR, "evicts keys (maxmemory-policy volatile-ttl)"),
+        (None, logging.WARNING, "could not read the tile store's eviction policy"),
+        ("noeviction", None, None),
+    ],
+)
+def test_a_tile_store_that_may_evict_keys_is_reported_when_the_processor_starts(
+    processor: StreamProcessor,
+    caplog: pytest.LogCaptureFixture,
+    policy: str | None,
+    level: int | None,
+    says: str,
+) -> None:
+    processor.store.eviction_policy = lambda: policy  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
+        processor._check_eviction()
+    if level is None:
+        assert not caplog.records
+    else:
+        [record] = caplog.records
+        assert record.levelno == level and says in record.getMessage()
+
+
+def test_the_event_to_servable_time_is_taken_from_the_oldest_and_newest_applied_events(
+    processor: StreamProcessor,
+) -> None:
+    now_ms = time.time_ns() // 1_000_000
+    body = event(0).value()
+    messages = [
+        Message(0, body, now_ms - 500),
+        Message(1, b"not json", now_ms - 9_000),  # dead-lettered: never servable
+        Message(2, body, now_ms - 700),  # consumed after a newer one (another partition's, say)
+        Message(3, body, now_ms - 100),
+        Message(4, b"not json", now_ms + 5_000),
+    ]
+    acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
+    turn = processor._aggregate(messages, acc)
+    assert turn.counts["applied"] == 3
+    assert (turn.oldest_ms, turn.newest_ms) == (now_ms - 700, now_ms - 100)

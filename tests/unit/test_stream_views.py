@@ -118,6 +118,23 @@ def broken(path: str, value: Any) -> dict[str, Any]:
             "stream_views[clicks].aggregations[avg_1h].window: spans 43200 tiles",
         ),
         ("windows", 3, "stream_views[clicks].windows: unknown field"),
+        # an aggregated column is a number in every event (review round 20: events were
+        # dead-lettered and still counted)
+        (
+            "aggregations.5.column",
+            "ts",
+            "stream_views[clicks].aggregations[last_1h].column: 'ts' is the source's timestamp field",
+        ),
+        (
+            "aggregations.3.column",
+            "user",
+            "stream_views[clicks].aggregations[lo_1h].column: 'user' is a key field of the source",
+        ),
+        (
+            "aggregations.1.column",
+            "kind",
+            "stream_views[clicks].aggregations[spend_1h].column: 'kind' is filtered on 'c', not a number",
+        ),
     ],
 )
 def test_definition_errors_name_the_stream_view_field(path: str, value: Any, message: str) -> None:

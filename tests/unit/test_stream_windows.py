@@ -210,3 +210,18 @@ async def test_a_read_of_more_tiles_than_a_request_may_assemble_is_refused_namin
     )
     [fine] = await source.read([ViewQuery(view, list(range(198)), [0], 0)])
     assert isinstance(fine, ViewRead)
+
+
+def test_an_event_whose_value_is_no_number_leaves_no_trace_in_the_batch() -> None:
+    class Event:
+        def __init__(self, amount: Any) -> None:
+            self.a = amount
+
+    acc = TileAccumulator(LAYOUT, ["a"])
+    acc.add_event("1", 5 * TILE_US, Event(2.0))
+    before = {k: {t: list(r) for t, r in tiles.items()} for k, tiles in acc.records.items()}
+    for bad in ("2024-01-01T00:00:00Z", b"x", [1.0]):  # (the turn dead-letters such an event)
+        for key, tile in (("1", 5), ("1", 6), ("2", 5)):  # its tile, a new tile, a new key
+            with pytest.raises(TypeError):
+                acc.add_event(key, tile * TILE_US + 1, Event(bad))
+    assert {k: {t: list(r) for t, r in tiles.items()} for k, tiles in acc.records.items()} == before

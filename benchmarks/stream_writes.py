@@ -1,0 +1,147 @@
+"""What one stream batch write holds Redis for, by how many tiles its keys already hold.
+
+Redis runs the processor's apply script (featurestore/streaming/redis_store.py) alone:
+every other client of that Redis, the plain views' joins included, waits while it runs.
+For the stream benchmark's view (count, sum, max, last of ``amount`` over 5m, 1h, 24h;
+1-minute tiles) on a Redis of its own: KEYS keys are first filled with TILES one-minute
+tiles each (a key that has seen events every minute for TILES minutes; 1,440 = the 24-hour
+window's day), then one batch of EVENTS events, one per key in the current tile, is
+applied. Per shape, the median of ``--rounds`` batches (each on freshly filled keys): the
+script's time in Redis (its SLOWLOG entry; Redis's own clock), and the longest a GET of
+another client, issued every 0.5 ms meanwhile, waited.
+
+    python -m benchmarks.stream_writes [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.provenance import run_line, started
+from benchmarks.streaming import definitions
+from tests.servers import RedisServer
+
+SHAPES = [(30, 3_300, 5_000), (360, 3_300, 5_000), (1_440, 3_300, 5_000), (1_440, 500, 500)]
+
+
+def one_batch(url: str, tiles: int, keys: int, events: int) -> dict[str, float]:
+    from redis import Redis
+
+    from featurestore.definitions.parser import parse_definitions
+    from featurestore.streaming.redis_store import RedisTileStore
+    from featurestore.streaming.store import PartitionMark, TileBatch
+    from featurestore.streaming.tiles import TileAccumulator, view_layout
+
+    view = parse_definitions(definitions("w", "t", ("count", "sum", "max", "last"), False), source="b").views[
+        "activity"
+    ]
+    layout = view_layout(view)
+    r = Redis.from_url(url)
+    r.flushall()
+    store = RedisTileStore("default", "w", url)
+    now_us = time.time_ns() // 1000
+    now_tile = now_us // layout.tile_us
+    prefix = f"fs:w:activity:t{view.layout}:k:"
+    pipe = r.pipeline(transaction=False)
+    for k in range(keys):  # the key's tiles, as the script keeps them: sorted records
+        acc = TileAccumulator(layout)
+        for t in range(now_tile - tiles, now_tile):
+            acc.add(str(k), t * layout.tile_us + 1, {"amount": 1.0})
+        recs = acc.records[str(k)]
+        pipe.set(prefix + str(k), b"".join(layout.pack(recs[t]) for t in sorted(recs)), px=3_600_000)
+        if k % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+    acc = TileAccumulator(layout)
+    for i in range(events):
+        acc.add(str(i % keys), now_us - events + i, {"amount": 2.0})
+    batch = TileBatch("t", {0: (-1, PartitionMark(events, now_us))}, acc.records, now_tile)
+    store.apply(view, TileBatch("t", {}, {}, now_tile))  # the script loaded
+    r.config_set("slowlog-log-slower-than", 500)  # µs: the script, not the other client's GETs
+    r.slowlog_reset()
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def other_client() -> None:
+        c = Redis.from_url(url)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c.get("elsewhere")
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.0005)
+        c.close()
+
+    thread = threading.Thread(target=other_client)
+    thread.start()
+    time.sleep(0.1)
+    assert store.apply(view, batch) is None
+    time.sleep(0.1)
+    stop.set()
+    thread.join()
+    scripts = [e["duration"] for e in r.slowlog_get(128) if e["command"].upper().startswith(b"EVALSHA")]
+    r.config_set("slowlog-log-slower-than", 10_000)
+    value = r.strlen(prefix + "0")
+    store.close()
+    r.close()
+    return {"script_ms": max(scripts) / 1000, "other_wait_ms": max(waits) * 1000, "value_bytes": value}
+
+
+def render(rows: list[dict[str, Any]], run: str, command: str) -> list[str]:
+    out = [
+        "## Stream batch writes: what one holds Redis for, by tiles per key (review round 20)",
+        "",
+        run,
+        f"* Command: `{command}`",
+        "* The stream benchmark's view (12 aggregations, 1-minute tiles), a Redis of its own; keys filled",
+        "  with TILES tiles each, then one batch of one event per key in the current tile; medians of the",
+        "  rounds. Script: its SLOWLOG time. Other client: the longest a GET issued every 0.5 ms waited.",
+        "",
+        "| tiles per key | key size after | keys x events in the batch | script (ms) | another client waited (ms) "
+        "| events per second of script |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['tiles']:,} | {r['value_bytes'] / 1000:,.1f} KB | {r['keys']:,} x {r['events']:,} "
+            f"| {r['script_ms']:.1f} | {r['other_wait_ms']:.1f} | {r['events'] / r['script_ms'] * 1000:,.0f} |"
+        )
+    out += [
+        "",
+        "Before this write (each touched key read whole, merged and written back whole), the same",
+        "shapes held Redis 42.6, 312.9, 1,218.8 and 210.8 ms (review round 20's measurement,",
+        "2026-12-05, on the code of d900cad): the cost grew with what the keys held.",
+    ]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    start = started()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp)).start()
+        try:
+            for tiles, keys, events in SHAPES:
+                runs = [one_batch(redis.url, tiles, keys, events) for _ in range(a.rounds)]
+                row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                rows.append({"tiles": tiles, "keys": keys, "events": events, **row})
+                print(rows[-1], flush=True)
+        finally:
+            redis.stop()
+    report.publish(
+        "stream-writes.md",
+        render(rows, run_line(start), f"python -m benchmarks.stream_writes --rounds {a.rounds}"),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The Redis tile store's write script beyond the TileStore contract: it refuses a batch
+it could only apply in part before writing anything (Redis keeps a failed script's
+writes), and a batch costs what it writes, not what the keys hold (a key's records are
+merged in place: no key is rewritten whole while it holds records windows still reach)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from redis.exceptions import ResponseError
+
+from featurestore.streaming.redis_store import RedisTileStore
+from featurestore.streaming.retry import transient
+from featurestore.streaming.store import PartitionMark, TileBatch
+from featurestore.streaming.tiles import TileAccumulator, view_layout
+from tests.contract.test_tile_store import LONG, NOW_TILE, TILE_US, VIEW, records, unpacked
+from tests.servers import RedisServer
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisTileStore]:
+    s = RedisTileStore("t", f"p{uuid.uuid4().hex[:8]}", redis_server.url)
+    yield s
+    s.close()
+
+
+def one_event_each(keys: list[str], tile: int, offset: int) -> TileBatch:
+    acc = TileAccumulator(view_layout(VIEW))
+    for key in keys:
+        acc.add(key, tile * TILE_US, {"amount": 1.0})
+    return TileBatch(
+        "clicks", {0: (offset - 1, PartitionMark(offset, tile * TILE_US))}, acc.records, NOW_TILE
+    )
+
+
+@pytest.mark.parametrize("bad", ["hash", "short string"])
+async def test_a_batch_with_a_key_that_holds_no_records_is_refused_before_anything_is_written(
+    store: RedisTileStore, bad: str
+) -> None:
+    assert store.apply(VIEW, one_event_each(["1"], NOW_TILE, 0)) is None
+    key2 = store._prefix(VIEW) + "k:2"
+    if bad == "hash":
+        store.client.hset(key2, "x", "y")
+    else:
+        store.client.set(key2, b"12345")
+    with pytest.raises(ResponseError) as e:
+        store.apply(VIEW, one_event_each(["1", "2", "3"], NOW_TILE, 1))
+    assert key2 in str(e.value)
+    assert not transient(e.value)  # the processor stops (a key it cannot write is no outage)
+    assert store.marks(VIEW, "clicks") == {0: PartitionMark(0, NOW_TILE * TILE_US)}  # not moved
+    got = await store.read(VIEW, ["1", "3"])
+    assert records(got[0])[NOW_TILE][view_layout(VIEW).ops.index("c")] == 1.0  # key 1: its first event only
+    assert got[1] is None  # key 3: not written
+
+
+def command_calls(client: Redis, command: str) -> int:
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+    return int(stats.get("calls", 0))
+
+
+async def test_a_batch_into_a_key_of_many_tiles_merges_in_place(store: RedisTileStore) -> None:
+    layout = view_layout(LONG)
+    acc = TileAccumulator(layout)
+    for t in range(NOW_TILE - 179, NOW_TILE + 1):  # 180 tiles: the 3-hour window's
+        acc.add("1", t * TILE_US, {"amount": 1.0})
+    first = TileBatch("clicks", {0: (-1, PartitionMark(0, NOW_TILE * TILE_US))}, acc.records, NOW_TILE)
+    assert store.apply(LONG, first) is None
+    sets, ranges = command_calls(store.client, "set"), command_calls(store.client, "setrange")
+    for n, (tile, amount) in enumerate([(NOW_TILE, 2.0), (NOW_TILE + 1, 3.0), (NOW_TILE - 100, 4.0)]):
+        acc = TileAccumulator(layout)
+        acc.add("1", tile * TILE_US + 1, {"amount": amount})
+        batch = TileBatch("clicks", {0: (n, PartitionMark(n + 1, tile * TILE_US))}, acc.records, NOW_TILE + 1)
+        assert store.apply(LONG, batch) is None
+    # the newest tile merged, a new one appended, a late event merged into an old one: in place
+    assert command_calls(store.client, "set") == sets
+    assert command_calls(store.client, "setrange") == ranges + 3
+    tiles = unpacked(LONG, (await store.read(LONG, ["1"]))[0])
+    total = layout.ops.index("a")
+    assert (tiles[NOW_TILE][total], tiles[NOW_TILE + 1][total], tiles[NOW_TILE - 100][total]) == (
+        3.0,
+        3.0,
+        5.0,
+    )
+    assert list(tiles) == sorted(tiles) and len(tiles) == 181  # (the oldest is no longer reached)
+
+
+def test_the_eviction_policy_is_read_from_redis(own_redis: RedisServer) -> None:
+    store = RedisTileStore("t", "p", own_redis.url)
+    try:
+        assert store.eviction_policy() == "noeviction"  # Redis's default
+        store.client.config_set("maxmemory-policy", "volatile-lru")
+        assert store.eviction_policy() == "volatile-lru"
+    finally:
+        store.close()
