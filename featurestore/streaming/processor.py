@@ -101,6 +101,7 @@ class StreamProcessor:
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
         # no GIL).
         self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tiles-{view.name}")
+        self._eviction_checked = False  # (the writer thread's)
         self._pending: tuple[futures.Future[tuple[str | None, float]], TileBatch, Turn] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -145,7 +146,6 @@ class StreamProcessor:
         self._stop = stop
         self._consume_thread = threading.get_ident()
         self._connect()
-        self._check_eviction()
         up = metrics.UP.labels(self.view.name)
         up.set(1)
         for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
@@ -169,10 +169,18 @@ class StreamProcessor:
             self._consumer.close()
             self._producer.flush(5)
 
-    def _check_eviction(self) -> None:
+    def _check_eviction(self) -> bool:
         """A store that evicts keys breaks the exactly-once effect (docs/streaming.md, Stores):
-        an evicted marks hash has the retained topic applied again into the tiles left."""
-        policy = self._retrying(self._stop, self.store.eviction_policy)
+        an evicted marks hash has the retained topic applied again into the tiles left. Once,
+        after the first write (the store answers then: a processor started while Redis is
+        down consumes and measures its lag meanwhile); False: not told yet (a failure of the
+        store's server: after the next write)."""
+        try:
+            policy = self.store.eviction_policy()
+        except Exception as e:
+            if transient(e):
+                return False
+            policy = None
         if policy is None:
             log.warning(
                 "stream view %s: could not read the tile store's eviction policy (CONFIG renamed or "
@@ -185,6 +193,7 @@ class StreamProcessor:
                 "marks hash makes events count twice, evicted tiles lose them; set noeviction or give "
                 "stream views a Redis of their own", self.view.name, policy,
             )  # fmt: skip
+        return True
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING
@@ -288,7 +297,10 @@ class StreamProcessor:
         """The batch's write (in the writer thread), and when it ended: its events were
         servable from then (``_finish`` runs only once the next batch is consumed)."""
         refused = self._retrying(stop, self.store.apply, self.view, batch)
-        return refused, time.time()
+        written = time.time()
+        if not self._eviction_checked:
+            self._eviction_checked = self._check_eviction()
+        return refused, written
 
     def _settle(self) -> None:
         if self._pending is not None:

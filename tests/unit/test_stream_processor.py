@@ -205,7 +205,7 @@ def test_a_tile_store_that_may_evict_keys_is_reported_when_the_processor_starts(
 ) -> None:
     processor.store.eviction_policy = lambda: policy  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
-        processor._check_eviction()
+        assert processor._check_eviction()
     if level is None:
         assert not caplog.records
     else:
@@ -229,3 +229,15 @@ def test_the_event_to_servable_time_is_taken_from_the_oldest_and_newest_applied_
     turn = processor._aggregate(messages, acc)
     assert turn.counts["applied"] == 3
     assert (turn.oldest_ms, turn.newest_ms) == (now_ms - 700, now_ms - 100)
+
+
+def test_the_eviction_policy_is_asked_again_after_the_next_write_while_redis_is_unreachable(
+    processor: StreamProcessor, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unreachable() -> str:
+        raise redis_errors.ConnectionError("Connection refused")
+
+    processor.store.eviction_policy = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
+        assert not processor._check_eviction()
+    assert not caplog.records
