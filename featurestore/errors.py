@@ -24,6 +24,31 @@ class Code(enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"  # a valid token without the scope the route needs (403)
 
 
+# A name or value the caller sent is repeated in an error's message and details up to this
+# many characters: a 20 KB name would otherwise make a 20 KB error (docs/api.md, "Errors").
+SHOWN_CHARS = 100
+
+
+def quoted(value: object) -> str:
+    """A caller's value for an error message: its repr, or, when longer than SHOWN_CHARS,
+    the repr of its start and how long it was (``'xxxx'... (20000 characters)``)."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than repr writes
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def clipped(name: str) -> str:
+    """A caller's name for an error's details: as sent, or its first SHOWN_CHARS
+    characters and ``...``."""
+    return name if len(name) <= SHOWN_CHARS else name[:SHOWN_CHARS] + "..."
+
+
 class FeatureStoreError(Exception):
     code: Code = Code.INTERNAL
 

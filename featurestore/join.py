@@ -163,8 +163,7 @@ class JoinEngine:
             )
             metrics.join_keys_read.observe(len(unique))
 
-        # (no store at all: derived features of request fields only)
-        reads = await self._fan_out(by_store, len(plan.views), deadline, span) if by_store else []
+        reads = await self._fan_out(by_store, len(plan.views), deadline, span)
 
         now_us = time.time_ns() // 1000
         columns = [
@@ -209,6 +208,8 @@ class JoinEngine:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the request deadline passed before any store was read")
+        if not by_store:  # derived features of request fields only: checked, nothing to read
+            return reads
         if len(by_store) == 1:
             # The common case needs no task: await the one store under the deadline,
             # which cancels the read when it comes (stores must be cancellable; see

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from featurestore.errors import InvalidArgument, LimitExceeded
+from featurestore.errors import InvalidArgument, LimitExceeded, clipped, quoted
 from featurestore.model import INT64_MAX, INT64_MIN, KEY_SEPARATOR, DType, Entity
 from featurestore.sources.base import EntityKey
 
@@ -24,12 +24,14 @@ def validate_entities(
     if not entities:
         raise InvalidArgument("empty request: 'entities' has no columns")
     lengths = {name: len(col) for name, col in entities.items()}
-    n = next(iter(lengths.values()))
+    first, n = next(iter(lengths.items()))
     if any(v != n for v in lengths.values()):
-        shown = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        # the first column and the first of another length (a request may carry thousands)
+        pair = [(first, n), next((k, v) for k, v in lengths.items() if v != n)]
+        shown = ", ".join(f"{clipped(k)}={v}" for k, v in pair)
         raise InvalidArgument(
             f"entity columns have different lengths ({shown}); every column holds one value per row",
-            details=[{"entity": k, "length": v} for k, v in lengths.items()],
+            details=[{"entity": clipped(k), "length": v} for k, v in pair],
         )
     if n == 0:
         raise InvalidArgument("empty request: the entity columns have no rows")
@@ -41,7 +43,7 @@ def validate_entities(
     for name, col in entities.items():
         entity = known.get(name)
         if entity is None:
-            raise InvalidArgument(f"unknown entity {name!r}", details=[{"entity": name}])
+            raise InvalidArgument(f"unknown entity {quoted(name)}", details=[{"entity": clipped(name)}])
         _check_column(entity, col)
     missing = required - entities.keys()
     if missing:
@@ -72,7 +74,7 @@ def _check_column(entity: Entity, col: Sequence[Any]) -> None:
 def _wrong_type(entity: Entity, row: int, value: Any) -> InvalidArgument:
     got = "null" if value is None else type(value).__name__
     return InvalidArgument(
-        f"entity {entity.name!r} takes {entity.dtype.value} keys; row {row} is {got} ({value!r})",
+        f"entity {entity.name!r} takes {entity.dtype.value} keys; row {row} is {got} ({quoted(value)})",
         details=[{"entity": entity.name, "row": row, "expected": entity.dtype.value, "got": got}],
     )
 

@@ -17,7 +17,7 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import Kernel
 from featurestore.derived.evaluate import DerivedPlan
 from featurestore.derived.resolve import plan_derived
-from featurestore.errors import InvalidArgument, NotFound, Unavailable
+from featurestore.errors import InvalidArgument, NotFound, Unavailable, clipped, quoted
 from featurestore.model import Definitions, DerivedView, DType, FeatureRef, FeatureView, parse_feature_ref
 from featurestore.streaming.tiles import max_read_keys
 
@@ -91,7 +91,9 @@ def resolve(
     if service:
         svc = defs.services.get(service)
         if svc is None:
-            raise NotFound(f"unknown feature service {service!r}", details=[{"feature_service": service}])
+            raise NotFound(
+                f"unknown feature service {quoted(service)}", details=[{"feature_service": clipped(service)}]
+            )
         refs = list(svc.features)
     elif features:
         refs = [_parse(defs, text) for text in features]
@@ -195,20 +197,23 @@ def _plan_derived(
 
 def _parse(defs: Definitions, text: str) -> FeatureRef:
     if not isinstance(text, str):
-        raise InvalidArgument(f"feature references are strings, got {text!r}")
+        raise InvalidArgument(f"feature references are strings, got {quoted(text)}")
     ref = parse_feature_ref(text)
     if ref is None:
         raise InvalidArgument(
-            f"{text!r} is not a feature reference; use 'view:feature'", details=[{"feature": text}]
+            f"{quoted(text)} is not a feature reference; use 'view:feature'",
+            details=[{"feature": clipped(text)}],
         )
     view: FeatureView | DerivedView | None = defs.views.get(ref.view) or defs.derived_views.get(ref.view)
     if view is None:
         raise NotFound(
-            f"unknown feature view {ref.view!r} (in {text!r})", details=[{"feature_view": ref.view}]
+            f"unknown feature view {quoted(ref.view)} (in {quoted(text)})",
+            details=[{"feature_view": clipped(ref.view)}],
         )
     if view.feature_index(ref.feature) is None:
         raise NotFound(
-            f"feature view {ref.view!r} has no feature {ref.feature!r}", details=[{"feature": text}]
+            f"feature view {ref.view!r} has no feature {quoted(ref.feature)}",
+            details=[{"feature": clipped(text)}],
         )
     return ref
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
+from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound, clipped, quoted
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
 from featurestore.model import INT64_MAX, INT64_MIN, DType, Entity, FeatureView
@@ -52,7 +52,9 @@ class PushService:
         state = self.engine.state
         view = state.definitions.views.get(req.view)
         if view is None:
-            raise NotFound(f"unknown feature view {req.view!r}", details=[{"feature_view": req.view}])
+            raise NotFound(
+                f"unknown feature view {quoted(req.view)}", details=[{"feature_view": clipped(req.view)}]
+            )
         if view.stream is not None:
             raise InvalidArgument(f"{view.name!r} is a stream view: its processor writes it, not push")
         table = to_table(view, req.columns, self.engine.limits.max_rows, state.definitions.entities)
@@ -101,8 +103,8 @@ def to_table(
     unknown = sorted(set(columns) - expected)
     if unknown:
         raise InvalidArgument(
-            f"push to {view.name!r}: column {unknown[0]!r} is not in the view",
-            details=[{"column": unknown[0]}],
+            f"push to {view.name!r}: column {quoted(unknown[0])} is not in the view",
+            details=[{"column": clipped(unknown[0])}],
         )
     arrays: dict[str, pa.Array] = {
         e.name: pa.array(list(keys[e.name]), ARROW_TYPES[e.dtype]) for e in view.entities

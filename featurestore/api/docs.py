@@ -111,7 +111,8 @@ PUSH_RESPONSE_SCHEMA: dict[str, Any] = {
 
 # The wording of the 504s, shared with docs/api.md.
 JOIN_DEADLINE_TEXT = (
-    "The deadline passed before any store was read. A store that misses the deadline "
+    "The deadline passed before any store was read (also for a join that reads none, derived "
+    "features of request fields only: it is not computed). A store that misses the deadline "
     "is not an error: its values are UNAVAILABLE in a 200 with metadata.partial true"
 )
 PUSH_DEADLINE_TEXT = (

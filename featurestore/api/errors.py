@@ -40,3 +40,21 @@ def internal_error(e: BaseException) -> FeatureStoreError:
     """What a caller is told of an unexpected exception: its type, not its message
     (which may carry internals such as hostnames or query text)."""
     return FeatureStoreError(f"internal error: {type(e).__name__}")
+
+
+# The most UTF-8 bytes of a gRPC status message. It travels as the grpc-message trailer,
+# percent-encoded (a non-ASCII byte takes three), and a client drops trailers over its
+# metadata limit (grpc's defaults: 8 KiB, dropped at random above it, always above
+# 16 KiB), failing the call as RESOURCE_EXHAUSTED instead of with its status.
+GRPC_MESSAGE_BYTES = 1024
+_SHORTENED = "... (message shortened from {} bytes)"
+
+
+def grpc_message(message: str) -> str:
+    """The message as a gRPC status carries it: at most GRPC_MESSAGE_BYTES of UTF-8, cut
+    on a character boundary and saying it was shortened."""
+    data = message.encode("utf-8", "backslashreplace")  # a lone surrogate as its escape
+    if len(data) <= GRPC_MESSAGE_BYTES:
+        return data.decode()
+    tail = _SHORTENED.format(len(data))
+    return data[: GRPC_MESSAGE_BYTES - len(tail)].decode("utf-8", "ignore") + tail

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span
 
 from featurestore import metrics, tracing
 from featurestore.api import proto_codec
-from featurestore.api.errors import GRPC_STATUS, internal_error
+from featurestore.api.errors import GRPC_STATUS, grpc_message, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
 from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
@@ -291,9 +291,10 @@ async def _abort(
     ``outcome``: what it is counted as, when not the error's code (a shed join)."""
     call.answer(outcome or error.code.value)
     call.outcomes.span_error(error, span, cause)
+    message = grpc_message(error.message)  # bounded: a client drops a long trailer
     if trailing:
-        await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailing)
-    await context.abort(GRPC_STATUS[error.code], error.message)
+        await context.abort(GRPC_STATUS[error.code], message, trailing_metadata=trailing)
+    await context.abort(GRPC_STATUS[error.code], message)
     raise AssertionError("unreachable: grpc's abort raises")
 
 

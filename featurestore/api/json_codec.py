@@ -21,7 +21,7 @@ import orjson
 
 from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
 from featurestore.api.timestamps import iso_json, iso_list
-from featurestore.errors import InvalidArgument
+from featurestore.errors import InvalidArgument, clipped
 from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
 from featurestore.push import PushRequest
@@ -184,8 +184,8 @@ def _locate(message: str, body: bytes) -> tuple[str, str | None]:
             try:
                 decoder.decode(raw)
             except msgspec.ValidationError:
-                located = message.replace(where, f"$.{field}.{name}", 1)
-                return located, name if field == "request_data" else None
+                located = message.replace(where, f"$.{field}.{clipped(name)}", 1)
+                return located, clipped(name) if field == "request_data" else None
             except (msgspec.MsgspecError, ValueError):
                 return message, None
     return message, None

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 
 from featurestore.api import proto_wire
-from featurestore.errors import InvalidArgument
+from featurestore.errors import InvalidArgument, clipped, quoted
 from featurestore.join import JoinRequest, JoinResult
 from featurestore.push import PushRequest, PushResult
 from featurestore.v1 import featurestore_pb2 as pb
@@ -21,7 +21,9 @@ def decode_join(data: bytes) -> JoinRequest:
     entities: dict[str, list[Any]] = {}
     for col in msg.entities:
         if col.name in entities:
-            raise InvalidArgument(f"entity {col.name!r} is given twice", details=[{"entity": col.name}])
+            raise InvalidArgument(
+                f"entity {quoted(col.name)} is given twice", details=[{"entity": clipped(col.name)}]
+            )
         kind = col.WhichOneof("values")
         if kind == "int64_values":
             entities[col.name] = list(col.int64_values.values)
@@ -44,15 +46,16 @@ def _request_data(msg: pb.JoinRequest) -> dict[str, list[Any]]:
     for col in msg.request_data:
         if col.name in out:
             raise InvalidArgument(
-                f"request_data field {col.name!r} is given twice", details=[{"request_data": col.name}]
+                f"request_data field {quoted(col.name)} is given twice",
+                details=[{"request_data": clipped(col.name)}],
             )
         kind = col.WhichOneof("values")
         values: list[Any] = [] if kind is None else list(getattr(col, kind).values)
         nulls = col.null_rows
         if nulls and max(nulls) >= len(values):
             raise InvalidArgument(
-                f"request_data.{col.name}.null_rows: row {max(nulls)} is past its {len(values)} values",
-                details=[{"request_data": col.name}],
+                f"request_data.{clipped(col.name)}.null_rows: row {max(nulls)} is past its {len(values)} values",
+                details=[{"request_data": clipped(col.name)}],
             )
         if kind == "double_values":
             _check_finite(col.name, values, nulls)
@@ -73,8 +76,8 @@ def _check_finite(name: str, values: list[float], nulls: Any) -> None:
     for i, v in enumerate(values):
         if not math.isfinite(v) and i not in skip:
             raise InvalidArgument(
-                f"request_data.{name}[{i}]: {v} is not a finite number (null goes in null_rows)",
-                details=[{"request_data": name}],
+                f"request_data.{clipped(name)}[{i}]: {v} is not a finite number (null goes in null_rows)",
+                details=[{"request_data": clipped(name)}],
             )
 
 
@@ -85,7 +88,9 @@ def decode_push(data: bytes) -> PushRequest:
     columns: dict[str, list[Any]] = {}
     for col in msg.columns:
         if col.name in columns:
-            raise InvalidArgument(f"column {col.name!r} is given twice", details=[{"column": col.name}])
+            raise InvalidArgument(
+                f"column {quoted(col.name)} is given twice", details=[{"column": clipped(col.name)}]
+            )
         kind = col.WhichOneof("values")
         if kind is None:
             values: list[Any] = []
@@ -96,8 +101,8 @@ def decode_push(data: bytes) -> PushRequest:
         for i in col.null_rows:
             if i >= len(values):  # a row that does not exist: the column is not what was meant
                 raise InvalidArgument(
-                    f"{col.name}.null_rows: row {i} is past its {len(values)} values",
-                    details=[{"column": col.name}],
+                    f"{clipped(col.name)}.null_rows: row {i} is past its {len(values)} values",
+                    details=[{"column": clipped(col.name)}],
                 )
             values[i] = None
         columns[col.name] = values

@@ -21,8 +21,9 @@ class Status(enum.Enum):
 class Column:
     """One output column. ``values[i]`` is None where ``statuses[i]`` is not PRESENT (and
     where a PRESENT value is null); ``event_timestamps[i]`` is the value's event time (UTC),
-    None for entity columns and values never found. Timestamp-typed feature values are
-    ISO 8601 strings, as the HTTP API renders them, over both transports."""
+    None for entity columns, values never found and an event time outside years 1-9999
+    (which a datetime cannot hold). Timestamp-typed feature values are ISO 8601 strings,
+    as the HTTP API renders them, over both transports."""
 
     name: str
     values: list[Any]

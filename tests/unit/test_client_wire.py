@@ -3,10 +3,14 @@ answers that are not the API's, raised as the client's errors (never a KeyError)
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from featurestore.api.timestamps import iso_list
 from featurestore.client import FeatureClient, FeatureServiceError
-from featurestore.client.wire import http_error, http_result
+from featurestore.client.wire import grpc_result, http_error, http_result, iso_utc
+from featurestore.v1 import featurestore_pb2 as pb
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:1", "grpc://127.0.0.1:1"])
@@ -32,6 +36,38 @@ def test_an_unknown_value_status_is_a_feature_service_error() -> None:
         b'"results":[{"values":[1],"statuses":["FROM_THE_FUTURE"],"event_timestamps":[null]}]}'
     )
     with pytest.raises(FeatureServiceError, match="FROM_THE_FUTURE"):
+        http_result(body)
+
+
+def test_the_client_renders_every_int64_instant_as_the_server_does() -> None:
+    """The client does not import the server's renderer (numpy); its own must agree with
+    it everywhere: years 1-9999, below 1000 zero-padded, 0 and before, past 9999."""
+    rng = random.Random(20)
+    edges = [-(2**63), -(2**63) + 1, 2**63 - 1, 0, -1, 1, -62_135_596_800_000_001, -62_167_219_200_000_000]
+    edges += [-30_610_224_000_000_001, 253_402_300_799_999_999, 253_402_300_800_000_000]
+    values = edges + [rng.randint(-(2**63), 2**63 - 1) for _ in range(5000)]
+    values += [rng.randint(-(10**17), 10**17) for _ in range(5000)]  # years -1200 to 5100
+    assert [iso_utc(v) for v in values] == iso_list(values)
+
+
+def test_a_grpc_answer_the_client_cannot_read_is_a_feature_service_error() -> None:
+    resp = pb.JoinResponse()
+    resp.metadata.feature_names.append("a")
+    col = resp.results.add()
+    col.int64_values.values.append(1)
+    col.statuses.append(99)  # type: ignore[arg-type]  # a status from a newer server
+    col.event_timestamps.append(0)
+    with pytest.raises(FeatureServiceError) as raised:
+        grpc_result(resp)
+    assert raised.value.code == "UNKNOWN" and "without a join result" in raised.value.message
+
+
+def test_an_event_timestamp_that_is_not_one_is_a_feature_service_error() -> None:
+    body = (
+        b'{"metadata":{"feature_names":["a"],"registry_version":1,"trace_id":"t","partial":false},'
+        b'"results":[{"values":[1],"statuses":["PRESENT"],"event_timestamps":["yesterday"]}]}'
+    )
+    with pytest.raises(FeatureServiceError, match="yesterday"):
         http_result(body)
 
 

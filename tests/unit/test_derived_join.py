@@ -17,7 +17,7 @@ from featurestore import metrics
 from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
-from featurestore.errors import InvalidArgument, NotFound
+from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.model import Definitions, DType, Status
 from featurestore.plan import ServingState
@@ -213,6 +213,20 @@ async def test_request_fields_count_as_present_and_have_no_event_timestamp(setup
     assert c["is_promo"].values == [False, None]
     assert c["units"].values == [10, 8]  # int64: toward zero
     assert c["units"].dtype is DType.INT64
+
+
+async def test_a_join_of_request_fields_only_is_deadline_exceeded_once_its_deadline_passed(
+    setup: Any,
+) -> None:
+    """docs/api.md: a join whose deadline has passed is a 504 before any store is read;
+    one that reads no store at all too, not a 200 computed after its deadline."""
+    engine, mem = setup
+    req = JoinRequest({"user_id": [1]}, ("d:is_promo",), request_data={"price": [20.0], "promo": [True]})
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        await engine.join(req, time.monotonic() - 1)
+    assert mem.read_views == []
+    result = await engine.join(req, deadline())
+    assert columns(result)["is_promo"].values == [True]
 
 
 async def test_string_inputs_compare_with_request_strings(setup: Any) -> None:
