@@ -19,7 +19,7 @@ help:
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
 	@echo "              overload, a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
-	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~85 min;"
+	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~90 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 # The venv itself (pip upgraded once); each stamp below installs one set of extras into it.
@@ -82,6 +82,7 @@ bench-feast: $(STAMP) system-deps
 bench: bench-feast
 	$(PY) -m benchmarks.run --skip-feast-setup --keys zipf --batches 1,100 --concurrency 8,32
 	$(PY) -m benchmarks.cache_admission
+	$(PY) -m benchmarks.cache_cpu
 	$(PY) -m benchmarks.cache_figures
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports
@@ -107,6 +108,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.lineage_page
 	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.stream_windows
+	$(PY) -m benchmarks.stream_writes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
