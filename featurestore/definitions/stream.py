@@ -141,7 +141,8 @@ def _aggregations(
         column = p.string(m, "column", at)
         if not column and function != "count":
             raise p.fail(f"{at}.column", f"is required for {function}")
-        _numeric_column(p, column, f"{at}.column", source)
+        if p.authoring:
+            _numeric_column(p, column, f"{at}.column", source)
         window = p.duration(m.get("window"), f"{at}.window")
         assert window is not None
         if window % tile:

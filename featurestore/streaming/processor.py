@@ -176,22 +176,28 @@ class StreamProcessor:
         down consumes and measures its lag meanwhile); False: not told yet (a failure of the
         store's server: after the next write)."""
         try:
-            policy = self.store.eviction_policy()
+            eviction = self.store.eviction()
         except Exception as e:
             if transient(e):
                 return False
-            policy = None
-        if policy is None:
+            eviction = None
+        view = self.view.name
+        if eviction is None:
             log.warning(
                 "stream view %s: could not read the tile store's eviction policy (CONFIG renamed or "
                 "refused?): it must be noeviction, or events are counted twice or lost",
-                self.view.name,
+                view,
             )
-        elif policy != "noeviction":
+        elif eviction.policy != "noeviction" and eviction.max_bytes:
             log.error(
-                "stream view %s: the tile store's Redis evicts keys (maxmemory-policy %s): an evicted "
-                "marks hash makes events count twice, evicted tiles lose them; set noeviction or give "
-                "stream views a Redis of their own", self.view.name, policy,
+                "stream view %s: the tile store's Redis evicts keys (maxmemory-policy %s, maxmemory %d): "
+                "an evicted marks hash makes events count twice, evicted tiles lose them; set "
+                "noeviction or give stream views a Redis of their own", view, eviction.policy, eviction.max_bytes,
+            )  # fmt: skip
+        elif eviction.policy != "noeviction":
+            log.warning(
+                "stream view %s: the tile store's Redis would evict keys once a maxmemory is set "
+                "(maxmemory-policy %s): set noeviction", view, eviction.policy,
             )  # fmt: skip
         return True
 

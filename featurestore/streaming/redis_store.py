@@ -39,31 +39,38 @@ from featurestore.model import FeatureView
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
 from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_mget
-from featurestore.streaming.store import PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
+from featurestore.streaming.store import Eviction, PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
-# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, then per partition
+# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, then per partition
 # (field, expected offset, new offset, new watermark), then per key (key index, #records,
 # records sorted by tile, concatenated).
 #
 # A write costs what it writes, not what the keys hold (a batch is applied while every other
 # client of this Redis waits): a key's records from the batch's first tile on are read
 # (GETRANGE), merged and written back in place (SETRANGE); usually that is its newest record
-# or none (the tile is new: an append). Records no window reaches any more are dropped
-# together, once they make up a quarter of the key (or the key is at most SMALL bytes):
-# rewriting each key's whole string at every write held Redis 1.2 s for a batch of 3,300
-# keys of 1,440 one-minute tiles (81 KB each; review round 20).
+# or none (the tile is new: an append). Rewriting each key's whole string at every write held
+# Redis 1.2 s for a batch of 3,300 keys of 1,440 one-minute tiles (81 KB each; review round
+# 20). Records no window reaches any more are dropped together, once they make up a quarter
+# of the key (or the key is at most SMALL bytes), which rewrites the key: keys written every
+# tile since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
+# review round 21), so one script rewrites at most TRIM_BUDGET bytes of them, and the others
+# trim at a later write. The price is memory: Redis allocates a string that SETRANGE extends
+# greedily (double its length below 1 MB), so a key takes up to ~2.5x its live records
+# (docs/streaming.md, "What a write costs Redis").
 SMALL = 4096
+TRIM_BUDGET = 1 << 20
 APPLY = """
 local ops = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local oldest = tonumber(ARGV[4])
 local np = tonumber(ARGV[5])
 local small = tonumber(ARGV[6])
+local budget = tonumber(ARGV[7])
 local w = string.len(ops)
 local rb = 8 * w
 local fmt = '<' .. string.rep('d', w)
-local i = 7
+local i = 8
 for p = 1, np do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   local off = '-1'
@@ -83,7 +90,7 @@ while i <= #ARGV do
   lens[#lens + 1] = len / rb
   i = i + 3
 end
-local j = 7
+local j = 8
 for p = 1, np do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
   j = j + 4
@@ -147,11 +154,12 @@ while i <= #ARGV do
     redis.call('SETRANGE', key, (k - 1) * rb, merged)
     n = k - 1 + string.len(merged) / rb
     local head = at(key, 1)
-    if head < oldest and ((oldest - head) * 4 >= n or n * rb <= small) then
+    if head < oldest and ((oldest - head) * 4 >= n or n * rb <= small) and budget > 0 then
       local keep = first_at_least(key, 1, n + 1, oldest)
       if keep > n then redis.call('DEL', key)
       elseif (keep - 1) * 4 >= n or n * rb <= small then
         redis.call('SET', key, redis.call('GETRANGE', key, (keep - 1) * rb, -1))
+        if n * rb > small then budget = budget - (n - keep + 1) * rb end
       end
     end
     redis.call('PEXPIRE', key, ttl)
@@ -210,6 +218,7 @@ class RedisTileStore:
             batch.now_tile - layout.retention_tiles,
             len(batch.marks),
             SMALL,
+            TRIM_BUDGET,
         ]
         for partition, (expected, mark) in batch.marks.items():
             args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
@@ -255,14 +264,18 @@ class RedisTileStore:
     def table_uri(self, view: FeatureView) -> str:
         return f"redis://fs/{self.project}/{view.name}/tiles"
 
-    def eviction_policy(self) -> str | None:
-        """Redis's ``maxmemory-policy``; None where ``CONFIG`` is renamed or refused (ACL)."""
+    def eviction(self) -> Eviction | None:
+        """Redis's ``maxmemory-policy`` and ``maxmemory``; None where ``CONFIG`` is renamed
+        or refused (ACL)."""
         try:
-            got: dict[str, str] = self.client.config_get("maxmemory-policy")  # type: ignore[assignment]
+            got: dict[Any, Any] = self.client.config_get("maxmemory*")
         except ResponseError:
             return None
-        policy = got.get("maxmemory-policy")
-        return policy.decode() if isinstance(policy, bytes) else policy
+        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in got.items()}  # fmt: skip
+        if "maxmemory-policy" not in text:
+            return None
+        return Eviction(text["maxmemory-policy"], int(text.get("maxmemory") or 0))
 
     def reset(self) -> None:
         if self._pool is not None:

@@ -62,6 +62,13 @@ def marks_ttl_seconds(view: FeatureView) -> int:
     return ttl_seconds(view) + MARKS_EXTRA_SECONDS
 
 
+class Eviction(NamedTuple):
+    """A store's eviction settings (Redis: ``maxmemory-policy``, ``maxmemory``)."""
+
+    policy: str  # "noeviction": it never drops a key on its own
+    max_bytes: int  # 0: no limit, so no eviction until one is set
+
+
 @runtime_checkable
 class TileStore(Protocol):
     def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
@@ -78,9 +85,9 @@ class TileStore(Protocol):
 
     def table_uri(self, view: FeatureView) -> str: ...
 
-    def eviction_policy(self) -> str | None:
-        """The store's eviction policy (``noeviction`` when it never drops a key on its
-        own); None when it cannot be told (docs/streaming.md: the store must not evict)."""
+    def eviction(self) -> Eviction | None:
+        """Whether the store may drop keys on its own: its policy and memory limit; None
+        when it cannot be told (docs/streaming.md: the store must not evict)."""
         ...
 
     def reset(self) -> None:
@@ -142,8 +149,8 @@ class MemoryTileStore:
             out.append(b"".join(layout.pack(r) for r in list(by_tile.values())))
         return out
 
-    def eviction_policy(self) -> str | None:
-        return "noeviction"
+    def eviction(self) -> Eviction | None:
+        return Eviction("noeviction", 0)
 
     def table_uri(self, view: FeatureView) -> str:
         return f"memory://{self.name}/{view.name}/tiles"

@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.retry import transient
-from featurestore.streaming.store import PartitionMark, TileBatch
+from featurestore.streaming.store import Eviction, PartitionMark, TileBatch
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.contract.test_tile_store import LONG, NOW_TILE, TILE_US, VIEW, records, unpacked
 from tests.servers import RedisServer
@@ -87,11 +87,44 @@ async def test_a_batch_into_a_key_of_many_tiles_merges_in_place(store: RedisTile
     assert list(tiles) == sorted(tiles) and len(tiles) == 181  # (the oldest is no longer reached)
 
 
-def test_the_eviction_policy_is_read_from_redis(own_redis: RedisServer) -> None:
+def test_the_eviction_settings_are_read_from_redis(own_redis: RedisServer) -> None:
     store = RedisTileStore("t", "p", own_redis.url)
     try:
-        assert store.eviction_policy() == "noeviction"  # Redis's default
+        assert store.eviction() == Eviction("noeviction", 0)  # Redis's defaults
         store.client.config_set("maxmemory-policy", "volatile-lru")
-        assert store.eviction_policy() == "volatile-lru"
+        store.client.config_set("maxmemory", "100mb")
+        assert store.eviction() == Eviction("volatile-lru", 100 * 1024 * 1024)
     finally:
         store.close()
+
+
+async def test_one_batch_rewrites_at_most_the_trim_budget_and_the_other_keys_trim_later(
+    store: RedisTileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.streaming import redis_store
+
+    layout = view_layout(LONG)  # 181 tiles kept: a key past SMALL, trimmed at a quarter stale
+    keys = ["1", "2", "3"]
+    acc = TileAccumulator(layout)
+    for key in keys:  # written every tile since the same start: they reach the threshold together
+        for t in range(NOW_TILE - 180, NOW_TILE + 1):
+            acc.add(key, t * TILE_US, {"amount": 1.0})
+    assert (
+        store.apply(LONG, TileBatch("clicks", {0: (-1, PartitionMark(0, 0))}, acc.records, NOW_TILE)) is None
+    )
+    monkeypatch.setattr(redis_store, "TRIM_BUDGET", 1)  # one key's rewrite spends it
+    later = NOW_TILE + 60  # 59 of a key's 182 tiles no window reaches then: past a quarter
+
+    def stale_in(raw: bytes | None) -> int:
+        return sum(t < later - layout.retention_tiles for t in unpacked(LONG, raw))
+
+    for offset, expect in ((1, [0, 59, 59]), (2, [0, 0, 59]), (3, [0, 0, 0])):
+        acc = TileAccumulator(layout)
+        for key in keys:
+            acc.add(key, later * TILE_US + offset, {"amount": 1.0})
+        marks = {0: (offset - 1, PartitionMark(offset, 0))}
+        assert store.apply(LONG, TileBatch("clicks", marks, acc.records, later)) is None
+        got = await store.read(LONG, keys)
+        assert [stale_in(raw) for raw in got] == expect, offset
+        total = layout.ops.index("a")
+        assert all(unpacked(LONG, raw)[later][total] == offset for raw in got)  # every batch merged

@@ -17,7 +17,7 @@ from featurestore.model import FeatureView
 from featurestore.streaming.decode import Event, Malformed
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.retry import needs_new_connection, transient
-from featurestore.streaming.store import NO_MARK, MemoryTileStore
+from featurestore.streaming.store import NO_MARK, Eviction, MemoryTileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from lineage.kafka import KafkaSettings
 
@@ -188,22 +188,23 @@ def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was()
 
 
 @pytest.mark.parametrize(
-    ("policy", "level", "says"),
+    ("eviction", "level", "says"),
     [
-        ("allkeys-lru", logging.ERROR, "evicts keys (maxmemory-policy allkeys-lru)"),
-        ("volatile-ttl", logging.ERROR, "evicts keys (maxmemory-policy volatile-ttl)"),
+        (Eviction("allkeys-lru", 1 << 30), logging.ERROR, "evicts keys (maxmemory-policy allkeys-lru"),
+        (Eviction("volatile-ttl", 1 << 30), logging.ERROR, "evicts keys (maxmemory-policy volatile-ttl"),
+        (Eviction("volatile-lru", 0), logging.WARNING, "would evict keys once a maxmemory is set"),
         (None, logging.WARNING, "could not read the tile store's eviction policy"),
-        ("noeviction", None, None),
+        (Eviction("noeviction", 1 << 30), None, None),
     ],
 )
-def test_a_tile_store_that_may_evict_keys_is_reported_when_the_processor_starts(
+def test_a_tile_store_that_may_evict_keys_is_reported_after_the_first_write(
     processor: StreamProcessor,
     caplog: pytest.LogCaptureFixture,
-    policy: str | None,
+    eviction: Eviction | None,
     level: int | None,
     says: str,
 ) -> None:
-    processor.store.eviction_policy = lambda: policy  # type: ignore[method-assign]
+    processor.store.eviction = lambda: eviction  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
         assert processor._check_eviction()
     if level is None:
@@ -213,31 +214,13 @@ def test_a_tile_store_that_may_evict_keys_is_reported_when_the_processor_starts(
         assert record.levelno == level and says in record.getMessage()
 
 
-def test_the_event_to_servable_time_is_taken_from_the_oldest_and_newest_applied_events(
-    processor: StreamProcessor,
-) -> None:
-    now_ms = time.time_ns() // 1_000_000
-    body = event(0).value()
-    messages = [
-        Message(0, body, now_ms - 500),
-        Message(1, b"not json", now_ms - 9_000),  # dead-lettered: never servable
-        Message(2, body, now_ms - 700),  # consumed after a newer one (another partition's, say)
-        Message(3, body, now_ms - 100),
-        Message(4, b"not json", now_ms + 5_000),
-    ]
-    acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
-    turn = processor._aggregate(messages, acc)
-    assert turn.counts["applied"] == 3
-    assert (turn.oldest_ms, turn.newest_ms) == (now_ms - 700, now_ms - 100)
-
-
 def test_the_eviction_policy_is_asked_again_after_the_next_write_while_redis_is_unreachable(
     processor: StreamProcessor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def unreachable() -> str:
+    def unreachable() -> Eviction:
         raise redis_errors.ConnectionError("Connection refused")
 
-    processor.store.eviction_policy = unreachable  # type: ignore[method-assign]
+    processor.store.eviction = unreachable  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
         assert not processor._check_eviction()
     assert not caplog.records

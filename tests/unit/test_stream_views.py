@@ -162,6 +162,18 @@ def test_a_stream_view_survives_the_snapshot_round_trip_with_its_fingerprint() -
     assert "stream_views" not in definitions_to_dict(parse({"project": "p"}))
 
 
+def test_a_stored_snapshot_applied_before_the_column_checks_still_loads() -> None:
+    """A view aggregating its (numeric) timestamp field was applied before 2026-12-05 and
+    worked: its stored snapshot loads; validate and apply refuse it from now on."""
+    stored = definitions_to_dict(parse(DOC))
+    stored["stream_views"][0]["aggregations"][5]["column"] = "ts"  # last_1h: the last event time
+    again = definitions_from_dict(stored)
+    assert again.views["clicks"].stream is not None
+    assert again.views["clicks"].stream.aggregations[5].column == "ts"
+    with pytest.raises(DefinitionError, match="'ts' is the source's timestamp field"):
+        parse(broken("aggregations.5.column", "ts"))
+
+
 def test_a_stream_view_may_not_share_a_feature_views_name() -> None:
     doc = copy.deepcopy(DOC)
     doc["feature_views"] = [
