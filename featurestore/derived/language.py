@@ -168,8 +168,7 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        at = where.at(e.lineno or 1, e.offset) if e.offset else where.end()
-        raise ExpressionError(f"syntax error at {at}: {e.msg}") from None
+        raise ExpressionError(f"syntax error at {where.of_error(e, text.strip())}: {e.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
     if _frames(tree.body) > MAX_FRAMES:

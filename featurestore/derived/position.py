@@ -34,6 +34,19 @@ class Where:
         error at the end of its input: ``x +``)."""
         return self.at(len(self._parsed), len(self._parsed[-1]) + 1)
 
+    def of_error(self, e: SyntaxError, parsed: str) -> str:
+        """A syntax error's position. Python gives it in characters, but for a few errors
+        in UTF-8 bytes (leading zeros: ``'é' + 09``), none at the end of the input (``x +``),
+        and none for a NUL (its place is given)."""
+        if "\0" in parsed:
+            before = parsed[: parsed.index("\0")].replace("\r\n", "\n").replace("\r", "\n")
+            return self.at(before.count("\n") + 1, len(before) - before.rfind("\n"))
+        if not e.offset:
+            return self.end()
+        if e.msg.startswith("leading zeros") and e.text:
+            return self.at_node(e.lineno or 1, e.offset - 1)
+        return self.at(e.lineno or 1, e.offset)
+
     def at_node(self, line: int, byte_offset: int) -> str:
         """A syntax tree node's position: its 1-based line, its 0-based UTF-8 byte offset."""
         text = self._parsed[line - 1] if 0 < line <= len(self._parsed) else ""

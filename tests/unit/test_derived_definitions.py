@@ -207,6 +207,9 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x +", "syntax error at column 4: invalid syntax"),  # at the end: Python gives no column
         ("  (x +\n y +", "syntax error at line 1, column 3: '(' was never closed"),
         ("x ++ \n", "syntax error at column 5"),
+        ("'\u00e9\u00e9\u00e9' + 09", "syntax error at column 9: leading zeros"),  # Python: a byte offset
+        ("x + 1\x00", "syntax error at column 6: source code string cannot contain null bytes"),
+        ("(x +\n  y\x00)", "syntax error at line 2, column 4"),
         # columns count characters, not UTF-8 bytes (ast's offsets are bytes)
         ("where(country == '\u00e9', x, 1) + country", "got a string ('country') (at column 31)"),
         ("   x + country", "got a string ('country') (at column 8)"),  # columns of the text as written
