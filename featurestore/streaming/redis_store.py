@@ -51,14 +51,17 @@ from featurestore.streaming.tiles import view_layout
 # (GETRANGE), merged and written back in place (SETRANGE); usually that is its newest record
 # or none (the tile is new: an append). Rewriting each key's whole string at every write held
 # Redis 1.2 s for a batch of 3,300 keys of 1,440 one-minute tiles (81 KB each; review round
-# 20). Records no window reaches any more are dropped together, once they make up a quarter
-# of the key (or the key is at most SMALL bytes), which rewrites the key: keys written every
-# tile since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
+# 20). A key of at most SMALL bytes is still read and written whole (GET, SET: where the
+# in-place path makes 5 or more calls, each dearer than copying a few KB; the stream
+# benchmark's keys, ~120 records of 56 bytes, are such keys: 99,000 events/s whole, 84,000
+# in place), its records no window reaches dropped at every write. A larger key drops them
+# together once they make up a quarter of it, which rewrites it: keys written every tile
+# since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
 # review round 21), so one script rewrites at most TRIM_BUDGET bytes of them, and the others
 # trim at a later write. The price is memory: Redis allocates a string that SETRANGE extends
 # greedily (double its length below 1 MB), so a key takes up to ~2.5x its live records
 # (docs/streaming.md, "What a write costs Redis").
-SMALL = 4096
+SMALL = 8192
 TRIM_BUDGET = 1 << 20
 APPLY = """
 local ops = ARGV[1]
@@ -99,7 +102,14 @@ if np > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 local function tile(s, k) return (struct.unpack('<d', s, (k - 1) * rb + 1)) end
 local function rec(s, k) return string.sub(s, (k - 1) * rb + 1, k * rb) end
 local function at(key, k) return tile(redis.call('GETRANGE', key, (k - 1) * rb, (k - 1) * rb + 7), 1) end
-local function first_at_least(key, lo, hi, t)
+local function sought(s, lo, hi, t)  -- in a string of records: the first from lo with tile >= t
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if tile(s, mid) < t then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+local function first_at_least(key, lo, hi, t)  -- the same over a key's records, read 8 bytes a probe
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
     if at(key, mid) < t then lo = mid + 1 else hi = mid end
@@ -131,38 +141,49 @@ while i <= #ARGV do
   while r0 <= nrec and tile(recs, r0) < oldest do r0 = r0 + 1 end
   if r0 <= nrec then  -- (a batch no window reaches writes nothing)
     local t0 = tile(recs, r0)
-    local k = n + 1  -- the key's first record at or after the batch's first tile
-    if n > 0 then
-      local last = at(key, n)
-      if last == t0 then k = n elseif last > t0 then k = first_at_least(key, 1, n, t0) end
+    local whole = n * rb <= small  -- a small key is read and written whole: fewer calls
+    local k = 1  -- the key's first record the write reads: at or after the batch's first tile
+    if not whole then
+      k = n + 1
+      if n > 0 then
+        local last = at(key, n)
+        if last == t0 then k = n elseif last > t0 then k = first_at_least(key, 1, n, t0) end
+      end
     end
     local tail = ''
     if k <= n then tail = redis.call('GETRANGE', key, (k - 1) * rb, -1) end
-    local m, s, out = n - k + 1, 1, {}
+    local m = n - k + 1
+    local s = sought(tail, 1, m + 1, oldest)  -- (records no window reaches: only a whole key's)
+    local out = {}
     for r = r0, nrec do
       local t = tile(recs, r)
-      while s <= m and tile(tail, s) < t do out[#out + 1] = rec(tail, s); s = s + 1 end
-      if s <= m and tile(tail, s) == t then
-        out[#out + 1] = merge(rec(tail, s), rec(recs, r))
-        s = s + 1
+      local q = sought(tail, s, m + 1, t)
+      if q > s then out[#out + 1] = string.sub(tail, (s - 1) * rb + 1, (q - 1) * rb) end
+      if q <= m and tile(tail, q) == t then
+        out[#out + 1] = merge(rec(tail, q), rec(recs, r))
+        s = q + 1
       else
         out[#out + 1] = rec(recs, r)
+        s = q
       end
     end
     if s <= m then out[#out + 1] = string.sub(tail, (s - 1) * rb + 1) end
     local merged = table.concat(out)
-    redis.call('SETRANGE', key, (k - 1) * rb, merged)
-    n = k - 1 + string.len(merged) / rb
-    local head = at(key, 1)
-    if head < oldest and ((oldest - head) * 4 >= n or n * rb <= small) and budget > 0 then
-      local keep = first_at_least(key, 1, n + 1, oldest)
-      if keep > n then redis.call('DEL', key)
-      elseif (keep - 1) * 4 >= n or n * rb <= small then
-        redis.call('SET', key, redis.call('GETRANGE', key, (keep - 1) * rb, -1))
-        if n * rb > small then budget = budget - (n - keep + 1) * rb end
+    if whole then
+      redis.call('SET', key, merged, 'PX', ttl)
+    else
+      redis.call('SETRANGE', key, (k - 1) * rb, merged)
+      n = k - 1 + string.len(merged) / rb
+      local head = at(key, 1)
+      if head < oldest and (oldest - head) * 4 >= n and budget > 0 then
+        local keep = first_at_least(key, 1, n + 1, oldest)
+        if (keep - 1) * 4 >= n then
+          redis.call('SET', key, redis.call('GETRANGE', key, (keep - 1) * rb, -1))
+          budget = budget - (n - keep + 1) * rb
+        end
       end
+      redis.call('PEXPIRE', key, ttl)
     end
-    redis.call('PEXPIRE', key, ttl)
   end
   i = i + 3
 end
