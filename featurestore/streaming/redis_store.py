@@ -51,11 +51,13 @@ from featurestore.streaming.tiles import view_layout
 # (GETRANGE), merged and written back in place (SETRANGE); usually that is its newest record
 # or none (the tile is new: an append). Rewriting each key's whole string at every write held
 # Redis 1.2 s for a batch of 3,300 keys of 1,440 one-minute tiles (81 KB each; review round
-# 20). A key of at most SMALL bytes is still read and written whole (GET, SET: where the
-# in-place path makes 5 or more calls, each dearer than copying a few KB; the stream
-# benchmark's keys, ~120 records of 56 bytes, are such keys: 99,000 events/s whole, 84,000
-# in place), its records no window reaches dropped at every write. A larger key drops them
-# together once they make up a quarter of it, which rewrites it: keys written every tile
+# 20). A key of at most SMALL bytes that a batch reaches back into (a late event, not the
+# newest tile or a new one) is read and written whole (GET, SET, where finding the place in
+# the key takes a call per probe; the stream benchmark's events, spread over 2 hours into
+# keys of ~120 records of 56 bytes: 93,000 events/s so, 84,000 in place), its records no
+# window reaches dropped at every such write; appended to in place, 3,300 keys of 30 records
+# took 20-27 ms of Redis, 43-52 ms whole (benchmarks.stream_writes). Otherwise a key drops
+# those records together once they make up a quarter of it, which rewrites it: keys written every tile
 # since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
 # review round 21), so one script rewrites at most TRIM_BUDGET bytes of them, and the others
 # trim at a later write. The price is memory: Redis allocates a string that SETRANGE extends
@@ -141,14 +143,15 @@ while i <= #ARGV do
   while r0 <= nrec and tile(recs, r0) < oldest do r0 = r0 + 1 end
   if r0 <= nrec then  -- (a batch no window reaches writes nothing)
     local t0 = tile(recs, r0)
-    local whole = n * rb <= small  -- a small key is read and written whole: fewer calls
-    local k = 1  -- the key's first record the write reads: at or after the batch's first tile
-    if not whole then
-      k = n + 1
-      if n > 0 then
-        local last = at(key, n)
-        if last == t0 then k = n elseif last > t0 then k = first_at_least(key, 1, n, t0) end
-      end
+    local k = n + 1  -- the key's first record the write reads: at or after the batch's first tile
+    local last = t0 - 1
+    if n > 0 then last = at(key, n) end
+    -- a small key the batch reaches back into is read and written whole (two calls, where
+    -- finding its place in the key takes a call per probe)
+    local whole = last > t0 and n * rb <= small
+    if whole then k = 1
+    elseif last == t0 then k = n
+    elseif last > t0 then k = first_at_least(key, 1, n, t0)
     end
     local tail = ''
     if k <= n then tail = redis.call('GETRANGE', key, (k - 1) * rb, -1) end
