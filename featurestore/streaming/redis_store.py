@@ -53,10 +53,12 @@ from featurestore.streaming.tiles import view_layout
 # Redis 1.2 s for a batch of 3,300 keys of 1,440 one-minute tiles (81 KB each; review round
 # 20). A key of at most SMALL bytes that a batch reaches back into (a late event, not the
 # newest tile or a new one) is read and written whole (GET, SET, where finding the place in
-# the key takes a call per probe; the stream benchmark's events, spread over 2 hours into
-# keys of ~120 records of 56 bytes: 93,000 events/s so, 84,000 in place), its records no
-# window reaches dropped at every such write; appended to in place, 3,300 keys of 30 records
-# took 20-27 ms of Redis, 43-52 ms whole (benchmarks.stream_writes). Otherwise a key drops
+# the key takes a call per probe), its records no window reaches dropped at every such
+# write; appended to in place, 3,300 keys of 30 records took 20-27 ms of Redis, 43-52 ms
+# whole (benchmarks.stream_writes). The stream benchmark's events, spread over 2 hours into
+# keys of ~120 records of 56 bytes, mostly reach back: one processor applied 99,000 events/s
+# with every key rewritten whole, 84,000 with every key in place, 86,000-93,000 so (single
+# runs, 2026-12-05; Redis 1.9, 2.5 and 2.1-2.4 CPU-seconds). Otherwise a key drops
 # those records together once they make up a quarter of it, which rewrites it: keys written every tile
 # since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
 # review round 21), so one script rewrites at most TRIM_BUDGET bytes of them, and the others
