@@ -152,15 +152,16 @@ async def measure(
         phase[2] += 1
         return a, b, name
 
+    name = ""
     for i in range(per_block * blocks):
-        a, b, _ = await pair(i)
+        a, b, name = await pair(i)
         ta[i // per_block] += a
         tb[i // per_block] += b
     after = cache_keys()
     reads = per_block * blocks
     # Then, for the phases only: on until a trial has been seen and has ended (a window
     # without one shows nothing of what trials cost), for at most ``trial_wait`` seconds.
-    i, name, end = reads, "", time.monotonic() + trial_wait
+    i, end = reads, time.monotonic() + trial_wait  # (a window ending on trial: that trial seen through)
     while (not phases["trial"][2] or name == "trial") and time.monotonic() < end:
         _, _, name = await pair(i)
         i += 1
@@ -171,9 +172,9 @@ async def measure(
     r["hit_rate"] = hits / looked if looked else None
     r["past_cache"] = bypassed / (looked + bypassed) if looked + bypassed else None
     r["served_from_cache"] = hits / (looked + bypassed) if looked + bypassed else None
-    r["reads_skipped"], r["reads_on_trial"] = (
-        (bypass.skipped - skipped) / reads,
-        (bypass.tried - tried) / reads,
+    r["reads_skipped"], r["reads_on_trial"] = (  # (over every pair, the window's and after)
+        (bypass.skipped - skipped) / i,
+        (bypass.tried - tried) / i,
     )
     r["phases"] = {  # over the window and the pairs after it
         p: {"pairs": c, "share": c / i, "cost_pct": round(100 * (1 - x / y), 2)}

@@ -13,12 +13,13 @@ Layout (docs/streaming.md):
 A read is one ``MGET`` of the keys (no script: the string is what the windows are
 computed from). One Lua script applies a batch: it compares every partition's stored
 offset with the one the processor expects and checks every key it will write holds
-records (a string of whole records: a key of another type or length would fail the script
-half-way, and Redis keeps a failed script's writes), and only when all is well merges the
-records into each key's string in place (from the batch's first tile on: records are
-fixed-size and sorted; add, min, max, newest-last, slot by slot) and sets the new marks,
-atomically (Redis runs a script alone); ``APPLY`` says what a write costs. The layout hash is in every key: a changed definition starts fresh
-tiles and marks instead of misreading the old packing.
+records (a string of whole records: a key of another type or length would fail the
+script half-way, and Redis keeps a failed script's writes), and only when all is well
+merges the records into each key's string in place (from the batch's first tile on:
+records are fixed-size and sorted; add, min, max, newest-last, slot by slot) and sets
+the new marks, atomically (Redis runs a script alone); ``APPLY`` says what a write
+costs. The layout hash is in every key: a changed definition starts fresh tiles and
+marks instead of misreading the old packing.
 
 Redis Cluster: a script may only touch keys of one slot, and a batch touches many
 entity keys; stream views therefore need a standalone Redis (or a primary with
@@ -42,7 +43,7 @@ from featurestore.sources.redis_wire import pack_mget
 from featurestore.streaming.store import Eviction, PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
-# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, then per partition
+# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, TINY, then per partition
 # (field, expected offset, new offset, new watermark), then per key (key index, #records,
 # records sorted by tile, concatenated).
 #
@@ -51,21 +52,21 @@ from featurestore.streaming.tiles import view_layout
 # (GETRANGE), merged and written back in place (SETRANGE); usually that is its newest record
 # or none (the tile is new: an append). Rewriting each key's whole string at every write held
 # Redis 1.2 s for a batch of 3,300 keys of 1,440 one-minute tiles (81 KB each; review round
-# 20). A key of at most SMALL bytes that a batch reaches back into (a late event, not the
-# newest tile or a new one) is read and written whole (GET, SET, where finding the place in
-# the key takes a call per probe), its records no window reaches dropped at every such
-# write; appended to in place, 3,300 keys of 30 records took 20-27 ms of Redis, 43-52 ms
-# whole (benchmarks.stream_writes). The stream benchmark's events, spread over 2 hours into
-# keys of ~120 records of 56 bytes, mostly reach back: one processor applied 99,000 events/s
-# with every key rewritten whole, 84,000 with every key in place, 86,000-93,000 so (single
-# runs, 2026-12-05; Redis 1.9, 2.5 and 2.1-2.4 CPU-seconds). Otherwise a key drops
-# those records together once they make up a quarter of it, which rewrites it: keys written every tile
-# since the same start reach that in the same batch (3,300 such keys held Redis ~0.5 s;
-# review round 21), so one script rewrites at most TRIM_BUDGET bytes of them, and the others
-# trim at a later write. The price is memory: Redis allocates a string that SETRANGE extends
-# greedily (double its length below 1 MB), so a key takes up to ~2.5x its live records
-# (docs/streaming.md, "What a write costs Redis").
+# 20). A key that a batch reaches back into (late events, not the newest tile or a new one) is
+# read and written whole (GET, SET, where finding each record's place takes a call per probe)
+# when it is at most TINY bytes, or SMALL for three records or more: one late event into each
+# of 5,000 keys of 6.8 KB held Redis 198 ms whole, 120-132 in place (review round 22);
+# appended to in place, 3,300 keys of 30 records took 20-27 ms, 43-52 ms whole
+# (benchmarks.stream_writes). Such a write drops the key's records no window reaches.
+# Otherwise a key drops those records together once they make up a quarter of it, which
+# rewrites it: keys written every tile since the same start reach that in the same batch
+# (3,300 such keys held Redis ~0.5 s; review round 21), so one script rewrites about
+# TRIM_BUDGET bytes of them (the last key may cross it), and the others trim at a later write.
+# The price is memory: Redis allocates a string that SETRANGE extends greedily (double its
+# length below 1 MB), so a key takes up to ~2.5x its live records (docs/streaming.md, "What a
+# write costs Redis").
 SMALL = 8192
+TINY = 2048
 TRIM_BUDGET = 1 << 20
 APPLY = """
 local ops = ARGV[1]
@@ -74,10 +75,11 @@ local oldest = tonumber(ARGV[4])
 local np = tonumber(ARGV[5])
 local small = tonumber(ARGV[6])
 local budget = tonumber(ARGV[7])
+local tiny = tonumber(ARGV[8])
 local w = string.len(ops)
 local rb = 8 * w
 local fmt = '<' .. string.rep('d', w)
-local i = 8
+local i = 9
 for p = 1, np do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   local off = '-1'
@@ -97,7 +99,7 @@ while i <= #ARGV do
   lens[#lens + 1] = len / rb
   i = i + 3
 end
-local j = 8
+local j = 9
 for p = 1, np do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
   j = j + 4
@@ -148,9 +150,9 @@ while i <= #ARGV do
     local k = n + 1  -- the key's first record the write reads: at or after the batch's first tile
     local last = t0 - 1
     if n > 0 then last = at(key, n) end
-    -- a small key the batch reaches back into is read and written whole (two calls, where
-    -- finding its place in the key takes a call per probe)
-    local whole = last > t0 and n * rb <= small
+    -- a small key the batch reaches back into with several records is read and written
+    -- whole (two calls, where finding each record's place takes a call per probe)
+    local whole = last > t0 and (n * rb <= tiny or (nrec - r0 >= 2 and n * rb <= small))
     if whole then k = 1
     elseif last == t0 then k = n
     elseif last > t0 then k = first_at_least(key, 1, n, t0)
@@ -245,6 +247,7 @@ class RedisTileStore:
             len(batch.marks),
             SMALL,
             TRIM_BUDGET,
+            TINY,
         ]
         for partition, (expected, mark) in batch.marks.items():
             args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
