@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import FeatureView
-from featurestore.streaming import metrics
+from featurestore.streaming import eviction, metrics
 from featurestore.streaming.dead_letters import DeadLetters
 from featurestore.streaming.decode import EventDecoder
 from featurestore.streaming.lag import UNKNOWN, LagMeter, committed
@@ -170,36 +170,8 @@ class StreamProcessor:
             self._producer.flush(5)
 
     def _check_eviction(self) -> bool:
-        """A store that evicts keys breaks the exactly-once effect (docs/streaming.md, Stores):
-        an evicted marks hash has the retained topic applied again into the tiles left. Once,
-        after the first write (the store answers then: a processor started while Redis is
-        down consumes and measures its lag meanwhile); False: not told yet (a failure of the
-        store's server: after the next write)."""
-        try:
-            eviction = self.store.eviction()
-        except Exception as e:
-            if transient(e):
-                return False
-            eviction = None
-        view = self.view.name
-        if eviction is None:
-            log.warning(
-                "stream view %s: could not read the tile store's eviction policy (CONFIG renamed or "
-                "refused?): it must be noeviction, or events are counted twice or lost",
-                view,
-            )
-        elif eviction.policy != "noeviction" and eviction.max_bytes:
-            log.error(
-                "stream view %s: the tile store's Redis evicts keys (maxmemory-policy %s, maxmemory %d): "
-                "an evicted marks hash makes events count twice, evicted tiles lose them; set "
-                "noeviction or give stream views a Redis of their own", view, eviction.policy, eviction.max_bytes,
-            )  # fmt: skip
-        elif eviction.policy != "noeviction":
-            log.warning(
-                "stream view %s: the tile store's Redis would evict keys once a maxmemory is set "
-                "(maxmemory-policy %s): set noeviction", view, eviction.policy,
-            )  # fmt: skip
-        return True
+        """Once, after the first write (featurestore/streaming/eviction.py); False: not told yet."""
+        return eviction.checked(self.store, self.view.name)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING

@@ -205,7 +205,7 @@ def test_a_tile_store_that_may_evict_keys_is_reported_after_the_first_write(
     says: str,
 ) -> None:
     processor.store.eviction = lambda: eviction  # type: ignore[method-assign]
-    with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
+    with caplog.at_level(logging.INFO, logger="featurestore.streaming.eviction"):
         assert processor._check_eviction()
     if level is None:
         assert not caplog.records
@@ -221,6 +221,6 @@ def test_the_eviction_policy_is_asked_again_after_the_next_write_while_redis_is_
         raise redis_errors.ConnectionError("Connection refused")
 
     processor.store.eviction = unreachable  # type: ignore[method-assign]
-    with caplog.at_level(logging.INFO, logger="featurestore.streaming.processor"):
+    with caplog.at_level(logging.INFO, logger="featurestore.streaming.eviction"):
         assert not processor._check_eviction()
     assert not caplog.records
