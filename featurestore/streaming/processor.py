@@ -169,10 +169,6 @@ class StreamProcessor:
             self._consumer.close()
             self._producer.flush(5)
 
-    def _check_eviction(self) -> bool:
-        """Once, after the first write (featurestore/streaming/eviction.py); False: not told yet."""
-        return eviction.checked(self.store, self.view.name)
-
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING
 
@@ -277,7 +273,7 @@ class StreamProcessor:
         refused = self._retrying(stop, self.store.apply, self.view, batch)
         written = time.time()
         if not self._eviction_checked:
-            self._eviction_checked = self._check_eviction()
+            self._eviction_checked = eviction.checked(self.store, self.view.name)
         return refused, written
 
     def _settle(self) -> None:

@@ -108,17 +108,12 @@ if np > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 local function tile(s, k) return (struct.unpack('<d', s, (k - 1) * rb + 1)) end
 local function rec(s, k) return string.sub(s, (k - 1) * rb + 1, k * rb) end
 local function at(key, k) return tile(redis.call('GETRANGE', key, (k - 1) * rb, (k - 1) * rb + 7), 1) end
-local function sought(s, lo, hi, t)  -- in a string of records: the first from lo with tile >= t
+-- the first record from lo (before hi) whose tile is >= t, ``probe`` reading record k's tile:
+-- ``tile`` in a string of records, ``at`` in a key (8 bytes a probe)
+local function first_at_least(probe, src, lo, hi, t)
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if tile(s, mid) < t then lo = mid + 1 else hi = mid end
-  end
-  return lo
-end
-local function first_at_least(key, lo, hi, t)  -- the same over a key's records, read 8 bytes a probe
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if at(key, mid) < t then lo = mid + 1 else hi = mid end
+    if probe(src, mid) < t then lo = mid + 1 else hi = mid end
   end
   return lo
 end
@@ -155,16 +150,16 @@ while i <= #ARGV do
     local whole = last > t0 and (n * rb <= tiny or (nrec - r0 >= 2 and n * rb <= small))
     if whole then k = 1
     elseif last == t0 then k = n
-    elseif last > t0 then k = first_at_least(key, 1, n, t0)
+    elseif last > t0 then k = first_at_least(at, key, 1, n, t0)
     end
     local tail = ''
     if k <= n then tail = redis.call('GETRANGE', key, (k - 1) * rb, -1) end
     local m = n - k + 1
-    local s = sought(tail, 1, m + 1, oldest)  -- (records no window reaches: only a whole key's)
+    local s = first_at_least(tile, tail, 1, m + 1, oldest)  -- (records no window reaches: only a whole key's)
     local out = {}
     for r = r0, nrec do
       local t = tile(recs, r)
-      local q = sought(tail, s, m + 1, t)
+      local q = first_at_least(tile, tail, s, m + 1, t)
       if q > s then out[#out + 1] = string.sub(tail, (s - 1) * rb + 1, (q - 1) * rb) end
       if q <= m and tile(tail, q) == t then
         out[#out + 1] = merge(rec(tail, q), rec(recs, r))
@@ -183,7 +178,7 @@ while i <= #ARGV do
       n = k - 1 + string.len(merged) / rb
       local head = at(key, 1)
       if head < oldest and (oldest - head) * 4 >= n and budget > 0 then
-        local keep = first_at_least(key, 1, n + 1, oldest)
+        local keep = first_at_least(at, key, 1, n + 1, oldest)
         if (keep - 1) * 4 >= n then
           redis.call('SET', key, redis.call('GETRANGE', key, (keep - 1) * rb, -1))
           budget = budget - (n - keep + 1) * rb

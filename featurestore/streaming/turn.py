@@ -72,6 +72,7 @@ class Aggregator:
         decode, lateness, add = self.decoder.decode, self.lateness_us, acc.add_event
         now_us = time.time_ns() // 1000
         horizon, too_far = now_us + CLOCK_SKEW_US, now_us + self.ahead_us
+        oldest = newest = 0  # Kafka timestamps of the applied events (Turn's)
         for m in messages:
             if m.error() is not None:  # e.g. the broker is unreachable: one line per kind, then counts
                 self.errors.log(m.error().code(), "stream view %s: consumer error %s", self.view, m.error())
@@ -106,15 +107,16 @@ class Aggregator:
                     if event.ts_us > state[2]:
                         state[2] = event.ts_us if event.ts_us <= horizon else max(state[2], now_us)
                     counts["applied"] += 1
-                    if ts_ms > turn.newest_ms:
-                        turn.newest_ms = ts_ms
-                    if ts_ms < turn.oldest_ms or not turn.oldest_ms:
-                        turn.oldest_ms = ts_ms
+                    if ts_ms > newest:
+                        newest = ts_ms
+                    if ts_ms < oldest or not oldest:
+                        oldest = ts_ms
             except Exception as e:  # a bug, not the event's fault: dead-lettered with the error
                 self.errors.log(
                     type(e).__name__, "stream view %s: event at offset %s: %r", self.view, offset, e
                 )
                 turn.dead.append((m, f"could not be processed: {e!r}"))
+        turn.oldest_ms, turn.newest_ms = oldest, newest
         return turn
 
     def _too_far(self, ts_us: int) -> str:

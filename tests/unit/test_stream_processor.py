@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 from featurestore.definitions.parser import parse_definitions
 from featurestore.model import FeatureView
 from featurestore.streaming.decode import Event, Malformed
+from featurestore.streaming.eviction import checked as eviction_checked
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.retry import needs_new_connection, transient
 from featurestore.streaming.store import NO_MARK, Eviction, MemoryTileStore
@@ -206,7 +207,7 @@ def test_a_tile_store_that_may_evict_keys_is_reported_after_the_first_write(
 ) -> None:
     processor.store.eviction = lambda: eviction  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="featurestore.streaming.eviction"):
-        assert processor._check_eviction()
+        assert eviction_checked(processor.store, processor.view.name)
     if level is None:
         assert not caplog.records
     else:
@@ -222,5 +223,5 @@ def test_the_eviction_policy_is_asked_again_after_the_next_write_while_redis_is_
 
     processor.store.eviction = unreachable  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="featurestore.streaming.eviction"):
-        assert not processor._check_eviction()
+        assert not eviction_checked(processor.store, processor.view.name)
     assert not caplog.records
