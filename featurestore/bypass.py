@@ -19,7 +19,7 @@ Skipped reads fill nothing, so the hit rate they would see is not the one consul
 reach: a hot set that consulting keeps cached looks cold to a cache nobody fills. So once a
 view has been skipped for ``trial_every`` seconds (the cache TTL: rows it filled before
 skipping have expired by then), the next read of it starts a **trial** of that view: its reads
-still go to the store for every key, as when skipped, and one key in 16 (by a hash salted per
+still go to the store for every key, as when skipped, and one key in 32 (by a hash salted per
 trial and mixed, not by the key's residue) is also looked up in the cache and, missed, filled
 from the store's answer: every read of a sampled key is, so their hit rate is the one
 consulting would reach while the working set fits. Its cost: a hash per key, a lookup and
@@ -56,7 +56,7 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Final
 
 from featurestore.sources.base import ViewQuery
-from featurestore.trial import TRIAL_WINDOW, Trial
+from featurestore.trial import TRIAL_WINDOW, Trial, key_hashes
 
 # A view's hit rate weighs its last ~2,000 looked-up keys: batch-10 joins renew it every
 # ~200 joins, batch-100 joins every ~20.
@@ -206,9 +206,15 @@ class CacheBypass:
         """On trial: per query (by its index) of a view on trial, the positions of the
         keys looked up, where there are some (None: none at all; one call per read)."""
         trials, out = self._trials, None
+        hashed_keys: Sequence[Hashable] | None = None  # views keyed alike share a key list
+        hashed = None
         for qi, q in enumerate(queries):
             trial = trials.get(q.view.name)
-            if trial is not None and (at := trial.positions(q.keys)):
+            if trial is None:
+                continue
+            if q.keys is not hashed_keys:
+                hashed_keys, hashed = q.keys, key_hashes(q.keys)
+            if at := trial.positions(q.keys, hashed):
                 if out is None:
                     out = {}
                 out[qi] = at

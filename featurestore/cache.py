@@ -23,6 +23,7 @@ from featurestore.bypass import CONSULT, TRIAL, CacheBypass
 from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
+from featurestore.metric_buffers import BufferedCounter
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
@@ -58,6 +59,9 @@ class CachedSource:
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
         self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
+        # per view, its bypassed-keys counter (metrics.cache_bypassed's, looked up once: a
+        # skipped read is the default's most common one on uniform keys, see ``read``)
+        self._bypassed: dict[str, BufferedCounter] = {}
         self._entries = metrics.cache_entries(
             inner.name
         )  # set by _fill and _invalidate, written at the flush
@@ -140,11 +144,30 @@ class CachedSource:
         self, queries: Sequence[ViewQuery], got: list[ViewRead | BaseException]
     ) -> list[ViewRead | BaseException]:
         """The store's answers to ``queries`` (as asked), but for a view whose read failed:
-        the cache's rows of it, in the features ``queries`` ask."""
+        the cache's rows of it, in the features ``queries`` ask. Every view read (the common
+        case) only counts its keys as bypassed: 0.33 µs for a batch-1 read of two views in
+        process against 0.73 with the loop below (~4x that in a server: docs/storage.md)."""
+        for res in got:
+            if isinstance(res, BaseException):
+                return self._with_cached(queries, got)
+        bypassed = self._bypassed
+        for q in queries:
+            if (counter := bypassed.get(q.view.name)) is None:
+                counter = bypassed[q.view.name] = metrics.cache_bypassed(q.view.name)
+            counter.inc(len(q.keys))
+        return got
+
+    def _with_cached(
+        self, queries: Sequence[ViewQuery], got: list[ViewRead | BaseException]
+    ) -> list[ViewRead | BaseException]:
+        """``_or_cached`` where a view's read failed."""
+        bypassed = self._bypassed
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
             name = q.view.name
             if not isinstance(res, BaseException):
-                metrics.cache_bypassed(name).inc(len(q.keys))
+                if (counter := bypassed.get(name)) is None:
+                    counter = bypassed[name] = metrics.cache_bypassed(name)
+                counter.inc(len(q.keys))
                 continue
             # As when consulted: the cache still serves its rows, and its keys count as
             # hits and misses (not as bypassed: each key counts once).
