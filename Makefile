@@ -83,6 +83,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.run --skip-feast-setup --keys zipf --batches 1,100 --concurrency 8,32
 	$(PY) -m benchmarks.cache_admission
 	$(PY) -m benchmarks.cache_cpu
+	$(PY) -m benchmarks.cache_side_by_side
 	$(PY) -m benchmarks.cache_figures
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports

@@ -84,6 +84,7 @@ PARTS = (
     "feast-zipf.md",
     "cache.md",
     "cache-cpu.md",
+    "cache-side-by-side.md",
     "cache-figures.md",
     "cache_cost.md",
     "grpc.md",
