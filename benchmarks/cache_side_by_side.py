@@ -4,11 +4,11 @@ once, each by its own wrk, so every window sees the same machine (issue 16, requ
 
 Why a third measure of that cost: ``benchmarks.cache_admission`` runs its servers one after
 the other, and on this shared 2-core VM runs seconds apart swing by more than the 5% judged;
-``benchmarks.cache_cpu`` runs both request by request in one process, without concurrency
-and with the CPU's caches warm for the same few requests, where the same bookkeeping costs
-about a quarter of what it costs in a server under load (a skipped batch-1 read: ~1 µs there,
-~4 µs here, 2026-12-05). Here: ``featurestore serve`` (1 worker) with ``cache: false`` twice
-(the gap between the two bounds the method's noise), with the default cache, and with
+``benchmarks.cache_cpu`` runs both request by request in one process, without concurrency,
+where a request costs more CPU (215 against 128 µs at batch 1), so the same bookkeeping is a
+smaller share (a skipped batch-1 read: 3.3 µs, 1.5% there; 4.9 µs, +3.8% here, 2026-12-05).
+Here: ``featurestore serve`` (1 worker) with ``cache: false`` twice (the gap between the
+two: one measure of the method's noise), with the default cache, and with
 ``--old TREE`` a default server of another source tree (a change's before and after), over
 one Redis holding the demo's two user views; each loaded by its own ``wrk -c32`` (every demo
 feature of B uniform users) for ``--seconds`` per window, all at once. Reported: each
@@ -17,8 +17,9 @@ server's CPU (its process tree) per request, median over the windows after a war
 Phases of the default's bypass: ``ttl_seconds: 3600`` holds its views skipped (quiet, no
 trial in the run); ``ttl_seconds: 10`` runs a young server's trial schedule three times as
 fast (a trial after 10 s skipping, then waits of 20, 40, 80 s between trials of 10-20 s):
-about what a server sees in its first minutes at the default TTL of 30 s, when
-``benchmarks.cache_admission`` measures it. Fresh servers per point.
+the shape of a server's first minutes at the default TTL of 30 s (at
+``benchmarks.cache_admission``'s uniform batch-1 point its default is on its first trial
+most of the time). Fresh servers per point.
 
     python -m benchmarks.cache_side_by_side [--rounds 6] [--seconds 15] [--old TREE]
 """

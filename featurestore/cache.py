@@ -146,7 +146,7 @@ class CachedSource:
         """The store's answers to ``queries`` (as asked), but for a view whose read failed:
         the cache's rows of it, in the features ``queries`` ask. Every view read (the common
         case) only counts its keys as bypassed: 0.33 µs for a batch-1 read of two views in
-        process against 0.73 with the loop below (~4x that in a server: docs/storage.md)."""
+        process against 0.73 with the loop below (in a server: docs/storage.md)."""
         for res in got:
             if isinstance(res, BaseException):
                 return self._with_cached(queries, got)
