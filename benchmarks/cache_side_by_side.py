@@ -12,7 +12,8 @@ two: one measure of the method's noise), with the default cache, and with
 ``--old TREE`` a default server of another source tree (a change's before and after), over
 one Redis holding the demo's two user views; each loaded by its own ``wrk -c32`` (every demo
 feature of B uniform users) for ``--seconds`` per window, all at once. Reported: each
-server's CPU (its process tree) per request, median over the windows after a warm-up one.
+server's CPU (its process tree) per request, median over the windows after a warm-up one;
+the JSON keeps each window's requests, QPS and share of keys looked up in the cache.
 
 Phases of the default's bypass: ``ttl_seconds: 3600`` holds its views skipped (quiet, no
 trial in the run); ``ttl_seconds: 10`` runs a young server's trial schedule three times as
@@ -39,34 +40,71 @@ from typing import Any
 from benchmarks import report
 from benchmarks.provenance import run_line, started
 from benchmarks.run import log
-from benchmarks.stack import ROOT, WRK_KEYS, config, materialize, redis, server, tree_cpu
+from benchmarks.stack import ROOT, WRK_KEYS, config, materialize, metric_sum, redis, server, tree_cpu
 
 HERE = Path(__file__).resolve().parent
 POINTS = (("skipped", 3600, 1), ("young", 10, 1), ("skipped", 3600, 100), ("young", 10, 100))
 
 
+CACHE_KEYS = (
+    "featurestore_cache_hits_total",
+    "featurestore_cache_misses_total",
+    "featurestore_cache_bypassed_total",
+)
+
+
+def keys_seen(port: int) -> tuple[float, float]:
+    """Keys a server looked up in its cache (hit or missed) and keys it read past it."""
+    hits, misses, past = (metric_sum(port, m) for m in CACHE_KEYS)
+    return hits + misses, past
+
+
 def windows(
     srvs: dict[str, dict[str, int]], batch: int, seconds: float, rounds: int
-) -> dict[str, list[float]]:
-    """CPU µs per request of each server, per window after the warm-up one."""
+) -> dict[str, list[dict[str, float]]]:
+    """Per server, per window after the warm-up one: its CPU µs per request, requests, QPS,
+    and the share of keys it looked up in its cache (the rest went past it; a trial's sampled
+    keys are counted as past it: the bypass's phases themselves are not exported)."""
     env = {**os.environ, "BATCH": str(batch), "KEYS": "uniform"}
-    out: dict[str, list[float]] = {v: [] for v in srvs}
+    out: dict[str, list[dict[str, float]]] = {v: [] for v in srvs}
     for rnd in range(rounds + 1):
         cpu0 = {v: tree_cpu(s["pid"]) for v, s in srvs.items()}
-        loads = {}
-        for v, s in srvs.items():
-            url = f"http://127.0.0.1:{s['http']}/v1/feature/join"
-            cmd = ["wrk", "-t1", "-c32", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(WRK_KEYS), url]
-            loads[v] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-        got = {v: p.communicate()[0] for v, p in loads.items()}
+        keys0 = {v: keys_seen(s["http"]) for v, s in srvs.items()}
+        loads: dict[str, subprocess.Popen[str]] = {}
+        try:
+            for v, s in srvs.items():
+                url = f"http://127.0.0.1:{s['http']}/v1/feature/join"
+                cmd = ["wrk", "-t1", "-c32", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(WRK_KEYS), url]
+                loads[v] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+            got = {v: (p.communicate()[0], p.returncode) for v, p in loads.items()}
+        finally:
+            for p in loads.values():  # (a Popen that failed: the loads already started end)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
         cpu = {v: tree_cpu(s["pid"]) - cpu0[v] for v, s in srvs.items()}
+        keys1 = {v: keys_seen(s["http"]) for v, s in srvs.items()}
         if rnd == 0:
             continue  # the warm-up window
-        for v, text in got.items():
-            res = json.loads(next(x for x in text.splitlines() if x.startswith("RESULT "))[7:])
-            if res["err_connect"] or res["err_read"] or res["err_status"]:
+        for v, (text, code) in got.items():
+            line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
+            if code != 0 or line is None:
+                raise RuntimeError(f"wrk against {v} exited {code} without a result: {text[-500:]!r}")
+            res = json.loads(line[7:])
+            errors = {
+                k: res[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout")
+            }
+            if any(errors.values()) or not res["requests"]:
                 raise RuntimeError(f"errors in {v}'s load: {res}")
-            out[v].append(cpu[v] / res["requests"] * 1e6)
+            looked, past = (b - a for a, b in zip(keys0[v], keys1[v], strict=True))
+            out[v].append(
+                {
+                    "cpu_us": cpu[v] / res["requests"] * 1e6,
+                    "requests": res["requests"],
+                    "qps": res["qps"],
+                    "looked_up_share": looked / (looked + past) if looked + past else 0.0,
+                }
+            )
     return out
 
 
@@ -82,10 +120,10 @@ def point(a: argparse.Namespace, phase: str, ttl: int, batch: int) -> dict[str, 
             v: stack.enter_context(server(work, cfgs[v], cwd=Path(a.old) if v == "old" else ROOT))
             for v in variants
         }
-        cpu = windows(srvs, batch, a.seconds, a.rounds)
-    med = {v: statistics.median(xs) for v, xs in cpu.items()}
+        runs = windows(srvs, batch, a.seconds, a.rounds)
+    med = {v: statistics.median(w["cpu_us"] for w in ws) for v, ws in runs.items()}
     off = (med["off"] + med["off2"]) / 2
-    r = {"phase": phase, "ttl": ttl, "batch": batch, "cpu_us": med, "windows": cpu}
+    r = {"phase": phase, "ttl": ttl, "batch": batch, "cpu_us": med, "windows": runs}
     r["rise_pct"] = {v: (med[v] / off - 1) * 100 for v in variants if not v.startswith("off")}
     r["noise_pct"] = abs(med["off"] - med["off2"]) / off * 100
     log(f"cache side by side {phase} b={batch}: " + ", ".join(f"{v} {x:.1f}" for v, x in med.items()))

@@ -41,12 +41,19 @@ class Counting(MemorySource):
         super().__init__("remote")
         self.keys_read: list[list[object]] = []
         self.fail: Exception | None = None
+        self.fail_views: set[str] = set()  # views whose read fails alone (the others answered)
+        self.short = False  # answers one view fewer than asked (a store breaking the contract)
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         if self.fail is not None:
             raise self.fail
         self.keys_read += [list(q.keys) for q in queries]
-        return await super().read(queries)
+        got = await super().read(queries)
+        got = [
+            ConnectionError("down") if q.view.name in self.fail_views else r
+            for q, r in zip(queries, got, strict=True)
+        ]
+        return got[:-1] if self.short else got
 
 
 async def source(bypass: CacheBypass, clock: Clock | None = None) -> tuple[CachedSource, Counting]:
@@ -400,7 +407,7 @@ def test_a_trials_verdict_holds_for_a_period_while_the_views_own_rate_measures_t
     b.observe("bypass_v", 7, 100)  # consulting every key: the unsampled ones miss at first
     assert b.hit_rate("bypass_v") < 1.0 and b.consults([q(range(100))]) == CONSULT  # the verdict holds
     for _ in range(40):
-        b.observe("bypass_v", 6, 100)  # the cache holds a sixteenth of the working set only
+        b.observe("bypass_v", 6, 100)  # the cache holds what a trial sampled (a thirty-second) only
     clock.t = 90.0  # a period on: the view's own rate decides, and the backoff was kept
     assert b.consults([q(range(100))]) == SKIP and b._backoff["bypass_v"] == 1
 
@@ -587,6 +594,43 @@ def test_views_keyed_alike_on_trial_hash_their_shared_keys_once_and_each_keeps_i
     assert b.samples([q(keys[:20]), q(keys[:20], W)]) == ({qi: at for qi, at in want.items() if at} or None)
 
 
+class _CountedHash(int):
+    """An id whose hashes are counted (``hashes``)."""
+
+    hashes = 0
+
+    def __hash__(self) -> int:
+        _CountedHash.hashes += 1
+        return int.__hash__(self)
+
+
+def test_views_on_trial_over_different_key_lists_each_get_their_own_sample_and_a_shared_list_is_hashed_once() -> (
+    None
+):
+    clock = Clock()
+    b = CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0)
+    keys = [_CountedHash(k) for k in range(0, 64_000, 16)]
+    other = [*keys[1:], _CountedHash(10**6)]  # another list (views keyed differently): its own hashes
+    b.consults([q(keys), q(keys, W)])
+    clock.t = 30.0
+    assert b.consults([q(keys), q(keys, W)]) == TRIAL
+    samplers = [s for s in (b.sampler("bypass_v"), b.sampler("bypass_w")) if s is not None]
+    assert len(samplers) == 2
+    for lists in ((keys, other), (other, keys)):
+        got = b.samples([ViewQuery(V, lists[0], [0], 1), ViewQuery(W, lists[1], [0], 1)])
+        assert got is not None
+        assert [got.get(qi, []) for qi in (0, 1)] == [
+            [i for i, k in enumerate(lst) if sampled(k)] for lst, sampled in zip(lists, samplers, strict=True)
+        ]
+    shared = ViewQuery(V, keys, [0], 1), ViewQuery(W, keys, [0], 1)
+    _CountedHash.hashes = 0
+    b.samples(shared)
+    assert _CountedHash.hashes == len(keys)  # one hash per key for both views
+    _CountedHash.hashes = 0
+    b.samples([shared[0], ViewQuery(W, list(keys), [0], 1)])  # equal, not the same list
+    assert _CountedHash.hashes == 2 * len(keys)
+
+
 @pytest.mark.parametrize(
     "keys",
     [
@@ -646,6 +690,38 @@ async def test_a_store_failing_a_trials_read_answers_the_cached_keys_in_the_feat
         assert src.bypass._trials  # (on trial: its sample looked up, whole rows asked of the store)
         assert isinstance(got, ViewRead) and got.unavailable == [False] * 200 + [True] * 200
         assert [col[:200] for col in got.columns] == (want or [[k * 3 for k in users[:200]]])
+
+
+async def test_a_skipped_read_whose_one_view_fails_counts_the_other_as_bypassed_and_the_failed_one_as_hits_and_misses() -> (
+    None
+):
+    src, inner = await source(CacheBypass(30))
+    await src.read([q(range(30)), q(range(30), W)])  # cached, 100% measured
+    for view in ("bypass_v", "bypass_w"):
+        src.bypass.observe(view, 0, 2_000)  # then the rates fall: reads go past the cache
+    inner.fail_views = {"bypass_w"}
+    before = {v: (bypassed(v), hits_and_misses(v)) for v in ("bypass_v", "bypass_w")}
+    [v, w] = await src.read([q(range(20, 40)), q(range(20, 40), W)])
+    assert src.bypass.skipped == 1 and values(v) == [k * 10 for k in range(20, 40)]
+    assert isinstance(w, ViewRead) and w.columns[0][:10] == [k * 10 for k in range(20, 30)]
+    assert w.unavailable == [False] * 10 + [True] * 10  # the keys the cache did not hold
+    assert (
+        bypassed("bypass_v") - before["bypass_v"][0] == 20
+        and hits_and_misses("bypass_v") == before["bypass_v"][1]
+    )
+    assert bypassed("bypass_w") == before["bypass_w"][0]  # each key counts once: as a hit or a miss
+    hits, misses = hits_and_misses("bypass_w")
+    assert (hits - before["bypass_w"][1][0], misses - before["bypass_w"][1][1]) == (10, 10)
+
+
+async def test_a_store_answering_fewer_views_than_asked_fails_the_read_past_the_cache_not_the_join() -> None:
+    src, inner = await source(CacheBypass(30))
+    await src.read([q(range(30))])
+    for view in ("bypass_v", "bypass_w"):
+        src.bypass.observe(view, 0, 2_000)
+    inner.short = True
+    with pytest.raises(ValueError, match="shorter"):  # the join's store read: UNAVAILABLE, not a 500
+        await src.read([q(range(5)), q(range(5), W)])
 
 
 async def test_the_cache_entries_gauge_counts_the_rows_a_trial_fills() -> None:
