@@ -72,6 +72,7 @@ MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping
 SKIP: Final = 0
 CONSULT: Final = 1
 TRIAL: Final = 2
+DECISIONS: Final = ("skipped", "consulted", "trial")  # their names, by SKIP, CONSULT, TRIAL
 
 
 class CacheBypass:

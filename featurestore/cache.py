@@ -19,7 +19,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from featurestore import metrics
-from featurestore.bypass import CONSULT, TRIAL, CacheBypass
+from featurestore.bypass import CONSULT, DECISIONS, TRIAL, CacheBypass
 from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
@@ -59,12 +59,10 @@ class CachedSource:
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
         self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
-        # per view, its bypassed-keys counter (metrics.cache_bypassed's, looked up once: a
-        # skipped read is the default's most common one on uniform keys, see ``read``)
+        # per view, its bypassed-keys counter (metrics.cache_bypassed's, looked up once)
         self._bypassed: dict[str, BufferedCounter] = {}
-        self._entries = metrics.cache_entries(
-            inner.name
-        )  # set by _fill and _invalidate, written at the flush
+        self._entries = metrics.cache_entries(inner.name)  # set by _fill and _invalidate, flushed
+        self._reads = [metrics.cache_reads(inner.name, d) for d in DECISIONS]  # by the bypass's decision
 
     @property
     def name(self) -> str:
@@ -121,6 +119,7 @@ class CachedSource:
 
     async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
         mode = self.bypass.consults(queries)
+        self._reads[mode].inc()
         if mode == CONSULT:
             return await self._read_cached(queries)
         if mode == TRIAL and (sampled := self.bypass.samples(queries)) is not None:

@@ -127,6 +127,12 @@ REQUESTS_SHED = Counter(
 CACHE_HITS = Counter("featurestore_cache_hits_total", "LRU cache hits, by view.", ["view"])
 CACHE_MISSES = Counter("featurestore_cache_misses_total", "LRU cache misses, by view.", ["view"])
 CACHE_BYPASSED = Counter("featurestore_cache_bypassed_total", "Keys read past the cache, by view.", ["view"])
+CACHE_READS = Counter(
+    "featurestore_cache_reads_total",
+    "Reads of a cached store by what the cache bypass decided: consulted (the cache for every "
+    "key), skipped (past it), trial (past it, a sample of its keys looked up), by store.",
+    ["store", "decision"],
+)
 CACHE_EVICTIONS = Counter(
     "featurestore_cache_evictions_total", "Rows evicted to stay within the size bound, by store.", ["store"]
 )
@@ -293,6 +299,7 @@ cache_hits = Children(CACHE_HITS, BufferedCounter)
 requests_shed = Children(REQUESTS_SHED, BufferedCounter)
 cache_misses = Children(CACHE_MISSES, BufferedCounter)
 cache_bypassed = Children(CACHE_BYPASSED, BufferedCounter)
+cache_reads = Children(CACHE_READS, BufferedCounter)
 gc_pause = Children(GC_PAUSE, BufferedHistogram)  # (a gc callback: no lock, collector.py)
 service_requests = Children(SERVICE_REQUESTS, BufferedCounter)
 service_duration = Children(SERVICE_DURATION, BufferedHistogram)

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from featurestore import metrics
-from featurestore.bypass import CONSULT, SKIP, TRIAL, CacheBypass
+from featurestore.bypass import CONSULT, DECISIONS, SKIP, TRIAL, CacheBypass
 from featurestore.cache import CachedSource, LRUCache, uncached
 from featurestore.config import load_config
 from featurestore.errors import InvalidArgument
@@ -722,6 +722,24 @@ async def test_a_store_answering_fewer_views_than_asked_fails_the_read_past_the_
     inner.short = True
     with pytest.raises(ValueError, match="shorter"):  # the join's store read: UNAVAILABLE, not a 500
         await src.read([q(range(5)), q(range(5), W)])
+
+
+def reads(decision: str) -> float:
+    metrics.flush()
+    labels = {"store": "remote", "decision": decision}
+    return REGISTRY.get_sample_value("featurestore_cache_reads_total", labels) or 0.0
+
+
+async def test_every_read_of_a_cached_store_is_counted_by_what_the_bypass_decided() -> None:
+    clock = Clock()
+    src, _ = await source(CacheBypass(30, trial_every=30, clock=clock, unmeasured=0.0), clock)
+    before = {d: reads(d) for d in DECISIONS}
+    await src.read([q(range(300))])  # a view measured cold: skipped
+    clock.t = 30.0
+    await src.read([q(range(300))])  # skipped for a TTL: on trial
+    src.bypass.fills_per_round_trip = 0  # every read consults
+    await src.read([q(range(3))])
+    assert {d: reads(d) - before[d] for d in DECISIONS} == {"skipped": 1, "trial": 1, "consulted": 1}
 
 
 async def test_the_cache_entries_gauge_counts_the_rows_a_trial_fills() -> None:
