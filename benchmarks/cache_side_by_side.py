@@ -6,7 +6,7 @@ Why a third measure of that cost: ``benchmarks.cache_admission`` runs its server
 the other, and on this shared 2-core VM runs seconds apart swing by more than the 5% judged;
 ``benchmarks.cache_cpu`` runs both request by request in one process, without concurrency,
 where a request costs more CPU (215 against 128 µs at batch 1), so the same bookkeeping is a
-smaller share (a skipped batch-1 read: 3.3 µs, 1.5% there; 4.9 µs, +3.8% here, 2026-12-05).
+smaller share (a skipped batch-1 read: 3.3 µs, 1.5% there; 4.9-7.7 µs, +3.8-5.8% here, 2026-12-05).
 Here: ``featurestore serve`` (1 worker) with ``cache: false`` twice (the gap between the
 two: one measure of the method's noise), with the default cache, and with
 ``--old TREE`` a default server of another source tree (a change's before and after), over
