@@ -31,11 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import tempfile
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypedDict
@@ -43,19 +41,11 @@ from typing import Any, TypedDict
 from benchmarks import report
 from benchmarks.provenance import run_line, started
 from benchmarks.run import log
-from benchmarks.stack import ROOT, WRK_KEYS, config, materialize, metric_sum, redis, server, tree_cpu
+from benchmarks.stack import ROOT, WRK_KEYS, config, materialize, redis, scrape, series_sum, server, tree_cpu
 from featurestore.bypass import DECISIONS
 
 HERE = Path(__file__).resolve().parent
 POINTS = (("skipped", 3600, 1), ("young", 10, 1), ("skipped", 3600, 100), ("young", 10, 100))
-
-
-_READS = re.compile(r'^featurestore_cache_reads_total\{[^}]*decision="(\w+)"[^}]*\} (\S+)$', re.M)
-CACHE_KEYS = (
-    "featurestore_cache_hits_total",
-    "featurestore_cache_misses_total",
-    "featurestore_cache_bypassed_total",
-)
 
 
 class Window(TypedDict):
@@ -68,20 +58,14 @@ class Window(TypedDict):
     trial_share: float | None  # (None: no cached store, or a tree without the metric)
 
 
-def decisions(port: int) -> dict[str, float]:
-    """The server's reads by the cache bypass's decision (``featurestore_cache_reads_total``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    got = dict.fromkeys(DECISIONS, 0.0)
-    for decision, value in _READS.findall(text):
-        got[decision] += float(value)
+def cache_counts(port: int) -> dict[str, float]:
+    """From one scrape: the keys a server looked up in its cache (hit or missed), the keys it
+    read past it, and its reads by the bypass's decision (``featurestore_cache_reads_total``)."""
+    text = scrape(port)
+    got = {d: series_sum(text, "featurestore_cache_reads_total", f'decision="{d}"') for d in DECISIONS}
+    got["looked"] = sum(series_sum(text, f"featurestore_cache_{m}_total") for m in ("hits", "misses"))
+    got["past"] = series_sum(text, "featurestore_cache_bypassed_total")
     return got
-
-
-def keys_seen(port: int) -> tuple[float, float]:
-    """Keys a server looked up in its cache (hit or missed) and keys it read past it."""
-    hits, misses, past = (metric_sum(port, m) for m in CACHE_KEYS)
-    return hits + misses, past
 
 
 def windows(
@@ -94,8 +78,7 @@ def windows(
     out: dict[str, list[Window]] = {v: [] for v in srvs}
     for rnd in range(rounds + 1):
         cpu0 = {v: tree_cpu(s["pid"]) for v, s in srvs.items()}
-        keys0 = {v: keys_seen(s["http"]) for v, s in srvs.items()}
-        reads0 = {v: decisions(s["http"]) for v, s in srvs.items()}
+        counts0 = {v: cache_counts(s["http"]) for v, s in srvs.items()}
         loads: dict[str, subprocess.Popen[str]] = {}
         try:
             for v, s in srvs.items():
@@ -109,8 +92,7 @@ def windows(
                     p.kill()
                     p.wait()
         cpu = {v: tree_cpu(s["pid"]) - cpu0[v] for v, s in srvs.items()}
-        keys1 = {v: keys_seen(s["http"]) for v, s in srvs.items()}
-        reads1 = {v: decisions(s["http"]) for v, s in srvs.items()}
+        counts1 = {v: cache_counts(s["http"]) for v, s in srvs.items()}
         if rnd == 0:
             continue  # the warm-up window
         for v, (text, code) in got.items():
@@ -123,15 +105,15 @@ def windows(
             }
             if any(errors.values()) or not res["requests"]:
                 raise RuntimeError(f"errors in {v}'s load: {res}")
-            looked, past = (b - a for a, b in zip(keys0[v], keys1[v], strict=True))
-            reads = {d: reads1[v][d] - reads0[v][d] for d in DECISIONS}
+            d = {k: counts1[v][k] - counts0[v][k] for k in counts0[v]}
+            looked, past, reads = d["looked"], d["past"], sum(d[x] for x in DECISIONS)
             out[v].append(
                 {
                     "cpu_us": cpu[v] / res["requests"] * 1e6,
                     "requests": res["requests"],
                     "qps": res["qps"],
                     "looked_up_share": looked / (looked + past) if looked + past else 0.0,
-                    "trial_share": reads["trial"] / sum(reads.values()) if sum(reads.values()) else None,
+                    "trial_share": d["trial"] / reads if reads else None,
                 }
             )
     return out

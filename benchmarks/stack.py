@@ -40,12 +40,24 @@ def tree_cpu(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def scrape(port: int) -> str:
+    """The server's /metrics text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text: str = r.read().decode()
+    return text
+
+
+def series_sum(text: str, name: str, label: str = "") -> float:
+    """The sum of the series of ``name`` in a scrape, those whose labels hold ``label``
+    (``'decision="trial"'``) when given."""
+    labels = rf"\{{[^}}]*{re.escape(label)}[^}}]*\}}" if label else r"(?:\{[^}]*\})?"
+    pat = re.compile(rf"^{name}{labels} (\S+)$", re.M)
+    return sum(float(v) for v in pat.findall(text))
+
+
 def metric_sum(port: int, name: str) -> float:
     """The sum of every series of ``name`` on the server's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    pat = re.compile(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", re.M)
-    return sum(float(v) for v in pat.findall(text))
+    return series_sum(scrape(port), name)
 
 
 @contextmanager

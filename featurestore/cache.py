@@ -23,7 +23,7 @@ from featurestore.bypass import CONSULT, DECISIONS, TRIAL, CacheBypass
 from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
 from featurestore.lru import NOT_FOUND, LRUCache, Row
-from featurestore.metric_buffers import BufferedCounter
+from featurestore.metric_buffers import ByLabel
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
 from featurestore.sources.base import OnlineSource, ProfileStore, SourceState, ViewQuery, ViewRead
@@ -59,8 +59,7 @@ class CachedSource:
         self._abandoned: dict[asyncio.Task[int], asyncio.TimerHandle] = {}
         self._closed = False  # from close() on, a write given up on is stopped at once
         self._writes: set[asyncio.Task[int]] = set()  # the store's writes going on
-        # per view, its bypassed-keys counter (metrics.cache_bypassed's, looked up once)
-        self._bypassed: dict[str, BufferedCounter] = {}
+        self._bypassed = ByLabel(metrics.cache_bypassed)  # per view, its bypassed-keys counter
         self._entries = metrics.cache_entries(inner.name)  # set by _fill and _invalidate, flushed
         self._reads = [metrics.cache_reads(inner.name, d) for d in DECISIONS]  # by the bypass's decision
 
@@ -152,9 +151,7 @@ class CachedSource:
                 return self._with_cached(queries, got)
         bypassed = self._bypassed
         for q in queries:
-            if (counter := bypassed.get(q.view.name)) is None:
-                counter = bypassed[q.view.name] = metrics.cache_bypassed(q.view.name)
-            counter.inc(len(q.keys))
+            bypassed[q.view.name].inc(len(q.keys))
         return got
 
     def _with_cached(
@@ -165,9 +162,7 @@ class CachedSource:
         for i, (q, res) in enumerate(zip(queries, got, strict=True)):
             name = q.view.name
             if not isinstance(res, BaseException):
-                if (counter := bypassed.get(name)) is None:
-                    counter = bypassed[name] = metrics.cache_bypassed(name)
-                counter.inc(len(q.keys))
+                bypassed[name].inc(len(q.keys))
                 continue
             # As when consulted: the cache still serves its rows, and its keys count as
             # hits and misses (not as bypassed: each key counts once).

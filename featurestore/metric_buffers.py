@@ -128,6 +128,20 @@ def _multiprocess() -> bool:
     return "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ
 
 
+class ByLabel(dict[str, Any]):
+    """One label's children of a ``Children`` as a plain dict, each looked up on first use:
+    ``counters[view].inc(n)`` costs a dict lookup, not a call (``Children`` packs its labels
+    into a tuple per call), for a hot path that names one label only."""
+
+    def __init__(self, children: Children) -> None:
+        super().__init__()
+        self._children = children
+
+    def __missing__(self, value: str) -> Any:
+        child = self[value] = self._children(value)
+        return child
+
+
 def flush() -> None:
     """Fold every buffered update into prometheus_client (call on the event loop)."""
     for b in _BUFFERS:

@@ -7,7 +7,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from featurestore.metric_buffers import BufferedCounter, BufferedHistogram
+from featurestore.metric_buffers import BufferedCounter, BufferedHistogram, ByLabel, Children
 from featurestore.metrics import LATENCY_BUCKETS
 
 
@@ -90,3 +90,14 @@ def test_a_nan_lands_in_no_bucket_on_either_flush_path_as_observe_leaves_it() ->
         b.flush()
         buckets = {k: v for k, v in samples(registry, "t_seconds").items() if k[0] == "t_seconds_bucket"}
         assert max(buckets.values()) == size - 1  # the NaN is in no bucket, +Inf included
+
+
+def test_a_by_label_dict_hands_out_the_children_s_buffer_of_each_label_and_flushes_into_it() -> None:
+    registry = CollectorRegistry()
+    children = Children(Counter("by_label_total", "x", ["view"], registry=registry), BufferedCounter)
+    by_view = ByLabel(children)
+    by_view["a"].inc(2)
+    by_view["a"].inc(3)
+    assert by_view["a"] is children("a") and "b" not in by_view
+    by_view["a"].flush()
+    assert registry.get_sample_value("by_label_total", {"view": "a"}) == 5
