@@ -68,6 +68,7 @@ class Kernel:
     run: Callable[[Any], Any]  # float64[:, ::1] (inputs x rows) -> float64[:, ::1] (features x rows)
     from_cache: bool  # loaded as machine code from the on-disk cache (not compiled here)
     into: Callable[[Any, Any], int]  # (inputs, outputs to fill) -> their null mask (NULL_BITS): the join's
+    row: Callable[..., tuple[float, ...]]  # one row's inputs (floats) -> its features: the join's at batch 1
 
 
 # Kernels loaded by this process, by module name: once each (numba never frees machine code).
@@ -316,11 +317,12 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
             if isinstance(e, CompileDuringLoad):
                 metrics.DERIVED_COMPILES.labels("cache_missed").inc()
             raise
-        into = module.kernel_into
+        into, row = module.kernel_into, module.kernel_row
         module.kernel(np.zeros((len(spec.inputs), 1)))
-        from_cache = bool(into.stats.cache_hits) and not into.stats.cache_misses
+        row(*[0.0] * len(spec.inputs))
+        from_cache = all(f.stats.cache_hits and not f.stats.cache_misses for f in (into, row))
         metrics.DERIVED_COMPILES.labels("loaded").inc()
-        kernel = _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into)
+        kernel = _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into, row)
         return kernel
 
 

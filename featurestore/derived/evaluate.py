@@ -8,11 +8,12 @@ Each kernel gets a float64 matrix whose rows are the columns the join already ha
 does not need) and fills one row per feature, flagging the rows that hold a null. From
 ``ARRAY_ROWS`` rows on, a float64 feature leaves as its row of that matrix (a float64
 ndarray, NaN = null, which every codec writes as null); below, as a list holding None
-(only the rows the kernel flagged are scanned for NaN). Statuses come from the stored
-views a feature reads, transitively: the most severe wins, the value is then null, and
-the event timestamp is the oldest of theirs (a derived value is as stale as its
-stalest input). Request fields count as PRESENT; a feature reading only request fields
-has no event timestamp.
+(only the rows the kernel flagged are scanned for NaN). One entity row skips the
+matrices: each kernel's scalar entry takes the row's values and returns its features.
+Statuses come from the stored views a feature reads, transitively: the most severe
+wins, the value is then null, and the event timestamp is the oldest of theirs (a
+derived value is as stale as its stalest input). Request fields count as PRESENT; a
+feature reading only request fields has no event timestamp.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ class DerivedPlan:
                 attributes={"featurestore.derived_views": [s.view for s in self.steps]},
             )
         try:
-            self._run(request_cols, outcomes, gathered, n)
+            if n == 1:
+                self._run_row(request_cols, outcomes, gathered)
+            else:
+                self._run(request_cols, outcomes, gathered, n)
         finally:
             if child is not None:
                 child.end()
@@ -179,16 +183,7 @@ class DerivedPlan:
             nulls.append(step.kernel.into(inp, matrix))
             lists.append(matrix if arrays else matrix.tolist())
             step.timer.observe(time.perf_counter() - t0)
-        # per group: its outcome, counted here (one stored view's outcome taken without a
-        # call or a list: 317 -> 121 ns per group)
-        shared: list[ViewOutcome] = []
-        for g in self.groups:
-            deps = g.deps
-            outcome = (
-                outcomes[deps[0]] if len(deps) == 1 else _combine(g.view, [outcomes[s] for s in deps], n)
-            )
-            shared.append(outcome)
-            _count(g, outcome)
+        shared = self._shared(outcomes, n)
         masks: dict[int, np.ndarray] = {}  # per group whose rows are not all PRESENT (array path)
         for out in self.outputs:
             outcome = shared[out.group]
@@ -212,6 +207,55 @@ class DerivedPlan:
                     ]
             outcomes.append(outcome)
             gathered.append([values])
+
+    def _run_row(
+        self, request_cols: list[Sequence[Any]], outcomes: list[ViewOutcome], gathered: list[list[list[Any]]]
+    ) -> None:
+        """``_run`` for one entity row: each kernel's ``row`` entry called on the row's
+        values, no matrix in or out (the demo's kernel, conversion + call + values out,
+        1.28 -> 0.29 µs a request; ``Kernel.row``)."""
+        results: list[tuple[float, ...]] = []  # per step: its features
+        for step in self.steps:
+            t0 = time.perf_counter()
+            args: list[Any] = []
+            for kind, a, b, test in step.sources:
+                if kind == STORED:
+                    args.append(gathered[a][b][0])
+                elif kind == REQUEST:
+                    args.append(request_cols[a][0])
+                elif kind == DERIVED:
+                    args.append(results[a][b])
+                elif test is not None:
+                    args.append(_strcmp(test, request_cols, gathered, 1)[0])
+                else:
+                    args.append(math.nan)
+            if None in args:  # a null: NaN to the kernel (numba refuses None, at ~14 µs a refusal)
+                args = [math.nan if v is None else v for v in args]
+            results.append(step.kernel.row(*args))
+            step.timer.observe(time.perf_counter() - t0)
+        shared = self._shared(outcomes, 1)
+        for out in self.outputs:
+            outcome = shared[out.group]
+            v: Any = results[out.step][out.row]
+            if v != v or outcome.statuses[0] is not PRESENT:  # NaN, or an input not PRESENT
+                v = None
+            elif out.dtype is not FLOAT64:
+                v = v != 0.0 if out.dtype is DType.BOOL else int(v)
+            outcomes.append(outcome)
+            gathered.append([[v]])
+
+    def _shared(self, outcomes: list[ViewOutcome], n: int) -> list[ViewOutcome]:
+        """Per group: its outcome, counted here (one stored view's outcome taken without a
+        call or a list: 317 -> 121 ns per group)."""
+        shared: list[ViewOutcome] = []
+        for g in self.groups:
+            deps = g.deps
+            outcome = (
+                outcomes[deps[0]] if len(deps) == 1 else _combine(g.view, [outcomes[s] for s in deps], n)
+            )
+            shared.append(outcome)
+            _count(g, outcome)
+        return shared
 
 
 def _matrix(rows: list[Any], n: int) -> np.ndarray:

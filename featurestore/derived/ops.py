@@ -151,11 +151,23 @@ def int64(x: float) -> float:
     return float(math.trunc(x))
 
 
+# Up to this many edges a bucket counts them all, branch-free: a binary search's
+# branches follow the data, and the processor mispredicts about one per level on
+# request values. The demo's kernel (4 edges) over 512 different 100-row inputs in turn:
+# 2.43 -> 1.86 µs a call, 1.45 either way on one input repeated (2026-12-05).
+LINEAR_EDGES = 16
+
+
 @_jit
 def bucket(x: float, edges: np.ndarray[Any, np.dtype[np.float64]]) -> float:
-    """How many of the ascending ``edges`` are <= x (binary search)."""
+    """How many of the ascending ``edges`` are <= x."""
     if math.isnan(x):
         return nan
+    if len(edges) <= LINEAR_EDGES:
+        count = 0
+        for e in edges:
+            count += e <= x
+        return float(count)
     lo, hi = 0, len(edges)
     while lo < hi:
         mid = (lo + hi) // 2

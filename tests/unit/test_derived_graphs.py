@@ -49,7 +49,11 @@ def plan(defs: Definitions, refs: list[FeatureRef]) -> Any:
     1,500-statement kernel takes numba about 70 s; test_derived_kernels compiles)."""
     kernels = {
         name: compiler.Kernel(
-            generate(view, defs), run=lambda inp: inp, from_cache=False, into=lambda inp, out: 0
+            generate(view, defs),
+            run=lambda inp: inp,
+            from_cache=False,
+            into=lambda inp, out: 0,
+            row=lambda *a: a,
         )
         for name, view in defs.derived_views.items()
     }
@@ -86,11 +90,14 @@ def test_a_chain_deeper_than_the_recursion_limit_validates_generates_and_plans(r
     derived = plan(defs, [deep_end])
     assert [s.view for s in derived.steps] == ["d"]
     source = derived.steps[0].kernel.spec.source
-    # every feature is computed after the one it reads: the deep end last
-    assigned = re.findall(r"^ +(f\d+) = ", source, flags=re.MULTILINE)
+    # every feature is computed after the one it reads, the deep end last: in the loop
+    # over rows and in the one-row entry alike
     view = defs.derived_views["d"]
-    order = [view.features[int(var[1:])].name for var in assigned]
-    assert order == [f"f{i}" for i in (range(DEEP - 1, -1, -1) if reverse else range(DEEP))]
+    for entry in ("def kernel_into(", "def kernel_row("):
+        body = source.split(entry)[1].split("\ndef ")[0]
+        assigned = re.findall(r"^ +(f\d+) = ", body, flags=re.MULTILINE)
+        order = [view.features[int(var[1:])].name for var in assigned]
+        assert order == [f"f{i}" for i in (range(DEEP - 1, -1, -1) if reverse else range(DEEP))], entry
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["chain", "reversed_chain"])

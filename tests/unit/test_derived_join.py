@@ -182,6 +182,20 @@ async def test_the_most_severe_input_status_wins_and_the_value_is_null(setup: An
     assert result.partial
 
 
+async def test_a_join_of_one_row_serves_what_the_same_row_of_a_batch_serves(setup: Any) -> None:
+    """One entity row takes the kernels' scalar entry (Kernel.row): values, statuses and
+    timestamps as in a batch, through chained views and outcomes combined across views."""
+    engine, _ = setup
+    features = ("d:a_and_b", "d:with_down", "d:only_a", "d2:chained")
+    batch = columns(await engine.join(JoinRequest({"user_id": [1, 2, 3, 4]}, features), deadline()))
+    for i, user in enumerate([1, 2, 3, 4]):
+        one = columns(await engine.join(JoinRequest({"user_id": [user]}, features), deadline()))
+        for name in ("a_and_b", "with_down", "only_a", "chained"):
+            assert one[name].values == [batch[name].values[i]], (name, user)
+            assert one[name].outcome.statuses == [batch[name].outcome.statuses[i]], (name, user)
+            assert one[name].outcome.event_ts_us == [batch[name].outcome.event_ts_us[i]], (name, user)
+
+
 async def test_the_event_timestamp_is_the_oldest_input_timestamp(setup: Any) -> None:
     engine, _ = setup
     result = await engine.join(JoinRequest({"user_id": [1, 2, 3, 4]}, ("d:a_and_b", "d:only_a")), deadline())

@@ -43,6 +43,7 @@ RANDOM_EXPRESSIONS = {
     "e_where": "where(b, x, y)",
     "e_where_cmp": "where(x > y, x - y, y - x)",
     "e_bucket": "ctr * bucket(price, [0, 10, 50, 100])",
+    "e_bucket_wide": f"bucket(price, {list(range(-20, 130, 5))})",  # 30 edges: the binary search
     "e_and": "where(b and x > 0, 1, 0)",
     "e_or": "where(b or y < 0, 1, 0)",
     "e_not": "where(not b, 1, 0)",
@@ -179,6 +180,19 @@ async def test_kernels_match_the_numpy_reference_on_random_data_with_nulls(
     assert got["e_int_out"].values == expected_int
     assert set(map(type, got["e_int_out"].values)) <= {int, type(None)}
 
+    # One row per join takes the kernels' scalar entry (Kernel.row, no matrix): every
+    # feature, value and status, as the same row of the batch.
+    for i in rng.choice(N, 200, replace=False).tolist():
+        one = await engine.join(
+            JoinRequest({"id": [i + 1]}, features, request_data={"price": [price[i]], "kind": [kind[i]]}),
+            time.monotonic() + 10,
+        )
+        for c in one.columns[1:]:
+            assert c.values == [listed(got[c.name].values)[i]], f"{c.name}, row {i}"
+            batch = got[c.name].outcome
+            assert c.outcome is not None and batch is not None
+            assert c.outcome.statuses == [batch.statuses[i]]
+
 
 SEMANTICS = {
     "div_zero": ("x / 0", [None, None, None]),
@@ -212,6 +226,10 @@ SEMANTICS = {
     "bucket_on_an_edge": ("bucket(10 + 0 * x, [0, 10, 50, 100])", [2.0, 2.0, 2.0]),
     "bucket_below": ("bucket(-1 + 0 * x, [0, 10, 50, 100])", [0.0, 0.0, 0.0]),
     "bucket_null": ("bucket(y, [0, 10])", [1.0, None, 1.0]),
+    # up to ops.LINEAR_EDGES edges a bucket counts them all, above it searches
+    "bucket_16_edges": (f"bucket(x, {list(range(-8, 8))})", [13.0, 11.0, 6.0]),
+    "bucket_17_edges": (f"bucket(x, {list(range(-8, 9))})", [13.0, 11.0, 6.0]),
+    "bucket_20_edges_on_an_edge": (f"bucket(x - 0.5, {[e / 2 for e in range(-10, 10)]})", [18.0, 14.0, 4.0]),
     "clip_inverted": ("clip(x, 5, 1)", [1.0, 1.0, 1.0]),
     "min_null": ("min(x, y)", [2.0, None, -3.0]),
 }
@@ -260,6 +278,10 @@ async def test_undefined_results_and_nulls_follow_the_documented_semantics(tmp_p
     )
     got = {c.name: c.values for c in result.columns}
     assert {k: got[k] for k in SEMANTICS} == {k: v for k, (_, v) in SEMANTICS.items()}
+    for i in range(3):  # a row alone: the kernel's scalar entry (Kernel.row)
+        alone = JoinRequest({"id": [i + 1]}, tuple(f"d:{k}" for k in SEMANTICS))
+        one = {c.name: c.values for c in (await engine.join(alone, time.monotonic() + 10)).columns[1:]}
+        assert one == {k: [got[k][i]] for k in SEMANTICS}, i
     statuses = {c.name: {s.name for s in c.outcome.statuses} for c in result.columns if c.outcome is not None}
     assert all(s == {"PRESENT"} for s in statuses.values()), "an undefined result is null with status PRESENT"
 
