@@ -57,6 +57,10 @@ class Transport:
         if data.endswith(b"}"):  # the JSON body: the last write of a response
             self.answered.set()
 
+    def writelines(self, parts: Any) -> None:
+        for data in parts:
+            self.write(data)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
 

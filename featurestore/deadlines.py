@@ -125,7 +125,9 @@ class Guard:
         self._task = task
         self._cancelling = task.cancelling()
         owner = self._owner
-        loop = asyncio.get_running_loop()
+        # the running loop, without a second get_running_loop(): on CPython 3.11 each
+        # call is a getpid() system call (its fork check)
+        loop = task.get_loop()
         if loop is not owner._loop:
             owner._use(loop)
         # inline, as in __exit__: the method calls cost ~0.3 µs a request

@@ -150,8 +150,7 @@ class JoinCycle(RequestResponseCycle):
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        self.transport.write(b"".join(head))
-        self.transport.write(out)
+        self.transport.writelines((b"".join(head), out))  # one send (writev), not one for each
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:
