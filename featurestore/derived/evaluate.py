@@ -45,7 +45,7 @@ FLOAT64 = DType.FLOAT64
 # request in the serving path, arrays against lists (``python -m
 # benchmarks.derived_arrays``, benchmarks/RESULTS.md, 2026-12-05): 13.9 µs (2.8%) less at
 # batch 100, 0.1-6.2 µs less at 12-32, even at 8 (0.2 µs, within the noise), 1.1-1.5 µs
-# more at 1-4 (numpy's and orjson's set-up per array).
+# more at 1-4 (numpy's and orjson's set-up per array; one row now takes neither path).
 ARRAY_ROWS = 8
 
 
