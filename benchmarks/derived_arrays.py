@@ -94,6 +94,9 @@ if __name__ == "__main__":
     ap.add_argument("--requests", type=int, default=8000, help="request pairs at batch 10 (scaled by batch)")
     ap.add_argument("--batches", default="2,4,8,12,16,32,100")
     ap.add_argument("--out", type=Path, default=HERE / "out")
+    args = ap.parse_args()
+    if any(int(b) < 2 for b in args.batches.split(",")):
+        ap.error("--batches: every batch at least 2 (one row takes neither path: Kernel.row)")
     import uvloop
 
-    uvloop.run(main(ap.parse_args()))
+    uvloop.run(main(args))

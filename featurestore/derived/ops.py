@@ -152,10 +152,12 @@ def int64(x: float) -> float:
 
 
 # Up to this many edges a bucket counts them all, branch-free: a binary search's
-# branches follow the data, and the processor mispredicts about one per level on
-# request values. The demo's kernel (4 edges) over 512 different 100-row inputs in turn:
-# 2.43 -> 1.86 µs a call, 1.45 either way on one input repeated (2026-12-05).
-LINEAR_EDGES = 16
+# branches follow the data, which the processor predicts badly on request values. 100
+# varied rows a call (a loop over 512 inputs, uniform over the edges' range; a script in
+# /work, 2026-12-05): 4 edges 4.43 µs counting against 5.04 searching, 16 edges 4.73 /
+# 5.43, 32 edges 5.36 / 5.98, 64 edges 6.49 / 6.24. In the demo's kernel (4 edges): 2.43
+# -> 1.86 µs a 100-row call, 1.45 either way on one input repeated.
+LINEAR_EDGES = 32
 
 
 @_jit

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +183,48 @@ async def test_the_most_severe_input_status_wins_and_the_value_is_null(setup: An
     assert result.partial
 
 
-async def test_a_join_of_one_row_serves_what_the_same_row_of_a_batch_serves(setup: Any) -> None:
-    """One entity row takes the kernels' scalar entry (Kernel.row): values, statuses and
-    timestamps as in a batch, through chained views and outcomes combined across views."""
+async def test_a_join_of_one_row_serves_what_the_same_row_of_a_batch_serves(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One entity row takes the kernels' one-row entry (Kernel.row), more rows their
+    matrix loop (Kernel.into): values of the same types, statuses and timestamps alike,
+    through chained views, outcomes combined across views and int64 / bool features."""
     engine, _ = setup
-    features = ("d:a_and_b", "d:with_down", "d:only_a", "d2:chained")
-    batch = columns(await engine.join(JoinRequest({"user_id": [1, 2, 3, 4]}, features), deadline()))
-    for i, user in enumerate([1, 2, 3, 4]):
-        one = columns(await engine.join(JoinRequest({"user_id": [user]}, features), deadline()))
-        for name in ("a_and_b", "with_down", "only_a", "chained"):
-            assert one[name].values == [batch[name].values[i]], (name, user)
+    calls: list[str] = []
+
+    def spied(entry: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls.append(entry)
+            return fn(*args)
+
+        return call
+
+    kernels = {
+        name: replace(k, row=spied("row", k.row), into=spied("into", k.into))
+        for name, k in engine.state.kernels.items()
+    }
+    monkeypatch.setattr(engine, "state", ServingState(engine.state.snapshot, kernels=kernels))
+    features = ("d:a_and_b", "d:with_down", "d:only_a", "d2:chained", "d:is_promo", "d:units")
+    users, prices, qty = [1, 2, 3, 4], [12.5, None, 3.0, 20.0], [4, 3, 2, 1]
+    promo = [True, True, False, None]
+    batch_req = JoinRequest(
+        {"user_id": users}, features, request_data={"price": prices, "qty": qty, "promo": promo}
+    )
+    batch = columns(await engine.join(batch_req, deadline()))
+    assert calls == ["into", "into"]  # d, then d2 reading it
+    for i, user in enumerate(users):
+        calls.clear()
+        data: dict[str, list[Any]] = {"price": [prices[i]], "qty": [qty[i]], "promo": [promo[i]]}
+        one = columns(
+            await engine.join(JoinRequest({"user_id": [user]}, features, request_data=data), deadline())
+        )
+        assert calls == ["row", "row"], user
+        for name in ("a_and_b", "with_down", "only_a", "chained", "is_promo", "units"):
+            got, want = one[name].values[0], batch[name].values[i]
+            assert (type(got), got) == (type(want), want), (name, user)
             assert one[name].outcome.statuses == [batch[name].outcome.statuses[i]], (name, user)
             assert one[name].outcome.event_ts_us == [batch[name].outcome.event_ts_us[i]], (name, user)
+    assert batch["units"].values == [10, 8, 5, 2] and batch["is_promo"].values == [True, None, False, None]
 
 
 async def test_the_event_timestamp_is_the_oldest_input_timestamp(setup: Any) -> None:

@@ -160,7 +160,8 @@ async def test_a_plain_joins_head_and_body_leave_the_server_in_one_write(
     server: tuple[Scripted, int, uvicorn.Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One writelines (one writev on uvloop) per answer: a write for the head and one for
-    the body cost a send each, 5% more CPU per request at batch 1 (benchmarks/RESULTS.md)."""
+    the body cost a send each, 1-5% more CPU per request at batch 1 (three A/B runs,
+    benchmarks/RESULTS.md)."""
     writes: list[tuple[str, list[bytes]]] = []  # the protocol's calls (not the transport's own)
     made = GuardedHttpProtocol.connection_made
 
