@@ -126,7 +126,8 @@ class Guard:
         self._cancelling = task.cancelling()
         owner = self._owner
         # the running loop, without a second get_running_loop(): on CPython 3.11 each
-        # call is a getpid() system call (its fork check)
+        # call is a getpid() system call (its fork check), ~100 ns here; measured only
+        # with the one-write answer (benchmarks/RESULTS.md, "One write per response")
         loop = task.get_loop()
         if loop is not owner._loop:
             owner._use(loop)

@@ -1,19 +1,21 @@
 """Typed IR -> the Python source of one derived view's numba kernel.
 
-One kernel per derived view computes all of its features, in dependency order, in
-one loop over the rows: one dispatch per view per request (numba's dispatch costs
-~0.6 µs, the list -> array conversion around it ~3 µs at batch 1; measured in
-benchmarks/derived.py). ``kernel_into(inp, out)`` reads a C-contiguous float64 matrix,
-row k = ``KernelSpec.inputs[k]`` over the request's rows (NaN = null), and writes one
-row per feature of the view, in the view's order, into ``out``; it returns a bit mask of
-the output rows holding a null (bit k for row k; rows from ``NULL_BITS - 1`` on share
-the last bit), so a join scans for nulls only the rows that have one. Writing into an
-array the caller allocated instead of returning one spares numba boxing its result:
-with the mask, 1.06 -> 0.85 µs per call at batch 1 (numba dispatch, kernel, tolist).
-The mask is gathered in the loop (a flag per feature), not by a second pass over ``out``.
-``kernel_row(a0, a1, ...)`` is the same loop body for one row: the inputs as floats in,
-the features as a tuple out (NaN = null), so a join of one entity row builds no matrix
-(``derived.evaluate``). ``kernel(inp)`` returns the output matrix (tests, benchmarks).
+One kernel per derived view computes all of its features, in dependency order: one
+dispatch per view per request (numba's dispatch costs ~0.6 µs). Its statements are
+compiled once, as ``kernel_row(a0, a1, ...)``: one row's inputs as floats in, its
+features as a tuple out (NaN = null); a join of one entity row calls it directly and
+builds no array (conversion + call + values out for the demo's view: 1.28 -> 0.29 µs
+against the matrix entry, benchmarks/RESULTS.md, "A one-row entry"). ``kernel_into(inp,
+out)``, the loop over rows, calls it for each row (numba inlines it): it reads a
+C-contiguous float64 matrix, row k = ``KernelSpec.inputs[k]`` over the request's rows
+(NaN = null), and writes one row per feature of the view, in the view's order, into
+``out``; it returns a bit mask of the output rows holding a null (bit k for row k; rows
+from ``NULL_BITS - 1`` on share the last bit), gathered in the loop with one flag per
+bit, so a join scans for nulls only the rows that have one. Writing into an array the
+caller allocated instead of returning one spares numba boxing its result: with the
+mask, 1.06 -> 0.85 µs per call (numba dispatch, kernel, tolist; measured at batch 1
+when batch 1 took this entry). ``kernel(inp)`` returns the output matrix (tests,
+benchmarks).
 
 The source is generated from the validated IR only (never from user text), written to
 the cache directory under a name derived from its hash (``compiler``) and compiled by

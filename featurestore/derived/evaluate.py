@@ -43,9 +43,10 @@ FLOAT64 = DType.FLOAT64
 # encoders read the doubles where the kernel wrote them, and (batch 100, four features)
 # 400 float objects are neither made by ``tolist`` nor freed. ranker_v2's CPU per
 # request in the serving path, arrays against lists (``python -m
-# benchmarks.derived_arrays``, benchmarks/RESULTS.md, 2026-12-05): 13.9 µs (2.8%) less at
-# batch 100, 0.1-6.2 µs less at 12-32, even at 8 (0.2 µs, within the noise), 1.1-1.5 µs
-# more at 1-4 (numpy's and orjson's set-up per array; one row now takes neither path).
+# benchmarks.derived_arrays``, benchmarks/RESULTS.md, 2026-12-05 23:10): 12.4 µs (3.4%)
+# less at batch 100, 0.4-1.0 µs less at 12-32 and even at 8 (within the harness's ~1 µs
+# noise), 0.2-0.9 µs more at 2-4 (numpy's and orjson's set-up per array; one row takes
+# neither path: ``_run_row``).
 ARRAY_ROWS = 8
 
 
@@ -156,7 +157,8 @@ class DerivedPlan:
         # Inputs the request does not need (only features it did not ask for read them)
         # share one NaN row: a row of None sends np.array down its object path. Demo
         # kernel, 2 of its 4 inputs unneeded, conversion + kernel + tolist: 4.4 -> 2.3 µs
-        # at batch 1, 28.6 -> 17.9 at 100, 373 -> 188 at 1,000 (a loaded 2-core VM).
+        # at batch 1 (measured when batch 1 came here), 28.6 -> 17.9 at 100, 373 -> 188 at
+        # 1,000 (a loaded 2-core VM).
         # A kernel computes every feature of its view even when one is asked for: one
         # kernel (and one dispatch) per view instead of one per requested subset; on
         # NaN inputs the unasked features cost 0.3 µs at batch 100, 15 µs at 1,000 and
@@ -199,7 +201,8 @@ class DerivedPlan:
                     values = _values(values.tolist() if arrays else values, out.dtype)
                 elif nulls[out.step] & out.bit:
                     # Only a row the kernel flagged is scanned (a Python sum per row, the NaN
-                    # test before: 2 µs of the demo's 4 rows at batch 1, 4.6 at batch 100).
+                    # test before: 2 µs of the demo's 4 rows at batch 1 when batch 1 came
+                    # here, 4.6 at batch 100).
                     values = [None if v != v else v for v in values]
                 if not outcome.all_present:
                     values = [

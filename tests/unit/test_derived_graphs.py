@@ -46,8 +46,9 @@ def chain(n: int, *, fibonacci: bool = False, reverse: bool = False) -> dict[str
 
 def plan(defs: Definitions, refs: list[FeatureRef]) -> Any:
     """The plan of ``refs`` over kernels generated but not compiled (compiling a
-    1,500-statement kernel took numba about 70 s, and its one-row entry adds about a
-    third: benchmarks/RESULTS.md; test_derived_kernels compiles)."""
+    1,500-statement kernel took numba about 70 s before the one-row entry, which made a
+    300-feature chain's build 6.8 -> 9.0 s: benchmarks/RESULTS.md; test_derived_kernels
+    compiles)."""
     kernels = {
         name: compiler.Kernel(
             generate(view, defs),
@@ -145,7 +146,8 @@ def test_validate_of_a_reversed_chain_prints_a_clean_result(
 ) -> None:
     """``featurestore validate`` used to print a RecursionError traceback here. The
     kernel is generated but its numba build is left out (about 70 s for 1,500
-    statements); validate's build is tested in test_derived_kernels."""
+    statements before the one-row entry, more since); validate's build is tested in
+    test_derived_kernels."""
     from featurestore.cli import main
 
     built: list[KernelSpec] = []
