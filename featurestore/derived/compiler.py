@@ -73,10 +73,9 @@ class Kernel:
 
 # Kernels loaded by this process, by module name: once each (numba never frees machine code).
 _loaded: dict[str, Kernel] = {}
-# Module names whose build failed for good (``build``'s ``lasting``), or whose load still
-# failed after a rebuild (for a reason other than an OSError or MemoryError), with the
-# error: the name is the hash of everything the build depends on, so it fails again. Plain dict
-# reads and writes (atomic): the event loop checks it, and must not wait on ``_lock``.
+# Module names whose build failed for good (``build``'s ``lasting``) or whose load failed
+# after a rebuild (not for an OSError or MemoryError), with the error: the name hashes all
+# the build depends on, so it fails again. Plain dict (atomic): the loop must not wait on _lock.
 _failed: dict[str, str] = {}
 _lock = threading.Lock()
 
@@ -297,13 +296,12 @@ def build_sync(specs: list[KernelSpec], cache_dir: Path) -> None:
 
 
 def load(spec: KernelSpec, path: Path) -> Kernel:
-    """Import a built module (numba loads its machine code from the cache) and run the
-    kernel once, so the first request finds everything resolved."""
+    """Import a built module (numba loads its machine code from the cache) and run both
+    entries once, so the first request finds everything resolved."""
     with _lock:
         kernel = _loaded.get(spec.module)
         if kernel is not None:
-            # The machine code is shared; the spec (where each input row comes from, the
-            # output rows' names) is this snapshot's: never another snapshot's.
+            # Shared machine code; this snapshot's spec (input rows' sources, output names).
             return kernel if kernel.spec == spec else replace(kernel, spec=spec)
         module_spec = importlib.util.spec_from_file_location(f"featurestore_derived_{spec.module}", path)
         assert module_spec is not None and module_spec.loader is not None
@@ -322,8 +320,8 @@ def load(spec: KernelSpec, path: Path) -> Kernel:
         row(*[0.0] * len(spec.inputs))
         from_cache = all(f.stats.cache_hits and not f.stats.cache_misses for f in (into, row))
         metrics.DERIVED_COMPILES.labels("loaded").inc()
-        kernel = _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into, row)
-        return kernel
+        _loaded[spec.module] = Kernel(spec, module.kernel, from_cache, into, row)
+        return _loaded[spec.module]
 
 
 async def kernels_for(defs: Definitions, cache_dir: Path) -> dict[str, Kernel]:
