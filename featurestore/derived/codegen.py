@@ -212,8 +212,8 @@ class _Writer:
         args = [f"a{k}" for k in range(arity)]
         signature = f"UniTuple(float64, {width})({', '.join(['float64'] * arity)})"
         # one flag per mask bit: features from bit NULL_BITS - 1 on share the last one
-        flag = [f"m{min(k, NULL_BITS - 1)}" for k in range(width)]
-        flags = list(dict.fromkeys(flag))
+        bit = [min(k, NULL_BITS - 1) for k in range(width)]
+        bits = list(dict.fromkeys(bit))
         row = f"kernel_row({', '.join(f'inp[{k}, i]' for k in range(arity))})"
         inputs = tuple(sorted(self.rows, key=self.rows.__getitem__))
         head = [
@@ -248,13 +248,13 @@ class _Writer:
             '@numba.njit("int64(float64[:, ::1], float64[:, ::1])", cache=True, nogil=True, error_model="numpy")',
             "def kernel_into(inp, out):",
             "    n = inp.shape[1]",
-            f"    {' = '.join(flags)} = False",
+            f"    {' = '.join(f'm{b}' for b in bits)} = False",
             "    for i in range(n):",
             f"        r = {row}",
             *(f"        out[{k}, i] = r[{k}]" for k in range(width)),
-            *(f"        {m} |= math.isnan(r[{k}])" for k, m in enumerate(flag)),
+            *(f"        m{b} |= math.isnan(r[{k}])" for k, b in enumerate(bit)),
             "    nulls = 0",
-            *(f"    if {m}:\n        nulls |= {1 << int(m[1:])}" for m in flags),
+            *(f"    if m{b}:\n        nulls |= {1 << b}" for b in bits),
             "    return nulls",
             "",
             "",
