@@ -88,6 +88,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports
 	$(PY) -m benchmarks.grpc_floor
+	$(PY) -m benchmarks.proto_encoding
 	$(PY) -m benchmarks.redis_protocol
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.store_faults

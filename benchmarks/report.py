@@ -89,6 +89,7 @@ PARTS = (
     "cache_cost.md",
     "grpc.md",
     "grpc-floor.md",
+    "proto-encoding.md",
     "redis-protocol.md",
     "overload.md",
     "store-faults.md",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from typing import Any
 
 import numpy as np
@@ -143,3 +144,51 @@ def test_a_stored_null_vector_element_is_written_as_nan_and_never_fails_the_resp
     got = proto_codec.column_values(msg.results[1])
     assert got[1] is None and got[0][0] == 1.0 and got[2][1] == 2.5
     assert [math.isnan(x) for x in (got[0][1], got[2][0], got[2][2])] == [True] * 3
+
+
+NULL_DTYPES = [DType.INT64, DType.FLOAT64, DType.STRING, DType.TIMESTAMP, DType.BOOL, DType.FLOAT32_VECTOR]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 100])
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("dtype", NULL_DTYPES)
+def test_a_single_null_anywhere_in_a_list_is_a_null_row_as_the_generated_classes_write_it(
+    dtype: DType, where: str, n: int
+) -> None:
+    """A list is encoded as having no null, its encoder refusing one if there is (upb and
+    struct raise on None): a lone null at either end of a short or long list, and a null
+    event timestamp, must still come out as the generated classes write them."""
+    rnd = random.Random(n)
+    values: list[Any] = [value(rnd, dtype) for _ in range(n)]
+    values[0 if where == "first" else -1] = None
+    ts: list[int | None] = [rnd.randrange(0, 2**62) for _ in range(n)]
+    ts[-1 if where == "first" else 0] = None
+    out = ViewOutcome("v", [Status.PRESENT] * n, ts, True)
+    columns = [
+        ResultColumn("user_id", DType.INT64, list(range(n)), None),
+        ResultColumn("f", dtype, values, out),
+    ]
+    plan: Any = None
+    result = JoinResult(columns, 1, False, n, plan)
+    assert proto_codec.encode_join(result, "t") == upb_bytes(result, "t")
+    got = pb.JoinResponse.FromString(proto_codec.encode_join(result, "t")).results[1]
+    assert list(got.null_rows) == [0 if where == "first" else n - 1]
+
+
+@pytest.mark.parametrize(("dtype", "bad"), [(DType.INT64, "7"), (DType.FLOAT64, "1.5"), (DType.STRING, 7)])
+@pytest.mark.parametrize("n", [1, 100])
+def test_a_value_of_another_type_in_a_list_without_a_null_still_fails_its_encoder(
+    dtype: DType, bad: Any, n: int
+) -> None:
+    """The encoder's refusal is read as "a null is there" only where one is: a value of
+    the wrong type (a store bug) fails as it did before, never encoded as a null row."""
+    values: list[Any] = [value(random.Random(1), dtype)] * n
+    values[-1] = bad
+    out = ViewOutcome("v", [Status.PRESENT] * n, [1] * n, True)
+    columns = [
+        ResultColumn("user_id", DType.INT64, list(range(n)), None),
+        ResultColumn("f", dtype, values, out),
+    ]
+    plan: Any = None
+    with pytest.raises((TypeError, struct.error)):
+        proto_codec.encode_join(JoinResult(columns, 1, False, n, plan), "t")
