@@ -74,16 +74,22 @@ def msgspec_encoder() -> Iterator[None]:
         json_codec.dumps, json_codec.Fragment = saved
 
 
-async def results(data: Path) -> dict[tuple[str, int], list[JoinResult]]:
+async def results(
+    data: Path, requests: dict[str, dict[str, Any]] = REQUESTS, unknown: float = 0.0
+) -> dict[tuple[str, int], list[JoinResult]]:
+    """``DRAWS`` join results per request and batch; ``unknown``: the share of user ids
+    drawn past the demo's 100,000 users (NOT_FOUND rows)."""
     _, rt = await demo_runtime(data)
     rnd = random.Random(4242)
     out: dict[tuple[str, int], list[JoinResult]] = {}
     try:
-        for label, shape in REQUESTS.items():
+        for label, shape in requests.items():
             for batch in (1, 10, 100):
                 got = out[(label, batch)] = []
                 for _ in range(DRAWS):
                     ids = [rnd.randint(1, 100_000) for _ in range(batch)]
+                    if unknown:
+                        ids = [i + 100_000 if rnd.random() < unknown else i for i in ids]
                     prices = [round(rnd.random() * 150, 2) for _ in range(batch)]
                     req = JoinRequest({"user_id": ids}, request_data={"item_price": prices}, **shape)
                     got.append(await rt.engine.join(req, time.monotonic() + 5))

@@ -6,9 +6,10 @@ and serialize, 234 µs at batch 100, against 10 and 72 µs for the JSON encoding
 same result (msgspec), so gRPC lost to HTTP on encoding alone. Here each value list is
 one C call (doubles: one ``struct.pack``; other lists of 8+ values: a list message
 constructed and serialized, upb encoding the packed values; shorter ones framed in
-Python), and the frames around it (tags, lengths, names) are joined as bytes; then 27 µs
-at batch 1 and 100 µs at batch 100, now 23 and 64, against 8 and 68 for JSON (orjson since;
-``python -m benchmarks.proto_encoding``, benchmarks/RESULTS.md). Statuses are their
+Python), and the frames around it (tags, lengths, names) are joined as bytes: 27 µs at
+batch 1 and 100 µs at batch 100 when it came (2026-12-02); for what it costs now, against
+the JSON answer's encoder, see ``python -m benchmarks.proto_encoding``
+(benchmarks/RESULTS.md, "The gRPC Join response's encoding"). Statuses are their
 own bytes (``Status`` values are the proto numbers, all < 128), a packed int64 list is
 re-tagged for the column's event_timestamps and null_rows, and a view's statuses and
 timestamps are encoded once and shared by its columns, as in the JSON codec. The bytes
@@ -139,22 +140,16 @@ _LIST: dict[DType, Callable[[list[Any], bool], bytes]] = {
 # By the member's id: an Enum member hashes in Python (0.3 µs), and a response looks
 # up every column's dtype; members are singletons, so their ids are fixed. With each:
 # whether its encoder, told a list has no null, refuses one (upb and struct raise on
-# None: TypeError, struct.error), so its lists are encoded without first being scanned
-# for a null: ``None in values`` compares every value with None, 1.1-1.4 µs per 100
-# values: a batch-100 ranker_v1 response (17 columns) 85.3 -> 63.5 µs, batch 10 32.5 ->
-# 29.8, batch 1 23.4 -> 22.9 (``python -m benchmarks.proto_encoding``, 2026-12-06).
+# None: TypeError, struct.error), so a list of a view whose rows are all PRESENT is
+# encoded without first being scanned for a null (``None in values`` compares every
+# value with None: ~1.3 µs per 100 values); a view with a row not PRESENT has a null
+# there (join._merge), so its lists skip both. Per response, rows all PRESENT: ranker_v1
+# at batch 100 85.3 -> 63.5 µs, at 1 23.4 -> 22.9 (``python -m benchmarks.proto_encoding``,
+# 2026-12-06, which also times responses with unknown keys among the rows).
 # bool and vector encoders would write a null as False / an empty vector: scanned first.
 _REFUSING = (DType.INT64, DType.FLOAT64, DType.STRING, DType.TIMESTAMP)
 _BY_ID = {id(d): (_VALUE_TAG[d], _LIST[d], d in _REFUSING) for d in DType}
 _NULL_REFUSED = (TypeError, struct.error)
-
-
-def _with_nulls(encode: Callable[[list[Any], bool], bytes], values: list[Any]) -> bytes:
-    """A list whose encoder refused it as having no null: encoded with its nulls, or the
-    encoder's own error where it holds none (a value of another type)."""
-    if None not in values:
-        return encode(values, False)  # raises again, as it did
-    return encode(values, True)
 
 
 def _name(name: str) -> bytes:
@@ -173,10 +168,13 @@ def _outcome_fields(outcome: ViewOutcome) -> bytes:
         return b""
     statuses = _STATUSES + varint(n) + bytes(outcome.statuses)
     ts = outcome.event_ts_us
-    try:
-        packed = _int64s(ts, False)
-    except _NULL_REFUSED:
-        packed = _with_nulls(_int64s, ts)
+    if not outcome.all_present:  # a row not found has no timestamp: scanned
+        packed = _int64s(ts, None in ts)
+    else:
+        try:
+            packed = _int64s(ts, False)
+        except _NULL_REFUSED:  # (a derived view reading only request fields has none)
+            packed = _int64s(ts, True)  # (no null in it: raises the same error again)
     return statuses + _retag(_EVENT_TS, packed)
 
 
@@ -219,11 +217,16 @@ def encode_join(
             payload = encode(values, nulls)
         else:
             tag, encode, refusing = _BY_ID[id(c.dtype)]
-            if refusing:
+            if c.outcome is not None and not c.outcome.all_present:
+                # A row not PRESENT holds None (join._merge): no scan, no failed attempt.
+                # (Were one not to, these are the bytes a list without a null gets.)
+                nulls = True
+                payload = encode(values, True)
+            elif refusing:
                 try:
                     payload, nulls = encode(values, False), False
-                except _NULL_REFUSED:
-                    payload, nulls = _with_nulls(encode, values), True
+                except _NULL_REFUSED:  # a stored null in a PRESENT row (or a bad value: raises again)
+                    payload, nulls = encode(values, True), True
             else:
                 nulls = None in values
                 payload = encode(values, nulls)
