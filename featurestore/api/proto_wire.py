@@ -140,16 +140,34 @@ _LIST: dict[DType, Callable[[list[Any], bool], bytes]] = {
 # By the member's id: an Enum member hashes in Python (0.3 µs), and a response looks
 # up every column's dtype; members are singletons, so their ids are fixed. With each:
 # whether its encoder, told a list has no null, refuses one (upb and struct raise on
-# None: TypeError, struct.error), so a list of a view whose rows are all PRESENT is
-# encoded without first being scanned for a null (``None in values`` compares every
-# value with None: ~1.3 µs per 100 values); a view with a row not PRESENT has a null
-# there (join._merge), so its lists skip both. Per response, rows all PRESENT: ranker_v1
-# at batch 100 85.3 -> 63.5 µs, at 1 23.4 -> 22.9 (``python -m benchmarks.proto_encoding``,
-# 2026-12-06, which also times responses with unknown keys among the rows).
+# None: TypeError, struct.error), so a list is encoded without first being scanned for a
+# null (``None in values`` compares every value with None: ~1.3 µs per 100 values).
+# ranker_v1 responses, rows all found: batch 100 89.3 -> 66.1 µs, batch 1 24.1 -> 23.1;
+# a tenth of the users unknown, batch 100 (``encode_join`` fills their rows first):
+# 142.9 -> 85.6 (``python -m benchmarks.proto_encoding``, 2026-12-06 01:28).
 # bool and vector encoders would write a null as False / an empty vector: scanned first.
 _REFUSING = (DType.INT64, DType.FLOAT64, DType.STRING, DType.TIMESTAMP)
 _BY_ID = {id(d): (_VALUE_TAG[d], _LIST[d], d in _REFUSING) for d in DType}
 _NULL_REFUSED = (TypeError, struct.error)
+_PRESENT_STATUS = Status.PRESENT
+# What a null is written as, by dtype (as the encoders' own null paths write it), for the
+# dtypes whose encoders refuse a null.
+_NULL_VALUE: dict[int, Any] = {
+    id(DType.INT64): 0,
+    id(DType.TIMESTAMP): 0,
+    id(DType.FLOAT64): 0.0,
+    id(DType.STRING): "",
+}
+
+
+def _filled(values: list[Any], absent: list[int], dtype_id: int) -> list[Any]:
+    """``values`` with the null of each row in ``absent`` written as its dtype's null value."""
+    zero = _NULL_VALUE[dtype_id]
+    out = list(values)
+    for i in absent:
+        if out[i] is None:
+            out[i] = zero
+    return out
 
 
 def _name(name: str) -> bytes:
@@ -204,6 +222,7 @@ def encode_join(
         (_STATUSES + varint(rows) + _PRESENT * rows + _EVENT_TS + varint(rows) + bytes(rows)) if rows else b""
     )
     shared: dict[int, bytes] = {}
+    absent_rows: dict[int, list[int]] = {}  # per view outcome not all PRESENT: its rows not PRESENT
     for c in columns:
         values = c.values
         nan_rows: list[int] | None = None
@@ -217,9 +236,23 @@ def encode_join(
             payload = encode(values, nulls)
         else:
             tag, encode, refusing = _BY_ID[id(c.dtype)]
-            if c.outcome is not None and not c.outcome.all_present:
-                # A row not PRESENT holds None (join._merge): no scan, no failed attempt.
-                # (Were one not to, these are the bytes a list without a null gets.)
+            outcome = c.outcome
+            if outcome is not None and not outcome.all_present and refusing:
+                # A row not PRESENT holds None (join._merge): those rows take the null's
+                # value, and the list is encoded as having no other null (the encoder
+                # refusing one: a stored null in a PRESENT row, written with its nulls).
+                # Listing null rows value by value cost ~5 µs a column of 100 (the numbers
+                # above _REFUSING).
+                absent = absent_rows.get(id(outcome))
+                if absent is None:
+                    absent = absent_rows[id(outcome)] = [
+                        i for i, s in enumerate(outcome.statuses) if s is not _PRESENT_STATUS
+                    ]
+                try:
+                    payload, nulls = encode(_filled(values, absent, id(c.dtype)), False), False
+                except _NULL_REFUSED:
+                    payload, nulls = encode(values, True), True
+            elif outcome is not None and not outcome.all_present:  # bool, vector: a null row listed
                 nulls = True
                 payload = encode(values, True)
             elif refusing:
