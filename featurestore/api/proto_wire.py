@@ -144,8 +144,10 @@ _LIST: dict[DType, Callable[[list[Any], bool], bytes]] = {
 # null (``None in values`` compares every value with None: ~1.3 µs per 100 values).
 # ranker_v1 responses, rows all found: batch 100 89.3 -> 66.1 µs, batch 1 24.1 -> 23.1;
 # a tenth of the users unknown, batch 100 (``encode_join`` fills their rows first):
-# 142.9 -> 85.6 (``python -m benchmarks.proto_encoding``, 2026-12-06 01:28).
-# bool and vector encoders would write a null as False / an empty vector: scanned first.
+# 142.9 -> 85.6 (``python -m benchmarks.proto_encoding``, 2026-12-06 01:29; the demo has no
+# stored nulls: one in a PRESENT row pays a copy and a refused encode before the null path).
+# bool and vector encoders would write a null as False / an empty vector: scanned first
+# (a view with a row not PRESENT: written with its null rows listed, unscanned).
 _REFUSING = (DType.INT64, DType.FLOAT64, DType.STRING, DType.TIMESTAMP)
 _BY_ID = {id(d): (_VALUE_TAG[d], _LIST[d], d in _REFUSING) for d in DType}
 _NULL_REFUSED = (TypeError, struct.error)
@@ -241,8 +243,8 @@ def encode_join(
                 # A row not PRESENT holds None (join._merge): those rows take the null's
                 # value, and the list is encoded as having no other null (the encoder
                 # refusing one: a stored null in a PRESENT row, written with its nulls).
-                # Listing null rows value by value cost ~5 µs a column of 100 (the numbers
-                # above _REFUSING).
+                # Filling instead of listing null rows value by value saved ~3.5 µs a column
+                # of 100 (57 µs over 16 columns: the numbers above _REFUSING).
                 absent = absent_rows.get(id(outcome))
                 if absent is None:
                     absent = absent_rows[id(outcome)] = [

@@ -193,3 +193,45 @@ def test_a_value_of_another_type_in_a_list_without_a_null_still_fails_its_encode
     plan: Any = None
     with pytest.raises((TypeError, struct.error)):
         proto_codec.encode_join(JoinResult(columns, 1, False, n, plan), "t")
+
+
+@pytest.mark.parametrize("stored_null", [False, True])
+@pytest.mark.parametrize("status", [Status.NOT_FOUND, Status.OUTSIDE_MAX_AGE, Status.UNAVAILABLE])
+@pytest.mark.parametrize("n", [2, 7, 8, 100])
+@pytest.mark.parametrize("dtype", NULL_DTYPES)
+def test_rows_not_present_are_written_as_their_dtypes_null_and_a_stored_null_beside_them_is_still_a_null_row(
+    dtype: DType, n: int, status: Status, stored_null: bool
+) -> None:
+    """The join's shape: every row not PRESENT holds None (join._merge), one list shared by
+    two columns and the view's timestamps where the view was UNAVAILABLE; such rows are
+    written as the dtype's null value, a stored null in a PRESENT row still listed in
+    null_rows, and no list the join handed over is changed."""
+    rnd = random.Random(n)
+    absent = set(range(0, n, 3))
+    statuses = [status if i in absent else Status.PRESENT for i in range(n)]
+    k = next(i for i in range(n) if i not in absent)
+    if status is Status.UNAVAILABLE:
+        shared: list[Any] = [None] * n
+        columns_values: list[list[Any]] = [shared, shared]
+        ts: list[int | None] = shared
+        statuses = [Status.UNAVAILABLE] * n
+    else:
+        columns_values = [[None if i in absent else value(rnd, dtype) for i in range(n)] for _ in range(2)]
+        ts = [
+            rnd.randrange(0, 2**62) if i not in absent or status is Status.OUTSIDE_MAX_AGE else None
+            for i in range(n)
+        ]
+        if stored_null:
+            columns_values[0][k] = None
+    before = [list(v) for v in columns_values]
+    out = ViewOutcome("v", statuses, ts, False, unavailable=status is Status.UNAVAILABLE)
+    columns = [ResultColumn("user_id", DType.INT64, list(range(n)), None)]
+    columns += [ResultColumn(f"f{j}", dtype, v, out) for j, v in enumerate(columns_values)]
+    plan: Any = None
+    result = JoinResult(columns, 1, status is Status.UNAVAILABLE, n, plan)
+    encoded = proto_codec.encode_join(result, "t")
+    assert encoded == upb_bytes(result, "t")
+    msg = pb.JoinResponse.FromString(encoded)
+    expected = [k] if stored_null and status is not Status.UNAVAILABLE else []
+    assert list(msg.results[1].null_rows) == expected and list(msg.results[2].null_rows) == []
+    assert [list(v) for v in columns_values] == before
