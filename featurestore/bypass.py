@@ -51,6 +51,7 @@ without the rule (the same verdict, cheaper: tests/unit/test_cache_bypass_quiet.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Final
@@ -66,6 +67,7 @@ _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 # cache set the rate to 0). 64: at 0.5 a one-key read skips after 32 misses, a two-view one
 # whose views both miss after 14 each (at ClickHouse's 50: after 1,911 and 271).
 _PRIOR_KEYS: Final = 64
+_MAX_QUIET_READS: Final = 1024  # read shapes held at once (CacheBypass._quiet_reads)
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
 # What consults() answers: read past the cache, consult it for every key, or read past it
 # measuring the sampled keys of its views on trial (CachedSource._read_trial).
@@ -86,6 +88,7 @@ class CacheBypass:
         "_looked",
         "_per_trip",
         "_quiet",
+        "_quiet_reads",
         "_quiet_trials",
         "_rate",
         "_salts",
@@ -112,6 +115,13 @@ class CacheBypass:
         # ``_quiet_trials``): a read of them is decided at once, not by the rule (0.3 against
         # 0.9 µs per batch-1 read of two views in process, 2026-12-05); a new figure unquiets.
         self._quiet: dict[str, float] = {}
+        # Reads the rule skips that no view's rate decides alone (two views at 0.7-0.83 hits:
+        # neither quiet, every read of both skipped), by shape, (view, keys) per query: until
+        # the soonest next trial or trial-rate end of their views; emptied by any change of a
+        # rate, trial or backoff. The rule and its trial check cost 3.3 µs a batch-1 read of
+        # two views against 0.9 for the shape (in process, 2026-12-06; same verdict:
+        # tests/unit/test_cache_bypass_quiet.py).
+        self._quiet_reads: dict[tuple[tuple[str, int], ...], float] = {}
         self._quiet_trials: set[str] = set()
         self.fills_per_round_trip = fills_per_round_trip  # (checked by its setter)
         self._trial_every = trial_every
@@ -143,6 +153,7 @@ class CacheBypass:
             raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         self._per_trip = figure
         self._quiet.clear()
+        self._quiet_reads.clear()
         self._quiet_trials.clear()
 
     @property
@@ -174,19 +185,34 @@ class CacheBypass:
                             return TRIAL
                 self.skipped += 1
                 return SKIP
-        chance, misses = 1.0, 0.0
+        shape = None
+        if self._quiet_reads:
+            shape = tuple([(q.view.name, len(q.keys)) for q in queries])
+            if self._quiet_reads.get(shape, 0.0) > self._clock():
+                self.skipped += 1
+                return SKIP
+        chance, misses, until = 1.0, 0.0, math.inf
         rate, unmeasured, warming = self._rate, self._unmeasured, self._warming
         for q in queries:
             h, k = rate.get(q.view.name, unmeasured), len(q.keys)
             if warming and q.view.name in warming:
                 h = self._warm_rate(q.view.name, h)
+                if q.view.name in warming:  # (its trial's rate: until then)
+                    until = min(until, warming[q.view.name][0])
             chance *= h**k
             misses += k * (1.0 - h)
         if chance * per_trip >= misses:
             if self._skipping_since or self._backoff:
                 self._consulting(queries)
             return CONSULT
-        return self._trial(queries)
+        verdict, next_trial = self._trial(queries)
+        if verdict == SKIP and queries and next_trial > -math.inf:
+            if shape is None:
+                shape = tuple([(q.view.name, len(q.keys)) for q in queries])
+            if len(self._quiet_reads) >= _MAX_QUIET_READS:  # (key counts vary with the batch)
+                self._quiet_reads.clear()
+            self._quiet_reads[shape] = min(until, next_trial)
+        return verdict
 
     def _warm_rate(self, view: str, rate: float) -> float:
         """The rate the rule uses for a view whose trial said consult: the trial's until
@@ -225,6 +251,7 @@ class CacheBypass:
         """The rule consults: its views are no longer skipping, and a view's backoff ends
         once the rule has kept consulting it for a period (so a rate that flips between
         consulting and skipping does not undo the backoff at every flip)."""
+        self._quiet_reads.clear()  # (a backoff it ends brings a view's next trial nearer)
         now = self._clock()
         since, backoff, consulting = self._skipping_since, self._backoff, self._consulting_since
         for q in queries:
@@ -236,18 +263,20 @@ class CacheBypass:
             if now - consulting.setdefault(name, now) >= self._trial_every:
                 del backoff[name], consulting[name]
 
-    def _trial(self, queries: Sequence[ViewQuery]) -> int:
+    def _trial(self, queries: Sequence[ViewQuery]) -> tuple[int, float]:
         """The rule would skip this read: ``TRIAL`` if one of its views is on trial, or has
-        been skipped long enough for its next trial (which starts), else ``SKIP``."""
+        been skipped long enough for its next trial (which starts), else ``SKIP``; with the
+        soonest next trial of its views (-inf where this read ended or began one)."""
         now = self._clock()
         since, trials, backoff = self._skipping_since, self._trials, self._backoff
-        on_trial = False
+        on_trial, soonest = False, math.inf
         for q in queries:
             name = q.view.name
             self._consulting_since.pop(name, None)
             trial = trials.get(name)
             if trial is not None and now >= trial.ends:
                 del trials[name]
+                soonest = -math.inf
                 if trial.prev < 0:  # no whole window: the rule consults it for a period
                     since.pop(name, None)  # (its backoff kept: only the rule consulting ends it)
                     self._measured(name, _PRIOR_KEYS, _PRIOR_KEYS, now)  # (as at 100%)
@@ -261,7 +290,9 @@ class CacheBypass:
                 if now >= began + wait:  # (as the quiet views' until: the same float)
                     trials[name] = trial = Trial(now, self._trial_every, next(self._salts))
                     backoff[name] = min(backoff.get(name, 0) + 1, MAX_BACKOFF)
+                    soonest = -math.inf
                 else:
+                    soonest = min(soonest, began + wait)
                     self._quiet_trials.discard(name)
                     if q.keys and self._cold(name):
                         self._quiet[name] = began + wait  # (its next trial)
@@ -271,12 +302,14 @@ class CacheBypass:
             on_trial = on_trial or trial is not None
         if not on_trial:
             self.skipped += 1
-            return SKIP
+            return SKIP, soonest
         self.tried += 1
-        return TRIAL
+        return TRIAL, soonest
 
     def _unquiet(self, view: str) -> None:
+        """A change of the view's rate or skipping: no quiet verdict holds for it."""
         self._quiet.pop(view, None)
+        self._quiet_reads.clear()
         self._quiet_trials.discard(view)
 
     def _cold(self, view: str) -> bool:
@@ -363,3 +396,4 @@ class CacheBypass:
             for gone in [v for v in table if v not in views]:
                 del table[gone]
         self._quiet_trials &= set(views)
+        self._quiet_reads.clear()

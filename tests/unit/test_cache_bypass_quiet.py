@@ -23,6 +23,7 @@ class RuleEveryTime(CacheBypass):
 
     def consults(self, queries: list[ViewQuery]) -> int:  # type: ignore[override]
         self._quiet.clear()
+        self._quiet_reads.clear()
         return super().consults(queries)
 
 
@@ -41,6 +42,9 @@ def one(view: FeatureView, keys: list[int] | None = None) -> ViewQuery:
     return ViewQuery(view, [1] if keys is None else keys, [0], 1)
 
 
+skipped_by_shape_total: list[int] = []  # per seed: reads the quiet-read path decided (checked below)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and_time(seed: int) -> None:
     rng = random.Random(seed)
@@ -48,7 +52,7 @@ def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and
     clocks = Clock(), Clock()
     fast = CacheBypass(figure, trial_every=30, clock=clocks[0])
     rule = RuleEveryTime(figure, trial_every=30, clock=clocks[1])
-    skipped_quietly = 0
+    skipped_quietly = skipped_by_shape = 0
     hit_chance = {v.name: 0.0 for v in VIEWS}  # per view, in phases: cold, lukewarm, hot
     for step in range(6_000):
         if rng.random() < 0.002:
@@ -67,9 +71,12 @@ def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and
         keys = [list(range(rng.choice([0, 1, 1, 2, 10, 100]))) for _ in views]
         read = [ViewQuery(v, k, [0], 1) for v, k in zip(views, keys, strict=True)]
         was_quiet = all(quiet_views(fast).get(v.name, 0.0) > clocks[0].t for v in views) and all(keys)
+        shape = tuple((v.name, len(k)) for v, k in zip(views, keys, strict=True))
+        by_shape = not was_quiet and fast._quiet_reads.get(shape, 0.0) > clocks[0].t
         verdicts = fast.consults(read), rule.consults(read)
         assert verdicts[0] == verdicts[1], f"step {step}"
         skipped_quietly += was_quiet
+        skipped_by_shape += by_shape
         # what a read then reports: a consulted read its hits; a trial's its sample's
         for v, k in zip(views, keys, strict=True):
             if not k:
@@ -81,6 +88,7 @@ def test_reads_decide_as_the_rule_would_whatever_the_history_of_rates_trials_and
                 b.observe(v.name, hits, len(k), sampled=b._trials.get(v.name) is not None)
     if figure < 50:  # (at 50 a view is cold only below a 2% hit rate: rarely here)
         assert skipped_quietly > 100, skipped_quietly  # the fast path was taken, and agreed each time
+    skipped_by_shape_total.append(skipped_by_shape)
     for table in ("_rate", "_skipping_since", "_backoff", "_warming", "_consulting_since"):
         assert getattr(fast, table) == getattr(rule, table)
     assert fast._trials.keys() == rule._trials.keys()
@@ -191,3 +199,41 @@ def test_a_read_of_no_views_consults_as_the_rule_says_even_beside_quiet_views() 
     assert b.consults([one(VIEWS[0])]) == SKIP
     assert quiet_views(b)
     assert b.consults([]) == CONSULT
+
+
+def test_the_random_histories_above_took_the_quiet_read_path_too() -> None:
+    """The differential test above checks every verdict; this checks it met reads decided
+    by their shape (run after it: pytest keeps a module's order)."""
+    assert len(skipped_by_shape_total) == 12
+    assert sum(skipped_by_shape_total) > 100, skipped_by_shape_total
+
+
+def test_a_read_of_two_lukewarm_views_is_skipped_by_its_shape_until_one_views_next_trial() -> None:
+    """Neither view is quiet (a one-key read of either alone consults), but a read of both
+    always skips: its verdict holds, without the rule, until the sooner next trial."""
+    clock, b = timed()
+    a, c = VIEWS[0], VIEWS[1]
+    b.observe(a.name, 7_500, 10_000)  # 0.75 x 0.5 >= 0.25: alone, a one-key read consults
+    b.observe(c.name, 8_000, 10_000)
+    both = [one(a), one(c)]
+    assert b.consults([one(a)]) == CONSULT
+    assert b.consults(both) == SKIP  # 0.75 x 0.8 x 0.5 = 0.3 < 0.45 misses
+    assert quiet_views(b) == {}
+    assert b._quiet_reads == {((a.name, 1), (c.name, 1)): 30.0}
+    clock.t = 29.9
+    assert b.consults(both) == SKIP
+    clock.t = 30.0
+    assert b.consults(both) == TRIAL  # the trials start on time
+
+
+def test_a_changed_rate_ends_every_quiet_read() -> None:
+    _, b = timed()
+    a, c = VIEWS[0], VIEWS[1]
+    b.observe(a.name, 7_500, 10_000)
+    b.observe(c.name, 8_000, 10_000)
+    both = [one(a), one(c)]
+    assert b.consults(both) == SKIP
+    assert b._quiet_reads
+    b.observe(a.name, 10_000, 10_000)  # a's consulted reads now hit: the read may pay
+    assert b._quiet_reads == {}
+    assert b.consults(both) == CONSULT
