@@ -45,7 +45,8 @@ cold cache warms through trials (why: docs/storage.md). A view's rate starts at 
 that rate, and is per view name, shared by its data versions and a canary's. 0: every read
 consults. A view whose rate alone sends every read of it past the cache (``_cold``) is
 **quiet** until its next trial or its trial's end: a read of quiet views only is decided
-without the rule (the same verdict, cheaper: tests/unit/test_cache_bypass_quiet.py).
+without the rule, as is a read of the same views and key counts as one the rule skipped while
+no rate, trial or backoff has changed since (the same verdict, cheaper: test_cache_bypass_quiet).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ _KEEP_PER_KEY: Final = 1.0 - 1.0 / _WINDOW_KEYS
 # cache set the rate to 0). 64: at 0.5 a one-key read skips after 32 misses, a two-view one
 # whose views both miss after 14 each (at ClickHouse's 50: after 1,911 and 271).
 _PRIOR_KEYS: Final = 64
-_MAX_QUIET_READS: Final = 1024  # read shapes held at once (CacheBypass._quiet_reads)
+_MAX_QUIET_READS: Final = 1024  # read shapes held (~200 B each; a batch-100 read: ~100 key counts)
 MAX_BACKOFF: Final = 4  # doublings of the wait between trials that end skipping: 16 periods
 # What consults() answers: read past the cache, consult it for every key, or read past it
 # measuring the sampled keys of its views on trial (CachedSource._read_trial).
@@ -88,6 +89,7 @@ class CacheBypass:
         "_looked",
         "_per_trip",
         "_quiet",
+        "_quiet_read_views",
         "_quiet_reads",
         "_quiet_trials",
         "_rate",
@@ -115,13 +117,12 @@ class CacheBypass:
         # ``_quiet_trials``): a read of them is decided at once, not by the rule (0.3 against
         # 0.9 µs per batch-1 read of two views in process, 2026-12-05); a new figure unquiets.
         self._quiet: dict[str, float] = {}
-        # Reads the rule skips that no view's rate decides alone (two views at 0.7-0.83 hits:
-        # neither quiet, every read of both skipped), by shape, (view, keys) per query: until
-        # the soonest next trial or trial-rate end of their views; emptied by any change of a
-        # rate, trial or backoff. The rule and its trial check cost 3.3 µs a batch-1 read of
-        # two views against 0.9 for the shape (in process, 2026-12-06; same verdict:
-        # tests/unit/test_cache_bypass_quiet.py).
+        # Reads the rule skips that no view's rate decides alone (two views at 0.7-0.83 hits),
+        # by shape, (view, keys) per query, until the soonest next trial or trial-rate end of
+        # their views or a change of one's rate, trial or backoff (timeit, 2026-12-06, a
+        # batch-1 read of two such views: 1.14 µs by the rule, 0.51 by its shape).
         self._quiet_reads: dict[tuple[tuple[str, int], ...], float] = {}
+        self._quiet_read_views: set[str] = set()  # the views of those shapes
         self._quiet_trials: set[str] = set()
         self.fills_per_round_trip = fills_per_round_trip  # (checked by its setter)
         self._trial_every = trial_every
@@ -147,8 +148,7 @@ class CacheBypass:
 
     @fills_per_round_trip.setter
     def fills_per_round_trip(self, figure: float) -> None:
-        """A new figure (benchmarks.cache_cost fills a cache with 0): every view quiet by
-        the old one is judged again by the rule."""
+        """A new figure (benchmarks.cache_cost fills a cache with 0): quiet views judged again."""
         if figure < 0:
             raise ValueError("fills_per_round_trip must be 0 (always consult) or positive")
         self._per_trip = figure
@@ -212,6 +212,7 @@ class CacheBypass:
             if len(self._quiet_reads) >= _MAX_QUIET_READS:  # (key counts vary with the batch)
                 self._quiet_reads.clear()
             self._quiet_reads[shape] = min(until, next_trial)
+            self._quiet_read_views.update([name for name, _ in shape])
         return verdict
 
     def _warm_rate(self, view: str, rate: float) -> float:
@@ -230,8 +231,7 @@ class CacheBypass:
         return None if trial is None else trial.sampled
 
     def samples(self, queries: Sequence[ViewQuery]) -> dict[int, list[int]] | None:
-        """On trial: per query (by its index) of a view on trial, the positions of the
-        keys looked up, where there are some (None: none at all; one call per read)."""
+        """Per query (by index) of a view on trial, the positions of its keys looked up (None: none)."""
         trials, out = self._trials, None
         hashed_keys: Sequence[Hashable] | None = None  # views keyed alike share a key list
         hashed = None
@@ -251,7 +251,6 @@ class CacheBypass:
         """The rule consults: its views are no longer skipping, and a view's backoff ends
         once the rule has kept consulting it for a period (so a rate that flips between
         consulting and skipping does not undo the backoff at every flip)."""
-        self._quiet_reads.clear()  # (a backoff it ends brings a view's next trial nearer)
         now = self._clock()
         since, backoff, consulting = self._skipping_since, self._backoff, self._consulting_since
         for q in queries:
@@ -307,9 +306,11 @@ class CacheBypass:
         return TRIAL, soonest
 
     def _unquiet(self, view: str) -> None:
-        """A change of the view's rate or skipping: no quiet verdict holds for it."""
+        """A change of the view's rate, skipping or backoff: no quiet verdict holds for it."""
         self._quiet.pop(view, None)
-        self._quiet_reads.clear()
+        if view in self._quiet_read_views:
+            self._quiet_reads.clear()
+            self._quiet_read_views.clear()
         self._quiet_trials.discard(view)
 
     def _cold(self, view: str) -> bool:
