@@ -45,8 +45,8 @@ cold cache warms through trials (why: docs/storage.md). A view's rate starts at 
 that rate, and is per view name, shared by its data versions and a canary's. 0: every read
 consults. A view whose rate alone sends every read of it past the cache (``_cold``) is
 **quiet** until its next trial or its trial's end: a read of quiet views only is decided
-without the rule, as is a read of the same views and key counts as one the rule skipped while
-no rate, trial or backoff has changed since (the same verdict, cheaper: test_cache_bypass_quiet).
+without the rule, as is a read of the views and key counts of one the rule skipped while none
+of their rates, trials or backoffs changed (the same verdict, cheaper: test_cache_bypass_quiet).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class CacheBypass:
         # their views or a change of one's rate, trial or backoff (timeit, 2026-12-06, a
         # batch-1 read of two such views: 1.14 µs by the rule, 0.51 by its shape).
         self._quiet_reads: dict[tuple[tuple[str, int], ...], float] = {}
-        self._quiet_read_views: set[str] = set()  # the views of those shapes
+        self._quiet_read_views: set[str] = set()  # the views of those shapes (or more)
         self._quiet_trials: set[str] = set()
         self.fills_per_round_trip = fills_per_round_trip  # (checked by its setter)
         self._trial_every = trial_every
