@@ -161,9 +161,14 @@ def main(a: argparse.Namespace) -> None:
     )
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def arguments(doc: str | None) -> argparse.Namespace:
+    """The command line of an encoding benchmark (this one, ``benchmarks.proto_encoding``)."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--number", type=int, default=200, help="encodes of all draws per timing")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    main(ap.parse_args())
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    main(arguments(__doc__))

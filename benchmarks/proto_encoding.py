@@ -28,13 +28,12 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import google.protobuf
 
 from benchmarks import report
-from benchmarks.json_encoding import HERE, REQUESTS, results, timed
+from benchmarks.json_encoding import REQUESTS, arguments, results, timed
 from benchmarks.run import log
 from featurestore.api import json_codec, proto_codec, proto_wire
 from featurestore.demo.data import ensure_demo_data
@@ -167,8 +166,4 @@ def main(a: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--number", type=int, default=200, help="encodes of all draws per timing")
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=HERE / "out")
-    main(ap.parse_args())
+    main(arguments(__doc__))
