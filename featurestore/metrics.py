@@ -167,6 +167,19 @@ SOURCE_CONNECTIONS_OPENED = Counter(
     "steady rate under steady load means connections churn.",
     ["store"],
 )
+PIPELINE_WRITES = Counter(
+    "featurestore_redis_pipeline_writes_total",
+    "Writes of auto-pipelined Redis reads (several joins' MGETs in one write), by store "
+    "and held (true: the write waited a few loop iterations for gRPC calls' reads, store "
+    "option hold_iterations). Reads per write: featurestore_redis_pipeline_reads_total "
+    "over this.",
+    ["store", "held"],
+)
+PIPELINE_READS = Counter(
+    "featurestore_redis_pipeline_reads_total",
+    "Joins' reads carried by auto-pipelined Redis writes, by store and held.",
+    ["store", "held"],
+)
 SOURCE_ROWS_LOADED = Gauge(
     "featurestore_source_rows_loaded",
     "Rows held in memory per view by the in-process store.",
@@ -292,6 +305,8 @@ inflight = Children(INFLIGHT, BufferedGauge)
 cache_evictions = Children(CACHE_EVICTIONS, BufferedCounter)
 cache_rejections = Children(CACHE_REJECTIONS, BufferedCounter)
 cache_entries = Children(CACHE_ENTRIES, BufferedGauge)
+pipeline_writes = Children(PIPELINE_WRITES, BufferedCounter)
+pipeline_reads = Children(PIPELINE_READS, BufferedCounter)
 view_read_duration = Children(VIEW_READ_DURATION, BufferedHistogram)
 view_read_failures = Children(VIEW_READ_FAILURES, BufferedCounter)
 feature_values = Children(FEATURE_VALUES, BufferedCounter)

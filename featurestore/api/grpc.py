@@ -27,6 +27,7 @@ from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.deadlines import Deadlines
 from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
+from featurestore.lone_calls import LONE_CALLS
 from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
@@ -129,6 +130,7 @@ class GrpcApi:
         # in flight from the call's start, as an HTTP join from its handler's: the wait
         # for its message, a refusal and a shed one included
         self._inflight.inc()
+        LONE_CALLS.set(self._inflight)  # this call's task (grpc.aio's, one per call) only
         try:
             return await self._join(await self._request(context, call), context, call)
         finally:
@@ -138,6 +140,7 @@ class GrpcApi:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
         self._inflight.inc()
+        LONE_CALLS.set(self._inflight)
         try:
             return await self._join(request, context, call)
         finally:

@@ -81,7 +81,16 @@ class RedisSource:
             opened = metrics.SOURCE_CONNECTIONS_OPENED.labels(name).inc
             self._pool = LeanPool(options.url, options.pool_size, timeout, opened, **auth)
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
-        self._auto = AutoPipeline(self._pool) if self._pool is not None and options.auto_pipeline else None
+        self._auto: AutoPipeline | None = None
+        if self._pool is not None and options.auto_pipeline:
+            counters = {
+                held: (
+                    metrics.pipeline_writes(name, str(held).lower()),
+                    metrics.pipeline_reads(name, str(held).lower()),
+                )
+                for held in (False, True)
+            }
+            self._auto = AutoPipeline(self._pool, options.hold_iterations, counters)
         # PINGs travel on their own small client with a socket timeout, so a frozen
         # Redis cannot tie up the request pool and every probe ends on time.
         self._probe_client: Redis | RedisCluster

@@ -21,15 +21,23 @@ it runs in a task of its own that waits for a connection. In process (the store 
 benchmarks/redis_protocol.py at batch 1, six interleaved rounds, 2026-12-05) the task
 cost 13.6 µs a join with one join in flight (gRPC's case: 76.9 against 63.3), 2.4 with
 four, 0.6 with sixteen.
+
+A write of lone calls' reads (``lone_calls.LONE_CALLS``: gRPC, whose calls reach the
+loop one per wakeup) waits up to ``hold`` loop iterations (store option
+``hold_iterations``), and at most ``HOLD_MAX_SECONDS``, while ``COMPANY`` other such
+calls are in flight: the reads of the calls the loop takes in the meantime join it.
+Measured below, at ``HOLD_ITERATIONS``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import time
+from typing import Any, Final, Protocol
 
 from redis.exceptions import ResponseError
 
+from featurestore.lone_calls import LONE_CALLS
 from featurestore.sources.redis_connection import ReadConnection, classify
 from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_wire import pack_mget
@@ -44,10 +52,30 @@ MAX_KEYS: Final = 64
 # lost with ~3,400 (batch 100), so a tick of many medium joins does not become one long
 # write every join of it waits for.
 MAX_WRITE_KEYS: Final = 512
+# How long a write of lone calls' reads waits for company, in loop iterations (each of
+# which may hand the loop another call): `python -m benchmarks.transports --transports
+# grpc --store-option hold_iterations=0` (2 workers, 2026-12-06): at concurrency 32, 12
+# iterations cut gRPC's server CPU per call at batch 1 by 12%, 32 by 20%, 48 by 17% at
+# batch 1 and 13% at batch 10 (3-4 joins a write, against ~1); at concurrency 8, 48 gave
+# -3% CPU, +4% QPS. Under load an iteration is one call's step (~50-70 µs here), so the
+# time cap binds first; idle, an iteration is ~2 µs of polling.
+HOLD_ITERATIONS: Final = 48
+HOLD_MAX_SECONDS: Final = 0.002
+# Other lone calls in flight for a write to wait: with one other (concurrency 2 over 2
+# workers) a wait rarely caught it and cost 11% more CPU a call (717 against 646 µs).
+COMPANY: Final = 1
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+# per held (True: the write waited for lone calls): its (writes, reads) counters
+Counters = dict[bool, tuple[Counter, Counter]]
 
 
 class _Batch:
-    __slots__ = ("conn", "futures", "keys", "packed", "send", "settled", "size")
+    __slots__ = ("conn", "futures", "held", "hurried", "keys", "packed", "send", "settled", "size")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
@@ -57,6 +85,8 @@ class _Batch:
         self.conn: ReadConnection | None = None  # the connection written to without a task
         self.settled = 0  # joins answered or given up
         self.size = 0  # keys
+        self.held = False  # waited for lone calls' reads
+        self.hurried = False  # a read of another kind of call joined it: out at that tick's end
 
     @property
     def out(self) -> bool:
@@ -95,8 +125,13 @@ class _Batch:
 class AutoPipeline:
     """Collects the MGETs of one tick and sends them together; one per store."""
 
-    def __init__(self, pool: LeanPool) -> None:
+    def __init__(self, pool: LeanPool, hold: int = 0, counters: Counters | None = None) -> None:
+        """``hold``: loop iterations a write of lone calls' reads may wait for more (0:
+        never); ``counters[held]``: the (writes, reads) counters of writes that waited
+        (True) or not (None: not counted)."""
         self._pool = pool
+        self._hold = hold
+        self._counters = counters or _NOT_COUNTED
         self._batch: _Batch | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._written: dict[_Batch, asyncio.Future[None]] = {}  # sends without a task, in flight
@@ -114,8 +149,17 @@ class AutoPipeline:
         if batch is not None and batch.size + keys > MAX_WRITE_KEYS:
             self._flush(batch)  # full: out now, this join starts the tick's next write
             batch = None
+        calls = LONE_CALLS.get()
         if batch is None:
             batch = self._batch = _Batch()
+            if self._hold and calls is not None and calls.value > COMPANY:
+                batch.held = True
+                loop.call_soon(self._wait, batch, loop, self._hold, time.perf_counter() + HOLD_MAX_SECONDS)
+            else:
+                loop.call_soon(self._flush, batch)
+        elif calls is None and batch.held and not batch.hurried:
+            # a read of a call that came with others (HTTP) never waits: out at this tick's end
+            batch.hurried = True
             loop.call_soon(self._flush, batch)
         fut: asyncio.Future[list[Any]] = loop.create_future()
         batch.packed.append(b"".join(map(pack_mget, commands)))
@@ -129,6 +173,13 @@ class AutoPipeline:
                 batch.abandon()  # ends the send nobody waits for
             raise
 
+    def _wait(self, batch: _Batch, loop: asyncio.AbstractEventLoop, left: int, until: float) -> None:
+        """One loop iteration of a write waiting for lone calls' reads (mget says when)."""
+        if left > 1 and not batch.out and time.perf_counter() < until:
+            loop.call_soon(self._wait, batch, loop, left - 1, until)
+        else:
+            self._flush(batch)
+
     def _flush(self, batch: _Batch) -> None:
         if batch.out or self._closed:  # already out (it filled up), or failed by close
             return
@@ -136,6 +187,9 @@ class AutoPipeline:
             self._batch = None
         if batch.settled == len(batch.futures):  # every join gave up before the tick's end
             return
+        writes, reads = self._counters[batch.held]
+        writes.inc()
+        reads.inc(len(batch.futures))
         conn = self._pool.take()
         if conn is not None:
             batch.conn = conn
@@ -199,6 +253,15 @@ class AutoPipeline:
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
+
+
+class _Uncounted:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+_NOTHING: Final = _Uncounted()
+_NOT_COUNTED: Final[Counters] = {False: (_NOTHING, _NOTHING), True: (_NOTHING, _NOTHING)}
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from featurestore.settings import store_options
+from featurestore.sources.redis_batch import HOLD_ITERATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class RedisOptions:
     health_interval_ms: int = 500
     write_batch: int = 2000
     auto_pipeline: bool = True  # the MGETs of one event-loop tick in one write (sources/redis_batch.py)
+    # loop iterations a write of gRPC calls' reads may wait for more (0: never; redis_batch.py)
+    hold_iterations: int = HOLD_ITERATIONS
     username: str = ""  # an ACL user (Redis 6+); empty: the default user
     password: SecretStr = SecretStr("")  # or password_file (docs/security.md)
     ssl_ca_file: str = ""  # rediss://: the CA of the server's certificate (default: the system's)
@@ -74,7 +77,13 @@ class RedisOptions:
 
 # Smallest accepted value of each integer option (redis-py would fail later, or spin):
 # checked with the config, so a bad value fails the start naming the option.
-_MINIMUM = {"pool_size": 1, "connect_timeout_ms": 1, "health_interval_ms": 10, "write_batch": 1}
+_MINIMUM = {
+    "pool_size": 1,
+    "connect_timeout_ms": 1,
+    "health_interval_ms": 10,
+    "write_batch": 1,
+    "hold_iterations": 0,
+}
 _TCP = ("redis", "rediss")
 _SCHEMES = (*_TCP, "unix")
 

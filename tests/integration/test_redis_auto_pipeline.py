@@ -13,10 +13,12 @@ import pytest
 from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 
+from featurestore.sources import redis_batch
 from featurestore.sources.redis_batch import MAX_WRITE_KEYS, AutoPipeline
 from featurestore.sources.redis_pool import LeanPool
 from tests.servers import RedisServer
 from tests.support import eventually
+from tests.unit.test_redis_batch_hold import Count, InFlight, in_call, iterations
 
 
 @asynccontextmanager
@@ -255,3 +257,27 @@ async def test_a_send_that_gets_no_connection_fails_its_joins_and_leaves_no_task
     finally:
         loop.set_exception_handler(None)
     assert unhandled == []
+
+
+async def test_lone_calls_reads_iterations_apart_share_one_write_and_get_their_own_values(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_batch, "HOLD_MAX_SECONDS", 3600.0)  # iterations decide here
+    for i in range(3):
+        server.cli("SET", f"lone:{i}", f"v{i}")
+    counters = {held: (Count(), Count()) for held in (False, True)}
+    pool = LeanPool(server.url, 4)
+    auto = AutoPipeline(pool, hold=16, counters=counters)  # type: ignore[arg-type]
+    try:
+        calls = InFlight(redis_batch.COMPANY + 1)
+        joins = []
+        for i in range(3):
+            joins.append(in_call(auto.mget([[f"lone:{i}", "lone:none"]]), calls))
+            await iterations(3)
+        replies = await asyncio.wait_for(asyncio.gather(*joins), 5)
+        assert replies == [[[f"v{i}".encode(), None]] for i in range(3)]
+        writes, reads = counters[True]
+        assert (writes.n, reads.n) == (1, 3)
+    finally:
+        await auto.close()
+        await pool.close()

@@ -21,6 +21,7 @@ def test_integers_and_booleans_from_the_environment_are_read_as_such(monkeypatch
         "R__KIND": "redis",
         "R__CLUSTER": "false",
         "R__POOL_SIZE": "8",
+        "R__HOLD_ITERATIONS": "0",
         "R__SSL_CHECK_HOSTNAME": "False",
         "CH__KIND": "clickhouse",
         "CH__DSN": "http://ch:8123",
@@ -30,6 +31,7 @@ def test_integers_and_booleans_from_the_environment_are_read_as_such(monkeypatch
     stores = load_config().stores
     redis = RedisOptions.from_mapping(dict(stores["r"].options))
     assert redis.cluster is False and redis.pool_size == 8 and redis.ssl_check_hostname is False
+    assert redis.hold_iterations == 0
     assert ClickHouseOptions.from_mapping(dict(stores["ch"].options)).threads == 2
 
 
@@ -59,6 +61,7 @@ def test_a_quoted_numeric_password_is_a_password(tmp_path: Path) -> None:
     [
         ("pool_size: 0", "pool_size: expected an integer >= 1, got 0"),
         ("pool_size: '8x'", "pool_size: expected an integer >= 1, got '8x'"),
+        ("hold_iterations: -1", "hold_iterations: expected an integer >= 0, got -1"),
         ("cluster: 'yes'", "cluster: expected true or false, got 'yes'"),
         ("url: 'http://:hunter2@h:6379'", "url: unsupported scheme 'http'"),
         ("url: 5", "url: expected a string, got int"),
