@@ -169,15 +169,15 @@ SOURCE_CONNECTIONS_OPENED = Counter(
 )
 PIPELINE_WRITES = Counter(
     "featurestore_redis_pipeline_writes_total",
-    "Writes of auto-pipelined Redis reads (several joins' MGETs in one write), by store "
-    "and held (true: the write waited a few loop iterations for gRPC calls' reads, store "
-    "option hold_iterations). Reads per write: featurestore_redis_pipeline_reads_total "
-    "over this.",
+    "Writes of auto-pipelined Redis reads (several joins' MGETs in one write) handed to a "
+    "connection, by store and held (true: the write began waiting for gRPC calls' reads, "
+    "store option hold_iterations; it may have gone early). Joins' reads per write: "
+    "featurestore_redis_pipeline_reads_total over this.",
     ["store", "held"],
 )
 PIPELINE_READS = Counter(
     "featurestore_redis_pipeline_reads_total",
-    "Joins' reads carried by auto-pipelined Redis writes, by store and held.",
+    "Joins' reads (one per join and store) carried by auto-pipelined Redis writes, by store and held.",
     ["store", "held"],
 )
 SOURCE_ROWS_LOADED = Gauge(

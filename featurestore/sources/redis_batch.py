@@ -22,11 +22,13 @@ benchmarks/redis_protocol.py at batch 1, six interleaved rounds, 2026-12-05) the
 cost 13.6 µs a join with one join in flight (gRPC's case: 76.9 against 63.3), 2.4 with
 four, 0.6 with sixteen.
 
-A write of lone calls' reads (``lone_calls.LONE_CALLS``: gRPC, whose calls reach the
-loop one per wakeup) waits up to ``hold`` loop iterations (store option
-``hold_iterations``), and at most ``HOLD_MAX_SECONDS``, while ``COMPANY`` other such
-calls are in flight: the reads of the calls the loop takes in the meantime join it.
-Measured below, at ``HOLD_ITERATIONS``.
+A write begun by a lone call's read (``lone_calls.LONE_CALLS``: gRPC, whose calls reach
+the loop one per wakeup) while at least ``COMPANY`` other such calls are in flight waits
+up to ``hold`` loop iterations (store option ``hold_iterations``) and about
+``HOLD_MAX_SECONDS``: the reads of the calls the loop takes meanwhile join it. It goes
+early when it fills up, when every join in it gave up, or at the end of the tick in
+which a read of another kind of call (HTTP, never held) joins it. Measured at
+``HOLD_ITERATIONS``.
 """
 
 from __future__ import annotations
@@ -52,17 +54,20 @@ MAX_KEYS: Final = 64
 # lost with ~3,400 (batch 100), so a tick of many medium joins does not become one long
 # write every join of it waits for.
 MAX_WRITE_KEYS: Final = 512
-# How long a write of lone calls' reads waits for company, in loop iterations (each of
-# which may hand the loop another call): `python -m benchmarks.transports --transports
-# grpc --store-option hold_iterations=0` (2 workers, 2026-12-06): at concurrency 32, 12
-# iterations cut gRPC's server CPU per call at batch 1 by 12%, 32 by 20%, 48 by 17% at
-# batch 1 and 13% at batch 10 (3-4 joins a write, against ~1); at concurrency 8, 48 gave
-# -3% CPU, +4% QPS. Under load an iteration is one call's step (~50-70 µs here), so the
-# time cap binds first; idle, an iteration is ~2 µs of polling.
+# How long a write of lone calls' reads waits for company: at most this many loop
+# iterations (each may hand the loop another call) and this long, checked once an
+# iteration. Under load an iteration is one call's step (~50-70 µs on the 2-core VM), so
+# the time cap ends most waits; idle, an iteration is ~2 µs of polling. A/B on the final
+# code, `python -m benchmarks.transports --transports grpc --store-option
+# hold_iterations=0` (benchmarks/results/grpc-hold-ab-c32.md, -c8.md): see RESULTS.md,
+# "Requirement 3 experiments". A 2 ms cap read about the same at concurrency 32 and cost
+# ~0.4-0.5 ms of p50 at 8; 1 ms did not.
 HOLD_ITERATIONS: Final = 48
-HOLD_MAX_SECONDS: Final = 0.002
-# Other lone calls in flight for a write to wait: with one other (concurrency 2 over 2
-# workers) a wait rarely caught it and cost 11% more CPU a call (717 against 646 µs).
+HOLD_MAX_SECONDS: Final = 0.001
+# How many other lone calls must be in flight (the in-flight count includes the caller)
+# for a write to wait. 1 against 2, each A/B'd against hold_iterations=0 at concurrency
+# 32, 4 interleaved rounds (2 ms cap; two runs ending 2026-12-06 03:24 and 03:18): CPU
+# per call -10% / -10% at batch 1 / 10 with 1, -6% / -1% with 2.
 COMPANY: Final = 1
 
 
@@ -85,7 +90,7 @@ class _Batch:
         self.conn: ReadConnection | None = None  # the connection written to without a task
         self.settled = 0  # joins answered or given up
         self.size = 0  # keys
-        self.held = False  # waited for lone calls' reads
+        self.held = False  # began waiting for lone calls' reads (it may have gone early)
         self.hurried = False  # a read of another kind of call joined it: out at that tick's end
 
     @property
@@ -174,8 +179,13 @@ class AutoPipeline:
             raise
 
     def _wait(self, batch: _Batch, loop: asyncio.AbstractEventLoop, left: int, until: float) -> None:
-        """One loop iteration of a write waiting for lone calls' reads (mget says when)."""
-        if left > 1 and not batch.out and time.perf_counter() < until:
+        """One loop iteration of a write waiting for lone calls' reads (mget says when).
+
+        The wait is not cut short when every call the in-flight count sees is already in
+        the write: grpc.aio queues calls in its core before their handlers start, where
+        no count sees them, and those are the company. Ended by that count (an A/B in
+        /work, 2026-12-06), writes carried 1.04 reads on average and saved nothing."""
+        if left > 1 and not batch.out and batch.settled < len(batch.futures) and time.perf_counter() < until:
             loop.call_soon(self._wait, batch, loop, left - 1, until)
         else:
             self._flush(batch)

@@ -15,13 +15,16 @@ import pyarrow as pa
 import pytest
 import redis
 
+from featurestore import metric_buffers
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis import RedisOptions, RedisSource
+from featurestore.sources.redis_batch import COMPANY
 from tests.servers import RedisCluster, RedisServer
 from tests.support import eventually
+from tests.unit.test_redis_batch_hold import InFlight, in_call
 
 U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.STRING)
 V = FeatureView("prof", (U,), (Feature("age", DType.INT64), Feature("name", DType.STRING)))
@@ -322,5 +325,32 @@ async def test_an_auto_pipelined_store_reads_a_large_join_on_its_own_alike(redis
         assert isinstance(big[0], ViewRead) and big[0].found == [True] * 100 + [False] * 100
         assert big[0].columns[0][:100] == list(range(1, 101))
         assert isinstance(small[0], ViewRead) and small[0].columns == [["u5"]]
+    finally:
+        await src.close()
+
+
+def pipeline_writes(store: str, held: str) -> float:
+    metric_buffers.flush()
+    value = prometheus_client.REGISTRY.get_sample_value(
+        "featurestore_redis_pipeline_writes_total", {"store": store, "held": held}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(("hold", "held"), [(16, "true"), (0, "false")])
+async def test_the_stores_hold_iterations_option_decides_whether_a_grpc_calls_read_waits(
+    redis_server: RedisServer, hold: int, held: str
+) -> None:
+    name = f"hold{uuid.uuid4().hex[:8]}"
+    src = RedisSource(name, "p", RedisOptions(url=redis_server.url, pool_size=4, hold_iterations=hold))
+    await src.start()
+    try:
+        await src.write(V, users([1, 2]), 1)
+        before = pipeline_writes(name, held)
+        calls = InFlight(COMPANY + 1)  # a gRPC call with company in flight
+        reads = [in_call(src.read([ViewQuery(V, [i], [0], 1)]), calls) for i in (1, 2)]
+        for [res] in await asyncio.wait_for(asyncio.gather(*reads), 5):
+            assert isinstance(res, ViewRead) and res.found == [True]
+        assert pipeline_writes(name, held) > before  # the option reached the store's pipeline
     finally:
         await src.close()

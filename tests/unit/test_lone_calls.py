@@ -1,7 +1,7 @@
 """gRPC Join marks its calls as lone calls (featurestore/lone_calls.py) in each call's
-own task, so the Redis store's reads of those calls may wait for company, and no other
-request on the same event loop is marked: a real grpc.aio server (in-process), a real
-client, HTTP through the same engine."""
+own task, so the Redis store's reads of those calls may wait for company, and no later
+call on the same server inherits the mark: a real grpc.aio server (in-process), a real
+client."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import grpc
 import pytest
 
 from featurestore import metrics
-from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server
 from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
 from featurestore.lone_calls import LONE_CALLS
-from featurestore.push import PushService
-from tests.unit.test_api_edges import client, http_api, join_message, make_engine
+from featurestore.push import PushRequest, PushResult, PushService
+from featurestore.v1 import featurestore_pb2 as pb
+from tests.unit.test_api_edges import join_message, make_engine
 
 
 class RecordingEngine(JoinEngine):
@@ -66,15 +67,38 @@ async def test_a_grpc_join_runs_as_a_lone_call_counted_by_the_grpc_in_flight_gau
     assert calls is metrics.inflight("grpc") and in_flight >= 1  # itself, at least
 
 
-async def test_no_other_request_on_the_loop_is_marked_as_a_lone_call(served: Serve) -> None:
+class RecordingPush(PushService):
+    """Notes what ``LONE_CALLS`` holds inside each push (a call that does not mark itself)."""
+
+    def __init__(self, engine: JoinEngine) -> None:
+        super().__init__(engine)
+        self.seen: list[Any] = []
+
+    async def push(self, req: PushRequest, deadline: float | None = None) -> PushResult:
+        self.seen.append(LONE_CALLS.get())
+        return await super().push(req, deadline)
+
+
+async def test_a_later_call_on_the_same_server_does_not_inherit_a_joins_mark() -> None:
+    # Were grpc.aio to run its handlers in one task (one context), the joins' mark would
+    # still be set when the push runs.
     engine = RecordingEngine(make_engine())
-    port = await served(engine, False)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        for _ in range(3):
-            await channel.unary_unary(JOIN_METHOD)(join_message("fast", [1]), timeout=5)
-    async with client(http_api(engine)) as http:
-        body = {"features": ["fast:a"], "entities": {"user_id": [1]}}
-        assert (await http.post("/v1/feature/join", json=body)).status_code == 200
-    assert engine.seen[-1] is None  # the HTTP join, after three gRPC calls on the same loop
-    assert all(seen is not None for seen in engine.seen[:3])
+    pushes = RecordingPush(engine)
+    api = GrpcApi(engine, pushes, deadline_ms=500)
+    server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
+    api.register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(3):
+                await channel.unary_unary(JOIN_METHOD)(join_message("fast", [1]), timeout=5)
+            push = pb.PushRequest(feature_view="fast")
+            push.columns.add(name="user_id").int64_values.values.append(1)
+            push.columns.add(name="a").int64_values.values.append(2)
+            await channel.unary_unary(PUSH_METHOD)(push.SerializeToString(), timeout=5)
+    finally:
+        await server.stop(0)
+    assert [seen is not None for seen in engine.seen] == [True, True, True]
+    assert pushes.seen == [None]
     assert LONE_CALLS.get() is None  # nor the test's own task

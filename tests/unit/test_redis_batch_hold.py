@@ -90,7 +90,7 @@ async def test_the_wait_ends_at_its_time_cap(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.usefixtures("no_time_cap")
-async def test_a_read_does_not_wait_with_no_more_than_company_other_calls_in_flight() -> None:
+async def test_a_read_does_not_wait_with_fewer_than_company_other_calls_in_flight() -> None:
     pool, counted = OneConnectionPool(), counters()
     auto = AutoPipeline(pool, hold=8, counters=counted)  # type: ignore[arg-type]
     assert await two_reads(auto, pool, InFlight(COMPANY), apart=4) == [1, 1]
