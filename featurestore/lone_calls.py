@@ -9,8 +9,9 @@ and its own loop cycle.
 
 A transport like that sets ``LONE_CALLS``, in each call's own task, to the count of its
 calls in flight (anything with an int ``value``: the in-flight gauge). A store that
-coalesces reads may then hold a tick's write a few loop iterations while enough other
-such calls are in flight, so the reads of the calls the loop takes next share it
+coalesces reads may then hold a tick's write a few loop iterations when, as the write
+begins, enough other such calls are in flight, so the reads of the calls the loop takes
+next share it
 (sources/redis_batch.py says how long, and what it measured). A context variable:
 set in a call's task, it is seen by that call's awaits only, never by another
 transport's requests on the same loop.

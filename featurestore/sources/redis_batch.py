@@ -55,19 +55,23 @@ MAX_KEYS: Final = 64
 # write every join of it waits for.
 MAX_WRITE_KEYS: Final = 512
 # How long a write of lone calls' reads waits for company: at most this many loop
-# iterations (each may hand the loop another call) and this long, checked once an
-# iteration. Under load an iteration is one call's step (~50-70 µs on the 2-core VM), so
-# the time cap ends most waits; idle, an iteration is ~2 µs of polling. A/B on the final
-# code, `python -m benchmarks.transports --transports grpc --store-option
-# hold_iterations=0` (benchmarks/results/grpc-hold-ab-c32.md, -c8.md): see RESULTS.md,
-# "Requirement 3 experiments". A 2 ms cap read about the same at concurrency 32 and cost
-# ~0.4-0.5 ms of p50 at 8; 1 ms did not.
+# iterations (each may hand the loop another call) and about this long (the clock is read
+# once an iteration). Which cap ends a wait depends on the load: with a 2 ms cap at
+# concurrency 32, 77-85% of the waits ran 40 or more of their 48 iterations (a probe in
+# two workers, 2026-12-06), so an iteration under load mostly took less than ~40-50 µs
+# there; idle, the iteration cap ends it. 48
+# was not tuned against other counts in this design. 1 ms against 2 ms: two runs each
+# read the same CPU at concurrency 32 and could not tell their p50 apart at 8 (+0.26 to
+# +0.49 ms against +0.01 to +0.27); the shorter wait was kept. A/B runs and the variants
+# tried: benchmarks/RESULTS.md, "Requirement 3 experiments".
 HOLD_ITERATIONS: Final = 48
 HOLD_MAX_SECONDS: Final = 0.001
 # How many other lone calls must be in flight (the in-flight count includes the caller)
-# for a write to wait. 1 against 2, each A/B'd against hold_iterations=0 at concurrency
-# 32, 4 interleaved rounds (2 ms cap; two runs ending 2026-12-06 03:24 and 03:18): CPU
-# per call -10% / -10% at batch 1 / 10 with 1, -6% / -1% with 2.
+# for a write to wait. 1 against 2, each A/B'd against hold_iterations=0 (2 ms cap, 4
+# interleaved rounds, benchmarks/results/grpc-hold-experiments.md): concurrency 32, CPU
+# per call -10% / -10% at batch 1 / 10 with 1 (a second run: -7.5% / -7%), -6% / -1% with
+# 2; concurrency 8, +5% / -4% with 1, +3% / +5% with 2: within this VM's run-to-run
+# spread (~5-10%) at 8.
 COMPANY: Final = 1
 
 
@@ -182,9 +186,10 @@ class AutoPipeline:
         """One loop iteration of a write waiting for lone calls' reads (mget says when).
 
         The wait is not cut short when every call the in-flight count sees is already in
-        the write: grpc.aio queues calls in its core before their handlers start, where
-        no count sees them, and those are the company. Ended by that count (an A/B in
-        /work, 2026-12-06), writes carried 1.04 reads on average and saved nothing."""
+        the write: grpc.aio queues calls in its core before their handlers start, where no
+        count sees them, and those are the company a wait is for. A wait ended by that
+        count (64 iterations, 2 ms cap; "Requirement 3 experiments") carried 1.04-1.05
+        reads a write, against 3.4-4.6 for a fixed wait of 32 iterations."""
         if left > 1 and not batch.out and batch.settled < len(batch.futures) and time.perf_counter() < until:
             loop.call_soon(self._wait, batch, loop, left - 1, until)
         else:
@@ -197,11 +202,9 @@ class AutoPipeline:
             self._batch = None
         if batch.settled == len(batch.futures):  # every join gave up before the tick's end
             return
-        writes, reads = self._counters[batch.held]
-        writes.inc()
-        reads.inc(len(batch.futures))
         conn = self._pool.take()
         if conn is not None:
+            self._count(batch)
             batch.conn = conn
             done = self._written[batch] = conn.submit(b"".join(batch.packed), batch.counts(), batch.answer)
             done.add_done_callback(lambda done: self._sent(batch, done))
@@ -223,6 +226,7 @@ class AutoPipeline:
             if not isinstance(e, Exception):  # (re-raised, nobody would retrieve it: logged per tick)
                 raise
             return
+        self._count(batch)
         try:
             await conn.request(b"".join(batch.packed), batch.counts(), batch.answer)
         except BaseException as e:
@@ -233,6 +237,12 @@ class AutoPipeline:
                 raise
         finally:
             self._pool.release(conn)
+
+    def _count(self, batch: _Batch) -> None:
+        """A write is handed to a connection: count it and the joins' reads it carries."""
+        writes, reads = self._counters[batch.held]
+        writes.inc()
+        reads.inc(len(batch.futures))
 
     def _sent(self, batch: _Batch, done: asyncio.Future[None]) -> None:
         """A send without a task is over: every reply came, or its socket went."""

@@ -338,7 +338,7 @@ def pipeline_writes(store: str, held: str) -> float:
 
 
 @pytest.mark.parametrize(("hold", "held"), [(16, "true"), (0, "false")])
-async def test_the_stores_hold_iterations_option_decides_whether_a_grpc_calls_read_waits(
+async def test_the_stores_hold_iterations_option_decides_whether_a_grpc_calls_write_is_held(
     redis_server: RedisServer, hold: int, held: str
 ) -> None:
     name = f"hold{uuid.uuid4().hex[:8]}"

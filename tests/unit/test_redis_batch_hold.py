@@ -160,3 +160,16 @@ async def test_a_read_of_another_kind_of_call_joining_a_waiting_write_ends_the_w
     for reply in (b"1", b"2"):
         pool.conn.replies.put_nowait([reply])
     assert list(await asyncio.wait_for(asyncio.gather(lone, http), 1)) == [[[b"1"]], [[b"2"]]]
+
+
+class RefusingPool(OneConnectionPool):
+    async def acquire(self) -> Any:
+        raise ConnectionError("refused")
+
+
+async def test_a_write_that_never_got_a_connection_is_not_counted() -> None:
+    pool, counted = RefusingPool(), counters()
+    auto = AutoPipeline(pool, hold=0, counters=counted)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError, match="refused"):
+        await asyncio.wait_for(auto.mget([["a"]]), 1)
+    assert [count.n for pair in counted.values() for count in pair] == [0, 0, 0, 0]
