@@ -59,11 +59,12 @@ MAX_WRITE_KEYS: Final = 512
 # once an iteration). Which cap ends a wait depends on the load: with a 2 ms cap at
 # concurrency 32, 77-85% of the waits ran 40 or more of their 48 iterations (a probe in
 # two workers, 2026-12-06), so an iteration under load mostly took less than ~40-50 µs
-# there; idle, the iteration cap ends it. 48
-# was not tuned against other counts in this design. 1 ms against 2 ms: two runs each
-# read the same CPU at concurrency 32 and could not tell their p50 apart at 8 (+0.26 to
+# there; idle, the iteration cap ends it (48 iterations: 23 µs, median, on an otherwise
+# idle uvloop loop). 48 was not tuned against other counts in this design. 1 ms against
+# 2 ms: two runs each read about the same CPU at concurrency 32 and could not tell their p50 apart at 8 (+0.26 to
 # +0.49 ms against +0.01 to +0.27); the shorter wait was kept. A/B runs and the variants
-# tried: benchmarks/RESULTS.md, "Requirement 3 experiments".
+# tried: benchmarks/RESULTS.md, "Requirement 3 experiments", and
+# benchmarks/results/grpc-hold-experiments.md.
 HOLD_ITERATIONS: Final = 48
 HOLD_MAX_SECONDS: Final = 0.001
 # How many other lone calls must be in flight (the in-flight count includes the caller)
