@@ -61,9 +61,9 @@ MAX_WRITE_KEYS: Final = 512
 # two workers, 2026-12-06), so an iteration under load mostly took less than ~40-50 µs
 # there; idle, the iteration cap ends it (48 iterations: 23 µs, median, on an otherwise
 # idle uvloop loop). 48 was not tuned against other counts in this design. 1 ms against
-# 2 ms: two runs each read about the same CPU at concurrency 32 and could not tell their p50 apart at 8 (+0.26 to
-# +0.49 ms against +0.01 to +0.27); the shorter wait was kept. A/B runs and the variants
-# tried: benchmarks/RESULTS.md, "Requirement 3 experiments", and
+# 2 ms: two runs each read about the same CPU at concurrency 32 and could not tell their
+# p50 apart at 8 (+0.26 to +0.49 ms against +0.01 to +0.27); the shorter wait was kept.
+# A/B runs and the variants tried: benchmarks/RESULTS.md, "Requirement 3 experiments", and
 # benchmarks/results/grpc-hold-experiments.md.
 HOLD_ITERATIONS: Final = 48
 HOLD_MAX_SECONDS: Final = 0.001
