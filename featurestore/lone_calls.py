@@ -11,10 +11,9 @@ A transport like that sets ``LONE_CALLS``, in each call's own task, to the count
 calls in flight (anything with an int ``value``: the in-flight gauge). A store that
 coalesces reads may then hold a tick's write a few loop iterations when, as the write
 begins, enough other such calls are in flight, so the reads of the calls the loop takes
-next share it
-(sources/redis_batch.py says how long, and what it measured). A context variable:
-set in a call's task, it is seen by that call's awaits only, never by another
-transport's requests on the same loop.
+next share it (sources/redis_batch.py says how long, and what it measured). A context
+variable: set in a call's task, it is seen by that call's awaits (and the tasks they
+start) only, never by another call or another transport's requests on the same loop.
 """
 
 from __future__ import annotations

@@ -171,8 +171,9 @@ PIPELINE_WRITES = Counter(
     "featurestore_redis_pipeline_writes_total",
     "Writes of auto-pipelined Redis reads (several joins' MGETs in one write) handed to a "
     "connection, by store and held (true: the write began waiting for gRPC calls' reads, "
-    "store option hold_iterations; it may have gone early, or at once with hold_iterations 1). Joins' reads per write: "
-    "featurestore_redis_pipeline_reads_total over this.",
+    "store option hold_iterations; it may have gone early, or at once with "
+    "hold_iterations 1). Joins' reads per write: featurestore_redis_pipeline_reads_total "
+    "over this.",
     ["store", "held"],
 )
 PIPELINE_READS = Counter(

@@ -80,7 +80,7 @@ class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
-# per held (True: the write waited for lone calls): its (writes, reads) counters
+# per held (True: the write began waiting for lone calls): its (writes, reads) counters
 Counters = dict[bool, tuple[Counter, Counter]]
 
 
