@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -18,12 +18,11 @@ from prometheus_client import REGISTRY
 from starlette.types import Message
 
 from featurestore import metrics
-from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc import JOIN_METHOD
 from featurestore.api.routes import JOIN_PATH
-from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
-from featurestore.push import PushService
 from tests.support import eventually
+from tests.unit.conftest import Serve
 from tests.unit.test_api_edges import HANG_GUARD, frozen, http_api, join_message, make_engine, sample
 
 OUTCOMES = ("ok", "partial", "CANCELLED", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT")
@@ -46,28 +45,6 @@ class StallingEngine(JoinEngine):
         result = await super().join(req, deadline, span)
         time.sleep(STALL)  # noqa: ASYNC251 - the stall under test
         return result
-
-
-Serve = Callable[[JoinEngine], Awaitable[int]]
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Serve]:
-    """Starts a grpc.aio server for an engine on a free port (stopped after the test)."""
-    servers: list[grpc.aio.Server] = []
-
-    async def serve(engine: JoinEngine) -> int:
-        api = GrpcApi(engine, PushService(engine), deadline_ms=500)
-        server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
-        api.register(server)
-        port: int = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        return port
-
-    yield serve
-    for server in servers:
-        await server.stop(0)
 
 
 def call_all(port: int, go: threading.Event, seen: Counter[str]) -> None:

@@ -5,19 +5,18 @@ client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 
 from featurestore import metrics
-from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server
-from featurestore.config import GrpcConfig
+from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
 from featurestore.lone_calls import LONE_CALLS
 from featurestore.push import PushRequest, PushResult, PushService
 from featurestore.v1 import featurestore_pb2 as pb
+from tests.unit.conftest import Serve
 from tests.unit.test_api_edges import join_message, make_engine
 
 
@@ -34,33 +33,12 @@ class RecordingEngine(JoinEngine):
         return await super().join(req, deadline, span)
 
 
-Serve = Callable[[JoinEngine, bool], Awaitable[int]]
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Serve]:
-    servers: list[grpc.aio.Server] = []
-
-    async def serve(engine: JoinEngine, unary_join: bool) -> int:
-        api = GrpcApi(engine, PushService(engine), deadline_ms=500, unary_join=unary_join)
-        server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
-        api.register(server)
-        port: int = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        return port
-
-    yield serve
-    for server in servers:
-        await server.stop(0)
-
-
 @pytest.mark.parametrize("unary_join", [False, True], ids=["client-streaming", "unary"])
 async def test_a_grpc_join_runs_as_a_lone_call_counted_by_the_grpc_in_flight_gauge(
     served: Serve, unary_join: bool
 ) -> None:
     engine = RecordingEngine(make_engine())
-    port = await served(engine, unary_join)
+    port = await served(engine, unary_join=unary_join)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await channel.unary_unary(JOIN_METHOD)(join_message("fast", [1]), timeout=5)
     [(calls, in_flight)] = engine.seen
@@ -79,26 +57,19 @@ class RecordingPush(PushService):
         return await super().push(req, deadline)
 
 
-async def test_a_later_call_on_the_same_server_does_not_inherit_a_joins_mark() -> None:
+async def test_a_later_call_on_the_same_server_does_not_inherit_a_joins_mark(served: Serve) -> None:
     # Were grpc.aio to run its handlers in one task (one context), the joins' mark would
     # still be set when the push runs.
     engine = RecordingEngine(make_engine())
     pushes = RecordingPush(engine)
-    api = GrpcApi(engine, pushes, deadline_ms=500)
-    server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
-    api.register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for _ in range(3):
-                await channel.unary_unary(JOIN_METHOD)(join_message("fast", [1]), timeout=5)
-            push = pb.PushRequest(feature_view="fast")
-            push.columns.add(name="user_id").int64_values.values.append(1)
-            push.columns.add(name="a").int64_values.values.append(2)
-            await channel.unary_unary(PUSH_METHOD)(push.SerializeToString(), timeout=5)
-    finally:
-        await server.stop(0)
+    port = await served(engine, push=pushes)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for _ in range(3):
+            await channel.unary_unary(JOIN_METHOD)(join_message("fast", [1]), timeout=5)
+        push = pb.PushRequest(feature_view="fast")
+        push.columns.add(name="user_id").int64_values.values.append(1)
+        push.columns.add(name="a").int64_values.values.append(2)
+        await channel.unary_unary(PUSH_METHOD)(push.SerializeToString(), timeout=5)
     assert [seen is not None for seen in engine.seen] == [True, True, True]
     assert pushes.seen == [None]
     assert LONE_CALLS.get() is None  # nor the test's own task

@@ -1,0 +1,40 @@
+"""Fixtures shared by the unit tests of the gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+import pytest
+
+from featurestore.api.grpc import GrpcApi, create_server
+from featurestore.config import GrpcConfig
+from featurestore.join import JoinEngine
+from featurestore.push import PushService
+
+
+class Serve(Protocol):
+    async def __call__(
+        self, engine: JoinEngine, *, unary_join: bool = False, push: PushService | None = None
+    ) -> int: ...
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Serve]:
+    """Starts a grpc.aio server for an engine (and its push service, ``PushService(engine)``
+    unless given) on a free port; its port. Stopped after the test."""
+    servers: list[grpc.aio.Server] = []
+
+    async def serve(engine: JoinEngine, *, unary_join: bool = False, push: PushService | None = None) -> int:
+        api = GrpcApi(engine, push or PushService(engine), deadline_ms=500, unary_join=unary_join)
+        server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
+        api.register(server)
+        port: int = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return port
+
+    yield serve
+    for server in servers:
+        await server.stop(0)
