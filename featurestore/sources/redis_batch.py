@@ -159,7 +159,7 @@ class AutoPipeline:
         if batch is not None and batch.size + keys > MAX_WRITE_KEYS:
             self._flush(batch)  # full: out now, this join starts the tick's next write
             batch = None
-        calls = LONE_CALLS.get()
+        calls = LONE_CALLS.get() if self._hold else None  # (no write waits without a hold)
         if batch is None:
             batch = self._batch = _Batch()
             if self._hold and calls is not None and calls.value > COMPANY:
