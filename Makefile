@@ -9,6 +9,11 @@ RUN_STAMP := $(VENV)/.installed-run
 # Debian packages the test suite starts as real servers / tools.
 DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prometheus-alertmanager docker-compose wrk chromium
 PYTEST_ARGS ?=
+# make test runs pytest in this many processes, a test file to a process (pytest-xdist,
+# --dist loadfile: a file's module-scoped servers start once). Most of the suite waits on
+# servers, not on a core: on this 2-core VM 19:23 in one process, 9:11 in two (2026-12-06).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: help run test venv install system-deps lint format types proto unit bench bench-feast clean
 
@@ -71,7 +76,7 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/featurestore/v1/*.proto
 
 test: $(STAMP) system-deps lint types
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

@@ -152,7 +152,7 @@ def _children(pid: int) -> list[int]:
 def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
     tmp_path: Path, test_repo: Path, kafka: TansuBroker
 ) -> None:
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, TopicPartition
 
     topic = f"lineage-workers-{uuid.uuid4().hex[:6]}"
     config = tmp_path / "config.yaml"
@@ -174,7 +174,10 @@ def test_two_workers_share_the_ports_the_metrics_and_not_their_lineage_identity(
         consumer = Consumer(
             {"bootstrap.servers": kafka.bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
         )
-        consumer.subscribe([topic])
+        # The topic's one partition from its start, without a consumer group's join (which
+        # took most of this test's 27 s on a loaded machine and ran past 60 s beside a
+        # second pytest process)
+        consumer.assign([TopicPartition(topic, 0, 0)])
         services: set[str] = set()
         sent = 0
 
