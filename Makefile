@@ -11,7 +11,8 @@ DEB_PACKAGES := redis-server redis-tools etcd-server etcd-client prometheus prom
 PYTEST_ARGS ?=
 # make test runs pytest in this many processes, a test file to a process (pytest-xdist,
 # --dist loadfile: a file's module-scoped servers start once). Most of the suite waits on
-# servers, not on a core: on this 2-core VM 19:23 in one process, 9:11 in two (2026-12-06).
+# servers, not on a core: on this 2-core VM 8:34 in two processes, 19:23 in one (2026-12-06;
+# the one-process run still had ~50 s of two tests since made quicker).
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 

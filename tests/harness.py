@@ -61,9 +61,11 @@ def free_port() -> int:
     ``featurestore.server._listen``, grpc, prometheus_client's HTTP server):
     tests/integration/test_reserved_ports.py starts each on reserved ports.
 
-    A port is handed out at most once per session (an in-process set), so a server
-    started more than 60 s after its reservation (a fixture first used late) still
-    cannot share it with another server of this session."""
+    A port is handed out at most once per pytest process (an in-process set), so a
+    server started more than 60 s after its reservation (a fixture first used late)
+    still cannot share it with another server of this process. Under ``make test``'s
+    two processes (pytest-xdist) the other process is kept off it by TIME_WAIT alone:
+    every server the tests start binds within seconds of its reservation."""
     for _ in range(200):
         port = _park()
         if _claim(port):

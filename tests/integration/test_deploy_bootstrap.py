@@ -39,6 +39,7 @@ class Stack:
             f"project: {self.project}\n"
             f"registry: {{kind: etcd, endpoints: ['{etcd.endpoint}']}}\n"
             f"stores: {{default: {{kind: redis, url: '{redis.url}'}}, analytics: {{kind: redis, url: '{redis.url}'}}}}\n"
+            f"derived: {{cache_dir: {tmp / 'kernels'}}}\n"  # not ~/.cache: another pytest process's
         )
         self.data = tmp / "data"
 

@@ -65,25 +65,24 @@ def failures(junit: Path) -> list[tuple[str, str, str]]:
     return found
 
 
-# A request whose deadline (the header allows 1 ms) is shorter than the event loop's standing
+# A join whose deadline (the header allows 1 ms) is shorter than the event loop's standing
 # lag is shed at its start, before its body is read: 503, reason "deadline" (docs/api.md,
-# "Overload"); one that is let in but whose deadline passes before a store is read (a join)
-# or before the store confirms the write (a push) is the documented 504 DEADLINE_EXCEEDED.
-# schemathesis sends such deadlines and counts any 5xx as a server error; only on a loaded
-# machine (a suite sharing 2 cores: CI's run of 12-06 met a 504 at 1 ms) does a millisecond
-# or two pass before the first read.
-DEADLINE_ANSWER = re.compile(
-    r"\[503\] Service Unavailable:.*?\"reason\":\"deadline\""
-    r"|\[504\] Gateway Timeout:.*?\"code\":\"DEADLINE_EXCEEDED\"",
-    re.DOTALL,
-)
-TINY_DEADLINE = re.compile(r"x-featurestore-deadline-ms: \d'")
-DEADLINED = {"POST /v1/feature/join", "POST /v1/feature/push"}
+# "Overload"; only joins are shed). A join let in whose deadline passes before a store is
+# read, or a push whose store has not confirmed the write by then, is the documented 504
+# DEADLINE_EXCEEDED. schemathesis sends such deadlines and counts any 5xx as a server error;
+# on a loaded machine (a suite in two processes on 2 cores: CI's run of 12-06 met a 504 at
+# 1 ms) tens of milliseconds can pass before the first read. A deadline of 100 ms or more
+# that ends in a 504 is still reported: a memory store answers well within it.
+SHED_FOR_DEADLINE = re.compile(r"\[503\] Service Unavailable:.*?\"reason\":\"deadline\"", re.DOTALL)
+DEADLINE_PASSED = re.compile(r"\[504\] Gateway Timeout:.*?\"code\":\"DEADLINE_EXCEEDED\"", re.DOTALL)
+SHORT_DEADLINE = re.compile(r"x-featurestore-deadline-ms: \d{1,2}'")
+JOIN, PUSH = "POST /v1/feature/join", "POST /v1/feature/push"
 
 
 def deliberate(operation: str, code: str, text: str) -> bool:
-    if code == "ST101" and operation in DEADLINED:
-        return bool(DEADLINE_ANSWER.search(text) and TINY_DEADLINE.search(text))
+    if code == "ST101" and operation in (JOIN, PUSH) and SHORT_DEADLINE.search(text):
+        shed = operation == JOIN and SHED_FOR_DEADLINE.search(text)
+        return bool(shed or DEADLINE_PASSED.search(text))
     if code == "ST201" and operation == "POST /v1/feature/join":
         return UNKNOWN_HEADER in text
     return (operation, code) in DELIBERATE
@@ -109,24 +108,35 @@ def test_schemathesis_finds_only_the_deliberate_differences(
     assert tested is not None and int(tested.group(1)) >= 6, run.stdout[-3000:]
 
 
-def ci_case(deadline_ms: int, status: str = "[504] Gateway Timeout") -> str:
+def ci_case(deadline_ms: int, status: str = "[504] Gateway Timeout", body: str = "") -> str:
     """A failing case's text as schemathesis printed it in CI on 12-06, with its deadline."""
+    body = body or (
+        '{"error":{"code":"DEADLINE_EXCEEDED","message":"the request deadline passed before any '
+        'store was read","details":[]}}'
+    )
     return (
-        f"- ST101 Server error\n\n{status}:\n\n"
-        '    `{"error":{"code":"DEADLINE_EXCEEDED","message":"the request deadline passed before any '
-        'store was read","details":[]}}`\n\nReproduce with:\n\n    curl -X POST '
+        f"- ST101 Server error\n\n{status}:\n\n    `{body}`\n\nReproduce with:\n\n    curl -X POST "
         f"-H 'x-featurestore-deadline-ms: {deadline_ms}' -H 'Content-Type: application/json'"
     )
 
 
-@pytest.mark.parametrize("operation", sorted(DEADLINED))
-def test_a_504_for_a_single_digit_deadline_is_deliberate(operation: str) -> None:
-    assert deliberate(operation, "ST101", ci_case(1))
+SHED = '{"error":{"code":"UNAVAILABLE","message":"overloaded","details":[{"reason":"deadline"}]}}'
+
+
+@pytest.mark.parametrize("operation", [JOIN, PUSH])
+@pytest.mark.parametrize("deadline_ms", [1, 99])
+def test_a_504_for_a_deadline_under_100_ms_is_deliberate(operation: str, deadline_ms: int) -> None:
+    assert deliberate(operation, "ST101", ci_case(deadline_ms))
+
+
+def test_a_503_shed_for_its_deadline_is_deliberate_for_a_join_only() -> None:
+    assert deliberate(JOIN, "ST101", ci_case(1, "[503] Service Unavailable", SHED))
+    assert not deliberate(PUSH, "ST101", ci_case(1, "[503] Service Unavailable", SHED))
 
 
 def test_a_504_for_a_longer_deadline_another_5xx_or_another_operation_is_not() -> None:
-    assert not deliberate("POST /v1/feature/join", "ST101", ci_case(10))
-    assert not deliberate("POST /v1/feature/join", "ST101", ci_case(1, "[500] Internal Server Error"))
+    assert not deliberate(JOIN, "ST101", ci_case(100))
+    assert not deliberate(JOIN, "ST101", ci_case(1, "[500] Internal Server Error"))
     assert not deliberate("GET /v1/registry", "ST101", ci_case(1))
 
 

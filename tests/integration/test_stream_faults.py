@@ -212,6 +212,7 @@ def test_a_processor_started_before_the_server_applied_the_definitions_waits_for
     config.write_text(
         f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
         "stores: {default: {kind: redis, url: 'redis://127.0.0.1:1/0', cache: false}}\n"
+        f"derived: {{cache_dir: {tmp_path / 'kernels'}}}\n"  # not ~/.cache: another pytest process's
         f"stream: {{kafka: {{bootstrap_servers: '{kafka.bootstrap}'}}}}\n"
     )
     demo = ROOT / "featurestore" / "demo" / "stream_features.yaml"

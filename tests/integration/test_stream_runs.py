@@ -34,6 +34,7 @@ def test_a_stream_processor_is_a_job_run_per_window_with_its_topic_and_event_cou
     config.write_text(
         f"project: streamruns\nregistry: {{path: {tmp_path / 'registry'}}}\n"
         f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false}}}}\n"
+        f"derived: {{cache_dir: {tmp_path / 'kernels'}}}\n"  # not ~/.cache: another pytest process's
         f"lineage: {{openlineage: {{enabled: true, transport: file, file: '{runs_file}'}}}}\n"
         "stream:\n  poll_seconds: 0.02\n  lag_interval_seconds: 0.2\n  run_window_seconds: 1\n"
         f"  kafka: {{bootstrap_servers: '{kafka.bootstrap}', session_timeout_ms: 2000}}\n"

@@ -65,6 +65,7 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
     config.write_text(
         f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
         f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false}}}}\n"
+        f"derived: {{cache_dir: {tmp_path / 'kernels'}}}\n"  # not ~/.cache: another pytest process's
         "lineage: {window_seconds: 0.5}\n"
         "stream:\n  poll_seconds: 0.02\n  lag_interval_seconds: 0.2\n"
         f"  kafka: {{bootstrap_servers: '{kafka.bootstrap}', session_timeout_ms: 2000}}\n"
