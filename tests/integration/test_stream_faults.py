@@ -45,13 +45,14 @@ def count_view(name: str, topic: str, project: str = "p", **options: Any) -> Fea
     return parse_definitions(doc, source=f"{name}.yaml").views[name]
 
 
-def topic_producer(kafka: TansuBroker, topic: str) -> Any:
-    """A producer on ``topic``, created with one partition."""
+def topic_producer(kafka: TansuBroker, topic: str, **config: Any) -> Any:
+    """A producer on ``topic``, created with one partition; ``config``: more producer
+    settings (dotted names as keywords: ``**{"linger.ms": 10_000}``)."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
     ensure_topic(AdminClient({"bootstrap.servers": kafka.bootstrap}), topic, 1, 1)
-    return Producer({"bootstrap.servers": kafka.bootstrap})
+    return Producer({"bootstrap.servers": kafka.bootstrap, **config})
 
 
 def run_until_applied(proc: StreamProcessor, store: Any, view: Any, topic: str, offset: int) -> None:

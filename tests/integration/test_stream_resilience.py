@@ -480,8 +480,6 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
     letter that was lost. Now the letter is produced again until its delivery report says
     so, and only then is the batch written; meanwhile the lag is measured (it used to
     stay at its last figure, ~0, while the processor waited: no lag alert could fire)."""
-    from confluent_kafka import Producer
-
     broker = TansuBroker(log_path=tmp_path / "tansu.log").start()
     topic = f"undelivered-{uuid.uuid4().hex[:8]}"
     view = count_view("undelivered_view", topic)
@@ -491,12 +489,11 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
         batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1, lag_interval_seconds=0.1
     )
     try:
-        topic_producer(broker, topic)  # the topic, with one partition
         # Both messages in one record batch (held by linger.ms until the flush): a fetch
         # returns a batch whole, so the processor has the second before its first write
         # freezes the broker. Sent separately, a fetch could return the first alone, and
         # the second, the dead letter, would wait for a broker that never answers again.
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 10_000})
+        producer = topic_producer(broker, topic, **{"linger.ms": 10_000})
         producer.produce(
             topic, key=b"1", value=json.dumps({"u": 1, "ts": time.time_ns() // 1_000_000}).encode()
         )
