@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from featurestore.deadlines import engine_budget
 from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound, clipped, quoted
 from featurestore.join import JoinEngine
 from featurestore.keys import validate_entities
@@ -46,9 +47,10 @@ class PushService:
 
     async def push(self, req: PushRequest, deadline: float | None = None) -> PushResult:
         """Validate and write one request. ``deadline`` is a ``time.monotonic()`` instant;
-        by default the configured request deadline from now."""
+        by default the configured request deadline from now, less the answer's margin
+        (``deadlines.engine_budget``)."""
         if deadline is None:
-            deadline = time.monotonic() + self.engine.limits.deadline_seconds
+            deadline = time.monotonic() + engine_budget(self.engine.limits.deadline_seconds)
         state = self.engine.state
         view = state.definitions.views.get(req.view)
         if view is None:

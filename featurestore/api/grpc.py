@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Span
 
-from featurestore import metrics, tracing
+from featurestore import deadlines, metrics, tracing
 from featurestore.api import proto_codec
 from featurestore.api.errors import GRPC_STATUS, grpc_message, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
@@ -41,21 +41,12 @@ PUSH_METHOD = f"/{SERVICE}/Push"
 # OpenTelemetry's RPC conventions name a server span "package.Service/Method".
 JOIN_SPAN = f"{SERVICE}/Join"
 
-# Of the caller's remaining time, what the engine leaves for encoding and sending the
-# answer: a share, at least a floor, but never more than half, so a short deadline still
-# gets a read. Without it a slow store uses the whole budget and the caller sees
-# DEADLINE_EXCEEDED instead of the partial answer with UNAVAILABLE statuses.
-_SEND_MARGIN_SHARE = 0.1
-_SEND_MARGIN_MIN = 0.002
-
 
 def engine_budget(configured: float, remaining: float | None) -> float:
-    """Seconds the join engine may spend: the configured deadline, or the call's
-    remaining time less the margin for the reply when that is sooner."""
-    if remaining is None:
-        return configured
-    keep = min(max(_SEND_MARGIN_MIN, remaining * _SEND_MARGIN_SHARE), remaining / 2)
-    return min(configured, remaining - keep)
+    """Seconds the join engine may spend: the time left of the configured deadline or of
+    the call's, whichever ends sooner, less the margin for the reply
+    (``deadlines.engine_budget``)."""
+    return deadlines.engine_budget(configured if remaining is None else min(configured, remaining))
 
 
 class GrpcApi:

@@ -38,6 +38,7 @@ from featurestore.api.routes import (
     requested_deadline_ms,
 )
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
+from featurestore.deadlines import engine_budget
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
@@ -74,7 +75,9 @@ class JoinEndpoint:
         try:
             # The deadline counts from the request's first byte (``t0``), as a gRPC call's
             # from its start: time spent on a slow body or waiting for the loop is in it.
-            deadline = time.monotonic() - (time.perf_counter() - t0) + self._deadline(deadline_ms) / 1000.0
+            # The engine gets it less the answer's margin (``deadlines.engine_budget``).
+            left = self._deadline(deadline_ms) / 1000.0 - (time.perf_counter() - t0)
+            deadline = time.monotonic() + engine_budget(left)
             req = json_codec.decode_join(body)
             result = await self.engine.join(req, deadline, span)
             if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:

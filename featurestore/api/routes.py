@@ -28,6 +28,7 @@ from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import AUTH_RESPONSES, JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
 from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
+from featurestore.deadlines import engine_budget
 from featurestore.definitions.snapshot import definitions_to_dict
 from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.health import ReadinessProbe
@@ -116,9 +117,9 @@ def _add_push(
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
             # from the request's first byte, as a join's (a slow body is part of its time);
-            # the header may shorten it, as a join's
+            # the header may shorten it, and the answer's margin is kept, as a join's
             ms = requested_deadline_ms(request.headers.get(DEADLINE_HEADER), deadline_ms)
-            deadline = time.monotonic() - (time.perf_counter() - t0) + ms / 1000.0
+            deadline = time.monotonic() + engine_budget(ms / 1000.0 - (time.perf_counter() - t0))
             result = await service.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
             outcomes.failed(t0, e)

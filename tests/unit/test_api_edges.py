@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, StatusCode
 from prometheus_client import REGISTRY
 
-from featurestore import metrics, tracing
+from featurestore import deadlines, metrics, tracing
 from featurestore.api import docs
 from featurestore.api.grpc import JOIN_METHOD, JOIN_SPAN, GrpcApi, engine_budget
 from featurestore.api.http import HttpApi, JoinEndpoint
@@ -175,17 +175,35 @@ async def test_a_long_deadline_header_does_not_extend_the_join() -> None:
     status, _, _ = await endpoint(body, None, None, b"60000")
     after = time.monotonic()
     assert status == 404
-    # the deadline is taken between before and after: the configured 500 ms, not 60 s
-    assert before + 0.5 <= engine.deadlines_seen[0] <= after + 0.5
+    # the deadline is taken between before and after: the configured 500 ms less the
+    # answer's 10%, not 60 s
+    assert before + 0.45 <= engine.deadlines_seen[0] <= after + 0.45
 
 
-def test_grpc_engine_budget_keeps_a_margin_for_the_reply() -> None:
-    assert engine_budget(0.5, None) == 0.5  # no call deadline: the configured one
-    assert engine_budget(0.5, 10.0) == 0.5  # a far call deadline does not extend it
-    assert engine_budget(0.5, 0.2) == pytest.approx(0.18)  # 10% kept back
-    assert engine_budget(0.5, 0.01) == pytest.approx(0.008)  # at least 2 ms kept back
-    assert engine_budget(0.5, 0.002) == pytest.approx(0.001)  # never more than half
-    assert engine_budget(0.5, 0.0) <= 0  # nothing left: the engine answers DEADLINE_EXCEEDED
+async def test_an_http_join_leaves_the_answer_a_tenth_of_its_deadline_header() -> None:
+    engine = FailingEngine(make_engine(), NotFound("nothing"))
+    endpoint = JoinEndpoint(engine, deadline_ms=500)
+    body = json.dumps({"entities": {"user_id": [1]}, "features": ["fast:a"]}).encode()
+    before = time.monotonic()
+    await endpoint(body, None, None, b"100")
+    after = time.monotonic()
+    assert before + 0.09 - 0.001 <= engine.deadlines_seen[0] <= after + 0.09
+
+
+def test_the_engine_budget_keeps_a_margin_for_the_answer() -> None:
+    assert deadlines.engine_budget(0.5) == pytest.approx(0.45)  # 10% kept back
+    assert deadlines.engine_budget(0.01) == pytest.approx(0.008)  # at least 2 ms kept back
+    assert deadlines.engine_budget(0.002) == pytest.approx(0.001)  # never more than half
+    assert deadlines.engine_budget(0.0) <= 0  # nothing left: the engine answers DEADLINE_EXCEEDED
+    assert deadlines.engine_budget(-0.1) <= 0
+
+
+def test_grpc_engine_budget_is_the_sooner_deadline_less_the_margin() -> None:
+    assert engine_budget(0.5, None) == pytest.approx(0.45)  # no call deadline: the configured one
+    assert engine_budget(0.5, 10.0) == pytest.approx(0.45)  # a far call deadline does not extend it
+    assert engine_budget(0.5, 0.2) == pytest.approx(0.18)  # the call's, 10% kept back
+    assert engine_budget(0.5, 0.01) == pytest.approx(0.008)
+    assert engine_budget(0.5, 0.0) <= 0
 
 
 async def test_grpc_join_on_a_frozen_store_answers_partial_within_the_call_deadline() -> None:
