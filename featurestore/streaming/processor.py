@@ -37,7 +37,7 @@ from featurestore.streaming.retry import needs_new_connection, retrying, transie
 from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.turn import Aggregator, Turn
-from lineage.kafka import KafkaSettings, ensure_topic
+from lineage.kafka import KafkaSettings, close_producer, ensure_topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,7 +167,12 @@ class StreamProcessor:
             up.set(0)
             self._writer.shutdown(wait=True)
             self._consumer.close()
+            # Dead letters still queued after 5 s are dropped: their batch was not written,
+            # so the next reader meets those events again. Closed, not left to a garbage
+            # collection: an idle producer's threads reconnect to a stopped broker.
             self._producer.flush(5)
+            close_producer(self._producer)
+            self._producer = self._dead_letters = None
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING

@@ -5,6 +5,7 @@ never the end of the processor (it would meet the same event on every restart)."
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import struct
 import subprocess
@@ -28,6 +29,7 @@ from featurestore.streaming.store import NO_MARK, MemoryTileStore, TileBatch
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings
+from tests.integration.test_lineage_sink_close import librdkafka_threads
 from tests.integration.test_stream_faults import count_view, topic_producer
 from tests.servers import RedisServer, TansuBroker
 from tests.support import ROOT, free_port, wait_until
@@ -140,6 +142,38 @@ def test_invalid_utf8_in_a_kept_string_or_json_nested_too_deep_is_dead_lettered_
     reasons = [dict(m.headers())["featurestore-error"].decode() for m in letters]
     assert sum("not valid UTF-8" in r for r in reasons) == 3
     assert sum("nested too deeply" in r for r in reasons) == 1
+
+
+def test_a_stopped_processor_ends_its_kafka_clients_while_it_is_still_referenced(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """Its consumer and its dead-letter producer: a producer left to the garbage
+    collector keeps reconnecting to a broker that stopped meanwhile."""
+    topic = f"closing-{uuid.uuid4().hex[:8]}"
+    view = sku_view("closing_view", topic)
+    producer = topic_producer(kafka, topic)
+    producer.produce(topic, key=b"a", value=b"not json")  # one dead letter: the producer is used
+    assert producer.flush(10) == 0
+    del producer
+    gc.collect()  # clients other tests left to the collector end now, not during this test
+    before = librdkafka_threads()
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+    try:
+        with running(proc) as alive:
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == 0
+
+            wait_until(applied, 60, "the malformed event dead-lettered")
+            assert librdkafka_threads() - before  # its clients' threads, running
+        # proc is still referenced: only run()'s end can have ended them
+        wait_until(lambda: not librdkafka_threads() - before, 10, "the processor's client threads to end")
+        assert proc is not None and counted("closing_view", "dead_lettered") == 1
+    finally:
+        store.close()
 
 
 async def read_once(store: RedisTileStore, view: FeatureView, keys: list[str]) -> list[bytes | None]:
@@ -484,7 +518,10 @@ def test_a_dead_letter_the_broker_does_not_take_holds_its_batch_until_it_is_deli
     topic = f"undelivered-{uuid.uuid4().hex[:8]}"
     view = count_view("undelivered_view", topic)
     store = FreezingStore(broker)
-    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=2000)
+    # A session longer than the broker stays frozen (~10 s): with 2 s, a processor that had
+    # not taken the dead letter from its queue within 2 s of the freeze (a loaded suite) lost
+    # its partition to the session's timeout, queue and all, and never met the dead letter.
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=30_000)
     options = ProcessorOptions(
         batch_messages=1, poll_seconds=0.05, dead_letter_timeout_seconds=1, lag_interval_seconds=0.1
     )
