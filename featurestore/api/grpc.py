@@ -144,7 +144,8 @@ class GrpcApi:
 
     async def _request(self, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         """The call's one request message, awaited for what is left of
-        ``limits.deadline_ms`` from the call's start (as the join then gets): a call whose
+        ``limits.deadline_ms`` from the call's start (the join then gets what is left of
+        it, less the answer's margin: ``engine_budget``): a call whose
         message does not come by then ends DEADLINE_EXCEEDED instead of holding its stream
         and handler for as long as its client keeps the connection open. The methods are
         registered as client-streaming (the same frames on the wire as unary), so the

@@ -16,10 +16,6 @@ import tenacity
 from featurestore.client.errors import DeadlineExceededError, FeatureServiceError, UnavailableError
 
 DEFAULT_DEADLINE = 1.0  # seconds per join, retries included
-# Of an HTTP call's remaining time, what the server is told to leave for its answer to
-# travel back: the share and floor the gRPC server applies to a gRPC deadline.
-_REPLY_SHARE = 0.1
-_REPLY_MIN = 0.002
 _MAX_HEADER_MS = 60_000  # the largest x-featurestore-deadline-ms the server accepts
 
 # gRPC reconnects after a failure with backoff that starts at 1 s and grows to 120 s;
@@ -212,10 +208,10 @@ def remaining(deadline_at: float) -> float:
 
 
 def server_deadline_ms(left: float) -> str:
-    """The x-featurestore-deadline-ms header: the time left less what the answer needs to
-    travel back, so a slow store yields UNAVAILABLE values rather than a client timeout."""
-    keep = min(max(_REPLY_MIN, left * _REPLY_SHARE), left / 2)
-    return str(min(_MAX_HEADER_MS, max(1, int((left - keep) * 1000))))
+    """The x-featurestore-deadline-ms header: the time left, as a gRPC call's deadline
+    tells it. The server keeps a margin of it for its answer (docs/api.md, "Deadlines"),
+    so a slow store yields UNAVAILABLE values rather than a client timeout."""
+    return str(min(_MAX_HEADER_MS, max(1, int(left * 1000))))
 
 
 def current_traceparent() -> str | None:

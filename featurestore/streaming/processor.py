@@ -142,16 +142,16 @@ class StreamProcessor:
         ensure_topic(admin, self.dead_letter_topic, 1, self.kafka.replication_factor)
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; then leave the group."""
+        """Consume until ``stop`` is set; then leave the group and close the clients."""
         self._stop = stop
         self._consume_thread = threading.get_ident()
-        self._connect()
         up = metrics.UP.labels(self.view.name)
-        up.set(1)
-        for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
-            counter.labels(self.view.name)  # exported from 0, so increase() sees the first one
-        log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
         try:
+            self._connect()
+            up.set(1)
+            for counter in (metrics.PARTITION_RESETS, metrics.STORE_RETRIES, metrics.DEAD_LETTER_FAILURES):
+                counter.labels(self.view.name)  # exported from 0, so increase() sees the first one
+            log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
             while not stop.is_set():
                 self.turn(stop)
             self._finish(stop)
@@ -166,13 +166,22 @@ class StreamProcessor:
         finally:
             up.set(0)
             self._writer.shutdown(wait=True)
-            self._consumer.close()
-            # Dead letters still queued after 5 s are dropped: their batch was not written,
-            # so the next reader meets those events again. Closed, not left to a garbage
-            # collection: an idle producer's threads reconnect to a stopped broker.
-            self._producer.flush(5)
-            close_producer(self._producer)
-            self._producer = self._dead_letters = None
+            self.close()
+
+    def close(self) -> None:
+        """Leave the group and close the Kafka clients (the consume thread's; again: no-op).
+        Dead letters still queued after 5 s are dropped: their batch was not written, so
+        the next reader meets those events again. Closed, not left to a garbage collection:
+        an idle producer's threads reconnect to a stopped broker."""
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = self._dead_letters = None
+        try:
+            if consumer is not None:
+                consumer.close()  # (its revoke callback may raise: the producer closes all the same)
+        finally:
+            if producer is not None:
+                producer.flush(5)
+                close_producer(producer)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING

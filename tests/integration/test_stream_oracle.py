@@ -243,7 +243,7 @@ def redeliver(kafka: TansuBroker, store: RedisTileStore, view: FeatureView, n: i
     finally:
         proc._finish(stop)
         proc._writer.shutdown()
-        proc._consumer.close()
+        proc.close()
     return int(seen["duplicate"])
 
 

@@ -279,7 +279,7 @@ def test_a_batch_built_on_offsets_another_processor_moved_is_refused_and_the_par
         proc._finish(stop)
     finally:
         proc._writer.shutdown()
-        proc._consumer.close()
+        proc.close()
     assert conflicts() > before
     got = compute(view_layout(view), asyncio.run(store.read(view, ["1"])), now_ms * 1000 + 1, [0])
     assert got.columns == [[100]]  # every event once

@@ -32,7 +32,7 @@ from featurestore.health import Readiness
 from featurestore.join import JoinEngine, JoinRequest, JoinResult, Limits
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
-from featurestore.push import PushRequest, PushService, to_table
+from featurestore.push import PushRequest, PushResult, PushService, to_table
 from featurestore.rows import conform
 from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
@@ -188,6 +188,52 @@ async def test_an_http_join_leaves_the_answer_a_tenth_of_its_deadline_header() -
     await endpoint(body, None, None, b"100")
     after = time.monotonic()
     assert before + 0.09 - 0.001 <= engine.deadlines_seen[0] <= after + 0.09
+
+
+class RecordingPush(PushService):
+    """Refuses every push and remembers the deadline it got."""
+
+    def __init__(self, engine: JoinEngine) -> None:
+        super().__init__(engine)
+        self.deadlines_seen: list[float | None] = []
+
+    async def push(self, req: PushRequest, deadline: float | None = None) -> PushResult:
+        self.deadlines_seen.append(deadline)
+        raise NotFound("nothing")
+
+
+async def test_an_http_push_leaves_the_answer_a_tenth_of_its_deadline_header() -> None:
+    engine = make_engine()
+    push = RecordingPush(engine)
+    api = HttpApi(engine, push, lambda: Readiness(True), max_body_bytes=10_000, deadline_ms=500)
+    body = {"feature_view": "fast", "rows": {"user_id": [1], "a": [2]}}
+    async with client(api) as c:
+        before = time.monotonic()
+        r = await c.post(PUSH_PATH, json=body, headers={"x-featurestore-deadline-ms": "100"})
+        after = time.monotonic()
+    assert r.status_code == 404
+    (seen,) = push.deadlines_seen
+    assert seen is not None and before + 0.09 - 0.01 <= seen <= after + 0.09
+
+
+async def test_a_grpc_join_and_push_leave_the_answer_a_tenth_of_the_configured_deadline() -> None:
+    engine = FailingEngine(make_engine(), NotFound("nothing"))
+    push = RecordingPush(engine)
+    api = GrpcApi(engine, push, deadline_ms=500)
+    req = pb.PushRequest(feature_view="fast")
+    req.columns.add(name="user_id").int64_values.values.append(1)
+    before = time.monotonic()
+    for call in (
+        api.join(join_message("fast", [1]), FakeContext()),
+        api.push(req.SerializeToString(), FakeContext()),
+    ):
+        with pytest.raises(grpc.aio.AbortError):
+            await call
+    after = time.monotonic()
+    (joined,), (pushed,) = engine.deadlines_seen, push.deadlines_seen
+    assert pushed is not None
+    for seen in (joined, pushed):  # 450 ms of the 500 counted from the call's start
+        assert before + 0.45 - 0.01 <= seen <= after + 0.45
 
 
 def test_the_engine_budget_keeps_a_margin_for_the_answer() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from featurestore.client import AsyncFeatureClient, DeadlineExceededError, FeatureClient, JoinResult
 from featurestore.client.deadline import _Backend, deadline_transport
+from featurestore.client.options import server_deadline_ms
 
 BODY = (
     b'{"metadata":{"feature_names":["item_id"],"registry_version":1,"trace_id":"x","partial":false},'
@@ -117,3 +118,12 @@ def test_the_blocking_transport_does_its_io_through_the_deadline_backend() -> No
         assert isinstance(pool, httpcore.ConnectionPool)
         assert isinstance(pool._network_backend, _Backend)
         transport.close()
+
+
+def test_the_deadline_header_tells_the_server_the_whole_time_left() -> None:
+    """The server keeps the answer's margin of it itself, as of a gRPC deadline: the
+    client taking one off too left an HTTP join's reads 81% of its time, not 90%."""
+    assert server_deadline_ms(0.05) == "50"
+    assert server_deadline_ms(0.5004) == "500"
+    assert server_deadline_ms(0.0002) == "1"  # the header's least
+    assert server_deadline_ms(3600.0) == "60000"  # and its most
