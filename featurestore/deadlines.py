@@ -44,7 +44,7 @@ TICK_SECONDS = 0.001
 EARLY_SECONDS = 0.0005
 
 # The margin kept for the answer: a share of the time left, at least a floor, never more
-# than half of it, so a short deadline still gets a read. With none (before 2026-12-06,
+# than half of it, so a short deadline still gets a read. With none (before 2026-12-06 08:14,
 # HTTP and the configured deadline) joins whose store froze ended 501-510 ms into a 500 ms
 # deadline, client-side (``python -m benchmarks.store_faults``): cancelling the reads at the
 # deadline left encoding, writing and the loop's lag after it, 1.5 ms at p50 and 10 ms
