@@ -122,11 +122,12 @@ async def _load(port: int, batch: int, rate: float, seconds: float, conns: int, 
     tasks = []
     for k in range(int(rate * seconds)):
         due = start + k / rate
-        if (delay := due - clock()) > 0:
-            # + 1 ms: uvloop's timers count whole milliseconds, and a sleep of the bare delay
-            # could end ~1 ms early: a join sent before its time read shorter from it than
-            # from its write. Late is counted (from the schedule), early was not.
-            await asyncio.sleep(delay + 0.001)
+        # Until the scheduled instant, not one sleep of the delay: uvloop's timers count whole
+        # milliseconds and start from a loop time rounded down, so a sleep can end up to
+        # 1.5 ms early, and a join sent before its time read shorter from it than from its
+        # write. Late is counted (from the schedule), early was not.
+        while (delay := due - clock()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
+            await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(k, due, k / rate)))
     await asyncio.gather(*tasks)
     return out
