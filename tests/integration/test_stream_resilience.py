@@ -181,7 +181,7 @@ def test_a_stopped_processor_ends_its_kafka_clients_while_it_is_still_referenced
             assert its_own & librdkafka_threads()  # running (librdkafka ends some of them itself)
         # proc is still referenced: only run()'s end can have ended them
         wait_until(lambda: not its_own & librdkafka_threads(), 10, "the processor's client threads to end")
-        assert proc is not None and counted("closing_view", "dead_lettered") == 1
+        assert counted("closing_view", "dead_lettered") == 1
     finally:
         store.close()
 
