@@ -85,11 +85,11 @@ Counters = dict[bool, tuple[Counter, Counter]]
 
 
 class _Batch:
-    __slots__ = ("conn", "futures", "held", "hurried", "keys", "packed", "send", "settled", "size")
+    __slots__ = ("conn", "futures", "held", "hurried", "packed", "replies", "send", "settled", "size")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
-        self.keys: list[list[list[str]]] = []  # per join: its MGETs (each a key list)
+        self.replies: list[int] = []  # per join: how many MGETs it sent (a reply each)
         self.futures: list[asyncio.Future[list[Any]]] = []
         self.send: asyncio.Task[None] | None = None  # the batch's send task, if it needed one
         self.conn: ReadConnection | None = None  # the connection written to without a task
@@ -113,10 +113,6 @@ class _Batch:
         """Count one join as done with the batch; True when none waits for it any more."""
         self.settled += 1
         return self.settled == len(self.futures)
-
-    def counts(self) -> list[int]:
-        """How many replies each join's MGETs get."""
-        return [len(commands) for commands in self.keys]
 
     def answer(self, join: int, replies: list[Any]) -> None:
         """Join ``join``'s replies are in: its MGETs' values, or its first error reply
@@ -147,14 +143,19 @@ class AutoPipeline:
         self._written: dict[_Batch, asyncio.Future[None]] = {}  # sends without a task, in flight
         self._closed = False
 
-    async def mget(self, commands: list[list[str]], keys: int | None = None) -> list[Any]:
-        """The replies of ``commands`` (MGET key lists), in order; ``keys``: how many keys
-        they hold, when the caller has counted them already."""
+    async def mget(self, commands: list[list[str]]) -> list[Any]:
+        """The replies of ``commands`` (MGET key lists), in order: ``mget_packed`` for
+        callers holding keys, not packed MGETs."""
+        return await self.mget_packed(
+            b"".join(map(pack_mget, commands)), len(commands), sum(map(len, commands))
+        )
+
+    async def mget_packed(self, packed: bytes, commands: int, keys: int) -> list[Any]:
+        """The replies of ``commands`` MGETs packed in ``packed``, in order; ``keys``: how
+        many keys they read."""
         if self._closed:
             raise ConnectionError("the store is closed")
         loop = asyncio.get_running_loop()
-        if keys is None:
-            keys = sum(map(len, commands))
         batch = self._batch
         if batch is not None and batch.size + keys > MAX_WRITE_KEYS:
             self._flush(batch)  # full: out now, this join starts the tick's next write
@@ -172,8 +173,8 @@ class AutoPipeline:
             batch.hurried = True
             loop.call_soon(self._flush, batch)
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        batch.packed.append(b"".join(map(pack_mget, commands)))
-        batch.keys.append(commands)
+        batch.packed.append(packed)
+        batch.replies.append(commands)
         batch.futures.append(fut)
         batch.size += keys
         try:
@@ -208,7 +209,7 @@ class AutoPipeline:
         if conn is not None:
             self._count(batch)
             batch.conn = conn
-            done = self._written[batch] = conn.submit(b"".join(batch.packed), batch.counts(), batch.answer)
+            done = self._written[batch] = conn.submit(b"".join(batch.packed), batch.replies, batch.answer)
             done.add_done_callback(lambda done: self._sent(batch, done))
             return
         task = batch.send = asyncio.get_running_loop().create_task(self._send(batch))
@@ -230,7 +231,7 @@ class AutoPipeline:
             return
         self._count(batch)
         try:
-            await conn.request(b"".join(batch.packed), batch.counts(), batch.answer)
+            await conn.request(b"".join(batch.packed), batch.replies, batch.answer)
         except BaseException as e:
             # Given up before every reply came: the next user of this connection must not get them.
             conn.give_up()

@@ -15,25 +15,28 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from featurestore.sources.base import ViewQuery
 from featurestore.sources.redis_batch import MAX_KEYS as AUTO_PIPELINE_MAX_KEYS
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_connection import classify
 from featurestore.sources.redis_pool import LeanPool
-from featurestore.sources.redis_wire import pack_mget
 
-Keyed = list[tuple[ViewQuery, list[str]]]  # each view's query and its keys (marker last)
+Mget = tuple[bytes, int]  # one view's MGET packed (``redis_wire.KeyNames.mget``), how many keys it reads
+# Per view of a read: its MGET (None: no keys) for a standalone Redis, its keys for a cluster.
+Wire = list[Mget | None] | list[list[str]]
 
 
-async def pooled_mget(pool: LeanPool, auto: AutoPipeline | None, keyed: Keyed) -> list[list[bytes | None]]:
-    commands = [keys for _, keys in keyed if keys]
+async def pooled_mget(
+    pool: LeanPool, auto: AutoPipeline | None, wire: list[Mget | None]
+) -> list[list[bytes | None]]:
+    commands = [m for m in wire if m is not None]
     if not commands:
-        return [[] for _ in keyed]
-    if auto is not None and (count := sum(map(len, commands))) <= AUTO_PIPELINE_MAX_KEYS:
-        it = iter(await auto.mget(commands, count))
-        return [next(it) if keys else [] for _, keys in keyed]
-    it = iter(await exchange(pool, b"".join(map(pack_mget, commands)), len(commands)))
-    return [next(it) if keys else [] for _, keys in keyed]
+        return [[] for _ in wire]
+    packed = b"".join([m[0] for m in commands])
+    if auto is not None and (count := sum([m[1] for m in commands])) <= AUTO_PIPELINE_MAX_KEYS:
+        it = iter(await auto.mget_packed(packed, len(commands), count))
+    else:
+        it = iter(await exchange(pool, packed, len(commands)))
+    return [next(it) if m is not None else [] for m in wire]
 
 
 async def exchange(pool: LeanPool, packed: bytes, replies: int) -> list[Any]:
@@ -56,14 +59,14 @@ async def exchange(pool: LeanPool, packed: bytes, replies: int) -> list[Any]:
     return answer
 
 
-async def cluster_get(client: RedisCluster, keyed: Keyed) -> list[list[bytes | None]]:
+async def cluster_get(client: RedisCluster, wire: list[list[str]]) -> list[list[bytes | None]]:
     pipe = client.pipeline()
-    for _, keys in keyed:
+    for keys in wire:
         for k in keys:
             pipe.get(k)
     flat = await pipe.execute(raise_on_error=True)
     out, i = [], 0
-    for _, keys in keyed:
+    for keys in wire:
         out.append(flat[i : i + len(keys)])
         i += len(keys)
     return out

@@ -9,7 +9,7 @@ import pytest
 
 from featurestore.model import DType, Entity, Feature, FeatureView
 from featurestore.sources.base import ViewQuery
-from featurestore.sources.redis_wire import decode_rows, pack_mget
+from featurestore.sources.redis_wire import KeyNames, decode_rows, pack_mget
 
 
 def resp(keys: list[str]) -> bytes:
@@ -37,6 +37,26 @@ def test_mget_frames_every_key_by_its_length_in_bytes(keys: list[str]) -> None:
 
 def test_an_mget_of_no_keys_is_the_bare_command() -> None:
     assert pack_mget([]) == b"*1\r\n$4\r\nMGET\r\n"
+
+
+@pytest.mark.parametrize(
+    ("marker", "texts"),
+    [
+        ("fs:demo:user_activity:v1", ["1"]),
+        ("fs:demo:user_activity:v1", [str(i) for i in (7, 100000, 42, 3, 99999, 12345678901234567890)]),
+        ("fs:p:shops:v1", ["", "pipe|sep", "spaces and\nnewline\r\n$3"]),
+        ("fs:p:shops:v1", ["plain", "店", "😀", "ünïcödé"]),  # 2-4 bytes, after ASCII
+        ("fs:prøject:shops:v1", ["1", "2"]),  # a character outside ASCII in the prefix and the marker
+    ],
+)
+def test_a_views_mget_from_key_texts_is_the_mget_of_its_keys_then_its_marker(
+    marker: str, texts: list[str]
+) -> None:
+    names = KeyNames(marker)
+    keys = [f"{marker}:{t}" for t in texts] + [marker]
+    assert names.keys(texts) == keys
+    assert names.mget(texts) == resp(keys)
+    assert names.mget(texts) == resp(keys)  # again, with the lengths' frames it kept
 
 
 VIEW = FeatureView(
