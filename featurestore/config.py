@@ -216,7 +216,7 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while a queue stands: the event loop more than shed_target_ms
-    # late for 100 ms. 5 ms (CoDel's target): the rule before, joins slower than a tenth
+    # late on average over two 100 ms intervals. 5 ms (CoDel's target): the rule before, joins slower than a tenth
     # of the deadline, let them hold the callers' connections so long that at 2x
     # saturation their own queue grew (p99.9 from the schedule 5.2-6.9 s; RESULTS.md).
     shed: bool = True

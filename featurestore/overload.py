@@ -10,17 +10,19 @@ in flight, adapted as TCP's congestion window and Netflix's concurrency-limits a
 theirs (AIMD), with CoDel's test for a queue worth shedding (Nichols and Jacobson,
 "Controlling Queue Delay", 2012; Facebook's RPC servers use it with the same 5 ms and
 100 ms, "Fail at Scale", 2015): a burst is a queue that drains within an interval, a
-standing queue one that does not.
+standing queue one that does not (judged by the interval's mean lag, not its minimum:
+below).
 
-* When the lag stays above ``target`` (``limits.shed_target_ms``, 5 ms) for an
-  ``INTERVAL`` (100 ms) with more than ``min_limit`` joins in flight throughout, the
-  limit drops to ``in flight x target / lag`` (``lag``: the interval's smallest, as
-  CoDel judges by its minimum; the factor kept within 0.25..0.9); another cut needs
-  another whole interval, so a cut acts before the next (TCP cuts once per round trip
-  for the same reason).
-* A sample on time while the worker is near its limit raises the limit by one (up to
-  ``max_limit``, the hard cap ``limits.max_inflight``); on time for an interval with
-  the limit not binding (fewer than half of it in flight), the limit is back at the cap.
+* The lag is judged an ``INTERVAL`` (100 ms, ten samples) at a time, by its mean. When
+  two intervals in a row average above ``target`` (``limits.shed_target_ms``, 5 ms) with
+  more than ``min_limit`` joins in flight at most of their samples, the limit drops to
+  ``in flight x target / lag`` (the last interval's means; the factor kept within 0.25..0.9), and
+  again after each further late interval, so a cut acts before the next (TCP cuts once
+  per round trip for the same reason). One late interval is a burst.
+* An interval on time with the limit binding (half of it in flight at one of its samples
+  or more) raises the limit by a tenth, at least one (up to ``max_limit``, the hard cap
+  ``limits.max_inflight``); one on time with the limit never binding puts it back at
+  the cap.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
@@ -28,6 +30,15 @@ standing queue one that does not.
   the last two samples: a one-off stall is not a queue): every step of a join waits
   about that long for the loop, so it could not answer in time (reason ``deadline``; a
   float comparison per request).
+
+Why the mean and not CoDel's minimum: a saturated worker's loop does not run late
+evenly. Its joins' store replies come back together and are answered in one long loop
+iteration, then the loop waits for the next replies, so its samples alternate between
+20-40 ms late and on time. Judged by every sample (or the smallest), the interval was
+never late: in a trace of 2x overload at batch 100 (2026-12-06, before this rule) the
+limit rose by one per on-time sample, 61 to 97 in 1.2 s, while the loop ran 41 ms late
+at the median and held joins ~170 ms at p99 (benchmarks/RESULTS.md, "Deadlines under
+overload").
 
 What the lag does not count is what a queue of this worker's own does not cause: a
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
@@ -78,13 +89,17 @@ LIMIT.set(math.inf)
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
-    "second when on time), the most lagging worker's: above limits.shed_target_ms for "
-    "100 ms with more joins in flight than the floor, a worker with limits.shed on sheds.",
+    "second when on time), the most lagging worker's: above limits.shed_target_ms on "
+    "average over two 100 ms intervals with more joins in flight than the floor, a worker "
+    "with limits.shed on sheds.",
     multiprocess_mode="livemax",
 )
 
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
+LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one)
+GROWTH: Final = 0.1  # an interval on time with the limit binding raises it by a tenth (at least 1)
+_SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
 # CoDel's interval: long enough that a burst of joins drains within it (a saturated
 # worker completes ~140 joins of batch 100 in 100 ms), short enough that a standing
 # queue is cut within a fifth of the 500 ms deadline.
@@ -119,10 +134,14 @@ class LoadShedder:
     event loop they run on. Event loop only. ``sheds`` False: only the lag is reported."""
 
     __slots__ = (
+        "_binding",
+        "_inflight_sum",
+        "_lag_sum",
         "_last_lag",
-        "_late_since",
-        "_least_lag",
-        "_on_time_since",
+        "_late",
+        "_queued",
+        "_samples",
+        "_since",
         "inflight",
         "lag",
         "limit",
@@ -143,9 +162,14 @@ class LoadShedder:
         self.inflight = 0
         self.lag = 0.0  # the standing lag: the smaller of the last two samples
         self._last_lag = 0.0
-        self._late_since = INF  # since when every sample was late with a queue worth shedding
-        self._least_lag = INF  # the smallest lag since then
-        self._on_time_since = INF  # since when every sample was on time with the limit not binding
+        # The interval being sampled: since when, its samples' lags and joins in flight
+        # summed, how many of them had more joins in flight than the floor, and whether
+        # the limit bound at any of them (half of it in flight).
+        self._since = INF
+        self._samples = self._queued = self._inflight_sum = 0
+        self._lag_sum = 0.0
+        self._binding = False
+        self._late = 0  # intervals late in a row, with a queue worth shedding
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig) -> LoadShedder:
@@ -173,32 +197,41 @@ class LoadShedder:
         self.inflight -= 1
 
     def observe(self, lag: float, now: float) -> None:
-        """One sample: the event loop ran a timer ``lag`` seconds late at ``now``."""
+        """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
+        limit moves when an interval is complete (module docstring)."""
         self.lag, self._last_lag = min(lag, self._last_lag), lag
         inflight = self.inflight
-        if lag > self.target:
-            self._on_time_since = INF
-            if inflight <= self.min_limit:
-                self._late_since = INF  # late with no queue worth shedding: a stall
-            elif now < self._late_since:
-                self._late_since, self._least_lag = now, lag  # the first late sample
-            else:
-                self._least_lag = min(self._least_lag, lag)
-                if now - self._late_since >= INTERVAL:  # a queue stood: cut, then wait another
-                    cut = min(MAX_CUT, max(MIN_CUT, self.target / self._least_lag))
-                    self.limit = max(self.min_limit, min(self.limit, inflight) * cut)
-                    self._late_since = INF
+        if now < self._since:
+            self._since = now  # the first sample of an interval
+        self._samples += 1
+        self._lag_sum += lag
+        self._inflight_sum += inflight
+        if inflight > self.min_limit:
+            self._queued += 1
+        if inflight >= self.limit / 2:
+            self._binding = True
+        if now - self._since < INTERVAL - _SLACK:
             return
-        self._late_since = INF  # on time: the queue drained
+        n, binding, queued = self._samples, self._binding, self._queued
+        mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
+        self._since, self._samples, self._queued, self._inflight_sum, self._lag_sum = now, 0, 0, 0, 0.0
+        self._binding = False
+        if mean_lag > self.target:
+            if 2 * queued <= n:
+                self._late = 0  # late with no queue worth shedding (at most half the time): a stall
+                return
+            self._late += 1
+            if self._late >= LATE_INTERVALS:  # a queue stood through the last two: cut
+                cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
+                self.limit = max(self.min_limit, min(self.limit, mean_inflight) * cut)
+            return
+        self._late = 0  # on time: the queue drained
         if self.limit >= self.max_limit:
             return
-        if inflight >= self.limit / 2:
-            self._on_time_since = INF
-            self.limit = min(self.max_limit, self.limit + 1)
-        elif now < self._on_time_since:
-            self._on_time_since = now
-        elif now - self._on_time_since >= INTERVAL:  # no queue, and room: recovered
-            self.limit, self._on_time_since = self.max_limit, INF
+        if binding:
+            self.limit = min(self.max_limit, self.limit + max(1.0, self.limit * GROWTH))
+        else:  # no queue, and room throughout: recovered
+            self.limit = self.max_limit
 
     async def watch(self) -> None:
         """Sample the running loop's lag every ``PERIOD`` until cancelled, and report
