@@ -140,8 +140,8 @@ async def store(url: str, batch: int, conc: int, joins: int) -> float:
     try:
 
         async def join(i: int) -> Any:
-            keyed = [(None, keys) for keys in join_keys(batch, i)]
-            return await pooled_mget(pool, auto, keyed)  # type: ignore[arg-type]
+            wire: list[tuple[bytes, int] | None] = [(pack_mget(k), len(k)) for k in join_keys(batch, i)]
+            return await pooled_mget(pool, auto, wire)
 
         return await drive(join, conc, joins)
     finally:

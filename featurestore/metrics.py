@@ -119,7 +119,7 @@ REQUESTS_SHED = Counter(
     "featurestore_requests_shed_total",
     "Joins refused at their start because a queue of joins stood in the worker "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
-    "latency: the limit lowered by a standing queue: the event loop late on average for 200 ms; "
+    "latency: the limit lowered by a standing queue: the event loop late on average in two 100 ms intervals in a row; "
     "deadline: less of its deadline left than the event loop's lag; max_connections: "
     "a connection refused over http.max_connections, any route).",
     ["api", "reason"],

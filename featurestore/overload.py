@@ -15,21 +15,23 @@ below).
 
 * The lag is judged an ``INTERVAL`` (100 ms, ten samples) at a time, by its mean. When
   two intervals in a row average above ``target`` (``limits.shed_target_ms``, 5 ms) with
-  more than ``min_limit`` joins in flight at most of their samples, the limit drops to
-  ``in flight x target / lag`` (the last interval's means; the factor kept within 0.25..0.9), and
-  again after each further late interval, so a cut acts before the next (TCP cuts once
-  per round trip for the same reason). One late interval is a burst.
-* An interval on time with the limit binding (half of it in flight at one of its samples
-  or more) raises the limit by a tenth, at least one (up to ``max_limit``, the hard cap
-  ``limits.max_inflight``); one on time with the limit never binding puts it back at
-  the cap.
+  more than ``min_limit`` joins in flight at more than half of their samples, the limit
+  drops to ``in flight x target / lag`` (the last interval's means; the factor kept
+  within 0.25..0.9). It drops again after a further late interval only once the joins
+  in flight have come down to it, so a cut acts before the next (TCP cuts once per
+  round trip for the same reason). One late interval is a burst.
+* A second interval on time in a row with the limit binding (half of it in flight at
+  one of its samples or more) raises the limit by a tenth, at least one (up to
+  ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
+  turn leave it where it is. One interval on time with the limit never binding puts it
+  back at the cap.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
 * So is one with less of its deadline left than the loop's standing lag (the smaller of
-  the last two samples: a one-off stall is not a queue): every step of a join waits
-  about that long for the loop, so it could not answer in time (reason ``deadline``; a
-  float comparison per request).
+  the last two intervals' mean lags: one late interval is a burst or a stall, not a
+  queue): every step of a join waits about that long for the loop, so it could not
+  answer in time (reason ``deadline``; a float comparison per request).
 
 Why the mean and not CoDel's minimum: a saturated worker's loop does not run late
 evenly. Its joins' store replies come back together and are answered in one long loop
@@ -38,7 +40,7 @@ iteration, then the loop waits for the next replies, so its samples alternate be
 never late: in a trace of 2x overload at batch 100 (2026-12-06, before this rule) the
 limit rose by one per on-time sample, 61 to 97 in 1.2 s, while the loop ran 41 ms late
 at the median and held joins ~170 ms at p99 (benchmarks/RESULTS.md, "Deadlines under
-overload").
+overload", has the trace and the runs before and after).
 
 What the lag does not count is what a queue of this worker's own does not cause: a
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
@@ -89,16 +91,16 @@ LIMIT.set(math.inf)
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
-    "second when on time), the most lagging worker's: above limits.shed_target_ms on "
-    "average over two 100 ms intervals with more joins in flight than the floor, a worker "
-    "with limits.shed on sheds.",
+    "second when on time), the most lagging worker's. Shedding judges each 100 ms "
+    "interval's mean lag (at most this): above limits.shed_target_ms for two intervals in "
+    "a row with more joins in flight than the floor, a worker with limits.shed on sheds.",
     multiprocess_mode="livemax",
 )
 
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
 LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one)
-GROWTH: Final = 0.1  # an interval on time with the limit binding raises it by a tenth (at least 1)
+GROWTH: Final = 0.1  # a second interval on time in a row, the limit binding, raises it by a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
 # CoDel's interval: long enough that a burst of joins drains within it (a saturated
 # worker completes ~140 joins of batch 100 in 100 ms), short enough that a standing
@@ -137,8 +139,10 @@ class LoadShedder:
         "_binding",
         "_inflight_sum",
         "_lag_sum",
-        "_last_lag",
+        "_last_mean",
         "_late",
+        "_least",
+        "_on_time",
         "_queued",
         "_samples",
         "_since",
@@ -160,16 +164,17 @@ class LoadShedder:
         self.target = target_seconds
         self.sheds = sheds
         self.inflight = 0
-        self.lag = 0.0  # the standing lag: the smaller of the last two samples
-        self._last_lag = 0.0
+        self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
+        self._last_mean = 0.0
         # The interval being sampled: since when, its samples' lags and joins in flight
-        # summed, how many of them had more joins in flight than the floor, and whether
-        # the limit bound at any of them (half of it in flight).
+        # summed, the fewest joins in flight at one of them, how many had more than the
+        # floor, and whether the limit bound at any of them (half of it in flight).
         self._since = INF
         self._samples = self._queued = self._inflight_sum = 0
         self._lag_sum = 0.0
+        self._least = INF
         self._binding = False
-        self._late = 0  # intervals late in a row, with a queue worth shedding
+        self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig) -> LoadShedder:
@@ -198,40 +203,45 @@ class LoadShedder:
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
-        limit moves when an interval is complete (module docstring)."""
-        self.lag, self._last_lag = min(lag, self._last_lag), lag
+        limit and the standing lag move when an interval is complete (module docstring)."""
         inflight = self.inflight
         if now < self._since:
             self._since = now  # the first sample of an interval
         self._samples += 1
         self._lag_sum += lag
         self._inflight_sum += inflight
+        self._least = min(self._least, inflight)
         if inflight > self.min_limit:
             self._queued += 1
         if inflight >= self.limit / 2:
             self._binding = True
         if now - self._since < INTERVAL - _SLACK:
             return
-        n, binding, queued = self._samples, self._binding, self._queued
+        n, binding, queued, least = self._samples, self._binding, self._queued, self._least
         mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
         self._since, self._samples, self._queued, self._inflight_sum, self._lag_sum = now, 0, 0, 0, 0.0
-        self._binding = False
+        self._least, self._binding = INF, False
+        self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
         if mean_lag > self.target:
+            self._on_time = 0
             if 2 * queued <= n:
-                self._late = 0  # late with no queue worth shedding (at most half the time): a stall
+                self._late = 0  # late with no queue worth shedding (half the time or less): a stall
                 return
             self._late += 1
-            if self._late >= LATE_INTERVALS:  # a queue stood through the last two: cut
+            # A queue stood through the last two intervals, and the cut before (if any) has
+            # acted: the joins in flight came down to its limit at least once.
+            if self._late >= LATE_INTERVALS and least <= self.limit:
                 cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
                 self.limit = max(self.min_limit, min(self.limit, mean_inflight) * cut)
             return
         self._late = 0  # on time: the queue drained
+        self._on_time += 1
         if self.limit >= self.max_limit:
             return
-        if binding:
-            self.limit = min(self.max_limit, self.limit + max(1.0, self.limit * GROWTH))
-        else:  # no queue, and room throughout: recovered
+        if not binding:  # no queue, and room throughout: recovered
             self.limit = self.max_limit
+        elif self._on_time >= 2:  # (late and on time in turn is neither cut nor raised)
+            self.limit = min(self.max_limit, self.limit + max(1.0, self.limit * GROWTH))
 
     async def watch(self) -> None:
         """Sample the running loop's lag every ``PERIOD`` until cancelled, and report

@@ -195,6 +195,34 @@ async def test_several_views_in_one_read(source: OnlineSource) -> None:
     assert isinstance(out[1], ViewRead) and out[1].columns == [[0.25]]
 
 
+async def test_queries_sharing_one_list_of_keys_read_each_their_own_rows(source: OnlineSource) -> None:
+    """As a join reads the views it keys alike: one list object for all of them."""
+    await source.write(ALL_TYPES, all_types_rows([1, 2]), 1)
+    await source.write(ALL_TYPES, all_types_rows([2, 3], offset=1), 2)
+    shops = ["ünï", "a b"]
+    await source.write(
+        SHOPS, rows(SHOPS, {"shop": shops, "rating": [1.0, 2.0], "event_timestamp": [TS] * 2}), 1
+    )
+    await source.write(
+        SHOPS, rows(SHOPS, {"shop": shops, "rating": [3.0, 4.0], "event_timestamp": [TS] * 2}), 2
+    )
+    ids: list[Any] = [3, 2, 1]
+    names: list[Any] = [*shops, "none"]
+    queries: list[tuple[FeatureView, list[Any], int]] = [
+        (ALL_TYPES, ids, 1),
+        (SHOPS, names, 2),
+        (ALL_TYPES, ids, 2),
+        (SHOPS, names, 1),
+    ]
+    out = await source.read([ViewQuery(view, keys, [0], version) for view, keys, version in queries])
+    assert all(isinstance(r, ViewRead) for r in out), out
+    v1, s2, v2, s1 = (r for r in out if isinstance(r, ViewRead))
+    assert (v1.found, v1.columns[0][1:]) == ([False, True, True], [20, 10])
+    assert (v2.found, v2.columns[0][:2]) == ([True, True, False], [31, 21])
+    assert (s1.found, s1.columns[0][:2]) == ([True, True, False], [1.0, 2.0])
+    assert (s2.found, s2.columns[0][:2]) == ([True, True, False], [3.0, 4.0])
+
+
 async def test_large_batch(source: OnlineSource) -> None:
     ids = list(range(1, 2001))
     await source.write(ALL_TYPES, all_types_rows(ids), 1)

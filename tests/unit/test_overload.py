@@ -72,14 +72,48 @@ def test_a_burst_that_drains_within_an_interval_is_not_cut() -> None:
     assert s.limit == 1024
 
 
-def test_another_cut_needs_another_late_interval() -> None:
+def test_another_cut_waits_for_another_late_interval_with_the_joins_in_flight_down_to_the_limit() -> None:
     s = loaded(200)
     at = samples(s, [0.00625] * 21)
     assert s.limit == pytest.approx(160)
-    at = samples(s, [0.00625] * 9, start=at)  # late again, for 90 ms after the cut
+    at = samples(s, [0.00625] * 10, start=at)  # late again, the 200 joins admitted before it in flight
+    assert s.limit == pytest.approx(160)  # the cut has not acted yet
+    for _ in range(40):
+        s.done()
+    at = samples(s, [0.00625] * 9, start=at)  # 160 in flight, late for 90 ms
     assert s.limit == pytest.approx(160)
     samples(s, [0.00625], start=at)
     assert s.limit == pytest.approx(128)
+
+
+def test_the_cut_is_taken_from_the_intervals_mean_joins_in_flight() -> None:
+    s = loaded(200)
+    at = samples(s, [0.00625] * 16)  # the first interval, and half of the second, at 200 in flight
+    for _ in range(100):
+        s.done()
+    samples(s, [0.00625] * 5, start=at)  # its other half at 100
+    assert s.limit == pytest.approx(150 * 0.8)
+
+
+def queued_at(s: LoadShedder, count: int, of: int, start: float) -> float:
+    """An interval's ``of`` samples 20 ms late, the first ``count`` of them with one join
+    more in flight than the floor (as ``s`` has), the others at the floor."""
+    for i in range(of):
+        if i == count:
+            s.done()
+        s.observe(0.02, start + i * PERIOD)
+    return start + of * PERIOD
+
+
+@pytest.mark.parametrize(("queued", "cut"), [(6, True), (5, False)])
+def test_a_queue_worth_shedding_stands_at_more_than_half_of_an_intervals_samples(
+    queued: int, cut: bool
+) -> None:
+    s = loaded(MIN_LIMIT + 1)
+    at = queued_at(s, 6, 11, start=1.0)  # the first interval: 6 of its 11 samples over the floor
+    assert s.admit() is None  # one over the floor again
+    queued_at(s, queued, 10, start=at)
+    assert (s.limit < 1024) is cut
 
 
 def test_the_cut_is_judged_by_the_intervals_mean_lag_not_its_smallest_or_last() -> None:
@@ -92,6 +126,8 @@ def test_a_cut_is_at_most_to_a_quarter_and_never_below_the_floor() -> None:
     s = loaded(200)
     at = samples(s, [1.0] * 21)  # a second late: cut to a quarter, not to 5 / 1000
     assert s.limit == pytest.approx(50)
+    for _ in range(150):
+        s.done()
     samples(s, [1.0] * 10, start=at)
     assert s.limit == MIN_LIMIT
 
@@ -107,15 +143,32 @@ def test_a_late_loop_with_no_more_joins_in_flight_than_the_floor_is_a_stall_not_
     assert s.limit < 1024
 
 
-def test_an_interval_on_time_with_the_limit_binding_raises_it_by_a_tenth() -> None:
+def test_a_second_interval_on_time_in_a_row_with_the_limit_binding_raises_it_by_a_tenth() -> None:
     s = loaded(200)
     at = samples(s, [0.00625] * 21)
     for _ in range(100):
         s.done()
-    at = samples(s, [0.001] * 9, start=at)  # 100 in flight >= 160 / 2: the limit binds
-    assert s.limit == pytest.approx(160)  # 90 ms: not yet
+    at = samples(s, [0.001] * 19, start=at)  # 100 in flight >= 160 / 2: the limit binds
+    assert s.limit == pytest.approx(160)  # one interval on time, and 90 ms of the next: not yet
     samples(s, [0.001], start=at)
     assert s.limit == pytest.approx(176)
+
+
+def test_late_and_on_time_intervals_in_turn_neither_cut_nor_raise_the_limit() -> None:
+    s = loaded(200)
+    at = samples(s, [0.00625] * 21)
+    for _ in range(100):
+        s.done()  # 100 in flight: over the floor, and the limit binds
+    samples(s, ([0.001] * 10 + [0.00625] * 10) * 3, start=at)  # on time, late, on time, ...
+    assert s.limit == pytest.approx(160)
+
+
+def test_the_limit_grows_by_one_at_least() -> None:
+    s = loaded(8, cap=8)
+    at = samples(s, [0.05] * 21)  # cut to the floor, half the cap
+    assert s.limit == 4
+    samples(s, [0.001] * 20, start=at)  # 8 in flight: binding, on time for two intervals
+    assert s.limit == 5
 
 
 def test_on_time_for_an_interval_with_room_under_the_limit_it_is_back_at_the_cap() -> None:
@@ -154,7 +207,7 @@ def test_a_sample_with_the_limit_binding_keeps_its_interval_from_being_a_recover
     for _ in range(70):
         s.done()
     samples(s, [0.001] * 4, start=at)  # the interval ends with room again
-    assert s.limit == pytest.approx(176)  # raised by a tenth, not back at the cap
+    assert s.limit == pytest.approx(160)  # not back at the cap
 
 
 def test_a_small_cap_keeps_room_to_shed_below_it() -> None:
@@ -300,7 +353,7 @@ def test_the_timelines_here_sample_ten_times_an_interval() -> None:
 
 def test_a_join_with_less_time_left_than_the_loops_standing_lag_is_shed_at_admission() -> None:
     s = loaded(0)
-    samples(s, [0.05, 0.05])  # the loop runs 50 ms late
+    samples(s, [0.05] * 21)  # the loop runs 50 ms late on average, two intervals in a row
     assert s.admit(0.03) == DEADLINE and s.inflight == 0  # 30 ms left: it cannot answer in time
     assert s.admit(0.2) is None and s.inflight == 1
     assert s.admit() is None  # no deadline known: only the limits
@@ -310,16 +363,25 @@ def test_a_join_whose_deadline_has_already_passed_is_admitted_to_be_answered_dea
     """Not shed as overload (503, come back in a second): its caller gets the 504 /
     DEADLINE_EXCEEDED the join answers for a deadline gone before any store is read."""
     s = loaded(0)
-    samples(s, [0.05, 0.05])
+    samples(s, [0.05] * 21)
     assert s.admit(0.0) is None and s.admit(-0.2) is None and s.inflight == 2
 
 
-def test_one_late_sample_is_a_stall_not_a_standing_lag() -> None:
+def test_one_late_interval_is_a_stall_not_a_standing_lag() -> None:
     s = loaded(0)
-    samples(s, [0.001, 0.3])  # a 300 ms pause just ended
+    at = samples(s, [0.001] * 11 + [0.3] * 10)  # a pause that just ended
     assert s.admit(0.05) is None
-    samples(s, [0.3, 0.001], start=2.0)  # and one on time after it
+    samples(s, [0.001] * 10, start=at)  # and an interval on time after it
     assert s.admit(0.05) is None
+
+
+def test_the_standing_lag_is_the_smaller_of_the_last_two_intervals_mean_lags() -> None:
+    """Half its samples on time, half 40 ms late: what a saturated worker's loop shows
+    (the module docstring), its joins each waiting about 20 ms a step."""
+    s = loaded(0)
+    samples(s, [0.04, 0.0] * 10 + [0.04])
+    assert s.lag == pytest.approx(0.02, rel=0.1)
+    assert s.admit(0.015) == DEADLINE
 
 
 def shed_count(api: str, reason: str) -> float:
@@ -343,7 +405,7 @@ async def test_an_http_join_with_less_time_left_than_the_loops_lag_is_shed_for_i
     body = b'{"entities": {"user_id": [1]}, "features": ["fast:a"]}'
     before = shed_count("http", DEADLINE)
     async with client(api) as http:
-        samples(shedder, [0.05, 0.05])
+        samples(shedder, [0.05] * 21)
         assert (await http.post("/v1/feature/join", content=body)).status_code == 200  # 500 ms left
         r = await http.post("/v1/feature/join", content=body, headers={"x-featurestore-deadline-ms": "20"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -363,9 +425,9 @@ async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_it
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             join = channel.unary_unary(JOIN_METHOD)
-            samples(shedder, [0.05, 0.05])
+            samples(shedder, [0.05] * 21)
             assert await join(join_message("fast", [1]), timeout=10)  # 500 ms left (the configured deadline)
-            samples(shedder, [10.0, 10.0], start=2.0)  # the loop 10 s late: no deadline here is that long
+            samples(shedder, [10.0] * 21, start=2.0)  # the loop 10 s late: no deadline here is that long
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await join(join_message("fast", [1]), timeout=5)
     finally:
