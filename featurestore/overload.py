@@ -100,7 +100,7 @@ LAG = Gauge(
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
 LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one)
-GROWTH: Final = 0.1  # a second interval on time in a row, the limit binding, raises it by a tenth (at least 1)
+GROWTH: Final = 0.1  # a 2nd on-time interval in a row, the limit binding: up a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
 # CoDel's interval: long enough that a burst of joins drains within it (a saturated
 # worker completes ~140 joins of batch 100 in 100 ms), short enough that a standing
