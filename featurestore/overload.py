@@ -17,9 +17,8 @@ below).
   two intervals in a row average above ``target`` (``limits.shed_target_ms``, 5 ms) with
   more than ``min_limit`` joins in flight at more than half of their samples, the limit
   drops to ``in flight x target / lag`` (the last interval's means; the factor kept
-  within 0.25..0.9). It drops again after a further late interval only once the joins
-  in flight have come down to it, so a cut acts before the next (TCP cuts once per
-  round trip for the same reason). One late interval is a burst.
+  within 0.25..0.9), and again after each further late interval. One late interval is
+  a burst.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -40,7 +39,15 @@ iteration, then the loop waits for the next replies, so its samples alternate be
 never late: in a trace of 2x overload at batch 100 (2026-12-06, before this rule) the
 limit rose by one per on-time sample, 61 to 97 in 1.2 s, while the loop ran 41 ms late
 at the median and held joins ~170 ms at p99 (benchmarks/RESULTS.md, "Deadlines under
-overload", has the trace and the runs before and after).
+overload", has the traces and the runs before and after).
+
+A cut follows each late interval, before the joins admitted under the last limit have
+all finished (TCP waits a round trip between cuts; a worker at twice its saturation rate
+holds a join 100-200 ms, more than an interval). It can cut deeper than needed; the
+floor bounds that, and under 2x overload at batch 100 the limit sat at the floor at the
+median (2026-12-06 11:56, a trace of this rule; a variant that cut again only once the
+joins in flight were down to the last limit was measured only beside a load generator
+that spun on the same cores, so it was not judged; same section).
 
 What the lag does not count is what a queue of this worker's own does not cause: a
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
@@ -141,7 +148,6 @@ class LoadShedder:
         "_lag_sum",
         "_last_mean",
         "_late",
-        "_least",
         "_on_time",
         "_queued",
         "_samples",
@@ -167,12 +173,11 @@ class LoadShedder:
         self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
         self._last_mean = 0.0
         # The interval being sampled: since when, its samples' lags and joins in flight
-        # summed, the fewest joins in flight at one of them, how many had more than the
-        # floor, and whether the limit bound at any of them (half of it in flight).
+        # summed, how many had more joins in flight than the floor, and whether the limit
+        # bound at any of them (half of it in flight).
         self._since = INF
         self._samples = self._queued = self._inflight_sum = 0
         self._lag_sum = 0.0
-        self._least = INF
         self._binding = False
         self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
 
@@ -210,17 +215,16 @@ class LoadShedder:
         self._samples += 1
         self._lag_sum += lag
         self._inflight_sum += inflight
-        self._least = min(self._least, inflight)
         if inflight > self.min_limit:
             self._queued += 1
         if inflight >= self.limit / 2:
             self._binding = True
         if now - self._since < INTERVAL - _SLACK:
             return
-        n, binding, queued, least = self._samples, self._binding, self._queued, self._least
+        n, binding, queued = self._samples, self._binding, self._queued
         mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
         self._since, self._samples, self._queued, self._inflight_sum, self._lag_sum = now, 0, 0, 0, 0.0
-        self._least, self._binding = INF, False
+        self._binding = False
         self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
         if mean_lag > self.target:
             self._on_time = 0
@@ -228,9 +232,9 @@ class LoadShedder:
                 self._late = 0  # late with no queue worth shedding (half the time or less): a stall
                 return
             self._late += 1
-            # A queue stood through the last two intervals, and the cut before (if any) has
-            # acted: the joins in flight came down to its limit at least once.
-            if self._late >= LATE_INTERVALS and least <= self.limit:
+            # A queue stood through the last two intervals: cut, and again after each
+            # further late one (the module docstring says why not later).
+            if self._late >= LATE_INTERVALS:
                 cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
                 self.limit = max(self.min_limit, min(self.limit, mean_inflight) * cut)
             return
