@@ -312,7 +312,8 @@ def render(
         "(waiting for a free connection included), and from its write (the server's part). Requirement: p99.9 of "
         "answered requests within the deadline + 10 ms (510 ms). *Load late*: how late the load processes "
         "themselves took up a scheduled request (their event loop behind the schedule: Python processes "
-        "sharing the cores with the server), counted in the connection wait and the latency from the schedule; "
+        "sharing the cores with the server; each wait for a request's time overshoots it by up to 1.5 ms, "
+        "so as never to send early), counted in the connection wait and the latency from the schedule; "
         "*load CPU*: their CPU seconds over the whole schedule (both phases).",
         "",
         run_line(a.started),

@@ -16,7 +16,7 @@ below).
 * The lag is judged an ``INTERVAL`` (100 ms, ten samples) at a time, by its mean. When
   two intervals in a row average above ``target`` (``limits.shed_target_ms``, 5 ms) with
   more than ``min_limit`` joins in flight at more than half of their samples, the limit
-  drops to ``in flight x target / lag`` (the last interval's means; the factor kept
+  drops to ``min(limit, in flight) x target / lag`` (the last interval's means; the factor kept
   within 0.25..0.9), and again after each further late interval. One late interval is
   a burst.
 * A second interval on time in a row with the limit binding (half of it in flight at
@@ -38,16 +38,18 @@ iteration, then the loop waits for the next replies, so its samples alternate be
 20-40 ms late and on time. Judged by every sample (or the smallest), the interval was
 never late: in a trace of 2x overload at batch 100 (2026-12-06, before this rule) the
 limit rose by one per on-time sample, 61 to 97 in 1.2 s, while the loop ran 41 ms late
-at the median and held joins ~170 ms at p99 (benchmarks/RESULTS.md, "Deadlines under
-overload", has the traces and the runs before and after).
+at the median and answered joins ~170 ms after their write at p99 (benchmarks/RESULTS.md,
+"Deadlines under overload", has that trace, the traced runs of the rules after it, and
+every run of the day).
 
 A cut follows each late interval, before the joins admitted under the last limit have
 all finished (TCP waits a round trip between cuts; a worker at twice its saturation rate
-holds a join 100-200 ms, more than an interval). It can cut deeper than needed; the
-floor bounds that, and under 2x overload at batch 100 the limit sat at the floor at the
-median (2026-12-06 11:56, a trace of this rule; a variant that cut again only once the
-joins in flight were down to the last limit was measured only beside a load generator
-that spun on the same cores, so it was not judged; same section).
+answers joins 100-300 ms after their write at p99, more than an interval). It can cut
+deeper than needed; the floor bounds that, and under 2x overload at batch 100 the limit
+sat at the floor at the median (2026-12-06 11:57, and a traced run at 11:56; a variant
+that cut again only once the joins in flight were down to the last limit was measured
+only beside a load generator that spun on the same cores, so it was not judged; same
+section).
 
 What the lag does not count is what a queue of this worker's own does not cause: a
 store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while

@@ -148,6 +148,21 @@ def test_a_second_interval_on_time_in_a_row_with_the_limit_binding_raises_it_by_
     assert s.limit == pytest.approx(176)
 
 
+def test_every_interval_on_time_from_the_second_in_a_row_on_raises_the_limit() -> None:
+    s = loaded(200)
+    at = samples(s, [0.00625] * 21)
+    for _ in range(100):
+        s.done()
+    samples(s, [0.001] * 30, start=at)  # three intervals on time, the limit binding
+    assert s.limit == pytest.approx(160 * 1.1 * 1.1)
+
+
+def test_a_cut_takes_a_tenth_off_at_least() -> None:
+    s = loaded(200)
+    samples(s, [0.0051] * 21)  # barely late: 5 / 5.1 of the joins would be a 2% cut
+    assert s.limit == pytest.approx(200 * 0.9)
+
+
 def test_late_and_on_time_intervals_in_turn_neither_cut_nor_raise_the_limit() -> None:
     s = loaded(200)
     at = samples(s, [0.00625] * 21)
@@ -376,6 +391,12 @@ def test_the_standing_lag_is_the_smaller_of_the_last_two_intervals_mean_lags() -
     samples(s, [0.04, 0.0] * 10 + [0.04])
     assert s.lag == pytest.approx(0.02, rel=0.1)
     assert s.admit(0.015) == DEADLINE
+
+
+def test_the_standing_lag_is_not_the_last_intervals_nor_the_two_intervals_average() -> None:
+    s = loaded(0)
+    samples(s, [0.02] * 11 + [0.04] * 10)  # intervals 20 then 40 ms late on average
+    assert s.lag == pytest.approx(0.02)
 
 
 def shed_count(api: str, reason: str) -> float:
