@@ -47,7 +47,7 @@ from featurestore.sources.missing import MissingData
 from featurestore.sources.redis_batch import AutoPipeline
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
-from featurestore.sources.redis_read import Wire, cluster_get, for_version_keys, pooled_mget
+from featurestore.sources.redis_read import cluster_get, for_version_keys, pooled_mget
 from featurestore.sources.redis_wire import (
     KeyNames,
     LayoutMismatch,
@@ -58,6 +58,7 @@ from featurestore.sources.redis_wire import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Named = tuple[KeyNames, list[str]]  # a query's view version's key names and its keys' text
 
 
 class RedisSource:
@@ -228,23 +229,21 @@ class RedisSource:
     def prefix(self, view: str, data_version: int) -> str:
         return self._names(view, data_version).prefix
 
-    def _wire(self, queries: Sequence[ViewQuery]) -> Wire:
-        """Per query, its MGET packed and how many keys it reads (None: no keys), or for a
-        cluster its keys. Views keyed alike share their keys' text (and list: the join
-        dedupes once per join-key tuple); one key's text is ``str(k)``, as ``key_text``'s."""
+    def _named(self, queries: Sequence[ViewQuery]) -> list[Named | None]:
+        """Per query, its view version's key names and its keys' text (None: no keys).
+        Views keyed alike share the text (and the list: the join dedupes once per join-key
+        tuple); one key's text is ``str(k)``, as ``key_text``'s."""
         texts: dict[int, list[str]] = {}
-        out: list[Any] = []
-        packed = self._pool is not None
+        out: list[Named | None] = []
         for q in queries:
             if not q.keys:
-                out.append(None if packed else [])
+                out.append(None)
                 continue
             t = texts.get(id(q.keys))  # (every list is alive here: ids are not reused)
             if t is None:
                 text = str if len(q.view.join_keys) == 1 else key_text
                 t = texts[id(q.keys)] = list(map(text, q.keys))
-            names = self._names(q.view.name, q.data_version)
-            out.append((names.mget(t), len(t) + 1) if packed else names.keys(t))
+            out.append((self._names(q.view.name, q.data_version), t))
         return out
 
     # -- reads -----------------------------------------------------------------------
@@ -253,10 +252,10 @@ class RedisSource:
         if self._state is SourceState.DOWN:
             err = Unavailable(f"redis store {self._name!r} is down")
             return [err] * len(queries)
-        wire = self._wire(queries)
+        named = self._named(queries)
         try:
             try:
-                raw = await self._fetch(wire)
+                raw = await self._fetch(named)
             except NOT_RETRIED:
                 raise
             except CONNECTION_ERRORS:
@@ -271,7 +270,7 @@ class RedisSource:
                 # long as the one that failed.
                 self._retries.inc()
                 self._pool.reset()
-                raw = await self._fetch(wire)
+                raw = await self._fetch(named)
         except CONNECTION_ERRORS as e:
             if not self._closing:
                 self._set_state(SourceState.DOWN, repr(e))
@@ -293,10 +292,12 @@ class RedisSource:
                 out.append(Unavailable(f"view {q.view.name!r}: {e}"))
         return out
 
-    async def _fetch(self, wire: Wire) -> list[list[bytes | None]]:
-        if self._pool is not None:
-            return await pooled_mget(self._pool, self._auto, wire)  # type: ignore[arg-type]
-        return await cluster_get(self._client, wire)  # type: ignore[arg-type]
+    async def _fetch(self, named: list[Named | None]) -> list[list[bytes | None]]:
+        if self._pool is not None:  # one MGET per view, packed from the keys' text
+            mgets = [None if n is None else (n[0].mget(n[1]), len(n[1]) + 1) for n in named]
+            return await pooled_mget(self._pool, self._auto, mgets)
+        keys = [[] if n is None else n[0].keys(n[1]) for n in named]
+        return await cluster_get(self._client, keys)  # type: ignore[arg-type]
 
     # -- writes ----------------------------------------------------------------------
 

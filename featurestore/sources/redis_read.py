@@ -21,8 +21,6 @@ from featurestore.sources.redis_connection import classify
 from featurestore.sources.redis_pool import LeanPool
 
 Mget = tuple[bytes, int]  # one view's MGET packed (``redis_wire.KeyNames.mget``), how many keys it reads
-# Per view of a read: its MGET (None: no keys) for a standalone Redis, its keys for a cluster.
-Wire = list[Mget | None] | list[list[str]]
 
 
 async def pooled_mget(

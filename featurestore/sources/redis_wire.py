@@ -94,7 +94,7 @@ class KeyNames:
     (``mget``: a standalone read).
 
     ``mget`` writes each key's frame from its text without building the key first, and
-    a join's views keyed alike share their keys' text (``RedisSource._wire``): the two
+    a join's views keyed alike share their keys' text (``RedisSource._named``): the two
     demo views' reads at batch 100 are packed in 24 µs instead of 40 (keys' text +
     ``pack_mget`` per view against one text for both + ``mget`` per view: 39.5-40.7
     against 24.0-24.7 µs), 5.7 against 3.7 at batch 10 and 1.9-2.1 against 1.5 at 1 (timeit,
