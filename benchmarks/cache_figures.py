@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cache_admission import cache_counters
+from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis, server, tree_cpu, wrk
 from featurestore.factories import FILLS_PER_ROUND_TRIP
 
@@ -87,11 +88,13 @@ def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
-def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+def render(runs: list[dict[str, Any]], a: argparse.Namespace, run: str) -> list[str]:
     out = [
         "## Cache: the bypass figure under load (issue 16, requirement 2)",
         "",
         f"`python -m benchmarks.cache_figures {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        "",
+        run,  # when and on what commit it ran (the README dates its figures by it)
         "",
         f"Servers, 1 worker each, one Redis, every read consulting its cache; wrk `-c32` (uniform keys, fresh "
         f"draws per run), {a.duration:g} s per run, {a.rounds} interleaved rounds (median). QPS / server CPU per "
@@ -129,10 +132,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10])
     a = ap.parse_args()
+    start = started()
     runs = measure(a)
     from benchmarks.report import publish
 
-    publish("cache-figures.md", render(runs, a))
+    publish("cache-figures.md", render(runs, a, run_line(start)))
     return 0
 
 
