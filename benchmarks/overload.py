@@ -12,12 +12,13 @@ and without load shedding, then the recovery.
    requests (expected none) and latency. During both, the server's shedding limit (the
    lowest worker's) and event loop lag are read from its /metrics once a second.
 4. What the shedding target costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
-   the default server and the 25 ms target, with the 503s each got (a closed loop at
-   saturation is a queue too).
+   the default server, the floor before it (32 joins a worker) and the 25 ms target, with
+   the 503s each got (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
-limits.max_inflight 1024, shed_target_ms 5), the same with a 25 ms target (how much the
-target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
+limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64), the same with the floor
+of 32 joins a worker it had until 2026-12-06 15:00, the same with a 25 ms target (how much
+the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
 how long a request waited for a free connection and how long it held one (Little's law:
 connections / held is what the callers can carry).
 
@@ -50,6 +51,7 @@ from featurestore.demo.data import FEATURE_REFS
 TIMER_STEP = 0.0015  # what a uvloop sleep can end early by (whole milliseconds, rounded down)
 VARIANTS = {
     "shedding": "",
+    "floor 32": "limits: {shed_min_inflight: 32}\n",  # the default until 2026-12-06 15:00
     "shedding, 25 ms target": "limits: {shed_target_ms: 25}\n",
     "no shedding": "limits: {shed: false}\n",
 }
@@ -278,7 +280,7 @@ def main() -> int:
 
 
 CLOSED_LOOP = (32, 64, 96, 128)
-CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:2]  # the default and the 25 ms target
+CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor before it, the 25 ms target
 
 
 def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Namespace) -> list[str]:

@@ -222,7 +222,7 @@ class LimitsConfig:
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_ms: Count = 5
-    shed_min_inflight: Count = 32  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
+    shed_min_inflight: Count = 64  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,13 +122,16 @@ PERIOD: Final = 0.01
 REPORT_EVERY: Final = 25  # samples between gauge updates
 # Below this many joins in flight a worker never sheds for lag (limits.shed_min_inflight):
 # a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop
-# late without any queue to shed, and 32 joins are ~20 ms of work even at batch 100
-# (~0.6 ms each). It is also what a closed loop of callers gets without 503s: 64 callers
-# on 2 workers are 32 each and are not shed when the kernel spreads their connections
-# evenly (benchmarks/RESULTS.md); of 128, a third to a half are. It ignores a join's
-# cost: 32 joins of batch 10,000 are ~210 ms of CPU (6.6 ms each, memory store): a
-# deployment of such joins lowers it.
-MIN_LIMIT: Final = 32
+# late without any queue to shed, and 64 joins are ~40 ms of work even at batch 100
+# (~0.6 ms each). It is also what a closed loop of callers gets without 503s. At 32 (until
+# 2026-12-06 15:00) 64 callers on 2 workers, 32 each on average, had 51% of their answers
+# shed in one run and none in another (the kernel's spread of their connections decides),
+# 96 callers 83%; at 64, none of 64 or 96 callers' answers and 48% of 128's, with 40% more
+# answered QPS at 96, while twice the saturation rate over 256 connections still answered
+# within 224 ms at p99.9 (207 at 32; the deadline is 500): benchmarks/RESULTS.md,
+# "Deadlines under overload". It ignores a join's cost: 64 joins of batch 10,000 are ~420
+# ms of CPU (6.6 ms each, memory store): a deployment of such joins lowers it.
+MIN_LIMIT: Final = 64
 
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)

@@ -119,9 +119,9 @@ def test_the_cut_is_judged_by_the_intervals_mean_lag_not_its_smallest_or_last() 
 
 
 def test_a_cut_is_at_most_to_a_quarter_and_never_below_the_floor() -> None:
-    s = loaded(200)
+    s = loaded(400)
     at = samples(s, [1.0] * 21)  # a second late: cut to a quarter, not to 5 / 1000
-    assert s.limit == pytest.approx(50)
+    assert s.limit == pytest.approx(100)
     samples(s, [1.0] * 10, start=at)
     assert s.limit == MIN_LIMIT
 
