@@ -17,7 +17,7 @@ and without load shedding, then the recovery.
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64), the same with the floor
-of 32 joins a worker it had until 2026-12-06 15:00, the same with a 25 ms target (how much
+of 32 joins a worker it had until 2026-12-06 14:54 (0e1af27), the same with a 25 ms target (how much
 the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
 how long a request waited for a free connection and how long it held one (Little's law:
 connections / held is what the callers can carry).
@@ -51,7 +51,7 @@ from featurestore.demo.data import FEATURE_REFS
 TIMER_STEP = 0.0015  # what a uvloop sleep can end early by (whole milliseconds, rounded down)
 VARIANTS = {
     "shedding": "",
-    "floor 32": "limits: {shed_min_inflight: 32}\n",  # the default until 2026-12-06 15:00
+    "floor 32": "limits: {shed_min_inflight: 32}\n",  # the default until 2026-12-06 14:54 (0e1af27)
     "shedding, 25 ms target": "limits: {shed_target_ms: 25}\n",
     "no shedding": "limits: {shed: false}\n",
 }

@@ -123,14 +123,16 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # Below this many joins in flight a worker never sheds for lag (limits.shed_min_inflight):
 # a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop
 # late without any queue to shed, and 64 joins are ~40 ms of work even at batch 100
-# (~0.6 ms each). It is also what a closed loop of callers gets without 503s. At 32 (until
-# 2026-12-06 15:00) 64 callers on 2 workers, 32 each on average, had 51% of their answers
-# shed in one run and none in another (the kernel's spread of their connections decides),
-# 96 callers 83%; at 64, none of 64 or 96 callers' answers and 48% of 128's, with 40% more
-# answered QPS at 96, while twice the saturation rate over 256 connections still answered
-# within 224 ms at p99.9 (207 at 32; the deadline is 500): benchmarks/RESULTS.md,
-# "Deadlines under overload". It ignores a join's cost: 64 joins of batch 10,000 are ~420
-# ms of CPU (6.6 ms each, memory store): a deployment of such joins lowers it.
+# (~0.6 ms each). It also sets how many callers a closed loop may have before 503s. At 32
+# (until 2026-12-06 14:54, 0e1af27) 64 callers on 2 workers, 32 each on average, had 0-51%
+# of their answers shed over four runs (the kernel's spread of their connections decides,
+# most likely), 96 callers 83-86%; at 64, none of 64 or 96 callers' answers and 33-48% of
+# 128's, with 33-40% more answered QPS at 96. The price is an open loop past saturation
+# waiting longer: at twice the saturation rate over 256 connections p99.9 220-224 against
+# 207-208 ms (the deadline is 500), the median twice as long, 7% fewer answered
+# (benchmarks/RESULTS.md, "Deadlines under overload" and "The shedder's floor"). It
+# ignores a join's cost: 64 joins of batch 10,000 are ~420 ms of CPU (6.6 ms each, memory
+# store): a deployment of such joins lowers it.
 MIN_LIMIT: Final = 64
 
 INF: Final = math.inf
