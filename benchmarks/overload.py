@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -49,6 +50,19 @@ from benchmarks.stack import config, materialize, redis, server, wrk
 from featurestore.demo.data import FEATURE_REFS
 
 TIMER_STEP = 0.0015  # what a uvloop sleep can end early by (whole milliseconds, rounded down)
+
+
+async def sleep_until(due: float, clock: Callable[[], float]) -> None:
+    """Until ``clock()`` reaches ``due``, never before: one sleep of the delay can end up to
+    1.5 ms early (uvloop's whole-millisecond timers, from a loop time rounded down), and a
+    request sent early reads shorter from its schedule than from its write. Each sleep
+    overshoots by a timer step rather than sleeping again for the rest: a sleep of under a
+    millisecond returns at once on uvloop, and that loop spun (the load processes' CPU 5 ->
+    10 s a run, on the server's cores). Late is counted by the callers, from the schedule."""
+    while (delay := due - clock()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
+        await asyncio.sleep(delay + TIMER_STEP)
+
+
 VARIANTS = {
     "shedding": "",
     "floor 32": "limits: {shed_min_inflight: 32}\n",  # the default until 2026-12-06 14:54 (0e1af27)
@@ -132,14 +146,7 @@ async def _open_loop(
     for (rate, seconds), part in zip(phases, out, strict=True):
         for k in range(int(rate * seconds)):
             due = start + k / rate
-            # Not before the scheduled instant (as store_faults.py): one sleep of the delay
-            # can end up to 1.5 ms early (uvloop's whole-millisecond timers), and a request
-            # sent early read shorter from its schedule. Each sleep overshoots by a timer
-            # step instead of sleeping again for the rest: a sleep of under a millisecond
-            # returns at once on uvloop, and that loop spun (the load processes' CPU 5 ->
-            # 10 s a run, on the server's cores). Late is counted ("load late").
-            while (delay := due - clock()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
-                await asyncio.sleep(delay + TIMER_STEP)
+            await sleep_until(due, clock)  # late is counted ("load late")
             tasks.append(asyncio.ensure_future(one(i, due, part)))
             i += 1
         start += seconds

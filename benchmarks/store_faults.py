@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.footprint import free_port
-from benchmarks.overload import TIMER_STEP, bodies, exchange
+from benchmarks.overload import bodies, exchange, sleep_until
 from benchmarks.stack import config, materialize, server
 
 DEADLINE_MS = 500  # limits.deadline_ms, the default, set in the server's config all the same
@@ -122,13 +122,7 @@ async def _load(port: int, batch: int, rate: float, seconds: float, conns: int, 
     tasks = []
     for k in range(int(rate * seconds)):
         due = start + k / rate
-        # Not before the scheduled instant: uvloop's timers count whole milliseconds and
-        # start from a loop time rounded down, so a sleep can end up to 1.5 ms early, and a
-        # join sent before its time read shorter from it than from its write. Each sleep
-        # overshoots by that much instead of sleeping again for the rest (a sleep of under a
-        # millisecond returns at once: that loop spun). Late is counted, early was not.
-        while (delay := due - clock()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
-            await asyncio.sleep(delay + TIMER_STEP)
+        await sleep_until(due, clock)  # late is counted, from the schedule
         tasks.append(asyncio.ensure_future(one(k, due, k / rate)))
     await asyncio.gather(*tasks)
     return out
