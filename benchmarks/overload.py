@@ -12,15 +12,18 @@ and without load shedding, then the recovery.
    requests (expected none) and latency. During both, the server's shedding limit (the
    lowest worker's) and event loop lag are read from its /metrics once a second.
 4. What the shedding target costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
-   the default server, the floor before it (32 joins a worker) and the 25 ms target, with
+   the default server, the floor in joins before it (64 a worker) and the 25 ms target, with
    the 503s each got (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
-limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64), the same with the floor
-of 32 joins a worker it had until 2026-12-06 14:54 (0e1af27), the same with a 25 ms target (how much
-the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
-how long a request waited for a free connection and how long it held one (Little's law:
-connections / held is what the callers can carry).
+limits.max_inflight 1024, shed_target_ms 5, shed_floor_ms 25: the floor is the joins that
+fit in 25 ms of the worker's CPU at the join cost it measures), the same with the fixed
+floor of 64 joins a worker it had from 2026-12-06 14:54 (0e1af27) until the floor in CPU
+time (32 before), the same with a 25 ms target (how much the target matters), and ``no
+shedding`` (limits.shed false). Each open-loop row also says how long a request waited for
+a free connection and how long it held one (Little's law: connections / held is what the
+callers can carry), and the lowest worker's limit and floor (median of the scrapes).
+Batch 100 writes ``results/overload.md``, another batch ``results/overload-b<batch>.md``.
 
     python -m benchmarks.overload [--batch 100] [--factor 2] [--duration 10]
 """
@@ -65,7 +68,9 @@ async def sleep_until(due: float, clock: Callable[[], float]) -> None:
 
 VARIANTS = {
     "shedding": "",
-    "floor 32": "limits: {shed_min_inflight: 32}\n",  # the default until 2026-12-06 14:54 (0e1af27)
+    # the floor in joins the default had until the floor in CPU time: 64 from 2026-12-06
+    # 14:54 (0e1af27), 32 before
+    "floor 64 joins": "limits: {shed_min_inflight: 64}\n",
     "shedding, 25 ms target": "limits: {shed_target_ms: 25}\n",
     "no shedding": "limits: {shed: false}\n",
 }
@@ -188,17 +193,22 @@ def open_loop(
     out, begin = [], start_at
     for n, (rate, seconds) in enumerate(phases):
         # a gauge is up to 0.25 s old: a phase's first half second may show the one before
-        during = [(limit, lag) for t, limit, lag in gauges if begin + 0.5 <= t < begin + seconds]
+        during = [
+            (limit, lag, floor) for t, limit, lag, floor in gauges if begin + 0.5 <= t < begin + seconds
+        ]
         out.append(_summary([p[n] for p in parts], rate, during))
         begin += seconds
     return out
 
 
-GAUGE = re.compile(r"^(featurestore_join_inflight_limit|featurestore_event_loop_lag_seconds) (\S+)$", re.M)
+GAUGE = re.compile(
+    r"^(featurestore_join_inflight_limit|featurestore_join_inflight_floor|featurestore_event_loop_lag_seconds) (\S+)$",
+    re.M,
+)
 
 
-def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float]]:
-    """(wall time of the scrape, limit, lag) once a second until ``stop``."""
+def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float, float]]:
+    """(wall time of the scrape, limit, lag, floor) once a second until ``stop``."""
     samples = []
     while not stop.wait(1.0):
         asked = time.time()
@@ -208,11 +218,17 @@ def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float,
         except (OSError, http.client.HTTPException):  # a scrape that failed under the overload
             continue
         limit = float(found["featurestore_join_inflight_limit"])
-        samples.append((asked, limit, float(found["featurestore_event_loop_lag_seconds"])))
+        lag, floor = (
+            float(found["featurestore_event_loop_lag_seconds"]),
+            float(found["featurestore_join_inflight_floor"]),
+        )
+        samples.append((asked, limit, lag, floor))
     return samples
 
 
-def _summary(parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float, float]]) -> dict[str, Any]:
+def _summary(
+    parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float, float, float]]
+) -> dict[str, Any]:
     lat = sorted(x for p in parts for x in p["answered"])
     served = sorted(x for p in parts for x in p["served"])
     waits = sorted(x for p in parts for x in p["waits"])
@@ -225,8 +241,9 @@ def _summary(parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float,
     def pct(q: float, xs: list[float] = lat) -> float | None:
         return round(xs[min(int(q * len(xs)), len(xs) - 1)] * 1000, 1) if xs else None
 
-    limits = sorted(limit for limit, _ in gauges)
-    lags = sorted(lag for _, lag in gauges)
+    limits = sorted(limit for limit, _, _ in gauges)
+    lags = sorted(lag for _, lag, _ in gauges)
+    floors = sorted(floor for _, _, floor in gauges)
     return {
         "rate": round(rate), "counts": counts, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
         "served_p99_ms": pct(0.99, served), "served_p999_ms": pct(0.999, served),
@@ -236,6 +253,7 @@ def _summary(parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float,
         "held_mean_ms": round(sum(p["held"] for p in parts) / max(1, len(waits)) * 1000, 1),
         "limit_median": limits[len(limits) // 2] if limits else None,
         "lag_median_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
+        "floor_median": floors[len(floors) // 2] if floors else None,
     }  # fmt: skip
 
 
@@ -282,12 +300,12 @@ def main() -> int:
     lines = render(results, sat, sat_after, a) + render_closed(closed, a)
     from benchmarks.report import publish
 
-    publish("overload.md", lines)
+    publish("overload.md" if a.batch == 100 else f"overload-b{a.batch}.md", lines)
     return 0
 
 
 CLOSED_LOOP = (32, 64, 96, 128)
-CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor before it, the 25 ms target
+CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor in joins before it, the 25 ms target
 
 
 def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Namespace) -> list[str]:
@@ -329,7 +347,7 @@ def render(
         "",
         "| server | offered QPS | answered 200 | shed 503 | other | answered p50 / p99 / p99.9 ms | "
         "from the write: p99 / p99.9 ms | connection wait p50 / p99 ms | load late p99 / p99.9 ms | load CPU s | "
-        "connection held, mean ms | limit (median) / loop lag (median, ms) | after: offered | after: 200 | "
+        "connection held, mean ms | limit / floor (median) / loop lag (median, ms) | after: offered | after: 200 | "
         "after: 503 | after: p99 ms | after: limit |",
         "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
@@ -341,7 +359,7 @@ def render(
             f"{o['p50_ms']} / {o['p99_ms']} / {o['p999_ms']} | {o['served_p99_ms']} / {o['served_p999_ms']} | "
             f"{o['wait_p50_ms']} / {o['wait_p99_ms']} | {o['late_p99_ms']} / {o['late_p999_ms']} | "
             f"{o['load_cpu_s']} | {o['held_mean_ms']} | "
-            f"{_limit(o['limit_median'])} / {o['lag_median_ms']} | {rec['rate']:,} | {rec['counts'].get('200', 0):,} | "
+            f"{_limit(o['limit_median'])} / {_limit(o.get('floor_median'))} / {o['lag_median_ms']} | {rec['rate']:,} | {rec['counts'].get('200', 0):,} | "
             f"{rec['counts'].get('503', 0):,} | {rec['p99_ms']} | {_limit(rec['limit_median'])} |"
         )
     return out

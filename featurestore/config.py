@@ -222,7 +222,11 @@ class LimitsConfig:
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_ms: Count = 5
-    shed_min_inflight: Count = 64  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
+    # The floor: no more joins in flight than fit in shed_floor_ms of the worker's CPU (at
+    # the join cost it measures), a late loop is a stall, not a queue (overload.FLOOR_SECONDS);
+    # shed_min_inflight, when set, is a fixed floor of joins instead (64 until 2026-12-06).
+    shed_floor_ms: Count = 25
+    shed_min_inflight: Count | None = None
 
 
 @dataclass(frozen=True, slots=True)

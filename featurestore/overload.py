@@ -15,10 +15,13 @@ below).
 
 * The lag is judged an ``INTERVAL`` (100 ms, ten samples) at a time, by its mean. When
   two intervals in a row average above ``target`` (``limits.shed_target_ms``, 5 ms) with
-  more than ``min_limit`` joins in flight at more than half of their samples, the limit
-  drops to ``min(limit, in flight) x target / lag`` (the last interval's means; the factor kept
-  within 0.25..0.9), and again after each further late interval. One late interval is
-  a burst.
+  more joins in flight than the floor (``min_limit``) at more than half of their samples,
+  the limit drops to ``min(limit, in flight) x target / lag`` (the last interval's means;
+  the factor kept within 0.25..0.9, never below the floor), and again after each further
+  late interval. One late interval is a burst.
+* The floor is the joins that fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``,
+  25 ms) at what a join costs the worker, measured over its late intervals (its CPU time
+  over the joins completed): a few joins of batch 1,000, some 230 of batch 1.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -77,6 +80,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import Gauge
@@ -97,6 +101,14 @@ LIMIT = Gauge(
 # Until its worker's watch() reports: a worker starting up (0 at import in multiprocess
 # mode) must not read as one shedding everything.
 LIMIT.set(math.inf)
+FLOOR = Gauge(
+    "featurestore_join_inflight_floor",
+    "Joins in flight below which a worker never sheds for lag, the lowest worker's: the "
+    "joins that fit in limits.shed_floor_ms of CPU at the join cost its last late "
+    "intervals measured (limits.shed_min_inflight when set).",
+    multiprocess_mode="livemin",
+)
+FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
@@ -120,20 +132,29 @@ INTERVAL: Final = 0.1
 # spends 0.5% of a core on them.
 PERIOD: Final = 0.01
 REPORT_EVERY: Final = 25  # samples between gauge updates
-# Below this many joins in flight a worker never sheds for lag (limits.shed_min_inflight):
-# a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop
-# late without any queue to shed, and 64 joins are ~40 ms of work even at batch 100
-# (~0.6 ms each). It also sets how many callers a closed loop may have before 503s. At 32
-# (until 2026-12-06 14:54, 0e1af27) 64 callers on 2 workers, 32 each on average, had 0-51%
-# of their answers shed over four runs (the kernel's spread of their connections decides,
-# most likely), 96 callers 83-86%; at 64, none of 64 or 96 callers' answers and 33-48% of
-# 128's, with 33-40% more answered QPS at 96. The price is an open loop past saturation
-# waiting longer: at twice the saturation rate over 256 connections p99.9 220-224 against
-# 207-208 ms (the deadline is 500), the median twice as long, 7% fewer answered
-# (benchmarks/RESULTS.md, "Deadlines under overload" and "The shedder's floor"). It
-# ignores a join's cost: 64 joins of batch 10,000 are ~420 ms of CPU (6.6 ms each, memory
-# store): a deployment of such joins lowers it.
-MIN_LIMIT: Final = 64
+# The floor: with no more joins in flight than fit in ``FLOOR_SECONDS`` of CPU, a worker
+# never sheds for lag (limits.shed_floor_ms). Why a floor at all: a stall of the machine
+# (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any queue
+# to shed, and a closed loop of callers is a queue of its own size that waits rather than
+# being refused. Why in CPU time and not in joins: a join's cost grows with its batch
+# (~0.11 ms of a worker's CPU at batch 1, ~0.37 at 100, ~3-4 at 1,000 on this 2-core VM),
+# and the queue a floor lets stand is the joins at it times their cost. A floor of 64
+# joins (until 2026-12-06, commit 0e1af27) let a queue of ~280 ms stand at batch 1,000:
+# at twice the saturation rate p99.9 from the schedule was 658 ms against the 510 allowed,
+# the median 357 ms (benchmarks/RESULTS.md, "Deadlines under overload", "The shedder's
+# floor"). 25 ms is what those 64 joins were at batch 100 (64 x ~0.37 ms: the b100 figures
+# measured under it stand), ~230 joins at batch 1 and a few at 1,000.
+FLOOR_SECONDS: Final = 0.025
+# Until a late interval has measured what a join costs (a worker's first), the floor is
+# this many joins; never fewer than MIN_FLOOR (one join computing while another waits for
+# its store), never more than half the cap (a small cap keeps room to shed).
+UNMEASURED_FLOOR: Final = 64
+MIN_FLOOR: Final = 2
+# The cost a join is measured at: the worker process's CPU time over the joins completed,
+# across consecutive late intervals (a join may take longer than one; a stall spends no
+# CPU and completes none, so it moves nothing), smoothed by this weight per measurement:
+# a change of batch sizes moves the floor within a few late intervals.
+COST_WEIGHT: Final = 0.25
 
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
@@ -151,14 +172,22 @@ class LoadShedder:
 
     __slots__ = (
         "_binding",
+        "_completed",
+        "_cost",
+        "_cpu",
+        "_cpu_at",
+        "_finished",
+        "_fixed_floor",
         "_inflight_sum",
+        "_inflights",
         "_lag_sum",
         "_last_mean",
         "_late",
         "_on_time",
-        "_queued",
         "_samples",
         "_since",
+        "_spent",
+        "floor_seconds",
         "inflight",
         "lag",
         "limit",
@@ -169,10 +198,21 @@ class LoadShedder:
     )
 
     def __init__(
-        self, max_inflight: int, target_seconds: float, *, min_limit: int = MIN_LIMIT, sheds: bool = True
+        self,
+        max_inflight: int,
+        target_seconds: float,
+        *,
+        floor_seconds: float = FLOOR_SECONDS,
+        min_limit: int | None = None,
+        sheds: bool = True,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
+        """``min_limit``: a fixed floor of joins in flight instead of ``floor_seconds`` of
+        CPU (limits.shed_min_inflight). ``cpu_clock``: the process's CPU seconds."""
         self.max_limit = max_inflight
-        self.min_limit = min(min_limit, max(1, max_inflight // 2))  # a small cap keeps room to shed
+        self.floor_seconds = floor_seconds
+        self._fixed_floor = min_limit
+        self.min_limit = self._bounded(UNMEASURED_FLOOR if min_limit is None else min_limit)
         self.limit = float(max_inflight)
         self.target = target_seconds
         self.sheds = sheds
@@ -180,13 +220,20 @@ class LoadShedder:
         self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
         self._last_mean = 0.0
         # The interval being sampled: since when, its samples' lags and joins in flight
-        # summed, how many had more joins in flight than the floor, and whether the limit
-        # bound at any of them (half of it in flight).
+        # (summed, and each), and whether the limit bound at any of them (half of it in flight).
         self._since = INF
-        self._samples = self._queued = self._inflight_sum = 0
+        self._samples = self._inflight_sum = 0
+        self._inflights: list[int] = []
         self._lag_sum = 0.0
         self._binding = False
         self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
+        # What a join costs: joins completed since the last interval's end, the CPU clock
+        # then, the CPU spent and joins completed over the late intervals not yet measured,
+        # and the measured cost in CPU seconds a join (0: none yet).
+        self._cpu = cpu_clock
+        self._cpu_at = cpu_clock()
+        self._completed = self._finished = 0
+        self._spent = self._cost = 0.0
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig) -> LoadShedder:
@@ -194,6 +241,7 @@ class LoadShedder:
         return cls(
             limits.max_inflight,
             limits.shed_target_ms / 1000,
+            floor_seconds=limits.shed_floor_ms / 1000,
             min_limit=limits.shed_min_inflight,
             sheds=limits.shed,
         )
@@ -212,6 +260,35 @@ class LoadShedder:
     def done(self) -> None:
         """An admitted request finished, whatever its outcome."""
         self.inflight -= 1
+        self._completed += 1
+
+    @property
+    def cost(self) -> float:
+        """The measured CPU seconds a join costs (0.0 until a late interval measured it)."""
+        return self._cost
+
+    def _bounded(self, floor: float) -> int:
+        return max(MIN_FLOOR, min(round(floor), max(1, self.max_limit // 2)))
+
+    def _measure(self, late: bool) -> None:
+        """At an interval's end: what a join costs, from the CPU spent over late intervals
+        and the joins they completed, and the floor from it (``FLOOR_SECONDS``)."""
+        cpu = self._cpu()
+        spent, self._cpu_at = cpu - self._cpu_at, cpu
+        completed, self._completed = self._completed, 0
+        if not late:  # only a saturated loop's CPU is its joins' (an idle one's is its timers')
+            self._spent, self._finished = 0.0, 0
+            return
+        self._spent += spent
+        self._finished += completed
+        if self._finished == 0 or self._spent <= 0.0:
+            return  # no join done yet (carried to the next late interval), or a stall
+        cost = self._spent / self._finished
+        self._spent, self._finished = 0.0, 0
+        self._cost = cost if self._cost == 0.0 else self._cost + COST_WEIGHT * (cost - self._cost)
+        if self._fixed_floor is None:
+            self.min_limit = self._bounded(self.floor_seconds / self._cost)
+            self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
@@ -222,20 +299,21 @@ class LoadShedder:
         self._samples += 1
         self._lag_sum += lag
         self._inflight_sum += inflight
-        if inflight > self.min_limit:
-            self._queued += 1
+        self._inflights.append(inflight)
         if inflight >= self.limit / 2:
             self._binding = True
         if now - self._since < INTERVAL - _SLACK:
             return
-        n, binding, queued = self._samples, self._binding, self._queued
+        n, binding, inflights = self._samples, self._binding, self._inflights
         mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
-        self._since, self._samples, self._queued, self._inflight_sum, self._lag_sum = now, 0, 0, 0, 0.0
-        self._binding = False
+        self._since, self._samples, self._inflight_sum, self._lag_sum = now, 0, 0, 0.0
+        self._inflights, self._binding = [], False
         self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
+        self._measure(mean_lag > self.target)
         if mean_lag > self.target:
             self._on_time = 0
-            if 2 * queued <= n:
+            floor = self.min_limit
+            if 2 * sum(1 for x in inflights if x > floor) <= n:
                 self._late = 0  # late with no queue worth shedding (half the time or less): a stall
                 return
             self._late += 1
@@ -243,7 +321,7 @@ class LoadShedder:
             # further late one (the module docstring says why not later).
             if self._late >= LATE_INTERVALS:
                 cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
-                self.limit = max(self.min_limit, min(self.limit, mean_inflight) * cut)
+                self.limit = max(floor, min(self.limit, mean_inflight) * cut)
             return
         self._late = 0  # on time: the queue drained
         self._on_time += 1
@@ -285,6 +363,7 @@ class LoadShedder:
 
     def _report(self, lag: float) -> None:
         LIMIT.set(self.limit if self.sheds else INF)
+        FLOOR.set(self.min_limit if self.sheds else INF)
         LAG.set(lag)
 
 

@@ -21,7 +21,18 @@ from featurestore.api.http import HttpApi
 from featurestore.config import GrpcConfig, LimitsConfig
 from featurestore.errors import Code
 from featurestore.health import Readiness
-from featurestore.overload import DEADLINE, INFLIGHT, INTERVAL, LATENCY, MIN_LIMIT, PERIOD, LoadShedder, shed
+from featurestore.overload import (
+    DEADLINE,
+    FLOOR_SECONDS,
+    INFLIGHT,
+    INTERVAL,
+    LATENCY,
+    MIN_FLOOR,
+    PERIOD,
+    UNMEASURED_FLOOR,
+    LoadShedder,
+    shed,
+)
 from featurestore.push import PushService
 from tests.support import eventually
 from tests.unit.test_api_edges import client, join_message, make_engine
@@ -29,8 +40,20 @@ from tests.unit.test_api_edges import client, join_message, make_engine
 TARGET = 0.005
 
 
-def loaded(inflight: int, cap: int = 1024) -> LoadShedder:
-    s = LoadShedder(cap, TARGET)
+class CpuClock:
+    """The process's CPU seconds as a test sets them (frozen: no join's cost is measured)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def loaded(inflight: int, cap: int = 1024, clock: CpuClock | None = None, **kw: Any) -> LoadShedder:
+    """A shedder with ``inflight`` joins admitted; its floor stays the unmeasured one
+    unless ``clock`` moves."""
+    s = LoadShedder(cap, TARGET, cpu_clock=clock or CpuClock(), **kw)
     assert [s.admit() for _ in range(inflight)] == [None] * inflight
     return s
 
@@ -105,7 +128,7 @@ def queued_at(s: LoadShedder, count: int, of: int, start: float) -> float:
 def test_a_queue_worth_shedding_stands_at_more_than_half_of_an_intervals_samples(
     queued: int, cut: bool
 ) -> None:
-    s = loaded(MIN_LIMIT + 1)
+    s = loaded(UNMEASURED_FLOOR + 1)
     at = queued_at(s, 6, 11, start=1.0)  # the first interval: 6 of its 11 samples over the floor
     assert s.admit() is None  # one over the floor again
     queued_at(s, queued, 10, start=at)
@@ -123,11 +146,11 @@ def test_a_cut_is_at_most_to_a_quarter_and_never_below_the_floor() -> None:
     at = samples(s, [1.0] * 21)  # a second late: cut to a quarter, not to 5 / 1000
     assert s.limit == pytest.approx(100)
     samples(s, [1.0] * 10, start=at)
-    assert s.limit == MIN_LIMIT
+    assert s.limit == UNMEASURED_FLOOR
 
 
 def test_a_late_loop_with_no_more_joins_in_flight_than_the_floor_is_a_stall_not_a_queue() -> None:
-    s = loaded(MIN_LIMIT)
+    s = loaded(UNMEASURED_FLOOR)
     at = samples(s, [0.5] * 100)  # the machine paused: every sample late for a second
     assert s.limit == 1024
     assert [s.admit() for _ in range(100)] == [None] * 100  # then the backlog arrives at once
@@ -456,14 +479,113 @@ async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_it
 # -- the floor ------------------------------------------------------------------------------
 
 
-def test_the_floor_of_joins_in_flight_is_limits_shed_min_inflight() -> None:
-    assert LimitsConfig().shed_min_inflight == MIN_LIMIT  # the default is the measured floor
-    default, low = (
-        LoadShedder.from_limits(LimitsConfig()),
-        LoadShedder.from_limits(LimitsConfig(shed_min_inflight=8)),
-    )
-    for s in (default, low):
-        assert [s.admit() for _ in range(20)] == [None] * 20  # 20 costly joins in flight
+def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float, n: int = 10) -> float:
+    """An interval's ``n`` samples 20 ms late (11 for a shedder's first), over which the
+    process spends ``cpu`` seconds and ``completed`` joins end (as many start: the joins
+    in flight stay, unless the limit sheds them)."""
+    clock.t += cpu
+    for _ in range(completed):
+        s.done()
+        s.admit()
+    return samples(s, [0.02] * n, start=at)
+
+
+def test_the_floor_is_the_joins_that_fit_in_shed_floor_ms_of_cpu_at_what_a_join_costs() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    assert s.min_limit == UNMEASURED_FLOOR and s.cost == 0.0  # nothing measured yet
+    late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms of CPU a join (batch ~1,000)
+    assert s.cost == pytest.approx(0.005)
+    assert s.min_limit == round(FLOOR_SECONDS / 0.005) == 5
+
+
+def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_have_kept() -> None:
+    clock = CpuClock()
+    s = loaded(60, clock=clock)  # under the unmeasured floor of 64: a stall, until measured
+    at = late(s, clock, 0.1, 20, at=1.0, n=11)
+    for _ in range(4):
+        at = late(s, clock, 0.1, 20, at=at)
+    assert s.limit == s.min_limit == 5  # 60 joins of 5 ms: a 300 ms queue, cut to 25 ms of it
+
+
+def test_cheap_joins_raise_the_floor_and_lift_a_limit_below_it() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = samples(s, [0.05] * 31)  # three late intervals at a frozen clock: cut to 64
+    assert s.limit == UNMEASURED_FLOOR
+    late(s, clock, 0.1, 1000, at=at)  # 0.1 ms a join (batch 1): 250 fit in 25 ms
+    assert s.min_limit == 250 and s.limit == 250
+
+
+def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_interval() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join
+    at = late(s, clock, 0.1, 20, at=at)  # then 5 ms a join
+    assert s.cost == pytest.approx(0.0001 + 0.25 * (0.005 - 0.0001))
+
+
+def test_a_join_longer_than_an_interval_is_measured_over_the_late_intervals_it_spans() -> None:
+    clock = CpuClock()
+    s = loaded(4, clock=clock)
+    at = late(s, clock, 0.1, 0, at=1.0, n=11)
+    at = late(s, clock, 0.1, 0, at=at)
+    assert s.cost == 0.0  # no join done yet: carried
+    late(s, clock, 0.1, 1, at=at)
+    assert s.cost == pytest.approx(0.3)
+    assert s.min_limit == MIN_FLOOR  # one computing while another waits for its store
+
+
+def test_a_stall_spends_no_cpu_and_completes_nothing_so_it_moves_no_floor() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = late(s, clock, 0.1, 20, at=1.0, n=11)
+    assert s.min_limit == 5
+    samples(s, [0.5] * 30, start=at)  # the machine paused for 300 ms
+    assert s.cost == pytest.approx(0.005) and s.min_limit == 5
+
+
+def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
+    clock = CpuClock()
+    s = loaded(0, clock=clock)
+    clock.t += 0.05  # timers and scrapes, one join done in a second
+    s.admit()
+    s.done()
+    at = samples(s, [0.001] * 101)  # ten intervals on time
+    assert s.cost == 0.0 and s.min_limit == UNMEASURED_FLOOR
+    late(s, clock, 0.1, 20, at=at)  # then saturated: only its late CPU counts
+    assert s.cost == pytest.approx(0.005)
+
+
+def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins() -> None:
+    clock = CpuClock()
+    small = loaded(8, cap=8, clock=clock)
+    assert small.min_limit == 4
+    late(small, clock, 0.1, 10_000, at=1.0, n=11)  # 10 µs a join: 2,500 would fit
+    assert small.min_limit == 4
+    clock = CpuClock()
+    dear = loaded(8, clock=clock)
+    late(dear, clock, 1.0, 1, at=1.0, n=11)  # a second of CPU a join (batch 100,000)
+    assert dear.min_limit == MIN_FLOOR
+
+
+def test_shed_floor_ms_and_shed_min_inflight_set_the_floor() -> None:
+    assert LimitsConfig().shed_floor_ms / 1000 == FLOOR_SECONDS and LimitsConfig().shed_min_inflight is None
+    shedders = {
+        "default": LoadShedder.from_limits(LimitsConfig()),
+        "10 ms": LoadShedder.from_limits(LimitsConfig(shed_floor_ms=10)),
+        "8 joins": LoadShedder.from_limits(LimitsConfig(shed_min_inflight=8)),
+    }
+    clock = CpuClock()
+    for s in shedders.values():
+        s._cpu = clock  # (the same CPU seen by all three)
+        s._cpu_at = 0.0
+        assert [s.admit() for _ in range(100)] == [None] * 100
+    clock.t += 0.1
+    for s in shedders.values():
+        for _ in range(100):  # 1 ms a join, measured by the first interval
+            s.done()
+            s.admit()
         samples(s, [0.4] * 21)  # the loop 400 ms late for two intervals
-    assert default.limit == 1024  # 20 joins, under the default floor: a stall
-    assert low.limit == 8  # over a floor of 8: a queue, cut (to the floor at most)
+    assert {name: s.min_limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 8}
+    assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 25, "8 joins": 25}
