@@ -98,7 +98,6 @@ bench: bench-feast
 	$(PY) -m benchmarks.redis_protocol
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.overload --batch 1000
-	$(PY) -m benchmarks.overload --batch 1
 	$(PY) -m benchmarks.store_faults
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md

@@ -330,7 +330,9 @@ def render(
 ) -> list[str]:
     cmd = " ".join(["python -m benchmarks.overload", *sys.argv[1:]])
     out = [
-        "## Deadlines under overload (issue 16, requirement 5)",
+        "## Deadlines under overload"
+        + ("" if a.batch == 100 else f", batch {a.batch:,}")
+        + " (issue 16, requirement 5)",
         "",
         f"`{cmd}`: batch {a.batch}, {a.workers} workers, Redis store, cache off, deadline 500 ms. "
         f"Saturation {sat:,.0f} QPS (closed loop, c=64, without shedding; {sat_after:,.0f} when measured "

@@ -139,11 +139,14 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # being refused. Why in CPU time and not in joins: a join's cost grows with its batch
 # (~0.11 ms of a worker's CPU at batch 1, ~0.37 at 100, ~3-4 at 1,000 on this 2-core VM),
 # and the queue a floor lets stand is the joins at it times their cost. A floor of 64
-# joins (until 2026-12-06, commit 0e1af27) let a queue of ~280 ms stand at batch 1,000:
-# at twice the saturation rate p99.9 from the schedule was 658 ms against the 510 allowed,
-# the median 357 ms (benchmarks/RESULTS.md, "Deadlines under overload", "The shedder's
-# floor"). 25 ms is what those 64 joins were at batch 100 (64 x ~0.37 ms: the b100 figures
-# measured under it stand), ~230 joins at batch 1 and a few at 1,000.
+# joins (from 0e1af27 until 8a69bc7, 2026-12-06) let a queue of ~280 ms stand at batch
+# 1,000: at twice the saturation rate p99.9 from the schedule was 593-658 ms against the
+# 510 allowed; with 25 ms of CPU, 476 ms (the floor 8 joins a worker), and at batch 100
+# 253 against 301 ms beside it (the floor 47: ~0.53 ms a join, its share of the 503s
+# included). 25 ms is about what those 64 joins were at batch 100, so closed loops there
+# fare as before (up to 48 callers a worker answered); the price is closed loops of big
+# batches, refused from a few callers a worker (benchmarks/RESULTS.md, "Deadlines under
+# overload" and its batch-1,000 section).
 FLOOR_SECONDS: Final = 0.025
 # Until a late interval has measured what a join costs (a worker's first), the floor is
 # this many joins; never fewer than MIN_FLOOR (one join computing while another waits for

@@ -264,6 +264,10 @@ def limit_reported() -> float | None:
     return REGISTRY.get_sample_value("featurestore_join_inflight_limit")
 
 
+def floor_reported() -> float | None:
+    return REGISTRY.get_sample_value("featurestore_join_inflight_floor")
+
+
 @pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 def test_watching_a_real_event_loop_cuts_the_limit_while_it_is_blocked_and_restores_it_after(
     run: Callable[[Coroutine[Any, Any, None]], None],
@@ -271,7 +275,7 @@ def test_watching_a_real_event_loop_cuts_the_limit_while_it_is_blocked_and_resto
     async def scenario() -> None:
         s = loaded(100)
         watch = asyncio.create_task(s.watch())
-        await until(lambda: limit_reported() == 1024)
+        await until(lambda: limit_reported() == 1024 and floor_reported() == UNMEASURED_FLOOR)
         for _ in range(20):  # 30 ms of work between yields, for 600 ms: a standing queue
             work(0.03)
             await asyncio.sleep(0)
@@ -363,7 +367,7 @@ def test_a_shedder_that_does_not_shed_reports_the_lag_and_no_limit() -> None:
             work(0.02)
             await asyncio.sleep(0)
         await until(lambda: (lag_reported() or 0) > TARGET)
-        assert s.limit == 1024 and limit_reported() == math.inf
+        assert s.limit == 1024 and limit_reported() == math.inf and floor_reported() == math.inf
         watch.cancel()
 
     asyncio.run(scenario())
