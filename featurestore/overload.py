@@ -19,9 +19,10 @@ below).
   the limit drops to ``min(limit, in flight) x target / lag`` (the last interval's means;
   the factor kept within 0.25..0.9, never below the floor), and again after each further
   late interval. One late interval is a burst.
-* The floor is the joins that fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``,
-  25 ms) at what a join costs the worker, measured over its late intervals (its CPU time
-  over the joins completed): a few joins of batch 1,000, some 230 of batch 1.
+* The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
+  fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
+  the worker, measured over its late intervals (its CPU time over the joins completed): 64
+  of batch 1 or 10, ~47-64 of batch 100, 8 of batch 1,000.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -103,9 +104,9 @@ LIMIT = Gauge(
 LIMIT.set(math.inf)
 FLOOR = Gauge(
     "featurestore_join_inflight_floor",
-    "Joins in flight below which a worker never sheds for lag, the lowest worker's: the "
-    "joins that fit in limits.shed_floor_ms of CPU at the join cost its last late "
-    "intervals measured (limits.shed_min_inflight when set).",
+    "Joins in flight below which a worker never sheds for lag, the lowest worker's: "
+    "limits.shed_min_inflight, or the fewer joins that fit in limits.shed_floor_ms of its "
+    "CPU at the join cost its late intervals measured.",
     multiprocess_mode="livemin",
 )
 FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
@@ -132,27 +133,32 @@ INTERVAL: Final = 0.1
 # spends 0.5% of a core on them.
 PERIOD: Final = 0.01
 REPORT_EVERY: Final = 25  # samples between gauge updates
-# The floor: with no more joins in flight than fit in ``FLOOR_SECONDS`` of CPU, a worker
-# never sheds for lag (limits.shed_floor_ms). Why a floor at all: a stall of the machine
-# (measured: 0.3-0.6 s pauses on a shared 2-core VM) makes the loop late without any queue
-# to shed, and a closed loop of callers is a queue of its own size that waits rather than
-# being refused. Why in CPU time and not in joins: a join's cost grows with its batch
-# (~0.11 ms of a worker's CPU at batch 1, ~0.37 at 100, ~3-4 at 1,000 on this 2-core VM),
-# and the queue a floor lets stand is the joins at it times their cost. A floor of 64
-# joins (from 0e1af27 until 8a69bc7, 2026-12-06) let a queue of ~280 ms stand at batch
-# 1,000: at twice the saturation rate p99.9 from the schedule was 593-658 ms against the
-# 510 allowed; with 25 ms of CPU, 476 ms (the floor 8 joins a worker), and at batch 100
-# 253 against 301 ms beside it (the floor 47: ~0.53 ms a join, its share of the 503s
-# included). 25 ms is about what those 64 joins were at batch 100, so closed loops there
-# fare as before (up to 48 callers a worker answered); the price is closed loops of big
-# batches, refused from a few callers a worker (benchmarks/RESULTS.md, "Deadlines under
-# overload" and its batch-1,000 section).
+# The floor: with no more joins in flight than it, a worker never sheds for lag. Why a
+# floor at all: a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM)
+# makes the loop late without any queue to shed, and a closed loop of callers is a queue
+# of its own size that waits rather than being refused. It is ``MIN_LIMIT`` joins
+# (limits.shed_min_inflight), lowered for costly joins to those that fit in
+# ``FLOOR_SECONDS`` of the worker's CPU at the join cost it measures (limits.shed_floor_ms).
+# 64 joins: at batch 100 (~0.4 ms each) ~25 ms of work. At 32 (until 2026-12-06 14:54,
+# 0e1af27) 64 callers in closed loops on 2 workers, 32 each on average, had 0-51% of their
+# answers shed over four runs (the kernel's spread of their connections decides, most
+# likely), 96 callers 83-86%; at 64, none of 64 or 96 callers' answers, with 33-40% more
+# answered QPS at 96. The price is an open loop past saturation waiting longer: at twice
+# the saturation rate over 256 connections p99.9 220-224 against 207-208 ms, the median
+# twice as long, 7% fewer answered (benchmarks/RESULTS.md, "Deadlines under overload" and
+# "The shedder's floor"). A floor of joins is no bound on their work, though: at batch
+# 1,000 (~3 ms each) 64 joins let a ~280 ms queue stand, and at twice the saturation rate
+# p99.9 from the schedule was 593-658 ms against the 510 allowed (until 8a69bc7); the floor
+# of 25 ms of CPU, 8 joins a worker there, read 476 ms. Its price is closed loops of big
+# batches, refused from a few callers a worker (the batch-1,000 section). Why the count
+# stays a ceiling rather than the floor being CPU time alone: cheap joins would raise it
+# past the connections a worker holds (25 ms is ~250 joins of batch 1 with 256 callers'
+# connections, 128 a worker), and an open loop's excess would then queue at its callers,
+# never shed (at batch 1 past saturation that floor shed nothing: "Requirement 3
+# experiments", "The shedder's floor in CPU time at batch 1").
+MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
-# Until a late interval has measured what a join costs (a worker's first), the floor is
-# this many joins; never fewer than MIN_FLOOR (one join computing while another waits for
-# its store), never more than half the cap (a small cap keeps room to shed).
-UNMEASURED_FLOOR: Final = 64
-MIN_FLOOR: Final = 2
+MIN_FLOOR: Final = 2  # one join computing while another waits for its store
 # The cost a join is measured at: the worker process's CPU time over the joins completed,
 # across consecutive late intervals (a join may take longer than one; a stall spends no
 # CPU and completes none, so it moves nothing), smoothed by this weight per measurement:
@@ -180,7 +186,6 @@ class LoadShedder:
         "_cpu",
         "_cpu_at",
         "_finished",
-        "_fixed_floor",
         "_inflight_sum",
         "_inflights",
         "_lag_sum",
@@ -194,6 +199,7 @@ class LoadShedder:
         "inflight",
         "lag",
         "limit",
+        "max_floor",
         "max_limit",
         "min_limit",
         "sheds",
@@ -206,16 +212,16 @@ class LoadShedder:
         target_seconds: float,
         *,
         floor_seconds: float = FLOOR_SECONDS,
-        min_limit: int | None = None,
+        min_limit: int = MIN_LIMIT,
         sheds: bool = True,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
-        """``min_limit``: a fixed floor of joins in flight instead of ``floor_seconds`` of
-        CPU (limits.shed_min_inflight). ``cpu_clock``: the process's CPU seconds."""
+        """``min_limit``: the floor in joins (limits.shed_min_inflight), lowered to the joins
+        that fit in ``floor_seconds`` of CPU. ``cpu_clock``: the process's CPU seconds."""
         self.max_limit = max_inflight
         self.floor_seconds = floor_seconds
-        self._fixed_floor = min_limit
-        self.min_limit = self._bounded(UNMEASURED_FLOOR if min_limit is None else min_limit)
+        # a small cap keeps room to shed: the floor is at most half of it
+        self.max_floor = self.min_limit = min(min_limit, max(1, max_inflight // 2))
         self.limit = float(max_inflight)
         self.target = target_seconds
         self.sheds = sheds
@@ -239,7 +245,9 @@ class LoadShedder:
         self._spent = self._cost = 0.0
 
     @classmethod
-    def from_limits(cls, limits: LimitsConfig) -> LoadShedder:
+    def from_limits(
+        cls, limits: LimitsConfig, cpu_clock: Callable[[], float] = time.process_time
+    ) -> LoadShedder:
         """The worker's shedder as configured (it sheds only with ``limits.shed``)."""
         return cls(
             limits.max_inflight,
@@ -247,6 +255,7 @@ class LoadShedder:
             floor_seconds=limits.shed_floor_ms / 1000,
             min_limit=limits.shed_min_inflight,
             sheds=limits.shed,
+            cpu_clock=cpu_clock,
         )
 
     def admit(self, remaining: float = INF) -> str | None:
@@ -270,9 +279,6 @@ class LoadShedder:
         """The measured CPU seconds a join costs (0.0 until a late interval measured it)."""
         return self._cost
 
-    def _bounded(self, floor: float) -> int:
-        return max(MIN_FLOOR, min(round(floor), max(1, self.max_limit // 2)))
-
     def _measure(self, late: bool) -> None:
         """At an interval's end: what a join costs, from the CPU spent over late intervals
         and the joins they completed, and the floor from it (``FLOOR_SECONDS``)."""
@@ -289,9 +295,9 @@ class LoadShedder:
         cost = self._spent / self._finished
         self._spent, self._finished = 0.0, 0
         self._cost = cost if self._cost == 0.0 else self._cost + COST_WEIGHT * (cost - self._cost)
-        if self._fixed_floor is None:
-            self.min_limit = self._bounded(self.floor_seconds / self._cost)
-            self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
+        fits = max(MIN_FLOOR, round(self.floor_seconds / self._cost))
+        self.min_limit = min(self.max_floor, fits)
+        self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The

@@ -28,8 +28,8 @@ from featurestore.overload import (
     INTERVAL,
     LATENCY,
     MIN_FLOOR,
+    MIN_LIMIT,
     PERIOD,
-    UNMEASURED_FLOOR,
     LoadShedder,
     shed,
 )
@@ -51,7 +51,7 @@ class CpuClock:
 
 
 def loaded(inflight: int, cap: int = 1024, clock: CpuClock | None = None, **kw: Any) -> LoadShedder:
-    """A shedder with ``inflight`` joins admitted; its floor stays the unmeasured one
+    """A shedder with ``inflight`` joins admitted; its floor stays ``MIN_LIMIT`` joins
     unless ``clock`` moves."""
     s = LoadShedder(cap, TARGET, cpu_clock=clock or CpuClock(), **kw)
     assert [s.admit() for _ in range(inflight)] == [None] * inflight
@@ -128,7 +128,7 @@ def queued_at(s: LoadShedder, count: int, of: int, start: float) -> float:
 def test_a_queue_worth_shedding_stands_at_more_than_half_of_an_intervals_samples(
     queued: int, cut: bool
 ) -> None:
-    s = loaded(UNMEASURED_FLOOR + 1)
+    s = loaded(MIN_LIMIT + 1)
     at = queued_at(s, 6, 11, start=1.0)  # the first interval: 6 of its 11 samples over the floor
     assert s.admit() is None  # one over the floor again
     queued_at(s, queued, 10, start=at)
@@ -146,11 +146,11 @@ def test_a_cut_is_at_most_to_a_quarter_and_never_below_the_floor() -> None:
     at = samples(s, [1.0] * 21)  # a second late: cut to a quarter, not to 5 / 1000
     assert s.limit == pytest.approx(100)
     samples(s, [1.0] * 10, start=at)
-    assert s.limit == UNMEASURED_FLOOR
+    assert s.limit == MIN_LIMIT
 
 
 def test_a_late_loop_with_no_more_joins_in_flight_than_the_floor_is_a_stall_not_a_queue() -> None:
-    s = loaded(UNMEASURED_FLOOR)
+    s = loaded(MIN_LIMIT)
     at = samples(s, [0.5] * 100)  # the machine paused: every sample late for a second
     assert s.limit == 1024
     assert [s.admit() for _ in range(100)] == [None] * 100  # then the backlog arrives at once
@@ -275,7 +275,7 @@ def test_watching_a_real_event_loop_cuts_the_limit_while_it_is_blocked_and_resto
     async def scenario() -> None:
         s = loaded(100)
         watch = asyncio.create_task(s.watch())
-        await until(lambda: limit_reported() == 1024 and floor_reported() == UNMEASURED_FLOOR)
+        await until(lambda: limit_reported() == 1024 and floor_reported() == MIN_LIMIT)
         for _ in range(20):  # 30 ms of work between yields, for 600 ms: a standing queue
             work(0.03)
             await asyncio.sleep(0)
@@ -494,31 +494,41 @@ def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float,
     return samples(s, [0.02] * n, start=at)
 
 
-def test_the_floor_is_the_joins_that_fit_in_shed_floor_ms_of_cpu_at_what_a_join_costs() -> None:
+def test_costly_joins_lower_the_floor_to_those_that_fit_in_shed_floor_ms_of_cpu() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    assert s.min_limit == UNMEASURED_FLOOR and s.cost == 0.0  # nothing measured yet
+    assert s.min_limit == MIN_LIMIT and s.cost == 0.0  # nothing measured yet
     late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms of CPU a join (batch ~1,000)
     assert s.cost == pytest.approx(0.005)
     assert s.min_limit == round(FLOOR_SECONDS / 0.005) == 5
 
 
-def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_have_kept() -> None:
+def test_cheap_joins_leave_the_floor_at_shed_min_inflight() -> None:
     clock = CpuClock()
-    s = loaded(60, clock=clock)  # under the unmeasured floor of 64: a stall, until measured
+    s = loaded(200, clock=clock)
+    late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join (batch 1): 250 would fit in 25 ms
+    assert s.cost == pytest.approx(0.0001) and s.min_limit == MIN_LIMIT
+
+
+def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_keep() -> None:
+    clock = CpuClock()
+    s = loaded(60, clock=clock)  # under the floor of 64 joins: a stall, until their cost is known
     at = late(s, clock, 0.1, 20, at=1.0, n=11)
     for _ in range(4):
         at = late(s, clock, 0.1, 20, at=at)
     assert s.limit == s.min_limit == 5  # 60 joins of 5 ms: a 300 ms queue, cut to 25 ms of it
 
 
-def test_cheap_joins_raise_the_floor_and_lift_a_limit_below_it() -> None:
+def test_cheaper_joins_raise_the_floor_again_and_lift_a_limit_below_it() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = samples(s, [0.05] * 31)  # three late intervals at a frozen clock: cut to 64
-    assert s.limit == UNMEASURED_FLOOR
-    late(s, clock, 0.1, 1000, at=at)  # 0.1 ms a join (batch 1): 250 fit in 25 ms
-    assert s.min_limit == 250 and s.limit == 250
+    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms a join: the floor 5
+    for _ in range(6):
+        at = late(s, clock, 0.1, 20, at=at)
+    assert s.limit == s.min_limit == 5
+    for _ in range(12):  # then 0.1 ms a join: the cost falls by a quarter of the way a measurement
+        at = late(s, clock, 0.1, 1000, at=at)
+    assert s.min_limit == MIN_LIMIT and s.limit >= MIN_LIMIT
 
 
 def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_interval() -> None:
@@ -556,16 +566,16 @@ def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
     s.admit()
     s.done()
     at = samples(s, [0.001] * 101)  # ten intervals on time
-    assert s.cost == 0.0 and s.min_limit == UNMEASURED_FLOOR
+    assert s.cost == 0.0 and s.min_limit == MIN_LIMIT
     late(s, clock, 0.1, 20, at=at)  # then saturated: only its late CPU counts
     assert s.cost == pytest.approx(0.005)
 
 
-def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins() -> None:
+def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins_when_measured() -> None:
     clock = CpuClock()
     small = loaded(8, cap=8, clock=clock)
     assert small.min_limit == 4
-    late(small, clock, 0.1, 10_000, at=1.0, n=11)  # 10 µs a join: 2,500 would fit
+    late(small, clock, 0.1, 10_000, at=1.0, n=11)  # 10 µs a join
     assert small.min_limit == 4
     clock = CpuClock()
     dear = loaded(8, clock=clock)
@@ -573,17 +583,20 @@ def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins() -> None:
     assert dear.min_limit == MIN_FLOOR
 
 
-def test_shed_floor_ms_and_shed_min_inflight_set_the_floor() -> None:
-    assert LimitsConfig().shed_floor_ms / 1000 == FLOOR_SECONDS and LimitsConfig().shed_min_inflight is None
-    shedders = {
-        "default": LoadShedder.from_limits(LimitsConfig()),
-        "10 ms": LoadShedder.from_limits(LimitsConfig(shed_floor_ms=10)),
-        "8 joins": LoadShedder.from_limits(LimitsConfig(shed_min_inflight=8)),
-    }
+def test_shed_min_inflight_and_shed_floor_ms_set_the_floor() -> None:
+    assert (
+        LimitsConfig().shed_min_inflight == MIN_LIMIT and LimitsConfig().shed_floor_ms / 1000 == FLOOR_SECONDS
+    )
     clock = CpuClock()
+    shedders = {
+        name: LoadShedder.from_limits(limits, cpu_clock=clock)
+        for name, limits in {
+            "default": LimitsConfig(),
+            "10 ms": LimitsConfig(shed_floor_ms=10),
+            "8 joins": LimitsConfig(shed_min_inflight=8),
+        }.items()
+    }
     for s in shedders.values():
-        s._cpu = clock  # (the same CPU seen by all three)
-        s._cpu_at = 0.0
         assert [s.admit() for _ in range(100)] == [None] * 100
     clock.t += 0.1
     for s in shedders.values():
