@@ -222,11 +222,8 @@ class LimitsConfig:
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_ms: Count = 5
-    # The floor: with no more joins in flight, a late loop is a stall, not a queue
-    # (overload.MIN_LIMIT); costly joins lower it to those that fit in shed_floor_ms of the
-    # worker's CPU at the join cost it measures (overload.FLOOR_SECONDS).
-    shed_min_inflight: Count = 64
-    shed_floor_ms: Count = 25
+    shed_min_inflight: Count = 64  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
+    shed_floor_ms: Count = 25  # costly joins: the floor is those that fit in it (overload.FLOOR_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ from prometheus_client import Gauge
 from featurestore import metrics
 from featurestore.config import LimitsConfig
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
+from featurestore.join_cost import JoinCost
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,6 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
-# The cost a join is measured at: the worker process's CPU time over the joins completed,
-# across consecutive late intervals (a join may take longer than one; a stall spends no
-# CPU and completes none, so it moves nothing), smoothed by this weight per measurement:
-# a change of batch sizes moves the floor within a few late intervals.
-COST_WEIGHT: Final = 0.25
 
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
@@ -182,21 +178,18 @@ class LoadShedder:
     __slots__ = (
         "_binding",
         "_completed",
-        "_cost",
-        "_cpu",
-        "_cpu_at",
-        "_finished",
         "_inflight_sum",
         "_inflights",
         "_lag_sum",
         "_last_mean",
         "_late",
         "_on_time",
+        "_refused",
         "_samples",
         "_since",
-        "_spent",
         "floor_seconds",
         "inflight",
+        "join_cost",
         "lag",
         "limit",
         "max_floor",
@@ -236,13 +229,10 @@ class LoadShedder:
         self._lag_sum = 0.0
         self._binding = False
         self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
-        # What a join costs: joins completed since the last interval's end, the CPU clock
-        # then, the CPU spent and joins completed over the late intervals not yet measured,
-        # and the measured cost in CPU seconds a join (0: none yet).
-        self._cpu = cpu_clock
-        self._cpu_at = cpu_clock()
-        self._completed = self._finished = 0
-        self._spent = self._cost = 0.0
+        # What a join costs (join_cost.py), from the joins completed and the requests
+        # refused since the last interval's end.
+        self.join_cost = JoinCost(cpu_clock)
+        self._completed = self._refused = 0
 
     @classmethod
     def from_limits(
@@ -263,8 +253,10 @@ class LoadShedder:
         ``remaining``: seconds left of the request's deadline."""
         inflight = self.inflight
         if inflight >= self.limit:
+            self._refused += 1
             return INFLIGHT if inflight >= self.max_limit else LATENCY
         if 0.0 < remaining < self.lag:  # (a deadline already gone is the join's 504, not a shed)
+            self._refused += 1
             return DEADLINE
         self.inflight = inflight + 1
         return None
@@ -274,30 +266,14 @@ class LoadShedder:
         self.inflight -= 1
         self._completed += 1
 
-    @property
-    def cost(self) -> float:
-        """The measured CPU seconds a join costs (0.0 until a late interval measured it)."""
-        return self._cost
-
-    def _measure(self, late: bool) -> None:
-        """At an interval's end: what a join costs, from the CPU spent over late intervals
-        and the joins they completed, and the floor from it (``FLOOR_SECONDS``)."""
-        cpu = self._cpu()
-        spent, self._cpu_at = cpu - self._cpu_at, cpu
-        completed, self._completed = self._completed, 0
-        if not late:  # only a saturated loop's CPU is its joins' (an idle one's is its timers')
-            self._spent, self._finished = 0.0, 0
-            return
-        self._spent += spent
-        self._finished += completed
-        if self._finished == 0 or self._spent <= 0.0:
-            return  # no join done yet (carried to the next late interval), or a stall
-        cost = self._spent / self._finished
-        self._spent, self._finished = 0.0, 0
-        self._cost = cost if self._cost == 0.0 else self._cost + COST_WEIGHT * (cost - self._cost)
-        fits = max(MIN_FLOOR, round(self.floor_seconds / self._cost))
-        self.min_limit = min(self.max_floor, fits)
-        self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
+    def _measure(self, late: bool, seconds: float) -> None:
+        """At an interval's end: the floor from what a join costs, when measured anew."""
+        completed, refused = self._completed, self._refused
+        self._completed = self._refused = 0
+        if self.join_cost.interval(late, seconds, completed, refused):
+            fits = max(MIN_FLOOR, round(self.floor_seconds / self.join_cost.seconds))
+            self.min_limit = min(self.max_floor, fits)
+            self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
@@ -313,12 +289,12 @@ class LoadShedder:
             self._binding = True
         if now - self._since < INTERVAL - _SLACK:
             return
-        n, binding, inflights = self._samples, self._binding, self._inflights
+        n, binding, inflights, since = self._samples, self._binding, self._inflights, self._since
         mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
         self._since, self._samples, self._inflight_sum, self._lag_sum = now, 0, 0, 0.0
         self._inflights, self._binding = [], False
         self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
-        self._measure(mean_lag > self.target)
+        self._measure(mean_lag > self.target, now - since)
         if mean_lag > self.target:
             self._on_time = 0
             floor = self.min_limit
@@ -353,7 +329,8 @@ class LoadShedder:
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds
-        self._report(0.0)
+        self.join_cost.restart()  # (what the process spent starting up is no join's)
+        self._report(0.0, sheds)
         while True:
             due = time.perf_counter() + PERIOD
             await asyncio.sleep(PERIOD)
@@ -367,12 +344,12 @@ class LoadShedder:
                     self.limit, self.lag, sheds = self.max_limit, 0.0, False
             worst, samples = max(worst, lag), samples + 1
             if samples >= REPORT_EVERY:
-                self._report(worst)
+                self._report(worst, sheds)
                 worst, samples = 0.0, 0
 
-    def _report(self, lag: float) -> None:
+    def _report(self, lag: float, sheds_for_lag: bool) -> None:
         LIMIT.set(self.limit if self.sheds else INF)
-        FLOOR.set(self.min_limit if self.sheds else INF)
+        FLOOR.set(self.min_limit if sheds_for_lag else INF)  # (none once a sample failed)
         LAG.set(lag)
 
 

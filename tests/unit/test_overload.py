@@ -302,7 +302,7 @@ def test_a_sampler_that_fails_logs_it_once_and_opens_the_limit_rather_than_shed_
         s = Failing(1024, TARGET)
         s.limit = 40
         watch = asyncio.create_task(s.watch())
-        await until(lambda: s.limit == 1024 and limit_reported() == 1024)
+        await until(lambda: s.limit == 1024 and limit_reported() == 1024 and floor_reported() == math.inf)
         await asyncio.sleep(5 * PERIOD)
         assert not watch.done()  # it goes on sampling the lag
         watch.cancel()
@@ -334,7 +334,7 @@ def test_a_sampler_that_fails_after_taking_the_lag_sheds_nothing_by_the_deadline
 class FailingReport(LoadShedder):
     __slots__ = ()
 
-    def _report(self, lag: float) -> None:
+    def _report(self, lag: float, sheds_for_lag: bool) -> None:
         if self.limit < self.max_limit:
             raise OSError("the metrics file is gone")
 
@@ -497,9 +497,9 @@ def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float,
 def test_costly_joins_lower_the_floor_to_those_that_fit_in_shed_floor_ms_of_cpu() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    assert s.min_limit == MIN_LIMIT and s.cost == 0.0  # nothing measured yet
+    assert s.min_limit == MIN_LIMIT and s.join_cost.seconds == 0.0  # nothing measured yet
     late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms of CPU a join (batch ~1,000)
-    assert s.cost == pytest.approx(0.005)
+    assert s.join_cost.seconds == pytest.approx(0.005)
     assert s.min_limit == round(FLOOR_SECONDS / 0.005) == 5
 
 
@@ -507,7 +507,7 @@ def test_cheap_joins_leave_the_floor_at_shed_min_inflight() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
     late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join (batch 1): 250 would fit in 25 ms
-    assert s.cost == pytest.approx(0.0001) and s.min_limit == MIN_LIMIT
+    assert s.join_cost.seconds == pytest.approx(0.0001) and s.min_limit == MIN_LIMIT
 
 
 def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_keep() -> None:
@@ -536,7 +536,7 @@ def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_inte
     s = loaded(200, clock=clock)
     at = late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join
     at = late(s, clock, 0.1, 20, at=at)  # then 5 ms a join
-    assert s.cost == pytest.approx(0.0001 + 0.25 * (0.005 - 0.0001))
+    assert s.join_cost.seconds == pytest.approx(0.0001 + 0.25 * (0.005 - 0.0001))
 
 
 def test_a_join_longer_than_an_interval_is_measured_over_the_late_intervals_it_spans() -> None:
@@ -544,9 +544,9 @@ def test_a_join_longer_than_an_interval_is_measured_over_the_late_intervals_it_s
     s = loaded(4, clock=clock)
     at = late(s, clock, 0.1, 0, at=1.0, n=11)
     at = late(s, clock, 0.1, 0, at=at)
-    assert s.cost == 0.0  # no join done yet: carried
+    assert s.join_cost.seconds == 0.0  # no join done yet: carried
     late(s, clock, 0.1, 1, at=at)
-    assert s.cost == pytest.approx(0.3)
+    assert s.join_cost.seconds == pytest.approx(0.3)
     assert s.min_limit == MIN_FLOOR  # one computing while another waits for its store
 
 
@@ -556,7 +556,7 @@ def test_a_stall_spends_no_cpu_and_completes_nothing_so_it_moves_no_floor() -> N
     at = late(s, clock, 0.1, 20, at=1.0, n=11)
     assert s.min_limit == 5
     samples(s, [0.5] * 30, start=at)  # the machine paused for 300 ms
-    assert s.cost == pytest.approx(0.005) and s.min_limit == 5
+    assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
 
 
 def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
@@ -566,9 +566,9 @@ def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
     s.admit()
     s.done()
     at = samples(s, [0.001] * 101)  # ten intervals on time
-    assert s.cost == 0.0 and s.min_limit == MIN_LIMIT
+    assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
     late(s, clock, 0.1, 20, at=at)  # then saturated: only its late CPU counts
-    assert s.cost == pytest.approx(0.005)
+    assert s.join_cost.seconds == pytest.approx(0.005)
 
 
 def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins_when_measured() -> None:
@@ -606,3 +606,56 @@ def test_shed_min_inflight_and_shed_floor_ms_set_the_floor() -> None:
         samples(s, [0.4] * 21)  # the loop 400 ms late for two intervals
     assert {name: s.min_limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 8}
     assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 25, "8 joins": 25}
+
+
+def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_interval() -> None:
+    clock = CpuClock()
+    s = loaded(20, clock=clock)  # 20 joins: under 64, over the 5 their cost will allow
+    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # measured 5 ms a join at this interval's end
+    assert s.min_limit == 5 and s.limit == 1024  # one late interval: a burst
+    late(s, clock, 0.1, 20, at=at)
+    assert s.limit == pytest.approx(5)  # the first interval counted as queued over the floor of 5: cut
+
+
+def test_an_interval_on_time_drops_the_cpu_carried_for_a_join_not_yet_done() -> None:
+    clock = CpuClock()
+    s = loaded(4, clock=clock)
+    at = late(s, clock, 0.1, 0, at=1.0, n=11)  # saturated, no join done: 0.1 s carried
+    clock.t += 0.1
+    at = samples(s, [0.001] * 10, start=at)  # on time: the carry dropped
+    late(s, clock, 0.1, 20, at=at)
+    assert s.join_cost.seconds == pytest.approx(0.005)  # not (0.1 + 0.1 + 0.1) / 20
+
+
+def test_a_late_interval_of_a_lightly_loaded_loop_is_not_a_joins_cost() -> None:
+    clock = CpuClock()
+    s = loaded(2, clock=clock)
+    late(s, clock, 0.02, 4, at=1.0, n=11)  # a 20 ms scrape made it late, 4 joins done
+    assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
+
+
+def test_a_saturated_interval_that_refused_requests_measures_nothing() -> None:
+    """A refusal's CPU is not a join's: counted in, refusals would lower the floor, and the
+    lower floor refuse more."""
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms a join, measured at the onset
+    assert s.min_limit == 5
+    s.limit = 200.0  # (as cut)
+    assert s.admit() == LATENCY  # one refused in the next interval
+    late(s, clock, 0.1, 5, at=at)  # which spent the CPU of 20 on 5 joins and the refusals
+    assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
+
+
+def test_the_cpu_a_worker_spent_before_it_watches_its_loop_is_no_joins_cost() -> None:
+    async def scenario() -> None:
+        clock = CpuClock()
+        s = loaded(200, clock=clock)
+        clock.t += 5.0  # starting up: loading data, compiling kernels
+        watch = asyncio.create_task(s.watch())
+        await asyncio.sleep(0)  # the watch has begun
+        late(s, clock, 0.1, 20, at=1.0, n=11)
+        assert s.join_cost.seconds == pytest.approx(0.005)
+        watch.cancel()
+
+    asyncio.run(scenario())
