@@ -92,7 +92,6 @@ PARTS = (
     "proto-encoding.md",
     "redis-protocol.md",
     "overload.md",
-    "overload-b1.md",
     "overload-b1000.md",
     "store-faults.md",
     "scaling.md",

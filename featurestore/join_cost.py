@@ -2,15 +2,16 @@
 shedder lowers its floor to the joins that fit in ``limits.shed_floor_ms`` of it
 (featurestore/overload.py).
 
-The measure is the worker process's CPU time over the joins it completed, across
-consecutive saturated intervals (a join may take longer than one). Saturated: the
-interval was late, the process busy for at least ``BUSY`` of it, and nothing refused.
+The measure is the event loop thread's CPU time over the joins the worker completed,
+across consecutive saturated intervals (a join may take longer than one): the loop's CPU
+is what its queue waits for; a thread's work (a scrape's render, the drift monitor, the
+consistency checks of worker 0) is not, but for the GIL it holds. Saturated: the
+interval was late, the loop's thread busy for at least ``BUSY`` of it, and nothing refused.
 A scrape or a push that makes a lightly loaded loop late is not a join's cost; a stall
 spends no CPU and completes nothing; a refusal's CPU is not a join's either (counted in,
 refusals would lower the floor and the lower floor refuse more). So the cost is
 measured as an overload begins, before the shedder cuts its limit, and again in any
-saturated interval that refuses nothing. What the process's CPU also holds (scrapes, the
-drift monitor, client threads) is small beside a saturated worker's joins.
+saturated interval that refuses nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Final
 # Each measurement moves the cost a quarter of the way: a change of batch sizes moves it
 # within a few saturated intervals; the first measurement is taken as it is.
 COST_WEIGHT: Final = 0.25
-# An interval is saturated when the process spent at least this share of it on CPU: a
-# worker past its saturation rate on this 2-core VM, sharing it with the other worker,
+# An interval is saturated when the loop's thread spent at least this share of it on CPU:
+# a worker past its saturation rate on this 2-core VM, sharing it with the other worker,
 # Redis and the load, gets ~0.7 of a core.
 BUSY: Final = 0.5
 
@@ -33,7 +34,8 @@ class JoinCost:
 
     __slots__ = ("_at", "_clock", "_finished", "_spent", "seconds")
 
-    def __init__(self, cpu_clock: Callable[[], float] = time.process_time) -> None:
+    def __init__(self, cpu_clock: Callable[[], float] = time.thread_time) -> None:
+        """``cpu_clock``: the calling thread's CPU seconds, read on the event loop's thread."""
         self._clock = cpu_clock
         self._at = cpu_clock()  # the CPU clock at the last interval's end
         self._spent, self._finished = 0.0, 0  # carried over saturated intervals, no join done yet

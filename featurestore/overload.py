@@ -21,8 +21,8 @@ below).
   late interval. One late interval is a burst.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
-  the worker, measured over its late intervals (its CPU time over the joins completed): 64
-  of batch 1 or 10, ~47-64 of batch 100, 8 of batch 1,000.
+  the worker, measured while it is saturated (its loop's CPU time over the joins
+  completed: join_cost.py): 64 at batch 1 and 10, fewer from batch ~100, a few at 1,000.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -107,7 +107,7 @@ FLOOR = Gauge(
     "featurestore_join_inflight_floor",
     "Joins in flight below which a worker never sheds for lag, the lowest worker's: "
     "limits.shed_min_inflight, or the fewer joins that fit in limits.shed_floor_ms of its "
-    "CPU at the join cost its late intervals measured.",
+    "CPU at the join cost measured while it was saturated.",
     multiprocess_mode="livemin",
 )
 FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
@@ -207,10 +207,10 @@ class LoadShedder:
         floor_seconds: float = FLOOR_SECONDS,
         min_limit: int = MIN_LIMIT,
         sheds: bool = True,
-        cpu_clock: Callable[[], float] = time.process_time,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         """``min_limit``: the floor in joins (limits.shed_min_inflight), lowered to the joins
-        that fit in ``floor_seconds`` of CPU. ``cpu_clock``: the process's CPU seconds."""
+        that fit in ``floor_seconds`` of CPU. ``cpu_clock``: the loop thread's CPU seconds."""
         self.max_limit = max_inflight
         self.floor_seconds = floor_seconds
         # a small cap keeps room to shed: the floor is at most half of it
@@ -236,7 +236,7 @@ class LoadShedder:
 
     @classmethod
     def from_limits(
-        cls, limits: LimitsConfig, cpu_clock: Callable[[], float] = time.process_time
+        cls, limits: LimitsConfig, cpu_clock: Callable[[], float] = time.thread_time
     ) -> LoadShedder:
         """The worker's shedder as configured (it sheds only with ``limits.shed``)."""
         return cls(
@@ -329,7 +329,7 @@ class LoadShedder:
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds
-        self.join_cost.restart()  # (what the process spent starting up is no join's)
+        self.join_cost.restart()  # (what the loop's thread spent starting up is no join's)
         self._report(0.0, sheds)
         while True:
             due = time.perf_counter() + PERIOD

@@ -597,15 +597,23 @@ def test_shed_min_inflight_and_shed_floor_ms_set_the_floor() -> None:
         }.items()
     }
     for s in shedders.values():
-        assert [s.admit() for _ in range(100)] == [None] * 100
+        assert [s.admit() for _ in range(40)] == [None] * 40
     clock.t += 0.1
     for s in shedders.values():
         for _ in range(100):  # 1 ms a join, measured by the first interval
             s.done()
             s.admit()
-        samples(s, [0.4] * 21)  # the loop 400 ms late for two intervals
+        samples(s, [0.4] * 21)  # the loop 400 ms late for two intervals: cut to a quarter of 40
     assert {name: s.min_limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 8}
-    assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 25, "8 joins": 25}
+    assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 10}
+
+
+def test_a_cap_of_one_or_two_joins_keeps_its_floor_under_it() -> None:
+    for cap, floor in ((1, 1), (2, 1), (3, 1), (4, 2)):
+        clock = CpuClock()
+        s = loaded(cap, cap=cap, clock=clock)
+        late(s, clock, 0.1, 1, at=1.0, n=11)  # 100 ms a join: MIN_FLOOR would be 2
+        assert s.min_limit == floor and s.limit <= cap
 
 
 def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_interval() -> None:
