@@ -21,8 +21,9 @@ below).
   late interval. One late interval is a burst.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
-  the worker, measured while it is saturated (its loop's CPU time over the joins
-  completed: join_cost.py): 64 at batch 1 and 10, fewer from batch ~100, a few at 1,000.
+  the worker, measured while a queue stands (its loop's CPU time over the joins
+  completed: join_cost.py) and forgotten after 10 s on time: 64 at batch 1 and 10, fewer
+  from batch ~100, a few at 1,000.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -157,6 +158,10 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
+# After this many intervals on time in a row (10 s) the floor is the count again until the
+# next overload measures its joins: a worker saturated once by batches of 1,000 that then
+# serves batch 1 would otherwise keep a floor of a few joins (review 31b).
+CALM_INTERVALS: Final = 100
 
 INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
@@ -307,6 +312,9 @@ class LoadShedder:
             return
         self._late = 0  # on time: the queue drained
         self._on_time += 1
+        if self._on_time == CALM_INTERVALS and self.join_cost.seconds:
+            self.join_cost.forget()  # the next overload's joins may be others
+            self.min_limit = self.max_floor
         if self.limit >= self.max_limit:
             return
         if not binding:  # no queue, and room throughout: recovered

@@ -22,6 +22,7 @@ from featurestore.config import GrpcConfig, LimitsConfig
 from featurestore.errors import Code
 from featurestore.health import Readiness
 from featurestore.overload import (
+    CALM_INTERVALS,
     DEADLINE,
     FLOOR_SECONDS,
     INFLIGHT,
@@ -485,8 +486,8 @@ async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_it
 
 def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float, n: int = 10) -> float:
     """An interval's ``n`` samples 20 ms late (11 for a shedder's first), over which the
-    process spends ``cpu`` seconds and ``completed`` joins end (as many start: the joins
-    in flight stay, unless the limit sheds them)."""
+    loop spends ``cpu`` seconds and ``completed`` joins end (as many start: the joins in
+    flight stay, unless the limit sheds them)."""
     clock.t += cpu
     for _ in range(completed):
         s.done()
@@ -494,92 +495,189 @@ def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float,
     return samples(s, [0.02] * n, start=at)
 
 
+def onset(s: LoadShedder, clock: CpuClock, cpu: float, completed: int) -> float:
+    """An overload's first two intervals, each ``late``: the cost measured at the second."""
+    return late(s, clock, cpu, completed, at=late(s, clock, cpu, completed, at=1.0, n=11))
+
+
 def test_costly_joins_lower_the_floor_to_those_that_fit_in_shed_floor_ms_of_cpu() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
     assert s.min_limit == MIN_LIMIT and s.join_cost.seconds == 0.0  # nothing measured yet
-    late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms of CPU a join (batch ~1,000)
+    onset(s, clock, 0.1, 20)  # 5 ms of the loop's CPU a join (batch ~1,000)
     assert s.join_cost.seconds == pytest.approx(0.005)
     assert s.min_limit == round(FLOOR_SECONDS / 0.005) == 5
+
+
+def test_the_floor_is_the_cost_rounded_to_the_nearest_join() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    onset(s, clock, 0.1, 27)  # 3.7 ms a join: 6.75 joins fit, rounded to 7 (not cut to 6)
+    assert s.min_limit == 7
 
 
 def test_cheap_joins_leave_the_floor_at_shed_min_inflight() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join (batch 1): 250 would fit in 25 ms
+    onset(s, clock, 0.1, 1000)  # 0.1 ms a join (batch 1): 250 would fit in 25 ms
     assert s.join_cost.seconds == pytest.approx(0.0001) and s.min_limit == MIN_LIMIT
+
+
+def test_one_late_interval_measures_nothing_a_second_in_a_row_does() -> None:
+    """A push or a scrape can make one interval of a lightly loaded loop late and busy;
+    a queue of joins keeps it late."""
+    clock = CpuClock()
+    s = loaded(10, clock=clock)
+    at = late(s, clock, 0.065, 10, at=1.0, n=11)  # a 65 ms push, 10 joins done
+    at = samples(s, [0.001] * 10, start=at)
+    assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
+    late(s, clock, 0.065, 10, at=late(s, clock, 0.065, 10, at=at))
+    assert s.join_cost.seconds == pytest.approx(0.0065)
 
 
 def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_keep() -> None:
     clock = CpuClock()
     s = loaded(60, clock=clock)  # under the floor of 64 joins: a stall, until their cost is known
-    at = late(s, clock, 0.1, 20, at=1.0, n=11)
+    at = onset(s, clock, 0.1, 20)
     for _ in range(4):
         at = late(s, clock, 0.1, 20, at=at)
     assert s.limit == s.min_limit == 5  # 60 joins of 5 ms: a 300 ms queue, cut to 25 ms of it
 
 
-def test_cheaper_joins_raise_the_floor_again_and_lift_a_limit_below_it() -> None:
+def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_interval() -> None:
+    clock = CpuClock()
+    s = loaded(20, clock=clock)  # 20 joins: under 64, over the 5 their cost will allow
+    at = onset(s, clock, 0.1, 20)  # measured at the second interval's end, which is judged by it
+    assert s.min_limit == 5 and s.limit == 1024  # the first interval was under 64: not yet
+    late(s, clock, 0.1, 20, at=at)
+    assert s.limit == pytest.approx(5)  # the second and third late over the floor of 5: cut
+
+
+def test_cheaper_joins_while_refusing_raise_the_floor_and_lift_a_limit_below_it() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms a join: the floor 5
+    at = onset(s, clock, 0.1, 20)  # 5 ms a join: the floor 5
     for _ in range(6):
         at = late(s, clock, 0.1, 20, at=at)
     assert s.limit == s.min_limit == 5
-    for _ in range(12):  # then 0.1 ms a join: the cost falls by a quarter of the way a measurement
+    for _ in range(20):  # then 0.1 ms a join, the shedder refusing some: an upper bound, lower
+        s.admit()
+        s.admit()
         at = late(s, clock, 0.1, 1000, at=at)
     assert s.min_limit == MIN_LIMIT and s.limit >= MIN_LIMIT
 
 
-def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_interval() -> None:
+def test_a_saturated_interval_that_refused_requests_never_raises_the_cost() -> None:
+    """A refusal's CPU is not a join's: counted in, refusals would lower the floor, and the
+    lower floor refuse more."""
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = late(s, clock, 0.1, 1000, at=1.0, n=11)  # 0.1 ms a join
-    at = late(s, clock, 0.1, 20, at=at)  # then 5 ms a join
+    at = onset(s, clock, 0.1, 20)  # 5 ms a join, measured at the onset
+    s.limit = 200.0  # (as cut)
+    assert s.admit() == LATENCY  # one refused in the next interval
+    late(s, clock, 0.1, 5, at=at)  # which spent the CPU of 20 joins on 5 and the refusals
+    assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
+
+
+def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = onset(s, clock, 0.1, 20)
+    s.limit = 1024.0  # (room under the limit)
+    assert s.admit(remaining=0.001) == DEADLINE  # less time left than the loop's lag
+    late(s, clock, 0.1, 5, at=at)
+    assert s.join_cost.seconds == pytest.approx(0.005)
+
+
+def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_interval() -> None:
+    clock = CpuClock()
+    s = loaded(60, clock=clock)  # (under the floor: no cut, no refusal)
+    at = onset(s, clock, 0.1, 1000)  # 0.1 ms a join
+    late(s, clock, 0.1, 20, at=at)  # then 5 ms a join
     assert s.join_cost.seconds == pytest.approx(0.0001 + 0.25 * (0.005 - 0.0001))
 
 
 def test_a_join_longer_than_an_interval_is_measured_over_the_late_intervals_it_spans() -> None:
     clock = CpuClock()
     s = loaded(4, clock=clock)
-    at = late(s, clock, 0.1, 0, at=1.0, n=11)
-    at = late(s, clock, 0.1, 0, at=at)
+    at = onset(s, clock, 0.1, 0)
     assert s.join_cost.seconds == 0.0  # no join done yet: carried
     late(s, clock, 0.1, 1, at=at)
     assert s.join_cost.seconds == pytest.approx(0.3)
     assert s.min_limit == MIN_FLOOR  # one computing while another waits for its store
 
 
+def test_an_interval_busy_for_half_of_it_is_saturated_and_less_is_not() -> None:
+    for cpu, measured in ((0.051, True), (0.049, False)):
+        clock = CpuClock()
+        s = loaded(200, clock=clock)
+        onset(s, clock, cpu, 10)
+        assert (s.join_cost.seconds > 0) is measured, cpu
+
+
+def test_how_busy_an_interval_was_is_judged_by_its_own_length() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = late(s, clock, 0.1, 10, at=1.0, n=11)
+    clock.t += 0.1  # 100 ms of CPU over an interval of 300 ms (a timer 200 ms late): a third
+    s.observe(0.2, at + 0.2)
+    assert s.join_cost.seconds == 0.0
+
+
 def test_a_stall_spends_no_cpu_and_completes_nothing_so_it_moves_no_floor() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = late(s, clock, 0.1, 20, at=1.0, n=11)
+    at = onset(s, clock, 0.1, 20)
     assert s.min_limit == 5
     samples(s, [0.5] * 30, start=at)  # the machine paused for 300 ms
     assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
 
 
+def test_an_interval_on_time_drops_the_cpu_carried_for_a_join_not_yet_done() -> None:
+    clock = CpuClock()
+    s = loaded(4, clock=clock)
+    at = onset(s, clock, 0.1, 0)  # saturated, no join done: 0.2 s carried
+    clock.t += 0.1
+    at = samples(s, [0.001] * 10, start=at)  # on time: the carry dropped
+    onset_at = late(s, clock, 0.1, 10, at=at)
+    late(s, clock, 0.1, 10, at=onset_at)
+    assert s.join_cost.seconds == pytest.approx(0.01)  # not (0.2 + 0.1 + 0.2) / 20
+
+
 def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
     clock = CpuClock()
     s = loaded(0, clock=clock)
-    clock.t += 0.05  # timers and scrapes, one join done in a second
+    clock.t += 0.05  # timers, one join done in a second
     s.admit()
     s.done()
     at = samples(s, [0.001] * 101)  # ten intervals on time
     assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
-    late(s, clock, 0.1, 20, at=at)  # then saturated: only its late CPU counts
+    late(s, clock, 0.1, 20, at=late(s, clock, 0.1, 20, at=at))  # then saturated: only its CPU counts
     assert s.join_cost.seconds == pytest.approx(0.005)
+
+
+def test_ten_seconds_on_time_forget_the_cost_and_the_floor_is_the_count_again() -> None:
+    """A worker saturated once by batches of 1,000 may serve batch 1 next: its next
+    overload measures its own joins."""
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = onset(s, clock, 0.1, 20)
+    assert s.min_limit == 5
+    at = samples(s, [0.001] * (CALM_INTERVALS - 1) * 10, start=at)
+    assert s.min_limit == 5  # 9.9 s on time
+    samples(s, [0.001] * 10, start=at)
+    assert s.min_limit == MIN_LIMIT and s.join_cost.seconds == 0.0
 
 
 def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins_when_measured() -> None:
     clock = CpuClock()
     small = loaded(8, cap=8, clock=clock)
     assert small.min_limit == 4
-    late(small, clock, 0.1, 10_000, at=1.0, n=11)  # 10 µs a join
+    onset(small, clock, 0.1, 10_000)  # 10 µs a join
     assert small.min_limit == 4
     clock = CpuClock()
     dear = loaded(8, clock=clock)
-    late(dear, clock, 1.0, 1, at=1.0, n=11)  # a second of CPU a join (batch 100,000)
+    onset(dear, clock, 1.0, 1)  # a second of CPU a join (batch 100,000)
     assert dear.min_limit == MIN_FLOOR
 
 
@@ -587,72 +685,41 @@ def test_shed_min_inflight_and_shed_floor_ms_set_the_floor() -> None:
     assert (
         LimitsConfig().shed_min_inflight == MIN_LIMIT and LimitsConfig().shed_floor_ms / 1000 == FLOOR_SECONDS
     )
-    clock = CpuClock()
+    clocks = {name: CpuClock() for name in ("default", "10 ms", "8 joins")}
     shedders = {
-        name: LoadShedder.from_limits(limits, cpu_clock=clock)
+        name: LoadShedder.from_limits(limits, cpu_clock=clocks[name])
         for name, limits in {
             "default": LimitsConfig(),
             "10 ms": LimitsConfig(shed_floor_ms=10),
             "8 joins": LimitsConfig(shed_min_inflight=8),
         }.items()
     }
-    for s in shedders.values():
+    for name, s in shedders.items():
         assert [s.admit() for _ in range(40)] == [None] * 40
-    clock.t += 0.1
-    for s in shedders.values():
-        for _ in range(100):  # 1 ms a join, measured by the first interval
-            s.done()
-            s.admit()
-        samples(s, [0.4] * 21)  # the loop 400 ms late for two intervals: cut to a quarter of 40
+        at = 1.0
+        for n in (11, 10, 10):  # 1 ms a join, measured at the second interval, cut at the third
+            clocks[name].t += 0.1
+            for _ in range(100):
+                s.done()
+                s.admit()
+            at = samples(s, [0.4] * n, start=at)  # the loop 400 ms late: cut to a quarter of 40
     assert {name: s.min_limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 8}
-    assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 10}
+    assert {name: s.limit for name, s in shedders.items()} == {"default": 25, "10 ms": 10, "8 joins": 8}
 
 
-def test_a_cap_of_one_or_two_joins_keeps_its_floor_under_it() -> None:
+def test_a_cap_of_one_to_four_joins_keeps_its_floor_under_it() -> None:
     for cap, floor in ((1, 1), (2, 1), (3, 1), (4, 2)):
         clock = CpuClock()
         s = loaded(cap, cap=cap, clock=clock)
-        late(s, clock, 0.1, 1, at=1.0, n=11)  # 100 ms a join: MIN_FLOOR would be 2
+        onset(s, clock, 0.1, 1)  # 100 ms a join: MIN_FLOOR would be 2
         assert s.min_limit == floor and s.limit <= cap
 
 
-def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_interval() -> None:
-    clock = CpuClock()
-    s = loaded(20, clock=clock)  # 20 joins: under 64, over the 5 their cost will allow
-    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # measured 5 ms a join at this interval's end
-    assert s.min_limit == 5 and s.limit == 1024  # one late interval: a burst
-    late(s, clock, 0.1, 20, at=at)
-    assert s.limit == pytest.approx(5)  # the first interval counted as queued over the floor of 5: cut
-
-
-def test_an_interval_on_time_drops_the_cpu_carried_for_a_join_not_yet_done() -> None:
-    clock = CpuClock()
-    s = loaded(4, clock=clock)
-    at = late(s, clock, 0.1, 0, at=1.0, n=11)  # saturated, no join done: 0.1 s carried
-    clock.t += 0.1
-    at = samples(s, [0.001] * 10, start=at)  # on time: the carry dropped
-    late(s, clock, 0.1, 20, at=at)
-    assert s.join_cost.seconds == pytest.approx(0.005)  # not (0.1 + 0.1 + 0.1) / 20
-
-
-def test_a_late_interval_of_a_lightly_loaded_loop_is_not_a_joins_cost() -> None:
-    clock = CpuClock()
-    s = loaded(2, clock=clock)
-    late(s, clock, 0.02, 4, at=1.0, n=11)  # a 20 ms scrape made it late, 4 joins done
-    assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
-
-
-def test_a_saturated_interval_that_refused_requests_measures_nothing() -> None:
-    """A refusal's CPU is not a join's: counted in, refusals would lower the floor, and the
-    lower floor refuse more."""
-    clock = CpuClock()
-    s = loaded(200, clock=clock)
-    at = late(s, clock, 0.1, 20, at=1.0, n=11)  # 5 ms a join, measured at the onset
-    assert s.min_limit == 5
-    s.limit = 200.0  # (as cut)
-    assert s.admit() == LATENCY  # one refused in the next interval
-    late(s, clock, 0.1, 5, at=at)  # which spent the CPU of 20 on 5 joins and the refusals
-    assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
+def test_the_cost_is_the_event_loop_threads_cpu_by_default() -> None:
+    """A scrape's render, the drift monitor and worker 0's consistency checks run in
+    threads: they queue nothing on the loop."""
+    assert LoadShedder(1024, TARGET).join_cost.clock is time.thread_time
+    assert LoadShedder.from_limits(LimitsConfig()).join_cost.clock is time.thread_time
 
 
 def test_the_cpu_a_worker_spent_before_it_watches_its_loop_is_no_joins_cost() -> None:
@@ -662,7 +729,7 @@ def test_the_cpu_a_worker_spent_before_it_watches_its_loop_is_no_joins_cost() ->
         clock.t += 5.0  # starting up: loading data, compiling kernels
         watch = asyncio.create_task(s.watch())
         await asyncio.sleep(0)  # the watch has begun
-        late(s, clock, 0.1, 20, at=1.0, n=11)
+        onset(s, clock, 0.1, 20)
         assert s.join_cost.seconds == pytest.approx(0.005)
         watch.cancel()
 
