@@ -140,21 +140,23 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # makes the loop late without any queue to shed, and a closed loop of callers is a queue
 # of its own size that waits rather than being refused. It is ``MIN_LIMIT`` joins
 # (limits.shed_min_inflight), lowered for costly joins to those that fit in
-# ``FLOOR_SECONDS`` of the loop's CPU at the cost measured while saturated (join_cost.py;
+# ``FLOOR_SECONDS`` of the loop's CPU at the cost measured while a queue stands (join_cost.py;
 # limits.shed_floor_ms). 64 joins: at batch 100 (~0.4 ms each) ~25 ms of work. At 32
 # (until 2026-12-06 14:54, 0e1af27) 64 callers in closed loops on 2 workers had 0-51% of
 # their answers shed over four runs, 96 callers 83-86%; at 64, none of 64 or 96 callers',
 # with 33-40% more answered QPS at 96. The price is an open loop past saturation waiting
 # longer: at twice the saturation rate p99.9 220-224 against 207-208 ms, the median twice
 # as long, 7% fewer answered (benchmarks/RESULTS.md, "Deadlines under overload", "The
-# shedder's floor"). A count is no bound on the joins' work, though: at batch 1,000 (~3.6
+# shedder's floor"). A count is no bound on the joins' work, though: at batch 1,000 (~3
 # ms of the loop's CPU each) 64 joins let a queue stand (the loop 164-222 ms late at the
 # median), and at twice the saturation rate p99.9 from the schedule was 593-705 ms, past
-# the 510 allowed (until 8a69bc7); lowered to 7 joins, 357 ms (16:07 on 13a9338). Its price
-# is closed loops of big batches, refused from a few callers a worker (the batch-1,000
-# section). Why the count stays as a ceiling: 25 ms is ~250 joins of batch 1, more than the
-# 128 connections a worker holds under 256 callers, and an open loop's excess would then
-# queue at its callers, never shed ("The shedder's floor in CPU time at batch 1").
+# the 510 allowed, the median 357-460 ms (until 8a69bc7); lowered to ~8 joins, the median
+# 54-61 ms and p99.9 357-542 ms over three runs, its tail set by the overload's start (no
+# cut before the second late interval). Its price is closed loops of big batches, refused
+# from a few callers a worker (the batch-1,000 section). Why the count stays as a
+# ceiling: 25 ms is ~250 joins of batch 1, more than the 128 connections a worker holds
+# under 256 callers, and an open loop's excess would then queue at its callers, never shed
+# ("The shedder's floor in CPU time at batch 1").
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
