@@ -21,9 +21,9 @@ below).
   late interval. One late interval is a burst.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
-  the worker, measured while a queue stands (its loop's CPU time over the joins
-  completed: join_cost.py) and forgotten after 10 s on time: 64 at batch 1 and 10, fewer
-  from batch ~100, a few at 1,000.
+  the worker, measured while it is saturated (its loop's CPU time over the joins
+  completed: join_cost.py) and forgotten after 10 s unsaturated: 64 at batch 1 and 10,
+  fewer from batch ~100, a few at 1,000.
 * A second interval on time in a row with the limit binding (half of it in flight at
   one of its samples or more) raises the limit by a tenth, at least one (up to
   ``max_limit``, the hard cap ``limits.max_inflight``); late and on-time intervals in
@@ -108,7 +108,7 @@ FLOOR = Gauge(
     "featurestore_join_inflight_floor",
     "Joins in flight below which a worker never sheds for lag, the lowest worker's: "
     "limits.shed_min_inflight, or the fewer joins that fit in limits.shed_floor_ms of its "
-    "CPU at the join cost measured while it was saturated.",
+    "event loop's CPU at the join cost measured while it was saturated.",
     multiprocess_mode="livemin",
 )
 FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
@@ -140,7 +140,7 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # makes the loop late without any queue to shed, and a closed loop of callers is a queue
 # of its own size that waits rather than being refused. It is ``MIN_LIMIT`` joins
 # (limits.shed_min_inflight), lowered for costly joins to those that fit in
-# ``FLOOR_SECONDS`` of the loop's CPU at the cost measured while a queue stands (join_cost.py;
+# ``FLOOR_SECONDS`` of the loop's CPU at the cost measured while saturated (join_cost.py;
 # limits.shed_floor_ms). 64 joins: at batch 100 (~0.4 ms each) ~25 ms of work. At 32
 # (until 2026-12-06 14:54, 0e1af27) 64 callers in closed loops on 2 workers had 0-51% of
 # their answers shed over four runs, 96 callers 83-86%; at 64, none of 64 or 96 callers',
@@ -160,8 +160,9 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
-# After this many intervals on time in a row (10 s) the floor is the count again until the
-# next overload measures its joins: a worker saturated once by batches of 1,000 that then
+# After this many intervals in a row without a saturated one (10 s; a stall or a late
+# interval of an idle loop is not one) the floor is the count again until the next
+# overload measures its joins: a worker saturated once by batches of 1,000 that then
 # serves batch 1 would otherwise keep a floor of a few joins (review 31b).
 CALM_INTERVALS: Final = 100
 
@@ -181,6 +182,7 @@ class LoadShedder:
 
     __slots__ = (
         "_binding",
+        "_calm",
         "_completed",
         "_inflight_sum",
         "_inflights",
@@ -236,7 +238,7 @@ class LoadShedder:
         # What a join costs (join_cost.py), from the joins completed and the requests
         # refused since the last interval's end.
         self.join_cost = JoinCost(cpu_clock)
-        self._completed = self._refused = 0
+        self._completed = self._refused = self._calm = 0  # (calm: intervals not saturated, in a row)
 
     @classmethod
     def from_limits(
@@ -274,10 +276,15 @@ class LoadShedder:
         """At an interval's end: the floor from what a join costs, when measured anew."""
         completed, refused = self._completed, self._refused
         self._completed = self._refused = 0
-        if self.join_cost.interval(late, seconds, completed, refused):
-            fits = max(MIN_FLOOR, round(self.floor_seconds / self.join_cost.seconds))
+        cost = self.join_cost
+        if cost.interval(late, seconds, completed, refused):
+            fits = max(MIN_FLOOR, round(self.floor_seconds / cost.seconds))
             self.min_limit = min(self.max_floor, fits)
             self.limit = max(self.limit, self.min_limit)  # a floor risen over the limit lifts it
+        self._calm = 0 if cost.saturated else self._calm + 1
+        if self._calm == CALM_INTERVALS and cost.seconds:
+            cost.forget()  # the next overload's joins may be others
+            self.min_limit = self.max_floor
 
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
@@ -314,9 +321,6 @@ class LoadShedder:
             return
         self._late = 0  # on time: the queue drained
         self._on_time += 1
-        if self._on_time == CALM_INTERVALS and self.join_cost.seconds:
-            self.join_cost.forget()  # the next overload's joins may be others
-            self.min_limit = self.max_floor
         if self.limit >= self.max_limit:
             return
         if not binding:  # no queue, and room throughout: recovered

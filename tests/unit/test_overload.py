@@ -42,7 +42,7 @@ TARGET = 0.005
 
 
 class CpuClock:
-    """The process's CPU seconds as a test sets them (frozen: no join's cost is measured)."""
+    """The loop thread's CPU seconds as a test sets them (frozen: no join's cost is measured)."""
 
     def __init__(self) -> None:
         self.t = 0.0
@@ -496,8 +496,9 @@ def late(s: LoadShedder, clock: CpuClock, cpu: float, completed: int, at: float,
 
 
 def onset(s: LoadShedder, clock: CpuClock, cpu: float, completed: int) -> float:
-    """An overload's first two intervals, each ``late``: the cost measured at the second."""
-    return late(s, clock, cpu, completed, at=late(s, clock, cpu, completed, at=1.0, n=11))
+    """An overload's first late interval (a shedder's first: 11 samples), whose joins'
+    cost is measured at its end."""
+    return late(s, clock, cpu, completed, at=1.0, n=11)
 
 
 def test_costly_joins_lower_the_floor_to_those_that_fit_in_shed_floor_ms_of_cpu() -> None:
@@ -523,16 +524,15 @@ def test_cheap_joins_leave_the_floor_at_shed_min_inflight() -> None:
     assert s.join_cost.seconds == pytest.approx(0.0001) and s.min_limit == MIN_LIMIT
 
 
-def test_one_late_interval_measures_nothing_a_second_in_a_row_does() -> None:
-    """A push or a scrape can make one interval of a lightly loaded loop late and busy;
-    a queue of joins keeps it late."""
+def test_a_measurement_waits_for_eight_joins_done() -> None:
+    """A push can make an interval of a lightly loaded loop late and busy: the few joins
+    done beside it are not charged with it."""
     clock = CpuClock()
     s = loaded(10, clock=clock)
-    at = late(s, clock, 0.065, 10, at=1.0, n=11)  # a 65 ms push, 10 joins done
-    at = samples(s, [0.001] * 10, start=at)
+    at = late(s, clock, 0.065, 7, at=1.0, n=11)  # a 65 ms push, 7 joins done
     assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
-    late(s, clock, 0.065, 10, at=late(s, clock, 0.065, 10, at=at))
-    assert s.join_cost.seconds == pytest.approx(0.0065)
+    late(s, clock, 0.065, 1, at=at)  # a second saturated interval: 8 joins done over both
+    assert s.join_cost.seconds == pytest.approx(0.13 / 8)
 
 
 def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_keep() -> None:
@@ -547,27 +547,13 @@ def test_a_queue_of_costly_joins_is_cut_below_the_joins_a_count_floor_would_keep
 def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_interval() -> None:
     clock = CpuClock()
     s = loaded(20, clock=clock)  # 20 joins: under 64, over the 5 their cost will allow
-    at = onset(s, clock, 0.1, 20)  # measured at the second interval's end, which is judged by it
-    assert s.min_limit == 5 and s.limit == 1024  # the first interval was under 64: not yet
+    at = onset(s, clock, 0.1, 20)  # measured at this interval's end, which is judged by it
+    assert s.min_limit == 5 and s.limit == 1024  # one late interval: a burst
     late(s, clock, 0.1, 20, at=at)
-    assert s.limit == pytest.approx(5)  # the second and third late over the floor of 5: cut
+    assert s.limit == pytest.approx(5)  # both counted as queued over the floor of 5: cut
 
 
-def test_cheaper_joins_while_refusing_raise_the_floor_and_lift_a_limit_below_it() -> None:
-    clock = CpuClock()
-    s = loaded(200, clock=clock)
-    at = onset(s, clock, 0.1, 20)  # 5 ms a join: the floor 5
-    for _ in range(6):
-        at = late(s, clock, 0.1, 20, at=at)
-    assert s.limit == s.min_limit == 5
-    for _ in range(20):  # then 0.1 ms a join, the shedder refusing some: an upper bound, lower
-        s.admit()
-        s.admit()
-        at = late(s, clock, 0.1, 1000, at=at)
-    assert s.min_limit == MIN_LIMIT and s.limit >= MIN_LIMIT
-
-
-def test_a_saturated_interval_that_refused_requests_never_raises_the_cost() -> None:
+def test_an_interval_that_refused_requests_teaches_nothing() -> None:
     """A refusal's CPU is not a join's: counted in, refusals would lower the floor, and the
     lower floor refuse more."""
     clock = CpuClock()
@@ -575,35 +561,47 @@ def test_a_saturated_interval_that_refused_requests_never_raises_the_cost() -> N
     at = onset(s, clock, 0.1, 20)  # 5 ms a join, measured at the onset
     s.limit = 200.0  # (as cut)
     assert s.admit() == LATENCY  # one refused in the next interval
-    late(s, clock, 0.1, 5, at=at)  # which spent the CPU of 20 joins on 5 and the refusals
+    at = late(s, clock, 0.1, 10, at=at)  # which spent the CPU of 20 joins on 10 and the refusals
+    assert s.admit() == LATENCY
+    late(s, clock, 0.1, 100, at=at)  # nor does a cheaper one while refusing
     assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
 
 
 def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = onset(s, clock, 0.1, 20)
+    at = late(s, clock, 0.1, 20, at=onset(s, clock, 0.1, 20))  # two late: a standing lag
     s.limit = 1024.0  # (room under the limit)
     assert s.admit(remaining=0.001) == DEADLINE  # less time left than the loop's lag
-    late(s, clock, 0.1, 5, at=at)
+    late(s, clock, 0.1, 10, at=at)
     assert s.join_cost.seconds == pytest.approx(0.005)
+
+
+def test_cheaper_joins_raise_the_floor_once_an_interval_refuses_nothing() -> None:
+    clock = CpuClock()
+    s = loaded(60, clock=clock)  # (under the floor: no cut, no refusal)
+    at = onset(s, clock, 0.1, 20)  # 5 ms a join: the floor 5
+    for _ in range(20):
+        at = late(s, clock, 0.1, 1000, at=at)  # then 0.1 ms: a quarter of the way each
+    assert s.min_limit == MIN_LIMIT and s.limit >= MIN_LIMIT
 
 
 def test_the_measured_cost_follows_a_change_of_batch_by_a_quarter_each_late_interval() -> None:
     clock = CpuClock()
-    s = loaded(60, clock=clock)  # (under the floor: no cut, no refusal)
+    s = loaded(60, clock=clock)
     at = onset(s, clock, 0.1, 1000)  # 0.1 ms a join
     late(s, clock, 0.1, 20, at=at)  # then 5 ms a join
     assert s.join_cost.seconds == pytest.approx(0.0001 + 0.25 * (0.005 - 0.0001))
 
 
-def test_a_join_longer_than_an_interval_is_measured_over_the_late_intervals_it_spans() -> None:
+def test_joins_longer_than_an_interval_are_measured_over_the_late_intervals_they_span() -> None:
     clock = CpuClock()
-    s = loaded(4, clock=clock)
+    s = loaded(16, clock=clock)
     at = onset(s, clock, 0.1, 0)
+    at = late(s, clock, 0.1, 0, at=at)
     assert s.join_cost.seconds == 0.0  # no join done yet: carried
-    late(s, clock, 0.1, 1, at=at)
-    assert s.join_cost.seconds == pytest.approx(0.3)
+    late(s, clock, 0.6, 8, at=at)
+    assert s.join_cost.seconds == pytest.approx(0.1)  # 0.8 s over 8 joins
     assert s.min_limit == MIN_FLOOR  # one computing while another waits for its store
 
 
@@ -618,9 +616,12 @@ def test_an_interval_busy_for_half_of_it_is_saturated_and_less_is_not() -> None:
 def test_how_busy_an_interval_was_is_judged_by_its_own_length() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
-    at = late(s, clock, 0.1, 10, at=1.0, n=11)
+    at = samples(s, [0.02] * 10)
     clock.t += 0.1  # 100 ms of CPU over an interval of 300 ms (a timer 200 ms late): a third
-    s.observe(0.2, at + 0.2)
+    for _ in range(10):
+        s.done()
+        s.admit()
+    s.observe(0.2, at + 0.19)
     assert s.join_cost.seconds == 0.0
 
 
@@ -633,15 +634,14 @@ def test_a_stall_spends_no_cpu_and_completes_nothing_so_it_moves_no_floor() -> N
     assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
 
 
-def test_an_interval_on_time_drops_the_cpu_carried_for_a_join_not_yet_done() -> None:
+def test_an_interval_on_time_drops_the_cpu_carried_for_joins_not_yet_done() -> None:
     clock = CpuClock()
-    s = loaded(4, clock=clock)
-    at = onset(s, clock, 0.1, 0)  # saturated, no join done: 0.2 s carried
+    s = loaded(16, clock=clock)
+    at = onset(s, clock, 0.1, 4)  # saturated, 4 joins done: 0.1 s carried
     clock.t += 0.1
     at = samples(s, [0.001] * 10, start=at)  # on time: the carry dropped
-    onset_at = late(s, clock, 0.1, 10, at=at)
-    late(s, clock, 0.1, 10, at=onset_at)
-    assert s.join_cost.seconds == pytest.approx(0.01)  # not (0.2 + 0.1 + 0.2) / 20
+    late(s, clock, 0.1, 10, at=at)
+    assert s.join_cost.seconds == pytest.approx(0.01)  # not (0.1 + 0.1 + 0.1) / 14
 
 
 def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
@@ -652,21 +652,34 @@ def test_an_idle_loops_cpu_is_no_joins_cost() -> None:
     s.done()
     at = samples(s, [0.001] * 101)  # ten intervals on time
     assert s.join_cost.seconds == 0.0 and s.min_limit == MIN_LIMIT
-    late(s, clock, 0.1, 20, at=late(s, clock, 0.1, 20, at=at))  # then saturated: only its CPU counts
+    late(s, clock, 0.1, 20, at=at)  # then saturated: only its CPU counts
     assert s.join_cost.seconds == pytest.approx(0.005)
 
 
-def test_ten_seconds_on_time_forget_the_cost_and_the_floor_is_the_count_again() -> None:
+def test_ten_seconds_without_a_saturated_interval_forget_the_cost() -> None:
     """A worker saturated once by batches of 1,000 may serve batch 1 next: its next
-    overload measures its own joins."""
+    overload measures its own joins. A stall (late, no CPU) is no saturation."""
     clock = CpuClock()
     s = loaded(200, clock=clock)
     at = onset(s, clock, 0.1, 20)
     assert s.min_limit == 5
-    at = samples(s, [0.001] * (CALM_INTERVALS - 1) * 10, start=at)
-    assert s.min_limit == 5  # 9.9 s on time
+    for _ in range(CALM_INTERVALS // 20 - 1):  # a stall every 2 s
+        at = samples(s, [0.001] * 190 + [0.5] * 10, start=at)
+    at = samples(s, [0.001] * 190, start=at)
+    assert s.min_limit == 5  # 9.9 s unsaturated
     samples(s, [0.001] * 10, start=at)
     assert s.min_limit == MIN_LIMIT and s.join_cost.seconds == 0.0
+
+
+def test_a_saturated_interval_keeps_the_cost_for_ten_seconds_more() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = onset(s, clock, 0.1, 20)
+    at = samples(s, [0.001] * 950, start=at)
+    s.limit = 300.0  # (room: the next interval refuses nothing)
+    at = late(s, clock, 0.1, 20, at=at)  # saturated again at 9.5 s
+    samples(s, [0.001] * 950, start=at)
+    assert s.min_limit == 5
 
 
 def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins_when_measured() -> None:
@@ -677,7 +690,7 @@ def test_the_floor_is_at_most_half_the_cap_and_at_least_two_joins_when_measured(
     assert small.min_limit == 4
     clock = CpuClock()
     dear = loaded(8, clock=clock)
-    onset(dear, clock, 1.0, 1)  # a second of CPU a join (batch 100,000)
+    onset(dear, clock, 8.0, 8)  # a second of CPU a join (batch 100,000)
     assert dear.min_limit == MIN_FLOOR
 
 
@@ -697,7 +710,7 @@ def test_shed_min_inflight_and_shed_floor_ms_set_the_floor() -> None:
     for name, s in shedders.items():
         assert [s.admit() for _ in range(40)] == [None] * 40
         at = 1.0
-        for n in (11, 10, 10):  # 1 ms a join, measured at the second interval, cut at the third
+        for n in (11, 10, 10):  # 1 ms a join, measured at the first interval, cut from the second
             clocks[name].t += 0.1
             for _ in range(100):
                 s.done()
@@ -711,7 +724,7 @@ def test_a_cap_of_one_to_four_joins_keeps_its_floor_under_it() -> None:
     for cap, floor in ((1, 1), (2, 1), (3, 1), (4, 2)):
         clock = CpuClock()
         s = loaded(cap, cap=cap, clock=clock)
-        onset(s, clock, 0.1, 1)  # 100 ms a join: MIN_FLOOR would be 2
+        onset(s, clock, 0.8, 8)  # 100 ms a join: MIN_FLOOR would be 2
         assert s.min_limit == floor and s.limit <= cap
 
 
