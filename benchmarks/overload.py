@@ -11,14 +11,14 @@ and without load shedding, then the recovery.
 3. Recovery: in the same schedule on the same connections, 0.5 x S for 4 s: shed
    requests (expected none) and latency. During both, the server's shedding limit (the
    lowest worker's) and event loop lag are read from its /metrics once a second.
-4. What the shedding target costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
+4. What shedding costs a closed loop: wrk at concurrency 32, 64, 96 and 128 against
    the default server, the floor of 64 joins whatever their cost and the 25 ms target, with
    the 503s each got (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64, shed_floor_ms 25: the
-floor is 64 joins a worker, or the fewer that fit in 25 ms of its CPU at the join cost it
-measures), the same with the floor of 64 joins whatever their cost, as it was from
+floor is 64 joins a worker, or the fewer that fit in 25 ms of its event loop's CPU at the
+join cost it measures), the same with the floor of 64 joins whatever their cost, as it was from
 2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the same with a 25 ms target (how much
 the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
 how long a request waited for a free connection and how long it held one (Little's law:
@@ -312,7 +312,7 @@ CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor in joins bef
 def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Namespace) -> list[str]:
     out = [
         "",
-        f"Closed loop (wrk, batch {a.batch}, 8 s): what the shedding target costs callers that wait for each answer.",
+        f"Closed loop (wrk, batch {a.batch}, 8 s): what shedding costs callers that wait for each answer.",
         "",
         "| server | concurrency | requests | answered 200 | shed 503 | answered QPS | p99 ms (all answers) |",
         "|---|---:|---:|---:|---:|---:|---:|",
