@@ -8,9 +8,10 @@ longer than an interval): the loop's CPU is what its queue waits for; a thread's
 scrape's render, the drift monitor, the consistency checks of worker 0) is not, but for
 the GIL it holds. Saturated: the interval was late and the loop's thread busy for at least
 ``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first late
-interval, before the shedder's first cut (at its second), and measured high: the worker
-has begun more joins than it has finished (2026-12-06 17:00: ~1.7 ms of the loop's CPU a
-join of batch 100, which costs ~0.4; benchmarks/RESULTS.md, "Deadlines under overload"). An interval that refused
+interval, before the shedder's first cut (at its second), and measured high, most likely
+because the worker has begun more joins than it has finished (not traced; 2026-12-06
+17:00: ~1.7 ms of the loop's CPU a join of batch 100, against ~0.45 measured in earlier
+runs' steadier intervals; benchmarks/RESULTS.md, "Deadlines under overload"). An interval that refused
 requests teaches nothing: their CPU is not a join's (counted in, refusals would lower the
 floor, and the lower floor refuse more), so a sustained overload keeps its onset's cost.
 What it cannot tell from a join is other work on the loop: a push that makes a lightly
@@ -32,7 +33,7 @@ COST_WEIGHT: Final = 0.25
 # Redis and the load, gets ~0.7 of a core.
 BUSY: Final = 0.5
 # Joins done before a measurement is taken (carried over saturated intervals): a batch-1,000
-# worker past saturation completes ~30 an interval, a batch-10,000 one ~3.
+# worker past saturation completes ~18 an interval (369 QPS over 2 workers), batch 10,000 ~2.
 MIN_JOINS: Final = 8
 
 
