@@ -8,12 +8,14 @@ longer than an interval): the loop's CPU is what its queue waits for; a thread's
 scrape's render, the drift monitor, the consistency checks of worker 0) is not, but for
 the GIL it holds. Saturated: the interval was late and the loop's thread busy for at least
 ``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first late
-interval, before the shedder's first cut (at its second), and measured high, most likely
-because the worker has begun more joins than it has finished (not traced; 2026-12-06
-17:00: ~1.7 ms of the loop's CPU a join of batch 100, against ~0.45 measured in earlier
-runs' steadier intervals; benchmarks/RESULTS.md, "Deadlines under overload"). An interval that refused
-requests teaches nothing: their CPU is not a join's (counted in, refusals would lower the
-floor, and the lower floor refuse more), so a sustained overload keeps its onset's cost.
+interval, before the shedder's first cut (at its second), and measured high (not traced;
+2026-12-06 17:00, when nothing refined it: ~1.7 ms of the loop's CPU a join of batch 100,
+against ~0.45 measured in earlier runs' later intervals; benchmarks/RESULTS.md, "Deadlines
+under overload"). An interval that refused requests counts their CPU too, so its cost is
+an upper bound on a join's: it is learnt only when below the cost known, which corrects
+the onset's, and never raises it (counted in as it comes, refusals would lower the floor,
+and the lower floor refuse more). Its bias is downward (a join's CPU spans intervals, and
+only the lower of the noisy readings are taken): the floor drifts up, toward the count.
 What it cannot tell from a join is other work on the loop: a push that makes a lightly
 loaded loop late and busy is charged to the few joins done beside it (``MIN_JOINS`` keeps
 out the fewest). The shedder forgets the cost after 10 s without a saturated interval
@@ -66,8 +68,14 @@ class JoinCost:
         cpu = self.clock()
         spent, self._at = cpu - self._at, cpu
         self.saturated = late and spent >= BUSY * seconds
-        if not self.saturated or refused:
+        if not self.saturated:
             self._spent, self._finished = 0.0, 0
+            return False
+        if refused:  # an upper bound (the refusals' CPU is in it): learnt only when cheaper
+            self._spent, self._finished = 0.0, 0
+            if completed >= MIN_JOINS and spent / completed < self.seconds:
+                self._learn(spent / completed)
+                return True
             return False
         self._spent += spent
         self._finished += completed
@@ -75,5 +83,8 @@ class JoinCost:
             return False  # too few joins done yet: carried to the next saturated interval
         cost = self._spent / self._finished
         self._spent, self._finished = 0.0, 0
-        self.seconds = cost if self.seconds == 0.0 else self.seconds + COST_WEIGHT * (cost - self.seconds)
+        self._learn(cost)
         return True
+
+    def _learn(self, cost: float) -> None:
+        self.seconds = cost if self.seconds == 0.0 else self.seconds + COST_WEIGHT * (cost - self.seconds)

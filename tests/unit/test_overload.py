@@ -553,7 +553,7 @@ def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_inte
     assert s.limit == pytest.approx(5)  # both counted as queued over the floor of 5: cut
 
 
-def test_an_interval_that_refused_requests_teaches_nothing() -> None:
+def test_an_interval_that_refused_requests_never_raises_the_cost() -> None:
     """A refusal's CPU is not a join's: counted in, refusals would lower the floor, and the
     lower floor refuse more."""
     clock = CpuClock()
@@ -561,10 +561,29 @@ def test_an_interval_that_refused_requests_teaches_nothing() -> None:
     at = onset(s, clock, 0.1, 20)  # 5 ms a join, measured at the onset
     s.limit = 200.0  # (as cut)
     assert s.admit() == LATENCY  # one refused in the next interval
-    at = late(s, clock, 0.1, 10, at=at)  # which spent the CPU of 20 joins on 10 and the refusals
-    assert s.admit() == LATENCY
-    late(s, clock, 0.1, 100, at=at)  # nor does a cheaper one while refusing
+    late(s, clock, 0.1, 10, at=at)  # which spent the CPU of 20 joins on 10 and the refusals
     assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
+
+
+def test_an_interval_that_refused_requests_teaches_a_cheaper_cost() -> None:
+    """The onset's cost reads high; the refusing intervals after it correct it down."""
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = onset(s, clock, 0.1, 20)  # 5 ms a join
+    s.limit = 200.0
+    assert s.admit() == LATENCY
+    late(s, clock, 0.1, 100, at=at)  # 1 ms a join, refusals' CPU included: an upper bound
+    assert s.join_cost.seconds == pytest.approx(0.005 + 0.25 * (0.001 - 0.005))
+
+
+def test_a_refusing_interval_with_fewer_than_eight_joins_done_teaches_nothing() -> None:
+    clock = CpuClock()
+    s = loaded(200, clock=clock)
+    at = onset(s, clock, 0.1, 10)  # 10 ms a join
+    s.limit = 200.0
+    assert s.admit() == LATENCY
+    late(s, clock, 0.06, 7, at=at)  # 8.6 ms a join, refusals included: too few to tell
+    assert s.join_cost.seconds == pytest.approx(0.01)
 
 
 def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
@@ -573,7 +592,7 @@ def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
     at = late(s, clock, 0.1, 20, at=onset(s, clock, 0.1, 20))  # two late: a standing lag
     s.limit = 1024.0  # (room under the limit)
     assert s.admit(remaining=0.001) == DEADLINE  # less time left than the loop's lag
-    late(s, clock, 0.1, 10, at=at)
+    late(s, clock, 0.1, 10, at=at)  # 10 ms a join: learnt were it no refusal
     assert s.join_cost.seconds == pytest.approx(0.005)
 
 
