@@ -10,8 +10,8 @@ the GIL it holds. Saturated: the interval was late and the loop's thread busy fo
 ``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first late
 interval, before the shedder's first cut (at its second), and measured high (not traced;
 2026-12-06 17:00, when nothing refined it: ~1.7 ms of the loop's CPU a join of batch 100,
-against ~0.45 measured in earlier runs' later intervals; benchmarks/RESULTS.md, "Deadlines
-under overload"). An interval that refused requests counts their CPU too, so its cost is
+the floor 15 for the whole overload; 17:18, refined as below: ~0.45 ms, the floor 56;
+benchmarks/RESULTS.md, "Deadlines under overload"). An interval that refused requests counts their CPU too, so its cost is
 an upper bound on a join's: it is learnt only when below the cost known, which corrects
 the onset's, and never raises it (counted in as it comes, refusals would lower the floor,
 and the lower floor refuse more). Its bias is downward (a join's CPU spans intervals, and

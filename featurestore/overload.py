@@ -149,9 +149,9 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # as long, 7% fewer answered (benchmarks/RESULTS.md, "Deadlines under overload", "The
 # shedder's floor"). A count is no bound on the joins' work, though: at batch 1,000 (~3
 # ms of the loop's CPU each) 64 joins let a queue stand (the loop 164-222 ms late at the
-# median), and at twice the saturation rate p99.9 from the schedule was 569-705 ms, past
-# the 510 allowed, the median 357-460 ms (five runs; until 8a69bc7); lowered to 5-8 joins,
-# the median 48-61 ms and p99.9 357-542 ms over four runs, met at two (its tail not traced).
+# median), and at twice the saturation rate p99.9 from the schedule was 569-771 ms, past
+# the 510 allowed, the median 357-460 ms (six runs; until 8a69bc7); lowered to 4-8 joins,
+# the median 48-70 ms and p99.9 357-577 ms over five runs, met at two (its tail not traced).
 # Its price is closed loops of big batches, refused from a few callers a worker (the
 # batch-1,000 section). Why the count stays as a
 # ceiling: 25 ms is ~250 joins of batch 1, more than the 128 connections a worker holds
