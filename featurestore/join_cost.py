@@ -10,12 +10,16 @@ the GIL it holds. Saturated: the interval was late and the loop's thread busy fo
 ``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first late
 interval, before the shedder's first cut (at its second), and measured high (not traced;
 2026-12-06 17:00, when nothing refined it: ~1.7 ms of the loop's CPU a join of batch 100,
-the floor 15 for the whole overload; 17:18, refined as below: ~0.45 ms, the floor 56;
-benchmarks/RESULTS.md, "Deadlines under overload"). An interval that refused requests counts their CPU too, so its cost is
-an upper bound on a join's: it is learnt only when below the cost known, which corrects
-the onset's, and never raises it (counted in as it comes, refusals would lower the floor,
-and the lower floor refuse more). Its bias is downward (a join's CPU spans intervals, and
-only the lower of the noisy readings are taken): the floor drifts up, toward the count.
+the floor 15 for the whole overload; 17:18, with refusing intervals learnt from as below,
+the floor 56 at its median; benchmarks/RESULTS.md, "Deadlines under overload"). A
+measurement that spans an interval that refused requests counts their CPU too, so its cost
+is an upper bound on a join's: it is learnt only when below the cost known (or when none
+is: joins too costly to finish 8 before the first cut), and never raises it (counted in as
+it comes, refusals would lower the floor, and the lower floor refuse more). Its bias is
+downward (a join's CPU spans intervals, and only the lower of the noisy readings are
+taken): the floor drifts up, toward the count. It corrected the onset at batch 100, not at
+1,000 (the floor 4 at 17:14, ~6 ms a join, against 7-8 before): a refused batch-1,000
+request costs the read and decoding of its body too, most likely (not traced).
 What it cannot tell from a join is other work on the loop: a push that makes a lightly
 loaded loop late and busy is charged to the few joins done beside it (``MIN_JOINS`` keeps
 out the fewest). The shedder forgets the cost after 10 s without a saturated interval
@@ -42,21 +46,21 @@ MIN_JOINS: Final = 8
 class JoinCost:
     """One per worker, told of each of the shedder's intervals. Event loop only."""
 
-    __slots__ = ("_at", "_finished", "_spent", "clock", "saturated", "seconds")
+    __slots__ = ("_at", "_bound", "_finished", "_spent", "clock", "saturated", "seconds")
 
     def __init__(self, cpu_clock: Callable[[], float]) -> None:
         """``cpu_clock``: CPU seconds of the event loop's thread, read on it
         (``time.thread_time``; the shedder's default)."""
         self.clock = cpu_clock
         self._at = cpu_clock()  # the CPU clock at the last interval's end
-        self._spent, self._finished = 0.0, 0  # carried over saturated intervals
+        self._spent, self._finished, self._bound = 0.0, 0, False  # carried over saturated intervals
         self.seconds = 0.0  # CPU seconds a join, smoothed (0.0: not measured)
         self.saturated = False  # the last interval was
 
     def restart(self) -> None:
         """Measure from now on (the CPU spent before, starting up, is no join's)."""
         self._at = self.clock()
-        self._spent, self._finished = 0.0, 0
+        self._spent, self._finished, self._bound = 0.0, 0, False
 
     def forget(self) -> None:
         """Not measured any more (a calm worker's next overload may be of other joins)."""
@@ -69,20 +73,17 @@ class JoinCost:
         spent, self._at = cpu - self._at, cpu
         self.saturated = late and spent >= BUSY * seconds
         if not self.saturated:
-            self._spent, self._finished = 0.0, 0
-            return False
-        if refused:  # an upper bound (the refusals' CPU is in it): learnt only when cheaper
-            self._spent, self._finished = 0.0, 0
-            if completed >= MIN_JOINS and spent / completed < self.seconds:
-                self._learn(spent / completed)
-                return True
+            self._spent, self._finished, self._bound = 0.0, 0, False
             return False
         self._spent += spent
         self._finished += completed
+        self._bound = self._bound or refused > 0  # the refusals' CPU is in it: an upper bound
         if self._finished < MIN_JOINS:
             return False  # too few joins done yet: carried to the next saturated interval
-        cost = self._spent / self._finished
-        self._spent, self._finished = 0.0, 0
+        cost, bound = self._spent / self._finished, self._bound
+        self._spent, self._finished, self._bound = 0.0, 0, False
+        if bound and 0.0 < self.seconds <= cost:
+            return False  # an upper bound no lower than the cost known teaches nothing
         self._learn(cost)
         return True
 

@@ -576,14 +576,29 @@ def test_an_interval_that_refused_requests_teaches_a_cheaper_cost() -> None:
     assert s.join_cost.seconds == pytest.approx(0.005 + 0.25 * (0.001 - 0.005))
 
 
-def test_a_refusing_interval_with_fewer_than_eight_joins_done_teaches_nothing() -> None:
+def test_a_refusing_interval_with_fewer_than_eight_joins_done_teaches_nothing_yet() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
     at = onset(s, clock, 0.1, 10)  # 10 ms a join
     s.limit = 200.0
     assert s.admit() == LATENCY
-    late(s, clock, 0.06, 7, at=at)  # 8.6 ms a join, refusals included: too few to tell
+    at = late(s, clock, 0.06, 7, at=at)  # 8.6 ms a join, refusals included: too few to tell
     assert s.join_cost.seconds == pytest.approx(0.01)
+    late(s, clock, 0.051, 5, at=at)  # carried: 0.111 s over 12 joins, an upper bound under 10 ms
+    assert s.join_cost.seconds == pytest.approx(0.01 + 0.25 * (0.111 / 12 - 0.01))
+
+
+def test_joins_too_costly_to_finish_eight_before_the_first_cut_are_measured_while_refusing() -> None:
+    """Batch 10,000: ~2 joins an interval. With no cost known, an upper bound is taken."""
+    clock = CpuClock()
+    s = loaded(16, clock=clock)
+    at = 1.0
+    for n in (11, 10, 10, 10):
+        s.limit = 10.0  # (as cut: refusing)
+        assert s.admit() == LATENCY
+        at = late(s, clock, 0.1, 2, at=at, n=n)
+    assert s.join_cost.seconds == pytest.approx(0.05)  # 0.4 s over 8 joins
+    assert s.min_limit == MIN_FLOOR
 
 
 def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
