@@ -184,14 +184,12 @@ class LoadShedder:
         "_binding",
         "_calm",
         "_completed",
-        "_inflight_sum",
         "_inflights",
         "_lag_sum",
         "_last_mean",
         "_late",
         "_on_time",
         "_refused",
-        "_samples",
         "_since",
         "floor_seconds",
         "inflight",
@@ -227,11 +225,10 @@ class LoadShedder:
         self.inflight = 0
         self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
         self._last_mean = 0.0
-        # The interval being sampled: since when, its samples' lags and joins in flight
-        # (summed, and each), and whether the limit bound at any of them (half of it in flight).
+        # The interval being sampled: since when, its samples' lags (summed) and joins in
+        # flight (each), and whether the limit bound at any of them (half of it in flight).
         self._since = INF
-        self._samples = self._inflight_sum = 0
-        self._inflights: list[int] = []
+        self._inflights: list[int] = []  # (how many: the interval's samples)
         self._lag_sum = 0.0
         self._binding = False
         self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
@@ -292,18 +289,16 @@ class LoadShedder:
         inflight = self.inflight
         if now < self._since:
             self._since = now  # the first sample of an interval
-        self._samples += 1
         self._lag_sum += lag
-        self._inflight_sum += inflight
         self._inflights.append(inflight)
         if inflight >= self.limit / 2:
             self._binding = True
         if now - self._since < INTERVAL - _SLACK:
             return
-        n, binding, inflights, since = self._samples, self._binding, self._inflights, self._since
-        mean_lag, mean_inflight = self._lag_sum / n, self._inflight_sum / n
-        self._since, self._samples, self._inflight_sum, self._lag_sum = now, 0, 0, 0.0
-        self._inflights, self._binding = [], False
+        binding, inflights, since = self._binding, self._inflights, self._since
+        n = len(inflights)
+        mean_lag, mean_inflight = self._lag_sum / n, sum(inflights) / n
+        self._since, self._lag_sum, self._inflights, self._binding = now, 0.0, [], False
         self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
         self._measure(mean_lag > self.target, now - since)
         if mean_lag > self.target:

@@ -501,6 +501,12 @@ def onset(s: LoadShedder, clock: CpuClock, cpu: float, completed: int) -> float:
     return late(s, clock, cpu, completed, at=1.0, n=11)
 
 
+def refusing(s: LoadShedder, limit: float = 200.0) -> None:
+    """The limit cut to ``limit`` and one join refused at it: the next interval refused."""
+    s.limit = limit
+    assert s.admit() == LATENCY
+
+
 def test_costly_joins_lower_the_floor_to_those_that_fit_in_shed_floor_ms_of_cpu() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
@@ -559,8 +565,7 @@ def test_an_interval_that_refused_requests_never_raises_the_cost() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
     at = onset(s, clock, 0.1, 20)  # 5 ms a join, measured at the onset
-    s.limit = 200.0  # (as cut)
-    assert s.admit() == LATENCY  # one refused in the next interval
+    refusing(s)
     late(s, clock, 0.1, 10, at=at)  # which spent the CPU of 20 joins on 10 and the refusals
     assert s.join_cost.seconds == pytest.approx(0.005) and s.min_limit == 5
 
@@ -570,8 +575,7 @@ def test_an_interval_that_refused_requests_teaches_a_cheaper_cost() -> None:
     clock = CpuClock()
     s = loaded(200, clock=clock)
     at = onset(s, clock, 0.1, 20)  # 5 ms a join
-    s.limit = 200.0
-    assert s.admit() == LATENCY
+    refusing(s)
     late(s, clock, 0.1, 100, at=at)  # 1 ms a join, refusals' CPU included: an upper bound
     assert s.join_cost.seconds == pytest.approx(0.005 + 0.25 * (0.001 - 0.005))
 
@@ -580,8 +584,7 @@ def test_a_refusing_interval_with_fewer_than_eight_joins_done_teaches_nothing_ye
     clock = CpuClock()
     s = loaded(200, clock=clock)
     at = onset(s, clock, 0.1, 10)  # 10 ms a join
-    s.limit = 200.0
-    assert s.admit() == LATENCY
+    refusing(s)
     at = late(s, clock, 0.06, 7, at=at)  # 8.6 ms a join, refusals included: too few to tell
     assert s.join_cost.seconds == pytest.approx(0.01)
     late(s, clock, 0.051, 5, at=at)  # carried: 0.111 s over 12 joins, an upper bound under 10 ms
@@ -594,8 +597,7 @@ def test_joins_too_costly_to_finish_eight_before_the_first_cut_are_measured_whil
     s = loaded(16, clock=clock)
     at = 1.0
     for n in (11, 10, 10, 10):
-        s.limit = 10.0  # (as cut: refusing)
-        assert s.admit() == LATENCY
+        refusing(s, 10.0)
         at = late(s, clock, 0.1, 2, at=at, n=n)
     assert s.join_cost.seconds == pytest.approx(0.05)  # 0.4 s over 8 joins
     assert s.min_limit == MIN_FLOOR
