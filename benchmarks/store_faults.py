@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.footprint import free_port
-from benchmarks.overload import bodies, exchange, sleep_until
+from benchmarks.open_loop import bodies, exchange, sleep_until
 from benchmarks.stack import config, materialize, server
 
 DEADLINE_MS = 500  # limits.deadline_ms, the default, set in the server's config all the same

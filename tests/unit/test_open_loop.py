@@ -1,0 +1,77 @@
+"""benchmarks.open_loop over gRPC, and what benchmarks.overload reports from it: every
+scheduled call is counted once, under the outcome the server gave it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from benchmarks.grpc_load import METHOD
+from benchmarks.open_loop import _open_loop, _summary
+from benchmarks.overload import result_file
+
+
+def _part(answered: list[float], counts: dict[str, int]) -> dict[str, object]:
+    return {"answered": answered, "served": answered, "waits": [0.0] * sum(counts.values()),
+            "late": [0.0], "held": 0.0, "counts": counts, "cpu": 1.0}  # fmt: skip
+
+
+def test_a_phase_counts_answered_and_shed_calls_by_the_transports_own_outcomes() -> None:
+    parts = [
+        _part([0.010, 0.020], {"OK": 2, "RESOURCE_EXHAUSTED": 3}),
+        _part([0.030], {"OK": 1, "DEADLINE_EXCEEDED": 4}),
+    ]
+    out = _summary(parts, 100.0, [], "OK", "RESOURCE_EXHAUSTED")
+    assert (out["answered"], out["shed"], out["other"]) == (3, 3, {"DEADLINE_EXCEEDED": 4})
+    assert out["p50_ms"] == 20.0 and out["limit_median"] is None
+
+
+def test_each_run_of_the_overload_benchmark_writes_its_own_results_file() -> None:
+    assert result_file("http", 100) == "overload.md"
+    assert result_file("http", 1000) == "overload-b1000.md"
+    assert result_file("grpc", 100) == "overload-grpc.md"
+    assert result_file("grpc", 100, deadline=True) == "overload-grpc-deadline.md"
+
+
+def test_an_open_loop_of_grpc_calls_counts_each_once_and_sends_the_calls_deadline() -> None:
+    left: list[float] = []
+
+    async def join(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        assert remaining is not None
+        left.append(remaining)
+        if len(left) % 2:  # every other call shed, as an overloaded server's
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
+        return b""
+
+    async def scenario() -> list[dict[str, Any]]:
+        server = grpc.aio.server()
+        service, method = METHOD.strip("/").split("/")
+        handler = grpc.unary_unary_rpc_method_handler(join)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            # 40 calls at 200 a second, then 10 at 100, on 4 slots, each with a 0.5 s deadline
+            phases = ((200.0, 0.2), (100.0, 0.1))
+            return await _open_loop("grpc", 0.5, port, 1, phases, 4, 1, time.time() + 0.5)
+        finally:
+            await server.stop(None)
+
+    first, second = asyncio.run(scenario())
+    assert len(left) == 40 + 10
+    # the client deadline, as the server sees it (grpc-timeout rounds up: 0.50003 s seen)
+    assert all(0 < x <= 0.501 for x in left), left
+    assert sum(first["counts"].values()) == 40 and sum(second["counts"].values()) == 10
+    total = {k: first["counts"].get(k, 0) + second["counts"].get(k, 0) for k in ("OK", "RESOURCE_EXHAUSTED")}
+    assert total == {"OK": 25, "RESOURCE_EXHAUSTED": 25}
+    assert len(first["answered"]) + len(second["answered"]) == 25
+
+
+def test_an_http_open_loop_refuses_a_client_deadline_it_cannot_send() -> None:
+    with pytest.raises(ValueError, match="gRPC option"):
+        asyncio.run(_open_loop("http", 0.5, 1, 1, ((1.0, 1.0),), 1, 1, time.time() + 1))
