@@ -57,6 +57,15 @@ VARIANTS = {
 }
 
 
+def variants(transport: str) -> dict[str, str]:
+    """The servers a run compares; over gRPC the default beside one that does not count
+    the calls waiting in grpc core (as before 2026-12-06 18:20)."""
+    if transport != "grpc":
+        return VARIANTS
+    first, *rest = VARIANTS.items()
+    return dict([first, ("gRPC queue unseen", "limits: {shed_grpc_queue: false}\n"), *rest])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--transport", choices=tuple(TRANSPORTS), default="http")
@@ -81,7 +90,7 @@ def main() -> int:
         url = stack.enter_context(redis(work))
         cfgs = {
             name: config(work, url, f"v{i}", cache=False, extra=extra)
-            for i, (name, extra) in enumerate(VARIANTS.items())
+            for i, (name, extra) in enumerate(variants(a.transport).items())
         }
         materialize(work, next(iter(cfgs.values())))
         servers = {name: stack.enter_context(server(work, cfg, a.workers)) for name, cfg in cfgs.items()}
@@ -102,7 +111,7 @@ def main() -> int:
         closed = {
             (name, c): closed_loop(a.transport, servers[name], a.batch, c, 8)
             for c in CLOSED_LOOP
-            for name in CLOSED_LOOP_SERVERS
+            for name in tuple(cfgs)[:3]  # the default and the two variants after it
         }
         # the same measure again at the end: how steady the machine was over the run
         last = closed_loop(a.transport, servers["no shedding"], a.batch, 64, 5)
@@ -146,7 +155,6 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
 
 
 CLOSED_LOOP = (32, 64, 96, 128)
-CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor in joins before it, the 25 ms target
 
 
 def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Namespace) -> list[str]:
@@ -208,8 +216,10 @@ def render(
         f"| server | offered QPS | answered {ok} | shed {shed} | other | answered p50 / p99 / p99.9 ms | "
         "from the write: p99 / p99.9 ms | connection wait p50 / p99 ms | load late p99 / p99.9 ms | load CPU s | "
         f"connection held, mean ms | limit / floor (median) / loop lag (median, ms) | after: offered | after: {ok} | "
-        f"after: {shed} | after: p99 ms | after: limit |",
-        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        f"after: {shed} | after: p99 ms | after: limit |"
+        + (" calls queued in grpc core (median / max) |" if grpc else ""),
+        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"
+        + ("---|" if grpc else ""),
     ]
     for name, r in results.items():
         o, rec = r["overload"], r["recovery"]
@@ -220,6 +230,12 @@ def render(
             f"{o['load_cpu_s']} | {o['held_mean_ms']} | "
             f"{_limit(o['limit_median'])} / {_limit(o['floor_median'])} / {o['lag_median_ms']} | {rec['rate']:,} | "
             f"{rec['answered']:,} | {rec['shed']:,} | {rec['p99_ms']} | {_limit(rec['limit_median'])} |"
+            + (
+                f" {o['queued_median']:,.0f} / {o['queued_max']:,.0f} |"
+                if grpc and o["queued_max"] is not None
+                else ""
+            )
+            + (" - |" if grpc and o["queued_max"] is None else "")
         )
     return out
 

@@ -24,6 +24,7 @@ import uvicorn
 from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
+from featurestore.api.grpc_backlog import GrpcBacklog
 from featurestore.api.http import HttpApi, OpsApi
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
@@ -188,7 +189,12 @@ class Listeners:
             page = LineagePage()
             for path in ("/lineage", "/lineage/{asset:path}"):
                 http_api.app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)  # type: ignore[arg-type]
-        self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
+        self.grpc, backlog = GrpcBacklog.create_server(
+            lambda: create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port()),
+            lambda: self.grpc_api.in_handlers,
+        )
+        if backlog is not None and limits.shed_grpc_queue:  # a queue of this worker's (grpc_backlog.py)
+            self.shedder.hidden = backlog.queued
         self.grpc_api.register(self.grpc)
         host = config.grpc.host
         target = f"[{host}]:{config.grpc.port}" if ":" in host else f"{host}:{config.grpc.port}"  # IPv6: [::]

@@ -68,6 +68,9 @@ class GrpcApi:
         self.deadline_ms = deadline_ms
         self.health = health.aio.HealthServicer()
         self._inflight = metrics.inflight("grpc")
+        # Calls grpc has handed to Join's and Push's handlers and they have not ended: what
+        # grpc_backlog.py takes off the calls grpc core has in progress to find its queue.
+        self.in_handlers = 0
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._deadlines = Deadlines()  # the wait for a call's message (one event loop)
@@ -122,25 +125,39 @@ class GrpcApi:
         # for its message, a refusal and a shed one included
         self._inflight.inc()
         LONE_CALLS.set(self._inflight)  # this call's task (grpc.aio's, one per call) only
+        self._taken_up()
         try:
             return await self._join(await self._request(context, call), context, call)
         finally:
             self._inflight.dec()
+            self.in_handlers -= 1
 
     async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
         self._inflight.inc()
         LONE_CALLS.set(self._inflight)
+        self._taken_up()
         try:
             return await self._join(request, context, call)
         finally:
             self._inflight.dec()
+            self.in_handlers -= 1
 
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
         context.add_done_callback(call.finish)
-        return await self._push(await self._request(context, call), context, call)
+        self._taken_up()
+        try:
+            return await self._push(await self._request(context, call), context, call)
+        finally:
+            self.in_handlers -= 1
+
+    def _taken_up(self) -> None:
+        """A call grpc handed to a handler: it has left grpc core's queue."""
+        self.in_handlers += 1
+        if self.shedder is not None:
+            self.shedder.taken_up()
 
     async def _request(self, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         """The call's one request message, awaited for what is left of
