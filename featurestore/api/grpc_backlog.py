@@ -96,7 +96,7 @@ class GrpcBacklog:
             return 0
         waiting = started - ended - self.in_handlers()
         if on_time:
-            self.baseline = waiting
+            self.baseline = max(0, waiting)  # (below 0: a handler's call that ended in between)
         queued = max(0, waiting - self.baseline)
         QUEUED.set(queued)
         return queued

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featurestore.api.grpc_backlog import GrpcBacklog, server_ids
 from featurestore.overload import LATENCY, LoadShedder
@@ -165,3 +167,57 @@ def test_no_call_taken_up_from_an_empty_queue_counts_below_zero() -> None:
     s = LoadShedder(1024, TARGET, cpu_clock=CpuClock())
     s.taken_up()
     assert s.queued == 0
+
+
+@pytest.mark.parametrize("counted", [True, False])
+async def test_the_server_process_wires_its_grpc_servers_queue_to_its_shedder_unless_configured_off(
+    tmp_path: Path, counted: bool
+) -> None:
+    from featurestore.config import load_config
+    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+    from featurestore.process import Listeners
+    from featurestore.registry.admin import RegistryAdmin
+    from featurestore.registry.file import FileRegistry
+    from featurestore.runtime import build_runtime
+    from tests.harness import free_port
+
+    user = Entity("user_id", DType.INT64)
+    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+            ("http", "port"): free_port(),
+            ("grpc", "port"): free_port(),
+            ("limits", "shed_grpc_queue"): counted,
+        },
+    )
+    rt = await build_runtime(config)
+    try:
+        listeners = Listeners(rt)
+        try:
+            hidden = listeners.shedder.hidden
+            if not counted:
+                assert hidden is None
+                return
+            assert hidden is not None
+            backlog = hidden.__self__  # type: ignore[attr-defined]
+            assert isinstance(backlog, GrpcBacklog) and backlog.server_id in server_ids()
+            await listeners.grpc.start()
+            port = rt.config.grpc.port
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                # a health Watch: a call that stays open, in no handler of ours
+                watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+                await watch.read()
+                assert hidden(False) == 1  # read from this very server's counts
+                assert hidden(True) == 0 and hidden(False) == 0  # on time: the baseline
+                watch.cancel()
+        finally:
+            listeners.sock.close()
+            await listeners.grpc.stop(None)
+            listeners.guard.close()
+    finally:
+        await rt.close()
