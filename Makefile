@@ -24,7 +24,7 @@ help:
 	@echo "make unit     the unit tests only (seconds, no servers)"
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
-	@echo "              overload, a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
+	@echo "              overload (HTTP, gRPC), a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
 	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~90 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
@@ -98,6 +98,8 @@ bench: bench-feast
 	$(PY) -m benchmarks.redis_protocol
 	$(PY) -m benchmarks.overload
 	$(PY) -m benchmarks.overload --batch 1000
+	$(PY) -m benchmarks.overload --transport grpc
+	$(PY) -m benchmarks.overload --transport grpc --client-deadline-ms 500
 	$(PY) -m benchmarks.store_faults
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md

@@ -2,7 +2,7 @@
 several processes, over HTTP/1.1 keep-alive connections or gRPC channels.
 
 At most ``conns`` requests are in flight (a caller's connection pool: HTTP connections, or
-as many gRPC calls over 4 channels a process); a request waits for a free one, and its
+as many gRPC calls over 16 channels a process); a request waits for a free one, and its
 latency runs from its scheduled time, so the wait counts (no coordinated omission). The
 server's shedding limit, floor, event loop lag and gRPC calls queued in grpc core are read from its /metrics once a
 second meanwhile. Used by benchmarks.overload (and ``bodies``/``exchange``/``sleep_until``
@@ -120,11 +120,15 @@ class Http:
             self.idle.get_nowait()[1].close()
 
 
-GRPC_CHANNELS = 4  # connections a load process opens, as benchmarks.grpc_load's
+# Connections a load process opens: the kernel spreads them over the workers by a hash
+# (SO_REUSEPORT), and with 8 in all (4 a process, grpc_load's default) one worker gets 6 or
+# more of them in 29% of runs (binomial; review 32), at 3x the saturation rate while the
+# other sees 1x. With 32 that split is 0.1%.
+GRPC_CHANNELS = 16
 
 
 class Grpc:
-    """gRPC: at most ``conns`` calls in flight, over 4 channels of the process's own
+    """gRPC: at most ``conns`` calls in flight, over 16 channels of the process's own
     (HTTP/2 multiplexes them; the server allows limits.max_concurrent_streams, 1,024, a
     connection). Serialized requests in, answers not parsed (benchmarks.grpc_load's). No
     client deadline by default (the server's limits.deadline_ms applies, as to HTTP's

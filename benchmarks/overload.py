@@ -6,8 +6,9 @@ and without load shedding, then the recovery; over HTTP or gRPC (``--transport``
    server's answers would understate it).
 2. Open loop at ``--factor`` x S (2 by default) for ``--duration`` s
    (benchmarks.open_loop): requests are sent on a fixed schedule whatever the answers,
-   at most ``--connections`` (256) in flight (HTTP connections, or gRPC calls over 4
-   channels a process) from ``--procs`` processes. A request's latency runs from its
+   at most ``--connections`` (256) in flight (HTTP connections, or gRPC calls over 16
+   channels a process; ``--client-deadline-ms``: each call with its own deadline, as the
+   bundled client sends one) from ``--procs`` processes. A request's latency runs from its
    scheduled time, so waiting for a free connection counts (no coordinated omission).
    Reported: answered (200 / OK) p50/p99/p99.9, shed (503 / RESOURCE_EXHAUSTED) and
    other outcomes.
@@ -15,22 +16,27 @@ and without load shedding, then the recovery; over HTTP or gRPC (``--transport``
    requests (expected none) and latency. During both, the server's shedding limit (the
    lowest worker's) and event loop lag are read from its /metrics once a second.
 4. What shedding costs a closed loop: concurrency 32, 64, 96 and 128 against the
-   default server, the floor of 64 joins whatever their cost and the 25 ms target, with
-   the joins each had shed (a closed loop at saturation is a queue too).
+   default server and the next two (HTTP: the floor of 64 joins whatever their cost and
+   the 25 ms target; gRPC: the queue in grpc core unseen and the floor of 64), with the
+   joins each had shed (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64, shed_floor_ms 25: the
 floor is 64 joins a worker, or the fewer that fit in 25 ms of its event loop's CPU at the
 join cost it measures), the same with the floor of 64 joins whatever their cost, as it was from
 2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the same with a 25 ms target (how much
-the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
-how long a request waited for a free connection and how long it held one (Little's law:
-connections / held is what the callers can carry), and the lowest worker's limit and
-floor (median of the scrapes).
+the target matters), and ``no shedding`` (limits.shed false); over gRPC also ``gRPC queue
+unseen`` after the default (limits.shed_grpc_queue false: the shedder counts only the calls
+grpc has handed to a handler, as before 2026-12-06 18:20). Each open-loop row also says how
+long a request waited for a free connection and how long it held one (Little's law:
+connections / held is what the callers can carry), the lowest worker's limit and floor
+(median of the scrapes) and, over gRPC, the calls queued in grpc core (summed over the
+workers: median / max of the scrapes).
 HTTP at batch 100 writes ``results/overload.md``, another batch ``results/overload-b<batch>.md``;
-gRPC ``results/overload-grpc.md`` (``overload-grpc-b<batch>.md``).
+gRPC ``results/overload-grpc[-deadline][-b<batch>].md``.
 
-    python -m benchmarks.overload [--transport http|grpc] [--batch 100] [--factor 2] [--duration 10]
+    python -m benchmarks.overload [--transport http|grpc] [--client-deadline-ms MS] [--batch 100]
+                                  [--factor 2] [--duration 10]
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.open_loop import TRANSPORTS, open_loop
+from benchmarks.open_loop import GRPC_CHANNELS, TRANSPORTS, open_loop
 from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis, server, wrk
 
@@ -139,7 +145,7 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
     if transport == "grpc":
         from benchmarks.grpc_load import measure
 
-        r = measure(f"127.0.0.1:{srv['grpc']}", batch, conc, seconds)
+        r = measure(f"127.0.0.1:{srv['grpc']}", batch, conc, seconds, channels=GRPC_CHANNELS)
         shed = r["codes"].get(TRANSPORTS["grpc"].shed, 0)
         return {
             "requests": r["requests"] + r["errors"], "answered": r["requests"], "shed": shed,
@@ -186,7 +192,7 @@ def render(
         if grpc
         else " (wrk)"
     )
-    slots = "calls in flight over 4 gRPC channels a process" if grpc else "connections"
+    slots = f"calls in flight over {GRPC_CHANNELS} gRPC channels a process" if grpc else "connections"
     if a.client_deadline_ms is not None:
         slots += (
             f", each call with its own {a.client_deadline_ms:g} ms deadline (as the bundled client sends)"
@@ -230,14 +236,19 @@ def render(
             f"{o['load_cpu_s']} | {o['held_mean_ms']} | "
             f"{_limit(o['limit_median'])} / {_limit(o['floor_median'])} / {o['lag_median_ms']} | {rec['rate']:,} | "
             f"{rec['answered']:,} | {rec['shed']:,} | {rec['p99_ms']} | {_limit(rec['limit_median'])} |"
-            + (
-                f" {o['queued_median']:,.0f} / {o['queued_max']:,.0f} |"
-                if grpc and o["queued_max"] is not None
-                else ""
-            )
-            + (" - |" if grpc and o["queued_max"] is None else "")
+            + (_queued(name, o) if grpc else "")
         )
     return out
+
+
+# the servers whose shedder reads no gRPC queue (limits.shed_grpc_queue or shed off): it reads 0
+UNREAD = ("gRPC queue unseen", "no shedding")
+
+
+def _queued(name: str, o: dict[str, Any]) -> str:
+    if name in UNREAD or o["queued_max"] is None:
+        return " - |"
+    return f" {o['queued_median']:,.0f} / {o['queued_max']:,.0f} |"
 
 
 def _other(counts: dict[str, int]) -> str:

@@ -93,6 +93,8 @@ PARTS = (
     "redis-protocol.md",
     "overload.md",
     "overload-b1000.md",
+    "overload-grpc.md",
+    "overload-grpc-deadline.md",
     "store-faults.md",
     "scaling.md",
     "experiments.md",

@@ -32,9 +32,9 @@ below).
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
-* Joins in flight include gRPC calls waiting in grpc core, where a grpc.aio server takes
-  up one a loop iteration (read once an interval: api/grpc_backlog.py); a late loop with
-  few joins started and hundreds of calls waiting there is a standing queue, and is cut.
+* Joins in flight include gRPC calls waiting in grpc core for a grpc.aio server to take
+  them up, one at a time (read once an interval: api/grpc_backlog.py): a late loop with few
+  joins started and hundreds of calls waiting there is a standing queue, and is cut.
 * So is one with less of its deadline left than the loop's standing lag (the smaller of
   the last two intervals' mean lags: one late interval is a burst or a stall, not a
   queue): every step of a join waits about that long for the loop, so it could not
@@ -265,9 +265,9 @@ class LoadShedder:
         """None: go ahead (and call ``done`` at the end); else the reason to shed.
         ``remaining``: seconds left of the request's deadline."""
         inflight = self.inflight
-        if inflight + self.queued >= self.limit:
+        if inflight + self.queued >= self.limit:  # (the calls queued count against the cap too)
             self._refused += 1
-            return INFLIGHT if inflight >= self.max_limit else LATENCY
+            return INFLIGHT if self.limit >= self.max_limit else LATENCY
         if 0.0 < remaining < self.lag:  # (a deadline already gone is the join's 504, not a shed)
             self._refused += 1
             return DEADLINE
@@ -348,7 +348,7 @@ class LoadShedder:
             await self._sample()
         finally:  # cancelled, or a report failed: nothing adapts the limit any more, and
             # no lag is known (a lag frozen at its last sample would shed by the deadline)
-            self.limit, self.lag = self.max_limit, 0.0
+            self.limit, self.lag, self.queued = self.max_limit, 0.0, 0
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds

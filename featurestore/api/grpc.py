@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import NoReturn
 
 import grpc
@@ -68,9 +69,6 @@ class GrpcApi:
         self.deadline_ms = deadline_ms
         self.health = health.aio.HealthServicer()
         self._inflight = metrics.inflight("grpc")
-        # Calls grpc has handed to Join's and Push's handlers and they have not ended: what
-        # grpc_backlog.py takes off the calls grpc core has in progress to find its queue.
-        self.in_handlers = 0
         self._join_outcomes = Outcomes(JOIN_METHOD, "grpc")
         self._push_outcomes = Outcomes(PUSH_METHOD, "grpc")
         self._deadlines = Deadlines()  # the wait for a call's message (one event loop)
@@ -125,39 +123,25 @@ class GrpcApi:
         # for its message, a refusal and a shed one included
         self._inflight.inc()
         LONE_CALLS.set(self._inflight)  # this call's task (grpc.aio's, one per call) only
-        self._taken_up()
         try:
             return await self._join(await self._request(context, call), context, call)
         finally:
             self._inflight.dec()
-            self.in_handlers -= 1
 
     async def _join_unary_rpc(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._join_outcomes, context)
         context.add_done_callback(call.finish)
         self._inflight.inc()
         LONE_CALLS.set(self._inflight)
-        self._taken_up()
         try:
             return await self._join(request, context, call)
         finally:
             self._inflight.dec()
-            self.in_handlers -= 1
 
     async def _push_rpc(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         call = Call(self._push_outcomes, context)
         context.add_done_callback(call.finish)
-        self._taken_up()
-        try:
-            return await self._push(await self._request(context, call), context, call)
-        finally:
-            self.in_handlers -= 1
-
-    def _taken_up(self) -> None:
-        """A call grpc handed to a handler: it has left grpc core's queue."""
-        self.in_handlers += 1
-        if self.shedder is not None:
-            self.shedder.taken_up()
+        return await self._push(await self._request(context, call), context, call)
 
     async def _request(self, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         """The call's one request message, awaited for what is left of
@@ -336,7 +320,12 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) -> grpc.aio.Server:
+def create_server(
+    max_message_bytes: int,
+    limits: GrpcConfig,
+    reuse_port: bool,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
     by default, and a second server started by mistake on the same port would quietly
     take half the traffic instead of failing to bind.
@@ -348,6 +337,7 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
     beyond ``max_concurrent_streams`` wait in the client."""
     ms = _milliseconds
     return grpc.aio.server(
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -364,7 +354,7 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
             ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
             ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
-        ]
+        ],
     )
 
 

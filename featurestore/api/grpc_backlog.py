@@ -2,37 +2,37 @@
 see them.
 
 grpc.aio takes up one call at a time from grpc core: its server loop asks core for the
-next call and awaits it, one event-loop iteration at least each. While the loop runs
-late, calls that have arrived wait in core, unseen by any handler: under twice the
-saturation rate at batch 100 (2026-12-06 18:00, a loaded machine) they waited 100-800 ms
-there at p99 (the time from their arrival, as their deadline told it, to their handler)
-while fewer joins than the shedder's floor were in flight, so it never cut: answered calls
-came back 700-900 ms after they were sent, the deadline 500 ms. Over HTTP nothing waits
-so: uvicorn reads every readable connection each iteration, and a request read is a join
-the shedder counts.
+next call and awaits it, an event-loop iteration at least each. While the loop runs late,
+calls that have arrived wait in core, unseen by any handler: under twice the saturation
+rate at batch 100 (2026-12-06 18:00, a loaded machine) they waited 100-800 ms there at p99
+(from their arrival, as their deadline told it, to their handler) while fewer joins than
+the shedder's floor were in flight, so it never cut: answered calls came back 700-900 ms
+after they were sent, the deadline 500 ms. Over HTTP nothing waits so: uvicorn reads every
+readable connection each iteration, and a request read is a join the shedder counts.
 
-grpc core counts calls as they arrive (channelz: ``callsStarted``, and ``callsSucceeded``
-+ ``callsFailed`` as they end), so the calls in progress less those in this process's
-handlers is the queue in core, and the shedder counts it as joins in flight
-(overload.py). Calls that stay open for long outside our handlers (a health ``Watch``, a
-reflection stream) would read as queued for ever: a reading taken while the event loop
-runs on time (so nothing can be waiting in core for long) is their ``baseline``, taken
-off later readings. A reading costs ~60-130 us (a JSON of the server's counters), once
-per 100 ms shedding interval.
+grpc core counts calls as they arrive (channelz's ``callsStarted``), and ``TakeUps``, a
+server interceptor (grpc runs it for every call it hands to Python: health, reflection
+and unknown methods too), counts those taken up, so the queue in core is the one less the
+other. Calls core ends without handing them over (beyond its pending limit, 1,000 by
+default: review 32 saw 35 of 1,400) would count for ever; so an interval with the loop on
+time and no call taken up (with a call waiting, the loop would have taken it up) sets the
+queue to none, whatever is counted. A reading costs ~60-130 us (channelz's JSON of the
+server's counters), once per 100 ms shedding interval; the interceptor an await a call.
 
 channelz is read through ``grpc._cython.cygrpc``, the module the grpcio-channelz package
 itself reads it through (its servicer returns the same JSON, parsed into protobuf):
-tests/unit/test_grpc_backlog.py fails if that changes.
+tests/unit/test_grpc_backlog.py fails if that changes, and a failure here is logged and
+leaves the shedder without the queue, never the worker without gRPC.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
-from grpc._cython import cygrpc
 from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
@@ -40,63 +40,111 @@ log = logging.getLogger(__name__)
 QUEUED = Gauge(
     "featurestore_grpc_queued_calls",
     "gRPC calls waiting in grpc core for the worker's event loop to take them up (channelz's "
-    "calls in progress less those in handlers), summed over workers, as each worker's load "
-    "shedder last read them (once per 100 ms): counted by it as joins in flight.",
+    "calls started less those taken up), summed over workers, as each worker's load shedder "
+    "last read them (once per 100 ms; 0 with limits.shed or limits.shed_grpc_queue off).",
     multiprocess_mode="livesum",
 )
 
 
+class TakeUps(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio has no type hints
+    """Counts the calls grpc hands to Python, and tells ``on_take_up`` of each."""
+
+    def __init__(self, on_take_up: Callable[[], None]) -> None:
+        self.taken = 0
+        self.on_take_up = on_take_up
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        self.taken += 1
+        self.on_take_up()
+        return await continuation(handler_call_details)
+
+
+def _servers() -> list[dict[str, Any]]:
+    """channelz's listing of this process's gRPC servers, every page of it."""
+    from grpc._cython import cygrpc
+
+    found: list[dict[str, Any]] = []
+    while True:
+        start = int(found[-1]["ref"]["serverId"]) + 1 if found else 0
+        page = json.loads(cygrpc.channelz_get_servers(start))
+        found += page.get("server", [])
+        if page.get("end", True) or not page.get("server"):
+            return found
+
+
 def server_ids() -> set[int]:
     """The channelz ids of this process's gRPC servers."""
-    listing = json.loads(cygrpc.channelz_get_servers(0))
-    return {int(s["ref"]["serverId"]) for s in listing.get("server", [])}
+    return {int(s["ref"]["serverId"]) for s in _servers()}
 
 
 class GrpcBacklog:
-    """Calls one gRPC server has started that none of its handlers has taken up yet.
-    ``in_handlers``: the calls in this process's handlers now (``GrpcApi.in_handlers``)."""
+    """Calls one gRPC server has started that Python has not taken up yet."""
 
-    __slots__ = ("baseline", "in_handlers", "server_id")
+    __slots__ = ("dropped", "server_id", "take_ups", "taken_at_read")
 
-    def __init__(self, server_id: int, in_handlers: Callable[[], int]) -> None:
+    def __init__(self, server_id: int, take_ups: TakeUps) -> None:
         self.server_id = server_id
-        self.in_handlers = in_handlers
-        self.baseline = 0
+        self.take_ups = take_ups
+        self.dropped = 0  # calls core started and ended without handing them over
+        self.taken_at_read = take_ups.taken
 
     @classmethod
     def create_server(
-        cls, create: Callable[[], grpc.aio.Server], in_handlers: Callable[[], int]
+        cls, create: Callable[[TakeUps], grpc.aio.Server], on_take_up: Callable[[], None]
     ) -> tuple[grpc.aio.Server, GrpcBacklog | None]:
-        """``create()``'s server and its backlog: the channelz id that appeared with it
-        (None, and logged, if not exactly one did: the shedder then sees no backlog)."""
-        before = server_ids()
-        server = create()
-        new = server_ids() - before
+        """``create(interceptor)``'s server and its backlog: the channelz id that appeared
+        with it. None (logged) if channelz cannot be read or not exactly one id appeared (a
+        server created on another thread meanwhile): the shedder then sees no queue."""
+        take_ups = TakeUps(on_take_up)
+        try:
+            before = server_ids()
+        except Exception:
+            log.exception("gRPC's channelz cannot be read: the load shedder sees no gRPC queue")
+            return create(take_ups), None
+        server = create(take_ups)
+        try:
+            new = server_ids() - before
+        except Exception:
+            log.exception("gRPC's channelz cannot be read: the load shedder sees no gRPC queue")
+            return server, None
         if len(new) != 1:
             log.warning(
-                "gRPC's channelz shows %d new servers, not 1: the load shedder sees no gRPC backlog", len(new)
+                "gRPC's channelz shows %d new servers, not 1: the load shedder sees no gRPC queue", len(new)
             )
             return server, None
-        return server, cls(new.pop(), in_handlers)
+        return server, cls(new.pop(), take_ups)
 
     def queued(self, on_time: bool) -> int:
         """The calls waiting in core now. ``on_time``: the event loop ran on time over the
-        last interval, so what reads as waiting is calls open outside our handlers. A
-        reading that fails is logged, and the backlog reads 0 from then on (the shedder
-        goes on without it, as it did before it read one)."""
+        interval since the last reading. A reading that fails (the server stopped, or
+        channelz changed) is logged once, and the queue reads none from then on."""
         if self.server_id < 0:
             return 0
+        from grpc._cython import cygrpc
+
         try:
             found = json.loads(cygrpc.channelz_get_server(self.server_id))["server"]["data"]
-            started = int(found.get("callsStarted", 0))  # (channelz leaves out a zero count)
-            ended = int(found.get("callsSucceeded", 0)) + int(found.get("callsFailed", 0))
-        except Exception:
-            log.exception("reading gRPC's channelz failed: the load shedder sees no gRPC backlog from now")
+            started = int(found.get("callsStarted", 0))  # (a count of 0 may be left out)
+        except Exception as e:
+            log.warning(
+                "reading gRPC's channelz failed (%s): the load shedder sees no gRPC queue from now", e
+            )
             self.server_id = -1
+            QUEUED.set(0)
             return 0
-        waiting = started - ended - self.in_handlers()
-        if on_time:
-            self.baseline = max(0, waiting)  # (below 0: a handler's call that ended in between)
-        queued = max(0, waiting - self.baseline)
+        taken = self.take_ups.taken
+        if on_time and taken == self.taken_at_read:  # none taken up with the loop free: none waits
+            self.dropped = started - taken
+        self.taken_at_read = taken
+        queued = max(0, started - taken - self.dropped)
         QUEUED.set(queued)
         return queued
+
+    def close(self) -> None:
+        """The server is stopping: read no more (its channelz entry goes with it)."""
+        self.server_id = -1
+        QUEUED.set(0)

@@ -1,66 +1,78 @@
-"""gRPC calls waiting in grpc core for a worker's event loop: read from channelz (a
-private module of grpcio's: these tests fail if it changes), and counted by the load
-shedder as joins in flight."""
+"""gRPC calls waiting in grpc core for a worker's event loop: channelz's count of calls
+started (a private module of grpcio's: these tests fail if it changes) less the calls grpc
+handed to Python, counted by the load shedder as joins in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from featurestore.api.grpc_backlog import GrpcBacklog, server_ids
-from featurestore.overload import LATENCY, LoadShedder
+from featurestore.api.grpc_backlog import GrpcBacklog, TakeUps, server_ids
+from featurestore.overload import INFLIGHT, LATENCY, LoadShedder
 from tests.unit.test_overload import TARGET, CpuClock, samples
 
 METHOD = "/t.Backlog/Call"
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def _server(handler: object) -> tuple[grpc.aio.Server, GrpcBacklog, list[int]]:
-    """A grpc.aio server with one method, its backlog, and the count its handlers keep."""
-    in_handlers = [0]
+def _server(handler: Handler, **options: int) -> tuple[grpc.aio.Server, GrpcBacklog]:
+    """A grpc.aio server with one method (client-streaming, as Join's) and its backlog."""
 
-    def create() -> grpc.aio.Server:
-        server = grpc.aio.server()
-        method = (
-            grpc.stream_unary_rpc_method_handler(handler) if asyncio.iscoroutinefunction(handler) else handler
-        )
+    def create(take_ups: TakeUps) -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=(take_ups,), options=list(options.items()))
+        method = grpc.stream_unary_rpc_method_handler(handler)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("t.Backlog", {"Call": method}),)
         )
         return server
 
-    server, backlog = GrpcBacklog.create_server(create, lambda: in_handlers[0])
+    server, backlog = GrpcBacklog.create_server(create, lambda: None)
     assert backlog is not None
-    return server, backlog, in_handlers
+    return server, backlog
+
+
+async def _calls(port: int, n: int, method: str = METHOD) -> list[Any]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = ch.stream_unary(method)
+        return await asyncio.gather(
+            *(stub(iter([b""]), timeout=10) for _ in range(n)), return_exceptions=True
+        )
+
+
+def _blocking(seen: list[int], backlog: list[GrpcBacklog]) -> Handler:
+    """A handler that reads the queue, then blocks the loop for 10 ms: the calls after it
+    wait in core. Its readings alternate on time and late: calls were taken up since each
+    last one, so what waits counts either way."""
+
+    async def call(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+        async for _ in requests:
+            pass
+        seen.append(backlog[0].queued(on_time=len(seen) % 2 == 0))
+        time.sleep(0.01)  # noqa: ASYNC251 (the point: a loop too busy to take calls up)
+        return b""
+
+    return call
 
 
 def test_calls_grpc_core_holds_while_the_loop_is_blocked_read_as_queued_and_none_once_taken_up() -> None:
     seen: list[int] = []
+    holder: list[GrpcBacklog] = []
 
     async def scenario() -> int:
-        async def call(requests: object, context: grpc.aio.ServicerContext) -> bytes:
-            in_handlers[0] += 1
-            try:
-                async for _ in requests:  # type: ignore[attr-defined]
-                    pass
-                seen.append(backlog.queued(on_time=False))
-                time.sleep(0.01)  # noqa: ASYNC251 (the loop blocked: the calls after this one wait in core)
-                return b""
-            finally:
-                in_handlers[0] -= 1
-
-        server, backlog, in_handlers = _server(call)
+        server, backlog = _server(_blocking(seen, holder))
+        holder.append(backlog)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                stub = ch.stream_unary(METHOD)
-                await asyncio.gather(*(stub(iter([b""]), timeout=10) for _ in range(40)))
+            assert all(isinstance(r, bytes) for r in await _calls(port, 40))
             return backlog.queued(on_time=False)
         finally:
             await server.stop(None)
@@ -68,68 +80,140 @@ def test_calls_grpc_core_holds_while_the_loop_is_blocked_read_as_queued_and_none
     after = asyncio.run(scenario())
     assert len(seen) == 40
     assert max(seen) >= 10  # most of the 40 arrived while the first ones held the loop
-    assert after == 0  # every call ended: none waits
+    assert max(seen[i] for i in range(0, 40, 2)) >= 10  # (the on-time readings too)
+    assert after == 0  # every call was taken up: none waits
 
 
-def test_a_call_open_outside_the_handlers_counted_is_the_baseline_of_an_on_time_reading() -> None:
-    async def scenario() -> tuple[int, int, int]:
+def test_calls_core_ends_without_handing_them_over_are_no_queue_once_an_on_time_interval_takes_none() -> None:
+    seen: list[int] = []
+    holder: list[GrpcBacklog] = []
+
+    async def scenario() -> tuple[int, int, int, int]:
+        # core's pending limit at 2 (hard 4): of calls that arrive while the loop is
+        # blocked, it ends most with CANCELLED, never handing them to Python
+        server, backlog = _server(
+            _blocking(seen, holder),
+            **{"grpc.server.max_pending_requests": 2, "grpc.server.max_pending_requests_hard_limit": 4},
+        )
+        holder.append(backlog)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            results = await _calls(port, 40)
+            dropped = sum(1 for r in results if not isinstance(r, bytes))
+            counted = backlog.queued(on_time=False)  # calls were taken up since the last reading
+            quiet = backlog.queued(on_time=True)  # none since, the loop free: none waits
+            return dropped, counted, quiet, backlog.queued(on_time=False)
+        finally:
+            await server.stop(None)
+
+    dropped, counted, quiet, after = asyncio.run(scenario())
+    assert dropped >= 10 and counted == dropped  # started, never taken up: read as waiting
+    assert (quiet, after) == (0, 0)
+
+
+def test_a_call_open_for_long_in_a_handler_is_taken_up_not_queued() -> None:
+    async def scenario() -> tuple[int, int]:
         release = asyncio.Event()
 
-        async def call(requests: object, context: grpc.aio.ServicerContext) -> bytes:
-            await release.wait()  # a long-lived call (a health Watch's kind), counted by no handler
+        async def call(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+            await release.wait()  # a long-lived call, as a health Watch
             return b""
 
-        server, backlog, _ = _server(call)
+        server, backlog = _server(call)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 pending = asyncio.ensure_future(ch.stream_unary(METHOD)(iter([b""]), timeout=10))
                 await asyncio.sleep(0.2)  # the call in its handler
-                late = backlog.queued(on_time=False)  # before any on-time reading: it reads as queued
-                on_time = backlog.queued(on_time=True)
-                again = backlog.queued(on_time=False)
+                readings = backlog.queued(on_time=False), backlog.queued(on_time=True)
                 release.set()
                 await pending
-            return late, on_time, again
+            return readings
         finally:
             await server.stop(None)
 
-    assert asyncio.run(scenario()) == (1, 0, 0)
+    assert asyncio.run(scenario()) == (0, 0)
 
 
-def test_a_channelz_reading_that_fails_is_logged_once_and_reads_no_backlog_after(
+def test_a_channelz_reading_that_fails_is_logged_once_and_reads_no_queue_after(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backlog = GrpcBacklog(max(server_ids(), default=0) + 10_000, lambda: 0)  # no such server
-    with caplog.at_level(logging.ERROR, "featurestore.api.grpc_backlog"):
+    backlog = GrpcBacklog(max(server_ids(), default=0) + 10_000, TakeUps(lambda: None))  # no such server
+    with caplog.at_level(logging.WARNING, "featurestore.api.grpc_backlog"):
         assert [backlog.queued(on_time=False) for _ in range(3)] == [0, 0, 0]
     assert len([r for r in caplog.records if "channelz" in r.getMessage()]) == 1
 
 
-def test_a_server_channelz_does_not_show_as_new_gets_no_backlog(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_closed_backlog_reads_no_queue_and_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    backlog = GrpcBacklog(max(server_ids(), default=0) + 10_000, TakeUps(lambda: None))
+    backlog.close()
+    with caplog.at_level(logging.DEBUG, "featurestore.api.grpc_backlog"):
+        assert backlog.queued(on_time=False) == 0
+    assert not caplog.records
+
+
+def test_a_server_that_does_not_show_in_channelz_as_new_gets_no_backlog(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def scenario() -> GrpcBacklog | None:
         server = grpc.aio.server()
-        _, backlog = GrpcBacklog.create_server(lambda: server, lambda: 0)  # created before: not new
+        _, backlog = GrpcBacklog.create_server(lambda take_ups: server, lambda: None)  # created before
         await server.stop(None)
         return backlog
 
     with caplog.at_level(logging.WARNING, "featurestore.api.grpc_backlog"):
         assert asyncio.run(scenario()) is None
-    assert "sees no gRPC backlog" in caplog.text
+    assert "sees no gRPC queue" in caplog.text
+
+
+def test_the_interceptor_counts_every_call_grpc_hands_to_python_and_tells_the_shedder() -> None:
+    told: list[int] = []
+
+    async def scenario() -> int:
+        async def call(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+            return b""
+
+        def create(take_ups: TakeUps) -> grpc.aio.Server:
+            server = grpc.aio.server(interceptors=(take_ups,))
+            handler = grpc.stream_unary_rpc_method_handler(call)
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler("t.Backlog", {"Call": handler}),)
+            )
+            from grpc_health.v1 import health
+
+            health_pb2_grpc.add_HealthServicer_to_server(
+                health.aio.HealthServicer(), server
+            )  # registered: no generic lookup
+            return server
+
+        server, backlog = GrpcBacklog.create_server(create, lambda: told.append(1))
+        assert backlog is not None
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            await _calls(port, 2)
+            await _calls(port, 1, "/t.Backlog/Unknown")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+            return backlog.take_ups.taken
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) == 4 and len(told) == 4
 
 
 class Readings:
-    """A backlog the shedder reads: ``late`` calls waiting when the loop was late, 0 when on
-    time; what it was told each time."""
+    """A backlog the shedder reads: ``count`` calls waiting; what it was told each time."""
 
-    def __init__(self, late: int) -> None:
-        self.late = late
+    def __init__(self, count: int) -> None:
+        self.count = count
         self.told: list[bool] = []
 
     def __call__(self, on_time: bool) -> int:
         self.told.append(on_time)
-        return 0 if on_time else self.late
+        return self.count
 
 
 def test_a_late_loop_with_few_joins_started_and_hundreds_waiting_in_grpc_core_is_cut() -> None:
@@ -169,8 +253,27 @@ def test_no_call_taken_up_from_an_empty_queue_counts_below_zero() -> None:
     assert s.queued == 0
 
 
+def test_a_call_refused_for_the_queue_while_the_limit_is_at_the_cap_is_refused_by_the_cap() -> None:
+    s = LoadShedder(16, TARGET, cpu_clock=CpuClock())
+    s.queued = 16
+    assert s.admit() == INFLIGHT  # the cap counts the calls waiting: never cut, so not "latency"
+
+
+def test_a_shedder_that_stops_watching_counts_no_queue() -> None:
+    async def scenario() -> LoadShedder:
+        s = LoadShedder(1024, TARGET, cpu_clock=CpuClock())
+        s.queued = 50
+        task = asyncio.ensure_future(s.watch())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return s
+
+    assert asyncio.run(scenario()).queued == 0
+
+
 @pytest.mark.parametrize("counted", [True, False])
-async def test_the_server_process_wires_its_grpc_servers_queue_to_its_shedder_unless_configured_off(
+async def test_the_server_process_counts_its_grpc_servers_queue_for_its_shedder_unless_configured_off(
     tmp_path: Path, counted: bool
 ) -> None:
     from featurestore.config import load_config
@@ -199,21 +302,20 @@ async def test_the_server_process_wires_its_grpc_servers_queue_to_its_shedder_un
     try:
         listeners = Listeners(rt)
         try:
-            hidden = listeners.shedder.hidden
             if not counted:
-                assert hidden is None
+                assert listeners.shedder.hidden is None and listeners.backlog is None
                 return
-            assert hidden is not None
-            backlog = hidden.__self__  # type: ignore[attr-defined]
-            assert isinstance(backlog, GrpcBacklog) and backlog.server_id in server_ids()
+            backlog = listeners.backlog
+            assert backlog is not None and listeners.shedder.hidden == backlog.queued
+            assert backlog.server_id in server_ids()
             await listeners.grpc.start()
-            port = rt.config.grpc.port
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                # a health Watch: a call that stays open, in no handler of ours
-                watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.config.grpc.port}") as ch:
+                health = health_pb2_grpc.HealthStub(ch)
+                watch = health.Watch(health_pb2.HealthCheckRequest(service=""))  # stays open
                 await watch.read()
-                assert hidden(False) == 1  # read from this very server's counts
-                assert hidden(True) == 0 and hidden(False) == 0  # on time: the baseline
+                await health.Check(health_pb2.HealthCheckRequest(service=""))
+                assert backlog.take_ups.taken == 2  # this very server's calls, taken up
+                assert backlog.queued(on_time=False) == 0
                 watch.cancel()
         finally:
             listeners.sock.close()
