@@ -12,13 +12,20 @@ import pytest
 from tests.harness import ManagedProcess
 
 # Touches its ready file unless told not to, then waits for signals; SIGTERM exits 0
-# unless it is told to ignore it.
+# unless it is told to ignore it. "busy": four threads spin beside the waiting main
+# thread, as a broker's workers serve while its main thread sleeps.
 CHILD = """
-import pathlib, signal, sys
+import pathlib, signal, sys, threading
 ready, mode = sys.argv[1:3]
 if mode == "crash":
     print("cannot start: no config", flush=True)
     sys.exit(3)
+def spin():
+    while True:
+        pass
+if mode == "busy":
+    for _ in range(4):
+        threading.Thread(target=spin, daemon=True).start()
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else (lambda *_: sys.exit(0)))
 if mode != "mute":
     pathlib.Path(ready).touch()
@@ -59,6 +66,28 @@ def test_a_paused_process_still_stops_on_sigterm(tmp_path: Path) -> None:
     child.pause()
     assert child.stop() == 0  # continued, so its SIGTERM handler ran
     assert child.stop() == 0  # stopping twice is harmless
+
+
+def thread_states(pid: int) -> list[str]:
+    """The state letter of each of the process's threads (R, S, T: stopped, ...)."""
+    tasks = sorted(Path(f"/proc/{pid}/task").iterdir())
+    return [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
+
+
+def test_every_thread_of_a_paused_process_is_stopped_when_pause_returns(tmp_path: Path) -> None:
+    """SIGSTOP stops a process asynchronously: the kernel wakes one thread to act on it and
+    the others run on until it does, so a loaded machine let a broker "paused" that way
+    take the next request (the lineage dead-letter test's flake). pause() returns once
+    they all have stopped."""
+    child = Child(tmp_path, "busy").start()
+    try:
+        for _ in range(20):
+            child.pause()
+            assert child.proc is not None
+            assert set(thread_states(child.proc.pid)) == {"T"}
+            child.resume()
+    finally:
+        child.kill()
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
