@@ -24,7 +24,7 @@ import uvicorn
 from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
-from featurestore.api.grpc_backlog import GrpcBacklog
+from featurestore.api.grpc_backlog import PENDING_OPTIONS, GrpcBacklog
 from featurestore.api.http import HttpApi, OpsApi
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
@@ -193,7 +193,11 @@ class Listeners:
         if limits.shed and limits.shed_grpc_queue:  # calls waiting in grpc core: a queue of this worker's
             self.grpc, self.backlog = GrpcBacklog.create_server(
                 lambda take_ups: create_server(
-                    config.limits.max_body_bytes, config.grpc, _reuse_port(), interceptors=(take_ups,)
+                    config.limits.max_body_bytes,
+                    config.grpc,
+                    _reuse_port(),
+                    interceptors=(take_ups,),
+                    options=PENDING_OPTIONS,
                 ),
                 self.shedder.taken_up,
             )

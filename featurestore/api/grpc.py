@@ -325,6 +325,7 @@ def create_server(
     limits: GrpcConfig,
     reuse_port: bool,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    options: Sequence[tuple[str, int]] = (),
 ) -> grpc.aio.Server:
     """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
     by default, and a second server started by mistake on the same port would quietly
@@ -334,7 +335,7 @@ def create_server(
     no count of when it does): idle and aged connections get a GOAWAY, a client pinging
     faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
     metadata over the limit fails the call with RESOURCE_EXHAUSTED, a connection's calls
-    beyond ``max_concurrent_streams`` wait in the client."""
+    beyond ``max_concurrent_streams`` wait in the client. ``options``: more of grpc's."""
     ms = _milliseconds
     return grpc.aio.server(
         interceptors=interceptors or None,
@@ -354,6 +355,7 @@ def create_server(
             ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
             ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            *options,
         ],
     )
 

@@ -13,10 +13,13 @@ readable connection each iteration, and a request read is a join the shedder cou
 grpc core counts calls as they arrive (channelz's ``callsStarted``), and ``TakeUps``, a
 server interceptor (grpc runs it for every call it hands to Python: health, reflection
 and unknown methods too), counts those taken up, so the queue in core is the one less the
-other. Calls core ends without handing them over (beyond its pending limit, 1,000 by
-default: review 32 saw 35 of 1,400) would count for ever; so an interval with the loop on
-time and no call taken up (with a call waiting, the loop would have taken it up) sets the
-queue to none, whatever is counted. A reading costs ~60-130 us (channelz's JSON of the
+other. Calls core ends without handing them over would count for ever, so the server
+counting its queue has core's own bound on it lifted (``PENDING_OPTIONS``: by default core
+ends calls at random past 1,000 waiting and all past 3,000; review 32 saw 35 of 1,400 so
+ended); what is left (calls waiting longer than 30 s, which core ends) is set right by an
+interval with the loop on time and no call taken up (``count``). Measured with core's bound
+at 32 or 64 (2026-12-06 18:39): the calls it ended read as waiting under any steady load,
+and the worker shed 66% of half its saturation rate after the overload. A reading costs ~60-130 us (channelz's JSON of the
 server's counters), once per 100 ms shedding interval; the interceptor an await a call.
 
 channelz is read through ``grpc._cython.cygrpc``, the module the grpcio-channelz package
@@ -43,6 +46,15 @@ QUEUED = Gauge(
     "calls started less those taken up), summed over workers, as each worker's load shedder "
     "last read them (once per 100 ms; 0 with limits.shed or limits.shed_grpc_queue off).",
     multiprocess_mode="livesum",
+)
+
+
+# Core's bound on calls waiting for Python, lifted: the queue read here is what bounds them
+# (with the shedder), and a call core ended itself would read as waiting. Streams a
+# connection may open (grpc.max_concurrent_streams) still bound what a client can queue.
+PENDING_OPTIONS = (
+    ("grpc.server.max_pending_requests", 1_000_000),
+    ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
 )
 
 
@@ -89,7 +101,7 @@ class GrpcBacklog:
     def __init__(self, server_id: int, take_ups: TakeUps) -> None:
         self.server_id = server_id
         self.take_ups = take_ups
-        self.dropped = 0  # calls core started and ended without handing them over
+        self.dropped = 0  # calls core started and ended without handing them over (inferred)
         self.taken_at_read = take_ups.taken
 
     @classmethod
@@ -136,13 +148,18 @@ class GrpcBacklog:
             self.server_id = -1
             QUEUED.set(0)
             return 0
-        taken = self.take_ups.taken
-        if on_time and taken == self.taken_at_read:  # none taken up with the loop free: none waits
-            self.dropped = started - taken
-        self.taken_at_read = taken
-        queued = max(0, started - taken - self.dropped)
+        queued = self.count(started, self.take_ups.taken, on_time)
         QUEUED.set(queued)
         return queued
+
+    def count(self, started: int, taken: int, on_time: bool) -> int:
+        """The queue from the counts: calls started less those taken up, less those core
+        ended itself (``dropped``): nothing counts these, so an interval with the loop on
+        time and no call taken up (a call waiting would have been) sets the queue to none."""
+        if on_time and taken == self.taken_at_read:
+            self.dropped = started - taken
+        self.taken_at_read = taken
+        return max(0, started - taken - self.dropped)
 
     def close(self) -> None:
         """The server is stopping: read no more (its channelz entry goes with it)."""
