@@ -4,7 +4,7 @@ several processes, over HTTP/1.1 keep-alive connections or gRPC channels.
 At most ``conns`` requests are in flight (a caller's connection pool: HTTP connections, or
 as many gRPC calls over 16 channels a process); a request waits for a free one, and its
 latency runs from its scheduled time, so the wait counts (no coordinated omission). The
-server's shedding limit, floor, event loop lag and gRPC calls queued in grpc core are read from its /metrics once a
+server's shedding limit, floor and event loop lag are read from its /metrics once a
 second meanwhile. Used by benchmarks.overload (and ``bodies``/``exchange``/``sleep_until``
 by benchmarks.store_faults).
 """
@@ -123,7 +123,7 @@ class Http:
 # Connections a load process opens: the kernel spreads them over the workers by a hash
 # (SO_REUSEPORT), and with 8 in all (4 a process, grpc_load's default) one worker gets 6 or
 # more of them in 29% of runs (binomial; review 32), at 3x the saturation rate while the
-# other sees 1x. With 32 that split is 0.1%.
+# other sees 1x. With 32 (16 a process) a 24-8 split or worse: 0.7%.
 GRPC_CHANNELS = 16
 
 
@@ -289,9 +289,7 @@ def open_loop(
     for n, (rate, seconds) in enumerate(phases):
         # a gauge is up to 0.25 s old: a phase's first half second may show the one before
         during = [
-            (limit, lag, floor, queued)
-            for t, limit, lag, floor, queued in gauges
-            if begin + 0.5 <= t < begin + seconds
+            (limit, lag, floor) for t, limit, lag, floor in gauges if begin + 0.5 <= t < begin + seconds
         ]
         out.append(_summary([p[n] for p in parts], rate, during, link.ok, link.shed))
         begin += seconds
@@ -299,14 +297,13 @@ def open_loop(
 
 
 GAUGE = re.compile(
-    r"^(featurestore_join_inflight_limit|featurestore_join_inflight_floor|featurestore_event_loop_lag_seconds"
-    r"|featurestore_grpc_queued_calls) (\S+)$",
+    r"^(featurestore_join_inflight_limit|featurestore_join_inflight_floor|featurestore_event_loop_lag_seconds) (\S+)$",
     re.M,
 )
 
 
-def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float, float, float]]:
-    """(wall time of the scrape, limit, lag, floor, gRPC calls queued) once a second until ``stop``."""
+def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float, float, float]]:
+    """(wall time of the scrape, limit, lag, floor) once a second until ``stop``."""
     samples = []
     while not stop.wait(1.0):
         asked = time.time()
@@ -320,16 +317,12 @@ def _watch_metrics(port: int, stop: threading.Event) -> list[tuple[float, float,
             float(found["featurestore_event_loop_lag_seconds"]),
             float(found["featurestore_join_inflight_floor"]),
         )
-        samples.append((asked, limit, lag, floor, float(found.get("featurestore_grpc_queued_calls", 0))))
+        samples.append((asked, limit, lag, floor))
     return samples
 
 
 def _summary(
-    parts: list[dict[str, Any]],
-    rate: float,
-    gauges: list[tuple[float, float, float, float]],
-    ok: str,
-    shed: str,
+    parts: list[dict[str, Any]], rate: float, gauges: list[tuple[float, float, float]], ok: str, shed: str
 ) -> dict[str, Any]:
     """A phase over every process: outcomes (``answered``, ``shed``, the rest by name),
     percentiles in ms, and the gauges' medians."""
@@ -346,10 +339,9 @@ def _summary(
     def pct(q: float, xs: list[float] = lat) -> float | None:
         return round(xs[min(int(q * len(xs)), len(xs) - 1)] * 1000, 1) if xs else None
 
-    limits = sorted(limit for limit, _, _, _ in gauges)
-    lags = sorted(lag for _, lag, _, _ in gauges)
-    floors = sorted(floor for _, _, floor, _ in gauges)
-    queued = sorted(q for _, _, _, q in gauges)
+    limits = sorted(limit for limit, _, _ in gauges)
+    lags = sorted(lag for _, lag, _ in gauges)
+    floors = sorted(floor for _, _, floor in gauges)
     return {
         "rate": round(rate), "answered": answered, "shed": refused, "other": counts,
         "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
@@ -361,6 +353,4 @@ def _summary(
         "limit_median": limits[len(limits) // 2] if limits else None,
         "lag_median_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
         "floor_median": floors[len(floors) // 2] if floors else None,
-        "queued_median": queued[len(queued) // 2] if queued else None,
-        "queued_max": queued[-1] if queued else None,
     }  # fmt: skip

@@ -16,22 +16,18 @@ and without load shedding, then the recovery; over HTTP or gRPC (``--transport``
    requests (expected none) and latency. During both, the server's shedding limit (the
    lowest worker's) and event loop lag are read from its /metrics once a second.
 4. What shedding costs a closed loop: concurrency 32, 64, 96 and 128 against the
-   default server and the next two (HTTP: the floor of 64 joins whatever their cost and
-   the 25 ms target; gRPC: the queue in grpc core unseen and the floor of 64), with the
-   joins each had shed (a closed loop at saturation is a queue too).
+   default server, the floor of 64 joins whatever their cost and the 25 ms target, with
+   the joins each had shed (a closed loop at saturation is a queue too).
 
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64, shed_floor_ms 25: the
 floor is 64 joins a worker, or the fewer that fit in 25 ms of its event loop's CPU at the
 join cost it measures), the same with the floor of 64 joins whatever their cost, as it was from
 2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the same with a 25 ms target (how much
-the target matters), and ``no shedding`` (limits.shed false); over gRPC also ``gRPC queue
-unseen`` after the default (limits.shed_grpc_queue false: the shedder counts only the calls
-grpc has handed to a handler, as before 2026-12-06 18:20). Each open-loop row also says how
-long a request waited for a free connection and how long it held one (Little's law:
-connections / held is what the callers can carry), the lowest worker's limit and floor
-(median of the scrapes) and, over gRPC, the calls queued in grpc core (summed over the
-workers: median / max of the scrapes).
+the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
+how long a request waited for a free connection and how long it held one (Little's law:
+connections / held is what the callers can carry), and the lowest worker's limit and
+floor (median of the scrapes).
 HTTP at batch 100 writes ``results/overload.md``, another batch ``results/overload-b<batch>.md``;
 gRPC ``results/overload-grpc[-deadline][-b<batch>].md``.
 
@@ -63,15 +59,6 @@ VARIANTS = {
 }
 
 
-def variants(transport: str) -> dict[str, str]:
-    """The servers a run compares; over gRPC the default beside one that does not count
-    the calls waiting in grpc core (as before 2026-12-06 18:20)."""
-    if transport != "grpc":
-        return VARIANTS
-    first, *rest = VARIANTS.items()
-    return dict([first, ("gRPC queue unseen", "limits: {shed_grpc_queue: false}\n"), *rest])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--transport", choices=tuple(TRANSPORTS), default="http")
@@ -96,7 +83,7 @@ def main() -> int:
         url = stack.enter_context(redis(work))
         cfgs = {
             name: config(work, url, f"v{i}", cache=False, extra=extra)
-            for i, (name, extra) in enumerate(variants(a.transport).items())
+            for i, (name, extra) in enumerate(VARIANTS.items())
         }
         materialize(work, next(iter(cfgs.values())))
         servers = {name: stack.enter_context(server(work, cfg, a.workers)) for name, cfg in cfgs.items()}
@@ -117,7 +104,7 @@ def main() -> int:
         closed = {
             (name, c): closed_loop(a.transport, servers[name], a.batch, c, 8)
             for c in CLOSED_LOOP
-            for name in tuple(cfgs)[:3]  # the default and the two variants after it
+            for name in CLOSED_LOOP_SERVERS
         }
         # the same measure again at the end: how steady the machine was over the run
         last = closed_loop(a.transport, servers["no shedding"], a.batch, 64, 5)
@@ -161,6 +148,7 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
 
 
 CLOSED_LOOP = (32, 64, 96, 128)
+CLOSED_LOOP_SERVERS = tuple(VARIANTS)[:3]  # the default, the floor in joins before it, the 25 ms target
 
 
 def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Namespace) -> list[str]:
@@ -222,10 +210,8 @@ def render(
         f"| server | offered QPS | answered {ok} | shed {shed} | other | answered p50 / p99 / p99.9 ms | "
         "from the write: p99 / p99.9 ms | connection wait p50 / p99 ms | load late p99 / p99.9 ms | load CPU s | "
         f"connection held, mean ms | limit / floor (median) / loop lag (median, ms) | after: offered | after: {ok} | "
-        f"after: {shed} | after: p99 ms | after: limit |"
-        + (" calls queued in grpc core (median / max) |" if grpc else ""),
-        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"
-        + ("---|" if grpc else ""),
+        f"after: {shed} | after: p99 ms | after: limit |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         o, rec = r["overload"], r["recovery"]
@@ -236,19 +222,8 @@ def render(
             f"{o['load_cpu_s']} | {o['held_mean_ms']} | "
             f"{_limit(o['limit_median'])} / {_limit(o['floor_median'])} / {o['lag_median_ms']} | {rec['rate']:,} | "
             f"{rec['answered']:,} | {rec['shed']:,} | {rec['p99_ms']} | {_limit(rec['limit_median'])} |"
-            + (_queued(name, o) if grpc else "")
         )
     return out
-
-
-# the servers whose shedder reads no gRPC queue (limits.shed_grpc_queue or shed off): it reads 0
-UNREAD = ("gRPC queue unseen", "no shedding")
-
-
-def _queued(name: str, o: dict[str, Any]) -> str:
-    if name in UNREAD or o["queued_max"] is None:
-        return " - |"
-    return f" {o['queued_median']:,.0f} / {o['queued_max']:,.0f} |"
 
 
 def _other(counts: dict[str, int]) -> str:

@@ -32,9 +32,6 @@ below).
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
   ``featurestore_requests_shed_total{api,reason}``.
-* Joins in flight include gRPC calls waiting in grpc core for a grpc.aio server to take
-  them up, one at a time (read once an interval: api/grpc_backlog.py): a late loop with few
-  joins started and hundreds of calls waiting there is a standing queue, and is cut.
 * So is one with less of its deadline left than the loop's standing lag (the smaller of
   the last two intervals' mean lags: one late interval is a burst or a stall, not a
   queue): every step of a join waits about that long for the loop, so it could not
@@ -195,7 +192,6 @@ class LoadShedder:
         "_refused",
         "_since",
         "floor_seconds",
-        "hidden",
         "inflight",
         "join_cost",
         "lag",
@@ -203,7 +199,6 @@ class LoadShedder:
         "max_floor",
         "max_limit",
         "min_limit",
-        "queued",
         "sheds",
         "target",
     )
@@ -228,11 +223,6 @@ class LoadShedder:
         self.target = target_seconds
         self.sheds = sheds
         self.inflight = 0
-        # Calls waiting where no join has started yet (gRPC's, in grpc core: a grpc.aio server
-        # takes up one a loop iteration), counted as joins in flight: ``hidden(on_time)``
-        # reads them once an interval (api/grpc_backlog.py), ``taken_up`` counts one out.
-        self.hidden: Callable[[bool], int] | None = None
-        self.queued = 0
         self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
         self._last_mean = 0.0
         # The interval being sampled: since when, its samples' lags (summed) and joins in
@@ -265,19 +255,14 @@ class LoadShedder:
         """None: go ahead (and call ``done`` at the end); else the reason to shed.
         ``remaining``: seconds left of the request's deadline."""
         inflight = self.inflight
-        if inflight + self.queued >= self.limit:  # (the calls queued count against the cap too)
+        if inflight >= self.limit:
             self._refused += 1
-            return INFLIGHT if self.limit >= self.max_limit else LATENCY
+            return INFLIGHT if inflight >= self.max_limit else LATENCY
         if 0.0 < remaining < self.lag:  # (a deadline already gone is the join's 504, not a shed)
             self._refused += 1
             return DEADLINE
         self.inflight = inflight + 1
         return None
-
-    def taken_up(self) -> None:
-        """A call left the queue ``hidden`` reads (gRPC: a handler got it)."""
-        if self.queued:
-            self.queued -= 1
 
     def done(self) -> None:
         """An admitted request finished, whatever its outcome."""
@@ -301,7 +286,7 @@ class LoadShedder:
     def observe(self, lag: float, now: float) -> None:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
         limit and the standing lag move when an interval is complete (module docstring)."""
-        inflight = self.inflight + self.queued
+        inflight = self.inflight
         if now < self._since:
             self._since = now  # the first sample of an interval
         self._lag_sum += lag
@@ -315,8 +300,6 @@ class LoadShedder:
         mean_lag, mean_inflight = self._lag_sum / n, sum(inflights) / n
         self._since, self._lag_sum, self._inflights, self._binding = now, 0.0, [], False
         self.lag, self._last_mean = min(mean_lag, self._last_mean), mean_lag
-        if self.hidden is not None:
-            self.queued = self.hidden(mean_lag <= self.target)
         self._measure(mean_lag > self.target, now - since)
         if mean_lag > self.target:
             self._on_time = 0
@@ -348,7 +331,7 @@ class LoadShedder:
             await self._sample()
         finally:  # cancelled, or a report failed: nothing adapts the limit any more, and
             # no lag is known (a lag frozen at its last sample would shed by the deadline)
-            self.limit, self.lag, self.queued = self.max_limit, 0.0, 0
+            self.limit, self.lag = self.max_limit, 0.0
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds

@@ -24,7 +24,6 @@ import uvicorn
 from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import GrpcApi, create_server, server_credentials
-from featurestore.api.grpc_backlog import PENDING_OPTIONS, GrpcBacklog
 from featurestore.api.http import HttpApi, OpsApi
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
@@ -189,21 +188,7 @@ class Listeners:
             page = LineagePage()
             for path in ("/lineage", "/lineage/{asset:path}"):
                 http_api.app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)  # type: ignore[arg-type]
-        self.backlog: GrpcBacklog | None = None
-        if limits.shed and limits.shed_grpc_queue:  # calls waiting in grpc core: a queue of this worker's
-            self.grpc, self.backlog = GrpcBacklog.create_server(
-                lambda take_ups: create_server(
-                    config.limits.max_body_bytes,
-                    config.grpc,
-                    _reuse_port(),
-                    interceptors=(take_ups,),
-                    options=PENDING_OPTIONS,
-                ),
-                self.shedder.taken_up,
-            )
-            self.shedder.hidden = None if self.backlog is None else self.backlog.queued
-        else:
-            self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
+        self.grpc = create_server(config.limits.max_body_bytes, config.grpc, reuse_port=_reuse_port())
         self.grpc_api.register(self.grpc)
         host = config.grpc.host
         target = f"[{host}]:{config.grpc.port}" if ":" in host else f"{host}:{config.grpc.port}"  # IPv6: [::]
@@ -253,9 +238,6 @@ class Listeners:
         """Stop accepting, let in-flight requests finish (up to ``DRAIN_SECONDS``)."""
         await self.grpc_api.set_serving(False)
         self.http.should_exit = True
-        if self.backlog is not None:  # its channelz entry goes with the server
-            self.shedder.hidden, self.shedder.queued = None, 0
-            self.backlog.close()
         pending = [self.grpc.stop(grace=DRAIN_SECONDS)]
         if self.http_task is not None:
             pending.append(self.http_task)

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
 from typing import NoReturn
 
 import grpc
@@ -320,13 +319,7 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def create_server(
-    max_message_bytes: int,
-    limits: GrpcConfig,
-    reuse_port: bool,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    options: Sequence[tuple[str, int]] = (),
-) -> grpc.aio.Server:
+def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) -> grpc.aio.Server:
     """``reuse_port`` only for supervised workers: grpc would otherwise set SO_REUSEPORT
     by default, and a second server started by mistake on the same port would quietly
     take half the traffic instead of failing to bind.
@@ -335,10 +328,9 @@ def create_server(
     no count of when it does): idle and aged connections get a GOAWAY, a client pinging
     faster than allowed gets GOAWAY ENHANCE_YOUR_CALM after ``max_ping_strikes``, request
     metadata over the limit fails the call with RESOURCE_EXHAUSTED, a connection's calls
-    beyond ``max_concurrent_streams`` wait in the client. ``options``: more of grpc's."""
+    beyond ``max_concurrent_streams`` wait in the client."""
     ms = _milliseconds
     return grpc.aio.server(
-        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -355,8 +347,7 @@ def create_server(
             ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),  # hard: same, no randomness
             ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_seconds)),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
-            *options,
-        ],
+        ]
     )
 
 

@@ -26,10 +26,9 @@ SUFFIXES = {
 
 def defined_series() -> set[str]:
     """Every series name featurestore/metrics.py, featurestore/overload.py,
-    featurestore/api/grpc_backlog.py, featurestore/quality/metrics.py, featurestore/streaming/metrics.py and
+    featurestore/quality/metrics.py, featurestore/streaming/metrics.py and
     lineage/metrics.py can expose, and the supervisor's counter it writes into the
     workers' metrics files itself (featurestore/metrics_files.py)."""
-    import featurestore.api.grpc_backlog
     import featurestore.metrics
     import featurestore.overload
     import featurestore.quality.metrics
