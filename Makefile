@@ -25,7 +25,7 @@ help:
 	@echo "make proto    regenerate gRPC code from proto/"
 	@echo "make bench    every benchmark: Feast side by side (uniform and Zipf keys), cache admission, gRPC vs HTTP,"
 	@echo "              overload (HTTP, gRPC), a failing store, a lean Redis client against redis-py, 1 -> 2 workers,"
-	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~90 min;"
+	@echo "              derived features, ClickHouse, lineage, footprint, drift, the lineage page, streaming (~100 min;"
 	@echo "              writes benchmarks/RESULTS.md); make bench-feast runs only the Feast comparison"
 
 # The venv itself (pip upgraded once); each stamp below installs one set of extras into it.

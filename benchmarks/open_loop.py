@@ -71,16 +71,17 @@ async def exchange(
 
 class Transport(Protocol):
     """How one load process sends a join: ``open`` its ``conns`` slots, then ``call``
-    with a free one (from ``acquire``); ``call`` gives back the outcome (an HTTP status
-    code, a gRPC status name, or ``error``) and the slot to return (a new one after a
-    broken connection)."""
+    with a free one (from ``acquire``) the join scheduled at ``due``; ``call`` gives back
+    the outcome (an HTTP status code, a gRPC status name, ``error``, or ``EXPIRED``: its
+    deadline passed while it waited for a slot, so it was not sent) and the slot to return
+    (a new one after a broken connection)."""
 
     ok: str  # the outcome of an answered join
     shed: str  # the outcome of a join shed under overload
 
     async def open(self, conns: int) -> None: ...
     async def acquire(self) -> Any: ...
-    async def call(self, slot: Any, i: int) -> tuple[str, Any]: ...
+    async def call(self, slot: Any, i: int, due: float) -> tuple[str, Any]: ...
     def release(self, slot: Any) -> None: ...
     async def close(self) -> None: ...
 
@@ -103,7 +104,7 @@ class Http:
     async def acquire(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await self.idle.get()
 
-    async def call(self, slot: Any, i: int) -> tuple[str, Any]:
+    async def call(self, slot: Any, i: int, due: float) -> tuple[str, Any]:
         reader, writer = slot
         try:
             status, _ = await exchange(reader, writer, self.reqs[i % len(self.reqs)])
@@ -125,6 +126,8 @@ class Http:
 # more of them in 29% of runs (binomial; review 32), at 3x the saturation rate while the
 # other sees 1x. With 32 (16 a process) a 24-8 split or worse: 0.7%.
 GRPC_CHANNELS = 16
+HANG_GUARD = 30.0  # seconds: the deadline of a gRPC call sent without one of its caller's
+EXPIRED = "EXPIRED"  # a call whose caller's deadline passed before a slot was free: not sent
 
 
 class Grpc:
@@ -132,16 +135,18 @@ class Grpc:
     (HTTP/2 multiplexes them; the server allows limits.max_concurrent_streams, 1,024, a
     connection). Serialized requests in, answers not parsed (benchmarks.grpc_load's). No
     client deadline by default (the server's limits.deadline_ms applies, as to HTTP's
-    requests; a 30 s guard against a hang), or ``deadline`` seconds, sent with the call as
-    the bundled client sends its own: a call past it ends DEADLINE_EXCEEDED at the client
-    whatever the server does, and the server sees it as the call's time left."""
+    requests; the calls carry a 30 s one only against a hang), or ``deadline`` seconds
+    from the call's scheduled time, as a caller's own deadline runs from when it asks
+    (the bundled client's from its ``join``): a call whose deadline passed while it waited
+    for a slot is not sent (``EXPIRED``), one sent carries what is left of it, and ends
+    DEADLINE_EXCEEDED at the client past it whatever the server does."""
 
     ok, shed = "OK", "RESOURCE_EXHAUSTED"
 
     def __init__(self, port: int, batch: int, seed: int, deadline: float | None = None) -> None:
         from benchmarks.grpc_load import requests
 
-        self.timeout = 30.0 if deadline is None else deadline
+        self.deadline = deadline
         self.target, self.reqs = f"127.0.0.1:{port}", requests(batch, 512, seed)
         self.idle: asyncio.Queue[int] = asyncio.Queue()
         self.channels: list[Any] = []
@@ -166,11 +171,14 @@ class Grpc:
     async def acquire(self) -> int:
         return await self.idle.get()
 
-    async def call(self, slot: Any, i: int) -> tuple[str, Any]:
+    async def call(self, slot: Any, i: int, due: float) -> tuple[str, Any]:
         import grpc
 
+        timeout = HANG_GUARD if self.deadline is None else due + self.deadline - time.perf_counter()
+        if timeout <= 0:
+            return EXPIRED, slot
         try:
-            await self.joins[slot % len(self.joins)](self.reqs[i % len(self.reqs)], timeout=self.timeout)
+            await self.joins[slot % len(self.joins)](self.reqs[i % len(self.reqs)], timeout=timeout)
         except grpc.aio.AioRpcError as e:
             return e.code().name, slot
         return self.ok, slot
@@ -214,7 +222,7 @@ async def _open_loop(
         slot = await link.acquire()
         sent = clock()
         part["waits"].append(sent - due)
-        outcome, slot = await link.call(slot, i)
+        outcome, slot = await link.call(slot, i, due)
         part["held"] += clock() - sent
         link.release(slot)
         counts = part["counts"]

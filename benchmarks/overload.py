@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--transport", choices=tuple(TRANSPORTS), default="http")
     ap.add_argument(
         "--client-deadline-ms", type=float, default=None,
-        help="gRPC: each call's own deadline, as the bundled client sends one (default: none)",
+        help="gRPC: each call's own deadline from its scheduled time, as a caller's (default: none)",
     )  # fmt: skip
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--factor", type=float, default=2.0)
@@ -137,13 +137,13 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
         return {
             "requests": r["requests"] + r["errors"], "answered": r["requests"], "shed": shed,
             "other": r["errors"] - shed, "qps": r["qps"], "p99_ms": r["p99_ms"], "p99_of": "answered",
-            "load_cores": r["client_cores"],
+            "load_cores": r["client_cores"], "tool": r["tool"],
         }  # fmt: skip
     r = wrk(f"http://127.0.0.1:{srv['http']}/v1/feature/join", batch, conc, seconds)
     shed = r["err_status"]  # non-2xx: the shedder's 503s (the server answers nothing else here)
     return {
         "requests": r["requests"], "answered": r["requests"] - shed, "shed": shed, "other": 0, "qps": r["qps"],
-        "p99_ms": r["p99_ms"], "p99_of": "all answers", "load_cores": None,
+        "p99_ms": r["p99_ms"], "p99_of": "all answers", "load_cores": None, "tool": "wrk",
     }  # fmt: skip
 
 
@@ -175,18 +175,18 @@ def render(
     cmd = " ".join(["python -m benchmarks.overload", *sys.argv[1:]])
     ok, shed = TRANSPORTS[a.transport].ok, TRANSPORTS[a.transport].shed
     grpc = a.transport == "grpc"
-    load = (
-        f" (benchmarks.grpc_load, 2 processes, {first['load_cores']} cores of client CPU)"
-        if grpc
-        else " (wrk)"
-    )
+    load = f" (benchmarks.{first['tool']}, {first['load_cores']} cores of client CPU)" if grpc else " (wrk)"
     slots = f"calls in flight over {GRPC_CHANNELS} gRPC channels a process" if grpc else "connections"
     if a.client_deadline_ms is not None:
         slots += (
-            f", each call with its own {a.client_deadline_ms:g} ms deadline (as the bundled client sends)"
+            f", each call with a {a.client_deadline_ms:g} ms deadline from its scheduled time (its caller's "
+            "own, as the bundled client sends one, 1 s by default over its whole join), not sent once it "
+            "passed waiting for one of the calls in flight (EXPIRED)"
         )
     elif grpc:
-        slots += ", no client deadline (the server's applies, as to HTTP's requests)"
+        slots += (
+            ", no client deadline (the server's applies, as to HTTP's requests; a 30 s one against a hang)"
+        )
     out = [
         "## Deadlines under overload"
         + (", gRPC" if grpc else "")

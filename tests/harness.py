@@ -228,6 +228,7 @@ class ManagedProcess:
         13 and timed out waiting for its delivery to fail. Waiting for the stop took
         11.3 ms at most in 100 pauses there: polled every 1 ms, and ``timeout`` (10 s,
         about 900 times that) is only a hang guard."""
+        self.check_alive()  # (one that exited: its exit code and log, not waitid's ECHILD)
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         wait_until(self._stopped, timeout, f"{self.name} to stop (SIGSTOP)", interval=0.001)
@@ -237,7 +238,11 @@ class ManagedProcess:
         left waitable (WNOWAIT: Popen still reaps it). One that exited instead raises."""
         assert self.proc is not None
         flags = os.WSTOPPED | os.WEXITED | os.WNOHANG | os.WNOWAIT
-        info = os.waitid(os.P_PID, self.proc.pid, flags)
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, flags)
+        except ChildProcessError:  # reaped already (Popen polls as it signals): it exited
+            self.check_alive()
+            raise
         if info is None:
             return False
         if info.si_code != os.CLD_STOPPED:

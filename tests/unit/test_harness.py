@@ -90,6 +90,15 @@ def test_every_thread_of_a_paused_process_is_stopped_when_pause_returns(tmp_path
         child.kill()
 
 
+def test_pausing_a_process_that_has_exited_says_so_with_its_exit_code(tmp_path: Path) -> None:
+    child = Child(tmp_path).start()
+    assert child.proc is not None
+    child.proc.kill()
+    child.proc.wait()
+    with pytest.raises(RuntimeError, match="exited with -9"):
+        child.pause()
+
+
 def test_a_process_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
     child = Child(tmp_path, "stubborn").start()
     assert child.stop(timeout=0.5) == -signal.SIGKILL

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from benchmarks.grpc_load import METHOD
-from benchmarks.open_loop import _open_loop, _summary
+from benchmarks.open_loop import EXPIRED, Grpc, _open_loop, _summary
 from benchmarks.overload import result_file
 
 
@@ -58,7 +58,7 @@ def test_an_open_loop_of_grpc_calls_counts_each_once_and_sends_the_calls_deadlin
         try:
             # 40 calls at 200 a second, then 10 at 100, on 4 slots, each with a 0.5 s deadline
             phases = ((200.0, 0.2), (100.0, 0.1))
-            return await _open_loop("grpc", 0.5, port, 1, phases, 4, 1, time.time() + 0.5)
+            return await _open_loop("grpc", 0.5, port, 1, phases, 4, 1, time.time() + 2.0)
         finally:
             await server.stop(None)
 
@@ -75,3 +75,9 @@ def test_an_open_loop_of_grpc_calls_counts_each_once_and_sends_the_calls_deadlin
 def test_an_http_open_loop_refuses_a_client_deadline_it_cannot_send() -> None:
     with pytest.raises(ValueError, match="gRPC option"):
         asyncio.run(_open_loop("http", 0.5, 1, 1, ((1.0, 1.0),), 1, 1, time.time() + 1))
+
+
+def test_a_grpc_call_whose_callers_deadline_passed_while_it_waited_for_a_slot_is_not_sent() -> None:
+    link = Grpc(1, 1, 7, deadline=0.5)  # no channel opened: a call sent would fail on it
+    late = time.perf_counter() - 0.6  # scheduled 0.6 s ago: its 0.5 s are gone
+    assert asyncio.run(link.call(3, 0, late)) == (EXPIRED, 3)
