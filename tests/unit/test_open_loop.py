@@ -81,3 +81,33 @@ def test_a_grpc_call_whose_callers_deadline_passed_while_it_waited_for_a_slot_is
     link = Grpc(1, 1, 7, deadline=0.5)  # no channel opened: a call sent would fail on it
     late = time.perf_counter() - 0.6  # scheduled 0.6 s ago: its 0.5 s are gone
     assert asyncio.run(link.call(3, 0, late)) == (EXPIRED, 3)
+
+
+def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
+    answered = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):  # the load process closed it
+                return
+            length = int(
+                next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))[15:]
+            )
+            await reader.readexactly(length)
+            answered += 1
+            status = b"200 OK" if answered % 2 else b"503 Service Unavailable"  # every other one shed
+            writer.write(b"HTTP/1.1 %s\r\ncontent-length: 2\r\n\r\n{}" % status)
+
+    async def scenario() -> list[dict[str, Any]]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await _open_loop("http", None, port, 1, ((200.0, 0.2),), 4, 1, time.time() + 2.0)
+        finally:
+            server.close()
+
+    [phase] = asyncio.run(scenario())
+    assert phase["counts"] == {"200": 20, "503": 20} and len(phase["answered"]) == 20
