@@ -100,6 +100,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.overload --batch 1000
 	$(PY) -m benchmarks.overload --transport grpc
 	$(PY) -m benchmarks.overload --transport grpc --client-deadline-ms 500
+	$(PY) -m benchmarks.grpc_refusal
 	$(PY) -m benchmarks.store_faults
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md

@@ -95,6 +95,7 @@ PARTS = (
     "overload-b1000.md",
     "overload-grpc.md",
     "overload-grpc-deadline.md",
+    "grpc-refusal.md",
     "store-faults.md",
     "scaling.md",
     "experiments.md",
