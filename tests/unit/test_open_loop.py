@@ -111,3 +111,31 @@ def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
 
     [phase] = asyncio.run(scenario())
     assert phase["counts"] == {"200": 20, "503": 20} and len(phase["answered"]) == 20
+
+
+def test_a_grpc_calls_deadline_runs_from_its_schedule_so_waiting_for_a_slot_uses_it_up() -> None:
+    left: list[float] = []
+
+    async def join(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        assert remaining is not None
+        left.append(remaining)
+        await asyncio.sleep(0.1)  # each call holds the one slot 100 ms
+        return b""
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        service, method = METHOD.strip("/").split("/")
+        handler = grpc.unary_unary_rpc_method_handler(join)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:  # three calls scheduled 1 ms apart, one slot, 0.5 s deadlines
+            await _open_loop("grpc", 0.5, port, 1, ((1000.0, 0.003),), 1, 1, time.time() + 2.0)
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+    assert len(left) == 3
+    for k, remaining in enumerate(left):  # the k-th waited ~k x 100 ms for the slot
+        assert abs(remaining - (0.5 - k * 0.1)) < 0.05, (k, left)  # (from the send: ~0.5 each)
