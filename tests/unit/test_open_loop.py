@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -37,6 +38,25 @@ def test_each_run_of_the_overload_benchmark_writes_its_own_results_file() -> Non
     assert result_file("grpc", 100, deadline=True) == "overload-grpc-deadline.md"
 
 
+async def _grpc_open_loop(
+    join: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
+    phases: tuple[tuple[float, float], ...],
+    slots: int,
+) -> list[dict[str, Any]]:
+    """One load process's schedule of gRPC calls (0.5 s deadlines) against a real grpc.aio
+    server whose Join is ``join``."""
+    server = grpc.aio.server()
+    service, method = METHOD.strip("/").split("/")
+    handler = grpc.unary_unary_rpc_method_handler(join)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        return await _open_loop("grpc", 0.5, port, 1, phases, slots, 1, time.time() + 2.0)
+    finally:
+        await server.stop(None)
+
+
 def test_an_open_loop_of_grpc_calls_counts_each_once_and_sends_the_calls_deadline() -> None:
     left: list[float] = []
 
@@ -48,21 +68,8 @@ def test_an_open_loop_of_grpc_calls_counts_each_once_and_sends_the_calls_deadlin
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
         return b""
 
-    async def scenario() -> list[dict[str, Any]]:
-        server = grpc.aio.server()
-        service, method = METHOD.strip("/").split("/")
-        handler = grpc.unary_unary_rpc_method_handler(join)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            # 40 calls at 200 a second, then 10 at 100, on 4 slots, each with a 0.5 s deadline
-            phases = ((200.0, 0.2), (100.0, 0.1))
-            return await _open_loop("grpc", 0.5, port, 1, phases, 4, 1, time.time() + 2.0)
-        finally:
-            await server.stop(None)
-
-    first, second = asyncio.run(scenario())
+    # 40 calls at 200 a second, then 10 at 100, on 4 slots, each with a 0.5 s deadline
+    first, second = asyncio.run(_grpc_open_loop(join, ((200.0, 0.2), (100.0, 0.1)), 4))
     assert len(left) == 40 + 10
     # the client deadline, as the server sees it (grpc-timeout rounds up: 0.50003 s seen)
     assert all(0 < x <= 0.501 for x in left), left
@@ -123,19 +130,8 @@ def test_a_grpc_calls_deadline_runs_from_its_schedule_so_waiting_for_a_slot_uses
         await asyncio.sleep(0.1)  # each call holds the one slot 100 ms
         return b""
 
-    async def scenario() -> None:
-        server = grpc.aio.server()
-        service, method = METHOD.strip("/").split("/")
-        handler = grpc.unary_unary_rpc_method_handler(join)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:  # three calls scheduled 1 ms apart, one slot, 0.5 s deadlines
-            await _open_loop("grpc", 0.5, port, 1, ((1000.0, 0.003),), 1, 1, time.time() + 2.0)
-        finally:
-            await server.stop(None)
-
-    asyncio.run(scenario())
+    # three calls scheduled 1 ms apart, one slot, 0.5 s deadlines
+    asyncio.run(_grpc_open_loop(join, ((1000.0, 0.003),), 1))
     assert len(left) == 3
     for k, remaining in enumerate(left):  # the k-th waited ~k x 100 ms for the slot
         assert abs(remaining - (0.5 - k * 0.1)) < 0.05, (k, left)  # (from the send: ~0.5 each)
