@@ -133,5 +133,9 @@ def test_a_grpc_calls_deadline_runs_from_its_schedule_so_waiting_for_a_slot_uses
     # three calls scheduled 1 ms apart, one slot, 0.5 s deadlines
     asyncio.run(_grpc_open_loop(join, ((1000.0, 0.003),), 1))
     assert len(left) == 3
-    for k, remaining in enumerate(left):  # the k-th waited ~k x 100 ms for the slot
-        assert abs(remaining - (0.5 - k * 0.1)) < 0.05, (k, left)  # (from the send: ~0.5 each)
+    # Each waited ~100 ms more for the slot than the one before, so had ~100 ms less left
+    # (from the send, each would have ~0.5 s). Compared call to call: the first call's own
+    # start lost 36 ms of its deadline in 4 of 5 runs on a quiet machine, past a fixed 50 ms
+    # tolerance by the third call.
+    assert all(0 < x <= 0.501 for x in left), left
+    assert all(0.07 < left[k] - left[k + 1] < 0.2 for k in range(2)), left  # (a loaded loop hands over later)
