@@ -1,8 +1,7 @@
 """Server configuration: defaults < YAML file < environment < command-line flags.
 
 Sections are frozen stdlib dataclasses (pydantic validates them); ``Config`` is the
-pydantic-settings root. Declaring a section: a dataclass here, and one line in
-``Config``::
+pydantic-settings root. Declaring a section: a dataclass here, and one line in ``Config``::
 
     @dataclass(frozen=True, slots=True)
     class QualityConfig:
@@ -109,10 +108,11 @@ class GrpcConfig:
     max_metadata_bytes: Count = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
     handshake_timeout_seconds: Seconds = 10.0  # accept to the end of the HTTP/2 handshake
     max_concurrent_streams: Count = 1024  # calls open on one connection (grpc's default: unbounded)
-    # Join as a unary handler (grpc reads the message first) instead of client-streaming
-    # (the handler runs from the call's start): less CPU per call, but a call that dies
-    # waiting for the event loop before its message is read is not counted (api/grpc.py).
+    # Join as a unary handler (grpc reads the message first), not client-streaming (the handler
+    # runs from the call's start): less CPU a call, but a call that dies waiting for the event
+    # loop before its message is read is not counted (api/grpc.py).
     unary_join: bool = False
+    intake_loops: CountOrZero = 16  # Join take-ups besides grpc.aio's one (api/grpc_intake.py); 0: none
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ import uvicorn
 
 from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
-from featurestore.api.grpc import GrpcApi, create_server, server_credentials
+from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server, server_credentials
+from featurestore.api.grpc_intake import Intake
 from featurestore.api.http import HttpApi, OpsApi
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
@@ -221,10 +222,13 @@ class Listeners:
         self.http_task: asyncio.Task[None] | None = None
         self.auth_task: asyncio.Task[None] | None = None
         self.shed_task: asyncio.Task[None] | None = None
+        self.intake_loops = config.grpc.intake_loops
+        self.intake: Intake | None = None
 
     async def start(self) -> None:
         """Serve on every port; returns once all accept requests (or raises)."""
         await self.grpc.start()
+        self.intake = Intake(self.grpc, JOIN_METHOD, self.grpc_api.handler("Join"), self.intake_loops)
         self.http_task = await _start_uvicorn(self.http, self.sock, "http")
         if self.admin is not None:
             self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
@@ -242,6 +246,8 @@ class Listeners:
         if self.http_task is not None:
             pending.append(self.http_task)
         await asyncio.gather(*pending, return_exceptions=True)
+        if self.intake is not None:  # (grpc's stop ended its take-ups)
+            await self.intake.close()
         if self.admin is not None:  # probes answer (readyz: 503, stopping) until the drain ends
             self.admin.server.should_exit = True
             if self.admin.task is not None:

@@ -81,7 +81,10 @@ class GrpcApi:
         }
 
     def register(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, self._methods)])
+        # Registered methods, not a generic handler: core routes a call to its method's
+        # take-up without a lookup of its name in Python, and grpc_intake.py can keep more
+        # take-ups of Join outstanding (registering alone: +9-10% QPS, grpc_intake.py).
+        server.add_registered_method_handlers(SERVICE, self._methods)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (
             pb.DESCRIPTOR.services_by_name["FeatureService"].full_name,
@@ -89,6 +92,10 @@ class GrpcApi:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler:
+        """The handler registered for ``method`` (``Join``, ``Push``)."""
+        return self._methods[method]
 
     async def set_serving(self, serving: bool) -> None:
         status = (

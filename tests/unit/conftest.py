@@ -8,7 +8,8 @@ from typing import Protocol
 import grpc
 import pytest
 
-from featurestore.api.grpc import GrpcApi, create_server
+from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc_intake import Intake
 from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -23,8 +24,10 @@ class Serve(Protocol):
 @pytest.fixture
 async def served() -> AsyncIterator[Serve]:
     """Starts a grpc.aio server for an engine (and its push service, ``PushService(engine)``
-    unless given) on a free port; its port. Stopped after the test."""
+    unless given) on a free port, with the call intake the server runs; its port. Stopped
+    after the test."""
     servers: list[grpc.aio.Server] = []
+    intakes: list[Intake] = []
 
     async def serve(engine: JoinEngine, *, unary_join: bool = False, push: PushService | None = None) -> int:
         api = GrpcApi(engine, push or PushService(engine), deadline_ms=500, unary_join=unary_join)
@@ -33,8 +36,11 @@ async def served() -> AsyncIterator[Serve]:
         port: int = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)
+        intakes.append(Intake(server, JOIN_METHOD, api.handler("Join"), GrpcConfig().intake_loops))
         return port
 
     yield serve
     for server in servers:
         await server.stop(0)
+    for intake in intakes:
+        await intake.close()

@@ -1,0 +1,130 @@
+"""The gRPC call intake (api/grpc_intake.py): Join take-ups outstanding besides grpc.aio's
+one, through grpc's own internals. A real grpc.aio server in-process and a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+import pytest
+from grpc._cython import cygrpc
+from prometheus_client import REGISTRY
+
+from featurestore.api import grpc_intake
+from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc_intake import Intake, missing_internals
+from featurestore.config import GrpcConfig
+from featurestore.join import JoinEngine
+from featurestore.push import PushService
+from featurestore.v1 import featurestore_pb2 as pb
+from tests.support import eventually
+from tests.unit.test_api_edges import HANG_GUARD, join_message, make_engine
+
+CALLS = 64
+
+
+class Served:
+    def __init__(self, server: grpc.aio.Server, intake: Intake, port: int) -> None:
+        self.server, self.intake, self.port = server, intake, port
+
+
+class Serve(Protocol):
+    async def __call__(self, engine: JoinEngine, loops: int) -> Served: ...
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    started: list[Served] = []
+
+    async def start(engine: JoinEngine, loops: int) -> Served:
+        api = GrpcApi(engine, PushService(engine), deadline_ms=500)
+        server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
+        api.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        s = Served(server, Intake(server, JOIN_METHOD, api.handler("Join"), loops), port)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        await s.server.stop(0)
+        await s.intake.close()
+
+
+async def join_all(port: int, calls: int = CALLS) -> list[pb.JoinResponse]:
+    """``calls`` joins at once (user i for call i); their answers, trace ids blanked."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        join = channel.unary_unary(JOIN_METHOD)
+        raw = await asyncio.gather(
+            *(join(join_message("fast", [i]), timeout=HANG_GUARD) for i in range(calls))
+        )
+    answers = [pb.JoinResponse.FromString(r) for r in raw]
+    for a in answers:
+        a.metadata.trace_id = ""
+    return answers
+
+
+def loops_gauge() -> float | None:
+    return REGISTRY.get_sample_value("featurestore_grpc_intake_loops")
+
+
+async def test_the_grpc_internals_the_intake_calls_are_there_with_the_parameters_it_passes() -> None:
+    # Fails on a grpc upgrade that renames or reshapes them: the intake would then
+    # fall back to grpc's one take-up at a time (and say so), losing its throughput.
+    server = grpc.aio.server()
+    assert missing_internals(server) is None
+    assert callable(server._server.is_running)  # how a take-up's failure is told from a shutdown
+
+
+async def test_joins_taken_up_by_the_intake_are_answered_as_those_grpc_takes_up(serve: Serve) -> None:
+    engine = make_engine()
+    with_intake, without = await serve(engine, 4), await serve(engine, 0)
+    answers = await join_all(with_intake.port)
+    assert with_intake.intake.taken > 0  # (grpc's own loop takes up the rest)
+    assert without.intake.taken == 0
+    assert answers == await join_all(without.port)
+    assert [list(r.results[0].int64_values.values) for r in answers] == [[i] for i in range(CALLS)]
+
+
+async def test_most_calls_arriving_together_are_taken_up_by_the_intake(serve: Serve) -> None:
+    # 16 take-ups outstanding against grpc's one: most of 64 calls sent at once come in
+    # through the intake's loops.
+    s = await serve(make_engine(), 16)
+    await join_all(s.port)
+    assert s.intake.taken > CALLS // 2
+
+
+async def test_stopping_the_server_ends_the_intake_s_loops_without_an_error(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await serve(make_engine(), 4)
+    assert loops_gauge() == 4
+    await join_all(s.port, 8)
+    with caplog.at_level(logging.WARNING, logger=grpc_intake.__name__):
+        await s.server.stop(0)
+        await eventually(lambda: loops_gauge() == 0, HANG_GUARD, "the intake's loops ended")
+        await s.intake.close()
+    assert not caplog.records
+
+
+async def test_an_intake_without_the_grpc_internals_it_needs_leaves_take_ups_to_grpc(
+    serve: Serve, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # grpc's own loop calls it too: a stand-in that answers to its call, with a parameter
+    # the intake does not know
+    original = cygrpc._schedule_rpc_coro
+
+    def reshaped(rpc_coro, rpc_state, loop, method_name, priority=0):  # type: ignore[no-untyped-def]
+        return original(rpc_coro, rpc_state, loop, method_name)
+
+    monkeypatch.setattr(cygrpc, "_schedule_rpc_coro", reshaped)
+    with caplog.at_level(logging.WARNING, logger=grpc_intake.__name__):
+        s = await serve(make_engine(), 4)
+    assert "cygrpc._schedule_rpc_coro" in caplog.text
+    assert loops_gauge() == 0
+    assert len(await join_all(s.port, 8)) == 8  # answered all the same, by grpc's own loop
+    assert s.intake.taken == 0
