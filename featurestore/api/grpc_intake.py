@@ -12,20 +12,32 @@ counts from the take-up).
 ``Intake`` keeps ``grpc.intake_loops`` more take-ups of Join outstanding, each a task that
 does for one call what grpc.aio's loop does: await the take-up, start the call's task
 (grpc's own ``_handle_rpc`` under its ``_schedule_rpc_coro``, which also listens for the
-call's cancellation), ask again. Calls taken up together are handled in the same loop
-iteration, so their wakeups and their Redis reads are shared. Measured on this 2-core VM
-(2 workers, Redis, cache off, closed loop of 64 calls at batch 100 and 32 at batch 1,
-interleaved; benchmarks/RESULTS.md, "gRPC and HTTP Join, same server"): Join registered
-as a method of its own (``add_registered_method_handlers``, public API) instead of
-through a generic handler: +10% QPS at batch 100, +9% at 1; with 16 take-ups besides:
-+19% / +21% over the generic handler, server CPU per call -17% / -22%. 4, 16 and 64
-take-ups were within each other's noise at batch 100 (1,725, 1,691, 1,707 QPS).
+call's cancellation), ask again while the server runs. So up to 1 + ``intake_loops`` Join
+calls are taken up per wakeup and handled in the same loop iteration, sharing their
+wakeups. Measured (2 workers, Redis, cache off; benchmarks/results/experiments.md, "gRPC
+call intake"): with 4 channels and 32 callers (``grpc-intake-ab.md``, 3 interleaved
+rounds) +14% QPS and -13% server CPU a call at batch 1, +2% / -3% at 10, +7% / -6% at
+100, within the minute-to-minute noise at 10; with 16 channels and 64 callers (scratch)
++19% / -17% at batch 100 and +21% / -22% at batch 1 over Join through a generic handler,
+of which registering Join as a method (``add_registered_method_handlers``, public API)
+gave about half. 4, 16 and 64 take-ups were within noise of each other at batch 100; 16
+takes up a burst of calls from the 16 connections a load process opens in one wakeup.
+
+What differs from grpc's loop: grpc's server interceptors and ``maximum_concurrent_rpcs``
+are not applied to the calls these loops take up (Python cannot read them from the
+server); ``create_server`` sets neither, and tests/unit/test_grpc_intake.py fails if it
+does. A loop whose take-up fails while the server runs ends (grpc's re-arms), logged and
+counted down in ``featurestore_grpc_intake_loops``.
 
 What it reaches into (grpc 1.85; tests/unit/test_grpc_intake.py fails when one of them
 changes): ``grpc.aio.Server._server`` (the ``cygrpc.AioServer``), its
-``_request_registered_call(method: bytes)``, and cygrpc's ``_MethodResolver``,
-``_handle_rpc`` and ``_schedule_rpc_coro``. If one is missing at start, the intake logs a
-warning and Join calls are taken up by grpc.aio's loop alone, as before it.
+``_request_registered_call(method: bytes)`` and ``is_running()``, and cygrpc's
+``_MethodResolver``, ``_handle_rpc`` and ``_schedule_rpc_coro``. If one is missing at
+start, the intake logs a warning and Join calls are taken up by grpc.aio's loop alone.
+Order matters, and is checked: an intake starts on a running server and closes after its
+stop. A take-up outstanding in core holds memory of its Python object, so cancelling one
+on a running server (or asking core for one after its stop) crashes the process
+(reproduced on grpc 1.85.1).
 """
 
 from __future__ import annotations
@@ -45,8 +57,9 @@ log = logging.getLogger(__name__)
 LOOPS = Gauge(
     "featurestore_grpc_intake_loops",
     "Take-ups of gRPC Join calls a worker keeps outstanding besides grpc.aio's own, the "
-    "lowest worker's: grpc.intake_loops; fewer when one ended on an error, 0 when the grpc "
-    "internals the intake uses are missing (calls then wait in grpc core one take-up at a time).",
+    "lowest worker's: grpc.intake_loops, fewer when one ended on an error, 0 when configured "
+    "so or when the grpc internals the intake uses are missing (Join calls are then taken up "
+    "one per event loop wakeup). A worker stopping keeps its value.",
     multiprocess_mode="livemin",
 )
 LOOPS.set(math.inf)  # (a worker starting up is not one with a broken intake)
@@ -61,13 +74,15 @@ HANDLE_RPC: Final = (
     "concurrency_exceeded",
 )
 SCHEDULE_RPC_CORO: Final = ("rpc_coro", "rpc_state", "loop", "method_name")
+CLOSE_SECONDS: Final = 5.0  # for core to fail the take-ups after the stop (it does so at once)
 
 
 def missing_internals(server: grpc.aio.Server) -> str | None:
     """What of grpc's internals the intake needs is missing or changed; None: all there."""
     aio = getattr(server, "_server", None)
-    if not callable(getattr(aio, "_request_registered_call", None)):
-        return "grpc.aio.Server._server._request_registered_call"
+    for attr in ("_request_registered_call", "is_running"):
+        if not callable(getattr(aio, attr, None)):
+            return f"grpc.aio.Server._server.{attr}"
     if not isinstance(getattr(cygrpc, "_MethodResolver", None), type):
         return "cygrpc._MethodResolver"
     for name, params in (("_handle_rpc", HANDLE_RPC), ("_schedule_rpc_coro", SCHEDULE_RPC_CORO)):
@@ -95,7 +110,16 @@ class Intake:
         self._calls: set[asyncio.Task[Any]] = set()  # (the loop holds only weak references)
         self._loops: list[asyncio.Task[None]] = []
         self._live = 0
+        aio: Any = getattr(server, "_server", None)
         missing = missing_internals(server) if loops > 0 else None
+        if missing is None and loops > 0 and not aio.is_running():
+            raise RuntimeError("start the gRPC call intake after its server (grpc_intake.py)")
+        resolver = None
+        if missing is None and loops > 0:
+            try:
+                resolver = cygrpc._MethodResolver([], {method: handler})
+            except Exception as e:  # (its constructor is not in a signature to check)
+                missing = f"cygrpc._MethodResolver([], {{method: handler}}): {e!r}"
         if missing is not None:
             log.warning(
                 "grpc %s: %s is not what the gRPC call intake expects; Join calls are taken up "
@@ -103,10 +127,7 @@ class Intake:
                 grpc.__version__,
                 missing,
             )
-            loops = 0
-        if loops > 0:
-            aio: Any = server._server  # (checked above)
-            resolver = cygrpc._MethodResolver([], {method: handler})
+        elif loops > 0:
             self._loops = [
                 asyncio.create_task(self._take_up(aio, resolver), name="grpc-intake") for _ in range(loops)
             ]
@@ -118,25 +139,28 @@ class Intake:
         loop = asyncio.get_running_loop()
         calls = self._calls
         try:
-            while True:
-                # grpc core fails the outstanding take-ups when the server shuts down
+            # grpc core fails the outstanding take-ups when the server shuts down; the check
+            # and the ask run in one step of the loop, so none is asked for after the stop
+            while aio.is_running():
                 rpc_state = await aio._request_registered_call(method)
                 coro = cygrpc._handle_rpc(name, resolver, (), rpc_state, loop, False)
                 task = loop.create_task(cygrpc._schedule_rpc_coro(coro, rpc_state, loop, name))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
                 self.taken += 1
-        except asyncio.CancelledError:
-            raise
         except Exception:
-            if aio.is_running():  # (stopping: the end of every take-up, not an error)
-                log.exception("a gRPC call intake loop failed; the others and grpc's own go on")
-        finally:
+            if not aio.is_running():
+                return  # the server's stop: the end of every take-up, not an error
+            log.exception("a gRPC call intake loop failed; the others and grpc's own go on")
             self._live -= 1
             LOOPS.set(self._live)
 
     async def close(self) -> None:
-        """End the loops (after the server's stop: its shutdown has failed their take-ups)."""
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        """Wait for the loops to end, after the server's stop (which failed their take-ups)."""
+        aio: Any = getattr(self._server, "_server", None)
+        if self._loops and aio.is_running():
+            raise RuntimeError("close the gRPC call intake after its server's stop (grpc_intake.py)")
+        if self._loops:
+            _, pending = await asyncio.wait(self._loops, timeout=CLOSE_SECONDS)
+            if pending:  # (not seen: grpc's own loop waits for its take-ups the same way)
+                log.warning("%d gRPC call intake loops did not end after the server's stop", len(pending))

@@ -16,7 +16,7 @@ from featurestore.api.timestamps import iso_utc
 from featurestore.demo.data import FEATURE_REFS
 from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
-from tests.support import MERCHANTS, ServerProcess
+from tests.support import MERCHANTS, ServerProcess, http_get
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +169,22 @@ def test_grpc_push_takes_an_int64_column_into_a_float_column(channel: grpc.Chann
     cols = dict(zip(resp.metadata.feature_names, resp.results, strict=True))
     assert column_values(cols["risk_score"]) == [float(2**60)]
     assert [list(v) for v in column_values(cols["embedding"])] == [[float(2**60), 1.0]]
+
+
+def test_the_server_takes_up_grpc_joins_through_its_call_intake(
+    server: ServerProcess, channel: grpc.Channel
+) -> None:
+    # featurestore_grpc_intake_loops reads grpc.intake_loops (16) only when process.py
+    # started the intake on the running server with the Join method grpc registered: a
+    # wrong name fails every loop's first take-up (the gauge counts them down), missing
+    # grpc internals leave it at 0.
+    stub = pbg.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
+    futures = [
+        stub.Join.future(
+            grpc_request({"entities": {"user_id": [i]}, "features": ["user_profile:age"]}), timeout=10
+        )
+        for i in range(32)
+    ]
+    assert all(f.result().results for f in futures)
+    text = http_get(server.url + "/metrics")[1].decode()
+    assert "featurestore_grpc_intake_loops 16.0" in text.splitlines()
