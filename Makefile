@@ -93,6 +93,7 @@ bench: bench-feast
 	$(PY) -m benchmarks.cache_figures
 	$(PY) -m benchmarks.cache_cost
 	$(PY) -m benchmarks.transports
+	$(PY) -m benchmarks.transports --transports grpc --env FEATURESTORE_GRPC__INTAKE_LOOPS=0 --no-feast --rounds 3 --out benchmarks/results/grpc-intake-ab.md --title "gRPC call intake: 16 take-ups of Join against grpc.aio's one (issue 16, requirements 4 and 5)"
 	$(PY) -m benchmarks.grpc_floor
 	$(PY) -m benchmarks.proto_encoding
 	$(PY) -m benchmarks.redis_protocol

@@ -88,6 +88,7 @@ PARTS = (
     "cache-figures.md",
     "cache_cost.md",
     "grpc.md",
+    "grpc-intake-ab.md",
     "grpc-floor.md",
     "proto-encoding.md",
     "redis-protocol.md",

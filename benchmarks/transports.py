@@ -32,6 +32,8 @@ from benchmarks import feast_grpc
 from benchmarks.grpc_load import measure as grpc_measure
 from benchmarks.stack import HERE, config, materialize, redis, server, tree_cpu, wrk
 
+TITLE = "gRPC and HTTP Join, same server (issue 16, requirement 4)"
+
 
 def children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -132,6 +134,7 @@ def main() -> int:
     ap.add_argument("--feast-workdir", type=Path, default=Path(os.environ.get("WORKDIR", "/tmp/feast-peer")))
     ap.add_argument("--no-feast", action="store_true", help="no Feast gRPC peer row")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
+    ap.add_argument("--title", default=TITLE, help="the section's heading (an A/B's own)")
     a = ap.parse_args()
     transports = a.transports.split(",")
     runs: list[dict[str, Any]] = []
@@ -193,7 +196,7 @@ def render(
 ) -> list[str]:
     cmd = " ".join(["python -m benchmarks.transports", *sys.argv[1:]])
     out = [
-        "## gRPC and HTTP Join, same server (issue 16, requirement 4)",
+        f"## {a.title}",
         "",
         f"`{cmd}`: Redis store, cache off, {a.workers} workers, concurrency {a.concurrency}, "
         f"{a.duration:g} s per run, {a.rounds} interleaved rounds (median). HTTP: wrk -t1 with "
