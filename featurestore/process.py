@@ -229,9 +229,14 @@ class Listeners:
         """Serve on every port; returns once all accept requests (or raises)."""
         await self.grpc.start()
         self.intake = Intake(self.grpc, JOIN_METHOD, self.grpc_api.handler("Join"), self.intake_loops)
-        self.http_task = await _start_uvicorn(self.http, self.sock, "http")
-        if self.admin is not None:
-            self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
+        try:
+            self.http_task = await _start_uvicorn(self.http, self.sock, "http")
+            if self.admin is not None:
+                self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
+        except BaseException:  # the intake's take-ups must end by the server's stop (grpc_intake.py)
+            await self.grpc.stop(0)
+            await self.intake.close()
+            raise
         if self.auth is not None:
             self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
         self.shed_task = asyncio.create_task(self.shedder.watch(), name="load-shedder")

@@ -14,14 +14,15 @@ does for one call what grpc.aio's loop does: await the take-up, start the call's
 (grpc's own ``_handle_rpc`` under its ``_schedule_rpc_coro``, which also listens for the
 call's cancellation), ask again while the server runs. So up to 1 + ``intake_loops`` Join
 calls are taken up per wakeup and handled in the same loop iteration, sharing their
-wakeups. Measured (2 workers, Redis, cache off; benchmarks/results/experiments.md, "gRPC
-call intake"): with 4 channels and 32 callers (``grpc-intake-ab.md``, 3 interleaved
-rounds) +14% QPS and -13% server CPU a call at batch 1, +2% / -3% at 10, +7% / -6% at
-100, within the minute-to-minute noise at 10; with 16 channels and 64 callers (scratch)
-+19% / -17% at batch 100 and +21% / -22% at batch 1 over Join through a generic handler,
-of which registering Join as a method (``add_registered_method_handlers``, public API)
-gave about half. 4, 16 and 64 take-ups were within noise of each other at batch 100; 16
-takes up a burst of calls from the 16 connections a load process opens in one wakeup.
+wakeups. Measured against none on this 2-core VM (2 workers, Redis, cache off, 32
+callers over 4 channels a load process, 3 interleaved rounds; 2026-12-06 20:46,
+benchmarks/results/grpc-intake-ab.md): QPS +23% / +13% / +8% at batch 1 / 10 / 100,
+server CPU a call -19% / -14% / -2%. Registering Join as a method of its own
+(``add_registered_method_handlers``, public API) instead of through a generic handler is
+part of it: in scratch runs with 16 channels a process (benchmarks/results/experiments.md,
+"gRPC call intake") it gave about half of the +18% QPS (-16% CPU) that 8 take-ups gave at
+batch 100. 4, 16 and 64 take-ups measured the same at batch 100; 16 is among them (an
+outstanding take-up costs core one pending request).
 
 What differs from grpc's loop: grpc's server interceptors and ``maximum_concurrent_rpcs``
 are not applied to the calls these loops take up (Python cannot read them from the
@@ -74,25 +75,40 @@ HANDLE_RPC: Final = (
     "concurrency_exceeded",
 )
 SCHEDULE_RPC_CORO: Final = ("rpc_coro", "rpc_state", "loop", "method_name")
-CLOSE_SECONDS: Final = 5.0  # for core to fail the take-ups after the stop (it does so at once)
+REQUEST: Final = ("method",)
+# For the loops to see their take-ups failed after the stop: core fails them as the stop
+# begins, and the loops end in the next iterations (none left after 12 rounds of random
+# stops under load, review 35); bounded so a drain cannot hang on one.
+CLOSE_SECONDS: Final = 1.0
 
 
 def missing_internals(server: grpc.aio.Server) -> str | None:
     """What of grpc's internals the intake needs is missing or changed; None: all there."""
     aio = getattr(server, "_server", None)
-    for attr in ("_request_registered_call", "is_running"):
-        if not callable(getattr(aio, attr, None)):
-            return f"grpc.aio.Server._server.{attr}"
-    if not isinstance(getattr(cygrpc, "_MethodResolver", None), type):
-        return "cygrpc._MethodResolver"
-    for name, params in (("_handle_rpc", HANDLE_RPC), ("_schedule_rpc_coro", SCHEDULE_RPC_CORO)):
-        fn = getattr(cygrpc, name, None)
-        try:
-            if fn is None or tuple(inspect.signature(fn).parameters) != params:
-                return f"cygrpc.{name}{params}"
-        except (TypeError, ValueError):  # no signature to read
-            return f"cygrpc.{name}{params}"
-    return None
+    return next(
+        (
+            f"{where}{params}"
+            for where, fn, params in (
+                (
+                    "grpc.aio.Server._server._request_registered_call",
+                    getattr(aio, "_request_registered_call", None),
+                    REQUEST,
+                ),
+                ("grpc.aio.Server._server.is_running", getattr(aio, "is_running", None), ()),
+                ("cygrpc._handle_rpc", getattr(cygrpc, "_handle_rpc", None), HANDLE_RPC),
+                ("cygrpc._schedule_rpc_coro", getattr(cygrpc, "_schedule_rpc_coro", None), SCHEDULE_RPC_CORO),
+            )
+            if _parameters(fn) != params
+        ),
+        None if isinstance(getattr(cygrpc, "_MethodResolver", None), type) else "cygrpc._MethodResolver",
+    )
+
+
+def _parameters(fn: Any) -> tuple[str, ...] | None:
+    try:
+        return tuple(inspect.signature(fn).parameters) if callable(fn) else None
+    except (TypeError, ValueError):  # no signature to read
+        return None
 
 
 class Intake:
@@ -106,7 +122,6 @@ class Intake:
         self.method = method
         self.taken = 0  # calls taken up by these loops (grpc's own loop takes up the others)
         self._server = server
-        self._handler = handler
         self._calls: set[asyncio.Task[Any]] = set()  # (the loop holds only weak references)
         self._loops: list[asyncio.Task[None]] = []
         self._live = 0
@@ -162,5 +177,5 @@ class Intake:
             raise RuntimeError("close the gRPC call intake after its server's stop (grpc_intake.py)")
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=CLOSE_SECONDS)
-            if pending:  # (not seen: grpc's own loop waits for its take-ups the same way)
+            if pending:  # (not seen)
                 log.warning("%d gRPC call intake loops did not end after the server's stop", len(pending))
