@@ -83,8 +83,8 @@ class GrpcApi:
     def register(self, server: grpc.aio.Server) -> None:
         # Registered methods, not a generic handler: core routes a call to its method's
         # take-up without a lookup of its name in Python, and grpc_intake.py can keep more
-        # take-ups of Join outstanding (registering alone: +7-17% QPS at batch 100 and 1 in
-        # scratch runs, benchmarks/results/experiments.md, "gRPC call intake").
+        # take-ups of Join outstanding (registering alone: about +8% QPS at batch 100 and +9% at
+        # 1, medians of scratch runs, benchmarks/results/experiments.md, "gRPC call intake").
         server.add_registered_method_handlers(SERVICE, self._methods)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -131,16 +133,19 @@ async def test_stopping_the_server_ends_the_intake_s_loops_without_an_error(
 
 
 class SlowEngine(JoinEngine):
-    """Joins that take 0.2 s; counts those started."""
+    """Joins that wait until ``go`` is set; counts those started and finished."""
 
     def __init__(self, base: JoinEngine) -> None:
         super().__init__(base.stores, base.state, base.limits)
-        self.started = 0
+        self.started = self.finished = 0
+        self.go = asyncio.Event()
 
     async def join(self, req: JoinRequest, deadline: float, span: Any = None) -> JoinResult:
         self.started += 1
-        await asyncio.sleep(0.2)
-        return await super().join(req, deadline, span)
+        await self.go.wait()
+        result = await super().join(req, deadline, span)
+        self.finished += 1
+        return result
 
 
 async def test_calls_the_intake_took_up_are_answered_within_the_stop_s_grace(serve: Serve) -> None:
@@ -151,7 +156,11 @@ async def test_calls_the_intake_took_up_are_answered_within_the_stop_s_grace(ser
     # when a stop begins) and in its join
     await eventually(lambda: engine.started == 32, HANG_GUARD, "32 joins started")
     assert s.intake.taken > 0
-    await s.server.stop(HANG_GUARD)  # (its grace)
+    stopping = asyncio.ensure_future(s.server.stop(HANG_GUARD))  # (its grace)
+    await asyncio.sleep(0.05)
+    assert engine.finished == 0  # every call still in its join when the stop began
+    engine.go.set()
+    await stopping
     await s.intake.close()
     assert len(await answers) == 32  # every call answered: none failed, none lost
 
@@ -182,29 +191,114 @@ async def test_an_intake_starts_on_a_running_server_and_closes_after_its_stop() 
     with pytest.raises(RuntimeError, match="after its server"):
         Intake(server, JOIN_METHOD, api.handler("Join"), 4)
     await server.start()
+    intake: Intake | None = None
     try:
         intake = Intake(server, JOIN_METHOD, api.handler("Join"), 4)
         with pytest.raises(RuntimeError, match="after its server's stop"):
             await intake.close()
     finally:
         await server.stop(0)
+    assert intake is not None
     await intake.close()
 
 
-async def test_an_intake_without_the_grpc_internals_it_needs_leaves_take_ups_to_grpc(
-    serve: Serve, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        ("cygrpc", "_schedule_rpc_coro"),
+        ("cygrpc", "_handle_rpc"),
+        ("cygrpc", "_MethodResolver"),
+        ("server", "_request_registered_call"),
+        ("server", "is_running"),
+    ],
+)
+async def test_an_intake_without_a_grpc_internal_it_needs_leaves_take_ups_to_grpc(
+    serve: Serve,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: str,
+    name: str,
 ) -> None:
-    # grpc's own loop calls it too: a stand-in that answers to its call, with a parameter
-    # the intake does not know
-    original = cygrpc._schedule_rpc_coro
+    # grpc's own loop uses them too, so each is replaced by a stand-in that still works for
+    # grpc but is not what the intake checks for: a new parameter, or (the class) a wrapper
+    if owner == "cygrpc" and name != "_MethodResolver":
+        original = getattr(cygrpc, name)
 
-    def reshaped(rpc_coro, rpc_state, loop, method_name, priority=0):  # type: ignore[no-untyped-def]
-        return original(rpc_coro, rpc_state, loop, method_name)
+        def reshaped(*args: Any, priority: int = 0) -> Any:
+            return original(*args)
 
-    monkeypatch.setattr(cygrpc, "_schedule_rpc_coro", reshaped)
+        monkeypatch.setattr(cygrpc, name, reshaped)
+    elif owner == "cygrpc":
+        monkeypatch.setattr(cygrpc, name, lambda *args: None)  # a function, not the class
+    else:
+        # the AioServer is a Cython class: seen through a proxy that lacks the method
+        real_start = create_server
+
+        def proxied(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+            server = real_start(*args, **kwargs)
+            aio = server._server
+
+            class Hidden:
+                def __getattr__(self, attr: str) -> Any:
+                    if attr == name:
+                        raise AttributeError(attr)
+                    return getattr(aio, attr)
+
+            monkeypatch.setattr(server, "_server", Hidden())
+            return server
+
+        monkeypatch.setattr(sys.modules[__name__], "create_server", proxied)
     with caplog.at_level(logging.WARNING, logger=grpc_intake.__name__):
         s = await serve(make_engine(), 4)
-    assert "cygrpc._schedule_rpc_coro" in caplog.text
+    assert name in caplog.text
     assert loops_gauge() == 0
-    assert len(await join_all(s.port, 8)) == 8  # answered all the same, by grpc's own loop
     assert s.intake.taken == 0
+    if owner == "cygrpc":
+        assert len(await join_all(s.port, 8)) == 8  # answered all the same, by grpc's own loop
+
+
+async def test_listeners_that_fail_to_start_stop_grpc_before_the_intake_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A take-up left outstanding on a running server when the process ends is the crash
+    # grpc_intake.py guards against: a failing HTTP listener must end them first.
+    from featurestore import process
+    from featurestore.config import load_config
+    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+    from featurestore.registry.admin import RegistryAdmin
+    from featurestore.registry.file import FileRegistry
+    from featurestore.runtime import build_runtime
+    from tests.harness import free_port
+
+    user = Entity("user_id", DType.INT64)
+    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
+    config = load_config(
+        None,
+        {
+            ("project",): "p",
+            ("registry", "path"): str(tmp_path / "reg"),
+            ("derived", "cache_dir"): str(tmp_path / "cache"),
+            ("http", "port"): free_port(),
+            ("grpc", "port"): free_port(),
+        },
+    )
+
+    async def failing(*args: Any) -> None:
+        raise OSError("the HTTP listener cannot start")
+
+    monkeypatch.setattr(process, "_start_uvicorn", failing)
+    rt = await build_runtime(config)
+    try:
+        listeners = process.Listeners(rt)
+        try:
+            with pytest.raises(OSError, match="cannot start"):
+                await listeners.start()
+            assert listeners.intake is not None and listeners.intake.taken == 0
+            assert not listeners.grpc._server.is_running()  # stopped ...
+            assert all(t.done() for t in listeners.intake._loops)  # ... and the take-ups ended
+        finally:
+            listeners.sock.close()
+            listeners.guard.close()
+    finally:
+        await rt.close()
