@@ -19,6 +19,7 @@ import multiprocessing as mp
 import random
 import struct
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ async def _worker(
     bodies = load_bodies(bodies_from.format(seed=seed)) if bodies_from else requests(batch, 2048, seed, keys)
     latencies: list[float] = []
     errors = 0
-    codes: dict[str, int] = {}  # the errors by status name (RESOURCE_EXHAUSTED: shed)
+    codes: Counter[str] = Counter()  # the errors by status name (RESOURCE_EXHAUSTED: shed)
     # Own connections (grpc shares one per target between channels otherwise), so the
     # server's SO_REUSEPORT spreads them over its workers as it spreads HTTP clients'.
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -104,7 +105,7 @@ async def _worker(
                     await join(body, timeout=10)
                 except grpc.aio.AioRpcError as e:
                     errors += 1
-                    codes[e.code().name] = codes.get(e.code().name, 0) + 1
+                    codes[e.code().name] += 1
                     continue
                 latencies.append(time.perf_counter() - t0)
 
@@ -116,7 +117,7 @@ async def _worker(
     finally:
         for ch in channels:
             await ch.close()
-    return {"latencies": latencies, "errors": errors, "codes": codes, "wall": wall, "cpu": cpu}
+    return {"latencies": latencies, "errors": errors, "codes": dict(codes), "wall": wall, "cpu": cpu}
 
 
 def _run(args: tuple[str, int, int, float, int, str, int, str, str | None]) -> dict[str, Any]:
@@ -150,10 +151,7 @@ def measure(
             ],
         )
     lat = sorted(x for p in parts for x in p["latencies"])
-    codes: dict[str, int] = {}
-    for p in parts:
-        for name, n in p["codes"].items():
-            codes[name] = codes.get(name, 0) + n
+    codes = sum((Counter(p["codes"]) for p in parts), Counter[str]())
     wall = max(p["wall"] for p in parts)
 
     def pct(q: float) -> float:
@@ -162,7 +160,7 @@ def measure(
     return {
         "tool": f"grpc_load ({procs} proc)", "batch": batch, "concurrency": conc, "keys": keys,
         "requests": len(lat), "qps": round(len(lat) / wall, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999), "errors": sum(p["errors"] for p in parts), "codes": codes,
+        "p999_ms": pct(0.999), "errors": sum(p["errors"] for p in parts), "codes": dict(codes),
         "client_cores": round(sum(p["cpu"] for p in parts) / wall, 2),
     }  # fmt: skip
 

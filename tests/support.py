@@ -47,9 +47,9 @@ async def eventually(
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
 
 
-def file_registry_config(tmp_path: Path) -> Config:
+def file_registry_config(tmp_path: Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Config:
     """A server config of project p on a file registry under ``tmp_path / "reg"``, its
-    derived kernels cached under ``tmp_path / "cache"``."""
+    derived kernels cached under ``tmp_path / "cache"``; ``overrides``: more settings."""
     from featurestore.config import load_config
 
     return load_config(
@@ -58,8 +58,22 @@ def file_registry_config(tmp_path: Path) -> Config:
             ("project",): "p",
             ("registry", "path"): str(tmp_path / "reg"),
             ("derived", "cache_dir"): str(tmp_path / "cache"),
+            **(overrides or {}),
         },
     )
+
+
+async def one_view_listener_config(tmp_path: Path) -> Config:
+    """``file_registry_config`` with one view applied (``v``: ``f`` float64 by ``user_id``),
+    serving on free HTTP and gRPC ports: what ``process.Listeners`` needs to start."""
+    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+    from featurestore.registry.admin import RegistryAdmin
+    from featurestore.registry.file import FileRegistry
+
+    user = Entity("user_id", DType.INT64)
+    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
+    return file_registry_config(tmp_path, {("http", "port"): free_port(), ("grpc", "port"): free_port()})
 
 
 def is_running(pid: int) -> bool:

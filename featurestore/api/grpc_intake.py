@@ -86,23 +86,21 @@ CLOSE_SECONDS: Final = 1.0
 def missing_internals(server: grpc.aio.Server) -> str | None:
     """What of grpc's internals the intake needs is missing or changed; None: all there."""
     aio = getattr(server, "_server", None)
-    return next(
+    for where, fn, params in (
         (
-            f"{where}{params}"
-            for where, fn, params in (
-                (
-                    "grpc.aio.Server._server._request_registered_call",
-                    getattr(aio, "_request_registered_call", None),
-                    REQUEST,
-                ),
-                ("grpc.aio.Server._server.is_running", getattr(aio, "is_running", None), ()),
-                ("cygrpc._handle_rpc", getattr(cygrpc, "_handle_rpc", None), HANDLE_RPC),
-                ("cygrpc._schedule_rpc_coro", getattr(cygrpc, "_schedule_rpc_coro", None), SCHEDULE_RPC_CORO),
-            )
-            if _parameters(fn) != params
+            "grpc.aio.Server._server._request_registered_call",
+            getattr(aio, "_request_registered_call", None),
+            REQUEST,
         ),
-        None if isinstance(getattr(cygrpc, "_MethodResolver", None), type) else "cygrpc._MethodResolver",
-    )
+        ("grpc.aio.Server._server.is_running", getattr(aio, "is_running", None), ()),
+        ("cygrpc._handle_rpc", getattr(cygrpc, "_handle_rpc", None), HANDLE_RPC),
+        ("cygrpc._schedule_rpc_coro", getattr(cygrpc, "_schedule_rpc_coro", None), SCHEDULE_RPC_CORO),
+    ):
+        if _parameters(fn) != params:
+            return f"{where}{params}"
+    if not isinstance(getattr(cygrpc, "_MethodResolver", None), type):
+        return "cygrpc._MethodResolver"
+    return None
 
 
 def _parameters(fn: Any) -> tuple[str, ...] | None:
@@ -122,11 +120,10 @@ class Intake:
         registered under with ``add_registered_method_handlers``; start after the server."""
         self.method = method
         self.taken = 0  # calls taken up by these loops (grpc's own loop takes up the others)
-        self._server = server
+        self._aio: Any = getattr(server, "_server", None)  # (checked below before any use)
         self._calls: set[asyncio.Task[Any]] = set()  # (the loop holds only weak references)
         self._loops: list[asyncio.Task[None]] = []
-        self._live = 0
-        aio: Any = getattr(server, "_server", None)
+        aio: Any = self._aio
         missing = missing_internals(server) if loops > 0 else None
         if missing is None and loops > 0 and not aio.is_running():
             raise RuntimeError("start the gRPC call intake after its server (grpc_intake.py)")
@@ -173,8 +170,7 @@ class Intake:
 
     async def close(self) -> None:
         """Wait for the loops to end, after the server's stop (which failed their take-ups)."""
-        aio: Any = getattr(self._server, "_server", None)
-        if self._loops and aio.is_running():
+        if self._loops and self._aio.is_running():
             raise RuntimeError("close the gRPC call intake after its server's stop (grpc_intake.py)")
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=CLOSE_SECONDS)

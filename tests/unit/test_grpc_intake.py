@@ -22,7 +22,7 @@ from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
-from tests.support import eventually
+from tests.support import eventually, one_view_listener_config
 from tests.unit.test_api_edges import HANG_GUARD, join_message, make_engine
 
 CALLS = 64
@@ -263,26 +263,9 @@ async def test_listeners_that_fail_to_start_stop_grpc_before_the_intake_closes(
     # A take-up left outstanding on a running server when the process ends is the crash
     # grpc_intake.py guards against: a failing HTTP listener must end them first.
     from featurestore import process
-    from featurestore.config import load_config
-    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
-    from featurestore.registry.admin import RegistryAdmin
-    from featurestore.registry.file import FileRegistry
     from featurestore.runtime import build_runtime
-    from tests.harness import free_port
 
-    user = Entity("user_id", DType.INT64)
-    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
-    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-            ("http", "port"): free_port(),
-            ("grpc", "port"): free_port(),
-        },
-    )
+    config = await one_view_listener_config(tmp_path)
 
     async def failing(*args: Any) -> None:
         raise OSError("the HTTP listener cannot start")

@@ -463,27 +463,11 @@ async def test_a_content_length_past_any_limit_is_a_413_unread(
 async def test_the_server_process_answers_joins_directly(tmp_path: Path) -> None:
     """process.py wires the direct cycle to the app uvicorn serves (with the access log
     off, uvicorn serves that very object: no middleware around it)."""
-    from featurestore.config import load_config
-    from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
     from featurestore.process import Listeners
-    from featurestore.registry.admin import RegistryAdmin
-    from featurestore.registry.file import FileRegistry
     from featurestore.runtime import build_runtime
-    from tests.harness import free_port
+    from tests.support import one_view_listener_config
 
-    user = Entity("user_id", DType.INT64)
-    view = FeatureView("v", (user,), (Feature("f", DType.FLOAT64),))
-    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(make_definitions("p", [user], [view], []))
-    config = load_config(
-        None,
-        {
-            ("project",): "p",
-            ("registry", "path"): str(tmp_path / "reg"),
-            ("derived", "cache_dir"): str(tmp_path / "cache"),
-            ("http", "port"): free_port(),
-            ("grpc", "port"): free_port(),
-        },
-    )
+    config = await one_view_listener_config(tmp_path)
     rt = await build_runtime(config)
     try:
         listeners = Listeners(rt)
