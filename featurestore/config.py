@@ -112,7 +112,7 @@ class GrpcConfig:
     # runs from the call's start): less CPU a call, but a call that dies waiting for the event
     # loop before its message is read is not counted (api/grpc.py).
     unary_join: bool = False
-    intake_loops: CountOrZero = 16  # Join take-ups besides grpc.aio's one (api/grpc_intake.py); 0: none
+    intake_loops: Annotated[CountOrZero, Field(le=1024)] = 16  # Join take-ups besides grpc.aio's; 0: none
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,14 @@ def validate_entities(
     return n
 
 
+_INT, _STR = {int}, {str}
+
+
 def _check_column(entity: Entity, col: Sequence[Any]) -> None:
+    # The types a column holds as one set, in C: 2.0 against 2.9 µs for the generator's
+    # type test per value at 100 keys, alike at 1 (timeit, 2026-12-06).
     if entity.dtype is DType.INT64:
-        if not all(type(v) is int for v in col):
+        if set(map(type, col)) != _INT:
             bad = next(i for i, v in enumerate(col) if type(v) is not int)
             raise _wrong_type(entity, bad, col[bad])
         if min(col) < INT64_MIN or max(col) > INT64_MAX:
@@ -66,7 +71,7 @@ def _check_column(entity: Entity, col: Sequence[Any]) -> None:
                 f"entity {entity.name!r}: row {bad} key {col[bad]} is outside the int64 range",
                 details=[{"entity": entity.name, "row": bad}],
             )
-    elif not all(type(v) is str for v in col):
+    elif set(map(type, col)) != _STR:
         bad = next(i for i, v in enumerate(col) if type(v) is not str)
         raise _wrong_type(entity, bad, col[bad])
 

@@ -27,14 +27,17 @@ outstanding take-up costs core one pending request).
 What differs from grpc's loop: grpc's server interceptors and ``maximum_concurrent_rpcs``
 are not applied to the calls these loops take up (Python cannot read them from the
 server); ``create_server`` sets neither, and tests/unit/test_grpc_intake.py fails if it
-does. A loop whose take-up fails while the server runs ends (grpc's re-arms), logged and
-counted down in ``featurestore_grpc_intake_loops``.
+does. A loop whose take-up fails while the server runs ends, logged and counted down in
+``featurestore_grpc_intake_loops``; the others and grpc's own loop go on (where grpc's own
+loop fails, grpc.aio logs it and shuts the whole server down: its
+``_serving_task_crash_handler``).
 
 What it reaches into (grpc 1.85; tests/unit/test_grpc_intake.py fails when one of them
 changes): ``grpc.aio.Server._server`` (the ``cygrpc.AioServer``), its
 ``_request_registered_call(method: bytes)`` and ``is_running()``, and cygrpc's
 ``_MethodResolver``, ``_handle_rpc`` and ``_schedule_rpc_coro``. If one is missing at
-start, the intake logs a warning and Join calls are taken up by grpc.aio's loop alone.
+start, the intake logs a warning, ``featurestore_grpc_intake_internals_missing`` reads 1,
+and Join calls are taken up by grpc.aio's loop alone.
 Order matters, and is checked: an intake starts on a running server and closes after its
 stop. A take-up outstanding in core holds memory of its Python object, so cancelling one
 on a running server (or asking core for one after its stop) crashes the process
@@ -64,6 +67,14 @@ LOOPS = Gauge(
     multiprocess_mode="livemin",
 )
 LOOPS.set(math.inf)  # (a worker starting up is not one with a broken intake)
+INTERNALS_MISSING = Gauge(
+    "featurestore_grpc_intake_internals_missing",
+    "1 when a worker found the grpc internals the gRPC call intake uses missing or changed "
+    "(logged at start: grpc upgraded past what it was built for) and takes Join calls up "
+    "one per event loop wakeup; 0 otherwise (tells that 0 from a configured "
+    "grpc.intake_loops: 0 in featurestore_grpc_intake_loops).",
+    multiprocess_mode="livemax",
+)
 
 # The parameters of grpc's internals as the intake calls them (grpc 1.85.1).
 HANDLE_RPC: Final = (
@@ -146,6 +157,7 @@ class Intake:
             ]
         self._live = len(self._loops)
         LOOPS.set(self._live)
+        INTERNALS_MISSING.set(0 if missing is None else 1)
 
     async def _take_up(self, aio: Any, resolver: Any) -> None:
         method, name = self.method.encode(), self.method

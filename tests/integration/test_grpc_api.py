@@ -188,3 +188,4 @@ def test_the_server_takes_up_grpc_joins_through_its_call_intake(
     assert all(f.result().results for f in futures)
     text = http_get(server.url + "/metrics")[1].decode()
     assert "featurestore_grpc_intake_loops 16.0" in text.splitlines()
+    assert "featurestore_grpc_intake_internals_missing 0.0" in text.splitlines()

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 from featurestore.api import grpc_intake
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
 from featurestore.api.grpc_intake import Intake, missing_internals
-from featurestore.config import GrpcConfig
+from featurestore.config import GrpcConfig, load_config
+from featurestore.errors import InvalidArgument
 from featurestore.join import JoinEngine, JoinRequest, JoinResult
 from featurestore.push import PushService
 from featurestore.v1 import featurestore_pb2 as pb
@@ -72,6 +73,10 @@ async def join_all(port: int, calls: int = CALLS) -> list[pb.JoinResponse]:
 
 def loops_gauge() -> float | None:
     return REGISTRY.get_sample_value("featurestore_grpc_intake_loops")
+
+
+def missing_gauge() -> float | None:
+    return REGISTRY.get_sample_value("featurestore_grpc_intake_internals_missing")
 
 
 async def test_the_grpc_internals_the_intake_calls_are_there_with_the_parameters_it_passes() -> None:
@@ -252,9 +257,33 @@ async def test_an_intake_without_a_grpc_internal_it_needs_leaves_take_ups_to_grp
         s = await serve(make_engine(), 4)
     assert name in caplog.text
     assert loops_gauge() == 0
+    assert missing_gauge() == 1  # (a configured 0 reads 0 here: the next test)
     assert s.intake.taken == 0
     if owner == "cygrpc":
         assert len(await join_all(s.port, 8)) == 8  # answered all the same, by grpc's own loop
+
+
+@pytest.mark.parametrize("loops", [0, 4])
+async def test_an_intake_with_grpc_s_internals_reads_none_missing_whether_configured_off_or_on(
+    serve: Serve, loops: int
+) -> None:
+    s = await serve(make_engine(), loops)
+    assert loops_gauge() == loops
+    assert missing_gauge() == 0
+    assert len(await join_all(s.port, 8)) == 8
+
+
+@pytest.mark.parametrize(
+    ("value", "named"), [("1025", "less than or equal to 1024"), ("-1", "0 or a positive")]
+)
+def test_intake_loops_beyond_its_bounds_is_a_configuration_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, named: str
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_GRPC__INTAKE_LOOPS", value)
+    with pytest.raises(InvalidArgument, match=rf"grpc\.intake_loops.*{named}"):
+        load_config()
+    monkeypatch.setenv("FEATURESTORE_GRPC__INTAKE_LOOPS", "1024")
+    assert load_config().grpc.intake_loops == 1024
 
 
 async def test_listeners_that_fail_to_start_stop_grpc_before_the_intake_closes(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 
+import numpy as np
 import orjson
 import pytest
 
@@ -146,11 +147,53 @@ def test_an_empty_column_is_an_empty_array() -> None:
     assert timestamps.iso_json([]) == b"[]"
 
 
-def test_instants_outside_years_1_to_9999_never_reach_orjsons_datetime64_writer(
+def test_every_instant_the_installed_orjson_writes_from_integers_it_writes_as_iso_list_does() -> None:
+    """iso_json hands orjson any column without a None (orjson >= 3.11.8 refuses what it
+    cannot write): across the whole int64 range, what it accepts must be iso_list's."""
+    rng = random.Random(5)
+    edges = [-(2**63), -(2**63) + 1, YEAR_1 - 1, YEAR_1, -1, 0, 1, 253_402_293_599_999_999, 2**63 - 1]
+    ranges = [(-(2**63), 2**63 - 1), (-70_000_000_000_000_000, 260_000_000_000_000_000)]
+    values = edges + [rng.randint(lo, hi) for lo, hi in ranges for _ in range(20_000)]
+    refused = 0
+    for v in values:
+        try:
+            written = orjson.dumps(
+                np.array([v], np.int64).view("datetime64[us]"), option=timestamps._DATETIME64
+            )
+        except TypeError:
+            refused += 1
+            continue
+        assert written == orjson.dumps(iso_list([v])), v
+    assert 0 < refused < len(values)
+    assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))
+
+
+def test_a_column_with_a_null_is_rendered_as_iso_list() -> None:
+    values = [1_704_067_207_000_000] * 50 + [None] + [1_704_067_207_000_001] * 49
+    assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))
+    assert orjson.loads(timestamps.iso_json(values))[50] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3.11.8", (3, 11, 8)), ("3.13.0", (3, 13, 0)), ("3.12.0rc1", (3, 12)), ("4", (4,))],
+)
+def test_a_version_string_reads_as_its_numbers(text: str, expected: tuple[int, ...]) -> None:
+    assert timestamps.version(text) == expected
+
+
+def test_the_installed_orjson_is_trusted_to_refuse_what_it_cannot_write() -> None:
+    """pyproject.toml pins orjson >= 3.11.8: the years check is for an older one only."""
+    assert timestamps.version(orjson.__version__) >= (3, 11, 8)
+    assert timestamps._CHECK_YEARS is False
+
+
+def test_with_an_orjson_older_than_the_pin_instants_outside_years_1_to_9999_never_reach_its_datetime64_writer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """orjson 3.11.7 wrote years below 1 garbled or crashed the process: whatever orjson
-    is installed, it is handed only instants it writes as iso_list does."""
+    """orjson 3.11.7 wrote years below 1 garbled or crashed the process: an orjson older
+    than 3.11.8 is handed only instants it writes as iso_list does."""
+    monkeypatch.setattr(timestamps, "_CHECK_YEARS", True)
     handed: list[object] = []
     real = orjson.dumps
 
