@@ -24,8 +24,9 @@ per request fell 15.6% at batch 100 (468 -> 395 µs, QPS +18.4%) and 8.3% at bat
 10``), one Redis, cache off, 4 interleaved rounds, 2026-12-04.
 
 The years-1-9999 check before orjson was two numpy reductions and a scan for None, 4 of
-the 9.4 µs ``iso_json`` took for 100 values (py-spy on a batch-100 join over Redis: 4% of
-the request's CPU). orjson from 3.11.8 (the pin in pyproject.toml) refuses an instant it
+the 9.4 µs ``iso_json`` took for 100 values, ~15 µs a view in a server (cold caches):
+without it a join's CPU fell 5.7% at batch 100 and 7.0% at 10, request-interleaved over
+Redis (benchmarks/results/experiments.md, 2026-12-06). orjson from 3.11.8 (the pin in pyproject.toml) refuses an instant it
 cannot write as ``iso_list`` does (before year 0, from 9999-12-30T22:00Z) with a
 TypeError, and a None fails the int64 conversion the same way: both go to ``iso_list``,
 no check before (5.5 µs for 100 values; a column with a None: 10.0 against 8.9).
