@@ -71,8 +71,9 @@ INTERNALS_MISSING = Gauge(
     "featurestore_grpc_intake_internals_missing",
     "1 when a worker found the grpc internals the gRPC call intake uses missing or changed "
     "(logged at start: grpc upgraded past what it was built for) and takes Join calls up "
-    "one per event loop wakeup; 0 otherwise (tells that 0 from a configured "
-    "grpc.intake_loops: 0 in featurestore_grpc_intake_loops).",
+    "one per event loop wakeup; 0 otherwise, and when grpc.intake_loops is 0 (nothing is "
+    "checked then): it tells a fallback's 0 in featurestore_grpc_intake_loops from a "
+    "configured one.",
     multiprocess_mode="livemax",
 )
 

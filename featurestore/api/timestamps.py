@@ -13,9 +13,10 @@ view at batch 100 (benchmarks/RESULTS.md, issue 16).
 
 A whole column as a JSON array (``iso_json``, what the join response splices in from 8
 rows on) is rendered by orjson from a ``datetime64[us]`` view of the values, in C, when
-it holds no null and every instant is in years 1-9999 (which orjson writes exactly as
-``iso_list``: tests/unit/test_timestamps.py compares the two): no per-value
-Python work and no cache. The cache is a 131,072-entry dict, and a lookup in it costs
+it holds no null and orjson writes every instant in it (0000-01-01 to
+9999-12-30T22:00:00Z, exactly as ``iso_list``: tests/unit/test_timestamps.py compares
+the two at both ends); otherwise as ``iso_list``: no per-value Python work and no cache.
+The cache is a 131,072-entry dict, and a lookup in it costs
 what a cache miss of the CPU costs: py-spy on a batch-100 server (cache off, the demo's
 two views, 200 timestamps a response) put 16.7% of its CPU in the lookups, ~450 ns each
 against ~140 ns in a loop of lookups alone. Rendered by orjson instead, the server's CPU
@@ -23,15 +24,17 @@ per request fell 15.6% at batch 100 (468 -> 395 µs, QPS +18.4%) and 8.3% at bat
 (192 -> 176 µs): ``python -m benchmarks.ab --old 471934a --batch 100`` (and ``--batch
 10``), one Redis, cache off, 4 interleaved rounds, 2026-12-04.
 
-The years-1-9999 check before orjson was two numpy reductions and a scan for None, 4 of
-the 9.4 µs ``iso_json`` took for 100 values, ~15 µs a view in a server (cold caches):
-without it a join's CPU fell 5.7% at batch 100 and 7.0% at 10, request-interleaved over
-Redis (benchmarks/results/experiments.md, 2026-12-06). orjson from 3.11.8 (the pin in pyproject.toml) refuses an instant it
-cannot write as ``iso_list`` does (before year 0, from 9999-12-30T22:00Z) with a
-TypeError, and a None fails the int64 conversion the same way: both go to ``iso_list``,
-no check before (5.5 µs for 100 values; a column with a None: 10.0 against 8.9).
-``tests/unit/test_timestamps.py`` holds the installed orjson to it across the int64 range.
-An orjson older than the pin gets the check back (``_CHECK_YEARS``).
+Until 2026-12-06 a check came before orjson: a scan for None and two numpy reductions
+for years 1-9999, 4 of the 9.4 µs ``iso_json`` took for 100 values, and ~15 µs a view in
+a server (why three times timeit's figure was not traced). Without it a join's CPU fell
+5.7% at batch 100 and 7.0% at 10, request-interleaved over Redis (``python -m
+benchmarks.iso_json_check``; benchmarks/results/experiments.md). orjson from 3.11.8
+(the pin in pyproject.toml) refuses an instant it cannot write as ``iso_list`` does
+(before year 0, after 9999-12-30T22:00:00Z, NaT) with a TypeError, and a None fails the
+int64 conversion the same way: both go to ``iso_list`` (5.5 µs for 100 values; a column
+with a None: 10.0 against 8.9). An orjson older than the pin gets the check back
+(``needs_years_check``): 3.11.7 wrote year -1 garbled and died of an illegal instruction
+further back.
 """
 
 from __future__ import annotations
@@ -89,9 +92,14 @@ def version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-# orjson 3.11.7 wrote instants before year 1 garbled, or died of an illegal instruction;
-# 3.11.8 refuses them. Only an orjson older than that is kept to years 1-9999 by a check.
-_CHECK_YEARS = version(orjson.__version__) < (3, 11, 8)
+def needs_years_check(orjson_version: str) -> bool:
+    """Whether an orjson must be kept to years 1-9999: 3.11.7 wrote instants before year 0
+    garbled, or died of an illegal instruction; 3.11.8 refuses them (``"3.11.8rc1"`` reads
+    as 3.11, older)."""
+    return version(orjson_version) < (3, 11, 8)
+
+
+_CHECK_YEARS = needs_years_check(orjson.__version__)
 
 
 def iso_json(values: Sequence[int | None]) -> bytes:
@@ -100,11 +108,11 @@ def iso_json(values: Sequence[int | None]) -> bytes:
     instant orjson refuses, as ``iso_list``."""
     if values:
         try:
-            us = np.fromiter(values, _INT64, len(values))  # TypeError at a None, OverflowError past int64
+            us = np.fromiter(values, _INT64, len(values))  # TypeError at a None (past int64: raises)
             if _CHECK_YEARS and not (us.min() >= _YEAR_1 and us.max() < _YEAR_10000):
                 raise TypeError("outside years 1-9999")
             return orjson.dumps(us.view(_MICROSECONDS), option=_DATETIME64)
-        except (TypeError, OverflowError):  # (orjson's refusal is a TypeError: JSONEncodeError)
+        except TypeError:  # (orjson's refusal is one: JSONEncodeError)
             pass
     return orjson.dumps(iso_list(values))
 

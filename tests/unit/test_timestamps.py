@@ -147,28 +147,55 @@ def test_an_empty_column_is_an_empty_array() -> None:
     assert timestamps.iso_json([]) == b"[]"
 
 
+YEAR_0 = -62_167_219_200_000_000  # 0000-01-01T00:00:00Z, the first instant orjson >= 3.11.8 writes
+LAST_WRITTEN = 253_402_207_200_000_000  # 9999-12-30T22:00:00Z, the last (jiff's Timestamp::MAX)
+
+
 def test_every_instant_the_installed_orjson_writes_from_integers_it_writes_as_iso_list_does() -> None:
     """iso_json hands orjson any column without a None (orjson >= 3.11.8 refuses what it
-    cannot write): across the whole int64 range, what it accepts must be iso_list's."""
+    cannot write): across the whole int64 range, and densely at both ends of what it
+    writes, what it accepts must be iso_list's."""
+    if timestamps._CHECK_YEARS:  # (handing it these would crash the process: 3.11.7)
+        pytest.fail(f"orjson {orjson.__version__} is older than the pin (3.11.8)")
     rng = random.Random(5)
-    edges = [-(2**63), -(2**63) + 1, YEAR_1 - 1, YEAR_1, -1, 0, 1, 253_402_293_599_999_999, 2**63 - 1]
+    edges = [-(2**63), -(2**63) + 1, YEAR_0 - 1, YEAR_0, YEAR_1 - 1, YEAR_1, -1, 0, 1]
+    edges += [LAST_WRITTEN, LAST_WRITTEN + 1, 253_402_300_799_999_999, 253_402_300_800_000_000, 2**63 - 1]
+    dense = [end + d for end in (YEAR_0, LAST_WRITTEN) for d in range(-3_000, 3_000)]
+    days = [
+        end + rng.randint(-86_400_000_000 * 3, 86_400_000_000 * 3)
+        for end in (YEAR_0, LAST_WRITTEN)
+        for _ in range(2_000)
+    ]
     ranges = [(-(2**63), 2**63 - 1), (-70_000_000_000_000_000, 260_000_000_000_000_000)]
-    values = edges + [rng.randint(lo, hi) for lo, hi in ranges for _ in range(20_000)]
-    refused = 0
+    values = edges + dense + days + [rng.randint(lo, hi) for lo, hi in ranges for _ in range(20_000)]
+    written_by_orjson = []
     for v in values:
         try:
             written = orjson.dumps(
                 np.array([v], np.int64).view("datetime64[us]"), option=timestamps._DATETIME64
             )
         except TypeError:
-            refused += 1
             continue
         assert written == orjson.dumps(iso_list([v])), v
-    assert 0 < refused < len(values)
-    assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))
+        written_by_orjson.append(v)
+    assert {YEAR_0, LAST_WRITTEN} <= set(written_by_orjson)
+    assert not {YEAR_0 - 1, LAST_WRITTEN + 1} & set(written_by_orjson)
+    assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))  # (some refused: iso_list)
 
 
-def test_a_column_with_a_null_is_rendered_as_iso_list() -> None:
+def test_a_column_orjson_writes_whole_does_not_go_through_iso_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(6)
+    values = [YEAR_0, LAST_WRITTEN] + [rng.randint(YEAR_0, LAST_WRITTEN) for _ in range(98)]
+    expected = orjson.dumps(iso_list(values))
+
+    def refused(values: object) -> list[str | None]:
+        raise AssertionError("iso_list called")
+
+    monkeypatch.setattr(timestamps, "iso_list", refused)
+    assert timestamps.iso_json(values) == expected
+
+
+def test_a_column_with_a_null_is_rendered_as_iso_list_renders_it() -> None:
     values = [1_704_067_207_000_000] * 50 + [None] + [1_704_067_207_000_001] * 49
     assert timestamps.iso_json(values) == orjson.dumps(iso_list(values))
     assert orjson.loads(timestamps.iso_json(values))[50] is None
@@ -186,6 +213,21 @@ def test_the_installed_orjson_is_trusted_to_refuse_what_it_cannot_write() -> Non
     """pyproject.toml pins orjson >= 3.11.8: the years check is for an older one only."""
     assert timestamps.version(orjson.__version__) >= (3, 11, 8)
     assert timestamps._CHECK_YEARS is False
+
+
+@pytest.mark.parametrize(
+    ("text", "checked"),
+    [
+        ("3.11.7", True),
+        ("3.11.8rc1", True),
+        ("3.10.0", True),
+        ("3.11.8", False),
+        ("3.11.10", False),
+        ("4.0", False),
+    ],
+)
+def test_only_an_orjson_older_than_3_11_8_is_kept_to_years_1_to_9999(text: str, checked: bool) -> None:
+    assert timestamps.needs_years_check(text) is checked
 
 
 def test_with_an_orjson_older_than_the_pin_instants_outside_years_1_to_9999_never_reach_its_datetime64_writer(
