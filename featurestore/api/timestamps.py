@@ -27,8 +27,8 @@ per request fell 15.6% at batch 100 (468 -> 395 µs, QPS +18.4%) and 8.3% at bat
 Until 2026-12-06 a check came before orjson: a scan for None and two numpy reductions
 for years 1-9999, 4 of the 9.4 µs ``iso_json`` took for 100 values, and ~15 µs a view in
 a server (why three times timeit's figure was not traced). Without it a join's CPU fell
-5.7% at batch 100 and 7.0% at 10, request-interleaved over Redis (``python -m
-benchmarks.iso_json_check``; benchmarks/results/experiments.md). orjson from 3.11.8
+5.6% at batch 100 and 7.3% at 10, request-interleaved over Redis (``python -m
+benchmarks.iso_json_check``, benchmarks/results/iso-json-check.md, 2026-12-06). orjson from 3.11.8
 (the pin in pyproject.toml) refuses an instant it cannot write as ``iso_list`` does
 (before year 0, after 9999-12-30T22:00:00Z, NaT) with a TypeError, and a None fails the
 int64 conversion the same way: both go to ``iso_list`` (5.5 µs for 100 values; a column
