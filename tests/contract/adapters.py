@@ -23,6 +23,12 @@ from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.store import MemoryTileStore, TileStore
 
+# The contract is not about connect timeouts: on a loaded 2-core machine (two test
+# workers, their servers) a localhost connect can wait past the 250 ms default for the
+# event loop to run again, and a suite failed so once (2026-12-06 23:35, "Timeout
+# connecting" in test_several_views_in_one_read[redis]; its file passed 3 of 3 alone).
+CONNECT_MS = 5000
+
 ADAPTERS = [
     "memory",
     "redis",
@@ -43,27 +49,38 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return MemorySource("contract")
     if name == "redis":
         server = request.getfixturevalue("redis_server")
-        return RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8))
+        return RedisSource(
+            "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
+        )
     if name == "redis-no-autopipeline":  # each join's MGETs on its own connection (the default coalesces)
         server = request.getfixturevalue("redis_server")
         return RedisSource(
-            "contract", project, RedisOptions(url=server.url, pool_size=8, auto_pipeline=False)
+            "contract",
+            project,
+            RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS, auto_pipeline=False),
         )
     if name in ("redis-unix", "redis-unix-no-autopipeline"):  # unix:// (no TCP options)
         server = request.getfixturevalue("redis_server")
         auto = name == "redis-unix"
         return RedisSource(
-            "contract", project, RedisOptions(url=server.unix_url, pool_size=8, auto_pipeline=auto)
+            "contract",
+            project,
+            RedisOptions(url=server.unix_url, pool_size=8, connect_timeout_ms=CONNECT_MS, auto_pipeline=auto),
         )
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
         return CachedSource(
-            RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)), LRUCache(1000, 30)
+            RedisSource(
+                "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
+            ),
+            LRUCache(1000, 30),
         )
     if name == "redis+lru+bypass":  # nor must reads that go past it (here: every read)
         server = request.getfixturevalue("redis_server")
         return CachedSource(
-            RedisSource("contract", project, RedisOptions(url=server.url, pool_size=8)),
+            RedisSource(
+                "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
+            ),
             LRUCache(1000, 30),
             CacheBypass(30, trial_every=1e9, unmeasured=0.0),
         )
@@ -72,7 +89,11 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return ClickHouseOnlineSource("contract", project, ClickHouseOptions(dsn=dsn, threads=2))
     if name == "redis-cluster":
         cluster = request.getfixturevalue("redis_cluster")
-        return RedisSource("contract", project, RedisOptions(url=cluster.url, cluster=True, pool_size=8))
+        return RedisSource(
+            "contract",
+            project,
+            RedisOptions(url=cluster.url, cluster=True, pool_size=8, connect_timeout_ms=CONNECT_MS),
+        )
     raise ValueError(name)
 
 
