@@ -85,11 +85,12 @@ def _footprint_rows(on: dict[str, Any] | None, off: dict[str, Any] | None) -> li
         if on and off and "peak_rss_mb" in on["summary"] and "peak_rss_mb" in off["summary"]
         else None
     )
+    when = f" (footprint run {on['run_at']})" if on and on.get("run_at") else " (footprint run not dated)"
     return [
         (
             "`make run` start to ready",
             f"<= {READY_TARGET_S:g} s",
-            f"{ready:.2f} s" if ready is not None else "",
+            f"{ready:.2f} s{when}" if ready is not None else "",
             ready <= READY_TARGET_S if ready is not None else None,
             FOOTPRINT,
         ),

@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.provenance import run_line, started
 from benchmarks.report import stitch
 from featurestore.demo.data import ensure_demo_data
 
@@ -131,6 +132,7 @@ def main() -> None:
     )
     ap.add_argument("--no-derived", action="store_true", help="the demo without its derived view (no numba)")
     a = ap.parse_args()
+    start = started()
     data_dir = a.data_dir or Path(tempfile.mkdtemp(prefix="fs-footprint-"))
     ensure_demo_data(data_dir)
     extra = ["--no-clickhouse"] if a.no_clickhouse else []
@@ -168,10 +170,15 @@ def main() -> None:
     part.write_text(
         f"### Footprint of the embedded demo, {what}\n\n"
         f"`python -m benchmarks.footprint --runs {a.runs}{flag}` (100k users loaded; data generated beforehand)\n\n"
+        f"{run_line(start)}\n\n"
         f"{table}\n"
     )
     # the figures, for RESULTS.md's derived-features targets (benchmarks.report)
-    figures = {"command": f"python -m benchmarks.footprint --runs {a.runs}{flag}", "summary": summary}
+    figures = {
+        "command": f"python -m benchmarks.footprint --runs {a.runs}{flag}",
+        "run_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),  # (RESULTS.md's targets name it)
+        "summary": summary,
+    }
     part.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
     stitch()
 
