@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +30,12 @@ from featurestore.streaming.store import MemoryTileStore, TileStore
 # connecting" in test_several_views_in_one_read[redis]; its file passed 3 of 3 alone).
 CONNECT_MS = 5000
 
+
+def redis_options(url: str, **more: Any) -> RedisOptions:
+    """The contract's Redis options for ``url``: 8 connections, ``CONNECT_MS``, ``more``."""
+    return RedisOptions(url=url, pool_size=8, connect_timeout_ms=CONNECT_MS, **more)
+
+
 ADAPTERS = [
     "memory",
     "redis",
@@ -49,38 +56,21 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return MemorySource("contract")
     if name == "redis":
         server = request.getfixturevalue("redis_server")
-        return RedisSource(
-            "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
-        )
+        return RedisSource("contract", project, redis_options(server.url))
     if name == "redis-no-autopipeline":  # each join's MGETs on its own connection (the default coalesces)
         server = request.getfixturevalue("redis_server")
-        return RedisSource(
-            "contract",
-            project,
-            RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS, auto_pipeline=False),
-        )
+        return RedisSource("contract", project, redis_options(server.url, auto_pipeline=False))
     if name in ("redis-unix", "redis-unix-no-autopipeline"):  # unix:// (no TCP options)
         server = request.getfixturevalue("redis_server")
         auto = name == "redis-unix"
-        return RedisSource(
-            "contract",
-            project,
-            RedisOptions(url=server.unix_url, pool_size=8, connect_timeout_ms=CONNECT_MS, auto_pipeline=auto),
-        )
+        return RedisSource("contract", project, redis_options(server.unix_url, auto_pipeline=auto))
     if name == "redis+lru":  # the LRU cache in front must not change any answer
         server = request.getfixturevalue("redis_server")
-        return CachedSource(
-            RedisSource(
-                "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
-            ),
-            LRUCache(1000, 30),
-        )
+        return CachedSource(RedisSource("contract", project, redis_options(server.url)), LRUCache(1000, 30))
     if name == "redis+lru+bypass":  # nor must reads that go past it (here: every read)
         server = request.getfixturevalue("redis_server")
         return CachedSource(
-            RedisSource(
-                "contract", project, RedisOptions(url=server.url, pool_size=8, connect_timeout_ms=CONNECT_MS)
-            ),
+            RedisSource("contract", project, redis_options(server.url)),
             LRUCache(1000, 30),
             CacheBypass(30, trial_every=1e9, unmeasured=0.0),
         )
@@ -89,11 +79,7 @@ async def make_source(name: str, request: pytest.FixtureRequest) -> OnlineSource
         return ClickHouseOnlineSource("contract", project, ClickHouseOptions(dsn=dsn, threads=2))
     if name == "redis-cluster":
         cluster = request.getfixturevalue("redis_cluster")
-        return RedisSource(
-            "contract",
-            project,
-            RedisOptions(url=cluster.url, cluster=True, pool_size=8, connect_timeout_ms=CONNECT_MS),
-        )
+        return RedisSource("contract", project, redis_options(cluster.url, cluster=True))
     raise ValueError(name)
 
 
