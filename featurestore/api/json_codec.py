@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import orjson
 
+from featurestore.api.json_row import encode_row
 from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
 from featurestore.api.timestamps import iso_json, iso_list
 from featurestore.errors import InvalidArgument, clipped
@@ -200,6 +201,14 @@ _SHARED_RENDER_ROWS = 8
 
 
 def encode_join(result: JoinResult, trace_id: str) -> bytes:
+    """The JSON join response (docs/api.md); one row's from fragments (json_row.py)."""
+    if result.rows == 1 and result.columns:
+        return encode_row(result, trace_id)
+    return encode_document(result, trace_id)
+
+
+def encode_document(result: JoinResult, trace_id: str) -> bytes:
+    """The JSON join response of any number of rows, as one document for orjson."""
     n = result.rows
     rendered: dict[int, tuple[Any, Any]] = {}
     entity_statuses: Any = [PRESENT_NAME] * n

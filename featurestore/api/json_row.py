@@ -1,0 +1,76 @@
+"""The HTTP join response of one entity row, written from fragments.
+
+A batch-1 join is the commonest request and its response the smallest: one value per
+column, each column wrapped in the same three-list object, with statuses and timestamps
+shared per view. ``json_codec.encode_document`` builds that document as Python dicts and
+lists for orjson to walk; for one row the building and the walk cost more than the
+values. Here each value is written by orjson on its own (the same float, string and
+null rules: a non-finite float is null), each view's statuses-and-timestamps tail once,
+and the pieces are joined: byte for byte the document ``encode_document`` writes
+(tests/unit/test_json_row.py holds the two to that on every dtype and status).
+
+Why: ranker_v1 (16 features of 2 views) at one row, 9.1 against 6.5 µs a response;
+ranker_v2 (+ 4 derived) 10.9 against 7.7 (``python -m benchmarks.json_encoding``,
+benchmarks/RESULTS.md). A batch-1 join costs the serving process 110-140 µs of CPU under
+load, so that is ~2%.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
+from featurestore.api.timestamps import iso_list
+from featurestore.model import DType
+
+if TYPE_CHECKING:
+    from featurestore.join import JoinResult
+
+_dumps = orjson.dumps
+_NUMPY: Final = orjson.OPT_SERIALIZE_NUMPY  # as json_codec: a numpy scalar or vector value
+_TIMESTAMP: Final = DType.TIMESTAMP
+_OPEN: Final = b',"results":[{"values":['
+_NEXT: Final = b']},{"values":['  # between one column's tail and the next column's value
+_CLOSE: Final = b"]}]}"
+# The tail of an entity column: always PRESENT, no event timestamp.
+_ENTITY_TAIL: Final = b'],"statuses":[' + _dumps(PRESENT_NAME) + b'],"event_timestamps":[null' + _NEXT
+_STATUS: Final = tuple(_dumps(name) if name else b"" for name in JSON_NAME_BY_VALUE)
+
+
+def encode_row(result: JoinResult, trace_id: str) -> bytes:
+    """The JSON join response of ``result``, a join of one entity row with at least one
+    column (what ``json_codec.encode_document`` writes for it)."""
+    columns = result.columns
+    parts = [
+        b'{"metadata":{"feature_names":',
+        _dumps([c.name for c in columns]),
+        b',"registry_version":',
+        _dumps(result.registry_version),
+        b',"trace_id":',
+        _dumps(trace_id),
+        b',"partial":true}' if result.partial else b',"partial":false}',
+        _OPEN,
+    ]
+    tails: dict[int, bytes] = {}  # per view outcome: its columns' shared tail
+    for col in columns:
+        values: Any = col.values
+        parts.append(_dumps(iso_list(values)[0] if col.dtype is _TIMESTAMP else values[0], option=_NUMPY))
+        outcome = col.outcome
+        if outcome is None:
+            parts.append(_ENTITY_TAIL)
+            continue
+        tail = tails.get(id(outcome))
+        if tail is None:
+            ts = outcome.event_ts_us[0]
+            tail = tails[id(outcome)] = b"".join((
+                b'],"statuses":[',
+                _STATUS[outcome.statuses[0]],
+                b'],"event_timestamps":[',
+                b"null" if ts is None else _dumps(iso_list(outcome.event_ts_us)[0]),
+                _NEXT,
+            ))  # fmt: skip
+        parts.append(tail)
+    parts.append(parts.pop()[: -len(_NEXT)] + _CLOSE)
+    return b"".join(parts)
