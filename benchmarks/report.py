@@ -252,6 +252,7 @@ def write(
             "| batch | conc | " + " | ".join(labels) + " |",
             "|---:|---:|" + "---|" * len(labels),
         ]
+        slow: list[str] = []  # a server starved at a point: its latency is not its own either
         for batch, conc in points:
             cells = []
             for lbl in labels:
@@ -260,9 +261,10 @@ def write(
                     "-"
                     if not r
                     else f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}{star} / {r['p999_ms']:.2f}{star}"
+                    + mark(slow, low_cores(b, lbl, tool, batch, conc))
                 )
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [*footnotes(slow), ""]
 
     lines += [
         "### Server CPU per answered (200) request (ms) and clean runs",

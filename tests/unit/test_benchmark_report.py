@@ -229,3 +229,32 @@ def test_an_on_off_cost_table_shows_each_rounds_paired_cpu_cost_beside_the_media
     assert cells[1:4] == ["950", "940", "+1.1%"]  # medians: QPS off, on, their cost
     assert cells[4:7] == ["125 µs", "130 µs", "+4.0%"]  # medians of CPU, not of the pairs
     assert cells[7] == "-26.7% / +4.0% / +40.0%"  # each round's on against its own off, sorted
+
+
+def test_a_latency_cell_of_a_starved_server_is_marked_as_its_throughput_is(tmp_path: Path) -> None:
+    """A run whose server used under 0.75x its other runs' cores at that batch measured a
+    machine, not the server: its latency cells say so too (loadgen's as wrk's)."""
+    from benchmarks.report import write
+
+    def run(label: str, tool: str, conc: int, cores: float) -> dict[str, Any]:
+        return {
+            "tool": tool, "label": label, "batch": 1, "concurrency": conc, "requests": 10_000,
+            "duration_s": 10.0, "qps": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "p999_ms": 3.0,
+            "server_cores": cores, "started": "2026-12-07T01:00:00", "accepted": True,
+        }  # fmt: skip
+
+    rows = [
+        run(label, tool, conc, 0.9 if (label, tool, conc) == ("feast_w2", "loadgen.py/raw", 8) else 1.6)
+        for label in ("feast_w2", "featurestore_w2")
+        for tool in ("wrk", "loadgen.py/raw")
+        for conc in (8, 32, 64)
+    ]
+    raw, out = tmp_path / "raw.jsonl", tmp_path / "feast.md"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(raw, None, out, workers=2, duration=10.0, command="x", source="test")
+    text = out.read_text()
+    loadgen = text.split("#### loadgen.py/raw")[1].split("###")[0]
+    assert "| 1 | 8 | 1.00 / 2.00 / 3.00 [1] | 1.00 / 2.00 / 3.00 |" in loadgen
+    assert "[1] `feast_w2` at batch 1, c=8 (loadgen.py/raw) used 0.90 server cores" in loadgen
+    wrk = text.split("#### wrk")[1].split("####")[0]
+    assert "[1]" not in wrk
