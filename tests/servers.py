@@ -141,29 +141,34 @@ class RedisCluster:
 
 
 SHM = Path("/dev/shm")
-WAL_ROOM = 2**30  # free bytes /dev/shm needs: each WAL preallocates a 64 MiB segment
+# free bytes /dev/shm needs: each WAL preallocates 64 MB segments (two at start); the
+# database grows as written (kilobytes in a test)
+SHM_ROOM = 2**30
 
 
-def memory_wal_dir() -> Path | None:
-    """A directory in memory (tmpfs) for an etcd's write-ahead log, or None when there is
-    no /dev/shm with room (a container's default is 64 MiB): etcd then keeps its WAL on disk.
+def memory_dir() -> Path | None:
+    """A directory in memory (tmpfs) for an etcd's data dir, or None when there is no
+    /dev/shm with room (a container's default is 64 MiB): etcd then keeps its data on disk.
 
-    etcd syncs its WAL to disk before it answers a write. On this suite's disk under load
-    that took 1.71 s once ("slow fdatasync" in etcd's log, CI 12-07), and a publish of one
-    feature ran past the registry's 2 s call timeout. On tmpfs the sync is a no-op; the
-    WAL outlives a killed or restarted etcd as on disk, and goes with its EtcdServer."""
+    etcd syncs to disk twice: its write-ahead log before it answers a write, and (3.4)
+    its bbolt database member/snap/db on each 100 ms batch commit, holding the batch-tx
+    lock that writes wait for. On this suite's disk under load a sync took 1.71 s once
+    ("slow fdatasync" in etcd's log, CI 12-07), and a publish of one feature ran past the
+    registry's 2 s call timeout. On tmpfs both syncs are no-ops; the data outlives a
+    killed or restarted etcd as on disk, and goes with its EtcdServer."""
     try:
         stat = os.statvfs(SHM)
     except OSError:
         return None
-    if stat.f_bavail * stat.f_frsize < WAL_ROOM or not os.access(SHM, os.W_OK):
+    if stat.f_bavail * stat.f_frsize < SHM_ROOM or not os.access(SHM, os.W_OK):
         return None
-    return Path(tempfile.mkdtemp(prefix="featurestore-test-etcd-wal-", dir=SHM))
+    return Path(tempfile.mkdtemp(prefix="featurestore-test-etcd-", dir=SHM))
 
 
 class EtcdServer(ManagedProcess):
-    """A single-member etcd (Debian etcd-server) with a temp data dir. ``restart`` keeps
-    the member, ports and data dir: what a restarted etcd looks like."""
+    """A single-member etcd (Debian etcd-server) with a temp data dir, in memory when
+    there is room (``memory_dir``). ``restart`` keeps the member, ports and data dir:
+    what a restarted etcd looks like."""
 
     def __init__(self, workdir: Path, *, port: int | None = None, peer_port: int | None = None) -> None:
         self.port = port or free_port()
@@ -171,9 +176,11 @@ class EtcdServer(ManagedProcess):
         self.binary = require("etcd", "etcd-server")
         self.peer_port = peer_port or free_port()
         self.workdir = workdir
-        self.wal_dir = memory_wal_dir()
-        if self.wal_dir is not None:
-            weakref.finalize(self, shutil.rmtree, self.wal_dir, ignore_errors=True)
+        self.memory_dir = memory_dir()
+        if self.memory_dir is not None:
+            weakref.finalize(self, shutil.rmtree, self.memory_dir, ignore_errors=True)
+        # the WAL (member/wal) and the database (member/snap/db) with it
+        self.data_dir = (self.memory_dir or workdir) / "data"
 
     @property
     def endpoint(self) -> str:
@@ -181,8 +188,7 @@ class EtcdServer(ManagedProcess):
 
     def command(self) -> list[str]:
         client, peer = self.endpoint, f"http://127.0.0.1:{self.peer_port}"
-        wal = ["--wal-dir", str(self.wal_dir)] if self.wal_dir is not None else []
-        return [self.binary, "--name", "t", "--data-dir", str(self.workdir / "data"), *wal,
+        return [self.binary, "--name", "t", "--data-dir", str(self.data_dir),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"t={peer}", "--initial-cluster-state", "new",

@@ -179,8 +179,8 @@ def make_tile_store(name: str, request: pytest.FixtureRequest) -> TileStore:
         return MemoryTileStore("contract")
     if name == "redis":
         server = request.getfixturevalue("redis_server")
-        return RedisTileStore("contract", project, server.url)
+        return RedisTileStore("contract", project, server.url, socket_connect_timeout=CONNECT_MS / 1000)
     if name == "redis-unix":
         server = request.getfixturevalue("redis_server")
-        return RedisTileStore("contract", project, server.unix_url)
+        return RedisTileStore("contract", project, server.unix_url, socket_connect_timeout=CONNECT_MS / 1000)
     raise ValueError(name)

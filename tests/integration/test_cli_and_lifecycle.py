@@ -108,6 +108,8 @@ def test_sigterm_drains_inflight_requests(test_repo: Path, tmp_path: Path) -> No
     config = tmp_path / "c.yaml"
     config.write_text(
         f"registry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: memory}}, local: {{kind: memory}}}}\n"
+        # 10 s, not the 500 ms default: six threads of 200-row joins on the loaded CI machine
+        "limits: {deadline_ms: 10000}\n"
     )
     proc = ServerProcess(
         ["--config", str(config), "--definitions", str(test_repo)], log_path=tmp_path / "log"

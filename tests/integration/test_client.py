@@ -42,11 +42,20 @@ def address(server: ServerProcess, transport: str) -> str:
     return server.url if transport == "http" else f"grpc://{server.grpc_target}"
 
 
+# Seconds per join for the tests not about deadlines: the client's 1 s default can pass
+# on the loaded 2-core CI machine (the deadline tests give their own)
+PATIENT = 10.0
+
+
+def patient(where: str, **options: Any) -> FeatureClient:
+    return FeatureClient(where, deadline=PATIENT, **options)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_join_returns_values_statuses_event_times_version_and_trace(
     demo: ServerProcess, transport: str
 ) -> None:
-    with FeatureClient(address(demo, transport)) as client:
+    with patient(address(demo, transport)) as client:
         r = client.join({"user_id": [17, 4242, -1]}, ["user_profile:age", "user_activity:ctr_30d"])
     assert r.feature_names == ["user_id", "age", "ctr_30d"]
     assert r["user_id"].values == [17, 4242, -1]
@@ -59,7 +68,7 @@ def test_a_join_returns_values_statuses_event_times_version_and_trace(
 
 
 def test_round_robin_resolves_the_name_and_joins(demo: ServerProcess) -> None:
-    with FeatureClient(f"grpc://localhost:{demo.grpc_port}", round_robin=True) as client:
+    with patient(f"grpc://localhost:{demo.grpc_port}", round_robin=True) as client:
         r = client.join({"user_id": [17]}, ["user_profile:age"])
     assert r["age"].statuses == [Status.PRESENT]
 
@@ -68,7 +77,7 @@ def test_both_transports_return_the_same_result(demo: ServerProcess) -> None:
     entities = {"user_id": [17, 4242, 17, 99_999_999]}
     results = []
     for transport in TRANSPORTS:
-        with FeatureClient(address(demo, transport)) as client:
+        with patient(address(demo, transport)) as client:
             results.append(client.join(entities, feature_service="ranker_v1"))
     http, grpc_ = results
     assert http.to_dict() == grpc_.to_dict()
@@ -90,7 +99,7 @@ def test_derived_features_read_request_data_as_the_http_api_computes_them(
     )
     assert status == 200, raw
     want = dict(zip(raw["metadata"]["feature_names"], (c["values"] for c in raw["results"]), strict=True))
-    with FeatureClient(address(demo, transport)) as client:
+    with patient(address(demo, transport)) as client:
         r = client.join({"user_id": users}, feature_service="ranker_v2", request_data={"item_price": prices})
     for name in DERIVED:
         assert r[name].values == pytest.approx(want[name], nan_ok=True), name
@@ -113,7 +122,7 @@ def test_request_data_neither_transport_can_carry_is_refused_alike_on_both(
     demo: ServerProcess, prices: list[Any], problem: str
 ) -> None:
     for transport in TRANSPORTS:
-        with FeatureClient(address(demo, transport)) as client, pytest.raises(InvalidArgumentError) as e:
+        with patient(address(demo, transport)) as client, pytest.raises(InvalidArgumentError) as e:
             client.join(
                 {"user_id": [17, 4242, 17]}, feature_service="ranker_v2", request_data={"item_price": prices}
             )
@@ -124,7 +133,7 @@ def test_request_data_neither_transport_can_carry_is_refused_alike_on_both(
 async def test_the_async_client_joins_concurrently(demo: ServerProcess, transport: str) -> None:
     import asyncio
 
-    async with AsyncFeatureClient(address(demo, transport)) as client:
+    async with AsyncFeatureClient(address(demo, transport), deadline=PATIENT) as client:
         results = await asyncio.gather(
             *(client.join({"user_id": [u]}, ["user_profile:age"]) for u in (1, 2, 3, 4))
         )
@@ -136,7 +145,7 @@ async def test_the_async_client_joins_concurrently(demo: ServerProcess, transpor
 def test_errors_raise_the_exception_of_their_code_with_the_servers_message(
     demo: ServerProcess, transport: str
 ) -> None:
-    with FeatureClient(address(demo, transport)) as client:
+    with patient(address(demo, transport)) as client:
         with pytest.raises(NotFoundError) as missing:
             client.join({"user_id": [1]}, ["user_profile:no_such_feature"])
         assert missing.value.code == "NOT_FOUND" and "no_such_feature" in missing.value.message
@@ -148,7 +157,7 @@ def test_errors_raise_the_exception_of_their_code_with_the_servers_message(
 
 
 def test_the_result_converts_to_arrow_and_pandas(demo: ServerProcess) -> None:
-    with FeatureClient(demo.url) as client:
+    with patient(demo.url) as client:
         r = client.join({"user_id": [17, -1]}, ["user_profile:age", "user_profile:country"])
     table = r.to_arrow(statuses=True)
     assert table.column_names == [
@@ -180,7 +189,7 @@ def test_the_current_opentelemetry_span_is_propagated(demo: ServerProcess) -> No
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
     context = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1))
-    with trace.use_span(NonRecordingSpan(context)), FeatureClient(demo.url) as client:
+    with trace.use_span(NonRecordingSpan(context)), patient(demo.url) as client:
         r = client.join({"user_id": [1]}, ["user_profile:age"])
     assert r.trace_id == format(0x1234, "032x")
 
@@ -232,7 +241,7 @@ def test_a_server_that_is_down_is_retried_a_bounded_number_of_times_then_unavail
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_only_unavailable_is_retried(demo: ServerProcess, transport: str) -> None:
     retries: list[int] = []
-    client = FeatureClient(address(demo, transport), on_retry=lambda n, e: retries.append(n))
+    client = patient(address(demo, transport), on_retry=lambda n, e: retries.append(n))
     with client, pytest.raises(NotFoundError):
         client.join({"user_id": [1]}, ["nope:nope"])
     assert retries == []
@@ -339,7 +348,7 @@ def test_https_with_a_ca_file_sends_the_token_trace_and_deadline_and_maps_401(tm
                 deadline=2.0,
                 traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
             )
-        with FeatureClient(f"https://127.0.0.1:{server.port}") as untrusting, pytest.raises(UnavailableError):
+        with patient(f"https://127.0.0.1:{server.port}") as untrusting, pytest.raises(UnavailableError):
             untrusting.join({"user_id": [1]}, ["v:f"])  # the system CAs do not know the test CA
     finally:
         server.close()
@@ -377,7 +386,7 @@ def test_grpc_over_tls_sends_the_token_as_authorization_metadata(tmp_path: Path)
     server.start()
     try:
         with (
-            FeatureClient(f"grpcs://127.0.0.1:{port}", token="s3cret", ca_file=str(tmp_path / "ca.pem")) as c,
+            patient(f"grpcs://127.0.0.1:{port}", token="s3cret", ca_file=str(tmp_path / "ca.pem")) as c,
             pytest.raises(UnauthenticatedError, match="bad token"),
         ):
             c.join({"user_id": [1]}, ["v:f"])

@@ -19,6 +19,8 @@ from tests.integration.test_derived_serving import demo_definitions, start_serve
 from tests.support import ServerProcess
 
 TRANSPORTS = ["http", "grpc"]
+# Seconds per join: the client's 1 s default can pass on the loaded 2-core CI machine
+PATIENT = 10.0
 # epoch µs of the last µs of year 999 and of year 0, and the first of year 10000
 YEAR_999 = -30_610_224_000_000_001
 YEAR_0 = -62_135_596_800_000_001
@@ -62,7 +64,7 @@ def joined(server: ServerProcess, users: list[int]) -> dict[str, JoinResult]:
     results = {}
     for transport in TRANSPORTS:
         address = server.url if transport == "http" else f"grpc://{server.grpc_target}"
-        with FeatureClient(address) as client:
+        with FeatureClient(address, deadline=PATIENT) as client:
             results[transport] = client.join({"user_id": users}, FEATURES)
     return results
 
@@ -104,7 +106,7 @@ def test_a_request_data_integer_beyond_int64_is_sent_as_a_double(demo: ServerPro
     """The server takes int64 as float64 for a float64 field (item_price), over HTTP an
     integer of any size; over gRPC one beyond int64 goes in double_values."""
     address = demo.url if transport == "http" else f"grpc://{demo.grpc_target}"
-    with FeatureClient(address) as client:
+    with FeatureClient(address, deadline=PATIENT) as client:
         big = client.join(
             {"user_id": [17, 17]}, feature_service="ranker_v2", request_data={"item_price": [2**64, -(2**70)]}
         )
@@ -123,7 +125,7 @@ def test_a_request_data_integer_beyond_float64_is_invalid_argument_naming_field_
     demo: ServerProcess, transport: str, value: int
 ) -> None:
     address = demo.url if transport == "http" else f"grpc://{demo.grpc_target}"
-    with FeatureClient(address) as client, pytest.raises(InvalidArgumentError) as e:
+    with FeatureClient(address, deadline=PATIENT) as client, pytest.raises(InvalidArgumentError) as e:
         client.join(
             {"user_id": [17, 17]}, feature_service="ranker_v2", request_data={"item_price": [1.0, value]}
         )
@@ -133,6 +135,6 @@ def test_a_request_data_integer_beyond_float64_is_invalid_argument_naming_field_
 
 def test_an_entity_key_beyond_int64_is_invalid_argument_over_grpc_too(demo: ServerProcess) -> None:
     for address in (demo.url, f"grpc://{demo.grpc_target}"):
-        with FeatureClient(address) as client, pytest.raises(InvalidArgumentError) as e:
+        with FeatureClient(address, deadline=PATIENT) as client, pytest.raises(InvalidArgumentError) as e:
             client.join({"user_id": [17, 2**64]}, ["user_profile:age"])
         assert "user_id" in e.value.message, (address, e.value.message)

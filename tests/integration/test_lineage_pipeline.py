@@ -152,8 +152,9 @@ async def test_two_consumers_split_the_partitions_without_duplicates(
     features = [f"v:f{i}" for i in range(8)]
     await produce(kafka, topic, [ev(i, features[i % 8], count=1) for i in range(160)], partitions=4)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    a = new_consumer(kafka, topic, graph, group)
-    b = new_consumer(kafka, topic, graph, group)
+    # 10 s, as in production: a 2 s session can expire on the loaded CI machine (a rebalance)
+    a = new_consumer(kafka, topic, graph, group, session_timeout_ms=10_000)
+    b = new_consumer(kafka, topic, graph, group, session_timeout_ms=10_000)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(a.run(stop)), asyncio.create_task(b.run(stop))]
     try:

@@ -25,7 +25,7 @@ from featurestore.sources.base import ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisServer
-from tests.support import ROOT
+from tests.support import REDIS_CONNECT_MS, ROOT
 
 U = Entity("user_id", DType.INT64)
 V = FeatureView(
@@ -56,7 +56,8 @@ def write_source(path: Path, ids: list[int], mark: int, ts_offset: int = 0) -> P
 async def setup(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[FileRegistry, RedisSource]]:
     registry = FileRegistry(tmp_path / "reg", "p")
     await registry.publish(make_definitions("p", [U], [V], []), expected_version=None)
-    store = RedisSource("default", f"m{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_server.url))
+    options = RedisOptions(url=redis_server.url, connect_timeout_ms=REDIS_CONNECT_MS)
+    store = RedisSource("default", f"m{uuid.uuid4().hex[:8]}", options)
     await store.start()
     yield registry, store
     await store.close()

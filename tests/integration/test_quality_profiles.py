@@ -25,7 +25,7 @@ from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import OnlineSource, ProfileStore
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions
 from featurestore.sources.redis import RedisOptions, RedisSource
-from tests.support import ROOT
+from tests.support import REDIS_CONNECT_MS, ROOT
 
 U = Entity("user_id", DType.INT64)
 V = FeatureView(
@@ -56,7 +56,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[OnlineSource]:
     project = f"q{uuid.uuid4().hex[:8]}"
     src: OnlineSource
     if request.param == "redis":
-        src = RedisSource("default", project, RedisOptions(url=request.getfixturevalue("redis_server").url))
+        url = request.getfixturevalue("redis_server").url
+        src = RedisSource("default", project, RedisOptions(url=url, connect_timeout_ms=REDIS_CONNECT_MS))
     else:
         src = ClickHouseOnlineSource(
             "default", project, ClickHouseOptions(dsn=request.getfixturevalue("chdb_dsn"))
@@ -153,7 +154,9 @@ async def test_a_view_with_ids_beyond_2_53_and_year_9999_timestamps_materializes
         path,
     )
     url = redis_server.url  # type: ignore[attr-defined]
-    store = RedisSource("default", f"q{uuid.uuid4().hex[:8]}", RedisOptions(url=url))
+    store = RedisSource(
+        "default", f"q{uuid.uuid4().hex[:8]}", RedisOptions(url=url, connect_timeout_ms=REDIS_CONNECT_MS)
+    )
     await store.start()
     try:
         await store.prepare([view])

@@ -27,7 +27,7 @@ from featurestore.registry.base import Watermark
 from featurestore.registry.etcd import EtcdRegistry
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import EtcdServer, RedisServer
-from tests.support import ROOT
+from tests.support import REDIS_CONNECT_MS, ROOT
 
 U = Entity("user_id", DType.INT64)
 TS0 = 1_704_067_200_000_000
@@ -64,12 +64,15 @@ async def ranged(redis_server: RedisServer, etcd_server: EtcdServer, tmp_path: P
     project = f"q{uuid.uuid4().hex[:8]}"
     registry = EtcdRegistry([etcd_server.endpoint], project)
     await registry.publish(make_definitions(project, [U], [view], []), expected_version=None)
-    store = RedisSource("default", project, RedisOptions(url=redis_server.url))
+    store = RedisSource(
+        "default", project, RedisOptions(url=redis_server.url, connect_timeout_ms=REDIS_CONNECT_MS)
+    )
     await store.start()
     config = tmp_path / "server.yaml"
     config.write_text(
         f"project: {project}\nregistry: {{kind: etcd, endpoints: ['{etcd_server.endpoint}']}}\n"
-        f"stores: {{default: {{kind: redis, url: '{redis_server.url}'}}}}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', "
+        f"connect_timeout_ms: {REDIS_CONNECT_MS}}}}}\n"
     )
     yield registry, store, path, config
     await store.close()

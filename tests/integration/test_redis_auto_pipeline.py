@@ -17,14 +17,14 @@ from featurestore.sources import redis_batch
 from featurestore.sources.redis_batch import MAX_WRITE_KEYS, AutoPipeline
 from featurestore.sources.redis_pool import LeanPool
 from tests.servers import RedisServer
-from tests.support import eventually
+from tests.support import REDIS_CONNECT_MS, eventually
 from tests.unit.test_redis_batch_hold import Count, InFlight, in_call, iterations
 
 
 @asynccontextmanager
 async def pipeline(url: str, size: int) -> AsyncIterator[tuple[LeanPool, AutoPipeline]]:
     """A pool of ``size`` connections to ``url`` and its pipeline, closed after."""
-    pool = LeanPool(url, size)
+    pool = LeanPool(url, size, socket_connect_timeout=REDIS_CONNECT_MS / 1000)
     auto = AutoPipeline(pool)
     try:
         yield pool, auto
@@ -266,7 +266,7 @@ async def test_lone_calls_reads_iterations_apart_share_one_write_and_get_their_o
     for i in range(3):
         server.cli("SET", f"lone:{i}", f"v{i}")
     counters = {held: (Count(), Count()) for held in (False, True)}
-    pool = LeanPool(server.url, 4)
+    pool = LeanPool(server.url, 4, socket_connect_timeout=REDIS_CONNECT_MS / 1000)
     auto = AutoPipeline(pool, hold=16, counters=counters)  # type: ignore[arg-type]
     try:
         calls = InFlight(redis_batch.COMPANY + 1)

@@ -30,7 +30,8 @@ async def ask(conn: ReadConnection, *commands: tuple[str, ...]) -> list[Any]:
 
 
 def connection(url: str, **options: Any) -> ReadConnection:
-    return ReadConnection(Target.from_url(url, 1.0, **options))
+    # a 5 s connect timeout: on the loaded CI machine a localhost connect ran past 250 ms
+    return ReadConnection(Target.from_url(url, 5.0, **options))
 
 
 @pytest.fixture
@@ -290,7 +291,9 @@ async def test_reads_that_give_up_on_a_slow_connect_do_not_each_open_a_socket(
     silent: tuple[int, list[asyncio.StreamWriter]],
 ) -> None:
     port, writers = silent  # accepts, never answers the AUTH: the connect hangs to its timeout
-    pool = LeanPool(f"redis://127.0.0.1:{port}/0", 1, socket_connect_timeout=2.0, password="pw")
+    # 30 s: the test is about the reads sharing one connect, not its length (ten give-ups of
+    # 20 ms could take 2 s on the loaded CI machine, and a second connect then begin)
+    pool = LeanPool(f"redis://127.0.0.1:{port}/0", 1, socket_connect_timeout=30.0, password="pw")
     try:
         for _ in range(10):
             with pytest.raises(TimeoutError):

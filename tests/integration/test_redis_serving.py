@@ -22,7 +22,18 @@ from featurestore.demo.data import FEATURE_REFS
 from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.servers import RedisServer
-from tests.support import ROOT, Background, ServerProcess, http_get, http_post, wait_until
+from tests.support import (
+    REDIS_CONNECT_MS,
+    ROOT,
+    Background,
+    ServerProcess,
+    http_get,
+    http_post,
+    wait_until,
+)
+
+# The deadline the frozen-Redis test asks for (x-featurestore-deadline-ms; the server's is 5 s)
+FROZEN_DEADLINE = {"x-featurestore-deadline-ms": "300"}
 
 
 def materialize(config: Path, view: str, source: Path) -> str:
@@ -43,9 +54,12 @@ class Stack:
         self.config = tmp / "config.yaml"
         self.config.write_text(
             f"registry: {{path: {tmp / 'registry'}, definitions: {test_repo}}}\n"
-            f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', health_interval_ms: 100}}\n"
+            f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', health_interval_ms: 100, "
+            f"connect_timeout_ms: {REDIS_CONNECT_MS}}}\n"
             "  local: {kind: memory}\n"
-            "limits: {deadline_ms: 300}\n"
+            # 5 s, not 300 ms: a join on the loaded CI machine may take longer; the frozen-Redis
+            # test asks for 300 ms itself (FROZEN_DEADLINE: the server takes the sooner)
+            "limits: {deadline_ms: 5000}\n"
             # every read consults the cache: these tests show it serving through an
             # outage, whatever the bypass rule (tests/unit/test_cache_bypass.py) decides
             "cache: {fills_per_round_trip: 0}\n"
@@ -292,15 +306,19 @@ def test_frozen_redis_answers_unavailable_within_the_deadline(stack: Stack) -> N
     stack.redis.pause()
     try:
         for u in range(200_001, 200_006):  # never read before: not in the LRU cache
-            status, doc = stack.server.join({**body, "entities": {"user_id": [u]}})
+            status, doc = stack.server.join({**body, "entities": {"user_id": [u]}}, FROZEN_DEADLINE)
             assert status == 200 and columns(doc)["age"]["statuses"] == ["UNAVAILABLE"]
-        # one abandoned read per join (the 300 ms deadline, then fail-fast once marked down)
+        # one abandoned read per join (the 300 ms deadline, or fail-fast once marked down)
         wait_until(
             lambda: view_read_failures(stack, "user_profile") - given_up == 5, 5, "five reads given up"
         )
     finally:
         stack.redis.resume()
-    wait_until(lambda: columns(stack.server.join(body)[1])["age"]["statuses"] == ["PRESENT"], 10, "recovery")
+    wait_until(
+        lambda: columns(stack.server.join(body, FROZEN_DEADLINE)[1])["age"]["statuses"] == ["PRESENT"],
+        10,
+        "recovery",
+    )
 
 
 def test_publication_is_atomic_under_continuous_joins(stack: Stack) -> None:

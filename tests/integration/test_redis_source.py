@@ -23,7 +23,7 @@ from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.sources.redis_batch import COMPANY
 from tests.servers import RedisCluster, RedisServer
-from tests.support import eventually
+from tests.support import REDIS_CONNECT_MS, eventually
 from tests.unit.test_redis_batch_hold import InFlight, in_call
 
 U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.STRING)
@@ -35,6 +35,11 @@ TS = 1_704_067_200_000_000
 def table(view: FeatureView, data: dict[str, list[Any]]) -> pa.Table:
     schema = view_schema(view)
     return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
+
+
+def redis_options(url: str, **more: Any) -> RedisOptions:
+    """Options for ``url`` with the tests' connect timeout (``REDIS_CONNECT_MS``), and ``more``."""
+    return RedisOptions(url=url, connect_timeout_ms=REDIS_CONNECT_MS, **more)
 
 
 def users(ids: list[int], version_mark: int = 0) -> pa.Table:
@@ -54,7 +59,7 @@ async def source(redis_server: RedisServer) -> AsyncIterator[RedisSource]:
     src = RedisSource(
         "r",
         f"p{uuid.uuid4().hex[:8]}",
-        RedisOptions(url=redis_server.url, pool_size=4, health_interval_ms=100),
+        redis_options(redis_server.url, pool_size=4, health_interval_ms=100),
     )
     await src.start()
     yield src
@@ -74,7 +79,7 @@ async def test_storage_layout_is_the_contract(source: RedisSource, redis_server:
 
 
 async def test_cluster_spreads_keys_over_every_node(redis_cluster: RedisCluster) -> None:
-    src = RedisSource("c", f"p{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_cluster.url, cluster=True))
+    src = RedisSource("c", f"p{uuid.uuid4().hex[:8]}", redis_options(redis_cluster.url, cluster=True))
     await src.start()
     before = [int(n.cli("dbsize")) for n in redis_cluster.nodes]
     await src.write(V, users(list(range(1, 301))), 1)
@@ -89,7 +94,7 @@ async def test_dropping_a_version_on_a_cluster_deletes_its_keys_on_every_node(
     redis_cluster: RedisCluster,
 ) -> None:
     project = f"p{uuid.uuid4().hex[:8]}"
-    src = RedisSource("c", project, RedisOptions(url=redis_cluster.url, cluster=True))
+    src = RedisSource("c", project, redis_options(redis_cluster.url, cluster=True))
     await src.start()
 
     def keys() -> int:
@@ -169,7 +174,7 @@ async def test_rows_of_another_definition_are_refused_on_read_and_write(source: 
 @pytest.mark.parametrize("auto_pipeline", [False, True])
 async def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path, auto_pipeline: bool) -> None:
     server = RedisServer(tmp_path / "r").start()
-    options = RedisOptions(url=server.url, pool_size=4, health_interval_ms=100, auto_pipeline=auto_pipeline)
+    options = redis_options(server.url, pool_size=4, health_interval_ms=100, auto_pipeline=auto_pipeline)
     src = RedisSource("r", "p", options)
     await src.start()
     try:
@@ -200,8 +205,8 @@ async def test_pooled_connections_redis_closed_while_idle_are_replaced_without_o
     done at once: the server closes every connection whose last command was a read."""
     server = RedisServer(tmp_path / "r").start()
     name = f"idle{uuid.uuid4().hex[:8]}"  # the store's name, and the client name of its connections
-    options = RedisOptions(
-        url=f"{server.url}?client_name={name}",
+    options = redis_options(
+        f"{server.url}?client_name={name}",
         pool_size=4,
         health_interval_ms=100,
         auto_pipeline=auto_pipeline,
@@ -232,7 +237,7 @@ async def test_a_refused_client_is_not_retried_and_a_read_during_close_leaves_th
 ) -> None:
     server = RedisServer(tmp_path / "r").start()
     name = f"auth{uuid.uuid4().hex[:8]}"
-    src = RedisSource(name, "p", RedisOptions(url=server.url, pool_size=2, health_interval_ms=100))
+    src = RedisSource(name, "p", redis_options(server.url, pool_size=2, health_interval_ms=100))
     await src.start()
     try:
         server.cli("CONFIG", "SET", "requirepass", "s3cret")  # the store's new connections are refused
@@ -246,7 +251,7 @@ async def test_a_refused_client_is_not_retried_and_a_read_during_close_leaves_th
         server.stop()
     # a store closed while a read is in flight: the read fails, the store is not marked down
     server = RedisServer(tmp_path / "r2").start()
-    src = RedisSource(name + "c", "p", RedisOptions(url=server.url, pool_size=2, health_interval_ms=100))
+    src = RedisSource(name + "c", "p", redis_options(server.url, pool_size=2, health_interval_ms=100))
     await src.start()
     try:
         server.pause()  # the read waits on the socket until the close ends it
@@ -264,6 +269,7 @@ async def test_a_refused_client_is_not_retried_and_a_read_during_close_leaves_th
 @pytest.mark.parametrize("auto_pipeline", [False, True])
 async def test_frozen_redis_goes_down_and_recovers(tmp_path: Path, auto_pipeline: bool) -> None:
     server = RedisServer(tmp_path / "r").start()
+    # the default connect timeout: it is the probe's socket timeout, and DOWN must come within 3 s
     options = RedisOptions(url=server.url, pool_size=4, health_interval_ms=100, auto_pipeline=auto_pipeline)
     src = RedisSource("r", "p", options)
     await src.start()
@@ -292,7 +298,7 @@ async def test_concurrent_reads_are_answered_alike_and_auto_pipelining_shares_on
     src = RedisSource(
         "r",
         f"p{uuid.uuid4().hex[:8]}",
-        RedisOptions(url=f"{redis_server.url}?client_name={name}", pool_size=8, auto_pipeline=auto_pipeline),
+        redis_options(f"{redis_server.url}?client_name={name}", pool_size=8, auto_pipeline=auto_pipeline),
     )
     await src.start()
     try:
@@ -313,7 +319,7 @@ async def test_concurrent_reads_are_answered_alike_and_auto_pipelining_shares_on
 
 
 async def test_an_auto_pipelined_store_reads_a_large_join_on_its_own_alike(redis_server: RedisServer) -> None:
-    src = RedisSource("r", f"p{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_server.url, auto_pipeline=True))
+    src = RedisSource("r", f"p{uuid.uuid4().hex[:8]}", redis_options(redis_server.url, auto_pipeline=True))
     await src.start()
     try:
         await src.prepare([V])
@@ -342,7 +348,7 @@ async def test_the_stores_hold_iterations_option_decides_whether_a_grpc_calls_wr
     redis_server: RedisServer, hold: int, held: str
 ) -> None:
     name = f"hold{uuid.uuid4().hex[:8]}"
-    src = RedisSource(name, "p", RedisOptions(url=redis_server.url, pool_size=4, hold_iterations=hold))
+    src = RedisSource(name, "p", redis_options(redis_server.url, pool_size=4, hold_iterations=hold))
     await src.start()
     try:
         await src.write(V, users([1, 2]), 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.security import Certs, SecureRedisServer, SecureServer, call, make_certs
-from tests.support import ROOT, http_get, wait_until
+from tests.support import REDIS_CONNECT_MS, ROOT, http_get, wait_until
 
 TOKEN = "tok-read-write-admin-8c41d2"
 BOLT_PASSWORD = "bolt-pw-unused-2f7a9e"
@@ -41,7 +41,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, test_repo: Path, demo_dir: P
     for name, text in files.items():
         (work / name).write_text(text + "\n")
     redis = SecureRedisServer(work / "redis", certs).start()
-    store = f"{{kind: redis, url: '{redis.url}', username: {redis.USER}, ssl_ca_file: '{certs.ca}', health_interval_ms: 100}}"
+    store = (
+        f"{{kind: redis, url: '{redis.url}', username: {redis.USER}, ssl_ca_file: '{certs.ca}', "
+        f"health_interval_ms: 100, connect_timeout_ms: {REDIS_CONNECT_MS}}}"
+    )
     config = work / "config.yaml"
     config.write_text(
         f"registry: {{path: {work / 'registry'}, definitions: {test_repo}}}\n"

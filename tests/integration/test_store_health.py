@@ -27,7 +27,7 @@ from tests.contract.test_online_source import ALL_TYPES, all_types_rows
 from tests.integration.test_clickhouse_source import TX, rows
 from tests.integration.test_redis_serving import materialize
 from tests.servers import RedisServer
-from tests.support import ServerProcess, eventually, http_get, wait_until
+from tests.support import REDIS_CONNECT_MS, ServerProcess, eventually, http_get, wait_until
 
 TS = 1_704_067_200_000_000
 
@@ -36,7 +36,13 @@ TS = 1_704_067_200_000_000
 async def redis_source(request: pytest.FixtureRequest) -> AsyncIterator[RedisSource]:
     server = request.getfixturevalue(request.param)
     cluster = request.param == "redis_cluster"
-    options = RedisOptions(url=server.url, cluster=cluster, pool_size=2, health_interval_ms=20)
+    options = RedisOptions(
+        url=server.url,
+        cluster=cluster,
+        pool_size=2,
+        health_interval_ms=20,
+        connect_timeout_ms=REDIS_CONNECT_MS,
+    )
     src = RedisSource("r", f"t{uuid.uuid4().hex[:8]}", options)
     await src.start()
     yield src
@@ -117,8 +123,10 @@ class Stack:
         self.config = tmp / "config.yaml"
         self.config.write_text(
             f"registry: {{path: {tmp / 'registry'}, definitions: {test_repo}}}\n"
-            f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', health_interval_ms: 100}}\n"
+            f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', health_interval_ms: 100, "
+            f"connect_timeout_ms: {REDIS_CONNECT_MS}}}\n"
             "  local: {kind: memory}\n"
+            "limits: {deadline_ms: 5000}\n"  # not the 500 ms default: the loaded CI machine
         )
         try:
             for view in ("user_profile", "user_activity"):

@@ -16,7 +16,7 @@ from featurestore.v1 import featurestore_pb2 as pb
 from tests.integration.test_grpc_api import grpc_request
 from tests.integration.test_stream_serving import metric
 from tests.servers import RedisServer
-from tests.support import ServerProcess, http_get
+from tests.support import REDIS_CONNECT_MS, ServerProcess, http_get
 
 # 7 days of 1-minute tiles: 10,080 tiles + 1 of slack per key, so at most
 # 2,000,000 // 10,081 = 198 distinct keys per request.
@@ -45,7 +45,9 @@ def server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     (root / "features.yaml").write_text(DEFINITIONS)
     (root / "config.yaml").write_text(
         f"project: streamsize\nregistry: {{path: {root / 'registry'}}}\n"
-        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false}}}}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false, "
+        f"connect_timeout_ms: {REDIS_CONNECT_MS}}}}}\n"
+        "limits: {deadline_ms: 5000}\n"  # not the 500 ms default: the loaded CI machine
     )
     args = ["--config", str(root / "config.yaml"), "--definitions", str(root / "features.yaml")]
     server = ServerProcess(args, log_path=root / "serve.log").start()

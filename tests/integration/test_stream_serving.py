@@ -25,7 +25,14 @@ from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.streaming.windows import compute
 from lineage.kafka import KafkaSettings, ensure_topic
 from tests.servers import RedisServer, TansuBroker
-from tests.support import ROOT, ServerProcess, StreamProcessorProcess, http_post, wait_until
+from tests.support import (
+    REDIS_CONNECT_MS,
+    ROOT,
+    ServerProcess,
+    StreamProcessorProcess,
+    http_post,
+    wait_until,
+)
 
 DEMO = ROOT / "featurestore" / "demo" / "stream_features.yaml"
 
@@ -64,7 +71,9 @@ def test_the_walk_through_produces_processes_and_serves_stream_features(
     config = tmp_path / "config.yaml"
     config.write_text(
         f"project: streamdemo\nregistry: {{path: {tmp_path / 'registry'}}}\n"
-        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false}}}}\n"
+        f"stores: {{default: {{kind: redis, url: '{redis_server.url}', cache: false, "
+        f"connect_timeout_ms: {REDIS_CONNECT_MS}}}}}\n"
+        "limits: {deadline_ms: 5000}\n"  # not the 500 ms default: the loaded CI machine
         f"derived: {{cache_dir: {tmp_path / 'kernels'}}}\n"  # not ~/.cache: another pytest process's
         "lineage: {window_seconds: 0.5}\n"
         "stream:\n  poll_seconds: 0.02\n  lag_interval_seconds: 0.2\n"

@@ -26,7 +26,7 @@ from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.streaming.store import PartitionMark, TileBatch
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.servers import RedisServer
-from tests.support import eventually
+from tests.support import REDIS_CONNECT_MS, eventually
 
 AGGS = (Aggregation("n", "count", "", 300),)
 VIEW = FeatureView(
@@ -37,12 +37,13 @@ VIEW = FeatureView(
 )
 
 
-async def started_stores(server: RedisServer) -> tuple[Any, Any]:
-    """The Redis store (health probe every 100 ms, no cache) and its stream-tile reader."""
+async def started_stores(server: RedisServer, **options: Any) -> tuple[Any, Any]:
+    """The Redis store (health probe every 100 ms, no cache, ``options``) and its
+    stream-tile reader."""
     config = Config(
         stores={
             "r": StoreConfig(
-                kind="redis", options={"url": server.url, "health_interval_ms": 100}, cache=False
+                kind="redis", options={"url": server.url, "health_interval_ms": 100, **options}, cache=False
             )
         }
     )
@@ -54,6 +55,7 @@ async def started_stores(server: RedisServer) -> tuple[Any, Any]:
 
 async def test_a_frozen_redis_makes_stream_reads_unavailable_at_once_and_they_recover(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "r").start()
+    # the default connect timeout: it is the probe's socket timeout, DOWN must come within 5 s
     base, reader = await started_stores(server)
     now_us = time.time_ns() // 1000
     acc = TileAccumulator(view_layout(VIEW))
@@ -87,7 +89,7 @@ async def test_after_redis_restarts_the_first_stream_read_is_served_not_failed_o
     tmp_path: Path,
 ) -> None:
     server = RedisServer(tmp_path / "r").start()
-    base, reader = await started_stores(server)
+    base, reader = await started_stores(server, connect_timeout_ms=REDIS_CONNECT_MS)
     query = ViewQuery(VIEW, [1], [0], 0)
     try:
         [res] = await reader.read([query])  # a pooled connection, idle from now on

@@ -18,11 +18,14 @@ from featurestore.streaming.store import Eviction, PartitionMark, TileBatch
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.contract.test_tile_store import LONG, NOW_TILE, TILE_US, VIEW, records, unpacked
 from tests.servers import RedisServer
+from tests.support import REDIS_CONNECT_MS
+
+CONNECT_S = REDIS_CONNECT_MS / 1000
 
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> Iterator[RedisTileStore]:
-    s = RedisTileStore("t", f"p{uuid.uuid4().hex[:8]}", redis_server.url)
+    s = RedisTileStore("t", f"p{uuid.uuid4().hex[:8]}", redis_server.url, socket_connect_timeout=CONNECT_S)
     yield s
     s.close()
 
@@ -88,7 +91,7 @@ async def test_a_batch_into_a_key_of_many_tiles_merges_in_place(store: RedisTile
 
 
 def test_the_eviction_settings_are_read_from_redis(own_redis: RedisServer) -> None:
-    store = RedisTileStore("t", "p", own_redis.url)
+    store = RedisTileStore("t", "p", own_redis.url, socket_connect_timeout=CONNECT_S)
     try:
         assert store.eviction() == Eviction("noeviction", 0)  # Redis's defaults
         store.client.config_set("maxmemory-policy", "volatile-lru")
