@@ -177,9 +177,8 @@ def main(a: argparse.Namespace) -> None:
     rows = {}
     for key, batch_results in joined.items():
         r = rows[key] = measure(batch_results, a.number, a.repeat)
-        log(
-            f"json {key}: msgspec {r['msgspec_us']:.1f} us, orjson {r['orjson_us']:.1f} us, document {r['document_us']}"
-        )
+        document = "" if r["document_us"] is None else f", the document {r['document_us']:.1f} us"
+        log(f"json {key}: msgspec {r['msgspec_us']:.1f} us, served {r['orjson_us']:.1f} us{document}")
     report.publish(
         "json-encoding.md",
         render(rows, f"python -m benchmarks.json_encoding --number {a.number} --repeat {a.repeat}"),

@@ -141,9 +141,11 @@ class RedisCluster:
 
 
 SHM = Path("/dev/shm")
-# free bytes /dev/shm needs: each WAL preallocates 64 MB segments (two at start); the
-# database grows as written (kilobytes in a test)
+# Free bytes /dev/shm needs: an etcd's data there takes ~122 MB (its WAL preallocates a
+# 64 MB segment and the next one; the database is kilobytes in a test), and up to ~4
+# run at once per pytest worker, 2 workers: ~1 GB.
 SHM_ROOM = 2**30
+_SHM_PREFIX = "featurestore-test-etcd-"
 
 
 def memory_dir() -> Path | None:
@@ -155,14 +157,35 @@ def memory_dir() -> Path | None:
     lock that writes wait for. On this suite's disk under load a sync took 1.71 s once
     ("slow fdatasync" in etcd's log, CI 12-07), and a publish of one feature ran past the
     registry's 2 s call timeout. On tmpfs both syncs are no-ops; the data outlives a
-    killed or restarted etcd as on disk, and goes with its EtcdServer."""
+    killed or restarted etcd as on disk, and goes with its EtcdServer (at exit at the
+    latest). A test process killed before that leaves its directories behind, in memory
+    until a reboot: each is named after its process, and the next ones remove those of
+    processes gone."""
+    _remove_orphans()
     try:
         stat = os.statvfs(SHM)
+        if stat.f_bavail * stat.f_frsize < SHM_ROOM or not os.access(SHM, os.W_OK):
+            return None
+        return Path(tempfile.mkdtemp(prefix=f"{_SHM_PREFIX}{os.getpid()}-", dir=SHM))
+    except OSError:  # no /dev/shm, or it refused the directory: disk
+        return None
+
+
+def _remove_orphans() -> None:
+    try:
+        names = [p for p in SHM.iterdir() if p.name.startswith(_SHM_PREFIX)]
     except OSError:
-        return None
-    if stat.f_bavail * stat.f_frsize < SHM_ROOM or not os.access(SHM, os.W_OK):
-        return None
-    return Path(tempfile.mkdtemp(prefix="featurestore-test-etcd-", dir=SHM))
+        return
+    for path in names:
+        pid = path.name.removeprefix(_SHM_PREFIX).partition("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its process is gone (a PermissionError: alive, another user's)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 class EtcdServer(ManagedProcess):

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # A Redis connect timeout (ms) for tests that are not about it: on the loaded 2-core CI
 # machine a localhost connect ran past the 250 ms default once ("Timeout connecting").
 REDIS_CONNECT_MS = 5000
+# The bundled client's deadline (s) in tests not about it: its default, 1 s, covers a new
+# channel's connect too, and one stall of the loaded CI machine would fail the join.
+CLIENT_DEADLINE_S = 10.0
 
 
 async def eventually(

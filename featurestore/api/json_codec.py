@@ -6,10 +6,11 @@ contract with orjson; statuses and event timestamps are rendered once per view a
 shared by that view's columns. Both write a non-finite float as null.
 
 Why two libraries: a join response is mostly floats, and orjson writes it faster than
-msgspec (ranker_v1 results of the demo, encode_join whole: 85.1 against 113.0 µs at batch
+msgspec (ranker_v1 results of the demo, the whole document: 85.1 against 113.0 µs at batch
 100, 23.8 against 28.1 at 10, 9.9 against 11.1 at 1; ``python -m benchmarks.json_encoding``,
-benchmarks/RESULTS.md, 2026-12-05); msgspec's typed decoding has no orjson counterpart, and the other
-documents (errors, registry, health) are small and stay on one encoder.
+benchmarks/RESULTS.md, 2026-12-05; one row is written from fragments since, json_row.py);
+msgspec's typed decoding has no orjson counterpart, and the other documents (errors,
+registry, health) are small and stay on one encoder.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ _NEXT: Final = b']},{"values":['  # between one column's tail and the next colum
 _CLOSE: Final = b"]}]}"
 # The tail of an entity column: always PRESENT, no event timestamp.
 _ENTITY_TAIL: Final = b'],"statuses":[' + _dumps(PRESENT_NAME) + b'],"event_timestamps":[null' + _NEXT
-_STATUS: Final = tuple(_dumps(name) if name else b"" for name in JSON_NAME_BY_VALUE)
+_STATUS: Final = tuple(map(_dumps, JSON_NAME_BY_VALUE))  # by Status value, as JSON strings
+_PRESENT: Final = _dumps(PRESENT_NAME)
 
 
 def encode_row(result: JoinResult, trace_id: str) -> bytes:
@@ -66,7 +67,7 @@ def encode_row(result: JoinResult, trace_id: str) -> bytes:
             ts = outcome.event_ts_us[0]
             tail = tails[id(outcome)] = b"".join((
                 b'],"statuses":[',
-                _STATUS[outcome.statuses[0]],
+                _PRESENT if outcome.all_present else _STATUS[outcome.statuses[0]],  # (as the document)
                 b'],"event_timestamps":[',
                 b"null" if ts is None else _dumps(iso_list(outcome.event_ts_us)[0]),
                 _NEXT,

@@ -23,12 +23,13 @@ from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.store import MemoryTileStore, TileStore
+from tests.support import REDIS_CONNECT_MS
 
 # The contract is not about connect timeouts: on a loaded 2-core machine (two test
 # workers, their servers) a localhost connect can wait past the 250 ms default for the
 # event loop to run again, and a suite failed so once (2026-12-06 23:35, "Timeout
 # connecting" in test_several_views_in_one_read[redis]; its file passed 3 of 3 alone).
-CONNECT_MS = 5000
+CONNECT_MS = REDIS_CONNECT_MS
 
 
 def redis_options(url: str, **more: Any) -> RedisOptions:

@@ -24,7 +24,7 @@ from featurestore.client import (
     UnavailableError,
 )
 from tests.integration.test_derived_serving import DERIVED, demo_definitions, start_server
-from tests.support import ServerProcess
+from tests.support import CLIENT_DEADLINE_S, ServerProcess
 
 TRANSPORTS = ["http", "grpc"]
 
@@ -42,9 +42,7 @@ def address(server: ServerProcess, transport: str) -> str:
     return server.url if transport == "http" else f"grpc://{server.grpc_target}"
 
 
-# Seconds per join for the tests not about deadlines: the client's 1 s default can pass
-# on the loaded 2-core CI machine (the deadline tests give their own)
-PATIENT = 10.0
+PATIENT = CLIENT_DEADLINE_S  # the tests not about deadlines (the deadline tests give their own)
 
 
 def patient(where: str, **options: Any) -> FeatureClient:

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
     from featurestore.client import FeatureClient, Status
 
     for address in ({http!r}, {grpc!r}):
-        with FeatureClient(address, deadline=10) as client:  # not the 1 s default: a loaded CI machine
+        with FeatureClient(address, deadline=10) as client:  # not the 1 s default: a loaded CI machine (CLIENT_DEADLINE_S)
             r = client.join({{"user_id": [17, -1]}}, ["user_profile:age"])
         assert r["age"].statuses == [Status.PRESENT, Status.NOT_FOUND], r
         print(address.split(":")[0], r.to_dict())

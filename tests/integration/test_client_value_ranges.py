@@ -16,11 +16,10 @@ import pytest
 from featurestore.client import FeatureClient, InvalidArgumentError, JoinResult, Status
 from featurestore.v1 import featurestore_pb2 as pb
 from tests.integration.test_derived_serving import demo_definitions, start_server
-from tests.support import ServerProcess
+from tests.support import CLIENT_DEADLINE_S, ServerProcess
 
 TRANSPORTS = ["http", "grpc"]
-# Seconds per join: the client's 1 s default can pass on the loaded 2-core CI machine
-PATIENT = 10.0
+PATIENT = CLIENT_DEADLINE_S
 # epoch µs of the last µs of year 999 and of year 0, and the first of year 10000
 YEAR_999 = -30_610_224_000_000_001
 YEAR_0 = -62_135_596_800_000_001

@@ -19,7 +19,7 @@ from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_command, pack_mget
 from tests.harness import free_port
 from tests.servers import RedisServer
-from tests.support import eventually
+from tests.support import REDIS_CONNECT_MS, eventually
 
 
 async def ask(conn: ReadConnection, *commands: tuple[str, ...]) -> list[Any]:
@@ -31,7 +31,7 @@ async def ask(conn: ReadConnection, *commands: tuple[str, ...]) -> list[Any]:
 
 def connection(url: str, **options: Any) -> ReadConnection:
     # a 5 s connect timeout: on the loaded CI machine a localhost connect ran past 250 ms
-    return ReadConnection(Target.from_url(url, 5.0, **options))
+    return ReadConnection(Target.from_url(url, REDIS_CONNECT_MS / 1000, **options))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,9 +307,14 @@ def test_frozen_redis_answers_unavailable_within_the_deadline(stack: Stack) -> N
     stack.redis.pause()
     try:
         for u in range(200_001, 200_006):  # never read before: not in the LRU cache
+            began = time.monotonic()
             status, doc = stack.server.join({**body, "entities": {"user_id": [u]}}, FROZEN_DEADLINE)
             assert status == 200 and columns(doc)["age"]["statuses"] == ["UNAVAILABLE"]
-        # one abandoned read per join (the 300 ms deadline, or fail-fast once marked down)
+            # by the 300 ms asked for, not the server's 5 s (margin: the loaded CI machine)
+            assert time.monotonic() - began < 2.0
+        # one abandoned read per join, at its deadline: the store's probe waits as long as a
+        # connect (5 s here), so it is not marked down meanwhile; failing fast once it is:
+        # tests/integration/test_redis_source.py (test_frozen_redis_goes_down_and_recovers)
         wait_until(
             lambda: view_read_failures(stack, "user_profile") - given_up == 5, 5, "five reads given up"
         )

@@ -224,4 +224,7 @@ def test_two_workers_on_a_port_already_taken_exit_2_at_once_with_one_error_line(
         f"error: FAILED_PRECONDITION: cannot bind HTTP on 127.0.0.1:{http_port}: Address already in use"
     ]
     assert "restarting" not in done.stderr
-    assert took < 25, took  # at once, not restarting until GUARD (25 s, not 15: the loaded CI machine)
+    # At once, not restarting until GUARD: the exit and 'no restarting' above carry the test;
+    # the bound only catches a loop that stopped short of GUARD (25 s, not 15: the loaded CI
+    # machine's imports of two workers and a supervisor)
+    assert took < 25, took

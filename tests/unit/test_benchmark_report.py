@@ -256,5 +256,6 @@ def test_a_latency_cell_of_a_starved_server_is_marked_as_its_throughput_is(tmp_p
     loadgen = text.split("#### loadgen.py/raw")[1].split("###")[0]
     assert "| 1 | 8 | 1.00 / 2.00 / 3.00 [1] | 1.00 / 2.00 / 3.00 |" in loadgen
     assert "[1] `feast_w2` at batch 1, c=8 (loadgen.py/raw) used 0.90 server cores" in loadgen
+    assert "its latency is the machine's at this point, not the server's" in loadgen
     wrk = text.split("#### wrk")[1].split("####")[0]
     assert "[1]" not in wrk

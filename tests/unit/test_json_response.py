@@ -80,9 +80,9 @@ def test_a_response_is_the_same_bytes_with_statuses_spliced_or_inline(
     rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(json_codec, "_SHARED_RENDER_ROWS", 1)
-    spliced = json_codec.encode_join(result(rows), "trace")
+    spliced = json_codec.encode_document(result(rows), "trace")  # (one row serves json_row's)
     monkeypatch.setattr(json_codec, "_SHARED_RENDER_ROWS", 10**9)
-    assert json_codec.encode_join(result(rows), "trace") == spliced
+    assert json_codec.encode_document(result(rows), "trace") == spliced
 
 
 @pytest.mark.parametrize("rows", [1, 7, 8, 100])

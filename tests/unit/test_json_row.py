@@ -102,3 +102,17 @@ def test_a_value_orjson_cannot_write_fails_as_the_document_does() -> None:
 def test_a_nan_float_is_null_in_both() -> None:
     column = ResultColumn("x", DType.FLOAT64, [math.nan], outcome(Status.PRESENT, None))
     assert b'"values":[null]' in both(JoinResult([column], 1, False, 1, PLAN))
+
+
+def test_a_one_row_join_of_no_column_is_answered_as_a_document() -> None:
+    """encode_row needs a column to end on: encode_join sends a column-less row past it."""
+    result = JoinResult([], 1, False, 1, PLAN)
+    assert json.loads(json_codec.encode_join(result, "t"))["results"] == []
+    assert json_codec.encode_join(result, "t") == json_codec.encode_document(result, "t")
+
+
+def test_a_view_marked_all_present_is_written_present_as_the_document_writes_it() -> None:
+    column = ResultColumn(
+        "x", DType.FLOAT64, [1.0], ViewOutcome("v", [Status.NOT_FOUND], [None], all_present=True)
+    )
+    assert b'"statuses":["PRESENT"]' in both(JoinResult([column], 1, False, 1, PLAN))
