@@ -6,6 +6,7 @@ measured yet names the command that measures it."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,24 @@ def _derived_rows(d: dict[str, Any]) -> list[Row]:
             )
     f = d.get("feast_b100")
     ratio = f["ours_qps"] / f["python_qps"] if f else None
+    cell = (
+        f"{ratio:.1f}x ({f['ours_qps']:,.0f} vs {f['python_qps']:,.0f} QPS)"
+        if f and ratio is not None
+        else ""
+    )
+    paired = (f or {}).get("round_ratios") or []
+    if paired:  # judged as the join costs are: the median of the rounds' paired ratios
+        under = sum(r < FEAST_TARGET_RATIO for r in paired)
+        ratio = statistics.median(paired)
+        cell += (
+            f"; the rounds' paired ratios: median {ratio:.1f}x, {min(paired):.1f}-{max(paired):.1f}x, "
+            f"{under} of {len(paired)} under {FEAST_TARGET_RATIO:g}x"
+        )
     rows.append(
         (
             "QPS vs Feast on-demand views (python mode), batch 100",
             f">= {FEAST_TARGET_RATIO:g}x",
-            f"{ratio:.1f}x ({f['ours_qps']:,.0f} vs {f['python_qps']:,.0f} QPS)"
-            if f and ratio is not None
-            else "",
+            cell,
             ratio >= FEAST_TARGET_RATIO if ratio is not None else None,
             DERIVED,
         )

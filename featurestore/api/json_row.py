@@ -12,7 +12,7 @@ and the pieces are joined: byte for byte the document ``encode_document`` writes
 Why: a ranker_v1 response (16 features of 2 views) at one row in 7.5 against 9.3 µs as a
 document, ranker_v2 (+ 4 derived) 8.8 against 11.0, 3 stored inputs + 4 derived 4.1
 against 5.0 (``python -m benchmarks.json_encoding``, benchmarks/RESULTS.md, 2026-12-07
-01:19). A batch-1 join costs the serving process 120-170 µs of CPU under load on that
+01:20). A batch-1 join costs the serving process 120-170 µs of CPU under load on that
 host, so 1-2%.
 """
 

@@ -78,7 +78,7 @@ def test_a_derived_run_writes_its_tables_and_figures_and_results_md_shows_them_a
         "| 3 stored inputs vs + 4 derived | 100 | 1,000 | 880 | 12.00% | 100, 104 | 4.0% | <= 10%: MISSED |"
         in tables
     )
-    assert "| 100 | 87 | 62 | 2,175 | 25.0x | >= 20x: met |" in tables
+    assert "| 100 | 87 | 62 | 2,175 | 25.0x | - | >= 20x: met |" in tables  # (no rounds: the medians)
     text = (tmp_path / "RESULTS.md").read_text()
     section = text[text.index("## Derived features (issue 17)") :]
     for row in (
@@ -113,7 +113,7 @@ def test_a_run_of_some_sections_keeps_the_others_with_the_command_that_measured_
     only_join["join"]["summary"]["ranker/b1"]["cost_pct"] = 7.5
     tables = derived.write_results(only_join, ARGS, parts).read_text()
     assert "| numba kernel (float64 matrix in, out) | 1.250 | 1.375 | <= 8.2 ms: met |" in tables  # kept
-    assert "| 100 | 87 | 62 | 2,175 | 25.0x | >= 20x: met |" in tables  # kept
+    assert "| 100 | 87 | 62 | 2,175 | 25.0x | - | >= 20x: met |" in tables  # kept
     assert "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 1,000 | 960 | 7.50% |" in tables  # the new run
     assert tables.count("Run ") == 3 and "`python -m benchmarks.derived" in tables
     assert json.loads((parts / "derived.json").read_text())["kernel_ms"]["numba"] == 1.25
@@ -259,3 +259,34 @@ def test_a_latency_cell_of_a_starved_server_is_marked_as_its_throughput_is(tmp_p
     assert "its latency is the machine's at this point, not the server's" in loadgen
     wrk = text.split("#### wrk")[1].split("####")[0]
     assert "[1]" not in wrk
+
+
+def test_the_20x_against_feast_is_judged_by_the_rounds_paired_ratios_not_the_ratio_of_medians() -> None:
+    """Medians per side read 20.5x; the rounds' own ratios 19.7x at the median: missed,
+    as the join costs are judged (one pair per round, their median)."""
+    from benchmarks.derived_targets import _derived_rows
+
+    qps = [
+        (3817, 158),
+        (3606, 193),
+        (3657, 191),
+        (3096, 162),
+        (3456, 170),
+        (3300, 180),
+        (3369, 85),
+        (3081, 96),
+    ]
+    runs = [
+        {"round": i, "batch": 100, "label": label, "qps": float(q)}
+        for i, (ours, feast) in enumerate(qps)
+        for label, q in (("featurestore", ours), ("feast_python", feast), ("feast_pandas", 120))
+    ]
+    ratios = derived.round_ratios(runs, 100)
+    assert [round(r, 1) for r in ratios] == [24.2, 18.7, 19.1, 19.1, 20.3, 18.3, 39.6, 32.1]
+    figures = {"feast_b100": {"python_qps": 166.0, "ours_qps": 3412.0, "round_ratios": ratios}}
+    row = next(r for r in _derived_rows(figures) if r[0].startswith("QPS vs Feast"))
+    assert (
+        row[2]
+        == "20.6x (3,412 vs 166 QPS); the rounds' paired ratios: median 19.7x, 18.3-39.6x, 4 of 8 under 20x"
+    )
+    assert row[3] is False
