@@ -238,3 +238,16 @@ def test_the_run_time_is_that_of_the_runs_not_of_the_raw_file(tmp_path: Path) ->
     assert report.run_span(rows, raw) == "2026-12-03 18:05-18:17 UTC"
     rows.append(row(OURS, 1, 32, 1.0, 1.0, started="2026-12-04T00:01:00"))
     assert report.run_span(rows, raw) == "2026-12-03 18:05-2026-12-04 00:01 UTC"
+
+
+def test_the_cpu_target_against_a_starved_feast_run_says_so_as_the_qps_targets_do() -> None:
+    """A starved run's CPU per request reads high (the same work over fewer cores' time
+    slices): a ratio against it is not like for like either."""
+    rows = [row(FEAST, 1, 8, 541, 0.9), row(FEAST, 1, 32, 1256, 1.61), row(FEAST, 1, 64, 1267, 1.62)]
+    rows += [row(OURS, 1, c, 8000, 1.38) for c in (8, 32, 64)]
+    lines = targets(report.best(rows), FEAST, [OURS], "wrk", "wrk", [])
+    cpu = next(line for line in lines if "server CPU per request" in line)
+    assert cpu.endswith("lower MISSED only against a starved run [1] |"), cpu
+    assert any(
+        line.startswith("[1] `feast_w2` at batch 1, c=8 (wrk) used 0.90 server cores") for line in lines
+    )
