@@ -16,12 +16,17 @@ CPU_RATIO_TARGET, P99_TARGET_MS, FLOOR_SHARE_TARGET = 10.0, 2.0, 0.60
 # same batch (other concurrencies) did not load the server as its other runs did: gunicorn's
 # one accepting socket can hand all of few connections to one of Feast's two workers.
 LOW_CORES = 0.75
+# What a starved run's figure is not, by the table it marks
+STARVED_QPS = "its QPS is not the server's capacity at this point, and a ratio against it is not a like-for-like comparison"
+STARVED_LATENCY = "its latency is the machine's at this point, not the server's"
 
 
-def low_cores(b: dict[Any, Any], label: str, tool: str, batch: int, conc: int) -> str | None:
+def low_cores(
+    b: dict[Any, Any], label: str, tool: str, batch: int, conc: int, meaning: str = STARVED_QPS
+) -> str | None:
     """Why the run at this point is not like its neighbours (its server used under
     LOW_CORES x the median server cores of the same label's runs at the batch's other
-    concurrencies), or None."""
+    concurrencies), ending with ``meaning``, or None."""
     r = b.get((label, tool, batch, conc))
     if not r or not r.get("server_cores"):
         return None
@@ -38,8 +43,7 @@ def low_cores(b: dict[Any, Any], label: str, tool: str, batch: int, conc: int) -
     at = ", ".join(f"c={c}" for c in sorted(others))
     return (
         f"`{label}` at batch {batch}, c={conc} ({tool}) used {r['server_cores']:.2f} server cores, under "
-        f"{LOW_CORES:g}x the median {median:.2f} of its runs at batch {batch}, {at}: its QPS is not "
-        "the server's capacity at this point, and a ratio against it is not a like-for-like comparison"
+        f"{LOW_CORES:g}x the median {median:.2f} of its runs at batch {batch}, {at}: {meaning}"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.derived_targets import derived_section
 from benchmarks.feast_notes import notes
-from benchmarks.feast_targets import Row, footnotes, low_cores, mark, refusals, targets
+from benchmarks.feast_targets import STARVED_LATENCY, Row, footnotes, low_cores, mark, refusals, targets
 from benchmarks.provenance import machine
 
 
@@ -158,13 +158,6 @@ def run_span(rows: list[dict[str, Any]], raw: Path) -> str:
     return f"{first}-{last[11:] if last[:10] == first[:10] else last} UTC"
 
 
-def latency_note(note: str | None) -> str | None:
-    """``low_cores``'s note for a latency cell: the machine's latency, not the server's."""
-    if note is None:
-        return None
-    return note.split(": its QPS")[0] + ": its latency is the machine's at this point, not the server's"
-
-
 def write(
     raw: Path,
     floor: Path | None,
@@ -268,7 +261,7 @@ def write(
                     "-"
                     if not r
                     else f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}{star} / {r['p999_ms']:.2f}{star}"
-                    + mark(slow, latency_note(low_cores(b, lbl, tool, batch, conc)))
+                    + mark(slow, low_cores(b, lbl, tool, batch, conc, STARVED_LATENCY))
                 )
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
         lines += [*footnotes(slow), ""]

@@ -35,10 +35,10 @@ _TIMESTAMP: Final = DType.TIMESTAMP
 _OPEN: Final = b',"results":[{"values":['
 _NEXT: Final = b']},{"values":['  # between one column's tail and the next column's value
 _CLOSE: Final = b"]}]}"
-# The tail of an entity column: always PRESENT, no event timestamp.
-_ENTITY_TAIL: Final = b'],"statuses":[' + _dumps(PRESENT_NAME) + b'],"event_timestamps":[null' + _NEXT
 _STATUS: Final = tuple(map(_dumps, JSON_NAME_BY_VALUE))  # by Status value, as JSON strings
 _PRESENT: Final = _dumps(PRESENT_NAME)
+# The tail of an entity column: always PRESENT, no event timestamp.
+_ENTITY_TAIL: Final = b'],"statuses":[' + _PRESENT + b'],"event_timestamps":[null' + _NEXT
 
 
 def encode_row(result: JoinResult, trace_id: str) -> bytes:
