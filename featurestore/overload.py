@@ -18,7 +18,12 @@ below).
   more joins in flight than the floor (``min_limit``) at more than half of their samples,
   the limit drops to ``min(limit, in flight) x target / lag`` (the last interval's means;
   the factor kept within 0.25..0.9, never below the floor), and again after each further
-  late interval. One late interval is a burst.
+  late interval. One late interval is a burst, unless its joins in flight (the mean)
+  hold more of the loop's CPU than an interval has, at what a join costs: that queue
+  cannot drain within the next interval, and waiting for it to prove so let ~50 joins of
+  batch 1,000 in a worker, answered up to 350-620 ms after their write (traced
+  2026-12-07; benchmarks/RESULTS.md, "Deadlines under overload, batch 1,000"). At batch
+  1 or 100 that takes 200-700 joins in flight, more than a worker holds.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
   the worker, measured while it is saturated (its loop's CPU time over the joins
@@ -309,8 +314,10 @@ class LoadShedder:
                 return
             self._late += 1
             # A queue stood through the last two intervals: cut, and again after each
-            # further late one (the module docstring says why not later).
-            if self._late >= LATE_INTERVALS:
+            # further late one (the module docstring says why not later). So does one
+            # whose joins in flight hold more of the loop's CPU than an interval has, at
+            # what a join costs: no burst that drains within the next interval.
+            if self._late >= LATE_INTERVALS or mean_inflight * self.join_cost.seconds > INTERVAL:
                 cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
                 self.limit = max(floor, min(self.limit, mean_inflight) * cut)
             return

@@ -554,9 +554,32 @@ def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_inte
     clock = CpuClock()
     s = loaded(20, clock=clock)  # 20 joins: under 64, over the 5 their cost will allow
     at = onset(s, clock, 0.1, 20)  # measured at this interval's end, which is judged by it
-    assert s.min_limit == 5 and s.limit == 1024  # one late interval: a burst
+    assert s.min_limit == 5 and s.limit == 1024  # one late interval of 100 ms of joins: a burst
     late(s, clock, 0.1, 20, at=at)
     assert s.limit == pytest.approx(5)  # both counted as queued over the floor of 5: cut
+
+
+def test_joins_holding_more_than_an_interval_of_the_loops_cpu_are_cut_at_the_first_late_one() -> None:
+    """30 joins of 5 ms are 150 ms of the loop's CPU: no burst that drains within the next
+    interval, so the cut does not wait for a second late one (at batch 1,000 the joins
+    admitted meanwhile were answered 300-600 ms after their write)."""
+    clock = CpuClock()
+    s = loaded(30, clock=clock)
+    onset(s, clock, 0.1, 20)  # 5 ms a join, the loop 20 ms late: cut to a quarter
+    assert s.limit == pytest.approx(30 * 0.25)
+
+
+def test_a_late_interval_whose_joins_hold_less_than_an_interval_of_cpu_is_a_burst() -> None:
+    clock = CpuClock()
+    s = loaded(15, clock=clock)  # 75 ms of the loop's CPU at 5 ms a join
+    onset(s, clock, 0.1, 20)
+    assert s.limit == 1024
+
+
+def test_with_no_join_cost_known_a_first_late_interval_is_a_burst_whatever_in_flight() -> None:
+    s = loaded(500)
+    samples(s, [0.02] * 11)  # (the CPU clock frozen: nothing measured)
+    assert s.join_cost.seconds == 0.0 and s.limit == 1024
 
 
 def test_an_interval_that_refused_requests_never_raises_the_cost() -> None:
