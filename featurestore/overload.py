@@ -18,12 +18,13 @@ below).
   more joins in flight than the floor (``min_limit``) at more than half of their samples,
   the limit drops to ``min(limit, in flight) x target / lag`` (the last interval's means;
   the factor kept within 0.25..0.9, never below the floor), and again after each further
-  late interval. One late interval is a burst, unless its joins in flight (the mean)
-  hold more of the loop's CPU than an interval has, at what a join costs: that queue
-  cannot drain within the next interval, and waiting for it to prove so let ~50 joins of
-  batch 1,000 in a worker, answered up to 350-620 ms after their write (traced
-  2026-12-07; benchmarks/RESULTS.md, "Deadlines under overload, batch 1,000"). At batch
-  1 or 100 that takes 200-700 joins in flight, more than a worker holds.
+  late interval. One late interval is a burst, unless the worker is saturated and its
+  joins in flight (the mean) have more of the loop's CPU left than an interval has, at
+  what a join costs (``LEFT``: half of it each): that queue cannot drain within the next
+  interval, and waiting for it to prove so let ~50 joins of batch 1,000 in a worker,
+  answered 250-620 ms after their write (traced 2026-12-07; benchmarks/RESULTS.md,
+  "Deadlines under overload, batch 1,000"). At batch 1 that takes more joins in flight
+  than a worker holds; at batch 100, 222 (118 at the onset's high reading).
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
   the worker, measured while it is saturated (its loop's CPU time over the joins
@@ -122,13 +123,22 @@ LAG = Gauge(
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
     "second when on time), the most lagging worker's. Shedding judges each 100 ms "
     "interval's mean lag (at most this): above limits.shed_target_ms for two intervals in "
-    "a row with more joins in flight than the floor, a worker with limits.shed on sheds.",
+    "a row with more joins in flight than the floor (one, when they have more than an "
+    "interval of CPU left), a worker with limits.shed on sheds.",
     multiprocess_mode="livemax",
 )
 
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
-LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one)
+LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one; LEFT)
+# The share of its CPU a join in flight has left, on average: a late interval whose joins
+# have more than an interval of it left is cut at once. Counted whole (7cce4af), joins of
+# batch 100 tripped it (a worker holds up to 128, at ~0.9 ms each the floor's 28 at the
+# median): at twice the saturation rate the default answered 31% fewer joins than the
+# floor of 64 beside it, p99.9 419.5 against 318.7 ms (2026-12-07 03:26). Halved, batch
+# 100 needs 222 such joins in flight (118 at the onset's reading, up to 4x high:
+# join_cost.py), batch 1,000 (3-6 ms a join) 33-67.
+LEFT: Final = 0.5
 GROWTH: Final = 0.1  # a 2nd on-time interval in a row, the limit binding: up a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
 # CoDel's interval: long enough that a burst of joins drains within it (a saturated
@@ -316,10 +326,14 @@ class LoadShedder:
                 return
             self._late += 1
             # A queue stood through the last two intervals: cut, and again after each
-            # further late one (the module docstring says why not later). So does one
-            # whose joins in flight hold more of the loop's CPU than an interval has, at
-            # what a join costs: no burst that drains within the next interval.
-            if self._late >= LATE_INTERVALS or mean_inflight * self.join_cost.seconds > INTERVAL:
+            # further late one (the module docstring says why not later). So does a
+            # saturated one whose joins in flight have more of the loop's CPU left than
+            # an interval has (half a join's cost each, on average): no burst that drains
+            # within the next interval.
+            cost = self.join_cost
+            if self._late >= LATE_INTERVALS or (
+                cost.saturated and mean_inflight * cost.seconds * LEFT > INTERVAL
+            ):
                 cut = min(MAX_CUT, max(MIN_CUT, self.target / mean_lag))
                 self.limit = max(floor, min(self.limit, mean_inflight) * cut)
             return

@@ -1,6 +1,7 @@
 """The worker's load shedder: a hard cap on joins in flight, and a limit that drops when
 the event loop's lag averages above the target for two intervals in a row (a standing
-queue) and is back when it keeps up again."""
+queue; one, when its joins have more than an interval of CPU left) and is back when it
+keeps up again."""
 
 from __future__ import annotations
 
@@ -559,21 +560,45 @@ def test_a_queue_is_judged_against_the_floor_measured_at_the_end_of_its_own_inte
     assert s.limit == pytest.approx(5)  # both counted as queued over the floor of 5: cut
 
 
-def test_joins_holding_more_than_an_interval_of_the_loops_cpu_are_cut_at_the_first_late_one() -> None:
-    """30 joins of 5 ms are 150 ms of the loop's CPU: no burst that drains within the next
-    interval, so the cut does not wait for a second late one (at batch 1,000 the joins
-    admitted meanwhile were answered 300-600 ms after their write)."""
+def test_joins_with_more_than_an_interval_of_cpu_left_are_cut_at_their_first_late_interval() -> None:
+    """50 joins of 5 ms have 125 ms of the loop's CPU left (half of each, on average): no
+    burst that drains within the next interval, so the cut does not wait for a second
+    late one (at batch 1,000 the joins admitted meanwhile were answered up to 620 ms after
+    their write)."""
     clock = CpuClock()
-    s = loaded(30, clock=clock)
+    s = loaded(50, clock=clock)
     onset(s, clock, 0.1, 20)  # 5 ms a join, the loop 20 ms late: cut to a quarter
-    assert s.limit == pytest.approx(30 * 0.25)
+    assert s.limit == pytest.approx(50 * 0.25)
 
 
-def test_a_late_interval_whose_joins_hold_less_than_an_interval_of_cpu_is_a_burst() -> None:
+def test_a_late_interval_whose_joins_have_an_interval_of_cpu_left_or_less_is_a_burst() -> None:
+    for inflight in (30, 40):  # 75 and 100 ms left at 5 ms a join
+        clock = CpuClock()
+        s = loaded(inflight, clock=clock)
+        onset(s, clock, 0.1, 20)
+        assert s.limit == 1024
+
+
+def test_after_a_cut_at_once_the_next_late_interval_cuts_again() -> None:
     clock = CpuClock()
-    s = loaded(15, clock=clock)  # 75 ms of the loop's CPU at 5 ms a join
-    onset(s, clock, 0.1, 20)
-    assert s.limit == 1024
+    s = loaded(50, clock=clock)
+    at = onset(s, clock, 0.1, 20)
+    assert s.limit == pytest.approx(12.5)
+    late(s, clock, 0.1, 20, at=at)  # the queue did not drain: a second late interval
+    assert s.limit == s.min_limit == 5  # a quarter of the joins in flight, held at the floor
+
+
+def test_a_pause_is_not_cut_at_once_whatever_the_cost_known() -> None:
+    """A stall of the machine makes the loop late without its thread spending CPU: not
+    saturated, so a cost measured in an earlier overload does not turn it into a cut."""
+    clock = CpuClock()
+    s = loaded(50, clock=clock)
+    at = onset(s, clock, 0.1, 20)  # 5 ms a join, cut to 12.5
+    s.limit = 1024.0  # (as if recovered, the 50 joins still in flight)
+    at = samples(s, [0.0] * 10, start=at)  # an interval on time, the loop's thread idle
+    assert s.limit == 1024 and s.join_cost.seconds == pytest.approx(0.005)
+    samples(s, [0.4] + [0.0] * 9, start=at)  # a 0.4 s pause, no CPU spent: 40 ms late on average
+    assert s.join_cost.seconds == pytest.approx(0.005) and s.limit == 1024
 
 
 def test_with_no_join_cost_known_a_first_late_interval_is_a_burst_whatever_in_flight() -> None:
@@ -638,7 +663,7 @@ def test_a_join_shed_for_its_deadline_is_a_refusal_too() -> None:
 
 def test_cheaper_joins_raise_the_floor_once_an_interval_refuses_nothing() -> None:
     clock = CpuClock()
-    s = loaded(60, clock=clock)  # (under the floor: no cut, no refusal)
+    s = loaded(30, clock=clock)  # (30 joins of 5 ms, 75 ms of it left: a burst at the onset)
     at = onset(s, clock, 0.1, 20)  # 5 ms a join: the floor 5
     for _ in range(20):
         at = late(s, clock, 0.1, 1000, at=at)  # then 0.1 ms: a quarter of the way each
