@@ -1,0 +1,118 @@
+"""Two commits' load shedding side by side: open-loop overload rounds, interleaved.
+
+For a change to the shedder whose effect is on the tail of one overload run, which moves
+with the machine from run to run (at batch 1,000 the same code read 357-577 ms p99.9 over
+five runs of ``benchmarks.overload``): one Redis with the demo's two views, one server of
+each tree (the defaults, cache off), both up for the whole run; a closed loop at c=64
+against the old one gives the saturation rate S, then ``--rounds`` rounds of each server
+in turn (the order alternating) under ``benchmarks.open_loop``'s schedule: ``--factor`` x
+S for 10 s over 256 connections, then 0.5 x S for 4 s. Each row is one overload phase;
+the summary counts the rounds past the deadline + 10 ms (510 ms p99.9 from the schedule).
+``--old`` is checked out into a temporary worktree (benchmarks.ab); the new tree is this
+checkout, uncommitted changes and all.
+
+    python -m benchmarks.overload_ab --old HEAD~1 [--batch 1000] [--rounds 6] [--factor 2]
+                                     [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks.ab import worktree
+from benchmarks.open_loop import open_loop
+from benchmarks.overload import closed_loop
+from benchmarks.stack import ROOT, config, materialize, redis, server
+
+ALLOWED_MS = 510.0  # the 500 ms deadline + 10 ms (issue 16, requirement 5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--old", required=True, help="a git revision")
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--factor", type=float, default=2.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    old_rev = subprocess.run(["git", "rev-parse", "--short", a.old], cwd=ROOT, capture_output=True, text=True)
+    a.old = old_rev.stdout.strip() or a.old
+    new_rev = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    )
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        trees = {"old": stack.enter_context(worktree(a.old)), "new": ROOT}
+        url = stack.enter_context(redis(work))
+        cfg = config(work, url, "ab", cache=False)
+        materialize(work, cfg)
+        srvs = {
+            name: stack.enter_context(server(work, cfg, a.workers, env={"PYTHONPATH": str(tree)}, cwd=tree))
+            for name, tree in trees.items()
+        }
+        for s in srvs.values():  # warm: the first reads of a fresh server run slow
+            closed_loop("http", s, a.batch, 64, 3)
+        sat = closed_loop("http", srvs["old"], a.batch, 64, 5)["qps"]
+        print(f"saturation {sat:,.0f} QPS", flush=True)
+        for r in range(a.rounds):
+            for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                s = srvs[name]
+                phases = ((sat * a.factor, 10.0), (sat * 0.5, 4.0))
+                over, _ = open_loop("http", s["http"], s["http"], a.batch, phases, 256, 2)
+                rows.append((r + 1, name, over))
+                print(f"round {r + 1} {name}: p99.9 {over['p999_ms']} ms", flush=True)
+    head = (
+        f"Overload A/B {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m "
+        f"benchmarks.overload_ab {' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); "
+        f"batch {a.batch}, {a.workers} workers, cache off, saturation {sat:,.0f} QPS, {a.factor:g}x "
+        f"for 10 s over 256 connections, {a.rounds} interleaved rounds"
+    )
+    lines = [head, "", *render(rows)]
+    print("\n".join(lines))
+    if a.out:
+        a.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def render(rows: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    """One row per overload phase, then per tree: p99.9's median and worst, and the
+    rounds past ``ALLOWED_MS``."""
+    out = [
+        "| round | tree | answered | shed | p50 / p99 / p99.9 ms | p99.9 from the write ms | limit (median) |",
+        "|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r, name, o in rows:
+        out.append(
+            f"| {r} | {name} | {o['answered']:,} | {o['shed']:,} | {_ms(o['p50_ms'])} / {_ms(o['p99_ms'])} / "
+            f"{_ms(o['p999_ms'])} | {_ms(o['served_p999_ms'])} | {_ms(o['limit_median'], '{:,.0f}')} |"
+        )
+    out.append("")
+    for name in ("old", "new"):
+        tails = [o["p999_ms"] for _, n, o in rows if n == name and o["p999_ms"] is not None]
+        if not tails:
+            continue
+        past = sum(t > ALLOWED_MS for t in tails)
+        answered = sum(o["answered"] for _, n, o in rows if n == name)
+        out.append(
+            f"* {name}: p99.9 median {statistics.median(tails):.1f} ms, worst {max(tails):.1f}; "
+            f"{past} of {len(tails)} rounds past {ALLOWED_MS:g} ms; {answered:,} answered"
+        )
+    return out
+
+
+def _ms(x: float | None, form: str = "{}") -> str:
+    return "-" if x is None else form.format(x)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
