@@ -22,9 +22,8 @@ below).
   joins in flight (the mean) have more of the loop's CPU left than an interval has, at
   what a join costs (``LEFT``: half of it each): that queue cannot drain within the next
   interval, and waiting for it to prove so let ~50 joins of batch 1,000 in a worker,
-  answered 250-620 ms after their write (traced 2026-12-07; benchmarks/RESULTS.md,
-  "Deadlines under overload, batch 1,000"). At batch 1 that takes more joins in flight
-  than a worker holds; at batch 100, 222 (118 at the onset's high reading).
+  answered 250-620 ms after their write (benchmarks/RESULTS.md, "The batch-1,000
+  overload tail"). At batch 1 that takes more joins in flight than a worker holds.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
   the worker, measured while it is saturated (its loop's CPU time over the joins
@@ -131,13 +130,11 @@ LAG = Gauge(
 MIN_CUT: Final = 0.25
 MAX_CUT: Final = 0.9
 LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one; LEFT)
-# The share of its CPU a join in flight has left, on average: a late interval whose joins
-# have more than an interval of it left is cut at once. Counted whole (7cce4af), joins of
-# batch 100 tripped it (a worker holds up to 128, at ~0.9 ms each the floor's 28 at the
-# median): at twice the saturation rate the default answered 31% fewer joins than the
-# floor of 64 beside it, p99.9 419.5 against 318.7 ms (2026-12-07 03:26). Halved, batch
-# 100 needs 222 such joins in flight (118 at the onset's reading, up to 4x high:
-# join_cost.py), batch 1,000 (3-6 ms a join) 33-67.
+# The share of its CPU a join in flight has left, on average (a late interval whose joins
+# have more than an interval of it left is cut at once). Counted whole (7cce4af), batch 100
+# tripped it (up to 128 joins a worker at ~0.9 ms): the default answered 31% fewer joins
+# than the floor of 64 beside it (2026-12-07 03:26). Halved: 222 joins of 0.9 ms, 118 at
+# the onset's reading (up to 4x high), which 128 reach; 33-67 of batch 1,000.
 LEFT: Final = 0.5
 GROWTH: Final = 0.1  # a 2nd on-time interval in a row, the limit binding: up a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not

@@ -27,7 +27,10 @@ def test_each_tree_is_summed_up_by_its_median_and_worst_tail_and_the_rounds_past
     assert "* new: p99.9 median 468.3 ms, worst 575.9; 1 of 3 rounds past 510 ms; 207 answered" in out
 
 
-def test_a_phase_with_nothing_answered_or_no_gauge_read_is_shown_without_a_figure() -> None:
-    out = render([(1, "old", phase(None, answered=0, limit=None))])
+def test_a_round_with_nothing_answered_is_shown_without_a_figure_and_counted_as_past() -> None:
+    out = render([(1, "old", phase(None, answered=0, limit=None)), (2, "old", phase(300.0))])
     assert out[2] == "| 1 | old | 0 | 50 | 50.0 / 200.0 / - | - | - |"
-    assert not any(line.startswith("* old") for line in out)
+    assert (
+        "* old: p99.9 median 300.0 ms, worst 300.0; 1 of 2 rounds past 510 ms (1 with nothing answered); "
+        "100 answered" in out
+    )
