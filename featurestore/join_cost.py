@@ -7,9 +7,11 @@ across consecutive saturated intervals until ``MIN_JOINS`` are done (a join may 
 longer than an interval): the loop's CPU is what its queue waits for; a thread's work (a
 scrape's render, the drift monitor, the consistency checks of worker 0) is not, but for
 the GIL it holds. Saturated: the interval was late and the loop's thread busy for at least
-``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first late
-interval, before the shedder's first cut (at its second, or at that first one when its
-joins have more than an interval of CPU left: overload.LEFT), and measured high (not traced;
+``BUSY`` of it; a stall spends no CPU. So an overload's cost is measured at its first
+saturated interval with ``MIN_JOINS`` done (its first late one, or later on a loud machine:
+the third in a trace of 2026-12-07), before the shedder's first cut (at the next late
+interval, or at that one when its joins have more than an interval of CPU left:
+overload.LEFT), and measured high (not traced;
 2026-12-06 17:00, when nothing refined it: ~1.7 ms of the loop's CPU a join of batch 100,
 the floor 15 for the whole overload; 17:18, with refusing intervals learnt from as below,
 the floor 56 at its median; benchmarks/RESULTS.md, "Deadlines under overload"). A
