@@ -102,7 +102,10 @@ def main() -> int:
         first = max(readings, key=lambda r: r["qps"])
         a.readings = [r["qps"] for r in readings]
         sat = first["qps"]
-        print(f"saturation (closed loop, c=64, the server without shedding): {first}", flush=True)
+        print(
+            f"saturation (closed loops at c=64 and c={a.connections}, the server without shedding): {readings}",
+            flush=True,
+        )
         for name, srv in servers.items():
             phases = ((sat * a.factor, a.duration), (sat * 0.5, 4.0))
             over, after = open_loop(
