@@ -208,7 +208,7 @@ def render(
         "",
         f"`{cmd}`: batch {a.batch}, {a.workers} workers, Redis store, cache off, deadline 500 ms. "
         f"Saturation {first['qps']:,.0f} QPS (closed loop{load}, without shedding{_readings(a)}; "
-        f"{last['qps']:,.0f} when measured again at the end of the run); open loop at {a.factor:g}x that for {a.duration:g} s, at "
+        f"{last['qps']:,.0f} at c=64 when measured again at the end of the run); open loop at {a.factor:g}x that for {a.duration:g} s, at "
         f"most {a.connections} {slots}, then 0.5x for 4 s. Latency from each request's scheduled time "
         "(waiting for a free connection included), and from its write (the server's part). Requirement: p99.9 of "
         "answered requests within the deadline + 10 ms (510 ms). *Load late*: how late the load processes "

@@ -3,9 +3,9 @@
 For a change to the shedder whose effect is on the tail of one overload run, which moves
 with the machine from run to run (at batch 1,000 the old tree of the first A/B, 690ca23,
 read 303-718 ms p99.9 over six rounds in 12 minutes): one Redis with the demo's two views, one server of
-each tree (the defaults, cache off), both up for the whole run; closed loops at c=64
-against a server of the old tree without shedding give the saturation rate S (the higher
-of c=64's and c=256's), then ``--rounds`` rounds of each server in turn (the order alternating), each
+each tree (the defaults, cache off), both up for the whole run; closed loops at c=64 and
+c=256 against a server of the old tree without shedding give the saturation rate S (the
+higher of the two), then ``--rounds`` rounds of each server in turn (the order alternating), each
 after ``--idle`` seconds (11: each overload starts without the join cost a shedder
 forgets after 10 s calm, the onset the batch-1,000 tail came from) under ``benchmarks.open_loop``'s schedule: ``--factor`` x
 S for 10 s over 256 connections, then 0.5 x S for 4 s. Each row is one overload phase;
@@ -74,7 +74,8 @@ def main() -> int:
         unshed = config(work, url, "sat", cache=False, extra="limits: {shed: false}\n")
         with server(work, unshed, a.workers, env={"PYTHONPATH": str(trees["old"])}, cwd=trees["old"]) as s:
             closed_loop("http", s, a.batch, 64, 3)
-            sat = max(closed_loop("http", s, a.batch, c, 5)["qps"] for c in (64, 256))
+            readings = [closed_loop("http", s, a.batch, c, 5)["qps"] for c in (64, 256)]
+        sat = max(readings)
         print(f"saturation {sat:,.0f} QPS", flush=True)
         for r in range(a.rounds):
             for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
@@ -88,7 +89,7 @@ def main() -> int:
         f"Overload A/B {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m "
         f"benchmarks.overload_ab {' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); "
         f"batch {a.batch}, {a.workers} workers, cache off, saturation {sat:,.0f} QPS (the old tree "
-        f"without shedding), {a.factor:g}x for 10 s over 256 connections, {a.rounds} interleaved rounds, "
+        f"without shedding, the higher of {readings[0]:,.0f} at c=64 and {readings[1]:,.0f} at c=256), {a.factor:g}x for 10 s over 256 connections, {a.rounds} interleaved rounds, "
         f"each after {a.idle:g} s idle"
     )
     lines = [head, "", *render(rows)]

@@ -21,8 +21,9 @@ is: joins too costly to finish 8 before the first cut), and never raises it (cou
 it comes, refusals would lower the floor, and the lower floor refuse more). Its bias is
 downward (a join's CPU spans intervals, and only the lower of the noisy readings are
 taken): the floor drifts up, toward the count. It corrected the onset at batch 100, not at
-1,000 (the floor 4 at 17:14, ~6 ms a join, against 7-8 before): a refused batch-1,000
-request costs the read and decoding of its body too, most likely (not traced).
+1,000 at 2026-12-06 17:14 (the floor 4, ~6 ms a join, against 7-8 before; 6-8 in the runs
+of 2026-12-07): a refused batch-1,000 request costs the read and decoding of its body too,
+most likely (not traced).
 What it cannot tell from a join is other work on the loop: a push that makes a lightly
 loaded loop late and busy is charged to the few joins done beside it (``MIN_JOINS`` keeps
 out the fewest). The shedder forgets the cost after 10 s without a saturated interval

@@ -23,7 +23,8 @@ below).
   what a join costs (``LEFT``: half of it each): that queue cannot drain within the next
   interval, and waiting for it to prove so let ~50 joins of batch 1,000 in a worker,
   answered 250-620 ms after their write (benchmarks/RESULTS.md, "The batch-1,000
-  overload tail"). At batch 1 that takes more joins in flight than a worker holds.
+  overload tail"; at twice a saturation read at depth it did not move that tail, which
+  the onset before any cost is known sets). Batch 1 never holds enough joins for it.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
   the worker, measured while it is saturated (its loop's CPU time over the joins
@@ -164,8 +165,7 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # median), and at twice the saturation rate p99.9 from the schedule was 569-771 ms, past
 # the 510 allowed, the median 357-460 ms (six runs; until 8a69bc7); lowered to 4-8 joins,
 # the median 48-70 ms and p99.9 357-577 ms over five runs, met at two (the tail: joins
-# admitted at the onset under the count, before their cost is measured; the first cut
-# now comes at that measurement: module docstring).
+# admitted at the onset under the count, before their cost is measured: module docstring).
 # Its price is closed loops of big batches, refused from a few callers a worker (the
 # batch-1,000 section). Why the count stays as a
 # ceiling: 25 ms is ~250 joins of batch 1, more than the 128 connections a worker holds
