@@ -96,9 +96,7 @@ def main() -> int:
         # reads low, and costly joins carry more with a deeper queue (2026-12-07 03:38, batch
         # 1,000: 220 QPS at c=64, and the server without shedding then kept up with the 441
         # offered, so that "2x" was about 1x).
-        readings = [
-            closed_loop(a.transport, servers["no shedding"], a.batch, c, 5) for c in (64, a.connections)
-        ]
+        readings = saturation(a.transport, servers["no shedding"], a.batch, a.connections)
         first = max(readings, key=lambda r: r["qps"])
         a.readings = [r["qps"] for r in readings]
         sat = first["qps"]
@@ -157,6 +155,12 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
         "requests": r["requests"], "answered": r["requests"] - shed, "shed": shed, "other": 0, "qps": r["qps"],
         "p99_ms": r["p99_ms"], "p99_of": "all answers", "load_cores": None, "tool": "wrk",
     }  # fmt: skip
+
+
+def saturation(transport: str, srv: dict[str, int], batch: int, connections: int) -> list[dict[str, Any]]:
+    """Closed loops of 5 s at c=64 and at ``connections`` against a server without
+    shedding; the higher QPS is the saturation rate (the module docstring, 1)."""
+    return [closed_loop(transport, srv, batch, c, 5) for c in (64, connections)]
 
 
 CLOSED_LOOP = (32, 64, 96, 128)
@@ -239,12 +243,11 @@ def render(
 
 
 def _readings(a: argparse.Namespace) -> str:
-    """The saturation readings it is the higher of (runs before 2026-12-07 04:00 took one, at c=64)."""
-    readings = getattr(a, "readings", None)
-    if not readings:
-        return ", c=64"
+    """The saturation readings it is the higher of (``saturation``)."""
     at = (64, a.connections)
-    return ": the higher of " + " and ".join(f"{q:,.0f} at c={c}" for q, c in zip(readings, at, strict=True))
+    return ": the higher of " + " and ".join(
+        f"{q:,.0f} at c={c}" for q, c in zip(a.readings, at, strict=True)
+    )
 
 
 def _other(counts: dict[str, int]) -> str:

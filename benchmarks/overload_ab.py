@@ -31,10 +31,11 @@ from typing import Any
 
 from benchmarks.ab import worktree
 from benchmarks.open_loop import open_loop
-from benchmarks.overload import closed_loop
+from benchmarks.overload import closed_loop, saturation
 from benchmarks.stack import ROOT, config, materialize, redis, server
 
 ALLOWED_MS = 510.0  # the 500 ms deadline + 10 ms (issue 16, requirement 5)
+CONNECTIONS = 256  # the open loop's, as benchmarks.overload's default
 
 
 def main() -> int:
@@ -74,7 +75,7 @@ def main() -> int:
         unshed = config(work, url, "sat", cache=False, extra="limits: {shed: false}\n")
         with server(work, unshed, a.workers, env={"PYTHONPATH": str(trees["old"])}, cwd=trees["old"]) as s:
             closed_loop("http", s, a.batch, 64, 3)
-            readings = [closed_loop("http", s, a.batch, c, 5)["qps"] for c in (64, 256)]
+            readings = [r["qps"] for r in saturation("http", s, a.batch, CONNECTIONS)]
         sat = max(readings)
         print(f"saturation {sat:,.0f} QPS", flush=True)
         for r in range(a.rounds):
@@ -82,14 +83,14 @@ def main() -> int:
                 time.sleep(a.idle)  # every onset without a join cost known (overload.CALM_INTERVALS)
                 s = srvs[name]
                 phases = ((sat * a.factor, 10.0), (sat * 0.5, 4.0))
-                over, _ = open_loop("http", s["http"], s["http"], a.batch, phases, 256, 2)
+                over, _ = open_loop("http", s["http"], s["http"], a.batch, phases, CONNECTIONS, 2)
                 rows.append((r + 1, name, over))
                 print(f"round {r + 1} {name}: p99.9 {over['p999_ms']} ms", flush=True)
     head = (
         f"Overload A/B {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m "
         f"benchmarks.overload_ab {' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); "
         f"batch {a.batch}, {a.workers} workers, cache off, saturation {sat:,.0f} QPS (the old tree "
-        f"without shedding, the higher of {readings[0]:,.0f} at c=64 and {readings[1]:,.0f} at c=256), {a.factor:g}x for 10 s over 256 connections, {a.rounds} interleaved rounds, "
+        f"without shedding, the higher of {readings[0]:,.0f} at c=64 and {readings[1]:,.0f} at c={CONNECTIONS}), {a.factor:g}x for 10 s over {CONNECTIONS} connections, {a.rounds} interleaved rounds, "
         f"each after {a.idle:g} s idle"
     )
     lines = [head, "", *render(rows)]
