@@ -216,14 +216,13 @@ class LimitsConfig:
     deadline_ms: Count = 500
     # Load shedding per worker (featurestore/overload.py): at most max_inflight joins in
     # flight, and fewer while a queue stands: the event loop more than shed_target_ms
-    # late on average over two 100 ms intervals. 5 ms (CoDel's target): the rule before, joins slower than a tenth
-    # of the deadline, let them hold the callers' connections so long that at 2x
-    # saturation their own queue grew (p99.9 from the schedule 5.2-6.9 s; RESULTS.md).
+    # late on average over two 100 ms intervals (5 ms: CoDel's target; the reasons in overload.py).
     shed: bool = True
     max_inflight: Count = 1024
     shed_target_ms: Count = 5
     shed_min_inflight: Count = 64  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
     shed_floor_ms: Count = 25  # costly joins: the floor is those that fit in it (overload.FLOOR_SECONDS)
+    shed_max_rows: Count = 16_384  # entity rows of the joins in flight (row_cap.MAX_ROWS)
 
 
 @dataclass(frozen=True, slots=True)

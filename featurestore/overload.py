@@ -21,10 +21,8 @@ below).
   late interval. One late interval is a burst, unless the worker is saturated and its
   joins in flight (the mean) have more of the loop's CPU left than an interval has, at
   what a join costs (``LEFT``: half of it each): that queue cannot drain within the next
-  interval, and waiting for it to prove so let ~50 joins of batch 1,000 in a worker,
-  answered 250-620 ms after their write (benchmarks/RESULTS.md, "The batch-1,000
-  overload tail"; at twice a saturation read at depth it did not move that tail, which
-  the onset before any cost is known sets). Batch 1 never holds enough joins for it.
+  interval (benchmarks/RESULTS.md, "The batch-1,000 overload tail"). Batch 1 never
+  holds enough joins for it.
 * The floor is ``MIN_LIMIT`` joins (``limits.shed_min_inflight``, 64), or fewer: those that
   fit in ``floor_seconds`` of CPU (``limits.shed_floor_ms``, 25 ms) at what a join costs
   the worker, measured while it is saturated (its loop's CPU time over the joins
@@ -37,7 +35,9 @@ below).
   back at the cap.
 * A request arriving with ``limit`` requests in flight is shed: HTTP 503 with
   ``Retry-After``, gRPC RESOURCE_EXHAUSTED, counted in
-  ``featurestore_requests_shed_total{api,reason}``.
+  ``featurestore_requests_shed_total{api,reason}``. So is a decoded join whose entity
+  rows would take those in flight past ``limits.shed_max_rows`` (row_cap.py: the bound
+  on work at an onset, before any cost is known; reason ``rows``).
 * So is one with less of its deadline left than the loop's standing lag (the smaller of
   the last two intervals' mean lags: one late interval is a burst or a stall, not a
   queue): every step of a join waits about that long for the loop, so it could not
@@ -49,37 +49,28 @@ iteration, then the loop waits for the next replies, so its samples alternate be
 20-40 ms late and on time. Judged by every sample (or the smallest), the interval was
 never late: in a trace of 2x overload at batch 100 (2026-12-06, before this rule) the
 limit rose by one per on-time sample, 61 to 97 in 1.2 s, while the loop ran 41 ms late
-at the median and answered joins ~170 ms after their write at p99 (benchmarks/RESULTS.md,
-"Deadlines under overload", has that trace, the traced runs of the rules after it, and
-every run of the day).
+at the median (benchmarks/RESULTS.md, "Deadlines under overload", has that trace).
 
 A cut follows each late interval, before the joins admitted under the last limit have
 all finished (TCP waits a round trip between cuts; a worker at twice its saturation rate
 answers joins 100-300 ms after their write at p99, more than an interval). It can cut
-deeper than needed; the floor bounds that, and under 2x overload at batch 100 the limit
-sat at the floor at the median (2026-12-06 11:57, and a traced run at 11:56; a variant
-that cut again only once the joins in flight were down to the last limit was measured
-only beside a load generator that spun on the same cores, so it was not judged; same
-section).
+deeper than needed; the floor bounds that (under 2x overload at batch 100 the limit sat
+at the floor at the median; same section).
 
 What the lag does not count is what a queue of this worker's own does not cause: a
-store that is slow (ClickHouse, a paused Redis) keeps joins waiting on the network while
-the event loop is idle, so it is never shed for (the deadline ends those joins, the
-circuit breaker fails the next ones fast), and neither are cheap requests mixed with
-dear ones: no per-request service time is learnt. What it does count is any work on the
-loop: pushes, admin requests and scrapes lag it too, and only joins are shed for it.
+slow store (ClickHouse, a paused Redis) keeps joins waiting while the loop is idle (the
+deadline ends those joins, the circuit breaker fails the next ones fast). What it does
+count is any work on the loop: pushes, admin requests and scrapes lag it too, and only
+joins are shed for it.
 
 Why a few milliseconds and not a share of the deadline: a standing queue adds latency
-and no throughput (the worker is busy either way), and a caller's connections are held
-for as long as its joins queue. With 256 connections at twice a saturation rate of
-2,500-3,800 QPS a request may hold its connection 34-47 ms on average; the rule before
-this one let joins queue until they took a tenth of the deadline (50 ms), they held
-connections longer, the callers' own queue grew and their p99.9 from the schedule was
-5.2-6.9 s (benchmarks/RESULTS.md, "Deadlines under overload"). The price is paid by
-callers of a saturated worker that would wait rather than be refused: a closed loop of
-many more callers than the worker needs to be busy gets 503s (the numbers are in the
-same section). A worker that is not saturated never sheds: its event loop keeps up, so
-its limit stays at the cap.
+and no throughput, and a caller's connections are held for as long as its joins queue.
+The rule before this one let joins queue until they took a tenth of the deadline (50
+ms): at twice a saturation rate of 2,500-3,800 QPS the callers' own queue grew and their
+p99.9 from the schedule was 5.2-6.9 s (benchmarks/RESULTS.md, "Deadlines under
+overload"). The price is paid by callers of a saturated worker that would wait rather
+than be refused: a closed loop of many more callers than the worker needs to be busy
+gets 503s. A worker that is not saturated never sheds for lag: its limit stays at the cap.
 """
 
 from __future__ import annotations
@@ -97,6 +88,7 @@ from featurestore import metrics
 from featurestore.config import LimitsConfig
 from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.join_cost import JoinCost
+from featurestore.row_cap import MAX_ROWS, ROWS, RowCap
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +125,9 @@ MAX_CUT: Final = 0.9
 LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one; LEFT)
 # The share of its CPU a join in flight has left, on average (a late interval whose joins
 # have more than an interval of it left is cut at once). Counted whole (7cce4af), batch 100
-# tripped it (up to 128 joins a worker at ~0.9 ms): the default answered 31% fewer joins
-# than the floor of 64 beside it (2026-12-07 03:26). Halved: 222 joins of 0.9 ms, 118 at
-# the onset's reading (up to 4x high), which 128 reach; 33-67 of batch 1,000.
+# tripped it: the default answered 31% fewer joins than the floor of 64 beside it
+# (2026-12-07 03:26). Halved: 222 joins of 0.9 ms, 118 at the onset's reading (up to 4x
+# high), which 128 reach; 33-67 of batch 1,000.
 LEFT: Final = 0.5
 GROWTH: Final = 0.1  # a 2nd on-time interval in a row, the limit binding: up a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
@@ -160,17 +152,12 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # with 33-40% more answered QPS at 96. The price is an open loop past saturation waiting
 # longer: at twice the saturation rate p99.9 220-224 against 207-208 ms, the median twice
 # as long, 7% fewer answered (benchmarks/RESULTS.md, "Deadlines under overload", "The
-# shedder's floor"). A count is no bound on the joins' work, though: at batch 1,000 (~3
-# ms of the loop's CPU each) 64 joins let a queue stand (the loop 164-222 ms late at the
-# median), and at twice the saturation rate p99.9 from the schedule was 569-771 ms, past
-# the 510 allowed, the median 357-460 ms (six runs; until 8a69bc7); lowered to 4-8 joins,
-# the median 48-70 ms and p99.9 357-577 ms over five runs, met at two (the tail: joins
-# admitted at the onset under the count, before their cost is measured: module docstring).
-# Its price is closed loops of big batches, refused from a few callers a worker (the
-# batch-1,000 section). Why the count stays as a
-# ceiling: 25 ms is ~250 joins of batch 1, more than the 128 connections a worker holds
-# under 256 callers, and an open loop's excess would then queue at its callers, never shed
-# ("The shedder's floor in CPU time at batch 1").
+# shedder's floor"). A count is no bound on the joins' work: at batch 1,000 64 joins let
+# a queue stand (p99.9 569-771 ms, past the 510 allowed); lowered to 4-8 joins by their
+# cost, 357-577 ms, met at two runs of five: the onset's joins are admitted before a cost
+# is known (the row cap bounds those: row_cap.py). Why the count stays as a ceiling: 25 ms
+# is ~250 joins of batch 1, more than the 128 connections a worker holds under 256
+# callers, and an open loop's excess would then queue at its callers, never shed.
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
@@ -213,6 +200,7 @@ class LoadShedder:
         "max_floor",
         "max_limit",
         "min_limit",
+        "rows",
         "sheds",
         "target",
     )
@@ -224,11 +212,13 @@ class LoadShedder:
         *,
         floor_seconds: float = FLOOR_SECONDS,
         min_limit: int = MIN_LIMIT,
+        max_rows: int = MAX_ROWS,
         sheds: bool = True,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         """``min_limit``: the floor in joins (limits.shed_min_inflight), lowered to the joins
-        that fit in ``floor_seconds`` of CPU. ``cpu_clock``: the loop thread's CPU seconds."""
+        that fit in ``floor_seconds`` of CPU. ``max_rows``: the row cap (row_cap.py; none
+        unless ``sheds``). ``cpu_clock``: the loop thread's CPU seconds."""
         self.max_limit = max_inflight
         self.floor_seconds = floor_seconds
         # a small cap keeps room to shed: the floor is at most half of it
@@ -237,6 +227,7 @@ class LoadShedder:
         self.target = target_seconds
         self.sheds = sheds
         self.inflight = 0
+        self.rows = RowCap(max_rows if sheds else INF)
         self.lag = 0.0  # the standing lag: the smaller of the last two intervals' means
         self._last_mean = 0.0
         # The interval being sampled: since when, its samples' lags (summed) and joins in
@@ -261,6 +252,7 @@ class LoadShedder:
             limits.shed_target_ms / 1000,
             floor_seconds=limits.shed_floor_ms / 1000,
             min_limit=limits.shed_min_inflight,
+            max_rows=limits.shed_max_rows,
             sheds=limits.shed,
             cpu_clock=cpu_clock,
         )
@@ -278,9 +270,19 @@ class LoadShedder:
         self.inflight = inflight + 1
         return None
 
-    def done(self) -> None:
-        """An admitted request finished, whatever its outcome."""
+    def admit_rows(self, rows: int) -> str | None:
+        """After ``admit``, once the join's entity rows are known (row_cap.entity_rows): None,
+        or ``ROWS`` to shed it, its admission undone (no ``done`` for it then)."""
+        if self.rows.take(rows):
+            return None
         self.inflight -= 1
+        self._refused += 1
+        return ROWS
+
+    def done(self, rows: int = 0) -> None:
+        """An admitted request finished, whatever its outcome (``rows``: those it took)."""
+        self.inflight -= 1
+        self.rows.give(rows)
         self._completed += 1
 
     def _measure(self, late: bool, seconds: float) -> None:
@@ -380,8 +382,7 @@ class LoadShedder:
 
 
 # What Retry-After says: long enough for the requests in flight to drain (they end by
-# their deadline, 0.5 s by default), short enough that a client comes back while a
-# burst is still being absorbed.
+# their deadline, 0.5 s by default), short enough to come back while a burst is absorbed.
 RETRY_AFTER_SECONDS: Final = 1
 
 

@@ -30,6 +30,7 @@ from featurestore.join import JoinEngine
 from featurestore.lone_calls import LONE_CALLS
 from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
+from featurestore.row_cap import entity_rows
 from featurestore.v1 import featurestore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -190,13 +191,8 @@ class GrpcApi:
             await self._authenticate(context, call, READ)
         shedder = self.shedder
         if shedder is not None and (reason := shedder.admit(self._time_left(call, context))) is not None:
-            retry_after = (("retry-after", str(RETRY_AFTER_SECONDS)),)
-            await _abort(context, call, shed("grpc", reason), trailing=retry_after, outcome=SHED)
-        try:
-            return await self._answer_join(request, context, call)
-        finally:
-            if shedder is not None:
-                shedder.done()
+            await _shed(context, call, reason)
+        return await self._answer_join(request, context, call)
 
     def _time_left(self, call: Call, context: grpc.aio.ServicerContext) -> float:
         """Seconds left of the call's deadline, the configured one's or its client's."""
@@ -209,14 +205,23 @@ class GrpcApi:
         return self.deadline_ms / 1000.0 - (time.perf_counter() - call.t0)
 
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
+        """The join, admitted by the shedder (if any) already: ``done`` is called here."""
+        shedder, rows = self.shedder, 0  # (rows: taken from its row cap)
         span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
         trace_id = tracing.trace_id_hex(span)
         try:
             budget = engine_budget(self._configured(call), context.time_remaining())
             deadline = time.monotonic() + budget
             req = proto_codec.decode_join(request)
+            if shedder is not None:
+                rows = entity_rows(req.entities, self.engine.limits.max_rows)
+                if (reason := shedder.admit_rows(rows)) is not None:
+                    shedder = None  # its admission undone: no done()
+                    raise _Shed(reason)
             result = await self.engine.join(req, deadline, span)
             out = proto_codec.encode_join(result, trace_id)
+        except _Shed as e:
+            await _shed(context, call, e.reason)
         except FeatureStoreError as e:
             await _abort(context, call, e, span)
         except Exception as e:
@@ -224,6 +229,8 @@ class GrpcApi:
             await _abort(context, call, internal_error(e), span, e)
         finally:  # a CancelledError (the caller left, or its deadline passed) leaves no outcome
             span.end()
+            if shedder is not None:
+                shedder.done(rows)
         call.answer("partial" if result.partial else "ok")
         return out
 
@@ -279,6 +286,19 @@ class Call:
 
     def record(self) -> None:
         self.outcomes.record(self.outcome or CANCELLED, self.t0)
+
+
+class _Shed(Exception):
+    """A decoded join refused by the row cap (raised and caught in ``_answer_join``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+async def _shed(context: grpc.aio.ServicerContext, call: Call, reason: str) -> NoReturn:
+    """End a call the shedder refused: RESOURCE_EXHAUSTED with Retry-After, counted as shed."""
+    retry_after = (("retry-after", str(RETRY_AFTER_SECONDS)),)
+    await _abort(context, call, shed("grpc", reason), trailing=retry_after, outcome=SHED)
 
 
 async def _abort(

@@ -44,6 +44,7 @@ from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
 from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
 from featurestore.push import PushService
+from featurestore.row_cap import entity_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,14 @@ JSON = b"application/json"
 
 
 class JoinEndpoint:
-    """Body bytes + a few headers in, (status, content type, body) out. Never raises."""
+    """Body bytes + a few headers in, the answer out (status, content type, body, more
+    headers). Never raises. With a ``shedder``, the join is admitted by it (overload.py):
+    first by count and lag, then by entity rows once decoded (row_cap.py)."""
 
-    def __init__(self, engine: JoinEngine, deadline_ms: int) -> None:
+    def __init__(self, engine: JoinEngine, deadline_ms: int, shedder: LoadShedder | None = None) -> None:
         self.engine = engine
         self.deadline_ms = deadline_ms
+        self.shedder = shedder
         self.outcomes = Outcomes(JOIN_PATH, "http")
 
     async def __call__(
@@ -65,11 +69,15 @@ class JoinEndpoint:
         traceparent: str | None,
         deadline_ms: bytes | None,
         t0: float | None = None,
-    ) -> tuple[int, bytes, bytes]:
+    ) -> Answer:
         """``t0``: the request's start by ``time.perf_counter()`` (its first byte read); now
         when not given."""
         if t0 is None:
             t0 = time.perf_counter()
+        shedder = self.shedder
+        if shedder is not None and (reason := shedder.admit(self.time_left(deadline_ms, t0))) is not None:
+            return self._shed(reason, t0)
+        rows = 0  # taken from the shedder's row cap
         span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
         trace_id = tracing.trace_id_hex(span)
         try:
@@ -79,6 +87,11 @@ class JoinEndpoint:
             left = self._deadline(deadline_ms) / 1000.0 - (time.perf_counter() - t0)
             deadline = time.monotonic() + engine_budget(left)
             req = json_codec.decode_join(body)
+            if shedder is not None:
+                rows = entity_rows(req.entities, self.engine.limits.max_rows)
+                if (reason := shedder.admit_rows(rows)) is not None:
+                    shedder = None  # its admission undone: no done()
+                    return self._shed(reason, t0)
             result = await self.engine.join(req, deadline, span)
             if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:
                 out, ctype = (
@@ -99,8 +112,10 @@ class JoinEndpoint:
             raise
         finally:
             span.end()
+            if shedder is not None:
+                shedder.done(rows)
         self.outcomes.succeeded(t0, result.partial)
-        return 200, ctype, out
+        return 200, ctype, out, ()
 
     def time_left(self, header: bytes | None, t0: float) -> float:
         """Seconds left of the join's deadline (from ``t0``), for admission; +inf for a
@@ -115,11 +130,13 @@ class JoinEndpoint:
         """Milliseconds this join may take (``routes.requested_deadline_ms``)."""
         return requested_deadline_ms(header, self.deadline_ms)
 
-    def _error(
-        self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException
-    ) -> tuple[int, bytes, bytes]:
+    def _error(self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException) -> Answer:
         self.outcomes.failed(t0, e, span, cause)
-        return HTTP_STATUS[e.code], JSON, json_codec.encode_error(e.to_dict())
+        return _error_answer(e)
+
+    def _shed(self, reason: str, t0: float) -> Answer:
+        self.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
+        return _error_answer(shed("http", reason), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
 
 
 class HttpApi:
@@ -150,7 +167,7 @@ class HttpApi:
         self.auth = auth
         self.ops_elsewhere = ops_elsewhere
         self.deadline_ms = deadline_ms
-        self.join = JoinEndpoint(engine, deadline_ms)
+        self.join = JoinEndpoint(engine, deadline_ms, shedder)
         self.push = push
         self.app = create_app(
             engine,
@@ -292,21 +309,7 @@ class HttpApi:
 
     async def _answer(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         """The join's answer, or the shedder's refusal of it."""
-        if self.shedder is None:
-            status, ctype, out = await self.join(
-                body, headers.accept, headers.traceparent, headers.deadline_ms, t0
-            )
-            return status, ctype, out, ()
-        if (reason := self.shedder.admit(self.join.time_left(headers.deadline_ms, t0))) is not None:
-            self.join.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
-            return _error_answer(shed("http", reason), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
-        try:
-            status, ctype, out = await self.join(
-                body, headers.accept, headers.traceparent, headers.deadline_ms, t0
-            )
-        finally:
-            self.shedder.done()
-        return status, ctype, out, ()
+        return await self.join(body, headers.accept, headers.traceparent, headers.deadline_ms, t0)
 
     def _too_large(self, t0: float) -> Answer:
         e = bodies.too_large(self.max_body_bytes)

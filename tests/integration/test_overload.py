@@ -33,7 +33,9 @@ JOIN = {"entities": ENTITIES, "features": FEATURES}
 class Stack:
     # 5 s: the held joins leave the frozen store at 4.5 s (the answer's margin kept), and the
     # shedding checks and scrapes must be done by then on a loaded machine
-    def __init__(self, tmp: Path, test_repo: Path, demo_dir: Path, deadline_ms: int = 5000) -> None:
+    def __init__(
+        self, tmp: Path, test_repo: Path, demo_dir: Path, deadline_ms: int = 5000, limits: str = ""
+    ) -> None:
         self.redis = RedisServer(tmp / "redis").start()
         config = tmp / "config.yaml"
         # No cache (every join reads Redis) and a health round too slow to open the
@@ -43,7 +45,7 @@ class Stack:
             f"registry: {{path: {tmp / 'registry'}, definitions: {test_repo}}}\n"
             f"stores:\n  default: {{kind: redis, url: '{self.redis.url}', cache: false, health_interval_ms: 600000}}\n"
             "  local: {kind: memory}\n"
-            f"limits: {{deadline_ms: {deadline_ms}, max_inflight: {CAP}, shed_target_ms: 60000}}\n"
+            f"limits: {{deadline_ms: {deadline_ms}, max_inflight: {CAP}, shed_target_ms: 60000{limits}}}\n"
         )
         try:
             for view in ("user_profile", "user_activity"):
@@ -95,8 +97,8 @@ class Stack:
                     return float(sample.value)
         return 0.0
 
-    def shed_count(self, api: str) -> float:
-        return self.metric(rf'^featurestore_requests_shed_total\{{api="{api}",reason="inflight"\}} (\S+)$')
+    def shed_count(self, api: str, reason: str = "inflight") -> float:
+        return self.metric(rf'^featurestore_requests_shed_total\{{api="{api}",reason="{reason}"\}} (\S+)$')
 
 
 @pytest.fixture
@@ -199,3 +201,49 @@ def test_the_client_retries_a_shed_join_only_after_retry_after_and_never_past_it
     for t in hangers:
         t.join(30)
     assert len(statuses) == CAP and 503 not in statuses
+
+
+@pytest.fixture
+def row_stack(tmp_path: Path, test_repo: Path, demo_dir: Path) -> Iterator[Stack]:
+    """A stack whose worker holds joins of at most 10 entity rows in flight together."""
+    s = Stack(tmp_path, test_repo, demo_dir, limits=", shed_max_rows: 10")
+    yield s
+    s.redis.resume()
+    s.stop()
+
+
+def test_a_join_whose_rows_would_take_those_in_flight_past_shed_max_rows_is_shed_on_both_protocols(
+    row_stack: Stack,
+) -> None:
+    stack, server = row_stack, row_stack.server
+    url = server.url + "/v1/feature/join"
+    assert server.join(JOIN)[0] == 200
+    stack.redis.pause()
+    statuses: list[int] = []
+    held = {"entities": {"user_id": list(range(1, 9))}, "features": FEATURES}  # 8 rows, waiting on Redis
+    hanger = threading.Thread(
+        target=lambda: statuses.append(http_post(url, json.dumps(held).encode(), timeout=10)[0]), daemon=True
+    )
+    hanger.start()
+    wait_until(
+        lambda: stack.metric(r'^featurestore_inflight_requests\{protocol="http"\} (\S+)$') >= 1,
+        10,
+        "the join of 8 rows to wait on the frozen store",
+    )
+    five = {"entities": {"user_id": [1, 2, 3, 4, 5]}, "features": FEATURES}
+    status, raw, headers = http_post(url, json.dumps(five).encode())
+    assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
+    assert json.loads(raw)["error"]["details"] == [{"reason": "rows", "retry_after_seconds": 1}]
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        request = pb.JoinRequest(features=FEATURES)
+        request.entities.add(name="user_id").int64_values.values.extend([1, 2, 3, 4, 5])
+        with pytest.raises(grpc.RpcError) as e:
+            pbg.FeatureServiceStub(ch).Join(request, timeout=5)  # type: ignore[no-untyped-call]
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "(rows)" in (e.value.details() or "")
+    assert stack.shed_count("http", "rows") == 1 and stack.shed_count("grpc", "rows") == 1
+
+    stack.redis.resume()
+    hanger.join(30)
+    assert statuses == [200]
+    status, doc = server.join(five)  # the rows were given back: room for them again
+    assert status == 200 and doc["results"][1]["statuses"] == ["PRESENT"] * 5

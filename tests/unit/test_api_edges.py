@@ -175,7 +175,7 @@ async def test_a_long_deadline_header_does_not_extend_the_join() -> None:
     endpoint = JoinEndpoint(engine, deadline_ms=500)
     body = json.dumps({"entities": {"user_id": [1]}, "features": ["fast:a"]}).encode()
     before = time.monotonic()
-    status, _, _ = await endpoint(body, None, None, b"60000")
+    status, *_ = await endpoint(body, None, None, b"60000")
     after = time.monotonic()
     assert status == 404
     # the deadline is taken between before and after: the configured 500 ms less the
@@ -477,7 +477,7 @@ def exception_events(span: ReadableSpan) -> list[str]:
 async def test_http_internal_error_marks_the_span_as_error(spans: InMemorySpanExporter) -> None:
     endpoint = JoinEndpoint(FailingEngine(make_engine(), RuntimeError("boom")), deadline_ms=500)
     body = json.dumps({"entities": {"user_id": [1]}, "features": ["fast:a"]}).encode()
-    status, _, _ = await endpoint(body, None, None, None)
+    status, *_ = await endpoint(body, None, None, None)
     assert status == 500
     span = only_span(spans)
     assert span.status.status_code is StatusCode.ERROR
@@ -487,7 +487,7 @@ async def test_http_internal_error_marks_the_span_as_error(spans: InMemorySpanEx
 async def test_http_client_error_records_but_does_not_mark_error(spans: InMemorySpanExporter) -> None:
     endpoint = JoinEndpoint(FailingEngine(make_engine(), NotFound("no such view")), deadline_ms=500)
     body = json.dumps({"entities": {"user_id": [1]}, "features": ["fast:a"]}).encode()
-    status, _, _ = await endpoint(body, None, None, None)
+    status, *_ = await endpoint(body, None, None, None)
     assert status == 404
     span = only_span(spans)
     # OpenTelemetry's conventions leave a server span's status unset for a 4xx
