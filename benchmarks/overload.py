@@ -23,9 +23,10 @@ and without load shedding, then the recovery; over HTTP or gRPC (``--transport``
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64, shed_floor_ms 25: the
 floor is 64 joins a worker, or the fewer that fit in 25 ms of its event loop's CPU at the
-join cost it measures), the same with the floor of 64 joins whatever their cost, as it was from
-2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the same with a 25 ms target (how much
-the target matters), and ``no shedding`` (limits.shed false). Each open-loop row also says
+join cost it measures; shed_max_rows 16,384), the same with the floor of 64 joins whatever their
+cost and no row cap, as it was from 2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the
+same with a 25 ms target (how much the target matters), the same without the row cap (the
+default until 2026-12-07), and ``no shedding`` (limits.shed false). Each open-loop row also says
 how long a request waited for a free connection and how long it held one (Little's law:
 connections / held is what the callers can carry), and the lowest worker's limit and
 floor (median of the scrapes).
@@ -50,12 +51,16 @@ from benchmarks.open_loop import GRPC_CHANNELS, TRANSPORTS, open_loop
 from benchmarks.provenance import run_line, started
 from benchmarks.stack import config, materialize, redis, server, wrk
 
+NO_ROW_CAP = 1_000_000_000  # more entity rows than a worker ever holds
 VARIANTS = {
     "shedding": "",
     # the floor of 64 joins whatever their cost, as it was from 2026-12-06 14:54 (0e1af27;
-    # 32 before) until costly joins lowered it (limits.shed_floor_ms out of reach)
-    "floor 64 joins": "limits: {shed_floor_ms: 1000000}\n",
+    # 32 before) until costly joins lowered it (limits.shed_floor_ms out of reach), and
+    # before the row cap (limits.shed_max_rows out of reach)
+    "floor 64 joins": f"limits: {{shed_floor_ms: 1000000, shed_max_rows: {NO_ROW_CAP}}}\n",
     "shedding, 25 ms target": "limits: {shed_target_ms: 25}\n",
+    # the default before the row cap (2026-12-07, 9429c6b)
+    "no row cap": f"limits: {{shed_max_rows: {NO_ROW_CAP}}}\n",
     "no shedding": "limits: {shed: false}\n",
 }
 
