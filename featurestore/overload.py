@@ -84,9 +84,7 @@ from typing import Final
 
 from prometheus_client import Gauge
 
-from featurestore import metrics
 from featurestore.config import LimitsConfig
-from featurestore.errors import FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.join_cost import JoinCost
 from featurestore.row_cap import MAX_ROWS, ROWS, RowCap
 
@@ -110,6 +108,13 @@ FLOOR = Gauge(
     multiprocess_mode="livemin",
 )
 FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
+ROWS_INFLIGHT = Gauge(
+    "featurestore_join_inflight_rows",
+    "Entity rows of the joins in flight, summed over the workers (each worker's as its shedder "
+    "last reported, every 250 ms). A worker whose event loop was late in the last 100 ms sheds "
+    "a join that would take its own past limits.shed_max_rows.",
+    multiprocess_mode="livesum",
+)
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
     "How late the worker's 10 ms timer ran, the worst of its last 25 samples (a quarter "
@@ -125,9 +130,9 @@ MAX_CUT: Final = 0.9
 LATE_INTERVALS: Final = 2  # late intervals in a row before the first cut (a burst drains within one; LEFT)
 # The share of its CPU a join in flight has left, on average (a late interval whose joins
 # have more than an interval of it left is cut at once). Counted whole (7cce4af), batch 100
-# tripped it: the default answered 31% fewer joins than the floor of 64 beside it
-# (2026-12-07 03:26). Halved: 222 joins of 0.9 ms, 118 at the onset's reading (up to 4x
-# high), which 128 reach; 33-67 of batch 1,000.
+# tripped it (up to 128 joins a worker at ~0.9 ms): the default answered 31% fewer joins
+# than the floor of 64 beside it (2026-12-07 03:26). Halved: 222 joins of 0.9 ms, 118 at
+# the onset's reading (up to 4x high), which 128 reach; 33-67 of batch 1,000.
 LEFT: Final = 0.5
 GROWTH: Final = 0.1  # a 2nd on-time interval in a row, the limit binding: up a tenth (at least 1)
 _SLACK: Final = 1e-6  # an interval of samples 10 ms apart is complete at 100 ms, float sums or not
@@ -139,6 +144,9 @@ INTERVAL: Final = 0.1
 # millisecond, 5x below the target. A sample costs ~50 us on the loop: an idle worker
 # spends 0.5% of a core on them.
 PERIOD: Final = 0.01
+# The row cap (row_cap.py) binds while one of the last this many samples (an interval's)
+# was late: a saturated loop's samples alternate late and on time (module docstring).
+ROW_CAP_SAMPLES: Final = round(INTERVAL / PERIOD)
 REPORT_EVERY: Final = 25  # samples between gauge updates
 # The floor: with no more joins in flight than it, a worker never sheds for lag. Why a
 # floor at all: a stall of the machine (measured: 0.3-0.6 s pauses on a shared 2-core VM)
@@ -155,9 +163,11 @@ REPORT_EVERY: Final = 25  # samples between gauge updates
 # shedder's floor"). A count is no bound on the joins' work: at batch 1,000 64 joins let
 # a queue stand (p99.9 569-771 ms, past the 510 allowed); lowered to 4-8 joins by their
 # cost, 357-577 ms, met at two runs of five: the onset's joins are admitted before a cost
-# is known (the row cap bounds those: row_cap.py). Why the count stays as a ceiling: 25 ms
-# is ~250 joins of batch 1, more than the 128 connections a worker holds under 256
-# callers, and an open loop's excess would then queue at its callers, never shed.
+# is known (the row cap bounds those: row_cap.py). Its price is closed loops of big
+# batches, refused from a few callers a worker (the batch-1,000 section). Why the count
+# stays as a ceiling: 25 ms is ~250 joins of batch 1, more than the 128 connections a
+# worker holds under 256 callers, and an open loop's excess would then queue at its
+# callers, never shed.
 MIN_LIMIT: Final = 64
 FLOOR_SECONDS: Final = 0.025
 MIN_FLOOR: Final = 2  # one join computing while another waits for its store
@@ -171,10 +181,6 @@ INF: Final = math.inf
 INFLIGHT: Final = "inflight"  # the hard cap (limits.max_inflight)
 LATENCY: Final = "latency"  # the adaptive limit, lowered by a standing queue
 DEADLINE: Final = "deadline"  # less time left than the loop's standing lag
-# A shed join's outcome in featurestore_requests_total, the same over both protocols
-# (whose status codes differ): refused for capacity, not failed, so the server-error
-# alert (FeatureStoreJoinErrors) does not count it; FeatureStoreShedding does.
-SHED: Final = "shed"
 
 
 class LoadShedder:
@@ -190,6 +196,7 @@ class LoadShedder:
         "_last_mean",
         "_late",
         "_on_time",
+        "_on_time_samples",
         "_refused",
         "_since",
         "floor_seconds",
@@ -237,6 +244,7 @@ class LoadShedder:
         self._lag_sum = 0.0
         self._binding = False
         self._late = self._on_time = 0  # intervals late (with a queue worth shedding) / on time, in a row
+        self._on_time_samples = ROW_CAP_SAMPLES  # samples on time in a row (the row cap binds below)
         # What a join costs (join_cost.py), from the joins completed and the requests
         # refused since the last interval's end.
         self.join_cost = JoinCost(cpu_clock)
@@ -272,8 +280,10 @@ class LoadShedder:
 
     def admit_rows(self, rows: int) -> str | None:
         """After ``admit``, once the join's entity rows are known (row_cap.entity_rows): None,
-        or ``ROWS`` to shed it, its admission undone (no ``done`` for it then)."""
-        if self.rows.take(rows):
+        or ``ROWS`` to shed it, its admission undone (no ``done`` for it then). The cap binds
+        while a sample of the last interval was late: joins waiting on a slow store with the
+        loop idle are no queue of this worker's (module docstring), and are not shed for."""
+        if self.rows.take(rows, self._on_time_samples < ROW_CAP_SAMPLES):
             return None
         self.inflight -= 1
         self._refused += 1
@@ -303,6 +313,7 @@ class LoadShedder:
         """One sample: the event loop ran a timer ``lag`` seconds late at ``now``. The
         limit and the standing lag move when an interval is complete (module docstring)."""
         inflight = self.inflight
+        self._on_time_samples = 0 if lag > self.target else self._on_time_samples + 1
         if now < self._since:
             self._since = now  # the first sample of an interval
         self._lag_sum += lag
@@ -379,22 +390,4 @@ class LoadShedder:
         LIMIT.set(self.limit if self.sheds else INF)
         FLOOR.set(self.min_limit if sheds_for_lag else INF)  # (none once a sample failed)
         LAG.set(lag)
-
-
-# What Retry-After says: long enough for the requests in flight to drain (they end by
-# their deadline, 0.5 s by default), short enough to come back while a burst is absorbed.
-RETRY_AFTER_SECONDS: Final = 1
-
-
-def shed(api: str, reason: str) -> FeatureStoreError:
-    """Count a shed request and return what its caller is told: UNAVAILABLE (HTTP 503)
-    over HTTP, RESOURCE_EXHAUSTED over gRPC (gRPC's status for "out of capacity, back
-    off"; its UNAVAILABLE would make clients retry at once). Its outcome in
-    ``featurestore_requests_total`` is ``SHED`` on both."""
-    metrics.requests_shed(api, reason).inc()
-    kind = LimitExceeded if api == "grpc" else Overloaded
-    return kind(
-        f"the server is overloaded and shed this request ({reason}); retry after "
-        f"{RETRY_AFTER_SECONDS} s or on another replica",
-        details=[{"reason": reason, "retry_after_seconds": RETRY_AFTER_SECONDS}],
-    )
+        ROWS_INFLIGHT.set(self.rows.rows)

@@ -7,18 +7,21 @@ their size. At batch 1,000 (~6 ms of a worker's loop CPU a join) that count is a
 every run missed the 510 ms p99.9 of issue 16's requirement 5, the tail being joins
 admitted in the onset's first ~0.5 s (benchmarks/RESULTS.md, "The batch-1,000 overload
 tail"). Rows are known as soon as the request is decoded, before any store is read, and
-a join's work grows with them: the cap refuses a join whose rows would take those in
-flight past it.
+a join's work grows with them: a join is shed when its rows would take those of the
+joins in flight past the cap, while the worker's event loop was late in the last
+interval (overload.ROW_CAP_SAMPLES). Joins waiting on a slow store with the loop idle
+are not this worker's queue: they are never shed for (the deadline ends them).
 
 Why 16,384: ~16 joins of batch 1,000, ~100 ms of a worker's loop CPU on the 2-core host
-of the benchmarks; 2.6x fewer rows than a batch-100 worker holds under 256 callers
-(128 connections of 100 rows), so the cap is not what sheds batch 100 or smaller. A
-batch-1,000 A/B at twice the saturation rate (a cap on request bytes standing in for
-rows: every request the same size), six rounds each: p99.9 200-249 ms against
-534-593 without it (2026-12-07 05:00, ``benchmarks.overload_ab``; RESULTS.md has the
-run with this code). What it costs: joins that together hold more rows than the cap are
-refused even when the loop keeps up (two joins of 10,000 rows, ~60 ms of CPU each, one
-after the other), and their callers are told to come back after Retry-After.
+of the benchmarks; a batch-100 worker holds at most 12,800 under 256 HTTP callers on 2
+workers (128 connections of 100 rows), so there it is not the cap that sheds (with fewer
+workers or more callers it binds from 164 joins of batch 100 a worker, ~75 ms of CPU).
+Measured at batch 1,000, twice the saturation rate, six interleaved rounds each
+(``benchmarks.overload_ab``, benchmarks/results/experiments.md, "A cap on the rows of the
+joins in flight"): p99.9 157-243 ms against 498-803 without it (2026-12-07 05:14, when
+the cap bound whatever the loop's lag). What it costs: joins that together hold more
+rows than the cap are refused once the loop runs late, even for a moment (two joins of
+10,000 rows at once beside other work), and their callers come back after Retry-After.
 
 A join is never refused for its own size: one with nothing else in flight is admitted
 whatever its rows (``limits.max_rows`` bounds those), and one over ``limits.max_rows``
@@ -44,10 +47,11 @@ class RowCap:
         self.cap = cap
         self.rows = 0
 
-    def take(self, rows: int) -> bool:
-        """Count ``rows`` in, unless the joins in flight would then hold more than the cap."""
+    def take(self, rows: int, bound: bool = True) -> bool:
+        """Count ``rows`` in, unless ``bound`` and the joins in flight would then hold more
+        than the cap (a join of no rows is always taken)."""
         held = self.rows
-        if held and held + rows > self.cap:
+        if bound and rows and held and held + rows > self.cap:
             return False
         self.rows = held + rows
         return True

@@ -64,7 +64,7 @@ from featurestore.errors import (
     LimitExceeded,
     Overloaded,
 )
-from featurestore.overload import RETRY_AFTER_SECONDS
+from featurestore.refusal import RETRY_AFTER_SECONDS
 
 RECEIVED_AT = "featurestore.received_at"
 MAX_CONNECTIONS = "max_connections"  # a close reason, and a shed reason

@@ -28,8 +28,9 @@ from featurestore.deadlines import Deadlines
 from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument
 from featurestore.join import JoinEngine
 from featurestore.lone_calls import LONE_CALLS
-from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
+from featurestore.overload import LoadShedder
 from featurestore.push import PushService
+from featurestore.refusal import RETRY_AFTER_SECONDS, SHED, shed
 from featurestore.row_cap import entity_rows
 from featurestore.v1 import featurestore_pb2 as pb
 
@@ -207,9 +208,10 @@ class GrpcApi:
     async def _answer_join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         """The join, admitted by the shedder (if any) already: ``done`` is called here."""
         shedder, rows = self.shedder, 0  # (rows: taken from its row cap)
-        span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
-        trace_id = tracing.trace_id_hex(span)
+        span: Span | None = None  # (started in the try: an admitted join always reaches done)
         try:
+            span = tracing.start_request_span(JOIN_SPAN, _traceparent(context))
+            trace_id = tracing.trace_id_hex(span)
             budget = engine_budget(self._configured(call), context.time_remaining())
             deadline = time.monotonic() + budget
             req = proto_codec.decode_join(request)
@@ -228,7 +230,8 @@ class GrpcApi:
             log.exception("grpc join failed")
             await _abort(context, call, internal_error(e), span, e)
         finally:  # a CancelledError (the caller left, or its deadline passed) leaves no outcome
-            span.end()
+            if span is not None:
+                span.end()
             if shedder is not None:
                 shedder.done(rows)
         call.answer("partial" if result.partial else "ok")

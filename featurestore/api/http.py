@@ -42,8 +42,9 @@ from featurestore.deadlines import engine_budget
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
-from featurestore.overload import RETRY_AFTER_SECONDS, SHED, LoadShedder, shed
+from featurestore.overload import LoadShedder
 from featurestore.push import PushService
+from featurestore.refusal import RETRY_AFTER_SECONDS, SHED, shed
 from featurestore.row_cap import entity_rows
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ class JoinEndpoint:
         if shedder is not None and (reason := shedder.admit(self.time_left(deadline_ms, t0))) is not None:
             return self._shed(reason, t0)
         rows = 0  # taken from the shedder's row cap
-        span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
-        trace_id = tracing.trace_id_hex(span)
+        span: Span | None = None  # (started in the try: an admitted join always reaches done)
         try:
+            span = tracing.start_request_span("POST " + JOIN_PATH, traceparent)
+            trace_id = tracing.trace_id_hex(span)
             # The deadline counts from the request's first byte (``t0``), as a gRPC call's
             # from its start: time spent on a slow body or waiting for the loop is in it.
             # The engine gets it less the answer's margin (``deadlines.engine_budget``).
@@ -111,7 +113,8 @@ class JoinEndpoint:
             self.outcomes.cancelled(t0)
             raise
         finally:
-            span.end()
+            if span is not None:
+                span.end()
             if shedder is not None:
                 shedder.done(rows)
         self.outcomes.succeeded(t0, result.partial)
@@ -130,7 +133,7 @@ class JoinEndpoint:
         """Milliseconds this join may take (``routes.requested_deadline_ms``)."""
         return requested_deadline_ms(header, self.deadline_ms)
 
-    def _error(self, e: FeatureStoreError, t0: float, span: Span, cause: BaseException) -> Answer:
+    def _error(self, e: FeatureStoreError, t0: float, span: Span | None, cause: BaseException) -> Answer:
         self.outcomes.failed(t0, e, span, cause)
         return _error_answer(e)
 
@@ -158,8 +161,7 @@ class HttpApi:
         """``auth``: bearer tokens the routes need (None: none asked for);
         ``ops_elsewhere``: /healthz, /readyz and /metrics are served by the admin
         listener (``OpsApi``) and not here; ``shedder``: the worker's load shedding
-        (None: none)."""
-        self.shedder = shedder
+        (None: none; the join endpoint admits by it)."""
         self.max_body_bytes = max_body_bytes
         # request bodies under the body limit: bodies.read_body, called as it is (no wrapper
         # coroutine on the join's path)

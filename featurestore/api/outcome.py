@@ -1,7 +1,7 @@
 """Outcome accounting for one API route on one protocol (HTTP or gRPC, join or push).
 
 Every request ends in exactly one outcome: ``ok``, ``partial`` (a join some store
-could not answer), ``shed`` (a join refused under overload, ``overload.SHED``: 503 or
+could not answer), ``shed`` (a join refused under overload, ``refusal.SHED``: 503 or
 RESOURCE_EXHAUSTED, not a server error), an error code name (``NOT_FOUND``,
 ``INTERNAL``, ...) or ``CANCELLED`` (the caller went away, or shutdown gave up on it). Each is counted in
 ``featurestore_requests_total`` and timed in ``featurestore_request_duration_seconds``

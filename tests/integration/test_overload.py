@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from featurestore.client import FeatureClient, FeatureServiceError, ResourceExhaustedError, UnavailableError
-from featurestore.overload import RETRY_AFTER_SECONDS
+from featurestore.refusal import RETRY_AFTER_SECONDS
 from featurestore.v1 import featurestore_pb2 as pb
 from featurestore.v1 import featurestore_pb2_grpc as pbg
 from tests.integration.test_redis_serving import materialize
@@ -205,45 +205,44 @@ def test_the_client_retries_a_shed_join_only_after_retry_after_and_never_past_it
 
 @pytest.fixture
 def row_stack(tmp_path: Path, test_repo: Path, demo_dir: Path) -> Iterator[Stack]:
-    """A stack whose worker holds joins of at most 10 entity rows in flight together."""
-    s = Stack(tmp_path, test_repo, demo_dir, limits=", shed_max_rows: 10")
+    """A stack whose workers cap the rows of their joins in flight at 10 (while their
+    event loop runs late), with room for more joins than that by count."""
+    s = Stack(tmp_path, test_repo, demo_dir, limits=", shed_max_rows: 10, max_inflight: 64")
     yield s
     s.redis.resume()
     s.stop()
 
 
-def test_a_join_whose_rows_would_take_those_in_flight_past_shed_max_rows_is_shed_on_both_protocols(
+def test_joins_waiting_on_a_frozen_store_hold_their_rows_and_are_never_shed_for_them(
     row_stack: Stack,
 ) -> None:
+    """The row cap bounds a queue of work on the event loop; joins waiting on a paused
+    Redis leave the loop idle: past the cap, they wait for the store (the cap's shedding
+    itself is in tests/unit/test_row_cap.py, where a test sets the loop's lag)."""
     stack, server = row_stack, row_stack.server
     url = server.url + "/v1/feature/join"
     assert server.join(JOIN)[0] == 200
     stack.redis.pause()
     statuses: list[int] = []
-    held = {"entities": {"user_id": list(range(1, 9))}, "features": FEATURES}  # 8 rows, waiting on Redis
-    hanger = threading.Thread(
-        target=lambda: statuses.append(http_post(url, json.dumps(held).encode(), timeout=10)[0]), daemon=True
-    )
-    hanger.start()
-    wait_until(
-        lambda: stack.metric(r'^featurestore_inflight_requests\{protocol="http"\} (\S+)$') >= 1,
+    joins = [{"entities": {"user_id": list(range(1, 9))}, "features": FEATURES}] * 2  # 8 + 8 rows > 10
+    hangers = [
+        threading.Thread(
+            target=lambda j=j: statuses.append(http_post(url, json.dumps(j).encode(), timeout=10)[0]),
+            daemon=True,
+        )
+        for j in joins
+    ]
+    for t in hangers:
+        t.start()
+    wait_until(  # both counted in: the rows gauge (each worker's, reported every 250 ms)
+        lambda: stack.metric(r"^featurestore_join_inflight_rows (\S+)$") == 16,
         10,
-        "the join of 8 rows to wait on the frozen store",
+        "the 16 rows of the two joins waiting on the frozen store",
     )
-    five = {"entities": {"user_id": [1, 2, 3, 4, 5]}, "features": FEATURES}
-    status, raw, headers = http_post(url, json.dumps(five).encode())
-    assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
-    assert json.loads(raw)["error"]["details"] == [{"reason": "rows", "retry_after_seconds": 1}]
-    with grpc.insecure_channel(server.grpc_target) as ch:
-        request = pb.JoinRequest(features=FEATURES)
-        request.entities.add(name="user_id").int64_values.values.extend([1, 2, 3, 4, 5])
-        with pytest.raises(grpc.RpcError) as e:
-            pbg.FeatureServiceStub(ch).Join(request, timeout=5)  # type: ignore[no-untyped-call]
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "(rows)" in (e.value.details() or "")
-    assert stack.shed_count("http", "rows") == 1 and stack.shed_count("grpc", "rows") == 1
-
     stack.redis.resume()
-    hanger.join(30)
-    assert statuses == [200]
-    status, doc = server.join(five)  # the rows were given back: room for them again
-    assert status == 200 and doc["results"][1]["statuses"] == ["PRESENT"] * 5
+    for t in hangers:
+        t.join(30)
+    assert statuses == [200, 200] and stack.shed_count("http", "rows") == 0
+    wait_until(
+        lambda: stack.metric(r"^featurestore_join_inflight_rows (\S+)$") == 0, 10, "the rows to be given back"
+    )

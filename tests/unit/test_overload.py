@@ -33,9 +33,9 @@ from featurestore.overload import (
     MIN_LIMIT,
     PERIOD,
     LoadShedder,
-    shed,
 )
 from featurestore.push import PushService
+from featurestore.refusal import shed
 from tests.support import eventually
 from tests.unit.test_api_edges import client, join_message, make_engine
 

@@ -1,7 +1,9 @@
-"""The row cap of the load shedder: a decoded join whose entity rows would take those in
-flight past ``limits.shed_max_rows`` is shed (HTTP 503 with Retry-After, gRPC
-RESOURCE_EXHAUSTED, reason ``rows``), its admission undone; a join alone is never shed
-for its own size, and one over ``limits.max_rows`` gets its 413, not a 503."""
+"""The row cap of the load shedder: while the worker's event loop was late in the last
+interval, a decoded join whose entity rows would take those in flight past
+``limits.shed_max_rows`` is shed (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED,
+reason ``rows``), its admission undone; joins waiting on a slow store with the loop on
+time are not; a join alone is never shed for its own size, and one over
+``limits.max_rows`` gets its 413, not a 503."""
 
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ import pytest
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
 from featurestore.api.http import JoinEndpoint
 from featurestore.config import GrpcConfig, LimitsConfig
-from featurestore.overload import LoadShedder
+from featurestore.overload import ROW_CAP_SAMPLES, LoadShedder
 from featurestore.push import PushService
 from featurestore.row_cap import MAX_ROWS, ROWS, RowCap, entity_rows
+from featurestore.v1 import featurestore_pb2 as pb
 from tests.support import eventually
-from tests.unit.test_api_edges import HANG_GUARD, frozen, join_message, make_engine
-from tests.unit.test_overload import CpuClock, shed_count
+from tests.unit.test_api_edges import HANG_GUARD, counts, frozen, join_message, make_engine
+from tests.unit.test_overload import CpuClock, samples, shed_count
 
 CAP = 10
+JOIN_ROUTE = "/v1/feature/join"
 
 
 def test_a_join_alone_is_taken_whatever_its_rows() -> None:
@@ -42,6 +46,17 @@ def test_joins_are_taken_up_to_the_cap_and_not_past_it() -> None:
     assert not cap.take(5) and cap.take(4)
 
 
+def test_a_join_of_no_rows_is_taken_even_past_the_cap() -> None:
+    cap = RowCap(CAP)
+    assert cap.take(CAP * 2) and cap.take(0)  # (one over max_rows counts 0: its 413 comes next)
+
+
+def test_unbound_takes_count_the_rows_past_the_cap() -> None:
+    cap = RowCap(CAP)
+    assert cap.take(8) and cap.take(8, bound=False) and cap.rows == 16
+    assert not cap.take(1)
+
+
 def test_no_cap_takes_everything() -> None:
     cap = RowCap(math.inf)
     assert all(cap.take(10_000) for _ in range(100))
@@ -54,14 +69,34 @@ def test_a_joins_rows_are_its_first_key_columns_and_none_past_max_rows() -> None
     assert entity_rows({}, 100) == 0
 
 
-def test_a_join_shed_for_its_rows_is_no_longer_in_flight_and_counts_as_refused() -> None:
+def late_shedder() -> LoadShedder:
+    """A shedder with the row cap, its loop late at its last sample."""
     s = LoadShedder(1024, 0.005, max_rows=CAP, cpu_clock=CpuClock())
+    samples(s, [0.05])
+    return s
+
+
+def test_a_join_shed_for_its_rows_is_no_longer_in_flight_and_counts_as_refused() -> None:
+    s = late_shedder()
     assert s.admit() is None and s.admit_rows(8) is None
     assert s.admit() is None and s.admit_rows(5) == ROWS
     assert (s.inflight, s.rows.rows, s._refused, s._completed) == (1, 8, 1, 0)
     s.done(8)
     assert (s.inflight, s.rows.rows, s._completed) == (0, 0, 1)
     assert s.admit() is None and s.admit_rows(5) is None  # room again
+
+
+def test_rows_past_the_cap_are_not_shed_while_the_loop_keeps_time() -> None:
+    s = LoadShedder(1024, 0.005, max_rows=CAP, cpu_clock=CpuClock())
+    samples(s, [0.0] * 3)  # joins waiting on a slow store, the loop idle
+    assert s.admit() is None and s.admit_rows(8) is None
+    assert s.admit() is None and s.admit_rows(5) is None and s.rows.rows == 13  # counted in
+    at = samples(s, [0.05], start=2.0)
+    assert s.admit() is None and s.admit_rows(1) == ROWS  # late: bound
+    at = samples(s, [0.0] * (ROW_CAP_SAMPLES - 1), start=at)
+    assert s.admit() is None and s.admit_rows(1) == ROWS  # a late sample within the last interval
+    samples(s, [0.0], start=at)
+    assert s.admit() is None and s.admit_rows(1) is None  # an interval on time: unbound again
 
 
 def test_the_row_cap_is_shed_max_rows_and_none_without_shedding() -> None:
@@ -79,21 +114,23 @@ async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_ov
     None
 ):
     engine = make_engine(deadline_seconds=60)  # max_rows 100
-    shedder = LoadShedder(1024, 0.005, max_rows=CAP, cpu_clock=CpuClock())
+    shedder = late_shedder()
     endpoint = JoinEndpoint(engine, 60_000, shedder)
     held = asyncio.ensure_future(
         endpoint(body(list(range(1, 9))), None, None, None)
     )  # 8 rows, on a frozen store
     await asyncio.wait_for(frozen(engine).entered.wait(), HANG_GUARD)
-    before = shed_count("http", ROWS)
+    before, outcomes = shed_count("http", ROWS), counts(JOIN_ROUTE, "http", "shed")[0]
     try:
         status, _, out, headers = await endpoint(body([1, 2, 3, 4, 5], "fast"), None, None, None)
         assert status == 503 and headers == ((b"retry-after", b"1"),)
         assert json.loads(out)["error"]["details"] == [{"reason": "rows", "retry_after_seconds": 1}]
         assert shed_count("http", ROWS) == before + 1
+        assert counts(JOIN_ROUTE, "http", "shed")[0] == outcomes + 1  # an outcome of its own, no error
         assert (await endpoint(body([1, 2], "fast"), None, None, None))[0] == 200  # 10 rows: within
         assert (await endpoint(body(list(range(101)), "fast"), None, None, None))[0] == 413  # over max_rows
-        assert (shedder.inflight, shedder.rows.rows) == (1, 8)
+        assert (await endpoint(b"{not json", None, None, None))[0] == 400
+        assert (shedder.inflight, shedder.rows.rows) == (1, 8)  # the 200, 413 and 400 gave theirs back
     finally:
         held.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -104,7 +141,7 @@ async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_ov
 @pytest.fixture
 async def grpc_join() -> AsyncIterator[tuple[grpc.aio.UnaryUnaryMultiCallable, LoadShedder]]:
     engine = make_engine(deadline_seconds=60)
-    shedder = LoadShedder(1024, 0.005, max_rows=CAP, cpu_clock=CpuClock())
+    shedder = late_shedder()
     api = GrpcApi(engine, PushService(engine), deadline_ms=60_000, shedder=shedder)
     server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
     api.register(server)
@@ -132,7 +169,16 @@ async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_aft
     assert ("retry-after", "1") in tuple(info.value.trailing_metadata() or ())
     assert shed_count("grpc", ROWS) == before + 1
     assert await join(join_message("fast", [1, 2]), timeout=5)  # 10 rows: within
-    assert (shedder.inflight, shedder.rows.rows) == (1, 8)
+    unknown = pb.JoinRequest(features=["fast:nope"])
+    unknown.entities.add(name="user_id").int64_values.values.append(1)
+    for bad, code in (
+        (b"\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),  # not decoded
+        (unknown.SerializeToString(), grpc.StatusCode.NOT_FOUND),  # the engine's error
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await join(bad, timeout=5)
+        assert failed.value.code() == code
+    assert (shedder.inflight, shedder.rows.rows) == (1, 8)  # the answered and failed calls gave theirs back
     held.cancel()
     await eventually(lambda: shedder.inflight == 0, HANG_GUARD, "the cancelled join to end")
     assert shedder.rows.rows == 0
