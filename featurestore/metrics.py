@@ -117,10 +117,11 @@ FEATURE_VALUES = Counter(
 )
 REQUESTS_SHED = Counter(
     "featurestore_requests_shed_total",
-    "Joins refused at their start because a queue of joins stood in the worker "
+    "Joins refused before any store is read because a queue of joins stood in the worker "
     "(HTTP 503 / gRPC RESOURCE_EXHAUSTED), by api and reason (inflight: the hard cap; "
     "latency: the limit lowered by a standing queue: the event loop late on average in two 100 ms intervals in a row; "
-    "deadline: less of its deadline left than the event loop's lag; max_connections: "
+    "deadline: less of its deadline left than the event loop's lag; rows: its entity rows would take those "
+    "in flight past limits.shed_max_rows while the loop ran late; max_connections: "
     "a connection refused over http.max_connections, any route).",
     ["api", "reason"],
 )

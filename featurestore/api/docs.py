@@ -141,7 +141,7 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 JOIN_SHED_RESPONSE: dict[str, Any] = {
     **_error(
-        "The worker is overloaded and shed the join at its start (details: reason, "
+        "The worker is overloaded and shed the join before reading any store (details: reason, "
         "retry_after_seconds); retry after Retry-After seconds"
     ),
     "headers": {"Retry-After": _header("Seconds to wait before retrying")},
