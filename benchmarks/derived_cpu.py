@@ -144,7 +144,7 @@ def protocol_factory(config: Any, rt: Any) -> Any:
         deadline_ms=limits.deadline_ms,
         # admit/done as a serving worker's requests pay them (its lag sampler, watch(), is a
         # timer of its own, not part of a request, and is not run here)
-        shedder=LoadShedder(limits.max_inflight, limits.shed_target_ms / 1000) if limits.shed else None,
+        shedder=LoadShedder.from_limits(limits) if limits.shed else None,
     )
     guard = ConnectionGuard(connection_limits(config.http), direct=api.direct())  # as process.py
     uv = guard.uvicorn_config(api, access_log=False)

@@ -222,7 +222,7 @@ class LimitsConfig:
     shed_target_ms: Count = 5
     shed_min_inflight: Count = 64  # no more in flight: a late loop is a stall (overload.MIN_LIMIT)
     shed_floor_ms: Count = 25  # costly joins: the floor is those that fit in it (overload.FLOOR_SECONDS)
-    shed_max_rows: Count = 16_384  # entity rows of the joins in flight (row_cap.MAX_ROWS)
+    shed_max_rows: Count = 20_000  # entity rows of the joins in flight (row_cap.MAX_ROWS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,10 +110,11 @@ FLOOR = Gauge(
 FLOOR.set(math.inf)  # (as LIMIT: a worker starting up is not one that never sheds)
 ROWS_INFLIGHT = Gauge(
     "featurestore_join_inflight_rows",
-    "Entity rows of the joins in flight, summed over the workers (each worker's as its shedder "
-    "last reported, every 250 ms). A worker whose event loop was late in the last 100 ms sheds "
-    "a join that would take its own past limits.shed_max_rows.",
-    multiprocess_mode="livesum",
+    "Entity rows of the joins in flight, the most loaded worker's (as its shedder last reported, "
+    "every 250 ms; 0 with limits.shed false, which counts none). A worker whose event loop was "
+    "later than limits.shed_target_ms at a sample of the last 100 ms sheds a join that would take "
+    "its rows past limits.shed_max_rows.",
+    multiprocess_mode="livemax",
 )
 LAG = Gauge(
     "featurestore_event_loop_lag_seconds",
@@ -364,7 +365,11 @@ class LoadShedder:
             await self._sample()
         finally:  # cancelled, or a report failed: nothing adapts the limit any more, and
             # no lag is known (a lag frozen at its last sample would shed by the deadline)
-            self.limit, self.lag = self.max_limit, 0.0
+            self._open()
+
+    def _open(self) -> None:
+        """Shed at the hard cap only: no limit, standing lag or late sample (the row cap)."""
+        self.limit, self.lag, self._on_time_samples = self.max_limit, 0.0, ROW_CAP_SAMPLES
 
     async def _sample(self) -> None:
         worst, samples, sheds = 0.0, 0, self.sheds
@@ -380,7 +385,8 @@ class LoadShedder:
                     self.observe(lag, now)
                 except Exception:
                     log.exception("the load shedder failed a sample: it sheds at the hard cap only from now")
-                    self.limit, self.lag, sheds = self.max_limit, 0.0, False
+                    self._open()
+                    sheds = False
             worst, samples = max(worst, lag), samples + 1
             if samples >= REPORT_EVERY:
                 self._report(worst, sheds)

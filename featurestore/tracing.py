@@ -121,3 +121,10 @@ def child_context(span: Span) -> Context:
 
 def trace_id_hex(span: Span) -> str:
     return format(span.get_span_context().trace_id, "032x")
+
+
+def mark_shed(span: Span | None, reason: str) -> None:
+    """Note on a request's span that the load shedder refused it after it started (the row
+    cap, once the join was decoded): a refusal for capacity, not an error of the server's."""
+    if span is not None and span.is_recording():
+        span.set_attribute("featurestore.shed", reason)

@@ -223,6 +223,7 @@ class GrpcApi:
             result = await self.engine.join(req, deadline, span)
             out = proto_codec.encode_join(result, trace_id)
         except _Shed as e:
+            tracing.mark_shed(span, e.reason)
             await _shed(context, call, e.reason)
         except FeatureStoreError as e:
             await _abort(context, call, e, span)

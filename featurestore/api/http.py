@@ -93,7 +93,7 @@ class JoinEndpoint:
                 rows = entity_rows(req.entities, self.engine.limits.max_rows)
                 if (reason := shedder.admit_rows(rows)) is not None:
                     shedder = None  # its admission undone: no done()
-                    return self._shed(reason, t0)
+                    return self._shed(reason, t0, span)
             result = await self.engine.join(req, deadline, span)
             if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:
                 out, ctype = (
@@ -137,8 +137,9 @@ class JoinEndpoint:
         self.outcomes.failed(t0, e, span, cause)
         return _error_answer(e)
 
-    def _shed(self, reason: str, t0: float) -> Answer:
+    def _shed(self, reason: str, t0: float, span: Span | None = None) -> Answer:
         self.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
+        tracing.mark_shed(span, reason)
         return _error_answer(shed("http", reason), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
 
 

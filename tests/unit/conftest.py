@@ -1,13 +1,18 @@
-"""Fixtures shared by the unit tests of the gRPC API."""
+"""Fixtures shared by the unit tests of the APIs: a gRPC server, spans recorded in memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Protocol
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from featurestore import tracing
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
 from featurestore.api.grpc_intake import Intake
 from featurestore.config import GrpcConfig
@@ -44,3 +49,15 @@ async def served() -> AsyncIterator[Serve]:
         await server.stop(0)
     for intake in intakes:
         await intake.close()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """Record every span in memory, as an exporter would see them."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(tracing, "_exporting", True)
+    yield exporter
+    provider.shutdown()

@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 import httpx
 import pyarrow as pa
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, StatusCode
 from prometheus_client import REGISTRY
 
@@ -448,18 +446,6 @@ def test_invalid_traceparent_starts_a_new_trace(header: str) -> None:
     span = tracing.start_request_span("t", header)
     assert span.get_span_context().trace_id != 0
     assert tracing.trace_id_hex(span) != TRACE_ID
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Record every span in memory, as an exporter would see them."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
-    monkeypatch.setattr(tracing, "_exporting", True)
-    yield exporter
-    provider.shutdown()
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:

@@ -318,16 +318,21 @@ class FailingAfterTheLag(LoadShedder):
 
     def observe(self, lag: float, now: float) -> None:
         self.lag = 0.6  # a bug after the lag was taken: the lag must not stay
+        self._on_time_samples = 0  # nor the late sample the row cap binds on
         raise RuntimeError("a bug")
 
 
-def test_a_sampler_that_fails_after_taking_the_lag_sheds_nothing_by_the_deadline_from_then() -> None:
+def test_a_sampler_that_fails_after_taking_the_lag_sheds_nothing_by_the_deadline_or_the_row_cap_from_then() -> (
+    None
+):
     async def scenario() -> None:
-        s = FailingAfterTheLag(1024, TARGET)
+        s = FailingAfterTheLag(1024, TARGET, max_rows=10)
         watch = asyncio.create_task(s.watch())
         await until(lambda: s.limit == 1024 and limit_reported() == 1024)
         await asyncio.sleep(5 * PERIOD)
         assert s.admit(0.4) is None  # 400 ms left, the frozen 600 ms lag no reason to shed
+        assert s.admit_rows(8) is None
+        assert s.admit() is None and s.admit_rows(8) is None  # 16 rows > 10: no row cap either
         watch.cancel()
 
     asyncio.run(scenario())
@@ -341,9 +346,9 @@ class FailingReport(LoadShedder):
             raise OSError("the metrics file is gone")
 
 
-def test_a_sampler_that_ends_by_an_error_leaves_the_limit_open() -> None:
+def test_a_sampler_that_ends_by_an_error_leaves_the_limit_and_the_row_cap_open() -> None:
     async def scenario() -> None:
-        s = FailingReport(1024, TARGET)
+        s = FailingReport(1024, TARGET, max_rows=10)
         assert [s.admit() for _ in range(100)] == [None] * 100
         watch = asyncio.create_task(s.watch())
         for _ in range(40):  # cut, then the next report fails
@@ -351,6 +356,7 @@ def test_a_sampler_that_ends_by_an_error_leaves_the_limit_open() -> None:
             await asyncio.sleep(0)
         await until(watch.done)
         assert isinstance(watch.exception(), OSError) and s.limit == 1024
+        assert s.admit_rows(8) is None and s.admit_rows(8) is None  # late samples before: unbound now
 
     asyncio.run(scenario())
 

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
 from featurestore.api.http import JoinEndpoint
@@ -99,6 +101,40 @@ def test_rows_past_the_cap_are_not_shed_while_the_loop_keeps_time() -> None:
     assert s.admit() is None and s.admit_rows(1) is None  # an interval on time: unbound again
 
 
+async def test_a_cancelled_watch_leaves_the_row_cap_open() -> None:
+    s = LoadShedder(1024, 0.005, max_rows=CAP, cpu_clock=CpuClock())
+    watch = asyncio.create_task(s.watch())
+    await asyncio.sleep(0.05)
+    s.observe(0.05, 1.0)  # a late sample just before it ends
+    watch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watch
+    assert s.admit_rows(8) is None and s.admit_rows(8) is None
+
+
+async def test_joins_waiting_on_a_frozen_store_leave_the_loop_on_time_and_past_the_cap_are_not_shed() -> None:
+    """With the shedder sampling the running loop at the default 5 ms target: the loop
+    idles while 8 rows wait on the store, so a join of 5 more is answered (on a loaded
+    machine a late sample may bind the cap for 100 ms: the probe is tried until then)."""
+    engine = make_engine(deadline_seconds=60)
+    shedder = LoadShedder.from_limits(LimitsConfig(shed_max_rows=CAP))
+    endpoint = JoinEndpoint(engine, 60_000, shedder)
+    watch = asyncio.create_task(shedder.watch())
+    held = asyncio.ensure_future(endpoint(body(list(range(1, 9))), None, None, None))
+    try:
+        await asyncio.wait_for(frozen(engine).entered.wait(), HANG_GUARD)
+
+        async def probe() -> bool:
+            return (await endpoint(body([1, 2, 3, 4, 5], "fast"), None, None, None))[0] == 200
+
+        await eventually(probe, HANG_GUARD, "a join past the cap to be answered while the loop idles")
+        assert shedder.rows.rows == 8
+    finally:
+        held.cancel()
+        watch.cancel()
+        await asyncio.gather(held, watch, return_exceptions=True)
+
+
 def test_the_row_cap_is_shed_max_rows_and_none_without_shedding() -> None:
     assert LoadShedder.from_limits(LimitsConfig()).rows.cap == MAX_ROWS == LimitsConfig().shed_max_rows
     assert LoadShedder.from_limits(LimitsConfig(shed_max_rows=500)).rows.cap == 500
@@ -110,9 +146,9 @@ def body(users: list[int], view: str = "slow") -> bytes:
     return json.dumps({"entities": {"user_id": users}, "features": [f"{view}:{feature}"]}).encode()
 
 
-async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_over_max_rows_gets_413() -> (
-    None
-):
+async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_over_max_rows_gets_413(
+    spans: InMemorySpanExporter,
+) -> None:
     engine = make_engine(deadline_seconds=60)  # max_rows 100
     shedder = late_shedder()
     endpoint = JoinEndpoint(engine, 60_000, shedder)
@@ -127,6 +163,9 @@ async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_ov
         assert json.loads(out)["error"]["details"] == [{"reason": "rows", "retry_after_seconds": 1}]
         assert shed_count("http", ROWS) == before + 1
         assert counts(JOIN_ROUTE, "http", "shed")[0] == outcomes + 1  # an outcome of its own, no error
+        (shed_span,) = spans.get_finished_spans()  # (the held join's is not finished)
+        assert shed_span.attributes is not None and shed_span.attributes["featurestore.shed"] == "rows"
+        assert shed_span.status.status_code is StatusCode.UNSET  # a refusal, not a server fault
         assert (await endpoint(body([1, 2], "fast"), None, None, None))[0] == 200  # 10 rows: within
         assert (await endpoint(body(list(range(101)), "fast"), None, None, None))[0] == 413  # over max_rows
         assert (await endpoint(b"{not json", None, None, None))[0] == 400
