@@ -23,7 +23,7 @@ and without load shedding, then the recovery; over HTTP or gRPC (``--transport``
 Servers (Redis store, cache off, same data): ``shedding`` (the defaults:
 limits.max_inflight 1024, shed_target_ms 5, shed_min_inflight 64, shed_floor_ms 25: the
 floor is 64 joins a worker, or the fewer that fit in 25 ms of its event loop's CPU at the
-join cost it measures; shed_max_rows 16,384), the same with the floor of 64 joins whatever their
+join cost it measures; shed_max_rows 20,000), the same with the floor of 64 joins whatever their
 cost and no row cap, as it was from 2026-12-06 14:54 (0e1af27) until 8a69bc7 (32 before), the
 same with a 25 ms target (how much the target matters), the same without the row cap (the
 default until 2026-12-07), and ``no shedding`` (limits.shed false). Each open-loop row also says
