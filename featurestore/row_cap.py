@@ -5,7 +5,7 @@ The load shedder (overload.py) bounds joins by count, and learns what they cost 
 once a worker is saturated: at an overload's onset it admits a count of joins whatever
 their size. At batch 1,000 (~6 ms of a worker's loop CPU a join) that count is a queue:
 most runs at twice the saturation rate missed the 510 ms p99.9 of issue 16's requirement
-5 (met at two of five on 2026-12-06; 4-6 of 6 rounds past it in each A/B since), the tail
+5 (met at two of five on 2026-12-06; 2-6 of 6 rounds past it in each A/B at a true 2x), the tail
 being joins admitted in the onset's first ~0.5 s (benchmarks/RESULTS.md, "The batch-1,000
 overload tail"). Rows are known as soon as the request is decoded, before any store is
 read, and a join's work grows with them: a join is shed when its rows would take those of
@@ -24,7 +24,8 @@ of CPU. Measured at batch 1,000, twice the saturation rate, six interleaved roun
 (``benchmarks.overload_ab``; benchmarks/results/experiments.md, "A cap on the rows of the
 joins in flight", has every run): at 16,384 rows with this rule, p99.9 153-209 ms against
 488-741 without the cap (4 of 6 rounds past 510), 11% fewer joins answered (2026-12-07
-05:21-05:28); at 20,000, the run named there. What it costs: joins that together hold
+05:21-05:28); at 20,000, 182-275 ms against 4 of 6 rounds past 510 without, 3% fewer
+answered (05:45-05:51). What it costs: joins that together hold
 more rows than the cap are refused while the loop runs late, and their callers come back
 after Retry-After.
 

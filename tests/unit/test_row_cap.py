@@ -194,7 +194,7 @@ async def grpc_join() -> AsyncIterator[tuple[grpc.aio.UnaryUnaryMultiCallable, L
 
 
 async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_after(
-    grpc_join: tuple[grpc.aio.UnaryUnaryMultiCallable, LoadShedder],
+    grpc_join: tuple[grpc.aio.UnaryUnaryMultiCallable, LoadShedder], spans: InMemorySpanExporter
 ) -> None:
     join, shedder = grpc_join
     held = join(join_message("slow", list(range(1, 9))), timeout=30)
@@ -207,6 +207,8 @@ async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_aft
     )
     assert ("retry-after", "1") in tuple(info.value.trailing_metadata() or ())
     assert shed_count("grpc", ROWS) == before + 1
+    (shed_span,) = spans.get_finished_spans()
+    assert shed_span.attributes is not None and shed_span.attributes["featurestore.shed"] == "rows"
     assert await join(join_message("fast", [1, 2]), timeout=5)  # 10 rows: within
     unknown = pb.JoinRequest(features=["fast:nope"])
     unknown.entities.add(name="user_id").int64_values.values.append(1)
