@@ -75,7 +75,7 @@ def main() -> int:
         unshed = config(work, url, "sat", cache=False, extra="limits: {shed: false}\n")
         with server(work, unshed, a.workers, env={"PYTHONPATH": str(trees["old"])}, cwd=trees["old"]) as s:
             closed_loop("http", s, a.batch, 64, 3)
-            readings = [r["qps"] for r in saturation("http", s, a.batch, CONNECTIONS)]
+            readings = [r["complete_qps"] for r in saturation("http", s, a.batch, CONNECTIONS)]
         sat = max(readings)
         print(f"saturation {sat:,.0f} QPS", flush=True)
         for r in range(a.rounds):

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from benchmarks.grpc_load import METHOD
-from benchmarks.open_loop import EXPIRED, Grpc, _open_loop, _summary
-from benchmarks.overload import result_file
+from benchmarks.open_loop import EXPIRED, PARTIAL, Grpc, _open_loop, _summary
+from benchmarks.overload import outcomes_in, result_file
 
 
 def _part(answered: list[float], counts: dict[str, int]) -> dict[str, object]:
@@ -139,3 +139,50 @@ def test_a_grpc_calls_deadline_runs_from_its_schedule_so_waiting_for_a_slot_uses
     # tolerance by the third call.
     assert all(0 < x <= 0.501 for x in left), left
     assert all(0.07 < left[k] - left[k + 1] < 0.2 for k in range(2)), left  # (a loaded loop hands over later)
+
+
+def test_a_partial_answer_counts_as_answered_at_its_latency_and_is_counted_apart() -> None:
+    parts = [_part([0.010, 0.480], {"200": 1, PARTIAL: 1, "503": 2})]
+    out = _summary(parts, 100.0, [], "200", "503")
+    assert (out["answered"], out["partial"], out["shed"], out["other"]) == (2, 1, 2, {})
+    assert out["p99_ms"] == 480.0  # the partial answer's latency (at the deadline) is in it
+
+
+def test_an_http_open_loop_tells_a_partial_answer_by_its_metadata() -> None:
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            length = int(
+                next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))[15:]
+            )
+            await reader.readexactly(length)
+            served += 1
+            body = b'{"metadata":{"partial":%s}}' % (b"true" if served % 2 else b"false")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def scenario() -> list[dict[str, Any]]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await _open_loop("http", None, port, 1, ((200.0, 0.2),), 4, 1, time.time() + 2.0)
+        finally:
+            server.close()
+
+    [phase] = asyncio.run(scenario())
+    assert phase["counts"] == {"200": 20, PARTIAL: 20} and len(phase["answered"]) == 40
+
+
+def test_the_join_outcomes_are_read_from_both_protocols_join_routes_only() -> None:
+    text = (
+        'featurestore_requests_total{outcome="ok",protocol="http",route="/v1/feature/join"} 10.0\n'
+        'featurestore_requests_total{outcome="partial",protocol="http",route="/v1/feature/join"} 4.0\n'
+        'featurestore_requests_total{outcome="ok",protocol="grpc",route="/featurestore.v1.FeatureService/Join"} 3.0\n'
+        'featurestore_requests_total{outcome="ok",protocol="http",route="/v1/feature/push"} 99.0\n'
+    )
+    assert outcomes_in(text) == {"ok": 13.0, "partial": 4.0}
