@@ -2,9 +2,10 @@
 and without load shedding, then the recovery; over HTTP or gRPC (``--transport``).
 
 1. Saturation: closed loops at concurrency 64 and ``--connections`` (wrk;
-   benchmarks.grpc_load for gRPC) against the server without shedding: the higher QPS is
-   the saturation rate S (a shedding server's answers would understate it, and so would a
-   loud moment or, for costly joins, a shallow queue).
+   benchmarks.grpc_load for gRPC) against the server without shedding: the higher QPS of
+   whole answers is the saturation rate S (a shedding server's answers would understate
+   it, and so would a loud moment; a partial answer, its store reads abandoned at the
+   deadline, is cheap and not counted: ``saturation``).
 2. Open loop at ``--factor`` x S (2 by default) for ``--duration`` s
    (benchmarks.open_loop): requests are sent on a fixed schedule whatever the answers,
    at most ``--connections`` (256) in flight (HTTP connections, or gRPC calls over 16
@@ -41,6 +42,7 @@ gRPC ``results/overload-grpc[-deadline][-b<batch>].md``.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import re
 import sys
@@ -100,10 +102,9 @@ def main() -> int:
         # first, discarded run warms every server (one cold read 12% low on 2026-12-03).
         for srv in servers.values():
             closed_loop(a.transport, srv, a.batch, 64, 3)
-        # The higher of two readings, at c=64 and at the open loop's connections: a loud moment
-        # reads low, and costly joins carry more with a deeper queue (2026-12-07 03:38, batch
-        # 1,000: 220 QPS at c=64, and the server without shedding then kept up with the 441
-        # offered, so that "2x" was about 1x).
+        # The higher of two readings of whole answers, at c=64 and at the open loop's
+        # connections: a loud moment reads low. (Counting every answer, the deeper queue read
+        # more at batch 1,000 only because most of its answers were partial: ``saturation``.)
         readings = saturation(a.transport, servers["no shedding"], a.batch, a.connections)
         first = max(readings, key=lambda r: r["complete_qps"])
         a.readings = [r["complete_qps"] for r in readings]
@@ -146,7 +147,10 @@ def result_file(transport: str, batch: int, deadline: bool = False) -> str:
 
 def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seconds: float) -> dict[str, Any]:
     """A closed loop's joins: requests, answered, shed, answered QPS, p99 (ms) and what
-    it is of (wrk's: every answer; grpc_load's: the answered), the load's own cores."""
+    it is of (wrk's: every answer; grpc_load's: the answered), the load's own cores, and
+    the share of the answers that were partial with the QPS of whole ones (from the
+    server's counters: ``partial_share``, ``complete_qps``; None and all answers if a
+    scrape failed)."""
     before = join_outcomes(srv["http"])
     if transport == "grpc":
         from benchmarks.grpc_load import measure
@@ -166,6 +170,9 @@ def closed_loop(transport: str, srv: dict[str, int], batch: int, conc: int, seco
             "p99_ms": r["p99_ms"], "p99_of": "all answers", "load_cores": None, "tool": "wrk",
         }  # fmt: skip
     after = join_outcomes(srv["http"])
+    if before is None or after is None:  # a scrape failed: the share is not known (all answers)
+        out["partial_share"], out["complete_qps"] = None, out["qps"]
+        return out
     ok, partial = (after.get(k, 0.0) - before.get(k, 0.0) for k in ("ok", "partial"))
     out["partial_share"] = round(partial / (ok + partial), 3) if ok + partial else 0.0
     out["complete_qps"] = round(out["qps"] * (1 - out["partial_share"]), 1)
@@ -178,11 +185,16 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _JOIN_ROUTES = frozenset({"/v1/feature/join", "/featurestore.v1.FeatureService/Join"})
 
 
-def join_outcomes(port: int) -> dict[str, float]:
+def join_outcomes(port: int) -> dict[str, float] | None:
     """Joins answered so far by outcome (``ok``: whole; ``partial``: a store read missed
-    the deadline; ...), from the server's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        return outcomes_in(r.read().decode())
+    the deadline; ...), from the server's /metrics; None if the scrape failed. (Each worker
+    reports its counts at a scrape or 4 times a second, and joins still queued when the
+    load stops end after it: the window is not the load's to within ~0.25 s.)"""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            return outcomes_in(r.read().decode())
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def outcomes_in(text: str) -> dict[str, float]:
@@ -225,7 +237,7 @@ def render_closed(closed: dict[tuple[str, int], dict[str, Any]], a: argparse.Nam
     for (name, c), r in closed.items():
         out.append(
             f"| {name} | {c} | {r['requests']:,} | {r['answered']:,} | {r['shed']:,} | {r['other']:,} "
-            f"| {r['qps']:,.0f} | {r['p99_ms']:.1f} |"
+            f"| {r['qps']:,.0f}{_partly(r)} | {r['p99_ms']:.1f} |"
         )
     return out
 
@@ -257,7 +269,7 @@ def render(
         "",
         f"`{cmd}`: batch {a.batch}, {a.workers} workers, Redis store, cache off, deadline 500 ms. "
         f"Saturation {first['complete_qps']:,.0f} QPS (closed loop{load}, without shedding, whole answers only{_readings(a)}; "
-        f"{last['qps']:,.0f} at c=64 when measured again at the end of the run); open loop at {a.factor:g}x that for {a.duration:g} s, at "
+        f"{last['complete_qps']:,.0f} at c=64 when measured again at the end of the run); open loop at {a.factor:g}x that for {a.duration:g} s, at "
         f"most {a.connections} {slots}, then 0.5x for 4 s. Latency from each request's scheduled time "
         "(waiting for a free connection included), and from its write (the server's part). Requirement: p99.9 of "
         "answered requests within the deadline + 10 ms (510 ms). *Load late*: how late the load processes "
@@ -293,6 +305,12 @@ def _readings(a: argparse.Namespace) -> str:
     return ": the higher of " + " and ".join(
         f"{q:,.0f} at c={c}" for q, c in zip(a.readings, at, strict=True)
     )
+
+
+def _partly(closed: dict[str, Any]) -> str:
+    """A closed loop's share of partial answers, when it had any (they are in its QPS)."""
+    share = closed.get("partial_share")
+    return f" ({share:.0%} partial)" if share else ""
 
 
 def _answered(phase: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ with the machine from run to run (at batch 1,000 the old tree of the first A/B, 
 read 303-718 ms p99.9 over six rounds in 12 minutes): one Redis with the demo's two views, one server of
 each tree (the defaults, cache off), both up for the whole run; closed loops at c=64 and
 c=256 against a server of the old tree without shedding give the saturation rate S (the
-higher of the two), then ``--rounds`` rounds of each server in turn (the order alternating), each
+higher of the two, in whole answers: benchmarks.overload.saturation), then ``--rounds`` rounds of each server in turn (the order alternating), each
 after ``--idle`` seconds (11: each overload starts without the join cost a shedder
 forgets after 10 s calm, the onset the batch-1,000 tail came from) under ``benchmarks.open_loop``'s schedule: ``--factor`` x
 S for 10 s over 256 connections, then 0.5 x S for 4 s. Each row is one overload phase;
@@ -90,7 +90,7 @@ def main() -> int:
         f"Overload A/B {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `python -m "
         f"benchmarks.overload_ab {' '.join(sys.argv[1:])}` (old {a.old}, new {new_rev.stdout.strip()}); "
         f"batch {a.batch}, {a.workers} workers, cache off, saturation {sat:,.0f} QPS (the old tree "
-        f"without shedding, the higher of {readings[0]:,.0f} at c=64 and {readings[1]:,.0f} at c={CONNECTIONS}), {a.factor:g}x for 10 s over {CONNECTIONS} connections, {a.rounds} interleaved rounds, "
+        f"without shedding, whole answers, the higher of {readings[0]:,.0f} at c=64 and {readings[1]:,.0f} at c={CONNECTIONS}), {a.factor:g}x for 10 s over {CONNECTIONS} connections, {a.rounds} interleaved rounds, "
         f"each after {a.idle:g} s idle"
     )
     lines = [head, "", *render(rows)]
