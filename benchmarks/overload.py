@@ -212,9 +212,9 @@ def saturation(transport: str, srv: dict[str, int], batch: int, connections: int
     """Closed loops of 5 s at c=64 and at ``connections`` against a server without
     shedding; the higher QPS of whole answers (``complete_qps``) is the saturation rate (the
     module docstring, 1). A partial answer is not counted: a server past saturation answers
-    joins so at the deadline, cheaply (no rows decoded): at batch 1,000 and c=256, 62-80% of
-    its answers on 2026-12-07 06:48, which read the saturation at 484-988 QPS where whole
-    answers came at ~330."""
+    joins so at the deadline, cheaply (no rows decoded): at batch 1,000 and c=256, 62-90% of
+    its answers on 2026-12-07 06:48-06:49, and its readings there went 469-1,118 QPS (06:35-06:49)
+    where whole answers came at ~320 (c=64)."""
     return [closed_loop(transport, srv, batch, c, 5) for c in (64, connections)]
 
 
