@@ -207,6 +207,8 @@ async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_aft
     )
     assert ("retry-after", "1") in tuple(info.value.trailing_metadata() or ())
     assert shed_count("grpc", ROWS) == before + 1
+    # (the client may see the status before the handler's finally has ended its span)
+    await eventually(spans.get_finished_spans, HANG_GUARD, "the shed call's span to end")
     (shed_span,) = spans.get_finished_spans()
     assert shed_span.attributes is not None and shed_span.attributes["featurestore.shed"] == "rows"
     assert await join(join_message("fast", [1, 2]), timeout=5)  # 10 rows: within
@@ -219,7 +221,11 @@ async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_aft
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await join(bad, timeout=5)
         assert failed.value.code() == code
-    assert (shedder.inflight, shedder.rows.rows) == (1, 8)  # the answered and failed calls gave theirs back
+    await eventually(  # the answered and failed calls gave theirs back (their handlers' finally)
+        lambda: (shedder.inflight, shedder.rows.rows) == (1, 8),
+        HANG_GUARD,
+        "the ended calls' admissions back",
+    )
     held.cancel()
     await eventually(lambda: shedder.inflight == 0, HANG_GUARD, "the cancelled join to end")
     assert shedder.rows.rows == 0
