@@ -17,25 +17,45 @@ from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
 from featurestore.api.grpc_intake import Intake
 from featurestore.config import GrpcConfig
 from featurestore.join import JoinEngine
+from featurestore.overload import LoadShedder
 from featurestore.push import PushService
 
 
 class Serve(Protocol):
     async def __call__(
-        self, engine: JoinEngine, *, unary_join: bool = False, push: PushService | None = None
+        self,
+        engine: JoinEngine,
+        *,
+        unary_join: bool = False,
+        push: PushService | None = None,
+        shedder: LoadShedder | None = None,
+        deadline_ms: int = 500,
     ) -> int: ...
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Serve]:
     """Starts a grpc.aio server for an engine (and its push service, ``PushService(engine)``
-    unless given) on a free port, with the call intake the server runs; its port. Stopped
-    after the test."""
+    unless given; a load shedder if given) on a free port, with the call intake the server
+    runs; its port. Stopped after the test."""
     servers: list[grpc.aio.Server] = []
     intakes: list[Intake] = []
 
-    async def serve(engine: JoinEngine, *, unary_join: bool = False, push: PushService | None = None) -> int:
-        api = GrpcApi(engine, push or PushService(engine), deadline_ms=500, unary_join=unary_join)
+    async def serve(
+        engine: JoinEngine,
+        *,
+        unary_join: bool = False,
+        push: PushService | None = None,
+        shedder: LoadShedder | None = None,
+        deadline_ms: int = 500,
+    ) -> int:
+        api = GrpcApi(
+            engine,
+            push or PushService(engine),
+            deadline_ms=deadline_ms,
+            unary_join=unary_join,
+            shedder=shedder,
+        )
         server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
         api.register(server)
         port: int = server.add_insecure_port("127.0.0.1:0")

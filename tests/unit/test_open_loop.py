@@ -90,11 +90,14 @@ def test_a_grpc_call_whose_callers_deadline_passed_while_it_waited_for_a_slot_is
     assert asyncio.run(link.call(3, 0, late)) == (EXPIRED, 3)
 
 
-def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
-    answered = 0
+def _http_open_loop(answer: Callable[[int], bytes]) -> dict[str, Any]:
+    """An open loop (200/s for 0.2 s, 4 connections) against a local HTTP server whose n-th
+    answer (from 1) is ``answer(n)``, a whole response; the phase's record."""
+
+    served = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal answered
+        nonlocal served
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -104,9 +107,8 @@ def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
                 next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))[15:]
             )
             await reader.readexactly(length)
-            answered += 1
-            status = b"200 OK" if answered % 2 else b"503 Service Unavailable"  # every other one shed
-            writer.write(b"HTTP/1.1 %s\r\ncontent-length: 2\r\n\r\n{}" % status)
+            served += 1
+            writer.write(answer(served))
 
     async def scenario() -> list[dict[str, Any]]:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -117,6 +119,15 @@ def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
             server.close()
 
     [phase] = asyncio.run(scenario())
+    return phase
+
+
+def test_an_open_loop_of_http_requests_counts_each_once_by_its_status() -> None:
+    def answer(n: int) -> bytes:
+        status = b"200 OK" if n % 2 else b"503 Service Unavailable"  # every other one shed
+        return b"HTTP/1.1 %s\r\ncontent-length: 2\r\n\r\n{}" % status
+
+    phase = _http_open_loop(answer)
     assert phase["counts"] == {"200": 20, "503": 20} and len(phase["answered"]) == 20
 
 
@@ -149,32 +160,11 @@ def test_a_partial_answer_counts_as_answered_at_its_latency_and_is_counted_apart
 
 
 def test_an_http_open_loop_tells_a_partial_answer_by_its_metadata() -> None:
-    served = 0
+    def answer(n: int) -> bytes:
+        body = b'{"metadata":{"partial":%s}}' % (b"true" if n % 2 else b"false")
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal served
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            length = int(
-                next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))[15:]
-            )
-            await reader.readexactly(length)
-            served += 1
-            body = b'{"metadata":{"partial":%s}}' % (b"true" if served % 2 else b"false")
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-
-    async def scenario() -> list[dict[str, Any]]:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            return await _open_loop("http", None, port, 1, ((200.0, 0.2),), 4, 1, time.time() + 2.0)
-        finally:
-            server.close()
-
-    [phase] = asyncio.run(scenario())
+    phase = _http_open_loop(answer)
     assert phase["counts"] == {"200": 20, PARTIAL: 20} and len(phase["answered"]) == 40
 
 

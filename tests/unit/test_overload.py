@@ -17,9 +17,9 @@ import uvloop
 from prometheus_client import REGISTRY
 
 from featurestore import metrics
-from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc import JOIN_METHOD
 from featurestore.api.http import HttpApi
-from featurestore.config import GrpcConfig, LimitsConfig
+from featurestore.config import LimitsConfig
 from featurestore.errors import Code
 from featurestore.health import Readiness
 from featurestore.overload import (
@@ -37,6 +37,7 @@ from featurestore.overload import (
 from featurestore.push import PushService
 from featurestore.refusal import shed
 from tests.support import eventually
+from tests.unit.conftest import Serve
 from tests.unit.test_api_edges import client, join_message, make_engine
 
 TARGET = 0.005
@@ -463,25 +464,19 @@ async def test_an_http_join_with_less_time_left_than_the_loops_lag_is_shed_for_i
     assert shed_count("http", DEADLINE) == before + 1 and shedder.inflight == 0
 
 
-async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_its_deadline() -> None:
+async def test_a_grpc_join_with_less_time_left_than_the_loops_lag_is_shed_for_its_deadline(
+    served: Serve,
+) -> None:
     shedder = LoadShedder(1024, TARGET)
-    engine = make_engine()
-    api = GrpcApi(engine, PushService(engine), deadline_ms=500, shedder=shedder)
-    server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
-    api.register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    port = await served(make_engine(), shedder=shedder)
     before = shed_count("grpc", DEADLINE)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            join = channel.unary_unary(JOIN_METHOD)
-            samples(shedder, [0.05] * 21)
-            assert await join(join_message("fast", [1]), timeout=10)  # 500 ms left (the configured deadline)
-            samples(shedder, [10.0] * 21, start=2.0)  # the loop 10 s late: no deadline here is that long
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await join(join_message("fast", [1]), timeout=5)
-    finally:
-        await server.stop(0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        join = channel.unary_unary(JOIN_METHOD)
+        samples(shedder, [0.05] * 21)
+        assert await join(join_message("fast", [1]), timeout=10)  # 500 ms left (the configured deadline)
+        samples(shedder, [10.0] * 21, start=2.0)  # the loop 10 s late: no deadline here is that long
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await join(join_message("fast", [1]), timeout=5)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "(deadline)" in (
         info.value.details() or ""
     )

@@ -17,14 +17,14 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server
+from featurestore.api.grpc import JOIN_METHOD
 from featurestore.api.http import JoinEndpoint
-from featurestore.config import GrpcConfig, LimitsConfig
+from featurestore.config import LimitsConfig
 from featurestore.overload import ROW_CAP_SAMPLES, LoadShedder
-from featurestore.push import PushService
 from featurestore.row_cap import MAX_ROWS, ROWS, RowCap, entity_rows
 from featurestore.v1 import featurestore_pb2 as pb
 from tests.support import eventually
+from tests.unit.conftest import Serve
 from tests.unit.test_api_edges import HANG_GUARD, counts, frozen, join_message, make_engine
 from tests.unit.test_overload import CpuClock, samples, shed_count
 
@@ -178,19 +178,11 @@ async def test_an_http_join_past_the_row_cap_is_shed_with_retry_after_and_one_ov
 
 
 @pytest.fixture
-async def grpc_join() -> AsyncIterator[tuple[grpc.aio.UnaryUnaryMultiCallable, LoadShedder]]:
-    engine = make_engine(deadline_seconds=60)
+async def grpc_join(served: Serve) -> AsyncIterator[tuple[grpc.aio.UnaryUnaryMultiCallable, LoadShedder]]:
     shedder = late_shedder()
-    api = GrpcApi(engine, PushService(engine), deadline_ms=60_000, shedder=shedder)
-    server = create_server(1 << 20, GrpcConfig(), reuse_port=False)
-    api.register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel.unary_unary(JOIN_METHOD), shedder
-    finally:
-        await server.stop(0)
+    port = await served(make_engine(deadline_seconds=60), shedder=shedder, deadline_ms=60_000)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel.unary_unary(JOIN_METHOD), shedder
 
 
 async def test_a_grpc_join_past_the_row_cap_is_resource_exhausted_with_retry_after(
