@@ -1,0 +1,106 @@
+"""The memory store's lookups: a few keys are searched one by one and one row is read
+straight from the arrays (cheaper than numpy's vector set-up); they must answer exactly
+what the vectorised path answers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
+from featurestore.sources import memory
+from featurestore.sources.base import EntityKey, ViewQuery, ViewRead
+from featurestore.sources.memory import MemorySource
+
+U = Entity("user_id", DType.INT64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def index(keys: list[int]) -> memory._KeyIndex:
+    entity_keys: list[EntityKey] = list(keys)
+    return memory._KeyIndex(entity_keys, np.arange(len(keys), dtype=np.int64))
+
+
+def reference(keys: list[int], asked: list[Any]) -> list[int]:
+    rows = {k: i for i, k in enumerate(keys)}  # the last row of a key wins, as the store's
+    return [rows.get(k, -1) if type(k) is int else -1 for k in asked]
+
+
+EDGES = [0, -1, 1, 10**6, INT64_MIN, INT64_MAX, INT64_MAX + 1, INT64_MIN - 1, 2**70, -5, 7]
+
+
+@pytest.mark.parametrize("count", [1, 2, memory._SCALAR_KEYS - 1, memory._SCALAR_KEYS, 40])
+def test_a_few_keys_and_many_find_the_same_rows_absent_keys_and_edges_included(count: int) -> None:
+    rnd = random.Random(count)
+    keys = [rnd.randrange(-1000, 1000) for _ in range(500)] + [INT64_MIN, INT64_MAX]  # duplicates too
+    idx = index(keys)
+    pool = keys + EDGES + [rnd.randrange(-2000, 2000) for _ in range(200)]
+    for _ in range(300):
+        asked = [rnd.choice(pool) for _ in range(count)]
+        assert idx.positions(asked) == reference(keys, asked), asked
+
+
+def test_a_key_beyond_int64_is_absent_not_compared_as_a_float() -> None:
+    # 2**63 as a float64 equals float(INT64_MAX): a float comparison would find it
+    idx = index([INT64_MAX, 1])
+    assert idx.positions([2**63]) == [-1]
+    assert idx.positions([2**63, 1]) == [-1, 1]
+
+
+async def test_one_row_read_alone_answers_what_the_same_row_answers_in_a_batch(tmp_path: Path) -> None:
+    features = (
+        Feature("i", DType.INT64),
+        Feature("f", DType.FLOAT64),
+        Feature("s", DType.STRING),
+        Feature("b", DType.BOOL),
+        Feature("t", DType.TIMESTAMP),
+        Feature("v", DType.FLOAT32_VECTOR),
+        Feature("n", DType.FLOAT64),  # with a null: an object column
+    )
+    n = 20
+    table = pa.table(
+        {
+            "user_id": pa.array(range(100, 100 + n), pa.int64()),
+            "i": pa.array([i * 7 - 50 for i in range(n)], pa.int64()),
+            "f": pa.array([i / 3 for i in range(n)], pa.float64()),
+            "s": pa.array([f"s{i % 3}" for i in range(n)]),
+            "b": pa.array([i % 2 == 0 for i in range(n)]),
+            "t": pa.array([1_700_000_000_000_000 + i for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "v": pa.array([[float(i), 0.5] for i in range(n)], pa.list_(pa.float32())),
+            "n": pa.array([None if i % 4 == 0 else i * 1.5 for i in range(n)], pa.float64()),
+            "event_timestamp": pa.array(
+                [1_600_000_000_000_000 + i for i in range(n)], pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, path)
+    view = FeatureView("v", (U,), features, batch_source=BatchSource(path=str(path)))
+    source = MemorySource("default")
+    await source.prepare([view])
+    every = tuple(range(len(features)))
+    keys = [100 + i for i in range(n)] + [99, 100 + n]  # two absent keys
+
+    async def read(keys: list[int], features: tuple[int, ...]) -> ViewRead:
+        (got,) = await source.read([ViewQuery(view, list(keys), features, 0)])
+        assert isinstance(got, ViewRead)
+        return got
+
+    batch = await read(keys, every)
+    for i, key in enumerate(keys):
+        one = await read([key], every)
+        assert one.found == [batch.found[i]]
+        if not one.found[0]:
+            continue  # values of an absent key are the engine's to null (ViewRead)
+        assert one.event_ts_us == [batch.event_ts_us[i]]
+        for j in every:
+            value = one.columns[j][0]
+            assert value == batch.columns[j][i] and type(value) is type(batch.columns[j][i]), (key, j)
+    one = await read([105], (2, 0))
+    assert one.columns == [["s2"], [-15]]  # projection order follows the query
