@@ -172,7 +172,10 @@ class LineageEmitter:
 
     def build(self, window: dict[JoinPlan, _Served], start: float) -> tuple[list[LineageEvent], int, int]:
         """Events of one window; also the served and unresolved value counts."""
-        aggs: dict[tuple[str, int], _Agg] = {}
+        # Per feature, its version and the snapshot that served it: a canary's window has
+        # both snapshots' traffic, each its own event (a feature the candidate did not
+        # change has the same version in both; summed, it read as all served by one).
+        aggs: dict[tuple[str, int, int], _Agg] = {}
         served = unresolved = 0
         for s in window.values():
             snapshot = s.state.snapshot
@@ -181,18 +184,18 @@ class LineageEmitter:
             for ref in s.plan.refs:  # what was served (not the stored inputs of derived features)
                 fid = str(ref)
                 version = snapshot.feature_versions.get(fid, snapshot.version)
-                agg = aggs.get((fid, version))
+                key = (fid, version, snapshot.version)
+                agg = aggs.get(key)
                 if agg is None:
                     view = defs.views.get(ref.view) or defs.derived_views[ref.view]
-                    agg = aggs[(fid, version)] = _Agg(view, version, snapshot.version, defs.project)
+                    agg = aggs[key] = _Agg(view, version, snapshot.version, defs.project)
                 agg.count += s.rows
-                agg.registry_version = max(agg.registry_version, snapshot.version)
                 room = self.config.trace_sample - len(agg.trace_ids)
                 if room > 0:
                     agg.trace_ids += trace_ids[:room]
         timestamp = _iso(start)
         events = []
-        for (fid, version), agg in aggs.items():
+        for (fid, version, _), agg in aggs.items():
             served += agg.count
             view = agg.view
             if isinstance(view, DerivedView):

@@ -106,6 +106,7 @@ CODE_OF_HTTP_STATUS = {
     409: "ABORTED",
     413: "RESOURCE_EXHAUSTED",
     429: "UNAVAILABLE",
+    500: "INTERNAL",  # (not retried, as the API's own 500; docs/client.md)
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",

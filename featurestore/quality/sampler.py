@@ -157,7 +157,9 @@ class DriftSampler:
             return self._rings[key]
         feature = view.features[fi]
         ring = None
-        if feature.dtype in NUMERIC or feature.dtype in CATEGORICAL:
+        # A stream view has no reference profile (nothing materializes it): its windows
+        # would only ever be skipped as no_reference (docs/quality.md).
+        if view.stream is None and (feature.dtype in NUMERIC or feature.dtype in CATEGORICAL):
             ring = _Ring(view, feature.name, feature.dtype in CATEGORICAL)
         self._rings[key] = ring
         return ring

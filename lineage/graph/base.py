@@ -152,9 +152,10 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
 
 
 def event_key(e: LineageEvent) -> str:
-    """Identity of an event: the same window of the same feature version on the same
-    server is the same event, however often it is delivered."""
-    return f"{e.feature_id}|{e.feature_version}|{e.timestamp}|{e.service}"
+    """Identity of an event: the same window of the same feature version served by the
+    same snapshot on the same server is the same event, however often it is delivered (a
+    canary's window has one per snapshot)."""
+    return f"{e.feature_id}|{e.feature_version}|{e.registry_version}|{e.timestamp}|{e.service}"
 
 
 def event_time_ms(e: LineageEvent) -> int:

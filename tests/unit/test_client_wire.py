@@ -93,3 +93,22 @@ def test_an_http_error_carries_the_wait_the_server_asked_for(
 ) -> None:
     error = http_error(503, body, header)
     assert error.code == "UNAVAILABLE" and error.retry_after == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (500, "INTERNAL"),
+        (502, "UNAVAILABLE"),
+        (503, "UNAVAILABLE"),
+        (504, "DEADLINE_EXCEEDED"),
+        (507, "UNAVAILABLE"),
+    ],
+)
+def test_an_http_error_without_the_apis_body_is_mapped_by_its_status_as_docs_client_md_says(
+    status: int, code: str
+) -> None:
+    # a proxy's page: a bare 500 is INTERNAL (not retried), as the API's own 500 is
+    error = http_error(status, b"<html>upstream failed</html>", None)
+    assert error.code == code and error.http_status == status
+    assert error.message == f"HTTP {status}: <html>upstream failed</html>"

@@ -76,6 +76,25 @@ async def test_window_aggregates_per_feature_and_version() -> None:
     assert (served, unresolved) == (65, 0)
 
 
+async def test_a_canarys_window_has_one_event_per_snapshot_that_served_a_feature() -> None:
+    # the candidate (v5) changes a:y only: a:x has the same feature version in both
+    changed = FeatureView("a", (U,), (A.features[0], Feature("y", DType.FLOAT64)), upstream=A.upstream,
+                          batch_source=A.batch_source)  # fmt: skip
+    candidate = ServingState(
+        new_snapshot(make_definitions("p", [U], [changed, B], []), 5, previous=STATE.snapshot)
+    )
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=60, service="fs@test"))
+    em.record(STATE.plan(("a:x", "a:y"), None, False), STATE, 90, None)
+    em.record(candidate.plan(("a:x", "a:y"), None, False), candidate, 10, None)
+    events, served, _ = em.build(em._window, 1_704_067_207.0)
+    got = sorted((e.feature_id, e.feature_version, e.registry_version, e.served_count) for e in events)
+    assert got == [("a:x", 4, 4, 90), ("a:x", 4, 5, 10), ("a:y", 4, 4, 90), ("a:y", 5, 5, 10)]
+    assert served == 200
+    graph = InMemoryGraph()  # the two a:x events of one window are two events, not one re-delivered
+    await graph.write_events(events)
+    assert sum(e.served_count for e in await graph.events("a:x", None, None, 10)) == 100
+
+
 async def test_unresolved_lineage_is_counted_broken() -> None:
     em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=60))
     before, served_before = broken("unresolved"), float(metrics.SERVED._value.get())
