@@ -296,8 +296,13 @@ class HttpApi:
                 self.join.outcomes.failed(t0, e)
                 await send_error(send, e, CLOSE)
                 return
-            answer = self._too_large(t0) if body is None else await self._answer(body, headers, t0)
-            await send_answer(send, answer)
+            answer = (
+                self._too_large(t0)
+                if body is None
+                else await self._answer_while_there(body, headers, t0, receive)
+            )
+            if answer is not None:
+                await send_answer(send, answer)
         finally:
             self._inflight.dec()
 
@@ -309,6 +314,34 @@ class HttpApi:
         if error is not None:
             self.join.outcomes.failed(t0, error)
         return error
+
+    async def _answer_while_there(
+        self, body: bytes, headers: JoinHeaders, t0: float, receive: Receive
+    ) -> Answer | None:
+        """``_answer``, cancelled when the caller leaves meanwhile (None then: counted
+        CANCELLED by the join, nobody to answer), as the direct cycle's join is
+        (join_cycle.JoinCycle) and a gRPC join is: uvicorn tells an ASGI app only through
+        ``receive()``, so a task waits on it for the join (this path's joins only)."""
+        joining = asyncio.current_task()
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            if joining is not None:
+                joining.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await self._answer(body, headers, t0)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            return None
+        finally:
+            watcher.cancel()
 
     async def _answer(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         """The join's answer, or the shedder's refusal of it."""

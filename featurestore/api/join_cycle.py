@@ -96,13 +96,31 @@ class DirectJoin:
 
 
 class JoinCycle(RequestResponseCycle):
-    """A join's request cycle (see the module docstring)."""
+    """A join's request cycle (see the module docstring).
+
+    A caller that leaves while its join runs cancels the join, as a gRPC caller's
+    cancel does: the protocol's ``connection_lost`` sets ``disconnected``, which cancels
+    the cycle's task while it awaits the handler (the join then releases its admission
+    and rows at once and counts as ``CANCELLED``, instead of running to its deadline for
+    nobody)."""
 
     def __init__(self, direct: DirectJoin, headers: JoinHeaders, received_at: float, **cycle: Any) -> None:
+        self._joining: asyncio.Task[Any] | None = None  # the cycle's task while the handler runs
+        self._disconnected = False
         super().__init__(**cycle)
         self.direct = direct
         self.join_headers = headers
         self.received_at = received_at
+
+    @property  # (uvicorn's is a plain attribute)
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    @disconnected.setter
+    def disconnected(self, value: bool) -> None:
+        self._disconnected = value
+        if value and self._joining is not None:
+            self._joining.cancel()
 
     async def run_asgi(self, app: Any) -> None:
         """The task uvicorn's protocol starts (or queues behind a pipelined request)."""
@@ -117,11 +135,17 @@ class JoinCycle(RequestResponseCycle):
             if self.disconnected:
                 self.direct.abandoned(self.received_at)
                 return
-            status, ctype, out, extra = await self.direct.handler(
-                bytes(self.body), self.join_headers, self.received_at
-            )
+            self._joining = asyncio.current_task()
+            try:
+                status, ctype, out, extra = await self.direct.handler(
+                    bytes(self.body), self.join_headers, self.received_at
+                )
+            finally:
+                self._joining = None
             await self.respond(status, ctype, out, extra)
         except BaseException as exc:  # as uvicorn's run_asgi: the handler itself never raises
+            if isinstance(exc, asyncio.CancelledError) and self._disconnected:
+                return  # the caller left (the handler counted it CANCELLED): nobody to answer
             log.error("Exception in the join's request cycle", exc_info=exc)
             if not self.response_started and not self.disconnected:
                 self._write_500()
