@@ -69,7 +69,7 @@ def _check_column(entity: Entity, col: Sequence[Any]) -> None:
         if min(col) < INT64_MIN or max(col) > INT64_MAX:
             bad = next(i for i, v in enumerate(col) if not INT64_MIN <= v <= INT64_MAX)
             raise InvalidArgument(
-                f"entity {entity.name!r}: row {bad} key {col[bad]} is outside the int64 range",
+                f"entity {entity.name!r}: row {bad} key {quoted(col[bad])} is outside the int64 range",
                 details=[{"entity": entity.name, "row": bad}],
             )
     elif set(map(type, col)) != _STR:

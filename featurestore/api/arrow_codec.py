@@ -16,6 +16,39 @@ from featurestore.model import DType
 from featurestore.rows import ARROW_TYPES
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+_MEDIA_TYPE = MEDIA_TYPE.encode()
+_JSON_RANGES = (b"application/json", b"application/*", b"*/*")
+
+
+def wants_arrow(accept: bytes | None) -> bool:
+    """Whether an ``Accept`` header asks for Arrow rather than JSON (RFC 9110 12.5.1:
+    media types without regard to case; ``q=0`` is "not acceptable"): Arrow when a
+    range names it with q > 0 and no range covering JSON has a higher q (a tie is
+    Arrow: the type asked for by name). The bundled client's exact header is checked
+    first, without parsing."""
+    if accept is None:
+        return False
+    if accept == _MEDIA_TYPE:
+        return True
+    arrow = json = -1.0
+    for part in accept.lower().split(b","):
+        media, _, params = part.partition(b";")
+        media = media.strip()
+        q = 1.0
+        for param in params.split(b";"):
+            name, _, value = param.partition(b"=")
+            if name.strip() == b"q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # (a q that is not a number: not acceptable)
+        if media == _MEDIA_TYPE:
+            arrow = max(arrow, q)
+        elif media in _JSON_RANGES:
+            json = max(json, q)
+    return arrow > 0 and arrow >= json
+
+
 _STATUS_NAMES = pa.array(ARROW_DICTIONARY)
 _TS = pa.timestamp("us", tz="UTC")
 

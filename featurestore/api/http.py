@@ -95,7 +95,7 @@ class JoinEndpoint:
                     shedder = None  # its admission undone: no done()
                     return self._shed(reason, t0, span)
             result = await self.engine.join(req, deadline, span)
-            if accept is not None and arrow_codec.MEDIA_TYPE.encode() in accept:
+            if arrow_codec.wants_arrow(accept):
                 out, ctype = (
                     arrow_codec.encode_join_arrow(result, trace_id),
                     arrow_codec.MEDIA_TYPE.encode(),

@@ -98,6 +98,10 @@ def test_validate_entities() -> None:
     for entities, exc, text in cases:
         with pytest.raises(exc, match=text):
             validate_entities(entities, frozenset({"user_id"}), known, 10)
+    # a key of thousands of digits is quoted short, as any caller's value (docs/api.md, Errors)
+    with pytest.raises(InvalidArgument) as e:
+        validate_entities({"user_id": [1, int("9" * 4000)]}, frozenset({"user_id"}), known, 10)
+    assert len(str(e.value)) < 200 and "row 1 key 999" in str(e.value) and "(4000 characters)" in str(e.value)
 
 
 def test_view_keys_and_dedupe() -> None:
