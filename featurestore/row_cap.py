@@ -12,7 +12,8 @@ read, and a join's work grows with them: a join is shed when its rows would take
 the joins in flight past the cap, while the worker's event loop was late (past
 ``limits.shed_target_ms``) at a sample of the last interval (overload.ROW_CAP_SAMPLES).
 Joins waiting on a slow store with the loop idle are not this worker's queue: they are
-never shed for (the deadline ends them).
+not shed for (the deadline ends them), though their rows count once a late sample (a
+stall of the loop, a collection) binds the cap for an interval (docs/api.md).
 
 Why 20,000: two joins of ``limits.max_rows`` (10,000) may compute at once, the first
 making the loop late on its own (~60 ms of CPU); ~20 joins of batch 1,000, ~120 ms of a
