@@ -297,7 +297,9 @@ class CachedSource:
                 results[qi] = _columnar(cached[qi], q.features, len(q.view.features), owed.get(qi))
         return results  # type: ignore[return-value]
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         """Write through the store, dropping the written keys from the cache before the
         write starts and again once it has ended. Reads fill nothing meanwhile: until
         the store's write has *ended*, which a caller that gave up (a push at its
@@ -312,7 +314,7 @@ class CachedSource:
             keys = []
         self._fence.raise_(space)
         self._invalidate(space, keys)
-        task = asyncio.ensure_future(self.inner.write(view, rows, data_version))
+        task = asyncio.ensure_future(self.inner.write(view, rows, data_version, create=create))
         self._writes.add(task)
         task.add_done_callback(lambda t: self._written(space, keys, t))
         try:

@@ -176,6 +176,9 @@ class Materializer:
                 # a live store): mixing those rows into this run would serve them.
                 dropped = await self.versioned.drop_version(view, target)
                 log.warning("dropped %d stale rows of %s v%d before writing it", dropped, view_name, target)
+            # The version exists from here, rows or none: a load that matches no row
+            # (a range, an empty source) publishes an empty version, not a missing one.
+            await self.versioned.mark_version(view, target)
             profile = ProfileBuilder(view, target)
             rows_read, written, newest = await self._load(load, target, span, profile)
             await self._write_profile(profile)

@@ -75,7 +75,7 @@ class PushService:
         timer = asyncio.timeout(remaining)
         try:
             async with timer:
-                n = await store.write(view, table, version)
+                n = await store.write(view, table, version, create=False)  # (a push creates no version)
         except TimeoutError:
             if not timer.expired():
                 raise  # the store's own error, not the deadline

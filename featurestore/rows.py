@@ -98,7 +98,11 @@ def _cast(
             out = _to_micros(view, name, col).cast(target)  # zone change; naive is taken as UTC
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise _type_error(view, name, col.type, target) from e
-    elif pa.types.is_list(target) and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+    elif pa.types.is_list(target) and (
+        pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+    ):  # (fixed-width embeddings come back from Parquet as fixed_size_list)
         try:
             out = col.cast(target, safe=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -91,9 +91,16 @@ class OnlineSource(Protocol):
         by cancelling the read."""
         ...
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         """Upsert rows shaped like :func:`featurestore.rows.view_schema`
-        into a data version; returns the number of rows written."""
+        into a data version; returns the number of rows written. ``create=False`` (a
+        push): a version past 0 that the store does not hold is not created but refused
+        with ``DataMissing``, where the store can tell (Redis: the version's marker;
+        ClickHouse: its table): only a materialization creates a version, and a push
+        into one the store lost would otherwise bring it back holding only the pushed
+        rows (every other key NOT_FOUND instead of UNAVAILABLE, the loss unreported)."""
         ...
 
     def table_uri(self, view: FeatureView) -> str:
@@ -123,6 +130,14 @@ class OnlineSource(Protocol):
 @runtime_checkable
 class VersionedStore(Protocol):
     """A store that keeps data versions side by side (materialization needs it)."""
+
+    async def mark_version(self, view: FeatureView, data_version: int) -> None:
+        """Create one data version, empty, before its rows are loaded (a version that
+        gets no rows exists too: its keys are then NOT_FOUND, not UNAVAILABLE). Only a
+        materialization creates a version; a write of rows into a version past 0 that the
+        store does not hold (lost) is refused with ``DataMissing`` where the store can
+        tell (Redis: its marker)."""
+        ...
 
     async def has_version(self, view: FeatureView, data_version: int) -> bool:
         """Whether the store holds anything of one data version (cheap: no row scan)."""

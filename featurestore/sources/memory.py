@@ -171,8 +171,8 @@ class MemorySource:
                 wanted[vid] = current
                 continue
             data = await asyncio.to_thread(_load, view, sig, self._indexes)
-            if current is not None:
-                data.overlays = current.overlays  # same layout, new base data: keep pushed rows
+            if current is not None:  # same layout, new base data: keep the pushed rows it does not outdate
+                data.overlays = _newer_than(current.overlays, data)
                 data.profiles = current.profiles
             wanted[vid] = data
             metrics.SOURCE_ROWS_LOADED.labels(self._name, view.name).set(len(data.index))
@@ -192,7 +192,10 @@ class MemorySource:
             out.append(_read(data, q))
         return out
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
+        """(``create`` does not apply: the memory store cannot lose a version.)"""
         vid = (view.name, view.layout)
         data = self._views.get(vid)
         if data is None:
@@ -245,6 +248,24 @@ def _read(data: _ViewData, q: ViewQuery) -> ViewRead:
                 for c, j in zip(columns, q.features, strict=True):
                     c[i] = row[j]
     return ViewRead(found=found, event_ts_us=ts, columns=columns)
+
+
+def _newer_than(
+    overlays: dict[int, dict[EntityKey, Row]], data: _ViewData
+) -> dict[int, dict[EntityKey, Row]]:
+    """The pushed rows that are newer (by event time) than the base row of their key in
+    ``data``, a reloaded file: last write wins across a reload as within a load."""
+    width = len(data.columns)
+    kept: dict[int, dict[EntityKey, Row]] = {}
+    for version, rows in overlays.items():
+        keys = list(rows)
+        base = data.index.positions(keys)
+        kept[version] = {
+            k: rows[k]
+            for k, at in zip(keys, base, strict=True)
+            if at < 0 or rows[k][width] > data.event_ts_us.item(at)
+        }
+    return kept
 
 
 def _signature(view: FeatureView) -> tuple[Any, ...]:

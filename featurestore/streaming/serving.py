@@ -134,7 +134,9 @@ class StreamSource:
             out.append(ViewRead(w.found, w.event_ts_us, w.columns))
         return out
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         raise FailedPrecondition(
             f"{view.name!r} is a stream view: its processor writes it (featurestore stream run)"
         )

@@ -35,10 +35,10 @@ from featurestore.offline import ClickHouseOfflineSource
 from featurestore.plan import ServingState
 from featurestore.registry.file import FileRegistry
 from featurestore.rows import view_schema
-from featurestore.sources.base import SourceState, ViewQuery, ViewRead
+from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import ClickHouseOnlineSource, ClickHouseOptions, online_table_ddl
 from featurestore.sources.clickhouse.codec import MAX_PARAM_BYTES, key_chunks, query_chunks
-from featurestore.sources.clickhouse.sql import SelectCache, select_sql
+from featurestore.sources.clickhouse.sql import SelectCache, select_sql, table_name
 from featurestore.sources.memory import MemorySource
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisServer
@@ -416,6 +416,24 @@ async def test_versions_drop_and_expire(ch: ClickHouseOnlineSource) -> None:
     assert await ch.check() is SourceState.READY  # a health round drops what has expired
     [res] = await ch.read([ViewQuery(TX, [1], [0], 3)])
     assert not isinstance(res, ViewRead)
+
+
+async def test_a_push_into_a_version_whose_table_is_gone_is_refused_not_created_again(
+    ch: ClickHouseOnlineSource, chdb_dsn: str
+) -> None:
+    one = rows(TX, {"user_id": [1], "txn_90d": [1], "avg_basket": [1.0], "event_timestamp": [TS]})
+    await ch.mark_version(TX, 4)
+    assert await ch.has_version(TX, 4)  # a materialization's version exists before its rows
+    await ch.write(TX, one, 4, create=False)  # a push into it
+    client = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=chdb_dsn).client_dsn)
+    table = f"`{ch.options.database}`.`{table_name(ch._project, 'tx', 4)}`"
+    client.command(f"DROP TABLE {table}")  # lost behind the server's back
+    ch.serving({"tx": 4})
+    [res] = await ch.read([ViewQuery(TX, [1], [0], 4)])  # a read finds it gone
+    assert isinstance(res, DataMissing)
+    with pytest.raises(DataMissing):
+        await ch.write(TX, one, 4, create=False)
+    assert not await ch.has_version(TX, 4)
 
 
 async def test_materialize_from_a_clickhouse_table_into_redis(

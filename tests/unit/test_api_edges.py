@@ -61,7 +61,9 @@ class FrozenSource(MemorySource):
         await self.answer.wait()
         raise AssertionError("unreachable")
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         self.entered.set()
         await self.answer.wait()
         raise AssertionError("unreachable")

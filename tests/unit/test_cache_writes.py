@@ -62,7 +62,9 @@ class ThreadedStore(MemorySource):
             )
         return out
 
-    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, table: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         def insert() -> None:
             self.started.set()
             self.gate.wait(HANG_GUARD)
@@ -113,7 +115,9 @@ class HangingStore(ThreadedStore):
         self.all_in, self.release, self.one_stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.all_written = asyncio.Event()
 
-    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, table: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         a = table["a"][0].as_py()
         self.entered.append(a)
         if len(self.entered) == self.expected:
@@ -200,7 +204,9 @@ class SlowToStopStore(HangingStore):
         self.ended: list[int] = []
         self.going_at_close: list[int] | None = None
 
-    async def write(self, view: FeatureView, table: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, table: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         a = table["a"][0].as_py()
         try:
             return await super().write(view, table, data_version)

@@ -232,3 +232,22 @@ async def test_a_parquet_file_is_scanned_whatever_metadata_it_carries(
     await store.prepare([view])
     [res] = await store.read([ViewQuery(view, [1], [0], 0)])
     assert isinstance(res, ViewRead) and res.columns == [[None]]
+
+
+def test_a_fixed_size_list_vector_column_is_taken_as_parquet_gives_it_back_and_still_checked(
+    tmp_path: Path,
+) -> None:
+    # fixed-width embeddings come back from Parquet as fixed_size_list: a lossless cast
+    ts = pa.array([1, 2, 3], pa.timestamp("us", tz="UTC"))
+    mask = pa.array([False, True, False])
+    good = pa.FixedSizeListArray.from_arrays(pa.array([1, 2, 9, 9, 3, 4], pa.float32()), 2, mask=mask)
+    pq.write_table(
+        pa.table({"user_id": [1, 2, 3], "vec": good, "event_timestamp": ts}), tmp_path / "e.parquet"
+    )
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert pa.types.is_fixed_size_list(table.schema.field("vec").type)
+    out = conform(VEC, table).column("vec")
+    assert out.type == pa.list_(pa.float32()) and out.to_pylist() == [[1.0, 2.0], None, [3.0, 4.0]]
+    bad = pa.FixedSizeListArray.from_arrays(pa.array([1, 2, 9, 9, 3, math.nan]), 2, mask=mask)
+    with pytest.raises(InvalidArgument, match="column 'vec' row 2: element 1 is nan"):
+        conform(VEC, pa.table({"user_id": [1, 2, 3], "vec": bad, "event_timestamp": ts}))

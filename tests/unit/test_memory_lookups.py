@@ -4,7 +4,9 @@ what the vectorised path answers."""
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,30 @@ async def test_one_row_read_alone_answers_what_the_same_row_answers_in_a_batch(t
             assert value == batch.columns[j][i] and type(value) is type(batch.columns[j][i]), (key, j)
     one = await read([105], (2, 0))
     assert one.columns == [["s2"], [-15]]  # projection order follows the query
+
+
+async def test_a_reloaded_file_outdates_the_pushed_rows_older_than_its_own_and_keeps_the_newer(
+    tmp_path: Path,
+) -> None:
+    t = 1_704_067_200_000_000
+    path = tmp_path / "u.parquet"
+
+    def write_file(score: int, ts: int) -> None:
+        stamps = pa.array([ts] * 3, pa.timestamp("us", tz="UTC"))
+        pq.write_table(
+            pa.table({"user_id": [1, 2, 3], "score": [score] * 3, "event_timestamp": stamps}), path
+        )
+
+    write_file(10, t)
+    view = FeatureView("u", (U,), (Feature("score", DType.INT64),), batch_source=BatchSource(path=str(path)))
+    source = MemorySource("default")
+    await source.prepare([view])
+    stamps = pa.array([t + 1, t + 2 * 10**9, t + 1], pa.timestamp("us", tz="UTC"))
+    pushed = pa.table({"user_id": [1, 2, 4], "score": [55, 66, 77], "event_timestamp": stamps})
+    await source.write(view, pushed, 0, create=False)
+    write_file(99, t + 10**9)  # newer than the push of key 1, older than key 2's
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # (a new mtime even on a coarse clock)
+    await source.prepare([view])
+    (got,) = await source.read([ViewQuery(view, [1, 2, 3, 4], (0,), 0)])
+    assert isinstance(got, ViewRead)
+    assert got.columns == [[99, 66, 99, 77]]  # key 4 has no row in the file: its push stays

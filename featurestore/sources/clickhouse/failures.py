@@ -5,6 +5,7 @@ from __future__ import annotations
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from featurestore.errors import Unavailable
+from featurestore.model import FeatureView
 
 # Errors a ClickHouse call can fail with when the backend (not our code) misbehaves.
 BACKEND_ERRORS = (ClickHouseError, OSError, Unavailable)  # OSError covers TimeoutError
@@ -24,3 +25,10 @@ def describe(e: BaseException) -> str:
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
+
+
+def unprepared_summary(unprepared: dict[str, tuple[FeatureView, str]]) -> str:
+    """The views whose tables could not be created, and the first cause."""
+    names = sorted({view.name for view, _ in unprepared.values()})
+    first_cause = next(iter(unprepared.values()))[1]
+    return f"tables of view(s) {', '.join(names)} not created: {first_cause}"

@@ -25,11 +25,11 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from featurestore import metrics
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
-from featurestore.rows import conform
+from featurestore.rows import conform, view_schema
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import profiles
 from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, query_chunks, stored_table
-from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe
+from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe, unprepared_summary
 from featurestore.sources.clickhouse.layouts import LayoutMismatch, Layouts
 from featurestore.sources.clickhouse.options import ClickHouseOptions
 from featurestore.sources.clickhouse.pool import ClickHousePool
@@ -162,7 +162,7 @@ class ClickHouseOnlineSource:
             return
         problem = self._upkeep_problem
         if problem is None and self._unprepared:
-            problem = _unprepared_summary(self._unprepared)
+            problem = unprepared_summary(self._unprepared)
         self._set_state(SourceState.DEGRADED if problem else SourceState.READY, problem or "")
 
     async def _upkeep(self) -> str | None:
@@ -285,11 +285,15 @@ class ClickHouseOnlineSource:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def write(self, view: FeatureView, rows: pa.Table, data_version: int) -> int:
+    async def write(
+        self, view: FeatureView, rows: pa.Table, data_version: int, *, create: bool = True
+    ) -> int:
         rows = conform(view, rows)
         try:
             if not self._bootstrapped:
                 await self._bootstrap()
+            if not create and data_version > 0:
+                await self._refuse_if_lost(view, data_version)
             table = await self._ensure_table(view, data_version, admin=False)
         except (ClickHouseError, OSError) as e:
             raise Unavailable(
@@ -322,9 +326,18 @@ class ClickHouseOnlineSource:
         except (ClickHouseError, OSError) as e:
             raise Unavailable(f"clickhouse store {self._name!r}: {what} failed: {describe(e)}") from e
 
-    async def has_version(self, view: FeatureView, data_version: int) -> bool:
+    async def _refuse_if_lost(self, view: FeatureView, data_version: int) -> None:
+        """A push must not create again a version whose table is gone (``OnlineSource.write``)."""
         table = table_name(self._project, view.name, data_version)
-        db = self.options.database
+        known = table in self._tables and view.name not in self._missing.report
+        if not known and not await self.has_version(view, data_version):
+            raise DataMissing(f"clickhouse view {view.name!r}: {self._gone(table)}")
+
+    async def mark_version(self, view: FeatureView, data_version: int) -> None:
+        await self.write(view, view_schema(view).empty_table(), data_version)  # (creates its table)
+
+    async def has_version(self, view: FeatureView, data_version: int) -> bool:
+        table, db = table_name(self._project, view.name, data_version), self.options.database
         return bool(
             await self._command(f"EXISTS {table}", lambda c: c.command(f"EXISTS TABLE `{db}`.`{table}`"))
         )
@@ -385,9 +398,3 @@ def _drop(client: Any, db: str, table: str) -> None:
     client.command(f"DROP TABLE IF EXISTS `{db}`.`{table}`")
     profiles.drop(client, db, table)
     client.command(f"DELETE FROM `{db}`.`__expiry` WHERE `table` = {{t:String}}", parameters={"t": table})
-
-
-def _unprepared_summary(unprepared: dict[str, tuple[FeatureView, str]]) -> str:
-    names = sorted({view.name for view, _ in unprepared.values()})
-    first_cause = next(iter(unprepared.values()))[1]
-    return f"tables of view(s) {', '.join(names)} not created: {first_cause}"
