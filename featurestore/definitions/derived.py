@@ -63,6 +63,10 @@ def parse_derived_views(
     check_functions: bool = True,
 ) -> dict[str, DerivedView]:
     """Parse every derived view, then resolve and type-check them against each other."""
+    reserved = views.get(REQUEST_PREFIX[:-1])
+    if reserved is not None:  # no derived view could read it: request:NAME is a request field
+        kind = "feature_views" if reserved.stream is None else "stream_views"
+        raise p.fail(f"{kind}[{reserved.name}].name", "'request' names request fields (request:NAME)")
     shells: dict[str, DerivedView] = {}
     for i, obj in enumerate(raw):
         view = _shell(p, obj, i)
@@ -106,6 +110,9 @@ def _shell(p: _Parser, obj: Any, i: int) -> DerivedView:
     if not isinstance(raw_features, list) or not raw_features:
         raise p.fail(f"{where}.features", "expected a non-empty list of features")
     features = [_feature(p, f, f"{where}.features[{j}]", where) for j, f in enumerate(raw_features)]
+    for j, f in enumerate(features):
+        if any(g.name == f.name for g in features[:j]):
+            raise p.fail(f"{where}.features[{f.name}]", "defined twice")
     taken: dict[str, str] = {}
     for kind, names in (
         ("an input", [n for n, _ in inputs]),
@@ -137,7 +144,7 @@ def _shell(p: _Parser, obj: Any, i: int) -> DerivedView:
 def _local_name(p: _Parser, name: Any, where: str, named_in_expressions: bool = True) -> str:
     if (
         not isinstance(name, str)
-        or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", name)
+        or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name)  # ($ would take a final newline)
         or name in _RESERVED
     ):
         raise p.fail(where, f"invalid name {name!r}: use letters, digits and '_', not a function name")
@@ -192,6 +199,11 @@ def _feature(p: _Parser, obj: Any, where: str, view_where: str) -> DerivedFeatur
     dtype = p.dtype(m, where)
     if dtype not in FEATURE_DTYPES:
         raise p.fail(f"{where}.dtype", f"derived features are {', '.join(d.value for d in FEATURE_DTYPES)}")
+    raw = m.get("expression")
+    if isinstance(raw, bool):  # YAML reads `expression: true` (or 1, 2.5) as a scalar, not text
+        m = {**m, "expression": "true" if raw else "false"}
+    elif isinstance(raw, int | float):
+        m = {**m, "expression": repr(raw)}
     expression = p.string(m, "expression", where)
     function = p.string(m, "function", where)
     if bool(expression) == bool(function):
@@ -239,6 +251,10 @@ def _resolve(
         names[r.name], resolved[r.name] = TYPE_OF[r.dtype], REQUEST_PREFIX + r.name
     for f in view.features:
         names[f.name], resolved[f.name] = TYPE_OF[f.dtype], f"{view.name}:{f.name}"
+    entity_keys = {k for v in views.values() for k in v.join_keys}
+    for f in view.features:
+        if f.name in entity_keys:  # a join's entity columns come first: the names would clash
+            raise p.fail(f"{where}.features[{f.name}]", "has the name of an entity key")
     features = []
     for f in view.features:
         at = f"{where}.features[{f.name}]"

@@ -16,6 +16,7 @@ as the module, named by the hash of all it depends on, is the same.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -80,7 +81,35 @@ def _write_marker(path: Path) -> None:
     os.replace(tmp, marker_path(path))
 
 
+def cache_files(path: Path) -> list[Path]:
+    """numba's cache files of a generated module (next to it, or under NUMBA_CACHE_DIR).
+    Module names hold their source's hash: no other module's files match."""
+    where = [path.parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        where.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    return [f for d in where for f in d.rglob(f"{path.stem}.*") if f.suffix in (".nbi", ".nbc")]
+
+
 def build(path: Path) -> None:
+    """Import (compile, cache) one generated module. A build that fails while cache files
+    of the module exist is tried once more without them: numba reads its index before it
+    compiles, so a damaged one (a copy cut short, a disk fault) fails every build until
+    it is gone, not only loads (which drop it themselves: ``compiler._load_or_forget``);
+    a host of another CPU type sharing the cache meets it here (review 49)."""
+    try:
+        _import(path)
+    except Exception:
+        stale = cache_files(path)
+        if not stale:
+            raise
+        for file in stale:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        _import(path)
+    _write_marker(path)
+
+
+def _import(path: Path) -> None:
     spec = importlib.util.spec_from_file_location(f"featurestore_derived_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
@@ -91,7 +120,6 @@ def build(path: Path) -> None:
     except BaseException:
         del sys.modules[spec.name]
         raise
-    _write_marker(path)
 
 
 _TRUSTED = re.compile(

@@ -39,7 +39,7 @@ import numpy as np
 
 from featurestore import metrics
 from featurestore.derived import buildlock
-from featurestore.derived.build import marker, marker_path
+from featurestore.derived.build import cache_files, marker, marker_path
 from featurestore.derived.codegen import KernelSpec, generate
 from featurestore.derived.fingerprint import Fingerprints, UnreadableCode
 from featurestore.derived.loadguard import CompileDuringLoad, no_compile
@@ -383,14 +383,9 @@ def forget(spec: KernelSpec, path: Path) -> None:
     hold their source's hash: no other module's files match."""
     with contextlib.suppress(OSError):
         marker_path(path).unlink()
-    where = [path.parent / "__pycache__"]
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        where.append(Path(os.environ["NUMBA_CACHE_DIR"]))
-    for directory in where:
-        for file in directory.rglob(f"{spec.module}.*"):
-            if file.suffix in (".nbi", ".nbc"):
-                with contextlib.suppress(OSError):
-                    file.unlink()
+    for file in cache_files(path):
+        with contextlib.suppress(OSError):
+            file.unlink()
 
 
 def check_definitions(defs: Definitions, directory: Path | None = None) -> None:

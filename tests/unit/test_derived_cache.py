@@ -244,6 +244,34 @@ def test_a_truncated_cache_file_is_built_again_and_the_kernel_serves(
         assert out.stdout.split() == ["True", "307.0"]
 
 
+def test_a_damaged_cache_index_on_a_host_that_has_not_built_the_kernel_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host of another CPU type sharing the cache (its marker holds no line for this
+    host) finds the index cut short: its build process, not only a load, must start from
+    a clean cache entry, or every swap, restart and validate fails as "does not compile"
+    until someone empties the cache (review 49)."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    expression = "x * 61 - y"
+    defs = parse_definitions(doc(["u:x", "u:y"], expression), source="f.yaml")
+    compiler.check_definitions(defs, tmp_path / "cache")
+    indexes = list((tmp_path / "numba").rglob("dv_d_*.nbi"))
+    assert indexes
+    for index in indexes:
+        index.write_bytes(index.read_bytes()[:40])
+    (marker,) = (tmp_path / "cache").glob("dv_d_*.built")
+    marker.write_text("numba 0.0; cpython-311; NUMBA_CACHE_DIR=; cpu another 0123456789abcdef\n")
+    command = [sys.executable, "-c", RUN_VIEW, str(tmp_path / "cache"), expression]
+    for _ in range(2):
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["True", "607.0"]
+
+
 RUN_COUNTING_BUILDS = """
 import asyncio, sys
 from pathlib import Path

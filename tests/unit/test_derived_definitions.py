@@ -407,6 +407,24 @@ def test_derived_views_may_read_other_derived_views() -> None:
         ({"colour": "red"}, "derived_views[dv].colour: unknown field"),
         ({"name": "uv"}, "derived_views[uv]: a feature view has the same name"),
         ({"name": "request"}, "'request' names request fields"),
+        (
+            {"features": [{"name": "user_id", "dtype": "float64", "expression": "a * 2"}]},
+            "derived_views[dv].features[user_id]: has the name of an entity key",
+        ),
+        (
+            {"features": [{"name": "score\n", "dtype": "float64", "expression": "a"}]},
+            "invalid name 'score\\n'",
+        ),
+        ({"inputs": {"a\n": "uv:a"}}, "invalid name 'a\\n'"),
+        (
+            {
+                "features": [
+                    {"name": "p", "dtype": "float64", "expression": "a"},
+                    {"name": "p", "dtype": "float64", "expression": "a * 2"},
+                ]
+            },
+            "derived_views[dv].features[p]: defined twice",
+        ),
     ],
 )
 def test_derived_view_errors_name_the_file_object_and_field(changes: dict[str, Any], message: str) -> None:
@@ -667,3 +685,18 @@ def test_a_derived_feature_may_be_called_yield_and_a_snapshot_loads_what_older_v
     fails(stored, "invalid name 'class': a Python keyword")  # in a definitions file: refused
     defs = parse_definitions(stored, source="stored snapshot", check_functions=False)
     assert [name for name, _ in defs.derived_views["dv"].inputs] == ["a", "n", "class"]
+
+
+def test_a_feature_view_may_not_be_named_request_which_means_request_fields() -> None:
+    doc = base()
+    doc["feature_views"][0]["name"] = "request"
+    doc["derived_views"][0]["inputs"] = {"a": "request:a", "n": "request:n"}
+    fails(doc, "feature_views[request].name: 'request' names request fields (request:NAME)")
+
+
+@pytest.mark.parametrize("scalar", [2, 2.5, True])
+def test_an_unquoted_yaml_constant_is_an_expression_as_its_text_is(scalar: Any) -> None:
+    dtype = "bool" if scalar is True else "float64"
+    doc = with_derived(features=[{"name": "k", "dtype": dtype, "expression": scalar}])
+    view = parse_definitions(doc, source="f.yaml").derived_views["dv"]
+    assert view.features[0].expression == ("true" if scalar is True else repr(scalar))
