@@ -150,11 +150,17 @@ class Feature:
             return []
         return [TableRef(name=t.name, role=t.role) for t in refs]
 
-    @strawberry.field(description="Serving instances that served it, with value counts.")
-    async def served_by(self, info: Info) -> list[ServedBy]:
+    @strawberry.field(
+        description="Serving instances that served it (seen since `since`), with value counts, the most "
+        "recently seen first, at most `limit` (a fleet's rollouts add instances that are never pruned)."
+    )
+    async def served_by(self, info: Info, since: datetime | None = None, limit: int = 100) -> list[ServedBy]:
+        if not 1 <= limit <= MAX_RESULTS:
+            raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
         if not _charge(info, 1):
             return []
-        rows = _bounded(await _graph(info).served_by(self.id), "servedBy")
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        rows = await _graph(info).served_by(self.id, since_ms, limit)
         if not _charge(info, len(rows)):
             return []
         return [

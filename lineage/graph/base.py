@@ -27,6 +27,7 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, parse_timestamp
 from lineage.graph.drift import DriftRecord
+from lineage.graph.topology import MAX_SERVED as MAX_SERVED  # re-exported
 from lineage.graph.topology import Change, GraphEdge, Node, TooLarge
 from lineage.runs import JobRunEvent
 
@@ -192,7 +193,13 @@ class LineageGraph(Protocol):
 
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]: ...
 
-    async def served_by(self, feature_id: str) -> list[ServedBy]: ...
+    async def served_by(
+        self, feature_id: str, since_ms: int | None = None, limit: int = MAX_SERVED
+    ) -> list[ServedBy]:
+        """The servers that served a feature (seen at or after ``since_ms``), the most
+        recently seen first, at most ``limit``: a fleet's rollouts add server names
+        (pod names) that are never pruned, and the answer must stay bounded."""
+        ...
 
     async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]: ...
 

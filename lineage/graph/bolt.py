@@ -23,6 +23,7 @@ from neo4j import exceptions as neo
 
 from lineage.events import LineageEvent
 from lineage.graph.base import (
+    MAX_SERVED,
     DefinitionFacts,
     FeatureInfo,
     GraphUnavailable,
@@ -304,12 +305,17 @@ class BoltGraph(BoltWalks, BoltTopology):
         )
         return sorted((TableRef(r["name"], r["role"]) for r in rows), key=lambda t: (t.role, t.name))
 
-    async def served_by(self, feature_id: str) -> list[ServedBy]:
+    async def served_by(
+        self, feature_id: str, since_ms: int | None = None, limit: int = MAX_SERVED
+    ) -> list[ServedBy]:
         rows = await self._read(
-            "MATCH (f:Feature {id: $id})-[r:SERVED_BY]->(s:Server) RETURN s.name AS s, r.count AS c, r.last_seen AS l",
+            "MATCH (f:Feature {id: $id})-[r:SERVED_BY]->(s:Server) WHERE $since IS NULL OR r.last_seen >= $since"
+            " RETURN s.name AS s, r.count AS c, r.last_seen AS l ORDER BY r.last_seen DESC, s.name LIMIT $limit",
             id=feature_id,
+            since=since_ms,
+            limit=limit,
         )
-        return sorted((ServedBy(r["s"], int(r["c"]), int(r["l"])) for r in rows), key=lambda s: s.server)
+        return [ServedBy(r["s"], int(r["c"]), int(r["l"])) for r in rows]
 
     async def table_exists(self, name: str) -> bool:
         return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))

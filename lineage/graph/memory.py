@@ -6,6 +6,7 @@ dropped first); redelivery is recognised within that window. Job runs are bounde
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,6 +15,7 @@ from lineage.events import LineageEvent
 from lineage.graph import nodes as describe
 from lineage.graph.base import (
     MAX_DEPTH,
+    MAX_SERVED,
     MAX_WALK,
     DefinitionFacts,
     FeatureInfo,
@@ -200,8 +202,12 @@ class InMemoryGraph(Edges):
         ]
         return sorted(refs, key=lambda t: (t.role, t.name))
 
-    async def served_by(self, feature_id: str) -> list[ServedBy]:
-        return sorted(self._served.get(feature_id, {}).values(), key=lambda s: s.server)
+    async def served_by(
+        self, feature_id: str, since_ms: int | None = None, limit: int = MAX_SERVED
+    ) -> list[ServedBy]:
+        rows = self._served.get(feature_id, {}).values()
+        kept = [s for s in rows if since_ms is None or s.last_seen_ms >= since_ms]
+        return heapq.nsmallest(limit, kept, key=lambda s: (-s.last_seen_ms, s.server))
 
     async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
         return self._in("USES", feature_id, as_of_ms)
@@ -287,8 +293,10 @@ class InMemoryGraph(Edges):
             if kind == "feature"
             else [(f, name) for f in self._servers.get(name, ())]
         )
-        return [
-            GraphEdge(node_id("feature", f), node_id("server", s), "SERVED_BY")
+        return [  # timed by last_seen: a walk keeps a feature's MAX_SERVED newest (topology)
+            GraphEdge(
+                node_id("feature", f), node_id("server", s), "SERVED_BY", self._served[f][s].last_seen_ms
+            )
             for f, s in served
             if as_of_ms is None or self._first_served.get((f, s), 0) <= as_of_ms
         ]

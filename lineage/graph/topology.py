@@ -45,6 +45,11 @@ EDGE_ENDS: dict[str, tuple[str, str]] = {
 FORWARD = frozenset({"CONTAINS", "SERVED_BY", "PUBLISHED", "OF"})
 # Runs and data versions pile up with time: a walk keeps the newest few per node and edge kind.
 RECENT = 3
+# Servers a feature's ``served_by`` lists by default, and a walk keeps per feature: the most
+# recently seen (a SERVED_BY edge's ``at_ms`` is its last_seen). Server names carry the host
+# (a pod's name): each rollout of a fleet adds as many as it has workers, and none are
+# pruned (docs/lineage.md, "Retention"): past 1,000 every graph of the feature was too large.
+MAX_SERVED = 100
 SEARCHABLE = ("feature", "view", "table", "service")
 
 
@@ -127,7 +132,8 @@ def _downstream_of(edge: GraphEdge, nid: str) -> str | None:
 
 
 def _newest(steps: list[tuple[str, GraphEdge]]) -> list[tuple[str, GraphEdge]]:
-    """One node's steps: every definition edge, and the RECENT newest timed ones per kind."""
+    """One node's steps: every definition edge, and the RECENT newest timed ones per kind
+    (MAX_SERVED of its servers)."""
     timed: dict[str, list[tuple[str, GraphEdge]]] = {}
     out = []
     for other, e in steps:
@@ -135,8 +141,8 @@ def _newest(steps: list[tuple[str, GraphEdge]]) -> list[tuple[str, GraphEdge]]:
             timed.setdefault(e.kind, []).append((other, e))
         else:
             out.append((other, e))
-    for group in timed.values():
-        out += sorted(group, key=lambda s: -s[1].at_ms)[:RECENT]
+    for kind, group in timed.items():
+        out += sorted(group, key=lambda s: -s[1].at_ms)[: MAX_SERVED if kind == "SERVED_BY" else RECENT]
     return out
 
 

@@ -33,7 +33,7 @@ from lineage.graph.base import (
 )
 from lineage.graph.bolt import BoltGraph
 from lineage.graph.memory import InMemoryGraph
-from lineage.graph.topology import RECENT, TooLarge, resolve, topology
+from lineage.graph.topology import MAX_SERVED, RECENT, TooLarge, resolve, topology
 from lineage.runs import DataVersion, JobRunEvent
 from tests.servers import ArcadeServer
 
@@ -115,9 +115,9 @@ async def test_events_are_idempotent_and_counted(graph: LineageGraph) -> None:
     for _ in range(3):  # redelivery
         await graph.write_events(batch)
     await graph.write_events([event("raw:clicks", "2024-01-01T00:00:09Z", 1, service="fs@b")])
-    served = await graph.served_by("raw:clicks")
-    assert [(s.server, s.count) for s in served] == [("fs@a", 12), ("fs@b", 1)]
-    assert served[0].last_seen_ms == 1704067208000
+    served = await graph.served_by("raw:clicks")  # the most recently seen first
+    assert [(s.server, s.count) for s in served] == [("fs@b", 1), ("fs@a", 12)]
+    assert served[1].last_seen_ms == 1704067208000
     online = [t for t in await graph.produced_by("raw:clicks") if t.role == "online"]
     assert [t.name for t in online] == ["redis://fs/p/raw"]
     events = await graph.events("raw:clicks", None, None, 100)
@@ -253,6 +253,34 @@ async def around(
     ids = {n.id for n in topo.nodes}
     assert {e.source for e in topo.edges} | {e.target for e in topo.edges} <= ids  # no dangling edge
     return ids
+
+
+async def test_a_feature_served_by_more_servers_than_an_answer_holds_lists_and_draws_the_newest(
+    graph: LineageGraph,
+) -> None:
+    """Server names carry the host: a fleet's rollouts add workers' names that are never
+    pruned. Past 1,000 of them the feature's servedBy and its graph failed as too large."""
+    await graph.apply_definitions(definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW)))
+    n = MAX_SERVED + 1_000  # past MAX_RESULTS too
+    await graph.write_events(
+        [
+            event(
+                "raw:clicks", f"2024-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", 1, f"fs@pod{i}"
+            )
+            for i in range(n)
+        ]
+    )
+    served = await graph.served_by("raw:clicks")
+    assert len(served) == MAX_SERVED and served[0].server == f"fs@pod{n - 1}"  # the newest first
+    assert [s.last_seen_ms for s in served] == sorted((s.last_seen_ms for s in served), reverse=True)
+    since = served[9].last_seen_ms
+    assert [s.server for s in await graph.served_by("raw:clicks", since, 1000)] == [
+        s.server for s in served[:10]
+    ]
+    assert len(await graph.served_by("raw:clicks", None, 3)) == 3
+    down = await around(graph, "raw:clicks", "DOWNSTREAM", 1)
+    servers = {i for i in down if i.startswith("server:")}
+    assert servers == {f"server:{s.server}" for s in served}  # the MAX_SERVED newest
 
 
 async def test_the_topology_walks_every_node_kind_up_and_down(graph: LineageGraph) -> None:
@@ -462,6 +490,7 @@ async def test_the_documented_retention_statements_prune_old_lineage_and_keep_th
         await graph.apply_definitions(definition_facts(snap(1, "2024-01-01T00:00:00Z", RAW, DERIVED, SCORE)))
         await graph.write_events([event("raw:clicks", "2024-01-01T00:00:07Z", 5)])
         await graph.write_events([event("raw:clicks", "2026-01-01T00:00:07Z", 7)])
+        await graph.write_events([event("raw:views", "2024-01-01T00:00:07Z", 3, service="fs@old")])
         await graph.write_runs([run("r1", "COMPLETE", "2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z", 1, 40)])
         await graph.write_runs([run("r2", "COMPLETE", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", 2, 50)])
         old, new = 1704067200000, 1767225600000  # 2024-01-01, 2026-01-01
@@ -469,7 +498,7 @@ async def test_the_documented_retention_statements_prune_old_lineage_and_keep_th
             [DriftRecord("raw:clicks", t, "ks", 0.1, 1e-5, 1000, 1, "w") for t in (old, new)]
         )
         statements = retention_statements()
-        assert len(statements) == 4
+        assert len(statements) == 5
         cutoff = 1735689600000  # 2025-01-01
         with (
             GraphDatabase.driver(arcade.uri, auth=(arcade.USER, arcade.PASSWORD)) as driver,
@@ -487,5 +516,6 @@ async def test_the_documented_retention_statements_prune_old_lineage_and_keep_th
         ]
         assert await graph.upstream("score:rank", 2) == ["derived:ctr", "raw:clicks", "raw:views"]
         assert [(s.server, s.count) for s in await graph.served_by("raw:clicks")] == [("fs@a", 12)]
+        assert await graph.served_by("raw:views") == []  # its only server was last seen in 2024
     finally:
         await graph.close()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lineage.events import LineageEvent
 from lineage.graph.base import DefinitionFacts, FeatureInfo
 from lineage.graph.memory import InMemoryGraph
 from lineage.graphql import MAX_COST, LineageGraphQL
@@ -170,6 +171,39 @@ def test_a_query_over_the_cost_budget_is_one_graphql_error() -> None:
     status, doc = _post(app, '{ feature(id: "hub:x") { upstream { id } } }')
     assert status == 200 and "errors" not in doc, doc
     assert len(doc["data"]["feature"]["upstream"]) == 150
+
+
+def test_served_by_lists_the_newest_servers_since_a_time_at_most_limit_and_refuses_a_limit_past_its_bound() -> (
+    None
+):
+    graph = _dense_graph(1)
+    events = [
+        LineageEvent(
+            feature_id="hub:x",
+            feature_version=1,
+            source_table="memory://d/hub",
+            timestamp=f"2024-01-01T00:00:{i:02d}Z",
+            upstream_deps=[],
+            registry_version=1,
+            served_count=1,
+            trace_ids=[],
+            service=f"fs@pod{i}",
+        )
+        for i in range(30)
+    ]
+    asyncio.run(graph.write_events(events))
+    app = LineageGraphQL(graph)
+    status, doc = _post(app, '{ feature(id: "hub:x") { servedBy(limit: 3) { server lastSeen } } }')
+    assert status == 200, doc
+    assert [s["server"] for s in doc["data"]["feature"]["servedBy"]] == ["fs@pod29", "fs@pod28", "fs@pod27"]
+    since = '{ feature(id: "hub:x") { servedBy(since: "2024-01-01T00:00:25Z") { server } } }'
+    assert len(_post(app, since)[1]["data"]["feature"]["servedBy"]) == 5
+    assert (
+        len(_post(app, '{ feature(id: "hub:x") { servedBy { server } } }')[1]["data"]["feature"]["servedBy"])
+        == 30
+    )
+    status, doc = _post(app, '{ feature(id: "hub:x") { servedBy(limit: 5000) { server } } }')
+    assert "limit must be between 1 and 1000" in json.dumps(doc["errors"]), doc
 
 
 def test_the_budget_counts_aliases_and_lists_too() -> None:
