@@ -34,8 +34,10 @@ process cannot drop the servers' cached rows). It then moves the watermark by
 compare-and-swap. When there is nothing to add to (no current
 version, no watermark of the current version, or the store lost that version's rows)
 it runs as a full run instead. A full run that publishes while an incremental one is
-writing wins: the incremental rows land in the version being replaced, its watermark
-swap fails or is overwritten, and the next incremental run reads them again.
+writing wins: the incremental rows land in the version being replaced until it starts
+expiring, then its writes are refused (Redis; ``Unavailable``) and the run fails; its
+watermark swap fails or is overwritten either way, and the next incremental run reads
+those rows again.
 """
 
 from __future__ import annotations

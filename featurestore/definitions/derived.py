@@ -251,10 +251,10 @@ def _resolve(
         names[r.name], resolved[r.name] = TYPE_OF[r.dtype], REQUEST_PREFIX + r.name
     for f in view.features:
         names[f.name], resolved[f.name] = TYPE_OF[f.dtype], f"{view.name}:{f.name}"
-    entity_keys = {k for v in views.values() for k in v.join_keys}
-    for f in view.features:
-        if f.name in entity_keys:  # a join's entity columns come first: the names would clash
-            raise p.fail(f"{where}.features[{f.name}]", "has the name of an entity key")
+    entity_keys = _keys_read(view, views, derived)
+    for f in view.features:  # every join of it carries them, first: the names would clash
+        if f.name in entity_keys:
+            raise p.fail(f"{where}.features[{f.name}]", "has the name of an entity key of a view it reads")
     features = []
     for f in view.features:
         at = f"{where}.features[{f.name}]"
@@ -274,6 +274,23 @@ def _resolve(
     return DerivedView(
         view.name, view.inputs, view.request_schema, tuple(features), view.tags, view.owner, view.description
     )
+
+
+def _keys_read(
+    view: DerivedView, views: Mapping[str, FeatureView], derived: Mapping[str, DerivedView]
+) -> set[str]:
+    """The entity keys of the stored views a derived view reads, through other derived
+    views too (cycles are refused after this: each view is visited once)."""
+    keys: set[str] = set()
+    seen, todo = {view.name}, [view]
+    while todo:
+        for _, ref in todo.pop().inputs:
+            if ref.view in views:
+                keys.update(views[ref.view].join_keys)
+            elif ref.view in derived and ref.view not in seen:
+                seen.add(ref.view)
+                todo.append(derived[ref.view])
+    return keys
 
 
 def check_feature(

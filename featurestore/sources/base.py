@@ -136,7 +136,7 @@ class VersionedStore(Protocol):
         gets no rows exists too: its keys are then NOT_FOUND, not UNAVAILABLE). Only a
         materialization creates a version; a write of rows into a version past 0 that the
         store does not hold (lost) is refused with ``DataMissing`` where the store can
-        tell (Redis: its marker)."""
+        tell (Redis: its marker; ClickHouse: its table)."""
         ...
 
     async def has_version(self, view: FeatureView, data_version: int) -> bool:

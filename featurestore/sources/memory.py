@@ -163,6 +163,7 @@ class MemorySource:
         """Load what is new; keep every layout named (a canary or the next snapshot
         can change a view while the current one still serves it); drop the rest."""
         wanted: dict[ViewId, _ViewData] = {}
+        reloaded: list[tuple[_ViewData, _ViewData]] = []  # (current, its reload)
         for view in views:
             vid = (view.name, view.layout)
             sig = _signature(view)
@@ -171,11 +172,15 @@ class MemorySource:
                 wanted[vid] = current
                 continue
             data = await asyncio.to_thread(_load, view, sig, self._indexes)
-            if current is not None:  # same layout, new base data: keep the pushed rows it does not outdate
-                data.overlays = _newer_than(current.overlays, data)
+            if current is not None:  # same layout, new base data
+                reloaded.append((current, data))
                 data.profiles = current.profiles
             wanted[vid] = data
             metrics.SOURCE_ROWS_LOADED.labels(self._name, view.name).set(len(data.index))
+        # The pushed rows a reload does not outdate, taken here, with no await before the
+        # swap: a push during a later view's load lands in current.overlays (review 49).
+        for current, data in reloaded:
+            data.overlays = _newer_than(current.overlays, data)
         self._views = wanted
         live = {d.index_key for d in wanted.values()}
         for key in [k for k in self._indexes if k not in live]:

@@ -8,19 +8,25 @@ What a write refuses, and why:
 * a version that is expiring (replaced; ``expire_version`` gives its marker a TTL
   before its rows): rows written now would be read by no server that follows the
   registry, so the push goes to the version that replaced it, ``Unavailable`` (retry
-  shortly). Checked before the first batch and, in the same MULTI/EXEC, with every
-  batch: a batch written as the expiry began is given the marker's TTL before the
-  refusal (without it, keys the expiry's scan had passed never expired: review 49, 50 of
-  89 pushes' keys against 200,000 rows);
+  shortly). Checked before the first batch and with every batch (in its MULTI/EXEC on
+  standalone Redis; on a Cluster right after its writes, not atomically): a batch
+  written as the expiry began is given the marker's TTL before the refusal (without it,
+  keys the expiry's scan had passed never expired: review 49, 50 of 89 pushes' keys
+  against 200,000 rows);
 * with ``create=False`` (a push), a version past 0 that has no marker: the version was
   lost (Redis restarted empty, flushed), since only a materialization creates one
   (``RedisSource.mark_version``, then its rows). Rows written now would bring the
   marker back, every key lost would then read NOT_FOUND, and the data-missing report
-  would clear (review 49). ``DataMissing``.
+  would clear (review 49). ``DataMissing``. A version that had its marker when the
+  write began must keep it: each batch sets it only if it exists (``XX``), and a batch
+  that finds it gone (Redis lost the data between batches, or a retry reached a Redis
+  that restarted empty) takes its rows back out and fails the same way (a
+  materialization then fails instead of publishing the rows written after the loss).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -68,25 +74,27 @@ async def write_rows(
     if stored is not None and ttl_ms >= 0:
         raise _replaced(view, data_version)
     if stored is None and data_version > 0 and not create:
-        raise DataMissing(
-            f"view {view.name!r}: data version {data_version} is not in the store (lost, or "
-            "expired after a newer publication): re-materialize the view"
-        )
+        raise _lost(view, data_version)
     n = 0
+    existed = stored is not None
     for keys, blobs in encode_rows(view, rows, batch_rows):
 
         def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
             pipe = client.pipeline(transaction=transaction)
-            # KEEPTTL: a version that starts expiring mid-write must go on expiring
-            pipe.set(marker, view.layout, keepttl=True)
+            # KEEPTTL: a version that starts expiring mid-write must go on expiring; XX: a
+            # version that existed must still exist (Redis may have lost it meanwhile)
+            pipe.set(marker, view.layout, keepttl=True, xx=existed)
             for k, blob in zip(keys, blobs, strict=True):
                 pipe.set(p + key_text(k), blob)
             pipe.pttl(marker)
             return pipe.execute()  # type: ignore[no-any-return]
 
         replies = await idempotent(batch)
+        if replies[0] is None:  # the version was lost during this write: these rows go too
+            await asyncio.shield(idempotent(functools.partial(_unlink, client, p, keys)))
+            raise _lost(view, data_version)
         if replies[-1] >= 0:  # the expiry began: these rows expire with the version
-            await idempotent(functools.partial(_expire, client, p, keys, replies[-1]))
+            await asyncio.shield(idempotent(functools.partial(_expire, client, p, keys, replies[-1])))
             raise _replaced(view, data_version)
         n += len(keys)
     if n == 0 and stored is None:
@@ -96,11 +104,25 @@ async def write_rows(
     return n
 
 
+def _lost(view: FeatureView, data_version: int) -> DataMissing:
+    return DataMissing(
+        f"view {view.name!r}: data version {data_version} is not in the store (lost, or "
+        "expired after a newer publication): re-materialize the view"
+    )
+
+
 def _replaced(view: FeatureView, data_version: int) -> Unavailable:
     return Unavailable(
         f"view {view.name!r}: data version {data_version} has been replaced and is expiring; "
-        "this server has not switched to the new version yet, retry shortly"
+        "write to the version that replaced it (a server that has not switched to it yet: retry shortly)"
     )
+
+
+def _unlink(client: Any, prefix: str, keys: list[Any]) -> Awaitable[Any]:
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.unlink(prefix + key_text(k))
+    return pipe.execute()  # type: ignore[no-any-return]
 
 
 def _expire(client: Any, prefix: str, keys: list[Any], ttl_ms: int) -> Awaitable[Any]:

@@ -86,6 +86,32 @@ async def test_a_write_that_finds_its_version_starting_to_expire_gives_its_rows_
     r.close()
 
 
+@pytest.mark.parametrize("create", [False, True], ids=["push", "materialization"])
+async def test_a_version_redis_loses_during_a_write_is_not_brought_back_by_its_later_batches(
+    source: RedisSource, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, create: bool
+) -> None:
+    await source.mark_version(V, 1)
+    r = client(redis_server)
+    calls = 0
+    idempotent = source._idempotent
+
+    async def lost_after_the_check(command: Callable[[], Awaitable[Any]]) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await idempotent(command)
+        if calls == 1:  # the write found the version: now Redis loses its data
+            for key in r.scan_iter(match=f"fs:{source._project}:*"):
+                r.delete(key)
+        return out
+
+    monkeypatch.setattr(source, "_idempotent", lost_after_the_check)
+    with pytest.raises(DataMissing, match="re-materialize"):
+        await source.write(V, users([7, 8]), 1, create=create)
+    assert not await idempotent(lambda: source._client.exists(f"fs:{source._project}:prof:v1"))
+    assert not r.exists(f"fs:{source._project}:prof:v1:7")  # the batch's rows were taken back out
+    r.close()
+
+
 async def test_expiring_a_version_gives_its_marker_a_ttl_before_its_rows(
     source: RedisSource, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

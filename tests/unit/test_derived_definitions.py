@@ -409,7 +409,7 @@ def test_derived_views_may_read_other_derived_views() -> None:
         ({"name": "request"}, "'request' names request fields"),
         (
             {"features": [{"name": "user_id", "dtype": "float64", "expression": "a * 2"}]},
-            "derived_views[dv].features[user_id]: has the name of an entity key",
+            "derived_views[dv].features[user_id]: has the name of an entity key of a view it reads",
         ),
         (
             {"features": [{"name": "score\n", "dtype": "float64", "expression": "a"}]},
@@ -700,3 +700,18 @@ def test_an_unquoted_yaml_constant_is_an_expression_as_its_text_is(scalar: Any) 
     doc = with_derived(features=[{"name": "k", "dtype": dtype, "expression": scalar}])
     view = parse_definitions(doc, source="f.yaml").derived_views["dv"]
     assert view.features[0].expression == ("true" if scalar is True else repr(scalar))
+
+
+def test_a_derived_feature_named_like_the_key_of_a_view_it_reads_through_another_is_refused() -> None:
+    doc = base()
+    doc["derived_views"].append(
+        {
+            "name": "dv2",
+            "inputs": ["dv:q"],
+            "features": [{"name": "user_id", "dtype": "float64", "expression": "q"}],
+        }
+    )
+    fails(doc, "derived_views[dv2].features[user_id]: has the name of an entity key of a view it reads")
+    doc["entities"].append({"name": "shop_id", "dtype": "int64"})  # an entity of no view it reads: valid
+    doc["derived_views"][1]["features"][0]["name"] = "shop_id"
+    parse_definitions(doc, source="f.yaml")

@@ -4,8 +4,10 @@ what the vectorised path answers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+GUARD = 30  # seconds; only turns a hang into a failure
 
 
 def index(keys: list[int]) -> memory._KeyIndex:
@@ -133,3 +136,46 @@ async def test_a_reloaded_file_outdates_the_pushed_rows_older_than_its_own_and_k
     (got,) = await source.read([ViewQuery(view, [1, 2, 3, 4], (0,), 0)])
     assert isinstance(got, ViewRead)
     assert got.columns == [[99, 66, 99, 77]]  # key 4 has no row in the file: its push stays
+
+
+async def test_a_push_that_lands_while_another_view_reloads_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = 1_704_067_200_000_000
+
+    def write_file(path: Path, score: int) -> None:
+        stamps = pa.array([t] * 2, pa.timestamp("us", tz="UTC"))
+        pq.write_table(pa.table({"user_id": [1, 2], "score": [score] * 2, "event_timestamp": stamps}), path)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + score * 10**9))  # a new mtime, however coarse
+
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    view_a, view_b = (
+        FeatureView(name, (U,), (Feature("score", DType.INT64),), batch_source=BatchSource(path=str(path)))
+        for name, path in (("a", a), ("b", b))
+    )
+    write_file(a, 1)
+    write_file(b, 1)
+    source = MemorySource("default")
+    await source.prepare([view_a, view_b])
+    write_file(a, 2)
+    write_file(b, 2)
+    loaded_a, b_may_finish = asyncio.Event(), threading.Event()
+    real_load, loop = memory._load, asyncio.get_running_loop()
+
+    def load(view: FeatureView, *args: Any) -> Any:
+        if view.name == "a":
+            out = real_load(view, *args)
+            loop.call_soon_threadsafe(loaded_a.set)
+            return out
+        b_may_finish.wait(GUARD)  # view b loads until the push has landed
+        return real_load(view, *args)
+
+    monkeypatch.setattr(memory, "_load", load)
+    reloading = asyncio.ensure_future(source.prepare([view_a, view_b]))
+    await asyncio.wait_for(loaded_a.wait(), GUARD)
+    stamps = pa.array([t + 10**12], pa.timestamp("us", tz="UTC"))
+    await source.write(view_a, pa.table({"user_id": [7], "score": [777], "event_timestamp": stamps}), 0)
+    b_may_finish.set()
+    await asyncio.wait_for(reloading, GUARD)
+    (got,) = await source.read([ViewQuery(view_a, [7], (0,), 0)])
+    assert isinstance(got, ViewRead) and got.columns == [[777]]
