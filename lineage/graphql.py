@@ -159,8 +159,7 @@ class Feature:
             raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
         if not _charge(info, 1):
             return []
-        since_ms = None if since is None else int(since.timestamp() * 1000)
-        rows = await _graph(info).served_by(self.id, since_ms, limit)
+        rows = await _graph(info).served_by(self.id, _ms(since), limit)
         if not _charge(info, len(rows)):
             return []
         return [

@@ -17,21 +17,26 @@ from featurestore.rows import ARROW_TYPES
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 _MEDIA_TYPE = MEDIA_TYPE.encode()
-_JSON_RANGES = (b"application/json", b"application/*", b"*/*")
+_JSON_RANGES = (b"application/json", b"application/*", b"*/*")  # the most specific first
 
 
 def wants_arrow(accept: bytes | None) -> bool:
     """Whether an ``Accept`` header asks for Arrow rather than JSON (RFC 9110 12.5.1:
-    media types without regard to case; ``q=0`` is "not acceptable"): Arrow when a
-    range names it with q > 0 and no range covering JSON has a higher q (a tie is
-    Arrow: the type asked for by name). The bundled client's exact header is checked
-    first, without parsing."""
+    media types without regard to case; ``q=0`` is "not acceptable"; the most specific
+    range that matches a type gives its q): Arrow when a range names it with q > 0 and
+    JSON's q is not higher (a tie is Arrow: the type asked for by name). A header that
+    does not name Arrow (``*/*``, the bundled client's HTTP library's default) is JSON
+    without parsing (one lowering and one search: ~0.1 µs)."""
     if accept is None:
         return False
     if accept == _MEDIA_TYPE:
         return True
-    arrow = json = -1.0
-    for part in accept.lower().split(b","):
+    lowered = accept.lower()
+    if b"arrow" not in lowered:
+        return False
+    arrow = -1.0
+    json: dict[bytes, float] = {}
+    for part in lowered.split(b","):
         media, _, params = part.partition(b";")
         media = media.strip()
         q = 1.0
@@ -45,8 +50,9 @@ def wants_arrow(accept: bytes | None) -> bool:
         if media == _MEDIA_TYPE:
             arrow = max(arrow, q)
         elif media in _JSON_RANGES:
-            json = max(json, q)
-    return arrow > 0 and arrow >= json
+            json[media] = max(json.get(media, q), q)
+    json_q = next((json[r] for r in _JSON_RANGES if r in json), -1.0)
+    return arrow > 0 and arrow >= json_q
 
 
 _STATUS_NAMES = pa.array(ARROW_DICTIONARY)

@@ -210,6 +210,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.app = self._refusal(503, error, MAX_CONNECTIONS)  # uvicorn runs self.app per request
 
     def connection_lost(self, exc: Exception | None) -> None:
+        join_cycle.caller_left(self)  # a join running for this connection: cancelled
         self.guard.lost(self)
         self.deadline = self.write_deadline = math.inf
         super().connection_lost(exc)

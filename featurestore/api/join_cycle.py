@@ -99,28 +99,22 @@ class JoinCycle(RequestResponseCycle):
     """A join's request cycle (see the module docstring).
 
     A caller that leaves while its join runs cancels the join, as a gRPC caller's
-    cancel does: the protocol's ``connection_lost`` sets ``disconnected``, which cancels
-    the cycle's task while it awaits the handler (the join then releases its admission
-    and rows at once and counts as ``CANCELLED``, instead of running to its deadline for
-    nobody)."""
+    cancel does: while the handler runs, the cycle is its connection's ``joining``, and
+    the connection's loss cancels its task (``caller_left``: the join then releases its
+    admission and rows at once and counts as ``CANCELLED``, instead of running to its
+    deadline for nobody). A join with another request pipelined behind it is not: uvicorn
+    stops reading the connection while it holds that one, so the close goes unseen."""
 
-    def __init__(self, direct: DirectJoin, headers: JoinHeaders, received_at: float, **cycle: Any) -> None:
-        self._joining: asyncio.Task[Any] | None = None  # the cycle's task while the handler runs
-        self._disconnected = False
+    def __init__(
+        self, direct: DirectJoin, headers: JoinHeaders, received_at: float, proto: Any, **cycle: Any
+    ) -> None:
         super().__init__(**cycle)
         self.direct = direct
         self.join_headers = headers
         self.received_at = received_at
-
-    @property  # (uvicorn's is a plain attribute)
-    def disconnected(self) -> bool:
-        return self._disconnected
-
-    @disconnected.setter
-    def disconnected(self, value: bool) -> None:
-        self._disconnected = value
-        if value and self._joining is not None:
-            self._joining.cancel()
+        self.proto = proto
+        self.task: asyncio.Task[Any] | None = None  # the cycle's own, while the handler runs
+        self.left = False  # the caller left while the handler ran: the task was cancelled
 
     async def run_asgi(self, app: Any) -> None:
         """The task uvicorn's protocol starts (or queues behind a pipelined request)."""
@@ -135,16 +129,18 @@ class JoinCycle(RequestResponseCycle):
             if self.disconnected:
                 self.direct.abandoned(self.received_at)
                 return
-            self._joining = asyncio.current_task()
+            proto = self.proto
+            self.task = asyncio.current_task(proto.loop)  # (with the loop: 107 against 353 ns)
+            proto.joining = self
             try:
                 status, ctype, out, extra = await self.direct.handler(
                     bytes(self.body), self.join_headers, self.received_at
                 )
             finally:
-                self._joining = None
+                proto.joining = None
             await self.respond(status, ctype, out, extra)
         except BaseException as exc:  # as uvicorn's run_asgi: the handler itself never raises
-            if isinstance(exc, asyncio.CancelledError) and self._disconnected:
+            if isinstance(exc, asyncio.CancelledError) and self.left:
                 return  # the caller left (the handler counted it CANCELLED): nobody to answer
             log.error("Exception in the join's request cycle", exc_info=exc)
             if not self.response_started and not self.disconnected:
@@ -196,6 +192,14 @@ class JoinCycle(RequestResponseCycle):
         self.on_response()  # (counts the request; the closed transport starts nothing more)
 
 
+def caller_left(proto: Any) -> None:
+    """The connection ``proto`` is lost: cancel the join its handler runs, if any."""
+    cycle = getattr(proto, "joining", None)  # (set by JoinCycle.run_asgi)
+    if cycle is not None and cycle.task is not None:
+        cycle.left = True
+        cycle.task.cancel()
+
+
 def eligible(direct: DirectJoin, proto: Any) -> JoinHeaders | None:
     """The request's join headers when uvicorn's protocol ``proto`` (at its headers'
     end) holds a join this cycle may answer, else None (ASGI answers it)."""
@@ -223,6 +227,7 @@ def start(proto: Any, direct: DirectJoin, headers: JoinHeaders, received_at: flo
         direct,
         headers,
         received_at,
+        proto,
         scope=proto.scope,
         transport=proto.transport,
         flow=proto.flow,

@@ -53,6 +53,8 @@ _RESERVED = {*FUNCTIONS, "true", "false"}
 # use; not for a derived feature's own name (reached as ``view:feature``, never in an
 # expression) nor in a stored snapshot (what an earlier version accepted must still load).
 _KEYWORDS = frozenset(keyword.kwlist)
+_NAME_AUTHORED = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_NAME_STORED = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def parse_derived_views(
@@ -63,7 +65,7 @@ def parse_derived_views(
     check_functions: bool = True,
 ) -> dict[str, DerivedView]:
     """Parse every derived view, then resolve and type-check them against each other."""
-    reserved = views.get(REQUEST_PREFIX[:-1])
+    reserved = views.get(REQUEST_PREFIX[:-1]) if p.authoring else None  # (since 2026-12-07)
     if reserved is not None:  # no derived view could read it: request:NAME is a request field
         kind = "feature_views" if reserved.stream is None else "stream_views"
         raise p.fail(f"{kind}[{reserved.name}].name", "'request' names request fields (request:NAME)")
@@ -142,9 +144,11 @@ def _shell(p: _Parser, obj: Any, i: int) -> DerivedView:
 
 
 def _local_name(p: _Parser, name: Any, where: str, named_in_expressions: bool = True) -> str:
+    # \Z: $ took a name ending in a newline (refused since 2026-12-07; a snapshot applied
+    # before loads as it did: _Parser.authoring)
     if (
         not isinstance(name, str)
-        or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name)  # ($ would take a final newline)
+        or not re.match(_NAME_AUTHORED if p.authoring else _NAME_STORED, name)
         or name in _RESERVED
     ):
         raise p.fail(where, f"invalid name {name!r}: use letters, digits and '_', not a function name")
@@ -251,7 +255,7 @@ def _resolve(
         names[r.name], resolved[r.name] = TYPE_OF[r.dtype], REQUEST_PREFIX + r.name
     for f in view.features:
         names[f.name], resolved[f.name] = TYPE_OF[f.dtype], f"{view.name}:{f.name}"
-    entity_keys = _keys_read(view, views, derived)
+    entity_keys = _keys_read(view, views, derived) if p.authoring else set()  # (since 2026-12-07)
     for f in view.features:  # every join of it carries them, first: the names would clash
         if f.name in entity_keys:
             raise p.fail(f"{where}.features[{f.name}]", "has the name of an entity key of a view it reads")

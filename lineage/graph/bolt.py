@@ -310,7 +310,7 @@ class BoltGraph(BoltWalks, BoltTopology):
     ) -> list[ServedBy]:
         rows = await self._read(
             "MATCH (f:Feature {id: $id})-[r:SERVED_BY]->(s:Server) WHERE $since IS NULL OR r.last_seen >= $since"
-            " RETURN s.name AS s, r.count AS c, r.last_seen AS l ORDER BY r.last_seen DESC, s.name LIMIT $limit",
+            " RETURN s.name AS s, r.count AS c, r.last_seen AS l ORDER BY l DESC, s LIMIT $limit",
             id=feature_id,
             since=since_ms,
             limit=limit,

@@ -132,8 +132,9 @@ class BoltTopology:
                 if "SERVED_BY" in kinds:  # a feature's MAX_SERVED most recently seen servers
                     parts.append(
                         f"{match}{_arrow(['SERVED_BY'], outgoing)} WHERE {TOPOLOGY_LIVE}"
-                        " WITH a, r, b ORDER BY r.last_seen DESC, b.name"
-                        f" WITH a, collect(b.name)[..{MAX_SERVED}] AS bs, collect(r.last_seen)[..{MAX_SERVED}] AS ts"
+                        " WITH a, r, b ORDER BY r.last_seen DESC, coalesce(b.id, b.name)"
+                        f" WITH a, collect(coalesce(b.id, b.name))[..{MAX_SERVED}] AS bs,"
+                        f" collect(r.last_seen)[..{MAX_SERVED}] AS ts"
                         f" UNWIND range(0, size(bs) - 1) AS i RETURN a.{key} AS a, 'SERVED_BY' AS kind,"
                         f" {flag} AS out, bs[i] AS b, ts[i] AS t"
                     )

@@ -142,7 +142,10 @@ def _newest(steps: list[tuple[str, GraphEdge]]) -> list[tuple[str, GraphEdge]]:
         else:
             out.append((other, e))
     for kind, group in timed.items():
-        out += sorted(group, key=lambda s: -s[1].at_ms)[: MAX_SERVED if kind == "SERVED_BY" else RECENT]
+        # newest first, ties by the other end's id (as the Bolt adapter orders them)
+        out += sorted(group, key=lambda s: (-s[1].at_ms, s[0]))[
+            : MAX_SERVED if kind == "SERVED_BY" else RECENT
+        ]
     return out
 
 

@@ -259,28 +259,28 @@ async def test_a_feature_served_by_more_servers_than_an_answer_holds_lists_and_d
     graph: LineageGraph,
 ) -> None:
     """Server names carry the host: a fleet's rollouts add workers' names that are never
-    pruned. Past 1,000 of them the feature's servedBy and its graph failed as too large."""
+    pruned. Past 1,000 of them the feature's servedBy and its graph failed as too large.
+    Windows align to the clock: servers of one rollout share their last_seen (ties)."""
     await graph.apply_definitions(definition_facts(snap(1, "2024-01-01T00:00:00.000000Z", RAW)))
     n = MAX_SERVED + 1_000  # past MAX_RESULTS too
     await graph.write_events(
         [
-            event(
-                "raw:clicks", f"2024-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", 1, f"fs@pod{i}"
-            )
+            event("raw:clicks", f"2024-01-01T00:{i // 10 // 60:02d}:{i // 10 % 60:02d}Z", 1, f"fs@pod{i:04d}")
             for i in range(n)
         ]
     )
     served = await graph.served_by("raw:clicks")
-    assert len(served) == MAX_SERVED and served[0].server == f"fs@pod{n - 1}"  # the newest first
-    assert [s.last_seen_ms for s in served] == sorted((s.last_seen_ms for s in served), reverse=True)
-    since = served[9].last_seen_ms
+    newest_first = sorted(range(n), key=lambda i: (-(i // 10), f"fs@pod{i:04d}"))
+    assert [s.server for s in served] == [f"fs@pod{i:04d}" for i in newest_first[:MAX_SERVED]]
+    since = served[25].last_seen_ms  # a tie: 30 servers at or after it
     assert [s.server for s in await graph.served_by("raw:clicks", since, 1000)] == [
-        s.server for s in served[:10]
+        s.server for s in served[:30]
     ]
     assert len(await graph.served_by("raw:clicks", None, 3)) == 3
     down = await around(graph, "raw:clicks", "DOWNSTREAM", 1)
     servers = {i for i in down if i.startswith("server:")}
-    assert servers == {f"server:{s.server}" for s in served}  # the MAX_SERVED newest
+    assert servers == {f"server:{s.server}" for s in served}  # the MAX_SERVED newest, ties alike
+    assert "feature:raw:clicks" in await around(graph, f"server:{served[0].server}", "UPSTREAM", 1)
 
 
 async def test_the_topology_walks_every_node_kind_up_and_down(graph: LineageGraph) -> None:

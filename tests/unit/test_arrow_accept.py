@@ -15,7 +15,7 @@ ARROW = MEDIA_TYPE
     ("accept", "arrow"),
     [
         (None, False),
-        (ARROW, True),  # the bundled client's
+        (ARROW, True),  # the bundled client's Arrow header
         ("Application/Vnd.Apache.Arrow.Stream", True),
         (f"application/json, {ARROW}", True),  # a tie: the type asked for by name
         (f"{ARROW};q=0.9, application/json", False),
@@ -25,6 +25,8 @@ ARROW = MEDIA_TYPE
         (f"{ARROW};q=nonsense", False),
         (f"*/*;q=0.8, {ARROW};q=0.9", True),
         (f"application/*, {ARROW};q=0.1", False),
+        (f"application/json;q=0, */*;q=0.8, {ARROW};q=0.5", True),  # JSON refused by its own range
+        (f"application/json;q=0.9, */*;q=0.2, {ARROW};q=0.5", False),
         ("application/json", False),
         ("*/*", False),
         ("text/html", False),

@@ -24,10 +24,11 @@ LIMITS = ConnectionLimits(
 )
 GUARD = 30  # seconds; only turns a hang into a failure (the join's deadline is 60 s)
 BODY = json.dumps({"entities": {"user_id": list(range(1, 9))}, "features": ["slow:x"]}).encode()
-REQUESTS = {
+HEADS = {
     "direct": b"POST /v1/feature/join HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n",
     "asgi": b"POST /v1/feature/join HTTP/1.0\r\nhost: t\r\ncontent-length: %d\r\n\r\n",
 }
+REQUESTS = {way: head % len(BODY) + BODY for way, head in HEADS.items()}
 
 
 @pytest.fixture
@@ -48,14 +49,14 @@ async def server() -> AsyncIterator[tuple[LoadShedder, asyncio.Event, int]]:
     guard.close()
 
 
-@pytest.mark.parametrize("way", ["direct", "asgi"])
+@pytest.mark.parametrize("way", list(REQUESTS))
 async def test_a_join_whose_caller_left_is_cancelled_releasing_its_admission_and_counted_cancelled(
     server: tuple[LoadShedder, asyncio.Event, int], way: str
 ) -> None:
     shedder, store_entered, port = server
     before = {o: counts(JOIN_PATH, "http", o) for o in ("CANCELLED", "partial", "ok")}
     _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(REQUESTS[way] % len(BODY) + BODY)
+    writer.write(REQUESTS[way])
     await asyncio.wait_for(store_entered.wait(), GUARD)  # the join waits on the frozen store
     assert (shedder.inflight, shedder.rows.rows) == (1, 8)
     writer.close()  # the caller gives up

@@ -715,3 +715,17 @@ def test_a_derived_feature_named_like_the_key_of_a_view_it_reads_through_another
     doc["entities"].append({"name": "shop_id", "dtype": "int64"})  # an entity of no view it reads: valid
     doc["derived_views"][1]["features"][0]["name"] = "shop_id"
     parse_definitions(doc, source="f.yaml")
+
+
+def test_definitions_refused_since_2026_12_07_still_load_from_a_snapshot_applied_before() -> None:
+    entity_named = with_derived(features=[{"name": "user_id", "dtype": "float64", "expression": "a * 2"}])
+    newline = with_derived(features=[{"name": "score\n", "dtype": "float64", "expression": "a"}])
+    request_view = base()
+    request_view["feature_views"].append({**request_view["feature_views"][0], "name": "request"})
+    for doc, refused in (
+        (entity_named, "has the name of an entity key"),
+        (newline, "invalid name"),
+        (request_view, "'request' names request fields"),
+    ):
+        fails(doc, refused)  # in a definitions file (validate, apply)
+        parse_definitions(doc, source="stored snapshot", check_functions=False)  # what the server loads

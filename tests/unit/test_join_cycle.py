@@ -71,7 +71,15 @@ def test_the_uvicorn_internals_the_join_cycle_relies_on_are_there() -> None:
     assert "cycle.run_asgi(app)" in src["_start_asgi_task"]
     assert "self.pipeline.appendleft((self.cycle, app))" in src["on_headers_complete"]
     assert "existing_cycle.response_complete" in src["on_headers_complete"]
-    for attr in ("expect_100_continue", "config", "limit_concurrency", "parser", "logger", "access_logger"):
+    for attr in (
+        "expect_100_continue",
+        "config",
+        "limit_concurrency",
+        "parser",
+        "logger",
+        "access_logger",
+        "loop",
+    ):
         assert f"self.{attr} = " in src["__init__"], attr
     for name in ("drain", "resume_reading", "pause_reading"):
         assert callable(getattr(FlowControl, name)), name
