@@ -54,9 +54,9 @@ from featurestore.errors import Conflict, FailedPrecondition, NotFound
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource
 from featurestore.quality.profile import ProfileBuilder
-from featurestore.registry.base import Registry, Watermark
+from featurestore.registry.base import Registry, Watermark, conflict
 from featurestore.rows import EVENT_TIMESTAMP, conform
-from featurestore.sources.base import OnlineSource, ProfileStore, VersionedStore
+from featurestore.sources.base import DataMissing, OnlineSource, ProfileStore, VersionedStore
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,13 @@ class Materializer:
             # (a range, an empty source) publishes an empty version, not a missing one.
             await self.versioned.mark_version(view, target)
             profile = ProfileBuilder(view, target)
-            rows_read, written, newest = await self._load(load, target, span, profile)
+            try:
+                rows_read, written, newest = await self._load(load, target, span, profile)
+            except DataMissing as e:
+                moved = (await self.registry.data_versions()).get(view_name, 0)
+                if moved != current:  # another run published first, and dropped this one's rows
+                    raise conflict(f"data version of view {view_name!r}", current, moved) from e
+                raise
             await self._write_profile(profile)
             await self.registry.swap_data_version(view_name, expected=current, new=target)
         except BaseException:
@@ -264,7 +270,10 @@ class Materializer:
             batch_newest = _newest_us(rows.column(EVENT_TIMESTAMP))
             if batch_newest is not None and (newest is None or batch_newest > newest):
                 newest = batch_newest
-            written += await self.store.write(view, rows, target)
+            # create=False: the version exists (mark_version, or the current one): one that
+            # is gone meanwhile (Redis lost it, or a run that published first dropped it
+            # as an orphan) is not made again holding only what came after
+            written += await self.store.write(view, rows, target, create=False)
             if profile is not None:
                 profile.add(rows)
             if load.on_progress is not None:

@@ -9,7 +9,8 @@ What a write refuses, and why:
   before its rows): rows written now would be read by no server that follows the
   registry, so the push goes to the version that replaced it, ``Unavailable`` (retry
   shortly). Checked before the first batch and with every batch (in its MULTI/EXEC on
-  standalone Redis; on a Cluster right after its writes, not atomically): a batch
+  standalone Redis; on a Cluster in the same pipeline, whose nodes run their commands
+  concurrently: not atomically, the check may run before the batch's rows land): a batch
   written as the expiry began is given the marker's TTL before the refusal (without it,
   keys the expiry's scan had passed never expired: review 49, 50 of 89 pushes' keys
   against 200,000 rows);
@@ -76,7 +77,7 @@ async def write_rows(
     if stored is None and data_version > 0 and not create:
         raise _lost(view, data_version)
     n = 0
-    existed = stored is not None
+    existed = stored is not None and data_version > 0  # (version 0 is pushes' own: recreated)
     for keys, blobs in encode_rows(view, rows, batch_rows):
 
         def batch(keys: list[Any] = keys, blobs: list[bytes] = blobs) -> Awaitable[Any]:
@@ -121,7 +122,9 @@ def _replaced(view: FeatureView, data_version: int) -> Unavailable:
 def _unlink(client: Any, prefix: str, keys: list[Any]) -> Awaitable[Any]:
     pipe = client.pipeline(transaction=False)
     for k in keys:
-        pipe.unlink(prefix + key_text(k))
+        # a raw command: redis-py's ClusterPipeline.unlink() is a coroutine of its own,
+        # not a queued command (RedisSource.drop_version says the same)
+        pipe.execute_command("UNLINK", prefix + key_text(k))
     return pipe.execute()  # type: ignore[no-any-return]
 
 

@@ -24,7 +24,7 @@ from featurestore.sources.redis_read import for_version_keys as scan
 from tests.integration.test_materialize import TS0, U, write_source
 from tests.integration.test_materialize import V as SCORES
 from tests.integration.test_redis_source import V, redis_options, users
-from tests.servers import RedisServer
+from tests.servers import RedisCluster, RedisServer
 from tests.support import eventually
 
 
@@ -110,6 +110,71 @@ async def test_a_version_redis_loses_during_a_write_is_not_brought_back_by_its_l
     assert not await idempotent(lambda: source._client.exists(f"fs:{source._project}:prof:v1"))
     assert not r.exists(f"fs:{source._project}:prof:v1:7")  # the batch's rows were taken back out
     r.close()
+
+
+async def test_a_version_a_cluster_loses_during_a_write_takes_the_batchs_rows_back_out(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = RedisSource("c", f"p{uuid.uuid4().hex[:8]}", redis_options(redis_cluster.url, cluster=True))
+    await source.start()
+    pattern = f"fs:{source._project}:*"
+
+    def keys() -> list[str]:
+        return [k for n in redis_cluster.nodes for k in n.cli("--scan", "--pattern", pattern).split()]
+
+    try:
+        await source.mark_version(V, 1)
+        calls = 0
+        idempotent = source._idempotent
+
+        async def lost_after_the_check(command: Callable[[], Awaitable[Any]]) -> Any:
+            nonlocal calls
+            calls += 1
+            out = await idempotent(command)
+            if calls == 1:
+                for node in redis_cluster.nodes:
+                    for key in node.cli("--scan", "--pattern", pattern).split():
+                        node.cli("DEL", key)
+            return out
+
+        monkeypatch.setattr(source, "_idempotent", lost_after_the_check)
+        with pytest.raises(DataMissing):
+            await source.write(V, users(list(range(1, 51))), 1, create=False)
+        assert keys() == []  # neither the marker nor any of the batch's 50 rows
+    finally:
+        await source.close()
+
+
+async def test_a_materialization_whose_version_redis_loses_between_its_writes_fails_and_publishes_nothing(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await registry.publish(make_definitions("p", [U], [SCORES], []), expected_version=None)
+    store = RedisSource("default", f"m{uuid.uuid4().hex[:8]}", redis_options(redis_server.url))
+    await store.start()
+    r = client(redis_server)
+    written = 0
+    write = store.write
+
+    async def lost_after_the_first_batch(*args: Any, **kwargs: Any) -> int:
+        nonlocal written
+        n = await write(*args, **kwargs)
+        written += n
+        if written and n:  # Redis restarts empty between two of the run's writes
+            for key in r.scan_iter(match=f"fs:{store._project}:*"):
+                r.delete(key)
+        return n
+
+    monkeypatch.setattr(store, "write", lost_after_the_first_batch)
+    try:
+        source = ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 3001)), 1)))
+        with pytest.raises(DataMissing):
+            await Materializer(registry, store).run("scores", source, batch_rows=1000)
+        assert await registry.data_versions() == {}  # nothing published
+        assert not list(r.scan_iter(match=f"fs:{store._project}:*"))  # nor left behind
+    finally:
+        await store.close()
+        r.close()
 
 
 async def test_expiring_a_version_gives_its_marker_a_ttl_before_its_rows(
