@@ -434,6 +434,13 @@ async def test_a_push_into_a_version_whose_table_is_gone_is_refused_not_created_
     with pytest.raises(DataMissing):
         await ch.write(TX, one, 4, create=False)
     assert not await ch.has_version(TX, 4)
+    # a table this process created, dropped with no read between (a run that published
+    # first drops a losing run's version as an orphan): the write finds it gone too
+    await ch.mark_version(TX, 5)
+    client.command(f"DROP TABLE `{ch.options.database}`.`{table_name(ch._project, 'tx', 5)}`")
+    with pytest.raises(DataMissing):
+        await ch.write(TX, one, 5, create=False)
+    assert not await ch.has_version(TX, 5)
 
 
 async def test_materialize_from_a_clickhouse_table_into_redis(

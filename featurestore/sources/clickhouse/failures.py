@@ -6,6 +6,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from featurestore.errors import Unavailable
 from featurestore.model import FeatureView
+from featurestore.sources.base import DataMissing
+from featurestore.sources.clickhouse.sql import UNKNOWN_TABLE
 
 # Errors a ClickHouse call can fail with when the backend (not our code) misbehaves.
 BACKEND_ERRORS = (ClickHouseError, OSError, Unavailable)  # OSError covers TimeoutError
@@ -32,3 +34,11 @@ def unprepared_summary(unprepared: dict[str, tuple[FeatureView, str]]) -> str:
     names = sorted({view.name for view, _ in unprepared.values()})
     first_cause = next(iter(unprepared.values()))[1]
     return f"tables of view(s) {', '.join(names)} not created: {first_cause}"
+
+
+def write_error(store: str, table: str, data_version: int, e: BaseException) -> Unavailable:
+    """A failed write: DataMissing when the version's table is gone (dropped by hand, or
+    by a run that published first and dropped this one's as an orphan), else Unavailable."""
+    if getattr(e, "code", None) == UNKNOWN_TABLE and data_version > 0:
+        return DataMissing(f"clickhouse store {store!r}: table {table} is gone: re-materialize the view")
+    return Unavailable(f"clickhouse store {store!r}: write to {table} failed: {describe(e)}")

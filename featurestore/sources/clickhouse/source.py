@@ -29,7 +29,7 @@ from featurestore.rows import conform, view_schema
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
 from featurestore.sources.clickhouse import profiles
 from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, query_chunks, stored_table
-from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe, unprepared_summary
+from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe, unprepared_summary, write_error
 from featurestore.sources.clickhouse.layouts import LayoutMismatch, Layouts
 from featurestore.sources.clickhouse.options import ClickHouseOptions
 from featurestore.sources.clickhouse.pool import ClickHousePool
@@ -301,21 +301,17 @@ class ClickHouseOnlineSource:
             ) from e
         if self._unprepared.pop(table, None) is not None:
             self._settle()
-        try:
-            if data_version > 0:
-                await self.layouts.check(self.pool.run, view, table)
-        except LayoutMismatch as e:
-            raise FailedPrecondition(e.message) from None
-        except (ClickHouseError, OSError) as e:
-            raise Unavailable(f"clickhouse store {self._name!r}: {describe(e)}") from e
         data = stored_table(view, rows)
         target = f"{self.options.database}.{table}"
         try:
+            if data_version > 0:
+                await self.layouts.check(self.pool.run, view, table)
             await self.pool.run(lambda c: c.insert_arrow(target, data))
+        except LayoutMismatch as e:
+            raise FailedPrecondition(e.message) from None
         except (ClickHouseError, OSError) as e:
-            raise Unavailable(
-                f"clickhouse store {self._name!r}: write to {table} failed: {describe(e)}"
-            ) from e
+            self._tables.discard(table)  # (it may be gone: the next write checks again)
+            raise write_error(self._name, table, data_version, e) from e
         return int(rows.num_rows)
 
     # -- data versions ---------------------------------------------------------------
