@@ -40,6 +40,29 @@ def client(server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(server.url)
 
 
+def lose(r: redis.Redis, store: RedisSource) -> None:
+    """Redis loses the store's data (a restart without persistence, a flush)."""
+    for key in r.scan_iter(match=f"fs:{store._project}:*"):
+        r.delete(key)
+
+
+def after_the_check(monkeypatch: pytest.MonkeyPatch, store: RedisSource, then: Callable[[], object]) -> None:
+    """Run ``then`` right after the store's first command (a write's check of the marker),
+    before its batches."""
+    calls = 0
+    idempotent = store._idempotent
+
+    async def checked(command: Callable[[], Awaitable[Any]]) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await idempotent(command)
+        if calls == 1:
+            then()
+        return out
+
+    monkeypatch.setattr(store, "_idempotent", checked)
+
+
 async def test_a_push_into_a_version_redis_lost_is_refused_and_the_loss_stays_reported(
     source: RedisSource, redis_server: RedisServer
 ) -> None:
@@ -47,8 +70,7 @@ async def test_a_push_into_a_version_redis_lost_is_refused_and_the_loss_stays_re
     await source.write(V, users([1, 2, 3]), 1)
     source.serving({"prof": 1})
     r = client(redis_server)
-    for key in r.scan_iter(match=f"fs:{source._project}:*"):  # Redis lost the data (a restart, a flush)
-        r.delete(key)
+    lose(r, source)
     with pytest.raises(DataMissing, match=r"data version 1 is not in the store.*re-materialize"):
         await source.write(V, users([1]), 1, create=False)  # a push
     assert not await source.has_version(V, 1)  # its marker was not written back
@@ -67,18 +89,7 @@ async def test_a_write_that_finds_its_version_starting_to_expire_gives_its_rows_
     await source.mark_version(V, 1)
     r = client(redis_server)
     marker = f"fs:{source._project}:prof:v1"
-    calls = 0
-    idempotent = source._idempotent
-
-    async def expiry_begins_after_the_check(command: Callable[[], Awaitable[Any]]) -> Any:
-        nonlocal calls
-        calls += 1
-        out = await idempotent(command)
-        if calls == 1:  # the write checked the marker: now the materializer expires the version
-            r.expire(marker, 100)
-        return out
-
-    monkeypatch.setattr(source, "_idempotent", expiry_begins_after_the_check)
+    after_the_check(monkeypatch, source, lambda: r.expire(marker, 100))  # the materializer expires it
     with pytest.raises(Unavailable, match="replaced and is expiring"):
         await source.write(V, users([7, 8]), 1, create=False)
     for key in (f"{marker}:7", f"{marker}:8"):  # written, but expiring with the version
@@ -92,22 +103,10 @@ async def test_a_version_redis_loses_during_a_write_is_not_brought_back_by_its_l
 ) -> None:
     await source.mark_version(V, 1)
     r = client(redis_server)
-    calls = 0
-    idempotent = source._idempotent
-
-    async def lost_after_the_check(command: Callable[[], Awaitable[Any]]) -> Any:
-        nonlocal calls
-        calls += 1
-        out = await idempotent(command)
-        if calls == 1:  # the write found the version: now Redis loses its data
-            for key in r.scan_iter(match=f"fs:{source._project}:*"):
-                r.delete(key)
-        return out
-
-    monkeypatch.setattr(source, "_idempotent", lost_after_the_check)
+    after_the_check(monkeypatch, source, lambda: lose(r, source))  # the write found the version
     with pytest.raises(DataMissing, match="re-materialize"):
         await source.write(V, users([7, 8]), 1, create=create)
-    assert not await idempotent(lambda: source._client.exists(f"fs:{source._project}:prof:v1"))
+    assert not await source._client.exists(f"fs:{source._project}:prof:v1")
     assert not r.exists(f"fs:{source._project}:prof:v1:7")  # the batch's rows were taken back out
     r.close()
 
@@ -122,22 +121,14 @@ async def test_a_version_a_cluster_loses_during_a_write_takes_the_batchs_rows_ba
     def keys() -> list[str]:
         return [k for n in redis_cluster.nodes for k in n.cli("--scan", "--pattern", pattern).split()]
 
+    def lost() -> None:
+        for node in redis_cluster.nodes:
+            for key in node.cli("--scan", "--pattern", pattern).split():
+                node.cli("DEL", key)
+
     try:
         await source.mark_version(V, 1)
-        calls = 0
-        idempotent = source._idempotent
-
-        async def lost_after_the_check(command: Callable[[], Awaitable[Any]]) -> Any:
-            nonlocal calls
-            calls += 1
-            out = await idempotent(command)
-            if calls == 1:
-                for node in redis_cluster.nodes:
-                    for key in node.cli("--scan", "--pattern", pattern).split():
-                        node.cli("DEL", key)
-            return out
-
-        monkeypatch.setattr(source, "_idempotent", lost_after_the_check)
+        after_the_check(monkeypatch, source, lost)
         with pytest.raises(DataMissing):
             await source.write(V, users(list(range(1, 51))), 1, create=False)
         assert keys() == []  # neither the marker nor any of the batch's 50 rows
@@ -161,8 +152,7 @@ async def test_a_materialization_whose_version_redis_loses_between_its_writes_fa
         n = await write(*args, **kwargs)
         written += n
         if written and n:  # Redis restarts empty between two of the run's writes
-            for key in r.scan_iter(match=f"fs:{store._project}:*"):
-                r.delete(key)
+            lose(r, store)
         return n
 
     monkeypatch.setattr(store, "write", lost_after_the_first_batch)
