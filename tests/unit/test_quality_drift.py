@@ -440,25 +440,9 @@ def test_every_row_position_of_a_batch_is_sampled_equally_often(n: int) -> None:
 
 
 def test_a_stream_views_aggregations_are_not_sampled_having_no_reference_to_be_tested_against() -> None:
-    from featurestore.definitions.parser import parse_definitions
+    from tests.unit.test_stream_views import DOC, parse
 
-    doc = {
-        "project": "p",
-        "entities": [{"name": "user_id", "dtype": "int64"}],
-        "stream_views": [
-            {
-                "name": "clicks",
-                "entities": ["user_id"],
-                "tile": "1m",
-                "source": {"topic": "clicks", "key_fields": ["user"], "timestamp_field": "ts"},
-                "aggregations": [
-                    {"name": "n_5m", "function": "count", "window": "5m"},
-                    {"name": "spend_1h", "function": "sum", "column": "amount", "window": "1h"},
-                ],
-            }
-        ],
-    }
-    st = ServingState(new_snapshot(parse_definitions(doc, source="f.yaml"), 1))
+    st = ServingState(new_snapshot(parse(DOC), 1))
     plan = st.plan(("clicks:n_5m", "clicks:spend_1h"), None, False)
     windows: list[Window] = []
     sampler = DriftSampler(windows.append, every=1, per_request=100, window=100)
