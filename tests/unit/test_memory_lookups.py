@@ -21,6 +21,7 @@ from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView
 from featurestore.sources import memory
 from featurestore.sources.base import EntityKey, ViewQuery, ViewRead
 from featurestore.sources.memory import MemorySource
+from tests.contract.test_online_source import ALL_TYPES
 
 U = Entity("user_id", DType.INT64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -59,15 +60,8 @@ def test_a_key_beyond_int64_is_absent_not_compared_as_a_float() -> None:
 
 
 async def test_one_row_read_alone_answers_what_the_same_row_answers_in_a_batch(tmp_path: Path) -> None:
-    features = (
-        Feature("i", DType.INT64),
-        Feature("f", DType.FLOAT64),
-        Feature("s", DType.STRING),
-        Feature("b", DType.BOOL),
-        Feature("t", DType.TIMESTAMP),
-        Feature("v", DType.FLOAT32_VECTOR),
-        Feature("n", DType.FLOAT64),  # with a null: an object column
-    )
+    # the online-store contract's every dtype, and a float column with a null (an object column)
+    features = (*ALL_TYPES.features, Feature("n", DType.FLOAT64))
     n = 20
     table = pa.table(
         {
