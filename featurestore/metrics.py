@@ -242,6 +242,18 @@ REGISTRY_VERSION = Gauge(
     "Registry snapshot version being served.",
     multiprocess_mode="livemin",
 )
+# A serving process's state. Other processes (the lineage consumer, the stream processor)
+# import this module for their stores and caches but never set these, and at their
+# import-time 0 they read as a server blind to its registry: FeatureStoreRegistryUnreachable
+# paged for every consumer and processor (review s53). Those processes leave them out of
+# their /metrics (featurestore/exporter.py).
+SERVING_STATE = (
+    HTTP_CONNECTIONS,
+    REGISTRY_CONNECTED,
+    REGISTRY_STALENESS,
+    REGISTRY_APPLY_PENDING,
+    REGISTRY_VERSION,
+)
 DERIVED_KERNEL_DURATION = Histogram(
     "featurestore_derived_kernel_duration_seconds",
     "Time to compute one derived view in a join: arrays in, kernel, values out.",

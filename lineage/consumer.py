@@ -348,6 +348,7 @@ class LineageConsumer:
         self._commit()
         self._assigned = []
         self._positions.forget([tp.partition for tp in partitions])
+        metrics.forget_lag(tp.partition for tp in partitions)
 
     def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
         """The session ended (the coordinator was gone too long): another member may own
@@ -355,6 +356,7 @@ class LineageConsumer:
         the broker died with the topic, the next check counts what it took along."""
         log.warning("lost partitions %s (group session ended)", [p.partition for p in partitions])
         self._assigned = []
+        metrics.forget_lag(tp.partition for tp in partitions)
 
     def _report_lag(self) -> None:
         """Lag per assigned partition: its end as the last fetch response gave it (the

@@ -8,6 +8,9 @@ served feature values.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # The serving metrics' latency buckets (featurestore.metrics), kept equal so dashboards
@@ -86,3 +89,11 @@ RUNS = Counter(
     "Job run reports recorded (lineage/runs.py), by state (START, COMPLETE, FAIL)",
     ["state"],
 )
+
+
+def forget_lag(partitions: Iterable[int]) -> None:
+    """Partitions this consumer no longer owns (revoked or lost): another member reports
+    their lag now, and this one's last value, frozen, would be counted twice."""
+    for p in partitions:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(str(p))

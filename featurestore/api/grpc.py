@@ -42,6 +42,7 @@ JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
 PUSH_METHOD = f"/{SERVICE}/Push"
 # OpenTelemetry's RPC conventions name a server span "package.Service/Method".
 JOIN_SPAN = f"{SERVICE}/Join"
+PUSH_SPAN = f"{SERVICE}/Push"
 
 
 def engine_budget(configured: float, remaining: float | None) -> float:
@@ -241,16 +242,19 @@ class GrpcApi:
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         if self.auth is not None:
             await self._authenticate(context, call, WRITE)
+        span = tracing.start_request_span(PUSH_SPAN, _traceparent(context))
         try:
             budget = engine_budget(self._configured(call), context.time_remaining())
             deadline = time.monotonic() + budget
             result = await self.push_service.push(proto_codec.decode_push(request), deadline)
             out = proto_codec.encode_push(result)
         except FeatureStoreError as e:
-            await _abort(context, call, e)
+            await _abort(context, call, e, span)
         except Exception as e:
             log.exception("grpc push failed")
-            await _abort(context, call, internal_error(e), cause=e)
+            await _abort(context, call, internal_error(e), span, e)
+        finally:
+            span.end()
         call.answer("ok")
         return out
 

@@ -21,7 +21,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
-from featurestore import __version__, metrics
+from featurestore import __version__, metrics, tracing
 from featurestore.api import bodies, json_codec
 from featurestore.api.bodies import BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
@@ -111,6 +111,7 @@ def _add_push(
     )
     async def push(request: Request) -> Response:
         t0 = request.scope.get(RECEIVED_AT) or time.perf_counter()
+        span = tracing.start_request_span("POST " + PUSH_PATH, request.headers.get("traceparent"))
         try:
             length = bodies.declared_length(request.headers.get("content-length", "").encode("latin-1"))
             body = await read_body(request.receive, length, request.scope["headers"])
@@ -122,7 +123,7 @@ def _add_push(
             deadline = time.monotonic() + engine_budget(ms / 1000.0 - (time.perf_counter() - t0))
             result = await service.push(json_codec.decode_push(body), deadline)
         except FeatureStoreError as e:
-            outcomes.failed(t0, e)
+            outcomes.failed(t0, e, span)
             return error_response(e)
         except ClientDisconnected:
             outcomes.cancelled(t0)
@@ -130,11 +131,13 @@ def _add_push(
         except Exception as e:
             log.exception("push failed")
             error = internal_error(e)
-            outcomes.failed(t0, error)
+            outcomes.failed(t0, error, span, e)
             return error_response(error)
         except asyncio.CancelledError:
             outcomes.cancelled(t0)
             raise
+        finally:
+            span.end()
         outcomes.succeeded(t0)
         doc = {"rows_written": result.rows_written, "data_version": result.data_version}
         return Response(json_codec.encode(doc), media_type="application/json")

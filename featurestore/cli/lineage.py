@@ -31,8 +31,7 @@ def register(sub: Subcommands) -> None:
 def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     import signal
 
-    from prometheus_client import start_http_server
-
+    from featurestore import exporter
     from featurestore.config import load_config
     from featurestore.extras import require
     from featurestore.factories import make_graph
@@ -43,7 +42,7 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     require("confluent_kafka", "featurestore lineage consume")
     configure_logging(config.log_level, config.log_format)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+        exporter.start(args.metrics_port, args.metrics_host)
 
     async def run() -> None:
         graph = make_graph(config)

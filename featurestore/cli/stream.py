@@ -47,8 +47,7 @@ def register(sub: Subcommands) -> None:
 
 
 def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
-    from prometheus_client import start_http_server
-
+    from featurestore import exporter
     from featurestore.config import load_config
     from featurestore.errors import InvalidArgument, NotFound
     from featurestore.extras import require
@@ -85,7 +84,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
         store = make_tile_store(view.online_store, sc, config)
         processors.append(StreamProcessor(view, store, sconf.kafka, config.project, options))
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+        exporter.start(args.metrics_port, args.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -160,8 +159,18 @@ def cmd_stream_produce_sample(args: argparse.Namespace, _argv: list[str]) -> int
     from confluent_kafka.admin import AdminClient
 
     from featurestore.config import load_config
+    from featurestore.errors import InvalidArgument
     from lineage.kafka import ensure_topic
 
+    for flag, value, least in (
+        ("--users", args.users, 1),
+        ("--partitions", args.partitions, 1),
+        ("--malformed-every", args.malformed_every, 0),
+    ):
+        if value < least:
+            raise InvalidArgument(f"{flag} must be at least {least}, got {value}")
+    if not 0 < args.rate < float("inf"):
+        raise InvalidArgument(f"--rate must be a positive number of events per second, got {args.rate}")
     kafka = load_config(args.config).stream.kafka
     ensure_topic(AdminClient(kafka.client_config()), args.topic, args.partitions, kafka.replication_factor)
     producer = Producer({**kafka.client_config(), "linger.ms": 5})

@@ -42,7 +42,8 @@ DRIFT_DETECTIONS = Counter(
 DRIFT_SKIPPED = Counter(
     "featurestore_feature_drift_windows_skipped_total",
     "Full windows not tested, by view and reason: no_reference (the served data version has no profile), "
-    "queue_full (the monitor fell behind).",
+    "not_profiled (its profile left the feature out: profiling it failed), queue_full (the monitor fell "
+    "behind).",
     ["view", "reason"],
 )
 

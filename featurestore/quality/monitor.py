@@ -129,6 +129,11 @@ class DriftMonitor:
         if profile is None:
             metrics.DRIFT_SKIPPED.labels(window.view.name, "no_reference").inc()
             return None
+        if window.feature not in profile.features:
+            # its profiling failed: logged and counted where the profile was built, often a
+            # `featurestore materialize` job nobody scrapes; said here too (review s53)
+            metrics.DRIFT_SKIPPED.labels(window.view.name, "not_profiled").inc()
+            return None
         result = await asyncio.to_thread(evaluate_window, window, profile, self.alpha)
         if result is None:
             return None

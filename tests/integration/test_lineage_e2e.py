@@ -103,6 +103,7 @@ def test_joins_to_kafka_to_graph_to_graphql(
         text = http_get(consumer.metrics_url)[1].decode()
         assert "featurestore_lineage_event_to_graph_seconds_count" in text
         assert 'featurestore_lineage_consumed_total{outcome="written"}' in text
+        assert "featurestore_registry_connected" not in text  # (a consumer serves no snapshot)
     finally:
         code = consumer.stop(timeout=30)
         server.stop()

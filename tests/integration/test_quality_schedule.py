@@ -56,6 +56,10 @@ async def test_a_scheduled_check_exports_counts_and_fails_on_a_conflict(tmp_path
     await store.prepare([view])
     config = Config.model_validate({"quality": {"consistency": {"views": ["sched"], "sample": 100}}})
     schedule = ConsistencySchedule(config, {"default": store}, lambda: state)
+    # every outcome's series is there from 0 before the first check (FeatureSkewCheckFailing's
+    # increase() would miss a first one born at 1)
+    for outcome in ("ok", "mismatch", "error"):
+        assert sample("featurestore_consistency_checks_total", view="sched", outcome=outcome) == 0
 
     report = await schedule.check_view("sched")
     assert report is not None and report.counts["consistent"] == 100

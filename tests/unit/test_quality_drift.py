@@ -3,11 +3,13 @@ monitor's verdicts against the reference of the data version served."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from prometheus_client import REGISTRY
 
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
@@ -163,6 +165,21 @@ async def test_a_window_of_a_version_without_a_profile_is_not_tested() -> None:
     monitor = DriftMonitor({"default": MemorySource("default")})
     window = Window(V, "x", False, 5, [0.0] * 10)
     assert await monitor.check(window) is None
+
+
+async def test_a_window_of_a_feature_its_profile_left_out_is_counted_as_not_profiled() -> None:
+    # (its profiling failed in a `featurestore materialize` job nobody scrapes)
+    profile = profile_table(V, 1, reference())
+    without_x = dataclasses.replace(profile, features={k: f for k, f in profile.features.items() if k != "x"})
+    store = MemorySource("default")
+    await store.write_profile(V, 1, without_x.to_bytes())
+    monitor = DriftMonitor({"default": store})
+    labels = {"view": V.name, "reason": "not_profiled"}
+    before = REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", labels) or 0.0
+    assert await monitor.check(Window(V, "x", False, 1, [0.0] * 1000)) is None
+    assert await monitor.check(Window(V, "tier", True, 1, ["free"] * 1000)) is not None
+    after = REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", labels)
+    assert after == before + 1
 
 
 async def test_the_reference_follows_the_data_version_of_the_window() -> None:
