@@ -19,9 +19,15 @@ COPY lineage ./lineage
 RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[${EXTRAS}]"
 
 FROM python:${PYTHON_VERSION}-slim
+# tini is PID 1 (ENTRYPOINT): the kernel drops a signal to PID 1 that has no handler, so
+# a server still starting would ignore `docker stop` / the kubelet's SIGTERM until its
+# grace ran out; tini forwards it, and reaps orphans (a kernel-build child whose worker died).
 # A fixed numeric uid/gid: Kubernetes' runAsNonRoot can only verify a numeric USER, and
 # deploy/k8s/featurestore.yaml runs as this same 10001.
-RUN groupadd --system --gid 10001 featurestore \
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 featurestore \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home featurestore \
  && mkdir -p /data \
  && chown 10001:10001 /data
@@ -41,5 +47,5 @@ EXPOSE 8080 50051
 # Run as its module alone, every 10 s: no other command module (numpy, pyarrow) is loaded.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
   CMD ["python", "-m", "featurestore.cli.health"]
-ENTRYPOINT ["featurestore"]
+ENTRYPOINT ["tini", "--", "featurestore"]
 CMD ["serve", "--demo", "--no-clickhouse", "--host", "0.0.0.0"]

@@ -176,6 +176,10 @@ class Authenticator:
                     text = f.read()
             except OSError as e:
                 raise FailedPrecondition(f"auth.tokens_file {path}: {e.strerror or e}") from None
+            except UnicodeDecodeError as e:  # (its bytes not shown: they may be a token)
+                raise FailedPrecondition(
+                    f"auth.tokens_file {path}: not UTF-8 text (at byte {e.start})"
+                ) from None
             tokens = parse_tokens(text, f"auth.tokens_file {path}")
             self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if not tokens:

@@ -17,6 +17,7 @@ in the environment (``FEATURESTORE_QUALITY__INTERVAL_SECONDS=30``) or, a ``Secre
 from a file (``password_file: /etc/featurestore/secrets/x``). Unknown keys are errors
 (in the environment: under a section; ``FEATURESTORE_NOPE`` is not read, nor refused),
 so a typo does not silently fall back to a default. docs/configuration.md lists them.
+The listeners' sections (``http``, ``grpc``, ``tls``) and their ports: ``listener_config.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from featurestore.errors import InvalidArgument
+from featurestore.listener_config import GrpcConfig, HttpConfig, TlsConfig, check_ports
 from featurestore.settings import (
     Count,
     CountOrZero,
@@ -58,74 +60,16 @@ __all__ = [
     "STORE_SECRETS",
     "Count",
     "CountOrZero",
+    "GrpcConfig",
+    "HttpConfig",
     "Names",
     "Port",
     "Ratio",
     "Seconds",
     "Secret",
     "StoreConfig",
+    "TlsConfig",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    """The HTTP listener and what a connection may hold of it (docs/configuration.md)."""
-
-    host: str = "127.0.0.1"
-    port: Port = 8080
-    # /healthz, /readyz and /metrics on their own plain-HTTP port (same host), and only
-    # there: probes and Prometheus need neither TLS nor a token. None: on `port`.
-    admin_port: Port | None = None
-    # Longer than common load-balancer idle timeouts (60 s), so the balancer closes an
-    # idle connection first instead of sending a request into one the server is closing.
-    keep_alive_seconds: Seconds = 75.0
-    header_timeout_seconds: Seconds = 10.0  # from accept, or the request's first byte, to its last header
-    body_timeout_seconds: Seconds = 30.0  # from the last header to the end of the body (4 MiB at 140 KB/s)
-    # A response the client stops reading (the send buffer stays full) this long: the
-    # connection is aborted, so a client that never reads cannot hold a response's memory.
-    write_timeout_seconds: Seconds = 30.0
-    max_header_bytes: Count = 16384  # request line + headers (431 above); the size h11 and Node allow
-    max_connections: Count = 1000  # per worker; keep well below `ulimit -n`
-    backlog: Count = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
-
-
-@dataclass(frozen=True, slots=True)
-class GrpcConfig:
-    """The gRPC listener and grpc core's connection limits (docs/configuration.md)."""
-
-    host: str = "127.0.0.1"
-    port: Port = 50051
-    max_connection_idle_seconds: Seconds = 300.0  # no call for this long: GOAWAY, the client reconnects
-    max_connection_age_seconds: Seconds = 1800.0  # GOAWAY (+-10% jitter): spreads clients over workers
-    max_connection_age_grace_seconds: Seconds = 30.0  # for calls in flight after that GOAWAY
-    keepalive_seconds: Seconds = 60.0  # server pings an idle connection; a dead peer goes after the timeout
-    keepalive_timeout_seconds: Seconds = 20.0
-    # A client may ping this often, with or without calls in flight (grpc's own default
-    # allows one ping per 5 min, which disconnects clients that keep idle channels alive
-    # with a keepalive of 10-60 s); faster pings are strikes.
-    min_ping_interval_seconds: Seconds = 10.0
-    max_ping_strikes: Count = 2  # then GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")
-    max_metadata_bytes: Count = 16384  # request metadata (headers); above it RESOURCE_EXHAUSTED
-    handshake_timeout_seconds: Seconds = 10.0  # accept to the end of the HTTP/2 handshake
-    max_concurrent_streams: Count = 1024  # calls open on one connection (grpc's default: unbounded)
-    # Join as a unary handler (grpc reads the message first), not client-streaming (the handler
-    # runs from the call's start): less CPU a call, but a call that dies waiting for the event
-    # loop before its message is read is not counted (api/grpc.py).
-    unary_join: bool = False
-    intake_loops: Annotated[CountOrZero, Field(le=1024)] = 16  # Join take-ups besides grpc.aio's; 0: none
-
-
-@dataclass(frozen=True, slots=True)
-class TlsConfig:
-    """TLS of the HTTP and gRPC listeners (docs/security.md); empty: plaintext."""
-
-    cert_file: str = ""  # PEM certificate chain
-    key_file: str = ""  # PEM private key
-    client_ca_file: str = ""  # mutual TLS: clients must present a certificate signed by this CA
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +304,11 @@ class Config(BaseSettings):
     # text | json (one object per line, with trace_id and span_id)
     log_format: Annotated[str, AfterValidator(_log_format)] = "text"
     access_log: bool = False
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Config:
+        check_ports(self.http, self.grpc)  # a SettingError: load_config names the setting
+        return self
 
 
 # Short names kept from before the nested ones (FEATURESTORE_<SECTION>__<KEY>), which

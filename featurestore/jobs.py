@@ -22,6 +22,7 @@ from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, open
 from featurestore.registry.admin import Incompatible, RegistryAdmin
 from featurestore.registry.base import Registry
 from featurestore.sources.clickhouse.options import ClickHouseOptions
+from featurestore.store_config import StoreConfig
 from lineage.runs import DataVersion, RunRecorder, RunSink, now_iso
 
 log = logging.getLogger("featurestore")
@@ -125,12 +126,16 @@ async def materialize(
     clickhouse_dsn: str | None = None,
     on_start: Callable[[str, OfflineSource], Callable[[Progress], None] | None] | None = None,
     runs: RunSink | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+    on_done: Callable[[MaterializeResult], None] | None = None,
 ) -> list[MaterializeResult]:
     """Materialize views one after another with the stores and registry the config
-    names: ``views`` (None: every view of the current snapshot), each from ``source`` or,
-    by default, its definition's ``batch_source`` (a Parquet path, or a ClickHouse table
-    read through ``clickhouse_dsn`` or the config's first ClickHouse store).
-    ``on_start(view, source)`` may return the progress callback of that view's run.
+    names: ``views`` (None: every view of the current snapshot that a run can load; the
+    others go to ``on_skip(view, why)``), each from ``source`` or, by default, its
+    definition's ``batch_source`` (a Parquet path, or a ClickHouse table read through
+    ``clickhouse_dsn`` or the config's first ClickHouse store).
+    ``on_start(view, source)`` may return the progress callback of that view's run;
+    ``on_done(result)`` hears of each view as it is published.
     Each view's run is recorded in lineage (``make_run_recorder``; into ``runs`` when given)."""
     registry = make_registry(config)
     recorder, close_recorder = await make_run_recorder(config)
@@ -140,22 +145,37 @@ async def materialize(
         snapshot = await registry.current()
         if snapshot is None:
             raise FailedPrecondition("the registry has no snapshot: apply definitions first")
-        names = sorted(snapshot.definitions.views) if views is None else list(views)
+        if views is None:
+            names = []
+            for name, view in sorted(snapshot.definitions.views.items()):
+                why = not_loadable(view, config, source)
+                if why is None:
+                    names.append(name)
+                elif on_skip is not None:
+                    on_skip(name, why)
+        else:
+            names = list(views)
         if source is not None and len(names) != 1:
             raise InvalidArgument("--source names one view's source: materialize one view with it")
         unknown = [v for v in names if v not in snapshot.definitions.views]
         if unknown:
             raise InvalidArgument(f"unknown feature view {unknown[0]!r}")
+        for name in names:  # before any view is loaded: a config that lacks one fails the run whole
+            _store_config(config, snapshot.definitions.views[name])
         results = []
         for name in names:
             definition = snapshot.definitions.views[name]
-            src = source or default_source(definition, config, clickhouse_dsn)
+            src = source or default_source(
+                definition, config, clickhouse_dsn, remedy="name one with --source"
+            )
             progress = on_start(name, src) if on_start is not None else None
             dataset = (
                 definition.batch_source.uri if source is None and definition.batch_source else src.describe()
             )
             one = _One(config, registry, definition, src, dataset, recorder)
             results.append(await one.run(batch_rows, grace_seconds, progress, span, incremental))
+            if on_done is not None:
+                on_done(results[-1])
         return results
     finally:
         await registry.close()
@@ -176,11 +196,47 @@ def warehouse(config: Config, clickhouse_dsn: str | None) -> str | ClickHouseOpt
     return None
 
 
-def default_source(view: FeatureView, config: Config, clickhouse_dsn: str | None) -> OfflineSource:
-    """The view's ``batch_source``: its Parquet path, or its warehouse table."""
+# Store kinds whose adapters keep no data versions side by side (materialize.Materializer
+# refuses them): the memory store is filled from its views' files when a server starts.
+_UNVERSIONED_KINDS = ("memory",)
+
+
+def not_loadable(view: FeatureView, config: Config, source: OfflineSource | None) -> str | None:
+    """Why a run cannot load ``view`` (None: it can), for ``--all`` to leave it out."""
+    if view.stream is not None:
+        return "a stream view (`featurestore stream run` feeds it from Kafka)"
+    sc = config.stores.get(view.online_store)
+    if sc is not None and sc.kind in _UNVERSIONED_KINDS:
+        return f"its store {view.online_store!r} ({sc.kind}) keeps no data versions"
+    if source is None and view.batch_source is None:
+        return "it declares no batch_source"
+    return None
+
+
+def _store_config(config: Config, view: FeatureView) -> StoreConfig:
+    sc = config.stores.get(view.online_store)
+    if sc is None:
+        raise FailedPrecondition(
+            f"view {view.name!r} uses store {view.online_store!r}, which the config lacks"
+        )
+    return sc
+
+
+def default_source(
+    view: FeatureView, config: Config, clickhouse_dsn: str | None, *, remedy: str = ""
+) -> OfflineSource:
+    """The view's ``batch_source``: its Parquet path, or its warehouse table. ``remedy``:
+    what the caller's user can do about a view without one (materialize: ``--source``)."""
+    if view.stream is not None:
+        raise InvalidArgument(
+            f"view {view.name!r} is a stream view: stream views have no batch source "
+            "(`featurestore stream run` feeds them from Kafka)"
+        )
     bs = view.batch_source
     if bs is None:
-        raise InvalidArgument(f"view {view.name!r} declares no batch_source: name one with --source")
+        raise InvalidArgument(
+            f"view {view.name!r} declares no batch_source" + (f": {remedy}" if remedy else "")
+        )
     if bs.table is not None:
         return open_source(f"clickhouse://{bs.table}", warehouse(config, clickhouse_dsn))
     assert bs.path is not None
@@ -211,11 +267,7 @@ class _One:
         incremental: bool,
     ) -> MaterializeResult:
         definition = self.definition
-        sc = self.config.stores.get(definition.online_store)
-        if sc is None:
-            raise FailedPrecondition(
-                f"view {definition.name!r} uses store {definition.online_store!r}, which the config lacks"
-            )
+        sc = _store_config(self.config, definition)
         store = make_store(definition.online_store, sc, self.config)
         table = store.table_uri(definition)
         run = await self.recorder.started(

@@ -195,14 +195,9 @@ class Materializer:
             await self._abandon(view, target)
             raise
         log.info("published %s data version %d (%d rows)", view_name, target, written)
-        if span.start_us is not None and current > 0:
-            log.warning(
-                "%s: data version %d replaced %d, but holds only the keys with a row from --start on: "
-                "keys whose rows are all older are no longer served (a run without --start loads every key)",
-                view_name,
-                target,
-                current,
-            )
+        narrowed = _narrowed(span)
+        if narrowed and current > 0:
+            log.warning("%s: data version %d replaced %d, but %s", view_name, target, current, narrowed)
         if newest is not None:
             await self._mark(view_name, Watermark(target, newest, span.start_us))
         # Versions between were allocated to runs that can no longer publish (their
@@ -294,6 +289,23 @@ class _Load:
     @property
     def ts_field(self) -> str:
         return self.view.batch_source.timestamp_field if self.view.batch_source else "event_timestamp"
+
+
+def _narrowed(span: EventTimeRange) -> str:
+    """What a full run over ``span`` leaves out of the version it publishes ("": nothing)."""
+    if span.start_us is None and span.end_us is None:
+        return ""
+    lost = []
+    if span.start_us is not None:
+        lost.append("keys whose rows are all older than --start are no longer served")
+    if span.end_us is not None:
+        lost.append(
+            "keys whose rows are all from --end on are no longer served, and every other key is "
+            "served at its latest row before --end"
+        )
+    flags = " and ".join(f for f, v in (("--start", span.start_us), ("--end", span.end_us)) if v is not None)
+    unbounded = f"without {flags} a run loads every key"
+    return f"holds only the keys with a row in the range: {'; '.join(lost)} ({unbounded})"
 
 
 def _newest_us(column: pa.ChunkedArray) -> int | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,8 @@ from featurestore.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from featurestore.sources.clickhouse.options import ClickHouseOptions
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,16 @@ class ParquetOfflineSource:
 
     async def count(self, timestamp: str, span: EventTimeRange = EVERYTHING) -> int | None:
         where = self._filter(timestamp, span)
-        return int(await asyncio.to_thread(self._dataset.count_rows, filter=where))
+        return int(await self._read(self._dataset.count_rows, filter=where))
+
+    async def _read(self, step: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """One step of a scan, on a thread. Opening the dataset looked at its first file
+        only: a later one that is not Parquet, or a part whose column types differ from
+        the first's, fails here, named by its path."""
+        try:
+            return await asyncio.to_thread(step, *args, **kwargs)
+        except (OSError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise FailedPrecondition(f"cannot read Parquet {self.path}: {e}") from e
 
     async def latest_batches(
         self,
@@ -108,9 +119,14 @@ class ParquetOfflineSource:
     ) -> AsyncIterator[pa.RecordBatch]:
         self._check([*columns, *keys, timestamp])
         where = self._filter(timestamp, span)
-        ids = await asyncio.to_thread(
+        ids = await self._read(
             self._dataset.to_table, columns=[*keys, timestamp], filter=where, use_threads=False
         )
+        for k in keys:  # (latest_mask cannot order them: a null is neither equal nor unequal)
+            if ids.column(k).null_count:
+                raise InvalidArgument(
+                    f"{self.path}: key column {k!r} has null values", details=[{"column": k}]
+                )
         keep = latest_mask(ids, keys, timestamp)
         del ids
         it = iter(
@@ -120,7 +136,7 @@ class ParquetOfflineSource:
         )
         offset = 0
         while True:
-            batch = await asyncio.to_thread(next, it, None)
+            batch = await self._read(next, it, None)
             if batch is None:
                 break
             if batch.num_rows == 0:
@@ -173,7 +189,7 @@ class ParquetOfflineSource:
 
 def latest_mask(table: pa.Table, keys: Sequence[str], timestamp: str) -> np.ndarray:
     """Boolean mask over ``table``'s rows: True for the latest row of each key (the
-    last one in file order among equal timestamps)."""
+    last one in file order among equal timestamps). The key columns hold no nulls."""
     n = table.num_rows
     if n == 0:
         return np.zeros(0, dtype=bool)

@@ -8,24 +8,22 @@ the supervisor's job (``featurestore/supervisor.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import resource
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from featurestore import collector
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server, server_credentials
 from featurestore.api.grpc_intake import Intake
 from featurestore.api.http import HttpApi, OpsApi
+from featurestore.api.uvicorn_server import UvicornServer, start_uvicorn, uvicorn_tls
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig
 from featurestore.errors import FailedPrecondition
@@ -43,14 +41,6 @@ DRAIN_SECONDS = 10
 # How long start-up waits for the stream windows' compiled pass (from the cache: ~0.5 s;
 # built first: ~2 s): past it the server starts with numpy and the pass comes in later.
 STREAM_KERNEL_WAIT_SECONDS = 20.0
-
-
-class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _reuse_port() -> bool:
@@ -139,15 +129,6 @@ def _check_tls(tls: TlsConfig) -> None:
             ) from None
 
 
-def _uvicorn_tls(tls: TlsConfig) -> dict[str, Any]:
-    if not tls.enabled:
-        return {}
-    settings: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
-    if tls.client_ca_file:
-        settings.update(ssl_ca_certs=tls.client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
-    return settings
-
-
 class Listeners:
     """The HTTP and gRPC servers of one process over one runtime (and the admin
     listener, when ``http.admin_port`` is set)."""
@@ -210,14 +191,15 @@ class Listeners:
         )
         self.sock = _listen(config.http.host, config.http.port, config.http.backlog)
         self.guard = ConnectionGuard(conn_limits, direct=http_api.direct())
-        self.http = _UvicornServer(
+        self.http = UvicornServer(
             self.guard.uvicorn_config(
                 http_api,
                 access_log=config.access_log,
                 backlog=config.http.backlog,
                 timeout_graceful_shutdown=DRAIN_SECONDS,
-                **_uvicorn_tls(config.tls),
-            )
+                **uvicorn_tls(config.tls),
+            ),
+            handshake_timeout=config.http.header_timeout_seconds,  # with TLS
         )
         self.http_task: asyncio.Task[None] | None = None
         self.auth_task: asyncio.Task[None] | None = None
@@ -230,9 +212,9 @@ class Listeners:
         await self.grpc.start()
         self.intake = Intake(self.grpc, JOIN_METHOD, self.grpc_api.handler("Join"), self.intake_loops)
         try:
-            self.http_task = await _start_uvicorn(self.http, self.sock, "http")
+            self.http_task = await start_uvicorn(self.http, self.sock, "http")
             if self.admin is not None:
-                self.admin.task = await _start_uvicorn(self.admin.server, self.admin.sock, "admin")
+                self.admin.task = await start_uvicorn(self.admin.server, self.admin.sock, "admin")
         except BaseException:  # the intake's take-ups must end by the server's stop (grpc_intake.py)
             await self.grpc.stop(0)
             await self.intake.close()
@@ -275,7 +257,7 @@ class _AdminListener:
         self.sock = _listen(config.http.host, config.http.admin_port, 128)
         # closes are counted with the serving port's; the open-connections gauge is its alone
         self.guard = ConnectionGuard(limits, count_open=False)
-        self.server = _UvicornServer(
+        self.server = UvicornServer(
             self.guard.uvicorn_config(OpsApi(http_api.app), access_log=False, backlog=128)
         )
         self.task: asyncio.Task[None] | None = None
@@ -286,16 +268,6 @@ def _log_if_failed(task: asyncio.Task[None]) -> None:
     watch() has opened the limit, so its worker sheds at the hard cap only)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("background task %s ended: %r", task.get_name(), error)
-
-
-async def _start_uvicorn(server: uvicorn.Server, sock: socket.socket, name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
-    # uvicorn exposes no startup event, only the flag.
-    while not server.started and not task.done():  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    if task.done():
-        await task  # surfaces the bind/startup error
-    return task
 
 
 async def serve(

@@ -165,6 +165,10 @@ def read_secret_file(path: Any, where: str) -> SecretStr:
         text = Path(str(path)).read_text(encoding="utf-8")
     except OSError as e:
         raise SettingError(where, f"cannot read the secret file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SettingError(
+            where, f"the secret file is not UTF-8 text (at byte {e.start}: {e.reason})"
+        ) from None
     return SecretStr(text.rstrip("\r\n"))
 
 
@@ -320,6 +324,8 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise InvalidArgument(f"config {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"config {path}: not UTF-8 text (at byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         raise InvalidArgument(f"config {path}: {yaml_problem(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):

@@ -7,6 +7,9 @@ workers), restarts a worker that dies (counted in ``featurestore_worker_restarts
 its metrics files folded into the directory's archive: ``metrics_files.py``), forwards
 SIGINT/SIGTERM so every worker drains before exit, and removes the directory at the end.
 
+Before any worker starts, each port is bound once without SO_REUSEPORT (``probe_ports``):
+one that another process holds (another supervised server too, whose sockets the workers
+would otherwise join) stops the start with the error and exit code one process gives.
 A worker reports through a pipe (``READY_FD_ENV``) that it serves, or the one error line
 that stopped it first. A worker that exits with 2 (``error: CODE: message``: a port in
 use, a bad config) before any worker served means the server cannot start: the
@@ -23,13 +26,16 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from featurestore import metrics_files
+from featurestore.errors import FailedPrecondition
+from featurestore.listener_config import Listener
 
 log = logging.getLogger("featurestore")
 
@@ -46,9 +52,17 @@ STARTUP_FAILED = 2  # the CLI's exit code for an operator error (cli.main)
 STOP_GRACE_SECONDS = 15.0
 
 
-def supervise(workers: int, worker_argv: list[str], on_ready: Callable[[], None] | None = None) -> int:
-    """Start ``workers`` copies of ``worker_argv``; restart crashes; forward signals.
-    ``on_ready`` runs once, when the first worker serves."""
+def supervise(
+    workers: int,
+    worker_argv: list[str],
+    on_ready: Callable[[], None] | None = None,
+    ports: Sequence[Listener] = (),
+) -> int:
+    """Start ``workers`` copies of ``worker_argv`` (``worker_argv_from``'s); restart
+    crashes; forward signals. ``on_ready`` runs once, when the first worker serves.
+    ``ports``: where the workers will listen (``listener_config.listeners`` of their
+    config); one already in use raises, as it would in one process (exit 2)."""
+    probe_ports(ports)
     sup = Supervisor(workers, worker_argv, on_ready=on_ready)
     signal.signal(signal.SIGINT, sup.on_signal)
     signal.signal(signal.SIGTERM, sup.on_signal)
@@ -181,7 +195,9 @@ class Supervisor:
             for slot in range(self.workers):
                 if self.stop_signal is None:
                     self.spawn(slot)
-            while self.procs or self.restart_at:
+            # Restarts pending after a stop are never started: a signal landing in _reap,
+            # between its stop check and the scheduling, would otherwise loop for ever.
+            while self.procs or (self.restart_at and self.stop_signal is None):
                 self._forward()
                 time.sleep(0.2)
                 for slot in list(self.pipes):
@@ -225,7 +241,8 @@ class Supervisor:
                 else self.backoff.get(slot, 0) * 2
             )
             self.backoff[slot] = min(max(delay, _RESTART_MIN_S), _RESTART_MAX_S)
-            self.restart_at[slot] = now + self.backoff[slot]
+            if self.stop_signal is None:  # (the signal handler may have run since the check above)
+                self.restart_at[slot] = now + self.backoff[slot]
             if self.restarts is not None:
                 self.restarts.restarted(rc)
             reason = (
@@ -300,6 +317,25 @@ def _die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def probe_ports(found: Sequence[Listener]) -> None:
+    """Bind each port once, without SO_REUSEPORT, before any worker binds it with: a
+    port that another process holds, even another supervised server sharing it with
+    SO_REUSEPORT, fails here, where the workers would join that server's sockets and
+    take a share of its connections. SO_REUSEADDR is on, so connections of an earlier
+    run in TIME_WAIT do not count. The error is the one process's (``process.py``)."""
+    for listener in found:
+        host = listener.host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, listener.port))
+            except OSError as e:
+                raise FailedPrecondition(
+                    f"cannot bind {listener.kind} on {listener.host}:{listener.port}: {e.strerror or e}"
+                ) from None
 
 
 def report_ready() -> None:

@@ -7,9 +7,9 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
 ``HttpToolsProtocol``) bounds, per connection:
 
 * idle time after a response (``keep_alive``; reason ``idle``);
-* a header timeout, from accept (the first request) or from a request's first byte (the
-  next ones) to its last header: a connection that sent nothing is closed (``idle``),
-  one that sent part of a head is answered 408 and closed (``header_timeout``);
+* a header timeout, from accept (the first request; with TLS, the handshake's end:
+  ``uvicorn_server.py``) or from a request's first byte (the next ones) to its last header:
+  one that sent nothing is closed (``idle``), part of a head: 408 and closed (``header_timeout``);
 * a body timeout, from the last header to the end of the body (``body_timeout``);
 * a write timeout: a response the client does not read (the transport's buffer stays
   over its high-water mark, uvicorn waits in ``drain()``) for this long aborts the

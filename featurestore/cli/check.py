@@ -133,7 +133,8 @@ async def _check(
     from featurestore.jobs import default_source
     from featurestore.quality.consistency import check, offline_rows, offline_sides, sample_keys
 
-    offline = offline_sides(view, await offline_rows(view, default_source(view, config, args.clickhouse_dsn)))
+    source = default_source(view, config, args.clickhouse_dsn, remedy="no offline rows to check it against")
+    offline = offline_sides(view, await offline_rows(view, source))
     keys = sample_keys(offline, args.sample, _keys(view, args.key), args.seed)
     return await check(view, offline, keys, read, *loaded)
 

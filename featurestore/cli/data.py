@@ -19,7 +19,12 @@ def register(sub: Subcommands) -> None:
     )
     which = m.add_mutually_exclusive_group(required=True)
     which.add_argument("--view", action="append", help="a feature view (repeat for several)")
-    which.add_argument("--all", action="store_true", help="every feature view of the current snapshot")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every view of the current snapshot a run can load (stream views, views on memory stores "
+        "and views without batch_source are skipped, one line each)",
+    )
     m.add_argument(
         "--source",
         help="instead of the view's batch_source: a Parquet file or directory (hive partitions too), "
@@ -65,13 +70,22 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         raise InvalidArgument(f"--batch-rows must be at least 1, got {args.batch_rows}")
     if args.grace_seconds < 0:
         raise InvalidArgument(f"--grace-seconds must be 0 or more, got {args.grace_seconds}")
+    span = EventTimeRange(_epoch_us(args.start, "--start"), _epoch_us(args.end, "--end"))
+    if span.start_us is not None and span.end_us is not None and span.start_us >= span.end_us:
+        # no row can be in it: a full run would publish an empty version over the served one
+        raise InvalidArgument(
+            f"--start {args.start} must be before --end {args.end}: no event time is in that range"
+        )
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
     config = load_config(args.config, overrides)
     if args.force and not config.registry.definitions:
         raise InvalidArgument("--force applies definitions: give them with --definitions FILE")
     configure_logging(config.log_level, config.log_format)
-    span = EventTimeRange(_epoch_us(args.start, "--start"), _epoch_us(args.end, "--end"))
     reporter = ProgressReporter(quiet=args.quiet)
+
+    def done(result: Any) -> None:
+        reporter.finish()  # a terminal's bar ends before the line
+        print(_summary(result, args.grace_seconds), flush=True)
 
     async def run() -> Any:
         await jobs.apply_configured_definitions(config, force=args.force, force_flag="--force to materialize")
@@ -88,14 +102,14 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
             incremental=args.incremental,
             clickhouse_dsn=args.clickhouse_dsn,
             on_start=lambda view, src: reporter.start(view, src.describe()),
+            on_skip=lambda view, why: print(f"{view}: skipped: {why}", flush=True),
+            on_done=done,
         )
 
     try:
-        results = asyncio.run(run())
+        asyncio.run(run())
     finally:
         reporter.finish()
-    for r in results:
-        print(_summary(r, args.grace_seconds))
     return 0
 
 
@@ -146,7 +160,16 @@ def cmd_ddl(args: argparse.Namespace, _argv: list[str]) -> int:
         store = config.stores.get(view.online_store)
         if store is None or store.kind != "clickhouse":
             continue
-        database = ClickHouseOptions.from_mapping(dict(store.options)).database
+        if view.stream is not None:  # its tiles live in memory or redis stores (factories.make_tile_store)
+            print(
+                f"-- {view.name}: store {view.online_store}: no table (a stream view: stream views are "
+                "kept in memory or redis stores, not clickhouse)\n"
+            )
+            continue
+        try:
+            database = ClickHouseOptions.from_mapping(dict(store.options)).database
+        except (TypeError, ValueError) as e:  # as jobs.warehouse and the server report it
+            raise InvalidArgument(f"stores.{view.online_store}: {e}") from None
         print(f"-- {view.name}: store {view.online_store}, data version {versions.get(view.name, 0)}")
         print(online_table_ddl(database, config.project, view, versions.get(view.name, 0)) + ";\n")
         printed += 1

@@ -1,8 +1,10 @@
 """``featurestore healthcheck``: the image's health check (Dockerfile ``HEALTHCHECK``).
 It asks the local server's ``/readyz`` where the server's configuration puts it: the
 plain admin port when ``http.admin_port`` is set, else the serving port, over HTTPS when
-``tls.cert_file`` is set. Exit 0: ready; 1: not (Docker reserves 2), with the reason on
-stderr.
+``tls.cert_file`` is set; or ``--url`` (the lineage consumer's and the stream processor's
+``/metrics``: compose's checks). Exit 0: ready; 1: not (Docker reserves 2), with the
+reason on stderr. Never through a proxy: Docker hands containers the client's
+``HTTP_PROXY``, which urllib would otherwise use for 127.0.0.1 too.
 
 The image runs it as ``python -m featurestore.cli.health`` (the same arguments), every
 10 s: that imports this module alone, which imports nothing heavy (the config's pydantic
@@ -40,6 +42,7 @@ def _arguments(h: argparse.ArgumentParser) -> None:
         help="the server's config file (default: $FEATURESTORE_CONFIG); FEATURESTORE_* variables apply as for serve",
     )
     h.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    h.add_argument("--url", help="ask this URL for a 200 instead (no config is read)")
 
 
 def readyz(config: Any) -> tuple[str, ssl.SSLContext | None]:
@@ -62,13 +65,21 @@ def readyz(config: Any) -> tuple[str, ssl.SSLContext | None]:
     return f"https://{host}:{config.http.port}/readyz", context
 
 
+def local_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    """urllib without proxies (it honours ``http_proxy`` for every host not in
+    ``no_proxy``, loopback included), with ``context`` for HTTPS."""
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+
+
 def cmd_healthcheck(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.config import load_config
 
-    url = "/readyz"
+    url = args.url or "/readyz"
     try:
-        url, context = readyz(load_config(args.config))
-        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as r:
+        url, context = (url, None) if args.url else readyz(load_config(args.config))
+        with local_opener(context).open(url, timeout=args.timeout) as r:
             status = r.status
     except urllib.error.HTTPError as e:
         status = e.code

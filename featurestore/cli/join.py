@@ -25,7 +25,8 @@ def register(sub: Subcommands) -> None:
         action="append",
         default=[],
         metavar="NAME=V1[,V2...]",
-        help="a request_data field for derived features, one value per entity row (numbers, true/false or text)",
+        help="a request_data field for derived features, one value per entity row: numbers, true/false or "
+        "text; a value in double quotes is text as it stands (zip='\"01234\"': the string 01234, not a number)",
     )
     j.add_argument(
         "--url", default="http://127.0.0.1:8080", help="HTTP endpoint of the server (https://: TLS)"
@@ -80,6 +81,10 @@ def _request_data(specs: list[str]) -> dict[str, list[Any]]:
 
 
 def _scalar(text: str) -> Any:
+    """A number, a bool, or text. A STRING request field that looks like a number (a zip
+    code, 01234) is sent quoted: "01234" is the text between the quotes."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
     if text in ("true", "false"):
         return text == "true"
     for kind in (int, float):
@@ -98,6 +103,10 @@ def token_from_args(args: argparse.Namespace) -> str | None:
             token = f.read().strip()
     except OSError as e:
         raise InvalidArgument(f"--token-file {args.token_file}: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # a DER key, say
+        raise InvalidArgument(
+            f"--token-file {args.token_file}: not UTF-8 text (at byte {e.start}: {e.reason})"
+        ) from None
     if not token:
         raise InvalidArgument(f"--token-file {args.token_file}: empty")
     return token.split()[0]  # a server's tokens file line also fits: TOKEN [scopes]

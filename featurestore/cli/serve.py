@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.cli.base import Subcommands
+from featurestore.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = "data"
 
@@ -44,7 +45,9 @@ def register(sub: Subcommands) -> None:
 
     d = sub.add_parser("demo-data", help="write the deterministic 100k-user demo Parquet file")
     d.add_argument("--out", default=DEFAULT_DATA_DIR)
-    d.add_argument("--rows", type=int, default=100_000)
+    d.add_argument(
+        "--rows", type=int, default=100_000, help="users (files there of another size are written again)"
+    )
     d.set_defaults(func=cmd_demo_data)
 
 
@@ -106,7 +109,10 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
             _print_demo_help(config)
 
     if config.workers > 1:
-        return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv), on_ready=announce)
+        from featurestore.listener_config import listeners
+
+        ports = listeners(config.http, config.grpc)
+        return supervisor.supervise(config.workers, supervisor.worker_argv_from(argv), announce, ports)
     from featurestore.process import run_process
 
     run_process(config, on_ready=announce, runs=runs.runs)
@@ -172,6 +178,8 @@ def _print_demo_help(config: Any) -> None:
 def cmd_demo_data(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.demo.data import ensure_demo_data
 
-    path = ensure_demo_data(args.out, n=args.rows)
-    print(f"demo data: {path}")
+    if args.rows < 1:
+        raise InvalidArgument(f"--rows must be at least 1, got {args.rows}")
+    path = ensure_demo_data(args.out, n=args.rows, resize=True)
+    print(f"demo data: {path} ({args.rows:,} users)")
     return 0

@@ -16,6 +16,7 @@ import yaml
 
 from featurestore.definitions.derived import parse_derived_views
 from featurestore.definitions.stream import parse_stream_views
+from featurestore.definitions.strict_yaml import DuplicateKey, StrictLoader
 from featurestore.errors import DefinitionError
 from featurestore.model import (
     ENTITY_DTYPES,
@@ -36,6 +37,11 @@ from featurestore.model import (
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # match() with \Z: no trailing newline
 _DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
 _T = TypeVar("_T", Entity, FeatureView, FeatureService)
+# Columns every stored row of a view carries besides its keys and features: rows.py's
+# EVENT_TIMESTAMP (not imported: it pulls in pyarrow), and the stores' own, named "__..."
+# (ClickHouse's __key, offline.latest_mask's __row).
+_EVENT_TIME_COLUMN = "event_timestamp"
+_STORE_COLUMN_PREFIX = "__"
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -50,8 +56,12 @@ def load_definitions(path: str | Path, base_dir: str | Path | None = None) -> De
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise DefinitionError(f"{p}: cannot read definitions: {e.strerror}") from e
+    except UnicodeDecodeError as e:  # Latin-1 or UTF-16 from an editor
+        raise DefinitionError(f"{p}: not UTF-8 text (at byte {e.start}: {e.reason})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=StrictLoader)
+    except DuplicateKey as e:
+        raise DefinitionError(f"{p.name}: {e}") from None
     except yaml.YAMLError as e:
         raise DefinitionError(f"{p.name}: not valid YAML: {e}") from e
     return parse_definitions(doc, source=p.name, base_dir=Path(base_dir) if base_dir else p.parent)
@@ -115,6 +125,30 @@ class _Parser:
             )
         return v
 
+    def not_reserved(self, name: str, where: str) -> None:
+        """An entity key, feature or aggregation is a column of the view's stored rows:
+        not one the rows carry anyway (materialization failed with Arrow's KeyError, a
+        ClickHouse table had the column twice). Since 2026-12-07, so only when authoring:
+        a snapshot applied before loads as it did."""
+        if not self.authoring:
+            return
+        if name == _EVENT_TIME_COLUMN:
+            raise self.fail(
+                where, f"{name!r} is a reserved column name: every stored row has its event time there"
+            )
+        if name.startswith(_STORE_COLUMN_PREFIX):
+            raise self.fail(
+                where,
+                f"{name!r} is a reserved column name: names starting with '__' are the stores' own columns",
+            )
+
+    def store_name(self, obj: dict[str, Any], where: str) -> str:
+        """A view's ``online_store``: a name of the config's ``stores`` (default: default)."""
+        store = self.string(obj, "online_store", where, "default")
+        if not _NAME.match(store):
+            raise self.fail(f"{where}.online_store", f"invalid store name {store!r}")
+        return store
+
     def str_list(self, obj: dict[str, Any], key: str, where: str) -> list[str]:
         v = obj.get(key) or []
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
@@ -149,7 +183,10 @@ class _Parser:
             allowed = ", ".join(d.value for d in DType)
             raise self.fail(f"{where}.dtype", f"unknown dtype {v!r}; expected one of {allowed}") from None
 
-    def duration(self, v: Any, where: str) -> int | None:
+    def duration(
+        self, v: Any, where: str, least: int = 1, short: str = "must be positive (omit it for no maximum age)"
+    ) -> int | None:
+        """Seconds (None: not given); fewer than ``least`` fails saying ``short``."""
         if v is None:
             return None
         if isinstance(v, bool):
@@ -161,8 +198,8 @@ class _Parser:
             if not m:
                 raise self.fail(where, f"invalid duration {v!r}; use seconds or e.g. 30s, 15m, 12h, 7d")
             seconds = int(m.group(1)) * _UNITS[m.group(2)]
-        if seconds <= 0:
-            raise self.fail(where, "must be positive (omit it for no maximum age)")
+        if seconds < least:
+            raise self.fail(where, short)
         return seconds
 
     # -- objects ---------------------------------------------------------------------
@@ -229,6 +266,7 @@ class _Parser:
         m = self.mapping(obj, where, {"name", "dtype", "description", "tags"}, {"name", "dtype"})
         name = self.name(m, where)
         where = f"entities[{name}]"
+        self.not_reserved(name, where)
         dtype = self.dtype(m, where)
         if dtype not in ENTITY_DTYPES:
             raise self.fail(f"{where}.dtype", "entity keys must be int64 or string")
@@ -239,6 +277,7 @@ class _Parser:
         m = self.mapping(obj, where, {"name", "dtype", "description", "tags"}, {"name", "dtype"})
         name = self.name(m, where)
         where = f"feature_views[{view}].features[{name}]"
+        self.not_reserved(name, where)
         return Feature(name, self.dtype(m, where), self.string(m, "description", where), self.tags(m, where))
 
     def batch_source(self, obj: Any, where: str) -> BatchSource | None:
@@ -275,9 +314,7 @@ class _Parser:
             if f.name in keys:
                 raise self.fail(f"{where}.features[{f.name}]", "has the name of an entity key of the view")
             seen.add(f.name)
-        store = self.string(m, "online_store", where, "default")
-        if not _NAME.match(store):
-            raise self.fail(f"{where}.online_store", f"invalid store name {store!r}")
+        store = self.store_name(m, where)
         return FeatureView(
             name=name,
             entities=tuple(entities[k] for k in keys),

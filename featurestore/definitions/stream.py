@@ -55,12 +55,13 @@ def _view(p: _Parser, obj: Any, i: int, entities: Mapping[str, Entity]) -> Featu
     name = p.name(m, where)
     where = f"stream_views[{name}]"
     keys = p.entity_keys(m, where, entities, "a stream view")
-    tile = p.duration(m.get("tile", DEFAULT_TILE_SECONDS), f"{where}.tile")
+    tile = p.duration(m.get("tile", DEFAULT_TILE_SECONDS), f"{where}.tile", short="must be at least 1s")
     assert tile is not None
-    lateness = _non_negative(p, m.get("allowed_lateness", 0), f"{where}.allowed_lateness")
+    lateness = p.duration(m.get("allowed_lateness"), f"{where}.allowed_lateness", 0, "must be 0 or more") or 0
     source = _source(p, m["source"], f"{where}.source", keys)
     aggs = _aggregations(p, m["aggregations"], f"{where}.aggregations", tile, keys, source)
-    store = p.string(m, "online_store", where, "default")
+    # checked as a feature view's since 2026-12-07: a snapshot applied before loads as it did
+    store = p.store_name(m, where) if p.authoring else p.string(m, "online_store", where, "default")
     return FeatureView(
         name=name,
         entities=tuple(entities[k] for k in keys),
@@ -73,13 +74,6 @@ def _view(p: _Parser, obj: Any, i: int, entities: Mapping[str, Entity]) -> Featu
         description=p.string(m, "description", where),
         stream=StreamSpec(source, tuple(aggs), tile, lateness),
     )
-
-
-def _non_negative(p: _Parser, v: Any, where: str) -> int:
-    if v in (0, "0", "0s"):
-        return 0
-    seconds = p.duration(v, where)
-    return seconds or 0
 
 
 def _source(p: _Parser, obj: Any, where: str, keys: list[str]) -> StreamSource:
@@ -128,6 +122,7 @@ def _aggregations(
         m = p.mapping(obj, at, {"name", "function", "column", "window"}, {"name", "function", "window"})
         name = p.name(m, at)
         at = f"{where}[{name}]"
+        p.not_reserved(name, at)
         if name in seen:
             raise p.fail(at, "defined twice")
         if name in keys:
@@ -143,7 +138,7 @@ def _aggregations(
             raise p.fail(f"{at}.column", f"is required for {function}")
         if p.authoring:
             _numeric_column(p, column, f"{at}.column", source)
-        window = p.duration(m.get("window"), f"{at}.window")
+        window = p.duration(m.get("window"), f"{at}.window", short="must be at least 1s")
         assert window is not None
         if window % tile:
             raise p.fail(f"{at}.window", f"{window}s is not a multiple of the tile size ({tile}s)")

@@ -137,16 +137,28 @@ def canonical_sha256(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def ensure_demo_data(data_dir: str | Path, n: int = 100_000, seed: int = 42) -> Path:
+def ensure_demo_data(data_dir: str | Path, n: int = 100_000, seed: int = 42, *, resize: bool = False) -> Path:
     """Write the demo's Parquet files into ``data_dir`` unless they are there already;
-    returns the users file."""
+    returns the users file. ``resize``: files of another number of users than ``n`` (or
+    unreadable ones) are written again (``featurestore demo-data --rows``)."""
     out = Path(data_dir)
-    _write_once(out / TRANSACTIONS_FILE, lambda: generate_transactions(n))
-    return _write_once(out / FILE_NAME, lambda: generate(n, seed))
+    users = out / FILE_NAME
+    # the users file decides for both: the transactions file leaves out 5% of users, and is
+    # written first, so a run cut short between the two leaves the users file to redo both
+    redo = resize and users.exists() and _rows(users) != n
+    _write_once(out / TRANSACTIONS_FILE, lambda: generate_transactions(n), redo)
+    return _write_once(users, lambda: generate(n, seed), redo)
 
 
-def _write_once(path: Path, make: Any) -> Path:
-    if path.exists():
+def _rows(path: Path) -> int | None:
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def _write_once(path: Path, make: Any, redo: bool = False) -> Path:
+    if path.exists() and not redo:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,15 +1,19 @@
 """The OfflineSource contract: every adapter (a Parquet file, a directory of Parquet
-parts, hive partition directories, a ClickHouse table) runs this same suite."""
+parts, hive partition directories, a ClickHouse table) runs this same suite. Then the
+Parquet source's faults that opening a dataset does not see."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from featurestore.errors import InvalidArgument
-from featurestore.offline import EventTimeRange, OfflineSource
+from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.offline import EventTimeRange, OfflineSource, ParquetOfflineSource
 from tests.contract.adapters import OFFLINE_SOURCES, make_offline_source
 
 DAY_US = 86_400_000_000
@@ -92,3 +96,36 @@ async def test_a_missing_column_is_named(source: OfflineSource) -> None:
 
 def test_the_source_describes_itself_as_a_uri(source: OfflineSource) -> None:
     assert source.describe().split("://")[0] in ("file", "clickhouse")
+
+
+# -- Parquet: what ds.dataset does not check when it opens (it reads the first file only)
+
+
+async def test_a_null_entity_key_is_refused_naming_the_column(tmp_path: Path) -> None:
+    """It was numpy's _UFuncOutputCastingError out of latest_mask, before conform could
+    report the nulls."""
+    table = rows().slice(0, 4)
+    keys = pa.array([1, None, 1, None], pa.int64())
+    pq.write_table(table.set_column(0, "user_id", keys), tmp_path / "nulls.parquet")
+    with pytest.raises(InvalidArgument, match=r"nulls\.parquet: key column 'user_id' has null values"):
+        await read(ParquetOfflineSource(str(tmp_path / "nulls.parquet")))
+
+
+async def test_a_file_that_is_not_parquet_among_the_parts_fails_naming_it(tmp_path: Path) -> None:
+    pq.write_table(rows(), tmp_path / "a-part.parquet")
+    (tmp_path / "z-notes.txt").write_text("notes\n")  # sorts after the part ds.dataset looks at
+    source = ParquetOfflineSource(str(tmp_path))
+    with pytest.raises(
+        FailedPrecondition, match=rf"cannot read Parquet {re.escape(str(tmp_path))}: .*z-notes"
+    ):
+        await source.count("event_timestamp")
+    with pytest.raises(FailedPrecondition, match=r"z-notes\.txt"):
+        await read(source)
+
+
+async def test_parts_whose_column_types_drifted_fail_as_one_error(tmp_path: Path) -> None:
+    pq.write_table(rows(), tmp_path / "part-0.parquet")
+    drifted = rows().slice(0, 1).set_column(1, "score", pa.array(["x"]))  # int64 in part-0
+    pq.write_table(drifted, tmp_path / "part-1.parquet")
+    with pytest.raises(FailedPrecondition, match=rf"cannot read Parquet {re.escape(str(tmp_path))}: .*'x'"):
+        await read(ParquetOfflineSource(str(tmp_path)))

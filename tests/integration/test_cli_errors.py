@@ -1,5 +1,6 @@
 """The CLI's failures outside the program (network, files, config) are one line on
-stderr and exit code 2, never a traceback; --version; registry show's default."""
+stderr and exit code 2, never a traceback; --version; registry show's default; what
+ddl prints for a stream view."""
 
 from __future__ import annotations
 
@@ -149,3 +150,95 @@ def test_materialize_with_a_bad_batch_or_grace_prints_one_line(
     config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
     line = one_line_error(cli("materialize", "--config", str(config), "--all", *flag))
     assert line == f"error: INVALID_ARGUMENT: {problem}"
+
+
+def test_a_swapped_time_range_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    """It read no row and published an empty version over the served one, exit 0. The
+    registry here is empty: reading it would fail otherwise."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    for start, end in [("2024-05-02", "2024-05-01"), ("2024-05-01T00:00:00Z", "2024-05-01")]:
+        line = one_line_error(
+            cli("materialize", "--config", str(config), "--all", "--start", start, "--end", end)
+        )
+        assert line == (
+            f"error: INVALID_ARGUMENT: --start {start} must be before --end {end}: no event time is in that range"
+        )
+
+
+@pytest.mark.parametrize("reader", ["validate", "--config", "--token-file"])
+def test_a_file_that_is_not_utf8_prints_one_line_naming_it(tmp_path: Path, reader: str) -> None:
+    """A Latin-1 description (or UTF-16, or a DER key as a token) was UnicodeDecodeError's traceback."""
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b'project: p\nentities: [{name: u, dtype: int64, description: "caf\xe9"}]\n')
+    args = {
+        "validate": ["validate", str(latin1)],
+        "--config": ["registry", "history", "--config", str(latin1)],
+        "--token-file": ["join", "--entity", "u=1", "--features", "v:f", "--token-file", str(latin1)],
+    }[reader]
+    line = one_line_error(cli(*args))
+    assert line.startswith("error: INVALID_ARGUMENT: ") and "latin1.yaml" in line
+    at = latin1.read_bytes().index(b"\xe9")
+    assert f"not UTF-8 text (at byte {at}: invalid continuation byte)" in line
+
+
+def _registry_with(tmp_path: Path, stores: str, views: str) -> Path:
+    """A file registry holding ``views`` (YAML list items of feature_views and
+    stream_views), and a config with ``stores``."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'reg'}}}\nderived: {{cache_dir: {tmp_path / 'kernels'}}}\n"
+        f"stores: {stores}\n"
+    )
+    defs = tmp_path / "defs.yaml"
+    defs.write_text("project: demo\nentities: [{name: user_id, dtype: int64}]\n" + views)
+    applied = cli("apply", str(defs), "--config", str(config))
+    assert applied.returncode == 0, applied.stderr
+    return config
+
+
+STREAM_VIEW = (
+    "stream_views:\n  - {name: clicks, entities: [user_id], source: {topic: clicks},\n"
+    "     aggregations: [{name: n_5m, function: count, window: 5m}]}\n"
+)
+PLAIN_VIEW = "feature_views:\n  - {name: plain, entities: [user_id], features: [{name: x, dtype: int64}]}\n"
+
+
+def test_ddl_with_a_bad_clickhouse_store_option_is_a_one_line_error(tmp_path: Path) -> None:
+    config = _registry_with(
+        tmp_path, "{default: {kind: clickhouse, dsn: 'http://h:8123', bogus: 1}}", PLAIN_VIEW
+    )
+    line = one_line_error(cli("ddl", "--config", str(config)))
+    assert line.startswith("error: INVALID_ARGUMENT: stores.default: unknown clickhouse store option 'bogus'")
+
+
+def test_ddl_prints_no_table_for_a_stream_view_which_no_clickhouse_store_keeps(tmp_path: Path) -> None:
+    config = _registry_with(
+        tmp_path, "{default: {kind: clickhouse, dsn: 'http://h:8123'}}", PLAIN_VIEW + STREAM_VIEW
+    )
+    out = cli("ddl", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "`demo__plain__v0`" in out.stdout and "clicks__v0" not in out.stdout
+    assert (
+        "-- clicks: store default: no table (a stream view: stream views are kept in memory or redis"
+        in out.stdout
+    )
+
+
+def test_check_consistency_of_a_view_without_a_batch_source_names_no_flag_check_lacks(tmp_path: Path) -> None:
+    """It said "name one with --source", a flag of materialize's, not check's."""
+    config = _registry_with(tmp_path, "{default: {kind: memory}}", PLAIN_VIEW + STREAM_VIEW)
+
+    def error(view: str) -> str:
+        out = cli("check", "consistency", "--config", str(config), "--view", view)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        # the error comes after the store's log lines
+        [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
+        return line
+
+    assert error("plain") == (
+        "error: INVALID_ARGUMENT: view 'plain' declares no batch_source: no offline rows to check it against"
+    )
+    stream = error("clicks")
+    assert "view 'clicks' is a stream view: stream views have no batch source" in stream
+    assert "--source" not in stream

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import pty
+import shutil
 import struct
 import subprocess
 import sys
@@ -125,6 +126,23 @@ async def test_a_run_with_start_that_replaces_a_version_warns_that_older_keys_st
     assert await scores(store, [1, 2], 2) == [None, 20]  # what the warning is about
 
 
+async def test_a_run_with_end_that_replaces_a_version_warns_that_newer_keys_stop_being_served(
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--end narrowed the version as silently as --start had (review 53)."""
+    registry, store = setup
+    src = part(tmp_path / "a.parquet", {1: (10, 100), 2: (20, 200)})
+    job = Materializer(registry, store)
+    await job.run("scores", ParquetOfflineSource(str(src)))
+    with caplog.at_level(logging.WARNING, logger="featurestore.materialize"):
+        r = await job.run("scores", ParquetOfflineSource(str(src)), span=EventTimeRange(end_us=TS0 + 150))
+    assert (r.data_version, r.previous_version) == (2, 1)
+    assert "scores: data version 2 replaced 1" in caplog.text
+    assert "keys whose rows are all from --end on are no longer served" in caplog.text
+    assert "without --end a run loads every key" in caplog.text and "--start" not in caplog.text
+    assert await scores(store, [1, 2], 2) == [10, None]  # what the warning is about
+
+
 class Interrupted(ParquetOfflineSource):
     """A real Parquet source that runs ``during`` after its first batch."""
 
@@ -221,6 +239,54 @@ def test_cli_materializes_every_view_from_its_batch_source_then_incrementally(
     )
     bad = materialize(config, defs, "--view", "more", "--end", "yesterday")
     assert bad.returncode == 2 and "--end 'yesterday'" in bad.stderr
+
+
+def test_cli_all_skips_the_views_a_run_cannot_load_saying_why_and_loads_the_others(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """--all failed at the first stream view, memory-store view or view without a batch
+    source, leaving later views unloaded (review 53)."""
+    defs, config = cli_repo(tmp_path, redis_server.url)
+    config.write_text(config.read_text().replace("stores: {", "stores: {mem: {kind: memory}, "))
+    defs.write_text(
+        defs.read_text()
+        + "  - {name: a_mem, entities: [user_id], online_store: mem, batch_source: {path: scores},\n"
+        "     features: [{name: score, dtype: int64}]}\n"
+        "  - {name: b_bare, entities: [user_id], features: [{name: score, dtype: int64}]}\n"
+        "stream_views:\n  - {name: m_clicks, entities: [user_id], source: {topic: clicks},\n"
+        "     aggregations: [{name: n_5m, function: count, window: 5m}]}\n"
+    )
+    out = materialize(config, defs, "--all", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:3] == [
+        "a_mem: skipped: its store 'mem' (memory) keeps no data versions",
+        "b_bare: skipped: it declares no batch_source",
+        "m_clicks: skipped: a stream view (`featurestore stream run` feeds it from Kafka)",
+    ]
+    assert "more: published data version 1 (was 0): 100 rows written" in out.stdout
+    assert "scores: published data version 1 (was 0): 200 rows written" in out.stdout  # sorts after m_clicks
+    defs.write_text(
+        defs.read_text().replace(
+            "stream_views:",
+            "  - {name: z_lost, entities: [user_id], online_store: gone, batch_source: {path: scores},\n"
+            "     features: [{name: score, dtype: int64}]}\nstream_views:",
+        )
+    )
+    lacking = materialize(config, defs, "--all", "--quiet")  # a config error fails the run before any load
+    assert lacking.returncode == 2 and "'z_lost' uses store 'gone', which the config lacks" in lacking.stderr
+    assert "published" not in lacking.stdout  # not more's and scores' version 2, then the error
+
+
+def test_cli_prints_each_views_line_when_it_is_published_not_after_every_view(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A later view's failure left the views published before it without their line."""
+    defs, config = cli_repo(tmp_path, redis_server.url)
+    shutil.rmtree(tmp_path / "scores")
+    part(tmp_path / "scores" / "p1.parquet", {1: (1, 1)}).with_name("README").write_text("not Parquet")
+    out = materialize(config, defs, "--view", "more", "--view", "scores", "--quiet")
+    assert out.returncode == 2 and "cannot read Parquet" in out.stderr, out.stderr
+    assert "more: published data version 1 (was 0): 100 rows written" in out.stdout
 
 
 def test_cli_progress_is_a_bar_on_a_terminal(redis_server: RedisServer, tmp_path: Path) -> None:

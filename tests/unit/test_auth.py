@@ -77,6 +77,23 @@ def test_an_empty_tokens_file_refuses_to_start(tmp_path: Path) -> None:
         Authenticator.from_config(AuthConfig(tokens_file=str(tmp_path / "t")))
 
 
+def test_a_tokens_file_that_is_not_utf8_refuses_to_start_and_keeps_the_tokens_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t"
+    path.write_bytes(b"caf\xe9-token-0123456789 read\n")  # Latin-1
+    with pytest.raises(FailedPrecondition, match="not UTF-8 text") as refused:
+        Authenticator.from_config(AuthConfig(tokens_file=str(path)))
+    assert "caf" not in refused.value.message  # (a token's bytes are not echoed)
+    path.write_text("one-token-0123456789 read\n")
+    auth = Authenticator(AuthConfig(tokens_file=str(path)))
+    path.write_bytes(b"\xff\xfeo\x00n\x00e\x00")  # UTF-16
+    os.utime(path, ns=(1, 1))
+    assert not auth.reload_if_changed()
+    assert "not UTF-8 text" in caplog.text
+    assert auth.check_http(b"Bearer one-token-0123456789", READ, "/j") is None
+
+
 def test_the_check_tells_missing_invalid_and_forbidden_apart() -> None:
     auth = Authenticator(AuthConfig(tokens=SecretStr(f"{R_TOKEN} read\n{W_TOKEN} write")))
     assert auth.check_http(f"Bearer {R_TOKEN}".encode(), READ, "/j") is None

@@ -305,3 +305,40 @@ def test_the_etcd_call_timeout_reaches_the_registry_and_must_be_positive(tmp_pat
     f.write_text("registry: {kind: etcd, timeout_seconds: 0}\n")
     with pytest.raises(InvalidArgument, match=re.escape("registry.timeout_seconds")):
         load_config(f)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http: {port: 8080, admin_port: 8080}", "http.admin_port: 8080 is also http.port;"),
+        (
+            "http: {host: 0.0.0.0, port: 8080}\ngrpc: {host: 127.0.0.1, port: 8080}",
+            "grpc.port: 8080 is also http.port (hosts '0.0.0.0' and '127.0.0.1' overlap);",
+        ),
+        (
+            "http: {port: 9000, admin_port: 9001}\ngrpc: {port: 9001}",
+            "grpc.port: 9001 is also http.admin_port;",
+        ),
+        (
+            "http: {host: localhost, port: 9000}\ngrpc: {host: 10.0.0.1, port: 9000}",
+            "grpc.port: 9000 is also http.port (hosts 'localhost' and '10.0.0.1' overlap);",
+        ),
+    ],
+)
+def test_two_listeners_on_one_port_of_hosts_that_can_overlap_are_refused_naming_both_settings(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """A supervised worker binds with SO_REUSEPORT: the kernel would let its own listeners
+    share the port and split connections between them, where one process fails to bind."""
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    with pytest.raises(
+        InvalidArgument, match=re.escape(f"config.yaml: {message} each listener needs a port of its own")
+    ):
+        load_config(f)
+
+
+def test_one_port_on_two_distinct_addresses_is_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("http: {host: 127.0.0.1, port: 9000}\ngrpc: {host: 127.0.0.2, port: 9000}\n")
+    assert load_config(f).grpc.port == load_config(f).http.port == 9000

@@ -102,6 +102,18 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["feature_services", 0, "features"], ["uv", "uv:a"], "lists a feature twice"),
         (["entities", 0, "dtype"], "float64", "entities[user_id].dtype: entity keys must be int64 or string"),
         (["entities", 1, "name"], "user_id", "entities[user_id]: defined twice"),
+        # columns every stored row carries (review 53: validate said OK, materialize failed)
+        (["entities", 1, "name"], "__item", "entities[__item]: '__item' is a reserved column name"),
+        (
+            ["feature_views", 0, "features", 0, "name"],
+            "event_timestamp",
+            "feature_views[uv].features[event_timestamp]: 'event_timestamp' is a reserved column name",
+        ),
+        (
+            ["feature_views", 0, "features", 0, "name"],
+            "__key",
+            "feature_views[uv].features[__key]: '__key' is a reserved column name",
+        ),
         (["project"], KeyError, "f.yaml: project: is required"),
         (
             ["feature_views", 0, "features", 0, "dtype"],
@@ -123,6 +135,63 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
         load_definitions(f)
     with pytest.raises(DefinitionError, match="cannot read"):
         load_definitions(tmp_path / "missing.yaml")
+
+
+def test_the_reserved_names_are_the_columns_of_stored_rows_and_a_stored_snapshot_keeps_them() -> None:
+    from featurestore.rows import EVENT_TIMESTAMP
+    from featurestore.sources.clickhouse.sql import KEY_COLUMN
+
+    for name in (EVENT_TIMESTAMP, KEY_COLUMN):
+        doc = mutate(["feature_views", 0, "features", 1, "name"], name)
+        with pytest.raises(DefinitionError, match="is a reserved column name"):
+            parse_definitions(doc, source="f.yaml")
+        # applied before the check (2026-12-07): still loads, not corrupted
+        stored = parse_definitions(doc, source="snapshot", check_functions=False)
+        assert stored.views["uv"].features[1].name == name
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        # a second block (files merged by hand) dropped every view of the first
+        ("project: p\nfeature_views: []\nentities: []\nfeature_views: []\n", 4, "feature_views"),
+        # the second ttl silently won
+        (
+            "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n"
+            "  - name: v\n    entities: [u]\n    ttl: 7d\n    ttl: 1d\n    features: [{name: a, dtype: int64}]\n",
+            7,
+            "ttl",
+        ),
+    ],
+)
+def test_a_key_given_twice_in_a_mapping_is_an_error_naming_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text(text)
+    with pytest.raises(DefinitionError) as info:
+        load_definitions(f)
+    assert info.value.message == f"dup.yaml: line {line}: key {key!r} given twice"
+
+
+def test_keys_a_yaml_merge_brings_in_may_still_be_overridden(tmp_path: Path) -> None:
+    f = tmp_path / "merge.yaml"
+    f.write_text(
+        "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n"
+        "  - &base {name: a, entities: [u], ttl: 1h, features: [{name: x, dtype: int64}]}\n"
+        "  - {<<: *base, name: b, ttl: 2h}\n"
+    )
+    views = load_definitions(f).views
+    assert (views["a"].ttl_seconds, views["b"].ttl_seconds) == (3600, 7200)
+
+
+def test_a_definitions_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "utf16.yaml"
+    f.write_text("project: p\n", encoding="utf-16")
+    with pytest.raises(
+        DefinitionError, match=r"utf16\.yaml: not UTF-8 text \(at byte 0: invalid start byte\)"
+    ):
+        load_definitions(f)
 
 
 def test_snapshot_round_trip_and_fingerprint(tmp_path: Path) -> None:

@@ -91,8 +91,16 @@ def test_the_server_starts_after_bootstrap_and_the_healthy_backends_of_its_confi
     for host in backends:
         assert host in deps, f"featurestore does not wait for {host}"
     assert {h for h in backends if deps[h] == "service_healthy"} >= {"redis", "etcd", "clickhouse", "kafka"}
+    # bootstrap's `apply` and `materialize` run on the server's config: every backend it
+    # names but the traces' (no job sends any), Kafka too (each job run goes to the lineage
+    # topic; one sent before Kafka is up is lost at the job's end)
     bootstrap = depends_on(services()["bootstrap"])
-    assert {"redis", "etcd", "clickhouse"} <= {h for h, c in bootstrap.items() if c == "service_healthy"}
+    traces = urlsplit(load_config(config_of("featurestore")).tracing.otlp_endpoint).hostname
+    assert (
+        config_of("featurestore") == mounts(services()["bootstrap"])["/etc/featurestore/config/config.yaml"]
+    )
+    for host in backends - {traces}:
+        assert bootstrap.get(host) == "service_healthy", f"bootstrap does not wait for {host} to be healthy"
     # the lineage topic exists (the server creates it) before the consumer subscribes
     assert depends_on(services()["lineage-consumer"])["featurestore"] == "service_healthy"
 
@@ -238,3 +246,24 @@ def test_the_stream_processor_runs_a_stream_view_of_its_mounted_definitions_and_
     for view in args.view:
         store = config.stores[definitions.views[view].online_store]
         assert store.kind == "redis" and urlsplit(store.options["url"]).hostname in depends_on(processor)
+
+
+def test_the_featurestore_containers_health_checks_are_the_cli_s_which_never_go_through_a_proxy() -> None:
+    """Not inline urllib snippets: urllib's default opener sends even 127.0.0.1 to the
+    HTTP_PROXY Docker may hand a container (tests/unit/test_healthcheck_proxy.py)."""
+    checked = []
+    for name, service in services().items():
+        check = service.get("healthcheck", {})
+        if service.get("image") != FEATURESTORE_IMAGE or check.get("disable"):
+            continue
+        assert check["test"][:4] == ["CMD", "python", "-m", "featurestore.cli.health"], name
+        args = parser().parse_args(["healthcheck", *check["test"][4:]])
+        if name == "featurestore":  # /readyz where the server's own config puts it
+            assert args.url is None and mounts(service)[args.config] == config_of("featurestore")
+        else:  # the /metrics its command serves
+            url = urlsplit(args.url)
+            assert (url.hostname, url.port, url.path) == (
+                "127.0.0.1", parser().parse_args(command(service)).metrics_port, "/metrics"
+            ), name  # fmt: skip
+        checked.append(name)
+    assert {"featurestore", "lineage-consumer", "stream-processor"} <= set(checked)

@@ -82,7 +82,7 @@ def test_copied_paths_exist_and_the_default_command_is_valid() -> None:
                 assert (ROOT / source).exists(), source
     cmd = json.loads(re.findall(r"^CMD\s+(.+)$", DOCKERFILE, re.M)[-1])
     entry = json.loads(re.findall(r"^ENTRYPOINT\s+(.+)$", DOCKERFILE, re.M)[-1])
-    assert entry == ["featurestore"]
+    assert entry == ["tini", "--", "featurestore"]
     args = parser().parse_args(cmd)
     assert args.demo and args.no_clickhouse  # the demo without the embedded engine (not installed)
 
@@ -111,3 +111,13 @@ def test_the_health_check_is_the_cli_s_which_reads_the_server_s_settings() -> No
     # with the arguments of `featurestore healthcheck`
     assert argv == ["python", "-m", "featurestore.cli.health"]
     assert parser().parse_args(["healthcheck"]).func.__name__ == "cmd_healthcheck"
+
+
+def test_the_image_runs_the_cli_under_tini_as_pid_1() -> None:
+    """As PID 1 the server would get no SIGTERM before its handler exists (the kernel drops
+    signals PID 1 does not handle), and orphans would not be reaped."""
+    entry = json.loads(re.findall(r"^ENTRYPOINT\s+(.+)$", final_stage(), re.M)[-1])
+    assert entry[:2] == ["tini", "--"]
+    installs = re.search(r"apt-get install\s[^\n]*?\btini\b", final_stage())
+    assert installs is not None, "the final stage must install Debian's tini"
+    assert final_stage().index("apt-get install") < final_stage().index("USER ")  # as root

@@ -264,3 +264,64 @@ def test_the_docs_say_the_manifests_backend_connections_are_plaintext() -> None:
     intro = (ROOT / "docs" / "security.md").read_text().split("## Secrets")[0]
     assert "are plaintext" in intro and all(scheme in intro for scheme in plaintext), plaintext
     assert not plaintext or "PLAINTEXT" in (K8S / "featurestore.yaml").read_text()
+
+
+def test_service_ports_of_a_server_doing_its_own_tls_declare_tls_so_a_mesh_passes_them_through() -> None:
+    """`http` / `grpc` tell a mesh sidecar (Istio) to parse plaintext: it would fail the
+    client's TLS. Without the server's TLS, the plaintext names (docs/deploy.md)."""
+    container = pod(server())["containers"][0]
+    tls = "FEATURESTORE_TLS__CERT_FILE" in env(container)
+    expected = {"http": "https", "grpc": "tls"} if tls else {"http": "http", "grpc": "grpc"}
+    labels = server()["spec"]["template"]["metadata"]["labels"]
+    checked = 0
+    for service in (d for d in manifests() if d["kind"] == "Service"):
+        if service["spec"]["selector"].items() <= labels.items():
+            for port in service["spec"]["ports"]:
+                assert port.get("appProtocol") == expected[port["targetPort"]], service["metadata"]["name"]
+                checked += 1
+    assert checked >= 3
+
+
+def test_the_certificate_names_in_the_docs_cover_every_name_the_docs_and_the_manifest_dial() -> None:
+    """gRPC checks the certificate against the dialled host: a name missing from it fails
+    every call UNAVAILABLE ("No match found for server name")."""
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "kind: Certificate" in b]
+    certificate = yaml.safe_load(block)
+    names = set(certificate["spec"]["dnsNames"])
+    namespace = certificate["metadata"]["namespace"]
+    tls_volume = next(v for v in pod(server())["volumes"] if v["name"] == "tls")
+    assert certificate["spec"]["secretName"] == tls_volume["secret"]["secretName"]
+    dialled = set()
+    for text in (docs, (K8S / "featurestore.yaml").read_text()):
+        dialled |= {h.replace("<namespace>", namespace) for h in re.findall(r"dns:///([\w.<>-]+):\d+", text)}
+    assert dialled and dialled <= names, dialled - names
+    services = {d["metadata"]["name"] for d in manifests() if d["kind"] == "Service"}
+    for service in services:  # each Service by every name that resolves to it in the cluster
+        forms = [
+            service,
+            f"{service}.{namespace}",
+            f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local",
+        ]
+        assert set(forms) <= names, service
+
+
+def test_the_rotation_notes_say_a_password_change_needs_a_rollout_of_each_deployment_using_it() -> None:
+    """Only the tokens file is read again by running pods (auth.py); a password is read at
+    start, and a running worker sends the old one on every reconnect."""
+    notes = [(K8S / "secret.yaml").read_text(), (ROOT / "docs" / "deploy.md").read_text()]
+    rolled = 0
+    for deployment in deployments():
+        keys = {
+            item["key"]
+            for volume in pod(deployment)["volumes"]
+            if volume.get("secret", {}).get("secretName") == "featurestore-credentials"
+            for item in volume["secret"]["items"]
+        }
+        if keys - {"tokens"}:
+            name = deployment["metadata"]["name"]
+            for text in notes:
+                assert re.search(rf"rollout restart[^`]*deployment/{name}(?![\w-])", text), name
+            rolled += 1
+    assert rolled == 2

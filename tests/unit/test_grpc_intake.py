@@ -333,7 +333,7 @@ async def test_listeners_that_fail_to_start_stop_grpc_before_the_intake_closes(
     async def failing(*args: Any) -> None:
         raise OSError("the HTTP listener cannot start")
 
-    monkeypatch.setattr(process, "_start_uvicorn", failing)
+    monkeypatch.setattr(process, "start_uvicorn", failing)
     rt = await build_runtime(config)
     try:
         listeners = process.Listeners(rt)

@@ -1,4 +1,5 @@
-"""Configuration, demo data identity, generated code freshness, codecs, CLI table."""
+"""Configuration, demo data identity and size, generated code freshness, codecs, CLI table
+and join arguments."""
 
 from __future__ import annotations
 
@@ -60,6 +61,39 @@ def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
 def test_demo_data_is_the_peer_data() -> None:
     """Same values as ../shared/peers/feast/gen_data.py: its canonical JSONL hash."""
     assert canonical_sha256(generate()) == PEER_SHA256
+
+
+def test_demo_data_rows_writes_files_of_another_size_again_and_refuses_fewer_than_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rows 50 over a 100-user file kept it and said it wrote it; --rows -5 was numpy's traceback."""
+    import pyarrow.parquet as pq
+
+    from featurestore.cli import main
+
+    users = tmp_path / "users.parquet"
+    assert main(["demo-data", "--out", str(tmp_path), "--rows", "100"]) == 0
+    mtime = users.stat().st_mtime_ns
+    assert main(["demo-data", "--out", str(tmp_path), "--rows", "100"]) == 0
+    assert users.stat().st_mtime_ns == mtime  # the same size: kept
+    assert main(["demo-data", "--out", str(tmp_path), "--rows", "50"]) == 0
+    assert pq.ParquetFile(users).metadata.num_rows == 50
+    assert pq.ParquetFile(tmp_path / "user_transactions.parquet").metadata.num_rows < 50
+    assert capsys.readouterr().out.splitlines()[-1] == f"demo data: {users} (50 users)"
+    assert main(["demo-data", "--out", str(tmp_path / "x"), "--rows", "-5"]) == 2
+    assert capsys.readouterr().err == "error: INVALID_ARGUMENT: --rows must be at least 1, got -5\n"
+
+
+def test_a_quoted_request_value_is_sent_as_text_and_an_unquoted_one_by_its_look() -> None:
+    """A STRING request field valued 01234 (a zip code) went out as the number 1234."""
+    from featurestore.cli.join import _request_data
+
+    assert _request_data(['zip="01234"', "n=01234,2.5", 'ok=true,"true"', "name=ann"]) == {
+        "zip": ["01234"],
+        "n": [1234, 2.5],
+        "ok": [True, "true"],
+        "name": ["ann"],
+    }
 
 
 def test_generated_grpc_code_is_fresh(tmp_path: Path) -> None:

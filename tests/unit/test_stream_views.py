@@ -118,6 +118,16 @@ def broken(path: str, value: Any) -> dict[str, Any]:
             "stream_views[clicks].aggregations[avg_1h].window: spans 43200 tiles",
         ),
         ("windows", 3, "stream_views[clicks].windows: unknown field"),
+        # review 53: checked as a feature view's store; each duration's own lower bound
+        ("online_store", "bad name", "stream_views[clicks].online_store: invalid store name 'bad name'"),
+        ("aggregations.0.window", 0, "stream_views[clicks].aggregations[n_5m].window: must be at least 1s"),
+        ("tile", "0s", "stream_views[clicks].tile: must be at least 1s"),
+        ("allowed_lateness", -5, "stream_views[clicks].allowed_lateness: must be 0 or more"),
+        (
+            "aggregations.0.name",
+            "event_timestamp",
+            "stream_views[clicks].aggregations[event_timestamp]: 'event_timestamp' is a reserved column name",
+        ),
         # an aggregated column is a number in every event (review round 20: events were
         # dead-lettered and still counted)
         (
@@ -141,6 +151,14 @@ def test_definition_errors_name_the_stream_view_field(path: str, value: Any, mes
     with pytest.raises(DefinitionError) as info:
         parse(broken(path, value))
     assert f"f.yaml: {message}" in str(info.value)
+
+
+def test_a_lateness_of_zero_in_any_unit_is_none_and_a_stored_view_keeps_its_store_name() -> None:
+    for zero in (0, "0", "0s", "0m"):  # "0m" was "must be positive" while "0s" passed
+        spec = parse(broken("allowed_lateness", zero)).views["clicks"].stream
+        assert spec is not None and spec.allowed_lateness_seconds == 0
+    stored = parse_definitions(broken("online_store", "bad name"), source="snapshot", check_functions=False)
+    assert stored.views["clicks"].online_store == "bad name"  # applied before 2026-12-07: still loads
 
 
 def test_a_stream_view_is_a_view_whose_features_are_its_aggregations() -> None:

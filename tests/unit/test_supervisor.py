@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from featurestore.supervisor import STOP_GRACE_SECONDS, Supervisor
+from featurestore.errors import FailedPrecondition
+from featurestore.listener_config import GrpcConfig, HttpConfig, Listener, listeners
+from featurestore.supervisor import STOP_GRACE_SECONDS, Supervisor, probe_ports, supervise, worker_argv_from
 from tests.support import is_running, wait_until
 
 # Waits for a signal and exits 0 on SIGTERM, as a draining worker does. (Left behind, it
@@ -225,3 +228,91 @@ def test_a_worker_failing_to_start_while_another_serves_is_restarted_with_its_re
     assert any(
         "(error: UNAVAILABLE: etcd: connection refused); restarting" in r.getMessage() for r in caplog.records
     )
+
+
+class SignalOnFirstGet(dict[int, float]):
+    """The supervisor's ``backoff``: its first ``get`` (in ``_reap``, between the stop check
+    and the restart's scheduling) runs the stop signal's handler, as Python may."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        super().__init__()
+        self.sup = sup
+        self.signalled = False
+
+    def get(self, key: int, default: Any = None) -> Any:
+        if not self.signalled:
+            self.signalled = True
+            self.sup.on_signal(signal.SIGTERM, None)
+        return super().get(key, default)
+
+
+def test_a_stop_signal_while_a_dead_worker_s_restart_is_being_scheduled_still_ends_the_run() -> None:
+    sup = Supervisor(1, [sys.executable, "-c", "import sys; sys.exit(1)"])  # dies young: a restart is due
+    backoff = SignalOnFirstGet(sup)
+    sup.backoff = backoff
+    assert run_with_deadline(sup, 5) == 0
+    assert backoff.signalled and not sup.procs
+
+
+def another_servers_worker_socket() -> socket.socket:
+    """A listener as a worker of another supervised server holds it: SO_REUSEPORT, which
+    would let this server's workers join it and take a share of its connections."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_port_another_supervised_server_holds_stops_the_start_before_any_worker_with_one_process_s_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.process import _listen
+
+    started: list[Supervisor] = []
+
+    def run(self: Supervisor) -> int:  # no worker is spawned, whatever happens
+        started.append(self)
+        return 0
+
+    monkeypatch.setattr(Supervisor, "run", run)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # this test's process keeps its handlers
+    with another_servers_worker_socket() as held, socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port, grpc_port = held.getsockname()[1], free.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"http: {{port: {port}}}\ngrpc: {{port: {grpc_port}}}\nregistry: {{path: {tmp_path / 'registry'}}}\n"
+            "stores: {default: {kind: memory}}\n"
+        )
+        free.close()
+        with pytest.raises(FailedPrecondition) as supervised:
+            ports = listeners(
+                HttpConfig(port=port), GrpcConfig(port=grpc_port)
+            )  # (cmd_serve's, from the config)
+            supervise(2, worker_argv_from(["serve", "--config", str(config), "--workers", "2"]), None, ports)
+        with pytest.raises(FailedPrecondition) as single:  # what one process says (and exits 2 with)
+            _listen("127.0.0.1", port, 16)
+    assert not started
+    assert (
+        supervised.value.message
+        == single.value.message
+        == (f"cannot bind HTTP on 127.0.0.1:{port}: Address already in use")
+    )
+
+
+def test_the_port_probe_is_not_stopped_by_connections_of_an_earlier_run_in_time_wait() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own listeners
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        conn.close()  # the server's end closes first: it waits in TIME_WAIT
+        client.close()
+    plain = socket.socket()
+    with plain, pytest.raises(OSError, match="Address already in use"):
+        plain.bind(("127.0.0.1", port))  # without SO_REUSEADDR that connection holds the port
+    probe_ports([Listener("http.port", "HTTP", "127.0.0.1", port)])

@@ -1,0 +1,36 @@
+"""YAML for definitions files: ``yaml.safe_load``, but strict about keys given twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class DuplicateKey(yaml.YAMLError):
+    """``line N: key 'ttl' given twice`` (N counts from 1, as editors do)."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: key {key!r} given twice")
+        self.key, self.line = key, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, but a key given twice in one mapping is an error: PyYAML keeps
+    the last, so a second ``ttl:`` replaced the first and a second ``feature_views:``
+    block (files merged by hand) dropped every view of the first, and validate said OK.
+    Keys a merge (``<<: *base``) brings in may still be overridden, as YAML means."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping names it
+                continue
+        return super().construct_mapping(node, deep)
