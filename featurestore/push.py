@@ -33,6 +33,9 @@ from featurestore.rows import ARROW_TYPES, EVENT_TIMESTAMP, FLOAT32_MAX, PUSH_CH
 class PushRequest:
     view: str
     columns: Mapping[str, Sequence[Any]]
+    # gRPC: the typed field each column came in (``PushColumn``'s oneof), checked against
+    # the column's dtype; None over HTTP, where JSON's values are checked one by one
+    kinds: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class PushService:
             )
         if view.stream is not None:
             raise InvalidArgument(f"{view.name!r} is a stream view: its processor writes it, not push")
+        if req.kinds is not None:
+            check_kinds(view, req.kinds, state.definitions.entities)
         table = to_table(view, req.columns, self.engine.limits.max_rows, state.definitions.entities)
         store = self.engine.stores.get(view.online_store)
         if store is None:
@@ -86,6 +91,35 @@ class PushService:
                 details=[where],
             ) from None
         return PushResult(n, version)
+
+
+# The typed fields of a gRPC push column each dtype takes (int64 for float64, as request
+# data): a column in another is a client's mix-up, which the values alone would not show
+# (timestamp_values stored into a float64 column or the entity key, review s53).
+GRPC_KINDS: dict[DType, tuple[str, ...]] = {
+    DType.INT64: ("int64_values",),
+    DType.FLOAT64: ("double_values", "int64_values"),
+    DType.STRING: ("string_values",),
+    DType.BOOL: ("bool_values",),
+    DType.TIMESTAMP: ("timestamp_values",),
+    DType.FLOAT32_VECTOR: ("vector_values",),
+}
+
+
+def check_kinds(view: FeatureView, kinds: Mapping[str, str], entities: Mapping[str, Entity]) -> None:
+    """Each column's typed field is one its dtype takes (columns not in the view are
+    ``to_table``'s to report)."""
+    dtypes = {f.name: f.dtype for f in view.features}
+    dtypes.update({k: entities[k].dtype for k in view.join_keys if k in entities})
+    dtypes[EVENT_TIMESTAMP] = DType.TIMESTAMP
+    for name, kind in kinds.items():
+        dtype = dtypes.get(name)
+        if dtype is not None and kind not in GRPC_KINDS[dtype]:
+            raise InvalidArgument(
+                f"push to {view.name!r}: column {quoted(name)} is {dtype.value}, sent as {kind} "
+                f"(send it as {' or '.join(GRPC_KINDS[dtype])})",
+                details=[{"column": clipped(name), "expected": dtype.value, "got": kind}],
+            )
 
 
 def to_table(

@@ -205,10 +205,14 @@ class Runtime:
                 backoff = min(backoff * 2, _APPLY_RETRY_MAX_S)
                 continue
             backoff = _APPLY_RETRY_MIN_S
-            if self.registry_apply_error is not None:
-                log.info("registry change applied after earlier failures")
-            self.registry_apply_error = None
-            metrics.REGISTRY_APPLY_PENDING.set(0)
+            self._applied()
+
+    def _applied(self) -> None:
+        """The registry's latest state is served: no change is pending any more."""
+        if self.registry_apply_error is not None:
+            log.info("registry change applied after earlier failures")
+        self.registry_apply_error = None
+        metrics.REGISTRY_APPLY_PENDING.set(0)
 
     async def apply_registry_change(self) -> None:
         """Serve the registry's latest state. A canary whose candidate cannot be served
@@ -225,12 +229,15 @@ class Runtime:
         if self.drift is not None:  # the stores prepared: a reloaded file can serve new rows
             self.drift.forget_references()  # at the same version (even when no state changes)
         if not new.same_as(current):
-            await self._swap(new, current)
+            await self._swap(new, current, complete=not unserved)
         if unserved:
             raise CanaryNotServed(unserved)
 
-    async def _swap(self, new: ServingState, current: ServingState) -> None:
+    async def _swap(self, new: ServingState, current: ServingState, complete: bool = True) -> None:
+        """``complete``: the registry's whole state is served (no canary left out)."""
         self.engine.swap(new)
+        if complete:  # /readyz stops reporting the change pending at once, not after the
+            self._applied()  # lineage graph's write below (a join saw it served, /readyz not)
         tell_stores_served_versions(self.stores, new)
         if isinstance(self.engine.sampler, DriftSampler):
             self.engine.sampler.keep_only(served_layouts(new))

@@ -107,15 +107,11 @@ class LineageConsumer:
                 "allow.auto.create.topics": False,  # created by the TopicWatch, one partition
             }
         )
-        self._topics = TopicWatch(
-            config,
-            "consumer",
-            {
-                "events": (config.topic, config.partitions),
-                "dead_letters": (config.dead_letter_topic, DEAD_LETTER_PARTITIONS),
-            },
-        )
+        topics = {"events": (config.topic, config.partitions)}
+        topics["dead_letters"] = (config.dead_letter_topic, DEAD_LETTER_PARTITIONS)
+        self._topics = TopicWatch(config, "consumer", topics)
         self._checking = threading.Lock()  # one topic check at a time
+        self._assignment = threading.Lock()  # the callbacks' thread against the lag report's
         self._positions = ReadPositions()
         self._topic_generation = 0  # +1 each time the broker lost the events topic
         self._dropping = False  # the topic was lost: its stored offsets must not be committed
@@ -346,17 +342,20 @@ class LineageConsumer:
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoking partitions %s", [p.partition for p in partitions])
         self._commit()
-        self._assigned = []
         self._positions.forget([tp.partition for tp in partitions])
-        metrics.forget_lag(tp.partition for tp in partitions)
+        self._unassign(partitions)
 
     def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
         """The session ended (the coordinator was gone too long): another member may own
         these partitions by now, so nothing is committed. Their read positions stay: if
         the broker died with the topic, the next check counts what it took along."""
         log.warning("lost partitions %s (group session ended)", [p.partition for p in partitions])
-        self._assigned = []
-        metrics.forget_lag(tp.partition for tp in partitions)
+        self._unassign(partitions)
+
+    def _unassign(self, partitions: list[Any]) -> None:
+        with self._assignment:  # (a lag report in flight sets no lag of these after this)
+            self._assigned = []
+            metrics.forget_lag(tp.partition for tp in partitions)
 
     def _report_lag(self) -> None:
         """Lag per assigned partition: its end as the last fetch response gave it (the
@@ -373,8 +372,9 @@ class LineageConsumer:
                     self._positions.saw_end(tp.partition, high)
             for tp in self._consumer.committed(assigned, timeout=2):
                 end = self._positions.end(tp.partition)
-                if end is not None:
-                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(end - max(tp.offset, 0), 0))
+                with self._assignment:  # still this member's (the broker answered meanwhile)
+                    if end is not None and self._assigned is assigned:
+                        metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(end - max(tp.offset, 0), 0))
         except Exception as e:
             log.debug("lag: %s", e)
 

@@ -11,8 +11,11 @@ every list item resolved costs 1; ``MAX_COST`` per request): nesting multiplies 
 limits per list and on depth alone do not bound the work. A lookup is charged before it
 is made, for as many as it may make (a walk: one per hop), and its own work is bounded:
 a walk stops at ``MAX_WALK`` features (and the in-process graph at ``MAX_WALK_STEPS``
-edges examined) with an error naming a smaller depth, a Bolt read at its timeout. Every
-problem is a GraphQL error in the response, never an HTTP 500.
+edges examined) with an error naming a smaller depth, a Bolt read at its timeout. A query
+over ``MAX_TOKENS`` is not parsed past them, a body over ``MAX_BODY_BYTES`` is refused by
+the HTTP front (both on the serving event loop's time: graphql_budget.py says why these
+numbers). Every problem is a GraphQL error in the response, or a 400 with the service's JSON
+error body (graphql_http.py), never an HTTP 500.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.asgi import GraphQL
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
+    MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
     ValidationCache,
@@ -39,6 +42,7 @@ from lineage.graphql_budget import (
     MAX_COST,
     MAX_QUERY_DEPTH,
     MAX_RESULTS,
+    MAX_TOKENS,
     Budget,
     CostLimit,
     _bounded,
@@ -50,6 +54,7 @@ from lineage.graphql_budget import (
 )
 from lineage.graphql_drift import Drift
 from lineage.graphql_graph import Change, GraphQueries, changes
+from lineage.graphql_http import GraphQLTransport
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +305,8 @@ class _Schema(strawberry.Schema):
 schema = _Schema(
     query=Query,
     extensions=[
+        # first: parsing stops at MAX_TOKENS (graphql_budget.py), before any other work
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         # The page sends the same few query texts again and again: parsing and validating
         # one took ~16 of the ~28 ms of a depth-3 graph query (benchmarks/lineage_page.py).
         lambda: ParserCache(maxsize=256),
@@ -310,8 +317,8 @@ schema = _Schema(
 )
 
 
-class LineageGraphQL(GraphQL):
-    """The ASGI app mounted at /graphql."""
+class LineageGraphQL(GraphQLTransport):
+    """The ASGI app mounted at /graphql (its body and HTTP errors: graphql_http.py)."""
 
     def __init__(self, graph: LineageGraph, max_cost: int = MAX_COST) -> None:
         super().__init__(schema, graphql_ide="graphiql", allow_queries_via_get=True)

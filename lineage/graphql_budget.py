@@ -18,6 +18,20 @@ T = TypeVar("T")
 MAX_RESULTS = MAX_WALK  # a walk stops where its answer would be refused
 MAX_QUERY_DEPTH = 10
 MAX_COST = 10_000  # graph lookups + list items per request
+# Parsing and validation run on the serving event loop before the budget sees a request,
+# and nothing else is answered meanwhile (joins, pushes, /readyz). graphql-core stops
+# parsing at this many tokens (comments included). The page's largest query (``graph``)
+# has 58 tokens, GraphiQL's schema introspection 184. Validation compares same-named fields
+# pairwise, so it is quadratic in them: the worst query found at the limit
+# (``{ feature(id:"a"){id} feature(id:"b"){id} ... }``) parses and validates in ~60 ms at
+# 1,000 tokens, ~170 ms at 2,000 and 1.7 s at 5,000 (review s53 F2).
+MAX_TOKENS = 1_000
+# The most bytes of a POST /graphql body, read (and refused with a 413) by the HTTP front
+# before strawberry sees it, instead of limits.max_body_bytes (4 MiB, for joins). The page
+# sends under 400 bytes; 1,000 tokens of query are ~5 KB. graphql-core lexes a long token
+# (a string, a comment) a character at a time: a 64 KiB one takes ~10 ms; a 1 MB query of
+# 300,000 fields took 5.8 s to parse and validate (review s53 F2).
+MAX_BODY_BYTES = 64 << 10
 
 
 class Budget:

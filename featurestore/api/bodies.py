@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from starlette.types import Receive
 
-from featurestore.errors import LimitExceeded
+from featurestore.errors import InvalidArgument, LimitExceeded, clipped
 
 CLOSE = (b"connection", b"close")  # a response header: uvicorn closes the connection after it
 _DRAIN_FACTOR = 4
@@ -49,6 +49,16 @@ def declared_length(value: bytes | None) -> int:
         return -1
     digits = value.lstrip(b"0") or b"0"
     return int(digits) if len(digits) <= _MAX_DIGITS else UNBOUNDED
+
+
+def encoding_refused(value: bytes | None) -> InvalidArgument | None:
+    """The refusal of a body sent with a ``content-encoding`` (gzip...): none is decoded,
+    and a compressed body read as JSON was "malformed JSON: invalid character (byte 0)",
+    naming nothing the client could fix (review s53). None: no coding, or ``identity``."""
+    if value is None or value.strip().lower() in (b"", b"identity"):
+        return None
+    coding = clipped(value.decode("latin-1"))
+    return InvalidArgument(f"content-encoding {coding!r} is not supported: send the body uncompressed")
 
 
 def too_large(limit: int, kind: type[LimitExceeded] = LimitExceeded) -> LimitExceeded:

@@ -55,15 +55,9 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from featurestore import metrics
+from featurestore import errors, metrics
 from featurestore.api import join_cycle, json_codec
-from featurestore.errors import (
-    DeadlineExceeded,
-    FeatureStoreError,
-    InvalidArgument,
-    LimitExceeded,
-    Overloaded,
-)
+from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.refusal import RETRY_AFTER_SECONDS
 
 RECEIVED_AT = "featurestore.received_at"
@@ -74,7 +68,7 @@ REASONS = (
     "body_timeout",
     "write_timeout",
     "header_too_large",
-    "max_connections",
+    MAX_CONNECTIONS,
     "malformed",
 )
 
@@ -312,9 +306,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses, as the API's JSON error."""
+        if self._phase != _IDLE and self._head_size() > self._max_header_bytes:
+            self._refuse_head()  # (httptools refuses a URL past 64 KiB first: 431 here too)
         if self.transport.is_closing():
             return
-        self._answer(400, InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})"))
+        self._answer(400, errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})"))
         self._close("malformed")
 
     # -- limits ------------------------------------------------------------------------

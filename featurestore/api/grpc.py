@@ -25,7 +25,7 @@ from featurestore.api.outcome import CANCELLED, Outcomes
 from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
 from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.deadlines import Deadlines
-from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument
+from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument, LimitExceeded
 from featurestore.join import JoinEngine
 from featurestore.lone_calls import LONE_CALLS
 from featurestore.overload import LoadShedder
@@ -42,6 +42,7 @@ JOIN_METHOD = f"/{SERVICE}/Join"  # the metrics' route label (the gRPC path)
 PUSH_METHOD = f"/{SERVICE}/Push"
 # OpenTelemetry's RPC conventions name a server span "package.Service/Method".
 JOIN_SPAN = f"{SERVICE}/Join"
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # grpc.max_send_message_length (fixed; the client takes as much)
 PUSH_SPAN = f"{SERVICE}/Push"
 
 
@@ -223,6 +224,11 @@ class GrpcApi:
                     raise _Shed(reason)
             result = await self.engine.join(req, deadline, span)
             out = proto_codec.encode_join(result, trace_id)
+            if len(out) > MAX_ANSWER_BYTES:  # (grpc would fail its send, with the call counted ok)
+                raise LimitExceeded(
+                    f"the answer is {len(out):,} bytes, over the {MAX_ANSWER_BYTES:,} a gRPC answer "
+                    "may hold: ask for fewer rows or features (HTTP has no such limit)"
+                )
         except _Shed as e:
             tracing.mark_shed(span, e.reason)
             await _shed(context, call, e.reason)
@@ -369,7 +375,7 @@ def create_server(max_message_bytes: int, limits: GrpcConfig, reuse_port: bool) 
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_connection_idle_ms", ms(limits.max_connection_idle_seconds)),
             ("grpc.max_connection_age_ms", ms(limits.max_connection_age_seconds)),

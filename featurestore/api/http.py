@@ -184,7 +184,8 @@ class HttpApi:
             self.app.add_route(path, app, methods=["GET", "POST"], include_in_schema=False)  # type: ignore[arg-type]
         # Routes other than the join that need a token's scope (when tokens are configured).
         self.scopes = {PUSH_PATH: WRITE, "/v1/registry": ADMIN, **dict.fromkeys(mounts or {}, ADMIN)}
-        self.mounts = frozenset(mounts or {})  # their bodies are read here, under the limit
+        # their bodies are read here, under the limit: a mount's own (/graphql's) if smaller
+        self.mounts = {p: getattr(a, "max_body_bytes", max_body_bytes) for p, a in (mounts or {}).items()}
         self._push_outcomes = Outcomes(PUSH_PATH, "http")
         self._inflight = metrics.inflight("http")
 
@@ -215,18 +216,19 @@ class HttpApi:
         await self.app(scope, receive, send)
 
     async def _mounted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A mounted app (/graphql) reads its body whole, without a limit of its own: the
-        body is read here under ``limits.max_body_bytes`` and replayed to it."""
-        length = _header(scope, b"content-length")
+        """A mounted app (/graphql) reads its body whole, of any size: it is read here under
+        the app's ``max_body_bytes`` (/graphql: 64 KiB) or ``limits.max_body_bytes`` if smaller."""
+        limit = min(self.mounts[scope["path"]], self.max_body_bytes)
+        declared = bodies.declared_length(_header(scope, b"content-length"))
         try:
-            body = await self.read_body(receive, bodies.declared_length(length), scope["headers"])
+            body = await bodies.read_body(receive, declared, scope["headers"], limit)
         except ClientDisconnected:
             return
         except BodyUnread as e:
             await send_error(send, e, CLOSE)
             return
         if body is None:
-            await send_error(send, bodies.too_large(self.max_body_bytes))
+            await send_error(send, bodies.too_large(limit))
             return
         replayed = False
 
@@ -345,6 +347,9 @@ class HttpApi:
 
     async def _answer(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         """The join's answer, or the shedder's refusal of it."""
+        if headers.encoding is not None and (refused := bodies.encoding_refused(headers.encoding)):
+            self.join.outcomes.failed(t0, refused)
+            return _error_answer(refused)
         return await self.join(body, headers.accept, headers.traceparent, headers.deadline_ms, t0)
 
     def _too_large(self, t0: float) -> Answer:

@@ -56,6 +56,7 @@ class JoinHeaders:
     traceparent: str | None = None
     deadline_ms: bytes | None = None  # x-featurestore-deadline-ms
     authorization: bytes | None = None
+    encoding: bytes | None = None  # content-encoding (refused: bodies.encoding_refused)
 
     @classmethod
     def scan(cls, headers: Headers) -> JoinHeaders:
@@ -73,6 +74,8 @@ class JoinHeaders:
                 h.authorization = value
             elif name == b"transfer-encoding":
                 h.chunked = True
+            elif name == b"content-encoding":
+                h.encoding = value
         return h
 
 

@@ -86,6 +86,7 @@ def decode_push(data: bytes) -> PushRequest:
     if not msg.feature_view:  # the JSON schema's minLength: the same 400 / INVALID_ARGUMENT
         raise InvalidArgument("invalid push request: feature_view is empty; name the view to write")
     columns: dict[str, list[Any]] = {}
+    kinds: dict[str, str] = {}
     for col in msg.columns:
         if col.name in columns:
             raise InvalidArgument(
@@ -93,11 +94,13 @@ def decode_push(data: bytes) -> PushRequest:
             )
         kind = col.WhichOneof("values")
         if kind is None:
-            values: list[Any] = []
+            values: list[Any] = []  # (no typed field: a column of no rows)
         elif kind == "vector_values":
             values = [list(v.values) for v in col.vector_values.values]
         else:
             values = list(getattr(col, kind).values)
+        if kind is not None:
+            kinds[col.name] = kind
         for i in col.null_rows:
             if i >= len(values):  # a row that does not exist: the column is not what was meant
                 raise InvalidArgument(
@@ -106,7 +109,7 @@ def decode_push(data: bytes) -> PushRequest:
                 )
             values[i] = None
         columns[col.name] = values
-    return PushRequest(view=msg.feature_view, columns=columns)
+    return PushRequest(view=msg.feature_view, columns=columns, kinds=kinds)
 
 
 def _parse(message: type[_Message], data: bytes, what: str) -> _Message:

@@ -117,6 +117,9 @@ def _add_push(
             body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
+            refused = bodies.encoding_refused(request.headers.get("content-encoding", "").encode("latin-1"))
+            if refused is not None:  # (read first: the connection then serves the next request)
+                raise refused
             # from the request's first byte, as a join's (a slow body is part of its time);
             # the header may shorten it, and the answer's margin is kept, as a join's
             ms = requested_deadline_ms(request.headers.get(DEADLINE_HEADER), deadline_ms)

@@ -76,8 +76,22 @@ def _request_data(specs: list[str]) -> dict[str, list[Any]]:
         name, sep, values = spec.partition("=")
         if not sep or not name:
             raise InvalidArgument(f"--request expects NAME=V1[,V2...], got {spec!r}")
-        out[name] = [_scalar(v) for v in values.split(",")]
+        out[name] = [_scalar(v) for v in _split(values)]
     return out
+
+
+def _split(values: str) -> list[str]:
+    """``values`` split at the commas outside double quotes ("Paris, France" is one value);
+    a quoted value keeps its quotes, for ``_scalar``."""
+    parts, start, quoted = [], 0, False
+    for i, ch in enumerate(values):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append(values[start:i])
+            start = i + 1
+    parts.append(values[start:])
+    return parts
 
 
 def _scalar(text: str) -> Any:

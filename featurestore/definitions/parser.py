@@ -38,10 +38,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # match() with \Z: no tra
 _DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
 _T = TypeVar("_T", Entity, FeatureView, FeatureService)
 # Columns every stored row of a view carries besides its keys and features: rows.py's
-# EVENT_TIMESTAMP (not imported: it pulls in pyarrow), and the stores' own, named "__..."
-# (ClickHouse's __key, offline.latest_mask's __row).
+# EVENT_TIMESTAMP (not imported: it pulls in pyarrow), and the stores' own: ClickHouse's
+# __key (sql.KEY_COLUMN) and offline.latest_mask's __row. Only these: another "__" name
+# collides with nothing, and loaded before (review s53).
 _EVENT_TIME_COLUMN = "event_timestamp"
-_STORE_COLUMN_PREFIX = "__"
+_STORE_COLUMNS = frozenset({"__key", "__row"})
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -136,11 +137,8 @@ class _Parser:
             raise self.fail(
                 where, f"{name!r} is a reserved column name: every stored row has its event time there"
             )
-        if name.startswith(_STORE_COLUMN_PREFIX):
-            raise self.fail(
-                where,
-                f"{name!r} is a reserved column name: names starting with '__' are the stores' own columns",
-            )
+        if name in _STORE_COLUMNS:
+            raise self.fail(where, f"{name!r} is a reserved column name: a store's own column")
 
     def store_name(self, obj: dict[str, Any], where: str) -> str:
         """A view's ``online_store``: a name of the config's ``stores`` (default: default)."""

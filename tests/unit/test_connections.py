@@ -144,3 +144,15 @@ async def test_pipelined_requests_each_carry_a_first_byte_time(
     writer.close()
     assert len(app.calls) == 3
     assert all(0 < received_at <= started for received_at, started in app.calls)
+
+
+@pytest.mark.parametrize("size", [10_000, 100_000])  # (past ~64 KiB httptools refuses the line first)
+async def test_a_request_line_over_the_head_limit_is_a_431_however_long(
+    served: tuple[Recorder, int, ConnectionGuard], size: int
+) -> None:
+    _, port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /" + b"a" * size + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+    received = await asyncio.wait_for(reader.read(), GUARD)
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 431 ") and b"exceed 4096 bytes" in received

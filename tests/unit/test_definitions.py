@@ -103,7 +103,7 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["entities", 0, "dtype"], "float64", "entities[user_id].dtype: entity keys must be int64 or string"),
         (["entities", 1, "name"], "user_id", "entities[user_id]: defined twice"),
         # columns every stored row carries (review 53: validate said OK, materialize failed)
-        (["entities", 1, "name"], "__item", "entities[__item]: '__item' is a reserved column name"),
+        (["entities", 1, "name"], "__row", "entities[__row]: '__row' is a reserved column name"),
         (
             ["feature_views", 0, "features", 0, "name"],
             "event_timestamp",
@@ -141,13 +141,16 @@ def test_the_reserved_names_are_the_columns_of_stored_rows_and_a_stored_snapshot
     from featurestore.rows import EVENT_TIMESTAMP
     from featurestore.sources.clickhouse.sql import KEY_COLUMN
 
-    for name in (EVENT_TIMESTAMP, KEY_COLUMN):
+    for name in (EVENT_TIMESTAMP, KEY_COLUMN, "__row"):
         doc = mutate(["feature_views", 0, "features", 1, "name"], name)
         with pytest.raises(DefinitionError, match="is a reserved column name"):
             parse_definitions(doc, source="f.yaml")
         # applied before the check (2026-12-07): still loads, not corrupted
         stored = parse_definitions(doc, source="snapshot", check_functions=False)
         assert stored.views["uv"].features[1].name == name
+    # another name starting with "__" collides with no column: valid, as it always was
+    doc = mutate(["feature_views", 0, "features", 1, "name"], "__score")
+    assert parse_definitions(doc, source="f.yaml").views["uv"].features[1].name == "__score"
 
 
 @pytest.mark.parametrize(
@@ -160,6 +163,13 @@ def test_the_reserved_names_are_the_columns_of_stored_rows_and_a_stored_snapshot
             "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n"
             "  - name: v\n    entities: [u]\n    ttl: 7d\n    ttl: 1d\n    features: [{name: a, dtype: int64}]\n",
             7,
+            "ttl",
+        ),
+        # in a mapping that is only ever a merge's source
+        (
+            "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n"
+            "  - {<<: {ttl: 1d, ttl: 7d}, name: v, entities: [u], features: [{name: a, dtype: int64}]}\n",
+            4,
             "ttl",
         ),
     ],
@@ -183,6 +193,21 @@ def test_keys_a_yaml_merge_brings_in_may_still_be_overridden(tmp_path: Path) -> 
     )
     views = load_definitions(f).views
     assert (views["a"].ttl_seconds, views["b"].ttl_seconds) == (3600, 7200)
+
+
+def test_a_mapping_that_overrides_a_merge_loads_when_a_shallower_mapping_merges_it(tmp_path: Path) -> None:
+    # PyYAML rewrites a merged mapping in place, and may do so before building it where it
+    # stands: its own override of a merged key then looked like a key given twice
+    f = tmp_path / "merge.yaml"
+    f.write_text(
+        "project: p\nentities: [{name: u, dtype: int64}]\nfeature_views:\n"
+        "  - name: a\n    entities: [u]\n    features:\n"
+        "      - {name: x, dtype: int64, tags: &x_tags {<<: {team: growth, pii: 'false'}, pii: 'true'}}\n"
+        "  - {name: b, entities: [u], tags: {<<: *x_tags, k: v}, features: [{name: y, dtype: int64}]}\n"
+    )
+    views = load_definitions(f).views
+    assert dict(views["a"].features[0].tags) == {"team": "growth", "pii": "true"}
+    assert dict(views["b"].tags) == {"team": "growth", "pii": "true", "k": "v"}
 
 
 def test_a_definitions_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:

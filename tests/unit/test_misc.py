@@ -94,6 +94,8 @@ def test_a_quoted_request_value_is_sent_as_text_and_an_unquoted_one_by_its_look(
         "ok": [True, "true"],
         "name": ["ann"],
     }
+    # a comma inside quotes is the value's, not a separator
+    assert _request_data(['city="Paris, France",Lyon']) == {"city": ["Paris, France", "Lyon"]}
 
 
 def test_generated_grpc_code_is_fresh(tmp_path: Path) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from featurestore.model import (
+    BatchSource,
     Definitions,
     DType,
     Entity,
@@ -149,4 +152,33 @@ async def test_a_canary_whose_kernel_does_not_build_here_is_not_compiled_again_a
         assert rt.engine.state.canaries == {}
         assert len(builds) == 1, builds
     finally:
+        await rt.close()
+
+
+async def test_a_change_is_no_longer_reported_pending_once_served_while_the_lineage_graph_learns_it(
+    tmp_path: Path,
+) -> None:
+    # (a join saw the new version while /readyz still said the change was not applied)
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    rt = await build_runtime(file_registry_config(tmp_path))
+    graph_written = asyncio.Event()
+
+    async def slow_graph(snapshot: object) -> None:
+        await graph_written.wait()
+
+    rt.definitions_to_graph = slow_graph  # type: ignore[method-assign]
+    late = tmp_path / "late.parquet"  # a new view whose file is not there yet: not served
+    w = FeatureView("w", (USER,), (Feature("g", DType.FLOAT64),), batch_source=BatchSource(path=str(late)))
+    v2 = make_definitions("p", [USER], [*defs(1).views.values(), w], list(defs(1).services.values()))
+    try:
+        await admin.apply(v2)
+        await _until(lambda: rt.registry_apply_error is not None, "the change reported pending")
+        rows = {"user_id": [1], "g": [0.5], "event_timestamp": pa.array([0], pa.timestamp("us", tz="UTC"))}
+        pq.write_table(pa.table(rows), late)
+        await _until(lambda: rt.engine.state.version == 2, "version 2 served once its file is there")
+        assert not graph_written.is_set()  # (the graph still learning version 2)
+        assert not any("registry change not applied" in d for d in rt.readiness().details["degraded"])
+    finally:
+        graph_written.set()
         await rt.close()
