@@ -71,10 +71,10 @@ class GraphQLTransport(GraphQL):
                 ) from None
         try:
             return json.loads(data)
-        except json.JSONDecodeError as e:
-            raise HTTPException(400, f"malformed JSON: {e}") from None
         except RecursionError:
             raise HTTPException(400, "malformed JSON: nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, and an integer past 4,300 digits (int's limit)
+            raise HTTPException(400, f"malformed JSON: {str(e)[:200]}") from None
 
     async def parse_http_body(self, request: Any) -> Any:
         """A JSON body must hold an object (a batch, a list, strawberry refuses). The

@@ -54,11 +54,15 @@ def declared_length(value: bytes | None) -> int:
 def encoding_refused(value: bytes | None) -> InvalidArgument | None:
     """The refusal of a body sent with a ``content-encoding`` (gzip...): none is decoded,
     and a compressed body read as JSON was "malformed JSON: invalid character (byte 0)",
-    naming nothing the client could fix (review s53). None: no coding, or ``identity``."""
-    if value is None or value.strip().lower() in (b"", b"identity"):
+    naming nothing the client could fix (review s53). ``value``: the header's codings
+    (comma-separated; a header given twice, both). None: none but ``identity``."""
+    if value is None:
         return None
-    coding = clipped(value.decode("latin-1"))
-    return InvalidArgument(f"content-encoding {coding!r} is not supported: send the body uncompressed")
+    for coding in value.split(b","):
+        if coding.strip().lower() not in (b"", b"identity"):
+            name = clipped(coding.strip().decode("latin-1"))
+            return InvalidArgument(f"content-encoding {name!r} is not supported: send the body uncompressed")
+    return None
 
 
 def too_large(limit: int, kind: type[LimitExceeded] = LimitExceeded) -> LimitExceeded:

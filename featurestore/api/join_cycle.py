@@ -74,8 +74,8 @@ class JoinHeaders:
                 h.authorization = value
             elif name == b"transfer-encoding":
                 h.chunked = True
-            elif name == b"content-encoding":
-                h.encoding = value
+            elif name == b"content-encoding":  # (given twice: both, as one list)
+                h.encoding = value if h.encoding is None else h.encoding + b"," + value
         return h
 
 

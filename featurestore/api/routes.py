@@ -117,7 +117,8 @@ def _add_push(
             body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:
                 raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
-            refused = bodies.encoding_refused(request.headers.get("content-encoding", "").encode("latin-1"))
+            codings = ",".join(request.headers.getlist("content-encoding")).encode("latin-1")
+            refused = bodies.encoding_refused(codings)
             if refused is not None:  # (read first: the connection then serves the next request)
                 raise refused
             # from the request's first byte, as a join's (a slow body is part of its time);

@@ -67,6 +67,22 @@ CONSISTENCY_CHECKS = Counter(
     "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
     ["view", "outcome"],
 )
+# When a view's check last completed, against the schedule's pace: FeatureSkewCheckFailing.
+# (Counting errors in a fixed window could not: rounds are an interval plus the checks'
+# own time apart, so a window held 2 or 3 of them, and none at a daily interval.)
+CONSISTENCY_COMPLETED = Gauge(
+    "featurestore_consistency_last_completed_timestamp_seconds",
+    "Unix time the latest scheduled consistency check of a view completed (ok or mismatch); the "
+    "schedule's start until one has.",
+    ["view"],
+    multiprocess_mode="livemax",
+)
+CONSISTENCY_INTERVAL = Gauge(
+    "featurestore_consistency_interval_seconds",
+    "quality.consistency.interval_seconds, per view checked: the pause between rounds of checks.",
+    ["view"],
+    multiprocess_mode="livemax",
+)
 
 # Reference profiles (featurestore/quality/profile.py): a feature left out of a profile
 # because its values could not be profiled; the write it rode on went on.

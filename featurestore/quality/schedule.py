@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 
 from featurestore.config import Config
@@ -58,6 +59,8 @@ class ConsistencySchedule:
         for view in self.settings.views:
             for outcome in ("ok", "mismatch", "error"):
                 metrics.CONSISTENCY_CHECKS.labels(view, outcome)
+            metrics.CONSISTENCY_COMPLETED.labels(view).set(time.time())  # (none yet: from now)
+            metrics.CONSISTENCY_INTERVAL.labels(view).set(self.settings.interval_seconds)
 
     async def run(self) -> None:
         """The ``consistency-check`` background task."""
@@ -141,6 +144,7 @@ class ConsistencySchedule:
             metrics.CONSISTENCY_KEYS.labels(name, cls).set(report.counts[cls])
         metrics.CONSISTENCY_FAILED.labels(name).set(1 if failed else 0)
         metrics.CONSISTENCY_CHECKS.labels(name, "mismatch" if failed else "ok").inc()
+        metrics.CONSISTENCY_COMPLETED.labels(name).set(time.time())
         counts = ", ".join(f"{c} {report.counts[c]}" for c in CLASSES)
         log.info("consistency of %s (sample seed %d): %s", name, seed, counts)
         return report

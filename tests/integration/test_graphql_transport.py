@@ -63,6 +63,9 @@ DEEP = b"[" * 5000 + b"]" * 5000
         (b'{"query": "{ __typename }", "variables": {"a": "\xff"}}', "not UTF-8: byte 0xff at offset 48"),
         (b'{"query": "{ __typename }", "variables": {"a": ' + DEEP + b"}}", "nested too deeply"),
         (DEEP, "nested too deeply"),
+        # past 4,300 digits Python's int() refuses with a plain ValueError
+        (b'{"query": "{ __typename }", "variables": {"a": ' + b"9" * 5000 + b"}}", "malformed JSON: "),
+        (b"9" * 5000, "malformed JSON: "),
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_a_400_naming_the_problem_not_a_500(

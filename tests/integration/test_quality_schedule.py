@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -60,9 +62,16 @@ async def test_a_scheduled_check_exports_counts_and_fails_on_a_conflict(tmp_path
     # increase() would miss a first one born at 1)
     for outcome in ("ok", "mismatch", "error"):
         assert sample("featurestore_consistency_checks_total", view="sched", outcome=outcome) == 0
+    # FeatureSkewCheckFailing's clock: from the schedule's start until a check completes
+    started = sample("featurestore_consistency_last_completed_timestamp_seconds", view="sched")
+    assert started is not None and abs(started - time.time()) < 60
+    assert sample("featurestore_consistency_interval_seconds", view="sched") == 3600
 
+    await asyncio.sleep(0.01)
     report = await schedule.check_view("sched")
     assert report is not None and report.counts["consistent"] == 100
+    completed = sample("featurestore_consistency_last_completed_timestamp_seconds", view="sched")
+    assert completed is not None and completed > started
     assert sample("featurestore_consistency_keys", view="sched", **{"class": "consistent"}) == 100
     assert sample("featurestore_consistency_failed", view="sched") == 0
 

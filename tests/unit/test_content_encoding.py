@@ -73,3 +73,15 @@ async def test_a_coded_push_is_refused_before_anything_is_written() -> None:
         joined = await c.post(JOIN_PATH, content=JOIN)
     assert refused.status_code == 400 and "'br'" in refused.json()["error"]["message"]
     assert joined.json()["results"][1]["statuses"] == ["NOT_FOUND"]  # (the push wrote nothing)
+
+
+@pytest.mark.parametrize(
+    "codings",
+    ["identity, gzip", "gzip\r\ncontent-encoding: identity", "identity\r\ncontent-encoding: gzip"],
+)
+@pytest.mark.parametrize(("path", "body"), [(JOIN_PATH, JOIN), (PUSH_PATH, PUSH)])
+async def test_a_coding_among_several_or_in_a_second_header_is_refused_too(
+    port: int, path: str, body: bytes, codings: str
+) -> None:
+    status, answer = await exchange(port, path, gzip.compress(body), codings)
+    assert status == 400 and "content-encoding 'gzip'" in json.loads(answer)["error"]["message"]

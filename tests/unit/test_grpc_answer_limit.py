@@ -8,6 +8,7 @@ import pytest
 
 from featurestore.api import grpc as grpc_api
 from featurestore.api.grpc import JOIN_METHOD, GrpcApi
+from featurestore.config import GrpcConfig
 from featurestore.push import PushService
 from tests.unit.test_api_edges import FakeContext, counts, join_message, make_engine
 
@@ -29,5 +30,15 @@ async def test_an_answer_over_the_send_limit_is_resource_exhausted_naming_its_si
     assert counts(JOIN_METHOD, "grpc", "RESOURCE_EXHAUSTED")[0] == before[0] + 1
 
 
-def test_the_server_sends_at_most_what_the_handler_checks() -> None:
+async def test_the_server_sends_at_most_what_the_handler_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[tuple[str, object]] = []
+
+    def recording_server(*, options: list[tuple[str, object]]) -> grpc.aio.Server:
+        recorded.extend(options)
+        return original(options=options)
+
+    original = grpc.aio.server
+    monkeypatch.setattr(grpc.aio, "server", recording_server)
+    await grpc_api.create_server(1 << 20, GrpcConfig(), reuse_port=False).stop(None)
+    assert ("grpc.max_send_message_length", grpc_api.MAX_ANSWER_BYTES) in recorded
     assert grpc_api.MAX_ANSWER_BYTES == 64 * 1024 * 1024  # docs/configuration.md, docs/client.md
