@@ -26,9 +26,21 @@ _YEAR_10000 = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
 
 
 def as_list(values: Any) -> list[Any]:
-    """A column as a list (numpy arrays and pandas Series too, through ``tolist``)."""
+    """A column as a list of Python values (numpy arrays and pandas Series too, through
+    ``tolist``; a list of numpy scalars through each one's ``item``)."""
     tolist = getattr(values, "tolist", None)
-    return list(tolist() if callable(tolist) else values)
+    if callable(tolist):
+        return list(tolist())
+    out = list(values)
+    for i, v in enumerate(out):
+        if type(v) not in _PLAIN:  # np.int64 is no int: json and the gRPC checks refused it
+            item = getattr(v, "item", None)
+            if callable(item):
+                out[i] = item()
+    return out
+
+
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def check_target(features: Sequence[str] | None, feature_service: str | None) -> None:
@@ -167,6 +179,8 @@ def http_error(status: int, body: bytes, retry_after: str | None = None) -> Feat
     wait = parse_retry_after(retry_after)
     try:
         err = json.loads(body)["error"]
+        if not isinstance(err, dict):  # a proxy's {"error": "Bad Gateway"}: by its status, below
+            raise TypeError(err)
         details = list(err.get("details") or [])
         if wait is None:
             wait = _detailed_retry_after(details)
@@ -248,7 +262,15 @@ def grpc_request(
         elif all(isinstance(v, str) for v in values):
             col.string_values.values.extend(values)
         else:
-            raise ValueError(f"entity column {name!r}: keys must be all integers or all strings")
+            # as the server answers it over HTTP: the same error on either transport
+            i = next(
+                i for i, v in enumerate(values) if type(v) is not type(values[0]) or type(v) not in (int, str)
+            )
+            raise error_for(
+                "INVALID_ARGUMENT",
+                f"entity {name!r}: keys must be all integers or all strings; row {i} is "
+                f"{type(values[i]).__name__} ({str(values[i])[:40]!r})",
+            )
     for name, raw in (request_data or {}).items():
         _request_column(req.request_data.add(name=name), name, as_list(raw))
     return req

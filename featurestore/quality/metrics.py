@@ -67,15 +67,26 @@ CONSISTENCY_CHECKS = Counter(
     "Scheduled consistency checks, by view and outcome: ok, mismatch, error.",
     ["view", "outcome"],
 )
-# When a view's check last completed, against the schedule's pace: FeatureSkewCheckFailing.
-# (Counting errors in a fixed window could not: rounds are an interval plus the checks'
-# own time apart, so a window held 2 or 3 of them, and none at a daily interval.)
+# When a view's check last completed (or, until one has, when the schedule started),
+# against the schedule's pace: FeatureSkewCheckFailing. (Counting errors in a fixed window
+# could not: rounds are an interval plus the checks' own time apart, so a window held 2 or
+# 3 of them, and none at a daily interval.) Both keep a dead worker's value ("max", "min":
+# its file stays until the supervisor ends, one per restart of the schedule's worker), so
+# restarting that worker neither forgets the last completion nor starts the clock again;
+# a start is a series of its own, so no replica's start passes for a completion (review s53).
 CONSISTENCY_COMPLETED = Gauge(
     "featurestore_consistency_last_completed_timestamp_seconds",
-    "Unix time the latest scheduled consistency check of a view completed (ok or mismatch); the "
-    "schedule's start until one has.",
+    "Unix time the latest scheduled consistency check of a view completed (ok or mismatch); no "
+    "sample until one has.",
     ["view"],
-    multiprocess_mode="livemax",
+    multiprocess_mode="max",
+)
+CONSISTENCY_STARTED = Gauge(
+    "featurestore_consistency_schedule_started_timestamp_seconds",
+    "Unix time the consistency-check schedule of a view first started in this server (its "
+    "supervisor's life: a restarted worker keeps the first start).",
+    ["view"],
+    multiprocess_mode="min",
 )
 CONSISTENCY_INTERVAL = Gauge(
     "featurestore_consistency_interval_seconds",

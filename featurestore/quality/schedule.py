@@ -59,7 +59,7 @@ class ConsistencySchedule:
         for view in self.settings.views:
             for outcome in ("ok", "mismatch", "error"):
                 metrics.CONSISTENCY_CHECKS.labels(view, outcome)
-            metrics.CONSISTENCY_COMPLETED.labels(view).set(time.time())  # (none yet: from now)
+            metrics.CONSISTENCY_STARTED.labels(view).set(time.time())
             metrics.CONSISTENCY_INTERVAL.labels(view).set(self.settings.interval_seconds)
 
     async def run(self) -> None:

@@ -63,8 +63,9 @@ async def test_a_scheduled_check_exports_counts_and_fails_on_a_conflict(tmp_path
     for outcome in ("ok", "mismatch", "error"):
         assert sample("featurestore_consistency_checks_total", view="sched", outcome=outcome) == 0
     # FeatureSkewCheckFailing's clock: from the schedule's start until a check completes
-    started = sample("featurestore_consistency_last_completed_timestamp_seconds", view="sched")
+    started = sample("featurestore_consistency_schedule_started_timestamp_seconds", view="sched")
     assert started is not None and abs(started - time.time()) < 60
+    assert sample("featurestore_consistency_last_completed_timestamp_seconds", view="sched") is None
     assert sample("featurestore_consistency_interval_seconds", view="sched") == 3600
 
     await asyncio.sleep(0.01)

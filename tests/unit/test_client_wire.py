@@ -112,3 +112,41 @@ def test_an_http_error_without_the_apis_body_is_mapped_by_its_status_as_docs_cli
     error = http_error(status, b"<html>upstream failed</html>", None)
     assert error.code == code and error.http_status == status
     assert error.message == f"HTTP {status}: <html>upstream failed</html>"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"status": 503, "error": "Service Unavailable"}', b'{"error": null}', b'{"error": [1]}']
+)
+def test_a_proxy_s_json_whose_error_is_not_the_apis_object_is_mapped_by_its_status(body: bytes) -> None:
+    error = http_error(503, body, None)
+    assert isinstance(error, FeatureServiceError) and error.code == "UNAVAILABLE"  # (retried)
+
+
+@pytest.mark.parametrize("token", ["secret-token\n", "abc\r\nx-injected: 1", "tök-0123456789", "two words"])
+def test_a_token_no_header_can_carry_is_refused_at_once_without_showing_it(token: str) -> None:
+    with pytest.raises(ValueError, match="token: not a bearer token") as refused:
+        FeatureClient("http://127.0.0.1:1", token=token)
+    assert token.strip() not in str(refused.value)
+
+
+def test_a_bad_entity_key_is_the_same_invalid_argument_over_grpc_as_over_http() -> None:
+    from featurestore.client.errors import InvalidArgumentError
+    from featurestore.client.wire import grpc_request
+
+    for keys in ([1, "a"], [True], [1.5], [None]):
+        with pytest.raises(InvalidArgumentError, match="keys must be all integers or all strings"):
+            grpc_request({"user_id": keys}, ["v:f"], None, None, False)
+
+
+def test_numpy_scalars_are_sent_as_the_python_values_they_hold() -> None:
+    import json
+
+    import numpy as np
+
+    from featurestore.client.wire import grpc_request, http_body
+
+    keys, prices = [np.int64(1), np.int64(2)], [np.int64(5), np.float64(7.5)]
+    doc = json.loads(http_body({"user_id": keys}, ["v:f"], None, {"p": prices}, False))
+    assert doc["entities"] == {"user_id": [1, 2]} and doc["request_data"] == {"p": [5, 7.5]}
+    req = grpc_request({"user_id": keys}, ["v:f"], None, {"p": prices}, False)
+    assert list(req.entities[0].int64_values.values) == [1, 2]
