@@ -61,7 +61,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 LOCK_NAME = "archive.lock"  # not *.db: the collector's glob does not read it
-ARCHIVED_TYPES = ("counter", "histogram", "summary")  # what stays after a process dies
+# What stays after a process dies: counters, histograms, summaries, and the gauges that
+# keep a dead process's value (the consistency check's clock, quality/metrics.py)
+ARCHIVED_TYPES = ("counter", "histogram", "summary", "gauge_max", "gauge_min")
 ARCHIVE_PID = "archive"
 STAGED = ".db.merging"  # a new archive being written (not *.db: no scrape reads it)
 ABSORBED = ".db.absorbed"  # a dead worker's file the archive holds or is about to hold

@@ -32,15 +32,26 @@ def as_list(values: Any) -> list[Any]:
     if callable(tolist):
         return list(tolist())
     out = list(values)
+    if _PLAIN.issuperset(map(type, out)):  # (the usual list: one pass in C)
+        return out
     for i, v in enumerate(out):
-        if type(v) not in _PLAIN:  # np.int64 is no int: json and the gRPC checks refused it
-            item = getattr(v, "item", None)
-            if callable(item):
-                out[i] = item()
+        # a numpy number or bool (np.int64 is no int: json and the gRPC checks refused it);
+        # not an array (a vector: refused as such) nor a datetime64 (no unit to send it in)
+        dtype = getattr(v, "dtype", None)
+        if getattr(v, "ndim", None) == 0 and getattr(dtype, "kind", None) in _NUMERIC_KINDS:
+            out[i] = v.item()
     return out
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, short (an int of any size: ``_digits``)."""
+    return _digits(value) if type(value) is int else repr(value)[:40]
+
+
+_NUMERIC_KINDS = frozenset("biuf")  # numpy's bool, int, uint, float
 
 
 def check_target(features: Sequence[str] | None, feature_service: str | None) -> None:
@@ -269,7 +280,7 @@ def grpc_request(
             raise error_for(
                 "INVALID_ARGUMENT",
                 f"entity {name!r}: keys must be all integers or all strings; row {i} is "
-                f"{type(values[i]).__name__} ({str(values[i])[:40]!r})",
+                f"{type(values[i]).__name__} ({_shown(values[i])})",
             )
     for name, raw in (request_data or {}).items():
         _request_column(req.request_data.add(name=name), name, as_list(raw))

@@ -150,3 +150,19 @@ def test_numpy_scalars_are_sent_as_the_python_values_they_hold() -> None:
     assert doc["entities"] == {"user_id": [1, 2]} and doc["request_data"] == {"p": [5, 7.5]}
     req = grpc_request({"user_id": keys}, ["v:f"], None, {"p": prices}, False)
     assert list(req.entities[0].int64_values.values) == [1, 2]
+
+
+def test_numpy_values_that_are_no_scalar_number_are_refused_as_before() -> None:
+    import numpy as np
+
+    from featurestore.client.errors import InvalidArgumentError
+    from featurestore.client.wire import check_request_data, grpc_request
+
+    for values in (
+        [np.array([1.0, 2.0]), np.array([3.0, 4.0])],
+        [np.datetime64("2024-01-01T00:00:00", "ns")],
+    ):
+        with pytest.raises(InvalidArgumentError, match="request_data"):
+            check_request_data({"p": values})
+    with pytest.raises(InvalidArgumentError, match=r"row 1 is str \('a'\)"):
+        grpc_request({"user_id": [10**5000, "a"]}, ["v:f"], None, None, False)

@@ -54,3 +54,6 @@ def test_a_restarted_schedule_worker_keeps_the_first_start_and_the_last_completi
     assert values["featurestore_consistency_schedule_started_timestamp_seconds"] == 100.0
     assert values["featurestore_consistency_last_completed_timestamp_seconds"] == 200.0
     assert "featurestore_consistency_interval_seconds" not in values  # (live: left with its worker)
+    # folded into one archive file per mode, as counters are: no file per dead worker
+    gauges = sorted(f.name for f in tmp_path.glob("gauge_*.db"))
+    assert gauges == ["gauge_max_archive.db", "gauge_min_archive.db"]
