@@ -1,6 +1,6 @@
 """The workers' shared metrics directory (``PROMETHEUS_MULTIPROC_DIR``) as the supervisor
-keeps it: a dead worker's counters and histograms merged into one archive file per
-metric type, and the supervisor's own counter of worker restarts.
+keeps it: a dead worker's counters, histograms and max/min gauges merged into one
+archive file per metric type, and the supervisor's own counter of worker restarts.
 
 prometheus_client's multiprocess mode keeps one file per process and metric type
 (``counter_<pid>.db``, ``histogram_<pid>.db``, ...) and every scrape reads them all.
@@ -111,8 +111,8 @@ def reading(metrics_dir: str) -> Iterator[None]:
 
 
 def archive_dead_worker(pid: int, metrics_dir: str) -> None:
-    """Drop a dead worker's live gauges and fold its counters, histograms and summaries
-    into the directory's archive files (one per type), removing its own; first finish a
+    """Drop a dead worker's live gauges and fold its counters, histograms, summaries and
+    max/min gauges into the directory's archive files (one per type), removing its own; first finish a
     merge a failure interrupted (module docstring)."""
     multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
     for typ in ARCHIVED_TYPES:

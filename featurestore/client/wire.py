@@ -29,11 +29,10 @@ def as_list(values: Any) -> list[Any]:
     """A column as a list of Python values (numpy arrays and pandas Series too, through
     ``tolist``; a list of numpy scalars through each one's ``item``)."""
     tolist = getattr(values, "tolist", None)
-    if callable(tolist):
-        return list(tolist())
-    out = list(values)
+    out = list(tolist() if callable(tolist) else values)
     if _PLAIN.issuperset(map(type, out)):  # (the usual list: one pass in C)
         return out
+    # (an object array's tolist keeps its numpy scalars: np.array([np.int64(1), None]))
     for i, v in enumerate(out):
         # a numpy number or bool (np.int64 is no int: json and the gRPC checks refused it);
         # not an array (a vector: refused as such) nor a datetime64 (no unit to send it in)
@@ -44,6 +43,10 @@ def as_list(values: Any) -> list[Any]:
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _shown(value: Any) -> str:
@@ -274,9 +277,8 @@ def grpc_request(
             col.string_values.values.extend(values)
         else:
             # as the server answers it over HTTP: the same error on either transport
-            i = next(
-                i for i, v in enumerate(values) if type(v) is not type(values[0]) or type(v) not in (int, str)
-            )
+            ints = _is_int(values[0])
+            i = next(i for i, v in enumerate(values) if not (_is_int(v) if ints else isinstance(v, str)))
             raise error_for(
                 "INVALID_ARGUMENT",
                 f"entity {name!r}: keys must be all integers or all strings; row {i} is "

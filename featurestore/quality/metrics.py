@@ -71,8 +71,8 @@ CONSISTENCY_CHECKS = Counter(
 # against the schedule's pace: FeatureSkewCheckFailing. (Counting errors in a fixed window
 # could not: rounds are an interval plus the checks' own time apart, so a window held 2 or
 # 3 of them, and none at a daily interval.) Both keep a dead worker's value ("max", "min":
-# its file stays until the supervisor ends, one per restart of the schedule's worker), so
-# restarting that worker neither forgets the last completion nor starts the clock again;
+# folded into one archive file per mode, metrics_files.py), so restarting that worker
+# neither forgets the last completion nor starts the clock again;
 # a start is a series of its own, so no replica's start passes for a completion (review s53).
 CONSISTENCY_COMPLETED = Gauge(
     "featurestore_consistency_last_completed_timestamp_seconds",

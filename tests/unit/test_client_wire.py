@@ -166,3 +166,20 @@ def test_numpy_values_that_are_no_scalar_number_are_refused_as_before() -> None:
             check_request_data({"p": values})
     with pytest.raises(InvalidArgumentError, match=r"row 1 is str \('a'\)"):
         grpc_request({"user_id": [10**5000, "a"]}, ["v:f"], None, None, False)
+
+
+def test_an_object_array_s_numpy_scalars_are_sent_and_a_bad_key_row_is_the_one_named() -> None:
+    import json
+
+    import numpy as np
+
+    from featurestore.client.errors import InvalidArgumentError
+    from featurestore.client.wire import check_request_data, grpc_request, http_body
+
+    objects = np.array([np.int64(1), None], dtype=object)
+    check_request_data({"p": objects})  # type: ignore[dict-item]  # (as the same list is)
+    keys = np.array([np.int64(1), np.int64(2)], dtype=object)
+    body = http_body({"k": keys}, ["v:f"], None, None, False)  # type: ignore[dict-item]
+    assert json.loads(body)["entities"] == {"k": [1, 2]}
+    with pytest.raises(InvalidArgumentError, match=r"row 2 is int \(3\)"):  # (numpy strings are strings)
+        grpc_request({"k": [*np.array(["a", "b"]), 3]}, ["v:f"], None, None, False)

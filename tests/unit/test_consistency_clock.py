@@ -1,7 +1,7 @@
 """FeatureSkewCheckFailing's clock under the supervisor: a restarted worker that runs the
 consistency schedule neither forgets the last completion nor starts the clock again (the
-gauges keep a dead worker's value: multiprocess modes max and min, beside the archive of
-metrics_files.py)."""
+gauges keep a dead worker's value: multiprocess modes max and min, folded into the archive
+of metrics_files.py)."""
 
 from __future__ import annotations
 
