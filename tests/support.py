@@ -3,6 +3,7 @@ and the test feature repository. Processes and ports: tests/harness.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,30 @@ async def eventually(
             return
         await asyncio.sleep(interval)
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def guarded_uvicorn(app: Any, guard: Any, **settings: Any) -> AsyncIterator[int]:
+    """A real uvicorn serving ``app`` on a free local port under ``guard`` (a
+    ``ConnectionGuard``: its limits, and its direct joins when it has some); its port.
+    Stopped, and the guard closed, on leaving (a hang fails after 30 s)."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(guard.uvicorn_config(app, access_log=False, **settings))
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, 30)
+        guard.close()
 
 
 def file_registry_config(tmp_path: Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Config:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.routes import JOIN_PATH
 from featurestore.overload import LoadShedder
-from tests.support import eventually
+from tests.support import eventually, guarded_uvicorn
 from tests.unit.test_api_edges import counts, frozen, http_api, make_engine
 
 LIMITS = ConnectionLimits(
@@ -37,16 +35,8 @@ async def server() -> AsyncIterator[tuple[LoadShedder, asyncio.Event, int]]:
     api = http_api(engine, deadline_ms=60_000)
     shedder = api.join.shedder = LoadShedder(1024, 0.005)
     guard = ConnectionGuard(LIMITS, direct=api.direct())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(guard.uvicorn_config(api, access_log=False, timeout_graceful_shutdown=5))
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
-        await asyncio.sleep(0.01)
-    yield shedder, frozen(engine).entered, sock.getsockname()[1]
-    srv.should_exit = True
-    await asyncio.wait_for(task, GUARD)
-    guard.close()
+    async with guarded_uvicorn(api, guard, timeout_graceful_shutdown=5) as port:
+        yield shedder, frozen(engine).entered, port
 
 
 @pytest.mark.parametrize("way", list(REQUESTS))

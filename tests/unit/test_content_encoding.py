@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 
 from featurestore.api.connections import ConnectionGuard
 from featurestore.api.routes import JOIN_PATH, PUSH_PATH
+from tests.support import guarded_uvicorn
 from tests.unit.test_api_edges import client, http_api, make_engine
 from tests.unit.test_caller_gone import GUARD, LIMITS
 
@@ -25,17 +24,8 @@ PUSH = json.dumps({"feature_view": "fast", "rows": {"user_id": [1], "a": [2]}}).
 async def port() -> AsyncIterator[int]:
     """A real uvicorn under the connection guard: joins take the direct cycle."""
     api = http_api(make_engine())
-    guard = ConnectionGuard(LIMITS, direct=api.direct())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(guard.uvicorn_config(api, access_log=False))
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
-        await asyncio.sleep(0.01)
-    yield sock.getsockname()[1]
-    srv.should_exit = True
-    await asyncio.wait_for(task, GUARD)
-    guard.close()
+    async with guarded_uvicorn(api, ConnectionGuard(LIMITS, direct=api.direct())) as port:
+        yield port
 
 
 async def exchange(port: int, path: str, body: bytes, coding: str, version: str = "1.1") -> tuple[int, bytes]:

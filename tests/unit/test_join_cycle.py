@@ -25,6 +25,7 @@ from benchmarks.http_front import make_api
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits, GuardedHttpProtocol
 from featurestore.api.http import HttpApi
 from featurestore.api.join_cycle import Answer, DirectJoin, JoinHeaders
+from tests.support import guarded_uvicorn
 
 LIMITS = ConnectionLimits(
     keep_alive=5,
@@ -377,17 +378,8 @@ async def test_a_handler_that_raises_is_a_plain_500_and_a_closed_connection(
 @pytest.fixture
 async def real() -> AsyncIterator[tuple[HttpApi, int]]:
     api = await make_api()
-    guard = ConnectionGuard(LIMITS, direct=api.direct())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(guard.uvicorn_config(api, access_log=False))
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
-        await asyncio.sleep(0.01)
-    yield api, sock.getsockname()[1]
-    srv.should_exit = True
-    await asyncio.wait_for(task, GUARD)
-    guard.close()
+    async with guarded_uvicorn(api, ConnectionGuard(LIMITS, direct=api.direct())) as port:
+        yield api, port
 
 
 @pytest.mark.parametrize(
