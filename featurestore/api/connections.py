@@ -20,7 +20,8 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   counted as shed too, ``featurestore_requests_shed_total{reason="max_connections"}``);
 * bytes that are not HTTP/1.1 (a bad request line, a negative ``content-length``, broken
   chunks): uvicorn's plain-text 400 becomes the API's JSON error, and the close is
-  counted (``malformed``) instead of logged at WARNING per request (``QuietClientMistakes``).
+  counted (``malformed``) instead of logged at WARNING per request (``client_mistakes.py``).
+  Broken bytes after whole pipelined requests wait for those requests' answers.
 
 Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
 request carries the time its first byte was read (``time.perf_counter()``; ASGI's in
@@ -45,7 +46,6 @@ timer. ``tests/unit/test_connections.py`` fails when any of them changes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import errors, metrics
-from featurestore.api import join_cycle, json_codec
+from featurestore.api import client_mistakes, join_cycle, json_codec
 from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.refusal import RETRY_AFTER_SECONDS
 
@@ -186,6 +186,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.first_byte_at = 0.0  # the current request's first byte; 0: none yet
         self._chunk_at = 0.0  # when the bytes being parsed were read
         self._head_bytes = 0  # bytes read while in _HEAD: at least the head's size
+        self._malformed: FeatureStoreError | None = None  # a 400 owed once earlier answers are sent
 
     # -- connection -------------------------------------------------------------------
 
@@ -210,6 +211,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._malformed is not None:  # nothing after broken bytes is parsed (send_400_response)
+            return
         now = self._chunk_at = _now()
         phase = self._phase
         if phase == _IDLE:  # a request's first bytes (or line breaks before one)
@@ -297,10 +300,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self.flow.resume_reading()
+        if self._malformed is None:  # (reading stays paused once broken bytes were read)
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+        elif self._malformed is not None:
+            self._refuse_malformed(self._malformed)
         elif self._phase == _IDLE:  # not while the next request's head or this body is read
             self.deadline = _now() + self._keep_alive
 
@@ -308,9 +314,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """uvicorn's answer to bytes its parser refuses, as the API's JSON error."""
         if self._phase != _IDLE and self._head_size() > self._max_header_bytes:
             self._refuse_head()  # (httptools refuses a URL past 64 KiB first: 431 here too)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._malformed is not None:
             return
-        self._answer(400, errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})"))
+        error = errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})")
+        if self._phase != _BODY and (
+            self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            # The broken bytes follow whole requests still being answered (pipelined): those
+            # answers go first, in order, then the 400 (on_response_complete). Answering at
+            # once lost them, a push applied but reported only as this 400.
+            self._malformed = error
+            self.flow.pause_reading()
+            return
+        self._refuse_malformed(error)
+
+    def _refuse_malformed(self, error: FeatureStoreError) -> None:
+        self._answer(400, error)
         self._close("malformed")
 
     # -- limits ------------------------------------------------------------------------
@@ -364,33 +383,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 _now = time.perf_counter
+client_mistakes.install()  # uvicorn's WARNING per broken request: counted instead
 _REASON_PHRASES = {
     400: b"Bad Request",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
 }
-
-
-class QuietClientMistakes(logging.Filter):
-    """Drops uvicorn's WARNING lines about a client's bytes, one per request: a broken
-    request (counted in ``featurestore_http_connections_closed_total{reason="malformed"}``
-    and answered 400) and a WebSocket upgrade, which this server does not take (``ws="none"``:
-    the request is answered as plain HTTP), with uvicorn's advice to install a WebSocket
-    library. Kept with ``log_level: debug``."""
-
-    MESSAGES = frozenset(
-        {
-            "Invalid HTTP request received.",
-            "Unsupported upgrade request.",
-            "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
-            "or install 'websockets' or 'wsproto' manually.",
-        }
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING or record.msg not in self.MESSAGES:
-            return True
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-logging.getLogger("uvicorn.error").addFilter(QuietClientMistakes())

@@ -15,6 +15,7 @@ registry, health) are small and stay on one encoder.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -140,12 +141,29 @@ def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Bo
         details = [{"request_data": field}] if field is not None else None
         raise InvalidArgument(f"invalid {what} request: {message}", details=details) from None
     except msgspec.DecodeError as e:
-        reason = "empty body" if not body.strip() else f"malformed JSON: {e}"
+        reason = "empty body" if not body.strip() else f"malformed JSON: {_fault(str(e), body)}"
         raise InvalidArgument(f"invalid {what} request: {reason}") from None
     except UnicodeDecodeError:  # msgspec checks UTF-8 only inside strings; so does the message
         raise InvalidArgument(f"invalid {what} request: {_bad_utf8(body)}") from None
     except RecursionError:  # only where a field is typed Any; none is today
         raise InvalidArgument(f"invalid {what} request: JSON nested too deeply") from None
+
+
+# A \uD800-\uDBFF escape not followed by its low half's escape.
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _fault(message: str, body: bytes) -> str:
+    """msgspec's message, but for an unpaired high surrogate escape in a body's last 12
+    bytes: msgspec reads 6 bytes past it for the low half and calls a body that ends
+    there truncated; earlier in a body it names the escape, as this does."""
+    if (
+        message == "Input data was truncated"
+        and body.rstrip().endswith(b"}")
+        and (m := _HIGH_SURROGATE.search(body, max(0, len(body) - 12)))
+    ):
+        return f"JSON is malformed: unexpected end of escaped utf-16 surrogate pair (byte {m.end()})"
+    return message
 
 
 def _bad_utf8(body: bytes) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,23 @@ def test_bytes_that_are_not_http_get_a_json_400_counted_not_logged(
     assert error["code"] == "INVALID_ARGUMENT" and "malformed HTTP/1.1 request" in error["message"]
     assert closed(guarded, "malformed") == before + 1
     assert_others_are_answered(guarded)
+
+
+def test_a_pipelined_push_and_join_are_answered_before_the_broken_bytes_after_them(
+    guarded: ServerProcess,
+) -> None:
+    row = {
+        "user_id": [960_001], "age": [77], "tenure_days": [1], "num_devices": [1], "country": ["DE"],
+        "plan_tier": ["pro"], "preferred_language": ["de"], "lifetime_value": [1.0], "credit_score": [0.5],
+    }  # fmt: skip
+    push = json.dumps({"feature_view": "user_profile", "rows": row}).encode()
+    join = b'{"entities":{"user_id":[960001]},"features":["user_profile:age"]}'
+    sock = connect(guarded)
+    sock.sendall(request("/v1/feature/push", push) + request(body=join) + b"GARBAGE\r\n\r\n")  # one write
+    received = until_closed(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"200", b"400"], received[:300]
+    assert b'"values":[77]' in received  # the push was applied, and said so, before the join read it
+    assert b'"malformed HTTP/1.1 request' in received
 
 
 def test_a_websocket_upgrade_is_answered_as_plain_http_without_log_lines(guarded: ServerProcess) -> None:

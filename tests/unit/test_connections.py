@@ -9,6 +9,7 @@ import ast
 import asyncio
 import hashlib
 import inspect
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from featurestore.api.connections import RECEIVED_AT, ConnectionGuard, ConnectionLimits, QuietClientMistakes
+from featurestore.api.client_mistakes import QuietClientMistakes
+from featurestore.api.connections import RECEIVED_AT, ConnectionGuard, ConnectionLimits
 from tests.support import eventually
 
 LIMITS = ConnectionLimits(
@@ -144,6 +147,39 @@ async def test_pipelined_requests_each_carry_a_first_byte_time(
     writer.close()
     assert len(app.calls) == 3
     assert all(0 < received_at <= started for received_at, started in app.calls)
+
+
+async def test_broken_bytes_after_pipelined_requests_are_refused_after_their_answers(
+    served: tuple[Recorder, int, ConnectionGuard],
+) -> None:
+    app, port, _ = served
+    before = _closed("malformed")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST * 2 + b"GARBAGE\r\n\r\n" + REQUEST)  # one write: parsed in one go
+    received = await asyncio.wait_for(reader.read(), GUARD)  # to the close
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"200", b"400"]
+    assert received.count(b"\r\n\r\nok") == 2 and b"malformed HTTP/1.1 request" in received
+    assert len(app.calls) == 2  # the request after the broken bytes was never read
+    assert _closed("malformed") == before + 1
+
+
+async def test_broken_bytes_with_no_request_being_answered_are_refused_at_once(
+    served: tuple[Recorder, int, ConnectionGuard],
+) -> None:
+    app, port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    assert (await asyncio.wait_for(reader.readuntil(b"ok"), GUARD)).startswith(b"HTTP/1.1 200")
+    writer.write(b"GARBAGE\r\n\r\n")
+    received = await asyncio.wait_for(reader.read(), GUARD)
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 400 ") and len(app.calls) == 1
+
+
+def _closed(reason: str) -> float:
+    value = REGISTRY.get_sample_value("featurestore_http_connections_closed_total", {"reason": reason})
+    return value or 0.0
 
 
 @pytest.mark.parametrize("size", [10_000, 100_000])  # (past ~64 KiB httptools refuses the line first)

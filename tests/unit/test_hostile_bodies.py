@@ -217,6 +217,30 @@ def test_invalid_utf8_is_a_400_naming_the_byte(caller: Caller, path: str, body: 
     assert f"not valid UTF-8 ({where})" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [rb'"\ud800"}', rb'"\uDBFF"}', rb'"\ud800x"}  ', rb'"\ud800xxxxxxxx"}'],
+    ids=["at-the-end", "upper-case", "two-bytes-before-the-end", "further-in"],
+)
+def test_an_unpaired_surrogate_escape_is_named_wherever_it_is(tail: bytes) -> None:
+    body = b'{"entities":{"user_id":[1]},"feature_service":' + tail
+    with pytest.raises(InvalidArgument, match=r"unexpected end of escaped utf-16 surrogate pair \(byte 53\)"):
+        decode_join(body)
+
+
+def test_a_truncated_body_is_still_called_truncated() -> None:
+    for body in (
+        rb'{"entities":{"user_id":[1]},"feature_service":"\ud83d\ude00',
+        b'{"entities":{"user_id":[1',
+    ):
+        with pytest.raises(InvalidArgument, match="truncated"):
+            decode_join(body)
+    assert (
+        decode_join(rb'{"entities":{"user_id":[1]},"feature_service":"\ud83d\ude00"}').feature_service
+        == "\U0001f600"
+    )
+
+
 def test_a_wrong_value_is_located_by_column_name() -> None:
     with pytest.raises(InvalidArgument, match=r"\$\.entities\.merchant_id\[1\]"):
         decode_join(b'{"entities":{"user_id":[1,2],"merchant_id":["a",2.5]}}')
