@@ -155,6 +155,9 @@ def _definitions(path: str | None, registry: Any) -> Any:
 
 
 def cmd_stream_produce_sample(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.extras import require
+
+    require("confluent_kafka", "featurestore stream produce-sample")  # one line, exit 2, not a traceback
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 

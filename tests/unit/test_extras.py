@@ -108,3 +108,15 @@ def test_the_cli_prints_the_missing_extra_in_one_line_and_exits_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "pip install 'featurestore[etcd]'" in err
+
+
+@pytest.mark.parametrize("command", ["run", "produce-sample"])
+def test_the_stream_commands_without_the_kafka_extra_say_so_in_one_line(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing(monkeypatch, "confluent_kafka")
+    config_path = str(Path(__file__).parents[2] / "deploy" / "config" / "stream-demo.yaml")
+    extra = ["--view", "clicks_stats"] if command == "run" else ["--topic", "clicks"]
+    assert main(["stream", command, "--config", config_path, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"featurestore stream {command} needs the 'kafka' extra" in err
