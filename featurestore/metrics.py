@@ -234,7 +234,9 @@ REGISTRY_WATCH_LOST = Counter(
     "featurestore_registry_watch_lost_total",
     "etcd registry watches lost and re-established, by cause: connection (etcd unreachable),"
     " cancelled (etcd cancelled the watch), ended (etcd ended the stream), compacted"
-    " (history compacted past the last revision seen: the registry is read again).",
+    " (history compacted past the last revision seen: the registry is read again), reset"
+    " (etcd is behind the last revision seen, or another cluster: its data was lost or"
+    " restored from a backup; the registry is read again in full).",
     ["cause"],
 )
 REGISTRY_VERSION = Gauge(
@@ -362,7 +364,7 @@ def render() -> tuple[bytes, str]:
 VIEW_DATA_MISSING = Gauge(
     "featurestore_view_data_missing",
     "1 while the data version served for a view is missing from its online store "
-    "(Redis restarted empty, a dropped table): every value of the view is UNAVAILABLE.",
+    "(Redis restarted empty, a dropped table): every value of the view not in the row cache is UNAVAILABLE.",
     ["store", "view"],
     multiprocess_mode="livemax",
 )

@@ -219,9 +219,15 @@ class Runtime:
         here is left out (its service is served from current) and then reported by
         raising ``CanaryNotServed``, so the applier says so and tries it again."""
         reg = await load_state(self.registry)
-        if reg.snapshot is None:
-            return
         current = self.engine.state
+        if reg.snapshot is None:
+            # Current's pointer is gone (etcd rebuilt empty or restored without it, the
+            # file registry's directory moved or unmounted): keep serving, but as a change
+            # not applied (degraded, apply pending), never as "ok".
+            raise FailedPrecondition(
+                f"the registry has no current snapshot (still serving version {current.version}): "
+                "re-apply the definitions or restore the registry"
+            )
         unserved: dict[str, str] = dict(reg.unreadable_canaries)
         new = await serving_state(
             self.stores, reg, current, cache_dir(self.config.derived.cache_dir), unserved

@@ -1,4 +1,4 @@
-"""Registry commands: validate, apply, registry history/show/diff/rollback, canary."""
+"""Registry commands: validate, apply, registry history/show/diff/rollback/prune, canary."""
 
 from __future__ import annotations
 
@@ -37,12 +37,21 @@ def register(sub: Subcommands) -> None:
 
 
 def _register_registry(sub: Subcommands, config_after: argparse.ArgumentParser) -> None:
-    r = sub.add_parser("registry", help="registry history, snapshots, diffs and rollback")
+    r = sub.add_parser("registry", help="registry history, snapshots, diffs, rollback and pruning")
     r.add_argument("--config", help="server config naming the registry")
     rsub = r.add_subparsers(dest="registry_command", required=True)
-    rsub.add_parser("history", help="every snapshot, newest last", parents=[config_after]).set_defaults(
-        func=cmd_registry_history
+    history = rsub.add_parser("history", help="the newest snapshots, newest first", parents=[config_after])
+    # (default None: RegistryAdmin's HISTORY_LIMIT; the CLI imports no registry code to parse)
+    history.add_argument("--limit", type=int, help="how many (default: the newest 20; 0: every one)")
+    history.set_defaults(func=cmd_registry_history)
+    prune = rsub.add_parser(
+        "prune",
+        help="delete old snapshots (never current, a canary's candidate or base, or the newest N)",
+        parents=[config_after],
     )
+    prune.add_argument("--keep", type=int, required=True, help="the newest N snapshots to keep (at least 1)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted only")
+    prune.set_defaults(func=cmd_registry_prune)
     show = rsub.add_parser(
         "show", help="one snapshot's definitions as JSON (default: the current one)", parents=[config_after]
     )
@@ -125,10 +134,11 @@ def _compile_derived(args: argparse.Namespace, defs: Any) -> None:
 
 
 def _admin(args: argparse.Namespace, fn: Any) -> Any:
-    """Run ``fn(admin)`` against the registry the config names."""
+    """Run ``fn(admin)`` against the registry the config names. Definitions refused as
+    incompatible print their diff first (then the error line)."""
     from featurestore.config import load_config
     from featurestore.factories import make_registry
-    from featurestore.registry.admin import RegistryAdmin
+    from featurestore.registry.admin import Incompatible, RegistryAdmin
 
     config = load_config(getattr(args, "config", None))
 
@@ -139,7 +149,14 @@ def _admin(args: argparse.Namespace, fn: Any) -> Any:
         finally:
             await registry.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except Incompatible as e:  # apply, rollback, canary start: show what was refused
+        if e.changes:
+            from featurestore.definitions.diff import render
+
+            print(render(e.changes))
+        raise
 
 
 def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
@@ -156,7 +173,11 @@ def cmd_apply(args: argparse.Namespace, _argv: list[str]) -> int:
         return 0
     print(render(result.changes))
     if result.snapshot is None:
-        print(f"dry run: would publish version {(result.previous or 0) + 1}")
+        # No number: versions come from the registry's counter, which canaries and
+        # staged snapshots move past current + 1.
+        print(
+            f"dry run: nothing published; apply publishes this as the next registry version (current: {result.previous})"
+        )
     else:
         print(f"published registry version {result.snapshot.version} (was {result.previous})")
         _definitions_to_lineage_graph(args, result.snapshot)
@@ -194,15 +215,34 @@ def _definitions_to_lineage_graph(args: argparse.Namespace, snapshot: Any) -> No
 
 
 def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
-    rows = _admin(args, lambda a: a.history())
+    rows, older = _admin(args, lambda a: a.history() if args.limit is None else a.history(args.limit))
     if not rows:
         print("the registry is empty")
-    for snap, current in rows:
-        d = snap.definitions
-        mark = "*" if current else " "
+    for row in rows:
+        mark = "*" if row.current else " "
+        if row.snapshot is None:
+            print(f"{mark} {row.version:>4}  UNREADABLE: {row.problem}")
+            continue
+        snap, d = row.snapshot, row.snapshot.definitions
         print(
             f"{mark} {snap.version:>4}  {snap.created_at}  {snap.fingerprint[:12]}  "
             f"{len(d.views)} views, {len(d.services)} services  {snap.message}"
+        )
+    if older:
+        print(f"({older} older snapshots not shown: --limit 0 lists every one)")
+    return 0
+
+
+def cmd_registry_prune(args: argparse.Namespace, _argv: list[str]) -> int:
+    deleted = _admin(args, lambda a: a.prune(args.keep, dry_run=args.dry_run))
+    listed = ", ".join(map(str, deleted))
+    if not deleted:
+        print("nothing to prune")
+    elif args.dry_run:
+        print(f"dry run: would delete {len(deleted)} snapshots: {listed}")
+    else:
+        print(
+            f"deleted {len(deleted)} snapshots: {listed} (etcd frees the space after a compaction and defrag)"
         )
     return 0
 
@@ -266,14 +306,16 @@ def cmd_canary_start(args: argparse.Namespace, _argv: list[str]) -> int:
 
 def cmd_canary_status(args: argparse.Namespace, _argv: list[str]) -> int:
     canaries = _admin(args, lambda a: a.registry.canaries())
-    if not canaries:
+    if not canaries and not canaries.malformed:
         print("no canaries")
     for service, c in sorted(canaries.items()):
         print(
             f"{service}: {c.share:.1%} of {c.entity or 'entities'} on version {c.candidate_version} "
             f"(base {c.base_version})"
         )
-    return 0
+    for service, bad in sorted(canaries.malformed.items()):
+        print(f"{service}: MALFORMED: {bad}")
+    return 1 if canaries.malformed else 0
 
 
 def cmd_canary_promote(args: argparse.Namespace, _argv: list[str]) -> int:
@@ -290,7 +332,12 @@ def cmd_canary_promote(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_canary_abort(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.registry.base import MalformedCanary
+
     c = _admin(args, lambda a: a.canary_abort(args.service))
+    if isinstance(c, MalformedCanary):
+        print(f"aborted: the malformed canary record of {args.service} is deleted ({c.problem})")
+        return 0
     print(
         f"aborted: {args.service} is served from current again (candidate version {c.candidate_version} unused)"
     )

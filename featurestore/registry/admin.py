@@ -13,12 +13,20 @@ from featurestore.definitions.diff import Change, diff
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, Registry, check_share
+from featurestore.registry.base import Canary, MalformedCanary, Registry, check_share
+
+# `registry history` lists the newest this many snapshots unless told otherwise: each
+# is one read of up to 1.5 MB, and the list is for picking a recent rollback target.
+HISTORY_LIMIT = 20
 
 
 class Incompatible(FailedPrecondition):
     """Definitions that change what stored rows mean (a dtype, a view's keys), refused
-    unless forced."""
+    unless forced. ``changes``: the whole diff refused (the CLI prints it)."""
+
+    def __init__(self, message: str, changes: list[Change] | None = None) -> None:
+        super().__init__(message)
+        self.changes = changes or []
 
 
 def refuse_incompatible(changes: list[Change]) -> None:
@@ -35,8 +43,17 @@ def refuse_incompatible(changes: list[Change]) -> None:
         raise Incompatible(
             "incompatible changes: "
             + "; ".join(f"{c.kind} {c.name}: {', '.join(c.incompatible)}" for c in bad)
-            + f" (re-run with --force to apply anyway, {then})"
+            + f" (re-run with --force to apply anyway, {then})",
+            changes,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    version: int
+    snapshot: RegistrySnapshot | None  # None: it cannot be read (``problem`` says why)
+    current: bool
+    problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +86,29 @@ class RegistryAdmin:
         snap = await self.registry.publish(definitions, expected_version=previous, message=message)
         return ApplyResult(changes, snap, previous)
 
-    async def history(self) -> list[tuple[RegistrySnapshot, bool]]:
-        """Every snapshot, oldest first, with whether it is current."""
+    async def history(self, limit: int = HISTORY_LIMIT) -> tuple[list[HistoryRow], int]:
+        """The newest ``limit`` snapshots (0: all), newest first, and how many older ones
+        were left out. Only those are read. One that cannot be read (corrupted, deleted
+        meanwhile) is a row saying why: the others are what an operator needs to pick a
+        rollback target. A corrupted current fails (as everything reading current does)."""
+        if limit < 0:
+            raise InvalidArgument(f"--limit must be 0 (every snapshot) or more, got {limit}")
         current = await self.registry.current()
-        out = []
-        for v in await self.registry.versions():
-            snap = await self.registry.get(v)
-            out.append((snap, current is not None and current.version == v))
-        return out
+        versions = sorted(await self.registry.versions(), reverse=True)
+        shown = versions[:limit] if limit else versions
+        rows = []
+        for v in shown:
+            is_current = current is not None and current.version == v
+            try:
+                rows.append(HistoryRow(v, await self.registry.get(v), is_current))
+            except (NotFound, FailedPrecondition) as e:  # FailedPrecondition: SnapshotCorrupted
+                rows.append(HistoryRow(v, None, is_current, f"{e.code.value}: {e.message}"))
+        return rows, len(versions) - len(shown)
+
+    async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
+        """Delete old snapshots: all but current, every canary's candidate and base, and
+        the newest ``keep`` (the registry port does it by compare-and-swap)."""
+        return await self.registry.prune(keep, dry_run=dry_run)
 
     async def diff(self, a: int, b: int) -> list[Change]:
         return diff((await self.registry.get(a)).definitions, (await self.registry.get(b)).definitions)
@@ -109,7 +141,10 @@ class RegistryAdmin:
             raise NotFound(f"feature service {service!r} is not in the current snapshot: apply it instead")
         if not force:  # the candidate may be promoted: the same guard as apply
             refuse_incompatible(diff(current.definitions, definitions))
-        existing = (await self.registry.canaries()).get(service)
+        active = await self.registry.canaries()
+        if service in active.malformed:
+            raise FailedPrecondition(str(active.malformed[service]))
+        existing = active.get(service)
         if existing is not None:
             raise Conflict(
                 f"feature service {service!r} already has a canary (candidate version {existing.candidate_version}): "
@@ -140,13 +175,20 @@ class RegistryAdmin:
         await self.registry.promote(service, canary)
         return canary
 
-    async def canary_abort(self, service: str) -> Canary:
-        canary = await self._canary(service)
+    async def canary_abort(self, service: str) -> Canary | MalformedCanary:
+        """End the canary; a malformed record is deleted as it was read (by CAS too)."""
+        active = await self.registry.canaries()
+        canary = active.get(service) or active.malformed.get(service)
+        if canary is None:
+            raise NotFound(f"feature service {service!r} has no canary")
         await self.registry.set_canary(service, None, expected=canary)
         return canary
 
     async def _canary(self, service: str) -> Canary:
-        canary = (await self.registry.canaries()).get(service)
+        active = await self.registry.canaries()
+        if service in active.malformed:
+            raise FailedPrecondition(str(active.malformed[service]))
+        canary = active.get(service)
         if canary is None:
             raise NotFound(f"feature service {service!r} has no canary")
         return canary

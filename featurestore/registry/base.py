@@ -16,7 +16,8 @@ runs against both): ``file`` for the embedded default and ``etcd`` for productio
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,19 +52,107 @@ class Canary:
         return json.dumps(doc, sort_keys=True).encode()
 
     @staticmethod
-    def from_json(raw: bytes) -> Canary:
+    def from_json(raw: bytes, service: str = "?") -> Canary:
+        """``FailedPrecondition`` naming ``service`` when ``raw`` is no canary record (a
+        hand edit, a record of an older version, a share out of range)."""
+        record = read_canary(service, raw)
+        if isinstance(record, MalformedCanary):
+            raise FailedPrecondition(str(record))
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedCanary:
+    """A canary record that does not parse: reported, never served; ``raw`` is what was
+    read, so that deleting it (``canary abort``) is a compare-and-swap like any write."""
+
+    service: str
+    problem: str
+    raw: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return (
+            f"canary record of feature service {self.service!r} is malformed: {self.problem} "
+            f"(`featurestore canary abort {self.service}` deletes it)"
+        )
+
+
+class Canaries(dict[str, Canary]):
+    """Active canaries by feature service; ``malformed``: the records that do not parse
+    (their services are served from current and reported, as an unreadable candidate)."""
+
+    def __init__(
+        self, canaries: Mapping[str, Canary] | None = None, malformed: Iterable[MalformedCanary] = ()
+    ) -> None:
+        super().__init__(canaries or {})
+        self.malformed = {m.service: m for m in malformed}
+
+
+# A feature service's name (docs/definitions.md); a canary key or file named otherwise
+# (an editor's backup ``ranker_v1~``, ``.swp``) is nobody's canary and is skipped.
+_SERVICE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+def is_service_name(name: str) -> bool:
+    return _SERVICE_NAME.match(name) is not None
+
+
+def read_canaries(records: Iterable[tuple[str, bytes]]) -> Canaries:
+    """The canaries of ``(service, record)`` pairs as read from a backend."""
+    good: dict[str, Canary] = {}
+    bad = []
+    for service, raw in records:
+        if not is_service_name(service):
+            continue
+        record = read_canary(service, raw)
+        if isinstance(record, MalformedCanary):
+            bad.append(record)
+        else:
+            good[service] = record
+    return Canaries(good, bad)
+
+
+def read_canary(service: str, raw: bytes) -> Canary | MalformedCanary:
+    """The record ``raw`` of ``service``'s canary, or why it is none."""
+    try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError(f"a JSON object was expected, not {type(doc).__name__}")
         return Canary(
             int(doc["candidate_version"]),
             float(doc["share"]),
             int(doc["base_version"]),
             str(doc.get("entity", "")),
         )
+    except KeyError as e:
+        problem = f"field {e} is missing"
+    except InvalidArgument as e:  # the share (Canary.__post_init__)
+        problem = e.message
+    except (ValueError, TypeError) as e:  # (JSONDecodeError is a ValueError)
+        problem = f"{type(e).__name__}: {e}"
+    return MalformedCanary(service, problem[:200], raw)
 
 
 def check_share(share: float) -> None:
     if not 0.0 < share <= 1.0:  # (NaN fails too)
         raise InvalidArgument(f"canary share must be in (0, 1], got {share}")
+
+
+def prunable(versions: Iterable[int], current: int | None, canaries: Canaries, keep: int) -> list[int]:
+    """What ``registry prune --keep N`` deletes of ``versions``: all but current, each
+    canary's candidate and base, and the newest ``keep``. Refused while a canary record
+    is malformed: the versions it protects are unknown."""
+    if keep < 1:
+        raise InvalidArgument(f"prune must keep at least the newest snapshot, got --keep {keep}")
+    for bad in canaries.malformed.values():
+        raise FailedPrecondition(f"nothing pruned: {bad}")
+    ordered = sorted(versions)
+    kept = (
+        set(ordered[-keep:])
+        | {current}
+        | {v for c in canaries.values() for v in (c.candidate_version, c.base_version)}
+    )
+    return [v for v in ordered if v not in kept]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +223,21 @@ class Registry(Protocol):
         """Point current at an existing snapshot iff current == expected_version."""
         ...
 
-    async def canaries(self) -> dict[str, Canary]:
-        """Active canaries by feature service."""
+    async def canaries(self) -> Canaries:
+        """Active canaries by feature service, and the records that do not parse."""
         ...
 
-    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
-        """Start (or, with None, end) a service's canary iff it currently is ``expected``."""
+    async def set_canary(
+        self, service: str, canary: Canary | None, *, expected: Canary | MalformedCanary | None
+    ) -> None:
+        """Start (or, with None, end) a service's canary iff it currently is ``expected``
+        (a ``MalformedCanary`` as read: deleting a record that does not parse)."""
+        ...
+
+    async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
+        """Delete the snapshots ``prunable`` names, in one step that fails with
+        ``Conflict`` (deleting nothing) if current or a canary changed meanwhile;
+        returns the versions deleted (with ``dry_run``: that would be)."""
         ...
 
     async def promote(self, service: str, canary: Canary) -> None:
@@ -203,7 +301,9 @@ async def load_state(registry: Registry) -> RegistryState:
     snapshot = await registry.current()
     data_versions = await registry.data_versions()
     canaries = {}
-    unreadable = {}
+    unreadable = {
+        service: f"canary record is malformed: {m.problem}" for service, m in active.malformed.items()
+    }
     for service, canary in active.items():
         try:
             canaries[service] = (canary, await registry.get(canary.candidate_version))

@@ -14,60 +14,46 @@ snapshot, moves ``current`` and the counter ``next`` together (a version deleted
 is never handed out again). Of two concurrent publishers exactly one succeeds; the
 other gets ``Conflict`` and nothing of it is left behind.
 
-``changes`` watches the project prefix from the last revision it has seen. When etcd
-goes away the watch raises; it is re-established from that revision, on a new client,
-retrying every 0.1 s doubling to 0.5 s (jittered), so no change is missed and a change
-published once etcd is back reaches every server within about half a second. A watch
-etcd cancels or ends (``etcd_watch.WatchEnded``) is opened again from that revision on
-the same client (on a new one, authenticating again, when etcd no longer takes its auth
-token); one compacted past it re-reads everything. Progress notifications move that
-revision on while nothing under the prefix changes. A light
-poll keeps ``last_contact`` fresh while nothing changes, which is how a server reports
-how stale its registry view may be.
+``changes`` (``etcd_feed.py``) watches the project prefix and yields at every change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aetcd
-from aetcd import exceptions as etcd_errors
 
-from featurestore import metrics
 from featurestore.definitions.snapshot import (
     RegistrySnapshot,
     new_snapshot,
     snapshot_from_json,
     snapshot_to_json,
 )
-from featurestore.errors import Conflict, NotFound, Unavailable
+from featurestore.errors import Conflict, NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
-from featurestore.registry.etcd_client import ERRORS, EtcdAccess, EtcdLink, auth_expired
-from featurestore.registry.etcd_watch import RetryPause, WatchEnded, watch_prefix
+from featurestore.registry.base import (
+    Canaries,
+    Canary,
+    MalformedCanary,
+    RegistryHealth,
+    Watermark,
+    conflict,
+    prunable,
+    read_canaries,
+    read_canary,
+)
+from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
+from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
+from featurestore.registry.snapshot_cache import SnapshotCache
 
-log = logging.getLogger(__name__)
-
-
-# Re-arming a lost watch: a retry against a down etcd is one refused connect per
-# worker, so retrying twice a second costs etcd nothing, and a change published once it
-# is back reaches every worker within about 0.5 s (the docs promise about a second).
-# Jitter keeps a fleet of workers, cut off at the same moment, from retrying in step.
-_WATCH_RETRY_MIN_S = 0.1
-_WATCH_RETRY_MAX_S = 0.5
-# The pause starts over from the minimum only once a watch delivered events or lived
-# this long after etcd confirmed it: a watch etcd (or a proxy) confirms and then ends at
-# once, or one that was never confirmed however long its connect took, is retried at
-# the growing pause, not every 0.1 s.
-_WATCH_STEADY_S = 5.0
+# etcd's default --max-txn-ops is 128: a prune deletes at most this many keys a transaction
+_PRUNE_BATCH = 100
 
 
-class EtcdRegistry:
+class EtcdRegistry(EtcdChangeFeed):
     def __init__(
         self,
         endpoints: Sequence[str],
@@ -92,9 +78,13 @@ class EtcdRegistry:
         self._canary = f"{root}canary/".encode()
         # Snapshots are immutable, but a key can be deleted and written again by hand:
         # the watch drops a cached version whose key changed (``_forget``).
-        self._cache: dict[int, RegistrySnapshot] = {}
+        self._cache = SnapshotCache[RegistrySnapshot]()
         self._changed: dict[int, int] = {}  # version -> revision of its key's last change seen
         self._revision = 0  # highest revision seen by the watch
+        self._cluster: int | None = None
+        self._reset: EtcdReset | None = None
+        self._reset_found = asyncio.Event()
+        self._resets = 0
 
     @property
     def project(self) -> str:
@@ -111,7 +101,9 @@ class EtcdRegistry:
 
     async def current(self) -> RegistrySnapshot | None:
         kv = await self._link.call(self._client.get, self._current)
-        return None if kv is None else await self.get(int(kv.value))
+        version = None if kv is None else int(kv.value)
+        self._cache.pin("current", () if version is None else (version,))
+        return None if version is None else await self.get(version)
 
     async def get(self, version: int) -> RegistrySnapshot:
         cached = self._cache.get(version)
@@ -123,14 +115,14 @@ class EtcdRegistry:
         # off the event loop: a large snapshot takes tens of ms to parse and verify
         snap = await asyncio.to_thread(snapshot_from_json, kv.value, version)
         if kv.mod_revision >= self._changed.get(version, 0):
-            self._cache[version] = snap
+            self._cache.put(version, snap)
         return snap
 
     def _forget(self, key: bytes, revision: int) -> None:
         """The watch saw ``key`` change at ``revision``: a cached snapshot of it is stale."""
         suffix = key[len(self._snapshots) :] if key.startswith(self._snapshots) else b""
         if suffix.isdigit():
-            self._cache.pop(int(suffix), None)
+            self._cache.pop(int(suffix))
             self._changed[int(suffix)] = revision
 
     async def _next_version(self) -> tuple[int, int]:
@@ -141,7 +133,10 @@ class EtcdRegistry:
 
     async def versions(self) -> list[int]:
         res = await self._link.call(self._client.get_prefix, self._snapshots, keys_only=True)
-        return sorted(int(kv.key[len(self._snapshots) :]) for kv in res)
+        # A key not named by a number (an operator's ``3.bak``) is no snapshot: skipped,
+        # as the file backend skips such files.
+        suffixes = (kv.key[len(self._snapshots) :] for kv in res)
+        return sorted(int(s) for s in suffixes if s.isdigit())
 
     async def data_versions(self) -> dict[str, int]:
         res = await self._link.call(self._client.get_prefix, self._data)
@@ -152,9 +147,13 @@ class EtcdRegistry:
                 out[view] = int(kv.value)
         return out
 
-    async def canaries(self) -> dict[str, Canary]:
+    async def canaries(self) -> Canaries:
         res = await self._link.call(self._client.get_prefix, self._canary)
-        return {kv.key[len(self._canary) :].decode(): Canary.from_json(kv.value) for kv in res}
+        found = read_canaries((kv.key[len(self._canary) :].decode(errors="replace"), kv.value) for kv in res)
+        self._cache.pin(
+            "canaries", (v for c in found.values() for v in (c.candidate_version, c.base_version))
+        )
+        return found
 
     # -- compare-and-swap writes ----------------------------------------------------
 
@@ -250,19 +249,25 @@ class EtcdRegistry:
                 return allocated
         raise Conflict(f"could not allocate a data version of view {view!r}: too many concurrent allocations")
 
-    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+    async def set_canary(
+        self, service: str, canary: Canary | None, *, expected: Canary | MalformedCanary | None
+    ) -> None:
+        # A canary starts only on a candidate that exists when its record is written
+        # (one transaction): a prune deleting it meanwhile makes this fail instead.
+        candidate = [] if canary is None else [self._snapshots + str(canary.candidate_version).encode()]
         await self._cas(
             self._canary + service.encode(),
             f"canary of service {service!r}",
             expected,
-            Canary.from_json,
+            lambda raw: read_canary(service, raw),
             canary.to_json() if canary is not None else None,
+            existing=candidate,
         )
 
     async def promote(self, service: str, canary: Canary) -> None:
         key = self._canary + service.encode()
         kv = await self._link.call(self._client.get, key)
-        actual = Canary.from_json(kv.value) if kv is not None else None
+        actual = read_canary(service, kv.value) if kv is not None else None
         if actual != canary:
             raise conflict(f"canary of service {service!r}", canary, actual)
         candidate = self._snapshots + str(canary.candidate_version).encode()
@@ -297,103 +302,81 @@ class EtcdRegistry:
         await self._cas(key, f"watermark of view {view!r}", expected, Watermark.from_json, mark.to_json())
 
     async def _cas(
-        self, key: bytes, what: str, expected: Any, decode: Any, new: bytes | None, absent: Any = None
+        self,
+        key: bytes,
+        what: str,
+        expected: Any,
+        decode: Any,
+        new: bytes | None,
+        absent: Any = None,
+        existing: Sequence[bytes] = (),
     ) -> None:
         """Write ``new`` to ``key`` (None: delete it) iff its value, decoded, is
-        ``expected`` (``absent`` when there is no key) and nobody wrote it in between."""
+        ``expected`` (``absent`` when there is no key), nobody wrote it in between and
+        the snapshot keys ``existing`` exist (``NotFound`` otherwise)."""
         kv = await self._link.call(self._client.get, key)
         actual = decode(kv.value) if kv is not None else absent
         if actual != expected:
             raise conflict(what, expected, actual)
+        for k in existing:
+            if await self._link.call(self._client.get, k) is None:
+                raise NotFound(f"registry snapshot {k[len(self._snapshots) :].decode()} does not exist")
         tx = self._client.transactions
         ok, _ = await self._link.call(
             self._client.transaction,
-            compare=[tx.mod(key) == (kv.mod_revision if kv is not None else 0)],
+            compare=[
+                tx.mod(key) == (kv.mod_revision if kv is not None else 0),
+                *(tx.version(k) > 0 for k in existing),
+            ],
             success=[tx.put(key, new)] if new is not None else [tx.delete(key)],
             failure=[],
         )
         if not ok:
             raise conflict(what, expected, "changed concurrently")
 
-    # -- change feed -----------------------------------------------------------------
+    # -- pruning ---------------------------------------------------------------------
 
-    async def changes(self) -> AsyncIterator[None]:
-        """Yield after every change under the project prefix, across etcd outages."""
-        pause = RetryPause(_WATCH_RETRY_MIN_S, _WATCH_RETRY_MAX_S, _WATCH_STEADY_S)
-        heartbeat = asyncio.create_task(self._heartbeat())
-        armed = False
-        try:
-            while True:
-                client = self._client  # the one this watch runs on (and fails on)
-                pause.opening()
-                try:
-                    if self._revision == 0:
-                        self._revision = await self._head_revision()
-                    if not armed:
-                        armed = True
-                        yield None  # watching from self._revision: re-read what changed before
-                    client = self._client  # (a call renewed it while the consumer ran?)
-                    watch = watch_prefix(client, self._root, self._revision + 1, self._link.timeout)
-                    async with contextlib.aclosing(watch):
-                        async for events, progress in watch:
-                            pause.confirmed()
-                            self._link.touch()
-                            self._revision = max(self._revision, progress)
-                            for event in events:
-                                self._revision = max(self._revision, event.kv.mod_revision)
-                                self._forget(event.kv.key, event.kv.mod_revision)
-                            if events:
-                                pause.steady()
-                                yield None
-                except etcd_errors.RevisionCompactedError as e:
-                    # The changes since self._revision are gone: re-read everything (the
-                    # caller reads the latest state at each yield) and watch from there.
-                    log.warning("etcd compacted past revision %d: re-reading the registry", self._revision)
-                    metrics.REGISTRY_WATCH_LOST.labels("compacted").inc()
-                    self._revision = e.compacted_revision - 1
-                    self._cache.clear()  # changes of snapshot keys may be among those missed
-                    yield None
-                except WatchEnded as e:
-                    # etcd still answers: watch again from the last revision seen (so
-                    # nothing is missed), after a pause (etcd may cancel it again); on a
-                    # new client (a new auth token) if etcd refused this one's token.
-                    wait = pause.next()
-                    log.warning(
-                        "etcd registry watch lost (%s); watching again from revision %d in %.2f s",
-                        e,
-                        self._revision,
-                        wait,
-                    )
-                    metrics.REGISTRY_WATCH_LOST.labels(e.cause).inc()
-                    await asyncio.sleep(wait)
-                    if self._link.authenticates and auth_expired(str(e)):
-                        await self._link.renew(client)
-                except (*ERRORS, Unavailable) as e:
-                    metrics.REGISTRY_WATCH_LOST.labels("connection").inc()
-                    if self._client is not client:  # closed under it: a call authenticated again
-                        log.info("etcd registry watch lost (%s): its client was replaced", e)
-                    else:
-                        if self._link.connected:
-                            log.warning(
-                                "etcd registry watch lost (%s); serving the last snapshot, retrying", e
-                            )
-                        self._link.connected = False
-                    await asyncio.sleep(pause.next())
-                    await self._link.renew(client)  # unless a failed call replaced it already
-        finally:
-            heartbeat.cancel()
-
-    async def _head_revision(self) -> int:
-        res = await self._link.call(self._client.get_prefix, self._current, keys_only=True)
-        return int(res.header.revision)
-
-    async def _heartbeat(self) -> None:
-        """Refresh ``last_contact`` while nothing changes (and notice outages)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            with contextlib.suppress(Unavailable):
-                await self._head_revision()
+    async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
+        # Read canaries (their header's revision R), then current and the versions; each
+        # transaction deletes only if current's key is as read and no canary key changed
+        # after R (a range compare: every key under canary/ has mod_revision <= R), so a
+        # concurrent apply, rollback, promote or canary start makes it fail with
+        # Conflict instead of deleting what became current or a canary's. A snapshot
+        # staged meanwhile is newer than every version listed, hence never deleted.
+        res = await self._link.call(self._client.get_prefix, self._canary)
+        seen = int(res.header.revision)
+        active = read_canaries((kv.key[len(self._canary) :].decode(errors="replace"), kv.value) for kv in res)
+        cur = await self._link.call(self._client.get, self._current)
+        current = int(cur.value) if cur is not None else None
+        doomed = prunable(await self.versions(), current, active, keep)
+        if dry_run:
+            return doomed
+        tx = self._client.transactions
+        canary_end = _prefix_end(self._canary)
+        for i in range(0, len(doomed), _PRUNE_BATCH):
+            batch = doomed[i : i + _PRUNE_BATCH]
+            ok, _ = await self._link.call(
+                self._client.transaction,
+                compare=[
+                    tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                    tx.mod(self._canary, canary_end) < seen + 1,
+                ],
+                success=[tx.delete(self._snapshots + str(v).encode()) for v in batch],
+                failure=[],
+            )
+            if not ok:
+                raise conflict(
+                    "registry current or a canary", "as read", f"changed concurrently ({i} snapshots pruned)"
+                )
+            for v in batch:
+                self._cache.pop(v)
+        return doomed
 
     async def close(self) -> None:
         self._cache.clear()
         await self._link.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The end of etcd's range of every key starting with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])

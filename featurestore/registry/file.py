@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,7 +31,18 @@ from featurestore.definitions.snapshot import (
 )
 from featurestore.errors import NotFound
 from featurestore.model import Definitions
-from featurestore.registry.base import Canary, RegistryHealth, Watermark, conflict
+from featurestore.registry.base import (
+    Canaries,
+    Canary,
+    MalformedCanary,
+    RegistryHealth,
+    Watermark,
+    conflict,
+    prunable,
+    read_canaries,
+    read_canary,
+)
+from featurestore.registry.snapshot_cache import SnapshotCache
 
 
 class FileRegistry:
@@ -43,19 +55,26 @@ class FileRegistry:
         self._next = self.root / "registry" / "next"  # the last snapshot version handed out
         self._data = self.root / "data"
         self._canary = self.root / "canary"
-        self._cache: dict[int, tuple[tuple[int, int, int], RegistrySnapshot]] = {}
+        self._cache = SnapshotCache[tuple[tuple[int, int, int], RegistrySnapshot]]()
+        # Set by the change feed's polls: whether the project's directory was there (a
+        # registry moved or unmounted is one the server no longer reads), and when last.
+        self._found: bool | None = None
+        self._found_at = time.monotonic()
 
     @property
     def project(self) -> str:
         return self._project
 
     def health(self) -> RegistryHealth:
-        return RegistryHealth(connected=True, seconds_since_contact=0.0)
+        if self._found is None:  # not followed (a CLI): every call reads the directory
+            return RegistryHealth(connected=True, seconds_since_contact=0.0)
+        return RegistryHealth(connected=self._found, seconds_since_contact=time.monotonic() - self._found_at)
 
     # -- reads -----------------------------------------------------------------------
 
     async def current(self) -> RegistrySnapshot | None:
         version = await asyncio.to_thread(_read_int, self._current)
+        self._cache.pin("current", () if version is None else (version,))
         return None if version is None else await self.get(version)
 
     async def get(self, version: int) -> RegistrySnapshot:
@@ -78,7 +97,7 @@ class FileRegistry:
                 return cached[1]
             raw = fh.read()
         snap = snapshot_from_json(raw, version)
-        self._cache[version] = (stamp, snap)
+        self._cache.put(version, (stamp, snap))
         return snap
 
     async def versions(self) -> list[int]:
@@ -87,8 +106,15 @@ class FileRegistry:
     async def data_versions(self) -> dict[str, int]:
         return await asyncio.to_thread(self._read_data_versions)
 
-    async def canaries(self) -> dict[str, Canary]:
-        return await asyncio.to_thread(self._read_canaries)
+    async def canaries(self) -> Canaries:
+        found = await asyncio.to_thread(self._read_canaries)
+        self._cache.pin(
+            "canaries", (v for c in found.values() for v in (c.candidate_version, c.base_version))
+        )
+        return found
+
+    async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
+        return await asyncio.to_thread(self._prune, keep, dry_run)
 
     # -- compare-and-swap writes ----------------------------------------------------
 
@@ -109,7 +135,9 @@ class FileRegistry:
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         await asyncio.to_thread(self._swap_data_version, view, expected, new)
 
-    async def set_canary(self, service: str, canary: Canary | None, *, expected: Canary | None) -> None:
+    async def set_canary(
+        self, service: str, canary: Canary | None, *, expected: Canary | MalformedCanary | None
+    ) -> None:
         await asyncio.to_thread(self._set_canary, service, canary, expected)
 
     async def allocate_data_version(self, view: str) -> int:
@@ -168,12 +196,17 @@ class FileRegistry:
                 raise conflict("registry current", expected, current)
             _atomic_write(self._current, str(version).encode())
 
-    def _set_canary(self, service: str, canary: Canary | None, expected: Canary | None) -> None:
+    def _set_canary(
+        self, service: str, canary: Canary | None, expected: Canary | MalformedCanary | None
+    ) -> None:
         path = self._canary / service
         with self._locked():
-            actual = Canary.from_json(path.read_bytes()) if path.exists() else None
+            actual = read_canary(service, path.read_bytes()) if path.exists() else None
             if actual != expected:
                 raise conflict(f"canary of service {service!r}", expected, actual)
+            if canary is not None and not (self._snapshots / f"{canary.candidate_version}.json").exists():
+                # (under the lock: a prune cannot delete it before the record is written)
+                raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
             if canary is None:
                 path.unlink()
             else:
@@ -182,7 +215,7 @@ class FileRegistry:
     def _promote(self, service: str, canary: Canary) -> None:
         path = self._canary / service
         with self._locked():
-            actual = Canary.from_json(path.read_bytes()) if path.exists() else None
+            actual = read_canary(service, path.read_bytes()) if path.exists() else None
             if actual != canary:
                 raise conflict(f"canary of service {service!r}", canary, actual)
             if not (self._snapshots / f"{canary.candidate_version}.json").exists():
@@ -196,14 +229,22 @@ class FileRegistry:
             _atomic_write(self._current, str(canary.candidate_version).encode())
             path.unlink()
 
-    def _read_canaries(self) -> dict[str, Canary]:
+    def _read_canaries(self) -> Canaries:
         if not self._canary.is_dir():
-            return {}
-        return {
-            p.name: Canary.from_json(p.read_bytes())
-            for p in self._canary.iterdir()
-            if not p.name.startswith(".")
-        }
+            return Canaries()
+        # (read_canaries skips names no service has: an editor's ``ranker_v1~``, temp files)
+        return read_canaries((p.name, p.read_bytes()) for p in self._canary.iterdir() if p.is_file())
+
+    def _prune(self, keep: int, dry_run: bool) -> list[int]:
+        # Under the lock every writer waits: current and the canaries cannot move
+        # between reading them and deleting.
+        with self._locked():
+            doomed = prunable(self._list_versions(), _read_int(self._current), self._read_canaries(), keep)
+            if not dry_run:
+                for v in doomed:
+                    (self._snapshots / f"{v}.json").unlink(missing_ok=True)
+                    self._cache.pop(v)
+            return doomed
 
     def _swap_data_version(self, view: str, expected: int, new: int) -> None:
         path = self._data / view / "current"
@@ -259,6 +300,9 @@ class FileRegistry:
                 yield None
 
     def _stamp(self) -> tuple[tuple[str, int, int], ...]:
+        self._found = self.root.is_dir()
+        if self._found:
+            self._found_at = time.monotonic()
         files = [self._current]
         if self._data.is_dir():
             files += sorted(d / "current" for d in self._data.iterdir())

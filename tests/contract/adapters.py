@@ -127,6 +127,21 @@ class RegistryFactory:
             else:
                 await client.put(key, value)
 
+    async def put_by_hand(self, relative: str, value: bytes, project: str = "contract") -> None:
+        """Write ``value`` at ``relative`` under the project (``canary/svc``,
+        ``registry/snapshots/1.bak``): an etcd key, or a file, written by hand."""
+        if self.name == "file":
+            target = self.tmp / "registry" / project / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(value)
+            return
+        import aetcd
+
+        server = self.request.getfixturevalue("etcd_server")
+        host, port = server.endpoint.removeprefix("http://").rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            await client.put(f"/featurestore/{project}{self.suffix}/{relative}".encode(), value)
+
 
 OFFLINE_SOURCES = ["parquet-file", "parquet-dir", "parquet-hive", "clickhouse"]
 

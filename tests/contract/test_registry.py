@@ -179,6 +179,10 @@ async def test_stage_then_set_current(registry: Registry) -> None:
 
 async def test_canary_compare_and_swap(registry: Registry) -> None:
     assert await registry.canaries() == {}
+    await registry.publish(defs(1), expected_version=None)
+    with pytest.raises(NotFound):  # no canary of a candidate that does not exist (pruned meanwhile)
+        await registry.set_canary("svc", Canary(2, 0.25, 1), expected=None)
+    await registry.stage(defs(2))
     c = Canary(candidate_version=2, share=0.25, base_version=1)
     await registry.set_canary("svc", c, expected=None)
     assert await registry.canaries() == {"svc": c}

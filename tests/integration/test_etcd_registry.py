@@ -107,11 +107,14 @@ def test_apply_diff_history_show_rollback(env: Env) -> None:
     assert (
         bad.returncode == 2 and "feature age dtype int64 -> float64" in bad.stderr and "--force" in bad.stderr
     )
+    # the refused diff is printed too (it was only the error line: the docs said otherwise)
+    assert "! feature_view user_profile: feature age dtype int64 -> float64 (incompatible)" in bad.stdout
     dry = env.cli("apply", str(env.defs("v3", activity=True, age="float64")), "--dry-run")
     assert "! feature_view user_profile: feature age dtype int64 -> float64 (incompatible)" in dry.stdout
+    assert "dry run: nothing published" in dry.stdout and "(current: 2)" in dry.stdout
     hist = env.cli("registry", "history")
     lines = hist.stdout.splitlines()
-    assert len(lines) == 2 and lines[1].startswith("*    2")
+    assert len(lines) == 2 and lines[0].startswith("*    2")  # newest first
     show = json.loads(env.cli("registry", "show", "1").stdout)
     assert show["version"] == 1 and [v["name"] for v in show["definitions"]["feature_views"]] == [
         "user_profile"
@@ -261,6 +264,39 @@ def test_canary_start_promote_abort(env: Env) -> None:
     promote = env.cli("canary", "promote", "ranker")
     assert promote.returncode == 0 and "version 3 is current (was 1)" in promote.stdout
     assert re.search(r"^\*\s+3 ", env.cli("registry", "history").stdout, re.M)
+
+
+def test_history_limit_prune_and_a_malformed_canary_record_from_the_cli(env: Env) -> None:
+    for n in range(1, 6):
+        extra = ", user_profile:country" if n % 2 else ""
+        assert env.cli("apply", str(env.defs(f"h{n}", service_extra=extra)), "-m", f"v{n}").returncode == 0
+    hist = env.cli("registry", "history", "--limit", "2").stdout.splitlines()
+    assert hist[0].split()[:2] == ["*", "5"] and hist[1].split()[0] == "4" and hist[1].endswith("v4")
+    assert hist[2] == "(3 older snapshots not shown: --limit 0 lists every one)"
+    dry = env.cli("registry", "prune", "--keep", "2", "--dry-run")
+    assert dry.returncode == 0 and "would delete 3 snapshots: 1, 2, 3" in dry.stdout
+    assert env.cli("registry", "prune", "--keep", "2").stdout.startswith("deleted 3 snapshots: 1, 2, 3")
+    assert len(env.cli("registry", "history", "--limit", "0").stdout.splitlines()) == 2
+    zero = env.cli("registry", "prune", "--keep", "0")
+    assert zero.returncode == 2 and "keep at least the newest snapshot" in zero.stderr
+
+    async def put_malformed() -> None:
+        reg = EtcdRegistry([env.etcd.endpoint], env.project)
+        try:
+            key = f"/featurestore/{env.project}/canary/ranker".encode()
+            await reg._link.call(reg._link.client.put, key, b'{"candidate_version": 5, "share": 0.1}')
+        finally:
+            await reg.close()
+
+    asyncio.run(put_malformed())
+    status = env.cli("canary", "status")
+    assert status.returncode == 1 and "Traceback" not in status.stderr
+    assert "ranker: MALFORMED: canary record of feature service 'ranker' is malformed" in status.stdout
+    promote = env.cli("canary", "promote", "ranker")
+    assert promote.returncode == 2 and "'base_version' is missing" in promote.stderr
+    abort = env.cli("canary", "abort", "ranker")
+    assert abort.returncode == 0 and "malformed canary record of ranker is deleted" in abort.stdout
+    assert "no canaries" in env.cli("canary", "status").stdout
 
 
 @pytest.fixture

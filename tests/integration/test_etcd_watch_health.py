@@ -17,7 +17,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from featurestore.registry import etcd as etcd_registry
+from featurestore.registry import etcd_feed
 from featurestore.registry.etcd import EtcdRegistry
 from tests.etcd_proxies import SilencingTcpProxy, WatchEndingProxy, settle, watch_lost
 from tests.servers import EtcdServer
@@ -124,7 +124,7 @@ async def test_a_watch_etcd_never_answered_is_watched_again_after_a_growing_paus
     connect: a watch whose connect took that long and that then ended without etcd's
     confirmation counted as a healthy one, and was retried at the shortest pause every
     time. (The 5 s are cut to 0.3 s here, the connect stretched to 0.6 s.)"""
-    monkeypatch.setattr(etcd_registry, "_WATCH_STEADY_S", 0.3)
+    monkeypatch.setattr(etcd_feed, "_WATCH_STEADY_S", 0.3)
     pauses = await watch_pauses(WatchEndingProxy(etcd_server, unanswered_for=0.6), caplog, 3)
     # 0.1, 0.2, then 0.4 s: the third pause is 0.2-0.4 s (it was 0.05-0.1 s every time)
     assert pauses[2] >= 0.2, pauses
