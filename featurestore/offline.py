@@ -10,6 +10,7 @@ never has to fit in memory and duplicates resolve by time however the batches fa
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -208,6 +209,7 @@ def latest_mask(table: pa.Table, keys: Sequence[str], timestamp: str) -> np.ndar
     return mask
 
 
+RECEIVE_TIMEOUT_SECONDS = 60  # a warehouse's silence between bytes (ClickHouseOfflineSource)
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -229,7 +231,18 @@ class ClickHouseOfflineSource:
 
         self.table = table
         self._quoted = ".".join(f"`{part}`" for part in table.split("."))
-        self._client: Any = clickhouse_connect.get_client(**options.client_args())
+        # Bounded: get_client already queries the server (its version and time zone), and
+        # the library's defaults are 10 s to connect and 300 s per read, so a warehouse
+        # that accepts and never answers held a caller (once: the serving loop, review
+        # s54) for 5 minutes. Connect within the store's timeout_ms; a read may wait
+        # RECEIVE_TIMEOUT_SECONDS between bytes, not in all: ClickHouse sends progress
+        # headers while a long LIMIT 1 BY sort runs (clickhouse-connect asks for them at
+        # this timeout less 5 s), so a slow scan is not cut, a silent server is.
+        args = options.client_args()
+        if not options.embedded:  # (chdb runs in-process: no socket, and it warns of them)
+            args["connect_timeout"] = math.ceil(options.timeout_ms / 1000)
+            args["send_receive_timeout"] = RECEIVE_TIMEOUT_SECONDS
+        self._client: Any = clickhouse_connect.get_client(**args)
         self._keys: Sequence[str] = ()
 
     def describe(self) -> str:

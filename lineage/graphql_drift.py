@@ -9,13 +9,19 @@ import strawberry
 from lineage.graph.drift import DriftRecord
 
 
-@strawberry.type(description="A window of served values whose drift test rejected the reference.")
+@strawberry.type(description="A window of served values one of whose drift tests rejected the reference.")
 class Drift:
     at: datetime = strawberry.field(description="When the window was tested.")
-    test: str = strawberry.field(description="ks (numeric) or chi_square (categorical).")
-    statistic: float
+    test: str = strawberry.field(
+        description="ks (numeric), chi_square (categorical) or null_rate (the share of nulls, any feature)."
+    )
+    statistic: float = strawberry.field(
+        description="KS distance, chi-square statistic, or for null_rate the window's share of nulls."
+    )
     p_value: float
-    window_size: int = strawberry.field(description="Values in the window (per serving worker).")
+    window_size: int = strawberry.field(
+        description="Values tested (per serving worker): the non-null ones, or for null_rate all of the window."
+    )
     reference: int = strawberry.field(description="Data version whose reference profile was tested against.")
     server: str
 

@@ -102,7 +102,12 @@ def same_value(a: Any, b: Any, dtype: DType) -> bool:
     return bool(a == b)
 
 
-def _same_float(a: float, b: float, rel_tol: float) -> bool:
+def _same_float(a: float | None, b: float | None, rel_tol: float) -> bool:
+    # a vector's element may be null (the Redis decoder serves what another tool wrote):
+    # null is only the same as null, a difference (a conflict) rather than a TypeError
+    # that made the whole check an error (review s54)
+    if a is None or b is None:
+        return a is None and b is None
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
 
 

@@ -12,7 +12,8 @@ from prometheus_client import Counter, Gauge
 DRIFT_STATISTIC = Gauge(
     "featurestore_feature_drift_statistic",
     "Latest drift test statistic of a feature's served values against the reference of the data "
-    "version served: KS distance (numeric) or chi-square (categorical).",
+    "version served: KS distance (numeric), chi-square (categorical), or the window's null share "
+    "(null_rate).",
     ["view", "feature", "test"],
     multiprocess_mode="livemax",
 )
@@ -24,7 +25,8 @@ DRIFT_P_VALUE = Gauge(
 )
 DRIFT_DRIFTED = Gauge(
     "featurestore_feature_drift_drifted",
-    "1 when the latest drift test of a feature rejected the reference at alpha, else 0.",
+    "1 when a test of the latest window of a feature (its values', or its null share's) rejected the "
+    "reference at alpha, else 0.",
     ["view", "feature"],
     multiprocess_mode="livemax",
 )
@@ -35,15 +37,22 @@ DRIFT_WINDOWS = Counter(
 )
 DRIFT_DETECTIONS = Counter(
     "featurestore_feature_drift_detections_total",
-    "Drift tests that rejected the reference at alpha (false alarms included: about alpha of the windows "
-    "of an unchanged feature), by view and feature.",
+    "Windows a drift test rejected the reference of (values or null share; false alarms included: about "
+    "alpha of the windows of an unchanged feature), by view and feature.",
     ["view", "feature"],
 )
 DRIFT_SKIPPED = Counter(
     "featurestore_feature_drift_windows_skipped_total",
     "Full windows not tested, by view and reason: no_reference (the served data version has no profile), "
-    "not_profiled (its profile left the feature out: profiling it failed), queue_full (the monitor fell "
-    "behind).",
+    "reference_unreadable (the store could not be read for it), not_profiled (its profile left the feature "
+    "out: profiling it failed), not_testable (a profile of no rows and no value to test), queue_full (the "
+    "monitor fell behind).",
+    ["view", "reason"],
+)
+DRIFT_RECORDS_DROPPED = Counter(
+    "featurestore_feature_drift_records_dropped_total",
+    "Drift detections not written to the lineage graph (still counted in the metrics), by view and reason: "
+    "timeout (the graph did not answer in time), queue_full (too many waiting), error.",
     ["view", "reason"],
 )
 

@@ -11,7 +11,8 @@ window measured 8x slower, 139 against 16 µs per sampled join of 16 features,
 benchmarks/drift.py). The other joins cost one increment and one compare.
 A window holds the values of one data version: when the served version changes, the
 partial window is dropped (its values belong to the old reference). A full window (nulls
-included: the monitor drops them, off the hot path) is handed to the monitor
+included: the monitor tests their share and drops them from the values' test, off the
+hot path) is handed to the monitor
 (``on_full``) and a new one starts.
 
 Memory is bounded: one window of at most ``window`` values per (view layout, feature)
@@ -58,6 +59,7 @@ class DriftSampler:
         self,
         on_full: Callable[[Window], None],
         *,
+        on_retire: Callable[[set[tuple[str, str]]], None] | None = None,
         every: int = 10,
         per_request: int = 10,
         window: int = 1000,
@@ -75,6 +77,7 @@ class DriftSampler:
         if min_interval < 0:
             raise ValueError("min_interval must be >= 0")
         self.on_full = on_full
+        self.on_retire = on_retire  # keep_only's (view, layout) served: the monitor's gauges follow
         self.every = every
         self.per_request = per_request
         self.window = window
@@ -170,7 +173,10 @@ class DriftSampler:
         self.on_full(Window(ring.view, ring.feature, ring.categorical, ring.version, buf))
 
     def keep_only(self, views: set[tuple[str, str]]) -> None:
-        """Drop the windows of view layouts no longer served (after a registry swap)."""
+        """Drop the windows of view layouts no longer served (after a registry swap), and
+        tell ``on_retire`` (the monitor drops those layouts' drift gauges)."""
         for key in [k for k in self._rings if (k[0], k[1]) not in views]:
             del self._rings[key]
         self._bound.clear()  # plans of the old snapshot, and their windows
+        if self.on_retire is not None:
+            self.on_retire(views)

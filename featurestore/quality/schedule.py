@@ -5,19 +5,27 @@ batch source), its counts exported as metrics (``featurestore_consistency_*``; a
 ``FeatureSkew``). Only one process of a supervised group runs it (worker slot 0): the
 store and the batch source are shared, N copies would only multiply the load. Every
 run samples other keys (a fresh seed, logged with the counts).
+
+The serving loop never waits for the batch source: the source is opened (a ClickHouse
+client queries the server as it is made; Parquet discovery lists a directory) and
+scanned in a daemon thread of its own, and one view's check has a deadline
+(``deadline_seconds``): a hung warehouse or store is a check error, counted, and a stop
+does not wait for the thread (a daemon: the process exits without it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from featurestore.config import Config
 from featurestore.model import FeatureView
-from featurestore.offline import OfflineSource
 from featurestore.plan import ServingState
 from featurestore.quality import metrics
 from featurestore.quality.consistency import (
@@ -34,6 +42,17 @@ from featurestore.sources.base import EntityKey, OnlineSource
 log = logging.getLogger(__name__)
 
 SETTLE_TRIES = 5  # reads of the served version and its watermark before checking without it
+_T = TypeVar("_T")
+
+
+class RegistryUnreadable(Exception):
+    """The registry could not be read (not: it holds no watermark for the view)."""
+
+
+def check_deadline(interval_seconds: float) -> float:
+    """One view's check may take an interval (rounds must not pile up), at least 5 minutes
+    (a large Parquet scan on a short interval) and at most an hour."""
+    return min(max(interval_seconds, 300.0), 3600.0)
 
 
 class ConsistencySchedule:
@@ -53,6 +72,8 @@ class ConsistencySchedule:
         self._registry = registry
         self._own_registry: Registry | None = None
         self.settle_seconds = 1.0  # between those reads
+        self.deadline_seconds = check_deadline(self.settings.interval_seconds)
+        self._scans: dict[str, threading.Thread] = {}  # per view: its latest scan of the source
         # Every outcome's series from 0, so the first of each counts in increase(): born
         # at 1, FeatureSkewCheckFailing ("no check completed in 3 hours") fired after ~70
         # minutes of errors and stayed an hour after a check passed (review s53)
@@ -74,6 +95,8 @@ class ConsistencySchedule:
                 await self._own_registry.close()
 
     async def _watermark(self, name: str) -> Watermark | None:
+        """The view's watermark (None: the registry holds none); ``RegistryUnreadable``
+        when the registry cannot be read."""
         try:
             if self._registry is None:
                 from featurestore.factories import make_registry
@@ -81,8 +104,7 @@ class ConsistencySchedule:
                 self._registry = self._own_registry = make_registry(self.config)
             return await self._registry.watermark(name)
         except Exception as e:
-            log.warning("consistency check of %s: no watermark (%s)", name, e)
-            return None
+            raise RegistryUnreadable(f"the registry could not be read: {e}") from e
 
     async def _served(self, name: str) -> tuple[ServingState, int, Watermark | None]:
         """The serving state, the data version of ``name`` it serves and that version's
@@ -92,11 +114,23 @@ class ConsistencySchedule:
         Materialization moves the pointer, then the watermark: between the two (and
         until this server has seen the new pointer) they disagree, and a check then
         would call the rows the new version loaded stale. So a disagreement is re-read
-        for a few seconds; one that lasts (the registry unreadable, a run that loaded no
-        row or died before recording its watermark) checks without one: nothing pending.
+        for a few seconds; one that lasts (a run that loaded no row or died before
+        recording its watermark) checks without one: nothing pending. A registry that
+        cannot be read (on the last of those reads) is a ``RegistryUnreadable`` error.
         A view never materialized (version 0, e.g. a memory store) has no watermark."""
         for attempt in range(SETTLE_TRIES):
-            mark = await self._watermark(name)
+            try:
+                mark = await self._watermark(name)
+            except RegistryUnreadable as e:
+                # Not "no watermark": checked without one, every row added since the
+                # served version would be stale and every new key missing_online, and
+                # FeatureSkew paged for a registry blip (review s54). The last read
+                # failing makes the check an error: counted, `failed` kept as it was.
+                if attempt + 1 == SETTLE_TRIES:
+                    raise
+                log.info("consistency check of %s: %s; reading it again", name, e)
+                await asyncio.sleep(self.settle_seconds)
+                continue
             state = self.state()
             version = state.data_versions.get(name, 0)
             if mark is None and version == 0:
@@ -115,29 +149,14 @@ class ConsistencySchedule:
         return state, version, None
 
     async def check_view(self, name: str) -> Report | None:
-        from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
-
+        deadline = asyncio.timeout(self.deadline_seconds)
         try:
-            # first: a run landing while the check samples must not change what it compares to
-            state, version, mark = await self._served(name)
-            view = state.definitions.views.get(name)
-            store = self.stores.get(view.online_store) if view is not None else None
-            if view is None or store is None:
-                raise LookupError(f"view {name!r} is not served by this server")
-            source = default_source(view, self.config, None)
-            # a fresh sample every run (a fixed seed checked the same keys forever), logged
-            # so `featurestore check consistency --seed` can check the same keys again
-            seed = secrets.randbelow(2**31)
-            # One streaming pass keeps only the sampled keys' rows (memory: the sample and a
-            # batch, not a dict of every key of the source), on a thread with its own loop,
-            # so the serving loop never waits for the source.
-            offline = await asyncio.to_thread(_sample, view, source, self.settings.sample, seed)
-            reader = store_reader(store, view, version)
-            loaded = (mark.event_time_us, mark.start_us) if mark is not None else (None, None)
-            report = await check(view, offline, list(offline), reader, *loaded)
+            async with deadline:
+                report, seed = await self._check(name)
         except Exception as e:
             metrics.CONSISTENCY_CHECKS.labels(name, "error").inc()
-            log.warning("consistency check of %s failed: %s", name, e)
+            hung = f"no answer within {self.deadline_seconds:g} s (a hung batch source or store?)"
+            log.warning("consistency check of %s failed: %s", name, hung if deadline.expired() else e)
             return None
         failed = not report.passed(self.settings.max_mismatch)
         for cls in CLASSES:
@@ -149,6 +168,64 @@ class ConsistencySchedule:
         log.info("consistency of %s (sample seed %d): %s", name, seed, counts)
         return report
 
+    async def _check(self, name: str) -> tuple[Report, int]:
+        from featurestore.jobs import default_source  # (jobs pulls in materialization: only here)
 
-def _sample(view: FeatureView, source: OfflineSource, n: int, seed: int) -> dict[EntityKey, Side]:
+        # first: a run landing while the check samples must not change what it compares to
+        state, version, mark = await self._served(name)
+        view = state.definitions.views.get(name)
+        store = self.stores.get(view.online_store) if view is not None else None
+        if view is None or store is None:
+            raise LookupError(f"view {name!r} is not served by this server")
+        # a fresh sample every run (a fixed seed checked the same keys forever), logged
+        # so `featurestore check consistency --seed` can check the same keys again
+        seed = secrets.randbelow(2**31)
+        # One streaming pass keeps only the sampled keys' rows (memory: the sample and a
+        # batch, not a dict of every key of the source). The source is opened there too:
+        # a ClickHouse client queries the server while it is made (review s54: opened
+        # here, a warehouse that never answered stopped the serving loop).
+        sample = self.settings.sample
+        offline = await self._off_loop(name, _sample, view, default_source, self.config, sample, seed)
+        reader = store_reader(store, view, version)
+        loaded = (mark.event_time_us, mark.start_us) if mark is not None else (None, None)
+        return await check(view, offline, list(offline), reader, *loaded), seed
+
+    async def _off_loop(self, name: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a daemon thread of its own. Not ``asyncio.to_thread``: a hung
+        scan would hold a thread of the loop's default executor, which a stop waits for
+        (``asyncio.Runner`` shuts it down without a timeout: a stopping worker waited up to
+        the warehouse's read timeout, review s54), while a daemon thread does not keep the
+        process. At most one scan per view: a hung one is not joined by another."""
+        previous = self._scans.get(name)
+        if previous is not None and previous.is_alive():
+            raise RuntimeError("the previous check's scan of the batch source has not ended yet")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[_T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if done.done():  # the check gave up on it (its deadline)
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        def run() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+            except BaseException as e:  # handed to the check, which counts it
+                outcome = (None, e)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        thread = threading.Thread(target=run, name=f"consistency-scan:{name}", daemon=True)
+        self._scans[name] = thread
+        thread.start()
+        return await done
+
+
+def _sample(
+    view: FeatureView, open_source: Callable[..., Any], config: Config, n: int, seed: int
+) -> dict[EntityKey, Side]:
+    source = open_source(view, config, None)
     return asyncio.run(sample_offline(view, source, n, seed))

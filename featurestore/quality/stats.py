@@ -1,4 +1,4 @@
-"""The two tests drift detection runs, in numpy (no scipy at run time: it would add
+"""The tests drift detection runs, in numpy (no scipy at run time: it would add
 ~100 MB to the image for two functions; tests check these against scipy).
 
 * ``ks_2samp``: two-sample Kolmogorov-Smirnov, two-sided. The statistic is exact (ties
@@ -8,15 +8,19 @@
   of scipy's exact p-value (tests/unit/test_quality_stats.py).
 * ``chi_square``: Pearson's goodness of fit of a window's category counts against the
   reference frequencies. Categories expected fewer than 5 times in the window are pooled
-  (the usual validity rule), as are categories the reference never saw (or, when the
-  reference kept only its most frequent categories, the window's values outside them
-  count as its ``OTHER`` bucket: they are the long tail it summed, not new). The pool is
+  (the usual validity rule) into consecutive groups each expected at least 5 times
+  (``chi_square_buckets``), and categories the reference never saw join the rarest
+  group (or, when the reference kept only its most frequent categories, the window's
+  values outside them count as its ``OTHER`` bucket: they are the long tail it summed,
+  not new). A bucket of new values alone (no category is rare) is
   expected at least ``MIN_POOL_EXPECTED`` (half a value) in the window, so a brand-new
   category is a finite statistic that grows with the share of the window it takes, not
   with the size of the table: half a *reference* count (as before) made one new value in
   a 1,000-value window score 2 * rows / 1,000 (1,998 on a 1M-row table: certain drift).
   p-value: the chi-square survival function (regularized upper incomplete gamma, series /
   continued fraction).
+* ``null_share_test``: did the share of nulls in a window rise above the reference's
+  (plus ``NULL_MARGIN``)? One-sided exact binomial tail.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 MIN_EXPECTED = 5.0
 MIN_POOL_EXPECTED = 0.5  # values of the window: the pooled bucket's least expected count
+NULL_MARGIN = 0.2  # null_share_test: a rise of the null share under this is not drift
 OTHER = "__other__"  # profile.OTHER: the categories beyond a profile's MAX_CATEGORIES
 
 
@@ -125,32 +130,86 @@ def pearson(observed: np.ndarray, expected: np.ndarray) -> TestResult:
 
 def chi_square(window: Mapping[str, int], reference: Mapping[str, int]) -> TestResult:
     """Goodness of fit of a window's category counts to the reference's frequencies."""
+    return pearson(*chi_square_buckets(window, reference))
+
+
+def chi_square_buckets(
+    window: Mapping[str, int], reference: Mapping[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The observed and expected counts the chi-square test compares (same total).
+
+    A category expected ``MIN_EXPECTED`` times or more is a bucket of its own. The rarer
+    ones, sorted by reference count (then name), are cut into consecutive groups that
+    are each expected at least ``MIN_EXPECTED`` times (a short remainder joins the last
+    group). One pool of them all (as before, review s54) left a feature of 200+ similar
+    categories a single bucket: df 0, p = 1 whatever the window held. Values the
+    reference never saw join the group of the rarest categories (or, when no category is
+    rare, a bucket of their own, expected at least ``MIN_POOL_EXPECTED``). A reference
+    whose rare categories together are expected under ``MIN_EXPECTED`` times keeps them
+    as one such bucket (at least ``MIN_POOL_EXPECTED``)."""
     n = sum(window.values())
     ref_total = sum(reference.values())
     if n == 0 or ref_total == 0:
         raise ValueError("both the window and the reference need values")
-    observed: list[float] = []
-    expected: list[float] = []
-    pool_o = pool_ref = 0.0
     unseen = sum(c for cat, c in window.items() if cat not in reference)
     if OTHER in reference:  # the profile's long tail: a served value not among the kept
         window = {**window, OTHER: window.get(OTHER, 0) + unseen}  # top categories is in it
         unseen = 0
+    observed: list[float] = []
+    expected: list[float] = []
+    rare: list[tuple[int, str]] = []
     for cat, ref_count in reference.items():
         e = n * ref_count / ref_total
         if e >= MIN_EXPECTED:
             observed.append(window.get(cat, 0))
             expected.append(e)
         else:
-            pool_o += window.get(cat, 0)
-            pool_ref += ref_count
-    pool_o += unseen
-    if pool_o or pool_ref:
-        observed.append(pool_o)
-        expected.append(max(n * pool_ref / ref_total, MIN_POOL_EXPECTED))
+            rare.append((ref_count, cat))
+    groups: list[list[float]] = []  # [observed, reference count] per group of rare categories
+    o = r = 0.0
+    for ref_count, cat in sorted(rare):
+        o, r = o + window.get(cat, 0), r + ref_count
+        if n * r / ref_total >= MIN_EXPECTED:
+            groups.append([o, r])
+            o = r = 0.0
+    if groups:
+        groups[-1][0] += o  # the remainder, expected under MIN_EXPECTED: with the last group
+        groups[-1][1] += r
+        groups[0][0] += unseen
+    elif o or r or unseen:
+        groups.append([o + unseen, r])
+    for o, r in groups:
+        observed.append(o)
+        expected.append(max(n * r / ref_total, MIN_POOL_EXPECTED))
     exp = np.asarray(expected)
     exp *= n / exp.sum()  # the least expected count above: keep the totals equal
-    return pearson(np.asarray(observed, dtype=np.float64), exp)
+    return np.asarray(observed, dtype=np.float64), exp
+
+
+def binomial_upper_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed exactly in log space (n is a window)."""
+    if k <= 0 or p >= 1.0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    j = np.arange(1, n + 1, dtype=np.float64)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - j + 1) - np.log(j))])
+    i = np.arange(k, n + 1, dtype=np.float64)
+    log_pmf = log_choose[k:] + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = float(log_pmf.max())
+    return min(1.0, math.exp(top) * float(np.exp(log_pmf - top).sum()))
+
+
+def null_share_test(nulls: int, n: int, reference_share: float, margin: float = NULL_MARGIN) -> TestResult:
+    """Did the share of nulls rise? One-sided exact binomial test of ``nulls`` in ``n``
+    against H0: the share is at most the reference's plus ``margin``. The statistic is
+    the window's null share. The margin keeps a share that rose a little (keys callers
+    ask for that the store does not hold: served null, like a stored null) from
+    rejecting at once for good; a feature that turned mostly null rejects."""
+    if n <= 0:
+        raise ValueError("the window needs values")
+    bound = min(1.0, max(0.0, reference_share) + margin)
+    return TestResult(nulls / n, binomial_upper_tail(nulls, n, bound))
 
 
 def psi(window: Mapping[str, int], reference: Mapping[str, int], floor: float = 1e-4) -> float:

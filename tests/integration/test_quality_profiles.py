@@ -91,10 +91,10 @@ async def test_each_materialized_version_keeps_its_own_profile_and_the_reference
     # values like the second version's: drift against version 1's reference, none against 2's
     monitor = DriftMonitor({"default": store})
     values = np.random.default_rng(3).normal(2.0, 1.0, 1000).tolist()
-    old = await monitor.check(Window(V, "score", False, r1.data_version, values))
-    new = await monitor.check(Window(V, "score", False, r2.data_version, values))
-    assert old is not None and old.drifted and old.data_version == 1
-    assert new is not None and not new.drifted and new.data_version == 2
+    [old, _] = await monitor.check(Window(V, "score", False, r1.data_version, values))
+    [new, _] = await monitor.check(Window(V, "score", False, r2.data_version, values))
+    assert old.drifted and old.data_version == 1
+    assert not new.drifted and new.data_version == 2
 
 
 def test_check_consistency_reads_a_redis_store_directly_with_config(

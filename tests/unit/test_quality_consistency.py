@@ -85,6 +85,24 @@ def test_vectors_with_nan_in_the_same_place_are_the_same_value() -> None:
     assert not same_value([nan, 0.5], [0.0, 0.5], DType.FLOAT32_VECTOR)
 
 
+def test_a_vector_with_a_null_element_is_compared_not_an_error() -> None:
+    """A null element (served as written by another tool) raised TypeError: the whole
+    scheduled check erred instead of reporting the conflict (review s54)."""
+    assert same_value([1.0, None], [1.0, None], DType.FLOAT32_VECTOR)
+    assert not same_value([1.0, 2.0], [1.0, None], DType.FLOAT32_VECTOR)
+    assert not same_value([None, 2.0], [1.0, 2.0], DType.FLOAT32_VECTOR)
+
+
+async def test_a_key_whose_served_vector_has_a_null_element_is_a_conflict() -> None:
+    view = FeatureView("vecs", (Entity("user_id", DType.INT64),), (Feature("emb", DType.FLOAT32_VECTOR),))
+
+    async def online(keys: Sequence[EntityKey]) -> list[Side | None]:
+        return [Side(5, ([1.0, None],)) for _ in keys]
+
+    report = await check(view, {1: Side(5, ([1.0, 2.0],))}, [1], online)
+    assert report.counts["conflict"] == 1 and report.examples[0]["feature"] == "emb"
+
+
 async def test_a_conflict_with_a_nan_value_is_reported_as_strict_json() -> None:
     import json
 

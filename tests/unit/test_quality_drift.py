@@ -148,7 +148,8 @@ async def monitored(shift: float, tier_p: list[float], seed: int) -> list[Any]:
     rng = np.random.default_rng(seed)
     n = 20_000
     feed(sampler, state(1), rng.normal(shift, 1, n), list(rng.choice(["free", "plus", "pro"], n, p=tier_p)))
-    return [await monitor.check(w) for w in windows]
+    # the values' tests (each window also has its null share's: none are null here)
+    return [r for w in windows for r in await monitor.check(w) if r.test != "null_rate"]
 
 
 async def test_an_unshifted_stream_raises_few_alarms_and_a_shifted_one_is_detected_in_every_window() -> None:
@@ -164,7 +165,7 @@ async def test_an_unshifted_stream_raises_few_alarms_and_a_shifted_one_is_detect
 async def test_a_window_of_a_version_without_a_profile_is_not_tested() -> None:
     monitor = DriftMonitor({"default": MemorySource("default")})
     window = Window(V, "x", False, 5, [0.0] * 10)
-    assert await monitor.check(window) is None
+    assert await monitor.check(window) == []
 
 
 async def test_a_window_of_a_feature_its_profile_left_out_is_counted_as_not_profiled() -> None:
@@ -176,8 +177,8 @@ async def test_a_window_of_a_feature_its_profile_left_out_is_counted_as_not_prof
     monitor = DriftMonitor({"default": store})
     labels = {"view": V.name, "reason": "not_profiled"}
     before = REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", labels) or 0.0
-    assert await monitor.check(Window(V, "x", False, 1, [0.0] * 1000)) is None
-    assert await monitor.check(Window(V, "tier", True, 1, ["free"] * 1000)) is not None
+    assert await monitor.check(Window(V, "x", False, 1, [0.0] * 1000)) == []
+    assert await monitor.check(Window(V, "tier", True, 1, ["free"] * 1000)) != []
     after = REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", labels)
     assert after == before + 1
 
@@ -190,9 +191,8 @@ async def test_the_reference_follows_the_data_version_of_the_window() -> None:
     await store.write_profile(V, 2, profile_table(V, 2, shifted).to_bytes())
     monitor = DriftMonitor({"default": store})
     values = np.random.default_rng(6).normal(3, 1, 1000).tolist()
-    old = await monitor.check(Window(V, "x", False, 1, values))
-    new = await monitor.check(Window(V, "x", False, 2, values))
-    assert old is not None and new is not None
+    [old, _] = await monitor.check(Window(V, "x", False, 1, values))
+    [new, _] = await monitor.check(Window(V, "x", False, 2, values))
     assert old.drifted and old.data_version == 1
     assert new.p_value > 0.001 and new.data_version == 2
 
@@ -211,17 +211,19 @@ def test_windows_of_view_layouts_no_longer_served_are_dropped() -> None:
     assert w.values == [2.0] * 10 + [3.0] * 5
 
 
-async def test_the_monitor_drops_nulls_and_tests_what_is_left() -> None:
+async def test_the_monitor_drops_nulls_from_the_values_test_and_tests_their_share_apart() -> None:
     store = MemorySource("default")
     await store.write_profile(V, 1, profile_table(V, 1, reference(), seed=0).to_bytes())
     monitor = DriftMonitor({"default": store})
     rng = np.random.default_rng(8)
-    numeric = await monitor.check(Window(V, "x", False, 1, [*rng.normal(0, 1, 600).tolist(), *[None] * 400]))
+    numeric, nulls = await monitor.check(
+        Window(V, "x", False, 1, [*rng.normal(0, 1, 600).tolist(), *[None] * 400])
+    )
     tiers = rng.choice(["free", "plus", "pro"], 700, p=[0.6, 0.3, 0.1]).tolist()
-    categorical = await monitor.check(Window(V, "tier", True, 1, [*tiers, *[None] * 300]))
-    assert numeric is not None and numeric.window_size == 600 and numeric.test == "ks"
-    assert categorical is not None and categorical.window_size == 700 and categorical.test == "chi_square"
-    assert await monitor.check(Window(V, "x", False, 1, [None] * 1000)) is None
+    categorical, _ = await monitor.check(Window(V, "tier", True, 1, [*tiers, *[None] * 300]))
+    assert numeric.window_size == 600 and numeric.test == "ks" and not numeric.drifted
+    assert categorical.window_size == 700 and categorical.test == "chi_square"
+    assert (nulls.test, nulls.window_size, nulls.statistic, nulls.drifted) == ("null_rate", 1000, 0.4, True)
 
 
 @pytest.mark.parametrize("every", [0, -1])
@@ -292,8 +294,8 @@ async def test_the_monitor_tests_against_a_reloaded_files_profile_after_a_swap(t
     await store.prepare([view])
     monitor.forget_references()  # what Runtime.apply_registry_change does after the swap
     served = Window(view, "x", False, 0, rng.normal(1.0, 1, 1000).tolist())  # the new file's values
-    result = await monitor.check(served)
-    assert result is not None and result.statistic < 0.1  # the new file: ~0.03; the old one (1 sd off): ~0.38
+    [result, _] = await monitor.check(served)
+    assert result.statistic < 0.1  # the new file: ~0.03; the old one (1 sd off): ~0.38
 
 
 async def test_bool_features_are_tested_as_categories_named_like_the_profile() -> None:
@@ -311,10 +313,10 @@ async def test_bool_features_are_tested_as_categories_named_like_the_profile() -
     assert profile.features["active"].categories == {"true": 2500, "false": 7500}
     await store.write_profile(flags, 1, profile.to_bytes())
     monitor = DriftMonitor({"default": store})
-    same = await monitor.check(Window(flags, "active", True, 1, [True] * 250 + [False] * 750))
-    flipped = await monitor.check(Window(flags, "active", True, 1, [True] * 750 + [False] * 250))
-    assert same is not None and not same.drifted and same.statistic == 0.0
-    assert flipped is not None and flipped.drifted
+    [same, _] = await monitor.check(Window(flags, "active", True, 1, [True] * 250 + [False] * 750))
+    [flipped, _] = await monitor.check(Window(flags, "active", True, 1, [True] * 750 + [False] * 250))
+    assert not same.drifted and same.statistic == 0.0
+    assert flipped.drifted
 
 
 async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does_not_drift_on_its_own_values() -> (
@@ -336,8 +338,7 @@ async def test_a_string_feature_with_more_categories_than_the_profile_keeps_does
     drifted = 0
     for _ in range(20):  # windows of values drawn from the very rows profiled
         served = [cities[i] for i in rng.choice(n, 1000, replace=False)]
-        result = evaluate_window(Window(wide, "city", True, 1, served), profile, 0.05)
-        assert result is not None
+        [result, _] = evaluate_window(Window(wide, "city", True, 1, served), profile, 0.05)
         drifted += result.drifted
     assert drifted <= 3  # alpha 0.05: P(>3 of 20) = 1.6%; seeded
 
@@ -369,14 +370,14 @@ async def test_the_detections_counter_exists_at_zero_from_a_features_first_teste
     )
     monitor = DriftMonitor({"default": store})
     values = np.random.default_rng(2).choice(reference().column("x").to_numpy(), 1000).tolist()
-    result = await monitor.check(Window(calm, "x", False, 1, values))
-    assert result is not None
+    results = await monitor.check(Window(calm, "x", False, 1, values))
+    assert results != []
     labels = {"view": "calm_view", "feature": "x"}
     assert REGISTRY.get_sample_value("featurestore_feature_drift_windows_total", labels) == 1.0
     # FeatureDrift's ratio needs the series before the first detection (increase() of a
     # series that appears at 1 is 0)
     assert REGISTRY.get_sample_value("featurestore_feature_drift_detections_total", labels) == float(
-        result.drifted
+        any(r.drifted for r in results)
     )
 
 

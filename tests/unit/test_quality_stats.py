@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featurestore.quality.stats import chi2_sf, chi_square, ks_2samp, ks_statistic, psi
+from featurestore.quality.stats import (
+    MIN_EXPECTED,
+    binomial_upper_tail,
+    chi2_sf,
+    chi_square,
+    chi_square_buckets,
+    ks_2samp,
+    ks_statistic,
+    null_share_test,
+    psi,
+)
 
 ss = pytest.importorskip("scipy.stats")
 
@@ -109,3 +119,80 @@ def test_pooled_rare_categories_keep_the_false_alarm_rate_near_alpha() -> None:
                 chi_square(dict(zip(values.tolist(), counts.tolist(), strict=True)), reference).pvalue < 0.05
             )
         assert 0.03 <= drifted / 1000 <= 0.07, (len(cats), drifted)
+
+
+def _as_scipy(window: dict[str, int], reference: dict[str, int]) -> tuple[float, float]:
+    observed, expected = chi_square_buckets(window, reference)
+    theirs = ss.chisquare(observed, expected)
+    return float(theirs.statistic), float(theirs.pvalue)
+
+
+@pytest.mark.parametrize("categories", [300, 1000])
+def test_a_feature_of_many_similar_categories_that_collapses_onto_one_is_drift(categories: int) -> None:
+    """Every category expected under 5 times in a window of 1,000 went into one pool: df 0,
+    p = 1 whatever the window held (review s54: 300 cities, all served as one)."""
+    reference = {f"c{i}": 1000 for i in range(categories)}
+    ours = chi_square({"c7": 1000}, reference)
+    assert ours.pvalue < 1e-12
+    assert (ours.statistic, ours.pvalue) == pytest.approx(_as_scipy({"c7": 1000}, reference), rel=1e-9)
+
+
+def test_rare_categories_are_cut_into_groups_each_expected_at_least_5_times() -> None:
+    reference = {f"c{i:03d}": 1000 for i in range(300)}  # each expected 3.3 times in 1,000
+    window = {f"c{i:03d}": 3 + (i % 3 == 0) for i in range(300)}
+    observed, expected = chi_square_buckets(window, reference)
+    assert len(observed) == 150 and expected.min() >= MIN_EXPECTED
+    assert observed.sum() == pytest.approx(expected.sum()) and observed.sum() == sum(window.values())
+    # consecutive by reference count, then name: c000+c001, c002+c003, ...
+    assert observed[0] == window["c000"] + window["c001"]
+
+
+def test_a_long_tail_moving_onto_one_tail_category_is_drift_and_matches_scipy() -> None:
+    head = {"a": 300_000, "b": 200_000, "c": 100_000, "d": 50_000, "e": 50_000}
+    reference = head | {f"t{i}": 300 for i in range(995)}  # the tail: 30% of rows, 0.3 each
+    total = sum(reference.values())
+    window = {k: round(1000 * v / total) for k, v in head.items()} | {"t3": 299}
+    ours = chi_square(window, reference)
+    assert ours.pvalue < 1e-12
+    assert (ours.statistic, ours.pvalue) == pytest.approx(_as_scipy(window, reference), rel=1e-9)
+    # and a window drawn from the reference itself matches scipy and is not drift
+    rng = np.random.default_rng(3)
+    cats = list(reference)
+    p = np.array([reference[c] for c in cats], dtype=np.float64) / total
+    values, counts = np.unique(rng.choice(cats, size=1000, p=p), return_counts=True)
+    window = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    ours = chi_square(window, reference)
+    assert (ours.statistic, ours.pvalue) == pytest.approx(_as_scipy(window, reference), rel=1e-9)
+    observed, expected = chi_square_buckets(window, reference)
+    assert expected.min() >= MIN_EXPECTED and len(observed) > 50
+
+
+def test_many_rare_categories_keep_the_false_alarm_rate_near_alpha() -> None:
+    rng = np.random.default_rng(4)
+    cats = [f"c{i}" for i in range(400)]  # each expected 2.5 times per window
+    reference = dict.fromkeys(cats, 1000)
+    drifted = 0
+    for _ in range(600):
+        values, counts = np.unique(rng.choice(cats, size=1000), return_counts=True)
+        drifted += (
+            chi_square(dict(zip(values.tolist(), counts.tolist(), strict=True)), reference).pvalue < 0.05
+        )
+    assert 0.025 <= drifted / 600 <= 0.08
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "p"),
+    [(1, 10, 0.3), (5, 10, 0.2), (300, 1000, 0.2), (1000, 1000, 0.2), (230, 1000, 0.2), (0, 5, 0.5)],
+)
+def test_the_binomial_upper_tail_matches_scipys(k: int, n: int, p: float) -> None:
+    assert binomial_upper_tail(k, n, p) == pytest.approx(ss.binom.sf(k - 1, n, p), rel=1e-9, abs=1e-300)
+
+
+def test_a_window_that_turned_mostly_or_wholly_null_fails_the_null_share_test() -> None:
+    assert null_share_test(1000, 1000, 0.0).pvalue < 1e-12
+    assert null_share_test(995, 1000, 0.0).pvalue < 1e-12
+    assert null_share_test(995, 1000, 0.0).statistic == pytest.approx(0.995)
+    # a few nulls more than the reference's share is not drift; a reference mostly null
+    # itself accepts a mostly null window
+    assert null_share_test(60, 1000, 0.02).pvalue > 0.5
+    assert null_share_test(900, 1000, 0.85).pvalue > 0.5
