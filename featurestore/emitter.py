@@ -131,9 +131,15 @@ class LineageEmitter:
         # uvloop can wake a timer a little early, and a tick just before a boundary then
         # slept ~0 s and flushed again and again, each flush moving the window a whole
         # window ahead (event timestamps ran minutes into the future within minutes).
+        # At most two windows, though: after the wall clock steps back by X (NTP, a resumed
+        # VM) the open window ends X later by the clock, and one sleep of X held every event
+        # back that long in one window. Capped, a window lasts 2w of real time and is still
+        # stamped one window after the last (stamps never repeat: a repeated one is the same
+        # event to the graph, and its values would count once), so the stamps lose w on the
+        # clock per window and meet it again after 2X.
         w = self.config.window_seconds
         while True:
-            await asyncio.sleep(max(self._window_start + w - time.time(), 0.001))
+            await asyncio.sleep(min(max(self._window_start + w - time.time(), 0.001), 2 * w))
             try:
                 self.flush()
             except Exception:  # one bad window must not end lineage for the process's life

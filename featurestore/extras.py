@@ -41,10 +41,11 @@ class MissingExtra(FailedPrecondition):
         self.module = module
 
 
-def require(module: str, wanted_by: str) -> ModuleType:
+def require(module: str, wanted_by: str, extra: str = "") -> ModuleType:
     """Import ``module`` (a key of ``EXTRA_OF``) or raise ``MissingExtra`` naming its extra
-    and ``wanted_by``, the setting or command that needs it."""
+    (or ``extra``, one that brings it too and all else ``wanted_by`` needs) and
+    ``wanted_by``, the setting or command that needs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(EXTRA_OF[module], module, wanted_by) from None
+        raise MissingExtra(extra or EXTRA_OF[module], module, wanted_by) from None

@@ -104,10 +104,14 @@ def make_store(name: str, sc: StoreConfig, config: Config) -> OnlineSource:
 
 
 def require_clickhouse(options: ClickHouseOptions, wanted_by: str) -> None:
-    """clickhouse-connect for any ClickHouse, and chdb too for the in-process engine."""
-    require("clickhouse_connect", f"{wanted_by} (kind: clickhouse)")
+    """clickhouse-connect for any ClickHouse, and chdb too for the in-process engine,
+    whose extra (``embedded``) brings both: named whichever of the two is missing, as
+    the ``clickhouse`` extra would leave chdb out."""
     if options.embedded:
-        require("chdb", f"{wanted_by} (dsn {options.dsn})")
+        for module in ("clickhouse_connect", "chdb"):
+            require(module, f"{wanted_by} (dsn {options.dsn})", extra="embedded")
+    else:
+        require("clickhouse_connect", f"{wanted_by} (kind: clickhouse)")
 
 
 # What a round trip to a store is worth in missed keys, by its kind, when the config names
@@ -224,6 +228,14 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         raise InvalidArgument("lineage.sink memory writes the in-process graph: set lineage.graph to memory")
     if lc.sink not in ("memory", "kafka"):
         raise InvalidArgument(f"lineage.sink {lc.sink!r} is not supported; use memory or kafka")
+    if lc.sink == "kafka" and lc.graph == "memory" and lc.graphql:
+        # Events go to Kafka, and the consumer writes them into the Bolt graph: this
+        # process's own in-process graph would get definitions only, never an event, and
+        # its /graphql and page would say "not served yet" for everything.
+        raise InvalidArgument(
+            "lineage.sink kafka sends events to the consumer's graph, which an in-process graph never "
+            "sees: set lineage.graph to bolt (to serve that graph) or lineage.graphql to false"
+        )
     if lc.sink == "kafka":
         require("confluent_kafka", "lineage.sink: kafka")
     if lc.graphql:
@@ -236,7 +248,7 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
     sink: LineageSink
     if lc.sink == "memory":
         assert graph is not None
-        sink = InProcessSink(graph)
+        sink = InProcessSink(graph, lc.window_seconds)
     else:
         sink = KafkaSink(lc.kafka)
 

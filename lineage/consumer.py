@@ -2,11 +2,12 @@
 
 At-least-once: a batch is written to the graph (idempotent MERGEs) before its offsets
 are committed, so a crash replays rather than loses, and a replay never duplicates.
-While the graph is unavailable the batch is retried with backoff, never skipped. A
+While the graph is unavailable the batch is retried with backoff, never skipped (an
+event refused alone is refused for good only if the graph then answers a probe). A
 message that cannot become graph facts goes to the dead-letter topic with the reason
-and its origin in headers, and the consumer goes on: one that is not a valid event,
-and one the graph refuses for good (found by splitting the refused batch until the
-culprits are alone). Partitions are only handed over between batches, so a rebalance
+and its origin in headers (lineage/dead_letters.py), and the consumer goes on: one that
+is not a valid event (whatever its decoder raises), and one the graph refuses for good
+(found by splitting the refused batch until the culprits are alone). Partitions are only handed over between batches, so a rebalance
 never splits a batch; shutdown finishes the batch in hand, commits, and leaves the
 group.
 
@@ -23,13 +24,13 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from lineage import metrics
+from lineage.dead_letters import MAX_MESSAGE_BYTES, MAX_REASON, DeadLetter, DeadLetterQueue, stopped
 from lineage.events import LineageEvent, MalformedEvent, decode_event
 from lineage.graph.base import GraphUnavailable, LineageGraph
-from lineage.kafka import KafkaSettings, close_producer
+from lineage.kafka import KafkaSettings
 from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
 from lineage.topics import ReadPositions, TopicWatch
@@ -41,28 +42,11 @@ log = logging.getLogger(__name__)
 # connection failure through.
 UNAVAILABLE = (GraphUnavailable, OSError)
 
-MAX_REASON = 1000  # header bytes; a driver's message can be long
 DEAD_LETTER_PARTITIONS = 1
 # How often the consumer checks that its topics exist and are the ones it knew: an
 # admin request for two topics every 5 s; a lost topic is noticed (and created again)
 # within about this long.
 TOPIC_CHECK_SECONDS = 5.0
-
-
-@dataclass(slots=True)
-class _DeadLetter:
-    """One message on its way to the dead-letter topic, and how that is going."""
-
-    message: Any
-    reason: str
-    in_flight: bool = False
-    done: bool = False
-    error: Any = None
-
-    def delivered(self, err: Any, _msg: Any) -> None:
-        self.in_flight = False
-        self.done = err is None
-        self.error = err
 
 
 class LineageConsumer:
@@ -74,8 +58,9 @@ class LineageConsumer:
         batch_size: int = 500,
         batch_wait_ms: int = 200,
         window_seconds: float = 1.0,  # the emitters' window, for the event-to-graph latency
+        dead_letter_max_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Consumer
 
         self.config = config = settings
         self.graph = graph
@@ -96,17 +81,9 @@ class LineageConsumer:
                 "enable.partition.eof": False,
             }
         )
-        self._dlq = Producer(
-            {
-                **config.client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                # A dead letter that cannot be delivered fails within this, so the retry
-                # loop sees it (and can create the topic) instead of waiting 5 minutes.
-                "message.timeout.ms": 30_000,
-                "allow.auto.create.topics": False,  # created by the TopicWatch, one partition
-            }
-        )
+        self._dlq = DeadLetterQueue(config, self._check_topics, dead_letter_max_bytes)
+        for outcome in metrics.CONSUMED_OUTCOMES:  # 0 from the start: rates and ratios, never absent
+            metrics.CONSUMED.labels(outcome)
         topics = {"events": (config.topic, config.partitions)}
         topics["dead_letters"] = (config.dead_letter_topic, DEAD_LETTER_PARTITIONS)
         self._topics = TopicWatch(config, "consumer", topics)
@@ -116,10 +93,19 @@ class LineageConsumer:
         self._topic_generation = 0  # +1 each time the broker lost the events topic
         self._dropping = False  # the topic was lost: its stored offsets must not be committed
         self._assigned: list[Any] = []
+        self._graph_seen = 0.0  # when a write or probe last told whether the graph answers
         self.written = 0  # events written, for callers and tests
-        self.dead_lettered = 0
-        self.dead_letter_failures = 0  # delivery rounds that left dead letters behind
         self.lost_events = 0  # events a lost topic took along unread
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages delivered to the dead-letter topic (whole or truncated)."""
+        return self._dlq.delivered
+
+    @property
+    def dead_letter_failures(self) -> int:
+        """Delivery rounds that left dead letters behind."""
+        return self._dlq.failures
 
     async def run(self, stop: asyncio.Event) -> None:
         # Both topics exist before they are needed: the subscription finds its topic at
@@ -146,11 +132,14 @@ class LineageConsumer:
 
     async def _monitor(self, done: asyncio.Event) -> None:
         """Beside the batches (also while one waits for the graph): once a second the
-        partition ends and the lag, every TOPIC_CHECK_SECONDS the topics."""
+        partition ends and the lag, every TOPIC_CHECK_SECONDS the topics, and the graph
+        when no write has told whether it answers for that long."""
         checked = time.monotonic()
-        while not await _stopped(done, 1.0):
+        while not await stopped(done, 1.0):
             try:
                 await asyncio.to_thread(self._report_lag)
+                if time.monotonic() - self._graph_seen > TOPIC_CHECK_SECONDS:
+                    await self._graph_answers()  # an idle consumer's graph can fail too
                 if time.monotonic() - checked > TOPIC_CHECK_SECONDS:
                     checked = time.monotonic()
                     await asyncio.to_thread(self._check_topics)
@@ -160,22 +149,21 @@ class LineageConsumer:
     async def _handle(self, messages: list[Any], stop: asyncio.Event) -> None:
         generation = self._topic_generation
         batch: list[tuple[Any, LineageEvent | JobRunEvent]] = []
-        dead: list[_DeadLetter] = []
+        dead: list[DeadLetter] = []
         for m in messages:
             if m.error():
                 log.warning("kafka: %s", m.error())
                 continue
             self._positions.took(m.partition(), m.offset())
             try:
-                raw = m.value() or b""
-                batch.append((m, decode_run(raw) if is_run(raw) else decode_event(raw)))
+                batch.append((m, _decode(m.value() or b"")))
             except MalformedEvent as e:
-                dead.append(_DeadLetter(m, str(e)))
+                dead.append(DeadLetter(m, str(e)))
         refused = await self._write(batch, stop)
         if refused is None:
             return  # stopping before the batch was written: its offsets stay unstored
         dead += refused
-        if dead and not await self._dead_letter(dead, stop):
+        if dead and not await self._dlq.deliver(dead, stop):
             return  # stopping before the dead letters were delivered: the same
         if generation != self._topic_generation:
             return  # read from a topic since lost: its offsets mean nothing in the new one
@@ -183,13 +171,13 @@ class LineageConsumer:
 
     async def _write(
         self, batch: list[tuple[Any, LineageEvent | JobRunEvent]], stop: asyncio.Event
-    ) -> list[_DeadLetter] | None:
+    ) -> list[DeadLetter] | None:
         """Write the batch; what the graph refuses for good comes back as dead letters.
         None when stopped before everything was written or refused.
 
         A refused batch is split in halves until each refused event stands alone, so
         one bad event costs O(log n) extra writes and the good ones still land."""
-        refused: list[_DeadLetter] = []
+        refused: list[DeadLetter] = []
         chunks = [batch] if batch else []
         delay = 0.1
         while chunks:
@@ -203,20 +191,31 @@ class LineageConsumer:
                 if runs:  # idempotent too: a retry after the events landed rewrites nothing
                     await self.graph.write_runs(runs)
             except UNAVAILABLE as failure:
+                self._graph_state(False)
                 log.warning("graph unavailable (%s); retrying in %.1fs", failure, delay)
-                if await _stopped(stop, delay):
+                if await stopped(stop, delay):
                     return None
                 delay = min(delay * 2, 5.0)
                 continue
             except Exception as failure:
                 if len(chunk) > 1:
-                    log.warning("graph refused a batch of %d (%r); splitting it", len(chunk), failure)
+                    log.warning("graph refused a batch of %d (%s); splitting it", len(chunk), _why(failure))
                     half = len(chunk) // 2
                     chunks[:1] = [chunk[:half], chunk[half:]]
                     continue
+                if not await self._graph_answers():
+                    # An error the adapter did not know as the graph's state: only an
+                    # event refused by a graph that answers is refused for good.
+                    log.warning("graph refused an event (%s) and then failed a probe; retrying in %.1fs",
+                                _why(failure), delay)  # fmt: skip
+                    if await stopped(stop, delay):
+                        return None
+                    delay = min(delay * 2, 5.0)
+                    continue
                 reason = f"graph refused the event: {type(failure).__name__}: {failure}"[:MAX_REASON]
-                refused.append(_DeadLetter(chunk[0][0], reason))
+                refused.append(DeadLetter(chunk[0][0], reason))
             else:
+                self._graph_state(True)
                 metrics.GRAPH_WRITE.observe(time.perf_counter() - t0)
                 observe_event_to_graph(events, self.window_seconds)
                 metrics.CONSUMED.labels("written").inc(len(chunk))
@@ -225,52 +224,21 @@ class LineageConsumer:
             delay = 0.1
         return refused
 
-    async def _dead_letter(self, dead: list[_DeadLetter], stop: asyncio.Event) -> bool:
-        """Deliver every dead letter before the originals are committed, so a dead letter
-        is never lost; retried (creating the topic if it went missing) until delivered
-        or stopped. False when stopped first."""
-        delay = 0.5
-        while True:
-            await asyncio.to_thread(self._produce_dead_letters, dead)
-            left = [d for d in dead if not d.done]
-            if not left:
-                metrics.CONSUMED.labels("dead_letter").inc(len(dead))
-                self.dead_lettered += len(dead)
-                return True
-            self.dead_letter_failures += 1
-            errors = sorted({str(d.error) for d in left if d.error is not None})
-            log.warning(
-                "%d dead letters not yet delivered to %s (%s); retrying in %.1fs",
-                len(left), self.config.dead_letter_topic, "; ".join(errors) or "in flight", delay,
-            )  # fmt: skip
-            if errors:
-                await asyncio.to_thread(self._check_topics)
-            if await _stopped(stop, delay):
-                return False
-            delay = min(delay * 2, 5.0)
+    async def _graph_answers(self) -> bool:
+        try:
+            await self.graph.ping()
+        except Exception as e:
+            log.debug("graph probe: %s", _why(e))
+            self._graph_state(False)
+            return False
+        self._graph_state(True)
+        return True
 
-    def _produce_dead_letters(self, dead: list[_DeadLetter]) -> None:
-        from confluent_kafka import KafkaException
-
-        for d in dead:
-            if d.done or d.in_flight:
-                continue  # one still in flight is not produced twice
-            m = d.message
-            origin = f"{m.topic()}/{m.partition()}/{m.offset()}"
-            log.warning("dead-lettering %s: %s", origin, d.reason)
-            try:
-                self._dlq.produce(
-                    self.config.dead_letter_topic,
-                    key=m.key(),
-                    value=m.value(),
-                    headers=[("reason", d.reason.encode()), ("origin", origin.encode())],
-                    on_delivery=d.delivered,
-                )
-                d.in_flight, d.error = True, None
-            except (BufferError, KafkaException) as e:
-                d.error = e
-        # Short, so a stop request is seen soon; what is still in flight stays tracked.
-        self._dlq.flush(2)
+    def _graph_state(self, up: bool) -> None:
+        """``featurestore_lineage_graph_up`` (LineageGraphUnavailable): from every write,
+        and from a probe by the monitor while there is nothing to write."""
+        self._graph_seen = time.monotonic()
+        metrics.GRAPH_UP.set(1 if up else 0)
 
     def _subscribe(self) -> None:
         self._consumer.subscribe(
@@ -383,17 +351,25 @@ class LineageConsumer:
             self._commit()
             self._consumer.close()
         finally:
-            # Dead letters not delivered by then are purged: their offsets were not
-            # committed, so the group reads their events again.
-            self._dlq.flush(5)
-            close_producer(self._dlq)
+            self._dlq.close()
             self._topics.close()
 
 
-async def _stopped(stop: asyncio.Event, delay: float) -> bool:
-    """Wait ``delay`` seconds unless asked to stop first; True when asked."""
+def _why(failure: Exception) -> str:
+    """A graph error with its code (a Bolt error's repr is ``ClientError()``)."""
+    code = getattr(failure, "code", None)
+    return f"{type(failure).__name__} {code}: {failure}" if isinstance(code, str) else repr(failure)
+
+
+def _decode(raw: bytes) -> LineageEvent | JobRunEvent:
+    """A message as an event or a run; MalformedEvent for anything that is neither. The
+    decoders name what they know is wrong; whatever else a decoder raises on some input
+    is still about that message (a process-wide problem would fail the next message as
+    well), so it is dead-lettered with its name rather than ending the consumer and
+    then, from the same uncommitted offset, every consumer restarted after it."""
     try:
-        await asyncio.wait_for(stop.wait(), timeout=delay)
-        return True
-    except TimeoutError:
-        return False
+        return decode_run(raw) if is_run(raw) else decode_event(raw)
+    except MalformedEvent:
+        raise
+    except Exception as e:
+        raise MalformedEvent(f"not decodable: {type(e).__name__}: {e}"[:MAX_REASON]) from None

@@ -45,6 +45,18 @@ class MalformedEvent(ValueError):
     """A message that is not a valid lineage event; the message says why."""
 
 
+# What msgspec raises for a message that is not what it should be. RecursionError: JSON
+# nested about 200,000 levels deep (400 KB, under Kafka's 1 MB) exhausts the decoder's
+# stack; it says nothing about the process, only about the message.
+DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
+
+def malformed(e: Exception) -> MalformedEvent:
+    if isinstance(e, RecursionError):
+        return MalformedEvent(f"JSON nested too deeply to decode ({e})")
+    return MalformedEvent(str(e))
+
+
 def encode_event(event: LineageEvent) -> bytes:
     return _encoder.encode(event)
 
@@ -54,8 +66,8 @@ def decode_event(raw: bytes) -> LineageEvent:
     a bad message is dead-lettered here rather than failing graph writes forever."""
     try:
         event = _decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise MalformedEvent(str(e)) from None
+    except DECODE_ERRORS as e:
+        raise malformed(e) from None
     view, _, feature = event.feature_id.partition(":")
     if not view or not feature:
         raise MalformedEvent(f"feature_id {event.feature_id!r} is not 'view:feature'")

@@ -34,6 +34,7 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from lineage.events import LineageEvent
@@ -55,6 +56,7 @@ from lineage.graphql_budget import (
 from lineage.graphql_drift import Drift
 from lineage.graphql_graph import Change, GraphQueries, changes
 from lineage.graphql_http import GraphQLTransport
+from lineage.graphql_scalars import LONG, Long
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class TableRef:
 @strawberry.type(description="A serving instance that served the feature, with counts.")
 class ServedBy:
     server: str
-    count: int
+    count: Long
     last_seen: datetime
 
 
@@ -85,12 +87,12 @@ class Impact:
 @strawberry.type(description="One served (feature, version) in one window on one server.")
 class LineageEventType:
     feature_id: str
-    feature_version: int
+    feature_version: Long
     source_table: str
     timestamp: str
     upstream_deps: list[str]
-    registry_version: int
-    served_count: int
+    registry_version: Long
+    served_count: Long
     trace_ids: list[str]
     service: str
 
@@ -98,12 +100,12 @@ class LineageEventType:
     def of(e: LineageEvent) -> LineageEventType:
         return LineageEventType(
             feature_id=e.feature_id,
-            feature_version=e.feature_version,
+            feature_version=Long(e.feature_version),
             source_table=e.source_table,
             timestamp=e.timestamp,
             upstream_deps=list(e.upstream_deps),
-            registry_version=e.registry_version,
-            served_count=e.served_count,
+            registry_version=Long(e.registry_version),
+            served_count=Long(e.served_count),
             trace_ids=list(e.trace_ids),
             service=e.service,
         )
@@ -114,14 +116,19 @@ class Feature:
     id: str
     view: str
     dtype: str
-    version: int = strawberry.field(description="Registry version in which its definition last changed.")
-    versions: list[int]
+    version: Long = strawberry.field(description="Registry version in which its definition last changed.")
+    versions: list[Long]
     as_of: strawberry.Private[int | None]
 
     @staticmethod
     def of(f: FeatureInfo, as_of: int | None) -> Feature:
         return Feature(
-            id=f.id, view=f.view, dtype=f.dtype, version=f.version, versions=list(f.versions), as_of=as_of
+            id=f.id,
+            view=f.view,
+            dtype=f.dtype,
+            version=Long(f.version),
+            versions=[Long(v) for v in f.versions],
+            as_of=as_of,
         )
 
     async def _features(self, info: Info, ids: list[str]) -> list[Feature]:
@@ -169,7 +176,9 @@ class Feature:
             return []
         return [
             ServedBy(
-                server=s.server, count=s.count, last_seen=datetime.fromtimestamp(s.last_seen_ms / 1000, UTC)
+                server=s.server,
+                count=Long(s.count),
+                last_seen=datetime.fromtimestamp(s.last_seen_ms / 1000, UTC),
             )
             for s in rows
         ]
@@ -304,6 +313,7 @@ class _Schema(strawberry.Schema):
 
 schema = _Schema(
     query=Query,
+    config=StrawberryConfig(scalar_map={Long: LONG}),
     extensions=[
         # first: parsing stops at MAX_TOKENS (graphql_budget.py), before any other work
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),

@@ -28,6 +28,7 @@ from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, split_i
 from lineage.graph.topology import Change as ChangeFact
 from lineage.graph.topology import Node as NodeFact
 from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms, _walked
+from lineage.graphql_scalars import Long
 
 # A search scans every name (the memory graph: 16 ms on the 10,000-feature graph of
 # benchmarks/lineage_page.py), not one lookup: at this cost a request gets 9 of them
@@ -80,7 +81,7 @@ class Change:
     data_version: str | None
     job: str
     run_id: str
-    rows: int
+    rows: Long
 
     @staticmethod
     def of(c: ChangeFact) -> Change:
@@ -90,7 +91,7 @@ class Change:
             data_version=c.data_version or None,
             job=c.job,
             run_id=c.run_id,
-            rows=c.rows,
+            rows=Long(c.rows),
         )
 
 

@@ -34,6 +34,12 @@ EVENTS = Counter(
     "Lineage events by outcome (emitted, delivered, failed, dropped).",
     ["outcome"],
 )
+RUN_MESSAGES = Counter(
+    "featurestore_lineage_run_messages_total",
+    "Job-run reports sent on the lineage topic by the Kafka sink, by outcome (delivered, failed, "
+    "dropped); apart from the events, which are what emitted counts.",
+    ["outcome"],
+)
 QUEUE = Gauge(
     "featurestore_lineage_queue_events",
     "Lineage events waiting for the sink.",
@@ -47,13 +53,21 @@ SINK_UP = Gauge(
 )
 CONSUMED = Counter(
     "featurestore_lineage_consumed_total",
-    "Lineage messages taken off Kafka by the consumer, by outcome (written, dead_letter).",
+    "Lineage messages taken off Kafka by the consumer, by outcome (written, dead_letter, "
+    "dead_letter_truncated: delivered cut or without its value, too large for the broker; "
+    "dead_letter_lost: refused by the broker in every form).",
     ["outcome"],
 )
 CONSUMER_LAG = Gauge(
     "featurestore_lineage_consumer_lag_messages",
     "Messages in the topic not yet committed by the consumer group, by partition.",
     ["partition"],
+)
+GRAPH_UP = Gauge(
+    "featurestore_lineage_graph_up",
+    "1 while the lineage consumer's graph takes writes (or answers a probe when idle), 0 while "
+    "the consumer waits for it: its batches are retried and nothing is committed.",
+    multiprocess_mode="livemin",
 )
 TOPIC_LOST = Counter(
     "featurestore_lineage_topic_lost_total",
@@ -89,6 +103,9 @@ RUNS = Counter(
     "Job run reports recorded (lineage/runs.py), by state (START, COMPLETE, FAIL)",
     ["state"],
 )
+
+
+CONSUMED_OUTCOMES = ("written", "dead_letter", "dead_letter_truncated", "dead_letter_lost")
 
 
 def forget_lag(partitions: Iterable[int]) -> None:

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from lineage import metrics
-from lineage.events import Count, MalformedEvent, Name, parse_timestamp
+from lineage.events import DECODE_ERRORS, Count, Name, malformed, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def encode_run(event: JobRunEvent) -> bytes:
 def decode_run(raw: bytes) -> JobRunEvent:
     try:
         event = _decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise MalformedEvent(str(e)) from None
+    except DECODE_ERRORS as e:
+        raise malformed(e) from None
     parse_timestamp(event.started_at)
     if event.ended_at:
         parse_timestamp(event.ended_at)
@@ -109,7 +109,9 @@ def is_run(raw: bytes) -> bool:
     """Whether a lineage topic message is a job run (else a served-feature event)."""
     try:
         return _probe.decode(raw).type == "job_run"
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except RecursionError as e:  # too deep to tell: and so too deep for either decoder
+        raise malformed(e) from None
+    except DECODE_ERRORS:
         return False  # the served-event decoder names what is wrong with it
 
 

@@ -33,12 +33,20 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
 
     from featurestore import exporter
     from featurestore.config import load_config
+    from featurestore.errors import InvalidArgument
     from featurestore.extras import require
     from featurestore.factories import make_graph
     from featurestore.logconfig import configure_logging
     from lineage.consumer import LineageConsumer
 
     config = load_config(args.config, {("log_level",): args.log_level})
+    if config.lineage.graph != "bolt":
+        # The in-process graph would live and die in this process, read by nothing, while
+        # the offsets of every event written into it were committed: all of them lost.
+        raise InvalidArgument(
+            f"featurestore lineage consume writes the shared lineage graph: set lineage.graph to bolt "
+            f"(with lineage.bolt), not {config.lineage.graph!r}"
+        )
     require("confluent_kafka", "featurestore lineage consume")
     configure_logging(config.log_level, config.log_format)
     if args.metrics_port:

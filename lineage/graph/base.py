@@ -171,6 +171,11 @@ class LineageGraph(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise GraphUnavailable unless the graph answers now (a statement that touches
+        nothing): tells a refused event from a graph in trouble."""
+        ...
+
     async def apply_definitions(self, facts: DefinitionFacts) -> bool:
         """Record a snapshot's definitions, unless the graph already holds those of the
         same or a newer registry version (writers may lag); True when applied."""

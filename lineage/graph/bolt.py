@@ -68,6 +68,18 @@ def _retryable(e: Exception) -> bool:
 # Not about the request either, but not going away within a retry loop: no connection
 # can be had, the configuration or credentials are wrong, access is refused.
 UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
+# Codes about the server's state, not the statement: the database is missing (dropped
+# for a restore, not created yet), a cluster member cannot take writes, or the server
+# failed inside (the whole Neo.DatabaseError class). The same write passes once that is
+# over, so it waits as for an outage; answered as a refusal of the events, the consumer
+# dead-lettered every valid event meanwhile and committed past them.
+SERVER_STATE_CODES = ("Neo.ClientError.Database.", "Neo.ClientError.Cluster.", "Neo.DatabaseError.")
+
+
+def server_state(e: Exception) -> bool:
+    return isinstance(e, neo.DatabaseError) or (
+        isinstance(e, neo.Neo4jError) and (e.code or "").startswith(SERVER_STATE_CODES)
+    )
 
 
 # How long one read (a GraphQL lookup: a hop of a walk, a node's edges, a search) may
@@ -105,6 +117,10 @@ class BoltGraph(BoltWalks, BoltTopology):
         self._retries = retries
         self._read_timeout = read_timeout
 
+    async def ping(self) -> None:
+        """A statement that touches nothing: GraphUnavailable unless the database answers."""
+        await self._retrying("probe", lambda session: _consume(session, "RETURN 1 AS ok"), attempts=2)
+
     async def start(self) -> None:
         for statement in (*SCHEMA, *DRIFT_SCHEMA):
             await self._write(statement)
@@ -125,11 +141,13 @@ class BoltGraph(BoltWalks, BoltTopology):
                     return await work(session)
             except (neo.Neo4jError, *UNAVAILABLE) as e:
                 if not _retryable(e):
-                    if isinstance(e, UNAVAILABLE):
-                        raise GraphUnavailable(f"graph {what}: {e!r}") from e
+                    if isinstance(e, UNAVAILABLE) or server_state(e):
+                        raise GraphUnavailable(f"graph {what}: {_described(e)}") from e
                     raise
                 if attempt == attempts - 1:
-                    raise GraphUnavailable(f"graph {what} failed {attempts} times, last: {e!r}") from e
+                    raise GraphUnavailable(
+                        f"graph {what} failed {attempts} times, last: {_described(e)}"
+                    ) from e
                 log.debug("graph %s retry %d after %r", what, attempt + 1, e)
                 # jittered, so writers that conflicted do not meet again in lockstep
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -250,6 +268,11 @@ class BoltGraph(BoltWalks, BoltTopology):
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         if not events:
             return
+        # One row per event: the server runs the UNWIND's MERGE for every row before the
+        # SET clauses, so two copies of an event in one batch (a sink's resend after a
+        # lost topic lands them side by side) both found their node fresh and counted
+        # twice, where the in-process graph (and a replay in another batch) counts once.
+        unique = list({event_key(e): e for e in reversed(events)}.values())[::-1]
         rows = [
             {
                 "key": event_key(e),
@@ -267,7 +290,7 @@ class BoltGraph(BoltWalks, BoltTopology):
                     "service": e.service,
                 },
             }
-            for e in events
+            for e in unique
         ]
         await self._write(WRITE_EVENTS, events=rows)
 
@@ -329,7 +352,7 @@ class BoltGraph(BoltWalks, BoltTopology):
             " RETURN e.feature_id AS feature_id, e.feature_version AS feature_version, e.source_table AS source_table,"
             " e.timestamp AS timestamp, e.upstream_deps AS upstream_deps, e.registry_version AS registry_version,"
             " e.served_count AS served_count, e.trace_ids AS trace_ids, e.service AS service"
-            " ORDER BY e.timestamp DESC, e.service DESC LIMIT $limit",
+            " ORDER BY e.ts_ms DESC, e.service DESC LIMIT $limit",  # the time, not its text
             id=feature_id,
             since=since_ms,
             until=until_ms,
@@ -361,3 +384,15 @@ class BoltGraph(BoltWalks, BoltTopology):
     ) -> list[DriftRecord]:
         rows = await self._read(READ_DRIFT, id=feature_id, since=since_ms, until=until_ms, limit=limit)
         return [DriftRecord.from_row(r) for r in reversed(rows)]
+
+
+async def _consume(session: AsyncSession, query: str) -> None:
+    result = await session.run(query)
+    await result.consume()
+
+
+def _described(e: Exception) -> str:
+    """An error with its code: a driver error's repr hides it (``ClientError()``)."""
+    if isinstance(e, neo.Neo4jError) and e.code:
+        return f"{type(e).__name__} {e.code}: {e.message}"
+    return repr(e)

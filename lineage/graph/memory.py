@@ -69,6 +69,9 @@ class InMemoryGraph(Edges):
     async def close(self) -> None:
         return None
 
+    async def ping(self) -> None:
+        return None
+
     # -- writes ----------------------------------------------------------------------
 
     async def apply_definitions(self, facts: DefinitionFacts) -> bool:
@@ -231,12 +234,13 @@ class InMemoryGraph(Edges):
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[LineageEvent]:
         out = [
-            e
+            (ts, e)
             for ts, e in self._events.get(feature_id, ())
             if (since_ms is None or ts >= since_ms) and (until_ms is None or ts < until_ms)
         ]
-        out.sort(key=lambda e: (e.timestamp, e.service))
-        return out[-limit:]
+        # By the time, not its text: "...07.500Z" sorts before "...07Z" as a string.
+        out.sort(key=lambda te: (te[0], te[1].service))
+        return [e for _, e in out[-limit:]]
 
     async def add_drift(self, records: Sequence[DriftRecord]) -> None:
         for r in records:

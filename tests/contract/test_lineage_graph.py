@@ -135,6 +135,33 @@ async def test_events_are_idempotent_and_counted(graph: LineageGraph) -> None:
     ]
 
 
+async def test_an_event_twice_in_one_batch_is_counted_once(graph: LineageGraph) -> None:
+    """A sink's resend after a lost topic puts both copies side by side, in one consumer
+    batch: on Bolt both rows of the UNWIND found the event's node fresh and counted it twice."""
+    e0, e1, e2 = (event("raw:clicks", f"2024-01-01T00:00:0{i}Z", 10) for i in range(3))
+    await graph.write_events([e0, e0])
+    await graph.write_events([e0])
+    await graph.write_events([e1, e2, e1])
+    assert [s.count for s in await graph.served_by("raw:clicks")] == [30]
+    assert len(await graph.events("raw:clicks", None, None, 100)) == 3
+
+
+async def test_events_are_ordered_by_their_time_not_by_the_text_of_their_timestamp(
+    graph: LineageGraph,
+) -> None:
+    """With half-second windows the emitter stamps "...00Z" and "...00.500Z": as text the
+    second sorts first, and `limit` kept the wrong newest windows."""
+    stamps = [
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.500Z",
+        "2024-01-01T00:00:01Z",
+        "2024-01-01T00:00:01.500Z",
+    ]
+    await graph.write_events([event("raw:clicks", ts, 1) for ts in reversed(stamps)])
+    assert [e.timestamp for e in await graph.events("raw:clicks", None, None, 100)] == stamps
+    assert [e.timestamp for e in await graph.events("raw:clicks", None, None, 2)] == stamps[2:]
+
+
 async def test_lineage_as_of_a_past_time(graph: LineageGraph) -> None:
     t1, t2 = "2024-01-01T00:00:00.000000Z", "2024-02-01T00:00:00.000000Z"
     await graph.apply_definitions(definition_facts(snap(1, t1, RAW, DERIVED, SCORE)))

@@ -53,9 +53,18 @@ def recorded() -> set[str]:
 
 
 def series_in(expr: str) -> set[str]:
-    """The featurestore series a PromQL expression names (label values left out)."""
+    """The featurestore series a PromQL expression names (label values left out), and
+    ``up`` where it is one of featurestore's scrape jobs' (prometheus.yml)."""
     without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    return set(re.findall(r"\bfeaturestore[a-zA-Z0-9_:]*", without_strings))
+    names = set(re.findall(r"\bfeaturestore[a-zA-Z0-9_:]*", without_strings))
+    for job in re.findall(r'\bup\{[^}]*\bjob="([^"]+)"', expr):
+        names.add("up" if job in scrape_jobs() else f"up (job {job!r} is not scraped)")
+    return names
+
+
+def scrape_jobs() -> set[str]:
+    config = yaml.safe_load((DASHBOARD.parents[1] / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"] for job in config["scrape_configs"]}
 
 
 def panels() -> list[dict[str, Any]]:
@@ -119,7 +128,7 @@ def test_a_panel_drawing_seconds_beside_counts_gives_each_series_its_unit() -> N
 
 
 def test_dashboard_queries_name_only_defined_metrics_and_recording_rules() -> None:
-    known = defined_series() | recorded()
+    known = defined_series() | recorded() | {"up"}
     used = set()
     for panel in panels():
         for target in panel["targets"]:
@@ -131,7 +140,7 @@ def test_dashboard_queries_name_only_defined_metrics_and_recording_rules() -> No
 
 
 def test_rules_name_only_defined_metrics_and_recording_rules() -> None:
-    known = defined_series() | recorded()
+    known = defined_series() | recorded() | {"up"}
     for rule in rules():
         names = series_in(str(rule["expr"]))
         assert names and names <= known, f"{rule.get('alert') or rule.get('record')}: {sorted(names - known)}"
@@ -140,6 +149,8 @@ def test_rules_name_only_defined_metrics_and_recording_rules() -> None:
 def test_the_series_scan_ignores_label_values() -> None:
     expr = 'rate(featurestore_requests_total{route=~"/featurestore.v1.FeatureService/Join"}[1m])'
     assert series_in(expr) == {"featurestore_requests_total"}
+    assert series_in('avg_over_time(up{job="featurestore-lineage-consumer"}[10m])') == {"up"}
+    assert series_in('up{job="not-scraped"}') == {"up (job 'not-scraped' is not scraped)"}
 
 
 def test_every_alert_severity_is_routed_to_a_receiver() -> None:

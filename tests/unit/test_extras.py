@@ -56,10 +56,11 @@ def test_a_clickhouse_store_without_the_clickhouse_extra_names_it(
     raises_missing(lambda: make_store("ch", c.stores["ch"], c), "clickhouse", "stores.ch")
 
 
-def test_an_embedded_clickhouse_store_without_chdb_names_the_embedded_extra(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("module", ["chdb", "clickhouse_connect"])
+def test_an_embedded_clickhouse_store_without_either_module_names_the_embedded_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
 ) -> None:
-    missing(monkeypatch, "chdb")
+    missing(monkeypatch, module)
     c = config(tmp_path, f"stores: {{ch: {{kind: clickhouse, dsn: 'chdb://{tmp_path}/ch'}}}}\n")
     raises_missing(lambda: make_store("ch", c.stores["ch"], c), "embedded", "stores.ch")
 

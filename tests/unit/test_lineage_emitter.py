@@ -240,3 +240,39 @@ async def test_close_still_drains_and_closes_the_sink_when_the_last_window_canno
     em.record(STATE.plan(("a:x",), None, False), STATE, 2, span(1))
     await em.close()  # does not raise
     assert closed == [True] and all(t.done() for t in em._tasks)
+
+
+async def test_a_wall_clock_stepped_back_never_holds_a_window_open_for_the_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the clock steps back by X, one tick used to sleep X (3601 s for an hour): every
+    event of that time waited in one window. Now a window lasts at most two, its stamp
+    never repeats an earlier one, and the stamps meet the clock again."""
+    clock = [1_000_000.0]
+    sleeps: list[float] = []
+    starts: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            clock[0] -= 20.0  # NTP steps the clock back 20 s
+        if len(sleeps) > 60:
+            raise asyncio.CancelledError
+        clock[0] += seconds
+
+    monkeypatch.setattr("time.time", lambda: clock[0])
+    monkeypatch.setattr("asyncio.sleep", sleep)
+    em = LineageEmitter(Collecting(), table_uri, EmitterConfig(window_seconds=1.0))
+    em._window_start = clock[0]
+    flush = em.flush
+
+    def recording_flush() -> None:
+        starts.append(em._window_start)
+        flush()
+
+    em.flush = recording_flush  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await em._tick()
+    assert max(sleeps) <= 2.0
+    assert starts == sorted(set(starts))  # every window stamped after the one before
+    assert abs(em._window_start - clock[0]) <= 1.0  # back on the clock

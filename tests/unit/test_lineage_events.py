@@ -82,3 +82,22 @@ async def test_in_memory_graph_keeps_a_bounded_history() -> None:
     assert len(graph._event_keys) == 3  # and their identities with them
     [served] = await graph.served_by("user_profile:age")
     assert served.count == 5 * 120  # counts are not history: they stay
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"zz":' + b"[" * 200_000 + b"]" * 200_000 + b"}",  # an unknown field, skipped by recursing
+        encode_event(EVENT).replace(
+            b'"upstream_deps":["warehouse.users"]', b'"upstream_deps":' + b"[" * 200_000 + b"]" * 200_000
+        ),
+        b'{"type":"job_run","schema":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    ],
+    ids=["unknown field", "event field", "job run"],
+)
+def test_json_nested_too_deeply_is_a_malformed_message_not_a_recursion_error(raw: bytes) -> None:
+    """RecursionError escaped both decoders (and the run probe) and ended the consumer."""
+    from lineage.runs import decode_run, is_run
+
+    with pytest.raises(MalformedEvent, match="JSON nested too deeply to decode"):
+        decode_run(raw) if is_run(raw) else decode_event(raw)
