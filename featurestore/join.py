@@ -38,12 +38,7 @@ log = logging.getLogger(__name__)
 # failure metrics count every one.
 _failures_log = RepeatLimitedLog(log)
 
-PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = (
-    Status.PRESENT,
-    Status.NOT_FOUND,
-    Status.OUTSIDE_MAX_AGE,
-    Status.UNAVAILABLE,
-)
+PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = Status  # (its members, in value order)
 
 
 # Per-request records are NamedTuples: as immutable as frozen dataclasses, but built
@@ -87,11 +82,15 @@ class ServedRecorder(Protocol):
 
 
 class ValueSampler(Protocol):
-    """Told every join's merged stored columns (drift sampling, quality/sampler.py);
-    must return at once."""
+    """Told every join's merged stored columns and each view's outcome (drift sampling,
+    quality/sampler.py); must return at once."""
 
     def observe(
-        self, state: ServingState, plan: JoinPlan, gathered: Sequence[Sequence[Sequence[Any]]]
+        self,
+        state: ServingState,
+        plan: JoinPlan,
+        gathered: Sequence[Sequence[Sequence[Any]]],
+        outcomes: Sequence[ViewOutcome] | None = None,
     ) -> None: ...
 
 
@@ -180,7 +179,7 @@ class JoinEngine:
             outcomes.append(outcome)
             gathered.append(cols)
         if self.sampler is not None:
-            self.sampler.observe(state, plan, gathered)
+            self.sampler.observe(state, plan, gathered, outcomes)
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
             derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(

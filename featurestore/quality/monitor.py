@@ -32,7 +32,7 @@ from featurestore.model import FeatureView
 from featurestore.quality import metrics
 from featurestore.quality.profile import Profile, category_name
 from featurestore.quality.record_writer import RecordWriter
-from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.quality.sampler import ABSENT, DriftSampler, Window
 from featurestore.quality.stats import TestResult, chi_square, ks_2samp, null_share_test
 from featurestore.sources.base import OnlineSource, ProfileStore
 
@@ -77,18 +77,19 @@ def evaluate_window(window: Window, profile: Profile, alpha: float) -> list[Drif
     if ref is None:
         return []
     tested: list[tuple[TestResult, str, int]] = []
+    read = [v for v in window.values if v is not ABSENT]  # rows the view had a value for
     if window.categorical:
-        cats = [category_name(v) for v in window.values if v is not None]
+        cats = [category_name(v) for v in read if v is not None]
         present = len(cats)
         if cats and ref.categories:
             tested.append((chi_square(collections.Counter(cats), ref.categories), "chi_square", present))
     else:
-        values = np.array(window.values, dtype=np.float64)  # None -> NaN
+        values = np.array(read, dtype=np.float64)  # None -> NaN
         values = values[~np.isnan(values)]  # (NaN: not profiled either)
         present = len(values)
         if present and ref.sample is not None and len(ref.sample):
             tested.append((ks_2samp(values, ref.sample), "ks", present))
-    n = len(window.values)
+    n = len(read)  # a row the view had no value for is neither a null nor a value here
     if n and profile.rows:
         # the reference's null share: its rows less its non-null values (profile.py)
         reference_share = 1.0 - ref.count / profile.rows

@@ -8,12 +8,14 @@ spread evenly over the batch from a random start, wrapping past its end (every r
 position equally likely: ``_rows``): an ``itemgetter`` and ``list.extend``, C loops, no
 per-row Python bytecode, no numpy call (converting each slice into a preallocated numpy
 window measured 8x slower, 139 against 16 µs per sampled join of 16 features,
-benchmarks/drift.py). The other joins cost one increment and one compare.
+benchmarks/drift.py). The other joins cost one increment and one compare. A sampled
+row its view had no value for (not PRESENT: served null like a stored null) is
+``ABSENT`` in the windows, found from the view's statuses: per-row Python over the
+sampled rows only, and only for a view that has such rows in this join.
 A window holds the values of one data version: when the served version changes, the
 partial window is dropped (its values belong to the old reference). A full window (nulls
 included: the monitor tests their share and drops them from the values' test, off the
-hot path) is handed to the monitor
-(``on_full``) and a new one starts.
+hot path) is handed to the monitor (``on_full``) and a new one starts.
 
 Memory is bounded: one window of at most ``window`` values per (view layout, feature)
 the process serves.
@@ -27,11 +29,26 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from featurestore.model import FeatureView
+from featurestore.model import FeatureView, Status
+from featurestore.outcomes import ViewOutcome
 from featurestore.plan import JoinPlan, ServingState
 from featurestore.quality.profile import CATEGORICAL, NUMERIC
 
 _ALL = operator.itemgetter(slice(None))  # a batch no larger than per_request: every row
+PRESENT = Status.PRESENT
+
+
+class _Absent:
+    """A sampled row whose view read no value for it (NOT_FOUND, OUTSIDE_MAX_AGE,
+    UNAVAILABLE): served null like a stored null, but not the feature's value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
 
 
 class Window(NamedTuple):
@@ -39,7 +56,7 @@ class Window(NamedTuple):
     feature: str
     categorical: bool
     data_version: int
-    values: list[Any]  # as served: None for nulls (and values not PRESENT)
+    values: list[Any]  # as served, None for a stored null; ABSENT for a row not PRESENT
 
 
 class _Ring:
@@ -91,10 +108,16 @@ class DriftSampler:
         self._bound: dict[int, tuple[JoinPlan, list[tuple[str, list[_Ring | None]]]]] = {}
 
     def observe(
-        self, state: ServingState, plan: JoinPlan, gathered: Sequence[Sequence[Sequence[Any]]]
+        self,
+        state: ServingState,
+        plan: JoinPlan,
+        gathered: Sequence[Sequence[Sequence[Any]]],
+        outcomes: Sequence[ViewOutcome] | None = None,
     ) -> None:
         """Called by the engine after every join's merge (``gathered[slot][j]``: the
-        values of ``plan.views[slot].features[j]``, None where not PRESENT)."""
+        values of ``plan.views[slot].features[j]``, None where not PRESENT;
+        ``outcomes[slot]``: that view's statuses, which tell a stored null from a row
+        the view has no value for; without them every row counts as PRESENT)."""
         self._count += 1
         if self._count < self._gap:
             return
@@ -105,15 +128,22 @@ class DriftSampler:
             bound = self._bind(plan)
         window, versions, now = self.window, state.data_versions, self._clock()
         take = self._rows(gathered)
-        for (name, rings), cols in zip(bound[1], gathered, strict=False):
+        for slot, ((name, rings), cols) in enumerate(zip(bound[1], gathered, strict=False)):
             version = versions.get(name, 0)
+            absent = _absent(take, outcomes[slot]) if outcomes is not None else None
             for ring, col in zip(rings, cols, strict=True):
                 if ring is None or ring.rest_until > now:
                     continue
                 if ring.version != version:
                     ring.version, ring.values = version, []
                 buf = ring.values
-                buf.extend(take(col))
+                if absent:  # (rows not PRESENT in this sample: a few, on sampled joins only)
+                    taken = list(take(col))
+                    for i in absent:
+                        taken[i] = ABSENT
+                    buf.extend(taken)
+                else:
+                    buf.extend(take(col))
                 if len(buf) >= window:
                     self._full(ring, buf)
                     ring.rest_until = now + self.min_interval
@@ -180,3 +210,10 @@ class DriftSampler:
         self._bound.clear()  # plans of the old snapshot, and their windows
         if self.on_retire is not None:
             self.on_retire(views)
+
+
+def _absent(take: Callable[[Sequence[Any]], Any], outcome: ViewOutcome) -> list[int] | None:
+    """Positions, in this join's sample, of the rows the view has no value for."""
+    if outcome.all_present:
+        return None
+    return [i for i, status in enumerate(take(outcome.statuses)) if status is not PRESENT]

@@ -33,7 +33,14 @@ import numpy as np
 
 MIN_EXPECTED = 5.0
 MIN_POOL_EXPECTED = 0.5  # values of the window: the pooled bucket's least expected count
-NULL_MARGIN = 0.2  # null_share_test: a rise of the null share under this is not drift
+# null_share_test: a rise of the null share under this is not drift. The windows hold the
+# rows the view had a value for (the sampler leaves out NOT_FOUND and the other statuses,
+# sampler.ABSENT), so what is tested is the share of stored nulls among the rows served,
+# against the table's: they differ by the traffic's mix of keys only (a caveat the value
+# tests share). A window of 1,000 rows whose null share is 0.10 against a reference of 0
+# rejects at alpha 0.05 every time (2,000 of 2,000 simulated windows; at a share of 0.05,
+# on the bound, 4.3%); 0.2 was needed while unknown keys counted as nulls.
+NULL_MARGIN = 0.05
 OTHER = "__other__"  # profile.OTHER: the categories beyond a profile's MAX_CATEGORIES
 
 
@@ -203,9 +210,8 @@ def binomial_upper_tail(k: int, n: int, p: float) -> float:
 def null_share_test(nulls: int, n: int, reference_share: float, margin: float = NULL_MARGIN) -> TestResult:
     """Did the share of nulls rise? One-sided exact binomial test of ``nulls`` in ``n``
     against H0: the share is at most the reference's plus ``margin``. The statistic is
-    the window's null share. The margin keeps a share that rose a little (keys callers
-    ask for that the store does not hold: served null, like a stored null) from
-    rejecting at once for good; a feature that turned mostly null rejects."""
+    the window's null share. The margin keeps a share that rose a little with the mix of
+    keys served (``NULL_MARGIN``) from rejecting for good; a feature turning null rejects."""
     if n <= 0:
         raise ValueError("the window needs values")
     bound = min(1.0, max(0.0, reference_share) + margin)

@@ -4,6 +4,7 @@ monitor's verdicts against the reference of the data version served."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -12,11 +13,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from featurestore.definitions.snapshot import new_snapshot
-from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
+from featurestore.join import JoinEngine, JoinRequest, Limits
+from featurestore.model import DType, Entity, Feature, FeatureView, Status, make_definitions
+from featurestore.outcomes import ViewOutcome
 from featurestore.plan import JoinPlan, ServingState
 from featurestore.quality.monitor import DriftMonitor, evaluate_window
 from featurestore.quality.profile import profile_table
-from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.quality.sampler import ABSENT, DriftSampler, Window
 from featurestore.quality.stats import OTHER
 from featurestore.sources.memory import MemorySource
 
@@ -467,3 +470,41 @@ def test_a_stream_views_aggregations_are_not_sampled_having_no_reference_to_be_t
     for _ in range(3):
         sampler.observe(st, plan, [[list(range(100)), [float(v) for v in range(100)]]])
     assert windows == []  # (a stored view's would be full after the first join: the test above)
+
+
+def test_rows_a_view_had_no_value_for_are_absent_from_its_windows_and_stored_nulls_stay_null() -> None:
+    windows: list[Window] = []
+    sampler = DriftSampler(windows.append, every=1, per_request=4, window=4)
+    st = state(1)
+    found, missing = Status.PRESENT, Status.NOT_FOUND
+    outcome = ViewOutcome("v", [found, missing, found, Status.UNAVAILABLE], [None] * 4, all_present=False)
+    sampler.observe(
+        st, plan_for(st), [[[1.0, None, None, None], ["a", None, "b", None], [[0.0]] * 4]], [outcome]
+    )
+    by_feature = {w.feature: w.values for w in windows}
+    assert by_feature == {"x": [1.0, ABSENT, None, ABSENT], "tier": ["a", ABSENT, "b", ABSENT]}
+
+
+async def test_the_join_engine_tells_the_sampler_which_rows_its_views_had_no_value_for() -> None:
+    windows: list[Window] = []
+    store = MemorySource("default")
+    await store.prepare([V])
+    st = state(0)
+    await store.write(
+        V,
+        pa.table(
+            {
+                "user_id": [1],
+                "x": [0.5],
+                "tier": pa.array([None], pa.string()),
+                "vec": [[0.0]],
+                "event_timestamp": pa.array([1], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        0,
+    )
+    engine = JoinEngine(
+        {"default": store}, st, Limits(), sampler=DriftSampler(windows.append, every=1, window=2)
+    )
+    await engine.join(JoinRequest({"user_id": [1, 2]}, ("v:x", "v:tier")), time.monotonic() + 5)
+    assert {w.feature: w.values for w in windows} == {"x": [0.5, ABSENT], "tier": [None, ABSENT]}

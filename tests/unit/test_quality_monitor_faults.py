@@ -16,7 +16,7 @@ from featurestore.model import DType, Entity, Feature, FeatureView, make_definit
 from featurestore.plan import ServingState
 from featurestore.quality.monitor import DriftMonitor, DriftResult
 from featurestore.quality.profile import profile_table
-from featurestore.quality.sampler import DriftSampler, Window
+from featurestore.quality.sampler import ABSENT, DriftSampler, Window
 from featurestore.sources.memory import MemorySource
 
 U = Entity("user_id", DType.INT64)
@@ -190,3 +190,29 @@ async def test_the_drift_gauges_of_a_view_no_longer_served_are_removed_at_a_swap
     assert value("featurestore_feature_drift_drifted", view="kept_view", feature="x") == 1
     # the counters stay: FeatureDrift reads their increase, which ends with them
     assert value("featurestore_feature_drift_windows_total", view="gone_view", feature="x") == 1
+
+
+async def test_rows_the_view_had_no_value_for_are_neither_nulls_nor_values_of_a_window() -> None:
+    """Unknown keys are served null like stored nulls; counted as nulls, a tenth of
+    unknown keys would look like a feature turning null."""
+    view = _view("unknown_keys")
+    monitor = await _monitor(view)
+    values = np.random.default_rng(2).normal(0, 1, 600).tolist()
+    results = {
+        r.test: r for r in await monitor.check(Window(view, "x", False, 1, [*values, *[ABSENT] * 400]))
+    }
+    assert not results["null_rate"].drifted and results["null_rate"].statistic == 0.0
+    assert results["null_rate"].window_size == results["ks"].window_size == 600
+
+
+async def test_stored_nulls_rising_ten_points_among_the_rows_read_are_drift() -> None:
+    view = _view("null_rise")
+    monitor = await _monitor(view)  # the reference holds no null
+    values = [
+        None if i % 10 == 0 else v for i, v in enumerate(np.random.default_rng(3).normal(0, 1, 800).tolist())
+    ]
+    results = {
+        r.test: r for r in await monitor.check(Window(view, "x", False, 1, [*values, *[ABSENT] * 200]))
+    }
+    assert results["null_rate"].drifted and results["null_rate"].statistic == pytest.approx(0.1)
+    assert not results["ks"].drifted
