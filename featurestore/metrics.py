@@ -239,6 +239,10 @@ REGISTRY_WATCH_LOST = Counter(
     " restored from a backup; the registry is read again in full).",
     ["cause"],
 )
+# At 0 from the start: increase() over a series that appears at its first count reads 0,
+# and FeatureStoreRegistryReset would miss a process's first (and likely only) reset.
+for _cause in ("connection", "cancelled", "ended", "compacted", "reset"):
+    REGISTRY_WATCH_LOST.labels(_cause)
 REGISTRY_VERSION = Gauge(
     "featurestore_registry_version",
     "Registry snapshot version being served.",

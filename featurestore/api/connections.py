@@ -225,7 +225,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.first_byte_at = now
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._phase == _HEAD and self._head_bytes > self._max_header_bytes:
+        if self._phase == _HEAD and self._head_bytes > self._max_header_bytes and self._malformed is None:
             self._refuse_head()  # the head is incomplete and already over the limit
 
     def expire(self) -> None:
@@ -300,8 +300,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        if self._malformed is None:  # (reading stays paused once broken bytes were read)
-            self.flow.resume_reading()
+        self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
@@ -317,14 +316,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._malformed is not None:
             return
         error = errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})")
-        if self._phase != _BODY and (
-            self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
-        ):
-            # The broken bytes follow whole requests still being answered (pipelined): those
-            # answers go first, in order, then the 400 (on_response_complete). Answering at
-            # once lost them, a push applied but reported only as this 400.
+        unanswered = self.cycle is not None and not self.cycle.response_complete
+        if self._phase == _BODY:  # in the newest request's body: that request never runs
+            if self.pipeline and self.pipeline[0][0] is self.cycle:  # (queued: appendleft)
+                self.pipeline.popleft()
+            else:
+                unanswered = False  # it is the one running: nothing before it waits
+        if unanswered or self.pipeline:
+            # Whole requests before the broken bytes are still being answered (pipelined):
+            # those answers go first, in order, then the 400 (on_response_complete).
+            # Answering at once lost them, a push applied but reported only as this 400.
+            # The broken bytes' header timeout no longer applies (the write timeout does).
+            # What the client sends meanwhile is read and dropped, not left unread: a close
+            # with unread bytes is a TCP reset, which can lose the answers sent before it.
             self._malformed = error
-            self.flow.pause_reading()
+            self.deadline = math.inf
             return
         self._refuse_malformed(error)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import re
@@ -175,6 +176,77 @@ async def test_broken_bytes_with_no_request_being_answered_are_refused_at_once(
     received = await asyncio.wait_for(reader.read(), GUARD)
     writer.close()
     assert received.startswith(b"HTTP/1.1 400 ") and len(app.calls) == 1
+
+
+class Gated:
+    """An ASGI app whose first request answers only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.running = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        while (await receive()).get("more_body"):
+            pass
+        if self.calls == 1:
+            self.running.set()
+            await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+async def gated() -> AsyncIterator[tuple[Gated, int]]:
+    app = Gated()
+    guard = ConnectionGuard(dataclasses.replace(LIMITS, header_timeout=0.2))  # (sweeps every 0.05 s)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, http=guard.protocol, loop="none", lifespan="off", log_config=None)  # type: ignore[arg-type]
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn has no startup event
+        await asyncio.sleep(0.01)
+    yield app, sock.getsockname()[1]
+    app.release.set()
+    server.should_exit = True
+    await asyncio.wait_for(task, GUARD)
+    guard.close()
+
+
+CHUNKED = b"POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n"
+
+
+async def test_a_queued_request_with_a_broken_body_is_refused_after_the_running_one_is_answered(
+    gated: tuple[Gated, int],
+) -> None:
+    app, port = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    await asyncio.wait_for(app.running.wait(), GUARD)
+    writer.write(CHUNKED)  # queued behind the running request; its chunks are broken
+    await asyncio.sleep(0.3)  # (past the 0.2 s header timeout too)
+    app.release.set()
+    received = await asyncio.wait_for(reader.read(), GUARD)
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"400"] and app.calls == 1
+
+
+async def test_broken_bytes_arriving_while_a_request_outlasts_the_header_timeout_wait_for_its_answer(
+    gated: tuple[Gated, int],
+) -> None:
+    app, port = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    await asyncio.wait_for(app.running.wait(), GUARD)
+    writer.write(b"GARBAGE\r\n\r\n" + b"x" * 1_000_000)
+    await asyncio.sleep(0.5)  # the header timeout (0.2 s) would have answered 408 and closed
+    app.release.set()
+    received = await asyncio.wait_for(reader.read(), GUARD)
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"400"]
 
 
 def _closed(reason: str) -> float:

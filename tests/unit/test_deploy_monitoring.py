@@ -167,3 +167,14 @@ def test_every_alert_severity_is_routed_to_a_receiver() -> None:
                 routed[m.group(1)] = route["receiver"]
     severities = {r["labels"]["severity"] for r in rules() if "alert" in r}
     assert severities and severities <= routed.keys()
+
+
+def test_the_counter_registry_reset_reads_exists_at_zero_before_its_first_reset() -> None:
+    """increase() over a series that appears at its first count reads 0: the alert
+    would miss a process's first reset (review s54)."""
+    import featurestore.metrics  # noqa: F401
+
+    for cause in ("connection", "cancelled", "ended", "compacted", "reset"):
+        assert (
+            REGISTRY.get_sample_value("featurestore_registry_watch_lost_total", {"cause": cause}) is not None
+        )
