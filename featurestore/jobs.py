@@ -55,14 +55,7 @@ async def apply_on_start(
             return current
         older = await _older_snapshot(registry, wanted, current)
         if current is not None and older is not None:
-            log.warning(
-                "%s holds the definitions of registry version %d, not current's (version %d): serving "
-                "current without publishing the file (definitions the registry holds in an older "
-                "snapshot are never re-published on start: an apply, rollback or canary replaced "
-                "them). Update the file to current's definitions; to serve the file's again, run "
-                "`featurestore registry rollback %d`",
-                path, older, current.version, older,
-            )  # fmt: skip
+            _warn_older(path, older, current.version, pruned=older not in await registry.versions())
             return current
         if not checked:  # a kernel that fails is never published
             check_definitions(defs, cache_dir(config.derived.cache_dir))
@@ -86,11 +79,19 @@ async def apply_on_start(
 
 
 async def _older_snapshot(registry: Registry, wanted: str, current: RegistrySnapshot | None) -> int | None:
-    """The newest snapshot other than current whose definitions have fingerprint
-    ``wanted`` (None: no snapshot has them). One that vanished meanwhile or is corrupted
-    is skipped (its fingerprint cannot be trusted)."""
+    """The newest version other than current published with definitions of fingerprint
+    ``wanted``, pruned since or not (None: none was). The registry's index of published
+    fingerprints answers in one read, and prune never deletes it; only snapshots
+    published before the index existed are looked for by reading every snapshot (one
+    that vanished meanwhile or is corrupted is skipped: its fingerprint cannot be
+    trusted)."""
     if current is None:
         return None
+    indexed = await registry.published_with(wanted)
+    if indexed is not None and indexed != current.version:
+        return indexed
+    # Not indexed, or indexed as current's number while current has other definitions
+    # (a snapshot rewritten in place): the scan decides.
     for version in reversed(await registry.versions()):
         if version == current.version:
             continue
@@ -101,6 +102,25 @@ async def _older_snapshot(registry: Registry, wanted: str, current: RegistrySnap
         if snapshot.fingerprint == wanted:
             return version
     return None
+
+
+def _warn_older(path: object, older: int, current: int, *, pruned: bool) -> None:
+    """Apply on start found ``path``'s definitions in ``older``, not current: say why
+    nothing is published, and how to serve them again on purpose."""
+    if pruned:  # no `registry rollback` to a version that no longer exists
+        again = (
+            f"registry version {older} was pruned since; to serve the file's definitions again, "
+            f"publish them on purpose: `featurestore apply {path}`"
+        )
+    else:
+        again = f"to serve the file's again, run `featurestore registry rollback {older}`"
+    log.warning(
+        "%s holds the definitions of registry version %d, not current's (version %d): serving "
+        "current without publishing the file (definitions the registry held in an older "
+        "snapshot are never re-published on start: an apply, rollback or canary replaced "
+        "them). Update the file to current's definitions; %s",
+        path, older, current, again,
+    )  # fmt: skip
 
 
 async def apply_configured_definitions(config: Config, *, force: bool = False, force_flag: str = "") -> None:

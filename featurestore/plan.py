@@ -287,11 +287,20 @@ class ServingState:
         return ServingState(snapshot, data_versions, canaries, plans, self.kernels if same else kernels)
 
     def same_as(self, other: ServingState) -> bool:
+        """Whether swapping ``other`` for this would change nothing served. Snapshots are
+        compared by fingerprint too: after a registry reset (or a restore re-applied) the
+        same version numbers name other definitions, which must be swapped in."""
+
+        def routes(state: ServingState) -> dict[str, tuple[object, ...]]:
+            return {
+                k: (v.share, v.entity, v.state.version, v.state.snapshot.fingerprint)
+                for k, v in state.canaries.items()
+            }
+
         return (
-            self.snapshot.version == other.snapshot.version
+            same_snapshot(self.snapshot, other.snapshot)
             and dict(self.data_versions) == dict(other.data_versions)
-            and {k: (v.share, v.entity, v.state.version) for k, v in self.canaries.items()}
-            == {k: (v.share, v.entity, v.state.version) for k, v in other.canaries.items()}
+            and routes(self) == routes(other)
         )
 
 

@@ -29,7 +29,7 @@ from featurestore.cache import uncached
 from featurestore.config import Config
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import cache_dir
-from featurestore.errors import FailedPrecondition
+from featurestore.errors import Code, FailedPrecondition, FeatureStoreError
 from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
@@ -196,10 +196,13 @@ class Runtime:
                 metrics.REGISTRY_APPLY_FAILURES.inc()
                 metrics.REGISTRY_APPLY_PENDING.set(1)
                 self.registry_apply_error = f"{type(e).__name__}: {e}"[:200]
-                log.exception(
-                    "registry change not applied; still serving version %d, retrying in %.2f s",
-                    self.engine.state.version, backoff,
-                )  # fmt: skip
+                what = "registry change not applied; still serving version %d, retrying in %.2f s"
+                if isinstance(e, FeatureStoreError) and e.code is not Code.INTERNAL:
+                    # An operator's state (no current, a malformed canary record, etcd
+                    # down): one line a retry; a traceback would say nothing more.
+                    log.warning(what + ": %s", self.engine.state.version, backoff, self.registry_apply_error)
+                else:  # a bug: where it happened matters
+                    log.exception(what, self.engine.state.version, backoff)
                 self.registry_dirty.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _APPLY_RETRY_MAX_S)

@@ -234,16 +234,18 @@ def cmd_registry_history(args: argparse.Namespace, _argv: list[str]) -> int:
 
 
 def cmd_registry_prune(args: argparse.Namespace, _argv: list[str]) -> int:
+    from featurestore.config import load_config
+
     deleted = _admin(args, lambda a: a.prune(args.keep, dry_run=args.dry_run))
     listed = ", ".join(map(str, deleted))
     if not deleted:
         print("nothing to prune")
     elif args.dry_run:
         print(f"dry run: would delete {len(deleted)} snapshots: {listed}")
-    else:
-        print(
-            f"deleted {len(deleted)} snapshots: {listed} (etcd frees the space after a compaction and defrag)"
-        )
+    else:  # only etcd keeps deleted keys' space until compacted (the file backend unlinks)
+        etcd = load_config(getattr(args, "config", None)).registry.kind == "etcd"
+        advice = " (etcd frees the space after a compaction and defrag)" if etcd else ""
+        print(f"deleted {len(deleted)} snapshots: {listed}{advice}")
     return 0
 
 

@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
@@ -97,6 +97,17 @@ def is_service_name(name: str) -> bool:
     return _SERVICE_NAME.match(name) is not None
 
 
+# A definitions fingerprint (sha256, hex): the name of its key or file in the index of
+# published fingerprints (``Registry.published_with``), so nothing else may become one.
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    if _FINGERPRINT.match(fingerprint) is None:
+        raise InvalidArgument(f"not a definitions fingerprint: {fingerprint[:80]!r}")
+    return fingerprint
+
+
 def read_canaries(records: Iterable[tuple[str, bytes]]) -> Canaries:
     """The canaries of ``(service, record)`` pairs as read from a backend."""
     good: dict[str, Canary] = {}
@@ -113,24 +124,43 @@ def read_canaries(records: Iterable[tuple[str, bytes]]) -> Canaries:
 
 
 def read_canary(service: str, raw: bytes) -> Canary | MalformedCanary:
-    """The record ``raw`` of ``service``'s canary, or why it is none."""
+    """The record ``raw`` of ``service``'s canary, or why it is none. Versions must be
+    JSON integers (1.9 is not coerced to 1, 1e999 is not infinity), the share a number."""
     try:
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError(f"a JSON object was expected, not {type(doc).__name__}")
+        entity = doc.get("entity", "")
+        if not isinstance(entity, str):
+            raise TypeError(f"field 'entity' must be a string, not {type(entity).__name__}")
         return Canary(
-            int(doc["candidate_version"]),
-            float(doc["share"]),
-            int(doc["base_version"]),
-            str(doc.get("entity", "")),
+            _field(doc, "candidate_version", int),
+            _field(doc, "share", float),
+            _field(doc, "base_version", int),
+            entity,
         )
     except KeyError as e:
         problem = f"field {e} is missing"
     except InvalidArgument as e:  # the share (Canary.__post_init__)
         problem = e.message
-    except (ValueError, TypeError) as e:  # (JSONDecodeError is a ValueError)
+    # Anything else a hand-written value raises here (JSONDecodeError and
+    # UnicodeDecodeError are ValueErrors; RecursionError of a record nested too deep) is
+    # a malformed record: it must never escape into load_state or `canary abort`.
+    except Exception as e:
         problem = f"{type(e).__name__}: {e}"
     return MalformedCanary(service, problem[:200], raw)
+
+
+def _field(doc: dict[str, Any], name: str, kind: type[int] | type[float]) -> Any:
+    """``doc[name]`` as ``kind``: an int for int, an int or float for float (never a bool,
+    a string or anything coerced)."""
+    value = doc[name]
+    allowed: tuple[type, ...] = (int,) if kind is int else (int, float)
+    if type(value) not in allowed:
+        raise TypeError(
+            f"field {name!r} must be a JSON {'integer' if kind is int else 'number'}, got {value!r}"[:120]
+        )
+    return kind(value)
 
 
 def check_share(share: float) -> None:
@@ -209,6 +239,13 @@ class Registry(Protocol):
         """Every stored snapshot version, ascending."""
         ...
 
+    async def published_with(self, fingerprint: str) -> int | None:
+        """The newest version ever published or staged with definitions of
+        ``fingerprint``, from an index written with each snapshot and never pruned (the
+        version may be pruned since); None: not in the index (never published, or
+        published before the index existed)."""
+        ...
+
     async def publish(
         self, definitions: Definitions, *, expected_version: int | None, message: str = ""
     ) -> RegistrySnapshot:
@@ -237,7 +274,8 @@ class Registry(Protocol):
     async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
         """Delete the snapshots ``prunable`` names, in one step that fails with
         ``Conflict`` (deleting nothing) if current or a canary changed meanwhile;
-        returns the versions deleted (with ``dry_run``: that would be)."""
+        returns the versions deleted (with ``dry_run``: that would be). The index of
+        published fingerprints (``published_with``) is never pruned."""
         ...
 
     async def promote(self, service: str, canary: Canary) -> None:

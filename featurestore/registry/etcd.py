@@ -3,6 +3,7 @@
     /featurestore/{project}/registry/snapshots/{version}   immutable JSON
     /featurestore/{project}/registry/current               "<version>"
     /featurestore/{project}/registry/next                  "<last snapshot version written>"
+    /featurestore/{project}/registry/fingerprints/{fp}     "<newest version written with it>" (never pruned)
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
     /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"[, "start_us"]}
@@ -39,6 +40,7 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
+    check_fingerprint,
     conflict,
     prunable,
     read_canaries,
@@ -74,6 +76,7 @@ class EtcdRegistry(EtcdChangeFeed):
         self._snapshots = f"{root}registry/snapshots/".encode()
         self._current = f"{root}registry/current".encode()
         self._next = f"{root}registry/next".encode()
+        self._fingerprints = f"{root}registry/fingerprints/".encode()
         self._data = f"{root}data/".encode()
         self._canary = f"{root}canary/".encode()
         # Snapshots are immutable, but a key can be deleted and written again by hand:
@@ -138,6 +141,12 @@ class EtcdRegistry(EtcdChangeFeed):
         suffixes = (kv.key[len(self._snapshots) :] for kv in res)
         return sorted(int(s) for s in suffixes if s.isdigit())
 
+    async def published_with(self, fingerprint: str) -> int | None:
+        key = self._fingerprints + check_fingerprint(fingerprint).encode()
+        kv = await self._link.call(self._client.get, key)
+        # (a value edited by hand into no number: as if unrecorded, the caller scans)
+        return int(kv.value) if kv is not None and kv.value.isdigit() else None
+
     async def data_versions(self) -> dict[str, int]:
         res = await self._link.call(self._client.get_prefix, self._data)
         out = {}
@@ -182,6 +191,7 @@ class EtcdRegistry(EtcdChangeFeed):
                 tx.put(key, raw),
                 tx.put(self._current, str(version).encode()),
                 tx.put(self._next, str(version).encode()),
+                tx.put(self._fingerprints + snap.fingerprint.encode(), str(version).encode()),
             ],
             failure=[],
         )
@@ -199,7 +209,11 @@ class EtcdRegistry(EtcdChangeFeed):
         ok, _ = await self._link.call(
             self._client.transaction,
             compare=[tx.mod(self._next) == counter_mod, tx.version(key) == 0],
-            success=[tx.put(key, raw), tx.put(self._next, str(version).encode())],
+            success=[
+                tx.put(key, raw),
+                tx.put(self._next, str(version).encode()),
+                tx.put(self._fingerprints + snap.fingerprint.encode(), str(version).encode()),
+            ],
             failure=[],
         )
         if not ok:

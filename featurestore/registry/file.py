@@ -3,6 +3,7 @@
     {root}/{project}/registry/snapshots/{version}.json   immutable
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/registry/next                       "<last snapshot version written>"
+    {root}/{project}/registry/fingerprints/{fingerprint} "<newest version written with it>" (never pruned)
     {root}/{project}/data/{view}/current                 "<data version>"
     {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"[, "start_us"]}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
@@ -37,6 +38,7 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
+    check_fingerprint,
     conflict,
     prunable,
     read_canaries,
@@ -53,6 +55,7 @@ class FileRegistry:
         self._snapshots = self.root / "registry" / "snapshots"
         self._current = self.root / "registry" / "current"
         self._next = self.root / "registry" / "next"  # the last snapshot version handed out
+        self._fingerprints = self.root / "registry" / "fingerprints"
         self._data = self.root / "data"
         self._canary = self.root / "canary"
         self._cache = SnapshotCache[tuple[tuple[int, int, int], RegistrySnapshot]]()
@@ -102,6 +105,12 @@ class FileRegistry:
 
     async def versions(self) -> list[int]:
         return await asyncio.to_thread(self._list_versions)
+
+    async def published_with(self, fingerprint: str) -> int | None:
+        path = self._fingerprints / check_fingerprint(fingerprint)
+        text = await asyncio.to_thread(_read_text, path)
+        # (a file edited by hand into no number: as if unrecorded, the caller scans)
+        return int(text) if text is not None and text.isdigit() else None
 
     async def data_versions(self) -> dict[str, int]:
         return await asyncio.to_thread(self._read_data_versions)
@@ -184,6 +193,9 @@ class FileRegistry:
             previous = self._get(current)
         snap = new_snapshot(definitions, version, message, previous)
         _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
+        # (under the lock, as the snapshot: a crash before it leaves the snapshot only
+        # to apply-on-start's fallback scan, which still finds it)
+        _atomic_write(self._fingerprints / snap.fingerprint, str(version).encode())
         _atomic_write(self._next, str(version).encode())
         return snap
 
@@ -321,11 +333,15 @@ class FileRegistry:
         self._cache.clear()
 
 
-def _read_int(path: Path) -> int | None:
+def _read_text(path: Path) -> str | None:
     try:
-        text = path.read_text().strip()
+        return path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
     return int(text) if text else None
 
 

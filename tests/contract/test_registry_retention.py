@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from featurestore.definitions.snapshot import RegistrySnapshot
+from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.base import Canary, Registry, load_state
@@ -232,3 +232,23 @@ async def test_a_stray_key_among_the_snapshots_is_no_version(factory: RegistryFa
     rows, _ = await RegistryAdmin(registry).history()
     assert [r.version for r in rows] == [3, 2, 1]
     await registry.close()
+
+
+async def test_prune_never_forgets_the_newest_version_published_with_each_fingerprint(
+    registry: Registry,
+) -> None:
+    """Apply on start tells a file of older definitions by a snapshot holding them; prune
+    deleted that snapshot, and a server restarted with the old file published it again."""
+    one, two = defs(1), defs(2)
+    await registry.publish(one, expected_version=None)  # 1
+    await registry.publish(two, expected_version=1)  # 2
+    staged = await registry.stage(defs(3))  # 3: a canary's candidate
+    await registry.publish(one, expected_version=2)  # 4: one's definitions again (a rollback)
+    assert await registry.prune(1) == [1, 2, 3]
+    assert await registry.versions() == [4]  # the index is no snapshot
+    assert await registry.published_with(fingerprint(one)) == 4  # the newest with them
+    assert await registry.published_with(fingerprint(two)) == 2  # pruned, remembered
+    assert await registry.published_with(staged.fingerprint) == 3
+    assert await registry.published_with(fingerprint(defs(5))) is None
+    with pytest.raises(InvalidArgument, match="not a definitions fingerprint"):
+        await registry.published_with("../registry/current")

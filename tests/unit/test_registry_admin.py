@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from featurestore import jobs
+from featurestore.cli import main
 from featurestore.config import Config, load_config
 from featurestore.definitions.diff import Change
 from featurestore.definitions.parser import load_definitions
@@ -133,6 +134,48 @@ async def test_a_server_restarted_with_an_older_applied_file_serves_current_with
     assert served is not None and served.version == 2
     assert await admin.registry.versions() == [1, 2]
     assert "holds the definitions of registry version 1, not current's (version 2)" in caplog.text
+
+
+async def test_a_server_restarted_with_a_file_whose_version_was_pruned_does_not_publish_it_again(
+    admin: RegistryAdmin, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prune deleted the only snapshot holding the file's definitions: apply on start no
+    longer knew them as older, and published them again, undoing the operator's change."""
+    file = tmp_path / "features.yaml"
+    file.write_text(_yaml("float64"))
+    assert (await jobs.apply_on_start(admin.registry, _config(tmp_path, file))).version == 1  # type: ignore[union-attr]
+    replacement = tmp_path / "newer.yaml"
+    replacement.write_text(_yaml("float64", ", {name: f2, dtype: float64}"))
+    assert (await admin.apply(load_definitions(replacement))).snapshot.version == 2  # type: ignore[union-attr]
+
+    index = tmp_path / "p" / "registry" / "fingerprints"
+    index.rename(tmp_path / "aside")  # as if published before the index existed: found by a scan
+    assert (await jobs.apply_on_start(admin.registry, _config(tmp_path, file))).version == 2  # type: ignore[union-attr]
+    assert "`featurestore registry rollback 1`" in caplog.text
+    (tmp_path / "aside").rename(index)
+
+    assert await admin.prune(1) == [1]
+    caplog.clear()
+    served = await jobs.apply_on_start(admin.registry, _config(tmp_path, file))
+    assert served is not None and served.version == 2
+    assert await admin.registry.versions() == [2]  # nothing published
+    assert "holds the definitions of registry version 1, not current's (version 2)" in caplog.text
+    assert "version 1 was pruned since" in caplog.text and f"`featurestore apply {file}`" in caplog.text
+    assert "registry rollback" not in caplog.text  # to a version that no longer exists
+
+
+def test_prune_of_a_file_registry_gives_no_etcd_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "(etcd frees the space after a compaction and defrag)" whatever the registry."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"project: p\nregistry: {{kind: file, path: {tmp_path / 'reg'}}}\n")
+    for n, extra in enumerate(("", ", {name: f2, dtype: float64}")):
+        (tmp_path / f"{n}.yaml").write_text(_yaml("float64", extra))
+        assert main(["apply", str(tmp_path / f"{n}.yaml"), "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["registry", "prune", "--keep", "1", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == "deleted 1 snapshots: 1\n"
 
 
 def test_a_refused_change_of_derived_views_only_asks_callers_to_follow_not_to_rematerialize() -> None:

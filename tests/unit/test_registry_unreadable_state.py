@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from featurestore.model import (
     make_definitions,
 )
 from featurestore.registry.admin import RegistryAdmin
-from featurestore.registry.base import Canary
+from featurestore.registry.base import Canary, MalformedCanary, load_state, read_canary
 from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
 from tests.support import file_registry_config
@@ -49,6 +51,42 @@ def test_a_malformed_canary_record_raises_a_failed_precondition_naming_its_servi
             FailedPrecondition, match=r"canary record of feature service 'ranker' is malformed"
         ):
             Canary.from_json(raw, "ranker")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"candidate_version": 1e999, "share": 0.1, "base_version": 1}',  # inf: int() overflowed
+        b"[" * 100_000,  # nested too deep for the decoder: RecursionError
+        b'{"candidate_version": 1.9, "share": 0.1, "base_version": 1}',  # was coerced to 1
+        b'{"candidate_version": 2, "share": "0.1", "base_version": true}',
+        b'{"candidate_version": 2, "share": 0.1, "base_version": 1, "entity": [1]}',
+        b'{"candidate_version": 2, "share": 1' + b"0" * 400 + b', "base_version": 1}',  # float() overflows
+    ],
+    ids=[
+        "infinite version",
+        "nested too deep",
+        "fractional version",
+        "strings and booleans",
+        "entity not a string",
+        "share too large for a float",
+    ],
+)
+async def test_a_canary_record_no_parser_can_turn_into_numbers_is_malformed_never_a_crash(
+    tmp_path: Path, raw: bytes
+) -> None:
+    """OverflowError and RecursionError escaped read_canary: load_state (every server's
+    apply), `canary status` and `canary abort` raised them."""
+    record = read_canary("ranker", raw)
+    assert isinstance(record, MalformedCanary) and "ranker" in str(record)
+    admin = RegistryAdmin(FileRegistry(tmp_path, "p"))
+    await admin.apply(defs(1))
+    (tmp_path / "p" / "canary").mkdir()
+    (tmp_path / "p" / "canary" / "ranker").write_bytes(raw)
+    state = await load_state(admin.registry)
+    assert state.snapshot is not None and "ranker" in state.unreadable_canaries
+    await admin.canary_abort("ranker")
+    assert await admin.registry.canaries() == {}
 
 
 async def test_a_malformed_canary_record_neither_stops_a_start_nor_holds_back_current(tmp_path: Path) -> None:
@@ -109,3 +147,55 @@ async def test_a_file_registry_whose_directory_is_gone_reports_itself_disconnect
         assert rt.registry.health().connected and rt.registry.health().seconds_since_contact < 5
     finally:
         await rt.close()
+
+
+async def test_a_registry_reset_that_reuses_version_numbers_serves_the_new_definitions(
+    tmp_path: Path,
+) -> None:
+    """After a reset the same version numbers name other definitions: the server said
+    "applied" but kept serving the old ones (it compared version numbers only)."""
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(1))
+    rt = await build_runtime(file_registry_config(tmp_path))
+    try:
+        shutil.rmtree(tmp_path / "reg")  # the registry lost, then recreated from scratch
+        await _until(lambda: rt.registry_apply_error is not None, "the missing current reported")
+        again = (await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(3))).snapshot
+        assert again is not None and again.version == 1  # the number the server serves
+        await _until(lambda: rt.registry_apply_error is None, "the re-applied registry applied")
+        served = rt.engine.state.snapshot
+        assert served.version == 1 and served.fingerprint == again.fingerprint
+        assert [f.name for f in served.definitions.views["v"].features] == ["f0", "f1", "f2"]
+    finally:
+        await rt.close()
+
+
+async def test_an_expected_registry_state_is_logged_as_one_line_a_retry_and_a_bug_with_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry without current (or a malformed canary record) printed a whole
+    traceback at every retry, in every worker, for as long as it lasted."""
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(1))
+    rt = await build_runtime(file_registry_config(tmp_path))  # its applier has not run yet
+    real = rt.apply_registry_change
+    calls = 0
+
+    async def a_bug_first() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        await real()
+
+    monkeypatch.setattr(rt, "apply_registry_change", a_bug_first)
+    (tmp_path / "reg" / "p" / "registry" / "current").unlink()
+    try:
+        await _until(lambda: calls >= 3, "two retries")
+    finally:
+        await rt.close()
+    failed = [r for r in caplog.records if r.getMessage().startswith("registry change not applied")]
+    bug, *expected = failed
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert len(expected) >= 1
+    for record in expected:
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert "\n" not in record.getMessage() and "no current snapshot" in record.getMessage()
