@@ -244,6 +244,11 @@ class ConsistencyConfig:  # the server's scheduled online/offline check (docs/qu
     interval_seconds: Seconds = 3600.0
     sample: Count = 10_000
     max_mismatch: Ratio = 0.0
+    # One view's check, scan of the batch source included; past it the check is an error
+    # and the scan stops at its next batch. 4 h: 4x the fixed 1 h cap it replaces, which
+    # cut a legitimate 70-min scan every round (review 2, s54). A silent ClickHouse is cut
+    # sooner, by the source's 60 s receive timeout; this bounds a hung Parquet read.
+    timeout_seconds: Seconds = 14_400.0
 
 
 @dataclass(frozen=True, slots=True)

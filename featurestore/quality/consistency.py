@@ -72,6 +72,10 @@ class Side:
 OnlineReader = Callable[[Sequence[EntityKey]], Awaitable[list[Side | None]]]
 
 
+class ScanStopped(Exception):
+    """``sample_offline`` was told to stop (the scheduled check's deadline passed)."""
+
+
 @dataclass
 class Report:
     view: str
@@ -198,14 +202,21 @@ def _smallest(priorities: np.ndarray, n: int) -> np.ndarray:
 
 
 async def sample_offline(
-    view: FeatureView, source: OfflineSource, n: int, seed: int, batch_rows: int = 100_000
+    view: FeatureView,
+    source: OfflineSource,
+    n: int,
+    seed: int,
+    batch_rows: int = 100_000,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[EntityKey, Side]:
     """``n`` keys of the batch source drawn as ``sample_keys(..., seed=seed)`` draws them,
     with their latest rows, in one streaming pass: a reservoir of the ``n`` rows of
     smallest priority so far, merged batch by batch (numpy and Arrow: no Python per row).
     Memory is the reservoir and one batch, whatever the size of the source; only the
     kept rows become Python values. (``offline_rows`` + ``offline_sides`` hold every row:
-    ~0.5 KB and ~3 µs of GIL-bound Python per key.)"""
+    ~0.5 KB and ~3 µs of GIL-bound Python per key.) ``stop``, asked before each batch:
+    True ends the scan (``ScanStopped``), so a check given up on does not keep the
+    warehouse scanning to the end."""
     ts_field = view.batch_source.timestamp_field if view.batch_source else EVENT_TIMESTAMP
     columns = [*view.join_keys, *(f.name for f in view.features), ts_field]
     rng = np.random.default_rng(seed)
@@ -213,6 +224,8 @@ async def sample_offline(
     priority, position = np.empty(0), np.empty(0, np.int64)
     offset = 0
     async for batch in source.latest_batches(columns, view.join_keys, ts_field, batch_rows, EVERYTHING):
+        if stop is not None and stop():  # the check gave up (its deadline): end the warehouse's work too
+            raise ScanStopped(f"{source.describe()}: scan stopped after {offset} rows")
         p = rng.random(batch.num_rows)  # drawn for every row, as sample_keys draws them
         at = np.arange(offset, offset + batch.num_rows)
         offset += batch.num_rows

@@ -52,7 +52,9 @@ DRIFT_SKIPPED = Counter(
 DRIFT_RECORDS_DROPPED = Counter(
     "featurestore_feature_drift_records_dropped_total",
     "Drift detections not written to the lineage graph (still counted in the metrics), by view and reason: "
-    "timeout (the graph did not answer in time), queue_full (too many waiting), error.",
+    "timeout (the graph did not answer in time: such a record may have been written after all), "
+    "queue_full (too many waiting), error (the graph refused or failed the write), "
+    "shutdown (waiting or being written when the server stopped).",
     ["view", "reason"],
 )
 

@@ -59,7 +59,8 @@ class DriftResult:
 
 
 class DriftRecorder(Protocol):
-    """Where detections go beside the metrics (the lineage graph); must not raise."""
+    """Where detections go beside the metrics (the lineage graph). Raises when the
+    records were not written: the ``RecordWriter`` counts them (``reason="error"``)."""
 
     async def record_drift(self, results: list[DriftResult]) -> None: ...
 
@@ -131,6 +132,7 @@ class DriftMonitor:
         # per (view, feature) published: the view layout and tests of its gauges (retire())
         self._published: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self._warned: dict[str, float] = {}  # view -> when its unreadable reference was last logged
+        self._served: set[tuple[str, str]] | None = None  # (view, layout) at the last retire()
 
     def submit(self, window: Window) -> None:
         if len(self._queue) >= MAX_QUEUED:
@@ -185,6 +187,11 @@ class DriftMonitor:
         if not results:  # a profile of no rows, and no value to test
             metrics.DRIFT_SKIPPED.labels(name, "not_testable").inc()
             return []
+        if self._served is not None and (name, window.view.layout) not in self._served:
+            # retired while it was tested (or its reference read): published, its gauges
+            # (a _drifted 1 of a feature no longer served) came back until the next swap,
+            # maybe days away (review 2, s54). Dropped, as retire() drops queued windows.
+            return []
         self.publish(window.view.layout, results)
         drifted = [r for r in results if r.drifted]
         if drifted and self.records is not None:
@@ -223,11 +230,12 @@ class DriftMonitor:
         ``keep_only`` calls it at a registry swap): a removed feature showed its last
         ``_drifted`` (maybe 1) until the process restarted (review s54). The counters
         stay (FeatureDrift reads their increase, which ends with them). Windows of those
-        layouts still queued are dropped."""
+        layouts still queued, or being tested now, are dropped."""
         # With several workers the samples live in the workers' files, which
         # prometheus_client cannot remove from (it warns, and the file keeps the value):
         # left to the worker's exit there (docs/quality.md).
         removable = not ({"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"} & os.environ.keys())
+        self._served = set(served)  # check() drops a window of another layout tested meanwhile
         for (view, feature), (layout, tests) in list(self._published.items()):
             if (view, layout) in served:
                 continue

@@ -6,8 +6,11 @@ stalled the tests of every feature, windows were dropped as ``queue_full`` and
 FeatureDrift resolved while the drift went on (review s54). Now the monitor only puts
 the detections here (a bounded deque: the oldest dropped, counted) and this writer,
 a task of its own, hands them to the recorder with a deadline (a write that misses it
-is dropped, counted). The metrics count every detection either way: a record lost is
-a hole in the graph's history, not in the alert.
+is dropped, counted; it may still land: a Bolt auto-commit the server commits after
+the cancel). Records a recorder fails to write (it raises) are counted as ``error``, and
+those waiting or being written when the server stops as ``shutdown``. The metrics count
+every detection either way: a record lost is a hole in the graph's history, not in the
+alert.
 """
 
 from __future__ import annotations
@@ -43,14 +46,26 @@ class RecordWriter:
         self._ready.set()
 
     async def run(self) -> None:
-        """The ``drift-records`` task (started and stopped by the monitor's)."""
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._queue:
-                batch = list(self._queue)
-                self._queue.clear()
-                await self._write(batch)
+        """The ``drift-records`` task (started and stopped by the monitor's). Cancelled,
+        it counts the records it was writing and those waiting as ``shutdown``: they were
+        lost uncounted (review 2, s54; a write cut there may have landed, as at a timeout)."""
+        batch: list[DriftResult] = []
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._queue:
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    await self._write(batch)
+                    batch = []
+        except asyncio.CancelledError:
+            lost = [*batch, *self._queue]
+            self._queue.clear()
+            if lost:
+                log.warning("lineage graph: %d drift record(s) not written: the server stopped", len(lost))
+                _count(lost, "shutdown")
+            raise
 
     async def _write(self, batch: list[DriftResult]) -> None:
         try:
@@ -62,8 +77,12 @@ class RecordWriter:
             log.warning(
                 "lineage graph: %d drift record(s) not written: no answer in %g s", len(batch), self.timeout
             )
-        except Exception:  # (a recorder must not raise: GraphRecorder logs its own errors)
+        except Exception as e:  # the recorder's failure (GraphRecorder: the graph's error)
             reason = "error"
-            log.exception("lineage graph: %d drift record(s) not written", len(batch))
-        for r in batch:
-            metrics.DRIFT_RECORDS_DROPPED.labels(r.view, reason).inc()
+            log.warning("lineage graph: %d drift record(s) not written: %s", len(batch), e)
+        _count(batch, reason)
+
+
+def _count(lost: list[DriftResult], reason: str) -> None:
+    for r in lost:
+        metrics.DRIFT_RECORDS_DROPPED.labels(r.view, reason).inc()

@@ -1,19 +1,17 @@
 """Drift detections into the lineage graph (``LineageGraph.add_drift``): the monitor's
 ``DriftRecorder`` for a process that holds a graph (the in-process one, or Neo4j when it
-serves GraphQL from it). A graph that cannot take a record loses that record, logged:
-the metrics still count every detection."""
+serves GraphQL from it). A graph that cannot take a record raises to the writer
+(record_writer.py), which logs and counts the records lost: the metrics still count every
+detection."""
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
 from featurestore.quality.monitor import DriftResult
 from lineage.graph.base import LineageGraph
 from lineage.graph.drift import DriftRecord
-
-log = logging.getLogger(__name__)
 
 
 class GraphRecorder:
@@ -44,7 +42,6 @@ class GraphRecorder:
             )
             for r in results
         ]
-        try:
-            await self.graph.add_drift(records)
-        except Exception as e:
-            log.warning("lineage graph: %d drift record(s) not written: %s", len(records), e)
+        # Not caught here: caught and only logged, the writer never saw an error and
+        # records_dropped_total{reason="error"} stayed 0 while records were lost (review 2, s54)
+        await self.graph.add_drift(records)

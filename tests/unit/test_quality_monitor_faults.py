@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +16,7 @@ from prometheus_client import REGISTRY
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
+from featurestore.quality import monitor as monitor_module
 from featurestore.quality.monitor import DriftMonitor, DriftResult
 from featurestore.quality.profile import profile_table
 from featurestore.quality.sampler import ABSENT, DriftSampler, Window
@@ -216,3 +219,36 @@ async def test_stored_nulls_rising_ten_points_among_the_rows_read_are_drift() ->
     }
     assert results["null_rate"].drifted and results["null_rate"].statistic == pytest.approx(0.1)
     assert not results["ks"].drifted
+
+
+async def test_a_window_tested_while_a_swap_retires_its_view_does_not_bring_its_gauges_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """retire() removed the gauges, then the window under test published them again: a
+    removed feature's _drifted 1 stayed until the next swap (review 2, s54, finding 5)."""
+    kept, gone = _view("kept_in_flight"), _view("gone_in_flight")
+    store = MemorySource("default")
+    for v in (kept, gone):
+        await store.write_profile(v, 1, profile_table(v, 1, _rows(), seed=0).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    sampler = DriftSampler(monitor.submit, on_retire=monitor.retire)
+    swapped = threading.Event()
+    evaluate = monitor_module.evaluate_window
+
+    def evaluate_across_the_swap(*args: Any) -> Any:
+        assert swapped.wait(5)
+        return evaluate(*args)
+
+    monkeypatch.setattr(monitor_module, "evaluate_window", evaluate_across_the_swap)
+    shifted = np.random.default_rng(4).normal(2, 1, 1000).tolist()
+    in_flight = [asyncio.create_task(monitor.check(Window(v, "x", False, 1, shifted))) for v in (kept, gone)]
+    await asyncio.sleep(0.05)  # both windows are in their worker threads
+    sampler.keep_only({(kept.name, kept.layout)})
+    swapped.set()
+    kept_results, gone_results = await asyncio.gather(*in_flight)
+
+    assert gone_results == [] and kept_results
+    assert value("featurestore_feature_drift_drifted", view="gone_in_flight", feature="x") is None
+    assert value("featurestore_feature_drift_p_value", view="gone_in_flight", feature="x", test="ks") is None
+    assert value("featurestore_feature_drift_drifted", view="kept_in_flight", feature="x") == 1
+    assert ("gone_in_flight", "x") not in monitor._published

@@ -196,3 +196,21 @@ def test_a_window_that_turned_mostly_or_wholly_null_fails_the_null_share_test() 
     # itself accepts a mostly null window
     assert null_share_test(60, 1000, 0.02).pvalue > 0.5
     assert null_share_test(900, 1000, 0.85).pvalue > 0.5
+
+
+@pytest.mark.parametrize("reference_share", [0.0, 0.5, 0.9, 0.98])
+def test_a_feature_going_wholly_null_is_drift_whatever_its_reference_null_share(
+    reference_share: float,
+) -> None:
+    """The margin was absolute (0.2): from a reference 80% null the bound was 1, so a
+    sparse feature whose producer broke (every value null) had p = 1 (review 2, s54)."""
+    bound = reference_share + min(0.05, (1 - reference_share) / 2)  # H0's bound: below 1
+    result = null_share_test(1000, 1000, reference_share)
+    assert result.pvalue == pytest.approx(ss.binom.sf(999, 1000, bound), rel=1e-9)
+    assert result.pvalue < 1e-4  # 0.99^1000 = 4.3e-5 at 0.98, the hardest of these
+    # simulated: windows of the reference's own null share reject at most alpha/10, and
+    # windows of nulls only, every time
+    rng = np.random.default_rng(int(reference_share * 100))
+    at_reference = rng.binomial(1000, reference_share, 2000)
+    rejected = sum(null_share_test(int(k), 1000, reference_share).pvalue < 0.05 for k in at_reference)
+    assert rejected <= 0.005 * 2000
