@@ -2,10 +2,11 @@
 
 At-least-once: a batch is written to the graph (idempotent MERGEs) before its offsets
 are committed, so a crash replays rather than loses, and a replay never duplicates.
-While the graph is unavailable the batch is retried with backoff, never skipped (an
-event refused alone is refused for good only if the graph then answers a probe). A
-message that cannot become graph facts goes to the dead-letter topic with the reason
-and its origin in headers (lineage/dead_letters.py), and the consumer goes on: one that
+While the graph is unavailable the batch is retried with backoff, never skipped; a
+failed write is the graph unavailable when the graph then fails a probe too, whatever
+the error says (ArcadeDB answers Neo.DatabaseError.* for statements the data breaks as
+well as for its own failures). A message that cannot become graph facts goes to the
+dead-letter topic with the reason and its origin in headers (lineage/dead_letters.py), and the consumer goes on: one that
 is not a valid event (whatever its decoder raises), and one the graph refuses for good
 (found by splitting the refused batch until the culprits are alone). Partitions are only handed over between batches, so a rebalance
 never splits a batch; shutdown finishes the batch in hand, commits, and leaves the
@@ -29,18 +30,13 @@ from typing import Any
 from lineage import metrics
 from lineage.dead_letters import MAX_MESSAGE_BYTES, MAX_REASON, DeadLetter, DeadLetterQueue, stopped
 from lineage.events import LineageEvent, MalformedEvent, decode_event
-from lineage.graph.base import GraphUnavailable, LineageGraph
+from lineage.graph.base import LineageGraph
 from lineage.kafka import KafkaSettings
 from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
 from lineage.topics import ReadPositions, TopicWatch
 
 log = logging.getLogger(__name__)
-
-# Errors a write may hit while the graph itself is in trouble: the batch waits for it.
-# GraphUnavailable is the port's word for it; OSError covers adapters that let a
-# connection failure through.
-UNAVAILABLE = (GraphUnavailable, OSError)
 
 DEAD_LETTER_PARTITIONS = 1
 # How often the consumer checks that its topics exist and are the ones it knew: an
@@ -175,8 +171,11 @@ class LineageConsumer:
         """Write the batch; what the graph refuses for good comes back as dead letters.
         None when stopped before everything was written or refused.
 
-        A refused batch is split in halves until each refused event stands alone, so
-        one bad event costs O(log n) extra writes and the good ones still land."""
+        After any failed write the graph is probed: if the probe fails too, the graph is
+        unavailable and the same chunk waits (backoff, forever: nothing is skipped). If
+        the graph answers, the chunk was refused: it is split in halves until each
+        refused event stands alone (one bad event costs O(log n) extra writes and the
+        good ones still land), and an event refused alone is dead-lettered."""
         refused: list[DeadLetter] = []
         chunks = [batch] if batch else []
         delay = 0.1
@@ -190,27 +189,22 @@ class LineageConsumer:
                     await self.graph.write_events(events)
                 if runs:  # idempotent too: a retry after the events landed rewrites nothing
                     await self.graph.write_runs(runs)
-            except UNAVAILABLE as failure:
-                self._graph_state(False)
-                log.warning("graph unavailable (%s); retrying in %.1fs", failure, delay)
-                if await stopped(stop, delay):
-                    return None
-                delay = min(delay * 2, 5.0)
-                continue
             except Exception as failure:
-                if len(chunk) > 1:
-                    log.warning("graph refused a batch of %d (%s); splitting it", len(chunk), _why(failure))
-                    half = len(chunk) // 2
-                    chunks[:1] = [chunk[:half], chunk[half:]]
-                    continue
+                # The probe, not the error, tells an outage from a refusal: an error code
+                # can be either (Neo.DatabaseError.* on ArcadeDB), and a refusal taken for
+                # an outage held the consumer on one event forever (review s54 #1).
                 if not await self._graph_answers():
-                    # An error the adapter did not know as the graph's state: only an
-                    # event refused by a graph that answers is refused for good.
-                    log.warning("graph refused an event (%s) and then failed a probe; retrying in %.1fs",
+                    log.warning("graph unavailable (%s; a probe fails too); retrying in %.1fs",
                                 _why(failure), delay)  # fmt: skip
                     if await stopped(stop, delay):
                         return None
                     delay = min(delay * 2, 5.0)
+                    continue
+                if len(chunk) > 1:
+                    log.warning("graph refused a batch of %d (%s) and answers a probe; splitting it",
+                                len(chunk), _why(failure))  # fmt: skip
+                    half = len(chunk) // 2
+                    chunks[:1] = [chunk[:half], chunk[half:]]
                     continue
                 reason = f"graph refused the event: {type(failure).__name__}: {failure}"[:MAX_REASON]
                 refused.append(DeadLetter(chunk[0][0], reason))
@@ -235,10 +229,11 @@ class LineageConsumer:
         return True
 
     def _graph_state(self, up: bool) -> None:
-        """``featurestore_lineage_graph_up`` (LineageGraphUnavailable): from every write,
-        and from a probe by the monitor while there is nothing to write."""
+        """``featurestore_lineage_graph_up{client="consumer"}`` (LineageGraphUnavailable):
+        from every write that passes and every probe (after a failed write, and by the
+        monitor while there is nothing to write). Only a process that sets it exports it."""
         self._graph_seen = time.monotonic()
-        metrics.GRAPH_UP.set(1 if up else 0)
+        metrics.GRAPH_UP.labels("consumer").set(1 if up else 0)
 
     def _subscribe(self) -> None:
         self._consumer.subscribe(

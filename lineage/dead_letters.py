@@ -6,7 +6,9 @@ succeeds or the consumer stops. A dead letter the producer or the broker refuses
 good (larger than the message size they accept, a record they call invalid) would be
 retried forever and hold every later message back, so it is sent smaller instead: first
 with the original value cut to its first KEPT_BYTES, then with no value at all, each
-saying so in a ``truncated`` header beside ``reason`` and ``origin``. Only when even the
+saying so in a ``truncated`` header beside ``reason`` and ``origin``; both smaller forms
+also cut a key over KEPT_KEY_BYTES (the key is the event's feature_id, which the decoder
+does not bound), which would otherwise keep even the value-less one over the limit. Only when even the
 value-less one is refused for good is the message given up, counted and logged as an
 error (docs/lineage.md, "Consumer").
 
@@ -32,6 +34,9 @@ MAX_REASON = 1000  # header bytes; a driver's message can be long
 # What a dead letter too large for the broker keeps of its value: enough to see what
 # the message was (the start of its JSON), far below any broker's message size.
 KEPT_BYTES = 64 * 1024
+# What the smaller forms keep of the original key: a feature id is far shorter, so only a
+# key that is itself the problem (review s54 #6) loses anything.
+KEPT_KEY_BYTES = 1024
 # Kafka's default broker (and topic) limit, message.max.bytes: a dead letter above it
 # is refused by librdkafka at once rather than by a default broker after a round trip.
 MAX_MESSAGE_BYTES = 1_048_588
@@ -71,6 +76,10 @@ class DeadLetter:
         if self.form == GIVEN_UP:
             self.done = True
 
+    def key(self) -> bytes | None:
+        key: bytes | None = self.message.key()
+        return key if self.form == WHOLE or key is None else key[:KEPT_KEY_BYTES]
+
     def value_and_headers(self) -> tuple[bytes | None, list[tuple[str, str | bytes | None]]]:
         m = self.message
         value: bytes = m.value() or b""
@@ -85,6 +94,9 @@ class DeadLetter:
         note = (
             f"the broker refused the whole message ({len(value)} bytes of value); the first {len(kept)} kept"
         )
+        key = m.key() or b""
+        if len(key) > KEPT_KEY_BYTES:
+            note += f"; its key ({len(key)} bytes) cut to the first {KEPT_KEY_BYTES}"
         return (kept or None), [*headers, ("truncated", note.encode())]
 
 
@@ -176,7 +188,7 @@ class DeadLetterQueue:
                 log.warning("dead-lettering %s/%d/%d: %s", m.topic(), m.partition(), m.offset(), d.reason)
             try:
                 self._producer.produce(
-                    self.topic, key=m.key(), value=value, headers=headers, on_delivery=d.delivered
+                    self.topic, key=d.key(), value=value, headers=headers, on_delivery=d.delivered
                 )
                 d.in_flight, d.error = True, None
             except (BufferError, KafkaException) as e:
@@ -190,7 +202,7 @@ class DeadLetterQueue:
     def _refused(self, d: DeadLetter) -> None:
         m = d.message
         where = f"{m.topic()}/{m.partition()}/{m.offset()}"
-        size = len(m.value() or b"")
+        size = len(m.value() or b"") + len(m.key() or b"")  # key and value, as the size check counts
         if d.form == GIVEN_UP:
             log.error(
                 "dead letter of %s (%d bytes) refused for good even without its value (%s): "

@@ -63,10 +63,15 @@ CONSUMER_LAG = Gauge(
     "Messages in the topic not yet committed by the consumer group, by partition.",
     ["partition"],
 )
+# Labelled so that only a process that sets it exports it: without labels every serving
+# process (which imports this module for its emitter) exported a 0 it never sets, and
+# LineageGraphUnavailable paged on each healthy server (review s54 #2).
 GRAPH_UP = Gauge(
     "featurestore_lineage_graph_up",
-    "1 while the lineage consumer's graph takes writes (or answers a probe when idle), 0 while "
-    "the consumer waits for it: its batches are retried and nothing is committed.",
+    "1 while the lineage graph takes the client's writes (or answers a probe), 0 while the "
+    "client waits for it: the consumer's batches are retried and nothing is committed. By "
+    "client (consumer); absent from processes that do not write the graph.",
+    ["client"],
     multiprocess_mode="livemin",
 )
 TOPIC_LOST = Counter(

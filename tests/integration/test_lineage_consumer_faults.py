@@ -10,8 +10,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import REGISTRY
 
 from lineage import metrics
 from lineage.consumer import LineageConsumer
@@ -193,3 +195,31 @@ async def test_an_event_refused_by_a_graph_that_fails_its_probe_waits_instead_of
         stop.set()
         await asyncio.wait_for(task, 15)
     assert (consumer.written, consumer.dead_lettered) == (1, 0)
+
+
+async def test_an_event_over_the_graphs_index_key_limit_is_dead_lettered_and_the_rest_of_its_batch_written(
+    kafka: TansuBroker, graph: BoltGraph
+) -> None:
+    """ArcadeDB refuses a feature_id over its index page (256 KB) with its default code,
+    Neo.DatabaseError.General.UnknownError: taken for the graph unavailable, the consumer
+    retried the batch forever, writing, dead-lettering and committing nothing."""
+    topic = f"lineage-{uuid.uuid4().hex[:6]}"
+    big = msgspec.structs.replace(ev(2), feature_id="user_profile:" + "x" * 300_000)  # valid to the decoder
+    await produce(kafka, topic, [ev(1), big, ev(3)], partitions=1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = new_consumer(kafka, topic, graph, group)
+    await consume_until(consumer, lambda: consumer.written >= 2 and consumer.dead_lettered >= 1, within=60)
+    assert (consumer.written, consumer.dead_lettered) == (2, 1)
+    assert [e.timestamp for e in await graph.events("user_profile:age", None, None, 10)] == [
+        "2024-01-01T00:00:01Z",
+        "2024-01-01T00:00:03Z",
+    ]
+    assert committed(kafka, topic, group) == 3
+    [dead] = read_dead_letters(kafka, topic, 1)
+    reason = dict(dead.headers())["reason"].decode()
+    # ArcadeDB's message names the statement only; the cause ("Key size ... is too big to
+    # fit in a single page") is in its log
+    assert reason.startswith("graph refused the event: DatabaseError: {neo4j_code: Neo.DatabaseError."), (
+        reason
+    )
+    assert REGISTRY.get_sample_value("featurestore_lineage_graph_up", {"client": "consumer"}) == 1

@@ -8,13 +8,14 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from lineage import metrics
-from lineage.dead_letters import KEPT_BYTES, DeadLetter, DeadLetterQueue
+from lineage.dead_letters import CUT, KEPT_BYTES, KEPT_KEY_BYTES, DeadLetter, DeadLetterQueue
 from lineage.kafka import KafkaSettings, close_producer
 
 
 class Message:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, key: bytes = b"k") -> None:
         self._value = value
+        self._key = key
 
     def topic(self) -> str:
         return "feature-lineage-v1"
@@ -26,7 +27,7 @@ class Message:
         return 7
 
     def key(self) -> bytes:
-        return b"k"
+        return self._key
 
     def value(self) -> bytes:
         return self._value
@@ -101,3 +102,41 @@ async def test_a_dead_letter_refused_in_every_form_is_given_up_counted_not_retri
     assert await asyncio.wait_for(dlq.deliver([DeadLetter(Message(b"x"), "why")], asyncio.Event()), 10)
     assert broker.taken == [] and (dlq.delivered, dlq.lost) == (0, 1)
     assert metrics.CONSUMED.labels("dead_letter_lost")._value.get() - lost == 1
+
+
+class Recording:
+    """The real producer (librdkafka's own size check, message.max.bytes, on key, value
+    and headers), with the keys it was handed; flushes without waiting for a broker."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.keys: list[int] = []
+
+    def produce(self, topic: str, key: bytes | None = None, **rest: Any) -> None:
+        self.keys.append(len(key or b""))
+        self.producer.produce(topic, key=key, **rest)
+
+    def flush(self, _timeout: float) -> int:
+        return int(self.producer.flush(0))
+
+
+def test_a_dead_letter_whose_key_is_over_the_size_limit_is_sent_with_the_key_cut_not_given_up() -> None:
+    """Only the value was made smaller: a key over message.max.bytes kept every form over
+    it, and the dead letter was given up though a cut key would have fitted."""
+    dlq = DeadLetterQueue(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"), lambda: None, max_message_bytes=20_000
+    )
+    real = dlq._producer
+    dlq._producer = Recording(real)  # type: ignore[assignment]
+    dead = DeadLetter(Message(b'{"small": 1}', key=b"v:" + b"k" * 50_000), "graph refused the event")
+    try:
+        dlq._produce([dead])
+        assert (dead.form, dead.in_flight, dead.done) == (CUT, True, False)  # taken by the size check
+        assert dlq._producer.keys == [50_002, KEPT_KEY_BYTES]  # type: ignore[attr-defined]
+        _, headers = dead.value_and_headers()
+        assert dict(headers)["truncated"] == (
+            b"the broker refused the whole message (12 bytes of value); the first 12 kept; "
+            b"its key (50002 bytes) cut to the first 1024"
+        )
+    finally:
+        close_producer(real)
