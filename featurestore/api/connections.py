@@ -21,7 +21,9 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
 * bytes that are not HTTP/1.1 (a bad request line, a negative ``content-length``, broken
   chunks): uvicorn's plain-text 400 becomes the API's JSON error, and the close is
   counted (``malformed``) instead of logged at WARNING per request (``client_mistakes.py``).
-  Broken bytes after whole pipelined requests wait for those requests' answers.
+
+A 400, 408 or 431 of bytes after whole pipelined requests is sent after their answers,
+and a refused connection lingers before it closes (``refusals.py``).
 
 Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
 request carries the time its first byte was read (``time.perf_counter()``; ASGI's in
@@ -56,7 +58,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import errors, metrics
-from featurestore.api import client_mistakes, join_cycle, json_codec
+from featurestore.api import client_mistakes, join_cycle, json_codec, refusals
 from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.refusal import RETRY_AFTER_SECONDS
 
@@ -186,7 +188,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.first_byte_at = 0.0  # the current request's first byte; 0: none yet
         self._chunk_at = 0.0  # when the bytes being parsed were read
         self._head_bytes = 0  # bytes read while in _HEAD: at least the head's size
-        self._malformed: FeatureStoreError | None = None  # a 400 owed once earlier answers are sent
+        self._owed: tuple[int, FeatureStoreError, str] | None = None  # a refusal due after earlier answers
+        self._lingering = False  # refused: what the client still sends is dropped (refusals.py)
 
     # -- connection -------------------------------------------------------------------
 
@@ -211,7 +214,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._malformed is not None:  # nothing after broken bytes is parsed (send_400_response)
+        if self._owed is not None or self._lingering:  # refused: nothing more is parsed (_refuse)
             return
         now = self._chunk_at = _now()
         phase = self._phase
@@ -225,7 +228,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.first_byte_at = now
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._phase == _HEAD and self._head_bytes > self._max_header_bytes and self._malformed is None:
+        if self._phase == _HEAD and self._head_bytes > self._max_header_bytes:
             self._refuse_head()  # the head is incomplete and already over the limit
 
     def expire(self) -> None:
@@ -233,12 +236,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline = math.inf
         if self.transport.is_closing():
             return
-        if self._phase == _BODY:
+        if self._lingering:
+            self.transport.close()
+        elif self._phase == _BODY:
             self._close("body_timeout")  # the request's app sees the disconnect
         elif self._phase == _HEAD and self.first_byte_at:
             t = self._header_timeout
-            self._answer(408, DeadlineExceeded(f"request headers not received within {t:g} s"))
-            self._close("header_timeout")
+            self._refuse(
+                408, DeadlineExceeded(f"request headers not received within {t:g} s"), "header_timeout"
+            )
         else:  # _IDLE after a response, or a connection that never sent a byte
             self._close("idle")
 
@@ -304,8 +310,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        elif self._malformed is not None:
-            self._refuse_malformed(self._malformed)
+        elif self._owed is not None:
+            self._send_refusal(*self._owed)
         elif self._phase == _IDLE:  # not while the next request's head or this body is read
             self.deadline = _now() + self._keep_alive
 
@@ -313,30 +319,42 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """uvicorn's answer to bytes its parser refuses, as the API's JSON error."""
         if self._phase != _IDLE and self._head_size() > self._max_header_bytes:
             self._refuse_head()  # (httptools refuses a URL past 64 KiB first: 431 here too)
-        if self.transport.is_closing() or self._malformed is not None:
-            return
         error = errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})")
+        self._refuse(400, error, "malformed", in_body=self._phase == _BODY)
+
+    def _refuse(self, status: int, error: FeatureStoreError, reason: str, in_body: bool = False) -> None:
+        """Answer ``status`` and close, once the answers of whole requests before these
+        bytes (pipelined) are sent, in order (on_response_complete): answering at once
+        lost them, a push applied but reported only as the refusal. ``in_body``: the fault
+        is in the newest request's body, and that request never runs."""
+        if self.transport.is_closing() or self._owed is not None or self._lingering:
+            return
         unanswered = self.cycle is not None and not self.cycle.response_complete
-        if self._phase == _BODY:  # in the newest request's body: that request never runs
-            if self.pipeline and self.pipeline[0][0] is self.cycle:  # (queued: appendleft)
+        if in_body:
+            if self.pipeline and self.pipeline[0][0] is self.cycle:  # queued (appendleft)
                 self.pipeline.popleft()
             else:
                 unanswered = False  # it is the one running: nothing before it waits
-        if unanswered or self.pipeline:
-            # Whole requests before the broken bytes are still being answered (pipelined):
-            # those answers go first, in order, then the 400 (on_response_complete).
-            # Answering at once lost them, a push applied but reported only as this 400.
-            # The broken bytes' header timeout no longer applies (the write timeout does).
-            # What the client sends meanwhile is read and dropped, not left unread: a close
-            # with unread bytes is a TCP reset, which can lose the answers sent before it.
-            self._malformed = error
-            self.deadline = math.inf
+        if not (unanswered or self.pipeline):
+            self._send_refusal(status, error, reason)
             return
-        self._refuse_malformed(error)
+        # No timeout of these bytes applies meanwhile (the answers' write timeout does),
+        # and what the client sends is read and dropped (uvicorn paused reading when it
+        # queued a request): unread bytes at the close would make it a reset (refusals.py).
+        self._owed = (status, error, reason)
+        self.deadline = math.inf
+        self.flow.resume_reading()
 
-    def _refuse_malformed(self, error: FeatureStoreError) -> None:
-        self._answer(400, error)
-        self._close("malformed")
+    def _send_refusal(self, status: int, error: FeatureStoreError, reason: str) -> None:
+        self._owed = None
+        self.transport.write(refusals.response(status, error))
+        self.guard.count(reason)
+        if not self.transport.can_write_eof():  # (TLS: no half-close)
+            self.transport.close()
+            return
+        self.transport.write_eof()  # the client reads to the end, then closes its side
+        self._lingering = True
+        self.deadline = _now() + refusals.LINGER_SECONDS
 
     # -- limits ------------------------------------------------------------------------
 
@@ -344,14 +362,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _refuse_head(self) -> None:
-        if self.transport.is_closing():
-            return
         limit = self._max_header_bytes
-        self._answer(
-            431,
-            LimitExceeded(f"request line and headers exceed {limit} bytes", details=[{"limit_bytes": limit}]),
+        error = LimitExceeded(
+            f"request line and headers exceed {limit} bytes", details=[{"limit_bytes": limit}]
         )
-        self._close("header_too_large")
+        self._refuse(431, error, "header_too_large")
 
     def _refusal(self, status: int, error: FeatureStoreError, reason: str) -> ASGIApp:
         """An ASGI app answering ``status`` with ``error`` and closing the connection."""
@@ -374,15 +389,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
         return refuse
 
-    def _answer(self, status: int, error: FeatureStoreError) -> None:
-        """A response written outside any request cycle (no request reached the app)."""
-        body = json_codec.encode_error(error.to_dict())
-        reason = _REASON_PHRASES[status]
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
-        )
-
     def _close(self, reason: str) -> None:
         self.guard.count(reason)
         self.transport.close()
@@ -390,8 +396,3 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 _now = time.perf_counter
 client_mistakes.install()  # uvicorn's WARNING per broken request: counted instead
-_REASON_PHRASES = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-}

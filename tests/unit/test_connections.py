@@ -249,6 +249,67 @@ async def test_broken_bytes_arriving_while_a_request_outlasts_the_header_timeout
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"400"]
 
 
+@pytest.mark.parametrize(
+    ("second", "statuses"),
+    [
+        (CHUNKED, [b"200", b"400"]),  # queued, its chunks broken
+        (REQUEST + b"GARBAGE\r\n\r\n", [b"200", b"200", b"400"]),  # queued, then garbage
+    ],
+    ids=["broken-body", "garbage"],
+)
+async def test_a_client_that_goes_on_sending_after_refused_bytes_still_gets_every_answer(
+    gated: tuple[Gated, int], second: bytes, statuses: list[bytes]
+) -> None:
+    """A queued request makes uvicorn stop reading; closing with the client's later bytes
+    unread was a TCP reset, and the reset destroyed the answers (review s54 round 3)."""
+    app, port = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    await asyncio.wait_for(app.running.wait(), GUARD)
+    writer.write(second)
+    await asyncio.sleep(0.1)
+    writer.write(b"x" * 20_000)  # the rest of its body, or its next requests
+    await asyncio.sleep(0.1)
+    app.release.set()
+    received = await asyncio.wait_for(reader.read(), GUARD)  # an EOF, not a reset
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == statuses
+
+
+@pytest.mark.parametrize(
+    ("second", "status"),
+    [(b"GET /x HTTP/1.1\r\nhost: t\r\n", b"408"), (b"GET /x HTTP/1.1\r\nx: " + b"a" * 5000, b"431")],
+    ids=["head-stalls", "head-too-large"],
+)
+async def test_a_pipelined_head_refused_while_the_request_before_it_runs_waits_for_its_answer(
+    gated: tuple[Gated, int], second: bytes, status: bytes
+) -> None:
+    app, port = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    await asyncio.wait_for(app.running.wait(), GUARD)
+    writer.write(second)  # never completed; past the 0.2 s header timeout or the 4,096-byte limit
+    await asyncio.sleep(0.5)
+    app.release.set()
+    received = await asyncio.wait_for(reader.read(), GUARD)
+    writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", status]
+
+
+async def test_a_refused_connection_closes_once_the_client_closes_its_side(
+    served: tuple[Recorder, int, ConnectionGuard],
+) -> None:
+    _, port, guard = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GARBAGE\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), GUARD)).startswith(b"HTTP/1.1 400 ")  # and the server's EOF
+    assert len(guard.connections) == 1  # lingering: what the client still sends is dropped
+    writer.write(b"more garbage")
+    writer.write_eof()
+    await eventually(lambda: not guard.connections, GUARD, "the refused connection closed")
+    writer.close()
+
+
 def _closed(reason: str) -> float:
     value = REGISTRY.get_sample_value("featurestore_http_connections_closed_total", {"reason": reason})
     return value or 0.0
