@@ -81,27 +81,31 @@ async def apply_on_start(
 async def _older_snapshot(registry: Registry, wanted: str, current: RegistrySnapshot | None) -> int | None:
     """The newest version other than current published with definitions of fingerprint
     ``wanted``, pruned since or not (None: none was). The registry's index of published
-    fingerprints answers in one read, and prune never deletes it; only snapshots
-    published before the index existed are looked for by reading every snapshot (one
-    that vanished meanwhile or is corrupted is skipped: its fingerprint cannot be
-    trusted)."""
+    fingerprints (never pruned) answers a known file in one read. A miss, as for every
+    new file, is answered by the fingerprints recorded beside each stored snapshot (one
+    read of small values); only snapshots without a record (written by a release before
+    the records, as during a rolling upgrade) are read in full, and of those only the
+    ones newer than the newest recorded match (one that vanished meanwhile or is
+    corrupted is skipped: its fingerprint cannot be trusted)."""
     if current is None:
         return None
     indexed = await registry.published_with(wanted)
     if indexed is not None and indexed != current.version:
         return indexed
     # Not indexed, or indexed as current's number while current has other definitions
-    # (a snapshot rewritten in place): the scan decides.
-    for version in reversed(await registry.versions()):
-        if version == current.version:
-            continue
+    # (a snapshot rewritten in place): the records, and the snapshots without one, decide.
+    recorded = await registry.snapshot_fingerprints()
+    recorded.pop(current.version, None)
+    found = max((v for v, fp in recorded.items() if fp == wanted), default=None)
+    unrecorded = [v for v, fp in recorded.items() if fp is None and (found is None or v > found)]
+    for version in sorted(unrecorded, reverse=True):
         try:
             snapshot = await registry.get(version)
         except (NotFound, FailedPrecondition):
             continue
         if snapshot.fingerprint == wanted:
             return version
-    return None
+    return found
 
 
 def _warn_older(path: object, older: int, current: int, *, pruned: bool) -> None:

@@ -102,8 +102,12 @@ def is_service_name(name: str) -> bool:
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}\Z")
 
 
+def is_fingerprint(value: str) -> bool:
+    return _FINGERPRINT.match(value) is not None
+
+
 def check_fingerprint(fingerprint: str) -> str:
-    if _FINGERPRINT.match(fingerprint) is None:
+    if not is_fingerprint(fingerprint):
         raise InvalidArgument(f"not a definitions fingerprint: {fingerprint[:80]!r}")
     return fingerprint
 
@@ -246,6 +250,14 @@ class Registry(Protocol):
         published before the index existed)."""
         ...
 
+    async def snapshot_fingerprints(self) -> dict[int, str | None]:
+        """Every stored snapshot version, ascending, with the fingerprint recorded beside
+        it (a small record written with the snapshot and pruned with it), read without
+        reading any snapshot: a list of keys and a prefix read of the records. None: the
+        snapshot has no record (written by a release before the records existed, e.g.
+        during a rolling upgrade; or rewritten by hand since): read it to know."""
+        ...
+
     async def publish(
         self, definitions: Definitions, *, expected_version: int | None, message: str = ""
     ) -> RegistrySnapshot:
@@ -275,7 +287,8 @@ class Registry(Protocol):
         """Delete the snapshots ``prunable`` names, in one step that fails with
         ``Conflict`` (deleting nothing) if current or a canary changed meanwhile;
         returns the versions deleted (with ``dry_run``: that would be). The index of
-        published fingerprints (``published_with``) is never pruned."""
+        published fingerprints (``published_with``) is never pruned; each snapshot's record
+        (``snapshot_fingerprints``) is deleted with it."""
         ...
 
     async def promote(self, service: str, canary: Canary) -> None:

@@ -3,7 +3,8 @@
     /featurestore/{project}/registry/snapshots/{version}   immutable JSON
     /featurestore/{project}/registry/current               "<version>"
     /featurestore/{project}/registry/next                  "<last snapshot version written>"
-    /featurestore/{project}/registry/fingerprints/{fp}     "<newest version written with it>" (never pruned)
+    /featurestore/{project}/registry/fingerprints/{fp}     ``etcd_history.py``: the index of
+    /featurestore/{project}/registry/fingerprint-of/{v}    fingerprints, each snapshot's record
     /featurestore/{project}/data/{view}/current            "<data version>"
     /featurestore/{project}/data/{view}/next               "<last allocated data version>"
     /featurestore/{project}/data/{view}/watermark          {"data_version", "event_time_us"[, "start_us"]}
@@ -40,19 +41,15 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
-    check_fingerprint,
     conflict,
-    prunable,
     read_canaries,
     read_canary,
 )
 from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
 from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
+from featurestore.registry.etcd_history import EtcdHistory
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 from featurestore.registry.snapshot_cache import SnapshotCache
-
-# etcd's default --max-txn-ops is 128: a prune deletes at most this many keys a transaction
-_PRUNE_BATCH = 100
 
 
 class EtcdRegistry(EtcdChangeFeed):
@@ -76,7 +73,7 @@ class EtcdRegistry(EtcdChangeFeed):
         self._snapshots = f"{root}registry/snapshots/".encode()
         self._current = f"{root}registry/current".encode()
         self._next = f"{root}registry/next".encode()
-        self._fingerprints = f"{root}registry/fingerprints/".encode()
+        self._history = EtcdHistory(self._link, root)
         self._data = f"{root}data/".encode()
         self._canary = f"{root}canary/".encode()
         # Snapshots are immutable, but a key can be deleted and written again by hand:
@@ -142,10 +139,10 @@ class EtcdRegistry(EtcdChangeFeed):
         return sorted(int(s) for s in suffixes if s.isdigit())
 
     async def published_with(self, fingerprint: str) -> int | None:
-        key = self._fingerprints + check_fingerprint(fingerprint).encode()
-        kv = await self._link.call(self._client.get, key)
-        # (a value edited by hand into no number: as if unrecorded, the caller scans)
-        return int(kv.value) if kv is not None and kv.value.isdigit() else None
+        return await self._history.published_with(fingerprint)
+
+    async def snapshot_fingerprints(self) -> dict[int, str | None]:
+        return await self._history.snapshot_fingerprints()
 
     async def data_versions(self) -> dict[str, int]:
         res = await self._link.call(self._client.get_prefix, self._data)
@@ -191,7 +188,7 @@ class EtcdRegistry(EtcdChangeFeed):
                 tx.put(key, raw),
                 tx.put(self._current, str(version).encode()),
                 tx.put(self._next, str(version).encode()),
-                tx.put(self._fingerprints + snap.fingerprint.encode(), str(version).encode()),
+                *self._history.puts(tx, snap),
             ],
             failure=[],
         )
@@ -212,7 +209,7 @@ class EtcdRegistry(EtcdChangeFeed):
             success=[
                 tx.put(key, raw),
                 tx.put(self._next, str(version).encode()),
-                tx.put(self._fingerprints + snap.fingerprint.encode(), str(version).encode()),
+                *self._history.puts(tx, snap),
             ],
             failure=[],
         )
@@ -351,46 +348,8 @@ class EtcdRegistry(EtcdChangeFeed):
     # -- pruning ---------------------------------------------------------------------
 
     async def prune(self, keep: int, *, dry_run: bool = False) -> list[int]:
-        # Read canaries (their header's revision R), then current and the versions; each
-        # transaction deletes only if current's key is as read and no canary key changed
-        # after R (a range compare: every key under canary/ has mod_revision <= R), so a
-        # concurrent apply, rollback, promote or canary start makes it fail with
-        # Conflict instead of deleting what became current or a canary's. A snapshot
-        # staged meanwhile is newer than every version listed, hence never deleted.
-        res = await self._link.call(self._client.get_prefix, self._canary)
-        seen = int(res.header.revision)
-        active = read_canaries((kv.key[len(self._canary) :].decode(errors="replace"), kv.value) for kv in res)
-        cur = await self._link.call(self._client.get, self._current)
-        current = int(cur.value) if cur is not None else None
-        doomed = prunable(await self.versions(), current, active, keep)
-        if dry_run:
-            return doomed
-        tx = self._client.transactions
-        canary_end = _prefix_end(self._canary)
-        for i in range(0, len(doomed), _PRUNE_BATCH):
-            batch = doomed[i : i + _PRUNE_BATCH]
-            ok, _ = await self._link.call(
-                self._client.transaction,
-                compare=[
-                    tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
-                    tx.mod(self._canary, canary_end) < seen + 1,
-                ],
-                success=[tx.delete(self._snapshots + str(v).encode()) for v in batch],
-                failure=[],
-            )
-            if not ok:
-                raise conflict(
-                    "registry current or a canary", "as read", f"changed concurrently ({i} snapshots pruned)"
-                )
-            for v in batch:
-                self._cache.pop(v)
-        return doomed
+        return await self._history.prune(keep, dry_run, self.versions, self._cache.pop)
 
     async def close(self) -> None:
         self._cache.clear()
         await self._link.close()
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The end of etcd's range of every key starting with ``prefix``."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])

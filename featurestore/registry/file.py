@@ -4,6 +4,7 @@
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/registry/next                       "<last snapshot version written>"
     {root}/{project}/registry/fingerprints/{fingerprint} "<newest version written with it>" (never pruned)
+    {root}/{project}/registry/fingerprint-of/{version}   "<fingerprint> <snapshot file's stamp>" (pruned with it)
     {root}/{project}/data/{view}/current                 "<data version>"
     {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"[, "start_us"]}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
@@ -40,6 +41,7 @@ from featurestore.registry.base import (
     Watermark,
     check_fingerprint,
     conflict,
+    is_fingerprint,
     prunable,
     read_canaries,
     read_canary,
@@ -56,6 +58,7 @@ class FileRegistry:
         self._current = self.root / "registry" / "current"
         self._next = self.root / "registry" / "next"  # the last snapshot version handed out
         self._fingerprints = self.root / "registry" / "fingerprints"
+        self._records = self.root / "registry" / "fingerprint-of"
         self._data = self.root / "data"
         self._canary = self.root / "canary"
         self._cache = SnapshotCache[tuple[tuple[int, int, int], RegistrySnapshot]]()
@@ -111,6 +114,22 @@ class FileRegistry:
         text = await asyncio.to_thread(_read_text, path)
         # (a file edited by hand into no number: as if unrecorded, the caller scans)
         return int(text) if text is not None and text.isdigit() else None
+
+    async def snapshot_fingerprints(self) -> dict[int, str | None]:
+        return await asyncio.to_thread(self._snapshot_fingerprints)
+
+    def _snapshot_fingerprints(self) -> dict[int, str | None]:
+        # A record counts only while the snapshot file is the one it was written beside
+        # (its stamp, as the cache's): a snapshot rewritten by hand is read, not trusted.
+        out: dict[int, str | None] = {}
+        for version in self._list_versions():
+            fp, _, stamp = (_read_text(self._records / str(version)) or "").partition(" ")
+            try:
+                st = os.stat(self._snapshots / f"{version}.json")
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+            out[version] = fp if is_fingerprint(fp) and stamp == _stamp(st) else None
+        return out
 
     async def data_versions(self) -> dict[str, int]:
         return await asyncio.to_thread(self._read_data_versions)
@@ -192,10 +211,12 @@ class FileRegistry:
         if current is not None:
             previous = self._get(current)
         snap = new_snapshot(definitions, version, message, previous)
-        _atomic_write(self._snapshots / f"{version}.json", snapshot_to_json(snap))
-        # (under the lock, as the snapshot: a crash before it leaves the snapshot only
-        # to apply-on-start's fallback scan, which still finds it)
+        path = self._snapshots / f"{version}.json"
+        _atomic_write(path, snapshot_to_json(snap))
+        # (under the lock, as the snapshot: a crash before them leaves the snapshot
+        # without index entry or record, which apply on start then reads in full)
         _atomic_write(self._fingerprints / snap.fingerprint, str(version).encode())
+        _atomic_write(self._records / str(version), f"{snap.fingerprint} {_stamp(path.stat())}".encode())
         _atomic_write(self._next, str(version).encode())
         return snap
 
@@ -255,6 +276,7 @@ class FileRegistry:
             if not dry_run:
                 for v in doomed:
                     (self._snapshots / f"{v}.json").unlink(missing_ok=True)
+                    (self._records / str(v)).unlink(missing_ok=True)
                     self._cache.pop(v)
             return doomed
 
@@ -338,6 +360,11 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return None
+
+
+def _stamp(st: os.stat_result) -> str:
+    """A snapshot file's identity: every write is a new inode by rename."""
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def _read_int(path: Path) -> int | None:

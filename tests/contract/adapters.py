@@ -142,6 +142,20 @@ class RegistryFactory:
         async with aetcd.Client(host=host, port=int(port)) as client:
             await client.put(f"/featurestore/{project}{self.suffix}/{relative}".encode(), value)
 
+    async def read_by_hand(self, relative: str, project: str = "contract") -> bytes | None:
+        """What is stored at ``relative`` under the project (an etcd key or a file),
+        None when nothing is."""
+        if self.name == "file":
+            target = self.tmp / "registry" / project / relative
+            return target.read_bytes() if target.exists() else None
+        import aetcd
+
+        server = self.request.getfixturevalue("etcd_server")
+        host, port = server.endpoint.removeprefix("http://").rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            kv = await client.get(f"/featurestore/{project}{self.suffix}/{relative}".encode())
+            return None if kv is None else bytes(kv.value)
+
 
 OFFLINE_SOURCES = ["parquet-file", "parquet-dir", "parquet-hive", "clickhouse"]
 

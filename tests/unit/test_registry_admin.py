@@ -148,11 +148,13 @@ async def test_a_server_restarted_with_a_file_whose_version_was_pruned_does_not_
     replacement.write_text(_yaml("float64", ", {name: f2, dtype: float64}"))
     assert (await admin.apply(load_definitions(replacement))).snapshot.version == 2  # type: ignore[union-attr]
 
-    index = tmp_path / "p" / "registry" / "fingerprints"
-    index.rename(tmp_path / "aside")  # as if published before the index existed: found by a scan
+    index, records = (tmp_path / "p" / "registry" / name for name in ("fingerprints", "fingerprint-of"))
+    index.rename(tmp_path / "aside")  # as if published before the index and the records existed:
+    records.rename(tmp_path / "records-aside")  # found by reading the snapshots
     assert (await jobs.apply_on_start(admin.registry, _config(tmp_path, file))).version == 2  # type: ignore[union-attr]
     assert "`featurestore registry rollback 1`" in caplog.text
     (tmp_path / "aside").rename(index)
+    (tmp_path / "records-aside").rename(records)
 
     assert await admin.prune(1) == [1]
     caplog.clear()
