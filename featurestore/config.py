@@ -245,10 +245,13 @@ class ConsistencyConfig:  # the server's scheduled online/offline check (docs/qu
     sample: Count = 10_000
     max_mismatch: Ratio = 0.0
     # One view's check, scan of the batch source included; past it the check is an error
-    # and the scan stops at its next batch. 4 h: 4x the fixed 1 h cap it replaces, which
-    # cut a legitimate 70-min scan every round (review 2, s54). A silent ClickHouse is cut
-    # sooner, by the source's 60 s receive timeout; this bounds a hung Parquet read.
-    timeout_seconds: Seconds = 14_400.0
+    # and the scan stops at its next batch. Unset: the interval. Completions of a view are
+    # its check plus the interval apart (plus the other views' checks), and
+    # FeatureSkewCheckFailing fires past 3 intervals + 30 min: a timeout of one interval
+    # keeps a lone view's checks 2 intervals apart at most, under the alert at any
+    # interval; 4 h fired it every round at the hourly default (review 3, s54). A silent
+    # ClickHouse is cut sooner, by the source's 60 s receive timeout.
+    timeout_seconds: Seconds | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,9 @@ release) makes no key ``not_loaded`` (docs/quality.md).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,10 +221,43 @@ async def sample_offline(
     ts_field = view.batch_source.timestamp_field if view.batch_source else EVENT_TIMESTAMP
     columns = [*view.join_keys, *(f.name for f in view.features), ts_field]
     rng = np.random.default_rng(seed)
+    # aclosing: a stop (or an error) closes the source's stream here, while the scan's
+    # loop runs. Left to `async for`, the suspended generator was closed at the loop's
+    # teardown, where its cleanup's await was aborted: the stream was never closed
+    # (review 3, s54).
+    batches = source.latest_batches(columns, view.join_keys, ts_field, batch_rows, EVERYTHING)
+    async with _closing(batches):
+        kept, position = await _reservoir(source, batches, n, rng, stop)
+    if kept is None:
+        return {}
+    in_order = np.argsort(position)
+    return offline_sides(view, conform(view, kept.take(pa.array(in_order)), ts_field))
+
+
+@contextlib.asynccontextmanager
+async def _closing(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[None]:
+    """``contextlib.aclosing`` for any source: its batches' ``aclose()`` (an async
+    generator's: its ``finally`` runs now), when they have one."""
+    try:
+        yield
+    finally:
+        aclose = getattr(batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _reservoir(
+    source: OfflineSource,
+    batches: AsyncIterator[pa.RecordBatch],
+    n: int,
+    rng: np.random.Generator,
+    stop: Callable[[], bool] | None,
+) -> tuple[pa.Table | None, np.ndarray]:
+    """``sample_offline``'s pass: the kept rows and their positions in the source."""
     kept: pa.Table | None = None
     priority, position = np.empty(0), np.empty(0, np.int64)
     offset = 0
-    async for batch in source.latest_batches(columns, view.join_keys, ts_field, batch_rows, EVERYTHING):
+    async for batch in batches:
         if stop is not None and stop():  # the check gave up (its deadline): end the warehouse's work too
             raise ScanStopped(f"{source.describe()}: scan stopped after {offset} rows")
         p = rng.random(batch.num_rows)  # drawn for every row, as sample_keys draws them
@@ -240,10 +274,7 @@ async def sample_offline(
         if len(priority) > n:
             keep = _smallest(priority, n)
             kept, priority, position = kept.take(pa.array(keep)), priority[keep], position[keep]
-    if kept is None:
-        return {}
-    in_order = np.argsort(position)
-    return offline_sides(view, conform(view, kept.take(pa.array(in_order)), ts_field))
+    return kept, position
 
 
 async def check(

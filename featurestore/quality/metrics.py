@@ -45,8 +45,9 @@ DRIFT_SKIPPED = Counter(
     "featurestore_feature_drift_windows_skipped_total",
     "Full windows not tested, by view and reason: no_reference (the served data version has no profile), "
     "reference_unreadable (the store could not be read for it), not_profiled (its profile left the feature "
-    "out: profiling it failed), not_testable (a profile of no rows and no value to test), queue_full (the "
-    "monitor fell behind).",
+    "out: profiling it failed), all_absent (every row of the window served without a value: NOT_FOUND, "
+    "OUTSIDE_MAX_AGE or UNAVAILABLE), not_testable (a profile of no rows and no value to test), "
+    "queue_full (the monitor fell behind).",
     ["view", "reason"],
 )
 DRIFT_RECORDS_DROPPED = Counter(

@@ -163,6 +163,14 @@ class DriftMonitor:
     async def check(self, window: Window) -> list[DriftResult]:
         """Test one window: its results (empty: not tested, counted as skipped)."""
         name = window.view.name
+        if all(v is ABSENT for v in window.values):
+            # Every row served without a value (NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE): a
+            # reason of its own, alerted (FeatureDriftWindowsSkipped), not not_testable: a
+            # view whose materialization stopped (every key past its TTL) or whose callers'
+            # keys are all unknown went silent here, and a firing FeatureDrift resolved
+            # (review 3, s54). ~10 µs per 1,000-row window, off the hot path.
+            metrics.DRIFT_SKIPPED.labels(name, "all_absent").inc()
+            return []
         try:
             profile = await self.reference(window.view, window.data_version)
         except ReferenceUnreadable as e:

@@ -68,18 +68,24 @@ class RecordWriter:
             raise
 
     async def _write(self, batch: list[DriftResult]) -> None:
+        deadline = asyncio.timeout(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline:
                 await self.recorder.record_drift(batch)
             return
-        except TimeoutError:
-            reason = "timeout"
-            log.warning(
-                "lineage graph: %d drift record(s) not written: no answer in %g s", len(batch), self.timeout
-            )
         except Exception as e:  # the recorder's failure (GraphRecorder: the graph's error)
-            reason = "error"
-            log.warning("lineage graph: %d drift record(s) not written: %s", len(batch), e)
+            # only our own deadline is a `timeout`: a TimeoutError the driver raises at once
+            # (socket.timeout is TimeoutError) was the graph's answer (review 3, s54)
+            if deadline.expired():
+                reason = "timeout"
+                log.warning(
+                    "lineage graph: %d drift record(s) not written: no answer in %g s",
+                    len(batch),
+                    self.timeout,
+                )
+            else:
+                reason = "error"
+                log.warning("lineage graph: %d drift record(s) not written: %s", len(batch), e)
         _count(batch, reason)
 
 

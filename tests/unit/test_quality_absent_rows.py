@@ -102,5 +102,26 @@ async def test_windows_filled_during_a_store_outage_are_not_drift_of_every_featu
     labels = {"view": "outage_view", "feature": "x"}
     assert REGISTRY.get_sample_value("featurestore_feature_drift_detections_total", labels) == 0
     # a window of nothing but absent rows has nothing to test: skipped, not "null"
-    skipped = {"view": "outage_view", "reason": "not_testable"}
+    skipped = {"view": "outage_view", "reason": "all_absent"}
     assert REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", skipped) == 2
+
+
+async def test_windows_of_a_view_whose_materialization_stopped_are_counted_as_all_absent() -> None:
+    """Every key past the view's TTL: counted as not_testable, which no alert reads, and the
+    view went silent in drift (review 3, s54, finding 1)."""
+    view = _view("stopped_view", ttl_seconds=3600)
+    store = MemorySource("default")
+    await store.prepare([view])
+    two_hours_ago = time.time_ns() // 1000 - 7_200_000_000  # materialized then, nothing since
+    await store.write(view, _rows(100, [two_hours_ago] * 100), 0)
+    await store.write_profile(view, 0, profile_table(view, 0, _rows(100), seed=0).to_bytes())
+    monitor = DriftMonitor({"default": store})
+    windows = await _windows(view, store, list(range(100)))
+    for feature, values in windows.items():
+        assert await monitor.check(Window(view, feature, feature == "tier", 0, values)) == []
+
+    def skipped(reason: str) -> float | None:
+        labels = {"view": "stopped_view", "reason": reason}
+        return REGISTRY.get_sample_value("featurestore_feature_drift_windows_skipped_total", labels)
+
+    assert skipped("all_absent") == 2 and skipped("not_testable") is None
