@@ -2,15 +2,17 @@
 
 At-least-once: a batch is written to the graph (idempotent MERGEs) before its offsets
 are committed, so a crash replays rather than loses, and a replay never duplicates.
-While the graph is unavailable the batch is retried with backoff, never skipped; a
-failed write is the graph unavailable when the graph then fails a probe too, whatever
-the error says (ArcadeDB answers Neo.DatabaseError.* for statements the data breaks as
-well as for its own failures). A message that cannot become graph facts goes to the
-dead-letter topic with the reason and its origin in headers (lineage/dead_letters.py), and the consumer goes on: one that
-is not a valid event (whatever its decoder raises), and one the graph refuses for good
-(found by splitting the refused batch until the culprits are alone). Partitions are only handed over between batches, so a rebalance
-never splits a batch; shutdown finishes the batch in hand, commits, and leaves the
-group.
+Nothing is skipped while the graph cannot take writes: the batch waits (backoff, not
+committed) when a write fails as unavailable (GraphUnavailable, a connection error), or
+fails otherwise and a probe write fails too (a graph that answers reads but refuses
+writes fails it). A message that cannot become graph facts goes to the dead-letter
+topic with the reason and its origin in headers (lineage/dead_letters.py), and the
+consumer goes on: one that is not a valid event (whatever its decoder raises), and one
+the graph refuses alone, twice, while it takes the probe (ArcadeDB answers
+Neo.DatabaseError.* for statements the data breaks). Partitions are only handed over
+between batches, so a rebalance never splits a batch; shutdown leaves the batch in hand
+at its next write, probe or wait, uncommitted (read again after a restart), and leaves
+the group.
 
 Both topics are created at start when missing, and checked every TOPIC_CHECK_SECONDS
 beside the batches. A topic that comes back with a new id was lost by the broker: the
@@ -30,7 +32,7 @@ from typing import Any
 from lineage import metrics
 from lineage.dead_letters import MAX_MESSAGE_BYTES, MAX_REASON, DeadLetter, DeadLetterQueue, stopped
 from lineage.events import LineageEvent, MalformedEvent, decode_event
-from lineage.graph.base import LineageGraph
+from lineage.graph.base import GraphUnavailable, LineageGraph
 from lineage.kafka import KafkaSettings
 from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
@@ -90,6 +92,7 @@ class LineageConsumer:
         self._dropping = False  # the topic was lost: its stored offsets must not be committed
         self._assigned: list[Any] = []
         self._graph_seen = 0.0  # when a write or probe last told whether the graph answers
+        self._holding = False  # a batch waits for the graph: its writes report graph_up
         self.written = 0  # events written, for callers and tests
         self.lost_events = 0  # events a lost topic took along unread
 
@@ -134,7 +137,7 @@ class LineageConsumer:
         while not await stopped(done, 1.0):
             try:
                 await asyncio.to_thread(self._report_lag)
-                if time.monotonic() - self._graph_seen > TOPIC_CHECK_SECONDS:
+                if not self._holding and time.monotonic() - self._graph_seen > TOPIC_CHECK_SECONDS:
                     await self._graph_answers()  # an idle consumer's graph can fail too
                 if time.monotonic() - checked > TOPIC_CHECK_SECONDS:
                     checked = time.monotonic()
@@ -169,17 +172,23 @@ class LineageConsumer:
         self, batch: list[tuple[Any, LineageEvent | JobRunEvent]], stop: asyncio.Event
     ) -> list[DeadLetter] | None:
         """Write the batch; what the graph refuses for good comes back as dead letters.
-        None when stopped before everything was written or refused.
+        None when stopped first (checked before every write, probe and wait): nothing is
+        committed, a restart reads the batch again.
 
-        After any failed write the graph is probed: if the probe fails too, the graph is
-        unavailable and the same chunk waits (backoff, forever: nothing is skipped). If
-        the graph answers, the chunk was refused: it is split in halves until each
-        refused event stands alone (one bad event costs O(log n) extra writes and the
-        good ones still land), and an event refused alone is dead-lettered."""
+        A write that fails as unavailable (``_unavailable``) waits and retries the same
+        chunk. After any other failure the graph is probed with a write (``ping``); if
+        that fails too, the chunk waits the same way. If the graph takes the probe, the
+        chunk was refused: it is halved until each refused event stands alone (one bad
+        event costs O(log n) extra writes, the good ones land), and an event refused
+        alone is written once more after a passing probe (a failure that cleared in
+        between is not its own) before it is dead-lettered."""
         refused: list[DeadLetter] = []
         chunks = [batch] if batch else []
         delay = 0.1
+        second_try = False  # the head chunk, alone, failed once with the graph answering
         while chunks:
+            if stop.is_set():
+                return None
             chunk = chunks[0]
             events = [e for _, e in chunk if isinstance(e, LineageEvent)]
             runs = [e for _, e in chunk if isinstance(e, JobRunEvent)]
@@ -190,21 +199,32 @@ class LineageConsumer:
                 if runs:  # idempotent too: a retry after the events landed rewrites nothing
                     await self.graph.write_runs(runs)
             except Exception as failure:
-                # The probe, not the error, tells an outage from a refusal: an error code
-                # can be either (Neo.DatabaseError.* on ArcadeDB), and a refusal taken for
-                # an outage held the consumer on one event forever (review s54 #1).
-                if not await self._graph_answers():
-                    log.warning("graph unavailable (%s; a probe fails too); retrying in %.1fs",
-                                _why(failure), delay)  # fmt: skip
-                    if await stopped(stop, delay):
+                # The graph's word that it cannot take writes is trusted; another error is a
+                # refusal only if a probe WRITE passes: a read probe passed on read-only, full
+                # and forbidden graphs, whose valid events were all dead-lettered (s54 r3 #1).
+                if stop.is_set():
+                    return None
+                unavailable = _unavailable(failure)
+                if unavailable or not await self._graph_answers():
+                    if unavailable:
+                        self._graph_state(False)
+                    log.warning("graph unavailable (%s); retrying the same %d in %.1fs",
+                                _why(failure), len(chunk), delay)  # fmt: skip
+                    self._holding = True  # the monitor's probe must not report it up meanwhile
+                    held = await stopped(stop, delay)
+                    self._holding = False
+                    if held:
                         return None
                     delay = min(delay * 2, 5.0)
                     continue
                 if len(chunk) > 1:
-                    log.warning("graph refused a batch of %d (%s) and answers a probe; splitting it",
+                    log.warning("graph refused a batch of %d (%s) and takes a probe; splitting it",
                                 len(chunk), _why(failure))  # fmt: skip
                     half = len(chunk) // 2
                     chunks[:1] = [chunk[:half], chunk[half:]]
+                    continue
+                if not second_try:
+                    second_try = True
                     continue
                 reason = f"graph refused the event: {type(failure).__name__}: {failure}"[:MAX_REASON]
                 refused.append(DeadLetter(chunk[0][0], reason))
@@ -216,6 +236,7 @@ class LineageConsumer:
                 self.written += len(chunk)
             chunks.pop(0)
             delay = 0.1
+            second_try = False
         return refused
 
     async def _graph_answers(self) -> bool:
@@ -230,8 +251,8 @@ class LineageConsumer:
 
     def _graph_state(self, up: bool) -> None:
         """``featurestore_lineage_graph_up{client="consumer"}`` (LineageGraphUnavailable):
-        from every write that passes and every probe (after a failed write, and by the
-        monitor while there is nothing to write). Only a process that sets it exports it."""
+        from every write that passes or fails as unavailable, and every probe (after a
+        failed write; by the monitor while nothing is written or held)."""
         self._graph_seen = time.monotonic()
         metrics.GRAPH_UP.labels("consumer").set(1 if up else 0)
 
@@ -348,6 +369,15 @@ class LineageConsumer:
         finally:
             self._dlq.close()
             self._topics.close()
+
+
+# The server cannot take writes now, whatever the statement (the chunk waits): also the
+# Bolt driver's lost-server errors, by name (no driver import), should an adapter leak them.
+UNAVAILABLE_NAMES = frozenset({"ServiceUnavailable", "SessionExpired"})
+
+
+def _unavailable(failure: Exception) -> bool:
+    return isinstance(failure, (GraphUnavailable, OSError)) or type(failure).__name__ in UNAVAILABLE_NAMES
 
 
 def _why(failure: Exception) -> str:

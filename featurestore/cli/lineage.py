@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+from typing import TYPE_CHECKING
 
 from featurestore.cli.base import Subcommands
+
+if TYPE_CHECKING:
+    from lineage.graph.base import LineageGraph
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Subcommands) -> None:
@@ -54,11 +61,13 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
 
     async def run() -> None:
         graph = make_graph(config)
-        await graph.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if not await start_graph(graph, stop):
+            await graph.close()
+            return
         consumer = LineageConsumer(
             config.lineage.kafka,
             graph,
@@ -75,3 +84,32 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
 
     asyncio.run(run())
     return 0
+
+
+async def start_graph(graph: LineageGraph, stop: asyncio.Event) -> bool:
+    """Start the graph (its schema), waiting while it is unavailable; False when stopped
+    first. Meanwhile the process exports what the alerts need: the consumer's counters
+    (LineageConsumerDown knows a consumer by them) and graph_up{client="consumer"} at 0,
+    so LineageGraphUnavailable pages. Exiting instead crash-looped with neither, and the
+    page that fired blamed a missing consumer (review 3 s54 #5)."""
+    from lineage import metrics
+    from lineage.dead_letters import stopped
+    from lineage.graph.base import GraphUnavailable
+
+    for outcome in metrics.CONSUMED_OUTCOMES:
+        metrics.CONSUMED.labels(outcome)
+    up = metrics.GRAPH_UP.labels("consumer")
+    up.set(0)
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await graph.start()
+        except GraphUnavailable as e:  # anything else (a statement refused) still exits
+            log.warning("lineage graph unavailable at start (%s); retrying in %.0fs", e, delay)
+            if await stopped(stop, delay):
+                break
+            delay = min(delay * 2, 30.0)
+            continue
+        up.set(1)
+        return True
+    return False

@@ -172,8 +172,9 @@ class LineageGraph(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
-        """Raise GraphUnavailable unless the graph answers now (a statement that touches
-        nothing): tells a refused event from a graph in trouble."""
+        """Raise unless the graph takes a write now (Bolt: one probe node, MERGEd in
+        place): tells a refused event from a graph in trouble, including one that
+        answers reads but refuses writes (read-only, disk full, a reader role)."""
         ...
 
     async def apply_definitions(self, facts: DefinitionFacts) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from lineage.graph.cypher import (
     LIVE,
     MARK_APPLIED,
     OPEN_EDGE,
+    PROBE,
     SCHEMA,
     WRITE_EVENTS,
 )
@@ -72,8 +74,7 @@ UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
 # for a restore, not created yet) or a cluster member cannot take writes. The same write
 # passes once that is over. Not Neo.DatabaseError.*: ArcadeDB answers its default code,
 # Neo.DatabaseError.General.UnknownError, for statements the data breaks too (an index
-# key over a page, review s54 #1). The consumer does not go by the code anyway: a failed
-# write is the graph unavailable only if the probe (``ping``) then fails as well.
+# key over a page, review s54 #1): the consumer then asks the probe (``ping``, a write).
 SERVER_STATE_CODES = ("Neo.ClientError.Database.", "Neo.ClientError.Cluster.")
 
 
@@ -117,10 +118,10 @@ class BoltGraph(BoltWalks, BoltTopology):
         self._read_timeout = read_timeout
 
     async def ping(self) -> None:
-        """A statement that touches nothing, run in the configured database:
-        GraphUnavailable unless that database answers (a missing one fails it:
-        DatabaseNotFound, which the consumer must wait for, not dead-letter through)."""
-        await self._retrying("probe", lambda session: _consume(session, "RETURN 1 AS ok"), attempts=2)
+        """PROBE, a one-node write in the configured database: fails unless it takes writes
+        now (missing, read-only, full, forbidden). 3 tries: consumers' probes may conflict."""
+        at = int(time.time() * 1000)
+        await self._retrying("probe", lambda session: _consume(session, PROBE, at=at), attempts=3)
 
     async def start(self) -> None:
         for statement in (*SCHEMA, *DRIFT_SCHEMA):
@@ -387,8 +388,8 @@ class BoltGraph(BoltWalks, BoltTopology):
         return [DriftRecord.from_row(r) for r in reversed(rows)]
 
 
-async def _consume(session: AsyncSession, query: str) -> None:
-    result = await session.run(query)
+async def _consume(session: AsyncSession, query: str, **params: Any) -> None:
+    result = await session.run(query, params)
     await result.consume()
 
 

@@ -22,6 +22,11 @@ SCHEMA = [
     "CREATE CONSTRAINT data_version_id IF NOT EXISTS FOR (d:DataVersion) REQUIRE d.id IS UNIQUE",
 ]
 
+# The consumer's probe (BoltGraph.ping): a write, since a graph that answers reads may
+# still refuse writes (read-only, disk full, a reader role). One node, MERGEd in place
+# (never grows); no query of the lineage API or page matches its label.
+PROBE = "MERGE (p:LineageProbe {id: 0}) SET p.at = $at"
+
 # Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
 LIVE = "({r}.valid_to IS NULL AND $t IS NULL OR $t IS NOT NULL AND {r}.valid_from <= $t AND ({r}.valid_to IS NULL OR {r}.valid_to > $t))"
 

@@ -223,3 +223,16 @@ async def test_an_event_over_the_graphs_index_key_limit_is_dead_lettered_and_the
         reason
     )
     assert REGISTRY.get_sample_value("featurestore_lineage_graph_up", {"client": "consumer"}) == 1
+
+
+async def test_the_graph_probe_writes_one_node_in_place_so_a_graph_refusing_writes_fails_it(
+    graph: BoltGraph,
+) -> None:
+    """The probe was ``RETURN 1``, which a graph that answers reads but refuses writes
+    (read-only, disk full, a reader role) passes: every valid event was then taken for
+    refused and dead-lettered (review 3 s54 #1). It writes now, one node, written over."""
+    await graph.ping()
+    await graph.ping()
+    [row] = await graph._read("MATCH (p:LineageProbe) RETURN count(p) AS n, max(p.at) AS at")
+    assert row["n"] == 1 and row["at"] > 1_700_000_000_000
+    assert await graph.search("probe", 10) == []  # nothing the lineage API lists
