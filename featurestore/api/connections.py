@@ -23,9 +23,7 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   counted (``malformed``) instead of logged at WARNING per request (``client_mistakes.py``).
 
 A 400, 408 or 431 of bytes after whole pipelined requests is sent after their answers,
-and a refused connection lingers before it closes (``refusals.py``).
-
-Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
+and a refused connection lingers before it closes (``refusals.py``). Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
 request carries the time its first byte was read (``time.perf_counter()``; ASGI's in
 ``scope[RECEIVED_AT]``, a direct join's in its cycle, ``join_cycle.py``): the request
 timing starts there, not once the body is parsed.
@@ -39,10 +37,11 @@ its value plus one tick (at most 1 s). With uvicorn's keep-alive timer replaced 
 a request costs less CPU than with uvicorn's own protocol (benchmarks/http_front.py).
 
 This relies on uvicorn's protocol internals: the attributes ``app``, ``scope``, ``url``,
-``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state``; the methods
-``data_received``, ``on_headers_complete``, ``on_message_complete``,
-``pause_writing``, ``resume_writing``, ``send_400_response`` and ``_start_asgi_task``; and ``on_response_complete``, replaced by a copy without the
-timer. ``tests/unit/test_connections.py`` fails when any of them changes.
+``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state`` (and a cycle's
+``disconnected``, ``message_event``); the methods ``data_received``, ``on_headers_complete``,
+``on_message_complete``, ``pause_writing``, ``resume_writing``, ``send_400_response``,
+``_start_asgi_task``; ``on_response_complete``, replaced by a copy without the timer.
+``tests/unit/test_connections.py`` fails when any of them changes.
 """
 
 from __future__ import annotations
@@ -54,11 +53,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import errors, metrics
-from featurestore.api import client_mistakes, join_cycle, json_codec, refusals
+from featurestore.api import client_mistakes, join_cycle, refusals
 from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.refusal import RETRY_AFTER_SECONDS
 
@@ -347,6 +346,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _send_refusal(self, status: int, error: FeatureStoreError, reason: str) -> None:
         self._owed = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # refused in its own body:
+            cycle.disconnected = True  # it answers nothing more (a write after write_eof raises)
+            cycle.message_event.set()
+            join_cycle.caller_left(self)
         self.transport.write(refusals.response(status, error))
         self.guard.count(reason)
         if not self.transport.can_write_eof():  # (TLS: no half-close)
@@ -370,24 +374,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refusal(self, status: int, error: FeatureStoreError, reason: str) -> ASGIApp:
         """An ASGI app answering ``status`` with ``error`` and closing the connection."""
-        body = json_codec.encode_error(error.to_dict())
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
         shed = reason == MAX_CONNECTIONS
-        if shed:
-            headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
 
-        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        def counted() -> None:
             self.guard.count(reason)
             if shed:
                 metrics.requests_shed("http", MAX_CONNECTIONS).inc()
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
 
-        return refuse
+        return refusals.app(status, error, counted, RETRY_AFTER_SECONDS if shed else None)
 
     def _close(self, reason: str) -> None:
         self.guard.count(reason)

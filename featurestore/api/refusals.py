@@ -4,6 +4,10 @@ large (``connections.py``). Each is the API's JSON error with ``connection: clos
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from featurestore.api import json_codec
 from featurestore.errors import FeatureStoreError
 
@@ -28,3 +32,26 @@ def response(status: int, error: FeatureStoreError) -> bytes:
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (status, REASON_PHRASES[status], len(body), body)
     )
+
+
+def app(
+    status: int, error: FeatureStoreError, counted: Callable[[], None], retry_after: int | None
+) -> ASGIApp:
+    """An ASGI app answering a request ``status`` with ``error`` and ``connection: close``
+    (uvicorn then closes at once: no lingering), calling ``counted`` first: the refusals
+    of a whole head (a 431 too large, a 503 over the connection limit)."""
+    body = json_codec.encode_error(error.to_dict())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % retry_after))
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        counted()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse

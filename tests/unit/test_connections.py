@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import inspect
+import logging
 import re
 import socket
 import time
@@ -101,10 +103,10 @@ class Recorder:
         self.done.set()
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Recorder, int, ConnectionGuard]]:
-    app = Recorder()
-    guard = ConnectionGuard(LIMITS)
+@contextlib.asynccontextmanager
+async def serving(app: Any, limits: ConnectionLimits = LIMITS) -> AsyncIterator[tuple[int, ConnectionGuard]]:
+    """``app`` served under a guard of ``limits`` on a free port."""
+    guard = ConnectionGuard(limits)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
@@ -113,10 +115,19 @@ async def served() -> AsyncIterator[tuple[Recorder, int, ConnectionGuard]]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn has no startup event
         await asyncio.sleep(0.01)
-    yield app, sock.getsockname()[1], guard
-    server.should_exit = True
-    await asyncio.wait_for(task, GUARD)
-    guard.close()
+    try:
+        yield sock.getsockname()[1], guard
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, GUARD)
+        guard.close()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Recorder, int, ConnectionGuard]]:
+    app = Recorder()
+    async with serving(app) as (port, guard):
+        yield app, port, guard
 
 
 REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
@@ -200,20 +211,9 @@ class Gated:
 @pytest.fixture
 async def gated() -> AsyncIterator[tuple[Gated, int]]:
     app = Gated()
-    guard = ConnectionGuard(dataclasses.replace(LIMITS, header_timeout=0.2))  # (sweeps every 0.05 s)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, http=guard.protocol, loop="none", lifespan="off", log_config=None)  # type: ignore[arg-type]
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:  # noqa: ASYNC110 - uvicorn has no startup event
-        await asyncio.sleep(0.01)
-    yield app, sock.getsockname()[1]
-    app.release.set()
-    server.should_exit = True
-    await asyncio.wait_for(task, GUARD)
-    guard.close()
+    async with serving(app, dataclasses.replace(LIMITS, header_timeout=0.2)) as (port, _):  # (0.05 s sweeps)
+        yield app, port
+        app.release.set()
 
 
 CHUNKED = b"POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n"
@@ -306,8 +306,30 @@ async def test_a_refused_connection_closes_once_the_client_closes_its_side(
     assert len(guard.connections) == 1  # lingering: what the client still sends is dropped
     writer.write(b"more garbage")
     writer.write_eof()
-    await eventually(lambda: not guard.connections, GUARD, "the refused connection closed")
+    # well inside the linger (2 s and up to a sweep tick more): the client's EOF ended it
+    await eventually(lambda: not guard.connections, 1.5, "the refused connection closed at the client's EOF")
     writer.close()
+
+
+async def test_a_request_refused_in_its_own_body_answers_nothing_after_the_400(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app that answers without reading the body (Starlette's 404) answered after
+    the refusal's half-close: a write after write_eof raised, logged at ERROR with a
+    traceback, once per such request (review s54 round 4)."""
+
+    async def not_found(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(not_found) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(CHUNKED)  # one write: the app is started, then its chunks are refused
+        received = await asyncio.wait_for(reader.read(), GUARD)
+        writer.close()
+        await asyncio.sleep(0.1)  # the app's task runs on
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"400"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def _closed(reason: str) -> float:
