@@ -31,6 +31,7 @@ from featurestore.plan import ServingState
 from featurestore.quality.schedule import ConsistencySchedule
 from featurestore.registry.base import Registry, Watermark
 from featurestore.sources.base import OnlineSource, ViewQuery, ViewRead
+from tests.support import eventually
 
 ROOT = Path(__file__).parents[2]
 U = Entity("user_id", DType.INT64)
@@ -216,7 +217,12 @@ async def test_a_scan_that_fails_after_the_check_gave_up_logs_its_error(
     schedule = _schedule("broken_scan", _Broken(None, 0), monkeypatch, timeout_seconds=0.1)
     caplog.set_level(logging.WARNING, "featurestore.quality.schedule")
     assert await schedule.check_view("broken_scan") is None
-    await asyncio.sleep(0.6)
+    await eventually(
+        lambda: any("abandoned scan failed" in r.getMessage() for r in caplog.records),
+        10,
+        "the scan's error logged",
+    )
+    await asyncio.sleep(0.2)  # (and only once)
     abandoned = [r for r in caplog.records if "abandoned scan failed" in r.getMessage()]
     assert len(abandoned) == 1 and "schema differs" in abandoned[0].getMessage()
     assert abandoned[0].levelno == logging.WARNING
