@@ -20,14 +20,14 @@ SCHEMA = [
     "CREATE CONSTRAINT run_id IF NOT EXISTS FOR (r:JobRun) REQUIRE r.id IS UNIQUE",
     "CREATE INDEX run_view IF NOT EXISTS FOR (r:JobRun) ON (r.view)",  # a feature's changes
     "CREATE CONSTRAINT data_version_id IF NOT EXISTS FOR (d:DataVersion) REQUIRE d.id IS UNIQUE",
-    # consumers' probes racing on a fresh graph made one node each (4 of 4, review 4, s54)
-    "CREATE CONSTRAINT probe_id IF NOT EXISTS FOR (p:LineageProbe) REQUIRE p.id IS UNIQUE",
 ]
 
 # The consumer's probe (BoltGraph.ping): a write, since a graph that answers reads may
-# still refuse writes (read-only, disk full, a reader role). One node, MERGEd in place
-# under a uniqueness constraint (never grows; a racing probe's conflict is retried); no
-# query of the lineage API or page matches its label.
+# still refuse writes (read-only, disk full, a reader role). MERGEd in place: it never
+# grows, but consumers whose first probes race on a fresh graph make one node each (4 of
+# 4, review 4, s54); a uniqueness constraint would stop that, and on a graph that already
+# holds two it failed every start (review 5). No query of the lineage API or page
+# matches its label.
 PROBE = "MERGE (p:LineageProbe {id: 0}) SET p.at = $at"
 
 # Live at an instant: valid_from <= t < valid_to (open end = still valid); $t null = now.
