@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,7 +11,7 @@ from featurestore.definitions.snapshot import new_snapshot, snapshot_to_json
 from featurestore.errors import Conflict, InvalidArgument, NotFound
 from featurestore.model import Definitions, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.registry.base import Canary, Registry, Watermark
-from tests.contract.adapters import REGISTRIES, RegistryFactory
+from tests.contract.adapters import RegistryFactory
 
 USER = Entity("user_id", DType.INT64)
 
@@ -20,18 +19,6 @@ USER = Entity("user_id", DType.INT64)
 def defs(n_features: int) -> Definitions:
     view = FeatureView("v", (USER,), tuple(Feature(f"f{i}", DType.FLOAT64) for i in range(n_features)))
     return make_definitions("contract", [USER], [view], [])
-
-
-@pytest.fixture(params=REGISTRIES)
-def factory(request: pytest.FixtureRequest) -> RegistryFactory:
-    return RegistryFactory(request.param, request)
-
-
-@pytest.fixture
-async def registry(factory: RegistryFactory) -> AsyncIterator[Registry]:
-    reg = factory.client()
-    yield reg
-    await reg.close()
 
 
 async def test_empty_registry(registry: Registry) -> None:

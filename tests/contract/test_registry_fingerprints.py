@@ -4,27 +4,11 @@ definitions file was published before. Both adapters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from featurestore import jobs
 from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint, new_snapshot, snapshot_to_json
 from featurestore.registry.base import Registry
-from tests.contract.adapters import REGISTRIES, RegistryFactory
+from tests.contract.adapters import RegistryFactory
 from tests.contract.test_registry import defs
-
-
-@pytest.fixture(params=REGISTRIES)
-def factory(request: pytest.FixtureRequest) -> RegistryFactory:
-    return RegistryFactory(request.param, request)
-
-
-@pytest.fixture
-async def registry(factory: RegistryFactory) -> AsyncIterator[Registry]:
-    reg = factory.client()
-    yield reg
-    await reg.close()
 
 
 def count_reads(registry: Registry) -> list[int]:

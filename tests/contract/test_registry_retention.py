@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,20 +15,8 @@ from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, N
 from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.base import Canary, Registry, load_state
 from featurestore.registry.snapshot_cache import EXTRA_SNAPSHOTS
-from tests.contract.adapters import REGISTRIES, RegistryFactory
+from tests.contract.adapters import RegistryFactory
 from tests.contract.test_registry import defs
-
-
-@pytest.fixture(params=REGISTRIES)
-def factory(request: pytest.FixtureRequest) -> RegistryFactory:
-    return RegistryFactory(request.param, request)
-
-
-@pytest.fixture
-async def registry(factory: RegistryFactory) -> AsyncIterator[Registry]:
-    reg = factory.client()
-    yield reg
-    await reg.close()
 
 
 def cached(registry: Registry) -> list[int]:

@@ -12,28 +12,12 @@ from pathlib import Path
 import pytest
 
 from featurestore.errors import FailedPrecondition
-from featurestore.model import (
-    Definitions,
-    DType,
-    Entity,
-    Feature,
-    FeatureRef,
-    FeatureService,
-    FeatureView,
-    make_definitions,
-)
 from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.base import Canary, MalformedCanary, load_state, read_canary
 from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
 from tests.support import file_registry_config
-
-USER = Entity("user_id", DType.INT64)
-
-
-def defs(n_features: int) -> Definitions:
-    view = FeatureView("v", (USER,), tuple(Feature(f"f{i}", DType.FLOAT64) for i in range(n_features)))
-    return make_definitions("p", [USER], [view], [FeatureService("svc", (FeatureRef("v", "f0"),))])
+from tests.unit.test_registry_canary_serving import defs
 
 
 async def _until(condition: object, what: str) -> None:
