@@ -54,6 +54,33 @@ async def eventually(
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
 
 
+class Followed:
+    """How many times a registry's ``changes()`` has yielded so far (``following``)."""
+
+    yields = 0
+
+
+@contextlib.asynccontextmanager
+async def following(registry: Any) -> AsyncIterator[Followed]:
+    """A task following ``registry.changes()``, counting its yields; cancelled, and the
+    registry closed, on leaving."""
+    import asyncio
+
+    followed = Followed()
+
+    async def follow() -> None:
+        async for _ in registry.changes():
+            followed.yields += 1
+
+    task = asyncio.create_task(follow())
+    try:
+        yield followed
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await registry.close()
+
+
 @contextlib.asynccontextmanager
 async def guarded_uvicorn(app: Any, guard: Any, **settings: Any) -> AsyncIterator[int]:
     """A real uvicorn serving ``app`` on a free local port under ``guard`` (a

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from featurestore.definitions.snapshot import RegistrySnapshot, fingerprint
+from featurestore.definitions.snapshot import fingerprint
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.base import Canary, Registry, load_state
 from featurestore.registry.snapshot_cache import EXTRA_SNAPSHOTS
 from tests.contract.adapters import RegistryFactory
 from tests.contract.test_registry import defs
+from tests.contract.test_registry_fingerprints import count_reads
 
 
 def cached(registry: Registry) -> list[int]:
@@ -49,14 +50,7 @@ async def test_a_server_keeps_only_the_served_snapshots_and_a_few_more(factory: 
 async def test_history_reads_only_the_newest_snapshots_newest_first(registry: Registry) -> None:
     for n in range(1, 8):
         await registry.publish(defs(n), expected_version=n - 1 or None)
-    reads: list[int] = []
-    get = registry.get
-
-    async def counted(version: int) -> RegistrySnapshot:
-        reads.append(version)
-        return await get(version)
-
-    registry.get = counted  # type: ignore[method-assign]
+    reads = count_reads(registry)
     rows, older = await RegistryAdmin(registry).history(3)
     assert [r.version for r in rows] == [7, 6, 5] and older == 4
     assert [r.current for r in rows] == [True, False, False]

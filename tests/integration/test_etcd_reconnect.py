@@ -21,7 +21,7 @@ import pytest
 from featurestore.definitions.parser import load_definitions
 from featurestore.registry.etcd import EtcdRegistry
 from tests.servers import EtcdServer
-from tests.support import ServerProcess, eventually, http_get, wait_until
+from tests.support import ServerProcess, eventually, following, http_get, wait_until
 
 PROJECT = "reconnect"
 DEFS = """
@@ -81,31 +81,19 @@ def test_a_client_made_after_etcd_returns_connects_at_once_and_the_watch_resumes
     async def scenario() -> None:
         await publish(etcd.endpoint, definitions(tmp_path, users, 1), 1)
         follower = EtcdRegistry([etcd.endpoint], PROJECT)
-        changes = 0
-
-        async def follow() -> None:
-            nonlocal changes
-            async for _ in follower.changes():
-                changes += 1
-
-        task = asyncio.create_task(follow())
-        try:
-            await eventually(lambda: changes >= 1 and follower.health().connected, 10, "the watch")
+        async with following(follower) as followed:
+            await eventually(lambda: followed.yields >= 1 and follower.health().connected, 10, "the watch")
             await asyncio.to_thread(etcd.stop)
             await eventually(
                 lambda: follower.health().seconds_since_contact > OUTAGE_SECONDS, 30, "a long outage"
             )
             assert not follower.health().connected
             await asyncio.to_thread(etcd.start)
-            before = changes
+            before = followed.yields
             await publish(etcd.endpoint, definitions(tmp_path, users, 2), 2)  # raises Unavailable if not
-            await eventually(lambda: changes > before, 10, "the follower to see the publication")
+            await eventually(lambda: followed.yields > before, 10, "the follower to see the publication")
             current = await follower.current()
             assert current is not None and current.version == 2
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await follower.close()
 
     asyncio.run(scenario())
 

@@ -16,7 +16,7 @@ from featurestore.model import Definitions, DType, Entity, Feature, FeatureView,
 from featurestore.registry.etcd import EtcdRegistry
 from tests.etcd_proxies import watch_lost
 from tests.servers import EtcdServer
-from tests.support import eventually
+from tests.support import eventually, following
 
 USER = Entity("user_id", DType.INT64)
 WAIT_S = 20.0  # a generous bound, not a timing assertion
@@ -48,16 +48,8 @@ async def publish_all(endpoint: str, sizes: range) -> None:
 async def test_a_server_follows_an_etcd_wiped_between_two_publications(etcd: EtcdServer) -> None:
     await publish_all(etcd.endpoint, range(1, 11))  # versions 1-10, etcd revision ~11
     server = EtcdRegistry([etcd.endpoint], "reset", heartbeat_interval=0.2)
-    yields = 0
-
-    async def follow() -> None:
-        nonlocal yields
-        async for _ in server.changes():
-            yields += 1
-
-    task = asyncio.create_task(follow())
-    try:
-        await eventually(lambda: yields >= 1, WAIT_S, "the watch")
+    async with following(server) as followed:
+        await eventually(lambda: followed.yields >= 1, WAIT_S, "the watch")
         served = await server.current()
         assert served is not None and served.version == 10
         assert await server.get(1) is not None  # cached: version 1 of the old history
@@ -69,17 +61,13 @@ async def test_a_server_follows_an_etcd_wiped_between_two_publications(etcd: Etc
         await eventually(lambda: watch_lost("reset") > resets, WAIT_S, "the reset noticed")
         assert await server.current() is None  # re-read: nothing applied yet
 
-        before = yields
+        before = followed.yields
         await publish_all(etcd.endpoint, range(3, 4))  # the operator applies again: version 1
-        await eventually(lambda: yields > before, WAIT_S, "the publication after the reset")
+        await eventually(lambda: followed.yields > before, WAIT_S, "the publication after the reset")
         current = await server.current()
         assert current is not None and current.version == 1
         assert len(current.definitions.views["v"].features) == 3  # not the old version 1
         assert server.health().connected
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await server.close()
 
 
 async def test_a_server_whose_watch_outlived_a_reset_is_told_by_its_heartbeat(etcd: EtcdServer) -> None:
@@ -88,24 +76,12 @@ async def test_a_server_whose_watch_outlived_a_reset_is_told_by_its_heartbeat(et
     head, as if etcd had lost the writes since)."""
     await publish_all(etcd.endpoint, range(1, 3))
     server = EtcdRegistry([etcd.endpoint], "reset", heartbeat_interval=0.2)
-    yields = 0
-
-    async def follow() -> None:
-        nonlocal yields
-        async for _ in server.changes():
-            yields += 1
-
-    task = asyncio.create_task(follow())
-    try:
-        await eventually(lambda: yields >= 1, WAIT_S, "the watch")
+    async with following(server) as followed:
+        await eventually(lambda: followed.yields >= 1, WAIT_S, "the watch")
         resets = watch_lost("reset")
         server._revision += 1000  # what an etcd restored from an older backup looks like
         await eventually(lambda: watch_lost("reset") > resets, WAIT_S, "the heartbeat to notice")
-        await eventually(lambda: yields >= 2, WAIT_S, "a full re-read")
-        before = yields
+        await eventually(lambda: followed.yields >= 2, WAIT_S, "a full re-read")
+        before = followed.yields
         await publish_all(etcd.endpoint, range(5, 6))
-        await eventually(lambda: yields > before, WAIT_S, "the next publication followed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await server.close()
+        await eventually(lambda: followed.yields > before, WAIT_S, "the next publication followed")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -32,15 +31,6 @@ from tests.support import eventually
 
 # JSON nested 200,000 deep: 400 KB, under Kafka's 1 MB, and past msgspec's recursion limit.
 DEEP = b'{"zz":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-
-
-@pytest.fixture
-async def graph(arcade: ArcadeServer) -> AsyncIterator[BoltGraph]:
-    arcade.wipe()
-    g = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
-    await g.start()
-    yield g
-    await g.close()
 
 
 def produce_big(kafka: TansuBroker, topic: str, *values: bytes) -> None:

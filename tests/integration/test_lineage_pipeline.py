@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,15 +29,6 @@ def ev(i: int, feature: str = "user_profile:age", count: int = 10) -> LineageEve
         timestamp=f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}Z", upstream_deps=["warehouse.users"],
         registry_version=1, served_count=count, trace_ids=[], service="fs@test",
     )  # fmt: skip
-
-
-@pytest.fixture
-async def graph(arcade: ArcadeServer) -> AsyncIterator[BoltGraph]:
-    arcade.wipe()
-    g = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
-    await g.start()
-    yield g
-    await g.close()
 
 
 def new_consumer(

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
@@ -20,15 +18,6 @@ from lineage.sinks import KafkaSink
 from tests.integration.test_lineage_pipeline import ev, new_consumer
 from tests.servers import ArcadeServer, TansuBroker
 from tests.support import eventually
-
-
-@pytest.fixture
-async def graph(arcade: ArcadeServer) -> AsyncIterator[BoltGraph]:
-    arcade.wipe()
-    g = BoltGraph(arcade.uri, arcade.USER, arcade.PASSWORD, arcade.DATABASE)
-    await g.start()
-    yield g
-    await g.close()
 
 
 def partitions(broker: TansuBroker, topic: str) -> int | None:

@@ -219,34 +219,36 @@ async def gated() -> AsyncIterator[tuple[Gated, int]]:
 CHUNKED = b"POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n"
 
 
-async def test_a_queued_request_with_a_broken_body_is_refused_after_the_running_one_is_answered(
-    gated: tuple[Gated, int],
-) -> None:
+async def behind_a_running_request(gated: tuple[Gated, int], *sends: tuple[bytes, float]) -> list[bytes]:
+    """The statuses a client gets that sends ``REQUEST``, then, while its answer is held
+    back, each ``(bytes, seconds to wait after)`` of ``sends``, and reads to the end."""
     app, port = gated
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(REQUEST)
     await asyncio.wait_for(app.running.wait(), GUARD)
-    writer.write(CHUNKED)  # queued behind the running request; its chunks are broken
-    await asyncio.sleep(0.3)  # (past the 0.2 s header timeout too)
+    for data, wait in sends:
+        writer.write(data)
+        await asyncio.sleep(wait)
     app.release.set()
-    received = await asyncio.wait_for(reader.read(), GUARD)
+    received = await asyncio.wait_for(reader.read(), GUARD)  # an EOF, not a reset
     writer.close()
-    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"400"] and app.calls == 1
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+
+
+async def test_a_queued_request_with_a_broken_body_is_refused_after_the_running_one_is_answered(
+    gated: tuple[Gated, int],
+) -> None:
+    # queued behind the running request, its chunks broken; past the 0.2 s header timeout too
+    assert await behind_a_running_request(gated, (CHUNKED, 0.3)) == [b"200", b"400"]
+    assert gated[0].calls == 1
 
 
 async def test_broken_bytes_arriving_while_a_request_outlasts_the_header_timeout_wait_for_its_answer(
     gated: tuple[Gated, int],
 ) -> None:
-    app, port = gated
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(REQUEST)
-    await asyncio.wait_for(app.running.wait(), GUARD)
-    writer.write(b"GARBAGE\r\n\r\n" + b"x" * 1_000_000)
-    await asyncio.sleep(0.5)  # the header timeout (0.2 s) would have answered 408 and closed
-    app.release.set()
-    received = await asyncio.wait_for(reader.read(), GUARD)
-    writer.close()
-    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"400"]
+    # 0.5 s: the header timeout (0.2 s) would have answered 408 and closed
+    garbage = b"GARBAGE\r\n\r\n" + b"x" * 1_000_000
+    assert await behind_a_running_request(gated, (garbage, 0.5)) == [b"200", b"400"]
 
 
 @pytest.mark.parametrize(
@@ -262,18 +264,8 @@ async def test_a_client_that_goes_on_sending_after_refused_bytes_still_gets_ever
 ) -> None:
     """A queued request makes uvicorn stop reading; closing with the client's later bytes
     unread was a TCP reset, and the reset destroyed the answers (review s54 round 3)."""
-    app, port = gated
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(REQUEST)
-    await asyncio.wait_for(app.running.wait(), GUARD)
-    writer.write(second)
-    await asyncio.sleep(0.1)
-    writer.write(b"x" * 20_000)  # the rest of its body, or its next requests
-    await asyncio.sleep(0.1)
-    app.release.set()
-    received = await asyncio.wait_for(reader.read(), GUARD)  # an EOF, not a reset
-    writer.close()
-    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == statuses
+    more = b"x" * 20_000  # the rest of its body, or its next requests
+    assert await behind_a_running_request(gated, (second, 0.1), (more, 0.1)) == statuses
 
 
 @pytest.mark.parametrize(
@@ -284,16 +276,8 @@ async def test_a_client_that_goes_on_sending_after_refused_bytes_still_gets_ever
 async def test_a_pipelined_head_refused_while_the_request_before_it_runs_waits_for_its_answer(
     gated: tuple[Gated, int], second: bytes, status: bytes
 ) -> None:
-    app, port = gated
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(REQUEST)
-    await asyncio.wait_for(app.running.wait(), GUARD)
-    writer.write(second)  # never completed; past the 0.2 s header timeout or the 4,096-byte limit
-    await asyncio.sleep(0.5)
-    app.release.set()
-    received = await asyncio.wait_for(reader.read(), GUARD)
-    writer.close()
-    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", status]
+    # never completed; past the 0.2 s header timeout or the 4,096-byte limit
+    assert await behind_a_running_request(gated, (second, 0.5)) == [b"200", status]
 
 
 async def test_a_refused_connection_closes_once_the_client_closes_its_side(

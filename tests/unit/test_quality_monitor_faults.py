@@ -41,9 +41,11 @@ def _rows(n: int = 10_000) -> pa.Table:
     )
 
 
-async def _monitor(view: FeatureView, **kwargs: object) -> DriftMonitor:
+async def _monitor(*views: FeatureView, **kwargs: object) -> DriftMonitor:
+    """A monitor over a memory store holding a version-1 profile of each of ``views``."""
     store = MemorySource("default")
-    await store.write_profile(view, 1, profile_table(view, 1, _rows(), seed=0).to_bytes())
+    for view in views:
+        await store.write_profile(view, 1, profile_table(view, 1, _rows(), seed=0).to_bytes())
     return DriftMonitor({"default": store}, **kwargs)  # type: ignore[arg-type]
 
 
@@ -172,10 +174,7 @@ async def test_a_reference_the_store_cannot_read_is_counted_apart_and_warned_onc
 async def test_the_drift_gauges_of_a_view_no_longer_served_are_removed_at_a_swap() -> None:
     """They kept their last value (maybe drifted = 1) until the process restarted."""
     kept, gone = _view("kept_view"), _view("gone_view")
-    store = MemorySource("default")
-    for v in (kept, gone):
-        await store.write_profile(v, 1, profile_table(v, 1, _rows(), seed=0).to_bytes())
-    monitor = DriftMonitor({"default": store})
+    monitor = await _monitor(kept, gone)
     sampler = DriftSampler(monitor.submit, on_retire=monitor.retire)
     shifted = np.random.default_rng(4).normal(2, 1, 1000).tolist()
     for v in (kept, gone):
@@ -227,10 +226,7 @@ async def test_a_window_tested_while_a_swap_retires_its_view_does_not_bring_its_
     """retire() removed the gauges, then the window under test published them again: a
     removed feature's _drifted 1 stayed until the next swap (review 2, s54, finding 5)."""
     kept, gone = _view("kept_in_flight"), _view("gone_in_flight")
-    store = MemorySource("default")
-    for v in (kept, gone):
-        await store.write_profile(v, 1, profile_table(v, 1, _rows(), seed=0).to_bytes())
-    monitor = DriftMonitor({"default": store})
+    monitor = await _monitor(kept, gone)
     sampler = DriftSampler(monitor.submit, on_retire=monitor.retire)
     swapped = threading.Event()
     evaluate = monitor_module.evaluate_window
