@@ -3,7 +3,6 @@ keeps the server serving what it has, and says so under /readyz ``degraded``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -16,16 +15,10 @@ from featurestore.registry.admin import RegistryAdmin
 from featurestore.registry.base import Canary, MalformedCanary, load_state, read_canary
 from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
-from tests.support import file_registry_config
+from tests.support import eventually, file_registry_config
 from tests.unit.test_registry_canary_serving import defs
 
-
-async def _until(condition: object, what: str) -> None:
-    for _ in range(400):  # 20 s: a generous bound, not a timing assertion
-        if callable(condition) and condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
+WAIT_S = 20  # a generous bound, not a timing assertion
 
 
 def test_a_malformed_canary_record_raises_a_failed_precondition_naming_its_service() -> None:
@@ -84,16 +77,16 @@ async def test_a_malformed_canary_record_neither_stops_a_start_nor_holds_back_cu
     rt = await build_runtime(file_registry_config(tmp_path))
     try:
         assert rt.engine.state.version == 1 and rt.engine.state.canaries == {}
-        await _until(lambda: rt.registry_apply_error is not None, "the record reported")
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the record reported")
         fix = await admin.apply(defs(2))
         assert fix.snapshot is not None
         version = fix.snapshot.version
-        await _until(lambda: rt.engine.state.version == version, "the next current served")
+        await eventually(lambda: rt.engine.state.version == version, WAIT_S, "the next current served")
         degraded = rt.readiness().details["degraded"]
         assert any("'svc'" in d and "malformed" in d for d in degraded), degraded
 
         await admin.canary_abort("svc")  # deletes the record as read
-        await _until(lambda: rt.registry_apply_error is None, "the report cleared")
+        await eventually(lambda: rt.registry_apply_error is None, WAIT_S, "the report cleared")
     finally:
         await rt.close()
 
@@ -106,7 +99,7 @@ async def test_a_registry_without_current_is_reported_not_applied(tmp_path: Path
     rt = await build_runtime(file_registry_config(tmp_path))
     try:
         (tmp_path / "reg" / "p" / "registry" / "current").unlink()
-        await _until(lambda: rt.registry_apply_error is not None, "the missing current reported")
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the missing current reported")
         assert rt.engine.state.version == 1  # still served
         details = rt.readiness().details
         assert details["status"] == "degraded"
@@ -121,13 +114,13 @@ async def test_a_file_registry_whose_directory_is_gone_reports_itself_disconnect
     await admin.apply(defs(1))
     rt = await build_runtime(file_registry_config(tmp_path))
     try:
-        await _until(lambda: rt.registry.health().connected, "the first poll")
+        await eventually(lambda: rt.registry.health().connected, WAIT_S, "the first poll")
         (tmp_path / "reg").rename(tmp_path / "moved")  # unmounted, or moved away
-        await _until(lambda: not rt.registry.health().connected, "the directory missed")
-        await _until(lambda: rt.registry_apply_error is not None, "the missing current reported")
+        await eventually(lambda: not rt.registry.health().connected, WAIT_S, "the directory missed")
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the missing current reported")
         assert rt.readiness().details["registry"]["connected"] is False
         (tmp_path / "moved").rename(tmp_path / "reg")
-        await _until(lambda: rt.registry_apply_error is None, "served again")
+        await eventually(lambda: rt.registry_apply_error is None, WAIT_S, "served again")
         assert rt.registry.health().connected and rt.registry.health().seconds_since_contact < 5
     finally:
         await rt.close()
@@ -142,10 +135,10 @@ async def test_a_registry_reset_that_reuses_version_numbers_serves_the_new_defin
     rt = await build_runtime(file_registry_config(tmp_path))
     try:
         shutil.rmtree(tmp_path / "reg")  # the registry lost, then recreated from scratch
-        await _until(lambda: rt.registry_apply_error is not None, "the missing current reported")
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the missing current reported")
         again = (await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(3))).snapshot
         assert again is not None and again.version == 1  # the number the server serves
-        await _until(lambda: rt.registry_apply_error is None, "the re-applied registry applied")
+        await eventually(lambda: rt.registry_apply_error is None, WAIT_S, "the re-applied registry applied")
         served = rt.engine.state.snapshot
         assert served.version == 1 and served.fingerprint == again.fingerprint
         assert [f.name for f in served.definitions.views["v"].features] == ["f0", "f1", "f2"]
@@ -173,7 +166,7 @@ async def test_an_expected_registry_state_is_logged_as_one_line_a_retry_and_a_bu
     monkeypatch.setattr(rt, "apply_registry_change", a_bug_first)
     (tmp_path / "reg" / "p" / "registry" / "current").unlink()
     try:
-        await _until(lambda: calls >= 3, "two retries")
+        await eventually(lambda: calls >= 3, WAIT_S, "two retries")
     finally:
         await rt.close()
     failed = [r for r in caplog.records if r.getMessage().startswith("registry change not applied")]
