@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -31,6 +32,7 @@ from prometheus_client import multiprocess as _mp
 from prometheus_client.metrics_core import Metric
 
 from featurestore import metrics_files
+from featurestore.freshness import FRESHNESS
 from featurestore.metric_buffers import BufferedCounter, BufferedGauge, BufferedHistogram, Children
 from featurestore.metric_buffers import flush as flush  # (metrics.flush(): the callers' name)
 
@@ -319,6 +321,8 @@ class _ServedVersionsOnly:
             yield family
 
 
+REGISTRY.register(FRESHNESS)  # single process: the default registry's scrape
+
 requests = Children(REQUESTS, BufferedCounter)
 request_duration = Children(REQUEST_DURATION, BufferedHistogram)
 inflight = Children(INFLIGHT, BufferedGauge)
@@ -359,6 +363,7 @@ def render() -> tuple[bytes, str]:
     if path:
         registry = CollectorRegistry()
         registry.register(_ServedVersionsOnly(_mp.MultiProcessCollector(None, path)))  # type: ignore[no-untyped-call]
+        registry.register(FRESHNESS)  # (this worker's registry state: not in the files)
         with metrics_files.reading(path):
             return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

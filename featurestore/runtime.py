@@ -31,6 +31,7 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import cache_dir
 from featurestore.errors import Code, FailedPrecondition, FeatureStoreError
 from featurestore.factories import Lineage, build_lineage, make_registry, make_serving_stores
+from featurestore.freshness import FRESHNESS
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
 from featurestore.model import STREAM_STORE_PREFIX
@@ -222,6 +223,7 @@ class Runtime:
         here is left out (its service is served from current) and then reported by
         raising ``CanaryNotServed``, so the applier says so and tries it again."""
         reg = await load_state(self.registry)
+        FRESHNESS.update(reg.snapshot, reg.data_versions, reg.watermarks)  # (a watermark moves alone)
         current = self.engine.state
         if reg.snapshot is None:
             # Current's pointer is gone (etcd rebuilt empty or restored without it, the
@@ -309,6 +311,7 @@ async def build_runtime(config: Config) -> Runtime:
     """Connect the registry and stores, serve the current snapshot, start following."""
     registry = make_registry(config)
     reg = await load_state(registry)
+    FRESHNESS.update(reg.snapshot, reg.data_versions, reg.watermarks)
     if reg.snapshot is None:
         raise FailedPrecondition(
             f"the registry has no snapshot for project {config.project!r}: "

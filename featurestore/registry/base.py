@@ -16,6 +16,7 @@ runs against both): ``file`` for the embedded default and ``etcd`` for productio
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,20 @@ class Watermark:
         )
 
 
+def read_watermarks(found: Iterable[tuple[str, bytes]]) -> dict[str, Watermark]:
+    """(view, stored watermark) pairs as watermarks. One that cannot be parsed (written
+    by hand, truncated) is logged and left out: the server's freshness gauge is then
+    absent for that view, and serving never waits on it (``featurestore materialize``
+    still refuses it, through ``watermark``)."""
+    out = {}
+    for view, raw in found:
+        try:
+            out[view] = Watermark.from_json(raw)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("watermark of view %s is malformed, left out: %s: %s", view, type(e).__name__, e)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryHealth:
     connected: bool
@@ -322,6 +339,11 @@ class Registry(Protocol):
         ``Conflict`` otherwise."""
         ...
 
+    async def watermarks(self) -> dict[str, Watermark]:
+        """Every view's watermark in one read (``read_watermarks``: one that cannot be
+        parsed is left out), for servers to export how fresh each view's data is."""
+        ...
+
     def changes(self) -> AsyncIterator[None]:
         """Yields once as soon as it is watching (so the caller re-reads whatever
         changed before the watch began), then after anything under the project's
@@ -335,12 +357,14 @@ class Registry(Protocol):
 class RegistryState:
     """What a server swaps in: current snapshot, data versions, canaries and their
     candidate snapshots. ``unreadable_canaries``: why the candidate of each canary left
-    out could not be read (deleted, corrupted); its service is served from current."""
+    out could not be read (deleted, corrupted); its service is served from current.
+    ``watermarks``: each view's materialization watermark (the freshness gauges)."""
 
     snapshot: RegistrySnapshot | None
     data_versions: Mapping[str, int]
     canaries: Mapping[str, tuple[Canary, RegistrySnapshot]]
     unreadable_canaries: Mapping[str, str] = field(default_factory=dict)
+    watermarks: Mapping[str, Watermark] = field(default_factory=dict)
 
 
 async def load_state(registry: Registry) -> RegistryState:
@@ -351,6 +375,7 @@ async def load_state(registry: Registry) -> RegistryState:
     active = await registry.canaries()
     snapshot = await registry.current()
     data_versions = await registry.data_versions()
+    watermarks = await registry.watermarks()
     canaries = {}
     unreadable = {
         service: f"canary record is malformed: {m.problem}" for service, m in active.malformed.items()
@@ -360,7 +385,7 @@ async def load_state(registry: Registry) -> RegistryState:
             canaries[service] = (canary, await registry.get(canary.candidate_version))
         except (NotFound, FailedPrecondition) as e:  # FailedPrecondition: SnapshotCorrupted
             unreadable[service] = f"candidate version {canary.candidate_version}: {type(e).__name__}: {e}"
-    return RegistryState(snapshot, data_versions, canaries, unreadable)
+    return RegistryState(snapshot, data_versions, canaries, unreadable, watermarks)
 
 
 def conflict(what: str, expected: object, actual: object) -> Conflict:

@@ -44,6 +44,7 @@ from featurestore.registry.base import (
     conflict,
     read_canaries,
     read_canary,
+    read_watermarks,
 )
 from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
 from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
@@ -145,12 +146,19 @@ class EtcdRegistry(EtcdChangeFeed):
         return await self._history.snapshot_fingerprints()
 
     async def data_versions(self) -> dict[str, int]:
+        return {view: int(value) for view, value in await self._data_leaves("current")}
+
+    async def watermarks(self) -> dict[str, Watermark]:
+        return read_watermarks(await self._data_leaves("watermark"))
+
+    async def _data_leaves(self, name: str) -> list[tuple[str, bytes]]:
+        """(view, value) of every ``data/{view}/{name}`` key."""
         res = await self._link.call(self._client.get_prefix, self._data)
-        out = {}
+        out = []
         for kv in res:
             view, _, leaf = kv.key[len(self._data) :].decode().partition("/")
-            if leaf == "current":
-                out[view] = int(kv.value)
+            if leaf == name:
+                out.append((view, kv.value))
         return out
 
     async def canaries(self) -> Canaries:

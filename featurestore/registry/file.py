@@ -45,6 +45,7 @@ from featurestore.registry.base import (
     prunable,
     read_canaries,
     read_canary,
+    read_watermarks,
 )
 from featurestore.registry.snapshot_cache import SnapshotCache
 
@@ -173,6 +174,18 @@ class FileRegistry:
 
     async def watermark(self, view: str) -> Watermark | None:
         return await asyncio.to_thread(self._read_watermark, view)
+
+    async def watermarks(self) -> dict[str, Watermark]:
+        return read_watermarks(await asyncio.to_thread(self._read_watermark_files))
+
+    def _read_watermark_files(self) -> list[tuple[str, bytes]]:
+        if not self._data.is_dir():
+            return []
+        out = []
+        for d in self._data.iterdir():
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                out.append((d.name, (d / "watermark").read_bytes()))
+        return out
 
     async def set_watermark(self, view: str, mark: Watermark, *, expected: Watermark | None) -> None:
         await asyncio.to_thread(self._set_watermark, view, mark, expected)
@@ -338,8 +351,8 @@ class FileRegistry:
         if self._found:
             self._found_at = time.monotonic()
         files = [self._current]
-        if self._data.is_dir():
-            files += sorted(d / "current" for d in self._data.iterdir())
+        if self._data.is_dir():  # (a watermark moves alone in an incremental run)
+            files += sorted(d / leaf for d in self._data.iterdir() for leaf in ("current", "watermark"))
         if self._canary.is_dir():
             files += [self._canary, *sorted(self._canary.iterdir())]
         out = []

@@ -110,6 +110,22 @@ async def test_a_watermarks_range_start_is_kept_and_one_without_is_stored_as_bef
     assert await registry.watermark("v") == moved
 
 
+async def test_every_views_watermark_is_read_at_once_and_a_malformed_one_is_left_out(
+    registry: Registry, factory: RegistryFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await registry.watermarks() == {}
+    v, w = Watermark(3, 1_700_000_000_000_000), Watermark(1, 1_700_000_060_000_000, start_us=5)
+    await registry.set_watermark("v", v, expected=None)
+    await registry.set_watermark("w", w, expected=None)
+    await registry.swap_data_version("v", expected=0, new=3)  # a data version is no watermark
+    assert await registry.watermarks() == {"v": v, "w": w}
+    await factory.put_by_hand("data/x/watermark", b'{"data_version": 1}')  # no event time
+    await factory.put_by_hand("data/y/watermark", b"[1, 2]")
+    assert await registry.watermarks() == {"v": v, "w": w}
+    assert "watermark of view x is malformed" in caplog.text
+    assert "watermark of view y is malformed" in caplog.text
+
+
 async def test_projects_are_separate(factory: RegistryFactory) -> None:
     a, b = factory.client("alpha"), factory.client("beta")
     await a.publish(defs(1), expected_version=None)

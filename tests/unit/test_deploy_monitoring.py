@@ -27,16 +27,19 @@ SUFFIXES = {
 def defined_series() -> set[str]:
     """Every series name featurestore/metrics.py, featurestore/overload.py,
     featurestore/quality/metrics.py, featurestore/streaming/metrics.py and
-    lineage/metrics.py can expose, and the supervisor's counter it writes into the
-    workers' metrics files itself (featurestore/metrics_files.py)."""
+    lineage/metrics.py can expose, the supervisor's counter it writes into the
+    workers' metrics files itself (featurestore/metrics_files.py), and the freshness
+    gauges a server computes at scrape time (featurestore/freshness.py: no family until
+    a registry is read)."""
     import featurestore.metrics
     import featurestore.overload
     import featurestore.quality.metrics
     import featurestore.streaming.metrics  # noqa: F401
     import lineage.metrics  # noqa: F401
+    from featurestore.freshness import LOADED, MAX_AGE
     from featurestore.metrics_files import RESTARTS
 
-    names = {RESTARTS + "_total"}
+    names = {RESTARTS + "_total", LOADED, MAX_AGE}
     for family in REGISTRY.collect():
         if family.name.startswith("featurestore"):
             names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
