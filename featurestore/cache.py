@@ -22,7 +22,7 @@ from featurestore import metrics
 from featurestore.bypass import CONSULT, DECISIONS, TRIAL, CacheBypass
 from featurestore.errors import Unavailable
 from featurestore.fence import WriteFence
-from featurestore.lru import NOT_FOUND, LRUCache, Row
+from featurestore.lru import NOT_FOUND, LRUCache, Row, columnar
 from featurestore.metric_buffers import ByLabel
 from featurestore.model import FeatureView
 from featurestore.rows import row_keys
@@ -175,6 +175,22 @@ class CachedSource:
             got[i] = self._hits_or(q, rows, misses, res)
         return got
 
+    def answer_late(self, queries: Sequence[ViewQuery], err: BaseException) -> list[ViewRead | BaseException]:
+        """The engine gave up on a read at the deadline (the store hangs rather than
+        fails: Redis paused, before the probe opens its circuit): the rows the cache
+        holds, only the keys it lacks UNAVAILABLE, as when the store fails
+        (``_with_cached``). Not counted as hits or misses (a consulted read counted its
+        keys before the store read); the engine counts the failure."""
+        out: list[ViewRead | BaseException] = []
+        for q in queries:
+            rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
+            misses = {j for j, r in enumerate(rows) if r is None}
+            if len(misses) == len(rows):
+                out.append(err)
+            else:
+                out.append(columnar(rows, q.features, len(q.view.features), misses or None))
+        return out
+
     def _fill(self, q: ViewQuery, keys: list[Any], rows: list[Row], since: int, read_at: float) -> None:
         """Cache the rows read of ``keys``, unless a write of the view's version
         overlapped the read: ~0.1 µs a view (a tuple hash and a dict lookup)."""
@@ -191,7 +207,7 @@ class CachedSource:
         if len(misses) == len(rows):
             return err
         metrics.view_read_failures(q.view.name, self.name, "error").inc()
-        return _columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
+        return columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
 
     async def _read_trial(
         self, queries: Sequence[ViewQuery], sampled: dict[int, list[int]]
@@ -294,7 +310,7 @@ class CachedSource:
                     self._fill(q, [q.keys[i] for i in misses], fetched, since, read_at)
         for qi, q in enumerate(queries):
             if results[qi] is None:
-                results[qi] = _columnar(cached[qi], q.features, len(q.view.features), owed.get(qi))
+                results[qi] = columnar(cached[qi], q.features, len(q.view.features), owed.get(qi))
         return results  # type: ignore[return-value]
 
     async def write(
@@ -372,25 +388,3 @@ class CachedSource:
 def uncached(store: OnlineSource) -> OnlineSource:
     """The store behind a row cache (the store itself if it has none)."""
     return store.inner if isinstance(store, CachedSource) else store
-
-
-def _columnar(
-    rows: list[Any], features: Sequence[int], width: int, unavailable: set[int] | None = None
-) -> ViewRead:
-    if unavailable is None and NOT_FOUND not in rows and None not in rows:  # every key cached
-        cols = list(zip(*rows, strict=True)) if rows else [()] * (width + 1)
-        return ViewRead(
-            found=[True] * len(rows), event_ts_us=list(cols[width]), columns=[list(cols[j]) for j in features]
-        )
-    blank = (None,) * (width + 1)
-    # None: a key the store owed and did not deliver (only with ``unavailable``)
-    found = [r is not NOT_FOUND and r is not None for r in rows]
-    full = [r if f else blank for r, f in zip(rows, found, strict=True)]
-    missing = [i in unavailable for i in range(len(rows))] if unavailable else None
-    cols = list(zip(*full, strict=True)) if full else [()] * (width + 1)
-    return ViewRead(
-        found=found,
-        event_ts_us=list(cols[width]),
-        columns=[list(cols[j]) for j in features],
-        unavailable=missing,
-    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
 from featurestore.model import DType, Status
 from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
-from featurestore.plan import JoinPlan, ServingState, ViewPlan, entity_clash
-from featurestore.sources.base import EntityKey, OnlineSource, ViewQuery, ViewRead
+from featurestore.plan import JoinPlan, ServingState, ViewPlan, canary_route, entity_clash
+from featurestore.sources.base import EntityKey, LateAnswers, OnlineSource, ViewQuery, ViewRead
 from featurestore.streaming.tiles import too_many_keys
 
 log = logging.getLogger(__name__)
@@ -133,7 +132,7 @@ class JoinEngine:
         state = self.state
         service = req.feature_service
         if service and state.canaries:
-            state = _canary_route(state, service, req.entities)
+            state = canary_route(state, service, req.entities)
         t0 = time.perf_counter()
         plan = state.plan(req.features, service, req.full_feature_names)
         entities = req.entities
@@ -218,8 +217,7 @@ class JoinEngine:
                 with self.deadlines.guard(deadline):  # no loop timer per request: deadlines.py
                     results = await self._read_store(name, items, span)
             except TimeoutError:
-                late = DeadlineExceeded(f"store {name!r} missed the deadline")
-                results = self._failed(name, [q for _, q in items], late, "deadline")
+                results = self._late(name, [q for _, q in items])
             for (slot, _), r in zip(items, results, strict=True):
                 reads[slot] = r
             return reads
@@ -241,10 +239,7 @@ class JoinEngine:
             task.cancel()
             task.add_done_callback(_discard_result)
             name, items = tasks[task]
-            late = DeadlineExceeded(f"store {name!r} missed the deadline")
-            for (slot, _), r in zip(
-                items, self._failed(name, [q for _, q in items], late, "deadline"), strict=True
-            ):
+            for (slot, _), r in zip(items, self._late(name, [q for _, q in items]), strict=True):
                 reads[slot] = r
         for task in done:
             _, items = tasks[task]
@@ -313,25 +308,20 @@ class JoinEngine:
             metrics.view_read_failures(q.view.name, store_name, reason).inc()
         return [err] * len(queries)
 
-
-def _canary_route(state: ServingState, service: str, entities: Mapping[str, Sequence[Any]]) -> ServingState:
-    """The candidate's state when this request's entity falls in the canary share.
-
-    The bucket is a stable hash (crc32) of the first row's key of the canary's routing
-    entity, so an entity stays on one side for the canary's lifetime, in every process,
-    whatever other entities a request lists with it. A whole request is served from one
-    version: rows of one response never mix definitions.
-    """
-    route = state.canaries.get(service)
-    if route is None:
-        return state
-    names = (route.entity,) if route.entity else sorted(entities)
-    try:
-        key = "|".join(f"{name}={entities[name][0]}" for name in names)
-    except (KeyError, IndexError, TypeError):
-        return state  # missing or malformed entities: validation reports it
-    bucket = zlib.crc32(key.encode()) / 4294967296.0
-    return route.state if bucket < route.share else state
+    def _late(self, store_name: str, queries: list[ViewQuery]) -> list[ViewRead | BaseException]:
+        """A store's read given up on at the deadline: its views UNAVAILABLE, but for what
+        the store can answer without reading (the row cache's keys while Redis hangs,
+        ``LateAnswers``): a store that hangs loses no more than one that fails."""
+        late = DeadlineExceeded(f"store {store_name!r} missed the deadline")
+        failed = self._failed(store_name, queries, late, "deadline")
+        store: object = self.stores.get(store_name)  # (as OnlineSource, mypy finds no such subclass)
+        if not isinstance(store, LateAnswers):
+            return failed
+        try:
+            return store.answer_late(queries, late)
+        except Exception:  # a bug there must not fail the request: the views stay UNAVAILABLE
+            log.exception("store %s: answering from what it holds after the deadline failed", store_name)
+            return failed
 
 
 def _discard_result(task: asyncio.Future[Any]) -> None:

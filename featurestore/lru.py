@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from featurestore import metrics
 from featurestore.admission import FrequencySketch
+from featurestore.sources.base import ViewRead
 
 # A cached row: (feature values in view order..., event_ts_us), or NOT_FOUND.
 Row = tuple[Any, ...]
@@ -192,3 +193,28 @@ class LRUCache:
         self._spaces.clear()
         self._touched.clear()
         self._order.clear()
+
+
+def columnar(
+    rows: list[Any], features: Sequence[int], width: int, unavailable: set[int] | None = None
+) -> ViewRead:
+    """Cached rows (each the view's whole row and its event time; ``NOT_FOUND``) as a
+    store's columnar answer in ``features``; ``unavailable``: positions of keys the
+    store owed (their row None)."""
+    if unavailable is None and NOT_FOUND not in rows and None not in rows:  # every key cached
+        cols = list(zip(*rows, strict=True)) if rows else [()] * (width + 1)
+        return ViewRead(
+            found=[True] * len(rows), event_ts_us=list(cols[width]), columns=[list(cols[j]) for j in features]
+        )
+    blank = (None,) * (width + 1)
+    # None: a key the store owed and did not deliver (only with ``unavailable``)
+    found = [r is not NOT_FOUND and r is not None for r in rows]
+    full = [r if f else blank for r, f in zip(rows, found, strict=True)]
+    missing = [i in unavailable for i in range(len(rows))] if unavailable else None
+    cols = list(zip(*full, strict=True)) if full else [()] * (width + 1)
+    return ViewRead(
+        found=found,
+        event_ts_us=list(cols[width]),
+        columns=[list(cols[j]) for j in features],
+        unavailable=missing,
+    )

@@ -8,10 +8,11 @@ steady stream of identical requests resolves nothing after the first.
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.derived.compiler import Kernel
@@ -307,3 +308,23 @@ class ServingState:
 def same_snapshot(a: RegistrySnapshot, b: RegistrySnapshot) -> bool:
     """One snapshot, not merely one version number (a rewrite in place keeps it)."""
     return a.version == b.version and a.fingerprint == b.fingerprint
+
+
+def canary_route(state: ServingState, service: str, entities: Mapping[str, Sequence[Any]]) -> ServingState:
+    """The candidate's state when this request's entity falls in the canary share.
+
+    The bucket is a stable hash (crc32) of the first row's key of the canary's routing
+    entity, so an entity stays on one side for the canary's lifetime, in every process,
+    whatever other entities a request lists with it. A whole request is served from one
+    version: rows of one response never mix definitions.
+    """
+    route = state.canaries.get(service)
+    if route is None:
+        return state
+    names = (route.entity,) if route.entity else sorted(entities)
+    try:
+        key = "|".join(f"{name}={entities[name][0]}" for name in names)
+    except (KeyError, IndexError, TypeError):
+        return state  # missing or malformed entities: validation reports it
+    bucket = zlib.crc32(key.encode()) / 4294967296.0
+    return route.state if bucket < route.share else state

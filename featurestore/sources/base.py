@@ -165,3 +165,17 @@ class ProfileStore(Protocol):
     async def read_profile(self, view: FeatureView, data_version: int) -> bytes | None:
         """The serialized profile of one data version, None when it has none."""
         ...
+
+
+@runtime_checkable
+class LateAnswers(Protocol):
+    """A store that can still answer part of a read the engine gave up on at the
+    deadline (the row cache: its rows, while the store behind it hangs). A store that
+    fails answers through ``read``; one that hangs never returns, and its read is
+    cancelled as a whole."""
+
+    def answer_late(self, queries: Sequence[ViewQuery], err: BaseException) -> list[ViewRead | BaseException]:
+        """Per query, what it holds without a store read (the keys it lacks marked
+        ``unavailable``), or ``err`` when it holds none of them. Synchronous: called
+        after the deadline, it must not wait."""
+        ...

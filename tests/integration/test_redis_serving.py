@@ -301,15 +301,22 @@ def view_read_failures(stack: Stack, view: str) -> float:
 
 def test_frozen_redis_answers_unavailable_within_the_deadline(stack: Stack) -> None:
     """A frozen Redis never answers: each join still comes back, UNAVAILABLE, because
-    the server gave up on the read (the client's own timeout would fail a hang)."""
+    the server gave up on the read (the client's own timeout would fail a hang). The
+    keys the row cache holds are still served from it, as when Redis fails (review s55:
+    a hang threw them away with the read)."""
     body = {"entities": {"user_id": [3]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}
+    status, warm = stack.server.join(body)  # user 3 in the row cache
+    assert status == 200 and columns(warm)["age"]["statuses"] == ["PRESENT"]
     given_up = view_read_failures(stack, "user_profile")
     stack.redis.pause()
     try:
         for u in range(200_001, 200_006):  # never read before: not in the LRU cache
             began = time.monotonic()
-            status, doc = stack.server.join({**body, "entities": {"user_id": [u]}}, FROZEN_DEADLINE)
-            assert status == 200 and columns(doc)["age"]["statuses"] == ["UNAVAILABLE"]
+            status, doc = stack.server.join({**body, "entities": {"user_id": [3, u]}}, FROZEN_DEADLINE)
+            assert status == 200 and doc["metadata"]["partial"] is True
+            for name in ("age", "ctr_30d"):
+                assert columns(doc)[name]["statuses"] == ["PRESENT", "UNAVAILABLE"]
+                assert columns(doc)[name]["values"][0] == columns(warm)[name]["values"][0]
             # by the 300 ms asked for, not the server's 5 s (margin: the loaded CI machine)
             assert time.monotonic() - began < 2.0
         # one abandoned read per join, at its deadline: the store's probe waits as long as a

@@ -20,7 +20,7 @@ from featurestore import metrics
 from featurestore.cache import CachedSource, LRUCache
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from featurestore.join import JoinEngine, JoinRequest, Limits, _canary_route
+from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.model import (
     DType,
     Entity,
@@ -31,7 +31,7 @@ from featurestore.model import (
     Status,
     make_definitions,
 )
-from featurestore.plan import CanaryRoute, ServingState
+from featurestore.plan import CanaryRoute, ServingState, canary_route
 from featurestore.registry.admin import routing_entity
 from featurestore.rows import view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
@@ -249,26 +249,35 @@ def test_canary_routes_by_one_entity_whatever_else_the_request_lists() -> None:
     sides = set()
     for user in range(1, 200):
         seen = {
-            _canary_route(state, "svc", {"user_id": [user], "item_id": [item]}).version
+            canary_route(state, "svc", {"user_id": [user], "item_id": [item]}).version
             for item in range(1, 20)
         }
         assert len(seen) == 1, user  # the items do not move a user across
         sides |= seen
     assert sides == {1, 2}
-    assert _canary_route(state, "other", {"user_id": [1]}) is state
-    assert _canary_route(state, "svc", {"item_id": [1]}) is state  # missing entity: validation reports it
+    assert canary_route(state, "other", {"user_id": [1]}) is state
+    assert canary_route(state, "svc", {"item_id": [1]}) is state  # missing entity: validation reports it
     assert base.version == 1
 
 
-async def test_cached_keys_are_served_while_their_store_fails() -> None:
+@pytest.mark.parametrize("with_a_second_store", [False, True], ids=["alone", "beside-another-store"])
+@pytest.mark.parametrize("outage", ["fails", "hangs"])
+async def test_cached_keys_are_served_while_their_store_fails_or_hangs(
+    outage: str, with_a_second_store: bool
+) -> None:
     """A store outage costs only what the cache cannot answer: a view cached in full
-    is PRESENT, a partly cached one is UNAVAILABLE only for the keys it still owed."""
+    is PRESENT, a partly cached one is UNAVAILABLE only for the keys it still owed. The
+    same when the store hangs (Redis paused before its probe opens the circuit) and the
+    deadline gives its read up (review s55), whether the store is read alone (the
+    deadline guard) or beside another store (the engine's wait)."""
 
     class Flaky(MemorySource):
         down = False
 
         async def read(self, queries: Sequence[ViewQuery]) -> list[ViewRead | BaseException]:
             if self.down:
+                if outage == "hangs":
+                    await asyncio.Event().wait()  # never answers: only the deadline ends it
                 raise ConnectionError("store is down")
             return await super().read(queries)
 
@@ -286,26 +295,35 @@ async def test_cached_keys_are_served_while_their_store_fails() -> None:
     await inner.write(
         remote_iv, table(remote_iv, {"item_id": [7], "p": [0.7], "event_timestamp": [NOW_US]}), 0
     )
-    defs = make_definitions("p", [U, ITEM], [remote_uv, remote_iv], [])
+    local = MemorySource("local")
+    local_iv = FeatureView("liv", (ITEM,), (Feature("q", DType.FLOAT64),), online_store="local")
+    await local.prepare([local_iv])
+    await local.write(local_iv, table(local_iv, {"item_id": [7], "q": [0.5], "event_timestamp": [NOW_US]}), 0)
+    defs = make_definitions("p", [U, ITEM], [remote_uv, remote_iv, local_iv], [])
     eng = JoinEngine(
-        {"remote": CachedSource(inner, LRUCache(100, 30))},
+        {"remote": CachedSource(inner, LRUCache(100, 30)), "local": local},
         ServingState(new_snapshot(defs, 1)),
         Limits(max_rows=100),
     )
+    also = ("liv:q",) if with_a_second_store else ()
     # warm: users 1 and 9 (not found) and item 7
     await eng.join(JoinRequest({"user_id": [1, 9], "item_id": [7, 7]}, ("ruv:a", "riv:p")), deadline())
     inner.down = True
+    started = time.monotonic()
     res = await eng.join(
-        JoinRequest({"user_id": [1, 2, 9], "item_id": [7, 7, 7]}, ("ruv:a", "riv:p")), deadline()
+        JoinRequest({"user_id": [1, 2, 9], "item_id": [7, 7, 7]}, ("ruv:a", "riv:p", *also)), deadline(0.3)
     )
+    assert time.monotonic() - started < 5  # (ended by the deadline when the store hangs, not by the hang)
     c = cols(res)
     assert res.partial is True
     assert c["p"].values == [0.7] * 3 and c["p"].outcome.statuses == [Status.PRESENT] * 3
     assert c["a"].values == [10, None, None]
     assert c["a"].outcome.statuses == [Status.PRESENT, Status.UNAVAILABLE, Status.NOT_FOUND]
     assert c["a"].outcome.event_ts_us == [NOW_US, None, None]
+    if with_a_second_store:  # read in time: as it is
+        assert c["q"].values == [0.5] * 3 and c["q"].outcome.statuses == [Status.PRESENT] * 3
     # nothing cached for the view at all: the store's error, as before
-    res = await eng.join(JoinRequest({"user_id": [5]}, ("ruv:a",)), deadline())
+    res = await eng.join(JoinRequest({"user_id": [5], "item_id": [7]}, ("ruv:a", *also)), deadline(0.3))
     assert cols(res)["a"].outcome.statuses == [Status.UNAVAILABLE]
 
 
