@@ -113,7 +113,9 @@ def resolve(
         name = f"{ref.view}__{ref.feature}" if full_feature_names else ref.feature
         if name in names:
             raise InvalidArgument(
-                f"feature name {name!r} is in both {names[name]} and {ref}; set full_feature_names",
+                f"the full names of {names[name]} and {ref} are both {name!r}: ask for one of them"
+                if full_feature_names  # (view a__b's c, view a's b__c)
+                else f"feature name {name!r} is in both {names[name]} and {ref}; set full_feature_names",
                 details=[{"feature": str(names[name])}, {"feature": str(ref)}],
             )
         names[name] = ref
@@ -166,9 +168,13 @@ def entity_clash(plan: JoinPlan, entities: Iterable[str]) -> InvalidArgument:
     leave a client keeping one of them."""
     name = min(plan.names.intersection(entities))
     ref = next(r for o, r in zip(plan.outputs, plan.refs, strict=True) if o.name == name)
+    fix = (  # a full name (view a's x as entity a__x) clashes as it is
+        "set full_feature_names, or leave the entity column out"
+        if name == ref.feature
+        else "leave the entity column out"
+    )
     return InvalidArgument(
-        f"feature {ref} is named {name!r}, as the request's entity column {name!r}; "
-        "set full_feature_names, or leave the entity column out",
+        f"feature {ref} is named {name!r}, as the request's entity column {name!r}; {fix}",
         details=[{"feature": str(ref), "entity": name}],
     )
 

@@ -19,7 +19,7 @@ from featurestore.model import (
     FeatureView,
     make_definitions,
 )
-from featurestore.plan import ServingState, resolve
+from featurestore.plan import ServingState, entity_clash, resolve
 
 U, ITEM = Entity("user_id", DType.INT64), Entity("item_id", DType.STRING)
 UV = FeatureView("uv", (U,), (Feature("a", DType.INT64), Feature("b", DType.FLOAT64)))
@@ -49,6 +49,22 @@ def test_short_name_clash_asks_for_full_names() -> None:
     with pytest.raises(InvalidArgument, match="full_feature_names"):
         resolve(DEFS, ["uv:a", "iv:a"], None, False)
     assert [o.name for o in resolve(DEFS, ["uv:a", "iv:a"], None, True).outputs] == ["uv__a", "iv__a"]
+
+
+def test_features_whose_full_names_collide_are_refused_without_asking_for_full_names_again() -> None:
+    ab = FeatureView("a__b", (U,), (Feature("c", DType.INT64),))
+    a = FeatureView("a", (U,), (Feature("b__c", DType.INT64),))
+    defs = make_definitions("p", [U], [ab, a], [])
+    with pytest.raises(InvalidArgument) as info:
+        resolve(defs, ["a__b:c", "a:b__c"], None, True)
+    assert info.value.message == "the full names of a__b:c and a:b__c are both 'a__b__c': ask for one of them"
+
+
+def test_an_entity_column_named_as_a_full_feature_name_is_told_to_leave_it_out() -> None:
+    plan = resolve(DEFS, ["uv:a"], None, True)
+    assert "leave the entity column out" in entity_clash(plan, ["uv__a"]).message
+    assert "full_feature_names" not in entity_clash(plan, ["uv__a"]).message
+    assert "set full_feature_names" in entity_clash(resolve(DEFS, ["uv:a"], None, False), ["a"]).message
 
 
 @pytest.mark.parametrize(
