@@ -18,7 +18,8 @@ one answering the scrape reports; all follow the same registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
@@ -41,23 +42,27 @@ class Freshness:
 
     def update(
         self,
-        snapshot: RegistrySnapshot | None,
+        snapshots: Sequence[RegistrySnapshot],
         data_versions: Mapping[str, int],
         watermarks: Mapping[str, Watermark],
     ) -> None:
-        """The views of ``snapshot`` (none: the state is kept) with what the registry
-        holds for them. A watermark counts only when it is of the data version served
-        (0: nothing materialized): one of an older version describes rows no longer read."""
-        if snapshot is None:
-            return
-        loaded, max_age = {}, {}
-        for name, view in snapshot.definitions.views.items():
-            if view.ttl_seconds is not None:
-                max_age[name] = float(view.ttl_seconds)
-            mark = watermarks.get(name)
-            served = data_versions.get(name, 0)
-            if mark is not None and served > 0 and mark.data_version == served:
-                loaded[name] = mark.event_time_us / 1e6
+        """The views the worker serves (``snapshots``: current and each canary's
+        candidate; a view whose max age differs between them shows the shorter, whose
+        values expire first: the alert's PRESENT term keeps quiet while the other's are
+        served) at the data versions it serves, with the registry's watermarks. Called
+        once a state is served, never for one that failed to apply. A watermark counts
+        only when it is of the data version served (0: nothing materialized): one of an
+        older version describes rows no longer read."""
+        loaded: dict[str, float] = {}
+        max_age: dict[str, float] = {}
+        for snapshot in snapshots:
+            for name, view in snapshot.definitions.views.items():
+                if view.ttl_seconds is not None:
+                    max_age[name] = min(float(view.ttl_seconds), max_age.get(name, math.inf))
+                mark = watermarks.get(name)
+                served = data_versions.get(name, 0)
+                if mark is not None and served > 0 and mark.data_version == served:
+                    loaded[name] = mark.event_time_us / 1e6
         self._loaded, self._max_age = loaded, max_age  # swapped whole: a scrape reads one state
 
     def collect(self) -> Iterator[Metric]:

@@ -174,7 +174,10 @@ class JoinEngine:
             unique, inverse = keyed[vp.view.join_keys]
             outcome, cols = _merge(vp, reads[slot], n, inverse, now_us)
             partial |= outcome.unavailable
-            _count_values(outcome, vp.served_columns)
+            # A view read only for derived features still counts its rows' statuses, one
+            # per row: its staleness is what those features inherit (FeatureStoreViewExpired
+            # watches the stored view; review s55).
+            _count_values(outcome, vp.served_columns or 1)
             outcomes.append(outcome)
             gathered.append(cols)
         if self.sampler is not None:

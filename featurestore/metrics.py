@@ -114,7 +114,8 @@ VIEW_READ_FAILURES = Counter(
 )
 FEATURE_VALUES = Counter(
     "featurestore_feature_values_total",
-    "Feature values served, by view and status.",
+    "Feature values served, by view and status (a stored view read only for derived features: "
+    "one per entity row, the statuses those features inherit).",
     ["view", "status"],
 )
 REQUESTS_SHED = Counter(

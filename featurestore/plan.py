@@ -113,7 +113,8 @@ def resolve(
         name = f"{ref.view}__{ref.feature}" if full_feature_names else ref.feature
         if name in names:
             raise InvalidArgument(
-                f"the full names of {names[name]} and {ref} are both {name!r}: ask for one of them"
+                f"the full names of {names[name]} and {ref} are both {name!r}: "
+                "join them without full_feature_names (their short names differ), or ask for one of them"
                 if full_feature_names  # (view a__b's c, view a's b__c)
                 else f"feature name {name!r} is in both {names[name]} and {ref}; set full_feature_names",
                 details=[{"feature": str(names[name])}, {"feature": str(ref)}],

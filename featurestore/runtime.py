@@ -223,7 +223,6 @@ class Runtime:
         here is left out (its service is served from current) and then reported by
         raising ``CanaryNotServed``, so the applier says so and tries it again."""
         reg = await load_state(self.registry)
-        FRESHNESS.update(reg.snapshot, reg.data_versions, reg.watermarks)  # (a watermark moves alone)
         current = self.engine.state
         if reg.snapshot is None:
             # Current's pointer is gone (etcd rebuilt empty or restored without it, the
@@ -241,6 +240,8 @@ class Runtime:
             self.drift.forget_references()  # at the same version (even when no state changes)
         if not new.same_as(current):
             await self._swap(new, current, complete=not unserved)
+        # (every read: a watermark moves alone in an incremental run)
+        FRESHNESS.update(served_snapshots(new), new.data_versions, reg.watermarks)
         if unserved:
             raise CanaryNotServed(unserved)
 
@@ -311,7 +312,6 @@ async def build_runtime(config: Config) -> Runtime:
     """Connect the registry and stores, serve the current snapshot, start following."""
     registry = make_registry(config)
     reg = await load_state(registry)
-    FRESHNESS.update(reg.snapshot, reg.data_versions, reg.watermarks)
     if reg.snapshot is None:
         raise FailedPrecondition(
             f"the registry has no snapshot for project {config.project!r}: "
@@ -331,6 +331,7 @@ async def build_runtime(config: Config) -> Runtime:
     )
     engine.swap(state)
     tell_stores_served_versions(stores, state)
+    FRESHNESS.update(served_snapshots(state), state.data_versions, reg.watermarks)
     rt = Runtime(config, registry, stores, engine, lineage, drift[1] if drift else None)
     if unserved:  # current is served; the applier reports the canaries and retries them
         log.error("%s", CanaryNotServed(unserved))
@@ -340,9 +341,14 @@ async def build_runtime(config: Config) -> Runtime:
     return rt
 
 
+def served_snapshots(state: ServingState) -> list[RegistrySnapshot]:
+    """Current's snapshot and each canary's candidate."""
+    return [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]
+
+
 def served_layouts(state: ServingState) -> set[tuple[str, str]]:
     """(view, layout) of every view the state serves, canaries included."""
-    snapshots = [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]
+    snapshots = served_snapshots(state)
     return {(v.name, v.layout) for s in snapshots for v in s.definitions.views.values()}
 
 

@@ -368,14 +368,6 @@ class _Parser:
             refs.append(ref)
         if len(set(refs)) != len(refs):
             raise self.fail(f"{where}.features", "lists a feature twice")
-        full: dict[str, FeatureRef] = {}  # names it can be served under: short ones may repeat
-        for ref in refs:
-            other = full.setdefault(f"{ref.view}__{ref.feature}", ref)
-            if other != ref:  # (view a__b's c, view a's b__c): no join of the service could answer
-                raise self.fail(
-                    f"{where}.features",
-                    f"{other} and {ref} have the same full name '{ref.view}__{ref.feature}'",
-                )
         return FeatureService(
             name=name,
             features=tuple(refs),

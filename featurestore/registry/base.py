@@ -233,7 +233,7 @@ def read_watermarks(found: Iterable[tuple[str, bytes]]) -> dict[str, Watermark]:
     for view, raw in found:
         try:
             out[view] = Watermark.from_json(raw)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # (1e400: int(inf))
             log.warning("watermark of view %s is malformed, left out: %s: %s", view, type(e).__name__, e)
     return out
 

@@ -121,9 +121,11 @@ async def test_every_views_watermark_is_read_at_once_and_a_malformed_one_is_left
     assert await registry.watermarks() == {"v": v, "w": w}
     await factory.put_by_hand("data/x/watermark", b'{"data_version": 1}')  # no event time
     await factory.put_by_hand("data/y/watermark", b"[1, 2]")
+    await factory.put_by_hand("data/z/watermark", b'{"data_version": 1, "event_time_us": 1e400}')
     assert await registry.watermarks() == {"v": v, "w": w}
     assert "watermark of view x is malformed" in caplog.text
     assert "watermark of view y is malformed" in caplog.text
+    assert "watermark of view z is malformed" in caplog.text
 
 
 async def test_projects_are_separate(factory: RegistryFactory) -> None:

@@ -57,7 +57,11 @@ def test_features_whose_full_names_collide_are_refused_without_asking_for_full_n
     defs = make_definitions("p", [U], [ab, a], [])
     with pytest.raises(InvalidArgument) as info:
         resolve(defs, ["a__b:c", "a:b__c"], None, True)
-    assert info.value.message == "the full names of a__b:c and a:b__c are both 'a__b__c': ask for one of them"
+    assert info.value.message == (
+        "the full names of a__b:c and a:b__c are both 'a__b__c': "
+        "join them without full_feature_names (their short names differ), or ask for one of them"
+    )
+    assert [o.name for o in resolve(defs, ["a__b:c", "a:b__c"], None, False).outputs] == ["c", "b__c"]
 
 
 def test_an_entity_column_named_as_a_full_feature_name_is_told_to_leave_it_out() -> None:
