@@ -4,7 +4,7 @@
     {root}/{project}/registry/current                    "<version>"
     {root}/{project}/registry/next                       "<last snapshot version written>"
     {root}/{project}/registry/fingerprints/{fingerprint} "<newest version written with it>" (never pruned)
-    {root}/{project}/registry/fingerprint-of/{version}   "<fingerprint> <snapshot file's stamp>" (pruned with it)
+    {root}/{project}/registry/fingerprint-of/{version}   "<fingerprint> <snapshot file's stamp>" (file_records.py)
     {root}/{project}/data/{view}/current                 "<data version>"
     {root}/{project}/data/{view}/watermark               {"data_version", "event_time_us"[, "start_us"]}
     {root}/{project}/canary/{service}                    {"candidate_version", "share", ...}
@@ -39,14 +39,14 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
-    check_fingerprint,
     conflict,
-    is_fingerprint,
     prunable,
     read_canaries,
     read_canary,
     read_watermarks,
 )
+from featurestore.registry.file_records import FingerprintRecords, atomic_write, read_text
+from featurestore.registry.file_records import stamp as file_stamp
 from featurestore.registry.snapshot_cache import SnapshotCache
 
 
@@ -58,8 +58,7 @@ class FileRegistry:
         self._snapshots = self.root / "registry" / "snapshots"
         self._current = self.root / "registry" / "current"
         self._next = self.root / "registry" / "next"  # the last snapshot version handed out
-        self._fingerprints = self.root / "registry" / "fingerprints"
-        self._records = self.root / "registry" / "fingerprint-of"
+        self._records = FingerprintRecords(self.root / "registry", self._snapshots)
         self._data = self.root / "data"
         self._canary = self.root / "canary"
         self._cache = SnapshotCache[tuple[tuple[int, int, int], RegistrySnapshot]]()
@@ -103,34 +102,19 @@ class FileRegistry:
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             raw = fh.read()
-        snap = snapshot_from_json(raw, version)
+        snap = snapshot_from_json(raw, version)  # (its fingerprint checked against its content)
         self._cache.put(version, (stamp, snap))
+        self._records.read_in_full(version, snap.fingerprint, file_stamp(st))
         return snap
 
     async def versions(self) -> list[int]:
         return await asyncio.to_thread(self._list_versions)
 
     async def published_with(self, fingerprint: str) -> int | None:
-        path = self._fingerprints / check_fingerprint(fingerprint)
-        text = await asyncio.to_thread(_read_text, path)
-        # (a file edited by hand into no number: as if unrecorded, the caller scans)
-        return int(text) if text is not None and text.isdigit() else None
+        return await asyncio.to_thread(self._records.published_with, fingerprint)
 
     async def snapshot_fingerprints(self) -> dict[int, str | None]:
-        return await asyncio.to_thread(self._snapshot_fingerprints)
-
-    def _snapshot_fingerprints(self) -> dict[int, str | None]:
-        # A record counts only while the snapshot file is the one it was written beside
-        # (its stamp, as the cache's): a snapshot rewritten by hand is read, not trusted.
-        out: dict[int, str | None] = {}
-        for version in self._list_versions():
-            fp, _, stamp = (_read_text(self._records / str(version)) or "").partition(" ")
-            try:
-                st = os.stat(self._snapshots / f"{version}.json")
-            except FileNotFoundError:  # pruned meanwhile
-                continue
-            out[version] = fp if is_fingerprint(fp) and stamp == _stamp(st) else None
-        return out
+        return await asyncio.to_thread(lambda: self._records.snapshot_fingerprints(self._list_versions()))
 
     async def data_versions(self) -> dict[str, int]:
         return await asyncio.to_thread(self._read_data_versions)
@@ -199,7 +183,7 @@ class FileRegistry:
             actual = self._read_watermark(view)
             if actual != expected:
                 raise conflict(f"watermark of view {view!r}", expected, actual)
-            _atomic_write(self._data / view / "watermark", mark.to_json())
+            atomic_write(self._data / view / "watermark", mark.to_json())
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
@@ -207,7 +191,7 @@ class FileRegistry:
             if current != expected:
                 raise conflict("registry current", expected, current)
             snap = self._write_snapshot(definitions, message, current)
-            _atomic_write(self._current, str(snap.version).encode())
+            atomic_write(self._current, str(snap.version).encode())
             return snap
 
     def _stage(self, definitions: Definitions, message: str) -> RegistrySnapshot:
@@ -225,12 +209,9 @@ class FileRegistry:
             previous = self._get(current)
         snap = new_snapshot(definitions, version, message, previous)
         path = self._snapshots / f"{version}.json"
-        _atomic_write(path, snapshot_to_json(snap))
-        # (under the lock, as the snapshot: a crash before them leaves the snapshot
-        # without index entry or record, which apply on start then reads in full)
-        _atomic_write(self._fingerprints / snap.fingerprint, str(version).encode())
-        _atomic_write(self._records / str(version), f"{snap.fingerprint} {_stamp(path.stat())}".encode())
-        _atomic_write(self._next, str(version).encode())
+        atomic_write(path, snapshot_to_json(snap))
+        self._records.written(version, snap.fingerprint, file_stamp(path.stat()))
+        atomic_write(self._next, str(version).encode())
         return snap
 
     def _set_current(self, version: int, expected: int | None) -> None:
@@ -240,7 +221,7 @@ class FileRegistry:
             current = _read_int(self._current)
             if current != expected:
                 raise conflict("registry current", expected, current)
-            _atomic_write(self._current, str(version).encode())
+            atomic_write(self._current, str(version).encode())
 
     def _set_canary(
         self, service: str, canary: Canary | None, expected: Canary | MalformedCanary | None
@@ -256,7 +237,7 @@ class FileRegistry:
             if canary is None:
                 path.unlink()
             else:
-                _atomic_write(path, canary.to_json())
+                atomic_write(path, canary.to_json())
 
     def _promote(self, service: str, canary: Canary) -> None:
         path = self._canary / service
@@ -272,7 +253,7 @@ class FileRegistry:
             # Under the lock no other writer sees the state in between; a crash there
             # leaves the candidate current with its canary still recorded, and promoting
             # again ends it (RegistryAdmin.canary_promote).
-            _atomic_write(self._current, str(canary.candidate_version).encode())
+            atomic_write(self._current, str(canary.candidate_version).encode())
             path.unlink()
 
     def _read_canaries(self) -> Canaries:
@@ -289,7 +270,7 @@ class FileRegistry:
             if not dry_run:
                 for v in doomed:
                     (self._snapshots / f"{v}.json").unlink(missing_ok=True)
-                    (self._records / str(v)).unlink(missing_ok=True)
+                    self._records.forget(v)
                     self._cache.pop(v)
             return doomed
 
@@ -299,13 +280,13 @@ class FileRegistry:
             current = _read_int(path) or 0
             if current != expected:
                 raise conflict(f"data version of view {view!r}", expected, current)
-            _atomic_write(path, str(new).encode())
+            atomic_write(path, str(new).encode())
 
     def _allocate_data_version(self, view: str) -> int:
         with self._locked():
             current = _read_int(self._data / view / "current") or 0
             allocated = max(_read_int(self._data / view / "next") or 0, current) + 1
-            _atomic_write(self._data / view / "next", str(allocated).encode())
+            atomic_write(self._data / view / "next", str(allocated).encode())
             return allocated
 
     @contextlib.contextmanager
@@ -368,33 +349,6 @@ class FileRegistry:
         self._cache.clear()
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace").strip()
-    except FileNotFoundError:
-        return None
-
-
-def _stamp(st: os.stat_result) -> str:
-    """A snapshot file's identity: every write is a new inode by rename."""
-    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-
-
 def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
+    text = read_text(path)
     return int(text) if text else None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
