@@ -34,10 +34,20 @@ def __getattr__(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from featurestore.logconfig import configure_logging
-
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    try:  # (the client's lean install, docs/client.md, has no opentelemetry, pyarrow, ...)
+        from featurestore.logconfig import configure_logging
+
+        command_line = parser()
+    except ModuleNotFoundError as e:
+        line = (
+            f"error: FAILED_PRECONDITION: the featurestore command needs featurestore's full install, not the "
+            f"client's alone (no module {e.name!r}): pip install featurestore"
+        )
+        if not _to_supervisor(line):
+            print(line, file=sys.stderr)
+        return 2
+    args = command_line.parse_args(argv)
     logging.basicConfig()
     # until a command has read its config (whose log_level and log_format then apply)
     configure_logging(

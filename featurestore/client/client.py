@@ -29,18 +29,16 @@ from featurestore.client.options import (
     server_deadline_ms,
     unreachable,
 )
-from featurestore.client.result import JoinResult
-from featurestore.client.wire import (
+from featurestore.client.request import (
     Columns,
+    check_columns,
     check_request_data,
     check_target,
-    grpc_error,
     grpc_request,
-    grpc_result,
     http_body,
-    http_error,
-    http_result,
 )
+from featurestore.client.result import JoinResult
+from featurestore.client.wire import grpc_error, grpc_result, http_error, http_result
 
 JOIN_PATH = "/v1/feature/join"
 JOIN_METHOD = "/featurestore.v1.FeatureService/Join"
@@ -98,6 +96,7 @@ class _Base:
         full_feature_names: bool,
     ) -> Any:
         check_target(features, feature_service)
+        check_columns(entities, request_data)
         check_request_data(request_data)
         build = http_body if self.transport == "http" else grpc_request
         return build(entities, features, feature_service, request_data, full_feature_names)

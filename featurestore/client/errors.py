@@ -29,9 +29,29 @@ class FeatureServiceError(Exception):
         # retry-after trailer): a shed join. None: the server asked for nothing.
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (a process pool, multiprocessing, a task queue's worker) as it is:
+        ``args`` holds ``"CODE: message"``, which ``__init__`` would prefix again, as
+        Exception's own pickling calls ``cls(*args)``; the attributes (``code``,
+        ``retryable``, ...) travel as the instance's state."""
+        return (_unpickled, (type(self), self.args), self.__dict__)
+
+
+def _unpickled(cls: type[FeatureServiceError], args: tuple[Any, ...]) -> FeatureServiceError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
+
 
 class InvalidArgumentError(FeatureServiceError):
     code = "INVALID_ARGUMENT"
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong Python type, refused before anything is sent: a string
+    where a list goes (``features="view:f"``, an entity column ``"ab"``: a str is a
+    sequence of its characters). INVALID_ARGUMENT as every refused request, and a
+    TypeError, which the client raised for ``features="view:f"`` before."""
 
 
 class FailedPreconditionError(FeatureServiceError):

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,12 +23,19 @@ class Column:
     where a PRESENT value is null); ``event_timestamps[i]`` is the value's event time (UTC),
     None for entity columns, values never found and an event time outside years 1-9999
     (which a datetime cannot hold). Timestamp-typed feature values are ISO 8601 strings,
-    as the HTTP API renders them, over both transports."""
+    as the HTTP API renders them, over both transports.
+
+    ``dtype``: the column's type as the answer tells it, ``int64``, ``float64``,
+    ``string``, ``bool``, ``timestamp`` or ``float32_vector``: over gRPC the feature's
+    declared dtype (its columns are typed); over HTTP, whose JSON carries no types, the
+    type its values show (a timestamp shows as ``string``), None where no value is not
+    null. Not compared: both transports' results are equal when their values are."""
 
     name: str
     values: list[Any]
     statuses: list[Status]
     event_timestamps: list[datetime | None]
+    dtype: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +67,54 @@ class JoinResult:
         return {c.name: c.statuses for c in self.columns}
 
     def to_arrow(self, *, statuses: bool = False) -> Any:
-        """A ``pyarrow.Table`` of the values (pyarrow must be installed); with
-        ``statuses``, a ``<name>__status`` string column follows each value column."""
+        """A ``pyarrow.Table`` of the values (pyarrow must be installed), each column of
+        its ``dtype`` (``_ARROW_TYPES``; a timestamp is its ISO string, as in ``values``), so
+        every batch of a join has one schema; a column without one (over HTTP, no value
+        that is not null) is of Arrow's null type, which ``Table.cast`` turns into any.
+        With ``statuses``, a ``<name>__status`` string column follows each value column."""
         try:
             import pyarrow as pa
         except ImportError:
             raise ImportError("JoinResult.to_arrow needs pyarrow: pip install pyarrow") from None
         arrays: dict[str, Any] = {}
         for c in self.columns:
-            arrays[c.name] = pa.array(c.values)
+            of_type = _ARROW_TYPES.get(c.dtype or "")
+            arrays[c.name] = pa.array(c.values, None if of_type is None else of_type(pa))
             if statuses:
                 arrays[f"{c.name}__status"] = pa.array([s.value for s in c.statuses], pa.string())
         return pa.table(arrays)
 
     def to_pandas(self, *, statuses: bool = False) -> Any:
-        """A ``pandas.DataFrame`` of the values (pandas must be installed)."""
+        """A ``pandas.DataFrame`` of the values (pandas must be installed), each column of
+        the pandas dtype of its ``dtype`` (``_PANDAS_DTYPES``: nullable ``Int64``,
+        ``boolean`` and ``string``, so an int64 with a null is not turned into float64,
+        which would round values beyond 2**53; float64 with NaN; vectors as lists)."""
         try:
             import pandas as pd  # type: ignore[import-untyped]
         except ImportError:
             raise ImportError("JoinResult.to_pandas needs pandas: pip install pandas") from None
-        data: dict[str, list[Any]] = {}
+        data: dict[str, Any] = {}
         for c in self.columns:
-            data[c.name] = c.values
+            data[c.name] = pd.Series(c.values, dtype=_PANDAS_DTYPES.get(c.dtype or "", object))
             if statuses:
                 data[f"{c.name}__status"] = [s.value for s in c.statuses]
         return pd.DataFrame(data)
+
+
+# dtype -> its pyarrow type, given the pyarrow module (imported only when used)
+_ARROW_TYPES: dict[str, Callable[[Any], Any]] = {
+    "int64": lambda pa: pa.int64(),
+    "float64": lambda pa: pa.float64(),
+    "string": lambda pa: pa.string(),
+    "bool": lambda pa: pa.bool_(),
+    "timestamp": lambda pa: pa.string(),  # the values are ISO strings (years outside 1-9999 too)
+    "float32_vector": lambda pa: pa.list_(pa.float32()),
+}
+_PANDAS_DTYPES: dict[str, Any] = {
+    "int64": "Int64",
+    "float64": "float64",
+    "string": "string",
+    "bool": "boolean",
+    "timestamp": "string",
+    "float32_vector": object,
+}

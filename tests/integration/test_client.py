@@ -1,6 +1,7 @@
 """featurestore.client against a real server, over HTTP and gRPC, blocking and asyncio:
-values and statuses, derived features with request_data, errors by code, deadlines,
-retries across a server that is down and then up, traceparent."""
+values and statuses, derived features with request_data, errors by code, retries
+across a server that is down and then up, traceparent (a hung server's deadline:
+test_client_hung_server.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import trustme
 
 from featurestore.client import (
     AsyncFeatureClient,
-    DeadlineExceededError,
     FeatureClient,
     InvalidArgumentError,
     JoinResult,
@@ -192,35 +192,7 @@ def test_the_current_opentelemetry_span_is_propagated(demo: ServerProcess) -> No
     assert r.trace_id == format(0x1234, "032x")
 
 
-# -- deadlines and retries ---------------------------------------------------------------
-
-
-class Silent:
-    """A TCP listener that accepts connections and never answers (a hung server)."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_server_that_never_answers_gives_deadline_exceeded_at_the_deadline(transport: str) -> None:
-    silent = Silent()
-    try:
-        where = (
-            f"http://127.0.0.1:{silent.port}" if transport == "http" else f"grpc://127.0.0.1:{silent.port}"
-        )
-        with FeatureClient(where, retries=0) as client, pytest.raises(DeadlineExceededError):
-            client.join({"user_id": [1]}, ["user_profile:age"], deadline=0.3)
-    finally:
-        silent.close()
+# -- retries (deadlines: test_client_hung_server.py) -------------------------------------
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

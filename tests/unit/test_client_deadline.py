@@ -9,6 +9,7 @@ import asyncio
 import socket
 import threading
 import time
+from typing import Any
 
 import httpcore
 import pytest
@@ -106,6 +107,85 @@ def test_after_a_try_cut_at_its_deadline_the_client_joins_again() -> None:
         assert result.to_dict() == {"item_id": [1]}
     finally:
         server.close()
+
+
+class Blackholes:
+    """Listeners whose accept queue is full: the kernel drops further SYNs, so a connect
+    hangs until its timeout, as to an address behind a firewall that drops them."""
+
+    def __init__(self, n: int) -> None:
+        self.sockets: list[socket.socket] = []
+        self.ports = []
+        for _ in range(n):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            self.sockets.append(listener)
+            for _ in range(3):  # (never accepted) fill the queue
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                self.sockets.append(filler)
+            self.ports.append(port)
+        time.sleep(0.05)
+        with socket.socket() as probe:  # the premise: a connect to one times out
+            probe.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                probe.connect(("127.0.0.1", self.ports[0]))
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def resolving(monkeypatch: pytest.MonkeyPatch, name: str, addresses: list[tuple[str, int]]) -> None:
+    """``name`` resolves to ``addresses`` (only the DNS answer is made up; the connects are real)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == name:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in addresses]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+ADDRESSES = 4  # a round-robin name whose pods are all gone behind a firewall
+DEADLINE = 0.5
+LATE = 0.75  # a loaded host's margin past the deadline; the client that gave each address the
+# whole time left took ADDRESSES x DEADLINE = 2 s
+
+
+def test_a_name_of_several_addresses_that_drop_syns_is_given_the_deadline_once_not_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    holes = Blackholes(ADDRESSES)
+    try:
+        resolving(monkeypatch, "features.test", [("127.0.0.1", port) for port in holes.ports])
+        with FeatureClient(f"http://features.test:{holes.ports[0]}", retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                client.join({"item_id": [1]}, ["item:price"], deadline=DEADLINE)
+            elapsed = time.monotonic() - started
+    finally:
+        holes.close()
+    assert DEADLINE * 0.9 <= elapsed < DEADLINE + LATE, elapsed
+
+
+def test_an_address_that_refuses_is_passed_over_for_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Trickle("prompt")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refusing = closed.getsockname()[1]  # bound, not listening: refused
+        port = int(server.url.rsplit(":", 1)[1])
+        resolving(monkeypatch, "features.test", [("127.0.0.1", refusing), ("127.0.0.1", port)])
+        try:
+            with FeatureClient(f"http://features.test:{port}", retries=0) as client:
+                result = client.join({"item_id": [1]}, ["item:price"], deadline=5)
+        finally:
+            server.close()
+    assert result.to_dict() == {"item_id": [1]}
 
 
 def test_the_blocking_transport_does_its_io_through_the_deadline_backend() -> None:

@@ -85,6 +85,8 @@ SHED_BODY = (
         ("7", b"<html>busy</html>", 7.0),  # a proxy's 503 with Retry-After
         ("Wed, 21 Oct 2015 07:28:00 GMT", b"", 0.0),  # an HTTP date already past
         ("soon", b"", None),  # neither a number nor a date: no wait asked for
+        ("\xb2", b"", None),  # "²" (a Latin-1 byte): str.isdigit says yes, float says no
+        ("\u0661\u0662", b"", None),  # Arabic-Indic "12": no HTTP delta-seconds either
         (None, b'{"error":{"code":"UNAVAILABLE","message":"store down","details":[]}}', None),
     ],
 )
@@ -131,7 +133,7 @@ def test_a_token_no_header_can_carry_is_refused_at_once_without_showing_it(token
 
 def test_a_bad_entity_key_is_the_same_invalid_argument_over_grpc_as_over_http() -> None:
     from featurestore.client.errors import InvalidArgumentError
-    from featurestore.client.wire import grpc_request
+    from featurestore.client.request import grpc_request
 
     for keys in ([1, "a"], [True], [1.5], [None]):
         with pytest.raises(InvalidArgumentError, match="keys must be all integers or all strings"):
@@ -143,7 +145,7 @@ def test_numpy_scalars_are_sent_as_the_python_values_they_hold() -> None:
 
     import numpy as np
 
-    from featurestore.client.wire import grpc_request, http_body
+    from featurestore.client.request import grpc_request, http_body
 
     keys, prices = [np.int64(1), np.int64(2)], [np.int64(5), np.float64(7.5)]
     doc = json.loads(http_body({"user_id": keys}, ["v:f"], None, {"p": prices}, False))
@@ -156,7 +158,7 @@ def test_numpy_values_that_are_no_scalar_number_are_refused_as_before() -> None:
     import numpy as np
 
     from featurestore.client.errors import InvalidArgumentError
-    from featurestore.client.wire import check_request_data, grpc_request
+    from featurestore.client.request import check_request_data, grpc_request
 
     for values in (
         [np.array([1.0, 2.0]), np.array([3.0, 4.0])],
@@ -174,7 +176,7 @@ def test_an_object_array_s_numpy_scalars_are_sent_and_a_bad_key_row_is_the_one_n
     import numpy as np
 
     from featurestore.client.errors import InvalidArgumentError
-    from featurestore.client.wire import check_request_data, grpc_request, http_body
+    from featurestore.client.request import check_request_data, grpc_request, http_body
 
     objects = np.array([np.int64(1), None], dtype=object)
     check_request_data({"p": objects})  # type: ignore[dict-item]  # (as the same list is)
@@ -183,3 +185,43 @@ def test_an_object_array_s_numpy_scalars_are_sent_and_a_bad_key_row_is_the_one_n
     assert json.loads(body)["entities"] == {"k": [1, 2]}
     with pytest.raises(InvalidArgumentError, match=r"row 2 is int \(3\)"):  # (numpy strings are strings)
         grpc_request({"k": [*np.array(["a", "b"]), 3]}, ["v:f"], None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        (
+            [1, float("nan")],
+            "entity 'user_id': keys must be all integers or all strings; row 1 is float (nan)",
+        ),
+        ([1, 10**5000], "entity 'user_id': row 1 key an integer of 16610 bits is outside the int64 range"),
+        (["a", b"b"], "entity 'user_id': keys must be all integers or all strings; row 1 is bytes (b'b')"),
+        (["a", "\udcff"], "entity 'user_id': row 1 key '\\udcff' is not UTF-8 text"),
+    ],
+)
+def test_keys_json_cannot_write_are_invalid_argument_naming_the_row_as_over_grpc(
+    keys: list[object], named: str
+) -> None:
+    """json.dumps raised its own ValueError or TypeError out of join before."""
+    from featurestore.client.errors import InvalidArgumentError
+    from featurestore.client.request import grpc_request, http_body
+
+    for encode in (http_body, grpc_request):
+        with pytest.raises(InvalidArgumentError) as refused:
+            encode({"user_id": keys}, ["v:f"], None, None, False)
+        assert refused.value.message.startswith(named), (encode.__name__, refused.value.message)
+
+
+def test_pandas_missing_values_are_nulls_and_its_strings_are_no_column() -> None:
+    import pandas as pd  # type: ignore[import-untyped]
+
+    from featurestore.client.errors import InvalidArgumentError
+    from featurestore.client.request import as_list
+
+    assert as_list(pd.Series([1, None], dtype="Int64")) == [1, None]
+    assert as_list(pd.Series(["a", None], dtype="string")) == ["a", None]
+    assert as_list([pd.NaT, pd.NA, 1.5]) == [None, None, 1.5]
+    for column in ("ab", b"ab", 5):
+        with pytest.raises(InvalidArgumentError, match="entity 'k': a column is a list of values") as e:
+            as_list(column, "entity 'k'")
+        assert isinstance(e.value, TypeError)
