@@ -4,6 +4,7 @@ configured definitions, materialize views. Each builds what it needs from
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -152,6 +153,7 @@ async def materialize(
     runs: RunSink | None = None,
     on_skip: Callable[[str, str], None] | None = None,
     on_done: Callable[[MaterializeResult], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[MaterializeResult]:
     """Materialize views one after another with the stores and registry the config
     names: ``views`` (None: every view of the current snapshot that a run can load; the
@@ -159,7 +161,8 @@ async def materialize(
     definition's ``batch_source`` (a Parquet path, or a ClickHouse table read through
     ``clickhouse_dsn`` or the config's first ClickHouse store).
     ``on_start(view, source)`` may return the progress callback of that view's run;
-    ``on_done(result)`` hears of each view as it is published.
+    ``on_done(result)`` hears of each view as it is published; ``stop``, once set, ends
+    the run being loaded between two batches (``Materializer``).
     Each view's run is recorded in lineage (``make_run_recorder``; into ``runs`` when given)."""
     registry = make_registry(config)
     recorder, close_recorder = await make_run_recorder(config)
@@ -196,7 +199,7 @@ async def materialize(
             dataset = (
                 definition.batch_source.uri if source is None and definition.batch_source else src.describe()
             )
-            one = _One(config, registry, definition, src, dataset, recorder)
+            one = _One(config, registry, definition, src, dataset, recorder, stop)
             results.append(await one.run(batch_rows, grace_seconds, progress, span, incremental))
             if on_done is not None:
                 on_done(results[-1])
@@ -278,9 +281,10 @@ class _One:
         source: OfflineSource,
         dataset: str,
         recorder: RunRecorder,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.config, self.registry, self.definition = config, registry, definition
-        self.source, self.dataset, self.recorder = source, dataset, recorder
+        self.source, self.dataset, self.recorder, self.stop = source, dataset, recorder, stop
 
     async def run(
         self,
@@ -303,7 +307,7 @@ class _One:
         )
         await store.start()
         try:
-            job = Materializer(self.registry, store, grace_seconds=grace_seconds)
+            job = Materializer(self.registry, store, grace_seconds=grace_seconds, stop=self.stop)
             result = await job.run(
                 definition.name,
                 self.source,

@@ -4,7 +4,9 @@
 An ``OfflineSource`` streams Arrow record batches holding the latest row of every
 entity key (by event timestamp) among the rows of an event-time range, so a large table
 never has to fit in memory and duplicates resolve by time however the batches fall.
-``count`` gives progress an ETA. Contract: tests/contract/test_offline_source.py.
+Before its first batch the stream fills the ``ScanCounts`` it is given: the source rows
+in the range (duplicates included: what a run read) and the rows it will yield (one per
+key: what progress counts toward). Contract: tests/contract/test_offline_source.py.
 """
 
 from __future__ import annotations
@@ -48,11 +50,20 @@ class EventTimeRange:
 EVERYTHING = EventTimeRange()
 
 
+@dataclass(slots=True)
+class ScanCounts:
+    """What a ``latest_batches`` stream tells of its rows, before its first batch (None:
+    not known)."""
+
+    in_range: int | None = None  # source rows in the range, duplicates included
+    latest: int | None = None  # rows the stream yields, one per key (an estimate is fine: the ETA)
+
+
 class OfflineSource(Protocol):
     def describe(self) -> str: ...
 
     async def count(self, timestamp: str, span: EventTimeRange = EVERYTHING) -> int | None:
-        """Rows in ``span`` (an estimate is fine: it only feeds the ETA)."""
+        """Rows in ``span``, duplicates included."""
         ...
 
     def latest_batches(
@@ -62,9 +73,10 @@ class OfflineSource(Protocol):
         timestamp: str,
         batch_rows: int,
         span: EventTimeRange = EVERYTHING,
+        counts: ScanCounts | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
         """``columns`` of the latest row per ``keys`` by ``timestamp`` among the rows in
-        ``span``, in batches."""
+        ``span``, in batches; ``counts`` filled before the first."""
         ...
 
 
@@ -118,6 +130,7 @@ class ParquetOfflineSource:
         timestamp: str,
         batch_rows: int,
         span: EventTimeRange = EVERYTHING,
+        counts: ScanCounts | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
         self._check([*columns, *keys, timestamp])
         where = self._filter(timestamp, span)
@@ -129,7 +142,9 @@ class ParquetOfflineSource:
                 raise InvalidArgument(
                     f"{self.path}: key column {k!r} has null values", details=[{"column": k}]
                 )
-        keep = latest_mask(ids, keys, timestamp)
+        keep = self._latest(ids, keys, timestamp)
+        if counts is not None:
+            counts.in_range, counts.latest = len(keep), int(keep.sum())
         del ids
         it = iter(
             self._dataset.to_batches(
@@ -150,6 +165,23 @@ class ParquetOfflineSource:
             raise FailedPrecondition(
                 f"{self.path} changed while it was read ({offset} rows, then {len(keep)})"
             )
+
+    def _latest(self, ids: pa.Table, keys: Sequence[str], timestamp: str) -> np.ndarray:
+        """``latest_mask`` of the pre-pass's columns. A dictionary-encoded one (a pandas
+        Categorical written with ``to_parquet``) is decoded first: Arrow does not sort
+        those. One of a type it cannot sort at all is refused naming the columns."""
+        for i, name in enumerate(ids.column_names):
+            if pa.types.is_dictionary(ids.schema.field(i).type):
+                col = ids.column(i)
+                ids = ids.set_column(i, name, col.cast(col.type.value_type))
+        try:
+            return latest_mask(ids, keys, timestamp)
+        except (pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            types = ", ".join(f"{c!r} {ids.schema.field(c).type}" for c in [*keys, timestamp])
+            raise InvalidArgument(
+                f"{self.path}: cannot order the rows by their key and event time columns ({types}): {e}",
+                details=[{"column": c, "type": str(ids.schema.field(c).type)} for c in [*keys, timestamp]],
+            ) from None
 
     def _filter(self, timestamp: str, span: EventTimeRange) -> pc.Expression | None:
         if not span.bounded:
@@ -261,20 +293,31 @@ class ClickHouseOfflineSource:
         timestamp: str,
         batch_rows: int,
         span: EventTimeRange = EVERYTHING,
+        counts: ScanCounts | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
-        have = {
-            str(r[0])
+        types = {
+            str(r[0]): str(r[1])
             for r in await asyncio.to_thread(
                 lambda: self._client.query(f"DESCRIBE TABLE {self._quoted}").result_rows
             )
         }
-        missing = [c for c in [*columns, *keys, timestamp] if c not in have]
+        missing = [c for c in [*columns, *keys, timestamp] if c not in types]
         if missing:
             raise InvalidArgument(
                 f"{self.table}: column {missing[0]!r} is missing", details=[{"column": missing[0]}]
             )
+        seconds = {c for c in columns if _is_datetime(types[c])}
         key_list = ", ".join(f"`{k}`" for k in keys)
         where, params = _where(timestamp, span)
+        if counts is not None:
+            # The rows in the range, and an estimate of its keys (``uniq``: a fixed-size
+            # sketch, about 1% off) for the ETA, in one scan of the key and time columns
+            # (the LIMIT 1 BY query reads them again with every other column, and sorts).
+            sql = f"SELECT count(), uniq({key_list}) FROM {self._quoted}{where}"
+            [(n, latest)] = await asyncio.to_thread(
+                lambda: self._client.query(sql, parameters=params).result_rows
+            )
+            counts.in_range, counts.latest = int(n), int(latest)
         sql = (
             f"SELECT {', '.join(f'`{c}`' for c in columns)} FROM {self._quoted}{where} "
             f"ORDER BY {key_list}, `{timestamp}` DESC LIMIT 1 BY {key_list}"
@@ -293,7 +336,7 @@ class ClickHouseOfflineSource:
                     ended = True
                     return
                 for batch in block.to_batches() if isinstance(block, pa.Table) else [block]:
-                    yield batch
+                    yield _as_timestamps(batch, seconds) if seconds else batch
         finally:
             # An unfinished stream (the consistency check gave up, or a read failed) is
             # closed without reading the rest: query_arrow_stream's source is urllib3's
@@ -301,6 +344,30 @@ class ClickHouseOfflineSource:
             # streaming took 0.0 s, clickhouse-connect 1.12 / urllib3 2, 2026-12-07).
             with contextlib.suppress(Exception) if not ended else contextlib.nullcontext():
                 await asyncio.to_thread(stream.__exit__, None, None, None)
+
+
+def _is_datetime(ch_type: str) -> bool:
+    """A ClickHouse ``DateTime`` (time zone or not, Nullable or not; not ``DateTime64``)."""
+    for wrapper in ("LowCardinality(", "Nullable("):
+        if ch_type.startswith(wrapper):
+            ch_type = ch_type[len(wrapper) : -1]
+    return ch_type == "DateTime" or ch_type.startswith("DateTime(")
+
+
+def _as_timestamps(batch: pa.RecordBatch, names: set[str]) -> pa.RecordBatch:
+    """ClickHouse's Arrow output gives a ``DateTime`` as uint32 seconds since 1970 (only
+    ``DateTime64`` becomes an Arrow timestamp), which no view dtype takes: timestamp[s,
+    UTC] instead, the instant it holds (its time zone is only how ClickHouse prints it)."""
+    for i, field in enumerate(batch.schema):
+        if field.name in names:
+            col = batch.column(i)
+            if pa.types.is_dictionary(col.type):  # (LowCardinality)
+                col = col.dictionary_decode()
+            if pa.types.is_integer(col.type):
+                batch = batch.set_column(
+                    i, field.name, col.cast(pa.int64()).cast(pa.timestamp("s", tz="UTC"))
+                )
+    return batch
 
 
 def _where(timestamp: str, span: EventTimeRange) -> tuple[str, dict[str, int]]:

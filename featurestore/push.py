@@ -3,9 +3,11 @@
 The whole request is validated against the view's schema before anything is
 written: a wrong type is a 400 that names the column (and row), and a request that
 fails validation writes nothing. Timestamps are ISO 8601 strings (HTTP) or epoch
-microseconds (gRPC); ``event_timestamp`` defaults to now. The write runs under the
-request deadline: a store that does not confirm it in time is a DEADLINE_EXCEEDED
-(504), never a request that hangs.
+microseconds (gRPC's ``timestamp_values``); ``event_timestamp`` defaults to now. An
+integer over HTTP is refused naming the column: JSON's habit is epoch seconds, which
+taken as microseconds were stored as January 1970 with a 200 (review s55). The write
+runs under the request deadline: a store that does not confirm it in time is a
+DEADLINE_EXCEEDED (504), never a request that hangs.
 """
 
 from __future__ import annotations
@@ -64,7 +66,13 @@ class PushService:
             raise InvalidArgument(f"{view.name!r} is a stream view: its processor writes it, not push")
         if req.kinds is not None:
             check_kinds(view, req.kinds, state.definitions.entities)
-        table = to_table(view, req.columns, self.engine.limits.max_rows, state.definitions.entities)
+        table = to_table(
+            view,
+            req.columns,
+            self.engine.limits.max_rows,
+            state.definitions.entities,
+            epoch_us=req.kinds is not None,  # gRPC's timestamp_values; ISO 8601 strings over HTTP
+        )
         store = self.engine.stores.get(view.online_store)
         if store is None:
             raise NotFound(f"online store {view.online_store!r} of view {view.name!r} is not configured here")
@@ -123,8 +131,15 @@ def check_kinds(view: FeatureView, kinds: Mapping[str, str], entities: Mapping[s
 
 
 def to_table(
-    view: FeatureView, columns: Mapping[str, Sequence[Any]], max_rows: int, entities: Mapping[str, Entity]
+    view: FeatureView,
+    columns: Mapping[str, Sequence[Any]],
+    max_rows: int,
+    entities: Mapping[str, Entity],
+    *,
+    epoch_us: bool = False,
 ) -> pa.Table:
+    """The rows of a push as a table of the view's schema. Timestamps are ISO 8601
+    strings, or with ``epoch_us`` (gRPC) integers in microseconds since 1970."""
     if not columns:
         raise InvalidArgument("empty push: no columns")
     keys = {k: columns[k] for k in view.join_keys if k in columns}
@@ -150,10 +165,10 @@ def to_table(
             raise InvalidArgument(
                 f"push to {view.name!r}: feature column {f.name!r} is missing", details=[{"column": f.name}]
             )
-        arrays[f.name] = _column(view.name, f.name, f.dtype, columns[f.name], n, nullable=True)
+        arrays[f.name] = _column(view.name, f.name, f.dtype, columns[f.name], n, True, epoch_us)
     if EVENT_TIMESTAMP in columns:
         arrays[EVENT_TIMESTAMP] = _column(
-            view.name, EVENT_TIMESTAMP, DType.TIMESTAMP, columns[EVENT_TIMESTAMP], n, nullable=False
+            view.name, EVENT_TIMESTAMP, DType.TIMESTAMP, columns[EVENT_TIMESTAMP], n, False, epoch_us
         )
     else:
         now = time.time_ns() // 1000
@@ -163,13 +178,16 @@ def to_table(
     return pa.table(arrays, metadata=PUSH_CHECKED)
 
 
-def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *, nullable: bool) -> pa.Array:
+def _column(
+    view: str, name: str, dtype: DType, values: Sequence[Any], n: int, nullable: bool, epoch_us: bool
+) -> pa.Array:
     if len(values) != n:
         raise InvalidArgument(
             f"push to {view!r}: column {name!r} has {len(values)} values, the entity columns {n}",
             details=[{"column": name, "length": len(values), "expected": n}],
         )
-    check = _CHECKS[dtype]
+    iso = dtype is DType.TIMESTAMP and not epoch_us
+    check = _is_iso if iso else _CHECKS[dtype]
     for i, v in enumerate(values):
         if v is None:
             if nullable:
@@ -179,7 +197,11 @@ def _column(view: str, name: str, dtype: DType, values: Sequence[Any], n: int, *
         got = "null" if v is None else type(v).__name__
         detail: dict[str, Any] = {"column": name, "row": i, "expected": dtype.value, "got": got}
         why = f"{got} ({_show(v)})"
-        if _numeric_kind(dtype, v):
+        if iso:
+            # epoch seconds, milliseconds or microseconds? JSON cannot say: refused, not guessed
+            why += "; over HTTP a timestamp is an ISO 8601 string, e.g. 2024-05-01T10:00:00Z"
+            detail["format"] = "ISO 8601"
+        elif _numeric_kind(dtype, v):
             why += f", outside the {dtype.value} range"
         elif dtype is DType.FLOAT32_VECTOR and type(v) is list:
             j = next(j for j, x in enumerate(v) if not _is_float32(x))
@@ -252,9 +274,7 @@ def _numeric_kind(dtype: DType, v: Any) -> bool:
     return dtype in (DType.INT64, DType.TIMESTAMP) and type(v) is int
 
 
-def _is_timestamp(v: Any) -> bool:
-    if _is_int(v):
-        return True
+def _is_iso(v: Any) -> bool:
     if type(v) is not str:
         return False
     try:
@@ -293,6 +313,6 @@ _CHECKS: dict[DType, Callable[[Any], bool]] = {
     DType.FLOAT64: _is_float,
     DType.STRING: _is_str,
     DType.BOOL: _is_bool,
-    DType.TIMESTAMP: _is_timestamp,
+    DType.TIMESTAMP: _is_int,  # gRPC's epoch µs (``epoch_us``); over HTTP, _is_iso
     DType.FLOAT32_VECTOR: _is_vector,
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 from typing import Any
 
 from featurestore.cli.base import Subcommands
@@ -88,6 +90,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         print(_summary(result, args.grace_seconds), flush=True)
 
     async def run() -> Any:
+        stop = _cancel_on_sigterm()
         await jobs.apply_configured_definitions(config, force=args.force, force_flag="--force to materialize")
         source = None
         if args.source:
@@ -104,20 +107,51 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
             on_start=lambda view, src: reporter.start(view, src.describe()),
             on_skip=lambda view, why: print(f"{view}: skipped: {why}", flush=True),
             on_done=done,
+            stop=stop,
         )
 
     try:
         asyncio.run(run())
+    except asyncio.CancelledError:  # SIGTERM: the run was cancelled (_cancel_on_sigterm)
+        print(
+            "error: CANCELLED: stopped by SIGTERM (the view being loaded: a full run not yet published "
+            "dropped its rows, one published finished its cleanup first; an incremental run's upserts "
+            "stay and its watermark did not move)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + signal.SIGTERM
     finally:
         reporter.finish()
     return 0
+
+
+def _cancel_on_sigterm() -> asyncio.Event:
+    """SIGTERM (``timeout``, ``docker stop``, a Kubernetes deadline) cancels the run
+    instead of killing the process: a run not yet published drops its rows, one published
+    finishes the few seconds of cleanup that expire what it replaced (Materializer). A
+    second SIGTERM cancels that too; SIGKILL leaves it to the next publication. The event
+    returned is set with the cancel: the run checks it between batches, should the
+    cancellation itself be lost (``Materializer``'s ``stop``)."""
+    task = asyncio.current_task()
+    assert task is not None
+    stop = asyncio.Event()
+
+    def terminate() -> None:
+        stop.set()
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    return stop
 
 
 def _summary(r: Any, grace_seconds: int) -> str:
     from featurestore.api.timestamps import iso_utc
 
     mark = f"; watermark {iso_utc(r.watermark_us)}" if r.watermark_us is not None else ""
-    rate = f"{r.rows_read / max(r.seconds, 1e-9):,.0f} rows/s"
+    # rows written a second: the progress bar's unit (a key's latest row each); read
+    # counts the source's rows in the range, duplicates included
+    rate = f"{r.rows_written / max(r.seconds, 1e-9):,.0f} rows/s"
     if r.incremental:
         return (
             f"{r.view}: incremental: {r.rows_written:,} rows upserted into data version {r.data_version} "
@@ -126,8 +160,16 @@ def _summary(r: Any, grace_seconds: int) -> str:
     return (
         f"{r.view}: published data version {r.data_version} (was {r.previous_version}): "
         f"{r.rows_written:,} rows written from {r.rows_read:,} read in {r.seconds:.1f}s ({rate}){mark}"
-        + (f"; version {r.previous_version} expires in {grace_seconds}s" if r.previous_version else "")
+        + _expiring(r.expiring, grace_seconds)
     )
+
+
+def _expiring(versions: tuple[int, ...], grace_seconds: int) -> str:
+    if not versions:
+        return ""
+    if len(versions) == 1:
+        return f"; version {versions[0]} expires in {grace_seconds}s"
+    return f"; versions {', '.join(map(str, versions))} expire in {grace_seconds}s"
 
 
 def _epoch_us(text: str | None, flag: str) -> int | None:

@@ -10,9 +10,16 @@ store when it loads a view's file) and stored with that version in the view's st
   by batch with ``argpartition``: no per-row Python work). 5,000 values estimate the
   reference CDF to +-0.019 (DKW bound at 95%), well inside the KS critical distance of a
   1,000-value window at alpha 0.05 (0.047): the window, not the reference, limits power.
-* Categorical features (string, bool): the exact count of every category over all
-  rows (``pyarrow.compute.value_counts``), the ``MAX_CATEGORIES`` most frequent kept and
-  the rest summed as ``OTHER``.
+* Categorical features (string, bool): the count of every category over all rows
+  (``pyarrow.compute.value_counts`` per batch), the ``MAX_CATEGORIES`` most frequent
+  kept and the rest summed as ``OTHER``. Counted in bounded memory, ``MAX_COUNTED``
+  counters a feature (Misra-Gries): when a batch brings the distinct values past it,
+  every count drops by the (MAX_COUNTED + 1)-th largest and those left at 0 go. The
+  counts are exact while a feature has at most ``MAX_COUNTED`` distinct values; past
+  that each kept count is low by at most rows / (MAX_COUNTED + 1) (0.01% of the rows)
+  and the difference is in ``OTHER``, which is the rows less the kept counts. A feature
+  of a distinct value per row (a URL, an e-mail) made the profile hold every value
+  until ``build()``: about 190 B each, 290 MB of a 1.5M-row run.
 * float32 vectors are not profiled.
 
 The reference weighs every row (key) alike; served windows weigh keys by how often they
@@ -49,6 +56,11 @@ from featurestore.quality.stats import OTHER as OTHER  # beyond MAX_CATEGORIES (
 
 SAMPLE_SIZE = 5_000
 MAX_CATEGORIES = 1_000
+# Counters per categorical feature while a version is written: ten times what a profile
+# keeps, so the kept ones are picked from many more. At most this many values plus one
+# batch's distinct ones are held (about 2 MB at 200 B a value, against 190 B per distinct
+# value of the whole table before).
+MAX_COUNTED = 10 * MAX_CATEGORIES
 NUMERIC = frozenset({DType.INT64, DType.FLOAT64, DType.TIMESTAMP})
 CATEGORICAL = frozenset({DType.STRING, DType.BOOL})
 FORMAT = 1
@@ -162,6 +174,8 @@ class ProfileBuilder:
         merged = self._counts[name]  # merged only once the whole batch counted
         for key, n in counts.items():
             merged[key] = merged.get(key, 0) + n
+        if len(merged) > MAX_COUNTED:
+            self._counts[name] = _heavy_hitters(merged, MAX_COUNTED)
         self._seen[name] += len(col) - col.null_count
 
     def _guard(self, name: str, step: Any, *args: Any) -> None:
@@ -185,8 +199,9 @@ class ProfileBuilder:
                 )
         for f in self._categorical:
             if f.name not in self._failed:
+                seen = self._seen[f.name]
                 features[f.name] = FeatureProfile(
-                    f.name, "categorical", self._seen[f.name], categories=_top(self._counts[f.name])
+                    f.name, "categorical", seen, categories=_top(self._counts[f.name], seen)
                 )
         return Profile(self.view.name, self.view.layout, self.data_version, self.rows, features)
 
@@ -210,12 +225,22 @@ def category_name(value: Any) -> str:
     return str(value)
 
 
-def _top(counts: dict[str, int]) -> dict[str, int]:
-    if len(counts) <= MAX_CATEGORIES:
+def _heavy_hitters(counts: dict[str, int], k: int) -> dict[str, int]:
+    """Misra-Gries' step: every count less the (k + 1)-th largest, the positive ones
+    kept (at most ``k``). A value whose true count is over rows / (k + 1) is never lost."""
+    values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    cut = int(np.partition(values, len(values) - k - 1)[len(values) - k - 1])
+    return {key: n - cut for key, n in counts.items() if n > cut}
+
+
+def _top(counts: dict[str, int], seen: int) -> dict[str, int]:
+    """The ``MAX_CATEGORIES`` - 1 largest counts and ``OTHER`` for the rest of the ``seen``
+    values, or every count when there are no more and none was cut."""
+    if len(counts) <= MAX_CATEGORIES and sum(counts.values()) == seen:
         return dict(counts)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     kept = dict(ranked[: MAX_CATEGORIES - 1])
-    kept[OTHER] = kept.get(OTHER, 0) + sum(v for _, v in ranked[MAX_CATEGORIES - 1 :])
+    kept[OTHER] = kept.get(OTHER, 0) + seen - sum(kept.values())
     return kept
 
 

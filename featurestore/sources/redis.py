@@ -54,7 +54,7 @@ from featurestore.sources.redis_wire import (
     VersionMissing,
     decode_rows,
 )
-from featurestore.sources.redis_write import write_rows
+from featurestore.sources.redis_write import RETIRE_LOOKBACK, unexpired_versions, write_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -366,6 +366,13 @@ class RedisSource:
         )
         await self._client.expire(self._profile_key(view, data_version), seconds)
         return n
+
+    async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
+        """``RetiringStore`` (materialize.py): the versions under ``below`` (the last
+        ``RETIRE_LOOKBACK``) that a run killed after publishing left without a TTL."""
+        versions = range(max(0, below - RETIRE_LOOKBACK), below)
+        keys = [(self._names(view.name, v).marker, self._profile_key(view, v)) for v in versions]
+        return await unexpired_versions(self._client, versions, keys)
 
     def _profile_key(self, view: FeatureView, data_version: int) -> str:
         """Beside the rows, never among them: no entity key can name it."""

@@ -23,13 +23,16 @@ What a write refuses, and why:
   that finds it gone (Redis lost the data between batches, or a retry reached a Redis
   that restarted empty) takes its rows back out and fails the same way (a
   materialization then fails instead of publishing the rows written after the loss).
+
+And which versions a publication must still expire (``unexpired_versions``): those a
+materialization killed after publishing left without a TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -133,3 +136,26 @@ def _expire(client: Any, prefix: str, keys: list[Any], ttl_ms: int) -> Awaitable
     for k in keys:
         pipe.pexpire(prefix + key_text(k), max(ttl_ms, 1))
     return pipe.execute()  # type: ignore[no-any-return]
+
+
+# How far below the version it publishes a publication looks for versions left without a
+# TTL: a version a killed run left is found by the next publication that completes, and
+# only runs that fail or are killed take version numbers between the two (1,000: a run a
+# minute failing for 16 hours). Two PTTLs a version in one pipeline: 22 ms for the 1,000
+# against a local Redis (0.4 ms for a view's first few versions), 2026-12-07.
+RETIRE_LOOKBACK = 1_000
+
+
+async def unexpired_versions(
+    client: Any, versions: Sequence[int], keys: Sequence[tuple[str, str]]
+) -> list[int]:
+    """Of ``versions``, those whose marker or profile (``keys``, one pair per version) has
+    no TTL: the marker never set to expire, or a drop cut short (it is unlinked after the
+    rows); the profile, an expiry cut short (``RedisSource.expire_version`` gives the
+    marker its TTL first and the profile its TTL last, after the rows')."""
+    pipe = client.pipeline(transaction=False)
+    for marker, profile in keys:
+        pipe.pttl(marker)
+        pipe.pttl(profile)
+    ttls = await pipe.execute()
+    return [v for i, v in enumerate(versions) if -1 in (ttls[2 * i], ttls[2 * i + 1])]

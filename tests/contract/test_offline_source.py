@@ -5,15 +5,26 @@ Parquet source's faults that opening a dataset does not see."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import clickhouse_connect
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from featurestore.errors import FailedPrecondition, InvalidArgument
-from featurestore.offline import EventTimeRange, OfflineSource, ParquetOfflineSource
+from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.offline import (
+    ClickHouseOfflineSource,
+    EventTimeRange,
+    OfflineSource,
+    ParquetOfflineSource,
+    ScanCounts,
+)
+from featurestore.rows import conform
+from featurestore.sources.clickhouse import ClickHouseOptions
 from tests.contract.adapters import OFFLINE_SOURCES, make_offline_source
 
 DAY_US = 86_400_000_000
@@ -129,3 +140,91 @@ async def test_parts_whose_column_types_drifted_fail_as_one_error(tmp_path: Path
     pq.write_table(drifted, tmp_path / "part-1.parquet")
     with pytest.raises(FailedPrecondition, match=rf"cannot read Parquet {re.escape(str(tmp_path))}: .*'x'"):
         await read(ParquetOfflineSource(str(tmp_path)))
+
+
+async def test_the_stream_counts_the_rows_in_range_and_the_keys_before_its_first_batch(
+    source: OfflineSource,
+) -> None:
+    """What a run read (every row in the range) and what progress counts toward (a row
+    per key): its total was the rows in range, so a source of three rows a key stopped
+    at a third with an ETA left (review s55)."""
+    for span, in_range, latest in (
+        (EventTimeRange(), 91, 30),
+        (EventTimeRange(after_us=T0 + 2 * DAY_US + 30), 1, 1),
+    ):
+        counts = ScanCounts()
+        async for _ in source.latest_batches(COLUMNS, KEYS, "event_timestamp", 7, span, counts):
+            assert (counts.in_range, counts.latest) == (in_range, latest)  # known at the first batch
+        assert (counts.in_range, counts.latest) == (in_range, latest)
+
+
+# -- Parquet: key columns Arrow cannot sort as they are
+
+
+def categorical_keys(path: Path) -> Path:
+    """What pandas writes for a Categorical column (``to_parquet``, which stores the Arrow
+    schema): dictionary<values=string, indices=int8>."""
+    skus = pa.DictionaryArray.from_arrays(pa.array([1, 0, 1, 2], pa.int8()), pa.array(["a", "b", "c"]))
+    times = pa.array([3_000_000, 1_000_000, 5_000_000, 2_000_000], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"sku": skus, "n": [1, 2, 3, 4], "event_timestamp": times}), path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("sku").type)
+    return path
+
+
+async def test_a_dictionary_encoded_key_column_is_read_by_its_values(tmp_path: Path) -> None:
+    """It was an ArrowTypeError out of the pre-pass's sort: a traceback from the CLI."""
+    source = ParquetOfflineSource(str(categorical_keys(tmp_path / "cat.parquet")))
+    batches = [
+        b
+        async for b in source.latest_batches(["sku", "n", "event_timestamp"], ["sku"], "event_timestamp", 10)
+    ]
+    table = pa.Table.from_batches(batches)
+    assert dict(zip(table.column("sku").to_pylist(), table.column("n").to_pylist(), strict=True)) == {
+        "a": 2, "b": 3, "c": 4
+    }  # fmt: skip
+
+
+async def test_a_key_column_of_a_type_that_cannot_be_ordered_is_refused_naming_it(tmp_path: Path) -> None:
+    pq.write_table(
+        pa.table({"k": pa.array([[1], [2]]), "event_timestamp": pa.array([1, 2], pa.timestamp("us"))}),
+        tmp_path / "list.parquet",
+    )
+    source = ParquetOfflineSource(str(tmp_path / "list.parquet"))
+    with pytest.raises(InvalidArgument, match=r"cannot order the rows .*'k' list<element: int64>") as e:
+        async for _ in source.latest_batches(["k", "event_timestamp"], ["k"], "event_timestamp", 10):
+            pass
+    assert e.value.details[0] == {"column": "k", "type": "list<element: int64>"}
+
+
+# -- ClickHouse: DateTime, its most common time type, comes out of Arrow as uint32 seconds
+
+
+async def test_clickhouse_datetime_columns_are_read_as_utc_timestamps(chdb_dsn: str) -> None:
+    """An event time and a timestamp feature of ClickHouse's ``DateTime`` (in UTC, in a
+    zone, Nullable) read as the instants they hold and conform to the view: every run
+    failed with `column 'ts' has type uint32, expected timestamp[us, tz=UTC]`."""
+    client = clickhouse_connect.get_client(dsn=ClickHouseOptions(dsn=chdb_dsn).client_dsn)
+    db = f"wh{uuid.uuid4().hex[:10]}"
+    client.command(f"CREATE DATABASE {db}")
+    client.command(
+        f"CREATE TABLE {db}.tx (user_id Int64, seen Nullable(DateTime('Asia/Tokyo')), ts DateTime) "
+        "ENGINE = MergeTree ORDER BY user_id"
+    )
+    client.command(
+        f"INSERT INTO {db}.tx VALUES (1, '2024-01-01 09:00:00', '2024-01-01 00:00:00'), "
+        f"(1, NULL, '2024-01-03 00:00:00'), (2, '2024-01-02 09:00:00', '2024-01-02 00:00:00')"
+    )
+    view = FeatureView("tx", (Entity("user_id", DType.INT64),), (Feature("seen", DType.TIMESTAMP),))
+    source = ClickHouseOfflineSource(chdb_dsn, f"{db}.tx")
+    columns = ["user_id", "seen", "ts"]
+    for span, expect in (
+        (EventTimeRange(), {1: (None, T0 + 2 * DAY_US), 2: (T0 + DAY_US, T0 + DAY_US)}),
+        (EventTimeRange(end_us=T0 + 2 * DAY_US), {1: (T0, T0), 2: (T0 + DAY_US, T0 + DAY_US)}),
+    ):
+        batches = [b async for b in source.latest_batches(columns, ["user_id"], "ts", 10, span)]
+        rows = conform(view, pa.Table.from_batches(batches), "ts")
+        got = zip(
+            *(rows.column(c).cast(pa.int64()).to_pylist() for c in ("user_id", "seen", "event_timestamp")),
+            strict=True,
+        )
+        assert {u: (seen, at) for u, seen, at in got} == expect

@@ -18,7 +18,7 @@ import pytest
 from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, Unavailable
 from featurestore.materialize import Materializer, MaterializeResult, Progress
 from featurestore.model import DType, Entity, Feature, FeatureView, make_definitions
-from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource
+from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource, ScanCounts
 from featurestore.registry.base import Watermark
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.base import ViewQuery, ViewRead
@@ -120,10 +120,14 @@ async def test_latest_row_per_key_wins_across_batches(
         ),
         tmp_path / "dup.parquet",
     )
+    seen: list[Progress] = []
     r = await Materializer(registry, store).run(
-        "scores", ParquetOfflineSource(str(tmp_path / "dup.parquet")), batch_rows=2
+        "scores", ParquetOfflineSource(str(tmp_path / "dup.parquet")), batch_rows=2, on_progress=seen.append
     )
-    assert r.rows_read == r.rows_written == 5  # 7 source rows, 5 keys
+    assert (r.rows_read, r.rows_written) == (7, 5)  # 7 source rows read, 5 keys' latest rows written
+    # progress counts the rows loaded toward the rows to load: it ends at its total, ETA 0
+    # (it stopped at 5 of 7 with an ETA left, and read was always written, review s55)
+    assert seen[-1].rows == seen[-1].total == 5 and seen[-1].eta_seconds == 0
     res = await read(store, [5], 1)
     assert res.columns == [[300], ["newest"]] and res.event_ts_us == [TS0 + 9]
 
@@ -148,7 +152,7 @@ async def test_nanosecond_event_times_load_floored_to_the_microsecond_and_the_la
         tmp_path / "ns.parquet",
     )
     r = await Materializer(registry, store).run("scores", ParquetOfflineSource(str(tmp_path / "ns.parquet")))
-    assert (r.rows_read, r.rows_written, r.watermark_us) == (2, 2, TS0 + 5_000)
+    assert (r.rows_read, r.rows_written, r.watermark_us) == (3, 2, TS0 + 5_000)  # 3 rows, 2 keys
     res = await read(store, [1, 2], 1)
     assert res.columns == [[11, 20], ["later", "b"]] and res.event_ts_us == [TS0 + 1, TS0 + 5_000]
     assert await registry.watermark("scores") == Watermark(1, TS0 + 5_000)
@@ -164,9 +168,10 @@ class FailingSource(ParquetOfflineSource):
         timestamp: str,
         batch_rows: int,
         span: EventTimeRange = EVERYTHING,
+        counts: ScanCounts | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
         n = 0
-        async for b in super().latest_batches(columns, keys, timestamp, batch_rows, span):
+        async for b in super().latest_batches(columns, keys, timestamp, batch_rows, span, counts):
             if n == 1:
                 raise OSError("connection to the warehouse lost")
             n += 1

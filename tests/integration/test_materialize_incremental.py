@@ -23,7 +23,7 @@ import pytest
 
 from featurestore.errors import Conflict, Unavailable
 from featurestore.materialize import Materializer
-from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource
+from featurestore.offline import EVERYTHING, EventTimeRange, ParquetOfflineSource, ScanCounts
 from featurestore.registry.base import Watermark
 from featurestore.registry.file import FileRegistry
 from featurestore.sources.redis import RedisSource
@@ -155,9 +155,10 @@ class Interrupted(ParquetOfflineSource):
         timestamp: str,
         batch_rows: int,
         span: EventTimeRange = EVERYTHING,
+        counts: ScanCounts | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
         first = True
-        async for b in super().latest_batches(columns, keys, timestamp, batch_rows, span):
+        async for b in super().latest_batches(columns, keys, timestamp, batch_rows, span, counts):
             yield b
             if first and self.during is not None:
                 first = False

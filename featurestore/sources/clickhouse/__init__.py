@@ -1,6 +1,7 @@
 """The ClickHouse online store: ``source.py`` (the ``OnlineSource``), ``options.py`` (its
 configuration), ``sql.py`` (tables and queries), ``pool.py`` (the threads calls run on),
-``codec.py`` (values in and out), ``failures.py`` (naming a failed call).
+``codec.py`` (values in and out), ``failures.py`` (naming a failed call), ``expiry.py``
+(replaced versions' tables, dropped when their grace period ends).
 
 Options and SQL import without the driver; ``ClickHouseOnlineSource`` and
 ``ClickHousePool`` load clickhouse-connect (the ``clickhouse`` extra) on first use, so

@@ -27,7 +27,7 @@ from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import conform, view_schema
 from featurestore.sources.base import DataMissing, SourceState, ViewQuery, ViewRead
-from featurestore.sources.clickhouse import profiles
+from featurestore.sources.clickhouse import expiry, profiles
 from featurestore.sources.clickhouse.codec import align, key_chunks, param_keys, query_chunks, stored_table
 from featurestore.sources.clickhouse.failures import BACKEND_ERRORS, describe, unprepared_summary, write_error
 from featurestore.sources.clickhouse.layouts import LayoutMismatch, Layouts
@@ -364,33 +364,23 @@ class ClickHouseOnlineSource:
     async def expire_version(self, view: FeatureView, data_version: int, seconds: int) -> int:
         """Record the table for dropping after ``seconds``; the serving process drops it
         (tables cannot carry a TTL of their own)."""
-        table = table_name(self._project, view.name, data_version)
-        db = self.options.database
+        table, db = table_name(self._project, view.name, data_version), self.options.database
         drop_after = int(time.time()) + seconds
-        await self._command(
-            f"expiring {table}",
-            lambda c: c.command(
-                f"INSERT INTO `{db}`.`__expiry` VALUES ({{t:String}}, toDateTime({{d:UInt32}}))",
-                parameters={"t": table, "d": drop_after},
-            ),
-        )
+        await self._command(f"expiring {table}", lambda c: expiry.record(c, db, table, drop_after))
         return 1
+
+    async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
+        """Versions under ``below`` whose table is not recorded for dropping
+        (``materialize.RetiringStore``)."""
+        prefix, db = table_name(self._project, view.name, 0)[:-1], self.options.database
+        return await self._command(
+            f"listing the tables of {view.name}", lambda c: expiry.unexpired(c, db, prefix, below)
+        )
 
     async def _drop_expired(self) -> None:
         db = self.options.database
-        due = await self.pool.admin(
-            lambda c: (
-                c.query(f"SELECT `table` FROM `{db}`.`__expiry` WHERE `drop_after` <= now()").result_rows
-            )
-        )
-        for (table,) in due:
-            await self.pool.admin(functools.partial(_drop, db=db, table=str(table)))
+        for table in await self.pool.admin(lambda c: expiry.due(c, db)):
+            await self.pool.admin(functools.partial(expiry.drop, db=db, table=table))
             self._tables.discard(table)
-            self.layouts.forget(str(table))
+            self.layouts.forget(table)
             log.info("dropped expired online table %s.%s", db, table)
-
-
-def _drop(client: Any, db: str, table: str) -> None:
-    client.command(f"DROP TABLE IF EXISTS `{db}`.`{table}`")
-    profiles.drop(client, db, table)
-    client.command(f"DELETE FROM `{db}`.`__expiry` WHERE `table` = {{t:String}}", parameters={"t": table})
