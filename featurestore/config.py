@@ -31,11 +31,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from featurestore import logs
 from featurestore.errors import InvalidArgument
 from featurestore.listener_config import GrpcConfig, HttpConfig, TlsConfig, check_ports
 from featurestore.settings import (
     Count,
     CountOrZero,
+    Integer,
     Name,
     Names,
     NumberOrZero,
@@ -50,10 +52,12 @@ from featurestore.settings import (
     read_config_file,
     resolve_secret_files,
     set_path,
+    up_to,
+    with_origin,
 )
 from featurestore.store_config import STORE_KINDS, STORE_SECRETS, StoreConfig, resolve_store_secret_files
 from featurestore.store_config import store_doc as _store_doc
-from lineage.kafka import KafkaSettings
+from lineage.kafka import RDKAFKA_LOGGER, KafkaSettings
 
 __all__ = [
     "STORE_KINDS",
@@ -214,7 +218,8 @@ class StreamConfig:
     the processor's batching."""
 
     kafka: KafkaSettings = KafkaSettings()
-    batch_messages: Count = 5000  # messages per consume(): one tile write per batch
+    # messages per consume(): one tile write per batch; confluent-kafka takes up to 1,000,000
+    batch_messages: Annotated[Integer, up_to(1_000_000)] = 5000
     poll_seconds: Seconds = 0.05  # how long a consume() waits for a batch to fill
     group_prefix: str = "featurestore-stream"  # consumer group: {group_prefix}-{project}-{view}-{layout}
     lag_interval_seconds: Seconds = 5.0  # how often the consumer lag is measured
@@ -279,6 +284,12 @@ def _log_format(value: str) -> str:
 
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "FEATURESTORE_"
+EMBEDDED_CLICKHOUSE = "chdb://"
+# sources/clickhouse/options.py's check_embedded_workers says the same when a store opens
+EMBEDDED_ALONE = (
+    "an embedded ClickHouse (chdb://) store lives inside one process: serve it with --workers 1, "
+    "or point the store at a ClickHouse server (http://)"
+)
 
 
 class Config(BaseSettings):
@@ -339,6 +350,9 @@ def load_config(
     """Build the configuration: defaults, then ``path``, then env vars, then ``overrides``
     (the flags; a None value is a flag not given)."""
     name = str(path) if path is not None else "config"
+    # Every command reads its config before it starts a Kafka client: librdkafka's lines
+    # (through RDKAFKA_LOGGER) are rate-limited from here on, as an outage's are (logs.py).
+    logs.limit_repeats(RDKAFKA_LOGGER)
     origin: dict[tuple[str, ...], str] = {}
     try:
         doc = environment(read_config_file(path), Config, ENV_ALIASES, origin)
@@ -350,7 +364,26 @@ def load_config(
         resolve_secret_files(doc, Config, "")
         return Config.model_validate(doc)
     except SettingError as e:
-        raise InvalidArgument(f"{name}: {e.where}: {e.problem}") from None
+        problem = with_origin(e, origin)
+        raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
     except ValidationError as e:
         problem = describe(e, Config, origin)
         raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
+
+
+def check_embedded_store_alone(config: Config, path: str | Path | None = None) -> None:
+    """``featurestore serve`` with several workers and an in-process ClickHouse engine is
+    refused before the supervisor forks: each worker would open the store's one data
+    directory, and all but the first would find it locked and serve its views
+    UNAVAILABLE (each worker runs with ``--workers 1``, so the store's own check, when a
+    worker opens it, passes). Other commands read the same config with one process."""
+    if config.workers <= 1:
+        return
+    for name, store in config.stores.items():
+        # (a clickhouse store without a dsn is the in-process engine's: ClickHouseOptions)
+        dsn = str(store.options.get("dsn", EMBEDDED_CLICKHOUSE))
+        if store.kind == "clickhouse" and dsn.startswith(EMBEDDED_CLICKHOUSE):
+            raise InvalidArgument(
+                f"{path if path is not None else 'config'}: workers: {config.workers} with "
+                f"stores.{name} ({EMBEDDED_CLICKHOUSE}): {EMBEDDED_ALONE}"
+            )

@@ -12,9 +12,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import Field
+from featurestore.settings import Count, Integer, Port, Seconds, SettingError, up_to
 
-from featurestore.settings import Count, CountOrZero, Port, Seconds, SettingError
+# listen(2) takes an int, and the kernel silently caps the queue at net.core.somaxconn
+# (4096 by default since Linux 5.4): 65535, 16 times that, is more than a worker accepts
+# in a burst (a value past a C int crashed the start with an OverflowError: review s55).
+MAX_BACKLOG = 65535
+Backlog = Annotated[Integer, up_to(MAX_BACKLOG)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +42,7 @@ class HttpConfig:
     write_timeout_seconds: Seconds = 30.0
     max_header_bytes: Count = 16384  # request line + headers (431 above); the size h11 and Node allow
     max_connections: Count = 1000  # per worker; keep well below `ulimit -n`
-    backlog: Count = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
+    backlog: Backlog = 4096  # listen queue per socket; the kernel caps it at net.core.somaxconn
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,8 @@ class GrpcConfig:
     # runs from the call's start): less CPU a call, but a call that dies waiting for the event
     # loop before its message is read is not counted (api/grpc.py).
     unary_join: bool = False
-    intake_loops: Annotated[CountOrZero, Field(le=1024)] = 16  # Join take-ups besides grpc.aio's; 0: none
+    # Join take-ups besides grpc.aio's; 0: none (the stop starts its own: api/grpc_intake.py)
+    intake_loops: Annotated[Integer, up_to(1024, zero=True)] = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ def check_ports(http: HttpConfig, grpc: GrpcConfig) -> None:
                 raise SettingError(
                     listener.setting,
                     f"{listener.port} is also {other.setting}{hosts}; each listener needs a port of its own",
+                    others=(other.setting,),
                 )
 
 

@@ -41,6 +41,15 @@ multiprocess mode: the variable is set for its workers only), so it writes
 ``featurestore_worker_restarts_total`` as a worker would write a counter, into a file of
 its own (``counter_supervisor.db``, ``RestartCounter``): every worker's scrape shows it.
 
+The directory is the supervisor's to remove when it ends; one killed outright (SIGKILL,
+the OOM killer) cannot, and in Kubernetes ``/tmp`` is an emptyDir that outlives the
+container's restarts. So the directory holds ``supervisor.pid``, the supervisor's pid
+under an ``flock`` it holds while it lives (the kernel releases it when the process ends,
+however), and a supervisor starting removes the directories of this prefix, its user's,
+whose owner's lock is free and whose pid is gone (``remove_stale``). A directory without
+that file (an earlier version's, or one being made: the file is renamed into place
+already locked) is never removed.
+
 The merge reads with ``MultiProcessCollector.merge(accumulate=False)`` (public); the
 archive and the restart counter are written with ``prometheus_client.mmap_dict``'s
 ``MmapedDict`` and ``mmap_key``, the module the library writes its own files with (not a
@@ -51,7 +60,10 @@ fail when it changes).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +72,10 @@ from prometheus_client import multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
+log = logging.getLogger("featurestore")
+
+DIR_PREFIX = "featurestore-metrics-"  # in the temp directory ($TMPDIR, else /tmp)
+OWNER_NAME = "supervisor.pid"  # the supervisor's pid, locked while it lives (not *.db)
 LOCK_NAME = "archive.lock"  # not *.db: the collector's glob does not read it
 # What stays after a process dies: counters, histograms, summaries, and the gauges that
 # keep a dead process's value (the consistency check's clock, quality/metrics.py)
@@ -101,6 +117,62 @@ class RestartCounter:
 
     def close(self) -> None:
         self._values.close()  # type: ignore[no-untyped-call]
+
+
+def new_dir(parent: str | None = None) -> tuple[str, int]:
+    """A new metrics directory owned by this process, after the stale ones are removed
+    (``remove_stale``), and the descriptor that holds its owner's lock: close it once the
+    directory is removed."""
+    try:
+        remove_stale(parent)
+    except OSError as e:  # (a temp directory it cannot list: the start goes on)
+        log.warning("could not look for stale metrics directories: %s", e)
+    path = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent)
+    staged = os.path.join(path, OWNER_NAME + ".new")
+    fd = os.open(staged, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"%d\n" % os.getpid())
+    os.rename(staged, os.path.join(path, OWNER_NAME))  # in place already locked: never seen unlocked
+    return path, fd
+
+
+def remove_stale(parent: str | None = None) -> list[str]:
+    """Remove the metrics directories (``DIR_PREFIX``, this user's) whose supervisor is
+    gone: its ``OWNER_NAME`` lock free and its pid not a live process. The removed."""
+    removed = []
+    with os.scandir(parent or tempfile.gettempdir()) as entries:
+        for entry in entries:
+            if (
+                entry.name.startswith(DIR_PREFIX)
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                and _owner_gone(entry.path)
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+                log.info("removed %s: the metrics directory of a supervisor no longer running", entry.path)
+    return removed
+
+
+def _owner_gone(path: str) -> bool:
+    try:
+        fd = os.open(os.path.join(path, OWNER_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # no owner file: not one to judge
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its supervisor holds it
+        pid = int(os.read(fd, 32).split()[0])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, IndexError):
+        return False  # alive under another user (EPERM), or a file it never finished
+    finally:
+        os.close(fd)
+    return False  # the pid lives (reused, or it let the lock go): left for a later start
 
 
 @contextmanager

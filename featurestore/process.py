@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from featurestore import collector
+from featurestore.api import grpc_intake
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
-from featurestore.api.grpc import JOIN_METHOD, GrpcApi, create_server, server_credentials
+from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server, server_credentials
 from featurestore.api.grpc_intake import Intake
 from featurestore.api.http import HttpApi, OpsApi
 from featurestore.api.uvicorn_server import UvicornServer, start_uvicorn, uvicorn_tls
@@ -205,19 +206,23 @@ class Listeners:
         self.auth_task: asyncio.Task[None] | None = None
         self.shed_task: asyncio.Task[None] | None = None
         self.intake_loops = config.grpc.intake_loops
-        self.intake: Intake | None = None
+        self.intakes: list[Intake] = []  # Join's (configured), Push's (at the stop only)
 
     async def start(self) -> None:
         """Serve on every port; returns once all accept requests (or raises)."""
         await self.grpc.start()
-        self.intake = Intake(self.grpc, JOIN_METHOD, self.grpc_api.handler("Join"), self.intake_loops)
+        self.intakes = [
+            Intake(self.grpc, JOIN_METHOD, self.grpc_api.handler("Join"), self.intake_loops),
+            Intake(self.grpc, PUSH_METHOD, self.grpc_api.handler("Push"), 0, gauged=False),
+        ]
         try:
             self.http_task = await start_uvicorn(self.http, self.sock, "http")
             if self.admin is not None:
                 self.admin.task = await start_uvicorn(self.admin.server, self.admin.sock, "admin")
         except BaseException:  # the intake's take-ups must end by the server's stop (grpc_intake.py)
             await self.grpc.stop(0)
-            await self.intake.close()
+            for intake in self.intakes:
+                await intake.close()
             raise
         if self.auth is not None:
             self.auth_task = asyncio.create_task(self.auth.watch(), name="auth-tokens")
@@ -229,12 +234,14 @@ class Listeners:
         """Stop accepting, let in-flight requests finish (up to ``DRAIN_SECONDS``)."""
         await self.grpc_api.set_serving(False)
         self.http.should_exit = True
+        # the calls grpc core queued are taken up first: its stop would cancel them
+        await grpc_intake.before_stop(self.intakes)
         pending = [self.grpc.stop(grace=DRAIN_SECONDS)]
         if self.http_task is not None:
             pending.append(self.http_task)
         await asyncio.gather(*pending, return_exceptions=True)
-        if self.intake is not None:  # (grpc's stop ended its take-ups)
-            await self.intake.close()
+        for intake in self.intakes:  # (grpc's stop ended their take-ups)
+            await intake.close()
         if self.admin is not None:  # probes answer (readyz: 503, stopping) until the drain ends
             self.admin.server.should_exit = True
             if self.admin.task is not None:

@@ -162,6 +162,9 @@ class Runtime:
             await self.registry.close()
         finally:
             metrics.flush()  # the last joins of the drain, counted since the flush task's last run
+            # the counts of rate-limited lines since their last summary (the log-summaries
+            # task is gone, and would have written them only once their interval passed)
+            logs.flush(force=True)
 
     # -- following the registry ------------------------------------------------------
 

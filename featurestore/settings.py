@@ -53,16 +53,25 @@ def _integer(value: Any) -> int:
     raise _fail("expected an integer", value)
 
 
-def _positive(value: int) -> int:
-    if value <= 0:
-        raise _fail("expected a positive integer", value)
-    return value
+# The largest integer setting: grpc's channel arguments (limits.max_body_bytes, ...) and
+# librdkafka's properties are C ints; a larger one crashed the start (review s55).
+MAX_INTEGER = 2**31 - 1
+# The longest duration: grpc takes its timeouts (grpc.*_seconds) in ms as a C int, 2^31-1
+# ms (24.8 days), the bound every duration shares.
+MAX_SECONDS = MAX_INTEGER / 1000
 
 
-def _non_negative(value: int) -> int:
-    if value < 0:
-        raise _fail("expected 0 or a positive integer", value)
-    return value
+def up_to(limit: int, *, zero: bool = False) -> AfterValidator:
+    """The check of an integer setting: positive (0 too, with ``zero``), at most ``limit``."""
+
+    def check(value: int) -> int:
+        if value < (0 if zero else 1):
+            raise _fail("expected 0 or a positive integer" if zero else "expected a positive integer", value)
+        if value > limit:
+            raise _fail(f"expected at most {limit}", value)
+        return value
+
+    return AfterValidator(check)
 
 
 def _port(value: int) -> int:
@@ -83,9 +92,11 @@ def _number(value: Any) -> float:
     return real
 
 
-def _positive_number(value: float) -> float:
+def _duration(value: float) -> float:
     if value <= 0:
         raise _fail("expected a positive number", value)
+    if value > MAX_SECONDS:
+        raise _fail(f"expected at most {MAX_SECONDS:.3f} seconds (24.8 days)", value)
     return value
 
 
@@ -118,22 +129,39 @@ def _name(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_name)]  # as a definitions file's names
-Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
-CountOrZero = Annotated[int, BeforeValidator(_integer), AfterValidator(_non_negative)]  # 0: off
+Integer = Annotated[int, BeforeValidator(_integer)]  # with up_to(n): a count of at most n
+Count = Annotated[Integer, up_to(MAX_INTEGER)]
+CountOrZero = Annotated[Integer, up_to(MAX_INTEGER, zero=True)]  # 0: off
 Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]
-Seconds = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
+Seconds = Annotated[float, BeforeValidator(_number), AfterValidator(_duration)]
 NumberOrZero = Annotated[float, BeforeValidator(_number), AfterValidator(_non_negative_number)]
 Ratio = Annotated[float, BeforeValidator(_number), AfterValidator(_ratio)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 
 
 class SettingError(Exception):
-    """A setting that cannot be used; ``where`` is its dotted path."""
+    """A setting that cannot be used; ``where`` is its dotted path, ``others`` the paths of
+    the settings ``problem`` names besides it (the one it clashes with)."""
 
-    def __init__(self, where: str, problem: str) -> None:
+    def __init__(self, where: str, problem: str, others: tuple[str, ...] = ()) -> None:
         super().__init__(f"{where}: {problem}")
         self.where = where
         self.problem = problem
+        self.others = others
+
+
+def with_origin(error: SettingError, origin: Mapping[tuple[str, ...], str]) -> SettingError:
+    """``error`` naming, beside each setting it names, the environment variable that set
+    it (``FEATURESTORE_GRPC__PORT (grpc.port)``), as ``describe`` does for a bad value."""
+
+    def named(where: str) -> str:
+        var = origin.get(tuple(where.split(".")))
+        return where if var is None else f"{var} ({where})"
+
+    problem = error.problem
+    for other in error.others:
+        problem = problem.replace(other, named(other))
+    return SettingError(named(error.where), problem)
 
 
 def key(where: str, name: object) -> str:

@@ -13,8 +13,10 @@ would otherwise join) stops the start with the error and exit code one process g
 A worker reports through a pipe (``READY_FD_ENV``) that it serves, or the one error line
 that stopped it first. A worker that exits with 2 (``error: CODE: message``: a port in
 use, a bad config) before any worker served means the server cannot start: the
-supervisor prints that line, stops the others and exits 2, as one process would. Once
-one has served, a worker that dies is restarted, its error line in the restart's log.
+supervisor prints that line, stops the others and exits 2, as one process would; so it
+does, exiting 1, when a slot's worker dies otherwise ``START_ATTEMPTS`` times before any
+served (a crash at start repeats: restarting it for ever helps no one). Once one has
+served, a worker that dies is restarted, its error line in the restart's log.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -84,7 +85,8 @@ class Supervisor:
         self.on_ready = on_ready
         self.stop_grace = stop_grace
         self.worker_argv = worker_argv
-        self.metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
+        # (and the stale directories of supervisors killed outright removed: metrics_files.py)
+        self.metrics_dir, self._owner = metrics_files.new_dir()
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
@@ -99,6 +101,7 @@ class Supervisor:
         self.pipes: dict[int, tuple[int, bytearray]] = {}  # slot: read end, what came so far
         self.served: set[int] = set()  # slots whose worker served once
         self.failed: int | None = None  # the exit code: the server could not start
+        self.failed_starts: dict[int, int] = {}  # slot: its workers that died before any served
 
     def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
@@ -137,8 +140,14 @@ class Supervisor:
         if line and report.startswith(b"error "):
             print(line, file=sys.stderr, flush=True)
         else:
-            log.error("worker %d exited with %d before it served", pid, rc)
-        self.failed = rc
+            starts = self.failed_starts.get(slot, 1)
+            log.error(
+                "worker %d exited with %d before it served (start %d of its slot): not starting",
+                pid,
+                rc,
+                starts,
+            )
+        self.failed = rc if rc > 0 else 1
         self.kill_at = time.monotonic() + self.stop_grace
         self.stop_signal = signal.SIGTERM
         self.restart_at.clear()
@@ -208,6 +217,7 @@ class Supervisor:
             if self.restarts is not None:
                 self.restarts.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            os.close(self._owner)  # (its lock: the directory is gone)
             for slot in list(self.pipes):
                 self._close_pipe(slot)
         return self.failed or code or (1 if self.killed else 0)
@@ -226,9 +236,12 @@ class Supervisor:
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
-            if rc == STARTUP_FAILED and not self.served:
+            if not self.served:
+                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + 1
+            if not self.served and (rc == STARTUP_FAILED or self.failed_starts[slot] >= START_ATTEMPTS):
                 # No worker has served yet: a config error or a taken port is the same for
-                # every slot. Once one serves, a slot failing to start (etcd down for a
+                # every slot (exit 2 at once), and so is a crash at start (a bug: after
+                # START_ATTEMPTS). Once one serves, a slot failing to start (etcd down for a
                 # moment) is restarted: the server keeps serving.
                 self._could_not_start(slot, p.pid, rc, report)
                 continue
@@ -282,6 +295,11 @@ class Supervisor:
 _RESTART_MIN_S = 0.5
 _RESTART_MAX_S = 30.0
 _RESTART_FORGIVE_S = 60.0
+# Workers of one slot that may die before any worker served (any exit but 2, a signal)
+# before the supervisor gives up, as for exit 2: 3 starts, 0.5 + 1 s of backoff between,
+# for a crash at start that would repeat for ever (an OverflowError of a setting, review
+# s55: restarted with backoff to 30 s, a traceback each, the process never exiting).
+START_ATTEMPTS = 3
 
 
 def _spawn_dying_with_parent(argv: list[str], env: dict[str, str], ready_fd: int) -> subprocess.Popen[bytes]:

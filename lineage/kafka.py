@@ -8,10 +8,11 @@ from (connection settings live in one place).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, SecretStr
 from pydantic_core import PydanticCustomError
 
 from lineage import TOPIC
@@ -30,8 +31,26 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # per client every 5 s.
 METADATA_REFRESH_MS = 5_000
 
+# Where librdkafka's own lines go (confluent-kafka's ``logger`` setting), instead of its
+# stderr printer: through Python's logging, so log_format json and the level apply, and
+# featurestore rate-limits them (featurestore/logs.py: a client whose broker is down
+# writes 6-20 a second). confluent-kafka then hands them over in poll(), consume() and
+# flush(): every client here is polled, an AdminClient by ensure_topic.
+RDKAFKA_LOGGER = "lineage.kafka.rdkafka"
 
-_POSITIVE = ("partitions", "replication_factor", "session_timeout_ms", "buffer_messages", "buffer_seconds")
+
+# Each positive, and at most what librdkafka or the broker takes (a larger value failed the
+# start with librdkafka's message, naming its property instead of the setting): a topic's
+# partitions are an int32, its replication factor an int16; session.timeout.ms goes to
+# 3,600,000, queue.buffering.max.messages and message.timeout.ms (buffer_seconds x 1000)
+# to 2^31-1.
+_MAXIMUM = {
+    "partitions": 2**31 - 1,
+    "replication_factor": 2**15 - 1,
+    "session_timeout_ms": 3_600_000,
+    "buffer_messages": 2**31 - 1,
+    "buffer_seconds": (2**31 - 1) // 1000,
+}
 
 
 def _count(value: Any) -> Any:
@@ -54,6 +73,20 @@ def _count(value: Any) -> Any:
     return value
 
 
+def _up_to(name: str) -> AfterValidator:
+    """At most the setting's ``_MAXIMUM``, with featurestore.settings' message."""
+    limit = _MAXIMUM[name]
+
+    def check(value: int) -> int:
+        if value > limit:
+            raise PydanticCustomError(
+                "setting", f"expected at most {limit}, got {{value}}", {"value": repr(value)}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
 Count = Annotated[int, BeforeValidator(_count)]
 
 
@@ -62,12 +95,14 @@ class KafkaSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = TOPIC
     # Count: from the config, 2.0 or true is refused, not converted
-    partitions: Count = 6  # when the topic is created by us
-    replication_factor: Count = 1
+    partitions: Annotated[Count, _up_to("partitions")] = 6  # when the topic is created by us
+    replication_factor: Annotated[Count, _up_to("replication_factor")] = 1
     group_id: str = "featurestore-lineage"  # the consumer group
-    session_timeout_ms: Count = 10_000  # consumer group session
-    buffer_messages: Count = 100_000  # producer buffer bound; beyond it events are dropped
-    buffer_seconds: Count = 120  # how long an undeliverable event is retried before it counts as lost
+    session_timeout_ms: Annotated[Count, _up_to("session_timeout_ms")] = 10_000  # consumer group session
+    # producer buffer bound; beyond it events are dropped
+    buffer_messages: Annotated[Count, _up_to("buffer_messages")] = 100_000
+    # how long an undeliverable event is retried before it counts as lost
+    buffer_seconds: Annotated[Count, _up_to("buffer_seconds")] = 120
     # Security (docs/security.md), passed to librdkafka by client_config().
     security_protocol: str = "plaintext"  # plaintext | ssl | sasl_plaintext | sasl_ssl
     sasl_mechanism: str = "SCRAM-SHA-512"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -80,10 +115,12 @@ class KafkaSettings:
     ssl_check_hostname: bool = True
 
     def __post_init__(self) -> None:
-        for name in _POSITIVE:  # librdkafka or the broker would refuse them later, mid-run
+        for name, maximum in _MAXIMUM.items():  # librdkafka or the broker would refuse them later, mid-run
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            if value > maximum:
+                raise ValueError(f"{name}: expected at most {maximum}, got {value!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(
                 f"security_protocol {self.security_protocol!r}: use {', '.join(SECURITY_PROTOCOLS)}"
@@ -140,6 +177,7 @@ class KafkaSettings:
             "bootstrap.servers": self.bootstrap_servers,
             "log.connection.close": False,
             "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+            "logger": logging.getLogger(RDKAFKA_LOGGER),
         }
         protocol = self.security_protocol
         if protocol == "plaintext":
@@ -180,6 +218,13 @@ def ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int
     does not say; blocking, run it in a thread). The id tells a topic from one
     re-created under the same name, e.g. by a broker that lost its data. Raises when
     the broker cannot be asked or refuses for another reason than the topic's existence."""
+    try:
+        return _ensure_topic(admin, name, partitions, replication_factor)
+    finally:
+        admin.poll(0)  # its librdkafka lines so far (RDKAFKA_LOGGER), which nothing else serves
+
+
+def _ensure_topic(admin: Any, name: str, partitions: int, replication_factor: int) -> str:
     from confluent_kafka import TopicCollection
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 

@@ -37,7 +37,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from featurestore.api import json_codec
 from featurestore.api.bodies import declared_length
+from featurestore.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,9 @@ class JoinCycle(RequestResponseCycle):
         except BaseException as exc:  # as uvicorn's run_asgi: the handler itself never raises
             if isinstance(exc, asyncio.CancelledError) and self.left:
                 return  # the caller left (the handler counted it CANCELLED): nobody to answer
+            if isinstance(exc, asyncio.CancelledError):
+                self._stopped()
+                return
             log.error("Exception in the join's request cycle", exc_info=exc)
             if not self.response_started and not self.disconnected:
                 self._write_500()
@@ -182,6 +187,20 @@ class JoinCycle(RequestResponseCycle):
             self.transport.close()
         self.on_response()
 
+    def _stopped(self) -> None:
+        """The drain ended with this join unanswered (uvicorn cancels the requests still
+        running at ``timeout_graceful_shutdown``): counted CANCELLED (by the handler, when
+        it ran), answered ``stopped_answer``, the connection closed; not a server fault."""
+        if self.more_body and not self.disconnected:
+            self.direct.abandoned(self.received_at)  # the handler never ran: count it here
+        log.info("a join unanswered when the drain ended: answered 503 and closed")
+        if not self.response_started and not self.disconnected:
+            self.response_started = self.response_complete = True
+            self.transport.write(stopped_answer(self.default_headers))
+            self.message_event.set()
+        self.transport.close()
+        self.on_response()
+
     def _write_500(self) -> None:
         """uvicorn's answer to an app that failed before answering: plain text, closed."""
         self.response_started = self.response_complete = True
@@ -193,6 +212,22 @@ class JoinCycle(RequestResponseCycle):
         self.message_event.set()
         self.transport.close()
         self.on_response()  # (counts the request; the closed transport starts nothing more)
+
+
+def stopped_answer(default_headers: Headers) -> bytes:
+    """What a request the drain cut gets (this cycle's, or any whose body was still
+    arriving: uvicorn_server.py): 503 UNAVAILABLE, retryable elsewhere, and the close."""
+    body = json_codec.encode_error(_STOPPED.to_dict())
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"retry-after: 1\r\nconnection: close\r\n\r\n%s" % (_prefix(default_headers), len(body), body)
+    )
+
+
+_STOPPED = Unavailable(
+    "the server stopped (its drain ended) before this request was answered; retry on another replica",
+    details=[{"reason": "stopping", "retry_after_seconds": 1}],
+)
 
 
 def caller_left(proto: Any) -> None:

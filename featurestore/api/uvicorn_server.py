@@ -8,22 +8,43 @@ exists only once the handshake has ended (uvloop calls ``connection_made`` then)
 until then none of the guard's limits hold. ``UvicornServer.startup`` is uvicorn's, for
 the sockets given, with the timeout: ``tests/unit/test_tls_handshake.py`` fails when
 uvicorn's changes, and shows a client that sends nothing closed after the timeout.
+
+The drain's end. uvicorn's ``shutdown`` waits up to ``timeout_graceful_shutdown`` for the
+requests in flight, then cancels their tasks: a request whose body was still arriving got
+its plain-text 500 and an ERROR traceback each, counted nowhere. ``UvicornServer`` answers
+those itself ``CUT_MARGIN_SECONDS`` before that bound (``cut_unfinished_bodies``): the
+API's JSON 503 (``join_cycle.stopped_answer``) and the close, which the request's cycle
+sees as its client leaving (counted CANCELLED). uvicorn still cancels what runs after the
+bound (a join with a deadline past the drain): the direct join cycle answers that 503
+too; through ASGI (a chunked body...) it is uvicorn's 500. This relies on uvicorn's
+``_wait_tasks_to_complete`` and a connection's ``cycle`` (its ``more_body``,
+``response_started``, ``disconnected``, ``message_event``):
+``tests/integration/test_lifecycle_drain.py`` fails when they change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from featurestore.api.join_cycle import caller_left, stopped_answer
 from featurestore.listener_config import TlsConfig
+
+log = logging.getLogger(__name__)
+
+# How long before uvicorn's graceful timeout the requests whose body still arrives are
+# answered: their cycles end within a loop iteration of the close (the tasks uvicorn would
+# cancel are gone by its timeout); 0.5 s of a 10 s drain leaves the bodies 9.5 s.
+CUT_MARGIN_SECONDS = 0.5
 
 
 class UvicornServer(uvicorn.Server):
@@ -36,6 +57,20 @@ class UvicornServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def _wait_tasks_to_complete(self) -> None:
+        """uvicorn's wait for the requests in flight at the stop, their unfinished bodies
+        cut ``CUT_MARGIN_SECONDS`` before its bound (the module docstring)."""
+        bound = self.config.timeout_graceful_shutdown
+        if bound is None:
+            await super()._wait_tasks_to_complete()
+            return
+        try:
+            await asyncio.wait_for(super()._wait_tasks_to_complete(), max(0.0, bound - CUT_MARGIN_SECONDS))
+            return
+        except TimeoutError:
+            cut_unfinished_bodies(self.server_state.connections, self.server_state.default_headers)
+        await super()._wait_tasks_to_complete()  # (what still runs: cancelled at uvicorn's bound)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's ``Server.startup`` for sockets given (less its Windows socket sharing),
@@ -65,6 +100,28 @@ class UvicornServer(uvicorn.Server):
             for sock in sockets
         ]
         self.started = True
+
+
+def cut_unfinished_bodies(connections: Iterable[Any], default_headers: list[tuple[bytes, bytes]]) -> int:
+    """Answer every request whose body is still arriving ``join_cycle.stopped_answer`` and
+    close its connection; the request's cycle sees its client gone (its app counts it
+    CANCELLED). The number cut."""
+    cut = 0
+    for conn in list(connections):
+        cycle = getattr(conn, "cycle", None)
+        if cycle is None or cycle.response_started or cycle.disconnected or not cycle.more_body:
+            continue
+        cycle.disconnected = True  # its app answers nothing more
+        cycle.message_event.set()
+        caller_left(conn)  # (none runs while its body arrives)
+        conn.transport.write(stopped_answer(default_headers))
+        conn.transport.close()
+        cut += 1
+    if cut:
+        log.info(
+            "the drain ended with %d request(s) still receiving their body: answered 503 and closed", cut
+        )
+    return cut
 
 
 def uvicorn_tls(tls: TlsConfig) -> dict[str, Any]:

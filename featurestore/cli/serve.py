@@ -95,9 +95,11 @@ def serve_config(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
     from featurestore import jobs, supervisor
+    from featurestore.config import check_embedded_store_alone
     from lineage.runs import BufferedRuns
 
     config = serve_config(args)
+    check_embedded_store_alone(config, args.config)  # before anything opens a store
     asyncio.run(jobs.apply_configured_definitions(config))
     runs = BufferedRuns()  # the demo's materialization runs, for the graph the server builds
     if args.demo:

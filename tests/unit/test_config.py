@@ -76,9 +76,15 @@ def test_a_secret_given_inline_and_as_a_file_is_an_error(tmp_path: Path) -> None
         load_config(f)
 
 
-def test_an_unreadable_secret_file_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_secret_file_names_the_setting_and_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FEATURESTORE_LINEAGE__BOLT__PASSWORD_FILE", str(tmp_path / "missing"))
-    with pytest.raises(InvalidArgument, match=r"lineage.bolt.password_file: cannot read the secret file"):
+    with pytest.raises(
+        InvalidArgument,
+        match=r"^config: FEATURESTORE_LINEAGE__BOLT__PASSWORD_FILE \(lineage.bolt.password_file\): "
+        "cannot read the secret file",
+    ):
         load_config()
 
 

@@ -307,9 +307,7 @@ async def test_an_intake_with_grpc_s_internals_reads_none_missing_whether_config
     assert len(await join_all(s.port, 8)) == 8
 
 
-@pytest.mark.parametrize(
-    ("value", "named"), [("1025", "less than or equal to 1024"), ("-1", "0 or a positive")]
-)
+@pytest.mark.parametrize(("value", "named"), [("1025", "at most 1024"), ("-1", "0 or a positive")])
 def test_intake_loops_beyond_its_bounds_is_a_configuration_error_naming_it(
     monkeypatch: pytest.MonkeyPatch, value: str, named: str
 ) -> None:
@@ -340,9 +338,9 @@ async def test_listeners_that_fail_to_start_stop_grpc_before_the_intake_closes(
         try:
             with pytest.raises(OSError, match="cannot start"):
                 await listeners.start()
-            assert listeners.intake is not None and listeners.intake.taken == 0
+            assert listeners.intakes and listeners.intakes[0].taken == 0
             assert not listeners.grpc._server.is_running()  # stopped ...
-            assert all(t.done() for t in listeners.intake._loops)  # ... and the take-ups ended
+            assert all(t.done() for i in listeners.intakes for t in i._loops)  # ... and the take-ups ended
         finally:
             listeners.sock.close()
             listeners.guard.close()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import json
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -370,6 +371,44 @@ async def test_a_handler_that_raises_is_a_plain_500_and_a_closed_connection(
     assert (status, headers[b"connection"], body) == (500, b"close", b"Internal Server Error")
     assert await asyncio.wait_for(reader.read(), GUARD) == b""
     writer.close()
+
+
+async def test_a_join_still_running_when_the_drain_ends_is_a_json_503_not_a_500_and_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn cancels what still runs at its graceful timeout (the drain's end): the
+    cycle answers 503 UNAVAILABLE and closes, and logs no error (review s55: a 500 and
+    an ERROR traceback per request)."""
+    script = Scripted()
+    script.release.clear()  # the handler holds the join past the drain
+    asgi = script.asgi
+    guard = ConnectionGuard(LIMITS, direct=DirectJoin(asgi, script.handler, script.abandoned.append, LIMIT))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(
+        guard.uvicorn_config(asgi, access_log=False, timeout_graceful_shutdown=0.3, interface="asgi3")
+    )
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    try:
+        while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(join_request())
+        while not script.bodies:  # noqa: ASYNC110 - the handler holds the join
+            await asyncio.sleep(0.01)
+        with caplog.at_level("INFO", logger="featurestore.api.join_cycle"):
+            srv.should_exit = True
+            [(status, headers, body)] = await responses(reader, 1)
+            assert await asyncio.wait_for(reader.read(), GUARD) == b""  # closed
+            await asyncio.wait_for(task, GUARD)
+        writer.close()
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, GUARD)
+        guard.close()
+    assert (status, headers[b"connection"], headers[b"content-type"]) == (503, b"close", b"application/json")
+    assert json.loads(body)["error"]["code"] == "UNAVAILABLE"
+    assert [r.levelname for r in caplog.records if r.name == "featurestore.api.join_cycle"] == ["INFO"]
 
 
 # -- the real join, both ways ------------------------------------------------------------

@@ -191,6 +191,24 @@ def test_a_worker_that_exits_2_before_it_served_stops_the_supervisor_with_2(
     assert capsys.readouterr().err.splitlines() == ["error: FAILED_PRECONDITION: no"]
 
 
+def crashes_at_start(spawns: Path) -> list[str]:
+    """A worker that records its pid and dies with 1 before serving, as a bug at start
+    (review s55: an OverflowError of a setting) does every time."""
+    script = "import os, sys, pathlib\npathlib.Path(sys.argv[1], str(os.getpid())).touch()\nsys.exit(1)\n"
+    return [sys.executable, "-c", script, str(spawns)]
+
+
+def test_workers_that_crash_at_every_start_before_any_served_stop_the_supervisor_after_three_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = Supervisor(2, crashes_at_start(tmp_path))
+    with caplog.at_level("ERROR", logger="featurestore"):
+        assert run_with_deadline(sup, 15) == 1  # before the fix: restarted for ever (backoff to 30 s)
+    starts = len(list(tmp_path.iterdir()))
+    assert 3 <= starts <= 2 * 3  # the first slot to reach three starts stops the others
+    assert "before it served (start 3 of its slot): not starting" in caplog.text
+
+
 def one_serves_one_fails(spawns: Path) -> list[str]:
     """Slot 0 reports that it serves and waits for the stop; slot 1 records its pid, hands
     the supervisor an error line once slot 0 had time to report, and exits 2."""
