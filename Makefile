@@ -104,8 +104,8 @@ bench: bench-feast
 	$(PY) -m benchmarks.grpc_refusal
 	$(PY) -m benchmarks.store_faults
 	$(PY) -m benchmarks.scaling
-	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md
-	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 8 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c8.md
+	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 32 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c32.md --title "Auto-pipelining A/B: HTTP Join at concurrency 32, auto_pipeline on (the default) and off (issue 16, requirement 3)"
+	$(PY) -m benchmarks.transports --transports http --no-feast --rounds 3 --duration 6 --concurrency 8 --store-option auto_pipeline=false --out benchmarks/results/autopipeline-c8.md --title "Auto-pipelining A/B: HTTP Join at concurrency 8, auto_pipeline on (the default) and off (issue 16, requirement 3)"
 	$(PY) -m benchmarks.http_servers
 	$(PY) -m benchmarks.derived
 	$(PY) -m benchmarks.derived_cpu

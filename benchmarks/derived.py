@@ -468,11 +468,19 @@ def _ran(section: dict[str, Any]) -> str:
     return f"Run {m['run_at']}: `{m['command']}`\n" if m else ""
 
 
+FIGURE_OF = {"kernel": "kernel_ms", "join": "join_cost_pct", "feast": "feast_b100"}  # section -> figure
+
+
 def figures(results: dict[str, Any]) -> dict[str, Any]:
     """What the targets are checked against (benchmarks/results/derived.json; the
-    report adds the footprint's figures and renders them: benchmarks.report)."""
-    out: dict[str, Any] = {"run_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out["command"] = f"python -m benchmarks.derived {' '.join(sys.argv[1:])}".rstrip()
+    report adds the footprint's figures and renders them: benchmarks.report). Each
+    figure keeps the run that measured it (``runs``: its section's ``meta``, run time and
+    command): a run of some sections carries the others' figures over from earlier runs."""
+    out: dict[str, Any] = {"runs": {}}
+    for section, figure in FIGURE_OF.items():
+        meta = results.get(section, {}).get("meta")
+        if meta:
+            out["runs"][figure] = {"run_at": meta["run_at"], "command": meta["command"]}
     if "kernel" in results:
         k = results["kernel"]["results"]
         out["kernel_ms"] = {

@@ -206,11 +206,14 @@ def summary(
     }
 
 
-def render(results: dict[str, dict[str, Any]], command: str, blocks: int) -> list[str]:
+def render(
+    results: dict[str, dict[str, Any]], command: str, blocks: int, run_at: str | None = None
+) -> list[str]:
+    run_at = run_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "### Derived features: CPU cost in the serving process, request-interleaved",
         "",
-        f"* Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; command: `{command}`",
+        f"* Run: {run_at}; command: `{command}`",
         "* The demo server's HTTP path in process (connection guard + uvicorn protocol + HTTP API + join +",
         "  JSON), memory stores; one request without, one with, alternating; CPU time of the serving thread.",
         "  The kernel's socket work and the load generator are not in it (the wrk table above has them).",
@@ -250,9 +253,12 @@ async def main(a: argparse.Namespace) -> None:
             r = results[f"{pair}/b{batch}"] = await measure_pair(make, without, with_, batch, n, a.blocks)
             log(f"cpu b={batch} {pair}: {r['cpu_us'][0]} -> {r['cpu_us'][1]} us/request, {r['cost_pct']}%")
     command = f"python -m benchmarks.derived_cpu --requests {a.requests} --blocks {a.blocks}"
+    run_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # RESULTS.md's targets name the run by it
     figures = HERE / "results" / "derived-cpu.json"  # first: publish stitches the targets from it
-    figures.write_text(json.dumps({"command": command, "results": results}, indent=1) + "\n")
-    report.publish("derived-cpu.md", render(results, command, a.blocks))
+    figures.write_text(
+        json.dumps({"command": command, "run_at": run_at, "results": results}, indent=1) + "\n"
+    )
+    report.publish("derived-cpu.md", render(results, command, a.blocks, run_at))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ CPU_RATIO_TARGET, P99_TARGET_MS, FLOOR_SHARE_TARGET = 10.0, 2.0, 0.60
 LOW_CORES = 0.75
 # What a starved run's figure is not, by the table it marks
 STARVED_QPS = "its QPS is not the server's capacity at this point, and a ratio against it is not a like-for-like comparison"
-STARVED_LATENCY = "its latency is the machine's at this point, not the server's"
+STARVED_LATENCY = (
+    "its latency is that of the fewer cores it ran on (one worker's queue when one worker took every "
+    "connection, as gunicorn's one accepting socket can do with few connections) under this load "
+    "generator's connection pattern, not the whole server's"
+)
 
 
 def low_cores(
@@ -41,8 +45,9 @@ def low_cores(
     if r["server_cores"] >= LOW_CORES * median:
         return None
     at = ", ".join(f"c={c}" for c in sorted(others))
+    machine = f" (the whole machine {r['machine_cores']:.2f})" if r.get("machine_cores") is not None else ""
     return (
-        f"`{label}` at batch {batch}, c={conc} ({tool}) used {r['server_cores']:.2f} server cores, under "
+        f"`{label}` at batch {batch}, c={conc} ({tool}) used {r['server_cores']:.2f} server cores{machine}, under "
         f"{LOW_CORES:g}x the median {median:.2f} of its runs at batch {batch}, {at}: {meaning}"
     )
 

@@ -7,12 +7,14 @@ featurestore variant by Feast at the same point of the same run.
 
     python -m benchmarks.report RAW.jsonl FLOOR.jsonl
     python -m benchmarks.report --stitch
+    python -m benchmarks.report --rerender benchmarks/results/feast.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -79,6 +81,16 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def tail(r: Row, key: str, resolves: int, star: str) -> str:
+    """Percentile ``key`` of run ``r`` (``star``: wrk's corrected mark), or, when the run
+    has fewer than ``resolves`` requests (1,000 for p99.9), their maximum and count: the
+    nearest rank of so few is the last sample, not a p99.9."""
+    n = r.get("requests")
+    if n is not None and n < resolves and r.get("max_ms") is not None:
+        return f"{r['max_ms']:.2f} max (n={n:,})"
+    return f"{r[key]:.2f}{star}"
+
+
 PARTS = (
     "feast.md",
     "feast-zipf.md",
@@ -99,6 +111,7 @@ PARTS = (
     "grpc-refusal.md",
     "store-faults.md",
     "scaling.md",
+    "cluster-cost.md",
     "experiments.md",
     "json-encoding.md",
     "deadlines.md",
@@ -117,17 +130,29 @@ PARTS = (
     "stream-windows.md",
     "stream-writes.md",
 )
+HAND_KEPT = ("experiments.md",)  # parts written by hand as a whole: dated experiments, no one command
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def notes_of(part: Path) -> Path:
+    """The hand-kept notes on a part (``X.md`` -> ``X.notes.md``): readings, comparisons with
+    earlier runs and history that no command writes, kept apart so that a rerun of the
+    command neither loses them nor passes them off as its own output."""
+    return part.with_name(part.name.removesuffix(".md") + ".notes.md")
+
+
 def stitch(results: Path = RESULTS) -> None:
-    """RESULTS.md = every benchmark's latest part, in a fixed order."""
+    """RESULTS.md = every benchmark's latest part, in a fixed order, each followed by its
+    hand-kept notes (``notes_of``) under a line saying so."""
     parts_dir = results.parent / "results"
     body = [
         "# Benchmark results",
         "",
         "Each section is written by its benchmark (see its command) into `benchmarks/results/`;",
-        "`python -m benchmarks.report --stitch` puts them together here.",
+        "`python -m benchmarks.report --stitch` puts them together here. Not written by a command:",
+        "the notes after a section, under a line that says so (`benchmarks/results/<part>.notes.md`,",
+        "kept by hand: dated readings of that run and of earlier ones), and the sections kept by hand",
+        "as a whole, " + ", ".join(f"`benchmarks/results/{name}`" for name in HAND_KEPT) + ".",
         "",
     ]
     for name in PARTS:
@@ -136,6 +161,14 @@ def stitch(results: Path = RESULTS) -> None:
         part = parts_dir / name
         if part.exists():
             body += [part.read_text().rstrip(), ""]
+        notes = notes_of(part)
+        if notes.exists():
+            body += [
+                f"*Notes kept by hand on the section above (`benchmarks/results/{notes.name}`), not written by its command:*",
+                "",
+                notes.read_text().rstrip(),
+                "",
+            ]
     results.write_text("\n".join(body))
 
 
@@ -171,9 +204,12 @@ def write(
     source: str | None = None,
     data_check: str = "not recorded",
     seeds: str | None = None,
+    machine_line: str | None = None,
 ) -> None:
     """``source``: ``provenance.source_state()`` taken when the run started; ``data_check``:
-    what the data check found; ``seeds``: how wrk's keys were seeded."""
+    what the data check found; ``seeds``: how wrk's keys were seeded (``seeds_text``);
+    ``machine_line``: the machine and source tree as the run recorded them (``rerender``),
+    read now from ``source`` when not given."""
     rows = load(raw)
     b = best(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -196,7 +232,7 @@ def write(
         + ("" if keys == "uniform" else ": Zipf keys"),
         "",
         f"* Run: {run_span(rows, raw)}; command: `{command}`",
-        f"* Machine: {machine(source)}. Server, Redis and load generator share the cores.",
+        f"* Machine: {machine_line or machine(source)}. Server, Redis and load generator share the cores.",
         f"* Servers, {workers} worker processes each: `{feast}` = `feast serve --workers {workers} --max-requests 0 "
         "--no-access-log` (Feast 0.67.0, ../shared/peers/feast); "
         + ", ".join(f"`{o}`" for o in ours)
@@ -243,7 +279,15 @@ def write(
     lines += refusals(b)
     lines += targets(b, feast, ours, qps_tool, lat_tool, floors)
 
-    lines += ["", "### Latency (ms): p50 / p99 / p99.9", ""]
+    lines += [
+        "",
+        "### Latency (ms): p50 / p99 / p99.9",
+        "",
+        "A percentile a run's requests cannot resolve (p99.9 of fewer than 1,000, p99 of fewer than 100) is "
+        "printed as their maximum with their count, `max (n=...)`: a nearest-rank percentile of fewer samples "
+        "is the slowest one.",
+        "",
+    ]
     for tool in tools:
         star = "*" if tool == "wrk" else ""
         lines += [
@@ -252,7 +296,7 @@ def write(
             "| batch | conc | " + " | ".join(labels) + " |",
             "|---:|---:|" + "---|" * len(labels),
         ]
-        slow: list[str] = []  # a server starved at a point: its latency is not its own either
+        slow: list[str] = []  # a server on fewer cores at a point: its latency is not the whole server's
         for batch, conc in points:
             cells = []
             for lbl in labels:
@@ -260,7 +304,7 @@ def write(
                 cells.append(
                     "-"
                     if not r
-                    else f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}{star} / {r['p999_ms']:.2f}{star}"
+                    else f"{r['p50_ms']:.2f} / {tail(r, 'p99_ms', 100, star)} / {tail(r, 'p999_ms', 1000, star)}"
                     + mark(slow, low_cores(b, lbl, tool, batch, conc, STARVED_LATENCY))
                 )
             lines.append(f"| {batch} | {conc} | " + " | ".join(cells) + " |")
@@ -321,6 +365,72 @@ def write(
     stitch()
 
 
+RETRY_SEED_STEP = 1_000  # benchmarks.run: a point's retry draws SEED + 1,000, keys no server was sent yet
+
+
+def seeds_text(seed: int, points: int, retried: int, tool: str) -> str:
+    """How wrk's keys were seeded (``benchmarks.run.run_points``), for the "Keys" line; the
+    peer's loadgen.py named only when the run used it (``tool`` "py" or "both"; a Zipf run
+    is wrk only)."""
+    return (
+        f"wrk's bodies seeded with SEED {seed} + the point's index ({seed}..{seed + points - 1}, points in "
+        "batch-then-concurrency order): every server got the same keys at a point; a point with a noisy "
+        f"attempt was run once more for every server with SEED + {RETRY_SEED_STEP:,} ({retried} such points), "
+        "keys no server had been sent; bench.py's warm-up draws others"
+        + (
+            "; the peer's loadgen.py (latency tables) sends its own fixed 4,096 bodies to every server."
+            if tool != "wrk"
+            else "."
+        )
+    )
+
+
+def rerender(part: Path) -> None:
+    """Write a Feast comparison part (feast.md, feast-zipf.md) again from its raw files,
+    with the facts of the run that only the run knew (its command, machine and source tree,
+    data check, seeds, answers other than ok) read from the part as it stands: for a change
+    to how the report renders a run, without running it again."""
+    text = part.read_text()
+
+    def one(pattern: str) -> str:
+        found = re.search(pattern, text, re.M)
+        if found is None:
+            raise SystemExit(f"{part}: no match for {pattern!r}: not a benchmarks.run part?")
+        return found[1]
+
+    root = RESULTS.parent.parent
+    raw = root / one(r"^\* Raw runs \(every attempt\): `([^`]+)`")
+    floor_path = re.search(r"the floor's measurements: `([^`]+)`", text)
+    floor = root / floor_path[1] if floor_path else None
+    rows = load(raw)
+    seed = int(one(r"SEED (\d+) \+ the point's index"))
+    last = int(one(r"the point's index \(\d+\.\.(\d+),"))
+    retried = int(one(r"\((\d+) such points\)"))
+    not_ok: dict[str, dict[str, float]] | None = None
+    answers = re.search(r"featurestore_requests_total` \(.*?\): (.*)\.$", text, re.M)
+    if answers:
+        not_ok = {}
+        for label, counts in re.findall(r"cache (\w+): ([^;]*)", answers[1]):
+            not_ok[label] = {
+                outcome: float(n.replace(",", "")) for n, outcome in re.findall(r"([\d,]+) (\w+)", counts)
+            }
+    write(
+        raw,
+        floor,
+        part,
+        workers=int(one(r"^\* Servers, (\d+) worker processes each")),
+        duration=float(one(r"alternating between points\), (\S+) s per run")),
+        command=one(r"^\* Run: .*; command: `([^`]+)`"),
+        keys="zipf" if text.startswith("## ") and text.splitlines()[0].endswith(": Zipf keys") else "uniform",
+        not_ok=not_ok,
+        data_check=one(r"x 16 features \((.*?)\)\. Every request"),
+        seeds=seeds_text(
+            seed, last - seed + 1, retried, "wrk" if {r["tool"] for r in rows} == {"wrk"} else "both"
+        ),
+        machine_line=one(r"^\* Machine: (.*)\. Server, Redis and load generator share the cores\.$"),
+    )
+
+
 def shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it."""
     root = RESULTS.parent.parent
@@ -340,7 +450,15 @@ def main() -> None:
     ap.add_argument("--keys", choices=["uniform", "zipf"], default="uniform")
     ap.add_argument("--source", help="the source tree the run loaded (benchmarks.run prints it at its start)")
     ap.add_argument("--stitch", action="store_true", help="only rebuild RESULTS.md from benchmarks/results/")
+    ap.add_argument(
+        "--rerender", type=Path, metavar="PART",
+        help="write a benchmarks.run part (results/feast.md, feast-zipf.md) again from its raw files, keeping "
+        "the run's own facts (machine, seeds, data check) from the part: a rendering change, no new run",
+    )  # fmt: skip
     a = ap.parse_args()
+    if a.rerender:
+        rerender(a.rerender)
+        return
     if a.stitch or a.raw is None:
         stitch()
         return

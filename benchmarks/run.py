@@ -12,7 +12,10 @@
    (batch, concurrency) with every server as a target (the order alternating between
    points; CPU accounting, noise gating), wrk with benchmarks/wrk_keys.lua (the peer's
    bodies) plus the peer's plain-percentile load generator. One SEED per point: every
-   server gets the same keys at a point, and each point draws new ones.
+   server gets the same keys at a point, and each point draws new ones. bench.py runs
+   through benchmarks/peer_bench.py, which makes it count the Redis of step 1 (by pid)
+   as its Redis, not the oldest redis-server on the machine; the run stops when that
+   pid cannot be told.
 6. The redis-py floor (benchmarks/redis_floor.py) with the same process count and key
    distribution, before and after the servers' runs.
 7. The raw runs and floor measurements are copied to benchmarks/results/feast[-zipf]-
@@ -41,8 +44,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks import report
+from benchmarks.peer_bench import PEER_NAME as PEER_BENCH
+from benchmarks.peer_bench import PID_ENV as REDIS_PID_ENV
 from benchmarks.provenance import source_state
 from benchmarks.redis_floor import measure as floor_measure
+from benchmarks.report import RETRY_SEED_STEP, seeds_text
 from featurestore.demo.data import PEER_SHA256, canonical_sha256, ensure_demo_data
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +64,34 @@ def log(msg: str) -> None:
 def redis_up() -> bool:
     out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, text=True)
     return out.stdout.strip() == "PONG"
+
+
+def redis_pid(port: int, started: int | None = None) -> int | None:
+    """The pid of the redis-server answering on ``port`` (``started``: the one this run
+    started there), checked against /proc: its ``comm`` is redis-server and its title
+    names the port (Redis sets it to ``redis-server <addr>:<port>``). None when it cannot
+    be told (a Redis in another pid namespace, a proxy): bench.py must then not run, or
+    it would count the wrong process as the bench's Redis (``benchmarks/peer_bench.py``)."""
+    pid = started
+    if pid is None:
+        info = subprocess.run(
+            ["redis-cli", "-p", str(port), "info", "server"], capture_output=True, text=True
+        )
+        found = re.search(r"^process_id:(\d+)", info.stdout, re.M)
+        if not found:
+            return None
+        pid = int(found[1])
+    return pid if is_redis_on(pid, port) else None
+
+
+def is_redis_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` is a redis-server whose title names ``port``."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return comm == "redis-server" and re.search(rf":{port}\b", title) is not None
 
 
 def _floor(path: Path, when: str, *, batches: str, duration: float, workers: int, keys: str) -> None:
@@ -81,9 +115,6 @@ def data_check(users: Path) -> str | None:
     return f"identical values: the canonical sha256 of the materialized `{users.name}` is the peer's, {digest[:16]}..."
 
 
-RETRY_SEED_STEP = 1_000  # a point's retry draws SEED + 1,000: keys no server was sent yet
-
-
 def _noisy(raw: Path, seen: int) -> bool:
     """Whether an attempt bench.py wrote after the first ``seen`` lines of ``raw`` was not
     accepted (another tenant took the cores)."""
@@ -98,7 +129,14 @@ def _lines(raw: Path) -> int:
     return len(raw.read_text().splitlines()) if raw.exists() else 0
 
 
-def run_points(bench: list[str], targets: list[str], a: argparse.Namespace, seed: int, raw: Path) -> str:
+def run_points(
+    bench: list[str],
+    targets: list[str],
+    a: argparse.Namespace,
+    seed: int,
+    raw: Path,
+    redis_pid: int | None = None,
+) -> str:
     """bench.py once per point (batch, concurrency), every server a target, the order
     alternating between points as bench.py alternates it within a call. wrk_keys.lua seeds
     its draws from SEED: one per point, so every server gets the same keys at a point and
@@ -106,7 +144,12 @@ def run_points(bench: list[str], targets: list[str], a: argparse.Namespace, seed
     bench.py runs with no retries of its own (a retry would replay the keys its server
     was just sent): a point with a noisy attempt is run once more for every server, with
     SEED + RETRY_SEED_STEP. bench.py's warm-up (3 s, c=8, before each call) draws its own
-    keys. Returns how the keys were seeded, for the report."""
+    keys. ``redis_pid``: the bench's Redis, which the overlay's bench.py counts as its
+    Redis (``BENCH_REDIS_PID``; without it, it refuses to run). Returns how the keys were
+    seeded, for the report (``seeds_text``)."""
+    env = {**os.environ, "KEYS": a.keys}
+    if redis_pid is not None:
+        env[REDIS_PID_ENV] = str(redis_pid)
     point, retried = 0, 0
     for batch in a.batches.split(","):
         for conc in a.concurrency.split(","):
@@ -118,18 +161,12 @@ def run_points(bench: list[str], targets: list[str], a: argparse.Namespace, seed
                 point_seed = seed + point + attempt * RETRY_SEED_STEP
                 seen = _lines(raw)
                 log(f"bench.py: batch {batch}, c={conc}, SEED {point_seed}")
-                subprocess.run(cmd, check=True, env={**os.environ, "KEYS": a.keys, "SEED": str(point_seed)})
+                subprocess.run(cmd, check=True, env={**env, "SEED": str(point_seed)})
                 if not _noisy(raw, seen):
                     break
                 retried += attempt == 0
             point += 1
-    return (
-        f"wrk's bodies seeded with SEED {seed} + the point's index ({seed}..{seed + point - 1}, points in "
-        "batch-then-concurrency order): every server got the same keys at a point; a point with a noisy "
-        f"attempt was run once more for every server with SEED + {RETRY_SEED_STEP:,} ({retried} such points), "
-        "keys no server had been sent; bench.py's warm-up draws others; the peer's loadgen.py "
-        "(latency tables) sends its own fixed 4,096 bodies to every server."
-    )
+    return seeds_text(seed, point, retried, a.tool)
 
 
 def answers_not_ok(port: int) -> dict[str, float]:
@@ -163,20 +200,29 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def peer_overlay(out: Path, keys: str) -> Path:
+def peer_overlay(out: Path, keys: str, peer: Path | None = None) -> Path:
     """A copy of the peer's folder made of links whose wrk script is benchmarks/wrk_keys.lua:
     the peer's bodies, uniform or Zipf keys from KEYS, and a pool of three draws per user
     (bench.py finds the script next to itself, so every server, Feast too, is sent bodies
     from it; ``run_points`` gives every server the same keys at a point). The peer's own
     pool of 4,096 bodies was, at batch 1, a hot set of ~4,000 users that a server's cache
     holds whole. The peer's loadgen.py (the latency points) keeps its 4,096 bodies: each of
-    its connections holds a copy of the pool (300,000 bodies: 650 MB at 2 connections)."""
+    its connections holds a copy of the pool (300,000 bodies: 650 MB at 2 connections).
+
+    Its bench.py is benchmarks/peer_bench.py, which runs the peer's (linked as
+    ``bench_peer.py``) with the Redis it counts as the bench's own taken from
+    ``BENCH_REDIS_PID`` (``redis_pid``), not the oldest redis-server on the machine."""
+    peer = peer or PEER
     overlay = out / f"peer-overlay-{keys}"
     overlay.mkdir(parents=True, exist_ok=True)
-    for f in PEER.iterdir():
-        link = overlay / f.name
+    links = {f.name: f for f in peer.iterdir()}
+    links["wrk_getfeatures.lua"] = HERE / "wrk_keys.lua"
+    links[PEER_BENCH] = peer / "bench.py"
+    links["bench.py"] = HERE / "peer_bench.py"
+    for name, target in links.items():
+        link = overlay / name
         link.unlink(missing_ok=True)
-        link.symlink_to(HERE / "wrk_keys.lua" if f.name == "wrk_getfeatures.lua" else f)
+        link.symlink_to(target)
     return overlay
 
 
@@ -231,6 +277,16 @@ def main() -> int:
             end = time.monotonic() + 10
             while not redis_up() and time.monotonic() < end:
                 time.sleep(0.1)
+        # bench.py charges "the" Redis's CPU apart from other tenants'; it must be this one,
+        # not the oldest redis-server on a shared machine (benchmarks/peer_bench.py).
+        bench_redis = redis_pid(REDIS_PORT, own_redis.pid if own_redis is not None else None)
+        if bench_redis is None:
+            log(
+                f"cannot tell which process is the Redis on port {REDIS_PORT} (INFO's process_id is not a "
+                "redis-server naming that port here): bench.py would count another as the bench's Redis; stopping"
+            )
+            return 1
+        log(f"the bench's Redis: pid {bench_redis} on port {REDIS_PORT}")
         env = {**os.environ, "WORKDIR": a.feast_workdir}
         # A Redis started here is empty: Feast's rows must be materialized into it again
         # (make bench runs this module twice; the first run's Redis ends with it).
@@ -310,7 +366,7 @@ def main() -> int:
         bench = [str(feast_python), str(peer_overlay(a.out, a.keys) / "bench.py"), "--tool", a.tool,
                  "--duration", str(a.duration), "--out", str(raw),
                  "--max-other", str(a.max_other), "--quiet-wait", "20", "--retries", "0"]  # fmt: skip
-        seeds = run_points(bench, targets, a, a.seed, raw)
+        seeds = run_points(bench, targets, a, a.seed, raw, bench_redis)
 
         measure_floor(floor_path, "after")
         not_ok = {}

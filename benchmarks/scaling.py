@@ -14,6 +14,12 @@ is computed from the batch-10 figures:
   target, so a pod carries 2 x 0.6 x per-core QPS; Redis primaries are kept at 50% of a
   core (headroom for replication, persistence and failover).
 
+Both per-join figures are of the standalone read path (one Redis, a view's keys in one
+MGET, auto-pipelined with the other joins of a tick). The store reaches several Redis only
+as a Redis Cluster (``cluster: true``), where a read is a pipeline of one GET per key, a
+round trip per node, without auto-pipelining: a costlier path this benchmark does not
+load (``benchmarks.cluster_cost`` measures its cost per read). The sizing says so.
+
     python -m benchmarks.scaling [--duration 8] [--rounds 2] [--batches 1,10,100]
 """
 
@@ -133,16 +139,21 @@ def sizing(runs: list[dict[str, Any]]) -> list[str]:
     redis_core = 1e6 / redis_us
     shards = math.ceil(TARGET_QPS / (redis_core * REDIS_UTILIZATION))
     return [
-        f"**Fleet for {TARGET_QPS:,} QPS at batch {TARGET_BATCH}** (from the 2-worker figures above; cache off, "
-        "so every key is a Redis read: a cache hit rate h leaves (1 - h) of the Redis side):",
+        f"**Fleet for {TARGET_QPS:,} QPS at batch {TARGET_BATCH}, sized for standalone Redis reads** (from the "
+        "2-worker figures above, measured on one standalone Redis: a join's read is two MGETs, auto-pipelined; "
+        "cache off, so every key is a Redis read: a cache hit rate h leaves (1 - h) of the Redis side):",
         "",
         f"* Server: {cpu_us:.0f} us of CPU per join = {per_core:,.0f} joins/s per core. A pod of {POD_CORES} cores "
         f"({POD_CORES} workers) held at the HPA's {HPA_UTILIZATION:.0%} CPU target carries {per_pod:,.0f} QPS: "
         f"**{pods} pods** ({pods * POD_CORES} cores) at the target, {math.ceil(pods * 1.25)} with a zone's worth "
         "of headroom (25%).",
         f"* Redis: {redis_us:.0f} us of Redis CPU per join = {redis_core:,.0f} joins/s per Redis core (one "
-        f"command thread per primary). At {REDIS_UTILIZATION:.0%} of a core per primary: **{shards} Redis Cluster "
-        f"primaries** (+1 replica each), `cluster: true` in the store config (docs/storage.md).",
+        f"command thread per Redis). At {REDIS_UTILIZATION:.0%} of a core each: **{shards} standalone primaries' "
+        f"worth** of MGET reads (+1 replica each). One Redis cannot carry it, and the store spreads keys over "
+        "several Redis only as a Redis Cluster (`cluster: true`, docs/storage.md), whose read is a pipeline of one "
+        "GET per key, a round trip per node, without auto-pipelining: a path these figures do not measure. A "
+        "Cluster fleet needs more pods and more primaries than these counts, by what its read costs "
+        '(`python -m benchmarks.cluster_cost`, "Redis Cluster against one Redis"); it is not sized here.',
         "* HPA (deploy/k8s/featurestore.yaml): `averageUtilization: 60` on CPU (the figure the pod count is "
         f"sized at), `minReplicas: {math.ceil(pods / 2)}` (half the peak: a cold start adds pods at 100% per 30 s, "
         f"so half to full takes one step), `maxReplicas: {math.ceil(pods * 1.5)}` (peak plus 50% for bursts and "

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from typing import Any
 
 from benchmarks import feast_grpc
 from benchmarks.grpc_load import measure as grpc_measure
+from benchmarks.provenance import run_line, started
 from benchmarks.stack import HERE, config, materialize, redis, server, tree_cpu, wrk
 
 TITLE = "gRPC and HTTP Join, same server (issue 16, requirement 4)"
@@ -136,6 +138,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
     ap.add_argument("--title", default=TITLE, help="the section's heading (an A/B's own)")
     a = ap.parse_args()
+    a.started = started()  # before any server loads the code
     transports = a.transports.split(",")
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -194,7 +197,7 @@ def main() -> int:
 def render(
     runs: list[dict[str, Any]], a: argparse.Namespace, servers: list[str], transports: list[str]
 ) -> list[str]:
-    cmd = " ".join(["python -m benchmarks.transports", *sys.argv[1:]])
+    cmd = " ".join(["python -m benchmarks.transports", shlex.join(sys.argv[1:])]).rstrip()  # --title quoted
     out = [
         f"## {a.title}",
         "",
@@ -214,6 +217,8 @@ def render(
             if len([s for s in servers if s != FEAST]) > 1
             else ""
         ),
+        "",
+        run_line(a.started) if getattr(a, "started", None) else "* Run: time and source tree not recorded.",
         "",
         "| server | transport | batch | QPS | p50 ms | p99 ms | server CPU us/request | load generator cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

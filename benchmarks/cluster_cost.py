@@ -1,0 +1,167 @@
+"""What a batch-10 join's store read costs on Redis Cluster against one standalone Redis:
+the read path ``benchmarks.scaling`` sizes its fleet from is the standalone one, and the
+fleet it prescribes needs more than one Redis, which the store reaches only as a Cluster.
+
+On one Redis a join's read is one MGET per view, packed into one write and, with
+auto-pipelining, shared with the other joins of the event-loop tick; on Cluster it is a
+redis-py ClusterPipeline of one GET per key, a round trip per node, with no
+auto-pipelining (docs/storage.md). Both are measured in this process through the store
+itself (``RedisSource.read``, decoding included; no HTTP, no join engine): the demo's two
+user views (16 features), 20,000 users written, reads of 10 distinct users drawn uniformly,
+one read at a time and 32 in flight; the store's CPU (this process) and Redis's (every
+node, from /proc) per read. One standalone Redis and a Cluster of 3 primaries, started here.
+
+    python -m benchmarks.cluster_cost [--reads 2000] [--users 20000]
+
+Writes benchmarks/results/cluster-cost.md (stitched into RESULTS.md after "Scaling").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from benchmarks.provenance import run_line, started
+from featurestore.definitions.parser import load_definitions
+from featurestore.demo.data import ensure_demo_data
+from featurestore.model import FeatureView
+from featurestore.sources.base import ViewQuery
+from featurestore.sources.redis import RedisOptions, RedisSource
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BATCH = 10
+IN_FLIGHT = (1, 32)
+VIEWS = ("user_profile", "user_activity")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    source: RedisSource,
+    views: Sequence[FeatureView],
+    redis_pids: Sequence[int],
+    draws: list[list[int]],
+    in_flight: int,
+) -> dict[str, float]:
+    """The store's and Redis's CPU per read over ``draws`` (one read each), ``in_flight``
+    reads at a time."""
+
+    async def read(keys: list[int]) -> None:
+        got = await source.read([ViewQuery(v, keys, range(len(v.features)), 1) for v in views])
+        for r in got:
+            if isinstance(r, BaseException) or not all(r.found):
+                raise RuntimeError(f"a read did not find every user: {r!r}")
+
+    async def worker(mine: list[list[int]]) -> None:
+        for keys in mine:
+            await read(keys)
+
+    for keys in draws[:200]:  # warm-up: connections open, code warm
+        await read(keys)
+    r0, c0 = sum(map(cpu_seconds, redis_pids)), time.process_time()
+    await asyncio.gather(*(worker(draws[i::in_flight]) for i in range(in_flight)))
+    c1, r1 = time.process_time(), sum(map(cpu_seconds, redis_pids))
+    return {"client_us": (c1 - c0) / len(draws) * 1e6, "redis_us": (r1 - r0) / len(draws) * 1e6}
+
+
+async def one_store(
+    url: str, cluster: bool, redis_pids: Sequence[int], views: Sequence[FeatureView], rows: Any, a: Any
+) -> dict[int, dict[str, float]]:
+    source = RedisSource("bench", "demo", RedisOptions(url=url, cluster=cluster))
+    await source.start()
+    try:
+        for v in views:
+            await source.write(v, rows, 1)
+        rng = random.Random(1)  # the same users on both stores
+        draws = [rng.sample(range(1, a.users + 1), BATCH) for _ in range(a.reads)]
+        return {n: await measure(source, views, redis_pids, draws, n) for n in IN_FLIGHT}
+    finally:
+        await source.close()
+
+
+def render(results: dict[str, dict[int, dict[str, float]]], a: argparse.Namespace, start: str) -> list[str]:
+    cmd = " ".join(["python -m benchmarks.cluster_cost", *sys.argv[1:]]).rstrip()
+    out = [
+        "## Redis Cluster against one Redis: the store's read of a batch-10 join (issue 16, requirement 6)",
+        "",
+        run_line(start),
+        f"* Command: `{cmd}`",
+        f"* In process, through the store (`RedisSource.read`, decoding included; no HTTP, no join engine): "
+        f"the demo's two user views (16 features), {a.users:,} users written, {a.reads:,} reads of {BATCH} "
+        "distinct users drawn uniformly (the same on both), after 200 to warm up; one read at a time, then "
+        f"{IN_FLIGHT[-1]} in flight. CPU of this process (the store's side) and of Redis (every node) per read. "
+        "Standalone: one MGET per view, auto-pipelined (the joins of a tick share a write); Cluster (3 "
+        "primaries, no replicas): a pipeline of one GET per key, a round trip per node, no auto-pipelining.",
+        "",
+        "| Redis | reads in flight | store CPU µs/read | Redis CPU µs/read (all nodes) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, by in results.items():
+        for n, r in by.items():
+            out.append(f"| {name} | {n} | {r['client_us']:,.0f} | {r['redis_us']:,.0f} |")
+    one, many = results["standalone"], results["cluster, 3 primaries"]
+    out += [""]
+    for n in IN_FLIGHT:
+        s, c = one[n], many[n]
+        out.append(
+            f"* {n} in flight: Cluster / standalone = {c['client_us'] / s['client_us']:.1f}x the store's CPU "
+            f"(+{c['client_us'] - s['client_us']:,.0f} µs a read), {c['redis_us'] / s['redis_us']:.1f}x Redis's."
+        )
+    out += [
+        "",
+        "What this is not: a server under load (`benchmarks.scaling` measures that, on one standalone Redis); "
+        "a Cluster of more primaries (a join's keys reach more of them: more round trips a read); "
+        "replicas, persistence or another host's network.",
+    ]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--reads", type=int, default=2000)
+    ap.add_argument("--users", type=int, default=20_000)
+    a = ap.parse_args()
+    start = started()
+    from tests.servers import RedisCluster, RedisServer  # real servers, stopped at the end
+
+    defs = load_definitions(ROOT / "featurestore" / "demo" / "features.yaml")
+    views = [defs.views[v] for v in VIEWS]
+    rows = pq.read_table(ensure_demo_data(HERE / "out" / "data")).slice(0, a.users)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="fs-cluster-cost-") as tmp:
+        single = RedisServer(Path(tmp) / "single").start()
+        try:
+            assert single.proc is not None
+            results["standalone"] = asyncio.run(
+                one_store(single.url, False, [single.proc.pid], views, rows, a)
+            )
+        finally:
+            single.stop()
+        cluster = RedisCluster(Path(tmp)).start()
+        try:
+            pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            results["cluster, 3 primaries"] = asyncio.run(one_store(cluster.url, True, pids, views, rows, a))
+        finally:
+            cluster.stop()
+    from benchmarks.report import publish
+
+    publish("cluster-cost.md", render(results, a, start))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
