@@ -1,8 +1,10 @@
 """The dead-letter topic of a stream view: malformed events, as they came, with why.
 
-Each dead letter is the original message (value and key) with the headers
-``featurestore-error`` (the reason), ``featurestore-view`` and ``featurestore-source``
-(``topic:partition:offset``). A batch's dead letters are delivered (each one's delivery
+Each dead letter is the original message (value, key, headers and timestamp, so a tool
+that repairs and produces it again loses nothing) with the headers ``featurestore-error``
+(the reason), ``featurestore-view`` and ``featurestore-source``
+(``topic:partition:offset``) after its own (replacing any of those three it carried: a
+dead letter produced again). A batch's dead letters are delivered (each one's delivery
 report says so) before the batch is written and its offsets move past them:
 
 * a letter whose delivery fails is produced again, backing off up to 5 s, until it is
@@ -10,8 +12,10 @@ report says so) before the batch is written and its offsets move past them:
   partition next meets the events again, at least once); the processor measures its
   lag meanwhile (the batch is not applied: the lag grows);
 * a letter the producer or the broker refuses for what it is (too large with our
-  headers, an invalid record for the topic) is sent without its value and key, the
-  refusal appended to its reason: one message can never stop the processor;
+  headers, an invalid record for the topic) is sent without its value, key and own
+  headers, the refusal appended to its reason: one message can never stop the
+  processor; one whose timestamp the topic refuses (too old for its
+  ``message.timestamp.*`` settings) is sent with the time it is sent, likewise;
 * a letter refused because the topic is missing makes the processor create it.
 """
 
@@ -27,6 +31,7 @@ from featurestore.streaming import metrics
 
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
+_OURS = frozenset((REASON_HEADER, "featurestore-view", "featurestore-source"))
 
 
 def _codes(*names: str) -> frozenset[int]:
@@ -41,6 +46,8 @@ class _Letter:
     reason: str
     value: bytes | None
     key: bytes | None
+    headers: list[tuple[str, bytes | None]]  # the message's own
+    timestamp_ms: int  # the message's (0: none, the time it is sent)
     in_flight: bool = False
     done: bool = False
     error: Any = None  # the KafkaError of its last failed delivery
@@ -51,10 +58,21 @@ class _Letter:
         self.error = err
 
     def strip(self, refusal: str) -> None:
-        """Without its value and key, the refusal in its reason."""
+        """Without its value, key and own headers, the refusal in its reason."""
         size = len(self.value or b"") + len(self.key or b"")
+        size += sum(len(k) + len(v or b"") for k, v in self.headers)
         self.reason = f"{self.reason}; message of {size} bytes left out: {refusal}"
         self.value = self.key = None
+        self.headers = []
+
+    @property
+    def whole(self) -> bool:
+        return self.value is not None or self.key is not None or bool(self.headers)
+
+    def restamp(self, refusal: str) -> None:
+        """Sent with the time it is sent, the refusal of its own in its reason."""
+        self.reason = f"{self.reason}; its timestamp {self.timestamp_ms} left out: {refusal}"
+        self.timestamp_ms = 0
 
 
 class DeadLetters:
@@ -71,6 +89,7 @@ class DeadLetters:
             "CORRUPT_MESSAGE", "INVALID_MSG", "INVALID_MSG_SIZE",
         )  # fmt: skip
         self.missing = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
+        self.bad_time = _codes("INVALID_TIMESTAMP")
 
     def deliver(
         self, dead: list[tuple[Any, str]], stop: threading.Event, waiting: Callable[[], None] = lambda: None
@@ -78,7 +97,7 @@ class DeadLetters:
         """Every dead letter delivered: True; False when ``stop`` came first. ``waiting``
         runs after each round that left letters undelivered (the processor measures its
         lag there: the batch waits, so the lag grows)."""
-        letters = [_Letter(m, reason, m.value(), m.key()) for m, reason in dead]
+        letters = [_letter(m, reason) for m, reason in dead]
         delay = 0.5
         while True:
             for letter in letters:
@@ -107,8 +126,10 @@ class DeadLetters:
         metrics.DEAD_LETTER_FAILURES.labels(self.view_name).inc(len(failed))
         for letter in failed:
             code = _code(letter.error)
-            if code in self.refused and (letter.value is not None or letter.key is not None):
+            if code in self.refused and letter.whole:
                 letter.strip(_text(letter.error))
+            elif code in self.bad_time and letter.timestamp_ms:
+                letter.restamp(_text(letter.error))
         if any(_code(letter.error) in self.missing for letter in failed):
             try:
                 self.create_topic()
@@ -120,22 +141,34 @@ class DeadLetters:
 
         m = letter.message
         headers = [
+            *letter.headers,
             (REASON_HEADER, letter.reason.encode()),
             ("featurestore-view", self.view_name.encode()),
             ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
         ]
         try:
             self.producer.produce(
-                self.topic, value=letter.value, key=letter.key, headers=headers, on_delivery=letter.delivered
+                self.topic,
+                value=letter.value,
+                key=letter.key,
+                headers=headers,
+                timestamp=letter.timestamp_ms,
+                on_delivery=letter.delivered,
             )
             letter.in_flight, letter.error = True, None
         except BufferError:  # the producer's queue is full: the flush drains it, then again
             letter.error = None
         except KafkaException as e:  # refused at once (too large with our headers): without its value
             letter.error = e.args[0]
-            if letter.value is not None or letter.key is not None:
+            if letter.whole:
                 letter.strip(_text(letter.error))
                 self._produce(letter)
+
+
+def _letter(m: Any, reason: str) -> _Letter:
+    own = [(k, v) for k, v in m.headers() or () if k not in _OURS]
+    ts = m.timestamp()[1]
+    return _Letter(m, reason, m.value(), m.key(), own, ts if ts > 0 else 0)
 
 
 def _code(error: Any) -> int | None:

@@ -2,12 +2,15 @@
 
 An event is a JSON object. Its key fields (``source.key_fields``) must hold the view's
 entity keys (int64: an integer; string: a string without ``|``), its timestamp field a
-number in the source's unit or an ISO-8601 string (without a zone: UTC), and every
-column an aggregation reads a number or null (missing = null; an integer within
-+-2^53, so it is exact as float64). ``filter`` drops events (not malformed) whose
-fields differ. Anything else is malformed (invalid UTF-8 in a string field and JSON
-nested too deeply included: ``decode`` raises for no input): the processor sends it to
-the dead-letter topic with the reason returned here.
+number in the source's unit or an ISO-8601 string (without a zone: UTC) within
+1970..2255 and at most ``CLOCK_SKEW_US`` + the view's longest window ahead of the
+processor's clock, and every column an aggregation reads a number or null (missing =
+null; an integer within +-2^53, so it is exact as float64; a float within +-1e292, so
+no window's sum overflows). ``filter`` drops events (not malformed) whose fields
+differ; every check above comes first, so a producer's broken events are dead-lettered
+whatever their kind. Anything else is malformed (invalid UTF-8 in a string field and
+JSON nested too deeply included: ``decode`` raises for no input): the processor sends
+it to the dead-letter topic with the reason returned here.
 
 Decoding is msgspec into a struct type built once per view (fields typed as above), so
 type checks happen in C; an event's values stay on the struct, whose attribute names
@@ -23,6 +26,7 @@ import msgspec
 
 from featurestore.definitions.stream import TIMESTAMP_UNITS
 from featurestore.model import KEY_SEPARATOR, DType, FeatureView
+from featurestore.streaming.store import CLOCK_SKEW_US
 from featurestore.streaming.tiles import view_layout
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,6 +35,13 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # be rounded (9007199254740993 -> ...992) and a `last` or `sum` silently wrong. Decoded as
 # int (then exact in the record) or float; a JSON float is the producer's own rounding.
 _EXACT_INT = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+# And a column's floats within +-1e292, so no window's sum (or avg) overflows to +-inf:
+# 2^53 of them (more events than a float64 count holds exactly) sum to at most 9.0e307,
+# under float64's largest, 1.8e308. Two values of 1e308 made a sum of inf, served as null
+# over HTTP and as inf over gRPC; the sign of such an overflow even followed the order
+# the tiles were added in. Beyond the bound an event is malformed, with msgspec's reason.
+MAX_FLOAT = 1e292
+_BOUNDED_FLOAT = Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)]
 # Event times are kept as float64 epoch µs (tiles.py): exact up to 2^53 µs (year 2255).
 # Outside [1970, 2255) a time is malformed: a far-future one would otherwise move the
 # partition's watermark so far that every later event counts as late.
@@ -71,9 +82,15 @@ class EventDecoder:
         ]
         self.ts_field = src.timestamp_field
         self.ts = attr(src.timestamp_field, int | float | str, True)
-        self.column_attrs = [attr(c, _EXACT_INT | float | None, False) for c in view_layout(view).columns]
+        self.column_attrs = [
+            attr(c, _EXACT_INT | _BOUNDED_FLOAT | None, False) for c in view_layout(view).columns
+        ]
         self.filter = [(attr(name, Any, False), want) for name, want in src.filter]
         self.scale = TIMESTAMP_UNITS[src.timestamp_unit]
+        # Further ahead of the processor's clock, an event is malformed: until its time comes
+        # no window reaches its tile, which its key would keep meanwhile (``store.py``);
+        # usually a wrong timestamp unit or clock.
+        self.ahead_us = CLOCK_SKEW_US + spec.max_window_seconds * 1_000_000
         struct = msgspec.defstruct(
             f"{view.name}_event",
             [(a, kind) if required else (a, kind, None) for a, kind, required in fields.values()],
@@ -81,8 +98,9 @@ class EventDecoder:
         )
         self._decoder = msgspec.json.Decoder(struct)
 
-    def decode(self, raw: bytes | None) -> Event | Malformed | None:
-        """The event, why it is malformed, or None when the filter drops it."""
+    def decode(self, raw: bytes | None, latest_us: int = MAX_TS_US) -> Event | Malformed | None:
+        """The event, why it is malformed, or None when the filter drops it; ``latest_us``:
+        the latest event time taken (the processor's clock + ``self.ahead_us``)."""
         if not raw:
             return Malformed("empty message")
         try:
@@ -95,18 +113,9 @@ class EventDecoder:
             return Malformed(f"a string field is not valid UTF-8 ({e.reason})")
         except RecursionError:  # msgspec skips ignored fields recursively too
             return Malformed("not valid JSON: nested too deeply")
-        for name in self.string_keys:  # checked before the filter, like the types
+        for name in self.string_keys:  # checked before the filter, like the types and the time
             if KEY_SEPARATOR in getattr(ev, name):
                 return Malformed(f"a string key may not contain {KEY_SEPARATOR!r}")
-        for name, want in self.filter:
-            if getattr(ev, name) != want:
-                return None
-        keys = self.keys
-        key = (
-            str(getattr(ev, keys[0]))
-            if len(keys) == 1
-            else KEY_SEPARATOR.join(str(getattr(ev, k)) for k in keys)
-        )
         v = getattr(ev, self.ts)
         if type(v) is str:
             try:
@@ -122,4 +131,23 @@ class EventDecoder:
             return Malformed(
                 f"timestamp field {self.ts_field!r}: outside 1970..2255 (a wrong timestamp_unit?)"
             )
+        if ts > latest_us:
+            return Malformed(self._too_far(ts))
+        for name, want in self.filter:
+            if getattr(ev, name) != want:
+                return None
+        keys = self.keys
+        key = (
+            str(getattr(ev, keys[0]))
+            if len(keys) == 1
+            else KEY_SEPARATOR.join(str(getattr(ev, k)) for k in keys)
+        )
         return Event(key, ts, ev)
+
+    def _too_far(self, ts_us: int) -> str:
+        when = datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="seconds")
+        return (
+            f"event time {when} is more than {CLOCK_SKEW_US // 1_000_000}s + the longest window "
+            f"({(self.ahead_us - CLOCK_SKEW_US) // 1_000_000}s) ahead of the processor's clock "
+            "(a wrong timestamp_unit or clock?)"
+        )

@@ -72,7 +72,7 @@ def _reduce_windows(
     threshold: Any,  # this for the value to be defined,
     sign: Any,  # and -1 for min (stored negated)
     values: Any,  # out: (wanted, keys), NaN where undefined
-    defined: Any,  # out: (wanted, keys)
+    defined: Any,  # out: (wanted, keys); not where the value is not finite (windows.py)
     newest: Any,  # out: per key (-inf: no event in its longest window)
 ) -> int:
     n_windows, n_adds, n_max, n_last = windows.shape[0], adds.shape[0], maxima.shape[0], last_ts.shape[0]
@@ -118,8 +118,11 @@ def _reduce_windows(
         newest[k] = top
         for i in range(window.shape[0]):
             row = band[window[i]]
+            v = math.nan
             if row[check[i]] > threshold[i]:
-                values[i, k] = row[numerator[i]] / row[denominator[i]] * sign[i]
+                v = row[numerator[i]] / row[denominator[i]] * sign[i]
+            if math.isfinite(v):  # (not finite: a sum of tiles from before decode.MAX_FLOAT)
+                values[i, k] = v
                 defined[i, k] = True
             else:
                 values[i, k] = math.nan

@@ -94,8 +94,7 @@ class StreamProcessor:
         # events by outcome, of batches written (and committed): the job runs' row counts
         self.totals: dict[str, int] = {}
         lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
-        window_us = view.stream.max_window_seconds * 1_000_000
-        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, window_us, RepeatLimitedLog(log))
+        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, RepeatLimitedLog(log))
         self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds

@@ -5,10 +5,11 @@ Layout (docs/streaming.md):
 * ``fs:{project}:{view}:t{layout}:k:{entity_key}`` -> the key's tile records, sorted by
   tile index, each ``width`` little-endian float64 (``tiles.py``; the first is the tile
   index). It expires when idle for the longest window + one tile + the allowed
-  lateness; records no window reaches any more are dropped by a write (``APPLY``).
+  lateness, and as many tiles more as its newest tile is ahead of the writer's clock
+  (``store.expiry_ms``); records no window reaches any more are dropped by a write (``APPLY``).
 * ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
-  It expires when no batch was written for the tiles' idle time + 7 days
-  (``store.marks_ttl_seconds``): after every tile written with it.
+  It expires when no batch was written for the tiles' longest idle time (a key ahead
+  included) + 7 days (``store.marks_ttl_seconds``): after every tile written with it.
 
 A read is one ``MGET`` of the keys (no script: the string is what the windows are
 computed from). One Lua script applies a batch: it compares every partition's stored
@@ -43,7 +44,8 @@ from featurestore.sources.redis_wire import pack_mget
 from featurestore.streaming.store import Eviction, PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
 from featurestore.streaming.tiles import view_layout
 
-# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, TINY, then per partition
+# ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, TINY, the
+# writer's tile now, the tile in ms, then per partition
 # (field, expected offset, new offset, new watermark), then per key (key index, #records,
 # records sorted by tile, concatenated).
 #
@@ -76,10 +78,12 @@ local np = tonumber(ARGV[5])
 local small = tonumber(ARGV[6])
 local budget = tonumber(ARGV[7])
 local tiny = tonumber(ARGV[8])
+local now_tile = tonumber(ARGV[9])
+local tile_ms = tonumber(ARGV[10])
 local w = string.len(ops)
 local rb = 8 * w
 local fmt = '<' .. string.rep('d', w)
-local i = 9
+local i = 11
 for p = 1, np do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   local off = '-1'
@@ -99,7 +103,7 @@ while i <= #ARGV do
   lens[#lens + 1] = len / rb
   i = i + 3
 end
-local j = 9
+local j = 11
 for p = 1, np do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
   j = j + 4
@@ -171,8 +175,13 @@ while i <= #ARGV do
     end
     if s <= m then out[#out + 1] = string.sub(tail, (s - 1) * rb + 1) end
     local merged = table.concat(out)
+    -- merged ends with the key's newest record: a tile ahead of the clock (an event from a
+    -- clock ahead) keeps the key until that tile's windows are served (store.expiry_ms)
+    local px = ttl
+    local newest = tile(merged, string.len(merged) / rb)
+    if newest > now_tile then px = ttl + (newest - now_tile) * tile_ms end
     if whole then
-      redis.call('SET', key, merged, 'PX', ttl)
+      redis.call('SET', key, merged, 'PX', px)
     else
       redis.call('SETRANGE', key, (k - 1) * rb, merged)
       n = k - 1 + string.len(merged) / rb
@@ -184,7 +193,7 @@ while i <= #ARGV do
           budget = budget - (n - keep + 1) * rb
         end
       end
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', key, px)
     end
   end
   i = i + 3
@@ -243,6 +252,8 @@ class RedisTileStore:
             SMALL,
             TRIM_BUDGET,
             TINY,
+            batch.now_tile,
+            layout.tile_us // 1000,
         ]
         for partition, (expected, mark) in batch.marks.items():
             args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]

@@ -41,11 +41,36 @@ class TileBatch:
     events: int = field(default=0, compare=False)  # applied events in the batch (metrics)
 
 
+# How far an event's time may be ahead of the clock it is judged by and still be a clock's
+# skew: 60 s covers ordinary skew between hosts. It moves its partition's watermark only
+# within this of its message's Kafka timestamp (turn.py); up to this + the view's longest
+# window ahead of the processor's clock it is applied, in its future tile (further:
+# malformed, decode.py), and its key is kept until that tile is served (``expiry_ms``).
+CLOCK_SKEW_US = 60_000_000
+
+
 def ttl_seconds(view: FeatureView) -> int:
-    """How long an idle key's tiles are kept: the longest window, one tile, the lateness."""
+    """How long an idle key's tiles are kept: the longest window, one tile, the lateness.
+    A key whose newest tile is ahead of the processor's clock is kept that much longer
+    (``expiry_ms``), so its event is served once its time comes."""
     s = view.stream
     assert s is not None
     return s.max_window_seconds + s.tile_seconds + s.allowed_lateness_seconds
+
+
+def ahead_seconds(view: FeatureView) -> int:
+    """The most a key's expiry is extended: its newest tile at most ``CLOCK_SKEW_US`` +
+    the longest window ahead of the processor's clock, plus the tile that starts in."""
+    s = view.stream
+    assert s is not None
+    return CLOCK_SKEW_US // 1_000_000 + s.max_window_seconds + s.tile_seconds
+
+
+def expiry_ms(ttl_ms: int, tile_ms: int, newest_tile: int, now_tile: int) -> int:
+    """An idle key's time to live after a write (ms): ``ttl_ms``, and as many tiles more as
+    its newest tile is ahead of the writer's clock (``now_tile``): the window that tile
+    starts is served in full. (The Redis script computes the same.)"""
+    return ttl_ms + max(0, newest_tile - now_tile) * tile_ms
 
 
 # How much longer than any tile the marks of a view live without a write (Redis: a TTL
@@ -58,8 +83,8 @@ MARKS_EXTRA_SECONDS = 7 * 86_400
 
 def marks_ttl_seconds(view: FeatureView) -> int:
     """How long a view's marks are kept without a write (after the layout changed: for
-    good): the tiles' idle time + ``MARKS_EXTRA_SECONDS``."""
-    return ttl_seconds(view) + MARKS_EXTRA_SECONDS
+    good): the tiles' longest idle time (a key ahead included) + ``MARKS_EXTRA_SECONDS``."""
+    return ttl_seconds(view) + ahead_seconds(view) + MARKS_EXTRA_SECONDS
 
 
 class Eviction(NamedTuple):
@@ -106,7 +131,7 @@ class MemoryTileStore:
         self.name = name
         self._lock = threading.Lock()
         self._tiles: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = {}
-        self._touched: dict[tuple[str, str, str], float] = {}  # key -> last write (monotonic)
+        self._expires: dict[tuple[str, str, str], float] = {}  # key -> when idle too long (monotonic)
         self._marks: dict[tuple[str, str, str], dict[int, PartitionMark]] = {}
 
     def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
@@ -126,24 +151,28 @@ class MemoryTileStore:
             tiles = self._tiles.setdefault((view.name, view.layout), {})
             now = time.monotonic()
             oldest = batch.now_tile - layout.retention_tiles
+            ttl_ms, tile_ms = ttl_seconds(view) * 1000, layout.tile_us // 1000
             for key, records in batch.records.items():
+                if max(records) < oldest:  # no window reaches them: nothing written (as in Redis)
+                    continue
                 by_tile = tiles.setdefault(key, {})
                 for tile, record in records.items():
                     old = by_tile.get(tile)
                     by_tile[tile] = list(record) if old is None else merge(layout, old, record)
                 for t in [t for t in by_tile if t < oldest]:
                     del by_tile[t]
-                self._touched[(view.name, view.layout, key)] = now
+                ms = expiry_ms(ttl_ms, tile_ms, max(by_tile), batch.now_tile)
+                self._expires[(view.name, view.layout, key)] = now + ms / 1000
         return None
 
     async def read(self, view: FeatureView, keys: Sequence[str]) -> list[bytes | None]:
         layout = view_layout(view)
         tiles = self._tiles.get((view.name, view.layout), {})
-        cutoff = time.monotonic() - ttl_seconds(view)
+        now = time.monotonic()
         out: list[bytes | None] = []
         for key in keys:
             by_tile = tiles.get(key)
-            if not by_tile or self._touched.get((view.name, view.layout, key), 0.0) < cutoff:
+            if not by_tile or self._expires.get((view.name, view.layout, key), 0.0) < now:
                 out.append(None)
                 continue
             out.append(b"".join(layout.pack(r) for r in list(by_tile.values())))

@@ -3,7 +3,9 @@
 A window of ``k`` tiles read at ``now`` covers the tiles ``now_tile - k + 1 ..
 now_tile`` (``now_tile = now // tile``): the tile in progress and the ``k - 1`` before
 it, so a value moves as time passes even with no new events, at tile granularity.
-Tiles from the reader's future (a producer's clock ahead) are left out.
+Tiles from the reader's future (a producer's clock ahead) are left out. A value that is
+not finite is undefined (None: a PRESENT null over HTTP and gRPC alike): only tiles
+written before the decoder bounded column values (``decode.MAX_FLOAT``) can sum to one.
 
 The records of every key read are stacked into one matrix; every window's mask is one
 row of a (windows x tiles) matrix, and each kind of partial is reduced per key for all
@@ -292,8 +294,8 @@ def _small(
         col: list[Any] = []
         for acc in rows:
             row = acc[wi]
-            if row[chk] > thr:
-                v = row[num] / row[den] * sg
+            v = row[num] / row[den] * sg if row[chk] > thr else math.nan
+            if math.isfinite(v):
                 col.append(int(v) if j in counts else v)
             else:
                 col.append(None)
@@ -309,11 +311,11 @@ def _reduced(
     age = now_tile - data[:, 0]
     masks = (age >= 0) & (age < plan.windows[:, None])  # (windows, tiles)
     newest = np.maximum.reduceat(np.where(masks[-1], data[:, 1], -np.inf), starts)
-    combined = _reduce(plan, data, masks, starts, counts)  # (windows, keys, columns)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # over: tiles from before MAX_FLOAT
+        combined = _reduce(plan, data, masks, starts, counts)  # (windows, keys, columns)
         values = combined[sel.window, :, sel.numerator] / combined[sel.window, :, sel.denominator]
     values *= sel.sign[:, None]
-    defined = combined[sel.window, :, sel.check] > sel.threshold[:, None]
+    defined = (combined[sel.window, :, sel.check] > sel.threshold[:, None]) & np.isfinite(values)
     return values, defined, newest
 
 

@@ -160,6 +160,113 @@ def test_an_event_half_an_hour_ahead_of_the_clock_does_not_make_the_next_ones_la
     assert got.columns == [[2]]  # the future event's tile is not in the window yet
 
 
+def test_events_ahead_of_their_neighbours_in_a_backlog_older_than_the_lateness_do_not_make_it_late(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """A processor catching up (after a restart, a Redis outage) reads messages older than
+    its clock: 150 events of the last 5 minutes, each produced at its time, read at once.
+    One among them is half an hour ahead (a wrong time zone), one 3 minutes ahead of its
+    neighbours. Both are applied; neither moves the watermark past what the messages' own
+    times allow, so no correctly timed event is late (at 30 s of lateness). Capped at the
+    processor's clock, the first made the rest of the backlog late (review s55: 89 of 120)."""
+    topic = f"backlog-{uuid.uuid4().hex[:8]}"
+    project = f"p{uuid.uuid4().hex[:6]}"
+    view = count_view("backlog_view", topic, project=project, allowed_lateness="30s")
+    now = time.time_ns() // 1_000_000
+    producer = topic_producer(kafka, topic)
+
+    def produce(ts: int, sent: int) -> None:  # ``sent``: the message's Kafka timestamp
+        producer.produce(topic, key=b"1", value=json.dumps({"u": 1, "ts": ts}).encode(), timestamp=sent)
+
+    for i in range(150):
+        ts = now - 300_000 + i * 2_000
+        if i == 10:
+            produce(ts + 1_800_000, ts)
+        if i == 40:
+            produce(ts + 180_000, ts)
+        produce(ts, ts)
+    produce(now - 600_000, now)  # really late: the watermark did move with the backlog
+    assert producer.flush(10) == 0
+    store = RedisTileStore("default", project, redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(
+        view, store, settings, project, ProcessorOptions(batch_messages=50, poll_seconds=0.05)
+    )
+
+    def count(outcome: str) -> float:
+        labels = {"view": "backlog_view", "outcome": outcome}
+        return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
+
+    try:
+        run_until_applied(proc, store, view, topic, 152)
+        blobs = asyncio.run(read_once(store, view))
+    finally:
+        store.close()
+    assert (count("applied"), count("late")) == (152, 1)
+    # the 150, and the one 3 minutes ahead (its time has come); the other is still ahead
+    assert compute(view_layout(view), blobs, (now + 1) * 1000, [0]).columns == [[151]]
+
+
+def test_a_key_whose_event_is_in_a_future_tile_lives_until_that_tile_is_served(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """An event ahead of the clock (within 60 s + the longest window: applied in its future
+    tile) on a key written no more: the key's tiles expire after the window + a tile +
+    the lateness (3 s here), counted from the write, and so did the event before its time
+    came (review s55). Its key is kept as many tiles longer as its newest tile is ahead,
+    also through a later write of a current tile."""
+    topic = f"future-{uuid.uuid4().hex[:8]}"
+    project = f"p{uuid.uuid4().hex[:6]}"
+    doc = {
+        "project": project,
+        "entities": [{"name": "user_id", "dtype": "int64"}],
+        "stream_views": [
+            {
+                "name": "future_view",
+                "entities": ["user_id"],
+                "tile": "1s",
+                "source": {"topic": topic, "key_fields": ["u"], "timestamp_field": "ts"},
+                "aggregations": [{"name": "n_2s", "function": "count", "window": "2s"}],
+            }
+        ],
+    }
+    view = parse_definitions(doc, source="future.yaml").views["future_view"]
+    producer = topic_producer(kafka, topic)
+
+    def produce(user: int, ts: int) -> None:
+        producer.produce(topic, key=b"1", value=json.dumps({"u": user, "ts": ts}).encode())
+        assert producer.flush(10) == 0
+
+    store = RedisTileStore("default", project, redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    proc = StreamProcessor(view, store, settings, project, ProcessorOptions(poll_seconds=0.05))
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,))
+
+    def applied(offset: int) -> None:
+        wait_until(lambda: store.marks(view, topic).get(0, NO_MARK).offset == offset, 60, f"offset {offset}")
+
+    produce(2, time.time_ns() // 1_000_000)
+    thread.start()
+    try:
+        applied(0)  # the processor has its partition: what follows is written at once
+        ahead = time.time_ns() // 1_000_000 + 5_000
+        produce(1, ahead)
+        applied(1)
+        produce(1, time.time_ns() // 1_000_000)  # a current tile of the key, written after
+        applied(2)
+    finally:
+        stop.set()
+        thread.join(30)
+    time.sleep(max(0.0, (ahead + 300) / 1000 - time.time()))  # the event's time has come
+    try:
+        blobs = asyncio.run(read_once(store, view))
+    finally:
+        store.close()
+    assert blobs != [None], "the key expired before its event's tile was served"
+    assert compute(view_layout(view), blobs, time.time_ns() // 1000, [0]).columns == [[1]]
+
+
 def test_a_malformed_message_too_large_for_the_dead_letter_topic_is_dead_lettered_without_its_value(
     kafka: TansuBroker,
 ) -> None:

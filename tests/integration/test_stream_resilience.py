@@ -144,6 +144,53 @@ def test_invalid_utf8_in_a_kept_string_or_json_nested_too_deep_is_dead_lettered_
     assert sum("nested too deeply" in r for r in reasons) == 1
 
 
+def test_a_dead_letter_keeps_its_messages_headers_and_timestamp_and_replaces_an_earlier_reason(
+    kafka: TansuBroker, redis_server: RedisServer
+) -> None:
+    """docs/streaming.md: a malformed message goes to the dead-letter topic unchanged, so a
+    tool that repairs and produces it again loses neither its headers (trace ids, content
+    type) nor its time. A dead letter produced again unrepaired carries our headers of
+    before: ours replace them, after its own."""
+    topic = f"keeps-{uuid.uuid4().hex[:8]}"
+    view = sku_view("keeps_view", topic)
+    sent_ms = time.time_ns() // 1_000_000 - 5_000
+    producer = topic_producer(kafka, topic)
+    own = [("trace-id", b"4bf92f35"), ("content-type", b"application/json")]
+    producer.produce(topic, key=b"a", value=b"not json", headers=own, timestamp=sent_ms)
+    again = [*own, ("featurestore-error", b"an earlier reason"), ("featurestore-view", b"old_view")]
+    producer.produce(topic, key=b"a", value=b'{"sku": 1}', headers=again, timestamp=sent_ms + 1)
+    assert producer.flush(10) == 0
+    store = RedisTileStore("default", "p", redis_server.url)
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    try:
+        with running(
+            StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+        ) as alive:
+
+            def applied() -> bool:
+                alive()
+                return store.marks(view, topic).get(0, NO_MARK).offset == 1
+
+            wait_until(applied, 60, "both dead-lettered")
+    finally:
+        store.close()
+    first, second = dead_letters(kafka, f"{topic}.dlq", 2)
+    ours = ["featurestore-error", "featurestore-view", "featurestore-source"]
+    assert (
+        [k for k, _ in first.headers()]
+        == [k for k, _ in second.headers()]
+        == ["trace-id", "content-type", *ours]
+    )
+    assert first.headers()[:2] == second.headers()[:2] == own
+    assert (first.timestamp()[1], second.timestamp()[1]) == (sent_ms, sent_ms + 1)
+    assert (first.value(), first.key()) == (b"not json", b"a")
+    reason = dict(second.headers())["featurestore-error"]
+    assert (
+        reason.startswith(b"Expected `str`, got `int`")
+        and dict(second.headers())["featurestore-view"] == b"keeps_view"
+    )
+
+
 def test_a_stopped_processor_ends_its_kafka_clients_while_it_is_still_referenced(
     kafka: TansuBroker, redis_server: RedisServer
 ) -> None:
@@ -659,10 +706,11 @@ def test_processors_of_an_old_and_a_new_definition_each_read_every_partition(
 def test_the_marks_hash_expires_a_week_after_the_tiles_written_with_it(redis_server: RedisServer) -> None:
     """docs/streaming.md: after a definition changed, the old layout's keys expire. The
     marks hash too, but after every tile written with it (then a processor reads the
-    topic again from its start, whose events are out of every window by then)."""
+    topic again from its start, whose events are out of every window by then), a key
+    whose newest tile is ahead of the clock included (kept that much longer)."""
     import redis as redis_client
 
-    from featurestore.streaming.store import PartitionMark, ttl_seconds
+    from featurestore.streaming.store import PartitionMark, ahead_seconds, ttl_seconds
 
     project = f"p{uuid.uuid4().hex[:6]}"
     view = count_view("expiring_view", "t", project=project)
@@ -681,5 +729,5 @@ def test_the_marks_hash_expires_a_week_after_the_tiles_written_with_it(redis_ser
     prefix = f"fs:{project}:expiring_view:t{view.layout}:"
     tiles_ms, marks_ms = client.pttl(prefix + "k:1"), client.pttl(prefix + "marks")
     assert 0 < tiles_ms <= ttl_seconds(view) * 1000
-    week_after_ms = ttl_seconds(view) * 1000 + 7 * 86_400_000
+    week_after_ms = (ttl_seconds(view) + ahead_seconds(view)) * 1000 + 7 * 86_400_000
     assert week_after_ms - 60_000 < marks_ms <= week_after_ms

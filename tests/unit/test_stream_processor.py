@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 
 from featurestore.definitions.parser import parse_definitions
 from featurestore.model import FeatureView
-from featurestore.streaming.decode import Event, Malformed
+from featurestore.streaming.decode import MAX_TS_US, Event, Malformed
 from featurestore.streaming.eviction import checked as eviction_checked
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.retry import needs_new_connection, transient
@@ -26,8 +26,10 @@ from lineage.kafka import KafkaSettings
 class Message:
     """What the processor reads of a confluent_kafka.Message (which Python cannot build)."""
 
-    def __init__(self, offset: int, value: bytes, kafka_ms: int | None = None) -> None:
-        self._offset, self._value, self._ms = offset, value, kafka_ms
+    def __init__(
+        self, offset: int, value: bytes, kafka_ms: int | None = None, headers: list[Any] | None = None
+    ) -> None:
+        self._offset, self._value, self._ms, self._headers = offset, value, kafka_ms, headers
 
     def error(self) -> None:
         return None
@@ -46,6 +48,9 @@ class Message:
 
     def key(self) -> None:
         return None
+
+    def headers(self) -> list[Any] | None:
+        return self._headers
 
     def topic(self) -> str:
         return "clicks"
@@ -86,10 +91,10 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_of_its_b
 ) -> None:
     decode = processor.decoder.decode
 
-    def flaky(raw: bytes | None) -> Event | Malformed | None:
+    def flaky(raw: bytes | None, latest_us: int = MAX_TS_US) -> Event | Malformed | None:
         if raw == b"poison":
             raise ValueError("a decoder bug")
-        return decode(raw)
+        return decode(raw, latest_us)
 
     processor.decoder.decode = flaky  # type: ignore[method-assign]
     acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
@@ -97,6 +102,37 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_of_its_b
     assert turn.counts["applied"] == 2 and turn.work[0][1] == 2
     [(message, reason)] = turn.dead
     assert message.offset() == 1 and reason == "could not be processed: ValueError('a decoder bug')"
+
+
+def test_an_event_moves_the_watermark_only_within_a_minute_of_its_messages_time_or_the_clock(
+    processor: StreamProcessor,
+) -> None:
+    """The cap is when the message was produced (its Kafka timestamp), not the processor's
+    clock, which a backlog is older than; the clock where the message has no timestamp
+    (-1) or one ahead of the clock (a producer's clock ahead). An event past the cap is
+    applied but leaves the watermark (lateness 0 here: anything older is late)."""
+    now_ms = time.time_ns() // 1_000_000
+    old = now_ms - 600_000  # a backlog 10 minutes old
+
+    def at(offset: int, ts_ms: int, kafka_ms: int) -> Message:
+        return Message(offset, json.dumps({"u": 1, "ts": ts_ms}).encode(), kafka_ms)
+
+    def watermark_after(*messages: Message) -> int:
+        processor.marks[0] = NO_MARK
+        acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
+        turn = processor._aggregate(list(messages), acc)
+        assert turn.counts["applied"] == len(messages), turn.counts
+        return turn.work[0][2] // 1000
+
+    assert watermark_after(
+        at(0, old, old), at(1, old + 180_000, old + 1_000), at(2, old + 2_000, old + 2_000)
+    ) == (old + 2_000)  # 3 minutes ahead of its message: applied, the next one not late
+    assert watermark_after(at(0, old, old), at(1, old + 59_000, old)) == old + 59_000  # within the minute
+    assert watermark_after(at(0, old, old), at(1, now_ms + 1_800_000, -1)) == old  # no timestamp: the clock's
+    assert watermark_after(at(0, old, -1), at(1, now_ms - 1_000, -1)) == now_ms - 1_000
+    assert (
+        watermark_after(at(0, old, old), at(1, now_ms + 1_800_000, now_ms + 1_800_000)) == old
+    )  # clock ahead
 
 
 @pytest.mark.parametrize(
@@ -148,12 +184,16 @@ class RefusingProducer:
     def __init__(self, refusal: int) -> None:
         self.refusal = refusal
         self.sent: list[tuple[bytes | None, dict[str, bytes]]] = []
+        self.timestamps: list[int] = []
         self._reports: list[Any] = []
 
-    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+    def produce(
+        self, topic: str, value: Any, key: Any, headers: Any, timestamp: int, on_delivery: Any
+    ) -> None:
         from confluent_kafka import KafkaError
 
         self.sent.append((value, dict(headers)))
+        self.timestamps.append(timestamp)
         self._reports.append((on_delivery, KafkaError(self.refusal) if len(self.sent) == 1 else None))
 
     def flush(self, timeout: float) -> int:
@@ -175,6 +215,37 @@ def test_a_dead_letter_the_broker_refuses_as_too_large_is_sent_again_without_its
     assert first == b"x" * 1000 and again is None
     assert headers["featurestore-error"].startswith(b"not valid JSON; message of 1000 bytes left out: ")
     assert headers["featurestore-source"] == b"clicks:0:7"
+
+
+def test_a_dead_letter_too_large_leaves_out_the_messages_own_headers_too() -> None:
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError.MSG_SIZE_TOO_LARGE)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    message = Message(7, b"{", headers=[("trace-id", b"x" * 100)])
+    assert letters.deliver([(message, "not valid JSON")], threading.Event())
+    (_, first), (_, again) = producer.sent
+    assert first["trace-id"] == b"x" * 100 and "trace-id" not in again
+    assert again["featurestore-error"].startswith(b"not valid JSON; message of 109 bytes left out: ")
+
+
+def test_a_dead_letter_whose_timestamp_the_topic_refuses_is_sent_with_the_time_it_is_sent() -> None:
+    """A dead letter keeps its message's timestamp, which a dead-letter topic with
+    ``message.timestamp.*`` limits refuses when the message is old (Tansu has no such limits)."""
+    from confluent_kafka import KafkaError
+
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(KafkaError.INVALID_TIMESTAMP)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    message = Message(7, b"{", kafka_ms=1_700_000_000_000, headers=[("trace-id", b"t1")])
+    assert letters.deliver([(message, "not valid JSON")], threading.Event())
+    assert producer.timestamps == [1_700_000_000_000, 0]  # 0: the time it is sent
+    (first, _), (again, headers) = producer.sent
+    assert first == again == b"{" and headers["trace-id"] == b"t1"
+    assert headers["featurestore-error"].startswith(b"not valid JSON; its timestamp 1700000000000 left out: ")
 
 
 def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was() -> None:

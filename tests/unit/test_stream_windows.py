@@ -131,6 +131,24 @@ def test_every_path_takes_each_windows_edge_tiles_and_no_other(
         assert all(close(got.columns[j][0], expected[name]) for j, (name, *_) in enumerate(AGGS)), got.columns
 
 
+@PATHS
+def test_every_path_serves_a_window_value_that_is_not_finite_as_null(
+    monkeypatch: pytest.MonkeyPatch, small: int, compiled: bool
+) -> None:
+    """Tiles written before the decoder bounded column values (decode.MAX_FLOAT) can sum
+    to +-inf: null, as HTTP served it, and not inf over gRPC. The key's other values stand."""
+    use_path(monkeypatch, small, compiled)
+    now_us = 29_000_000 * TILE_US + 17_000_000
+    evs = [
+        Accepted(k, now_us - age * TILE_US, v, 0, age) for k, v in ((0, 1e308), (1, -1e308)) for age in (0, 1)
+    ]
+    got = windows.compute(LAYOUT, blobs_of(evs, 2), now_us, list(range(len(AGGS))))
+    named = {name: got.columns[j] for j, (name, *_) in enumerate(AGGS)}
+    assert got.found == [True, True]
+    assert named["sum_3"] == named["avg_10"] == named["sum_60"] == [None, None]
+    assert named["n_3"] == [2, 2] and named["max_3"] == named["min_10"] == [1e308, -1e308]
+
+
 def test_a_subset_of_aggregations_comes_back_in_the_order_asked() -> None:
     now_us = 29_000_000 * TILE_US
     evs = [Accepted(0, now_us - 1, 5.0, 0, 0), Accepted(0, now_us - 2 * TILE_US, 7.0, 0, 1)]

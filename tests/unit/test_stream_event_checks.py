@@ -1,0 +1,64 @@
+"""What an event must be before the ``filter`` sees it, and what its values may be
+(docs/streaming.md, Events): a broken timestamp is malformed whatever the event's kind,
+and a float column value beyond +-1e292 is malformed, so no window's sum can overflow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from featurestore.streaming.decode import MAX_FLOAT, Event, EventDecoder, Malformed
+from tests.unit.test_stream_views import DOC, parse
+
+NOW_US = 1_800_000_000_000_000  # 2027-01-15
+
+
+@pytest.fixture(scope="module")
+def decoder() -> EventDecoder:
+    return EventDecoder(parse(DOC).views["clicks"])  # filter: {kind: c}; longest window 1h
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        ('"yesterday"', "timestamp field 'ts': not ISO-8601: 'yesterday'"),
+        ("-5", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
+        ("100000000000000000000", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
+        (
+            str(NOW_US // 1000 + 2 * 86_400_000),  # two days ahead of the processor's clock
+            "event time 2027-01-17T08:00:00+00:00 is more than 60s + the longest window (3600s) ahead "
+            "of the processor's clock (a wrong timestamp_unit or clock?)",
+        ),
+    ],
+)
+def test_a_broken_timestamp_is_malformed_even_in_an_event_the_filter_drops(
+    decoder: EventDecoder, ts: str, reason: str
+) -> None:
+    """A producer whose timestamps broke hears of it (dead letters, StreamDeadLettersHigh)
+    for every kind of event it sends, not only for the kinds the view keeps."""
+    latest = NOW_US + decoder.ahead_us
+    for kind in ("c", "v"):  # kept, dropped by the filter
+        raw = b'{"user": 1, "ts": %s, "kind": "%s"}' % (ts.encode(), kind.encode())
+        assert decoder.decode(raw, latest) == Malformed(reason), kind
+    assert decoder.decode(b'{"user": 1, "ts": %d, "kind": "v"}' % (NOW_US // 1000), latest) is None
+
+
+def test_a_float_column_value_beyond_1e292_is_malformed_so_no_window_sum_can_overflow(
+    decoder: EventDecoder,
+) -> None:
+    """Two values of 1e308 summed to inf, served as null over HTTP and as inf over gRPC.
+    Within the bound, even 2^53 values (more events than a count holds exactly) sum to a
+    finite float64."""
+    [amount] = decoder.column_attrs
+    for value, reason in [
+        (b"1e308", "Expected `float` <= 1e+292 - at `$.amount`"),
+        (b"-1e300", "Expected `float` >= -1e+292 - at `$.amount`"),
+        (b"1e400", "Number out of range - at `$.amount`"),
+    ]:
+        got = decoder.decode(b'{"user": 1, "ts": 1, "kind": "c", "amount": %s}' % value)
+        assert got == Malformed(reason), value
+    for bound in (MAX_FLOAT, -MAX_FLOAT):
+        taken = decoder.decode(b'{"user": 1, "ts": 1, "kind": "c", "amount": %r}' % bound)
+        assert isinstance(taken, Event) and getattr(taken.values, amount) == bound
+    assert math.isfinite(2.0**53 * MAX_FLOAT)
