@@ -18,6 +18,7 @@ filter: librdkafka's lines (lineage/kafka.py hands its clients ``RDKAFKA_LOGGER`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -208,3 +209,25 @@ def flush(*, force: bool = False) -> None:
     ``force``, every kind's count so far (a process that stops)."""
     for limiter in list(_limiters):
         limiter.flush(force=force)
+
+
+def flush_records(*, force: bool = False) -> None:
+    """``flush`` of the record limiters only (``limit_repeats``: librdkafka's lines), which
+    lock: callable from any thread, beside threads that log through ``RepeatLimitedLog``."""
+    for limiter in list(_limiters):
+        if isinstance(limiter, RepeatLimitedRecords):
+            limiter.flush(force=force)
+
+
+async def flush_periodically(*, records_only: bool = False) -> None:
+    """Flush every second until cancelled, then every count so far: what ``serve`` does
+    (runtime.py) for a command that runs until stopped (``stream run``, ``lineage
+    consume``: the count of an outage's last seconds was never written, review s55).
+    ``records_only``: other threads log through ``RepeatLimitedLog`` (``flush_records``)."""
+    each = flush_records if records_only else flush
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            each()
+    finally:
+        each(force=True)

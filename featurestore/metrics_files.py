@@ -138,7 +138,7 @@ def new_dir(parent: str | None = None) -> tuple[str, int]:
 
 def remove_stale(parent: str | None = None) -> list[str]:
     """Remove the metrics directories (``DIR_PREFIX``, this user's) whose supervisor is
-    gone: its ``OWNER_NAME`` lock free and its pid not a live process. The removed."""
+    gone: its ``OWNER_NAME`` lock free (``_owner_gone``). The removed."""
     removed = []
     with os.scandir(parent or tempfile.gettempdir()) as entries:
         for entry in entries:
@@ -155,24 +155,24 @@ def remove_stale(parent: str | None = None) -> list[str]:
 
 
 def _owner_gone(path: str) -> bool:
+    """Whether the directory's supervisor is gone: its owner file's lock is free. The file
+    is renamed into place already locked (``new_dir``) and the lock held until the
+    directory is removed, and a lock dies with its process, so a free one is a dead
+    owner. Its pid is no proof either way: in a container every supervisor is pid 1 (2
+    under an init), alive at the next start (review s55)."""
     try:
         fd = os.open(os.path.join(path, OWNER_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False  # no owner file: not one to judge
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # its supervisor holds it
-        pid = int(os.read(fd, 32).split()[0])
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError, IndexError):
-        return False  # alive under another user (EPERM), or a file it never finished
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its supervisor holds it
+    except OSError:
+        return False
     finally:
         os.close(fd)
-    return False  # the pid lives (reused, or it let the lock go): left for a later start
+    return True
 
 
 @contextmanager

@@ -236,9 +236,11 @@ class Supervisor:
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
-            if not self.served:
-                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + 1
-            if not self.served and (rc == STARTUP_FAILED or self.failed_starts[slot] >= START_ATTEMPTS):
+            if not self.served and rc > 0:  # (a signal is not the code's doing: the OOM killer's
+                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + 1  # SIGKILL at a slow start)
+            if not self.served and (
+                rc == STARTUP_FAILED or self.failed_starts.get(slot, 0) >= START_ATTEMPTS
+            ):
                 # No worker has served yet: a config error or a taken port is the same for
                 # every slot (exit 2 at once), and so is a crash at start (a bug: after
                 # START_ATTEMPTS). Once one serves, a slot failing to start (etcd down for a
@@ -295,7 +297,8 @@ class Supervisor:
 _RESTART_MIN_S = 0.5
 _RESTART_MAX_S = 30.0
 _RESTART_FORGIVE_S = 60.0
-# Workers of one slot that may die before any worker served (any exit but 2, a signal)
+# Workers of one slot that may exit with an error before any worker served (any exit code
+# but 2; not a signal: the OOM killer's SIGKILL of a worker loading its data, review s55)
 # before the supervisor gives up, as for exit 2: 3 starts, 0.5 + 1 s of backoff between,
 # for a crash at start that would repeat for ever (an OverflowError of a setting, review
 # s55: restarted with backoff to 30 s, a traceback each, the process never exiting).

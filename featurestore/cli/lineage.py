@@ -38,7 +38,7 @@ def register(sub: Subcommands) -> None:
 def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     import signal
 
-    from featurestore import exporter
+    from featurestore import exporter, logs
     from featurestore.config import load_config
     from featurestore.errors import InvalidArgument
     from featurestore.extras import require
@@ -74,9 +74,12 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
             batch_size=args.batch_size,
             window_seconds=config.lineage.window_seconds,
         )
+        flusher = asyncio.create_task(logs.flush_periodically())
         try:
             await consumer.run(stop)
         finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
             await graph.close()
         print(
             f"lineage consumer stopped: {consumer.written} events written, {consumer.dead_lettered} dead-lettered"

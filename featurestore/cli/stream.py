@@ -116,6 +116,7 @@ async def _record_runs(config: Any, processors: list[Any], threads: list[Any], s
     """Wait for the processors, recording each as lineage job runs in windows of
     ``stream.run_window_seconds`` (to the lineage sink, Kafka or a Bolt graph, and
     OpenLineage when configured); runs for an in-process graph have no graph here."""
+    from featurestore import logs
     from featurestore.factories import make_run_recorder
     from featurestore.streaming.runs import record_runs
     from lineage.runs import BufferedRuns
@@ -123,9 +124,12 @@ async def _record_runs(config: Any, processors: list[Any], threads: list[Any], s
     recorder, close = await make_run_recorder(config)
     if isinstance(recorder.sink, BufferedRuns):  # held for `serve --demo` only: nothing takes them here
         recorder.sink = None
+    flusher = asyncio.create_task(logs.flush_periodically(records_only=True))  # (processors: threads)
     try:
         await record_runs(recorder, processors, threads, stop, config.stream.run_window_seconds)
     finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
         await close()
 
 

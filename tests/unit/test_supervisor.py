@@ -209,6 +209,43 @@ def test_workers_that_crash_at_every_start_before_any_served_stop_the_supervisor
     assert "before it served (start 3 of its slot): not starting" in caplog.text
 
 
+def killed_thrice_while_the_other_loads(spawns: Path) -> list[str]:
+    """Slot 0 serves after 3 s (a slow load); slot 1 is SIGKILLed on its first three
+    starts (the OOM killer while it loads), then serves too."""
+    script = (
+        "import os, signal, sys, time, pathlib\n"  # (featurestore only after: the kills come early)
+        "if os.environ['FEATURESTORE_WORKER'] == '1':\n"
+        "    pathlib.Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "    if len(list(pathlib.Path(sys.argv[1]).iterdir())) <= 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "else:\n"
+        "    time.sleep(3)\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "from featurestore.supervisor import report_ready\n"
+        "report_ready()\n"
+        "while True: signal.pause()\n"
+    )
+    return [sys.executable, "-c", script, str(spawns)]
+
+
+def test_a_worker_killed_by_a_signal_at_every_early_start_does_not_stop_a_slow_healthy_start(
+    tmp_path: Path,
+) -> None:
+    """Only an exit with an error counts toward giving up before any worker served (review
+    s55: three SIGKILLs of one slot stopped a server whose other worker was still loading)."""
+    sup = Supervisor(2, killed_thrice_while_the_other_loads(tmp_path))
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: sup.served, 20, "a worker to serve")
+        wait_until(lambda: len(list(tmp_path.iterdir())) == 4, 20, "slot 1's fourth start")
+        assert runner.is_alive()
+    finally:
+        sup.on_signal(signal.SIGTERM, None)
+        runner.join(20)
+    assert not runner.is_alive()
+
+
 def one_serves_one_fails(spawns: Path) -> list[str]:
     """Slot 0 reports that it serves and waits for the stop; slot 1 records its pid, hands
     the supervisor an error line once slot 0 had time to report, and exits 2."""
