@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 from featurestore.errors import Conflict, FailedPrecondition, NotFound
 from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, ScanCounts
+from featurestore.publication import cleanup_to_the_end, swap_to_the_end
 from featurestore.quality.profile import ProfileBuilder
 from featurestore.registry.base import Registry, Watermark, conflict
 from featurestore.rows import EVENT_TIMESTAMP, conform
@@ -218,7 +219,11 @@ class Materializer:
                     raise conflict(f"data version of view {view_name!r}", current, moved) from e
                 raise
             await self._write_profile(profile)
-            await self.registry.swap_data_version(view_name, expected=current, new=target)
+            if self.stop is not None and self.stop.is_set():
+                raise asyncio.CancelledError("stop requested")  # not published: its rows go
+            stopped = await swap_to_the_end(
+                self.registry.swap_data_version(view_name, expected=current, new=target)
+            )
         except BaseException:
             await self._abandon(view, target)
             raise
@@ -226,7 +231,9 @@ class Materializer:
         narrowed = _narrowed(span)
         if narrowed and current > 0:
             log.warning("%s: data version %d replaced %d, but %s", view_name, target, current, narrowed)
-        expiring = await _to_the_end(self._after_publish(view, current, target, span.start_us, newest))
+        expiring = await cleanup_to_the_end(self._after_publish(view, current, target, span.start_us, newest))
+        if stopped:  # cancelled while the pointer was written: after the cleanup, as the cancel
+            raise asyncio.CancelledError("stopped while publishing")
         seconds = time.monotonic() - load.t0
         return MaterializeResult(
             view_name, target, current, rows_read, written, seconds, watermark_us=newest, expiring=expiring
@@ -372,21 +379,6 @@ def _narrowed(span: EventTimeRange) -> str:
     flags = " and ".join(f for f, v in (("--start", span.start_us), ("--end", span.end_us)) if v is not None)
     unbounded = f"without {flags} a run loads every key"
     return f"holds only the keys with a row in the range: {'; '.join(lost)} ({unbounded})"
-
-
-async def _to_the_end(step: Awaitable[tuple[int, ...]]) -> tuple[int, ...]:
-    """Run the cleanup after a publication to its end (seconds: a scan of the store per
-    version) even when the run is cancelled meanwhile, as the CLI does on SIGTERM, then
-    let the cancellation through; a second one stops it where it is."""
-    task = asyncio.ensure_future(step)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if task.done():
-            raise
-        log.warning("cancelled after publishing: finishing the cleanup of the replaced version first")
-        await task
-        raise
 
 
 def _newest_us(column: pa.ChunkedArray) -> int | None:

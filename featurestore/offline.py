@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from featurestore.errors import FailedPrecondition, InvalidArgument
+from featurestore.rows import FROM_DATETIME
 
 if TYPE_CHECKING:
     from featurestore.sources.clickhouse.options import ClickHouseOptions
@@ -364,9 +365,9 @@ def _as_timestamps(batch: pa.RecordBatch, names: set[str]) -> pa.RecordBatch:
             if pa.types.is_dictionary(col.type):  # (LowCardinality)
                 col = col.dictionary_decode()
             if pa.types.is_integer(col.type):
-                batch = batch.set_column(
-                    i, field.name, col.cast(pa.int64()).cast(pa.timestamp("s", tz="UTC"))
-                )
+                # marked: an int64 or float64 feature takes it as epoch seconds (rows.conform)
+                as_time = pa.field(field.name, pa.timestamp("s", tz="UTC"), metadata=FROM_DATETIME)
+                batch = batch.set_column(i, as_time, col.cast(pa.int64()).cast(as_time.type))
     return batch
 
 

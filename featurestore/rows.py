@@ -30,6 +30,11 @@ EVENT_TIMESTAMP = "event_timestamp"
 # value is drawn per process, so a file's own metadata cannot carry it by chance or design.
 PUSH_CHECKED = {b"featurestore.checked": secrets.token_hex(16).encode()}
 _CHECKED_KEY, _CHECKED_VALUE = next(iter(PUSH_CHECKED.items()))
+# Field metadata of a column a ClickHouse source read from a ``DateTime`` (uint32 seconds in
+# Arrow) and turned into timestamp[s] (offline.py): an int64 or float64 feature takes it back
+# as the epoch seconds it loaded as before the conversion (review s55 round 2). Other
+# timestamps are refused for a number, as they were.
+FROM_DATETIME = {b"featurestore.from": b"clickhouse DateTime"}
 
 ARROW_TYPES: dict[DType, pa.DataType] = {
     DType.INT64: pa.int64(),
@@ -65,7 +70,14 @@ def conform(view: FeatureView, table: pa.Table, timestamp_field: str = EVENT_TIM
                 f"view {view.name!r}: column {source_name!r} is missing",
                 details=[{"column": source_name, "reason": "missing"}],
             )
-        col = _cast(view, source_name, table.column(source_name), field, checked)
+        col = table.column(source_name)
+        if (
+            pa.types.is_timestamp(col.type)
+            and not pa.types.is_timestamp(field.type)
+            and table.schema.field(source_name).metadata == FROM_DATETIME
+        ):
+            col = col.cast(pa.int64())  # (timestamp[s]: the seconds)
+        col = _cast(view, source_name, col, field, checked)
         if len(view.entities) > 1 and pa.types.is_string(field.type) and field.name in view.join_keys:
             _check_key_part(view, source_name, col)
         columns.append(col)

@@ -151,13 +151,13 @@ async def test_a_view_never_pushed_to_expires_nothing_at_its_first_publication(
 
 
 class CancelledAfterSwap(FileRegistry):
-    """A run cancelled (the CLI's SIGTERM) the moment its publication lands."""
+    """A run (``victim``) cancelled (the CLI's SIGTERM) the moment its publication lands."""
+
+    victim: asyncio.Task[Any]
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         await super().swap_data_version(view, expected=expected, new=new)
-        task = asyncio.current_task()
-        assert task is not None
-        task.cancel()
+        self.victim.cancel()
 
 
 async def test_a_run_cancelled_after_publishing_finishes_expiring_the_replaced_version_first(
@@ -168,6 +168,7 @@ async def test_a_run_cancelled_after_publishing_finishes_expiring_the_replaced_v
     await Materializer(registry, store).run("scores", source)
     cancelling = CancelledAfterSwap(tmp_path / "reg", "p")
     run = asyncio.create_task(Materializer(cancelling, store, grace_seconds=60).run("scores", source))
+    cancelling.victim = run
     with pytest.raises(asyncio.CancelledError):
         await run
     assert await registry.data_versions() == {"scores": 2}  # published
@@ -235,3 +236,55 @@ async def test_clickhouse_version_0_with_pushed_rows_is_dropped_after_the_first_
     await store.prepare([CV])  # the next registry change: a server makes an empty v0 again
     assert await store.has_version(CV, 0)
     assert (await job.run("scores", source)).expiring == (1,)  # an empty v0 is left alone
+
+
+class SlowPointer(FileRegistry):
+    """A registry whose data-version swap lands 300 ms after it is asked for, on a thread
+    (as the file registry writes): long enough to cancel the run in the middle of it."""
+
+    swapping: asyncio.Event
+
+    async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def slow() -> None:
+            import time
+
+            loop.call_soon_threadsafe(self.swapping.set)  # the write is under way: cancel now
+            time.sleep(0.3)
+            self._swap_data_version(view, expected, new)
+
+        await asyncio.to_thread(slow)
+
+
+async def test_a_run_cancelled_while_its_pointer_is_written_keeps_the_version_published_and_cleans_up(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGTERM during the publish (review s55 round 2, HIGH): the write landed after the
+    cancel, the run had dropped its rows: the pointer named an empty version."""
+    registry = SlowPointer(tmp_path / "reg", "p")
+    registry.swapping = asyncio.Event()
+    await registry.publish(make_definitions("p", [U], [V], []), expected_version=None)
+    store = RedisSource("default", f"r{uuid.uuid4().hex[:8]}", RedisOptions(url=redis_server.url))
+    await store.start()
+    try:
+        job = Materializer(registry, store, grace_seconds=60)
+        first = write_source(tmp_path / "first.parquet", [1, 2, 3], 1)
+        registry.swapping = asyncio.Event()
+        task = asyncio.create_task(job.run("scores", ParquetOfflineSource(str(first))))
+        await registry.swapping.wait()
+        await task  # version 1 published
+        second = write_source(tmp_path / "second.parquet", [1, 2, 3, 4], 2)
+        registry.swapping = asyncio.Event()
+        task = asyncio.create_task(job.run("scores", ParquetOfflineSource(str(second))))
+        await registry.swapping.wait()
+        task.cancel()  # the pointer's write is under way
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # a write still on its thread has landed by now
+        assert (await registry.data_versions())["scores"] == 2
+        assert await store.has_version(V, 2)
+        assert len([k for k in await ttls(store, 2) if k.endswith((":1", ":4"))]) == 2  # its rows stay
+        assert 0 < (await ttls(store, 1))["marker"] <= 60  # and what it replaced expires
+    finally:
+        await store.close()

@@ -4,7 +4,9 @@ holds together: Secrets, security context, writable paths, probes, drain, PDB, H
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -107,8 +109,10 @@ def test_the_writable_paths_of_the_server_are_empty_dirs() -> None:
     # the supervisor's PROMETHEUS_MULTIPROC_DIR is a mkdtemp() under the temp dir
     from featurestore.supervisor import Supervisor
 
-    metrics_dir = Path(Supervisor(1, ["true"]).metrics_dir)
-    metrics_dir.rmdir()
+    sup = Supervisor(1, ["true"])  # (never run: its directory and owner lock undone here)
+    metrics_dir = Path(sup.metrics_dir)
+    shutil.rmtree(metrics_dir)  # (it holds the supervisor.pid its owner locks)
+    os.close(sup._owner)
     assert metrics_dir.parent == Path(tempfile.gettempdir())
     needed = {"/tmp", workdir, data_dir.group(1)}
     assert needed <= writable

@@ -278,7 +278,13 @@ async def test_a_clickhouse_scan_that_is_stopped_closes_its_result_without_readi
         return to_arrow_batches(http.request("GET", url, preload_content=False))
 
     client = SimpleNamespace(
-        query=lambda sql: SimpleNamespace(result_rows=[("user_id",), ("score",), ("event_timestamp",)]),
+        query=lambda sql: SimpleNamespace(  # (DESCRIBE TABLE: name, type)
+            result_rows=[
+                ("user_id", "Int64"),
+                ("score", "Int64"),
+                ("event_timestamp", "DateTime64(6, 'UTC')"),
+            ]
+        ),
         query_arrow_stream=arrow_stream,
     )
     source = ClickHouseOfflineSource.__new__(ClickHouseOfflineSource)
