@@ -1,11 +1,17 @@
 """The dead-letter topic of a stream view: malformed events, as they came, with why.
 
-Each dead letter is the original message (value, key, headers and timestamp, so a tool
-that repairs and produces it again loses nothing) with the headers ``featurestore-error``
-(the reason), ``featurestore-view`` and ``featurestore-source``
-(``topic:partition:offset``) after its own (replacing any of those three it carried: a
-dead letter produced again). A batch's dead letters are delivered (each one's delivery
-report says so) before the batch is written and its offsets move past them:
+Each dead letter is the original message (value, key and headers, so a tool that repairs
+and produces it again loses nothing) with the headers ``featurestore-error`` (the reason),
+``featurestore-view``, ``featurestore-source`` (``topic:partition:offset``) and
+``featurestore-original-timestamp`` (``<ms> CreateTime|LogAppendTime``, when it had one)
+after its own (replacing any of ours it carried: a dead letter produced again). Its Kafka
+timestamp is the time it is sent, not the message's: a topic's retention counts from its
+records' timestamps, so a letter of an old event would be deleted minutes after its
+delivery. A message whose own headers cannot be read (confluent-kafka raises for a header
+key that is not UTF-8, which any other client can send) is sent without them, saying so
+in its reason: reading them can never fail a letter. A batch's dead letters are delivered
+(each one's delivery report says so) before the batch is written and its offsets move
+past them:
 
 * a letter whose delivery fails is produced again, backing off up to 5 s, until it is
   delivered or the processor stops (then the batch is not written: whoever reads the
@@ -14,8 +20,7 @@ report says so) before the batch is written and its offsets move past them:
 * a letter the producer or the broker refuses for what it is (too large with our
   headers, an invalid record for the topic) is sent without its value, key and own
   headers, the refusal appended to its reason: one message can never stop the
-  processor; one whose timestamp the topic refuses (too old for its
-  ``message.timestamp.*`` settings) is sent with the time it is sent, likewise;
+  processor;
 * a letter refused because the topic is missing makes the processor create it.
 """
 
@@ -31,7 +36,9 @@ from featurestore.streaming import metrics
 
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
-_OURS = frozenset((REASON_HEADER, "featurestore-view", "featurestore-source"))
+TIMESTAMP_HEADER = "featurestore-original-timestamp"  # "<ms> CreateTime" or "<ms> LogAppendTime"
+_OURS = frozenset((REASON_HEADER, "featurestore-view", "featurestore-source", TIMESTAMP_HEADER))
+_TIMESTAMP_TYPES = {1: "CreateTime", 2: "LogAppendTime"}  # confluent_kafka.TIMESTAMP_*; 0: none
 
 
 def _codes(*names: str) -> frozenset[int]:
@@ -47,7 +54,7 @@ class _Letter:
     value: bytes | None
     key: bytes | None
     headers: list[tuple[str, bytes | None]]  # the message's own
-    timestamp_ms: int  # the message's (0: none, the time it is sent)
+    timestamp: bytes | None  # the message's, as TIMESTAMP_HEADER holds it (None: it had none)
     in_flight: bool = False
     done: bool = False
     error: Any = None  # the KafkaError of its last failed delivery
@@ -69,11 +76,6 @@ class _Letter:
     def whole(self) -> bool:
         return self.value is not None or self.key is not None or bool(self.headers)
 
-    def restamp(self, refusal: str) -> None:
-        """Sent with the time it is sent, the refusal of its own in its reason."""
-        self.reason = f"{self.reason}; its timestamp {self.timestamp_ms} left out: {refusal}"
-        self.timestamp_ms = 0
-
 
 class DeadLetters:
     """Sends one view's dead letters (the processor's consume thread only)."""
@@ -89,7 +91,6 @@ class DeadLetters:
             "CORRUPT_MESSAGE", "INVALID_MSG", "INVALID_MSG_SIZE",
         )  # fmt: skip
         self.missing = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
-        self.bad_time = _codes("INVALID_TIMESTAMP")
 
     def deliver(
         self, dead: list[tuple[Any, str]], stop: threading.Event, waiting: Callable[[], None] = lambda: None
@@ -128,8 +129,6 @@ class DeadLetters:
             code = _code(letter.error)
             if code in self.refused and letter.whole:
                 letter.strip(_text(letter.error))
-            elif code in self.bad_time and letter.timestamp_ms:
-                letter.restamp(_text(letter.error))
         if any(_code(letter.error) in self.missing for letter in failed):
             try:
                 self.create_topic()
@@ -146,13 +145,14 @@ class DeadLetters:
             ("featurestore-view", self.view_name.encode()),
             ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
         ]
+        if letter.timestamp is not None:
+            headers.append((TIMESTAMP_HEADER, letter.timestamp))
         try:
             self.producer.produce(
                 self.topic,
                 value=letter.value,
                 key=letter.key,
-                headers=headers,
-                timestamp=letter.timestamp_ms,
+                headers=headers,  # and no timestamp: the time it is sent (retention counts from it)
                 on_delivery=letter.delivered,
             )
             letter.in_flight, letter.error = True, None
@@ -166,9 +166,25 @@ class DeadLetters:
 
 
 def _letter(m: Any, reason: str) -> _Letter:
-    own = [(k, v) for k, v in m.headers() or () if k not in _OURS]
-    ts = m.timestamp()[1]
-    return _Letter(m, reason, m.value(), m.key(), own, ts if ts > 0 else 0)
+    try:  # never fails a letter: a header key that is not UTF-8 raises (SystemError) here
+        own = [(k, v) for k, v in m.headers() or () if k not in _OURS]
+    except Exception as e:
+        own = []
+        reason = f"{reason}; its headers left out: not readable ({_cause(e)})"
+    kind, ts = m.timestamp()
+    stamp = f"{ts} {_TIMESTAMP_TYPES[kind]}".encode() if kind in _TIMESTAMP_TYPES and ts >= 0 else None
+    return _Letter(m, reason, m.value(), m.key(), own, stamp)
+
+
+def _cause(e: BaseException) -> str:
+    """What broke, e.g. ``UnicodeDecodeError: 'utf-8' codec can't decode ...`` rather than
+    the SystemError confluent-kafka wraps it in."""
+    for _ in range(5):
+        inner = e.__cause__ or e.__context__
+        if inner is None:
+            break
+        e = inner
+    return f"{type(e).__name__}: {e}"
 
 
 def _code(error: Any) -> int | None:

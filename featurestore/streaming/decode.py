@@ -3,12 +3,13 @@
 An event is a JSON object. Its key fields (``source.key_fields``) must hold the view's
 entity keys (int64: an integer; string: a string without ``|``), its timestamp field a
 number in the source's unit or an ISO-8601 string (without a zone: UTC) within
-1970..2255 and at most ``CLOCK_SKEW_US`` + the view's longest window ahead of the
-processor's clock, and every column an aggregation reads a number or null (missing =
-null; an integer within +-2^53, so it is exact as float64; a float within +-1e292, so
-no window's sum overflows). ``filter`` drops events (not malformed) whose fields
-differ; every check above comes first, so a producer's broken events are dead-lettered
-whatever their kind. Anything else is malformed (invalid UTF-8 in a string field and
+1970..2255, and every column an aggregation reads a number or null (missing = null; an
+integer within +-2^53, so it is exact as float64; a float within +-1e292, so no window's
+sum overflows). These checks come before ``filter``, which drops events (not malformed)
+whose fields differ, so a producer's broken events are dead-lettered whatever their kind.
+After the filter, an event time more than ``CLOCK_SKEW_US`` + the view's longest window
+ahead of the processor's clock is malformed: a judgement of this view's windows, which
+an event it drops does not concern (reminders stamped with their due time, say). Anything else is malformed (invalid UTF-8 in a string field and
 JSON nested too deeply included: ``decode`` raises for no input): the processor sends
 it to the dead-letter topic with the reason returned here.
 
@@ -131,11 +132,11 @@ class EventDecoder:
             return Malformed(
                 f"timestamp field {self.ts_field!r}: outside 1970..2255 (a wrong timestamp_unit?)"
             )
-        if ts > latest_us:
-            return Malformed(self._too_far(ts))
         for name, want in self.filter:
             if getattr(ev, name) != want:
                 return None
+        if ts > latest_us:  # after the filter: about this view's windows (module docstring)
+            return Malformed(self._too_far(ts))
         keys = self.keys
         key = (
             str(getattr(ev, keys[0]))

@@ -30,6 +30,9 @@ from featurestore.streaming.tiles import TileAccumulator
 # processor catching up a backlog (after a restart, a Redis outage) reads messages older
 # than its clock, and a cap at its clock let one such event drop the backlog behind it
 # as late (review s55: 89 of 120 events of a 2-minute backlog, at 30 s of lateness).
+# Its limit (docs/streaming.md, Late events): a producer that sets the Kafka timestamp to
+# the event time (Kafka Streams, Flink, Connect) sends a wrong time with the same wrong
+# Kafka timestamp, so only the clock caps it and a catch-up can still drop a backlog.
 
 
 class Turn:

@@ -144,24 +144,33 @@ def test_invalid_utf8_in_a_kept_string_or_json_nested_too_deep_is_dead_lettered_
     assert sum("nested too deeply" in r for r in reasons) == 1
 
 
-def test_a_dead_letter_keeps_its_messages_headers_and_timestamp_and_replaces_an_earlier_reason(
+def test_a_dead_letter_keeps_its_messages_headers_and_original_timestamp_and_replaces_an_earlier_reason(
     kafka: TansuBroker, redis_server: RedisServer
 ) -> None:
     """docs/streaming.md: a malformed message goes to the dead-letter topic unchanged, so a
     tool that repairs and produces it again loses neither its headers (trace ids, content
-    type) nor its time. A dead letter produced again unrepaired carries our headers of
-    before: ours replace them, after its own."""
+    type) nor its time, which a header of ours holds: the letter's own Kafka timestamp is
+    when it was sent, as the topic's retention counts from it (a letter of an event older
+    than the retention kept its time and was deleted minutes after its delivery). A dead
+    letter produced again unrepaired carries our headers of before: ours replace them,
+    after its own."""
     topic = f"keeps-{uuid.uuid4().hex[:8]}"
     view = sku_view("keeps_view", topic)
-    sent_ms = time.time_ns() // 1_000_000 - 5_000
+    sent_ms = time.time_ns() // 1_000_000 - 30 * 86_400_000  # 30 days ago: beyond a 7-day retention
     producer = topic_producer(kafka, topic)
     own = [("trace-id", b"4bf92f35"), ("content-type", b"application/json")]
     producer.produce(topic, key=b"a", value=b"not json", headers=own, timestamp=sent_ms)
-    again = [*own, ("featurestore-error", b"an earlier reason"), ("featurestore-view", b"old_view")]
+    again = [
+        *own,
+        ("featurestore-error", b"an earlier reason"),
+        ("featurestore-view", b"old_view"),
+        ("featurestore-original-timestamp", b"1 CreateTime"),
+    ]
     producer.produce(topic, key=b"a", value=b'{"sku": 1}', headers=again, timestamp=sent_ms + 1)
     assert producer.flush(10) == 0
     store = RedisTileStore("default", "p", redis_server.url)
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
+    started_ms = time.time_ns() // 1_000_000
     try:
         with running(
             StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
@@ -175,14 +184,23 @@ def test_a_dead_letter_keeps_its_messages_headers_and_timestamp_and_replaces_an_
     finally:
         store.close()
     first, second = dead_letters(kafka, f"{topic}.dlq", 2)
-    ours = ["featurestore-error", "featurestore-view", "featurestore-source"]
+    ours = [
+        "featurestore-error",
+        "featurestore-view",
+        "featurestore-source",
+        "featurestore-original-timestamp",
+    ]
     assert (
         [k for k, _ in first.headers()]
         == [k for k, _ in second.headers()]
         == ["trace-id", "content-type", *ours]
     )
     assert first.headers()[:2] == second.headers()[:2] == own
-    assert (first.timestamp()[1], second.timestamp()[1]) == (sent_ms, sent_ms + 1)
+    originals = [dict(letter.headers())["featurestore-original-timestamp"] for letter in (first, second)]
+    assert originals == [f"{sent_ms} CreateTime".encode(), f"{sent_ms + 1} CreateTime".encode()]
+    done_ms = time.time_ns() // 1_000_000
+    for letter in (first, second):  # sent with the time it was sent
+        assert started_ms <= letter.timestamp()[1] <= done_ms, (letter.timestamp(), started_ms, done_ms)
     assert (first.value(), first.key()) == (b"not json", b"a")
     reason = dict(second.headers())["featurestore-error"]
     assert (

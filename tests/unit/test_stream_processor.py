@@ -178,7 +178,7 @@ def test_a_read_only_replica_makes_the_next_attempt_reconnect() -> None:
 
 
 class RefusingProducer:
-    """Reports the first delivery of each letter with the broker's refusal, the rest as
+    """Reports the first delivery of each letter with the broker's refusal (0: none), the rest as
     delivered (Tansu takes any size, so the real broker cannot show this one)."""
 
     def __init__(self, refusal: int) -> None:
@@ -188,13 +188,14 @@ class RefusingProducer:
         self._reports: list[Any] = []
 
     def produce(
-        self, topic: str, value: Any, key: Any, headers: Any, timestamp: int, on_delivery: Any
+        self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any, timestamp: int = 0
     ) -> None:
         from confluent_kafka import KafkaError
 
         self.sent.append((value, dict(headers)))
         self.timestamps.append(timestamp)
-        self._reports.append((on_delivery, KafkaError(self.refusal) if len(self.sent) == 1 else None))
+        refused = KafkaError(self.refusal) if self.refusal and len(self.sent) == 1 else None
+        self._reports.append((on_delivery, refused))
 
     def flush(self, timeout: float) -> int:
         for report, error in self._reports:
@@ -231,21 +232,47 @@ def test_a_dead_letter_too_large_leaves_out_the_messages_own_headers_too() -> No
     assert again["featurestore-error"].startswith(b"not valid JSON; message of 109 bytes left out: ")
 
 
-def test_a_dead_letter_whose_timestamp_the_topic_refuses_is_sent_with_the_time_it_is_sent() -> None:
-    """A dead letter keeps its message's timestamp, which a dead-letter topic with
-    ``message.timestamp.*`` limits refuses when the message is old (Tansu has no such limits)."""
-    from confluent_kafka import KafkaError
+class HeadersUnreadable(Message):
+    """confluent-kafka's Message.headers() raises SystemError for a header key that is not
+    UTF-8 (tests/integration/test_stream_dead_letters.py produces a real one)."""
 
+    def headers(self) -> list[Any] | None:
+        try:
+            b"bad\xff".decode()
+        except UnicodeDecodeError as e:
+            raise SystemError("<method 'headers'> returned a result with an exception set") from e
+        raise AssertionError
+
+
+def test_a_dead_letter_whose_headers_cannot_be_read_is_sent_without_them_saying_so() -> None:
     from featurestore.streaming.dead_letters import DeadLetters
 
-    producer = RefusingProducer(KafkaError.INVALID_TIMESTAMP)
+    producer = RefusingProducer(0)
     letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
-    message = Message(7, b"{", kafka_ms=1_700_000_000_000, headers=[("trace-id", b"t1")])
+    assert letters.deliver([(HeadersUnreadable(7, b"{"), "not valid JSON")], threading.Event())
+    [(value, headers)] = producer.sent
+    assert value == b"{" and list(headers)[:3] == [
+        "featurestore-error",
+        "featurestore-view",
+        "featurestore-source",
+    ]
+    assert headers["featurestore-error"] == (
+        b"not valid JSON; its headers left out: not readable (UnicodeDecodeError: 'utf-8' codec "
+        b"can't decode byte 0xff in position 3: invalid start byte)"
+    )
+
+
+def test_a_dead_letter_is_sent_with_the_time_it_is_sent_and_its_messages_time_in_a_header() -> None:
+    """The dead-letter topic's retention counts from its records' timestamps: a letter
+    stamped with an old event's time would be deleted minutes after its delivery."""
+    from featurestore.streaming.dead_letters import DeadLetters
+
+    producer = RefusingProducer(0)
+    letters = DeadLetters(producer, "clicks.dlq", "unit_view", create_topic=lambda: None)
+    message = Message(7, b"{", kafka_ms=1_700_000_000_000)
     assert letters.deliver([(message, "not valid JSON")], threading.Event())
-    assert producer.timestamps == [1_700_000_000_000, 0]  # 0: the time it is sent
-    (first, _), (again, headers) = producer.sent
-    assert first == again == b"{" and headers["trace-id"] == b"t1"
-    assert headers["featurestore-error"].startswith(b"not valid JSON; its timestamp 1700000000000 left out: ")
+    assert producer.timestamps == [0]  # 0: the time it is sent
+    assert producer.sent[0][1]["featurestore-original-timestamp"] == b"1700000000000 CreateTime"
 
 
 def test_a_dead_letter_whose_delivery_failed_otherwise_is_sent_again_as_it_was() -> None:
