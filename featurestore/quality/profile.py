@@ -10,16 +10,33 @@ store when it loads a view's file) and stored with that version in the view's st
   by batch with ``argpartition``: no per-row Python work). 5,000 values estimate the
   reference CDF to +-0.019 (DKW bound at 95%), well inside the KS critical distance of a
   1,000-value window at alpha 0.05 (0.047): the window, not the reference, limits power.
-* Categorical features (string, bool): the count of every category over all rows
-  (``pyarrow.compute.value_counts`` per batch), the ``MAX_CATEGORIES`` most frequent
-  kept and the rest summed as ``OTHER``. Counted in bounded memory, ``MAX_COUNTED``
-  counters a feature (Misra-Gries): when a batch brings the distinct values past it,
-  every count drops by the (MAX_COUNTED + 1)-th largest and those left at 0 go. The
-  counts are exact while a feature has at most ``MAX_COUNTED`` distinct values; past
-  that each kept count is low by at most rows / (MAX_COUNTED + 1) (0.01% of the rows)
-  and the difference is in ``OTHER``, which is the rows less the kept counts. A feature
-  of a distinct value per row (a URL, an e-mail) made the profile hold every value
-  until ``build()``: about 190 B each, 290 MB of a 1.5M-row run.
+* Categorical features (string, bool): the count of each category over all rows
+  (``pyarrow.compute.value_counts`` per batch), the ``MAX_CATEGORIES`` - 1 largest kept
+  and the rest summed as ``OTHER`` (every count when there are at most
+  ``MAX_CATEGORIES``). Every category is counted while a feature has at most
+  ``MAX_COUNTED`` distinct values. When a batch brings it past, the ``MAX_COUNTED``
+  counted most often so far (ties by name) go on being counted (``pyarrow.compute.index_in``:
+  their counts stay exact) and the others are dropped. Their values, and every value of
+  a category first seen later, go to a uniform random sample of up to
+  ``REST_SAMPLE_SIZE`` (``_Reservoir``: random keys, the smallest kept, as for numeric
+  features; the dropped counts enter it as if fed one by one). At ``build()`` a category
+  that sample holds ``REST_MIN_SAMPLED`` times or more joins the counted ones, its count
+  the sample's scaled to the values sampled from (a standard error of 7% or less), so a
+  frequent category first seen late (a table ordered by the feature, or by a time its
+  values follow) is still kept. The rest of the rows, whatever their category, are in
+  ``OTHER``: the rows less the counts kept. So the kept counts are exact, but for those
+  estimated ones, and no share is biased: windows drawn from the rows of a 12,000- or
+  30,000-category feature are drifted at alpha 0.05 as often as with every category
+  counted (3-8%). Limitation: a category the counting dropped (or first saw after it
+  chose) that the sample holds fewer than ``REST_MIN_SAMPLED`` times (under about 0.4%
+  of those values) is in ``OTHER``: tested as part of it, never wrongly, but a shift
+  between it and the rest of ``OTHER`` goes unseen.
+  Memory: at most ``MAX_COUNTED`` categories and one batch's distinct values, then the
+  counted categories and up to twice ``REST_SAMPLE_SIZE`` sampled values (fed 1.5M
+  distinct values in 50,000-row batches, peak RSS +47 MB). Before c26d878 every value
+  was counted until ``build()`` (+434 MB there); c26d878's Misra-Gries counters took the
+  same amount off every kept count, moving up to ~10% of the rows into ``OTHER``, and
+  51-81% of such windows were drifted (review s55 round 2, finding 2).
 * float32 vectors are not profiled.
 
 The reference weighs every row (key) alike; served windows weigh keys by how often they
@@ -43,6 +60,7 @@ import base64
 import json
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,11 +74,24 @@ from featurestore.quality.stats import OTHER as OTHER  # beyond MAX_CATEGORIES (
 
 SAMPLE_SIZE = 5_000
 MAX_CATEGORIES = 1_000
-# Counters per categorical feature while a version is written: ten times what a profile
-# keeps, so the kept ones are picked from many more. At most this many values plus one
-# batch's distinct ones are held (about 2 MB at 200 B a value, against 190 B per distinct
-# value of the whole table before).
+# Categories counted per categorical feature while a version is written: ten times what a
+# profile keeps, so the kept ones are picked from many more. At most this many values plus
+# one batch's distinct ones are held (about 2 MB at 200 B a value, against 190 B per
+# distinct value of the whole table before c26d878).
 MAX_COUNTED = 10 * MAX_CATEGORIES
+# Past MAX_COUNTED, a uniform sample of the values outside the categories counted on (a
+# category first seen late, in a table ordered by the feature or by a time it follows).
+# One it holds REST_MIN_SAMPLED times or more joins the profile with its count estimated
+# from the sample: a relative standard error of at most 1/sqrt(200) = 7%, so its bucket's
+# variance grows by at most about 1,000 / 50,000 = 2% in a 1,000-value window; there can be
+# at most 250 of them, and one near the bar is overestimated by under 0.8 standard errors
+# (selected on the same sample). Rarer ones stay in OTHER. Every category taken from a
+# 50,000-value sample instead (the 999 most frequent in it, scaled) made 28-42% of the
+# windows drawn from the reference's own rows drifted for features of many similar
+# categories: the chi-square test sorts the rare ones by their reference counts into
+# groups, and sorted noisy counts make biased groups (review s55 round 2, fix-profile).
+REST_SAMPLE_SIZE = 50_000
+REST_MIN_SAMPLED = 200
 NUMERIC = frozenset({DType.INT64, DType.FLOAT64, DType.TIMESTAMP})
 CATEGORICAL = frozenset({DType.STRING, DType.BOOL})
 FORMAT = 1
@@ -135,13 +166,21 @@ class ProfileBuilder:
         self.data_version = data_version
         self.sample_size = sample_size
         self.rows = 0
-        self._rng = np.random.default_rng(seed)
+        seeds = np.random.SeedSequence(seed)
+        self._rng = np.random.default_rng(seeds)  # the stream default_rng(seed) gives
         self._numeric = [f for f in view.features if f.dtype in NUMERIC]
         self._categorical = [f for f in view.features if f.dtype in CATEGORICAL]
         empty = np.empty(0, np.float64)
         self._keys: dict[str, np.ndarray] = {f.name: empty for f in self._numeric}
         self._values: dict[str, np.ndarray] = {f.name: empty for f in self._numeric}
-        self._counts: dict[str, dict[str, int]] = {f.name: {} for f in self._categorical}
+        # every category's count until a feature passes MAX_COUNTED values (then None)...
+        self._counts: dict[str, dict[str, int] | None] = {f.name: {} for f in self._categorical}
+        # ...then the MAX_COUNTED categories counted on (as values of the column's type) and a
+        # sample of the other values, drawn from a stream of its own (a numeric sample stays
+        # the one a seed gave before)
+        self._tracked: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        self._rest: dict[str, _Reservoir] = {}
+        self._rest_rng = np.random.default_rng(seeds.spawn(1)[0])
         self._seen: dict[str, int] = {f.name: 0 for f in view.features}
         self._failed: set[str] = set()  # features whose values could not be profiled
 
@@ -166,17 +205,28 @@ class ProfileBuilder:
         self._keys[name], self._values[name] = keys, values
 
     def _add_categorical(self, table: pa.Table, name: str) -> None:
-        col = table.column(name)
-        counts: dict[str, int] = {}
-        for item in pc.value_counts(col.drop_null()).to_pylist():
-            key = category_name(item["values"])
-            counts[key] = counts.get(key, 0) + int(item["counts"])
-        merged = self._counts[name]  # merged only once the whole batch counted
-        for key, n in counts.items():
-            merged[key] = merged.get(key, 0) + n
-        if len(merged) > MAX_COUNTED:
-            self._counts[name] = _heavy_hitters(merged, MAX_COUNTED)
-        self._seen[name] += len(col) - col.null_count
+        values = table.column(name).drop_null()
+        self._seen[name] += len(values)
+        counts = self._counts[name]
+        if counts is None:  # past MAX_COUNTED: the categories counted on, and the rest sampled
+            tracked, tracked_counts = self._tracked[name]
+            at = pc.index_in(values, value_set=tracked)
+            found = at.drop_null().to_numpy()
+            tracked_counts += np.bincount(found, minlength=len(tracked_counts))
+            if len(found) < len(values):
+                self._rest[name].add(values.filter(pc.is_null(at)))
+            return
+        for key, n in _value_counts(values):
+            counts[key] = counts.get(key, 0) + n
+        if len(counts) > MAX_COUNTED:  # count on the most frequent so far, sample the rest
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            kept, rest = ranked[:MAX_COUNTED], dict(ranked[MAX_COUNTED:])
+            self._tracked[name] = (
+                pa.array([key for key, _ in kept], type=values.type),
+                np.array([n for _, n in kept], dtype=np.int64),
+            )
+            self._rest[name] = _Reservoir.of_counts(rest, REST_SAMPLE_SIZE, self._rest_rng, values.type)
+            self._counts[name] = None
 
     def _guard(self, name: str, step: Any, *args: Any) -> None:
         try:
@@ -199,10 +249,12 @@ class ProfileBuilder:
                 )
         for f in self._categorical:
             if f.name not in self._failed:
-                seen = self._seen[f.name]
-                features[f.name] = FeatureProfile(
-                    f.name, "categorical", seen, categories=_top(self._counts[f.name], seen)
-                )
+                seen, counts = self._seen[f.name], self._counts[f.name]
+                if counts is None:
+                    tracked, tracked_counts = self._tracked[f.name]
+                    counts = dict(zip(tracked.to_pylist(), tracked_counts.tolist(), strict=True))
+                    counts.update(self._rest[f.name].frequent(REST_MIN_SAMPLED))
+                features[f.name] = FeatureProfile(f.name, "categorical", seen, categories=_top(counts, seen))
         return Profile(self.view.name, self.view.layout, self.data_version, self.rows, features)
 
 
@@ -225,12 +277,14 @@ def category_name(value: Any) -> str:
     return str(value)
 
 
-def _heavy_hitters(counts: dict[str, int], k: int) -> dict[str, int]:
-    """Misra-Gries' step: every count less the (k + 1)-th largest, the positive ones
-    kept (at most ``k``). A value whose true count is over rows / (k + 1) is never lost."""
-    values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-    cut = int(np.partition(values, len(values) - k - 1)[len(values) - k - 1])
-    return {key: n - cut for key, n in counts.items() if n > cut}
+def _value_counts(values: pa.Array | pa.ChunkedArray) -> Iterator[tuple[str, int]]:
+    """(category, count) of each distinct value (two lists, not a dict per value)."""
+    counts = pc.value_counts(values)
+    return zip(
+        map(category_name, counts.field("values").to_pylist()),
+        counts.field("counts").to_pylist(),
+        strict=True,
+    )
 
 
 def _top(counts: dict[str, int], seen: int) -> dict[str, int]:
@@ -242,6 +296,87 @@ def _top(counts: dict[str, int], seen: int) -> dict[str, int]:
     kept = dict(ranked[: MAX_CATEGORIES - 1])
     kept[OTHER] = kept.get(OTHER, 0) + seen - sum(kept.values())
     return kept
+
+
+class _Reservoir:
+    """A uniform random sample without replacement of up to ``size`` of the values added:
+    each value gets a uniform random key and the ``size`` smallest keys are kept. The
+    values are held until there are ``2 * size``, then cut back to the ``size`` smallest
+    keys (``argpartition``); from then on a value whose key is at or above the largest one
+    kept (``bound``) is not held, as it can never be kept: about size * (1 + ln(values /
+    size)) of the values fed are ever held. No per-value Python work."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self._rng = rng
+        self._keys: list[np.ndarray] = []
+        self._values: list[pa.Array] = []
+        self._type: pa.DataType = pa.string()
+        self._held = 0
+        self._bound = 1.0
+        self.seen = 0  # values fed
+
+    @classmethod
+    def of_counts(
+        cls, counts: dict[str, int], size: int, rng: np.random.Generator, kind: pa.DataType
+    ) -> _Reservoir:
+        """The reservoir as it would be had it been fed the ``counts``' values one by one
+        (the same distribution): a uniform sample of min(size, total) of them (multivariate
+        hypergeometric), with the keys of the smallest ``size`` of ``total`` uniform ones:
+        the largest ~ Beta(size, total - size + 1), the others uniform below it."""
+        colors = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+        total = int(colors.sum())
+        m = min(size, total)
+        if total < 10**9:  # the limit of numpy's "marginals" method
+            drawn = rng.multivariate_hypergeometric(colors, m)
+        else:  # with replacement: m / total < 1e-4 of the values could be drawn twice
+            drawn = rng.multinomial(m, colors / total)
+        names = np.array(list(counts), dtype=object)
+        reservoir = cls(size, rng)
+        reservoir._type = kind
+        keys = rng.random(m)
+        if total > size:
+            reservoir._bound = float(rng.beta(size, total - size + 1))
+            keys *= reservoir._bound
+            keys[rng.integers(m)] = reservoir._bound
+        reservoir._keys = [keys]
+        reservoir._values = [pa.array(np.repeat(names, drawn), type=kind)]
+        reservoir._held = m
+        reservoir.seen = total
+        return reservoir
+
+    def add(self, values: pa.ChunkedArray) -> None:
+        self._type = values.type
+        self.seen += len(values)
+        keys = self._rng.random(len(values))
+        if self._bound < 1.0:
+            at = np.flatnonzero(keys < self._bound)
+            keys, values = keys[at], values.take(pa.array(at))
+        self._keys.append(keys)
+        self._values.extend(values.chunks)
+        self._held += len(keys)
+        if self._held >= 2 * self.size:
+            self._compact()
+
+    def _compact(self) -> None:
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.float64)
+        values = pa.chunked_array(self._values, type=self._type).combine_chunks()
+        if len(keys) > self.size:
+            keep = np.argpartition(keys, self.size - 1)[: self.size]
+            keys, values = keys[keep], values.take(pa.array(keep))
+            self._bound = float(keys.max())
+        self._keys, self._values, self._held = [keys], [values], len(keys)
+
+    def values(self) -> pa.Array:
+        """The sample (its order is not meaningful)."""
+        self._compact()
+        return self._values[0]
+
+    def frequent(self, at_least: int) -> dict[str, int]:
+        """The categories the sample holds ``at_least`` times, each with its count scaled
+        to the values fed (rounded down)."""
+        sample = self.values()
+        return {key: n * self.seen // len(sample) for key, n in _value_counts(sample) if n >= at_least}
 
 
 def profile_table(
