@@ -142,6 +142,8 @@ class Materializer:
         incremental: bool = False,
     ) -> MaterializeResult:
         t0 = time.monotonic()
+        if self.stop is not None and self.stop.is_set():  # (--all: the views after a stopped one)
+            raise asyncio.CancelledError("stop requested")
         snapshot = await self.registry.current()
         if snapshot is None:
             raise FailedPrecondition("the registry has no snapshot: apply definitions first")
@@ -232,8 +234,10 @@ class Materializer:
         if narrowed and current > 0:
             log.warning("%s: data version %d replaced %d, but %s", view_name, target, current, narrowed)
         expiring = await cleanup_to_the_end(self._after_publish(view, current, target, span.start_us, newest))
-        if stopped:  # cancelled while the pointer was written: after the cleanup, as the cancel
-            raise asyncio.CancelledError("stopped while publishing")
+        if stopped:  # (cancelled while the pointer was written: published, so reported as such)
+            log.warning(
+                "%s: stopped while publishing data version %d: published, cleaned up", view_name, target
+            )
         seconds = time.monotonic() - load.t0
         return MaterializeResult(
             view_name, target, current, rows_read, written, seconds, watermark_us=newest, expiring=expiring

@@ -16,21 +16,29 @@ async def swap_to_the_end(swap: Awaitable[None]) -> bool:
     cancelled meanwhile (SIGTERM): its write may still land after the cancel (a file
     registry writes on a thread, an etcd request is in flight), and a run that then
     dropped its rows left the pointer on an empty version (review s55: 4 runs in 32).
-    True when a cancellation arrived meanwhile (the caller finishes the cleanup, then
-    lets it through); the swap's own error is raised."""
+    True when a cancellation arrived meanwhile: it is taken back (``uncancel``), the run
+    is published and ends as one (its cleanup, its lineage, its summary); the caller's
+    stop event keeps the next view from starting. A swap that fails after a cancellation
+    raises the cancellation (a stop, not a conflict to retry), from the swap's error."""
     task = asyncio.ensure_future(swap)
     stopped = False
-    while True:
+    while not task.done():
         try:
             await asyncio.shield(task)
-            return stopped
         except asyncio.CancelledError:
             if task.cancelled():  # (only a cancel of the task itself, never the shield's)
                 raise
             stopped = True
-            if task.done():
-                task.result()  # the swap's error, if it failed
-                return True
+        except Exception:
+            if not stopped:
+                raise  # the swap's own error, without a stop
+    if stopped:
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        if (error := task.exception()) is not None:
+            raise asyncio.CancelledError("stopped while publishing") from error
+    return stopped
 
 
 async def cleanup_to_the_end(step: Awaitable[tuple[int, ...]]) -> tuple[int, ...]:

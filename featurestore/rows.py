@@ -73,6 +73,7 @@ def conform(view: FeatureView, table: pa.Table, timestamp_field: str = EVENT_TIM
         col = table.column(source_name)
         if (
             pa.types.is_timestamp(col.type)
+            and col.type.unit == "s"  # (the only unit the source marks: a forged mark on another is refused)
             and not pa.types.is_timestamp(field.type)
             and table.schema.field(source_name).metadata == FROM_DATETIME
         ):

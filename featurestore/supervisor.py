@@ -101,7 +101,8 @@ class Supervisor:
         self.pipes: dict[int, tuple[int, bytearray]] = {}  # slot: read end, what came so far
         self.served: set[int] = set()  # slots whose worker served once
         self.failed: int | None = None  # the exit code: the server could not start
-        self.failed_starts: dict[int, int] = {}  # slot: its workers that died before any served
+        self.failed_starts: dict[int, int] = {}  # slot: deaths before any served, weighed
+        self.deaths: dict[int, int] = {}  # and counted
 
     def spawn(self, slot: int) -> None:
         # The slot names the worker in lineage (stable across restarts) and lets it
@@ -140,7 +141,7 @@ class Supervisor:
         if line and report.startswith(b"error "):
             print(line, file=sys.stderr, flush=True)
         else:
-            starts = self.failed_starts.get(slot, 1)
+            starts = self.deaths.get(slot, 1)
             log.error(
                 "worker %d exited with %d before it served (start %d of its slot): not starting",
                 pid,
@@ -236,17 +237,16 @@ class Supervisor:
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
-            if not self.served and rc > 0:  # (a signal is not the code's doing: the OOM killer's
-                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + 1  # SIGKILL at a slow start)
-            if not self.served and (
-                rc == STARTUP_FAILED or self.failed_starts.get(slot, 0) >= START_ATTEMPTS
-            ):
-                # No worker has served yet: a config error or a taken port is the same for
-                # every slot (exit 2 at once), and so is a crash at start (a bug: after
-                # START_ATTEMPTS). Once one serves, a slot failing to start (etcd down for a
-                # moment) is restarted: the server keeps serving.
-                self._could_not_start(slot, p.pid, rc, report)
-                continue
+            if not self.served:  # an error exit weighs 3 deaths by signal (START_ATTEMPTS)
+                self.deaths[slot] = self.deaths.get(slot, 0) + 1
+                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + (3 if rc > 0 else 1)
+                if rc == STARTUP_FAILED or self.failed_starts[slot] >= 3 * START_ATTEMPTS:
+                    # No worker has served yet: a config error or a taken port is the same for
+                    # every slot (exit 2 at once), and so is a crash at start (a bug: after
+                    # START_ATTEMPTS). Once one serves, a slot failing to start (etcd down for a
+                    # moment) is restarted: the server keeps serving.
+                    self._could_not_start(slot, p.pid, rc, report)
+                    continue
             # A worker that cannot start (bad config, port taken) must not be
             # respawned several times a second forever: back off, and forgive
             # once a worker has lived a while.
@@ -297,11 +297,11 @@ class Supervisor:
 _RESTART_MIN_S = 0.5
 _RESTART_MAX_S = 30.0
 _RESTART_FORGIVE_S = 60.0
-# Workers of one slot that may exit with an error before any worker served (any exit code
-# but 2; not a signal: the OOM killer's SIGKILL of a worker loading its data, review s55)
-# before the supervisor gives up, as for exit 2: 3 starts, 0.5 + 1 s of backoff between,
-# for a crash at start that would repeat for ever (an OverflowError of a setting, review
-# s55: restarted with backoff to 30 s, a traceback each, the process never exiting).
+# Error exits (not 2) of one slot's workers before any served, then the supervisor gives up
+# as for exit 2: a crash at start repeats for ever (an OverflowError of a setting: restarted
+# with backoff to 30 s, review s55). A death by signal weighs a third: an OOM kill of a
+# worker loading its data is no bug (3 stopped a slow healthy start), a segfault at every
+# start is (not counted, it was restarted for ever): 9 deaths, ~2 min of backoff.
 START_ATTEMPTS = 3
 
 

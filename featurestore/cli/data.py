@@ -115,8 +115,8 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     except asyncio.CancelledError:  # SIGTERM: the run was cancelled (_cancel_on_sigterm)
         print(
             "error: CANCELLED: stopped by SIGTERM (the view being loaded: a full run not yet published "
-            "dropped its rows, one published finished its cleanup first; an incremental run's upserts "
-            "stay and its watermark did not move)",
+            "dropped its rows, one stopped while publishing finished as published; an incremental run's "
+            "upserts stay, and its watermark moved only if its write had begun)",
             file=sys.stderr,
             flush=True,
         )

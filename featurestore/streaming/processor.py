@@ -94,7 +94,8 @@ class StreamProcessor:
         # events by outcome, of batches written (and committed): the job runs' row counts
         self.totals: dict[str, int] = {}
         lateness_us = view.stream.allowed_lateness_seconds * 1_000_000
-        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, RepeatLimitedLog(log))
+        self._errors = RepeatLimitedLog(log)  # (flushed by this processor's thread: run)
+        self._aggregator = Aggregator(view.name, self.decoder, lateness_us, self._errors)
         self._stop = threading.Event()  # run()'s, once it runs
         # One write in flight at a time, in its own thread: Redis merges batch n while
         # batch n+1 is consumed and aggregated (a thread blocked on Redis's answer holds
@@ -153,6 +154,7 @@ class StreamProcessor:
             log.info("stream view %s: consuming %s as group %s", self.view.name, self.topic, self.group_id)
             while not stop.is_set():
                 self.turn(stop)
+                self._errors.flush()  # the count of a repeated error, once its interval passed
             self._finish(stop)
         except Exception as e:
             if not (stop.is_set() and transient(e)):
@@ -163,6 +165,7 @@ class StreamProcessor:
                 "written is read again by the partitions' next reader", self.view.name, type(e).__name__, e,
             )  # fmt: skip
         finally:
+            self._errors.flush(force=True)  # (the stop: every count so far, review s55)
             up.set(0)
             self._writer.shutdown(wait=True)
             self.close()

@@ -246,6 +246,23 @@ def test_a_worker_killed_by_a_signal_at_every_early_start_does_not_stop_a_slow_h
     assert not runner.is_alive()
 
 
+def test_a_worker_killed_by_a_signal_at_every_start_stops_the_supervisor_after_nine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segfault at every start is a bug, not an OOM kill: counting no signal restarted it
+    for ever (review s55 round 3); a death by signal weighs a third of an error exit."""
+    import featurestore.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "_RESTART_MIN_S", 0.01)  # (9 deaths: ~2 min of backoff)
+    monkeypatch.setattr(supervisor_module, "_RESTART_MAX_S", 0.02)
+    script = "import os, pathlib, signal, sys\npathlib.Path(sys.argv[1], str(os.getpid())).touch()\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    sup = Supervisor(1, [sys.executable, "-c", script, str(tmp_path)])
+    with caplog.at_level("ERROR", logger="featurestore"):
+        assert run_with_deadline(sup, 30) == 1
+    assert len(list(tmp_path.iterdir())) == 3 * 3  # START_ATTEMPTS error exits' worth
+    assert "before it served (start 9 of its slot): not starting" in caplog.text
+
+
 def one_serves_one_fails(spawns: Path) -> list[str]:
     """Slot 0 reports that it serves and waits for the stop; slot 1 records its pid, hands
     the supervisor an error line once slot 0 had time to report, and exits 2."""
