@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from benchmarks.on_off import cpu_seconds
 from benchmarks.provenance import run_line, started
 from featurestore.definitions.parser import load_definitions
 from featurestore.demo.data import ensure_demo_data
@@ -43,11 +43,6 @@ ROOT = HERE.parent
 BATCH = 10
 IN_FLIGHT = (1, 32)
 VIEWS = ("user_profile", "user_activity")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(

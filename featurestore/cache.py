@@ -184,11 +184,7 @@ class CachedSource:
         out: list[ViewRead | BaseException] = []
         for q in queries:
             rows = self.cache.get_many((q.view.name, q.view.layout, q.data_version), q.keys)
-            misses = {j for j, r in enumerate(rows) if r is None}
-            if len(misses) == len(rows):
-                out.append(err)
-            else:
-                out.append(columnar(rows, q.features, len(q.view.features), misses or None))
+            out.append(_cached_answer(q, rows, [j for j, r in enumerate(rows) if r is None], err))
         return out
 
     def _fill(self, q: ViewQuery, keys: list[Any], rows: list[Row], since: int, read_at: float) -> None:
@@ -204,10 +200,9 @@ class CachedSource:
     ) -> ViewRead | BaseException:
         """A view whose store read failed: the cached rows, only the keys the store owed
         UNAVAILABLE; ``err`` itself when the cache held none of them."""
-        if len(misses) == len(rows):
-            return err
-        metrics.view_read_failures(q.view.name, self.name, "error").inc()
-        return columnar(rows, q.features, len(q.view.features), unavailable=set(misses))
+        if len(misses) < len(rows):
+            metrics.view_read_failures(q.view.name, self.name, "error").inc()
+        return _cached_answer(q, rows, misses, err)
 
     async def _read_trial(
         self, queries: Sequence[ViewQuery], sampled: dict[int, list[int]]
@@ -388,3 +383,13 @@ class CachedSource:
 def uncached(store: OnlineSource) -> OnlineSource:
     """The store behind a row cache (the store itself if it has none)."""
     return store.inner if isinstance(store, CachedSource) else store
+
+
+def _cached_answer(
+    q: ViewQuery, rows: list[Row | None], misses: list[int], err: BaseException
+) -> ViewRead | BaseException:
+    """A view whose store read failed or was given up: the cached rows, the keys the cache
+    lacks (``misses``) UNAVAILABLE; ``err`` itself when it holds none of them."""
+    if len(misses) == len(rows):
+        return err
+    return columnar(rows, q.features, len(q.view.features), unavailable=set(misses))

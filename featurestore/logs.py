@@ -19,12 +19,13 @@ filter: librdkafka's lines (lineage/kafka.py hands its clients ``RDKAFKA_LOGGER`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -217,6 +218,17 @@ def flush_records(*, force: bool = False) -> None:
     for limiter in list(_limiters):
         if isinstance(limiter, RepeatLimitedRecords):
             limiter.flush(force=force)
+
+
+@contextlib.asynccontextmanager
+async def flushing(*, records_only: bool = False) -> AsyncIterator[None]:
+    """``flush_periodically`` for the life of the block, then every count so far."""
+    flusher = asyncio.create_task(flush_periodically(records_only=records_only))
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
 
 
 async def flush_periodically(*, records_only: bool = False) -> None:

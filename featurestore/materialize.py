@@ -50,7 +50,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,16 +96,6 @@ class MaterializeResult:
     expiring: tuple[int, ...] = ()  # versions this publication set to expire after the grace period
 
 
-@runtime_checkable
-class RetiringStore(Protocol):
-    """A versioned store that lists the versions a publication must still expire."""
-
-    async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
-        """Versions of ``view`` under ``below`` the store holds something of that is not
-        set to expire or be dropped."""
-        ...
-
-
 class Materializer:
     def __init__(
         self,
@@ -142,8 +131,7 @@ class Materializer:
         incremental: bool = False,
     ) -> MaterializeResult:
         t0 = time.monotonic()
-        if self.stop is not None and self.stop.is_set():  # (--all: the views after a stopped one)
-            raise asyncio.CancelledError("stop requested")
+        self._check_stop()  # (--all: the views after a stopped one)
         snapshot = await self.registry.current()
         if snapshot is None:
             raise FailedPrecondition("the registry has no snapshot: apply definitions first")
@@ -221,8 +209,7 @@ class Materializer:
                     raise conflict(f"data version of view {view_name!r}", current, moved) from e
                 raise
             await self._write_profile(profile)
-            if self.stop is not None and self.stop.is_set():
-                raise asyncio.CancelledError("stop requested")  # not published: its rows go
+            self._check_stop()  # not published: its rows go
             stopped = await swap_to_the_end(
                 self.registry.swap_data_version(view_name, expected=current, new=target)
             )
@@ -253,7 +240,7 @@ class Materializer:
         # What the store holds below this version with no expiry: the version replaced
         # (version 0 only when pushes wrote into it), and what a run killed after its
         # publication left: the version it replaced and its orphans, never set to expire.
-        left = set(await self._unexpired(view, target))
+        left = set(await self.versioned.unexpired_versions(view, target))
         replaced = {current} if current > 0 or current in left else set()
         for version in replaced:  # first: of what a kill from here on would leave, the most rows
             await self.versioned.expire_version(view, version, self.grace_seconds)
@@ -281,10 +268,10 @@ class Materializer:
             await self.versioned.expire_version(view, old, self.grace_seconds)
         return tuple(sorted(replaced.union(stale)))
 
-    async def _unexpired(self, view: FeatureView, below: int) -> list[int]:
-        if isinstance(self.store, RetiringStore):  # (Redis, ClickHouse)
-            return await self.store.unexpired_versions(view, below)
-        return []
+    def _check_stop(self) -> None:
+        """Raise as a cancellation once ``stop`` is set: the same cleanup follows."""
+        if self.stop is not None and self.stop.is_set():
+            raise asyncio.CancelledError("stop requested")
 
     async def _mark(self, view: str, mark: Watermark) -> None:
         """Set a published version's watermark over an older version's (an incremental
@@ -348,8 +335,7 @@ class Materializer:
                 profile.add(rows)
             if load.on_progress is not None:
                 load.on_progress(Progress(loaded, counts.latest, time.monotonic() - load.t0))
-            if self.stop is not None and self.stop.is_set():
-                raise asyncio.CancelledError("stop requested")  # (as a cancellation: the same cleanup)
+            self._check_stop()  # (as a cancellation: the same cleanup)
         return (loaded if counts.in_range is None else counts.in_range), written, newest
 
 

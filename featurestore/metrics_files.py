@@ -46,7 +46,7 @@ the OOM killer) cannot, and in Kubernetes ``/tmp`` is an emptyDir that outlives 
 container's restarts. So the directory holds ``supervisor.pid``, the supervisor's pid
 under an ``flock`` it holds while it lives (the kernel releases it when the process ends,
 however), and a supervisor starting removes the directories of this prefix, its user's,
-whose owner's lock is free and whose pid is gone (``remove_stale``). A directory without
+whose owner's lock is free (``remove_stale``; not by the pid: pid 1 in every container). A directory without
 that file (an earlier version's, or one being made: the file is renamed into place
 already locked) is never removed.
 
@@ -166,9 +166,7 @@ def _owner_gone(path: str) -> bool:
         return False  # no owner file: not one to judge
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # its supervisor holds it
-    except OSError:
+    except OSError:  # BlockingIOError: its supervisor holds it
         return False
     finally:
         os.close(fd)

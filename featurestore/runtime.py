@@ -359,7 +359,7 @@ def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: Servi
     """Tell every store the data version of each of its views served now (current and
     canary snapshots), so stores that can lose data check those (``OnlineSource.serving``)."""
     by_store: dict[str, dict[str, int]] = {name: {} for name in stores}
-    for snapshot in [state.snapshot, *(c.state.snapshot for c in state.canaries.values())]:
+    for snapshot in served_snapshots(state):
         for view in snapshot.definitions.views.values():
             if view.serving_store in by_store:
                 by_store[view.serving_store][view.name] = state.data_versions.get(view.name, 0)

@@ -135,8 +135,8 @@ class Supervisor:
             os.close(pipe[0])
 
     def _could_not_start(self, slot: int, pid: int, rc: int, report: bytes) -> None:
-        """A worker exited with 2 before any worker served: print its error line (the
-        first; the others' are not), stop the rest and exit with its code."""
+        """Exit 2 or too many deaths (``START_ATTEMPTS``) before any worker served: print its
+        error line (the first only), stop the rest, exit with its code (a signal's: 1)."""
         line = report.removeprefix(b"error ").decode(errors="replace").strip()
         if line and report.startswith(b"error "):
             print(line, file=sys.stderr, flush=True)
@@ -237,10 +237,11 @@ class Supervisor:
             if self.stop_signal is not None:
                 code = code or (rc if rc > 0 else 0)
                 continue
-            if not self.served:  # an error exit weighs 3 deaths by signal (START_ATTEMPTS)
+            if not self.served:  # (START_ATTEMPTS, ERROR_EXIT_WEIGHT)
                 self.deaths[slot] = self.deaths.get(slot, 0) + 1
-                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + (3 if rc > 0 else 1)
-                if rc == STARTUP_FAILED or self.failed_starts[slot] >= 3 * START_ATTEMPTS:
+                weight = ERROR_EXIT_WEIGHT if rc > 0 else 1
+                self.failed_starts[slot] = self.failed_starts.get(slot, 0) + weight
+                if rc == STARTUP_FAILED or self.failed_starts[slot] >= ERROR_EXIT_WEIGHT * START_ATTEMPTS:
                     # No worker has served yet: a config error or a taken port is the same for
                     # every slot (exit 2 at once), and so is a crash at start (a bug: after
                     # START_ATTEMPTS). Once one serves, a slot failing to start (etcd down for a
@@ -302,7 +303,7 @@ _RESTART_FORGIVE_S = 60.0
 # with backoff to 30 s, review s55). A death by signal weighs a third: an OOM kill of a
 # worker loading its data is no bug (3 stopped a slow healthy start), a segfault at every
 # start is (not counted, it was restarted for ever): 9 deaths, ~2 min of backoff.
-START_ATTEMPTS = 3
+START_ATTEMPTS, ERROR_EXIT_WEIGHT = 3, 3  # (an error exit weighs 3 deaths by signal)
 
 
 def _spawn_dying_with_parent(argv: list[str], env: dict[str, str], ready_fd: int) -> subprocess.Popen[bytes]:

@@ -74,12 +74,10 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
             batch_size=args.batch_size,
             window_seconds=config.lineage.window_seconds,
         )
-        flusher = asyncio.create_task(logs.flush_periodically())
         try:
-            await consumer.run(stop)
+            async with logs.flushing():
+                await consumer.run(stop)
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
             await graph.close()
         print(
             f"lineage consumer stopped: {consumer.written} events written, {consumer.dead_lettered} dead-lettered"

@@ -124,12 +124,10 @@ async def _record_runs(config: Any, processors: list[Any], threads: list[Any], s
     recorder, close = await make_run_recorder(config)
     if isinstance(recorder.sink, BufferedRuns):  # held for `serve --demo` only: nothing takes them here
         recorder.sink = None
-    flusher = asyncio.create_task(logs.flush_periodically(records_only=True))  # (processors: threads)
     try:
-        await record_runs(recorder, processors, threads, stop, config.stream.run_window_seconds)
+        async with logs.flushing(records_only=True):  # (the processors log from their threads)
+            await record_runs(recorder, processors, threads, stop, config.stream.run_window_seconds)
     finally:
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
         await close()
 
 

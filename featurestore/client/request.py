@@ -258,37 +258,27 @@ def grpc_request(
     request_data: Columns | None,
     full_feature_names: bool,
 ) -> Any:
+    from featurestore.v1 import featurestore_pb2 as pb
+
     try:
-        return _grpc_request(entities, features, feature_service, request_data, full_feature_names)
+        req = pb.JoinRequest(
+            features=list(features or ()),
+            feature_service=feature_service or "",
+            full_feature_names=full_feature_names,
+        )
+        for name, raw in entities.items():
+            values = as_list(raw, f"entity {name!r}")
+            if problem := _entity_problem(name, values):  # as the server answers it over HTTP
+                raise error_for("INVALID_ARGUMENT", problem)
+            col = req.entities.add(name=name)
+            keys = col.string_values if values and isinstance(values[0], str) else col.int64_values
+            keys.values.extend(values)
+        for name, raw in (request_data or {}).items():
+            _request_column(req.request_data.add(name=name), name, as_list(raw, f"request_data.{name}"))
     except FeatureServiceError:
         raise
     except (TypeError, ValueError) as e:  # protobuf's: a lone surrogate, a name that is no str
         _refuse_unsendable(entities, features, feature_service, request_data, e)
-
-
-def _grpc_request(
-    entities: Columns,
-    features: Sequence[str] | None,
-    feature_service: str | None,
-    request_data: Columns | None,
-    full_feature_names: bool,
-) -> Any:
-    from featurestore.v1 import featurestore_pb2 as pb
-
-    req = pb.JoinRequest(
-        features=list(features or ()),
-        feature_service=feature_service or "",
-        full_feature_names=full_feature_names,
-    )
-    for name, raw in entities.items():
-        values = as_list(raw, f"entity {name!r}")
-        if problem := _entity_problem(name, values):  # as the server answers it over HTTP
-            raise error_for("INVALID_ARGUMENT", problem)
-        col = req.entities.add(name=name)
-        keys = col.string_values if values and isinstance(values[0], str) else col.int64_values
-        keys.values.extend(values)
-    for name, raw in (request_data or {}).items():
-        _request_column(req.request_data.add(name=name), name, as_list(raw, f"request_data.{name}"))
     return req
 
 

@@ -122,7 +122,6 @@ class DriftMonitor:
     ) -> None:
         self.stores = stores
         self.alpha = alpha
-        self.recorder = recorder
         self._queue: collections.deque[Window] = collections.deque()
         self._ready = asyncio.Event()
         self._profiles: dict[tuple[str, str, int], Profile | None] = {}

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aetcd import utils
+
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.registry.base import check_fingerprint, conflict, is_fingerprint, prunable, read_canaries
 from featurestore.registry.etcd_client import EtcdLink
@@ -93,7 +95,7 @@ class EtcdHistory:
         if dry_run:
             return doomed
         tx = client.transactions
-        canary_end = _prefix_end(self._canary)
+        canary_end = utils.prefix_range_end(self._canary)
         for i in range(0, len(doomed), _PRUNE_BATCH):
             batch = doomed[i : i + _PRUNE_BATCH]
             ok, _ = await self._link.call(
@@ -119,8 +121,3 @@ class EtcdHistory:
             for v in batch:
                 forget(v)
         return doomed
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The end of etcd's range of every key starting with ``prefix``."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])

@@ -151,6 +151,11 @@ class VersionedStore(Protocol):
         """Let every row of one data version expire after ``seconds``."""
         ...
 
+    async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
+        """Versions of ``view`` under ``below`` the store holds something of that is not
+        set to expire or be dropped (what a run killed after publishing left)."""
+        ...
+
 
 @runtime_checkable
 class ProfileStore(Protocol):

@@ -368,7 +368,7 @@ class RedisSource:
         return n
 
     async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
-        """``RetiringStore`` (materialize.py): the versions under ``below`` (the last
+        """``VersionedStore``: the versions under ``below`` (the last
         ``RETIRE_LOOKBACK``) that a run killed after publishing left without a TTL."""
         versions = range(max(0, below - RETIRE_LOOKBACK), below)
         keys = [(self._names(view.name, v).marker, self._profile_key(view, v)) for v in versions]

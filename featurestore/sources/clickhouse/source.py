@@ -371,7 +371,7 @@ class ClickHouseOnlineSource:
 
     async def unexpired_versions(self, view: FeatureView, below: int) -> list[int]:
         """Versions under ``below`` whose table is not recorded for dropping
-        (``materialize.RetiringStore``)."""
+        (``VersionedStore``)."""
         prefix, db = table_name(self._project, view.name, 0)[:-1], self.options.database
         return await self._command(
             f"listing the tables of {view.name}", lambda c: expiry.unexpired(c, db, prefix, below)
