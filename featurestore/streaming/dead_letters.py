@@ -1,15 +1,16 @@
 """The dead-letter topic of a stream view: malformed events, as they came, with why.
 
-Each dead letter is the original message (value, key and headers, so a tool that repairs
-and produces it again loses nothing) with the headers ``featurestore-error`` (the reason),
-``featurestore-view``, ``featurestore-source`` (``topic:partition:offset``) and
-``featurestore-original-timestamp`` (``<ms> CreateTime|LogAppendTime``, when it had one)
-after its own (replacing any of ours it carried: a dead letter produced again). Its Kafka
-timestamp is the time it is sent, not the message's: a topic's retention counts from its
-records' timestamps, so a letter of an old event would be deleted minutes after its
-delivery. A message whose own headers cannot be read (confluent-kafka raises for a header
-key that is not UTF-8, which any other client can send) is sent without them, saying so
-in its reason: reading them can never fail a letter. A batch's dead letters are delivered
+Each dead letter is the original message's value and key with the headers
+``featurestore-error`` (the reason), ``featurestore-view``, ``featurestore-source``
+(``topic:partition:offset``: where the original, headers included, can be read) and
+``featurestore-original-timestamp`` (``<ms> CreateTime|LogAppendTime``, when it had one).
+The message's own headers are not copied: confluent-kafka's ``Message.headers()`` is not
+memory-safe on a header key that is not UTF-8 (which any other client can send): it
+raised SystemError, and in a process that had run other stream tests it crashed the
+processor with a segfault every time (review s55), and a dead letter is where such a
+message goes. Its Kafka timestamp is the time it is sent, not the message's: a topic's
+retention counts from its records' timestamps, so a letter of an old event would be
+deleted minutes after its delivery. A batch's dead letters are delivered
 (each one's delivery report says so) before the batch is written and its offsets move
 past them:
 
@@ -18,8 +19,8 @@ past them:
   partition next meets the events again, at least once); the processor measures its
   lag meanwhile (the batch is not applied: the lag grows);
 * a letter the producer or the broker refuses for what it is (too large with our
-  headers, an invalid record for the topic) is sent without its value, key and own
-  headers, the refusal appended to its reason: one message can never stop the
+  headers, an invalid record for the topic) is sent without its value and key, the
+  refusal appended to its reason: one message can never stop the
   processor;
 * a letter refused because the topic is missing makes the processor create it.
 """
@@ -37,7 +38,6 @@ from featurestore.streaming import metrics
 log = logging.getLogger(__name__)
 REASON_HEADER = "featurestore-error"
 TIMESTAMP_HEADER = "featurestore-original-timestamp"  # "<ms> CreateTime" or "<ms> LogAppendTime"
-_OURS = frozenset((REASON_HEADER, "featurestore-view", "featurestore-source", TIMESTAMP_HEADER))
 _TIMESTAMP_TYPES = {1: "CreateTime", 2: "LogAppendTime"}  # confluent_kafka.TIMESTAMP_*; 0: none
 
 
@@ -53,7 +53,6 @@ class _Letter:
     reason: str
     value: bytes | None
     key: bytes | None
-    headers: list[tuple[str, bytes | None]]  # the message's own
     timestamp: bytes | None  # the message's, as TIMESTAMP_HEADER holds it (None: it had none)
     in_flight: bool = False
     done: bool = False
@@ -65,16 +64,14 @@ class _Letter:
         self.error = err
 
     def strip(self, refusal: str) -> None:
-        """Without its value, key and own headers, the refusal in its reason."""
+        """Without its value and key, the refusal in its reason."""
         size = len(self.value or b"") + len(self.key or b"")
-        size += sum(len(k) + len(v or b"") for k, v in self.headers)
         self.reason = f"{self.reason}; message of {size} bytes left out: {refusal}"
         self.value = self.key = None
-        self.headers = []
 
     @property
     def whole(self) -> bool:
-        return self.value is not None or self.key is not None or bool(self.headers)
+        return self.value is not None or self.key is not None
 
 
 class DeadLetters:
@@ -140,7 +137,6 @@ class DeadLetters:
 
         m = letter.message
         headers = [
-            *letter.headers,
             (REASON_HEADER, letter.reason.encode()),
             ("featurestore-view", self.view_name.encode()),
             ("featurestore-source", f"{m.topic()}:{m.partition()}:{m.offset()}".encode()),
@@ -166,25 +162,9 @@ class DeadLetters:
 
 
 def _letter(m: Any, reason: str) -> _Letter:
-    try:  # never fails a letter: a header key that is not UTF-8 raises (SystemError) here
-        own = [(k, v) for k, v in m.headers() or () if k not in _OURS]
-    except Exception as e:
-        own = []
-        reason = f"{reason}; its headers left out: not readable ({_cause(e)})"
-    kind, ts = m.timestamp()
+    kind, ts = m.timestamp()  # (never m.headers(): the module docstring)
     stamp = f"{ts} {_TIMESTAMP_TYPES[kind]}".encode() if kind in _TIMESTAMP_TYPES and ts >= 0 else None
-    return _Letter(m, reason, m.value(), m.key(), own, stamp)
-
-
-def _cause(e: BaseException) -> str:
-    """What broke, e.g. ``UnicodeDecodeError: 'utf-8' codec can't decode ...`` rather than
-    the SystemError confluent-kafka wraps it in."""
-    for _ in range(5):
-        inner = e.__cause__ or e.__context__
-        if inner is None:
-            break
-        e = inner
-    return f"{type(e).__name__}: {e}"
+    return _Letter(m, reason, m.value(), m.key(), stamp)
 
 
 def _code(error: Any) -> int | None:

@@ -1,6 +1,8 @@
-"""A dead letter of a message whose own headers confluent-kafka cannot read, with a real
-Kafka-protocol broker and a real Redis: the letter is sent without them and the processor
-goes on (reading them raised SystemError, which stopped it on every restart)."""
+"""A dead letter of a message whose header key is not UTF-8, with a real Kafka-protocol
+broker and a real Redis: the letter is sent and the processor goes on. Reading such a
+message's headers in confluent-kafka raised SystemError (the processor stopped on every
+restart), then, read inside a guard, crashed the process with a segfault after other
+stream tests had run (review s55): dead letters never read them, nor does this test."""
 
 from __future__ import annotations
 
@@ -12,11 +14,9 @@ import confluent_kafka
 
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.redis_store import RedisTileStore
-from featurestore.streaming.store import NO_MARK
 from lineage.kafka import KafkaSettings
-from tests.integration.test_stream_resilience import counted, dead_letters, running, sku_view
+from tests.integration.test_stream_resilience import counted, dead_letters, run_until_marked, sku_view
 from tests.servers import RedisServer, TansuBroker
-from tests.support import wait_until
 
 BAD_KEY = b"bad\xff\xfekey"  # not UTF-8: header keys are bytes on the wire
 
@@ -85,7 +85,7 @@ def produce_with_raw_header_key(bootstrap: str, topic: str, value: bytes, header
 def test_a_message_whose_header_key_is_not_utf8_is_dead_lettered_without_its_headers_and_the_processor_goes_on(
     kafka: TansuBroker, redis_server: RedisServer
 ) -> None:
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
     from lineage.kafka import ensure_topic
@@ -99,31 +99,11 @@ def test_a_message_whose_header_key_is_not_utf8_is_dead_lettered_without_its_hea
     produce_with_raw_header_key(kafka.bootstrap, topic, b"not json", BAD_KEY)
     producer.produce(topic, value=b'{"sku": "a", "ts": "2026-01-01T00:00:01", "kind": "c"}')
     assert producer.flush(10) == 0
-    # The message is what the test means: its headers cannot be read by confluent-kafka
-    probe = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
-    probe.assign([TopicPartition(topic, 0, 1)])
-    try:
-        [raw] = [m for m in probe.consume(1, 10) if m.error() is None]
-        try:
-            raw.headers()
-            raise AssertionError("confluent-kafka read a header key that is not UTF-8")
-        except SystemError:
-            pass
-    finally:
-        probe.close()
     store = RedisTileStore("default", "p", redis_server.url)
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
     try:
-        with running(
-            StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
-        ) as alive:
-
-            def applied() -> bool:
-                alive()
-                return store.marks(view, topic).get(0, NO_MARK).offset == 2
-
-            wait_until(applied, 60, "all three messages applied or dead-lettered")
-            alive()
+        proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+        run_until_marked(proc, store, view, topic, 2, "all three messages applied or dead-lettered")
     finally:
         store.close()
     [letter] = dead_letters(kafka, f"{topic}.dlq", 1)
@@ -134,10 +114,7 @@ def test_a_message_whose_header_key_is_not_utf8_is_dead_lettered_without_its_hea
         "featurestore-source",
         "featurestore-original-timestamp",
     ]
-    assert headers["featurestore-error"] == (
-        b"not valid JSON: JSON is malformed: invalid character (byte 4); its headers left out: not "
-        b"readable (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 3: invalid start byte)"
-    )
+    assert headers["featurestore-error"] == b"not valid JSON: JSON is malformed: invalid character (byte 4)"
     assert headers["featurestore-source"] == f"{topic}:0:1".encode()
     assert letter.value() == b"not json"
     assert counted("rawhdr_view", "applied") == 2  # the events around it

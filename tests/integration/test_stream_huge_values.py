@@ -19,15 +19,15 @@ from featurestore.definitions.parser import load_definitions
 from featurestore.model import FeatureView
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.redis_store import RedisTileStore
-from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch
+from featurestore.streaming.store import PartitionMark, TileBatch
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from featurestore.v1 import featurestore_pb2 as pb
 from lineage.kafka import KafkaSettings
 from tests.integration.test_grpc_api import as_http_shape, grpc_request
 from tests.integration.test_stream_faults import topic_producer
-from tests.integration.test_stream_resilience import dead_letters, running
+from tests.integration.test_stream_resilience import dead_letters, run_until_marked
 from tests.servers import RedisServer, TansuBroker
-from tests.support import REDIS_CONNECT_MS, ServerProcess, wait_until
+from tests.support import REDIS_CONNECT_MS, ServerProcess
 
 TOPIC = f"spend-{uuid.uuid4().hex[:8]}"
 DEFINITIONS = f"""
@@ -102,13 +102,7 @@ def test_a_value_beyond_1e292_is_dead_lettered_and_http_and_grpc_serve_the_same_
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
     proc = StreamProcessor(view, store, settings, "streamhuge", ProcessorOptions(poll_seconds=0.05))
     try:
-        with running(proc) as alive:
-
-            def applied() -> bool:
-                alive()
-                return store.marks(view, TOPIC).get(0, NO_MARK).offset == 4
-
-            wait_until(applied, 60, "the five events")
+        run_until_marked(proc, store, view, TOPIC, 4, "the five events")
     finally:
         store.close()
     reasons = [dict(m.headers())["featurestore-error"] for m in dead_letters(kafka, f"{TOPIC}.dlq", 2)]

@@ -82,6 +82,20 @@ def running(proc: StreamProcessor) -> Iterator[Callable[[], None]]:
         thread.join(30)
 
 
+def run_until_marked(
+    proc: StreamProcessor, store: Any, view: Any, topic: str, offset: int, what: str
+) -> None:
+    """Run ``proc`` (``running``) until partition 0's mark reaches ``offset``; fail if it stops first."""
+    with running(proc) as alive:
+
+        def applied() -> bool:
+            alive()
+            return bool(store.marks(view, topic).get(0, NO_MARK).offset == offset)
+
+        wait_until(applied, 60, what)
+        alive()
+
+
 def dead_letters(kafka: TansuBroker, topic: str, n: int) -> list[Any]:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -144,16 +158,15 @@ def test_invalid_utf8_in_a_kept_string_or_json_nested_too_deep_is_dead_lettered_
     assert sum("nested too deeply" in r for r in reasons) == 1
 
 
-def test_a_dead_letter_keeps_its_messages_headers_and_original_timestamp_and_replaces_an_earlier_reason(
+def test_a_dead_letter_keeps_its_original_timestamp_and_none_of_the_messages_headers(
     kafka: TansuBroker, redis_server: RedisServer
 ) -> None:
-    """docs/streaming.md: a malformed message goes to the dead-letter topic unchanged, so a
-    tool that repairs and produces it again loses neither its headers (trace ids, content
-    type) nor its time, which a header of ours holds: the letter's own Kafka timestamp is
-    when it was sent, as the topic's retention counts from it (a letter of an event older
-    than the retention kept its time and was deleted minutes after its delivery). A dead
-    letter produced again unrepaired carries our headers of before: ours replace them,
-    after its own."""
+    """docs/streaming.md: a malformed message's dead letter keeps its time, which a header
+    of ours holds: the letter's own Kafka timestamp is when it was sent, as the topic's
+    retention counts from it (a letter of an event older than the retention kept its time
+    and was deleted minutes after its delivery). The message's own headers (and ours of a
+    letter produced again) are not copied: confluent-kafka's headers() can crash the
+    processor on a key that is not UTF-8 (review s55)."""
     topic = f"keeps-{uuid.uuid4().hex[:8]}"
     view = sku_view("keeps_view", topic)
     sent_ms = time.time_ns() // 1_000_000 - 30 * 86_400_000  # 30 days ago: beyond a 7-day retention
@@ -172,15 +185,8 @@ def test_a_dead_letter_keeps_its_messages_headers_and_original_timestamp_and_rep
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, session_timeout_ms=2000)
     started_ms = time.time_ns() // 1_000_000
     try:
-        with running(
-            StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
-        ) as alive:
-
-            def applied() -> bool:
-                alive()
-                return store.marks(view, topic).get(0, NO_MARK).offset == 1
-
-            wait_until(applied, 60, "both dead-lettered")
+        proc = StreamProcessor(view, store, settings, "p", ProcessorOptions(poll_seconds=0.05))
+        run_until_marked(proc, store, view, topic, 1, "both dead-lettered")
     finally:
         store.close()
     first, second = dead_letters(kafka, f"{topic}.dlq", 2)
@@ -190,12 +196,7 @@ def test_a_dead_letter_keeps_its_messages_headers_and_original_timestamp_and_rep
         "featurestore-source",
         "featurestore-original-timestamp",
     ]
-    assert (
-        [k for k, _ in first.headers()]
-        == [k for k, _ in second.headers()]
-        == ["trace-id", "content-type", *ours]
-    )
-    assert first.headers()[:2] == second.headers()[:2] == own
+    assert [k for k, _ in first.headers()] == [k for k, _ in second.headers()] == ours
     originals = [dict(letter.headers())["featurestore-original-timestamp"] for letter in (first, second)]
     assert originals == [f"{sent_ms} CreateTime".encode(), f"{sent_ms + 1} CreateTime".encode()]
     done_ms = time.time_ns() // 1_000_000
