@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 
 from featurestore.definitions.parser import parse_definitions
@@ -160,18 +161,22 @@ def test_an_event_half_an_hour_ahead_of_the_clock_does_not_make_the_next_ones_la
     assert got.columns == [[2]]  # the future event's tile is not in the window yet
 
 
+@pytest.mark.parametrize("stamp", ["send time", "event time"])
 def test_events_ahead_of_their_neighbours_in_a_backlog_older_than_the_lateness_do_not_make_it_late(
-    kafka: TansuBroker, redis_server: RedisServer
+    kafka: TansuBroker, redis_server: RedisServer, stamp: str
 ) -> None:
     """A processor catching up (after a restart, a Redis outage) reads messages older than
     its clock: 150 events of the last 5 minutes, each produced at its time, read at once.
     One among them is half an hour ahead (a wrong time zone), one 3 minutes ahead of its
-    neighbours. Both are applied; neither moves the watermark past what the messages' own
-    times allow, so no correctly timed event is late (at 30 s of lateness). Capped at the
-    processor's clock, the first made the rest of the backlog late (review s55: 89 of 120)."""
+    neighbours, their Kafka timestamps the time they were sent (a client stamping send
+    time) or their own event times (Kafka Streams, Flink). Both are applied; neither moves
+    the watermark (past what the messages' times allow, and past their neighbours'), so no
+    correctly timed event is late (at 30 s of lateness). Capped at the processor's clock,
+    the first made the rest of the backlog late (review s55: 89 of 120)."""
     topic = f"backlog-{uuid.uuid4().hex[:8]}"
     project = f"p{uuid.uuid4().hex[:6]}"
-    view = count_view("backlog_view", topic, project=project, allowed_lateness="30s")
+    name = "backlog_view" if stamp == "send time" else "backlog_view_stamped"  # (counts are per view)
+    view = count_view(name, topic, project=project, allowed_lateness="30s")
     now = time.time_ns() // 1_000_000
     producer = topic_producer(kafka, topic)
 
@@ -180,10 +185,9 @@ def test_events_ahead_of_their_neighbours_in_a_backlog_older_than_the_lateness_d
 
     for i in range(150):
         ts = now - 300_000 + i * 2_000
-        if i == 10:
-            produce(ts + 1_800_000, ts)
-        if i == 40:
-            produce(ts + 180_000, ts)
+        for ahead, at in ((1_800_000, 10), (180_000, 40)):
+            if i == at:
+                produce(ts + ahead, ts if stamp == "send time" else ts + ahead)
         produce(ts, ts)
     produce(now - 600_000, now)  # really late: the watermark did move with the backlog
     assert producer.flush(10) == 0
@@ -194,7 +198,7 @@ def test_events_ahead_of_their_neighbours_in_a_backlog_older_than_the_lateness_d
     )
 
     def count(outcome: str) -> float:
-        labels = {"view": "backlog_view", "outcome": outcome}
+        labels = {"view": name, "outcome": outcome}
         return REGISTRY.get_sample_value("featurestore_stream_events_total", labels) or 0.0
 
     try:

@@ -18,7 +18,7 @@ from featurestore.streaming.decode import MAX_TS_US, Event, Malformed
 from featurestore.streaming.eviction import checked as eviction_checked
 from featurestore.streaming.processor import ProcessorOptions, StreamProcessor
 from featurestore.streaming.retry import needs_new_connection, transient
-from featurestore.streaming.store import NO_MARK, Eviction, MemoryTileStore
+from featurestore.streaming.store import NO_MARK, Eviction, MemoryTileStore, PartitionMark
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from lineage.kafka import KafkaSettings
 
@@ -122,17 +122,77 @@ def test_an_event_moves_the_watermark_only_within_a_minute_of_its_messages_time_
         acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
         turn = processor._aggregate(list(messages), acc)
         assert turn.counts["applied"] == len(messages), turn.counts
-        return turn.work[0][2] // 1000
+        return int(turn.work[0][2]) // 1000
 
     assert watermark_after(
         at(0, old, old), at(1, old + 180_000, old + 1_000), at(2, old + 2_000, old + 2_000)
     ) == (old + 2_000)  # 3 minutes ahead of its message: applied, the next one not late
     assert watermark_after(at(0, old, old), at(1, old + 59_000, old)) == old + 59_000  # within the minute
     assert watermark_after(at(0, old, old), at(1, now_ms + 1_800_000, -1)) == old  # no timestamp: the clock's
-    assert watermark_after(at(0, old, -1), at(1, now_ms - 1_000, -1)) == now_ms - 1_000
+    assert (
+        watermark_after(
+            at(0, old, -1), at(1, now_ms - 3_000, -1), at(2, now_ms - 2_000, -1), at(3, now_ms - 1_000, -1)
+        )
+        == now_ms - 1_000
+    )  # (a jump moves it once its neighbours have come: below)
     assert (
         watermark_after(at(0, old, old), at(1, now_ms + 1_800_000, now_ms + 1_800_000)) == old
     )  # clock ahead
+
+
+def aggregate(processor: StreamProcessor, *events: tuple[int, int]) -> Any:
+    """One turn of events (event time ms, Kafka timestamp ms) at the next offsets."""
+    first = processor.marks[0].offset + 1
+    messages = [
+        Message(first + i, json.dumps({"u": 1, "ts": ts}).encode(), kafka_ms)
+        for i, (ts, kafka_ms) in enumerate(events)
+    ]
+    acc = TileAccumulator(view_layout(processor.view), processor.decoder.column_attrs)
+    turn = processor._aggregate(messages, acc)
+    (_, last, watermark_us, _) = turn.work[0]
+    processor.marks[0] = PartitionMark(last, watermark_us)  # as handing the batch to the writer does
+    return turn
+
+
+def test_an_event_stamped_far_ahead_with_its_kafka_timestamp_too_does_not_move_the_watermark(
+    processor: StreamProcessor,
+) -> None:
+    """A producer that sets the Kafka timestamp to the event time (Kafka Streams, Flink)
+    sends a wrong time with the same wrong timestamp; a catch-up reads a backlog older than
+    the clock. An event 30 minutes ahead of its neighbours still leaves the watermark with
+    them (they are its recent times' median), and the next turn's events are not late."""
+    now_ms = time.time_ns() // 1_000_000
+    old = now_ms - 2_400_000  # a 40-minute backlog
+    turn = aggregate(
+        processor, *[(old + i * 1_000, old + i * 1_000) for i in range(10)], (old + 1_800_000,) * 2
+    )
+    assert turn.counts["applied"] == 11 and turn.work[0][2] // 1000 == old + 9_000
+    turn = aggregate(processor, *[(old + 10_000 + i * 1_000, old + 10_000 + i * 1_000) for i in range(5)])
+    assert (turn.counts["applied"], turn.counts["late"]) == (5, 0)
+    assert turn.work[0][2] // 1000 == old + 14_000
+
+
+def test_a_real_jump_moves_the_watermark_once_half_the_recent_events_are_past_it(
+    processor: StreamProcessor,
+) -> None:
+    """A producer back after a 10-minute pause: its events are all ahead of the watermark.
+    The watermark stays until the new time is the recent events' median (8 of 15), then
+    moves with them, also across turns; a restart starts the recent times again from the
+    stored watermark."""
+    now_ms = time.time_ns() // 1_000_000
+    old = now_ms - 1_800_000
+    aggregate(processor, *[(old + i * 1_000, old + i * 1_000) for i in range(15)])
+    assert processor.marks[0].watermark_us // 1000 == old + 14_000
+    new = old + 600_000
+    aggregate(processor, *[(new + i * 1_000, new + i * 1_000) for i in range(7)])
+    assert processor.marks[0].watermark_us // 1000 == old + 14_000  # 7 of 15: not yet
+    aggregate(processor, (new + 7_000, new + 7_000))
+    assert processor.marks[0].watermark_us // 1000 == new + 7_000  # the 8th: the median moved
+    processor._aggregator._recent.clear()  # a restart: the recent times are the stored watermark's
+    aggregate(processor, (new + 300_000, new + 300_000))
+    assert processor.marks[0].watermark_us // 1000 == new + 7_000
+    aggregate(processor, (new + 301_000, new + 301_000))
+    assert processor.marks[0].watermark_us // 1000 == new + 301_000  # 2 of 3 past: the median
 
 
 @pytest.mark.parametrize(
