@@ -12,6 +12,7 @@ from typing import Any
 
 from featurestore.api import json_codec
 from featurestore.api.statuses import NAMES
+from featurestore.model import DType
 
 _JOIN_BODY, _PUSH_BODY = json_codec.request_schemas()
 
@@ -60,6 +61,11 @@ JOIN_RESPONSE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "feature_names": {"type": "array", "items": {"type": "string"}},
+                "dtypes": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": [d.value for d in DType]},
+                    "description": "Each column's dtype, in feature_names order.",
+                },
                 "registry_version": {"type": "integer"},
                 "trace_id": {"type": "string"},
                 "partial": {"type": "boolean", "description": "Some values are UNAVAILABLE."},

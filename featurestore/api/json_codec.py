@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import orjson
 
-from featurestore.api.json_row import encode_row
+from featurestore.api.json_row import dtype_names, encode_row
 from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
 from featurestore.api.timestamps import iso_json, iso_list
 from featurestore.errors import InvalidArgument, clipped
@@ -252,6 +252,7 @@ def encode_document(result: JoinResult, trace_id: str) -> bytes:
         {
             "metadata": {
                 "feature_names": [c.name for c in result.columns],
+                "dtypes": dtype_names(result.columns),
                 "registry_version": result.registry_version,
                 "trace_id": trace_id,
                 "partial": result.partial,

@@ -26,10 +26,11 @@ class Column:
     as the HTTP API renders them, over both transports.
 
     ``dtype``: the column's type as the answer tells it, ``int64``, ``float64``,
-    ``string``, ``bool``, ``timestamp`` or ``float32_vector``: over gRPC the feature's
-    declared dtype (its columns are typed); over HTTP, whose JSON carries no types, the
-    type its values show (a timestamp shows as ``string``), None where no value is not
-    null. Not compared: both transports' results are equal when their values are."""
+    ``string``, ``bool``, ``timestamp`` or ``float32_vector``: the feature's declared
+    dtype on both transports (gRPC's typed columns, HTTP's ``metadata.dtypes``); from a
+    server whose JSON answers carry no ``metadata.dtypes``, the type its values show (a
+    timestamp shows as ``string``), None where no value is not null. Not compared: both
+    transports' results are equal when their values are."""
 
     name: str
     values: list[Any]
@@ -69,8 +70,9 @@ class JoinResult:
     def to_arrow(self, *, statuses: bool = False) -> Any:
         """A ``pyarrow.Table`` of the values (pyarrow must be installed), each column of
         its ``dtype`` (``_ARROW_TYPES``; a timestamp is its ISO string, as in ``values``), so
-        every batch of a join has one schema; a column without one (over HTTP, no value
-        that is not null) is of Arrow's null type, which ``Table.cast`` turns into any.
+        every batch of a join has one schema; a column without one (from a server whose
+        JSON answers carry no dtypes, a column of nulls) is of Arrow's null type, which
+        ``Table.cast`` turns into any.
         With ``statuses``, a ``<name>__status`` string column follows each value column."""
         try:
             import pyarrow as pa

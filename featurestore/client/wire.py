@@ -38,15 +38,19 @@ def http_result(body: bytes) -> JoinResult:
 
 def _http_result(doc: Any) -> JoinResult:
     meta = doc["metadata"]
+    names = meta["feature_names"]
+    dtypes = meta.get("dtypes")  # (a server before metadata.dtypes: the types the values show)
+    if dtypes is None or len(dtypes) != len(names):
+        dtypes = [_shown_dtype(col["values"]) for col in doc["results"]]
     columns = [
         Column(
             name,
             col["values"],
             [_STATUS[s] for s in col["statuses"]],
             [None if t is None else _event_time_iso(t) for t in col["event_timestamps"]],
-            _shown_dtype(col["values"]),
+            dtype,
         )
-        for name, col in zip(meta["feature_names"], doc["results"], strict=True)
+        for name, col, dtype in zip(names, doc["results"], dtypes, strict=True)
     ]
     return JoinResult(
         list(meta["feature_names"]), columns, int(meta["registry_version"]), meta["trace_id"], meta["partial"]
@@ -54,9 +58,9 @@ def _http_result(doc: Any) -> JoinResult:
 
 
 def _shown_dtype(values: list[Any]) -> str | None:
-    """The dtype an HTTP answer's values show, as its JSON carries none (docs/api.md): a
-    timestamp shows as a string (ISO 8601, the value the client gives over gRPC too), and
-    a column without a value that is not null shows none."""
+    """The dtype an HTTP answer's values show, for a server whose answers carry no
+    ``metadata.dtypes``: a timestamp shows as a string (ISO 8601, the value the client
+    gives over gRPC too), and a column without a value that is not null shows none."""
     types = set(map(type, values))
     types.discard(type(None))
     return _DTYPE_OF_TYPES.get(frozenset(types))

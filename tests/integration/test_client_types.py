@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from featurestore.client import FeatureClient, FeatureServiceError, InvalidArgumentError, NotFoundError
+from featurestore.client.wire import http_result
 from tests.support import CLIENT_DEADLINE_S, ServerProcess, http_post
 
 TRANSPORTS = ["http", "grpc"]
@@ -116,21 +117,40 @@ def test_a_non_ascii_key_and_its_values_come_back_alike_over_both_transports(ser
     assert http["emb"].values == [[]] and http.to_arrow().schema == DECLARED
 
 
-def test_over_grpc_a_batch_without_any_value_keeps_the_declared_types(server: ServerProcess) -> None:
-    with client(server, "grpc") as c:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_batch_without_any_value_keeps_the_declared_types_over_either_transport(
+    server: ServerProcess, transport: str
+) -> None:
+    """gRPC's columns are typed, HTTP's answer names them in ``metadata.dtypes``."""
+    with client(server, transport) as c:
         found = c.join({"sku": ["a"]}, FEATURES).to_arrow()
-        missing = c.join({"sku": ["nope", "none"]}, FEATURES).to_arrow()
-    assert missing.schema == DECLARED
-    assert pa.concat_tables([found, missing]).num_rows == 3  # (a null-typed column failed this)
+        missing = c.join({"sku": ["nope", "none"]}, FEATURES)
+    assert [col.dtype for col in missing] == [
+        "string", "float32_vector", "bool", "float64", "timestamp", "string", "int64"
+    ]  # fmt: skip
+    assert missing.to_arrow().schema == DECLARED
+    assert pa.concat_tables([found, missing.to_arrow()]).num_rows == 3  # (a null-typed column failed this)
 
 
-def test_over_http_a_batch_without_any_value_casts_to_the_declared_types(server: ServerProcess) -> None:
-    """The JSON answer carries no types (docs/api.md): a column without a value that is
-    not null has none, and Arrow's null type casts to any (docs/client.md)."""
-    with client(server, "http") as c:
-        result = c.join({"sku": ["nope"]}, FEATURES)
-    assert [col.dtype for col in result] == ["string", None, None, None, None, None, None]
-    assert result.to_arrow().cast(DECLARED).schema == DECLARED
+def test_from_a_server_without_dtypes_in_its_json_a_column_of_nulls_casts_to_the_declared_type() -> None:
+    """A server before ``metadata.dtypes``: the types the values show, none for a column
+    of nulls, and Arrow's null type casts to any (docs/client.md)."""
+    doc = {
+        "metadata": {
+            "feature_names": ["sku", "price"],
+            "registry_version": 1,
+            "trace_id": "t",
+            "partial": False,
+        },
+        "results": [
+            {"values": ["nope"], "statuses": ["PRESENT"], "event_timestamps": [None]},
+            {"values": [None], "statuses": ["NOT_FOUND"], "event_timestamps": [None]},
+        ],
+    }
+    result = http_result(json.dumps(doc).encode())
+    assert [col.dtype for col in result] == ["string", None]
+    schema = pa.schema([("sku", pa.string()), ("price", pa.float64())])
+    assert result.to_arrow().cast(schema).schema == schema
 
 
 def test_to_pandas_keeps_int64_exact_beside_a_null_and_is_the_same_on_both_transports(

@@ -40,6 +40,17 @@ def grpc_request(body: dict[str, Any]) -> pb.JoinRequest:
     return req
 
 
+# A gRPC column's type is the oneof its values are in; HTTP names it in metadata.dtypes.
+GRPC_DTYPES = {
+    "int64_values": "int64",
+    "double_values": "float64",
+    "string_values": "string",
+    "bool_values": "bool",
+    "timestamp_values": "timestamp",
+    "vector_values": "float32_vector",
+}
+
+
 def as_http_shape(resp: pb.JoinResponse) -> dict[str, Any]:
     """A gRPC response in the HTTP JSON shape (timestamps rendered the same way)."""
     results = []
@@ -60,6 +71,7 @@ def as_http_shape(resp: pb.JoinResponse) -> dict[str, Any]:
     return {
         "metadata": {
             "feature_names": list(resp.metadata.feature_names),
+            "dtypes": [GRPC_DTYPES[str(col.WhichOneof("values"))] for col in resp.results],
             "registry_version": resp.metadata.registry_version,
             "partial": resp.metadata.partial,
         },

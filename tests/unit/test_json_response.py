@@ -92,6 +92,7 @@ def test_each_views_statuses_and_timestamps_reach_each_of_its_columns(rows: int)
     stamps = [iso_list([1_000_000 * i])[0] for i in range(rows)]
     assert doc["metadata"] == {
         "feature_names": ["user_id", "a", "b", "c", "d"],
+        "dtypes": ["int64", "float64", "string", "float64", "int64"],
         "registry_version": 3,
         "trace_id": "trace",
         "partial": False,

@@ -68,6 +68,7 @@ def test_entity_columns_and_views_shared_by_columns_are_the_documents_bytes() ->
         doc = json.loads(both(JoinResult(columns, 2**40, partial, 1, PLAN), trace_id='q"\\'))
         assert doc["metadata"] == {
             "feature_names": ["user_id", "country", "a__x", "b__y", "a__z", "b__w"],
+            "dtypes": ["int64", "string", "float64", "int64", "string", "bool"],
             "registry_version": 2**40,
             "trace_id": 'q"\\',
             "partial": partial,
