@@ -248,9 +248,10 @@ class LineageEmitter:
 
 
 def _iso(t: float) -> str:
-    whole = int(t)
+    """Epoch seconds as RFC 3339 UTC to the millisecond (rounded to the nearest: x.9996
+    is the next second, not a fraction of 1000, review s56)."""
+    whole, frac = divmod(round(t * 1000), 1000)
     base = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    frac = round((t - whole) * 1000)
     return f"{base}.{frac:03d}Z" if frac else f"{base}Z"
 
 

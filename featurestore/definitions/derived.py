@@ -134,7 +134,8 @@ def _shell(p: _Parser, obj: Any, i: int) -> DerivedView:
             taken[n] = kind
     return DerivedView(
         name=name,
-        inputs=tuple(inputs),
+        # by name, as a snapshot stores them (a mapping): the file's order is no change
+        inputs=tuple(sorted(inputs, key=lambda item: item[0])),
         request_schema=tuple(request),
         features=tuple(features),
         tags=p.tags(m, where),

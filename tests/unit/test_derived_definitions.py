@@ -535,6 +535,16 @@ def test_a_new_expression_is_a_compatible_change_and_a_new_feature_version() -> 
     assert s2.feature_versions["uv:a"] == 1
 
 
+def test_inputs_written_out_of_order_are_no_change_against_their_stored_snapshot() -> None:
+    """A snapshot keeps a view's inputs sorted by name; the file keeps them as written."""
+    doc = base()
+    doc["derived_views"][0]["inputs"] = {"n": "uv:n", "a": "uv:a"}
+    stored = snapshot_from_json(snapshot_to_json(new_snapshot(parse_definitions(doc, source="f.yaml"), 1)))
+    doc["feature_views"][0]["features"].append({"name": "z", "dtype": "int64"})  # an unrelated change
+    (change,) = diff(stored.definitions, parse_definitions(doc, source="f.yaml"))
+    assert change.kind == "feature_view" and "inputs" not in render([change])
+
+
 def versions_after(old: Definitions, new: Definitions) -> Mapping[str, int]:
     return new_snapshot(new, 2, previous=new_snapshot(old, 1)).feature_versions
 
@@ -684,7 +694,7 @@ def test_a_derived_feature_may_be_called_yield_and_a_snapshot_loads_what_older_v
     stored = with_derived(inputs={"a": "uv:a", "n": "uv:n", "class": "uv:a"})
     fails(stored, "invalid name 'class': a Python keyword")  # in a definitions file: refused
     defs = parse_definitions(stored, source="stored snapshot", check_functions=False)
-    assert [name for name, _ in defs.derived_views["dv"].inputs] == ["a", "n", "class"]
+    assert [name for name, _ in defs.derived_views["dv"].inputs] == ["a", "class", "n"]  # (by name)
 
 
 def test_a_feature_view_may_not_be_named_request_which_means_request_fields() -> None:

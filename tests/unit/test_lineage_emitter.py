@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
+from featurestore import emitter
 from featurestore.definitions.snapshot import new_snapshot
 from featurestore.emitter import EmitterConfig, LineageEmitter
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
@@ -276,3 +277,10 @@ async def test_a_wall_clock_stepped_back_never_holds_a_window_open_for_the_step(
     assert max(sleeps) <= 2.0
     assert starts == sorted(set(starts))  # every window stamped after the one before
     assert abs(em._window_start - clock[0]) <= 1.0  # back on the clock
+
+
+def test_an_event_time_is_written_to_the_nearest_millisecond_carrying_into_the_next_second() -> None:
+    assert emitter._iso(1_700_000_000.9996) == "2023-11-14T22:13:21Z"  # not "...:20.1000Z"
+    assert emitter._iso(1_700_000_000.0004) == "2023-11-14T22:13:20Z"
+    assert emitter._iso(1_700_000_000.25) == "2023-11-14T22:13:20.250Z"
+    assert emitter._iso(1_700_000_000.0996) == "2023-11-14T22:13:20.100Z"
