@@ -11,8 +11,8 @@ consumer goes on: one that is not a valid event (whatever its decoder raises), a
 the graph refuses alone, twice, while it takes the probe (ArcadeDB answers
 Neo.DatabaseError.* for statements the data breaks). Partitions are only handed over
 between batches, so a rebalance never splits a batch; shutdown leaves the batch in hand
-at its next write, probe or wait, uncommitted (read again after a restart), and leaves
-the group.
+at once (a write or probe in flight is cancelled), uncommitted (read again after a
+restart), and leaves the group.
 
 Both topics are created at start when missing, and checked every TOPIC_CHECK_SECONDS
 beside the batches. A topic that comes back with a new id was lost by the broker: the
@@ -30,9 +30,10 @@ import time
 from typing import Any
 
 from lineage import metrics
+from lineage.consumer_graph import Stopped, unavailable, until_stopped, why
 from lineage.dead_letters import MAX_MESSAGE_BYTES, MAX_REASON, DeadLetter, DeadLetterQueue, stopped
 from lineage.events import LineageEvent, MalformedEvent, decode_event
-from lineage.graph.base import GraphUnavailable, LineageGraph
+from lineage.graph.base import LineageGraph
 from lineage.kafka import KafkaSettings
 from lineage.runs import JobRunEvent, decode_run, is_run
 from lineage.sinks import observe_event_to_graph
@@ -134,16 +135,21 @@ class LineageConsumer:
         partition ends and the lag, every TOPIC_CHECK_SECONDS the topics, and the graph
         when no write has told whether it answers for that long."""
         checked = time.monotonic()
+        probe: asyncio.Task[bool] | None = None  # beside the rounds: a hung one held them
         while not await stopped(done, 1.0):
             try:
                 await asyncio.to_thread(self._report_lag)
-                if not self._holding and time.monotonic() - self._graph_seen > TOPIC_CHECK_SECONDS:
-                    await self._graph_answers()  # an idle consumer's graph can fail too
+                idle = time.monotonic() - self._graph_seen > TOPIC_CHECK_SECONDS
+                if idle and not self._holding and (probe is None or probe.done()):
+                    probe = asyncio.create_task(self._graph_answers())  # an idle graph can fail too
                 if time.monotonic() - checked > TOPIC_CHECK_SECONDS:
                     checked = time.monotonic()
                     await asyncio.to_thread(self._check_topics)
             except Exception:
                 log.exception("lineage consumer monitor")  # the next round tries again
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
 
     async def _handle(self, messages: list[Any], stop: asyncio.Event) -> None:
         generation = self._topic_generation
@@ -172,16 +178,15 @@ class LineageConsumer:
         self, batch: list[tuple[Any, LineageEvent | JobRunEvent]], stop: asyncio.Event
     ) -> list[DeadLetter] | None:
         """Write the batch; what the graph refuses for good comes back as dead letters.
-        None when stopped first (checked before every write, probe and wait): nothing is
-        committed, a restart reads the batch again.
-
-        A write that fails as unavailable (``_unavailable``) waits and retries the same
-        chunk. After any other failure the graph is probed with a write (``ping``); if
-        that fails too, the chunk waits the same way. If the graph takes the probe, the
-        chunk was refused: it is halved until each refused event stands alone (one bad
-        event costs O(log n) extra writes, the good ones land), and an event refused
-        alone is written once more after a passing probe (a failure that cleared in
-        between is not its own) before it is dead-lettered."""
+        None when stopped first (a write, probe or wait in hand ends): nothing is
+        committed, a restart reads the batch again. A write that fails as unavailable
+        (``consumer_graph.unavailable``) waits and retries the same chunk. After any
+        other failure the graph is probed with a write (``ping``); if that fails too,
+        the chunk waits the same way. If the graph takes the probe, the chunk was
+        refused: it is halved until each refused event stands alone (one bad event costs
+        O(log n) extra writes, the good ones land), and an event refused alone is written
+        once more after a passing probe (a failure that cleared in between is not its
+        own) before it is dead-lettered."""
         refused: list[DeadLetter] = []
         chunks = [batch] if batch else []
         delay = 0.1
@@ -193,23 +198,26 @@ class LineageConsumer:
             events = [e for _, e in chunk if isinstance(e, LineageEvent)]
             runs = [e for _, e in chunk if isinstance(e, JobRunEvent)]
             t0 = time.perf_counter()
-            try:
-                if events:
-                    await self.graph.write_events(events)
-                if runs:  # idempotent too: a retry after the events landed rewrites nothing
-                    await self.graph.write_runs(runs)
+            try:  # a stop cancels the write: a graph that stopped answering must not hold it
+                await until_stopped(self._write_chunk(events, runs), stop)
+            except Stopped:
+                return None
             except Exception as failure:
                 # The graph's word that it cannot take writes is trusted; another error is a
                 # refusal only if a probe WRITE passes: a read probe passed on read-only, full
                 # and forbidden graphs, whose valid events were all dead-lettered (s54 r3 #1).
                 if stop.is_set():
                     return None
-                unavailable = _unavailable(failure)
-                if unavailable or not await self._graph_answers():
-                    if unavailable:
+                down = unavailable(failure)
+                try:
+                    answering = not down and await until_stopped(self._graph_answers(), stop)
+                except Stopped:
+                    return None
+                if not answering:
+                    if down:
                         self._graph_state(False)
                     log.warning("graph unavailable (%s); retrying the same %d in %.1fs",
-                                _why(failure), len(chunk), delay)  # fmt: skip
+                                why(failure), len(chunk), delay)  # fmt: skip
                     self._holding = True  # the monitor's probe must not report it up meanwhile
                     held = await stopped(stop, delay)
                     self._holding = False
@@ -219,7 +227,7 @@ class LineageConsumer:
                     continue
                 if len(chunk) > 1:
                     log.warning("graph refused a batch of %d (%s) and takes a probe; splitting it",
-                                len(chunk), _why(failure))  # fmt: skip
+                                len(chunk), why(failure))  # fmt: skip
                     half = len(chunk) // 2
                     chunks[:1] = [chunk[:half], chunk[half:]]
                     continue
@@ -239,11 +247,17 @@ class LineageConsumer:
             second_try = False
         return refused
 
+    async def _write_chunk(self, events: list[LineageEvent], runs: list[JobRunEvent]) -> None:
+        if events:
+            await self.graph.write_events(events)
+        if runs:  # idempotent too: a retry after the events landed rewrites nothing
+            await self.graph.write_runs(runs)
+
     async def _graph_answers(self) -> bool:
         try:
             await self.graph.ping()
         except Exception as e:
-            log.debug("graph probe: %s", _why(e))
+            log.debug("graph probe: %s", why(e))
             self._graph_state(False)
             return False
         self._graph_state(True)
@@ -369,21 +383,6 @@ class LineageConsumer:
         finally:
             self._dlq.close()
             self._topics.close()
-
-
-# The server cannot take writes now, whatever the statement (the chunk waits): also the
-# Bolt driver's lost-server errors, by name (no driver import), should an adapter leak them.
-UNAVAILABLE_NAMES = frozenset({"ServiceUnavailable", "SessionExpired"})
-
-
-def _unavailable(failure: Exception) -> bool:
-    return isinstance(failure, (GraphUnavailable, OSError)) or type(failure).__name__ in UNAVAILABLE_NAMES
-
-
-def _why(failure: Exception) -> str:
-    """A graph error with its code (a Bolt error's repr is ``ClientError()``)."""
-    code = getattr(failure, "code", None)
-    return f"{type(failure).__name__} {code}: {failure}" if isinstance(code, str) else repr(failure)
 
 
 def _decode(raw: bytes) -> LineageEvent | JobRunEvent:

@@ -1,7 +1,7 @@
 """GraphQL for the lineage page: the graph around any node, search, and what changed.
 
     graph(root: ID!, direction: UPSTREAM|DOWNSTREAM|BOTH, depth: Int, asOf: DateTime)
-        { nodes { id kind label attributes } edges { source target kind } }
+        { root nodes { id kind label attributes } edges { source target kind } }
     search(text: String!, limit: Int) { id kind label attributes }
     node(id: ID!) { id kind label attributes }
     feature(id) { changes(since, limit) { at kind dataVersion job runId rows } }   (and table)
@@ -70,6 +70,10 @@ class Edge:
 
 @strawberry.type(description="The graph around a node.")
 class Graph:
+    root: ID = strawberry.field(
+        description="The node it is drawn around: `root` as asked, or the node a bare name "
+        "resolved to (a feature, view, table, then a service of that name)."
+    )
     nodes: list[Node]
     edges: list[Edge]
 
@@ -162,7 +166,11 @@ class GraphQueries:
             return None  # as `feature(asOf)`: a node without any edge then did not exist then
         if not _charge(info, len(topo.nodes) + len(topo.edges)):
             return None
-        return Graph(nodes=[Node.of(n) for n in topo.nodes], edges=[Edge.of(e) for e in topo.edges])
+        return Graph(
+            root=ID(node.id),
+            nodes=[Node.of(n) for n in topo.nodes],
+            edges=[Edge.of(e) for e in topo.edges],
+        )
 
     @strawberry.field(description="Features, views, tables and services whose name contains `text`.")
     async def search(self, info: Info, text: str, limit: int = 20) -> list[Node]:

@@ -33,6 +33,8 @@ from lineage.graph.base import (
     event_key,
     event_time_ms,
 )
+from lineage.graph.bolt_errors import UNAVAILABLE, described, retryable, server_state
+from lineage.graph.bolt_history import BoltHistory
 from lineage.graph.bolt_topology import BoltTopology
 from lineage.graph.bolt_walk import BoltWalks
 from lineage.graph.cypher import (
@@ -49,38 +51,11 @@ from lineage.graph.cypher import (
     SCHEMA,
     WRITE_EVENTS,
 )
-from lineage.graph.drift import DRIFT_SCHEMA, READ_DRIFT, WRITE_DRIFT, DriftRecord
+from lineage.graph.drift import DRIFT_SCHEMA
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Worth retrying at once: the server is busy, a write conflicted, or the connection broke.
-RETRYABLE = (neo.TransientError, neo.ConstraintError, neo.ServiceUnavailable, neo.SessionExpired)
-# Our statements never name an entity by internal id, so "entity not found" can only mean
-# a concurrent transaction moved or removed a record this one had already matched: ArcadeDB
-# raises it when a racing writer commits between our MATCH and our SET. A conflict, then.
-RACED_CODES = frozenset({"Neo.ClientError.Statement.EntityNotFound"})
-
-
-def _retryable(e: Exception) -> bool:
-    return isinstance(e, RETRYABLE) or (isinstance(e, neo.Neo4jError) and e.code in RACED_CODES)
-
-
-# Not about the request either, but not going away within a retry loop: no connection
-# can be had, the configuration or credentials are wrong, access is refused.
-UNAVAILABLE = (neo.DriverError, neo.AuthError, neo.Forbidden, OSError)
-# Codes about the server's state, not the statement: the database is missing (dropped
-# for a restore, not created yet) or a cluster member cannot take writes. The same write
-# passes once that is over. Not Neo.DatabaseError.*: ArcadeDB answers its default code,
-# Neo.DatabaseError.General.UnknownError, for statements the data breaks too (an index
-# key over a page, review s54 #1): the consumer then asks the probe (``ping``, a write).
-SERVER_STATE_CODES = ("Neo.ClientError.Database.", "Neo.ClientError.Cluster.")
-
-
-def server_state(e: Exception) -> bool:
-    return isinstance(e, neo.Neo4jError) and (e.code or "").startswith(SERVER_STATE_CODES)
-
 
 # How long one read (a GraphQL lookup: a hop of a walk, a node's edges, a search) may
 # take, retries included. The lineage page's query answers in 7-25 ms on ArcadeDB
@@ -90,9 +65,24 @@ def server_state(e: Exception) -> bool:
 # the 30-60 s a browser or proxy waits. Sent to the server as the transaction timeout
 # (Neo4j then stops the query; ArcadeDB ignores it) and enforced here as a deadline.
 READ_TIMEOUT_SECONDS = 5.0
+# Writes and the probe have deadlines too (review s56 #2): a server that takes the
+# connection and stops answering (a hung JVM, a path that drops packets) held a write,
+# the probe and SIGTERM forever, with graph_up at 1. A consumer's batch (500 events)
+# writes in 0.1-0.4 s (docs/lineage.md: event-to-graph p99 0.40 s), so 60 s is a server in
+# trouble; a probe is one node, 5 s is generous. Expiry is GraphUnavailable: the consumer
+# waits and writes the same batch again (every write is idempotent, so an ambiguous
+# timeout is safe to repeat). A snapshot's definitions took 2-10 minutes on the generated
+# 10,000-feature graph (benchmarks/lineage_page.py): three times the slowest.
+WRITE_TIMEOUT_SECONDS = 60.0
+PROBE_TIMEOUT_SECONDS = 5.0
+DEFINITIONS_TIMEOUT_SECONDS = 1800.0
+# The driver's own: a TCP connect, and a check (RESET) of a pooled connection idle this
+# long before it is used again (a half-open connection after a network drop fails it).
+CONNECT_TIMEOUT_SECONDS = 5.0
+LIVENESS_CHECK_SECONDS = 30.0
 
 
-class BoltGraph(BoltWalks, BoltTopology):
+class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
     def __init__(
         self,
         uri: str,
@@ -102,6 +92,8 @@ class BoltGraph(BoltWalks, BoltTopology):
         retries: int = 6,
         ca_file: str = "",
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
+        probe_timeout: float = PROBE_TIMEOUT_SECONDS,
     ) -> None:
         """TLS: a ``bolt+s://`` or ``neo4j+s://`` uri (the system's CAs), or ``ca_file``
         with a ``bolt://`` or ``neo4j://`` uri (that CA only)."""
@@ -112,22 +104,35 @@ class BoltGraph(BoltWalks, BoltTopology):
                     "lineage.bolt.ca_file goes with a bolt:// or neo4j:// uri (the driver's rule)"
                 )
             tls = {"encrypted": True, "trusted_certificates": neo4j.TrustCustomCAs(ca_file)}
-        self._driver: AsyncDriver = AsyncGraphDatabase.driver(uri, auth=(user, password), **tls)
+        self._driver: AsyncDriver = AsyncGraphDatabase.driver(
+            uri,
+            auth=(user, password),
+            connection_timeout=CONNECT_TIMEOUT_SECONDS,
+            liveness_check_timeout=LIVENESS_CHECK_SECONDS,
+            **tls,
+        )
         self._database = database
         self._retries = retries
         self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._probe_timeout = probe_timeout
+        self._unfinished: asyncio.Future[Any] | None = None  # a write cut short, still sent
 
     async def ping(self) -> None:
         """PROBE, a one-node write in the configured database: fails unless it takes writes
-        now (missing, read-only, full, forbidden). 3 tries: consumers' probes may conflict."""
+        now (missing, read-only, full, forbidden). 3 tries: consumers' probes may conflict;
+        all of them within the probe's deadline (GraphUnavailable after it)."""
         at = int(time.time() * 1000)
-        await self._retrying("probe", lambda session: _consume(session, PROBE, at=at), attempts=3)
+        probe = self._retrying("probe", lambda session: _consume(session, PROBE, at=at), attempts=3)
+        await _within("probe", self._probe_timeout, probe)
 
     async def start(self) -> None:
         for statement in (*SCHEMA, *DRIFT_SCHEMA):
             await self._write(statement)
 
     async def close(self) -> None:
+        if self._unfinished is not None:
+            self._unfinished.cancel()  # a write cut short that still waits: nothing will
         await self._driver.close()
 
     async def _retrying(
@@ -142,13 +147,13 @@ class BoltGraph(BoltWalks, BoltTopology):
                 async with self._driver.session(database=self._database) as session:
                     return await work(session)
             except (neo.Neo4jError, *UNAVAILABLE) as e:
-                if not _retryable(e):
+                if not retryable(e):
                     if isinstance(e, UNAVAILABLE) or server_state(e):
-                        raise GraphUnavailable(f"graph {what}: {_described(e)}") from e
+                        raise GraphUnavailable(f"graph {what}: {described(e)}") from e
                     raise
                 if attempt == attempts - 1:
                     raise GraphUnavailable(
-                        f"graph {what} failed {attempts} times, last: {_described(e)}"
+                        f"graph {what} failed {attempts} times, last: {described(e)}"
                     ) from e
                 log.debug("graph %s retry %d after %r", what, attempt + 1, e)
                 # jittered, so writers that conflicted do not meet again in lockstep
@@ -157,14 +162,14 @@ class BoltGraph(BoltWalks, BoltTopology):
         raise AssertionError("unreachable")
 
     async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
-        timeout = None if write else self._read_timeout
+        timeout = self._write_timeout if write else self._read_timeout  # Neo4j stops it then
 
         async def work(session: AsyncSession) -> list[dict[str, Any]]:
             result = await session.run(neo4j.Query(query, timeout=timeout), params)
             return [dict(r) async for r in result]
 
-        if write:  # batches of the consumer: retried until they pass, never cut short
-            return await self._retrying("write", work)
+        if write:  # batches of the consumer: retried within the write's deadline
+            return await self._one_write_at_a_time(self._retrying("write", work))
         try:
             async with asyncio.timeout(self._read_timeout):
                 return await self._retrying("read", work)
@@ -177,6 +182,32 @@ class BoltGraph(BoltWalks, BoltTopology):
             f"graph read took longer than {self._read_timeout:g} s: the graph server is busy "
             "or the query reaches too much (ask for a smaller depth)"
         )
+
+    async def _one_write_at_a_time(self, work: Awaitable[T]) -> T:
+        """``work`` within the write's deadline, never beside a write cut short before it.
+
+        A write cut by its deadline (or a stop) is not taken back: the server may run it
+        when it answers again. A retry sent beside it raced it, and ArcadeDB counted the
+        event twice (2 of 3 tries, the retry sent as the server resumed). So the cut
+        write goes on (shielded), and the next write first waits for it."""
+        if self._unfinished is not None and not self._unfinished.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._unfinished), self._write_timeout)
+            except TimeoutError:
+                raise GraphUnavailable(
+                    f"graph write: the write cut short before is still unanswered after another "
+                    f"{self._write_timeout:g} s: the graph server is not answering"
+                ) from None
+            except Exception:
+                pass  # it failed: the write below is the retry
+        task = asyncio.ensure_future(work)
+        try:
+            return await _within("write", self._write_timeout, asyncio.shield(task))
+        except BaseException:
+            if not task.done():
+                self._unfinished = task
+                task.add_done_callback(_forget)
+            raise
 
     async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
         return await self._run(query, True, **params)
@@ -264,8 +295,8 @@ class BoltGraph(BoltWalks, BoltTopology):
             finally:
                 await tx.close()  # rolls back whatever did not commit
 
-        # Racing appliers conflict by design: give the loser room to retry.
-        return await self._retrying("definitions write", work, attempts=max(self._retries, 10))
+        applying = self._retrying("definitions write", work, attempts=max(self._retries, 10))  # racers retry
+        return await _within("definitions write", DEFINITIONS_TIMEOUT_SECONDS, applying)
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         if not events:
@@ -345,56 +376,24 @@ class BoltGraph(BoltWalks, BoltTopology):
     async def table_exists(self, name: str) -> bool:
         return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))
 
-    async def events(
-        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
-    ) -> list[LineageEvent]:
-        rows = await self._read(
-            "MATCH (e:LineageEvent) WHERE e.feature_id = $id AND ($since IS NULL OR e.ts_ms >= $since)"
-            " AND ($until IS NULL OR e.ts_ms < $until)"
-            " RETURN e.feature_id AS feature_id, e.feature_version AS feature_version, e.source_table AS source_table,"
-            " e.timestamp AS timestamp, e.upstream_deps AS upstream_deps, e.registry_version AS registry_version,"
-            " e.served_count AS served_count, e.trace_ids AS trace_ids, e.service AS service"
-            " ORDER BY e.ts_ms DESC, e.service DESC LIMIT $limit",  # the time, not its text
-            id=feature_id,
-            since=since_ms,
-            until=until_ms,
-            limit=limit,
-        )
-        out = [
-            LineageEvent(
-                feature_id=r["feature_id"],
-                feature_version=int(r["feature_version"]),
-                source_table=r["source_table"],
-                timestamp=r["timestamp"],
-                upstream_deps=list(r["upstream_deps"] or []),
-                registry_version=int(r["registry_version"]),
-                served_count=int(r["served_count"]),
-                trace_ids=list(r["trace_ids"] or []),
-                service=r["service"],
-            )
-            for r in rows
-        ]
-        out.reverse()
-        return out
 
-    async def add_drift(self, records: Sequence[DriftRecord]) -> None:
-        if records:
-            await self._write(WRITE_DRIFT, rows=[r.row() for r in records])
+async def _within(what: str, seconds: float, work: Awaitable[T]) -> T:
+    """``work``, or GraphUnavailable once it has taken ``seconds`` (it is cancelled)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise GraphUnavailable(
+            f"graph {what} took longer than {seconds:g} s: the graph server is not answering or is overloaded"
+        ) from None
 
-    async def drift(
-        self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
-    ) -> list[DriftRecord]:
-        rows = await self._read(READ_DRIFT, id=feature_id, since=since_ms, until=until_ms, limit=limit)
-        return [DriftRecord.from_row(r) for r in reversed(rows)]
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """A write cut short: its outcome is the retry's to find (no 'never retrieved' log)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _consume(session: AsyncSession, query: str, **params: Any) -> None:
     result = await session.run(query, params)
     await result.consume()
-
-
-def _described(e: Exception) -> str:
-    """An error with its code: a driver error's repr hides it (``ClientError()``)."""
-    if isinstance(e, neo.Neo4jError) and e.code:
-        return f"{type(e).__name__} {e.code}: {e.message}"
-    return repr(e)

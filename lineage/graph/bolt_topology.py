@@ -48,6 +48,9 @@ class BoltTopology:
     async def write_runs(self, runs: Sequence[JobRunEvent]) -> None:
         for run in runs:
             describe.check(run)
+        # one report per run: every row of the UNWIND sees the run as it was before the
+        # statement, so [COMPLETE, START] of one run took the START as the first report
+        runs = describe.fold(runs)
         if not runs:
             return
         rows = [
@@ -170,8 +173,12 @@ class BoltTopology:
         ranked: list[tuple[tuple[int, str], str, str]] = []
         for kind in SEARCHABLE:
             label, key = LABELS[kind]
+            # ranked (search_rank) before the LIMIT: cut first, an exact or prefix match
+            # was lost among more than `limit` names that contain the text
             rows = await self._read(
-                f"MATCH (n:{label}) WHERE toLower(n.{key}) CONTAINS $q RETURN n.{key} AS n LIMIT $limit",
+                f"MATCH (n:{label}) WITH n.{key} AS n, toLower(n.{key}) AS low WHERE low CONTAINS $q"
+                " RETURN n, CASE WHEN low = $q THEN 0 WHEN low STARTS WITH $q THEN 1 ELSE 2 END AS rank"
+                " ORDER BY rank, n LIMIT $limit",
                 q=text.lower(),
                 limit=limit,
             )

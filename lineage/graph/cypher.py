@@ -105,7 +105,8 @@ MERGE (s:Server {name: ev.props.service})
 MERGE (f)-[r:SERVED_BY]->(s)
 ON CREATE SET r.count = 0, r.last_seen = 0, r.first_seen = ev.props.ts_ms
 SET r.count = r.count + CASE WHEN e.fresh THEN ev.props.served_count ELSE 0 END,
-    r.last_seen = CASE WHEN ev.props.ts_ms > r.last_seen THEN ev.props.ts_ms ELSE r.last_seen END
+    r.last_seen = CASE WHEN ev.props.ts_ms > r.last_seen THEN ev.props.ts_ms ELSE r.last_seen END,
+    r.first_seen = CASE WHEN ev.props.ts_ms < r.first_seen THEN ev.props.ts_ms ELSE r.first_seen END
 REMOVE e.fresh
 """
 
@@ -117,7 +118,9 @@ SET v.owner = n.owner, v.description = n.description
 """
 
 # Job runs (lineage/runs.py): one JobRun node per run id. A START that arrives after its
-# run's end (redelivery) changes nothing of the end.
+# run's end (redelivery) changes nothing of the end. The `WITH` is evaluated for every row
+# before any SET: a batch has one row per run (nodes.fold), or a START after its COMPLETE
+# in the same batch still saw the run started.
 WRITE_RUNS = """
 UNWIND $runs AS run
 MERGE (r:JobRun {id: run.id})

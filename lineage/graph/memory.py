@@ -2,7 +2,10 @@
 adapter (one contract suite), held in dicts with adjacency indexes, so a query touches
 only the edges of the nodes it walks. Event history is bounded (``max_events``, oldest
 dropped first); redelivery is recognised within that window. Job runs are bounded too
-(``max_runs``: the oldest run goes with its READ/PUBLISHED edges and data version)."""
+(``max_runs``: the oldest run goes with its READ/PUBLISHED edges and data version).
+Windows, drift records and runs are kept in time order and every read waits for a turn
+of the event loop of its own (lineage/graph/memory_index.py): it answers on the serving
+loop."""
 
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from lineage.graph.base import (
     event_key,
     event_time_ms,
 )
-from lineage.graph.drift import DriftRecord, in_range
-from lineage.graph.memory_edges import Edge, Edges, Validity
+from lineage.graph.drift import DriftRecord
+from lineage.graph.memory_edges import Edge, Validity
+from lineage.graph.memory_index import Timeline, Turns
+from lineage.graph.memory_runs import MemoryRuns
 from lineage.graph.topology import (
     EDGE_ENDS,
     SEARCHABLE,
@@ -39,29 +44,27 @@ from lineage.graph.topology import (
     split_id,
     steps,
 )
-from lineage.runs import DataVersion, JobRunEvent, time_ms
 
 
-class InMemoryGraph(Edges):
+class InMemoryGraph(MemoryRuns):
     def __init__(self, max_events: int = 200_000, max_runs: int = 10_000) -> None:
         self._features: dict[str, FeatureInfo] = {}
-        self._tables: set[str] = set()
-        super().__init__()
+        super().__init__(max_runs)
+        self._turns = Turns()
         self._served: defaultdict[str, dict[str, ServedBy]] = defaultdict(dict)  # feature -> server ->
         self._max_events = max_events
         self._event_keys: set[str] = set()
-        self._event_order: deque[tuple[str, str]] = deque()  # (key, feature), oldest first
-        self._events: defaultdict[str, deque[tuple[int, LineageEvent]]] = defaultdict(deque)
+        # (key, feature, time, tie), the oldest received first
+        self._event_order: deque[tuple[str, str, int, str]] = deque()
+        self._events: defaultdict[str, Timeline[LineageEvent]] = defaultdict(Timeline)  # by time, server
         self._applied: dict[str, int] = {}  # project -> newest registry version applied
         self._drift: defaultdict[str, dict[str, DriftRecord]] = defaultdict(dict)  # feature -> key ->
+        self._drift_times: defaultdict[str, Timeline[DriftRecord]] = defaultdict(Timeline)  # by time, server
         self._described: dict[
             tuple[str, str], tuple[str, str]
         ] = {}  # (view|service, name) -> owner, description
         self._first_served: dict[tuple[str, str], int] = {}  # (feature, server) -> first window, ms
         self._servers: defaultdict[str, set[str]] = defaultdict(set)  # server -> features it served
-        self._max_runs = max_runs
-        self._runs: dict[str, JobRunEvent] = {}  # oldest first reported first
-        self._data_versions: dict[str, DataVersion] = {}
 
     async def start(self) -> None:
         return None
@@ -140,65 +143,35 @@ class InMemoryGraph(Edges):
             first = self._first_served.get((e.feature_id, e.service))
             self._first_served[(e.feature_id, e.service)] = ts if first is None else min(first, ts)
 
-    async def write_runs(self, runs: Sequence[JobRunEvent]) -> None:
-        for run in runs:
-            describe.check(run)  # all or nothing: a bad one fails before any write
-        for run in runs:
-            old = self._runs.get(run.run_id)
-            if old is not None and run.state == "START" and old.state != "START":
-                continue  # a late START never undoes the end of its run
-            self._runs[run.run_id] = run
-            started = time_ms(run.started_at)
-            for table in run.inputs:
-                self._tables.add(table)
-                if ("READ", run.run_id, table) not in self._edges:
-                    self._add_edge(("READ", run.run_id, table), Validity(started))
-            dv = run.data_version
-            if dv is not None:
-                published = time_ms(dv.published_at)
-                self._data_versions[dv.id] = dv
-                for edge in (("PUBLISHED", run.run_id, dv.id), ("OF", dv.id, dv.view)):
-                    if edge not in self._edges:
-                        self._add_edge(edge, Validity(published))
-            while len(self._runs) > self._max_runs:
-                self._forget_run(next(iter(self._runs)))
-
-    def _forget_run(self, run_id: str) -> None:
-        """Bounded like the events: the oldest run goes with its edges and data version."""
-        run = self._runs.pop(run_id)
-        for edge in [("READ", run_id, t) for t in run.inputs]:
-            self._drop_edge(edge)
-        dv = run.data_version
-        if dv is not None:
-            self._drop_edge(("PUBLISHED", run_id, dv.id))
-            if not self._in_index.get(("PUBLISHED", dv.id)):  # no other run published it
-                self._data_versions.pop(dv.id, None)
-                self._drop_edge(("OF", dv.id, dv.view))
-
     def _remember(self, key: str, feature_id: str, ts: int, e: LineageEvent) -> None:
         if len(self._event_order) >= self._max_events:
-            old_key, old_feature = self._event_order.popleft()
+            old_key, old_feature, old_ts, old_tie = self._event_order.popleft()
             self._event_keys.discard(old_key)
-            self._events[old_feature].popleft()  # per feature, oldest first too
+            self._events[old_feature].remove(old_ts, old_tie)
+        tie = f"{e.service}\n{key}"  # by time, then server (as Bolt's ORDER BY)
         self._event_keys.add(key)
-        self._event_order.append((key, feature_id))
-        self._events[feature_id].append((ts, e))
+        self._event_order.append((key, feature_id, ts, tie))
+        self._events[feature_id].add(ts, tie, e)
 
     # -- reads -----------------------------------------------------------------------
 
     async def feature(self, feature_id: str, as_of_ms: int | None = None) -> FeatureInfo | None:
+        await self._turns.wait()
         f = self._features.get(feature_id)
         if f is None or (as_of_ms is not None and not self._in("CONTAINS", feature_id, as_of_ms)):
             return None
         return f
 
     async def upstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        await self._turns.wait()
         return sorted(self._walk(feature_id, [feature_id], depth, "out", as_of_ms))
 
     async def downstream(self, feature_id: str, depth: int, as_of_ms: int | None = None) -> list[str]:
+        await self._turns.wait()
         return sorted(self._walk(feature_id, [feature_id], depth, "in", as_of_ms))
 
     async def produced_by(self, feature_id: str, as_of_ms: int | None = None) -> list[TableRef]:
+        await self._turns.wait()
         refs = [
             TableRef(b, self._edges[("PRODUCED_BY", feature_id, b)].role)
             for b in self._out("PRODUCED_BY", feature_id, as_of_ms)
@@ -208,20 +181,25 @@ class InMemoryGraph(Edges):
     async def served_by(
         self, feature_id: str, since_ms: int | None = None, limit: int = MAX_SERVED
     ) -> list[ServedBy]:
+        await self._turns.wait()
         rows = self._served.get(feature_id, {}).values()
         kept = [s for s in rows if since_ms is None or s.last_seen_ms >= since_ms]
         return heapq.nsmallest(limit, kept, key=lambda s: (-s.last_seen_ms, s.server))
 
     async def services_using(self, feature_id: str, as_of_ms: int | None = None) -> list[str]:
+        await self._turns.wait()
         return self._in("USES", feature_id, as_of_ms)
 
     async def table_exists(self, name: str) -> bool:
+        await self._turns.wait()
         return name in self._tables
 
     async def table_features(self, name: str, as_of_ms: int | None = None) -> list[str]:
+        await self._turns.wait()
         return self._in("PRODUCED_BY", name, as_of_ms)
 
     async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
+        await self._turns.wait()
         direct = self._in("PRODUCED_BY", table, as_of_ms)
         if len(direct) > MAX_WALK:
             raise TooLarge(f"table {table} produces more than {MAX_WALK} features")
@@ -233,34 +211,39 @@ class InMemoryGraph(Edges):
     async def events(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[LineageEvent]:
-        out = [
-            (ts, e)
-            for ts, e in self._events.get(feature_id, ())
-            if (since_ms is None or ts >= since_ms) and (until_ms is None or ts < until_ms)
-        ]
+        await self._turns.wait()
         # By the time, not its text: "...07.500Z" sorts before "...07Z" as a string.
-        out.sort(key=lambda te: (te[0], te[1].service))
-        return [e for _, e in out[-limit:]]
+        timeline = self._events.get(feature_id)
+        return timeline.last(since_ms, until_ms, limit) if timeline is not None else []
 
     async def add_drift(self, records: Sequence[DriftRecord]) -> None:
         for r in records:
-            kept = self._drift[r.feature_id]
+            kept, times = self._drift[r.feature_id], self._drift_times[r.feature_id]
+            old = kept.pop(r.key, None)
+            if old is not None:
+                times.remove(old.at_ms, f"{old.server}\n{old.key}")
             kept[r.key] = r
+            times.add(r.at_ms, f"{r.server}\n{r.key}", r)
             if len(kept) > self._max_events:  # bounded like the events: oldest first out
-                del kept[min(kept, key=lambda k: kept[k].at_ms)]
+                at, tie, first = times.oldest()  # type: ignore[misc]
+                times.remove(at, tie)
+                del kept[first.key]
 
     async def drift(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int
     ) -> list[DriftRecord]:
-        return in_range(list(self._drift.get(feature_id, {}).values()), since_ms, until_ms, limit)
+        await self._turns.wait()
+        times = self._drift_times.get(feature_id)
+        return times.last(since_ms, until_ms, limit) if times is not None else []
 
     # -- topology and changes ------------------------------------------------------------
 
     def _exists(self, kind: str, name: str) -> bool:
         return {
             "feature": lambda: name in self._features,
-            "view": lambda: (
-                ("view", name) in self._described or bool(self._out_index.get(("CONTAINS", name)))
+            "view": lambda: (  # a view only a run's data version names is one, as on Bolt
+                ("view", name) in self._described
+                or bool(self._out_index.get(("CONTAINS", name)) or self._in_index.get(("OF", name)))
             ),
             "table": lambda: name in self._tables,
             "service": lambda: (
@@ -279,6 +262,7 @@ class InMemoryGraph(Edges):
     async def incident(
         self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
     ) -> list[GraphEdge]:
+        await self._turns.wait()
         out: list[GraphEdge] = []
         for nid in node_ids:
             kind, name = split_id(nid)
@@ -316,13 +300,16 @@ class InMemoryGraph(Edges):
         return describe.named_node(kind, name, owner, text)
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
+        await self._turns.wait()
         return [self._node(*split_id(n)) for n in node_ids if self._exists(*split_id(n))]
 
     async def search(self, text: str, limit: int) -> list[Node]:
+        await self._turns.wait()
         names = {
             "feature": self._features,
             "view": {n for k, n in self._described if k == "view"}
-            | {a for k, a in self._out_index if k == "CONTAINS"},
+            | {a for k, a in self._out_index if k == "CONTAINS"}
+            | {b for (k, b), runs in self._in_index.items() if k == "OF" and runs},
             "table": self._tables,
             "service": {n for k, n in self._described if k == "service"}
             | {a for k, a in self._out_index if k == "USES"},
@@ -338,12 +325,16 @@ class InMemoryGraph(Edges):
     async def changes(
         self, feature_id: str | None, table: str | None, since_ms: int | None, limit: int
     ) -> list[Change]:
+        await self._turns.wait()
         if feature_id is not None:
-            features = [feature_id, *sorted(self._walk(feature_id, [feature_id], MAX_DEPTH, "out", None))]
-            views = {f.partition(":")[0] for f in features}
-            tables = {t.name for f in features for t in await self.produced_by(f) if t.role != "online"}
-            runs = [r for r in self._runs.values() if r.view in views or tables.intersection(r.inputs)]
+            features = [feature_id, *self._walk(feature_id, [feature_id], MAX_DEPTH, "out", None)]
+            keys = {("view", f.partition(":")[0]) for f in features}
+            keys |= {
+                ("read", t)
+                for f in features
+                for t in self._out("PRODUCED_BY", f, None)
+                if self._edges[("PRODUCED_BY", f, t)].role != "online"
+            }
         else:
-            runs = [r for r in self._runs.values() if table in r.inputs or table in r.outputs]
-        found = [c for c in map(describe.change, runs) if since_ms is None or c.at_ms >= since_ms]
-        return sorted(found, key=lambda c: (-c.at_ms, c.run_id))[:limit]
+            keys = {("read", table or ""), ("wrote", table or "")}
+        return [describe.change(r) for r in self._recent_runs(keys, since_ms, limit)]

@@ -3,6 +3,7 @@ change: shared by both graph adapters so they answer alike."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from lineage.graph.base import FeatureInfo
@@ -21,6 +22,19 @@ def check(run: JobRunEvent) -> None:
         time_ms(run.ended_at)
     if run.data_version is not None:
         time_ms(run.data_version.published_at)
+
+
+def fold(runs: Sequence[JobRunEvent]) -> list[JobRunEvent]:
+    """One report per run id, in the order of their last report: the last, except that a
+    START never replaces an earlier COMPLETE or FAIL of its run (a late START changes
+    nothing). A Bolt batch is one statement whose rows all see the graph as it was before
+    it (review s56 #3: [COMPLETE, START] left the run started), so both graphs write the
+    batch folded."""
+    kept: dict[str, JobRunEvent] = {}
+    for run in runs:
+        old = kept.pop(run.run_id, None)
+        kept[run.run_id] = old if old is not None and run.state == "START" and old.state != "START" else run
+    return list(kept.values())
 
 
 def iso(ms: int) -> str:

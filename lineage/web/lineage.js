@@ -11,7 +11,7 @@
     feature: "ellipse", view: "round-rectangle", table: "barrel", service: "hexagon",
     server: "rectangle", run: "diamond", data_version: "tag"
   };
-  var state = { root: null, direction: "BOTH", depth: 2, asOf: null, seq: 0 };
+  var state = { root: null, direction: "BOTH", depth: 2, asOf: null, seq: 0, panelSeq: 0 };
   var $ = function (id) { return document.getElementById(id); };
 
   var cy = cytoscape({
@@ -135,7 +135,7 @@
 
   var GRAPH = "query ($root: ID!, $dir: Direction!, $depth: Int!, $asOf: DateTime) {" +
     " graph(root: $root, direction: $dir, depth: $depth, asOf: $asOf) {" +
-    " nodes { id kind label attributes } edges { source target kind } } }";
+    " root nodes { id kind label attributes } edges { source target kind } } }";
 
   // Edges along which data flows source -> target; on the others it flows target -> source
   // (lineage/graph/topology.py FORWARD). Sources go left of the root, uses right of it.
@@ -190,7 +190,9 @@
           return;
         }
         var g = data.graph;
-        var root = g.nodes.find(function (n) { return n.id === state.root || n.label === state.root; });
+        // the node the server drew around: a bare name may be a view and a service both,
+        // and the first node of that label (service: sorts first) was not the server's root
+        var root = g.nodes.find(function (n) { return n.id === g.root; });
         if (root) { state.root = root.id; }
         cy.elements().remove();
         cy.add(g.nodes.map(function (n) {
@@ -313,8 +315,16 @@
     }).catch(function () { return el("p", "no drift records on this server", "none"); });
   }
 
+  // The panel's sections come from requests that answer one after another: each is added
+  // only while the panel still shows this node (a node selected meanwhile owns it).
   function showPanel(node) {
+    var mine = ++state.panelSeq;
     var panel = $("panel");
+    var add = function (title, content) {
+      if (mine !== state.panelSeq) { return false; }
+      section(panel, title, content);
+      return true;
+    };
     panel.innerHTML = "";
     panel.dataset.node = node.id;
     panel.appendChild(el("h2", node.label));
@@ -325,18 +335,18 @@
                              ["state", a.state], ["job", a.job], ["rows", a.rows],
                              ["published", a.publishedAt], ["fingerprint", a.fingerprint],
                              ["started", a.startedAt], ["ended", a.endedAt], ["error", a.error]]));
-    if (node.kind === "feature") { return featurePanel(panel, node); }
+    if (node.kind === "feature") { return featurePanel(node, add); }
     if (node.kind === "table") {
       return gql("query ($n: String!) { table(name: $n) { " + CHANGES + " } }", { n: node.label })
-        .then(function (data) { section(panel, "Changes", changesTable(data.table ? data.table.changes : [])); });
+        .then(function (data) { add("Changes", changesTable(data.table ? data.table.changes : [])); });
     }
     if (node.kind === "view") {
-      return latestDataVersion(node.label).then(function (c) { section(panel, "Latest data version", c); });
+      return latestDataVersion(node.label).then(function (c) { add("Latest data version", c); });
     }
     return Promise.resolve();
   }
 
-  function featurePanel(panel, node) {
+  function featurePanel(node, add) {
     var q = "query ($id: String!) { feature(id: $id) { servedBy { server count lastSeen } " + CHANGES + " } }";
     return gql(q, { id: node.label }).then(function (data) {
       var f = data.feature || { servedBy: [], changes: [] };
@@ -345,11 +355,11 @@
             return [s.server, s.count.toLocaleString("en"), s.lastSeen.slice(0, 19).replace("T", " ")];
           }), "served")
         : el("p", "not served yet", "none");
-      section(panel, "Served", served);
+      if (!add("Served", served)) { return; }  // no more requests for a panel gone
       return latestDataVersion(node.attributes.view).then(function (dv) {
-        section(panel, "Latest data version", dv);
-        section(panel, "Changes upstream", changesTable(f.changes));
-        return driftSection(node.label).then(function (d) { section(panel, "Drift", d); });
+        if (!add("Latest data version", dv)) { return; }
+        add("Changes upstream", changesTable(f.changes));
+        return driftSection(node.label).then(function (d) { add("Drift", d); });
       });
     });
   }
