@@ -275,7 +275,9 @@ def _numeric_kind(dtype: DType, v: Any) -> bool:
 
 
 def _is_iso(v: Any) -> bool:
-    if type(v) is not str:
+    # Printable ASCII only: CPython 3.11's fromisoformat stops at a NUL, so
+    # "2026-11-21T12:00:00Z\x00anything" read as its first 20 characters (review s56).
+    if type(v) is not str or not (v.isascii() and v.isprintable()):
         return False
     try:
         _epoch_us(v)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+INVALID_REQUEST = "Invalid HTTP request received."  # (the connection guard logs it as uvicorn did)
+
 
 class QuietClientMistakes(logging.Filter):
     """Drops uvicorn's WARNING lines about a client's bytes, one per request: a broken
@@ -20,7 +22,7 @@ class QuietClientMistakes(logging.Filter):
 
     MESSAGES = frozenset(
         {
-            "Invalid HTTP request received.",
+            INVALID_REQUEST,
             "Unsupported upgrade request.",
             "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
             "or install 'websockets' or 'wsproto' manually.",

@@ -20,7 +20,9 @@ headers of any size. :class:`GuardedHttpProtocol` (a subclass of uvicorn's
   counted as shed too, ``featurestore_requests_shed_total{reason="max_connections"}``);
 * bytes that are not HTTP/1.1 (a bad request line, a negative ``content-length``, broken
   chunks): uvicorn's plain-text 400 becomes the API's JSON error, and the close is
-  counted (``malformed``) instead of logged at WARNING per request (``client_mistakes.py``).
+  counted (``malformed``) instead of logged at WARNING per request (``client_mistakes.py``);
+* a request asking to upgrade (h2c, websocket): answered as HTTP/1.1, its body read as
+  its body, not as the next request (``upgrades.py``).
 
 A 400, 408 or 431 of bytes after whole pipelined requests is sent after their answers,
 and a refused connection lingers before it closes (``refusals.py``). Each close is counted in ``featurestore_http_connections_closed_total{reason}``. Each
@@ -37,10 +39,11 @@ its value plus one tick (at most 1 s). With uvicorn's keep-alive timer replaced 
 a request costs less CPU than with uvicorn's own protocol (benchmarks/http_front.py).
 
 This relies on uvicorn's protocol internals: the attributes ``app``, ``scope``, ``url``,
-``headers``, ``transport``, ``flow``, ``pipeline``, ``server_state`` (and a cycle's
-``disconnected``, ``message_event``); the methods ``data_received``, ``on_headers_complete``,
-``on_message_complete``, ``pause_writing``, ``resume_writing``, ``send_400_response``,
-``_start_asgi_task``; ``on_response_complete``, replaced by a copy without the timer.
+``headers``, ``parser``, ``transport``, ``flow``, ``pipeline``, ``server_state`` (and a
+cycle's ``disconnected``, ``message_event``, ``more_body``); the methods
+``on_headers_complete``, ``on_message_complete``, ``pause_writing``, ``resume_writing``,
+``_start_asgi_task``; ``data_received``, ``send_400_response`` and ``on_response_complete``,
+replaced (the first by a copy without the timer's cancel, the last without the timer).
 ``tests/unit/test_connections.py`` fails when any of them changes.
 """
 
@@ -52,26 +55,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from featurestore import errors, metrics
-from featurestore.api import client_mistakes, join_cycle, refusals
+from featurestore.api import client_mistakes, join_cycle, refusals, upgrades
 from featurestore.errors import DeadlineExceeded, FeatureStoreError, LimitExceeded, Overloaded
 from featurestore.refusal import RETRY_AFTER_SECONDS
 
 RECEIVED_AT = "featurestore.received_at"
 MAX_CONNECTIONS = "max_connections"  # a close reason, and a shed reason
-REASONS = (
-    "idle",
-    "header_timeout",
-    "body_timeout",
-    "write_timeout",
-    "header_too_large",
-    MAX_CONNECTIONS,
-    "malformed",
-)
+REASONS = ("idle", "header_timeout", "body_timeout", "write_timeout", "header_too_large",
+           MAX_CONNECTIONS, "malformed")  # fmt: skip
 
 # Where the parser is in the connection's current request.
 _IDLE = 0  # between requests (a request's body is complete; uvicorn's keep-alive timer runs)
@@ -226,9 +223,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if not self.first_byte_at:  # the connection's first bytes
                 self.first_byte_at = now
             self._head_bytes += len(data)
-        super().data_received(data)
+        try:  # uvicorn's data_received, less its keep-alive timer's cancel (none is armed)
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response(client_mistakes.INVALID_REQUEST)
+        except httptools.HttpParserUpgrade as upgrade:
+            upgrades.read_on(self, data, upgrade.args[0])
         if self._phase == _HEAD and self._head_bytes > self._max_header_bytes:
             self._refuse_head()  # the head is incomplete and already over the limit
+
+    def body_follows(self) -> None:
+        """The current request's body is still to come (upgrades.py reopened it)."""
+        self._phase, self.deadline = _BODY, self._chunk_at + self._body_timeout
 
     def expire(self) -> None:
         """The current phase's deadline passed (called by the guard's sweep)."""
@@ -316,6 +322,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses, as the API's JSON error."""
+        self.logger.warning(msg)  # (uvicorn's line, which client_mistakes.py keeps out)
         if self._phase != _IDLE and self._head_size() > self._max_header_bytes:
             self._refuse_head()  # (httptools refuses a URL past 64 KiB first: 431 here too)
         error = errors.InvalidArgument(f"malformed HTTP/1.1 request ({msg.rstrip('.').lower()})")

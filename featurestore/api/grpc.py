@@ -19,10 +19,10 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Span
 
 from featurestore import deadlines, metrics, tracing
-from featurestore.api import proto_codec
+from featurestore.api import credentials, proto_codec
 from featurestore.api.errors import GRPC_STATUS, grpc_message, internal_error
 from featurestore.api.outcome import CANCELLED, Outcomes
-from featurestore.auth import READ, WRITE, Authenticator, www_authenticate
+from featurestore.auth import READ, WRITE, Authenticator
 from featurestore.config import GrpcConfig, TlsConfig
 from featurestore.deadlines import Deadlines
 from featurestore.errors import Code, DeadlineExceeded, FeatureStoreError, InvalidArgument, LimitExceeded
@@ -185,9 +185,11 @@ class GrpcApi:
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, call: Call, scope: str) -> None:
         assert self.auth is not None
-        error = self.auth.check_grpc(_metadata(context, "authorization"), scope, call.outcomes.route)
+        value = credentials.grpc_value(context.invocation_metadata())  # (given twice: refused)
+        error = self.auth.check_grpc(value, scope, call.outcomes.route)
         if error is not None:
-            await _abort(context, call, error, trailing=(("www-authenticate", www_authenticate(error)),))
+            error = credentials.refusal(error, value, scope)
+            await _abort(context, call, error, trailing=(("www-authenticate", credentials.challenge(error)),))
 
     async def _join(self, request: bytes, context: grpc.aio.ServicerContext, call: Call) -> bytes:
         if self.auth is not None:

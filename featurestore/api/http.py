@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore import metrics, tracing
-from featurestore.api import arrow_codec, bodies, json_codec
+from featurestore.api import arrow_codec, bodies, credentials, json_codec
 from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.errors import HTTP_STATUS, internal_error
@@ -37,7 +37,7 @@ from featurestore.api.routes import (
     create_app,
     requested_deadline_ms,
 )
-from featurestore.auth import ADMIN, READ, WRITE, Authenticator, www_authenticate
+from featurestore.auth import ADMIN, READ, WRITE, Authenticator
 from featurestore.deadlines import engine_budget
 from featurestore.errors import FeatureStoreError, InvalidArgument, NotFound
 from featurestore.health import ReadinessProbe
@@ -201,8 +201,10 @@ class HttpApi:
                 await self._method_not_allowed(scope, send)
             return
         if self.auth is not None and path in self.scopes:
-            error = self.auth.check_http(_header(scope, b"authorization"), self.scopes[path], path)
+            value = credentials.http_value(scope["headers"])  # (given twice: refused, credentials.py)
+            error = self.auth.check_http(value, self.scopes[path], path)
             if error is not None:
+                error = credentials.refusal(error, value, self.scopes[path])
                 if path == PUSH_PATH:
                     self._push_outcomes.failed(scope.get(RECEIVED_AT) or time.perf_counter(), error)
                 await self._refuse(scope, receive, send, error)
@@ -245,7 +247,7 @@ class HttpApi:
         """Answer 401/403 with WWW-Authenticate, after the body (up to the limit), so the
         client reads the answer rather than a reset connection."""
         length = _header(scope, b"content-length")
-        headers = [(b"www-authenticate", www_authenticate(error).encode())]
+        headers = [(b"www-authenticate", credentials.challenge(error).encode())]
         if scope["method"] in ("POST", "PUT", "PATCH"):
             try:
                 await self.read_body(receive, bodies.declared_length(length), scope["headers"])
@@ -275,7 +277,7 @@ class HttpApi:
     async def _direct_join(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         refusal = self._authorize(headers, t0)
         if refusal is not None:
-            return _error_answer(refusal, (b"www-authenticate", www_authenticate(refusal).encode()))
+            return _error_answer(refusal, (b"www-authenticate", credentials.challenge(refusal).encode()))
         return await self._answer(body, headers, t0)
 
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -314,6 +316,7 @@ class HttpApi:
             return None
         error = self.auth.check_http(headers.authorization, READ, JOIN_PATH)
         if error is not None:
+            error = credentials.refusal(error, headers.authorization, READ)
             self.join.outcomes.failed(t0, error)
         return error
 

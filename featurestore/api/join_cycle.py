@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from featurestore.api import json_codec
 from featurestore.api.bodies import declared_length
+from featurestore.api.credentials import TWICE
 from featurestore.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class JoinHeaders:
                 h.traceparent = value.decode("latin-1")
             elif name == b"x-featurestore-deadline-ms":
                 h.deadline_ms = value
-            elif name == b"authorization":
-                h.authorization = value
+            elif name == b"authorization":  # (given twice: refused, credentials.py)
+                h.authorization = value if h.authorization is None else TWICE
             elif name == b"transfer-encoding":
                 h.chunked = True
             elif name == b"content-encoding":  # (given twice: both, as one list)

@@ -24,7 +24,7 @@ import orjson
 from featurestore.api.json_row import dtype_names, encode_row
 from featurestore.api.statuses import JSON_NAME_BY_VALUE, PRESENT_NAME
 from featurestore.api.timestamps import iso_json, iso_list
-from featurestore.errors import InvalidArgument, clipped
+from featurestore.errors import SHOWN_CHARS, InvalidArgument, clipped
 from featurestore.join import JoinRequest, JoinResult, ViewOutcome
 from featurestore.model import DType
 from featurestore.push import PushRequest
@@ -137,7 +137,7 @@ def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Bo
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as e:
-        message, field = _locate(str(e), body)
+        message, field = _locate(_clip_unknown_field(str(e)), body)
         details = [{"request_data": field}] if field is not None else None
         raise InvalidArgument(f"invalid {what} request: {message}", details=details) from None
     except msgspec.DecodeError as e:
@@ -147,6 +147,20 @@ def _decode(decoder: msgspec.json.Decoder[_Body], body: bytes, what: str) -> _Bo
         raise InvalidArgument(f"invalid {what} request: {_bad_utf8(body)}") from None
     except RecursionError:  # only where a field is typed Any; none is today
         raise InvalidArgument(f"invalid {what} request: JSON nested too deeply") from None
+
+
+# msgspec's message for a field the body's top level has and the struct has not.
+_UNKNOWN_FIELD = re.compile(r"(unknown field `)(.*)(`(?: - at `[^`]*`)?)\Z", re.S)
+
+
+def _clip_unknown_field(message: str) -> str:
+    """msgspec names an unknown field whole (a 4 MB name made a 4 MB error): clipped, as
+    every name the request carries (docs/api.md, "Errors"; review s56)."""
+    m = _UNKNOWN_FIELD.search(message)
+    if m is None or len(m.group(2)) <= SHOWN_CHARS:
+        return message
+    name = m.group(2)
+    return f"{message[: m.start(2)]}{clipped(name)}{m.group(3)} ({len(name)} characters)"
 
 
 # A \uD800-\uDBFF escape not followed by its low half's escape.

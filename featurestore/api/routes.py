@@ -30,7 +30,7 @@ from featurestore.api.errors import HTTP_STATUS, internal_error
 from featurestore.api.outcome import Outcomes
 from featurestore.deadlines import engine_budget
 from featurestore.definitions.snapshot import definitions_to_dict
-from featurestore.errors import FeatureStoreError, InvalidArgument, LimitExceeded
+from featurestore.errors import FeatureStoreError, InvalidArgument
 from featurestore.health import ReadinessProbe
 from featurestore.join import JoinEngine
 from featurestore.push import PushService
@@ -53,10 +53,16 @@ def requested_deadline_ms(header: bytes | str | None, configured: int) -> int:
     piling up requests)."""
     if header is None:
         return configured
+    # digits only (ASCII): int() also took "1_0", "+5", " -0" and other scripts' digits
+    digits = (header.decode("latin-1") if isinstance(header, bytes) else header).strip(" \t")
     try:
-        ms = int(header)
-    except ValueError:
-        raise InvalidArgument(f"{DEADLINE_HEADER} must be an integer number of milliseconds") from None
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(digits)
+        ms = int(digits)
+    except ValueError:  # (also past int()'s 4,300 digits)
+        raise InvalidArgument(
+            f"{DEADLINE_HEADER} must be an integer number of milliseconds (digits only)"
+        ) from None
     if not 0 < ms <= MAX_DEADLINE_MS:
         raise InvalidArgument(f"{DEADLINE_HEADER} must be in 1..{MAX_DEADLINE_MS}")
     return min(ms, configured)
@@ -115,8 +121,8 @@ def _add_push(
         try:
             length = bodies.declared_length(request.headers.get("content-length", "").encode("latin-1"))
             body = await read_body(request.receive, length, request.scope["headers"])
-            if body is None:
-                raise LimitExceeded(f"request body exceeds the limit of {max_body_bytes} bytes")
+            if body is None:  # (details with the limit, as the join's)
+                raise bodies.too_large(max_body_bytes)
             codings = ",".join(request.headers.getlist("content-encoding")).encode("latin-1")
             refused = bodies.encoding_refused(codings)
             if refused is not None:  # (read first: the connection then serves the next request)

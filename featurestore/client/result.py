@@ -84,7 +84,7 @@ class JoinResult:
             arrays[c.name] = pa.array(c.values, None if of_type is None else of_type(pa))
             if statuses:
                 arrays[f"{c.name}__status"] = pa.array([s.value for s in c.statuses], pa.string())
-        return pa.table(arrays)
+        return pa.table(_unclashed(arrays, self.columns, statuses))
 
     def to_pandas(self, *, statuses: bool = False) -> Any:
         """A ``pandas.DataFrame`` of the values (pandas must be installed), each column of
@@ -100,7 +100,25 @@ class JoinResult:
             data[c.name] = pd.Series(c.values, dtype=_PANDAS_DTYPES.get(c.dtype or "", object))
             if statuses:
                 data[f"{c.name}__status"] = [s.value for s in c.statuses]
-        return pd.DataFrame(data)
+        return pd.DataFrame(_unclashed(data, self.columns, statuses))
+
+
+def _unclashed(table: dict[str, Any], columns: list[Column], statuses: bool) -> dict[str, Any]:
+    """``table``, when it holds a key for each column (and each status column): a column
+    named as another's ``<name>__status`` overwrote it in the dict, that column's statuses
+    gone without a word (review s56). Raises ValueError naming the name taken twice."""
+    if len(table) == len(columns) * (2 if statuses else 1):
+        return table
+    seen: set[str] = set()
+    for c in columns:
+        for name in (c.name, f"{c.name}__status") if statuses else (c.name,):
+            if name in seen:
+                raise ValueError(
+                    f"two columns would be named {name!r} (a column and another's statuses): "
+                    "call without statuses=True and read JoinResult.statuses() instead"
+                )
+            seen.add(name)
+    raise AssertionError("no name taken twice")
 
 
 # dtype -> its pyarrow type, given the pyarrow module (imported only when used)

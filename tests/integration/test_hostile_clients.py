@@ -248,7 +248,7 @@ def test_a_pipelined_push_and_join_are_answered_before_the_broken_bytes_after_th
 def test_a_websocket_upgrade_is_answered_as_plain_http_without_log_lines(guarded: ServerProcess) -> None:
     """No WARNING per request, and none advising to install a WebSocket library."""
     sock = connect(guarded)
-    # (a POST's body is lost after an upgrade header: httptools stops parsing there)
+    # (bodies and pipelining after an upgrade header: test_http_upgrade.py)
     sock.sendall(
         b"GET /healthz HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade, close\r\n\r\n"
     )

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httptools
 import pytest
 import uvicorn
 from prometheus_client import REGISTRY
@@ -42,6 +43,9 @@ async def noop_app(scope: Any, receive: Any, send: Any) -> None:
 # GuardedHttpProtocol.on_response_complete copies less the keep-alive timer: when uvicorn
 # changes it, compare the two again and record the new digest here.
 ON_RESPONSE_COMPLETE_SHA256 = "64e254f28e389e7614f2c828176d639174e66aa9d814a4b06624ec86ec0a5b95"
+# The same for data_received, which GuardedHttpProtocol copies less the timer's cancel
+# (and with an upgrade request read on as HTTP/1.1: featurestore/api/upgrades.py).
+DATA_RECEIVED_SHA256 = "010a7ae59a5d3b1a5e7326ce246878568629d126a076d8af5ba10cab040fae43"
 
 
 def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
@@ -65,6 +69,8 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
     # QuietClientMistakes knows (as it knows the upgrade warnings')
     received = inspect.getsource(HttpToolsProtocol.data_received)
     assert "self.send_400_response(msg)" in received
+    digest = hashlib.sha256(received.encode()).hexdigest()
+    assert digest == DATA_RECEIVED_SHA256, "uvicorn changed data_received: compare the guard's copy"
     module = ast.parse(inspect.getsource(inspect.getmodule(HttpToolsProtocol)))  # type: ignore[arg-type]
     strings = {n.value for n in ast.walk(module) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert strings >= QuietClientMistakes.MESSAGES
@@ -79,6 +85,34 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
     assert '"headers": self.headers' in source["on_message_begin"]
     digest = hashlib.sha256(source["on_response_complete"].encode()).hexdigest()
     assert digest == ON_RESPONSE_COMPLETE_SHA256, "uvicorn changed on_response_complete: see above"
+
+
+class _Events:
+    """A parser delegate that lists its callbacks."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_headers_complete(self) -> None:
+        self.seen.append("headers")
+
+    def on_body(self, body: bytes) -> None:
+        self.seen.append("body")
+
+    def on_message_complete(self) -> None:
+        self.seen.append("complete")
+
+
+def test_httptools_ends_an_upgrade_request_at_its_head_as_upgrades_py_expects() -> None:
+    """upgrades.py takes the request back after this: its message ended with no body (in
+    the same feed_data call as its head, so its app has not run), then HttpParserUpgrade
+    carries the offset of the head's end."""
+    head = b"POST /x HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\ncontent-length: 2\r\n\r\n"
+    events = _Events()
+    with pytest.raises(httptools.HttpParserUpgrade) as raised:
+        httptools.HttpRequestParser(events).feed_data(head + b"hi")
+    assert raised.value.args[0] == len(head)
+    assert events.seen == ["headers", "complete"]
 
 
 def test_the_cycle_says_whether_a_request_was_answered() -> None:
