@@ -13,6 +13,7 @@ restart starts again from the stored watermark: below).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -35,16 +36,27 @@ from featurestore.streaming.tiles import TileAccumulator
 # as late (review s55: 89 of 120 events of a 2-minute backlog, at 30 s of lateness).
 # That cap cannot see a producer that sets the Kafka timestamp to the event time (Kafka
 # Streams, Flink, Connect): a wrong time comes with the same wrong Kafka timestamp. So an
-# event also moves the watermark by more than CLOCK_SKEW_US at once only when it is within
-# CLOCK_SKEW_US of the lower median of the partition's last RECENT_EVENTS applied event
-# times (itself included): one event, or up to 7 of 15, far ahead of their neighbours
-# cannot carry the watermark, and a real jump (a producer back after a pause) moves it
-# once 8 events of the new time have come. Until then the watermark stays behind, which
-# only makes lateness more lenient. Recent times live in the process: a restart, or a
-# partition whose stored watermark moved under another processor, starts them again
-# from the stored watermark. Keeping them costs ~50-70 ns an event (the batch step of
-# 10,000 events, 2.2 -> 2.3 µs an event, a scratch A/B on a loaded VM).
+# event moving the watermark by more than CLOCK_SKEW_US at once must also be within reach
+# of the partition's recent applied event times (the last RECENT_EVENTS before it): at
+# most CLOCK_SKEW_US past their lower median, plus 4x what the events above it take at
+# the pace of those below it (``_reach``). That pace is the stream's own: a partition
+# whose events come minutes apart moves its watermark with nearly every event (review
+# s56: a fixed 60 s past the median froze it for good; 4x, not 2x: with Poisson gaps
+# 0.6-0.8% of events wait for the next one, not 7-10%), while in a catch-up of events
+# seconds apart one event, or up to 7 in a row, more than a few minutes ahead of their
+# neighbours cannot carry it. A real jump (a producer back after a pause) moves it at
+# the 9th event of the new time; until then lateness is judged more leniently, never
+# more strictly. The times live in the process; a turn
+# goes on with them only from the mark the previous turn left (its offset and
+# watermark): a restart, a batch re-read after a refused write, or a partition another
+# processor wrote starts them from the stored watermark, counted as 7 times (so the
+# check holds from the first event, as it does in steady state); a partition without a
+# mark has none, and its first events set the watermark. Keeping them costs ~50-70 ns an
+# event (the batch step of 10,000 events, 2.2 -> 2.3 µs an event, a scratch A/B on a
+# loaded VM); the check (a sort of 15) runs only for an event more than 60 s past the
+# watermark.
 RECENT_EVENTS = 15
+_SEEDED = RECENT_EVENTS // 2  # the stored watermark's weight in a new window
 
 
 class Turn:
@@ -76,18 +88,19 @@ class Aggregator:
         self.decoder = decoder
         self.lateness_us = lateness_us
         self.errors = errors
-        # partition -> (the watermark a turn left it at, its recent applied event times)
-        self._recent: dict[int, tuple[int, deque[int]]] = {}
+        # partition -> (the mark a turn left it at, the recent applied event times before it)
+        self._recent: dict[int, tuple[PartitionMark, deque[int]]] = {}
 
     def _recent_times(self, partition: int, mark: PartitionMark) -> deque[int]:
-        """The partition's recent event times, if the watermark is still the one they led
-        to; else a new window holding the stored watermark (nothing for a new partition)."""
+        """The partition's recent event times if ``mark`` is the one the last turn left
+        (its batch goes on from there); else a new window of the stored watermark, 7 times
+        (none for a partition without a mark)."""
         kept = self._recent.get(partition)
-        if kept is not None and kept[0] == mark.watermark_us:
+        if kept is not None and kept[0] == mark:
             return kept[1]
         times: deque[int] = deque(maxlen=RECENT_EVENTS)
         if mark.watermark_us != NO_MARK.watermark_us:
-            times.append(mark.watermark_us)
+            times.extend([mark.watermark_us] * _SEEDED)
         return times
 
     def __call__(self, messages: list[Any], acc: TileAccumulator, marks: Mapping[int, PartitionMark]) -> Turn:
@@ -130,13 +143,15 @@ class Aggregator:
                     ts_us = event.ts_us
                     add(event.key, ts_us, event.values)
                     times = state[3]
-                    times.append(ts_us)
-                    if ts_us > state[2]:  # within the skew of its message's time and its neighbours' (above)
+                    if (
+                        ts_us > state[2]
+                    ):  # within the skew of its message's time and its neighbours' reach (above)
                         sent_ms = ts_ms if 0 < ts_ms < now_ms else now_ms
                         if ts_us <= sent_ms * 1000 + CLOCK_SKEW_US and (
-                            ts_us <= state[2] + CLOCK_SKEW_US or ts_us <= _lower_median(times) + CLOCK_SKEW_US
+                            ts_us <= state[2] + CLOCK_SKEW_US or ts_us <= _reach(times)
                         ):
                             state[2] = ts_us
+                    times.append(ts_us)
                     counts["applied"] += 1
                     if ts_ms > newest:
                         newest = ts_ms
@@ -148,12 +163,21 @@ class Aggregator:
                 )
                 turn.dead.append((m, f"could not be processed: {e!r}"))
         turn.oldest_ms, turn.newest_ms = oldest, newest
-        for partition, (_, _, watermark_us, times) in turn.work.items():
-            self._recent[partition] = (watermark_us, times)
+        for partition, (_, last, watermark_us, times) in turn.work.items():
+            self._recent[partition] = (PartitionMark(last, watermark_us), times)
         return turn
 
 
-def _lower_median(times: deque[int]) -> int:
-    """The lower median: with as many times above as below it, the older one (so two
-    times, one far ahead, give the other)."""
-    return sorted(times)[(len(times) - 1) // 2]
+def _reach(times: deque[int]) -> float:
+    """How far past its recent times an event may move the watermark: CLOCK_SKEW_US past
+    their lower median, plus twice the time the events above the median would take at the
+    pace of those below it (the lower half's spread: an outlier among the recent times
+    does not widen it). Unbounded with fewer than three recent times."""
+    if not times:
+        return math.inf
+    ordered = sorted(times)
+    i = (len(ordered) - 1) // 2
+    median = ordered[i]
+    if i == 0:  # one or two times (a partition's first events, no mark stored): no pace to judge by
+        return math.inf
+    return median + CLOCK_SKEW_US + 4 * (median - ordered[0]) * (len(ordered) - i) / i
