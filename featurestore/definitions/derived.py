@@ -201,7 +201,6 @@ def _feature(p: _Parser, obj: Any, where: str, view_where: str) -> DerivedFeatur
     m = p.mapping(obj, where, allowed, {"name", "dtype"})
     name = _local_name(p, m.get("name"), f"{where}.name", named_in_expressions=False)
     where = f"{view_where}.features[{name}]"
-    p.not_answer_suffixed(name, where)
     dtype = p.dtype(m, where)
     if dtype not in FEATURE_DTYPES:
         raise p.fail(f"{where}.dtype", f"derived features are {', '.join(d.value for d in FEATURE_DTYPES)}")

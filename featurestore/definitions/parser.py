@@ -43,8 +43,6 @@ _T = TypeVar("_T", Entity, FeatureView, FeatureService)
 # collides with nothing, and loaded before (review s53).
 _EVENT_TIME_COLUMN = "event_timestamp"
 _STORE_COLUMNS = frozenset({"__key", "__row"})
-# The columns an Arrow join answer adds after each column <name> (api/arrow_codec.py).
-ANSWER_SUFFIXES = ("__status", "__event_timestamp")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -141,20 +139,6 @@ class _Parser:
             )
         if name in _STORE_COLUMNS:
             raise self.fail(where, f"{name!r} is a reserved column name: a store's own column")
-        self.not_answer_suffixed(name, where)
-
-    def not_answer_suffixed(self, name: str, where: str) -> None:
-        """An answer column (entity key, feature, derived feature) does not end as the
-        columns an Arrow answer adds to each: the Arrow table had two of one name and the
-        client's to_arrow(statuses=True) overwrote one (review s56). Since 2026-12-07,
-        so only when authoring."""
-        if self.authoring and name.endswith(ANSWER_SUFFIXES):
-            suffix = next(s for s in ANSWER_SUFFIXES if name.endswith(s))
-            raise self.fail(
-                where,
-                f"{name!r} ends in {suffix!r}: an Arrow answer names the {suffix[2:]} column of "
-                f"{name[: -len(suffix)]!r} so; choose another name",
-            )
 
     def store_name(self, obj: dict[str, Any], where: str) -> str:
         """A view's ``online_store``: a name of the config's ``stores`` (default: default)."""

@@ -120,6 +120,10 @@ class EventDecoder:
         v = getattr(ev, self.ts)
         if type(v) is str:
             try:
+                # printable ASCII only: CPython 3.11's fromisoformat stops at a NUL, so
+                # "...Z\x00anything" read as its first part (as push's check, review s56)
+                if not (v.isascii() and v.isprintable()):
+                    raise ValueError(v)
                 t = datetime.fromisoformat(v)
             except ValueError:
                 return Malformed(f"timestamp field {self.ts_field!r}: not ISO-8601: {v[:40]!r}")

@@ -1,9 +1,8 @@
 """An Arrow join answer never holds two columns of one name, and the client's
 ``to_arrow`` / ``to_pandas(statuses=True)`` never overwrite one column with another, on a
-real server (review s56, finding 3). Definitions refuse a feature named as another's
-``__status`` / ``__event_timestamp`` column (tests/unit/test_definitions.py); what they
-cannot see is a clash made by the join's names: an entity ``user`` and, with
-``full_feature_names``, view ``user``'s feature ``status`` (``user__status``)."""
+real server (review s56, finding 3): a clash made by the join's names, here an entity
+``user`` and, with ``full_feature_names``, view ``user``'s feature ``status``
+(``user__status``), is a 400 (definitions do not refuse such names: docs/api.md)."""
 
 from __future__ import annotations
 

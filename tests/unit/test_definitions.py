@@ -250,39 +250,3 @@ def test_yaml_file_round_trip(tmp_path: Path) -> None:
     f = tmp_path / "defs.yaml"
     f.write_text(yaml.safe_dump(base()))
     assert load_definitions(f).views["uv"].batch_source.path == str(tmp_path / "u.parquet")  # type: ignore[union-attr]
-
-
-def test_a_name_ending_as_an_arrow_answers_status_or_event_time_column_is_refused_when_authoring() -> None:
-    """An Arrow join answer adds ``<name>__status`` and ``<name>__event_timestamp`` after
-    each column: a feature ``a__status`` beside ``a`` made two columns of one name (review
-    s56). Entities, features, derived features and stream aggregations alike; a snapshot
-    applied before the check still loads."""
-    import copy
-
-    from tests.unit.test_stream_views import DOC
-
-    for suffix in ("__status", "__event_timestamp"):
-        name = "a" + suffix
-        entity = base()
-        entity["entities"].append({"name": name, "dtype": "int64"})
-        derived = copy.deepcopy(DOC)
-        derived["derived_views"][0]["features"][0]["name"] = name
-        stream = copy.deepcopy(DOC)
-        stream["stream_views"][0]["aggregations"][0]["name"] = name
-        stream["derived_views"] = derived["feature_services"] = stream["feature_services"] = []
-        for doc, where in (
-            (
-                mutate(["feature_views", 0, "features", 1, "name"], name),
-                f"feature_views[uv].features[{name}]",
-            ),
-            (entity, f"entities[{name}]"),
-            (derived, f"derived_views[ratios].features[{name}]"),
-            (stream, f"stream_views[clicks].aggregations[{name}]"),
-        ):
-            with pytest.raises(DefinitionError) as info:
-                parse_definitions(doc, source="f.yaml")
-            assert f"{where}: {name!r} ends in {suffix!r}: an Arrow answer names" in str(info.value)
-            parse_definitions(doc, source="snapshot", check_functions=False)  # applied before: loads
-    # only the suffix: a name holding it elsewhere, or a single underscore, is valid
-    for name in ("status__x", "a_status", "status"):
-        parse_definitions(mutate(["feature_views", 0, "features", 1, "name"], name), source="f.yaml")
