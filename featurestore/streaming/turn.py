@@ -37,7 +37,9 @@ from featurestore.streaming.tiles import TileAccumulator
 # That cap cannot see a producer that sets the Kafka timestamp to the event time (Kafka
 # Streams, Flink, Connect): a wrong time comes with the same wrong Kafka timestamp. So an
 # event moving the watermark by more than CLOCK_SKEW_US at once must also be within reach
-# of the partition's recent applied event times (the last RECENT_EVENTS before it): at
+# of the partition's recent applied event times (the last RECENT_EVENTS before it, of those
+# at most CLOCK_SKEW_US older than the watermark: one far out of order, within a long
+# lateness, stretched the pace, review s56): at
 # most CLOCK_SKEW_US past their lower median, plus 4x what the events above it take at
 # the pace of those below it (``_reach``). That pace is the stream's own: a partition
 # whose events come minutes apart moves its watermark with nearly every event (review
@@ -151,7 +153,8 @@ class Aggregator:
                             ts_us <= state[2] + CLOCK_SKEW_US or ts_us <= _reach(times)
                         ):
                             state[2] = ts_us
-                    times.append(ts_us)
+                    if ts_us >= state[2] - CLOCK_SKEW_US:  # (one far out of order would stretch the pace)
+                        times.append(ts_us)
                     counts["applied"] += 1
                     if ts_ms > newest:
                         newest = ts_ms
@@ -170,9 +173,10 @@ class Aggregator:
 
 def _reach(times: deque[int]) -> float:
     """How far past its recent times an event may move the watermark: CLOCK_SKEW_US past
-    their lower median, plus twice the time the events above the median would take at the
-    pace of those below it (the lower half's spread: an outlier among the recent times
-    does not widen it). Unbounded with fewer than three recent times."""
+    their lower median, plus 4x the time the events above the median would take at the
+    pace of those below it (the lower half's spread: an outlier ahead does not widen it,
+    and an event far out of order is not a recent time). Unbounded with fewer than three
+    recent times."""
     if not times:
         return math.inf
     ordered = sorted(times)

@@ -57,7 +57,7 @@ class Message:
         return "clicks"
 
 
-def view() -> FeatureView:
+def view(allowed_lateness: str = "0s") -> FeatureView:
     doc = {
         "project": "p",
         "entities": [{"name": "user_id", "dtype": "int64"}],
@@ -65,6 +65,7 @@ def view() -> FeatureView:
             {
                 "name": "unit_view",
                 "entities": ["user_id"],
+                "allowed_lateness": allowed_lateness,
                 "source": {"topic": "clicks", "key_fields": ["u"], "timestamp_field": "ts"},
                 "aggregations": [{"name": "n", "function": "count", "window": "1h"}],
             }
@@ -241,6 +242,25 @@ def test_outliers_do_not_move_the_watermark_right_after_a_restart_nor_count_twic
     processor.marks[0] = stored  # the batch's write refused: re-read from the stored mark
     aggregate(processor, *[(ahead + i, ahead + i) for i in range(7)])
     assert watermark_ms(processor) == old + 14_000  # the same 7 again: still 7, not 14
+
+
+def test_an_event_applied_far_out_of_order_does_not_stretch_the_reach_of_the_next_ones() -> None:
+    """Within a long lateness an event minutes out of order is applied, but it is not a
+    recent time: as the oldest of them it stretched the pace, and the next event half an
+    hour ahead moved the watermark past the backlog (review s56: 599 of 3,600 late)."""
+    processor = StreamProcessor(
+        view("10m"), MemoryTileStore(), KafkaSettings(bootstrap_servers="unused"), "p", ProcessorOptions()
+    )
+    processor.marks[0] = NO_MARK
+    try:
+        old = time.time_ns() // 1_000_000 - 7_200_000
+        aggregate(processor, *[(old + i * 2_000, old + i * 2_000) for i in range(30)])
+        turn = aggregate(processor, (old - 442_000, old + 60_000))  # 500 s behind the newest
+        assert turn.counts["applied"] == 1
+        aggregate(processor, (old + 1_860_000, old + 1_860_000))  # half an hour ahead
+        assert watermark_ms(processor) == old + 58_000
+    finally:
+        processor._writer.shutdown()
 
 
 @pytest.mark.parametrize(
