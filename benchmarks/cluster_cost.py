@@ -3,15 +3,19 @@ the read path ``benchmarks.scaling`` sizes its fleet from is the standalone one,
 fleet it prescribes needs more than one Redis, which the store reaches only as a Cluster.
 
 On one Redis a join's read is one MGET per view, packed into one write and, with
-auto-pipelining, shared with the other joins of the event-loop tick; on Cluster it is a
-redis-py ClusterPipeline of one GET per key, a round trip per node, with no
-auto-pipelining (docs/storage.md). Both are measured in this process through the store
-itself (``RedisSource.read``, decoding included; no HTTP, no join engine): the demo's two
-user views (16 features), 20,000 users written, reads of 10 distinct users drawn uniformly,
-one read at a time and 32 in flight; the store's CPU (this process) and Redis's (every
-node, from /proc) per read. One standalone Redis and a Cluster of 3 primaries, started here.
+auto-pipelining, shared with the other joins of the event-loop tick; on Cluster it is one
+write of GETs per node on the store's own connections (``redis_cluster_read.py``), with
+no auto-pipelining, and, for a read the slot map cannot answer, redis-py's
+ClusterPipeline of one GET per key (the only Cluster read before; docs/storage.md). All
+three are measured in this process through the store itself (``RedisSource.read``,
+decoding included; no HTTP, no join engine): the demo's two user views (16 features),
+20,000 users written, reads of 10 distinct users drawn uniformly, one read at a time and
+32 in flight; the store's CPU (this process) and Redis's (every node, from /proc) per
+read. One standalone Redis and a Cluster of 3 primaries, started here; the two Cluster
+paths take turns on the same store, ``--rounds`` times, and each figure is the median of
+its rounds (the standalone's too).
 
-    python -m benchmarks.cluster_cost [--reads 2000] [--users 20000]
+    python -m benchmarks.cluster_cost [--reads 2000] [--users 20000] [--rounds 3]
 
 Writes benchmarks/results/cluster-cost.md (stitched into RESULTS.md after "Scaling").
 """
@@ -26,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -43,6 +48,20 @@ ROOT = HERE.parent
 BATCH = 10
 IN_FLIGHT = (1, 32)
 VIEWS = ("user_profile", "user_activity")
+STANDALONE, LEAN, DIRECT, PIPELINE = (
+    "standalone",
+    "cluster, 3 primaries: own connections",
+    "cluster, 3 primaries: own connections, auto_pipeline false",
+    "cluster, 3 primaries: redis-py pipeline",
+)
+# Per path measured: the store's options, and (on a Cluster) whether reads go on the
+# store's own connections.
+PATHS: dict[str, tuple[dict[str, Any], bool]] = {
+    STANDALONE: ({"cluster": False}, True),
+    LEAN: ({"cluster": True}, True),
+    DIRECT: ({"cluster": True, "auto_pipeline": False}, True),
+    PIPELINE: ({"cluster": True}, False),
+}
 
 
 async def measure(
@@ -74,18 +93,34 @@ async def measure(
 
 
 async def one_store(
-    url: str, cluster: bool, redis_pids: Sequence[int], views: Sequence[FeatureView], rows: Any, a: Any
-) -> dict[int, dict[str, float]]:
-    source = RedisSource("bench", "demo", RedisOptions(url=url, cluster=cluster))
-    await source.start()
+    url: str, paths: Sequence[str], redis_pids: Sequence[int], views: Sequence[FeatureView], rows: Any, a: Any
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Per path (``PATHS``, a store each), per reads in flight: the median of ``a.rounds``
+    measures, the paths taking turns in each round."""
+    sources = {p: RedisSource("bench", "demo", RedisOptions(url=url, **PATHS[p][0])) for p in paths}
     try:
+        for path, source in sources.items():
+            await source.start()
+            reader = source._cluster  # (the benchmark's switch to redis-py's pipeline)
+            if reader is not None:
+                assert await reader.mapped()
+                reader.lean = PATHS[path][1]
         for v in views:
-            await source.write(v, rows, 1)
-        rng = random.Random(1)  # the same users on both stores
+            await sources[paths[0]].write(v, rows, 1)
+        rng = random.Random(1)  # the same users on every store
         draws = [rng.sample(range(1, a.users + 1), BATCH) for _ in range(a.reads)]
-        return {n: await measure(source, views, redis_pids, draws, n) for n in IN_FLIGHT}
+        rounds: dict[str, dict[int, list[dict[str, float]]]] = {p: {n: [] for n in IN_FLIGHT} for p in paths}
+        for _ in range(a.rounds):
+            for path, source in sources.items():
+                for n in IN_FLIGHT:
+                    rounds[path][n].append(await measure(source, views, redis_pids, draws, n))
+        return {
+            p: {n: {k: median(r[k] for r in runs) for k in runs[0]} for n, runs in by.items()}
+            for p, by in rounds.items()
+        }
     finally:
-        await source.close()
+        for source in sources.values():
+            await source.close()
 
 
 def render(results: dict[str, dict[int, dict[str, float]]], a: argparse.Namespace, start: str) -> list[str]:
@@ -97,10 +132,15 @@ def render(results: dict[str, dict[int, dict[str, float]]], a: argparse.Namespac
         f"* Command: `{cmd}`",
         f"* In process, through the store (`RedisSource.read`, decoding included; no HTTP, no join engine): "
         f"the demo's two user views (16 features), {a.users:,} users written, {a.reads:,} reads of {BATCH} "
-        "distinct users drawn uniformly (the same on both), after 200 to warm up; one read at a time, then "
-        f"{IN_FLIGHT[-1]} in flight. CPU of this process (the store's side) and of Redis (every node) per read. "
-        "Standalone: one MGET per view, auto-pipelined (the joins of a tick share a write); Cluster (3 "
-        "primaries, no replicas): a pipeline of one GET per key, a round trip per node, no auto-pipelining.",
+        "distinct users drawn uniformly (the same on every store), after 200 to warm up; one read at a time, then "
+        f"{IN_FLIGHT[-1]} in flight. CPU of this process (the store's side) and of Redis (every node) per read, "
+        f"the median of {a.rounds} rounds. "
+        "Standalone: one MGET per view, auto-pipelined (the joins of a tick share a write). Cluster (3 "
+        "primaries, no replicas), own connections: GETs per node on the store's connections "
+        "(sources/redis_cluster_read.py), the nodes at once, each node's auto-pipelined (the joins of a tick "
+        "share a write to it; with `auto_pipeline: false` a write per node a read); redis-py pipeline: a "
+        "ClusterPipeline of one GET per key (the Cluster read before; now the fallback of a read the slot "
+        "map cannot answer). A store per path, on one Cluster; the paths take turns in each round.",
         "",
         "| Redis | reads in flight | store CPU µs/read | Redis CPU µs/read (all nodes) |",
         "|---|---:|---:|---:|",
@@ -108,13 +148,17 @@ def render(results: dict[str, dict[int, dict[str, float]]], a: argparse.Namespac
     for name, by in results.items():
         for n, r in by.items():
             out.append(f"| {name} | {n} | {r['client_us']:,.0f} | {r['redis_us']:,.0f} |")
-    one, many = results["standalone"], results["cluster, 3 primaries"]
+    one = results[STANDALONE]
     out += [""]
     for n in IN_FLIGHT:
-        s, c = one[n], many[n]
+        s, c, d, old = one[n], results[LEAN][n], results[DIRECT][n], results[PIPELINE][n]
         out.append(
-            f"* {n} in flight: Cluster / standalone = {c['client_us'] / s['client_us']:.1f}x the store's CPU "
-            f"(+{c['client_us'] - s['client_us']:,.0f} µs a read), {c['redis_us'] / s['redis_us']:.1f}x Redis's."
+            f"* {n} in flight: Cluster on own connections / standalone = {c['client_us'] / s['client_us']:.1f}x "
+            f"the store's CPU (+{c['client_us'] - s['client_us']:,.0f} µs a read), "
+            f"{c['redis_us'] / s['redis_us']:.1f}x Redis's (auto_pipeline false: "
+            f"{d['client_us'] / s['client_us']:.1f}x and {d['redis_us'] / s['redis_us']:.1f}x); redis-py "
+            f"pipeline / standalone = {old['client_us'] / s['client_us']:.1f}x and "
+            f"{old['redis_us'] / s['redis_us']:.1f}x."
         )
     out += [
         "",
@@ -129,6 +173,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     start = started()
     from tests.servers import RedisCluster, RedisServer  # real servers, stopped at the end
@@ -141,15 +186,13 @@ def main() -> int:
         single = RedisServer(Path(tmp) / "single").start()
         try:
             assert single.proc is not None
-            results["standalone"] = asyncio.run(
-                one_store(single.url, False, [single.proc.pid], views, rows, a)
-            )
+            results |= asyncio.run(one_store(single.url, [STANDALONE], [single.proc.pid], views, rows, a))
         finally:
             single.stop()
         cluster = RedisCluster(Path(tmp)).start()
         try:
             pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
-            results["cluster, 3 primaries"] = asyncio.run(one_store(cluster.url, True, pids, views, rows, a))
+            results |= asyncio.run(one_store(cluster.url, [LEAN, DIRECT, PIPELINE], pids, views, rows, a))
         finally:
             cluster.stop()
     from benchmarks.report import publish

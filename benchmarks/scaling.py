@@ -16,8 +16,8 @@ is computed from the batch-10 figures:
 
 Both per-join figures are of the standalone read path (one Redis, a view's keys in one
 MGET, auto-pipelined with the other joins of a tick). The store reaches several Redis only
-as a Redis Cluster (``cluster: true``), where a read is a pipeline of one GET per key, a
-round trip per node, without auto-pipelining: a costlier path this benchmark does not
+as a Redis Cluster (``cluster: true``), where a read is a write of GETs per node (on the
+store's own connections, auto-pipelined per node): a costlier path this benchmark does not
 load (``benchmarks.cluster_cost`` measures its cost per read). The sizing says so.
 
     python -m benchmarks.scaling [--duration 8] [--rounds 2] [--batches 1,10,100]
@@ -150,8 +150,8 @@ def sizing(runs: list[dict[str, Any]]) -> list[str]:
         f"* Redis: {redis_us:.0f} us of Redis CPU per join = {redis_core:,.0f} joins/s per Redis core (one "
         f"command thread per Redis). At {REDIS_UTILIZATION:.0%} of a core each: **{shards} standalone primaries' "
         f"worth** of MGET reads (+1 replica each). One Redis cannot carry it, and the store spreads keys over "
-        "several Redis only as a Redis Cluster (`cluster: true`, docs/storage.md), whose read is a pipeline of one "
-        "GET per key, a round trip per node, without auto-pipelining: a path these figures do not measure. A "
+        "several Redis only as a Redis Cluster (`cluster: true`, docs/storage.md), whose read is a write of GETs "
+        "per node (auto-pipelined per node on the store's own connections): a path these figures do not measure. A "
         "Cluster fleet needs more pods and more primaries than these counts, by what its read costs "
         '(`python -m benchmarks.cluster_cost`, "Redis Cluster against one Redis"); it is not sized here.',
         "* HPA (deploy/k8s/featurestore.yaml): `averageUtilization: 60` on CPU (the figure the pod count is "

@@ -164,6 +164,14 @@ SOURCE_READ_RETRIES = Counter(
     "the server or a proxy closed while it idled); a failed retry marks the store down.",
     ["store"],
 )
+REDIS_CLUSTER_REREADS = Counter(
+    "featurestore_redis_cluster_reread_total",
+    "Redis Cluster reads that did not go by the slot map alone: `redirected` (a key had "
+    "moved or was migrating: asked again of the node named, the map refreshed), `fallback` "
+    "(the cluster was in flux or a node unreachable: read again through redis-py). A few "
+    "during a resharding or failover; a steady rate means the slot map keeps going stale.",
+    ["store", "reason"],
+)
 SOURCE_CONNECTIONS_OPENED = Counter(
     "featurestore_source_connections_opened_total",
     "Read connections a Redis store opened: on first use, and again after one was lost "

@@ -12,8 +12,9 @@ row width, not its meaning).
 Reads: standalone Redis gets one MGET per view, all views of a request packed into a
 single write on one pooled connection (one round trip); with ``auto_pipeline`` (the
 default) the reads of every join of one event-loop tick share that write
-(``redis_batch.py``). Redis Cluster spreads keys over slots, so there a read is a
-cluster pipeline of GETs: one round trip per node.
+(``redis_batch.py``). Redis Cluster spreads keys over slots, so there a read is one
+write of GETs per node on connections of our own, by redis-py's slot map
+(``redis_cluster_read.py``; through redis-py's cluster pipeline when the map is stale).
 
 Health: a background probe PINGs on an interval. When Redis stops answering the
 store is DOWN and reads fail at once (the engine serves UNAVAILABLE) instead of each
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -45,15 +47,11 @@ from featurestore.rows import conform, key_text, view_schema
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.missing import MissingData
 from featurestore.sources.redis_batch import AutoPipeline
+from featurestore.sources.redis_cluster_read import ClusterReader
 from featurestore.sources.redis_options import RedisOptions as RedisOptions  # re-exported
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
-from featurestore.sources.redis_read import cluster_get, for_version_keys, pooled_mget
-from featurestore.sources.redis_wire import (
-    KeyNames,
-    LayoutMismatch,
-    VersionMissing,
-    decode_rows,
-)
+from featurestore.sources.redis_read import for_version_keys, pooled_mget
+from featurestore.sources.redis_wire import KeyNames, LayoutMismatch, VersionMissing, decode_rows
 from featurestore.sources.redis_write import RETIRE_LOOKBACK, unexpired_versions, write_rows
 
 log = logging.getLogger(__name__)
@@ -71,27 +69,30 @@ class RedisSource:
         self._state = SourceState.STARTING
         self._client: Redis | RedisCluster
         self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool
+        self._cluster: ClusterReader | None = None  # Cluster reads
         timeout = options.connect_timeout_ms / 1000
         auth = options.connection_kwargs()  # credentials, TLS and TCP keepalive
+        # Reads go on connections of our own (redis_connection.py), with no
+        # socket timeout: the join's deadline bounds them.
+        opened = metrics.SOURCE_CONNECTIONS_OPENED.labels(name).inc
+        counters = {  # auto-pipelining's, per held
+            held: (
+                metrics.pipeline_writes(name, str(held).lower()),
+                metrics.pipeline_reads(name, str(held).lower()),
+            )
+            for held in (False, True)
+        }
         if options.cluster:
             self._client = RedisCluster.from_url(
                 options.url, socket_connect_timeout=timeout, max_connections=options.pool_size, **auth
             )
+            reread = partial(metrics.REDIS_CLUSTER_REREADS.labels, name)
+            self._cluster = ClusterReader(self._client, options, opened, counters, lambda r: reread(r).inc())
         else:
-            # Reads go on connections of our own (redis_connection.py), with no
-            # socket timeout: the join's deadline bounds them.
-            opened = metrics.SOURCE_CONNECTIONS_OPENED.labels(name).inc
             self._pool = LeanPool(options.url, options.pool_size, timeout, opened, **auth)
             self._client = Redis.from_url(options.url, socket_connect_timeout=timeout, **auth)
         self._auto: AutoPipeline | None = None
         if self._pool is not None and options.auto_pipeline:
-            counters = {
-                held: (
-                    metrics.pipeline_writes(name, str(held).lower()),
-                    metrics.pipeline_reads(name, str(held).lower()),
-                )
-                for held in (False, True)
-            }
             self._auto = AutoPipeline(self._pool, options.hold_iterations, counters)
         # PINGs travel on their own small client with a socket timeout, so a frozen
         # Redis cannot tie up the request pool and every probe ends on time.
@@ -128,9 +129,11 @@ class RedisSource:
                 log.warning("redis store %s is down: %s", self._name, reason)
             elif self._state is SourceState.DOWN:
                 log.info("redis store %s is back", self._name)
+                # sockets idle through the outage are dead: reconnect on next use
                 if self._pool is not None:
-                    # sockets idle through the outage are dead: reconnect on next use
                     self._pool.reset()
+                if self._cluster is not None:
+                    self._cluster.reset()
             self._state = state
         self._up.set(1 if state is SourceState.READY else 0)
 
@@ -138,6 +141,8 @@ class RedisSource:
 
     async def start(self) -> None:
         await self._probe()
+        if self._cluster is not None:
+            self._cluster.refresh()  # the slot map, off the start's path
         self._health = asyncio.create_task(self._health_loop(), name=f"redis-health-{self._name}")
 
     async def close(self) -> None:
@@ -150,6 +155,8 @@ class RedisSource:
             await self._auto.close()
         if self._pool is not None:
             await self._pool.close()
+        if self._cluster is not None:
+            await self._cluster.close()
         await self._client.aclose()
 
     async def prepare(self, views: Sequence[FeatureView]) -> None:
@@ -259,7 +266,7 @@ class RedisSource:
             except NOT_RETRIED:
                 raise
             except CONNECTION_ERRORS:
-                if self._pool is None or self._closing:  # redis-py's cluster client retries on its own
+                if self._pool is None or self._closing:  # a Cluster read falls back on its own
                     raise
                 # A socket Redis (its `timeout`) or a proxy closed while it idled in the
                 # pool fails its first use, and Redis is fine: the read is tried once more,
@@ -296,8 +303,8 @@ class RedisSource:
         if self._pool is not None:  # one MGET per view, packed from the keys' text
             mgets = [None if n is None else (n[0].mget(n[1]), len(n[1]) + 1) for n in named]
             return await pooled_mget(self._pool, self._auto, mgets)
-        keys = [[] if n is None else n[0].keys(n[1]) for n in named]
-        return await cluster_get(self._client, keys)  # type: ignore[arg-type]
+        assert self._cluster is not None
+        return await self._cluster.get([[] if n is None else n[0].keys(n[1]) for n in named])
 
     # -- writes ----------------------------------------------------------------------
 

@@ -153,6 +153,17 @@ class AutoPipeline:
     async def mget_packed(self, packed: bytes, commands: int, keys: int) -> list[Any]:
         """The replies of ``commands`` MGETs packed in ``packed``, in order; ``keys``: how
         many keys they read."""
+        batch, fut = self.enqueue(packed, commands, keys)
+        try:
+            return await fut
+        except asyncio.CancelledError:  # this join gave up (its deadline)
+            self.gave_up(batch, fut)
+            raise
+
+    def enqueue(self, packed: bytes, commands: int, keys: int) -> tuple[_Batch, asyncio.Future[list[Any]]]:
+        """``mget_packed`` without the wait: the future of the replies (of any commands
+        with one reply each), and its batch, for ``gave_up`` when the caller gives up on
+        it (a Cluster read waits for several nodes' at once, with no task each)."""
         if self._closed:
             raise ConnectionError("the store is closed")
         loop = asyncio.get_running_loop()
@@ -177,12 +188,15 @@ class AutoPipeline:
         batch.replies.append(commands)
         batch.futures.append(fut)
         batch.size += keys
-        try:
-            return await fut
-        except asyncio.CancelledError:  # this join gave up (its deadline): the last one out
-            if fut.cancelled() and batch.settle():
-                batch.abandon()  # ends the send nobody waits for
-            raise
+        return batch, fut
+
+    @staticmethod
+    def gave_up(batch: _Batch, fut: asyncio.Future[list[Any]]) -> None:
+        """A join gave up on ``fut`` (cancelled, or to be cancelled here): the last one of
+        its batch to do so ends the send nobody waits for."""
+        fut.cancel()
+        if fut.cancelled() and batch.settle():
+            batch.abandon()
 
     def _wait(self, batch: _Batch, loop: asyncio.AbstractEventLoop, left: int, until: float) -> None:
         """One loop iteration of a write waiting for lone calls' reads (mget says when).

@@ -34,17 +34,21 @@ NOT_RETRIED = (
 class LeanPool:
     def __init__(
         self,
-        url: str,
+        url: str | Target,
         size: int,
         socket_connect_timeout: float = 0.25,
         opened: Callable[[], None] | None = None,
         **options: object,
     ) -> None:
-        """``options``: the store's connection options (``RedisOptions.connection_kwargs``);
+        """``url``: a store URL, or a ``Target`` already made of one (a Cluster node's);
+        ``options``: the store's connection options (``RedisOptions.connection_kwargs``);
         ``opened``: called for every socket the pool's connections open (a metric)."""
         if size <= 0:
             raise ValueError("pool size must be positive")
-        self._target = Target.from_url(url, socket_connect_timeout, **options)
+        if isinstance(url, Target):
+            self._target = url
+        else:
+            self._target = Target.from_url(url, socket_connect_timeout, **options)
         self._opened = opened
         self.size = size
         self._idle: deque[ReadConnection] = deque()

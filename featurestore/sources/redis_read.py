@@ -3,7 +3,8 @@ before they are decoded (``redis_wire.decode_rows``).
 
 Standalone Redis: the MGETs of a read go out as one write on one pooled connection, or,
 with auto-pipelining and few keys, in the shared write of the event-loop tick
-(``redis_batch.py``). Redis Cluster: a pipeline of GETs, one round trip per node.
+(``redis_batch.py``). Redis Cluster (``cluster_get``): redis-py's pipeline of GETs, one
+round trip per node, for the reads ``redis_cluster_read.py`` cannot answer by its map.
 Also the SCAN of a data version's keys (dropping or expiring the version).
 """
 
