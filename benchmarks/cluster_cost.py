@@ -4,8 +4,9 @@ fleet it prescribes needs more than one Redis, which the store reaches only as a
 
 On one Redis a join's read is one MGET per view, packed into one write and, with
 auto-pipelining, shared with the other joins of the event-loop tick; on Cluster it is one
-write of GETs per node on the store's own connections (``redis_cluster_read.py``), with
-no auto-pipelining, and, for a read the slot map cannot answer, redis-py's
+write of GETs per node on the store's own connections (``redis_cluster_read.py``),
+auto-pipelined per node (a row with ``auto_pipeline: false`` too), and, for a read the
+slot map cannot answer, redis-py's
 ClusterPipeline of one GET per key (the only Cluster read before; docs/storage.md). All
 three are measured in this process through the store itself (``RedisSource.read``,
 decoding included; no HTTP, no join engine): the demo's two user views (16 features),

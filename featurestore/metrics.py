@@ -167,9 +167,11 @@ SOURCE_READ_RETRIES = Counter(
 REDIS_CLUSTER_REREADS = Counter(
     "featurestore_redis_cluster_reread_total",
     "Redis Cluster reads that did not go by the slot map alone: `redirected` (a key had "
-    "moved or was migrating: asked again of the node named, the map refreshed), `fallback` "
-    "(the cluster was in flux or a node unreachable: read again through redis-py). A few "
-    "during a resharding or failover; a steady rate means the slot map keeps going stale.",
+    "moved or was migrating: asked again of the node named; a MOVED also refreshes the map), "
+    "`fallback` (the cluster in flux, a node refusing connections: read again through "
+    "redis-py), `unmapped` (no slot map yet: read through redis-py). A few during a start, "
+    "a resharding or a failover; a steady rate means the slot map keeps going stale or "
+    "cannot be built.",
     ["store", "reason"],
 )
 SOURCE_CONNECTIONS_OPENED = Counter(
@@ -190,7 +192,8 @@ PIPELINE_WRITES = Counter(
 )
 PIPELINE_READS = Counter(
     "featurestore_redis_pipeline_reads_total",
-    "Joins' reads (one per join and store) carried by auto-pipelined Redis writes, by store and held.",
+    "Joins' reads carried by auto-pipelined Redis writes, by store and held: one per join and store "
+    "(on a Redis Cluster, one per join and node its keys reach).",
     ["store", "held"],
 )
 SOURCE_ROWS_LOADED = Gauge(

@@ -5,24 +5,19 @@ node, TLS and AUTH as the standalone path), every node read at once, the replies
 back in key order. With ``auto_pipeline`` each node's GETs join the event-loop tick's
 write to that node (``redis_batch.AutoPipeline``, one per node), as standalone MGETs do.
 
-redis-py's ``ClusterPipeline`` (one GET per key as well) cost 624 µs of the store's CPU a
-batch-10 read of the demo's two views, against 71 for a standalone MGET (8.8x; 14x at
-32 reads in flight: ``python -m benchmarks.cluster_cost``, 2026-12-07 15:30): its cost is
-per command and per node in Python (command objects, a lock, a connection checkout and
-a stream reader's await per reply), not in Redis. This path, in the same run as that
-pipeline (2026-12-07 18:07, 5 rounds, on the 2-core machine shared with others' tests):
-161 against 766 µs at 1 read in flight, 77 against 797 at 32 (one Redis: 97 and 51);
-an earlier run (18:03, 3 rounds) read 152 / 604 / 85 and 61 / 624 / 33. Without
-auto-pipelining, 155 at 32 in flight (126 at 18:03): a write and a wakeup per node and
-read are most of what remains, and the shared writes save them.
+redis-py's ``ClusterPipeline`` (one GET per key as well) costs per command and per node
+in Python (command objects, a lock, a connection checkout, an await per reply), not in
+Redis. The store's CPU a batch-10 read of the demo's two views (``python -m
+benchmarks.cluster_cost``, 2026-12-07 18:07, 5 rounds, a loaded 2-core VM): this path 161
+µs at 1 read in flight, 77 at 32; the pipeline 766 and 797; one Redis 97 and 51. Without
+auto-pipelining, 155 at 32 in flight: the shared writes per node save most of the rest.
 
 The slot map is redis-py's: its cluster client's slot cache (``nodes_manager``, filled
 by CLUSTER SLOTS), copied into one list of 16,384 pools. A stale map cannot give a wrong
 answer: a node asked for a slot it does not own replies MOVED, or ASK while the slot
 migrates and the key has left, naming the node to ask. Such keys are asked again of
-that node at once, on its lean connections (ASKING before each GET after an ASK), and a
-MOVED has the map refreshed off the hot path (``refresh``: CLUSTER SLOTS again, at most
-every ``REFRESH_INTERVAL``). A read that meets anything else the cluster says while in
+that node at once (ASKING before each GET after an ASK), and a MOVED has the map
+refreshed off the hot path (CLUSTER SLOTS again, at most every ``REFRESH_INTERVAL``). A read that meets anything else the cluster says while in
 flux (TRYAGAIN, CLUSTERDOWN, a redirection after a redirection), a node it cannot reach
 or a slot no node serves is read again through redis-py's pipeline (``cluster_get``),
 and the map refreshed. A resharding or a failover costs a few slower reads. Before the
@@ -70,6 +65,11 @@ REDIRECTS: Final = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 # each, to every reader), and each refresh also makes redis-py's client reconnect its
 # pooled sockets (NodesManager.set_nodes).
 REFRESH_INTERVAL: Final = 0.1
+# A read given up at its deadline refreshes the map, at most this often: a primary that
+# hangs while its replica takes over sends no MOVED and fails no connect (review s56: a
+# third of the keys missed every deadline for 20 s; with this, ~3 s). Not at every miss:
+# a refresh makes redis-py reconnect its sockets, and an overload misses many deadlines.
+MISSED_REFRESH_INTERVAL: Final = 1.0
 
 
 def key_slot(key: bytes) -> int:
@@ -122,6 +122,7 @@ class ClusterReader:
         self._refreshing: asyncio.Task[None] | None = None
         self._again = False  # a refresh was asked for while one ran
         self._last = 0.0  # when the last refresh began (monotonic)
+        self._missed_at = 0.0  # when a missed deadline last asked for one
         self._closed = False
         self.lean = True  # False: every read through redis-py (benchmarks compare the two)
         self.redirected = 0  # reads that followed a MOVED or an ASK
@@ -134,6 +135,7 @@ class ClusterReader:
             raise redis_errors.ConnectionError("the store is closed")
         if owners is None or not self.lean:
             if self.lean:
+                self._reread("unmapped")
                 self.refresh()
             return await cluster_get(self._client, wire)
         keys = [k.encode() for keys in wire for k in keys]
@@ -148,6 +150,11 @@ class ClusterReader:
             return await cluster_get(self._client, wire)
         except redis_errors.TimeoutError:  # a connect timed out (a host gone silent, failed over?)
             self.refresh()  # not read again: the wait would double (redis_pool.NOT_RETRIED)
+            raise
+        except asyncio.CancelledError:  # given up at its deadline: a node hung, failed over?
+            if (now := time.monotonic()) - self._missed_at >= MISSED_REFRESH_INTERVAL:
+                self._missed_at = now
+                self.refresh()
             raise
         out, i = [], 0
         for some in wire:
@@ -283,6 +290,8 @@ class ClusterReader:
         or one a MOVED or an ASK names that owns no slot yet (a node added to reshard)."""
         pool = self._pools.get(where)
         if pool is None:
+            if self._closed:  # (a redirected read during close: no pool nobody closes)
+                raise redis_errors.ConnectionError("the store is closed")
             host, port = where
             tls = self._target.tls is not None
             target = dataclasses.replace(
@@ -294,9 +303,11 @@ class ClusterReader:
         return pool
 
     def reset(self) -> None:
-        """Drop every idle socket (after an outage): they reconnect on next use."""
+        """Drop every idle socket (after an outage): they reconnect on next use; and build
+        the map again (the outage may have been a failover)."""
         for pool in self._pools.values():
             pool.reset()
+        self.refresh()
 
     async def close(self) -> None:
         self._closed = True
