@@ -35,6 +35,7 @@ from lineage.graph.base import (
 )
 from lineage.graph.bolt_errors import UNAVAILABLE, described, retryable, server_state
 from lineage.graph.bolt_history import BoltHistory
+from lineage.graph.bolt_session import consume, forget, transaction, within
 from lineage.graph.bolt_topology import BoltTopology
 from lineage.graph.bolt_walk import BoltWalks
 from lineage.graph.cypher import (
@@ -123,8 +124,8 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
         now (missing, read-only, full, forbidden). 3 tries: consumers' probes may conflict;
         all of them within the probe's deadline (GraphUnavailable after it)."""
         at = int(time.time() * 1000)
-        probe = self._retrying("probe", lambda session: _consume(session, PROBE, at=at), attempts=3)
-        await _within("probe", self._probe_timeout, probe)
+        probe = self._retrying("probe", lambda session: consume(session, PROBE, at=at), attempts=3)
+        await within("probe", self._probe_timeout, probe)
 
     async def start(self) -> None:
         for statement in (*SCHEMA, *DRIFT_SCHEMA):
@@ -165,11 +166,13 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
         timeout = self._write_timeout if write else self._read_timeout  # Neo4j stops it then
 
         async def work(session: AsyncSession) -> list[dict[str, Any]]:
+            if write:
+                return await transaction(session, query, params, timeout)
             result = await session.run(neo4j.Query(query, timeout=timeout), params)
             return [dict(r) async for r in result]
 
         if write:  # batches of the consumer: retried within the write's deadline
-            return await self._one_write_at_a_time(self._retrying("write", work))
+            return await self._one_write_at_a_time(lambda: self._retrying("write", work))
         try:
             async with asyncio.timeout(self._read_timeout):
                 return await self._retrying("read", work)
@@ -183,13 +186,15 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
             "or the query reaches too much (ask for a smaller depth)"
         )
 
-    async def _one_write_at_a_time(self, work: Awaitable[T]) -> T:
-        """``work`` within the write's deadline, never beside a write cut short before it.
+    async def _one_write_at_a_time(self, start: Callable[[], Awaitable[T]]) -> T:
+        """``start()`` within the write's deadline, after a write cut short before it.
 
-        A write cut by its deadline (or a stop) is not taken back: the server may run it
-        when it answers again. A retry sent beside it raced it, and ArcadeDB counted the
-        event twice (2 of 3 tries, the retry sent as the server resumed). So the cut
-        write goes on (shielded), and the next write first waits for it."""
+        A write cut by its deadline is shielded and goes on; the next write first waits
+        for it (it may still commit: the retry then finds its events written). Every write
+        is one transaction, so a write and its retry, or another consumer's, that do run
+        side by side still count an event once (``bolt_session.transaction``). ``start`` is called
+        only once the write is sent: a coroutine made before the wait, which can fail or
+        be cancelled, was never awaited (review s56 r2 #4)."""
         if self._unfinished is not None and not self._unfinished.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._unfinished), self._write_timeout)
@@ -200,13 +205,13 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
                 ) from None
             except Exception:
                 pass  # it failed: the write below is the retry
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(start())
         try:
-            return await _within("write", self._write_timeout, asyncio.shield(task))
+            return await within("write", self._write_timeout, asyncio.shield(task))
         except BaseException:
             if not task.done():
                 self._unfinished = task
-                task.add_done_callback(_forget)
+                task.add_done_callback(forget)
             raise
 
     async def _write(self, query: str, **params: Any) -> list[dict[str, Any]]:
@@ -296,7 +301,7 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
                 await tx.close()  # rolls back whatever did not commit
 
         applying = self._retrying("definitions write", work, attempts=max(self._retries, 10))  # racers retry
-        return await _within("definitions write", DEFINITIONS_TIMEOUT_SECONDS, applying)
+        return await within("definitions write", DEFINITIONS_TIMEOUT_SECONDS, applying)
 
     async def write_events(self, events: Sequence[LineageEvent]) -> None:
         if not events:
@@ -375,25 +380,3 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
 
     async def table_exists(self, name: str) -> bool:
         return bool(await self._read("MATCH (t:Table {name: $n}) RETURN t.name AS n", n=name))
-
-
-async def _within(what: str, seconds: float, work: Awaitable[T]) -> T:
-    """``work``, or GraphUnavailable once it has taken ``seconds`` (it is cancelled)."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await work
-    except TimeoutError:
-        raise GraphUnavailable(
-            f"graph {what} took longer than {seconds:g} s: the graph server is not answering or is overloaded"
-        ) from None
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """A write cut short: its outcome is the retry's to find (no 'never retrieved' log)."""
-    if not task.cancelled():
-        task.exception()
-
-
-async def _consume(session: AsyncSession, query: str, **params: Any) -> None:
-    result = await session.run(query, params)
-    await result.consume()

@@ -147,7 +147,10 @@ class InMemoryGraph(MemoryRuns):
         if len(self._event_order) >= self._max_events:
             old_key, old_feature, old_ts, old_tie = self._event_order.popleft()
             self._event_keys.discard(old_key)
-            self._events[old_feature].remove(old_ts, old_tie)
+            timeline = self._events[old_feature]
+            timeline.remove(old_ts, old_tie)
+            if not len(timeline):  # a feature no longer served keeps nothing (review s56 r2 #1)
+                del self._events[old_feature]
         tie = f"{e.service}\n{key}"  # by time, then server (as Bolt's ORDER BY)
         self._event_keys.add(key)
         self._event_order.append((key, feature_id, ts, tie))

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 Row = tuple[int, str, T]  # (time, tie, item): unique by (time, tie)
 
-# Rows taken from the old end are only skipped (O(1)), and dropped once they are half the
-# list and at least this many (one memmove per that many removals).
-COMPACT_AT = 1024
+# Rows taken from the old end are skipped (O(1)): the slot is cleared at once, so the item
+# it held is freed with it, and the list drops its cleared slots once they are half of it
+# (one memmove per that many removals: amortised O(1)). So a timeline holds its live items
+# and at most as many empty slots (8 bytes each); an emptied one holds nothing. Review s56
+# r2 #1: slots were kept until 1,024 had gone, 2.9 GB instead of 142 MB at 5,000 features.
+_GONE: Any = None
 
 
 class Timeline(Generic[T]):
@@ -50,11 +53,19 @@ class Timeline(Generic[T]):
         if i > self._head:
             del rows[i]
             return True
+        rows[i] = _GONE  # before the head: never compared, never read
         self._head += 1
-        if self._head >= COMPACT_AT and 2 * self._head >= len(rows):
+        if self._head == len(rows):
+            self._rows, self._head = [], 0  # emptied: nothing kept at all
+        elif 2 * self._head >= len(rows):
             del rows[: self._head]
             self._head = 0
         return True
+
+    @property
+    def slots(self) -> int:
+        """List slots held, live or cleared (bounded: at most twice the live rows)."""
+        return len(self._rows)
 
     def oldest(self) -> Row[T] | None:
         return self._rows[self._head] if len(self) else None

@@ -74,13 +74,19 @@
 
   // -- search ------------------------------------------------------------------------
 
+  // Every answer that arrives late is checked against a sequence number: a search's
+  // against the newest search (an older text's list must not replace the newer one's),
+  // a graph's and its panel's, failures included, against the newest draw.
   var searchTimer = null;
+  var searchSeq = 0;
   function runSearch() {
     var text = $("search").value.trim();
     var list = $("results");
+    var mine = ++searchSeq;
     if (!text) { list.hidden = true; return; }
     gql("query ($t: String!) { search(text: $t, limit: 15) { id kind label } }", { t: text })
       .then(function (data) {
+        if (mine !== searchSeq) { return; }  // a newer search (or a choice) owns the list
         list.innerHTML = "";
         data.search.forEach(function (n, i) {
           var li = document.createElement("li");
@@ -100,10 +106,11 @@
         list.hidden = data.search.length === 0;
         if (!data.search.length) { status("nothing matches " + JSON.stringify(text)); }
       })
-      .catch(function (e) { status(e.message, true); });
+      .catch(function (e) { if (mine === searchSeq) { status(e.message, true); } });
   }
 
   function choose(id) {
+    ++searchSeq;  // a search still on its way must not open the list again
     $("results").hidden = true;
     select(id);
   }
@@ -210,7 +217,9 @@
                (state.asOf ? ", as of " + state.asOf : "") + ")");
         if (root) { return showPanel(root); }
       })
-      .catch(function (e) { status(e.message, true); });
+      .catch(function (e) {  // the graph's or the panel's: of this draw only if still the newest
+        if (seq === state.seq) { status(e.message, true); }
+      });
   }
 
   cy.on("tap", "node", function (ev) { select(ev.target.id()); });

@@ -131,3 +131,70 @@ def test_the_page_marks_the_root_the_server_drew_around_for_a_bare_name(
     assert "THE VIEW" in pg.inner_text("#panel")
     assert pg.evaluate("() => window.lineage.state.root") == "view:ranker"
     assert problems == []
+
+
+# The request whose body matches LATE_WHEN answers 1.5 s late; with LATE_FAILS, as a GraphQL
+# error (a Bolt read past its deadline). window.lateDone tells when it has.
+LATE = """
+  const f = window.fetch;
+  window.fetch = function (url, opts) {
+    const body = (opts && opts.body) || "";
+    if (!(LATE_WHEN)) { return f(url, opts); }
+    return new Promise(r => setTimeout(r, 1500)).then(() => {
+      setTimeout(() => { window.lateDone = true; }, 0);
+      if (!LATE_FAILS) { return f(url, opts); }
+      return new Response(JSON.stringify({data: null, errors: [{message: "graph read took longer than 5 s"}]}),
+                          {status: 200, headers: {"content-type": "application/json"}});
+    });
+  };
+"""
+
+
+def late(when: str, fails: bool) -> str:
+    return LATE.replace("LATE_WHEN", when).replace("LATE_FAILS", "true" if fails else "false")
+
+
+@pytest.mark.parametrize(
+    "request_of_a",
+    ['body.includes("servedBy") && body.includes("ranker:score")', 'body.includes("feature:ranker:score")'],
+    ids=["panel", "graph"],
+)
+def test_a_late_failure_for_the_node_selected_before_leaves_the_status_line_alone(
+    view_and_service_of_one_name: str, page: tuple[Page, list[str]], request_of_a: str
+) -> None:
+    """Review s56 r2 #3: feature A's panel (or graph) request failed after service B was
+    selected, and its error replaced B's status line, in red, over B's graph and panel."""
+    pg, problems = page
+    pg.add_init_script(late(request_of_a, fails=True))
+    pg.goto(view_and_service_of_one_name + "/lineage")
+    pg.evaluate("() => window.lineage.select('feature:ranker:score')")
+    pg.wait_for_timeout(300)
+    pg.evaluate("() => window.lineage.select('service:ranker')")
+    pg.wait_for_function("() => document.getElementById('panel').dataset.node === 'service:ranker'")
+    pg.wait_for_function("() => window.lateDone === true", timeout=10_000)
+    pg.wait_for_timeout(500)
+    assert "around service:ranker" in pg.inner_text("#status")
+    assert pg.evaluate("() => document.getElementById('status').className") == ""
+    assert problems == []
+
+
+def test_a_search_answer_for_an_older_text_does_not_replace_the_newer_list(
+    view_and_service_of_one_name: str, page: tuple[Page, list[str]]
+) -> None:
+    """Review s56 r2 #3: the answer for "ra" came after the one for "ranker:s" and replaced
+    its list, so ArrowDown + Enter chose among results for text no longer in the box."""
+    pg, problems = page
+    pg.add_init_script(late('body.includes("search(text") && body.includes(\'"t":"ra"\')', fails=False))
+    pg.goto(view_and_service_of_one_name + "/lineage")
+    box = pg.locator("#search")
+    box.click()
+    box.fill("ra")
+    pg.wait_for_timeout(400)
+    box.fill("ranker:s")
+    pg.wait_for_function("() => document.querySelectorAll('#results li').length > 0")
+    newer = pg.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")
+    assert newer == ["feature:ranker:score"]
+    pg.wait_for_function("() => window.lateDone === true", timeout=10_000)
+    pg.wait_for_timeout(500)
+    assert pg.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)") == newer
+    assert problems == []

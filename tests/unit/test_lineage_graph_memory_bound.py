@@ -1,0 +1,80 @@
+"""The in-process graph keeps at most ``max_events`` lineage windows (docs/lineage.md: "The
+in-process graph is bounded"), whatever the number of features and however long it serves.
+Review s56 r2 #1: an evicted window stayed in its feature's timeline until 1,024 had gone
+from it (and half of it was gone); 5,000 features served every second held 2.9 GB where
+the bound is 200,000 windows (142 MB), and a feature no longer served kept its last ones
+for good."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+from lineage.events import LineageEvent
+from lineage.graph.memory import InMemoryGraph
+from lineage.graph.memory_index import Timeline
+
+
+def window(feature: int, second: int) -> LineageEvent:
+    return LineageEvent(
+        feature_id=f"v:f{feature}", feature_version=1, source_table="redis://fs/p/v",
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + second)),
+        upstream_deps=["warehouse.t"], registry_version=1, served_count=3, trace_ids=[], service="fs@a",
+    )  # fmt: skip
+
+
+def held(graph: InMemoryGraph) -> tuple[int, int, int]:
+    """(windows live, list slots held, window objects the timelines still reference)."""
+    timelines: list[Timeline[LineageEvent]] = list(graph._events.values())
+    referenced = sum(
+        1 for t in timelines for row in t._rows if row is not None and isinstance(row[2], LineageEvent)
+    )
+    return sum(len(t) for t in timelines), sum(len(t._rows) for t in timelines), referenced
+
+
+async def test_many_features_served_every_window_keep_max_events_windows_and_no_more() -> None:
+    max_events, features = 2_000, 400
+    graph = InMemoryGraph(max_events=max_events)
+    for second in range(300):  # 120,000 windows: 118,000 evicted, 295 from each feature
+        await graph.write_events([window(f, second) for f in range(features)])
+    live, slots, referenced = held(graph)
+    assert live == max_events
+    assert referenced == max_events  # an evicted window is freed at once
+    assert slots <= 2 * max_events  # plus at most one cleared slot per live one (8 bytes each)
+    gc.collect()
+    alive = sum(1 for o in gc.get_objects() if isinstance(o, LineageEvent))
+    assert alive <= max_events + 10
+
+
+async def test_a_feature_no_longer_served_keeps_nothing_once_its_windows_are_evicted() -> None:
+    graph = InMemoryGraph(max_events=1_000)
+    for second in range(1_000):
+        await graph.write_events([window(0, second)])  # f0, then its view is removed
+    for second in range(20_000):
+        await graph.write_events([window(1, second)])  # f1 served on
+    assert "v:f0" not in graph._events
+    assert await graph.events("v:f0", None, None, 10) == []
+    live, slots, referenced = held(graph)
+    assert (live, referenced) == (1_000, 1_000)
+    assert slots <= 2_000
+    assert [e.timestamp for e in await graph.events("v:f1", None, None, 2)] == [
+        window(1, 19_998).timestamp,
+        window(1, 19_999).timestamp,
+    ]
+
+
+def test_a_timeline_emptied_from_its_old_end_holds_no_slot_and_reads_the_same() -> None:
+    line: Timeline[int] = Timeline()
+    for i in range(5_000):
+        line.add(i, "", i)
+    for i in range(4_990):
+        assert line.remove(i, "")
+        assert line.slots <= 2 * len(line) + 1
+    assert line.last(None, None, 3) == [4_997, 4_998, 4_999]
+    assert line.last(4_991, 4_993, 10) == [4_991, 4_992]
+    assert [row[2] for row in line.scan(None, None)] == list(range(4_990, 5_000))
+    line.add(1, "", 1)  # older than every row left: goes first
+    assert line.oldest() == (1, "", 1)
+    for i in [1, *range(4_990, 5_000)]:
+        assert line.remove(i, "")
+    assert (len(line), line.slots, line.oldest()) == (0, 0, None)
