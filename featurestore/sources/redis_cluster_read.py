@@ -17,14 +17,11 @@ by CLUSTER SLOTS), copied into one list of 16,384 pools. A stale map cannot give
 answer: a node asked for a slot it does not own replies MOVED, or ASK while the slot
 migrates and the key has left, naming the node to ask. Such keys are asked again of
 that node at once (ASKING before each GET after an ASK), and a MOVED has the map
-refreshed off the hot path (CLUSTER SLOTS again, at most every ``REFRESH_INTERVAL``). A read that meets anything else the cluster says while in
-flux (TRYAGAIN, CLUSTERDOWN, a redirection after a redirection), a node it cannot reach
-or a slot no node serves is read again through redis-py's pipeline (``cluster_get``),
-and the map refreshed. A resharding or a failover costs a few slower reads. Before the
-map is first built (the store's start begins it) reads go through redis-py too.
-
-A read given up on (its join's deadline) drops the sockets it was waiting on, as the
-standalone path does: a reply must never reach the next read.
+refreshed off the hot path (at most every ``REFRESH_INTERVAL``). A read meeting anything
+else of a cluster in flux (TRYAGAIN, CLUSTERDOWN, a second redirection), a node refusing
+connections or a slot no node serves is read again through redis-py's pipeline
+(``cluster_get``), and the map refreshed; so are reads before the map is first built.
+A read given up on (its deadline) drops the sockets it waited on, as on one Redis.
 """
 
 from __future__ import annotations
@@ -65,10 +62,9 @@ REDIRECTS: Final = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 # each, to every reader), and each refresh also makes redis-py's client reconnect its
 # pooled sockets (NodesManager.set_nodes).
 REFRESH_INTERVAL: Final = 0.1
-# A read given up at its deadline refreshes the map, at most this often: a primary that
-# hangs while its replica takes over sends no MOVED and fails no connect (review s56: a
-# third of the keys missed every deadline for 20 s; with this, ~3 s). Not at every miss:
-# a refresh makes redis-py reconnect its sockets, and an overload misses many deadlines.
+# A read given up at its deadline refreshes the map, at most this often (not at every miss:
+# an overload misses many): a primary that hangs while its replica takes over sends no
+# MOVED and fails no connect (review s56: its keys missed every deadline; now back in ~3 s).
 MISSED_REFRESH_INTERVAL: Final = 1.0
 
 
@@ -119,6 +115,7 @@ class ClusterReader:
         self._autos: dict[LeanPool, AutoPipeline] = {}  # per pool, with auto_pipeline
         self._owners: list[LeanPool | None] | None = None  # per slot, its primary's pool
         self._pools: Pools = {}
+        self._retired: list[LeanPool] = []  # pools of nodes that left, being closed
         self._refreshing: asyncio.Task[None] | None = None
         self._again = False  # a refresh was asked for while one ran
         self._last = 0.0  # when the last refresh began (monotonic)
@@ -276,8 +273,10 @@ class ClusterReader:
         if self._owners is not None and owners != self._owners:
             log.info("redis cluster: slot map changed (%d nodes)", len(pools))
         self._owners, self._pools = owners, pools
+        self._retired.extend(gone)  # (closed by close() too, if it cancels this refresh)
         for pool in gone:  # a read on it fails over to redis-py
             await self._close(pool)
+            self._retired.remove(pool)
 
     async def _close(self, pool: LeanPool) -> None:
         auto = self._autos.pop(pool, None)
@@ -314,9 +313,10 @@ class ClusterReader:
         if self._refreshing is not None:
             self._refreshing.cancel()
             await asyncio.wait([self._refreshing])
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._retired]:  # (closing a pool twice is harmless)
             await self._close(pool)
         self._pools.clear()
+        self._retired.clear()
         self._owners = None
 
 

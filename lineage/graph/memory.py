@@ -60,6 +60,10 @@ class InMemoryGraph(MemoryRuns):
         self._applied: dict[str, int] = {}  # project -> newest registry version applied
         self._drift: defaultdict[str, dict[str, DriftRecord]] = defaultdict(dict)  # feature -> key ->
         self._drift_times: defaultdict[str, Timeline[DriftRecord]] = defaultdict(Timeline)  # by time, server
+        # (feature, record), the oldest received first: at most max_events records in all, as
+        # events (per feature they were 200,000 each, ~94 MB a drifting feature: review s56 r3)
+        self._drift_order: deque[tuple[str, DriftRecord]] = deque()
+        self._drift_count = 0
         self._described: dict[
             tuple[str, str], tuple[str, str]
         ] = {}  # (view|service, name) -> owner, description
@@ -223,14 +227,31 @@ class InMemoryGraph(MemoryRuns):
         for r in records:
             kept, times = self._drift[r.feature_id], self._drift_times[r.feature_id]
             old = kept.pop(r.key, None)
-            if old is not None:
+            if old is not None:  # (its entry in the order goes stale: skipped when it comes up)
                 times.remove(old.at_ms, f"{old.server}\n{old.key}")
+                self._drift_count -= 1
             kept[r.key] = r
             times.add(r.at_ms, f"{r.server}\n{r.key}", r)
-            if len(kept) > self._max_events:  # bounded like the events: oldest first out
-                at, tie, first = times.oldest()  # type: ignore[misc]
-                times.remove(at, tie)
-                del kept[first.key]
+            self._drift_order.append((r.feature_id, r))
+            self._drift_count += 1
+            while self._drift_count > self._max_events:  # bounded like the events: oldest first out
+                self._forget_oldest_drift()
+            if len(self._drift_order) > 2 * self._drift_count + 64:  # stale entries of replaced records
+                self._drift_order = deque(
+                    e for e in self._drift_order if self._drift[e[0]].get(e[1].key) is e[1]
+                )
+
+    def _forget_oldest_drift(self) -> None:
+        feature, first = self._drift_order.popleft()
+        kept = self._drift[feature]
+        if kept.get(first.key) is not first:
+            return  # replaced since: its newer record has an entry of its own
+        del kept[first.key]
+        times = self._drift_times[feature]
+        times.remove(first.at_ms, f"{first.server}\n{first.key}")
+        self._drift_count -= 1
+        if not kept:
+            del self._drift[feature], self._drift_times[feature]
 
     async def drift(
         self, feature_id: str, since_ms: int | None, until_ms: int | None, limit: int

@@ -52,9 +52,9 @@ class Timeline(Generic[T]):
             return False
         if i > self._head:
             del rows[i]
-            return True
-        rows[i] = _GONE  # before the head: never compared, never read
-        self._head += 1
+        else:
+            rows[i] = _GONE  # before the head: never compared, never read
+            self._head += 1
         if self._head == len(rows):
             self._rows, self._head = [], 0  # emptied: nothing kept at all
         elif 2 * self._head >= len(rows):

@@ -24,6 +24,8 @@ from featurestore.model import DType, Feature, FeatureView
 from featurestore.sources.base import SourceState, ViewQuery, ViewRead
 from featurestore.sources.redis import RedisSource
 from featurestore.sources.redis_cluster_read import SLOTS, ClusterReader, key_slot
+from featurestore.sources.redis_connection import Target
+from featurestore.sources.redis_pool import LeanPool
 from featurestore.sources.redis_read import cluster_get
 from tests.integration.test_redis_source import ITEM, PAIR, TS, V, redis_options, table, users
 from tests.servers import RedisCluster, RedisServer
@@ -320,6 +322,32 @@ async def test_a_store_closed_while_a_cluster_read_waits_fails_the_read_and_stay
     finally:
         frozen.resume()
         await src.close()
+
+
+async def test_a_store_closed_while_a_refresh_closes_a_departed_nodes_pool_still_closes_that_pool(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s56 r3: a close that cancelled the refresh mid-way left the pools it had not
+    closed yet open (their sockets too)."""
+    src = await cluster_source(redis_cluster.url)
+    lean = reader(src)
+    assert await lean.mapped()
+    gone = LeanPool(Target.from_url(redis_cluster.url, 0.25), 1)  # a node the next map no longer has
+    lean._pools[("127.0.0.1", 1)] = gone
+    closing = asyncio.Event()
+    close = lean._close
+
+    async def slow_close(pool: LeanPool) -> None:
+        closing.set()
+        await asyncio.sleep(0.5)  # the close comes meanwhile
+        await close(pool)
+
+    monkeypatch.setattr(lean, "_close", slow_close)
+    lean.refresh()
+    await asyncio.wait_for(closing.wait(), 5)
+    monkeypatch.setattr(lean, "_close", close)
+    await src.close()
+    assert gone._closed
 
 
 async def test_an_acl_user_and_a_client_name_log_in_the_lean_connections_to_every_node(

@@ -11,6 +11,7 @@ import gc
 import time
 
 from lineage.events import LineageEvent
+from lineage.graph.drift import DriftRecord
 from lineage.graph.memory import InMemoryGraph
 from lineage.graph.memory_index import Timeline
 
@@ -78,3 +79,38 @@ def test_a_timeline_emptied_from_its_old_end_holds_no_slot_and_reads_the_same() 
     for i in [1, *range(4_990, 5_000)]:
         assert line.remove(i, "")
     assert (len(line), line.slots, line.oldest()) == (0, 0, None)
+
+
+def drift(feature: int, second: int, p_value: float = 0.001) -> DriftRecord:
+    return DriftRecord(f"v:f{feature}", (1_700_000_000 + second) * 1000, "ks", 0.5, p_value, 500, 1, "fs@a")
+
+
+async def test_drift_records_of_many_features_keep_max_events_in_all_and_a_replaced_one_counts_once() -> None:
+    """Review s56 r3: drift records were bounded per feature, so 200 features drifting every
+    window held 200 x max_events of them."""
+    max_events, features = 2_000, 200
+    graph = InMemoryGraph(max_events=max_events)
+    for second in range(30):  # 6,000 records: 4,000 evicted, oldest received first
+        await graph.add_drift([drift(f, second) for f in range(features)])
+    await graph.add_drift([drift(0, 29, p_value=0.5)])  # the same window tested again: replaced
+    assert sum(len(kept) for kept in graph._drift.values()) == max_events
+    assert sum(len(t) for t in graph._drift_times.values()) == max_events
+    assert len(graph._drift_order) <= 2 * max_events + 64
+    assert [r.p_value for r in await graph.drift("v:f0", None, None, 20)] == [0.001] * 9 + [0.5]
+    for second in range(30, 60):  # f0 no longer tested: its records go, and its entries with them
+        await graph.add_drift([drift(f, second) for f in range(1, features)])
+    assert "v:f0" not in graph._drift and await graph.drift("v:f0", None, None, 5) == []
+
+
+def test_a_timeline_with_a_row_removed_from_its_middle_still_drops_its_cleared_slots() -> None:
+    """Review s56 r3: only a removal at the old end compacted the list."""
+    line: Timeline[int] = Timeline()
+    for i in range(2_000):
+        line.add(i, "", i)
+    for i in range(999):
+        line.remove(i, "")
+    line.remove(1_500, "")  # a late window taken from the middle
+    for i in range(1_000, 1_999):
+        if i != 1_500:
+            line.remove(i, "")
+    assert len(line) == 2 and line.slots <= 2 * len(line) + 1
