@@ -8,12 +8,12 @@ write of GETs per node on the store's own connections (``redis_cluster_read.py``
 auto-pipelined per node (a row with ``auto_pipeline: false`` too), and, for a read the
 slot map cannot answer, redis-py's
 ClusterPipeline of one GET per key (the only Cluster read before; docs/storage.md). All
-three are measured in this process through the store itself (``RedisSource.read``,
+four rows are measured in this process through the store itself (``RedisSource.read``,
 decoding included; no HTTP, no join engine): the demo's two user views (16 features),
 20,000 users written, reads of 10 distinct users drawn uniformly, one read at a time and
 32 in flight; the store's CPU (this process) and Redis's (every node, from /proc) per
-read. One standalone Redis and a Cluster of 3 primaries, started here; the two Cluster
-paths take turns on the same store, ``--rounds`` times, and each figure is the median of
+read. One standalone Redis and a Cluster of 3 primaries, started here; the Cluster paths
+(a store each, on the one Cluster) take turns, ``--rounds`` times, and each figure is the median of
 its rounds (the standalone's too).
 
     python -m benchmarks.cluster_cost [--reads 2000] [--users 20000] [--rounds 3]

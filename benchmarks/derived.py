@@ -547,7 +547,11 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="feast section: worker processes of each server")
     ap.add_argument("--feast-workdir", default=os.environ.get("WORKDIR", "/tmp/feast-peer"))
-    ap.add_argument("--skip-feast-setup", action="store_true", help="reuse an earlier setup.sh run")
+    ap.add_argument(
+        "--skip-feast-setup",
+        action="store_true",
+        help="reuse an earlier setup.sh run (ignored when this run starts its own, empty Redis)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "out")
     a = ap.parse_args()
     sections = set(a.sections.split(","))

@@ -50,13 +50,10 @@ SLOTS: Final = 16384
 _GET: Final = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n"
 _ASKING: Final = b"*1\r\n$6\r\nASKING\r\n"
 Pools = dict[tuple[str, int], "LeanPool"]  # per node (host, port), its pool
-# The error replies of a cluster in flux. MOVED and ASK are followed here, once, not
-# left to redis-py: its 8.1 asyncio client sends an ASK's ASKING on one pooled
-# connection and the command on another (ClusterNode's free list is FIFO), so once it
-# holds two idle connections to the importing node, a key that left a migrating slot
-# fails every read, GET or pipeline: 10 of 10 each, "TTL exhausted" (2026-12-07; a
-# read of such a key was UNAVAILABLE during every resharding before this path). The
-# others, and a redirection after a redirection, send the read through redis-py.
+# The error replies of a cluster in flux. MOVED and ASK are followed here, once: redis-py
+# 8.1's asyncio client sends ASKING on one pooled connection and the command on another,
+# so a key that left a migrating slot failed every read, 10 of 10 ("TTL exhausted",
+# 2026-12-07). The others, and a second redirection, send the read through redis-py.
 REDIRECTS: Final = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 # At most one refresh of the map this often: a resharding moves slot after slot (a MOVED
 # each, to every reader), and each refresh also makes redis-py's client reconnect its
@@ -103,7 +100,8 @@ class ClusterReader:
         and whether each node's reads are auto-pipelined; ``opened``: called for every
         socket opened, ``counters``: auto-pipelining's (``AutoPipeline``'s, every node's);
         ``reread``: called with ``"redirected"`` for a read that followed a MOVED or an ASK,
-        ``"fallback"`` for one read again through redis-py (a metric)."""
+        ``"fallback"`` for one read again through redis-py, ``"unmapped"`` for one read
+        through redis-py before the map was built (a metric)."""
         self._reread = reread or (lambda _: None)
         self._counters = counters
         self._client = client
@@ -136,6 +134,8 @@ class ClusterReader:
                 self.refresh()
             return await cluster_get(self._client, wire)
         keys = [k.encode() for keys in wire for k in keys]
+        if not keys:  # (as the standalone path: no key, no round trip)
+            return [[] for _ in wire]
         try:
             flat = await self._by_map(owners, keys)
         except Stale:

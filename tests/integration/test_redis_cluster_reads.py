@@ -440,3 +440,14 @@ async def test_redis_py_s_cluster_client_still_exposes_the_slot_map_the_lean_rea
             assert (primary.host, primary.port) == ("127.0.0.1", served.port)
     finally:
         await client.aclose()
+
+
+async def test_a_cluster_read_of_no_keys_answers_empty_lists_as_a_standalone_read_does(
+    redis_cluster: RedisCluster,
+) -> None:
+    src = await cluster_source(redis_cluster.url)
+    try:
+        assert await reader(src).mapped()
+        assert await reader(src).get([[], []]) == [[], []]  # (max() of no node's keys raised)
+    finally:
+        await src.close()
