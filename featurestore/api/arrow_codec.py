@@ -108,10 +108,12 @@ def _clash(names: list[str]) -> InvalidArgument:
     """The refusal of an answer with two columns of one name: an output column named as
     another's status or event time column (``x`` and a feature ``x__status``; an entity
     ``user`` and, with full_feature_names, view ``user``'s feature ``status``).
-    Definitions refuse the first since 2026-12-07 (definitions/parser.py), not the second."""
+    Definitions refuse neither (a refusal there stopped deployments holding such a name
+    from starting: docs/api.md)."""
     seen: dict[str, str] = {}
     for i, name in enumerate(names):
-        what = f"column {names[i - i % 3]!r}" + ("", "'s statuses", "'s event times")[i % 3]
+        what = ("column ", "the statuses of column ", "the event times of column ")[i % 3]
+        what += repr(clipped(names[i - i % 3]))
         if name in seen:
             message = (
                 f"the Arrow answer would have two columns named {clipped(name)!r}: {seen[name]} "

@@ -244,8 +244,8 @@ class HttpApi:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: FeatureStoreError) -> None:
-        """Answer 401/403 with WWW-Authenticate, after the body (up to the limit), so the
-        client reads the answer rather than a reset connection."""
+        """Answer 401/403 (or a repeated Authorization header's 400) with WWW-Authenticate,
+        after the body (up to the limit): the client reads it, not a reset connection."""
         length = _header(scope, b"content-length")
         headers = [(b"www-authenticate", credentials.challenge(error).encode())]
         if scope["method"] in ("POST", "PUT", "PATCH"):

@@ -73,7 +73,8 @@ class JoinResult:
         every batch of a join has one schema; a column without one (from a server whose
         JSON answers carry no dtypes, a column of nulls) is of Arrow's null type, which
         ``Table.cast`` turns into any.
-        With ``statuses``, a ``<name>__status`` string column follows each value column."""
+        With ``statuses``, a ``<name>__status`` string column follows each value column
+        (a ValueError naming the name when a column is itself named so)."""
         try:
             import pyarrow as pa
         except ImportError:
@@ -90,7 +91,8 @@ class JoinResult:
         """A ``pandas.DataFrame`` of the values (pandas must be installed), each column of
         the pandas dtype of its ``dtype`` (``_PANDAS_DTYPES``: nullable ``Int64``,
         ``boolean`` and ``string``, so an int64 with a null is not turned into float64,
-        which would round values beyond 2**53; float64 with NaN; vectors as lists)."""
+        which would round values beyond 2**53; float64 with NaN; vectors as lists). With
+        ``statuses``, as ``to_arrow``."""
         try:
             import pandas as pd  # type: ignore[import-untyped]
         except ImportError:

@@ -54,7 +54,7 @@ def test_an_arrow_answer_whose_names_would_clash_is_a_400_naming_them(clashing: 
     assert status == 400, raw[:300]  # a 200 with two columns "user__status" before
     error = json.loads(raw)["error"]
     assert error["message"] == (
-        "the Arrow answer would have two columns named 'user__status': column 'user''s statuses "
+        "the Arrow answer would have two columns named 'user__status': the statuses of column 'user' "
         "and column 'user__status'; rename one (full_feature_names may), or ask for JSON"
     )
     assert error["details"] == [{"column": "user__status"}]
