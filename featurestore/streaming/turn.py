@@ -145,9 +145,9 @@ class Aggregator:
                     ts_us = event.ts_us
                     add(event.key, ts_us, event.values)
                     times = state[3]
-                    if (
-                        ts_us > state[2]
-                    ):  # within the skew of its message's time and its neighbours' reach (above)
+                    # it moves the watermark within the skew of its message's time and within
+                    # its neighbours' reach (above)
+                    if ts_us > state[2]:
                         sent_ms = ts_ms if 0 < ts_ms < now_ms else now_ms
                         if ts_us <= sent_ms * 1000 + CLOCK_SKEW_US and (
                             ts_us <= state[2] + CLOCK_SKEW_US or ts_us <= _reach(times)
