@@ -237,15 +237,19 @@ class InMemoryGraph(MemoryRuns):
             while self._drift_count > self._max_events:  # bounded like the events: oldest first out
                 self._forget_oldest_drift()
             if len(self._drift_order) > 2 * self._drift_count + 64:  # stale entries of replaced records
-                self._drift_order = deque(
-                    e for e in self._drift_order if self._drift[e[0]].get(e[1].key) is e[1]
-                )
+                self._drift_order = deque(e for e in self._drift_order if self._kept_drift(*e))
+
+    def _kept_drift(self, feature: str, record: DriftRecord) -> bool:
+        """Whether ``record`` is still kept (not replaced). A plain lookup: indexing the
+        defaultdict would keep an empty entry for a feature whose records are all gone."""
+        kept = self._drift.get(feature)
+        return kept is not None and kept.get(record.key) is record
 
     def _forget_oldest_drift(self) -> None:
         feature, first = self._drift_order.popleft()
-        kept = self._drift[feature]
-        if kept.get(first.key) is not first:
+        if not self._kept_drift(feature, first):
             return  # replaced since: its newer record has an entry of its own
+        kept = self._drift[feature]
         del kept[first.key]
         times = self._drift_times[feature]
         times.remove(first.at_ms, f"{first.server}\n{first.key}")
