@@ -23,7 +23,8 @@ from featurestore.api import grpc_intake
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server, server_credentials
 from featurestore.api.grpc_intake import Intake
-from featurestore.api.http import HttpApi, OpsApi
+from featurestore.api.http import HttpApi
+from featurestore.api.ops import OpsApi
 from featurestore.api.uvicorn_server import UvicornServer, start_uvicorn, uvicorn_tls
 from featurestore.auth import Authenticator
 from featurestore.config import Config, HttpConfig, TlsConfig

@@ -24,10 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore import metrics, tracing
 from featurestore.api import arrow_codec, bodies, credentials, json_codec
+from featurestore.api.answers import JSON, error_answer, header, send_answer, send_error
 from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
-from featurestore.api.errors import HTTP_STATUS, internal_error
-from featurestore.api.join_cycle import Answer, DirectJoin, JoinHeaders
+from featurestore.api.errors import internal_error
+from featurestore.api.join_cycle import STOPPED, Answer, DirectJoin, JoinHeaders
 from featurestore.api.outcome import Outcomes
 from featurestore.api.routes import (
     JOIN_PATH,
@@ -48,8 +49,6 @@ from featurestore.refusal import RETRY_AFTER_SECONDS, SHED, shed
 from featurestore.row_cap import entity_rows
 
 log = logging.getLogger(__name__)
-
-JSON = b"application/json"
 
 
 class JoinEndpoint:
@@ -135,12 +134,12 @@ class JoinEndpoint:
 
     def _error(self, e: FeatureStoreError, t0: float, span: Span | None, cause: BaseException) -> Answer:
         self.outcomes.failed(t0, e, span, cause)
-        return _error_answer(e)
+        return error_answer(e)
 
     def _shed(self, reason: str, t0: float, span: Span | None = None) -> Answer:
         self.outcomes.record(SHED, t0)  # not UNAVAILABLE: no server error
         tracing.mark_shed(span, reason)
-        return _error_answer(shed("http", reason), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
+        return error_answer(shed("http", reason), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
 
 
 class HttpApi:
@@ -221,7 +220,7 @@ class HttpApi:
         """A mounted app (/graphql) reads its body whole, of any size: it is read here under
         the app's ``max_body_bytes`` (/graphql: 64 KiB) or ``limits.max_body_bytes`` if smaller."""
         limit = min(self.mounts[scope["path"]], self.max_body_bytes)
-        declared = bodies.declared_length(_header(scope, b"content-length"))
+        declared = bodies.declared_length(header(scope, b"content-length"))
         try:
             body = await bodies.read_body(receive, declared, scope["headers"], limit)
         except ClientDisconnected:
@@ -246,7 +245,7 @@ class HttpApi:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: FeatureStoreError) -> None:
         """Answer 401/403 (or a repeated Authorization header's 400) with WWW-Authenticate,
         after the body (up to the limit): the client reads it, not a reset connection."""
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         headers = [(b"www-authenticate", credentials.challenge(error).encode())]
         if scope["method"] in ("POST", "PUT", "PATCH"):
             try:
@@ -277,7 +276,7 @@ class HttpApi:
     async def _direct_join(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         refusal = self._authorize(headers, t0)
         if refusal is not None:
-            return _error_answer(refusal, (b"www-authenticate", credentials.challenge(refusal).encode()))
+            return error_answer(refusal, (b"www-authenticate", credentials.challenge(refusal).encode()))
         return await self._answer(body, headers, t0)
 
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -342,9 +341,12 @@ class HttpApi:
         try:
             return await self._answer(body, headers, t0)
         except asyncio.CancelledError:
-            if not left:
-                raise
-            return None
+            if left:
+                return None
+            # uvicorn cancels what still runs when the drain ends: answered as the direct
+            # cycle answers it (join_cycle.JoinCycle._stopped), not uvicorn's 500
+            log.info("a join unanswered when the drain ended: answered 503 and closed")
+            return error_answer(STOPPED, (b"retry-after", b"%d" % RETRY_AFTER_SECONDS), CLOSE)
         finally:
             watcher.cancel()
 
@@ -352,48 +354,10 @@ class HttpApi:
         """The join's answer, or the shedder's refusal of it."""
         if headers.encoding is not None and (refused := bodies.encoding_refused(headers.encoding)):
             self.join.outcomes.failed(t0, refused)
-            return _error_answer(refused)
+            return error_answer(refused)
         return await self.join(body, headers.accept, headers.traceparent, headers.deadline_ms, t0)
 
     def _too_large(self, t0: float) -> Answer:
         e = bodies.too_large(self.max_body_bytes)
         self.join.outcomes.failed(t0, e)
-        return _error_answer(e)
-
-
-class OpsApi:
-    """The admin listener's ASGI app (``http.admin_port``): /healthz, /readyz and
-    /metrics of ``app``, nothing else, no token."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
-            await send_error(send, NotFound(f"the admin port serves {', '.join(OPS_PATHS)} only"))
-            return
-        await self.app(scope, receive, send)
-
-
-async def send_error(send: Send, error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> None:
-    """A whole error response: its status, the JSON error body, and ``headers``."""
-    await send_answer(send, _error_answer(error, *headers))
-
-
-async def send_answer(send: Send, answer: Answer) -> None:
-    """An answer (status, content type, body, more headers) as ASGI's two messages."""
-    status, ctype, out, extra = answer
-    head = [(b"content-type", ctype), (b"content-length", str(len(out)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": out})
-
-
-def _error_answer(error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> Answer:
-    return HTTP_STATUS[error.code], JSON, json_codec.encode_error(error.to_dict()), headers
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+        return error_answer(e)

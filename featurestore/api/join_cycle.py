@@ -218,14 +218,14 @@ class JoinCycle(RequestResponseCycle):
 def stopped_answer(default_headers: Headers) -> bytes:
     """What a request the drain cut gets (this cycle's, or any whose body was still
     arriving: uvicorn_server.py): 503 UNAVAILABLE, retryable elsewhere, and the close."""
-    body = json_codec.encode_error(_STOPPED.to_dict())
+    body = json_codec.encode_error(STOPPED.to_dict())
     return (
         b"HTTP/1.1 503 Service Unavailable\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n"
         b"retry-after: 1\r\nconnection: close\r\n\r\n%s" % (_prefix(default_headers), len(body), body)
     )
 
 
-_STOPPED = Unavailable(
+STOPPED = Unavailable(
     "the server stopped (its drain ended) before this request was answered; retry on another replica",
     details=[{"reason": "stopping", "retry_after_seconds": 1}],
 )

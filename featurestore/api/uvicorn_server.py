@@ -15,8 +15,9 @@ its plain-text 500 and an ERROR traceback each, counted nowhere. ``UvicornServer
 those itself ``CUT_MARGIN_SECONDS`` before that bound (``cut_unfinished_bodies``): the
 API's JSON 503 (``join_cycle.stopped_answer``) and the close, which the request's cycle
 sees as its client leaving (counted CANCELLED). uvicorn still cancels what runs after the
-bound (a join with a deadline past the drain): the direct join cycle answers that 503
-too; through ASGI (a chunked body...) it is uvicorn's 500. This relies on uvicorn's
+bound (a join with a deadline past the drain): the join answers that 503 too, from the
+direct cycle (``join_cycle.JoinCycle``) or through ASGI (``HttpApi``, a chunked body...)
+instead of uvicorn's 500. This relies on uvicorn's
 ``_wait_tasks_to_complete`` and a connection's ``cycle`` (its ``more_body``,
 ``response_started``, ``disconnected``, ``message_event``):
 ``tests/integration/test_lifecycle_drain.py`` fails when they change.

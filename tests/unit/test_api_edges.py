@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ import grpc
 import httpx
 import pyarrow as pa
 import pytest
+import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, StatusCode
@@ -527,3 +529,48 @@ async def test_the_openapi_document_lists_the_auth_refusals_and_the_join_s_shed_
             assert "WWW-Authenticate" in operation["responses"][status]["headers"], (path, status)
     shed = operations[JOIN_PATH]["responses"]["503"]
     assert "Retry-After" in shed["headers"] and "retry_after_seconds" in shed["description"]
+
+
+async def test_a_chunked_join_still_running_when_the_drain_ends_is_a_json_503_not_uvicorn_s_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A join read through ASGI (a chunked body) that still runs when uvicorn's graceful
+    timeout cancels it is answered as the direct cycle answers it: 503 UNAVAILABLE with
+    Retry-After and the close, counted CANCELLED, no ERROR logged (before: uvicorn's
+    plain-text 500 and an "Exception in ASGI application" traceback)."""
+    engine = make_engine(deadline_seconds=60)
+    api = http_api(engine, deadline_ms=60_000)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(api, access_log=False, timeout_graceful_shutdown=0.3, lifespan="off")  # type: ignore[arg-type]
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    before = counts(JOIN_PATH, "http", "CANCELLED")
+    body = json.dumps({"entities": {"user_id": [1]}, "features": ["slow:x"]}).encode()
+    head = f"POST {JOIN_PATH} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+    request = f"{head}transfer-encoding: chunked\r\n\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    try:
+        while not srv.started:  # noqa: ASYNC110 - uvicorn has no startup event
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(request)
+        await asyncio.wait_for(frozen(engine).entered.wait(), HANG_GUARD)
+        with caplog.at_level("INFO"):
+            srv.should_exit = True
+            raw = await asyncio.wait_for(reader.read(), HANG_GUARD)  # to the close
+            await asyncio.wait_for(task, HANG_GUARD)
+        writer.close()
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, HANG_GUARD)
+    head_bytes, _, answer = raw.partition(b"\r\n\r\n")
+    lines = head_bytes.decode().lower().split("\r\n")
+    assert lines[0] == "http/1.1 503 service unavailable", raw
+    assert {"connection: close", "retry-after: 1", "content-type: application/json"} <= set(lines[1:])
+    assert json.loads(answer)["error"]["code"] == "UNAVAILABLE"
+    assert [
+        r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "Exception" in r.getMessage()
+    ] == []
+    assert "a join unanswered when the drain ended: answered 503 and closed" in caplog.text
+    after = counts(JOIN_PATH, "http", "CANCELLED")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
