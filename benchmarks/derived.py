@@ -1,9 +1,7 @@
 """Derived features: kernel throughput, join overhead, and Feast's on-demand views side by side.
 
-1. kernel: 100,000 rows of ``ctr_x_price_bucket = ctr_30d * bucket(item_price, [0, 10, 50,
-   100])``: the numba kernel the server runs (built by featurestore.derived.compiler), the
-   same with the serving path's list -> array conversion of its inputs, numpy, and a serial
-   pure-Python loop. All four must agree.
+1. kernel: 100,000 rows of ``ctr_x_price_bucket``, the numba kernel against numpy and a
+   serial pure-Python loop (benchmarks/derived_kernel.py).
 2. join: the demo server (memory stores, one worker) with and without the four derived
    features, at batch 1 and 100, wrk closed loop, variants interleaved over rounds:
    ranker_v1 (16 stored features) vs ranker_v2 (the same + 4 derived), and the 3 stored
@@ -17,144 +15,42 @@
 
 Writes benchmarks/results/derived.md (the tables) and derived.json (the figures the targets
 are checked against; RESULTS.md's "Derived features" section: benchmarks.report), raw
-runs under benchmarks/out/.
+runs under benchmarks/out/ (the report: benchmarks/derived_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from benchmarks.derived_targets import FEAST_TARGET_RATIO, JOIN_TARGET_PCT, KERNEL_TARGET_MS
+from benchmarks.derived_kernel import kernel_section
+from benchmarks.derived_report import write_results
 from benchmarks.footprint import free_port
-from benchmarks.report import stitch
 from benchmarks.run import PEER as DEFAULT_PEER
 from benchmarks.run import REDIS_PORT, ROOT, log, redis_up, wait_http
-from featurestore.definitions.parser import parse_definitions
 from featurestore.demo.data import FEATURE_REFS, ensure_demo_data
 
 HERE = Path(__file__).resolve().parent
 # ../shared/peers/feast from the checkout; FEAST_PEER_DIR when the checkout lives elsewhere
 PEER = Path(os.environ.get("FEAST_PEER_DIR") or DEFAULT_PEER)
 WRK_DERIVED = PEER / "wrk_derived.lua"
-EDGES = [0.0, 10.0, 50.0, 100.0]
 DERIVED = ["engagement_score", "spend_per_session", "ctr_x_price_bucket", "value_score"]
 INPUTS = ["user_activity:ctr_30d", "user_activity:sessions_30d", "user_activity:spend_30d"]
 OURS = [f"user_derived:{f}" for f in DERIVED]
 STORED4 = [f"user_activity:{f}" for f in ("sessions_7d", "avg_session_minutes", "clicks_7d", "purchases_30d")]
-N_KERNEL = 100_000
-# the kernel section's implementations (derived.json names these three)
-NUMBA = "numba kernel (float64 matrix in, out)"
-PYTHON = "serial pure-Python loop"
-NUMPY = "numpy, vectorized"
-
-
-# -- 1. kernel throughput ---------------------------------------------------------------
-
-
-def best_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(best, median) wall time of ``fn`` in ms."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return min(times), statistics.median(times)
-
-
-def kernel_section(data: Path) -> dict[str, Any]:
-    from featurestore.derived import compiler
-
-    ctr = pq.read_table(data / "users.parquet", columns=["ctr_30d"])["ctr_30d"].to_numpy()[:N_KERNEL]
-    price = np.round(np.random.default_rng(1).uniform(0, 150, N_KERNEL), 2)
-    ctr_list, price_list = ctr.tolist(), price.tolist()
-    doc = {
-        "project": "bench",
-        "entities": [{"name": "user_id", "dtype": "int64"}],
-        "feature_views": [{"name": "user_activity", "entities": ["user_id"], "features": [{"name": "ctr_30d", "dtype": "float64"}]}],
-        "derived_views": [
-            {
-                "name": "d",
-                "inputs": ["user_activity:ctr_30d"],
-                "request_schema": [{"name": "item_price", "dtype": "float64"}],
-                "features": [{"name": "ctr_x_price_bucket", "dtype": "float64", "expression": "ctr_30d * bucket(item_price, [0, 10, 50, 100])"}],
-            }
-        ],
-    }  # fmt: skip
-    defs = parse_definitions(doc, source="bench.yaml")
-    with tempfile.TemporaryDirectory() as cache:
-        kernel = asyncio.run(compiler.kernels_for(defs, Path(cache)))["d"]
-    order = [k.name for k in kernel.spec.inputs]
-    matrix = np.ascontiguousarray(np.stack([ctr if n == "ctr_30d" else price for n in order]))
-    lists = [ctr_list if n == "ctr_30d" else price_list for n in order]
-    edges = np.array(EDGES)
-
-    def numba_kernel() -> Any:
-        return kernel.run(matrix)[0]
-
-    def numba_serving_path() -> Any:  # what a join does (derived/evaluate.py): lists in, an array out
-        n = len(lists[0])
-        inp, fmt = np.empty((len(lists), n)), f"{n}d"
-        for i, row in enumerate(lists):
-            struct.pack_into(fmt, inp, i * n * 8, *row)  # type: ignore[arg-type]  # a buffer
-        out = np.empty((len(kernel.spec.features), n))
-        kernel.into(inp, out)  # the mask of rows holding a null: this one has none
-        return out[0]  # from ARRAY_ROWS rows on the encoders take the output row as it is
-
-    def numpy_vectorized() -> Any:
-        with np.errstate(all="ignore"):
-            b = np.searchsorted(edges, price, side="right").astype(np.float64)
-            r = np.where(np.isnan(price), np.nan, ctr * b)
-            return np.where(np.isfinite(r), r, np.nan)
-
-    def python_loop() -> list[float | None]:
-        out: list[float | None] = []
-        for c, p in zip(ctr_list, price_list, strict=True):
-            if c is None or p is None:
-                out.append(None)
-                continue
-            b = 0
-            for e in EDGES:
-                if e <= p:
-                    b += 1
-            out.append(c * b)
-        return out
-
-    reference = numpy_vectorized()
-    for name, fn in (
-        ("numba", numba_kernel),
-        ("numba+conversion", numba_serving_path),
-        ("python", python_loop),
-    ):
-        np.testing.assert_allclose(np.array(fn(), dtype=np.float64), reference, rtol=0, atol=0, err_msg=name)
-    rows = {}
-    for name, fn, repeat in (
-        (NUMBA, numba_kernel, 200),
-        ("numba kernel + the join's list -> array conversion", numba_serving_path, 30),
-        (NUMPY, numpy_vectorized, 50),
-        (PYTHON, python_loop, 5),
-    ):
-        best, median = best_ms(fn, repeat)
-        rows[name] = {"best_ms": round(best, 3), "median_ms": round(median, 3)}
-        log(f"kernel: {name}: best {best:.3f} ms, median {median:.3f} ms per {N_KERNEL:,} rows")
-    return {"rows": N_KERNEL, "kernel_from_cache": kernel.from_cache, "results": rows}
 
 
 # -- servers and load ---------------------------------------------------------------------
@@ -382,161 +278,6 @@ def feast_section(data: Path, out: Path, a: argparse.Namespace, fresh_redis: boo
         for batch in (1, 10, 100)
     }
     return {"runs": runs, "summary": summary, "workers": a.workers}
-
-
-# -- report ------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def render(results: dict[str, Any], a: argparse.Namespace) -> str:
-    """benchmarks/results/derived.md: the measurements, each table with its target
-    (RESULTS.md puts the targets of issue 17 together above it: benchmarks.report)."""
-    lines = ["### Derived features: measurements", ""]
-    if "kernel" in results:
-        k = results["kernel"]
-        lines += [_ran(k), f"Kernel throughput, {k['rows']:,} rows of `ctr_x_price_bucket` (target: at most "
-                  f"{KERNEL_TARGET_MS:g} ms for the numba kernel):", "",
-                  "| implementation | best (ms) | median (ms) | target |", "|---|---:|---:|---|"]  # fmt: skip
-        for name, v in k["results"].items():
-            target = (
-                f"<= {KERNEL_TARGET_MS:g} ms: {verdict(v['best_ms'] <= KERNEL_TARGET_MS)}"
-                if name == NUMBA
-                else ""
-            )
-            lines.append(f"| {name} | {v['best_ms']:.3f} | {v['median_ms']:.3f} | {target} |")
-        lines.append("")
-    if "join" in results:
-        m = results["join"].get("meta", {})
-        conns, duration, rounds = (
-            m.get("conns", a.conns),
-            m.get("duration", a.duration),
-            m.get("rounds", a.rounds),
-        )
-        lines += [_ran(results["join"]), f"Join overhead, demo server (memory stores, 1 worker), wrk -c{conns}, {duration:g} s x {rounds} "
-                  f"rounds interleaved (each round runs the pair back to back, alternating which goes first), median QPS per side; the cost is the median of the rounds' paired ratios (target: the four derived features cost at most {JOIN_TARGET_PCT:g}%):", "",
-                  "| request | batch | QPS without | QPS with 4 derived | QPS cost "
-                  "| server CPU µs/request without, with | CPU cost | target |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for key, v in results["join"]["summary"].items():
-            pair, batch = key.split("/b")
-            what = {
-                "ranker": "ranker_v1 (16 stored) vs ranker_v2",
-                "inputs": "3 stored inputs vs + 4 derived",
-                "stored": "control: 3 inputs + 4 stored vs 3 inputs + 4 derived",
-            }[pair]
-            target = (
-                "(the cost of derived over stored columns)"
-                if pair == "stored"
-                else f"<= {JOIN_TARGET_PCT:g}%: {verdict(v['cost_pct'] <= JOIN_TARGET_PCT)}"
-            )
-            lines.append(
-                f"| {what} | {batch} | {v['without']:,.0f} | {v['with']:,.0f} | {v['cost_pct']:.2f}% "
-                f"| {v['cpu_us']['without']:,.0f}, {v['cpu_us']['with']:,.0f} | {v['cpu_cost_pct']:.1f}% "
-                f"| {target} |"
-            )
-        lines.append("")
-    if "feast" in results:
-        f = results["feast"]
-        conns = f.get("meta", {}).get("conns", a.conns)
-        lines += [_ran(f), f"Side by side with Feast 0.67 on-demand feature views, the four derived features, {f['workers']} "
-                  f"workers each, same Redis (featurestore's cache on, its default), wrk -c{conns}, the order of the three alternating by round, median QPS (goal: {FEAST_TARGET_RATIO:g}x Feast python mode "
-                  "at batch 100; judged, as the join costs are, by the median of the rounds' paired ratios):", "",
-                  "| batch | Feast python | Feast pandas | featurestore | vs python | rounds' paired ratios: median (range) | target |",
-                  "|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for key, v in f["summary"].items():
-            ratio = v["featurestore"] / v["feast_python"]
-            paired = round_ratios(f.get("runs", []), int(key[1:]))
-            judged = statistics.median(paired) if paired else ratio
-            target = (
-                f">= {FEAST_TARGET_RATIO:g}x: {verdict(judged >= FEAST_TARGET_RATIO)}"
-                if key == "b100"
-                else ""
-            )
-            rounds = f"{judged:.1f}x ({min(paired):.1f}-{max(paired):.1f}x)" if paired else "-"
-            lines.append(
-                f"| {key[1:]} | {v['feast_python']:,.0f} | {v['feast_pandas']:,.0f} | {v['featurestore']:,.0f} "
-                f"| {ratio:.1f}x | {rounds} | {target} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _ran(section: dict[str, Any]) -> str:
-    m = section.get("meta")
-    return f"Run {m['run_at']}: `{m['command']}`\n" if m else ""
-
-
-FIGURE_OF = {"kernel": "kernel_ms", "join": "join_cost_pct", "feast": "feast_b100"}  # section -> figure
-
-
-def figures(results: dict[str, Any]) -> dict[str, Any]:
-    """What the targets are checked against (benchmarks/results/derived.json; the
-    report adds the footprint's figures and renders them: benchmarks.report). Each
-    figure keeps the run that measured it (``runs``: its section's ``meta``, run time and
-    command): a run of some sections carries the others' figures over from earlier runs."""
-    out: dict[str, Any] = {"runs": {}}
-    for section, figure in FIGURE_OF.items():
-        meta = results.get(section, {}).get("meta")
-        if meta:
-            out["runs"][figure] = {"run_at": meta["run_at"], "command": meta["command"]}
-    if "kernel" in results:
-        k = results["kernel"]["results"]
-        out["kernel_ms"] = {
-            "numba": k[NUMBA]["best_ms"],
-            "python": k[PYTHON]["best_ms"],
-            "numpy": k[NUMPY]["best_ms"],
-        }
-    if "join" in results:
-        summary = results["join"]["summary"]
-        out["join_cost_pct"] = {
-            str(batch): {pair: summary[f"{pair}/b{batch}"]["cost_pct"] for pair in ("ranker", "inputs")}
-            for batch in (1, 100)
-        }
-    if "feast" in results:
-        b100 = results["feast"]["summary"]["b100"]
-        out["feast_b100"] = {
-            "python_qps": b100["feast_python"],
-            "ours_qps": b100["featurestore"],
-            "round_ratios": round_ratios(results["feast"].get("runs", []), 100),
-        }
-    return out
-
-
-def round_ratios(runs: list[dict[str, Any]], batch: int) -> list[float]:
-    """Per round at ``batch``: featurestore's QPS over Feast python mode's, the pair run
-    in the same round (the join costs' way: a paired ratio per round, their median)."""
-    by_round: dict[int, dict[str, float]] = {}
-    for r in runs:
-        if r.get("batch") == batch:
-            by_round.setdefault(r["round"], {})[r["label"]] = r["qps"]
-    return [
-        got["featurestore"] / got["feast_python"]
-        for _, got in sorted(by_round.items())
-        if got.get("feast_python") and "featurestore" in got
-    ]
-
-
-def write_results(results: dict[str, Any], a: argparse.Namespace, parts: Path = HERE / "results") -> Path:
-    """derived.md and derived.json under ``parts``, then RESULTS.md stitched. Sections
-    not measured by this run keep their last measurement (derived-sections.json), each
-    with the run and command that produced it."""
-    parts.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "run_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": f"python -m benchmarks.derived {' '.join(sys.argv[1:])}".rstrip(),
-        "duration": a.duration, "rounds": a.rounds, "conns": a.conns,
-    }  # fmt: skip
-    kept = parts / "derived-sections.json"
-    merged = json.loads(kept.read_text()) if kept.exists() else {}
-    merged.update({name: {**section, "meta": meta} for name, section in results.items()})
-    kept.write_text(json.dumps(merged, indent=1) + "\n")
-    results = {name: merged[name] for name in ("kernel", "join", "feast") if name in merged}
-    (parts / "derived.md").write_text(render(results, a))
-    (parts / "derived.json").write_text(json.dumps(figures(results), indent=1) + "\n")
-    stitch(parts.parent / "RESULTS.md")
-    return parts / "derived.md"
 
 
 def main() -> int:

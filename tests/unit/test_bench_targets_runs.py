@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import derived
+from benchmarks import derived_report
 from benchmarks.derived_targets import derived_section
 from benchmarks.on_off import header, table
 from tests.unit.test_benchmark_report import ARGS, results
@@ -27,9 +27,9 @@ def test_each_derived_figure_names_the_run_that_measured_it_not_the_last_invocat
     parts = tmp_path / "results"
     parts.mkdir()
     monkeypatch.setattr(sys, "argv", ["derived.py", "--skip-feast-setup"])
-    derived.write_results(results(), ARGS, parts)
+    derived_report.write_results(results(), ARGS, parts)
     monkeypatch.setattr(sys, "argv", ["derived.py", "--sections", "feast"])
-    derived.write_results({"feast": results()["feast"]}, ARGS, parts)
+    derived_report.write_results({"feast": results()["feast"]}, ARGS, parts)
     figures = json.loads((parts / "derived.json").read_text())
     assert "run_at" not in figures and "command" not in figures  # no stamp of the last invocation
     assert figures["runs"]["kernel_ms"]["command"] == "python -m benchmarks.derived --skip-feast-setup"

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks import derived, derived_cpu
+from benchmarks import derived_cpu, derived_kernel, derived_report
 from benchmarks.report import stitch
 
 
@@ -23,8 +23,8 @@ def results() -> dict[str, Any]:
             "cpu_cost_pct": 4.0,
         }
 
-    kernel = {derived.NUMBA: 1.25, "numba kernel + the join's list <-> array conversions": 9.0}
-    kernel |= {derived.NUMPY: 1.9, derived.PYTHON: 127.0}
+    kernel = {derived_kernel.NUMBA: 1.25, "numba kernel + the join's list <-> array conversions": 9.0}
+    kernel |= {derived_kernel.NUMPY: 1.9, derived_kernel.PYTHON: 127.0}
     return {
         "kernel": {
             "rows": 100_000,
@@ -70,7 +70,7 @@ def test_a_derived_run_writes_its_tables_and_figures_and_results_md_shows_them_a
     parts.mkdir()
     footprint(parts, "demo", 1.4, 560.0)
     footprint(parts, "demo-no-derived", 0.9, 470.0)
-    written = derived.write_results(results(), ARGS, parts)
+    written = derived_report.write_results(results(), ARGS, parts)
     assert written == parts / "derived.md"
     tables = written.read_text()
     assert "| numba kernel (float64 matrix in, out) | 1.250 | 1.375 | <= 8.2 ms: met |" in tables
@@ -108,10 +108,10 @@ def test_results_md_names_the_commands_for_targets_not_measured_yet(tmp_path: Pa
 def test_a_run_of_some_sections_keeps_the_others_with_the_command_that_measured_them(tmp_path: Path) -> None:
     parts = tmp_path / "results"
     parts.mkdir()
-    derived.write_results(results(), ARGS, parts)
+    derived_report.write_results(results(), ARGS, parts)
     only_join = {"join": results()["join"]}
     only_join["join"]["summary"]["ranker/b1"]["cost_pct"] = 7.5
-    tables = derived.write_results(only_join, ARGS, parts).read_text()
+    tables = derived_report.write_results(only_join, ARGS, parts).read_text()
     assert "| numba kernel (float64 matrix in, out) | 1.250 | 1.375 | <= 8.2 ms: met |" in tables  # kept
     assert "| 100 | 87 | 62 | 2,175 | 25.0x | - | >= 20x: met |" in tables  # kept
     assert "| ranker_v1 (16 stored) vs ranker_v2 | 1 | 1,000 | 960 | 7.50% |" in tables  # the new run
@@ -282,7 +282,7 @@ def test_the_20x_against_feast_is_judged_by_the_rounds_paired_ratios_not_the_rat
         for i, (ours, feast) in enumerate(qps)
         for label, q in (("featurestore", ours), ("feast_python", feast), ("feast_pandas", 120))
     ]
-    ratios = derived.round_ratios(runs, 100)
+    ratios = derived_report.round_ratios(runs, 100)
     assert [round(r, 1) for r in ratios] == [24.2, 18.7, 19.1, 19.1, 20.3, 18.3, 39.6, 32.1]
     figures = {"feast_b100": {"python_qps": 166.0, "ours_qps": 3412.0, "round_ratios": ratios}}
     row = next(r for r in _derived_rows(figures) if r[0].startswith("QPS vs Feast"))
