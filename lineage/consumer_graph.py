@@ -35,10 +35,18 @@ async def until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
         waiter.cancel()
         if not task.done():
             task.cancel()
+            # nobody reads its end now: an error it raises while unwinding is taken here,
+            # not logged by asyncio as "never retrieved" when the task is collected
+            task.add_done_callback(_forget)
     if task.done():
         return task.result()
     await asyncio.wait({task}, timeout=UNWIND_SECONDS)
     raise Stopped
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def unavailable(failure: Exception) -> bool:
