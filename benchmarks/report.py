@@ -111,6 +111,7 @@ PARTS = (
     "grpc-refusal.md",
     "store-faults.md",
     "scaling.md",
+    "scaling-cluster.md",
     "cluster-cost.md",
     "experiments.md",
     "json-encoding.md",

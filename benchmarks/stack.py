@@ -86,14 +86,14 @@ def redis(workdir: Path) -> Iterator[str]:
 
 def config(workdir: Path, url: str, name: str, cache: bool, extra: str = "", store: str = "") -> Path:
     """A server config over the demo definitions and ``url``; ``extra``: more YAML,
-    ``store``: more options of the default store (``, auto_pipeline: false``)."""
+    ``store``: more options of both stores (``, auto_pipeline: false``; ``, cluster: true``)."""
     data = workdir / "data"
     path = workdir / f"config-{name}.yaml"
     path.write_text(
         f"project: demo\nregistry:\n  path: {workdir / 'registry'}\n"
         f"  definitions: {ROOT / 'featurestore' / 'demo' / 'features.yaml'}\n  definitions_base_dir: {data}\n"
         f"stores:\n  default: {{kind: redis, url: '{url}', cache: {str(cache).lower()}{store}}}\n"
-        f"  analytics: {{kind: redis, url: '{url}'}}\n{extra}"
+        f"  analytics: {{kind: redis, url: '{url}'{store}}}\n{extra}"
     )
     return path
 
