@@ -128,9 +128,12 @@ def med(runs: list[dict[str, Any]], key: str, **where: Any) -> float:
 
 def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
     cmd = " ".join(["python -m benchmarks.scaling", *sys.argv[1:]])
-    where = ", on a Redis Cluster of 3 primaries" if a.cluster else ""
+    on_cluster = getattr(a, "cluster", False)
+    where = ", on a Redis Cluster of 3 primaries" if on_cluster else ""
     redis_of = (
-        "a local Redis Cluster (3 primaries, no replicas; Redis CPU over all nodes)" if a.cluster else "Redis"
+        "a local Redis Cluster (3 primaries, no replicas; Redis CPU over all nodes)"
+        if on_cluster
+        else "Redis"
     )
     out = [
         f"## Scaling: 1 -> 2 workers, and the fleet for 187,000 QPS at batch 10{where} (issue 16, requirement 6)",
@@ -152,7 +155,7 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
             f"{med(runs, 'cpu_us', batch=b, workers=2):.0f} | {med(runs, 'redis_us', batch=b):.0f} |"
         )
     if TARGET_BATCH in a.batches:
-        out += ["", *sizing(runs, a.cluster)]
+        out += ["", *sizing(runs, on_cluster)]
     return out
 
 
