@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import tenacity
 
-from featurestore.client.errors import DeadlineExceededError, FeatureServiceError
+from featurestore.client.errors import DeadlineExceededError, FailedPreconditionError, FeatureServiceError
 from featurestore.client.options import (
     DEFAULT_DEADLINE,
     GRPC_CHANNEL_OPTIONS,
@@ -67,6 +67,7 @@ class _Base:
         ``max_backoff``; ``on_retry(n, error)`` is called before each wait. ``round_robin``
         (gRPC): connect to every address the host name resolves to and spread calls."""
         self._round_robin = round_robin
+        self._closed = False
         self.options = ClientOptions(
             parse_address(address),
             token,
@@ -79,6 +80,13 @@ class _Base:
             max_backoff,
             on_retry,
         )
+
+    def _check_open(self) -> None:
+        """A join on a closed client (before it, or a retry after a close from another
+        thread) is the caller's mistake, refused alike on every variant: not httpx's
+        RuntimeError, grpc's ValueError or grpc.aio's UsageError."""
+        if self._closed:
+            raise _closed_error()
 
     @property
     def transport(self) -> str:
@@ -119,6 +127,10 @@ class _Base:
             target = f"dns:///{target}"
             options.append(("grpc.lb_policy_name", "round_robin"))
         return target, opts.grpc_credentials() if opts.address.tls else None, options
+
+
+def _closed_error() -> FeatureServiceError:
+    return FailedPreconditionError("the client is closed: make a new one to join (or join before close())")
 
 
 def _http_failure(e: Exception, url: str) -> FeatureServiceError:
@@ -176,6 +188,7 @@ class FeatureClient(_Base):
         """Feature values for the entity rows: ``entities`` maps each entity column to its
         keys, one per row; name ``features`` ("view:feature") or a ``feature_service``;
         ``request_data`` holds the request fields derived features read, one per row."""
+        self._check_open()
         payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
         deadline_at = self.options.deadline_at(deadline)
         for attempt in tenacity.Retrying(**self.options.retry_policy(deadline_at)):
@@ -190,6 +203,7 @@ class FeatureClient(_Base):
 
         from featurestore.client.deadline import bounded
 
+        self._check_open()
         left = remaining(deadline_at)
         try:
             with bounded(deadline_at):  # httpx's timeouts bound each phase, not the try
@@ -198,6 +212,9 @@ class FeatureClient(_Base):
                 )
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
+        except RuntimeError:  # closed by another thread since _check_open
+            self._check_open()
+            raise
         if r.status_code != 200:
             raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
@@ -205,14 +222,20 @@ class FeatureClient(_Base):
     def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
         import grpc
 
+        self._check_open()
         left = remaining(deadline_at)
         try:
             resp = self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
         except grpc.RpcError as e:
             raise grpc_error(e) from None
+        except ValueError:  # "Cannot invoke RPC on closed channel!": closed since _check_open
+            self._check_open()
+            raise
         return grpc_result(resp)
 
     def close(self) -> None:
+        """Releases the connections; a join after it raises ``FailedPreconditionError``."""
+        self._closed = True
         if self._http is not None:
             self._http.close()
         if self._channel is not None:
@@ -262,6 +285,7 @@ class AsyncFeatureClient(_Base):
         traceparent: str | None = None,
     ) -> JoinResult:
         """See ``FeatureClient.join``."""
+        self._check_open()
         payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
         deadline_at = self.options.deadline_at(deadline)
         async for attempt in tenacity.AsyncRetrying(**self.options.retry_policy(deadline_at)):
@@ -274,6 +298,7 @@ class AsyncFeatureClient(_Base):
     async def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
         import httpx
 
+        self._check_open()
         left = remaining(deadline_at)
         try:
             async with asyncio.timeout(left):  # httpx's timeouts bound each phase, not the try
@@ -284,6 +309,9 @@ class AsyncFeatureClient(_Base):
             raise DeadlineExceededError("no answer within the client's deadline") from None
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
+        except RuntimeError:  # closed by another task since _check_open
+            self._check_open()
+            raise
         if r.status_code != 200:
             raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
@@ -291,14 +319,20 @@ class AsyncFeatureClient(_Base):
     async def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
         import grpc
 
+        self._check_open()
         left = remaining(deadline_at)
         try:
             resp = await self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
         except grpc.RpcError as e:
             raise grpc_error(e) from None
+        except Exception:  # grpc.aio's UsageError "Channel is closed.": closed since _check_open
+            self._check_open()
+            raise
         return grpc_result(resp)
 
     async def close(self) -> None:
+        """See ``FeatureClient.close``."""
+        self._closed = True
         if self._http is not None:
             await self._http.aclose()
         if self._channel is not None:

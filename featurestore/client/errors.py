@@ -55,6 +55,8 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
 
 
 class FailedPreconditionError(FeatureServiceError):
+    """FAILED_PRECONDITION: also the client's own, for a join on a client that is closed."""
+
     code = "FAILED_PRECONDITION"
 
 
