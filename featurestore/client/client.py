@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -98,16 +98,16 @@ class _Base:
     def _encode(
         self,
         entities: Columns,
-        features: Sequence[str] | None,
+        features: Iterable[str] | None,
         feature_service: str | None,
         request_data: Columns | None,
         full_feature_names: bool,
     ) -> Any:
-        check_target(features, feature_service)
+        names = check_target(features, feature_service)  # (a generator: read once, here)
         check_columns(entities, request_data)
         check_request_data(request_data)
         build = http_body if self.transport == "http" else grpc_request
-        return build(entities, features, feature_service, request_data, full_feature_names)
+        return build(entities, names, feature_service, request_data, full_feature_names)
 
     def _http_headers(self, left: float, traceparent: str | None) -> dict[str, str]:
         return {
@@ -177,7 +177,7 @@ class FeatureClient(_Base):
     def join(
         self,
         entities: Columns,
-        features: Sequence[str] | None = None,
+        features: Iterable[str] | None = None,
         *,
         feature_service: str | None = None,
         request_data: Columns | None = None,
@@ -187,7 +187,8 @@ class FeatureClient(_Base):
     ) -> JoinResult:
         """Feature values for the entity rows: ``entities`` maps each entity column to its
         keys, one per row; name ``features`` ("view:feature") or a ``feature_service``;
-        ``request_data`` holds the request fields derived features read, one per row."""
+        ``request_data`` holds the request fields derived features read, one per row.
+        ``features`` may be any iterable of names (a generator, ``df.columns``)."""
         self._check_open()
         payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
         deadline_at = self.options.deadline_at(deadline)
@@ -276,7 +277,7 @@ class AsyncFeatureClient(_Base):
     async def join(
         self,
         entities: Columns,
-        features: Sequence[str] | None = None,
+        features: Iterable[str] | None = None,
         *,
         feature_service: str | None = None,
         request_data: Columns | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from featurestore.client.errors import ArgumentTypeError, FeatureServiceError, error_for
@@ -71,18 +71,38 @@ def _digits(n: int) -> str:
     return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} digits)"
 
 
-def check_target(features: Sequence[str] | None, feature_service: str | None) -> None:
-    if isinstance(features, str | bytes):  # a str is a Sequence[str]: its characters
-        raise ArgumentTypeError(f"features is a list of 'view:feature' names, got the string {features!r}")
-    if bool(features) == bool(feature_service):
+def check_target(features: Iterable[str] | None, feature_service: str | None) -> list[str] | None:
+    """``features`` as the list of names to send, taken from any iterable once (a
+    generator, a tuple, a numpy array, a pandas Index such as ``df.columns``), each a
+    ``str``; refused as ``ArgumentTypeError`` naming it otherwise. Then exactly one of
+    them, or ``feature_service``, names what to join."""
+    names = _feature_names(features)
+    if bool(names) == bool(feature_service):
         raise ValueError("name either features or feature_service")
-    for i, name in enumerate(features or ()):
+    if feature_service and not isinstance(feature_service, str):
+        raise ArgumentTypeError(f"feature_service: {_shown(feature_service)} is not a name")
+    return names
+
+
+def _feature_names(features: Iterable[str] | None) -> list[str] | None:
+    if features is None:
+        return None
+    tolist = getattr(features, "tolist", None)  # numpy arrays and pandas' Index: plain values
+    seq = tolist() if callable(tolist) else features
+    if isinstance(seq, str | bytes | bytearray):  # a str is an iterable of str: its characters
+        raise ArgumentTypeError(f"features is a list of 'view:feature' names, got the string {seq!r}")
+    try:
+        names = list(seq)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"features is a list of 'view:feature' names, got {type(features).__name__} {_shown(features)}"
+        ) from None
+    for i, name in enumerate(names):
         if not isinstance(name, str):
             raise ArgumentTypeError(
                 f"features[{i}]: {_shown(name)} ({type(name).__name__}) is not a 'view:feature' name"
             )
-    if feature_service and not isinstance(feature_service, str):
-        raise ArgumentTypeError(f"feature_service: {_shown(feature_service)} is not a name")
+    return [str(name) for name in names]  # (a str subclass, numpy.str_, as the plain str)
 
 
 def check_columns(entities: Columns, request_data: Columns | None) -> None:

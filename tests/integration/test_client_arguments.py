@@ -1,20 +1,34 @@
-"""featurestore.client's own refusals, against a real server over HTTP and gRPC, blocking
-and asyncio: a join on a closed client (FailedPreconditionError on every variant, not
+"""featurestore.client's arguments, against a real server over HTTP and gRPC, blocking
+and asyncio: ``features`` given as any iterable (read once: a generator was sent empty,
+a numpy array raised numpy's "truth value ... is ambiguous"), a name that is no str
+refused; a join on a closed client (FailedPreconditionError on every variant, not
 httpx's, grpc's or grpc.aio's own exception)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
-from featurestore.client import AsyncFeatureClient, FailedPreconditionError, FeatureClient, Status
+from featurestore.client import (
+    AsyncFeatureClient,
+    FailedPreconditionError,
+    FeatureClient,
+    InvalidArgumentError,
+    Status,
+)
 from tests.integration.test_derived_serving import demo_definitions, start_server
 from tests.support import CLIENT_DEADLINE_S, ServerProcess, free_port
 
 TRANSPORTS = ["http", "grpc"]
 AGE = "user_profile:age"
+CTR = "user_activity:ctr_30d"
+NAMES = [AGE, CTR]
+USERS = {"user_id": [17, 4242, -1]}
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +41,69 @@ def demo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 def address(server: ServerProcess, transport: str) -> str:
     return server.url if transport == "http" else f"grpc://{server.grpc_target}"
+
+
+# -- features as any iterable ------------------------------------------------------------
+
+KINDS: dict[str, Callable[[], Iterable[str]]] = {
+    "generator": lambda: (name for name in NAMES),
+    "iterator": lambda: iter(NAMES),
+    "tuple": lambda: tuple(NAMES),
+    "numpy array": lambda: np.array(NAMES),
+    "numpy object array": lambda: np.array(NAMES, dtype=object),
+    "pandas Index": lambda: pd.DataFrame(columns=NAMES).columns,
+    "pandas Series": lambda: pd.Series(NAMES),
+    "dict keys": lambda: dict.fromkeys(NAMES).keys(),
+}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_features_given_as_any_iterable_of_names_join_as_the_list_does(
+    demo: ServerProcess, transport: str, kind: str
+) -> None:
+    with FeatureClient(address(demo, transport), deadline=CLIENT_DEADLINE_S) as client:
+        want = client.join(USERS, NAMES)
+        got = client.join(USERS, KINDS[kind]())
+    assert got.feature_names == ["user_id", "age", "ctr_30d"]
+    assert got.to_dict() == want.to_dict() and got.statuses() == want.statuses()
+    assert got["age"].statuses[:2] == [Status.PRESENT] * 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_features_given_as_a_generator_join_on_the_asyncio_client_too(
+    demo: ServerProcess, transport: str
+) -> None:
+    async with AsyncFeatureClient(address(demo, transport), deadline=CLIENT_DEADLINE_S) as client:
+        got = await client.join(USERS, (name for name in NAMES))
+    assert got.feature_names == ["user_id", "age", "ctr_30d"]
+
+
+@pytest.mark.parametrize(
+    ("features", "problem"),
+    [
+        (lambda: [AGE, 7], "features[1]: 7 (int) is not a 'view:feature' name"),
+        (lambda: (n for n in (AGE, b"v:f")), "features[1]: b'v:f' (bytes) is not a 'view:feature' name"),
+        (lambda: np.array([1, 2]), "features[0]: 1 (int) is not a 'view:feature' name"),
+        (lambda: pd.Index([1.5]), "features[0]: 1.5 (float) is not a 'view:feature' name"),
+        (lambda: np.array([NAMES]), "features[0]: ['user_profile:age', 'user_activity:ctr_ (list) is not"),
+        (
+            lambda: np.array(AGE),
+            "features is a list of 'view:feature' names, got the string 'user_profile:age'",
+        ),
+        (lambda: 7, "features is a list of 'view:feature' names, got int 7"),
+    ],
+    ids=["int", "bytes", "int array", "float Index", "2-d array", "0-d array", "no iterable"],
+)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_features_holding_something_other_than_names_are_refused_naming_the_item(
+    demo: ServerProcess, transport: str, features: Callable[[], Any], problem: str
+) -> None:
+    client = FeatureClient(address(demo, transport), deadline=CLIENT_DEADLINE_S)
+    with client, pytest.raises(InvalidArgumentError) as refused:
+        client.join(USERS, features())
+    assert refused.value.message.startswith(problem), refused.value.message
+    assert isinstance(refused.value, TypeError)
 
 
 # -- a closed client ----------------------------------------------------------------------
