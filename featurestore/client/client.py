@@ -42,6 +42,7 @@ from featurestore.client.wire import grpc_error, grpc_result, http_error, http_r
 
 JOIN_PATH = "/v1/feature/join"
 JOIN_METHOD = "/featurestore.v1.FeatureService/Join"
+Metadata = list[tuple[str, str]]  # a join's headers (HTTP) / metadata (gRPC): ClientOptions.metadata
 
 
 class _Base:
@@ -109,11 +110,11 @@ class _Base:
         build = http_body if self.transport == "http" else grpc_request
         return build(entities, names, feature_service, request_data, full_feature_names)
 
-    def _http_headers(self, left: float, traceparent: str | None) -> dict[str, str]:
+    def _http_headers(self, left: float, metadata: Metadata) -> dict[str, str]:
         return {
             "content-type": "application/json",
             "x-featurestore-deadline-ms": server_deadline_ms(left),
-            **dict(self.options.metadata(traceparent)),
+            **dict(metadata),
         }
 
     def _grpc_channel_args(self) -> tuple[str, Any, list[tuple[str, Any]]]:
@@ -192,14 +193,15 @@ class FeatureClient(_Base):
         self._check_open()
         payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
         deadline_at = self.options.deadline_at(deadline)
+        metadata = self.options.metadata(traceparent)  # (refuses a bad traceparent, once)
         for attempt in tenacity.Retrying(**self.options.retry_policy(deadline_at)):
             with attempt:
                 if self._http is not None:
-                    return self._http_once(payload, deadline_at, traceparent)
-                return self._grpc_once(payload, deadline_at, traceparent)
+                    return self._http_once(payload, deadline_at, metadata)
+                return self._grpc_once(payload, deadline_at, metadata)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
+    def _http_once(self, body: bytes, deadline_at: float, metadata: Metadata) -> JoinResult:
         import httpx
 
         from featurestore.client.deadline import bounded
@@ -209,7 +211,7 @@ class FeatureClient(_Base):
         try:
             with bounded(deadline_at):  # httpx's timeouts bound each phase, not the try
                 r = self._http.post(
-                    JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+                    JOIN_PATH, content=body, headers=self._http_headers(left, metadata), timeout=left
                 )
         except httpx.TransportError as e:
             raise _http_failure(e, self.options.address.target) from e
@@ -220,13 +222,13 @@ class FeatureClient(_Base):
             raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
 
-    def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
+    def _grpc_once(self, req: Any, deadline_at: float, metadata: Metadata) -> JoinResult:
         import grpc
 
         self._check_open()
         left = remaining(deadline_at)
         try:
-            resp = self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
+            resp = self._join_rpc(req, timeout=left, metadata=metadata)
         except grpc.RpcError as e:
             raise grpc_error(e) from None
         except ValueError:  # "Cannot invoke RPC on closed channel!": closed since _check_open
@@ -289,14 +291,15 @@ class AsyncFeatureClient(_Base):
         self._check_open()
         payload = self._encode(entities, features, feature_service, request_data, full_feature_names)
         deadline_at = self.options.deadline_at(deadline)
+        metadata = self.options.metadata(traceparent)
         async for attempt in tenacity.AsyncRetrying(**self.options.retry_policy(deadline_at)):
             with attempt:
                 if self._http is not None:
-                    return await self._http_once(payload, deadline_at, traceparent)
-                return await self._grpc_once(payload, deadline_at, traceparent)
+                    return await self._http_once(payload, deadline_at, metadata)
+                return await self._grpc_once(payload, deadline_at, metadata)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    async def _http_once(self, body: bytes, deadline_at: float, traceparent: str | None) -> JoinResult:
+    async def _http_once(self, body: bytes, deadline_at: float, metadata: Metadata) -> JoinResult:
         import httpx
 
         self._check_open()
@@ -304,7 +307,7 @@ class AsyncFeatureClient(_Base):
         try:
             async with asyncio.timeout(left):  # httpx's timeouts bound each phase, not the try
                 r = await self._http.post(
-                    JOIN_PATH, content=body, headers=self._http_headers(left, traceparent), timeout=left
+                    JOIN_PATH, content=body, headers=self._http_headers(left, metadata), timeout=left
                 )
         except TimeoutError:
             raise DeadlineExceededError("no answer within the client's deadline") from None
@@ -317,13 +320,13 @@ class AsyncFeatureClient(_Base):
             raise http_error(r.status_code, r.content, r.headers.get("retry-after"))
         return http_result(r.content)
 
-    async def _grpc_once(self, req: Any, deadline_at: float, traceparent: str | None) -> JoinResult:
+    async def _grpc_once(self, req: Any, deadline_at: float, metadata: Metadata) -> JoinResult:
         import grpc
 
         self._check_open()
         left = remaining(deadline_at)
         try:
-            resp = await self._join_rpc(req, timeout=left, metadata=self.options.metadata(traceparent))
+            resp = await self._join_rpc(req, timeout=left, metadata=metadata)
         except grpc.RpcError as e:
             raise grpc_error(e) from None
         except Exception:  # grpc.aio's UsageError "Channel is closed.": closed since _check_open

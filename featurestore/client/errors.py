@@ -54,6 +54,12 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     TypeError, which the client raised for ``features="view:f"`` before."""
 
 
+class ArgumentValueError(InvalidArgumentError, ValueError):
+    """An argument of the right type but a value the client will not send, refused before
+    anything is sent (a ``traceparent`` that is no W3C trace context): INVALID_ARGUMENT
+    as every refused request, and a ValueError, as the client's other bad arguments."""
+
+
 class FailedPreconditionError(FeatureServiceError):
     """FAILED_PRECONDITION: also the client's own, for a join on a client that is closed."""
 

@@ -4,6 +4,7 @@ retry policy (tenacity) and the headers every call carries."""
 from __future__ import annotations
 
 import math
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -13,7 +14,13 @@ from urllib.parse import urlsplit
 
 import tenacity
 
-from featurestore.client.errors import DeadlineExceededError, FeatureServiceError, UnavailableError
+from featurestore.client.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    DeadlineExceededError,
+    FeatureServiceError,
+    UnavailableError,
+)
 
 DEFAULT_DEADLINE = 1.0  # seconds per join, retries included
 _MAX_HEADER_MS = 60_000  # the largest x-featurestore-deadline-ms the server accepts
@@ -185,11 +192,13 @@ class ClientOptions:
         return policy
 
     def metadata(self, traceparent: str | None) -> list[tuple[str, str]]:
-        """Headers / metadata every call carries: the token and the trace context."""
+        """Headers / metadata every try of a join carries: the token and the trace
+        context. Made once per join, before its first try: a ``traceparent`` that is no
+        W3C trace context is refused here (``check_traceparent``), not sent."""
         out = []
         if self.token:
             out.append(("authorization", f"Bearer {self.token}"))
-        tp = traceparent or current_traceparent()
+        tp = check_traceparent(traceparent) if traceparent else current_traceparent()
         if tp:
             out.append(("traceparent", tp))
         return out
@@ -228,6 +237,43 @@ def server_deadline_ms(left: float) -> str:
     tells it. The server keeps a margin of it for its answer (docs/api.md, "Deadlines"),
     so a slow store yields UNAVAILABLE values rather than a client timeout."""
     return str(min(_MAX_HEADER_MS, max(1, int(left * 1000))))
+
+
+# A W3C traceparent as the server reads it (featurestore/tracing.py, which the client does
+# not import): version-traceid-parentid-flags in lowercase hex; a version after 00 may
+# append fields after another '-' (visible ASCII here: a header's text), 00 may not, ff
+# is none, and a trace or parent id of zeros is invalid. The server ignores an invalid
+# one; the client refuses it, as a header (h11) or metadata (grpc) may not carry it.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[!-~]*)?", re.ASCII)
+_W3C_FORM = "00-<32 hex digits: trace id>-<16 hex digits: parent id>-<2 hex digits: flags>"
+
+
+def check_traceparent(value: object) -> str:
+    """``value`` when it is a W3C traceparent the server honours; ``ArgumentValueError``
+    (``InvalidArgumentError`` and ``ValueError``) naming it otherwise, also for spaces
+    around it (the server would strip them, h11 refuses them, grpc sends them)."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"traceparent: a str, not {type(value).__name__} {value!r:.40}")
+    problem = _traceparent_problem(value)
+    if problem is not None:
+        raise ArgumentValueError(f"traceparent {value!r:.80}: {problem}; expected {_W3C_FORM}")
+    return value
+
+
+def _traceparent_problem(value: str) -> str | None:
+    if value != value.strip():
+        return "spaces around it (strip it)"
+    m = _TRACEPARENT.fullmatch(value)
+    if m is None:
+        return "not a W3C traceparent"
+    version, trace_id, parent_id, rest = m.groups()
+    if version == "ff":
+        return "version ff is invalid"
+    if version == "00" and rest is not None:
+        return "version 00 has exactly four fields"
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return "a trace id or parent id of zeros is invalid"
+    return None
 
 
 def current_traceparent() -> str | None:
