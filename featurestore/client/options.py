@@ -194,13 +194,17 @@ class ClientOptions:
     def metadata(self, traceparent: str | None) -> list[tuple[str, str]]:
         """Headers / metadata every try of a join carries: the token and the trace
         context. Made once per join, before its first try: a ``traceparent`` that is no
-        W3C trace context is refused here (``check_traceparent``), not sent."""
+        W3C trace context is refused here (``check_traceparent``), not sent. A given
+        ``traceparent`` replaces the propagator's trace context (its ``traceparent`` and
+        the ``tracestate`` of that span), not its ``baggage``."""
         out = []
         if self.token:
             out.append(("authorization", f"Bearer {self.token}"))
-        tp = check_traceparent(traceparent) if traceparent else current_traceparent()
-        if tp:
-            out.append(("traceparent", tp))
+        context = propagated()
+        if traceparent:
+            context.pop("tracestate", None)
+            context["traceparent"] = check_traceparent(traceparent)
+        out += sorted(context.items(), key=lambda item: TRACE_HEADERS.index(item[0]))
         return out
 
 
@@ -276,16 +280,37 @@ def _traceparent_problem(value: str) -> str | None:
     return None
 
 
-def current_traceparent() -> str | None:
-    """The W3C traceparent of the current OpenTelemetry span, when opentelemetry is
-    installed and a span is active; the server's request span becomes its child."""
+# What the client sends of the configured propagator's injection: W3C trace context
+# (traceparent, which the server reads, and tracestate, which goes with it) and W3C
+# baggage, for the server and any proxy or mesh in between. A non-W3C propagator's
+# headers (b3, uber-trace-id) are not sent: the server reads none of them.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def propagated() -> dict[str, str]:
+    """The ``TRACE_HEADERS`` the configured OpenTelemetry propagator (the global one:
+    W3C trace context and baggage by default) injects for the current context, when
+    opentelemetry is installed; the server's request span becomes the caller's child.
+    A value a header cannot carry is left out (and a tracestate without its parent)."""
     try:
         from opentelemetry import propagate
     except ImportError:
-        return None
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return carrier.get("traceparent")
+    injected = {str(k).lower(): v for k, v in carrier.items()}
+    out = {name: v for name in TRACE_HEADERS if isinstance(v := injected.get(name), str) and _header_text(v)}
+    if "traceparent" in out and _traceparent_problem(out["traceparent"]) is not None:
+        del out["traceparent"]
+    if "traceparent" not in out:
+        out.pop("tracestate", None)
+    return out
+
+
+def _header_text(value: str) -> bool:
+    """Text both an HTTP header (h11) and gRPC metadata carry: printable ASCII, no space
+    at either end."""
+    return bool(value) and value == value.strip(" ") and all(" " <= c <= "~" for c in value)
 
 
 def unreachable(message: str, *, retry: bool = True) -> FeatureServiceError:
