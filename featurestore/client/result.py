@@ -21,8 +21,9 @@ class Status(enum.Enum):
 class Column:
     """One output column. ``values[i]`` is None where ``statuses[i]`` is not PRESENT (and
     where a PRESENT value is null); ``event_timestamps[i]`` is the value's event time (UTC),
-    None for entity columns, values never found and an event time outside years 1-9999
-    (which a datetime cannot hold). Timestamp-typed feature values are ISO 8601 strings,
+    None for entity columns, values never found, an event time outside years 1-9999
+    (which a datetime cannot hold) and, over gRPC only, one of exactly the Unix epoch
+    (gRPC's answer uses 0 for none: docs/client.md). Timestamp-typed feature values are ISO 8601 strings,
     as the HTTP API renders them, over both transports.
 
     ``dtype``: the column's type as the answer tells it, ``int64``, ``float64``,

@@ -180,8 +180,9 @@ _DTYPE_OF_KIND = {
 
 
 def _event_time(us: int) -> datetime | None:
-    """An event timestamp of the gRPC API (epoch µs, 0 = none); None for an instant
-    outside years 1-9999, which a datetime cannot hold (docs/client.md)."""
+    """An event timestamp of the gRPC API (epoch µs, 0 = none: so an event time of
+    exactly 1970-01-01T00:00:00Z, a datetime over HTTP, is None here; docs/client.md);
+    None for an instant outside years 1-9999, which a datetime cannot hold."""
     return _EPOCH + timedelta(microseconds=us) if us and _YEAR_1 <= us < _YEAR_10000 else None
 
 

@@ -1,13 +1,14 @@
 """featurestore.client with values at the edges of their types, against a real server over
 HTTP and gRPC: timestamps of years the server stores and serves but a datetime cannot
 hold (0 and 10000), or that strftime writes unpadded (999), and request_data integers
-beyond int64 and float64. Both transports give the same JoinResult, or the same error."""
+beyond int64 and float64. Both transports give the same columns, or the same error; but
+an event time of exactly the Unix epoch, which gRPC's answer cannot tell from none."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,8 @@ YEAR_10000 = 253_402_300_800_000_000
 RENDERED = ["0999-12-31T23:59:59.999999Z", "0000-12-31T23:59:59.999999Z", "10000-01-01T00:00:00Z"]
 VALUE_USERS = [9_000_001, 9_000_002, 9_000_003]  # last_purchase_at of those years, fresh rows
 EVENT_USERS = [9_000_011, 9_000_012, 9_000_013]  # rows whose event time is of those years
+EPOCH_USERS = [9_000_021, 9_000_022]  # rows whose event time is the epoch and 1 µs before it
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ["user_transactions:last_purchase_at", "user_transactions:txn_count_90d"]
 
 
@@ -98,6 +101,29 @@ def test_event_times_a_datetime_cannot_hold_are_none_on_both_transports(demo: Se
     # years 999 and 0 are past the view's ttl; 10000 is in the future, and PRESENT
     assert column.statuses == [Status.OUTSIDE_MAX_AGE, Status.OUTSIDE_MAX_AGE, Status.PRESENT]
     assert column.values == [None, None, 7]
+
+
+def test_an_event_time_of_exactly_the_epoch_is_none_over_grpc_only_as_docs_client_md_says(
+    demo: ServerProcess,
+) -> None:
+    """gRPC's event_timestamps use 0 for none: the one instant whose answer differs."""
+    push(demo, EPOCH_USERS, [time.time_ns() // 1000] * 2, [0, -1])
+    status, raw = demo.join({"entities": {"user_id": EPOCH_USERS}, "features": FEATURES})
+    assert status == 200, raw
+    assert raw["results"][1]["event_timestamps"] == ["1970-01-01T00:00:00Z", "1969-12-31T23:59:59.999999Z"]
+    results = joined(demo, EPOCH_USERS)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert results["http"]["txn_count_90d"].event_timestamps == [epoch, epoch - timedelta(microseconds=1)]
+    assert results["grpc"]["txn_count_90d"].event_timestamps == [None, epoch - timedelta(microseconds=1)]
+    assert results["http"].to_dict() == results["grpc"].to_dict()
+    assert results["http"].statuses() == results["grpc"].statuses()
+    docs = " ".join((ROOT / "docs/client.md").read_text().split())
+    assert (
+        "an event time of exactly 1970-01-01T00:00:00Z is a `datetime` over HTTP and `None` over gRPC" in docs
+    )
+    assert (
+        "over gRPC only, for an event time of exactly 1970-01-01T00:00:00Z" in docs
+    )  # (with the other Nones)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
