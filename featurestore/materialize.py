@@ -59,7 +59,8 @@ from featurestore.model import FeatureView
 from featurestore.offline import EVERYTHING, EventTimeRange, OfflineSource, ScanCounts
 from featurestore.publication import cleanup_to_the_end, swap_to_the_end
 from featurestore.quality.profile import ProfileBuilder
-from featurestore.registry.base import Registry, Watermark, conflict
+from featurestore.registry.base import Registry, Watermark
+from featurestore.registry.conflicts import conflict
 from featurestore.rows import EVENT_TIMESTAMP, conform
 from featurestore.sources.base import DataMissing, OnlineSource, ProfileStore, VersionedStore
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -60,7 +61,9 @@ async def serving_state(
     """Prepare the stores and compile the derived kernels (off the event loop) for every
     snapshot the state will serve, then build it. Fails when current cannot be served;
     a canary that cannot is left out of the state, its cause put in ``unserved``
-    (by feature service)."""
+    (by feature service). A view whose data pointer is malformed keeps the data version
+    it is served at (``keep_served_data_versions``)."""
+    reg = keep_served_data_versions(reg, previous)
     assert reg.snapshot is not None
     serving_now = (
         []
@@ -92,6 +95,17 @@ async def serving_state(
     if previous is None:
         return ServingState(reg.snapshot, reg.data_versions, canaries, kernels=kernels)
     return previous.successor(reg.snapshot, reg.data_versions, canaries, kernels)
+
+
+def keep_served_data_versions(reg: RegistryState, previous: ServingState | None) -> RegistryState:
+    """``reg`` with each view whose data pointer is malformed (left out of its data
+    versions) at the data version ``previous`` serves it at, if any: a pointer edited
+    into no number does not move a view's reads to no data version."""
+    if previous is None or not reg.malformed_data_versions:
+        return reg
+    served = previous.data_versions
+    kept = {view: served[view] for view in reg.malformed_data_versions if view in served}
+    return dataclasses.replace(reg, data_versions={**reg.data_versions, **kept})
 
 
 async def _canary_route(

@@ -223,8 +223,10 @@ class Runtime:
 
     async def apply_registry_change(self) -> None:
         """Serve the registry's latest state. A canary whose candidate cannot be served
-        here is left out (its service is served from current) and then reported by
-        raising ``CanaryNotServed``, so the applier says so and tries it again."""
+        here is left out (its service is served from current), and so is a view's data
+        pointer that is malformed (the view keeps the data version it is served at); both
+        are then reported by raising (``not_served``), so the applier says so and tries
+        them again."""
         reg = await load_state(self.registry)
         current = self.engine.state
         if reg.snapshot is None:
@@ -241,15 +243,16 @@ class Runtime:
         )
         if self.drift is not None:  # the stores prepared: a reloaded file can serve new rows
             self.drift.forget_references()  # at the same version (even when no state changes)
+        problem = not_served(unserved, reg.malformed_data_versions, new.data_versions)
         if not new.same_as(current):
-            await self._swap(new, current, complete=not unserved)
+            await self._swap(new, current, complete=problem is None)
         # (every read: a watermark moves alone in an incremental run)
         FRESHNESS.update(served_snapshots(new), new.data_versions, reg.watermarks)
-        if unserved:
-            raise CanaryNotServed(unserved)
+        if problem is not None:
+            raise problem
 
     async def _swap(self, new: ServingState, current: ServingState, complete: bool = True) -> None:
-        """``complete``: the registry's whole state is served (no canary left out)."""
+        """``complete``: the registry's whole state is served (nothing left out: ``not_served``)."""
         self.engine.swap(new)
         if complete:  # /readyz stops reporting the change pending at once, not after the
             self._applied()  # lineage graph's write below (a join saw it served, /readyz not)
@@ -291,6 +294,32 @@ class CanaryNotServed(FailedPrecondition):
             "canary not served (its requests use current): "
             + "; ".join(f"feature service {k!r} {why}" for k, why in sorted(unserved.items()))
         )
+
+
+class DataVersionNotRead(FailedPrecondition):
+    """Views whose data pointer is malformed, each served at the data version it had
+    (and the canaries not served, ``canaries``, if any: one error reports both)."""
+
+    def __init__(
+        self, malformed: Mapping[str, str], served: Mapping[str, int], canaries: Mapping[str, str]
+    ) -> None:
+        parts = [
+            f"view {view!r} stays at data version {served[view]}: {why}"
+            if view in served
+            else f"view {view!r} has no data version: {why}"
+            for view, why in sorted(malformed.items())
+        ]
+        super().__init__("; ".join(parts + ([str(CanaryNotServed(canaries))] if canaries else [])))
+
+
+def not_served(
+    canaries: Mapping[str, str], malformed: Mapping[str, str], served: Mapping[str, int]
+) -> FailedPrecondition | None:
+    """What of the registry's state is not served: canaries left out (``canaries``, by
+    service) and views whose data pointer is ``malformed``; None when everything is."""
+    if malformed:
+        return DataVersionNotRead(malformed, served, canaries)
+    return CanaryNotServed(canaries) if canaries else None
 
 
 def _worker_slot() -> int | None:
@@ -336,8 +365,9 @@ async def build_runtime(config: Config) -> Runtime:
     tell_stores_served_versions(stores, state)
     FRESHNESS.update(served_snapshots(state), state.data_versions, reg.watermarks)
     rt = Runtime(config, registry, stores, engine, lineage, drift[1] if drift else None)
-    if unserved:  # current is served; the applier reports the canaries and retries them
-        log.error("%s", CanaryNotServed(unserved))
+    problem = not_served(unserved, reg.malformed_data_versions, state.data_versions)
+    if problem is not None:  # current is served; the applier reports the rest and retries it
+        log.error("%s", problem)
         rt.registry_dirty.set()
     await rt.definitions_to_graph(state.snapshot)
     rt.start_background()

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from featurestore.errors import FailedPrecondition, InvalidArgument, NotFound
 from featurestore.model import Definitions
+from featurestore.registry.pointers import DataVersions
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +317,9 @@ class Registry(Protocol):
 
     def health(self) -> RegistryHealth: ...
 
-    async def data_versions(self) -> dict[str, int]:
-        """Current data version of every view that has one."""
+    async def data_versions(self) -> DataVersions:
+        """Current data version of every view that has one; a view whose pointer is
+        malformed is left out (logged, and listed in ``malformed``)."""
         ...
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
@@ -358,13 +360,15 @@ class RegistryState:
     """What a server swaps in: current snapshot, data versions, canaries and their
     candidate snapshots. ``unreadable_canaries``: why the candidate of each canary left
     out could not be read (deleted, corrupted); its service is served from current.
-    ``watermarks``: each view's materialization watermark (the freshness gauges)."""
+    ``watermarks``: each view's materialization watermark (the freshness gauges).
+    ``malformed_data_versions``: why each view left out of ``data_versions`` was."""
 
     snapshot: RegistrySnapshot | None
     data_versions: Mapping[str, int]
     canaries: Mapping[str, tuple[Canary, RegistrySnapshot]]
     unreadable_canaries: Mapping[str, str] = field(default_factory=dict)
     watermarks: Mapping[str, Watermark] = field(default_factory=dict)
+    malformed_data_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 async def load_state(registry: Registry) -> RegistryState:
@@ -385,13 +389,5 @@ async def load_state(registry: Registry) -> RegistryState:
             canaries[service] = (canary, await registry.get(canary.candidate_version))
         except (NotFound, FailedPrecondition) as e:  # FailedPrecondition: SnapshotCorrupted
             unreadable[service] = f"candidate version {canary.candidate_version}: {type(e).__name__}: {e}"
-    return RegistryState(snapshot, data_versions, canaries, unreadable, watermarks)
-
-
-def conflict(what: str, expected: object, actual: object) -> Conflict:
-    """A compare-and-swap lost: ``what`` is ``actual``, not ``expected``."""
-    return Conflict(
-        f"{what} is {actual}, not {expected} as expected: someone else changed it; "
-        "re-read the registry and retry",
-        details=[{"expected": str(expected), "actual": str(actual)}],
-    )
+    malformed = {view: e.message for view, e in data_versions.malformed.items()}
+    return RegistryState(snapshot, data_versions, canaries, unreadable, watermarks, malformed)

@@ -22,6 +22,7 @@ other gets ``Conflict`` and nothing of it is left behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,15 +42,16 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
-    conflict,
     read_canaries,
     read_canary,
     read_watermarks,
 )
+from featurestore.registry.conflicts import conflict
 from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
 from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
 from featurestore.registry.etcd_history import EtcdHistory
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
+from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions
 from featurestore.registry.snapshot_cache import SnapshotCache
 
 
@@ -98,11 +100,15 @@ class EtcdRegistry(EtcdChangeFeed):
     def _client(self) -> aetcd.Client:
         return self._link.client
 
+    @staticmethod
+    def _pointer(key: bytes, kv: Any, *, data: bool = False) -> int | None:
+        """The version the pointer ``key`` holds as read (``kv``; None: no such key)."""
+        return None if kv is None else parse_pointer(key.decode(), kv.value, data=data)
+
     # -- reads -----------------------------------------------------------------------
 
     async def current(self) -> RegistrySnapshot | None:
-        kv = await self._link.call(self._client.get, self._current)
-        version = None if kv is None else int(kv.value)
+        version = self._pointer(self._current, await self._link.call(self._client.get, self._current))
         self._cache.pin("current", () if version is None else (version,))
         return None if version is None else await self.get(version)
 
@@ -129,7 +135,7 @@ class EtcdRegistry(EtcdChangeFeed):
     async def _next_version(self) -> tuple[int, int]:
         """The version to write next and the counter's mod_revision to compare."""
         counter = await self._link.call(self._client.get, self._next)
-        last = max(int(counter.value) if counter is not None else 0, *await self.versions(), 0)
+        last = max(self._pointer(self._next, counter) or 0, *await self.versions(), 0)
         return last + 1, counter.mod_revision if counter is not None else 0
 
     async def versions(self) -> list[int]:
@@ -145,8 +151,9 @@ class EtcdRegistry(EtcdChangeFeed):
     async def snapshot_fingerprints(self) -> dict[int, str | None]:
         return await self._history.snapshot_fingerprints()
 
-    async def data_versions(self) -> dict[str, int]:
-        return {view: int(value) for view, value in await self._data_leaves("current")}
+    async def data_versions(self) -> DataVersions:
+        leaves = await self._data_leaves("current")
+        return read_data_versions((view, f"{self._data.decode()}{view}/current", raw) for view, raw in leaves)
 
     async def watermarks(self) -> dict[str, Watermark]:
         return read_watermarks(await self._data_leaves("watermark"))
@@ -156,7 +163,7 @@ class EtcdRegistry(EtcdChangeFeed):
         res = await self._link.call(self._client.get_prefix, self._data)
         out = []
         for kv in res:
-            view, _, leaf = kv.key[len(self._data) :].decode().partition("/")
+            view, _, leaf = kv.key[len(self._data) :].decode(errors="replace").partition("/")
             if leaf == name:
                 out.append((view, kv.value))
         return out
@@ -175,7 +182,7 @@ class EtcdRegistry(EtcdChangeFeed):
         self, definitions: Definitions, *, expected_version: int | None, message: str = ""
     ) -> RegistrySnapshot:
         cur = await self._link.call(self._client.get, self._current)
-        actual = int(cur.value) if cur is not None else None
+        actual = self._pointer(self._current, cur)
         if actual != expected_version:
             raise conflict("registry current", expected_version, actual)
         version, counter_mod = await self._next_version()
@@ -230,7 +237,7 @@ class EtcdRegistry(EtcdChangeFeed):
         if await self._link.call(self._client.get, key) is None:
             raise NotFound(f"registry snapshot {version} does not exist")
         cur = await self._link.call(self._client.get, self._current)
-        actual = int(cur.value) if cur is not None else None
+        actual = self._pointer(self._current, cur)
         if actual != expected_version:
             raise conflict("registry current", expected_version, actual)
         tx = self._client.transactions
@@ -248,16 +255,19 @@ class EtcdRegistry(EtcdChangeFeed):
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         key = self._data + f"{view}/current".encode()
-        await self._cas(key, f"data version of view {view!r}", expected, int, str(new).encode(), absent=0)
+        decode = functools.partial(parse_pointer, key.decode(), data=True)
+        await self._cas(key, f"data version of view {view!r}", expected, decode, str(new).encode(), absent=0)
 
     async def allocate_data_version(self, view: str) -> int:
         current_key = self._data + f"{view}/current".encode()
         next_key = self._data + f"{view}/next".encode()
         tx = self._client.transactions
         for _ in range(20):
-            current = await self._link.call(self._client.get, current_key)
+            current = self._pointer(
+                current_key, await self._link.call(self._client.get, current_key), data=True
+            )
             counter = await self._link.call(self._client.get, next_key)
-            allocated = max(int(counter.value) if counter else 0, int(current.value) if current else 0) + 1
+            allocated = max(self._pointer(next_key, counter, data=True) or 0, current or 0) + 1
             ok, _ = await self._link.call(
                 self._client.transaction,
                 compare=[tx.mod(next_key) == (counter.mod_revision if counter is not None else 0)],
@@ -293,7 +303,7 @@ class EtcdRegistry(EtcdChangeFeed):
         if await self._link.call(self._client.get, candidate) is None:
             raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
         cur = await self._link.call(self._client.get, self._current)
-        base = int(cur.value) if cur is not None else None
+        base = self._pointer(self._current, cur)
         if base != canary.base_version:
             raise conflict("registry current", canary.base_version, base)
         tx = self._client.transactions

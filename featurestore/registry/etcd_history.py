@@ -18,8 +18,10 @@ from typing import Any
 from aetcd import utils
 
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.registry.base import check_fingerprint, conflict, is_fingerprint, prunable, read_canaries
+from featurestore.registry.base import check_fingerprint, is_fingerprint, prunable, read_canaries
+from featurestore.registry.conflicts import conflict
 from featurestore.registry.etcd_client import EtcdLink
+from featurestore.registry.pointers import parse_pointer
 
 # etcd's default --max-txn-ops is 128: a prune deletes at most this many snapshots a
 # transaction, two keys each (the snapshot and its fingerprint record)
@@ -90,7 +92,7 @@ class EtcdHistory:
         seen = int(res.header.revision)
         active = read_canaries((kv.key[len(self._canary) :].decode(errors="replace"), kv.value) for kv in res)
         cur = await self._link.call(client.get, self._current)
-        current = int(cur.value) if cur is not None else None
+        current = parse_pointer(self._current.decode(), cur.value) if cur is not None else None
         doomed = prunable(await versions(), current, active, keep)
         if dry_run:
             return doomed

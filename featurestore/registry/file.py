@@ -39,14 +39,15 @@ from featurestore.registry.base import (
     MalformedCanary,
     RegistryHealth,
     Watermark,
-    conflict,
     prunable,
     read_canaries,
     read_canary,
     read_watermarks,
 )
-from featurestore.registry.file_records import FingerprintRecords, atomic_write, read_text
+from featurestore.registry.conflicts import conflict
+from featurestore.registry.file_records import FingerprintRecords, atomic_write
 from featurestore.registry.file_records import stamp as file_stamp
+from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions
 from featurestore.registry.snapshot_cache import SnapshotCache
 
 
@@ -79,7 +80,7 @@ class FileRegistry:
     # -- reads -----------------------------------------------------------------------
 
     async def current(self) -> RegistrySnapshot | None:
-        version = await asyncio.to_thread(_read_int, self._current)
+        version = await asyncio.to_thread(_read_pointer, self._current)
         self._cache.pin("current", () if version is None else (version,))
         return None if version is None else await self.get(version)
 
@@ -116,7 +117,7 @@ class FileRegistry:
     async def snapshot_fingerprints(self) -> dict[int, str | None]:
         return await asyncio.to_thread(lambda: self._records.snapshot_fingerprints(self._list_versions()))
 
-    async def data_versions(self) -> dict[str, int]:
+    async def data_versions(self) -> DataVersions:
         return await asyncio.to_thread(self._read_data_versions)
 
     async def canaries(self) -> Canaries:
@@ -187,7 +188,7 @@ class FileRegistry:
 
     def _publish(self, definitions: Definitions, expected: int | None, message: str) -> RegistrySnapshot:
         with self._locked():
-            current = _read_int(self._current)
+            current = _read_pointer(self._current)
             if current != expected:
                 raise conflict("registry current", expected, current)
             snap = self._write_snapshot(definitions, message, current)
@@ -196,14 +197,14 @@ class FileRegistry:
 
     def _stage(self, definitions: Definitions, message: str) -> RegistrySnapshot:
         with self._locked():
-            return self._write_snapshot(definitions, message, _read_int(self._current))
+            return self._write_snapshot(definitions, message, _read_pointer(self._current))
 
     def _write_snapshot(
         self, definitions: Definitions, message: str, current: int | None
     ) -> RegistrySnapshot:
         # From a counter, not max(existing) + 1: a version deleted by hand (an aborted
         # canary's candidate) is never handed out again.
-        version = max(_read_int(self._next) or 0, *self._list_versions(), 0) + 1
+        version = max(_read_pointer(self._next) or 0, *self._list_versions(), 0) + 1
         previous = None
         if current is not None:
             previous = self._get(current)
@@ -218,7 +219,7 @@ class FileRegistry:
         with self._locked():
             if not (self._snapshots / f"{version}.json").exists():
                 raise NotFound(f"registry snapshot {version} does not exist")
-            current = _read_int(self._current)
+            current = _read_pointer(self._current)
             if current != expected:
                 raise conflict("registry current", expected, current)
             atomic_write(self._current, str(version).encode())
@@ -247,7 +248,7 @@ class FileRegistry:
                 raise conflict(f"canary of service {service!r}", canary, actual)
             if not (self._snapshots / f"{canary.candidate_version}.json").exists():
                 raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
-            current = _read_int(self._current)
+            current = _read_pointer(self._current)
             if current != canary.base_version:
                 raise conflict("registry current", canary.base_version, current)
             # Under the lock no other writer sees the state in between; a crash there
@@ -266,7 +267,9 @@ class FileRegistry:
         # Under the lock every writer waits: current and the canaries cannot move
         # between reading them and deleting.
         with self._locked():
-            doomed = prunable(self._list_versions(), _read_int(self._current), self._read_canaries(), keep)
+            doomed = prunable(
+                self._list_versions(), _read_pointer(self._current), self._read_canaries(), keep
+            )
             if not dry_run:
                 for v in doomed:
                     (self._snapshots / f"{v}.json").unlink(missing_ok=True)
@@ -277,15 +280,15 @@ class FileRegistry:
     def _swap_data_version(self, view: str, expected: int, new: int) -> None:
         path = self._data / view / "current"
         with self._locked():
-            current = _read_int(path) or 0
+            current = _read_pointer(path, data=True) or 0
             if current != expected:
                 raise conflict(f"data version of view {view!r}", expected, current)
             atomic_write(path, str(new).encode())
 
     def _allocate_data_version(self, view: str) -> int:
         with self._locked():
-            current = _read_int(self._data / view / "current") or 0
-            allocated = max(_read_int(self._data / view / "next") or 0, current) + 1
+            current = _read_pointer(self._data / view / "current", data=True) or 0
+            allocated = max(_read_pointer(self._data / view / "next", data=True) or 0, current) + 1
             atomic_write(self._data / view / "next", str(allocated).encode())
             return allocated
 
@@ -304,15 +307,11 @@ class FileRegistry:
             return []
         return sorted(int(p.stem) for p in self._snapshots.glob("*.json") if p.stem.isdigit())
 
-    def _read_data_versions(self) -> dict[str, int]:
+    def _read_data_versions(self) -> DataVersions:
         if not self._data.is_dir():
-            return {}
-        out = {}
-        for d in self._data.iterdir():
-            v = _read_int(d / "current")
-            if v is not None:
-                out[d.name] = v
-        return out
+            return DataVersions()
+        found = ((d.name, d / "current", _read_bytes(d / "current")) for d in self._data.iterdir())
+        return read_data_versions((view, str(path), raw) for view, path, raw in found if raw)
 
     # -- change feed -----------------------------------------------------------------
 
@@ -349,6 +348,14 @@ class FileRegistry:
         self._cache.clear()
 
 
-def _read_int(path: Path) -> int | None:
-    text = read_text(path)
-    return int(text) if text else None
+def _read_bytes(path: Path) -> bytes | None:
+    """A pointer file's content stripped; None when there is no such file (or it is empty)."""
+    try:
+        return path.read_bytes().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _read_pointer(path: Path, *, data: bool = False) -> int | None:
+    raw = _read_bytes(path)
+    return None if raw is None else parse_pointer(str(path), raw, data=data)

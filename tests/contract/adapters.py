@@ -142,6 +142,12 @@ class RegistryFactory:
         async with aetcd.Client(host=host, port=int(port)) as client:
             await client.put(f"/featurestore/{project}{self.suffix}/{relative}".encode(), value)
 
+    def where(self, relative: str, project: str = "contract") -> str:
+        """The etcd key, or the file, of ``relative`` under the project (as errors name it)."""
+        if self.name == "file":
+            return str(self.tmp / "registry" / project / relative)
+        return f"/featurestore/{project}{self.suffix}/{relative}"
+
     async def read_by_hand(self, relative: str, project: str = "contract") -> bytes | None:
         """What is stored at ``relative`` under the project (an etcd key or a file),
         None when nothing is."""

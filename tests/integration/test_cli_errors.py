@@ -242,3 +242,21 @@ def test_check_consistency_of_a_view_without_a_batch_source_names_no_flag_check_
     stream = error("clicks")
     assert "view 'clicks' is a stream view: stream views have no batch source" in stream
     assert "--source" not in stream
+
+
+def test_a_registry_pointer_that_is_no_number_is_a_one_line_error_naming_it_for_the_cli_and_serve(
+    tmp_path: Path,
+) -> None:
+    """A ValueError traceback, exit 1 (``int()`` of the pointer's value)."""
+    config = _registry_with(tmp_path, "{default: {kind: memory}}", PLAIN_VIEW)
+    pointer = tmp_path / "reg" / "demo" / "registry" / "current"
+    pointer.write_text("x2")
+    expected = (
+        f"error: FAILED_PRECONDITION: registry pointer {pointer} is malformed: 'x2' is no version number; "
+    )
+    assert one_line_error(cli("registry", "history", "--config", str(config))).startswith(expected)
+    ports = ["--http-port", str(free_port()), "--grpc-port", str(free_port())]
+    out = cli("serve", "--config", str(config), *ports)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]  # after the start's log lines
+    assert line.startswith(expected) and "write into it the version of the snapshot to serve" in line

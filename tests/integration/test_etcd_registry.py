@@ -501,3 +501,36 @@ def test_a_change_that_fails_to_apply_is_retried_without_another_change(
     assert server.join(body)[1]["metadata"]["feature_names"] == ["user_id", "age", "ctr_30d"]
     doc = json.loads(http_get(server.url + "/readyz")[1])
     assert doc["status"] == "ok" and doc["degraded"] == []
+
+
+def test_a_malformed_pointer_in_etcd_leaves_a_running_server_applying_every_other_change(
+    served: tuple[Env, ServerProcess],
+) -> None:
+    """One data pointer put by hand as 'abc' stopped the server applying any registry
+    change, with a traceback at every retry; the CLI crashed on a malformed current."""
+    env, server = served
+    root = f"/featurestore/{env.project}"
+    etcdctl = ["etcdctl", "--endpoints", env.etcd.endpoint]
+    put = [*etcdctl, "put", f"{root}/data/user_profile/current", "abc"]
+    assert subprocess.run(put, capture_output=True, timeout=10, env={"ETCDCTL_API": "3"}).returncode == 0
+
+    def degraded() -> list[str]:
+        return list(json.loads(http_get(server.url + "/readyz")[1])["degraded"])
+
+    wait_until(lambda: any("'abc'" in d for d in degraded()), 10, "readyz to report the pointer")
+    assert any(
+        f"registry pointer {root}/data/user_profile/current is malformed: 'abc'" in d for d in degraded()
+    )
+    two = env.defs("two", activity=True)  # a change unrelated to the view's data
+    assert env.cli("apply", str(two)).returncode == 0
+    body = {"entities": {"user_id": [1]}, "feature_service": "ranker"}
+    wait_until(lambda: server.join(body)[1]["metadata"]["registry_version"] == 2, 15, "version 2 served")
+    assert "Traceback" not in (env.tmp / "server.log").read_text()
+
+    put = [*etcdctl, "put", f"{root}/registry/current", "x1"]
+    assert subprocess.run(put, capture_output=True, timeout=10, env={"ETCDCTL_API": "3"}).returncode == 0
+    out = env.cli("registry", "history")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(
+        f"error: FAILED_PRECONDITION: registry pointer {root}/registry/current is malformed: 'x1' is no version number; "
+    )

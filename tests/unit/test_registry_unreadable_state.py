@@ -176,3 +176,54 @@ async def test_an_expected_registry_state_is_logged_as_one_line_a_retry_and_a_bu
     for record in expected:
         assert record.levelno == logging.WARNING and record.exc_info is None
         assert "\n" not in record.getMessage() and "no current snapshot" in record.getMessage()
+
+
+async def test_a_malformed_data_pointer_keeps_its_view_at_its_data_version_and_every_other_change_applies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data pointer edited into no number made load_state raise a ValueError: the server
+    applied no registry change after it, with a traceback at every retry, and /readyz
+    did not name the key."""
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    await admin.registry.swap_data_version("v", expected=0, new=3)
+    pointer = tmp_path / "reg" / "p" / "data" / "v" / "current"
+    rt = await build_runtime(file_registry_config(tmp_path))
+    try:
+        assert rt.engine.state.data_versions == {"v": 3}
+        pointer.write_text("abc")
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the pointer reported")
+        change = (await admin.apply(defs(2))).snapshot
+        assert change is not None
+        await eventually(lambda: rt.engine.state.version == change.version, WAIT_S, "the next current served")
+        assert rt.engine.state.data_versions == {"v": 3}  # its rows are still read
+        details = rt.readiness().details
+        assert details["status"] == "degraded"
+        assert any(
+            f"DataVersionNotRead: view 'v' stays at data version 3: registry pointer {pointer} is malformed: 'abc'"
+            in d
+            for d in details["degraded"]
+        ), details["degraded"]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback"
+        pointer.write_text("4")  # restored (here: moved on)
+        await eventually(lambda: rt.registry_apply_error is None, WAIT_S, "the report cleared")
+        assert rt.engine.state.data_versions == {"v": 4}
+    finally:
+        await rt.close()
+
+
+async def test_a_server_starts_on_a_registry_with_a_malformed_data_pointer_and_reports_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = RegistryAdmin(FileRegistry(tmp_path / "reg", "p"))
+    await admin.apply(defs(1))
+    await admin.registry.swap_data_version("v", expected=0, new=3)
+    (tmp_path / "reg" / "p" / "data" / "v" / "current").write_text("3.5")
+    rt = await build_runtime(file_registry_config(tmp_path))
+    try:
+        assert rt.engine.state.version == 1 and rt.engine.state.data_versions == {}
+        assert "view 'v' has no data version: registry pointer" in caplog.text
+        await eventually(lambda: rt.registry_apply_error is not None, WAIT_S, "the pointer reported")
+        assert "'3.5' is no version number" in (rt.registry_apply_error or "")
+    finally:
+        await rt.close()
