@@ -51,7 +51,7 @@ from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
 from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
 from featurestore.registry.etcd_history import EtcdHistory
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
-from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions
+from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions, version_named
 from featurestore.registry.snapshot_cache import SnapshotCache
 
 
@@ -127,10 +127,10 @@ class EtcdRegistry(EtcdChangeFeed):
 
     def _forget(self, key: bytes, revision: int) -> None:
         """The watch saw ``key`` change at ``revision``: a cached snapshot of it is stale."""
-        suffix = key[len(self._snapshots) :] if key.startswith(self._snapshots) else b""
-        if suffix.isdigit():
-            self._cache.pop(int(suffix))
-            self._changed[int(suffix)] = revision
+        version = version_named(key[len(self._snapshots) :]) if key.startswith(self._snapshots) else None
+        if version is not None:
+            self._cache.pop(version)
+            self._changed[version] = revision
 
     async def _next_version(self) -> tuple[int, int]:
         """The version to write next and the counter's mod_revision to compare."""
@@ -142,8 +142,8 @@ class EtcdRegistry(EtcdChangeFeed):
         res = await self._link.call(self._client.get_prefix, self._snapshots, keys_only=True)
         # A key not named by a number (an operator's ``3.bak``) is no snapshot: skipped,
         # as the file backend skips such files.
-        suffixes = (kv.key[len(self._snapshots) :] for kv in res)
-        return sorted(int(s) for s in suffixes if s.isdigit())
+        named = (version_named(kv.key[len(self._snapshots) :]) for kv in res)
+        return sorted(v for v in named if v is not None)
 
     async def published_with(self, fingerprint: str) -> int | None:
         return await self._history.published_with(fingerprint)

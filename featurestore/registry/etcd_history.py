@@ -21,7 +21,7 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.registry.base import check_fingerprint, is_fingerprint, prunable, read_canaries
 from featurestore.registry.conflicts import conflict
 from featurestore.registry.etcd_client import EtcdLink
-from featurestore.registry.pointers import parse_pointer
+from featurestore.registry.pointers import parse_pointer, version_named
 
 # etcd's default --max-txn-ops is 128: a prune deletes at most this many snapshots a
 # transaction, two keys each (the snapshot and its fingerprint record)
@@ -50,7 +50,7 @@ class EtcdHistory:
             self._link.client.get, self._index + check_fingerprint(fingerprint).encode()
         )
         # (a value edited by hand into no number: as if unrecorded, the caller scans)
-        return int(kv.value) if kv is not None and kv.value.isdigit() else None
+        return version_named(kv.value) if kv is not None else None
 
     async def snapshot_fingerprints(self) -> dict[int, str | None]:
         # The snapshot keys first (keys only): a snapshot published after this read is
@@ -61,15 +61,15 @@ class EtcdHistory:
         client = self._link.client
         keys = await self._link.call(client.get_prefix, self._snapshots, keys_only=True)
         written = {
-            int(suffix): kv.mod_revision
+            version: kv.mod_revision
             for kv in keys
-            if (suffix := kv.key[len(self._snapshots) :]).isdigit()  # (``3.bak`` is no snapshot)
+            if (version := version_named(kv.key[len(self._snapshots) :])) is not None  # (``3.bak``: none)
         }
         recorded = {}
         for kv in await self._link.call(client.get_prefix, self._records):
-            suffix, value = kv.key[len(self._records) :], kv.value.decode(errors="replace")
-            if suffix.isdigit() and is_fingerprint(value) and written.get(int(suffix)) == kv.mod_revision:
-                recorded[int(suffix)] = value
+            version, value = version_named(kv.key[len(self._records) :]), kv.value.decode(errors="replace")
+            if version is not None and is_fingerprint(value) and written.get(version) == kv.mod_revision:
+                recorded[version] = value
         return {version: recorded.get(version) for version in sorted(written)}
 
     async def prune(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -31,7 +32,7 @@ from featurestore.definitions.snapshot import (
     snapshot_from_json,
     snapshot_to_json,
 )
-from featurestore.errors import NotFound
+from featurestore.errors import FailedPrecondition, NotFound
 from featurestore.model import Definitions
 from featurestore.registry.base import (
     Canaries,
@@ -47,7 +48,7 @@ from featurestore.registry.base import (
 from featurestore.registry.conflicts import conflict
 from featurestore.registry.file_records import FingerprintRecords, atomic_write
 from featurestore.registry.file_records import stamp as file_stamp
-from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions
+from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions, version_named
 from featurestore.registry.snapshot_cache import SnapshotCache
 
 
@@ -91,18 +92,28 @@ class FileRegistry:
         """A snapshot is immutable once written, but its file is not: a version deleted
         by hand and written again, or edited, must not be served from the cache. The
         cache is keyed by the file's identity (inode, mtime, size; every write is a new
-        inode by rename), read from the open file so stamp and content agree."""
+        inode by rename), read from the open file so stamp and content agree.
+
+        A file that cannot be read (a version too long for a file name, a directory, an
+        I/O error) is ``NotFound`` or ``FailedPrecondition``, as etcd's answers are:
+        an ``OSError`` escaped ``load_state`` and a canary candidate held back current."""
+        path = self._snapshots / f"{version}.json"
         try:
-            fh = open(self._snapshots / f"{version}.json", "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._cache.get(version)
+                if cached is not None and cached[0] == stamp:
+                    return cached[1]
+                raw = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"registry snapshot {version} does not exist") from None
-        with fh:
-            st = os.fstat(fh.fileno())
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            cached = self._cache.get(version)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-            raw = fh.read()
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # no file can hold it: no such snapshot
+                raise NotFound(f"registry snapshot {version} does not exist") from None
+            raise FailedPrecondition(
+                f"registry snapshot {version} cannot be read: {e.strerror}: {path}"
+            ) from e
         snap = snapshot_from_json(raw, version)  # (its fingerprint checked against its content)
         self._cache.put(version, (stamp, snap))
         self._records.read_in_full(version, snap.fingerprint, file_stamp(st))
@@ -217,7 +228,7 @@ class FileRegistry:
 
     def _set_current(self, version: int, expected: int | None) -> None:
         with self._locked():
-            if not (self._snapshots / f"{version}.json").exists():
+            if not self._exists(version):
                 raise NotFound(f"registry snapshot {version} does not exist")
             current = _read_pointer(self._current)
             if current != expected:
@@ -232,7 +243,7 @@ class FileRegistry:
             actual = read_canary(service, path.read_bytes()) if path.exists() else None
             if actual != expected:
                 raise conflict(f"canary of service {service!r}", expected, actual)
-            if canary is not None and not (self._snapshots / f"{canary.candidate_version}.json").exists():
+            if canary is not None and not self._exists(canary.candidate_version):
                 # (under the lock: a prune cannot delete it before the record is written)
                 raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
             if canary is None:
@@ -246,7 +257,7 @@ class FileRegistry:
             actual = read_canary(service, path.read_bytes()) if path.exists() else None
             if actual != canary:
                 raise conflict(f"canary of service {service!r}", canary, actual)
-            if not (self._snapshots / f"{canary.candidate_version}.json").exists():
+            if not self._exists(canary.candidate_version):
                 raise NotFound(f"registry snapshot {canary.candidate_version} does not exist")
             current = _read_pointer(self._current)
             if current != canary.base_version:
@@ -305,7 +316,12 @@ class FileRegistry:
     def _list_versions(self) -> list[int]:
         if not self._snapshots.is_dir():
             return []
-        return sorted(int(p.stem) for p in self._snapshots.glob("*.json") if p.stem.isdigit())
+        # (``1².json``: str.isdigit() takes it, int() does not; etcd skips such a key)
+        named = (version_named(p.stem) for p in self._snapshots.glob("*.json"))
+        return sorted(v for v in named if v is not None)
+
+    def _exists(self, version: int) -> bool:
+        return os.path.exists(self._snapshots / f"{version}.json")  # (False for a name too long)
 
     def _read_data_versions(self) -> DataVersions:
         if not self._data.is_dir():

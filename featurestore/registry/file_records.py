@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from featurestore.registry.base import check_fingerprint, is_fingerprint
+from featurestore.registry.pointers import version_named
 
 
 class FingerprintRecords:
@@ -29,7 +30,7 @@ class FingerprintRecords:
     def published_with(self, fingerprint: str) -> int | None:
         text = read_text(self._index / check_fingerprint(fingerprint))
         # (a file edited by hand into no number: as if unrecorded, the caller scans)
-        return int(text) if text is not None and text.isdigit() else None
+        return version_named(text) if text is not None else None
 
     def snapshot_fingerprints(self, versions: list[int]) -> dict[int, str | None]:
         out: dict[int, str | None] = {}

@@ -14,7 +14,9 @@ out and says so, as ``read_watermarks`` does a malformed watermark: one view's p
 must not stop a server from applying every other change.
 
 A version is ASCII digits (``int()`` also takes ``'١٢'``, ``'1_0'`` and ``'+1'``), at
-most 18 of them (``int()`` refuses over 4,300, and no counter gets past 18).
+most 18 of them (``int()`` refuses over 4,300, and no counter gets past 18). Snapshot
+names (keys under ``registry/snapshots/``, files there) are read by the same rule:
+a name that is no version number is skipped by both backends.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from featurestore.errors import FailedPrecondition, clipped, quoted
 
 log = logging.getLogger("featurestore.registry")
 
+_VERSION = re.compile(rb"[0-9]{1,18}\Z")
 _POINTER = re.compile(rb"\s*([0-9]{1,18})\s*\Z")  # (surrounding whitespace: `echo 3 > current`)
 
 # How to restore each pointer, by (its parent's name, its own).
@@ -67,6 +70,13 @@ def parse_pointer(key: str, raw: bytes, *, data: bool = False) -> int:
     if found is None:
         raise MalformedPointer(key, raw, data=data)
     return int(found.group(1))
+
+
+def version_named(name: str | bytes) -> int | None:
+    """The version a snapshot's key suffix or file stem names, None when it names none
+    (an operator's ``3.bak``, ``1²``)."""
+    raw = name.encode(errors="replace") if isinstance(name, str) else name
+    return int(raw) if _VERSION.match(raw) else None
 
 
 class DataVersions(dict[str, int]):

@@ -1,10 +1,13 @@
 """The Registry contract, continued: what a client keeps (its snapshot cache), what an
 operator can list and delete (history, prune), and records a hand or an older version
-left behind (a malformed canary record, a stray snapshot key or file). Both adapters."""
+left behind (a malformed canary record, a stray snapshot key or file, one named by
+digits int() takes and the registry does not, a canary of a version no snapshot can
+have). Both adapters."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -212,6 +215,44 @@ async def test_a_stray_key_among_the_snapshots_is_no_version(factory: RegistryFa
     assert (await registry.stage(defs(3))).version == 3
     rows, _ = await RegistryAdmin(registry).history()
     assert [r.version for r in rows] == [3, 2, 1]
+    await registry.close()
+
+
+async def test_a_canary_on_a_version_no_snapshot_can_have_never_holds_back_current(
+    factory: RegistryFactory,
+) -> None:
+    """A hand-written candidate of 300 digits: the file backend's read of its snapshot
+    raised OSError (file name too long), which load_state let through: a file-backed
+    server did not start, where an etcd-backed one served current and reported the canary."""
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    huge = 10**300 - 1
+    await factory.put_by_hand(
+        "canary/svc", json.dumps({"candidate_version": huge, "share": 0.1, "base_version": 1}).encode()
+    )
+    state = await load_state(registry)
+    assert state.snapshot is not None and state.snapshot.version == 1 and state.canaries == {}
+    assert "does not exist" in state.unreadable_canaries["svc"]
+    with pytest.raises(NotFound, match="does not exist"):  # (OSError: "File name too long")
+        await RegistryAdmin(registry).canary_promote("svc")
+    with pytest.raises(NotFound, match="does not exist"):
+        await registry.set_canary("other", Canary(huge, 0.1, 1), expected=None)
+    await registry.close()
+
+
+async def test_a_snapshot_named_by_digits_that_are_not_ascii_is_no_version(factory: RegistryFactory) -> None:
+    """``1².json``: str.isdigit() took it and int() did not; the file backend's
+    versions(), and with it history and apply, failed with a ValueError traceback."""
+    registry = factory.client()
+    await registry.publish(defs(1), expected_version=None)
+    suffix = ".json" if factory.name == "file" else ""
+    for name in ("1\u00b2", "\u0662", "1" * 19):
+        await factory.put_by_hand(f"registry/snapshots/{name}{suffix}", b"an operator's copy")
+    assert await registry.versions() == [1]
+    assert list(await registry.snapshot_fingerprints()) == [1]
+    assert (await registry.publish(defs(2), expected_version=1)).version == 2
+    rows, _ = await RegistryAdmin(registry).history()
+    assert [r.version for r in rows] == [2, 1]
     await registry.close()
 
 

@@ -227,3 +227,24 @@ async def test_a_server_starts_on_a_registry_with_a_malformed_data_pointer_and_r
         assert "'3.5' is no version number" in (rt.registry_apply_error or "")
     finally:
         await rt.close()
+
+
+async def test_a_canary_candidate_the_file_backend_cannot_read_never_holds_back_current(
+    tmp_path: Path,
+) -> None:
+    """Any OSError reading the candidate's file (here: a directory in its place) escaped
+    load_state: a file-backed server did not start; etcd's answers never raise one."""
+    registry = FileRegistry(tmp_path / "reg", "p")
+    await RegistryAdmin(registry).apply(defs(1))
+    (tmp_path / "reg" / "p" / "registry" / "snapshots" / "2.json").mkdir()
+    record = tmp_path / "reg" / "p" / "canary" / "svc"
+    record.parent.mkdir(parents=True)
+    record.write_bytes(Canary(2, 0.1, 1).to_json())
+    state = await load_state(registry)
+    assert state.snapshot is not None and state.snapshot.version == 1 and state.canaries == {}
+    assert "registry snapshot 2 cannot be read: Is a directory" in state.unreadable_canaries["svc"]
+    rows, _ = await RegistryAdmin(registry).history()
+    assert [(r.version, r.problem[:40]) for r in rows] == [
+        (2, "FAILED_PRECONDITION: registry snapshot 2"),
+        (1, ""),
+    ]
