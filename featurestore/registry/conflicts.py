@@ -14,3 +14,24 @@ def conflict(what: str, expected: object, actual: object) -> Conflict:
         f"{what} is {actual}, not {expected} as expected: {_RETRY}",
         details=[{"expected": str(expected), "actual": str(actual)}],
     )
+
+
+def lost_race(what: str, expected: object = None, *, note: str = "") -> Conflict:
+    """A compare-and-swap lost between its read and its write: ``what`` was ``expected``
+    when read (None: unset), and someone wrote it before the write (etcd's transaction
+    compares its mod_revision; what it holds now is not known). ``note``: said instead
+    of what it was when read."""
+    read = note or f"it was {'unset' if expected is None else expected} when read"
+    return Conflict(
+        f"{what} was written concurrently ({read}): {_RETRY}",
+        details=[{"expected": str(expected), "actual": "written concurrently"}],
+    )
+
+
+def counter_kept_moving(tries: int) -> Conflict:
+    """A snapshot's write lost to other writers ``tries`` times in a row, each time
+    because only the version counter had moved."""
+    return Conflict(
+        f"the registry's version counter (registry/next) moved {tries} times while a snapshot "
+        "was written: other snapshots are being staged or published at the same time; retry"
+    )

@@ -14,7 +14,10 @@
 with the ones it read and checks that snapshot n+1 does not exist yet, then writes the
 snapshot, moves ``current`` and the counter ``next`` together (a version deleted by hand
 is never handed out again). Of two concurrent publishers exactly one succeeds; the
-other gets ``Conflict`` and nothing of it is left behind.
+other gets ``Conflict`` and nothing of it is left behind. A transaction that failed
+although ``current`` is as read (only the counter moved: a snapshot staged meanwhile,
+a canary's candidate) is tried again with the next number, comparing the same
+mod_revision of ``current``; ``stage`` likewise.
 
 ``changes`` (``etcd_feed.py``) watches the project prefix and yields at every change.
 """
@@ -46,13 +49,17 @@ from featurestore.registry.base import (
     read_canary,
     read_watermarks,
 )
-from featurestore.registry.conflicts import conflict
+from featurestore.registry.conflicts import conflict, counter_kept_moving, lost_race
 from featurestore.registry.etcd_client import EtcdAccess, EtcdLink
 from featurestore.registry.etcd_feed import EtcdChangeFeed, EtcdReset
 from featurestore.registry.etcd_history import EtcdHistory
 from featurestore.registry.limits import ETCD_MAX_REQUEST_BYTES, check_snapshot_size
 from featurestore.registry.pointers import DataVersions, parse_pointer, read_data_versions, version_named
 from featurestore.registry.snapshot_cache import SnapshotCache
+
+# How many times publish and stage take the next version number when only the counter
+# moved since they read it (other snapshots staged or published meanwhile).
+_COUNTER_TRIES = 20
 
 
 class EtcdRegistry(EtcdChangeFeed):
@@ -185,52 +192,64 @@ class EtcdRegistry(EtcdChangeFeed):
         actual = self._pointer(self._current, cur)
         if actual != expected_version:
             raise conflict("registry current", expected_version, actual)
-        version, counter_mod = await self._next_version()
+        read = cur.mod_revision if cur is not None else 0
         previous = await self.get(actual) if actual is not None else None
+        for _ in range(_COUNTER_TRIES):
+            snap = await self._write_next(definitions, message, previous, current_mod=read)
+            if snap is not None:
+                return snap
+            # current's key as read: only the counter moved (or the snapshot key appeared),
+            # and the next try compares the same mod_revision: still a compare-and-swap
+            now = await self._link.call(self._client.get, self._current)
+            if (now.mod_revision if now is not None else 0) != read:
+                moved = self._pointer(self._current, now)
+                if moved != expected_version:
+                    raise conflict("registry current", expected_version, moved)
+                raise lost_race("registry current", expected_version)
+        raise counter_kept_moving(_COUNTER_TRIES)
+
+    async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
+        previous = await self.current()
+        for _ in range(_COUNTER_TRIES):
+            snap = await self._write_next(definitions, message, previous)
+            if snap is not None:
+                return snap
+        raise counter_kept_moving(_COUNTER_TRIES)
+
+    async def _write_next(
+        self,
+        definitions: Definitions,
+        message: str,
+        previous: RegistrySnapshot | None,
+        current_mod: int | None = None,
+    ) -> RegistrySnapshot | None:
+        """Write the next snapshot and move the counter to it in one transaction, iff the
+        counter is as read and the snapshot's key is free; with ``current_mod``, also move
+        current to it, iff current's mod_revision is that. None: the transaction failed."""
+        version, counter_mod = await self._next_version()
         snap = new_snapshot(definitions, version, message, previous)
         raw = snapshot_to_json(snap)
         check_snapshot_size(raw, version, self._link.max_request_bytes)
         key = self._snapshots + str(version).encode()
         tx = self._client.transactions
+        number = str(version).encode()
+        moves_current = current_mod is not None
         ok, _ = await self._link.call(
             self._client.transaction,
             compare=[
-                tx.mod(self._current) == (cur.mod_revision if cur is not None else 0),
+                *([tx.mod(self._current) == current_mod] if moves_current else []),
                 tx.mod(self._next) == counter_mod,
                 tx.version(key) == 0,
             ],
             success=[
                 tx.put(key, raw),
-                tx.put(self._current, str(version).encode()),
-                tx.put(self._next, str(version).encode()),
+                *([tx.put(self._current, number)] if moves_current else []),
+                tx.put(self._next, number),
                 *self._history.puts(tx, snap),
             ],
             failure=[],
         )
-        if not ok:
-            raise conflict("registry current", expected_version, "changed concurrently")
-        return snap
-
-    async def stage(self, definitions: Definitions, *, message: str = "") -> RegistrySnapshot:
-        version, counter_mod = await self._next_version()
-        snap = new_snapshot(definitions, version, message, await self.current())
-        raw = snapshot_to_json(snap)
-        check_snapshot_size(raw, version, self._link.max_request_bytes)
-        key = self._snapshots + str(version).encode()
-        tx = self._client.transactions
-        ok, _ = await self._link.call(
-            self._client.transaction,
-            compare=[tx.mod(self._next) == counter_mod, tx.version(key) == 0],
-            success=[
-                tx.put(key, raw),
-                tx.put(self._next, str(version).encode()),
-                *self._history.puts(tx, snap),
-            ],
-            failure=[],
-        )
-        if not ok:
-            raise conflict(f"registry snapshot {version}", "absent", "written concurrently")
-        return snap
+        return snap if ok else None
 
     async def set_current(self, version: int, *, expected_version: int | None) -> None:
         key = self._snapshots + str(version).encode()
@@ -251,7 +270,7 @@ class EtcdRegistry(EtcdChangeFeed):
             failure=[],
         )
         if not ok:
-            raise conflict("registry current", expected_version, "changed concurrently")
+            raise lost_race("registry current", expected_version)
 
     async def swap_data_version(self, view: str, *, expected: int, new: int) -> None:
         key = self._data + f"{view}/current".encode()
@@ -318,8 +337,8 @@ class EtcdRegistry(EtcdChangeFeed):
             failure=[],
         )
         if not ok:
-            raise conflict(
-                f"canary of service {service!r} or registry current", canary, "changed concurrently"
+            raise lost_race(
+                f"canary of service {service!r} or registry current", note="both were as expected when read"
             )
 
     async def watermark(self, view: str) -> Watermark | None:
@@ -361,7 +380,7 @@ class EtcdRegistry(EtcdChangeFeed):
             failure=[],
         )
         if not ok:
-            raise conflict(what, expected, "changed concurrently")
+            raise lost_race(what, expected)
 
     # -- pruning ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from aetcd import utils
 
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.registry.base import check_fingerprint, is_fingerprint, prunable, read_canaries
-from featurestore.registry.conflicts import conflict
+from featurestore.registry.conflicts import lost_race
 from featurestore.registry.etcd_client import EtcdLink
 from featurestore.registry.pointers import parse_pointer, version_named
 
@@ -117,9 +117,7 @@ class EtcdHistory:
                 failure=[],
             )
             if not ok:
-                raise conflict(
-                    "registry current or a canary", "as read", f"changed concurrently ({i} snapshots pruned)"
-                )
+                raise lost_race("registry current or a canary", note=f"{i} snapshots pruned before it was")
             for v in batch:
                 forget(v)
         return doomed
