@@ -2,7 +2,8 @@
 a real etcd: refused up front naming the size and the limit; a refusal by etcd itself is
 no lost connection. Under a raised limit, a snapshot over gRPC's default 4 MiB receive
 limit is read, and watched; one that takes longer to arrive than gRPC's ping timeout
-(keepalive) is read within the call's timeout."""
+(keepalive) is read within the call's timeout. An etcd whose database is full (NOSPACE)
+refuses writes as RESOURCE_EXHAUSTED, no lost connection either."""
 
 from __future__ import annotations
 
@@ -132,3 +133,51 @@ async def test_a_snapshot_over_grpcs_default_4_mib_receive_limit_is_read_and_wat
         await changes.aclose()
         await reader.close()
         await writer.close()
+
+
+class SmallQuotaEtcd(EtcdServer):
+    """etcd whose database may grow to 3 MB (--quota-backend-bytes; 2 GiB by default):
+    full after three snapshots of about 0.9 MB."""
+
+    QUOTA = 3_000_000
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--quota-backend-bytes", str(self.QUOTA)]
+
+
+@pytest.fixture(scope="module")
+def small_quota_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallQuotaEtcd]:
+    server = SmallQuotaEtcd(Path(tmp_path_factory.mktemp("etcd-3mb"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_etcd_refusing_writes_with_its_database_full_is_resource_exhausted_saying_how_to_free_it(
+    small_quota_etcd: SmallQuotaEtcd,
+) -> None:
+    """etcd's NOSPACE ("mvcc: database space exceeded", gRPC RESOURCE_EXHAUSTED, which
+    aetcd wraps in a ClientError) was UNAVAILABLE, as if etcd were down: retried for
+    nothing, and the registry reported disconnected although etcd answered."""
+    reg = EtcdRegistry([small_quota_etcd.endpoint], f"p{uuid.uuid4().hex[:8]}")
+    current = None
+    try:
+        with pytest.raises(LimitExceeded) as raised:
+            for _ in range(10):
+                current = (await reg.publish(defs(6000), expected_version=current)).version
+        assert current is not None and raised.value.code is Code.RESOURCE_EXHAUSTED
+        message = raised.value.message
+        assert message.startswith("etcd refused the write (etcdserver: mvcc: database space exceeded): ")
+        for advice in ("NOSPACE", "--quota-backend-bytes", "featurestore registry prune --keep N",
+                       "compact", "etcdctl defrag", "etcdctl alarm disarm", '"Retention"'):  # fmt: skip
+            assert advice in message, advice
+        assert "too large" not in message
+        assert reg.health().connected
+        with pytest.raises(LimitExceeded, match="database space exceeded"):  # every write of the cluster
+            await reg.swap_data_version("v", expected=0, new=1)
+        assert reg.health().connected
+        still = await reg.current()  # (reads still answer)
+        assert still is not None and still.version == current
+    finally:
+        await reg.close()
