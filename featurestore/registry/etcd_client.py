@@ -27,9 +27,9 @@ from aetcd import exceptions as etcd_errors
 from aetcd import rpc, watcher
 from aetcd.client import _handle_errors  # grpc errors -> aetcd's exceptions, as its connect
 
-from featurestore.errors import Unavailable
+from featurestore.errors import FeatureStoreError, PermissionDenied, Unauthenticated, Unavailable
 from featurestore.registry.base import RegistryHealth
-from featurestore.registry.limits import refusal
+from featurestore.registry.limits import refusal, rpc_code, rpc_details
 
 ERRORS = (etcd_errors.ClientError, OSError)  # a lost connection
 
@@ -89,6 +89,32 @@ _AUTH_EXPIRED = ("invalid auth token", "revision of auth store is old", "user na
 def auth_expired(message: str) -> bool:
     """Does etcd's error ``message`` say that the client's auth token no longer holds?"""
     return any(m in message for m in _AUTH_EXPIRED)
+
+
+# etcd's answers to credentials it does not take: a wrong user or password (INVALID_ARGUMENT,
+# "authentication failed, invalid user ID or password"), or none sent to an etcd with
+# authentication on (an auth token it no longer takes, when the client has no user).
+_NOT_AUTHENTICATED = ("authentication failed", *_AUTH_EXPIRED)
+
+
+def auth_refusal(error: BaseException) -> FeatureStoreError | None:
+    """etcd refusing the registry's user: its credentials (UNAUTHENTICATED) or access to a
+    key (PERMISSION_DENIED); None for any other error. etcd answered (no lost connection),
+    and no retry helps until the configuration or etcd's users and roles change. (etcd's
+    messages never repeat the password.) An expired token is ``EtcdLink.call``'s to renew."""
+    code, text = rpc_code(error), rpc_details(error)
+    if code is grpc.StatusCode.PERMISSION_DENIED or "permission denied" in text:
+        return PermissionDenied(
+            f"etcd registry: {text}: etcd's roles do not give the registry user (registry.username) "
+            "access to the project's keys; grant it read (servers) or readwrite (apply, canary, "
+            "materialize) on the prefix /featurestore/{project}/ (docs/security.md)"
+        )
+    if code is grpc.StatusCode.UNAUTHENTICATED or any(m in text for m in _NOT_AUTHENTICATED):
+        return Unauthenticated(
+            f"etcd registry: {text}: etcd does not take the registry's credentials; check "
+            "registry.username and registry.password (or password_file)"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +183,8 @@ class EtcdLink:
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One etcd call; connection failures become ``Unavailable``, etcd's refusals
-        (a request too large) errors that no retry helps.
+        (a request too large, a full database, credentials or a permission it refuses)
+        errors that no retry helps, which leave the registry connected (etcd answered).
 
         grpc.aio ends a call in flight on a channel that is closed (the watch failed and
         ``reconnect`` replaced the client) with ``CancelledError``, although nobody
@@ -170,16 +197,16 @@ class EtcdLink:
         try:
             result = await fn(*args, **kwargs)
         except (*ERRORS, grpc.aio.AioRpcError) as e:
-            refused = refusal(e, self.max_request_bytes)
-            if refused is not None:
-                self.last_contact = time.monotonic()  # etcd answered: still connected
-                raise refused from e
-            if not isinstance(e, ERRORS):
-                raise
-            if self.authenticates and auth_expired(str(e)):
+            if self.authenticates and isinstance(e, ERRORS) and auth_expired(str(e)):
                 self.last_contact = time.monotonic()  # etcd answered
                 await self.renew(client)
                 raise Unavailable(f"etcd registry: authenticating again: {e}") from e
+            refused = refusal(e, self.max_request_bytes) or auth_refusal(e)
+            if refused is not None:
+                self.touch()  # etcd answered: connected
+                raise refused from e
+            if not isinstance(e, ERRORS):
+                raise
             self.connected = False
             raise Unavailable(f"etcd registry: {type(e).__name__}: {e}") from e
         except asyncio.CancelledError as e:

@@ -37,10 +37,13 @@ from aetcd import exceptions as etcd_errors
 
 from featurestore import metrics
 from featurestore.definitions.snapshot import RegistrySnapshot
-from featurestore.errors import Unavailable
+from featurestore.errors import PermissionDenied, Unauthenticated, Unavailable
 from featurestore.registry.etcd_client import ERRORS, EtcdLink, auth_expired
 from featurestore.registry.etcd_watch import RetryPause, WatchEnded, watch_prefix
 from featurestore.registry.snapshot_cache import SnapshotCache
+
+# etcd answering that it refuses the registry's user (``etcd_client.auth_refusal``)
+_REFUSED = (Unauthenticated, PermissionDenied)
 
 # The registry's logger (one name for the whole backend: operators filter on it).
 log = logging.getLogger("featurestore.registry.etcd")
@@ -167,11 +170,16 @@ class EtcdChangeFeed:
 
     async def _check_head(self) -> None:
         """Before each watch: the head revision to watch from (the first time), or
-        ``EtcdReset`` if etcd is now behind what was seen or is another cluster."""
+        ``EtcdReset`` if etcd is now behind what was seen or is another cluster.
+        ``WatchEnded`` (cancelled) if etcd refuses the registry's user the read (a
+        permission revoked, a password changed: ``auth_refusal``), as it would the watch."""
         if self._reset is not None:
             raise self._reset
         seen = self._revision
-        header = await self._head()
+        try:
+            header = await self._head()
+        except _REFUSED as e:
+            raise WatchEnded("cancelled", f"{type(e).__name__}: {e}") from e
         if seen == 0:
             self._revision, self._cluster = int(header.revision), int(header.cluster_id)
         elif (reset := self._reset_in(header, seen)) is not None:
@@ -218,7 +226,7 @@ class EtcdChangeFeed:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             seen, resets = self._revision, self._resets  # before the read: its answer cannot be older
-            with contextlib.suppress(Unavailable):
+            with contextlib.suppress(Unavailable, *_REFUSED):
                 header = await self._head()
                 if seen and self._reset is None and resets == self._resets:
                     self._reset = self._reset_in(header, seen)

@@ -169,3 +169,32 @@ async def test_a_watch_whose_client_a_failed_call_replaced_follows_on_the_new_cl
     finally:
         await settle(pending, changes)
         await reg.close()
+
+
+async def test_a_registry_user_etcd_refuses_to_read_is_counted_as_cancelled_watches_never_a_lost_connection(
+    auth_etcd: AuthEtcdServer,
+) -> None:
+    """The user may read the project's data/ only, not its registry/: etcd denies the read
+    each watch begins with. Counted as a lost connection (the registry reported
+    disconnected) before it was PERMISSION_DENIED; after, it must neither end the change
+    feed nor its heartbeat: once the role may, the feed is armed and the heartbeat keeps
+    the registry's contact fresh."""
+    project = f"p{uuid.uuid4().hex[:8]}"
+    access = registry_user(auth_etcd, project, "data/")
+    reg = EtcdRegistry([auth_etcd.endpoint], project, access=access, heartbeat_interval=0.2)
+    changes: AsyncGenerator[None, None] = reg.changes()  # type: ignore[assignment]
+    before, lost = watch_lost("cancelled"), watch_lost("connection")
+    armed = asyncio.ensure_future(anext(changes))
+    pending: asyncio.Future[None] | None = armed
+    try:
+        await eventually(lambda: watch_lost("cancelled") >= before + 3, WAIT_S, "the refused reads to count")
+        assert not armed.done() and watch_lost("connection") == lost
+        assert reg.health().connected  # etcd answers: it refuses
+        grant_project(auth_etcd, project, access)
+        await asyncio.wait_for(armed, WAIT_S)
+        pending = None
+        await asyncio.sleep(1.5)  # nothing changes: only the heartbeat reads
+        assert reg.health().seconds_since_contact < 1.0 and reg.health().connected
+    finally:
+        await settle(pending, changes)
+        await reg.close()

@@ -4,6 +4,7 @@ real etcd serving TLS only, asking for client certificates, with authentication 
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from featurestore.config import load_config
 from featurestore.definitions.parser import load_definitions
-from featurestore.errors import Unavailable
+from featurestore.errors import Code, PermissionDenied, Unauthenticated
 from featurestore.factories import make_registry
 from featurestore.registry import etcd_client
 from tests.security import Certs, SecureEtcdServer, make_certs
@@ -33,11 +34,13 @@ def etcd(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sec
         server.stop()
 
 
-def config_file(tmp_path: Path, etcd: SecureEtcdServer, certs: Certs, password: str) -> Path:
+def config_file(
+    tmp_path: Path, etcd: SecureEtcdServer, certs: Certs, password: str, user: str = SecureEtcdServer.USER
+) -> Path:
     (tmp_path / "etcd-password").write_text(password + "\n")
     path = tmp_path / "config.yaml"
     path.write_text(
-        f"project: tls\nregistry: {{kind: etcd, endpoints: ['{etcd.endpoint}'], username: {etcd.USER},\n"
+        f"project: tls\nregistry: {{kind: etcd, endpoints: ['{etcd.endpoint}'], username: {user},\n"
         f"  password_file: {tmp_path / 'etcd-password'}, ca_file: {certs.ca},\n"
         f"  cert_file: {certs.client_cert}, key_file: {certs.client_key}}}\n"
     )
@@ -59,16 +62,49 @@ async def test_the_registry_publishes_and_reads_over_tls_as_an_authenticated_use
     assert listed.stdout.strip() == "/featurestore/tls/registry/current"
 
 
-async def test_a_wrong_password_is_unavailable_and_not_shown(
+async def test_a_wrong_password_is_unauthenticated_not_a_lost_connection_and_not_shown(
     etcd: SecureEtcdServer, certs: Certs, tmp_path: Path
 ) -> None:
+    """It was UNAVAILABLE ("retry later") and marked the registry disconnected, although
+    etcd had answered: a configuration to fix, not an outage."""
     registry = make_registry(load_config(config_file(tmp_path, etcd, certs, "not-the-password-5c2e")))
     try:
-        with pytest.raises(Unavailable) as raised:
+        with pytest.raises(Unauthenticated) as raised:
             await registry.current()
+        assert raised.value.code is Code.UNAUTHENTICATED
+        assert registry.health().connected  # etcd answered
     finally:
         await registry.close()
-    assert "not-the-password" not in str(raised.value)
+    assert "authentication failed" in raised.value.message
+    assert "check registry.username and registry.password" in raised.value.message
+    assert "not-the-password" not in str(raised.value) + repr(raised.value.details)
+
+
+async def test_a_user_without_permission_on_the_project_is_permission_denied_not_a_lost_connection(
+    etcd: SecureEtcdServer, certs: Certs, tmp_path: Path
+) -> None:
+    """A user whose role reads another project only: it was UNAVAILABLE, and a running
+    server reported etcd unreachable (featurestore_registry_connected 0)."""
+    user, password = f"u{uuid.uuid4().hex[:6]}", "pw-elsewhere-41f0"
+    for args in (["role", "add", user], ["role", "grant-permission", "--prefix=true", user, "readwrite",
+                 "/featurestore/elsewhere/"], ["user", "add", f"{user}:{password}"],
+                 ["user", "grant-role", user, user]):  # fmt: skip
+        out = etcd.etcdctl(*args, auth=True)
+        assert out.returncode == 0, out.stderr
+    registry = make_registry(load_config(config_file(tmp_path, etcd, certs, password, user)))
+    try:
+        with pytest.raises(PermissionDenied) as raised:
+            await registry.current()
+        assert raised.value.code is Code.PERMISSION_DENIED
+        assert (
+            "permission denied" in raised.value.message and "/featurestore/{project}/" in raised.value.message
+        )
+        assert registry.health().connected  # etcd answered
+        with pytest.raises(PermissionDenied):
+            await registry.swap_data_version("v", expected=0, new=1)
+    finally:
+        await registry.close()
+    assert password not in str(raised.value)
 
 
 def test_tls_client_connect_is_aetcds_but_for_the_channel() -> None:
