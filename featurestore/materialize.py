@@ -107,9 +107,12 @@ class Materializer:
         stop: asyncio.Event | None = None,
     ) -> None:
         """``stop``: set to end a run between two batches, as cancelling it does (the CLI
-        sets it with the cancel on SIGTERM: Python 3.11's ``asyncio.wait_for``, which
-        redis-py wraps every socket write in, loses a cancellation that arrives as the
-        write completes; 1 run in ~5 went on to publish, review s55)."""
+        sets it with the cancel on SIGTERM and SIGINT). A cancellation alone is not
+        enough: Python 3.11's ``asyncio.wait_for``, which redis-py wraps every socket write
+        in, returns normally when the cancel lands while it starts or completes the write
+        (gh-86296): 1 run in ~5 went on to publish (review s55), 1 Ctrl-C in 2 (s57). So
+        ``_check_stop`` also ends a run whose task has a cancellation pending that no
+        ``CancelledError`` carried."""
         if not isinstance(store, VersionedStore):
             raise FailedPrecondition(
                 f"store {store.name!r} ({store.kind}) does not keep data versions: "
@@ -270,9 +273,15 @@ class Materializer:
         return tuple(sorted(replaced.union(stale)))
 
     def _check_stop(self) -> None:
-        """Raise as a cancellation once ``stop`` is set: the same cleanup follows."""
+        """Raise as a cancellation once ``stop`` is set, or once the running task has a
+        cancellation request nothing took back (``cancelling()``) although no await
+        raised it: redis-py's ``wait_for`` swallowed it (``__init__``). The same cleanup
+        follows."""
         if self.stop is not None and self.stop.is_set():
             raise asyncio.CancelledError("stop requested")
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError("cancelled (the cancellation an await lost)")
 
     async def _mark(self, view: str, mark: Watermark) -> None:
         """Set a published version's watermark over an older version's (an incremental

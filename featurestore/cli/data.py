@@ -89,8 +89,10 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
         reporter.finish()  # a terminal's bar ends before the line
         print(_summary(result, args.grace_seconds), flush=True)
 
+    stopped_by: list[signal.Signals] = []
+
     async def run() -> Any:
-        stop = _cancel_on_sigterm()
+        stop = _cancel_on_signals(stopped_by)
         await jobs.apply_configured_definitions(config, force=args.force, force_flag="--force to materialize")
         source = None
         if args.source:
@@ -112,36 +114,42 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
 
     try:
         asyncio.run(run())
-    except asyncio.CancelledError:  # SIGTERM: the run was cancelled (_cancel_on_sigterm)
+    except asyncio.CancelledError:  # SIGTERM or SIGINT: the run was cancelled (_cancel_on_signals)
+        sig = stopped_by[0] if stopped_by else signal.SIGTERM
         print(
-            "error: CANCELLED: stopped by SIGTERM (the view being loaded: a full run not yet published "
+            f"error: CANCELLED: stopped by {sig.name} (the view being loaded: a full run not yet published "
             "dropped its rows, one stopped while publishing finished as published; an incremental run's "
             "upserts stay, and its watermark moved only if its write had begun)",
             file=sys.stderr,
             flush=True,
         )
-        return 128 + signal.SIGTERM
+        return 128 + sig
     finally:
         reporter.finish()
     return 0
 
 
-def _cancel_on_sigterm() -> asyncio.Event:
-    """SIGTERM (``timeout``, ``docker stop``, a Kubernetes deadline) cancels the run
-    instead of killing the process: a run not yet published drops its rows, one published
-    finishes the few seconds of cleanup that expire what it replaced (Materializer). A
-    second SIGTERM cancels that too; SIGKILL leaves it to the next publication. The event
-    returned is set with the cancel: the run checks it between batches, should the
-    cancellation itself be lost (``Materializer``'s ``stop``)."""
+def _cancel_on_signals(received: list[signal.Signals]) -> asyncio.Event:
+    """SIGTERM (``timeout``, ``docker stop``, a Kubernetes deadline) and SIGINT (Ctrl-C)
+    cancel the run instead of killing the process: a run not yet published drops its
+    rows, one published finishes the few seconds of cleanup that expire what it replaced
+    (Materializer). A second signal cancels that too; SIGKILL leaves it to the next
+    publication. The event returned is set with the cancel: the run checks it between
+    batches, should the cancellation itself be lost (``Materializer``'s ``stop``).
+    SIGINT takes this path rather than asyncio.run's own handler, a bare cancel of the
+    task (lost in 1 Ctrl-C in 2, review s57). ``received`` gets the signals in order."""
     task = asyncio.current_task()
     assert task is not None
     stop = asyncio.Event()
 
-    def terminate() -> None:
+    def terminate(sig: signal.Signals) -> None:
+        received.append(sig)
         stop.set()
         task.cancel()
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate, sig)
     return stop
 
 

@@ -175,6 +175,49 @@ async def test_a_run_cancelled_after_publishing_finishes_expiring_the_replaced_v
     assert all(0 < t <= 60 for t in (await ttls(store, 1)).values())  # and v1 set to expire
 
 
+class CancelledMidBatch:
+    """A source that cancels the task reading it as it hands over its second batch,
+    within that task's step, as asyncio.run's SIGINT handler does when Ctrl-C lands
+    while the run builds a batch: the cancel is due at the next await, redis-py's
+    ``wait_for`` around the socket write, which on Python 3.11 returns normally
+    instead (gh-86296)."""
+
+    def __init__(self, source: ParquetOfflineSource) -> None:
+        self.source = source
+
+    def describe(self) -> str:
+        return self.source.describe()
+
+    async def count(self, timestamp: str, span: Any = None) -> int | None:
+        return None
+
+    async def latest_batches(self, *args: Any) -> AsyncIterator[pa.RecordBatch]:
+        n = 0
+        async for batch in self.source.latest_batches(*args):
+            n += 1
+            if n == 2:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+            yield batch
+
+
+async def test_a_run_whose_cancellation_a_redis_write_swallowed_stops_before_publishing(
+    redis_setup: tuple[FileRegistry, RedisSource], tmp_path: Path
+) -> None:
+    """The cancel was lost and the run published (review s57, cli finding 1: Ctrl-C on
+    `featurestore materialize` published 1 run in 2)."""
+    registry, store = redis_setup
+    source = ParquetOfflineSource(str(write_source(tmp_path / "a.parquet", list(range(1, 5001)), 1)))
+    run = asyncio.create_task(
+        Materializer(registry, store).run("scores", CancelledMidBatch(source), batch_rows=1000)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await registry.data_versions() == {}  # not published
+    assert await ttls(store, 1) == {"marker": -2, "profile": -2}  # its rows dropped
+
+
 # -- ClickHouse: a replaced version's table is recorded in __expiry, which upkeep drops
 
 
