@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from featurestore.cli.base import Subcommands
+from featurestore.cli.base import Subcommands, integer, port
 
 if TYPE_CHECKING:
     from lineage.graph.base import LineageGraph
@@ -21,14 +21,22 @@ def register(sub: Subcommands) -> None:
     lc = lsub.add_parser("consume", help="write lineage events from Kafka into the graph until stopped")
     lc.add_argument("--config", help="server config: lineage.kafka and lineage.bolt")
     lc.add_argument(
-        "--metrics-port", type=int, default=9108, help="Prometheus metrics of the consumer (0: off)"
+        "--metrics-port",
+        type=port(off=True),
+        default=9108,
+        help="Prometheus metrics of the consumer (0: off)",
     )
     lc.add_argument(
         "--metrics-host",
         default="127.0.0.1",
         help="address the metrics listen on (0.0.0.0 in a container, so Prometheus can scrape them)",
     )
-    lc.add_argument("--batch-size", type=int, default=500)
+    lc.add_argument(
+        "--batch-size",
+        type=integer(1, 1_000_000),  # librdkafka's bounds: 0 returns at once (a busy loop), more raises
+        default=500,
+        help="events taken from Kafka at a time, 1 to 1000000 (default 500)",
+    )
     lc.add_argument(
         "--log-level", help="debug, info, warning, error, critical (default: the config's log_level)"
     )

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from featurestore.cli.base import Subcommands
+from featurestore.cli.base import Subcommands, port
 from featurestore.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = "data"
@@ -33,9 +33,9 @@ def register(sub: Subcommands) -> None:
     s.add_argument("--definitions", help="definitions YAML applied at start when it differs from current")
     s.add_argument("--host", help="listen address for both HTTP and gRPC")
     s.add_argument("--http-host")
-    s.add_argument("--http-port", type=int)
+    s.add_argument("--http-port", type=port())
     s.add_argument("--grpc-host")
-    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--grpc-port", type=port())
     s.add_argument("--workers", type=int, help="serving processes (default 1)")
     s.add_argument("--no-apply", action="store_true", help=argparse.SUPPRESS)
     s.add_argument(

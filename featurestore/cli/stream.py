@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from featurestore.cli.base import Subcommands
+from featurestore.cli.base import Subcommands, port, seconds
 
 log = logging.getLogger(__name__)
 # A processor started beside `featurestore serve` (docs/streaming.md's walk-through) can
@@ -28,7 +28,7 @@ def register(sub: Subcommands) -> None:
     run.add_argument("--config", help="server config: stores, registry, stream.kafka")
     run.add_argument("--view", action="append", required=True, help="a stream view (repeat for several)")
     run.add_argument("--definitions", help="read the views from this file instead of the registry")
-    run.add_argument("--metrics-port", type=int, default=9110, help="Prometheus metrics (0: off)")
+    run.add_argument("--metrics-port", type=port(off=True), default=9110, help="Prometheus metrics (0: off)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
     run.add_argument(
         "--log-level", help="debug, info, warning, error, critical (default: the config's log_level)"
@@ -40,7 +40,7 @@ def register(sub: Subcommands) -> None:
     ps.add_argument("--partitions", type=int, default=3, help="when the topic is created")
     ps.add_argument("--users", type=int, default=10, help="user ids 1..N")
     ps.add_argument("--rate", type=float, default=20.0, help="events per second")
-    ps.add_argument("--seconds", type=float, default=60.0, help="how long (0: until stopped)")
+    ps.add_argument("--seconds", type=seconds, default=60.0, help="how long (0: until stopped)")
     ps.add_argument("--malformed-every", type=int, default=0, help="every Nth event is malformed (0: none)")
     ps.add_argument("--seed", type=int, default=7)
     ps.set_defaults(func=cmd_stream_produce_sample)
