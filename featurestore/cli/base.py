@@ -54,3 +54,18 @@ def seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text!r}")
     return value
+
+
+def start_metrics(port: int, host: str) -> None:
+    """Serve ``/metrics`` on ``--metrics-host``:``--metrics-port`` (``exporter``); one that
+    cannot listen (the port in use, a host not this machine's) is FAILED_PRECONDITION
+    naming both flags, as ``serve`` names its listener (OSError's text named neither)."""
+    from featurestore import exporter
+    from featurestore.errors import FailedPrecondition
+
+    try:
+        exporter.start(port, host)
+    except OSError as e:
+        raise FailedPrecondition(
+            f"--metrics-host {host} --metrics-port {port}: cannot listen on {host}:{port}: {e.strerror or e}"
+        ) from None

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from featurestore.cli.base import Subcommands, integer, port
+from featurestore.cli.base import Subcommands, integer, port, start_metrics
 
 if TYPE_CHECKING:
     from lineage.graph.base import LineageGraph
@@ -46,7 +46,7 @@ def register(sub: Subcommands) -> None:
 def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     import signal
 
-    from featurestore import exporter, logs
+    from featurestore import logs
     from featurestore.config import load_config
     from featurestore.errors import InvalidArgument
     from featurestore.extras import require
@@ -65,7 +65,7 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     require("confluent_kafka", "featurestore lineage consume")
     configure_logging(config.log_level, config.log_format)
     if args.metrics_port:
-        exporter.start(args.metrics_port, args.metrics_host)
+        start_metrics(args.metrics_port, args.metrics_host)
 
     async def run() -> None:
         graph = make_graph(config)

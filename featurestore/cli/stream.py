@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from featurestore.cli.base import Subcommands, port, seconds
+from featurestore.cli.base import Subcommands, port, seconds, start_metrics
 
 log = logging.getLogger(__name__)
 # A processor started beside `featurestore serve` (docs/streaming.md's walk-through) can
@@ -47,7 +47,6 @@ def register(sub: Subcommands) -> None:
 
 
 def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
-    from featurestore import exporter
     from featurestore.config import load_config
     from featurestore.errors import InvalidArgument, NotFound
     from featurestore.extras import require
@@ -84,7 +83,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
         store = make_tile_store(view.online_store, sc, config)
         processors.append(StreamProcessor(view, store, sconf.kafka, config.project, options))
     if args.metrics_port:
-        exporter.start(args.metrics_port, args.metrics_host)
+        start_metrics(args.metrics_port, args.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

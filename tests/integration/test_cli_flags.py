@@ -4,8 +4,10 @@ cli findings 2, 6 and 11): a numeric flag out of range is argparse's usage error
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,4 +65,41 @@ def test_produce_sample_refuses_seconds_that_are_not_a_finite_number_from_0(valu
     assert line == (
         "featurestore stream produce-sample: error: argument --seconds: expected a number of seconds, "
         f"0 or more, got {value!r}"
+    )
+
+
+def _metrics_commands(tmp_path: Path) -> dict[str, list[str]]:
+    """lineage consume and stream run, each with a config that gets them to their metrics
+    listener (their backends, unreachable, are not reached before it)."""
+    (tmp_path / "lin.yaml").write_text("lineage: {graph: bolt, bolt: {uri: 'bolt://127.0.0.1:1'}}\n")
+    (tmp_path / "sk.yaml").write_text(
+        "stores: {default: {kind: redis, url: 'redis://127.0.0.1:1/0'}}\n"
+        "stream: {kafka: {bootstrap_servers: '127.0.0.1:1'}}\n"
+    )
+    (tmp_path / "defs.yaml").write_text(
+        "project: demo\nentities: [{name: user_id, dtype: int64}]\nstream_views:\n"
+        "  - {name: clicks, entities: [user_id], source: {topic: clicks},\n"
+        "     aggregations: [{name: n_5m, function: count, window: 5m}]}\n"
+    )
+    return {
+        "lineage": ["lineage", "consume", "--config", str(tmp_path / "lin.yaml")],
+        "stream": ["stream", "run", "--config", str(tmp_path / "sk.yaml"),
+                   "--definitions", str(tmp_path / "defs.yaml"), "--view", "clicks"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["lineage", "stream"])
+def test_a_metrics_port_in_use_is_one_line_naming_the_flags_and_the_port(
+    command: str, tmp_path: Path
+) -> None:
+    """It was `FAILED_PRECONDITION: [Errno 98] Address already in use`, naming neither."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        out = cli(*_metrics_commands(tmp_path)[command], "--metrics-port", str(port))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: FAILED_PRECONDITION: --metrics-host 127.0.0.1 --metrics-port {port}: "
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
     )
