@@ -91,8 +91,9 @@ def operator_error(e: Exception) -> str | None:
         return f"{_os_error_code(e)}: {text}"
     if isinstance(e, FeatureServiceError):
         return str(e)  # "CODE: message": the server's answer, or UNAVAILABLE after the client's retries
-    if _from_backend_library(e):
-        return f"UNAVAILABLE: {type(e).__module__.split('.')[0]}: {type(e).__name__}: {e}".splitlines()[0]
+    library = _backend_library(e)
+    if library is not None:
+        return f"UNAVAILABLE: {library}: {type(e).__name__}: {_backend_text(e)}".splitlines()[0]
     return None
 
 
@@ -111,8 +112,25 @@ def _os_error_code(e: OSError) -> str:
 _BACKENDS = ("redis", "aetcd", "clickhouse_connect", "chdb", "confluent_kafka", "neo4j", "grpc", "httpx")
 
 
-def _from_backend_library(e: Exception) -> bool:
-    return type(e).__module__.split(".")[0] in _BACKENDS
+def _backend_library(e: Exception) -> str | None:
+    """The backend library ``e`` comes from, by its package (None: none of them)."""
+    package = type(e).__module__.split(".")[0]
+    if package in _BACKENDS:
+        return package
+    # confluent-kafka's errors are its C module's (cimpl.KafkaException), their subclasses
+    # its own; the module is loaded when one was raised (no import of it for a bug's report)
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is not None and isinstance(e, kafka.KafkaException):
+        return "confluent_kafka"
+    return None
+
+
+def _backend_text(e: Exception) -> str:
+    """``e``'s text; a Kafka error's code name and message, not KafkaError{code=...,val=...}."""
+    error: Any = e.args[0] if e.args else None
+    if callable(getattr(error, "name", None)) and callable(getattr(error, "str", None)):  # a KafkaError
+        return f"{error.name()}: {error.str()}"
+    return str(e)
 
 
 def version() -> str:

@@ -52,6 +52,16 @@ def test_join_against_a_server_that_is_down_prints_one_line(transport: str) -> N
     assert "UNAVAILABLE" in line and str(port) in line
 
 
+def test_produce_sample_against_an_unreachable_broker_prints_one_line(tmp_path: Path) -> None:
+    """It was cimpl.KafkaException's traceback, exit 1 (review s57, cli finding 3)."""
+    config = tmp_path / "k.yaml"
+    config.write_text(f"stream: {{kafka: {{bootstrap_servers: '127.0.0.1:{free_port()}'}}}}\n")
+    out = cli("stream", "produce-sample", "--config", str(config), "--seconds", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]  # after librdkafka's log line
+    assert line.startswith("error: UNAVAILABLE: confluent_kafka: KafkaException: _TRANSPORT: "), line
+
+
 def test_a_missing_or_malformed_config_prints_one_line(tmp_path: Path) -> None:
     assert "No such file" in one_line_error(
         cli("registry", "history", "--config", str(tmp_path / "none.yaml"))

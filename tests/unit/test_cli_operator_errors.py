@@ -30,3 +30,18 @@ def test_an_operator_error_is_one_line_starting_with_its_code(error: Exception, 
 
 def test_a_bug_is_not_an_operator_error() -> None:
     assert operator_error(KeyError("x")) is None
+
+
+def test_a_kafka_error_is_unavailable_with_its_code_and_message() -> None:
+    """confluent-kafka's errors are its C module's (`cimpl`), so they were taken for bugs:
+    a traceback, exit 1 (review s57, cli finding 3)."""
+    import confluent_kafka
+    from confluent_kafka.error import ProduceError
+
+    error = confluent_kafka.KafkaError(confluent_kafka.KafkaError._TRANSPORT, "Failed to get metadata")
+    assert operator_error(confluent_kafka.KafkaException(error)) == (
+        "UNAVAILABLE: confluent_kafka: KafkaException: _TRANSPORT: Failed to get metadata"
+    )
+    assert operator_error(ProduceError(error)) == (
+        "UNAVAILABLE: confluent_kafka: ProduceError: _TRANSPORT: Failed to get metadata"
+    )
