@@ -18,7 +18,7 @@ from typing import Any
 
 import featurestore
 from featurestore.client.errors import FeatureServiceError  # stdlib only: the client's error types
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import FeatureStoreError, InvalidArgument
 
 __all__ = ["main", "render_table"]
 
@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = command_line.parse_args(argv)
     logging.basicConfig()
-    # until a command has read its config (whose log_level and log_format then apply)
-    configure_logging(
-        getattr(args, "log_level", None) or os.environ.get("FEATURESTORE_LOG_LEVEL") or "info",
-        "json" if os.environ.get("FEATURESTORE_LOG_FORMAT", "").strip().lower() == "json" else "text",
-    )
     try:
+        # until a command has read its config (whose log_level and log_format then apply)
+        configure_logging(
+            _first_log_level(args),
+            "json" if os.environ.get("FEATURESTORE_LOG_FORMAT", "").strip().lower() == "json" else "text",
+        )
         return int(args.func(args, argv) or 0)
     except KeyboardInterrupt:
         return 130
@@ -66,7 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         line = "error: " + "; ".join(p.strip() for p in message.splitlines() if p.strip())
         if not _to_supervisor(line):
             print(line, file=sys.stderr)
-        return 2
+        return int(getattr(args, "failure_exit", 2))  # (healthcheck: 1, Docker reserves 2)
+
+
+def _first_log_level(args: argparse.Namespace) -> str:
+    """The log level until a command has read its config: ``--log-level``, else
+    ``$FEATURESTORE_LOG_LEVEL``, else info. An unknown one is refused naming where it
+    came from (logging's ValueError was a traceback, before the config's own check, and
+    commands without a config have none)."""
+    from featurestore.config import LOG_LEVELS  # (loaded with logconfig already)
+
+    for given, origin in (
+        (getattr(args, "log_level", None), "--log-level"),
+        (os.environ.get("FEATURESTORE_LOG_LEVEL"), "FEATURESTORE_LOG_LEVEL"),
+    ):
+        if given:
+            if given.strip().lower() not in LOG_LEVELS:
+                raise InvalidArgument(f"{origin} {given!r}: unknown log level; use {', '.join(LOG_LEVELS)}")
+            return given.strip().lower()
+    return "info"
 
 
 def _to_supervisor(line: str) -> bool:

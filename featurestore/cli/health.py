@@ -32,7 +32,8 @@ HELP = "exit 0 when the local server is ready (its /readyz)"
 def register(sub: Subcommands) -> None:
     h = sub.add_parser("healthcheck", help=HELP)
     _arguments(h)
-    h.set_defaults(func=cmd_healthcheck)
+    # an error main reports (FEATURESTORE_LOG_LEVEL unknown) exits 1 too: Docker reserves 2
+    h.set_defaults(func=cmd_healthcheck, failure_exit=1)
 
 
 def _arguments(h: argparse.ArgumentParser) -> None:

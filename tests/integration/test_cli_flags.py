@@ -1,9 +1,11 @@
 """Flags the CLI takes values from are checked, and their errors name them (review s57,
 cli findings 2, 6 and 11): a numeric flag out of range is argparse's usage error (exit
-2, the flag named) before the command reads its config or opens a connection."""
+2, the flag named) before the command reads its config or opens a connection; an
+unknown log level (finding 4) is one line naming where it came from."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,10 +16,11 @@ import pytest
 from tests.support import ROOT
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "featurestore.cli", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -103,3 +106,51 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_flags_and_the_port(
         f"error: FAILED_PRECONDITION: --metrics-host 127.0.0.1 --metrics-port {port}: "
         f"cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+LEVELS = "use debug, info, warning, error, critical"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["lineage", "consume"], ["stream", "run", "--view", "v"]])
+def test_an_unknown_log_level_flag_is_one_line_naming_the_flag_the_value_and_the_levels(
+    command: list[str],
+) -> None:
+    """It was logging's `ValueError: Unknown level: 'LOUD'` traceback, exit 1."""
+    out = cli(*command, "--log-level", "loud")
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert out.stderr == f"error: INVALID_ARGUMENT: --log-level 'loud': unknown log level; {LEVELS}\n"
+
+
+@pytest.mark.parametrize("command", ["validate", "registry", "join"])
+def test_an_unknown_log_level_in_the_environment_is_one_line_for_every_command(
+    command: str, tmp_path: Path
+) -> None:
+    """A typo in a deployment's FEATURESTORE_LOG_LEVEL made every command (those without
+    a config too) a traceback with exit 1."""
+    (tmp_path / "c.yaml").write_text(f"registry: {{path: {tmp_path / 'reg'}}}\n")
+    args = {
+        "validate": ["validate", str(ROOT / "featurestore" / "demo" / "features.yaml")],
+        "registry": ["registry", "history", "--config", str(tmp_path / "c.yaml")],
+        "join": ["join", "--url", "http://127.0.0.1:1", "--entity", "user_id=1", "--features", "v:f"],
+    }[command]
+    out = cli(*args, env={"FEATURESTORE_LOG_LEVEL": "Loud"})
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert (
+        out.stderr == f"error: INVALID_ARGUMENT: FEATURESTORE_LOG_LEVEL 'Loud': unknown log level; {LEVELS}\n"
+    )
+
+
+def test_a_known_log_level_in_the_environment_is_taken_in_any_case_and_with_spaces() -> None:
+    out = cli(
+        "validate",
+        str(ROOT / "featurestore" / "demo" / "features.yaml"),
+        env={"FEATURESTORE_LOG_LEVEL": " Warning "},
+    )
+    assert out.returncode == 0 and out.stderr == "", out
+
+
+def test_the_healthcheck_with_an_unknown_log_level_in_the_environment_exits_1_not_dockers_reserved_2() -> (
+    None
+):
+    out = cli("healthcheck", "--url", "http://127.0.0.1:1/readyz", env={"FEATURESTORE_LOG_LEVEL": "loud"})
+    assert out.returncode == 1 and "FEATURESTORE_LOG_LEVEL 'loud': unknown log level" in out.stderr, out
