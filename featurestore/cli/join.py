@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,14 @@ from featurestore.errors import InvalidArgument
 
 def register(sub: Subcommands) -> None:
     j = sub.add_parser("join", help="join features for some entity keys and print a table")
-    j.add_argument("--entity", action="append", required=True, metavar="NAME=K1[,K2...]")
+    j.add_argument(
+        "--entity",
+        action="append",
+        required=True,
+        metavar="NAME=K1[,K2...]",
+        help="an entity's keys, one per row: integers when every key is one, else text; each entity "
+        "once (repeat for the other entities of a composite key)",
+    )
     group = j.add_mutually_exclusive_group(required=True)
     group.add_argument("--features", help="comma-separated view:feature references")
     group.add_argument("--service", help="a feature service name")
@@ -58,14 +66,25 @@ def register(sub: Subcommands) -> None:
     j.set_defaults(func=cmd_join)
 
 
+# An integer key: ASCII digits after at most one minus. Anything else (--5, ², +5, 1_000)
+# is text, which an int64 entity refuses naming the entity, the row and the key.
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _entities(specs: list[str], string_keys: bool) -> dict[str, list[Any]]:
+    """``--entity NAME=K1,K2`` each: a column of integers when every key is one (else of
+    text, or with ``--string-keys``). A name given twice is refused: one would be lost."""
     out: dict[str, list[Any]] = {}
     for spec in specs:
         name, sep, values = spec.partition("=")
         if not sep or not name:
             raise InvalidArgument(f"--entity expects NAME=K1[,K2...], got {spec!r}")
+        if name in out:
+            raise InvalidArgument(
+                f"--entity {name} given twice: give all its keys in one, --entity {name}=K1,K2,..."
+            )
         parts = values.split(",")
-        numeric = not string_keys and all(p.lstrip("-").isdigit() for p in parts)
+        numeric = not string_keys and all(_INTEGER.fullmatch(p) for p in parts)
         out[name] = [int(p) for p in parts] if numeric else parts
     return out
 

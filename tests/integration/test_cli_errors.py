@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, ServerProcess, free_port
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +60,41 @@ def test_produce_sample_against_an_unreachable_broker_prints_one_line(tmp_path: 
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     [line] = [x for x in out.stderr.splitlines() if x.startswith("error: ")]  # after librdkafka's log line
     assert line.startswith("error: UNAVAILABLE: confluent_kafka: KafkaException: _TRANSPORT: "), line
+
+
+@pytest.mark.parametrize("key", ["--5", "²", "+5", "1_000"])
+@pytest.mark.parametrize("transport", ["--url", "--grpc"])
+def test_join_with_a_key_an_int64_entity_cannot_take_prints_one_line_naming_the_entity_and_key(
+    server: ServerProcess, transport: str, key: str
+) -> None:
+    """`--5` and `²` passed the CLI's integer test and crashed int(): a traceback, exit 1
+    (review s57, cli finding 5). They go as text, which the server refuses, naming them."""
+    where = server.url if transport == "--url" else server.grpc_target
+    line = one_line_error(
+        cli("join", transport, where, "--entity", f"user_id={key}", "--features", "user_profile:age")
+    )
+    assert line == f"error: INVALID_ARGUMENT: entity 'user_id' takes int64 keys; row 0 is str ({key!r})"
+
+
+def test_join_refuses_an_entity_given_twice(server: ServerProcess) -> None:
+    """`--entity user_id=17 --entity user_id=18` joined 18 alone, exit 0 (review s57, cli finding 7)."""
+    line = one_line_error(
+        cli(
+            "join",
+            "--url",
+            server.url,
+            "--entity",
+            "user_id=17",
+            "--entity",
+            "user_id=18",
+            "--features",
+            "user_profile:age",
+        )
+    )
+    assert (
+        line
+        == "error: INVALID_ARGUMENT: --entity user_id given twice: give all its keys in one, --entity user_id=K1,K2,..."
+    )
 
 
 def test_a_missing_or_malformed_config_prints_one_line(tmp_path: Path) -> None:
