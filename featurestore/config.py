@@ -345,10 +345,14 @@ ENV_ALIASES = {
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Mapping[tuple[str, ...], Any] | None = None
+    path: str | Path | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+    flags: Mapping[tuple[str, ...], str] | None = None,
 ) -> Config:
     """Build the configuration: defaults, then ``path``, then env vars, then ``overrides``
-    (the flags; a None value is a flag not given)."""
+    (the flags; a None value is a flag not given). An error names the variable or the flag
+    (``flags``: the flag of an override) that set the setting, and a flag's error names
+    no file (it is not the file's value)."""
     name = str(path) if path is not None else "config"
     # Every command reads its config before it starts a Kafka client: librdkafka's lines
     # (through RDKAFKA_LOGGER) are rate-limited from here on, as an outage's are (logs.py).
@@ -360,15 +364,15 @@ def load_config(
             if value is not None:
                 set_path(doc, keys, value)
                 origin.pop(keys, None)
+                if keys in (flags or {}):
+                    origin[keys] = (flags or {})[keys]
         resolve_store_secret_files(doc)
         resolve_secret_files(doc, Config, "")
         return Config.model_validate(doc)
-    except SettingError as e:
-        problem = with_origin(e, origin)
-        raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
-    except ValidationError as e:
-        problem = describe(e, Config, origin)
-        raise InvalidArgument(f"{name}: {problem.where}: {problem.problem}") from None
+    except (SettingError, ValidationError) as e:
+        problem = with_origin(e, origin) if isinstance(e, SettingError) else describe(e, Config, origin)
+        where = "" if problem.where.startswith("--") else f"{name}: "
+        raise InvalidArgument(f"{where}{problem.where}: {problem.problem}") from None
 
 
 def check_embedded_store_alone(config: Config, path: str | Path | None = None) -> None:

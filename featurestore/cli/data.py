@@ -79,7 +79,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
             f"--start {args.start} must be before --end {args.end}: no event time is in that range"
         )
     overrides: dict[tuple[str, ...], Any] = {("registry", "definitions"): args.definitions}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, {("registry", "definitions"): "--definitions"})
     if args.force and not config.registry.definitions:
         raise InvalidArgument("--force applies definitions: give them with --definitions FILE")
     configure_logging(config.log_level, config.log_format)

@@ -54,7 +54,7 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.logconfig import configure_logging
     from lineage.consumer import LineageConsumer
 
-    config = load_config(args.config, {("log_level",): args.log_level})
+    config = load_config(args.config, {("log_level",): args.log_level}, {("log_level",): "--log-level"})
     if config.lineage.graph != "bolt":
         # The in-process graph would live and die in this process, read by nothing, while
         # the offsets of every event written into it were committed: all of them lost.

@@ -62,6 +62,15 @@ def serve_config(args: argparse.Namespace) -> Any:
         ("workers",): args.workers,
         ("log_level",): args.log_level,
     }
+    # the flags that set them, for errors to name (the config file does not hold their values)
+    flags = {
+        ("http", "host"): "--http-host" if args.http_host else "--host",
+        ("http", "port"): "--http-port",
+        ("grpc", "host"): "--grpc-host" if args.grpc_host else "--host",
+        ("grpc", "port"): "--grpc-port",
+        ("workers",): "--workers",
+        ("log_level",): "--log-level",
+    }
     if args.demo:
         from featurestore.demo.data import ensure_demo_data
 
@@ -81,9 +90,10 @@ def serve_config(args: argparse.Namespace) -> Any:
             overrides[("stores",)] = {"default": {"kind": "memory"}, "analytics": analytics}
     if args.definitions:
         overrides[("registry", "definitions")] = args.definitions
+        flags[("registry", "definitions")] = "--definitions"
     from featurestore.logconfig import configure_logging
 
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, flags)
     configure_logging(config.log_level, config.log_format)
     if args.no_apply:
         import dataclasses

@@ -54,7 +54,7 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.logconfig import configure_logging
     from featurestore.streaming.processor import ProcessorOptions, StreamProcessor, consumer_group
 
-    config = load_config(args.config, {("log_level",): args.log_level})
+    config = load_config(args.config, {("log_level",): args.log_level}, {("log_level",): "--log-level"})
     require("confluent_kafka", "featurestore stream run")
     configure_logging(config.log_level, config.log_format)
     definitions = _definitions(args.definitions, make_registry(config) if not args.definitions else None)

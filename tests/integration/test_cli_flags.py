@@ -154,3 +154,38 @@ def test_the_healthcheck_with_an_unknown_log_level_in_the_environment_exits_1_no
 ):
     out = cli("healthcheck", "--url", "http://127.0.0.1:1/readyz", env={"FEATURESTORE_LOG_LEVEL": "loud"})
     assert out.returncode == 1 and "FEATURESTORE_LOG_LEVEL 'loud': unknown log level" in out.stderr, out
+
+
+def _serve_config(tmp_path: Path) -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'reg'}}}\nstores: {{default: {{kind: memory}}}}\n"
+        "http: {port: 18080, admin_port: 18081}\ngrpc: {port: 18051}\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (
+            ["--grpc-port", "18080"],
+            "--grpc-port (grpc.port): 18080 is also http.port; each listener needs a port of its own",
+        ),
+        (["--workers", "0"], "--workers (workers): expected a positive integer, got 0"),
+        (
+            ["--http-port", "18081"],
+            "{config}: http.admin_port: 18081 is also --http-port (http.port); each listener needs a port of its own",
+        ),
+    ],
+    ids=["a clash of the flag", "a bad flag value", "a clash with the file"],
+)
+def test_a_bad_value_given_by_a_serve_flag_is_reported_as_the_flags_not_the_config_files(
+    tmp_path: Path, flags: list[str], problem: str
+) -> None:
+    """`--grpc-port 18080` was `c.yaml: grpc.port: 18080 is also http.port`, though c.yaml
+    says 18051 (review s57, cli finding 8). A clash with the file's own setting names both."""
+    config = _serve_config(tmp_path)
+    out = cli("serve", "--config", str(config), *flags)
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert out.stderr == f"error: INVALID_ARGUMENT: {problem.format(config=config)}\n"
