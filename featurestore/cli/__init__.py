@@ -12,6 +12,8 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import select
+import signal
 import socket
 import sys
 from typing import Any
@@ -55,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             _first_log_level(args),
             "json" if os.environ.get("FEATURESTORE_LOG_FORMAT", "").strip().lower() == "json" else "text",
         )
-        return int(args.func(args, argv) or 0)
+        code = int(args.func(args, argv) or 0)
+        sys.stdout.flush()  # here, where a reader gone is caught, not in Python's flush at exit
+        return code
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return _reader_gone()
         message = operator_error(e)
         if message is None:
             raise  # a bug: the traceback is what its report needs
@@ -67,6 +73,27 @@ def main(argv: list[str] | None = None) -> int:
         if not _to_supervisor(line):
             print(line, file=sys.stderr)
         return int(getattr(args, "failure_exit", 2))  # (healthcheck: 1, Docker reserves 2)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``featurestore join ... | head``):
+    a BrokenPipeError of a socket (a server's) is an operator error instead."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+        return False
+
+
+def _reader_gone() -> int:
+    """Exit quietly as a Unix tool that SIGPIPE ends does (128 + 13, no message: the
+    reader that went, ``head``, had what it wanted). The output left in stdout's buffer
+    goes to /dev/null: Python's flush at exit would fail again, with a message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _first_log_level(args: argparse.Namespace) -> str:

@@ -3,21 +3,27 @@ stops the run before it publishes, as SIGTERM does, whatever moment it lands at.
 the fix about half the SIGINTs were lost: asyncio.run's handler cancels the task, and
 redis-py's ``asyncio.wait_for`` around each socket write (Python 3.11, gh-86296) returns
 normally when that cancel lands while the task builds or sends a batch; the run went on
-to publish and exit 0."""
+to publish and exit 0.
+
+And a command whose output's reader has gone (`featurestore join ... | head`: review s57
+client finding 6) exits quietly, as a Unix tool that SIGPIPE ends: it blamed the server
+(`error: UNAVAILABLE: [Errno 32] Broken pipe`, exit 2)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.integration.test_materialize import write_source
 from tests.servers import RedisServer
-from tests.support import ROOT
+from tests.support import ROOT, ServerProcess
 
 RUNS = 8  # one SIGINT each, at its own moment: the old code lost about 1 in 2
 AT_ONCE = 2  # runs side by side (2 cores: more made the old code lose fewer)
@@ -98,3 +104,50 @@ def test_ctrl_c_at_any_moment_of_a_materialization_stops_it_before_it_publishes(
     )
     for _, _, err in outcomes:
         assert err.strip().splitlines()[-1].startswith("error: CANCELLED: stopped by SIGINT"), err
+
+
+def _reader_gone(*args: str) -> tuple[int, str]:
+    """Run the CLI with stdout a pipe nothing reads any more (``| head`` that has its
+    lines), from before the command writes: exit code and stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "featurestore.cli", *args],
+            stdout=write_end, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    return run.returncode, run.stderr
+
+
+@pytest.mark.parametrize("output", ["table", "json", "grpc"])
+def test_join_into_a_pipe_whose_reader_has_gone_exits_quietly_as_sigpipe_would(
+    server: ServerProcess, output: str
+) -> None:
+    where = ["--grpc", server.grpc_target] if output == "grpc" else ["--url", server.url]
+    args = [
+        "join",
+        *where,
+        "--entity",
+        "user_id=" + ",".join(map(str, range(1, 501))),
+        "--service",
+        "ranker_v1",
+    ]
+    assert _reader_gone(*args, *(["--json"] if output == "json" else [])) == (141, "")
+
+
+def test_registry_show_and_validate_into_a_pipe_whose_reader_has_gone_exit_quietly(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"registry: {{path: {tmp_path / 'reg'}}}\nderived: {{cache_dir: {tmp_path / 'kernels'}}}\n"
+    )
+    features = str(ROOT / "featurestore" / "demo" / "features.yaml")
+    applied = subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "apply", features, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    assert _reader_gone("registry", "show", "--config", str(config)) == (141, "")
+    assert _reader_gone("registry", "history", "--config", str(config)) == (141, "")
+    assert _reader_gone("validate", features) == (141, "")
