@@ -126,3 +126,40 @@ def test_check_consistency_over_mutual_tls_takes_the_ca_and_a_client_certificate
         assert plain.returncode == 2 and "need a TLS address" in plain.stderr
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("mistake", ["a key not the certificate's", "a CA file that is no certificate"])
+@pytest.mark.parametrize("transport", ["--grpc", "--url"])
+def test_join_with_a_bad_tls_file_is_the_same_invalid_argument_over_grpc_and_https(
+    tls_server: TlsServer, certs: Certs, transport: str, mistake: str
+) -> None:
+    """Over gRPC it was `UNAVAILABLE: ... Failed to create security handshaker` after the
+    retries, beside grpc core's E lines (review s57, cli finding 9)."""
+    where = (
+        f"127.0.0.1:{tls_server.grpc_port}"
+        if transport == "--grpc"
+        else f"https://127.0.0.1:{tls_server.http_port}"
+    )
+    ca, key = (
+        (certs.ca, certs.key) if mistake == "a key not the certificate's" else (certs.key, certs.client_key)
+    )
+    out = cli("join", transport, where, "--ca", str(ca), "--cert", str(certs.client_cert), "--key", str(key),
+              "--entity", "user_id=17", "--features", "user_profile:age", "--deadline", "3")  # fmt: skip
+    assert (out.returncode, out.stdout) == (2, ""), out
+    problem = (
+        f"cert_file {certs.client_cert}, key_file {certs.key}: not a usable PEM file (KEY_VALUES_MISMATCH)"
+        if mistake == "a key not the certificate's"
+        else f"ca_file {certs.key}: not a usable PEM file"
+    )
+    assert out.stderr.startswith(f"error: INVALID_ARGUMENT: {problem}") and out.stderr.count("\n") == 1, (
+        out.stderr
+    )
+
+
+def test_join_over_grpc_to_a_server_it_does_not_trust_prints_one_line_without_grpc_cores_log(
+    tls_server: TlsServer,
+) -> None:
+    out = cli("join", "--grpc", f"127.0.0.1:{tls_server.grpc_port}", "--tls", "--entity", "user_id=17",
+              "--features", "user_profile:age", "--deadline", "3")  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: UNAVAILABLE: ") and "CERTIFICATE_VERIFY_FAILED" in out.stderr
