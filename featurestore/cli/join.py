@@ -168,8 +168,6 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
         with FeatureClient(
             address, token=token, ca_file=args.ca, cert_file=args.cert, key_file=args.key
         ) as client:
-            if args.grpc and tls:
-                _check_tls_files(args.ca, args.cert, args.key)
             result = client.join(
                 entities,
                 features,
@@ -196,29 +194,6 @@ def cmd_join(args: argparse.Namespace, _argv: list[str]) -> int:
     print(render_table(result.feature_names, columns))
     print(f"\nregistry version {result.registry_version}, trace {result.trace_id}, partial={result.partial}")
     return 0
-
-
-def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
-    """Load the CA and the client's key pair as the client does for HTTPS: over gRPC it
-    hands the files to grpc core, which refuses a CA that is not PEM or a certificate that
-    is not the key's only in the handshake, as UNAVAILABLE after its retries (review s57
-    cli 9). The same INVALID_ARGUMENT as over HTTPS, naming the files, before any call."""
-    import ssl
-
-    def reason(e: Exception) -> str:
-        if isinstance(e, ssl.SSLError):
-            return f"not a usable PEM file ({e.reason or e})"
-        return (e.strerror if isinstance(e, OSError) else None) or str(e)
-
-    try:
-        context = ssl.create_default_context(cafile=ca)
-    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-        raise InvalidArgument(f"ca_file {ca}: {reason(e)}") from None
-    if cert and key:
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ValueError) as e:
-            raise InvalidArgument(f"cert_file {cert}, key_file {key}: {reason(e)}") from None
 
 
 def _iso(t: datetime | None) -> str | None:

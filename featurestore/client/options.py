@@ -133,8 +133,14 @@ class ClientOptions:
         return ctx
 
     def grpc_credentials(self) -> Any:
+        """grpc core refuses a CA that is not PEM, or a certificate that is not the key's,
+        only in the handshake (UNAVAILABLE after the retries, its own log lines on
+        stderr): given files are loaded by ``ssl_context`` first, the ``ValueError`` over
+        HTTPS (review s57 cli 9)."""
         import grpc
 
+        if self.ca_file or self.cert_file:
+            self.ssl_context()
         return grpc.ssl_channel_credentials(
             _read_tls_file("ca_file", self.ca_file),
             _read_tls_file("key_file", self.key_file),
