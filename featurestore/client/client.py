@@ -214,6 +214,7 @@ class FeatureClient(_Base):
                     JOIN_PATH, content=body, headers=self._http_headers(left, metadata), timeout=left
                 )
         except httpx.TransportError as e:
+            self._check_open()  # closed by another thread while it waited: not the server's fault
             raise _http_failure(e, self.options.address.target) from e
         except RuntimeError:  # closed by another thread since _check_open
             self._check_open()
@@ -230,6 +231,7 @@ class FeatureClient(_Base):
         try:
             resp = self._join_rpc(req, timeout=left, metadata=metadata)
         except grpc.RpcError as e:
+            self._check_open()  # "CANCELLED: Channel closed!": closed by another thread meanwhile
             raise grpc_error(e) from None
         except ValueError:  # "Cannot invoke RPC on closed channel!": closed since _check_open
             self._check_open()
@@ -312,6 +314,7 @@ class AsyncFeatureClient(_Base):
         except TimeoutError:
             raise DeadlineExceededError("no answer within the client's deadline") from None
         except httpx.TransportError as e:
+            self._check_open()  # closed by another task while it waited
             raise _http_failure(e, self.options.address.target) from e
         except RuntimeError:  # closed by another task since _check_open
             self._check_open()
@@ -328,9 +331,17 @@ class AsyncFeatureClient(_Base):
         try:
             resp = await self._join_rpc(req, timeout=left, metadata=metadata)
         except grpc.RpcError as e:
+            self._check_open()
             raise grpc_error(e) from None
         except Exception:  # grpc.aio's UsageError "Channel is closed.": closed since _check_open
             self._check_open()
+            raise
+        except asyncio.CancelledError:
+            # grpc.aio cancels the calls of a channel closed under them: a task nobody
+            # cancelled gets the closed client's error, not a CancelledError (review s57 r2)
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise _closed_error() from None
             raise
         return grpc_result(resp)
 

@@ -2,7 +2,8 @@
 DeadlineExceededError at the deadline, not before it and not long after, over HTTP and
 gRPC, blocking and asyncio. The join runs on a thread the test waits for a bounded time,
 so a client that ignored its deadline fails the test instead of hanging the run (no
-pytest timeout is configured)."""
+pytest timeout is configured). A client closed while its join waits ends the join with
+FailedPreconditionError on every variant."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from collections.abc import Callable
 
 import pytest
 
-from featurestore.client import AsyncFeatureClient, DeadlineExceededError, FeatureClient
+from featurestore.client import (
+    AsyncFeatureClient,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FeatureClient,
+)
 
 TRANSPORTS = ["http", "grpc"]
 DEADLINE = 1.0
@@ -91,3 +97,48 @@ def test_a_server_that_never_answers_gives_the_asyncio_client_deadline_exceeded_
         silent.close()
     assert isinstance(error, DeadlineExceededError), error
     assert DEADLINE * 0.9 <= elapsed < DEADLINE + LATE, elapsed
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_closed_by_another_thread_while_its_join_waits_ends_the_join_with_a_failed_precondition(
+    transport: str,
+) -> None:
+    """Not grpc's CancelledError ("Channel closed!") nor UNAVAILABLE blaming the server
+    (review s57 round 2: the close is the caller's)."""
+    silent = Silent()
+    client = FeatureClient(silent.address(transport), deadline=DEADLINE, retries=0)
+    try:
+        threading.Timer(0.2, client.close).start()
+        _, raised = timed(lambda: client.join({"user_id": [1]}, ["v:f"]))
+    finally:
+        client.close()
+        silent.close()
+    assert isinstance(raised, FailedPreconditionError), repr(raised)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_asyncio_client_closed_while_its_join_waits_ends_the_join_with_a_failed_precondition(
+    transport: str,
+) -> None:
+    """grpc.aio cancels the calls of a channel closed under them: the join's task, which
+    nobody cancelled, got a bare CancelledError (lost inside a TaskGroup)."""
+    silent = Silent()
+
+    async def scenario() -> BaseException | None:
+        client = AsyncFeatureClient(silent.address(transport), deadline=DEADLINE, retries=0)
+        join = asyncio.ensure_future(client.join({"user_id": [1]}, ["v:f"]))
+        await asyncio.sleep(0.2)
+        await client.close()
+        try:
+            await join
+        except BaseException as e:  # (CancelledError included: what the test looks for)
+            return e
+        return None
+
+    results: list[BaseException | None] = []
+    try:
+        _, raised = timed(lambda: results.append(asyncio.run(scenario())))  # (bounded: timed)
+    finally:
+        silent.close()
+    assert raised is None and len(results) == 1
+    assert isinstance(results[0], FailedPreconditionError), repr(results[0])
