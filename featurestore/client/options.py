@@ -251,10 +251,10 @@ def server_deadline_ms(left: float) -> str:
 
 # A W3C traceparent as the server reads it (featurestore/tracing.py, which the client does
 # not import): version-traceid-parentid-flags in lowercase hex; a version after 00 may
-# append fields after another '-' (visible ASCII here: a header's text), 00 may not, ff
+# append fields after another '-' (printable ASCII, spaces inside: a header's text), 00 may not, ff
 # is none, and a trace or parent id of zeros is invalid. The server ignores an invalid
 # one; the client refuses it, as a header (h11) or metadata (grpc) may not carry it.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[!-~]*)?", re.ASCII)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[ -~]*)?", re.ASCII)
 _W3C_FORM = "00-<32 hex digits: trace id>-<16 hex digits: parent id>-<2 hex digits: flags>"
 
 
