@@ -75,7 +75,9 @@ class EtcdRegistry(EtcdChangeFeed):
     ) -> None:
         """``access``: user, password and TLS (docs/security.md); TLS when an endpoint
         is https:// or ``access`` names a CA or a client certificate."""
-        self._link = EtcdLink(endpoints, access or EtcdAccess(), timeout, max_request_bytes)
+        self._link = EtcdLink(
+            endpoints, access or EtcdAccess(), timeout, max_request_bytes, f"/featurestore/{project}/"
+        )
         self._project = project
         self.heartbeat_interval = heartbeat_interval
         root = f"/featurestore/{project}/"

@@ -97,7 +97,7 @@ def auth_expired(message: str) -> bool:
 _NOT_AUTHENTICATED = ("authentication failed", *_AUTH_EXPIRED)
 
 
-def auth_refusal(error: BaseException) -> FeatureStoreError | None:
+def auth_refusal(error: BaseException, prefix: str = "/featurestore/<project>/") -> FeatureStoreError | None:
     """etcd refusing the registry's user: its credentials (UNAUTHENTICATED) or access to a
     key (PERMISSION_DENIED); None for any other error. etcd answered (no lost connection),
     and no retry helps until the configuration or etcd's users and roles change. (etcd's
@@ -107,7 +107,7 @@ def auth_refusal(error: BaseException) -> FeatureStoreError | None:
         return PermissionDenied(
             f"etcd registry: {text}: etcd's roles do not give the registry user (registry.username) "
             "access to the project's keys; grant it read (servers) or readwrite (apply, canary, "
-            "materialize) on the prefix /featurestore/{project}/ (docs/security.md)"
+            f"materialize) on the prefix {prefix} (docs/security.md)"
         )
     if code is grpc.StatusCode.UNAUTHENTICATED or any(m in text for m in _NOT_AUTHENTICATED):
         return Unauthenticated(
@@ -153,8 +153,14 @@ class EtcdLink:
     connection (``health``)."""
 
     def __init__(
-        self, endpoints: Sequence[str], access: EtcdAccess, timeout: float, max_request_bytes: int
+        self,
+        endpoints: Sequence[str],
+        access: EtcdAccess,
+        timeout: float,
+        max_request_bytes: int,
+        prefix: str = "/featurestore/<project>/",
     ) -> None:
+        """``prefix``: the project's keys, named when etcd refuses the user access."""
         if not endpoints:
             raise ValueError("etcd registry needs at least one endpoint")
         self._endpoints = endpoints_of(endpoints)
@@ -163,6 +169,7 @@ class EtcdLink:
         self._tls = access.tls(self._endpoints)
         self.timeout = timeout  # of each call, and of etcd confirming a watch
         self.max_request_bytes = max_request_bytes  # etcd's --max-request-bytes
+        self.prefix = prefix
         self._endpoint = 0
         self.client = self._connect()
         self.connected = False
@@ -201,7 +208,7 @@ class EtcdLink:
                 self.last_contact = time.monotonic()  # etcd answered
                 await self.renew(client)
                 raise Unavailable(f"etcd registry: authenticating again: {e}") from e
-            refused = refusal(e, self.max_request_bytes) or auth_refusal(e)
+            refused = refusal(e, self.max_request_bytes) or auth_refusal(e, self.prefix)
             if refused is not None:
                 self.touch()  # etcd answered: connected
                 raise refused from e

@@ -97,7 +97,8 @@ async def test_a_user_without_permission_on_the_project_is_permission_denied_not
             await registry.current()
         assert raised.value.code is Code.PERMISSION_DENIED
         assert (
-            "permission denied" in raised.value.message and "/featurestore/{project}/" in raised.value.message
+            "permission denied" in raised.value.message
+            and "on the prefix /featurestore/tls/ " in raised.value.message
         )
         assert registry.health().connected  # etcd answered
         with pytest.raises(PermissionDenied):
