@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -25,9 +24,10 @@ from featurestore.derived.request import note_undeclared
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
-from featurestore.model import DType, Status
+from featurestore.merge import Distinct, count_values, merge
+from featurestore.model import DType
 from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
-from featurestore.plan import JoinPlan, ServingState, ViewPlan, canary_route, entity_clash
+from featurestore.plan import JoinPlan, ServingState, canary_route, entity_clash
 from featurestore.sources.base import EntityKey, LateAnswers, OnlineSource, ViewQuery, ViewRead
 from featurestore.streaming.tiles import too_many_keys
 
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 # view, error type) at once, then a count every 10 s (featurestore/logs.py). The
 # failure metrics count every one.
 _failures_log = RepeatLimitedLog(log)
-
-PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = Status  # (its members, in value order)
 
 
 # Per-request records are NamedTuples: as immutable as frozen dataclasses, but built
@@ -81,10 +79,13 @@ class ServedRecorder(Protocol):
 
 
 class ValueSampler(Protocol):
-    """Told every join's merged stored columns and each view's outcome (drift sampling,
-    quality/sampler.py); must return at once."""
+    """Drift sampling (quality/sampler.py). ``due`` is asked once per join and must return
+    at once; a join it is due for hands ``take`` its stored columns and each view's
+    outcome over the view's distinct keys (a key repeated over rows counts once)."""
 
-    def observe(
+    def due(self) -> bool: ...
+
+    def take(
         self,
         state: ServingState,
         plan: JoinPlan,
@@ -175,18 +176,20 @@ class JoinEngine:
         outcomes: list[ViewOutcome] = []
         gathered: list[list[list[Any]]] = []
         partial = False
+        sampler = self.sampler
+        distinct: Distinct | None = [] if sampler is not None and sampler.due() else None
         for slot, vp in enumerate(plan.views):
             unique, inverse = keyed[vp.view.join_keys]
-            outcome, cols = _merge(vp, reads[slot], n, inverse, now_us)
+            outcome, cols = merge(vp, reads[slot], n, inverse, now_us, distinct)
             partial |= outcome.unavailable
             # A view read only for derived features still counts its rows' statuses, one
             # per row: its staleness is what those features inherit (FeatureStoreViewExpired
             # watches the stored view; review s55).
-            _count_values(outcome, vp.served_columns or 1)
+            count_values(outcome, vp.served_columns or 1)
             outcomes.append(outcome)
             gathered.append(cols)
-        if self.sampler is not None:
-            self.sampler.observe(state, plan, gathered, outcomes)
+        if sampler is not None and distinct is not None:  # one value per key read, not per row
+            sampler.take(state, plan, [c for _, c in distinct], [o for o, _ in distinct])
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
             derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(
@@ -339,59 +342,3 @@ def _discard_result(task: asyncio.Future[Any]) -> None:
 
 def _entity_dtype(state: ServingState, name: str) -> DType:
     return state.definitions.entities[name].dtype
-
-
-def _merge(
-    vp: ViewPlan,
-    read: ViewRead | BaseException,
-    n_rows: int,
-    inverse: list[int] | None,
-    now_us: int,
-) -> tuple[ViewOutcome, list[list[Any]]]:
-    """Statuses per unique key, nulls where not PRESENT, then map back to rows."""
-    view = vp.view.name
-    if isinstance(read, BaseException):
-        nulls: list[Any] = [None] * n_rows
-        return (
-            ViewOutcome(view, [UNAVAILABLE] * n_rows, nulls, all_present=False, unavailable=True),
-            [nulls] * len(vp.features),
-        )
-
-    found, ts = read.found, read.event_ts_us
-    ttl_seconds = vp.view.ttl_seconds
-    cutoff = now_us - ttl_seconds * 1_000_000 if ttl_seconds is not None else None
-    unavailable = read.unavailable
-    if unavailable is None and all(found) and (cutoff is None or min(ts, default=cutoff) >= cutoff):
-        statuses_u: list[Status] = [PRESENT] * len(found)
-        ts_u: list[int | None] = list(ts)
-        cols_u = read.columns
-        all_present = True
-    else:
-        statuses_u = [
-            (PRESENT if cutoff is None or t >= cutoff else OUTSIDE_MAX_AGE) if f else NOT_FOUND
-            for f, t in zip(found, ts, strict=True)
-        ]
-        if unavailable is not None:  # the cache answered the other keys while the store failed these
-            statuses_u = [UNAVAILABLE if u else s for s, u in zip(statuses_u, unavailable, strict=True)]
-        ts_u = [t if f else None for f, t in zip(found, ts, strict=True)]
-        cols_u = [
-            [v if s is PRESENT else None for v, s in zip(col, statuses_u, strict=True)]
-            for col in read.columns
-        ]
-        all_present = False
-
-    partial = unavailable is not None
-    if inverse is None:
-        return ViewOutcome(view, statuses_u, ts_u, all_present, partial), cols_u
-    return (
-        ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present, partial),
-        [[col[i] for i in inverse] for col in cols_u],
-    )
-
-
-def _count_values(outcome: ViewOutcome, n_features: int) -> None:
-    if outcome.all_present:
-        metrics.feature_values(outcome.view, "PRESENT").inc(len(outcome.statuses) * n_features)
-        return
-    for status, count in Counter(outcome.statuses).items():
-        metrics.feature_values(outcome.view, status.name).inc(count * n_features)

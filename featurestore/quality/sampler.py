@@ -1,11 +1,14 @@
 """Sampling served values for drift tests, on the hot path: a fixed small cost.
 
-One join in ``every`` on average hands the sampler its merged columns: a counter
-against a gap drawn at random once per sampled join, uniform on [1, 2 * every - 1] (no
-fixed period for periodic traffic to alias with). The sampler appends at most
-``per_request`` values of each stored feature read to that feature's window, from rows
-spread evenly over the batch from a random start, wrapping past its end (every row
-position equally likely: ``_rows``): an ``itemgetter`` and ``list.extend``, C loops, no
+One join in ``every`` on average is sampled (``due``): a counter against a gap drawn at
+random once per sampled join, uniform on [1, 2 * every - 1] (no fixed period for
+periodic traffic to alias with). A sampled join hands the sampler (``take``) each view's
+merged columns over the view's *distinct* keys, which the merge holds before it maps
+them back to rows: a key that a request repeats over its rows (a ranking request: one
+user, 100 candidate items) is one value, not 100 copies of it. The sampler appends at
+most ``per_request`` values of each stored feature read to that feature's window, from
+keys spread evenly over the view's distinct keys from a random start, wrapping past the
+end (every position equally likely: ``_rows``): an ``itemgetter`` and ``list.extend``, C loops, no
 per-row Python bytecode, no numpy call (converting each slice into a preallocated numpy
 window measured 8x slower, 139 against 16 µs per sampled join of 16 features,
 benchmarks/drift.py). The other joins cost one increment and one compare. A sampled
@@ -114,21 +117,47 @@ class DriftSampler:
         gathered: Sequence[Sequence[Sequence[Any]]],
         outcomes: Sequence[ViewOutcome] | None = None,
     ) -> None:
-        """Called by the engine after every join's merge (``gathered[slot][j]``: the
-        values of ``plan.views[slot].features[j]``, None where not PRESENT;
-        ``outcomes[slot]``: that view's statuses, which tell a stored null from a row
-        the view has no value for; without them every row counts as PRESENT)."""
+        """One join: counted, and sampled when due (``due``, then ``take``; the engine calls
+        them apart, to hand ``take`` its views' distinct keys on sampled joins only)."""
+        if self.due():
+            self.take(state, plan, gathered, outcomes)
+
+    def due(self) -> bool:
+        """Count a join: True when it is sampled (the others cost one increment and one
+        compare)."""
         self._count += 1
         if self._count < self._gap:
-            return
+            return False
         self._count = 0
         self._gap = self._next_gap()
+        return True
+
+    def take(
+        self,
+        state: ServingState,
+        plan: JoinPlan,
+        gathered: Sequence[Sequence[Sequence[Any]]],
+        outcomes: Sequence[ViewOutcome] | None = None,
+    ) -> None:
+        """Sample one join (``gathered[slot][j]``: the values of
+        ``plan.views[slot].features[j]``, None where not PRESENT; ``outcomes[slot]``: that
+        view's statuses, which tell a stored null from a row the view has no value for;
+        without them every row counts as PRESENT). The engine hands each view's columns
+        over its distinct keys, so a key repeated over a request's rows (one user and 100
+        candidate items) enters once: 10 copies of one user's values in a window made the
+        tests take them for 10 independent values (review s57)."""
         bound = self._bound.get(id(plan))
         if bound is None or bound[0] is not plan:  # plans are cached per snapshot: bound once
             bound = self._bind(plan)
         window, versions, now = self.window, state.data_versions, self._clock()
-        take = self._rows(gathered)
+        take: Callable[[Sequence[Any]], Any] = _ALL  # the rows to take of views of `rows` keys
+        rows = -1
         for slot, ((name, rings), cols) in enumerate(zip(bound[1], gathered, strict=False)):
+            if not cols:
+                continue
+            if len(cols[0]) != rows:  # (views keyed alike share the draw)
+                rows = len(cols[0])
+                take = self._rows(rows)
             version = versions.get(name, 0)
             absent = _absent(take, outcomes[slot]) if outcomes is not None else None
             for ring, col in zip(rings, cols, strict=True):
@@ -154,15 +183,14 @@ class DriftSampler:
         that alternate two services were sampled on one of them only (every even gap)."""
         return self._random.randint(1, 2 * self.every - 1)
 
-    def _rows(self, gathered: Sequence[Sequence[Sequence[Any]]]) -> Callable[[Sequence[Any]], Any]:
-        """Which rows of this join to take (a C-level getter, applied to every column):
-        ``per_request`` rows spread evenly over the batch, ``(start + k * n // m) % n``,
+    def _rows(self, n: int) -> Callable[[Sequence[Any]], Any]:
+        """Which of ``n`` rows to take (a C-level getter, applied to every column):
+        ``per_request`` rows spread evenly over them, ``(start + k * n // m) % n``,
         from a start drawn uniformly on [0, n) and wrapping past the end, so every row
         position is taken with the same probability m / n. Always the first rows would
         test the head of every batch only (callers that order their keys: a ranked
         candidate list, keys sorted by id); a start kept in [0, n - span] without wrapping
         took the middle rows every time and the edges rarely."""
-        n = len(gathered[0][0]) if gathered and gathered[0] else 0
         m = self.per_request
         if n <= m:
             return _ALL

@@ -202,7 +202,7 @@ def test_a_value_of_another_type_in_a_list_without_a_null_still_fails_its_encode
 def test_rows_not_present_are_written_as_their_dtypes_null_and_a_stored_null_beside_them_is_still_a_null_row(
     dtype: DType, n: int, status: Status, stored_null: bool
 ) -> None:
-    """The join's shape: every row not PRESENT holds None (join._merge), one list shared by
+    """The join's shape: every row not PRESENT holds None (merge.merge), one list shared by
     two columns and the view's timestamps where the view was UNAVAILABLE; such rows are
     written as the dtype's null value, a stored null in a PRESENT row still listed in
     null_rows, and no list the join handed over is changed."""
