@@ -6,7 +6,8 @@ event set: nothing else on the request). The ``drift-monitor`` task reads the
 reference profile from the view's store (once per view layout and data version:
 cached), runs the tests in a worker thread (numpy releases the GIL for the sorts):
 the values' test (KS or chi-square, nulls dropped) and the null share's
-(``null_rate``: a feature turning null is drift too), and publishes the gauges,
+(``null_rate``: a feature turning null is drift too, and so is one null throughout
+its reference being served values), and publishes the gauges,
 counters and, for a detection, a drift record (``DriftRecorder``: the lineage graph),
 handed to a writer task of its own so a slow graph never holds the tests up
 (``RecordWriter``). A backlog beyond ``MAX_QUEUED`` windows drops the oldest, counted:

@@ -20,8 +20,9 @@
   p-value: the chi-square survival function (regularized upper incomplete gamma, series /
   continued fraction).
 * ``null_share_test``: did the share of nulls in a window rise above the reference's
-  (plus ``NULL_MARGIN``, or half the gap to 1 when that is less)? One-sided exact
-  binomial tail.
+  (plus ``NULL_MARGIN``, or half the gap to 1 when that is less), or fall below
+  ``null_share_floor`` (only a reference of no value at all has one: any value served is
+  drift there)? Exact binomial tails, the smaller one the p-value.
 """
 
 from __future__ import annotations
@@ -209,13 +210,19 @@ def binomial_upper_tail(k: int, n: int, p: float) -> float:
 
 
 def null_share_test(nulls: int, n: int, reference_share: float, margin: float = NULL_MARGIN) -> TestResult:
-    """Did the share of nulls rise? One-sided exact binomial test of ``nulls`` in ``n``
-    against H0: the share is at most ``null_share_bound``. The statistic is the window's
-    null share. The margin keeps a share that rose a little with the mix of keys served
-    (``NULL_MARGIN``) from rejecting for good; a feature turning null rejects."""
+    """Did the share of nulls move? Exact binomial tests of ``nulls`` in ``n`` against H0:
+    the share is at most ``null_share_bound`` (a rise) and at least ``null_share_floor``
+    (a fall); the p-value is the smaller tail (not doubled: at the reference's own share
+    the other side's chance is nil, docs/quality.md). The statistic is the window's null
+    share. The margin keeps a share that rose a little with the mix of keys served
+    (``NULL_MARGIN``) from rejecting for good; a feature turning null rejects, and so
+    does a feature null throughout its reference that is served values."""
     if n <= 0:
         raise ValueError("the window needs values")
-    return TestResult(nulls / n, binomial_upper_tail(nulls, n, null_share_bound(reference_share, margin)))
+    rise = binomial_upper_tail(nulls, n, null_share_bound(reference_share, margin))
+    # P(X <= nulls | floor) = P(n - X >= n - nulls | 1 - floor): the values' upper tail
+    fall = binomial_upper_tail(n - nulls, n, 1.0 - null_share_floor(reference_share))
+    return TestResult(nulls / n, min(rise, fall))
 
 
 def null_share_bound(reference_share: float, margin: float = NULL_MARGIN) -> float:
@@ -226,6 +233,17 @@ def null_share_bound(reference_share: float, margin: float = NULL_MARGIN) -> flo
     1,000-row window of nulls only has p = 0.99^1000 = 4e-5."""
     r = min(1.0, max(0.0, reference_share))
     return r + min(margin, (1.0 - r) / 2)
+
+
+def null_share_floor(reference_share: float) -> float:
+    """The least null share H0 allows: 1 for a reference of no value at all (share 1), 0
+    otherwise. Such a feature (a column not yet backfilled, a pipeline writing nulls) was
+    "not drifted" whatever it was served (p = 1: the bound above is 1; review s57): no row
+    of its data version holds a value, so no mix of keys explains one, and no value test
+    can run (the reference has no values). A fall of the share from below 1 is not tested:
+    callers ask for active keys more than the table holds them, and those have fewer
+    nulls, so the fall is the mix of keys as often as not, and it would be drift for good."""
+    return 1.0 if reference_share >= 1.0 else 0.0
 
 
 def psi(window: Mapping[str, int], reference: Mapping[str, int], floor: float = 1e-4) -> float:
