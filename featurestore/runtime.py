@@ -34,7 +34,7 @@ from featurestore.factories import Lineage, build_lineage, make_registry, make_s
 from featurestore.freshness import FRESHNESS
 from featurestore.health import Readiness
 from featurestore.join import JoinEngine, Limits
-from featurestore.model import STREAM_STORE_PREFIX
+from featurestore.model import STREAM_STORE_PREFIX, FeatureView
 from featurestore.plan import ServingState
 from featurestore.preparation import serving_state
 from featurestore.quality.monitor import DriftMonitor, build_drift
@@ -259,6 +259,7 @@ class Runtime:
         tell_stores_served_versions(self.stores, new)
         if isinstance(self.engine.sampler, DriftSampler):
             self.engine.sampler.keep_only(served_layouts(new))
+            self.engine.sampler.watch(served_views(new))  # new features' drift counters at 0
         canaries = ", ".join(f"{k} -> v{v.state.version} at {v.share:.0%}" for k, v in new.canaries.items())
         log.info(
             "now serving registry version %d%s", new.version, f" (canaries: {canaries})" if canaries else ""
@@ -362,6 +363,8 @@ async def build_runtime(config: Config) -> Runtime:
         stores, state, limits, lineage.emitter if lineage else None, drift[0] if drift else None
     )
     engine.swap(state)
+    if drift:  # every feature's drift counters exist at 0 from the start (DriftSampler.watch)
+        drift[0].watch(served_views(state))
     tell_stores_served_versions(stores, state)
     FRESHNESS.update(served_snapshots(state), state.data_versions, reg.watermarks)
     rt = Runtime(config, registry, stores, engine, lineage, drift[1] if drift else None)
@@ -381,8 +384,12 @@ def served_snapshots(state: ServingState) -> list[RegistrySnapshot]:
 
 def served_layouts(state: ServingState) -> set[tuple[str, str]]:
     """(view, layout) of every view the state serves, canaries included."""
-    snapshots = served_snapshots(state)
-    return {(v.name, v.layout) for s in snapshots for v in s.definitions.views.values()}
+    return {(v.name, v.layout) for v in served_views(state)}
+
+
+def served_views(state: ServingState) -> list[FeatureView]:
+    """Every stored view the state serves, canaries included (a view of two snapshots twice)."""
+    return [v for s in served_snapshots(state) for v in s.definitions.views.values()]
 
 
 def tell_stores_served_versions(stores: Mapping[str, OnlineSource], state: ServingState) -> None:

@@ -41,6 +41,16 @@ DRIFT_DETECTIONS = Counter(
     "alpha of the windows of an unchanged feature), by view and feature.",
     ["view", "feature"],
 )
+# every reason a full window goes untested: each view's series exist at 0 from its first
+# feature watched (DriftMonitor.watch), so increase() counts the first of each
+SKIP_REASONS = (
+    "no_reference",
+    "reference_unreadable",
+    "not_profiled",
+    "all_absent",
+    "not_testable",
+    "queue_full",
+)
 DRIFT_SKIPPED = Counter(
     "featurestore_feature_drift_windows_skipped_total",
     "Full windows not tested, by view and reason: no_reference (the served data version has no profile), "

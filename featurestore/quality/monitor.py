@@ -134,6 +134,17 @@ class DriftMonitor:
         self._warned: dict[str, float] = {}  # view -> when its unreadable reference was last logged
         self._served: set[tuple[str, str]] | None = None  # (view, layout) at the last retire()
 
+    def watch(self, view: str, feature: str) -> None:
+        """A feature the sampler keeps a window for: its windows and detections counters,
+        and its view's skipped windows by reason, exist at 0 from now on. ``increase()``
+        takes a series' first sample as its baseline: FeatureDrift divides
+        increase(detections) by increase(windows), and FeatureDriftWindowsSkipped reads
+        increase(skipped), so a series born at 1 lost its first window (review s57)."""
+        metrics.DRIFT_WINDOWS.labels(view, feature)
+        metrics.DRIFT_DETECTIONS.labels(view, feature)
+        for reason in metrics.SKIP_REASONS:
+            metrics.DRIFT_SKIPPED.labels(view, reason)
+
     def submit(self, window: Window) -> None:
         if len(self._queue) >= MAX_QUEUED:
             dropped = self._queue.popleft()
@@ -228,7 +239,8 @@ class DriftMonitor:
         metrics.DRIFT_DRIFTED.labels(r.view, r.feature).set(1 if drifted else 0)
         metrics.DRIFT_WINDOWS.labels(r.view, r.feature).inc()
         # the detections series exists (at 0) from the first window: FeatureDrift divides
-        # increase(detections) by increase(windows), and a series born at 1 loses that 1
+        # increase(detections) by increase(windows), and a series born at 1 loses that 1;
+        # both exist at 0 before it when the sampler watched the feature (watch())
         detections = metrics.DRIFT_DETECTIONS.labels(r.view, r.feature)
         if drifted:
             detections.inc()
@@ -300,6 +312,7 @@ def build_drift(
     sampler = DriftSampler(
         monitor.submit,
         on_retire=monitor.retire,
+        on_watch=monitor.watch,
         every=config.sample_every,
         per_request=config.values_per_request,
         window=config.window,
