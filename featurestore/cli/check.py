@@ -212,39 +212,73 @@ async def _run_url(args: argparse.Namespace) -> Report:
 
 
 def http_reader(client: Any, view: FeatureView) -> OnlineReader:
-    """Read the online side through a server's join API: exactly what callers get."""
+    """Read the online side through a server's join API: exactly what callers get, in
+    joins the server takes. ``limits.max_rows`` is the server's own (not exposed): a
+    join it refuses as too many rows (RESOURCE_EXHAUSTED, HTTP 413; not a shed join,
+    which says when to come back) is read again in parts of the limit its answer names
+    (``details``), or of half the rows when it names none (gRPC), and later joins keep
+    that size. A fixed 1,000 keys ended the check (exit 2) on every server whose
+    ``max_rows`` is lower (review s57)."""
+    from featurestore.client.errors import ResourceExhaustedError
+
     refs = [f"{view.name}:{f.name}" for f in view.features]
     names = [f"{view.name}__{f.name}" for f in view.features]
     composite = len(view.join_keys) > 1
+    fit: int | None = None  # the rows a join may hold, once the server refused more
 
-    from featurestore.quality.consistency import Side
-
-    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+    async def join(keys: Sequence[EntityKey]) -> list[Side | None]:
         entities = {
             name: [k[i] if composite else k for k in keys]  # type: ignore[index]
             for i, name in enumerate(view.join_keys)
         }
         result = await client.join(entities, refs, full_feature_names=True)
-        cols = [result[n] for n in names]
+        return _sides(view, keys, [result[n] for n in names])
+
+    async def read(keys: Sequence[EntityKey]) -> list[Side | None]:
+        nonlocal fit
         out: list[Side | None] = []
-        for i in range(len(keys)):
-            status = cols[0].statuses[i].name
-            if status == "UNAVAILABLE":
-                raise Unavailable(f"view {view.name!r} answered UNAVAILABLE for key {keys[i]!r}")
-            ts = cols[0].event_timestamps[i]
-            if status == "NOT_FOUND" or ts is None:
-                out.append(None)
-                continue
-            ts_us = (ts - EPOCH) // _US
-            values = (
-                None
-                if status != "PRESENT"
-                else tuple(_value(c.values[i], f.dtype) for c, f in zip(cols, view.features, strict=True))
-            )
-            out.append(Side(ts_us, values))
+        while len(out) < len(keys):
+            size = min(fit or len(keys), len(keys) - len(out))
+            try:
+                out += await join(keys[len(out) : len(out) + size])
+            except ResourceExhaustedError as e:
+                if e.retry_after is not None or size <= 1:
+                    raise
+                fit = _row_limit(e.details, size)
         return out
 
     return read
+
+
+def _row_limit(details: list[dict[str, Any]], refused: int) -> int:
+    """The rows a join may hold, from a refusal of ``refused`` rows: the limit it names
+    (the HTTP API's ``{"rows": n, "limit": max_rows}``), else half."""
+    named = [d.get("limit") for d in details if isinstance(d, dict) and "rows" in d]
+    limit = named[0] if named and isinstance(named[0], int) else 0
+    return limit if 1 <= limit < refused else max(1, refused // 2)
+
+
+def _sides(view: FeatureView, keys: Sequence[EntityKey], cols: list[Any]) -> list[Side | None]:
+    """One join's columns of ``view`` as each key's online side (None: not served)."""
+    from featurestore.quality.consistency import Side
+
+    out: list[Side | None] = []
+    for i in range(len(keys)):
+        status = cols[0].statuses[i].name
+        if status == "UNAVAILABLE":
+            raise Unavailable(f"view {view.name!r} answered UNAVAILABLE for key {keys[i]!r}")
+        ts = cols[0].event_timestamps[i]
+        if status == "NOT_FOUND" or ts is None:
+            out.append(None)
+            continue
+        ts_us = (ts - EPOCH) // _US
+        values = (
+            None
+            if status != "PRESENT"
+            else tuple(_value(c.values[i], f.dtype) for c, f in zip(cols, view.features, strict=True))
+        )
+        out.append(Side(ts_us, values))
+    return out
 
 
 def _value(v: Any, dtype: DType) -> Any:

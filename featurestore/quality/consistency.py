@@ -58,7 +58,7 @@ CLASSES = (
     "not_loaded",
 )
 MAX_EXAMPLES = 10
-READ_CHUNK = 1000  # keys per online read (under the server's max_rows)
+READ_CHUNK = 1000  # keys per online read (through --url, split further under a lower max_rows: cli/check.py)
 
 
 @dataclass(frozen=True, slots=True)

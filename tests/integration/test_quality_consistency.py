@@ -148,3 +148,25 @@ def test_a_server_that_requires_tokens_is_checked_with_a_token_file(tmp_path: Pa
         assert json.loads(out.stdout)["consistent"] == 50
     finally:
         proc.stop()
+
+
+def test_a_server_whose_max_rows_is_under_a_thousand_is_checked_in_joins_it_takes(tmp_path: Path) -> None:
+    """(review s57) The CLI read 1,000 keys a join: a server with limits.max_rows of 100
+    refused every one (RESOURCE_EXHAUSTED, exit 2) at the default --sample of 10,000."""
+    proc = ServerProcess(
+        ["--demo", "--data-dir", str(tmp_path / "data")],
+        env={"FEATURESTORE_LIMITS__MAX_ROWS": "100"},
+        log_path=tmp_path / "log",
+    )
+    proc.start(timeout=90)
+    try:
+        status, doc = proc.join(
+            {"entities": {"user_id": list(range(1, 102))}, "features": ["user_profile:age"]}
+        )
+        assert status == 413 and doc["error"]["code"] == "RESOURCE_EXHAUSTED", doc  # the limit holds
+        out = cli("check", "consistency", "--view", "user_profile", "--url", proc.url, "--json")
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["checked"] == 10_000 and report["consistent"] == 10_000, report
+    finally:
+        proc.stop()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from featurestore.model import DType, Entity, Feature, FeatureView
+from featurestore.model import DType, Entity, Feature, FeatureView, Status
 from featurestore.quality.consistency import Side, check, classify, same_value, sample_keys
 from featurestore.sources.base import EntityKey
 
@@ -191,3 +193,51 @@ async def test_keys_a_ranged_materialization_never_loaded_are_counted_apart_and_
     assert report.to_dict()["not_loaded"] == 30
     report = await check(V, offline, list(range(100)), nothing, watermark_us=10)  # no start recorded
     assert report.counts["missing_online"] == 100 and report.counts["not_loaded"] == 0
+
+
+class _Refusing:
+    """A join API whose server takes at most ``limit`` rows a join (the real one is
+    tests/integration/test_quality_consistency.py); ``details``: its refusal names the
+    limit (HTTP) or not (gRPC). Every key it takes is NOT_FOUND."""
+
+    def __init__(self, limit: int, details: bool) -> None:
+        self.limit, self.details = limit, details
+        self.sizes: list[int] = []
+
+    async def join(self, entities: dict[str, list[Any]], refs: list[str], **_: Any) -> dict[str, Any]:
+        from featurestore.client.errors import ResourceExhaustedError
+
+        n = len(entities["user_id"])
+        self.sizes.append(n)
+        if n > self.limit:
+            details = [{"rows": n, "limit": self.limit}] if self.details else None
+            raise ResourceExhaustedError(f"{n} entity rows exceed the limit", details=details)
+        column = SimpleNamespace(
+            statuses=[Status.NOT_FOUND] * n, event_timestamps=[None] * n, values=[None] * n
+        )
+        return {f"v__{f.name}": column for f in V.features}
+
+
+@pytest.mark.parametrize(("details", "sizes"), [(True, [20, 7, 7, 6, 5]), (False, [20, 10, 5, 5, 5, 5, 5])])
+async def test_the_url_reader_splits_reads_into_joins_the_servers_row_limit_takes(
+    details: bool, sizes: list[int]
+) -> None:
+    from featurestore.cli.check import http_reader
+
+    server = _Refusing(limit=7, details=details)
+    read = http_reader(server, V)
+    assert await read(list(range(20))) == [None] * 20
+    assert await read(list(range(20, 25))) == [None] * 5  # the size learnt is kept
+    assert server.sizes == sizes
+
+
+async def test_the_url_reader_does_not_split_a_join_the_server_shed() -> None:
+    from featurestore.cli.check import http_reader
+    from featurestore.client.errors import ResourceExhaustedError
+
+    class Shedding(_Refusing):
+        async def join(self, entities: dict[str, list[Any]], refs: list[str], **_: Any) -> dict[str, Any]:
+            raise ResourceExhaustedError("overloaded", retry_after=1.0)
+
+    with pytest.raises(ResourceExhaustedError):
+        await http_reader(Shedding(limit=7, details=True), V)(list(range(20)))
