@@ -24,7 +24,7 @@ from featurestore.derived.request import note_undeclared
 from featurestore.errors import DeadlineExceeded, Unavailable
 from featurestore.keys import dedupe, validate_entities, view_keys
 from featurestore.logs import RepeatLimitedLog
-from featurestore.merge import Distinct, count_values, merge
+from featurestore.merge import Repeated, count_values, distinct_keys, merge
 from featurestore.model import DType
 from featurestore.outcomes import ViewOutcome as ViewOutcome  # re-exported: codecs import it from here
 from featurestore.plan import JoinPlan, ServingState, canary_route, entity_clash
@@ -177,10 +177,10 @@ class JoinEngine:
         gathered: list[list[list[Any]]] = []
         partial = False
         sampler = self.sampler
-        distinct: Distinct | None = [] if sampler is not None and sampler.due() else None
+        repeated: Repeated | None = [] if sampler is not None and sampler.due() else None
         for slot, vp in enumerate(plan.views):
             unique, inverse = keyed[vp.view.join_keys]
-            outcome, cols = merge(vp, reads[slot], n, inverse, now_us, distinct)
+            outcome, cols = merge(vp, reads[slot], n, inverse, now_us, repeated, slot)
             partial |= outcome.unavailable
             # A view read only for derived features still counts its rows' statuses, one
             # per row: its staleness is what those features inherit (FeatureStoreViewExpired
@@ -188,8 +188,12 @@ class JoinEngine:
             count_values(outcome, vp.served_columns or 1)
             outcomes.append(outcome)
             gathered.append(cols)
-        if sampler is not None and distinct is not None:  # one value per key read, not per row
-            sampler.take(state, plan, [c for _, c in distinct], [o for o, _ in distinct])
+        if sampler is not None and repeated is not None:  # one value per key read, not per row
+            if repeated:  # views whose keys repeat over rows: their distinct keys instead
+                distinct, distinct_outcomes = distinct_keys(gathered, outcomes, repeated)
+                sampler.take(state, plan, distinct, distinct_outcomes)
+            else:
+                sampler.take(state, plan, gathered, outcomes)
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
             derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(

@@ -4,7 +4,9 @@ Statuses are worked out per distinct key (PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE pa
 view's TTL, UNAVAILABLE), values that are not PRESENT become null whatever the store
 returned, and the columns are mapped back to the request's rows (``inverse``: row ->
 distinct key, None when no key repeats). Drift sampling wants the columns before that
-mapping (one row per key the join read): ``keep`` receives them, on sampled joins only.
+mapping (one row per key the join read): ``keep`` receives them, on sampled joins only,
+for the views whose keys repeat (``distinct_keys`` puts them in place of those views'
+rows; the other views' rows are their distinct keys already).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from featurestore.sources.base import ViewRead
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, UNAVAILABLE = Status  # (its members, in value order)
 
-Distinct = list[tuple[ViewOutcome, list[list[Any]]]]  # per view: its outcome and columns over distinct keys
+# A sampled join's views whose keys repeat over its rows: (slot, outcome, columns) over
+# their distinct keys, which ``merge`` holds before mapping them back to rows. Only those
+# views: the others' rows are their distinct keys already (no list built for them).
+Repeated = list[tuple[int, ViewOutcome, list[list[Any]]]]
 
 
 def merge(
@@ -29,15 +34,16 @@ def merge(
     n_rows: int,
     inverse: list[int] | None,
     now_us: int,
-    keep: Distinct | None = None,
+    keep: Repeated | None = None,
+    slot: int = 0,
 ) -> tuple[ViewOutcome, list[list[Any]]]:
     """Statuses per distinct key, nulls where not PRESENT, then map back to rows. ``keep``
-    (a sampled join): appended the view's outcome and columns over its distinct keys,
-    which the merge holds anyway (no copy; an outcome built only when keys repeat)."""
+    (a sampled join): appended ``slot``'s outcome and columns over its distinct keys when
+    they repeat over rows (``inverse``), which the merge holds anyway (no copy)."""
     view = vp.view.name
     if isinstance(read, BaseException):
-        if keep is not None:  # (dedupe numbers the distinct keys 0..k-1)
-            keep.append(_unavailable(view, n_rows if inverse is None else max(inverse) + 1, len(vp.features)))
+        if keep is not None and inverse is not None:  # (dedupe numbers the distinct keys 0..k-1)
+            keep.append((slot, *_unavailable(view, max(inverse) + 1, len(vp.features))))
         return _unavailable(view, n_rows, len(vp.features))
 
     found, ts = read.found, read.event_ts_us
@@ -65,16 +71,25 @@ def merge(
 
     partial = unavailable is not None
     if inverse is None:
-        outcome = ViewOutcome(view, statuses_u, ts_u, all_present, partial)
-        if keep is not None:
-            keep.append((outcome, cols_u))
-        return outcome, cols_u
+        return ViewOutcome(view, statuses_u, ts_u, all_present, partial), cols_u
     if keep is not None:
-        keep.append((ViewOutcome(view, statuses_u, ts_u, all_present, partial), cols_u))
+        keep.append((slot, ViewOutcome(view, statuses_u, ts_u, all_present, partial), cols_u))
     return (
         ViewOutcome(view, [statuses_u[i] for i in inverse], [ts_u[i] for i in inverse], all_present, partial),
         [[col[i] for i in inverse] for col in cols_u],
     )
+
+
+def distinct_keys(
+    gathered: list[list[list[Any]]], outcomes: list[ViewOutcome], repeated: Repeated
+) -> tuple[list[list[list[Any]]], list[ViewOutcome]]:
+    """A sampled join's columns and outcomes over each view's distinct keys: the join's
+    own, but for the views whose keys repeat (``merge``'s ``keep``; the engine hands its
+    own lists over when none does)."""
+    columns, outs = list(gathered), list(outcomes)
+    for slot, outcome, cols in repeated:
+        columns[slot], outs[slot] = cols, outcome
+    return columns, outs
 
 
 def _unavailable(view: str, rows: int, n_features: int) -> tuple[ViewOutcome, list[list[Any]]]:
