@@ -171,11 +171,19 @@ def _backend_library(e: Exception) -> str | None:
 
 
 def _backend_text(e: Exception) -> str:
-    """``e``'s text; a Kafka error's code name and message, not KafkaError{code=...,val=...}."""
+    """``e``'s text; a Kafka error's code name and message, not KafkaError{code=...,val=...};
+    an httpx error without text (a timeout's) names its request instead."""
     error: Any = e.args[0] if e.args else None
     if callable(getattr(error, "name", None)) and callable(getattr(error, "str", None)):  # a KafkaError
         return f"{error.name()}: {error.str()}"
-    return str(e)
+    text = str(e)
+    if not text:
+        try:
+            request = e.request  # type: ignore[attr-defined]  # httpx.RequestError's (raises when unset)
+        except (AttributeError, RuntimeError):
+            return text
+        text = f"{request.method} {request.url}"
+    return text
 
 
 def version() -> str:

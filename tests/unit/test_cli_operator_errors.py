@@ -45,3 +45,17 @@ def test_a_kafka_error_is_unavailable_with_its_code_and_message() -> None:
     assert operator_error(ProduceError(error)) == (
         "UNAVAILABLE: confluent_kafka: ProduceError: _TRANSPORT: Failed to get metadata"
     )
+
+
+def test_an_httpx_timeout_without_text_names_its_request() -> None:
+    """`check consistency --url` against a server that never answers printed
+    `UNAVAILABLE: httpx: ReadTimeout:` and nothing else (review s57, cli finding 10)."""
+    import httpx
+
+    request = httpx.Request("GET", "http://10.0.0.7:8080/v1/registry")
+    assert operator_error(httpx.ReadTimeout("", request=request)) == (
+        "UNAVAILABLE: httpx: ReadTimeout: GET http://10.0.0.7:8080/v1/registry"
+    )
+    assert operator_error(httpx.ConnectError("All connection attempts failed", request=request)) == (
+        "UNAVAILABLE: httpx: ConnectError: All connection attempts failed"
+    )
