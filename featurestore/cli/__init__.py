@@ -138,8 +138,34 @@ def operator_error(e: Exception) -> str | None:
         return str(e)  # "CODE: message": the server's answer, or UNAVAILABLE after the client's retries
     library = _backend_library(e)
     if library is not None:
-        return f"UNAVAILABLE: {library}: {type(e).__name__}: {_backend_text(e)}".splitlines()[0]
+        code = _kafka_code(e) if library == "confluent_kafka" else "UNAVAILABLE"
+        return f"{code}: {library}: {type(e).__name__}: {_backend_text(e)}".splitlines()[0]
+    # the lineage graph's (a Bolt server down: stream run, materialize with a graph
+    # lineage sink); its module is loaded when one was raised (lineage imports featurestore)
+    graph = sys.modules.get("lineage.graph.base")
+    if graph is not None and isinstance(e, graph.GraphUnavailable):
+        return f"UNAVAILABLE: lineage graph: {e}".splitlines()[0]
     return None
+
+
+# Kafka errors of the client's own settings or credentials, by their code's name; any
+# other is the broker's or the network's (UNAVAILABLE).
+_KAFKA_CODES = {
+    "_INVALID_ARG": "INVALID_ARGUMENT",
+    "_SSL": "INVALID_ARGUMENT",
+    "_AUTHENTICATION": "UNAUTHENTICATED",
+    "SASL_AUTHENTICATION_FAILED": "UNAUTHENTICATED",
+    "TOPIC_AUTHORIZATION_FAILED": "PERMISSION_DENIED",
+    "GROUP_AUTHORIZATION_FAILED": "PERMISSION_DENIED",
+    "CLUSTER_AUTHORIZATION_FAILED": "PERMISSION_DENIED",
+    "TRANSACTIONAL_ID_AUTHORIZATION_FAILED": "PERMISSION_DENIED",
+}
+
+
+def _kafka_code(e: Exception) -> str:
+    error: Any = e.args[0] if e.args else None
+    name = error.name() if callable(getattr(error, "name", None)) else ""
+    return _KAFKA_CODES.get(name, "UNAVAILABLE")
 
 
 def _os_error_code(e: OSError) -> str:

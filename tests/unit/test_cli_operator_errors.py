@@ -59,3 +59,30 @@ def test_an_httpx_timeout_without_text_names_its_request() -> None:
     assert operator_error(httpx.ConnectError("All connection attempts failed", request=request)) == (
         "UNAVAILABLE: httpx: ConnectError: All connection attempts failed"
     )
+
+
+def test_a_kafka_error_of_the_client_s_own_settings_or_credentials_has_their_status() -> None:
+    """A CA file that is not PEM was 'UNAVAILABLE' (review s57 round 2): the status follows
+    Kafka's error code."""
+    import confluent_kafka
+
+    def line(code: int, text: str) -> str | None:
+        return operator_error(confluent_kafka.KafkaException(confluent_kafka.KafkaError(code, text)))
+
+    k = confluent_kafka.KafkaError
+    assert line(k._INVALID_ARG, "ssl.ca.location failed") == (
+        "INVALID_ARGUMENT: confluent_kafka: KafkaException: _INVALID_ARG: ssl.ca.location failed"
+    )
+    assert (line(k.SASL_AUTHENTICATION_FAILED, "bad password") or "").startswith("UNAUTHENTICATED: ")
+    assert (line(k.TOPIC_AUTHORIZATION_FAILED, "denied") or "").startswith("PERMISSION_DENIED: ")
+    assert (line(k._TRANSPORT, "Failed to get metadata") or "").startswith("UNAVAILABLE: ")
+
+
+def test_a_lineage_graph_that_is_down_is_unavailable_not_a_traceback() -> None:
+    """stream run / materialize with a Bolt graph down crashed with GraphUnavailable's
+    traceback, exit 1 (review s57 round 2)."""
+    from lineage.graph.base import GraphUnavailable
+
+    assert operator_error(GraphUnavailable("bolt://graph:7687: connection refused")) == (
+        "UNAVAILABLE: lineage graph: bolt://graph:7687: connection refused"
+    )
