@@ -44,6 +44,7 @@ from featurestore.quality.schedule import ConsistencySchedule
 from featurestore.registry.base import Registry, load_state
 from featurestore.sources.base import OnlineSource
 from featurestore.supervisor import WORKER_ENV
+from featurestore.unserved import not_served
 from lineage.graph.base import definition_facts
 
 log = logging.getLogger("featurestore")
@@ -285,42 +286,6 @@ class Runtime:
             metrics.REGISTRY_CONNECTED.set(1 if h.connected else 0)
             metrics.REGISTRY_STALENESS.set(min(h.seconds_since_contact, 1e9))
             await asyncio.sleep(1.0)
-
-
-class CanaryNotServed(FailedPrecondition):
-    """Canaries this server serves from current: their candidate cannot be served here."""
-
-    def __init__(self, unserved: Mapping[str, str]) -> None:
-        super().__init__(
-            "canary not served (its requests use current): "
-            + "; ".join(f"feature service {k!r} {why}" for k, why in sorted(unserved.items()))
-        )
-
-
-class DataVersionNotRead(FailedPrecondition):
-    """Views whose data pointer is malformed, each served at the data version it had
-    (and the canaries not served, ``canaries``, if any: one error reports both)."""
-
-    def __init__(
-        self, malformed: Mapping[str, str], served: Mapping[str, int], canaries: Mapping[str, str]
-    ) -> None:
-        parts = [
-            f"view {view!r} stays at data version {served[view]}: {why}"
-            if view in served
-            else f"view {view!r} has no data version: {why}"
-            for view, why in sorted(malformed.items())
-        ]
-        super().__init__("; ".join(parts + ([str(CanaryNotServed(canaries))] if canaries else [])))
-
-
-def not_served(
-    canaries: Mapping[str, str], malformed: Mapping[str, str], served: Mapping[str, int]
-) -> FailedPrecondition | None:
-    """What of the registry's state is not served: canaries left out (``canaries``, by
-    service) and views whose data pointer is ``malformed``; None when everything is."""
-    if malformed:
-        return DataVersionNotRead(malformed, served, canaries)
-    return CanaryNotServed(canaries) if canaries else None
 
 
 def _worker_slot() -> int | None:
