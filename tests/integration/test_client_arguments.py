@@ -79,6 +79,23 @@ async def test_features_given_as_a_generator_join_on_the_asyncio_client_too(
     assert got.feature_names == ["user_id", "age", "ctr_30d"]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_entity_and_request_data_columns_given_as_generators_join_as_lists_do(
+    demo: ServerProcess, transport: str
+) -> None:
+    """The request_data check read a generator's values and the request went without them
+    (review s57, noted by the client fixer)."""
+    features = ["user_derived:ctr_x_price_bucket"]
+    with FeatureClient(address(demo, transport), deadline=CLIENT_DEADLINE_S) as client:
+        want = client.join({"user_id": [17, 42]}, features, request_data={"item_price": [5.0, 75.0]})
+        got = client.join(
+            {"user_id": (u for u in [17, 42])},  # type: ignore[dict-item]  # (typed Sequence; any iterable is read)
+            features,
+            request_data={"item_price": (p for p in [5.0, 75.0])},  # type: ignore[dict-item]
+        )
+    assert got.to_dict() == want.to_dict() and got.statuses() == want.statuses()
+
+
 @pytest.mark.parametrize(
     ("features", "problem"),
     [
