@@ -23,7 +23,8 @@ from featurestore.client import (
     Status,
     UnavailableError,
 )
-from tests.integration.test_derived_serving import DERIVED, demo_definitions, start_server
+from tests.integration.client_demo import address, demo_server
+from tests.integration.test_derived_serving import DERIVED
 from tests.support import CLIENT_DEADLINE_S, ServerProcess
 
 TRANSPORTS = ["http", "grpc"]
@@ -31,15 +32,7 @@ TRANSPORTS = ["http", "grpc"]
 
 @pytest.fixture(scope="module")
 def demo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The demo definitions (derived view user_derived, service ranker_v2) on memory stores."""
-    work = tmp_path_factory.mktemp("client-server")
-    proc = start_server(work, demo_dir, demo_definitions(demo_dir, work / "features.yaml"))
-    yield proc
-    proc.stop()
-
-
-def address(server: ServerProcess, transport: str) -> str:
-    return server.url if transport == "http" else f"grpc://{server.grpc_target}"
+    yield from demo_server(demo_dir, tmp_path_factory, "client-server")
 
 
 PATIENT = CLIENT_DEADLINE_S  # the tests not about deadlines (the deadline tests give their own)

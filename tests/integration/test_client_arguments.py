@@ -21,7 +21,7 @@ from featurestore.client import (
     InvalidArgumentError,
     Status,
 )
-from tests.integration.test_derived_serving import demo_definitions, start_server
+from tests.integration.client_demo import address, demo_server
 from tests.support import CLIENT_DEADLINE_S, ServerProcess, free_port
 
 TRANSPORTS = ["http", "grpc"]
@@ -33,14 +33,7 @@ USERS = {"user_id": [17, 4242, -1]}
 
 @pytest.fixture(scope="module")
 def demo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("client-arguments")
-    proc = start_server(work, demo_dir, demo_definitions(demo_dir, work / "features.yaml"))
-    yield proc
-    proc.stop()
-
-
-def address(server: ServerProcess, transport: str) -> str:
-    return server.url if transport == "http" else f"grpc://{server.grpc_target}"
+    yield from demo_server(demo_dir, tmp_path_factory, "client-arguments")
 
 
 # -- features as any iterable ------------------------------------------------------------

@@ -28,7 +28,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from featurestore import tracing
 from featurestore.client import AsyncFeatureClient, FeatureClient, InvalidArgumentError, NotFoundError
 from featurestore.client.options import check_traceparent
-from tests.integration.test_derived_serving import demo_definitions, start_server
+from tests.integration.client_demo import address, demo_server
 from tests.support import CLIENT_DEADLINE_S, ServerProcess
 
 TRANSPORTS = ["http", "grpc"]
@@ -54,14 +54,7 @@ INVALID = {
 
 @pytest.fixture(scope="module")
 def demo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("client-trace")
-    proc = start_server(work, demo_dir, demo_definitions(demo_dir, work / "features.yaml"))
-    yield proc
-    proc.stop()
-
-
-def address(server: ServerProcess, transport: str) -> str:
-    return server.url if transport == "http" else f"grpc://{server.grpc_target}"
+    yield from demo_server(demo_dir, tmp_path_factory, "client-trace")
 
 
 def assert_refused(error: BaseException, traceparent: str) -> None:
