@@ -189,11 +189,7 @@ class JoinEngine:
             outcomes.append(outcome)
             gathered.append(cols)
         if sampler is not None and repeated is not None:  # one value per key read, not per row
-            if repeated:  # views whose keys repeat over rows: their distinct keys instead
-                distinct, distinct_outcomes = distinct_keys(gathered, outcomes, repeated)
-                sampler.take(state, plan, distinct, distinct_outcomes)
-            else:
-                sampler.take(state, plan, gathered, outcomes)
+            sampler.take(state, plan, *distinct_keys(gathered, outcomes, repeated))
         if derived is not None:  # appends one slot per derived output (plan.outputs point past the views)
             derived.run(request_cols, outcomes, gathered, n, span)
         columns.extend(

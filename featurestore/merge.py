@@ -84,8 +84,10 @@ def distinct_keys(
     gathered: list[list[list[Any]]], outcomes: list[ViewOutcome], repeated: Repeated
 ) -> tuple[list[list[list[Any]]], list[ViewOutcome]]:
     """A sampled join's columns and outcomes over each view's distinct keys: the join's
-    own, but for the views whose keys repeat (``merge``'s ``keep``; the engine hands its
-    own lists over when none does)."""
+    own (the same lists when no view's keys repeat), but for the views whose keys repeat
+    (``merge``'s ``keep``)."""
+    if not repeated:
+        return gathered, outcomes
     columns, outs = list(gathered), list(outcomes)
     for slot, outcome, cols in repeated:
         columns[slot], outs[slot] = cols, outcome

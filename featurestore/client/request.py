@@ -119,16 +119,20 @@ _NUMBERS = frozenset({int, float})
 _ONE_KIND = (frozenset({bool}), _NUMBERS, frozenset({str}))
 
 
-def check_request_data(request_data: Columns | None) -> None:
+def check_request_data(request_data: Columns | None) -> dict[str, list[Any]] | None:
     """What neither transport can carry, refused alike on both before anything is sent:
     a field mixing numbers, booleans and strings (gRPC's columns are typed), a number
     that is not finite (JSON has no NaN; the server refuses one over gRPC), and an
     integer beyond float64's range (no field's type holds one; gRPC has no column for it,
     and json.dumps refuses one of over 4300 digits). By the set of the values' types (8.3
     against 43.4 µs for 100 rows of 2 fields with a check per value, timeit); a field of
-    other types takes the check per value, which names the row."""
-    for name, raw in (request_data or {}).items():
-        values = as_list(raw, f"request_data.{name}")
+    other types takes the check per value, which names the row. Returns the columns as
+    the lists it checked (a generator's values are read once, here)."""
+    if request_data is None:
+        return None
+    checked: dict[str, list[Any]] = {}
+    for name, raw in request_data.items():
+        values = checked[name] = as_list(raw, f"request_data.{name}")
         types = set(map(type, values))
         types.discard(type(None))
         if any(types <= kind for kind in _ONE_KIND):
@@ -143,6 +147,7 @@ def check_request_data(request_data: Columns | None) -> None:
                 raise _beyond_float64(name, i, values[i])
             continue
         _check_each(name, values)
+    return checked
 
 
 _FLOAT_MAX = sys.float_info.max
