@@ -75,12 +75,10 @@ class EtcdRegistry(EtcdChangeFeed):
     ) -> None:
         """``access``: user, password and TLS (docs/security.md); TLS when an endpoint
         is https:// or ``access`` names a CA or a client certificate."""
-        self._link = EtcdLink(
-            endpoints, access or EtcdAccess(), timeout, max_request_bytes, f"/featurestore/{project}/"
-        )
+        root = f"/featurestore/{project}/"
+        self._link = EtcdLink(endpoints, access or EtcdAccess(), timeout, max_request_bytes, root)
         self._project = project
         self.heartbeat_interval = heartbeat_interval
-        root = f"/featurestore/{project}/"
         self._root = root.encode()
         self._snapshots = f"{root}registry/snapshots/".encode()
         self._current = f"{root}registry/current".encode()
