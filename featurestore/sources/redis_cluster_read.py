@@ -252,8 +252,9 @@ class ClusterReader:
             await asyncio.sleep(max(0.0, self._last + REFRESH_INTERVAL - time.monotonic()))
             self._last = time.monotonic()
             try:
-                await self._client.initialize()  # (at once if it is: the first read did it)
-                await self._client.nodes_manager.initialize()  # CLUSTER SLOTS, again
+                await self._client.initialize()  # CLUSTER SLOTS the first time, a no-op after
+                if self._owners is not None:  # a refresh (the first map is the one just asked)
+                    await self._client.nodes_manager.initialize()  # CLUSTER SLOTS again
                 await self._install(self._client.nodes_manager.slots_cache)
             except Exception as e:  # the map stays; the next read that falls back asks again
                 log.info("redis cluster: the slot map was not refreshed: %r", e)
@@ -292,10 +293,8 @@ class ClusterReader:
             if self._closed:  # (a redirected read during close: no pool nobody closes)
                 raise redis_errors.ConnectionError("the store is closed")
             host, port = where
-            tls = self._target.tls is not None
-            target = dataclasses.replace(
-                self._target, host=host, port=port, server_hostname=host if tls else None
-            )
+            tls_name = host if self._target.tls is not None else None
+            target = dataclasses.replace(self._target, host=host, port=port, server_hostname=tls_name)
             pool = self._pools[where] = LeanPool(target, self._size, opened=self._opened)
             if self._hold is not None:
                 self._autos[pool] = AutoPipeline(pool, self._hold, self._counters)

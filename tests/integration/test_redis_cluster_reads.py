@@ -451,3 +451,31 @@ async def test_a_cluster_read_of_no_keys_answers_empty_lists_as_a_standalone_rea
         assert await reader(src).get([[], []]) == [[], []]  # (max() of no node's keys raised)
     finally:
         await src.close()
+
+
+def slot_map_requests(cluster: RedisCluster) -> int:
+    """CLUSTER SLOTS commands the cluster's nodes have answered so far."""
+    total = 0
+    for node in cluster.nodes:
+        for line in node.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_cluster|slots:"):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+async def test_a_store_s_start_asks_cluster_slots_once_per_client_and_a_refresh_once_more(
+    own_cluster: RedisCluster,
+) -> None:
+    """Each of the store's two redis-py clients (reads, health probe) asks CLUSTER SLOTS
+    when it starts; the map's first build is the reads client's and asked it again (3
+    at start, a carry-over since s56); a later refresh asks once."""
+    before = slot_map_requests(own_cluster)
+    src = await cluster_source(own_cluster.url)
+    try:
+        assert await reader(src).mapped()
+        assert slot_map_requests(own_cluster) - before == 2
+        reader(src).refresh()
+        assert await reader(src).mapped()
+        assert slot_map_requests(own_cluster) - before == 3
+    finally:
+        await src.close()
