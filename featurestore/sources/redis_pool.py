@@ -36,19 +36,24 @@ class LeanPool:
         self,
         url: str | Target,
         size: int,
-        socket_connect_timeout: float = 0.25,
+        socket_connect_timeout: float | None = None,
         opened: Callable[[], None] | None = None,
         **options: object,
     ) -> None:
-        """``url``: a store URL, or a ``Target`` already made of one (a Cluster node's);
-        ``options``: the store's connection options (``RedisOptions.connection_kwargs``);
-        ``opened``: called for every socket the pool's connections open (a metric)."""
+        """``url``: a store URL, or a ``Target`` already made of one (a Cluster node's:
+        its timeout and options are in it, and giving them again is a TypeError);
+        ``socket_connect_timeout``: seconds, 0.25 by default; ``options``: the store's
+        connection options (``RedisOptions.connection_kwargs``); ``opened``: called for
+        every socket the pool's connections open (a metric)."""
         if size <= 0:
             raise ValueError("pool size must be positive")
         if isinstance(url, Target):
+            if options or socket_connect_timeout is not None:
+                raise TypeError("a Target carries its own timeout and options: give them to Target.from_url")
             self._target = url
         else:
-            self._target = Target.from_url(url, socket_connect_timeout, **options)
+            timeout = 0.25 if socket_connect_timeout is None else socket_connect_timeout
+            self._target = Target.from_url(url, timeout, **options)
         self._opened = opened
         self.size = size
         self._idle: deque[ReadConnection] = deque()

@@ -189,6 +189,18 @@ def test_a_url_option_the_read_path_does_not_know_fails_naming_it() -> None:
         Target.from_url("redis://h:1/0?decode_responses=true", 1.0)
 
 
+def test_a_pool_given_a_target_refuses_options_beside_it_rather_than_ignore_them() -> None:
+    """A Target is made with its timeout and options (a Cluster node's): options given
+    beside it were dropped without a word (a carry-over since s56)."""
+    target = Target.from_url("redis://h:1/0", 1.0)
+    with pytest.raises(TypeError, match=r"Target\.from_url"):
+        LeanPool(target, 2, username="reader")
+    with pytest.raises(TypeError, match=r"Target\.from_url"):
+        LeanPool(target, 2, 0.5)
+    assert LeanPool(target, 2)._target is target
+    assert LeanPool("redis://h:1/0", 2)._target.connect_timeout == 0.25
+
+
 def test_redis_pys_timing_options_in_the_url_leave_reads_without_a_socket_timeout() -> None:
     target = Target.from_url(
         "redis://h:1/0?socket_timeout=3&health_check_interval=5&socket_connect_timeout=2", 1.0
