@@ -167,3 +167,18 @@ def test_a_connect_is_answered_then_the_connection_closed_reading_nothing_after_
         sock.sendall(INNER)  # what the client meant for the tunnel: run as a request before
     received = until_closed(sock)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"405"], received[:300]
+
+
+def test_upgrade_requests_put_no_warning_in_the_log(served: ServerProcess) -> None:
+    """uvicorn's own "Unsupported upgrade request." and WebSocket-library warnings are
+    never reached (the guard reads such requests on as HTTP/1.1), so the log filter no
+    longer lists them (client_mistakes.py): a line here means one came back."""
+    assert served.log_path is not None
+    sock = connect(served)
+    websocket = b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    sock.sendall(head(b"/v1/feature/join", len(JOIN)) + JOIN + websocket)
+    assert [s for s, _ in responses(sock, 2)] == [200, 200]
+    sock.close()
+    assert served.answers()  # (its log written up to here)
+    log = served.log_path.read_text()
+    assert "upgrade" not in log.lower() and "websocket" not in log.lower(), log[-2000:]
