@@ -346,6 +346,11 @@ class Registry(Protocol):
         parsed is left out), for servers to export how fresh each view's data is."""
         ...
 
+    async def data_state(self) -> tuple[DataVersions, dict[str, Watermark]]:
+        """``data_versions()`` and ``watermarks()`` in one read (etcd: one range at one
+        revision, so no watermark is newer than the data versions it is served with)."""
+        ...
+
     def changes(self) -> AsyncIterator[None]:
         """Yields once as soon as it is watching (so the caller re-reads whatever
         changed before the watch began), then after anything under the project's
@@ -378,8 +383,7 @@ async def load_state(registry: Registry) -> RegistryState:
     cannot be read never holds back current (the canary is reported, not served)."""
     active = await registry.canaries()
     snapshot = await registry.current()
-    data_versions = await registry.data_versions()
-    watermarks = await registry.watermarks()
+    data_versions, watermarks = await registry.data_state()
     canaries = {}
     unreadable = {
         service: f"canary record is malformed: {m.problem}" for service, m in active.malformed.items()

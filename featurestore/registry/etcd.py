@@ -159,21 +159,26 @@ class EtcdRegistry(EtcdChangeFeed):
         return await self._history.snapshot_fingerprints()
 
     async def data_versions(self) -> DataVersions:
-        leaves = await self._data_leaves("current")
-        return read_data_versions((view, f"{self._data.decode()}{view}/current", raw) for view, raw in leaves)
+        return read_data_versions((await self._data_keys())[0])
 
     async def watermarks(self) -> dict[str, Watermark]:
-        return read_watermarks(await self._data_leaves("watermark"))
+        return read_watermarks((await self._data_keys())[1])
 
-    async def _data_leaves(self, name: str) -> list[tuple[str, bytes]]:
-        """(view, value) of every ``data/{view}/{name}`` key."""
-        res = await self._link.call(self._client.get_prefix, self._data)
-        out = []
-        for kv in res:
+    async def data_state(self) -> tuple[DataVersions, dict[str, Watermark]]:
+        current, marks = await self._data_keys()
+        return read_data_versions(current), read_watermarks(marks)
+
+    async def _data_keys(self) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, bytes]]]:
+        """One read of ``data/``: (view, key, value) of its ``{view}/current`` keys, and
+        (view, value) of its ``{view}/watermark`` keys."""
+        current, marks = [], []
+        for kv in await self._link.call(self._client.get_prefix, self._data):
             view, _, leaf = kv.key[len(self._data) :].decode(errors="replace").partition("/")
-            if leaf == name:
-                out.append((view, kv.value))
-        return out
+            if leaf == "current":
+                current.append((view, kv.key.decode(errors="replace"), kv.value))
+            elif leaf == "watermark":
+                marks.append((view, kv.value))
+        return current, marks
 
     async def canaries(self) -> Canaries:
         res = await self._link.call(self._client.get_prefix, self._canary)

@@ -174,6 +174,12 @@ class FileRegistry:
     async def watermarks(self) -> dict[str, Watermark]:
         return read_watermarks(await asyncio.to_thread(self._read_watermark_files))
 
+    async def data_state(self) -> tuple[DataVersions, dict[str, Watermark]]:
+        versions, marks = await asyncio.to_thread(
+            lambda: (self._read_data_versions(), self._read_watermark_files())
+        )
+        return versions, read_watermarks(marks)
+
     def _read_watermark_files(self) -> list[tuple[str, bytes]]:
         if not self._data.is_dir():
             return []

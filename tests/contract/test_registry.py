@@ -128,6 +128,21 @@ async def test_every_views_watermark_is_read_at_once_and_a_malformed_one_is_left
     assert "watermark of view z is malformed" in caplog.text
 
 
+async def test_the_data_state_is_every_views_data_version_and_watermark_read_together(
+    registry: Registry, factory: RegistryFactory
+) -> None:
+    assert await registry.data_state() == ({}, {})
+    v = Watermark(3, 1_700_000_000_000_000)
+    await registry.set_watermark("v", v, expected=None)
+    await registry.swap_data_version("v", expected=0, new=3)
+    await registry.swap_data_version("w", expected=0, new=1)
+    await factory.put_by_hand("data/x/current", b"abc")  # malformed: left out, as data_versions()
+    versions, marks = await registry.data_state()
+    assert versions == {"v": 3, "w": 1} == await registry.data_versions()
+    assert set(versions.malformed) == {"x"}
+    assert marks == {"v": v} == await registry.watermarks()
+
+
 async def test_projects_are_separate(factory: RegistryFactory) -> None:
     a, b = factory.client("alpha"), factory.client("beta")
     await a.publish(defs(1), expected_version=None)

@@ -534,3 +534,33 @@ def test_a_malformed_pointer_in_etcd_leaves_a_running_server_applying_every_othe
     assert out.stderr.startswith(
         f"error: FAILED_PRECONDITION: registry pointer {root}/registry/current is malformed: 'x1' is no version number; "
     )
+
+
+async def test_a_servers_state_reads_the_data_versions_and_watermarks_in_one_etcd_range(
+    etcd_server: EtcdServer,
+) -> None:
+    """``load_state`` read ``data/`` twice (data versions, then watermarks: a carry-over
+    since s56), so a watermark could be newer than the data version served with it."""
+    from featurestore.registry.base import Watermark, load_state
+
+    reg = EtcdRegistry([etcd_server.endpoint], f"p{uuid.uuid4().hex[:8]}")
+    ranges: list[bytes] = []
+    call = reg._link.call
+
+    async def counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") == "get_prefix":
+            ranges.append(args[0])
+        return await call(fn, *args, **kwargs)
+
+    reg._link.call = counted  # type: ignore[method-assign]
+    try:
+        await reg.swap_data_version("v", expected=0, new=2)
+        await reg.set_watermark("v", Watermark(2, 1_700_000_000_000_000), expected=None)
+        ranges.clear()
+        state = await load_state(reg)
+        assert state.data_versions == {"v": 2} and state.watermarks == {
+            "v": Watermark(2, 1_700_000_000_000_000)
+        }
+        assert [r for r in ranges if r.endswith(b"/data/")] == [reg._data]
+    finally:
+        await reg.close()
