@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from featurestore.derived import language as lang
-from featurestore.errors import InvalidArgument
+from featurestore.errors import SHOWN_CHARS, InvalidArgument, quoted
 from featurestore.model import Definitions, DType, RequestField
 
 log = logging.getLogger(__name__)
@@ -72,21 +72,26 @@ def _bad_field(field: RequestField, needed_by: str, col: Any, n: int) -> Invalid
     return InvalidArgument(message, details=details)
 
 
-# Field names already looked at by note_undeclared (bounded: names come from callers).
-_seen_fields: set[str] = set()
+# What note_undeclared has looked at, to log each name once. The count and each entry are
+# bounded: a name comes from a caller and may be as long as the body (4 MiB by default, so
+# 1,024 such names held about 4 GiB). A name longer than SHOWN_CHARS (100) is held as its
+# first 100 characters, its length and its str hash (already computed and cached by the
+# set lookup): at most 1,024 entries of about 600 bytes, under 1 MB in all.
+_seen_fields: set[str | tuple[str, int, int]] = set()
 _MAX_SEEN_FIELDS = 1024
 
 
 def note_undeclared(data: Mapping[str, Any], defs: Definitions) -> None:
     """A request_data field no derived view declares is ignored (docs/api.md), like one
     the requested features do not need; a typo would go unnoticed, so log each such
-    name once, at debug. Per request: one set lookup per field."""
+    name once, at debug (a long one clipped). Per request: one set lookup per field."""
     for name in data:
-        if name in _seen_fields or len(_seen_fields) >= _MAX_SEEN_FIELDS:
+        key = name if len(name) <= SHOWN_CHARS else (name[:SHOWN_CHARS], len(name), hash(name))
+        if key in _seen_fields or len(_seen_fields) >= _MAX_SEEN_FIELDS:
             continue
-        _seen_fields.add(name)
+        _seen_fields.add(key)
         if not any(r.name == name for v in defs.derived_views.values() for r in v.request_schema):
-            log.debug("request_data field %r is not declared by any derived view: ignored", name)
+            log.debug("request_data field %s is not declared by any derived view: ignored", quoted(name))
 
 
 def _in_range(dtype: DType, col: Sequence[Any], types: set[type]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,7 +18,7 @@ import pytest
 from featurestore import metrics
 from featurestore.definitions.parser import parse_definitions
 from featurestore.definitions.snapshot import new_snapshot
-from featurestore.derived import compiler
+from featurestore.derived import compiler, request
 from featurestore.errors import DeadlineExceeded, InvalidArgument, NotFound
 from featurestore.join import JoinEngine, JoinRequest, Limits
 from featurestore.model import Definitions, DType, Status
@@ -361,6 +362,25 @@ async def test_a_field_no_view_declares_is_ignored_and_logged_once_at_debug(
         await engine.join(JoinRequest({"user_id": [1]}, features, request_data=data), deadline())
     logged = [r.getMessage() for r in caplog.records if "request_data" in r.getMessage()]
     assert len(logged) == 1 and "undeclared_item_prize" in logged[0] and "price'" not in logged[0]
+
+
+async def test_huge_undeclared_field_names_are_held_clipped_and_logged_clipped_once(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name may be as long as the body (4 MiB by default): what is kept to log each name
+    once is bounded in bytes, not only in count."""
+    engine, _ = setup
+    caplog.set_level(logging.DEBUG, logger="featurestore.derived.request")
+    huge = [f"huge{i:02d}-" + "\u00e9" * 1_000_000 for i in range(40)]  # 40 names of 1M chars
+    for name in huge + huge[:5]:
+        await engine.join(JoinRequest({"user_id": [1]}, ("other:b",), request_data={name: [1]}), deadline())
+    held = [e for e in request._seen_fields if (e if isinstance(e, str) else e[0]).startswith("huge")]
+    held_bytes = sum(
+        sys.getsizeof(e) + sum(map(sys.getsizeof, e if isinstance(e, tuple) else ())) for e in held
+    )
+    assert len(held) == 40 and held_bytes < 40 * 1_000
+    logged = [r.getMessage() for r in caplog.records if "'huge" in r.getMessage()]
+    assert len(logged) == 40 and all(len(m) < 300 and "(1000007 characters)" in m for m in logged)
 
 
 async def test_unknown_derived_features_are_not_found(setup: Any) -> None:
