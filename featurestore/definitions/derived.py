@@ -14,11 +14,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import keyword
+import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from featurestore.dag import find_cycle
+from featurestore.definitions.strict_yaml import NonFiniteText
 from featurestore.derived.language import (
     FUNCTIONS,
     TYPE_OF,
@@ -205,6 +207,11 @@ def _feature(p: _Parser, obj: Any, where: str, view_where: str) -> DerivedFeatur
     if dtype not in FEATURE_DTYPES:
         raise p.fail(f"{where}.dtype", f"derived features are {', '.join(d.value for d in FEATURE_DTYPES)}")
     raw = m.get("expression")
+    if isinstance(raw, NonFiniteText) or (isinstance(raw, float) and not math.isfinite(raw)):
+        raise p.fail(
+            f"{where}.expression",
+            f"the constant {raw} is not a finite number (YAML reads it unquoted as a number)",
+        )
     if isinstance(raw, bool):  # YAML reads `expression: true` (or 1, 2.5) as a scalar, not text
         m = {**m, "expression": "true" if raw else "false"}
     elif isinstance(raw, int | float):

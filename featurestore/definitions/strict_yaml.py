@@ -1,7 +1,9 @@
-"""YAML for definitions files: ``yaml.safe_load``, but strict about keys given twice."""
+"""YAML for definitions files: ``yaml.safe_load``, but strict about keys given twice, and
+an unquoted non-finite number kept as written where definitions take text."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -13,6 +15,17 @@ class DuplicateKey(yaml.YAMLError):
     def __init__(self, key: Any, line: int) -> None:
         super().__init__(f"line {line}: key {key!r} given twice")
         self.key, self.line = key, line
+
+
+class NonFiniteText(str):
+    """An unquoted scalar YAML reads as an infinite or NaN float (``1.0e+999``, ``.inf``,
+    ``.nan``) as the value of a key that takes text (an ``expression``), as written: the
+    float's text is ``inf``, which an error would name as if it were written."""
+
+
+_TEXT_KEYS = frozenset({"expression"})
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_NON_FINITE_TAG = "!featurestore/non-finite-text"
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -34,6 +47,15 @@ class StrictLoader(yaml.SafeLoader):
             self._checked.add(id(node))
             self._check_keys(node)
         super().flatten_mapping(node)  # (merge sources come back here first, unmerged)
+        for key_node, value_node in node.value:
+            if (
+                isinstance(key_node, yaml.ScalarNode)
+                and key_node.value in _TEXT_KEYS
+                and isinstance(value_node, yaml.ScalarNode)
+                and value_node.tag == _FLOAT_TAG
+                and not math.isfinite(self.construct_yaml_float(value_node))
+            ):
+                value_node.tag = _NON_FINITE_TAG
 
     def _check_keys(self, node: yaml.MappingNode) -> None:
         seen: set[Any] = set()
@@ -47,3 +69,6 @@ class StrictLoader(yaml.SafeLoader):
                 seen.add(key)
             except TypeError:  # an unhashable key: construct_mapping names it
                 continue
+
+
+StrictLoader.add_constructor(_NON_FINITE_TAG, lambda _loader, node: NonFiniteText(node.value))

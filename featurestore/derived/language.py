@@ -174,7 +174,7 @@ def parse_expression(text: str, names: Mapping[str, Type]) -> Node:
     if _frames(tree.body) > MAX_FRAMES:
         raise ExpressionError(NESTED_TOO_DEEPLY)
     try:
-        return _Checker(names, where).node(tree.body)
+        return _Checker(names, where, text.strip()).node(tree.body)
     except RecursionError:  # a caller already deeper than the budget leaves room for
         raise ExpressionError(NESTED_TOO_DEEPLY) from None
 
@@ -230,9 +230,10 @@ def _collect(node: Node, out: dict[str, None]) -> None:
 
 
 class _Checker:
-    def __init__(self, names: Mapping[str, Type], where: Where) -> None:
+    def __init__(self, names: Mapping[str, Type], where: Where, source: str) -> None:
         self.names = names
         self.where = where
+        self.source = source  # what was parsed, for a constant's text as written
 
     def fail(self, node: ast.AST, msg: str) -> ExpressionError:
         col = getattr(node, "col_offset", None)
@@ -280,8 +281,9 @@ class _Checker:
                 number = float(value)
             except OverflowError:  # an int beyond float64's range (1.8e308)
                 number = math.inf
-            if not math.isfinite(number):
-                raise self.fail(n, f"the constant {abbreviate(value)} is not a finite number")
+            if not math.isfinite(number):  # named as written: 1e999 is read as inf
+                written = ast.get_source_segment(self.source, n) or abbreviate(value)
+                raise self.fail(n, f"the constant {abbreviate_text(written)} is not a finite number")
             return Const(number, Type.NUM)
         if isinstance(value, str):
             return StrConst(value)
@@ -375,6 +377,11 @@ def abbreviate(value: int | float) -> str:
     """A number for an error message (an integer may have thousands of digits)."""
     text = repr(value)
     return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} digits)"
+
+
+def abbreviate_text(text: str) -> str:
+    """A constant as written, for an error message (``1`` and 400 zeros is 401 characters)."""
+    return text if len(text) <= 24 else f"{text[:22]}... ({len(text)} characters)"
 
 
 def _describe(n: ast.AST) -> str:

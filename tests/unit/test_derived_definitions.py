@@ -200,9 +200,13 @@ def test_names_used_lists_each_name_once_in_order() -> None:
         ("x % y", "is not part of the expression language"),
         ("x in [1, 2]", "is not a comparison of the language"),
         ("log(x=1)", "only the built-in functions can be called"),
-        ("1e999", "not a finite number"),
-        ("x + 1" + "0" * 400, "the constant 1000000000000000000000... (401 digits) is not a finite number"),
-        ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 digits) is not a finite number (at column 15)"),
+        ("1e999", "the constant 1e999 is not a finite number"),  # as written, not as read (inf)
+        ("x * -1_0E+999", "the constant 1_0E+999 is not a finite number (at column 6)"),
+        (
+            "x + 1" + "0" * 400,
+            "the constant 1000000000000000000000... (401 characters) is not a finite number",
+        ),
+        ("bucket(x, [0, 1" + "0" * 400 + "])", "(401 characters) is not a finite number (at column 15)"),
         ("None", "not a number, bool or string"),
         ("x +", "syntax error at column 4: invalid syntax"),  # at the end: Python gives no column
         ("  (x +\n y +", "syntax error at line 1, column 3: '(' was never closed"),
@@ -400,7 +404,7 @@ def test_derived_views_may_read_other_derived_views() -> None:
         ),
         (
             {"features": [{"name": "p", "dtype": "float64", "expression": "a * 1" + "0" * 400}]},
-            "derived_views[dv].features[p].expression: the constant 1000000000000000000000... (401 digits) "
+            "derived_views[dv].features[p].expression: the constant 1000000000000000000000... (401 characters) "
             "is not a finite number (at column 5)",
         ),
         ({"features": []}, "derived_views[dv].features: expected a non-empty list"),
@@ -710,6 +714,20 @@ def test_an_unquoted_yaml_constant_is_an_expression_as_its_text_is(scalar: Any) 
     doc = with_derived(features=[{"name": "k", "dtype": dtype, "expression": scalar}])
     view = parse_definitions(doc, source="f.yaml").derived_views["dv"]
     assert view.features[0].expression == ("true" if scalar is True else repr(scalar))
+
+
+@pytest.mark.parametrize("text", ["1.0e+999", "-1.5e+400", ".inf", "-.Inf", ".nan"])
+def test_an_unquoted_yaml_constant_yaml_reads_as_infinite_or_nan_is_refused_named_as_written(
+    text: str, tmp_path: Path
+) -> None:
+    f = tmp_path / "f.yaml"
+    f.write_text(
+        yaml.safe_dump(with_derived(features=[{"name": "k", "dtype": "float64", "expression": "@"}]))
+    )
+    f.write_text(f.read_text().replace("'@'", text))
+    with pytest.raises(DefinitionError) as e:
+        load_definitions(f)
+    assert f"features[k].expression: the constant {text} is not a finite number" in str(e.value)
 
 
 def test_a_derived_feature_named_like_the_key_of_a_view_it_reads_through_another_is_refused() -> None:
