@@ -20,7 +20,7 @@ from featurestore.definitions.snapshot import new_snapshot
 from featurestore.derived import compiler
 from featurestore.derived.codegen import feature_ir
 from featurestore.join import JoinEngine, JoinRequest, Limits
-from featurestore.model import Definitions
+from featurestore.model import Definitions, Status
 from featurestore.plan import ServingState
 from featurestore.rows import view_schema
 from featurestore.sources.memory import MemorySource
@@ -502,6 +502,46 @@ async def test_features_reading_an_int64_feature_see_the_value_it_serves(
         "fn_units": [2, -2, None, None, None, None],
         "fn_units10": [20.0, -20.0, None, None, None, None],
     }
+
+
+async def test_a_trusted_function_s_integer_arithmetic_wraps_at_64_bits_as_the_docs_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numba's fixed-width integers wrap inside the function, where the kernel cannot see
+    it: served as is (docs/definitions.md, "Trusted functions", shows this example), while
+    the same arithmetic in float is null outside int64, as an int64 feature is."""
+    (tmp_path / "trusted_fns_w.py").write_text(
+        "def big(a):\n    return int(a) * 10**12\n\n\ndef big_float(a):\n    return a * 1e12\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = raw()
+    doc["derived_views"][0]["features"] = [
+        {"name": "big", "dtype": "int64", "function": "trusted_fns_w:big", "args": ["x"]},
+        {"name": "big_float", "dtype": "int64", "function": "trusted_fns_w:big_float", "args": ["x"]},
+    ]
+    defs = parse_definitions(doc, source="k.yaml")
+    kernels = await compiler.kernels_for(defs, tmp_path / "cache")
+    x = [2.0, 1e7, None]
+    fill = {"y": 0.0, "z": 0.0, "ctr": 0.0, "n": 1, "b": True, "s": "a"}
+    engine = await engine_over(defs, kernels, {"x": x, **{k: [v] * len(x) for k, v in fill.items()}})
+    wrapped = 10**19 - 2**64  # what Python gives, modulo 2^64
+    for ids, big, big_float in (
+        ([1, 2, 3], [2 * 10**12, wrapped, None], [2 * 10**12, None, None]),  # the batch kernel
+        ([2], [wrapped], [None]),  # the one-row kernel
+    ):
+        result = await engine.join(JoinRequest({"id": ids}, ("d:big", "d:big_float")), time.monotonic() + 10)
+        assert [c.values for c in result.columns[1:]] == [big, big_float]
+        assert (
+            result.columns[1].outcome is not None and result.columns[1].outcome.statuses[-1] is Status.PRESENT
+        )
+    trusted = docs_section("### Trusted functions")
+    assert "`def big(a): return int(a) * 10**12`" in trusted and f"`{wrapped}`" in trusted
+
+
+def docs_section(heading: str) -> str:
+    """docs/definitions.md from ``heading`` on."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "definitions.md").read_text()
+    return docs[docs.index(heading) :]
 
 
 def _linux_at_least(major: int, minor: int) -> bool:
