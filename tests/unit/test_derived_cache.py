@@ -6,6 +6,8 @@ cache and run by the join engine over the memory store."""
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -421,3 +423,30 @@ async def test_a_kernel_whose_build_failed_on_an_os_error_is_built_again_when_re
     kernel = (await compiler.kernels_for(defs, tmp_path / "cache"))["d"]
     assert kernel.run(np.full((1, 1), 2.0))[0, 0] == 6.0
     assert len(builds) == 2
+
+
+def test_the_cache_keeps_every_kernel_it_built_in_the_files_the_docs_name(tmp_path: Path) -> None:
+    """Nothing prunes the cache (docs/definitions.md, "Compilation", says so and when it
+    is safe to empty): an expression edit leaves both generations' files."""
+    for expression in ("x + y", "x - y", "x + y"):  # the third is the first again: nothing new
+        defs = parse_definitions(doc(["u:x", "u:y"], expression), source="f.yaml")
+        asyncio.run(compiler.kernels_for(defs, tmp_path))
+    modules = sorted(p.stem for p in tmp_path.glob("dv_d_*.py"))
+    assert len(modules) == 2
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    for module in modules:
+        assert (tmp_path / f"{module}.built").is_file()
+        numba_files = sorted(p.name for p in (tmp_path / "__pycache__").glob(f"{module}.*"))
+        assert [re.sub(r"-\d+\.", "-<line>.", n) for n in numba_files] == [
+            f"{module}.kernel_into-<line>.{tag}.1.nbc",
+            f"{module}.kernel_into-<line>.{tag}.nbi",
+            f"{module}.kernel_row-<line>.{tag}.1.nbc",
+            f"{module}.kernel_row-<line>.{tag}.nbi",
+        ]
+    assert {p.name for p in tmp_path.iterdir()} == {
+        ".build.lock", "__pycache__", *(f"{m}.py" for m in modules), *(f"{m}.built" for m in modules)
+    }  # fmt: skip
+    docs = " ".join((ROOT / "docs" / "definitions.md").read_text().split())
+    for named in ("only grows", "`dv_<view>_<hash>.py`", "`dv_<view>_<hash>.built`", "`.build.lock`",
+                  "`__pycache__/dv_<view>_<hash>.kernel_row-<line>.py311.nbi`", "`kernel_into`"):  # fmt: skip
+        assert named in docs
