@@ -5,8 +5,10 @@ Layout (docs/streaming.md):
 * ``fs:{project}:{view}:t{layout}:k:{entity_key}`` -> the key's tile records, sorted by
   tile index, each ``width`` little-endian float64 (``tiles.py``; the first is the tile
   index). It expires when idle for the longest window + one tile + the allowed
-  lateness, and as many tiles more as its newest tile is ahead of the writer's clock
-  (``store.expiry_ms``); records no window reaches any more are dropped by a write (``APPLY``).
+  lateness + 60 s of clock skew, and as many tiles more as its newest tile is ahead of the
+  writer's clock (``store.expiry_ms``); records no window reaches any more, even a
+  server's whose clock is up to 60 s behind the writer's, are dropped by a write
+  (``APPLY``, ``store.kept_tiles``).
 * ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
   It expires when no batch was written for the tiles' longest idle time (a key ahead
   included) + 7 days (``store.marks_ttl_seconds``): after every tile written with it.
@@ -41,7 +43,14 @@ from featurestore.model import FeatureView
 from featurestore.sources.redis_pool import CONNECTION_ERRORS, NOT_RETRIED, LeanPool
 from featurestore.sources.redis_read import exchange
 from featurestore.sources.redis_wire import pack_mget
-from featurestore.streaming.store import Eviction, PartitionMark, TileBatch, marks_ttl_seconds, ttl_seconds
+from featurestore.streaming.store import (
+    Eviction,
+    PartitionMark,
+    TileBatch,
+    kept_tiles,
+    marks_ttl_seconds,
+    ttl_seconds,
+)
 from featurestore.streaming.tiles import view_layout
 
 # ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, TINY, the
@@ -247,7 +256,7 @@ class RedisTileStore:
             layout.ops,
             ttl_seconds(view) * 1000,
             marks_ttl_seconds(view) * 1000,
-            batch.now_tile - layout.retention_tiles,
+            batch.now_tile - kept_tiles(layout),
             len(batch.marks),
             SMALL,
             TRIM_BUDGET,

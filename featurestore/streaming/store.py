@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from featurestore.model import FeatureView
-from featurestore.streaming.tiles import merge, view_layout
+from featurestore.streaming.tiles import TileLayout, merge, view_layout
 
 
 class PartitionMark(NamedTuple):
@@ -45,17 +45,31 @@ class TileBatch:
 # skew: 60 s covers ordinary skew between hosts. It moves its partition's watermark only
 # within this of its message's Kafka timestamp (turn.py); up to this + the view's longest
 # window ahead of the processor's clock it is applied, in its future tile (further:
-# malformed, decode.py), and its key is kept until that tile is served (``expiry_ms``).
+# malformed, decode.py), and its key is kept until that tile is served (``expiry_ms``). A
+# processor's clock up to this ahead of a server's drops nothing its windows reach
+# (``kept_tiles``, ``ttl_seconds``).
 CLOCK_SKEW_US = 60_000_000
 
 
+def kept_tiles(layout: TileLayout) -> int:
+    """How many tiles back from its own clock's a write keeps (older ones it drops): those
+    a window of a server with the writer's clock reaches, one of slack (``retention_tiles``),
+    and ``CLOCK_SKEW_US`` more. Windows are read by the serving process's clock, the drop
+    goes by the processor's: a processor clock ahead by more than the slack (two tiles)
+    dropped events the servers' longest window still covered (review s58: 30 s ahead with
+    10 s tiles emptied a 5-minute ``last``). The cost: up to ceil(60 s / tile) more tiles
+    per key (docs/streaming.md, "Tiles expire")."""
+    return layout.retention_tiles + -(-CLOCK_SKEW_US // layout.tile_us)
+
+
 def ttl_seconds(view: FeatureView) -> int:
-    """How long an idle key's tiles are kept: the longest window, one tile, the lateness.
-    A key whose newest tile is ahead of the processor's clock is kept that much longer
-    (``expiry_ms``), so its event is served once its time comes."""
+    """How long an idle key's tiles are kept: the longest window, one tile, the lateness,
+    and ``CLOCK_SKEW_US`` (a server whose clock is behind the writer's still serves the
+    key's newest tile that much longer). A key whose newest tile is ahead of the processor's
+    clock is kept that much longer (``expiry_ms``), so its event is served once its time comes."""
     s = view.stream
     assert s is not None
-    return s.max_window_seconds + s.tile_seconds + s.allowed_lateness_seconds
+    return s.max_window_seconds + s.tile_seconds + s.allowed_lateness_seconds + CLOCK_SKEW_US // 1_000_000
 
 
 def ahead_seconds(view: FeatureView) -> int:
@@ -150,7 +164,7 @@ class MemoryTileStore:
                 marks[partition] = mark
             tiles = self._tiles.setdefault((view.name, view.layout), {})
             now = time.monotonic()
-            oldest = batch.now_tile - layout.retention_tiles
+            oldest = batch.now_tile - kept_tiles(layout)
             ttl_ms, tile_ms = ttl_seconds(view) * 1000, layout.tile_us // 1000
             for key, records in batch.records.items():
                 if max(records) < oldest:  # no window reaches them: nothing written (as in Redis)

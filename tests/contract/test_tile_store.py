@@ -9,7 +9,7 @@ import pytest
 
 from featurestore.definitions.stream import dtype_of
 from featurestore.model import Aggregation, DType, Entity, Feature, FeatureView, StreamSource, StreamSpec
-from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore
+from featurestore.streaming.store import NO_MARK, PartitionMark, TileBatch, TileStore, kept_tiles
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.contract.adapters import TILE_STORES, make_tile_store
 
@@ -168,7 +168,7 @@ async def test_random_batches_leave_every_tile_a_window_reaches_as_a_reference_m
             acc.add(
                 key, tile * TILE_US + rng.randint(0, TILE_US - 1), {"amount": round(rng.uniform(-5, 5), 1)}
             )
-        oldest = now_tile - layout.retention_tiles
+        oldest = now_tile - kept_tiles(layout)  # (a minute of clock skew kept beyond every window)
         for key, recs in acc.records.items():
             by_tile = reference.setdefault(key, {})
             for tile, rec in recs.items():
@@ -193,3 +193,68 @@ async def test_a_batch_no_window_reaches_writes_no_key(store: TileStore) -> None
     assert store.apply(VIEW, batch([("9", t, 1.0)], {0: (-1, PartitionMark(0, t))})) is None
     assert await store.read(VIEW, ["9"]) == [None]
     assert store.marks(VIEW, "clicks") == {0: PartitionMark(0, t)}  # the mark moves all the same
+
+
+SKEW_AGGS = (
+    Aggregation("n_1m", "count", "", 60),
+    Aggregation("s_1m", "sum", "amount", 60),
+    Aggregation("n_5m", "count", "", 300),
+    Aggregation("lo_5m", "min", "amount", 300),
+    Aggregation("last_5m", "last", "amount", 300),
+)
+SKEW_VIEW = FeatureView(  # the demo view's 10 s tiles: a clock 30 s ahead is 3 tiles ahead
+    "clicks_10s",
+    (USER,),
+    tuple(Feature(a.name, dtype_of(a.function)) for a in SKEW_AGGS),
+    stream=StreamSpec(StreamSource("clicks", ("user_id",)), SKEW_AGGS, tile_seconds=10),
+)
+
+
+def served_by_an_oracle(events: list[tuple[str, int, float]], key: str, now_us: int) -> list[object]:
+    """Each aggregation of SKEW_VIEW recomputed from the events in its window at ``now_us``."""
+    tile_us, now_tile = 10_000_000, now_us // 10_000_000
+    out: list[object] = []
+    for a in SKEW_AGGS:
+        k = a.window_seconds // 10
+        inside = sorted(
+            (ts, v) for kk, ts, v in events if kk == key and now_tile - k < ts // tile_us <= now_tile
+        )
+        values = [v for _, v in inside]
+        out.append(
+            {"count": len(values), "sum": sum(values), "min": min(values, default=None)}.get(
+                a.function, values[-1] if values else None
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("ahead_s", [0, 30, 60])
+async def test_a_processor_clock_up_to_a_minute_ahead_drops_nothing_the_servers_windows_reach(
+    store: TileStore, ahead_s: int
+) -> None:
+    from featurestore.sources.base import ViewQuery
+    from featurestore.streaming.serving import StreamSource as TileReader
+
+    server_us = 29_000_000 * TILE_US + 5_000_000  # mid-tile
+    now_tile = (server_us + ahead_s * 1_000_000) // 10_000_000  # the processor's clock
+    # events across the server's 5-minute window (tiles S-29..S), its oldest tile included,
+    # and one just before it; key 2's only event is in that oldest tile
+    ages = [305, 295, 291, 200, 59, 55, 3]
+    first = [("1", server_us - s * 1_000_000, float(i + 1)) for i, s in enumerate(ages)]
+    first.append(("2", server_us - 292 * 1_000_000, 9.0))
+    late = [("1", server_us - 293 * 1_000_000, -4.0), ("1", server_us - 1_000_000, 2.0)]  # into old tiles
+    layout = view_layout(SKEW_VIEW)
+    for offset, events in enumerate([first, late]):
+        acc = TileAccumulator(layout)
+        for key, ts, amount in events:
+            acc.add(key, ts, {"amount": amount})
+        marks = {0: (offset - 1, PartitionMark(offset, server_us))}
+        assert store.apply(SKEW_VIEW, TileBatch("clicks", marks, acc.records, now_tile)) is None
+    reader = TileReader("contract", store, clock=lambda: server_us)
+    wanted = list(range(len(SKEW_AGGS)))
+    [got] = await reader.read([ViewQuery(SKEW_VIEW, [1, 2], wanted, 0)])
+    assert not isinstance(got, BaseException)
+    assert got.found == [True, True]
+    for i, key in enumerate(["1", "2"]):
+        served = [col[i] for col in got.columns]
+        assert served == served_by_an_oracle(first + late, key, server_us), (key, ahead_s)

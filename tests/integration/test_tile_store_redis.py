@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from featurestore.streaming.redis_store import RedisTileStore
 from featurestore.streaming.retry import transient
-from featurestore.streaming.store import Eviction, PartitionMark, TileBatch
+from featurestore.streaming.store import Eviction, PartitionMark, TileBatch, kept_tiles
 from featurestore.streaming.tiles import TileAccumulator, view_layout
 from tests.contract.test_tile_store import LONG, NOW_TILE, TILE_US, VIEW, records, unpacked
 from tests.servers import RedisServer
@@ -116,12 +116,12 @@ async def test_one_batch_rewrites_at_most_the_trim_budget_and_the_other_keys_tri
         store.apply(LONG, TileBatch("clicks", {0: (-1, PartitionMark(0, 0))}, acc.records, NOW_TILE)) is None
     )
     monkeypatch.setattr(redis_store, "TRIM_BUDGET", 1)  # one key's rewrite spends it
-    later = NOW_TILE + 60  # 59 of a key's 182 tiles no window reaches then: past a quarter
+    later = NOW_TILE + 60  # 58 of a key's 182 tiles no window (nor a minute of skew) reaches then: a quarter
 
     def stale_in(raw: bytes | None) -> int:
-        return sum(t < later - layout.retention_tiles for t in unpacked(LONG, raw))
+        return sum(t < later - kept_tiles(layout) for t in unpacked(LONG, raw))
 
-    for offset, expect in ((1, [0, 59, 59]), (2, [0, 0, 59]), (3, [0, 0, 0])):
+    for offset, expect in ((1, [0, 58, 58]), (2, [0, 0, 58]), (3, [0, 0, 0])):
         acc = TileAccumulator(layout)
         for key in keys:
             acc.add(key, later * TILE_US + offset, {"amount": 1.0})
@@ -131,3 +131,24 @@ async def test_one_batch_rewrites_at_most_the_trim_budget_and_the_other_keys_tri
         assert [stale_in(raw) for raw in got] == expect, offset
         total = layout.ops.index("a")
         assert all(unpacked(LONG, raw)[later][total] == offset for raw in got)  # every batch merged
+
+
+def test_a_key_written_by_a_processor_a_minute_ahead_lives_until_the_servers_window_leaves_it(
+    store: RedisTileStore,
+) -> None:
+    import time
+
+    from tests.contract.test_tile_store import SKEW_VIEW
+
+    layout = view_layout(SKEW_VIEW)  # 10 s tiles, a 5-minute longest window (30 tiles)
+    server_us = time.time_ns() // 1000  # this host's clock: Redis's too
+    event_us = processor_us = server_us + 60_000_000  # the producer's and the processor's clock
+    acc = TileAccumulator(layout)
+    acc.add("1", event_us, {"amount": 1.0})
+    now_tile = processor_us // layout.tile_us
+    marks = {0: (-1, PartitionMark(0, event_us))}
+    assert store.apply(SKEW_VIEW, TileBatch("clicks", marks, acc.records, now_tile)) is None
+    # the servers' 5-minute window reaches the event's tile until 30 tiles after its start
+    served_until_ms = (event_us // layout.tile_us + 30) * layout.tile_us // 1000
+    expires_ms = store.client.execute_command("PEXPIRETIME", store._prefix(SKEW_VIEW) + "k:1")  # type: ignore[no-untyped-call]
+    assert expires_ms >= served_until_ms  # (the write came after server_us: a later expiry, never earlier)

@@ -1,6 +1,7 @@
-"""An idle key's tiles expire after the longest window + a tile + the lateness, and as
-many tiles more as its newest tile is ahead of the writer's clock: an event from a
-clock ahead is served once its time comes (the Redis adapter: test_stream_faults.py)."""
+"""An idle key's tiles expire after the longest window + a tile + the lateness + 60 s of
+clock skew (a processor's clock ahead of the servers'), and as many tiles more as its
+newest tile is ahead of the writer's clock: an event from a clock ahead is served once
+its time comes (the Redis adapter: test_stream_faults.py, test_tile_store_redis.py)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def test_the_memory_store_keeps_a_key_ahead_until_its_tile_is_served(monkeypatch
     assert now is None and ahead is not None
     clock[0] += 30 * 60
     assert asyncio.run(tiles.read(view, ["ahead"])) == [None]
+
+
+def test_the_memory_store_keeps_a_key_from_a_processor_a_minute_ahead_while_servers_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.contract.test_tile_store import SKEW_VIEW
+
+    layout = view_layout(SKEW_VIEW)  # 10 s tiles, a 5-minute longest window (30 tiles)
+    clock = [1000.0]
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    server_us = NOW_TILE * 60_000_000 + 5_000_000
+    event_us = processor_us = server_us + 60_000_000  # the producer's and the processor's clock
+    acc = TileAccumulator(layout)
+    acc.add("1", event_us, {"amount": 1.0})
+    tiles = MemoryTileStore()
+    batch = TileBatch("t", {0: (-1, PartitionMark(0, event_us))}, acc.records, processor_us // layout.tile_us)
+    assert tiles.apply(SKEW_VIEW, batch) is None
+    # a server reads the event's tile in its 5-minute window until 30 tiles after its start
+    served_until_us = (event_us // layout.tile_us + 30) * layout.tile_us
+    clock[0] += (served_until_us - server_us) / 1e6 - 1
+    assert asyncio.run(tiles.read(SKEW_VIEW, ["1"])) != [None]
