@@ -131,7 +131,10 @@ class EventDecoder:
                 t = t.replace(tzinfo=UTC)
             ts = (t - _EPOCH) // _MICROSECOND
         else:
-            ts = int(v * self.scale)
+            try:
+                ts = int(v * self.scale)
+            except OverflowError:  # a float past float64's range once scaled (1e306 ms): out of range too
+                ts = -1
         if not 0 <= ts < MAX_TS_US:
             return Malformed(
                 f"timestamp field {self.ts_field!r}: outside 1970..2255 (a wrong timestamp_unit?)"

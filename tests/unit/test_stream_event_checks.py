@@ -30,6 +30,9 @@ def decoder() -> EventDecoder:
         ),
         ("-5", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
         ("100000000000000000000", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
+        # past float64's range once scaled to µs: was `could not be processed: OverflowError` (review s58)
+        ("1e306", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
+        ("-1e306", "timestamp field 'ts': outside 1970..2255 (a wrong timestamp_unit?)"),
     ],
 )
 def test_a_broken_timestamp_is_malformed_even_in_an_event_the_filter_drops(
