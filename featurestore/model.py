@@ -111,9 +111,9 @@ class StreamSource:
     """A Kafka topic of JSON events: where the key, the event time and the values are.
 
     ``key_fields`` name the event fields holding the view's entity keys, in the view's
-    entity order; ``filter`` keeps only events whose fields equal the given values;
-    a numeric ``timestamp_field`` is in ``timestamp_unit`` (s, ms, us) since the epoch,
-    a string one is ISO-8601."""
+    entity order; ``filter`` keeps only events whose fields equal the given values (as
+    JSON values: a boolean is no number); a numeric ``timestamp_field`` is in
+    ``timestamp_unit`` (s, ms, us) since the epoch, a string one is ISO-8601."""
 
     topic: str
     key_fields: tuple[str, ...]

@@ -6,12 +6,13 @@ number in the source's unit or an ISO-8601 string (without a zone: UTC) within
 1970..2255, and every column an aggregation reads a number or null (missing = null; an
 integer within +-2^53, so it is exact as float64; a float within +-1e292, so no window's
 sum overflows). These checks come before ``filter``, which drops events (not malformed)
-whose fields differ, so a producer's broken events are dead-lettered whatever their kind.
-After the filter, an event time more than ``CLOCK_SKEW_US`` + the view's longest window
-ahead of the processor's clock is malformed: a judgement of this view's windows, which
-an event it drops does not concern (reminders stamped with their due time, say). Anything else is malformed (invalid UTF-8 in a string field and
-JSON nested too deeply included: ``decode`` raises for no input): the processor sends
-it to the dead-letter topic with the reason returned here.
+whose fields differ (as JSON values: ``true`` is no number), so a producer's broken events
+are dead-lettered whatever their kind. After the filter, an event time more than
+``CLOCK_SKEW_US`` + the view's longest window ahead of the processor's clock is
+malformed: a judgement of this view's windows, which an event it drops does not concern
+(reminders stamped with their due time, say). Anything else is malformed (invalid UTF-8
+in a string field and JSON nested too deeply included: ``decode`` raises for no input):
+the processor sends it to the dead-letter topic with the reason returned here.
 
 Decoding is msgspec into a struct type built once per view (fields typed as above), so
 type checks happen in C; an event's values stay on the struct, whose attribute names
@@ -86,7 +87,9 @@ class EventDecoder:
         self.column_attrs = [
             attr(c, _EXACT_INT | _BOUNDED_FLOAT | None, False) for c in view_layout(view).columns
         ]
-        self.filter = [(attr(name, Any, False), want) for name, want in src.filter]
+        # (attribute, value, whether it is a boolean): compared as JSON values, where a boolean
+        # is no number; Python's == has True == 1 == 1.0 (review s58)
+        self.filter = [(attr(name, Any, False), want, type(want) is bool) for name, want in src.filter]
         self.scale = TIMESTAMP_UNITS[src.timestamp_unit]
         # Further ahead of the processor's clock, an event is malformed: until its time comes
         # no window reaches its tile, which its key would keep meanwhile (``store.py``);
@@ -139,8 +142,9 @@ class EventDecoder:
             return Malformed(
                 f"timestamp field {self.ts_field!r}: outside 1970..2255 (a wrong timestamp_unit?)"
             )
-        for name, want in self.filter:
-            if getattr(ev, name) != want:
+        for name, want, boolean in self.filter:
+            got = getattr(ev, name)
+            if got != want or (type(got) is bool) is not boolean:  # (the only types == mixes here)
                 return None
         if ts > latest_us:  # after the filter: about this view's windows (module docstring)
             return Malformed(self._too_far(ts))

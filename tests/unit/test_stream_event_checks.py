@@ -80,3 +80,23 @@ def test_a_float_column_value_beyond_1e292_is_malformed_so_no_window_sum_can_ove
         taken = decoder.decode(b'{"user": 1, "ts": 1, "kind": "c", "amount": %r}' % bound)
         assert isinstance(taken, Event) and getattr(taken.values, amount) == bound
     assert math.isfinite(2.0**53 * MAX_FLOAT)
+
+
+def test_the_filter_compares_json_types_so_true_is_not_1() -> None:
+    """docs/streaming.md: the filter keeps events whose fields equal its values as JSON
+    values: a boolean only a boolean, a number any equal number (1 is 1.0), never a
+    boolean. It compared with Python's ==, where True == 1 == 1.0 (review s58)."""
+    import copy
+
+    doc = copy.deepcopy(DOC)
+    doc["stream_views"][0]["source"]["filter"] = {"flag": True, "level": 1}
+    dec = EventDecoder(parse(doc).views["clicks"])
+    kept = [
+        (b"true", b"1"),
+        (b"true", b"1.0"),
+    ]
+    dropped = [(b"1", b"1"), (b"1.0", b"1"), (b'"true"', b"1"), (b"true", b"true"), (b"true", b'"1"')]
+    for flag, level in kept + dropped:
+        raw = b'{"user": 1, "ts": %d, "flag": %s, "level": %s}' % (NOW_US // 1000, flag, level)
+        got = dec.decode(raw, NOW_US + dec.ahead_us)
+        assert isinstance(got, Event) if (flag, level) in kept else got is None, (flag, level)
