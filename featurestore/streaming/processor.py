@@ -272,7 +272,7 @@ class StreamProcessor:
             turn.counts["dead_lettered"] = len(turn.dead)
         batch = TileBatch(
             topic=self.topic,
-            marks={p: (exp, PartitionMark(last, wm)) for p, (exp, last, wm, _) in turn.work.items()},
+            marks=turn.marks,  # (with each partition's recent event times: turn.py)
             records=acc.records,
             now_tile=time.time_ns() // 1000 // self.layout.tile_us,
             events=turn.counts["applied"],

@@ -9,7 +9,9 @@ Layout (docs/streaming.md):
   writer's clock (``store.expiry_ms``); records no window reaches any more, even a
   server's whose clock is up to 60 s behind the writer's, are dropped by a write
   (``APPLY``, ``store.kept_tiles``).
-* ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``.
+* ``fs:{project}:{view}:t{layout}:marks`` -> hash ``{topic:partition: "offset watermark"}``,
+  and ``{topic:partition:recent: "offset watermark t1 t2 ..."}``: the partition's recent
+  event times (``PartitionMark.recent``), valid only beside that same mark.
   It expires when no batch was written for the tiles' longest idle time (a key ahead
   included) + 7 days (``store.marks_ttl_seconds``): after every tile written with it.
 
@@ -54,9 +56,9 @@ from featurestore.streaming.store import (
 from featurestore.streaming.tiles import view_layout
 
 # ARGV: ops, ttl ms, marks ttl ms, oldest tile kept, #partitions, SMALL, TRIM_BUDGET, TINY, the
-# writer's tile now, the tile in ms, then per partition
-# (field, expected offset, new offset, new watermark), then per key (key index, #records,
-# records sorted by tile, concatenated).
+# writer's tile now, the tile in ms, then per partition (field, expected offset, new offset,
+# new watermark, its recent event times or ''), then per key (key index, #records, records
+# sorted by tile, concatenated).
 #
 # A write costs what it writes, not what the keys hold (a batch is applied while every other
 # client of this Redis waits): a key's records from the batch's first tile on are read
@@ -98,7 +100,7 @@ for p = 1, np do
   local off = '-1'
   if cur then off = string.match(cur, '^(%S+)') end
   if off ~= ARGV[i + 1] then return {0, ARGV[i], off} end
-  i = i + 4
+  i = i + 5
 end
 -- everything that can fail before the first write: Redis does not undo a failed script's writes
 local first, lens = i, {}
@@ -114,8 +116,11 @@ while i <= #ARGV do
 end
 local j = 11
 for p = 1, np do
-  redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2] .. ' ' .. ARGV[j + 3])
-  j = j + 4
+  local mark = ARGV[j + 2] .. ' ' .. ARGV[j + 3]
+  redis.call('HSET', KEYS[1], ARGV[j], mark)
+  if ARGV[j + 4] == '' then redis.call('HDEL', KEYS[1], ARGV[j] .. ':recent')
+  else redis.call('HSET', KEYS[1], ARGV[j] .. ':recent', mark .. ' ' .. ARGV[j + 4]) end
+  j = j + 5
 end
 if np > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 local function tile(s, k) return (struct.unpack('<d', s, (k - 1) * rb + 1)) end
@@ -239,13 +244,23 @@ class RedisTileStore:
         return self._sync
 
     def marks(self, view: FeatureView, topic: str) -> dict[int, PartitionMark]:
+        """Each partition's ``topic:partition`` field, with the recent event times of its
+        ``topic:partition:recent`` field when that was written with the same mark (a
+        processor of before 2026-12-07 moves the mark without it; a topic name has no ':')."""
         raw: dict[bytes, bytes] = self.client.hgetall(self._prefix(view) + "marks")  # type: ignore[assignment]
         out: dict[int, PartitionMark] = {}
+        recent: dict[str, list[str]] = {}
         for field, value in raw.items():
             t, _, partition = field.decode().rpartition(":")
             if t == topic:
                 offset, watermark = value.decode().split()
                 out[int(partition)] = PartitionMark(int(offset), int(watermark))
+            elif partition == "recent":
+                recent[t] = value.decode().split()
+        for p, mark in out.items():
+            times = recent.get(f"{topic}:{p}", [])
+            if times[:2] == [str(mark.offset), str(mark.watermark_us)]:
+                out[p] = mark._replace(recent=tuple(map(int, times[2:])))
         return out
 
     def apply(self, view: FeatureView, batch: TileBatch) -> str | None:
@@ -265,7 +280,8 @@ class RedisTileStore:
             layout.tile_us // 1000,
         ]
         for partition, (expected, mark) in batch.marks.items():
-            args += [f"{batch.topic}:{partition}", str(expected), str(mark.offset), str(mark.watermark_us)]
+            field, recent = f"{batch.topic}:{partition}", " ".join(map(str, mark.recent))
+            args += [field, str(expected), str(mark.offset), str(mark.watermark_us), recent]
         pack = layout.pack
         for key, records in batch.records.items():
             keys.append(prefix + "k:" + key)

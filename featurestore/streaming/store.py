@@ -26,6 +26,9 @@ from featurestore.streaming.tiles import TileLayout, merge, view_layout
 class PartitionMark(NamedTuple):
     offset: int  # the last offset applied (-1: none yet)
     watermark_us: int  # the newest event time accepted from the partition
+    # the partition's recent applied event times the watermark is judged with (turn.py),
+    # oldest first; () where none were stored with the mark (a mark of before 2026-12-07)
+    recent: tuple[int, ...] = ()
 
 
 NO_MARK = PartitionMark(-1, -(2**62))

@@ -7,8 +7,8 @@ clock), ``late`` or ``applied`` (its partials added to the batch's records). Lat
 events: per partition, the watermark is the newest event time applied; an event older
 than the watermark minus the view's allowed lateness is dropped and counted. The
 watermark is stored with the offset, so a restart judges lateness as before (which
-events may move it is decided with the partition's recent event times too, which a
-restart starts again from the stored watermark: below).
+events may move it is decided with the partition's recent event times too, stored with
+them: below).
 """
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ from featurestore.streaming.tiles import TileAccumulator
 # seconds apart one event, or up to 7 in a row, more than a few minutes ahead of their
 # neighbours cannot carry it. A real jump (a producer back after a pause) moves it at
 # the 9th event of the new time; until then lateness is judged more leniently, never
-# more strictly. The times live in the process; a turn
-# goes on with them only from the mark the previous turn left (its offset and
-# watermark): a restart, a batch re-read after a refused write, or a partition another
-# processor wrote starts them from the stored watermark, counted as 7 times (so the
-# check holds from the first event, as it does in steady state); a partition without a
-# mark has none, and its first events set the watermark. Keeping them costs ~50-70 ns an
+# more strictly. The times are part of the mark a turn leaves (``PartitionMark.recent``,
+# stored with the offset and watermark), and a turn goes on with the ones in memory only
+# from the mark the previous turn left: a restart, a batch re-read after a refused write,
+# or a partition another processor wrote goes on with the times stored with its mark, so
+# a partition whose events come minutes apart judges lateness after a restart as before
+# it (review s58: seeded from the watermark alone, it moved again only at its 9th event).
+# A mark stored without them (before 2026-12-07) starts them from its watermark, counted
+# as 7 times (so the check holds from the first event); a partition without a mark has
+# none, and its first events set the watermark. Keeping them costs ~50-70 ns an
 # event (the batch step of 10,000 events, 2.2 -> 2.3 µs an event, a scratch A/B on a
 # loaded VM); the check (a sort of 15) runs only for an event more than 60 s past the
 # watermark.
@@ -67,6 +70,8 @@ class Turn:
     def __init__(self) -> None:
         # partition -> [expected offset, last offset, watermark, its recent event times]
         self.work: dict[int, list[Any]] = {}
+        # partition -> (expected offset, the mark the batch leaves, its recent times included)
+        self.marks: dict[int, tuple[int, PartitionMark]] = {}
         self.dead: list[tuple[Any, str]] = []
         self.counts = {
             "consumed": 0,
@@ -95,13 +100,13 @@ class Aggregator:
 
     def _recent_times(self, partition: int, mark: PartitionMark) -> deque[int]:
         """The partition's recent event times if ``mark`` is the one the last turn left
-        (its batch goes on from there); else a new window of the stored watermark, 7 times
-        (none for a partition without a mark)."""
+        (its batch goes on from there); else those stored with the mark, or, for a mark
+        stored without them, a new window of its watermark, 7 times (none without a mark)."""
         kept = self._recent.get(partition)
         if kept is not None and kept[0] == mark:
             return kept[1]
-        times: deque[int] = deque(maxlen=RECENT_EVENTS)
-        if mark.watermark_us != NO_MARK.watermark_us:
+        times: deque[int] = deque(mark.recent, maxlen=RECENT_EVENTS)
+        if not times and mark.watermark_us != NO_MARK.watermark_us:
             times.extend([mark.watermark_us] * _SEEDED)
         return times
 
@@ -166,8 +171,10 @@ class Aggregator:
                 )
                 turn.dead.append((m, f"could not be processed: {e!r}"))
         turn.oldest_ms, turn.newest_ms = oldest, newest
-        for partition, (_, last, watermark_us, times) in turn.work.items():
-            self._recent[partition] = (PartitionMark(last, watermark_us), times)
+        for partition, (expected, last, watermark_us, times) in turn.work.items():
+            mark = PartitionMark(last, watermark_us, tuple(times))
+            turn.marks[partition] = (expected, mark)
+            self._recent[partition] = (mark, times)
         return turn
 
 
