@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.types import Scope, Send
 
 from featurestore.api import json_codec
-from featurestore.api.errors import HTTP_STATUS
+from featurestore.api.errors import http_status
 from featurestore.api.join_cycle import Answer
 from featurestore.errors import FeatureStoreError
 
@@ -28,7 +28,7 @@ async def send_answer(send: Send, answer: Answer) -> None:
 
 def error_answer(error: FeatureStoreError, *headers: tuple[bytes, bytes]) -> Answer:
     """The answer of ``error``: its status and its JSON error body, with ``headers``."""
-    return HTTP_STATUS[error.code], JSON, json_codec.encode_error(error.to_dict()), headers
+    return http_status(error), JSON, json_codec.encode_error(error.to_dict()), headers
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

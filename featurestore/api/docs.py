@@ -200,7 +200,15 @@ PUSH_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed rows; names the column"),
     404: _error("Unknown feature view"),
     413: _error("Over the row or body limit"),
+    415: _error("A content type other than application/json (none is read as JSON); names it"),
     **AUTH_RESPONSES,
+    "403": {
+        **_error(
+            "The token lacks the route's scope (with WWW-Authenticate), or the request carries "
+            "another site's Origin, whatever the token (details reason cross_site; docs/security.md)"
+        ),
+        "headers": _WWW_AUTHENTICATE,
+    },
     503: _error(
         "The online store failed the write, or this server has not switched to a "
         "newly published data version yet (retry shortly)"

@@ -32,6 +32,13 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
     Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+
+def http_status(error: FeatureStoreError) -> int:
+    """The HTTP status of ``error``: its code's, unless its class names its own (a 415:
+    cross_site.UnsupportedMediaType is INVALID_ARGUMENT, as gRPC has no such code)."""
+    return getattr(error, "http_status", 0) or HTTP_STATUS[error.code]
+
+
 # The server's own failures (5xx): only these mark a request span as an error.
 SERVER_FAULTS: frozenset[Code] = frozenset({Code.INTERNAL, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
 

@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore import metrics, tracing
-from featurestore.api import arrow_codec, bodies, credentials, json_codec
+from featurestore.api import arrow_codec, bodies, credentials, cross_site, json_codec
 from featurestore.api.answers import JSON, error_answer, header, send_answer, send_error
 from featurestore.api.bodies import CLOSE, BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
@@ -199,6 +199,11 @@ class HttpApi:
             else:
                 await self._method_not_allowed(scope, send)
             return
+        if path == PUSH_PATH and (crossed := cross_site.origin_refused(scope["headers"], path)):
+            # a web page of another site (the only write route; whatever the tokens)
+            self._push_outcomes.failed(scope.get(RECEIVED_AT) or time.perf_counter(), crossed)
+            await self._refuse(scope, receive, send, crossed)
+            return
         if self.auth is not None and path in self.scopes:
             value = credentials.http_value(scope["headers"])  # (given twice: refused, credentials.py)
             error = self.auth.check_http(value, self.scopes[path], path)
@@ -206,7 +211,7 @@ class HttpApi:
                 error = credentials.refusal(error, value, self.scopes[path])
                 if path == PUSH_PATH:
                     self._push_outcomes.failed(scope.get(RECEIVED_AT) or time.perf_counter(), error)
-                await self._refuse(scope, receive, send, error)
+                await self._refuse(scope, receive, send, error, _challenge(error))
                 return
         elif self.ops_elsewhere and path in OPS_PATHS:
             await self._not_here(send, path)
@@ -242,11 +247,19 @@ class HttpApi:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: FeatureStoreError) -> None:
-        """Answer 401/403 (or a repeated Authorization header's 400) with WWW-Authenticate,
-        after the body (up to the limit): the client reads it, not a reset connection."""
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        error: FeatureStoreError,
+        *extra: tuple[bytes, bytes],
+    ) -> None:
+        """Answer a refusal before the route (401/403 with WWW-Authenticate, a repeated
+        Authorization header's 400, a cross-site 403) after the body (up to the limit): the
+        client reads it, not a reset connection."""
         length = header(scope, b"content-length")
-        headers = [(b"www-authenticate", credentials.challenge(error).encode())]
+        headers = list(extra)
         if scope["method"] in ("POST", "PUT", "PATCH"):
             try:
                 await self.read_body(receive, bodies.declared_length(length), scope["headers"])
@@ -276,7 +289,7 @@ class HttpApi:
     async def _direct_join(self, body: bytes, headers: JoinHeaders, t0: float) -> Answer:
         refusal = self._authorize(headers, t0)
         if refusal is not None:
-            return error_answer(refusal, (b"www-authenticate", credentials.challenge(refusal).encode()))
+            return error_answer(refusal, _challenge(refusal))
         return await self._answer(body, headers, t0)
 
     async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -288,7 +301,7 @@ class HttpApi:
             headers = JoinHeaders.scan(scope["headers"])
             refusal = self._authorize(headers, t0)
             if refusal is not None:
-                await self._refuse(scope, receive, send, refusal)
+                await self._refuse(scope, receive, send, refusal, _challenge(refusal))
                 return
             try:
                 body = await self.read_body(receive, headers.length, scope["headers"])
@@ -361,3 +374,8 @@ class HttpApi:
         e = bodies.too_large(self.max_body_bytes)
         self.join.outcomes.failed(t0, e)
         return error_answer(e)
+
+
+def _challenge(refusal: FeatureStoreError) -> tuple[bytes, bytes]:
+    """The ``WWW-Authenticate`` header of a token check's refusal."""
+    return (b"www-authenticate", credentials.challenge(refusal).encode())

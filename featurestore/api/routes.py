@@ -22,11 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from featurestore import __version__, metrics, tracing
-from featurestore.api import bodies, json_codec
+from featurestore.api import bodies, cross_site, json_codec
 from featurestore.api.bodies import BodyUnread, ClientDisconnected
 from featurestore.api.connections import RECEIVED_AT
 from featurestore.api.docs import AUTH_RESPONSES, JOIN_OPERATION, PUSH_OPENAPI_EXTRA, PUSH_RESPONSES
-from featurestore.api.errors import HTTP_STATUS, internal_error
+from featurestore.api.errors import http_status, internal_error
 from featurestore.api.outcome import Outcomes
 from featurestore.deadlines import engine_budget
 from featurestore.definitions.snapshot import definitions_to_dict
@@ -98,7 +98,7 @@ def error_response(e: FeatureStoreError) -> Response:
     headers = {"connection": "close"} if isinstance(e, BodyUnread) else None
     return Response(
         json_codec.encode_error(e.to_dict()),
-        HTTP_STATUS[e.code],
+        http_status(e),
         headers=headers,
         media_type="application/json",
     )
@@ -123,9 +123,13 @@ def _add_push(
             body = await read_body(request.receive, length, request.scope["headers"])
             if body is None:  # (details with the limit, as the join's)
                 raise bodies.too_large(max_body_bytes)
+            # (read first: the connection then serves the next request)
+            ctype = cross_site.content_type_refused(request.headers.getlist("content-type"), PUSH_PATH)
+            if ctype is not None:  # a form's or text/plain: a page's cross-site POST (cross_site.py)
+                raise ctype
             codings = ",".join(request.headers.getlist("content-encoding")).encode("latin-1")
             refused = bodies.encoding_refused(codings)
-            if refused is not None:  # (read first: the connection then serves the next request)
+            if refused is not None:
                 raise refused
             # from the request's first byte, as a join's (a slow body is part of its time);
             # the header may shorten it, and the answer's margin is kept, as a join's
