@@ -76,9 +76,9 @@ def decode_event(raw: bytes) -> LineageEvent:
 
 
 def parse_timestamp(value: str) -> datetime:
-    """The event's window start: ISO 8601 in UTC (``Z`` or ``+00:00``). A naive or
-    offset time would still parse, but event identities and ordering compare the
-    string, so only UTC is accepted."""
+    """The event's window start: ISO 8601 in UTC (``Z`` or ``+00:00``, any spelling
+    ``datetime.fromisoformat`` reads). A naive or offset time would still parse, but a
+    producer's clock zone is not a window's, so only UTC is accepted."""
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
@@ -86,3 +86,17 @@ def parse_timestamp(value: str) -> datetime:
     if t.utcoffset() != timedelta(0):
         raise MalformedEvent(f"timestamp {value!r} is not in UTC (end it with 'Z')")
     return t
+
+
+def canonical_time(value: str) -> str:
+    """The window start in one spelling, the one the built-in emitter writes
+    (featurestore/emitter.py ``_iso``): whole seconds and ``Z``, a fraction only when
+    not zero, to the millisecond (or the microsecond when finer). ``Z``, ``+00:00``,
+    ``.000Z`` and the basic form ``20261102T100000Z`` are one instant, so one window
+    (review s58 #7: as text, event identity counted that window four times)."""
+    t = parse_timestamp(value)
+    base = t.replace(tzinfo=None, microsecond=0).isoformat()
+    us = t.microsecond
+    if not us:
+        return f"{base}Z"
+    return f"{base}.{us // 1000:03d}Z" if us % 1000 == 0 else f"{base}.{us:06d}Z"

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
-from lineage.events import LineageEvent, parse_timestamp
+from lineage.events import LineageEvent, canonical_time, parse_timestamp
 from lineage.graph.drift import DriftRecord
 from lineage.graph.topology import MAX_SERVED as MAX_SERVED  # re-exported
 from lineage.graph.topology import Change, GraphEdge, Node, TooLarge
@@ -155,8 +155,11 @@ def definition_facts(snapshot: RegistrySnapshot) -> DefinitionFacts:
 def event_key(e: LineageEvent) -> str:
     """Identity of an event: the same window of the same feature version served by the
     same snapshot on the same server is the same event, however often it is delivered (a
-    canary's window has one per snapshot)."""
-    return f"{e.feature_id}|{e.feature_version}|{e.registry_version}|{e.timestamp}|{e.service}"
+    canary's window has one per snapshot). The window is its instant, however its
+    timestamp is spelled (``canonical_time``: the built-in emitter's spelling, so keys
+    of events it stored before are unchanged; docs/lineage.md "Consumer")."""
+    window = canonical_time(e.timestamp)
+    return f"{e.feature_id}|{e.feature_version}|{e.registry_version}|{window}|{e.service}"
 
 
 def event_time_ms(e: LineageEvent) -> int:

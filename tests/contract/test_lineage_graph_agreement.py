@@ -87,3 +87,18 @@ async def test_a_view_known_only_from_a_runs_data_version_is_a_node_on_both_grap
     assert await around(graph, "raw", "UPSTREAM", 3) == {
         "view:raw", "data_version:raw@1", "run:r1", "table:warehouse.events",
     }  # fmt: skip
+
+
+async def test_one_window_is_one_event_however_its_timestamp_is_spelled(graph: LineageGraph) -> None:
+    """Event identity keyed the timestamp's text: the same window sent as `Z`, `+00:00`,
+    `.000Z` and the basic form (all accepted) was four events, its values counted four
+    times (review s58 #7)."""
+    spellings = ["2024-01-01T00:00:07Z", "2024-01-01T00:00:07+00:00", "2024-01-01T00:00:07.000Z"]
+    await graph.write_events([event("raw:clicks", ts, 10) for ts in spellings])  # one batch
+    await graph.write_events([event("raw:clicks", "20240101T000007Z", 10)])  # a later one
+    await graph.write_events([event("raw:clicks", "2024-01-01T00:00:07.001Z", 1)])  # another window
+    assert [(s.server, s.count) for s in await graph.served_by("raw:clicks")] == [("fs@a", 11)]
+    events = await graph.events("raw:clicks", None, None, 100)
+    assert [(e.timestamp, e.served_count) for e in events] == [
+        ("2024-01-01T00:00:07Z", 10), ("2024-01-01T00:00:07.001Z", 1),
+    ]  # fmt: skip

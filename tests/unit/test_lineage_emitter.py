@@ -15,7 +15,7 @@ from featurestore.emitter import EmitterConfig, LineageEmitter
 from featurestore.model import BatchSource, DType, Entity, Feature, FeatureView, make_definitions
 from featurestore.plan import ServingState
 from lineage import metrics
-from lineage.events import LineageEvent
+from lineage.events import LineageEvent, canonical_time
 from lineage.graph.memory import InMemoryGraph
 from lineage.sinks import InProcessSink
 from tests.support import eventually
@@ -284,3 +284,10 @@ def test_an_event_time_is_written_to_the_nearest_millisecond_carrying_into_the_n
     assert emitter._iso(1_700_000_000.0004) == "2023-11-14T22:13:20Z"
     assert emitter._iso(1_700_000_000.25) == "2023-11-14T22:13:20.250Z"
     assert emitter._iso(1_700_000_000.0996) == "2023-11-14T22:13:20.100Z"
+
+
+def test_the_emitters_stamps_are_already_the_canonical_spelling_so_stored_event_keys_keep() -> None:
+    """Event identity keys the window's canonical spelling (review s58 #7); events the
+    emitter stored before keep their keys only while it writes exactly that spelling."""
+    for t in (1_700_000_000.0, 1_700_000_000.25, 1_700_000_000.0996, 1_700_000_000.001):
+        assert canonical_time(emitter._iso(t)) == emitter._iso(t)
