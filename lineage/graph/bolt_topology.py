@@ -174,15 +174,20 @@ class BoltTopology:
         for kind in SEARCHABLE:
             label, key = LABELS[kind]
             # ranked (search_rank) before the LIMIT: cut first, an exact or prefix match
-            # was lost among more than `limit` names that contain the text
+            # was lost among more than `limit` names that contain the text. A feature
+            # also ranks by its own name (`short`: its id after `view:`).
+            short = "substring(low, size(split(low, ':')[0]) + 1)" if kind == "feature" else "low"
             rows = await self._read(
                 f"MATCH (n:{label}) WITH n.{key} AS n, toLower(n.{key}) AS low WHERE low CONTAINS $q"
-                " RETURN n, CASE WHEN low = $q THEN 0 WHEN low STARTS WITH $q THEN 1 ELSE 2 END AS rank"
+                f" WITH n, low, {short} AS short RETURN n, CASE WHEN low = $q OR short = $q THEN 0"
+                " WHEN low STARTS WITH $q OR short STARTS WITH $q THEN 1 ELSE 2 END AS rank"
                 " ORDER BY rank, n LIMIT $limit",
                 q=text.lower(),
                 limit=limit,
             )
-            ranked += [(rank, kind, r["n"]) for r in rows if (rank := search_rank(text, r["n"])) is not None]
+            ranked += [
+                (rank, kind, r["n"]) for r in rows if (rank := search_rank(text, r["n"], kind)) is not None
+            ]
         best = sorted(ranked)[:limit]
         found = {n.id: n for n in await self.nodes([node_id(kind, name) for _, kind, name in best])}
         return [found[i] for _, kind, name in best if (i := node_id(kind, name)) in found]

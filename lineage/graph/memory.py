@@ -346,7 +346,7 @@ class InMemoryGraph(MemoryRuns):
             (rank, kind, name)
             for kind in SEARCHABLE
             for name in names[kind]
-            if (rank := search_rank(text, name)) is not None
+            if (rank := search_rank(text, name, kind)) is not None
         ]
         return [self._node(kind, name) for _, kind, name in sorted(ranked)[:limit]]
 

@@ -197,12 +197,16 @@ async def walk(
     return nodes, edges
 
 
-def search_rank(query: str, name: str) -> tuple[int, str] | None:
-    """Exact match first, then prefix, then substring (case-insensitive); None: no match."""
+def search_rank(query: str, name: str, kind: str = "") -> tuple[int, str] | None:
+    """Exact match first, then prefix, then substring (case-insensitive); None: no match.
+    A feature (``kind`` "feature", ``name`` its id ``view:feature``) is ranked by the
+    better of its id and its own name, so ``age`` is an exact match of ``user_profile:age``
+    (review s58 #9: by the id alone it came after ``user_derived:engagement_score``)."""
     q, n = query.lower(), name.lower()
-    if q == n:
+    names = (n, n.partition(":")[2]) if kind == "feature" else (n,)
+    if q in names:
         return (0, name)
-    if n.startswith(q):
+    if any(m.startswith(q) for m in names):
         return (1, name)
     if q in n:
         return (2, name)

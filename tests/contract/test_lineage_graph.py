@@ -382,7 +382,8 @@ async def test_search_finds_features_views_tables_and_services(graph: LineageGra
     assert [n.id for n in await graph.search("raw", 10)] == [
         "view:raw", "feature:raw:clicks", "feature:raw:views",
     ]  # fmt: skip
-    assert [n.id for n in await graph.search("RANK", 10)] == ["service:ranker", "feature:score:rank"]
+    # `rank` is the feature's own name: an exact match, before the prefix `ranker`
+    assert [n.id for n in await graph.search("RANK", 10)] == ["feature:score:rank", "service:ranker"]
     assert [n.id for n in await graph.search("warehouse", 10)] == [
         "table:warehouse.events", "table:clickhouse://warehouse.events",
     ]  # fmt: skip

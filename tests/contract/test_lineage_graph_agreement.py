@@ -102,3 +102,24 @@ async def test_one_window_is_one_event_however_its_timestamp_is_spelled(graph: L
     assert [(e.timestamp, e.served_count) for e in events] == [
         ("2024-01-01T00:00:07Z", 10), ("2024-01-01T00:00:07.001Z", 1),
     ]  # fmt: skip
+
+
+async def test_a_features_own_name_is_an_exact_match_ranked_first(graph: LineageGraph) -> None:
+    """Search ranked a feature by its id `view:feature` only, so typing a feature's name was
+    never exact: `age` listed `user_derived:engagement_score` first (review s58 #9). More
+    ids contain the text than the limit, so Bolt must rank by the name before its LIMIT."""
+    features = [f"user_derived:engagement_{i:02d}" for i in range(30)] + ["user_profile:age"]
+    features += ["user_profile:age_bucket", "ages:count"]
+    await graph.apply_definitions(
+        DefinitionFacts(
+            project="s", valid_from_ms=1, registry_version=1, views=(), services=(),
+            features=tuple(FeatureInfo(f, f.partition(":")[0], "int64", 1, (1,)) for f in features),
+            contains=(), uses=(), derived_from=(),
+        )
+    )  # fmt: skip
+    assert [n.id for n in await graph.search("age", 4)] == [
+        "feature:user_profile:age", "feature:ages:count", "feature:user_profile:age_bucket",
+        "feature:user_derived:engagement_00",
+    ]  # fmt: skip
+    assert [n.id for n in await graph.search("AGE", 1)] == ["feature:user_profile:age"]
+    assert [n.id for n in await graph.search("user_profile:age", 1)] == ["feature:user_profile:age"]
