@@ -20,7 +20,6 @@ error body (graphql_http.py), never an HTTP 500.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,11 +53,10 @@ from lineage.graphql_budget import (
     _walked,
 )
 from lineage.graphql_drift import Drift
+from lineage.graphql_errors import GraphErrors, log_errors
 from lineage.graphql_graph import Change, GraphQueries, changes
 from lineage.graphql_http import GraphQLTransport
 from lineage.graphql_scalars import LONG, Long
-
-log = logging.getLogger(__name__)
 
 __all__ = ["MAX_COST", "Budget", "LineageGraphQL", "schema"]
 
@@ -303,12 +301,11 @@ class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """strawberry logs every error at ERROR, a caller's syntax error or refused limit
         too: one line (with the query) per bad request. Those are the caller's and go to
-        DEBUG; an error a resolver raised (the graph backend failing) stays an ERROR."""
-        for error in errors:
-            if error.original_error is None or isinstance(error.original_error, GraphQLError):
-                log.debug("graphql request refused: %s", error.message)
-            else:
-                super().process_errors([error], execution_context)
+        DEBUG, an unavailable graph to a WARNING now and then (graphql_errors.py); any
+        other exception a resolver raised stays an ERROR with its traceback."""
+        ours = log_errors(errors)
+        if ours:
+            super().process_errors(ours, execution_context)
 
 
 schema = _Schema(
@@ -323,6 +320,7 @@ schema = _Schema(
         lambda: ValidationCache(maxsize=256),
         lambda: AddValidationRules(_RULES),
         CostLimit,
+        GraphErrors,
     ],
 )
 
