@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from featurestore.admission import FrequencySketch
 from featurestore.bypass import CacheBypass
@@ -41,6 +41,9 @@ from lineage.graph.base import LineageGraph
 from lineage.graph.memory import InMemoryGraph
 from lineage.runs import RunListener, RunRecorder, RunSink
 from lineage.sinks import InProcessSink, KafkaSink, LineageSink
+
+if TYPE_CHECKING:  # imported where a graph server is configured: it needs tenacity
+    from featurestore.graph_writer import GraphWriter
 
 
 def make_registry(config: Config) -> Registry:
@@ -209,11 +212,16 @@ class Lineage:
     emitter: LineageEmitter
     graph: LineageGraph | None  # None when this process does not serve GraphQL
     runs: RunRecorder  # job runs in this process (lineage/runs.py) go through its sink
+    # A graph server's schema and definitions, written in the background (graph_writer.py);
+    # None for the in-process graph, written inline.
+    writer: GraphWriter | None = None
 
     async def close(self) -> None:
         await self.emitter.close()
         for listener in self.runs.listeners:  # OpenLineage: sends what is queued, off the loop
             await asyncio.to_thread(listener.close)
+        if self.writer is not None:
+            await self.writer.close()
         if self.graph is not None:
             await self.graph.close()
 
@@ -243,8 +251,11 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
             "strawberry", "lineage.graphql: true (the default; set it to false to serve without /graphql)"
         )
     graph = make_graph(config) if (lc.graphql or lc.sink == "memory") else None
-    if graph is not None:
+    writer = None
+    if graph is not None and lc.graph == "memory":
         await graph.start()
+    elif graph is not None:  # a graph server down or hung must not keep serving from starting
+        writer = graph_writer(graph)
     sink: LineageSink
     if lc.sink == "memory":
         assert graph is not None
@@ -260,7 +271,17 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
         sink, table_uri, EmitterConfig(lc.window_seconds, lc.queue_size, service=service_identity(config))
     )
     await emitter.start()
-    return Lineage(emitter, graph, RunRecorder(sink, run_listeners(config)))
+    return Lineage(emitter, graph, RunRecorder(sink, run_listeners(config)), writer)
+
+
+def graph_writer(graph: LineageGraph) -> GraphWriter:
+    """The started background writer of a graph server (featurestore/graph_writer.py)."""
+    require("tenacity", "lineage.graph: bolt", extra="neo4j")
+    from featurestore.graph_writer import GraphWriter
+
+    writer = GraphWriter(graph)
+    writer.start()
+    return writer
 
 
 def run_listeners(config: Config) -> list[RunListener]:

@@ -255,8 +255,8 @@ class Runtime:
     async def _swap(self, new: ServingState, current: ServingState, complete: bool = True) -> None:
         """``complete``: the registry's whole state is served (nothing left out: ``not_served``)."""
         self.engine.swap(new)
-        if complete:  # /readyz stops reporting the change pending at once, not after the
-            self._applied()  # lineage graph's write below (a join saw it served, /readyz not)
+        if complete:  # /readyz stops reporting the change pending at once, not after an
+            self._applied()  # in-process graph's write below (a join saw it served, /readyz not)
         tell_stores_served_versions(self.stores, new)
         if isinstance(self.engine.sampler, DriftSampler):
             self.engine.sampler.keep_only(served_layouts(new))
@@ -271,8 +271,14 @@ class Runtime:
     async def definitions_to_graph(self, snapshot: RegistrySnapshot) -> None:
         """The lineage graph learns definitions from the snapshots servers swap to, so
         lineage exists before the first read, however the snapshot was published (the
-        graph ignores a version older than one it holds: servers may lag)."""
+        graph ignores a version older than one it holds: servers may lag). A graph
+        server's write is handed to its background writer, off the applier's path: a hung
+        graph held every registry change ~60 s (review s58 #2); the in-process graph is
+        written here (it cannot hang)."""
         if self.lineage is None or self.lineage.graph is None:
+            return
+        if self.lineage.writer is not None:
+            self.lineage.writer.offer(snapshot)
             return
         try:
             facts = await asyncio.to_thread(definition_facts, snapshot)  # ~20 ms for 12,000 features

@@ -69,8 +69,9 @@ CONSUMER_LAG = Gauge(
 GRAPH_UP = Gauge(
     "featurestore_lineage_graph_up",
     "1 while the lineage graph takes the client's writes (or answers a probe), 0 while the "
-    "client waits for it: the consumer's batches are retried and nothing is committed. By "
-    "client (consumer); absent from processes that do not write the graph.",
+    "client waits for it: the consumer's batches are retried and nothing is committed; a "
+    "server's schema and definitions writes are retried in the background while it serves. "
+    "By client (consumer, server); absent from processes that do not write a graph server.",
     ["client"],
     multiprocess_mode="livemin",
 )
@@ -101,6 +102,12 @@ for _reason in ("unresolved", "queue_full", "sink_buffer_full", "undelivered"):
 OPENLINEAGE = Counter(
     "featurestore_lineage_openlineage_total",
     "Job run reports handed to the OpenLineage transport, by outcome (sent, failed, dropped)",
+    ["outcome"],
+)
+DEFINITIONS_WRITES = Counter(
+    "featurestore_lineage_definitions_writes_total",
+    "A serving process's writes of a registry snapshot's definitions into the lineage graph "
+    "server, by outcome (written, failed: retried with backoff, the newest snapshot only).",
     ["outcome"],
 )
 RUNS = Counter(
