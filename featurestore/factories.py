@@ -321,10 +321,12 @@ async def make_run_recorder(config: Config) -> tuple[RunRecorder, Callable[[], A
         kafka = KafkaSink(lc.kafka)
         await kafka.start()
         sink = closing = kafka
-    elif lc.graph == "bolt":
+    elif lc.graph == "bolt":  # the schema with the first report: a graph down never fails the job
         graph = make_graph(config)
-        await graph.start()
-        sink, closing = InProcessSink(graph), graph
+        require("tenacity", "lineage.graph: bolt", extra="neo4j")
+        from featurestore.graph_writer import GraphRuns
+
+        sink, closing = GraphRuns(graph), graph
     else:
         sink = BufferedRuns()
 

@@ -18,6 +18,11 @@ registry change published during a hang was served about 60 s late while /readyz
   schema is created, then says whether the last write passed.
 
 The in-process graph (``lineage.graph: memory``) is written inline: it cannot be down.
+
+A job (``materialize``, ``stream run``) that writes its run reports straight into a graph
+server does so through ``GraphRuns``, which creates the schema with the first report,
+not before the job: a graph that was down failed the job before it loaded anything
+(review s58 #3); now the report is what fails, logged and counted by ``RunRecorder``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
@@ -33,6 +38,7 @@ from featurestore.background import supervised
 from featurestore.definitions.snapshot import RegistrySnapshot
 from lineage import metrics
 from lineage.graph.base import GraphUnavailable, LineageGraph, definition_facts
+from lineage.runs import JobRunEvent
 
 log = logging.getLogger("featurestore")
 
@@ -135,3 +141,19 @@ class GraphWriter:
             log.warning("lineage graph: %s not written (%s); retrying in %.0f s", what, reason, delay)
         else:  # a statement refused, a bug: where it happened matters
             log.error("lineage graph: %s not written; retrying in %.0f s", what, delay, exc_info=failure)
+
+
+class GraphRuns:
+    """A job's run sink into a graph server: the schema first (until it is created, with
+    each report), then the report. Raises what the graph raises: ``RunRecorder`` logs and
+    counts it, and the job goes on."""
+
+    def __init__(self, graph: LineageGraph) -> None:
+        self.graph = graph
+        self.schema_created = False
+
+    async def send_runs(self, runs: Sequence[JobRunEvent]) -> None:
+        if not self.schema_created:
+            await self.graph.start()
+            self.schema_created = True
+        await self.graph.write_runs(runs)

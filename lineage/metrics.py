@@ -110,6 +110,12 @@ DEFINITIONS_WRITES = Counter(
     "server, by outcome (written, failed: retried with backoff, the newest snapshot only).",
     ["outcome"],
 )
+RUNS_UNRECORDED = Counter(
+    "featurestore_lineage_runs_unrecorded_total",
+    "Job run reports the lineage sink did not take (the graph down or hung, a refused "
+    "write): logged, and the job went on. By state (START, COMPLETE, FAIL).",
+    ["state"],
+)
 RUNS = Counter(
     "featurestore_lineage_runs_total",
     "Job run reports recorded (lineage/runs.py), by state (START, COMPLETE, FAIL)",

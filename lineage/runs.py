@@ -137,7 +137,8 @@ class RunListener(Protocol):
 
 class RunRecorder:
     """What a job calls to be recorded. Recording never fails the job: a sink or
-    listener error is logged and the job goes on (its lineage is then missing)."""
+    listener error is logged and the job goes on (its lineage is then missing); a report
+    the sink did not take is counted too (``featurestore_lineage_runs_unrecorded_total``)."""
 
     def __init__(self, sink: RunSink | None = None, listeners: Sequence[RunListener] = ()) -> None:
         self.sink = sink
@@ -200,8 +201,16 @@ class RunRecorder:
         if self.sink is not None:
             try:
                 await self.sink.send_runs([run])
-            except Exception:
-                log.exception("run %s of %s not recorded in lineage", run.run_id, run.job)
+            except Exception as e:  # the graph down or hung, mostly: one line, no traceback
+                metrics.RUNS_UNRECORDED.labels(run.state).inc()
+                log.error(
+                    "run %s of %s (%s) not recorded in lineage: %s: %s",
+                    run.run_id,
+                    run.job,
+                    run.state,
+                    type(e).__name__,
+                    e,
+                )
 
 
 class BufferedRuns:

@@ -43,3 +43,24 @@ def test_materialize_writes_its_runs_and_data_versions_into_the_bolt_graph(
             await graph.close()
 
     asyncio.run(check())
+
+
+def test_materialize_loads_its_view_while_the_bolt_graph_is_down_and_says_its_runs_went_unrecorded(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """It created the graph's schema before the job and failed with exit 2, loading
+    nothing, against "Recording never fails the job" (review s58 #3)."""
+    defs, config = cli_repo(tmp_path, redis_server.url)
+    config.write_text(
+        config.read_text() + "lineage: {graph: bolt, graphql: false, bolt: {uri: 'bolt://127.0.0.1:1', "
+        "user: u, password: p}}\n"
+    )
+    out = materialize(config, defs, "--view", "scores")
+    assert out.returncode == 0, out.stderr
+    assert "scores: published data version 1 (was 0): 200 rows written" in out.stdout
+    unrecorded = [line for line in out.stderr.splitlines() if "not recorded in lineage" in line]
+    assert [("(START)" in line, "(COMPLETE)" in line) for line in unrecorded] == [
+        (True, False),
+        (False, True),
+    ]
+    assert all("GraphUnavailable" in line for line in unrecorded), unrecorded

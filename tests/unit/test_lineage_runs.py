@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from lineage.events import LineageEvent, MalformedEvent, encode_event
 from lineage.graph.topology import split_id, steps
@@ -47,9 +48,16 @@ async def test_a_failing_sink_never_fails_the_job() -> None:
             raise ConnectionError("down")
 
     recorder = RunRecorder(Broken())
+    before = {state: unrecorded(state) for state in ("START", "FAIL")}
     run = await recorder.started("materialize:v")
     failed = await recorder.failed(run, error="x" * 2000)
     assert failed.state == "FAIL" and len(failed.error) == 500 and failed.ended_at
+    # each report the sink did not take is counted, by state (review s58 #3: logged only)
+    assert {state: unrecorded(state) - n for state, n in before.items()} == {"START": 1, "FAIL": 1}
+
+
+def unrecorded(state: str) -> float:
+    return REGISTRY.get_sample_value("featurestore_lineage_runs_unrecorded_total", {"state": state}) or 0.0
 
 
 def test_walks_never_pass_through_a_server_and_follow_the_data() -> None:
