@@ -32,6 +32,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, Validati
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from featurestore import logs
+from featurestore.env_aliases import aliases_in_force
 from featurestore.errors import InvalidArgument
 from featurestore.listener_config import GrpcConfig, HttpConfig, TlsConfig, check_ports
 from featurestore.settings import (
@@ -330,20 +331,6 @@ class Config(BaseSettings):
         return self
 
 
-# Short names kept from before the nested ones (FEATURESTORE_<SECTION>__<KEY>), which
-# win when both are set. docs/configuration.md.
-ENV_ALIASES = {
-    "FEATURESTORE_HTTP_HOST": ("http", "host"),
-    "FEATURESTORE_HTTP_PORT": ("http", "port"),
-    "FEATURESTORE_GRPC_HOST": ("grpc", "host"),
-    "FEATURESTORE_GRPC_PORT": ("grpc", "port"),
-    "FEATURESTORE_REGISTRY_PATH": ("registry", "path"),
-    "FEATURESTORE_DEFINITIONS": ("registry", "definitions"),
-    "FEATURESTORE_DEADLINE_MS": ("limits", "deadline_ms"),
-    "FEATURESTORE_DERIVED_CACHE_DIR": ("derived", "cache_dir"),
-}
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[tuple[str, ...], Any] | None = None,
@@ -359,7 +346,7 @@ def load_config(
     logs.limit_repeats(RDKAFKA_LOGGER)
     origin: dict[tuple[str, ...], str] = {}
     try:
-        doc = environment(read_config_file(path), Config, ENV_ALIASES, origin)
+        doc = environment(read_config_file(path), Config, aliases_in_force(), origin)
         for keys, value in (overrides or {}).items():
             if value is not None:
                 set_path(doc, keys, value)

@@ -97,6 +97,13 @@ def test_pods_run_as_the_image_user_non_root_on_a_read_only_root_filesystem() ->
             assert ctx["capabilities"]["drop"] == ["ALL"], c["name"]
 
 
+def test_pods_get_no_service_link_variables_which_would_set_the_short_port_names() -> None:
+    """A Service named featurestore-grpc or featurestore-http would set
+    FEATURESTORE_GRPC_PORT / FEATURESTORE_HTTP_PORT=tcp://IP:PORT in every pod."""
+    for deployment in deployments():
+        assert pod(deployment).get("enableServiceLinks") is False, deployment["metadata"]["name"]
+
+
 def test_the_writable_paths_of_the_server_are_empty_dirs() -> None:
     spec = pod(server())
     container = spec["containers"][0]
