@@ -23,7 +23,7 @@ The listeners' sections (``http``, ``grpc``, ``tls``) and their ports: ``listene
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from featurestore import logs
 from featurestore.env_aliases import aliases_in_force
 from featurestore.errors import InvalidArgument
+from featurestore.extras import installed
 from featurestore.listener_config import GrpcConfig, HttpConfig, TlsConfig, check_ports
 from featurestore.settings import (
     Count,
@@ -206,7 +207,9 @@ class LineageConfig:
     queue_size: Count = 10_000
     sink: str = "memory"  # memory (straight into the in-process graph) | kafka
     graph: str = "memory"  # memory | bolt (Neo4j)
-    graphql: bool = True  # serve /graphql from `graph`
+    # serve /graphql from `graph`; by default when the graphql extra is installed (the core
+    # install serves without it), true without the extra fails at start naming it
+    graphql: bool = field(default_factory=lambda: installed("strawberry"))
     kafka: KafkaSettings = KafkaSettings()  # lineage.kafka: one type for sink and consumer
     bolt: BoltConfig = BoltConfig()
     openlineage: OpenLineageConfig = OpenLineageConfig()
@@ -316,7 +319,7 @@ class Config(BaseSettings):
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
-    lineage: LineageConfig = LineageConfig()
+    lineage: LineageConfig = Field(default_factory=LineageConfig)  # graphql's default: at load
     derived: DerivedConfig = DerivedConfig()
     quality: QualityConfig = QualityConfig()
     stream: StreamConfig = StreamConfig()

@@ -9,6 +9,7 @@ setting that asked for it, instead of an ``ImportError`` traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from featurestore.errors import FailedPrecondition
@@ -49,3 +50,11 @@ def require(module: str, wanted_by: str, extra: str = "") -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtra(extra or EXTRA_OF[module], module, wanted_by) from None
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` (a key of ``EXTRA_OF``) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package; a module without a spec
+        return False

@@ -91,6 +91,27 @@ async def test_graphql_without_the_graphql_extra_names_it_and_the_setting_that_t
         await build_lineage(c, {})
 
 
+async def test_graphql_defaults_to_off_without_the_graphql_extra_so_the_default_config_starts_lineage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The core install runs the defaults (review s58 finding 8): lineage.graphql is on
+    by default only where strawberry can be imported."""
+    missing(monkeypatch, "strawberry")
+    c = load_config()
+    assert c.lineage.graphql is False
+    lineage = await build_lineage(c, {})
+    assert lineage is not None
+    await lineage.close()
+
+
+def test_graphql_defaults_to_on_with_the_graphql_extra_and_an_explicit_false_stays_off(
+    tmp_path: Path,
+) -> None:
+    assert load_config().lineage.graphql is True
+    assert config(tmp_path, "lineage: {sink: memory}\n").lineage.graphql is True
+    assert config(tmp_path, "lineage: {graphql: false}\n").lineage.graphql is False
+
+
 def test_otlp_tracing_without_the_otlp_extra_names_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
