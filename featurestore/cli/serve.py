@@ -173,18 +173,66 @@ async def _demo_materialize(config: Any, runs: Any) -> None:
 
 
 def _print_demo_help(config: Any) -> None:
-    url = f"http://{config.http.host}:{config.http.port}"
+    print(demo_help(config), flush=True)
+
+
+def demo_help(config: Any) -> str:
+    """The demo's banner: commands that work against this server as configured (scheme,
+    ports, a reachable address for a wildcard host, TLS files and a token where needed);
+    the files the server cannot know are placeholders, explained below the commands."""
+    from featurestore.config import EMBEDDED_CLICKHOUSE
+
+    http, grpc, tls, auth = config.http, config.grpc, config.tls, config.auth
+    url = f"{'https' if tls.enabled else 'http'}://{_address(http.host, http.port)}"
+    admin_url = url if http.admin_port is None else f"http://{_address(http.host, http.admin_port)}"
+    target = _address(grpc.host, grpc.port)
+    curl, join, notes = ["curl", "-s"], ["featurestore", "join"], []
+    if tls.enabled:
+        curl += ["--cacert", "CA.pem"]
+        join += ["--ca", "CA.pem"]
+        notes.append(f"CA.pem: the CA that signed tls.cert_file ({tls.cert_file})")
+    if tls.client_ca_file:
+        curl += ["--cert", "CLIENT.pem", "--key", "CLIENT-KEY.pem"]
+        join += ["--cert", "CLIENT.pem", "--key", "CLIENT-KEY.pem"]
+        notes.append(
+            f"CLIENT.pem, CLIENT-KEY.pem: a client certificate of tls.client_ca_file ({tls.client_ca_file})"
+        )
+    if (auth.tokens_file or auth.tokens.get_secret_value()) and auth.read:
+        curl += ["-H", '"authorization: Bearer $(cat TOKEN_FILE)"']
+        join += ["--token-file", "TOKEN_FILE"]
+        notes.append("TOKEN_FILE: a file holding a token of scope read (auth)")
+    stores = []
+    for store in config.stores.values():
+        dsn = str(store.options.get("dsn", EMBEDDED_CLICKHOUSE))  # no dsn: the embedded engine
+        kind = {"memory": "memory", "redis": "Redis"}.get(store.kind, "ClickHouse")
+        kind = "embedded ClickHouse" if kind == "ClickHouse" and dsn.startswith(EMBEDDED_CLICKHOUSE) else kind
+        stores += [kind] if kind not in stores else []
     body = '{"entities": {"user_id": [17, 4242]}, "features": ["user_profile:age", "user_activity:ctr_30d"]}'
-    print(
-        f"\nfeaturestore demo is up: 100,000 users, views user_profile and user_activity.\n"
-        f"  curl -s -X POST {url}/v1/feature/join -H 'content-type: application/json' \\\n"
-        f"       -d '{body}'\n"
-        f"  featurestore join --entity user_id=17 --service risk_v1      (memory + embedded ClickHouse)\n"
-        f"  gRPC: {config.grpc.host}:{config.grpc.port} (featurestore.v1.FeatureService/Join, reflection on)\n"
-        f"  docs: {url}/docs   metrics: {url}/metrics\n"
-        f"Ctrl-C stops it.\n",
-        flush=True,
-    )
+    joins = " ".join(join)
+    lines = [
+        "",
+        "featurestore demo is up: 100,000 users, views user_profile and user_activity.",
+        f"  {' '.join(curl)} -X POST {url}/v1/feature/join -H 'content-type: application/json' \\",
+        f"       -d '{body}'",
+        f"  {joins} --url {url} --entity user_id=17 --service risk_v1   # stores: {' + '.join(stores)}",
+        f"  {joins} --grpc {target} --entity user_id=17 --service risk_v1",
+        f"  gRPC: {target} (featurestore.v1.FeatureService/Join, reflection on)",
+        f"  docs: {url}/docs   metrics: {admin_url}/metrics",
+        *(f"  {note}" for note in notes),
+        "Ctrl-C stops it.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port`` to connect to: a wildcard host (every address) as loopback, an IPv6
+    address in brackets."""
+    bare = host.strip().strip("[]")
+    if bare in ("", "0.0.0.0"):
+        bare = "127.0.0.1"
+    elif bare == "::":
+        bare = "::1"
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
 def cmd_demo_data(args: argparse.Namespace, _argv: list[str]) -> int:
