@@ -247,9 +247,7 @@ async def build_lineage(config: Config, stores: Mapping[str, OnlineSource]) -> L
     if lc.sink == "kafka":
         require("confluent_kafka", "lineage.sink: kafka")
     if lc.graphql:
-        require(
-            "strawberry", "lineage.graphql: true (the default; set it to false to serve without /graphql)"
-        )
+        require("strawberry", "lineage.graphql: true (set it to false to serve without /graphql)")
     graph = make_graph(config) if (lc.graphql or lc.sink == "memory") else None
     writer = None
     if graph is not None and lc.graph == "memory":
