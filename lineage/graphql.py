@@ -1,7 +1,7 @@
 """GraphQL over the lineage graph for analysts (strawberry, GraphiQL at ``/graphql``).
 
     feature(id, asOf) { upstream(depth) downstream(depth) producedBy servedBy versions featureServices drift(since, until) }
-    table(name, asOf) { features impact(depth) { features featureServices } }
+    table(name, asOf) { features(limit, offset) featureCount impact(depth) { features featureServices } }
     lineageEvents(featureId, since, until, limit)
 
 Guards: ``depth`` is 1..5, ``limit`` 1..1000, lists over 1,000 items and queries nested
@@ -212,12 +212,25 @@ class Table:
     name: str
     as_of: strawberry.Private[int | None]
 
-    @strawberry.field(description="Features produced by this table.")
-    async def features(self, info: Info) -> list[Feature]:
+    @strawberry.field(
+        description="Features produced by this table, by id: `limit` of them (1..1000; default: all, "
+        "an error past 1000) from `offset` on (featureCount tells how many there are)."
+    )
+    async def features(self, info: Info, limit: int | None = None, offset: int = 0) -> list[Feature]:
         graph = _graph(info)
+        if limit is not None and not 1 <= limit <= MAX_RESULTS:
+            raise GraphQLError(f"limit must be between 1 and {MAX_RESULTS}, got {limit}")
+        if offset < 0:
+            raise GraphQLError(f"offset must be 0 or more, got {offset}")
         if not _charge(info, 1):
             return []
-        ids = _bounded(await graph.table_features(self.name, self.as_of), "features")
+        ids = await graph.table_features(self.name, self.as_of)
+        if limit is None and len(ids) - offset > MAX_RESULTS:
+            raise GraphQLError(
+                f"features: {len(ids) - offset} results exceed the limit of {MAX_RESULTS}; "
+                f"ask for them in pages: features(limit: {MAX_RESULTS}, offset: 0), then offset: {MAX_RESULTS}, ..."
+            )
+        ids = ids[offset:] if limit is None else ids[offset : offset + limit]
         if not _charge(info, len(ids)):  # one lookup per feature
             return []
         out = []
@@ -226,6 +239,12 @@ class Table:
             if f is not None:
                 out.append(Feature.of(f, self.as_of))
         return out
+
+    @strawberry.field(description="How many features this table produces (what `features` pages through).")
+    async def feature_count(self, info: Info) -> int:
+        if not _charge(info, 1):
+            return 0
+        return len(await _graph(info).table_features(self.name, self.as_of))
 
     @strawberry.field(description="Job runs that read or wrote the table since `since`, newest first.")
     async def changes(self, info: Info, since: datetime | None = None, limit: int = 100) -> list[Change]:

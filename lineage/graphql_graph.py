@@ -1,14 +1,16 @@
 """GraphQL for the lineage page: the graph around any node, search, and what changed.
 
     graph(root: ID!, direction: UPSTREAM|DOWNSTREAM|BOTH, depth: Int, asOf: DateTime)
-        { root nodes { id kind label attributes } edges { source target kind } }
+        { root nodes { id kind label attributes } edges { source target kind }
+          truncated { node kind direction kept dropped } }
     search(text: String!, limit: Int) { id kind label attributes }
     node(id: ID!) { id kind label attributes }
     feature(id) { changes(since, limit) { at kind dataVersion job runId rows } }   (and table)
 
 The walk asks the graph once per hop and node kind (charged to the request's budget
-before it asks), and the answer costs one per node and edge; more than MAX_RESULTS
-nodes is an error naming a smaller depth.
+before it asks), and the answer costs one per node and edge. A walk keeps at most
+MAX_NEIGHBOURS neighbours per node and edge kind, and ``truncated`` counts the rest, so
+depth 1 always fits; more than MAX_RESULTS nodes is an error naming a depth that fits.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from lineage.graph.base import MAX_DEPTH, LineageGraph
-from lineage.graph.topology import LABELS, GraphEdge, TooLarge, resolve, split_id, topology
+from lineage.graph.topology import (
+    LABELS,
+    GraphEdge,
+    Incidence,
+    TooLarge,
+    Truncation,
+    resolve,
+    split_id,
+    topology,
+)
 from lineage.graph.topology import Change as ChangeFact
 from lineage.graph.topology import Node as NodeFact
 from lineage.graphql_budget import MAX_RESULTS, _bounded, _charge, _depth, _graph, _ms, _walked
@@ -68,6 +79,23 @@ class Edge:
         return Edge(source=ID(e.source), target=ID(e.target), kind=e.kind)
 
 
+@strawberry.type(
+    description="Edges of one kind the walk left out at a node: it draws at most 100 per node, "
+    "edge kind and direction (the most recently seen servers, else by name)."
+)
+class Truncated:
+    node: ID
+    kind: str = strawberry.field(description="The edge kind, e.g. CONTAINS, SERVED_BY.")
+    direction: Direction = strawberry.field(description="The walk's direction at the node.")
+    kept: int = strawberry.field(description="Edges of this kind drawn at the node.")
+    dropped: int = strawberry.field(description="Edges of this kind at the node not drawn.")
+
+    @staticmethod
+    def of(t: Truncation) -> Truncated:
+        way = Direction.UPSTREAM if t.upstream else Direction.DOWNSTREAM
+        return Truncated(node=ID(t.node), kind=t.kind, direction=way, kept=t.kept, dropped=t.dropped)
+
+
 @strawberry.type(description="The graph around a node.")
 class Graph:
     root: ID = strawberry.field(
@@ -76,6 +104,9 @@ class Graph:
     )
     nodes: list[Node]
     edges: list[Edge]
+    truncated: list[Truncated] = strawberry.field(
+        description="Where the walk drew only some of a node's edges of one kind, and how many it left out."
+    )
 
 
 @strawberry.type(description="A job run that changed data: what it published or why it failed.")
@@ -115,7 +146,7 @@ def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-ar
 
     async def incident(ids, as_of, upstream):  # type: ignore[no-untyped-def]
         if not _charge(info, len({i.partition(":")[0] for i in ids})):  # a match per node kind
-            return []
+            return Incidence([])
         return await graph.incident(ids, as_of, upstream)
 
     async def nodes(ids):  # type: ignore[no-untyped-def]
@@ -129,7 +160,10 @@ def _counting(info: Info, graph: LineageGraph) -> tuple:  # type: ignore[type-ar
 async def _existed(node_id: str, as_of_ms: int | None, incident) -> bool:  # type: ignore[no-untyped-def]
     """Whether the node had an edge either way at ``as_of_ms`` (a walk of one direction
     may find none from a node that was there: a service downstream)."""
-    return bool(await incident([node_id], as_of_ms, True) or await incident([node_id], as_of_ms, False))
+    return bool(
+        (await incident([node_id], as_of_ms, True)).edges
+        or (await incident([node_id], as_of_ms, False)).edges
+    )
 
 
 @strawberry.type
@@ -164,12 +198,13 @@ class GraphQueries:
             raise GraphQLError(str(e)) from None
         if as_of is not None and not topo.edges and not await _existed(node.id, _ms(as_of), incident):
             return None  # as `feature(asOf)`: a node without any edge then did not exist then
-        if not _charge(info, len(topo.nodes) + len(topo.edges)):
+        if not _charge(info, len(topo.nodes) + len(topo.edges) + len(topo.truncated)):
             return None
         return Graph(
             root=ID(node.id),
             nodes=[Node.of(n) for n in topo.nodes],
             edges=[Edge.of(e) for e in topo.edges],
+            truncated=[Truncated.of(t) for t in topo.truncated],
         )
 
     @strawberry.field(description="Features, views, tables and services whose name contains `text`.")

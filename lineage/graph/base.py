@@ -27,8 +27,8 @@ from featurestore.definitions.snapshot import RegistrySnapshot
 from featurestore.model import REQUEST_PREFIX, parse_feature_ref
 from lineage.events import LineageEvent, canonical_time, parse_timestamp
 from lineage.graph.drift import DriftRecord
+from lineage.graph.topology import MAX_NEIGHBOURS, Change, Incidence, Node, TooLarge
 from lineage.graph.topology import MAX_SERVED as MAX_SERVED  # re-exported
-from lineage.graph.topology import Change, GraphEdge, Node, TooLarge
 from lineage.runs import JobRunEvent
 
 MAX_DEPTH = 5
@@ -44,11 +44,27 @@ MAX_WALK_STEPS = 10 * MAX_WALK
 
 
 def walk_too_large(start: str, depth: int, steps: bool = False) -> TooLarge:
-    """The error of a walk stopped at MAX_WALK features (or, ``steps``, MAX_WALK_STEPS edges)."""
+    """The error of a walk stopped at MAX_WALK features (or, ``steps``, MAX_WALK_STEPS edges),
+    naming what fits: a smaller depth, and at depth 1 (none smaller) the graph query, which
+    draws MAX_NEIGHBOURS per node and counts the rest."""
     reached = (
         f"examines more than {MAX_WALK_STEPS} edges" if steps else f"reaches more than {MAX_WALK} features"
     )
-    return TooLarge(f"the walk from {start} {reached} within {depth} hops: ask for a smaller depth")
+    fix = (
+        "ask for a smaller depth"
+        if depth > 1
+        else f"too many to list; graph(root, depth: 1) draws the first {MAX_NEIGHBOURS} and counts the rest"
+    )
+    return TooLarge(f"the walk from {start} {reached} within {depth} hops: {fix}")
+
+
+def table_too_large(table: str) -> TooLarge:
+    """The error of ``impact`` on a table of more than MAX_WALK features, naming what fits."""
+    return TooLarge(
+        f"table {table} produces more than {MAX_WALK} features, more than impact walks from: page "
+        "through table.features(limit, offset) and ask each one's downstream, or draw "
+        f'graph(root: "table:{table}", direction: DOWNSTREAM) ({MAX_NEIGHBOURS} per node and the count of the rest)'
+    )
 
 
 class GraphUnavailable(Exception):
@@ -241,12 +257,13 @@ class LineageGraph(Protocol):
         FAIL changes nothing). Errors as for ``write_events``."""
         ...
 
-    async def incident(
-        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
-    ) -> list[GraphEdge]:
+    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool) -> Incidence:
         """The edges an upstream (or downstream) walk follows from the nodes (ids
         ``kind:name``; ``topology.steps``), live at ``as_of_ms`` (None: now); runs and
-        data versions count from their start / publication."""
+        data versions count from their start / publication. An adapter may send only the
+        walk's share of a node's edges of one kind (the RECENT newest TIMED ones; for the
+        others MAX_NEIGHBOURS, the most recently seen servers, else by the other end's id),
+        with how many there are in ``totals`` so the walk can say what it left out."""
         ...
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:

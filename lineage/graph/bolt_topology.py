@@ -13,11 +13,12 @@ from lineage.graph.cypher import RUN_FIELDS, TOPOLOGY_LIVE, WRITE_PUBLISHED, WRI
 from lineage.graph.topology import (
     EDGE_ENDS,
     LABELS,
-    MAX_SERVED,
+    MAX_NEIGHBOURS,
     RECENT,
     SEARCHABLE,
     Change,
     GraphEdge,
+    Incidence,
     Node,
     node_id,
     search_rank,
@@ -93,10 +94,8 @@ class BoltTopology:
         if published:
             await self._write(WRITE_PUBLISHED, published=published)
 
-    async def incident(
-        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
-    ) -> list[GraphEdge]:
-        """One statement per hop: a UNION ALL of one match per node kind and edge
+    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool) -> Incidence:
+        """One statement per hop: a UNION ALL of one match per node kind, edge kind and
         direction (a round trip costs more than the matches on a graph this size)."""
         by_kind: dict[str, list[str]] = {}
         for nid in node_ids:
@@ -107,50 +106,24 @@ class BoltTopology:
         for kind, names in by_kind.items():
             label, key = LABELS[kind]
             params[f"n_{kind}"] = names
-            for outgoing in (True, False):
-                kinds = [ek for ek, is_source in steps(kind, upstream) if is_source == outgoing]
-                untimed = [ek for ek in kinds if ek not in describe.TIMED and ek != "SERVED_BY"]
-                flag = str(outgoing).lower()
+            for ek, outgoing in steps(kind, upstream):
                 # UNWIND + a property match uses the key's index; `a.key IN $list` scanned
                 # every node of the label on ArcadeDB (15 ms at 3,000 features, 1.7 ms so)
-                match = f"UNWIND $n_{kind} AS x MATCH (a:{label} {{{key}: x}})"
-                if untimed:
-                    parts.append(
-                        f"{match}{_arrow(untimed, outgoing)} WHERE {TOPOLOGY_LIVE}"
-                        f" RETURN a.{key} AS a, type(r) AS kind, {flag} AS out,"
-                        " coalesce(b.id, b.name) AS b, coalesce(r.valid_from, 0) AS t"
-                    )
-                # runs and data versions pile up with time: the RECENT newest per node
-                # (all the walk keeps), picked by the server instead of sent to be dropped
-                parts += [
-                    f"{match}{_arrow([ek], outgoing)} WHERE {TOPOLOGY_LIVE}"
-                    " WITH a, r, b ORDER BY coalesce(r.valid_from, 0) DESC, coalesce(b.id, b.name)"
-                    f" WITH a, collect(coalesce(b.id, b.name))[..{RECENT}] AS bs,"
-                    f" collect(coalesce(r.valid_from, 0))[..{RECENT}] AS ts"
-                    f" UNWIND range(0, size(bs) - 1) AS i RETURN a.{key} AS a, '{ek}' AS kind, {flag} AS out,"
-                    " bs[i] AS b, ts[i] AS t"
-                    for ek in kinds
-                    if ek in describe.TIMED
-                ]
-                if "SERVED_BY" in kinds:  # a feature's MAX_SERVED most recently seen servers
-                    parts.append(
-                        f"{match}{_arrow(['SERVED_BY'], outgoing)} WHERE {TOPOLOGY_LIVE}"
-                        " WITH a, r, b ORDER BY r.last_seen DESC, coalesce(b.id, b.name)"
-                        f" WITH a, collect(coalesce(b.id, b.name))[..{MAX_SERVED}] AS bs,"
-                        f" collect(r.last_seen)[..{MAX_SERVED}] AS ts"
-                        f" UNWIND range(0, size(bs) - 1) AS i RETURN a.{key} AS a, 'SERVED_BY' AS kind,"
-                        f" {flag} AS out, bs[i] AS b, ts[i] AS t"
-                    )
+                match = f"UNWIND $n_{kind} AS x MATCH (a:{label} {{{key}: x}}){_arrow([ek], outgoing)}"
+                parts.append(f"{match} WHERE {TOPOLOGY_LIVE} {_kept(ek, key, str(outgoing).lower())}")
         if not parts:
-            return []
+            return Incidence([])
         out: list[GraphEdge] = []
+        totals: dict[tuple[str, str], int] = {}
         for row in await self._read(" UNION ALL ".join(parts), **params):
             ek = row["kind"]
             src, dst = EDGE_ENDS[ek]
             a, b = (row["a"], row["b"]) if row["out"] else (row["b"], row["a"])
             at = int(row["t"] or 0) if ek in describe.TIMED or ek == "SERVED_BY" else 0
             out.append(GraphEdge(node_id(src, a), node_id(dst, b), ek, at))
-        return out
+            here = node_id(src if row["out"] else dst, row["a"])
+            totals[(here, ek)] = int(row["n"] or 0)
+        return Incidence(out, totals)
 
     async def nodes(self, node_ids: Sequence[str]) -> list[Node]:
         """One statement for every kind asked (UNION ALL of an indexed match per kind)."""
@@ -223,6 +196,28 @@ class BoltTopology:
             )
         found = {c.run_id: c for c in (describe.change(_run(r)) for r in rows)}
         return sorted(found.values(), key=lambda c: (-c.at_ms, c.run_id))[:limit]
+
+
+def _kept(ek: str, key: str, flag: str) -> str:
+    """The rest of one part of ``incident`` after its match of ``a -[r:ek]- b``: only what
+    the walk keeps, picked by the server instead of sent to be dropped (runs and data
+    versions pile up with time; a server has the thousands of features it served), as
+    rows ``a kind out b t n`` with ``n`` the edges there are in all. The order is the walk's
+    (topology._newest): the newest RECENT runs and data versions, the MAX_NEIGHBOURS most
+    recently seen servers or features served, else by the other end's name."""
+    if ek in describe.TIMED:
+        time, keep = "coalesce(r.valid_from, 0)", RECENT
+    elif ek == "SERVED_BY":
+        time, keep = "r.last_seen", MAX_NEIGHBOURS
+    else:
+        time, keep = "0", MAX_NEIGHBOURS
+    newest = "" if time == "0" else f"{time} DESC, "
+    return (
+        f"WITH a, r, b ORDER BY {newest}coalesce(b.id, b.name)"
+        f" WITH a, collect(coalesce(b.id, b.name))[..{keep}] AS bs, collect({time})[..{keep}] AS ts,"
+        f" count(*) AS n UNWIND range(0, size(bs) - 1) AS i"
+        f" RETURN a.{key} AS a, '{ek}' AS kind, {flag} AS out, bs[i] AS b, ts[i] AS t, n AS n"
+    )
 
 
 def _node(kind: str, p: dict[str, Any]) -> Node:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lineage.graph.base import MAX_WALK, Impact, walk_too_large
+from lineage.graph.base import MAX_WALK, Impact, table_too_large, walk_too_large
 from lineage.graph.cypher import LIVE
-from lineage.graph.topology import TooLarge
 
 
 class BoltWalks:
@@ -77,7 +76,7 @@ class BoltWalks:
     async def impact(self, table: str, depth: int, as_of_ms: int | None = None) -> Impact:
         direct = await self.table_features(table, as_of_ms)
         if len(direct) > MAX_WALK:
-            raise TooLarge(f"table {table} produces more than {MAX_WALK} features")
+            raise table_too_large(table)
         name = f"the features of {table}"
         features = set(direct) | await self._walk(
             name, direct, depth, as_of_ms, False, MAX_WALK - len(direct)

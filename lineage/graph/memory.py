@@ -27,6 +27,7 @@ from lineage.graph.base import (
     TableRef,
     event_key,
     event_time_ms,
+    table_too_large,
 )
 from lineage.graph.drift import DriftRecord
 from lineage.graph.memory_edges import Edge, Validity
@@ -37,8 +38,8 @@ from lineage.graph.topology import (
     SEARCHABLE,
     Change,
     GraphEdge,
+    Incidence,
     Node,
-    TooLarge,
     node_id,
     search_rank,
     split_id,
@@ -209,7 +210,7 @@ class InMemoryGraph(MemoryRuns):
         await self._turns.wait()
         direct = self._in("PRODUCED_BY", table, as_of_ms)
         if len(direct) > MAX_WALK:
-            raise TooLarge(f"table {table} produces more than {MAX_WALK} features")
+            raise table_too_large(table)
         name = f"the features of {table}"
         features = set(direct) | self._walk(name, direct, depth, "in", as_of_ms, MAX_WALK - len(direct))
         services = {s for f in features for s in self._in("USES", f, as_of_ms)}
@@ -287,9 +288,8 @@ class InMemoryGraph(MemoryRuns):
         at = self._edges[(kind, a, b)].valid_from if kind in describe.TIMED else 0
         return GraphEdge(node_id(src, a), node_id(dst, b), kind, at)
 
-    async def incident(
-        self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool
-    ) -> list[GraphEdge]:
+    async def incident(self, node_ids: Sequence[str], as_of_ms: int | None, upstream: bool) -> Incidence:
+        """Every live edge (no ``totals``): the walk keeps MAX_NEIGHBOURS and counts the rest."""
         await self._turns.wait()
         out: list[GraphEdge] = []
         for nid in node_ids:
@@ -301,7 +301,7 @@ class InMemoryGraph(MemoryRuns):
                     out += self._newest([self._edge(ek, name, b) for b in self._out(ek, name, as_of_ms)])
                 else:
                     out += self._newest([self._edge(ek, a, name) for a in self._in(ek, name, as_of_ms)])
-        return out
+        return Incidence(out)
 
     def _served_edges(self, kind: str, name: str, as_of_ms: int | None) -> list[GraphEdge]:
         served = (

@@ -7,12 +7,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from lineage.graph.base import FeatureInfo
+from lineage.graph.topology import TIMED as TIMED  # re-exported
 from lineage.graph.topology import Change, Node, node_id
 from lineage.runs import DataVersion, JobRunEvent, time_ms
-
-# Edges that appear at a time of their own (a run's start, a publication): a walk keeps
-# the newest few of them per node.
-TIMED = frozenset({"READ", "PUBLISHED", "OF"})
 
 
 def check(run: JobRunEvent) -> None:

@@ -43,6 +43,9 @@ EDGE_ENDS: dict[str, tuple[str, str]] = {
 }
 # Edges along which data flows from source to target; on the others it flows target -> source.
 FORWARD = frozenset({"CONTAINS", "SERVED_BY", "PUBLISHED", "OF"})
+# Edges that appear at a time of their own (a run's start, a publication): a walk keeps
+# the newest RECENT of them per node.
+TIMED = frozenset({"READ", "PUBLISHED", "OF"})
 # Runs and data versions pile up with time: a walk keeps the newest few per node and edge kind.
 RECENT = 3
 # Servers a feature's ``served_by`` lists by default, and a walk keeps per feature: the most
@@ -50,6 +53,13 @@ RECENT = 3
 # (a pod's name): each rollout of a fleet adds as many as it has workers, and none are
 # pruned (docs/lineage.md, "Retention"): past 1,000 every graph of the feature was too large.
 MAX_SERVED = 100
+# The most neighbours a walk keeps per node, edge kind and direction, for every edge kind
+# but the RECENT ones (a server's features, a view's, a table's, a service's; a feature's
+# servers, MAX_SERVED): the rest are counted in the answer's ``truncated``, not drawn. A
+# node has at most 6 such kinds a walk follows (a feature, both ways), so depth 1 is at
+# most 601 nodes and always fits MAX_RESULTS (1,000): a table of 1,500 features had no
+# graph at all, even at depth 1 (review s58 #4). 100 is what the page can still read.
+MAX_NEIGHBOURS = MAX_SERVED
 SEARCHABLE = ("feature", "view", "table", "service")
 
 
@@ -81,9 +91,30 @@ class GraphEdge:
 
 
 @dataclass(frozen=True, slots=True)
+class Truncation:
+    """Edges of one kind a walk left out at a node (it keeps MAX_NEIGHBOURS of them)."""
+
+    node: str  # node id
+    kind: str  # edge kind
+    upstream: bool  # the walk's direction at the node
+    kept: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Incidence:
+    """An ``incident`` answer: the edges, and for every (node, edge kind, upstream) of which
+    the adapter sent only some, how many there are in all (a walk keeps MAX_NEIGHBOURS)."""
+
+    edges: list[GraphEdge]
+    totals: dict[tuple[str, str], int] = field(default_factory=dict)  # (node id, edge kind) ->
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     nodes: tuple[Node, ...]
     edges: tuple[GraphEdge, ...]
+    truncated: tuple[Truncation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +133,7 @@ class TooLarge(ValueError):
     """The walk reached more nodes than a caller may receive."""
 
 
-Incident = Callable[[Sequence[str], int | None, bool], Awaitable[list[GraphEdge]]]
+Incident = Callable[[Sequence[str], int | None, bool], Awaitable[Incidence]]
 
 
 def steps(kind: str, upstream: bool) -> list[tuple[str, bool]]:
@@ -131,70 +162,85 @@ def _downstream_of(edge: GraphEdge, nid: str) -> str | None:
     return edge.source if edge.target == nid else None
 
 
-def _newest(steps: list[tuple[str, GraphEdge]]) -> list[tuple[str, GraphEdge]]:
-    """One node's steps: every definition edge, and the RECENT newest timed ones per kind
-    (MAX_SERVED of its servers)."""
-    timed: dict[str, list[tuple[str, GraphEdge]]] = {}
-    out = []
+def _newest(
+    nid: str, steps: list[tuple[str, GraphEdge]], totals: dict[tuple[str, str], int], upstream: bool
+) -> tuple[list[tuple[str, GraphEdge]], list[Truncation]]:
+    """One node's steps: the RECENT newest of each TIMED kind, and MAX_NEIGHBOURS of every
+    other kind (the most recently seen servers, else by the other end's id, as the Bolt
+    adapter orders them), with a Truncation for each kind cut (``totals``: how many the
+    adapter had when it sent only some)."""
+    by_kind: dict[str, list[tuple[str, GraphEdge]]] = {}
     for other, e in steps:
-        if e.at_ms:
-            timed.setdefault(e.kind, []).append((other, e))
-        else:
-            out.append((other, e))
-    for kind, group in timed.items():
-        # newest first, ties by the other end's id (as the Bolt adapter orders them)
-        out += sorted(group, key=lambda s: (-s[1].at_ms, s[0]))[
-            : MAX_SERVED if kind == "SERVED_BY" else RECENT
-        ]
-    return out
+        by_kind.setdefault(e.kind, []).append((other, e))
+    out: list[tuple[str, GraphEdge]] = []
+    cut: list[Truncation] = []
+    for kind, group in by_kind.items():
+        keep = RECENT if kind in TIMED else MAX_NEIGHBOURS
+        out += sorted(group, key=lambda s: (-s[1].at_ms, s[0]))[:keep]
+        total = max(len(group), totals.get((nid, kind), 0))
+        if kind not in TIMED and total > keep:
+            cut.append(Truncation(nid, kind, upstream, keep, total - keep))
+    return out, cut
 
 
 async def walk_one_way(
     root: str, upstream: bool, depth: int, as_of_ms: int | None, incident: Incident, max_nodes: int
-) -> tuple[set[str], set[GraphEdge]]:
+) -> tuple[set[str], set[GraphEdge], list[Truncation]]:
     side = _upstream_of if upstream else _downstream_of
     seen, edges = {root}, set()
+    cut: list[Truncation] = []
     frontier = [root]
-    for _ in range(depth):
+    for hop in range(depth):
         if not frontier:
             break
         by_node: dict[str, list[tuple[str, GraphEdge]]] = {n: [] for n in frontier}
-        for e in await incident(frontier, as_of_ms, upstream):
+        found = await incident(frontier, as_of_ms, upstream)
+        for e in found.edges:
             for n in (e.source, e.target):
                 other = side(e, n) if n in by_node else None
                 if other is not None:
                     by_node[n].append((other, e))
         nxt = []
-        for steps in by_node.values():
-            for other, e in _newest(steps):
+        for n, steps in by_node.items():
+            kept, dropped = _newest(n, steps, found.totals, upstream)
+            cut += dropped
+            for other, e in kept:
                 edges.add(e)
                 if other not in seen:
                     seen.add(other)
                     nxt.append(other)
         if len(seen) > max_nodes or len(edges) > 10 * max_nodes:
-            raise TooLarge(
-                f"the graph around {root} has more than {max_nodes} nodes or {10 * max_nodes} edges: "
-                "use a smaller depth"
-            )
+            raise too_large(root, hop + 1, f"more than {max_nodes} nodes or {10 * max_nodes} edges")
         frontier = nxt
-    return seen, edges
+    return seen, edges, cut
+
+
+def too_large(root: str, hops: int, what: str) -> TooLarge:
+    """The walk reached ``what`` within ``hops``: a depth of ``hops - 1`` fits (depth 1
+    always does, MAX_NEIGHBOURS)."""
+    return TooLarge(
+        f"the graph around {root} has {what} within {hops} hops: ask for depth {max(hops - 1, 1)} or less "
+        f"(a walk draws at most {MAX_NEIGHBOURS} neighbours per node and edge kind, and counts the rest)"
+    )
 
 
 async def walk(
     root: str, direction: str, depth: int, as_of_ms: int | None, incident: Incident, max_nodes: int
-) -> tuple[set[str], set[GraphEdge]]:
-    """Node ids and edges within ``depth`` steps of ``root`` (UPSTREAM, DOWNSTREAM or BOTH)."""
-    nodes, edges = {root}, set()
+) -> tuple[set[str], set[GraphEdge], list[Truncation]]:
+    """Node ids and edges within ``depth`` steps of ``root`` (UPSTREAM, DOWNSTREAM or BOTH),
+    and what the walk left out."""
+    nodes, edges, cut = {root}, set(), []
     ways = {"UPSTREAM": (True,), "DOWNSTREAM": (False,), "BOTH": (True, False)}[direction]
     # both ways at once: a remote graph then answers two hops per round trip
-    for n, e in await asyncio.gather(
+    for n, e, c in await asyncio.gather(
         *(walk_one_way(root, up, depth, as_of_ms, incident, max_nodes) for up in ways)
     ):
         nodes |= n
         edges |= e
+        cut += c
     if len(nodes) > max_nodes:
-        raise TooLarge(f"the graph around {root} has more than {max_nodes} nodes: use a smaller depth")
-    return nodes, edges
+        raise too_large(root, depth, f"more than {max_nodes} nodes")
+    return nodes, edges, cut
 
 
 def search_rank(query: str, name: str, kind: str = "") -> tuple[int, str] | None:
@@ -234,7 +280,7 @@ async def topology(
     describe: Describe,
     max_nodes: int,
 ) -> Topology:
-    ids, edges = await walk(root.id, direction, depth, as_of_ms, incident, max_nodes)
+    ids, edges, cut = await walk(root.id, direction, depth, as_of_ms, incident, max_nodes)
     nodes = {n.id: n for n in await describe(sorted(ids))}
     nodes[root.id] = root
     # an edge's far end may be a node only the edge names (a table known from one event)
@@ -242,4 +288,5 @@ async def topology(
         kind, name = split_id(nid)
         nodes[nid] = Node(nid, kind, name, {})
     ordered = sorted(edges, key=lambda e: (e.source, e.kind, e.target))
-    return Topology(tuple(nodes[i] for i in sorted(nodes)), tuple(ordered))
+    truncated = sorted(cut, key=lambda t: (t.node, t.kind, t.upstream))
+    return Topology(tuple(nodes[i] for i in sorted(nodes)), tuple(ordered), tuple(truncated))

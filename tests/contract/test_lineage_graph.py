@@ -464,13 +464,15 @@ async def test_a_walk_hands_on_only_the_newest_runs_and_data_versions_of_each_no
                 inputs=["warehouse.events"], outputs=[], view=view, rows_read=v, rows_written=v, data_version=dv,
             ))  # fmt: skip
     await graph.write_runs(runs)
-    edges = await graph.incident(["view:raw", "view:derived"], None, True)
+    edges = (await graph.incident(["view:raw", "view:derived"], None, True)).edges
     of = sorted((e.target, e.source) for e in edges if e.kind == "OF")
     assert of == [("view:derived", f"data_version:derived@{v}") for v in (3, 4, 5)] + [
         ("view:raw", f"data_version:raw@{v}") for v in (3, 4, 5)
     ]
     reads = [
-        e.source for e in await graph.incident(["table:warehouse.events"], None, False) if e.kind == "READ"
+        e.source
+        for e in (await graph.incident(["table:warehouse.events"], None, False)).edges
+        if e.kind == "READ"
     ]
     assert len(reads) == RECENT and {"run:raw5", "run:derived5"} <= set(reads)
 

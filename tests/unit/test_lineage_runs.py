@@ -101,6 +101,6 @@ async def test_the_memory_graph_forgets_its_oldest_run_with_its_edges_and_data_v
         await graph.write_runs([run(n)])
     kept = [n.id for n in await graph.nodes(["run:r1", "data_version:v@1", "run:r2", "run:r3"])]
     assert kept == ["run:r2", "run:r3"]
-    assert await graph.incident(["table:file:///in1"], None, False) == []
+    assert (await graph.incident(["table:file:///in1"], None, False)).edges == []
     assert [c.run_id for c in await graph.changes(None, "file:///in1", None, 10)] == []
     assert [c.run_id for c in await graph.changes(None, "file:///in3", None, 10)] == ["r3"]
