@@ -79,15 +79,17 @@
   // a graph's and its panel's, failures included, against the newest draw.
   var searchTimer = null;
   var searchSeq = 0;
+  var listText = null;  // the text the list in #results was built for (null: none)
   function runSearch() {
     var text = $("search").value.trim();
     var list = $("results");
     var mine = ++searchSeq;
-    if (!text) { list.hidden = true; return; }
+    if (!text) { hideResults(); return; }
     gql("query ($t: String!) { search(text: $t, limit: 15) { id kind label } }", { t: text })
       .then(function (data) {
         if (mine !== searchSeq) { return; }  // a newer search (or a choice) owns the list
         list.innerHTML = "";
+        listText = text;
         data.search.forEach(function (n, i) {
           var li = document.createElement("li");
           li.setAttribute("role", "option");
@@ -111,8 +113,25 @@
 
   function choose(id) {
     ++searchSeq;  // a search still on its way must not open the list again
-    $("results").hidden = true;
+    hideResults();
     select(id);
+  }
+
+  // Hidden, the list is no one's to choose from: its items and active item go with it.
+  function hideResults() {
+    var list = $("results");
+    list.hidden = true;
+    list.innerHTML = "";
+    listText = null;
+  }
+
+  // The list's items while it is shown and was built for the text in the box; else none:
+  // Enter on an older text's list (its answer, or the next one's, still on the way) or on
+  // a hidden one drew the node of a text no longer typed (review s58 #5).
+  function currentItems() {
+    var list = $("results");
+    if (list.hidden || listText !== $("search").value.trim()) { return []; }
+    return Array.prototype.slice.call(list.querySelectorAll("li"));
   }
 
   $("search").addEventListener("input", function () {
@@ -120,7 +139,7 @@
     searchTimer = setTimeout(runSearch, 150);
   });
   $("search").addEventListener("keydown", function (ev) {
-    var items = Array.prototype.slice.call($("results").querySelectorAll("li"));
+    var items = currentItems();
     var at = items.findIndex(function (li) { return li.classList.contains("active"); });
     if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
       ev.preventDefault();
@@ -133,16 +152,27 @@
       if (at >= 0 && items.length) { choose(items[at].dataset.id); }
       else if ($("search").value.trim()) { choose($("search").value.trim()); }
     } else if (ev.key === "Escape") {
-      $("results").hidden = true;
+      ++searchSeq;  // nor may a search on its way show it again
+      hideResults();
     }
   });
-  $("search").addEventListener("blur", function () { $("results").hidden = true; });
+  $("search").addEventListener("blur", function () { ++searchSeq; hideResults(); });
 
   // -- the graph ---------------------------------------------------------------------
 
   var GRAPH = "query ($root: ID!, $dir: Direction!, $depth: Int!, $asOf: DateTime) {" +
     " graph(root: $root, direction: $dir, depth: $depth, asOf: $asOf) {" +
-    " root nodes { id kind label attributes } edges { source target kind } } }";
+    " root nodes { id kind label attributes } edges { source target kind }" +
+    " truncated { node kind direction kept dropped } } }";
+
+  // What the walk left out (it draws 100 neighbours per node, edge kind and direction):
+  // "1,400 more PRODUCED_BY of table:warehouse.wide not drawn (100 drawn)".
+  function truncationNote(g) {
+    return (g.truncated || []).map(function (t) {
+      return t.dropped.toLocaleString("en") + " more " + t.kind + " of " + t.node +
+        " not drawn (" + t.kept + " drawn)";
+    }).join("; ");
+  }
 
   // Edges along which data flows source -> target; on the others it flows target -> source
   // (lineage/graph/topology.py FORWARD). Sources go left of the root, uses right of it.
@@ -212,9 +242,10 @@
         }));
         cy.layout({ name: "preset", positions: flowPositions(g, root ? root.id : g.nodes[0].id),
                     padding: 40, animate: false }).run();
+        var cut = truncationNote(g);
         status(g.nodes.length + " nodes, " + g.edges.length + " edges around " + state.root +
                " (" + state.direction.toLowerCase() + ", depth " + state.depth +
-               (state.asOf ? ", as of " + state.asOf : "") + ")");
+               (state.asOf ? ", as of " + state.asOf : "") + ")" + (cut ? "; " + cut : ""));
         if (root) { return showPanel(root); }
       })
       .catch(function (e) {  // the graph's or the panel's: of this draw only if still the newest
@@ -234,144 +265,7 @@
   });
   $("now").addEventListener("click", function () { $("asof").value = ""; state.asOf = null; draw(); });
 
-  // -- the side panel ----------------------------------------------------------------
-
-  function el(tag, text, cls) {
-    var e = document.createElement(tag);
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    if (cls) { e.className = cls; }
-    return e;
-  }
-
-  function facts(pairs) {
-    var dl = el("dl");
-    pairs.forEach(function (p) {
-      if (p[1] === undefined || p[1] === null || p[1] === "") { return; }
-      dl.appendChild(el("dt", p[0]));
-      dl.appendChild(el("dd", Array.isArray(p[1]) ? p[1].join(", ") : p[1]));
-    });
-    return dl;
-  }
-
-  function table(head, rows, id) {
-    var t = el("table");
-    if (id) { t.id = id; }
-    var tr = el("tr");
-    head.forEach(function (h) { tr.appendChild(el("th", h)); });
-    t.appendChild(tr);
-    rows.forEach(function (r) {
-      var row = el("tr");
-      r.forEach(function (c) { row.appendChild(el("td", c)); });
-      t.appendChild(row);
-    });
-    return t;
-  }
-
-  function section(panel, title, content) {
-    panel.appendChild(el("h3", title));
-    panel.appendChild(content);
-  }
-
-  var CHANGES = "changes(limit: 5) { at kind dataVersion job runId rows }";
-
-  function changesTable(changes) {
-    if (!changes.length) { return el("p", "no job runs recorded", "none"); }
-    return table(["at", "kind", "data version", "job", "rows"], changes.map(function (c) {
-      return [c.at.slice(0, 19).replace("T", " "), c.kind, c.dataVersion || "", c.job, c.rows];
-    }));
-  }
-
-  // The latest data version of a view and the run that published it: the view's upstream.
-  function latestDataVersion(view) {
-    return gql(GRAPH, { root: "view:" + view, dir: "UPSTREAM", depth: 2, asOf: state.asOf }).then(function (data) {
-      if (!data.graph) { return el("p", "none recorded", "none"); }
-      var versions = data.graph.nodes.filter(function (n) { return n.kind === "data_version"; });
-      if (!versions.length) { return el("p", "none recorded (a memory store loads its source itself)", "none"); }
-      versions.sort(function (a, b) { return b.attributes.version - a.attributes.version; });
-      var dv = versions[0];
-      var edge = data.graph.edges.find(function (e) { return e.kind === "PUBLISHED" && e.target === dv.id; });
-      var run = edge && data.graph.nodes.find(function (n) { return n.id === edge.source; });
-      var a = dv.attributes;
-      var pairs = [["version", a.version], ["rows", a.rows], ["published", a.publishedAt], ["source", a.fingerprint]];
-      if (run) {
-        var r = run.attributes;
-        pairs.push(["run", r.job + " (" + r.state + ")"], ["run id", r.runId], ["started", r.startedAt],
-                   ["ended", r.endedAt], ["rows read / written", r.rowsRead + " / " + r.rowsWritten]);
-      }
-      return facts(pairs);
-    });
-  }
-
-  // Drift status: `feature.drift` (the feature-quality records) where the server has it; a
-  // server without that field answers a GraphQL error, and the section says so.
-  // window.lineageDrift(featureId, gql, el), when defined, replaces this (docs/lineage.md).
-  var DRIFT = "query ($id: String!) { feature(id: $id) { drift(limit: 1000) {" +
-    " at test statistic pValue reference server } } }";
-
-  function driftSection(featureId) {
-    if (typeof window.lineageDrift === "function") { return window.lineageDrift(featureId, gql, el); }
-    return gql(DRIFT, { id: featureId }).then(function (data) {
-      var records = (data.feature && data.feature.drift) || [];
-      if (!records.length) { return el("p", "no drift detected", "none"); }
-      var recent = records.slice(-5).reverse();
-      var box = el("div");
-      box.appendChild(el("p", records.length + " drifting window" + (records.length > 1 ? "s" : "") +
-                               ", latest " + recent[0].at.slice(0, 19).replace("T", " ")));
-      box.appendChild(table(["at", "test", "p-value", "reference", "server"], recent.map(function (r) {
-        return [r.at.slice(0, 19).replace("T", " "), r.test, r.pValue.toExponential(2), "v" + r.reference, r.server];
-      }), "drift"));
-      return box;
-    }).catch(function () { return el("p", "no drift records on this server", "none"); });
-  }
-
-  // The panel's sections come from requests that answer one after another: each is added
-  // only while the panel still shows this node (a node selected meanwhile owns it).
-  function showPanel(node) {
-    var mine = ++state.panelSeq;
-    var panel = $("panel");
-    var add = function (title, content) {
-      if (mine !== state.panelSeq) { return false; }
-      section(panel, title, content);
-      return true;
-    };
-    panel.innerHTML = "";
-    panel.dataset.node = node.id;
-    panel.appendChild(el("h2", node.label));
-    panel.appendChild(el("div", node.kind.replace("_", " "), "kind"));
-    var a = node.attributes || {};
-    panel.appendChild(facts([["owner", a.owner], ["description", a.description], ["view", a.view],
-                             ["dtype", a.dtype], ["version", a.version], ["versions", a.versions],
-                             ["state", a.state], ["job", a.job], ["rows", a.rows],
-                             ["published", a.publishedAt], ["fingerprint", a.fingerprint],
-                             ["started", a.startedAt], ["ended", a.endedAt], ["error", a.error]]));
-    if (node.kind === "feature") { return featurePanel(node, add); }
-    if (node.kind === "table") {
-      return gql("query ($n: String!) { table(name: $n) { " + CHANGES + " } }", { n: node.label })
-        .then(function (data) { add("Changes", changesTable(data.table ? data.table.changes : [])); });
-    }
-    if (node.kind === "view") {
-      return latestDataVersion(node.label).then(function (c) { add("Latest data version", c); });
-    }
-    return Promise.resolve();
-  }
-
-  function featurePanel(node, add) {
-    var q = "query ($id: String!) { feature(id: $id) { servedBy { server count lastSeen } " + CHANGES + " } }";
-    return gql(q, { id: node.label }).then(function (data) {
-      var f = data.feature || { servedBy: [], changes: [] };
-      var served = f.servedBy.length
-        ? table(["server", "served", "last seen"], f.servedBy.map(function (s) {
-            return [s.server, s.count.toLocaleString("en"), s.lastSeen.slice(0, 19).replace("T", " ")];
-          }), "served")
-        : el("p", "not served yet", "none");
-      if (!add("Served", served)) { return; }  // no more requests for a panel gone
-      return latestDataVersion(node.attributes.view).then(function (dv) {
-        if (!add("Latest data version", dv)) { return; }
-        add("Changes upstream", changesTable(f.changes));
-        return driftSection(node.label).then(function (d) { add("Drift", d); });
-      });
-    });
-  }
+  var showPanel = window.lineagePanel(gql, state, GRAPH);
 
   window.lineage = { cy: cy, state: state, select: select, draw: draw };
   var initial = new URLSearchParams(window.location.search).get("root");
