@@ -1,5 +1,5 @@
 """YAML for definitions files: ``yaml.safe_load``, but strict about keys given twice, and
-an unquoted non-finite number kept as written where definitions take text."""
+an unquoted non-finite number kept as written where a derived feature takes text."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class NonFiniteText(str):
 
 
 _TEXT_KEYS = frozenset({"expression"})
+_FEATURE_KEYS = frozenset({"name", "dtype", "expression"})  # a mapping of a derived feature
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _NON_FINITE_TAG = "!featurestore/non-finite-text"
 
@@ -47,6 +48,9 @@ class StrictLoader(yaml.SafeLoader):
             self._checked.add(id(node))
             self._check_keys(node)
         super().flatten_mapping(node)  # (merge sources come back here first, unmerged)
+        keys = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        if not keys >= _FEATURE_KEYS:  # only a derived feature's (a filter or tags keep YAML's value)
+            return
         for key_node, value_node in node.value:
             if (
                 isinstance(key_node, yaml.ScalarNode)

@@ -730,6 +730,23 @@ def test_an_unquoted_yaml_constant_yaml_reads_as_infinite_or_nan_is_refused_name
     assert f"features[k].expression: the constant {text} is not a finite number" in str(e.value)
 
 
+def test_only_a_derived_features_expression_keeps_a_non_finite_yaml_number_as_written() -> None:
+    """A stream filter on an event field named ``expression`` (or a tag of that name)
+    keeps the value YAML reads (review s58 round 2: its ``.nan`` became the text)."""
+    import math
+
+    from featurestore.definitions.strict_yaml import NonFiniteText, StrictLoader
+
+    doc = yaml.load(
+        "feature: {name: k, dtype: float64, expression: .inf}\n"
+        "filter: {expression: .nan, name: a}\n"
+        "tags: {expression: .inf, dtype: b}\n",
+        StrictLoader,
+    )
+    assert isinstance(doc["feature"]["expression"], NonFiniteText) and doc["feature"]["expression"] == ".inf"
+    assert math.isnan(doc["filter"]["expression"]) and doc["tags"]["expression"] == math.inf
+
+
 def test_a_derived_feature_named_like_the_key_of_a_view_it_reads_through_another_is_refused() -> None:
     doc = base()
     doc["derived_views"].append(
