@@ -13,7 +13,8 @@ F1). Two rules close it:
   without one, Python's ``requests`` with ``data=``, expect): any other type is a 415
   naming it, before the body is decoded;
 * a request to a write route that carries an ``Origin`` other than the server's own (its
-  ``host[:port]`` is neither the request's ``Host`` nor an ``X-Forwarded-Host`` value),
+  ``host[:port]`` is neither the request's ``Host`` nor an ``X-Forwarded-Host`` value,
+  compared as origins are: a port left out is the scheme's, ``:443`` for https),
   or ``Origin: null`` (a sandboxed frame, a ``file://`` page), is a 403 naming the rule,
   whatever the tokens. Browsers send ``Origin`` on every cross-site ``POST``; other
   clients send none, so nothing else is refused. A page cannot add ``X-Forwarded-Host``
@@ -27,6 +28,7 @@ tokens (docs/security.md, "Browsers").
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from featurestore.errors import InvalidArgument, PermissionDenied, clipped
@@ -34,6 +36,7 @@ from featurestore.errors import InvalidArgument, PermissionDenied, clipped
 JSON_TYPE = "application/json"
 CROSS_SITE = "cross_site"  # the refusal's details reason
 _SCHEME_END = b"://"
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 class UnsupportedMediaType(InvalidArgument):
@@ -69,9 +72,33 @@ def origin_refused(headers: Iterable[tuple[bytes, bytes]], path: str) -> Permiss
             hosts += (h.strip().lower() for h in bytes(value).split(b","))
     for origin in origins:
         scheme, sep, authority = origin.strip().lower().partition(_SCHEME_END)
-        if not (sep and scheme and authority in hosts):
+        default = _DEFAULT_PORTS.get(scheme, 0)
+        own = _host_port(authority, default) if sep and scheme else None
+        if own is None or not any(_host_port(h, default) == own for h in hosts):
             return _cross_site(origin, hosts, path)
     return None
+
+
+def _host_port(authority: bytes, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` as an origin compares it (RFC 6454): the port the scheme implies
+    when none is given (a proxy's ``Host: name:443`` is the origin ``https://name``), an
+    IPv6 literal in its one spelling (``[0:0::1]`` is ``[::1]``); None when unreadable."""
+    text = authority.decode("latin-1")
+    host, port = text, ""
+    if text.startswith("["):  # [v6]:port
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, port = text[1:end], text[end + 1 :].removeprefix(":")
+        try:
+            host = ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            return None
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if port and not port.isdigit():
+        return None
+    return host, int(port) if port else default_port
 
 
 def _cross_site(origin: bytes, hosts: list[bytes], path: str) -> PermissionDenied:

@@ -25,6 +25,17 @@ def headers(**values: str) -> list[tuple[bytes, bytes]]:
             "x_forwarded_host": "a.example, features.example.com",
             "origin": "https://a.example",
         },
+        # a port left out is the scheme's, on either side (review s58 round 2: a proxy's
+        # "Host $host:$server_port" refused same-origin pushes), one spelling of IPv6
+        {"host": "fs.example.com:443", "origin": "https://fs.example.com"},
+        {"host": "fs.example.com:80", "origin": "http://fs.example.com"},
+        {"host": "fs.example.com", "origin": "http://fs.example.com:80"},
+        {
+            "host": "backend:8080",
+            "x_forwarded_host": "fs.example.com:443",
+            "origin": "https://fs.example.com",
+        },
+        {"host": "[::1]:18611", "origin": "http://[0:0:0:0:0:0:0:1]:18611"},
     ],
 )
 def test_no_origin_or_the_servers_own_is_not_refused(given: dict[str, str]) -> None:
@@ -40,6 +51,11 @@ def test_no_origin_or_the_servers_own_is_not_refused(given: dict[str, str]) -> N
         {"host": "127.0.0.1:8080", "origin": "127.0.0.1:8080"},  # no scheme: not an origin
         {"origin": "http://127.0.0.1:8080"},  # no Host to compare with (HTTP/1.0)
         {"host": "a.example", "x_forwarded_host": "b.example", "origin": "http://c.example"},
+        {"host": "fs.example.com:443", "origin": "http://fs.example.com"},  # http's port is 80
+        {"host": "fs.example.com", "origin": "https://fs.example.com:8443"},
+        {"host": "[::1]:8080", "origin": "http://[::2]:8080"},
+        {"host": "[::1:8080", "origin": "http://[::1]:8080"},  # unreadable Host
+        {"host": "a.example:x", "origin": "http://a.example"},
     ],
 )
 def test_another_origin_is_refused_naming_the_rule(given: dict[str, str]) -> None:
