@@ -76,11 +76,21 @@ def parse_tokens(text: str, source: str) -> dict[str, frozenset[str]]:
         scopes = frozenset(s for s in fields[1].split(",") if s) if len(fields) == 2 else frozenset(SCOPES)
         unknown = sorted(scopes - set(SCOPES))
         if unknown:
-            raise FailedPrecondition(
-                f"{source} line {number}: unknown scope {unknown[0]!r}; use {', '.join(SCOPES)}"
-            )
+            raise FailedPrecondition(f"{source} line {number}: {_bad_scopes(fields[1], unknown[0])}")
         tokens[token] = tokens.get(token, frozenset()) | scopes
     return tokens
+
+
+def _bad_scopes(field: str, unknown: str) -> str:
+    """What is wrong with a line's second field. It is quoted only when shorter than a
+    token can be (MIN_TOKEN_LENGTH): in a `LABEL TOKEN` line the second field is the
+    secret, and the error goes to stderr and the log."""
+    if len(field) < MIN_TOKEN_LENGTH:
+        return f"unknown scope {unknown!r}; use {', '.join(SCOPES)}"
+    return (
+        f"the second field is not a comma-separated list of {', '.join(SCOPES)} (not shown: "
+        f"{len(field)} characters may be a token; a line is `TOKEN [scope,...]`, the token first)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +131,9 @@ class Authenticator:
         self.config = config
         self.required = frozenset(s for s in SCOPES if getattr(config, s))
         self._stamp: tuple[int, int, int] | None = None
+        # What the last failed re-read found (a stamp, or the stat's error): logged once,
+        # not at every RELOAD_SECONDS check until the file changes again.
+        self._failed: object = None
         self.table = TokenTable.build(self._read(), self.required)
 
     @staticmethod
@@ -195,15 +208,22 @@ class Authenticator:
         try:
             stat = os.stat(path)
         except OSError as e:
-            log.error("auth.tokens_file %s: %s; the tokens read before stay in force", path, e.strerror)
+            if self._failed != e.strerror:
+                log.error("auth.tokens_file %s: %s; the tokens read before stay in force", path, e.strerror)
+            self._failed = e.strerror
             return False
-        if (stat.st_ino, stat.st_mtime_ns, stat.st_size) == self._stamp:
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp in (self._stamp, self._failed):
             return False
         try:
             self.table = TokenTable.build(self._read(), self.required)
         except FailedPrecondition as e:
-            log.error("%s; the tokens read before stay in force", e.message)
+            log.error(
+                "%s; the tokens read before stay in force (said once until the file changes)", e.message
+            )
+            self._failed = stamp
             return False
+        self._failed = None
         log.info("auth.tokens_file %s re-read", path)
         return True
 

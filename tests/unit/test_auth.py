@@ -128,3 +128,37 @@ def test_a_changed_file_is_re_read_and_a_broken_one_keeps_the_tokens_in_force(tm
     path.write_text("two-token-0123456789 reed\n")
     assert not auth.reload_if_changed()
     assert auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None
+
+
+def test_a_label_then_token_line_is_refused_without_quoting_the_token() -> None:
+    """`LABEL TOKEN` puts the secret where the scopes go: the error said
+    "unknown scope '<token>'" on stderr and in the log."""
+    secret = "3f9c1e7a5b2d4c8e9a1b0c2d3e4f5a6b"
+    with pytest.raises(FailedPrecondition, match="line 1: the second field is not a") as raised:
+        parse_tokens(f"ranking-service-prod {secret}\n", "f")
+    assert secret not in raised.value.message
+    assert "3f9c" not in raised.value.message
+
+
+def test_a_broken_tokens_file_is_logged_once_until_it_changes_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same error was logged at every 5 s check until the file was fixed."""
+    path = tmp_path / "tokens"
+    path.write_text("one-token-0123456789 read\n")
+    auth = Authenticator(AuthConfig(tokens_file=str(path)))
+    path.write_text("one-token-0123456789 reed\n")
+    os.utime(path, ns=(1, 1))
+    for _ in range(3):
+        assert not auth.reload_if_changed()
+    assert caplog.text.count("unknown scope 'reed'") == 1
+    path.write_text("one-token-0123456789 raed\n")
+    os.utime(path, ns=(2, 2))
+    assert not auth.reload_if_changed() and not auth.reload_if_changed()
+    assert caplog.text.count("unknown scope 'raed'") == 1
+    path.unlink()
+    assert not auth.reload_if_changed() and not auth.reload_if_changed()
+    assert caplog.text.count("No such file") == 1
+    path.write_text("two-token-0123456789 read\n")
+    assert auth.reload_if_changed()
+    assert auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None
