@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from featurestore import collector
+from featurestore import collector, tls_files
 from featurestore.api import grpc_intake
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server, server_credentials
@@ -118,10 +118,8 @@ def _check_tls(tls: TlsConfig) -> None:
         if path and not os.access(path, os.R_OK):
             raise FailedPrecondition(f"tls.{name} {path}: not a readable file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:  # the pair loads (ssl's error says what is wrong, never the key's bytes)
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (ssl.SSLError, OSError) as e:
-        raise FailedPrecondition(f"tls.cert_file/key_file: {e}") from None
+    # the pair loads (the error says what is wrong, never the key's bytes; never prompts)
+    tls_files.load_cert_chain(context, ("tls.cert_file", tls.cert_file), ("tls.key_file", tls.key_file))
     if tls.client_ca_file:
         try:  # grpc would only say "Failed to bind to address" for a file without a CA
             context.load_verify_locations(tls.client_ca_file)
@@ -284,6 +282,7 @@ async def serve(
     """Run one serving process until SIGINT/SIGTERM, then drain and exit. ``runs``: job
     runs of this process recorded before its lineage graph existed (``serve --demo``)."""
     setup_tracing(config.tracing)
+    tls_files.check_lineage(config.lineage)  # (stores and registry: where they are built)
     rt = await build_runtime(config)
     # The stream views' compiled windows pass, loading since the stores were prepared: in
     # before the heap is frozen (numba's ~84,000 objects) and before the listeners open (its

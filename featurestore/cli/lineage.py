@@ -63,6 +63,9 @@ def cmd_lineage_consume(args: argparse.Namespace, _argv: list[str]) -> int:
             f"(with lineage.bolt), not {config.lineage.graph!r}"
         )
     require("confluent_kafka", "featurestore lineage consume")
+    from featurestore.tls_files import check_lineage
+
+    check_lineage(config.lineage, consumer=True)  # named, before a client retries for ever
     configure_logging(config.log_level, config.log_format)
     if args.metrics_port:
         start_metrics(args.metrics_port, args.metrics_host)

@@ -27,6 +27,7 @@ from aetcd import exceptions as etcd_errors
 from aetcd import rpc, watcher
 from aetcd.client import _handle_errors  # grpc errors -> aetcd's exceptions, as its connect
 
+from featurestore import tls_files
 from featurestore.errors import FeatureStoreError, PermissionDenied, Unauthenticated, Unavailable
 from featurestore.registry.base import RegistryHealth
 from featurestore.registry.limits import refusal, rpc_code, rpc_details
@@ -136,6 +137,8 @@ class EtcdAccess:
             raise ValueError("registry.username and registry.password go together")
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("registry.cert_file and registry.key_file go together")
+        names = ("ca_file", "cert_file", "key_file")  # grpc reads them, an encrypted key fails at connect
+        tls_files.check_set({f"registry.{n}": getattr(self, n) for n in names})
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         def read(path: str) -> bytes | None:

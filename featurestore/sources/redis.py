@@ -66,6 +66,7 @@ class RedisSource:
         self._name = name
         self._project = project
         self.options = options
+        options.check_files(name)
         self._state = SourceState.STARTING
         self._client: Redis | RedisCluster
         self._pool: LeanPool | None = None  # standalone reads; writes use the client's pool

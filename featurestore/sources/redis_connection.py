@@ -39,6 +39,7 @@ from redis import exceptions as redis_errors
 from redis.connection import parse_url
 
 from featurestore.sources.redis_wire import pack_command
+from featurestore.tls_files import refuse_passphrase  # never OpenSSL's prompt
 
 # Per reply group: called with the group's index and its replies when they are whole.
 OnGroup = Callable[[int, list[Any]], None]
@@ -66,8 +67,7 @@ _ERR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "Client sent AUTH, but no password is set": redis_errors.AuthenticationError,
     "problem with LDAP service": redis_errors.ExternalAuthProviderError,
 }
-# The URL's query arguments this connection honours (parse_url's names); any other fails
-# the store's start rather than being ignored.
+# The URL's query arguments this connection honours (parse_url's names); others fail the start.
 _URL_OPTIONS = frozenset(
     {"host", "port", "db", "username", "password", "path", "connection_class", "client_name"}
     | {"socket_connect_timeout"}
@@ -155,7 +155,7 @@ def _tls_context(given: dict[str, Any]) -> ssl.SSLContext:
     ctx.check_hostname = bool(check) and str(check).lower() != "false" and verify != ssl.CERT_NONE
     ctx.verify_mode = verify
     if given.get("ssl_certfile"):
-        ctx.load_cert_chain(given["ssl_certfile"], given.get("ssl_keyfile") or None)
+        ctx.load_cert_chain(given["ssl_certfile"], given.get("ssl_keyfile") or None, refuse_passphrase)
     return ctx
 
 

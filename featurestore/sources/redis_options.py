@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from featurestore import tls_files
 from featurestore.settings import store_options
 from featurestore.sources.redis_batch import HOLD_ITERATIONS
 
@@ -54,6 +55,14 @@ class RedisOptions:
         if unknown:
             raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
         return RedisOptions(**store_options(RedisOptions, options))
+
+    def check_files(self, store: str) -> None:
+        """The TLS files load (CA, certificate and unencrypted key), or the start fails
+        naming ``stores.<store>.<option>`` and the path: redis-py reads them at the first
+        connect, and said only ``[Errno 2] No such file or directory``."""
+        if urlsplit(self.url).scheme == "rediss":
+            names = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+            tls_files.check_set({f"stores.{store}.{n}": getattr(self, n) for n in names})
 
     def connection_kwargs(self) -> dict[str, Any]:
         """redis-py's connection arguments for the credentials, TLS and TCP keepalive (a

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from featurestore import metrics
+from featurestore import metrics, tls_files
 from featurestore.errors import FailedPrecondition, Unavailable
 from featurestore.model import DType, FeatureView
 from featurestore.rows import conform, view_schema
@@ -53,6 +53,8 @@ class ClickHouseOnlineSource:
         self._name = name
         self._project = project
         self.options = options
+        if options.ca_file:  # clickhouse-connect reads it at the first call, a store then down for ever
+            tls_files.check_ca(f"stores.{name}.ca_file", options.ca_file)
         self.pool = ClickHousePool(name, options)
         self.selects = SelectCache(options.database)
         self.layouts = Layouts(options.database)

@@ -1,0 +1,231 @@
+"""TLS files of the serving port and of every backend, checked when a command starts
+(featurestore/tls_files.py): a missing or non-PEM file, or an encrypted key, fails with
+the setting's name and the path, exit 2, and never prompts for a passphrase or retries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from featurestore.sources.base import SourceState
+from featurestore.sources.redis import RedisOptions, RedisSource
+from tests.security import Certs, make_certs
+from tests.servers import RedisServer, require
+from tests.support import ROOT, free_port
+
+
+@dataclass(frozen=True)
+class Files:
+    certs: Certs
+    encrypted_key: Path  # certs.key under a passphrase
+    junk: Path  # a file that is not PEM
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    tmp = tmp_path_factory.mktemp("tls-files")
+    certs = make_certs(tmp / "certs")
+    encrypted = tmp / "encrypted-key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(certs.key),
+            "-aes256",
+            "-passout",
+            "pass:s3cret",
+            "-out",
+            str(encrypted),
+        ],
+        check=True,
+    )
+    junk = tmp / "junk.pem"
+    junk.write_text("not a pem\n")
+    return Files(certs, encrypted, junk)
+
+
+class TlsRedis(RedisServer):
+    """A standalone Redis on TLS only, client certificates optional."""
+
+    def __init__(self, workdir: Path, certs: Certs) -> None:
+        super().__init__(workdir)
+        self.certs = certs
+
+    def command(self) -> list[str]:
+        c = self.certs
+        return [self.binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+                "--tls-cert-file", str(c.cert), "--tls-key-file", str(c.key), "--tls-ca-cert-file", str(c.ca),
+                "--tls-auth-clients", "optional", "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", str(self.workdir)]  # fmt: skip
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [require("redis-cli", "redis-tools"), "--tls", "--cacert", str(self.certs.ca), "-p", str(self.port), *args],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory, files: Files) -> Iterator[TlsRedis]:
+    server = TlsRedis(tmp_path_factory.mktemp("redis-tls"), files.certs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def serve_command(work: Path, repo: Path, config: str) -> list[str]:
+    """``featurestore serve --config`` on free ports."""
+    path = work / "config.yaml"
+    path.write_text(f"registry: {{path: {work / 'registry'}}}\n{config}")
+    ports = ["--http-port", str(free_port()), "--grpc-port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "featurestore.cli",
+        "serve",
+        "--config",
+        str(path),
+        "--definitions",
+        str(repo),
+        *ports,
+    ]
+
+
+def serve(
+    work: Path, repo: Path, config: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A server's start, its stdin not a terminal."""
+    return subprocess.run(
+        serve_command(work, repo, config),
+        capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+MEMORY = "stores: {default: {kind: memory}, local: {kind: memory}}\n"  # the test repository's stores
+
+
+def redis_store(port: int, **options: str) -> str:
+    given = "".join(f", {k}: {v}" for k, v in options.items())
+    return f'stores: {{default: {{kind: redis, url: "rediss://127.0.0.1:{port}/0"{given}}}, local: {{kind: memory}}}}\n'
+
+
+def test_the_redis_store_loads_its_tls_files_and_answers_over_tls(files: Files, tls_redis: TlsRedis) -> None:
+    c = files.certs
+    options = RedisOptions(
+        url=f"rediss://127.0.0.1:{tls_redis.port}/0",
+        ssl_ca_file=str(c.ca),
+        ssl_cert_file=str(c.client_cert),
+        ssl_key_file=str(c.client_key),
+    )
+
+    async def started() -> SourceState:
+        source = RedisSource("default", "tls", options)
+        try:
+            await source.start()
+            return source.state()
+        finally:
+            await source.close()
+
+    assert asyncio.run(started()) is SourceState.READY
+
+
+@pytest.mark.parametrize("case", ["missing CA", "not PEM", "encrypted key"])
+def test_a_redis_store_tls_file_that_cannot_load_fails_the_start_naming_the_setting_and_path(
+    tmp_path: Path, test_repo: Path, files: Files, tls_redis: TlsRedis, case: str
+) -> None:
+    """It said `NOT_FOUND: [Errno 2] No such file or directory`, `[X509:
+    NO_CERTIFICATE_OR_CRL_FOUND] ...` or `[Errno 22] Invalid argument`."""
+    options, problem = {
+        "missing CA": (
+            {"ssl_ca_file": "/nonexistent/ca.pem"},
+            "stores.default.ssl_ca_file /nonexistent/ca.pem: no such file",
+        ),
+        "not PEM": (
+            {"ssl_ca_file": str(files.junk)},
+            f"stores.default.ssl_ca_file {files.junk}: no PEM certificate",
+        ),
+        "encrypted key": (
+            {"ssl_cert_file": str(files.certs.client_cert), "ssl_key_file": str(files.encrypted_key)},
+            f"stores.default.ssl_key_file {files.encrypted_key}: the key is encrypted (passphrase-protected)",
+        ),
+    }[case]
+    out = serve(tmp_path, test_repo, redis_store(tls_redis.port, **options))
+    assert out.returncode == 2, out.stderr
+    assert f"error: FAILED_PRECONDITION: {problem}" in out.stderr
+
+
+def test_an_encrypted_serving_key_fails_the_start_saying_so(
+    tmp_path: Path, test_repo: Path, files: Files
+) -> None:
+    """It said `tls.cert_file/key_file: [Errno 22] Invalid argument`."""
+    env = {
+        "FEATURESTORE_TLS__CERT_FILE": str(files.certs.cert),
+        "FEATURESTORE_TLS__KEY_FILE": str(files.encrypted_key),
+    }
+    out = serve(tmp_path, test_repo, MEMORY, env)
+    assert out.returncode == 2, out.stderr
+    assert f"tls.key_file {files.encrypted_key}: the key is encrypted (passphrase-protected)" in out.stderr
+
+
+def test_from_a_terminal_an_encrypted_serving_key_fails_instead_of_asking_for_the_passphrase(
+    tmp_path: Path, test_repo: Path, files: Files
+) -> None:
+    """OpenSSL asked `Enter PEM pass phrase:` on the terminal and the start blocked there."""
+    script = shutil.which("script")
+    if script is None:
+        pytest.fail("script (util-linux) is missing: it gives the server a terminal")
+    command = " ".join(serve_command(tmp_path, test_repo, MEMORY))
+    env = {**os.environ, "FEATURESTORE_TLS__CERT_FILE": str(files.certs.cert)}
+    env["FEATURESTORE_TLS__KEY_FILE"] = str(files.encrypted_key)
+    out = subprocess.run(
+        [script, "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
+    assert "pass phrase" not in out.stdout
+    assert "the key is encrypted" in out.stdout
+    assert out.returncode == 2
+
+
+def consume(work: Path, lineage: str) -> subprocess.CompletedProcess[str]:
+    path = work / "consumer.yaml"
+    path.write_text(f"lineage: {{sink: kafka, graph: bolt, {lineage}}}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "lineage", "consume", "--config", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_lineage_consume_with_a_missing_bolt_ca_exits_2_naming_it_instead_of_retrying(tmp_path: Path) -> None:
+    """It retried for ever as "graph unavailable" (FileNotFoundError), paging
+    LineageGraphUnavailable for a typo."""
+    out = consume(tmp_path, f'bolt: {{uri: "bolt://127.0.0.1:{free_port()}", ca_file: /nonexistent/ca.pem}}')
+    assert out.returncode == 2, out.stderr
+    assert "error: FAILED_PRECONDITION: lineage.bolt.ca_file /nonexistent/ca.pem: no such file" in out.stderr
+
+
+def test_lineage_kafka_tls_files_are_named_with_their_path(tmp_path: Path, files: Files) -> None:
+    """librdkafka said `ssl.ca.location failed: ... BIO lib`, without the setting."""
+    kafka = f'kafka: {{bootstrap_servers: "127.0.0.1:{free_port()}", security_protocol: ssl, ssl_ca_file: {files.junk}}}'
+    out = consume(tmp_path, kafka)
+    assert out.returncode == 2, out.stderr
+    assert f"lineage.kafka.ssl_ca_file {files.junk}: no PEM certificate in it" in out.stderr
+    kafka = (
+        f'kafka: {{bootstrap_servers: "127.0.0.1:{free_port()}", security_protocol: ssl, '
+        f"ssl_cert_file: {files.certs.client_cert}, ssl_key_file: {files.encrypted_key}}}"
+    )
+    out = consume(tmp_path, kafka)
+    assert out.returncode == 2, out.stderr
+    assert "the key is encrypted (passphrase-protected): give an unencrypted key or set " in out.stderr
+    assert "lineage.kafka.ssl_key_password" in out.stderr
