@@ -259,7 +259,10 @@ class ClickHouseOfflineSource:
 
         # only materializations from ClickHouse pay the import
         clickhouse_connect = require("clickhouse_connect", f"offline source clickhouse://{table}")
-        options = ClickHouseOptions(dsn=dsn) if isinstance(dsn, str) else dsn
+        try:
+            options = ClickHouseOptions(dsn=dsn) if isinstance(dsn, str) else dsn
+        except ValueError as e:  # (only its scheme, host or port: it may hold a password)
+            raise InvalidArgument(f"--clickhouse-dsn: {e}") from None
         if options.embedded:
             require("chdb", f"offline source clickhouse://{table} (dsn {options.dsn})")
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, SecretStr
 from pydantic_core import PydanticCustomError
 
+from featurestore.addresses import check_address
 from featurestore.settings import SettingError, _fail, key, read_secret_file
 
 
@@ -58,6 +59,7 @@ def store_doc(doc: Any) -> Any:
             raise PydanticCustomError(
                 "setting", f"{name}: expected a string, quoted in YAML (its value is not shown)"
             )
+    _check_address(out.get("kind"), rest)
     out["options"] = MappingProxyType(rest)
     if "kind" not in out:
         # the keys only: the values may hold a password (inline, or in a URL)
@@ -66,6 +68,23 @@ def store_doc(doc: Any) -> Any:
             "setting", f"expected a mapping with 'kind' (memory, redis or clickhouse); its keys: {keys}"
         )
     return out
+
+
+# The option holding each kind's server address, and the schemes that name a host and port
+_ADDRESS = {"redis": "url", "clickhouse": "dsn"}
+_NETWORK_SCHEMES = ("redis", "rediss", "http", "https")
+
+
+def _check_address(kind: Any, options: Mapping[str, Any]) -> None:
+    """A bad host or port fails the config's load, naming the store (load_config adds
+    the file): ``stores.default: url: port 'notaport' is not a number``."""
+    option = _ADDRESS.get(kind) if isinstance(kind, str) else None
+    url = options.get(option) if option else None
+    if isinstance(url, str) and url.partition("://")[0].lower() in _NETWORK_SCHEMES:
+        try:
+            check_address(url, str(option))
+        except ValueError as e:
+            raise PydanticCustomError("setting", "{problem}", {"problem": str(e)}) from None
 
 
 def resolve_store_secret_files(doc: dict[str, Any]) -> None:

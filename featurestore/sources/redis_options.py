@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from featurestore import tls_files
+from featurestore.addresses import check_address
 from featurestore.settings import store_options
 from featurestore.sources.redis_batch import HOLD_ITERATIONS
 
@@ -111,3 +112,5 @@ def _check_types(options: RedisOptions) -> None:
     scheme = urlsplit(options.url).scheme
     if scheme not in _SCHEMES:  # only the scheme: the rest of a URL may hold a password
         raise ValueError(f"url: unsupported scheme {scheme!r}; use redis://, rediss:// or unix://")
+    if scheme in _TCP:
+        check_address(options.url, "url")

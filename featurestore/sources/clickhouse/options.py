@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from featurestore.addresses import check_address
 from featurestore.errors import FailedPrecondition, InvalidArgument
 from featurestore.settings import store_options
 
@@ -53,6 +54,8 @@ class ClickHouseOptions:
             raise ValueError(f"database: expected a name of letters, digits and _, got {self.database!r}")
         if not isinstance(self.ca_file, str):
             raise ValueError(f"ca_file: expected a path, got {self.ca_file!r}")
+        if _scheme(self.dsn) in ("http", "https"):
+            check_address(self.dsn, "dsn")
         if self.ca_file and _scheme(self.dsn) != "https":
             # a CA with a plaintext DSN would be ignored and the password sent in clear
             raise ValueError("ca_file: set, but the dsn is not https://; use https://host:port for TLS")

@@ -1,0 +1,39 @@
+"""The host and port of a store's URL or DSN, checked when its options are built: a bad
+port failed later, and badly (Redis: redis-py's ``ValueError`` as a traceback, exit 1,
+a restart loop under the supervisor; ClickHouse: a store "down" for ever).
+
+Only the scheme, host and port are looked at and only the port is ever quoted, and only
+when the URL separates its credentials with ``@``: in ``redis://:S3cret/0`` (``@host``
+forgotten) what follows the ``:`` is the password."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+# A host name or an IPv4 address (RFC 1123 letters, digits, '-', '.'; '_' as resolvers
+# take it), or an IPv6 address in brackets (hex, ':', '.', a '%zone').
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\]")
+HIGHEST_PORT = 65535
+
+
+def check_address(url: str, option: str) -> None:
+    """Raise ValueError, ``<option>: ...``, when the URL's host or port cannot be used."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # e.g. an unclosed '[' of an IPv6 address
+        raise ValueError(f"{option}: not a URL of the form scheme://[user:password@]host:port") from None
+    _, at, hostport = netloc.rpartition("@")
+    if hostport.startswith("["):
+        host, _, rest = hostport.partition("]")
+        host, colon, port = host + "]", rest[:1], rest[1:]
+    else:
+        host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    shown = f" {port!r}" if at else ""  # (without '@' the port field may be a password)
+    if colon and not (port.isascii() and port.isdigit()):
+        hidden = "" if at else " (not shown: with no user@ part it may be a password)"
+        raise ValueError(f"{option}: port{shown} is not a number{hidden}")
+    if colon and not 1 <= int(port) <= HIGHEST_PORT:
+        raise ValueError(f"{option}: port{shown} is out of range 1-{HIGHEST_PORT}")
+    if host and not _HOST.fullmatch(host):  # (none: the client's default, localhost)
+        raise ValueError(f"{option}: the host is not a host name or an IP address (not shown)")

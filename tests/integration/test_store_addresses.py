@@ -1,0 +1,111 @@
+"""A store URL or DSN whose port cannot be used fails the config's load naming the file,
+the store and the option, exit 2, never its password (featurestore/addresses.py): it
+was a ValueError traceback and exit 1 for Redis (a restart loop under the supervisor),
+a ClickHouse store down for ever, and a traceback from ``materialize``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featurestore.addresses import check_address
+from featurestore.config import load_config
+from featurestore.sources.base import SourceState
+from featurestore.sources.redis import RedisOptions, RedisSource
+from tests.servers import RedisServer
+from tests.support import ROOT, free_port
+
+PASSWORD = "S3cretPW"
+
+
+def run(work: Path, *args: str, stores: str, repo: Path | None = None) -> subprocess.CompletedProcess[str]:
+    path = work / "so.yaml"
+    path.write_text(f"registry: {{path: {work / 'registry'}}}\nstores: {stores}\n")
+    args += ("--definitions", str(repo)) if repo is not None else ()
+    return subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", *args, "--config", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL, env=dict(os.environ),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        (
+            f'{{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:notaport/0"}}',
+            "url: port 'notaport' is not a number",
+        ),
+        (
+            f'{{kind: redis, url: "rediss://u:{PASSWORD}@127.0.0.1:99999/0"}}',
+            "url: port '99999' is out of range 1-65535",
+        ),
+        (
+            f'{{kind: clickhouse, dsn: "http://u:{PASSWORD}@127.0.0.1:notaport"}}',
+            "dsn: port 'notaport' is not a number",
+        ),
+    ],
+)
+def test_a_bad_port_in_a_store_url_fails_serve_with_the_file_store_and_option_exit_2(
+    tmp_path: Path, test_repo: Path, store: str, problem: str
+) -> None:
+    """Redis: a ValueError traceback, exit 1 (each of 2 workers, restarted); ClickHouse:
+    the server served with the store down for ever (the 120 s guard ended it)."""
+    stores = f"{{default: {store}, local: {{kind: memory}}}}"
+    port = str(free_port())
+    out = run(tmp_path, "serve", "--workers", "2", "--http-port", port, stores=stores, repo=test_repo)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"error: INVALID_ARGUMENT: {tmp_path / 'so.yaml'}: stores.default: {problem}"
+    assert PASSWORD not in out.stderr
+
+
+def test_materialize_with_a_bad_store_port_is_a_config_error_not_a_traceback(
+    tmp_path: Path, test_repo: Path
+) -> None:
+    stores = f'{{default: {{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:notaport/0"}}, local: {{kind: memory}}}}'
+    out = run(tmp_path, "materialize", "--all", stores=stores, repo=test_repo)
+    assert out.returncode == 2, out.stderr
+    assert "stores.default: url: port 'notaport' is not a number" in out.stderr
+    assert "Traceback" not in out.stderr and PASSWORD not in out.stderr
+
+
+def test_without_a_user_part_the_port_field_is_not_shown_as_it_may_be_a_password() -> None:
+    """`redis://:S3cretPW/0` (the `@host` forgotten) reads S3cretPW as the port."""
+    with pytest.raises(ValueError, match="port is not a number") as raised:
+        check_address(f"redis://:{PASSWORD}/0", "url")
+    assert PASSWORD not in str(raised.value)
+
+
+def test_valid_addresses_pass_and_a_redis_url_with_a_password_still_reaches_redis(tmp_path: Path) -> None:
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "redis://[::1]:6379",
+        "http://ch.internal",
+        "rediss://u:p@h-1.x:6380/2",
+    ):
+        check_address(url, "url")
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        redis.cli("CONFIG", "SET", "requirepass", PASSWORD)
+        path = tmp_path / "ok.yaml"
+        path.write_text(
+            f'stores: {{default: {{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:{redis.port}/0"}}}}\n'
+        )
+        options = RedisOptions.from_mapping(dict(load_config(path).stores["default"].options))
+
+        async def state() -> SourceState:
+            source = RedisSource("default", "addresses", options)
+            try:
+                await source.start()
+                return source.state()
+            finally:
+                await source.close()
+
+        assert asyncio.run(state()) is SourceState.READY
+    finally:
+        redis.stop()
