@@ -207,6 +207,13 @@ REGISTRY_CONNECTED = Gauge(
     "1 while the registry backend answers, 0 while the server serves its last snapshot blind.",
     multiprocess_mode="livemin",
 )
+TLS_CERT_EXPIRY = Gauge(
+    "featurestore_tls_certificate_expiry_timestamp_seconds",
+    "notAfter of the serving certificate each listener (http, grpc) loaded at its start, "
+    "by file (unix time): read once, so a renewed file counts only once the pod restarts.",
+    ["listener", "file"],
+    multiprocess_mode="livemin",
+)
 REGISTRY_STALENESS = Gauge(
     "featurestore_registry_staleness_seconds",
     "Seconds since the registry backend last answered: how stale the served snapshot may be.",

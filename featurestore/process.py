@@ -8,6 +8,7 @@ the supervisor's job (``featurestore/supervisor.py``).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import resource
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from featurestore import collector, tls_files
+from featurestore import collector, metrics, tls_files
 from featurestore.api import grpc_intake
 from featurestore.api.connections import ConnectionGuard, ConnectionLimits
 from featurestore.api.grpc import JOIN_METHOD, PUSH_METHOD, GrpcApi, create_server, server_credentials
@@ -120,6 +121,7 @@ def _check_tls(tls: TlsConfig) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     # the pair loads (the error says what is wrong, never the key's bytes; never prompts)
     tls_files.load_cert_chain(context, ("tls.cert_file", tls.cert_file), ("tls.key_file", tls.key_file))
+    _check_dates(tls.cert_file)
     if tls.client_ca_file:
         try:  # grpc would only say "Failed to bind to address" for a file without a CA
             context.load_verify_locations(tls.client_ca_file)
@@ -127,6 +129,32 @@ def _check_tls(tls: TlsConfig) -> None:
             raise FailedPrecondition(
                 f"tls.client_ca_file {tls.client_ca_file}: no PEM CA certificate ({e})"
             ) from None
+
+
+def _check_dates(cert_file: str) -> None:
+    """Refuse an expired serving certificate (every client would refuse it while the
+    admin port's /readyz stays 200), warn about one not valid yet (a clock behind the
+    issuer's), and export its notAfter per listener for FeatureStoreTLSCertificateExpiry."""
+    try:
+        not_before, not_after = tls_files.validity(cert_file)
+    except (ValueError, IndexError, OSError) as e:  # ssl loaded it: a form this reader does not know
+        log.warning(
+            "tls.cert_file %s: validity dates not read (%s): its expiry is not exported", cert_file, e
+        )
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    if not_after <= now:
+        raise FailedPrecondition(
+            f"tls.cert_file {cert_file}: the certificate expired on {not_after:%Y-%m-%d %H:%M:%S} UTC: "
+            'clients refuse it; renew it (docs/deploy.md, "Certificates")'
+        )
+    if not_before > now:
+        log.warning(
+            "tls.cert_file %s: the certificate is not valid before %s UTC: clients refuse it until then "
+            "(is this host's clock behind?)", cert_file, f"{not_before:%Y-%m-%d %H:%M:%S}",
+        )  # fmt: skip
+    for listener in ("http", "grpc"):
+        metrics.TLS_CERT_EXPIRY.labels(listener, cert_file).set(not_after.timestamp())
 
 
 class Listeners:

@@ -10,12 +10,17 @@ raises, so the error says the key is encrypted.
 
 from __future__ import annotations
 
+import base64
+import datetime
 import os
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 from featurestore.errors import FailedPrecondition
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
 
 
 class Encrypted(Exception):
@@ -103,6 +108,46 @@ def check_set(files: dict[str, str], key_password: tuple[str, str] | None = None
             key = (setting, path)
     if cert is not None and key is not None:
         check_pair(cert, key, key_password)
+
+
+def validity(path: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """notBefore and notAfter of the first certificate in a PEM file (the leaf of a
+    chain), read from its DER: the ssl module decodes only a peer's certificate."""
+    with open(path, "rb") as f:
+        found = _PEM_CERT.search(f.read())
+    if found is None:
+        raise ValueError("no PEM certificate")
+    der = base64.b64decode(b"".join(found.group(1).split()))
+    cert = _children(_element(der, 0)[0])
+    tbs = _children(cert[0])
+    fields = tbs[1:] if tbs[0][0] == 0xA0 else tbs  # [0] version, then serial, algorithm, issuer
+    not_before, not_after = (_time(tag, value) for tag, value in _children(fields[3]))
+    return not_before, not_after
+
+
+def _element(der: bytes, at: int) -> tuple[tuple[int, bytes], int]:
+    """(tag, content) of the DER element at ``at``, and where the next one starts."""
+    tag, length, at = der[at], der[at + 1], at + 2
+    if length & 0x80:  # long form: the next (length & 0x7F) bytes
+        size = length & 0x7F
+        length, at = int.from_bytes(der[at : at + size], "big"), at + size
+    return (tag, der[at : at + length]), at + length
+
+
+def _children(element: tuple[int, bytes]) -> list[tuple[int, bytes]]:
+    content, at, found = element[1], 0, []
+    while at < len(content):
+        child, at = _element(content, at)
+        found.append(child)
+    return found
+
+
+def _time(tag: int, value: bytes) -> datetime.datetime:
+    text = value.decode("ascii").rstrip("Z")
+    if tag == 0x17:  # UTCTime, YYMMDDHHMMSS: years 1950-2049 (RFC 5280 4.1.2.5.1)
+        year = int(text[:2])
+        text = f"{year + (1900 if year >= 50 else 2000)}{text[2:]}"
+    return datetime.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=datetime.UTC)
 
 
 def check_kafka(settings: Any, section: str) -> None:

@@ -5,6 +5,7 @@ the setting's name and the path, exit 2, and never prompts for a passphrase or r
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from featurestore.sources.base import SourceState
 from featurestore.sources.redis import RedisOptions, RedisSource
@@ -229,3 +231,20 @@ def test_lineage_kafka_tls_files_are_named_with_their_path(tmp_path: Path, files
     assert out.returncode == 2, out.stderr
     assert "the key is encrypted (passphrase-protected): give an unencrypted key or set " in out.stderr
     assert "lineage.kafka.ssl_key_password" in out.stderr
+
+
+def test_a_server_refuses_to_start_on_an_expired_serving_certificate(tmp_path: Path, test_repo: Path) -> None:
+    """It served with it, /readyz 200 on the admin port, while every client's handshake
+    failed (certificate has expired)."""
+    past = datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC)
+    leaf = trustme.CA().issue_cert("127.0.0.1", not_before=past - datetime.timedelta(days=90), not_after=past)
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "expired.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "expired-key.pem"))
+    env = {"FEATURESTORE_TLS__CERT_FILE": str(tmp_path / "expired.pem")}
+    env["FEATURESTORE_TLS__KEY_FILE"] = str(tmp_path / "expired-key.pem")
+    out = serve(tmp_path, test_repo, MEMORY, env)
+    assert out.returncode == 2, out.stderr
+    assert (
+        f"tls.cert_file {tmp_path / 'expired.pem'}: the certificate expired on 2021-01-01 00:00:00 UTC"
+        in out.stderr
+    )

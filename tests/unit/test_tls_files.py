@@ -1,15 +1,24 @@
-"""featurestore/tls_files.py: what the start checks of a backend's TLS files say."""
+"""featurestore/tls_files.py: what the start checks of TLS files say, and the serving
+certificate's dates (featurestore/process.py's _check_tls)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
 import pytest
+import trustme
+from prometheus_client import REGISTRY
 
+from featurestore import tls_files
 from featurestore.errors import FailedPrecondition
+from featurestore.listener_config import TlsConfig
+from featurestore.process import _check_tls
 from featurestore.registry.etcd_client import EtcdAccess
 from tests.security import make_certs
+
+METRIC = "featurestore_tls_certificate_expiry_timestamp_seconds"
 
 
 def test_the_etcd_registry_tls_files_are_named_with_their_path_at_start(tmp_path: Path) -> None:
@@ -27,3 +36,41 @@ def test_the_etcd_registry_tls_files_are_named_with_their_path_at_start(tmp_path
     EtcdAccess(
         ca_file=str(certs.ca), cert_file=str(certs.client_cert), key_file=str(certs.client_key)
     ).check()
+
+
+def _leaf(tmp_path: Path, not_before: datetime.datetime, not_after: datetime.datetime) -> TlsConfig:
+    cert = trustme.CA().issue_cert("127.0.0.1", not_before=not_before, not_after=not_after)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    return TlsConfig(cert_file=str(tmp_path / "cert.pem"), key_file=str(tmp_path / "key.pem"))
+
+
+def test_the_serving_certificate_end_is_exported_per_listener_and_read_from_its_der(tmp_path: Path) -> None:
+    """Nothing showed a certificate's end: no metric, no alert, no log."""
+    end = datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    tls = _leaf(tmp_path, datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC), end)
+    assert tls_files.validity(tls.cert_file)[1] == end
+    _check_tls(tls)
+    for listener in ("http", "grpc"):
+        labels = {"listener": listener, "file": tls.cert_file}
+        assert REGISTRY.get_sample_value(METRIC, labels) == end.timestamp()
+
+
+def test_an_expired_serving_certificate_refuses_the_start(tmp_path: Path) -> None:
+    """It was accepted without a word; every client then failed the handshake."""
+    past = datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC)
+    tls = _leaf(tmp_path, datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC), past)
+    with pytest.raises(
+        FailedPrecondition,
+        match=re.escape(f"tls.cert_file {tls.cert_file}: the certificate expired on 2021-01-01 00:00:00 UTC"),
+    ):
+        _check_tls(tls)
+
+
+def test_a_serving_certificate_not_valid_yet_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    tls = _leaf(tmp_path, now + datetime.timedelta(days=1), now + datetime.timedelta(days=90))
+    _check_tls(tls)
+    assert "the certificate is not valid before" in caplog.text
