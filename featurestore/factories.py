@@ -296,11 +296,15 @@ def run_listeners(config: Config) -> list[RunListener]:
         raise InvalidArgument(f"lineage.openlineage: {e}") from None
 
 
-async def make_run_recorder(config: Config) -> tuple[RunRecorder, Callable[[], Awaitable[None]]]:
-    """The recorder of a one-shot job (``materialize``), and what closes it after the job.
+async def make_run_recorder(
+    config: Config, skip_seconds: float | None = None
+) -> tuple[RunRecorder, Callable[[], Awaitable[None]]]:
+    """The recorder of a job (``materialize``, ``stream run``), and what closes it after the job.
     Runs reach a graph only where this process can write one: Kafka (the consumer writes
-    them) or a Bolt graph written directly. With the in-process graph of a server there is
-    no graph here: the runs are held (``BufferedRuns``) for ``serve --demo`` to hand over."""
+    them) or a Bolt graph written directly (``GraphRuns``: after a report that finds it
+    unavailable, the reports of the next ``skip_seconds``, None: of the whole job, skip it).
+    With the in-process graph of a server there is no graph here: the runs are held
+    (``BufferedRuns``) for ``serve --demo`` to hand over."""
     from lineage.runs import BufferedRuns
 
     lc = config.lineage
@@ -324,7 +328,7 @@ async def make_run_recorder(config: Config) -> tuple[RunRecorder, Callable[[], A
         require("tenacity", "lineage.graph: bolt", extra="neo4j")
         from featurestore.graph_writer import GraphRuns
 
-        sink, closing = GraphRuns(graph), graph
+        sink, closing = GraphRuns(graph, skip_seconds=skip_seconds), graph
     else:
         sink = BufferedRuns()
 

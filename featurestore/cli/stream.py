@@ -123,7 +123,9 @@ async def _record_runs(config: Any, processors: list[Any], threads: list[Any], s
     from featurestore.streaming.runs import record_runs
     from lineage.runs import BufferedRuns
 
-    recorder, close = await make_run_recorder(config)
+    # A window is a run: a graph that failed a report is tried again in the next window
+    # (at most one report a window waits for it, up to its 5 s; the processors never do).
+    recorder, close = await make_run_recorder(config, skip_seconds=config.stream.run_window_seconds)
     if isinstance(recorder.sink, BufferedRuns):  # held for `serve --demo` only: nothing takes them here
         recorder.sink = None
     try:
