@@ -276,8 +276,11 @@ def graph_writer(graph: LineageGraph) -> GraphWriter:
     """The started background writer of a graph server (featurestore/graph_writer.py)."""
     require("tenacity", "lineage.graph: bolt", extra="neo4j")
     from featurestore.graph_writer import GraphWriter
+    from lineage.graph.bolt import BoltGraph
 
     writer = GraphWriter(graph)
+    if isinstance(graph, BoltGraph):  # its gauge follows GraphQL's reads too
+        graph.on_answer = writer.answered
     writer.start()
     return writer
 

@@ -15,7 +15,8 @@ registry change published during a hang was served about 60 s late while /readyz
   (``featurestore_lineage_definitions_writes_total{outcome="failed"}``) and retried
   with the same backoff, with whichever snapshot is newest by then;
 * ``featurestore_lineage_graph_up{client="server"}`` is 0 from the start until the
-  schema is created, then says whether the last write passed.
+  graph answers, then says whether its last read or write (GraphQL's, this task's) passed;
+  a graph found unavailable is probed (``ping``, with the same backoff) until it answers.
 
 The in-process graph (``lineage.graph: memory``) is written inline: it cannot be down.
 
@@ -76,14 +77,15 @@ class GraphWriter:
         self.schema_created = False
         self.written_version = 0  # the newest snapshot this process wrote (0: none yet)
         self._newest: RegistrySnapshot | None = None  # offered, not written yet
-        self._offered = asyncio.Event()
+        self._offered = asyncio.Event()  # a snapshot offered, or the graph found unavailable
+        self._unanswered = False  # a read or write found it unavailable: probe until it answers
         self._task: asyncio.Task[None] | None = None
         self._up = metrics.GRAPH_UP.labels("server")
         for outcome in ("written", "failed"):
             metrics.DEFINITIONS_WRITES.labels(outcome)
 
     def start(self) -> None:
-        self._up.set(0)  # until the schema is created
+        self._up.set(0)  # until the graph answers (the schema, a read)
         self._task = asyncio.create_task(
             supervised("lineage-graph-writer", self._run), name="lineage-graph-writer"
         )
@@ -92,6 +94,16 @@ class GraphWriter:
         """Write ``snapshot``'s definitions soon, instead of any snapshot still waiting."""
         self._newest = snapshot
         self._offered.set()
+
+    def answered(self, up: bool) -> None:
+        """What one of the graph's reads or writes found (``BoltGraph.on_answer``): the gauge
+        follows it. While GraphQL answered UNAVAILABLE it said 1, from the last definitions
+        write (review s58 round 2b #3); a graph found unavailable is probed until it answers,
+        so the gauge does not stay 0 after it is back with no read asking."""
+        self._up.set(1 if up else 0)
+        self._unanswered = not up
+        if not up:
+            self._offered.set()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -104,7 +116,11 @@ class GraphWriter:
             await self._retrying("schema", self._create_schema)
         while True:
             await self._offered.wait()
-            await self._retrying("definitions", self._write_newest)
+            self._offered.clear()
+            if self._newest is not None:
+                await self._retrying("definitions", self._write_newest)
+            elif self._unanswered:
+                await self._retrying("probe", self._probe)
 
     async def _retrying(self, what: str, attempt_once: Callable[[], Awaitable[None]]) -> None:
         retrying = AsyncRetrying(
@@ -119,7 +135,7 @@ class GraphWriter:
         async with asyncio.timeout(self.deadline):
             await self.graph.start()
         self.schema_created = True
-        self._up.set(1)
+        self.answered(True)
         log.info("lineage graph: schema created")
 
     async def _write_newest(self) -> None:
@@ -134,7 +150,11 @@ class GraphWriter:
             self._newest = None
         self.written_version = max(self.written_version, snapshot.version)
         metrics.DEFINITIONS_WRITES.labels("written").inc()
-        self._up.set(1)
+        self.answered(True)
+
+    async def _probe(self) -> None:
+        await self.graph.ping()  # within its own 5 s (lineage/graph/bolt.py)
+        self.answered(True)
 
     def _failed(self, what: str, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome is not None else None
@@ -146,6 +166,9 @@ class GraphWriter:
             what = f"definitions of version {newest.version if newest else '?'}"
         if isinstance(failure, (GraphUnavailable, TimeoutError)):  # the graph's state: one line
             reason = str(failure) or f"no answer within {self.deadline:g} s"
+            if what == "probe":
+                log.warning("lineage graph: not answering (%s); probing again in %.0f s", reason, delay)
+                return
             log.warning("lineage graph: %s not written (%s); retrying in %.0f s", what, reason, delay)
         else:  # a statement refused, a bug: where it happened matters
             log.error("lineage graph: %s not written; retrying in %.0f s", what, delay, exc_info=failure)

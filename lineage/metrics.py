@@ -68,10 +68,11 @@ CONSUMER_LAG = Gauge(
 # LineageGraphUnavailable paged on each healthy server (review s54 #2).
 GRAPH_UP = Gauge(
     "featurestore_lineage_graph_up",
-    "1 while the lineage graph takes the client's writes (or answers a probe), 0 while the "
-    "client waits for it: the consumer's batches are retried and nothing is committed; a "
-    "server's schema and definitions writes are retried in the background while it serves. "
-    "By client (consumer, server); absent from processes that do not write a graph server.",
+    "1 while the lineage graph answers the client, 0 while the client finds it unavailable. "
+    "Consumer: its writes and probe; its batches are retried and nothing is committed. Server: "
+    "its GraphQL reads and its schema and definitions writes, retried in the background while "
+    "it serves (a graph found unavailable is probed until it answers). By client (consumer, "
+    "server); absent from processes that do not use a graph server.",
     ["client"],
     multiprocess_mode="livemin",
 )

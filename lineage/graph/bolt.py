@@ -118,6 +118,9 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
         self._write_timeout = write_timeout
         self._probe_timeout = probe_timeout
         self._unfinished: asyncio.Future[Any] | None = None  # a write cut short, still sent
+        # Told what each read and write (not ``ping``, ``apply_definitions``) found: True it
+        # passed, False the graph unavailable. A server's graph_up follows it (graph_writer.py).
+        self.on_answer: Callable[[bool], None] | None = None
 
     async def ping(self) -> None:
         """PROBE, a one-node write in the configured database: fails unless it takes writes
@@ -163,6 +166,17 @@ class BoltGraph(BoltWalks, BoltTopology, BoltHistory):
         raise AssertionError("unreachable")
 
     async def _run(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
+        try:
+            rows = await self._statement(query, write, **params)
+        except GraphUnavailable:
+            if self.on_answer is not None:
+                self.on_answer(False)
+            raise
+        if self.on_answer is not None:
+            self.on_answer(True)
+        return rows
+
+    async def _statement(self, query: str, write: bool, **params: Any) -> list[dict[str, Any]]:
         timeout = self._write_timeout if write else self._read_timeout  # Neo4j stops it then
 
         async def work(session: AsyncSession) -> list[dict[str, Any]]:

@@ -179,3 +179,27 @@ async def test_registry_changes_published_while_the_graph_hangs_are_served_at_on
     finally:
         await rt.close()
         await graph.close()
+
+
+async def test_the_servers_graph_up_drops_while_graphql_finds_the_graph_hung_and_returns_once_it_answers(
+    kafka: TansuBroker, frozen_arcade: ArcadeServer, tmp_path: Path
+) -> None:
+    """It said 1 from the last definitions write while every read answered UNAVAILABLE
+    (review s58 round 2b #3); back at 1 by the writer's probe, with no read asking."""
+    frozen_arcade.wipe()
+    await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(1))
+    rt = await build_runtime(bolt_config(tmp_path, kafka, frozen_arcade.uri))
+    try:
+        writer, graph = (rt.lineage.writer, rt.lineage.graph) if rt.lineage else (None, None)
+        assert writer is not None
+        await eventually(lambda: writer.written_version == 1, 60, "version 1 written")
+        assert server_graph_up() == 1
+        with Frozen(frozen_arcade):
+            doc = await graphql(graph, '{ feature(id: "v:f1") { id } }')
+            assert doc["errors"][0]["extensions"]["code"] == "UNAVAILABLE", doc
+            assert server_graph_up() == 0
+        await eventually(lambda: server_graph_up() == 1, 90, "graph_up 1 once the graph answers")
+        doc = await graphql(graph, '{ feature(id: "v:f1") { id } }')
+        assert doc == {"data": {"feature": {"id": "v:f1"}}}, doc
+    finally:
+        await rt.close()
