@@ -110,3 +110,19 @@ def test_stream_run_with_a_hung_graph_exits_promptly_on_sigterm(
     assert "stream processor stopped: hung_view" in stdout.read_text()
     lines = unrecorded(stderr.read_text())
     assert [line.split("(")[1].split(")")[0] for line in lines] == ["START", "COMPLETE"], lines
+
+
+def test_apply_with_a_hung_graph_publishes_and_returns_saying_the_graph_write_was_cut_short(
+    redis_server: RedisServer, frozen_arcade: ArcadeServer, tmp_path: Path
+) -> None:
+    """apply, registry rollback and canary promote (one helper) waited 61 s for the graph
+    after publishing (review s58 round 2b #5)."""
+    defs, config = cli_repo(tmp_path, redis_server.url)
+    config.write_text(config.read_text() + bolt_lineage(frozen_arcade))
+    command = [sys.executable, "-m", "featurestore.cli", "apply", str(defs), "--config", str(config)]
+    with Frozen(frozen_arcade):
+        out = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_SECONDS, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "published registry version 1 (was None)" in out.stdout
+    [line] = [line for line in out.stdout.splitlines() if line.startswith("lineage graph:")]
+    assert "definitions of version 1 not written (" in line and "the change is published" in line, line
