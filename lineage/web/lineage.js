@@ -38,18 +38,19 @@
   }
 
   // One GraphQL request; on 401/403 it asks for the token once and sends again.
-  function post(query, variables, retried) {
+  // signal (optional): an AbortSignal that cancels the request.
+  function post(query, variables, retried, signal) {
     var headers = { "content-type": "application/json" };
     var token = sessionStorage.getItem("featurestore-token");
     if (token) { headers.authorization = "Bearer " + token; }
-    return fetch("/graphql", { method: "POST", headers: headers,
+    return fetch("/graphql", { method: "POST", headers: headers, signal: signal,
                                body: JSON.stringify({ query: query, variables: variables || {} }) })
       .then(function (res) {
         if ((res.status === 401 || res.status === 403) && !retried) {
           var entered = window.prompt("This server asks for a bearer token (admin scope):");
           if (entered) {
             sessionStorage.setItem("featurestore-token", entered.trim());
-            return post(query, variables, true);
+            return post(query, variables, true, signal);
           }
         }
         return res.json().then(function (doc) {
@@ -65,8 +66,8 @@
   }
 
   // The data of a GraphQL answer (its first error thrown).
-  function gql(query, variables) {
-    return post(query, variables, false).then(function (doc) {
+  function gql(query, variables, signal) {
+    return post(query, variables, false, signal).then(function (doc) {
       if (doc.errors && doc.errors.length) { throw new Error(doc.errors[0].message); }
       return doc.data;
     });
@@ -79,13 +80,17 @@
   // a graph's and its panel's, failures included, against the newest draw.
   var searchTimer = null;
   var searchSeq = 0;
+  var searchAbort = null;  // the AbortController of the search request on its way
   var listText = null;  // the text the list in #results was built for (null: none)
   function runSearch() {
     var text = $("search").value.trim();
     var list = $("results");
-    var mine = ++searchSeq;
+    cancelSearch();  // an older text's request is of no use now
+    var mine = searchSeq;
     if (!text) { hideResults(); return; }
-    gql("query ($t: String!) { search(text: $t, limit: 15) { id kind label } }", { t: text })
+    searchAbort = new AbortController();
+    gql("query ($t: String!) { search(text: $t, limit: 15) { id kind label } }", { t: text },
+        searchAbort.signal)
       .then(function (data) {
         if (mine !== searchSeq) { return; }  // a newer search (or a choice) owns the list
         list.innerHTML = "";
@@ -111,8 +116,18 @@
       .catch(function (e) { if (mine === searchSeq) { status(e.message, true); } });
   }
 
+  // No search started before now may open the list: neither one still waiting out its
+  // debounce (Enter within 150 ms of typing opened the list after the choice, review s58
+  // round 2c #8) nor one on its way (aborted, and its answer dropped should it come).
+  function cancelSearch() {
+    clearTimeout(searchTimer);
+    searchTimer = null;
+    ++searchSeq;
+    if (searchAbort) { searchAbort.abort(); searchAbort = null; }
+  }
+
   function choose(id) {
-    ++searchSeq;  // a search still on its way must not open the list again
+    cancelSearch();
     hideResults();
     select(id);
   }
@@ -152,11 +167,11 @@
       if (at >= 0 && items.length) { choose(items[at].dataset.id); }
       else if ($("search").value.trim()) { choose($("search").value.trim()); }
     } else if (ev.key === "Escape") {
-      ++searchSeq;  // nor may a search on its way show it again
+      cancelSearch();
       hideResults();
     }
   });
-  $("search").addEventListener("blur", function () { ++searchSeq; hideResults(); });
+  $("search").addEventListener("blur", function () { cancelSearch(); hideResults(); });
 
   // -- the graph ---------------------------------------------------------------------
 
