@@ -131,9 +131,9 @@ class Authenticator:
         self.config = config
         self.required = frozenset(s for s in SCOPES if getattr(config, s))
         self._stamp: tuple[int, int, int] | None = None
-        # What the last failed re-read found (a stamp, or the stat's error): logged once,
-        # not at every RELOAD_SECONDS check until the file changes again.
-        self._failed: object = None
+        # The problem the last re-read found (None: it read): logged once, not at every
+        # RELOAD_SECONDS check, while every check reads the file again until one works.
+        self._failed: str | None = None
         self.table = TokenTable.build(self._read(), self.required)
 
     @staticmethod
@@ -208,24 +208,26 @@ class Authenticator:
         try:
             stat = os.stat(path)
         except OSError as e:
-            if self._failed != e.strerror:
-                log.error("auth.tokens_file %s: %s; the tokens read before stay in force", path, e.strerror)
-            self._failed = e.strerror
+            self._fail(f"auth.tokens_file {path}: {e.strerror}")
             return False
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if stamp in (self._stamp, self._failed):
+        # Unchanged since read: skipped. Once a read failed, every check reads again:
+        # a chmod or chown that fixes it changes no (inode, mtime, size).
+        if self._failed is None and (stat.st_ino, stat.st_mtime_ns, stat.st_size) == self._stamp:
             return False
         try:
             self.table = TokenTable.build(self._read(), self.required)
         except FailedPrecondition as e:
-            log.error(
-                "%s; the tokens read before stay in force (said once until the file changes)", e.message
-            )
-            self._failed = stamp
+            self._fail(e.message)
             return False
         self._failed = None
         log.info("auth.tokens_file %s re-read", path)
         return True
+
+    def _fail(self, problem: str) -> None:
+        """Log a failed re-read once, until the problem differs (each check retries)."""
+        if problem != self._failed:
+            log.error("%s; the tokens read before stay in force (said once until this changes)", problem)
+        self._failed = problem
 
     async def watch(self, interval: float = RELOAD_SECONDS) -> None:
         """Follow the tokens file until cancelled."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from pydantic import SecretStr
 from featurestore.auth import ADMIN, READ, WRITE, Authenticator, parse_tokens, www_authenticate
 from featurestore.config import AuthConfig
 from featurestore.errors import Code, FailedPrecondition
+from tests.support import ROOT
 
 R_TOKEN, W_TOKEN = "read-token-0123456789", "write-token-0123456789"
 
@@ -162,3 +165,37 @@ def test_a_broken_tokens_file_is_logged_once_until_it_changes_again(
     path.write_text("two-token-0123456789 read\n")
     assert auth.reload_if_changed()
     assert auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None
+
+
+# Rotates the tokens file (argv[1]) with mode 000, then fixes it with chmod alone: the
+# (inode, mtime, size) a re-read is keyed on stays the same.
+_CHMOD_DRIVER = """
+import os, sys
+from featurestore.auth import READ, Authenticator
+from featurestore.config import AuthConfig
+path = sys.argv[1]
+auth = Authenticator(AuthConfig(tokens_file=path))
+with open(path, "w") as f:
+    f.write("two-token-0123456789 read\\n")
+os.chmod(path, 0)
+os.utime(path, ns=(1, 1))
+print("unreadable", os.access(path, os.R_OK), auth.reload_if_changed(), auth.reload_if_changed())
+os.chmod(path, 0o644)
+print("fixed", auth.reload_if_changed(), auth.check_http(b"Bearer two-token-0123456789", READ, "/j") is None)
+"""
+
+
+def test_a_tokens_file_made_readable_by_chmod_is_re_read_at_the_next_check(tmp_path: Path) -> None:
+    """A failed read was remembered by the file's stamp, which chmod does not change:
+    the rotated tokens stayed refused until the content changed again."""
+    path = tmp_path / "tokens"
+    path.write_text("one-token-0123456789 read\n")
+    # root reads any file: without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, mode 000 holds
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    out = subprocess.run(
+        [*drop, sys.executable, "-c", _CHMOD_DRIVER, str(path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["unreadable False False False", "fixed True True"]
+    assert out.stderr.count("Permission denied") == 1, out.stderr
