@@ -150,11 +150,33 @@ def _time(tag: int, value: bytes) -> datetime.datetime:
     return datetime.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=datetime.UTC)
 
 
+# librdkafka's ``ssl.ca.location`` value that looks in its standard CA paths (its
+# CONFIGURATION.md): not a file name.
+KAFKA_CA_PROBE = "probe"
+
+
+def check_kafka_ca(setting: str, path: str) -> None:
+    """What librdkafka's ``ssl.ca.location`` takes: a PEM file of CA certificates, a
+    directory of them (hashed, as ``/etc/ssl/certs``: OpenSSL reads one when a broker's
+    issuer is looked up), or ``probe``."""
+    if path == KAFKA_CA_PROBE:
+        return
+    if os.path.isdir(path):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise FailedPrecondition(
+                f"{setting} {path}: a directory not readable by this process (uid {os.getuid()})"
+            )
+        return
+    check_ca(setting, path)
+
+
 def check_kafka(settings: Any, section: str) -> None:
     """A ``KafkaSettings``' TLS files (librdkafka said only ``ssl.ca.location failed:
     ... BIO lib``), under ``section`` (``lineage.kafka``, ``stream.kafka``)."""
     if settings.security_protocol.endswith("ssl"):
-        names = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+        if settings.ssl_ca_file:
+            check_kafka_ca(f"{section}.ssl_ca_file", settings.ssl_ca_file)
+        names = ("ssl_cert_file", "ssl_key_file")
         password = (f"{section}.ssl_key_password", settings.ssl_key_password.get_secret_value())
         check_set({f"{section}.{n}": getattr(settings, n) for n in names}, password)
 

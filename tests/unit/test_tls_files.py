@@ -16,6 +16,7 @@ from featurestore.errors import FailedPrecondition
 from featurestore.listener_config import TlsConfig
 from featurestore.process import _check_tls
 from featurestore.registry.etcd_client import EtcdAccess
+from lineage.kafka import KafkaSettings
 from tests.security import make_certs
 
 METRIC = "featurestore_tls_certificate_expiry_timestamp_seconds"
@@ -74,3 +75,21 @@ def test_a_serving_certificate_not_valid_yet_is_warned_about(
     tls = _leaf(tmp_path, now + datetime.timedelta(days=1), now + datetime.timedelta(days=90))
     _check_tls(tls)
     assert "the certificate is not valid before" in caplog.text
+
+
+def test_a_kafka_ca_directory_or_probe_is_accepted_as_librdkafka_accepts_it(tmp_path: Path) -> None:
+    """ssl.ca.location is "File or directory path to CA certificate(s)", or `probe`:
+    4011f27's check refused both ("not a regular file", "no such file"), and serve with a
+    Kafka lineage sink exited 2 on a config that served before."""
+    import confluent_kafka
+
+    make_certs(tmp_path / "certs")  # a directory with a CA among other PEM files
+    for ca in (str(tmp_path / "certs"), "probe"):
+        settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", security_protocol="ssl", ssl_ca_file=ca)
+        confluent_kafka.Producer(settings.client_config())  # librdkafka loads it here
+        tls_files.check_kafka(settings, "lineage.kafka")
+    missing = KafkaSettings(security_protocol="ssl", ssl_ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(
+        FailedPrecondition, match=re.escape(f"lineage.kafka.ssl_ca_file {tmp_path / 'ca.pem'}: no such file")
+    ):
+        tls_files.check_kafka(missing, "lineage.kafka")
