@@ -169,6 +169,9 @@ def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
         return MemoryTileStore(name)
     if sc.kind == "redis":
         options = _redis_options(name, sc)
+        # redis-py loads them at the first connect: an encrypted key asked for its
+        # passphrase, a missing CA was retried for ever, neither named (stream run)
+        options.check_files(name)
         from featurestore.streaming.redis_store import RedisTileStore
 
         return RedisTileStore(

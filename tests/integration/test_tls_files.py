@@ -233,6 +233,45 @@ def test_lineage_kafka_tls_files_are_named_with_their_path(tmp_path: Path, files
     assert "lineage.kafka.ssl_key_password" in out.stderr
 
 
+def command(work: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``featurestore <args> --config`` of ``config``, its stdin not a terminal."""
+    path = work / "job.yaml"
+    path.write_text(f"registry: {{path: {work / 'registry'}}}\n{config}")
+    return subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", *args, "--config", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+STREAM_RUN = ("stream", "run", "--definitions", str(ROOT / "featurestore/demo/stream_features.yaml"))
+
+
+@pytest.mark.parametrize("case", ["missing CA", "encrypted key"])
+def test_stream_run_checks_its_redis_tile_store_tls_files_at_start(
+    tmp_path: Path, files: Files, tls_redis: TlsRedis, case: str
+) -> None:
+    """Its tile store connects through redis-py, which read them at the first connect:
+    `Enter PEM pass phrase:` and "Error 22 ... Invalid argument" retried every 5 s, or
+    "Error 2 ... No such file or directory" for ever, naming no setting."""
+    options, problem = {
+        "missing CA": (
+            {"ssl_ca_file": "/nonexistent/ca.pem"},
+            "ssl_ca_file /nonexistent/ca.pem: no such file",
+        ),
+        "encrypted key": (
+            {"ssl_cert_file": str(files.certs.client_cert), "ssl_key_file": str(files.encrypted_key)},
+            f"ssl_key_file {files.encrypted_key}: the key is encrypted (passphrase-protected)",
+        ),
+    }[case]
+    kafka = f'stream: {{kafka: {{bootstrap_servers: "127.0.0.1:{free_port()}"}}}}\n'
+    out = command(
+        tmp_path, redis_store(tls_redis.port, **options) + kafka, *STREAM_RUN, "--view", "user_clicks"
+    )
+    assert "pass phrase" not in out.stdout + out.stderr
+    assert out.returncode == 2, out.stderr
+    assert f"error: FAILED_PRECONDITION: stores.default.{problem}" in out.stderr
+
+
 def test_a_server_refuses_to_start_on_an_expired_serving_certificate(tmp_path: Path, test_repo: Path) -> None:
     """It served with it, /readyz 200 on the admin port, while every client's handshake
     failed (certificate has expired)."""
