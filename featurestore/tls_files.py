@@ -181,11 +181,15 @@ def check_kafka(settings: Any, section: str) -> None:
         check_set({f"{section}.{n}": getattr(settings, n) for n in names}, password)
 
 
-def check_lineage(lineage: Any, consumer: bool = False) -> None:
+def check_lineage(lineage: Any, consumer: bool = False, job: bool = False) -> None:
     """The TLS files of the lineage clients a server (or, ``consumer``, ``featurestore
-    lineage consume``) builds: the Kafka sink's and the Bolt graph's CA (a missing one
-    failed every connect, which the consumer retried for ever as "graph unavailable")."""
-    if consumer or (lineage.enabled and lineage.sink == "kafka"):
+    lineage consume``; ``job``, ``materialize`` and ``stream run``, whose runs go to the
+    Kafka sink, else to a Bolt graph: factories.make_run_recorder) builds: the Kafka
+    sink's and the Bolt graph's CA (a missing one failed every connect, which the
+    consumer retried for ever as "graph unavailable")."""
+    kafka = lineage.enabled and lineage.sink == "kafka"
+    if consumer or kafka:
         check_kafka(lineage.kafka, "lineage.kafka")
-    if (consumer or lineage.enabled) and lineage.graph == "bolt" and lineage.bolt.ca_file:
+    bolt = consumer or (lineage.enabled and not (job and kafka))
+    if bolt and lineage.graph == "bolt" and lineage.bolt.ca_file:
         check_ca("lineage.bolt.ca_file", lineage.bolt.ca_file)

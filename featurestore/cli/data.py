@@ -67,6 +67,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     from featurestore.config import load_config
     from featurestore.logconfig import configure_logging
     from featurestore.offline import EventTimeRange, open_source
+    from featurestore.tls_files import check_lineage
 
     if args.batch_rows < 1:
         raise InvalidArgument(f"--batch-rows must be at least 1, got {args.batch_rows}")
@@ -83,6 +84,7 @@ def cmd_materialize(args: argparse.Namespace, _argv: list[str]) -> int:
     if args.force and not config.registry.definitions:
         raise InvalidArgument("--force applies definitions: give them with --definitions FILE")
     configure_logging(config.log_level, config.log_format)
+    check_lineage(config.lineage, job=True)  # where its runs go (jobs.materialize's recorder)
     reporter = ProgressReporter(quiet=args.quiet)
 
     def done(result: Any) -> None:

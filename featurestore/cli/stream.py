@@ -57,9 +57,10 @@ def cmd_stream_run(args: argparse.Namespace, _argv: list[str]) -> int:
     config = load_config(args.config, {("log_level",): args.log_level}, {("log_level",): "--log-level"})
     require("confluent_kafka", "featurestore stream run")
     configure_logging(config.log_level, config.log_format)
-    from featurestore.tls_files import check_kafka
+    from featurestore.tls_files import check_kafka, check_lineage
 
     check_kafka(config.stream.kafka, "stream.kafka")
+    check_lineage(config.lineage, job=True)  # where its runs go (_record_runs)
     definitions = _definitions(args.definitions, make_registry(config) if not args.definitions else None)
     processors = []
     for name in args.view:

@@ -272,6 +272,27 @@ def test_stream_run_checks_its_redis_tile_store_tls_files_at_start(
     assert f"error: FAILED_PRECONDITION: stores.default.{problem}" in out.stderr
 
 
+def test_materialize_and_stream_run_check_the_lineage_tls_files_at_start(
+    tmp_path: Path, test_repo: Path, files: Files
+) -> None:
+    """Only serve and lineage consume checked them: materialize failed at the end with
+    librdkafka's `ssl.ca.location failed: ... no certificate or crl found`, and a missing
+    Bolt CA left the runs unrecorded as `FileNotFoundError(2, ...)`, neither naming them."""
+    kafka = f'kafka: {{bootstrap_servers: "127.0.0.1:{free_port()}", security_protocol: ssl, ssl_ca_file: {files.junk}}}'
+    bolt = f'bolt: {{uri: "bolt://127.0.0.1:{free_port()}", ca_file: /nonexistent/ca.pem}}'
+    problems = {
+        f"sink: kafka, {kafka}": f"lineage.kafka.ssl_ca_file {files.junk}: no PEM certificate in it",
+        f"graph: bolt, {bolt}": "lineage.bolt.ca_file /nonexistent/ca.pem: no such file",
+    }
+    materialize = ("materialize", "--definitions", str(test_repo), "--view", "user_profile")
+    for lineage, problem in problems.items():
+        config = f"{MEMORY}lineage: {{graphql: false, {lineage}}}\n"
+        for args in (materialize, (*STREAM_RUN, "--view", "user_clicks")):
+            out = command(tmp_path, config, *args)
+            assert out.returncode == 2, out.stderr
+            assert f"error: FAILED_PRECONDITION: {problem}" in out.stderr, args
+
+
 def test_a_server_refuses_to_start_on_an_expired_serving_certificate(tmp_path: Path, test_repo: Path) -> None:
     """It served with it, /readyz 200 on the admin port, while every client's handshake
     failed (certificate has expired)."""
