@@ -23,6 +23,12 @@ def check_address(url: str, option: str) -> None:
         netloc = urlsplit(url).netloc
     except ValueError:  # e.g. an unclosed '[' of an IPv6 address
         raise ValueError(f"{option}: not a URL of the form scheme://[user:password@]host:port") from None
+    if "@" not in netloc and "@" in url.partition("://")[2][len(netloc) :]:
+        # the host part ended at a '/', '?' or '#' of the password: what follows is no port
+        raise ValueError(
+            f"{option}: an '@' after the host part: a '/', '?' or '#' in the user or password "
+            "must be percent-encoded (%2F, %3F, %23), as must an '@' in the query (%40) (not shown)"
+        )
     _, at, hostport = netloc.rpartition("@")
     if hostport.startswith("["):
         host, _, rest = hostport.partition("]")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -109,3 +111,19 @@ def test_valid_addresses_pass_and_a_redis_url_with_a_password_still_reaches_redi
         assert asyncio.run(state()) is SourceState.READY
     finally:
         redis.stop()
+
+
+@pytest.mark.parametrize("mark", ["/", "?", "#"])
+def test_an_unencoded_slash_question_mark_or_hash_in_the_password_is_named_without_the_password(
+    mark: str,
+) -> None:
+    """`redis://:S3cret/PW@host:6379` was "port is not a number (... with no user@ part
+    ...)": the URL has a user part and a numeric port; the host part ended at the mark."""
+    secret = f"S3cret{mark}PW"
+    with pytest.raises(
+        ValueError, match=re.escape("'/', '?' or '#' in the user or password must be percent-encoded")
+    ) as raised:
+        check_address(f"redis://:{secret}@127.0.0.1:6379/0", "url")
+    assert "S3cret" not in str(raised.value)
+    check_address(f"redis://:{quote(secret, safe='')}@127.0.0.1:6379/0", "url")
+    check_address("redis://:p@ss@127.0.0.1:6379/0", "url")  # an '@' of the password: the last one ends it
