@@ -1,15 +1,17 @@
-"""The host and port of a store's URL or DSN, checked when its options are built: a bad
-port failed later, and badly (Redis: redis-py's ``ValueError`` as a traceback, exit 1,
-a restart loop under the supervisor; ClickHouse: a store "down" for ever).
+"""The host and port of a store's URL or DSN, and a Redis URL's query options, checked
+when its options are built: a bad one failed later, and badly (Redis: redis-py's
+``ValueError`` as a traceback, exit 1, a restart loop under the supervisor; ClickHouse:
+a store "down" for ever).
 
-Only the scheme, host and port are looked at and only the port is ever quoted, and only
-when the URL separates its credentials with ``@``: in ``redis://:S3cret/0`` (``@host``
-forgotten) what follows the ``:`` is the password."""
+Only the scheme, host, port and query are looked at and only the port is ever quoted,
+and only when the URL separates its credentials with ``@``: in ``redis://:S3cret/0``
+(``@host`` forgotten) what follows the ``:`` is the password."""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 # A host name or an IPv4 address (RFC 1123 letters, digits, '-', '.'; '_' as resolvers
 # take it), or an IPv6 address in brackets (hex, ':', '.', a '%zone').
@@ -43,3 +45,22 @@ def check_address(url: str, option: str) -> None:
         raise ValueError(f"{option}: port{shown} is out of range 1-{HIGHEST_PORT}")
     if host and not _HOST.fullmatch(host):  # (none: the client's default, localhost)
         raise ValueError(f"{option}: the host is not a host name or an IP address (not shown)")
+
+
+def check_redis_query(url: str, option: str) -> None:
+    """Raise ValueError, ``<option>: query option 'x' is not valid``, for a value of the
+    URL's query that redis-py's ``parse_url`` refuses (``?socket_timeout=abc``). The
+    value is not shown."""
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # (a Redis store's: imported for one)
+
+    for name, values in parse_qs(urlsplit(url).query).items():  # as parse_url reads it
+        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        try:
+            if parser is not None and values:
+                parser(values[0])
+        except (TypeError, ValueError):
+            wanted = _EXPECTED.get(parser, "a value redis-py takes")
+            raise ValueError(f"{option}: query option {name!r} is not valid: expected {wanted}") from None
+
+
+_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number"}

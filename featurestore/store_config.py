@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, SecretStr
 from pydantic_core import PydanticCustomError
 
-from featurestore.addresses import check_address
+from featurestore.addresses import check_address, check_redis_query
 from featurestore.settings import SettingError, _fail, key, read_secret_file
 
 
@@ -76,13 +76,17 @@ _NETWORK_SCHEMES = ("redis", "rediss", "http", "https")
 
 
 def _check_address(kind: Any, options: Mapping[str, Any]) -> None:
-    """A bad host or port fails the config's load, naming the store (load_config adds
-    the file): ``stores.default: url: port 'notaport' is not a number``."""
+    """A bad host or port (or a Redis URL's query option) fails the config's load, naming
+    the store (load_config adds the file): ``stores.default: url: port 'notaport' is not
+    a number``."""
     option = _ADDRESS.get(kind) if isinstance(kind, str) else None
     url = options.get(option) if option else None
-    if isinstance(url, str) and url.partition("://")[0].lower() in _NETWORK_SCHEMES:
+    if isinstance(url, str):
         try:
-            check_address(url, str(option))
+            if url.partition("://")[0].lower() in _NETWORK_SCHEMES:
+                check_address(url, str(option))
+            if kind == "redis":
+                check_redis_query(url, str(option))
         except ValueError as e:
             raise PydanticCustomError("setting", "{problem}", {"problem": str(e)}) from None
 

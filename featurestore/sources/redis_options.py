@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from featurestore import tls_files
-from featurestore.addresses import check_address
+from featurestore.addresses import check_address, check_redis_query
 from featurestore.settings import store_options
 from featurestore.sources.redis_batch import HOLD_ITERATIONS
 
@@ -114,3 +114,4 @@ def _check_types(options: RedisOptions) -> None:
         raise ValueError(f"url: unsupported scheme {scheme!r}; use redis://, rediss:// or unix://")
     if scheme in _TCP:
         check_address(options.url, "url")
+    check_redis_query(options.url, "url")

@@ -1,7 +1,8 @@
-"""A store URL or DSN whose port cannot be used fails the config's load naming the file,
-the store and the option, exit 2, never its password (featurestore/addresses.py): it
-was a ValueError traceback and exit 1 for Redis (a restart loop under the supervisor),
-a ClickHouse store down for ever, and a traceback from ``materialize``."""
+"""A store URL or DSN whose port (or Redis query option) cannot be used fails the
+config's load naming the file, the store and the option, exit 2,
+never its password (featurestore/addresses.py): it was a ValueError traceback and exit 1
+for Redis (a restart loop under the supervisor), a ClickHouse store down for ever, and a
+traceback from ``materialize``."""
 
 from __future__ import annotations
 
@@ -50,13 +51,18 @@ def run(work: Path, *args: str, stores: str, repo: Path | None = None) -> subpro
             f'{{kind: clickhouse, dsn: "http://u:{PASSWORD}@127.0.0.1:notaport"}}',
             "dsn: port 'notaport' is not a number",
         ),
+        (
+            f'{{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:6379/0?socket_timeout=abc"}}',
+            "url: query option 'socket_timeout' is not valid: expected a number",
+        ),
     ],
 )
 def test_a_bad_port_in_a_store_url_fails_serve_with_the_file_store_and_option_exit_2(
     tmp_path: Path, test_repo: Path, store: str, problem: str
 ) -> None:
-    """Redis: a ValueError traceback, exit 1 (each of 2 workers, restarted); ClickHouse:
-    the server served with the store down for ever (the 120 s guard ended it)."""
+    """Redis: a ValueError traceback, exit 1 (each of 2 workers, restarted; a query value
+    after 9c364ca still); ClickHouse: the server served with the store down for ever (the
+    120 s guard ended it)."""
     stores = f"{{default: {store}, local: {{kind: memory}}}}"
     port = str(free_port())
     out = run(tmp_path, "serve", "--workers", "2", "--http-port", port, stores=stores, repo=test_repo)
