@@ -297,6 +297,12 @@ def describe(error: ValidationError, root: type[Any], origin: Mapping[tuple[str,
         known = _known_fields(root, loc[:-1])
         return SettingError(where, "unknown setting" + (f"; known: {', '.join(known)}" if known else ""))
     if kind == "setting":
+        # a section's check naming one of its settings first ("url: port ..."): the
+        # variable that set that one, when one did (a store's options are checked as a whole)
+        option, colon, rest = first["msg"].partition(": ")
+        var = origin.get((*loc, option)) if colon else None
+        if var is not None:
+            return SettingError(f"{var} ({where}.{option})", rest)
         return SettingError(where, first["msg"])
     if kind in ("dict_type", "dataclass_type", "model_type", "mapping_type"):
         # the type only: a store written as a bare URL may hold its password

@@ -1,5 +1,5 @@
 """A store URL or DSN whose port (or Redis query option) cannot be used fails the
-config's load naming the file, the store and the option, exit 2,
+config's load naming the file (or the variable), the store and the option, exit 2,
 never its password (featurestore/addresses.py): it was a ValueError traceback and exit 1
 for Redis (a restart loop under the supervisor), a ClickHouse store down for ever, and a
 traceback from ``materialize``."""
@@ -18,6 +18,7 @@ import pytest
 
 from featurestore.addresses import check_address
 from featurestore.config import load_config
+from featurestore.errors import InvalidArgument
 from featurestore.sources.base import SourceState
 from featurestore.sources.redis import RedisOptions, RedisSource
 from tests.servers import RedisServer
@@ -133,3 +134,17 @@ def test_an_unencoded_slash_question_mark_or_hash_in_the_password_is_named_witho
     assert "S3cret" not in str(raised.value)
     check_address(f"redis://:{quote(secret, safe='')}@127.0.0.1:6379/0", "url")
     check_address("redis://:p@ss@127.0.0.1:6379/0", "url")  # an '@' of the password: the last one ends it
+
+
+def test_a_bad_store_url_from_an_environment_variable_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said `c.yaml: stores.default: url: ...`, whose url was valid."""
+    path = tmp_path / "c.yaml"
+    path.write_text('stores: {default: {kind: redis, url: "redis://127.0.0.1:6379/0"}}\n')
+    monkeypatch.setenv("FEATURESTORE_STORES__DEFAULT__URL", "redis://127.0.0.1:99999/0")
+    with pytest.raises(InvalidArgument) as raised:
+        load_config(path)
+    assert raised.value.message == (
+        f"{path}: FEATURESTORE_STORES__DEFAULT__URL (stores.default.url): port is out of range 1-65535"
+    )
