@@ -47,6 +47,19 @@ def check_address(url: str, option: str) -> None:
         raise ValueError(f"{option}: the host is not a host name or an IP address (not shown)")
 
 
+# What the Redis read path takes from a store's URL (sources/redis_connection.py): any
+# other option fails the store, so it fails the config's load first.
+REDIS_URL_OPTIONS = frozenset(
+    {"host", "port", "db", "username", "password", "path", "connection_class", "client_name"}
+    | {"socket_connect_timeout"}
+    | {"ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+)
+# redis-py's timing options, which the URL may carry for the store's other clients: reads
+# have no socket timeout (the join's deadline bounds them) and no health checks (the
+# store's probe does that), so the read path leaves them out; keepalive is always on.
+REDIS_URL_IGNORED = ("socket_timeout", "health_check_interval", "retry_on_timeout", "socket_keepalive")
+
+
 def check_redis_query(url: str, option: str) -> None:
     """Raise ValueError, ``<option>: query option 'x' is not valid``, for a value of the
     URL's query that redis-py's ``parse_url`` refuses (``?socket_timeout=abc``). The
@@ -54,6 +67,8 @@ def check_redis_query(url: str, option: str) -> None:
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # (a Redis store's: imported for one)
 
     for name, values in parse_qs(urlsplit(url).query).items():  # as parse_url reads it
+        if name not in REDIS_URL_OPTIONS and name not in REDIS_URL_IGNORED:
+            raise ValueError(f"{option}: query option {name!r} is not supported (docs/storage.md lists them)")
         parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
             if parser is not None and values:

@@ -38,6 +38,7 @@ import hiredis
 from redis import exceptions as redis_errors
 from redis.connection import parse_url
 
+from featurestore.addresses import REDIS_URL_IGNORED, REDIS_URL_OPTIONS
 from featurestore.sources.redis_wire import pack_command
 from featurestore.tls_files import refuse_passphrase  # never OpenSSL's prompt
 
@@ -68,15 +69,6 @@ _ERR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "problem with LDAP service": redis_errors.ExternalAuthProviderError,
 }
 # The URL's query arguments this connection honours (parse_url's names); others fail the start.
-_URL_OPTIONS = frozenset(
-    {"host", "port", "db", "username", "password", "path", "connection_class", "client_name"}
-    | {"socket_connect_timeout"}
-    | {"ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
-)
-# redis-py's timing options, which the URL may carry for the store's other clients: reads
-# have no socket timeout (the join's deadline bounds them) and no health checks (the
-# store's probe does that), so they do not apply here.
-_IGNORED = ("socket_timeout", "health_check_interval", "retry_on_timeout")
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
@@ -107,12 +99,11 @@ class Target:
         a user or password in the URL wins over the options, as with redis-py."""
         parsed = parse_url(url)  # type: ignore[no-untyped-call]
         given = {**options, **{k: v for k, v in parsed.items() if v is not None}}
-        given.pop("socket_keepalive", None)  # always on over TCP
-        for name in _IGNORED:
+        for name in REDIS_URL_IGNORED:
             given.pop(name, None)
         if given.get("socket_connect_timeout") is not None:
             connect_timeout = float(given.pop("socket_connect_timeout"))
-        unknown = sorted(set(given) - _URL_OPTIONS)
+        unknown = sorted(set(given) - REDIS_URL_OPTIONS)
         if unknown:
             raise ValueError(f"redis url: option {unknown[0]!r} is not supported by the read path")
         tls = None

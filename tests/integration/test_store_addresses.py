@@ -56,6 +56,10 @@ def run(work: Path, *args: str, stores: str, repo: Path | None = None) -> subpro
             f'{{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:6379/0?socket_timeout=abc"}}',
             "url: query option 'socket_timeout' is not valid: expected a number",
         ),
+        (  # an option the read path does not take: a traceback from the store's build before
+            f'{{kind: redis, url: "redis://:{PASSWORD}@127.0.0.1:6379/0?foo=bar"}}',
+            "url: query option 'foo' is not supported (docs/storage.md lists them)",
+        ),
     ],
 )
 def test_a_bad_port_in_a_store_url_fails_serve_with_the_file_store_and_option_exit_2(
