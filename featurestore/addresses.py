@@ -25,11 +25,12 @@ def check_address(url: str, option: str) -> None:
         netloc = urlsplit(url).netloc
     except ValueError:  # e.g. an unclosed '[' of an IPv6 address
         raise ValueError(f"{option}: not a URL of the form scheme://[user:password@]host:port") from None
-    if "@" not in netloc and "@" in url.partition("://")[2][len(netloc) :]:
-        # the host part ended at a '/', '?' or '#' of the password: what follows is no port
+    path = re.split("[?#]", url.partition("://")[2][len(netloc) :], maxsplit=1)[0]
+    if "@" not in netloc and "@" in path:  # (an '@' in the query or fragment is a value's)
+        # the host part ended at a '/' of the password: what follows is no host
         raise ValueError(
             f"{option}: an '@' after the host part: a '/', '?' or '#' in the user or password "
-            "must be percent-encoded (%2F, %3F, %23), as must an '@' in the query (%40) (not shown)"
+            "must be percent-encoded (%2F, %3F, %23) (not shown)"
         )
     _, at, hostport = netloc.rpartition("@")
     if hostport.startswith("["):
@@ -38,8 +39,15 @@ def check_address(url: str, option: str) -> None:
     else:
         host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
     shown = f" {port!r}" if at else ""  # (without '@' the port field may be a password)
-    if colon and not (port.isascii() and port.isdigit()):
-        hidden = "" if at else " (not shown: with no user@ part it may be a password)"
+    if colon and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        hidden = (
+            ""
+            if at
+            else (
+                " (not shown: with no user@ part it may be a password; a '/', '?' or '#' in a"
+                " password must be percent-encoded: %2F, %3F, %23)"
+            )
+        )
         raise ValueError(f"{option}: port{shown} is not a number{hidden}")
     if colon and not 1 <= int(port) <= HIGHEST_PORT:
         raise ValueError(f"{option}: port{shown} is out of range 1-{HIGHEST_PORT}")

@@ -96,7 +96,7 @@ def _host_port(authority: bytes, default_port: int) -> tuple[str, int] | None:
             return None
     elif ":" in text:
         host, _, port = text.rpartition(":")
-    if port and not port.isdigit():
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5):  # ('²', 5,000 digits)
         return None
     return host, int(port) if port else default_port
 
