@@ -67,6 +67,11 @@ REDIS_URL_OPTIONS = frozenset(
 # store's probe does that), so the read path leaves them out; keepalive is always on.
 REDIS_URL_IGNORED = ("socket_timeout", "health_check_interval", "retry_on_timeout", "socket_keepalive")
 
+# Query options that redis-py takes as text and looks up only at the first TLS connect
+# (in lower case; the read path, redis_connection._tls_context, any case): a bad one
+# was a KeyError traceback in every worker.
+REDIS_URL_CHOICES = {"ssl_cert_reqs": ("none", "optional", "required")}
+
 
 def check_redis_query(url: str, option: str) -> None:
     """Raise ValueError, ``<option>: query option 'x' is not valid``, for a value of the
@@ -77,6 +82,10 @@ def check_redis_query(url: str, option: str) -> None:
     for name, values in parse_qs(urlsplit(url).query).items():  # as parse_url reads it
         if name not in REDIS_URL_OPTIONS and name not in REDIS_URL_IGNORED:
             raise ValueError(f"{option}: query option {name!r} is not supported (docs/storage.md lists them)")
+        choices = REDIS_URL_CHOICES.get(name)
+        if choices is not None and values and values[0] not in choices:
+            wanted = ", ".join(choices)  # (the value is not shown, as none of a URL's)
+            raise ValueError(f"{option}: query option {name!r} is not valid: expected one of {wanted}")
         parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
             if parser is not None and values:

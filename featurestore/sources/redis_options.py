@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
+from redis.connection import parse_url
 
 from featurestore import tls_files
 from featurestore.addresses import check_address, check_redis_query
@@ -64,6 +65,29 @@ class RedisOptions:
         if urlsplit(self.url).scheme == "rediss":
             names = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
             tls_files.check_set({f"stores.{store}.{n}": getattr(self, n) for n in names})
+            self._check_url_files(store)
+
+    def _check_url_files(self, store: str) -> None:
+        """The URL's ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile``, named
+        ``stores.<store>.url: ssl_keyfile <path>`` (never the URL: it may hold a password).
+        Each wins over its ``ssl_*`` option, as the connections merge them; with no key
+        anywhere the certificate's file holds it, as redis-py loads it. (A key with no
+        certificate is loaded by nothing.)"""
+        parsed: dict[str, Any] = parse_url(self.url)  # type: ignore[no-untyped-call]
+        query = {k: str(v) for k, v in parsed.items() if k in _URL_FILES and v}
+
+        def given(url_name: str, option: str) -> tuple[str, str] | None:
+            if url_name in query:
+                return (f"stores.{store}.url: {url_name}", query[url_name])
+            value: str = getattr(self, option)
+            return (f"stores.{store}.{option}", value) if value else None
+
+        if "ssl_ca_certs" in query:
+            tls_files.check_ca(f"stores.{store}.url: ssl_ca_certs", query["ssl_ca_certs"])
+        if "ssl_certfile" in query or "ssl_keyfile" in query:
+            cert = given("ssl_certfile", "ssl_cert_file")
+            if cert is not None:
+                tls_files.check_pair(cert, given("ssl_keyfile", "ssl_key_file") or cert)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """redis-py's connection arguments for the credentials, TLS and TCP keepalive (a
@@ -95,6 +119,7 @@ _MINIMUM = {
     "hold_iterations": 0,
 }
 _TCP = ("redis", "rediss")
+_URL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _SCHEMES = (*_TCP, "unix")
 
 

@@ -119,9 +119,10 @@ def serve(
 MEMORY = "stores: {default: {kind: memory}, local: {kind: memory}}\n"  # the test repository's stores
 
 
-def redis_store(port: int, **options: str) -> str:
+def redis_store(port: int, query: str = "", **options: str) -> str:
     given = "".join(f", {k}: {v}" for k, v in options.items())
-    return f'stores: {{default: {{kind: redis, url: "rediss://127.0.0.1:{port}/0"{given}}}, local: {{kind: memory}}}}\n'
+    url = f"rediss://127.0.0.1:{port}/0" + (f"?{query}" if query else "")
+    return f'stores: {{default: {{kind: redis, url: "{url}"{given}}}, local: {{kind: memory}}}}\n'
 
 
 def test_the_redis_store_loads_its_tls_files_and_answers_over_tls(files: Files, tls_redis: TlsRedis) -> None:
@@ -167,6 +168,58 @@ def test_a_redis_store_tls_file_that_cannot_load_fails_the_start_naming_the_sett
     out = serve(tmp_path, test_repo, redis_store(tls_redis.port, **options))
     assert out.returncode == 2, out.stderr
     assert f"error: FAILED_PRECONDITION: {problem}" in out.stderr
+
+
+@pytest.mark.parametrize("case", ["missing CA", "not PEM", "encrypted key", "bogus cert_reqs"])
+def test_the_tls_options_of_a_redis_url_query_are_checked_at_start_naming_the_url_option(
+    tmp_path: Path, test_repo: Path, files: Files, tls_redis: TlsRedis, case: str
+) -> None:
+    """docs/storage.md's URL forms: `?ssl_ca_certs=/nonexistent` said `NOT_FOUND: [Errno 2]
+    No such file or directory`, an encrypted `?ssl_keyfile=` was a bare `Encrypted`
+    traceback and `?ssl_cert_reqs=bogus` a `KeyError: 'bogus'` (exit 1, restarting)."""
+    cert = files.certs.client_cert
+    query, problem = {
+        "missing CA": (
+            "ssl_ca_certs=/nonexistent/ca.pem",
+            "FAILED_PRECONDITION: stores.default.url: ssl_ca_certs /nonexistent/ca.pem: no such file",
+        ),
+        "not PEM": (
+            f"ssl_ca_certs={files.junk}",
+            f"FAILED_PRECONDITION: stores.default.url: ssl_ca_certs {files.junk}: no PEM certificate",
+        ),
+        "encrypted key": (
+            f"ssl_certfile={cert}&ssl_keyfile={files.encrypted_key}",
+            f"FAILED_PRECONDITION: stores.default.url: ssl_keyfile {files.encrypted_key}: the key is encrypted",
+        ),
+        "bogus cert_reqs": (
+            "ssl_cert_reqs=bogus",
+            "INVALID_ARGUMENT: "
+            f"{tmp_path / 'config.yaml'}: stores.default: url: query option 'ssl_cert_reqs' is not valid: "
+            "expected one of none, optional, required",
+        ),
+    }[case]
+    out = serve(tmp_path, test_repo, redis_store(tls_redis.port, query))
+    assert out.returncode == 2, out.stderr
+    assert f"error: {problem}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_redis_url_with_valid_tls_options_serves_over_tls(files: Files, tls_redis: TlsRedis) -> None:
+    c = files.certs
+    query = (
+        f"ssl_cert_reqs=required&ssl_ca_certs={c.ca}&ssl_certfile={c.client_cert}&ssl_keyfile={c.client_key}"
+    )
+    options = RedisOptions(url=f"rediss://127.0.0.1:{tls_redis.port}/0?{query}")
+
+    async def started() -> SourceState:
+        source = RedisSource("default", "tls", options)
+        try:
+            await source.start()
+            return source.state()
+        finally:
+            await source.close()
+
+    assert asyncio.run(started()) is SourceState.READY
 
 
 def test_an_encrypted_serving_key_fails_the_start_saying_so(
@@ -246,7 +299,7 @@ def command(work: Path, config: str, *args: str) -> subprocess.CompletedProcess[
 STREAM_RUN = ("stream", "run", "--definitions", str(ROOT / "featurestore/demo/stream_features.yaml"))
 
 
-@pytest.mark.parametrize("case", ["missing CA", "encrypted key"])
+@pytest.mark.parametrize("case", ["missing CA", "encrypted key", "encrypted key in the url"])
 def test_stream_run_checks_its_redis_tile_store_tls_files_at_start(
     tmp_path: Path, files: Files, tls_redis: TlsRedis, case: str
 ) -> None:
@@ -261,6 +314,11 @@ def test_stream_run_checks_its_redis_tile_store_tls_files_at_start(
         "encrypted key": (
             {"ssl_cert_file": str(files.certs.client_cert), "ssl_key_file": str(files.encrypted_key)},
             f"ssl_key_file {files.encrypted_key}: the key is encrypted (passphrase-protected)",
+        ),
+        "encrypted key in the url": (
+            {"query": f"ssl_keyfile={files.encrypted_key}", "ssl_cert_file": str(files.certs.client_cert)}
+            | {"ssl_key_file": str(files.certs.client_key)},
+            f"url: ssl_keyfile {files.encrypted_key}: the key is encrypted (passphrase-protected)",
         ),
     }[case]
     kafka = f'stream: {{kafka: {{bootstrap_servers: "127.0.0.1:{free_port()}"}}}}\n'
