@@ -67,6 +67,7 @@ def store_doc(doc: Any) -> Any:
         raise PydanticCustomError(
             "setting", f"expected a mapping with 'kind' (memory, redis or clickhouse); its keys: {keys}"
         )
+    _check_options(out["kind"], rest)
     return out
 
 
@@ -89,6 +90,24 @@ def _check_address(kind: Any, options: Mapping[str, Any]) -> None:
                 check_redis_query(url, str(option))
         except ValueError as e:
             raise PydanticCustomError("setting", "{problem}", {"problem": str(e)}) from None
+
+
+def _check_options(kind: Any, options: dict[str, Any]) -> None:
+    """The kind's typed options (``pool_size``, ``connect_timeout_ms``, ...) fail the
+    config's load as its address does, so ``describe`` names the variable that set one:
+    they failed only when the store was built (``materialize``: after its first view).
+    The options classes are imported for a store of their kind (redis-py, pyarrow)."""
+    try:
+        if kind == "redis":
+            from featurestore.sources.redis_options import RedisOptions
+
+            RedisOptions.from_mapping(options)
+        elif kind == "clickhouse":
+            from featurestore.sources.clickhouse.options import ClickHouseOptions
+
+            ClickHouseOptions.from_mapping(options)
+    except (TypeError, ValueError) as e:
+        raise PydanticCustomError("setting", "{problem}", {"problem": str(e)}) from None
 
 
 def resolve_store_secret_files(doc: dict[str, Any]) -> None:

@@ -250,11 +250,13 @@ PLAIN_VIEW = "feature_views:\n  - {name: plain, entities: [user_id], features: [
 
 
 def test_ddl_with_a_bad_clickhouse_store_option_is_a_one_line_error(tmp_path: Path) -> None:
-    config = _registry_with(
-        tmp_path, "{default: {kind: clickhouse, dsn: 'http://h:8123', bogus: 1}}", PLAIN_VIEW
-    )
+    """(The option fails every command's config load, apply's too: it is set after the apply.)"""
+    config = _registry_with(tmp_path, "{default: {kind: clickhouse, dsn: 'http://h:8123'}}", PLAIN_VIEW)
+    config.write_text(config.read_text().replace("dsn: 'http://h:8123'", "dsn: 'http://h:8123', bogus: 1"))
     line = one_line_error(cli("ddl", "--config", str(config)))
-    assert line.startswith("error: INVALID_ARGUMENT: stores.default: unknown clickhouse store option 'bogus'")
+    assert line.startswith(
+        f"error: INVALID_ARGUMENT: {config}: stores.default: unknown clickhouse store option 'bogus'"
+    )
 
 
 def test_ddl_prints_no_table_for_a_stream_view_which_no_clickhouse_store_keeps(tmp_path: Path) -> None:

@@ -164,3 +164,35 @@ def test_a_bad_store_url_from_an_environment_variable_names_the_variable(
     assert raised.value.message == (
         f"{path}: FEATURESTORE_STORES__DEFAULT__URL (stores.default.url): port is out of range 1-65535"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("POOL_SIZE", "abc", "expected an integer >= 1, got 'abc'"),
+        ("CONNECT_TIMEOUT_MS", "0", "expected an integer >= 1, got 0"),
+        ("CLUSTER", "maybe", "expected true or false, got 'maybe'"),
+    ],
+)
+def test_a_bad_store_option_from_an_environment_variable_fails_the_load_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    """It said `stores.default: pool_size: ...`, naming no variable, and only when the store
+    was built (`materialize`: after it had begun its first view)."""
+    path = tmp_path / "c.yaml"
+    path.write_text('stores: {default: {kind: redis, url: "redis://127.0.0.1:6379/0"}}\n')
+    monkeypatch.setenv(f"FEATURESTORE_STORES__DEFAULT__{variable}", value)
+    with pytest.raises(InvalidArgument) as raised:
+        load_config(path)
+    option = variable.lower()
+    assert raised.value.message == (
+        f"{path}: FEATURESTORE_STORES__DEFAULT__{variable} (stores.default.{option}): {problem}"
+    )
+
+
+def test_a_bad_store_option_in_the_file_fails_the_load_naming_the_file_and_store(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text('stores: {default: {kind: clickhouse, dsn: "http://127.0.0.1:8123", threads: 0}}\n')
+    with pytest.raises(InvalidArgument) as raised:
+        load_config(path)
+    assert raised.value.message == f"{path}: stores.default: threads: expected an integer >= 1, got 0"
