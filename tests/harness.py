@@ -264,3 +264,25 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class Paused:
+    """``process.pause()`` for a ``with`` block: resumed at ``thaw()`` or at the block's
+    end, whatever happens (a graph server frozen under a test's reads and writes)."""
+
+    def __init__(self, process: ManagedProcess) -> None:
+        self.process = process
+        self.paused = False
+
+    def __enter__(self) -> Paused:
+        self.process.pause()
+        self.paused = True
+        return self
+
+    def thaw(self) -> None:
+        if self.paused:
+            self.process.resume()
+            self.paused = False
+
+    def __exit__(self, *_: object) -> None:
+        self.thaw()

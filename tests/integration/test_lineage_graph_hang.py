@@ -6,8 +6,6 @@ probe, and SIGTERM waited for a write that never ended."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from lineage.graph.base import GraphUnavailable
 from lineage.graph.bolt import BoltGraph
+from tests.harness import Paused
 from tests.integration.test_lineage_pipeline import consume_until, ev, new_consumer, produce
 from tests.servers import ArcadeServer, TansuBroker
 from tests.support import eventually
@@ -31,21 +30,6 @@ def frozen_arcade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeSe
         yield server
     finally:
         server.stop()
-
-
-class Frozen:
-    """SIGSTOP the server's JVM for the ``with`` block (SIGCONT after it, whatever happens)."""
-
-    def __init__(self, server: ArcadeServer) -> None:
-        assert server.proc is not None
-        self.pid = server.proc.pid
-
-    def __enter__(self) -> Frozen:
-        os.kill(self.pid, signal.SIGSTOP)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        os.kill(self.pid, signal.SIGCONT)
 
 
 def graph_up() -> float | None:
@@ -64,7 +48,7 @@ async def test_a_write_and_a_probe_to_a_server_that_stopped_answering_end_at_the
     await graph.start()
     await graph.write_events([ev(1)])
     try:
-        with Frozen(frozen_arcade):
+        with Paused(frozen_arcade):
             t0 = time.monotonic()
             with pytest.raises(GraphUnavailable, match="graph write took longer than 2 s"):
                 await graph.write_events([ev(2)])
@@ -95,7 +79,7 @@ async def test_a_consumer_whose_graph_stops_answering_reports_it_down_and_stops_
     task = asyncio.create_task(consumer.run(stop))
     try:
         await eventually(lambda: consumer.written >= 5, 30, "the first events written")
-        with Frozen(frozen_arcade):
+        with Paused(frozen_arcade):
             await produce(kafka, topic, [ev(i) for i in range(5, 10)], partitions=1)
             await eventually(lambda: graph_up() == 0, 20, "graph_up 0 while the graph does not answer")
             t0 = time.monotonic()
@@ -155,7 +139,7 @@ async def test_a_stopped_consumers_hung_write_and_the_next_owners_rewrite_count_
     task_b: asyncio.Task[None] | None = None
     try:
         await eventually(lambda: a.written >= 5, 30, "the first events written")
-        with Frozen(frozen_arcade):
+        with Paused(frozen_arcade):
             await produce(kafka, topic, [ev(i) for i in range(5, 55)], partitions=1)
             await asyncio.sleep(3)  # A's write of the 50 is at the server, unanswered
             stop_a.set()

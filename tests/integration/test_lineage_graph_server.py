@@ -7,8 +7,6 @@ now: the schema and definitions are written in the background (featurestore/grap
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from featurestore.registry.file import FileRegistry
 from featurestore.runtime import build_runtime
 from lineage.graph.bolt import BoltGraph
 from lineage.graphql import LineageGraphQL
+from tests.harness import Paused
 from tests.servers import ArcadeServer, TansuBroker
 from tests.support import eventually, file_registry_config
 
@@ -46,28 +45,6 @@ def frozen_arcade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeSe
         yield server
     finally:
         server.stop()
-
-
-class Frozen:
-    """SIGSTOP the server's JVM until ``thaw`` (or the end of the ``with`` block)."""
-
-    def __init__(self, server: ArcadeServer) -> None:
-        assert server.proc is not None
-        self.pid = server.proc.pid
-        self.frozen = False
-
-    def __enter__(self) -> Frozen:
-        os.kill(self.pid, signal.SIGSTOP)
-        self.frozen = True
-        return self
-
-    def thaw(self) -> None:
-        if self.frozen:
-            os.kill(self.pid, signal.SIGCONT)
-            self.frozen = False
-
-    def __exit__(self, *_: object) -> None:
-        self.thaw()
 
 
 def defs(version: int) -> Any:
@@ -128,7 +105,7 @@ async def test_a_server_started_while_its_graph_hangs_serves_and_writes_the_sche
     frozen_arcade.wipe()
     await RegistryAdmin(FileRegistry(tmp_path / "reg", "p")).apply(defs(1))
     config = bolt_config(tmp_path, kafka, frozen_arcade.uri)
-    with Frozen(frozen_arcade) as frozen:
+    with Paused(frozen_arcade) as frozen:
         rt = await build_runtime(config)  # waited 60 s for the schema, then exit 2
         try:
             assert rt.engine.state.version == 1 and server_graph_up() == 0
@@ -165,7 +142,7 @@ async def test_registry_changes_published_while_the_graph_hangs_are_served_at_on
 
     try:
         await eventually(holds("v:f1"), 60, "version 1 written")
-        with Frozen(frozen_arcade):
+        with Paused(frozen_arcade):
             await admin.apply(defs(2))  # its definitions write hangs with the graph
             await eventually(lambda: rt.engine.state.version == 2, 20, "version 2 served")
             # a rollback, a canary step: it waited for version 2's write (the driver's 60 s)
@@ -194,7 +171,7 @@ async def test_the_servers_graph_up_drops_while_graphql_finds_the_graph_hung_and
         assert writer is not None
         await eventually(lambda: writer.written_version == 1, 60, "version 1 written")
         assert server_graph_up() == 1
-        with Frozen(frozen_arcade):
+        with Paused(frozen_arcade):
             doc = await graphql(graph, '{ feature(id: "v:f1") { id } }')
             assert doc["errors"][0]["extensions"]["code"] == "UNAVAILABLE", doc
             assert server_graph_up() == 0

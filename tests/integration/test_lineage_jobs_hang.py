@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_lineage_graph_server import Frozen
+from tests.harness import Paused
 from tests.integration.test_materialize_incremental import cli_repo
 from tests.integration.test_stream_faults import topic_producer
 from tests.servers import ArcadeServer, RedisServer, TansuBroker
@@ -58,7 +58,7 @@ def test_materialize_of_two_views_with_a_hung_graph_loads_both_and_skips_the_gra
     config.write_text(config.read_text() + bolt_lineage(frozen_arcade))
     command = [sys.executable, "-m", "featurestore.cli", "materialize", "--config", str(config),
                "--definitions", str(defs), "--all"]  # fmt: skip
-    with Frozen(frozen_arcade):
+    with Paused(frozen_arcade):
         out = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_SECONDS, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "more: published data version 1 (was 0): 100 rows written" in out.stdout
@@ -88,7 +88,7 @@ def test_stream_run_with_a_hung_graph_exits_promptly_on_sigterm(
         + bolt_lineage(frozen_arcade)
     )
     stdout, stderr = tmp_path / "out.txt", tmp_path / "err.txt"
-    with Frozen(frozen_arcade), stdout.open("w") as out, stderr.open("w") as err:
+    with Paused(frozen_arcade), stdout.open("w") as out, stderr.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "featurestore.cli", "stream", "run", "--config", str(config),
              "--definitions", str(definitions), "--view", "hung_view", "--metrics-port", "0"],
@@ -120,7 +120,7 @@ def test_apply_with_a_hung_graph_publishes_and_returns_saying_the_graph_write_wa
     defs, config = cli_repo(tmp_path, redis_server.url)
     config.write_text(config.read_text() + bolt_lineage(frozen_arcade))
     command = [sys.executable, "-m", "featurestore.cli", "apply", str(defs), "--config", str(config)]
-    with Frozen(frozen_arcade):
+    with Paused(frozen_arcade):
         out = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_SECONDS, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "published registry version 1 (was None)" in out.stdout

@@ -6,6 +6,7 @@ around. Fixtures are test_lineage_page.py's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -78,23 +79,10 @@ def test_a_late_panel_answer_for_the_node_selected_before_is_dropped(
     assert problems == []
 
 
-@pytest.fixture
-def view_and_service_of_one_name() -> Iterator[str]:
-    """A page and GraphQL over an in-process graph with a view `ranker` (feature
-    `ranker:score`) and a service `ranker`, served by uvicorn: its base url."""
-    graph = InMemoryGraph()
-    f = FeatureInfo("ranker:score", "ranker", "float64", 1, (1,))
-    asyncio.run(
-        graph.apply_definitions(
-            DefinitionFacts(
-                project="p", valid_from_ms=0, registry_version=1, views=("ranker",), services=("ranker",),
-                features=(f,), contains=(("ranker", f.id),), uses=(("ranker", f.id),), derived_from=(),
-                produced_by=((f.id, "warehouse.r", "batch"),),
-                described=(("view", "ranker", "view-owner@x", "THE VIEW"),
-                           ("service", "ranker", "svc-owner@x", "THE SERVICE")),
-            )
-        )
-    )  # fmt: skip
+@contextlib.contextmanager
+def page_site(graph: InMemoryGraph) -> Iterator[str]:
+    """The lineage page and GraphQL over ``graph``, served by uvicorn in a thread: its
+    base url."""
     page_app: Any = LineagePage()  # an ASGI callable of its own signature
     app = Starlette(routes=[Mount("/graphql", LineageGraphQL(graph)), Mount("/lineage", page_app)])
     with socket.socket() as s:
@@ -112,6 +100,27 @@ def view_and_service_of_one_name() -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def view_and_service_of_one_name() -> Iterator[str]:
+    """A page and GraphQL over an in-process graph with a view `ranker` (feature
+    `ranker:score`) and a service `ranker`, served by uvicorn: its base url."""
+    graph = InMemoryGraph()
+    f = FeatureInfo("ranker:score", "ranker", "float64", 1, (1,))
+    asyncio.run(
+        graph.apply_definitions(
+            DefinitionFacts(
+                project="p", valid_from_ms=0, registry_version=1, views=("ranker",), services=("ranker",),
+                features=(f,), contains=(("ranker", f.id),), uses=(("ranker", f.id),), derived_from=(),
+                produced_by=((f.id, "warehouse.r", "batch"),),
+                described=(("view", "ranker", "view-owner@x", "THE VIEW"),
+                           ("service", "ranker", "svc-owner@x", "THE SERVICE")),
+            )
+        )
+    )  # fmt: skip
+    with page_site(graph) as url:
+        yield url
 
 
 def test_the_page_marks_the_root_the_server_drew_around_for_a_bare_name(

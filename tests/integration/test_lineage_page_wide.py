@@ -7,25 +7,17 @@ store. The browser fixture is test_lineage_page.py's."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from lineage.events import LineageEvent
 from lineage.graph.base import DefinitionFacts, FeatureInfo
 from lineage.graph.memory import InMemoryGraph
-from lineage.graphql import LineageGraphQL
-from lineage.page import LineagePage
 from tests.contract.test_lineage_graph_truncation import wide
 from tests.integration import test_lineage_page as pages
+from tests.integration.test_lineage_page_races import page_site
 
 page = pages.page  # the fixture: a browser page
 
@@ -66,23 +58,8 @@ def site() -> Iterator[str]:
     """The page and GraphQL over the graph ``fill`` makes: its base url."""
     graph = InMemoryGraph()
     asyncio.run(fill(graph))
-    page_app: Any = LineagePage()  # an ASGI callable of its own signature
-    app = Starlette(routes=[Mount("/graphql", LineageGraphQL(graph)), Mount("/lineage", page_app)])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with page_site(graph) as url:
+        yield url
 
 
 def status_of(pg: Page, around: str) -> str:
