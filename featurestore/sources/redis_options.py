@@ -12,6 +12,7 @@ from redis.connection import parse_url
 
 from featurestore import tls_files
 from featurestore.addresses import check_address, check_redis_query
+from featurestore.errors import FailedPrecondition
 from featurestore.settings import store_options
 from featurestore.sources.redis_batch import HOLD_ITERATIONS
 
@@ -72,7 +73,7 @@ class RedisOptions:
         ``stores.<store>.url: ssl_keyfile <path>`` (never the URL: it may hold a password).
         Each wins over its ``ssl_*`` option, as the connections merge them; with no key
         anywhere the certificate's file holds it, as redis-py loads it. (A key with no
-        certificate is loaded by nothing.)"""
+        certificate fails every connect in redis-py: refused.)"""
         parsed: dict[str, Any] = parse_url(self.url)  # type: ignore[no-untyped-call]
         query = {k: str(v) for k, v in parsed.items() if k in _URL_FILES and v}
 
@@ -86,8 +87,13 @@ class RedisOptions:
             tls_files.check_ca(f"stores.{store}.url: ssl_ca_certs", query["ssl_ca_certs"])
         if "ssl_certfile" in query or "ssl_keyfile" in query:
             cert = given("ssl_certfile", "ssl_cert_file")
-            if cert is not None:
-                tls_files.check_pair(cert, given("ssl_keyfile", "ssl_key_file") or cert)
+            if cert is None:  # redis-py fails every connect with a TypeError, naming nothing
+                setting, path = query["ssl_keyfile"], f"stores.{store}.url: ssl_keyfile"
+                raise FailedPrecondition(
+                    f"{path} {setting}: a client key without a certificate: give the URL's "
+                    f"ssl_certfile or stores.{store}.ssl_cert_file too"
+                )
+            tls_files.check_pair(cert, given("ssl_keyfile", "ssl_key_file") or cert)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """redis-py's connection arguments for the credentials, TLS and TCP keepalive (a
