@@ -93,7 +93,13 @@ class RedisOptions:
                     f"{path} {setting}: a client key without a certificate: give the URL's "
                     f"ssl_certfile or stores.{store}.ssl_cert_file too"
                 )
-            tls_files.check_pair(cert, given("ssl_keyfile", "ssl_key_file") or cert)
+            key = given("ssl_keyfile", "ssl_key_file")
+            if key is None and not _holds_key(cert[1]):  # (check_pair(cert, cert) named it twice)
+                raise FailedPrecondition(
+                    f"{cert[0]} {cert[1]}: holds no private key: give the URL's ssl_keyfile "
+                    f"or stores.{store}.ssl_key_file"
+                )
+            tls_files.check_pair(cert, key or cert)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """redis-py's connection arguments for the credentials, TLS and TCP keepalive (a
@@ -146,3 +152,13 @@ def _check_types(options: RedisOptions) -> None:
     if scheme in _TCP:
         check_address(options.url, "url")
     check_redis_query(options.url, "url")
+
+
+def _holds_key(path: str) -> bool:
+    """Whether a PEM file has a private key block (a certificate given without a key:
+    redis-py loads the key from the certificate's file)."""
+    try:
+        with open(path, "rb") as f:
+            return b"PRIVATE KEY-----" in f.read()
+    except OSError:
+        return True  # (check_pair names the file and what is wrong with it)

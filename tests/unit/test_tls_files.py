@@ -93,3 +93,23 @@ def test_a_kafka_ca_directory_or_probe_is_accepted_as_librdkafka_accepts_it(tmp_
         FailedPrecondition, match=re.escape(f"lineage.kafka.ssl_ca_file {tmp_path / 'ca.pem'}: no such file")
     ):
         tls_files.check_kafka(missing, "lineage.kafka")
+
+
+def test_a_redis_url_certificate_without_a_key_anywhere_is_named_once_as_holding_no_key(
+    tmp_path: Path,
+) -> None:
+    """It said `... ssl_certfile P / ... ssl_certfile P: not a PEM certificate and key`
+    (review s58 round 4 #3); a file holding both (redis-py's form) still loads."""
+    from featurestore.sources.redis_options import RedisOptions
+
+    certs = make_certs(tmp_path / "certs")
+    url = f"rediss://127.0.0.1:6379/0?ssl_certfile={certs.client_cert}"
+    with pytest.raises(FailedPrecondition) as e:
+        RedisOptions(url=url).check_files("default")
+    assert e.value.message == (
+        f"stores.default.url: ssl_certfile {certs.client_cert}: holds no private key: "
+        "give the URL's ssl_keyfile or stores.default.ssl_key_file"
+    )
+    both = tmp_path / "both.pem"
+    both.write_bytes(certs.client_cert.read_bytes() + certs.client_key.read_bytes())
+    RedisOptions(url=f"rediss://127.0.0.1:6379/0?ssl_certfile={both}").check_files("default")
