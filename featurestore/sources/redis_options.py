@@ -46,8 +46,9 @@ class RedisOptions:
             object.__setattr__(self, "auto_pipeline", flag == "true")
         _check_types(self)
         tls = urlsplit(self.url).scheme == "rediss"
-        if not tls and (self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file):
-            raise ValueError("ssl_* options need a rediss:// url")
+        ssl = [n for n in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file") if getattr(self, n)]
+        if not tls and ssl:
+            raise ValueError(f"{ssl[0]}: ssl_* options need a rediss:// url")
         if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
             raise ValueError("ssl_cert_file and ssl_key_file go together")
 
@@ -56,7 +57,8 @@ class RedisOptions:
         known = {f.name for f in fields(RedisOptions)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"unknown redis store option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+            # the option first: a variable that set it is named (settings.describe)
+            raise ValueError(f"{unknown[0]}: unknown redis store option; known: {', '.join(sorted(known))}")
         return RedisOptions(**store_options(RedisOptions, options))
 
     def check_files(self, store: str) -> None:

@@ -255,7 +255,7 @@ def test_ddl_with_a_bad_clickhouse_store_option_is_a_one_line_error(tmp_path: Pa
     config.write_text(config.read_text().replace("dsn: 'http://h:8123'", "dsn: 'http://h:8123', bogus: 1"))
     line = one_line_error(cli("ddl", "--config", str(config)))
     assert line.startswith(
-        f"error: INVALID_ARGUMENT: {config}: stores.default: unknown clickhouse store option 'bogus'"
+        f"error: INVALID_ARGUMENT: {config}: stores.default: bogus: unknown clickhouse store option"
     )
 
 

@@ -66,8 +66,9 @@ class ClickHouseOptions:
         known = set(ClickHouseOptions.__dataclass_fields__)
         unknown = sorted(set(options) - known)
         if unknown:
+            # the option first: a variable that set it is named (settings.describe)
             raise ValueError(
-                f"unknown clickhouse store option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+                f"{unknown[0]}: unknown clickhouse store option; known: {', '.join(sorted(known))}"
             )
         # A configured store's scheme fails the start; a --clickhouse-dsn's (offline.py
         # builds options from it) fails in client_args.
