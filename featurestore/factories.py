@@ -158,20 +158,24 @@ def make_serving_stores(config: Config) -> dict[str, OnlineSource]:
         if sc.kind == "memory" or (sc.kind == "redis" and not _redis_options(name, sc).cluster):
             # the Redis store's health probe is the tile reader's circuit breaker
             health = stores[name] if sc.kind == "redis" else None
-            reader = StreamSource(name, make_tile_store(name, sc, config), health=health)
+            tiles = make_tile_store(name, sc, config, files_checked=sc.kind == "redis")  # (by the source)
+            reader = StreamSource(name, tiles, health=health)
             stores[reader.name] = reader
     return stores
 
 
-def make_tile_store(name: str, sc: StoreConfig, config: Config) -> TileStore:
-    """Where the stream views of store ``name`` keep their tiles (docs/streaming.md)."""
+def make_tile_store(name: str, sc: StoreConfig, config: Config, files_checked: bool = False) -> TileStore:
+    """Where the stream views of store ``name`` keep their tiles (docs/streaming.md).
+    ``files_checked``: the store's TLS files were checked already (by its ``RedisSource``,
+    built beside it in a serving process)."""
     if sc.kind == "memory":
         return MemoryTileStore(name)
     if sc.kind == "redis":
         options = _redis_options(name, sc)
-        # redis-py loads them at the first connect: an encrypted key asked for its
-        # passphrase, a missing CA was retried for ever, neither named (stream run)
-        options.check_files(name)
+        if not files_checked:
+            # redis-py loads them at the first connect: an encrypted key asked for its
+            # passphrase, a missing CA was retried for ever, neither named (stream run)
+            options.check_files(name)
         from featurestore.streaming.redis_store import RedisTileStore
 
         return RedisTileStore(
