@@ -125,14 +125,8 @@ def redis_store(port: int, query: str = "", **options: str) -> str:
     return f'stores: {{default: {{kind: redis, url: "{url}"{given}}}, local: {{kind: memory}}}}\n'
 
 
-def test_the_redis_store_loads_its_tls_files_and_answers_over_tls(files: Files, tls_redis: TlsRedis) -> None:
-    c = files.certs
-    options = RedisOptions(
-        url=f"rediss://127.0.0.1:{tls_redis.port}/0",
-        ssl_ca_file=str(c.ca),
-        ssl_cert_file=str(c.client_cert),
-        ssl_key_file=str(c.client_key),
-    )
+def started_state(options: RedisOptions) -> SourceState:
+    """The state of a Redis store with ``options`` once started (then closed)."""
 
     async def started() -> SourceState:
         source = RedisSource("default", "tls", options)
@@ -142,7 +136,18 @@ def test_the_redis_store_loads_its_tls_files_and_answers_over_tls(files: Files, 
         finally:
             await source.close()
 
-    assert asyncio.run(started()) is SourceState.READY
+    return asyncio.run(started())
+
+
+def test_the_redis_store_loads_its_tls_files_and_answers_over_tls(files: Files, tls_redis: TlsRedis) -> None:
+    c = files.certs
+    options = RedisOptions(
+        url=f"rediss://127.0.0.1:{tls_redis.port}/0",
+        ssl_ca_file=str(c.ca),
+        ssl_cert_file=str(c.client_cert),
+        ssl_key_file=str(c.client_key),
+    )
+    assert started_state(options) is SourceState.READY
 
 
 @pytest.mark.parametrize("case", ["missing CA", "not PEM", "encrypted key"])
@@ -215,16 +220,7 @@ def test_a_redis_url_with_valid_tls_options_serves_over_tls(files: Files, tls_re
         f"ssl_cert_reqs=required&ssl_ca_certs={c.ca}&ssl_certfile={c.client_cert}&ssl_keyfile={c.client_key}"
     )
     options = RedisOptions(url=f"rediss://127.0.0.1:{tls_redis.port}/0?{query}")
-
-    async def started() -> SourceState:
-        source = RedisSource("default", "tls", options)
-        try:
-            await source.start()
-            return source.state()
-        finally:
-            await source.close()
-
-    assert asyncio.run(started()) is SourceState.READY
+    assert started_state(options) is SourceState.READY
 
 
 def test_an_encrypted_serving_key_fails_the_start_saying_so(
