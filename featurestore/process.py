@@ -114,15 +114,13 @@ def _check_tls(tls: TlsConfig) -> None:
         return
     if not tls.key_file:
         raise FailedPrecondition("tls.cert_file needs tls.key_file")
-    for name in ("cert_file", "key_file", "client_ca_file"):
-        path = getattr(tls, name)
-        if path and not os.access(path, os.R_OK):
-            raise FailedPrecondition(f"tls.{name} {path}: not a readable file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # the pair loads (the error says what is wrong, never the key's bytes; never prompts)
+    # each file readable, the pair loads (the error says what is wrong, never the key's
+    # bytes; never prompts)
     tls_files.load_cert_chain(context, ("tls.cert_file", tls.cert_file), ("tls.key_file", tls.key_file))
     _check_dates(tls.cert_file)
     if tls.client_ca_file:
+        tls_files.readable("tls.client_ca_file", tls.client_ca_file)
         try:  # grpc would only say "Failed to bind to address" for a file without a CA
             context.load_verify_locations(tls.client_ca_file)
         except (ssl.SSLError, OSError) as e:
